@@ -1,0 +1,14 @@
+"""gateway: a declarative, policy-enforcing on-premises agent for Azure Relay Hybrid Connections.
+
+The agent connects outbound only, enforces an allow-list policy on every relayed request and
+forwards what is allowed to the on-premises targets declared in ``gateway.yaml``.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("gateway")
+except PackageNotFoundError:  # pragma: no cover - only when run from a bare source tree
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

@@ -1,0 +1,374 @@
+"""Loading gateway.yaml: bytes -> strict YAML -> environment overrides -> JSON Schema -> typed
+model -> semantic checks -> secrets and files on this host.
+
+Every stage collects all of its problems before the next runs, and the first stage with problems
+ends the load: a schema error would only produce confusing follow-on errors in later stages.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from gateway.config import schema_check, semantics, yamlsafe
+from gateway.config.model import GatewayConfig, SecretRef
+from gateway.config.yamlsafe import JsonPath, Located, format_path
+from gateway.errors import ConfigError, Problem
+
+ENV_PREFIX = "GATEWAY_"
+# Variables with the prefix that are not configuration overrides.
+RESERVED_ENV = frozenset(
+    {"GATEWAY_CONFIG", "GATEWAY_REGISTER_PASSWORD", "GATEWAY_KEY_PASSPHRASE", "GATEWAY_DEV"}
+)
+# Settings that differ per host and may come from the environment. Everything else - targets,
+# operations, policy engine and mode, limits, signature rules - is a permission or a safety bound
+# and must be reviewed in the file (catalogue F 107): an override of it is refused, not ignored.
+OVERRIDABLE: tuple[JsonPath, ...] = (
+    ("gateway",),
+    ("empowerid",),
+    ("relay",),
+    ("proxy",),
+    ("logging",),
+    ("observability",),
+    ("policy", "opa_url"),
+    ("policy", "decision_timeout_seconds"),
+)
+MAX_SECRET_BYTES = 64 * 1024
+
+
+class _EnvView(BaseSettings, GatewayConfig):
+    """Only used to let pydantic-settings map ``GATEWAY_A__B`` variables onto the model's shape."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        # Keep values as text: pydantic-settings would turn "0443" into 443 for a strict model.
+        # They are typed by the same YAML rules as the file, then checked by the schema.
+        strict=False,
+    )
+
+
+@dataclass(frozen=True)
+class Override:
+    """A setting taken from the environment instead of the file."""
+
+    path: str
+    variable: str
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration and everything learnt while loading it."""
+
+    config: GatewayConfig
+    file: Path
+    revision: str
+    overrides: tuple[Override, ...] = ()
+    warnings: tuple[Problem, ...] = ()
+    secrets: Mapping[str, SecretStr] = field(default_factory=dict)
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the file, relative to the file's directory unless absolute."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.file.parent / path)
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> str:
+    """``$GATEWAY_CONFIG`` or ``./gateway.yaml``."""
+    env = os.environ if env is None else env
+    return env.get("GATEWAY_CONFIG") or "gateway.yaml"
+
+
+def load(
+    path: str | Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    check_host: bool = True,
+) -> LoadedConfig:
+    """Load and check a configuration file, raising :class:`ConfigError` with every problem.
+
+    ``check_host`` also resolves secret references and checks that referenced files exist; turn it
+    off to validate a file away from the machine that will run it (for example in CI).
+    """
+    env = os.environ if env is None else env
+    file = Path(path)
+    name = str(path)
+    raw = _read(file, name)
+    text, problems = yamlsafe.decode(raw, name)
+    if text is None:
+        raise ConfigError(problems)
+    doc, problems = yamlsafe.parse(text, name)
+    if doc is None:
+        raise ConfigError(problems)
+    overrides, problems, warnings = _apply_env(doc, env)
+    problems += schema_check.check(doc)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        config = GatewayConfig.model_validate(doc.data)
+    except ValidationError as exc:  # the schema should have caught these; report them the same way
+        raise ConfigError(
+            [
+                doc.problem(tuple(err["loc"]), err["msg"], code="invalid_value")
+                for err in exc.errors()
+            ]
+        ) from None
+    problems = semantics.check(config, doc)
+    if problems:
+        raise ConfigError(problems)
+    loaded = LoadedConfig(
+        config=config,
+        file=file.resolve(),
+        revision=revision_of(config),
+        overrides=tuple(overrides),
+        warnings=tuple(warnings),
+    )
+    if check_host:
+        secrets, problems = _host_checks(loaded, doc, env)
+        if problems:
+            raise ConfigError(problems)
+        loaded = dataclasses.replace(loaded, secrets=secrets)
+    return loaded
+
+
+def revision_of(config: GatewayConfig) -> str:
+    """A short, stable hash of the effective configuration (after defaults and overrides)."""
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _read(file: Path, name: str) -> bytes:
+    try:
+        with file.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > yamlsafe.MAX_FILE_BYTES:
+                raise ConfigError([yamlsafe.too_large(size, name)])
+            return handle.read(yamlsafe.MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        message, hint = "file not found", "pass -c FILE or set GATEWAY_CONFIG"
+    except IsADirectoryError:
+        message, hint = "is a directory, not a file", ""
+    except PermissionError:
+        message, hint = "permission denied", "run as the gateway's service user"
+    except OSError as exc:
+        message, hint = f"cannot read: {exc.strerror}", ""
+    raise ConfigError([Problem(message, code="unreadable", file=name, hint=hint)])
+
+
+def _apply_env(
+    doc: Located, env: Mapping[str, str]
+) -> tuple[list[Override], list[Problem], list[Problem]]:
+    """Merge ``GATEWAY_*`` overrides into ``doc`` (values typed like YAML scalars).
+
+    Returns the overrides applied, the errors (refused overrides) and warnings: variables with the
+    prefix that name no setting. Those are warnings, not errors, because platforms set variables
+    of their own (Kubernetes adds ``GATEWAY_PORT`` for a service named "gateway").
+    """
+    ours = {k: v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)}
+    # Variables the file itself names as secret references are not overrides.
+    referenced = {
+        value.upper()
+        for path in yamlsafe.iter_paths(doc.data)
+        if path and path[-1] == "env" and isinstance(value := _get(doc.data, path), str)
+    }
+    ours = {k: v for k, v in ours.items() if k.upper() not in RESERVED_ENV | referenced}
+    if not ours:
+        return [], [], []
+    source = EnvSettingsSource(
+        _EnvView, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
+    )
+    source.env_vars = {k.lower(): v for k, v in ours.items()}
+    exploded: dict[str, Any] = source()
+    overrides: list[Override] = []
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+    used: set[str] = set()
+    for path, value in _leaves(exploded):
+        variable = ENV_PREFIX + "__".join(str(p) for p in path).upper()
+        used.add(variable)
+        if not any(path[: len(prefix)] == prefix for prefix in OVERRIDABLE):
+            problems.append(
+                Problem(
+                    "cannot be set from the environment",
+                    code="override_refused",
+                    path=format_path(path),
+                    file=f"environment {variable}",
+                    hint="permissions and safety limits are set in gateway.yaml, where they are "
+                    "reviewed",
+                )
+            )
+            continue
+        _set(doc.data, path, _scalar(value))
+        doc.sources[path] = f"environment {variable}"
+        overrides.append(Override(format_path(path), variable))
+    known = sorted(ENV_PREFIX + "__".join(p).upper() for p in _all_setting_paths())
+    for variable in sorted(ours):
+        if variable.upper() not in used:
+            close = difflib.get_close_matches(variable.upper(), known, n=1, cutoff=0.8)
+            warnings.append(
+                Problem(
+                    f"{variable} does not name a setting and is ignored",
+                    code="unknown_override",
+                    file=f"environment {variable}",
+                    hint=f"did you mean {close[0]}?" if close else "nested keys are joined by '__'",
+                )
+            )
+    return overrides, problems, warnings
+
+
+def _get(data: Any, path: JsonPath) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _scalar(value: Any) -> Any:
+    """Type an environment value the way the same text would be typed in gateway.yaml."""
+    if not isinstance(value, str) or not _is_plain(value):
+        return value
+    parsed, _ = yamlsafe.parse(f"v: {value}\n", "<env>")
+    if parsed is not None and isinstance(parsed.data, dict):
+        return parsed.data.get("v", value)
+    return value
+
+
+def _is_plain(value: str) -> bool:
+    return bool(value) and "\n" not in value and not value.startswith(("{", "[", "&", "*", "!"))
+
+
+def _leaves(tree: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    if isinstance(tree, dict) and (tree or not path):
+        out: list[tuple[tuple[str, ...], Any]] = []
+        for key, value in tree.items():
+            out.extend(_leaves(value, (*path, key)))
+        return out
+    return [(path, tree)]
+
+
+def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = data
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[path[-1]] = copy.deepcopy(value)
+
+
+def _all_setting_paths() -> list[tuple[str, ...]]:
+    paths: list[tuple[str, ...]] = []
+
+    def walk(model: type[Any], prefix: tuple[str, ...]) -> None:
+        for name, info in model.model_fields.items():
+            paths.append((*prefix, name))
+            annotation = info.annotation
+            for candidate in getattr(annotation, "__args__", (annotation,)):
+                if isinstance(candidate, type) and hasattr(candidate, "model_fields"):
+                    walk(candidate, (*prefix, name))
+
+    walk(GatewayConfig, ())
+    return paths
+
+
+def _host_checks(
+    loaded: LoadedConfig, doc: Located, env: Mapping[str, str]
+) -> tuple[dict[str, SecretStr], list[Problem]]:
+    """Resolve secret references and check that referenced files can be read."""
+    config = loaded.config
+    secrets: dict[str, SecretStr] = {}
+    problems: list[Problem] = []
+    if config.proxy is not None and config.proxy.password is not None:
+        secret, problem = _resolve_secret(
+            config.proxy.password, ("proxy", "password"), loaded, doc, env
+        )
+        if problem:
+            problems.append(problem)
+        elif secret is not None:
+            secrets["proxy.password"] = secret
+    files: list[tuple[JsonPath, str | None]] = [
+        (("empowerid", "ca_file"), config.empowerid.ca_file),
+        (("proxy", "ca_file"), config.proxy.ca_file if config.proxy else None),
+    ]
+    for name, target in config.targets.items():
+        if target.tls is not None:
+            files.append((("targets", name, "tls", "ca_file"), target.tls.ca_file))
+    for directory_index, directory in enumerate(config.policy.directories):
+        resolved = loaded.resolve_path(directory)
+        if not resolved.is_dir():
+            problems.append(
+                doc.problem(
+                    ("policy", "directories", directory_index),
+                    f"policy directory {str(resolved)!r} does not exist",
+                    code="missing_file",
+                )
+            )
+    for path, file_value in files:
+        if file_value is None:
+            continue
+        resolved = loaded.resolve_path(file_value)
+        if not resolved.is_file() or not os.access(resolved, os.R_OK):
+            problems.append(
+                doc.problem(
+                    path,
+                    f"file {str(resolved)!r} does not exist or cannot be read",
+                    code="missing_file",
+                )
+            )
+    return secrets, problems
+
+
+def _resolve_secret(
+    ref: SecretRef,
+    path: JsonPath,
+    loaded: LoadedConfig,
+    doc: Located,
+    env: Mapping[str, str],
+) -> tuple[SecretStr | None, Problem | None]:
+    if (ref.env is None) == (ref.file is None):
+        return None, doc.problem(
+            path,
+            "a secret reference needs exactly one of 'env' or 'file'",
+            code="invalid_secret_ref",
+        )
+    if ref.env is not None:
+        from_env = env.get(ref.env)
+        if from_env is None:
+            return None, doc.problem(
+                path,
+                f"environment variable {ref.env} is not set",
+                code="missing_secret",
+                hint="set it in the service's environment, or validate with --skip-host-checks",
+            )
+        return SecretStr(from_env), None
+    assert ref.file is not None
+    secret_file = loaded.resolve_path(ref.file)
+    try:
+        with secret_file.open("rb") as handle:
+            data = handle.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        return None, doc.problem(
+            path,
+            f"cannot read secret file {str(secret_file)!r}: {exc.strerror}",
+            code="missing_secret",
+        )
+    if len(data) > MAX_SECRET_BYTES:
+        return None, doc.problem(path, "secret file is larger than 64 KiB", code="invalid_secret")
+    try:
+        text = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        return None, doc.problem(path, "secret file is not UTF-8 text", code="invalid_secret")
+    return SecretStr(text), None

@@ -1,0 +1,338 @@
+"""The typed configuration model: the single source of truth for gateway.yaml.
+
+``schemas/gateway.schema.json`` is generated from these classes (``gateway schema``) and a test
+fails when the committed file drifts. The JSON Schema is what users' editors and CI see; rules it
+cannot express (overlapping operations, special address ranges, cross-field requirements) live in
+:mod:`gateway.config.semantics` and are reported in the same ``FILE:LINE:COL`` form.
+
+Every model is strict (no type coercion: ``verify: "off"`` is an error, never ``False``), frozen and
+forbids unknown keys.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
+
+SCHEMA_ID = "https://gateway.example/schemas/gateway.schema.json"
+
+# Methods an operation may allow. TRACE and CONNECT are never relayed (RFC 9110 sections 9.3.6
+# and 9.3.8: tunnels and request reflection have no place in an allow-list); raw streams use tcp
+# targets instead.
+Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+# Lower-case LDH host names (RFC 1123 section 2.1) or dotted-quad IPv4 without leading zeros.
+# No wildcards, trailing dots, userinfo or ports: a target names exactly one host.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+HOST_PATTERN = rf"^(?:{_LABEL}(?:\.{_LABEL})*|{_OCTET}(?:\.{_OCTET}){{3}}|[0-9a-f:.]*:[0-9a-f:.]*)$"
+NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$"
+GATEWAY_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+# RFC 9110 section 5.1 field-name token.
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$"
+CIDR_PATTERN = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"
+LISTEN_PATTERN = r"^(?:[a-z0-9.-]+|\[[0-9a-f:]+\]):[0-9]{1,5}$"
+
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+_UNIQUE: dict[str, Any] = {"uniqueItems": True}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SecretRef(_Model):
+    """A secret held outside the file: exactly one of an environment variable or a file."""
+
+    env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="Name of the environment variable holding the secret.",
+    )
+    file: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Path of a file holding the secret (trailing newline ignored).",
+    )
+
+
+class GatewaySection(_Model):
+    """Who this gateway is and where it keeps its state."""
+
+    id: str = Field(
+        pattern=GATEWAY_ID_PATTERN,
+        description="Gateway id as registered with EmpowerID (lower-case letters, digits, '-').",
+    )
+    state_dir: str = Field(
+        default="/var/lib/gateway",
+        min_length=1,
+        max_length=4096,
+        description="Directory for key, certificates, pinned keys and replay cache (mode 0700).",
+    )
+
+
+class EmpowerIdSection(_Model):
+    """The EmpowerID tenant the gateway registers with and reports to."""
+
+    url: str = Field(
+        pattern=r"^https://[^/?#@\s]+/?$",
+        max_length=2048,
+        description="Tenant base URL, https only, without path, query or credentials.",
+    )
+    ca_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="PEM file of the CA to pin for EmpowerID; default is the system trust store.",
+    )
+
+
+class RelaySection(_Model):
+    """Azure Relay listener settings. Connection details come from EmpowerID at start."""
+
+    connections: int = Field(
+        default=2,
+        ge=1,
+        le=25,
+        description="Listener control channels this gateway keeps open (Azure allows 25 per HC).",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        pattern=r"^(?:wss|ws)://[^/?#@\s]+/?$",
+        description=(
+            "Override of the relay endpoint, for a local relay emulator. ws:// is accepted for "
+            "loopback hosts only."
+        ),
+    )
+    ping_interval_seconds: Seconds = Field(
+        default=30, description="WebSocket ping interval for half-open detection."
+    )
+
+
+class ProxySection(_Model):
+    """Outbound HTTP proxy for relay and EmpowerID traffic. On-prem targets never use it."""
+
+    url: str = Field(
+        pattern=r"^https?://[^/?#@\s]+/?$",
+        description="Proxy URL (http:// or https://), without credentials.",
+    )
+    username: str | None = Field(default=None, min_length=1, max_length=256)
+    password: SecretRef | None = Field(
+        default=None, description="Proxy password, by reference: {env: NAME} or {file: PATH}."
+    )
+    no_proxy: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Hosts, domain suffixes (.corp.local) or CIDRs reached without the proxy.",
+    )
+    ca_file: str | None = Field(
+        default=None, min_length=1, description="Extra CA bundle for a TLS-inspecting proxy."
+    )
+
+
+class PolicySection(_Model):
+    """How every relayed request is decided."""
+
+    engine: Literal["embedded", "opa"] = Field(
+        default="embedded", description="embedded: Rego evaluated in-process; opa: an OPA server."
+    )
+    opa_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^?#@\s]+$",
+        description="OPA server base URL; required when engine is opa.",
+    )
+    directories: list[str] = Field(
+        default_factory=lambda: ["policies"],
+        min_length=1,
+        max_length=32,
+        description="Directories of Rego modules, relative to this file.",
+    )
+    mode: Literal["enforce", "monitor"] = Field(
+        default="enforce",
+        description="monitor logs 'would deny' and forwards anyway; for trials only.",
+    )
+    decision_timeout_seconds: Annotated[float, Field(gt=0, le=10)] = Field(
+        default=0.25, description="A decision not made in time is a deny."
+    )
+
+
+class TargetTls(_Model):
+    """TLS towards an https target."""
+
+    ca_file: str | None = Field(
+        default=None, min_length=1, description="CA bundle to verify the target with."
+    )
+    server_name: str | None = Field(
+        default=None,
+        pattern=HOST_PATTERN,
+        description="Name to verify in the target's certificate, when it differs from host.",
+    )
+    insecure_skip_verify: bool = Field(
+        default=False,
+        description="Do not verify the target's certificate. Logged loudly; never the default.",
+    )
+
+
+class TargetLimits(_Model):
+    """Per-target limits; unset values inherit the global limits and may not exceed them."""
+
+    max_concurrent_requests: int | None = Field(default=None, ge=1, le=100_000)
+    max_concurrent_streams: int | None = Field(default=None, ge=1, le=100_000)
+    connect_timeout_seconds: Seconds | None = None
+    request_timeout_seconds: Seconds | None = None
+    max_request_body_bytes: int | None = Field(default=None, ge=0, le=1 << 30)
+    max_response_body_bytes: int | None = Field(default=None, ge=0, le=1 << 30)
+
+
+class Operation(_Model):
+    """One thing the SaaS may do on a target: methods on segment-aware path patterns."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Name shown in decisions and audit logs.")
+    description: str | None = Field(default=None, max_length=1000)
+    methods: list[Method] = Field(min_length=1, max_length=7, json_schema_extra=_UNIQUE)
+    paths: list[str] = Field(
+        min_length=1,
+        max_length=64,
+        json_schema_extra=_UNIQUE,
+        description="Path patterns: literals, '*' (one segment), final '**' (one or more).",
+    )
+    headers: list[Annotated[str, Field(pattern=HEADER_NAME_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra=_UNIQUE,
+        description="Extra request headers passed through (e.g. Authorization).",
+    )
+    websocket: bool = Field(
+        default=False, description="Also allow WebSocket streams opened on these paths."
+    )
+
+
+class Target(_Model):
+    """An on-prem system the SaaS may reach, and exactly what it may do there."""
+
+    description: str | None = Field(default=None, max_length=1000)
+    scheme: Literal["https", "http", "tcp"]
+    host: str = Field(pattern=HOST_PATTERN, max_length=253)
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Default 443 (https) or 80 (http); tcp needs one."
+    )
+    allowed_cidrs: list[Annotated[str, Field(pattern=CIDR_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra=_UNIQUE,
+        description="Addresses the host may resolve to. Required unless host is an IP address.",
+    )
+    allow_special_addresses: bool = Field(
+        default=False,
+        description="Permit loopback, link-local, metadata and other special address ranges.",
+    )
+    tls: TargetTls | None = None
+    limits: TargetLimits = Field(default_factory=TargetLimits)
+    operations: list[Operation] = Field(
+        default_factory=list, max_length=256, description="Required for http(s) targets."
+    )
+
+    @property
+    def effective_port(self) -> int:
+        """The port to dial: explicit, or the scheme's default."""
+        if self.port is not None:
+            return self.port
+        return 443 if self.scheme == "https" else 80
+
+
+class SignatureSection(_Model):
+    """RFC 9421 request signatures from EmpowerID (verification cannot be switched off)."""
+
+    max_age_seconds: Annotated[float, Field(gt=0, le=600)] = 60
+    clock_skew_seconds: Annotated[float, Field(ge=0, le=300)] = 30
+    replay_cache_entries: int = Field(default=100_000, ge=1_000, le=10_000_000)
+
+
+class Limits(_Model):
+    """Global bounds; every relayed request and stream lives within them."""
+
+    max_concurrent_requests: int = Field(default=256, ge=1, le=100_000)
+    max_concurrent_streams: int = Field(default=1024, ge=1, le=100_000)
+    connect_timeout_seconds: Seconds = 5
+    request_timeout_seconds: Annotated[float, Field(gt=0, le=55)] = Field(
+        default=50, description="Must stay under the relay's 60 s deadline."
+    )
+    stream_idle_timeout_seconds: Seconds = 300
+    max_request_body_bytes: int = Field(default=16 << 20, ge=0, le=1 << 30)
+    max_response_body_bytes: int = Field(default=64 << 20, ge=0, le=1 << 30)
+    max_header_count: int = Field(default=100, ge=8, le=1000)
+    max_header_bytes: int = Field(default=32 << 10, ge=1024, le=1 << 20)
+    max_path_bytes: int = Field(default=4096, ge=64, le=65536)
+
+
+class LoggingSection(_Model):
+    """Log output."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+    audit_file: str | None = Field(
+        default=None, min_length=1, description="Decision log file; default standard output."
+    )
+
+
+class ObservabilitySection(_Model):
+    """Metrics (/metrics) and health (/healthz, /readyz) endpoint."""
+
+    enabled: bool = True
+    listen: str = Field(default="127.0.0.1:9464", pattern=LISTEN_PATTERN)
+
+
+class GatewayConfig(_Model):
+    """The whole of gateway.yaml."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        title="gateway.yaml",
+        json_schema_extra={"$id": SCHEMA_ID},
+    )
+
+    version: Literal[1] = Field(description="Configuration format version.")
+    gateway: GatewaySection
+    empowerid: EmpowerIdSection
+    relay: RelaySection = Field(default_factory=RelaySection)
+    proxy: ProxySection | None = None
+    policy: PolicySection = Field(default_factory=PolicySection)
+    signatures: SignatureSection = Field(default_factory=SignatureSection)
+    limits: Limits = Field(default_factory=Limits)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    observability: ObservabilitySection = Field(default_factory=ObservabilitySection)
+    targets: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Target] = Field(
+        max_length=1000, description="On-prem targets by name."
+    )
+
+
+class _SchemaGenerator(GenerateJsonSchema):
+    """Pydantic's generator with two changes: Draft 2020-12 ``$schema`` and no ``null`` members.
+
+    Optional settings are written by leaving the key out; ``key: null`` (or an empty value in
+    YAML) is rejected so that a half-edited line is an error rather than a silent default.
+    """
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        return self.generate_inner(schema["schema"])
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        result = super().default_schema(schema)
+        if result.get("default", 0) is None:
+            del result["default"]
+        return result
+
+    def generate(self, schema: core_schema.CoreSchema, mode: Any = "validation") -> JsonSchemaValue:
+        result = super().generate(schema, mode=mode)
+        return {"$schema": self.schema_dialect, **result}
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (Draft 2020-12) of gateway.yaml, generated from the model."""
+    return GatewayConfig.model_json_schema(schema_generator=_SchemaGenerator)

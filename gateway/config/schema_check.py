@@ -1,0 +1,209 @@
+"""JSON Schema validation of a parsed gateway.yaml, with messages that say what to fix.
+
+jsonschema's own messages describe the schema ("'x' does not match '^[a-z0-9]...$'"); operators
+need to hear about their file. Each validator keyword gets a message written for people, located at
+the offending key, with a did-you-mean hint for misspelt keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from typing import Any
+
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import ValidationError, best_match
+
+from gateway.config.model import METHODS, json_schema
+from gateway.config.yamlsafe import JsonPath, Located
+from gateway.errors import Problem
+
+_TYPE_NAMES = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "nothing",
+}
+_NEVER_METHODS = {
+    "TRACE": "TRACE is never relayed: it reflects requests back (cross-site tracing)",
+    "CONNECT": "CONNECT is never relayed: declare a tcp target for raw streams instead",
+}
+
+
+def _is_strict_integer(checker: Any, instance: Any) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# JSON Schema counts 8443.0 as an integer (Draft 2020-12 section 6.1.1 of the validation spec);
+# the typed model does not, and a port written as a float is a typo worth reporting here.
+_StrictValidator = validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_strict_integer),
+)
+
+
+@functools.cache
+def validator() -> Any:
+    """The compiled validator for the generated schema (built once per process)."""
+    schema = json_schema()
+    Draft202012Validator.check_schema(schema)
+    return _StrictValidator(schema)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {shown!r}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _host_hint(value: str) -> str:
+    if "*" in value:
+        return "wildcards are not allowed: each target names exactly one host"
+    if value.endswith("."):
+        return "remove the trailing dot"
+    if "@" in value:
+        return "user information ('user@') does not belong in a host"
+    if "://" in value or "/" in value:
+        return "write only the host name; put the scheme in 'scheme' and the port in 'port'"
+    if ":" in value and value.count(":") == 1:
+        return "write the port in 'port', not in 'host'"
+    if value != value.lower():
+        return f"write host names in lower case: {value.lower()!r}"
+    if "%" in value:
+        return "percent-encoding and IPv6 zone ids are not allowed in a host"
+    return "use a DNS name of letters, digits, '-' and '.', or an IP address"
+
+
+def _pattern_message(key: str | int, value: str, schema: dict[str, Any]) -> tuple[str, str, str]:
+    """(code, message, hint) for a string that does not match its pattern."""
+    if key in ("host", "server_name"):
+        return "invalid_host", f"{value!r} is not a valid host", _host_hint(value)
+    if key == "url" or key in ("endpoint", "opa_url"):
+        return "invalid_url", f"{value!r} is not an accepted URL", schema.get("description", "")
+    if isinstance(key, int) or key == "allowed_cidrs":
+        return "invalid_value", f"{value!r} is not valid here", schema.get("description", "")
+    hint = schema.get("description", "")
+    return "invalid_value", f"{value!r} is not valid for {key!r}", hint
+
+
+def _problem(error: ValidationError, doc: Located) -> Problem:
+    path: JsonPath = tuple(error.absolute_path)
+    key = path[-1] if path else ""
+    value = error.instance
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    kind = str(error.validator)
+    expected: Any = error.validator_value
+
+    if kind in ("anyOf", "oneOf") and error.context:
+        return _problem(best_match(error.context), doc)
+    if kind == "additionalProperties" and isinstance(value, dict):
+        allowed = sorted(schema.get("properties", {}))
+        extra = [k for k in value if k not in allowed]
+        unknown = extra[0] if extra else "?"
+        close = difflib.get_close_matches(unknown, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}"
+        return doc.problem(
+            (*path, unknown), f"unknown key {unknown!r}", code="unknown_key", hint=hint, key=True
+        )
+    if kind == "required":
+        required = [str(name) for name in expected]
+        absent = [name for name in required if isinstance(value, dict) and name not in value]
+        missing = (absent or required or ["?"])[0]
+        return doc.problem(path, f"missing required key {missing!r}", code="missing_key")
+    if kind == "propertyNames":
+        return doc.problem(
+            (*path, str(value)),
+            f"name {value!r} is not allowed",
+            code="invalid_name",
+            key=True,
+            hint="names use lower-case letters, digits, '-' and '_' (at most 64)",
+        )
+    if kind == "type":
+        wanted = expected
+        wanted_text = (
+            " or ".join(_TYPE_NAMES.get(str(w), str(w)) for w in wanted)
+            if isinstance(wanted, list)
+            else _TYPE_NAMES.get(wanted, str(wanted))
+        )
+        hint = ""
+        if wanted == "boolean" and isinstance(value, str):
+            hint = "write true or false without quotes; 'yes', 'no', 'on' and 'off' are strings"
+        elif wanted in ("integer", "number") and isinstance(value, str):
+            hint = "write a plain decimal number without quotes or leading zeros"
+        return doc.problem(
+            path, f"expected {wanted_text}, got {_describe(value)}", code="wrong_type", hint=hint
+        )
+    if kind in ("enum", "const"):
+        options = expected if kind == "enum" else [expected]
+        if isinstance(value, str) and value.upper() in _NEVER_METHODS and "GET" in options:
+            return doc.problem(path, _NEVER_METHODS[value.upper()], code="forbidden_method")
+        hint = ""
+        if isinstance(value, str) and value.upper() in options and value.upper() != value:
+            hint = f"methods are case-sensitive (RFC 9110 section 9.1): write {value.upper()!r}"
+        elif isinstance(value, str):
+            close = difflib.get_close_matches(value, [str(o) for o in options], n=1)
+            hint = f"did you mean {close[0]!r}?" if close else ""
+        listed = ", ".join(repr(o) for o in options)
+        if set(options) == set(METHODS):
+            listed = ", ".join(METHODS)
+        return doc.problem(
+            path, f"{_describe(value)} is not one of: {listed}", code="invalid_choice", hint=hint
+        )
+    if kind == "pattern" and isinstance(value, str):
+        code, message, hint = _pattern_message(key, value, schema)
+        return doc.problem(path, message, code=code, hint=hint)
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        relation = {
+            "minimum": "at least",
+            "maximum": "at most",
+            "exclusiveMinimum": "more than",
+            "exclusiveMaximum": "less than",
+        }[kind]
+        return doc.problem(path, f"must be {relation} {expected}, got {value}", code="out_of_range")
+    if kind in ("minItems", "minLength", "minProperties"):
+        return doc.problem(path, "must not be empty", code="empty_value")
+    if kind in ("maxItems", "maxLength", "maxProperties"):
+        return doc.problem(path, f"too long: the limit is {expected}", code="too_many")
+    if kind == "uniqueItems" and isinstance(value, list):
+        seen: set[str] = set()
+        for index, item in enumerate(value):
+            marker = repr(item)
+            if marker in seen:
+                return doc.problem(
+                    (*path, index), f"{item!r} is listed twice", code="duplicate_entry"
+                )
+            seen.add(marker)
+    return doc.problem(path, error.message, code=f"schema_{kind}")
+
+
+def check(doc: Located) -> list[Problem]:
+    """Every schema violation in ``doc``, in file order."""
+    problems: list[Problem] = []
+    for error in validator().iter_errors(doc.data):
+        path: JsonPath = tuple(error.absolute_path)
+        # A string where a secret reference belongs is the classic "password written inline".
+        if isinstance(error.instance, str) and path and path[-1] == "password":
+            problems.append(
+                doc.problem(
+                    path,
+                    "a password must not be written in the file",
+                    code="inline_secret",
+                    hint="reference it: {env: VARIABLE_NAME} or {file: /path/to/secret}",
+                )
+            )
+            continue
+        problems.append(_problem(error, doc))
+    problems.sort(key=lambda p: (p.file != doc.file, p.line, p.column))
+    return problems

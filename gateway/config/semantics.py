@@ -1,0 +1,382 @@
+"""Checks the JSON Schema cannot express, reported in the same located form as schema errors.
+
+Each check here closes a way to grant more than the author meant: overlapping operations (which
+one did the reviewer approve?), address ranges that reach the host itself or a cloud metadata
+service, two targets that answer to the same host:port, headers that would let the SaaS rewrite
+the request after the policy judged it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Iterator
+
+from gateway.config.model import GatewayConfig, Target
+from gateway.config.patterns import PathPattern, PatternError
+from gateway.config.yamlsafe import JsonPath, Located
+from gateway.errors import Problem
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Ranges a target may reach only with `allow_special_addresses: true`. Sources: RFC 6890 special
+# purpose registries, plus the cloud instance-metadata and platform endpoints an SSRF would aim at.
+SPECIAL_RANGES: tuple[tuple[str, str], ...] = (
+    ("0.0.0.0/8", "'this network' (RFC 1122)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local, including cloud metadata 169.254.169.254"),
+    ("168.63.129.16/32", "the Azure platform endpoint (WireServer)"),
+    ("100.100.100.200/32", "a cloud metadata service"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved and broadcast"),
+    ("::/128", "the unspecified address"),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped addresses (bypass IPv4 checks)"),
+    ("fe80::/10", "link-local"),
+    ("fd00:ec2::254/128", "a cloud metadata service"),
+    ("ff00::/8", "multicast"),
+)
+_SPECIAL = tuple((ipaddress.ip_network(net), why) for net, why in SPECIAL_RANGES)
+
+# Headers the SaaS may never have forwarded: hop-by-hop (RFC 9110 section 7.6.1), framing
+# (RFC 9112 section 6), and routing or rewrite headers upstream proxies trust (catalogue C 48, 59).
+NEVER_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "forwarded",
+        "via",
+        "x-real-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    }
+)
+NEVER_FORWARDED_PREFIXES = ("x-forwarded-",)
+
+
+def special_range(network: IPNetwork) -> str | None:
+    """Why ``network`` touches a special range, or None if it does not."""
+    for special, why in _SPECIAL:
+        if network.version == special.version and network.overlaps(special):
+            return f"{special} ({why})"
+    return None
+
+
+def check(config: GatewayConfig, doc: Located) -> list[Problem]:
+    """Every semantic problem in a schema-valid configuration."""
+    problems = list(_check_sections(config, doc))
+    endpoints: dict[tuple[str, int], str] = {}
+    for name, target in config.targets.items():
+        problems.extend(_check_target(name, target, config, doc))
+        key = (target.host, target.effective_port)
+        if key in endpoints:
+            problems.append(
+                doc.problem(
+                    ("targets", name, "host"),
+                    f"{target.host}:{target.effective_port} is already target "
+                    f"{endpoints[key]!r}; a request naming it would be ambiguous",
+                    code="duplicate_target",
+                    hint="merge the operations into one target",
+                )
+            )
+        else:
+            endpoints[key] = name
+    return problems
+
+
+def _check_sections(config: GatewayConfig, doc: Located) -> Iterator[Problem]:
+    endpoint = config.relay.endpoint
+    if endpoint and endpoint.startswith("ws://"):
+        host = endpoint[len("ws://") :].rstrip("/").rsplit(":", 1)[0].strip("[]")
+        if host != "localhost" and not _is_loopback(host):
+            yield doc.problem(
+                ("relay", "endpoint"),
+                "an unencrypted ws:// relay endpoint is accepted only on loopback",
+                code="insecure_endpoint",
+                hint="use wss:// for any relay that is not on this machine",
+            )
+    policy = config.policy
+    if policy.engine == "opa" and policy.opa_url is None:
+        yield doc.problem(
+            ("policy",),
+            "engine 'opa' needs 'opa_url'",
+            code="missing_key",
+            hint="for example opa_url: http://127.0.0.1:8181",
+        )
+    if policy.engine == "embedded" and policy.opa_url is not None:
+        yield doc.problem(
+            ("policy", "opa_url"),
+            "'opa_url' is set but engine is 'embedded', so it would be ignored",
+            code="unused_setting",
+            hint="set engine: opa, or remove opa_url",
+        )
+    proxy = config.proxy
+    if proxy is not None and (proxy.username is None) != (proxy.password is None):
+        missing = "password" if proxy.password is None else "username"
+        yield doc.problem(
+            ("proxy",),
+            f"proxy authentication needs both username and password; {missing} is missing",
+            code="missing_key",
+        )
+    if proxy is not None:
+        for index, entry in enumerate(proxy.no_proxy):
+            if not _valid_no_proxy(entry):
+                yield doc.problem(
+                    ("proxy", "no_proxy", index),
+                    f"{entry!r} is not a host, a domain suffix ('.corp.local') or a CIDR",
+                    code="invalid_value",
+                )
+
+
+def _valid_no_proxy(entry: str) -> bool:
+    if "/" in entry:
+        try:
+            ipaddress.ip_network(entry, strict=True)
+        except ValueError:
+            return False
+        return True
+    name = entry.removeprefix(".")
+    labels = name.split(".")
+    return bool(name) and all(
+        label and len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii()
+        for label in labels
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_target(
+    name: str, target: Target, config: GatewayConfig, doc: Located
+) -> Iterator[Problem]:
+    base = ("targets", name)
+    if target.scheme == "tcp":
+        if target.port is None:
+            yield doc.problem(base, "a tcp target needs a 'port'", code="missing_key")
+        if target.operations:
+            yield doc.problem(
+                (*base, "operations"),
+                "operations apply to http and https targets; a tcp target carries raw streams",
+                code="unused_setting",
+                hint="remove 'operations', or change the scheme",
+            )
+    elif not target.operations:
+        yield doc.problem(
+            base,
+            "an http(s) target needs at least one operation; without one it grants nothing",
+            code="missing_key",
+            hint="add operations: [{name: ..., methods: [GET], paths: [/...]}]",
+        )
+    if target.tls is not None:
+        if target.scheme != "https":
+            yield doc.problem(
+                (*base, "tls"), "'tls' applies to https targets only", code="unused_setting"
+            )
+        elif target.tls.insecure_skip_verify and target.tls.ca_file is not None:
+            yield doc.problem(
+                (*base, "tls"),
+                "'insecure_skip_verify' and 'ca_file' contradict each other",
+                code="conflicting_settings",
+                hint="keep ca_file and drop insecure_skip_verify",
+            )
+    yield from _check_addresses(base, target, doc)
+    yield from _check_limits(base, target, config, doc)
+    yield from _check_operations(base, target, doc)
+
+
+def _check_addresses(base: JsonPath, target: Target, doc: Located) -> Iterator[Problem]:
+    networks: list[IPNetwork] = []
+    for index, text in enumerate(target.allowed_cidrs):
+        path = (*base, "allowed_cidrs", index)
+        try:
+            network = ipaddress.ip_network(text, strict=True)
+        except ValueError as exc:
+            hint = ""
+            with contextlib.suppress(ValueError):
+                hint = f"did you mean {ipaddress.ip_network(text, strict=False)}?"
+            yield doc.problem(
+                path, f"{text!r} is not a valid network: {exc}", code="invalid_cidr", hint=hint
+            )
+            continue
+        networks.append(network)
+        why = special_range(network)
+        if why and not target.allow_special_addresses:
+            yield doc.problem(
+                path,
+                f"{network} includes {why}",
+                code="special_range",
+                hint="narrow the range, or set allow_special_addresses: true if this is intended",
+            )
+    try:
+        literal = ipaddress.ip_address(target.host)
+    except ValueError:
+        if ":" in target.host:
+            yield doc.problem(
+                (*base, "host"), f"{target.host!r} is not a valid IPv6 address", code="invalid_host"
+            )
+        elif not target.allowed_cidrs:
+            yield doc.problem(
+                (*base, "allowed_cidrs"),
+                f"list the networks {target.host} may resolve to",
+                code="missing_key",
+                hint="for example allowed_cidrs: [10.1.2.0/24]; other addresses are refused",
+            )
+        return
+    single = ipaddress.ip_network(literal)
+    why = special_range(single)
+    if why and not target.allow_special_addresses:
+        yield doc.problem(
+            (*base, "host"),
+            f"{literal} is in {why}",
+            code="special_range",
+            hint="set allow_special_addresses: true if this target really lives there",
+        )
+    if networks and not any(literal in net for net in networks):
+        yield doc.problem(
+            (*base, "host"),
+            f"{literal} is outside allowed_cidrs",
+            code="host_outside_cidrs",
+        )
+
+
+def _check_limits(
+    base: JsonPath, target: Target, config: GatewayConfig, doc: Located
+) -> Iterator[Problem]:
+    limits = config.limits
+    for field in type(target.limits).model_fields:
+        value = getattr(target.limits, field)
+        ceiling = getattr(limits, field)
+        if value is not None and value > ceiling:
+            yield doc.problem(
+                (*base, "limits", field),
+                f"{value} exceeds the global limit {ceiling} (limits.{field})",
+                code="exceeds_global_limit",
+            )
+
+
+def _check_operations(base: JsonPath, target: Target, doc: Located) -> Iterator[Problem]:
+    names: dict[str, int] = {}
+    parsed: list[list[PathPattern | None]] = []
+    for index, operation in enumerate(target.operations):
+        op_path = (*base, "operations", index)
+        if operation.name in names:
+            yield doc.problem(
+                (*op_path, "name"),
+                f"operation name {operation.name!r} is already used by "
+                f"operations[{names[operation.name]}]",
+                code="duplicate_operation",
+            )
+        names.setdefault(operation.name, index)
+        patterns: list[PathPattern | None] = []
+        for path_index, text in enumerate(operation.paths):
+            try:
+                patterns.append(PathPattern.parse(text))
+            except PatternError as exc:
+                patterns.append(None)
+                yield doc.problem(
+                    (*op_path, "paths", path_index),
+                    f"{text!r}: {exc}",
+                    code=exc.code,
+                    hint="see docs/configuration.md, 'Path patterns'",
+                )
+        parsed.append(patterns)
+        for header_index, header in enumerate(operation.headers):
+            lowered = header.lower()
+            if lowered in NEVER_FORWARDED or lowered.startswith(NEVER_FORWARDED_PREFIXES):
+                yield doc.problem(
+                    (*op_path, "headers", header_index),
+                    f"{header!r} is never forwarded: the gateway sets or strips it itself",
+                    code="forbidden_header",
+                )
+        if operation.websocket and "GET" not in operation.methods:
+            yield doc.problem(
+                (*op_path, "websocket"),
+                "a WebSocket stream opens with GET; add GET to methods",
+                code="conflicting_settings",
+            )
+        # Within one operation: a pattern another one already covers is dead weight for reviewers.
+        for i, first in enumerate(patterns):
+            for j in range(i + 1, len(patterns)):
+                second = patterns[j]
+                if first is None or second is None:
+                    continue
+                if first.covers(second) or second.covers(first):
+                    wide, narrow = (first, second) if first.covers(second) else (second, first)
+                    yield doc.problem(
+                        (*op_path, "paths", j),
+                        f"{str(narrow)!r} is already covered by {str(wide)!r}",
+                        code="redundant_path",
+                        hint="remove the narrower pattern",
+                    )
+    yield from _check_overlaps(base, target, parsed, doc)
+
+
+def _check_overlaps(
+    base: JsonPath,
+    target: Target,
+    parsed: list[list[PathPattern | None]],
+    doc: Located,
+) -> Iterator[Problem]:
+    """Two operations that both match some request make the decision's 'matched operation'
+    ambiguous, and hide one grant inside another; report each pair once."""
+    operations = target.operations
+    for i, first in enumerate(operations):
+        for j in range(i + 1, len(operations)):
+            second = operations[j]
+            shared = [m for m in first.methods if m in second.methods]
+            if not shared:
+                continue
+            clash = _first_overlap(parsed[i], parsed[j])
+            if clash is None:
+                continue
+            a, b = clash
+            if a.covers(b):
+                message = (
+                    f"operation {second.name!r} is shadowed by {first.name!r}: "
+                    f"{str(a)!r} already allows {', '.join(shared)} on {str(b)!r}"
+                )
+                code = "shadowed_operation"
+            elif b.covers(a):
+                message = (
+                    f"operation {second.name!r} shadows {first.name!r}: {str(b)!r} already "
+                    f"allows {', '.join(shared)} on {str(a)!r}"
+                )
+                code = "shadowed_operation"
+            else:
+                message = (
+                    f"operations {first.name!r} and {second.name!r} overlap: {str(a)!r} and "
+                    f"{str(b)!r} both match some paths for {', '.join(shared)}"
+                )
+                code = "overlapping_operations"
+            yield doc.problem(
+                (*base, "operations", j),
+                message,
+                code=code,
+                hint="each request should match exactly one operation; narrow or merge them",
+            )
+
+
+def _first_overlap(
+    first: list[PathPattern | None], second: list[PathPattern | None]
+) -> tuple[PathPattern, PathPattern] | None:
+    for a in first:
+        for b in second:
+            if a is not None and b is not None and a.overlaps(b):
+                return a, b
+    return None

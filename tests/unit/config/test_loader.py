@@ -1,0 +1,478 @@
+"""gateway.yaml loading: every bad input is reported with its location and a specific message."""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load
+from gateway.errors import ConfigError, Problem
+from tests.unit.config.conftest import BASE, WriteConfig
+
+NO_ENV: dict[str, str] = {}
+
+
+def problems_of(path: Path, env: dict[str, str] | None = None) -> list[Problem]:
+    with pytest.raises(ConfigError) as caught:
+        load(path, env=NO_ENV if env is None else env)
+    return caught.value.problems
+
+
+def only_problem(path: Path, env: dict[str, str] | None = None) -> Problem:
+    problems = problems_of(path, env)
+    assert len(problems) == 1, [p.render() for p in problems]
+    return problems[0]
+
+
+def test_base_config_loads(write_config: WriteConfig) -> None:
+    loaded = load(write_config(BASE), env=NO_ENV)
+    target = loaded.config.targets["erp"]
+    assert target.effective_port == 8443
+    assert target.operations[0].methods == ["GET", "POST"]
+    assert loaded.revision.startswith("sha256:")
+    assert loaded.resolve_path("state") == loaded.file.parent / "state"
+
+
+def test_example_file_is_valid() -> None:
+    example = Path(__file__).parents[3] / "gateway.yaml.example"
+    loaded = load(example, env={"GATEWAY_PROXY_PASSWORD": "s3cret"})
+    assert set(loaded.config.targets) == {"erp", "directory"}
+    assert loaded.secrets["proxy.password"].get_secret_value() == "s3cret"
+
+
+def test_revision_changes_with_content_only(write_config: WriteConfig) -> None:
+    first = load(write_config(BASE), env=NO_ENV).revision
+    again = load(write_config("# a comment\n" + BASE), env=NO_ENV).revision
+    changed = load(write_config(BASE.replace("GET, POST", "GET")), env=NO_ENV).revision
+    assert first == again
+    assert first != changed
+
+
+@pytest.mark.parametrize(
+    ("anchor", "insert", "path"),
+    [
+        ("version: 1\n", "colour: blue\n", "colour"),
+        ("  id: agent-1\n", "  name: x\n", "gateway.name"),
+        ("  url: https://tenant.empowerid.example\n", "  verify: true\n", "empowerid.verify"),
+        ("policy:\n", "  engin: opa\n", "policy.engin"),
+        ("    port: 8443\n", "    alow: [x]\n", "targets.erp.alow"),
+        (
+            "        methods: [GET, POST]\n",
+            "        verfiy_tls: true\n",
+            "targets.erp.operations[0].verfiy_tls",
+        ),
+    ],
+)
+def test_unknown_key_at_every_level(
+    write_config: WriteConfig, anchor: str, insert: str, path: str
+) -> None:
+    text = BASE.replace(anchor, anchor + insert)
+    problem = only_problem(write_config(text))
+    assert problem.code == "unknown_key"
+    assert problem.path == path
+    expected_line = text[: text.index(anchor + insert)].count("\n") + anchor.count("\n") + 1
+    assert problem.line == expected_line
+    assert problem.render().startswith(f"{problem.file}:{expected_line}:")
+
+
+def test_misspelt_key_gets_a_suggestion(write_config: WriteConfig) -> None:
+    problem = only_problem(write_config(BASE.replace("allowed_cidrs", "alowed_cidrs")))
+    assert problem.code == "unknown_key"
+    assert "did you mean 'allowed_cidrs'?" in problem.hint
+
+
+def test_missing_required_key(write_config: WriteConfig) -> None:
+    problem = only_problem(write_config(BASE.replace("  id: agent-1\n", "")))
+    assert (problem.code, problem.path) == ("missing_key", "gateway")
+    assert "'id'" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("port", "code"),
+    [
+        ("0", "out_of_range"),
+        ("65536", "out_of_range"),
+        ("-1", "out_of_range"),
+        ('"0443"', "wrong_type"),
+        ("0443", "wrong_type"),  # YAML 1.1 would read octal 291
+        ("0x20fb", "wrong_type"),
+        ("8_443", "wrong_type"),
+        ("8443.0", "wrong_type"),
+        ("true", "wrong_type"),
+    ],
+)
+def test_bad_ports(write_config: WriteConfig, port: str, code: str) -> None:
+    problem = only_problem(write_config(BASE.replace("port: 8443", f"port: {port}")))
+    assert (problem.code, problem.path, problem.line) == (code, "targets.erp.port", 13)
+
+
+@pytest.mark.parametrize("value", ['"off"', "off", "no", '"false"', "0"])
+def test_security_booleans_are_never_coerced(write_config: WriteConfig, value: str) -> None:
+    text = BASE.replace(
+        "    port: 8443\n", f"    port: 8443\n    tls:\n      insecure_skip_verify: {value}\n"
+    )
+    problem = only_problem(write_config(text))
+    assert problem.code == "wrong_type"
+    assert problem.path == "targets.erp.tls.insecure_skip_verify"
+    assert "true or false" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("methods", "code", "fragment"),
+    [
+        ("[get]", "invalid_choice", "write 'GET'"),
+        ("[Get]", "invalid_choice", "write 'GET'"),
+        ("[TRACE]", "forbidden_method", "TRACE is never relayed"),
+        ("[CONNECT]", "forbidden_method", "tcp target"),
+        ("[GET, GET]", "duplicate_entry", "listed twice"),
+        ("[]", "empty_value", "must not be empty"),
+    ],
+)
+def test_bad_methods(write_config: WriteConfig, methods: str, code: str, fragment: str) -> None:
+    problem = only_problem(write_config(BASE.replace("[GET, POST]", methods)))
+    assert problem.code == code
+    assert fragment in problem.render()
+    assert problem.line == 17
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("api/x", "not_absolute"),
+        ("/api/../admin", "dot_segment"),
+        ("/api/%2Fadmin", "forbidden_encoding"),
+        ("/api/%2fadmin", "lowercase_percent_encoding"),
+        ("/api//x", "empty_segment"),
+        ('"/api\\\\x"', "backslash"),
+        ("/api*", "partial_wildcard"),
+        ("/api/**/x", "many_not_last"),
+        ("/api/x;jsessionid=1", "matrix_parameter"),
+        ("/api/%41", "non_canonical_encoding"),
+        ("/api/%00", "forbidden_encoding"),
+    ],
+)
+def test_bad_path_patterns(write_config: WriteConfig, path: str, code: str) -> None:
+    problem = only_problem(write_config(BASE.replace("[/api/*]", f"[{path}]")))
+    assert (problem.code, problem.path, problem.line) == (
+        code,
+        "targets.erp.operations[0].paths[0]",
+        18,
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "hint"),
+    [
+        ('"*"', "wildcards"),
+        ('"*.corp.local"', "wildcards"),
+        ("erp.corp.local.", "trailing dot"),
+        ("user@erp.corp.local", "user information"),
+        ("erp.corp.local@evil.example", "user information"),
+        ("ERP.corp.local", "lower case"),
+        ("erp.corp.local:8443", "'port'"),
+        ("https://erp.corp.local", "scheme"),
+        ("erp%2ecorp.local", "percent-encoding"),
+    ],
+)
+def test_bad_hosts(write_config: WriteConfig, host: str, hint: str) -> None:
+    problem = only_problem(write_config(BASE.replace("host: erp.corp.local", f"host: {host}")))
+    assert (problem.code, problem.path, problem.line) == ("invalid_host", "targets.erp.host", 12)
+    assert hint in problem.hint
+
+
+def test_ipv6_zone_id_is_refused(write_config: WriteConfig) -> None:
+    text = BASE.replace("host: erp.corp.local", 'host: "fe80::1%eth0"')
+    problem = only_problem(write_config(text))
+    assert problem.code == "invalid_host"
+
+
+def test_duplicate_yaml_keys(write_config: WriteConfig) -> None:
+    text = BASE.replace("    port: 8443\n", "    port: 8443\n    port: 9443\n")
+    problem = only_problem(write_config(text))
+    assert (problem.code, problem.line, problem.column) == ("duplicate_key", 14, 5)
+    assert "first defined on line 13" in problem.message
+
+
+def test_duplicate_target_names(write_config: WriteConfig) -> None:
+    target = BASE[BASE.index("  erp:\n") :]
+    problem = only_problem(write_config(BASE + target))
+    assert problem.code == "duplicate_key"
+    assert problem.path == "targets.erp"
+
+
+def test_yaml_syntax_error_reports_the_line(write_config: WriteConfig) -> None:
+    problem = only_problem(write_config(BASE.replace("[GET, POST]", "[GET, POST")))
+    assert problem.code == "yaml_syntax"
+    assert problem.line == 18
+
+
+def test_alias_bomb_is_rejected_fast_with_bounded_memory(write_config: WriteConfig) -> None:
+    bomb = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for index in range(1, 9):
+        previous = chr(ord("a") + index - 1)
+        name = chr(ord("a") + index)
+        bomb.append(f"{name}: &{name} [" + ",".join([f"*{previous}"] * 9) + "]")
+    path = write_config("\n".join(bomb) + "\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    problem = only_problem(path)
+    elapsed = time.perf_counter() - started
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert problem.code == "alias_expansion"
+    assert elapsed < 2.0
+    assert grown_kib < 200 * 1024
+
+
+def test_recursive_alias(write_config: WriteConfig) -> None:
+    problem = only_problem(write_config("a: &x [1, *x]\n"))
+    assert problem.code == "recursive_alias"
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "line"),
+    [
+        (b"", "empty_document", 1),
+        (b"   \n\n", "empty_document", 1),
+        (b"# only a comment\n", "empty_document", 1),
+        (b"- a\n- b\n", "not_a_mapping", 1),
+        (b"just text\n", "not_a_mapping", 1),
+        (b"\xef\xbb\xbfversion: 1\n", "byte_order_mark", 1),
+        (b"version: 1\nname: caf\xe9\n", "invalid_utf8", 2),
+        (b"version: 1\n---\nversion: 1\n", "yaml_syntax", 2),
+        (b"a: !!python/object/apply:os.system [id]\n", "explicit_tag", 1),
+        (b"<<: {a: 1}\n", "merge_key", 1),
+        (b"1: one\n", "non_string_key", 1),
+        (b"version: 1\nname: a\x1fb\n", "invalid_character", 2),
+        (b"? [a, b]\n: c\n", "non_string_key", 1),
+    ],
+)
+def test_unusable_files(tmp_path: Path, content: bytes, code: str, line: int) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_bytes(content)
+    problem = only_problem(path)
+    assert (problem.code, problem.line) == (code, line)
+
+
+def test_ten_megabyte_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_bytes(b"# padding\n" * 1_000_000)
+    started = time.perf_counter()
+    problem = only_problem(path)
+    assert problem.code == "file_too_large"
+    assert "10.0 MB" in problem.message
+    assert time.perf_counter() - started < 1.0
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path / "nope.yaml")
+    assert problem.code == "unreadable"
+    assert "GATEWAY_CONFIG" in problem.hint
+
+
+def test_every_problem_is_reported_at_once(write_config: WriteConfig) -> None:
+    text = BASE.replace("port: 8443", "port: 0").replace("[GET, POST]", "[get]")
+    text = text.replace("version: 1\n", "version: 1\nextra: 1\n")
+    problems = problems_of(write_config(text))
+    assert [p.code for p in problems] == ["unknown_key", "out_of_range", "invalid_choice"]
+    assert [p.line for p in problems] == sorted(p.line for p in problems)
+
+
+# --- semantic checks ---------------------------------------------------------------------------
+
+SECOND_OPERATION = """\
+      - name: {name}
+        methods: [{methods}]
+        paths: [{path}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("methods", "path", "code"),
+    [
+        ("GET", "/api/orders", "shadowed_operation"),
+        ("DELETE, GET", "/api/**", "shadowed_operation"),
+        ("GET", "/*/orders", "overlapping_operations"),
+    ],
+)
+def test_overlapping_operations(
+    write_config: WriteConfig, methods: str, path: str, code: str
+) -> None:
+    text = BASE + SECOND_OPERATION.format(name="second", methods=methods, path=path)
+    problem = only_problem(write_config(text))
+    assert (problem.code, problem.path) == (code, "targets.erp.operations[1]")
+    assert problem.line == 19
+
+
+def test_disjoint_operations_are_fine(write_config: WriteConfig) -> None:
+    text = BASE + SECOND_OPERATION.format(name="delete", methods="DELETE", path="/api/*")
+    text += SECOND_OPERATION.format(name="admin", methods="GET", path="/apiadmin/*")
+    load(write_config(text), env=NO_ENV)
+
+
+def test_duplicate_operation_name(write_config: WriteConfig) -> None:
+    text = BASE + SECOND_OPERATION.format(name="read-orders", methods="DELETE", path="/api/*")
+    problem = only_problem(write_config(text))
+    assert (problem.code, problem.path) == ("duplicate_operation", "targets.erp.operations[1].name")
+
+
+def test_redundant_path_inside_operation(write_config: WriteConfig) -> None:
+    problem = only_problem(write_config(BASE.replace("[/api/*]", "[/api/**, /api/x]")))
+    assert problem.code == "redundant_path"
+    assert problem.path == "targets.erp.operations[0].paths[1]"
+
+
+@pytest.mark.parametrize(
+    ("cidr", "code", "hint"),
+    [
+        ("0.0.0.0/0", "special_range", "allow_special_addresses"),
+        ("127.0.0.0/8", "special_range", "allow_special_addresses"),
+        ("169.254.169.254/32", "special_range", "allow_special_addresses"),
+        ("168.63.129.16/32", "special_range", "allow_special_addresses"),
+        ("::/0", "special_range", "allow_special_addresses"),
+        ("10.1.2.3/24", "invalid_cidr", "did you mean 10.1.2.0/24?"),
+        ("10.1.2.0/33", "invalid_cidr", ""),
+    ],
+)
+def test_bad_cidrs(write_config: WriteConfig, cidr: str, code: str, hint: str) -> None:
+    problem = only_problem(write_config(BASE.replace("[10.1.2.0/24]", f'["{cidr}"]')))
+    assert (problem.code, problem.path) == (code, "targets.erp.allowed_cidrs[0]")
+    assert hint in problem.hint
+
+
+def test_special_range_allowed_with_the_explicit_flag(write_config: WriteConfig) -> None:
+    text = BASE.replace("[10.1.2.0/24]", "[127.0.0.1/32]\n    allow_special_addresses: true")
+    load(write_config(text), env=NO_ENV)
+
+
+def test_hostname_target_needs_cidrs_but_ip_literal_does_not(write_config: WriteConfig) -> None:
+    text = BASE.replace("    allowed_cidrs: [10.1.2.0/24]\n", "")
+    assert only_problem(write_config(text)).code == "missing_key"
+    load(write_config(text.replace("host: erp.corp.local", "host: 10.1.2.3")), env=NO_ENV)
+    outside = BASE.replace("host: erp.corp.local", "host: 10.9.9.9")
+    assert only_problem(write_config(outside)).code == "host_outside_cidrs"
+
+
+def test_two_targets_with_the_same_host_and_port(write_config: WriteConfig) -> None:
+    twin = BASE[BASE.index("  erp:\n") :].replace("  erp:", "  erp2:")
+    problem = only_problem(write_config(BASE + twin))
+    assert (problem.code, problem.path) == ("duplicate_target", "targets.erp2.host")
+
+
+def test_forbidden_header_in_allow_list(write_config: WriteConfig) -> None:
+    text = BASE.replace(
+        "        paths: [/api/*]\n",
+        "        paths: [/api/*]\n        headers: [Authorization, X-Forwarded-For]\n",
+    )
+    problem = only_problem(write_config(text))
+    assert (problem.code, problem.path) == (
+        "forbidden_header",
+        "targets.erp.operations[0].headers[1]",
+    )
+
+
+def test_tcp_target_rules(write_config: WriteConfig) -> None:
+    text = BASE.replace("scheme: https", "scheme: tcp")
+    problem = only_problem(write_config(text))
+    assert (problem.code, problem.path) == ("unused_setting", "targets.erp.operations")
+    no_port = text.replace("    port: 8443\n", "")
+    codes = {p.code for p in problems_of(write_config(no_port))}
+    assert "missing_key" in codes
+
+
+def test_target_limit_above_global(write_config: WriteConfig) -> None:
+    text = BASE.replace(
+        "    port: 8443\n", "    port: 8443\n    limits:\n      max_concurrent_requests: 100000\n"
+    )
+    problem = only_problem(write_config(text))
+    assert (problem.code, problem.path) == (
+        "exceeds_global_limit",
+        "targets.erp.limits.max_concurrent_requests",
+    )
+
+
+def test_insecure_relay_endpoint_only_on_loopback(write_config: WriteConfig) -> None:
+    ok = BASE.replace("policy:\n", "relay:\n  endpoint: ws://127.0.0.1:9400\npolicy:\n")
+    load(write_config(ok), env=NO_ENV)
+    bad = ok.replace("127.0.0.1", "relay.example")
+    assert only_problem(write_config(bad)).code == "insecure_endpoint"
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+PROXY = """\
+proxy:
+  url: http://127.0.0.1:3128
+  username: svc
+  password: {password}
+"""
+
+
+def test_inline_proxy_password_is_refused(write_config: WriteConfig) -> None:
+    problem = only_problem(write_config(BASE + PROXY.format(password="hunter2")))
+    assert (problem.code, problem.path) == ("inline_secret", "proxy.password")
+    assert "hunter2" not in problem.render()
+
+
+def test_secret_from_env_and_file(write_config: WriteConfig, tmp_path: Path) -> None:
+    path = write_config(BASE + PROXY.format(password="{env: PROXY_PW}"))
+    assert load(path, env={"PROXY_PW": "pw1"}).secrets["proxy.password"].get_secret_value() == "pw1"
+    (tmp_path / "pw").write_text("pw2\n")
+    path = write_config(BASE + PROXY.format(password="{file: pw}"))
+    assert load(path, env=NO_ENV).secrets["proxy.password"].get_secret_value() == "pw2"
+
+
+def test_missing_secret_env_var(write_config: WriteConfig) -> None:
+    path = write_config(BASE + PROXY.format(password="{env: PROXY_PW}"))
+    problem = only_problem(path)
+    assert (problem.code, problem.path, problem.line) == ("missing_secret", "proxy.password", 22)
+    assert "PROXY_PW" in problem.message
+    load(path, env=NO_ENV, check_host=False)
+
+
+def test_secret_reference_needs_exactly_one_source(write_config: WriteConfig) -> None:
+    path = write_config(BASE + PROXY.format(password="{env: A, file: b}"))
+    assert only_problem(path, env={"A": "x"}).code == "invalid_secret_ref"
+
+
+# --- environment overrides ----------------------------------------------------------------------
+
+
+def test_environment_override_is_applied_and_reported(write_config: WriteConfig) -> None:
+    loaded = load(write_config(BASE), env={"GATEWAY_RELAY__CONNECTIONS": "4"})
+    assert loaded.config.relay.connections == 4
+    assert [(o.path, o.variable) for o in loaded.overrides] == [
+        ("relay.connections", "GATEWAY_RELAY__CONNECTIONS")
+    ]
+
+
+def test_environment_override_is_checked_like_the_file(write_config: WriteConfig) -> None:
+    problem = only_problem(write_config(BASE), env={"GATEWAY_RELAY__CONNECTIONS": "0443"})
+    assert problem.code == "wrong_type"
+    assert problem.file == "environment GATEWAY_RELAY__CONNECTIONS"
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["GATEWAY_TARGETS__ERP__PORT", "GATEWAY_POLICY__MODE", "GATEWAY_LIMITS__MAX_PATH_BYTES"],
+)
+def test_security_settings_cannot_be_overridden(write_config: WriteConfig, variable: str) -> None:
+    problem = only_problem(write_config(BASE), env={variable: "1"})
+    assert problem.code == "override_refused"
+
+
+def test_unknown_top_level_override_is_a_warning(write_config: WriteConfig) -> None:
+    # Platforms add variables of their own: Kubernetes sets GATEWAY_PORT for a service "gateway".
+    loaded = load(
+        write_config(BASE), env={"GATEWAY_PORT": "tcp://10.0.0.1:80", "GATEWAY_RELAYS": "1"}
+    )
+    hints = {w.file: w.hint for w in loaded.warnings}
+    assert set(hints) == {"environment GATEWAY_PORT", "environment GATEWAY_RELAYS"}
+
+
+def test_misspelt_nested_override_is_an_error_with_suggestion(write_config: WriteConfig) -> None:
+    problem = only_problem(write_config(BASE), env={"GATEWAY_RELAY__CONECTIONS": "3"})
+    assert (problem.code, problem.file) == ("unknown_key", "environment GATEWAY_RELAY__CONECTIONS")
+    assert problem.hint == "did you mean 'connections'?"
