@@ -20,8 +20,8 @@ demo: $(STAMP)
 	$(BIN)/gateway validate -c gateway.yaml.example --skip-host-checks
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests benchmarks
-	$(BIN)/ruff format --check gateway tests benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

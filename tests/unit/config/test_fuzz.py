@@ -20,13 +20,15 @@ def load_bytes(content: bytes) -> None:
         path = Path(directory) / "gateway.yaml"
         path.write_bytes(content)
         (Path(directory) / "policies").mkdir()
+        problems = []
         try:
             load(path, env={})
         except ConfigError as exc:
-            assert exc.problems
-            for problem in exc.problems:
-                assert problem.code
-                assert problem.render()
+            problems = exc.problems or [None]
+        for problem in problems:
+            assert problem is not None
+            assert problem.code
+            assert problem.render()
 
 
 @SETTINGS
