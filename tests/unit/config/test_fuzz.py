@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import load
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, Problem
 from tests.unit.config.conftest import BASE
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -20,13 +20,13 @@ def load_bytes(content: bytes) -> None:
         path = Path(directory) / "gateway.yaml"
         path.write_bytes(content)
         (Path(directory) / "policies").mkdir()
-        problems = []
+        problems: list[Problem] | None = None
         try:
             load(path, env={})
         except ConfigError as exc:
-            problems = exc.problems or [None]
-        for problem in problems:
-            assert problem is not None
+            problems = exc.problems
+        assert problems is None or problems, "a ConfigError must list at least one problem"
+        for problem in problems or []:
             assert problem.code
             assert problem.render()
 
