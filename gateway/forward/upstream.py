@@ -1,0 +1,331 @@
+"""The HTTP forwarder: sends one allowed, canonical request to its on-prem target.
+
+Hardening (catalogue sections A and C): the URL is built from the target's configured scheme,
+host and port plus the canonical path exactly as the policy judged it (yarl's ``encoded=True``, so
+nothing is re-encoded on the way); headers arrive already built from the allow-list and aiohttp
+adds none of its own; redirects are never followed; bodies are not decompressed; the response is
+streamed under a size cap; the address comes from the dial step (:mod:`gateway.forward.dial`);
+environment proxy variables are ignored (``trust_env=False``); every phase has a timeout below the
+relay's 60 s deadline; each target has a concurrency cap answered with 503 rather than a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from yarl import URL
+
+from gateway.config.model import GatewayConfig, Target
+from gateway.forward.dial import DialError, PinnedResolver, Redirect, Resolver, system_resolver
+
+log = logging.getLogger(__name__)
+
+# Response headers that describe one hop, not the resource (RFC 9110 section 7.6.1).
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    }
+)
+# aiohttp's defaults are 8190-byte lines; the header count matches catalogue C 64.
+MAX_RESPONSE_HEADERS = 128
+MAX_RESPONSE_LINE = 8190
+CHUNK = 64 * 1024
+
+
+class UpstreamError(Exception):
+    """The target could not be reached or answered badly; ``code`` and ``status`` for the SaaS."""
+
+    def __init__(self, code: str, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    """A response on its way back. ``body`` yields at most the configured number of bytes and
+    raises :class:`UpstreamError` (``upstream_body_too_large``) past it."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: AsyncIterator[bytes]
+    first_chunk: bytes = b""
+    complete: bool = False
+    _response: aiohttp.ClientResponse | None = field(default=None, repr=False)
+
+    async def release(self) -> None:
+        """Return or close the upstream connection; safe to call more than once."""
+        if self._response is not None:
+            self._response.release()
+            self._response = None
+
+
+def tls_context(
+    target: Target, resolve_path: Callable[[str], Path] | None = None
+) -> ssl.SSLContext:
+    """The TLS settings for an https target: verification on, TLS 1.2 minimum, optional CA.
+
+    ``resolve_path`` turns a relative ``ca_file`` into a path (relative to gateway.yaml).
+    """
+    tls = target.tls
+    if tls is not None and tls.insecure_skip_verify:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    cafile = None
+    if tls is not None and tls.ca_file is not None:
+        cafile = str(resolve_path(tls.ca_file)) if resolve_path else tls.ca_file
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class Upstream:
+    """One connection pool for all targets, pinned to checked addresses."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        resolver: Resolver = system_resolver,
+        redirect: Redirect | None = None,
+        tls_contexts: Mapping[str, ssl.SSLContext] | None = None,
+    ) -> None:
+        self._config = config
+        self._targets = config.targets
+        by_endpoint = {(t.host, t.effective_port): t for t in self._targets.values()}
+        self._resolver = PinnedResolver(
+            by_endpoint,
+            resolver=resolver,
+            timeout=min(2.0, config.limits.connect_timeout_seconds),
+            redirect=redirect,
+        )
+        self._tls = (
+            dict(tls_contexts)
+            if tls_contexts is not None
+            else {name: tls_context(t) for name, t in self._targets.items() if t.scheme == "https"}
+        )
+        for name, target in self._targets.items():
+            if target.tls is not None and target.tls.insecure_skip_verify:
+                log.warning(
+                    "TLS verification is OFF for target %s (tls.insecure_skip_verify)",
+                    name,
+                    extra={"event": "insecure_target", "target": name},
+                )
+        self._in_flight: dict[str, int] = dict.fromkeys(self._targets, 0)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                resolver=self._resolver,
+                use_dns_cache=False,
+                limit=self._config.limits.max_concurrent_requests,
+                enable_cleanup_closed=True,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                trust_env=False,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+                max_line_size=MAX_RESPONSE_LINE,
+                max_field_size=MAX_RESPONSE_LINE,
+                max_headers=MAX_RESPONSE_HEADERS,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(
+        self,
+        target_name: str,
+        *,
+        method: str,
+        path: str,
+        query: str | None,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> UpstreamResponse:
+        """Forward one request; raises :class:`UpstreamError` with the answer to give."""
+        target = self._targets[target_name]
+        limits = self._config.limits
+        cap = target.limits.max_concurrent_requests or limits.max_concurrent_requests
+        if self._in_flight[target_name] >= cap:
+            raise UpstreamError("target_busy", f"{target_name} has {cap} requests in flight", 503)
+        self._in_flight[target_name] += 1
+        try:
+            return await self._send(target_name, target, method, path, query, headers, body)
+        finally:
+            self._in_flight[target_name] -= 1
+
+    async def _send(
+        self,
+        name: str,
+        target: Target,
+        method: str,
+        path: str,
+        query: str | None,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> UpstreamResponse:
+        limits = self._config.limits
+        total = target.limits.request_timeout_seconds or limits.request_timeout_seconds
+        connect = target.limits.connect_timeout_seconds or limits.connect_timeout_seconds
+        max_body = target.limits.max_response_body_bytes
+        max_body = limits.max_response_body_bytes if max_body is None else max_body
+        url = URL.build(
+            scheme=target.scheme,
+            host=target.host,
+            port=target.effective_port,
+            path=path,
+            query_string=query or "",
+            encoded=True,
+        )
+        ssl_setting: ssl.SSLContext | bool = self._tls.get(name, True)
+        server_name = target.tls.server_name if target.tls is not None else None
+        session = self._ensure_session()
+        try:
+            response = await session.request(
+                method,
+                url,
+                headers=headers,
+                data=body if body or method in ("POST", "PUT", "PATCH") else None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=total, sock_connect=connect),
+                ssl=ssl_setting if target.scheme == "https" else True,
+                server_hostname=server_name,
+            )
+        except DialError as refused:
+            raise UpstreamError(refused.code, str(refused), refused.status) from None
+        except TimeoutError:
+            raise UpstreamError("upstream_timeout", f"no answer within {total}s", 504) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise UpstreamError(
+                "upstream_tls", f"certificate rejected: {exc.certificate_error}"
+            ) from None
+        except aiohttp.ClientSSLError as exc:
+            raise UpstreamError("upstream_tls", f"TLS failed: {exc}") from None
+        except aiohttp.ClientConnectorError as exc:
+            cause = exc.os_error
+            if isinstance(cause, DialError):
+                raise UpstreamError(cause.code, str(cause), cause.status) from None
+            raise UpstreamError("upstream_unreachable", f"cannot connect: {exc.os_error}") from None
+        except aiohttp.ClientResponseError as exc:
+            raise UpstreamError(_response_error_code(exc), f"bad response: {exc.message}") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise UpstreamError("upstream_protocol_error", f"bad response: {exc}") from None
+        return await self._wrap(response, max_body, total)
+
+    async def _wrap(
+        self, response: aiohttp.ClientResponse, max_body: int, total: float
+    ) -> UpstreamResponse:
+        headers = _response_headers(response)
+        reason = (response.reason or "").replace("\r", " ").replace("\n", " ")
+        declared = response.content_length
+        if declared is not None and declared > max_body:
+            response.close()
+            raise UpstreamError(
+                "upstream_body_too_large", f"response of {declared} bytes exceeds {max_body}"
+            )
+        # Read the first chunk now: small bodies (the common case) are then complete, and the
+        # caller can answer inline on the relay's control channel without streaming.
+        try:
+            first = await _read_capped(response, max_body, 0)
+        except BaseException:
+            response.close()
+            raise
+        complete = response.content.at_eof()
+        result = UpstreamResponse(
+            status=response.status,
+            reason=reason,
+            headers=headers,
+            body=_stream(response, max_body, len(first)),
+            first_chunk=first,
+            complete=complete,
+            _response=response,
+        )
+        return result
+
+
+async def _read_capped(response: aiohttp.ClientResponse, max_body: int, seen: int) -> bytes:
+    try:
+        chunk = await response.content.read(CHUNK)
+    except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
+        raise UpstreamError("upstream_protocol_error", f"bad response body: {exc}") from None
+    except TimeoutError:
+        raise UpstreamError("upstream_timeout", "response body stalled", 504) from None
+    if seen + len(chunk) > max_body:
+        raise UpstreamError("upstream_body_too_large", f"response body exceeds {max_body} bytes")
+    return chunk
+
+
+async def _stream(
+    response: aiohttp.ClientResponse, max_body: int, seen: int
+) -> AsyncIterator[bytes]:
+    try:
+        while not response.content.at_eof():
+            chunk = await _read_capped(response, max_body, seen)
+            if not chunk:
+                break
+            seen += len(chunk)
+            yield chunk
+    finally:
+        response.release()
+
+
+def _response_error_code(exc: aiohttp.ClientResponseError) -> str:
+    # aiohttp reports oversize header blocks as "Got more than N bytes" / "Too many headers".
+    text = str(exc.message).lower()
+    if "got more than" in text or "too many headers" in text or "too large" in text:
+        return "upstream_headers_too_large"
+    return "upstream_protocol_error"
+
+
+def _response_headers(response: aiohttp.ClientResponse) -> list[tuple[str, str]]:
+    named_by_connection = {
+        token.strip().lower()
+        for value in response.headers.getall("Connection", [])
+        for token in value.split(",")
+    }
+    kept: list[tuple[str, str]] = []
+    for name, value in response.raw_headers:
+        text = name.decode("latin-1")
+        lowered = text.lower()
+        if lowered in _HOP_BY_HOP or lowered in named_by_connection:
+            continue
+        kept.append((text, value.decode("latin-1")))
+    return kept
+
+
+async def drain(response: UpstreamResponse) -> bytes:
+    """The whole body of ``response`` (for small bodies and tests), within its cap."""
+    parts = [response.first_chunk]
+    if not response.complete:
+        async for chunk in response.body:
+            parts.append(chunk)
+    await response.release()
+    return b"".join(parts)
+
+
+__all__ = ["Upstream", "UpstreamError", "UpstreamResponse", "drain", "tls_context"]
