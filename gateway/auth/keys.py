@@ -1,0 +1,242 @@
+"""The pinned set of request-signing public keys of the SaaS, with validity windows.
+
+The control plane delivers the key set at registration and on every registration refresh as a JSON
+document (``schemas/signing-keys.schema.json``)::
+
+    {"keys": [{"keyid": "eid-2025-01", "alg": "ed25519",
+               "public_key_pem": "-----BEGIN PUBLIC KEY-----...",
+               "not_before": "2025-01-01T00:00:00Z", "not_after": "2026-01-01T00:00:00Z"},
+              {"keyid": "eid-2025-02", "alg": "ecdsa-p256-sha256",
+               "jwk": {"kty": "EC", "crv": "P-256", "x": "...", "y": "..."},
+               "not_before": "...", "not_after": "..."}]}
+
+Rotation semantics: a document is the complete truth. During a rotation the control plane keeps
+listing the outgoing key until its ``not_after`` while it adds the new one; a key absent from the
+newest document is revoked and stops verifying the moment the new set is installed. A ``KeySet``
+is immutable, so replacing the verifier's reference swaps the whole set atomically.
+
+Only Ed25519 (RFC 9421 section 3.3.6) and ECDSA P-256 with SHA-256 (section 3.3.4) are accepted:
+asymmetric, small, fast to verify, and no shared secret to leak from the on-premises host.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, Literal
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from gateway.errors import GatewayError
+
+Algorithm = Literal["ed25519", "ecdsa-p256-sha256"]
+PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+
+ALGORITHMS: Final[tuple[Algorithm, ...]] = ("ed25519", "ecdsa-p256-sha256")
+_ALGORITHM_BY_NAME: Final[dict[str, Algorithm]] = {name: name for name in ALGORITHMS}
+MAX_KEYS: Final = 32
+MAX_DOCUMENT_BYTES: Final = 256 * 1024
+# Key ids travel as Structured Field Strings (RFC 8941 section 3.3.3) inside Signature-Input; a
+# conservative character set keeps them safe to log and to use as file and metric labels.
+KEYID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+_RFC3339: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
+    r"(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+_KEY_FIELDS: Final = frozenset({"keyid", "alg", "public_key_pem", "jwk", "not_before", "not_after"})
+_JWK_FIELDS: Final = {
+    "ed25519": frozenset({"kty", "crv", "x", "kid"}),
+    "ecdsa-p256-sha256": frozenset({"kty", "crv", "x", "y", "kid"}),
+}
+
+
+class KeySetError(GatewayError):
+    """A signing-key document or key cannot be used; the message names the offending field."""
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedKey:
+    """One public key of the SaaS: its id, algorithm and validity window (Unix seconds)."""
+
+    keyid: str
+    alg: Algorithm
+    public_key: PublicKey
+    not_before: float
+    not_after: float
+
+    def __post_init__(self) -> None:
+        if not KEYID_PATTERN.fullmatch(self.keyid):
+            raise KeySetError("keyid: must be 1-128 characters of A-Z a-z 0-9 . _ : / + = -")
+        if self.alg not in ALGORITHMS:
+            raise KeySetError(f"{self.keyid}: alg must be one of {', '.join(ALGORITHMS)}")
+        _check_key_type(self.alg, self.public_key, self.keyid)
+        if not self.not_before < self.not_after:
+            raise KeySetError(f"{self.keyid}: not_before must be earlier than not_after")
+
+    def active_at(self, when: float) -> bool:
+        """Whether the key may verify a signature checked at ``when`` (Unix seconds)."""
+        return self.not_before <= when < self.not_after
+
+
+class KeySet(Mapping[str, PinnedKey]):
+    """An immutable mapping ``keyid -> PinnedKey`` with at most ``MAX_KEYS`` entries."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: Iterable[PinnedKey]) -> None:
+        collected: dict[str, PinnedKey] = {}
+        for key in keys:
+            if key.keyid in collected:
+                raise KeySetError(f"{key.keyid}: duplicate keyid")
+            collected[key.keyid] = key
+            if len(collected) > MAX_KEYS:
+                raise KeySetError(f"keys: more than {MAX_KEYS} keys")
+        self._keys = collected
+
+    def __getitem__(self, keyid: str) -> PinnedKey:
+        return self._keys[keyid]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"KeySet({sorted(self._keys)!r})"
+
+    @classmethod
+    def from_json(cls, document: bytes | str) -> KeySet:
+        """Parse and validate a key-set document (see the module docstring for the format)."""
+        size = len(document.encode() if isinstance(document, str) else document)
+        if size > MAX_DOCUMENT_BYTES:
+            raise KeySetError(f"document: larger than {MAX_DOCUMENT_BYTES} bytes")
+        try:
+            parsed = json.loads(document)
+        except (ValueError, RecursionError) as exc:
+            raise KeySetError("document: not valid JSON") from exc
+        return cls.from_document(parsed)
+
+    @classmethod
+    def from_document(cls, document: object) -> KeySet:
+        """Validate an already decoded key-set document."""
+        if not isinstance(document, dict) or set(document) != {"keys"}:
+            raise KeySetError("document: must be an object with exactly the member 'keys'")
+        entries = document["keys"]
+        if not isinstance(entries, list) or not entries:
+            raise KeySetError("keys: must be a non-empty array")
+        if len(entries) > MAX_KEYS:
+            raise KeySetError(f"keys: more than {MAX_KEYS} keys")
+        return cls(_parse_entry(entry, f"keys[{index}]") for index, entry in enumerate(entries))
+
+
+def _parse_entry(entry: object, where: str) -> PinnedKey:
+    if not isinstance(entry, dict):
+        raise KeySetError(f"{where}: must be an object")
+    unknown = set(entry) - _KEY_FIELDS
+    if unknown:
+        raise KeySetError(f"{where}: unknown member(s) {', '.join(sorted(map(str, unknown)))}")
+    keyid = _string(entry, "keyid", where)
+    if not KEYID_PATTERN.fullmatch(keyid):
+        raise KeySetError(f"{where}.keyid: must be 1-128 characters of A-Z a-z 0-9 . _ : / + = -")
+    alg = _string(entry, "alg", where)
+    algorithm = _ALGORITHM_BY_NAME.get(alg)
+    if algorithm is None:
+        raise KeySetError(f"{where}.alg: must be one of {', '.join(ALGORITHMS)}")
+    has_pem, has_jwk = "public_key_pem" in entry, "jwk" in entry
+    if has_pem == has_jwk:
+        raise KeySetError(f"{where}: exactly one of public_key_pem and jwk is required")
+    if has_pem:
+        public_key = _load_pem(_string(entry, "public_key_pem", where), algorithm, f"{where}")
+    else:
+        public_key = _load_jwk(entry["jwk"], algorithm, keyid, f"{where}.jwk")
+    not_before = _timestamp(entry, "not_before", where)
+    not_after = _timestamp(entry, "not_after", where)
+    if not not_before < not_after:
+        raise KeySetError(f"{where}: not_before must be earlier than not_after")
+    return PinnedKey(keyid, algorithm, public_key, not_before, not_after)
+
+
+def _string(entry: Mapping[str, object], name: str, where: str) -> str:
+    value = entry.get(name)
+    if not isinstance(value, str):
+        raise KeySetError(f"{where}.{name}: required string")
+    return value
+
+
+def _timestamp(entry: Mapping[str, object], name: str, where: str) -> float:
+    text = _string(entry, name, where)
+    # RFC 3339 section 5.6 date-time with an explicit offset (a naive time would depend on the
+    # host's zone); the same pattern as the schema, since fromisoformat alone accepts more forms.
+    if not _RFC3339.fullmatch(text):
+        raise KeySetError(f"{where}.{name}: RFC 3339 date-time with a time zone offset required")
+    try:
+        return datetime.fromisoformat(text.upper()).timestamp()
+    except ValueError as exc:
+        raise KeySetError(f"{where}.{name}: not an RFC 3339 date-time") from exc
+
+
+def _load_pem(pem: str, alg: Algorithm, where: str) -> PublicKey:
+    try:
+        key = load_pem_public_key(pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm) as exc:
+        raise KeySetError(f"{where}.public_key_pem: not a PEM public key") from exc
+    if not isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        raise KeySetError(f"{where}.public_key_pem: key type does not match alg {alg}")
+    _check_key_type(alg, key, f"{where}.public_key_pem")
+    return key
+
+
+def _load_jwk(jwk: object, alg: Algorithm, keyid: str, where: str) -> PublicKey:
+    # RFC 7517 / RFC 8037 (OKP Ed25519) / RFC 7518 section 6.2 (EC P-256). Private members such
+    # as "d" are refused outright: a private key must never be shipped to the gateway.
+    if not isinstance(jwk, dict):
+        raise KeySetError(f"{where}: must be an object")
+    unknown = set(jwk) - _JWK_FIELDS[alg]
+    if unknown:
+        raise KeySetError(f"{where}: member(s) not allowed: {', '.join(sorted(map(str, unknown)))}")
+    if "kid" in jwk and jwk["kid"] != keyid:
+        raise KeySetError(f"{where}.kid: differs from keyid")
+    if alg == "ed25519":
+        if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+            raise KeySetError(f"{where}: ed25519 needs kty OKP and crv Ed25519")
+        raw = _b64url(jwk.get("x"), 32, f"{where}.x")
+        return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+    if jwk.get("kty") != "EC" or jwk.get("crv") != "P-256":
+        raise KeySetError(f"{where}: ecdsa-p256-sha256 needs kty EC and crv P-256")
+    x = int.from_bytes(_b64url(jwk.get("x"), 32, f"{where}.x"), "big")
+    y = int.from_bytes(_b64url(jwk.get("y"), 32, f"{where}.y"), "big")
+    try:
+        # public_key() checks that the point lies on the curve.
+        return ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+    except ValueError as exc:
+        raise KeySetError(f"{where}: not a point on P-256") from exc
+
+
+def _b64url(value: object, length: int, where: str) -> bytes:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+        raise KeySetError(f"{where}: must be unpadded base64url")
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise KeySetError(f"{where}: must be unpadded base64url") from exc
+    if len(raw) != length:
+        raise KeySetError(f"{where}: must encode exactly {length} bytes")
+    return raw
+
+
+def _check_key_type(alg: Algorithm, key: object, where: str) -> None:
+    if alg == "ed25519":
+        ok = isinstance(key, ed25519.Ed25519PublicKey)
+    else:
+        ok = isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+    if not ok:
+        raise KeySetError(f"{where}: key type does not match alg {alg}")

@@ -1,0 +1,520 @@
+"""Verification of the SaaS's RFC 9421 HTTP Message Signature on every relayed request.
+
+A relayed request (or WebSocket connect) is authentic only if it carries a signature that
+
+* is selected by the application tag (``tag`` parameter, RFC 9421 section 2.3) so that a signature
+  the same key made for another purpose is never accepted here;
+* covers ``@method``, ``@authority``, ``@path``, ``@query`` and ``x-gateway-id`` (the id of this
+  gateway, so a request meant for another gateway is refused), plus ``content-digest``
+  (RFC 9530) whenever the request has a body;
+* names a ``keyid`` of the pinned key set that is inside its validity window, with an ``alg``
+  (if given) that matches the key;
+* has ``created`` no older than ``max_age`` and not in the future, and an ``expires`` (if given)
+  not in the past, each with ``max_skew`` tolerance;
+* carries a ``nonce`` this gateway has not accepted before (the replay cache);
+* verifies cryptographically, and whose Content-Digest matches the body bytes (SHA-256 or SHA-512).
+
+Order of work: cheap syntactic and size checks first (header counts and sizes, Structured Field
+syntax, component ids, parameters), then key lookup and time checks, then one signature
+verification, then the digest over the body, then the replay cache. Garbage is refused before any
+cryptography runs, and only authentic signatures can add nonces to the replay cache or samples to
+the clock-skew estimate.
+
+The ``http-message-signatures`` package does the RFC 9421 work: component resolution, the
+signature base, the algorithms and the Content-Digest check. Three pieces are ours, each because
+the package cannot do the job: (1) the structural pre-checks, because the package parses and
+resolves while it verifies and reports every problem as the same exception with a free-text
+message, whereas the gateway needs a stable reason code per failure and needs the checks done
+before cryptography; (2) the time checks, because the package reads the wall clock itself (no clock
+can be injected) and cannot tell "expired" from "clock skew"; (3) selecting the algorithm per key,
+because a package verifier is bound to one algorithm while the pinned set mixes Ed25519 and P-256.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import http_sf
+from http_message_signatures import (
+    ContentDigest,
+    HTTPMessageVerifier,
+    HTTPSignatureComponentResolver,
+    HTTPSignatureKeyResolver,
+    VerifyResult,
+    algorithms,
+)
+
+from gateway.auth.errors import Reason, SignatureError
+from gateway.auth.keys import KEYID_PATTERN, Algorithm, KeySet, PinnedKey, PublicKey
+from gateway.auth.replay import Admission, ReplayCache
+from gateway.auth.skew import ClockSkewEstimate, SkewEstimator
+
+GATEWAY_ID_HEADER: Final = "x-gateway-id"
+"""The request header naming the gateway a request is meant for (covered by the signature)."""
+
+DEFAULT_TAG: Final = "gateway-request"
+"""The ``tag`` signature parameter that marks a signature as a relayed-request authorisation."""
+
+REQUIRED_COMPONENTS: Final = ("@method", "@authority", "@path", "@query", GATEWAY_ID_HEADER)
+DIGEST_COMPONENT: Final = "content-digest"
+
+_ALGORITHM_CLASSES: Final[dict[str, type[algorithms.HTTPSignatureAlgorithm]]] = {
+    "ed25519": algorithms.ED25519,
+    "ecdsa-p256-sha256": algorithms.ECDSA_P256_SHA256,
+}
+# Derived components a request signature may cover (RFC 9421 section 2.2) and the parameters each
+# may carry. "@status" belongs to responses; "req" and "tr" parameters are not meaningful here.
+_DERIVED_PARAMS: Final[dict[str, frozenset[str]]] = {
+    "@method": frozenset(),
+    "@authority": frozenset(),
+    "@path": frozenset(),
+    "@query": frozenset(),
+    "@target-uri": frozenset(),
+    "@scheme": frozenset(),
+    "@request-target": frozenset(),
+    "@query-param": frozenset({"name"}),
+}
+_FIELD_PARAMS: Final = frozenset({"sf", "key", "bs"})
+_SIGNATURE_PARAMS: Final = frozenset({"alg", "created", "expires", "keyid", "nonce", "tag"})
+# RFC 9110 section 5.1 field names (tchar), already lower-cased.
+_FIELD_NAME: Final = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+_MAX_SIGNATURE_BYTES: Final = 256
+_MAX_TIMESTAMP: Final = 2**40
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierSettings:
+    """Limits and windows of signature verification (seconds and bytes)."""
+
+    max_age: float = 60.0
+    max_skew: float = 30.0
+    tag: str = DEFAULT_TAG
+    max_header_count: int = 256
+    max_header_bytes: int = 64 * 1024
+    max_signature_field_bytes: int = 4096
+    max_signatures: int = 4
+    max_components: int = 16
+    max_nonce_length: int = 128
+
+    def __post_init__(self) -> None:
+        if self.max_age <= 0 or self.max_skew < 0:
+            raise ValueError("max_age must be positive and max_skew non-negative")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedRequest:
+    """What an accepted signature established about the request.
+
+    ``covered`` lists the covered component identifiers in their serialized form, as they appear
+    in the signature base (``'"@method"'``, ``'"content-digest"'``).
+    """
+
+    keyid: str
+    alg: Algorithm
+    label: str
+    created: int
+    expires: int | None
+    nonce: str
+    covered: tuple[str, ...]
+    body_verified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    label: str
+    components: tuple[tuple[str, dict[str, Any]], ...]
+    params: dict[str, Any]
+
+
+class _Fields:
+    """Read-only header view: the package only calls ``items()`` when verifying."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
+        self._pairs = pairs
+
+    def items(self) -> Iterable[tuple[str, str]]:
+        return self._pairs
+
+
+class _Message:
+    """The request as the package's component resolver expects it (no ``status_code``)."""
+
+    __slots__ = ("headers", "method", "url")
+
+    def __init__(self, method: str, url: str, headers: _Fields) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+
+
+class _OneKeyResolver(HTTPSignatureKeyResolver):
+    """Hands the package exactly the key already looked up, so a concurrent key-set swap between
+    the lookup and the verification cannot change which key is used."""
+
+    def __init__(self, keyid: str, key: PublicKey) -> None:
+        self._keyid = keyid
+        self._key = key
+
+    def resolve_public_key(self, key_id: str) -> PublicKey | None:
+        return self._key if key_id == self._keyid else None
+
+
+class _WindowCheckedVerifier(HTTPMessageVerifier):
+    """The package's verifier minus its wall-clock time checks, which ``SignatureVerifier`` has
+    already made with its own clock (and with distinct reason codes) before calling it."""
+
+    def validate_created_and_expires(self, sig_input: object, max_age: object = None) -> None:
+        return None
+
+
+class SignatureVerifier:
+    """Verifies relayed requests for one gateway (``gateway_id``) listening on ``hc_path``.
+
+    ``hc_path`` is the Hybrid Connection path as it appears in URLs (for example ``hc-agent-1``):
+    the signed ``@path`` must lie below ``/{hc_path}`` (HTTP requests) or ``/$hc/{hc_path}``
+    (WebSocket connects), per the relay's URL layout, so a request signed for another Hybrid
+    Connection is refused even before its signature is checked.
+    """
+
+    def __init__(
+        self,
+        keys: KeySet,
+        replay_cache: ReplayCache,
+        *,
+        gateway_id: str,
+        hc_path: str,
+        settings: VerifierSettings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``clock`` returns Unix seconds; it is the gateway's notion of now for every check."""
+        if not gateway_id or not hc_path or hc_path.startswith("/") or hc_path.endswith("/"):
+            raise ValueError("gateway_id and hc_path (without surrounding '/') are required")
+        self._keys = keys
+        self._replay = replay_cache
+        self._gateway_id = gateway_id
+        self._prefixes = (f"/{hc_path}", f"/$hc/{hc_path}")
+        self._settings = settings or VerifierSettings()
+        self._clock = clock
+        self._skew = SkewEstimator(threshold=self._settings.max_skew)
+
+    @property
+    def keys(self) -> KeySet:
+        """The key set currently trusted."""
+        return self._keys
+
+    def replace_keys(self, keys: KeySet) -> None:
+        """Install a new key set; keys absent from it stop verifying at once (revocation)."""
+        self._keys = keys
+
+    def clock_skew(self) -> ClockSkewEstimate | None:
+        """The current estimate of the local clock's offset from the signer's (for health)."""
+        return self._skew.estimate(self._clock())
+
+    def verify(
+        self,
+        *,
+        method: str,
+        authority: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None = None,
+    ) -> VerifiedRequest:
+        """Authenticate one request or raise ``SignatureError``.
+
+        ``authority`` is the relay namespace host the SaaS addressed (from the gateway's own
+        configuration, not from the request); ``path`` and ``query`` come from the relayed
+        request target (``query`` without the ``?``, empty when there is none); ``headers`` are
+        the relayed headers as name/value pairs; ``body`` is ``None`` when the request has none.
+        """
+        settings = self._settings
+        self._check_header_sizes(headers)
+        sig_input_value = self._combined_field(headers, "signature-input")
+        signature_value = self._combined_field(headers, "signature")
+        if sig_input_value is None or signature_value is None:
+            raise SignatureError(Reason.MISSING_SIGNATURE, "Signature or Signature-Input is absent")
+        candidate = self._select(sig_input_value, signature_value)
+        params = candidate.params
+        for name in ("keyid", "created", "nonce"):
+            if name not in params:
+                raise SignatureError(Reason.MISSING_PARAMETER, f"signature lacks '{name}'")
+        keyid: str = params["keyid"]
+        safe_keyid = keyid if KEYID_PATTERN.fullmatch(keyid) else None
+        covered_bare = {
+            name for name, component_params in candidate.components if not component_params
+        }
+        required = REQUIRED_COMPONENTS + ((DIGEST_COMPONENT,) if body is not None else ())
+        missing = [name for name in required if name not in covered_bare]
+        if missing:
+            raise SignatureError(
+                Reason.MISSING_COMPONENT, f"signature does not cover {', '.join(missing)}"
+            )
+
+        key = self._lookup_key(keyid, params.get("alg"), safe_keyid)
+        message = self._message(method, authority, path, query, headers, candidate, safe_keyid)
+
+        now = self._clock()
+        created: int = params["created"]
+        expires: int | None = params.get("expires")
+        if expires is not None and expires <= created:
+            raise SignatureError(Reason.MALFORMED_SIGNATURE, "'expires' is not after 'created'")
+        time_failure = self._time_failure(created, expires, now)
+
+        try:
+            results: list[VerifyResult] = _WindowCheckedVerifier(
+                signature_algorithm=_ALGORITHM_CLASSES[key.alg],
+                key_resolver=_OneKeyResolver(key.keyid, key.public_key),
+            ).verify(message, max_age=None, expect_tag=settings.tag)
+        except Exception as exc:  # any package failure at this point means "not authentic"
+            raise SignatureError(
+                Reason.BAD_SIGNATURE, "signature does not verify", keyid=safe_keyid
+            ) from exc
+        result = results[0]
+
+        # Authentic from here on: the timestamps are the signer's, so they are evidence of skew.
+        self._skew.record(now - created, now)
+        if time_failure is not None:
+            raise self._time_error(time_failure, now, safe_keyid)
+
+        digest = result.covered_components.get(f'"{DIGEST_COMPONENT}"')
+        if digest is not None:
+            try:
+                ContentDigest.verify(digest, body if body is not None else b"")
+            except Exception as exc:  # malformed, unsupported algorithm or mismatch
+                raise SignatureError(
+                    Reason.DIGEST_MISMATCH,
+                    "Content-Digest does not authenticate the body",
+                    keyid=safe_keyid,
+                ) from exc
+
+        window_end = min(created + settings.max_age, math.inf if expires is None else expires)
+        admission = self._replay.admit(
+            key.keyid, params["nonce"], created=created, expires=window_end + settings.max_skew
+        )
+        if admission is Admission.REPLAY:
+            raise SignatureError(Reason.REPLAY, "nonce already used", keyid=safe_keyid)
+        if admission is Admission.BEFORE_START:
+            raise SignatureError(
+                Reason.REPLAY,
+                "signature predates the replay-cache start barrier (state not restored)",
+                keyid=safe_keyid,
+            )
+        if admission is Admission.CLOSED:
+            raise SignatureError(
+                Reason.REPLAY_CACHE_CLOSED, "replay cache closed for shutdown", keyid=safe_keyid
+            )
+        if admission is Admission.FULL:
+            raise SignatureError(Reason.REPLAY_CACHE_FULL, "replay cache is full", keyid=safe_keyid)
+        return VerifiedRequest(
+            keyid=key.keyid,
+            alg=key.alg,
+            label=candidate.label,
+            created=created,
+            expires=expires,
+            nonce=params["nonce"],
+            covered=tuple(
+                name for name in result.covered_components if name != '"@signature-params"'
+            ),
+            body_verified=digest is not None,
+        )
+
+    # -- structural checks (no cryptography) --------------------------------------------------
+
+    def _check_header_sizes(self, headers: Sequence[tuple[str, str]]) -> None:
+        settings = self._settings
+        if len(headers) > settings.max_header_count:
+            raise SignatureError(Reason.HEADERS_TOO_LARGE, "too many header fields")
+        if sum(len(name) + len(value) for name, value in headers) > settings.max_header_bytes:
+            raise SignatureError(Reason.HEADERS_TOO_LARGE, "header fields too large")
+
+    def _combined_field(self, headers: Sequence[tuple[str, str]], name: str) -> str | None:
+        """All field lines of ``name`` joined as RFC 9110 section 5.3 (and the package) do."""
+        lines = [value for field, value in headers if field.lower() == name]
+        if not lines:
+            return None
+        combined = ", ".join(value.strip(" \t") for value in lines)
+        if len(combined) > self._settings.max_signature_field_bytes:
+            raise SignatureError(Reason.HEADERS_TOO_LARGE, f"{name} field too large")
+        if not combined.isascii() or not combined.isprintable():
+            raise SignatureError(Reason.MALFORMED_SIGNATURE, f"{name} has invalid characters")
+        return combined
+
+    def _select(self, sig_input_value: str, signature_value: str) -> _Candidate:
+        settings = self._settings
+        inputs = _parse_dictionary(sig_input_value, "Signature-Input")
+        signatures = _parse_dictionary(signature_value, "Signature")
+        if len(inputs) > settings.max_signatures or len(signatures) > settings.max_signatures:
+            raise SignatureError(Reason.MALFORMED_SIGNATURE, "too many signatures")
+        if inputs.keys() != signatures.keys():
+            raise SignatureError(
+                Reason.MALFORMED_SIGNATURE, "Signature and Signature-Input labels differ"
+            )
+        selected: list[_Candidate] = []
+        for label, member in inputs.items():
+            candidate = self._candidate(label, member, signatures[label])
+            if candidate.params.get("tag") == settings.tag:
+                selected.append(candidate)
+        if not selected:
+            raise SignatureError(Reason.MISSING_SIGNATURE, "no signature with the expected tag")
+        if len(selected) > 1:
+            raise SignatureError(Reason.MALFORMED_SIGNATURE, "several signatures with the tag")
+        return selected[0]
+
+    def _candidate(self, label: str, member: Any, signature: Any) -> _Candidate:
+        settings = self._settings
+        if not (isinstance(member, tuple) and isinstance(member[0], list)):
+            raise SignatureError(Reason.MALFORMED_SIGNATURE, "Signature-Input member not a list")
+        items, params = member
+        if not (isinstance(signature, tuple) and isinstance(signature[0], bytes)):
+            raise SignatureError(Reason.MALFORMED_SIGNATURE, "Signature member not a byte sequence")
+        if not 0 < len(signature[0]) <= _MAX_SIGNATURE_BYTES:
+            raise SignatureError(Reason.MALFORMED_SIGNATURE, "signature value has a bad size")
+        if len(items) > settings.max_components:
+            raise SignatureError(Reason.MALFORMED_SIGNATURE, "too many covered components")
+        components: list[tuple[str, dict[str, Any]]] = []
+        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        for item in items:
+            name, component_params = item
+            _check_component(name, component_params)
+            identity = (name, tuple(sorted((k, repr(v)) for k, v in component_params.items())))
+            if identity in seen:
+                raise SignatureError(Reason.MALFORMED_SIGNATURE, "component covered twice")
+            seen.add(identity)
+            components.append((name, component_params))
+        self._check_params(params)
+        return _Candidate(label, tuple(components), params)
+
+    def _check_params(self, params: dict[str, Any]) -> None:
+        # RFC 9421 section 2.3 parameters; anything else is refused as the package would.
+        for name, value in params.items():
+            if name not in _SIGNATURE_PARAMS:
+                raise SignatureError(Reason.MALFORMED_SIGNATURE, "unknown signature parameter")
+            if name in ("created", "expires"):
+                if type(value) is not int or not 0 <= value < _MAX_TIMESTAMP:
+                    raise SignatureError(Reason.MALFORMED_SIGNATURE, f"'{name}' not a timestamp")
+            elif type(value) is not str or not value:
+                raise SignatureError(Reason.MALFORMED_SIGNATURE, f"'{name}' not a string")
+        if len(params.get("nonce", "")) > self._settings.max_nonce_length:
+            raise SignatureError(Reason.MALFORMED_SIGNATURE, "nonce too long")
+
+    def _lookup_key(self, keyid: str, alg: str | None, safe_keyid: str | None) -> PinnedKey:
+        key = self._keys.get(keyid)
+        if key is None:
+            raise SignatureError(Reason.UNKNOWN_KEY, "keyid not in the pinned key set")
+        if not key.active_at(self._clock()):
+            raise SignatureError(
+                Reason.KEY_NOT_ACTIVE, "key outside its validity window", keyid=safe_keyid
+            )
+        if alg is not None and alg != key.alg:
+            raise SignatureError(
+                Reason.ALG_MISMATCH, "alg does not match the key", keyid=safe_keyid
+            )
+        return key
+
+    def _message(
+        self,
+        method: str,
+        authority: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, str]],
+        candidate: _Candidate,
+        safe_keyid: str | None,
+    ) -> _Message:
+        if not any(path == prefix or path.startswith(prefix + "/") for prefix in self._prefixes):
+            raise SignatureError(
+                Reason.WRONG_GATEWAY, "path is outside this Hybrid Connection", keyid=safe_keyid
+            )
+        url = f"https://{authority}{path}" + (f"?{query}" if query else "")
+        message = _Message(method, url, _Fields(headers))
+        try:
+            # Validates method and URL syntax exactly as the signature base will need them.
+            HTTPSignatureComponentResolver(message)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            raise SignatureError(
+                Reason.MALFORMED_REQUEST, "request target cannot be signed", keyid=safe_keyid
+            ) from exc
+        present = {name.lower() for name, _ in headers}
+        for name, _ in candidate.components:
+            if not name.startswith("@") and name not in present:
+                raise SignatureError(
+                    Reason.MISSING_COMPONENT, "a covered header is absent", keyid=safe_keyid
+                )
+        lines = [value.strip(" \t") for name, value in headers if name.lower() == GATEWAY_ID_HEADER]
+        if lines != [self._gateway_id]:
+            raise SignatureError(
+                Reason.WRONG_GATEWAY, "request is addressed to another gateway", keyid=safe_keyid
+            )
+        return message
+
+    # -- time ---------------------------------------------------------------------------------
+
+    def _time_failure(self, created: int, expires: int | None, now: float) -> Reason | None:
+        settings = self._settings
+        if created > now + settings.max_skew:
+            return Reason.CLOCK_SKEW
+        if created + settings.max_age < now - settings.max_skew:
+            return Reason.EXPIRED
+        if expires is not None and expires < now - settings.max_skew:
+            return Reason.EXPIRED
+        return None
+
+    def _time_error(self, failure: Reason, now: float, keyid: str | None) -> SignatureError:
+        estimate = self._skew.estimate(now)
+        if estimate is not None and estimate.systematic:
+            direction = "ahead of" if estimate.offset > 0 else "behind"
+            return SignatureError(
+                Reason.CLOCK_SKEW,
+                f"local clock appears {abs(estimate.offset):.0f} s {direction} the signer's",
+                keyid=keyid,
+                clock_offset=estimate.offset,
+            )
+        if failure is Reason.CLOCK_SKEW:
+            return SignatureError(
+                Reason.CLOCK_SKEW, "signature 'created' is beyond the tolerated skew", keyid=keyid
+            )
+        return SignatureError(Reason.EXPIRED, "signature is too old or has expired", keyid=keyid)
+
+
+def _parse_dictionary(value: str, name: str) -> dict[str, Any]:
+    """RFC 8941 Dictionary; duplicate keys (members or parameters) are refused as ambiguous."""
+
+    def reject_duplicate(key: str, context: str) -> None:
+        raise ValueError("duplicate key")
+
+    try:
+        parsed = http_sf.parse(
+            value.encode("ascii"), tltype="dictionary", on_duplicate_key=reject_duplicate
+        )
+    except Exception as exc:  # the parser's own errors and our duplicate refusal alike
+        raise SignatureError(
+            Reason.MALFORMED_SIGNATURE, f"{name} is not a valid Dictionary"
+        ) from exc
+    if not isinstance(parsed, dict):
+        raise SignatureError(Reason.MALFORMED_SIGNATURE, f"{name} is not a valid Dictionary")
+    return parsed
+
+
+def _check_component(name: object, params: dict[str, Any]) -> None:
+    """Component ids are lower-case Structured Field Strings (RFC 9421 section 2)."""
+    if type(name) is not str or not name:
+        raise SignatureError(Reason.MALFORMED_SIGNATURE, "component id not a string")
+    if name != name.lower():
+        raise SignatureError(Reason.MALFORMED_SIGNATURE, "component id not lower-case")
+    if name.startswith("@"):
+        allowed = _DERIVED_PARAMS.get(name)
+        if allowed is None:
+            raise SignatureError(Reason.MALFORMED_SIGNATURE, "unknown derived component")
+    elif _FIELD_NAME.fullmatch(name):
+        allowed = _FIELD_PARAMS
+    else:
+        raise SignatureError(Reason.MALFORMED_SIGNATURE, "component id not a field name")
+    if not set(params) <= allowed:
+        raise SignatureError(Reason.MALFORMED_SIGNATURE, "component parameter not allowed")

@@ -1,0 +1,1 @@
+"""Security tests: the adversarial cases of docs/security-test-catalogue.md."""

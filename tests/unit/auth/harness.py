@@ -1,0 +1,147 @@
+"""Test bed for sender authentication: keys, a key set, a replay cache, a verifier, signers.
+
+Time is the one injected seam: a ``Clock`` the tests move by hand, shared by the signer (the SaaS's
+clock) and, with an optional offset, the verifier (the gateway's clock). Used by the unit tests here
+and by ``tests/security/test_signatures.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from gateway.auth import KeySet, ReplayCache, SignatureVerifier, VerifierSettings
+from gateway.devkit.signing import (
+    PrivateKey,
+    RequestSigner,
+    generate_key,
+    key_entry,
+    keyset_document,
+)
+
+AUTHORITY = "contoso.servicebus.windows.net"
+GATEWAY_ID = "agent-1"
+HC_PATH = "hc-agent-1"
+PATH = "/hc-agent-1/api/orders"
+T0 = 1_750_000_000.0
+
+
+class Clock:
+    """A settable clock: ``now`` Unix seconds, returned by calling the instance."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    """One gateway's verifier plus the SaaS's signers, sharing a hand-moved clock."""
+
+    def __init__(self, state_dir: Path, *, max_entries: int = 1000) -> None:
+        self.saas_clock = Clock()
+        self.gateway_offset = 0.0
+        self.state_dir = state_dir
+        self.ed_key = generate_key("ed25519")
+        self.ec_key = generate_key("ecdsa-p256-sha256")
+        self.settings = VerifierSettings(max_age=60, max_skew=30)
+        self.keys = self.keyset(("ed-1", self.ed_key), ("ec-1", self.ec_key))
+        ReplayCache.initialise(state_dir)
+        self.cache = ReplayCache.open(
+            state_dir, max_entries=max_entries, max_skew=30, clock=self.gateway_clock
+        )
+        self.verifier = SignatureVerifier(
+            self.keys,
+            self.cache,
+            gateway_id=GATEWAY_ID,
+            hc_path=HC_PATH,
+            settings=self.settings,
+            clock=self.gateway_clock,
+        )
+        self.ed = self.signer(self.ed_key, "ed-1")
+        self.ec = self.signer(self.ec_key, "ec-1")
+
+    def gateway_clock(self) -> float:
+        return self.saas_clock.now + self.gateway_offset
+
+    def keyset(self, *pairs: tuple[str, PrivateKey], lifetime: float = 86400.0) -> KeySet:
+        entries = [
+            key_entry(keyid, key, not_before=T0 - 3600, not_after=T0 + lifetime)
+            for keyid, key in pairs
+        ]
+        return KeySet.from_json(json.dumps(keyset_document(entries)))
+
+    def signer(self, key: PrivateKey, keyid: str, **options: object) -> RequestSigner:
+        return RequestSigner(
+            key,
+            keyid=keyid,
+            gateway_id=GATEWAY_ID,
+            clock=self.saas_clock,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def sign(
+        self, signer: RequestSigner | None = None, *, body: bytes | None = None, **options: object
+    ) -> list[tuple[str, str]]:
+        """Headers of a signed request to ``PATH?expand=1`` (POST with a body, GET without)."""
+        return (signer or self.ed).sign(
+            method="POST" if body is not None else "GET",
+            authority=AUTHORITY,
+            path=str(options.pop("path", PATH)),
+            query=str(options.pop("query", "expand=1")),
+            headers=[("Content-Type", "application/json")] if body is not None else [],
+            body=body,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def verify(
+        self,
+        headers: list[tuple[str, str]],
+        *,
+        body: bytes | None = None,
+        method: str | None = None,
+        path: str = PATH,
+        query: str = "expand=1",
+        verifier: SignatureVerifier | None = None,
+    ) -> object:
+        return (verifier or self.verifier).verify(
+            method=method or ("POST" if body is not None else "GET"),
+            authority=AUTHORITY,
+            path=path,
+            query=query,
+            headers=headers,
+            body=body,
+        )
+
+
+def handmade_signature(
+    key: PrivateKey,
+    components: list[tuple[str, str]],
+    params: str,
+    label: str = "eid",
+) -> list[tuple[str, str]]:
+    """Signature headers built by hand from the RFC 9421 section 2.5 signature base.
+
+    Independent of the signing package, so tests can produce signatures it refuses to make
+    (a weak digest, missing parameters) and cross-check its signature base.
+    """
+    inner = " ".join(f'"{name}"' for name, _ in components)
+    signature_params = f"({inner}){params}"
+    lines = [f'"{name}": {value}' for name, value in components]
+    lines.append(f'"@signature-params": {signature_params}')
+    base = "\n".join(lines).encode("ascii")
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        r, s = decode_dss_signature(key.sign(base, ec.ECDSA(hashes.SHA256())))
+        raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    else:
+        raw = key.sign(base)
+    return [
+        ("Signature-Input", f"{label}={signature_params}"),
+        ("Signature", f"{label}=:{base64.b64encode(raw).decode()}:"),
+    ]
