@@ -1,0 +1,1 @@
+"""Observability: structured logs, the audit log, Prometheus metrics and health endpoints."""

@@ -1,0 +1,109 @@
+"""Process logging: one JSON object per line in production, a readable line in development.
+
+Secrets never reach a log line (ARCHITECTURE rule 6): values that look like credentials - SAS
+tokens, ``Authorization`` values, ``sig=``/``password=`` parameters, PEM private keys - are masked
+by a filter on every record, as a last line of defence behind code that simply does not log them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any, TextIO
+
+# Attributes every LogRecord has; anything else was passed with `extra=` and is a structured field.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+_SECRET_PATTERNS = (
+    re.compile(r"(SharedAccessSignature\s+)\S+", re.IGNORECASE),
+    re.compile(
+        r"((?:sig|signature|password|passwd|token|sb-hc-token|secret)=)[^&\s\"']+", re.IGNORECASE
+    ),
+    re.compile(
+        re.compile(
+            r"((?:authorization|proxy-authorization|cookie)[\"']?\s*[:=]\s*[\"']?)[^\"'\n]+",
+            re.IGNORECASE,
+        ),
+    ),
+    re.compile(r"(-----BEGIN [A-Z ]*PRIVATE KEY-----)[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----)"),
+)
+MASK = "***"
+
+
+def redact(text: str) -> str:
+    """``text`` with anything that looks like a credential replaced by ``***``."""
+    for pattern in _SECRET_PATTERNS:
+        if pattern.groups == 2:
+            text = pattern.sub(lambda m: f"{m.group(1)}{MASK}{m.group(2)}", text)
+        else:
+            text = pattern.sub(lambda m: f"{m.group(1)}{MASK}", text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Masks credentials in the message and in string-valued structured fields."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite ``record`` in place; never drops it."""
+        record.msg = redact(record.getMessage())
+        record.args = ()
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, redact(value))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"time", "level", "logger", "message", ...extra fields}`` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Serialise ``record``; values JSON cannot hold are written with ``str``."""
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``HH:MM:SS level logger: message key=value ...`` for people at a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` on one line (plus a traceback when there is one)."""
+        clock = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = " ".join(
+            f"{key}={value}"
+            for key, value in vars(record).items()
+            if key not in _STANDARD and not key.startswith("_")
+        )
+        line = f"{clock} {record.levelname.lower():7} {record.name}: {record.getMessage()}"
+        if fields:
+            line += f"  {fields}"
+        if record.exc_info:
+            line += "\n" + redact(self.formatException(record.exc_info))
+        return line
+
+
+def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """Install the gateway's handler on the root logger (replacing earlier ones)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # aiohttp's access log duplicates our audit records; keep only its warnings.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,94 @@
+"""Prometheus metrics for the gateway, in a registry of their own (one per agent instance).
+
+Label values are always from small fixed sets (result, reason codes, target names from the
+validated config), so cardinality stays bounded whatever the SaaS sends.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Relayed requests are answered within tens of milliseconds normally and 60 s at worst.
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+)
+_DECISION_BUCKETS = (0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25, 1)
+
+
+class Metrics:
+    """Every metric the agent exports."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests", "Relayed HTTP requests by outcome", ["result", "reason"], registry=r
+        )
+        self.decisions = Counter(
+            "gateway_decisions",
+            "Policy decisions by result and reason",
+            ["result", "reason"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from receiving a relayed request to answering it",
+            ["result"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "gateway_decision_duration_seconds",
+            "Time to reach a policy decision",
+            buckets=_DECISION_BUCKETS,
+            registry=r,
+        )
+        self.listeners_online = Gauge(
+            "gateway_listeners_online", "Relay control channels currently connected", registry=r
+        )
+        self.reconnects = Counter(
+            "gateway_relay_reconnects",
+            "Relay control channel reconnects by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "gateway_config_reloads", "Configuration reloads by result", ["result"], registry=r
+        )
+        self.streams_active = Gauge("gateway_streams_active", "Open relayed streams", registry=r)
+        self.streams = Counter(
+            "gateway_streams", "Relayed streams by outcome", ["result", "reason"], registry=r
+        )
+        self.cert_expiry = Gauge(
+            "gateway_certificate_expiry_timestamp_seconds",
+            "Expiry of the gateway's client certificate (Unix time)",
+            registry=r,
+        )
+        self.info = Gauge(
+            "gateway_info",
+            "Build and configuration identity",
+            ["version", "revision", "mode"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
