@@ -1,0 +1,1005 @@
+"""A local Azure Relay Hybrid Connections service for tests, demos and ``gateway dev relay``.
+
+Speaks the real wire protocol (protocol notes ``hybrid-connections-protocol.md``, cited as
+"section N"; the emulator checklist is section 8) on plain ``ws://``/``http://`` or with TLS:
+
+* listener control channels: ``/$hc/{path}?sb-hc-action=listen`` (SAS token with Listen right);
+* WebSocket senders: ``/$hc/{path}[/suffix]?...&sb-hc-action=connect`` (or no action);
+* HTTP senders: any method on ``/{path}[/suffix][?query]``;
+* rendezvous sockets: the single-use, expiring addresses handed out in ``accept``/``request``.
+
+Requests are spread at random over up to 25 listeners per HC; bodies up to 64 KiB travel on the
+control channel, larger or chunked uploads over a rendezvous socket; responses missing the
+deadline become 504. Fault knobs for tests are the public methods under "fault knobs".
+
+Choices where the notes leave room (section 12) are marked ``Choice (section N)`` in comments.
+Known simplification: aiohttp reassembles WebSocket messages, so a response body arrives here
+whole and is then sent to the sender in one piece; the 60 s deadline therefore covers the
+complete response rather than only its JSON (section 5.3's streaming case is not modelled).
+
+Never used by production code: the gateway imports nothing from ``gateway.devkit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import secrets
+import signal
+import ssl
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Final
+from urllib.parse import quote, unquote, unquote_plus
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.hybridconnection.errors import TokenError, WrongResourceError
+from gateway.hybridconnection.framing import (
+    CONTROL_CHANNEL_BODY_LIMIT,
+    ChannelLimits,
+    Event,
+    ProtocolViolation,
+    RelayChannel,
+    ResponseReceived,
+    SocketKind,
+    TokenRenewalReceived,
+)
+from gateway.hybridconnection.messages import (
+    MAX_HEADERS,
+    AcceptCommand,
+    RemoteEndpoint,
+    RendezvousRequestCommand,
+    RequestCommand,
+    encode_command,
+)
+from gateway.hybridconnection.sas import create_token, parse_token, resource_uri, validate_token
+
+_log = logging.getLogger(__name__)
+
+LISTEN: Final = "Listen"
+SEND: Final = "Send"
+# Section 7.
+MAX_LISTENERS_PER_HC: Final = 25
+RESPONSE_TIMEOUT: Final = 60.0
+RENDEZVOUS_TTL: Final = 30.0
+# Section 5.2: at most 32 KB of header metadata.
+MAX_HEADER_METADATA: Final = 32 * 1024
+DEFAULT_MAX_BODY: Final = 64 * 1024 * 1024
+# Bound on outstanding rendezvous addresses, so a flood of senders cannot grow memory forever.
+MAX_PENDING_RENDEZVOUS: Final = 10_000
+TIMEOUT_TEXT: Final = (
+    "The request was routed to the listener but the listener did not respond in the required time."
+)
+
+# Section 3.2 / 5.2: RFC 7230 connection-level headers the service never forwards.
+_HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "content-length",
+        "host",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "close",
+        "keep-alive",
+        "proxy-connection",
+    }
+)
+_TARGETING: Final = frozenset(
+    {"microsoft-relay-allowedlisteners", "microsoft-relay-disallowedlisteners"}
+)
+_SB_AUTH: Final = "ServiceBusAuthorization"
+
+
+@dataclass(frozen=True, slots=True)
+class SasRule:
+    """A shared access policy: rule name, key string and its rights (``Listen``, ``Send``)."""
+
+    name: str
+    key: str
+    rights: frozenset[str] = frozenset({LISTEN, SEND})
+
+
+@dataclass(frozen=True, slots=True)
+class HybridConnectionSpec:
+    """One Hybrid Connection entity. ``requires_client_authorization`` off = anonymous senders."""
+
+    path: str
+    requires_client_authorization: bool = True
+
+
+# --- internal state ------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Pending:
+    id: str
+    method: str
+    future: asyncio.Future[ResponseReceived]
+
+
+@dataclass(eq=False)
+class _Listener:
+    hc: str
+    id: str
+    ws: web.WebSocketResponse
+    transport: asyncio.Transport | None
+    token_expiry: float
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending: dict[str, _Pending] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    status: int
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    ws: web.WebSocketResponse
+    protocol: str | None
+    # Resolved with the close code the listener's leg gets once the splice is over.
+    done: asyncio.Future[int]
+
+
+@dataclass(eq=False)
+class _Rendezvous:
+    hc: str
+    kind: str  # "accept" or "request"
+    expires: float  # loop time
+    # request rendezvous: the pending request, and what to deliver if it was not sent inline
+    pending: _Pending | None = None
+    deliver: tuple[RequestCommand, bytes | None] | None = None
+    # accept rendezvous: resolved when the listener accepts or rejects
+    outcome: asyncio.Future[_Accepted | _Rejected] | None = None
+
+
+class RelayEmulator:
+    """The local relay. Use as ``async with RelayEmulator(...) as relay:`` (ephemeral port).
+
+    ``hybrid_connections`` are HC paths or :class:`HybridConnectionSpec`; ``rules`` the SAS
+    policies valid for every HC. ``namespace`` is the host name tokens must name and ``Via``
+    carries; without it the host the client connected to (its ``Host`` header) is used, which is
+    what node's ``createRelayToken`` signs for a ``ws://127.0.0.1:PORT`` URI (section 10).
+    """
+
+    def __init__(
+        self,
+        hybrid_connections: Iterable[str | HybridConnectionSpec],
+        rules: Iterable[SasRule],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        namespace: str | None = None,
+        response_timeout: float = RESPONSE_TIMEOUT,
+        rendezvous_ttl: float = RENDEZVOUS_TTL,
+        max_listeners: int = MAX_LISTENERS_PER_HC,
+        inline_body_limit: int = CONTROL_CHANNEL_BODY_LIMIT,
+        max_body_size: int = DEFAULT_MAX_BODY,
+        no_listener_status: int = 502,
+        clock: Callable[[], float] = time.time,
+        seed: int | None = None,
+    ) -> None:
+        specs = [
+            hc if isinstance(hc, HybridConnectionSpec) else HybridConnectionSpec(hc)
+            for hc in hybrid_connections
+        ]
+        self._hcs = {spec.path.strip("/").lower(): spec for spec in specs}
+        if not self._hcs or any(not name for name in self._hcs):
+            raise ValueError("at least one non-empty hybrid connection path is required")
+        self._rules = {rule.name: rule for rule in rules}
+        self._keys = {rule.name: rule.key for rule in self._rules.values()}
+        self._host = host
+        self._port = port
+        self._ssl = ssl_context
+        self._namespace = namespace
+        self.response_timeout = response_timeout
+        self.rendezvous_ttl = rendezvous_ttl
+        self._max_listeners = max_listeners
+        self._inline_limit = inline_body_limit
+        self._max_body = max_body_size
+        self.no_listener_status = no_listener_status
+        self._clock = clock
+        self._random = random.Random(seed)  # noqa: S311 - load spreading, not security
+        self._listeners: dict[str, list[_Listener]] = {name: [] for name in self._hcs}
+        self._rendezvous: dict[str, _Rendezvous] = {}
+        self._runner: web.AppRunner | None = None
+        self._bound_port = 0
+        self._listen_refusal: int | None = None
+        self._delay = 0.0
+        self._blackhole = False
+        self._changed = asyncio.Condition()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind and start serving; afterwards :attr:`port` is the real port."""
+        app = web.Application(client_max_size=self._max_body)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        # Handlers are cancelled when their client goes away; a short shutdown timeout keeps
+        # stop() from waiting out the 60 s response deadline of requests still in flight.
+        runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port, ssl_context=self._ssl)
+        await site.start()
+        self._runner = runner
+        self._bound_port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Close every connection and stop serving."""
+        if self._runner is None:
+            return
+        for listeners in self._listeners.values():
+            for listener in list(listeners):
+                await listener.ws.close(code=WSCloseCode.GOING_AWAY, message=b"relay stopping")
+        await self._runner.cleanup()
+        self._runner = None
+
+    async def __aenter__(self) -> RelayEmulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- addresses and tokens for clients ----------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (valid after :meth:`start`)."""
+        return self._bound_port
+
+    @property
+    def ws_base(self) -> str:
+        """``ws://host:port`` (``wss`` with TLS): the relay endpoint listeners connect to."""
+        return f"{'wss' if self._ssl else 'ws'}://{self._advertised_host()}:{self._bound_port}"
+
+    @property
+    def http_base(self) -> str:
+        """``http://host:port`` (``https`` with TLS): where HTTP senders send."""
+        return f"{'https' if self._ssl else 'http'}://{self._advertised_host()}:{self._bound_port}"
+
+    def token(self, path: str, rule: str | None = None, *, ttl: int = 3600) -> str:
+        """A valid token for HC ``path`` signed by ``rule`` (default: the first rule)."""
+        chosen = self._rules[rule] if rule else next(iter(self._rules.values()))
+        host = self._namespace or self._advertised_host()
+        return create_token(
+            resource_uri(host, path), chosen.name, chosen.key, ttl=ttl, clock=self._clock
+        )
+
+    def listener_count(self, path: str) -> int:
+        """How many control channels are connected for HC ``path``."""
+        return len(self._listeners[path.strip("/").lower()])
+
+    async def wait_for_listeners(self, path: str, count: int) -> None:
+        """Wait until exactly ``count`` listeners are connected to ``path``.
+
+        Unbounded by itself: wrap it in ``asyncio.timeout``.
+        """
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.listener_count(path) == count)
+
+    # -- fault knobs -------------------------------------------------------------------------
+
+    def refuse_listens(self, status: int | None) -> None:
+        """Answer new listen handshakes with HTTP ``status`` (``None`` restores normal service)."""
+        self._listen_refusal = status
+
+    def set_delay(self, seconds: float) -> None:
+        """Delay every ``accept``/``request`` sent to listeners by ``seconds``."""
+        self._delay = seconds
+
+    def set_blackhole(self, enabled: bool) -> None:
+        """Blackhole control channels: send nothing, ignore everything, answer no pings."""
+        self._blackhole = enabled
+
+    async def drop_listeners(self, path: str | None = None) -> int:
+        """Abort listener TCP connections without a close frame; returns how many."""
+        victims = self._select(path)
+        for listener in victims:
+            if listener.transport is not None:
+                listener.transport.abort()
+        return len(victims)
+
+    async def expire_tokens(self, path: str | None = None) -> int:
+        """Treat listener tokens as expired now: close control channels with 1008 (section 3.4)."""
+        return await self.close_listeners(WSCloseCode.POLICY_VIOLATION, "token expired", path)
+
+    async def close_listeners(self, code: int, reason: str, path: str | None = None) -> int:
+        """Close control channels with ``code`` (1011 recycle, 1001 HC deleted, ...)."""
+        victims = self._select(path)
+        for listener in victims:
+            listener.token_expiry = 0.0
+            await listener.ws.close(code=code, message=reason.encode())
+        return len(victims)
+
+    def _select(self, path: str | None) -> list[_Listener]:
+        if path is not None:
+            return list(self._listeners[path.strip("/").lower()])
+        return [item for group in self._listeners.values() for item in group]
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def _advertised_host(self) -> str:
+        if self._host in ("", "0.0.0.0"):  # noqa: S104 - mapping a wildcard bind to loopback
+            return "127.0.0.1"
+        if self._host == "::":
+            return "[::1]"
+        return f"[{self._host}]" if ":" in self._host else self._host
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        raw_path = request.rel_url.raw_path
+        is_ws_path = raw_path.startswith("/$hc/")
+        rest = raw_path[len("/$hc/") :] if is_ws_path else raw_path[1:]
+        match = self._match_hc(rest)
+        if match is None:
+            return _error(404, "Endpoint does not exist.")
+        hc, suffix = match
+        service, _ = _split_query(request.rel_url.raw_query_string)
+        if not is_ws_path:
+            return await self._http_sender(request, hc)
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return _error(400, "This endpoint is only for web-socket requests")
+        action = service.get("sb-hc-action", "connect")
+        if action == "listen":
+            return await self._control_channel(request, hc, service)
+        if action == "connect":
+            return await self._ws_sender(request, hc, suffix, service)
+        if action in ("accept", "request"):
+            return await self._rendezvous_socket(request, hc, action, service)
+        return _error(400, "Unknown sb-hc-action")
+
+    def _match_hc(self, raw_rest: str) -> tuple[str, str] | None:
+        raw_segments = raw_rest.split("/")
+        decoded = [unquote(segment).lower() for segment in raw_segments]
+        # Longest match wins: HC names may themselves contain '/' (section 1).
+        for count in range(len(decoded), 0, -1):
+            name = "/".join(decoded[:count])
+            if name in self._hcs:
+                tail = raw_segments[count:]
+                return name, ("/" + "/".join(tail)) if tail else ""
+        return None
+
+    def _namespace_for(self, request: web.Request) -> str:
+        if self._namespace:
+            return self._namespace
+        return (request.url.host or self._advertised_host()).lower()
+
+    def _authorize(
+        self, request: web.Request, hc: str, token: str | None, right: str
+    ) -> web.Response | None:
+        """Section 2: 401 for a missing/invalid token, 403 for a valid one without the right."""
+        if token is None:
+            return _error(401, "MissingToken: the request has no authorization token")
+        try:
+            parsed = validate_token(
+                token,
+                keys=self._keys,
+                namespace_host=self._namespace_for(request),
+                entity_path=hc,
+                clock=self._clock,
+            )
+        except WrongResourceError:
+            return _error(403, "InvalidSignature: the token's audience does not cover this path")
+        except TokenError as error:
+            return _error(401, f"InvalidSignature: {error}")
+        if right not in self._rules[parsed.key_name].rights:
+            return _error(403, f"Unauthorized: the signing rule lacks the {right} claim")
+        return None
+
+    # -- listener control channel (section 3) ----------------------------------------------
+
+    async def _control_channel(
+        self, request: web.Request, hc: str, service: Mapping[str, str]
+    ) -> web.StreamResponse:
+        if self._listen_refusal is not None:
+            return _error(self._listen_refusal, "Listen refused by the relay emulator")
+        token = request.headers.get(_SB_AUTH) or service.get("sb-hc-token")
+        refusal = self._authorize(request, hc, token, LISTEN)
+        if refusal is not None:
+            return refusal
+        assert token is not None
+        if len(self._listeners[hc]) >= self._max_listeners:
+            # Choice (section 12.5): the status for a 26th listener is undocumented; 403 quota.
+            return _error(403, "QuotaExceeded: MaximumListenersPerEndpoint")
+        # Section 3.1: decline permessage-deflate; pings are answered by hand (blackhole knob).
+        # aiohttp refuses messages of max_msg_size bytes and more; RelayChannel enforces the
+        # exact 64 KiB limit itself.
+        ws = web.WebSocketResponse(
+            compress=False, autoping=False, max_msg_size=CONTROL_CHANNEL_BODY_LIMIT + 1
+        )
+        transport = request.transport
+        await ws.prepare(request)
+        listener = _Listener(
+            hc=hc,
+            id=service.get("sb-hc-id") or str(uuid.uuid4()),
+            ws=ws,
+            transport=transport,
+            token_expiry=float(parse_token(token).expiry),
+        )
+        await self._register(listener)
+        try:
+            await self._read_control(request, listener)
+        finally:
+            await self._unregister(listener)
+        return ws
+
+    async def _register(self, listener: _Listener) -> None:
+        async with self._changed:
+            self._listeners[listener.hc].append(listener)
+            self._changed.notify_all()
+
+    async def _unregister(self, listener: _Listener) -> None:
+        async with self._changed:
+            self._listeners[listener.hc].remove(listener)
+            self._changed.notify_all()
+
+    async def _read_control(self, request: web.Request, listener: _Listener) -> None:
+        ws = listener.ws
+        channel = RelayChannel(SocketKind.CONTROL)
+        while not ws.closed:
+            remaining = listener.token_expiry - self._clock()
+            if remaining <= 0:
+                # Section 3.4: the token expired without a valid renewal.
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"token expired")
+                return
+            try:
+                message = await ws.receive(timeout=remaining)
+            except TimeoutError:
+                continue
+            if message.type is WSMsgType.PING:
+                if not self._blackhole:
+                    await ws.pong(message.data)
+                continue
+            if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                if message.type is not WSMsgType.PONG:
+                    return  # close, error or closed
+                continue
+            if self._blackhole:
+                continue
+            for event in channel.receive_message(message.data):
+                if isinstance(event, ResponseReceived):
+                    pending = listener.pending.get(event.command.request_id)
+                    if pending is not None and not pending.future.done():
+                        pending.future.set_result(event)
+                elif isinstance(event, TokenRenewalReceived):
+                    if not self._renew(request, listener, event.command.token):
+                        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"bad token")
+                        return
+                elif isinstance(event, ProtocolViolation):
+                    _log.info("listener protocol violation: %s", event.error.code)
+                    if event.fatal:
+                        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"protocol")
+                        return
+
+    def _renew(self, request: web.Request, listener: _Listener, token: str) -> bool:
+        # Section 3.2: a valid token replaces the old one; an invalid one ends the channel.
+        if self._authorize(request, listener.hc, token, LISTEN) is not None:
+            return False
+        listener.token_expiry = float(parse_token(token).expiry)
+        return True
+
+    def _pick_listener(self, hc: str, headers: Mapping[str, str]) -> _Listener | None:
+        candidates = self._listeners[hc]
+        allowed = _id_list(headers.get("Microsoft-Relay-AllowedListeners"))
+        denied = _id_list(headers.get("Microsoft-Relay-DisallowedListeners"))
+        if allowed:
+            candidates = [item for item in candidates if item.id in allowed]
+        if denied:
+            candidates = [item for item in candidates if item.id not in denied]
+        # Section 6: random spread over the connected listeners.
+        return self._random.choice(candidates) if candidates else None
+
+    async def _send_to_listener(self, listener: _Listener, text: str, body: bytes | None) -> None:
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        if self._blackhole:
+            return
+        # Section 5.4: nothing may come between a command and its body.
+        async with listener.send_lock:
+            await listener.ws.send_str(text)
+            if body is not None:
+                await listener.ws.send_bytes(body)
+
+    def _new_rendezvous(self, rendezvous: _Rendezvous) -> str:
+        now = asyncio.get_running_loop().time()
+        for key in [key for key, item in self._rendezvous.items() if item.expires <= now]:
+            del self._rendezvous[key]
+        if len(self._rendezvous) >= MAX_PENDING_RENDEZVOUS:
+            raise _RendezvousTableFullError
+        secret = secrets.token_urlsafe(24)
+        self._rendezvous[secret] = rendezvous
+        return secret
+
+    # -- HTTP senders (section 5) ----------------------------------------------------------
+
+    async def _http_sender(self, request: web.Request, hc: str) -> web.StreamResponse:
+        if request.method == "CONNECT" or "Upgrade" in request.headers:
+            # Section 3.2: CONNECT and protocol upgrades are never relayed over HTTP.
+            return _error(400, "CONNECT and protocol upgrades are not relayed")
+        service, app_query = _split_query(request.rel_url.raw_query_string)
+        used_authorization = False
+        if self._hcs[hc].requires_client_authorization:
+            # Section 2.3: sb-hc-token, then ServiceBusAuthorization, then Authorization.
+            token = service.get("sb-hc-token") or request.headers.get(_SB_AUTH)
+            if token is None and "Authorization" in request.headers:
+                token, used_authorization = request.headers["Authorization"], True
+            refusal = self._authorize(request, hc, token, SEND)
+            if refusal is not None:
+                return refusal
+        headers = _forward_headers(request.headers, drop_authorization=used_authorization)
+        headers["Via"] = _via(headers.get("Via"), self._namespace_for(request))
+        if len(headers) > MAX_HEADERS or _metadata_size(headers) > MAX_HEADER_METADATA:
+            return _error(431, "Request header metadata exceeds 32 KB")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "Request body too large for the relay emulator")
+        listener = self._pick_listener(hc, request.headers)
+        if listener is None:
+            # Choice (section 12.1): 502 by default, configurable.
+            return _error(self.no_listener_status, "There are no listeners connected.")
+        request_id = f"{uuid.uuid4()}_G1"
+        loop = asyncio.get_running_loop()
+        pending = _Pending(request_id, request.method, loop.create_future())
+        target = _raw_target(request.rel_url.raw_path, app_query)
+        command = RequestCommand(
+            id=request_id,
+            request_target=target,
+            method=request.method,
+            request_headers=headers,
+            body=bool(body),
+            remote_endpoint=_remote(request),
+        )
+        payload = body if body else None
+        # Section 5.3: small, fully known bodies go inline; large or chunked ones by rendezvous.
+        inline = not body or (
+            request.content_length is not None and len(body) <= self._inline_limit
+        )
+        rendezvous = _Rendezvous(
+            hc=hc,
+            kind="request",
+            expires=loop.time() + self.rendezvous_ttl,
+            pending=pending,
+            deliver=None if inline else (command, payload),
+        )
+        try:
+            secret = self._new_rendezvous(rendezvous)
+        except _RendezvousTableFullError:
+            return _error(503, "Too many pending rendezvous")
+        address = self._rendezvous_address(hc, "", "", "request", request_id, secret)
+        listener.pending[request_id] = pending
+        try:
+            if inline:
+                text = encode_command(dataclasses.replace(command, address=address))
+                await self._send_to_listener(listener, text, payload)
+            else:
+                text = encode_command(RendezvousRequestCommand(address=address, id=request_id))
+                await self._send_to_listener(listener, text, None)
+            async with asyncio.timeout(self.response_timeout):
+                response = await pending.future
+        except TimeoutError:
+            return _error(504, TIMEOUT_TEXT)
+        except ConnectionError:
+            return _error(502, "The listener connection was lost.")
+        finally:
+            listener.pending.pop(request_id, None)
+            self._rendezvous.pop(secret, None)
+        return await self._reply(request, response)
+
+    async def _reply(self, request: web.Request, response: ResponseReceived) -> web.StreamResponse:
+        command = response.command
+        status = command.status_code
+        if status < 200:
+            # Choice: an interim (1xx) status cannot be a final answer over HTTP/1.1.
+            return _error(502, "The listener sent an interim status code.")
+        reply = web.StreamResponse(status=status, reason=command.status_description or None)
+        for name, value in command.response_headers.items():
+            if name.lower() not in _HOP_BY_HOP:
+                reply.headers[name] = value
+        # Section 5.2: the service adds (or appends to) Via on relayed responses.
+        reply.headers["Via"] = _via(reply.headers.get("Via"), self._namespace_for(request))
+        # Section 8.5: drop bodies of HEAD (hyco-https sends them anyway), 204 and 304.
+        body = response.body or b""
+        if request.method == "HEAD" or status in (204, 304):
+            body = b""
+        else:
+            reply.content_length = len(body)
+        await reply.prepare(request)
+        if body:
+            await reply.write(body)
+        await reply.write_eof()
+        return reply
+
+    # -- WebSocket senders (section 4) -----------------------------------------------------
+
+    async def _ws_sender(
+        self, request: web.Request, hc: str, suffix: str, service: Mapping[str, str]
+    ) -> web.StreamResponse:
+        if self._hcs[hc].requires_client_authorization:
+            token = request.headers.get(_SB_AUTH) or service.get("sb-hc-token")
+            refusal = self._authorize(request, hc, token, SEND)
+            if refusal is not None:
+                return refusal
+        listener = self._pick_listener(hc, request.headers)
+        if listener is None:
+            return _error(404, "There are no listeners connected for the endpoint.")
+        loop = asyncio.get_running_loop()
+        sender_id = service.get("sb-hc-id") or f"{uuid.uuid4()}_G2"
+        outcome: asyncio.Future[_Accepted | _Rejected] = loop.create_future()
+        rendezvous = _Rendezvous(
+            hc=hc, kind="accept", expires=loop.time() + self.rendezvous_ttl, outcome=outcome
+        )
+        try:
+            secret = self._new_rendezvous(rendezvous)
+        except _RendezvousTableFullError:
+            return _error(503, "Too many pending rendezvous")
+        _, app_query = _split_query(request.rel_url.raw_query_string)
+        address = self._rendezvous_address(hc, suffix, app_query, "accept", sender_id, secret)
+        connect_headers = {
+            name: value
+            for name, value in _joined(request.headers).items()
+            if name.lower() != _SB_AUTH.lower() and name.lower() not in _TARGETING
+        }
+        command = AcceptCommand(
+            address=address,
+            id=sender_id,
+            connect_headers=connect_headers,
+            remote_endpoint=_remote(request),
+        )
+        try:
+            await self._send_to_listener(listener, encode_command(command), None)
+            # Choice (section 12.6): a listener that never answers the accept costs the sender
+            # a 504 once the rendezvous address expires.
+            async with asyncio.timeout(self.rendezvous_ttl):
+                result = await outcome
+        except TimeoutError:
+            return _error(504, "The listener did not accept the connection in time.")
+        except ConnectionError:
+            return _error(502, "The listener connection was lost.")
+        finally:
+            self._rendezvous.pop(secret, None)
+            outcome.cancel()
+        if isinstance(result, _Rejected):
+            return _error(result.status, result.description)
+        try:
+            sender = web.WebSocketResponse(
+                protocols=(result.protocol,) if result.protocol else (),
+                compress=False,
+                max_msg_size=self._max_body + 1,
+            )
+            await sender.prepare(request)
+            await _splice(sender, result.ws)
+        finally:
+            # Also reached when aiohttp cancels this handler because the sender hung up: the
+            # listener's leg then learns "sender closed" (1001, section 4) from its own handler.
+            if not result.done.done():
+                result.done.set_result(WSCloseCode.GOING_AWAY)
+        return sender
+
+    # -- rendezvous sockets ----------------------------------------------------------------
+
+    def _rendezvous_address(
+        self, hc: str, suffix: str, app_query: str, action: str, rid: str, secret: str
+    ) -> str:
+        # Section 8.2: the secret rides in an sb-hc- parameter, which SDK listeners strip
+        # before showing the URL to applications.
+        query = f"{app_query}&" if app_query else ""
+        query += f"sb-hc-action={action}&sb-hc-id={quote(rid, safe='')}&sb-hc-rdv={secret}"
+        return f"{self.ws_base}/$hc/{quote(hc, safe='/')}{suffix}?{query}"
+
+    async def _rendezvous_socket(
+        self, request: web.Request, hc: str, action: str, service: Mapping[str, str]
+    ) -> web.StreamResponse:
+        # Section 4/5.3: single use, short-lived, no token needed: the address is the credential.
+        rendezvous = self._rendezvous.pop(service.get("sb-hc-rdv", ""), None)
+        now = asyncio.get_running_loop().time()
+        if (
+            rendezvous is None
+            or rendezvous.kind != action
+            or rendezvous.hc != hc
+            or rendezvous.expires <= now
+        ):
+            return _error(403, "The rendezvous address is not valid or has expired.")
+        if rendezvous.outcome is not None:
+            return await self._accept_rendezvous(request, rendezvous.outcome, service)
+        assert rendezvous.pending is not None
+        return await self._request_rendezvous(request, rendezvous)
+
+    async def _accept_rendezvous(
+        self,
+        request: web.Request,
+        outcome: asyncio.Future[_Accepted | _Rejected],
+        service: Mapping[str, str],
+    ) -> web.StreamResponse:
+        if outcome.done():
+            return _error(403, "The sender is no longer waiting.")
+        # hyco-* use the unprefixed names in their (broken) reject path (section 8.2).
+        raw_status = service.get("sb-hc-statusCode") or service.get("statusCode")
+        if raw_status is not None:
+            description = service.get("sb-hc-statusDescription") or service.get(
+                "statusDescription", "Rejected"
+            )
+            if not (raw_status.isdigit() and 400 <= int(raw_status) <= 599):
+                return _error(400, "sb-hc-statusCode must be a 4xx or 5xx code")
+            outcome.set_result(_Rejected(int(raw_status), description))
+            # Section 4 step 6: the listener's reject handshake deliberately fails with 410.
+            return _error(410, "Gone")
+        offered = request.headers.get("Sec-WebSocket-Protocol", "")
+        protocol = offered.split(",")[0].strip() or None
+        ws = web.WebSocketResponse(
+            protocols=(protocol,) if protocol else (),
+            compress=False,
+            max_msg_size=self._max_body + 1,
+        )
+        await ws.prepare(request)
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        outcome.set_result(_Accepted(ws, protocol, done))
+        code = await done  # the sender's handler splices and then releases this one
+        if not ws.closed:
+            await ws.close(code=code)
+        return ws
+
+    async def _request_rendezvous(
+        self, request: web.Request, rendezvous: _Rendezvous
+    ) -> web.StreamResponse:
+        pending = rendezvous.pending
+        assert pending is not None
+        ws = web.WebSocketResponse(compress=False, max_msg_size=self._max_body + 1)
+        await ws.prepare(request)
+        if rendezvous.deliver is not None:
+            command, body = rendezvous.deliver
+            await ws.send_str(encode_command(command))
+            if body is not None:
+                await ws.send_bytes(body)
+        limits = ChannelLimits.for_socket(
+            SocketKind.RENDEZVOUS, rendezvous_body_limit=self._max_body
+        )
+        channel = RelayChannel(SocketKind.RENDEZVOUS, limits=limits)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.response_timeout):
+                async for message in ws:
+                    if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                        break
+                    events = channel.receive_message(message.data)
+                    if await self._on_rendezvous_events(ws, pending, events):
+                        break
+        # Choice (section 8.8): one request per rendezvous socket, as .NET does; the emulator
+        # closes it once the response is in.
+        await ws.close()
+        return ws
+
+    async def _on_rendezvous_events(
+        self,
+        ws: web.WebSocketResponse,
+        pending: _Pending,
+        events: list[Event],
+    ) -> bool:
+        for event in events:
+            if isinstance(event, ResponseReceived) and event.command.request_id == pending.id:
+                if not pending.future.done():
+                    pending.future.set_result(event)
+                return True
+            if isinstance(event, ProtocolViolation) and event.fatal:
+                _log.info("rendezvous protocol violation: %s", event.error.code)
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"protocol")
+                return True
+        return False
+
+
+class _RendezvousTableFullError(Exception):
+    """Too many outstanding rendezvous addresses (internal signal, never escapes the module)."""
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _error(status: int, text: str) -> web.Response:
+    # Service errors put their text in the reason phrase (section 3.1) and carry no Via.
+    return web.Response(status=status, reason=text, text=text)
+
+
+def _split_query(raw_query: str) -> tuple[dict[str, str], str]:
+    """Split a raw query into service parameters and the application query, byte for byte.
+
+    Section 5.2: every parameter whose key starts with ``sb-hc-`` and has an ``=`` is the
+    service's and is removed; everything else (including ``?&&&`` and a bare ``sb-hc-x``)
+    passes unchanged.
+    """
+    service: dict[str, str] = {}
+    kept: list[str] = []
+    removed = False
+    for piece in raw_query.split("&") if raw_query else []:
+        key, eq, value = piece.partition("=")
+        decoded_key = unquote_plus(key)
+        if eq and decoded_key.lower().startswith("sb-hc-"):
+            service.setdefault(decoded_key, unquote_plus(value))
+            removed = True
+        elif eq and decoded_key in ("statusCode", "statusDescription"):
+            service.setdefault(decoded_key, unquote_plus(value))
+            kept.append(piece)
+        else:
+            kept.append(piece)
+    app_query = "&".join(kept)
+    if removed and not app_query.strip("&"):
+        app_query = ""
+    return service, app_query
+
+
+def _raw_target(raw_path: str, app_query: str) -> str:
+    """The ``requestTarget`` for a relayed HTTP request: path including the HC name + query."""
+    return f"{raw_path}?{app_query}" if app_query else raw_path
+
+
+def _joined(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    # Section 3.2: repeated headers are comma-joined into one JSON string value.
+    joined: dict[str, str] = {}
+    canonical: dict[str, str] = {}
+    for name, value in headers.items():
+        key = name.lower()
+        if key in canonical:
+            joined[canonical[key]] += ", " + value
+        else:
+            canonical[key] = name
+            joined[name] = value
+    return joined
+
+
+def _forward_headers(
+    headers: CIMultiDictProxy[str], *, drop_authorization: bool
+) -> CIMultiDict[str]:
+    """Section 5.2: what the service strips from a relayed HTTP request."""
+    listed = {
+        token.strip().lower() for token in headers.get("Connection", "").split(",") if token.strip()
+    }
+    drop = _HOP_BY_HOP | listed | _TARGETING | {_SB_AUTH.lower(), "expect"}
+    if drop_authorization:
+        drop = drop | {"authorization"}
+    result: CIMultiDict[str] = CIMultiDict()
+    for name, value in _joined(headers).items():
+        if name.lower() not in drop:
+            result[name] = value
+    return result
+
+
+def _via(existing: str | None, namespace: str) -> str:
+    entry = f"1.1 {namespace}"
+    return f"{existing}, {entry}" if existing else entry
+
+
+def _metadata_size(headers: Mapping[str, str]) -> int:
+    return sum(len(name) + len(value) + 4 for name, value in headers.items())
+
+
+def _id_list(value: str | None) -> set[str]:
+    return {item.strip() for item in value.split(",") if item.strip()} if value else set()
+
+
+def _remote(request: web.Request) -> RemoteEndpoint | None:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return RemoteEndpoint(address=str(peer[0]), port=int(peer[1]))
+    return None
+
+
+async def _splice(sender: web.WebSocketResponse, listener: web.WebSocketResponse) -> None:
+    """Relay data messages both ways until one side closes (section 8.3).
+
+    Text stays text, binary stays binary; pings are answered per leg by aiohttp. When the
+    listener closes, the sender sees 1000; when the sender closes, the listener sees 1001.
+    """
+
+    async def pump(source: web.WebSocketResponse, sink: web.WebSocketResponse) -> None:
+        async for message in source:
+            if message.type is WSMsgType.TEXT:
+                await sink.send_str(message.data)
+            elif message.type is WSMsgType.BINARY:
+                await sink.send_bytes(message.data)
+            else:
+                return
+
+    to_sender = asyncio.create_task(pump(listener, sender))
+    to_listener = asyncio.create_task(pump(sender, listener))
+    try:
+        done, _ = await asyncio.wait({to_sender, to_listener}, return_when=asyncio.FIRST_COMPLETED)
+        if to_sender in done:
+            await sender.close(code=WSCloseCode.OK)
+        else:
+            await listener.close(code=WSCloseCode.GOING_AWAY)
+    finally:
+        for task in (to_sender, to_listener):
+            task.cancel()
+        await asyncio.gather(to_sender, to_listener, return_exceptions=True)
+
+
+# --- command line: `gateway dev relay` ------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``gateway dev relay``."""
+    parser = subparsers.add_parser(
+        "relay",
+        help="run a local Azure Relay Hybrid Connections emulator",
+        description="Serve listeners and senders on HOST:PORT speaking the Hybrid Connections "
+        "protocol. Prints the relay's base URLs, then runs until interrupted.",
+    )
+    parser.add_argument("--listen", required=True, metavar="HOST:PORT", type=_host_port)
+    parser.add_argument("--hc", required=True, action="append", metavar="NAME", dest="hcs")
+    parser.add_argument("--key-name", required=True, metavar="N")
+    parser.add_argument("--key", required=True, metavar="K", help="SAS key string")
+    parser.add_argument("--namespace", metavar="HOST", help="host name tokens must be for")
+    parser.add_argument("--tls-cert", metavar="F", help="PEM certificate chain (enables TLS)")
+    parser.add_argument("--tls-key", metavar="F", help="PEM private key for --tls-cert")
+    parser.add_argument(
+        "--response-timeout", type=float, default=RESPONSE_TIMEOUT, metavar="SECONDS"
+    )
+    parser.set_defaults(handler=run)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError("expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the emulator until SIGINT/SIGTERM; exit code 0, or 1 if it cannot start."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("gateway dev relay: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 1
+    context: ssl.SSLContext | None = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as error:
+            print(f"gateway dev relay: cannot load TLS files: {error}", file=sys.stderr)
+            return 1
+    host, port = args.listen
+    emulator = RelayEmulator(
+        args.hcs,
+        [SasRule(args.key_name, args.key)],
+        host=host,
+        port=port,
+        ssl_context=context,
+        namespace=args.namespace,
+        response_timeout=args.response_timeout,
+    )
+    try:
+        asyncio.run(_serve(emulator))
+    except OSError as error:
+        print(f"gateway dev relay: cannot serve: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(emulator: RelayEmulator) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with emulator:
+        print(f"relay listening: {emulator.ws_base} (HTTP senders: {emulator.http_base})")
+        print("listen URL: " + emulator.ws_base + "/$hc/{NAME}?sb-hc-action=listen", flush=True)
+        await stop.wait()

@@ -1,0 +1,45 @@
+"""Sans-IO core of the Azure Relay Hybrid Connections protocol (no sockets, no asyncio).
+
+Protocol facts: ``hybrid-connections-protocol.md`` (cited below as "section N").
+
+Control messages (``messages``)
+    ``parse_command(data: str | bytes, *, max_size=65536) -> Command`` and
+    ``encode_command(command: Command) -> str``. ``Command`` is one of the frozen dataclasses
+    ``AcceptCommand(address, id, connect_headers, remote_endpoint)``,
+    ``RequestCommand(id, request_target, method, request_headers, body, address, remote_endpoint)``,
+    ``RendezvousRequestCommand(address, id)``,
+    ``ResponseCommand(request_id, status_code, body, status_description, response_headers)``,
+    ``RenewTokenCommand(token)``. Parsing raises only ``ProtocolError`` subclasses.
+
+Channel state machines (``framing``)
+    ``ListenerChannel(kind: SocketKind, *, check_address, limits=None)``: feed
+    ``receive_frame(opcode, payload, fin=...)`` or ``receive_message(str | bytes)`` and
+    ``receive_close(code, reason)``; each returns a list of events: ``AcceptReceived``,
+    ``RequestReceived(command, body)``, ``RendezvousRequested``, ``ProtocolViolation(error,
+    fatal)``, ``ChannelClosed``. On ``fatal`` drop the connection; otherwise log, count, carry on.
+    ``RelayChannel`` is the relay-side twin (``ResponseReceived``, ``TokenRenewalReceived``).
+    Outgoing: ``choose_response_route(body_length, arrived_on=...) -> ResponseRoute``,
+    ``response_frames(ResponseCommand, body) -> list[Frame]`` and ``BodyFramer`` for a body sent
+    in pieces. Send a response's JSON and body frames under one per-socket lock (section 5.4).
+
+SAS tokens (``sas``)
+    ``create_token(resource, key_name, key, *, expiry=None, ttl=3600, clock=time.time) -> str``,
+    ``resource_uri(namespace_host, entity_path) -> str``, ``parse_token(token) -> SasToken``,
+    ``validate_token(token, *, keys, namespace_host, entity_path, clock) -> SasToken``.
+
+Addresses (``addresses``)
+    ``RelayEndpoint.parse("wss://ns.servicebus.windows.net")``, ``listen_url``, ``connect_url``,
+    ``http_url``, ``reject_url(address, status_code, description)``, and
+    ``RendezvousPolicy(domain_suffix=".servicebus.windows.net", dev_endpoint=None,
+    entity_path=None).check(address)`` raising ``BadRendezvousAddressError``
+    (code ``bad_rendezvous_address``). Pass ``policy.check`` as ``ListenerChannel``'s
+    ``check_address``.
+
+Errors (``errors``)
+    ``HybridConnectionError`` (``.code``) > ``ProtocolError`` (``MessageTooLargeError``,
+    ``MalformedMessageError``, ``UnknownCommandError``, ``MissingFieldError``,
+    ``InvalidFieldError``, ``UnexpectedFrameError``, ``UnexpectedCommandError``,
+    ``BadRendezvousAddressError``) and ``TokenError`` (``MalformedTokenError``,
+    ``UnknownKeyNameError``, ``BadSignatureError``, ``TokenExpiredError``,
+    ``WrongResourceError``). Messages never contain tokens, keys or rendezvous addresses.
+"""

@@ -1,0 +1,209 @@
+"""Relay URLs: building listen/connect/HTTP addresses and checking rendezvous addresses.
+
+URL shapes are in protocol notes section 1: the control channel and WebSocket senders use
+``{endpoint}/$hc/{path}`` with ``sb-hc-action`` / ``sb-hc-id`` / ``sb-hc-token`` query keys, HTTP
+senders ``https://{host}/{path}`` without ``$hc``. Rendezvous addresses arrive in ``accept`` and
+``request`` messages; the listener dials them verbatim and sends no credential there (section
+2.3), so a hostile or broken relay could point it anywhere. :class:`RendezvousPolicy` refuses every
+address that is not ``wss://`` on the relay service's domain or exactly the configured local
+development endpoint (catalogue item 24).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import quote, urlencode, urlsplit
+
+from gateway.hybridconnection.errors import BadRendezvousAddressError
+
+DEFAULT_RELAY_DOMAIN: Final = ".servicebus.windows.net"
+# Generous bound for a rendezvous address (real ones are ~200 characters).
+MAX_ADDRESS_LENGTH: Final = 4096
+_DEFAULT_PORTS: Final = {"ws": 80, "wss": 443, "http": 80, "https": 443}
+_HOSTNAME = re.compile(
+    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+_RENDEZVOUS_ACTIONS: Final = frozenset({"sb-hc-action=accept", "sb-hc-action=request"})
+
+
+@dataclass(frozen=True, slots=True)
+class RelayEndpoint:
+    """A relay base address: scheme ``ws``/``wss``, host and port, nothing else."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, url: str) -> RelayEndpoint:
+        """Parse ``wss://host[:port]`` (or ``ws://``); raises ``ValueError`` for anything else."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("ws", "wss"):
+            raise ValueError("relay endpoint must use ws:// or wss://")
+        if (
+            parts.username is not None
+            or parts.query
+            or parts.fragment
+            or parts.path not in ("", "/")
+        ):
+            raise ValueError("relay endpoint must be scheme://host[:port] only")
+        host = parts.hostname
+        if not host:
+            raise ValueError("relay endpoint has no host")
+        port = parts.port  # raises ValueError for a malformed port
+        return cls(scheme=scheme, host=host, port=port or _DEFAULT_PORTS[scheme])
+
+    @property
+    def authority(self) -> str:
+        """``host[:port]``, omitting the scheme's default port; IPv6 hosts bracketed."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == _DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
+
+    @property
+    def base(self) -> str:
+        """``scheme://authority``."""
+        return f"{self.scheme}://{self.authority}"
+
+
+def hc_path(path: str) -> str:
+    """The URL-encoded HC path without surrounding slashes (names may contain ``/``)."""
+    cleaned = path.strip("/")
+    if not cleaned:
+        raise ValueError("hybrid connection path must not be empty")
+    return quote(cleaned, safe="/")
+
+
+def _query(pairs: Iterable[tuple[str, str]]) -> str:
+    return urlencode(list(pairs), quote_via=quote)
+
+
+def listen_url(
+    endpoint: RelayEndpoint, path: str, *, listener_id: str | None = None, token: str | None = None
+) -> str:
+    """Control-channel URL: ``{base}/$hc/{path}?sb-hc-action=listen[&sb-hc-id][&sb-hc-token]``.
+
+    Prefer sending the token in the ``ServiceBusAuthorization`` header (section 2.3); a URL
+    carrying ``token`` must itself be treated as a secret.
+    """
+    pairs = [("sb-hc-action", "listen")]
+    if listener_id is not None:
+        pairs.append(("sb-hc-id", listener_id))
+    if token is not None:
+        pairs.append(("sb-hc-token", token))
+    return f"{endpoint.base}/$hc/{hc_path(path)}?{_query(pairs)}"
+
+
+def connect_url(
+    endpoint: RelayEndpoint,
+    path: str,
+    *,
+    suffix: str = "",
+    query: Iterable[tuple[str, str]] = (),
+    sender_id: str | None = None,
+    token: str | None = None,
+) -> str:
+    """WebSocket sender URL: ``{base}/$hc/{path}{suffix}?{query}&sb-hc-action=connect...``."""
+    pairs = [*query, ("sb-hc-action", "connect")]
+    if sender_id is not None:
+        pairs.append(("sb-hc-id", sender_id))
+    if token is not None:
+        pairs.append(("sb-hc-token", token))
+    return f"{endpoint.base}/$hc/{hc_path(path)}{_suffix(suffix)}?{_query(pairs)}"
+
+
+def http_url(
+    endpoint: RelayEndpoint, path: str, *, suffix: str = "", query: Iterable[tuple[str, str]] = ()
+) -> str:
+    """HTTP sender URL: ``http(s)://{authority}/{path}{suffix}[?query]`` (no ``$hc``)."""
+    scheme = "https" if endpoint.scheme == "wss" else "http"
+    encoded = _query(query)
+    return f"{scheme}://{endpoint.authority}/{hc_path(path)}{_suffix(suffix)}" + (
+        f"?{encoded}" if encoded else ""
+    )
+
+
+def reject_url(address: str, status_code: int, description: str) -> str:
+    """The address a listener opens to reject a WebSocket sender (section 4, step 6)."""
+    if not 100 <= status_code <= 999:
+        raise ValueError("status code must be 100-999")
+    extra = _query(
+        [("sb-hc-statusCode", str(status_code)), ("sb-hc-statusDescription", description)]
+    )
+    return f"{address}&{extra}" if "?" in address else f"{address}?{extra}"
+
+
+def _suffix(suffix: str) -> str:
+    if not suffix:
+        return ""
+    return "/" + quote(suffix.lstrip("/"), safe="/")
+
+
+@dataclass(frozen=True, slots=True)
+class RendezvousPolicy:
+    """Which rendezvous addresses the listener may dial (catalogue item 24).
+
+    Allowed: ``wss://`` to a host strictly inside ``domain_suffix`` on port 443 (the service
+    always uses it, section 1), or - only when configured - exactly ``dev_endpoint``'s scheme, host
+    and port (for example ``ws://127.0.0.1:8765``). In both cases the path must be ``/$hc/`` plus
+    ``entity_path`` (when set; compared case-insensitively) and the query must carry
+    ``sb-hc-action=accept`` or ``sb-hc-action=request``. The address itself is never echoed in
+    errors: it is a bearer credential.
+    """
+
+    domain_suffix: str = DEFAULT_RELAY_DOMAIN
+    dev_endpoint: RelayEndpoint | None = None
+    entity_path: str | None = None
+
+    def __post_init__(self) -> None:
+        # Without the leading dot "evilservicebus.windows.net" would match.
+        if not self.domain_suffix.startswith(".") or len(self.domain_suffix) < 3:
+            raise ValueError("domain_suffix must start with '.', e.g. '.servicebus.windows.net'")
+
+    def check(self, address: str) -> str:
+        """Return ``address`` if it may be dialled; else raise BadRendezvousAddressError."""
+        if not isinstance(address, str) or len(address) > MAX_ADDRESS_LENGTH:
+            raise BadRendezvousAddressError("rendezvous address missing or too long")
+        # urlsplit silently drops tabs and newlines and treats '\' inconsistently across parsers;
+        # refuse anything a strict parser and a lax one could read differently.
+        if not address.isascii() or not address.isprintable() or any(c in address for c in " \\@#"):
+            raise BadRendezvousAddressError("rendezvous address contains forbidden characters")
+        try:
+            parts = urlsplit(address)
+            port = parts.port
+        except ValueError:
+            raise BadRendezvousAddressError("rendezvous address is not a valid URL") from None
+        scheme = parts.scheme.lower()
+        host = parts.hostname or ""
+        if not self._trusted_origin(scheme, host, port):
+            raise BadRendezvousAddressError("rendezvous address is outside the relay service")
+        if not self._entity_matches(parts.path):
+            raise BadRendezvousAddressError("rendezvous address is not for this hybrid connection")
+        if not _RENDEZVOUS_ACTIONS.intersection(parts.query.split("&")):
+            raise BadRendezvousAddressError("rendezvous address lacks an accept/request action")
+        return address
+
+    def _trusted_origin(self, scheme: str, host: str, port: int | None) -> bool:
+        dev = self.dev_endpoint
+        if dev is not None and scheme == dev.scheme and host == dev.host.lower():
+            return (port or _DEFAULT_PORTS[scheme]) == dev.port
+        suffix = self.domain_suffix.lower()
+        return (
+            scheme == "wss"
+            and port in (None, 443)
+            and len(host) > len(suffix)
+            and host.endswith(suffix)
+            and _HOSTNAME.fullmatch(host) is not None
+        )
+
+    def _entity_matches(self, path: str) -> bool:
+        if not path.startswith("/$hc/"):
+            return False
+        if self.entity_path is None:
+            return True
+        wanted = hc_path(self.entity_path).lower()
+        rest = path[len("/$hc/") :].lower()
+        return rest == wanted or rest.startswith(wanted + "/")

@@ -1,0 +1,482 @@
+"""Sans-IO state machines for one Hybrid Connections socket, plus outgoing-frame helpers.
+
+A channel is fed WebSocket frames (or whole messages, for libraries that reassemble fragments)
+and returns protocol events. It never touches a socket, so the same code serves the production
+listener, the local relay emulator and the tests.
+
+Framing rules implemented here (protocol notes sections 3.2, 5.3 and 5.4):
+
+* Control messages are JSON in text messages. A ``request`` / ``response`` with ``"body": true``
+  is followed immediately by exactly one binary message carrying the whole body, possibly split
+  into a binary frame and continuation frames, the last with FIN.
+* Bodies on the control channel are at most 64 KiB; larger ones use a rendezvous socket.
+* Fragmentation follows RFC 6455 section 5.4: a message is one data frame plus continuation
+  frames; control frames (ping, pong, close) may be interleaved and are not data.
+
+Error policy (catalogue item 131): an unknown command or a command that is not allowed on this
+socket is reported as a non-fatal :class:`ProtocolViolation` and otherwise ignored, as the .NET
+listener does. A defect that leaves the framing in doubt (bad JSON, bad fields of a command that
+may be followed by a body, a text frame where a body is due, oversize data) is fatal: the owner
+must drop the connection.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from gateway.hybridconnection.errors import (
+    MessageTooLargeError,
+    MissingFieldError,
+    ProtocolError,
+    UnexpectedCommandError,
+    UnexpectedFrameError,
+    UnknownCommandError,
+)
+from gateway.hybridconnection.messages import (
+    MAX_CONTROL_MESSAGE_SIZE,
+    AcceptCommand,
+    Command,
+    RendezvousRequestCommand,
+    RenewTokenCommand,
+    RequestCommand,
+    ResponseCommand,
+    encode_command,
+    parse_command,
+)
+
+# Section 5.3: request and response bodies on the control channel are each at most 64 KB.
+CONTROL_CHANNEL_BODY_LIMIT: Final = 64 * 1024
+# Bodies on rendezvous sockets have no documented limit (section 7); ours is a finite default.
+DEFAULT_RENDEZVOUS_BODY_LIMIT: Final = 16 * 1024 * 1024
+
+
+class Opcode(enum.IntEnum):
+    """WebSocket frame opcodes (RFC 6455 section 5.2)."""
+
+    CONTINUATION = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+class SocketKind(enum.Enum):
+    """Which of the two socket roles a channel models (section 1)."""
+
+    CONTROL = "control"
+    RENDEZVOUS = "rendezvous"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One outgoing WebSocket data frame."""
+
+    opcode: Opcode
+    payload: bytes
+    fin: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelLimits:
+    """Bounds enforced while reading: UTF-8 size of a control message, size of one body."""
+
+    max_message_size: int = MAX_CONTROL_MESSAGE_SIZE
+    max_body_size: int = CONTROL_CHANNEL_BODY_LIMIT
+
+    @classmethod
+    def for_socket(
+        cls, kind: SocketKind, *, rendezvous_body_limit: int = DEFAULT_RENDEZVOUS_BODY_LIMIT
+    ) -> ChannelLimits:
+        """The protocol's limits for ``kind``: 64 KiB bodies on control, ``rendezvous_body_limit``
+        on rendezvous sockets."""
+        if kind is SocketKind.CONTROL:
+            return cls()
+        return cls(max_body_size=rendezvous_body_limit)
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptReceived:
+    """A WebSocket sender waits; its rendezvous address has passed the address check."""
+
+    command: AcceptCommand
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A complete HTTP request; ``body`` is ``None`` when the request said ``"body": false``.
+
+    On a control channel ``command.address`` has passed the address check; on a rendezvous socket
+    it is always ``None`` (the response goes back on that socket).
+    """
+
+    command: RequestCommand
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class RendezvousRequested:
+    """Rendezvous-only ``request``: connect to ``command.address`` to receive the request."""
+
+    command: RendezvousRequestCommand
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """(Relay side) a complete response; ``body`` is ``None`` when it said ``"body": false``."""
+
+    command: ResponseCommand
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRenewalReceived:
+    """(Relay side) the listener sent ``renewToken``."""
+
+    command: RenewTokenCommand
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
+    """The peer broke the protocol; when ``fatal`` the connection must be dropped."""
+
+    error: ProtocolError
+    fatal: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelClosed:
+    """The peer sent a close frame (``code`` is ``None`` when it carried no status)."""
+
+    code: int | None
+    reason: str
+
+
+Event = (
+    AcceptReceived
+    | RequestReceived
+    | RendezvousRequested
+    | ResponseReceived
+    | TokenRenewalReceived
+    | ProtocolViolation
+    | ChannelClosed
+)
+
+
+class _State(enum.Enum):
+    IDLE = "idle"  # between messages, a control message is expected
+    TEXT = "text"  # inside a fragmented text message
+    BODY_DUE = "body_due"  # a body message must start with the next data frame
+    BODY = "body"  # inside a fragmented body message
+    SKIP = "skip"  # inside a stray binary message that is being ignored
+    CLOSED = "closed"
+
+
+class _Channel(abc.ABC):
+    """Frame reassembly and body pairing shared by both sides of the protocol."""
+
+    def __init__(self, limits: ChannelLimits) -> None:
+        self._limits = limits
+        self._state = _State.IDLE
+        self._buffer = bytearray()
+        self._pending: RequestCommand | ResponseCommand | None = None
+        self._just_sent_bodyless = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether a close frame or a fatal violation has ended this channel."""
+        return self._state is _State.CLOSED
+
+    def receive_message(self, data: str | bytes) -> list[Event]:
+        """Feed one complete message (``str`` = text, ``bytes`` = binary)."""
+        if isinstance(data, str):
+            return self._data_frame(Opcode.TEXT, data.encode("utf-8", "surrogatepass"), True)
+        return self._data_frame(Opcode.BINARY, data, True)
+
+    def receive_frame(self, opcode: Opcode, payload: bytes, *, fin: bool = True) -> list[Event]:
+        """Feed one WebSocket frame as it came off the wire (payload already unmasked)."""
+        if self._state is _State.CLOSED:
+            return []
+        if opcode in (Opcode.PING, Opcode.PONG):
+            return []  # keepalive is the WebSocket layer's business (section 3.3)
+        if opcode is Opcode.CLOSE:
+            return [self.receive_close(*_close_payload(payload))]
+        return self._data_frame(opcode, payload, fin)
+
+    def receive_close(self, code: int | None, reason: str = "") -> ChannelClosed:
+        """Feed the peer's close; any half-received message is discarded."""
+        self._state = _State.CLOSED
+        self._buffer.clear()
+        self._pending = None
+        return ChannelClosed(code=code, reason=reason)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _fatal(self, error: ProtocolError) -> list[Event]:
+        self._state = _State.CLOSED
+        self._buffer.clear()
+        self._pending = None
+        return [ProtocolViolation(error=error, fatal=True)]
+
+    def _data_frame(self, opcode: Opcode, payload: bytes, fin: bool) -> list[Event]:
+        state = self._state
+        if state is _State.CLOSED:
+            return []
+        starts_message = opcode is not Opcode.CONTINUATION
+        if state in (_State.TEXT, _State.BODY, _State.SKIP) and starts_message:
+            return self._fatal(UnexpectedFrameError("new data frame inside a fragmented message"))
+        if state in (_State.IDLE, _State.BODY_DUE) and not starts_message:
+            return self._fatal(UnexpectedFrameError("continuation frame outside a message"))
+        if state is _State.IDLE:
+            if opcode is Opcode.TEXT:
+                return self._append(payload, fin, _State.TEXT, self._limits.max_message_size)
+            return self._stray_binary(payload, fin)
+        if state is _State.BODY_DUE:
+            if opcode is not Opcode.BINARY:
+                return self._fatal(UnexpectedFrameError("expected a binary body message"))
+            return self._append(payload, fin, _State.BODY, self._limits.max_body_size)
+        if state is _State.TEXT:
+            return self._append(payload, fin, _State.TEXT, self._limits.max_message_size)
+        if state is _State.BODY:
+            return self._append(payload, fin, _State.BODY, self._limits.max_body_size)
+        # _State.SKIP: discard until the stray message ends.
+        if fin:
+            self._state = _State.IDLE
+        return []
+
+    def _append(self, payload: bytes, fin: bool, state: _State, limit: int) -> list[Event]:
+        if len(self._buffer) + len(payload) > limit:
+            what = "control message" if state is _State.TEXT else "body"
+            return self._fatal(MessageTooLargeError(f"{what} larger than {limit} bytes"))
+        self._buffer += payload
+        if not fin:
+            self._state = state
+            return []
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self._state = _State.IDLE
+        if state is _State.TEXT:
+            return self._text_message(data)
+        pending = self._pending
+        self._pending = None
+        assert pending is not None  # BODY is only entered with a pending command
+        return self._complete(pending, data)
+
+    def _text_message(self, data: bytes) -> list[Event]:
+        self._just_sent_bodyless = False
+        try:
+            command = parse_command(data, max_size=self._limits.max_message_size)
+        except UnknownCommandError as error:
+            return [ProtocolViolation(error=error, fatal=False)]
+        except ProtocolError as error:
+            return self._fatal(error)
+        return self._command(command)
+
+    def _await_body(self, command: RequestCommand | ResponseCommand) -> list[Event]:
+        if command.body:
+            self._pending = command
+            self._state = _State.BODY_DUE
+            return []
+        return self._complete(command, None)
+
+    def _stray_binary(self, payload: bytes, fin: bool) -> list[Event]:
+        events: list[Event] = []
+        if not (self._just_sent_bodyless and fin and not payload):
+            error = UnexpectedFrameError("binary message without a preceding command")
+            events.append(ProtocolViolation(error=error, fatal=False))
+        self._just_sent_bodyless = False
+        if not fin:
+            self._state = _State.SKIP
+        return events
+
+    @abc.abstractmethod
+    def _command(self, command: Command) -> list[Event]:
+        """React to a parsed control message."""
+
+    @abc.abstractmethod
+    def _complete(
+        self, command: RequestCommand | ResponseCommand, body: bytes | None
+    ) -> list[Event]:
+        """React to a request/response whose body (if any) has fully arrived."""
+
+
+class ListenerChannel(_Channel):
+    """One socket as the LISTENER sees it: a control channel or a rendezvous socket.
+
+    ``check_address`` validates every rendezvous address before it is reported (normally
+    :meth:`gateway.hybridconnection.addresses.RendezvousPolicy.check`); it raises
+    :class:`BadRendezvousAddressError` for an address the listener must not dial (catalogue
+    item 24).
+    Such a command is reported as a non-fatal violation and never as an accept/request event.
+    """
+
+    def __init__(
+        self,
+        kind: SocketKind,
+        *,
+        check_address: Callable[[str], object],
+        limits: ChannelLimits | None = None,
+    ) -> None:
+        super().__init__(limits or ChannelLimits.for_socket(kind))
+        self.kind = kind
+        self._check_address = check_address
+
+    def _command(self, command: Command) -> list[Event]:
+        on_control = self.kind is SocketKind.CONTROL
+        if isinstance(command, RequestCommand):
+            if on_control and command.address is None:
+                # The address is the only way to deliver a large response (section 5.3).
+                return self._fatal(MissingFieldError("request: missing required field 'address'"))
+            if not on_control:
+                # Section 3.2: on a rendezvous socket the response goes back on that socket;
+                # never expose an address the service did not need to send.
+                command = dataclasses.replace(command, address=None)
+            return self._await_body(command)
+        if isinstance(command, AcceptCommand) and on_control:
+            return self._checked(command.address, [AcceptReceived(command)])
+        if isinstance(command, RendezvousRequestCommand) and on_control:
+            return self._checked(command.address, [RendezvousRequested(command)])
+        name = type(command).__name__
+        error = UnexpectedCommandError(
+            f"{name} is not valid from the relay on a {self.kind.value} socket"
+        )
+        return [ProtocolViolation(error=error, fatal=False)]
+
+    def _complete(
+        self, command: RequestCommand | ResponseCommand, body: bytes | None
+    ) -> list[Event]:
+        assert isinstance(command, RequestCommand)
+        event = RequestReceived(command=command, body=body)
+        if command.address is None:
+            return [event]
+        return self._checked(command.address, [event])
+
+    def _checked(self, address: str, events: list[Event]) -> list[Event]:
+        try:
+            self._check_address(address)
+        except ProtocolError as error:
+            return [ProtocolViolation(error=error, fatal=False)]
+        return events
+
+
+class RelayChannel(_Channel):
+    """One socket as the RELAY sees it (used by the local emulator and by tests).
+
+    Reports ``response`` (+ body) and ``renewToken``. A zero-length binary message right after a
+    ``"body": false`` response is swallowed silently: hyco-https sends one (section 5.3).
+    """
+
+    def __init__(self, kind: SocketKind, *, limits: ChannelLimits | None = None) -> None:
+        super().__init__(limits or ChannelLimits.for_socket(kind))
+        self.kind = kind
+
+    def _command(self, command: Command) -> list[Event]:
+        if isinstance(command, ResponseCommand):
+            return self._await_body(command)
+        if isinstance(command, RenewTokenCommand) and self.kind is SocketKind.CONTROL:
+            return [TokenRenewalReceived(command)]
+        name = type(command).__name__
+        error = UnexpectedCommandError(
+            f"{name} is not valid from a listener on a {self.kind.value} socket"
+        )
+        return [ProtocolViolation(error=error, fatal=False)]
+
+    def _complete(
+        self, command: RequestCommand | ResponseCommand, body: bytes | None
+    ) -> list[Event]:
+        assert isinstance(command, ResponseCommand)
+        if body is None:
+            self._just_sent_bodyless = True
+        return [ResponseReceived(command=command, body=body)]
+
+
+def _close_payload(payload: bytes) -> tuple[int | None, str]:
+    # RFC 6455 section 5.5.1: optional 2-byte status code, then a UTF-8 reason.
+    if len(payload) < 2:
+        return None, ""
+    return int.from_bytes(payload[:2], "big"), payload[2:].decode("utf-8", "replace")
+
+
+# --- outgoing helpers ----------------------------------------------------------------------
+
+
+class ResponseRoute(enum.Enum):
+    """Where a response must travel (section 5.3)."""
+
+    CONTROL = "control"
+    RENDEZVOUS = "rendezvous"
+
+
+def choose_response_route(body_length: int | None, *, arrived_on: SocketKind) -> ResponseRoute:
+    """Decide where the response to a request goes.
+
+    A request delivered on a rendezvous socket is answered there. One delivered on the control
+    channel is answered there only if its body is known and at most 64 KiB; ``None`` (unknown
+    length, streaming) or anything larger goes to the request's rendezvous address.
+    """
+    if arrived_on is SocketKind.RENDEZVOUS:
+        return ResponseRoute.RENDEZVOUS
+    if body_length is not None and body_length <= CONTROL_CHANNEL_BODY_LIMIT:
+        return ResponseRoute.CONTROL
+    return ResponseRoute.RENDEZVOUS
+
+
+def response_frames(response: ResponseCommand, body: bytes | None) -> list[Frame]:
+    """The frames of a complete response: the JSON text, then the body as one binary frame.
+
+    ``response.body`` must agree with ``body`` (``None`` = no body). Send the returned frames as
+    one critical section: binary frames carry no request id, so nothing may come between them
+    (section 5.4).
+    """
+    if response.body != (body is not None):
+        raise ValueError("response.body must be true exactly when a body is given")
+    frames = [Frame(Opcode.TEXT, encode_command(response).encode())]
+    if body is not None:
+        frames.append(Frame(Opcode.BINARY, body))
+    return frames
+
+
+def request_frames(request: RequestCommand, body: bytes | None) -> list[Frame]:
+    """The frames of a complete request (relay side), same pairing rule as responses."""
+    if request.body != (body is not None):
+        raise ValueError("request.body must be true exactly when a body is given")
+    frames = [Frame(Opcode.TEXT, encode_command(request).encode())]
+    if body is not None:
+        frames.append(Frame(Opcode.BINARY, body))
+    return frames
+
+
+class BodyFramer:
+    """Frames for one body message sent in pieces, as .NET streams large responses (section 5.3).
+
+    Each :meth:`chunk` yields a non-final frame (binary first, continuation after); :meth:`end`
+    yields the final frame, empty if all data went out in chunks.
+    """
+
+    def __init__(self) -> None:
+        self._started = False
+        self._finished = False
+
+    def chunk(self, data: bytes) -> Frame:
+        """A non-final frame carrying ``data``."""
+        return self._frame(data, fin=False)
+
+    def end(self, data: bytes = b"") -> Frame:
+        """The final frame of the body message."""
+        return self._frame(data, fin=True)
+
+    def _frame(self, data: bytes, *, fin: bool) -> Frame:
+        if self._finished:
+            raise RuntimeError("the body message is already complete")
+        opcode = Opcode.CONTINUATION if self._started else Opcode.BINARY
+        self._started = True
+        self._finished = fin
+        return Frame(opcode, data, fin)

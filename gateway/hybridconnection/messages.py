@@ -1,0 +1,364 @@
+"""Control messages of the Hybrid Connections protocol: strict parsing and serialisation.
+
+Every control message is one JSON object in a WebSocket text frame whose single top-level key
+names the command (protocol notes section 3.2). The service sends ``accept`` and ``request``; the
+listener sends ``response`` and ``renewToken``. :func:`parse_command` turns the text of one frame
+into a frozen dataclass or raises a :class:`~gateway.hybridconnection.errors.ProtocolError`
+subclass - never any other exception type, whatever the input. :func:`encode_command` is its
+inverse.
+
+Choices where the notes leave room:
+
+* Unknown fields *inside* a known command are ignored, so that a service adding a field (as it did
+  with ``remoteEndpoint``, section 3.2) does not take listeners down; an unknown *command* raises
+  :class:`UnknownCommandError`, which the channel state machines treat as ignorable (like .NET's
+  listener, section 3.2).
+* Header names must be RFC 9110 tokens and header values, reason phrases, ids and request targets
+  must not contain control characters: these strings end up on HTTP/1.1 wire lines, and a CR or LF
+  in them would be a request- or response-splitting vector.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+import orjson
+
+from gateway.hybridconnection.errors import (
+    InvalidFieldError,
+    MalformedMessageError,
+    MessageTooLargeError,
+    MissingFieldError,
+    UnknownCommandError,
+)
+
+# Section 5.4: .NET reads control messages into a 64 KiB buffer; nothing legitimate is larger.
+MAX_CONTROL_MESSAGE_SIZE: Final = 64 * 1024
+# Section 5.2: the service carries at most 32 KB of header metadata; a few hundred headers at most.
+MAX_HEADERS: Final = 256
+# Bound for single string fields (ids, addresses, targets, tokens); generous but finite.
+MAX_FIELD_LENGTH: Final = 16 * 1024
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 field-value / reason-phrase: HTAB, SP, VCHAR, obs-text. No CR, LF, NUL or other CTLs.
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+_EMPTY_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteEndpoint:
+    """The sender's network address as the service saw it (section 3.2, optional field)."""
+
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptCommand:
+    """``accept``: a WebSocket sender wants a stream; open ``address`` to take it (section 4)."""
+
+    address: str
+    id: str
+    connect_headers: Mapping[str, str]
+    remote_endpoint: RemoteEndpoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCommand:
+    """``request``, full form: one HTTP request; a binary body message follows iff ``body``.
+
+    ``address`` is present on the control channel (it is where a large response goes) and absent
+    when the service repeats the request on a rendezvous socket (section 3.2).
+    """
+
+    id: str
+    request_target: str
+    method: str
+    request_headers: Mapping[str, str]
+    body: bool
+    address: str | None = None
+    remote_endpoint: RemoteEndpoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RendezvousRequestCommand:
+    """``request``, rendezvous-only form: open ``address``; the request itself arrives there."""
+
+    address: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCommand:
+    """``response``: the answer to request ``request_id``; a body follows iff ``body``."""
+
+    request_id: str
+    status_code: int
+    body: bool
+    status_description: str | None = None
+    response_headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY_HEADERS)
+
+
+@dataclass(frozen=True, slots=True)
+class RenewTokenCommand:
+    """``renewToken``: replace the token bound to the control channel (section 3.2)."""
+
+    token: str
+
+
+Command = (
+    AcceptCommand | RequestCommand | RendezvousRequestCommand | ResponseCommand | RenewTokenCommand
+)
+
+
+def parse_command(data: str | bytes, *, max_size: int = MAX_CONTROL_MESSAGE_SIZE) -> Command:
+    """Parse the text of one control-message frame.
+
+    ``max_size`` bounds the UTF-8 length. Raises a ``ProtocolError`` subclass on any defect:
+    :class:`MessageTooLargeError`, :class:`MalformedMessageError`, :class:`UnknownCommandError`,
+    :class:`MissingFieldError` or :class:`InvalidFieldError`.
+    """
+    if _utf8_length_exceeds(data, max_size):
+        raise MessageTooLargeError(f"control message larger than {max_size} bytes")
+    try:
+        # orjson also refuses lone surrogates (raw or escaped), so every str it returns is
+        # encodable on any wire.
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise MalformedMessageError("control message is not valid UTF-8 JSON") from None
+    if not isinstance(document, dict):
+        raise MalformedMessageError("control message is not a JSON object")
+    if len(document) != 1:
+        raise MalformedMessageError("control message must have exactly one top-level key")
+    ((name, payload),) = document.items()
+    parser = _PARSERS.get(name)
+    if parser is None:
+        raise UnknownCommandError(f"unknown control command {_excerpt(name)}")
+    if not isinstance(payload, dict):
+        raise InvalidFieldError(f"{name}: payload is not a JSON object")
+    return parser(payload)
+
+
+def encode_command(command: Command) -> str:
+    """Serialise a command to the JSON text of one control-message frame (inverse of parse)."""
+    payload: dict[str, Any]
+    if isinstance(command, AcceptCommand):
+        payload = {
+            "address": command.address,
+            "id": command.id,
+            "connectHeaders": _plain(command.connect_headers),
+        }
+        if command.remote_endpoint is not None:
+            payload["remoteEndpoint"] = _endpoint_json(command.remote_endpoint)
+        document: dict[str, Any] = {"accept": payload}
+    elif isinstance(command, RequestCommand):
+        payload = {}
+        if command.address is not None:
+            payload["address"] = command.address
+        payload["id"] = command.id
+        payload["requestTarget"] = command.request_target
+        payload["method"] = command.method
+        if command.remote_endpoint is not None:
+            payload["remoteEndpoint"] = _endpoint_json(command.remote_endpoint)
+        payload["requestHeaders"] = _plain(command.request_headers)
+        payload["body"] = command.body
+        document = {"request": payload}
+    elif isinstance(command, RendezvousRequestCommand):
+        # Section 3.2: neither `method` nor `body` in this form, so every listener family
+        # (.NET/Java look at `body`, hyco-https at `method`) recognises it.
+        payload = {"address": command.address}
+        if command.id is not None:
+            payload["id"] = command.id
+        document = {"request": payload}
+    elif isinstance(command, ResponseCommand):
+        payload = {"requestId": command.request_id, "statusCode": command.status_code}
+        if command.status_description is not None:
+            payload["statusDescription"] = command.status_description
+        payload["responseHeaders"] = _plain(command.response_headers)
+        payload["body"] = command.body
+        document = {"response": payload}
+    else:
+        document = {"renewToken": {"token": command.token}}
+    return orjson.dumps(document).decode()
+
+
+def _plain(headers: Mapping[str, str]) -> dict[str, str]:
+    # orjson accepts only exact str keys; header mappings often use str subclasses (multidict).
+    return {str(name): str(value) for name, value in headers.items()}
+
+
+# --- field readers -------------------------------------------------------------------------
+
+
+def _utf8_length_exceeds(data: str | bytes, limit: int) -> bool:
+    if isinstance(data, bytes):
+        return len(data) > limit
+    if len(data) > limit:
+        return True
+    # A str of n code points is at most 4n UTF-8 bytes; only measure when it could matter.
+    if len(data) * 4 <= limit:
+        return False
+    return len(data.encode("utf-8", "surrogatepass")) > limit
+
+
+def _excerpt(value: str) -> str:
+    """A short, quoted, control-character-free rendering of peer input for messages."""
+    cleaned = _CONTROL_CHARS.sub("?", value[:40])
+    return repr(cleaned) + ("..." if len(value) > 40 else "")
+
+
+def _require(payload: dict[str, Any], command: str, key: str) -> object:
+    if key not in payload:
+        raise MissingFieldError(f"{command}: missing required field {key!r}")
+    return payload[key]
+
+
+def _text(value: object, where: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InvalidFieldError(f"{where}: expected a string")
+    if not value and not allow_empty:
+        raise InvalidFieldError(f"{where}: must not be empty")
+    if len(value) > MAX_FIELD_LENGTH:
+        raise InvalidFieldError(f"{where}: longer than {MAX_FIELD_LENGTH} characters")
+    if _CONTROL_CHARS.search(value):
+        raise InvalidFieldError(f"{where}: contains control characters")
+    return value
+
+
+def _bool(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidFieldError(f"{where}: expected true or false")
+    return value
+
+
+def _headers(value: object, where: str) -> Mapping[str, str]:
+    if not isinstance(value, dict):
+        raise InvalidFieldError(f"{where}: expected an object of string values")
+    if len(value) > MAX_HEADERS:
+        raise InvalidFieldError(f"{where}: more than {MAX_HEADERS} headers")
+    result: dict[str, str] = {}
+    for name, item in value.items():
+        if not _TOKEN.fullmatch(name):
+            raise InvalidFieldError(f"{where}: header name {_excerpt(name)} is not an HTTP token")
+        result[name] = _text(item, f"{where}[{name}]", allow_empty=True)
+    return MappingProxyType(result)
+
+
+def _endpoint(value: object, where: str) -> RemoteEndpoint:
+    if not isinstance(value, dict):
+        raise InvalidFieldError(f"{where}: expected an object")
+    address = _text(_require(value, where, "address"), f"{where}.address", allow_empty=True)
+    port = _require(value, where, "port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InvalidFieldError(f"{where}.port: expected an integer 0-65535")
+    return RemoteEndpoint(address=address, port=port)
+
+
+def _optional_endpoint(payload: dict[str, Any], where: str) -> RemoteEndpoint | None:
+    value = payload.get("remoteEndpoint")
+    if value is None:
+        return None
+    return _endpoint(value, f"{where}.remoteEndpoint")
+
+
+def _endpoint_json(endpoint: RemoteEndpoint) -> dict[str, Any]:
+    return {"address": endpoint.address, "port": endpoint.port}
+
+
+def _status_code(value: object) -> int:
+    # Section 3.2: SDKs send a number, the guide's example a string; accept both. Any 100-999 code
+    # is passable end to end (the .NET live tests relay 418, 450, 502, 504).
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) == 3:
+        code = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        code = value
+    else:
+        raise InvalidFieldError("response.statusCode: expected a 3-digit number")
+    if not 100 <= code <= 999:
+        raise InvalidFieldError("response.statusCode: outside 100-999")
+    return code
+
+
+# --- command parsers -----------------------------------------------------------------------
+
+
+def _parse_accept(payload: dict[str, Any]) -> AcceptCommand:
+    return AcceptCommand(
+        address=_text(_require(payload, "accept", "address"), "accept.address"),
+        id=_text(_require(payload, "accept", "id"), "accept.id"),
+        connect_headers=_headers(
+            _require(payload, "accept", "connectHeaders"), "accept.connectHeaders"
+        ),
+        remote_endpoint=_optional_endpoint(payload, "accept"),
+    )
+
+
+def _parse_request(payload: dict[str, Any]) -> RequestCommand | RendezvousRequestCommand:
+    # Section 3.2: .NET/Java decide on `body`, hyco-https on `method`; a message missing either is
+    # the rendezvous-only form.
+    if "method" not in payload or "body" not in payload:
+        raw_id = payload.get("id")
+        return RendezvousRequestCommand(
+            address=_text(_require(payload, "request", "address"), "request.address"),
+            id=None if raw_id is None else _text(raw_id, "request.id"),
+        )
+    method = _require(payload, "request", "method")
+    if not isinstance(method, str) or not _TOKEN.fullmatch(method):
+        raise InvalidFieldError("request.method: expected an HTTP method token")
+    target = _text(_require(payload, "request", "requestTarget"), "request.requestTarget")
+    if not target.startswith("/") or " " in target:
+        raise InvalidFieldError("request.requestTarget: expected an origin-form target")
+    raw_address = payload.get("address")
+    raw_headers = payload.get("requestHeaders")
+    return RequestCommand(
+        id=_text(_require(payload, "request", "id"), "request.id"),
+        request_target=target,
+        method=method,
+        request_headers=(
+            _EMPTY_HEADERS
+            if raw_headers is None
+            else _headers(raw_headers, "request.requestHeaders")
+        ),
+        body=_bool(payload["body"], "request.body"),
+        address=None if raw_address is None else _text(raw_address, "request.address"),
+        remote_endpoint=_optional_endpoint(payload, "request"),
+    )
+
+
+def _parse_response(payload: dict[str, Any]) -> ResponseCommand:
+    description = payload.get("statusDescription")
+    raw_headers = payload.get("responseHeaders")
+    return ResponseCommand(
+        request_id=_text(_require(payload, "response", "requestId"), "response.requestId"),
+        status_code=_status_code(_require(payload, "response", "statusCode")),
+        body=_bool(_require(payload, "response", "body"), "response.body"),
+        status_description=(
+            None
+            if description is None
+            else _text(description, "response.statusDescription", allow_empty=True)
+        ),
+        response_headers=(
+            _EMPTY_HEADERS
+            if raw_headers is None
+            else _headers(raw_headers, "response.responseHeaders")
+        ),
+    )
+
+
+def _parse_renew_token(payload: dict[str, Any]) -> RenewTokenCommand:
+    return RenewTokenCommand(
+        token=_text(_require(payload, "renewToken", "token"), "renewToken.token")
+    )
+
+
+_PARSERS: Final[dict[str, Callable[[dict[str, Any]], Command]]] = {
+    "accept": _parse_accept,
+    "request": _parse_request,
+    "response": _parse_response,
+    "renewToken": _parse_renew_token,
+}

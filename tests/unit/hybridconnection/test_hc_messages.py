@@ -1,0 +1,280 @@
+"""Control-message parsing and serialisation (protocol notes section 3.2)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.hybridconnection.errors import (
+    InvalidFieldError,
+    MalformedMessageError,
+    MessageTooLargeError,
+    MissingFieldError,
+    ProtocolError,
+    UnknownCommandError,
+)
+from gateway.hybridconnection.messages import (
+    AcceptCommand,
+    Command,
+    RemoteEndpoint,
+    RendezvousRequestCommand,
+    RenewTokenCommand,
+    RequestCommand,
+    ResponseCommand,
+    encode_command,
+    parse_command,
+)
+
+ADDRESS = "wss://g1-node.servicebus.windows.net:443/$hc/hyco?sb-hc-action=request&sb-hc-id=42_G10"
+
+
+def dumps(document: Any) -> str:
+    return json.dumps(document)
+
+
+def test_accept_from_the_protocol_guide_parses() -> None:
+    text = dumps(
+        {
+            "accept": {
+                "address": ADDRESS.replace("request", "accept"),
+                "id": "7c1e_G3",
+                "connectHeaders": {
+                    "Sec-WebSocket-Key": "l8fWd829IrZbEqUcLejv+Q==",
+                    "Sec-WebSocket-Version": "13",
+                    "X-App-Header": "anything",
+                },
+                "remoteEndpoint": {"address": "10.0.0.1", "port": 1234},
+            }
+        }
+    )
+    command = parse_command(text)
+    assert isinstance(command, AcceptCommand)
+    assert command.id == "7c1e_G3"
+    assert command.connect_headers["Sec-WebSocket-Version"] == "13"
+    assert command.remote_endpoint == RemoteEndpoint("10.0.0.1", 1234)
+
+
+def test_full_request_parses_with_body_flag() -> None:
+    text = dumps(
+        {
+            "request": {
+                "address": ADDRESS,
+                "id": "42_G10",
+                "requestTarget": "/hyco/orders/17?expand=true",
+                "method": "POST",
+                "requestHeaders": {"Content-Type": "application/json", "X-Multi": "v1, v2"},
+                "body": True,
+            }
+        }
+    )
+    command = parse_command(text)
+    assert isinstance(command, RequestCommand)
+    assert command.body is True
+    assert command.request_target == "/hyco/orders/17?expand=true"
+    assert command.request_headers["X-Multi"] == "v1, v2"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"address": ADDRESS, "id": "42"},
+        {"address": ADDRESS},
+        # Section 3.2: either of `method` / `body` missing means rendezvous-only.
+        {"address": ADDRESS, "id": "42", "method": "GET", "requestTarget": "/hyco"},
+        {"address": ADDRESS, "id": "42", "body": True},
+    ],
+)
+def test_request_without_method_or_body_is_the_rendezvous_only_form(
+    payload: dict[str, Any],
+) -> None:
+    command = parse_command(dumps({"request": payload}))
+    assert isinstance(command, RendezvousRequestCommand)
+    assert command.address == ADDRESS
+
+
+def test_response_status_code_may_be_a_string() -> None:
+    text = dumps({"response": {"requestId": "1", "statusCode": "200", "body": False}})
+    command = parse_command(text)
+    assert isinstance(command, ResponseCommand)
+    assert command.status_code == 200
+    assert command.response_headers == {}
+
+
+def test_renew_token_parses() -> None:
+    command = parse_command(dumps({"renewToken": {"token": "SharedAccessSignature sr=a"}}))
+    assert command == RenewTokenCommand(token="SharedAccessSignature sr=a")
+
+
+def test_unknown_inner_fields_are_ignored() -> None:
+    text = dumps({"renewToken": {"token": "t", "futureField": [1, 2]}})
+    assert parse_command(text) == RenewTokenCommand(token="t")
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("", MalformedMessageError),
+        ("{", MalformedMessageError),
+        (b"\xff\xfe", MalformedMessageError),
+        ("[]", MalformedMessageError),
+        ('"accept"', MalformedMessageError),
+        ("{}", MalformedMessageError),
+        ('{"accept": {}, "request": {}}', MalformedMessageError),
+        ('{"injectFault": {"delay": "00:00:01"}}', UnknownCommandError),
+        ('{"Accept": {}}', UnknownCommandError),
+        ('{"accept": []}', InvalidFieldError),
+        ('{"accept": {"id": "1", "connectHeaders": {}}}', MissingFieldError),
+        ('{"accept": {"address": 5, "id": "1", "connectHeaders": {}}}', InvalidFieldError),
+        ('{"accept": {"address": "a", "id": "1", "connectHeaders": {"X": 1}}}', InvalidFieldError),
+        (
+            '{"accept": {"address": "a", "id": "1", "connectHeaders": {"X Y": "1"}}}',
+            InvalidFieldError,
+        ),
+        ('{"accept": {"address": "a", "id": "", "connectHeaders": {}}}', InvalidFieldError),
+        (
+            '{"accept": {"address": "a", "id": "1", "connectHeaders": {}, '
+            '"remoteEndpoint": {"address": "x", "port": 70000}}}',
+            InvalidFieldError,
+        ),
+        (
+            '{"request": {"address": "a", "id": "1", "requestTarget": "/x", "method": "GET", '
+            '"requestHeaders": {"X": "a\\r\\nInjected: 1"}, "body": false}}',
+            InvalidFieldError,
+        ),
+        (
+            '{"request": {"address": "a", "id": "1", "requestTarget": "x", "method": "GET", '
+            '"body": false}}',
+            InvalidFieldError,
+        ),
+        (
+            '{"request": {"address": "a", "id": "1", "requestTarget": "/x", "method": "G ET", '
+            '"body": false}}',
+            InvalidFieldError,
+        ),
+        (
+            '{"request": {"address": "a", "id": "1", "requestTarget": "/x", "method": "GET", '
+            '"body": "yes"}}',
+            InvalidFieldError,
+        ),
+        ('{"request": {"id": "1"}}', MissingFieldError),
+        ('{"response": {"requestId": "1", "statusCode": 200}}', MissingFieldError),
+        ('{"response": {"requestId": "1", "statusCode": true, "body": false}}', InvalidFieldError),
+        ('{"response": {"requestId": "1", "statusCode": 99, "body": false}}', InvalidFieldError),
+        ('{"response": {"requestId": "1", "statusCode": "20x", "body": false}}', InvalidFieldError),
+        ('{"response": {"requestId": "1", "statusCode": 1e3, "body": false}}', InvalidFieldError),
+        (
+            '{"response": {"requestId": "1", "statusCode": 200, "body": false, '
+            '"statusDescription": "OK\\r\\nSet-Cookie: x"}}',
+            InvalidFieldError,
+        ),
+        ('{"renewToken": {"token": "\\ud800"}}', MalformedMessageError),
+        ('"\ud800"', MalformedMessageError),
+        ('{"renewToken": {}}', MissingFieldError),
+    ],
+)
+def test_defective_messages_raise_a_specific_protocol_error(
+    text: str | bytes, error: type[ProtocolError]
+) -> None:
+    with pytest.raises(error):
+        parse_command(text)
+
+
+def test_oversize_message_is_refused_before_parsing() -> None:
+    text = dumps({"renewToken": {"token": "x" * 70_000}})
+    with pytest.raises(MessageTooLargeError):
+        parse_command(text)
+    # Multi-byte characters count by their UTF-8 length, not by code points.
+    wide = dumps({"renewToken": {"token": "\u20ac" * 22_000}}).replace("\\u20ac", "\u20ac")
+    assert len(wide) < 65_536 < len(wide.encode())
+    with pytest.raises(MessageTooLargeError):
+        parse_command(wide)
+
+
+def test_error_messages_do_not_echo_long_peer_input() -> None:
+    secret = "s" * 500
+    with pytest.raises(UnknownCommandError) as caught:
+        parse_command(dumps({secret: {}}))
+    assert secret not in str(caught.value)
+    assert caught.value.code == "unknown_command"
+
+
+# --- round trips ---------------------------------------------------------------------------
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30)
+_token = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJ-_0123456789", min_size=1, max_size=20
+)
+_headers = st.dictionaries(_token, _text | st.just(""), max_size=5)
+_endpoint = st.none() | st.builds(RemoteEndpoint, _text, st.integers(0, 65535))
+_commands: st.SearchStrategy[Command] = st.one_of(
+    st.builds(AcceptCommand, _text, _text, _headers, _endpoint),
+    st.builds(
+        RequestCommand,
+        _text,
+        _text.map(lambda t: "/" + t.replace(" ", "")),
+        _token,
+        _headers,
+        st.booleans(),
+        st.none() | _text,
+        _endpoint,
+    ),
+    st.builds(RendezvousRequestCommand, _text, st.none() | _text),
+    st.builds(
+        ResponseCommand, _text, st.integers(100, 999), st.booleans(), st.none() | _text, _headers
+    ),
+    st.builds(RenewTokenCommand, _text),
+)
+
+
+@given(_commands)
+def test_encode_then_parse_round_trips(command: Command) -> None:
+    assert parse_command(encode_command(command)) == command
+
+
+# --- fuzzing: any input yields a command or a ProtocolError, nothing else -------------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+_field_names = st.sampled_from(
+    [
+        "address",
+        "id",
+        "connectHeaders",
+        "remoteEndpoint",
+        "requestTarget",
+        "method",
+        "requestHeaders",
+        "body",
+        "requestId",
+        "statusCode",
+        "statusDescription",
+        "responseHeaders",
+        "token",
+        "port",
+    ]
+)
+_structured = st.builds(
+    lambda name, payload: json.dumps({name: payload}),
+    st.sampled_from(["accept", "request", "response", "renewToken", "other"]),
+    st.dictionaries(_field_names, _json_values, max_size=8),
+)
+
+
+@settings(max_examples=400)
+@given(st.one_of(_structured, st.text(max_size=200), st.binary(max_size=200)))
+def test_parser_never_raises_anything_but_protocol_error(data: str | bytes) -> None:
+    try:
+        command = parse_command(data)
+    except ProtocolError:
+        return
+    # Whatever parsed must serialise back to the same command.
+    assert parse_command(encode_command(command)) == command
