@@ -1,0 +1,902 @@
+"""The Hybrid Connection listener: the only production code that touches relay sockets.
+
+It keeps ``connections`` control channels open to the relay (protocol notes section 9), turns
+what arrives on them into calls of the handlers in :mod:`gateway.relay.handlers`, and answers.
+Protocol parsing and framing decisions come from the sans-IO core in
+:mod:`gateway.hybridconnection`; this module adds sockets, time and ownership of tasks.
+
+Per control channel:
+
+* Connect ``{endpoint}/$hc/{path}?sb-hc-action=listen&sb-hc-id={uuid}`` with the token in the
+  ``ServiceBusAuthorization`` header (section 2.3), through the outbound proxy when configured.
+* Send ``renewToken`` when ``renew_at`` of the token's lifetime has passed (section 3.2; catalogue
+  item 126), and a WebSocket ping every ``ping_interval``; no pong within ``ping_timeout`` means a
+  half-open socket (section 3.3; catalogue item 123): drop it and reconnect.
+* Reconnect after any loss with :class:`gateway.relay.backoff.Backoff`; 401/403 and 404 get slow
+  retries, 404 also an alert (catalogue items 122-125).
+
+Per relayed request (section 5): the request is handled in its own task so the control-channel
+reader never waits on a handler; at most ``max_concurrent_requests`` run at once and the rest are
+answered 503 at once (catalogue item 149). A handler that raises is answered 500, one that
+overruns ``request_timeout`` 504, always before the relay's 60 s deadline (section 5.1). Bodies up
+to 64 KiB go back on the control channel; larger and streamed ones over the request's rendezvous
+address (section 5.3). A rendezvous-only request is fetched from its address and answered there.
+
+Per ``accept`` (section 4): the stream handler decides; a rejection opens the address with
+``sb-hc-statusCode``/``sb-hc-statusDescription`` (the relay answers 410), an acceptance opens it
+and hands the socket to the handler.
+
+Rendezvous addresses are dialled only after the core's address check
+(:class:`gateway.hybridconnection.addresses.RendezvousPolicy`) has passed; a failing address is
+logged as ``bad_rendezvous_address``, counted, and never dialled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import struct
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from random import Random
+from typing import Any, Final
+from urllib.parse import unquote_plus, urlsplit
+
+import aiohttp
+
+from gateway.hybridconnection.addresses import hc_path, listen_url, reject_url
+from gateway.hybridconnection.framing import (
+    CONTROL_CHANNEL_BODY_LIMIT,
+    AcceptReceived,
+    BodyFramer,
+    ChannelLimits,
+    Event,
+    Frame,
+    ListenerChannel,
+    Opcode,
+    ProtocolViolation,
+    RendezvousRequested,
+    RequestReceived,
+    ResponseRoute,
+    SocketKind,
+    choose_response_route,
+    response_frames,
+)
+from gateway.hybridconnection.messages import (
+    MAX_CONTROL_MESSAGE_SIZE,
+    AcceptCommand,
+    RenewTokenCommand,
+    RequestCommand,
+    ResponseCommand,
+    encode_command,
+)
+from gateway.relay.backoff import Backoff, FailureKind
+from gateway.relay.handlers import (
+    AcceptInfo,
+    AcceptStream,
+    RejectStream,
+    RelayedRequest,
+    RelayedResponse,
+    RequestHandler,
+    StreamDecision,
+    StreamHandler,
+    TokenProvider,
+)
+from gateway.relay.proxy import (
+    OutboundProxy,
+    ProxyAuthError,
+    ProxyError,
+    new_client_session,
+    open_websocket,
+)
+from gateway.relay.settings import ListenerSettings
+
+__all__ = ["AlertCallback", "ListenerMetrics", "RelayListener"]
+
+log = logging.getLogger("gateway.relay")
+
+AlertCallback = Callable[[str, str], None]
+"""Called as ``on_alert(code, message)`` for conditions an operator must act on."""
+
+# Section 9 / RFC 9110 section 7.6.1: connection-level headers never cross the relay.
+_HOP_BY_HOP: Final = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
+)
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CTL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Room for the JSON of a request next to a 64 KiB body on the control channel (section 5.3).
+_CONTROL_MAX_MESSAGE: Final = max(MAX_CONTROL_MESSAGE_SIZE, CONTROL_CHANNEL_BODY_LIMIT) + 1
+# Chunks of a streamed body are written once the transport has drained below this.
+_WRITE_HIGH_WATER: Final = 1024 * 1024
+_STREAM_CHUNK_LIMIT: Final = 1024 * 1024
+_MAX_REASON: Final = 120
+
+
+@dataclass
+class ListenerMetrics:
+    """Counters for observability; plain attributes so any exporter can read them.
+
+    ``listeners_online``: control channels currently connected. ``reconnects``: by
+    :class:`FailureKind` value. ``protocol_errors``: by core error code (``bad_rendezvous_address``,
+    ``malformed_message``, ``message_too_large`` ...). ``requests``: by outcome (``ok``,
+    ``handler_error``, ``handler_timeout``, ``overloaded``, ``bad_target``, ``invalid_response``,
+    ``send_failed``, ``dropped``). ``streams``: by outcome (``accepted``, ``rejected``,
+    ``overloaded``, ``decide_error``, ``failed``). ``token_renewals``: ``renewToken`` messages sent.
+    ``alerts``: by alert code.
+    """
+
+    listeners_online: int = 0
+    reconnects: Counter[str] = field(default_factory=Counter)
+    protocol_errors: Counter[str] = field(default_factory=Counter)
+    requests: Counter[str] = field(default_factory=Counter)
+    streams: Counter[str] = field(default_factory=Counter)
+    token_renewals: int = 0
+    alerts: Counter[str] = field(default_factory=Counter)
+
+
+class _HandshakeRefusedError(Exception):
+    """The relay answered the listen handshake with an HTTP error status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"relay refused the listen handshake with {status}")
+        self.status = status
+
+
+def _client_frame(frame: Frame) -> bytes:
+    """Encode a masked client frame (RFC 6455 section 5.2) with an explicit FIN bit."""
+    payload = frame.payload
+    first = (0x80 if frame.fin else 0x00) | int(frame.opcode)
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", first, 0x80 | length)
+    elif length < 65536:
+        header = struct.pack("!BBH", first, 0x80 | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, length)
+    mask = os.urandom(4)
+    if not length:
+        return header + mask
+    # XOR the whole payload with the repeated 4-byte key in one big-integer operation.
+    key = (mask * (length // 4 + 1))[:length]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(length, "big")
+    return header + mask + masked
+
+
+class _RelaySocket:
+    """One relay WebSocket with the per-socket write lock of section 5.4."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, send_timeout: float) -> None:
+        self.ws = ws
+        self.lock = asyncio.Lock()
+        self._send_timeout = send_timeout
+
+    async def send_frames(self, frames: list[Frame]) -> None:
+        """Send complete messages (JSON then body) as one critical section."""
+        async with asyncio.timeout(self._send_timeout), self.lock:
+            for frame in frames:
+                if frame.opcode is Opcode.TEXT:
+                    await self.ws.send_str(frame.payload.decode())
+                else:
+                    await self.ws.send_bytes(frame.payload)
+
+    async def send_streamed(
+        self, response: ResponseCommand, chunks: AsyncIterator[bytes], idle_timeout: float
+    ) -> None:
+        """Send the JSON, then the body as one fragmented binary message (section 5.3).
+
+        aiohttp only writes whole messages, so the fragments are encoded here and written to the
+        connection's transport under the socket lock. ``idle_timeout`` bounds the wait for each
+        chunk: the relay aborts a body that stalls for 60 s (section 7).
+        """
+        framer = BodyFramer()
+        transport = self.ws._writer.transport
+        async with self.lock:
+            async with asyncio.timeout(self._send_timeout):
+                await self.ws.send_str(encode_command(response))
+            while True:
+                async with asyncio.timeout(idle_timeout):
+                    chunk = await anext(chunks, None)
+                if chunk is None:
+                    break
+                for start in range(0, max(len(chunk), 1), _STREAM_CHUNK_LIMIT):
+                    piece = bytes(chunk[start : start + _STREAM_CHUNK_LIMIT])
+                    if piece:
+                        transport.write(_client_frame(framer.chunk(piece)))
+                await self._drain(transport)
+            transport.write(_client_frame(framer.end()))
+            await self._drain(transport)
+
+    async def _drain(self, transport: asyncio.WriteTransport) -> None:
+        async with asyncio.timeout(self._send_timeout):
+            while transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+                if transport.is_closing():
+                    raise ConnectionResetError("rendezvous socket closed while sending")
+                await asyncio.sleep(0.005)
+
+    async def close(self, code: int = 1000) -> None:
+        """Close, bounded by the socket's close timeout; never raises."""
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=code)
+
+
+class _StreamSocket:
+    """The :class:`gateway.relay.handlers.StreamSocket` view of an accepted rendezvous socket."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+
+    async def receive(self) -> str | bytes | None:
+        """Next data message, ``None`` once the socket is closed or failed."""
+        while True:
+            msg = await self._ws.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                return str(msg.data)
+            if msg.type is aiohttp.WSMsgType.BINARY:
+                return bytes(msg.data)
+            if msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG):
+                continue
+            return None
+
+    async def send(self, data: str | bytes) -> None:
+        """Send one text or binary message."""
+        if isinstance(data, str):
+            await self._ws.send_str(data)
+        else:
+            await self._ws.send_bytes(data)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the socket (idempotent)."""
+        await self._ws.close(code=code, message=reason.encode()[:120])
+
+
+def _clean_text(text: str, limit: int) -> str:
+    return _CTL.sub("", text)[:limit]
+
+
+def _response_headers(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """One value per name for the relay's JSON object (section 3.2); see RelayedResponse."""
+    result: dict[str, str] = {}
+    lowered: dict[str, str] = {}
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name) or _CTL.search(value):
+            raise ValueError("response header is not valid HTTP")
+        key = name.lower()
+        if key in _HOP_BY_HOP:
+            continue
+        if key in lowered:
+            if key != "set-cookie":
+                result[lowered[key]] += ", " + value
+            continue
+        lowered[key] = name
+        result[name] = value
+    return result
+
+
+class RelayListener:
+    """Listens on one Hybrid Connection with several control channels.
+
+    Use ``async with RelayListener(...)`` or :meth:`start` / :meth:`stop`. ``metrics`` is
+    readable at any time. ``on_alert(code, message)`` is called for conditions an operator must
+    fix (``hybrid_connection_not_found``); it must not block.
+    """
+
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        *,
+        token_provider: TokenProvider,
+        request_handler: RequestHandler,
+        stream_handler: StreamHandler,
+        on_alert: AlertCallback | None = None,
+        rng: Random | None = None,
+    ) -> None:
+        """Prepare; nothing is connected until :meth:`start`."""
+        self.settings = settings
+        self.metrics = ListenerMetrics()
+        self._tokens = token_provider
+        self._handler = request_handler
+        self._streams = stream_handler
+        self._on_alert = on_alert
+        self._rng = rng or Random()  # noqa: S311 - jitter, not a secret
+        self._endpoint = settings.relay_endpoint
+        self._policy = settings.rendezvous_policy()
+        self._path_prefix = "/" + hc_path(settings.hc_path).lower()
+        self._proxy = OutboundProxy(settings.proxy)
+        self._session: aiohttp.ClientSession | None = None
+        self._channels: set[asyncio.Task[None]] = set()
+        self._work: set[asyncio.Task[None]] = set()
+        self._requests_in_flight = 0
+        self._streams_in_flight = 0
+        self._overflow_in_flight = 0
+        self._draining = False
+        self._stopping = asyncio.Event()
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Relayed requests being handled right now (bounded by ``max_concurrent_requests``)."""
+        return self._requests_in_flight
+
+    @property
+    def streams_in_flight(self) -> int:
+        """Accepted or pending WebSocket streams right now (bounded by the stream limit)."""
+        return self._streams_in_flight
+
+    async def __aenter__(self) -> RelayListener:
+        """Start the control channels."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Drain and stop."""
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open the configured number of control channels (each reconnects on its own)."""
+        if self._session is not None:
+            raise RuntimeError("listener already started")
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.settings.handshake_timeout,
+            sock_connect=self.settings.handshake_timeout,
+        )
+        self._session = new_client_session(self._proxy, timeout=timeout)
+        for index in range(self.settings.connections):
+            task = asyncio.create_task(self._channel_loop(index), name=f"relay-control-{index}")
+            self._channels.add(task)
+            task.add_done_callback(self._channels.discard)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking new work, let in-flight work finish within ``grace``, then close.
+
+        New requests get 503 and new streams a 503 rejection while draining. The control channels
+        stay open until then, because small responses travel on them (section 5.3); after the
+        grace period what is left is cancelled and every socket closed.
+        """
+        if self._session is None:
+            return
+        self._draining = True
+        wait = self.settings.shutdown_grace if grace is None else grace
+        if self._work:
+            await asyncio.wait(set(self._work), timeout=wait)
+        self._stopping.set()
+        pending = self._channels | self._work
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        session, self._session = self._session, None
+        await session.close()
+
+    # -- control channels -----------------------------------------------------------------
+
+    async def _channel_loop(self, index: int) -> None:
+        backoff = Backoff(self.settings.backoff, self._rng)
+        while not self._stopping.is_set():
+            kind = await self._connect_once(index, backoff)
+            if self._stopping.is_set():
+                return
+            self.metrics.reconnects[kind.value] += 1
+            delay = backoff.next_delay(kind)
+            log.info("relay_reconnect channel=%d reason=%s delay=%.2fs", index, kind.value, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
+    async def _connect_once(self, index: int, backoff: Backoff) -> FailureKind:
+        settings = self.settings
+        try:
+            token, expires_at = await asyncio.wait_for(self._tokens(), settings.token_timeout)
+        except Exception as exc:
+            log.warning("token_provider_failed channel=%d error=%s", index, type(exc).__name__)
+            return FailureKind.ERROR
+        url = listen_url(self._endpoint, settings.hc_path, listener_id=str(uuid.uuid4()))
+        try:
+            ws = await self._dial_listen(url, token)
+        except _HandshakeRefusedError as exc:
+            return self._refused(index, exc.status)
+        except ProxyAuthError as exc:
+            log.warning("proxy_auth_required channel=%d proxy=%s", index, exc.proxy)
+            return FailureKind.PROXY_AUTH
+        except ProxyError as exc:
+            log.warning("%s channel=%d proxy=%s", exc.code, index, exc.proxy)
+            return FailureKind.ERROR
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("relay_connect_failed channel=%d error=%s", index, type(exc).__name__)
+            return FailureKind.ERROR
+        socket = _RelaySocket(ws, settings.send_timeout)
+        connected_at = time.monotonic()
+        self.metrics.listeners_online += 1
+        log.info("relay_online channel=%d", index)
+        try:
+            return await self._serve_control(index, socket, time.time(), expires_at)
+        finally:
+            self.metrics.listeners_online -= 1
+            backoff.connected_for(time.monotonic() - connected_at)
+            await socket.close()
+            log.info("relay_offline channel=%d close_code=%s", index, ws.close_code)
+
+    async def _dial_listen(self, url: str, token: str) -> aiohttp.ClientWebSocketResponse:
+        assert self._session is not None
+        try:
+            return await open_websocket(
+                self._session,
+                self._proxy,
+                url,
+                handshake_timeout=self.settings.handshake_timeout,
+                max_msg_size=_CONTROL_MAX_MESSAGE,
+                headers={"ServiceBusAuthorization": token},
+                autoping=False,
+                close_timeout=self.settings.ping_timeout,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise _HandshakeRefusedError(exc.status) from None
+
+    def _refused(self, index: int, status: int) -> FailureKind:
+        if status in (401, 403):
+            log.warning("relay_unauthorized channel=%d status=%d", index, status)
+            return FailureKind.UNAUTHORIZED
+        if status == 404:
+            message = f"hybrid connection {self.settings.hc_path!r} does not exist on the relay"
+            log.error("hybrid_connection_not_found channel=%d: %s", index, message)
+            self.metrics.alerts["hybrid_connection_not_found"] += 1
+            if self._on_alert is not None:
+                try:
+                    self._on_alert("hybrid_connection_not_found", message)
+                except Exception:
+                    log.exception("alert callback failed")
+            return FailureKind.NOT_FOUND
+        log.warning("relay_handshake_refused channel=%d status=%d", index, status)
+        return FailureKind.ERROR
+
+    async def _serve_control(
+        self, index: int, socket: _RelaySocket, issued_at: float, expires_at: float
+    ) -> FailureKind:
+        pong = asyncio.Event()
+        tasks = {
+            asyncio.create_task(self._read_control(index, socket, pong)),
+            asyncio.create_task(self._ping(socket, pong)),
+            asyncio.create_task(self._renew(index, socket, issued_at, expires_at)),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            return next(iter(done)).result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read_control(
+        self, index: int, socket: _RelaySocket, pong: asyncio.Event
+    ) -> FailureKind:
+        channel = ListenerChannel(SocketKind.CONTROL, check_address=self._policy.check)
+        ws = socket.ws
+        while True:
+            msg = await ws.receive()
+            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                events = channel.receive_message(msg.data)
+            elif msg.type is aiohttp.WSMsgType.PING:
+                await ws.pong(msg.data)
+                continue
+            elif msg.type is aiohttp.WSMsgType.PONG:
+                pong.set()
+                continue
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                code = "message_too_large" if ws.close_code == 1009 else "websocket_error"
+                self.metrics.protocol_errors[code] += 1
+                log.warning("relay_protocol_error channel=%d code=%s fatal=True", index, code)
+                return FailureKind.ERROR
+            else:
+                # Sections 3.4: 1001 (entity gone/disabled), 1008 (token), 1011 (service, daily
+                # recycle) and any other close all lead to a reconnect.
+                log.info("relay_closed channel=%d code=%s", index, ws.close_code)
+                return FailureKind.CLOSED
+            for event in events:
+                if isinstance(event, ProtocolViolation):
+                    self._violation(index, event)
+                    if event.fatal:
+                        return FailureKind.ERROR
+                else:
+                    self._dispatch(event, socket)
+
+    def _violation(self, index: int, event: ProtocolViolation) -> None:
+        code = event.error.code
+        self.metrics.protocol_errors[code] += 1
+        if code == "bad_rendezvous_address":
+            log.warning("bad_rendezvous_address channel=%d: %s (not dialled)", index, event.error)
+        else:
+            log.warning(
+                "relay_protocol_error channel=%d code=%s fatal=%s: %s",
+                index,
+                code,
+                event.fatal,
+                event.error,
+            )
+
+    async def _ping(self, socket: _RelaySocket, pong: asyncio.Event) -> FailureKind:
+        settings = self.settings
+        while True:
+            await asyncio.sleep(settings.ping_interval)
+            pong.clear()
+            await socket.ws.ping(b"gw")
+            try:
+                async with asyncio.timeout(settings.ping_timeout):
+                    await pong.wait()
+            except TimeoutError:
+                log.warning("relay_ping_timeout after %.1fs", settings.ping_timeout)
+                return FailureKind.PING_TIMEOUT
+
+    async def _renew(
+        self, index: int, socket: _RelaySocket, issued_at: float, expires_at: float
+    ) -> FailureKind:
+        settings = self.settings
+        while True:
+            due = issued_at + settings.renew_at * max(expires_at - issued_at, 0.0)
+            await asyncio.sleep(max(due - time.time(), 0.0))
+            while True:
+                try:
+                    token, new_expiry = await asyncio.wait_for(
+                        self._tokens(), settings.token_timeout
+                    )
+                    break
+                except Exception as exc:
+                    log.warning(
+                        "token_renewal_failed channel=%d error=%s", index, type(exc).__name__
+                    )
+                    # Retry well before expiry; past it the relay closes with 1008 (section 3.4)
+                    # and the reconnect mints a fresh token anyway.
+                    await asyncio.sleep(min(max((expires_at - time.time()) / 4, 1.0), 30.0))
+            text = encode_command(RenewTokenCommand(token=token))
+            await socket.send_frames([Frame(Opcode.TEXT, text.encode())])
+            self.metrics.token_renewals += 1
+            log.info("relay_token_renewed channel=%d", index)
+            issued_at, expires_at = time.time(), new_expiry
+
+    # -- work dispatch --------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+
+    def _dispatch(self, event: Event, control: _RelaySocket) -> None:
+        settings = self.settings
+        if isinstance(event, AcceptReceived):
+            if self._draining or self._streams_in_flight >= settings.max_concurrent_streams:
+                busy = RejectStream(503, "Gateway busy")
+                self._spawn_overflow(self._reject(event.command, busy, outcome="overloaded"))
+                return
+            self._streams_in_flight += 1
+            self._spawn(self._accept(event.command))
+            return
+        overloaded = self._draining or self._requests_in_flight >= settings.max_concurrent_requests
+        if isinstance(event, RequestReceived):
+            if overloaded:
+                response = RelayedResponse(503, "Service Unavailable")
+                self._spawn_overflow(
+                    self._send_response(event.command, response, control, "overloaded")
+                )
+                return
+            self._requests_in_flight += 1
+            self._spawn(self._handle_request(event.command, event.body, control))
+        elif isinstance(event, RendezvousRequested):
+            if overloaded:
+                self._spawn_overflow(self._serve_rendezvous(event.command.address, overflow=True))
+                return
+            self._requests_in_flight += 1
+            self._spawn(self._serve_rendezvous(event.command.address, overflow=False))
+
+    def _spawn_overflow(self, coro: Coroutine[Any, Any, None]) -> None:
+        # Even refusals are bounded: past this many, the relay's own 504 answers for us.
+        if self._overflow_in_flight >= self.settings.max_concurrent_requests:
+            self.metrics.requests["dropped"] += 1
+            coro.close()
+            return
+        self._overflow_in_flight += 1
+
+        async def run() -> None:
+            try:
+                await coro
+            finally:
+                self._overflow_in_flight -= 1
+
+        self._spawn(run())
+
+    # -- HTTP requests --------------------------------------------------------------------
+
+    def _relayed_request(self, command: RequestCommand, body: bytes | None) -> RelayedRequest:
+        raw = command.request_target
+        path, sep, query = raw.partition("?")
+        prefix = self._path_prefix
+        lowered = path.lower()
+        if lowered == prefix:
+            rest = "/"
+        elif lowered.startswith(prefix + "/"):
+            rest = path[len(prefix) :]
+        else:
+            raise ValueError("request target is outside this hybrid connection")
+        remote = command.remote_endpoint
+        return RelayedRequest(
+            request_id=command.id,
+            method=command.method,
+            target=rest + sep + query,
+            raw_target=raw,
+            headers=tuple(command.request_headers.items()),
+            body=body or b"",
+            remote=None if remote is None else (remote.address, remote.port),
+        )
+
+    async def _run_handler(
+        self, command: RequestCommand, body: bytes | None
+    ) -> tuple[RelayedResponse, str]:
+        """Call the handler; never raises, always returns something to answer with."""
+        try:
+            request = self._relayed_request(command, body)
+        except ValueError:
+            return RelayedResponse(400, "Bad Request"), "bad_target"
+        try:
+            async with asyncio.timeout(self.settings.request_timeout):
+                response = await self._handler(request)
+        except TimeoutError:
+            log.warning("request_handler_timeout request_id=%s", command.id)
+            return RelayedResponse(504, "Gateway Timeout"), "handler_timeout"
+        except Exception:
+            log.exception("request_handler_failed request_id=%s", command.id)
+            return RelayedResponse(500, "Internal Server Error"), "handler_error"
+        if not isinstance(response, RelayedResponse) or not 100 <= response.status <= 999:
+            log.error("request_handler_invalid_response request_id=%s", command.id)
+            return RelayedResponse(500, "Internal Server Error"), "invalid_response"
+        return response, "ok"
+
+    async def _handle_request(
+        self, command: RequestCommand, body: bytes | None, control: _RelaySocket
+    ) -> None:
+        try:
+            response, outcome = await self._run_handler(command, body)
+            await self._send_response(command, response, control, outcome)
+        finally:
+            self._requests_in_flight -= 1
+
+    def _command_for(
+        self, request_id: str, response: RelayedResponse, has_body: bool
+    ) -> ResponseCommand:
+        reason = _clean_text(response.reason, _MAX_REASON)
+        if not reason:
+            with contextlib.suppress(ValueError):
+                reason = HTTPStatus(response.status).phrase
+        return ResponseCommand(
+            request_id=request_id,
+            status_code=response.status,
+            body=has_body,
+            status_description=reason or None,
+            response_headers=_response_headers(response.headers),
+        )
+
+    async def _send_response(
+        self,
+        command: RequestCommand,
+        response: RelayedResponse,
+        control: _RelaySocket,
+        outcome: str,
+    ) -> None:
+        """Answer on the control channel when small, else over the request's rendezvous."""
+        body = response.body
+        length = len(body) if isinstance(body, bytes) else None
+        route = choose_response_route(length, arrived_on=SocketKind.CONTROL)
+        try:
+            if route is ResponseRoute.CONTROL:
+                await self._write_response(control, command.id, response, outcome)
+                return
+            # The core checked command.address against the rendezvous policy before reporting
+            # the request, so dialling it here is safe (catalogue item 24).
+            assert command.address is not None
+            rendezvous = await self._dial_rendezvous(command.address)
+            try:
+                await self._write_response(rendezvous, command.id, response, outcome)
+            finally:
+                await rendezvous.close()
+        except Exception as exc:
+            self.metrics.requests["send_failed"] += 1
+            log.warning(
+                "response_send_failed request_id=%s error=%s", command.id, type(exc).__name__
+            )
+        finally:
+            if isinstance(body, AsyncIterator) and hasattr(body, "aclose"):
+                with contextlib.suppress(Exception):
+                    await body.aclose()
+
+    async def _write_response(
+        self, socket: _RelaySocket, request_id: str, response: RelayedResponse, outcome: str
+    ) -> None:
+        body = response.body
+        try:
+            has_body = not isinstance(body, bytes) or bool(body)
+            command = self._command_for(request_id, response, has_body)
+        except ValueError:
+            outcome = "invalid_response"
+            log.error("request_handler_invalid_headers request_id=%s", request_id)
+            body = b""
+            command = self._command_for(request_id, RelayedResponse(500), False)
+        if isinstance(body, bytes):
+            await socket.send_frames(response_frames(command, body or None))
+        else:
+            idle = self.settings.request_timeout
+            await socket.send_streamed(command, body, idle)
+        self.metrics.requests[outcome] += 1
+
+    async def _dial_rendezvous(self, address: str) -> _RelaySocket:
+        assert self._session is not None
+        settings = self.settings
+        ws = await open_websocket(
+            self._session,
+            self._proxy,
+            address,
+            handshake_timeout=settings.handshake_timeout,
+            max_msg_size=settings.max_request_body + MAX_CONTROL_MESSAGE_SIZE,
+            close_timeout=settings.ping_timeout,
+        )
+        return _RelaySocket(ws, settings.send_timeout)
+
+    async def _serve_rendezvous(self, address: str, *, overflow: bool) -> None:
+        """Fetch rendezvous-only requests from ``address`` and answer each there (section 3.2)."""
+        try:
+            try:
+                socket = await self._dial_rendezvous(address)
+            except Exception as exc:
+                self.metrics.requests["send_failed"] += 1
+                log.warning("rendezvous_connect_failed error=%s", type(exc).__name__)
+                return
+            try:
+                await self._rendezvous_requests(socket, overflow=overflow)
+            finally:
+                await socket.close()
+        finally:
+            if not overflow:
+                self._requests_in_flight -= 1
+
+    async def _rendezvous_requests(self, socket: _RelaySocket, *, overflow: bool) -> None:
+        limits = ChannelLimits.for_socket(
+            SocketKind.RENDEZVOUS, rendezvous_body_limit=self.settings.max_request_body
+        )
+        channel = ListenerChannel(
+            SocketKind.RENDEZVOUS, check_address=self._policy.check, limits=limits
+        )
+        while True:
+            # The relay keeps the socket for the sender's connection; an idle one is given back.
+            msg = await socket.ws.receive(timeout=self.settings.request_timeout)
+            if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                if msg.type is aiohttp.WSMsgType.ERROR and socket.ws.close_code == 1009:
+                    self.metrics.protocol_errors["message_too_large"] += 1
+                return
+            for event in channel.receive_message(msg.data):
+                if isinstance(event, ProtocolViolation):
+                    self.metrics.protocol_errors[event.error.code] += 1
+                    log.warning("rendezvous_protocol_error code=%s", event.error.code)
+                    if event.fatal:
+                        return
+                elif isinstance(event, RequestReceived):
+                    if overflow or self._draining:
+                        response, outcome = RelayedResponse(503), "overloaded"
+                    else:
+                        response, outcome = await self._run_handler(event.command, event.body)
+                    await self._write_response(socket, event.command.id, response, outcome)
+
+    # -- WebSocket streams ----------------------------------------------------------------
+
+    def _accept_info(self, command: AcceptCommand) -> AcceptInfo:
+        parts = urlsplit(command.address)
+        prefix = "/$hc" + self._path_prefix
+        path = parts.path
+        suffix = path[len(prefix) :] if path.lower().startswith(prefix) else ""
+        # Section 5.2: the relay's own parameters are the `sb-hc-*` keys with an `=`; the rest is
+        # the sender's and passes byte for byte.
+        kept = [
+            piece
+            for piece in parts.query.split("&")
+            if piece
+            and not (
+                "=" in piece and unquote_plus(piece.partition("=")[0]).lower().startswith("sb-hc-")
+            )
+        ]
+        target = (suffix or "/") + ("?" + "&".join(kept) if kept else "")
+        remote = command.remote_endpoint
+        return AcceptInfo(
+            stream_id=command.id,
+            target=target,
+            connect_headers=tuple(command.connect_headers.items()),
+            remote=None if remote is None else (remote.address, remote.port),
+        )
+
+    async def _decide(self, info: AcceptInfo) -> StreamDecision:
+        try:
+            async with asyncio.timeout(self.settings.stream_decision_timeout):
+                decision = await self._streams.decide(info)
+        except TimeoutError:
+            self.metrics.streams["decide_error"] += 1
+            log.warning("stream_decision_timeout stream_id=%s", info.stream_id)
+            return RejectStream(503, "Gateway timeout deciding on the stream")
+        except Exception:
+            self.metrics.streams["decide_error"] += 1
+            log.exception("stream_decision_failed stream_id=%s", info.stream_id)
+            return RejectStream(500, "Gateway error")
+        if not isinstance(decision, (AcceptStream, RejectStream)):
+            self.metrics.streams["decide_error"] += 1
+            return RejectStream(500, "Gateway error")
+        return decision
+
+    async def _accept(self, command: AcceptCommand) -> None:
+        try:
+            info = self._accept_info(command)
+            decision = await self._decide(info)
+            if isinstance(decision, RejectStream):
+                await self._reject(command, decision)
+                return
+            await self._serve_stream(command, info, decision)
+        finally:
+            self._streams_in_flight -= 1
+
+    async def _serve_stream(
+        self, command: AcceptCommand, info: AcceptInfo, decision: AcceptStream
+    ) -> None:
+        assert self._session is not None
+        settings = self.settings
+        try:
+            ws = await open_websocket(
+                self._session,
+                self._proxy,
+                command.address,
+                handshake_timeout=settings.handshake_timeout,
+                max_msg_size=settings.max_request_body,
+                protocols=() if decision.subprotocol is None else (decision.subprotocol,),
+                close_timeout=settings.ping_timeout,
+            )
+        except Exception as exc:
+            # Only the type: aiohttp's messages carry the URL, and the address is a credential.
+            self.metrics.streams["failed"] += 1
+            log.warning(
+                "stream_connect_failed stream_id=%s error=%s", info.stream_id, type(exc).__name__
+            )
+            return
+        self.metrics.streams["accepted"] += 1
+        try:
+            await self._streams.serve(info, _StreamSocket(ws))
+        except Exception:
+            self.metrics.streams["failed"] += 1
+            log.exception("stream_handler_failed stream_id=%s", info.stream_id)
+        finally:
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    async def _reject(
+        self, command: AcceptCommand, decision: RejectStream, *, outcome: str = "rejected"
+    ) -> None:
+        """Open the address with the reject parameters; the relay's 410 means done (section 4)."""
+        assert self._session is not None
+        url = reject_url(command.address, decision.status, decision.description)
+        try:
+            ws = await open_websocket(
+                self._session,
+                self._proxy,
+                url,
+                handshake_timeout=self.settings.handshake_timeout,
+                max_msg_size=1024,
+                close_timeout=self.settings.ping_timeout,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 410:
+                self.metrics.streams[outcome] += 1
+                return
+            log.warning("stream_reject_failed stream_id=%s status=%d", command.id, exc.status)
+        except Exception as exc:
+            log.warning(
+                "stream_reject_failed stream_id=%s error=%s", command.id, type(exc).__name__
+            )
+        else:
+            # The relay should never upgrade a reject; do not leave the socket open if it did.
+            await ws.close()
+            log.warning("stream_reject_upgraded stream_id=%s", command.id)
+        self.metrics.streams["failed"] += 1

@@ -1,0 +1,134 @@
+"""Settings of the relay listener, as one explicit frozen dataclass.
+
+The configuration model (``gateway.config``) is mapped onto :class:`ListenerSettings` by the
+composition root; every field is documented here so that mapping is mechanical. Validation runs
+at construction, so an impossible combination fails at start-up rather than on first connect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from gateway.hybridconnection.addresses import (
+    DEFAULT_RELAY_DOMAIN,
+    RelayEndpoint,
+    RendezvousPolicy,
+    hc_path,
+)
+from gateway.hybridconnection.framing import CONTROL_CHANNEL_BODY_LIMIT
+from gateway.relay.backoff import BackoffPolicy
+from gateway.relay.proxy import ProxySettings
+
+__all__ = ["MAX_LISTENERS_PER_HC", "RELAY_RESPONSE_DEADLINE", "ListenerSettings"]
+
+# Protocol notes section 7: at most 25 concurrent listeners per Hybrid Connection.
+MAX_LISTENERS_PER_HC: Final = 25
+# Section 5.1: the relay answers 504 if the `response` JSON has not arrived 60 s after the request.
+RELAY_RESPONSE_DEADLINE: Final = 60.0
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    """Everything the listener needs besides its handlers and token provider.
+
+    ``endpoint``: the relay namespace host (``contoso.servicebus.windows.net``, dialled as
+    ``wss://host``), or a base URL (``wss://host[:port]``; ``ws://`` only with
+    ``allow_insecure_dev_endpoint``) for a local relay emulator.
+    ``hc_path``: the Hybrid Connection name (may contain ``/``).
+    ``connections``: control channels kept open by this gateway (1-25, section 7); the relay
+    spreads work across them, so one lost channel does not take the gateway offline.
+    ``ping_interval`` / ``ping_timeout``: a WebSocket ping goes out every ``ping_interval`` s;
+    no pong within ``ping_timeout`` s means the socket is half-open: drop it and reconnect
+    (section 3.3; catalogue item 123: detection within interval + timeout).
+    ``handshake_timeout``: bound for every WebSocket opening handshake (control and rendezvous).
+    ``token_timeout``: bound for one call of the token provider.
+    ``renew_at``: fraction of a token's lifetime after which ``renewToken`` is sent (section 9).
+    ``backoff``: reconnect pacing (:mod:`gateway.relay.backoff`).
+    ``max_request_body``: largest request body accepted over a rendezvous socket (the control
+    channel is fixed at 64 KiB by the protocol); larger uploads are refused by closing the socket.
+    ``max_concurrent_requests``: requests being handled at once per gateway; beyond it new ones are
+    answered 503 at once. ``max_concurrent_streams``: accepted WebSockets at once; beyond it new
+    ``accept`` messages are rejected with 503.
+    ``request_timeout``: how long a handler may take before the listener answers 504 itself; must
+    leave room under the relay's 60 s deadline. ``stream_decision_timeout``: bound for
+    ``StreamHandler.decide`` (rendezvous addresses expire after ~30 s, section 4).
+    ``send_timeout``: bound for writing one response (JSON plus body) to a socket.
+    ``shutdown_grace``: how long :meth:`RelayListener.stop` waits for in-flight work.
+    ``proxy``: outbound proxy (:mod:`gateway.relay.proxy`).
+    ``relay_domain``: the DNS suffix rendezvous addresses must be in (``.servicebus.windows.net``).
+    ``allow_insecure_dev_endpoint``: permit a ``ws://`` endpoint; rendezvous addresses may then
+    use exactly that scheme, host and port and nothing else plain-text.
+    """
+
+    endpoint: str
+    hc_path: str
+    connections: int = 2
+    ping_interval: float = 30.0
+    ping_timeout: float = 10.0
+    handshake_timeout: float = 20.0
+    token_timeout: float = 30.0
+    renew_at: float = 0.8
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    max_request_body: int = 16 * 1024 * 1024
+    max_concurrent_requests: int = 100
+    max_concurrent_streams: int = 200
+    request_timeout: float = 50.0
+    stream_decision_timeout: float = 10.0
+    send_timeout: float = 30.0
+    shutdown_grace: float = 30.0
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    relay_domain: str = DEFAULT_RELAY_DOMAIN
+    allow_insecure_dev_endpoint: bool = False
+
+    def __post_init__(self) -> None:
+        """Check ranges and that the endpoint and path can be used."""
+        relay = self.relay_endpoint  # raises ValueError when malformed
+        if relay.scheme == "ws" and not self.allow_insecure_dev_endpoint:
+            raise ValueError("a ws:// relay endpoint needs allow_insecure_dev_endpoint")
+        hc_path(self.hc_path)
+        if not 1 <= self.connections <= MAX_LISTENERS_PER_HC:
+            raise ValueError(f"connections must be 1-{MAX_LISTENERS_PER_HC}")
+        if not 0 < self.renew_at < 1:
+            raise ValueError("renew_at must be a fraction between 0 and 1")
+        for name in (
+            "ping_interval",
+            "ping_timeout",
+            "handshake_timeout",
+            "token_timeout",
+            "request_timeout",
+            "stream_decision_timeout",
+            "send_timeout",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.shutdown_grace < 0:
+            raise ValueError("shutdown_grace must not be negative")
+        if self.request_timeout >= RELAY_RESPONSE_DEADLINE:
+            raise ValueError("request_timeout must stay below the relay's 60 s deadline")
+        if self.max_request_body < CONTROL_CHANNEL_BODY_LIMIT:
+            raise ValueError("max_request_body must be at least 64 KiB")
+        if self.max_concurrent_requests < 1 or self.max_concurrent_streams < 1:
+            raise ValueError("concurrency limits must be at least 1")
+        self.rendezvous_policy()  # validates relay_domain
+
+    @property
+    def relay_endpoint(self) -> RelayEndpoint:
+        """The parsed endpoint (a bare host means ``wss://host``)."""
+        raw = self.endpoint.strip()
+        return RelayEndpoint.parse(raw if "://" in raw else f"wss://{raw}")
+
+    def rendezvous_policy(self) -> RendezvousPolicy:
+        """Which rendezvous addresses may be dialled (catalogue item 24).
+
+        ``wss://`` inside ``relay_domain`` always; the configured endpoint itself in addition when
+        it lies outside that domain (a local emulator), scheme, host and port exactly.
+        """
+        relay = self.relay_endpoint
+        host = relay.host.lower()
+        inside = host.endswith(self.relay_domain.lower())
+        return RendezvousPolicy(
+            domain_suffix=self.relay_domain,
+            dev_endpoint=None if inside else relay,
+            entity_path=self.hc_path,
+        )

@@ -1,0 +1,1 @@
+"""Integration tests of the relay listener and the outbound proxy connector."""

@@ -1,0 +1,1 @@
+"""Unit tests of the relay listener parts that need no sockets."""
