@@ -1,0 +1,648 @@
+"""A local EmpowerID control-plane simulator (``schemas/controlplane.openapi.yaml``).
+
+An aiohttp HTTPS server on loopback with its own CA (made with ``cryptography``). It knows
+EmpowerID Persons with or without the "Register Server" and "Update Heart Beat" operations, issues
+client certificates from CSRs, requires mTLS on the mTLS endpoints, hands out relay connection
+info with a SAS listener token, records every request and heartbeat, and has fault knobs
+(renewal endpoint down, certificate for the wrong key, already-expired certificate).
+
+It is deliberately written against the OpenAPI document, not against the gateway's client models,
+so the contract tests catch a drift on either side. Never used by production code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import json
+import secrets
+import ssl
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.hybridconnection.sas import create_token, resource_uri
+
+REGISTER_SERVER = "Register Server"
+UPDATE_HEART_BEAT = "Update Heart Beat"
+REQUIRED_OPERATIONS = frozenset({REGISTER_SERVER, UPDATE_HEART_BEAT})
+
+PROBLEM_TYPE_PREFIX = "urn:empowerid:gateway:problem:"
+API = "/api/gateway/v1"
+MAX_REQUEST_BYTES = 64 * 1024
+HEARTBEAT_INTERVAL_SECONDS = 60
+# Certificates are back-dated a little so a gateway whose clock is slightly behind accepts them.
+BACKDATE = dt.timedelta(minutes=1)
+
+_CLIENT_CERT_REQUIRED = web.AppKey("client_cert_required", frozenset[str])
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+class DevCA:
+    """A throw-away certificate authority (EC P-256) for servers and gateway clients."""
+
+    def __init__(self, name: str = "Gateway Devkit CA", lifetime: dt.timedelta | None = None):
+        now = _utcnow()
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        public = self.key.public_key()
+        self.certificate = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(now + (lifetime or dt.timedelta(days=365)))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(cert_sign=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+
+    @property
+    def pem(self) -> bytes:
+        """The CA certificate in PEM, for a gateway to pin."""
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def _leaf(
+        self,
+        subject: x509.Name,
+        public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+        san: Sequence[x509.GeneralName],
+        usage: x509.ObjectIdentifier,
+        not_before: dt.datetime,
+        not_after: dt.datetime,
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
+            )
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(self.key, hashes.SHA256())
+
+    def issue_server(
+        self, names: Iterable[str], lifetime: dt.timedelta = dt.timedelta(days=30)
+    ) -> tuple[bytes, bytes]:
+        """A server certificate for DNS names / IP addresses; returns (chain PEM, key PEM)."""
+        names = list(names)
+        if not names:
+            raise ValueError("a server certificate needs at least one name")
+        key = ec.generate_private_key(ec.SECP256R1())
+        san: list[x509.GeneralName] = []
+        for name in names:
+            try:
+                san.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                san.append(x509.DNSName(name))
+        now = _utcnow()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+        cert = self._leaf(
+            subject,
+            key.public_key(),
+            san,
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            now - BACKDATE,
+            now + lifetime,
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+    def issue_client(
+        self,
+        csr: x509.CertificateSigningRequest,
+        *,
+        not_before: dt.datetime,
+        not_after: dt.datetime,
+        substitute_key: bool = False,
+    ) -> x509.Certificate:
+        """A clientAuth certificate for the CSR's subject and SAN URIs.
+
+        ``substitute_key`` certifies a freshly generated key instead of the CSR's: the fault a
+        gateway must detect before it stores anything.
+        """
+        public_key = csr.public_key()
+        if substitute_key:
+            public_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+            raise ValueError("unsupported key type")
+        try:
+            san_ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            uris = san_ext.value.get_values_for_type(x509.UniformResourceIdentifier)
+        except x509.ExtensionNotFound:
+            uris = []
+        san = [x509.UniformResourceIdentifier(uri) for uri in uris]
+        return self._leaf(
+            csr.subject, public_key, san, ExtendedKeyUsageOID.CLIENT_AUTH, not_before, not_after
+        )
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+@dataclass
+class Person:
+    """An EmpowerID Person and the operations it holds."""
+
+    username: str
+    password: str = field(repr=False)
+    operations: frozenset[str] = REQUIRED_OPERATIONS
+
+
+@dataclass
+class Faults:
+    """Fault knobs; flip them at any time, they apply to the next request."""
+
+    renewal_unavailable: bool = False
+    issue_wrong_key: bool = False
+    issue_expired: bool = False
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the simulator saw it, with the client certificate that made it."""
+
+    method: str
+    path: str
+    client_gateway_id: str | None
+    client_serial: int | None
+    body: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RecordedHeartbeat:
+    """A heartbeat accepted from a gateway."""
+
+    gateway_id: str
+    received_at: dt.datetime
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SigningKeyPair:
+    """The simulated control plane's request-signing key (RFC 9421, ``alg`` ed25519)."""
+
+    keyid: str
+    private_key: ed25519.Ed25519PrivateKey = field(repr=False)
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+    def public_document(self) -> dict[str, str]:
+        """The key as published in registration and signing-key answers."""
+        public_pem = self.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return {
+            "keyid": self.keyid,
+            "alg": "ed25519",
+            "public_key_pem": public_pem.decode("ascii"),
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+        }
+
+
+def _new_signing_key() -> SigningKeyPair:
+    key = ed25519.Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    now = _utcnow()
+    return SigningKeyPair(
+        keyid="devkit-" + hashlib.sha256(raw).hexdigest()[:16],
+        private_key=key,
+        not_before=now - BACKDATE,
+        not_after=now + dt.timedelta(days=90),
+    )
+
+
+def _basic_credentials(header: str) -> tuple[str, str]:
+    """(login, password) from an RFC 7617 ``Authorization: Basic`` header; empty if malformed."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return "", ""
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return "", ""
+    login, sep, password = decoded.partition(":")
+    return (login, password) if sep else ("", "")
+
+
+def problem(status: int, code: str, title: str, **extra: Any) -> web.Response:
+    """An RFC 9457 problem+json response whose ``type`` ends in the stable ``code``."""
+    document = {"type": PROBLEM_TYPE_PREFIX + code, "title": title, "status": status, **extra}
+    return web.Response(
+        status=status, body=json.dumps(document), content_type="application/problem+json"
+    )
+
+
+class ControlPlaneSimulator:
+    """The simulator; use ``async with ControlPlaneSimulator(...) as sim``.
+
+    ``server_names`` go into the server certificate (a name the client does not use simulates a
+    host-name mismatch). ``relay_namespace`` / ``relay_key_name`` / ``relay_key`` describe the
+    relay the listener tokens are for (normally the devkit relay emulator).
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        server_names: Sequence[str] = ("localhost", "127.0.0.1"),
+        relay_namespace: str = "relay.devkit.invalid",
+        relay_key_name: str = "ListenRule",
+        relay_key: str | None = None,
+        hybrid_connection: str | None = None,
+        token_ttl: dt.timedelta = dt.timedelta(hours=1),
+        cert_lifetime: dt.timedelta = dt.timedelta(days=30),
+        ca: DevCA | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.server_names = tuple(server_names)
+        self.relay_namespace = relay_namespace
+        self.relay_key_name = relay_key_name
+        self.relay_key = relay_key or base64.b64encode(secrets.token_bytes(32)).decode()
+        self.hybrid_connection = hybrid_connection
+        self.token_ttl = token_ttl
+        self.cert_lifetime = cert_lifetime
+        self.ca = ca or DevCA()
+        self.faults = Faults()
+        self.signing_key = _new_signing_key()
+        self.persons: dict[str, Person] = {}
+        self.registered: dict[str, str] = {}
+        self.requests: list[RecordedRequest] = []
+        self.heartbeats: list[RecordedHeartbeat] = []
+        self._runner: web.AppRunner | None = None
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def add_person(
+        self, username: str, password: str, operations: Iterable[str] = REQUIRED_OPERATIONS
+    ) -> Person:
+        """Add (or replace) a Person with the given operations."""
+        person = Person(username, password, frozenset(operations))
+        self.persons[username] = person
+        return person
+
+    @property
+    def base_url(self) -> str:
+        """``https://HOST:PORT/`` of the running simulator."""
+        if self._runner is None:
+            raise RuntimeError("the simulator is not running")
+        port = self._runner.addresses[0][1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{port}/"
+
+    def write_ca(self, path: Path) -> Path:
+        """Write the CA certificate (to pin) to ``path``."""
+        path.write_bytes(self.ca.pem)
+        return path
+
+    def relay_hybrid_connection(self, gateway_id: str) -> str:
+        """The hybrid connection path assigned to ``gateway_id``."""
+        return self.hybrid_connection or f"hc-{gateway_id}"
+
+    def listener_token(self, gateway_id: str) -> tuple[str, dt.datetime]:
+        """A SAS token with the relay rule for the gateway's hybrid connection, and its expiry."""
+        expires = _utcnow().replace(microsecond=0) + self.token_ttl
+        namespace_host = self.relay_namespace.rsplit(":", 1)[0]
+        resource = resource_uri(namespace_host, self.relay_hybrid_connection(gateway_id))
+        token = create_token(
+            resource, self.relay_key_name, self.relay_key, expiry=int(expires.timestamp())
+        )
+        return token, expires
+
+    async def start(self) -> None:
+        """Bind and serve."""
+        self._tempdir = tempfile.TemporaryDirectory(prefix="controlplane-sim-")
+        workdir = Path(self._tempdir.name)
+        chain_pem, key_pem = self.ca.issue_server(self.server_names)
+        (workdir / "server.crt").write_bytes(chain_pem)
+        (workdir / "server.key").write_bytes(key_pem)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(workdir / "server.crt", workdir / "server.key")
+        # Optional at the TLS layer because registration has no client certificate yet; the
+        # mTLS endpoints insist on one in the handler. A presented certificate is verified.
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.load_verify_locations(cadata=self.ca.pem.decode("ascii"))
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[self._record])
+        app.router.add_post(f"{API}/registrations", self._registrations)
+        app.router.add_get(f"{API}/relay-info", self._relay_info)
+        app.router.add_post(f"{API}/heartbeats", self._heartbeats)
+        app.router.add_post(f"{API}/certificates", self._certificates)
+        app.router.add_get(f"{API}/signing-keys", self._signing_keys)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=context)
+        await site.start()
+
+    async def close(self) -> None:
+        """Stop serving and delete the server key files."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+            self._tempdir = None
+
+    async def __aenter__(self) -> ControlPlaneSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- request handling ----------------------------------------------------------------------
+
+    @staticmethod
+    def peer_certificate(request: web.Request) -> x509.Certificate | None:
+        """The verified client certificate of the request's connection, if one was presented."""
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        return x509.load_der_x509_certificate(der) if der else None
+
+    @staticmethod
+    def _gateway_of(cert: x509.Certificate | None) -> str | None:
+        if cert is None:
+            return None
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        value = names[0].value if names else None
+        return value if isinstance(value, str) else None
+
+    @web.middleware
+    async def _record(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        body = await request.read()
+        cert = self.peer_certificate(request)
+        self.requests.append(
+            RecordedRequest(
+                request.method,
+                request.path,
+                self._gateway_of(cert),
+                cert.serial_number if cert else None,
+                body,
+            )
+        )
+        return await handler(request)
+
+    def _issue(self, csr: x509.CertificateSigningRequest) -> x509.Certificate:
+        now = _utcnow()
+        not_before = now - BACKDATE
+        not_after = now + self.cert_lifetime
+        if self.faults.issue_expired:
+            not_before, not_after = now - 2 * self.cert_lifetime, now - self.cert_lifetime
+        return self.ca.issue_client(
+            csr,
+            not_before=not_before,
+            not_after=not_after,
+            substitute_key=self.faults.issue_wrong_key,
+        )
+
+    @staticmethod
+    async def _json_body(request: web.Request) -> dict[str, Any] | None:
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    @staticmethod
+    def _parse_csr(pem: object, gateway_id: str) -> x509.CertificateSigningRequest | None:
+        if not isinstance(pem, str):
+            return None
+        try:
+            csr = x509.load_pem_x509_csr(pem.encode("ascii"))
+        except (ValueError, UnicodeEncodeError):
+            return None
+        names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if not csr.is_signature_valid or len(names) != 1 or names[0].value != gateway_id:
+            return None
+        return csr
+
+    def _authenticate(self, request: web.Request) -> Person | web.Response:
+        login, password = _basic_credentials(request.headers.get("Authorization", ""))
+        person = self.persons.get(login)
+        if person is None or not hmac.compare_digest(person.password.encode(), password.encode()):
+            response = problem(401, "bad_credentials", "The Person's credentials are not valid")
+            response.headers["WWW-Authenticate"] = 'Basic realm="gateway", charset="UTF-8"'
+            return response
+        return person
+
+    async def _registrations(self, request: web.Request) -> web.Response:
+        person = self._authenticate(request)
+        if isinstance(person, web.Response):
+            return person
+        missing = sorted(REQUIRED_OPERATIONS - person.operations)
+        if missing:
+            return problem(
+                403,
+                "missing_operation",
+                "The Person lacks operations required to register a gateway",
+                detail="missing: " + ", ".join(missing),
+                missing_operations=missing,
+            )
+        body = await self._json_body(request)
+        gateway_id = body.get("gateway_id") if body else None
+        if not body or not isinstance(gateway_id, str) or not isinstance(body.get("version"), str):
+            return problem(400, "invalid_request", "gateway_id, csr and version are required")
+        csr = self._parse_csr(body.get("csr"), gateway_id)
+        if csr is None:
+            return problem(400, "invalid_csr", "The CSR is invalid or does not name the gateway")
+        cert = self._issue(csr)
+        self.registered[gateway_id] = person.username
+        hybrid_connection = self.relay_hybrid_connection(gateway_id)
+        document = {
+            "gateway_id": gateway_id,
+            "certificate_chain": _pem(cert),
+            "ca_certificate": self.ca.pem.decode("ascii"),
+            "signing_keys": [self.signing_key.public_document()],
+            "relay": {"namespace": self.relay_namespace, "hybrid_connection": hybrid_connection},
+        }
+        return web.json_response(document, status=201)
+
+    def _mtls_gateway(self, request: web.Request) -> str | web.Response:
+        gateway_id = self._gateway_of(self.peer_certificate(request))
+        if gateway_id is None:
+            return problem(401, "client_certificate_required", "This endpoint requires mTLS")
+        if gateway_id not in self.registered:
+            return problem(403, "not_registered", "The gateway is not registered")
+        return gateway_id
+
+    async def _relay_info(self, request: web.Request) -> web.Response:
+        gateway_id = self._mtls_gateway(request)
+        if isinstance(gateway_id, web.Response):
+            return gateway_id
+        token, expires = self.listener_token(gateway_id)
+        hybrid_connection = self.relay_hybrid_connection(gateway_id)
+        return web.json_response(
+            {
+                "gateway_id": gateway_id,
+                "relay": {
+                    "namespace": self.relay_namespace,
+                    "hybrid_connection": hybrid_connection,
+                },
+                "listener_token": {"token": token, "expires_at": expires.isoformat()},
+            }
+        )
+
+    async def _heartbeats(self, request: web.Request) -> web.Response:
+        gateway_id = self._mtls_gateway(request)
+        if isinstance(gateway_id, web.Response):
+            return gateway_id
+        body = await self._json_body(request)
+        if body is None or not isinstance(body.get("status"), str):
+            return problem(400, "invalid_request", "A heartbeat needs at least a status")
+        self.heartbeats.append(RecordedHeartbeat(gateway_id, _utcnow(), body))
+        return web.json_response({"interval_seconds": HEARTBEAT_INTERVAL_SECONDS})
+
+    async def _certificates(self, request: web.Request) -> web.Response:
+        gateway_id = self._mtls_gateway(request)
+        if isinstance(gateway_id, web.Response):
+            return gateway_id
+        if self.faults.renewal_unavailable:
+            return problem(503, "service_unavailable", "Certificate renewal is unavailable")
+        body = await self._json_body(request)
+        csr = self._parse_csr(body.get("csr") if body else None, gateway_id)
+        if csr is None:
+            return problem(400, "invalid_csr", "The CSR is invalid or names another gateway")
+        return web.json_response({"certificate_chain": _pem(self._issue(csr))}, status=201)
+
+    async def _signing_keys(self, request: web.Request) -> web.Response:
+        gateway_id = self._mtls_gateway(request)
+        if isinstance(gateway_id, web.Response):
+            return gateway_id
+        return web.json_response({"keys": [self.signing_key.public_document()]})
+
+
+# -- `gateway dev controlplane` ----------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``gateway dev controlplane``."""
+    parser = subparsers.add_parser(
+        "controlplane", help="run a local EmpowerID control-plane simulator (HTTPS, mTLS)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--port", type=int, default=8443)
+    parser.add_argument(
+        "--ca-out", type=Path, required=True, help="where to write the CA certificate to pin"
+    )
+    parser.add_argument(
+        "--person",
+        action="append",
+        default=[],
+        metavar="USER=PASSWORD",
+        help="a Person holding both gateway operations (repeatable)",
+    )
+    parser.add_argument(
+        "--person-without-operations",
+        action="append",
+        default=[],
+        metavar="USER=PASSWORD",
+        help="a Person holding no gateway operation (repeatable)",
+    )
+    parser.add_argument("--relay-namespace", default="127.0.0.1:9443")
+    parser.add_argument("--relay-key-name", default="ListenRule")
+    parser.add_argument("--relay-key", default=None, help="relay rule key (default: random)")
+    parser.add_argument("--cert-lifetime-hours", type=float, default=24 * 30)
+    parser.set_defaults(handler=run)
+
+
+def _person_arg(text: str) -> tuple[str, str]:
+    user, sep, password = text.partition("=")
+    if not sep or not user or not password:
+        raise ValueError(f"expected USER=PASSWORD, got {user or text!r}")
+    return user, password
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the simulator until interrupted."""
+    try:
+        with_ops = [_person_arg(p) for p in args.person]
+        without_ops = [_person_arg(p) for p in args.person_without_operations]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    simulator = ControlPlaneSimulator(
+        host=args.host,
+        port=args.port,
+        relay_namespace=args.relay_namespace,
+        relay_key_name=args.relay_key_name,
+        relay_key=args.relay_key,
+        cert_lifetime=dt.timedelta(hours=args.cert_lifetime_hours),
+    )
+    for user, password in with_ops:
+        simulator.add_person(user, password)
+    for user, password in without_ops:
+        simulator.add_person(user, password, operations=())
+    asyncio.run(_serve(simulator, args.ca_out))
+    return 0
+
+
+async def _serve(simulator: ControlPlaneSimulator, ca_out: Path) -> None:
+    async with simulator:
+        simulator.write_ca(ca_out)
+        print(f"control-plane simulator on {simulator.base_url} (CA written to {ca_out})")
+        print("persons: " + (", ".join(sorted(simulator.persons)) or "none (use --person)"))
+        await asyncio.Event().wait()

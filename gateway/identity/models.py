@@ -1,0 +1,105 @@
+"""Typed forms of the control-plane API documents (``schemas/controlplane.openapi.yaml``).
+
+Responses are parsed into these models at the client boundary, so the rest of the gateway never
+handles raw JSON. Unknown members are ignored (the API may grow compatibly); missing or mistyped
+members are errors. Every string has a length bound so a hostile answer cannot inflate memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
+
+KeyId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+Pem = Annotated[str, Field(min_length=1, max_length=65536)]
+# The relay namespace host, optionally with a port (the local relay emulator listens on one).
+Namespace = Annotated[
+    str, Field(min_length=1, max_length=260, pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+]
+HybridConnectionPath = Annotated[
+    str, Field(min_length=1, max_length=260, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+]
+GatewayStatus = Literal["starting", "online", "degraded", "draining", "offline"]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class SigningKey(_Wire):
+    """A control-plane public key that signs relayed requests (RFC 9421 ``keyid``/``alg``)."""
+
+    keyid: KeyId
+    alg: Literal["ed25519", "ecdsa-p256-sha256", "rsa-pss-sha512"]
+    public_key_pem: Pem
+    not_before: AwareDatetime
+    not_after: AwareDatetime
+
+    def active_at(self, now: dt.datetime) -> bool:
+        """True if the key may verify a signature made at ``now``."""
+        return self.not_before <= now < self.not_after
+
+
+class RelayEndpoint(_Wire):
+    """Where the gateway listens: the relay namespace and its hybrid connection path."""
+
+    namespace: Namespace
+    hybrid_connection: HybridConnectionPath
+
+
+class ListenerToken(_Wire):
+    """A SAS token with ``Listen`` rights on the hybrid connection, and when it expires."""
+
+    token: SecretStr = Field(max_length=4096)
+    expires_at: AwareDatetime
+
+
+class RelayInfo(_Wire):
+    """``GET /relay-info``: the endpoint and a fresh listener token."""
+
+    gateway_id: str = Field(max_length=63)
+    relay: RelayEndpoint
+    listener_token: ListenerToken
+
+
+class RegistrationResult(_Wire):
+    """``POST /registrations`` answer: the client chain, the CA to pin, keys and relay endpoint."""
+
+    gateway_id: str = Field(max_length=63)
+    certificate_chain: Pem
+    ca_certificate: Pem
+    signing_keys: list[SigningKey] = Field(min_length=1, max_length=16)
+    relay: RelayEndpoint
+
+
+class CertificateResult(_Wire):
+    """``POST /certificates`` answer: the renewed client chain."""
+
+    certificate_chain: Pem
+
+
+class SigningKeySet(_Wire):
+    """``GET /signing-keys`` answer: the current request-signing keys."""
+
+    keys: list[SigningKey] = Field(min_length=1, max_length=16)
+
+
+class Heartbeat(_Wire):
+    """``POST /heartbeats`` body: what the gateway reports about itself."""
+
+    status: GatewayStatus
+    version: str = Field(max_length=64)
+    config_hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    policy_revision: str = Field(max_length=128)
+    listeners_online: int = Field(ge=0, le=10_000)
+    counters: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], int] = Field(
+        default_factory=dict, max_length=64
+    )
+
+
+class HeartbeatAck(_Wire):
+    """``POST /heartbeats`` answer: when the control plane wants the next heartbeat."""
+
+    interval_seconds: int = Field(ge=5, le=3600)

@@ -1,0 +1,1 @@
+"""Integration tests of registration, mTLS calls and renewal against the control-plane simulator."""

@@ -1,0 +1,166 @@
+"""Both sides against ``schemas/controlplane.openapi.yaml``: the client's requests and the
+simulator's answers must match the published schemas (JSON Schema 2020-12, as OpenAPI 3.1 uses)."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+
+from gateway.devkit.controlplane import ControlPlaneSimulator
+from gateway.identity import (
+    RegistrationSettings,
+    load_identity,
+    mtls_client,
+    register,
+)
+from gateway.identity.keys import build_csr, generate_private_key
+from gateway.identity.models import Heartbeat
+from gateway.identity.tls import mtls_context, registration_context
+
+from .identity_support import PASSWORD, TEST_TIMEOUTS
+
+SPEC_PATH = Path(__file__).resolve().parents[3] / "schemas" / "controlplane.openapi.yaml"
+SPEC: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text())
+API = "api/gateway/v1/"
+
+
+def _validate(name: str, document: object) -> None:
+    schema = {"$ref": f"#/components/schemas/{name}", "components": SPEC["components"]}
+    Draft202012Validator(schema).validate(document)
+
+
+def test_every_component_schema_is_valid_json_schema() -> None:
+    assert SPEC["openapi"].startswith("3.1")
+    for schema in SPEC["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    operations = {(path, method) for path, item in SPEC["paths"].items() for method in item}
+    assert operations == {
+        ("/api/gateway/v1/registrations", "post"),
+        ("/api/gateway/v1/relay-info", "get"),
+        ("/api/gateway/v1/heartbeats", "post"),
+        ("/api/gateway/v1/certificates", "post"),
+        ("/api/gateway/v1/signing-keys", "get"),
+    }
+
+
+def test_schema_rejects_what_the_contract_forbids() -> None:
+    with pytest.raises(Exception, match="does not match"):
+        _validate("RegistrationRequest", {"gateway_id": "GW_1", "csr": "x", "version": "1"})
+    with pytest.raises(Exception, match="Additional properties"):
+        _validate(
+            "Heartbeat",
+            {
+                "status": "online",
+                "version": "1",
+                "config_hash": "sha256:" + "0" * 64,
+                "policy_revision": "r",
+                "listeners_online": 1,
+                "password": "x",
+            },
+        )
+
+
+async def _raw(
+    simulator: ControlPlaneSimulator,
+    context: ssl.SSLContext,
+    method: str,
+    path: str,
+    **kwargs: Any,
+) -> tuple[int, str, Any]:
+    timeout = aiohttp.ClientTimeout(total=TEST_TIMEOUTS.total)
+    connector = aiohttp.TCPConnector(ssl=context)
+    url = simulator.base_url + API + path
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+        session.request(method, url, **kwargs) as response,
+    ):
+        return response.status, response.content_type, json.loads(await response.read())
+
+
+async def test_client_requests_and_simulator_answers_follow_the_contract(
+    simulator: ControlPlaneSimulator,
+    make_settings: Callable[..., RegistrationSettings],
+) -> None:
+    settings = make_settings()
+    await register(settings, username="alice", password=PASSWORD)
+    identity = load_identity(settings.state_dir)
+    async with mtls_client(identity, timeouts=TEST_TIMEOUTS) as client:
+        await client.heartbeat(
+            Heartbeat(
+                status="online",
+                version="1",
+                config_hash="sha256:" + "1" * 64,
+                policy_revision="r1",
+                listeners_online=1,
+                counters={"requests_allowed": 1},
+            )
+        )
+        await client.renew_certificate(build_csr(generate_private_key(), "gw-1"))
+    sent = {r.path.rsplit("/", 1)[-1]: json.loads(r.body) for r in simulator.requests}
+    _validate("RegistrationRequest", sent["registrations"])
+    _validate("Heartbeat", sent["heartbeats"])
+    _validate("CertificateRequest", sent["certificates"])
+
+    plain = registration_context(simulator.ca.pem)
+    mutual = mtls_context(identity.ca_pem, identity.cert_path, identity.key_path, None)
+    body = {
+        "gateway_id": "gw-2",
+        "csr": build_csr(generate_private_key(), "gw-2").decode(),
+        "version": "1",
+    }
+    answers = [
+        (
+            "RegistrationResponse",
+            201,
+            await _raw(
+                simulator,
+                plain,
+                "POST",
+                "registrations",
+                json=body,
+                headers={"Authorization": aiohttp.encode_basic_auth("alice", PASSWORD)},
+            ),
+        ),
+        ("RelayInfo", 200, await _raw(simulator, mutual, "GET", "relay-info")),
+        ("SigningKeySet", 200, await _raw(simulator, mutual, "GET", "signing-keys")),
+        (
+            "HeartbeatAck",
+            200,
+            await _raw(simulator, mutual, "POST", "heartbeats", json=sent["heartbeats"]),
+        ),
+        (
+            "CertificateResponse",
+            201,
+            await _raw(simulator, mutual, "POST", "certificates", json=sent["certificates"]),
+        ),
+        (
+            "MissingOperationProblem",
+            403,
+            await _raw(
+                simulator,
+                plain,
+                "POST",
+                "registrations",
+                json=body,
+                headers={"Authorization": aiohttp.encode_basic_auth("bob", "bobs-password")},
+            ),
+        ),
+        ("Problem", 401, await _raw(simulator, plain, "POST", "registrations", json=body)),
+        ("Problem", 401, await _raw(simulator, plain, "GET", "relay-info")),
+    ]
+    for schema, expected_status, (status, content_type, document) in answers:
+        assert status == expected_status, (schema, document)
+        if schema.endswith("Problem"):
+            assert content_type == "application/problem+json"
+            assert document["status"] == status
+        else:
+            assert content_type == "application/json"
+        _validate(schema, document)
