@@ -34,10 +34,10 @@ MAX_PATTERN_LENGTH = 1024
 
 # RFC 3986 section 3.3 pchar, minus ';' (matrix parameters are rejected, catalogue B)
 # and minus '%' which is handled as a pct-encoded triplet below.
-_LITERAL_CHARS = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,=:@]|%[0-9A-F]{2})+")
+LITERAL_CHARS = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,=:@]|%[0-9A-F]{2})+")
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")
 # RFC 3986 section 2.3: percent-encoding these is never needed, so the canonical form decodes them.
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # Encoded forms that would smuggle structure into a segment (catalogue B 27-34, 44).
 _FORBIDDEN_ENCODED = {0x2F: "/", 0x5C: "\\", 0x2E: "."} | {
     b: "a control character" for b in range(0x20)
@@ -144,7 +144,7 @@ def _check_segment(part: str, *, last: bool) -> None:
         raise PatternError(
             "lowercase_percent_encoding", f"'{part}': write percent-encoding in upper case"
         )
-    if not _LITERAL_CHARS.fullmatch(part):
+    if not LITERAL_CHARS.fullmatch(part):
         raise PatternError(
             "invalid_character",
             f"'{part}' contains characters that must be percent-encoded or are not allowed",
@@ -155,7 +155,7 @@ def _check_segment(part: str, *, last: bool) -> None:
             raise PatternError(
                 "forbidden_encoding", f"'{match.group(0)}' encodes {_FORBIDDEN_ENCODED[octet]}"
             )
-        if octet in _UNRESERVED:
+        if octet in UNRESERVED:
             raise PatternError(
                 "non_canonical_encoding",
                 f"'{match.group(0)}' encodes '{chr(octet)}', which is written as itself",

@@ -1,0 +1,187 @@
+"""The header policy: what relayed headers are accepted, and what is sent upstream.
+
+Two steps, both applied to every request and stream:
+
+1. :func:`validate_request_headers` refuses a header list that is too big (431), that has names
+   which are not RFC 9110 tokens, values with CR, LF, NUL or other controls (the way to inject a
+   header or split a request, catalogue C 56-58), or ambiguous message framing (catalogue C 52-54).
+2. :func:`outbound_headers` builds the upstream header list from an allow-list: the small
+   :data:`DEFAULT_FORWARDED` set of end-to-end headers plus the headers the matched operation
+   names. Everything else is dropped, and a few headers are dropped even when named: hop-by-hop
+   and framing headers, forwarding and URL-rewrite headers (``NEVER_FORWARDED`` of
+   :mod:`gateway.config.semantics`), headers a ``Connection`` header lists, and the one-hop
+   WebSocket handshake headers. ``Host`` is always the target's configured host.
+
+Header values may be credentials, so no message here ever includes one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable, Mapping
+
+from gateway.config.model import GatewayConfig, Operation, Target
+from gateway.config.semantics import NEVER_FORWARDED, NEVER_FORWARDED_PREFIXES
+from gateway.forward.rejections import RejectReason, RequestRejected
+
+__all__ = [
+    "DEFAULT_FORWARDED",
+    "HANDSHAKE_ONLY",
+    "host_header",
+    "outbound_headers",
+    "validate_request_headers",
+]
+
+R = RejectReason
+
+# End-to-end request headers (RFC 9110 section 7.6.1 and their defining sections) that describe
+# the representation or make the request conditional, and say nothing about who is asking or how
+# to route it. Deliberately absent: Authorization and Cookie (credentials: only when the operation
+# names them, catalogue C 66), Accept-Encoding (the forwarder relays bodies undecoded and asks for
+# no encoding of its own), Expect (the whole body is already here; forwarding 100-continue only
+# adds a wait, catalogue C 61), User-Agent, and every X- header.
+DEFAULT_FORWARDED = frozenset(
+    {
+        "accept",
+        "accept-language",
+        "cache-control",
+        "content-encoding",
+        "content-language",
+        "content-type",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-range",
+        "if-unmodified-since",
+        "prefer",
+        "range",
+    }
+)
+
+# RFC 6455 section 4.1: these belong to one handshake on one connection. The upstream WebSocket
+# client makes its own; relaying the SaaS's would break or confuse that handshake.
+HANDSHAKE_ONLY = frozenset(
+    {
+        "sec-websocket-accept",
+        "sec-websocket-extensions",
+        "sec-websocket-key",
+        "sec-websocket-version",
+    }
+)
+
+# RFC 9110 section 5.1: a field name is a token. Longer than this is abuse, not a header.
+MAX_NAME_LENGTH = 256
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# RFC 9110 section 5.5: field-vchar, SP and HTAB. CR, LF, NUL and other controls are refused
+# outright (catalogue C 56, 58). Non-ASCII (obs-text) is refused too: the JSON the relay sends
+# carries characters, not octets, so there is no single byte sequence to forward for it.
+_BAD_VALUE = re.compile(r"[^\t\x20-\x7e]")
+# RFC 9110 section 8.6: Content-Length is 1*DIGIT. One value only; '+5', '5, 5', '-1' and '0x5'
+# are refused (catalogue C 54). Eighteen digits keep the number far from any integer limit.
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+_OWS = " \t"
+
+HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+def validate_request_headers(
+    config: GatewayConfig, headers: HeaderInput
+) -> tuple[tuple[str, str], ...]:
+    """Check relayed request headers; return them with lower-cased names, in order.
+
+    Values lose leading and trailing spaces and tabs (RFC 9110 section 5.5: they are not part of
+    the value); nothing else is changed. Raises :class:`RequestRejected`: 431 when
+    ``limits.max_header_count`` or ``limits.max_header_bytes`` is exceeded, 400 for a malformed
+    name or value or ambiguous framing.
+    """
+    limits = config.limits
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    # Bounded read: a caller's iterator is never drained past the limit.
+    items = list(itertools.islice(pairs, limits.max_header_count + 1))
+    if len(items) > limits.max_header_count:
+        raise RequestRejected(
+            R.TOO_MANY_HEADERS, f"more than {limits.max_header_count} request headers"
+        )
+    size = 0
+    for name, value in items:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise RequestRejected(R.INVALID_HEADER_VALUE, "header names and values must be text")
+        # Counted as a request header block would be: "name: value" plus CRLF.
+        size += len(name) + len(value) + 4
+    if size > limits.max_header_bytes:
+        raise RequestRejected(
+            R.HEADERS_TOO_LARGE, f"request headers exceed {limits.max_header_bytes} bytes"
+        )
+    validated: list[tuple[str, str]] = []
+    for name, value in items:
+        if len(name) > MAX_NAME_LENGTH or not _TOKEN.fullmatch(name):
+            raise RequestRejected(R.INVALID_HEADER_NAME, "a header name is not an HTTP token")
+        trimmed = value.strip(_OWS)
+        if _BAD_VALUE.search(trimmed):
+            raise RequestRejected(
+                R.INVALID_HEADER_VALUE,
+                f"header {name.lower()!r} has a control or non-ASCII character in its value",
+            )
+        validated.append((name.lower(), trimmed))
+    _check_framing(validated)
+    return tuple(validated)
+
+
+def _check_framing(headers: list[tuple[str, str]]) -> None:
+    lengths = [value for name, value in headers if name == "content-length"]
+    if len(lengths) > 1:
+        raise RequestRejected(R.INVALID_CONTENT_LENGTH, "more than one Content-Length")
+    if lengths and not _CONTENT_LENGTH.fullmatch(lengths[0]):
+        raise RequestRejected(R.INVALID_CONTENT_LENGTH, "Content-Length is not a plain number")
+    # RFC 9112 section 6.3: with both, the framing depends on who reads it: the classic request
+    # smuggling set-up, refused rather than resolved (catalogue C 52).
+    if lengths and any(name == "transfer-encoding" for name, _ in headers):
+        raise RequestRejected(
+            R.CONTENT_LENGTH_WITH_TRANSFER_ENCODING,
+            "Content-Length and Transfer-Encoding together",
+        )
+    # RFC 9112 section 3.2: a request with more than one Host is answered with 400.
+    if sum(1 for name, _ in headers if name == "host") > 1:
+        raise RequestRejected(R.DUPLICATE_HOST, "more than one Host header")
+
+
+def host_header(target: Target) -> str:
+    """The ``Host`` value for ``target``: its configured host, with the port unless default."""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    default = {"https": 443, "http": 80}.get(target.scheme)
+    port = target.effective_port
+    return host if port == default else f"{host}:{port}"
+
+
+def outbound_headers(
+    target: Target, operation: Operation, headers: Iterable[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The headers to send upstream for a request ``operation`` allowed on ``target``.
+
+    ``headers`` are the validated request headers (:func:`validate_request_headers`, or
+    ``CanonicalRequest.headers``). The result starts with ``host`` and keeps the relayed order
+    and repetitions of every header that passes the allow-list; names stay lower-case.
+    """
+    pairs = list(headers)
+    allowed = DEFAULT_FORWARDED | {name.lower() for name in operation.headers}
+    # RFC 9110 section 7.6.1: headers named in Connection are meant for the next hop only.
+    connection_named = {
+        token.strip(_OWS).lower()
+        for name, value in pairs
+        if name == "connection"
+        for token in value.split(",")
+    }
+    result = [("host", host_header(target))]
+    for name, value in pairs:
+        lowered = name.lower()
+        if (
+            lowered not in allowed
+            or lowered in NEVER_FORWARDED
+            or lowered.startswith(NEVER_FORWARDED_PREFIXES)
+            or lowered in HANDSHAKE_ONLY
+            or lowered in connection_named
+        ):
+            continue
+        result.append((lowered, value))
+    return result

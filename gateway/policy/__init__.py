@@ -1,0 +1,1 @@
+"""Policy decisions: the Rego input document, policy data, and the engines that decide."""
