@@ -8,10 +8,13 @@ Entry points for the CLI and the service:
 * :class:`CertificateRenewer` - the renewal background task;
 * :func:`refresh_signing_keys` - re-pin the control plane's request-signing keys.
 
-Only :mod:`gateway.identity.controlplane` speaks the control-plane API.
+Only :mod:`gateway.identity.controlplane` speaks the control-plane API. The outbound proxy it
+goes through is configured with :class:`gateway.outbound.proxy.ProxySettings` (in
+:class:`RegistrationSettings`) or passed as the shared :class:`gateway.outbound.proxy.OutboundProxy`
+(to :func:`mtls_client`), exactly as for relay traffic.
 """
 
-from gateway.identity.controlplane import ControlPlaneClient, ProxySettings, Timeouts
+from gateway.identity.controlplane import ControlPlaneClient, Timeouts
 from gateway.identity.errors import ControlPlaneError, IdentityError
 from gateway.identity.registration import RegistrationOutcome, RegistrationSettings, register
 from gateway.identity.renewal import CertificateRenewer, RenewalPolicy
@@ -24,7 +27,6 @@ __all__ = [
     "ControlPlaneError",
     "IdentityError",
     "IdentityStore",
-    "ProxySettings",
     "RegistrationOutcome",
     "RegistrationSettings",
     "RenewalPolicy",

@@ -3,7 +3,10 @@
 Mapping the gateway onto EmpowerID's real endpoints later touches this module alone. Every call:
 
 * goes over HTTPS with the caller's :class:`ssl.SSLContext` (pinned CA, optionally mTLS);
-* ignores proxy environment variables (``trust_env=False``); a proxy is used only when given;
+* reaches the control plane through the shared :class:`~gateway.outbound.proxy.OutboundProxy`
+  when one is given: the same ``CONNECT`` tunnel, Basic credentials and no-proxy list as relay
+  traffic. Its extra CA bundle is *not* added to the pinned trust (security catalogue item 92);
+* ignores proxy environment variables (``trust_env=False``);
 * has connect, read and total timeouts, never follows redirects and asks for no compression;
 * reads at most ``max_response_bytes`` of the body;
 * turns every failure into :class:`ControlPlaneError` with a stable ``code``.
@@ -16,7 +19,11 @@ Error codes raised here (problem ``type`` codes from the server pass through unc
 * ``hostname_mismatch`` - the certificate does not name the host in the base URL;
 * ``tls_handshake_failed`` - no common protocol version or cipher (e.g. a TLS 1.1-only server);
 * ``client_certificate_rejected`` - the server refused the gateway's client certificate;
-* ``unreachable``, ``timeout``, ``proxy_auth_required``, ``proxy_failed``;
+* ``proxy_auth_required`` - the proxy answered 407
+  (:class:`~gateway.outbound.proxy.ProxyAuthError`);
+* ``proxy_failed`` - the proxy could not be reached or refused the tunnel (the other
+  :class:`~gateway.outbound.proxy.ProxyError` kinds); the proxy error is the ``__cause__``;
+* ``unreachable``, ``timeout``;
 * ``response_too_large``, ``unexpected_response``, ``unexpected_status``,
   ``service_unavailable``, ``rate_limited``;
 * ``invalid_url`` (not a plain ``https://`` base URL), ``invalid_username`` (contains ``:``).
@@ -28,7 +35,7 @@ import asyncio
 import json
 import re
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -45,6 +52,13 @@ from gateway.identity.models import (
     RelayInfo,
     SigningKey,
     SigningKeySet,
+)
+from gateway.outbound.proxy import (
+    OutboundProxy,
+    ProxyAuthError,
+    ProxyError,
+    ProxyRoute,
+    translate_proxy_error,
 )
 
 API_ROOT = "api/gateway/v1/"
@@ -69,6 +83,8 @@ _CLIENT_CERT_ALERTS = (
 )
 
 _M = TypeVar("_M", bound=BaseModel)
+# The route of every call when no proxy is configured.
+_DIRECT = ProxyRoute(None, {}, tunnelled=False)
 
 
 @dataclass(frozen=True)
@@ -78,15 +94,6 @@ class Timeouts:
     connect: float = 10.0
     read: float = 20.0
     total: float = 30.0
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    """An outbound HTTP proxy (CONNECT) and its optional Basic credentials."""
-
-    url: str
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
 
 
 def sanitize_server_text(text: object) -> str:
@@ -145,7 +152,8 @@ class ControlPlaneClient:
     """An async client for the control-plane API; use it as ``async with``.
 
     ``client_certificate`` says whether ``ssl_context`` presents the gateway's certificate; it
-    only changes how a server-side TLS refusal is reported.
+    only changes how a server-side TLS refusal is reported. ``proxy`` is the gateway's outbound
+    proxy decision (built once from the proxy settings and shared); ``None`` connects directly.
     """
 
     def __init__(
@@ -155,7 +163,7 @@ class ControlPlaneClient:
         *,
         client_certificate: bool,
         timeouts: Timeouts | None = None,
-        proxy: ProxySettings | None = None,
+        proxy: OutboundProxy | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self._base = _base_url(base_url)
@@ -261,20 +269,16 @@ class ControlPlaneClient:
         }
         if authorization is not None:
             headers["Authorization"] = authorization
-        proxy_headers = {}
-        if self._proxy is not None and self._proxy.username is not None:
-            proxy_headers["Proxy-Authorization"] = aiohttp.encode_basic_auth(
-                self._proxy.username, self._proxy.password or ""
-            )
+        route = self._proxy.route_for(url) if self._proxy is not None else _DIRECT
         try:
             async with self._session.request(
                 method,
                 url,
                 json=json_body,
-                headers=headers,
+                headers=route.request_headers(headers),
                 allow_redirects=False,
-                proxy=self._proxy.url if self._proxy else None,
-                proxy_headers=proxy_headers or None,
+                proxy=route.proxy,
+                proxy_headers=route.tunnel_headers,
             ) as response:
                 body = await self._read_body(response)
                 status = response.status
@@ -282,6 +286,9 @@ class ControlPlaneClient:
         except ControlPlaneError:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            proxy_error = translate_proxy_error(exc, route)
+            if proxy_error is not None:
+                raise _proxy_failure(proxy_error) from proxy_error
             raise self._transport_error(exc) from None
         if status != expect:
             raise problem_error(status, content_type, body)
@@ -337,14 +344,6 @@ class ControlPlaneClient:
                 f"the certificate of {host} is not issued by the pinned EmpowerID CA ({reason}); "
                 "a TLS-inspecting proxy or a wrong server is in the path",
             )
-        if isinstance(exc, aiohttp.ClientHttpProxyError):
-            if exc.status == 407:
-                return ControlPlaneError(
-                    "proxy_auth_required", "the outbound proxy requires (other) credentials"
-                )
-            return ControlPlaneError("proxy_failed", f"the outbound proxy answered {exc.status}")
-        if isinstance(exc, aiohttp.ClientProxyConnectionError):
-            return ControlPlaneError("proxy_failed", "the outbound proxy cannot be reached")
         ssl_reason = _ssl_reason(exc)
         if ssl_reason and self._mtls and any(a in ssl_reason for a in _CLIENT_CERT_ALERTS):
             return _client_certificate_rejected(host)
@@ -379,6 +378,16 @@ class ControlPlaneClient:
         return ControlPlaneError(
             "unreachable", f"the connection to {host} failed ({type(exc).__name__})"
         )
+
+
+def _proxy_failure(error: ProxyError) -> ControlPlaneError:
+    """The control-plane form of a proxy failure; the message is the proxy module's own.
+
+    A 407 keeps the proxy module's code (``proxy_auth_required``), so an operator sees the same
+    code whichever connection hit it; unreachable and refused proxies are ``proxy_failed``.
+    """
+    code = error.code if isinstance(error, ProxyAuthError) else "proxy_failed"
+    return ControlPlaneError(code, str(error))
 
 
 def _client_certificate_rejected(host: str | None) -> ControlPlaneError:

@@ -33,7 +33,7 @@ from gateway.identity.certs import (
     utcnow,
     validate_client_certificate,
 )
-from gateway.identity.controlplane import ControlPlaneClient, ProxySettings, Timeouts
+from gateway.identity.controlplane import ControlPlaneClient, Timeouts
 from gateway.identity.errors import IdentityError
 from gateway.identity.keys import (
     DEFAULT_KEY_ALGORITHM,
@@ -45,11 +45,16 @@ from gateway.identity.keys import (
 from gateway.identity.models import RelayEndpoint
 from gateway.identity.store import IdentityRecord, IdentityStore
 from gateway.identity.tls import registration_context
+from gateway.outbound.proxy import OutboundProxy, ProxySettings
 
 
 @dataclass(frozen=True)
 class RegistrationSettings:
-    """What registration needs besides the Person's credentials."""
+    """What registration needs besides the Person's credentials.
+
+    ``proxy`` is the gateway's outbound proxy configuration (the same section the relay uses);
+    the default connects directly.
+    """
 
     base_url: str
     state_dir: Path
@@ -58,7 +63,7 @@ class RegistrationSettings:
     version: str = __version__
     timeouts: Timeouts = field(default_factory=Timeouts)
     key_algorithm: KeyAlgorithm = DEFAULT_KEY_ALGORITHM
-    proxy: ProxySettings | None = None
+    proxy: ProxySettings = field(default_factory=ProxySettings)
     force: bool = False
 
 
@@ -128,12 +133,15 @@ async def register(
 
     ``passphrase`` encrypts the private key at rest (PKCS#8). Raises :class:`IdentityError`
     (including :class:`ControlPlaneError`, e.g. ``bad_credentials``, ``missing_operation``,
-    ``tls_interception_or_untrusted_ca``); nothing is committed unless every check passed.
+    ``tls_interception_or_untrusted_ca``, ``proxy_auth_required``) or
+    :class:`~gateway.outbound.proxy.ProxyConfigError` when the proxy's CA bundle cannot be read;
+    nothing is committed unless every check passed.
     """
     gateway_id = validate_gateway_id(settings.gateway_id)
     _check_username(username)
     ca_pem = read_ca_file(settings.ca_file)
     ca = parse_ca_certificate(ca_pem, source=str(settings.ca_file))
+    proxy = OutboundProxy(settings.proxy)
     store = IdentityStore(settings.state_dir, passphrase=passphrase)
     store.create_directory()
     if store.has_identity() and not settings.force:
@@ -149,7 +157,7 @@ async def register(
         registration_context(ca_pem),
         client_certificate=False,
         timeouts=settings.timeouts,
-        proxy=settings.proxy,
+        proxy=proxy,
     )
     async with client:
         result = await client.register(

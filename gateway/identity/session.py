@@ -17,11 +17,12 @@ from gateway.identity.certs import (
     utcnow,
     validate_client_certificate,
 )
-from gateway.identity.controlplane import ControlPlaneClient, ProxySettings, Timeouts
+from gateway.identity.controlplane import ControlPlaneClient, Timeouts
 from gateway.identity.errors import IdentityError
 from gateway.identity.models import SigningKey
 from gateway.identity.store import IdentityStore, StoredIdentity
 from gateway.identity.tls import mtls_context
+from gateway.outbound.proxy import OutboundProxy
 
 
 def load_identity(
@@ -48,12 +49,14 @@ def mtls_client(
     *,
     passphrase: bytes | None = None,
     timeouts: Timeouts | None = None,
-    proxy: ProxySettings | None = None,
+    proxy: OutboundProxy | None = None,
     now: dt.datetime | None = None,
 ) -> ControlPlaneClient:
     """A control-plane client presenting the identity's certificate, pinned to its CA.
 
-    Refuses (``client_certificate_expired``) if the certificate is not valid at ``now``.
+    ``proxy`` is the gateway's shared outbound proxy decision (the one the relay listener uses
+    too); ``None`` connects directly. Refuses (``client_certificate_expired``) if the
+    certificate is not valid at ``now``.
     """
     health = certificate_health(identity.certificate, now or utcnow())
     if not health.usable:

@@ -1,5 +1,6 @@
-"""Everything that touches relay sockets: the Hybrid Connection listener and its outbound proxy.
+"""Everything that touches relay sockets: the Hybrid Connection listener and its settings.
 
-``proxy`` decides how outbound connections reach the internet, ``backoff`` paces reconnects,
-``handlers`` is the seam to the rest of the agent and ``listener`` runs the control channels.
+``backoff`` paces reconnects, ``handlers`` is the seam to the rest of the agent and ``listener``
+runs the control channels. How outbound connections reach the internet (the customer's proxy) is
+decided by :mod:`gateway.outbound.proxy`, shared with the control-plane client.
 """

@@ -77,6 +77,13 @@ from gateway.hybridconnection.messages import (
     ResponseCommand,
     encode_command,
 )
+from gateway.outbound.proxy import (
+    OutboundProxy,
+    ProxyAuthError,
+    ProxyError,
+    new_client_session,
+    open_websocket,
+)
 from gateway.relay.backoff import Backoff, FailureKind
 from gateway.relay.handlers import (
     AcceptInfo,
@@ -88,13 +95,6 @@ from gateway.relay.handlers import (
     StreamDecision,
     StreamHandler,
     TokenProvider,
-)
-from gateway.relay.proxy import (
-    OutboundProxy,
-    ProxyAuthError,
-    ProxyError,
-    new_client_session,
-    open_websocket,
 )
 from gateway.relay.settings import ListenerSettings
 

@@ -17,8 +17,8 @@ from gateway.hybridconnection.addresses import (
     hc_path,
 )
 from gateway.hybridconnection.framing import CONTROL_CHANNEL_BODY_LIMIT
+from gateway.outbound.proxy import ProxySettings
 from gateway.relay.backoff import BackoffPolicy
-from gateway.relay.proxy import ProxySettings
 
 __all__ = ["MAX_LISTENERS_PER_HC", "RELAY_RESPONSE_DEADLINE", "ListenerSettings"]
 
@@ -55,7 +55,7 @@ class ListenerSettings:
     ``StreamHandler.decide`` (rendezvous addresses expire after ~30 s, section 4).
     ``send_timeout``: bound for writing one response (JSON plus body) to a socket.
     ``shutdown_grace``: how long :meth:`RelayListener.stop` waits for in-flight work.
-    ``proxy``: outbound proxy (:mod:`gateway.relay.proxy`).
+    ``proxy``: outbound proxy (:mod:`gateway.outbound.proxy`).
     ``relay_domain``: the DNS suffix rendezvous addresses must be in (``.servicebus.windows.net``).
     ``allow_insecure_dev_endpoint``: permit a ``ws://`` endpoint; rendezvous addresses may then
     use exactly that scheme, host and port and nothing else plain-text.

@@ -1,9 +1,9 @@
-"""Fixtures for the identity integration tests: a running control-plane simulator on loopback."""
+"""Fixtures for the identity integration tests: the control-plane simulator and a real squid."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,14 @@ import pytest
 from gateway.devkit.controlplane import ControlPlaneSimulator
 from gateway.identity import RegistrationSettings
 
+from ..squid import Squid, squid_for_fixture
 from .identity_support import PASSWORD, TEST_TIMEOUTS
+
+
+@pytest.fixture(scope="session")
+def squid_auth_proxy() -> Iterator[Squid]:
+    """A squid on loopback that demands Basic credentials, shared by the session."""
+    yield from squid_for_fixture(with_auth=True)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import trustme
 
 from gateway.devkit.relay_emulator import RelayEmulator, SasRule
 
+from ..squid import Squid, squid_for_fixture
 from .listener_support import HC, KEY
 from .relay_servers import (
     ConnectionRecorder,
@@ -19,27 +20,18 @@ from .relay_servers import (
     start_connection_recorder,
     start_ws_server,
 )
-from .squid import Squid, run_squid, squid_unavailable_reason
 
 
 @pytest.fixture(scope="session")
 def squid_proxy() -> Iterator[Squid]:
     """A squid without authentication, shared by the session."""
-    reason = squid_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    with run_squid(with_auth=False) as proxy:
-        yield proxy
+    yield from squid_for_fixture(with_auth=False)
 
 
 @pytest.fixture(scope="session")
 def squid_auth_proxy() -> Iterator[Squid]:
     """A squid that demands Basic credentials, shared by the session."""
-    reason = squid_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    with run_squid(with_auth=True) as proxy:
-        yield proxy
+    yield from squid_for_fixture(with_auth=True)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
-from gateway.relay.proxy import (
+from gateway.outbound.proxy import (
     OutboundProxy,
     ProxyAuthError,
     ProxyConnectRefusedError,
@@ -22,8 +22,8 @@ from gateway.relay.proxy import (
     open_websocket,
 )
 
+from ..squid import PASSWORD, USERNAME, Squid
 from .relay_servers import ConnectionRecorder, WsServer, start_ws_server
-from .squid import PASSWORD, USERNAME, Squid
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 

@@ -14,11 +14,12 @@ import pytest
 import trustme
 
 from gateway.devkit.relay_emulator import RelayEmulator, SasRule
+from gateway.outbound.proxy import ProxySettings
 from gateway.relay.backoff import BackoffPolicy
 from gateway.relay.handlers import RelayedRequest, RelayedResponse
 from gateway.relay.listener import RelayListener
-from gateway.relay.proxy import ProxySettings
 
+from ..squid import Squid
 from .listener_support import (
     HC,
     KEY,
@@ -32,7 +33,6 @@ from .listener_support import (
     wait_until,
 )
 from .relay_servers import ConnectionRecorder, ScriptedRelay, start_scripted_relay
-from .squid import Squid
 
 SLOW = BackoffPolicy(base=0.05, cap=0.2, auth_retry_delay=5.0, not_found_retry_delay=5.0)
 

@@ -1,4 +1,4 @@
-"""Proxy settings validation, no-proxy matching and the TLS client context."""
+"""Outbound proxy settings validation, no-proxy matching, routes and the TLS client context."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from gateway.relay.proxy import (
+from gateway.outbound.proxy import (
     NoProxyList,
     OutboundProxy,
     ProxyConfigError,
@@ -139,12 +139,18 @@ def test_routes_tunnel_tls_and_put_credentials_on_plain_requests() -> None:
     tls = proxy.route_for("wss://ns.servicebus.windows.net/$hc/hc")
     assert tls.tunnelled
     assert "Proxy-Authorization" not in tls.request_headers({"A": "1"})
+    assert tls.tunnel_headers is not None
+    assert tls.tunnel_headers["Proxy-Authorization"].startswith("Basic ")
     plain = proxy.route_for("http://status.example/ping")
     assert not plain.tunnelled
     assert "Proxy-Authorization" in plain.request_headers(None)
+    assert plain.tunnel_headers is None
     bypass = proxy.route_for("https://erp.corp.local:8443/api")
     assert bypass.direct
     assert bypass.request_headers({"A": "1"}) == {"A": "1"}
+    assert bypass.tunnel_headers is None
+    anonymous = OutboundProxy(ProxySettings(url="http://proxy.corp:3128"))
+    assert anonymous.route_for("https://cp.example/").tunnel_headers is None
     assert proxy.proxy_label == "proxy.corp:3128"
 
 

@@ -2,8 +2,15 @@
 
 The gateway only ever connects outbound, and many customer networks force such traffic through an
 HTTP proxy, often one that inspects TLS. This module is the single place that decides, per
-destination URL, whether to go through the configured proxy and with which credentials, and that
-builds the TLS context used for those connections.
+destination URL, whether to go through the configured proxy and with which credentials. Both the
+relay listener and the EmpowerID control-plane client route through :class:`OutboundProxy`.
+
+Trust differs by destination. Relay connections use :func:`client_ssl_context`: the system store
+plus an optional extra CA bundle for a TLS-inspecting proxy. Control-plane connections keep their
+own context pinned to the EmpowerID CA (``gateway.identity.tls``) and never trust that extra
+bundle: registration sends a Person's password and every later call authenticates the gateway,
+so a proxy that re-signs those connections must fail with ``tls_interception_or_untrusted_ca``
+(security catalogue item 92) instead of being trusted.
 
 Rules it enforces:
 
@@ -239,8 +246,9 @@ class ProxySettings:
     ``url``: ``http://host:port`` of the proxy, or ``None`` for direct connections.
     ``username``/``password``: Basic credentials for the proxy; both or neither.
     ``no_proxy``: destinations that bypass the proxy (see :class:`NoProxyList`).
-    ``extra_ca_file``: PEM bundle trusted *in addition to* the system store for every outbound TLS
-    connection; needed when a TLS-inspecting proxy re-signs certificates with its own CA.
+    ``extra_ca_file``: PEM bundle trusted *in addition to* the system store for relay
+    connections; needed when a TLS-inspecting proxy re-signs certificates with its own CA. The
+    control-plane client ignores it (its trust is pinned, see the module docstring).
     """
 
     url: str | None = None
@@ -264,7 +272,7 @@ class ProxySettings:
 
 
 def client_ssl_context(extra_ca_file: Path | None = None) -> ssl.SSLContext:
-    """Build the TLS client context for relay and control-plane connections.
+    """Build the TLS client context for relay connections (:attr:`OutboundProxy.ssl_context`).
 
     System trust store plus, optionally, ``extra_ca_file`` (PEM). TLS 1.2 is the minimum, the
     peer certificate is always verified and the host name always checked (RFC 6125); no setting
@@ -304,6 +312,11 @@ class ProxyRoute:
     def direct(self) -> bool:
         """True when the destination is reached without the proxy."""
         return self.proxy is None
+
+    @property
+    def tunnel_headers(self) -> dict[str, str] | None:
+        """Headers for the ``CONNECT`` request (aiohttp's ``proxy_headers``), ``None`` if none."""
+        return self.proxy_headers if self.tunnelled and self.proxy_headers else None
 
     def request_headers(self, headers: Mapping[str, str] | None) -> dict[str, str]:
         """The headers to send on the request itself (adds proxy credentials when not tunnelled)."""
@@ -430,7 +443,7 @@ async def open_websocket(
                 headers=route.request_headers(headers),
                 protocols=tuple(protocols),
                 proxy=route.proxy,
-                proxy_headers=route.proxy_headers if route.tunnelled else None,
+                proxy_headers=route.tunnel_headers,
                 ssl=proxy.ssl_context,
                 compress=0,
                 autoping=autoping,

@@ -1,4 +1,7 @@
-"""Run Debian's real ``squid`` on 127.0.0.1 as the outbound proxy in tests.
+"""Run Debian's real ``squid`` on 127.0.0.1 as the outbound proxy in the integration tests.
+
+Shared by the relay and the control-plane (identity) tests: both kinds of outbound traffic go
+through the same proxy code, so both are proven against the same real proxy.
 
 Each instance gets its own temporary directory with a generated ``squid.conf``: no cache, no disk
 cache directories, PID file and logs inside the directory, DNS pointed at 127.0.0.1 so nothing ever
@@ -21,6 +24,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 SQUID = shutil.which("squid") or "/usr/sbin/squid"
 NCSA_HELPER = Path("/usr/lib/squid/basic_ncsa_auth")
@@ -169,3 +174,12 @@ def run_squid(*, with_auth: bool) -> Iterator[Squid]:
             _stop(proc)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def squid_for_fixture(*, with_auth: bool) -> Iterator[Squid]:
+    """Body of a squid fixture: skip the requesting test if squid cannot run, else run one."""
+    reason = squid_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with run_squid(with_auth=with_auth) as proxy:
+        yield proxy
