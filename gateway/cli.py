@@ -25,7 +25,14 @@ EXIT_DENIED = 3
 EXIT_INTERRUPTED = 130
 
 # Verb modules under gateway.commands, in the order `gateway --help` lists them.
-COMMANDS: tuple[str, ...] = ("validate", "schema", "version", "dev")
+COMMANDS: tuple[str, ...] = (
+    "validate",
+    "explain",
+    "policy_test",
+    "schema",
+    "version",
+    "dev",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,18 +11,8 @@ import json
 import sys
 
 from gateway import config as gwconfig
+from gateway.commands._common import add_config_argument
 from gateway.errors import ConfigError
-
-
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    """The shared ``-c/--config`` option (default ``$GATEWAY_CONFIG`` or ``./gateway.yaml``)."""
-    parser.add_argument(
-        "-c",
-        "--config",
-        default=None,
-        metavar="FILE",
-        help="configuration file (default: $GATEWAY_CONFIG or ./gateway.yaml)",
-    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,0 +1,192 @@
+"""Policy decision cost: embedded engine cold (cache miss) and warm (cache hit) with 10, 100 and
+1,000 targets, the cost of handing a decision to a thread, and the OPA engine on loopback.
+
+Cold decisions use distinct inputs against an engine without a cache, so every one is evaluated
+by rego-cpp; warm decisions repeat one input through the cache. Decisions per second are for one
+core (one event loop, sequential decisions). The OPA engine talks to the devkit OPA server, run in
+a separate process on 127.0.0.1 (no OPA binary is available here).
+
+Run: ``.venv/bin/python benchmarks/bench_policy.py [--decisions N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.config import LoadedConfig, load
+from gateway.policy.cache import DecisionCache
+from gateway.policy.embedded import EmbeddedEngine
+from gateway.policy.loader import load_policies
+from gateway.policy.opa import OpaEngine
+
+ROOT = Path(__file__).parents[1]
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of ``samples``."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def write_config(directory: Path, targets: int, opa_url: str | None = None) -> LoadedConfig:
+    """A gateway.yaml with ``targets`` https targets of three operations each."""
+    lines = [
+        "version: 1",
+        "gateway: {id: bench}",
+        "empowerid: {url: 'https://tenant.empowerid.example'}",
+        f"policy: {{directories: ['{ROOT / 'policies'}']"
+        + (f", engine: opa, opa_url: '{opa_url}'" if opa_url else "")
+        + "}",
+        "targets:",
+    ]
+    for i in range(targets):
+        lines += [
+            f"  t{i}:",
+            "    scheme: https",
+            f"    host: h{i}.corp.local",
+            "    allowed_cidrs: [10.0.0.0/8]",
+            "    operations:",
+            "      - {name: read, methods: [GET, HEAD], paths: [/api/orders, /api/orders/*]}",
+            "      - {name: write, methods: [POST], paths: [/api/orders/*/lines]}",
+            "      - {name: events, methods: [GET], paths: ['/events/**'], websocket: true}",
+        ]
+    path = directory / f"gateway-{targets}.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return load(path, check_host=False)
+
+
+def make_input(target: int, order: int) -> dict[str, Any]:
+    """A full input document (as build_input makes it) for GET /api/orders/<order>."""
+    return {
+        "target": f"t{target}",
+        "method": "GET",
+        "path": f"/api/orders/{order}",
+        "path_segments": ["api", "orders", str(order)],
+        "trailing_slash": False,
+        "query": "expand=lines",
+        "header_names": ["accept", "authorization"],
+        "websocket": False,
+        "signature": {"verified": True, "keyid": "empowerid-2026"},
+    }
+
+
+async def measure(
+    decide: Callable[[dict[str, Any]], Awaitable[Any]], inputs: list[dict[str, Any]]
+) -> tuple[float, float, float]:
+    """p50 and p99 latency (us) and decisions per second over ``inputs``."""
+    samples = []
+    started = time.perf_counter()
+    for item in inputs:
+        t0 = time.perf_counter()
+        await decide(item)
+        samples.append(time.perf_counter() - t0)
+    total = time.perf_counter() - started
+    return percentile(samples, 0.5) * 1e6, percentile(samples, 0.99) * 1e6, len(inputs) / total
+
+
+def row(name: str, p50: float, p99: float, rate: float) -> str:
+    """One Markdown table row."""
+    return f"| {name} | {p50:.1f} | {p99:.1f} | {rate:,.0f} |"
+
+
+async def embedded(directory: Path, count: int) -> list[str]:
+    """Cold, warm and thread-offloaded figures of the embedded engine."""
+    rows = []
+    for targets in (10, 100, 1000):
+        policies = load_policies(write_config(directory, targets))
+        cold = EmbeddedEngine(policies, mode="enforce", cache=None)
+        inputs = [make_input(i % targets, i) for i in range(count)]
+        for item in inputs[:200]:
+            await cold.decide(item)
+        rows.append(row(f"embedded, {targets} targets, cold", *await measure(cold.decide, inputs)))
+        warm = EmbeddedEngine(
+            policies, mode="enforce", cache=DecisionCache(policies.cache_plan.fields)
+        )
+        same = [make_input(1, 7)] * count
+        await warm.decide(same[0])
+        rows.append(row(f"embedded, {targets} targets, warm", *await measure(warm.decide, same)))
+        if targets == 100:
+
+            async def offloaded(item: dict[str, Any], engine: EmbeddedEngine = cold) -> Any:
+                return await asyncio.to_thread(engine.evaluate, item)
+
+            rows.append(
+                row(
+                    "embedded, 100 targets, cold, via asyncio.to_thread",
+                    *await measure(offloaded, inputs),
+                )
+            )
+    return rows
+
+
+def free_port() -> int:
+    """A free loopback port for the OPA server process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def opa(directory: Path, count: int) -> list[str]:
+    """The OPA engine against the devkit server in its own process."""
+    port = free_port()
+    script = (
+        "import asyncio\nfrom gateway.devkit.opa_server import OpaServer\n"
+        "async def main():\n"
+        f"    async with OpaServer(port={port}):\n"
+        "        await asyncio.Event().wait()\n"
+        "asyncio.run(main())\n"
+    )
+    server = await asyncio.create_subprocess_exec(sys.executable, "-c", script)
+    try:
+        loaded = write_config(directory, 100, opa_url=f"http://127.0.0.1:{port}")
+        policies = load_policies(loaded)
+        engine = OpaEngine(
+            policies, url=f"http://127.0.0.1:{port}", timeout=1.0, mode="enforce", cache=None
+        )
+        deadline = time.monotonic() + 10
+        await engine.start()
+        # The server process needs a moment to listen; `ready` is a property, polled like /readyz.
+        while not engine.ready and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        inputs = [make_input(i % 100, i) for i in range(count)]
+        for item in inputs[:100]:
+            await engine.decide(item)
+        result = row(
+            "opa engine, 100 targets, loopback, cold", *await measure(engine.decide, inputs)
+        )
+        await engine.close()
+        return [result]
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), timeout=10)
+
+
+async def main() -> None:
+    """Run everything and print a Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--decisions", type=int, default=3000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        rows = await embedded(directory, args.decisions)
+        rows += await opa(directory, min(args.decisions, 1000))
+    print(f"python {platform.python_version()} on {platform.machine()}, {platform.system()}")
+    print("| case | p50 us | p99 us | decisions/s (one core) |")
+    print("| --- | --- | --- | --- |")
+    for line in rows:
+        print(line)
+    print(f"({args.decisions} decisions per embedded case)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

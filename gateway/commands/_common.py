@@ -1,0 +1,63 @@
+"""Helpers shared by verbs that act on a configured gateway (load config, print errors)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway import config as gwconfig
+from gateway.errors import ConfigError
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """The shared ``-c/--config`` option (default ``$GATEWAY_CONFIG`` or ``./gateway.yaml``)."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="configuration file (default: $GATEWAY_CONFIG or ./gateway.yaml)",
+    )
+
+
+def add_format_argument(parser: argparse.ArgumentParser) -> None:
+    """The shared ``--format text|json`` option."""
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def config_path(args: argparse.Namespace) -> str:
+    """The configuration file the user meant."""
+    return str(args.config or gwconfig.default_config_path())
+
+
+def load_or_report(args: argparse.Namespace) -> gwconfig.LoadedConfig | None:
+    """Load the configuration; on failure print every problem to stderr and return None."""
+    try:
+        return gwconfig.load(config_path(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem.render(), file=sys.stderr)
+        print(
+            f"{config_path(args)}: configuration is not valid; run `gateway validate`",
+            file=sys.stderr,
+        )
+        return None
+
+
+def state_dir(loaded: gwconfig.LoadedConfig) -> Path:
+    """The configured state directory, relative paths taken from the config file's folder."""
+    return loaded.resolve_path(loaded.config.gateway.state_dir)
+
+
+def passphrase(loaded: gwconfig.LoadedConfig) -> bytes | None:
+    """The key passphrase, if the configuration references one."""
+    secret = loaded.secrets.get("gateway.key_passphrase")
+    return secret.get_secret_value().encode() if secret is not None else None
+
+
+def print_json(value: Any) -> None:
+    """Indented JSON on stdout (non-JSON values as strings)."""
+    print(json.dumps(value, indent=2, default=str))

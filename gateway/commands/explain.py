@@ -1,0 +1,209 @@
+"""``gateway explain METHOD TARGET PATH``: would this request pass, and why?
+
+The answer comes from the code that enforces: the request goes through the one canonicaliser
+(:func:`gateway.forward.canonical.canonicalise`) and the one input builder, then to the engine
+``gateway.yaml`` selects. Printed: the canonical request, the decision, the operation that grants
+it or the reasons it is refused, and the revision. The request is taken as correctly signed unless
+``--unsigned`` is given.
+
+Exit codes: 0 allowed; 3 denied (by the policy, or rejected before it); 1 configuration or
+policy error; 2 usage error.
+
+With the OPA engine, explain asks the configured OPA server but never loads it: a file being
+edited must not replace what a running gateway pushed. If OPA does not hold this revision, the
+answer is the deny a gateway would give (503 ``policy_unavailable``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from gateway import config as gwconfig
+from gateway.commands._common import add_config_argument
+from gateway.errors import ConfigError
+from gateway.forward.canonical import RequestRejected, canonicalise
+from gateway.policy.engine import Decision, PolicyEngine
+from gateway.policy.input import build_input
+from gateway.policy.loader import PolicySet, build_engine, load_policies
+
+EXIT_ALLOWED = 0
+EXIT_CONFIG = 1
+EXIT_DENIED = 3
+
+# What each policy reason means, for people. Codes are stable; the wording may improve.
+REASON_TEXT: dict[str, str] = {
+    "unknown_target": "no target of that name is declared",
+    "path_not_allowed": "no operation of the target has a path pattern matching this path",
+    "method_not_allowed": "operations match this path, but none of them allows this method",
+    "websocket_not_allowed": "the matching operation does not allow WebSocket streams",
+    "stream_only_target": "the target carries raw streams only, not HTTP requests",
+    "ambiguous_operation": "more than one operation grants the request",
+    "unsigned": "the request signature was not verified",
+    "empty_segment": "the path has an empty segment",
+    "invalid_extension": "an extension module's deny is not a set of strings",
+    "policy_unavailable": "the policy engine could not decide (unreachable, timed out, failed)",
+    "policy_undefined": "the policy returned no decision document",
+}
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``explain`` verb."""
+    parser = subparsers.add_parser(
+        "explain",
+        help="show whether a request would be allowed, and why",
+        description="Exit 0 if allowed, 3 if denied, 1 on a configuration or policy error.",
+    )
+    add_config_argument(parser)
+    parser.add_argument("method", metavar="METHOD", help="HTTP method, for example GET")
+    parser.add_argument("target", metavar="TARGET", help="target name or declared host:port")
+    parser.add_argument("path", metavar="PATH", help="request target: /path?query as relayed")
+    parser.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'Name: value'",
+        help="request header (repeatable)",
+    )
+    parser.add_argument("--websocket", action="store_true", help="a stream (relay accept)")
+    parser.add_argument(
+        "--unsigned", action="store_true", help="as if the signature did not verify"
+    )
+    parser.add_argument("--keyid", default="explain", help="signing key id to put in the input")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Explain one request."""
+    headers: list[tuple[str, str]] = []
+    for raw in args.header:
+        name, sep, value = raw.partition(":")
+        if not sep:
+            print(f"-H expects 'Name: value', got {raw!r}", file=sys.stderr)
+            return 2
+        headers.append((name.strip(), value.strip()))
+    path = args.config or gwconfig.default_config_path()
+    try:
+        loaded = gwconfig.load(path, check_host=False)
+        policies = load_policies(loaded)
+        engine = _engine(loaded, policies)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem.render(), file=sys.stderr)
+        return EXIT_CONFIG
+    request = {
+        "method": args.method,
+        "target": args.target,
+        "path": args.path,
+        "websocket": args.websocket,
+    }
+    try:
+        canonical = canonicalise(
+            loaded.config,
+            method=args.method,
+            target=args.target,
+            request_target=args.path,
+            headers=headers,
+            websocket=args.websocket,
+        )
+    except RequestRejected as exc:
+        rejected = {"code": str(exc.code), "status": exc.status, "message": str(exc)}
+        _report(args.format, request, None, None, rejected, policies.revision, loaded.config)
+        return EXIT_DENIED
+    input = build_input(canonical, signed=not args.unsigned, keyid=args.keyid)
+    decision = asyncio.run(_decide(engine, input))
+    _report(args.format, request, input, decision, None, policies.revision, loaded.config)
+    return EXIT_ALLOWED if decision.allow else EXIT_DENIED
+
+
+def _engine(loaded: gwconfig.LoadedConfig, policies: PolicySet) -> PolicyEngine:
+    if loaded.config.policy.engine != "opa":
+        return build_engine(loaded, policies)
+    from gateway.policy.opa import OpaEngine
+
+    settings = loaded.config.policy
+    assert settings.opa_url is not None  # the configuration semantics require it
+    return OpaEngine(
+        policies,
+        url=settings.opa_url,
+        timeout=settings.decision_timeout_seconds,
+        mode=settings.mode,
+        cache=None,
+        push=False,
+        sync_timeout=max(1.0, settings.decision_timeout_seconds),
+    )
+
+
+async def _decide(engine: PolicyEngine, input: dict[str, Any]) -> Decision:
+    await engine.start()
+    try:
+        return await engine.decide(input)
+    finally:
+        await engine.close()
+
+
+def _report(
+    fmt: str,
+    request: dict[str, Any],
+    input: dict[str, Any] | None,
+    decision: Decision | None,
+    rejected: dict[str, Any] | None,
+    revision: str,
+    config: gwconfig.GatewayConfig,
+) -> None:
+    if fmt == "json":
+        print(
+            json.dumps(
+                {
+                    "request": request,
+                    "rejected": rejected,
+                    "canonical": input,
+                    "decision": decision.as_dict() if decision else None,
+                    "allowed": bool(decision and decision.allow),
+                    "revision": revision,
+                    "engine": config.policy.engine,
+                    "mode": config.policy.mode,
+                },
+                indent=2,
+            )
+        )
+        return
+    line = f"{request['method']} {request['target']} {request['path']}"
+    print(f"request:   {line}{' (websocket)' if request['websocket'] else ''}")
+    if rejected is not None:
+        print(f"canonical: rejected before policy: {rejected['code']} - {rejected['message']}")
+        print(f"decision:  DENY (HTTP {rejected['status']}, never reaches the policy)")
+        print(f"revision:  {revision}")
+        return
+    assert input is not None
+    assert decision is not None
+    query = f"?{input['query']}" if input["query"] is not None else ""
+    segments = json.dumps(input["path_segments"])
+    print(f"canonical: {input['method']} {input['path']}{query} -> target {input['target']}")
+    print(
+        f"           segments {segments}, trailing slash {_yes(input['trailing_slash'])}, "
+        f"signed {_yes(input['signature']['verified'])}, "
+        f"headers {', '.join(input['header_names']) or '(none)'}"
+    )
+    if decision.allow:
+        granted = f"operation {decision.operation!r}" if decision.operation else "stream target"
+        print(f"decision:  ALLOW by {granted} of target {decision.target!r}")
+    else:
+        forwarded = " (monitor mode: logged as would-deny, forwarded anyway)"
+        print(f"decision:  DENY (HTTP {decision.status}){forwarded if decision.monitor else ''}")
+        if decision.operation:
+            print(f"           operation {decision.operation!r} matched, but a veto applies")
+        for reason in decision.reasons:
+            text = REASON_TEXT.get(reason, "denied by an extension module")
+            print(f"reason:    {reason} - {text}")
+    print(f"revision:  {decision.revision}")
+    print(f"engine:    {config.policy.engine}, {decision.latency * 1e6:.0f} us")
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"

@@ -1,0 +1,79 @@
+"""``gateway policy-test``: run the ``test_*`` rules of every ``*_test.rego`` file.
+
+Exit 0 when every test passes, 1 when one fails, none is found, or the configuration or a policy
+is invalid. Each failure is printed with its name and location, so CI logs point at the test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gateway import config as gwconfig
+from gateway.commands._common import add_config_argument
+from gateway.errors import ConfigError
+from gateway.policy.loader import load_policies
+from gateway.policy.testing import run_policy_tests
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``policy-test`` verb."""
+    parser = subparsers.add_parser(
+        "policy-test",
+        help="run the Rego policy tests (*_test.rego) with the configured allow-list",
+    )
+    add_config_argument(parser)
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("-v", "--verbose", action="store_true", help="list passing tests too")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the tests and report."""
+    path = args.config or gwconfig.default_config_path()
+    try:
+        # Secrets are not needed to test a policy, so CI can run this without them.
+        loaded = gwconfig.load(path, check_host=False)
+        policies = load_policies(loaded)
+        results = run_policy_tests(policies)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem.render(), file=sys.stderr)
+        return 1
+    failed = [r for r in results if not r.passed]
+    if args.format == "json":
+        print(
+            json.dumps(
+                {
+                    "revision": policies.revision,
+                    "passed": len(results) - len(failed),
+                    "failed": len(failed),
+                    "tests": [
+                        {
+                            "name": r.name,
+                            "file": str(r.file),
+                            "line": r.line,
+                            "passed": r.passed,
+                            "detail": r.detail,
+                        }
+                        for r in results
+                    ],
+                },
+                indent=2,
+            )
+        )
+    else:
+        for result in results:
+            if not result.passed:
+                print(f"FAIL {result.name} ({result.file}:{result.line}): {result.detail}")
+            elif args.verbose:
+                print(f"PASS {result.name}")
+        print(
+            f"{len(results)} tests, {len(results) - len(failed)} passed, {len(failed)} failed "
+            f"(revision {policies.revision})"
+        )
+    if not results:
+        print("no test_* rules found in any *_test.rego file", file=sys.stderr)
+        return 1
+    return 1 if failed else 0

@@ -1,0 +1,214 @@
+"""Decision cache: equal requests get the decision already made, in microseconds.
+
+A decision depends on the policy, the data (both fixed for one revision) and the input fields the
+policy reads. The key is exactly those fields, found by reading the policy modules
+(:func:`plan_cache`): ``input.method`` makes ``method`` part of the key; a reference to the whole
+input (``input[x]``, ``x := input``) makes the whole input the key. The analysis may only err
+towards a larger key, which costs hit rate, never correctness.
+
+A policy that calls a non-deterministic built-in (``time.now_ns`` for a change window,
+``http.send``, ``rand.intn``, ...) decides differently for equal inputs, so it gets no cache at all.
+
+One cache belongs to one engine, and one engine to one revision: a reload builds a new engine
+with an empty cache, which is how decisions of an old allow-list can never be served. The cache is
+a bounded LRU; memory is at most ``max_entries`` times the largest key (the path is bounded by
+``limits.max_path_bytes``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.policy.engine import Decision
+
+__all__ = [
+    "DEFAULT_MAX_ENTRIES",
+    "CachePlan",
+    "DecisionCache",
+    "FieldPath",
+    "plan_cache",
+    "project",
+    "strip_comments",
+]
+
+DEFAULT_MAX_ENTRIES = 4096
+
+FieldPath = tuple[str, ...]
+
+_INPUT_REF = re.compile(r"\binput\b((?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*)")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Built-ins whose result is not a function of input and data alone (OPA built-in reference,
+# "Time", "HTTP", "Randomness", "OPA runtime", "Net", and JWT verification, which reads the clock).
+_NON_DETERMINISTIC = re.compile(
+    r"\b(time\.now_ns|http\.send|rand\.intn|uuid\.rfc4122|opa\.runtime|net\.lookup_ip_addr"
+    r"|io\.jwt\.decode_verify)\s*\("
+)
+_MISSING = object()
+_OBJECT = object()  # marks a frozen JSON object; no JSON value can equal it
+
+
+@dataclass(frozen=True, slots=True)
+class CachePlan:
+    """What the policy modules read, and whether their decisions may be cached."""
+
+    fields: tuple[FieldPath, ...] | None
+    """Input paths the policy reads (the cache key); None means the whole input document."""
+    cacheable: bool = True
+    reason: str = ""
+    """Why the decisions cannot be cached, when they cannot."""
+
+
+def plan_cache(sources: Iterable[str]) -> CachePlan:
+    """Find the input fields read and any non-deterministic built-in in the Rego ``sources``."""
+    paths: set[FieldPath] = set()
+    whole = False
+    reason = ""
+    for source in sources:
+        code = strip_comments(source)
+        builtin = _NON_DETERMINISTIC.search(code)
+        if builtin and not reason:
+            reason = f"the policy calls {builtin.group(1)}"
+        for match in _INPUT_REF.finditer(code):
+            names = tuple(_NAME.findall(match.group(1)))
+            if not names:
+                whole = True
+            else:
+                paths.add(names)
+    fields = None if whole else _minimal(paths)
+    return CachePlan(fields, cacheable=not reason, reason=reason)
+
+
+def strip_comments(source: str) -> str:
+    """Rego source without ``#`` comments; string literals are kept intact."""
+    out: list[str] = []
+    i = 0
+    n = len(source)
+    while i < n:
+        char = source[i]
+        if char == "#":
+            end = source.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        if char in '"`':
+            end = _string_end(source, i)
+            out.append(source[i:end])
+            i = end
+            continue
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def _string_end(source: str, start: int) -> int:
+    quote = source[start]
+    i = start + 1
+    while i < len(source):
+        char = source[i]
+        if quote == '"' and char == "\\":
+            i += 2
+            continue
+        if char == quote or (quote == '"' and char == "\n"):
+            return i + 1
+        i += 1
+    return len(source)
+
+
+def _minimal(paths: set[FieldPath]) -> tuple[FieldPath, ...]:
+    """Drop paths another path already covers (``signature`` covers ``signature.verified``)."""
+    kept = [p for p in paths if not any(q != p and p[: len(q)] == q for q in paths)]
+    return tuple(sorted(kept))
+
+
+class DecisionCache:
+    """A bounded LRU of decisions keyed on the input fields the policy reads."""
+
+    def __init__(
+        self, fields: tuple[FieldPath, ...] | None, *, max_entries: int = DEFAULT_MAX_ENTRIES
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._fields = fields
+        self._max = max_entries
+        self._entries: OrderedDict[Any, Decision] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def fields(self) -> tuple[FieldPath, ...] | None:
+        """The input paths the key is made of (None: the whole input)."""
+        return self._fields
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def key(self, input: Mapping[str, Any]) -> Any:
+        """The cache key of ``input``: the frozen values of the fields the policy reads."""
+        if self._fields is None:
+            return _freeze(input)
+        return tuple(_freeze(_lookup(input, path)) for path in self._fields)
+
+    def get(self, key: Any) -> Decision | None:
+        """The cached decision for ``key``, refreshed as most recently used, or None."""
+        decision = self._entries.get(key)
+        if decision is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return decision
+
+    def put(self, key: Any, decision: Decision) -> None:
+        """Remember ``decision``, evicting the least recently used entry when full."""
+        self._entries[key] = decision
+        self._entries.move_to_end(key)
+        if len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every decision."""
+        self._entries.clear()
+
+
+def project(input: Mapping[str, Any], fields: tuple[FieldPath, ...]) -> dict[str, Any]:
+    """The part of ``input`` at ``fields``; missing fields stay missing."""
+    out: dict[str, Any] = {}
+    for path in fields:
+        value: Any = input
+        for name in path:
+            if not isinstance(value, Mapping) or name not in value:
+                break
+            value = value[name]
+        else:
+            node = out
+            for name in path[:-1]:
+                node = node.setdefault(name, {})
+            node[path[-1]] = value
+    return out
+
+
+def _lookup(input: Mapping[str, Any], path: FieldPath) -> Any:
+    value: Any = input
+    for name in path:
+        if not isinstance(value, Mapping):
+            return _MISSING
+        value = value.get(name, _MISSING)
+        if value is _MISSING:
+            return _MISSING
+    return value
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable form of a JSON value that keeps JSON types apart (``true`` is not ``1``)."""
+    if isinstance(value, str) or value is _MISSING:
+        return value
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, Mapping):
+        return (_OBJECT, tuple(sorted((k, _freeze(v)) for k, v in value.items())))
+    # bool, int, float, None: tag with the type, because True == 1 == 1.0 in Python.
+    return (type(value).__name__, value)

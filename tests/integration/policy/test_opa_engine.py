@@ -1,0 +1,205 @@
+"""The OPA engine against the devkit OPA server on 127.0.0.1 (catalogue G 112, 113, 114, 116).
+
+No OPA binary is available here; the devkit server speaks OPA's REST API over the embedded
+evaluator, so these tests check the engine's protocol and its fail-closed behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.config import LoadedConfig, load
+from gateway.devkit.opa_server import OpaServer
+from gateway.policy.engine import POLICY_UNAVAILABLE, POLICY_UNDEFINED
+from gateway.policy.loader import load_policies
+from gateway.policy.opa import OpaEngine
+from tests.unit.policy.conftest import SHIPPED_POLICIES, config_text, request_input
+
+TIMEOUT = 0.25
+
+
+@pytest.fixture
+def loaded(tmp_path: Path) -> LoadedConfig:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(config_text([SHIPPED_POLICIES]), encoding="utf-8")
+    return load(path, check_host=False)
+
+
+@pytest.fixture
+async def opa() -> AsyncIterator[OpaServer]:
+    async with OpaServer() as server:
+        yield server
+
+
+def _engine(loaded: LoadedConfig, url: str, *, push: bool = True) -> OpaEngine:
+    return OpaEngine(
+        load_policies(loaded),
+        url=url,
+        timeout=TIMEOUT,
+        mode="enforce",
+        cache=None,
+        push=push,
+        sync_timeout=1.0,
+        retry_base=0.02,
+        retry_cap=0.1,
+    )
+
+
+async def _wait_ready(engine: OpaEngine, seconds: float = 5.0) -> None:
+    async with asyncio.timeout(seconds):
+        # `ready` is a plain property (it backs /readyz); polling it is what a probe does.
+        while not engine.ready:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_pushes_policy_and_data_and_decides(loaded: LoadedConfig, opa: OpaServer) -> None:
+    engine = _engine(loaded, opa.url)
+    await engine.start()
+    try:
+        assert engine.ready
+        assert sorted(opa.policies) == ["gateway/gateway/authz.rego"]
+        assert opa.data["gateway"]["revision"] == engine.revision
+        allowed = await engine.decide(request_input())
+        assert (allowed.allow, allowed.operation) == (True, "read-orders")
+        denied = await engine.decide(request_input("DELETE"))
+        assert denied.reasons == ("method_not_allowed",)
+        assert opa.decisions == 2
+    finally:
+        await engine.close()
+
+
+async def test_g112_unreachable_at_start_is_not_ready_and_denies_503(
+    loaded: LoadedConfig,
+) -> None:
+    async with OpaServer() as server:
+        url = server.url  # the port is closed once the block ends
+    engine = _engine(loaded, url)
+    await engine.start()
+    try:
+        assert not engine.ready
+        started = time.monotonic()
+        decision = await engine.decide(request_input())
+        assert time.monotonic() - started < TIMEOUT  # fails fast, no waiting on a dead server
+        assert (decision.allow, decision.reasons, decision.status) == (
+            False,
+            (POLICY_UNAVAILABLE,),
+            503,
+        )
+    finally:
+        await engine.close()
+
+
+async def test_g113_lost_while_running_then_recovers_by_itself(
+    loaded: LoadedConfig, opa: OpaServer
+) -> None:
+    engine = _engine(loaded, opa.url)
+    await engine.start()
+    try:
+        assert (await engine.decide(request_input())).allow
+        await opa.go_down()
+        for _ in range(3):
+            decision = await engine.decide(request_input())
+            assert decision.reasons == (POLICY_UNAVAILABLE,)
+            assert decision.status == 503
+        assert not engine.ready
+        await opa.come_back(empty=True)  # a restarted OPA has lost what was pushed
+        await _wait_ready(engine)
+        assert (await engine.decide(request_input())).allow
+        assert opa.data["gateway"]["revision"] == engine.revision
+    finally:
+        await engine.close()
+
+
+async def test_g114_undefined_decision_is_403(loaded: LoadedConfig, opa: OpaServer) -> None:
+    engine = _engine(loaded, opa.url)
+    await engine.start()
+    try:
+        opa.undefined = True
+        decision = await engine.decide(request_input())
+        assert (decision.allow, decision.reasons, decision.status) == (
+            False,
+            (POLICY_UNDEFINED,),
+            403,
+        )
+    finally:
+        await engine.close()
+
+
+async def test_g114_package_renamed_is_403(loaded: LoadedConfig, opa: OpaServer) -> None:
+    engine = _engine(loaded, opa.url)
+    await engine.start()
+    try:
+        # Someone replaced the module: the package the engine asks for no longer exists.
+        for policy_id in list(opa.policies):
+            await _delete_policy(opa, policy_id)
+        decision = await engine.decide(request_input())
+        assert decision.reasons == (POLICY_UNDEFINED,)
+    finally:
+        await engine.close()
+
+
+async def _delete_policy(opa: OpaServer, policy_id: str) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.delete(f"{opa.url}/v1/policies/{policy_id}", timeout=aiohttp.ClientTimeout(5)),
+    ):
+        pass
+
+
+async def test_server_error_is_503(loaded: LoadedConfig, opa: OpaServer) -> None:
+    engine = _engine(loaded, opa.url)
+    await engine.start()
+    try:
+        opa.fail_status = 500
+        decision = await engine.decide(request_input())
+        assert decision.reasons == (POLICY_UNAVAILABLE,)
+    finally:
+        await engine.close()
+
+
+async def test_g116_slow_answer_is_503_after_the_timeout_and_loop_stays_free(
+    loaded: LoadedConfig, opa: OpaServer
+) -> None:
+    engine = _engine(loaded, opa.url)
+    await engine.start()
+    try:
+        opa.delay = 2.0
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        started = time.monotonic()
+        decision = await engine.decide(request_input())
+        elapsed = time.monotonic() - started
+        task.cancel()
+        assert decision.reasons == (POLICY_UNAVAILABLE,)
+        assert TIMEOUT <= elapsed < TIMEOUT + 0.2
+        assert ticks >= 10  # the event loop kept running while the decision waited
+        opa.delay = 0.0
+        assert (await engine.decide(request_input())).allow  # the late answer was discarded
+    finally:
+        await engine.close()
+
+
+async def test_expect_mode_checks_the_revision_and_never_pushes(
+    loaded: LoadedConfig, opa: OpaServer
+) -> None:
+    engine = _engine(loaded, opa.url, push=False)
+    await engine.start()
+    try:
+        assert not engine.ready
+        assert opa.policies == {}
+        assert (await engine.decide(request_input())).reasons == (POLICY_UNAVAILABLE,)
+    finally:
+        await engine.close()
