@@ -16,7 +16,10 @@ Channel state machines (``framing``)
     ``receive_frame(opcode, payload, fin=...)`` or ``receive_message(str | bytes)`` and
     ``receive_close(code, reason)``; each returns a list of events: ``AcceptReceived``,
     ``RequestReceived(command, body)``, ``RendezvousRequested``, ``ProtocolViolation(error,
-    fatal)``, ``ChannelClosed``. On ``fatal`` drop the connection; otherwise log, count, carry on.
+    fatal, request_id=None)``, ``ChannelClosed``. On ``fatal`` drop the connection; otherwise log,
+    count, carry on. A request body over ``max_body_size`` is a fatal ``message_too_large``
+    violation whose ``request_id`` names the request (answer it 413 first); call
+    ``receive_too_large()`` when the WebSocket library itself refused an oversize message.
     ``RelayChannel`` is the relay-side twin (``ResponseReceived``, ``TokenRenewalReceived``).
     Outgoing: ``choose_response_route(body_length, arrived_on=...) -> ResponseRoute``,
     ``response_frames(ResponseCommand, body) -> list[Frame]`` and ``BodyFramer`` for a body sent

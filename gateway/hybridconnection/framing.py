@@ -17,7 +17,9 @@ Error policy (catalogue item 131): an unknown command or a command that is not a
 socket is reported as a non-fatal :class:`ProtocolViolation` and otherwise ignored, as the .NET
 listener does. A defect that leaves the framing in doubt (bad JSON, bad fields of a command that
 may be followed by a body, a text frame where a body is due, oversize data) is fatal: the owner
-must drop the connection.
+must drop the connection. An oversize request body is reported with its request's id
+(``ProtocolViolation.request_id``) so the listener can answer it 413 first (catalogue item 150);
+libraries that enforce the size bound themselves report it with ``receive_too_large()``.
 """
 
 from __future__ import annotations
@@ -146,10 +148,17 @@ class TokenRenewalReceived:
 
 @dataclass(frozen=True, slots=True)
 class ProtocolViolation:
-    """The peer broke the protocol; when ``fatal`` the connection must be dropped."""
+    """The peer broke the protocol; when ``fatal`` the connection must be dropped.
+
+    ``request_id`` is set for exactly one case: a request body larger than ``max_body_size``
+    (``message_too_large``) carries its request's ``id``, so the listener can answer that request
+    ``413 Content Too Large`` (RFC 9110 section 15.5.14) on the rendezvous socket before closing
+    it (catalogue item 150). It is ``None`` for every other violation.
+    """
 
     error: ProtocolError
     fatal: bool
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,11 +229,35 @@ class _Channel(abc.ABC):
 
     # -- internals --------------------------------------------------------------------------
 
-    def _fatal(self, error: ProtocolError) -> list[Event]:
+    def receive_too_large(self) -> list[Event]:
+        """Report that the WebSocket layer refused the next data message as too large.
+
+        For libraries that enforce a message size bound themselves without handing over the
+        bytes (aiohttp's ``max_msg_size``, RFC 6455 close code 1009). The outcome is the same as
+        if the core had counted the bytes: a fatal ``message_too_large`` violation, carrying the
+        request id when a request body was due or in progress.
+        """
+        if self._state is _State.CLOSED:
+            return []
+        if self._state in (_State.BODY_DUE, _State.BODY):
+            return self._body_too_large()
+        limit = self._limits.max_message_size
+        return self._fatal(MessageTooLargeError(f"message larger than {limit} bytes"))
+
+    def _fatal(self, error: ProtocolError, *, request_id: str | None = None) -> list[Event]:
         self._state = _State.CLOSED
         self._buffer.clear()
         self._pending = None
-        return [ProtocolViolation(error=error, fatal=True)]
+        return [ProtocolViolation(error=error, fatal=True, request_id=request_id)]
+
+    def _body_too_large(self) -> list[Event]:
+        # Fatal because the rest of the body is never read; the id lets the listener answer 413
+        # on the rendezvous socket before it closes it (catalogue item 150).
+        pending = self._pending
+        request_id = pending.id if isinstance(pending, RequestCommand) else None
+        limit = self._limits.max_body_size
+        error = MessageTooLargeError(f"body larger than {limit} bytes")
+        return self._fatal(error, request_id=request_id)
 
     def _data_frame(self, opcode: Opcode, payload: bytes, fin: bool) -> list[Event]:
         state = self._state
@@ -254,8 +287,9 @@ class _Channel(abc.ABC):
 
     def _append(self, payload: bytes, fin: bool, state: _State, limit: int) -> list[Event]:
         if len(self._buffer) + len(payload) > limit:
-            what = "control message" if state is _State.TEXT else "body"
-            return self._fatal(MessageTooLargeError(f"{what} larger than {limit} bytes"))
+            if state is _State.BODY:
+                return self._body_too_large()
+            return self._fatal(MessageTooLargeError(f"control message larger than {limit} bytes"))
         self._buffer += payload
         if not fin:
             self._state = state

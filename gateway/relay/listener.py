@@ -21,6 +21,9 @@ answered 503 at once (catalogue item 149). A handler that raises is answered 500
 overruns ``request_timeout`` 504, always before the relay's 60 s deadline (section 5.1). Bodies up
 to 64 KiB go back on the control channel; larger and streamed ones over the request's rendezvous
 address (section 5.3). A rendezvous-only request is fetched from its address and answered there.
+A request body over ``max_request_body`` is answered ``413 Content Too Large`` on its rendezvous
+socket as soon as the limit is crossed, without buffering more than the limit; the socket is then
+closed with 1009 after a bounded lingering close (catalogue item 150; RFC 9112 section 9.6).
 
 Per ``accept`` (section 4): the stream handler decides; a rejection opens the address with
 ``sb-hc-statusCode``/``sb-hc-statusDescription`` (the relay answers 410), an acceptance opens it
@@ -50,6 +53,7 @@ from typing import Any, Final
 from urllib.parse import unquote_plus, urlsplit
 
 import aiohttp
+from aiohttp import WSCloseCode
 
 from gateway.hybridconnection.addresses import hc_path, listen_url, reject_url
 from gateway.hybridconnection.framing import (
@@ -81,7 +85,6 @@ from gateway.outbound.proxy import (
     OutboundProxy,
     ProxyAuthError,
     ProxyError,
-    new_client_session,
     open_websocket,
 )
 from gateway.relay.backoff import Backoff, FailureKind
@@ -116,6 +119,9 @@ _CONTROL_MAX_MESSAGE: Final = max(MAX_CONTROL_MESSAGE_SIZE, CONTROL_CHANNEL_BODY
 # Chunks of a streamed body are written once the transport has drained below this.
 _WRITE_HIGH_WATER: Final = 1024 * 1024
 _STREAM_CHUNK_LIMIT: Final = 1024 * 1024
+# Up to this many payload bytes, a response's frames are masked here and written at once;
+# beyond it aiohttp's faster masking outweighs the saved system call.
+_COALESCE_LIMIT: Final = 8 * 1024
 _MAX_REASON: Final = 120
 
 
@@ -127,9 +133,9 @@ class ListenerMetrics:
     :class:`FailureKind` value. ``protocol_errors``: by core error code (``bad_rendezvous_address``,
     ``malformed_message``, ``message_too_large`` ...). ``requests``: by outcome (``ok``,
     ``handler_error``, ``handler_timeout``, ``overloaded``, ``bad_target``, ``invalid_response``,
-    ``send_failed``, ``dropped``). ``streams``: by outcome (``accepted``, ``rejected``,
-    ``overloaded``, ``decide_error``, ``failed``). ``token_renewals``: ``renewToken`` messages sent.
-    ``alerts``: by alert code.
+    ``body_too_large``, ``send_failed``, ``dropped``). ``streams``: by outcome (``accepted``,
+    ``rejected``, ``overloaded``, ``decide_error``, ``failed``). ``token_renewals``:
+    ``renewToken`` messages sent. ``alerts``: by alert code.
     """
 
     listeners_online: int = 0
@@ -169,6 +175,25 @@ def _client_frame(frame: Frame) -> bytes:
     return header + mask + masked
 
 
+class _RelayWebSocket(aiohttp.ClientWebSocketResponse):
+    """aiohttp's client WebSocket, with a last word before it closes on an oversize message.
+
+    aiohttp enforces ``max_msg_size`` from the frame header, before it buffers any payload byte,
+    and then closes with 1009 (RFC 6455 section 7.4.1) from inside ``receive()``. When
+    ``before_too_large_close`` is set it runs first, while the socket can still send, so the
+    listener can answer the request whose body was refused (catalogue item 150).
+    """
+
+    before_too_large_close: Callable[[], Coroutine[Any, Any, None]] | None = None
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"") -> bool:
+        """Close the socket; first run ``before_too_large_close`` when closing with 1009."""
+        hook, self.before_too_large_close = self.before_too_large_close, None
+        if hook is not None and code == WSCloseCode.MESSAGE_TOO_BIG and not self.closed:
+            await hook()
+        return await super().close(code=code, message=message)
+
+
 class _RelaySocket:
     """One relay WebSocket with the per-socket write lock of section 5.4."""
 
@@ -180,6 +205,16 @@ class _RelaySocket:
     async def send_frames(self, frames: list[Frame]) -> None:
         """Send complete messages (JSON then body) as one critical section."""
         async with asyncio.timeout(self._send_timeout), self.lock:
+            if sum(len(frame.payload) for frame in frames) <= _COALESCE_LIMIT:
+                # The common small response: one transport write, hence one send() system
+                # call, for the JSON and its body together instead of one per frame.
+                transport = self.ws._writer.transport
+                if self.ws.closed or transport.is_closing():
+                    raise ConnectionResetError("relay socket is closed")
+                transport.write(b"".join(_client_frame(frame) for frame in frames))
+                if transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+                    await self._drain(transport)
+                return
             for frame in frames:
                 if frame.opcode is Opcode.TEXT:
                     await self.ws.send_str(frame.payload.decode())
@@ -219,6 +254,26 @@ class _RelaySocket:
                 if transport.is_closing():
                     raise ConnectionResetError("rendezvous socket closed while sending")
                 await asyncio.sleep(0.005)
+
+    async def close_lingering(self, code: int, linger: float) -> None:
+        """Send a close frame, then let input drain until the relay hangs up or ``linger`` passes.
+
+        For a socket whose reader aiohttp has stopped after refusing a message: aiohttp then
+        discards whatever arrives. Closing at once would answer the relay's remaining body bytes
+        with a TCP reset, which can destroy the response it has not read yet; reading on and
+        discarding until the peer closes is the lingering close of RFC 9112 section 9.6.
+        """
+        transport = self.ws._writer.transport
+        connection = self.ws._response.connection
+        protocol = None if connection is None else connection.protocol
+        closed = None if protocol is None else protocol.closed
+        async with self.lock:
+            transport.write(_client_frame(Frame(Opcode.CLOSE, code.to_bytes(2, "big"))))
+        if closed is not None:
+            await asyncio.wait({closed}, timeout=linger)
+            if closed.done() and not closed.cancelled():
+                closed.exception()  # a reset ends the linger as well as a clean close
+        transport.abort()
 
     async def close(self, code: int = 1000) -> None:
         """Close, bounded by the socket's close timeout; never raises."""
@@ -346,7 +401,16 @@ class RelayListener:
             connect=self.settings.handshake_timeout,
             sock_connect=self.settings.handshake_timeout,
         )
-        self._session = new_client_session(self._proxy, timeout=timeout)
+        # Built like gateway.outbound.proxy.new_client_session (TLS context from the proxy
+        # settings; trust_env=False, so proxy environment variables are never read), plus the
+        # WebSocket class that can answer 413 before a 1009 close.
+        connector = aiohttp.TCPConnector(ssl=self._proxy.ssl_context, limit=100)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            trust_env=False,
+            ws_response_class=_RelayWebSocket,
+        )
         for index in range(self.settings.connections):
             task = asyncio.create_task(self._channel_loop(index), name=f"relay-control-{index}")
             self._channels.add(task)
@@ -736,7 +800,9 @@ class RelayListener:
             self._proxy,
             address,
             handshake_timeout=settings.handshake_timeout,
-            max_msg_size=settings.max_request_body + MAX_CONTROL_MESSAGE_SIZE,
+            # aiohttp refuses a message of max_msg_size bytes or more from its frame header, so
+            # no more than the configured limit is ever buffered (catalogue item 150).
+            max_msg_size=max(settings.max_request_body, MAX_CONTROL_MESSAGE_SIZE) + 1,
             close_timeout=settings.ping_timeout,
         )
         return _RelaySocket(ws, settings.send_timeout)
@@ -765,17 +831,30 @@ class RelayListener:
         channel = ListenerChannel(
             SocketKind.RENDEZVOUS, check_address=self._policy.check, limits=limits
         )
+        ws = socket.ws
+
+        async def refuse_too_large() -> None:
+            # aiohttp refused the next message from its header; the core knows whose body it was.
+            for event in channel.receive_too_large():
+                if isinstance(event, ProtocolViolation) and await self._rendezvous_violation(
+                    socket, event
+                ):
+                    await socket.close_lingering(
+                        WSCloseCode.MESSAGE_TOO_BIG, self.settings.ping_timeout
+                    )
+
         while True:
+            if isinstance(ws, _RelayWebSocket):
+                ws.before_too_large_close = refuse_too_large
             # The relay keeps the socket for the sender's connection; an idle one is given back.
-            msg = await socket.ws.receive(timeout=self.settings.request_timeout)
+            msg = await ws.receive(timeout=self.settings.request_timeout)
             if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                if msg.type is aiohttp.WSMsgType.ERROR and socket.ws.close_code == 1009:
-                    self.metrics.protocol_errors["message_too_large"] += 1
                 return
             for event in channel.receive_message(msg.data):
                 if isinstance(event, ProtocolViolation):
-                    self.metrics.protocol_errors[event.error.code] += 1
-                    log.warning("rendezvous_protocol_error code=%s", event.error.code)
+                    if await self._rendezvous_violation(socket, event):
+                        # aiohttp's own close reads on until the relay's close frame arrives.
+                        await socket.close(WSCloseCode.MESSAGE_TOO_BIG)
                     if event.fatal:
                         return
                 elif isinstance(event, RequestReceived):
@@ -784,6 +863,34 @@ class RelayListener:
                     else:
                         response, outcome = await self._run_handler(event.command, event.body)
                     await self._write_response(socket, event.command.id, response, outcome)
+
+    async def _rendezvous_violation(self, socket: _RelaySocket, event: ProtocolViolation) -> bool:
+        """Count and log; answer an oversize request body with 413; return whether it did.
+
+        Section 5.3: a request delivered on a rendezvous socket is answered on that socket, and
+        the response may go out before the request body has been read to its end (RFC 9110
+        section 15.5.14 lets a server refuse content it will not take and close the connection).
+        """
+        code = event.error.code
+        self.metrics.protocol_errors[code] += 1
+        if event.request_id is None or code != "message_too_large":
+            log.warning("rendezvous_protocol_error code=%s fatal=%s", code, event.fatal)
+            return False
+        log.warning(
+            "request_body_too_large request_id=%s limit=%d",
+            event.request_id,
+            self.settings.max_request_body,
+        )
+        response = RelayedResponse(413, "Content Too Large")
+        try:
+            await self._write_response(socket, event.request_id, response, "body_too_large")
+        except Exception as exc:
+            self.metrics.requests["send_failed"] += 1
+            log.warning(
+                "response_send_failed request_id=%s error=%s", event.request_id, type(exc).__name__
+            )
+            return False
+        return True
 
     # -- WebSocket streams ----------------------------------------------------------------
 
