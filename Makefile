@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/gateway validate -c gateway.yaml.example --skip-host-checks
+	$(BIN)/gateway demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

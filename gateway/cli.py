@@ -29,8 +29,12 @@ COMMANDS: tuple[str, ...] = (
     "validate",
     "explain",
     "policy_test",
+    "run",
+    "register",
+    "status",
     "schema",
     "version",
+    "demo",
     "dev",
 )
 

@@ -145,9 +145,9 @@ def load(
 
 
 def revision_of(config: GatewayConfig) -> str:
-    """A short, stable hash of the effective configuration (after defaults and overrides)."""
+    """A stable hash of the effective configuration (after defaults and overrides)."""
     canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _read(file: Path, name: str) -> bytes:
@@ -291,14 +291,18 @@ def _host_checks(
     config = loaded.config
     secrets: dict[str, SecretStr] = {}
     problems: list[Problem] = []
-    if config.proxy is not None and config.proxy.password is not None:
-        secret, problem = _resolve_secret(
-            config.proxy.password, ("proxy", "password"), loaded, doc, env
-        )
+    references: list[tuple[JsonPath, SecretRef | None]] = [
+        (("proxy", "password"), config.proxy.password if config.proxy else None),
+        (("gateway", "key_passphrase"), config.gateway.key_passphrase),
+    ]
+    for path, ref in references:
+        if ref is None:
+            continue
+        secret, problem = _resolve_secret(ref, path, loaded, doc, env)
         if problem:
             problems.append(problem)
         elif secret is not None:
-            secrets["proxy.password"] = secret
+            secrets[format_path(path)] = secret
     files: list[tuple[JsonPath, str | None]] = [
         (("empowerid", "ca_file"), config.empowerid.ca_file),
         (("proxy", "ca_file"), config.proxy.ca_file if config.proxy else None),

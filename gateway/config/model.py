@@ -74,6 +74,10 @@ class GatewaySection(_Model):
         max_length=4096,
         description="Directory for key, certificates, pinned keys and replay cache (mode 0700).",
     )
+    key_passphrase: SecretRef | None = Field(
+        default=None,
+        description="Encrypts the private key at rest, by reference: {env: NAME} or {file: PATH}.",
+    )
 
 
 class EmpowerIdSection(_Model):
@@ -117,10 +121,14 @@ class ProxySection(_Model):
     """Outbound HTTP proxy for relay and EmpowerID traffic. On-prem targets never use it."""
 
     url: str = Field(
-        pattern=r"^https?://[^/?#@\s]+/?$",
-        description="Proxy URL (http:// or https://), without credentials.",
+        pattern=r"^http://[^/?#@\s]+/?$",
+        description="Proxy URL, http://host:port, without credentials.",
     )
-    username: str | None = Field(default=None, min_length=1, max_length=256)
+    username: str | None = Field(
+        default=None,
+        pattern=r"^[^:\s]{1,256}$",
+        description="Basic authentication user (RFC 7617: no ':').",
+    )
     password: SecretRef | None = Field(
         default=None, description="Proxy password, by reference: {env: NAME} or {file: PATH}."
     )

@@ -27,6 +27,8 @@ _TYPE_NAMES = {
     "array": "a list",
     "null": "nothing",
 }
+# Keys whose value is a secret reference; a plain string there is a secret written inline.
+_SECRET_KEYS = frozenset({"password", "key_passphrase"})
 _NEVER_METHODS = {
     "TRACE": "TRACE is never relayed: it reflects requests back (cross-site tracing)",
     "CONNECT": "CONNECT is never relayed: declare a tcp target for raw streams instead",
@@ -194,11 +196,11 @@ def check(doc: Located) -> list[Problem]:
     for error in validator().iter_errors(doc.data):
         path: JsonPath = tuple(error.absolute_path)
         # A string where a secret reference belongs is the classic "password written inline".
-        if isinstance(error.instance, str) and path and path[-1] == "password":
+        if isinstance(error.instance, str) and path and path[-1] in _SECRET_KEYS:
             problems.append(
                 doc.problem(
                     path,
-                    "a password must not be written in the file",
+                    "a secret must not be written in the file",
                     code="inline_secret",
                     hint="reference it: {env: VARIABLE_NAME} or {file: /path/to/secret}",
                 )

@@ -16,6 +16,7 @@ from gateway.config.model import GatewayConfig, Target
 from gateway.config.patterns import PathPattern, PatternError
 from gateway.config.yamlsafe import JsonPath, Located
 from gateway.errors import Problem
+from gateway.outbound.proxy import NoProxyList, ProxyConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -141,18 +142,12 @@ def _check_sections(config: GatewayConfig, doc: Located) -> Iterator[Problem]:
 
 
 def _valid_no_proxy(entry: str) -> bool:
-    if "/" in entry:
-        try:
-            ipaddress.ip_network(entry, strict=True)
-        except ValueError:
-            return False
-        return True
-    name = entry.removeprefix(".")
-    labels = name.split(".")
-    return bool(name) and all(
-        label and len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii()
-        for label in labels
-    )
+    # The proxy module is the authority on what a no-proxy entry means; ask it.
+    try:
+        NoProxyList((entry,))
+    except ProxyConfigError:
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:

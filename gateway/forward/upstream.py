@@ -106,6 +106,7 @@ class Upstream:
         resolver: Resolver = system_resolver,
         redirect: Redirect | None = None,
         tls_contexts: Mapping[str, ssl.SSLContext] | None = None,
+        resolve_path: Callable[[str], Path] | None = None,
     ) -> None:
         self._config = config
         self._targets = config.targets
@@ -119,7 +120,11 @@ class Upstream:
         self._tls = (
             dict(tls_contexts)
             if tls_contexts is not None
-            else {name: tls_context(t) for name, t in self._targets.items() if t.scheme == "https"}
+            else {
+                name: tls_context(t, resolve_path)
+                for name, t in self._targets.items()
+                if t.scheme == "https"
+            }
         )
         for name, target in self._targets.items():
             if target.tls is not None and target.tls.insecure_skip_verify:

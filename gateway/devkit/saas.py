@@ -1,0 +1,126 @@
+"""A stand-in for the EmpowerID SaaS side: signs requests as EmpowerID would and sends them (and
+WebSocket streams) through the relay emulator to whichever gateway listens.
+
+Addressing follows the relay contract (docs/relay-contract.md): ``/{hc}/{selector}{path}?{query}``,
+``selector`` being a target name or ``host:port``. The signature covers the path as sent to the
+relay, so the gateway can check it was meant for this Hybrid Connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from gateway.devkit.signing import RequestSigner
+
+SAS_HEADER = "ServiceBusAuthorization"
+
+
+@dataclass(frozen=True)
+class SaaSResponse:
+    """What the SaaS got back."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def reason_code(self) -> str:
+        """The gateway's refusal reason (``x-gateway-reason``), or empty for upstream answers."""
+        return self.headers.get("x-gateway-reason", "")
+
+
+class SaaSClient:
+    """Sends signed requests through the relay emulator's HTTP sender endpoint."""
+
+    def __init__(
+        self,
+        *,
+        http_base: str,
+        ws_base: str,
+        namespace: str,
+        hc: str,
+        send_token: str,
+        signer: RequestSigner | None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.http_base = http_base.rstrip("/")
+        self.ws_base = ws_base.rstrip("/")
+        self.namespace = namespace
+        self.hc = hc
+        self.send_token = send_token
+        self.signer = signer
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> SaaSClient:
+        """Open the HTTP session."""
+        self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+
+    def signed_headers(
+        self,
+        method: str,
+        path: str,
+        query: str = "",
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes | None = None,
+    ) -> list[tuple[str, str]]:
+        """``headers`` plus a signature over the request as the relay will deliver it."""
+        base = list(headers or [])
+        if self.signer is None:
+            return base
+        return self.signer.sign(
+            method=method,
+            authority=self.namespace,
+            path=path,
+            query=query,
+            headers=base,
+            body=body or None,
+        )
+
+    async def request(
+        self,
+        method: str,
+        selector: str,
+        path: str,
+        *,
+        query: str = "",
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        signed_headers: list[tuple[str, str]] | None = None,
+    ) -> tuple[SaaSResponse, list[tuple[str, str]]]:
+        """Send one request; returns the response and the headers sent (to replay them)."""
+        assert self._session is not None, "use 'async with SaaSClient(...)'"
+        relay_path = f"/{self.hc}/{selector}{path}"
+        sent = signed_headers or self.signed_headers(method, relay_path, query, headers, body)
+        # encoded=True: send the path exactly as signed (yarl would resolve '..' and re-encode).
+        url = URL(f"{self.http_base}{relay_path}" + (f"?{query}" if query else ""), encoded=True)
+        async with self._session.request(
+            method,
+            url,
+            headers=[*sent, (SAS_HEADER, self.send_token)],
+            data=body or None,
+            allow_redirects=False,
+            skip_auto_headers=("Content-Type",),
+        ) as response:
+            payload = await response.read()
+            got = {k.lower(): v for k, v in response.headers.items()}
+        return SaaSResponse(response.status, got, payload), sent
+
+    async def stream(self, selector: str, path: str = "") -> aiohttp.ClientWebSocketResponse:
+        """Open a signed WebSocket stream to ``selector`` through the relay."""
+        assert self._session is not None, "use 'async with SaaSClient(...)'"
+        relay_path = f"/{self.hc}/{selector}{path}"
+        headers = self.signed_headers("GET", relay_path)
+        url = f"{self.ws_base}/$hc/{self.hc}/{selector}{path}?sb-hc-action=connect"
+        return await self._session.ws_connect(
+            url, headers=[*headers, (SAS_HEADER, self.send_token)], autoping=True
+        )

@@ -1,0 +1,229 @@
+"""Everything around a gateway, on loopback: relay emulator, control-plane simulator, two sample
+on-prem targets (an HTTP API and a TCP echo service), and a signing SaaS client.
+
+Used by ``gateway demo``, the end-to-end tests and the benchmarks. The targets record what they
+received so a test can assert that a refused request never reached them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from gateway.devkit.controlplane import ControlPlaneSimulator
+from gateway.devkit.relay_emulator import LISTEN, SEND, RelayEmulator, SasRule
+from gateway.devkit.saas import SaaSClient
+from gateway.devkit.signing import RequestSigner
+
+NAMESPACE = "relay.devkit.invalid"
+PERSON = "operator"
+PERSON_PASSWORD = "devkit-operator-password"  # noqa: S105 - a throwaway local test account
+
+
+@dataclass
+class ReceivedRequest:
+    """What the sample HTTP target saw."""
+
+    method: str
+    path_qs: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class SampleTargets:
+    """The sample on-prem HTTP API and TCP echo service, recording what they receive."""
+
+    http_port: int = 0
+    tcp_port: int = 0
+    http_requests: list[ReceivedRequest] = field(default_factory=list)
+    tcp_bytes: list[bytes] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+    _tcp: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        """Bind both targets on 127.0.0.1 ephemeral ports."""
+        app = web.Application(client_max_size=64 << 20)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.http_port = self._runner.addresses[0][1]
+        self._tcp = await asyncio.start_server(self._echo, "127.0.0.1", 0)
+        self.tcp_port = self._tcp.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop both targets."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.http_requests.append(
+            ReceivedRequest(request.method, request.path_qs, dict(request.headers), body)
+        )
+        if request.path.startswith("/api/blob"):
+            size = int(request.query.get("size", "200000"))
+            return web.Response(body=b"b" * size, content_type="application/octet-stream")
+        return web.json_response(
+            {
+                "target": "sample-api",
+                "method": request.method,
+                "path": request.path_qs,
+                "received_bytes": len(body),
+            }
+        )
+
+    async def _echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                self.tcp_bytes.append(data)
+                writer.write(b"echo:" + data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+def demo_config(
+    stack: DevStack,
+    *,
+    extra_operations: Sequence[Mapping[str, object]] = (),
+    policy_dir: Path | None = None,
+) -> dict[str, Any]:
+    """The gateway.yaml document for a gateway wired to ``stack``."""
+    policies = policy_dir or Path(__file__).resolve().parents[2] / "policies"
+    operations: list[Mapping[str, object]] = [
+        {
+            "name": "read-accounts",
+            "methods": ["GET"],
+            "paths": ["/api/accounts", "/api/accounts/*"],
+        },
+        {"name": "download-blob", "methods": ["GET"], "paths": ["/api/blob"]},
+        *extra_operations,
+    ]
+    return {
+        "version": 1,
+        "gateway": {"id": stack.gateway_id, "state_dir": "state"},
+        "empowerid": {"url": stack.controlplane.base_url, "ca_file": "empowerid-ca.pem"},
+        "relay": {"connections": 2, "endpoint": stack.relay.ws_base},
+        "policy": {"directories": [str(policies)]},
+        "limits": {"request_timeout_seconds": 10},
+        "logging": {"level": "info", "format": "console", "audit_file": "decisions.jsonl"},
+        "observability": {"listen": f"127.0.0.1:{stack.health_port}"},
+        "targets": {
+            "erp": {
+                "description": "sample HTTP API on loopback",
+                "scheme": "http",
+                "host": "127.0.0.1",
+                "port": stack.targets.http_port,
+                "allow_special_addresses": True,
+                "operations": operations,
+            },
+            "directory": {
+                "description": "sample TCP service on loopback",
+                "scheme": "tcp",
+                "host": "127.0.0.1",
+                "port": stack.targets.tcp_port,
+                "allow_special_addresses": True,
+            },
+        },
+    }
+
+
+class DevStack:
+    """Starts the relay emulator, control-plane simulator and sample targets together."""
+
+    def __init__(self, gateway_id: str = "demo-gateway", *, health_port: int = 0) -> None:
+        self.gateway_id = gateway_id
+        self.hc = f"hc-{gateway_id}"
+        listen_key = base64.b64encode(secrets.token_bytes(32)).decode()
+        send_key = base64.b64encode(secrets.token_bytes(32)).decode()
+        self.relay = RelayEmulator(
+            [self.hc],
+            [
+                SasRule("ListenRule", listen_key, frozenset({LISTEN})),
+                SasRule("SendRule", send_key, frozenset({SEND})),
+            ],
+            namespace=NAMESPACE,
+        )
+        self.controlplane = ControlPlaneSimulator(
+            relay_namespace=NAMESPACE,
+            relay_key_name="ListenRule",
+            relay_key=listen_key,
+            hybrid_connection=self.hc,
+            cert_lifetime=dt.timedelta(days=1),
+        )
+        self.controlplane.add_person(PERSON, PERSON_PASSWORD)
+        self.targets = SampleTargets()
+        self.health_port = health_port
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> DevStack:
+        """Start everything; on failure, stop what started."""
+        await self._stack.__aenter__()
+        try:
+            await self._stack.enter_async_context(self.relay)
+            await self._stack.enter_async_context(self.controlplane)
+            await self.targets.start()
+            self._stack.push_async_callback(self.targets.stop)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop everything."""
+        await self._stack.__aexit__(exc_type, exc, tb)
+
+    def write_gateway_dir(
+        self, directory: Path, *, extra_operations: Sequence[Mapping[str, object]] = ()
+    ) -> Path:
+        """Write gateway.yaml and the pinned EmpowerID CA into ``directory``; returns the config."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.controlplane.write_ca(directory / "empowerid-ca.pem")
+        path = directory / "gateway.yaml"
+        document = demo_config(self, extra_operations=extra_operations)
+        # Written to a temporary name and renamed, so a watching gateway never reads half a file.
+        partial = path.with_suffix(".yaml.tmp")
+        partial.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        partial.replace(path)
+        return path
+
+    def saas(self, *, signed: bool = True) -> SaaSClient:
+        """A SaaS client signing with the control plane's request-signing key (or unsigned)."""
+        key = self.controlplane.signing_key
+        signer = (
+            RequestSigner(key.private_key, keyid=key.keyid, gateway_id=self.gateway_id)
+            if signed
+            else None
+        )
+        return SaaSClient(
+            http_base=self.relay.http_base,
+            ws_base=self.relay.ws_base,
+            namespace=NAMESPACE,
+            hc=self.hc,
+            send_token=self.relay.token(self.hc, "SendRule"),
+            signer=signer,
+        )

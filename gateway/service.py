@@ -1,0 +1,507 @@
+"""Composition root: build the agent from gateway.yaml, run it, reload it, drain and stop it.
+
+Start (ARCHITECTURE section 2): load and validate the configuration and compile the policy ->
+load the identity -> fetch relay connection info over mTLS -> open the listener control channels ->
+ready. While running: heartbeats and signing-key refreshes over mTLS, certificate renewal, reloads
+on SIGHUP or when the file changes (the new configuration and policy are built completely before
+they replace the old ones, as one :class:`~gateway.pipeline.Runtime`; on any failure the last good
+one stays), and the health endpoint. Stop: stop taking work, drain in-flight requests within the
+grace period, close everything.
+
+Exit codes of ``gateway run`` (also in docs/operations.md):
+
+* 0 - stopped cleanly (SIGTERM/SIGINT)
+* 1 - the configuration is invalid
+* 4 - the identity is missing or unusable (not registered, expired, unsafe files)
+* 5 - could not start (relay info, policy compilation, health port)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.auth import KeySet, ReplayCache, SignatureVerifier, VerifierSettings
+from gateway.auth.errors import SignatureError
+from gateway.auth.keys import KeySetError
+from gateway.config import LoadedConfig, load
+from gateway.errors import ConfigError, GatewayError
+from gateway.forward.dial import Redirect, Resolver, system_resolver
+from gateway.forward.upstream import Upstream
+from gateway.identity import (
+    CertificateRenewer,
+    ControlPlaneClient,
+    IdentityStore,
+    StoredIdentity,
+    load_identity,
+    mtls_client,
+)
+from gateway.identity.certs import CertificateHealth
+from gateway.identity.models import Heartbeat, SigningKey
+from gateway.observability.audit import AuditLog
+from gateway.observability.health import HealthServer, Readiness
+from gateway.observability.metrics import Metrics
+from gateway.outbound.proxy import OutboundProxy, ProxyConfigError, ProxySettings
+from gateway.pipeline import AuditRecord, Decider, Pipeline, Runtime
+from gateway.policy.loader import build_engine
+from gateway.relay.listener import RelayListener
+from gateway.relay.settings import ListenerSettings
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CONFIG = 1
+EXIT_IDENTITY = 4
+EXIT_START = 5
+
+EngineFactory = Callable[[LoadedConfig], Awaitable[Decider]]
+
+
+class StartError(GatewayError):
+    """The agent cannot start; ``exit_code`` says which kind of problem."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class AgentOptions:
+    """How to build the agent. The seams (resolver, redirect) exist for tests and the demo."""
+
+    config_path: str
+    env: Mapping[str, str] | None = None
+    resolver: Resolver = system_resolver
+    redirect: Redirect | None = None
+    heartbeat_interval: float = 60.0
+    key_refresh_interval: float = 900.0
+    reload_poll_interval: float = 2.0
+    shutdown_grace: float = 30.0
+    engine_factory: EngineFactory | None = None
+
+
+def proxy_settings(loaded: LoadedConfig) -> ProxySettings:
+    """The outbound proxy for relay and EmpowerID traffic, from gateway.yaml (direct if absent)."""
+    proxy = loaded.config.proxy
+    if proxy is None:
+        return ProxySettings()
+    return ProxySettings(
+        url=proxy.url.rstrip("/"),
+        username=proxy.username,
+        password=loaded.secrets.get("proxy.password"),
+        no_proxy=tuple(proxy.no_proxy),
+        extra_ca_file=loaded.resolve_path(proxy.ca_file) if proxy.ca_file else None,
+    )
+
+
+def signing_keyset(keys: tuple[SigningKey, ...] | list[SigningKey]) -> KeySet:
+    """The verifier's key set from the keys pinned at registration (or refreshed since)."""
+    return KeySet.from_document({"keys": [key.model_dump(mode="json") for key in keys]})
+
+
+async def default_engine(loaded: LoadedConfig) -> Decider:
+    """The policy engine the configuration asks for, compiled and started for this revision."""
+    engine = build_engine(loaded)
+    await engine.start()
+    return engine
+
+
+@dataclass
+class _State:
+    identity: StoredIdentity | None = None
+    last_heartbeat: float | None = None
+    heartbeat_error: str | None = None
+    reloads_failed: int = 0
+    config_mtime: float = 0.0
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+class Agent:
+    """One running gateway."""
+
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self.metrics = Metrics()
+        self._runtime: Runtime | None = None
+        self._state = _State()
+        self._listener: RelayListener | None = None
+        self._verifier: SignatureVerifier | None = None
+        self._replay: ReplayCache | None = None
+        self._audit: AuditLog | None = None
+        self._health: HealthServer | None = None
+        self._reload_lock = asyncio.Lock()
+        self._proxy_settings = ProxySettings()
+        self._proxy = OutboundProxy(self._proxy_settings)
+
+    # --- building --------------------------------------------------------------------------------
+
+    def runtime(self) -> Runtime:
+        """The current revision (each request takes one snapshot of it)."""
+        if self._runtime is None:
+            raise RuntimeError("agent not started")
+        return self._runtime
+
+    def _load(self) -> LoadedConfig:
+        return load(self.options.config_path, env=self.options.env)
+
+    async def _build_runtime(self, loaded: LoadedConfig) -> Runtime:
+        factory = self.options.engine_factory or default_engine
+        engine = await factory(loaded)
+        upstream = Upstream(
+            loaded.config,
+            resolver=self.options.resolver,
+            redirect=self.options.redirect,
+            resolve_path=loaded.resolve_path,
+        )
+        return Runtime(
+            loaded=loaded,
+            engine=engine,
+            upstream=upstream,
+            resolver=self.options.resolver,
+            redirect=self.options.redirect,
+        )
+
+    def _passphrase(self, loaded: LoadedConfig) -> bytes | None:
+        secret = loaded.secrets.get("gateway.key_passphrase")
+        return secret.get_secret_value().encode() if secret is not None else None
+
+    def _state_dir(self, loaded: LoadedConfig) -> Path:
+        return loaded.resolve_path(loaded.config.gateway.state_dir)
+
+    def _control_plane(self) -> ControlPlaneClient:
+        loaded = self.runtime().loaded
+        identity = load_identity(self._state_dir(loaded), passphrase=self._passphrase(loaded))
+        self._state.identity = identity
+        return mtls_client(identity, passphrase=self._passphrase(loaded), proxy=self._proxy)
+
+    # --- running ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Everything up to 'ready'; raises :class:`StartError` with the exit code on failure."""
+        try:
+            loaded = self._load()
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("%s", problem.render(), extra={"event": "config_invalid"})
+            raise StartError("the configuration is invalid", EXIT_CONFIG) from None
+        config = loaded.config
+        for override in loaded.overrides:
+            log.info(
+                "%s is set by %s",
+                override.path,
+                override.variable,
+                extra={"event": "config_override"},
+            )
+        if config.policy.mode == "monitor":
+            log.warning(
+                "POLICY MONITOR MODE: denied requests are logged and FORWARDED ANYWAY",
+                extra={"event": "monitor_mode"},
+            )
+        state_dir = self._state_dir(loaded)
+        passphrase = self._passphrase(loaded)
+        try:
+            self._proxy_settings = proxy_settings(loaded)
+            self._proxy = OutboundProxy(self._proxy_settings)
+        except ProxyConfigError as exc:
+            raise StartError(f"proxy settings are not usable: {exc}", EXIT_CONFIG) from None
+        try:
+            identity = load_identity(state_dir, passphrase=passphrase)
+            keys = signing_keyset(identity.signing_keys)
+        except (GatewayError, KeySetError) as exc:
+            raise StartError(f"identity not usable: {exc}", EXIT_IDENTITY) from None
+        self._state.identity = identity
+        self.metrics.cert_expiry.set(identity.certificate.not_valid_after_utc.timestamp())
+        try:
+            self._runtime = await self._build_runtime(loaded)
+        except GatewayError as exc:
+            raise StartError(f"policy could not be built: {exc}", EXIT_START) from None
+        self._record_info()
+        try:
+            async with mtls_client(identity, passphrase=passphrase, proxy=self._proxy) as client:
+                info = await client.relay_info()
+        except GatewayError as exc:
+            raise StartError(f"cannot fetch relay connection info: {exc}", EXIT_START) from None
+        self._replay = ReplayCache.open(
+            state_dir,
+            max_entries=config.signatures.replay_cache_entries,
+            max_skew=config.signatures.clock_skew_seconds,
+        )
+        hc = info.relay.hybrid_connection
+        self._verifier = SignatureVerifier(
+            keys,
+            self._replay,
+            gateway_id=config.gateway.id,
+            hc_path=hc,
+            settings=VerifierSettings(
+                max_age=config.signatures.max_age_seconds,
+                max_skew=config.signatures.clock_skew_seconds,
+            ),
+        )
+        self._audit = AuditLog(
+            loaded.resolve_path(config.logging.audit_file) if config.logging.audit_file else None
+        )
+        pipeline = Pipeline(
+            self.runtime,
+            self._verifier,
+            authority=info.relay.namespace,
+            hc_path=hc,
+            metrics=self.metrics,
+            audit=self._write_audit,
+        )
+        first_token = [
+            (info.listener_token.token.get_secret_value(), info.listener_token.expires_at)
+        ]
+
+        async def tokens() -> tuple[str, float]:
+            if first_token:
+                token, expires = first_token.pop()
+                return token, expires.timestamp()
+            async with self._control_plane() as client:
+                fresh = await client.relay_info()
+            return (
+                fresh.listener_token.token.get_secret_value(),
+                fresh.listener_token.expires_at.timestamp(),
+            )
+
+        endpoint = config.relay.endpoint or info.relay.namespace
+        self._listener = RelayListener(
+            ListenerSettings(
+                endpoint=endpoint.rstrip("/"),
+                hc_path=hc,
+                connections=config.relay.connections,
+                ping_interval=config.relay.ping_interval_seconds,
+                max_request_body=config.limits.max_request_body_bytes,
+                max_concurrent_requests=config.limits.max_concurrent_requests,
+                max_concurrent_streams=config.limits.max_concurrent_streams,
+                request_timeout=min(config.limits.request_timeout_seconds + 2, 55.0),
+                shutdown_grace=self.options.shutdown_grace,
+                allow_insecure_dev_endpoint=endpoint.startswith("ws://"),
+                proxy=self._proxy_settings,
+            ),
+            token_provider=tokens,
+            request_handler=pipeline,
+            stream_handler=pipeline,
+            on_alert=self._alert,
+        )
+        if config.observability.enabled:
+            host, _, port = config.observability.listen.rpartition(":")
+            self._health = HealthServer(self.metrics, self.readiness)
+            try:
+                await self._health.start(host.strip("[]"), int(port))
+            except OSError as exc:
+                raise StartError(
+                    f"cannot listen on {config.observability.listen}: {exc.strerror}", EXIT_START
+                ) from None
+        await self._listener.start()
+        self._spawn(self._heartbeats(), "heartbeats")
+        self._spawn(self._watch_config(), "config-watch")
+        self._spawn(self._renewals(state_dir, passphrase), "renewal")
+        with contextlib.suppress(OSError):
+            self._state.config_mtime = os.stat(self.options.config_path).st_mtime
+        log.info(
+            "gateway %s started: %d targets, revision %s, relay %s/%s",
+            config.gateway.id,
+            len(config.targets),
+            loaded.revision,
+            endpoint,
+            hc,
+            extra={"event": "started"},
+        )
+
+    async def stop(self) -> None:
+        """Drain and close everything (safe to call after a partial start)."""
+        if self._listener is not None:
+            await self._listener.stop(self.options.shutdown_grace)
+        for task in list(self._state.tasks):
+            task.cancel()
+        await asyncio.gather(*self._state.tasks, return_exceptions=True)
+        if self._runtime is not None:
+            await _close_runtime(self._runtime)
+        if self._health is not None:
+            await self._health.stop()
+        if self._replay is not None:
+            self._replay.close()
+        if self._audit is not None:
+            self._audit.close()
+        log.info("gateway stopped", extra={"event": "stopped"})
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._state.tasks.add(task)
+        task.add_done_callback(self._state.tasks.discard)
+
+    def _alert(self, code: str, message: str) -> None:
+        log.error("ALERT %s: %s", code, message, extra={"event": "alert", "code": code})
+
+    def _certificate_alert(self, health: CertificateHealth) -> None:
+        self.metrics.cert_expiry.set(health.not_after.timestamp())
+        self._alert(
+            "certificate_expiring",
+            f"client certificate is {health.state.replace('_', ' ')}; it expires "
+            f"{health.not_after.isoformat()} ({int(health.seconds_left)} s left)",
+        )
+
+    def _write_audit(self, record: AuditRecord) -> None:
+        if self._audit is not None:
+            self._audit.write(record.as_dict())
+
+    def _record_info(self) -> None:
+        runtime = self.runtime()
+        self.metrics.info.clear()
+        self.metrics.info.labels(
+            version=__version__,
+            revision=runtime.revision,
+            mode=runtime.loaded.config.policy.mode,
+        ).set(1)
+
+    # --- readiness, heartbeats, renewals -----------------------------------------------------
+
+    def readiness(self) -> Readiness:
+        """Ready while at least one listener is online and a valid config and policy are loaded."""
+        reasons: list[str] = []
+        online = self._listener.metrics.listeners_online if self._listener else 0
+        self.metrics.listeners_online.set(online)
+        if online < 1:
+            reasons.append("no relay listener online")
+        if self._runtime is None:
+            reasons.append("no valid configuration and policy loaded")
+        details: dict[str, Any] = {"listeners_online": online}
+        if self._runtime is not None:
+            details["revision"] = self._runtime.revision
+            details["mode"] = self._runtime.loaded.config.policy.mode
+        if self._state.last_heartbeat is not None:
+            details["last_heartbeat"] = dt.datetime.fromtimestamp(
+                self._state.last_heartbeat, dt.UTC
+            ).isoformat()
+        if self._state.heartbeat_error:
+            details["heartbeat_error"] = self._state.heartbeat_error
+        skew = self._verifier.clock_skew() if self._verifier else None
+        if skew is not None:
+            details["clock_skew"] = str(skew)
+        details["reload_failures"] = self._state.reloads_failed
+        return Readiness(ready=not reasons, reasons=reasons, details=details)
+
+    async def _heartbeats(self) -> None:
+        next_key_refresh = time.monotonic() + self.options.key_refresh_interval
+        while True:
+            interval = self.options.heartbeat_interval
+            try:
+                runtime = self.runtime()
+                online = self._listener.metrics.listeners_online if self._listener else 0
+                beat = Heartbeat(
+                    status="online" if online else "degraded",
+                    version=__version__,
+                    config_hash=runtime.revision,
+                    policy_revision=runtime.revision,
+                    listeners_online=online,
+                    counters={},
+                )
+                async with self._control_plane() as client:
+                    ack = await client.heartbeat(beat)
+                    interval = float(ack.interval_seconds)
+                    if time.monotonic() >= next_key_refresh:
+                        keys = await client.signing_keys()
+                        if self._verifier is not None:
+                            self._verifier.replace_keys(signing_keyset(keys))
+                        next_key_refresh = time.monotonic() + self.options.key_refresh_interval
+                self._state.last_heartbeat = time.time()
+                self._state.heartbeat_error = None
+            except (GatewayError, KeySetError, SignatureError) as exc:
+                self._state.heartbeat_error = str(exc)
+                log.warning("heartbeat failed: %s", exc, extra={"event": "heartbeat_failed"})
+            await asyncio.sleep(min(interval, self.options.heartbeat_interval))
+
+    async def _renewals(self, state_dir: Path, passphrase: bytes | None) -> None:
+        identity = self._state.identity
+        if identity is None:
+            return
+        url = identity.record.control_plane_url
+        renewer = CertificateRenewer(
+            IdentityStore(state_dir, passphrase=passphrase),
+            passphrase=passphrase,
+            client_factory=lambda context: ControlPlaneClient(
+                url, context, client_certificate=True, proxy=self._proxy
+            ),
+            on_alert=self._certificate_alert,
+        )
+        try:
+            await renewer.run()
+        except GatewayError as exc:
+            self._alert("certificate_renewal_stopped", str(exc))
+
+    # --- reload ----------------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Validate and compile the file again and swap it in; keep the old one on any failure."""
+        async with self._reload_lock:
+            try:
+                loaded = self._load()
+                runtime = await self._build_runtime(loaded)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    log.error("%s", problem.render(), extra={"event": "reload_rejected"})
+                return self._reload_failed("the new configuration is invalid")
+            except GatewayError as exc:
+                return self._reload_failed(f"the new policy could not be built: {exc}")
+            old = self._runtime
+            if old is not None and old.loaded.config.relay != loaded.config.relay:
+                log.warning(
+                    "relay settings changed; they take effect at the next restart",
+                    extra={"event": "restart_needed"},
+                )
+            self._runtime = runtime
+            self._record_info()
+            self.metrics.reloads.labels(result="ok").inc()
+            log.info(
+                "configuration reloaded: revision %s", loaded.revision, extra={"event": "reloaded"}
+            )
+            if old is not None:
+                self._spawn(self._retire(old), "retire-runtime")
+            return True
+
+    def _reload_failed(self, why: str) -> bool:
+        self._state.reloads_failed += 1
+        self.metrics.reloads.labels(result="failed").inc()
+        log.error(
+            "reload failed, keeping revision %s: %s",
+            self.runtime().revision,
+            why,
+            extra={"event": "reload_failed"},
+        )
+        return False
+
+    async def _retire(self, old: Runtime) -> None:
+        # Requests still running under the old revision finish with its pool; then close it
+        # (or at stop, whichever comes first).
+        try:
+            await asyncio.sleep(old.loaded.config.limits.request_timeout_seconds + 1)
+        finally:
+            await _close_runtime(old)
+
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.reload_poll_interval)
+            try:
+                mtime = os.stat(self.options.config_path).st_mtime
+            except OSError:
+                continue
+            if mtime != self._state.config_mtime:
+                self._state.config_mtime = mtime
+                await self.reload()
+
+
+async def _close_runtime(runtime: Runtime) -> None:
+    await runtime.upstream.close()
+    closer = getattr(runtime.engine, "close", None)
+    if closer is not None:
+        await closer()
