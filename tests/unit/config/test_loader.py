@@ -36,11 +36,28 @@ def test_base_config_loads(write_config: WriteConfig) -> None:
     assert loaded.resolve_path("state") == loaded.file.parent / "state"
 
 
+EXAMPLE = Path(__file__).parents[3] / "gateway.yaml.example"
+
+
 def test_example_file_is_valid() -> None:
-    example = Path(__file__).parents[3] / "gateway.yaml.example"
-    loaded = load(example, env={"GATEWAY_PROXY_PASSWORD": "s3cret"})
+    loaded = load(EXAMPLE, env={})
     assert set(loaded.config.targets) == {"erp", "directory"}
-    assert loaded.secrets["proxy.password"].get_secret_value() == "s3cret"
+
+
+def test_commented_proxy_section_of_the_example_is_valid(tmp_path: Path) -> None:
+    # The example documents the proxy section in comments; uncommented, it must load too.
+    text = EXAMPLE.read_text(encoding="utf-8")
+    start = text.index("# proxy:")
+    end = text.index("\n\n", start)
+    block = "\n".join(line.replace("# ", "", 1) for line in text[start:end].splitlines())
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text[:start] + block + text[end:], encoding="utf-8")
+    (tmp_path / "policies").symlink_to(EXAMPLE.parent / "policies")
+    loaded = load(path, env={"GATEWAY_PROXY_PASSWORD": "s3cret"}, check_host=False)
+    assert loaded.config.proxy is not None
+    assert loaded.config.proxy.no_proxy == [".corp.example"]
+    assert loaded.config.proxy.password is not None
+    assert loaded.config.proxy.password.env == "GATEWAY_PROXY_PASSWORD"
 
 
 def test_revision_changes_with_content_only(write_config: WriteConfig) -> None:
