@@ -39,6 +39,9 @@ LISTEN_PATTERN = r"^(?:[a-z0-9.-]+|\[[0-9a-f:]+\]):[0-9]{1,5}$"
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 _UNIQUE: dict[str, Any] = {"uniqueItems": True}
+# A JSON Schema "format" the gateway's validator checks with gateway.config.patterns, so pattern
+# mistakes are reported together with every other schema problem (editors ignore unknown formats).
+PATH_PATTERN_FORMAT = "gateway-path-pattern"
 
 
 class _Model(BaseModel):
@@ -202,7 +205,7 @@ class Operation(_Model):
     name: str = Field(pattern=NAME_PATTERN, description="Name shown in decisions and audit logs.")
     description: str | None = Field(default=None, max_length=1000)
     methods: list[Method] = Field(min_length=1, max_length=7, json_schema_extra=_UNIQUE)
-    paths: list[str] = Field(
+    paths: list[Annotated[str, Field(json_schema_extra={"format": PATH_PATTERN_FORMAT})]] = Field(
         min_length=1,
         max_length=64,
         json_schema_extra=_UNIQUE,
@@ -294,6 +297,35 @@ class ObservabilitySection(_Model):
     listen: str = Field(default="127.0.0.1:9464", pattern=LISTEN_PATTERN)
 
 
+class ConfigSignatureSection(_Model):
+    """Signed configuration: accept this file and its policies only with a release signature.
+
+    A top-level section rather than a ``gateway.*`` key because ``gateway.*`` may be overridden
+    from the environment; whether signatures are required must be settled in the reviewed file.
+    """
+
+    required: bool = Field(
+        default=False,
+        description=(
+            "Refuse this file and its policy files unless signed by a trusted key with an epoch "
+            "no older than the last accepted one. Once a signed file has been accepted, later "
+            "files must be signed too until a signed file sets this to false."
+        ),
+    )
+    public_keys: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra=_UNIQUE,
+        description="PEM files of the Ed25519 public keys trusted to sign (relative to this file).",
+    )
+    signature_file: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Detached signature file. Default: this file's name + '.signatures.json'.",
+    )
+
+
 class GatewayConfig(_Model):
     """The whole of gateway.yaml."""
 
@@ -315,6 +347,7 @@ class GatewayConfig(_Model):
     limits: Limits = Field(default_factory=Limits)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     observability: ObservabilitySection = Field(default_factory=ObservabilitySection)
+    config_signature: ConfigSignatureSection = Field(default_factory=ConfigSignatureSection)
     targets: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Target] = Field(
         max_length=1000, description="On-prem targets by name."
     )

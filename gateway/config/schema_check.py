@@ -11,10 +11,11 @@ import difflib
 import functools
 from typing import Any
 
-from jsonschema import Draft202012Validator, validators
+from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError, best_match
 
-from gateway.config.model import METHODS, json_schema
+from gateway.config.model import METHODS, PATH_PATTERN_FORMAT, json_schema
+from gateway.config.patterns import PathPattern, PatternError
 from gateway.config.yamlsafe import JsonPath, Located
 from gateway.errors import Problem
 
@@ -47,12 +48,22 @@ _StrictValidator = validators.extend(  # type: ignore[no-untyped-call]
 )
 
 
+_FORMATS = FormatChecker(formats=())
+
+
+@_FORMATS.checks(PATH_PATTERN_FORMAT, raises=PatternError)
+def _is_path_pattern(instance: object) -> bool:
+    if isinstance(instance, str):
+        PathPattern.parse(instance)
+    return True
+
+
 @functools.cache
 def validator() -> Any:
     """The compiled validator for the generated schema (built once per process)."""
     schema = json_schema()
     Draft202012Validator.check_schema(schema)
-    return _StrictValidator(schema)
+    return _StrictValidator(schema, format_checker=_FORMATS)
 
 
 def _describe(value: Any) -> str:
@@ -162,6 +173,13 @@ def _problem(error: ValidationError, doc: Located) -> Problem:
             listed = ", ".join(METHODS)
         return doc.problem(
             path, f"{_describe(value)} is not one of: {listed}", code="invalid_choice", hint=hint
+        )
+    if kind == "format" and isinstance(error.cause, PatternError):
+        return doc.problem(
+            path,
+            f"{value!r}: {error.cause}",
+            code=error.cause.code,
+            hint="see docs/configuration.md, 'Operations and path patterns'",
         )
     if kind == "pattern" and isinstance(value, str):
         code, message, hint = _pattern_message(key, value, schema)

@@ -291,9 +291,14 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_every_problem_is_reported_at_once(write_config: WriteConfig) -> None:
     text = BASE.replace("port: 8443", "port: 0").replace("[GET, POST]", "[get]")
-    text = text.replace("version: 1\n", "version: 1\nextra: 1\n")
+    text = text.replace("version: 1\n", "version: 1\nextra: 1\n").replace("/api/*", "/api/../x")
     problems = problems_of(write_config(text))
-    assert [p.code for p in problems] == ["unknown_key", "out_of_range", "invalid_choice"]
+    assert [p.code for p in problems] == [
+        "unknown_key",
+        "out_of_range",
+        "invalid_choice",
+        "dot_segment",
+    ]
     assert [p.line for p in problems] == sorted(p.line for p in problems)
 
 
