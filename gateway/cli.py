@@ -39,8 +39,8 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser with every verb registered."""
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser with every verb registered (the ``dev`` tools only if ``argv`` asks for them)."""
     parser = argparse.ArgumentParser(
         prog="gateway",
         description=(
@@ -51,15 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"gateway.commands.{name}")
-        module.register(subparsers)
+        if name == "dev":
+            module.register(subparsers, with_tools=list(argv[:1]) == ["dev"])
+        else:
+            module.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen verb; returns the exit code."""
-    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arguments)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(arguments)
     except SystemExit as exc:  # argparse exits 2 on usage errors and 0 for --help
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     try:

@@ -1,8 +1,8 @@
 """``gateway dev ...``: local development tools (relay emulator, control-plane simulator, sender).
 
-The tools live in ``gateway.devkit``; they are imported here only when a ``dev`` verb is chosen, so
-the production command path never loads them. Each tool module in ``DEV_TOOLS`` exposes
-``register(subparsers)`` exactly like the top-level verbs.
+The tools live in ``gateway.devkit``; they are imported only when the command line starts with
+``dev`` (``gateway.cli`` passes ``with_tools``), so no other verb ever loads the devkit. Each
+tool module in ``DEV_TOOLS`` exposes ``register(subparsers)`` exactly like the top-level verbs.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ import importlib
 DEV_TOOLS: tuple[str, ...] = ("controlplane", "relay_emulator")
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``dev`` group and its tools."""
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], *, with_tools: bool = False
+) -> None:
+    """Add the ``dev`` group; its tools (and so ``gateway.devkit``) only when ``with_tools``."""
     parser = subparsers.add_parser("dev", help="local development tools (never for production)")
     tools = parser.add_subparsers(dest="dev_tool", metavar="TOOL", required=True)
-    for name in DEV_TOOLS:
-        importlib.import_module(f"gateway.devkit.{name}").register(tools)
+    if with_tools:
+        for name in DEV_TOOLS:
+            importlib.import_module(f"gateway.devkit.{name}").register(tools)

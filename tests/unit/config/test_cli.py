@@ -121,3 +121,25 @@ def test_python_dash_m_runs_the_same_cli() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "valid (2 targets" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["version"], ["validate", "-c", str(ROOT / "gateway.yaml.example"), "--skip-host-checks"]],
+)
+def test_production_verbs_never_import_the_devkit(argv: list[str]) -> None:
+    probe = (
+        "import sys; from gateway.cli import main; import gateway.service; "
+        f"code = main({argv!r}); "
+        "loaded = sorted(m for m in sys.modules if m.startswith('gateway.devkit')); "
+        "print(loaded); sys.exit(code or (1 if loaded else 0))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dev_tools_are_there_when_asked_for(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dev", "--help"]) == 0
+    assert "relay" in capsys.readouterr().out
