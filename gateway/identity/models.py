@@ -32,7 +32,7 @@ class SigningKey(_Wire):
     """A control-plane public key that signs relayed requests (RFC 9421 ``keyid``/``alg``)."""
 
     keyid: KeyId
-    alg: Literal["ed25519", "ecdsa-p256-sha256", "rsa-pss-sha512"]
+    alg: Literal["ed25519", "ecdsa-p256-sha256"]  # what gateway.auth can verify
     public_key_pem: Pem
     not_before: AwareDatetime
     not_after: AwareDatetime
