@@ -32,6 +32,8 @@ COMMANDS: tuple[str, ...] = (
     "run",
     "register",
     "status",
+    "check",
+    "docs",
     "schema",
     "version",
     "demo",

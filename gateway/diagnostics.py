@@ -1,0 +1,700 @@
+"""Connectivity self-test behind ``gateway check``: one result per thing a gateway depends on.
+
+The checks run in the order the agent itself needs them at start (ARCHITECTURE section 2,
+"Start"), each bounded by its own timeout, and a check whose prerequisite failed is reported as
+skipped rather than run against a state it cannot judge:
+
+``config``
+    gateway.yaml loads and passes every check ``gateway validate`` makes (secrets resolved).
+``state_dir``
+    the state directory exists, is a real directory owned by this user, mode 0700 or stricter,
+    and writable (the replay cache and certificate renewal write there).
+``identity``
+    the key, certificate chain and pins load, and the client certificate is valid now; a
+    certificate past its renewal time is a warning.
+``dns``
+    the EmpowerID host, the relay host and the proxy host resolve. A destination reached through
+    the proxy is *not* resolved locally: with a ``CONNECT`` tunnel the proxy resolves the name
+    (RFC 9110 section 9.3.6), so a local lookup would test the wrong resolver.
+``proxy``
+    the proxy accepts a TCP connection and opens a ``CONNECT`` tunnel to EmpowerID and to the
+    relay; a 407 is reported as a credentials problem.
+``tls``
+    a TLS session with EmpowerID verifies against the pinned CA (the one stored at registration,
+    else ``empowerid.ca_file``). A certificate from another issuer means a TLS-inspecting proxy
+    or the wrong server: the gateway never trusts an inspecting proxy for EmpowerID
+    (security catalogue item 92), so the proxy must leave this host alone.
+``relay_info``
+    ``GET relay-info`` over mutual TLS: the certificate is accepted and relay details come back.
+``relay``
+    one listener control channel is opened on the Hybrid Connection with the fresh token and
+    closed again at once (protocol notes section 2.3: a successful WebSocket upgrade means the
+    relay accepted the token and the Hybrid Connection exists). While it is open the relay counts
+    it against the 25 listeners of the Hybrid Connection.
+``clock``
+    the ``Date`` header (RFC 9110 section 6.6.1) of EmpowerID's answer against the local clock;
+    a difference beyond ``signatures.clock_skew_seconds`` makes signed requests fail as
+    ``clock_skew`` (RFC 9421 ``created``/``expires``), so it fails here first.
+
+Nothing here changes state: no registration, no renewal, no file written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import email.utils
+import ipaddress
+import os
+import ssl
+import stat
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+from yarl import URL
+
+from gateway.config import LoadedConfig, load
+from gateway.errors import ConfigError, GatewayError
+from gateway.forward.dial import Resolver, system_resolver
+from gateway.hybridconnection.addresses import RelayEndpoint, listen_url
+from gateway.identity import ControlPlaneError, StoredIdentity, Timeouts, load_identity, mtls_client
+from gateway.identity.certs import certificate_health
+from gateway.identity.models import RelayInfo
+from gateway.identity.tls import registration_context
+from gateway.outbound.proxy import (
+    OutboundProxy,
+    ProxyAuthError,
+    ProxyConfigError,
+    ProxyError,
+    open_websocket,
+    translate_proxy_error,
+)
+from gateway.service import proxy_settings
+
+__all__ = [
+    "CHECK_NAMES",
+    "CheckResult",
+    "DiagnosticsOptions",
+    "Status",
+    "all_passed",
+    "render_text",
+    "run_checks",
+]
+
+Status = Literal["ok", "warn", "fail", "skip"]
+
+CHECK_NAMES: tuple[str, ...] = (
+    "config",
+    "state_dir",
+    "identity",
+    "dns",
+    "proxy",
+    "tls",
+    "relay_info",
+    "relay",
+    "clock",
+)
+
+# OpenSSL verify results for a name mismatch (X509_V_ERR_HOSTNAME_MISMATCH, ..._IP_ADDRESS_...).
+_NAME_MISMATCH_CODES = frozenset({62, 64})
+# A proxy's answer to CONNECT is a status line and a few headers; more is not a proxy.
+_MAX_CONNECT_ANSWER = 16 * 1024
+_MAX_TEXT = 160
+_DEFAULT_PORTS = {"https": 443, "wss": 443, "http": 80, "ws": 80}
+
+# Hints for control-plane error codes (gateway.identity.controlplane lists them all).
+_CONTROL_PLANE_HINTS = {
+    "tls_interception_or_untrusted_ca": "exempt the EmpowerID host from TLS inspection on the "
+    "proxy; the gateway trusts only the CA pinned at registration",
+    "hostname_mismatch": "empowerid.url must name the host in EmpowerID's certificate",
+    "client_certificate_rejected": "the certificate was revoked or the gateway deleted in "
+    "EmpowerID: re-register with `gateway register --force`",
+    "not_registered": "EmpowerID does not know this gateway: re-register with "
+    "`gateway register --force`",
+    "proxy_auth_required": "check proxy.username and the proxy password reference",
+    "proxy_failed": "see the proxy check",
+    "unreachable": "check the network path and firewall rules towards EmpowerID",
+    "timeout": "EmpowerID or the path to it is slow or filtered; check firewall rules",
+    "tls_handshake_failed": "the server must offer TLS 1.2 or newer with an AEAD cipher",
+}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check: a status, one line of detail and, unless ok, a hint."""
+
+    name: str
+    status: Status
+    detail: str
+    hint: str = ""
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``--format json`` form."""
+        return {
+            "name": self.name,
+            "status": self.status,
+            "detail": self.detail,
+            "hint": self.hint,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class DiagnosticsOptions:
+    """What to check and how.
+
+    ``resolver`` is the name-resolution seam shared with the forwarder (tests use a table);
+    ``clock`` returns the local time in seconds since the epoch (tests shift it to provoke skew);
+    ``timeout`` bounds every single check, network waits included.
+    """
+
+    config_path: str
+    env: Mapping[str, str] | None = None
+    resolver: Resolver = system_resolver
+    clock: Callable[[], float] = time.time
+    timeout: float = 10.0
+
+
+class _CheckError(Exception):
+    """Raised inside a check to end it with a given status, detail and hint."""
+
+    def __init__(self, detail: str, hint: str = "", status: Status = "fail") -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.hint = hint
+        self.status: Status = status
+
+
+@dataclass
+class _Context:
+    """What earlier checks learnt, for the later ones."""
+
+    options: DiagnosticsOptions
+    loaded: LoadedConfig | None = None
+    proxy: OutboundProxy | None = None
+    identity: StoredIdentity | None = None
+    relay_info: RelayInfo | None = None
+    server_date: dt.datetime | None = None
+    local_time_at_answer: float | None = None
+    failed: set[str] = field(default_factory=set)
+
+
+def _clean(text: object) -> str:
+    """Untrusted text (server reasons, OS messages) made fit for one line."""
+    cleaned = "".join(c if c.isprintable() else "?" for c in str(text))
+    return cleaned[:_MAX_TEXT]
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parsed = URL(url)
+    return parsed.host or "", parsed.port or _DEFAULT_PORTS.get(parsed.scheme, 443)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _relay_url(ctx: _Context) -> str | None:
+    """The relay base URL the agent dials: the configured endpoint, else the namespace."""
+    assert ctx.loaded is not None
+    endpoint = ctx.loaded.config.relay.endpoint
+    if endpoint:
+        return endpoint.rstrip("/")
+    namespace = None
+    if ctx.relay_info is not None:
+        namespace = ctx.relay_info.relay.namespace
+    elif ctx.identity is not None:
+        namespace = ctx.identity.relay.namespace
+    return f"wss://{namespace}" if namespace else None
+
+
+def _control_plane_url(ctx: _Context) -> str:
+    """EmpowerID's base URL: the one registered with, else the configured one."""
+    if ctx.identity is not None:
+        return ctx.identity.record.control_plane_url
+    assert ctx.loaded is not None
+    return ctx.loaded.config.empowerid.url
+
+
+def _passphrase(loaded: LoadedConfig) -> bytes | None:
+    secret = loaded.secrets.get("gateway.key_passphrase")
+    return secret.get_secret_value().encode() if secret is not None else None
+
+
+# --- the checks --------------------------------------------------------------------------------
+
+
+async def _check_config(ctx: _Context) -> str:
+    path = ctx.options.config_path
+    try:
+        loaded = load(path, env=ctx.options.env)
+    except ConfigError as exc:
+        count = len(exc.problems)
+        first = exc.problems[0].render() if exc.problems else "invalid configuration"
+        raise _CheckError(
+            f"{count} problem{'s' if count != 1 else ''}; first: {first}",
+            f"`gateway validate -c {path}` lists every problem with its location",
+        ) from None
+    try:
+        ctx.proxy = OutboundProxy(proxy_settings(loaded))
+    except ProxyConfigError as exc:
+        raise _CheckError(
+            f"the proxy settings cannot be used: {exc}", "fix the proxy section"
+        ) from None
+    ctx.loaded = loaded
+    return f"{loaded.file} is valid ({len(loaded.config.targets)} targets, {loaded.revision})"
+
+
+async def _check_state_dir(ctx: _Context) -> str:
+    assert ctx.loaded is not None
+    directory = ctx.loaded.resolve_path(ctx.loaded.config.gateway.state_dir)
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        raise _CheckError(
+            f"{directory} does not exist",
+            "`gateway register` creates it; under systemd StateDirectory= does",
+        ) from None
+    except OSError as exc:
+        raise _CheckError(f"{directory} cannot be examined: {_clean(exc.strerror)}") from None
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise _CheckError(
+            f"{directory} is not a real directory (symbolic links are refused)",
+            "point gateway.state_dir at the directory itself",
+        )
+    if info.st_uid != os.geteuid():
+        raise _CheckError(
+            f"{directory} is owned by uid {info.st_uid}, not by this user (uid {os.geteuid()})",
+            "run the check as the gateway's service user, or chown the directory to it",
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise _CheckError(
+            f"{directory} has mode {mode:04o}; group and others must have no access",
+            f"chmod 700 {directory}",
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise _CheckError(f"{directory} is not writable", f"chmod 700 {directory}")
+    return f"{directory} (mode {mode:04o}, owned by uid {info.st_uid})"
+
+
+async def _check_identity(ctx: _Context) -> str:
+    assert ctx.loaded is not None
+    directory = ctx.loaded.resolve_path(ctx.loaded.config.gateway.state_dir)
+    now = dt.datetime.fromtimestamp(ctx.options.clock(), dt.UTC)
+    try:
+        identity = load_identity(directory, passphrase=_passphrase(ctx.loaded), now=now)
+    except GatewayError as exc:
+        code = getattr(exc, "code", "identity_unusable")
+        hint = {
+            "not_registered": "register this gateway: `gateway register`",
+            "client_certificate_expired": "re-register: `gateway register --force`",
+            "unsafe_permissions": "chmod 700 the directory and 600 its files; run as their owner",
+        }.get(code, "see docs/troubleshooting.md")
+        raise _CheckError(f"{code}: {exc}", hint) from None
+    ctx.identity = identity
+    if identity.gateway_id != ctx.loaded.config.gateway.id:
+        raise _CheckError(
+            f"the state directory holds gateway {identity.gateway_id!r}, the configuration "
+            f"names {ctx.loaded.config.gateway.id!r}",
+            "point gateway.state_dir at this gateway's directory, or re-register",
+        )
+    health = certificate_health(identity.certificate, now)
+    detail = (
+        f"gateway {identity.gateway_id}, certificate {health.state.replace('_', ' ')} until "
+        f"{health.not_after.isoformat()}"
+    )
+    registered = identity.record.control_plane_url.rstrip("/")
+    configured = ctx.loaded.config.empowerid.url.rstrip("/")
+    if registered != configured:
+        raise _CheckError(
+            f"{detail}; registered with {registered} but empowerid.url is {configured}",
+            "the agent keeps using the URL it registered with; re-register "
+            "(`gateway register --force`) to move to the configured one",
+            status="warn",
+        )
+    if health.state in ("renewal_due", "alert"):
+        raise _CheckError(
+            detail,
+            "the running agent renews it over mTLS; if it keeps failing, see relay_info",
+            status="warn",
+        )
+    return detail
+
+
+async def _check_dns(ctx: _Context) -> str:
+    assert ctx.loaded is not None
+    assert ctx.proxy is not None
+    destinations: list[tuple[str, str]] = [("EmpowerID", _control_plane_url(ctx))]
+    relay = _relay_url(ctx)
+    if relay is not None:
+        destinations.append(("relay", relay))
+    proxy = ctx.loaded.config.proxy
+    if proxy is not None:
+        destinations.append(("proxy", proxy.url))
+    notes: list[str] = []
+    failures: list[str] = []
+    for label, url in destinations:
+        host, port = _host_port(url)
+        if _is_ip(host):
+            notes.append(f"{label} {host} (an address)")
+            continue
+        if label != "proxy" and not ctx.proxy.route_for(url).direct:
+            notes.append(f"{label} {host} (resolved by the proxy)")
+            continue
+        try:
+            addresses = await ctx.options.resolver(host, port)
+        except OSError as exc:
+            failures.append(f"{label} {host}: {_clean(exc.strerror or exc)}")
+            continue
+        if not addresses:
+            failures.append(f"{label} {host}: no addresses")
+            continue
+        notes.append(f"{label} {host} -> {', '.join(str(a) for a in addresses[:3])}")
+    if relay is None:
+        notes.append("relay host unknown until registered")
+    if failures:
+        raise _CheckError(
+            "; ".join(failures),
+            "check /etc/resolv.conf or the DNS server; names reached through the proxy are "
+            "resolved by the proxy",
+        )
+    return "; ".join(notes)
+
+
+async def _connect_tunnel(ctx: _Context, destination: str) -> str:
+    """Ask the proxy for a ``CONNECT`` tunnel to ``destination`` and close it (RFC 9110 9.3.6)."""
+    assert ctx.proxy is not None
+    route = ctx.proxy.route_for(destination)
+    assert route.proxy is not None
+    host, port = _host_port(destination)
+    target = _authority(host, port)
+    proxy_host, proxy_port = route.proxy.host or "", route.proxy.port or 0
+    label = _authority(proxy_host, proxy_port)
+    try:
+        reader, writer = await asyncio.open_connection(proxy_host, proxy_port)
+    except OSError as exc:
+        raise _CheckError(
+            f"cannot connect to proxy {label}: {_clean(exc.strerror or exc)}",
+            "check proxy.url and that the proxy runs and is reachable from this host",
+        ) from None
+    try:
+        head = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+        head += [f"{name}: {value}" for name, value in route.proxy_headers.items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        await writer.drain()
+        try:
+            answer = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise _CheckError(f"proxy {label} sent an oversized answer to CONNECT") from None
+        except asyncio.IncompleteReadError:
+            raise _CheckError(f"proxy {label} closed the connection on CONNECT") from None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    if status == 407:
+        raise _CheckError(
+            f"proxy {label} answered 407 to CONNECT {target}: it requires authentication or "
+            "rejected the credentials",
+            "set proxy.username and proxy.password (by reference) to an account the proxy accepts",
+        )
+    if not 200 <= status < 300:
+        raise _CheckError(
+            f"proxy {label} refused CONNECT {target}: {_clean(status_line)}",
+            f"ask the proxy administrators to allow tunnels to {target}",
+        )
+    return target
+
+
+async def _check_proxy(ctx: _Context) -> str:
+    assert ctx.loaded is not None
+    assert ctx.proxy is not None
+    if ctx.loaded.config.proxy is None:
+        raise _CheckError("no proxy configured: connections go direct", status="skip")
+    destinations = [_control_plane_url(ctx)]
+    relay = _relay_url(ctx)
+    if relay is not None:
+        destinations.append(relay)
+    notes: list[str] = []
+    for url in destinations:
+        route = ctx.proxy.route_for(url)
+        host, port = _host_port(url)
+        if route.direct:
+            notes.append(f"{_authority(host, port)} direct (no_proxy)")
+        elif not route.tunnelled:
+            notes.append(f"{_authority(host, port)} forwarded in plain text (no tunnel)")
+        else:
+            notes.append(f"CONNECT {await _connect_tunnel(ctx, url)} allowed")
+    return f"via {ctx.proxy.proxy_label}: " + "; ".join(notes)
+
+
+def _pinned_context(ctx: _Context) -> tuple[ssl.SSLContext, str]:
+    assert ctx.loaded is not None
+    if ctx.identity is not None:
+        return registration_context(ctx.identity.ca_pem), "the CA pinned at registration"
+    ca_file = ctx.loaded.config.empowerid.ca_file
+    if ca_file:
+        path = ctx.loaded.resolve_path(ca_file)
+        try:
+            return registration_context(path.read_bytes()), f"empowerid.ca_file {path}"
+        except (OSError, ssl.SSLError, ValueError):
+            raise _CheckError(
+                f"empowerid.ca_file {path} cannot be read as a PEM CA", "check the file"
+            ) from None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context, "the system trust store (no CA pinned yet)"
+
+
+def _tls_failure(exc: BaseException, host: str, trust: str) -> _CheckError:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        if getattr(exc.certificate_error, "verify_code", None) in _NAME_MISMATCH_CODES:
+            return _CheckError(
+                f"the certificate of {host} does not name that host",
+                _CONTROL_PLANE_HINTS["hostname_mismatch"],
+            )
+        reason = _clean(getattr(exc.certificate_error, "verify_message", "") or "not trusted")
+        return _CheckError(
+            f"the certificate of {host} is not issued by {trust} ({reason}): TLS interception "
+            "by a proxy, or the wrong server",
+            _CONTROL_PLANE_HINTS["tls_interception_or_untrusted_ca"],
+        )
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return _CheckError(
+            f"no TLS 1.2+ session with {host}: {_clean(exc)}",
+            _CONTROL_PLANE_HINTS["tls_handshake_failed"],
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _CheckError(
+            f"cannot connect to {host}: {_clean(exc.os_error.strerror or exc.os_error)}",
+            _CONTROL_PLANE_HINTS["unreachable"],
+        )
+    return _CheckError(f"the connection to {host} failed ({type(exc).__name__})")
+
+
+async def _check_tls(ctx: _Context) -> str:
+    assert ctx.loaded is not None
+    assert ctx.proxy is not None
+    url = _control_plane_url(ctx)
+    host = URL(url).host or ""
+    context, trust = _pinned_context(ctx)
+    route = ctx.proxy.route_for(url)
+    connector = aiohttp.TCPConnector(ssl=context, limit=1, force_close=True)
+    timeout = aiohttp.ClientTimeout(total=ctx.options.timeout)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, trust_env=False, auto_decompress=False
+    ) as session:
+        try:
+            async with session.get(
+                url,
+                headers=route.request_headers({"Accept-Encoding": "identity"}),
+                proxy=route.proxy,
+                proxy_headers=route.tunnel_headers,
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                date = response.headers.get("Date")
+        except (aiohttp.ClientError, OSError) as exc:
+            proxy_error = translate_proxy_error(exc, route)
+            if proxy_error is not None:
+                raise _proxy_failed(proxy_error) from None
+            raise _tls_failure(exc, host, trust) from None
+    ctx.local_time_at_answer = ctx.options.clock()
+    if date:
+        try:
+            ctx.server_date = email.utils.parsedate_to_datetime(date)
+        except (TypeError, ValueError):
+            ctx.server_date = None
+    return f"TLS 1.2+ with {host}, verified against {trust} (HTTP {status})"
+
+
+def _proxy_failed(error: ProxyError) -> _CheckError:
+    if isinstance(error, ProxyAuthError):
+        return _CheckError(str(error), _CONTROL_PLANE_HINTS["proxy_auth_required"])
+    return _CheckError(str(error), _CONTROL_PLANE_HINTS["proxy_failed"])
+
+
+async def _check_relay_info(ctx: _Context) -> str:
+    assert ctx.loaded is not None
+    assert ctx.identity is not None
+    seconds = ctx.options.timeout
+    now = dt.datetime.fromtimestamp(ctx.options.clock(), dt.UTC)
+    try:
+        async with mtls_client(
+            ctx.identity,
+            passphrase=_passphrase(ctx.loaded),
+            timeouts=Timeouts(connect=seconds, read=seconds, total=seconds),
+            proxy=ctx.proxy,
+            now=now,
+        ) as client:
+            info = await client.relay_info()
+    except ControlPlaneError as exc:
+        raise _CheckError(
+            f"{exc.code}: {exc}", _CONTROL_PLANE_HINTS.get(exc.code, "see docs/troubleshooting.md")
+        ) from None
+    except GatewayError as exc:
+        raise _CheckError(f"{getattr(exc, 'code', 'identity_unusable')}: {exc}") from None
+    ctx.relay_info = info
+    return (
+        f"namespace {info.relay.namespace}, hybrid connection {info.relay.hybrid_connection}, "
+        f"listener token valid until {info.listener_token.expires_at.isoformat()}"
+    )
+
+
+def _relay_refusal(status: int, hc: str) -> _CheckError:
+    if status in (401, 403):
+        return _CheckError(
+            f"the relay refused the listener token (HTTP {status})",
+            "EmpowerID handed out a token the relay does not accept (wrong key or rule, or a "
+            "listener quota of 25 reached); see docs/troubleshooting.md",
+        )
+    if status == 404:
+        return _CheckError(
+            f"the relay has no Hybrid Connection {hc!r} (HTTP 404)",
+            "the Hybrid Connection was deleted or renamed; ask the EmpowerID administrators to "
+            "recreate it or re-register the gateway",
+        )
+    return _CheckError(f"the relay refused the listener (HTTP {status})")
+
+
+async def _check_relay(ctx: _Context) -> str:
+    assert ctx.proxy is not None
+    assert ctx.relay_info is not None
+    relay = _relay_url(ctx)
+    assert relay is not None
+    hc = ctx.relay_info.relay.hybrid_connection
+    endpoint = RelayEndpoint.parse(relay)
+    url = listen_url(endpoint, hc, listener_id=f"gateway-check-{uuid.uuid4()}")
+    token = ctx.relay_info.listener_token.token.get_secret_value()
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=ctx.options.timeout)
+    connector = aiohttp.TCPConnector(ssl=ctx.proxy.ssl_context, limit=1)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, trust_env=False
+    ) as session:
+        try:
+            ws = await open_websocket(
+                session,
+                ctx.proxy,
+                url,
+                handshake_timeout=ctx.options.timeout,
+                max_msg_size=64 * 1024,
+                headers={"ServiceBusAuthorization": token},
+                close_timeout=min(ctx.options.timeout, 2.0),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise _relay_refusal(exc.status, hc) from None
+        except ProxyError as exc:
+            raise _proxy_failed(exc) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _CheckError(
+                f"cannot open a WebSocket to {endpoint.base}: {_clean(exc)}",
+                "check outbound port 443 to the relay namespace (*.servicebus.windows.net)",
+            ) from None
+        await ws.close()
+    return f"listener control channel on {endpoint.base}/$hc/{hc} opened and closed"
+
+
+async def _check_clock(ctx: _Context) -> str:
+    assert ctx.loaded is not None
+    if ctx.server_date is None or ctx.local_time_at_answer is None:
+        raise _CheckError("EmpowerID's answer carried no usable Date header", status="skip")
+    skew = ctx.local_time_at_answer - ctx.server_date.timestamp()
+    limit = ctx.loaded.config.signatures.clock_skew_seconds
+    # The Date header has a resolution of one second (RFC 9110 section 5.6.7): allow for it.
+    detail = f"local clock is {skew:+.0f} s from EmpowerID's (tolerated: {limit:g} s)"
+    if abs(skew) > limit + 1:
+        raise _CheckError(
+            detail,
+            "synchronise the clock (NTP: `timedatectl set-ntp true`; Windows: `w32tm /resync`); "
+            "until then signed requests fail with clock_skew",
+        )
+    return detail
+
+
+_Check = Callable[[_Context], Awaitable[str]]
+
+# name, function, checks that must have passed first.
+_PLAN: tuple[tuple[str, _Check, tuple[str, ...]], ...] = (
+    ("config", _check_config, ()),
+    ("state_dir", _check_state_dir, ("config",)),
+    ("identity", _check_identity, ("config", "state_dir")),
+    ("dns", _check_dns, ("config",)),
+    ("proxy", _check_proxy, ("config",)),
+    ("tls", _check_tls, ("config",)),
+    ("relay_info", _check_relay_info, ("identity", "tls")),
+    ("relay", _check_relay, ("relay_info",)),
+    ("clock", _check_clock, ("tls",)),
+)
+
+
+async def _run_one(ctx: _Context, name: str, check: _Check, needs: tuple[str, ...]) -> CheckResult:
+    blocked = [need for need in needs if need in ctx.failed]
+    if blocked:
+        ctx.failed.add(name)
+        return CheckResult(name, "skip", f"not run: {', '.join(blocked)} did not pass")
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(ctx.options.timeout):
+            detail = await check(ctx)
+    except _CheckError as exc:
+        if exc.status in ("fail", "skip"):
+            ctx.failed.add(name)
+        return CheckResult(name, exc.status, exc.detail, exc.hint, time.monotonic() - started)
+    except TimeoutError:
+        ctx.failed.add(name)
+        return CheckResult(
+            name,
+            "fail",
+            f"did not finish within {ctx.options.timeout:g} s",
+            "something on the path accepts connections but does not answer (a firewall "
+            "dropping packets, a stalled proxy)",
+            time.monotonic() - started,
+        )
+    return CheckResult(name, "ok", detail, "", time.monotonic() - started)
+
+
+async def run_checks(options: DiagnosticsOptions) -> list[CheckResult]:
+    """Run every check in order; never raises for a failed check."""
+    ctx = _Context(options)
+    return [await _run_one(ctx, name, check, needs) for name, check, needs in _PLAN]
+
+
+def all_passed(results: list[CheckResult]) -> bool:
+    """True when no check failed (warnings and skipped checks do not fail the run)."""
+    return not any(result.status == "fail" for result in results)
+
+
+_LABELS = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
+
+
+def render_text(results: list[CheckResult]) -> str:
+    """One line per check (``STATUS  name  detail``), a hint line under any that is not ok."""
+    lines: list[str] = []
+    for result in results:
+        lines.append(f"{_LABELS[result.status]:<5} {result.name:<11} {result.detail}")
+        if result.hint:
+            lines.append(f"{'':<17} hint: {result.hint}")
+    failed = sum(1 for r in results if r.status == "fail")
+    warned = sum(1 for r in results if r.status == "warn")
+    lines.append(
+        f"{len(results)} checks: {failed} failed, {warned} warning{'s' if warned != 1 else ''}"
+    )
+    return "\n".join(lines) + "\n"
