@@ -9,27 +9,40 @@ of a request cannot mix two revisions.
 Addressing (the contract with the SaaS, see docs/relay-contract.md): the relayed request target is
 ``/{selector}/{on-prem path}?{query}``, where ``selector`` is a target name from gateway.yaml or the
 exact ``host:port`` of a declared target. A stream (WebSocket ``accept``) uses the same form.
+
+Streams: on ``accept`` the signed connect headers are verified, the target is canonicalised as a
+WebSocket request, the policy decides (an http or https target needs an operation with
+``websocket: true`` on the path; for a tcp target the target itself is the grant), the stream
+limits are counted, and the upstream is opened (raw TCP, or a WebSocket through
+:mod:`gateway.forward.websocket`). Only then is the stream accepted, so a refusal at any step,
+including a target that refuses the upgrade, is a rejected handshake for the SaaS rather than a
+stream that opens and dies. The listener then serves it and :func:`gateway.forward.streams.relay`
+splices the two until either ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.auth import SignatureError, SignatureVerifier
 from gateway.config import LoadedConfig
-from gateway.config.model import Operation, Target
+from gateway.config.model import GatewayConfig, Operation
 from gateway.forward.canonical import CanonicalRequest, canonicalise
 from gateway.forward.dial import DialError, Redirect, Resolver, system_resolver
 from gateway.forward.headers import outbound_headers
 from gateway.forward.rejections import RequestRejected
-from gateway.forward.streams import open_tcp, splice
+from gateway.forward.streams import TcpEnd, UpstreamEnd, open_tcp, relay
 from gateway.forward.upstream import Upstream, UpstreamError, UpstreamResponse
+from gateway.forward.websocket import WebSocketUpstream
 from gateway.observability.metrics import Metrics
 from gateway.policy.input import build_input
 from gateway.relay.handlers import (
@@ -46,6 +59,16 @@ log = logging.getLogger(__name__)
 
 # Largest error body we produce; keeps refusals on the relay's control channel.
 _MAX_DETAIL = 200
+# Seconds the upstream of a stream may take to open (DNS, connect, TLS, WebSocket upgrade): it is
+# opened while the listener decides on the accept, which it bounds at 10 s.
+STREAM_OPEN_TIMEOUT = 8.0
+# Seconds a decided stream waits for the listener to serve it. The listener serves right after its
+# rendezvous handshake (bounded at 20 s); a stream not served by then never will be.
+ACCEPT_WINDOW = 30.0
+MAX_SUBPROTOCOLS = 16
+CLOSE_GOING_AWAY = 1001
+# RFC 9110 section 5.6.2 token, the syntax of a subprotocol name (RFC 6455 section 4.1).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 
 
 class Decision(Protocol):
@@ -85,6 +108,7 @@ class Runtime:
     loaded: LoadedConfig
     engine: Decider
     upstream: Upstream
+    websockets: WebSocketUpstream
     resolver: Resolver = system_resolver
     redirect: Redirect | None = None
 
@@ -105,9 +129,10 @@ class Refusal(Exception):  # noqa: N818 - a refusal is an expected outcome, not 
         self.stage = stage
 
 
-# Used in monitor mode for requests no operation grants: default forwarded headers only.
-_MONITOR_OPERATION = Operation.model_validate(
-    {"name": "monitor-mode", "methods": ["GET"], "paths": ["/"]}
+# Stands in where no operation applies: a raw tcp stream (the target itself is the grant) and, in
+# monitor mode, a request no operation grants. It forwards the default headers only.
+_NO_OPERATION = Operation.model_validate(
+    {"name": "no-operation", "methods": ["GET"], "paths": ["/"]}
 )
 
 
@@ -189,10 +214,46 @@ AuditSink = Callable[[AuditRecord], None]
 
 @dataclass
 class _PendingStream:
+    """A stream that was accepted and whose upstream is open, until the listener serves it."""
+
     runtime: Runtime
-    target: Target
-    request: CanonicalRequest
     record: AuditRecord
+    upstream: UpstreamEnd
+    release: Callable[[], None]
+    expiry: asyncio.TimerHandle
+    max_message: int
+
+
+class _StreamCounts:
+    """Streams decided and not yet ended, in all and per target (catalogue J 152)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.per_target: Counter[str] = Counter()
+
+    def take(self, config: GatewayConfig, name: str) -> Callable[[], None]:
+        """Count one more stream to ``name``, or refuse with 503; returns its (idempotent)
+        release. The limits are read from ``config``, so a reload changes them at once."""
+        overall = config.limits.max_concurrent_streams
+        cap = config.targets[name].limits.max_concurrent_streams or overall
+        if self.total >= overall:
+            raise Refusal(503, "gateway_busy", f"{overall} streams are open", "limits")
+        if self.per_target[name] >= cap:
+            raise Refusal(503, "target_busy", f"{name} has {cap} streams open", "limits")
+        self.total += 1
+        self.per_target[name] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.total -= 1
+                self.per_target[name] -= 1
+                if not self.per_target[name]:
+                    del self.per_target[name]
+
+        return release
 
 
 class Pipeline:
@@ -207,7 +268,9 @@ class Pipeline:
         hc_path: str,
         metrics: Metrics,
         audit: AuditSink,
+        accept_window: float = ACCEPT_WINDOW,
     ) -> None:
+        """``accept_window``: seconds a decided stream waits to be served before it is released."""
         self._runtime = runtime
         self._hc_path = hc_path.strip("/")
         self._verifier = verifier
@@ -215,6 +278,9 @@ class Pipeline:
         self._metrics = metrics
         self._audit = audit
         self._streams: dict[str, _PendingStream] = {}
+        self._counts = _StreamCounts()
+        self._accept_window = accept_window
+        self._closing: set[asyncio.Future[None]] = set()
 
     # --- HTTP requests ---------------------------------------------------------------------------
 
@@ -232,12 +298,7 @@ class Pipeline:
         try:
             response = await self._handle(request, runtime, record)
         except Refusal as refusal:
-            record.result = "denied" if refusal.status in (401, 403) else "rejected"
-            if refusal.stage == "forward":
-                record.result = "failed"
-            record.reasons = record.reasons or [refusal.code]
-            record.stage = record.stage or refusal.stage
-            record.status = refusal.status
+            _refused(record, refusal)
             response = error_response(refusal, record.decision_id)
         except Exception:  # fail closed: an internal error is a 500 and nothing more
             log.exception("request pipeline failed", extra={"event": "pipeline_error"})
@@ -335,13 +396,16 @@ class Pipeline:
         if decision.allow and operation is not None:
             record.result, record.reasons = "allowed", []
             return operation
+        if decision.allow and target.scheme == "tcp":
+            record.result, record.reasons = "allowed", []
+            return _NO_OPERATION
         record.reasons = list(decision.reasons) or ["policy_denied"]
         if decision.monitor:
             # Monitor mode (a trial setting, never the default): record "would deny" and forward
             # with the default header allow-list only, as no operation granted more.
             record.monitor = True
             record.result = "would_deny"
-            return operation or _MONITOR_OPERATION
+            return operation or _NO_OPERATION
         detail = "the policy engine could not decide" if decision.status == 503 else "not allowed"
         raise Refusal(decision.status, record.reasons[0], detail, "decide")
 
@@ -358,9 +422,11 @@ class Pipeline:
     # --- streams ---------------------------------------------------------------------------------
 
     async def decide(self, info: AcceptInfo) -> StreamDecision:
-        """Accept a relayed WebSocket only if it is signed, targets a declared stream and policy
-        allows it; nothing is opened upstream before this returns (catalogue A 25, D 88)."""
+        """Accept a relayed WebSocket only once it is signed, canonical, granted by policy, within
+        the stream limits and its upstream is open (catalogue A 25, D 88); a stream that fails any
+        step is rejected, and nothing is opened upstream before the policy said yes."""
         runtime = self._runtime()
+        config = runtime.loaded.config
         record = AuditRecord(
             decision_id=str(uuid.uuid4()),
             kind="stream",
@@ -369,72 +435,147 @@ class Pipeline:
             method="GET",
         )
         clock = time.perf_counter()
+        release: Callable[[], None] | None = None
         try:
             selector, request_target = split_selector(info.target)
             hc_target = self._verifier_target(info.target)
             record.keyid = self._authenticate("GET", hc_target, info.connect_headers, None)
-            canonical = self._canonicalise(runtime, "GET", selector, request_target, (), True)
+            canonical = self._canonicalise(
+                runtime, "GET", selector, request_target, info.connect_headers, True
+            )
             record.target, record.path = canonical.target, canonical.path
-            target = runtime.loaded.config.targets[canonical.target]
-            if target.scheme != "tcp":
-                raise Refusal(
-                    501,
-                    "websocket_upstream_unsupported",
-                    "only tcp targets carry streams",
-                    "decide",
-                )
-            if canonical.path != "/":
-                raise Refusal(404, "path_not_allowed", "a tcp target has no paths", "canonicalise")
-            record.result, record.stage = "allowed", "decide"
+            record.query_present = canonical.query is not None
+            target = config.targets[canonical.target]
+            if target.scheme == "tcp" and canonical.path != "/":
+                # Not granted by the allow-list, like any other path no operation names (403).
+                raise Refusal(403, "path_not_allowed", "a tcp target has no paths", "canonicalise")
+            protocols = offered_protocols(canonical.headers)
+            operation = await self._decide(runtime, canonical, record)
+            release = self._counts.take(config, canonical.target)
+            limit = target.limits.max_request_body_bytes
+            max_message = config.limits.max_request_body_bytes if limit is None else limit
+            upstream, protocol = await self._open(
+                runtime, canonical, operation, protocols, max_message
+            )
         except Refusal as refusal:
-            record.result = "denied" if refusal.status in (401, 403) else "rejected"
-            record.reasons, record.stage = [refusal.code], refusal.stage
-            record.status = refusal.status
+            if release is not None:
+                release()
+            _refused(record, refusal)
+            record.stage = refusal.stage
             record.latency_ms = (time.perf_counter() - clock) * 1000
             self._finish_stream(record)
             return RejectStream(refusal.status, refusal.code)
+        except BaseException as exc:
+            # The listener gave up waiting (cancelled) or a step failed unexpectedly: it answers
+            # the sender itself; the slot and the audit record are settled here.
+            if release is not None:
+                release()
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            record.result, record.status = "error", 503 if cancelled else 500
+            record.reasons = ["decision_timeout" if cancelled else "internal_error"]
+            record.latency_ms = (time.perf_counter() - clock) * 1000
+            self._finish_stream(record)
+            raise
         record.latency_ms = (time.perf_counter() - clock) * 1000
-        self._streams[info.stream_id] = _PendingStream(runtime, target, canonical, record)
-        return AcceptStream()
+        # A duplicate id would orphan the first stream's upstream: settle that one first.
+        self._expire(info.stream_id)
+        expiry = asyncio.get_running_loop().call_later(
+            self._accept_window, self._expire, info.stream_id
+        )
+        self._streams[info.stream_id] = _PendingStream(
+            runtime, record, upstream, release, expiry, max_message
+        )
+        return AcceptStream(subprotocol=protocol)
+
+    async def _open(
+        self,
+        runtime: Runtime,
+        canonical: CanonicalRequest,
+        operation: Operation,
+        protocols: tuple[str, ...],
+        max_message: int,
+    ) -> tuple[UpstreamEnd, str | None]:
+        """Open the upstream end of an allowed stream; a failure is a refusal (502/504)."""
+        config = runtime.loaded.config
+        target = config.targets[canonical.target]
+        connect = target.limits.connect_timeout_seconds or config.limits.connect_timeout_seconds
+        # The whole opening must fit in the listener's window for deciding on an accept.
+        deadline = min(connect, STREAM_OPEN_TIMEOUT)
+        if target.scheme == "tcp":
+            try:
+                async with asyncio.timeout(deadline):
+                    reader, writer = await open_tcp(
+                        target,
+                        resolver=runtime.resolver,
+                        connect_timeout=deadline,
+                        redirect=runtime.redirect,
+                    )
+            except DialError as exc:
+                raise Refusal(exc.status, exc.code, str(exc), "forward") from None
+            except TimeoutError:
+                raise Refusal(504, "upstream_timeout", "no connection in time", "forward") from None
+            return TcpEnd(reader, writer), None
+        try:
+            socket = await runtime.websockets.connect(
+                canonical.target,
+                path=canonical.path,
+                query=canonical.query,
+                headers=outbound_headers(target, operation, canonical.headers),
+                protocols=protocols,
+                max_message=max_message,
+                handshake_timeout=deadline,
+            )
+        except UpstreamError as exc:
+            raise Refusal(exc.status, exc.code, str(exc), "forward") from None
+        return socket, socket.protocol
 
     def _verifier_target(self, accept_target: str) -> str:
         # The SaaS signs the stream's path as it addressed it: /{hc path}{target}.
         return f"/{self._hc_path}{accept_target}"
 
+    def _expire(self, stream_id: str) -> None:
+        """Release a decided stream the listener never served (its rendezvous failed)."""
+        pending = self._streams.pop(stream_id, None)
+        if pending is None:
+            return
+        pending.expiry.cancel()
+        pending.release()
+        record = pending.record
+        record.result, record.reasons, record.status = "failed", ["not_served"], 0
+        self._finish_stream(record)
+        task = asyncio.ensure_future(pending.upstream.close(CLOSE_GOING_AWAY, "not served"))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     async def serve(self, info: AcceptInfo, socket: StreamSocket) -> None:
-        """Open the upstream and splice until either side ends."""
+        """Splice the accepted stream onto the upstream opened for it until either side ends."""
         pending = self._streams.pop(info.stream_id, None)
         if pending is None:
             await socket.close(1011, "no decision")
             return
+        pending.expiry.cancel()
         config = pending.runtime.loaded.config
-        target, record = pending.target, pending.record
-        connect = target.limits.connect_timeout_seconds or config.limits.connect_timeout_seconds
+        record = pending.record
         self._metrics.streams_active.inc()
         try:
-            try:
-                reader, writer = await open_tcp(
-                    target,
-                    resolver=pending.runtime.resolver,
-                    connect_timeout=connect,
-                    redirect=pending.runtime.redirect,
-                )
-            except DialError as exc:
-                record.result, record.reasons, record.status = "failed", [exc.code], exc.status
-                await socket.close(1011, exc.code)
-                return
-            result = await splice(
+            result = await relay(
                 socket,
-                reader,
-                writer,
+                pending.upstream,
                 idle_timeout=config.limits.stream_idle_timeout_seconds,
-                max_message=config.limits.max_request_body_bytes,
+                max_message=pending.max_message,
             )
             record.status = 101
-            record.reasons = [result.reason]
+            record.reasons = [*record.reasons, result.reason]
         finally:
+            pending.release()
             self._metrics.streams_active.dec()
             self._finish_stream(record)
+
+    async def close(self) -> None:
+        """Release every decided stream not yet served (at shutdown, after the listener)."""
+        for stream_id in list(self._streams):
+            self._expire(stream_id)
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     def _finish_stream(self, record: AuditRecord) -> None:
         reason = record.reasons[0] if record.reasons else ""
@@ -443,6 +584,44 @@ class Pipeline:
             self._audit(record)
         except Exception:
             log.exception("audit record could not be written", extra={"event": "audit_error"})
+
+
+def _refused(record: AuditRecord, refusal: Refusal) -> None:
+    record.result = "denied" if refusal.status in (401, 403) else "rejected"
+    if refusal.stage == "forward":
+        record.result = "failed"
+    record.reasons = record.reasons or [refusal.code]
+    record.stage = record.stage or refusal.stage
+    record.status = refusal.status
+
+
+def offered_protocols(headers: Sequence[tuple[str, str]]) -> tuple[str, ...]:
+    """The subprotocols a stream's sender offered (``Sec-WebSocket-Protocol``, RFC 6455 section
+    11.3.4: comma-separated tokens, possibly over several header lines), in its order.
+
+    Raises :class:`Refusal` (400 ``invalid_subprotocol``) for a value that is not a token list or
+    offers more than :data:`MAX_SUBPROTOCOLS`.
+    """
+    offered: list[str] = []
+    for name, value in headers:
+        if name != "sec-websocket-protocol":
+            continue
+        for item in value.split(","):
+            token = item.strip(" \t")
+            if not _TOKEN.fullmatch(token):
+                raise Refusal(
+                    400, "invalid_subprotocol", "a subprotocol is not a token", "canonicalise"
+                )
+            if token not in offered:
+                offered.append(token)
+    if len(offered) > MAX_SUBPROTOCOLS:
+        raise Refusal(
+            400,
+            "invalid_subprotocol",
+            f"more than {MAX_SUBPROTOCOLS} subprotocols offered",
+            "canonicalise",
+        )
+    return tuple(offered)
 
 
 async def _relayed(upstream: UpstreamResponse) -> RelayedResponse:

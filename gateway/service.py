@@ -11,7 +11,7 @@ grace period, close everything.
 Exit codes of ``gateway run`` (also in docs/operations.md):
 
 * 0 - stopped cleanly (SIGTERM/SIGINT)
-* 1 - the configuration is invalid
+* 1 - the configuration is invalid, or a start-up self-check failed (see :func:`self_check`)
 * 4 - the identity is missing or unusable (not registered, expired, unsafe files)
 * 5 - could not start (relay info, policy compilation, health port)
 """
@@ -23,11 +23,16 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import re
+import stat
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import aiohttp
+from aiohttp import client_proto, http_parser, web_protocol
 
 from gateway import __version__
 from gateway.auth import KeySet, ReplayCache, SignatureVerifier, VerifierSettings
@@ -37,6 +42,7 @@ from gateway.config import LoadedConfig, load
 from gateway.errors import ConfigError, GatewayError
 from gateway.forward.dial import Redirect, Resolver, system_resolver
 from gateway.forward.upstream import Upstream
+from gateway.forward.websocket import WebSocketUpstream
 from gateway.identity import (
     CertificateRenewer,
     ControlPlaneClient,
@@ -64,6 +70,126 @@ EXIT_IDENTITY = 4
 EXIT_START = 5
 
 EngineFactory = Callable[[LoadedConfig], Awaitable[Decider]]
+
+# Catalogue C 67: aiohttp releases before 3.13.4 have a C HTTP parser that accepts NUL and control
+# characters in response header values (CVE-2026-34520); a target could smuggle a header past the
+# gateway's response checks.
+MIN_AIOHTTP = (3, 13, 4)
+_VERSION = re.compile(r"([0-9]+)\.([0-9]+)(?:\.([0-9]+))?(.*)")
+# PEP 440: a pre-release or development release comes before the release it leads to.
+_PRE_RELEASE = re.compile(r"[.-]?(?:a|b|c|rc|alpha|beta|pre|preview|dev)[0-9]*", re.IGNORECASE)
+
+
+def aiohttp_version_problem(version: str) -> str | None:
+    """Why aiohttp ``version`` must not be used, or ``None`` when it is 3.13.4 or later.
+
+    A version that cannot be read is refused (fail closed).
+    """
+    wanted = ".".join(map(str, MIN_AIOHTTP))
+    match = _VERSION.fullmatch(version.strip())
+    if match is None:
+        return f"cannot read the aiohttp version {version[:40]!r}; {wanted} or later is required"
+    release = (int(match[1]), int(match[2]), int(match[3] or 0))
+    early = release == MIN_AIOHTTP and _PRE_RELEASE.match(match[4]) is not None
+    if release < MIN_AIOHTTP or early:
+        return f"aiohttp {version} is older than {wanted}; upgrade it (catalogue C 67)"
+    return None
+
+
+_PY_RESPONSE = http_parser.HttpResponseParserPy
+_PY_REQUEST = http_parser.HttpRequestParserPy
+
+
+def http_parser_problem() -> str | None:
+    """Why aiohttp's HTTP parsing must not be trusted, or ``None`` when its C parser is in use.
+
+    The pure-Python parser has had request-smuggling flaws the C one did not (GHSA-9548-qrrj-x5pj)
+    and is what ``AIOHTTP_NO_EXTENSIONS=1`` or a missing or broken compiled extension leaves. The
+    check looks at the parser classes the client (responses from targets and the control plane)
+    and the server (health endpoint) really bound at import time, whatever the reason for them.
+    """
+    pure = [
+        role
+        for role, bound, fallback in (
+            # Looked up by name: the modules bind these at import time without re-exporting them.
+            ("responses", getattr(client_proto, "HttpResponseParser", None), _PY_RESPONSE),
+            ("requests", getattr(web_protocol, "HttpRequestParser", None), _PY_REQUEST),
+        )
+        if bound is None or bound is fallback
+    ]
+    if not pure:
+        return None
+    why = (
+        "AIOHTTP_NO_EXTENSIONS is set"
+        if os.environ.get("AIOHTTP_NO_EXTENSIONS")
+        else "its compiled extension is missing"
+    )
+    return (
+        f"aiohttp parses HTTP {' and '.join(pure)} with its pure-Python parser ({why}); "
+        "install the aiohttp wheel for this platform and unset AIOHTTP_NO_EXTENSIONS"
+    )
+
+
+def permission_problems(files: Iterable[Path]) -> list[str]:
+    """Files (after following symlinks) that a group or other users could change.
+
+    Catalogue F 109: whoever can write gateway.yaml or a policy decides what the gateway lets in,
+    so such a file must be writable by its owner only. A symlink is judged by the file it leads
+    to; the directory holding that file must not let others replace it either (writable by group
+    or others without the sticky bit). On systems without POSIX modes this check has nothing to
+    read and passes.
+    """
+    if os.name != "posix":
+        return []
+    problems: list[str] = []
+    seen: set[Path] = set()
+    for file in files:
+        try:
+            real = file.resolve(strict=True)
+            mode = os.stat(real).st_mode
+        except OSError:
+            continue  # a missing file is reported by whatever reads it next
+        shown = str(file) if real == file.absolute() else f"{file} (-> {real})"
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            problems.append(
+                f"{shown} is writable by {_who(mode)} (mode {stat.S_IMODE(mode):04o}); "
+                f"make it writable by its owner only: chmod go-w {real}"
+            )
+        directory = real.parent
+        if directory in seen:
+            continue
+        seen.add(directory)
+        with contextlib.suppress(OSError):
+            dir_mode = os.stat(directory).st_mode
+            if dir_mode & (stat.S_IWGRP | stat.S_IWOTH) and not dir_mode & stat.S_ISVTX:
+                problems.append(
+                    f"{directory} (holding {real.name}) is writable by {_who(dir_mode)} "
+                    f"(mode {stat.S_IMODE(dir_mode):04o}); chmod go-w {directory}"
+                )
+    return problems
+
+
+def _who(mode: int) -> str:
+    parts = [
+        name for bit, name in ((stat.S_IWGRP, "group"), (stat.S_IWOTH, "others")) if mode & bit
+    ]
+    return " and ".join(parts)
+
+
+def policy_files(loaded: LoadedConfig) -> list[Path]:
+    """Every Rego file under the configured policy directories (what the engine may load)."""
+    found: list[Path] = []
+    for directory in loaded.config.policy.directories:
+        root = loaded.resolve_path(directory)
+        if root.is_dir():
+            found.extend(sorted(root.rglob("*.rego")))
+    return found
+
+
+def self_check() -> list[str]:
+    """The start-up checks of the runtime itself (catalogue C 67): aiohttp version and parser."""
+    found = [aiohttp_version_problem(aiohttp.__version__), http_parser_problem()]
+    return [problem for problem in found if problem is not None]
 
 
 class StartError(GatewayError):
@@ -138,6 +264,7 @@ class Agent:
         self._replay: ReplayCache | None = None
         self._audit: AuditLog | None = None
         self._health: HealthServer | None = None
+        self._pipeline: Pipeline | None = None
         self._reload_lock = asyncio.Lock()
         self._proxy_settings = ProxySettings()
         self._proxy = OutboundProxy(self._proxy_settings)
@@ -162,10 +289,17 @@ class Agent:
             redirect=self.options.redirect,
             resolve_path=loaded.resolve_path,
         )
+        websockets = WebSocketUpstream(
+            loaded.config,
+            resolver=self.options.resolver,
+            redirect=self.options.redirect,
+            resolve_path=loaded.resolve_path,
+        )
         return Runtime(
             loaded=loaded,
             engine=engine,
             upstream=upstream,
+            websockets=websockets,
             resolver=self.options.resolver,
             redirect=self.options.redirect,
         )
@@ -186,13 +320,26 @@ class Agent:
     # --- running ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Everything up to 'ready'; raises :class:`StartError` with the exit code on failure."""
+        """Everything up to 'ready'; raises :class:`StartError` with the exit code on failure.
+
+        Before anything is read: the runtime self-checks (:func:`self_check`), then the
+        permissions of gateway.yaml and, once it is loaded, of the policy files
+        (:func:`permission_problems`). Any failure refuses to start with exit code 1.
+        """
+        self._refuse_if(self_check(), "the runtime failed its self-check")
+        self._refuse_if(
+            permission_problems([Path(self.options.config_path)]),
+            "the configuration file is not protected",
+        )
         try:
             loaded = self._load()
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("%s", problem.render(), extra={"event": "config_invalid"})
             raise StartError("the configuration is invalid", EXIT_CONFIG) from None
+        self._refuse_if(
+            permission_problems(policy_files(loaded)), "the policy files are not protected"
+        )
         config = loaded.config
         for override in loaded.overrides:
             log.info(
@@ -249,7 +396,7 @@ class Agent:
         self._audit = AuditLog(
             loaded.resolve_path(config.logging.audit_file) if config.logging.audit_file else None
         )
-        pipeline = Pipeline(
+        self._pipeline = pipeline = Pipeline(
             self.runtime,
             self._verifier,
             authority=info.relay.namespace,
@@ -321,6 +468,8 @@ class Agent:
         """Drain and close everything (safe to call after a partial start)."""
         if self._listener is not None:
             await self._listener.stop(self.options.shutdown_grace)
+        if self._pipeline is not None:
+            await self._pipeline.close()
         for task in list(self._state.tasks):
             task.cancel()
         await asyncio.gather(*self._state.tasks, return_exceptions=True)
@@ -333,6 +482,13 @@ class Agent:
         if self._audit is not None:
             self._audit.close()
         log.info("gateway stopped", extra={"event": "stopped"})
+
+    @staticmethod
+    def _refuse_if(problems: list[str], summary: str) -> None:
+        for problem in problems:
+            log.error("%s", problem, extra={"event": "self_check_failed"})
+        if problems:
+            raise StartError(f"{summary}: {problems[0]}", EXIT_CONFIG)
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -444,8 +600,18 @@ class Agent:
     async def reload(self) -> bool:
         """Validate and compile the file again and swap it in; keep the old one on any failure."""
         async with self._reload_lock:
+            unsafe = permission_problems([Path(self.options.config_path)])
+            if unsafe:
+                for finding in unsafe:
+                    log.error("%s", finding, extra={"event": "reload_rejected"})
+                return self._reload_failed("the configuration file is not protected")
             try:
                 loaded = self._load()
+                unsafe = permission_problems(policy_files(loaded))
+                if unsafe:
+                    for finding in unsafe:
+                        log.error("%s", finding, extra={"event": "reload_rejected"})
+                    return self._reload_failed("the policy files are not protected")
                 runtime = await self._build_runtime(loaded)
             except ConfigError as exc:
                 for problem in exc.problems:
@@ -502,6 +668,7 @@ class Agent:
 
 async def _close_runtime(runtime: Runtime) -> None:
     await runtime.upstream.close()
+    await runtime.websockets.close()
     closer = getattr(runtime.engine, "close", None)
     if closer is not None:
         await closer()

@@ -11,7 +11,7 @@ import argparse
 import importlib
 
 # Modules under gateway.devkit that provide a `gateway dev NAME` verb.
-DEV_TOOLS: tuple[str, ...] = ("controlplane", "relay_emulator")
+DEV_TOOLS: tuple[str, ...] = ("controlplane", "relay_emulator", "send")
 
 
 def register(

@@ -8,11 +8,13 @@ relay, so the gateway can check it was meant for this Hybrid Connection.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
 from yarl import URL
 
+from gateway.devkit.relay_emulator import RelayEmulator
 from gateway.devkit.signing import RequestSigner
 
 SAS_HEADER = "ServiceBusAuthorization"
@@ -45,7 +47,10 @@ class SaaSClient:
         send_token: str,
         signer: RequestSigner | None,
         timeout: float = 30.0,
+        relay: RelayEmulator | None = None,
     ) -> None:
+        """``relay``: the in-process emulator, needed only for :meth:`relay_json`."""
+        self.relay = relay
         self.http_base = http_base.rstrip("/")
         self.ws_base = ws_base.rstrip("/")
         self.namespace = namespace
@@ -115,12 +120,63 @@ class SaaSClient:
             got = {k.lower(): v for k, v in response.headers.items()}
         return SaaSResponse(response.status, got, payload), sent
 
-    async def stream(self, selector: str, path: str = "") -> aiohttp.ClientWebSocketResponse:
-        """Open a signed WebSocket stream to ``selector`` through the relay."""
+    async def relay_json(
+        self,
+        method: str,
+        selector: str,
+        path: str,
+        *,
+        query: str = "",
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        signed_headers: list[tuple[str, str]] | None = None,
+    ) -> tuple[SaaSResponse, list[tuple[str, str]]]:
+        """Like :meth:`request`, but handed to a listener as relay JSON, bypassing HTTP parsing.
+
+        For requests no HTTP/1.1 stack would send (a CR in a header value, a lower-case or padded
+        method, raw control characters in the path) and header sets the relay's own
+        normalisation would change (``Content-Length`` with ``Transfer-Encoding``): this is the
+        ``request`` command such a request would become (see
+        :meth:`RelayEmulator.deliver_request`). Headers are one value per name, as in the JSON.
+        """
+        if self.relay is None:
+            raise RuntimeError("relay_json needs the in-process relay emulator")
+        relay_path = f"/{self.hc}/{selector}{path}"
+        sent = signed_headers or self.signed_headers(method, relay_path, query, headers, body)
+        try:
+            got = await self.relay.deliver_request(
+                self.hc,
+                method=method,
+                request_target=relay_path + (f"?{query}" if query else ""),
+                headers=dict(sent),
+                body=body,
+            )
+        except ConnectionError:
+            # What the relay's HTTP front door answers when the listener drops the request.
+            return SaaSResponse(502, {}, b"The listener connection was lost."), sent
+        answer = {k.lower(): v for k, v in got.command.response_headers.items()}
+        return SaaSResponse(got.command.status_code, answer, got.body or b""), sent
+
+    async def stream(
+        self,
+        selector: str,
+        path: str = "",
+        *,
+        protocols: Sequence[str] = (),
+        headers: list[tuple[str, str]] | None = None,
+    ) -> aiohttp.ClientWebSocketResponse:
+        """Open a signed WebSocket stream to ``selector`` (and ``path`` on it) through the relay.
+
+        ``protocols`` are offered as subprotocols; ``headers`` are sent (and signed) with the
+        handshake.
+        """
         assert self._session is not None, "use 'async with SaaSClient(...)'"
         relay_path = f"/{self.hc}/{selector}{path}"
-        headers = self.signed_headers("GET", relay_path)
+        signed = self.signed_headers("GET", relay_path, headers=headers)
         url = f"{self.ws_base}/$hc/{self.hc}/{selector}{path}?sb-hc-action=connect"
         return await self._session.ws_connect(
-            url, headers=[*headers, (SAS_HEADER, self.send_token)], autoping=True
+            url,
+            headers=[*signed, (SAS_HEADER, self.send_token)],
+            protocols=tuple(protocols),
+            autoping=True,
         )

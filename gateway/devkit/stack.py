@@ -3,6 +3,11 @@ on-prem targets (an HTTP API and a TCP echo service), and a signing SaaS client.
 
 Used by ``gateway demo``, the end-to-end tests and the benchmarks. The targets record what they
 received so a test can assert that a refused request never reached them.
+
+The HTTP target also serves WebSockets under ``/ws/``: ``/ws/echo`` answers every message with
+``echo:`` plus the message, text as text and binary as binary; the text ``close:CODE`` makes it
+close with that code and ``abort`` makes it drop the connection without a close frame. Any other
+``/ws/`` path refuses the upgrade with 403.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from types import TracebackType
 from typing import Any
 
 import yaml
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from gateway.devkit.controlplane import ControlPlaneSimulator
 from gateway.devkit.relay_emulator import LISTEN, SEND, RelayEmulator, SasRule
@@ -42,6 +47,19 @@ class ReceivedRequest:
 
 
 @dataclass
+class ReceivedStream:
+    """A WebSocket the sample HTTP target accepted: handshake, messages, how it ended."""
+
+    path_qs: str
+    headers: dict[str, str]
+    protocol: str | None
+    messages: list[str | bytes] = field(default_factory=list)
+    close_code: int | None = None
+    """The code the gateway closed with; ``None`` while open or when the connection dropped."""
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
 class SampleTargets:
     """The sample on-prem HTTP API and TCP echo service, recording what they receive."""
 
@@ -49,12 +67,15 @@ class SampleTargets:
     tcp_port: int = 0
     http_requests: list[ReceivedRequest] = field(default_factory=list)
     tcp_bytes: list[bytes] = field(default_factory=list)
+    ws_streams: list[ReceivedStream] = field(default_factory=list)
+    ws_protocols: tuple[str, ...] = ("chat.v2", "chat.v1")
     _runner: web.AppRunner | None = None
     _tcp: asyncio.Server | None = None
 
     async def start(self) -> None:
         """Bind both targets on 127.0.0.1 ephemeral ports."""
         app = web.Application(client_max_size=64 << 20)
+        app.router.add_get("/ws/{tail:.*}", self._websocket)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -88,6 +109,33 @@ class SampleTargets:
                 "received_bytes": len(body),
             }
         )
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        if request.path != "/ws/echo":
+            return web.Response(status=403, text="no WebSocket here")
+        ws = web.WebSocketResponse(protocols=self.ws_protocols, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        stream = ReceivedStream(request.path_qs, dict(request.headers), ws.ws_protocol)
+        self.ws_streams.append(stream)
+        try:
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    stream.messages.append(message.data)
+                    if message.data.startswith("close:"):
+                        await ws.close(code=int(message.data[6:]))
+                        break
+                    if message.data == "abort" and request.transport is not None:
+                        request.transport.abort()
+                        break
+                    await ws.send_str("echo:" + message.data)
+                elif message.type is WSMsgType.BINARY:
+                    stream.messages.append(message.data)
+                    await ws.send_bytes(b"echo:" + message.data)
+        finally:
+            if ws.close_code is not None and ws.close_code != 1006:
+                stream.close_code = ws.close_code
+            stream.ended.set()
+        return ws
 
     async def _echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -155,6 +203,9 @@ class DevStack:
         self.hc = f"hc-{gateway_id}"
         listen_key = base64.b64encode(secrets.token_bytes(32)).decode()
         send_key = base64.b64encode(secrets.token_bytes(32)).decode()
+        # The relay's Send rule, for senders outside this process (`gateway dev send`).
+        self.send_key_name = "SendRule"
+        self.send_key = send_key
         self.relay = RelayEmulator(
             [self.hc],
             [
@@ -198,18 +249,39 @@ class DevStack:
         await self._stack.__aexit__(exc_type, exc, tb)
 
     def write_gateway_dir(
-        self, directory: Path, *, extra_operations: Sequence[Mapping[str, object]] = ()
+        self,
+        directory: Path,
+        *,
+        extra_operations: Sequence[Mapping[str, object]] = (),
+        document: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Write gateway.yaml and the pinned EmpowerID CA into ``directory``; returns the config."""
+        """Write gateway.yaml and the pinned EmpowerID CA into ``directory``; returns the config.
+
+        The file is :func:`demo_config` (plus ``extra_operations``) unless ``document`` gives the
+        whole gateway.yaml document to write instead (see :meth:`gateway_document`).
+        """
         directory.mkdir(parents=True, exist_ok=True)
         self.controlplane.write_ca(directory / "empowerid-ca.pem")
         path = directory / "gateway.yaml"
-        document = demo_config(self, extra_operations=extra_operations)
+        if document is None:
+            document = demo_config(self, extra_operations=extra_operations)
         # Written to a temporary name and renamed, so a watching gateway never reads half a file.
         partial = path.with_suffix(".yaml.tmp")
-        partial.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        partial.write_text(yaml.safe_dump(dict(document), sort_keys=False), encoding="utf-8")
         partial.replace(path)
         return path
+
+    def gateway_document(self, targets: Mapping[str, Any], **sections: Any) -> dict[str, Any]:
+        """A gateway.yaml document wired to this stack with the given ``targets``.
+
+        The ``gateway``, ``empowerid``, ``relay``, ``policy``, ``logging`` and ``observability``
+        sections are those of :func:`demo_config`; ``sections`` replace or add top-level sections
+        (``limits={...}``, ``signatures={...}``).
+        """
+        document = demo_config(self)
+        document["targets"] = dict(targets)
+        document.update(sections)
+        return document
 
     def saas(self, *, signed: bool = True) -> SaaSClient:
         """A SaaS client signing with the control plane's request-signing key (or unsigned)."""
@@ -226,4 +298,5 @@ class DevStack:
             hc=self.hc,
             send_token=self.relay.token(self.hc, "SendRule"),
             signer=signer,
+            relay=self.relay,
         )

@@ -1,12 +1,21 @@
-"""Stream splicing: a relayed WebSocket on one side, a raw TCP connection on the other.
+"""Stream splicing: a relayed WebSocket on one side, an upstream connection on the other.
 
-Used for tcp targets (LDAP, SQL, ...): the SaaS's binary WebSocket messages become bytes on the
-TCP connection and bytes read from it become binary messages. Both directions apply backpressure
-(a message is only read from one side once the previous one was written to the other), messages
-are capped in size, the stream ends after ``idle_timeout`` seconds without traffic in either
-direction, and whichever side ends first ends the other: a clean upstream close closes the relay
-side with 1000, a failure with 1011 (RFC 6455 section 7.4.1). Every socket and task is released
-on every path.
+One splice serves both kinds of upstream, through the small :class:`UpstreamEnd` interface:
+
+* a raw TCP connection (:class:`TcpEnd`, tcp targets such as LDAP or SQL): the SaaS's binary
+  WebSocket messages become bytes on the connection and bytes read from it become binary
+  messages; a text message cannot be carried and ends the stream with 1003;
+* an upstream WebSocket (:class:`gateway.forward.websocket.UpstreamSocket`, http and https
+  targets): messages pass one for one, text stays text and binary stays binary.
+
+Both directions apply backpressure (a message is only read from one side once the previous one was
+written to the other), messages are capped in size, the stream ends after ``idle_timeout`` seconds
+without a data message in either direction, and whichever side ends first ends the other. Close
+codes (RFC 6455 section 7.4.1): when the upstream closes with a close frame its code is passed to
+the relay side (codes that may not be sent, section 7.4.2, become 1000 or 1011); an upstream that
+vanishes without one, or fails, closes the relay side with 1011; an ending the gateway decides
+(idle, oversize, text to a tcp target) closes both sides with the same code. Every socket and task
+is released on every path.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.config.model import Target
 from gateway.forward.dial import AddressPolicy, DialError, Redirect, Resolver, resolve_checked
@@ -26,8 +36,13 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED = 1003
+CLOSE_NO_STATUS = 1005
+CLOSE_ABNORMAL = 1006
 CLOSE_TOO_BIG = 1009
 CLOSE_ERROR = 1011
+CLOSE_TLS = 1015
+# How long closing the upstream end may take before it is abandoned (the socket is still freed).
+CLOSE_TIMEOUT = 2.0
 
 
 @dataclass
@@ -37,14 +52,79 @@ class SpliceResult:
     reason: str
     bytes_up: int = 0
     bytes_down: int = 0
+    close_code: int = CLOSE_NORMAL
 
 
-class _Activity:
-    def __init__(self) -> None:
-        self.last = time.monotonic()
+class UpstreamEnd(Protocol):
+    """The on-prem side of a splice, message by message."""
 
-    def touch(self) -> None:
-        self.last = time.monotonic()
+    @property
+    def carries_text(self) -> bool:
+        """Whether text messages can be sent to this end (a raw TCP connection cannot)."""
+        ...
+
+    async def receive(self) -> str | bytes | None:
+        """The next message, or ``None`` once this end has ended (see :meth:`ending`)."""
+        ...
+
+    async def send(self, data: str | bytes) -> None:
+        """Send one message, waiting while the peer is not reading (backpressure)."""
+        ...
+
+    def ending(self) -> tuple[str, int]:
+        """Why :meth:`receive` returned ``None``: a reason code and the relay side's close code."""
+        ...
+
+    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Close and release the connection (idempotent, bounded in time, never raises)."""
+        ...
+
+
+def relay_close_code(code: int | None) -> int:
+    """The close code to send the relay side for an upstream close frame carrying ``code``.
+
+    RFC 6455 section 7.4.1/7.4.2: 1005 ("no status", also an empty close frame) means a normal
+    close; 1006 and 1015 are never sent in a close frame and stand for a failed connection, so they
+    become 1011, as does any code outside the ranges an endpoint may send (1000-1003, 1007-1014,
+    3000-4999).
+    """
+    if code is None or code in (0, CLOSE_NO_STATUS):
+        return CLOSE_NORMAL
+    if code in (CLOSE_ABNORMAL, CLOSE_TLS):
+        return CLOSE_ERROR
+    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
+        return code
+    return CLOSE_ERROR
+
+
+class TcpEnd:
+    """A raw TCP connection as an :class:`UpstreamEnd`: bytes in chunks, no text, no close codes."""
+
+    carries_text = False
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def receive(self) -> bytes | None:
+        """Up to :data:`READ_CHUNK` bytes, or ``None`` at end of stream."""
+        chunk = await self._reader.read(READ_CHUNK)
+        return chunk or None
+
+    async def send(self, data: str | bytes) -> None:
+        """Write ``data`` and wait until the transport has drained below its high-water mark."""
+        self._writer.write(data.encode() if isinstance(data, str) else data)
+        await self._writer.drain()
+
+    def ending(self) -> tuple[str, int]:
+        """The peer shut down its side (a FIN): a clean end."""
+        return "upstream_closed", CLOSE_NORMAL
+
+    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Close the connection; TCP has no close code."""
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._writer.wait_closed(), CLOSE_TIMEOUT)
 
 
 async def open_tcp(
@@ -78,6 +158,90 @@ async def open_tcp(
     raise DialError("upstream_unreachable", last_error)
 
 
+class _Activity:
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+
+def _size(message: str | bytes) -> int:
+    return len(message.encode()) if isinstance(message, str) else len(message)
+
+
+async def relay(
+    socket: StreamSocket,
+    upstream: UpstreamEnd,
+    *,
+    idle_timeout: float,
+    max_message: int,
+) -> SpliceResult:
+    """Copy messages both ways until one side ends; closes both sides before returning."""
+    result = SpliceResult(reason="closed")
+    activity = _Activity()
+
+    async def up() -> tuple[str, int]:
+        while True:
+            try:
+                message = await socket.receive()
+            except (ConnectionError, OSError):
+                return "relay_error", CLOSE_ERROR
+            if message is None:
+                return "client_closed", CLOSE_NORMAL
+            if isinstance(message, str) and not upstream.carries_text:
+                return "text_message", CLOSE_UNSUPPORTED
+            size = _size(message)
+            if size > max_message:
+                return "message_too_large", CLOSE_TOO_BIG
+            activity.touch()
+            try:
+                await upstream.send(message)
+            except (ConnectionError, OSError):
+                return "upstream_error", CLOSE_ERROR
+            result.bytes_up += size
+
+    async def down() -> tuple[str, int]:
+        while True:
+            try:
+                message = await upstream.receive()
+            except (ConnectionError, OSError):
+                return "upstream_error", CLOSE_ERROR
+            if message is None:
+                return upstream.ending()
+            activity.touch()
+            try:
+                await socket.send(message)
+            except (ConnectionError, OSError):
+                return "relay_error", CLOSE_ERROR
+            result.bytes_down += _size(message)
+
+    async def idle() -> tuple[str, int]:
+        while True:
+            remaining = activity.last + idle_timeout - time.monotonic()
+            if remaining <= 0:
+                return "idle_timeout", CLOSE_NORMAL
+            await asyncio.sleep(remaining)
+
+    tasks = [asyncio.create_task(coro) for coro in (up(), down(), idle())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        result.reason, result.close_code = done.pop().result()
+    except Exception as exc:  # any other failure still closes both ends, abnormally
+        result.reason, result.close_code = "internal_error", CLOSE_ERROR
+        log.warning("stream failed: %s", exc, extra={"event": "stream_error"})
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await upstream.close(result.close_code, result.reason)
+        with contextlib.suppress(Exception):
+            await socket.close(result.close_code, result.reason)
+    if result.close_code == CLOSE_ERROR:
+        log.info("stream ended abnormally: %s", result.reason, extra={"event": "stream_error"})
+    return result
+
+
 async def splice(
     socket: StreamSocket,
     reader: asyncio.StreamReader,
@@ -86,66 +250,7 @@ async def splice(
     idle_timeout: float,
     max_message: int,
 ) -> SpliceResult:
-    """Copy both ways until one side ends; closes both sides before returning."""
-    result = SpliceResult(reason="closed")
-    activity = _Activity()
-
-    async def up() -> str:
-        while True:
-            message = await socket.receive()
-            if message is None:
-                return "client_closed"
-            if isinstance(message, str):
-                return "text_message"
-            if len(message) > max_message:
-                return "message_too_large"
-            activity.touch()
-            writer.write(message)
-            await writer.drain()
-            result.bytes_up += len(message)
-
-    async def down() -> str:
-        while True:
-            chunk = await reader.read(READ_CHUNK)
-            if not chunk:
-                return "upstream_closed"
-            activity.touch()
-            await socket.send(chunk)
-            result.bytes_down += len(chunk)
-
-    async def idle() -> str:
-        while True:
-            remaining = activity.last + idle_timeout - time.monotonic()
-            if remaining <= 0:
-                return "idle_timeout"
-            await asyncio.sleep(remaining)
-
-    tasks = [asyncio.create_task(coro) for coro in (up(), down(), idle())]
-    close_code = CLOSE_NORMAL
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finished = done.pop()
-        try:
-            result.reason = finished.result()
-        except (ConnectionError, OSError) as exc:
-            result.reason = "upstream_error"
-            log.info("stream ended by a socket error: %s", exc, extra={"event": "stream_error"})
-        close_code = {
-            "text_message": CLOSE_UNSUPPORTED,
-            "message_too_large": CLOSE_TOO_BIG,
-            "upstream_error": CLOSE_ERROR,
-        }.get(result.reason, CLOSE_NORMAL)
-    except Exception as exc:  # any other failure still closes both ends, abnormally
-        result.reason = "internal_error"
-        close_code = CLOSE_ERROR
-        log.warning("stream failed: %s", exc, extra={"event": "stream_error"})
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer.wait_closed(), 2)
-        with contextlib.suppress(Exception):
-            await socket.close(close_code, result.reason)
-    return result
+    """Splice ``socket`` onto a raw TCP connection (:func:`relay` with a :class:`TcpEnd`)."""
+    return await relay(
+        socket, TcpEnd(reader, writer), idle_timeout=idle_timeout, max_message=max_message
+    )

@@ -1,0 +1,244 @@
+"""WebSocket streams to an HTTP target, end to end: relay emulator -> gateway -> sample target.
+
+The SaaS opens a signed stream through the relay emulator; an in-process agent decides it, opens
+the upstream WebSocket on the sample HTTP target and splices the two. Each case asserts what the
+SaaS saw, what the target saw (nothing, for every refused stream) and the decision log record.
+
+The relay tells a sender only that the listener closed (1000, protocol notes section 4), so the
+close code the gateway sends on its rendezvous leg is asserted in test_websocket_splice.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from gateway.auth import ReplayCache
+from gateway.devkit.stack import PERSON, PERSON_PASSWORD, DevStack
+from gateway.identity import RegistrationSettings, register
+from gateway.service import Agent, AgentOptions
+
+WAIT = 5.0
+LIVE_EVENTS = {"name": "live-events", "methods": ["GET"], "paths": ["/ws/*"], "websocket": True}
+
+
+@dataclass
+class Running:
+    stack: DevStack
+    agent: Agent
+    directory: Path
+
+    def decisions(self) -> list[dict[str, Any]]:
+        text = (self.directory / "decisions.jsonl").read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines()]
+
+    def streams(self) -> list[dict[str, Any]]:
+        return [d for d in self.decisions() if d["kind"] == "stream"]
+
+
+Start = Callable[..., AbstractAsyncContextManager[Running]]
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Start:
+    """Start the stack and an agent whose gateway.yaml has ``limits`` / ``erp_limits`` merged in."""
+
+    @asynccontextmanager
+    async def run(
+        limits: dict[str, Any] | None = None, erp_limits: dict[str, Any] | None = None
+    ) -> AsyncIterator[Running]:
+        directory = tmp_path / "gw"
+        async with DevStack() as stack:
+            config = stack.write_gateway_dir(directory, extra_operations=[LIVE_EVENTS])
+            document = yaml.safe_load(config.read_text(encoding="utf-8"))
+            document["limits"].update(limits or {})
+            document["targets"]["erp"]["limits"] = erp_limits or {}
+            config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+            await register(
+                RegistrationSettings(
+                    base_url=stack.controlplane.base_url,
+                    state_dir=directory / "state",
+                    gateway_id=stack.gateway_id,
+                    ca_file=directory / "empowerid-ca.pem",
+                ),
+                username=PERSON,
+                password=PERSON_PASSWORD,
+            )
+            ReplayCache.initialise(directory / "state")
+            agent = Agent(AgentOptions(config_path=str(config), shutdown_grace=2))
+            await agent.start()
+            try:
+                async with asyncio.timeout(10):
+                    await stack.relay.wait_for_listeners(stack.hc, 2)
+                yield Running(stack, agent, directory)
+            finally:
+                await agent.stop()
+
+    return run
+
+
+async def receive(socket: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
+    return await asyncio.wait_for(socket.receive(), WAIT)
+
+
+async def test_allowed_stream_echoes_text_and_binary(start: Start) -> None:
+    async with start() as running, running.stack.saas() as saas:
+        socket = await saas.stream("erp", "/ws/echo", protocols=["chat.v3", "chat.v1"])
+        try:
+            await socket.send_str("hello")
+            text = await receive(socket)
+            await socket.send_bytes(b"\x00\xffbinary")
+            binary = await receive(socket)
+        finally:
+            await socket.close()
+        [stream] = running.stack.targets.ws_streams
+        await asyncio.wait_for(stream.ended.wait(), WAIT)
+        [record] = running.streams()
+    assert (text.type, text.data) == (aiohttp.WSMsgType.TEXT, "echo:hello")
+    assert (binary.type, binary.data) == (aiohttp.WSMsgType.BINARY, b"echo:\x00\xffbinary")
+    # The target chose among the subprotocols the SaaS offered; the SaaS got its choice.
+    assert socket.protocol == stream.protocol == "chat.v1"
+    assert stream.messages == ["hello", b"\x00\xffbinary"]
+    assert stream.path_qs == "/ws/echo"
+    # The SaaS's signature headers stay on the gateway; Host names the configured target.
+    sent = {name.lower(): value for name, value in stream.headers.items()}
+    assert not {"signature", "signature-input", "x-gateway-id"} & set(sent)
+    assert sent["host"] == f"127.0.0.1:{running.stack.targets.http_port}"
+    assert stream.close_code == 1000
+    assert record["result"] == "allowed"
+    assert record["operation"] == "live-events"
+    assert record["reasons"] == ["client_closed"]
+    assert record["status"] == 101
+
+
+@pytest.mark.parametrize(
+    ("selector", "path", "reason"),
+    [
+        ("erp", "/api/accounts", "websocket_not_allowed"),  # an operation grants GET, not streams
+        ("erp", "/admin", "path_not_allowed"),
+        ("directory", "/admin", "path_not_allowed"),  # a tcp target has no paths
+    ],
+)
+async def test_stream_without_a_websocket_grant_is_rejected_before_upstream(
+    start: Start, selector: str, path: str, reason: str
+) -> None:
+    async with start() as running, running.stack.saas() as saas:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await saas.stream(selector, path)
+        [record] = running.streams()
+    assert caught.value.status == 403
+    assert record["reasons"] == [reason]
+    assert running.stack.targets.ws_streams == []
+    assert running.stack.targets.http_requests == []
+    assert running.stack.targets.tcp_bytes == []
+
+
+async def test_unsigned_stream_is_rejected_before_upstream(start: Start) -> None:
+    async with start() as running, running.stack.saas(signed=False) as saas:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await saas.stream("erp", "/ws/echo")
+        [record] = running.streams()
+    assert caught.value.status == 401
+    assert record["reasons"] == ["missing_signature"]
+    assert running.stack.targets.ws_streams == []
+
+
+async def test_target_refusing_the_upgrade_rejects_the_stream(start: Start) -> None:
+    async with start() as running, running.stack.saas() as saas:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await saas.stream("erp", "/ws/refuse")
+        [record] = running.streams()
+    assert caught.value.status == 502
+    assert (record["result"], record["reasons"]) == ("failed", ["upstream_upgrade_refused"])
+
+
+@pytest.mark.parametrize(
+    ("command", "reason"), [("abort", "upstream_error"), ("close:4001", "upstream_closed")]
+)
+async def test_target_ending_the_stream_ends_it_for_the_saas(
+    start: Start, command: str, reason: str
+) -> None:
+    async with start() as running, running.stack.saas() as saas:
+        socket = await saas.stream("erp", "/ws/echo")
+        try:
+            await socket.send_str(command)
+            message = await receive(socket)
+        finally:
+            await socket.close()
+        await asyncio.sleep(0)
+        [record] = running.streams()
+    assert message.type is aiohttp.WSMsgType.CLOSE
+    assert record["reasons"] == [reason]
+
+
+async def test_per_target_stream_cap_is_answered_with_503(start: Start) -> None:
+    async with start(erp_limits={"max_concurrent_streams": 1}) as running:
+        async with running.stack.saas() as saas:
+            first = await saas.stream("erp", "/ws/echo")
+            with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+                await saas.stream("erp", "/ws/echo")
+            # Another target is not held back by erp's limit.
+            other = await saas.stream("directory")
+            await other.close()
+            await first.close()
+            await asyncio.wait_for(running.stack.targets.ws_streams[0].ended.wait(), WAIT)
+            # The slot is free again once the first stream ended.
+            again = await saas.stream("erp", "/ws/echo")
+            await again.close()
+        refused = [r for r in running.streams() if r["status"] == 503]
+    assert caught.value.status == 503
+    assert [r["reasons"] for r in refused] == [["target_busy"]]
+    assert len(running.stack.targets.ws_streams) == 2
+
+
+async def test_global_stream_cap_is_answered_with_503(start: Start) -> None:
+    async with start(limits={"max_concurrent_streams": 1}) as running, running.stack.saas() as saas:
+        first = await saas.stream("erp", "/ws/echo")
+        try:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+                await saas.stream("directory")
+        finally:
+            await first.close()
+    assert caught.value.status == 503
+    assert running.stack.targets.tcp_bytes == []
+
+
+async def test_a_lower_global_stream_cap_takes_effect_on_reload(start: Start) -> None:
+    async with start() as running, running.stack.saas() as saas:
+        first = await saas.stream("erp", "/ws/echo")
+        try:
+            config = running.directory / "gateway.yaml"
+            document = yaml.safe_load(config.read_text(encoding="utf-8"))
+            document["limits"]["max_concurrent_streams"] = 1
+            config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+            assert await running.agent.reload() is True
+            with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+                await saas.stream("directory")
+        finally:
+            await first.close()
+        refused = [r for r in running.streams() if r["status"] == 503]
+    assert caught.value.status == 503
+    assert [r["reasons"] for r in refused] == [["gateway_busy"]]
+
+
+async def test_idle_stream_is_closed_on_both_sides(start: Start) -> None:
+    async with start(limits={"stream_idle_timeout_seconds": 0.3}) as running:
+        async with running.stack.saas() as saas:
+            socket = await saas.stream("erp", "/ws/echo")
+            message = await receive(socket)
+            await socket.close()
+        [stream] = running.stack.targets.ws_streams
+        await asyncio.wait_for(stream.ended.wait(), WAIT)
+        [record] = running.streams()
+    assert message.type is aiohttp.WSMsgType.CLOSE
+    assert stream.close_code == 1000
+    assert record["reasons"] == ["idle_timeout"]
