@@ -17,6 +17,7 @@ import base64
 import contextlib
 import datetime as dt
 import secrets
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,8 @@ def demo_config(
     policy_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The gateway.yaml document for a gateway wired to ``stack``."""
-    policies = policy_dir or Path(__file__).resolve().parents[2] / "policies"
+    # Relative to the gateway directory, where write_gateway_dir copies the shipped policies.
+    policies = policy_dir or Path("policies")
     operations: list[Mapping[str, object]] = [
         {
             "name": "read-accounts",
@@ -193,6 +195,17 @@ def demo_config(
             },
         },
     }
+
+
+SHIPPED_POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+def _install_policies(destination: Path) -> None:
+    """Copy the shipped policies with modes the gateway accepts (a checkout made under umask 002
+    has group-writable files, which the agent's start-up check rightly refuses)."""
+    shutil.copytree(SHIPPED_POLICIES, destination, dirs_exist_ok=True)
+    for item in [destination, *destination.rglob("*")]:
+        item.chmod(0o755 if item.is_dir() else 0o644)
 
 
 class DevStack:
@@ -261,13 +274,16 @@ class DevStack:
         whole gateway.yaml document to write instead (see :meth:`gateway_document`).
         """
         directory.mkdir(parents=True, exist_ok=True)
-        self.controlplane.write_ca(directory / "empowerid-ca.pem")
+        self.controlplane.write_ca(directory / "empowerid-ca.pem").chmod(0o644)
+        _install_policies(directory / "policies")
         path = directory / "gateway.yaml"
         if document is None:
             document = demo_config(self, extra_operations=extra_operations)
         # Written to a temporary name and renamed, so a watching gateway never reads half a file.
         partial = path.with_suffix(".yaml.tmp")
         partial.write_text(yaml.safe_dump(dict(document), sort_keys=False), encoding="utf-8")
+        # The gateway refuses group- or world-writable configuration, whatever the umask.
+        partial.chmod(0o644)
         partial.replace(path)
         return path
 
