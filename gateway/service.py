@@ -43,6 +43,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.forward.dial import Redirect, Resolver, system_resolver
 from gateway.forward.upstream import Upstream
 from gateway.forward.websocket import WebSocketUpstream
+from gateway.gitops.signing import verify_signed_config
 from gateway.identity import (
     CertificateRenewer,
     ControlPlaneClient,
@@ -58,7 +59,7 @@ from gateway.observability.health import HealthServer, Readiness
 from gateway.observability.metrics import Metrics
 from gateway.outbound.proxy import OutboundProxy, ProxyConfigError, ProxySettings
 from gateway.pipeline import AuditRecord, Decider, Pipeline, Runtime
-from gateway.policy.loader import build_engine
+from gateway.policy.loader import build_engine, load_policies
 from gateway.relay.listener import RelayListener
 from gateway.relay.settings import ListenerSettings
 
@@ -235,9 +236,24 @@ def signing_keyset(keys: tuple[SigningKey, ...] | list[SigningKey]) -> KeySet:
 
 
 async def default_engine(loaded: LoadedConfig) -> Decider:
-    """The policy engine the configuration asks for, compiled and started for this revision."""
-    engine = build_engine(loaded)
+    """The policy engine for this revision: signature checked (when the configuration requires
+    one), policies loaded once, compiled and started.
+
+    The policy files verified are the ones compiled: ``check_policies`` refuses modules that
+    changed between the signature check and loading.
+    """
+    state_dir = loaded.resolve_path(loaded.config.gateway.state_dir)
+    verified = await asyncio.to_thread(verify_signed_config, loaded, state_dir)
+    policies = load_policies(loaded)
+    verified.check_policies(policies)
+    engine = build_engine(loaded, policies)
     await engine.start()
+    if verified.signed:
+        log.info(
+            "configuration signature verified: epoch %d",
+            verified.epoch,
+            extra={"event": "config_signature_ok", "epoch": verified.epoch},
+        )
     return engine
 
 
@@ -369,6 +385,10 @@ class Agent:
         self.metrics.cert_expiry.set(identity.certificate.not_valid_after_utc.timestamp())
         try:
             self._runtime = await self._build_runtime(loaded)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("%s", problem.render(), extra={"event": "config_invalid"})
+            raise StartError(f"configuration refused: {exc}", EXIT_CONFIG) from None
         except GatewayError as exc:
             raise StartError(f"policy could not be built: {exc}", EXIT_START) from None
         self._record_info()

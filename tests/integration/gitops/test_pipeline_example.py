@@ -1,0 +1,143 @@
+"""The sample GitOps pipeline and pre-commit hook, run for real on a temporary repository.
+
+The workflow's own ``run:`` scripts are executed with bash (as GitHub Actions does, ``bash -e``)
+with the gateway of this checkout on PATH; only steps that need GitHub itself (installing from the
+package index, commenting, uploading) are left out.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.cli import main
+from gateway.config import load
+from gateway.gitops.signing import generate_key, verify_signed_config
+from tests.unit.gitops.conftest import BASE
+
+ROOT = Path(__file__).parents[3]
+WORKFLOW = ROOT / "examples" / "gitops" / "github-actions.yml"
+BASH = shutil.which("bash")
+GIT = shutil.which("git")
+pytestmark = pytest.mark.skipif(BASH is None or GIT is None, reason="needs bash and git")
+
+SIGNED = BASE + "config_signature:\n  required: true\n  public_keys: [release.pem.pub]\n"
+
+
+def steps(job: str) -> dict[str, dict[str, Any]]:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    return {step["name"]: step for step in workflow["jobs"][job]["steps"] if "name" in step}
+
+
+def run_step(
+    step: dict[str, Any], repo: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    assert BASH is not None
+    bin_dir = str(Path(sys.executable).parent)
+    full = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "CONFIG": "gateway.yaml",
+        **env,
+    }
+    return subprocess.run(
+        [BASH, "-e", "-o", "pipefail", "-c", step["run"]],
+        cwd=repo,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def git(repo: Path, *args: str) -> None:
+    assert GIT is not None
+    subprocess.run(
+        [GIT, "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A config repository: main has BASE, the checked-out branch widens it."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    shutil.copytree(ROOT / "policies", root / "policies")
+    (root / "gateway.yaml").write_text(SIGNED)
+    generate_key(tmp_path / "release.pem")
+    shutil.copy(tmp_path / "release.pem.pub", root / "release.pem.pub")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "base")
+    git(root, "update-ref", "refs/remotes/origin/main", "main")
+    git(root, "checkout", "-q", "-b", "change")
+    (root / "gateway.yaml").write_text(SIGNED.replace("[PATCH]", "[PATCH, DELETE]"))
+    git(root, "commit", "-q", "-am", "allow deleting accounts")
+    return root
+
+
+def test_merge_request_steps(repo: Path, tmp_path: Path) -> None:
+    review = steps("review")
+    summary, output = tmp_path / "summary.md", tmp_path / "output"
+    env = {"BASE_REF": "main", "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_OUTPUT": str(output)}
+    for name in ("Validate", "Policy tests", "Permission diff"):
+        done = run_step(review[name], repo, env)
+        assert done.returncode == 0, (name, done.stdout, done.stderr)
+    assert "widened=true" in output.read_text()
+    assert "now also allows `DELETE` on `/api/accounts/*`" in summary.read_text()
+    assert "if" in review["Widened permissions need a security reviewer's label"]
+
+
+def test_merge_request_with_an_invalid_file_fails(repo: Path, tmp_path: Path) -> None:
+    (repo / "gateway.yaml").write_text(SIGNED.replace("port: 8443", "port: 0"))
+    env = {
+        "BASE_REF": "main",
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "s"),
+        "GITHUB_OUTPUT": str(tmp_path / "o"),
+    }
+    done = run_step(steps("review")["Permission diff"], repo, env)
+    assert done.returncode == 1
+    assert "targets.erp.port" in done.stderr
+
+
+def test_release_steps_sign_what_the_gateway_accepts(repo: Path, tmp_path: Path) -> None:
+    sign = steps("sign")
+    env = {
+        "SIGNING_KEY": (tmp_path / "release.pem").read_text(),
+        "RUNNER_TEMP": str(tmp_path / "runner"),
+    }
+    (tmp_path / "runner").mkdir()
+    for name in ("Validate and test before signing", "Sign"):
+        done = run_step(sign[name], repo, env)
+        assert done.returncode == 0, (name, done.stdout, done.stderr)
+    assert not (tmp_path / "runner" / "release.pem").exists(), "the key must not stay on disk"
+    verified = verify_signed_config(
+        load(repo / "gateway.yaml", env={}, check_host=False), tmp_path / "state"
+    )
+    assert verified.epoch is not None
+    assert verified.epoch > 1_600_000_000  # the commit time
+
+
+def test_pre_commit_hook_entry_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    [hook] = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    assert hook["id"] == "gateway-validate"
+    assert hook["pass_filenames"] is False
+    program, *args = hook["entry"].split()
+    assert program == "gateway"
+    consumer = yaml.safe_load((ROOT / "examples" / "gitops" / "pre-commit-config.yaml").read_text())
+    [configured] = consumer["repos"][0]["hooks"]
+    assert configured["id"] == hook["id"]
+    assert main([*args, "-c", str(ROOT / "gateway.yaml.example")]) == 0
+    assert "valid" in capsys.readouterr().out
