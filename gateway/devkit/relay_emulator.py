@@ -228,7 +228,9 @@ class RelayEmulator:
     async def start(self) -> None:
         """Bind and start serving; afterwards :attr:`port` is the real port."""
         app = web.Application(client_max_size=self._max_body)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        # '[\s\S]' rather than '.': a path with an encoded line break (%0A) decodes to one, and
+        # must reach the listener (which refuses it) rather than end in the router's 404.
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._dispatch)
         # Handlers are cancelled when their client goes away; a short shutdown timeout keeps
         # stop() from waiting out the 60 s response deadline of requests still in flight.
         runner = web.AppRunner(
@@ -291,13 +293,19 @@ class RelayEmulator:
         """How many control channels are connected for HC ``path``."""
         return len(self._listeners[path.strip("/").lower()])
 
-    async def wait_for_listeners(self, path: str, count: int) -> None:
-        """Wait until exactly ``count`` listeners are connected to ``path``.
+    async def wait_for_listeners(self, path: str, count: int, *, at_least: bool = False) -> None:
+        """Wait until exactly ``count`` (or, with ``at_least``, ``count`` or more) listeners are
+        connected to ``path``.
 
         Unbounded by itself: wrap it in ``asyncio.timeout``.
         """
+
+        def reached() -> bool:
+            connected = self.listener_count(path)
+            return connected >= count if at_least else connected == count
+
         async with self._changed:
-            await self._changed.wait_for(lambda: self.listener_count(path) == count)
+            await self._changed.wait_for(reached)
 
     # -- fault knobs -------------------------------------------------------------------------
 
@@ -442,6 +450,11 @@ class RelayEmulator:
             await self._read_control(request, listener)
         finally:
             await self._unregister(listener)
+            # A request routed to a listener that went away is never answered by it: its
+            # sender gets the service's 502 now rather than the 504 after the full deadline.
+            for pending in list(listener.pending.values()):
+                if not pending.future.done():
+                    pending.future.set_exception(ConnectionError("listener disconnected"))
         return ws
 
     async def _register(self, listener: _Listener) -> None:
@@ -559,53 +572,99 @@ class RelayEmulator:
         if listener is None:
             # Choice (section 12.1): 502 by default, configurable.
             return _error(self.no_listener_status, "There are no listeners connected.")
-        request_id = f"{uuid.uuid4()}_G1"
-        loop = asyncio.get_running_loop()
-        pending = _Pending(request_id, request.method, loop.create_future())
-        target = _raw_target(request.rel_url.raw_path, app_query)
         command = RequestCommand(
-            id=request_id,
-            request_target=target,
+            id=f"{uuid.uuid4()}_G1",
+            request_target=_raw_target(request.rel_url.raw_path, app_query),
             method=request.method,
             request_headers=headers,
             body=bool(body),
             remote_endpoint=_remote(request),
         )
-        payload = body if body else None
         # Section 5.3: small, fully known bodies go inline; large or chunked ones by rendezvous.
         inline = not body or (
             request.content_length is not None and len(body) <= self._inline_limit
         )
+        try:
+            response = await self._exchange(listener, command, body, inline=inline)
+        except _RendezvousTableFullError:
+            return _error(503, "Too many pending rendezvous")
+        except TimeoutError:
+            return _error(504, TIMEOUT_TEXT)
+        except ConnectionError:
+            return _error(502, "The listener connection was lost.")
+        return await self._reply(request, response)
+
+    async def _exchange(
+        self, listener: _Listener, command: RequestCommand, body: bytes, *, inline: bool
+    ) -> ResponseReceived:
+        """Hand ``command`` (and ``body``) to ``listener`` and wait for its response.
+
+        Raises ``TimeoutError`` past the response deadline, ``ConnectionError`` when the listener
+        goes away and :class:`_RendezvousTableFullError` when no rendezvous address is free.
+        """
+        loop = asyncio.get_running_loop()
+        pending = _Pending(command.id, command.method, loop.create_future())
+        payload = body if body else None
         rendezvous = _Rendezvous(
-            hc=hc,
+            hc=listener.hc,
             kind="request",
             expires=loop.time() + self.rendezvous_ttl,
             pending=pending,
             deliver=None if inline else (command, payload),
         )
-        try:
-            secret = self._new_rendezvous(rendezvous)
-        except _RendezvousTableFullError:
-            return _error(503, "Too many pending rendezvous")
-        address = self._rendezvous_address(hc, "", "", "request", request_id, secret)
-        listener.pending[request_id] = pending
+        secret = self._new_rendezvous(rendezvous)
+        address = self._rendezvous_address(listener.hc, "", "", "request", command.id, secret)
+        listener.pending[command.id] = pending
         try:
             if inline:
                 text = encode_command(dataclasses.replace(command, address=address))
                 await self._send_to_listener(listener, text, payload)
             else:
-                text = encode_command(RendezvousRequestCommand(address=address, id=request_id))
+                text = encode_command(RendezvousRequestCommand(address=address, id=command.id))
                 await self._send_to_listener(listener, text, None)
             async with asyncio.timeout(self.response_timeout):
-                response = await pending.future
-        except TimeoutError:
-            return _error(504, TIMEOUT_TEXT)
-        except ConnectionError:
-            return _error(502, "The listener connection was lost.")
+                return await pending.future
         finally:
-            listener.pending.pop(request_id, None)
+            listener.pending.pop(command.id, None)
             self._rendezvous.pop(secret, None)
-        return await self._reply(request, response)
+
+    async def deliver_request(
+        self,
+        hc: str,
+        *,
+        method: str,
+        request_target: str,
+        headers: Mapping[str, str],
+        body: bytes = b"",
+    ) -> ResponseReceived:
+        """Deliver a hand-built ``request`` command to a listener of ``hc``, exactly as given.
+
+        The HTTP front door cannot carry what an HTTP/1.1 parser refuses (a CR in a header value,
+        a space in the method, a raw NUL in the path) and it normalises what it relays
+        (section 5.2: hop-by-hop headers removed, repeated names joined). This is the relay JSON
+        such a request would become if a sender or relay let it through, so tests can show what
+        the listener does with it. The body goes inline when it fits the control channel, else
+        over a rendezvous socket (section 5.3). Raises ``LookupError`` when no listener is
+        connected or no rendezvous address is free, and ``TimeoutError`` past the response
+        deadline.
+        """
+        name = hc.strip("/").lower()
+        listener = self._pick_listener(name, {})
+        if listener is None:
+            raise LookupError(f"no listener is connected to {hc!r}")
+        command = RequestCommand(
+            id=f"{uuid.uuid4()}_G1",
+            request_target=request_target,
+            method=method,
+            request_headers=dict(headers),
+            body=bool(body),
+        )
+        try:
+            return await self._exchange(
+                listener, command, body, inline=len(body) <= self._inline_limit
+            )
+        except _RendezvousTableFullError:
+            raise LookupError("too many pending rendezvous") from None
 
     async def _reply(self, request: web.Request, response: ResponseReceived) -> web.StreamResponse:
         command = response.command
@@ -630,6 +689,21 @@ class RelayEmulator:
             await reply.write(body)
         await reply.write_eof()
         return reply
+
+    async def deliver_command(
+        self, hc: str, command: AcceptCommand | RendezvousRequestCommand
+    ) -> None:
+        """Send ``command`` as given to one listener of ``hc`` and expect nothing back.
+
+        For tests of what a listener does with an ``accept`` or rendezvous-only ``request`` whose
+        ``address`` a real relay would never hand out (another host, no TLS): the listener must
+        refuse to dial it (section 4, section 5.3). Raises ``LookupError`` when no listener is
+        connected.
+        """
+        listener = self._pick_listener(hc.strip("/").lower(), {})
+        if listener is None:
+            raise LookupError(f"no listener is connected to {hc!r}")
+        await self._send_to_listener(listener, encode_command(command), None)
 
     # -- WebSocket senders (section 4) -----------------------------------------------------
 
@@ -784,6 +858,11 @@ class RelayEmulator:
                     events = channel.receive_message(message.data)
                     if await self._on_rendezvous_events(ws, pending, events):
                         break
+        if not pending.future.done():
+            # The listener closed the socket (or the deadline passed) before a complete response:
+            # the service cannot answer with half a body, so the sender gets 502 now instead of
+            # waiting out the response deadline (the real service aborts the sender's stream).
+            pending.future.set_exception(ConnectionError("rendezvous closed mid-response"))
         # Choice (section 8.8): one request per rendezvous socket, as .NET does; the emulator
         # closes it once the response is in.
         await ws.close()

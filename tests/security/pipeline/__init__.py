@@ -1,0 +1,1 @@
+"""Catalogue items through the full pipeline: relay emulator -> gateway -> recording targets."""

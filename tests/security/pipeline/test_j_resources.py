@@ -1,0 +1,172 @@
+"""Catalogue section J (resource exhaustion) through the full pipeline, scaled to a 2-core CI box.
+
+This module runs the gateway with small limits (4 concurrent requests, 64 KiB request bodies) so
+that exhaustion is reached with tens of requests rather than thousands. Items 151-153 concern
+relayed WebSocket bodies and tunnels, which are being reworked in gateway/pipeline.py and
+gateway/forward/streams.py right now; 156 and 160 are soaks, run outside CI. They are not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.security.pipeline.conftest import ERP_HOST, PipelineEnv
+from tests.security.pipeline.target import Arrival, echo
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CAP = 4
+BODY_LIMIT = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def gateway_sections() -> dict[str, Any]:
+    """Small caps for this module."""
+    return {
+        "limits": {
+            "request_timeout_seconds": 3,
+            "connect_timeout_seconds": 1,
+            "max_concurrent_requests": CAP,
+            "max_request_body_bytes": BODY_LIMIT,
+        }
+    }
+
+
+async def test_J149_requests_over_the_cap_are_refused_quickly(env: PipelineEnv) -> None:
+    in_flight = 0
+    peak = 0
+
+    async def slow(arrival: Arrival, reader: asyncio.StreamReader, writer: Any) -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.5)
+            await echo(arrival, reader, writer)
+        finally:
+            in_flight -= 1
+
+    env.erp.responder = slow
+    async with env.saas() as saas:
+
+        async def one() -> tuple[int, float]:
+            started = time.monotonic()
+            response, _ = await saas.request("GET", "erp", "/api/orders")
+            return response.status, time.monotonic() - started
+
+        # Twice the cap: the listener answers up to its cap of overflow requests with 503 and
+        # drops anything beyond that unanswered (the relay's deadline answers them), so a
+        # larger burst would only measure that 60 s deadline. See docs/security-results.md.
+        results = await asyncio.gather(*(one() for _ in range(CAP * 2)))
+    statuses = [status for status, _ in results]
+    assert statuses.count(200) >= 1
+    assert statuses.count(503) >= 1  # the extra requests are refused, not queued
+    assert set(statuses) <= {200, 503}
+    assert peak <= CAP
+    # Refusals are quick: well before the slow target answers.
+    assert min(elapsed for status, elapsed in results if status == 503) < 0.5
+
+
+async def test_J150_body_over_the_limit_is_413_and_never_forwarded(env: PipelineEnv) -> None:
+    response = await env.send("POST", "erp", "/api/orders", body=b"b" * (BODY_LIMIT * 3))
+    assert response.status == 413, response
+    env.assert_never_forwarded()
+
+
+async def test_J155_garbage_signatures_are_refused_cheaply(env: PipelineEnv) -> None:
+    garbage = [
+        ("Signature-Input", 'eid=("@method");created=1;keyid="k";tag="gateway-request"'),
+        ("Signature", "eid=:" + "A" * 86 + ":"),
+    ]
+    statuses: set[int] = set()
+    started = time.monotonic()
+    async with env.saas() as saas:
+        # Bursts of the concurrency cap: past twice the cap the listener drops requests
+        # unanswered (see item 149), which would measure the relay's deadline instead.
+        for _ in range(200 // CAP):
+            results = await asyncio.gather(
+                *(
+                    saas.request("GET", "erp", "/api/orders", signed_headers=garbage)
+                    for _ in range(CAP)
+                )
+            )
+            statuses |= {response.status for response, _ in results}
+    elapsed = time.monotonic() - started
+    assert statuses == {401}
+    env.assert_never_forwarded()
+    # Indicative bound for a 2-core machine: 200 refusals through the relay in well under 10 s.
+    assert elapsed < 10
+
+
+async def test_J157_secrets_never_reach_logs_or_the_audit_file(
+    env: PipelineEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret_token = "Bearer s3cr3t-on-prem-token"
+    secret_body = b"password=hunter2-body-secret"
+    caplog.set_level("DEBUG")
+    async with env.saas() as saas:
+        for path in ("/api/orders", "/api/../admin", "/nowhere"):
+            await saas.request(
+                "POST",
+                "erp",
+                path,
+                headers=[("Authorization", secret_token), ("Content-Type", "text/plain")],
+                body=secret_body,
+            )
+        send_token = saas.send_token
+    audit = _read_text(env.config.parent / "decisions.jsonl")
+    assert audit  # the refusals above were recorded
+    for text in (caplog.text, audit):
+        assert "s3cr3t-on-prem-token" not in text
+        assert "hunter2-body-secret" not in text
+        assert send_token not in text
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc (Linux)")
+async def test_J158_upstream_errors_do_not_leak_file_descriptors(env: PipelineEnv) -> None:
+    async def reset(arrival: Arrival, reader: asyncio.StreamReader, writer: Any) -> None:
+        writer.transport.abort()
+
+    env.erp.responder = reset
+    async with env.saas() as saas:
+        await saas.request("GET", "erp", "/api/orders")  # warm the session and pools
+        baseline = _open_fds()
+        for _ in range(100):
+            response, _ = await saas.request("GET", "erp", "/api/orders")
+            assert response.status == 502
+        await asyncio.sleep(0.1)  # let closed transports finish closing
+        after = _open_fds()
+    assert after <= baseline + 4, (baseline, after)
+
+
+async def test_J159_slow_dns_is_bounded_and_does_not_block_other_requests(
+    env: PipelineEnv,
+) -> None:
+    env.dns.delay = 5.0
+    async with env.saas() as saas:
+        slow = asyncio.ensure_future(saas.request("GET", "erp", "/api/orders"))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        # A request that needs no resolution is answered while the lookup hangs.
+        quick, _ = await saas.request("GET", "erp", "/api/../admin")
+        quick_elapsed = time.monotonic() - started
+        response, _ = await slow
+    assert (quick.status, quick.reason_code) == (400, "dot_segment")
+    assert quick_elapsed < 0.5
+    assert (response.status, response.reason_code) == (504, "dns_timeout")
+    assert env.dns.calls[:1] == [ERP_HOST]
+    env.assert_never_forwarded()
