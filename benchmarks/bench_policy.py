@@ -1,10 +1,12 @@
 """Policy decision cost: embedded engine cold (cache miss) and warm (cache hit) with 10, 100 and
-1,000 targets, the cost of handing a decision to a thread, and the OPA engine on loopback.
+1,000 targets, cold denies, where one cold decision spends its time, the cost of handing a
+decision to a thread, and the OPA engine on loopback.
 
 Cold decisions use distinct inputs against an engine without a cache, so every one is evaluated
 by rego-cpp; warm decisions repeat one input through the cache. Decisions per second are for one
-core (one event loop, sequential decisions). The OPA engine talks to the devkit OPA server, run in
-a separate process on 127.0.0.1 (no OPA binary is available here).
+core (one event loop, sequential decisions). "cpu p50" is the thread's CPU time per decision,
+which other jobs on a shared machine disturb less than wall time. The OPA engine talks to the
+devkit OPA server, run in a separate process on 127.0.0.1 (no OPA binary is available here).
 
 Run: ``.venv/bin/python benchmarks/bench_policy.py [--decisions N]``
 """
@@ -13,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import datetime
+import os
 import platform
 import socket
 import sys
@@ -23,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import LoadedConfig, load
-from gateway.policy.cache import DecisionCache
+from gateway.policy import embedded as embedded_module
+from gateway.policy.cache import DecisionCache, project
 from gateway.policy.embedded import EmbeddedEngine
 from gateway.policy.loader import load_policies
 from gateway.policy.opa import OpaEngine
@@ -64,11 +70,11 @@ def write_config(directory: Path, targets: int, opa_url: str | None = None) -> L
     return load(path, check_host=False)
 
 
-def make_input(target: int, order: int) -> dict[str, Any]:
-    """A full input document (as build_input makes it) for GET /api/orders/<order>."""
+def make_input(target: int, order: int, method: str = "GET") -> dict[str, Any]:
+    """A full input document (as build_input makes it) for METHOD /api/orders/<order>."""
     return {
         "target": f"t{target}",
-        "method": "GET",
+        "method": method,
         "path": f"/api/orders/{order}",
         "path_segments": ["api", "orders", str(order)],
         "trailing_slash": False,
@@ -81,25 +87,67 @@ def make_input(target: int, order: int) -> dict[str, Any]:
 
 async def measure(
     decide: Callable[[dict[str, Any]], Awaitable[Any]], inputs: list[dict[str, Any]]
-) -> tuple[float, float, float]:
-    """p50 and p99 latency (us) and decisions per second over ``inputs``."""
+) -> tuple[float, float, float, float]:
+    """p50 and p99 latency, p50 CPU time (us) and decisions per second over ``inputs``."""
     samples = []
+    cpu = []
     started = time.perf_counter()
     for item in inputs:
         t0 = time.perf_counter()
+        c0 = time.thread_time()
         await decide(item)
+        cpu.append(time.thread_time() - c0)
         samples.append(time.perf_counter() - t0)
     total = time.perf_counter() - started
-    return percentile(samples, 0.5) * 1e6, percentile(samples, 0.99) * 1e6, len(inputs) / total
+    return (
+        percentile(samples, 0.5) * 1e6,
+        percentile(samples, 0.99) * 1e6,
+        percentile(cpu, 0.5) * 1e6,
+        len(inputs) / total,
+    )
 
 
-def row(name: str, p50: float, p99: float, rate: float) -> str:
+def row(name: str, p50: float, p99: float, cpu: float, rate: float) -> str:
     """One Markdown table row."""
-    return f"| {name} | {p50:.1f} | {p99:.1f} | {rate:,.0f} |"
+    return f"| {name} | {p50:.1f} | {p99:.1f} | {cpu:.1f} | {rate:,.0f} |"
 
 
-async def embedded(directory: Path, count: int) -> list[str]:
-    """Cold, warm and thread-offloaded figures of the embedded engine."""
+def breakdown(engine: EmbeddedEngine, inputs: list[dict[str, Any]]) -> list[str]:
+    """p50 of the parts of one cold decision: building the input, rego-cpp, all of evaluate."""
+    lib = embedded_module._LIB
+    rego = engine._rego._impl
+    bundle = engine._bundle._impl
+    fields = engine._fields
+    parts: dict[str, list[float]] = {
+        "project the input and set it (ctypes calls)": [],
+        "run the entrypoint and render the result": [],
+        "EmbeddedEngine.evaluate (both, plus parsing the result)": [],
+    }
+    setting, running, evaluating = parts.values()
+    for item in inputs:
+        t0 = time.perf_counter()
+        document = item if fields is None else project(item, fields)
+        node = lib.regoNewInput()
+        embedded_module._input_node(node, document, embedded_module._MAX_INPUT_DEPTH)
+        lib.regoSetInput(rego, node)
+        lib.regoFreeInput(node)
+        t1 = time.perf_counter()
+        output = lib.regoBundleQueryEntrypoint(rego, bundle, embedded_module._ENTRYPOINT)
+        size = lib.regoOutputJSONSize(output)
+        lib.regoOutputJSON(output, ctypes.create_string_buffer(size), size)
+        lib.regoFreeOutput(output)
+        t2 = time.perf_counter()
+        engine.evaluate(item)
+        t3 = time.perf_counter()
+        setting.append(t1 - t0)
+        running.append(t2 - t1)
+        evaluating.append(t3 - t2)
+    return [f"| {name} | {percentile(samples, 0.5) * 1e6:.1f} |" for name, samples in parts.items()]
+
+
+async def embedded(directory: Path, count: int, parts: list[str]) -> list[str]:
+    """Cold, warm and thread-offloaded figures of the embedded engine; ``parts`` gets the
+    breakdown of a cold decision at 100 targets."""
     rows = []
     for targets in (10, 100, 1000):
         policies = load_policies(write_config(directory, targets))
@@ -108,6 +156,13 @@ async def embedded(directory: Path, count: int) -> list[str]:
         for item in inputs[:200]:
             await cold.decide(item)
         rows.append(row(f"embedded, {targets} targets, cold", *await measure(cold.decide, inputs)))
+        denied = [make_input(i % targets, i, method="DELETE") for i in range(count)]
+        rows.append(
+            row(
+                f"embedded, {targets} targets, cold deny (method_not_allowed)",
+                *await measure(cold.decide, denied),
+            )
+        )
         warm = EmbeddedEngine(
             policies, mode="enforce", cache=DecisionCache(policies.cache_plan.fields)
         )
@@ -115,6 +170,7 @@ async def embedded(directory: Path, count: int) -> list[str]:
         await warm.decide(same[0])
         rows.append(row(f"embedded, {targets} targets, warm", *await measure(warm.decide, same)))
         if targets == 100:
+            parts.extend(breakdown(cold, inputs))
 
             async def offloaded(item: dict[str, Any], engine: EmbeddedEngine = cold) -> Any:
                 return await asyncio.to_thread(engine.evaluate, item)
@@ -178,14 +234,23 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        rows = await embedded(directory, args.decisions)
+        parts: list[str] = []
+        rows = await embedded(directory, args.decisions, parts)
         rows += await opa(directory, min(args.decisions, 1000))
-    print(f"python {platform.python_version()} on {platform.machine()}, {platform.system()}")
-    print("| case | p50 us | p99 us | decisions/s (one core) |")
-    print("| --- | --- | --- | --- |")
+    print(
+        f"{datetime.date.today().isoformat()}, python {platform.python_version()} on "
+        f"{platform.machine()}, {platform.system()}, load average {os.getloadavg()[0]:.2f}"
+    )
+    print("| case | p50 us | p99 us | cpu p50 us | decisions/s (one core) |")
+    print("| --- | --- | --- | --- | --- |")
     for line in rows:
         print(line)
     print(f"({args.decisions} decisions per embedded case)")
+    print()
+    print("| one cold decision, 100 targets | p50 us |")
+    print("| --- | --- |")
+    for line in parts:
+        print(line)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Why regopy: it is the only maintained Rego implementation usable from CPython without a
 separate process (OPA itself is Go; embedding it means a sidecar, which is what the OPA engine
 is for). rego-cpp implements Rego v1 and publishes a bundle API: the modules and data are
-compiled once into a bundle with a plan for our one query, and each decision only sets the input
+compiled once into a bundle with a plan for our one rule, and each decision only sets the input
 and runs that plan (about ten times cheaper than evaluating from source, architecture section 6).
 
 A bundle is compiled once per revision, in the constructor, so compile errors surface at load or
@@ -11,28 +11,45 @@ reload as :class:`gateway.errors.ConfigError`. Decisions run inline on the event
 a few hundred microseconds, less than handing it to a thread and back (measured in
 ``benchmarks/policy-report.md``), and the interpreter is not safe to share between threads.
 
-Two regopy facts shape the code: a bare rule query whose value is ``false`` comes back
-*undefined*, so the query binds the decision to a variable and anything but a well-formed
-document is a deny; and building the input costs per value, so only the input fields the policy
-reads (the same fields the cache keys on) are passed in.
+Three regopy facts shape the code (each measured in ``benchmarks/policy-report.md``):
+
+* a query costs more than running a rule planned as the bundle's entrypoint (about 30 us of a
+  decision), so the bundle is planned for ``data.gateway.authz.decision`` alone and anything
+  but a well-formed decision document is a deny (a ``false`` or missing rule reads as
+  *undefined*);
+* the input is built one value at a time through ctypes, so only the input fields the policy
+  reads (the same fields the cache keys on) are passed in, and :func:`_input_node` makes those
+  calls directly instead of through ``regopy.Input``, whose per-value wrappers copy every string
+  into a fresh buffer (about 33 us of a decision on the build machine; this takes 20-28);
+* ``regopy.Output`` renders the result to JSON twice and wraps it in objects; the engine renders
+  it once and parses it with orjson. A failed output is never rendered (rego-cpp 1.5 can crash
+  doing so).
+
+The direct calls use ``regopy.rego_shared``, the C API regopy itself is written on; they are
+pinned to its 1.5 signatures, which the tests exercise on every decision.
 """
 
 from __future__ import annotations
 
+import ctypes
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import orjson
 import regopy
+from regopy import rego_shared
 
 from gateway.errors import ConfigError, Problem
 from gateway.policy.cache import DecisionCache, project
 from gateway.policy.engine import POLICY_UNAVAILABLE, UNDEFINED, EngineError, Mode, PolicyEngine
 from gateway.policy.loader import PolicyModule, PolicySet
 
-__all__ = ["DECISION_QUERY", "EmbeddedEngine", "compile_error", "new_interpreter"]
+__all__ = ["DECISION_ENTRYPOINT", "EmbeddedEngine", "compile_error", "new_interpreter"]
 
-DECISION_QUERY = "decision := data.gateway.authz.decision"
+DECISION_ENTRYPOINT = "gateway/authz/decision"
+"""The one rule the bundle is planned for (``data.gateway.authz.decision``)."""
+_ENTRYPOINT = DECISION_ENTRYPOINT.encode("ascii")
 
 # rego-cpp errors are s-expressions with length-prefixed strings:
 #   (error 8:bad.rego|32|2 (errormsg 24:Invalid boolean operator) ...)
@@ -52,7 +69,7 @@ class EmbeddedEngine(PolicyEngine):
             policies.modules, {**policies.extra_data, "gateway": policies.data}
         )
         try:
-            bundle = self._rego.build(DECISION_QUERY)
+            bundle = self._rego.build(None, [DECISION_ENTRYPOINT])
         except regopy.RegoError as exc:
             raise compile_error(exc, policies.modules) from None
         if not bundle.ok():
@@ -65,20 +82,91 @@ class EmbeddedEngine(PolicyEngine):
     def evaluate(self, input: Mapping[str, Any]) -> Any:
         """Run the compiled query for ``input`` synchronously; the raw decision or UNDEFINED."""
         document = input if self._fields is None else project(input, self._fields)
+        rego = self._rego._impl
+        node = _LIB.regoNewInput()
         try:
-            self._rego.set_input(regopy.Input(document))
-            output = self._rego.query_bundle(self._bundle)
-        except (regopy.RegoError, ValueError, TypeError) as exc:
-            # ValueError/TypeError: a value regopy cannot represent (the input is built by the
-            # gateway, so this means a bug, and a bug must deny).
-            raise EngineError(
-                POLICY_UNAVAILABLE, f"evaluation failed: {_first_line(exc)}"
-            ) from None
-        if not output.ok():
-            raise EngineError(POLICY_UNAVAILABLE, "evaluation failed (rule conflict or error)")
-        if not output.results:
-            return UNDEFINED
-        return output.results[0].bindings.get("decision", UNDEFINED)
+            _input_node(node, document, _MAX_INPUT_DEPTH)
+            if _LIB.regoSetInput(rego, node) != _OK:
+                raise EngineError(POLICY_UNAVAILABLE, "the engine refused the input")
+        except (ValueError, TypeError, ctypes.ArgumentError) as exc:
+            # A value Rego cannot represent (the input is built by the gateway, so this means a
+            # bug, and a bug must deny).
+            raise EngineError(POLICY_UNAVAILABLE, f"evaluation failed: {exc}") from None
+        finally:
+            _LIB.regoFreeInput(node)
+        output = _LIB.regoBundleQueryEntrypoint(rego, self._bundle._impl, _ENTRYPOINT)
+        if not output:
+            raise EngineError(POLICY_UNAVAILABLE, "evaluation failed (no output)")
+        try:
+            if not _LIB.regoOutputOk(output):
+                raise EngineError(POLICY_UNAVAILABLE, "evaluation failed (rule conflict or error)")
+            size = _LIB.regoOutputJSONSize(output)
+            buffer = ctypes.create_string_buffer(size)
+            if _LIB.regoOutputJSON(output, buffer, size) != _OK:
+                raise EngineError(POLICY_UNAVAILABLE, "evaluation failed (unreadable output)")
+            text = buffer.value
+        finally:
+            _LIB.regoFreeOutput(output)
+        return _decision(text)
+
+
+_LIB = rego_shared.rego
+_OK = rego_shared.Code.OK
+_MAX_INPUT_DEPTH = 8
+
+
+def _input_node(node: int, value: Any, depth: int) -> None:
+    """Append ``value`` to the input under construction (rego-cpp's stack-style input API)."""
+    if value is True or value is False:
+        status = _LIB.regoInputBoolean(node, value)
+    elif isinstance(value, str):
+        # The C API takes NUL-terminated strings: a NUL would silently cut the value short.
+        if "\x00" in value:
+            raise ValueError("the input holds a NUL character")
+        status = _LIB.regoInputString(node, value.encode("utf-8"))
+    elif value is None:
+        status = _LIB.regoInputNull(node)
+    elif isinstance(value, int):
+        status = _LIB.regoInputInt(node, value)
+    elif isinstance(value, float):
+        status = _LIB.regoInputFloat(node, value)
+    elif depth <= 0:
+        raise ValueError("the input is nested too deeply")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str) or "\x00" in key:
+                raise TypeError("input object keys must be strings without NUL")
+            _check(_LIB.regoInputString(node, key.encode("utf-8")))
+            _input_node(node, item, depth - 1)
+            _check(_LIB.regoInputObjectItem(node))
+        status = _LIB.regoInputObject(node, len(value))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _input_node(node, item, depth - 1)
+        status = _LIB.regoInputArray(node, len(value))
+    else:
+        raise TypeError(f"cannot pass a {type(value).__name__} to the policy")
+    _check(status)
+
+
+def _check(status: int) -> None:
+    if status != _OK:
+        raise ValueError(f"the engine refused an input value (code {status})")
+
+
+def _decision(text: bytes) -> Any:
+    """The value of the entrypoint in a rendered output, or UNDEFINED."""
+    if text == b"undefined":
+        return UNDEFINED
+    try:
+        rendered = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise EngineError(POLICY_UNAVAILABLE, "evaluation failed (unreadable output)") from None
+    # An entrypoint's value comes back as {"expressions": [value]}; anything else is not ours.
+    expressions = rendered.get("expressions") if isinstance(rendered, dict) else None
+    if not isinstance(expressions, list) or len(expressions) != 1:
+        raise EngineError(POLICY_UNAVAILABLE, "evaluation failed (unexpected output)")
+    return expressions[0]
 
 
 def new_interpreter(modules: Iterable[PolicyModule], data: Mapping[str, Any]) -> regopy.Interpreter:

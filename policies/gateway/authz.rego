@@ -15,88 +15,66 @@
 # gateway_extensions.change_window) may define `deny contains "reason" if { ... }`. Every such
 # reason turns the decision into a deny. Extensions can only take permissions away; nothing they
 # define can grant what the allow-list does not.
+#
+# The allow-list is read through data.gateway.index, which the gateway groups for speed: targets
+# in buckets by the first hex digit of md5(name), and each target's routes by method and by
+# segment count. A route is one (operation, path pattern) pair. See gateway/policy/data.py.
 package gateway.authz
 
 # The declared target the request names; undefined for any other name.
-target := data.gateway.targets[input.target]
+target := data.gateway.index[substring(crypto.md5(input.target), 0, 1)][input.target]
 
-# Routes are the target's operations flattened to one entry per (operation, path pattern).
-# A route matches when the path has exactly the pattern's "length" segments (or more, for a
-# pattern that ended in "**", marked "many" and stored without the "**") and every literal
-# segment is equal, byte for byte, at its position. "*" segments are not in "literals": they
-# match any one segment. "last" is length - 1, precomputed by the gateway.
-#
-# This module deliberately uses no function calls (built-in or user-defined) and no `in`
-# membership test: the embedded engine (rego-cpp 1.5) mis-evaluates both under `with`, which
-# the policy tests rely on. Presence checks on input.path_segments[i] replace count().
+# The routes of `routes` whose path pattern matches the request path:
+# * a pattern without "**" (in exact[n], n = its segment count) needs exactly that many
+#   segments and the same trailing slash;
+# * a pattern ending in "**" (in many, stored without the "**") needs at least one segment more
+#   than the pattern's other segments, whatever the trailing slash.
+# Every literal segment must be equal, byte for byte, at its position; "*" segments are not in
+# "literals": they match any one segment.
+matching(routes) := array.concat(
+	[route |
+		some route in routes.exact[count(input.path_segments)]
+		route.trailing_slash == input.trailing_slash
+		literals_match(route)
+	],
+	[route |
+		some route in routes.many
+		count(input.path_segments) > route.length
+		literals_match(route)
+	],
+)
 
-# The pattern "/" (no segments): only the path "/".
-path_routes contains route if {
-	some route in target.routes
-	not route.many
-	route.length == 0
-	route.trailing_slash == input.trailing_slash
-	not input.path_segments[0]
-}
-
-# A pattern of one or more segments without "**": exactly that many segments.
-path_routes contains route if {
-	some route in target.routes
-	not route.many
-	input.path_segments[route.last]
-	not input.path_segments[route.length]
-	route.trailing_slash == input.trailing_slash
+literals_match(route) if {
 	every literal in route.literals {
 		input.path_segments[literal[0]] == literal[1]
 	}
 }
 
-# A pattern ending in "**": at least one segment more than the pattern's other segments.
-path_routes contains route if {
-	some route in target.routes
-	route.many
-	input.path_segments[route.length]
-	every literal in route.literals {
-		input.path_segments[literal[0]] == literal[1]
-	}
-}
+# Routes that match the path, of any method and of the request's method.
+path_routes := matching(target.paths)
 
-method_routes contains route if {
-	some route in path_routes
-	route.methods[input.method]
-}
+default method_routes := []
+
+method_routes := matching(target.methods[input.method])
 
 # Operations that grant this exact request: path, method and stream kind. A WebSocket stream
 # needs an operation that says websocket: true.
-granted contains route.operation if {
-	some route in method_routes
-	not input.websocket
-}
+granted := {route.operation | some route in method_routes; stream_allowed(route)}
 
-granted contains route.operation if {
-	some route in method_routes
-	route.websocket
-}
+stream_allowed(_) if not input.websocket
 
-has_path_route if some _ in path_routes
+stream_allowed(route) if route.websocket
 
-has_method_route if some _ in method_routes
-
-has_grant if some _ in granted
-
-granted_twice if {
-	some a in granted
-	some b in granted
-	a != b
+# The one granting operation; undefined when none or several grant.
+operation := name if {
+	count(granted) == 1
+	some name in granted
 }
 
 # Reasons that deny a request even when an operation grants it.
 vetoes contains "unsigned" if not input.signature.verified == true
 
-vetoes contains "empty_segment" if {
-	some s in input.path_segments
-	s == ""
-}
+vetoes contains "empty_segment" if "" in input.path_segments
 
 vetoes contains reason if {
 	some extension in data.gateway_extensions
@@ -119,10 +97,9 @@ vetoes contains "invalid_extension" if {
 	not is_string(reason)
 }
 
-has_veto if some _ in vetoes
-
-# Why a request was not granted, from the most general to the most specific.
-reasons contains "unknown_target" if not target
+# Why a request was not granted, from the most general to the most specific. (Conditions test
+# target.scheme, not the target object itself: testing a whole object is slow in rego-cpp.)
+reasons contains "unknown_target" if not target.scheme
 
 reasons contains "stream_only_target" if {
 	target.scheme == "tcp"
@@ -131,33 +108,30 @@ reasons contains "stream_only_target" if {
 
 reasons contains "path_not_allowed" if {
 	target.scheme != "tcp"
-	not has_path_route
+	count(path_routes) == 0
 }
 
 reasons contains "method_not_allowed" if {
-	has_path_route
-	not has_method_route
+	count(path_routes) > 0
+	count(method_routes) == 0
 }
 
 reasons contains "websocket_not_allowed" if {
-	has_method_route
-	not has_grant
+	count(method_routes) > 0
+	count(granted) == 0
 }
 
-reasons contains "ambiguous_operation" if granted_twice
+reasons contains "ambiguous_operation" if count(granted) > 1
 
 reasons contains reason if some reason in vetoes
 
 default target_name := null
 
-target_name := input.target if target
+target_name := input.target if target.scheme
 
-default operation := null
+default operation_name := null
 
-operation := name if {
-	some name in granted
-	not granted_twice
-}
+operation_name := operation
 
 # The decision. The first branch is the common case and is evaluated first, so an allowed
 # request never pays for working out the reasons of a deny. A set is written as a sorted
@@ -170,9 +144,8 @@ decision := {
 	"revision": data.gateway.revision,
 } if {
 	target.scheme != "tcp"
-	has_grant
-	not granted_twice
-	not has_veto
+	operation
+	count(vetoes) == 0
 } else := {
 	# A raw stream (LDAP, SQL) to a tcp target: the target itself is the grant.
 	"allow": true,
@@ -183,11 +156,11 @@ decision := {
 } if {
 	target.scheme == "tcp"
 	input.websocket == true
-	not has_veto
+	count(vetoes) == 0
 } else := {
 	"allow": false,
 	"target": target_name,
-	"operation": operation,
+	"operation": operation_name,
 	"reasons": reasons,
 	"revision": data.gateway.revision,
 }

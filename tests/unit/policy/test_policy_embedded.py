@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -10,14 +11,21 @@ import jsonschema
 import pytest
 from referencing import Registry, Resource
 
+from gateway.config import load
 from gateway.errors import ConfigError
 from gateway.forward.canonical import canonicalise
-from gateway.policy.data import policy_data
+from gateway.policy.data import bucket, policy_data
 from gateway.policy.decision_log import decision_record, mask_query
 from gateway.policy.engine import POLICY_UNAVAILABLE, POLICY_UNDEFINED
 from gateway.policy.input import build_input
 from gateway.policy.loader import build_engine, load_policies
-from tests.unit.policy.conftest import ROOT, MakeConfig, request_input
+from tests.unit.policy.conftest import (
+    ROOT,
+    SHIPPED_POLICIES,
+    MakeConfig,
+    config_text,
+    request_input,
+)
 
 SCHEMAS = ROOT / "schemas"
 
@@ -201,6 +209,48 @@ async def test_rule_conflict_at_evaluation_denies_503(
     assert decision.status == 503
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # A NUL would cut the string short in rego-cpp's C API: "erp\0x" must not become "erp".
+        {"target": "erp\x00x"},
+        {"path_segments": ["api", "or\x00ders"]},
+        {"method": b"GET"},
+        {"signature": {"verified": {"a": {"b": {"c": {"d": {"e": {"f": {"g": True}}}}}}}}},
+    ],
+)
+async def test_inputs_rego_cannot_hold_exactly_deny_503(
+    make_config: MakeConfig, changes: dict[str, object]
+) -> None:
+    engine = build_engine(make_config())
+    decision = await engine.decide(request_input() | changes)
+    assert (decision.allow, decision.reasons, decision.status) == (
+        False,
+        (POLICY_UNAVAILABLE,),
+        503,
+    )
+    # The engine is still usable afterwards.
+    assert (await engine.decide(request_input())).allow
+
+
+async def test_numbers_in_the_input_reach_the_policy(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    custom = tmp_path / "custom"
+    _write(
+        custom,
+        "gateway/authz.rego",
+        "package gateway.authz\n\n"
+        'decision := {"allow": true, "target": null, "operation": null, "reasons": [], '
+        '"revision": data.gateway.revision} if {\n'
+        "\tinput.n == 7\n\tinput.f == 2.5\n\tinput.z == null\n\tinput.t == [1, 2]\n}\n",
+    )
+    engine = build_engine(make_config(extra_dirs=(custom,), shipped=False))
+    good = {"n": 7, "f": 2.5, "z": None, "t": (1, 2)}
+    assert (await engine.decide(good)).allow
+    assert not (await engine.decide(good | {"n": 8})).allow
+
+
 async def test_extension_module_adds_a_veto(make_config: MakeConfig, tmp_path: Path) -> None:
     extra = tmp_path / "extra"
     _write(
@@ -312,16 +362,52 @@ def test_policy_data_is_the_allow_list_by_target_name(make_config: MakeConfig) -
     erp = data["targets"]["erp"]
     assert erp["port"] == 8443
     assert erp["operations"][0]["paths"] == [{"segments": ["api", "*"], "trailing_slash": False}]
-    assert erp["routes"][0]["literals"] == [[0, "api"]]
-    assert erp["routes"][1] | {"methods": None} == {
-        "operation": "events",
-        "methods": None,
-        "websocket": True,
-        "segments": ["events"],
-        "length": 1,
-        "last": 0,
-        "literals": [[0, "events"]],
-        "many": True,
+    assert data["revision"] == "rev"
+
+
+def test_policy_index_groups_routes_by_bucket_method_and_length(make_config: MakeConfig) -> None:
+    data = policy_data(make_config().config, "rev")
+    # The bucket is what the policy computes: substring(crypto.md5(name), 0, 1).
+    assert bucket("erp") == hashlib.md5(b"erp").hexdigest()[0]
+    erp = data["index"][bucket("erp")]["erp"]
+    assert erp["scheme"] == "https"
+    read = {
+        "operation": "read-orders",
+        "websocket": False,
+        "length": 2,
+        "literals": [[0, "api"]],
         "trailing_slash": False,
     }
-    assert data["revision"] == "rev"
+    events = {
+        "operation": "events",
+        "websocket": True,
+        "length": 1,
+        "literals": [[0, "events"]],
+        "trailing_slash": False,
+    }
+    assert erp["paths"] == {"exact": [[], [], [read]], "many": [events]}
+    assert erp["methods"]["POST"] == {"exact": [[], [], [read]], "many": []}
+    assert erp["methods"]["GET"]["many"] == [events]
+    assert set(erp["methods"]) == {"GET", "POST"}
+    directory = data["index"][bucket("directory")]["directory"]
+    assert directory == {"scheme": "tcp", "paths": {"exact": [], "many": []}, "methods": {}}
+
+
+async def test_targets_in_every_bucket_are_found(tmp_path: Path) -> None:
+    # Enough targets that every one of the 16 buckets holds some: each must still be found.
+    names = [f"t{i}" for i in range(80)]
+    assert len({bucket(n) for n in names}) == 16
+    body = "".join(
+        f"  {n}:\n    scheme: https\n    host: {n}.corp.local\n    allowed_cidrs: [10.0.0.0/8]\n"
+        "    operations: [{name: read, methods: [GET], paths: ['/x']}]\n"
+        for n in names
+    )
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        config_text([SHIPPED_POLICIES]).split("targets:")[0] + "targets:\n" + body,
+        encoding="utf-8",
+    )
+    engine = build_engine(load(path, check_host=False))
+    for name in names:
+        decision = await engine.decide(request_input("GET", ("x",), target=name))
+        assert (decision.allow, decision.target, decision.operation) == (True, name, "read")
