@@ -20,14 +20,22 @@ verification, then the digest over the body, then the replay cache. Garbage is r
 cryptography runs, and only authentic signatures can add nonces to the replay cache or samples to
 the clock-skew estimate.
 
-The ``http-message-signatures`` package does the RFC 9421 work: component resolution, the
-signature base, the algorithms and the Content-Digest check. Three pieces are ours, each because
+The ``http-message-signatures`` package does the RFC 9421 work through its public building
+blocks: the component resolver (derived components and header fields, with its URL and method
+validation), the algorithm classes and the Content-Digest check. Four pieces are ours, each because
 the package cannot do the job: (1) the structural pre-checks, because the package parses and
 resolves while it verifies and reports every problem as the same exception with a free-text
 message, whereas the gateway needs a stable reason code per failure and needs the checks done
 before cryptography; (2) the time checks, because the package reads the wall clock itself (no clock
 can be injected) and cannot tell "expired" from "clock skew"; (3) selecting the algorithm per key,
-because a package verifier is bound to one algorithm while the pinned set mixes Ed25519 and P-256.
+because a package verifier is bound to one algorithm while the pinned set mixes Ed25519 and P-256;
+(4) assembling the signature base (RFC 9421 section 2.5) from the components the resolver returns,
+because the package's ``verify()`` parses both signature fields, builds a resolver and re-serialises
+every component identifier a second time after our checks have already done so: that repeated work
+cost more than the cryptography itself on every relayed request. The base is built with the same
+rules as the package's (one line per covered component, no CR/LF in values, printable field values,
+trimmed printable derived values, ASCII only, then the ``@signature-params`` line serialised from
+the parsed member per RFC 8941), so what verifies here is exactly what the package would verify.
 """
 
 from __future__ import annotations
@@ -40,17 +48,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import http_sf
-from http_message_signatures import (
-    ContentDigest,
-    HTTPMessageVerifier,
-    HTTPSignatureComponentResolver,
-    HTTPSignatureKeyResolver,
-    VerifyResult,
-    algorithms,
-)
+from http_message_signatures import ContentDigest, HTTPSignatureComponentResolver, algorithms
+from http_sf.compat import Item
 
 from gateway.auth.errors import Reason, SignatureError
-from gateway.auth.keys import KEYID_PATTERN, Algorithm, KeySet, PinnedKey, PublicKey
+from gateway.auth.keys import KEYID_PATTERN, Algorithm, KeySet, PinnedKey
 from gateway.auth.replay import Admission, ReplayCache
 from gateway.auth.skew import ClockSkewEstimate, SkewEstimator
 
@@ -129,6 +131,8 @@ class _Candidate:
     label: str
     components: tuple[tuple[str, dict[str, Any]], ...]
     params: dict[str, Any]
+    member: Any  # the parsed Signature-Input member, serialised again for @signature-params
+    signature: bytes
 
 
 class _Fields:
@@ -152,26 +156,6 @@ class _Message:
         self.method = method
         self.url = url
         self.headers = headers
-
-
-class _OneKeyResolver(HTTPSignatureKeyResolver):
-    """Hands the package exactly the key already looked up, so a concurrent key-set swap between
-    the lookup and the verification cannot change which key is used."""
-
-    def __init__(self, keyid: str, key: PublicKey) -> None:
-        self._keyid = keyid
-        self._key = key
-
-    def resolve_public_key(self, key_id: str) -> PublicKey | None:
-        return self._key if key_id == self._keyid else None
-
-
-class _WindowCheckedVerifier(HTTPMessageVerifier):
-    """The package's verifier minus its wall-clock time checks, which ``SignatureVerifier`` has
-    already made with its own clock (and with distinct reason codes) before calling it."""
-
-    def validate_created_and_expires(self, sig_input: object, max_age: object = None) -> None:
-        return None
 
 
 class SignatureVerifier:
@@ -257,8 +241,10 @@ class SignatureVerifier:
                 Reason.MISSING_COMPONENT, f"signature does not cover {', '.join(missing)}"
             )
 
+        # The key is looked up once and used below, so a concurrent key-set swap between the
+        # lookup and the verification cannot change which key is used.
         key = self._lookup_key(keyid, params.get("alg"), safe_keyid)
-        message = self._message(method, authority, path, query, headers, candidate, safe_keyid)
+        resolver = self._resolver(method, authority, path, query, headers, candidate, safe_keyid)
 
         now = self._clock()
         created: int = params["created"]
@@ -268,22 +254,20 @@ class SignatureVerifier:
         time_failure = self._time_failure(created, expires, now)
 
         try:
-            results: list[VerifyResult] = _WindowCheckedVerifier(
-                signature_algorithm=_ALGORITHM_CLASSES[key.alg],
-                key_resolver=_OneKeyResolver(key.keyid, key.public_key),
-            ).verify(message, max_age=None, expect_tag=settings.tag)
-        except Exception as exc:  # any package failure at this point means "not authentic"
+            base, covered = _signature_base(resolver, candidate)
+            algorithm = _ALGORITHM_CLASSES[key.alg](public_key=key.public_key)
+            algorithm.verify(signature=candidate.signature, message=base)
+        except Exception as exc:  # any failure at this point means "not authentic"
             raise SignatureError(
                 Reason.BAD_SIGNATURE, "signature does not verify", keyid=safe_keyid
             ) from exc
-        result = results[0]
 
         # Authentic from here on: the timestamps are the signer's, so they are evidence of skew.
         self._skew.record(now - created, now)
         if time_failure is not None:
             raise self._time_error(time_failure, now, safe_keyid)
 
-        digest = result.covered_components.get(f'"{DIGEST_COMPONENT}"')
+        digest = covered.get(f'"{DIGEST_COMPONENT}"')
         if digest is not None:
             try:
                 ContentDigest.verify(digest, body if body is not None else b"")
@@ -319,9 +303,7 @@ class SignatureVerifier:
             created=created,
             expires=expires,
             nonce=params["nonce"],
-            covered=tuple(
-                name for name in result.covered_components if name != '"@signature-params"'
-            ),
+            covered=tuple(covered),
             body_verified=digest is not None,
         )
 
@@ -389,7 +371,7 @@ class SignatureVerifier:
             seen.add(identity)
             components.append((name, component_params))
         self._check_params(params)
-        return _Candidate(label, tuple(components), params)
+        return _Candidate(label, tuple(components), params, member, signature[0])
 
     def _check_params(self, params: dict[str, Any]) -> None:
         # RFC 9421 section 2.3 parameters; anything else is refused as the package would.
@@ -418,7 +400,7 @@ class SignatureVerifier:
             )
         return key
 
-    def _message(
+    def _resolver(
         self,
         method: str,
         authority: str,
@@ -427,7 +409,8 @@ class SignatureVerifier:
         headers: Sequence[tuple[str, str]],
         candidate: _Candidate,
         safe_keyid: str | None,
-    ) -> _Message:
+    ) -> HTTPSignatureComponentResolver:
+        """The component resolver for the request, once its target and headers are acceptable."""
         if not any(path == prefix or path.startswith(prefix + "/") for prefix in self._prefixes):
             raise SignatureError(
                 Reason.WRONG_GATEWAY, "path is outside this Hybrid Connection", keyid=safe_keyid
@@ -436,7 +419,7 @@ class SignatureVerifier:
         message = _Message(method, url, _Fields(headers))
         try:
             # Validates method and URL syntax exactly as the signature base will need them.
-            HTTPSignatureComponentResolver(message)  # type: ignore[no-untyped-call]
+            resolver = HTTPSignatureComponentResolver(message)  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise SignatureError(
                 Reason.MALFORMED_REQUEST, "request target cannot be signed", keyid=safe_keyid
@@ -452,7 +435,7 @@ class SignatureVerifier:
             raise SignatureError(
                 Reason.WRONG_GATEWAY, "request is addressed to another gateway", keyid=safe_keyid
             )
-        return message
+        return resolver
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -518,3 +501,60 @@ def _check_component(name: object, params: dict[str, Any]) -> None:
         raise SignatureError(Reason.MALFORMED_SIGNATURE, "component id not a field name")
     if not set(params) <= allowed:
         raise SignatureError(Reason.MALFORMED_SIGNATURE, "component parameter not allowed")
+
+
+def _signature_base(
+    resolver: HTTPSignatureComponentResolver, candidate: _Candidate
+) -> tuple[bytes, dict[str, str]]:
+    """The signature base of RFC 9421 section 2.5 and the covered values by serialised id.
+
+    Raises (any exception; the caller answers ``bad_signature``) for a component the resolver
+    cannot produce or whose value may not appear in a base.
+    """
+    covered: dict[str, str] = {}
+    lines: list[str] = []
+    for name, params in candidate.components:
+        node = Item(name)
+        node.params.update(params)
+        # A parameterless id serialises as a bare String; _check_component admitted only derived
+        # names and tchar field names, neither of which holds a character String escapes.
+        key = f'"{name}"' if not params else http_sf.ser((name, params))
+        value = resolver.resolve(node)
+        if not isinstance(value, str) or "\r" in value or "\n" in value:
+            raise ValueError("a component value cannot be part of a signature base")
+        if name.startswith("@"):
+            # Section 2.2: derived values are printable and carry no surrounding whitespace.
+            if value and (not value.isprintable() or value[0] == " " or value[-1] == " "):
+                raise ValueError("a derived component value is not printable")
+        elif value and not value.replace("\t", " ").isprintable():
+            # Section 2.1: field values may hold HTAB but no other control character.
+            raise ValueError("a field component value holds control characters")
+        covered[key] = value
+        lines.append(f"{key}: {value}")
+    lines.append('"@signature-params": ' + _signature_params(candidate))
+    base = "\n".join(lines)
+    if not base.isascii():
+        raise ValueError("the signature base is not ASCII")
+    return base.encode("ascii"), covered
+
+
+def _signature_params(candidate: _Candidate) -> str:
+    """The ``@signature-params`` value: the member re-serialised per RFC 8941 (section 2.3).
+
+    The common shape (parameterless component ids, and the parameters ``_check_params`` admits:
+    Integers and Strings) is written directly, following RFC 8941 sections 4.1.1.1 (Inner List),
+    4.1.1.2 (Parameters), 4.1.4 (Integer) and 4.1.6 (String: ``\\`` and ``"`` escaped; the parser
+    admitted nothing else that needs it). Anything else goes through the library's serialiser.
+    """
+    if any(params for _, params in candidate.components):
+        label = candidate.label
+        return http_sf.ser({label: candidate.member})[len(label) + 1 :]
+    names = " ".join(f'"{name}"' for name, _ in candidate.components)
+    parts = [f"({names})"]
+    for key, value in candidate.params.items():
+        if type(value) is int:
+            parts.append(f";{key}={value}")
+        else:
+            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+            parts.append(f';{key}="{escaped}"')
+    return "".join(parts)

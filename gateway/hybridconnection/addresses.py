@@ -11,6 +11,7 @@ development endpoint (catalogue item 24).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ _DEFAULT_PORTS: Final = {"ws": 80, "wss": 443, "http": 80, "https": 443}
 _HOSTNAME = re.compile(
     r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
 )
+_FORBIDDEN: Final = re.compile(r"[ \\@#]")
 _RENDEZVOUS_ACTIONS: Final = frozenset({"sb-hc-action=accept", "sb-hc-action=request"})
 
 
@@ -169,22 +171,34 @@ class RendezvousPolicy:
             raise BadRendezvousAddressError("rendezvous address missing or too long")
         # urlsplit silently drops tabs and newlines and treats '\' inconsistently across parsers;
         # refuse anything a strict parser and a lax one could read differently.
-        if not address.isascii() or not address.isprintable() or any(c in address for c in " \\@#"):
+        if not address.isascii() or not address.isprintable() or _FORBIDDEN.search(address):
             raise BadRendezvousAddressError("rendezvous address contains forbidden characters")
+        # With '#' refused, urlsplit's query is exactly what follows the first '?', and the scheme,
+        # host, port and path depend only on what precedes it. That part is the same for every
+        # request of a relay connection (the per-request id is in the query), so its verdict is
+        # cached; the query is checked on every call.
+        head, _, query = address.partition("?")
+        problem = _judge_head(self, head)
+        if problem is not None:
+            raise BadRendezvousAddressError(problem)
+        if not _RENDEZVOUS_ACTIONS.intersection(query.split("&")):
+            raise BadRendezvousAddressError("rendezvous address lacks an accept/request action")
+        return address
+
+    def judge_head(self, head: str) -> str | None:
+        """Why ``head`` (an address up to its ``?``) may not be dialled, or ``None`` if it may."""
         try:
-            parts = urlsplit(address)
+            parts = urlsplit(head)
             port = parts.port
         except ValueError:
-            raise BadRendezvousAddressError("rendezvous address is not a valid URL") from None
+            return "rendezvous address is not a valid URL"
         scheme = parts.scheme.lower()
         host = parts.hostname or ""
         if not self._trusted_origin(scheme, host, port):
-            raise BadRendezvousAddressError("rendezvous address is outside the relay service")
+            return "rendezvous address is outside the relay service"
         if not self._entity_matches(parts.path):
-            raise BadRendezvousAddressError("rendezvous address is not for this hybrid connection")
-        if not _RENDEZVOUS_ACTIONS.intersection(parts.query.split("&")):
-            raise BadRendezvousAddressError("rendezvous address lacks an accept/request action")
-        return address
+            return "rendezvous address is not for this hybrid connection"
+        return None
 
     def _trusted_origin(self, scheme: str, host: str, port: int | None) -> bool:
         dev = self.dev_endpoint
@@ -207,3 +221,9 @@ class RendezvousPolicy:
         wanted = hc_path(self.entity_path).lower()
         rest = path[len("/$hc/") :].lower()
         return rest == wanted or rest.startswith(wanted + "/")
+
+
+@functools.lru_cache(maxsize=256)
+def _judge_head(policy: RendezvousPolicy, head: str) -> str | None:
+    # Bounded: a hostile relay sending ever new heads can hold at most 256 x 4 KiB here.
+    return policy.judge_head(head)

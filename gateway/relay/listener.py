@@ -403,8 +403,18 @@ class RelayListener:
         )
         # Built like gateway.outbound.proxy.new_client_session (TLS context from the proxy
         # settings; trust_env=False, so proxy environment variables are never read), plus the
-        # WebSocket class that can answer 413 before a 1009 close.
-        connector = aiohttp.TCPConnector(ssl=self._proxy.ssl_context, limit=100)
+        # WebSocket class that can answer 413 before a 1009 close. Every open WebSocket holds one
+        # of the connector's slots, so the pool is sized for the most sockets the listener's own
+        # bounds allow at once: the control channels, one rendezvous per request in flight, as
+        # many for refusals (bounded like requests, see _spawn_overflow) and one per stream. A
+        # smaller pool would make sockets past it wait out the handshake timeout.
+        settings = self.settings
+        sockets = (
+            settings.connections
+            + 2 * settings.max_concurrent_requests
+            + settings.max_concurrent_streams
+        )
+        connector = aiohttp.TCPConnector(ssl=self._proxy.ssl_context, limit=sockets)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
