@@ -70,6 +70,8 @@ class SampleTargets:
     tcp_bytes: list[bytes] = field(default_factory=list)
     ws_streams: list[ReceivedStream] = field(default_factory=list)
     ws_protocols: tuple[str, ...] = ("chat.v2", "chat.v1")
+    http_arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set whenever an HTTP request arrives (clear it to wait for the next one)."""
     _runner: web.AppRunner | None = None
     _tcp: asyncio.Server | None = None
 
@@ -99,9 +101,12 @@ class SampleTargets:
         self.http_requests.append(
             ReceivedRequest(request.method, request.path_qs, dict(request.headers), body)
         )
+        self.http_arrived.set()
         if request.path.startswith("/api/blob"):
             size = int(request.query.get("size", "200000"))
             return web.Response(body=b"b" * size, content_type="application/octet-stream")
+        if "delay" in request.query:  # a slow target, for drain and timeout behaviour
+            await asyncio.sleep(min(float(request.query["delay"]), 30.0))
         return web.json_response(
             {
                 "target": "sample-api",
