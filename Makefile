@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit venv clean
+.PHONY: demo test lint typecheck unit venv clean fuzz faults soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term -q
 
 test: lint typecheck unit
+
+# Long forms of the proof suites (the short forms run in `make test`).
+fuzz: $(STAMP)
+	$(BIN)/python fuzz/run.py --seconds 600
+
+faults: $(STAMP)
+	$(BIN)/python benchmarks/faults.py --long
+
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py --minutes 30
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .coverage

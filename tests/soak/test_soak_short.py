@@ -1,0 +1,34 @@
+"""Short soak in CI (catalogue J 158, 160 in miniature): 20 s at 100 requests per second plus a
+stream a second through a separate ``gateway run`` process; its RSS, open descriptors and asyncio
+task count must stay flat.
+
+Tolerances: descriptors and tasks may move by a few (a pooled connection opening, a stream in
+flight at the moment of sampling); RSS may grow by up to 24 MiB, because within 20 s the replay
+cache is still filling (it keeps every nonce for the signature window, ``max_age`` + skew = 90 s
+by default, and is bounded by ``replay_cache_entries``) and the decision cache fills to its bound.
+The long form (``python benchmarks/soak.py --minutes 30``) runs past those windows.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.soak.harness import soak, summary
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_fixed_rate_load_keeps_rss_descriptors_and_tasks_flat() -> None:
+    result = await soak(20, rate=100, sample_every=2, stream_every=1, warmup=4)
+    print(summary(result))
+    assert result.errors == 0
+    assert set(result.statuses) <= {200, 403}
+    assert result.statuses[403] > 0
+    assert result.streams_failed == 0
+    assert result.streams_ok > 10
+    assert len(result.samples) >= 6
+    assert all(sample.tasks > 0 for sample in result.samples), "task sampler not running"
+    growth = result.growth()
+    assert growth["fds"] <= 4, growth
+    assert growth["tasks"] <= 4, growth
+    assert growth["rss_kib"] <= 24 * 1024, growth
