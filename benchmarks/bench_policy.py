@@ -1,12 +1,16 @@
 """Policy decision cost: embedded engine cold (cache miss) and warm (cache hit) with 10, 100 and
 1,000 targets, cold denies, where one cold decision spends its time, the cost of handing a
-decision to a thread, and the OPA engine on loopback.
+decision to a thread, the OPA engine on loopback, and the memory a cold decision leaves behind.
 
 Cold decisions use distinct inputs against an engine without a cache, so every one is evaluated
 by rego-cpp; warm decisions repeat one input through the cache. Decisions per second are for one
 core (one event loop, sequential decisions). "cpu p50" is the thread's CPU time per decision,
 which other jobs on a shared machine disturb less than wall time. The OPA engine talks to the
 devkit OPA server, run in a separate process on 127.0.0.1 (no OPA binary is available here).
+
+The process loads rego-cpp's library the way the gateway does (``gateway`` first); the report
+says which order was measured, because the other order leaks on every evaluation
+(``gateway/policy/native.py``).
 
 Run: ``.venv/bin/python benchmarks/bench_policy.py [--decisions N]``
 """
@@ -32,9 +36,10 @@ from gateway.policy import embedded as embedded_module
 from gateway.policy.cache import DecisionCache, project
 from gateway.policy.embedded import EmbeddedEngine
 from gateway.policy.loader import load_policies
+from gateway.policy.native import load_order_problem
 from gateway.policy.opa import OpaEngine
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -107,6 +112,12 @@ async def measure(
     )
 
 
+def rss_kib() -> int:
+    """This process's resident set size in KiB (Linux)."""
+    status = Path("/proc/self/status").read_text(encoding="ascii")
+    return next(int(line.split()[1]) for line in status.splitlines() if "VmRSS" in line)
+
+
 def row(name: str, p50: float, p99: float, cpu: float, rate: float) -> str:
     """One Markdown table row."""
     return f"| {name} | {p50:.1f} | {p99:.1f} | {cpu:.1f} | {rate:,.0f} |"
@@ -145,9 +156,9 @@ def breakdown(engine: EmbeddedEngine, inputs: list[dict[str, Any]]) -> list[str]
     return [f"| {name} | {percentile(samples, 0.5) * 1e6:.1f} |" for name, samples in parts.items()]
 
 
-async def embedded(directory: Path, count: int, parts: list[str]) -> list[str]:
+async def embedded(directory: Path, count: int, parts: list[str], memory: list[str]) -> list[str]:
     """Cold, warm and thread-offloaded figures of the embedded engine; ``parts`` gets the
-    breakdown of a cold decision at 100 targets."""
+    breakdown of a cold decision at 100 targets, ``memory`` the RSS growth of the cold runs."""
     rows = []
     for targets in (10, 100, 1000):
         policies = load_policies(write_config(directory, targets))
@@ -155,7 +166,10 @@ async def embedded(directory: Path, count: int, parts: list[str]) -> list[str]:
         inputs = [make_input(i % targets, i) for i in range(count)]
         for item in inputs[:200]:
             await cold.decide(item)
+        before = rss_kib()
         rows.append(row(f"embedded, {targets} targets, cold", *await measure(cold.decide, inputs)))
+        grown = rss_kib() - before
+        memory.append(f"| {targets} targets | {grown / 1024:.1f} | {grown * 1024 / count:,.0f} |")
         denied = [make_input(i % targets, i, method="DELETE") for i in range(count)]
         rows.append(
             row(
@@ -235,7 +249,8 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         parts: list[str] = []
-        rows = await embedded(directory, args.decisions, parts)
+        memory: list[str] = []
+        rows = await embedded(directory, args.decisions, parts, memory)
         rows += await opa(directory, min(args.decisions, 1000))
     print(
         f"{datetime.date.today().isoformat()}, python {platform.python_version()} on "
@@ -250,6 +265,12 @@ async def main() -> None:
     print("| one cold decision, 100 targets | p50 us |")
     print("| --- | --- |")
     for line in parts:
+        print(line)
+    print()
+    print(f"native load order: {load_order_problem() or 'rego-cpp before the C++ runtime'}")
+    print(f"| cold run of {args.decisions} decisions | RSS growth MiB | bytes per decision |")
+    print("| --- | --- | --- |")
+    for line in memory:
         print(line)
 
 
