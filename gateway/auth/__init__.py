@@ -6,6 +6,7 @@ request-signing key pinned at registration; see ``verifier`` for the exact rules
 
 from gateway.auth.errors import Reason, SignatureError
 from gateway.auth.keys import KeySet, KeySetError, PinnedKey
+from gateway.auth.limiter import BadSignatureLimiter
 from gateway.auth.replay import Admission, ReplayCache, ReplayStateError
 from gateway.auth.skew import ClockSkewEstimate
 from gateway.auth.verifier import (
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_TAG",
     "GATEWAY_ID_HEADER",
     "Admission",
+    "BadSignatureLimiter",
     "ClockSkewEstimate",
     "KeySet",
     "KeySetError",

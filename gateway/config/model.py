@@ -195,6 +195,7 @@ class TargetLimits(_Model):
     max_concurrent_streams: int | None = Field(default=None, ge=1, le=100_000)
     connect_timeout_seconds: Seconds | None = None
     request_timeout_seconds: Seconds | None = None
+    read_timeout_seconds: Seconds | None = None
     max_request_body_bytes: int | None = Field(default=None, ge=0, le=1 << 30)
     max_response_body_bytes: int | None = Field(default=None, ge=0, le=1 << 30)
 
@@ -271,6 +272,13 @@ class Limits(_Model):
     connect_timeout_seconds: Seconds = 5
     request_timeout_seconds: Annotated[float, Field(gt=0, le=55)] = Field(
         default=50, description="Must stay under the relay's 60 s deadline."
+    )
+    read_timeout_seconds: Annotated[float, Field(gt=0, le=55)] = Field(
+        default=15,
+        description=(
+            "Longest wait for the next bytes of a target's answer (headers or body); a target "
+            "that goes quiet for this long is a 504. At most the request timeout."
+        ),
     )
     stream_idle_timeout_seconds: Seconds = 300
     max_request_body_bytes: int = Field(default=16 << 20, ge=0, le=1 << 30)

@@ -98,6 +98,18 @@ def check(config: GatewayConfig, doc: Located) -> list[Problem]:
 
 
 def _check_sections(config: GatewayConfig, doc: Located) -> Iterator[Problem]:
+    limits = config.limits
+    if (
+        "read_timeout_seconds" in limits.model_fields_set
+        and limits.read_timeout_seconds > limits.request_timeout_seconds
+    ):
+        yield doc.problem(
+            ("limits", "read_timeout_seconds"),
+            f"{limits.read_timeout_seconds} exceeds limits.request_timeout_seconds "
+            f"{limits.request_timeout_seconds}",
+            code="conflicting_settings",
+            hint="a read timeout is at most the request timeout",
+        )
     endpoint = config.relay.endpoint
     if endpoint and endpoint.startswith("ws://"):
         host = endpoint[len("ws://") :].rstrip("/").rsplit(":", 1)[0].strip("[]")
@@ -192,6 +204,7 @@ def _check_target(
             )
     yield from _check_addresses(base, target, doc)
     yield from _check_limits(base, target, config, doc)
+    yield from _check_read_timeout(base, target, config, doc)
     yield from _check_operations(base, target, doc)
 
 
@@ -263,6 +276,22 @@ def _check_limits(
                 f"{value} exceeds the global limit {ceiling} (limits.{field})",
                 code="exceeds_global_limit",
             )
+
+
+def _check_read_timeout(
+    base: JsonPath, target: Target, config: GatewayConfig, doc: Located
+) -> Iterator[Problem]:
+    # A read timeout longer than the request timeout could never fire. A value written in the
+    # file must make sense as written; the default (15 s) is capped at a shorter request timeout.
+    read = target.limits.read_timeout_seconds
+    total = target.limits.request_timeout_seconds or config.limits.request_timeout_seconds
+    if read is not None and read > total:
+        yield doc.problem(
+            (*base, "limits", "read_timeout_seconds"),
+            f"{read} exceeds the request timeout {total} that applies to this target",
+            code="conflicting_settings",
+            hint="a read timeout is at most the request timeout",
+        )
 
 
 def _check_operations(base: JsonPath, target: Target, doc: Located) -> Iterator[Problem]:

@@ -7,6 +7,12 @@ adds none of its own; redirects are never followed; bodies are not decompressed;
 streamed under a size cap; the address comes from the dial step (:mod:`gateway.forward.dial`);
 environment proxy variables are ignored (``trust_env=False``); every phase has a timeout below the
 relay's 60 s deadline; each target has a concurrency cap answered with 503 rather than a queue.
+
+Timeouts: ``connect_timeout_seconds`` for DNS, TCP and TLS; ``read_timeout_seconds`` for every wait
+on the target's answer, reset by each byte received (aiohttp's ``sock_read``), so a target that
+accepts and then says nothing, or sends its headers and stalls, is a 504 after the read timeout
+(catalogue I 138); ``request_timeout_seconds`` for the whole exchange, which still ends a target
+that drips its answer a byte at a time (I 139). The read timeout is capped at the request timeout.
 """
 
 from __future__ import annotations
@@ -197,6 +203,7 @@ class Upstream:
         limits = self._config.limits
         total = target.limits.request_timeout_seconds or limits.request_timeout_seconds
         connect = target.limits.connect_timeout_seconds or limits.connect_timeout_seconds
+        read = min(target.limits.read_timeout_seconds or limits.read_timeout_seconds, total)
         max_body = target.limits.max_response_body_bytes
         max_body = limits.max_response_body_bytes if max_body is None else max_body
         url = URL.build(
@@ -217,12 +224,16 @@ class Upstream:
                 headers=headers,
                 data=body if body or method in ("POST", "PUT", "PATCH") else None,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=total, sock_connect=connect),
+                timeout=aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read),
                 ssl=ssl_setting if target.scheme == "https" else True,
                 server_hostname=server_name,
             )
         except DialError as refused:
             raise UpstreamError(refused.code, str(refused), refused.status) from None
+        except aiohttp.SocketTimeoutError:
+            raise UpstreamError(
+                "upstream_timeout", f"no data from the target for {read}s", 504
+            ) from None
         except TimeoutError:
             raise UpstreamError("upstream_timeout", f"no answer within {total}s", 504) from None
         except aiohttp.ClientConnectorCertificateError as exc:
@@ -279,6 +290,7 @@ async def _read_capped(response: aiohttp.ClientResponse, max_body: int, seen: in
     except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
         raise UpstreamError("upstream_protocol_error", f"bad response body: {exc}") from None
     except TimeoutError:
+        # The read timeout (no byte for read_timeout_seconds) or the request's total timeout.
         raise UpstreamError("upstream_timeout", "response body stalled", 504) from None
     if seen + len(chunk) > max_body:
         raise UpstreamError("upstream_body_too_large", f"response body exceeds {max_body} bytes")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,8 @@ _NON_DETERMINISTIC = re.compile(
 )
 _MISSING = object()
 _OBJECT = object()  # marks a frozen JSON object; no JSON value can equal it
+# The frozen forms of true, false and null, made once.
+_TRUE, _FALSE, _NULL = ("bool", True), ("bool", False), ("NoneType", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,7 @@ class DecisionCache:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self._fields = fields
+        self._key = _key_function(fields)
         self._max = max_entries
         self._entries: OrderedDict[Any, Decision] = OrderedDict()
         self.hits = 0
@@ -147,10 +150,16 @@ class DecisionCache:
         return len(self._entries)
 
     def key(self, input: Mapping[str, Any]) -> Any:
-        """The cache key of ``input``: the frozen values of the fields the policy reads."""
-        if self._fields is None:
-            return _freeze(input)
-        return tuple(_freeze(_lookup(input, path)) for path in self._fields)
+        """The cache key of ``input``: the frozen values of the fields the policy reads.
+
+        None when a field read holds something that is not a JSON value (a set, bytes, an object
+        with non-string keys): such a request is decided without the cache, never refused or
+        failed because of it. ``get(None)`` finds nothing and ``put(None, ...)`` stores nothing.
+        """
+        try:
+            return self._key(input)
+        except _Uncacheable:
+            return None
 
     def get(self, key: Any) -> Decision | None:
         """The cached decision for ``key``, refreshed as most recently used, or None."""
@@ -164,6 +173,8 @@ class DecisionCache:
 
     def put(self, key: Any, decision: Decision) -> None:
         """Remember ``decision``, evicting the least recently used entry when full."""
+        if key is None:
+            return
         self._entries[key] = decision
         self._entries.move_to_end(key)
         if len(self._entries) > self._max:
@@ -191,6 +202,30 @@ def project(input: Mapping[str, Any], fields: tuple[FieldPath, ...]) -> dict[str
     return out
 
 
+class _Uncacheable(Exception):  # noqa: N818 - an outcome of freezing, not a fault
+    """A value that is not JSON, so no key can stand for it."""
+
+
+def _key_function(fields: tuple[FieldPath, ...] | None) -> Callable[[Mapping[str, Any]], Any]:
+    """The key function for one cache plan, prepared once: a reader per field, so that making a
+    key is one comprehension over plain callables (the cache is consulted on every request)."""
+    if fields is None:
+        return _freeze
+    readers = tuple(_reader(path) for path in fields)
+
+    def key(input: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple([_freeze(read(input)) for read in readers])
+
+    return key
+
+
+def _reader(path: FieldPath) -> Callable[[Mapping[str, Any]], Any]:
+    if len(path) == 1:
+        name = path[0]
+        return lambda input: input.get(name, _MISSING)
+    return lambda input: _lookup(input, path)
+
+
 def _lookup(input: Mapping[str, Any], path: FieldPath) -> Any:
     value: Any = input
     for name in path:
@@ -203,12 +238,29 @@ def _lookup(input: Mapping[str, Any], path: FieldPath) -> Any:
 
 
 def _freeze(value: Any) -> Any:
-    """A hashable form of a JSON value that keeps JSON types apart (``true`` is not ``1``)."""
-    if isinstance(value, str) or value is _MISSING:
+    """A hashable form of a JSON value that keeps JSON types apart (``true`` is not ``1``).
+
+    Raises :class:`_Uncacheable` for anything that is not JSON. Exact types only: the inputs are
+    built from plain values, and a subclass could compare or hash unlike its base.
+    """
+    kind = type(value)
+    if kind is str or value is _MISSING:
         return value
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(v) for v in value)
+    if kind is bool:
+        return _TRUE if value else _FALSE
+    if value is None:
+        return _NULL
+    if kind is int or kind is float:
+        # Tagged with the type, because True == 1 == 1.0 in Python.
+        return (kind.__name__, value)
+    if kind is list or kind is tuple:
+        return tuple([_freeze(v) for v in value])
     if isinstance(value, Mapping):
-        return (_OBJECT, tuple(sorted((k, _freeze(v)) for k, v in value.items())))
-    # bool, int, float, None: tag with the type, because True == 1 == 1.0 in Python.
-    return (type(value).__name__, value)
+        items = []
+        for name, item in value.items():
+            if type(name) is not str:
+                raise _Uncacheable
+            items.append((name, _freeze(item)))
+        items.sort()
+        return (_OBJECT, tuple(items))
+    raise _Uncacheable

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from gateway.policy.cache import DecisionCache, plan_cache, project, strip_comments
 from gateway.policy.engine import Decision
+from gateway.policy.loader import build_engine
+from tests.unit.policy.conftest import MakeConfig, request_input
 
 
 def _decision(allow: bool = True) -> Decision:
@@ -62,3 +69,48 @@ def test_lru_is_bounded_and_keeps_the_recently_used() -> None:
 def test_projection_keeps_only_read_fields() -> None:
     doc = {"a": 1, "s": {"v": True, "k": "secret"}, "q": "x"}
     assert project(doc, (("a",), ("s", "v"), ("missing",))) == {"a": 1, "s": {"v": True}}
+
+
+def test_key_is_total_and_an_unkeyable_input_is_not_cached() -> None:
+    cache = DecisionCache((("a",), ("b", "c")))
+    for odd in ({"x"}, b"x", {1: "x"}, object(), [1, {"y"}], {"n": frozenset()}):
+        key = cache.key({"a": odd})
+        assert key is None
+        cache.put(key, _decision())
+        assert cache.get(key) is None
+    assert len(cache) == 0
+    assert DecisionCache(None).key({"a": {"x"}}) is None
+    # A value the policy does not read never matters, whatever it is.
+    assert cache.key({"a": "x", "z": {"x"}}) == cache.key({"a": "x"})
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(a=json_values, b=json_values)
+def test_keys_are_equal_exactly_when_the_json_documents_are(a: object, b: object) -> None:
+    cache = DecisionCache((("v",),))
+    same = json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert (cache.key({"v": a}) == cache.key({"v": b})) == same
+    hash(cache.key({"v": a}))
+
+
+async def test_an_input_the_cache_cannot_key_is_decided_without_it(
+    make_config: MakeConfig,
+) -> None:
+    engine = build_engine(make_config())
+    odd = {**request_input(), "method": {"GET"}}  # a set: not JSON, so no cache key exists
+    decision = await engine.decide(odd)
+    assert not decision.allow
+    assert not decision.cached
+    assert engine.cache is not None
+    assert len(engine.cache) == 0
+    # The same request as JSON is decided and cached as before.
+    assert (await engine.decide(request_input())).allow
+    assert len(engine.cache) == 1

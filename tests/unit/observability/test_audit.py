@@ -1,0 +1,93 @@
+"""The decision log: one JSON line per record, nothing held back, write failures never raised."""
+
+from __future__ import annotations
+
+import json
+import logging
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.observability.audit import AuditLog
+from gateway.pipeline import AuditRecord, _DecisionIds
+
+
+def test_records_are_json_lines_in_a_private_file(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.log"
+    audit = AuditLog(path)
+    audit.write({"decision_id": "a", "reasons": ["x"], "latency_ms": 1.5, "path": "/ü"})
+    audit.write({"decision_id": "b", "when": Path("/not/json")})  # str() for non-JSON values
+    audit.close()
+    audit.write({"decision_id": "c"})  # reopened after close, appended
+    audit.close()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["decision_id"] for line in lines] == ["a", "b", "c"]
+    assert json.loads(lines[0])["path"] == "/ü"
+    assert json.loads(lines[1])["when"] == "/not/json"
+    assert stat.S_IMODE(path.stat().st_mode) & 0o027 == 0
+
+
+def test_a_record_is_on_disk_when_the_process_dies_right_after(tmp_path: Path) -> None:
+    # The answer to the SaaS goes out after the record is written: a killed process must not
+    # take records with it (no user-space buffering).
+    path = tmp_path / "decisions.log"
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from gateway.observability.audit import AuditLog\n"
+        "audit = AuditLog(Path(sys.argv[1]))\n"
+        "for n in range(3):\n"
+        "    audit.write({'n': n})\n"
+        "os._exit(9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], timeout=30, check=False)
+    assert done.returncode == 9
+    assert [json.loads(line)["n"] for line in path.read_text().splitlines()] == [0, 1, 2]
+
+
+def test_write_failures_are_counted_logged_once_and_never_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    audit = AuditLog(tmp_path / "missing-directory" / "decisions.log")
+    with caplog.at_level(logging.ERROR, logger="gateway.observability.audit"):
+        for _ in range(5):
+            audit.write({"decision_id": "x"})
+    assert audit.failures == 5
+    assert len([r for r in caplog.records if "decision log write failed" in r.message]) == 1
+    # Once the directory exists the next record gets through.
+    (tmp_path / "missing-directory").mkdir()
+    audit.write({"decision_id": "y"})
+    assert audit.failures == 5
+    assert "y" in (tmp_path / "missing-directory" / "decisions.log").read_text()
+
+
+def test_standard_output_when_no_file(capsys: pytest.CaptureFixture[str]) -> None:
+    AuditLog(None).write({"decision_id": "z", "ok": True})
+    assert json.loads(capsys.readouterr().out) == {"decision_id": "z", "ok": True}
+
+
+def test_decision_ids_are_unique_and_differ_between_processes() -> None:
+    first, second = _DecisionIds(), _DecisionIds()
+    ids = {first.next() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    other = second.next()
+    assert other.split("-")[0] != next(iter(ids)).split("-")[0]
+    prefix, counter = other.split("-")
+    assert len(prefix) == 16
+    assert int(prefix, 16) >= 0
+    assert int(counter, 16) == 1
+
+
+def test_record_time_is_rfc3339_utc_to_the_second() -> None:
+    when = 1_764_000_000.75
+    texts = []
+    for started in (when, when + 0.1, when + 1):
+        record = AuditRecord(decision_id="d", kind="http", revision="r", started=started)
+        texts.append(record.as_dict()["time"])
+    expected = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+    assert texts[0] == texts[1] == expected
+    assert texts[2] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when + 1))
