@@ -9,17 +9,22 @@ Control messages (``messages``)
     ``RequestCommand(id, request_target, method, request_headers, body, address, remote_endpoint)``,
     ``RendezvousRequestCommand(address, id)``,
     ``ResponseCommand(request_id, status_code, body, status_description, response_headers)``,
-    ``RenewTokenCommand(token)``. Parsing raises only ``ProtocolError`` subclasses.
+    ``RenewTokenCommand(token)``. Parsing raises only ``ProtocolError`` subclasses; a ``request``
+    with a sound ``id`` and ``body`` flag but another bad field raises
+    ``MalformedRequestError(field_error, request_id=..., body=...)``.
 
 Channel state machines (``framing``)
-    ``ListenerChannel(kind: SocketKind, *, check_address, limits=None)``: feed
-    ``receive_frame(opcode, payload, fin=...)`` or ``receive_message(str | bytes)`` and
+    ``ListenerChannel(kind: SocketKind, *, check_address, limits=None, clock=time.monotonic)``:
+    feed ``receive_frame(opcode, payload, fin=...)`` or ``receive_message(str | bytes)`` and
     ``receive_close(code, reason)``; each returns a list of events: ``AcceptReceived``,
-    ``RequestReceived(command, body)``, ``RendezvousRequested``, ``ProtocolViolation(error,
-    fatal, request_id=None)``, ``ChannelClosed``. On ``fatal`` drop the connection; otherwise log,
-    count, carry on. A request body over ``max_body_size`` is a fatal ``message_too_large``
-    violation whose ``request_id`` names the request (answer it 413 first); call
-    ``receive_too_large()`` when the WebSocket library itself refused an oversize message.
+    ``RequestReceived(command, body)``, ``MalformedRequestReceived(request_id, error)`` (answer
+    400 where it arrived; its body was consumed), ``RendezvousRequested``,
+    ``ProtocolViolation(error, fatal, request_id=None)``, ``ChannelClosed``. On ``fatal`` drop the
+    connection; otherwise log, count, carry on. Tolerated defects are bounded by
+    ``ChannelLimits(max_violations=32, violation_window=10.0)``: one more within the window is a
+    fatal ``too_many_violations``. A request body over ``max_body_size`` is a fatal
+    ``message_too_large`` violation whose ``request_id`` names the request (answer it 413 first);
+    call ``receive_too_large()`` when the WebSocket library itself refused an oversize message.
     ``RelayChannel`` is the relay-side twin (``ResponseReceived``, ``TokenRenewalReceived``).
     Outgoing: ``choose_response_route(body_length, arrived_on=...) -> ResponseRoute``,
     ``response_frames(ResponseCommand, body) -> list[Frame]`` and ``BodyFramer`` for a body sent
@@ -41,8 +46,9 @@ Addresses (``addresses``)
 Errors (``errors``)
     ``HybridConnectionError`` (``.code``) > ``ProtocolError`` (``MessageTooLargeError``,
     ``MalformedMessageError``, ``UnknownCommandError``, ``MissingFieldError``,
-    ``InvalidFieldError``, ``UnexpectedFrameError``, ``UnexpectedCommandError``,
-    ``BadRendezvousAddressError``) and ``TokenError`` (``MalformedTokenError``,
-    ``UnknownKeyNameError``, ``BadSignatureError``, ``TokenExpiredError``,
-    ``WrongResourceError``). Messages never contain tokens, keys or rendezvous addresses.
+    ``InvalidFieldError``, ``MalformedRequestError``, ``TooManyViolationsError``,
+    ``UnexpectedFrameError``, ``UnexpectedCommandError``, ``BadRendezvousAddressError``) and
+    ``TokenError`` (``MalformedTokenError``, ``UnknownKeyNameError``, ``BadSignatureError``,
+    ``TokenExpiredError``, ``WrongResourceError``). Messages never contain tokens, keys or
+    rendezvous addresses.
 """

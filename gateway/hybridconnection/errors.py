@@ -57,6 +57,30 @@ class InvalidFieldError(ProtocolError):
     code = "invalid_field"
 
 
+class MalformedRequestError(ProtocolError):
+    """A ``request`` that can still be answered: its ``id`` and ``body`` flag are sound, another
+    field is not (a control character in a header value, a method that is not a token ...).
+
+    ``request_id`` and ``body`` are the validated fields, ``field_error`` the defect found. The
+    framing stays in step because ``body`` says whether a body message follows; the listener
+    answers the request 400 and keeps the socket.
+    """
+
+    code = "malformed_request"
+
+    def __init__(self, field_error: ProtocolError, *, request_id: str, body: bool) -> None:
+        super().__init__(str(field_error))
+        self.field_error = field_error
+        self.request_id = request_id
+        self.body = body
+
+
+class TooManyViolationsError(ProtocolError):
+    """A socket exceeded its budget of tolerated protocol violations within the time window."""
+
+    code = "too_many_violations"
+
+
 class UnexpectedFrameError(ProtocolError):
     """A frame arrived that the framing rules do not allow in the current state."""
 

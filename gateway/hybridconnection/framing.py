@@ -15,26 +15,41 @@ Framing rules implemented here (protocol notes sections 3.2, 5.3 and 5.4):
 
 Error policy (catalogue item 131): an unknown command or a command that is not allowed on this
 socket is reported as a non-fatal :class:`ProtocolViolation` and otherwise ignored, as the .NET
-listener does. A defect that leaves the framing in doubt (bad JSON, bad fields of a command that
-may be followed by a body, a text frame where a body is due, oversize data) is fatal: the owner
-must drop the connection. An oversize request body is reported with its request's id
+listener does. A ``request`` that is malformed but addressable (sound ``id`` and ``body`` flag,
+some other field defective: :class:`MalformedRequestError`) is reported as
+:class:`MalformedRequestReceived` once its body, if any, has been read and dropped, so the framing
+stays in step; the listener answers it 400 on the socket it came from and keeps that socket. A
+defect that leaves the framing or the peer in doubt (bad JSON, an unanswerable command that may be
+followed by a body, a text frame where a body is due, oversize data) is fatal: the owner must drop
+the connection. An oversize request body is reported with its request's id
 (``ProtocolViolation.request_id``) so the listener can answer it 413 first (catalogue item 150);
 libraries that enforce the size bound themselves report it with ``receive_too_large()``.
+
+Tolerance is bounded: every non-fatal violation except an unknown command (ignored for forward
+compatibility, section 3.2) and every malformed request counts against
+``ChannelLimits.max_violations`` within a sliding ``violation_window`` of seconds; one more is a
+fatal ``too_many_violations``, so a peer that sends nothing but defects loses the socket instead
+of occupying it. Unknown commands stay free: a service that adds a notification must not take
+listeners down.
 """
 
 from __future__ import annotations
 
 import abc
+import collections
 import dataclasses
 import enum
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from gateway.hybridconnection.errors import (
+    MalformedRequestError,
     MessageTooLargeError,
     MissingFieldError,
     ProtocolError,
+    TooManyViolationsError,
     UnexpectedCommandError,
     UnexpectedFrameError,
     UnknownCommandError,
@@ -55,6 +70,10 @@ from gateway.hybridconnection.messages import (
 CONTROL_CHANNEL_BODY_LIMIT: Final = 64 * 1024
 # Bodies on rendezvous sockets have no documented limit (section 7); ours is a finite default.
 DEFAULT_RENDEZVOUS_BODY_LIMIT: Final = 16 * 1024 * 1024
+# Violation budget: a real relay never sends a defective message (its HTTP front door refuses what
+# the JSON could not carry), so a few in a window are a sender's oddity, dozens a broken peer.
+DEFAULT_MAX_VIOLATIONS: Final = 32
+DEFAULT_VIOLATION_WINDOW: Final = 10.0
 
 
 class Opcode(enum.IntEnum):
@@ -86,20 +105,41 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class ChannelLimits:
-    """Bounds enforced while reading: UTF-8 size of a control message, size of one body."""
+    """Bounds enforced while reading.
+
+    ``max_message_size``: UTF-8 size of a control message. ``max_body_size``: size of one body.
+    ``max_violations`` / ``violation_window``: how many tolerated (non-fatal) violations and
+    malformed requests a socket may produce within any ``violation_window`` seconds; one more is
+    fatal.
+    """
 
     max_message_size: int = MAX_CONTROL_MESSAGE_SIZE
     max_body_size: int = CONTROL_CHANNEL_BODY_LIMIT
+    max_violations: int = DEFAULT_MAX_VIOLATIONS
+    violation_window: float = DEFAULT_VIOLATION_WINDOW
+
+    def __post_init__(self) -> None:
+        """Refuse limits that would make every message or every defect fatal."""
+        if self.max_message_size < 1 or self.max_body_size < 0:
+            raise ValueError("message and body limits must be positive")
+        if self.max_violations < 0 or self.violation_window <= 0:
+            raise ValueError("the violation budget needs max_violations >= 0 and a positive window")
 
     @classmethod
     def for_socket(
-        cls, kind: SocketKind, *, rendezvous_body_limit: int = DEFAULT_RENDEZVOUS_BODY_LIMIT
+        cls,
+        kind: SocketKind,
+        *,
+        rendezvous_body_limit: int = DEFAULT_RENDEZVOUS_BODY_LIMIT,
+        max_violations: int = DEFAULT_MAX_VIOLATIONS,
+        violation_window: float = DEFAULT_VIOLATION_WINDOW,
     ) -> ChannelLimits:
         """The protocol's limits for ``kind``: 64 KiB bodies on control, ``rendezvous_body_limit``
-        on rendezvous sockets."""
-        if kind is SocketKind.CONTROL:
-            return cls()
-        return cls(max_body_size=rendezvous_body_limit)
+        on rendezvous sockets; the violation budget as given."""
+        body = CONTROL_CHANNEL_BODY_LIMIT if kind is SocketKind.CONTROL else rendezvous_body_limit
+        return cls(
+            max_body_size=body, max_violations=max_violations, violation_window=violation_window
+        )
 
 
 # --- events --------------------------------------------------------------------------------
@@ -162,6 +202,20 @@ class ProtocolViolation:
 
 
 @dataclass(frozen=True, slots=True)
+class MalformedRequestReceived:
+    """A ``request`` that is malformed but addressable; answer ``request_id`` with 400.
+
+    Reported after the request's body (when ``"body": true``) has been read and dropped, so the
+    socket is in step again. The response goes back where the request came from: on the control
+    channel (it is small, section 5.3) or on the rendezvous socket it arrived on (section 3.2).
+    ``error.field_error`` says what was wrong; its message holds no field value.
+    """
+
+    request_id: str
+    error: MalformedRequestError
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelClosed:
     """The peer sent a close frame (``code`` is ``None`` when it carried no status)."""
 
@@ -172,6 +226,7 @@ class ChannelClosed:
 Event = (
     AcceptReceived
     | RequestReceived
+    | MalformedRequestReceived
     | RendezvousRequested
     | ResponseReceived
     | TokenRenewalReceived
@@ -189,15 +244,25 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class _Channel(abc.ABC):
-    """Frame reassembly and body pairing shared by both sides of the protocol."""
+# What a body message that is due belongs to: a command, or a malformed request being refused.
+_Pending = RequestCommand | ResponseCommand | MalformedRequestError
 
-    def __init__(self, limits: ChannelLimits) -> None:
+
+class _Channel(abc.ABC):
+    """Frame reassembly, body pairing and the violation budget shared by both protocol sides.
+
+    ``clock`` (monotonic seconds) only times the violation budget's window.
+    """
+
+    def __init__(self, limits: ChannelLimits, clock: Callable[[], float]) -> None:
         self._limits = limits
+        self._clock = clock
         self._state = _State.IDLE
         self._buffer = bytearray()
-        self._pending: RequestCommand | ResponseCommand | None = None
+        self._pending: _Pending | None = None
         self._just_sent_bodyless = False
+        # Times of recent tolerated violations; never longer than max_violations + 1.
+        self._violations: collections.deque[float] = collections.deque()
 
     @property
     def closed(self) -> bool:
@@ -207,8 +272,10 @@ class _Channel(abc.ABC):
     def receive_message(self, data: str | bytes) -> list[Event]:
         """Feed one complete message (``str`` = text, ``bytes`` = binary)."""
         if isinstance(data, str):
-            return self._data_frame(Opcode.TEXT, data.encode("utf-8", "surrogatepass"), True)
-        return self._data_frame(Opcode.BINARY, data, True)
+            events = self._data_frame(Opcode.TEXT, data.encode("utf-8", "surrogatepass"), True)
+        else:
+            events = self._data_frame(Opcode.BINARY, data, True)
+        return self._tally(events)
 
     def receive_frame(self, opcode: Opcode, payload: bytes, *, fin: bool = True) -> list[Event]:
         """Feed one WebSocket frame as it came off the wire (payload already unmasked)."""
@@ -218,7 +285,7 @@ class _Channel(abc.ABC):
             return []  # keepalive is the WebSocket layer's business (section 3.3)
         if opcode is Opcode.CLOSE:
             return [self.receive_close(*_close_payload(payload))]
-        return self._data_frame(opcode, payload, fin)
+        return self._tally(self._data_frame(opcode, payload, fin))
 
     def receive_close(self, code: int | None, reason: str = "") -> ChannelClosed:
         """Feed the peer's close; any half-received message is discarded."""
@@ -244,6 +311,27 @@ class _Channel(abc.ABC):
         limit = self._limits.max_message_size
         return self._fatal(MessageTooLargeError(f"message larger than {limit} bytes"))
 
+    def _tally(self, events: list[Event]) -> list[Event]:
+        """Charge tolerated defects to the budget; past it, append a fatal violation."""
+        for event in events:
+            if isinstance(event, MalformedRequestReceived) or (
+                isinstance(event, ProtocolViolation)
+                and not event.fatal
+                and not isinstance(event.error, UnknownCommandError)
+            ):
+                now = self._clock()
+                recent = self._violations
+                recent.append(now)
+                while now - recent[0] > self._limits.violation_window:
+                    recent.popleft()
+                if len(recent) > self._limits.max_violations:
+                    limit, window = self._limits.max_violations, self._limits.violation_window
+                    error = TooManyViolationsError(
+                        f"more than {limit} protocol violations within {window:g} s"
+                    )
+                    return events + self._fatal(error)
+        return events
+
     def _fatal(self, error: ProtocolError, *, request_id: str | None = None) -> list[Event]:
         self._state = _State.CLOSED
         self._buffer.clear()
@@ -254,7 +342,11 @@ class _Channel(abc.ABC):
         # Fatal because the rest of the body is never read; the id lets the listener answer 413
         # on the rendezvous socket before it closes it (catalogue item 150).
         pending = self._pending
-        request_id = pending.id if isinstance(pending, RequestCommand) else None
+        request_id: str | None = None
+        if isinstance(pending, RequestCommand):
+            request_id = pending.id
+        elif isinstance(pending, MalformedRequestError):
+            request_id = pending.request_id
         limit = self._limits.max_body_size
         error = MessageTooLargeError(f"body larger than {limit} bytes")
         return self._fatal(error, request_id=request_id)
@@ -302,7 +394,7 @@ class _Channel(abc.ABC):
         pending = self._pending
         self._pending = None
         assert pending is not None  # BODY is only entered with a pending command
-        return self._complete(pending, data)
+        return self._finish(pending, data)
 
     def _text_message(self, data: bytes) -> list[Event]:
         self._just_sent_bodyless = False
@@ -310,16 +402,25 @@ class _Channel(abc.ABC):
             command = parse_command(data, max_size=self._limits.max_message_size)
         except UnknownCommandError as error:
             return [ProtocolViolation(error=error, fatal=False)]
+        except MalformedRequestError as error:
+            return self._malformed_request(error)
         except ProtocolError as error:
             return self._fatal(error)
         return self._command(command)
 
-    def _await_body(self, command: RequestCommand | ResponseCommand) -> list[Event]:
-        if command.body:
-            self._pending = command
+    def _await_body(self, pending: _Pending) -> list[Event]:
+        if pending.body:
+            self._pending = pending
             self._state = _State.BODY_DUE
             return []
-        return self._complete(command, None)
+        return self._finish(pending, None)
+
+    def _finish(self, pending: _Pending, body: bytes | None) -> list[Event]:
+        if isinstance(pending, MalformedRequestError):
+            # The body was read only to stay in step with the framing (section 5.4); a request
+            # that is refused never hands its body on.
+            return [MalformedRequestReceived(request_id=pending.request_id, error=pending)]
+        return self._complete(pending, body)
 
     def _stray_binary(self, payload: bytes, fin: bool) -> list[Event]:
         events: list[Event] = []
@@ -336,6 +437,10 @@ class _Channel(abc.ABC):
         """React to a parsed control message."""
 
     @abc.abstractmethod
+    def _malformed_request(self, error: MalformedRequestError) -> list[Event]:
+        """React to a ``request`` that is malformed but addressable."""
+
+    @abc.abstractmethod
     def _complete(
         self, command: RequestCommand | ResponseCommand, body: bytes | None
     ) -> list[Event]:
@@ -350,6 +455,7 @@ class ListenerChannel(_Channel):
     :class:`BadRendezvousAddressError` for an address the listener must not dial (catalogue
     item 24).
     Such a command is reported as a non-fatal violation and never as an accept/request event.
+    ``clock`` times the violation budget (``ChannelLimits.max_violations``).
     """
 
     def __init__(
@@ -358,8 +464,9 @@ class ListenerChannel(_Channel):
         *,
         check_address: Callable[[str], object],
         limits: ChannelLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(limits or ChannelLimits.for_socket(kind))
+        super().__init__(limits or ChannelLimits.for_socket(kind), clock)
         self.kind = kind
         self._check_address = check_address
 
@@ -367,8 +474,12 @@ class ListenerChannel(_Channel):
         on_control = self.kind is SocketKind.CONTROL
         if isinstance(command, RequestCommand):
             if on_control and command.address is None:
-                # The address is the only way to deliver a large response (section 5.3).
-                return self._fatal(MissingFieldError("request: missing required field 'address'"))
+                # The address is the only way to deliver a large response (section 5.3); without
+                # it the request is still answerable with a small refusal on this channel.
+                missing = MissingFieldError("request: missing required field 'address'")
+                return self._malformed_request(
+                    MalformedRequestError(missing, request_id=command.id, body=command.body)
+                )
             if not on_control:
                 # Section 3.2: on a rendezvous socket the response goes back on that socket;
                 # never expose an address the service did not need to send.
@@ -383,6 +494,10 @@ class ListenerChannel(_Channel):
             f"{name} is not valid from the relay on a {self.kind.value} socket"
         )
         return [ProtocolViolation(error=error, fatal=False)]
+
+    def _malformed_request(self, error: MalformedRequestError) -> list[Event]:
+        # Read (and drop) its body first, if it has one; then it is answered 400 (section 5.4).
+        return self._await_body(error)
 
     def _complete(
         self, command: RequestCommand | ResponseCommand, body: bytes | None
@@ -408,8 +523,14 @@ class RelayChannel(_Channel):
     ``"body": false`` response is swallowed silently: hyco-https sends one (section 5.3).
     """
 
-    def __init__(self, kind: SocketKind, *, limits: ChannelLimits | None = None) -> None:
-        super().__init__(limits or ChannelLimits.for_socket(kind))
+    def __init__(
+        self,
+        kind: SocketKind,
+        *,
+        limits: ChannelLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(limits or ChannelLimits.for_socket(kind), clock)
         self.kind = kind
 
     def _command(self, command: Command) -> list[Event]:
@@ -422,6 +543,13 @@ class RelayChannel(_Channel):
             f"{name} is not valid from a listener on a {self.kind.value} socket"
         )
         return [ProtocolViolation(error=error, fatal=False)]
+
+    def _malformed_request(self, error: MalformedRequestError) -> list[Event]:
+        # A listener never sends `request`; treated like a well-formed one (unexpected, ignored).
+        unexpected = UnexpectedCommandError(
+            f"RequestCommand is not valid from a listener on a {self.kind.value} socket"
+        )
+        return [ProtocolViolation(error=unexpected, fatal=False)]
 
     def _complete(
         self, command: RequestCommand | ResponseCommand, body: bytes | None

@@ -13,6 +13,10 @@ Choices where the notes leave room:
   with ``remoteEndpoint``, section 3.2) does not take listeners down; an unknown *command* raises
   :class:`UnknownCommandError`, which the channel state machines treat as ignorable (like .NET's
   listener, section 3.2).
+* A full-form ``request`` whose ``id`` and ``body`` are sound but which is otherwise defective
+  raises :class:`MalformedRequestError` carrying both: it can be answered (400) and the framing
+  stays in step. A defective ``id`` or ``body`` raises the plain field error: such a message
+  cannot be answered, and whether a body follows is unknown.
 * Header names must be RFC 9110 tokens and header values, reason phrases, ids and request targets
   must not contain control characters: these strings end up on HTTP/1.1 wire lines, and a CR or LF
   in them would be a request- or response-splitting vector.
@@ -31,8 +35,10 @@ import orjson
 from gateway.hybridconnection.errors import (
     InvalidFieldError,
     MalformedMessageError,
+    MalformedRequestError,
     MessageTooLargeError,
     MissingFieldError,
+    ProtocolError,
     UnknownCommandError,
 )
 
@@ -121,7 +127,7 @@ def parse_command(data: str | bytes, *, max_size: int = MAX_CONTROL_MESSAGE_SIZE
 
     ``max_size`` bounds the UTF-8 length. Raises a ``ProtocolError`` subclass on any defect:
     :class:`MessageTooLargeError`, :class:`MalformedMessageError`, :class:`UnknownCommandError`,
-    :class:`MissingFieldError` or :class:`InvalidFieldError`.
+    :class:`MissingFieldError`, :class:`InvalidFieldError` or :class:`MalformedRequestError`.
     """
     if _utf8_length_exceeds(data, max_size):
         raise MessageTooLargeError(f"control message larger than {max_size} bytes")
@@ -307,7 +313,20 @@ def _parse_request(payload: dict[str, Any]) -> RequestCommand | RendezvousReques
             address=_text(_require(payload, "request", "address"), "request.address"),
             id=None if raw_id is None else _text(raw_id, "request.id"),
         )
-    method = _require(payload, "request", "method")
+    # The id (echoed as `requestId`, section 3.2) and the body flag (whether one binary message
+    # follows, section 5.4) are what the listener needs to answer the request and to stay in step
+    # with the framing. With both sound, any other defect makes the request answerable as
+    # malformed rather than a reason to distrust the whole socket.
+    request_id = _text(_require(payload, "request", "id"), "request.id")
+    body = _bool(payload["body"], "request.body")
+    try:
+        return _full_request(payload, request_id, body)
+    except ProtocolError as error:
+        raise MalformedRequestError(error, request_id=request_id, body=body) from error
+
+
+def _full_request(payload: dict[str, Any], request_id: str, body: bool) -> RequestCommand:
+    method = payload["method"]
     if not isinstance(method, str) or not _TOKEN.fullmatch(method):
         raise InvalidFieldError("request.method: expected an HTTP method token")
     target = _text(_require(payload, "request", "requestTarget"), "request.requestTarget")
@@ -316,7 +335,7 @@ def _parse_request(payload: dict[str, Any]) -> RequestCommand | RendezvousReques
     raw_address = payload.get("address")
     raw_headers = payload.get("requestHeaders")
     return RequestCommand(
-        id=_text(_require(payload, "request", "id"), "request.id"),
+        id=request_id,
         request_target=target,
         method=method,
         request_headers=(
@@ -324,7 +343,7 @@ def _parse_request(payload: dict[str, Any]) -> RequestCommand | RendezvousReques
             if raw_headers is None
             else _headers(raw_headers, "request.requestHeaders")
         ),
-        body=_bool(payload["body"], "request.body"),
+        body=body,
         address=None if raw_address is None else _text(raw_address, "request.address"),
         remote_endpoint=_optional_endpoint(payload, "request"),
     )

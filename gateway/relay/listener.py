@@ -16,14 +16,27 @@ Per control channel:
   retries, 404 also an alert (catalogue items 122-125).
 
 Per relayed request (section 5): the request is handled in its own task so the control-channel
-reader never waits on a handler; at most ``max_concurrent_requests`` run at once and the rest are
-answered 503 at once (catalogue item 149). A handler that raises is answered 500, one that
-overruns ``request_timeout`` 504, always before the relay's 60 s deadline (section 5.1). Bodies up
-to 64 KiB go back on the control channel; larger and streamed ones over the request's rendezvous
-address (section 5.3). A rendezvous-only request is fetched from its address and answered there.
-A request body over ``max_request_body`` is answered ``413 Content Too Large`` on its rendezvous
-socket as soon as the limit is crossed, without buffering more than the limit; the socket is then
-closed with 1009 after a bounded lingering close (catalogue item 150; RFC 9112 section 9.6).
+reader never waits on a handler; at most ``max_concurrent_requests`` run at once. Every request
+past that (or while draining) is answered 503 by the reader itself, without a task: one small
+``response`` frame written under the channel's lock, so a burst of any size costs a bounded amount
+of work per message and never goes unanswered (catalogue item 149). A handler that raises is
+answered 500, one that overruns ``request_timeout`` 504, always before the relay's 60 s deadline
+(section 5.1). Bodies up to 64 KiB go back on the control channel; larger and streamed ones over
+the request's rendezvous address (section 5.3). A rendezvous-only request is fetched from its
+address and answered there. A request body over ``max_request_body`` is answered ``413 Content
+Too Large`` on its rendezvous socket as soon as the limit is crossed, without buffering more than
+the limit; the socket is then closed with 1009 after a bounded lingering close (catalogue item
+150; RFC 9112 section 9.6).
+
+A request the core reports as malformed but addressable (a CR, LF or NUL in a header value or the
+target, a method or header name that is not a token, a field over 16 KiB; see
+:class:`gateway.hybridconnection.framing.MalformedRequestReceived`) is answered
+``400`` with ``x-gateway-reason: malformed_request`` where it arrived - on the control channel or
+on its rendezvous socket (sections 3.2, 5.3) - and the socket is kept: one bad request never costs
+the requests in flight beside it. Its body has been consumed by the core, so the framing stays in
+step. A socket that produces more than ``max_protocol_violations`` such defects within
+``violation_window`` seconds is dropped (``too_many_violations``) and, for a control channel,
+reconnected.
 
 Per ``accept`` (section 4): the stream handler decides; a rejection opens the address with
 ``sb-hc-statusCode``/``sb-hc-statusDescription`` (the relay answers 410), an acceptance opens it
@@ -53,6 +66,7 @@ from typing import Any, Final
 from urllib.parse import unquote_plus, urlsplit
 
 import aiohttp
+import orjson
 from aiohttp import WSCloseCode
 
 from gateway.hybridconnection.addresses import hc_path, listen_url, reject_url
@@ -60,10 +74,10 @@ from gateway.hybridconnection.framing import (
     CONTROL_CHANNEL_BODY_LIMIT,
     AcceptReceived,
     BodyFramer,
-    ChannelLimits,
     Event,
     Frame,
     ListenerChannel,
+    MalformedRequestReceived,
     Opcode,
     ProtocolViolation,
     RendezvousRequested,
@@ -131,10 +145,13 @@ class ListenerMetrics:
 
     ``listeners_online``: control channels currently connected. ``reconnects``: by
     :class:`FailureKind` value. ``protocol_errors``: by core error code (``bad_rendezvous_address``,
-    ``malformed_message``, ``message_too_large`` ...). ``requests``: by outcome (``ok``,
-    ``handler_error``, ``handler_timeout``, ``overloaded``, ``bad_target``, ``invalid_response``,
-    ``body_too_large``, ``send_failed``, ``dropped``). ``streams``: by outcome (``accepted``,
-    ``rejected``, ``overloaded``, ``decide_error``, ``failed``). ``token_renewals``:
+    ``malformed_message``, ``malformed_request``, ``message_too_large``, ``too_many_violations``
+    ...). ``requests``: by outcome (``ok``, ``handler_error``, ``handler_timeout``, ``overloaded``,
+    ``bad_target``, ``malformed_request``, ``invalid_response``, ``body_too_large``,
+    ``send_failed``, ``dropped``; ``dropped`` counts only refusals that need a rendezvous socket,
+    a stream's reject or a rendezvous-only request's 503, past their bound: see
+    ``_spawn_overflow``). ``streams``: by outcome (``accepted``, ``rejected``, ``overloaded``,
+    ``decide_error``, ``failed``). ``token_renewals``:
     ``renewToken`` messages sent. ``alerts``: by alert code.
     """
 
@@ -315,6 +332,18 @@ def _clean_text(text: str, limit: int) -> str:
     return _CTL.sub("", text)[:limit]
 
 
+_BUSY: Final = (RelayedResponse(503, "Service Unavailable"), "overloaded")
+
+
+def _malformed(event: MalformedRequestReceived) -> tuple[RelayedResponse, str]:
+    """The 400 for a malformed request, shaped like the pipeline's refusals (JSON + reason)."""
+    body = orjson.dumps(
+        {"error": "malformed_request", "detail": str(event.error), "request_id": event.request_id}
+    )
+    headers = (("content-type", "application/json"), ("x-gateway-reason", "malformed_request"))
+    return RelayedResponse(400, "Bad Request", headers, body), "malformed_request"
+
+
 def _response_headers(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
     """One value per name for the relay's JSON object (section 3.2); see RelayedResponse."""
     result: dict[str, str] = {}
@@ -459,12 +488,17 @@ class RelayListener:
             delay = backoff.next_delay(kind)
             log.info("relay_reconnect channel=%d reason=%s delay=%.2fs", index, kind.value, delay)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
 
     async def _connect_once(self, index: int, backoff: Backoff) -> FailureKind:
         settings = self.settings
         try:
-            token, expires_at = await asyncio.wait_for(self._tokens(), settings.token_timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+            # arrives as the token provider returns, and stop() would then wait forever for a
+            # channel that goes on to connect.
+            async with asyncio.timeout(settings.token_timeout):
+                token, expires_at = await self._tokens()
         except Exception as exc:
             log.warning("token_provider_failed channel=%d error=%s", index, type(exc).__name__)
             return FailureKind.ERROR
@@ -547,7 +581,11 @@ class RelayListener:
     async def _read_control(
         self, index: int, socket: _RelaySocket, pong: asyncio.Event
     ) -> FailureKind:
-        channel = ListenerChannel(SocketKind.CONTROL, check_address=self._policy.check)
+        channel = ListenerChannel(
+            SocketKind.CONTROL,
+            check_address=self._policy.check,
+            limits=self.settings.channel_limits(SocketKind.CONTROL),
+        )
         ws = socket.ws
         while True:
             msg = await ws.receive()
@@ -574,8 +612,40 @@ class RelayListener:
                     self._violation(index, event)
                     if event.fatal:
                         return FailureKind.ERROR
+                elif isinstance(event, MalformedRequestReceived):
+                    # Small, and nothing to wait for: answered right here (sections 3.2, 5.3).
+                    self._count_malformed(event)
+                    await self._answer_inline(socket, event.request_id, *_malformed(event))
+                elif isinstance(event, RequestReceived) and self._overloaded():
+                    # Catalogue item 149: a quick 503 for every request past the cap, written by
+                    # the reader itself; no task, so a burst of any size is bounded work.
+                    await self._answer_inline(socket, event.command.id, *_BUSY)
                 else:
                     self._dispatch(event, socket)
+
+    def _count_malformed(self, event: MalformedRequestReceived) -> None:
+        self.metrics.protocol_errors[event.error.code] += 1
+        log.warning(
+            "malformed_request request_id=%s field_error=%s: %s",
+            event.request_id,
+            event.error.field_error.code,
+            event.error,
+        )
+
+    async def _answer_inline(
+        self, socket: _RelaySocket, request_id: str, response: RelayedResponse, outcome: str
+    ) -> None:
+        """Write a small refusal from the reader; a failed write is counted, never raised.
+
+        A socket that cannot take the write is lost anyway; the reader sees that next.
+        """
+        try:
+            await self._write_response(socket, request_id, response, outcome)
+        except Exception as exc:
+            self.metrics.requests["send_failed"] += 1
+            log.warning(
+                "response_send_failed request_id=%s error=%s", request_id, type(exc).__name__
+            )
 
     def _violation(self, index: int, event: ProtocolViolation) -> None:
         code = event.error.code
@@ -613,9 +683,8 @@ class RelayListener:
             await asyncio.sleep(max(due - time.time(), 0.0))
             while True:
                 try:
-                    token, new_expiry = await asyncio.wait_for(
-                        self._tokens(), settings.token_timeout
-                    )
+                    async with asyncio.timeout(settings.token_timeout):
+                        token, new_expiry = await self._tokens()
                     break
                 except Exception as exc:
                     log.warning(
@@ -637,7 +706,11 @@ class RelayListener:
         self._work.add(task)
         task.add_done_callback(self._work.discard)
 
+    def _overloaded(self) -> bool:
+        return self._draining or self._requests_in_flight >= self.settings.max_concurrent_requests
+
     def _dispatch(self, event: Event, control: _RelaySocket) -> None:
+        """Start the work for an accept or request; overloaded requests never get here."""
         settings = self.settings
         if isinstance(event, AcceptReceived):
             if self._draining or self._streams_in_flight >= settings.max_concurrent_streams:
@@ -646,26 +719,21 @@ class RelayListener:
                 return
             self._streams_in_flight += 1
             self._spawn(self._accept(event.command))
-            return
-        overloaded = self._draining or self._requests_in_flight >= settings.max_concurrent_requests
-        if isinstance(event, RequestReceived):
-            if overloaded:
-                response = RelayedResponse(503, "Service Unavailable")
-                self._spawn_overflow(
-                    self._send_response(event.command, response, control, "overloaded")
-                )
-                return
+        elif isinstance(event, RequestReceived):
             self._requests_in_flight += 1
             self._spawn(self._handle_request(event.command, event.body, control))
         elif isinstance(event, RendezvousRequested):
-            if overloaded:
+            if self._overloaded():
                 self._spawn_overflow(self._serve_rendezvous(event.command.address, overflow=True))
                 return
             self._requests_in_flight += 1
             self._spawn(self._serve_rendezvous(event.command.address, overflow=False))
 
     def _spawn_overflow(self, coro: Coroutine[Any, Any, None]) -> None:
-        # Even refusals are bounded: past this many, the relay's own 504 answers for us.
+        # Refusals that must open a rendezvous socket (a stream's reject, a rendezvous-only
+        # request's 503: sections 4 and 5.3) cost a dial each, so they are bounded too; past this
+        # many, the relay's own timeout answers. Requests on the control channel never come here:
+        # their 503 is one frame written by the reader.
         if self._overflow_in_flight >= self.settings.max_concurrent_requests:
             self.metrics.requests["dropped"] += 1
             coro.close()
@@ -835,11 +903,10 @@ class RelayListener:
                 self._requests_in_flight -= 1
 
     async def _rendezvous_requests(self, socket: _RelaySocket, *, overflow: bool) -> None:
-        limits = ChannelLimits.for_socket(
-            SocketKind.RENDEZVOUS, rendezvous_body_limit=self.settings.max_request_body
-        )
         channel = ListenerChannel(
-            SocketKind.RENDEZVOUS, check_address=self._policy.check, limits=limits
+            SocketKind.RENDEZVOUS,
+            check_address=self._policy.check,
+            limits=self.settings.channel_limits(SocketKind.RENDEZVOUS),
         )
         ws = socket.ws
 
@@ -867,6 +934,10 @@ class RelayListener:
                         await socket.close(WSCloseCode.MESSAGE_TOO_BIG)
                     if event.fatal:
                         return
+                elif isinstance(event, MalformedRequestReceived):
+                    # Section 3.2: a request delivered here is answered here.
+                    self._count_malformed(event)
+                    await self._write_response(socket, event.request_id, *_malformed(event))
                 elif isinstance(event, RequestReceived):
                     if overflow or self._draining:
                         response, outcome = RelayedResponse(503), "overloaded"

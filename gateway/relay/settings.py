@@ -16,7 +16,13 @@ from gateway.hybridconnection.addresses import (
     RendezvousPolicy,
     hc_path,
 )
-from gateway.hybridconnection.framing import CONTROL_CHANNEL_BODY_LIMIT
+from gateway.hybridconnection.framing import (
+    CONTROL_CHANNEL_BODY_LIMIT,
+    DEFAULT_MAX_VIOLATIONS,
+    DEFAULT_VIOLATION_WINDOW,
+    ChannelLimits,
+    SocketKind,
+)
 from gateway.outbound.proxy import ProxySettings
 from gateway.relay.backoff import BackoffPolicy
 
@@ -55,6 +61,10 @@ class ListenerSettings:
     ``StreamHandler.decide`` (rendezvous addresses expire after ~30 s, section 4).
     ``send_timeout``: bound for writing one response (JSON plus body) to a socket.
     ``shutdown_grace``: how long :meth:`RelayListener.stop` waits for in-flight work.
+    ``max_protocol_violations`` / ``violation_window``: a relay socket may produce this many
+    tolerated defects (malformed requests, each answered 400; stray or misplaced messages) within
+    any ``violation_window`` seconds; one more drops and reconnects it. Defects that break the
+    framing (bad JSON, wrong frame types) drop it at once.
     ``proxy``: outbound proxy (:mod:`gateway.outbound.proxy`).
     ``relay_domain``: the DNS suffix rendezvous addresses must be in (``.servicebus.windows.net``).
     ``allow_insecure_dev_endpoint``: permit a ``ws://`` endpoint; rendezvous addresses may then
@@ -77,6 +87,8 @@ class ListenerSettings:
     stream_decision_timeout: float = 10.0
     send_timeout: float = 30.0
     shutdown_grace: float = 30.0
+    max_protocol_violations: int = DEFAULT_MAX_VIOLATIONS
+    violation_window: float = DEFAULT_VIOLATION_WINDOW
     proxy: ProxySettings = field(default_factory=ProxySettings)
     relay_domain: str = DEFAULT_RELAY_DOMAIN
     allow_insecure_dev_endpoint: bool = False
@@ -99,6 +111,7 @@ class ListenerSettings:
             "request_timeout",
             "stream_decision_timeout",
             "send_timeout",
+            "violation_window",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -110,6 +123,8 @@ class ListenerSettings:
             raise ValueError("max_request_body must be at least 64 KiB")
         if self.max_concurrent_requests < 1 or self.max_concurrent_streams < 1:
             raise ValueError("concurrency limits must be at least 1")
+        if self.max_protocol_violations < 0:
+            raise ValueError("max_protocol_violations must not be negative")
         self.rendezvous_policy()  # validates relay_domain
 
     @property
@@ -117,6 +132,15 @@ class ListenerSettings:
         """The parsed endpoint (a bare host means ``wss://host``)."""
         raw = self.endpoint.strip()
         return RelayEndpoint.parse(raw if "://" in raw else f"wss://{raw}")
+
+    def channel_limits(self, kind: SocketKind) -> ChannelLimits:
+        """The protocol core's reading bounds for a relay socket of ``kind``."""
+        return ChannelLimits.for_socket(
+            kind,
+            rendezvous_body_limit=self.max_request_body,
+            max_violations=self.max_protocol_violations,
+            violation_window=self.violation_window,
+        )
 
     def rendezvous_policy(self) -> RendezvousPolicy:
         """Which rendezvous addresses may be dialled (catalogue item 24).

@@ -88,28 +88,30 @@ async def test_A12_only_permitted_addresses_are_dialled(env: PipelineEnv) -> Non
 
 
 @pytest.mark.parametrize(
-    ("selector", "status"),
+    ("selector", "status", "reason"),
     [
-        ("[fe80::1%25eth0]:8443", 401),
-        ("erp.corp.local\\@evil:8443", 401),
-        ("erp.corp.local: 8443", 502),
+        ("[fe80::1%25eth0]:8443", 401, None),
+        ("erp.corp.local\\@evil:8443", 401, None),
+        ("erp.corp.local: 8443", 400, "malformed_request"),
     ],
     ids=["A07-zone-id", "A08-backslash", "A22-space"],
 )
 async def test_A07_A08_A22_selectors_no_sender_can_sign_are_refused_earlier(
-    env: PipelineEnv, selector: str, status: int
+    env: PipelineEnv, selector: str, status: int, reason: str | None
 ) -> None:
     # Deliberate difference from the catalogue (400): RFC 9421 signs the request URL, and these
     # selectors make it an invalid URL ('[' outside the authority, a backslash, a space), so
     # neither the SaaS's signing library nor the gateway's verifier can build a signature base.
-    # The gateway refuses them one step earlier, at authentication (401); a raw space is not even
-    # a valid relay requestTarget, and the listener drops the relay message (the relay answers
-    # 502). The outcome is the catalogue's: no resolution, no dial. The canonicaliser's own 400
-    # for each is pinned in tests/security/test_catalogue_a_b_c.py.
+    # The gateway refuses them one step earlier, at authentication (401). A raw space is not even
+    # a valid relay requestTarget: the listener answers it 400 'malformed_request' itself and
+    # keeps its control channel. The outcome is the catalogue's: no resolution, no dial. The
+    # canonicaliser's own 400 for each is pinned in tests/security/test_catalogue_a_b_c.py.
     async with env.saas() as saas:
         baseline = saas.signed_headers("GET", f"/{env.stack.hc}/erp/api/orders")
         response, _ = await saas.relay_json("GET", selector, "/api/orders", signed_headers=baseline)
     assert response.status == status, response.body
+    if reason is not None:
+        assert response.reason_code == reason
     assert env.dns.calls == []
     env.assert_never_forwarded()
 
@@ -160,8 +162,10 @@ async def test_A17_A20_relay_targets_outside_the_hc_are_400(
     env: PipelineEnv, request_target: str
 ) -> None:
     response = await env.deliver("OPTIONS", request_target)
-    # Refused by the listener before the pipeline: not addressed to this Hybrid Connection.
-    assert response.status in (400, 502), response
+    # Refused by the listener before the pipeline: not origin-form (answered 400
+    # 'malformed_request'), or not addressed to this Hybrid Connection (400). Never a dropped
+    # control channel.
+    assert response.status == 400, response
     env.assert_never_forwarded()
 
 

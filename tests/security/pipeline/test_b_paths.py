@@ -72,23 +72,30 @@ async def test_B31_raw_backslash_is_refused(env: PipelineEnv) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "status"),
-    [("/api/orders\x00", 502), ("/api/a\rb", 502), ("/api/a\nb", 502), ("/api/a\tb", 401)],
+    ("path", "status", "reason"),
+    [
+        ("/api/orders\x00", 400, "malformed_request"),
+        ("/api/a\rb", 400, "malformed_request"),
+        ("/api/a\nb", 400, "malformed_request"),
+        ("/api/a\tb", 401, None),
+    ],
     ids=["B34-raw-nul", "B44-cr", "B44-lf", "B44-tab"],
 )
 async def test_B34_B44_raw_control_characters_are_refused_before_canonicalisation(
-    env: PipelineEnv, path: str, status: int
+    env: PipelineEnv, path: str, status: int, reason: str | None
 ) -> None:
     # No HTTP/1.1 request line can carry these, so only a relay could deliver them, as relay
-    # JSON. Deliberate differences from the catalogue's 400, same outcome (never forwarded):
-    # NUL, CR and LF make the listener's protocol core judge the message a protocol violation
-    # by the relay; it drops that control channel (and reconnects at once) and the relay
-    # answers the sender 502. A tab passes the listener, but makes the signed URL invalid, so
-    # no signature base exists and the gateway refuses at authentication (401).
+    # JSON. NUL, CR and LF never pass the listener's protocol core: it answers the request 400
+    # 'malformed_request' on the control channel and keeps the channel (and everything in
+    # flight on it). Deliberate difference for the tab: it passes the listener but makes the
+    # signed URL invalid, so no signature base exists and the gateway refuses at authentication
+    # (401).
     async with env.saas() as saas:
         signed = saas.signed_headers("GET", f"/{env.stack.hc}/erp/api/orders")
         response, _ = await saas.relay_json("GET", "erp", path, signed_headers=signed)
     assert response.status == status, response.body
+    if reason is not None:
+        assert response.reason_code == reason
     env.assert_never_forwarded()
 
 
@@ -145,10 +152,10 @@ async def test_B46_lower_case_methods_are_refused(
 
 
 async def test_B46_padded_method_never_passes_the_listener(env: PipelineEnv) -> None:
-    # 'GET ' is not a method token: the listener's protocol core drops the relay message as a
-    # protocol violation (see the raw control characters above); the relay answers 502.
+    # 'GET ' is not a method token: the listener answers 400 'malformed_request' itself (see the
+    # raw control characters above); the pipeline never sees it.
     response = await env.deliver("GET ", f"/{env.stack.hc}/erp/api/orders")
-    assert response.status == 502
+    assert (response.status, response.reason_code) == (400, "malformed_request")
     env.assert_never_forwarded()
 
 

@@ -67,14 +67,13 @@ async def test_C_malformed_request_headers_are_refused(
 async def test_C56_C57_C58_are_refused_by_the_listener(
     env: PipelineEnv, headers: list[tuple[str, str]]
 ) -> None:
-    # Deliberate difference from the catalogue's 400, same outcome: the relay's JSON must carry
-    # header names that are tokens and values without controls; the listener's protocol core
-    # judges anything else a protocol violation by the relay, drops that control channel (it
-    # reconnects at once) and the relay answers the sender 502. The aiohttp client is never
+    # The relay's JSON must carry header names that are tokens and values without controls;
+    # the listener's protocol core refuses anything else before the pipeline: 400
+    # 'malformed_request' on the control channel, which it keeps. The aiohttp client is never
     # called, so no 500 from its ValueError is possible. (The pipeline's own 400 for each is
     # pinned in tests/security/test_catalogue_a_b_c.py.)
     response = await env.send_json("GET", "erp", "/api/orders", headers=headers)
-    assert response.status == 502, response.body
+    assert (response.status, response.reason_code) == (400, "malformed_request"), response.body
     env.assert_never_forwarded()
 
 

@@ -26,6 +26,7 @@ from gateway.hybridconnection.framing import (
     ChannelLimits,
     Event,
     ListenerChannel,
+    MalformedRequestReceived,
     Opcode,
     ProtocolViolation,
     RelayChannel,
@@ -180,10 +181,14 @@ def test_stray_binary_message_is_skipped_whole() -> None:
     assert isinstance(event, RequestReceived)
 
 
-def test_request_on_control_channel_must_carry_an_address() -> None:
-    violation = only_violation(control().receive_message(request_json(False, address=None)))
-    assert violation.fatal
-    assert isinstance(violation.error, MissingFieldError)
+def test_request_on_control_channel_without_an_address_is_answerable_as_malformed() -> None:
+    # The address only matters for a large response (section 5.3); a 400 fits the channel.
+    channel = control()
+    [event] = channel.receive_message(request_json(False, address=None))
+    assert isinstance(event, MalformedRequestReceived)
+    assert event.request_id == "r1"
+    assert isinstance(event.error.field_error, MissingFieldError)
+    assert not channel.closed
 
 
 def test_request_on_rendezvous_never_exposes_an_address() -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gateway.hybridconnection.errors import (
     InvalidFieldError,
     MalformedMessageError,
+    MalformedRequestError,
     MessageTooLargeError,
     MissingFieldError,
     ProtocolError,
@@ -143,17 +144,17 @@ def test_unknown_inner_fields_are_ignored() -> None:
         (
             '{"request": {"address": "a", "id": "1", "requestTarget": "/x", "method": "GET", '
             '"requestHeaders": {"X": "a\\r\\nInjected: 1"}, "body": false}}',
-            InvalidFieldError,
+            MalformedRequestError,
         ),
         (
             '{"request": {"address": "a", "id": "1", "requestTarget": "x", "method": "GET", '
             '"body": false}}',
-            InvalidFieldError,
+            MalformedRequestError,
         ),
         (
             '{"request": {"address": "a", "id": "1", "requestTarget": "/x", "method": "G ET", '
             '"body": false}}',
-            InvalidFieldError,
+            MalformedRequestError,
         ),
         (
             '{"request": {"address": "a", "id": "1", "requestTarget": "/x", "method": "GET", '
@@ -181,6 +182,72 @@ def test_defective_messages_raise_a_specific_protocol_error(
 ) -> None:
     with pytest.raises(error):
         parse_command(text)
+
+
+def _request(**fields: Any) -> str:
+    payload: dict[str, Any] = {
+        "address": ADDRESS,
+        "id": "42_G10",
+        "requestTarget": "/hyco/x",
+        "method": "POST",
+        "requestHeaders": {"Content-Type": "text/plain"},
+        "body": True,
+    }
+    payload.update(fields)
+    return dumps({"request": {k: v for k, v in payload.items() if v is not None}})
+
+
+@pytest.mark.parametrize(
+    ("fields", "field_error"),
+    [
+        ({"requestHeaders": {"X-A": "a\r\nX-Injected: 1"}}, InvalidFieldError),
+        ({"requestHeaders": {"X-A": "a\x00b"}}, InvalidFieldError),
+        ({"requestHeaders": {"X A": "1"}}, InvalidFieldError),
+        ({"requestHeaders": {"X-Big": "v" * 16_385}}, InvalidFieldError),
+        ({"requestHeaders": ["not", "an", "object"]}, InvalidFieldError),
+        ({"requestTarget": "/hyco/a\rb"}, InvalidFieldError),
+        ({"requestTarget": "http://evil.example/"}, InvalidFieldError),
+        ({"method": "GET "}, InvalidFieldError),
+        ({"method": 7}, InvalidFieldError),
+        ({"address": "wss://x/\n"}, InvalidFieldError),
+        ({"remoteEndpoint": {"address": "1.2.3.4", "port": -1}}, InvalidFieldError),
+        ({"requestTarget": None}, MissingFieldError),
+    ],
+)
+def test_request_with_sound_id_and_body_flag_is_malformed_but_answerable(
+    fields: dict[str, Any], field_error: type[ProtocolError]
+) -> None:
+    with pytest.raises(MalformedRequestError) as caught:
+        parse_command(_request(**fields))
+    error = caught.value
+    assert (error.request_id, error.body, error.code) == ("42_G10", True, "malformed_request")
+    assert isinstance(error.field_error, field_error)
+    assert str(error) == str(error.field_error)
+    # The message names the defect, never the offending value.
+    assert "Injected" not in str(error)
+    assert "vvvv" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"id": None}, MissingFieldError),
+        ({"id": ""}, InvalidFieldError),
+        ({"id": "4\r\n2"}, InvalidFieldError),
+        ({"id": 42}, InvalidFieldError),
+        ({"id": "i" * 16_385}, InvalidFieldError),
+        ({"body": "yes", "method": "G ET"}, InvalidFieldError),
+        ({"body": 1}, InvalidFieldError),
+    ],
+)
+def test_request_without_a_sound_id_or_body_flag_is_not_answerable(
+    fields: dict[str, Any], error: type[ProtocolError]
+) -> None:
+    # Nothing to address a response to, or no way to know whether a body follows: these stay
+    # plain field errors, which the channel treats as a broken stream.
+    with pytest.raises(error) as caught:
+        parse_command(_request(**fields))
+    assert not isinstance(caught.value, MalformedRequestError)
 
 
 def test_oversize_message_is_refused_before_parsing() -> None:

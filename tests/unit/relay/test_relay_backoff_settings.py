@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.hybridconnection.errors import BadRendezvousAddressError
+from gateway.hybridconnection.framing import SocketKind
 from gateway.relay.backoff import Backoff, BackoffPolicy, FailureKind
 from gateway.relay.handlers import RejectStream
 from gateway.relay.settings import ListenerSettings
@@ -139,6 +140,8 @@ def test_settings_for_a_dev_endpoint_trust_exactly_that_endpoint() -> None:
         {"max_request_body": 1024},
         {"max_concurrent_requests": 0},
         {"relay_domain": "servicebus.windows.net"},
+        {"max_protocol_violations": -1},
+        {"violation_window": 0.0},
     ],
 )
 def test_invalid_settings_are_rejected(overrides: dict[str, object]) -> None:
@@ -152,3 +155,19 @@ def test_invalid_settings_are_rejected(overrides: dict[str, object]) -> None:
 def test_reject_status_must_be_an_error_status(status: int) -> None:
     with pytest.raises(ValueError, match="400-599"):
         RejectStream(status)
+
+
+def test_violation_budget_reaches_both_socket_kinds() -> None:
+    settings = ListenerSettings(
+        endpoint="ns.servicebus.windows.net",
+        hc_path="hc",
+        max_request_body=1024 * 1024,
+        max_protocol_violations=5,
+        violation_window=2.5,
+    )
+    control = settings.channel_limits(SocketKind.CONTROL)
+    rendezvous = settings.channel_limits(SocketKind.RENDEZVOUS)
+    assert (control.max_violations, control.violation_window) == (5, 2.5)
+    assert (rendezvous.max_violations, rendezvous.violation_window) == (5, 2.5)
+    # Section 5.3: 64 KiB bodies on the control channel whatever the setting, ours on rendezvous.
+    assert (control.max_body_size, rendezvous.max_body_size) == (64 * 1024, 1024 * 1024)
