@@ -17,7 +17,12 @@ Two failures get their own slow policy, because retrying them quickly cannot hel
   minutes, jittered the same way); the caller raises an alert (catalogue item 125; .NET stops
   retrying altogether, section 3.4, which would need a restart after the entity is re-created).
 
-A connection that stayed up for ``stable_after`` seconds resets the counters.
+A close with 1008 (the listener token expired, protocol notes section 3.4) is retried at once with
+a freshly minted token the first time in a row, like a first 401; repeated ones back off normally.
+
+A connection that stayed up for ``stable_after`` seconds (default 10) resets the counters, so a
+relay that recycles a healthy connection is rejoined at once rather than after a delay that grew
+over earlier, unrelated failures.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ __all__ = ["Backoff", "BackoffPolicy", "FailureKind"]
 class FailureKind(enum.Enum):
     """Why a control channel is down; selects the delay policy and labels the reconnect metric."""
 
-    CLOSED = "closed"  # the relay closed the socket (1000/1001/1008/1011 or no status)
+    CLOSED = "closed"  # the relay closed the socket (1000/1001/1011 or no status)
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - a reason label; 1008, token ran out (3.4)
     ERROR = "error"  # network, TLS, handshake or protocol failure
     PING_TIMEOUT = "ping_timeout"  # no pong in time: half-open socket (catalogue item 123)
     UNAUTHORIZED = "unauthorized"  # 401/403 on the listen handshake
@@ -48,7 +54,7 @@ class BackoffPolicy:
     cap: float = 30.0
     auth_retry_delay: float = 60.0
     not_found_retry_delay: float = 300.0
-    stable_after: float = 60.0
+    stable_after: float = 10.0
 
     def __post_init__(self) -> None:
         """Reject values that would make the schedule meaningless or a tight loop."""
@@ -99,6 +105,9 @@ class Backoff:
                 return 0.0
             return self._slow(policy.auth_retry_delay)
         self._auth_failures = 0
+        if kind is FailureKind.TOKEN_EXPIRED and self._failures == 0:
+            self._failures += 1
+            return 0.0  # the next connect mints a fresh token
         if kind is FailureKind.NOT_FOUND:
             self._failures += 1
             return self._slow(policy.not_found_retry_delay)

@@ -606,6 +606,8 @@ class RelayListener:
                 # Sections 3.4: 1001 (entity gone/disabled), 1008 (token), 1011 (service, daily
                 # recycle) and any other close all lead to a reconnect.
                 log.info("relay_closed channel=%d code=%s", index, ws.close_code)
+                if ws.close_code == 1008:
+                    return FailureKind.TOKEN_EXPIRED
                 return FailureKind.CLOSED
             for event in events:
                 if isinstance(event, ProtocolViolation):

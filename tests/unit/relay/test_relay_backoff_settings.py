@@ -171,3 +171,24 @@ def test_violation_budget_reaches_both_socket_kinds() -> None:
     assert (rendezvous.max_violations, rendezvous.violation_window) == (5, 2.5)
     # Section 5.3: 64 KiB bodies on the control channel whatever the setting, ours on rendezvous.
     assert (control.max_body_size, rendezvous.max_body_size) == (64 * 1024, 1024 * 1024)
+
+
+def test_expired_token_reconnects_at_once_then_backs_off() -> None:
+    backoff = Backoff(POLICY, _Ceiling())
+    # A healthy channel whose token ran out (1008): straight back with a fresh token.
+    assert backoff.next_delay(FailureKind.TOKEN_EXPIRED) == 0.0
+    # Expiring again without a stable connection in between: the normal schedule, not a loop.
+    assert backoff.next_delay(FailureKind.TOKEN_EXPIRED) == 2.0
+    assert backoff.next_delay(FailureKind.TOKEN_EXPIRED) == 4.0
+    backoff.connected_for(POLICY.stable_after)
+    assert backoff.next_delay(FailureKind.TOKEN_EXPIRED) == 0.0
+
+
+def test_a_stable_connection_resets_the_schedule_after_ten_seconds() -> None:
+    backoff = Backoff(POLICY, _Ceiling())
+    for _ in range(5):
+        backoff.next_delay(FailureKind.CLOSED)
+    backoff.connected_for(9.0)
+    assert backoff.next_delay(FailureKind.CLOSED) == 30.0
+    backoff.connected_for(10.0)
+    assert backoff.next_delay(FailureKind.CLOSED) == 1.0
