@@ -22,6 +22,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -102,8 +103,85 @@ def tls_context(
     return context
 
 
+class TargetPool:
+    """The connection pool of one configuration revision: the pinned dial step, each https
+    target's TLS settings and one aiohttp session built with the hardened defaults.
+
+    Shared by HTTP forwarding (:class:`Upstream`) and WebSocket streams
+    (``gateway.forward.websocket``), which keep separate pools so long-lived streams cannot take
+    the slots ordinary requests need.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        targets: Mapping[str, Target],
+        *,
+        limit: int,
+        resolver: Resolver = system_resolver,
+        redirect: Redirect | None = None,
+        tls_contexts: Mapping[str, ssl.SSLContext] | None = None,
+        resolve_path: Callable[[str], Path] | None = None,
+        force_close: bool = False,
+        session_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.targets = dict(targets)
+        self._resolver = PinnedResolver(
+            {(t.host, t.effective_port): t for t in self.targets.values()},
+            resolver=resolver,
+            timeout=min(2.0, config.limits.connect_timeout_seconds),
+            redirect=redirect,
+        )
+        self._tls = (
+            dict(tls_contexts)
+            if tls_contexts is not None
+            else {
+                name: tls_context(t, resolve_path)
+                for name, t in self.targets.items()
+                if t.scheme == "https"
+            }
+        )
+        self._limit = limit
+        self._force_close = force_close
+        self._session_options = dict(session_options or {})
+        self._session: aiohttp.ClientSession | None = None
+
+    def tls(self, name: str) -> ssl.SSLContext | bool:
+        """The TLS setting for target ``name`` (aiohttp's default verification if none built)."""
+        return self._tls.get(name, True)
+
+    def session(self) -> aiohttp.ClientSession:
+        """The pool's session, created on first use (inside the running loop)."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                resolver=self._resolver,
+                use_dns_cache=False,
+                limit=self._limit,
+                force_close=self._force_close,
+                enable_cleanup_closed=not self._force_close,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                trust_env=False,
+                # aiohttp adds none of its own headers: what goes out is the allow-list's.
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+                max_line_size=MAX_RESPONSE_LINE,
+                max_field_size=MAX_RESPONSE_LINE,
+                max_headers=MAX_RESPONSE_HEADERS,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                **self._session_options,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
 class Upstream:
-    """One connection pool for all targets, pinned to checked addresses."""
+    """HTTP forwarding for all targets of one revision, pinned to checked addresses."""
 
     def __init__(
         self,
@@ -116,21 +194,15 @@ class Upstream:
     ) -> None:
         self._config = config
         self._targets = config.targets
-        by_endpoint = {(t.host, t.effective_port): t for t in self._targets.values()}
-        self._resolver = PinnedResolver(
-            by_endpoint,
+        self._pool = TargetPool(
+            config,
+            config.targets,
+            limit=config.limits.max_concurrent_requests,
             resolver=resolver,
-            timeout=min(2.0, config.limits.connect_timeout_seconds),
             redirect=redirect,
-        )
-        self._tls = (
-            dict(tls_contexts)
-            if tls_contexts is not None
-            else {
-                name: tls_context(t, resolve_path)
-                for name, t in self._targets.items()
-                if t.scheme == "https"
-            }
+            tls_contexts=tls_contexts,
+            resolve_path=resolve_path,
+            session_options={"auto_decompress": False},
         )
         for name, target in self._targets.items():
             if target.tls is not None and target.tls.insecure_skip_verify:
@@ -140,33 +212,10 @@ class Upstream:
                     extra={"event": "insecure_target", "target": name},
                 )
         self._in_flight: dict[str, int] = dict.fromkeys(self._targets, 0)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                resolver=self._resolver,
-                use_dns_cache=False,
-                limit=self._config.limits.max_concurrent_requests,
-                enable_cleanup_closed=True,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                trust_env=False,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-                max_line_size=MAX_RESPONSE_LINE,
-                max_field_size=MAX_RESPONSE_LINE,
-                max_headers=MAX_RESPONSE_HEADERS,
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
 
     async def close(self) -> None:
         """Close every pooled connection."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._pool.close()
 
     async def send(
         self,
@@ -214,9 +263,9 @@ class Upstream:
             query_string=query or "",
             encoded=True,
         )
-        ssl_setting: ssl.SSLContext | bool = self._tls.get(name, True)
+        ssl_setting = self._pool.tls(name)
         server_name = target.tls.server_name if target.tls is not None else None
-        session = self._ensure_session()
+        session = self._pool.session()
         try:
             response = await session.request(
                 method,
@@ -345,4 +394,4 @@ async def drain(response: UpstreamResponse) -> bytes:
     return b"".join(parts)
 
 
-__all__ = ["Upstream", "UpstreamError", "UpstreamResponse", "drain", "tls_context"]
+__all__ = ["TargetPool", "Upstream", "UpstreamError", "UpstreamResponse", "drain", "tls_context"]

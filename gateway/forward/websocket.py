@@ -32,14 +32,9 @@ import aiohttp
 from yarl import URL
 
 from gateway.config.model import GatewayConfig
-from gateway.forward.dial import DialError, PinnedResolver, Redirect, Resolver, system_resolver
+from gateway.forward.dial import DialError, Redirect, Resolver, system_resolver
 from gateway.forward.streams import CLOSE_ERROR, CLOSE_NORMAL, CLOSE_TOO_BIG, relay_close_code
-from gateway.forward.upstream import (
-    MAX_RESPONSE_HEADERS,
-    MAX_RESPONSE_LINE,
-    UpstreamError,
-    tls_context,
-)
+from gateway.forward.upstream import TargetPool, UpstreamError
 
 __all__ = ["UpstreamSocket", "WebSocketUpstream"]
 
@@ -125,48 +120,22 @@ class WebSocketUpstream:
     ) -> None:
         self._config = config
         self._targets = {n: t for n, t in config.targets.items() if t.scheme != "tcp"}
-        self._resolver = PinnedResolver(
-            {(t.host, t.effective_port): t for t in self._targets.values()},
+        # A pool of its own: a stream holds its connection for its whole life (see module doc).
+        self._pool = TargetPool(
+            config,
+            self._targets,
+            limit=config.limits.max_concurrent_streams,
             resolver=resolver,
-            timeout=min(2.0, config.limits.connect_timeout_seconds),
             redirect=redirect,
+            tls_contexts=tls_contexts,
+            resolve_path=resolve_path,
+            force_close=True,
+            session_options={"timeout": aiohttp.ClientTimeout(total=None)},
         )
-        self._tls = (
-            dict(tls_contexts)
-            if tls_contexts is not None
-            else {
-                name: tls_context(t, resolve_path)
-                for name, t in self._targets.items()
-                if t.scheme == "https"
-            }
-        )
-        self._session: aiohttp.ClientSession | None = None
-
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                resolver=self._resolver,
-                use_dns_cache=False,
-                limit=self._config.limits.max_concurrent_streams,
-                force_close=True,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                trust_env=False,
-                timeout=aiohttp.ClientTimeout(total=None),
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
-                max_line_size=MAX_RESPONSE_LINE,
-                max_field_size=MAX_RESPONSE_LINE,
-                max_headers=MAX_RESPONSE_HEADERS,
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
 
     async def close(self) -> None:
         """Close the pool (open streams are closed by their splices)."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._pool.close()
 
     async def connect(
         self,
@@ -197,10 +166,10 @@ class WebSocketUpstream:
             query_string=query or "",
             encoded=True,
         )
-        ssl_setting: ssl.SSLContext | bool = self._tls.get(target_name, True)
+        ssl_setting = self._pool.tls(target_name)
         server_name = target.tls.server_name if target.tls is not None else None
         sent = [(name, value) for name, value in headers if name.lower() not in _CLIENT_WRITES]
-        session = self._ensure_session()
+        session = self._pool.session()
         try:
             async with asyncio.timeout(handshake_timeout):
                 ws = await session.ws_connect(
