@@ -27,12 +27,9 @@ One process per state directory. The cache is thread-safe (one lock around the i
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import json
 import math
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +38,7 @@ from pathlib import Path
 from typing import Final
 
 from gateway.errors import GatewayError
+from gateway.statefile import replace_atomically
 
 STATE_FILE: Final = "replay-cache.json"
 _FORMAT: Final = 1
@@ -225,25 +223,7 @@ def _write_state(state_dir: Path, document: dict[str, object]) -> None:
     """Atomically replace the state file: temp file, fsync, ``os.replace``, fsync the directory."""
     payload = json.dumps(document, separators=(",", ":")).encode()
     try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # mkstemp creates the file with mode 0600 and O_EXCL, so no other user can read it or
-        # swap in a symlink between creation and rename.
-        fd, tmp_name = tempfile.mkstemp(prefix=".replay-", suffix=".tmp", dir=state_dir)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, state_dir / STATE_FILE)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
-        dir_fd = os.open(state_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_atomically(state_dir, STATE_FILE, payload)
     except OSError as exc:
         raise ReplayStateError(
             f"cannot write replay-cache state in {state_dir}: {exc.strerror or type(exc).__name__}"

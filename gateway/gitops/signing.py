@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +46,7 @@ from gateway.config import LoadedConfig, yamlsafe
 from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError, Problem
 from gateway.policy.loader import MAX_MODULE_BYTES, SKIPPED_DIRECTORIES, PolicySet
+from gateway.statefile import replace_atomically
 
 __all__ = [
     "ALGORITHM",
@@ -583,24 +582,7 @@ def _write_state(state_dir: Path, state: _State) -> None:
         indent=2,
     ).encode("ascii")
     try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".config-signature-", suffix=".tmp", dir=state_dir)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, state_dir / STATE_FILE)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
-        if os.name == "posix":  # directories cannot be opened for fsync on Windows
-            dir_fd = os.open(state_dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        replace_atomically(state_dir, STATE_FILE, payload)
     except OSError as exc:
         raise ConfigSignatureError(
             f"cannot write anti-rollback state: {exc.strerror or type(exc).__name__}",
