@@ -27,10 +27,12 @@ from typing import Any
 import yaml
 from aiohttp import WSMsgType, web
 
+from gateway.auth import ReplayCache
 from gateway.devkit.controlplane import ControlPlaneSimulator
 from gateway.devkit.relay_emulator import LISTEN, SEND, RelayEmulator, SasRule
 from gateway.devkit.saas import SaaSClient
 from gateway.devkit.signing import RequestSigner
+from gateway.identity import RegistrationSettings, register
 
 NAMESPACE = "relay.devkit.invalid"
 PERSON = "operator"
@@ -291,6 +293,21 @@ class DevStack:
         partial.chmod(0o644)
         partial.replace(path)
         return path
+
+    async def register_gateway(self, directory: Path) -> None:
+        """Register the gateway prepared in ``directory`` (see :meth:`write_gateway_dir`) as
+        ``gateway register`` does, with the stack's Person, and give it a fresh replay cache."""
+        await register(
+            RegistrationSettings(
+                base_url=self.controlplane.base_url,
+                state_dir=directory / "state",
+                gateway_id=self.gateway_id,
+                ca_file=directory / "empowerid-ca.pem",
+            ),
+            username=PERSON,
+            password=PERSON_PASSWORD,
+        )
+        ReplayCache.initialise(directory / "state")
 
     def gateway_document(self, targets: Mapping[str, Any], **sections: Any) -> dict[str, Any]:
         """A gateway.yaml document wired to this stack with the given ``targets``.

@@ -16,9 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.auth import ReplayCache
-from gateway.devkit.stack import PERSON, PERSON_PASSWORD, DevStack
-from gateway.identity import RegistrationSettings, register
+from gateway.devkit.stack import DevStack
 from gateway.service import Agent, AgentOptions
 
 pytestmark = pytest.mark.asyncio
@@ -33,17 +31,7 @@ class Running:
 
 async def register_gateway(stack: DevStack, directory: Path) -> Path:
     config = stack.write_gateway_dir(directory)
-    await register(
-        RegistrationSettings(
-            base_url=stack.controlplane.base_url,
-            state_dir=directory / "state",
-            gateway_id=stack.gateway_id,
-            ca_file=directory / "empowerid-ca.pem",
-        ),
-        username=PERSON,
-        password=PERSON_PASSWORD,
-    )
-    ReplayCache.initialise(directory / "state")
+    await stack.register_gateway(directory)
     return config
 
 

@@ -10,9 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.auth import ReplayCache
-from gateway.devkit.stack import PERSON, PERSON_PASSWORD, DevStack, demo_config
-from gateway.identity import RegistrationSettings, register
+from gateway.devkit.stack import DevStack, demo_config
 
 from ..squid import Squid, squid_for_fixture
 
@@ -43,17 +41,7 @@ async def registered(tmp_path: Path) -> AsyncIterator[Registered]:
     async with DevStack() as stack:
         directory = tmp_path / "gw"
         config = stack.write_gateway_dir(directory)
-        await register(
-            RegistrationSettings(
-                base_url=stack.controlplane.base_url,
-                state_dir=directory / "state",
-                gateway_id=stack.gateway_id,
-                ca_file=directory / "empowerid-ca.pem",
-            ),
-            username=PERSON,
-            password=PERSON_PASSWORD,
-        )
-        ReplayCache.initialise(directory / "state")
+        await stack.register_gateway(directory)
         yield Registered(stack, directory, config)
 
 

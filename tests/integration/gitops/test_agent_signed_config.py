@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.auth import ReplayCache
 from gateway.cli import main
-from gateway.devkit.stack import PERSON, PERSON_PASSWORD, DevStack, demo_config
-from gateway.identity import RegistrationSettings, register
+from gateway.devkit.stack import DevStack, demo_config
 from gateway.service import EXIT_CONFIG, Agent, AgentOptions, StartError
 
 pytestmark = pytest.mark.asyncio
@@ -34,17 +32,7 @@ async def stack_dir(tmp_path: Path) -> AsyncIterator[tuple[DevStack, Path, Path,
     async with DevStack() as stack:
         directory = tmp_path / "gw"
         config = stack.write_gateway_dir(directory)
-        await register(
-            RegistrationSettings(
-                base_url=stack.controlplane.base_url,
-                state_dir=directory / "state",
-                gateway_id=stack.gateway_id,
-                ca_file=directory / "empowerid-ca.pem",
-            ),
-            username=PERSON,
-            password=PERSON_PASSWORD,
-        )
-        ReplayCache.initialise(directory / "state")
+        await stack.register_gateway(directory)
         key = directory / "release.key"
         assert main(["sign", "--generate-key", str(key)]) == 0
         document = demo_config(stack)

@@ -22,9 +22,7 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway.auth import ReplayCache
-from gateway.devkit.stack import PERSON, PERSON_PASSWORD, DevStack
-from gateway.identity import RegistrationSettings, register
+from gateway.devkit.stack import DevStack
 from gateway.service import Agent, AgentOptions
 
 WAIT = 5.0
@@ -63,17 +61,7 @@ def start(tmp_path: Path) -> Start:
             document["limits"].update(limits or {})
             document["targets"]["erp"]["limits"] = erp_limits or {}
             config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
-            await register(
-                RegistrationSettings(
-                    base_url=stack.controlplane.base_url,
-                    state_dir=directory / "state",
-                    gateway_id=stack.gateway_id,
-                    ca_file=directory / "empowerid-ca.pem",
-                ),
-                username=PERSON,
-                password=PERSON_PASSWORD,
-            )
-            ReplayCache.initialise(directory / "state")
+            await stack.register_gateway(directory)
             agent = Agent(AgentOptions(config_path=str(config), shutdown_grace=2))
             await agent.start()
             try:

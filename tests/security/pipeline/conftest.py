@@ -32,12 +32,10 @@ import pytest
 import pytest_asyncio
 import trustme
 
-from gateway.auth import ReplayCache
 from gateway.config import LoadedConfig
 from gateway.devkit.saas import SaaSClient, SaaSResponse
-from gateway.devkit.stack import PERSON, PERSON_PASSWORD, DevStack
+from gateway.devkit.stack import DevStack
 from gateway.forward.dial import IPAddress
-from gateway.identity import RegistrationSettings, register
 from gateway.pipeline import Decider, Decision
 from gateway.service import Agent, AgentOptions, default_engine
 from tests.security.pipeline.target import RecordingTarget
@@ -245,17 +243,7 @@ async def env(
             document = stack.gateway_document(baseline_targets("target-ca.pem"), **gateway_sections)
             document["relay"]["connections"] = LISTENERS
             config = stack.write_gateway_dir(directory, document=document)
-            await register(
-                RegistrationSettings(
-                    base_url=stack.controlplane.base_url,
-                    state_dir=directory / "state",
-                    gateway_id=GATEWAY_ID,
-                    ca_file=directory / "empowerid-ca.pem",
-                ),
-                username=PERSON,
-                password=PERSON_PASSWORD,
-            )
-            ReplayCache.initialise(directory / "state")
+            await stack.register_gateway(directory)
             dns = FakeDns()
             dialler = Dialler(erp.port, stack.targets.tcp_port)
             inputs: list[dict[str, Any]] = []

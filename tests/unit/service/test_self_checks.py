@@ -13,9 +13,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.auth import ReplayCache
-from gateway.devkit.stack import PERSON, PERSON_PASSWORD, DevStack
-from gateway.identity import RegistrationSettings, register
+from gateway.devkit.stack import DevStack
 from gateway.service import (
     EXIT_CONFIG,
     EXIT_IDENTITY,
@@ -195,17 +193,7 @@ async def test_reload_keeps_the_running_revision_when_the_file_became_writable(
     directory = tmp_path / "gw"
     async with DevStack() as stack:
         config = stack.write_gateway_dir(directory)
-        await register(
-            RegistrationSettings(
-                base_url=stack.controlplane.base_url,
-                state_dir=directory / "state",
-                gateway_id=stack.gateway_id,
-                ca_file=directory / "empowerid-ca.pem",
-            ),
-            username=PERSON,
-            password=PERSON_PASSWORD,
-        )
-        ReplayCache.initialise(directory / "state")
+        await stack.register_gateway(directory)
         agent = Agent(AgentOptions(config_path=str(config), shutdown_grace=1))
         await agent.start()
         try:
