@@ -35,7 +35,6 @@ import os
 import platform
 import secrets
 import shutil
-import signal
 import socket
 import statistics
 import sys
@@ -50,6 +49,15 @@ import aiohttp
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from harness import (
+    CLOCK_TICKS,
+    Sample,
+    cpu_seconds,
+    rss_mb,
+    start_child,
+    stop_processes,
+    until_terminated,
+)
 from yarl import URL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +70,6 @@ HC = f"hc-{GATEWAY_ID}"
 PERSON, PERSON_PASSWORD = "operator", "bench-operator-password"
 TARGET_PATH = "/api/accounts"
 STEP = 30.0  # bound for one start-up wait (registration and policy compilation included)
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SAS_HEADER = "ServiceBusAuthorization"
 # `gateway ...` on uvloop's event loop, for measuring what uvloop would change (--uvloop).
 UVLOOP_LAUNCHER = (
@@ -72,14 +79,6 @@ UVLOOP_LAUNCHER = (
 
 
 # --- child processes ---------------------------------------------------------------------
-
-
-async def _until_terminated() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
 
 
 async def run_relay() -> None:
@@ -92,7 +91,7 @@ async def run_relay() -> None:
     ]
     async with RelayEmulator([HC], rules, namespace=NAMESPACE) as relay:
         print(f"ready {relay.port}", flush=True)
-        await _until_terminated()
+        await until_terminated()
 
 
 async def run_services(workdir: Path) -> None:
@@ -122,71 +121,12 @@ async def run_services(workdir: Path) -> None:
             (workdir / "signing-key.pem").write_bytes(pem)
             port = simulator.base_url.rstrip("/").rsplit(":", 1)[1]
             print(f"ready {port} {targets.http_port} {targets.tcp_port} {key.keyid}", flush=True)
-            await _until_terminated()
+            await until_terminated()
         finally:
             await targets.stop()
 
 
 # --- orchestration helpers ---------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    """A started child process and the words after ``ready`` on its stdout."""
-
-    name: str
-    process: asyncio.subprocess.Process
-    values: list[str] = field(default_factory=list)
-
-
-async def start_child(name: str, argv: Sequence[str], env: dict[str, str], errors: Path) -> Child:
-    """Start ``argv`` and wait (bounded) for its ``ready`` line; its stderr goes to ``errors``."""
-    with errors.open("ab") as sink:
-        process = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=sink, env=env
-        )
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(STEP):
-            while True:
-                line = (await process.stdout.readline()).decode().strip()
-                if not line:
-                    raise RuntimeError(f"{name} exited before it was ready")
-                if line.startswith("ready"):
-                    return Child(name, process, line.split()[1:])
-    except BaseException:
-        process.kill()
-        await process.wait()
-        raise
-
-
-async def stop_processes(processes: Sequence[asyncio.subprocess.Process]) -> None:
-    """Terminate every process (by its own pid) and reap it, killing after a bound."""
-    for process in processes:
-        if process.returncode is None:
-            process.terminate()
-    for process in processes:
-        try:
-            await asyncio.wait_for(process.wait(), 10.0)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a whole process (all threads), from ``/proc/PID/stat``."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # Fields 14 and 15 of proc(5) (utime, stime); the list starts at field 3.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of a process in MiB (``VmRSS`` of ``/proc/PID/status``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("VmRSS missing from /proc status")
 
 
 def free_port() -> int:
@@ -251,32 +191,6 @@ async def wait_ready(health_port: int, process: asyncio.subprocess.Process) -> N
 
 
 # --- load --------------------------------------------------------------------------------
-
-
-@dataclass
-class Sample:
-    """One timed run of one path at one concurrency."""
-
-    requests: int
-    errors: int
-    seconds: float
-    latencies: list[float]
-    cpu: float | None  # gateway CPU seconds during the run
-
-    @property
-    def rate(self) -> float:
-        """Completed requests per second."""
-        return self.requests / self.seconds
-
-    def percentile(self, fraction: float) -> float:
-        """Nearest-rank percentile latency, in seconds."""
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-    @property
-    def cpu_per_request(self) -> float | None:
-        """Gateway CPU microseconds per completed request."""
-        return None if self.cpu is None or not self.requests else self.cpu / self.requests * 1e6
 
 
 class Load:
@@ -497,14 +411,15 @@ async def benchmark(
         try:
             errors = workdir / "children.log"
             relay = await start_child(
-                "relay", [python, str(SCRIPT), "--role", "relay"], env, errors
+                "relay", [python, str(SCRIPT), "--role", "relay"], step=STEP, env=env, errors=errors
             )
             processes.append(relay.process)
             services = await start_child(
                 "services",
                 [python, str(SCRIPT), "--role", "services", "--workdir", str(workdir)],
-                env,
-                errors,
+                step=STEP,
+                env=env,
+                errors=errors,
             )
             processes.append(services.process)
             relay_port = int(relay.values[0])
@@ -583,7 +498,7 @@ async def benchmark(
             results.facts["streams_count"] = str(streams)
             return results
         finally:
-            await stop_processes(list(reversed(processes)))
+            await stop_processes(list(reversed(processes)), 10.0)
     finally:
         if keep:
             print(f"(kept {workdir}: gateway.yaml, gateway.log, decisions.jsonl, children.log)")

@@ -29,7 +29,6 @@ import datetime
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,15 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from harness import (
+    CLOCK_TICKS,
+    Child,
+    Sample,
+    cpu_seconds,
+    start_child,
+    stop_processes,
+    until_terminated,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "interop" / "node"
@@ -49,7 +57,6 @@ HC_OURS, HC_HYCO = "bench-ours", "bench-hyco"
 RULE, KEY = "bench", "bench-key-0123456789abcdefghijklmnopqrstu"
 BODY = b'{"id":17,"name":"order","status":"shipped","lines":3,"pad":"' + b"x" * 34 + b'"}\n'
 STEP = 20.0  # bound for one start-up wait (Node is the slowest)
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # hyco-https proxying to the target over a keep-alive agent; same work as our handler.
 NODE_LISTENER = r"""
@@ -86,14 +93,6 @@ server.listen();
 # --- child processes ---------------------------------------------------------------------
 
 
-async def _until_terminated() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-
-
 async def run_target() -> None:
     """The loopback HTTP target: a ~100-byte JSON answer to every GET."""
 
@@ -108,7 +107,7 @@ async def run_target() -> None:
     await site.start()
     print(f"ready {runner.addresses[0][1]}", flush=True)
     try:
-        await _until_terminated()
+        await until_terminated()
     finally:
         await runner.cleanup()
 
@@ -122,7 +121,7 @@ async def run_emulator() -> None:
     ]
     async with RelayEmulator(specs, [SasRule(RULE, KEY)]) as relay:
         print(f"ready {relay.port}", flush=True)
-        await _until_terminated()
+        await until_terminated()
 
 
 async def run_listener(relay_port: int, target_url: str) -> None:
@@ -173,57 +172,10 @@ async def run_listener(relay_port: int, target_url: str) -> None:
         async with listener:
             # The parent retries a request until one succeeds, so "ready" means "started".
             print("ready", flush=True)
-            await _until_terminated()
+            await until_terminated()
 
 
 # --- orchestration -----------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    """A started child process and the first word after ``ready`` on its stdout."""
-
-    name: str
-    process: asyncio.subprocess.Process
-    value: str = ""
-
-
-async def start_child(name: str, argv: Sequence[str], **kwargs: object) -> Child:
-    """Start ``argv`` and wait (bounded) for its ``ready`` line."""
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdout=asyncio.subprocess.PIPE,
-        **kwargs,  # type: ignore[arg-type]
-    )
-    assert process.stdout is not None
-    async with asyncio.timeout(STEP):
-        while True:
-            line = (await process.stdout.readline()).decode().strip()
-            if not line:
-                raise RuntimeError(f"{name} exited before it was ready")
-            if line.startswith("ready"):
-                return Child(name, process, line.partition(" ")[2])
-
-
-async def stop_children(children: list[Child]) -> None:
-    """Terminate every child (by its own pid) and reap it, killing after a bound."""
-    for child in children:
-        if child.process.returncode is None:
-            child.process.terminate()
-    for child in children:
-        try:
-            await asyncio.wait_for(child.process.wait(), 5.0)
-        except TimeoutError:
-            child.process.kill()
-            await child.process.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a whole process (all threads), from ``/proc/PID/stat``."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # Fields 14 and 15 of proc(5) (utime, stime); the list starts at field 3.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def prepare_node() -> tuple[str | None, str]:
@@ -252,32 +204,6 @@ def prepare_node() -> tuple[str | None, str]:
         [node, "--version"], capture_output=True, text=True, check=False, timeout=10
     ).stdout.strip()
     return version, ""
-
-
-@dataclass
-class Sample:
-    """One timed run of one path at one concurrency."""
-
-    requests: int
-    errors: int
-    seconds: float
-    latencies: list[float]
-    cpu: float | None  # listener CPU seconds during the run
-
-    @property
-    def rate(self) -> float:
-        """Completed requests per second."""
-        return self.requests / self.seconds
-
-    def percentile(self, fraction: float) -> float:
-        """Nearest-rank percentile latency, in seconds."""
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-    @property
-    def cpu_per_request(self) -> float | None:
-        """Listener CPU microseconds per completed request."""
-        return None if self.cpu is None else self.cpu / self.requests * 1e6
 
 
 async def load(
@@ -377,11 +303,15 @@ async def benchmark(
     children: list[Child] = []
     facts: dict[str, str] = {}
     try:
-        target = await start_child("target", [python, script, "--role", "target"], env=env)
+        target = await start_child(
+            "target", [python, script, "--role", "target"], step=STEP, env=env
+        )
         children.append(target)
-        relay = await start_child("emulator", [python, script, "--role", "emulator"], env=env)
+        relay = await start_child(
+            "emulator", [python, script, "--role", "emulator"], step=STEP, env=env
+        )
         children.append(relay)
-        target_url = f"http://127.0.0.1:{target.value}/item"
+        target_url = f"http://127.0.0.1:{target.values[0]}/item"
         ours = await start_child(
             "listener",
             [
@@ -390,23 +320,24 @@ async def benchmark(
                 "--role",
                 "listener",
                 "--relay-port",
-                relay.value,
+                relay.values[0],
                 "--target",
                 target_url,
             ],
+            step=STEP,
             env=env,
         )
         children.append(ours)
         urls = {
             "direct": target_url,
-            "ours": f"http://127.0.0.1:{relay.value}/{HC_OURS}/item",
-            "hyco": f"http://127.0.0.1:{relay.value}/{HC_HYCO}/item",
+            "ours": f"http://127.0.0.1:{relay.values[0]}/{HC_OURS}/item",
+            "hyco": f"http://127.0.0.1:{relay.values[0]}/{HC_HYCO}/item",
         }
         pids: dict[str, int | None] = {"direct": None, "ours": ours.process.pid}
         if node_version is not None:
             node_env = {
                 **os.environ,
-                "RELAY_LISTEN_URI": f"ws://127.0.0.1:{relay.value}/$hc/{HC_HYCO}?sb-hc-action=listen",
+                "RELAY_LISTEN_URI": f"ws://127.0.0.1:{relay.values[0]}/$hc/{HC_HYCO}?sb-hc-action=listen",
                 "SAS_KEY_NAME": RULE,
                 "SAS_KEY": KEY,
                 "TARGET_URL": target_url,
@@ -414,7 +345,11 @@ async def benchmark(
             node = shutil.which("node")
             assert node is not None
             hyco = await start_child(
-                "hyco-https", [node, "-e", NODE_LISTENER], cwd=str(NODE_DIR), env=node_env
+                "hyco-https",
+                [node, "-e", NODE_LISTENER],
+                step=STEP,
+                cwd=str(NODE_DIR),
+                env=node_env,
             )
             children.append(hyco)
             pids["hyco"] = hyco.process.pid
@@ -438,7 +373,7 @@ async def benchmark(
         facts["repetitions"] = f"{repetitions} x {seconds} s per path and concurrency"
         return results, facts
     finally:
-        await stop_children(children)
+        await stop_processes([child.process for child in children], 5.0)
 
 
 # --- report ------------------------------------------------------------------------------
