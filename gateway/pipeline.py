@@ -119,6 +119,38 @@ class Runtime:
         """The configuration revision (policy revisions are carried by each decision)."""
         return self.loaded.revision
 
+    @classmethod
+    def build(
+        cls,
+        loaded: LoadedConfig,
+        engine: Decider,
+        *,
+        resolver: Resolver = system_resolver,
+        redirect: Redirect | None = None,
+    ) -> Runtime:
+        """The revision for ``loaded``: both connection pools share the same dial seams."""
+        pools: dict[str, Any] = {
+            "resolver": resolver,
+            "redirect": redirect,
+            "resolve_path": loaded.resolve_path,
+        }
+        return cls(
+            loaded=loaded,
+            engine=engine,
+            upstream=Upstream(loaded.config, **pools),
+            websockets=WebSocketUpstream(loaded.config, **pools),
+            resolver=resolver,
+            redirect=redirect,
+        )
+
+    async def close(self) -> None:
+        """Close both connection pools and the engine (once no request uses this revision)."""
+        await self.upstream.close()
+        await self.websockets.close()
+        closer = getattr(self.engine, "close", None)
+        if closer is not None:
+            await closer()
+
 
 class Refusal(Exception):  # noqa: N818 - a refusal is an expected outcome, not a fault
     """A step refused the request: ``status`` and ``code`` are what the SaaS is told.

@@ -41,8 +41,6 @@ from gateway.auth.keys import KeySetError
 from gateway.config import LoadedConfig, load
 from gateway.errors import ConfigError, GatewayError
 from gateway.forward.dial import Redirect, Resolver, system_resolver
-from gateway.forward.upstream import Upstream
-from gateway.forward.websocket import WebSocketUpstream
 from gateway.gitops.signing import verify_signed_config
 from gateway.identity import (
     CertificateRenewer,
@@ -299,25 +297,8 @@ class Agent:
     async def _build_runtime(self, loaded: LoadedConfig) -> Runtime:
         factory = self.options.engine_factory or default_engine
         engine = await factory(loaded)
-        upstream = Upstream(
-            loaded.config,
-            resolver=self.options.resolver,
-            redirect=self.options.redirect,
-            resolve_path=loaded.resolve_path,
-        )
-        websockets = WebSocketUpstream(
-            loaded.config,
-            resolver=self.options.resolver,
-            redirect=self.options.redirect,
-            resolve_path=loaded.resolve_path,
-        )
-        return Runtime(
-            loaded=loaded,
-            engine=engine,
-            upstream=upstream,
-            websockets=websockets,
-            resolver=self.options.resolver,
-            redirect=self.options.redirect,
+        return Runtime.build(
+            loaded, engine, resolver=self.options.resolver, redirect=self.options.redirect
         )
 
     def _passphrase(self, loaded: LoadedConfig) -> bytes | None:
@@ -494,7 +475,7 @@ class Agent:
             task.cancel()
         await asyncio.gather(*self._state.tasks, return_exceptions=True)
         if self._runtime is not None:
-            await _close_runtime(self._runtime)
+            await self._runtime.close()
         if self._health is not None:
             await self._health.stop()
         if self._replay is not None:
@@ -672,7 +653,7 @@ class Agent:
         try:
             await asyncio.sleep(old.loaded.config.limits.request_timeout_seconds + 1)
         finally:
-            await _close_runtime(old)
+            await old.close()
 
     async def _watch_config(self) -> None:
         while True:
@@ -684,11 +665,3 @@ class Agent:
             if mtime != self._state.config_mtime:
                 self._state.config_mtime = mtime
                 await self.reload()
-
-
-async def _close_runtime(runtime: Runtime) -> None:
-    await runtime.upstream.close()
-    await runtime.websockets.close()
-    closer = getattr(runtime.engine, "close", None)
-    if closer is not None:
-        await closer()

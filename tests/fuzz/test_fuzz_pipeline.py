@@ -34,8 +34,6 @@ from gateway.devkit.signing import RequestSigner, generate_key, key_entry, keyse
 from gateway.forward.canonical import CanonicalRequest, RequestRejected, canonicalise
 from gateway.forward.dial import IPAddress
 from gateway.forward.headers import DEFAULT_FORWARDED
-from gateway.forward.upstream import Upstream
-from gateway.forward.websocket import WebSocketUpstream
 from gateway.observability.metrics import Metrics
 from gateway.pipeline import AuditRecord, Pipeline, Runtime
 from gateway.policy.loader import build_engine
@@ -167,16 +165,7 @@ async def run_cases(cases: list[Case]) -> None:
     def redirect(address: IPAddress, _: int) -> tuple[str, int]:
         return "127.0.0.1", port
 
-    upstream = Upstream(LOADED.config, resolver=resolve, redirect=redirect)
-    websockets = WebSocketUpstream(LOADED.config, resolver=resolve, redirect=redirect)
-    runtime = Runtime(
-        loaded=LOADED,
-        engine=ENGINE,
-        upstream=upstream,
-        websockets=websockets,
-        resolver=resolve,
-        redirect=redirect,
-    )
+    runtime = Runtime.build(LOADED, ENGINE, resolver=resolve, redirect=redirect)
     verifier = SignatureVerifier(
         KEYS,
         ReplayCache(max_entries=10_000),
@@ -240,8 +229,9 @@ async def run_cases(cases: list[Case]) -> None:
             )
             statuses[rid] = response.status
     finally:
-        await upstream.close()
-        await websockets.close()
+        # The engine is shared by every example; only this example's pools are closed.
+        await runtime.upstream.close()
+        await runtime.websockets.close()
         await runner.cleanup()
 
     counts = Counter(rid for rid, *_ in recorder.seen)

@@ -15,8 +15,6 @@ from gateway.auth import KeySet, ReplayCache, SignatureVerifier, VerifierSetting
 from gateway.config import load
 from gateway.devkit.signing import RequestSigner, generate_key, key_entry, keyset_document
 from gateway.devkit.stack import SampleTargets
-from gateway.forward.upstream import Upstream
-from gateway.forward.websocket import WebSocketUpstream
 from gateway.observability.metrics import Metrics
 from gateway.pipeline import AuditRecord, Pipeline, Runtime
 from gateway.policy.loader import build_engine
@@ -68,12 +66,7 @@ async def pipeline(
     keys = KeySet.from_document(
         keyset_document([key_entry("k1", key, not_before=now - 60, not_after=now + 3600)])
     )
-    runtime = Runtime(
-        loaded=loaded,
-        engine=engine,
-        upstream=Upstream(loaded.config),
-        websockets=WebSocketUpstream(loaded.config),
-    )
+    runtime = Runtime.build(loaded, engine)
     verifier = SignatureVerifier(
         keys,
         ReplayCache(max_entries=1000),
@@ -95,9 +88,7 @@ async def pipeline(
         yield under_test, audit, RequestSigner(key, keyid="k1", gateway_id="agent-1")
     finally:
         await under_test.close()
-        await runtime.websockets.close()
-        await runtime.upstream.close()
-        await engine.close()
+        await runtime.close()
 
 
 def accept(signer: RequestSigner, stream_id: str) -> AcceptInfo:
