@@ -449,12 +449,11 @@ class RelayEmulator:
         try:
             await self._read_control(request, listener)
         finally:
+            # Like the service, requests routed to this listener stay pending when its control
+            # channel goes (section 5.3): the listener may still answer them over their
+            # rendezvous addresses, valid for rendezvous_ttl (section 7); otherwise their senders
+            # get the 504 at the response deadline.
             await self._unregister(listener)
-            # A request routed to a listener that went away is never answered by it: its
-            # sender gets the service's 502 now rather than the 504 after the full deadline.
-            for pending in list(listener.pending.values()):
-                if not pending.future.done():
-                    pending.future.set_exception(ConnectionError("listener disconnected"))
         return ws
 
     async def _register(self, listener: _Listener) -> None:

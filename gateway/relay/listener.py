@@ -152,7 +152,8 @@ class ListenerMetrics:
     a stream's reject or a rendezvous-only request's 503, past their bound: see
     ``_spawn_overflow``). ``streams``: by outcome (``accepted``, ``rejected``, ``overloaded``,
     ``decide_error``, ``failed``). ``token_renewals``:
-    ``renewToken`` messages sent. ``alerts``: by alert code.
+    ``renewToken`` messages sent. ``alerts``: by alert code. ``late_answers``: responses sent
+    over a request's rendezvous address because its control channel was gone.
     """
 
     listeners_online: int = 0
@@ -162,6 +163,7 @@ class ListenerMetrics:
     streams: Counter[str] = field(default_factory=Counter)
     token_renewals: int = 0
     alerts: Counter[str] = field(default_factory=Counter)
+    late_answers: int = 0
 
 
 class _HandshakeRefusedError(Exception):
@@ -833,8 +835,19 @@ class RelayListener:
         route = choose_response_route(length, arrived_on=SocketKind.CONTROL)
         try:
             if route is ResponseRoute.CONTROL:
-                await self._write_response(control, command.id, response, outcome)
-                return
+                if await self._try_control(control, command.id, response, outcome):
+                    return
+                # Section 5.3: a response to a request that arrived on the control channel may
+                # also go over that request's rendezvous address, which stays valid (about 30 s,
+                # section 7) after the control channel is gone - the daily recycle (section 3.4)
+                # or a dropped connection must not turn a finished request into the relay's 504.
+                self.metrics.late_answers += 1
+                log.info(
+                    "relay_late_answer request_id=%s: control channel gone, answering over the "
+                    "request's rendezvous address",
+                    command.id,
+                    extra={"event": "relay_late_answer", "request_id": command.id},
+                )
             # The core checked command.address against the rendezvous policy before reporting
             # the request, so dialling it here is safe (catalogue item 24).
             assert command.address is not None
@@ -852,6 +865,22 @@ class RelayListener:
             if isinstance(body, AsyncIterator) and hasattr(body, "aclose"):
                 with contextlib.suppress(Exception):
                     await body.aclose()
+
+    async def _try_control(
+        self, control: _RelaySocket, request_id: str, response: RelayedResponse, outcome: str
+    ) -> bool:
+        """Answer on the control channel the request came on; ``False`` if it is gone.
+
+        A write that fails or stalls on a channel the relay dropped is not retried there: the
+        caller falls back to the rendezvous address (a new control channel is no route for it).
+        """
+        if control.ws.closed:
+            return False
+        try:
+            await self._write_response(control, request_id, response, outcome)
+        except (ConnectionError, aiohttp.ClientError, TimeoutError):
+            return False
+        return True
 
     async def _write_response(
         self, socket: _RelaySocket, request_id: str, response: RelayedResponse, outcome: str
