@@ -22,7 +22,8 @@ from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from gateway.config import schema_check, semantics, yamlsafe
-from gateway.config.model import GatewayConfig, SecretRef
+from gateway.config.model import GatewayConfig
+from gateway.config.secrets import SecretError, SecretRef, read_secret
 from gateway.config.yamlsafe import JsonPath, Located, format_path
 from gateway.errors import ConfigError, Problem
 
@@ -44,7 +45,6 @@ OVERRIDABLE: tuple[JsonPath, ...] = (
     ("policy", "opa_url"),
     ("policy", "decision_timeout_seconds"),
 )
-MAX_SECRET_BYTES = 64 * 1024
 
 
 class _EnvView(BaseSettings, GatewayConfig):
@@ -342,37 +342,10 @@ def _resolve_secret(
     doc: Located,
     env: Mapping[str, str],
 ) -> tuple[SecretStr | None, Problem | None]:
-    if (ref.env is None) == (ref.file is None):
-        return None, doc.problem(
-            path,
-            "a secret reference needs exactly one of 'env' or 'file'",
-            code="invalid_secret_ref",
-        )
-    if ref.env is not None:
-        from_env = env.get(ref.env)
-        if from_env is None:
-            return None, doc.problem(
-                path,
-                f"environment variable {ref.env} is not set",
-                code="missing_secret",
-                hint="set it in the service's environment, or validate with --skip-host-checks",
-            )
-        return SecretStr(from_env), None
-    assert ref.file is not None
-    secret_file = loaded.resolve_path(ref.file)
     try:
-        with secret_file.open("rb") as handle:
-            data = handle.read(MAX_SECRET_BYTES + 1)
-    except OSError as exc:
-        return None, doc.problem(
-            path,
-            f"cannot read secret file {str(secret_file)!r}: {exc.strerror}",
-            code="missing_secret",
-        )
-    if len(data) > MAX_SECRET_BYTES:
-        return None, doc.problem(path, "secret file is larger than 64 KiB", code="invalid_secret")
-    try:
-        text = data.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        return None, doc.problem(path, "secret file is not UTF-8 text", code="invalid_secret")
-    return SecretStr(text), None
+        return read_secret(ref, base_dir=loaded.file.parent, env=env), None
+    except SecretError as exc:
+        hint = exc.hint
+        if exc.code == "missing_secret" and ref.env is not None:
+            hint = "set it in the service's environment, or validate with --skip-host-checks"
+        return None, doc.problem(path, str(exc), code=exc.code, hint=hint)

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from gateway.config.secrets import SecretRef
+
 SCHEMA_ID = "https://gateway.example/schemas/gateway.schema.json"
 
 # Methods an operation may allow. TRACE and CONNECT are never relayed (RFC 9110 sections 9.3.6
@@ -46,22 +48,6 @@ PATH_PATTERN_FORMAT = "gateway-path-pattern"
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class SecretRef(_Model):
-    """A secret held outside the file: exactly one of an environment variable or a file."""
-
-    env: str | None = Field(
-        default=None,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
-        description="Name of the environment variable holding the secret.",
-    )
-    file: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=4096,
-        description="Path of a file holding the secret (trailing newline ignored).",
-    )
 
 
 class GatewaySection(_Model):

@@ -30,6 +30,9 @@ _TYPE_NAMES = {
 }
 # Keys whose value is a secret reference; a plain string there is a secret written inline.
 _SECRET_KEYS = frozenset({"password", "key_passphrase"})
+_REFERENCE_HINT = (
+    "reference it: {env: VARIABLE}, {file: /path/to/secret} or {credential: SYSTEMD_NAME}"
+)
 _NEVER_METHODS = {
     "TRACE": "TRACE is never relayed: it reflects requests back (cross-site tracing)",
     "CONNECT": "CONNECT is never relayed: declare a tcp target for raw streams instead",
@@ -208,19 +211,39 @@ def _problem(error: ValidationError, doc: Located) -> Problem:
     return doc.problem(path, error.message, code=f"schema_{kind}")
 
 
+def _is_secret_ref(error: ValidationError) -> bool:
+    """Whether the failing schema is the secret reference's (by its title, set by the model)."""
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    return schema.get("title") == "SecretRef"
+
+
 def check(doc: Located) -> list[Problem]:
     """Every schema violation in ``doc``, in file order."""
     problems: list[Problem] = []
     for error in validator().iter_errors(doc.data):
         path: JsonPath = tuple(error.absolute_path)
-        # A string where a secret reference belongs is the classic "password written inline".
-        if isinstance(error.instance, str) and path and path[-1] in _SECRET_KEYS:
+        secret_ref = _is_secret_ref(error)
+        # Anything but a mapping where a secret reference belongs is the classic "password
+        # written inline"; the value itself is never repeated in the message.
+        if not isinstance(error.instance, dict) and (
+            secret_ref or (isinstance(error.instance, str) and path and path[-1] in _SECRET_KEYS)
+        ):
             problems.append(
                 doc.problem(
                     path,
                     "a secret must not be written in the file",
                     code="inline_secret",
-                    hint="reference it: {env: VARIABLE_NAME} or {file: /path/to/secret}",
+                    hint=_REFERENCE_HINT,
+                )
+            )
+            continue
+        if secret_ref and str(error.validator) in ("minProperties", "maxProperties"):
+            problems.append(
+                doc.problem(
+                    path,
+                    "a secret reference needs exactly one of 'env', 'file' or 'credential'",
+                    code="invalid_secret_ref",
+                    hint=_REFERENCE_HINT,
                 )
             )
             continue

@@ -442,6 +442,7 @@ def test_secret_from_env_and_file(write_config: WriteConfig, tmp_path: Path) -> 
     path = write_config(BASE + PROXY.format(password="{env: PROXY_PW}"))
     assert load(path, env={"PROXY_PW": "pw1"}).secrets["proxy.password"].get_secret_value() == "pw1"
     (tmp_path / "pw").write_text("pw2\n")
+    (tmp_path / "pw").chmod(0o600)
     path = write_config(BASE + PROXY.format(password="{file: pw}"))
     assert load(path, env=NO_ENV).secrets["proxy.password"].get_secret_value() == "pw2"
 
