@@ -40,6 +40,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from pydantic import TypeAdapter, ValidationError
 
+from gateway.config.secrets import SecretError, SecretRef, read_secret
 from gateway.identity.certs import (
     common_name,
     parse_ca_certificate,
@@ -173,11 +174,12 @@ def read_passphrase(
             raise IdentityError("passphrase_source", f"environment variable {env_var} is not set")
         data = value.encode()
     elif file:
-        data = _read_standalone_secret(file)
-        if data.endswith(b"\n"):
-            data = data[:-1]
-            if data.endswith(b"\r"):
-                data = data[:-1]
+        # The one reader of secret files (strict owner and mode, no symbolic links).
+        try:
+            stored = read_secret(SecretRef(file=str(file)), base_dir=Path.cwd(), env={})
+        except SecretError as exc:
+            raise IdentityError("passphrase_source", str(exc)) from None
+        data = stored.get_secret_value().encode()
     else:
         return None
     if not data:
@@ -185,19 +187,6 @@ def read_passphrase(
     if len(data) > MAX_PASSPHRASE_BYTES:
         raise IdentityError("passphrase_source", "the key passphrase is too long")
     return data
-
-
-def _read_standalone_secret(path: Path) -> bytes:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise _open_error(exc, str(path)) from None
-    try:
-        _check_file(os.fstat(fd), str(path), secret=True)
-        return _read_bounded(fd, str(path), MAX_PASSPHRASE_BYTES + 2)
-    finally:
-        os.close(fd)
 
 
 def _open_error(exc: OSError, source: str) -> IdentityError:
