@@ -32,7 +32,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from gateway.auth import BadSignatureLimiter, SignatureError, SignatureVerifier
@@ -79,6 +79,8 @@ class Decision(Protocol):
     @property
     def allow(self) -> bool: ...
     @property
+    def target(self) -> str | None: ...
+    @property
     def operation(self) -> str | None: ...
     @property
     def reasons(self) -> Sequence[str]: ...
@@ -92,6 +94,15 @@ class Decision(Protocol):
     @property
     def status(self) -> int:
         """The refusal status: 503 when the engine could not decide, else 403."""
+        ...
+
+    @property
+    def latency(self) -> float:
+        """Seconds the engine took."""
+        ...
+
+    def as_dict(self) -> dict[str, Any]:
+        """The decision as JSON-ready data (schemas/policy-decision.schema.json plus timing)."""
         ...
 
 
@@ -113,6 +124,12 @@ class Runtime:
     websockets: WebSocketUpstream
     resolver: Resolver = system_resolver
     redirect: Redirect | None = None
+    chain: Chain = field(init=False, repr=False, compare=False)
+    """The steps that decide every request of this revision (:class:`Chain`)."""
+
+    def __post_init__(self) -> None:
+        # Frozen: the chain is derived once from the configuration and engine of this revision.
+        object.__setattr__(self, "chain", Chain(self.loaded.config, self.engine))
 
     @property
     def revision(self) -> str:
@@ -213,6 +230,226 @@ def error_response(refusal: Refusal, request_id: str) -> RelayedResponse:
     if refusal.retry_after is not None:
         headers += (("retry-after", str(refusal.retry_after)),)
     return RelayedResponse(status=refusal.status, reason="", headers=headers, body=body)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """A request as the chain of steps decides it: the one description live and offline share.
+
+    The live path builds it from a relayed request once its signature verified (``signed`` and
+    ``keyid`` come from the verifier); ``gateway explain`` builds it from the command line, and a
+    tool re-deciding recorded requests builds it from a decision-log record. ``selector`` is a
+    target name or the exact ``host:port`` of a declared target; ``request_target`` is the
+    origin-form ``/path?query`` as relayed, with the selector already removed.
+    """
+
+    method: str
+    selector: str
+    request_target: str
+    headers: tuple[tuple[str, str], ...] = ()
+    websocket: bool = False
+    body_size: int = 0
+    signed: bool = True
+    keyid: str | None = None
+
+    @classmethod
+    def relayed(
+        cls,
+        method: str,
+        relayed_target: str,
+        headers: Sequence[tuple[str, str]],
+        *,
+        websocket: bool = False,
+        body_size: int = 0,
+        keyid: str | None = None,
+    ) -> RequestFacts:
+        """The facts of a relayed ``/{selector}/{path}?{query}``; raises :class:`Refusal` (400)
+        when the target does not have that form."""
+        selector, request_target = split_selector(relayed_target)
+        return cls(
+            method=method,
+            selector=selector,
+            request_target=request_target,
+            headers=tuple(headers),
+            websocket=websocket,
+            body_size=body_size,
+            keyid=keyid,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the chain decided for one request, and every step's contribution to it.
+
+    ``refusal`` is None when the request goes on to its target: allowed, or denied by the policy
+    in monitor mode (``monitor``). Otherwise it is the answer the SaaS gets (status and reason),
+    and ``stage`` names the step that refused. Later fields are None when an earlier step refused:
+    ``canonical`` is set once canonicalisation passed, ``input`` and ``decision`` once the policy
+    was asked.
+    """
+
+    refusal: Refusal | None
+    stage: str
+    canonical: CanonicalRequest | None = None
+    input: dict[str, Any] | None = None
+    decision: Decision | None = None
+    decide_seconds: float = 0.0
+    """Time the engine took (for the decision-latency metric)."""
+    operation: Operation | None = None
+    """The operation whose headers are forwarded (a stand-in for tcp streams and monitor mode)."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """The headers sent upstream (``host`` first), for a request that goes on."""
+    dropped: tuple[str, ...] = ()
+    """Names of relayed headers the allow-list keeps from the target, in first-seen order."""
+    protocols: tuple[str, ...] = ()
+    """The subprotocols a stream's sender offered."""
+    monitor: bool = False
+
+    @property
+    def forwarded(self) -> bool:
+        """Whether the request goes on to its target."""
+        return self.refusal is None
+
+    @property
+    def allowed(self) -> bool:
+        """Whether every step, the policy included, allowed it (a would-deny is not allowed)."""
+        return self.refusal is None and not self.monitor
+
+    def granted(self) -> CanonicalRequest:
+        """The canonical request to forward; raises the refusal when there is none."""
+        if self.refusal is not None:
+            raise self.refusal
+        if self.canonical is None:  # a forwarded verdict always passed canonicalisation
+            raise Refusal(500, "internal_error", "no canonical request", self.stage)
+        return self.canonical
+
+    @property
+    def result(self) -> str:
+        """The decision-log result: allowed, would_deny, denied, rejected or failed."""
+        if self.refusal is None:
+            return "would_deny" if self.monitor else "allowed"
+        return _refusal_result(self.refusal)
+
+    @property
+    def reasons(self) -> list[str]:
+        """The decision-log reasons: empty when allowed, the refusal code (and its cause) or the
+        policy's reasons otherwise."""
+        if self.decision is not None and not self.decision.allow:
+            return list(self.decision.reasons) or ["policy_denied"]
+        if self.refusal is None:
+            return []
+        cause = self.refusal.cause
+        return [self.refusal.code, cause] if cause else [self.refusal.code]
+
+    def record(self, record: AuditRecord) -> None:
+        """Write what the chain decided into the request's audit record."""
+        canonical = self.canonical
+        if canonical is not None:
+            record.target, record.path = canonical.target, canonical.path
+            record.query_present = canonical.query is not None
+        if self.decision is not None:
+            record.policy_revision = self.decision.revision
+            record.operation = self.decision.operation
+        record.result, record.reasons, record.stage = self.result, self.reasons, self.stage
+        record.monitor = self.monitor
+        if self.refusal is not None:
+            record.status = self.refusal.status
+
+
+class Chain:
+    """The steps every request and stream is decided by, under one revision.
+
+    canonicalise (one form for policy and forwarding) -> limits (the body size) -> decide (the
+    policy engine, fail closed) -> select headers (the allow-list of the granting operation).
+    ``gateway run`` calls it for every relayed request (after the signature check) and every
+    stream; ``gateway explain`` calls it for the request given on the command line; anything that
+    re-decides a request offline must call it too, so that no tool can answer differently from a
+    running gateway. Steps that need the live request (the signature check before, the stream
+    limits and the connection to the target after) are not part of it.
+    """
+
+    __slots__ = ("config", "engine")
+
+    def __init__(self, config: GatewayConfig, engine: Decider) -> None:
+        self.config = config
+        self.engine = engine
+
+    async def decide(self, facts: RequestFacts) -> Verdict:
+        """Run every step for ``facts``; never raises for a refusal (it is in the verdict)."""
+        try:
+            canonical = self._canonicalise(facts)
+        except Refusal as rejected:
+            return Verdict(rejected, rejected.stage)
+        try:
+            protocols = self._limits(facts, canonical)
+        except Refusal as limited:
+            return Verdict(limited, limited.stage, canonical)
+        document = build_input(canonical, signed=facts.signed, keyid=facts.keyid)
+        started = time.perf_counter()
+        decision = await self.engine.decide(document)
+        elapsed = time.perf_counter() - started
+        target = self.config.targets[canonical.target]
+        operation = next((o for o in target.operations if o.name == decision.operation), None)
+        monitor = False
+        if decision.allow and operation is None and target.scheme == "tcp":
+            operation = _NO_OPERATION
+        elif not decision.allow or operation is None:
+            if not decision.monitor:
+                reasons = list(decision.reasons) or ["policy_denied"]
+                unavailable = decision.status == 503
+                detail = "the policy engine could not decide" if unavailable else "not allowed"
+                denial = Refusal(decision.status, reasons[0], detail, "decide")
+                return Verdict(denial, "decide", canonical, document, decision, elapsed)
+            # Monitor mode (a trial setting, never the default): record "would deny" and forward
+            # with the default header allow-list only, as no operation granted more.
+            monitor = True
+            operation = operation or _NO_OPERATION
+        headers: tuple[tuple[str, str], ...] = ()
+        if target.scheme != "tcp":
+            headers = tuple(outbound_headers(target, operation, canonical.headers))
+        kept = {name for name, _ in headers}
+        dropped = tuple(dict.fromkeys(n for n, _ in canonical.headers if n not in kept))
+        return Verdict(
+            None,
+            "decide",
+            canonical,
+            document,
+            decision,
+            elapsed,
+            operation,
+            headers,
+            dropped,
+            protocols,
+            monitor,
+        )
+
+    def _canonicalise(self, facts: RequestFacts) -> CanonicalRequest:
+        try:
+            return canonicalise(
+                self.config,
+                method=facts.method,
+                target=facts.selector,
+                request_target=facts.request_target,
+                headers=facts.headers,
+                websocket=facts.websocket,
+            )
+        except RequestRejected as exc:
+            raise Refusal(exc.status, str(exc.code), str(exc), "canonicalise") from None
+
+    def _limits(self, facts: RequestFacts, canonical: CanonicalRequest) -> tuple[str, ...]:
+        """The checks between canonical form and policy; a stream's offered subprotocols."""
+        config = self.config
+        target = config.targets[canonical.target]
+        if facts.websocket:
+            if target.scheme == "tcp" and canonical.path != "/":
+                # Not granted by the allow-list, like any other path no operation names (403).
+                raise Refusal(403, "path_not_allowed", "a tcp target has no paths", "canonicalise")
+            return offered_protocols(canonical.headers)
+        limit = target.limits.max_request_body_bytes
+        limit = config.limits.max_request_body_bytes if limit is None else limit
+        if facts.body_size > limit:
+            raise Refusal(413, "request_body_too_large", f"body exceeds {limit} bytes", "limits")
+        return ()
 
 
 @dataclass
@@ -405,36 +642,37 @@ class Pipeline:
     async def _handle(
         self, request: RelayedRequest, runtime: Runtime, record: AuditRecord
     ) -> RelayedResponse:
-        config = runtime.loaded.config
-        selector, request_target = split_selector(request.target)
-        record.keyid = self._authenticate(
+        facts = RequestFacts.relayed(
+            request.method, request.target, request.headers, body_size=len(request.body)
+        )
+        keyid = self._authenticate(
             request.method, request.raw_target, request.headers, request.body
         )
-        canonical = self._canonicalise(
-            runtime, request.method, selector, request_target, request.headers, False
-        )
-        record.target, record.path = canonical.target, canonical.path
-        record.query_present = canonical.query is not None
-        target = config.targets[canonical.target]
-        limit = target.limits.max_request_body_bytes
-        limit = config.limits.max_request_body_bytes if limit is None else limit
-        if len(request.body) > limit:
-            raise Refusal(413, "request_body_too_large", f"body exceeds {limit} bytes", "limits")
-        operation = await self._decide(runtime, canonical, record)
-        headers = outbound_headers(target, operation, canonical.headers)
+        record.keyid = keyid
+        verdict = await runtime.chain.decide(replace(facts, keyid=keyid))
+        self._decided(verdict, record)
+        canonical = verdict.granted()
         try:
             upstream = await runtime.upstream.send(
                 canonical.target,
                 method=canonical.method,
                 path=canonical.path,
                 query=canonical.query,
-                headers=headers,
+                headers=list(verdict.headers),
                 body=request.body,
             )
         except UpstreamError as exc:
             raise Refusal(exc.status, exc.code, str(exc), "forward") from None
         record.status = upstream.status
         return await _relayed(upstream)
+
+    def _decided(self, verdict: Verdict, record: AuditRecord) -> None:
+        """Record the chain's verdict; raise its refusal, if any."""
+        if verdict.decision is not None:
+            self._metrics.decision_seconds.observe(verdict.decide_seconds)
+        verdict.record(record)
+        if verdict.refusal is not None:
+            raise verdict.refusal
 
     def _authenticate(
         self, method: str, raw_target: str, headers: Sequence[tuple[str, str]], body: bytes | None
@@ -470,56 +708,6 @@ class Pipeline:
             raise Refusal(exc.status, str(exc.reason), exc.detail, "authenticate") from None
         return verified.keyid
 
-    def _canonicalise(
-        self,
-        runtime: Runtime,
-        method: str,
-        selector: str,
-        request_target: str,
-        headers: Sequence[tuple[str, str]],
-        websocket: bool,
-    ) -> CanonicalRequest:
-        try:
-            return canonicalise(
-                runtime.loaded.config,
-                method=method,
-                target=selector,
-                request_target=request_target,
-                headers=headers,
-                websocket=websocket,
-            )
-        except RequestRejected as exc:
-            raise Refusal(exc.status, str(exc.code), str(exc), "canonicalise") from None
-
-    async def _decide(
-        self, runtime: Runtime, canonical: CanonicalRequest, record: AuditRecord
-    ) -> Operation:
-        started = time.perf_counter()
-        decision = await runtime.engine.decide(
-            build_input(canonical, signed=True, keyid=record.keyid)
-        )
-        self._metrics.decision_seconds.observe(time.perf_counter() - started)
-        record.policy_revision = decision.revision
-        record.operation = decision.operation
-        record.stage = "decide"
-        target = runtime.loaded.config.targets[canonical.target]
-        operation = next((o for o in target.operations if o.name == decision.operation), None)
-        if decision.allow and operation is not None:
-            record.result, record.reasons = "allowed", []
-            return operation
-        if decision.allow and target.scheme == "tcp":
-            record.result, record.reasons = "allowed", []
-            return _NO_OPERATION
-        record.reasons = list(decision.reasons) or ["policy_denied"]
-        if decision.monitor:
-            # Monitor mode (a trial setting, never the default): record "would deny" and forward
-            # with the default header allow-list only, as no operation granted more.
-            record.monitor = True
-            record.result = "would_deny"
-            return operation or _NO_OPERATION
-        detail = "the policy engine could not decide" if decision.status == 503 else "not allowed"
-        raise Refusal(decision.status, record.reasons[0], detail, "decide")
-
     def _finish(self, record: AuditRecord) -> None:
         reason = record.reasons[0] if record.reasons else ""
         self._metrics.requests.labels(result=record.result, reason=reason).inc()
@@ -548,26 +736,18 @@ class Pipeline:
         clock = time.perf_counter()
         release: Callable[[], None] | None = None
         try:
-            selector, request_target = split_selector(info.target)
+            facts = RequestFacts.relayed("GET", info.target, info.connect_headers, websocket=True)
             hc_target = self._verifier_target(info.target)
-            record.keyid = self._authenticate("GET", hc_target, info.connect_headers, None)
-            canonical = self._canonicalise(
-                runtime, "GET", selector, request_target, info.connect_headers, True
-            )
-            record.target, record.path = canonical.target, canonical.path
-            record.query_present = canonical.query is not None
+            keyid = self._authenticate("GET", hc_target, info.connect_headers, None)
+            record.keyid = keyid
+            verdict = await runtime.chain.decide(replace(facts, keyid=keyid))
+            self._decided(verdict, record)
+            canonical = verdict.granted()
             target = config.targets[canonical.target]
-            if target.scheme == "tcp" and canonical.path != "/":
-                # Not granted by the allow-list, like any other path no operation names (403).
-                raise Refusal(403, "path_not_allowed", "a tcp target has no paths", "canonicalise")
-            protocols = offered_protocols(canonical.headers)
-            operation = await self._decide(runtime, canonical, record)
             release = self._counts.take(config, canonical.target)
             limit = target.limits.max_request_body_bytes
             max_message = config.limits.max_request_body_bytes if limit is None else limit
-            upstream, protocol = await self._open(
-                runtime, canonical, operation, protocols, max_message
-            )
+            upstream, protocol = await self._open(runtime, verdict, max_message)
         except Refusal as refusal:
             if release is not None:
                 release()
@@ -599,14 +779,10 @@ class Pipeline:
         return AcceptStream(subprotocol=protocol)
 
     async def _open(
-        self,
-        runtime: Runtime,
-        canonical: CanonicalRequest,
-        operation: Operation,
-        protocols: tuple[str, ...],
-        max_message: int,
+        self, runtime: Runtime, verdict: Verdict, max_message: int
     ) -> tuple[UpstreamEnd, str | None]:
         """Open the upstream end of an allowed stream; a failure is a refusal (502/504)."""
+        canonical = verdict.granted()
         config = runtime.loaded.config
         target = config.targets[canonical.target]
         connect = target.limits.connect_timeout_seconds or config.limits.connect_timeout_seconds
@@ -631,8 +807,8 @@ class Pipeline:
                 canonical.target,
                 path=canonical.path,
                 query=canonical.query,
-                headers=outbound_headers(target, operation, canonical.headers),
-                protocols=protocols,
+                headers=list(verdict.headers),
+                protocols=verdict.protocols,
                 max_message=max_message,
                 handshake_timeout=deadline,
             )
@@ -714,10 +890,15 @@ def _too_many(wait: float, cause: str) -> Refusal:
     )
 
 
-def _refused(record: AuditRecord, refusal: Refusal) -> None:
-    record.result = "denied" if refusal.status in (401, 403) else "rejected"
+def _refusal_result(refusal: Refusal) -> str:
+    """The decision-log result of a refusal."""
     if refusal.stage == "forward":
-        record.result = "failed"
+        return "failed"
+    return "denied" if refusal.status in (401, 403) else "rejected"
+
+
+def _refused(record: AuditRecord, refusal: Refusal) -> None:
+    record.result = _refusal_result(refusal)
     if not record.reasons:
         record.reasons = [refusal.code, refusal.cause] if refusal.cause else [refusal.code]
     record.stage = record.stage or refusal.stage

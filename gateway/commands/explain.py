@@ -1,10 +1,11 @@
 """``gateway explain METHOD TARGET PATH``: would this request pass, and why?
 
-The answer comes from the code that enforces: the request goes through the one canonicaliser
-(:func:`gateway.forward.canonical.canonicalise`) and the one input builder, then to the engine
-``gateway.yaml`` selects. Printed: the canonical request, the decision, the operation that grants
-it or the reasons it is refused, and the revision. The request is taken as correctly signed unless
-``--unsigned`` is given.
+The answer comes from the code that enforces: the request goes through the chain of steps a
+running gateway uses (:class:`gateway.pipeline.Chain`: canonicalise, limits, decide, select
+headers) with the engine ``gateway.yaml`` selects. Printed: the canonical request, the decision,
+the operation that grants it or the reasons it is refused, the names of the headers that would be
+forwarded and dropped (never their values), and the revision. The request is taken as correctly
+signed unless ``--unsigned`` is given.
 
 Exit codes: 0 allowed; 3 denied (by the policy, or rejected before it); 1 configuration or
 policy error; 2 usage error.
@@ -20,14 +21,12 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import Any
 
 from gateway import config as gwconfig
 from gateway.commands._common import add_config_argument
 from gateway.errors import ConfigError
-from gateway.forward.canonical import RequestRejected, canonicalise
-from gateway.policy.engine import Decision, PolicyEngine
-from gateway.policy.input import build_input
+from gateway.pipeline import Chain, RequestFacts, Verdict
+from gateway.policy.engine import PolicyEngine
 from gateway.policy.loader import PolicySet, build_engine, load_policies
 
 EXIT_ALLOWED = 0
@@ -74,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--unsigned", action="store_true", help="as if the signature did not verify"
     )
     parser.add_argument("--keyid", default="explain", help="signing key id to put in the input")
+    parser.add_argument(
+        "--body-size", type=int, default=0, metavar="BYTES", help="size of the request body"
+    )
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.set_defaults(handler=run)
 
@@ -96,29 +98,19 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem.render(), file=sys.stderr)
         return EXIT_CONFIG
-    request = {
-        "method": args.method,
-        "target": args.target,
-        "path": args.path,
-        "websocket": args.websocket,
-    }
-    try:
-        canonical = canonicalise(
-            loaded.config,
-            method=args.method,
-            target=args.target,
-            request_target=args.path,
-            headers=headers,
-            websocket=args.websocket,
-        )
-    except RequestRejected as exc:
-        rejected = {"code": str(exc.code), "status": exc.status, "message": str(exc)}
-        _report(args.format, request, None, None, rejected, policies.revision, loaded.config)
-        return EXIT_DENIED
-    input = build_input(canonical, signed=not args.unsigned, keyid=args.keyid)
-    decision = asyncio.run(_decide(engine, input))
-    _report(args.format, request, input, decision, None, policies.revision, loaded.config)
-    return EXIT_ALLOWED if decision.allow else EXIT_DENIED
+    facts = RequestFacts(
+        method=args.method,
+        selector=args.target,
+        request_target=args.path,
+        headers=tuple(headers),
+        websocket=args.websocket,
+        body_size=args.body_size,
+        signed=not args.unsigned,
+        keyid=args.keyid,
+    )
+    verdict = asyncio.run(_decide(Chain(loaded.config, engine), engine, facts))
+    _report(args.format, facts, verdict, policies.revision, loaded.config)
+    return EXIT_ALLOWED if verdict.allowed else EXIT_DENIED
 
 
 def _engine(loaded: gwconfig.LoadedConfig, policies: PolicySet) -> PolicyEngine:
@@ -139,32 +131,57 @@ def _engine(loaded: gwconfig.LoadedConfig, policies: PolicySet) -> PolicyEngine:
     )
 
 
-async def _decide(engine: PolicyEngine, input: dict[str, Any]) -> Decision:
+async def _decide(chain: Chain, engine: PolicyEngine, facts: RequestFacts) -> Verdict:
+    """The verdict of the chain of steps ``gateway run`` uses (gateway.pipeline.Chain)."""
     await engine.start()
     try:
-        return await engine.decide(input)
+        return await chain.decide(facts)
     finally:
         await engine.close()
 
 
 def _report(
     fmt: str,
-    request: dict[str, Any],
-    input: dict[str, Any] | None,
-    decision: Decision | None,
-    rejected: dict[str, Any] | None,
+    facts: RequestFacts,
+    verdict: Verdict,
     revision: str,
     config: gwconfig.GatewayConfig,
 ) -> None:
+    input, decision, refusal = verdict.input, verdict.decision, verdict.refusal
+    # A refusal before the policy was asked (canonical form, limits) never reaches the engine.
+    rejected = None
+    if refusal is not None and decision is None:
+        rejected = {
+            "code": refusal.code,
+            "status": refusal.status,
+            "stage": refusal.stage,
+            "message": refusal.detail,
+        }
+    # Header names only: values may be credentials, and no command prints a credential.
+    forwarded = [name for name, _ in verdict.headers]
     if fmt == "json":
         print(
             json.dumps(
                 {
-                    "request": request,
+                    "request": {
+                        "method": facts.method,
+                        "target": facts.selector,
+                        "path": facts.request_target,
+                        "websocket": facts.websocket,
+                    },
                     "rejected": rejected,
                     "canonical": input,
                     "decision": decision.as_dict() if decision else None,
-                    "allowed": bool(decision and decision.allow),
+                    "allowed": verdict.allowed,
+                    "verdict": {
+                        "result": verdict.result,
+                        "status": refusal.status if refusal else None,
+                        "reason": refusal.code if refusal else None,
+                        "reasons": verdict.reasons,
+                        "stage": verdict.stage,
+                        "forwarded": verdict.forwarded,
+                    },
+                    "headers": {"forwarded": forwarded, "dropped": list(verdict.dropped)},
                     "revision": revision,
                     "engine": config.policy.engine,
                     "mode": config.policy.mode,
@@ -173,15 +190,16 @@ def _report(
             )
         )
         return
-    line = f"{request['method']} {request['target']} {request['path']}"
-    print(f"request:   {line}{' (websocket)' if request['websocket'] else ''}")
+    line = f"{facts.method} {facts.selector} {facts.request_target}"
+    print(f"request:   {line}{' (websocket)' if facts.websocket else ''}")
     if rejected is not None:
-        print(f"canonical: rejected before policy: {rejected['code']} - {rejected['message']}")
+        where = "rejected before policy"
+        print(f"canonical: {where}: {rejected['code']} - {rejected['message']}")
         print(f"decision:  DENY (HTTP {rejected['status']}, never reaches the policy)")
         print(f"revision:  {revision}")
         return
-    assert input is not None
-    assert decision is not None
+    if input is None or decision is None:
+        return
     query = f"?{input['query']}" if input["query"] is not None else ""
     segments = json.dumps(input["path_segments"])
     print(f"canonical: {input['method']} {input['path']}{query} -> target {input['target']}")
@@ -190,17 +208,22 @@ def _report(
         f"signed {_yes(input['signature']['verified'])}, "
         f"headers {', '.join(input['header_names']) or '(none)'}"
     )
-    if decision.allow:
+    if verdict.allowed:
         granted = f"operation {decision.operation!r}" if decision.operation else "stream target"
         print(f"decision:  ALLOW by {granted} of target {decision.target!r}")
     else:
-        forwarded = " (monitor mode: logged as would-deny, forwarded anyway)"
-        print(f"decision:  DENY (HTTP {decision.status}){forwarded if decision.monitor else ''}")
+        status = refusal.status if refusal else decision.status
+        forwarded_anyway = " (monitor mode: logged as would-deny, forwarded anyway)"
+        print(f"decision:  DENY (HTTP {status}){forwarded_anyway if verdict.monitor else ''}")
         if decision.operation:
             print(f"           operation {decision.operation!r} matched, but a veto applies")
-        for reason in decision.reasons:
+        for reason in verdict.reasons:
             text = REASON_TEXT.get(reason, "denied by an extension module")
             print(f"reason:    {reason} - {text}")
+    if (verdict.forwarded and not facts.websocket) or verdict.headers:
+        print(f"forwards:  {', '.join(forwarded) or '(none)'}")
+    if verdict.dropped:
+        print(f"drops:     {', '.join(verdict.dropped)}")
     print(f"revision:  {decision.revision}")
     print(f"engine:    {config.policy.engine}, {decision.latency * 1e6:.0f} us")
 
