@@ -433,6 +433,8 @@ class Agent:
                 request_timeout=min(config.limits.request_timeout_seconds + 2, 55.0),
                 shutdown_grace=self.options.shutdown_grace,
                 allow_insecure_dev_endpoint=endpoint.startswith("ws://"),
+                relay_domain=config.relay.rendezvous_domain,
+                rendezvous_endpoint=config.relay.rendezvous_endpoint,
                 proxy=self._proxy_settings,
             ),
             token_provider=tokens,

@@ -104,6 +104,24 @@ class RelaySection(_Model):
     ping_interval_seconds: Seconds = Field(
         default=30, description="WebSocket ping interval for half-open detection."
     )
+    rendezvous_domain: str | None = Field(
+        default=None,
+        pattern=r"^\.?[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+$",
+        description=(
+            "DNS domain the relay's rendezvous hosts must be in (wss, port 443). Default: the "
+            "parent domain of the namespace EmpowerID hands out, for example "
+            "servicebus.usgovcloudapi.net for contoso.servicebus.usgovcloudapi.net."
+        ),
+    )
+    rendezvous_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^(?:wss|ws)://[^/?#@\s]+/?$",
+        description=(
+            "For a local relay emulator that hands out rendezvous addresses on another host "
+            "than its endpoint: that exact scheme://host:port is trusted too. Needs endpoint; "
+            "ws:// on loopback only."
+        ),
+    )
 
 
 class ProxySection(_Model):

@@ -110,16 +110,25 @@ def _check_sections(config: GatewayConfig, doc: Located) -> Iterator[Problem]:
             code="conflicting_settings",
             hint="a read timeout is at most the request timeout",
         )
-    endpoint = config.relay.endpoint
-    if endpoint and endpoint.startswith("ws://"):
-        host = endpoint[len("ws://") :].rstrip("/").rsplit(":", 1)[0].strip("[]")
-        if host != "localhost" and not _is_loopback(host):
-            yield doc.problem(
-                ("relay", "endpoint"),
-                "an unencrypted ws:// relay endpoint is accepted only on loopback",
-                code="insecure_endpoint",
-                hint="use wss:// for any relay that is not on this machine",
-            )
+    for key in ("endpoint", "rendezvous_endpoint"):
+        endpoint = getattr(config.relay, key)
+        if endpoint and endpoint.startswith("ws://"):
+            host = endpoint[len("ws://") :].rstrip("/").rsplit(":", 1)[0].strip("[]")
+            if host != "localhost" and not _is_loopback(host):
+                yield doc.problem(
+                    ("relay", key),
+                    f"an unencrypted ws:// relay {key.replace('_', ' ')} is accepted only on "
+                    "loopback",
+                    code="insecure_endpoint",
+                    hint="use wss:// for any relay that is not on this machine",
+                )
+    if config.relay.rendezvous_endpoint and not config.relay.endpoint:
+        yield doc.problem(
+            ("relay", "rendezvous_endpoint"),
+            "rendezvous_endpoint is for a local relay and needs relay.endpoint",
+            code="conflicting_settings",
+            hint="set relay.endpoint to the local relay, or remove rendezvous_endpoint",
+        )
     policy = config.policy
     if policy.engine == "opa" and policy.opa_url is None:
         yield doc.problem(

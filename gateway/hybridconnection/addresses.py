@@ -5,8 +5,13 @@ URL shapes are in protocol notes section 1: the control channel and WebSocket se
 senders ``https://{host}/{path}`` without ``$hc``. Rendezvous addresses arrive in ``accept`` and
 ``request`` messages; the listener dials them verbatim and sends no credential there (section
 2.3), so a hostile or broken relay could point it anywhere. :class:`RendezvousPolicy` refuses every
-address that is not ``wss://`` on the relay service's domain or exactly the configured local
-development endpoint (catalogue item 24).
+address that is not ``wss://`` on the relay service's domain or exactly a configured local
+development endpoint (catalogue item 24), and every address that is not for this Hybrid Connection
+and for the very ``accept``/``request`` that carried it (its ``sb-hc-id`` is the command's ``id``).
+The service's domain follows the namespace: rendezvous hosts are shared service nodes next to the
+namespace host (``g63-prod-...-sb.servicebus.windows.net`` for ``contoso.servicebus.windows.net``,
+section 1), so the domain is the namespace's parent, ``servicebus.`` plus the cloud's suffix
+(:func:`relay_domain_for`), which makes sovereign clouds work without configuration.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from gateway.hybridconnection.errors import BadRendezvousAddressError
 
@@ -28,6 +33,8 @@ _HOSTNAME = re.compile(
     r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
 )
 _FORBIDDEN: Final = re.compile(r"[ \\@#]")
+# host[:port] with a canonical port: no empty port, no leading zero (parsers disagree on both).
+_NETLOC: Final = re.compile(r"(?:\[[0-9a-fA-F:.]+\]|[^:\[\]]+)(?::[1-9][0-9]{0,4})?")
 _RENDEZVOUS_ACTIONS: Final = frozenset({"sb-hc-action=accept", "sb-hc-action=request"})
 
 
@@ -144,29 +151,64 @@ def _suffix(suffix: str) -> str:
     return "/" + quote(suffix.lstrip("/"), safe="/")
 
 
+def relay_domain_for(namespace_host: str) -> str | None:
+    """The DNS suffix rendezvous hosts of ``namespace_host`` live in, or ``None`` if unknown.
+
+    Every Azure cloud names relay namespaces ``{name}.servicebus.{cloud suffix}``
+    (``servicebus.windows.net``, ``servicebus.usgovcloudapi.net``,
+    ``servicebus.chinacloudapi.cn``, ``servicebus.cloudapi.de``) and hands out rendezvous
+    addresses on other hosts of that same domain (section 1). Anything not of that shape has no
+    derivable domain: configure one, or only the endpoint itself is trusted.
+    """
+    host = namespace_host.strip().lower()
+    name, _, parent = host.partition(".")
+    labels = parent.split(".")
+    if not name or len(labels) < 3 or labels[0] != "servicebus":
+        return None
+    if _HOSTNAME.fullmatch(host) is None:
+        return None
+    return "." + parent
+
+
 @dataclass(frozen=True, slots=True)
 class RendezvousPolicy:
     """Which rendezvous addresses the listener may dial (catalogue item 24).
 
     Allowed: ``wss://`` to a host strictly inside ``domain_suffix`` on port 443 (the service
-    always uses it, section 1), or - only when configured - exactly ``dev_endpoint``'s scheme, host
-    and port (for example ``ws://127.0.0.1:8765``). In both cases the path must be ``/$hc/`` plus
-    ``entity_path`` (when set; compared case-insensitively) and the query must carry
-    ``sb-hc-action=accept`` or ``sb-hc-action=request``. The address itself is never echoed in
-    errors: it is a bearer credential.
+    always uses it, section 1), or - only when configured - exactly the scheme, host and port of
+    ``dev_endpoint`` or of one of ``extra_endpoints`` (for example ``ws://127.0.0.1:8765``). In
+    every case the path must be ``/$hc/`` plus ``entity_path`` (when set; compared
+    case-insensitively), the query must carry ``sb-hc-action=accept`` or ``sb-hc-action=request``
+    and exactly one non-empty ``sb-hc-id``, equal to the command's ``id`` when it has one.
+    ``domain_suffix=None`` trusts no domain at all. The address itself is never echoed in errors:
+    it is a bearer credential.
     """
 
-    domain_suffix: str = DEFAULT_RELAY_DOMAIN
+    domain_suffix: str | None = DEFAULT_RELAY_DOMAIN
     dev_endpoint: RelayEndpoint | None = None
     entity_path: str | None = None
+    extra_endpoints: tuple[RelayEndpoint, ...] = ()
 
     def __post_init__(self) -> None:
-        # Without the leading dot "evilservicebus.windows.net" would match.
-        if not self.domain_suffix.startswith(".") or len(self.domain_suffix) < 3:
-            raise ValueError("domain_suffix must start with '.', e.g. '.servicebus.windows.net'")
+        # Without the leading dot "evilservicebus.windows.net" would match; a single-label
+        # suffix (".net") would trust a whole top-level domain.
+        suffix = self.domain_suffix
+        if suffix is not None and (
+            not suffix.startswith(".")
+            or suffix.count(".") < 2
+            or _HOSTNAME.fullmatch(suffix[1:].lower()) is None
+        ):
+            raise ValueError(
+                "domain_suffix must start with '.' and name a domain of at least two labels, "
+                "e.g. '.servicebus.windows.net'"
+            )
 
-    def check(self, address: str) -> str:
-        """Return ``address`` if it may be dialled; else raise BadRendezvousAddressError."""
+    def check(self, address: str, command_id: str | None = None) -> str:
+        """Return ``address`` if it may be dialled; else raise BadRendezvousAddressError.
+
+        ``command_id`` is the ``id`` of the ``accept``/``request`` that carried the address: an
+        address naming another interaction (its ``sb-hc-id``) is refused.
+        """
         if not isinstance(address, str) or len(address) > MAX_ADDRESS_LENGTH:
             raise BadRendezvousAddressError("rendezvous address missing or too long")
         # urlsplit silently drops tabs and newlines and treats '\' inconsistently across parsers;
@@ -181,8 +223,16 @@ class RendezvousPolicy:
         problem = _judge_head(self, head)
         if problem is not None:
             raise BadRendezvousAddressError(problem)
-        if not _RENDEZVOUS_ACTIONS.intersection(query.split("&")):
+        pieces = query.split("&")
+        if not _RENDEZVOUS_ACTIONS.intersection(pieces):
             raise BadRendezvousAddressError("rendezvous address lacks an accept/request action")
+        ids = [
+            unquote(piece[len("sb-hc-id=") :]) for piece in pieces if piece.startswith("sb-hc-id=")
+        ]
+        if len(ids) != 1 or not ids[0]:
+            raise BadRendezvousAddressError("rendezvous address lacks exactly one sb-hc-id")
+        if command_id is not None and ids[0] != command_id:
+            raise BadRendezvousAddressError("rendezvous address is for another interaction")
         return address
 
     def judge_head(self, head: str) -> str | None:
@@ -192,6 +242,8 @@ class RendezvousPolicy:
             port = parts.port
         except ValueError:
             return "rendezvous address is not a valid URL"
+        if _NETLOC.fullmatch(parts.netloc) is None:
+            return "rendezvous address has a malformed host or port"
         scheme = parts.scheme.lower()
         host = parts.hostname or ""
         if not self._trusted_origin(scheme, host, port):
@@ -201,9 +253,16 @@ class RendezvousPolicy:
         return None
 
     def _trusted_origin(self, scheme: str, host: str, port: int | None) -> bool:
-        dev = self.dev_endpoint
-        if dev is not None and scheme == dev.scheme and host == dev.host.lower():
-            return (port or _DEFAULT_PORTS[scheme]) == dev.port
+        for dev in (self.dev_endpoint, *self.extra_endpoints):
+            if (
+                dev is not None
+                and scheme == dev.scheme
+                and host == dev.host.lower()
+                and (port or _DEFAULT_PORTS[scheme]) == dev.port
+            ):
+                return True
+        if self.domain_suffix is None:
+            return False
         suffix = self.domain_suffix.lower()
         return (
             scheme == "wss"

@@ -208,7 +208,9 @@ class MalformedRequestReceived:
     Reported after the request's body (when ``"body": true``) has been read and dropped, so the
     socket is in step again. The response goes back where the request came from: on the control
     channel (it is small, section 5.3) or on the rendezvous socket it arrived on (section 3.2).
-    ``error.field_error`` says what was wrong; its message holds no field value.
+    ``error.field_error`` says what was wrong; its message holds no field value. When it is a
+    :class:`BadRendezvousAddressError` the request itself was sound but its rendezvous address
+    failed the address check: answer it 502 on the control channel and never dial the address.
     """
 
     request_id: str
@@ -450,11 +452,13 @@ class _Channel(abc.ABC):
 class ListenerChannel(_Channel):
     """One socket as the LISTENER sees it: a control channel or a rendezvous socket.
 
-    ``check_address`` validates every rendezvous address before it is reported (normally
-    :meth:`gateway.hybridconnection.addresses.RendezvousPolicy.check`); it raises
-    :class:`BadRendezvousAddressError` for an address the listener must not dial (catalogue
-    item 24).
-    Such a command is reported as a non-fatal violation and never as an accept/request event.
+    ``check_address(address, command_id)`` validates every rendezvous address before it is
+    reported (normally :meth:`gateway.hybridconnection.addresses.RendezvousPolicy.check`); it
+    raises :class:`BadRendezvousAddressError` for an address the listener must not dial
+    (catalogue item 24). An ``accept`` or rendezvous-only ``request`` with such an address is
+    reported as a non-fatal violation and never as an event; a full ``request`` (which arrived
+    whole on this channel) as :class:`MalformedRequestReceived` whose ``error.field_error`` is the
+    address error, so the listener can answer it on the channel without dialling.
     ``clock`` times the violation budget (``ChannelLimits.max_violations``).
     """
 
@@ -462,7 +466,7 @@ class ListenerChannel(_Channel):
         self,
         kind: SocketKind,
         *,
-        check_address: Callable[[str], object],
+        check_address: Callable[[str, str | None], object],
         limits: ChannelLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -486,9 +490,9 @@ class ListenerChannel(_Channel):
                 command = dataclasses.replace(command, address=None)
             return self._await_body(command)
         if isinstance(command, AcceptCommand) and on_control:
-            return self._checked(command.address, [AcceptReceived(command)])
+            return self._checked(command.address, command.id, [AcceptReceived(command)])
         if isinstance(command, RendezvousRequestCommand) and on_control:
-            return self._checked(command.address, [RendezvousRequested(command)])
+            return self._checked(command.address, command.id, [RendezvousRequested(command)])
         name = type(command).__name__
         error = UnexpectedCommandError(
             f"{name} is not valid from the relay on a {self.kind.value} socket"
@@ -506,11 +510,19 @@ class ListenerChannel(_Channel):
         event = RequestReceived(command=command, body=body)
         if command.address is None:
             return [event]
-        return self._checked(command.address, [event])
-
-    def _checked(self, address: str, events: list[Event]) -> list[Event]:
         try:
-            self._check_address(address)
+            self._check_address(command.address, command.id)
+        except ProtocolError as error:
+            # The request itself came over the authenticated control channel and is small: it
+            # is answered right here (502, see MalformedRequestReceived) instead of being left
+            # to the relay's 504. Only its address is never used.
+            refused = MalformedRequestError(error, request_id=command.id, body=False)
+            return [MalformedRequestReceived(request_id=command.id, error=refused)]
+        return [event]
+
+    def _checked(self, address: str, command_id: str | None, events: list[Event]) -> list[Event]:
+        try:
+            self._check_address(address, command_id)
         except ProtocolError as error:
             return [ProtocolViolation(error=error, fatal=False)]
         return events

@@ -70,6 +70,7 @@ import orjson
 from aiohttp import WSCloseCode
 
 from gateway.hybridconnection.addresses import hc_path, listen_url, reject_url
+from gateway.hybridconnection.errors import BadRendezvousAddressError
 from gateway.hybridconnection.framing import (
     CONTROL_CHANNEL_BODY_LIMIT,
     AcceptReceived,
@@ -338,12 +339,24 @@ _BUSY: Final = (RelayedResponse(503, "Service Unavailable"), "overloaded")
 
 
 def _malformed(event: MalformedRequestReceived) -> tuple[RelayedResponse, str]:
-    """The 400 for a malformed request, shaped like the pipeline's refusals (JSON + reason)."""
-    body = orjson.dumps(
-        {"error": "malformed_request", "detail": str(event.error), "request_id": event.request_id}
-    )
-    headers = (("content-type", "application/json"), ("x-gateway-reason", "malformed_request"))
-    return RelayedResponse(400, "Bad Request", headers, body), "malformed_request"
+    """The answer to a request refused by the listener, shaped like the pipeline's refusals.
+
+    400 ``malformed_request`` for a defective request; 502 ``bad_rendezvous_address`` for a
+    sound one whose rendezvous address failed the address check (the relay, not the SaaS, is at
+    fault: RFC 9110 section 15.6.3).
+    """
+    if isinstance(event.error.field_error, BadRendezvousAddressError):
+        status, code = 502, "bad_rendezvous_address"
+    else:
+        status, code = 400, "malformed_request"
+    return _refusal(status, code, str(event.error), event.request_id), code
+
+
+def _refusal(status: int, code: str, detail: str, request_id: str) -> RelayedResponse:
+    """A small JSON refusal with ``x-gateway-reason`` (it always fits the control channel)."""
+    body = orjson.dumps({"error": code, "detail": detail, "request_id": request_id})
+    headers = (("content-type", "application/json"), ("x-gateway-reason", code))
+    return RelayedResponse(status, "", headers, body)
 
 
 def _response_headers(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
@@ -628,12 +641,32 @@ class RelayListener:
                     self._dispatch(event, socket)
 
     def _count_malformed(self, event: MalformedRequestReceived) -> None:
+        field_error = event.error.field_error
+        if isinstance(field_error, BadRendezvousAddressError):
+            self.metrics.protocol_errors[field_error.code] += 1
+            log.warning(
+                "bad_rendezvous_address request_id=%s: %s (not dialled; answered 502 on the "
+                "control channel). If the relay is in another cloud, set relay.rendezvous_domain",
+                event.request_id,
+                field_error,
+                extra={
+                    "event": "bad_rendezvous_address",
+                    "request_id": event.request_id,
+                    "problem": str(field_error),
+                },
+            )
+            return
         self.metrics.protocol_errors[event.error.code] += 1
         log.warning(
             "malformed_request request_id=%s field_error=%s: %s",
             event.request_id,
-            event.error.field_error.code,
+            field_error.code,
             event.error,
+            extra={
+                "event": "malformed_request",
+                "request_id": event.request_id,
+                "field_error": field_error.code,
+            },
         )
 
     async def _answer_inline(

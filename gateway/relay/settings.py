@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from gateway.hybridconnection.addresses import (
-    DEFAULT_RELAY_DOMAIN,
     RelayEndpoint,
     RendezvousPolicy,
     hc_path,
+    relay_domain_for,
 )
 from gateway.hybridconnection.framing import (
     CONTROL_CHANNEL_BODY_LIMIT,
@@ -66,9 +66,15 @@ class ListenerSettings:
     any ``violation_window`` seconds; one more drops and reconnects it. Defects that break the
     framing (bad JSON, wrong frame types) drop it at once.
     ``proxy``: outbound proxy (:mod:`gateway.outbound.proxy`).
-    ``relay_domain``: the DNS suffix rendezvous addresses must be in (``.servicebus.windows.net``).
-    ``allow_insecure_dev_endpoint``: permit a ``ws://`` endpoint; rendezvous addresses may then
-    use exactly that scheme, host and port and nothing else plain-text.
+    ``relay_domain``: the DNS suffix rendezvous addresses must be in; ``None`` (the default)
+    derives it from the endpoint's host, the namespace EmpowerID hands out
+    (``contoso.servicebus.usgovcloudapi.net`` gives ``.servicebus.usgovcloudapi.net``, see
+    :func:`gateway.hybridconnection.addresses.relay_domain_for`).
+    ``rendezvous_endpoint``: one more exact origin (``scheme://host:port``) rendezvous addresses
+    may use, for a local relay emulator that hands them out on another host than its namespace.
+    ``allow_insecure_dev_endpoint``: permit a ``ws://`` endpoint (and ``rendezvous_endpoint``);
+    rendezvous addresses may then use exactly those schemes, hosts and ports and nothing else
+    plain-text.
     """
 
     endpoint: str
@@ -90,7 +96,8 @@ class ListenerSettings:
     max_protocol_violations: int = DEFAULT_MAX_VIOLATIONS
     violation_window: float = DEFAULT_VIOLATION_WINDOW
     proxy: ProxySettings = field(default_factory=ProxySettings)
-    relay_domain: str = DEFAULT_RELAY_DOMAIN
+    relay_domain: str | None = None
+    rendezvous_endpoint: str | None = None
     allow_insecure_dev_endpoint: bool = False
 
     def __post_init__(self) -> None:
@@ -98,6 +105,9 @@ class ListenerSettings:
         relay = self.relay_endpoint  # raises ValueError when malformed
         if relay.scheme == "ws" and not self.allow_insecure_dev_endpoint:
             raise ValueError("a ws:// relay endpoint needs allow_insecure_dev_endpoint")
+        for extra in self._extra_endpoints():
+            if extra.scheme == "ws" and not self.allow_insecure_dev_endpoint:
+                raise ValueError("a ws:// rendezvous endpoint needs allow_insecure_dev_endpoint")
         hc_path(self.hc_path)
         if not 1 <= self.connections <= MAX_LISTENERS_PER_HC:
             raise ValueError(f"connections must be 1-{MAX_LISTENERS_PER_HC}")
@@ -145,14 +155,26 @@ class ListenerSettings:
     def rendezvous_policy(self) -> RendezvousPolicy:
         """Which rendezvous addresses may be dialled (catalogue item 24).
 
-        ``wss://`` inside ``relay_domain`` always; the configured endpoint itself in addition when
-        it lies outside that domain (a local emulator), scheme, host and port exactly.
+        ``wss://`` inside ``relay_domain`` (or the domain derived from the endpoint) always; the
+        configured endpoint itself in addition when it lies outside that domain (a local
+        emulator), and ``rendezvous_endpoint``, each by scheme, host and port exactly.
         """
         relay = self.relay_endpoint
         host = relay.host.lower()
-        inside = host.endswith(self.relay_domain.lower())
+        domain = self.relay_domain
+        if domain is None:
+            domain = relay_domain_for(host)
+        elif not domain.startswith("."):
+            domain = "." + domain
+        inside = domain is not None and host.endswith(domain.lower())
         return RendezvousPolicy(
-            domain_suffix=self.relay_domain,
+            domain_suffix=domain,
             dev_endpoint=None if inside else relay,
             entity_path=self.hc_path,
+            extra_endpoints=self._extra_endpoints(),
         )
+
+    def _extra_endpoints(self) -> tuple[RelayEndpoint, ...]:
+        if self.rendezvous_endpoint is None:
+            return ()
+        return (RelayEndpoint.parse(self.rendezvous_endpoint.strip()),)

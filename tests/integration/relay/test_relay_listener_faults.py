@@ -244,10 +244,14 @@ async def test_bad_rendezvous_address_is_never_dialled(
         rendezvous_only = {"request": {"address": hostile.replace("accept", "request")}}
         await control.send_str(json.dumps(rendezvous_only))
         await wait_until(lambda: listener.metrics.protocol_errors["bad_rendezvous_address"] == 3)
+        # The full request came whole over the control channel: answered there, 502, with why.
+        answer = json.loads(await scripted.next_message())["response"]
+        assert (answer["requestId"], answer["statusCode"]) == ("r1", 502)
+        assert answer["responseHeaders"]["x-gateway-reason"] == "bad_rendezvous_address"
         await asyncio.sleep(0.2)
         assert scripted.listens == 1
     assert connection_recorder.connections == []
-    assert listener.metrics.requests.total() == 0
+    assert listener.metrics.requests == {"bad_rendezvous_address": 1}
     assert "bad_rendezvous_address" in caplog.text
     assert str(connection_recorder.port) not in caplog.text
 

@@ -422,6 +422,20 @@ def test_insecure_relay_endpoint_only_on_loopback(write_config: WriteConfig) -> 
     assert only_problem(write_config(bad)).code == "insecure_endpoint"
 
 
+def test_rendezvous_settings_of_the_relay(write_config: WriteConfig) -> None:
+    dev = "relay:\n  endpoint: ws://127.0.0.1:9400\n  rendezvous_endpoint: ws://127.0.0.2:9401\n"
+    load(write_config(BASE.replace("policy:\n", dev + "policy:\n")), env=NO_ENV)
+    remote = dev.replace("127.0.0.2", "relay.example")
+    problem = only_problem(write_config(BASE.replace("policy:\n", remote + "policy:\n")))
+    assert (problem.code, problem.path) == ("insecure_endpoint", "relay.rendezvous_endpoint")
+    alone = "relay:\n  rendezvous_endpoint: wss://127.0.0.2:9401\n"
+    problem = only_problem(write_config(BASE.replace("policy:\n", alone + "policy:\n")))
+    assert problem.code == "conflicting_settings"
+    cloud = "relay:\n  rendezvous_domain: servicebus.usgovcloudapi.net\n"
+    loaded = load(write_config(BASE.replace("policy:\n", cloud + "policy:\n")), env=NO_ENV)
+    assert loaded.config.relay.rendezvous_domain == "servicebus.usgovcloudapi.net"
+
+
 # --- secrets ------------------------------------------------------------------------------------
 
 PROXY = """\

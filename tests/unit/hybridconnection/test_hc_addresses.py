@@ -67,7 +67,7 @@ def test_reject_url_appends_status() -> None:
 GOOD = [
     "wss://g63-prod-xxx-001-sb.servicebus.windows.net:443/$hc/hyco?sb-hc-action=accept&sb-hc-id=1",
     "wss://dc-node.servicebus.windows.net/$hc/hyco?sb-hc-action=request&sb-hc-id=2",
-    "wss://dc-node.servicebus.windows.net/$hc/HYCO/suffix?x=1&sb-hc-action=accept",
+    "wss://dc-node.servicebus.windows.net/$hc/HYCO/suffix?x=1&sb-hc-action=accept&sb-hc-id=3",
 ]
 BAD = [
     "wss://evil.example/$hc/hyco?sb-hc-action=accept",

@@ -42,7 +42,7 @@ from gateway.hybridconnection.framing import (
 )
 from gateway.hybridconnection.messages import RequestCommand, ResponseCommand
 
-GOOD = "wss://g1-node.servicebus.windows.net:443/$hc/hyco?sb-hc-action=request&sb-hc-id=1"
+GOOD = "wss://g1-node.servicebus.windows.net:443/$hc/hyco?sb-hc-action=request&sb-hc-id=r1"
 POLICY = RendezvousPolicy(entity_path="hyco")
 
 
@@ -208,7 +208,7 @@ def test_accept_with_foreign_address_is_refused_without_an_accept_event() -> Non
 
 def test_accept_with_good_address_is_reported() -> None:
     address = GOOD.replace("request", "accept")
-    text = json.dumps({"accept": {"address": address, "id": "a", "connectHeaders": {}}})
+    text = json.dumps({"accept": {"address": address, "id": "r1", "connectHeaders": {}}})
     [event] = control().receive_message(text)
     assert isinstance(event, AcceptReceived)
 
@@ -216,16 +216,18 @@ def test_accept_with_good_address_is_reported() -> None:
 def test_request_with_foreign_address_consumes_its_body_then_is_refused() -> None:
     channel = control()
     assert channel.receive_message(request_json(True, address="ws://10.0.0.1/$hc/hyco")) == []
-    violation = only_violation(channel.receive_message(b"body"))
-    assert isinstance(violation.error, BadRendezvousAddressError)
-    assert not violation.fatal
+    # Answerable where it arrived (502 by the listener), but its address is never reported.
+    [refused] = channel.receive_message(b"body")
+    assert isinstance(refused, MalformedRequestReceived)
+    assert refused.request_id == "r1"
+    assert isinstance(refused.error.field_error, BadRendezvousAddressError)
     # Framing stayed in sync: the next request is read normally.
     [event] = channel.receive_message(request_json(False))
     assert isinstance(event, RequestReceived)
 
 
 def test_rendezvous_only_request_asks_for_a_connection() -> None:
-    text = json.dumps({"request": {"address": GOOD, "id": "r9"}})
+    text = json.dumps({"request": {"address": GOOD, "id": "r1"}})
     [event] = control().receive_message(text)
     assert isinstance(event, RendezvousRequested)
     violation = only_violation(rendezvous().receive_message(text))
@@ -233,7 +235,7 @@ def test_rendezvous_only_request_asks_for_a_connection() -> None:
 
 
 def test_dev_endpoint_is_honoured_only_when_configured() -> None:
-    address = "ws://127.0.0.1:9000/$hc/hyco?sb-hc-action=request&sb-hc-id=1"
+    address = "ws://127.0.0.1:9000/$hc/hyco?sb-hc-action=request&sb-hc-id=r9"
     text = json.dumps({"request": {"address": address, "id": "r9"}})
     refused = only_violation(control().receive_message(text)).error
     assert isinstance(refused, BadRendezvousAddressError)

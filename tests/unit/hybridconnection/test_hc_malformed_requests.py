@@ -62,7 +62,7 @@ def channel(
 
 def request(request_id: str = "r1", *, body: bool = False, **fields: Any) -> str:
     payload: dict[str, Any] = {
-        "address": GOOD,
+        "address": GOOD.replace("sb-hc-id=1", f"sb-hc-id={request_id}"),
         "id": request_id,
         "requestTarget": "/hyco/x",
         "method": "POST",
