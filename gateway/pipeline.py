@@ -39,7 +39,7 @@ from gateway.auth import BadSignatureLimiter, SignatureError, SignatureVerifier
 from gateway.config import LoadedConfig
 from gateway.config.model import GatewayConfig, Operation
 from gateway.forward.canonical import CanonicalRequest, canonicalise
-from gateway.forward.dial import DialError, Redirect, Resolver, system_resolver
+from gateway.forward.dial import DialError, Guard, Redirect, Resolver, system_resolver
 from gateway.forward.headers import outbound_headers
 from gateway.forward.rejections import RequestRejected
 from gateway.forward.streams import TcpEnd, UpstreamEnd, open_tcp, relay
@@ -124,6 +124,7 @@ class Runtime:
     websockets: WebSocketUpstream
     resolver: Resolver = system_resolver
     redirect: Redirect | None = None
+    guard: Guard | None = None
     chain: Chain = field(init=False, repr=False, compare=False)
     """The steps that decide every request of this revision (:class:`Chain`)."""
 
@@ -144,11 +145,13 @@ class Runtime:
         *,
         resolver: Resolver = system_resolver,
         redirect: Redirect | None = None,
+        guard: Guard | None = None,
     ) -> Runtime:
         """The revision for ``loaded``: both connection pools share the same dial seams."""
         pools: dict[str, Any] = {
             "resolver": resolver,
             "redirect": redirect,
+            "guard": guard,
             "resolve_path": loaded.resolve_path,
         }
         return cls(
@@ -158,6 +161,7 @@ class Runtime:
             websockets=WebSocketUpstream(loaded.config, **pools),
             resolver=resolver,
             redirect=redirect,
+            guard=guard,
         )
 
     async def close(self) -> None:
@@ -796,6 +800,7 @@ class Pipeline:
                         resolver=runtime.resolver,
                         connect_timeout=deadline,
                         redirect=runtime.redirect,
+                        guard=runtime.guard,
                     )
             except DialError as exc:
                 raise Refusal(exc.status, exc.code, str(exc), "forward") from None

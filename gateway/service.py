@@ -40,7 +40,7 @@ from gateway.auth.errors import SignatureError
 from gateway.auth.keys import KeySetError
 from gateway.config import LoadedConfig, load
 from gateway.errors import ConfigError, GatewayError
-from gateway.forward.dial import Redirect, Resolver, system_resolver
+from gateway.forward.dial import Guard, Redirect, Resolver, system_resolver
 from gateway.gitops.signing import verify_signed_config
 from gateway.identity import (
     CertificateRenewer,
@@ -201,12 +201,13 @@ class StartError(GatewayError):
 
 @dataclass
 class AgentOptions:
-    """How to build the agent. The seams (resolver, redirect) exist for tests and the demo."""
+    """How to build the agent. The dial seams (resolver, redirect, guard) are for tests and demo."""
 
     config_path: str
     env: Mapping[str, str] | None = None
     resolver: Resolver = system_resolver
     redirect: Redirect | None = None
+    guard: Guard | None = None
     heartbeat_interval: float = 60.0
     key_refresh_interval: float = 900.0
     reload_poll_interval: float = 2.0
@@ -298,7 +299,11 @@ class Agent:
         factory = self.options.engine_factory or default_engine
         engine = await factory(loaded)
         return Runtime.build(
-            loaded, engine, resolver=self.options.resolver, redirect=self.options.redirect
+            loaded,
+            engine,
+            resolver=self.options.resolver,
+            redirect=self.options.redirect,
+            guard=self.options.guard,
         )
 
     def _passphrase(self, loaded: LoadedConfig) -> bytes | None:

@@ -1,12 +1,18 @@
-"""The dial step: the only place that turns a target's host name into an address to connect to.
+"""The dial step: the only place that turns a target into an address and a socket.
 
 SSRF defence (catalogue section A, ARCHITECTURE rule 5): the host always comes from gateway.yaml,
-never from the request; it is resolved once, with a timeout; every resolved address is checked
-against the target's ``allowed_cidrs`` and the special ranges (loopback, link-local and metadata,
-...) unless the target explicitly allows them; the connection then goes to a checked address while
-TLS SNI and ``Host`` keep the configured name. Resolving again at connect time (which a plain HTTP
-client would do) would let a DNS answer change between check and use, so the checked addresses are
-handed to aiohttp through :class:`PinnedResolver`.
+never from the request; it is resolved once per connection, with a timeout (an IP literal is taken
+as written); every address is checked against the target's ``allowed_cidrs`` and the special
+ranges (loopback, link-local and metadata, ...) unless the target explicitly allows them; the
+connection then goes to a checked address while TLS SNI and ``Host`` keep the configured name.
+
+Structure, not convention: :class:`DialStep` is the socket factory of every outbound connection
+(HTTP and WebSocket through :meth:`DialStep.connector`, raw TCP through
+:meth:`DialStep.open_stream`), and it creates a socket only for an endpoint it issued after the
+check. The HTTP client is never given a target's real host: it is given a ``.invalid`` name only
+the dial step resolves. An HTTP client connects to an IP literal without asking its resolver, and
+resolving again at connect time would let a DNS answer change between check and use; neither can
+bypass a check that sits in the socket factory.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
+import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from gateway.config.model import Target
@@ -119,58 +127,192 @@ async def resolve_checked(
 
 
 Redirect = Callable[[IPAddress, int], tuple[str, int]]
+# Test seam: the last look at the exact endpoint a socket is about to be connected to (after any
+# redirect). It raises OSError to refuse. Production passes none; the security suite passes one
+# that refuses everything but loopback, so a connection that escaped the dial step fails loudly.
+Guard = Callable[[IPAddress, int], None]
+# What a socket factory is handed (the shape of one getaddrinfo() entry, as aiohttp passes it).
+AddrInfo = tuple[
+    int | socket.AddressFamily,
+    int | socket.SocketKind,
+    int,
+    str,
+    tuple[str, int] | tuple[str, int, int, int],
+]
+
+# Names the HTTP client is given instead of the targets' hosts (RFC 6761 section 6.4: ".invalid"
+# never resolves anywhere). Only :class:`DialStep` can turn one into an address, so a URL carrying
+# a real host name or, worse, an IP literal (which aiohttp connects to without asking any
+# resolver) cannot reach a socket.
+DIAL_DOMAIN = "dial.invalid"
+# The endpoints the dial step issued to the connection being made in this task, each good for
+# one socket. A context variable binds them to that flow: the client resolves and then connects
+# in the same task (or in tasks it starts from there, which inherit the context), so another
+# request, or a URL that skipped the resolver, finds none and is refused (fail closed).
+_ISSUED: ContextVar[frozenset[tuple[IPAddress, int]]] = ContextVar(
+    "gateway_dial_issued", default=frozenset()
+)
 
 
-class PinnedResolver(AbstractResolver):
-    """aiohttp resolver that only ever returns addresses checked for the target being dialled.
+class ConnectRefusedError(DialError, OSError):
+    """The dial step refused to create a socket for an endpoint it did not issue (or the guard
+    refused it). An OSError too, so connection libraries report it as a failed connect."""
 
-    ``targets`` maps ``(host, port)`` to the declared target; a lookup for anything else fails,
-    so even a bug elsewhere cannot make the client dial an undeclared host. ``redirect`` is the
-    test seam of catalogue section A: it receives the checked address and returns where to really
-    connect (a loopback fake target), so tests observe the decision without leaving loopback.
+
+def _endpoint(host: str, port: int) -> tuple[IPAddress, int]:
+    # IPv6 socket addresses may carry a zone ('%eth0'); the address itself is what was issued.
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]), int(port)
+    except ValueError:
+        raise ConnectRefusedError("connect_not_dialled", "the endpoint is not an address") from None
+
+
+class DialStep:
+    """The only source of outbound sockets for one connection pool (HTTP, WebSocket and TCP).
+
+    For each new connection it resolves the target's configured host (an IP literal is taken as
+    it is, a name goes to the resolver once, with a timeout), keeps the addresses inside the
+    target's ``allowed_cidrs`` (:func:`resolve_checked`), applies the ``redirect`` test seam and
+    issues those endpoints to the connection being made. :meth:`socket` is the socket factory
+    every connection is made with: it creates one socket per endpoint issued to that connection,
+    after the ``guard`` seam had its look, and nothing else. So the check runs at connect time,
+    for names and literals alike, and nothing in the forwarder can open a connection except
+    through here (catalogue A; ARCHITECTURE rule 5).
+
+    The HTTP client reaches it through :meth:`connector`: its resolver answers only for the
+    :meth:`dial_host` names of declared targets, and its socket factory is :meth:`socket`.
     """
 
     def __init__(
         self,
-        targets: Mapping[tuple[str, int], Target],
+        targets: Mapping[str, Target],
         *,
         resolver: Resolver = system_resolver,
         timeout: float = DEFAULT_RESOLVE_TIMEOUT,
         redirect: Redirect | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self._targets = dict(targets)
-        self._policies = {key: AddressPolicy.for_target(t) for key, t in self._targets.items()}
+        self._policies = {name: AddressPolicy.for_target(t) for name, t in self._targets.items()}
+        self._hosts = {name: f"t{index}.{DIAL_DOMAIN}" for index, name in enumerate(self._targets)}
+        self._names = {host: name for name, host in self._hosts.items()}
         self._resolver = resolver
         self._timeout = timeout
         self._redirect = redirect
+        self._guard = guard
+
+    def dial_host(self, name: str) -> str:
+        """The host to put in a client URL for target ``name`` (resolvable only here)."""
+        return self._hosts[name]
+
+    async def endpoints(self, name: str) -> list[tuple[str, int]]:
+        """Resolve and check target ``name`` now; the ``(host, port)`` endpoints to try, in order.
+
+        Raises :class:`DialError` (``dns_timeout``, ``dns_failure``,
+        ``resolved_address_not_allowed``).
+        """
+        target = self._targets[name]
+        addresses = await resolve_checked(
+            target, self._policies[name], self._resolver, self._timeout
+        )
+        port = target.effective_port
+        issued: list[tuple[IPAddress, int]] = []
+        for address in addresses:
+            host, connect_port = (
+                self._redirect(address, port) if self._redirect else (str(address), port)
+            )
+            issued.append(_endpoint(host, connect_port))
+        _ISSUED.set(frozenset(issued))
+        return [(str(address), connect_port) for address, connect_port in issued]
+
+    def socket(self, addr_info: AddrInfo) -> socket.socket:
+        """The socket factory: a new socket for an endpoint this step issued, else refuse."""
+        family, kind, proto, _name, sockaddr = addr_info
+        key = _endpoint(str(sockaddr[0]), int(sockaddr[1]))
+        issued = _ISSUED.get()
+        if key not in issued:
+            raise ConnectRefusedError(
+                "connect_not_dialled", f"{key[0]} port {key[1]} was not issued by the dial step"
+            )
+        _ISSUED.set(issued - {key})
+        if self._guard is not None:
+            try:
+                self._guard(*key)
+            except OSError as exc:
+                raise ConnectRefusedError("connect_refused_by_guard", str(exc)) from None
+        return socket.socket(family, kind, proto)
+
+    async def open_stream(
+        self, name: str, *, connect_timeout: float, limit: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A raw TCP connection to the first reachable checked endpoint of target ``name``.
+
+        Raises :class:`DialError` (``upstream_unreachable`` when no endpoint answered).
+        """
+        loop = asyncio.get_running_loop()
+        last_error = "no address"
+        for host, port in await self.endpoints(name):
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = self.socket((family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port)))
+            try:
+                sock.setblocking(False)
+                async with asyncio.timeout(connect_timeout):
+                    await loop.sock_connect(sock, (host, port))
+            except TimeoutError:
+                sock.close()
+                last_error = f"connect to {host} timed out"
+                continue
+            except OSError as exc:
+                sock.close()
+                last_error = f"connect to {host} failed: {exc.strerror or exc}"
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return await asyncio.open_connection(sock=sock, limit=limit)
+        raise DialError("upstream_unreachable", last_error)
+
+    def connector(self, *, limit: int, force_close: bool) -> aiohttp.TCPConnector:
+        """An aiohttp connector whose only way to a socket is this dial step."""
+        return aiohttp.TCPConnector(
+            resolver=_DialResolver(self),
+            use_dns_cache=False,
+            socket_factory=self.socket,
+            limit=limit,
+            force_close=force_close,
+            enable_cleanup_closed=not force_close,
+        )
+
+    def target_at(self, host: str, port: int) -> str:
+        """The target whose :meth:`dial_host` is ``host`` (and whose port is ``port``)."""
+        name = self._names.get(host.lower())
+        if name is None or port != self._targets[name].effective_port:
+            raise DialError("connect_not_dialled", f"{host}:{port} is not a declared target")
+        return name
+
+
+class _DialResolver(AbstractResolver):
+    """aiohttp's resolver interface onto :meth:`DialStep.endpoints` (dial-host names only)."""
+
+    def __init__(self, dial: DialStep) -> None:
+        self._dial = dial
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        """Checked addresses for a declared ``host:port``, in the order to try them."""
-        key = (host.lower(), port)
-        target = self._targets.get(key)
-        if target is None:
-            raise OSError(f"{host}:{port} is not a declared target")
-        addresses = await resolve_checked(
-            target, self._policies[key], self._resolver, self._timeout
-        )
-        results: list[ResolveResult] = []
-        for address in addresses:
-            connect_host, connect_port = (
-                self._redirect(address, port) if self._redirect else (str(address), port)
+        """Checked endpoints for a dial-host name, in the order to try them."""
+        endpoints = await self._dial.endpoints(self._dial.target_at(host, port))
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=connect_port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
             )
-            results.append(
-                ResolveResult(
-                    hostname=host,
-                    host=connect_host,
-                    port=connect_port,
-                    family=socket.AF_INET6 if ":" in connect_host else socket.AF_INET,
-                    proto=0,
-                    flags=socket.AI_NUMERICHOST,
-                )
-            )
-        return results
+            for address, connect_port in endpoints
+        ]
 
     async def close(self) -> None:
         """Nothing to release: resolution is delegated per call."""

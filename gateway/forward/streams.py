@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.config.model import Target
-from gateway.forward.dial import AddressPolicy, DialError, Redirect, Resolver, resolve_checked
+from gateway.forward.dial import DialStep, Guard, Redirect, Resolver
 from gateway.relay.handlers import StreamSocket
 
 log = logging.getLogger(__name__)
@@ -133,29 +133,18 @@ async def open_tcp(
     resolver: Resolver,
     connect_timeout: float,
     redirect: Redirect | None = None,
+    guard: Guard | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect to the first reachable checked address of a tcp target (raises DialError)."""
-    addresses = await resolve_checked(
-        target, AddressPolicy.for_target(target), resolver, min(2.0, connect_timeout)
+    """Connect to the first reachable checked address of a tcp target, through the dial step
+    (:meth:`gateway.forward.dial.DialStep.open_stream`); raises ``DialError``."""
+    dial = DialStep(
+        {target.host: target},
+        resolver=resolver,
+        timeout=min(2.0, connect_timeout),
+        redirect=redirect,
+        guard=guard,
     )
-    last_error = "no address"
-    for address in addresses:
-        host, port = (
-            redirect(address, target.effective_port)
-            if redirect
-            else (
-                str(address),
-                target.effective_port,
-            )
-        )
-        try:
-            async with asyncio.timeout(connect_timeout):
-                return await asyncio.open_connection(host, port, limit=READ_CHUNK)
-        except TimeoutError:
-            last_error = f"connect to {address} timed out"
-        except OSError as exc:
-            last_error = f"connect to {address} failed: {exc.strerror or exc}"
-    raise DialError("upstream_unreachable", last_error)
+    return await dial.open_stream(target.host, connect_timeout=connect_timeout, limit=READ_CHUNK)
 
 
 class _Activity:

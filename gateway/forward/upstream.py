@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,8 @@ import aiohttp
 from yarl import URL
 
 from gateway.config.model import GatewayConfig, Target
-from gateway.forward.dial import DialError, PinnedResolver, Redirect, Resolver, system_resolver
+from gateway.forward.dial import DialError, DialStep, Guard, Redirect, Resolver, system_resolver
+from gateway.forward.headers import host_header
 
 log = logging.getLogger(__name__)
 
@@ -120,17 +121,19 @@ class TargetPool:
         limit: int,
         resolver: Resolver = system_resolver,
         redirect: Redirect | None = None,
+        guard: Guard | None = None,
         tls_contexts: Mapping[str, ssl.SSLContext] | None = None,
         resolve_path: Callable[[str], Path] | None = None,
         force_close: bool = False,
         session_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.targets = dict(targets)
-        self._resolver = PinnedResolver(
-            {(t.host, t.effective_port): t for t in self.targets.values()},
+        self._dial = DialStep(
+            self.targets,
             resolver=resolver,
             timeout=min(2.0, config.limits.connect_timeout_seconds),
             redirect=redirect,
+            guard=guard,
         )
         self._tls = (
             dict(tls_contexts)
@@ -150,16 +153,39 @@ class TargetPool:
         """The TLS setting for target ``name`` (aiohttp's default verification if none built)."""
         return self._tls.get(name, True)
 
+    def url(self, name: str, scheme: str, path: str, query: str | None) -> URL:
+        """The client URL for target ``name``: its dial-host name (see
+        :class:`gateway.forward.dial.DialStep`), its port, and ``path``/``query`` as judged,
+        never re-encoded."""
+        return URL.build(
+            scheme=scheme,
+            host=self._dial.dial_host(name),
+            port=self.targets[name].effective_port,
+            path=path,
+            query_string=query or "",
+            encoded=True,
+        )
+
+    def headers(self, name: str, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """``headers`` with exactly one ``Host``, the target's configured one (RFC 9110 section
+        7.2), first: the client would otherwise write the URL's dial-host name."""
+        host = ("host", host_header(self.targets[name]))
+        return [host, *((k, v) for k, v in headers if k.lower() != "host")]
+
+    def server_name(self, name: str) -> str | None:
+        """The name TLS sends (SNI) and checks the certificate against: ``tls.server_name`` or
+        the configured host; ``None`` for plain http. Never the URL's dial-host name."""
+        target = self.targets[name]
+        if target.scheme != "https":
+            return None
+        if target.tls is not None and target.tls.server_name:
+            return target.tls.server_name
+        return target.host
+
     def session(self) -> aiohttp.ClientSession:
         """The pool's session, created on first use (inside the running loop)."""
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                resolver=self._resolver,
-                use_dns_cache=False,
-                limit=self._limit,
-                force_close=self._force_close,
-                enable_cleanup_closed=not self._force_close,
-            )
+            connector = self._dial.connector(limit=self._limit, force_close=self._force_close)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 trust_env=False,
@@ -189,6 +215,7 @@ class Upstream:
         *,
         resolver: Resolver = system_resolver,
         redirect: Redirect | None = None,
+        guard: Guard | None = None,
         tls_contexts: Mapping[str, ssl.SSLContext] | None = None,
         resolve_path: Callable[[str], Path] | None = None,
     ) -> None:
@@ -200,6 +227,7 @@ class Upstream:
             limit=config.limits.max_concurrent_requests,
             resolver=resolver,
             redirect=redirect,
+            guard=guard,
             tls_contexts=tls_contexts,
             resolve_path=resolve_path,
             session_options={"auto_decompress": False},
@@ -255,22 +283,15 @@ class Upstream:
         read = min(target.limits.read_timeout_seconds or limits.read_timeout_seconds, total)
         max_body = target.limits.max_response_body_bytes
         max_body = limits.max_response_body_bytes if max_body is None else max_body
-        url = URL.build(
-            scheme=target.scheme,
-            host=target.host,
-            port=target.effective_port,
-            path=path,
-            query_string=query or "",
-            encoded=True,
-        )
+        url = self._pool.url(name, target.scheme, path, query)
         ssl_setting = self._pool.tls(name)
-        server_name = target.tls.server_name if target.tls is not None else None
+        server_name = self._pool.server_name(name)
         session = self._pool.session()
         try:
             response = await session.request(
                 method,
                 url,
-                headers=headers,
+                headers=self._pool.headers(name, headers),
                 data=body if body or method in ("POST", "PUT", "PATCH") else None,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read),

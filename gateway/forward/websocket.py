@@ -1,12 +1,13 @@
 """Upstream WebSockets: the on-prem end of a relayed stream to an http or https target.
 
 The handshake goes through the same dial step as every HTTP request
-(:class:`gateway.forward.dial.PinnedResolver`: the host comes from gateway.yaml, is resolved once,
-every address is checked against ``allowed_cidrs``, and the connection goes to a checked address),
+(:class:`gateway.forward.dial.DialStep`: the host comes from gateway.yaml, is resolved once,
+every address is checked against ``allowed_cidrs``, and the socket goes to a checked address),
 with the target's TLS settings (:func:`gateway.forward.upstream.tls_context`: verification on,
 TLS 1.2 minimum, the entry's CA bundle and server name) for ``wss``, and ``ws`` for http targets.
-The URL is built from the target's configured scheme, host and port plus the canonical path the
-policy judged (never re-encoded). Headers are the allow-listed ones the caller built
+The URL is built from the target's configured scheme and port, the dial step's name for its host
+(``Host`` and TLS keep the configured name) and the canonical path the policy judged (never
+re-encoded). Headers are the allow-listed ones the caller built
 (:func:`gateway.forward.headers.outbound_headers`); the client adds only the RFC 6455 section 4.1
 handshake headers, and the subprotocols the SaaS offered are offered on in its order. Nothing is
 taken from the environment (``trust_env=False``), redirects are not followed (a 3xx answer to the
@@ -29,10 +30,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
-from yarl import URL
 
 from gateway.config.model import GatewayConfig
-from gateway.forward.dial import DialError, Redirect, Resolver, system_resolver
+from gateway.forward.dial import DialError, Guard, Redirect, Resolver, system_resolver
 from gateway.forward.streams import CLOSE_ERROR, CLOSE_NORMAL, CLOSE_TOO_BIG, relay_close_code
 from gateway.forward.upstream import TargetPool, UpstreamError
 
@@ -115,6 +115,7 @@ class WebSocketUpstream:
         *,
         resolver: Resolver = system_resolver,
         redirect: Redirect | None = None,
+        guard: Guard | None = None,
         tls_contexts: Mapping[str, ssl.SSLContext] | None = None,
         resolve_path: Callable[[str], Path] | None = None,
     ) -> None:
@@ -127,6 +128,7 @@ class WebSocketUpstream:
             limit=config.limits.max_concurrent_streams,
             resolver=resolver,
             redirect=redirect,
+            guard=guard,
             tls_contexts=tls_contexts,
             resolve_path=resolve_path,
             force_close=True,
@@ -158,17 +160,12 @@ class WebSocketUpstream:
         target = self._targets.get(target_name)
         if target is None:
             raise UpstreamError("websocket_upstream_unsupported", "not an http or https target")
-        url = URL.build(
-            scheme="wss" if target.scheme == "https" else "ws",
-            host=target.host,
-            port=target.effective_port,
-            path=path,
-            query_string=query or "",
-            encoded=True,
-        )
+        url = self._pool.url(target_name, "wss" if target.scheme == "https" else "ws", path, query)
         ssl_setting = self._pool.tls(target_name)
-        server_name = target.tls.server_name if target.tls is not None else None
-        sent = [(name, value) for name, value in headers if name.lower() not in _CLIENT_WRITES]
+        server_name = self._pool.server_name(target_name)
+        sent = self._pool.headers(
+            target_name, ((k, v) for k, v in headers if k.lower() not in _CLIENT_WRITES)
+        )
         session = self._pool.session()
         try:
             async with asyncio.timeout(handshake_timeout):

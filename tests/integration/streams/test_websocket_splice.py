@@ -347,7 +347,8 @@ async def test_https_targets_get_wss_with_their_tls_settings(
     finally:
         await verified.close()
     assert leg.received == ["tls:hello"]
-    assert tls_target.seen == [HOST]
+    # Host is always the configured one, with its non-default port (RFC 9110 section 7.2).
+    assert tls_target.seen == [f"{HOST}:{tls_target.port}"]
 
 
 async def test_an_untrusted_target_certificate_is_refused(tls_target: TlsTarget) -> None:

@@ -14,8 +14,13 @@ Two more declarations round out the shapes a request can name: operation ``sessi
 (``GET /session/*``, naming ``Authorization`` and ``Cookie``, catalogue C 66) and the raw tcp
 target ``ldap`` (``dc1.corp.local:636`` -> ``10.1.4.5``, the devkit TCP echo) for streams.
 
+Every socket the gateway opens is first shown to :class:`LoopbackGuard` (the dial step's guard
+seam), which refuses any endpoint outside 127.0.0.0/8: whatever a test does, nothing the gateway
+dials can leave loopback, and a connection that bypassed the dial step could not be made at all.
+
 A module may override the :func:`gateway_sections` fixture to change top-level gateway.yaml
-sections (limits, signatures) for all of its tests.
+sections (limits, signatures) and :func:`extra_targets` to declare more targets, for all of its
+tests. Addresses in 10.1.3.0/24 are routed to the devkit's sample HTTP and WebSocket API.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ ERP_ADDRESS = "10.1.2.3"
 ERP_NETWORK = ipaddress.ip_network("10.1.2.0/24")
 LDAP_HOST = "dc1.corp.local"
 LDAP_NETWORK = ipaddress.ip_network("10.1.4.0/24")
+API_NETWORK = ipaddress.ip_network("10.1.3.0/24")
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 START_TIMEOUT = 15.0
 # Control channels per agent: enough that a test which makes the listener drop one (and wait out
 # its reconnect backoff) leaves others serving the next test.
@@ -88,22 +95,51 @@ class Dialler:
 
     erp_port: int
     ldap_port: int
+    api_port: int
     erp_override: tuple[str, int] | None = None
+    everything_to: str | None = None
+    """Send every address to this host instead (same port): to show what the guard refuses."""
     dialled: list[tuple[str, int]] = field(default_factory=list)
 
     def reset(self) -> None:
         """Forget what was dialled and route erp to its stand-in again."""
         self.dialled.clear()
         self.erp_override = None
+        self.everything_to = None
 
     def __call__(self, address: IPAddress, port: int) -> tuple[str, int]:
         """Where to really connect for the checked ``address``."""
         self.dialled.append((str(address), port))
+        if self.everything_to is not None:
+            return (self.everything_to, port)
         if address in ERP_NETWORK:
             return self.erp_override or ("127.0.0.1", self.erp_port)
         if address in LDAP_NETWORK:
             return ("127.0.0.1", self.ldap_port)
+        if address in API_NETWORK:
+            return ("127.0.0.1", self.api_port)
         raise OSError(f"no loopback stand-in for {address}")
+
+
+@dataclass
+class LoopbackGuard:
+    """The dial step's guard seam: sees every endpoint a socket is created for, refuses all but
+    loopback (and records both)."""
+
+    connects: list[tuple[str, int]] = field(default_factory=list)
+    refused: list[tuple[str, int]] = field(default_factory=list)
+
+    def reset(self) -> None:
+        """Forget every endpoint seen."""
+        self.connects.clear()
+        self.refused.clear()
+
+    def __call__(self, address: IPAddress, port: int) -> None:
+        """Allow a socket to ``address``:``port`` only on loopback."""
+        if address not in LOOPBACK:
+            self.refused.append((str(address), port))
+            raise OSError(f"{address} is not loopback: refused by the test guard")
+        self.connects.append((str(address), port))
 
 
 class RecordingEngine:
@@ -134,6 +170,7 @@ class PipelineEnv:
     config: Path
     dns: FakeDns
     dialler: Dialler
+    guard: LoopbackGuard
     erp: RecordingTarget
     ca: trustme.CA
     policy_inputs: list[dict[str, Any]]
@@ -142,8 +179,11 @@ class PipelineEnv:
         """Clear every recorder and scripted behaviour (run before each test)."""
         self.dns.reset()
         self.dialler.reset()
+        self.guard.reset()
         self.erp.reset()
         self.stack.targets.tcp_bytes.clear()
+        self.stack.targets.http_requests.clear()
+        self.stack.targets.ws_streams.clear()
         self.policy_inputs.clear()
 
     def saas(self, *, signed: bool = True) -> SaaSClient:
@@ -184,6 +224,7 @@ class PipelineEnv:
         assert self.erp.arrivals == []
         assert self.erp.connections == 0
         assert self.dialler.dialled == []
+        assert self.guard.connects == self.guard.refused == []
         assert self.stack.targets.tcp_bytes == []
 
     def forwarded_once(self) -> Any:
@@ -226,9 +267,17 @@ def gateway_sections() -> dict[str, Any]:
     return {"limits": {"request_timeout_seconds": 3, "connect_timeout_seconds": 1}}
 
 
+@pytest.fixture(scope="module")
+def extra_targets() -> dict[str, Any]:
+    """Targets this module declares beside the baseline ones (none by default)."""
+    return {}
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def env(
-    tmp_path_factory: pytest.TempPathFactory, gateway_sections: dict[str, Any]
+    tmp_path_factory: pytest.TempPathFactory,
+    gateway_sections: dict[str, Any],
+    extra_targets: dict[str, Any],
 ) -> AsyncIterator[PipelineEnv]:
     """Start the stack, the stand-ins and a registered agent once for the module."""
     directory = tmp_path_factory.mktemp("gateway")
@@ -240,12 +289,14 @@ async def env(
     await erp.start()
     try:
         async with DevStack(GATEWAY_ID) as stack:
-            document = stack.gateway_document(baseline_targets("target-ca.pem"), **gateway_sections)
+            targets = {**baseline_targets("target-ca.pem"), **extra_targets}
+            document = stack.gateway_document(targets, **gateway_sections)
             document["relay"]["connections"] = LISTENERS
             config = stack.write_gateway_dir(directory, document=document)
             await stack.register_gateway(directory)
             dns = FakeDns()
-            dialler = Dialler(erp.port, stack.targets.tcp_port)
+            dialler = Dialler(erp.port, stack.targets.tcp_port, stack.targets.http_port)
+            guard = LoopbackGuard()
             inputs: list[dict[str, Any]] = []
 
             async def engine(loaded: LoadedConfig) -> Decider:
@@ -256,6 +307,7 @@ async def env(
                     config_path=str(config),
                     resolver=dns,
                     redirect=dialler,
+                    guard=guard,
                     shutdown_grace=1,
                     reload_poll_interval=600,
                     engine_factory=engine,
@@ -265,7 +317,7 @@ async def env(
             try:
                 async with asyncio.timeout(START_TIMEOUT):
                     await stack.relay.wait_for_listeners(stack.hc, LISTENERS)
-                env = PipelineEnv(stack, agent, config, dns, dialler, erp, ca, inputs)
+                env = PipelineEnv(stack, agent, config, dns, dialler, guard, erp, ca, inputs)
                 yield env
             finally:
                 # A test may have restarted the agent (catalogue D 78): stop the current one.
