@@ -9,6 +9,7 @@ resolve is checked against the target's CIDRs each time a connection is made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -88,6 +89,22 @@ async def _answers(table: dict[str, list[str]], host: str, port: int) -> Sequenc
     return [ipaddress.ip_address(a) for a in table[host]]
 
 
+@contextlib.asynccontextmanager
+async def _erp_session(
+    listener: Listener, table: dict[str, list[str]]
+) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+    """A client on the dial step's connector for target ``erp`` (redirected to ``listener``),
+    and the URL that names ``erp`` through the dial step."""
+    dial = DialStep(
+        _config("erp.corp.local", ["10.1.2.0/24"]).targets,
+        resolver=lambda host, port: _answers(table, host, port),
+        redirect=lambda address, port: ("127.0.0.1", listener.port),
+    )
+    connector = dial.connector(limit=4, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session, f"http://{dial.dial_host('erp')}:8080/x"
+
+
 async def _refused(session: aiohttp.ClientSession, url: str) -> bool:
     """Whether the dial step refused ``url`` (at its resolver or at its socket factory)."""
     try:
@@ -102,17 +119,8 @@ async def _refused(session: aiohttp.ClientSession, url: str) -> bool:
 async def test_a_url_the_dial_step_did_not_resolve_gets_no_socket(
     listener: Listener, bystander: Listener
 ) -> None:
-    config = _config("erp.corp.local", ["10.1.2.0/24"])
-    dial = DialStep(
-        config.targets,
-        resolver=lambda host, port: _answers({"erp.corp.local": ["10.1.2.3"]}, host, port),
-        redirect=lambda address, port: ("127.0.0.1", listener.port),
-    )
-    async with aiohttp.ClientSession(
-        connector=dial.connector(limit=4, force_close=True)
-    ) as session:
+    async with _erp_session(listener, {"erp.corp.local": ["10.1.2.3"]}) as (session, url):
         # Through the dial step: allowed, and it lands on the listener.
-        url = f"http://{dial.dial_host('erp')}:8080/x"
         async with session.get(url) as response:
             assert response.status == 204
         assert listener.accepted == 1
@@ -142,17 +150,8 @@ async def test_the_socket_factory_refuses_endpoints_it_did_not_issue() -> None:
 
 
 async def test_the_check_runs_for_every_new_connection(listener: Listener) -> None:
-    config = _config("erp.corp.local", ["10.1.2.0/24"])
     table = {"erp.corp.local": ["10.1.2.3"]}
-    dial = DialStep(
-        config.targets,
-        resolver=lambda host, port: _answers(table, host, port),
-        redirect=lambda address, port: ("127.0.0.1", listener.port),
-    )
-    async with aiohttp.ClientSession(
-        connector=dial.connector(limit=4, force_close=True)
-    ) as session:
-        url = f"http://{dial.dial_host('erp')}:8080/x"
+    async with _erp_session(listener, table) as (session, url):
         async with session.get(url) as response:
             assert response.status == 204
         # DNS now answers outside the CIDRs: the next connection is refused before any socket.
