@@ -32,6 +32,7 @@ COMMANDS: tuple[str, ...] = (
     "diff",
     "sign",
     "verify_config",
+    "audit",
     "run",
     "register",
     "status",

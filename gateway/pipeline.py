@@ -46,6 +46,7 @@ from gateway.forward.streams import TcpEnd, UpstreamEnd, open_tcp, relay
 from gateway.forward.upstream import Upstream, UpstreamError, UpstreamResponse
 from gateway.forward.websocket import WebSocketUpstream
 from gateway.observability.metrics import Metrics
+from gateway.policy.decision_log import RECORD_VERSION, recorded_input
 from gateway.policy.input import build_input
 from gateway.relay.handlers import (
     AcceptInfo,
@@ -477,10 +478,15 @@ class AuditRecord:
     policy_revision: str | None = None
     monitor: bool = False
     latency_ms: float = 0.0
+    # What replay needs (gateway.policy.decision_log): kept as received, reduced when written.
+    relayed: str = ""
+    headers: Sequence[tuple[str, str]] = ()
+    body_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON-ready record (no header values, no query values, no bodies)."""
+        """The JSON-ready record (no header values, no credential query values, no bodies)."""
         return {
+            "v": RECORD_VERSION,
             "decision_id": self.decision_id,
             "time": _utc_seconds(self.started),
             "kind": self.kind,
@@ -498,6 +504,14 @@ class AuditRecord:
             "keyid": self.keyid,
             "monitor": self.monitor,
             "latency_ms": round(self.latency_ms, 3),
+            "input": recorded_input(
+                method=self.method or "",
+                relayed=self.relayed,
+                headers=self.headers,
+                websocket=self.kind == "stream",
+                body_bytes=self.body_bytes,
+                keyid=self.keyid,
+            ),
         }
 
 
@@ -628,6 +642,9 @@ class Pipeline:
             revision=runtime.revision,
             started=time.time(),
             method=request.method,
+            relayed=request.target,
+            headers=request.headers,
+            body_bytes=len(request.body),
         )
         clock = time.perf_counter()
         try:
@@ -736,6 +753,8 @@ class Pipeline:
             revision=runtime.revision,
             started=time.time(),
             method="GET",
+            relayed=info.target,
+            headers=info.connect_headers,
         )
         clock = time.perf_counter()
         release: Callable[[], None] | None = None

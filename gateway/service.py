@@ -51,8 +51,8 @@ from gateway.identity import (
     mtls_client,
 )
 from gateway.identity.certs import CertificateHealth
-from gateway.identity.models import Heartbeat, SigningKey
-from gateway.observability.audit import AuditLog
+from gateway.identity.models import AuditHead, Heartbeat, SigningKey
+from gateway.observability.audit import AuditLog, decision_log
 from gateway.observability.health import HealthServer, Readiness
 from gateway.observability.metrics import Metrics
 from gateway.outbound.proxy import OutboundProxy, ProxyConfigError, ProxySettings
@@ -399,9 +399,10 @@ class Agent:
                 max_skew=config.signatures.clock_skew_seconds,
             ),
         )
-        self._audit = AuditLog(
-            loaded.resolve_path(config.logging.audit_file) if config.logging.audit_file else None
-        )
+        try:
+            self._audit = decision_log(loaded, identity.private_key)
+        except (OSError, ValueError) as exc:
+            raise StartError(f"decision log signing key not usable: {exc}", EXIT_CONFIG) from None
         self._pipeline = pipeline = Pipeline(
             self.runtime,
             self._verifier,
@@ -519,6 +520,10 @@ class Agent:
         if self._audit is not None:
             self._audit.write(record.as_dict())
 
+    def _audit_head(self) -> AuditHead | None:
+        head = self._audit.checkpoint() if self._audit is not None else None
+        return AuditHead.model_validate(head.as_dict()) if head is not None else None
+
     def _record_info(self) -> None:
         runtime = self.runtime()
         self.metrics.info.clear()
@@ -569,6 +574,7 @@ class Agent:
                     policy_revision=runtime.revision,
                     listeners_online=online,
                     counters={},
+                    audit_head=self._audit_head(),
                 )
                 async with self._control_plane() as client:
                     ack = await client.heartbeat(beat)

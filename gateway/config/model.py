@@ -292,6 +292,40 @@ class Limits(_Model):
     max_path_bytes: int = Field(default=4096, ge=64, le=65536)
 
 
+class DecisionLogSection(_Model):
+    """The decision log's signed checkpoints, rotation and retention (docs/audit.md)."""
+
+    rotate_bytes: int = Field(
+        default=100 << 20,
+        ge=0,
+        le=1 << 40,
+        description="Rotate the file when it reaches this size; 0: never by size.",
+    )
+    rotate_seconds: int = Field(
+        default=86400,
+        ge=0,
+        le=366 * 86400,
+        description="Rotate the file when its first record is this old; 0: never by age.",
+    )
+    keep: int = Field(
+        default=30, ge=1, le=100_000, description="Rotated files kept; older ones are deleted."
+    )
+    checkpoint_seconds: float = Field(
+        default=60,
+        ge=1,
+        le=86400,
+        description="Sign the chain head at most this often while records arrive.",
+    )
+    hmac_key_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Sign checkpoints with HMAC-SHA256 and the key in this file (at least 32 bytes) "
+            "instead of the gateway's identity key."
+        ),
+    )
+
+
 class LoggingSection(_Model):
     """Log output."""
 
@@ -300,6 +334,7 @@ class LoggingSection(_Model):
     audit_file: str | None = Field(
         default=None, min_length=1, description="Decision log file; default standard output."
     )
+    decision_log: DecisionLogSection = Field(default_factory=DecisionLogSection)
 
 
 class ObservabilitySection(_Model):

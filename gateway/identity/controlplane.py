@@ -233,7 +233,10 @@ class ControlPlaneClient:
     async def heartbeat(self, heartbeat: Heartbeat) -> HeartbeatAck:
         """``POST heartbeats`` over mTLS."""
         return await self._call(
-            "POST", "heartbeats", HeartbeatAck, json_body=heartbeat.model_dump(mode="json")
+            "POST",
+            "heartbeats",
+            HeartbeatAck,
+            json_body=heartbeat.model_dump(mode="json", exclude_none=True),
         )
 
     async def renew_certificate(self, csr_pem: bytes) -> CertificateResult:

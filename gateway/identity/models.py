@@ -86,6 +86,19 @@ class SigningKeySet(_Wire):
     keys: list[SigningKey] = Field(min_length=1, max_length=16)
 
 
+class AuditHead(_Wire):
+    """The newest signed checkpoint of the decision log (gateway.observability.auditchain):
+    every record before ``seq`` hashes to ``hash``. Kept by EmpowerID so that a log cut back to
+    before it can be shown incomplete."""
+
+    seq: int = Field(ge=0)
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    time: str = Field(max_length=64)
+    alg: str = Field(max_length=32)
+    key_id: str = Field(max_length=64)
+    signature: str = Field(max_length=1024)
+
+
 class Heartbeat(_Wire):
     """``POST /heartbeats`` body: what the gateway reports about itself."""
 
@@ -97,6 +110,7 @@ class Heartbeat(_Wire):
     counters: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], int] = Field(
         default_factory=dict, max_length=64
     )
+    audit_head: AuditHead | None = None
 
 
 class HeartbeatAck(_Wire):

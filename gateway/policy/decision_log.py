@@ -1,26 +1,41 @@
-"""The decision log record: one JSON object per decision (``schemas/decision-log.schema.json``).
+"""The decision log record (``schemas/decision-log.schema.json``), version 2.
 
-The record holds the canonical input the policy judged, so an auditor can replay a decision with
-``gateway explain``, but never a secret: header values are not in the input at all, and the values
-of query parameters whose names suggest a credential (``token``, ``sig``, ``password``, ...) are
-replaced by ``***`` (names are compared after percent-decoding). Parameter names, order and
-the rest of the query stay as received.
+A record says what was decided (result, reasons, stage, status, target, operation, revisions) and
+holds, under ``input``, exactly what the gateway's steps after authentication read to decide:
+the method, the request target as relayed (``/{selector}/{path}?{query}``), the names of the
+request headers in the order received with the length of each value, whether it was a stream,
+the body length and the verified signing key. ``gateway replay`` feeds that back through the same
+steps under another configuration; nothing else is needed, and nothing secret is kept:
+
+* header values are never recorded, only their lengths (the header limits count bytes);
+* bodies are never recorded, only their length (the body limit);
+* the values of query parameters whose names suggest a credential (``token``, ``sig``,
+  ``password``, ...) are replaced by ``***`` (names compared after percent-decoding); parameter
+  names, order and the rest of the query stay as received. A policy extension that reads such a
+  value cannot be replayed exactly; the built-in policy never reads the query.
+
+Version 1 records (before ``v`` existed) hold no ``input`` and cannot be replayed.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import re
-import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from gateway.policy.engine import Decision
-
-__all__ = ["MASK", "decision_record", "mask_query"]
+__all__ = [
+    "MASK",
+    "RECORD_VERSION",
+    "RecordedInput",
+    "mask_query",
+    "mask_target",
+    "recorded_input",
+]
 
 MASK = "***"
+RECORD_VERSION = 2
 
 # Parameter names that carry credentials in the wild: OAuth (RFC 6749 access_token, code),
 # Azure SAS (sig, se, skn), API keys, session ids, passwords.
@@ -28,31 +43,9 @@ _SECRET_NAME = re.compile(
     r"(token|secret|passw|pwd|key|sig|auth|session|credential|code|cookie|^sk[n]?$|^se$)",
     re.IGNORECASE,
 )
-
-
-def decision_record(
-    decision: Decision, input: Mapping[str, Any], *, now: dt.datetime | None = None
-) -> dict[str, Any]:
-    """The decision log record of ``decision`` made for ``input``."""
-    moment = now or dt.datetime.now(dt.UTC)
-    if decision.allow:
-        result = "allow"
-    elif decision.monitor:
-        result = "would_deny"
-    else:
-        result = "deny"
-    return {
-        "decision_id": str(uuid.uuid4()),
-        "time": moment.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-        "revision": decision.revision,
-        "input": _masked_input(input),
-        "result": result,
-        "target": decision.target,
-        "operation": decision.operation,
-        "reasons": list(decision.reasons),
-        "latency_us": round(decision.latency * 1e6, 1),
-        "cached": decision.cached,
-    }
+# Placeholder octet for a header value replayed from its length: a digit is valid in every
+# header the canonicaliser checks the syntax of (Content-Length must be digits).
+_FILLER = "0"
 
 
 def mask_query(query: str) -> str:
@@ -64,9 +57,76 @@ def mask_query(query: str) -> str:
     return "&".join(parts)
 
 
-def _masked_input(input: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(input)
-    query = out.get("query")
-    if isinstance(query, str):
-        out["query"] = mask_query(query)
-    return out
+def mask_target(request_target: str) -> str:
+    """A relayed request target (``/path?query``) with credential-like query values masked."""
+    path, sep, query = request_target.partition("?")
+    return f"{path}?{mask_query(query)}" if sep else path
+
+
+def recorded_input(
+    *,
+    method: str,
+    relayed: str,
+    headers: Iterable[tuple[str, str]],
+    websocket: bool,
+    body_bytes: int,
+    keyid: str | None,
+) -> dict[str, Any]:
+    """The ``input`` member of a record: what replay needs, without a secret."""
+    return {
+        "method": method,
+        "target": mask_target(relayed),
+        "headers": [[name.lower(), len(value)] for name, value in headers],
+        "websocket": websocket,
+        "body_bytes": body_bytes,
+        "keyid": keyid,
+    }
+
+
+@dataclass(frozen=True)
+class RecordedInput:
+    """A record's ``input``, parsed for replay."""
+
+    method: str
+    target: str
+    """The request target as relayed, ``/{selector}/{path}?{query}``."""
+    headers: tuple[tuple[str, int], ...]
+    websocket: bool
+    body_bytes: int
+    keyid: str | None
+
+    @classmethod
+    def parse(cls, document: Mapping[str, Any]) -> RecordedInput:
+        """Parse and check ``document``; raises ``ValueError`` naming what is wrong."""
+        method, target = document.get("method"), document.get("target")
+        if not (isinstance(method, str) and isinstance(target, str)):
+            raise ValueError("input needs method and target as strings")
+        headers = document.get("headers")
+        if not isinstance(headers, list) or not all(
+            isinstance(h, list)
+            and len(h) == 2
+            and isinstance(h[0], str)
+            and isinstance(h[1], int)
+            and 0 <= h[1] <= 1 << 20
+            for h in headers
+        ):
+            raise ValueError("input.headers must be [name, length] pairs")
+        body = document.get("body_bytes")
+        websocket = document.get("websocket")
+        keyid = document.get("keyid")
+        if not isinstance(body, int) or body < 0 or not isinstance(websocket, bool):
+            raise ValueError("input needs body_bytes (a length) and websocket (true or false)")
+        if keyid is not None and not isinstance(keyid, str):
+            raise ValueError("input.keyid must be a string or null")
+        return cls(
+            method=method,
+            target=target,
+            headers=tuple((name, length) for name, length in headers),
+            websocket=websocket,
+            body_bytes=body,
+            keyid=keyid,
+        )
+
+    def header_pairs(self) -> list[tuple[str, str]]:
+        """Headers to replay: the recorded names with values of the recorded lengths."""
+        return [(name, _FILLER * length) for name, length in self.headers]

@@ -22,7 +22,7 @@ from gateway.identity import (
     register,
 )
 from gateway.identity.keys import build_csr, generate_private_key
-from gateway.identity.models import Heartbeat
+from gateway.identity.models import AuditHead, Heartbeat
 from gateway.identity.tls import mtls_context, registration_context
 
 from .identity_support import PASSWORD, TEST_TIMEOUTS
@@ -101,6 +101,14 @@ async def test_client_requests_and_simulator_answers_follow_the_contract(
                 policy_revision="r1",
                 listeners_online=1,
                 counters={"requests_allowed": 1},
+                audit_head=AuditHead(
+                    seq=7,
+                    hash="ab" * 32,
+                    time="2026-12-07T06:00:00.000000Z",
+                    alg="ecdsa-sha256",
+                    key_id="0123456789abcdef",
+                    signature="MEUCIQ==",
+                ),
             )
         )
         await client.renew_certificate(build_csr(generate_private_key(), "gw-1"))

@@ -67,7 +67,12 @@ def test_write_failures_are_counted_logged_once_and_never_raised(
 
 def test_standard_output_when_no_file(capsys: pytest.CaptureFixture[str]) -> None:
     AuditLog(None).write({"decision_id": "z", "ok": True})
-    assert json.loads(capsys.readouterr().out) == {"decision_id": "z", "ok": True}
+    assert json.loads(capsys.readouterr().out) == {
+        "seq": 0,
+        "prev": "0" * 64,
+        "decision_id": "z",
+        "ok": True,
+    }
 
 
 def test_decision_ids_are_unique_and_differ_between_processes() -> None:

@@ -15,7 +15,7 @@ from gateway.config import load
 from gateway.errors import ConfigError
 from gateway.forward.canonical import canonicalise
 from gateway.policy.data import bucket, policy_data
-from gateway.policy.decision_log import decision_record, mask_query
+from gateway.policy.decision_log import mask_query
 from gateway.policy.engine import POLICY_UNAVAILABLE, POLICY_UNDEFINED
 from gateway.policy.input import build_input
 from gateway.policy.loader import build_engine, load_policies
@@ -343,11 +343,6 @@ async def test_records_and_documents_match_the_schemas(make_config: MakeConfig) 
     }
     document |= {"reasons": list(decision.reasons), "revision": decision.revision}
     _validator("policy-decision.schema.json").validate(document)
-    record = decision_record(decision, input)
-    _validator("decision-log.schema.json").validate(record)
-    assert "s3cret" not in json.dumps(record)
-    assert record["input"]["query"] == "access_token=***&page=2"
-    assert record["result"] == "allow"
 
 
 def test_query_masking_keeps_everything_but_credential_values() -> None:
