@@ -53,6 +53,7 @@ from gateway.identity import (
 from gateway.identity.certs import CertificateHealth
 from gateway.identity.models import AuditHead, Heartbeat, SigningKey
 from gateway.observability.audit import AuditLog, decision_log
+from gateway.observability.export import Exporter, build_exporters
 from gateway.observability.health import HealthServer, Readiness
 from gateway.observability.metrics import Metrics
 from gateway.outbound.proxy import OutboundProxy, ProxyConfigError, ProxySettings
@@ -278,6 +279,7 @@ class Agent:
         self._verifier: SignatureVerifier | None = None
         self._replay: ReplayCache | None = None
         self._audit: AuditLog | None = None
+        self._exporters: list[Exporter] = []
         self._health: HealthServer | None = None
         self._pipeline: Pipeline | None = None
         self._reload_lock = asyncio.Lock()
@@ -400,9 +402,14 @@ class Agent:
             ),
         )
         try:
-            self._audit = decision_log(loaded, identity.private_key)
+            self._exporters = build_exporters(loaded, on_drop=self._export_dropped)
+            self._audit = decision_log(
+                loaded, identity.private_key, observers=[e.offer for e in self._exporters]
+            )
         except (OSError, ValueError) as exc:
-            raise StartError(f"decision log signing key not usable: {exc}", EXIT_CONFIG) from None
+            raise StartError(f"decision log or export not usable: {exc}", EXIT_CONFIG) from None
+        for exporter in self._exporters:
+            exporter.start()
         self._pipeline = pipeline = Pipeline(
             self.runtime,
             self._verifier,
@@ -490,6 +497,9 @@ class Agent:
             self._replay.close()
         if self._audit is not None:
             self._audit.close()
+        loop = asyncio.get_running_loop()
+        for exporter in self._exporters:
+            await loop.run_in_executor(None, exporter.stop)
         log.info("gateway stopped", extra={"event": "stopped"})
 
     @staticmethod
@@ -519,6 +529,9 @@ class Agent:
     def _write_audit(self, record: AuditRecord) -> None:
         if self._audit is not None:
             self._audit.write(record.as_dict())
+
+    def _export_dropped(self, sink: str) -> None:
+        self.metrics.export_dropped.labels(sink=sink).inc()
 
     def _audit_head(self) -> AuditHead | None:
         head = self._audit.checkpoint() if self._audit is not None else None

@@ -326,6 +326,48 @@ class DecisionLogSection(_Model):
     )
 
 
+class SyslogExportSection(_Model):
+    """RFC 5424 syslog over TLS (RFC 5425) to a collector; no plain-text transport."""
+
+    host: str = Field(pattern=HOST_PATTERN, max_length=253, description="The collector.")
+    port: int = Field(default=6514, ge=1, le=65535)
+    ca_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="CA bundle to verify the collector with; default the system trust store.",
+    )
+    server_name: str | None = Field(
+        default=None,
+        pattern=HOST_PATTERN,
+        description="Name to verify in the collector's certificate, when it differs from host.",
+    )
+    client_certificate_file: str | None = Field(
+        default=None, min_length=1, description="PEM client certificate, for mutual TLS."
+    )
+    client_key_file: str | None = Field(
+        default=None, min_length=1, description="PEM key of the client certificate."
+    )
+    facility: int = Field(
+        default=13, ge=0, le=23, description="RFC 5424 facility; 13 is 'log audit'."
+    )
+    timeout_seconds: Seconds = 5
+
+
+class ExportSection(_Model):
+    """Copies of the decision log records for log collectors (docs/audit.md, 'Export')."""
+
+    queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Records waiting per destination; beyond it records are dropped and counted.",
+    )
+    stdout: bool = Field(
+        default=False, description="JSON lines on standard output, for container log shippers."
+    )
+    syslog: SyslogExportSection | None = None
+
+
 class LoggingSection(_Model):
     """Log output."""
 
@@ -335,6 +377,7 @@ class LoggingSection(_Model):
         default=None, min_length=1, description="Decision log file; default standard output."
     )
     decision_log: DecisionLogSection = Field(default_factory=DecisionLogSection)
+    export: ExportSection = Field(default_factory=ExportSection)
 
 
 class ObservabilitySection(_Model):

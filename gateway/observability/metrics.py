@@ -82,6 +82,12 @@ class Metrics:
             "Expiry of the gateway's client certificate (Unix time)",
             registry=r,
         )
+        self.export_dropped = Counter(
+            "gateway_decision_export_dropped",
+            "Decision log records dropped from an export because its queue was full",
+            ["sink"],
+            registry=r,
+        )
         self.info = Gauge(
             "gateway_info",
             "Build and configuration identity",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.devkit.stack import DevStack
+from gateway.devkit.stack import DevStack, demo_config
 from gateway.service import Agent, AgentOptions
 from tests.integration.relay.listener_support import wait_until
 
@@ -44,10 +44,19 @@ class Recorded:
     statuses: list[int]
 
 
-async def record_run(directory: Path, traffic: list[tuple[str, str, str, str]]) -> Recorded:
-    """Run the agent, send ``traffic`` through the relay, stop, and return what was recorded."""
+async def record_run(
+    directory: Path,
+    traffic: list[tuple[str, str, str, str]],
+    *,
+    logging: dict[str, object] | None = None,
+) -> Recorded:
+    """Run the agent, send ``traffic`` through the relay, stop, and return what was recorded.
+
+    ``logging`` is added to the ``logging`` section of the demo configuration."""
     async with DevStack() as stack:
-        config = stack.write_gateway_dir(directory)
+        document = demo_config(stack)
+        document["logging"].update(logging or {})
+        config = stack.write_gateway_dir(directory, document=document)
         await stack.register_gateway(directory)
         agent = Agent(
             AgentOptions(config_path=str(config), shutdown_grace=2, heartbeat_interval=0.2)
