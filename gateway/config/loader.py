@@ -294,6 +294,7 @@ def _host_checks(
     references: list[tuple[JsonPath, SecretRef | None]] = [
         (("proxy", "password"), config.proxy.password if config.proxy else None),
         (("gateway", "key_passphrase"), config.gateway.key_passphrase),
+        *credential_references(config),
     ]
     for path, ref in references:
         if ref is None:
@@ -310,6 +311,11 @@ def _host_checks(
     for name, target in config.targets.items():
         if target.tls is not None:
             files.append((("targets", name, "tls", "ca_file"), target.tls.ca_file))
+    for name, credential in config.credentials.items():
+        oauth = credential.oauth2_client_credentials
+        if oauth is not None and oauth.tls is not None:
+            path = ("credentials", name, "oauth2_client_credentials", "tls", "ca_file")
+            files.append((path, oauth.tls.ca_file))
     for directory_index, directory in enumerate(config.policy.directories):
         resolved = loaded.resolve_path(directory)
         if not resolved.is_dir():
@@ -333,6 +339,26 @@ def _host_checks(
                 )
             )
     return secrets, problems
+
+
+def credential_references(config: GatewayConfig) -> list[tuple[JsonPath, SecretRef]]:
+    """Every secret reference of the ``credentials`` section, with its JSON path (the key the
+    resolved value is stored under in :attr:`LoadedConfig.secrets`)."""
+    found: list[tuple[JsonPath, SecretRef]] = []
+    for name, credential in config.credentials.items():
+        base = ("credentials", name)
+        if credential.header is not None:
+            found.append(((*base, "header", "value"), credential.header.value))
+        if credential.bearer is not None:
+            found.append(((*base, "bearer", "token"), credential.bearer.token))
+        if credential.basic is not None:
+            found.append(((*base, "basic", "password"), credential.basic.password))
+        oauth = credential.oauth2_client_credentials
+        if oauth is not None:
+            found.append(
+                ((*base, "oauth2_client_credentials", "client_secret"), oauth.client_secret)
+            )
+    return found
 
 
 def _resolve_secret(

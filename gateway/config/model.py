@@ -12,6 +12,7 @@ forbids unknown keys.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
@@ -225,6 +226,12 @@ class Operation(_Model):
     websocket: bool = Field(
         default=False, description="Also allow WebSocket streams opened on these paths."
     )
+    credential: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="Credential (from 'credentials') injected for this operation instead of the "
+        "target's.",
+    )
 
 
 class Target(_Model):
@@ -248,6 +255,12 @@ class Target(_Model):
     )
     tls: TargetTls | None = None
     limits: TargetLimits = Field(default_factory=TargetLimits)
+    credential: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="Credential (from 'credentials') the gateway adds to every request to this "
+        "http(s) target; the SaaS may then send no credential of its own.",
+    )
     operations: list[Operation] = Field(
         default_factory=list, max_length=256, description="Required for http(s) targets."
     )
@@ -258,6 +271,130 @@ class Target(_Model):
         if self.port is not None:
             return self.port
         return 443 if self.scheme == "https" else 80
+
+
+class HeaderCredential(_Model):
+    """A static header, such as an API key: ``name: <secret>``."""
+
+    name: str = Field(pattern=HEADER_NAME_PATTERN, description="Header name, e.g. X-API-Key.")
+    value: SecretRef = Field(
+        description="The header's value, by reference: {env: ...}, {file: ...} or "
+        "{credential: ...}."
+    )
+
+
+class BearerCredential(_Model):
+    """A static bearer token: ``Authorization: Bearer <secret>`` (RFC 6750 section 2.1)."""
+
+    token: SecretRef = Field(description="The token, by reference.")
+
+
+class BasicCredential(_Model):
+    """HTTP Basic authentication (RFC 7617): a user name and a password by reference."""
+
+    username: str = Field(
+        pattern=r"^[^:\x00-\x1f\x7f]{1,256}$",
+        description="User name (RFC 7617 section 2: no ':' and no control characters).",
+    )
+    password: SecretRef = Field(description="The password, by reference.")
+
+
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+SCOPE_PATTERN = r"^[\x21\x23-\x5b\x5d-\x7e]{1,256}$"
+# RFC 6749 section 2.3.1 / appendix A.1: client_id is VSCHAR (printable ASCII).
+CLIENT_ID_PATTERN = r"^[\x20-\x7e]{1,256}$"
+
+
+class OAuth2ClientCredentials(_Model):
+    """OAuth 2.0 client credentials grant (RFC 6749 section 4.4) against an on-prem token
+    endpoint. The endpoint is dialled like a target: its host must resolve inside
+    ``allowed_cidrs``."""
+
+    token_url: str = Field(
+        pattern=r"^https?://(?:[a-z0-9.-]+|\[[0-9a-f:]+\])(?::[0-9]{1,5})?/[^?#@\s]*$",
+        max_length=2048,
+        description="Token endpoint URL (lower-case host, no query, fragment or credentials). "
+        "http:// only for a loopback host.",
+    )
+    allowed_cidrs: list[Annotated[str, Field(pattern=CIDR_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra=_UNIQUE,
+        description="Addresses the token endpoint's host may resolve to. Required unless the "
+        "host is an IP address.",
+    )
+    allow_special_addresses: bool = Field(
+        default=False,
+        description="Permit loopback, link-local and other special ranges for the token endpoint.",
+    )
+    tls: TargetTls | None = None
+    client_id: str = Field(pattern=CLIENT_ID_PATTERN, description="The gateway's client id.")
+    client_secret: SecretRef = Field(description="The client secret, by reference.")
+    client_auth: Literal["client_secret_basic", "client_secret_post"] = Field(
+        default="client_secret_basic",
+        description="How the client authenticates (RFC 6749 section 2.3.1): HTTP Basic "
+        "(default) or in the request body.",
+    )
+    scopes: list[Annotated[str, Field(pattern=SCOPE_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra=_UNIQUE,
+        description="Scopes to request; none: the endpoint's default.",
+    )
+    refresh_before_seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=60,
+        description="Fetch a new token this long before the current one expires.",
+    )
+    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = Field(
+        default=5, description="Bound on one token request (connect, send and read)."
+    )
+
+    def endpoint(self) -> Target:
+        """The token endpoint as a target, so it is dialled through the same checked step
+        (allowed_cidrs, special ranges, pinned addresses, TLS settings) as every target."""
+        parts = urlsplit(self.token_url)
+        return Target.model_validate(
+            {
+                "scheme": parts.scheme,
+                "host": (parts.hostname or "").lower(),
+                "port": parts.port or (443 if parts.scheme == "https" else 80),
+                "allowed_cidrs": list(self.allowed_cidrs),
+                "allow_special_addresses": self.allow_special_addresses,
+                **({"tls": self.tls} if self.tls is not None else {}),
+            },
+            strict=False,
+        )
+
+    @property
+    def path(self) -> str:
+        """The token endpoint's path."""
+        return urlsplit(self.token_url).path or "/"
+
+
+class Credential(_Model):
+    """A credential the gateway adds to requests: exactly one of the kinds below."""
+
+    description: str | None = Field(default=None, max_length=1000)
+    header: HeaderCredential | None = None
+    bearer: BearerCredential | None = None
+    basic: BasicCredential | None = None
+    oauth2_client_credentials: OAuth2ClientCredentials | None = None
+
+    @property
+    def kind(self) -> str:
+        """Which kind is set (``header``, ``bearer``, ``basic``, ``oauth2_client_credentials``)."""
+        for name in CREDENTIAL_KINDS:
+            if getattr(self, name) is not None:
+                return name
+        return "none"
+
+    @property
+    def header_name(self) -> str:
+        """The request header this credential sets, lower-case."""
+        return self.header.name.lower() if self.header is not None else "authorization"
+
+
+CREDENTIAL_KINDS = ("header", "bearer", "basic", "oauth2_client_credentials")
 
 
 class SignatureSection(_Model):
@@ -438,6 +575,12 @@ class GatewayConfig(_Model):
     logging: LoggingSection = Field(default_factory=LoggingSection)
     observability: ObservabilitySection = Field(default_factory=ObservabilitySection)
     config_signature: ConfigSignatureSection = Field(default_factory=ConfigSignatureSection)
+    credentials: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Credential] = Field(
+        default_factory=dict,
+        max_length=1000,
+        description="Credentials the gateway injects into target requests, by name; secrets "
+        "only by reference.",
+    )
     targets: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Target] = Field(
         max_length=1000, description="On-prem targets by name."
     )

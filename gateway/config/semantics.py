@@ -9,10 +9,11 @@ the request after the policy judged it.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import ipaddress
 from collections.abc import Iterator
 
-from gateway.config.model import GatewayConfig, Target
+from gateway.config.model import CREDENTIAL_KINDS, Credential, GatewayConfig, Target
 from gateway.config.patterns import PathPattern, PatternError
 from gateway.config.yamlsafe import JsonPath, Located
 from gateway.errors import Problem
@@ -78,6 +79,7 @@ def special_range(network: IPNetwork) -> str | None:
 def check(config: GatewayConfig, doc: Located) -> list[Problem]:
     """Every semantic problem in a schema-valid configuration."""
     problems = list(_check_sections(config, doc))
+    problems.extend(_check_credentials(config, doc))
     endpoints: dict[tuple[str, int], str] = {}
     for name, target in config.targets.items():
         problems.extend(_check_target(name, target, config, doc))
@@ -212,6 +214,7 @@ def _check_target(
                 hint="keep ca_file and drop insecure_skip_verify",
             )
     yield from _check_addresses(base, target, doc)
+    yield from _check_target_credentials(base, target, config, doc)
     yield from _check_limits(base, target, config, doc)
     yield from _check_read_timeout(base, target, config, doc)
     yield from _check_operations(base, target, doc)
@@ -408,3 +411,111 @@ def _first_overlap(
             if a is not None and b is not None and a.overlaps(b):
                 return a, b
     return None
+
+
+# What a SaaS could use to authenticate as someone: refused when the gateway injects a credential.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def _check_credentials(config: GatewayConfig, doc: Located) -> Iterator[Problem]:
+    for name, credential in config.credentials.items():
+        base = ("credentials", name)
+        kinds = [kind for kind in CREDENTIAL_KINDS if getattr(credential, kind) is not None]
+        if len(kinds) != 1:
+            yield doc.problem(
+                base,
+                "a credential needs exactly one of: " + ", ".join(CREDENTIAL_KINDS),
+                code="invalid_credential",
+                hint="one credential per name; declare another name for another kind",
+            )
+            continue
+        if credential.header is not None:
+            lowered = credential.header.name.lower()
+            if lowered in NEVER_FORWARDED or lowered.startswith(NEVER_FORWARDED_PREFIXES):
+                yield doc.problem(
+                    (*base, "header", "name"),
+                    f"{credential.header.name!r} is set or stripped by the gateway itself",
+                    code="forbidden_header",
+                )
+        oauth = credential.oauth2_client_credentials
+        if oauth is None:
+            continue
+        oauth_base = (*base, "oauth2_client_credentials")
+        endpoint = oauth.endpoint()
+        if endpoint.scheme == "http" and not _is_loopback(endpoint.host):
+            yield doc.problem(
+                (*oauth_base, "token_url"),
+                "an http:// token endpoint would send the client secret in clear; accepted on "
+                "loopback only",
+                code="insecure_endpoint",
+                hint="use https://",
+            )
+        if oauth.tls is not None and endpoint.scheme != "https":
+            yield doc.problem(
+                (*oauth_base, "tls"), "'tls' applies to https only", code="unused_setting"
+            )
+        for problem in _check_addresses(oauth_base, endpoint, doc):
+            # The endpoint's host lives in token_url: point there rather than at a missing key.
+            if problem.path.endswith(".host"):
+                located = doc.problem(
+                    (*oauth_base, "token_url"),
+                    problem.message,
+                    code=problem.code,
+                    hint=problem.hint,
+                )
+                yield located
+            else:
+                yield problem
+
+
+def _check_target_credentials(
+    base: JsonPath, target: Target, config: GatewayConfig, doc: Located
+) -> Iterator[Problem]:
+    if target.credential is not None and target.scheme == "tcp":
+        yield doc.problem(
+            (*base, "credential"),
+            "a tcp target carries raw streams; the gateway injects credentials into http(s) only",
+            code="unused_setting",
+        )
+        return
+    default = _credential(target.credential, (*base, "credential"), config, doc)
+    problems: list[Problem] = list(default[1])
+    for index, operation in enumerate(target.operations):
+        op_path = (*base, "operations", index)
+        if operation.credential is None:
+            credential = default[0]
+        else:
+            credential, found = _credential(
+                operation.credential, (*op_path, "credential"), config, doc
+            )
+            problems.extend(found)
+        if credential is None:
+            continue
+        refused = CREDENTIAL_HEADERS | {credential.header_name}
+        for header_index, header in enumerate(operation.headers):
+            if header.lower() in refused:
+                problems.append(
+                    doc.problem(
+                        (*op_path, "headers", header_index),
+                        f"{header!r} would let the SaaS send its own credential where the "
+                        "gateway injects one",
+                        code="conflicting_settings",
+                        hint="remove it: requests carrying it are refused with 400",
+                    )
+                )
+    yield from problems
+
+
+def _credential(
+    name: str | None, path: JsonPath, config: GatewayConfig, doc: Located
+) -> tuple[Credential | None, list[Problem]]:
+    if name is None:
+        return None, []
+    found = config.credentials.get(name)
+    if found is not None:
+        return found, []
+    close = difflib.get_close_matches(name, list(config.credentials), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "declare it under 'credentials'"
+    return None, [
+        doc.problem(path, f"no credential named {name!r}", code="unknown_credential", hint=hint)
+    ]

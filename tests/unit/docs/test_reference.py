@@ -51,7 +51,7 @@ def test_every_key_of_the_schema_is_documented_once() -> None:
         if line == "## Top level":
             section = ""
             continue
-        row = re.match(r"\| `([a-z_]+)` \|", line)
+        row = re.match(r"\| `([a-z0-9_]+)` \|", line)
         if row:
             key = f"{section}.{row.group(1)}" if section else row.group(1)
             assert key not in documented, key
