@@ -12,6 +12,11 @@ Two steps, both applied to every request and stream:
    :mod:`gateway.config.semantics`), headers a ``Connection`` header lists, and the one-hop
    WebSocket handshake headers. ``Host`` is always the target's configured host.
 
+3. :func:`refuse_saas_credentials`: on a target (or operation) that has the gateway inject a
+   credential, a request carrying any credential header of its own (``Authorization``,
+   ``Proxy-Authorization``, ``Cookie`` or the injected header's name) is refused with 400, never
+   silently replaced, so only the gateway's credential ever reaches that API.
+
 Header values may be credentials, so no message here ever includes one.
 """
 
@@ -21,8 +26,12 @@ import itertools
 import re
 from collections.abc import Iterable, Mapping
 
-from gateway.config.model import GatewayConfig, Operation, Target
-from gateway.config.semantics import NEVER_FORWARDED, NEVER_FORWARDED_PREFIXES
+from gateway.config.model import Credential, GatewayConfig, Operation, Target
+from gateway.config.semantics import (
+    CREDENTIAL_HEADERS,
+    NEVER_FORWARDED,
+    NEVER_FORWARDED_PREFIXES,
+)
 from gateway.forward.rejections import RejectReason, RequestRejected
 
 __all__ = [
@@ -30,6 +39,7 @@ __all__ = [
     "HANDSHAKE_ONLY",
     "host_header",
     "outbound_headers",
+    "refuse_saas_credentials",
     "validate_request_headers",
 ]
 
@@ -185,3 +195,16 @@ def outbound_headers(
             continue
         result.append((lowered, value))
     return result
+
+
+def refuse_saas_credentials(credential: Credential, headers: Iterable[tuple[str, str]]) -> None:
+    """Refuse (400 ``saas_credential_refused``) a request that brings a credential header where
+    the gateway injects ``credential``. ``headers`` are validated (lower-case names)."""
+    refused = CREDENTIAL_HEADERS | {credential.header_name}
+    for name, _ in headers:
+        if name in refused:
+            raise RequestRejected(
+                R.SAAS_CREDENTIAL,
+                f"the gateway injects this target's credential; the request may not carry "
+                f"its own {name!r} header",
+            )

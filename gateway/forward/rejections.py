@@ -63,6 +63,8 @@ class RejectReason(StrEnum):
     INVALID_CONTENT_LENGTH = "invalid_content_length"
     CONTENT_LENGTH_WITH_TRANSFER_ENCODING = "content_length_with_transfer_encoding"
     DUPLICATE_HOST = "duplicate_host"
+    # The gateway injects this target's credential; the SaaS may not bring one.
+    SAAS_CREDENTIAL = "saas_credential_refused"
 
 
 # One status per code. 403: well-formed, but names something the file does not declare.
