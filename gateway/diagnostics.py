@@ -6,6 +6,10 @@ skipped rather than run against a state it cannot judge:
 
 ``config``
     gateway.yaml loads and passes every check ``gateway validate`` makes (secrets resolved).
+``credentials``
+    every credential the gateway injects can be had now: each secret reference resolves (files
+    with safe owner and mode) and each OAuth 2.0 token endpoint issues a token, dialled through
+    the same checked step as targets. Only names, references and endpoints are shown.
 ``state_dir``
     the state directory exists, is a real directory owned by this user, mode 0700 or stricter,
     and writable (the replay cache and certificate renewal write there).
@@ -60,6 +64,7 @@ from yarl import URL
 
 from gateway.config import LoadedConfig, load
 from gateway.errors import ConfigError, GatewayError
+from gateway.forward.credentials import CredentialError, CredentialSet
 from gateway.forward.dial import Resolver, system_resolver
 from gateway.hybridconnection.addresses import RelayEndpoint, listen_url
 from gateway.identity import ControlPlaneError, StoredIdentity, Timeouts, load_identity, mtls_client
@@ -90,6 +95,7 @@ Status = Literal["ok", "warn", "fail", "skip"]
 
 CHECK_NAMES: tuple[str, ...] = (
     "config",
+    "credentials",
     "state_dir",
     "identity",
     "dns",
@@ -257,6 +263,31 @@ async def _check_config(ctx: _Context) -> str:
         ) from None
     ctx.loaded = loaded
     return f"{loaded.file} is valid ({len(loaded.config.targets)} targets, {loaded.revision})"
+
+
+async def _check_credentials(ctx: _Context) -> str:
+    assert ctx.loaded is not None
+    if not ctx.loaded.config.credentials:
+        return "none declared"
+    credentials = CredentialSet.build(
+        ctx.loaded, resolver=ctx.options.resolver, env=ctx.options.env
+    )
+    passed: list[str] = []
+    try:
+        for name, injector in credentials.injectors.items():
+            try:
+                # The value is fetched and dropped at once; only the name is reported.
+                await injector.header()
+            except CredentialError as exc:
+                raise _CheckError(
+                    f"credential {name}: {exc.code}: {_clean(exc)}",
+                    "see docs/security.md, 'Injected credentials'",
+                ) from None
+            fetched = "token fetched" if injector.credential.oauth2_client_credentials else "ok"
+            passed.append(f"{name} ({injector.credential.kind}, {fetched})")
+    finally:
+        await credentials.close()
+    return ", ".join(passed)
 
 
 async def _check_state_dir(ctx: _Context) -> str:
@@ -634,6 +665,7 @@ _Check = Callable[[_Context], Awaitable[str]]
 # name, function, checks that must have passed first.
 _PLAN: tuple[tuple[str, _Check, tuple[str, ...]], ...] = (
     ("config", _check_config, ()),
+    ("credentials", _check_credentials, ("config",)),
     ("state_dir", _check_state_dir, ("config",)),
     ("identity", _check_identity, ("config", "state_dir")),
     ("dns", _check_dns, ("config",)),

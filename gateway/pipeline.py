@@ -39,8 +39,9 @@ from gateway.auth import BadSignatureLimiter, SignatureError, SignatureVerifier
 from gateway.config import LoadedConfig
 from gateway.config.model import GatewayConfig, Operation
 from gateway.forward.canonical import CanonicalRequest, canonicalise
+from gateway.forward.credentials import CredentialError, CredentialSet, Injector
 from gateway.forward.dial import DialError, Guard, Redirect, Resolver, system_resolver
-from gateway.forward.headers import outbound_headers
+from gateway.forward.headers import credential_name, outbound_headers, refuse_saas_credentials
 from gateway.forward.rejections import RequestRejected
 from gateway.forward.streams import TcpEnd, UpstreamEnd, open_tcp, relay
 from gateway.forward.upstream import Upstream, UpstreamError, UpstreamResponse
@@ -126,6 +127,8 @@ class Runtime:
     resolver: Resolver = system_resolver
     redirect: Redirect | None = None
     guard: Guard | None = None
+    credentials: CredentialSet = field(default_factory=lambda: CredentialSet({}))
+    """The credentials this revision injects (:mod:`gateway.forward.credentials`)."""
     chain: Chain = field(init=False, repr=False, compare=False)
     """The steps that decide every request of this revision (:class:`Chain`)."""
 
@@ -163,12 +166,16 @@ class Runtime:
             resolver=resolver,
             redirect=redirect,
             guard=guard,
+            credentials=CredentialSet.build(
+                loaded, resolver=resolver, redirect=redirect, guard=guard
+            ),
         )
 
     async def close(self) -> None:
         """Close both connection pools and the engine (once no request uses this revision)."""
         await self.upstream.close()
         await self.websockets.close()
+        await self.credentials.close()
         closer = getattr(self.engine, "close", None)
         if closer is not None:
             await closer()
@@ -309,6 +316,9 @@ class Verdict:
     protocols: tuple[str, ...] = ()
     """The subprotocols a stream's sender offered."""
     monitor: bool = False
+    credential: str | None = None
+    """The name of the credential the gateway adds before forwarding (its value is fetched only
+    then, by :class:`gateway.forward.credentials.CredentialSet`)."""
 
     @property
     def forwarded(self) -> bool:
@@ -410,6 +420,15 @@ class Chain:
             monitor = True
             operation = operation or _NO_OPERATION
         headers: tuple[tuple[str, str], ...] = ()
+        # The header step: the operation's allow-list, and the credential the gateway injects
+        # (which the SaaS may then not bring itself: refused, never silently replaced).
+        credential = credential_name(target, operation)
+        if credential is not None:
+            try:
+                refuse_saas_credentials(self.config.credentials[credential], canonical.headers)
+            except RequestRejected as exc:
+                refused = Refusal(exc.status, str(exc.code), str(exc), "headers")
+                return Verdict(refused, "headers", canonical, document, decision, elapsed)
         if target.scheme != "tcp":
             headers = tuple(outbound_headers(target, operation, canonical.headers))
         kept = {name for name, _ in headers}
@@ -426,6 +445,7 @@ class Chain:
             dropped,
             protocols,
             monitor,
+            credential,
         )
 
     def _canonicalise(self, facts: RequestFacts) -> CanonicalRequest:
@@ -673,18 +693,23 @@ class Pipeline:
         verdict = await runtime.chain.decide(replace(facts, keyid=keyid))
         self._decided(verdict, record)
         canonical = verdict.granted()
+        injector, injected = await _inject(runtime, verdict)
         try:
             upstream = await runtime.upstream.send(
                 canonical.target,
                 method=canonical.method,
                 path=canonical.path,
                 query=canonical.query,
-                headers=list(verdict.headers),
+                headers=[*verdict.headers, *injected],
                 body=request.body,
             )
         except UpstreamError as exc:
             raise Refusal(exc.status, exc.code, str(exc), "forward") from None
         record.status = upstream.status
+        if injector is not None and upstream.status == 401:
+            # RFC 6750 section 3.1: the token may have been revoked; the next request gets a new
+            # one rather than the same refusal until the cached token expires.
+            injector.rejected(injected[0][1])
         return await _relayed(upstream)
 
     def _decided(self, verdict: Verdict, record: AuditRecord) -> None:
@@ -826,12 +851,13 @@ class Pipeline:
             except TimeoutError:
                 raise Refusal(504, "upstream_timeout", "no connection in time", "forward") from None
             return TcpEnd(reader, writer), None
+        _, injected = await _inject(runtime, verdict)
         try:
             socket = await runtime.websockets.connect(
                 canonical.target,
                 path=canonical.path,
                 query=canonical.query,
-                headers=list(verdict.headers),
+                headers=[*verdict.headers, *injected],
                 protocols=verdict.protocols,
                 max_message=max_message,
                 handshake_timeout=deadline,
@@ -912,6 +938,22 @@ def _too_many(wait: float, cause: str) -> Refusal:
         cause=cause,
         retry_after=max(1, math.ceil(wait)),
     )
+
+
+async def _inject(
+    runtime: Runtime, verdict: Verdict
+) -> tuple[Injector | None, tuple[tuple[str, str], ...]]:
+    """The credential header the gateway adds to an allowed request, if its target has one.
+    Fetched only now, after every check passed, so a refused request never costs a token; a
+    credential that cannot be had fails the request closed (502/503, nothing is forwarded)."""
+    if verdict.credential is None:
+        return None, ()
+    injector = runtime.credentials.injectors[verdict.credential]
+    try:
+        header = await injector.header()
+    except CredentialError as exc:
+        raise Refusal(exc.status, exc.code, str(exc), "forward") from None
+    return injector, (header,)
 
 
 def _refusal_result(refusal: Refusal) -> str:

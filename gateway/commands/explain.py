@@ -25,6 +25,7 @@ import sys
 from gateway import config as gwconfig
 from gateway.commands._common import add_config_argument
 from gateway.errors import ConfigError
+from gateway.forward.credentials import describe as describe_credential
 from gateway.pipeline import Chain, RequestFacts, Verdict
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.loader import PolicySet, build_engine, load_policies
@@ -46,6 +47,8 @@ REASON_TEXT: dict[str, str] = {
     "invalid_extension": "an extension module's deny is not a set of strings",
     "policy_unavailable": "the policy engine could not decide (unreachable, timed out, failed)",
     "policy_undefined": "the policy returned no decision document",
+    "saas_credential_refused": "the gateway injects this target's credential, so the request "
+    "may not carry a credential header of its own",
 }
 
 
@@ -159,6 +162,16 @@ def _report(
         }
     # Header names only: values may be credentials, and no command prints a credential.
     forwarded = [name for name, _ in verdict.headers]
+    # The injected credential by name and references; its value is never fetched here.
+    injected = None
+    if verdict.credential is not None:
+        credential = config.credentials[verdict.credential]
+        injected = {
+            "name": verdict.credential,
+            "kind": credential.kind,
+            "header": credential.header_name,
+            "references": describe_credential(verdict.credential, credential),
+        }
     if fmt == "json":
         print(
             json.dumps(
@@ -182,6 +195,7 @@ def _report(
                         "forwarded": verdict.forwarded,
                     },
                     "headers": {"forwarded": forwarded, "dropped": list(verdict.dropped)},
+                    "credential": injected,
                     "revision": revision,
                     "engine": config.policy.engine,
                     "mode": config.policy.mode,
@@ -215,7 +229,7 @@ def _report(
         status = refusal.status if refusal else decision.status
         forwarded_anyway = " (monitor mode: logged as would-deny, forwarded anyway)"
         print(f"decision:  DENY (HTTP {status}){forwarded_anyway if verdict.monitor else ''}")
-        if decision.operation:
+        if decision.operation and not decision.allow:
             print(f"           operation {decision.operation!r} matched, but a veto applies")
         for reason in verdict.reasons:
             text = REASON_TEXT.get(reason, "denied by an extension module")
@@ -224,6 +238,8 @@ def _report(
         print(f"forwards:  {', '.join(forwarded) or '(none)'}")
     if verdict.dropped:
         print(f"drops:     {', '.join(verdict.dropped)}")
+    if injected is not None:
+        print(f"injects:   {injected['header']} from credential {injected['references']}")
     print(f"revision:  {decision.revision}")
     print(f"engine:    {config.policy.engine}, {decision.latency * 1e6:.0f} us")
 

@@ -26,6 +26,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Self
 from urllib.parse import unquote_plus
 
 from aiohttp import web
@@ -35,31 +36,19 @@ __all__ = ["ProtectedApi", "TokenServer"]
 MAX_FORM_BYTES = 16 * 1024
 
 
-@dataclass
-class TokenServer:
-    """``async with TokenServer({"client-id": "secret"}) as idp: idp.token_url``."""
+@dataclass(kw_only=True)
+class _LoopbackServer:
+    """An aiohttp application served on loopback, started and stopped as a context manager."""
 
-    clients: Mapping[str, str]
-    scopes: frozenset[str] = frozenset()
-    lifetime: float = 3600.0
     host: str = "127.0.0.1"
     port: int = 0
     ssl_context: ssl.SSLContext | None = None
-    fail_status: int | None = None
-    delay: float = 0.0
-    requests: int = 0
-    """Token requests received (including refused ones)."""
-    issued: dict[str, float] = field(default_factory=dict)
-    """Every token issued, with its expiry on :func:`time.monotonic`."""
     _runner: web.AppRunner | None = field(default=None, repr=False)
 
-    @property
-    def token_url(self) -> str:
-        """The endpoint, as ``token_url`` is written in gateway.yaml."""
-        scheme = "https" if self.ssl_context is not None else "http"
-        return f"{scheme}://{self.host}:{self.port}/oauth2/token"
+    def _app(self) -> web.Application:
+        raise NotImplementedError
 
-    async def __aenter__(self) -> TokenServer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -67,17 +56,47 @@ class TokenServer:
         await self.stop()
 
     async def start(self) -> None:
-        """Start listening (on a free port if ``port`` is 0)."""
-        app = web.Application(client_max_size=MAX_FORM_BYTES)
-        app.router.add_post("/oauth2/token", self._token)
-        self._runner = web.AppRunner(app, access_log=None)
-        self.port = await _listen(self._runner, self.host, self.port, self.ssl_context)
+        """Start listening (on a free port if ``port`` is 0; the same port again after stop)."""
+        self._runner = web.AppRunner(self._app(), access_log=None)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # The port is reused when a server comes back after stopping (skips TIME_WAIT).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = int(sock.getsockname()[1])
+        await web.SockSite(self._runner, sock, ssl_context=self.ssl_context).start()
 
     async def stop(self) -> None:
         """Stop listening and close open connections."""
         if self._runner is not None:
             await self._runner.cleanup()
         self._runner = None
+
+
+@dataclass
+class TokenServer(_LoopbackServer):
+    """``async with TokenServer({"client-id": "secret"}) as idp: idp.token_url``."""
+
+    clients: Mapping[str, str]
+    scopes: frozenset[str] = frozenset()
+    lifetime: float = 3600.0
+    fail_status: int | None = None
+    delay: float = 0.0
+    requests: int = 0
+    """Token requests received (including refused ones)."""
+    issued: dict[str, float] = field(default_factory=dict)
+    """Every token issued, with its expiry on :func:`time.monotonic`."""
+
+    @property
+    def token_url(self) -> str:
+        """The endpoint, as ``token_url`` is written in gateway.yaml."""
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}/oauth2/token"
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_FORM_BYTES)
+        app.router.add_post("/oauth2/token", self._token)
+        return app
 
     async def go_down(self) -> None:
         """Stop accepting connections, keeping the port number (issued tokens stay valid)."""
@@ -128,19 +147,6 @@ class TokenServer:
         return web.json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
-async def _listen(
-    runner: web.AppRunner, host: str, port: int, context: ssl.SSLContext | None
-) -> int:
-    """Serve ``runner`` on ``host:port`` (a free port for 0); returns the port."""
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    # The port is reused when a server comes back after go_down (skips TIME_WAIT).
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    await web.SockSite(runner, sock, ssl_context=context).start()
-    return int(sock.getsockname()[1])
-
-
 def _client_of(request: web.Request, fields: Mapping[str, str]) -> tuple[str, str] | None:
     """(client id, secret) from HTTP Basic (form-encoded parts) or from the body; not both."""
     header = request.headers.get("Authorization", "")
@@ -166,7 +172,7 @@ def _error(status: int, code: str, headers: Mapping[str, str] | None = None) -> 
 
 
 @dataclass
-class ProtectedApi:
+class ProtectedApi(_LoopbackServer):
     """An on-prem API that answers 200 only with the credential it expects, else 401.
 
     ``expect`` maps a header name (lower-case) to the value required; ``tokens`` (a
@@ -176,31 +182,12 @@ class ProtectedApi:
 
     expect: Mapping[str, str] = field(default_factory=dict)
     tokens: TokenServer | None = None
-    host: str = "127.0.0.1"
-    port: int = 0
-    ssl_context: ssl.SSLContext | None = None
     seen: list[dict[str, str]] = field(default_factory=list)
-    _runner: web.AppRunner | None = field(default=None, repr=False)
 
-    async def __aenter__(self) -> ProtectedApi:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        """Start listening (on a free port if ``port`` is 0)."""
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        self.port = await _listen(self._runner, self.host, self.port, self.ssl_context)
-
-    async def stop(self) -> None:
-        """Stop listening."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-        self._runner = None
+        return app
 
     async def _handle(self, request: web.Request) -> web.Response:
         headers = {name.lower(): value for name, value in request.headers.items()}

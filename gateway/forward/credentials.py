@@ -27,30 +27,20 @@ from dataclasses import dataclass
 from gateway.config import LoadedConfig
 from gateway.config.model import Credential, Operation, Target
 from gateway.config.secrets import SecretError, SecretRef, SecretSource
-from gateway.forward.dial import Redirect, Resolver, system_resolver
+from gateway.forward.dial import Guard, Redirect, Resolver, system_resolver
+from gateway.forward.headers import credential_name
 from gateway.forward.oauth import CredentialError, TokenSource
 
 __all__ = [
     "CredentialError",
     "CredentialSet",
     "Injector",
-    "credential_name",
     "describe",
 ]
 
 # RFC 9110 section 5.5: field-vchar, SP and HTAB. A secret that is not a valid header value would
 # split or corrupt the request: it is refused, never sent.
 _HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?")
-
-
-def credential_name(target: Target, operation: Operation | None) -> str | None:
-    """The credential injected for ``operation`` on ``target``: the operation's own, else the
-    target's; None for a tcp target or when neither names one."""
-    if target.scheme == "tcp":
-        return None
-    if operation is not None and operation.credential is not None:
-        return operation.credential
-    return target.credential
 
 
 def describe(name: str, credential: Credential) -> str:
@@ -140,6 +130,7 @@ class CredentialSet:
         *,
         resolver: Resolver = system_resolver,
         redirect: Redirect | None = None,
+        guard: Guard | None = None,
         env: Mapping[str, str] | None = None,
     ) -> CredentialSet:
         """Injectors for ``loaded``'s credentials. Environment secrets come from the values the
@@ -176,6 +167,7 @@ class CredentialSet:
                     config,
                     resolver=resolver,
                     redirect=redirect,
+                    guard=guard,
                     resolve_path=loaded.resolve_path,
                 )
             injectors[name] = Injector(name, credential, sources, tokens)

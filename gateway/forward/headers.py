@@ -37,6 +37,7 @@ from gateway.forward.rejections import RejectReason, RequestRejected
 __all__ = [
     "DEFAULT_FORWARDED",
     "HANDSHAKE_ONLY",
+    "credential_name",
     "host_header",
     "outbound_headers",
     "refuse_saas_credentials",
@@ -195,6 +196,16 @@ def outbound_headers(
             continue
         result.append((lowered, value))
     return result
+
+
+def credential_name(target: Target, operation: Operation | None) -> str | None:
+    """The credential injected for ``operation`` on ``target``: the operation's own, else the
+    target's; None for a tcp target or when neither names one."""
+    if target.scheme == "tcp":
+        return None
+    if operation is not None and operation.credential is not None:
+        return operation.credential
+    return target.credential
 
 
 def refuse_saas_credentials(credential: Credential, headers: Iterable[tuple[str, str]]) -> None:

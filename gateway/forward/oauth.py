@@ -36,12 +36,11 @@ from urllib.parse import quote_plus, urlencode
 
 import aiohttp
 from pydantic import SecretStr
-from yarl import URL
 
 from gateway.config.model import GatewayConfig, OAuth2ClientCredentials
 from gateway.config.secrets import SecretError, SecretSource
 from gateway.errors import GatewayError
-from gateway.forward.dial import DialError, Redirect, Resolver, system_resolver
+from gateway.forward.dial import DialError, Guard, Redirect, Resolver, system_resolver
 from gateway.forward.upstream import TargetPool
 
 __all__ = ["FAILURE_HOLD", "CredentialError", "Token", "TokenSource"]
@@ -100,6 +99,7 @@ class TokenSource:
         *,
         resolver: Resolver = system_resolver,
         redirect: Redirect | None = None,
+        guard: Guard | None = None,
         resolve_path: Callable[[str], Path] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -114,6 +114,7 @@ class TokenSource:
             limit=4,
             resolver=resolver,
             redirect=redirect,
+            guard=guard,
             resolve_path=resolve_path,
             session_options={"auto_decompress": False},
         )
@@ -207,19 +208,21 @@ class TokenSource:
     async def _post(self, body: bytes, headers: dict[str, str]) -> tuple[bytes, int]:
         settings = self._settings
         endpoint = self._endpoint
-        url = URL(settings.token_url)
+        pool = self._pool
+        # The pool's URL names the endpoint by its dial-step name, so only the dial step can
+        # turn it into an address; Host and TLS keep the configured name.
+        url = pool.url(self.name, endpoint.scheme, settings.path, None)
         timeout = settings.timeout_seconds
-        server_name = endpoint.tls.server_name if endpoint.tls is not None else None
         try:
             async with asyncio.timeout(timeout):
-                response = await self._pool.session().post(
+                response = await pool.session().post(
                     url,
                     data=body,
-                    headers=headers,
+                    headers=pool.headers(self.name, headers.items()),
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=timeout),
-                    ssl=self._pool.tls(self.name) if endpoint.scheme == "https" else True,
-                    server_hostname=server_name,
+                    ssl=pool.tls(self.name) if endpoint.scheme == "https" else True,
+                    server_hostname=pool.server_name(self.name),
                 )
                 async with response:
                     data = await response.content.read(MAX_TOKEN_RESPONSE + 1)

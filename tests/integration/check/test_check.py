@@ -79,6 +79,7 @@ async def test_every_check_passes_against_a_healthy_devkit(registered: Registere
     results = await _check(registered.config)
     assert _statuses(results) == {
         "config": "ok",
+        "credentials": "ok",
         "state_dir": "ok",
         "identity": "ok",
         "dns": "ok",
@@ -365,4 +366,4 @@ async def test_cli_json_and_text_output_and_exit_codes(registered: Registered) -
     assert lines[0].startswith("ok    config")
     failed = [line for line in lines if line.startswith("FAIL")]
     assert failed == [line for line in lines if line.startswith("FAIL  relay ")]
-    assert lines[-1] == "9 checks: 1 failed, 0 warnings"
+    assert lines[-1] == "10 checks: 1 failed, 0 warnings"
