@@ -79,6 +79,7 @@ from gateway.outbound.proxy import (
     open_websocket,
     translate_proxy_error,
 )
+from gateway.outbound.sessions import client_session
 from gateway.service import proxy_settings
 
 __all__ = [
@@ -530,8 +531,8 @@ async def _check_tls(ctx: _Context) -> str:
     route = ctx.proxy.route_for(url)
     connector = aiohttp.TCPConnector(ssl=context, limit=1, force_close=True)
     timeout = aiohttp.ClientTimeout(total=ctx.options.timeout)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, trust_env=False, auto_decompress=False
+    async with client_session(
+        connector=connector, timeout=timeout, auto_decompress=False
     ) as session:
         try:
             async with session.get(
@@ -617,9 +618,7 @@ async def _check_relay(ctx: _Context) -> str:
     token = ctx.relay_info.listener_token.token.get_secret_value()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=ctx.options.timeout)
     connector = aiohttp.TCPConnector(ssl=ctx.proxy.ssl_context, limit=1)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, trust_env=False
-    ) as session:
+    async with client_session(connector=connector, timeout=timeout) as session:
         try:
             ws = await open_websocket(
                 session,

@@ -27,6 +27,7 @@ import aiohttp
 
 from gateway.devkit.saas import SaaSResponse
 from gateway.devkit.stack import PERSON, PERSON_PASSWORD, DevStack
+from gateway.outbound.sessions import client_session
 
 READY_TIMEOUT = 20.0
 
@@ -58,7 +59,7 @@ def _gateway_command(*args: str) -> list[str]:
 async def _readyz(port: int) -> dict[str, object]:
     url = f"http://127.0.0.1:{port}/readyz"
     timeout = aiohttp.ClientTimeout(total=2)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
+    async with client_session(timeout=timeout) as session, session.get(url) as response:
         result: dict[str, object] = await response.json()
         return result
 
@@ -159,7 +160,7 @@ def _print_table(rows: list[Row]) -> None:
 async def _metrics(port: int) -> list[str]:
     url = f"http://127.0.0.1:{port}/metrics"
     timeout = aiohttp.ClientTimeout(total=2)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
+    async with client_session(timeout=timeout) as session, session.get(url) as response:
         text = await response.text()
     wanted = (
         "gateway_requests_total{",

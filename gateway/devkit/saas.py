@@ -16,6 +16,7 @@ from yarl import URL
 
 from gateway.devkit.relay_emulator import RelayEmulator
 from gateway.devkit.signing import RequestSigner
+from gateway.outbound.sessions import client_session
 
 SAS_HEADER = "ServiceBusAuthorization"
 
@@ -62,7 +63,7 @@ class SaaSClient:
 
     async def __aenter__(self) -> SaaSClient:
         """Open the HTTP session."""
-        self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False)
+        self._session = client_session(timeout=self._timeout)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -30,6 +30,7 @@ from yarl import URL
 from gateway.config.model import GatewayConfig, Target
 from gateway.forward.dial import DialError, DialStep, Guard, Redirect, Resolver, system_resolver
 from gateway.forward.headers import host_header
+from gateway.outbound.sessions import ConnectionLostError, client_session
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +187,8 @@ class TargetPool:
         """The pool's session, created on first use (inside the running loop)."""
         if self._session is None:
             connector = self._dial.connector(limit=self._limit, force_close=self._force_close)
-            self._session = aiohttp.ClientSession(
+            self._session = client_session(
                 connector=connector,
-                trust_env=False,
                 # aiohttp adds none of its own headers: what goes out is the allow-list's.
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
                 max_line_size=MAX_RESPONSE_LINE,
@@ -312,6 +312,12 @@ class Upstream:
             ) from None
         except aiohttp.ClientSSLError as exc:
             raise UpstreamError("upstream_tls", f"TLS failed: {exc}") from None
+        except ConnectionLostError:
+            # The request may have reached the target: it is never sent a second time
+            # (gateway.outbound.sessions), and the SaaS gets a 502 instead of a guess.
+            raise UpstreamError(
+                "upstream_connection_lost", "the connection closed before the answer"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             cause = exc.os_error
             if isinstance(cause, DialError):

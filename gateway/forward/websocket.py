@@ -35,6 +35,7 @@ from gateway.config.model import GatewayConfig
 from gateway.forward.dial import DialError, Guard, Redirect, Resolver, system_resolver
 from gateway.forward.streams import CLOSE_ERROR, CLOSE_NORMAL, CLOSE_TOO_BIG, relay_close_code
 from gateway.forward.upstream import TargetPool, UpstreamError
+from gateway.outbound.sessions import ConnectionLostError
 
 __all__ = ["UpstreamSocket", "WebSocketUpstream"]
 
@@ -199,6 +200,12 @@ class WebSocketUpstream:
             ) from None
         except aiohttp.ClientSSLError as exc:
             raise UpstreamError("upstream_tls", f"TLS failed: {exc}") from None
+        except ConnectionLostError:
+            # The request may have reached the target: it is never sent a second time
+            # (gateway.outbound.sessions), and the SaaS gets a 502 instead of a guess.
+            raise UpstreamError(
+                "upstream_connection_lost", "the connection closed before the answer"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             cause = exc.os_error
             if isinstance(cause, DialError):

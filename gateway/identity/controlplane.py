@@ -60,6 +60,7 @@ from gateway.outbound.proxy import (
     ProxyRoute,
     translate_proxy_error,
 )
+from gateway.outbound.sessions import ConnectionLostError, client_session
 
 API_ROOT = "api/gateway/v1/"
 PROBLEM_TYPE_PREFIX = "urn:empowerid:gateway:problem:"
@@ -186,10 +187,9 @@ class ControlPlaneClient:
             sock_read=self._timeouts.read,
         )
         connector = aiohttp.TCPConnector(ssl=self._ssl, limit=4)
-        self._session = aiohttp.ClientSession(
+        self._session = client_session(
             connector=connector,
             timeout=timeout,
-            trust_env=False,
             auto_decompress=False,
             raise_for_status=False,
         )
@@ -333,6 +333,8 @@ class ControlPlaneClient:
 
     def _transport_error(self, exc: BaseException) -> ControlPlaneError:
         host = self._base.host
+        if isinstance(exc, ConnectionLostError):
+            exc = exc.lost  # never re-sent (gateway.outbound.sessions); classified as it was
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
             cert_error = exc.certificate_error
             verify_code = getattr(cert_error, "verify_code", None)

@@ -61,6 +61,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.errors import GatewayError
+from gateway.outbound.sessions import client_session
 
 __all__ = [
     "NoProxyList",
@@ -412,7 +413,7 @@ def new_client_session(
     Must be called inside a running event loop.
     """
     connector = aiohttp.TCPConnector(ssl=proxy.ssl_context, limit=limit)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
+    return client_session(connector=connector, timeout=timeout)
 
 
 async def open_websocket(

@@ -102,6 +102,7 @@ from gateway.outbound.proxy import (
     ProxyError,
     open_websocket,
 )
+from gateway.outbound.sessions import client_session
 from gateway.relay.backoff import Backoff, FailureKind
 from gateway.relay.handlers import (
     AcceptInfo,
@@ -459,10 +460,9 @@ class RelayListener:
             + settings.max_concurrent_streams
         )
         connector = aiohttp.TCPConnector(ssl=self._proxy.ssl_context, limit=sockets)
-        self._session = aiohttp.ClientSession(
+        self._session = client_session(
             connector=connector,
             timeout=timeout,
-            trust_env=False,
             ws_response_class=_RelayWebSocket,
         )
         for index in range(self.settings.connections):

@@ -141,6 +141,38 @@ class RecordingTarget:
                     await writer.wait_closed()
 
 
+@dataclass
+class KeepAliveTarget(RecordingTarget):
+    """A target that keeps connections open between requests, like most servers, and closes a
+    connection the moment a request for ``/api/drop...`` arrives on it, without answering: what a
+    client sees when the server's idle timeout fires just as its request goes out on a pooled
+    connection. Every request is recorded as it arrives, so a second copy shows in ``arrivals``.
+    """
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        try:
+            while True:
+                async with asyncio.timeout(READ_TIMEOUT):
+                    arrival = await _read_request(reader)
+                if arrival is None:
+                    return
+                self.arrivals.append(arrival)
+                if arrival.target.startswith("/api/drop"):
+                    return
+                writer.write(response_bytes(200, b"kept", [("Content-Length", "4")], framing=False))
+                await writer.drain()
+        except (ConnectionError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
+                async with asyncio.timeout(1):
+                    await writer.wait_closed()
+
+
 async def _read_request(reader: asyncio.StreamReader) -> Arrival | None:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
