@@ -121,6 +121,13 @@ class RecordingTarget:
                 writer.close()
             await self._server.wait_closed()
 
+    async def _closed(self, writer: asyncio.StreamWriter) -> None:
+        self._writers.discard(writer)
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
+            async with asyncio.timeout(1):
+                await writer.wait_closed()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(writer)
@@ -134,11 +141,7 @@ class RecordingTarget:
         except (ConnectionError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
-                async with asyncio.timeout(1):
-                    await writer.wait_closed()
+            await self._closed(writer)
 
 
 @dataclass
@@ -166,11 +169,7 @@ class KeepAliveTarget(RecordingTarget):
         except (ConnectionError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
-                async with asyncio.timeout(1):
-                    await writer.wait_closed()
+            await self._closed(writer)
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Arrival | None:
