@@ -4,7 +4,8 @@ Two steps, both applied to every request and stream:
 
 1. :func:`validate_request_headers` refuses a header list that is too big (431), that has names
    which are not RFC 9110 tokens, values with CR, LF, NUL or other controls (the way to inject a
-   header or split a request, catalogue C 56-58), or ambiguous message framing (catalogue C 52-54).
+   header or split a request, catalogue C 56-58), or ambiguous message framing (catalogue C 52-54;
+   a ``Transfer-Encoding`` other than exactly one ``chunked``, RFC 9112 section 6.1).
 2. :func:`outbound_headers` builds the upstream header list from an allow-list: the small
    :data:`DEFAULT_FORWARDED` set of end-to-end headers plus the headers the matched operation
    names. Everything else is dropped, and a few headers are dropped even when named: hop-by-hop
@@ -128,6 +129,8 @@ def validate_request_headers(
     for name, value in items:
         if len(name) > MAX_NAME_LENGTH or not _TOKEN.fullmatch(name):
             raise RequestRejected(R.INVALID_HEADER_NAME, "a header name is not an HTTP token")
+        if name.lower() == "transfer-encoding":
+            _check_transfer_encoding(value)
         trimmed = value.strip(_OWS)
         if _BAD_VALUE.search(trimmed):
             raise RequestRejected(
@@ -139,7 +142,24 @@ def validate_request_headers(
     return tuple(validated)
 
 
+def _check_transfer_encoding(raw: str) -> None:
+    # RFC 9112 section 6.1: the only framing a request can have besides Content-Length is one
+    # final 'chunked'. Any other list ('gzip, chunked', 'chunked, identity', 'chunked, chunked'),
+    # a near name ('xchunked', 'chunked;x=1') or padding (' chunked') is read one way by one
+    # parser and another way by the next: the request smuggling set-up. The relay delivered the
+    # body whole, so the only value that describes it is exactly 'chunked' (names are
+    # case-insensitive, RFC 9112 section 7); the forwarder re-frames it with Content-Length.
+    if raw.lower() != "chunked":
+        raise RequestRejected(
+            R.INVALID_TRANSFER_ENCODING, "Transfer-Encoding must be exactly one 'chunked'"
+        )
+
+
 def _check_framing(headers: list[tuple[str, str]]) -> None:
+    if sum(1 for name, _ in headers if name == "transfer-encoding") > 1:
+        raise RequestRejected(
+            R.INVALID_TRANSFER_ENCODING, "Transfer-Encoding on more than one field line"
+        )
     lengths = [value for name, value in headers if name == "content-length"]
     if len(lengths) > 1:
         raise RequestRejected(R.INVALID_CONTENT_LENGTH, "more than one Content-Length")

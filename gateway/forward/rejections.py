@@ -62,6 +62,7 @@ class RejectReason(StrEnum):
     INVALID_HEADER_VALUE = "invalid_header_value"
     INVALID_CONTENT_LENGTH = "invalid_content_length"
     CONTENT_LENGTH_WITH_TRANSFER_ENCODING = "content_length_with_transfer_encoding"
+    INVALID_TRANSFER_ENCODING = "invalid_transfer_encoding"
     DUPLICATE_HOST = "duplicate_host"
     # The gateway injects this target's credential; the SaaS may not bring one.
     SAAS_CREDENTIAL = "saas_credential_refused"

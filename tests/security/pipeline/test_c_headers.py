@@ -27,6 +27,22 @@ JSON_REFUSALS = [
         "content_length_with_transfer_encoding",
         id="C52",
     ),
+    *(
+        pytest.param(
+            [("Transfer-Encoding", coding), *length],
+            400,
+            "invalid_transfer_encoding",
+            id=f"TE-{coding.strip() or 'empty'}{'-with-length' if length else ''}",
+        )
+        for coding in (
+            "gzip, chunked",
+            "chunked, identity",
+            "xchunked",
+            " chunked",
+            "chunked, chunked",
+        )
+        for length in ([], [("Content-Length", "5")])
+    ),
     pytest.param([("Content-Length", "5, 6")], 400, "invalid_content_length", id="C54-two"),
     pytest.param([("Content-Length", "+5")], 400, "invalid_content_length", id="C54-plus"),
     pytest.param([("Content-Length", "5, 5")], 400, "invalid_content_length", id="C54-repeat"),
@@ -48,6 +64,23 @@ async def test_C_malformed_request_headers_are_refused(
 ) -> None:
     response = await env.send_json("POST", "erp", "/api/orders", headers=headers, body=b"hello")
     assert (response.status, response.reason_code) == (status, reason), response.body
+    env.assert_never_forwarded()
+
+
+async def test_transfer_encoding_on_two_json_keys_is_400(env: PipelineEnv) -> None:
+    # JSON keys differing only in case are two field lines; the signer covers neither.
+    async with env.saas() as saas:
+        signed = saas.signed_headers(
+            "POST", f"/{saas.hc}/erp/api/orders", "", [("Transfer-Encoding", "chunked")], b"hi"
+        )
+        response, _ = await saas.relay_json(
+            "POST",
+            "erp",
+            "/api/orders",
+            body=b"hi",
+            signed_headers=[*signed, ("transfer-encoding", "chunked")],
+        )
+    assert (response.status, response.reason_code) == (400, "invalid_transfer_encoding")
     env.assert_never_forwarded()
 
 

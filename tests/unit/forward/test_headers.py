@@ -131,10 +131,54 @@ def test_malformed_or_repeated_content_length_is_400(headers: Headers) -> None:
     assert rejection(headers) == ("invalid_content_length", 400)
 
 
-@pytest.mark.parametrize("te", ["chunked", "gzip, chunked", "identity"])
+@pytest.mark.parametrize("te", ["chunked", "Chunked"])
 def test_content_length_with_transfer_encoding_is_400(te: str) -> None:
     headers = [("Content-Length", "5"), ("Transfer-Encoding", te)]
     assert rejection(headers) == ("content_length_with_transfer_encoding", 400)
+
+
+# RFC 9112 section 6.1: exactly one 'chunked' or nothing (issue 11 section 2).
+AMBIGUOUS_CODINGS = [
+    "gzip, chunked",
+    "chunked, identity",
+    "chunked, chunked",
+    "chunked,chunked",
+    "xchunked",
+    "chunked;x=1",
+    " chunked",
+    "chunked ",
+    "\tchunked",
+    "identity",
+    "gzip",
+    "",
+    "chunk",
+    "chunked\x0b",
+]
+
+
+@pytest.mark.parametrize("coding", AMBIGUOUS_CODINGS)
+@pytest.mark.parametrize("with_length", [False, True])
+def test_transfer_encoding_other_than_one_chunked_is_400(coding: str, with_length: bool) -> None:
+    headers = [("Transfer-Encoding", coding)]
+    if with_length:
+        headers.append(("Content-Length", "5"))
+    assert rejection(headers) == ("invalid_transfer_encoding", 400)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+        [("Transfer-Encoding", "chunked"), ("transfer-encoding", "chunked")],
+    ],
+)
+def test_transfer_encoding_on_two_lines_is_400(headers: Headers) -> None:
+    assert rejection(headers) == ("invalid_transfer_encoding", 400)
+
+
+@pytest.mark.parametrize("coding", ["chunked", "Chunked", "CHUNKED"])
+def test_one_chunked_coding_in_any_case_passes(coding: str) -> None:
+    assert validate_request_headers(CONFIG, [("Transfer-Encoding", coding)])
 
 
 def test_transfer_encoding_alone_passes_validation_and_is_never_forwarded() -> None:
