@@ -111,6 +111,11 @@ class Decision(Protocol):
 class Decider(Protocol):
     """The policy engine seam."""
 
+    @property
+    def revision(self) -> str:
+        """The configuration and policy revision every decision carries (heartbeats report it)."""
+        ...
+
     async def decide(self, input: Mapping[str, Any]) -> Decision:
         """Decide one canonical request; fail closed (deny with a reason) on any fault."""
         ...
@@ -759,9 +764,13 @@ class Pipeline:
         self._metrics.requests.labels(result=record.result, reason=reason).inc()
         self._metrics.decisions.labels(result=record.result, reason=reason).inc()
         self._metrics.request_seconds.labels(result=record.result).observe(record.latency_ms / 1000)
+        self._record(record)
+
+    def _record(self, record: AuditRecord) -> None:
         try:
             self._audit(record)
         except Exception:  # the audit log must never take a request down with it
+            self._metrics.audit_write_failures.inc()
             log.exception("audit record could not be written", extra={"event": "audit_error"})
 
     # --- streams ---------------------------------------------------------------------------------
@@ -917,10 +926,7 @@ class Pipeline:
     def _finish_stream(self, record: AuditRecord) -> None:
         reason = record.reasons[0] if record.reasons else ""
         self._metrics.streams.labels(result=record.result, reason=reason).inc()
-        try:
-            self._audit(record)
-        except Exception:
-            log.exception("audit record could not be written", extra={"event": "audit_error"})
+        self._record(record)
 
 
 def _carries_signature(headers: Sequence[tuple[str, str]]) -> bool:

@@ -51,6 +51,7 @@ from gateway.identity import (
     mtls_client,
 )
 from gateway.identity.certs import CertificateHealth
+from gateway.identity.errors import IdentityError
 from gateway.identity.models import AuditHead, Heartbeat, SigningKey
 from gateway.observability.audit import AuditLog, decision_log
 from gateway.observability.export import Exporter, build_exporters
@@ -257,12 +258,27 @@ async def default_engine(loaded: LoadedConfig) -> Decider:
     return engine
 
 
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat()
+
+
+@dataclass
+class _RenewalFailure:
+    code: str
+    message: str
+    failures: int
+    since: float
+    last: float
+
+
 @dataclass
 class _State:
     identity: StoredIdentity | None = None
     last_heartbeat: float | None = None
     heartbeat_error: str | None = None
+    renewal_failure: _RenewalFailure | None = None
     reloads_failed: int = 0
+    next_key_refresh: float = 0.0
     config_mtime: float = 0.0
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -282,6 +298,7 @@ class Agent:
         self._exporters: list[Exporter] = []
         self._health: HealthServer | None = None
         self._pipeline: Pipeline | None = None
+        self._renewer: CertificateRenewer | None = None
         self._reload_lock = asyncio.Lock()
         self._proxy_settings = ProxySettings()
         self._proxy = OutboundProxy(self._proxy_settings)
@@ -293,6 +310,11 @@ class Agent:
         if self._runtime is None:
             raise RuntimeError("agent not started")
         return self._runtime
+
+    @property
+    def health_port(self) -> int | None:
+        """The port the health endpoint is bound to (useful with port 0), or None if off."""
+        return self._health.port if self._health is not None else None
 
     def _load(self) -> LoadedConfig:
         return load(self.options.config_path, env=self.options.env)
@@ -404,7 +426,10 @@ class Agent:
         try:
             self._exporters = build_exporters(loaded, on_drop=self._export_dropped)
             self._audit = decision_log(
-                loaded, identity.private_key, observers=[e.offer for e in self._exporters]
+                loaded,
+                identity.private_key,
+                observers=[e.offer for e in self._exporters],
+                on_failure=self.metrics.audit_write_failures.inc,
             )
         except (OSError, ValueError) as exc:
             raise StartError(f"decision log or export not usable: {exc}", EXIT_CONFIG) from None
@@ -464,10 +489,13 @@ class Agent:
                 raise StartError(
                     f"cannot listen on {config.observability.listen}: {exc.strerror}", EXIT_START
                 ) from None
+        self._renewer = self._certificate_renewer(identity, state_dir, passphrase)
+        # The keys were pinned at registration or refreshed since; next refresh one interval on.
+        self._state.next_key_refresh = time.monotonic() + self.options.key_refresh_interval
         await self._listener.start()
         self._spawn(self._heartbeats(), "heartbeats")
         self._spawn(self._watch_config(), "config-watch")
-        self._spawn(self._renewals(state_dir, passphrase), "renewal")
+        self._spawn(self._renewals(self._renewer), "renewal")
         with contextlib.suppress(OSError):
             self._state.config_mtime = os.stat(self.options.config_path).st_mtime
         log.info(
@@ -516,6 +544,7 @@ class Agent:
         task.add_done_callback(self._state.tasks.discard)
 
     def _alert(self, code: str, message: str) -> None:
+        self.metrics.alerts.labels(code=code).inc()
         log.error("ALERT %s: %s", code, message, extra={"event": "alert", "code": code})
 
     def _certificate_alert(self, health: CertificateHealth) -> None:
@@ -549,7 +578,12 @@ class Agent:
     # --- readiness, heartbeats, renewals -----------------------------------------------------
 
     def readiness(self) -> Readiness:
-        """Ready while at least one listener is online and a valid config and policy are loaded."""
+        """Ready while at least one listener is online and a valid config and policy are loaded.
+
+        Conditions that do not stop the gateway from serving but need an operator (a failing
+        certificate renewal, lost decision-log records, failing heartbeats, a systematic clock
+        skew) are listed under ``degraded``; the gateway stays ready.
+        """
         reasons: list[str] = []
         online = self._listener.metrics.listeners_online if self._listener else 0
         self.metrics.listeners_online.set(online)
@@ -560,63 +594,134 @@ class Agent:
         details: dict[str, Any] = {"listeners_online": online}
         if self._runtime is not None:
             details["revision"] = self._runtime.revision
+            details["policy_revision"] = self._runtime.engine.revision
             details["mode"] = self._runtime.loaded.config.policy.mode
+        degraded: list[str] = []
         if self._state.last_heartbeat is not None:
-            details["last_heartbeat"] = dt.datetime.fromtimestamp(
-                self._state.last_heartbeat, dt.UTC
-            ).isoformat()
+            details["last_heartbeat"] = _iso(self._state.last_heartbeat)
         if self._state.heartbeat_error:
             details["heartbeat_error"] = self._state.heartbeat_error
+            degraded.append("heartbeats to EmpowerID are failing")
         skew = self._verifier.clock_skew() if self._verifier else None
         if skew is not None:
-            details["clock_skew"] = str(skew)
+            details["clock_skew"] = {
+                "offset_seconds": round(skew.offset, 3),
+                "samples": skew.samples,
+                "systematic": skew.systematic,
+            }
+            if skew.systematic:
+                degraded.append(f"the local clock is off by about {skew.offset:+.1f} s")
+        failure = self._state.renewal_failure
+        if failure is not None:
+            details["certificate_renewal"] = {
+                "status": "failing",
+                "code": failure.code,
+                "error": failure.message,
+                "failures": failure.failures,
+                "failing_since": _iso(failure.since),
+                "last_failure": _iso(failure.last),
+            }
+            degraded.append(f"certificate renewal is failing ({failure.code})")
+        if self._audit is not None:
+            details["audit_write_failures"] = self._audit.failures
+            if self._audit.failing:
+                degraded.append("decision log records cannot be written")
         details["reload_failures"] = self._state.reloads_failed
+        details["degraded"] = degraded
         return Readiness(ready=not reasons, reasons=reasons, details=details)
 
+    async def heartbeat(self) -> float:
+        """Send one heartbeat (and refresh the signing keys when due); returns the interval the
+        control plane asked for. A failure is recorded for ``/readyz`` and counted, never raised.
+
+        The heartbeat carries the configuration revision (the SHA-256 of the effective
+        configuration, as in ``/readyz`` and the decision log) as ``config_hash``, so the control
+        plane can see drift between high-availability peers; the policy revision every decision
+        carries; and the totals of the gateway's counters (see :meth:`Metrics.counters`).
+        """
+        interval = self.options.heartbeat_interval
+        try:
+            runtime = self.runtime()
+            online = self._listener.metrics.listeners_online if self._listener else 0
+            beat = Heartbeat(
+                status="online" if online else "degraded",
+                version=__version__,
+                config_hash=runtime.revision,
+                policy_revision=runtime.engine.revision,
+                listeners_online=online,
+                counters=self.metrics.counters(),
+                audit_head=self._audit_head(),
+            )
+            async with self._control_plane() as client:
+                ack = await client.heartbeat(beat)
+                interval = float(ack.interval_seconds)
+                if time.monotonic() >= self._state.next_key_refresh:
+                    keys = await client.signing_keys()
+                    if self._verifier is not None:
+                        self._verifier.replace_keys(signing_keyset(keys))
+                    self._state.next_key_refresh = (
+                        time.monotonic() + self.options.key_refresh_interval
+                    )
+            self._state.last_heartbeat = time.time()
+            self._state.heartbeat_error = None
+            self.metrics.heartbeats.labels(result="ok").inc()
+        except (GatewayError, KeySetError, SignatureError) as exc:
+            self._state.heartbeat_error = str(exc)
+            self.metrics.heartbeats.labels(result="failed").inc()
+            log.warning("heartbeat failed: %s", exc, extra={"event": "heartbeat_failed"})
+        return interval
+
     async def _heartbeats(self) -> None:
-        next_key_refresh = time.monotonic() + self.options.key_refresh_interval
         while True:
-            interval = self.options.heartbeat_interval
-            try:
-                runtime = self.runtime()
-                online = self._listener.metrics.listeners_online if self._listener else 0
-                beat = Heartbeat(
-                    status="online" if online else "degraded",
-                    version=__version__,
-                    config_hash=runtime.revision,
-                    policy_revision=runtime.revision,
-                    listeners_online=online,
-                    counters={},
-                    audit_head=self._audit_head(),
-                )
-                async with self._control_plane() as client:
-                    ack = await client.heartbeat(beat)
-                    interval = float(ack.interval_seconds)
-                    if time.monotonic() >= next_key_refresh:
-                        keys = await client.signing_keys()
-                        if self._verifier is not None:
-                            self._verifier.replace_keys(signing_keyset(keys))
-                        next_key_refresh = time.monotonic() + self.options.key_refresh_interval
-                self._state.last_heartbeat = time.time()
-                self._state.heartbeat_error = None
-            except (GatewayError, KeySetError, SignatureError) as exc:
-                self._state.heartbeat_error = str(exc)
-                log.warning("heartbeat failed: %s", exc, extra={"event": "heartbeat_failed"})
+            interval = await self.heartbeat()
             await asyncio.sleep(min(interval, self.options.heartbeat_interval))
 
-    async def _renewals(self, state_dir: Path, passphrase: bytes | None) -> None:
-        identity = self._state.identity
-        if identity is None:
-            return
+    def _certificate_renewer(
+        self, identity: StoredIdentity, state_dir: Path, passphrase: bytes | None
+    ) -> CertificateRenewer:
         url = identity.record.control_plane_url
-        renewer = CertificateRenewer(
+        return CertificateRenewer(
             IdentityStore(state_dir, passphrase=passphrase),
             passphrase=passphrase,
             client_factory=lambda context: ControlPlaneClient(
                 url, context, client_certificate=True, proxy=self._proxy
             ),
             on_alert=self._certificate_alert,
+            on_failure=self._renewal_failed,
+            on_renewed=self._renewed,
         )
+
+    async def renew_certificate(self) -> bool:
+        """Renew the client certificate now (the renewal loop does this when it is due);
+        returns whether it renewed. A failure is an alert, as in the loop."""
+        if self._renewer is None:
+            raise RuntimeError("agent not started")
+        return await self._renewer.attempt()
+
+    def _renewal_failed(self, exc: IdentityError) -> None:
+        now = time.time()
+        previous = self._state.renewal_failure
+        self._state.renewal_failure = _RenewalFailure(
+            code=exc.code,
+            message=str(exc),
+            failures=1 if previous is None else previous.failures + 1,
+            since=now if previous is None else previous.since,
+            last=now,
+        )
+        self.metrics.certificate_renewals.labels(result="failed", reason=exc.code).inc()
+        self._alert(
+            "certificate_renewal_failed",
+            f"client certificate renewal failed ({exc.code}): {exc}; the current certificate "
+            "stays in use until it expires",
+        )
+
+    def _renewed(self, identity: StoredIdentity) -> None:
+        self._state.renewal_failure = None
+        self._state.identity = identity
+        self.metrics.certificate_renewals.labels(result="ok", reason="renewed").inc()
+        self.metrics.cert_expiry.set(identity.certificate.not_valid_after_utc.timestamp())
+
+    async def _renewals(self, renewer: CertificateRenewer) -> None:
         try:
             await renewer.run()
         except GatewayError as exc:

@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {key:15} {agent[key]}")
         for reason in agent.get("reasons", []):
             print(f"  not ready: {reason}")
+        for condition in agent.get("degraded", []):
+            print(f"  degraded: {condition}")
     elif config.observability.enabled:
         print(f"agent       not running (nothing answers on {config.observability.listen})")
     return 0 if healthy else 1

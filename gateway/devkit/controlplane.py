@@ -4,7 +4,8 @@ An aiohttp HTTPS server on loopback with its own CA (made with ``cryptography``)
 EmpowerID Persons with or without the "Register Server" and "Update Heart Beat" operations, issues
 client certificates from CSRs, requires mTLS on the mTLS endpoints, hands out relay connection
 info with a SAS listener token, records every request and heartbeat, and has fault knobs
-(renewal endpoint down, certificate for the wrong key, already-expired certificate).
+(renewal endpoint down; a certificate for the wrong key, the wrong subject or without clientAuth;
+an already-expired certificate).
 
 It is deliberately written against the OpenAPI document, not against the gateway's client models,
 so the contract tests catch a drift on either side. Never used by production code.
@@ -38,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.hybridconnection.sas import create_token, resource_uri
+from gateway.identity.keys import GATEWAY_URN_PREFIX
 
 REGISTER_SERVER = "Register Server"
 UPDATE_HEART_BEAT = "Update Heart Beat"
@@ -156,11 +158,14 @@ class DevCA:
         not_before: dt.datetime,
         not_after: dt.datetime,
         substitute_key: bool = False,
+        substitute_subject: str | None = None,
+        usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
     ) -> x509.Certificate:
         """A clientAuth certificate for the CSR's subject and SAN URIs.
 
-        ``substitute_key`` certifies a freshly generated key instead of the CSR's: the fault a
-        gateway must detect before it stores anything.
+        The faults a gateway must detect before it stores anything: ``substitute_key`` certifies
+        a freshly generated key instead of the CSR's; ``substitute_subject`` names another gateway
+        id (CN and SAN URI) than the CSR; ``usage`` sets another extended key usage.
         """
         public_key = csr.public_key()
         if substitute_key:
@@ -173,9 +178,11 @@ class DevCA:
         except x509.ExtensionNotFound:
             uris = []
         san = [x509.UniformResourceIdentifier(uri) for uri in uris]
-        return self._leaf(
-            csr.subject, public_key, san, ExtendedKeyUsageOID.CLIENT_AUTH, not_before, not_after
-        )
+        subject = csr.subject
+        if substitute_subject is not None:
+            subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, substitute_subject)])
+            san = [x509.UniformResourceIdentifier(GATEWAY_URN_PREFIX + substitute_subject)]
+        return self._leaf(subject, public_key, san, usage, not_before, not_after)
 
 
 def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
@@ -207,6 +214,8 @@ class Faults:
 
     renewal_unavailable: bool = False
     issue_wrong_key: bool = False
+    issue_wrong_subject: bool = False
+    issue_server_usage: bool = False
     issue_expired: bool = False
 
 
@@ -457,6 +466,12 @@ class ControlPlaneSimulator:
             not_before=not_before,
             not_after=not_after,
             substitute_key=self.faults.issue_wrong_key,
+            substitute_subject="another-gateway" if self.faults.issue_wrong_subject else None,
+            usage=(
+                ExtendedKeyUsageOID.SERVER_AUTH
+                if self.faults.issue_server_usage
+                else ExtendedKeyUsageOID.CLIENT_AUTH
+            ),
         )
 
     @staticmethod

@@ -16,6 +16,11 @@ The loop (:meth:`CertificateRenewer.run`) sleeps until the renewal time, then re
 with exponential backoff and jitter (so a fleet does not stampede a recovering endpoint), keeps
 using the old certificate meanwhile, raises an alert once ``alert_fraction`` of the lifetime has
 passed, and stops with ``client_certificate_expired`` when the certificate runs out.
+
+Every failed attempt is reported, not only logged: ``on_failure`` gets the error (the agent turns
+it into an alert, a metric and a degraded ``/readyz`` detail), because a control plane that hands
+out a certificate for the wrong key, subject or usage is either broken or hostile, and an
+unattended gateway would otherwise run quietly into its expiry.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ log = logging.getLogger(__name__)
 ClientFactory = Callable[[ssl.SSLContext], ControlPlaneClient]
 Sleep = Callable[[float], Awaitable[None]]
 AlertHook = Callable[[CertificateHealth], None]
+FailureHook = Callable[[IdentityError], None]
+RenewedHook = Callable[[StoredIdentity], None]
 
 # Sleep in slices so a wall-clock jump (suspend, NTP step) is noticed within the hour.
 MAX_SLEEP_SECONDS = 3600.0
@@ -86,6 +93,8 @@ class CertificateRenewer:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         on_alert: AlertHook | None = None,
+        on_failure: FailureHook | None = None,
+        on_renewed: RenewedHook | None = None,
     ) -> None:
         self._store = store
         self._passphrase = passphrase
@@ -95,6 +104,8 @@ class CertificateRenewer:
         self._sleep = sleep
         self._rng = rng or random.SystemRandom()
         self._on_alert = on_alert
+        self._on_failure = on_failure
+        self._on_renewed = on_renewed
         self._lock = asyncio.Lock()
         self._identity = store.load()
 
@@ -162,12 +173,46 @@ class CertificateRenewer:
             log.info(
                 "client certificate renewed",
                 extra={
+                    "event": "certificate_renewed",
                     "gateway_id": record.gateway_id,
                     "generation": generation,
                     "not_after": chain[0].not_valid_after_utc.isoformat(),
                 },
             )
+            if self._on_renewed is not None:
+                self._on_renewed(self._identity)
             return self._identity
+
+    async def attempt(self) -> bool:
+        """Renew now; on failure report it (log event and ``on_failure``) and return False.
+
+        The current certificate stays in use after a failure.
+        """
+        failure = await self._try()
+        if failure is not None:
+            self._report(failure, attempt=1, retry_in=None)
+        return failure is None
+
+    async def _try(self) -> IdentityError | None:
+        try:
+            await self.renew()
+        except IdentityError as exc:
+            return exc
+        return None
+
+    def _report(self, exc: IdentityError, *, attempt: int, retry_in: float | None) -> None:
+        log.warning(
+            "client certificate renewal failed; the current certificate stays in use: %s",
+            exc,
+            extra={
+                "event": "certificate_renewal_failed",
+                "code": exc.code,
+                "attempt": attempt,
+                "retry_in": None if retry_in is None else round(retry_in, 1),
+            },
+        )
+        if self._on_failure is not None:
+            self._on_failure(exc)
 
     def _retry_delay(self, attempt: int, seconds_left: float) -> float:
         ceiling = min(self._policy.retry_cap, self._policy.retry_base * 2 ** min(attempt, 30))
@@ -178,7 +223,11 @@ class CertificateRenewer:
     def _alert(self, health: CertificateHealth) -> None:
         log.error(
             "client certificate renewal overdue",
-            extra={"not_after": health.not_after.isoformat(), "seconds_left": health.seconds_left},
+            extra={
+                "event": "certificate_renewal_overdue",
+                "not_after": health.not_after.isoformat(),
+                "seconds_left": health.seconds_left,
+            },
         )
         if self._on_alert is not None:
             self._on_alert(health)
@@ -202,15 +251,11 @@ class CertificateRenewer:
                 continue
             if health.state == "alert":
                 self._alert(health)
-            try:
-                await self.renew()
-            except IdentityError as exc:
+            failure = await self._try()
+            if failure is not None:
                 delay = self._retry_delay(attempt, health.seconds_left)
                 attempt += 1
-                log.warning(
-                    "client certificate renewal failed; the current certificate stays in use",
-                    extra={"code": exc.code, "attempt": attempt, "retry_in": round(delay, 1)},
-                )
+                self._report(failure, attempt=attempt, retry_in=delay)
                 await self._sleep(delay)
                 continue
             renewed = self.health()
@@ -221,7 +266,11 @@ class CertificateRenewer:
                 attempt += 1
                 log.warning(
                     "the renewed certificate is already due for renewal; check the clock",
-                    extra={"not_before": renewed.not_before.isoformat(), "retry_in": delay},
+                    extra={
+                        "event": "certificate_renewed_already_due",
+                        "not_before": renewed.not_before.isoformat(),
+                        "retry_in": delay,
+                    },
                 )
                 await self._sleep(delay)
             else:

@@ -106,7 +106,10 @@ class AuditLog:
     """Appends chained records to ``path`` (created mode 0640), or to stdout when ``path`` is None.
 
     ``signer`` signs checkpoints (None: the chain only); ``observers`` receive every line written
-    (the exporters, :mod:`gateway.observability.export`), and must not block.
+    (the exporters, :mod:`gateway.observability.export`), and must not block. ``on_failure`` is
+    called once per line that could not be written (the agent counts them in
+    ``gateway_audit_write_failures_total``); ``failures`` holds the same count, and ``failing``
+    says whether the latest line was lost.
     """
 
     def __init__(
@@ -118,9 +121,12 @@ class AuditLog:
         gateway_id: str = "",
         clock: Callable[[], float] = time.time,
         observers: Sequence[Callable[[bytes], None]] = (),
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self.failures = 0
+        self.failing = False
+        self._on_failure = on_failure
         self.rotation = rotation or Rotation()
         self._signer = signer
         self._gateway = gateway_id
@@ -222,9 +228,13 @@ class AuditLog:
                 view = view[written:]
             self._partial = False
             self._size += len(data)
+            self.failing = False
             return True
         except OSError as exc:
             self.failures += 1
+            self.failing = True
+            if self._on_failure is not None:
+                self._on_failure()
             self._drop()
             if self.failures == 1 or self.failures % 1000 == 0:
                 log.error(
@@ -363,6 +373,7 @@ def decision_log(
     identity_key: PrivateKey,
     *,
     observers: Sequence[Callable[[bytes], None]] = (),
+    on_failure: Callable[[], None] | None = None,
 ) -> AuditLog:
     """The decision log ``loaded`` configures, its checkpoints signed with the HMAC key file
     it names or else with ``identity_key``. Raises ``OSError``/``ValueError`` for a key file
@@ -386,4 +397,5 @@ def decision_log(
         signer=signer,
         gateway_id=config.gateway.id,
         observers=observers,
+        on_failure=on_failure,
     )

@@ -6,6 +6,8 @@ validated config), so cardinality stays bounded whatever the SaaS sends.
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -28,6 +30,10 @@ _LATENCY_BUCKETS = (
     30,
     60,
 )
+# The heartbeat's counter names (identity.models.Heartbeat): at most 64, each a short identifier.
+MAX_HEARTBEAT_COUNTERS = 64
+_COUNTER_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_KEY_CHARS = re.compile(r"[^a-z0-9_]")
 _DECISION_BUCKETS = (0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25, 1)
 
 
@@ -88,6 +94,29 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.audit_write_failures = Counter(
+            "gateway_audit_write_failures",
+            "Decision-log records that could not be written",
+            registry=r,
+        )
+        self.certificate_renewals = Counter(
+            "gateway_certificate_renewals",
+            "Client certificate renewal attempts by result and reason",
+            ["result", "reason"],
+            registry=r,
+        )
+        self.heartbeats = Counter(
+            "gateway_heartbeats",
+            "Heartbeats to the control plane by result",
+            ["result"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            "gateway_alerts",
+            "Alerts raised (conditions an operator must act on)",
+            ["code"],
+            registry=r,
+        )
         self.info = Gauge(
             "gateway_info",
             "Build and configuration identity",
@@ -98,3 +127,25 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+    def counters(self) -> dict[str, int]:
+        """Every counter's total since start, summed per ``result`` (or ``code``) label value.
+
+        This is what the heartbeat reports to the control plane: ``requests_allowed``,
+        ``config_reloads_failed``, ``audit_write_failures``, ``alerts_certificate_renewal_failed``
+        and so on. Label values come from small fixed sets, so the keys stay few; the control
+        plane takes at most :data:`MAX_HEARTBEAT_COUNTERS` of them, the first in name order.
+        """
+        totals: dict[str, float] = {}
+        for family in self.registry.collect():
+            if family.type != "counter":
+                continue
+            stem = family.name.removeprefix("gateway_")
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue  # the *_created timestamps
+                split = sample.labels.get("result") or sample.labels.get("code")
+                key = f"{stem}_{_KEY_CHARS.sub('_', split.lower())}" if split else stem
+                totals[key] = totals.get(key, 0.0) + sample.value
+        chosen = sorted(key for key in totals if _COUNTER_KEY.fullmatch(key))
+        return {key: int(totals[key]) for key in chosen[:MAX_HEARTBEAT_COUNTERS]}

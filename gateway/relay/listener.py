@@ -149,7 +149,7 @@ class ListenerMetrics:
     :class:`FailureKind` value. ``protocol_errors``: by core error code (``bad_rendezvous_address``,
     ``malformed_message``, ``malformed_request``, ``message_too_large``, ``too_many_violations``
     ...). ``requests``: by outcome (``ok``, ``handler_error``, ``handler_timeout``, ``overloaded``,
-    ``bad_target``, ``malformed_request``, ``invalid_response``, ``body_too_large``,
+    ``draining``, ``bad_target``, ``malformed_request``, ``invalid_response``, ``body_too_large``,
     ``send_failed``, ``dropped``; ``dropped`` counts only refusals that need a rendezvous socket,
     a stream's reject or a rendezvous-only request's 503, past their bound: see
     ``_spawn_overflow``). ``streams``: by outcome (``accepted``, ``rejected``, ``overloaded``,
@@ -336,7 +336,15 @@ def _clean_text(text: str, limit: int) -> str:
     return _CTL.sub("", text)[:limit]
 
 
-_BUSY: Final = (RelayedResponse(503, "Service Unavailable"), "overloaded")
+def _busy(request_id: str, *, draining: bool) -> tuple[RelayedResponse, str]:
+    """The 503 for a request the gateway will not start: it is stopping, or at its limit."""
+    if draining:
+        detail = (
+            "the gateway is shutting down; send the request again (another gateway may take it)"
+        )
+        return _refusal(503, "draining", detail, request_id), "draining"
+    detail = "too many requests in flight"
+    return _refusal(503, "gateway_busy", detail, request_id), "overloaded"
 
 
 def _malformed(event: MalformedRequestReceived) -> tuple[RelayedResponse, str]:
@@ -636,7 +644,9 @@ class RelayListener:
                 elif isinstance(event, RequestReceived) and self._overloaded():
                     # Catalogue item 149: a quick 503 for every request past the cap, written by
                     # the reader itself; no task, so a burst of any size is bounded work.
-                    await self._answer_inline(socket, event.command.id, *_BUSY)
+                    await self._answer_inline(
+                        socket, event.command.id, *_busy(event.command.id, draining=self._draining)
+                    )
                 else:
                     self._dispatch(event, socket)
 
@@ -1004,7 +1014,7 @@ class RelayListener:
                     await self._write_response(socket, event.request_id, *_malformed(event))
                 elif isinstance(event, RequestReceived):
                     if overflow or self._draining:
-                        response, outcome = RelayedResponse(503), "overloaded"
+                        response, outcome = _busy(event.command.id, draining=self._draining)
                     else:
                         response, outcome = await self._run_handler(event.command, event.body)
                     await self._write_response(socket, event.command.id, response, outcome)

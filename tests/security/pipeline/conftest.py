@@ -149,6 +149,11 @@ class RecordingEngine:
         self._inner = inner
         self._inputs = inputs
 
+    @property
+    def revision(self) -> str:
+        """The real engine's revision."""
+        return self._inner.revision
+
     async def decide(self, input: Mapping[str, Any]) -> Decision:
         """Record ``input`` and let the real engine decide."""
         self._inputs.append(dict(input))
