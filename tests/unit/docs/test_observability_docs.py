@@ -30,8 +30,6 @@ ALERT_CALLS = frozenset({"_alert", "_on_alert", "on_alert"})
 # red and must be removed from this set.
 PENDING_RELAY_EVENTS = frozenset(
     {
-        "bad_rendezvous_address",
-        "malformed_request",
         "proxy_auth_required",
         "relay_closed",
         "relay_connect_failed",
