@@ -263,7 +263,27 @@ class _TargetDiff:
         self._tls()
         self._limits()
         self._operations()
+        self._credential(
+            f"targets.{self.name}.credential", (), self.old.credential, self.new.credential
+        )
         return self.out
+
+    def _credential(
+        self, path: str, lead: Words, old: str | None, new: str | None, **kw: Any
+    ) -> None:
+        """Which injected credential requests get, by name (never a value)."""
+        if old == new:
+            return
+        if new is None:
+            effect, kind = Effect.NARROWED, "credential_removed"
+            words: Words = (*lead, "the gateway no longer injects credential ", Code(str(old)))
+        else:
+            effect = Effect.WIDENED
+            kind = "credential_added" if old is None else "credential_changed"
+            words = (*lead, "requests now get credential ", Code(new), " from the gateway")
+            if old is not None:
+                words += (" (was ", Code(old), ")")
+        self.add(effect, kind, path, words, old=old, new=new, **kw)
 
     def _endpoint(self) -> None:
         old, new, base = self.old, self.new, f"targets.{self.name}"
@@ -469,6 +489,9 @@ class _TargetDiff:
         if common:
             self._paths(old, new, common, path, lead)
         self._headers(old, new, path, lead)
+        self._credential(
+            f"{path}.credential", (*lead, ": "), old.credential, new.credential, operation=old.name
+        )
         if old.websocket != new.websocket:
             on = new.websocket
             self.add(
@@ -587,8 +610,17 @@ _ABSENT = object()
 _ATOMIC = frozenset({"gateway.key_passphrase", "proxy.password"})
 
 
+# The keys of a secret reference (gateway.config.secrets.SecretRef): shown as the reference.
+_REFERENCE_KEYS = frozenset({"env", "file", "credential"})
+
+
+def _is_reference(value: Any) -> bool:
+    present = {k for k, v in value.items() if v is not None} if isinstance(value, dict) else set()
+    return bool(present) and present <= _REFERENCE_KEYS
+
+
 def _leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(value, dict) and path not in _ATOMIC:
+    if isinstance(value, dict) and path not in _ATOMIC and not _is_reference(value):
         for key, child in value.items():
             yield from _leaves(child, f"{path}.{key}" if path else key)
     else:
@@ -708,6 +740,10 @@ def _higher(before: Any, after: Any) -> bool:
 
 
 _REVIEW = "review: this can change who or what the gateway trusts"
+_CREDENTIAL = (
+    "review: this changes what the gateway authenticates with, or where it sends a secret "
+    "(references only: no secret value is compared or shown)"
+)
 _RULES: dict[str, Rule] = {
     "policy.mode": _directional(
         lambda _b, a: a == "monitor",
@@ -762,6 +798,11 @@ def _settings(old: GatewayConfig, new: GatewayConfig) -> list[Change]:
             )
         elif path in _RULES:
             changes.append(_RULES[path](path, was, now))
+        elif path.startswith("credentials."):
+            # What the gateway authenticates with, or where it sends a client secret: review.
+            changes.append(
+                _changed(Effect.WIDENED, "credential_setting_changed", _CREDENTIAL)(path, was, now)
+            )
         elif path.startswith("limits.") and isinstance(was, int | float):
             changes.append(_limit_change(path, was, now))
         else:

@@ -417,3 +417,60 @@ def test_markdown_code_span_cannot_be_escaped(text: str) -> None:
     runs = "".join(c if c == "`" else " " for c in inner).split()
     assert all(len(run) < fence for run in runs)
     assert span.endswith("`" * fence)
+
+
+# --- injected credentials ------------------------------------------------------------------------
+
+CREDENTIALS = """\
+credentials:
+  erp-key:
+    header:
+      name: X-API-Key
+      value: {file: /run/secrets/erp-key}
+  erp-oauth:
+    oauth2_client_credentials:
+      token_url: https://idp.corp.local/oauth2/token
+      allowed_cidrs: [10.1.5.0/24]
+      client_id: gateway
+      client_secret: {env: ERP_CLIENT_SECRET}
+"""
+
+
+def _with_credential(credential: str | None) -> str:
+    text = BASE + CREDENTIALS
+    if credential is None:
+        return text
+    return text.replace(
+        "        paths: [/api/accounts, /api/accounts/*]\n",
+        f"        paths: [/api/accounts, /api/accounts/*]\n        credential: {credential}\n",
+    )
+
+
+def test_injected_credential_changes_are_reported_by_name(write_config: WriteConfig) -> None:
+    added = diff_of(write_config, _with_credential(None), _with_credential("erp-key"))
+    assert messages(added, Effect.WIDENED) == [
+        "erp: operation list-accounts: requests now get credential erp-key from the gateway"
+    ]
+    moved = diff_of(write_config, _with_credential("erp-key"), _with_credential("erp-oauth"))
+    assert messages(moved, Effect.WIDENED) == [
+        "erp: operation list-accounts: requests now get credential erp-oauth from the gateway "
+        "(was erp-key)"
+    ]
+    removed = diff_of(write_config, _with_credential("erp-key"), _with_credential(None))
+    assert messages(removed, Effect.NARROWED) == [
+        "erp: operation list-accounts: the gateway no longer injects credential erp-key"
+    ]
+
+
+def test_a_moved_secret_reference_is_shown_as_the_reference(write_config: WriteConfig) -> None:
+    before = _with_credential("erp-key")
+    after = before.replace("{file: /run/secrets/erp-key}", "{credential: erp-key}")
+    after = after.replace("https://idp.corp.local/", "https://idp2.corp.local/")
+    diff = diff_of(write_config, before, after)
+    found = messages(diff, Effect.WIDENED)
+    assert len(found) == 2
+    assert found[0].startswith(
+        "credentials.erp-key.header.value changed from file: /run/secrets/erp-key to "
+        "credential: erp-key: review"
+    )
+    assert "credentials.erp-oauth.oauth2_client_credentials.token_url changed" in found[1]
