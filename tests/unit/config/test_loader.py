@@ -39,9 +39,33 @@ def test_base_config_loads(write_config: WriteConfig) -> None:
 EXAMPLE = Path(__file__).parents[3] / "gateway.yaml.example"
 
 
-def test_example_file_is_valid() -> None:
-    loaded = load(EXAMPLE, env={})
+def test_example_file_is_valid(tmp_path: Path) -> None:
+    # With the host checks: the sample client secret comes from a systemd credential.
+    (tmp_path / "erp-client-secret").write_text("sample-secret\n")
+    (tmp_path / "erp-client-secret").chmod(0o400)
+    loaded = load(EXAMPLE, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert set(loaded.config.targets) == {"erp", "directory"}
+    assert loaded.config.targets["erp"].credential == "erp-api"
+    secret = loaded.secrets["credentials.erp-api.oauth2_client_credentials.client_secret"]
+    assert secret.get_secret_value() == "sample-secret"
+
+
+def test_commented_credential_kinds_of_the_example_are_valid(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    start = text.index("  # legacy-key:")
+    end = text.index("\n\n", start)
+    block = "\n".join(line.replace("# ", "", 1) for line in text[start:end].splitlines())
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text[:start] + block + text[end:], encoding="utf-8")
+    (tmp_path / "policies").symlink_to(EXAMPLE.parent / "policies")
+    loaded = load(path, env={}, check_host=False)
+    kinds = {name: c.kind for name, c in loaded.config.credentials.items()}
+    assert kinds == {
+        "erp-api": "oauth2_client_credentials",
+        "legacy-key": "header",
+        "reports-token": "bearer",
+        "hr-service": "basic",
+    }
 
 
 def test_commented_proxy_section_of_the_example_is_valid(tmp_path: Path) -> None:
