@@ -26,6 +26,7 @@ EXIT_INTERRUPTED = 130
 
 # Verb modules under gateway.commands, in the order `gateway --help` lists them.
 COMMANDS: tuple[str, ...] = (
+    "init",
     "validate",
     "explain",
     "policy_test",

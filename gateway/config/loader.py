@@ -316,16 +316,6 @@ def _host_checks(
         if oauth is not None and oauth.tls is not None:
             path = ("credentials", name, "oauth2_client_credentials", "tls", "ca_file")
             files.append((path, oauth.tls.ca_file))
-    for directory_index, directory in enumerate(config.policy.directories):
-        resolved = loaded.resolve_path(directory)
-        if not resolved.is_dir():
-            problems.append(
-                doc.problem(
-                    ("policy", "directories", directory_index),
-                    f"policy directory {str(resolved)!r} does not exist",
-                    code="missing_file",
-                )
-            )
     for path, file_value in files:
         if file_value is None:
             continue

@@ -163,9 +163,10 @@ class PolicySection(_Model):
     )
     directories: list[str] = Field(
         default_factory=lambda: ["policies"],
-        min_length=1,
         max_length=32,
-        description="Directories of Rego modules, relative to this file.",
+        description="Directories of your extension Rego modules, relative to this file. The "
+        "built-in decision policy ships with the gateway; a missing or empty directory adds "
+        "nothing.",
     )
     mode: Literal["enforce", "monitor"] = Field(
         default="enforce",

@@ -17,7 +17,6 @@ import base64
 import contextlib
 import datetime as dt
 import secrets
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +163,7 @@ def demo_config(
     policy_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The gateway.yaml document for a gateway wired to ``stack``."""
-    # Relative to the gateway directory, where write_gateway_dir copies the shipped policies.
+    # Relative to the gateway directory, where write_gateway_dir makes an extensions directory.
     policies = policy_dir or Path("policies")
     operations: list[Mapping[str, object]] = [
         {
@@ -202,17 +201,6 @@ def demo_config(
             },
         },
     }
-
-
-SHIPPED_POLICIES = Path(__file__).resolve().parents[2] / "policies"
-
-
-def _install_policies(destination: Path) -> None:
-    """Copy the shipped policies with modes the gateway accepts (a checkout made under umask 002
-    has group-writable files, which the agent's start-up check rightly refuses)."""
-    shutil.copytree(SHIPPED_POLICIES, destination, dirs_exist_ok=True)
-    for item in [destination, *destination.rglob("*")]:
-        item.chmod(0o755 if item.is_dir() else 0o644)
 
 
 class DevStack:
@@ -282,7 +270,10 @@ class DevStack:
         """
         directory.mkdir(parents=True, exist_ok=True)
         self.controlplane.write_ca(directory / "empowerid-ca.pem").chmod(0o644)
-        _install_policies(directory / "policies")
+        # The built-in policy ships with the gateway; this is the (empty) extensions directory,
+        # mode 0755 whatever the umask: the agent refuses group-writable policy directories.
+        (directory / "policies").mkdir(exist_ok=True)
+        (directory / "policies").chmod(0o755)
         path = directory / "gateway.yaml"
         if document is None:
             document = demo_config(self, extra_operations=extra_operations)

@@ -10,8 +10,10 @@ The JWS (RFC 7515) has the protected header ``{"alg": "EdDSA", "kid": KID, "typ"
     {"files": [{"name": "gateway.yaml", "hash": "<hex SHA-256>", "algorithm": "SHA-256"}, ...],
      "keyid": KID, "scope": "gateway-config", "epoch": 42, "iat": 1718000000}
 
-``files`` lists the configuration file and every Rego file the policy loader reads, by their path
-relative to the configuration file's directory, hashed byte for byte. ``KID`` is the RFC 7638 JWK
+``files`` lists the configuration file and every Rego file the policy loader reads from
+``policy.directories``, by their path relative to the configuration file's directory, hashed byte
+for byte. The built-in policy is part of the installed package (its version is the gateway's), not
+of the release, and is not listed. ``KID`` is the RFC 7638 JWK
 thumbprint of the public key. ``epoch`` is a positive integer the release pipeline raises with
 every release.
 
@@ -45,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.config import LoadedConfig, yamlsafe
 from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError, Problem
-from gateway.policy.loader import MAX_MODULE_BYTES, SKIPPED_DIRECTORIES, PolicySet
+from gateway.policy.loader import MAX_MODULE_BYTES, PolicySet, rego_files
 from gateway.statefile import replace_atomically
 
 __all__ = [
@@ -140,6 +142,8 @@ class Verified:
         signed = {f.name: f.sha256 for f in self.info.files if f.name.endswith(".rego")}
         seen: set[str] = set()
         for module in (*policies.modules, *policies.tests):
+            if module.builtin:  # part of the installed package, not of the signed release
+                continue
             name = _relative(module.path, self.base)
             seen.add(name)
             digest = hashlib.sha256(module.source.encode("utf-8")).hexdigest()
@@ -273,17 +277,7 @@ def _bundle_paths(loaded: LoadedConfig) -> list[Path]:
     paths = [loaded.file]
     seen = {loaded.file}
     for directory in loaded.config.policy.directories:
-        root = loaded.resolve_path(directory)
-        if not root.is_dir():
-            raise ConfigSignatureError(
-                f"policy directory {str(root)!r} does not exist",
-                code="missing_file",
-                file=str(loaded.file),
-            )
-        for path in sorted(root.rglob("*.rego")):
-            relative = path.relative_to(root)
-            if any(p in SKIPPED_DIRECTORIES or p.startswith(".") for p in relative.parts[:-1]):
-                continue
+        for _, path in rego_files(loaded.resolve_path(directory)):
             resolved = path.resolve()
             if resolved not in seen:
                 seen.add(resolved)

@@ -1,10 +1,14 @@
 """Finding the Rego modules of a configuration and building its engine.
 
-Every ``*.rego`` file under ``policy.directories`` is a policy module, except ``*_test.rego``
-files (policy tests, run by ``gateway policy-test``) and anything inside a directory named
-``examples`` or starting with ``.`` (examples are copied out to be enabled, never loaded where
-they lie). Problems are reported as :class:`gateway.errors.ConfigError`, like configuration
-problems, so a reload with a broken policy keeps the last good configuration.
+The built-in decision policy and its tests ship inside the package (:mod:`gateway.packaged`) and
+are always loaded first. Every ``*.rego`` file under ``policy.directories`` (the operator's
+extensions) is loaded after them, except ``*_test.rego`` files (policy tests, run by ``gateway
+policy-test``) and anything inside a directory named ``examples`` or starting with ``.``
+(examples are copied out to be enabled, never loaded where they lie). A missing or empty
+directory adds nothing. An operator file with the path of a built-in one (``gateway/authz.rego``)
+replaces it, which is logged: that is for developing a change to the built-in policy.
+Problems are reported as :class:`gateway.errors.ConfigError`, like configuration problems, so a
+reload with a broken policy keeps the last good configuration.
 
 Packages are checked because composition must stay safe: ``data.gateway`` is the allow-list and
 ``gateway.authz`` the decision, so exactly one module declares ``package gateway.authz`` and no
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError, Problem
+from gateway.packaged import POLICY_ROOT
 from gateway.policy.cache import CachePlan, DecisionCache, plan_cache, strip_comments
 from gateway.policy.data import policy_data
 
@@ -36,6 +41,7 @@ __all__ = [
     "PolicySet",
     "build_engine",
     "load_policies",
+    "rego_files",
 ]
 
 log = logging.getLogger("gateway.policy")
@@ -62,6 +68,8 @@ class PolicyModule:
     path: Path
     source: str
     package: str
+    builtin: bool = False
+    """Shipped inside the package (not one of the operator's files, so never signed by them)."""
 
     @property
     def is_test(self) -> bool:
@@ -84,29 +92,35 @@ class PolicySet:
     """Base documents beside ``data.gateway`` (stand-ins that policy-test cases bring)."""
 
 
+def rego_files(root: Path) -> list[tuple[str, Path]]:
+    """``(module id, path)`` of every Rego file under ``root`` the loader reads, sorted.
+
+    Skips directories named ``examples`` or starting with ``.``; a missing root has none.
+    """
+    if not root.is_dir():
+        return []
+    found: list[tuple[str, Path]] = []
+    for path in sorted(root.rglob("*.rego")):
+        relative = path.relative_to(root)
+        if any(p in SKIPPED_DIRECTORIES or p.startswith(".") for p in relative.parts[:-1]):
+            continue
+        found.append((relative.as_posix(), path))
+    return found
+
+
 def load_policies(loaded: LoadedConfig) -> PolicySet:
     """Read and check the Rego modules of ``loaded``; raises ConfigError listing every problem."""
     problems: list[Problem] = []
-    found: list[PolicyModule] = []
+    by_id: dict[str, PolicyModule] = {}
+    for module_id, path in rego_files(POLICY_ROOT):
+        module = _read_module(module_id, path, problems, builtin=True)
+        if module is not None:
+            by_id[module_id] = module
     seen: dict[str, Path] = {}
     for index, directory in enumerate(loaded.config.policy.directories):
         root = loaded.resolve_path(directory)
         where = f"policy.directories[{index}]"
-        if not root.is_dir():
-            problems.append(
-                Problem(
-                    f"policy directory {str(root)!r} does not exist",
-                    code="missing_file",
-                    path=where,
-                    file=str(loaded.file),
-                )
-            )
-            continue
-        for path in sorted(root.rglob("*.rego")):
-            relative = path.relative_to(root)
-            if any(p in SKIPPED_DIRECTORIES or p.startswith(".") for p in relative.parts[:-1]):
-                continue
-            module_id = relative.as_posix()
+        for module_id, path in rego_files(root):
             if module_id in seen:
                 problems.append(
                     Problem(
@@ -119,8 +133,18 @@ def load_policies(loaded: LoadedConfig) -> PolicySet:
                 continue
             seen[module_id] = path
             module = _read_module(module_id, path, problems)
-            if module is not None:
-                found.append(module)
+            if module is None:
+                continue
+            replaced = by_id.get(module_id)
+            if replaced is not None and replaced.builtin and replaced.source != module.source:
+                log.warning(
+                    "%s replaces the built-in %s",
+                    path,
+                    module_id,
+                    extra={"event": "policy_builtin_replaced", "policy_module": module_id},
+                )
+            by_id[module_id] = module
+    found = list(by_id.values())
     if len(found) > MAX_MODULES:
         problems.append(
             Problem(
@@ -192,7 +216,9 @@ def build_engine(loaded: LoadedConfig, policies: PolicySet | None = None) -> Pol
     return EmbeddedEngine(policies, mode=settings.mode, cache=cache)
 
 
-def _read_module(module_id: str, path: Path, problems: list[Problem]) -> PolicyModule | None:
+def _read_module(
+    module_id: str, path: Path, problems: list[Problem], *, builtin: bool = False
+) -> PolicyModule | None:
     try:
         with path.open("rb") as handle:
             raw = handle.read(MAX_MODULE_BYTES + 1)
@@ -230,7 +256,9 @@ def _read_module(module_id: str, path: Path, problems: list[Problem]) -> PolicyM
             Problem("no package declaration found", code="invalid_policy", file=str(path))
         )
         return None
-    return PolicyModule(id=module_id, path=path, source=source, package=first.group(1))
+    return PolicyModule(
+        id=module_id, path=path, source=source, package=first.group(1), builtin=builtin
+    )
 
 
 def _check_packages(modules: tuple[PolicyModule, ...], loaded: LoadedConfig) -> list[Problem]:
@@ -243,7 +271,8 @@ def _check_packages(modules: tuple[PolicyModule, ...], loaded: LoadedConfig) -> 
                 code="missing_decision",
                 path="policy.directories",
                 file=str(loaded.file),
-                hint="ship policies/gateway/authz.rego in one of the policy directories",
+                hint="a gateway/authz.rego in policy.directories replaces the built-in "
+                "decision policy; delete it to use the built-in one",
             )
         )
     for extra in deciders[1:]:

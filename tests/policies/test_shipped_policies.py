@@ -79,3 +79,39 @@ def test_policy_never_parses_the_raw_path() -> None:
         assert not re.search(r"\b(split|urlquery\.decode|regex\.\w+|glob\.\w+)\s*\(", code), module
         if not module.name.endswith("_test.rego"):
             assert not re.search(r"\binput\.path\b(?!_)", code), module
+
+
+def test_built_in_policy_tests_run_with_no_policy_directory(tmp_path: Path) -> None:
+    result = _policy_test(tmp_path, tmp_path / "no-such-directory")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^(\d+) tests, \1 passed, 0 failed", result.stdout, re.MULTILINE)
+
+
+def test_an_extension_does_not_spoil_the_built_in_tests(tmp_path: Path) -> None:
+    """The built-in tests describe the decision policy alone; the operator's own tests run with
+    the extensions loaded, so a veto shows there and not as a failure of the built-in policy."""
+    own = tmp_path / "policies"
+    own.mkdir()
+    (own / "freeze.rego").write_text(
+        'package gateway_extensions.freeze\n\ndeny contains "frozen" if true\n', encoding="utf-8"
+    )
+    (own / "freeze_test.rego").write_text(
+        "package freeze_test\n\n"
+        "test_everything_is_frozen if data.gateway.authz.decision.allow == false with input as "
+        '{"target": "erp", "method": "GET", "path_segments": ["api", "x"], '
+        '"trailing_slash": false, "websocket": false, "header_names": [], "query": null, '
+        '"signature": {"verified": true, "keyid": "k"}}\n',
+        encoding="utf-8",
+    )
+    result = _policy_test(tmp_path, own)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_example_extension_passes_its_test_once_enabled(tmp_path: Path) -> None:
+    own = tmp_path / "policies"
+    own.mkdir()
+    for example in (POLICIES / "examples").glob("*.rego"):
+        shutil.copy2(example, own / example.name)
+    result = _policy_test(tmp_path, own)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 failed" in result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -112,6 +113,24 @@ def test_policy_file_changed_added_or_removed_is_refused(
     extra.unlink()
     (config_dir / "policies" / "gateway" / "authz_test.rego").unlink()
     assert refused(signed, tmp_path / "s") == "file_missing"
+
+
+def test_the_built_in_policy_is_not_part_of_the_signed_files(
+    signed: Path, config_dir: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    # An operator directory with extensions only: the packaged policy belongs to the installed
+    # gateway, not to the release, so only the operator's files are listed.
+    shutil.rmtree(config_dir / "policies" / "gateway")
+    (config_dir / "policies" / "freeze.rego").write_text(
+        'package gateway_extensions.freeze\ndeny contains "frozen" if false\n'
+    )
+    sign(signed, keys["release"], 6)
+    verified = verify_signed_config(cfg(signed), tmp_path / "s")
+    assert verified.info is not None
+    assert [f.name for f in verified.info.files] == ["gateway.yaml", "policies/freeze.rego"]
+    policies = load_policies(cfg(signed))
+    assert any(m.builtin for m in policies.modules)
+    verified.check_policies(policies)
 
 
 def test_files_the_loader_never_reads_are_not_signed(

@@ -309,10 +309,35 @@ def test_examples_and_tests_are_not_policy_modules(make_config: MakeConfig) -> N
 def test_missing_decision_package_is_a_config_error(
     make_config: MakeConfig, tmp_path: Path
 ) -> None:
-    _write(tmp_path / "only", "helpers.rego", "package corp.helpers\nx := 1\n")
+    # Only a replacement of the built-in decision module can take the decision away.
+    _write(tmp_path / "only", "gateway/authz.rego", "package corp.helpers\nx := 1\n")
     with pytest.raises(ConfigError) as caught:
         load_policies(make_config(extra_dirs=(tmp_path / "only",), shipped=False))
     assert caught.value.problems[0].code == "missing_decision"
+
+
+def test_built_in_policy_needs_no_directory(make_config: MakeConfig, tmp_path: Path) -> None:
+    policies = load_policies(make_config(extra_dirs=(tmp_path / "missing",), shipped=False))
+    assert [(m.id, m.builtin) for m in policies.modules] == [("gateway/authz.rego", True)]
+    assert [(m.id, m.builtin) for m in policies.tests] == [("gateway/authz_test.rego", True)]
+    # The repository's copy of the policy is the packaged one: the same policy revision.
+    shipped = load_policies(make_config())
+    assert policies.revision.split("/")[1] == shipped.revision.split("/")[1]
+
+
+def test_extensions_load_beside_the_built_in_policy(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    _write(
+        tmp_path / "own",
+        "freeze.rego",
+        'package gateway_extensions.freeze\ndeny contains "x" if false\n',
+    )
+    policies = load_policies(make_config(extra_dirs=(tmp_path / "own",), shipped=False))
+    assert [(m.id, m.builtin) for m in policies.modules] == [
+        ("gateway/authz.rego", True),
+        ("freeze.rego", False),
+    ]
 
 
 def test_compile_error_is_located(make_config: MakeConfig, tmp_path: Path) -> None:
