@@ -382,6 +382,15 @@ def translate_proxy_error(exc: BaseException, route: ProxyRoute) -> ProxyError |
     label = f"{route.proxy.host}:{route.proxy.port}"
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         return ProxyUnreachableError(f"cannot connect to proxy {label}", proxy=label)
+    # aiohttp resolves the proxy's name before it connects, and reports a failed lookup as a
+    # plain ClientConnectorDNSError keyed by the proxy's host: still the proxy's fault, not the
+    # destination's (which only the proxy resolves, RFC 9110 section 9.3.6).
+    if isinstance(exc, aiohttp.ClientConnectorError) and (exc.host, exc.port) == (
+        route.proxy.host,
+        route.proxy.port,
+    ):
+        why = exc.os_error.strerror or str(exc.os_error)
+        return ProxyUnreachableError(f"cannot connect to proxy {label}: {why}", proxy=label)
     # ClientHttpProxyError: the answer to CONNECT. WSServerHandshakeError/ClientResponseError with
     # 407: a forward-proxied plain-HTTP request the proxy would not pass on.
     if isinstance(exc, aiohttp.ClientHttpProxyError) or (

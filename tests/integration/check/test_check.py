@@ -218,6 +218,16 @@ async def test_unreachable_proxy(registered: Registered) -> None:
     assert results["tls"].status == "fail"
 
 
+async def test_unresolvable_proxy_is_named_not_empowerid(registered: Registered) -> None:
+    # RFC 6761 section 6.4: names under .invalid never resolve.
+    registered.rewrite(proxy={"url": "http://proxy.gateway-test.invalid:3128"})
+    results = await _check(registered.config)
+    assert results["tls"].status == "fail"
+    assert "proxy proxy.gateway-test.invalid:3128" in results["tls"].detail
+    assert "127.0.0.1" not in results["tls"].detail
+    assert "proxy check" in results["tls"].hint
+
+
 async def test_unresolvable_relay_host(registered: Registered) -> None:
     registered.rewrite(
         relay={"connections": 1, "endpoint": f"ws://localhost:{registered.stack.relay.port}"}
