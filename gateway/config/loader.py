@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,16 +217,46 @@ def _apply_env(
     known = sorted(ENV_PREFIX + "__".join(p).upper() for p in _all_setting_paths())
     for variable in sorted(ours):
         if variable.upper() not in used:
-            close = difflib.get_close_matches(variable.upper(), known, n=1, cutoff=0.8)
             warnings.append(
                 Problem(
                     f"{variable} does not name a setting and is ignored",
                     code="unknown_override",
                     file=f"environment {variable}",
-                    hint=f"did you mean {close[0]}?" if close else "nested keys are joined by '__'",
+                    hint=_unknown_variable_hint(variable.upper(), known),
                 )
             )
     return overrides, problems, warnings
+
+
+# Variables Kubernetes sets in every pod for a Service named "gateway" (service links):
+# GATEWAY_SERVICE_HOST, GATEWAY_SERVICE_PORT[_NAME], GATEWAY_PORT, GATEWAY_PORT_9464_TCP[_...].
+_SERVICE_LINK = re.compile(
+    r"^GATEWAY_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)"
+    r"(?:_ADDR|_PORT|_PROTO)?)?)$"
+)
+
+
+def _unknown_variable_hint(variable: str, known: list[str]) -> str:
+    """A hint for a ``GATEWAY_*`` variable that names no setting: a likely fix, or nothing.
+
+    Only a variable without ``__`` gets here (one with it names a section and is applied,
+    refused or reported as a misspelt key). A guess is offered only where it is surely right: a
+    single ``_`` where nesting needs ``__`` (``GATEWAY_RELAY_CONNECTIONS``). Similar spelling
+    alone would only ever point at a whole section, which no variable can set: ``GATEWAY_PORT``
+    is not a misspelt ``GATEWAY_PROXY``.
+    """
+    if _SERVICE_LINK.match(variable):
+        return (
+            "Kubernetes sets this for a Service named 'gateway' and it is harmless; "
+            "enableServiceLinks: false on the pod drops it"
+        )
+    rest = variable[len(ENV_PREFIX) :]
+    for index, char in enumerate(rest):
+        if char == "_":
+            candidate = ENV_PREFIX + rest[:index] + "__" + rest[index + 1 :]
+            if candidate in known:
+                return f"did you mean {candidate}? nested keys are joined by '__'"
+    return ""
 
 
 def _get(data: Any, path: JsonPath) -> Any:

@@ -531,6 +531,24 @@ def test_unknown_top_level_override_is_a_warning(write_config: WriteConfig) -> N
     )
     hints = {w.file: w.hint for w in loaded.warnings}
     assert set(hints) == {"environment GATEWAY_PORT", "environment GATEWAY_RELAYS"}
+    # Never a wrong guess: GATEWAY_PORT is not a misspelt GATEWAY_PROXY.
+    assert "Kubernetes" in hints["environment GATEWAY_PORT"]
+    assert "did you mean" not in hints["environment GATEWAY_PORT"]
+    assert hints["environment GATEWAY_RELAYS"] == ""
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["GATEWAY_SERVICE_HOST", "GATEWAY_SERVICE_PORT", "GATEWAY_PORT_9464_TCP_ADDR"],
+)
+def test_kubernetes_service_links_are_explained(write_config: WriteConfig, variable: str) -> None:
+    [warning] = load(write_config(BASE), env={variable: "10.0.0.1"}).warnings
+    assert "Kubernetes" in warning.hint
+
+
+def test_single_underscore_for_nesting_gets_the_right_name(write_config: WriteConfig) -> None:
+    [warning] = load(write_config(BASE), env={"GATEWAY_LOGGING_LEVEL": "debug"}).warnings
+    assert warning.hint == "did you mean GATEWAY_LOGGING__LEVEL? nested keys are joined by '__'"
 
 
 def test_misspelt_nested_override_is_an_error_with_suggestion(write_config: WriteConfig) -> None:
