@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit venv clean fuzz faults soak
+.PHONY: demo test lint typecheck unit venv clean fuzz faults soak data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ faults: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --minutes 30
+
+# The packaged copies of the human-facing policies/, schemas/ and gateway.yaml.example (what the
+# installed gateway reads; tests/unit/packaging/test_package_data.py keeps them equal).
+data:
+	cp -R policies/. gateway/data/policies/
+	cp schemas/* gateway/data/schemas/
+	cp gateway.yaml.example gateway/data/gateway.yaml.example
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .coverage

@@ -1,8 +1,7 @@
 """The files the installed agent reads ship inside the package and equal the repository's
 human-facing copies (``policies/``, ``schemas/``, ``gateway.yaml.example``) byte for byte.
 
-After changing one side, copy it over the other: ``cp -r policies/. gateway/data/policies/``,
-``cp schemas/* gateway/data/schemas/``, ``cp gateway.yaml.example gateway/data/``.
+After changing the repository's copy, run ``make data`` to copy it into the package.
 """
 
 from __future__ import annotations
@@ -40,13 +39,14 @@ def _tree(root: Path) -> dict[str, bytes]:
 )
 def test_packaged_directories_equal_the_repository_copies(repository: Path, package: Path) -> None:
     ours, shipped = _tree(repository), _tree(package)
-    assert sorted(ours) == sorted(shipped)
+    assert sorted(ours) == sorted(shipped), "run `make data`"
     stale = [name for name in ours if ours[name] != shipped[name]]
-    assert not stale, f"differ between {repository} and {package}: {stale}"
+    assert not stale, f"differ between {repository} and {package}: {stale}; run `make data`"
 
 
 def test_starter_config_equals_the_example() -> None:
-    assert packaged.starter_config() == (ROOT / "gateway.yaml.example").read_text("utf-8")
+    example = (ROOT / "gateway.yaml.example").read_text("utf-8")
+    assert packaged.starter_config() == example, "run `make data`"
 
 
 def test_every_packaged_file_is_declared_as_package_data() -> None:
