@@ -27,6 +27,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -43,12 +44,20 @@ from gateway.errors import GatewayError
 from gateway.forward.dial import DialError, Guard, Redirect, Resolver, system_resolver
 from gateway.forward.upstream import TargetPool
 
-__all__ = ["FAILURE_HOLD", "CredentialError", "Token", "TokenSource"]
+__all__ = [
+    "FAILURE_HOLD",
+    "CredentialError",
+    "Token",
+    "TokenSource",
+    "parse_token_response",
+]
 
 log = logging.getLogger(__name__)
 
 # A token answer is a small JSON object; anything bigger is not one.
 MAX_TOKEN_RESPONSE = 64 * 1024
+# Longest access token accepted (it becomes a header value: limits.max_header_bytes applies).
+MAX_TOKEN_LENGTH = 16 * 1024
 # Seconds new fetches are held back after a failed one (see the module docstring).
 FAILURE_HOLD = 1.0
 # RFC 6749 section 5.1 makes expires_in RECOMMENDED: without it, the token is used this long.
@@ -203,7 +212,13 @@ class TokenSource:
             form["client_secret"] = secret
         started = self._clock()
         body, status = await self._post(urlencode(form).encode(), headers)
-        return self._parse(body, status, started)
+        return parse_token_response(
+            body,
+            status,
+            started=started,
+            refresh_before=settings.refresh_before_seconds,
+            where=f"token endpoint {self.url}",
+        )
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> tuple[bytes, int]:
         settings = self._settings
@@ -244,43 +259,56 @@ class TokenSource:
         except (aiohttp.ClientError, OSError, ValueError):
             raise _unavailable(f"token endpoint {self.url} failed mid-answer") from None
 
-    def _parse(self, body: bytes, status: int, started: float) -> Token:
-        where = f"token endpoint {self.url}"
-        if status >= 500:
-            raise _unavailable(f"{where} answered {status}")
-        if len(body) > MAX_TOKEN_RESPONSE:
-            raise _bad_answer(f"{where} sent more than {MAX_TOKEN_RESPONSE} bytes")
-        try:
-            answer = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise _bad_answer(f"{where} answered {status} without a JSON object") from None
-        if not isinstance(answer, dict):
-            raise _bad_answer(f"{where} answered {status} without a JSON object")
-        if status != 200:
-            # RFC 6749 section 5.2: {"error": "invalid_client", ...}. Only the code is shown:
-            # error_description is free text and could echo what was sent.
-            code = answer.get("error")
-            shown = code if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else "no code"
-            raise _bad_answer(f"{where} refused the request: {status} {shown}")
-        token = answer.get("access_token")
-        if not isinstance(token, str) or not _B64TOKEN.fullmatch(token) or len(token) > 16384:
-            raise _bad_answer(f"{where} answered without a usable access_token")
-        token_type = answer.get("token_type")
-        if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            # RFC 6749 section 7.1: a client must not use a token type it does not understand.
-            raise _bad_answer(f"{where} issued a token that is not a bearer token")
-        lifetime = answer.get("expires_in", DEFAULT_LIFETIME)
-        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
-            raise _bad_answer(f"{where} answered with an invalid expires_in")
-        lifetime = min(float(lifetime), MAX_LIFETIME)
-        # Measured from when the request was sent, so the time on the wire counts as used.
-        expires_at = started + lifetime
-        margin = min(self._settings.refresh_before_seconds, lifetime / 2)
-        return Token(SecretStr(token), expires_at, expires_at - margin)
-
     async def close(self) -> None:
         """Close the endpoint's connection pool and forget the token."""
         self._token = None
         if self._fetch is not None:
             self._fetch.cancel()
         await self._pool.close()
+
+
+def parse_token_response(
+    body: bytes, status: int, *, started: float, refresh_before: float, where: str
+) -> Token:
+    """The token in a token endpoint's answer (RFC 6749 sections 5.1 and 5.2), or
+    :class:`CredentialError`. ``started`` is when the request was sent (the lifetime counts from
+    then); ``where`` names the endpoint in messages. No part of ``body`` but a well-formed RFC
+    6749 ``error`` code ever reaches a message."""
+    if status >= 500:
+        raise _unavailable(f"{where} answered {status}")
+    if len(body) > MAX_TOKEN_RESPONSE:
+        raise _bad_answer(f"{where} sent more than {MAX_TOKEN_RESPONSE} bytes")
+    try:
+        answer = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise _bad_answer(f"{where} answered {status} without a JSON object") from None
+    if not isinstance(answer, dict):
+        raise _bad_answer(f"{where} answered {status} without a JSON object")
+    if status != 200:
+        # RFC 6749 section 5.2: {"error": "invalid_client", ...}. Only the code is shown:
+        # error_description is free text and could echo what was sent.
+        code = answer.get("error")
+        shown = code if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else "no code"
+        raise _bad_answer(f"{where} refused the request: {status} {shown}")
+    token = answer.get("access_token")
+    if (
+        not isinstance(token, str)
+        or len(token) > MAX_TOKEN_LENGTH
+        or not _B64TOKEN.fullmatch(token)
+    ):
+        raise _bad_answer(f"{where} answered without a usable access_token")
+    token_type = answer.get("token_type")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        # RFC 6749 section 7.1: a client must not use a token type it does not understand.
+        raise _bad_answer(f"{where} issued a token that is not a bearer token")
+    lifetime = answer.get("expires_in", DEFAULT_LIFETIME)
+    if (
+        isinstance(lifetime, bool)
+        or not isinstance(lifetime, int | float)
+        or not 0 < lifetime < math.inf
+    ):
+        raise _bad_answer(f"{where} answered with an invalid expires_in")
+    lifetime = float(min(lifetime, MAX_LIFETIME))
+    expires_at = started + lifetime
+    margin = min(refresh_before, lifetime / 2)
+    return Token(SecretStr(token), expires_at, expires_at - margin)

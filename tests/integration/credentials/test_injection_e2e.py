@@ -167,6 +167,17 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
             "basic-api": _target(basic_api, "basic"),
             "bearer-api": _target(bearer_api, "bearer"),
             "open-api": _target(open_api, None),
+            # The devkit's sample target accepts WebSocket streams on /ws/echo.
+            "ws-api": {
+                "scheme": "http",
+                "host": "127.0.0.1",
+                "port": stack.targets.http_port,
+                "allow_special_addresses": True,
+                "credential": "basic",
+                "operations": [
+                    {"name": "events", "methods": ["GET"], "paths": ["/ws/echo"], "websocket": True}
+                ],
+            },
         }
         document = stack.gateway_document(targets, credentials=credentials)
         document["logging"]["level"] = "debug"
@@ -240,6 +251,27 @@ async def test_saas_bringing_its_own_credential_is_refused(
     assert response.reason_code == "saas_credential_refused"
     assert header[0].lower() in response.body.decode()
     assert len(env.apis[target].seen) == before  # never reached the API
+
+
+async def test_websocket_handshake_gets_the_credential_and_refuses_the_saas_own(
+    env: Env,
+) -> None:
+    basic = base64.b64encode(f"svc-gateway:{BASIC_PASSWORD}".encode()).decode()
+    async with env.stack.saas() as saas:
+        socket = await saas.stream("ws-api", "/ws/echo")
+        try:
+            await socket.send_str("hello")
+            async with asyncio.timeout(10):
+                reply = await socket.receive()
+            assert reply.data == "echo:hello"
+        finally:
+            await socket.close()
+        [stream] = env.stack.targets.ws_streams
+        assert stream.headers["Authorization"] == f"Basic {basic}"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await saas.stream("ws-api", "/ws/echo", headers=[("Cookie", "session=saas")])
+    assert caught.value.status == 400
+    assert len(env.stack.targets.ws_streams) == 1
 
 
 async def test_oauth_token_is_cached_refreshed_before_expiry_and_renewed_after_401(
