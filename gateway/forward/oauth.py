@@ -146,16 +146,9 @@ class TokenSource:
             return current.value
         try:
             fresh = await self._shared_fetch(now)
-        except CredentialError as exc:
+        except CredentialError:
             if current is not None and self._clock() < current.expires_at:
-                log.warning(
-                    "refreshing the token of credential %s failed (%s); the current token is "
-                    "still valid and stays in use",
-                    self.name,
-                    exc.code,
-                    extra={"event": "token_refresh_failed", "credential": self.name},
-                )
-                return current.value
+                return current.value  # logged once by _settle as token_refresh_failed
             raise
         return fresh.value
 
@@ -182,12 +175,37 @@ class TokenSource:
             return
         error = fetch.exception()
         if error is None:
-            self._token = fetch.result()
+            token = fetch.result()
+            self._token = token
             self._last_error = None
+            log.info(
+                "credential %s: new token from %s, valid for %.0f s",
+                self.name,
+                self.url,
+                token.expires_at - self._clock(),
+                extra={"event": "token_fetched", "credential": self.name},
+            )
             return
         if isinstance(error, CredentialError):
             self._last_error = error
             self._held_until = self._clock() + FAILURE_HOLD
+            current = self._token
+            # The error names the endpoint and the status or RFC 6749 error code, never a secret.
+            if current is not None and self._clock() < current.expires_at:
+                log.warning(
+                    "credential %s: %s: the current token is still valid and stays in use",
+                    self.name,
+                    error,
+                    extra={"event": "token_refresh_failed", "credential": self.name},
+                )
+            else:
+                log.warning(
+                    "credential %s: %s: requests that need it fail closed until a token can be "
+                    "fetched",
+                    self.name,
+                    error,
+                    extra={"event": "token_fetch_failed", "credential": self.name},
+                )
 
     async def _fetch_once(self) -> Token:
         settings = self._settings

@@ -369,6 +369,9 @@ async def test_no_secret_appears_in_any_output(env: Env) -> None:
     outputs["gateway log"] = env.log.read_text(encoding="utf-8", errors="replace")
     outputs["decision log"] = (env.directory / "decisions.jsonl").read_text(encoding="utf-8")
     assert "saas_credential_refused" in outputs["decision log"]
+    # The token life cycle is logged (by credential name and endpoint only).
+    assert "credential idp: new token from" in outputs["gateway log"]
+    assert "credential spare-idp: token endpoint" in outputs["gateway log"]
     tokens = [*env.idp.issued, *env.spare_idp.issued]
     assert tokens
     basic = base64.b64encode(f"svc-gateway:{BASIC_PASSWORD}".encode()).decode()
