@@ -41,7 +41,12 @@ from gateway.config.model import GatewayConfig, Operation
 from gateway.forward.canonical import CanonicalRequest, canonicalise
 from gateway.forward.credentials import CredentialError, CredentialSet, Injector
 from gateway.forward.dial import DialError, Guard, Redirect, Resolver, system_resolver
-from gateway.forward.headers import credential_name, outbound_headers, refuse_saas_credentials
+from gateway.forward.headers import (
+    check_declared_length,
+    credential_name,
+    outbound_headers,
+    refuse_saas_credentials,
+)
 from gateway.forward.rejections import RequestRejected
 from gateway.forward.streams import TcpEnd, UpstreamEnd, open_tcp, relay
 from gateway.forward.upstream import Upstream, UpstreamError, UpstreamResponse
@@ -479,6 +484,10 @@ class Chain:
         limit = config.limits.max_request_body_bytes if limit is None else limit
         if facts.body_size > limit:
             raise Refusal(413, "request_body_too_large", f"body exceeds {limit} bytes", "limits")
+        try:
+            check_declared_length(canonical.headers, facts.body_size)
+        except RequestRejected as exc:
+            raise Refusal(exc.status, str(exc.code), str(exc), "limits") from None
         return ()
 
 

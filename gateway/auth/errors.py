@@ -27,6 +27,7 @@ class Reason(StrEnum):
     HEADERS_TOO_LARGE = "headers_too_large"
     MALFORMED_REQUEST = "malformed_request"
     MISSING_COMPONENT = "missing_component"
+    DUPLICATE_FIELD = "duplicate_covered_field"
     MISSING_PARAMETER = "missing_parameter"
     WRONG_GATEWAY = "wrong_gateway"
     UNKNOWN_KEY = "unknown_key"

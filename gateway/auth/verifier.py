@@ -12,7 +12,9 @@ A relayed request (or WebSocket connect) is authentic only if it carries a signa
 * has ``created`` no older than ``max_age`` and not in the future, and an ``expires`` (if given)
   not in the past, each with ``max_skew`` tolerance;
 * carries a ``nonce`` this gateway has not accepted before (the replay cache);
-* verifies cryptographically, and whose Content-Digest matches the body bytes (SHA-256 or SHA-512).
+* verifies cryptographically, and whose Content-Digest matches the body bytes (SHA-256 or SHA-512);
+* whose every covered header field arrives on exactly one field line (a target may act on one
+  line of several while the signature covered them joined).
 
 Order of work: cheap syntactic and size checks first (header counts and sizes, Structured Field
 syntax, component ids, parameters), then key lookup and time checks, then one signature
@@ -43,6 +45,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -424,11 +427,22 @@ class SignatureVerifier:
             raise SignatureError(
                 Reason.MALFORMED_REQUEST, "request target cannot be signed", keyid=safe_keyid
             ) from exc
-        present = {name.lower() for name, _ in headers}
+        lines_of = Counter(name.lower() for name, _ in headers)
         for name, _ in candidate.components:
-            if not name.startswith("@") and name not in present:
+            if name.startswith("@"):
+                continue
+            if not lines_of[name]:
                 raise SignatureError(
                     Reason.MISSING_COMPONENT, "a covered header is absent", keyid=safe_keyid
+                )
+            # RFC 9421 section 2.1 signs the field lines joined with ", ", but a server may read
+            # only the first or the last line: the value it acts on would not be the one signed.
+            # Every covered field must therefore arrive on exactly one line.
+            if lines_of[name] > 1:
+                raise SignatureError(
+                    Reason.DUPLICATE_FIELD,
+                    "a covered header appears on more than one field line",
+                    keyid=safe_keyid,
                 )
         lines = [value.strip(" \t") for name, value in headers if name.lower() == GATEWAY_ID_HEADER]
         if lines != [self._gateway_id]:

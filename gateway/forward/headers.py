@@ -5,7 +5,9 @@ Two steps, both applied to every request and stream:
 1. :func:`validate_request_headers` refuses a header list that is too big (431), that has names
    which are not RFC 9110 tokens, values with CR, LF, NUL or other controls (the way to inject a
    header or split a request, catalogue C 56-58), or ambiguous message framing (catalogue C 52-54;
-   a ``Transfer-Encoding`` other than exactly one ``chunked``, RFC 9112 section 6.1).
+   a ``Transfer-Encoding`` other than exactly one ``chunked``, RFC 9112 section 6.1), or a name
+   given twice (JSON keys differing only in case). :func:`check_declared_length` then holds
+   ``Content-Length`` to the body actually delivered.
 2. :func:`outbound_headers` builds the upstream header list from an allow-list: the small
    :data:`DEFAULT_FORWARDED` set of end-to-end headers plus the headers the matched operation
    names. Everything else is dropped, and a few headers are dropped even when named: hop-by-hop
@@ -38,6 +40,7 @@ from gateway.forward.rejections import RejectReason, RequestRejected
 __all__ = [
     "DEFAULT_FORWARDED",
     "HANDSHAKE_ONLY",
+    "check_declared_length",
     "credential_name",
     "host_header",
     "outbound_headers",
@@ -139,7 +142,30 @@ def validate_request_headers(
             )
         validated.append((name.lower(), trimmed))
     _check_framing(validated)
+    # The relay delivers headers as a JSON object, one value per name (it joins repeated fields,
+    # RFC 9110 section 5.3). Two keys that differ only in case are not something it sends; they
+    # would reach the target as two field lines where every check here saw each one apart, and a
+    # server may act on either. Refused rather than joined.
+    if len({name for name, _ in validated}) != len(validated):
+        raise RequestRejected(R.DUPLICATE_HEADER, "a header name appears more than once")
     return tuple(validated)
+
+
+def check_declared_length(headers: Iterable[tuple[str, str]], body_size: int) -> None:
+    """Refuse a request whose ``Content-Length`` is not the size of the body the relay delivered.
+
+    ``headers`` are validated ones (:func:`validate_request_headers`, so at most one plain
+    number). The forwarder frames the body it has; silently re-framing a body that disagrees with
+    what the sender declared would forward a different message than the one signed and judged
+    (RFC 9112 section 6.3: a mismatch is a framing error, not a detail). Raises
+    :class:`RequestRejected` (400 ``content_length_mismatch``).
+    """
+    for name, value in headers:
+        if name == "content-length" and int(value) != body_size:
+            raise RequestRejected(
+                R.CONTENT_LENGTH_MISMATCH,
+                f"Content-Length is not the size of the {body_size}-byte body",
+            )
 
 
 def _check_transfer_encoding(raw: str) -> None:
@@ -192,7 +218,7 @@ def outbound_headers(
 
     ``headers`` are the validated request headers (:func:`validate_request_headers`, or
     ``CanonicalRequest.headers``). The result starts with ``host`` and keeps the relayed order
-    and repetitions of every header that passes the allow-list; names stay lower-case.
+    of every header that passes the allow-list; names stay lower-case.
     """
     pairs = list(headers)
     allowed = DEFAULT_FORWARDED | {name.lower() for name in operation.headers}

@@ -64,6 +64,8 @@ class RejectReason(StrEnum):
     CONTENT_LENGTH_WITH_TRANSFER_ENCODING = "content_length_with_transfer_encoding"
     INVALID_TRANSFER_ENCODING = "invalid_transfer_encoding"
     DUPLICATE_HOST = "duplicate_host"
+    DUPLICATE_HEADER = "duplicate_header"
+    CONTENT_LENGTH_MISMATCH = "content_length_mismatch"
     # The gateway injects this target's credential; the SaaS may not bring one.
     SAAS_CREDENTIAL = "saas_credential_refused"
 

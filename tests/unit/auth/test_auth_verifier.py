@@ -148,6 +148,43 @@ def test_sha512_digest_is_accepted(harness: Harness) -> None:
     assert result.body_verified
 
 
+@pytest.mark.parametrize(
+    "field", ["x-gateway-id", "content-type", "authorization", "content-digest"]
+)
+def test_a_covered_field_on_two_lines_is_refused_even_when_the_joined_value_is_signed(
+    harness: Harness, field: str
+) -> None:
+    # The signer signs the joined value ("a, b", RFC 9421 section 2.1), which is exactly what
+    # the lines below join to: the signature verifies, yet a target reading only one line would
+    # act on a value nobody signed.
+    sha256 = base64.b64encode(hashlib.sha256(BODY).digest()).decode()
+    sha512 = base64.b64encode(hashlib.sha512(BODY).digest()).decode()
+    lines = {
+        "x-gateway-id": [GATEWAY_ID, "agent-2"],
+        "content-type": ["application/json", "text/plain"],
+        "authorization": ["Bearer a", "Bearer b"],
+        "content-digest": [f"sha-256=:{sha256}:", f"sha-512=:{sha512}:"],
+    }[field]
+    components = ["@method", "@authority", "@path", "@query", "x-gateway-id", "content-digest"]
+    if field not in components:
+        components.append(field)
+    others = [("Content-Type", "application/json")] if field != "content-type" else []
+    joined = [(field, ", ".join(lines))] if field != "x-gateway-id" else []
+    signed = harness.ed.sign(
+        method="POST",
+        authority=AUTHORITY,
+        path=PATH,
+        query="expand=1",
+        headers=[*others, *joined],
+        body=BODY,
+        components=components,
+    )
+    if field == "x-gateway-id":
+        signed = replace_header(signed, field, ", ".join(lines))
+    split = [(n, v) for n, v in signed if n.lower() != field] + [(field, v) for v in lines]
+    assert reason_of(harness, split, body=BODY) is Reason.DUPLICATE_FIELD
+
+
 def test_other_gateway_id_is_refused(harness: Harness) -> None:
     signer = harness.signer(harness.ed_key, "ed-1")
     signer.gateway_id = "agent-2"

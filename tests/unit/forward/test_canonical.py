@@ -371,7 +371,7 @@ def test_rejection_messages_never_echo_the_input() -> None:
 def test_build_input_follows_the_contract() -> None:
     request = canon(
         "/api/orders?x=1",
-        headers=[("Authorization", "Bearer t"), ("Accept", "a"), ("accept", "b")],
+        headers=[("Authorization", "Bearer t"), ("Accept", "a"), ("X-Trace", "b")],
     )
     assert build_input(request, signed=True, keyid="empowerid-2026") == {
         "target": "erp",
@@ -380,7 +380,7 @@ def test_build_input_follows_the_contract() -> None:
         "path_segments": ["api", "orders"],
         "trailing_slash": False,
         "query": "x=1",
-        "header_names": ["accept", "authorization"],
+        "header_names": ["accept", "authorization", "x-trace"],
         "websocket": False,
         "signature": {"verified": True, "keyid": "empowerid-2026"},
     }
