@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit venv clean fuzz faults soak data
+.PHONY: demo test test-loaded lint typecheck unit venv clean fuzz faults soak data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term -q
 
 test: lint typecheck unit
+
+# The security and pipeline suites again, beside one busy-looping process per core: a test that
+# depends on the machine's speed fails here (CI runs it after `make test`).
+test-loaded: $(STAMP)
+	$(BIN)/python tests/run_loaded.py
 
 # Long forms of the proof suites (the short forms run in `make test`).
 fuzz: $(STAMP)

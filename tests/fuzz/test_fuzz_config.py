@@ -20,13 +20,12 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import load
@@ -157,11 +156,7 @@ def mutated_documents(draw: st.DrawFn) -> dict[str, Any]:
     return document
 
 
-@settings(
-    max_examples=200,
-    deadline=timedelta(seconds=2),
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@settings(max_examples=200)
 @given(mutated_documents())
 def test_mutated_documents_load_fully_checked_or_not_at_all(document: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as directory:

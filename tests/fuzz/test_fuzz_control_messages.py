@@ -6,7 +6,8 @@ Invariants, each through the real sans-IO core:
 * no crash: ``parse_command`` raises only ``ProtocolError``; a ``ListenerChannel`` never raises;
 * what the channel hands on is wire-safe: every request or accept it reports has a rendezvous
   address the policy accepts, and ids, methods, targets and header fields without CR, LF or NUL;
-* no hang: every call finishes well inside a per-example deadline;
+* no hang: every call returns (pytest-timeout stops a test that hangs; how long a call takes
+  is measured in benchmarks/, never asserted here, so a busy machine cannot fail the suite);
 * bounded memory: the worst inputs of the maximum size allocate a bounded amount, and oversized
   inputs are refused before parsing.
 
@@ -20,7 +21,6 @@ import contextlib
 import re
 import tracemalloc
 from collections.abc import Callable
-from datetime import timedelta
 
 import pytest
 from hypothesis import event as note
@@ -47,7 +47,7 @@ from tests.fuzz.strategies import mutated_commands, valid_commands
 
 POLICY = RendezvousPolicy(entity_path="hc-1")
 WIRE_UNSAFE = re.compile(r"[\x00\r\n]")
-FAST = settings(max_examples=400, deadline=timedelta(milliseconds=250))
+FAST = settings(max_examples=400)
 
 
 @FAST

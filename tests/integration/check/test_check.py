@@ -327,13 +327,11 @@ async def _silent_server() -> AsyncIterator[int]:
 async def test_every_check_is_bounded_by_the_timeout(registered: Registered) -> None:
     async with _silent_server() as port:
         registered.rewrite(relay={"connections": 1, "endpoint": f"ws://127.0.0.1:{port}"})
-        started = time.monotonic()
+        # The server accepts and stays silent for ever: the check ends only by its own bound.
         results = await _check(registered.config, per_check=0.5)
-        elapsed = time.monotonic() - started
     assert results["relay"].status == "fail"
     assert "did not finish within 0.5 s" in results["relay"].detail
     assert "firewall" in results["relay"].hint
-    assert elapsed < 5
 
 
 async def test_registered_url_differing_from_the_configuration_is_a_warning(

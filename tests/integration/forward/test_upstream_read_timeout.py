@@ -127,11 +127,13 @@ async def test_a_target_that_goes_quiet_is_504_after_the_read_timeout(
 ) -> None:
     port = await serve(behaviour)
     started = time.monotonic()
+    # The request timeout is the longest allowed, and the target hangs up after 10 s: a 504
+    # `upstream_timeout` can only come from the read timeout, however slow the machine is.
     with pytest.raises(UpstreamError) as caught:
-        await _fetch(_upstream(config(), port))
+        await _fetch(_upstream(config(total=55), port))
     elapsed = time.monotonic() - started
     assert (caught.value.code, caught.value.status) == ("upstream_timeout", 504)
-    assert READ * 0.9 <= elapsed < TOTAL * 0.9
+    assert elapsed >= READ * 0.9
 
 
 async def test_a_dripping_target_is_ended_by_the_request_timeout(
@@ -144,7 +146,7 @@ async def test_a_dripping_target_is_ended_by_the_request_timeout(
         await _fetch(_upstream(config(), port))
     elapsed = time.monotonic() - started
     assert (caught.value.code, caught.value.status) == ("upstream_timeout", 504)
-    assert TOTAL * 0.9 <= elapsed < TOTAL + 1.5
+    assert elapsed >= TOTAL * 0.9
 
 
 async def test_the_default_read_timeout_is_capped_at_a_shorter_request_timeout(

@@ -131,11 +131,11 @@ async def test_slow_handler_is_answered_504_before_the_relay_deadline(
 
     async with start_listener(relay, slow, request_timeout=0.5) as listener:
         await relay.wait_for_listeners(HC, 1)
-        started = time.monotonic()
-        status, reason, _, _ = await send_http(http, relay, "/slow")
-        elapsed = time.monotonic() - started
+        status, reason, headers, _ = await send_http(http, relay, "/slow", within=120)
     assert (status, reason) == (504, "Gateway Timeout")
-    assert elapsed < 3.0
+    # Section 5.2: Via marks an answer the listener sent; the relay's own 504 at its deadline
+    # has none. So the listener answered, at its timeout, whatever the machine's speed.
+    assert "Via" in headers
     assert listener.metrics.requests["handler_timeout"] == 1
 
 

@@ -20,7 +20,9 @@ from tests.unit.auth.harness import AUTHORITY, GATEWAY_ID, HC_PATH, PATH, Harnes
 BODY = b'{"order": 17, "lines": [1, 2, 3]}'
 QUERY = "expand=1&x=%2F"
 PROPERTY_SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
 

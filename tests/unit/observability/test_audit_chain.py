@@ -31,7 +31,7 @@ KEY = b"k" * 32
 # Each example writes a small log to its own directory; no example may depend on timing.
 FUZZ: dict[str, Any] = {
     "deadline": None,
-    "suppress_health_check": [HealthCheck.function_scoped_fixture],
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 }
 SCHEMA = Path(__file__).parents[3] / "schemas" / "decision-log.schema.json"
 
