@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway.config.model import GatewayConfig
 from gateway.forward.dial import IPAddress
 from gateway.forward.upstream import Upstream, UpstreamError, drain
+from tests.integration.relay.listener_support import wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -297,7 +298,7 @@ async def test_timeout_is_504(target_app: tuple[Recorder, int]) -> None:
 
 
 async def test_per_target_concurrency_cap_answers_503(target_app: tuple[Recorder, int]) -> None:
-    _, port = target_app
+    recorder, port = target_app
     config = make_config(limits={"max_concurrent_requests": 1})
     upstream = Upstream(
         config, resolver=table({"erp.corp.local": ["10.1.2.3"]}), redirect=Dialled(port)
@@ -306,7 +307,8 @@ async def test_per_target_concurrency_cap_answers_503(target_app: tuple[Recorder
         slow = asyncio.create_task(
             upstream.send("erp", method="GET", path="/api/slow", query=None, headers=[], body=b"")
         )
-        await asyncio.sleep(0.2)
+        # The slow request holds the target's only slot once the target has it.
+        await wait_until(lambda: any(r.path == "/api/slow" for r in recorder.requests), 60)
         with pytest.raises(UpstreamError) as caught:
             await upstream.send(
                 "erp", method="GET", path="/api/x", query=None, headers=[], body=b""

@@ -149,11 +149,11 @@ async def test_slow_handler_does_not_block_other_requests(
             await release.wait()
         return RelayedResponse(200, "OK", (), request.target.encode())
 
-    async with start_listener(relay, gated):
+    async with start_listener(relay, gated) as listener:
         await relay.wait_for_listeners(HC, 1)
         waiting = asyncio.create_task(send_http(http, relay, "/wait"))
-        await asyncio.sleep(0.1)
-        status, _, _, body = await send_http(http, relay, "/quick", within=3)
+        await wait_until(lambda: listener.requests_in_flight == 1)
+        status, _, _, body = await send_http(http, relay, "/quick", within=60)
         assert (status, body) == (200, b"/quick")
         assert not waiting.done()
         release.set()
