@@ -1,20 +1,33 @@
 """Command-line entry point: ``gateway VERB ...`` and ``python -m gateway VERB ...``.
 
+Bare ``gateway`` prints the verbs; a mistyped verb gets a did-you-mean; ``gateway --version``
+prints the version. Shell completion comes from argcomplete (``gateway completion SHELL`` prints
+the script for bash, zsh or fish): it completes from this very parser, so it never drifts from
+the verbs and options.
+
 Exit codes shared by every verb:
 
 * 0 - success (for ``explain``: the request would be allowed)
 * 1 - the configuration or another input is invalid, or the operation failed
-* 2 - usage error (unknown verb, bad flag)
+* 2 - usage error (unknown verb, bad flag, no verb)
 * 3 - ``explain``: the request would be denied
 * 130 - interrupted (Ctrl-C)
+
+Verbs with exit codes of their own say so in their ``--help``: ``diff`` (10 widened, 11
+narrowed or neutral) and ``run`` (4 identity, 5 could not start).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
+import shlex
 import sys
 from collections.abc import Sequence
+
+import argcomplete
 
 from gateway import __version__
 
@@ -40,39 +53,95 @@ COMMANDS: tuple[str, ...] = (
     "check",
     "docs",
     "schema",
+    "completion",
     "version",
     "demo",
     "dev",
 )
 
+Choices = dict[str, argparse.ArgumentParser]
 
-def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    """The parser with every verb registered (the ``dev`` tools only if ``argv`` asks for them)."""
+
+def _build(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Choices, Choices]:
+    """The parser, its verbs and (when ``argv`` starts with ``dev``) the dev tools."""
     parser = argparse.ArgumentParser(
         prog="gateway",
         description=(
             "Policy-enforcing on-premises gateway agent for Azure Relay Hybrid Connections."
         ),
+        epilog="Run `gateway VERB --help` for a verb's options, and `gateway completion --help` "
+        "for tab completion in bash, zsh or fish.",
     )
-    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
-    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"gateway {__version__}",
+        help="print the version and exit",
+    )
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", title="verbs")
+    tools: Choices = {}
     for name in COMMANDS:
         module = importlib.import_module(f"gateway.commands.{name}")
         if name == "dev":
-            module.register(subparsers, with_tools=list(argv[:1]) == ["dev"])
+            tools = module.register(subparsers, with_tools=list(argv[:1]) == ["dev"])
         else:
             module.register(subparsers)
-    return parser
+    return parser, dict(subparsers.choices), tools
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser with every verb registered (the ``dev`` tools only if ``argv`` asks for them)."""
+    return _build(argv)[0]
+
+
+def _unknown(kind: str, word: str, known: Sequence[str], usage: str) -> int:
+    print(f"gateway: unknown {kind} {word!r}", file=sys.stderr)
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    if close:
+        print(f"did you mean {close[0]!r}?", file=sys.stderr)
+    print(f"run `{usage}` for the list", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _misspelt(arguments: list[str], verbs: Choices, tools: Choices) -> int | None:
+    """Report an unknown verb or dev tool with a suggestion; None when the words are known."""
+    if arguments and not arguments[0].startswith("-") and arguments[0] not in verbs:
+        return _unknown("verb", arguments[0], list(verbs), "gateway --help")
+    if (
+        arguments[:1] == ["dev"]
+        and len(arguments) > 1
+        and not arguments[1].startswith("-")
+        and arguments[1] not in tools
+    ):
+        return _unknown("dev tool", arguments[1], list(tools), "gateway dev --help")
+    return None
+
+
+def _completion_words() -> list[str]:
+    """The words being completed (argcomplete runs the program with them in ``COMP_LINE``)."""
+    try:
+        return shlex.split(os.environ.get("COMP_LINE", ""))[1:]
+    except ValueError:  # an unfinished quote while typing
+        return os.environ.get("COMP_LINE", "").split()[1:]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen verb; returns the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(arguments)
+    completing = argv is None and "_ARGCOMPLETE" in os.environ
+    parser, verbs, tools = _build(_completion_words() if completing else arguments)
+    if completing:
+        argcomplete.autocomplete(parser)  # prints the candidates and exits the process
+    misspelt = _misspelt(arguments, verbs, tools)
+    if misspelt is not None:
+        return misspelt
     try:
         args = parser.parse_args(arguments)
     except SystemExit as exc:  # argparse exits 2 on usage errors and 0 for --help
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    if args.verb is None:
+        parser.print_help()
+        return EXIT_USAGE
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:

@@ -25,7 +25,12 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_format_argument(parser: argparse.ArgumentParser) -> None:
     """The shared ``--format text|json`` option."""
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text for people (default) or json for scripts",
+    )
 
 
 def config_path(args: argparse.Namespace) -> str:

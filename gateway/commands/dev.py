@@ -16,10 +16,19 @@ DEV_TOOLS: tuple[str, ...] = ("controlplane", "relay_emulator", "send")
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], *, with_tools: bool = False
-) -> None:
-    """Add the ``dev`` group; its tools (and so ``gateway.devkit``) only when ``with_tools``."""
-    parser = subparsers.add_parser("dev", help="local development tools (never for production)")
-    tools = parser.add_subparsers(dest="dev_tool", metavar="TOOL", required=True)
+) -> dict[str, argparse.ArgumentParser]:
+    """Add the ``dev`` group; its tools (and so ``gateway.devkit``) only when ``with_tools``.
+
+    Returns the tools by name (empty without ``with_tools``).
+    """
+    parser = subparsers.add_parser(
+        "dev",
+        help="local development tools: relay emulator, control-plane simulator, sender",
+        description="Local stand-ins for development and tests, never for production. "
+        "docs/development.md drives them from a shell script.",
+    )
+    tools = parser.add_subparsers(dest="dev_tool", metavar="TOOL", required=True, title="tools")
     if with_tools:
         for name in DEV_TOOLS:
             importlib.import_module(f"gateway.devkit.{name}").register(tools)
+    return dict(tools.choices)

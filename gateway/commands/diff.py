@@ -39,7 +39,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "old", metavar="OLD", help="file, or REV:PATH (e.g. origin/main:gateway.yaml)"
     )
     parser.add_argument("new", metavar="NEW", help="file, or REV:PATH")
-    parser.add_argument("--format", choices=tuple(_RENDERERS), default="text")
+    parser.add_argument(
+        "--format",
+        choices=tuple(_RENDERERS),
+        default="text",
+        help="text (default), json for scripts, or markdown for a pull-request comment",
+    )
     parser.set_defaults(handler=run)
 
 

@@ -79,7 +79,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--body-size", type=int, default=0, metavar="BYTES", help="size of the request body"
     )
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text for people (default) or json for scripts",
+    )
     parser.set_defaults(handler=run)
 
 

@@ -11,7 +11,7 @@ import json
 import sys
 
 from gateway import config as gwconfig
-from gateway.commands._common import add_config_argument
+from gateway.commands._common import add_config_argument, add_format_argument
 from gateway.errors import ConfigError
 
 
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "validate", help="check gateway.yaml and report every problem with its location"
     )
     add_config_argument(parser)
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    add_format_argument(parser)
     parser.add_argument(
         "--skip-host-checks",
         action="store_true",

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from gateway import config as gwconfig
-from gateway.commands._common import add_config_argument
+from gateway.commands._common import add_config_argument, add_format_argument
 from gateway.errors import ConfigError
 from gateway.gitops.signing import signature_path, verify_signature
 
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="PEM",
         help="also trust this Ed25519 public key (repeatable)",
     )
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    add_format_argument(parser)
     parser.set_defaults(handler=run)
 
 

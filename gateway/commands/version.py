@@ -8,6 +8,7 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 
 from gateway import __version__
+from gateway.commands._common import add_format_argument
 
 # Libraries whose version matters to a security reviewer (parsers, TLS, policy engine).
 _COMPONENTS = ("aiohttp", "cryptography", "pydantic", "jsonschema", "pyyaml", "regopy")
@@ -26,7 +27,7 @@ def _component_versions() -> dict[str, str]:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``version`` verb."""
     parser = subparsers.add_parser("version", help="print version information")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    add_format_argument(parser)
     parser.set_defaults(handler=run)
 
 

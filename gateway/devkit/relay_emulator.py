@@ -1021,15 +1021,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Serve listeners and senders on HOST:PORT speaking the Hybrid Connections "
         "protocol. Prints the relay's base URLs, then runs until interrupted.",
     )
-    parser.add_argument("--listen", required=True, metavar="HOST:PORT", type=_host_port)
-    parser.add_argument("--hc", required=True, action="append", metavar="NAME", dest="hcs")
-    parser.add_argument("--key-name", required=True, metavar="N")
+    parser.add_argument(
+        "--listen",
+        required=True,
+        metavar="HOST:PORT",
+        type=_host_port,
+        help="address to serve on (port 0 picks a free one; the URLs are printed)",
+    )
+    parser.add_argument(
+        "--hc",
+        required=True,
+        action="append",
+        metavar="NAME",
+        dest="hcs",
+        help="a Hybrid Connection to serve (repeatable)",
+    )
+    parser.add_argument(
+        "--key-name", required=True, metavar="N", help="SAS rule name (listen and send rights)"
+    )
     parser.add_argument("--key", required=True, metavar="K", help="SAS key string")
     parser.add_argument("--namespace", metavar="HOST", help="host name tokens must be for")
     parser.add_argument("--tls-cert", metavar="F", help="PEM certificate chain (enables TLS)")
     parser.add_argument("--tls-key", metavar="F", help="PEM private key for --tls-cert")
     parser.add_argument(
-        "--response-timeout", type=float, default=RESPONSE_TIMEOUT, metavar="SECONDS"
+        "--response-timeout",
+        type=float,
+        default=RESPONSE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long a sender waits for the listener's answer (default {RESPONSE_TIMEOUT:g})",
     )
     parser.set_defaults(handler=run)
 

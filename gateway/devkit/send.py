@@ -158,10 +158,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--keyid", required=True, metavar="ID", help="keyid of the signing key")
     parser.add_argument("--gateway-id", required=True, metavar="ID", help="the gateway's id")
     parser.add_argument(
-        "-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", dest="headers"
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        dest="headers",
+        help="a request header (repeatable)",
     )
     parser.add_argument("--data", metavar="@FILE|TEXT", help="request body")
-    parser.add_argument("method", metavar="METHOD")
+    parser.add_argument("method", metavar="METHOD", help="HTTP method (GET, POST, ...)")
     parser.add_argument("selector", metavar="SELECTOR", help="target name or host:port")
     parser.add_argument("path", metavar="PATH", help="on-prem path, with ?query if any")
     parser.set_defaults(handler=run)
