@@ -1,15 +1,19 @@
 """``gateway status``: what this gateway is and how it is doing, without changing anything.
 
-Reports the registered identity (from the state directory, offline), the configuration revision,
-and - when the agent is running - its live state from the local ``/readyz`` endpoint: listeners
-online, last heartbeat, policy revision and mode. Exit 0 when registered and (if running) ready,
-1 otherwise.
+Reports the registered identity (from the state directory, offline), the revision of the file on
+disk, and - when the agent is running - its live state from the local ``/readyz`` endpoint: the
+revision it runs (which differs from the file's until a reload), listeners online, last
+heartbeat, policy revision, mode and, after a rejected reload, the reload error. When the file on
+disk is invalid (a rejected reload) the live state is still shown, from the ``observability``
+section as far as it can be read, so an operator sees what runs and why the change did not take.
+Exit 0 when the file is valid, the gateway registered and (if running) ready; 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import urllib.error
 import urllib.request
 from typing import Any
@@ -18,13 +22,25 @@ from gateway import identity
 from gateway.commands._common import (
     add_config_argument,
     add_format_argument,
+    config_path,
     load_or_report,
     passphrase,
     print_json,
     state_dir,
 )
+from gateway.config import yamlsafe
+from gateway.config.model import LISTEN_PATTERN, ObservabilitySection
 
 _PROBE_TIMEOUT = 2.0
+# The keys of the agent's /readyz answer worth a line of their own, in this order.
+_LIVE_KEYS = (
+    "revision",
+    "policy_revision",
+    "mode",
+    "listeners_online",
+    "last_heartbeat",
+    "reload_failures",
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,11 +67,69 @@ def _live(listen: str) -> dict[str, Any]:
         return {"running": True, "ready": False, "reasons": ["unreadable /readyz answer"]}
 
 
+def _listen_of_invalid(path: str) -> str | None:
+    """``observability.listen`` read from a file that does not validate (None: disabled).
+
+    Read with the same strict YAML reader; anything unreadable falls back to the default, where
+    an agent started from an earlier valid file most likely listens.
+    """
+    default = ObservabilitySection()
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(yamlsafe.MAX_FILE_BYTES + 1)
+    except OSError:
+        return default.listen
+    text, _ = yamlsafe.decode(raw, path)
+    doc, _ = yamlsafe.parse(text, path) if text is not None else (None, [])
+    section = doc.data.get("observability") if doc and isinstance(doc.data, dict) else None
+    if not isinstance(section, dict):
+        return default.listen
+    if section.get("enabled") is False:
+        return None
+    listen = section.get("listen")
+    if isinstance(listen, str) and re.fullmatch(LISTEN_PATTERN, listen):
+        return listen
+    return default.listen
+
+
+def _invalid(args: argparse.Namespace) -> int:
+    """The report when the file on disk does not validate: what still runs, if anything."""
+    path = config_path(args)
+    listen = _listen_of_invalid(path)
+    agent = _live(listen) if listen else {}
+    if args.format == "json":
+        print_json({"config": {"file": path, "valid": False}, "agent": agent})
+        return 1
+    print(f"config      {path}: NOT VALID (run `gateway validate`)")
+    _print_agent(agent, listen)
+    return 1
+
+
+def _print_agent(agent: dict[str, Any], listen: str | None) -> None:
+    if agent.get("running"):
+        print(f"agent       {'ready' if agent.get('ready') else 'NOT READY'}")
+        for key in _LIVE_KEYS:
+            if key in agent:
+                print(f"  {key:15} {agent[key]}")
+        reload_error = agent.get("reload_error")
+        if isinstance(reload_error, dict):
+            print(
+                f"  reload failed   {reload_error.get('at')}: {reload_error.get('error')}"
+                " (the revision above still serves)"
+            )
+        for reason in agent.get("reasons", []):
+            print(f"  not ready: {reason}")
+        for condition in agent.get("degraded", []):
+            print(f"  degraded: {condition}")
+    elif listen:
+        print(f"agent       not running (nothing answers on {listen})")
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the status report."""
     loaded = load_or_report(args)
     if loaded is None:
-        return 1
+        return _invalid(args)
     config = loaded.config
     report: dict[str, Any] = {
         "gateway_id": config.gateway.id,
@@ -71,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     ident = report["identity"]
     cert = ident.get("certificate") or {}
     print(f"gateway     {config.gateway.id}")
-    print(f"config      {loaded.file} ({loaded.revision})")
+    print(f"config      {loaded.file} (revision on disk {loaded.revision})")
     print(f"policy      {config.policy.engine}, {config.policy.mode}")
     print(f"registered  {'yes' if ident.get('registered') else 'no'}")
     if cert:
@@ -85,15 +159,9 @@ def run(args: argparse.Namespace) -> int:
     for problem in ident.get("problems", []):
         print(f"problem     {problem.get('code')}: {problem.get('message')}")
     agent = report["agent"]
-    if agent.get("running"):
-        print(f"agent       {'ready' if agent.get('ready') else 'NOT READY'}")
-        for key in ("listeners_online", "last_heartbeat", "policy_revision", "mode"):
-            if key in agent:
-                print(f"  {key:15} {agent[key]}")
-        for reason in agent.get("reasons", []):
-            print(f"  not ready: {reason}")
-        for condition in agent.get("degraded", []):
-            print(f"  degraded: {condition}")
-    elif config.observability.enabled:
-        print(f"agent       not running (nothing answers on {config.observability.listen})")
+    running = agent.get("revision")
+    # The agent's revision is "<configuration>/<policy>"; the file's is the configuration's.
+    if isinstance(running, str) and running.split("/")[0] != loaded.revision:
+        print("            (the running agent has another revision: reload to apply the file)")
+    _print_agent(agent, config.observability.listen if config.observability.enabled else None)
     return 0 if healthy else 1

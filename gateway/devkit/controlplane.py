@@ -22,7 +22,9 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
 import secrets
+import signal
 import ssl
 import sys
 import tempfile
@@ -596,12 +598,24 @@ class ControlPlaneSimulator:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``gateway dev controlplane``."""
     parser = subparsers.add_parser(
-        "controlplane", help="run a local EmpowerID control-plane simulator (HTTPS, mTLS)"
+        "controlplane",
+        help="run a local EmpowerID control-plane simulator (HTTPS, mTLS)",
+        description="Serve the control-plane API on HTTPS. Prints its URL and the request-signing "
+        "keyid, then runs until interrupted. With --signing-key-out, `gateway dev send` can sign "
+        "requests as EmpowerID would (docs/development.md drives the whole stack from a script).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    parser.add_argument("--port", type=int, default=8443)
+    parser.add_argument(
+        "--port", type=int, default=8443, help="port to bind (default 8443; 0 picks a free one)"
+    )
     parser.add_argument(
         "--ca-out", type=Path, required=True, help="where to write the CA certificate to pin"
+    )
+    parser.add_argument(
+        "--signing-key-out",
+        type=Path,
+        metavar="FILE",
+        help="write the request-signing private key (PEM, mode 0600) for `gateway dev send`",
     )
     parser.add_argument(
         "--person",
@@ -617,11 +631,50 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="USER=PASSWORD",
         help="a Person holding no gateway operation (repeatable)",
     )
-    parser.add_argument("--relay-namespace", default="127.0.0.1:9443")
-    parser.add_argument("--relay-key-name", default="ListenRule")
+    parser.add_argument(
+        "--relay-namespace",
+        default="127.0.0.1:9443",
+        metavar="HOST",
+        help="relay namespace the listener tokens are for (default 127.0.0.1:9443)",
+    )
+    parser.add_argument(
+        "--relay-key-name",
+        default="ListenRule",
+        metavar="NAME",
+        help="relay rule the listener tokens are made with (default ListenRule)",
+    )
     parser.add_argument("--relay-key", default=None, help="relay rule key (default: random)")
-    parser.add_argument("--cert-lifetime-hours", type=float, default=24 * 30)
+    parser.add_argument(
+        "--hc",
+        metavar="NAME",
+        help="Hybrid Connection every gateway is given (default hc-GATEWAY_ID)",
+    )
+    parser.add_argument(
+        "--token-lifetime",
+        type=_lifetime,
+        default=3600.0,
+        metavar="SECONDS",
+        help="lifetime of the listener tokens handed out (default 3600)",
+    )
+    parser.add_argument(
+        "--cert-lifetime-hours",
+        type=float,
+        default=24 * 30,
+        metavar="HOURS",
+        help="lifetime of the client certificates issued (default 720)",
+    )
     parser.set_defaults(handler=run)
+
+
+def _lifetime(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    # SAS tokens carry whole seconds (hybrid-connections-protocol: se= is a Unix time).
+    if not 1 <= value <= 7 * 86400:
+        raise argparse.ArgumentTypeError("must be from 1 to 604800 seconds")
+    return value
 
 
 def _person_arg(text: str) -> tuple[str, str]:
@@ -632,7 +685,7 @@ def _person_arg(text: str) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the simulator until interrupted."""
+    """Run the simulator until SIGINT or SIGTERM."""
     try:
         with_ops = [_person_arg(p) for p in args.person]
         without_ops = [_person_arg(p) for p in args.person_without_operations]
@@ -645,19 +698,52 @@ def run(args: argparse.Namespace) -> int:
         relay_namespace=args.relay_namespace,
         relay_key_name=args.relay_key_name,
         relay_key=args.relay_key,
+        hybrid_connection=args.hc,
+        token_ttl=dt.timedelta(seconds=args.token_lifetime),
         cert_lifetime=dt.timedelta(hours=args.cert_lifetime_hours),
     )
     for user, password in with_ops:
         simulator.add_person(user, password)
     for user, password in without_ops:
         simulator.add_person(user, password, operations=())
-    asyncio.run(_serve(simulator, args.ca_out))
+    try:
+        asyncio.run(_serve(simulator, args.ca_out, args.signing_key_out))
+    except OSError as exc:
+        print(f"gateway dev controlplane: cannot serve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
-async def _serve(simulator: ControlPlaneSimulator, ca_out: Path) -> None:
+def write_signing_key(simulator: ControlPlaneSimulator, path: Path) -> None:
+    """Write the request-signing private key as unencrypted PKCS#8 PEM, readable by the owner only
+    (created with mode 0600, so it is never readable by others even for a moment)."""
+    pem = simulator.signing_key.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    path.chmod(0o600)
+
+
+async def _serve(
+    simulator: ControlPlaneSimulator, ca_out: Path, signing_key_out: Path | None
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     async with simulator:
         simulator.write_ca(ca_out)
         print(f"control-plane simulator on {simulator.base_url} (CA written to {ca_out})")
-        print("persons: " + (", ".join(sorted(simulator.persons)) or "none (use --person)"))
-        await asyncio.Event().wait()
+        if signing_key_out is not None:
+            write_signing_key(simulator, signing_key_out)
+            print(f"request-signing key written to {signing_key_out}")
+        print(f"signing keyid: {simulator.signing_key.keyid}")
+        print(
+            "persons: " + (", ".join(sorted(simulator.persons)) or "none (use --person)"),
+            flush=True,
+        )
+        await stop.wait()

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from gateway.auth import ReplayCache
+from gateway.devkit.controlplane import write_signing_key
 from gateway.devkit.send import SendError, load_signing_key
 from gateway.devkit.stack import NAMESPACE, PERSON, PERSON_PASSWORD, DevStack
 from gateway.identity import RegistrationSettings, register
@@ -45,13 +45,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         )
         ReplayCache.initialise(directory / "state")
         key_file = tmp_path / "signing.pem"
-        key_file.write_bytes(
-            stack.controlplane.signing_key.private_key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        write_signing_key(stack.controlplane, key_file)
         agent = Agent(AgentOptions(config_path=str(config), shutdown_grace=2))
         await agent.start()
         try:
