@@ -278,6 +278,7 @@ class _State:
     heartbeat_error: str | None = None
     renewal_failure: _RenewalFailure | None = None
     reloads_failed: int = 0
+    reload_error: dict[str, str] | None = None
     next_key_refresh: float = 0.0
     config_mtime: float = 0.0
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -627,6 +628,10 @@ class Agent:
             if self._audit.failing:
                 degraded.append("decision log records cannot be written")
         details["reload_failures"] = self._state.reloads_failed
+        if self._state.reload_error is not None:
+            # The file on disk is not what runs: `gateway status` shows both side by side.
+            details["reload_error"] = self._state.reload_error
+            degraded.append("the last reload was rejected; the previous revision still serves")
         details["degraded"] = degraded
         return Readiness(ready=not reasons, reasons=reasons, details=details)
 
@@ -748,7 +753,10 @@ class Agent:
             except ConfigError as exc:
                 for problem in exc.problems:
                     log.error("%s", problem.render(), extra={"event": "reload_rejected"})
-                return self._reload_failed("the new configuration is invalid")
+                first = exc.problems[0].render() if exc.problems else ""
+                count = len(exc.problems)
+                more = f" (and {count - 1} more)" if count > 1 else ""
+                return self._reload_failed(f"the new configuration is invalid: {first}{more}")
             except GatewayError as exc:
                 return self._reload_failed(f"the new policy could not be built: {exc}")
             old = self._runtime
@@ -758,6 +766,7 @@ class Agent:
                     extra={"event": "restart_needed"},
                 )
             self._runtime = runtime
+            self._state.reload_error = None
             self._record_info()
             self.metrics.reloads.labels(result="ok").inc()
             log.info(
@@ -769,6 +778,7 @@ class Agent:
 
     def _reload_failed(self, why: str) -> bool:
         self._state.reloads_failed += 1
+        self._state.reload_error = {"error": why, "at": _iso(time.time())}
         self.metrics.reloads.labels(result="failed").inc()
         log.error(
             "reload failed, keeping revision %s: %s",

@@ -1,0 +1,110 @@
+"""``gateway status`` beside a running agent: the revision it runs, its live state, and after a
+rejected reload both the revision that still serves and the reload error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.devkit.stack import DevStack
+from gateway.service import Agent, AgentOptions
+
+pytestmark = pytest.mark.asyncio
+
+
+def _free_port() -> int:
+    # The agent's health endpoint must be at a port written in gateway.yaml, where `status`
+    # reads it; the kernel picks a free one and it is handed over at once.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Result:
+    """What ``gateway status`` printed and returned."""
+
+    returncode: int
+    stdout: str
+
+
+async def _status(config: Path, *extra: str) -> Result:
+    # A subprocess the event loop waits for: the agent runs in this loop and must answer /readyz.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "status",
+        "-c",
+        str(config),
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return Result(process.returncode, stdout.decode())
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[tuple[Agent, Path]]:
+    async with DevStack(health_port=_free_port()) as stack:
+        directory = tmp_path / "gw"
+        config = stack.write_gateway_dir(directory)
+        await stack.register_gateway(directory)
+        # No reload on its own (it watches the file): the tests reload when they mean to.
+        options = AgentOptions(config_path=str(config), shutdown_grace=1, reload_poll_interval=3600)
+        agent = Agent(options)
+        await agent.start()
+        try:
+            yield agent, config
+        finally:
+            await agent.stop()
+
+
+async def test_status_shows_the_running_revision(running: tuple[Agent, Path]) -> None:
+    agent, config = running
+    result = await _status(config)
+    revision = agent.runtime().revision
+    assert f"revision        {revision}" in result.stdout, result.stdout
+    assert "another revision" not in result.stdout
+
+
+async def test_status_after_a_rejected_reload(running: tuple[Agent, Path]) -> None:
+    agent, config = running
+    revision = agent.runtime().revision
+    document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    document["targets"]["erp"]["port"] = "0443"  # a string: the schema refuses it
+    config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    assert not await agent.reload()
+    result = await _status(config)
+    assert result.returncode == 1
+    assert "NOT VALID" in result.stdout
+    assert f"revision        {revision}" in result.stdout, result.stdout
+    assert "reload failed" in result.stdout
+    assert "targets.erp.port" in result.stdout
+    as_json = json.loads((await _status(config, "--format", "json")).stdout)
+    assert as_json["config"]["valid"] is False
+    assert as_json["agent"]["revision"] == revision
+    assert "targets.erp.port" in as_json["agent"]["reload_error"]["error"]
+
+
+async def test_status_says_when_the_file_differs_from_what_runs(
+    running: tuple[Agent, Path],
+) -> None:
+    agent, config = running
+    document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    document["limits"] = {"request_timeout_seconds": 9}
+    config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    result = await _status(config)
+    assert "another revision: reload to apply the file" in result.stdout, result.stdout
+    assert await agent.reload()
+    assert "another revision" not in (await _status(config)).stdout
