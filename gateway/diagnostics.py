@@ -67,6 +67,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.forward.credentials import CredentialError, CredentialSet
 from gateway.forward.dial import Resolver, system_resolver
 from gateway.hybridconnection.addresses import RelayEndpoint, listen_url
+from gateway.hybridconnection.refusals import RefusalKind, classify_listen_refusal
 from gateway.identity import ControlPlaneError, StoredIdentity, Timeouts, load_identity, mtls_client
 from gateway.identity.certs import certificate_health
 from gateway.identity.models import RelayInfo
@@ -80,6 +81,7 @@ from gateway.outbound.proxy import (
     translate_proxy_error,
 )
 from gateway.outbound.sessions import client_session
+from gateway.relay.handshake import HandshakeReasons
 from gateway.service import proxy_settings
 
 __all__ = [
@@ -591,12 +593,19 @@ async def _check_relay_info(ctx: _Context) -> str:
     )
 
 
-def _relay_refusal(status: int, hc: str) -> _CheckError:
+def _relay_refusal(status: int, hc: str, reason: str = "") -> _CheckError:
+    refusal = classify_listen_refusal(status, reason)
+    if refusal.kind is RefusalKind.QUOTA:
+        return _CheckError(
+            f"the relay refused the listener: listener quota reached (HTTP 403 {refusal.reason})",
+            "the Hybrid Connection already has its 25 listeners; lower relay.connections on "
+            "the gateways sharing it (docs/high-availability.md)",
+        )
     if status in (401, 403):
         return _CheckError(
             f"the relay refused the listener token (HTTP {status})",
-            "EmpowerID handed out a token the relay does not accept (wrong key or rule, or a "
-            "listener quota of 25 reached); see docs/troubleshooting.md",
+            "EmpowerID handed out a token the relay does not accept (wrong key or rule); see "
+            "docs/troubleshooting.md",
         )
     if status == 404:
         return _CheckError(
@@ -618,7 +627,10 @@ async def _check_relay(ctx: _Context) -> str:
     token = ctx.relay_info.listener_token.token.get_secret_value()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=ctx.options.timeout)
     connector = aiohttp.TCPConnector(ssl=ctx.proxy.ssl_context, limit=1)
-    async with client_session(connector=connector, timeout=timeout) as session:
+    reasons = HandshakeReasons()
+    async with client_session(
+        connector=connector, timeout=timeout, trace_configs=[reasons.trace_config]
+    ) as session:
         try:
             ws = await open_websocket(
                 session,
@@ -630,7 +642,7 @@ async def _check_relay(ctx: _Context) -> str:
                 close_timeout=min(ctx.options.timeout, 2.0),
             )
         except aiohttp.WSServerHandshakeError as exc:
-            raise _relay_refusal(exc.status, hc) from None
+            raise _relay_refusal(exc.status, hc, reasons.take(url)) from None
         except ProxyError as exc:
             raise _proxy_failed(exc) from None
         except (aiohttp.ClientError, OSError) as exc:

@@ -60,6 +60,7 @@ from gateway.relay.handlers import (
     RejectStream,
     RelayedRequest,
     RelayedResponse,
+    RelayRefusal,
     StreamDecision,
     StreamSocket,
 )
@@ -767,6 +768,25 @@ class Pipeline:
                     raise _too_many(wait, str(exc.reason)) from None
             raise Refusal(exc.status, str(exc.reason), exc.detail, "authenticate") from None
         return verified.keyid
+
+    def record_refusal(self, refusal: RelayRefusal) -> None:
+        """Write the decision record of a request or stream the listener refused itself
+        (the listener's ``RefusalSink``): it never reached these steps, but it is a decision."""
+        record = AuditRecord(
+            decision_id=new_decision_id(),
+            kind=refusal.kind,
+            revision=self._runtime().revision,
+            started=time.time(),
+            method=refusal.method,
+            result="failed" if refusal.status >= 500 or refusal.status == 0 else "rejected",
+            reasons=[refusal.reason],
+            stage="relay",
+            status=refusal.status,
+        )
+        if refusal.kind == "stream":
+            self._finish_stream(record)
+        else:
+            self._finish(record)
 
     def _finish(self, record: AuditRecord) -> None:
         reason = record.reasons[0] if record.reasons else ""

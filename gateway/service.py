@@ -480,6 +480,7 @@ class Agent:
             request_handler=pipeline,
             stream_handler=pipeline,
             on_alert=self._alert,
+            on_refusal=pipeline.record_refusal,
         )
         if config.observability.enabled:
             host, _, port = config.observability.listen.rpartition(":")

@@ -77,6 +77,9 @@ MAX_HEADER_METADATA: Final = 32 * 1024
 DEFAULT_MAX_BODY: Final = 64 * 1024 * 1024
 # Bound on outstanding rendezvous addresses, so a flood of senders cannot grow memory forever.
 MAX_PENDING_RENDEZVOUS: Final = 10_000
+# Choice (section 12.5): the status of a 26th listener is undocumented; .NET maps the service's
+# answer to QuotaExceededException "MaximumListenersPerEndpoint".
+QUOTA_TEXT: Final = "QuotaExceeded: MaximumListenersPerEndpoint"
 TIMEOUT_TEXT: Final = (
     "The request was routed to the listener but the listener did not respond in the required time."
 )
@@ -208,7 +211,7 @@ class RelayEmulator:
         self._namespace = namespace
         self.response_timeout = response_timeout
         self.rendezvous_ttl = rendezvous_ttl
-        self._max_listeners = max_listeners
+        self.max_listeners = max_listeners
         self._inline_limit = inline_body_limit
         self._max_body = max_body_size
         self.no_listener_status = no_listener_status
@@ -219,6 +222,7 @@ class RelayEmulator:
         self._runner: web.AppRunner | None = None
         self._bound_port = 0
         self._listen_refusal: int | None = None
+        self._listen_refusal_reason = ""
         self._delay = 0.0
         self._blackhole = False
         self._changed = asyncio.Condition()
@@ -309,9 +313,11 @@ class RelayEmulator:
 
     # -- fault knobs -------------------------------------------------------------------------
 
-    def refuse_listens(self, status: int | None) -> None:
-        """Answer new listen handshakes with HTTP ``status`` (``None`` restores normal service)."""
+    def refuse_listens(self, status: int | None, reason: str | None = None) -> None:
+        """Answer new listen handshakes with HTTP ``status`` and ``reason`` (``None`` restores
+        normal service). ``refuse_listens(403, QUOTA_TEXT)`` plays the listener quota."""
         self._listen_refusal = status
+        self._listen_refusal_reason = reason or "Listen refused by the relay emulator"
 
     def set_delay(self, seconds: float) -> None:
         """Delay every ``accept``/``request`` sent to listeners by ``seconds``."""
@@ -421,15 +427,15 @@ class RelayEmulator:
         self, request: web.Request, hc: str, service: Mapping[str, str]
     ) -> web.StreamResponse:
         if self._listen_refusal is not None:
-            return _error(self._listen_refusal, "Listen refused by the relay emulator")
+            return _error(self._listen_refusal, self._listen_refusal_reason)
         token = request.headers.get(_SB_AUTH) or service.get("sb-hc-token")
         refusal = self._authorize(request, hc, token, LISTEN)
         if refusal is not None:
             return refusal
         assert token is not None
-        if len(self._listeners[hc]) >= self._max_listeners:
+        if len(self._listeners[hc]) >= self.max_listeners:
             # Choice (section 12.5): the status for a 26th listener is undocumented; 403 quota.
-            return _error(403, "QuotaExceeded: MaximumListenersPerEndpoint")
+            return _error(403, QUOTA_TEXT)
         # Section 3.1: decline permessage-deflate; pings are answered by hand (blackhole knob).
         # aiohttp refuses messages of max_msg_size bytes and more; RelayChannel enforces the
         # exact 64 KiB limit itself.
@@ -688,6 +694,18 @@ class RelayEmulator:
             await reply.write(body)
         await reply.write_eof()
         return reply
+
+    async def deliver_text(self, hc: str, text: str) -> None:
+        """Send ``text`` as one control message to one listener of ``hc``, exactly as given.
+
+        For tests of what a listener does with a defective command (a malformed ``accept``)
+        that the emulator itself would never produce. Raises ``LookupError`` when no listener is
+        connected.
+        """
+        listener = self._pick_listener(hc.strip("/").lower(), {})
+        if listener is None:
+            raise LookupError(f"no listener is connected to {hc!r}")
+        await self._send_to_listener(listener, text, None)
 
     async def deliver_command(
         self, hc: str, command: AcceptCommand | RendezvousRequestCommand

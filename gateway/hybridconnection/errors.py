@@ -75,6 +75,23 @@ class MalformedRequestError(ProtocolError):
         self.body = body
 
 
+class MalformedCommandError(ProtocolError):
+    """A defective ``accept`` or rendezvous-only ``request``: commands never followed by a body.
+
+    Nothing can be answered (the only route back is the address, which cannot be trusted from a
+    defective command), but the framing is not in doubt either, so the socket carries on
+    (section 3.2). ``command`` names the command (``accept`` or ``request``); ``field_error`` is
+    the defect found.
+    """
+
+    code = "malformed_command"
+
+    def __init__(self, field_error: ProtocolError, *, command: str) -> None:
+        super().__init__(str(field_error))
+        self.field_error = field_error
+        self.command = command
+
+
 class TooManyViolationsError(ProtocolError):
     """A socket exceeded its budget of tolerated protocol violations within the time window."""
 

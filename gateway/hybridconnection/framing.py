@@ -15,7 +15,9 @@ Framing rules implemented here (protocol notes sections 3.2, 5.3 and 5.4):
 
 Error policy (catalogue item 131): an unknown command or a command that is not allowed on this
 socket is reported as a non-fatal :class:`ProtocolViolation` and otherwise ignored, as the .NET
-listener does. A ``request`` that is malformed but addressable (sound ``id`` and ``body`` flag,
+listener does; so is a defective ``accept`` or rendezvous-only ``request``
+(:class:`MalformedCommandError`), which no body message follows. A ``request`` that is malformed
+but addressable (sound ``id`` and ``body`` flag,
 some other field defective: :class:`MalformedRequestError`) is reported as
 :class:`MalformedRequestReceived` once its body, if any, has been read and dropped, so the framing
 stays in step; the listener answers it 400 on the socket it came from and keeps that socket. A
@@ -45,6 +47,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from gateway.hybridconnection.errors import (
+    MalformedCommandError,
     MalformedRequestError,
     MessageTooLargeError,
     MissingFieldError,
@@ -402,7 +405,9 @@ class _Channel(abc.ABC):
         self._just_sent_bodyless = False
         try:
             command = parse_command(data, max_size=self._limits.max_message_size)
-        except UnknownCommandError as error:
+        except (UnknownCommandError, MalformedCommandError) as error:
+            # A defective accept or rendezvous-only request is never followed by a body, so the
+            # framing stays in step: report it (charged to the budget) and carry on.
             return [ProtocolViolation(error=error, fatal=False)]
         except MalformedRequestError as error:
             return self._malformed_request(error)

@@ -34,6 +34,7 @@ import orjson
 
 from gateway.hybridconnection.errors import (
     InvalidFieldError,
+    MalformedCommandError,
     MalformedMessageError,
     MalformedRequestError,
     MessageTooLargeError,
@@ -145,9 +146,24 @@ def parse_command(data: str | bytes, *, max_size: int = MAX_CONTROL_MESSAGE_SIZE
     parser = _PARSERS.get(name)
     if parser is None:
         raise UnknownCommandError(f"unknown control command {_excerpt(name)}")
-    if not isinstance(payload, dict):
-        raise InvalidFieldError(f"{name}: payload is not a JSON object")
-    return parser(payload)
+    try:
+        if not isinstance(payload, dict):
+            raise InvalidFieldError(f"{name}: payload is not a JSON object")
+        return parser(payload)
+    except (MalformedRequestError, MalformedCommandError):
+        raise
+    except ProtocolError as error:
+        # An accept, and a request without `method` or `body` (the rendezvous-only form), are
+        # never followed by a body message (section 3.2): a defect in them leaves the framing in
+        # step, so the socket need not be given up for it.
+        bodiless = name == "accept" or (
+            name == "request"
+            and isinstance(payload, dict)
+            and ("method" not in payload or "body" not in payload)
+        )
+        if bodiless:
+            raise MalformedCommandError(error, command=name) from None
+        raise
 
 
 def encode_command(command: Command) -> str:

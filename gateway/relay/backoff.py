@@ -17,6 +17,9 @@ Two failures get their own slow policy, because retrying them quickly cannot hel
   minutes, jittered the same way); the caller raises an alert (catalogue item 125; .NET stops
   retrying altogether, section 3.4, which would need a restart after the entity is re-created).
 
+A ``403`` for the listener quota (25 per Hybrid Connection) backs off normally: it clears as soon
+as another listener leaves (a rolling restart), which a fresh token cannot speed up.
+
 A close with 1008 (the listener token expired, protocol notes section 3.4) is retried at once with
 a freshly minted token the first time in a row, like a first 401; repeated ones back off normally.
 
@@ -42,6 +45,7 @@ class FailureKind(enum.Enum):
     ERROR = "error"  # network, TLS, handshake or protocol failure
     PING_TIMEOUT = "ping_timeout"  # no pong in time: half-open socket (catalogue item 123)
     UNAUTHORIZED = "unauthorized"  # 401/403 on the listen handshake
+    QUOTA = "quota"  # 403 QuotaExceeded: the HC already has 25 listeners (section 7)
     PROXY_AUTH = "proxy_auth"  # 407 from the outbound proxy
     NOT_FOUND = "not_found"  # 404: the Hybrid Connection is gone
 

@@ -8,6 +8,8 @@ tested without relay sockets.
 * :class:`RequestHandler`: one relayed HTTP request in, one response out.
 * :class:`StreamHandler`: decides on a relayed WebSocket (``accept``) and then serves it.
 * :class:`TokenProvider`: mints the listener's SAS token.
+* :class:`RefusalSink`: told of every request or stream the listener refused or answered itself,
+  so it reaches the decision log like the handler's own decisions.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Protocol
 __all__ = [
     "AcceptInfo",
     "AcceptStream",
+    "RefusalSink",
     "RejectStream",
+    "RelayRefusal",
     "RelayedRequest",
     "RelayedResponse",
     "RequestHandler",
@@ -152,4 +156,31 @@ class TokenProvider(Protocol):
 
     def __call__(self) -> Awaitable[tuple[str, float]]:
         """Return a fresh ``SharedAccessSignature ...`` token and its expiry."""
+        ...
+
+
+@dataclass(frozen=True)
+class RelayRefusal:
+    """A request or stream the listener answered or dropped itself, without the handler's say.
+
+    ``kind`` is ``http`` or ``stream``; ``interaction_id`` the relay's id for it (when sound);
+    ``status`` what the sender was answered, ``0`` when nothing could be answered (an address
+    that failed the check, a refusal past its bound); ``reason`` a stable code
+    (``malformed_request``, ``bad_rendezvous_address``, ``overloaded``, ``draining``,
+    ``bad_target``, ``handler_timeout``, ``handler_error``, ``invalid_response``,
+    ``body_too_large``, ``malformed_command``); ``method`` the request's method when it was sound.
+    """
+
+    kind: str
+    interaction_id: str | None
+    status: int
+    reason: str
+    method: str | None = None
+
+
+class RefusalSink(Protocol):
+    """Receives :class:`RelayRefusal` records; must be quick and must not raise."""
+
+    def __call__(self, refusal: RelayRefusal, /) -> None:
+        """Record ``refusal``."""
         ...

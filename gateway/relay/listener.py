@@ -96,6 +96,7 @@ from gateway.hybridconnection.messages import (
     ResponseCommand,
     encode_command,
 )
+from gateway.hybridconnection.refusals import ListenRefusal, RefusalKind, classify_listen_refusal
 from gateway.outbound.proxy import (
     OutboundProxy,
     ProxyAuthError,
@@ -107,14 +108,17 @@ from gateway.relay.backoff import Backoff, FailureKind
 from gateway.relay.handlers import (
     AcceptInfo,
     AcceptStream,
+    RefusalSink,
     RejectStream,
     RelayedRequest,
     RelayedResponse,
+    RelayRefusal,
     RequestHandler,
     StreamDecision,
     StreamHandler,
     TokenProvider,
 )
+from gateway.relay.handshake import HandshakeReasons
 from gateway.relay.settings import ListenerSettings
 
 __all__ = ["AlertCallback", "ListenerMetrics", "RelayListener"]
@@ -156,6 +160,9 @@ class ListenerMetrics:
     ``decide_error``, ``failed``). ``token_renewals``:
     ``renewToken`` messages sent. ``alerts``: by alert code. ``late_answers``: responses sent
     over a request's rendezvous address because its control channel was gone.
+    ``listen_refusals``: refused listen handshakes by
+    :class:`gateway.hybridconnection.refusals.RefusalKind` value (``quota``, ``unauthorized``,
+    ``not_found``, ``other``).
     """
 
     listeners_online: int = 0
@@ -166,14 +173,15 @@ class ListenerMetrics:
     token_renewals: int = 0
     alerts: Counter[str] = field(default_factory=Counter)
     late_answers: int = 0
+    listen_refusals: Counter[str] = field(default_factory=Counter)
 
 
 class _HandshakeRefusedError(Exception):
     """The relay answered the listen handshake with an HTTP error status."""
 
-    def __init__(self, status: int) -> None:
-        super().__init__(f"relay refused the listen handshake with {status}")
-        self.status = status
+    def __init__(self, refusal: ListenRefusal) -> None:
+        super().__init__(f"relay refused the listen handshake with {refusal.status}")
+        self.refusal = refusal
 
 
 def _client_frame(frame: Frame) -> bytes:
@@ -403,9 +411,11 @@ class RelayListener:
         request_handler: RequestHandler,
         stream_handler: StreamHandler,
         on_alert: AlertCallback | None = None,
+        on_refusal: RefusalSink | None = None,
         rng: Random | None = None,
     ) -> None:
         """Prepare; nothing is connected until :meth:`start`."""
+        self._on_refusal = on_refusal
         self.settings = settings
         self.metrics = ListenerMetrics()
         self._tokens = token_provider
@@ -417,6 +427,7 @@ class RelayListener:
         self._policy = settings.rendezvous_policy()
         self._path_prefix = "/" + hc_path(settings.hc_path).lower()
         self._proxy = OutboundProxy(settings.proxy)
+        self._reasons = HandshakeReasons()
         self._session: aiohttp.ClientSession | None = None
         self._channels: set[asyncio.Task[None]] = set()
         self._work: set[asyncio.Task[None]] = set()
@@ -472,6 +483,7 @@ class RelayListener:
             connector=connector,
             timeout=timeout,
             ws_response_class=_RelayWebSocket,
+            trace_configs=[self._reasons.trace_config],
         )
         for index in range(self.settings.connections):
             task = asyncio.create_task(self._channel_loop(index), name=f"relay-control-{index}")
@@ -529,7 +541,7 @@ class RelayListener:
         try:
             ws = await self._dial_listen(url, token)
         except _HandshakeRefusedError as exc:
-            return self._refused(index, exc.status)
+            return self._refused(index, exc.refusal)
         except ProxyAuthError as exc:
             log.warning("proxy_auth_required channel=%d proxy=%s", index, exc.proxy)
             return FailureKind.PROXY_AUTH
@@ -565,23 +577,60 @@ class RelayListener:
                 close_timeout=self.settings.ping_timeout,
             )
         except aiohttp.WSServerHandshakeError as exc:
-            raise _HandshakeRefusedError(exc.status) from None
+            reason = self._reasons.take(url)
+            raise _HandshakeRefusedError(classify_listen_refusal(exc.status, reason)) from None
 
-    def _refused(self, index: int, status: int) -> FailureKind:
-        if status in (401, 403):
-            log.warning("relay_unauthorized channel=%d status=%d", index, status)
+    def _refused(self, index: int, refusal: ListenRefusal) -> FailureKind:
+        """Log, count and classify a refused listen handshake (section 3.1)."""
+        self.metrics.listen_refusals[refusal.kind.value] += 1
+        fields = {
+            "channel": index,
+            "status": refusal.status,
+            "relay_reason": refusal.reason,
+            "tracking_id": refusal.tracking_id,
+        }
+        if refusal.kind is RefusalKind.QUOTA:
+            log.error(
+                "relay_listener_quota_exceeded channel=%d: the relay refused this listener "
+                "(HTTP 403 %s): the Hybrid Connection already has its 25 listeners. Lower "
+                "relay.connections on this or other gateways of the HC "
+                "(docs/high-availability.md)",
+                index,
+                refusal.reason,
+                extra={"event": "relay_listener_quota_exceeded", **fields},
+            )
+            return FailureKind.QUOTA
+        if refusal.kind is RefusalKind.UNAUTHORIZED:
+            log.warning(
+                "relay_unauthorized channel=%d status=%d %s",
+                index,
+                refusal.status,
+                refusal.reason,
+                extra={"event": "relay_unauthorized", **fields},
+            )
             return FailureKind.UNAUTHORIZED
-        if status == 404:
+        if refusal.kind is RefusalKind.NOT_FOUND:
             message = f"hybrid connection {self.settings.hc_path!r} does not exist on the relay"
-            log.error("hybrid_connection_not_found channel=%d: %s", index, message)
+            log.error(
+                "hybrid_connection_not_found channel=%d: %s",
+                index,
+                message,
+                extra={"event": "hybrid_connection_not_found", **fields},
+            )
             self.metrics.alerts["hybrid_connection_not_found"] += 1
             if self._on_alert is not None:
                 try:
                     self._on_alert("hybrid_connection_not_found", message)
                 except Exception:
-                    log.exception("alert callback failed")
+                    log.exception("alert callback failed", extra={"event": "alert_failed"})
             return FailureKind.NOT_FOUND
-        log.warning("relay_handshake_refused channel=%d status=%d", index, status)
+        log.warning(
+            "relay_handshake_refused channel=%d status=%d %s",
+            index,
+            refusal.status,
+            refusal.reason,
+            extra={"event": "relay_handshake_refused", **fields},
+        )
         return FailureKind.ERROR
 
     async def _serve_control(
@@ -644,13 +693,14 @@ class RelayListener:
                 elif isinstance(event, RequestReceived) and self._overloaded():
                     # Catalogue item 149: a quick 503 for every request past the cap, written by
                     # the reader itself; no task, so a burst of any size is bounded work.
-                    await self._answer_inline(
-                        socket, event.command.id, *_busy(event.command.id, draining=self._draining)
-                    )
+                    busy = _busy(event.command.id, draining=self._draining)
+                    self._refused_here("http", event.command.id, busy, event.command.method)
+                    await self._answer_inline(socket, event.command.id, *busy)
                 else:
                     self._dispatch(event, socket)
 
     def _count_malformed(self, event: MalformedRequestReceived) -> None:
+        self._refused_here("http", event.request_id, _malformed(event))
         field_error = event.error.field_error
         if isinstance(field_error, BadRendezvousAddressError):
             self.metrics.protocol_errors[field_error.code] += 1
@@ -679,6 +729,27 @@ class RelayListener:
             },
         )
 
+    def _refused_here(
+        self,
+        kind: str,
+        interaction_id: str | None,
+        answer: tuple[RelayedResponse, str] | tuple[int, str],
+        method: str | None = None,
+    ) -> None:
+        """Hand a refusal the listener made itself to the decision log (never raises).
+
+        ``answer`` is what the sender is told (a response and its outcome code), or a status and
+        a code; status ``0`` when nothing can be answered.
+        """
+        if self._on_refusal is None:
+            return
+        first, code = answer
+        status = first if isinstance(first, int) else first.status
+        try:
+            self._on_refusal(RelayRefusal(kind, interaction_id, status, code, method))
+        except Exception:
+            log.exception("refusal record failed", extra={"event": "refusal_record_failed"})
+
     async def _answer_inline(
         self, socket: _RelaySocket, request_id: str, response: RelayedResponse, outcome: str
     ) -> None:
@@ -697,6 +768,9 @@ class RelayListener:
     def _violation(self, index: int, event: ProtocolViolation) -> None:
         code = event.error.code
         self.metrics.protocol_errors[code] += 1
+        if code in ("bad_rendezvous_address", "malformed_command"):
+            # An accept or rendezvous-only request that cannot be answered: still a decision.
+            self._refused_here("http", None, (0, code))
         if code == "bad_rendezvous_address":
             log.warning("bad_rendezvous_address channel=%d: %s (not dialled)", index, event.error)
         else:
@@ -762,6 +836,8 @@ class RelayListener:
         if isinstance(event, AcceptReceived):
             if self._draining or self._streams_in_flight >= settings.max_concurrent_streams:
                 busy = RejectStream(503, "Gateway busy")
+                code = "draining" if self._draining else "overloaded"
+                self._refused_here("stream", event.command.id, (503, code))
                 self._spawn_overflow(self._reject(event.command, busy, outcome="overloaded"))
                 return
             self._streams_in_flight += 1
@@ -783,6 +859,7 @@ class RelayListener:
         # their 503 is one frame written by the reader.
         if self._overflow_in_flight >= self.settings.max_concurrent_requests:
             self.metrics.requests["dropped"] += 1
+            self._refused_here("http", None, (0, "overloaded"))
             coro.close()
             return
         self._overflow_in_flight += 1
@@ -823,22 +900,46 @@ class RelayListener:
         self, command: RequestCommand, body: bytes | None
     ) -> tuple[RelayedResponse, str]:
         """Call the handler; never raises, always returns something to answer with."""
+        answer = await self._handler_answer(command, body)
+        if answer[1] != "ok":
+            self._refused_here("http", command.id, answer, command.method)
+        return answer
+
+    async def _handler_answer(
+        self, command: RequestCommand, body: bytes | None
+    ) -> tuple[RelayedResponse, str]:
+        rid = command.id
+        fields = {"request_id": rid}
         try:
             request = self._relayed_request(command, body)
         except ValueError:
-            return RelayedResponse(400, "Bad Request"), "bad_target"
+            detail = "the request target is outside this hybrid connection"
+            return _refusal(400, "bad_target", detail, rid), "bad_target"
         try:
             async with asyncio.timeout(self.settings.request_timeout):
                 response = await self._handler(request)
         except TimeoutError:
-            log.warning("request_handler_timeout request_id=%s", command.id)
-            return RelayedResponse(504, "Gateway Timeout"), "handler_timeout"
+            log.warning(
+                "request_handler_timeout request_id=%s",
+                rid,
+                extra={"event": "request_handler_timeout", **fields},
+            )
+            detail = "the gateway did not finish the request in time"
+            return _refusal(504, "handler_timeout", detail, rid), "handler_timeout"
         except Exception:
-            log.exception("request_handler_failed request_id=%s", command.id)
-            return RelayedResponse(500, "Internal Server Error"), "handler_error"
+            log.exception(
+                "request_handler_failed request_id=%s",
+                rid,
+                extra={"event": "request_handler_failed", **fields},
+            )
+            return _refusal(500, "handler_error", "internal error", rid), "handler_error"
         if not isinstance(response, RelayedResponse) or not 100 <= response.status <= 999:
-            log.error("request_handler_invalid_response request_id=%s", command.id)
-            return RelayedResponse(500, "Internal Server Error"), "invalid_response"
+            log.error(
+                "request_handler_invalid_response request_id=%s",
+                rid,
+                extra={"event": "request_handler_invalid_response", **fields},
+            )
+            return _refusal(500, "invalid_response", "internal error", rid), "invalid_response"
         return response, "ok"
 
     async def _handle_request(
@@ -1014,7 +1115,9 @@ class RelayListener:
                     await self._write_response(socket, event.request_id, *_malformed(event))
                 elif isinstance(event, RequestReceived):
                     if overflow or self._draining:
-                        response, outcome = _busy(event.command.id, draining=self._draining)
+                        busy = _busy(event.command.id, draining=self._draining)
+                        self._refused_here("http", event.command.id, busy, event.command.method)
+                        response, outcome = busy
                     else:
                         response, outcome = await self._run_handler(event.command, event.body)
                     await self._write_response(socket, event.command.id, response, outcome)
@@ -1036,7 +1139,9 @@ class RelayListener:
             event.request_id,
             self.settings.max_request_body,
         )
-        response = RelayedResponse(413, "Content Too Large")
+        limit = self.settings.max_request_body
+        response = _refusal(413, "body_too_large", f"body exceeds {limit} bytes", event.request_id)
+        self._refused_here("http", event.request_id, (response, "body_too_large"))
         try:
             await self._write_response(socket, event.request_id, response, "body_too_large")
         except Exception as exc:

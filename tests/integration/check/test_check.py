@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from gateway.devkit.relay_emulator import QUOTA_TEXT
 from gateway.diagnostics import (
     CHECK_NAMES,
     CheckResult,
@@ -248,6 +249,14 @@ async def test_relay_refusing_listeners(registered: Registered, status: int, exp
     assert results["relay_info"].status == "ok"
     assert results["relay"].status == "fail"
     assert expected in results["relay"].detail
+
+
+async def test_listener_quota_has_its_own_hint(registered: Registered) -> None:
+    registered.stack.relay.refuse_listens(403, QUOTA_TEXT)
+    results = await _check(registered.config)
+    assert results["relay"].status == "fail"
+    assert "listener quota reached" in results["relay"].detail
+    assert "relay.connections" in results["relay"].hint
 
 
 async def test_deleted_hybrid_connection_is_named(registered: Registered) -> None:
