@@ -369,11 +369,13 @@ def _malformed(event: MalformedRequestReceived) -> tuple[RelayedResponse, str]:
     return _refusal(status, code, str(event.error), event.request_id), code
 
 
-def _refusal(status: int, code: str, detail: str, request_id: str) -> RelayedResponse:
+def _refusal(
+    status: int, code: str, detail: str, request_id: str, reason: str = ""
+) -> RelayedResponse:
     """A small JSON refusal with ``x-gateway-reason`` (it always fits the control channel)."""
     body = orjson.dumps({"error": code, "detail": detail, "request_id": request_id})
     headers = (("content-type", "application/json"), ("x-gateway-reason", code))
-    return RelayedResponse(status, "", headers, body)
+    return RelayedResponse(status, reason, headers, body)
 
 
 def _response_headers(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
@@ -1140,7 +1142,9 @@ class RelayListener:
             self.settings.max_request_body,
         )
         limit = self.settings.max_request_body
-        response = _refusal(413, "body_too_large", f"body exceeds {limit} bytes", event.request_id)
+        detail = f"body exceeds {limit} bytes"
+        # RFC 9110 section 15.5.14 renamed the phrase; http.HTTPStatus still has the old one.
+        response = _refusal(413, "body_too_large", detail, event.request_id, "Content Too Large")
         self._refused_here("http", event.request_id, (response, "body_too_large"))
         try:
             await self._write_response(socket, event.request_id, response, "body_too_large")

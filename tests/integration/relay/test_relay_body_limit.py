@@ -143,6 +143,8 @@ async def fragmenting() -> AsyncIterator[FragmentingRelay]:
         async with asyncio.timeout(5):
             answer = await ws.receive()
             await relay.answers.put(answer.data)
+            if json.loads(answer.data)["response"]["body"]:
+                await relay.answers.put((await ws.receive()).data)
             closing = await ws.receive()
             await relay.close_codes.put(closing.data if closing.type is WSMsgType.CLOSE else None)
         return ws
@@ -175,12 +177,15 @@ async def test_413_comes_as_soon_as_a_fragmented_body_crosses_the_limit(
     ) as listener:
         async with asyncio.timeout(5):
             answer = await fragmenting.answers.get()
+            body = await fragmenting.answers.get()
             close_code = await fragmenting.close_codes.get()
         assert isinstance(answer, str)
         response = json.loads(answer)["response"]
         assert response["requestId"] == "big-1"
         assert response["statusCode"] == 413
-        assert response["body"] is False
+        assert response["responseHeaders"]["x-gateway-reason"] == "body_too_large"
+        assert isinstance(body, bytes)
+        assert json.loads(body)["error"] == "body_too_large"
         assert close_code == 1009  # RFC 6455 section 7.4.1: message too big
         assert fragmenting.frames_sent == 3  # the body's final frame was never sent
         assert upstream.bodies == []

@@ -36,7 +36,8 @@ async def test_listener_refusals_are_in_the_decision_log(tmp_path: Path) -> None
         finally:
             await agent.stop()
     assert (bad.command.status_code, outside.command.status_code) == (400, 400)
-    relay_records = [r for r in _records(directory / "decisions.jsonl") if r["stage"] == "relay"]
+    written = _records(directory / "decisions.jsonl")
+    relay_records = [r for r in written if r.get("stage") == "relay"]
     assert [(r["reasons"], r["status"], r["result"], r["method"]) for r in relay_records] == [
         (["malformed_request"], 400, "rejected", None),
         (["bad_target"], 400, "rejected", "POST"),
