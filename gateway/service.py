@@ -482,6 +482,7 @@ class Agent:
             on_alert=self._alert,
             on_refusal=pipeline.record_refusal,
         )
+        self.metrics.relay.bind(self._listener.metrics)
         if config.observability.enabled:
             host, _, port = config.observability.listen.rpartition(":")
             self._health = HealthServer(self.metrics, self.readiness)
@@ -588,7 +589,6 @@ class Agent:
         """
         reasons: list[str] = []
         online = self._listener.metrics.listeners_online if self._listener else 0
-        self.metrics.listeners_online.set(online)
         if online < 1:
             reasons.append("no relay listener online")
         if self._runtime is None:

@@ -222,6 +222,8 @@ class RelayEmulator:
         self._runner: web.AppRunner | None = None
         self._bound_port = 0
         self._listen_refusal: int | None = None
+        # Close codes listeners sent when they closed their control channels, in order.
+        self.listener_close_codes: list[int] = []
         self._listen_refusal_reason = ""
         self._delay = 0.0
         self._blackhole = False
@@ -490,6 +492,8 @@ class RelayEmulator:
                     await ws.pong(message.data)
                 continue
             if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                if message.type is WSMsgType.CLOSE:
+                    self.listener_close_codes.append(int(message.data))
                 if message.type is not WSMsgType.PONG:
                     return  # close, error or closed
                 continue

@@ -11,6 +11,8 @@ import re
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gateway.relay.prometheus import RelayCollector
+
 # Relayed requests are answered within tens of milliseconds normally and 60 s at worst.
 _LATENCY_BUCKETS = (
     0.0005,
@@ -67,15 +69,10 @@ class Metrics:
             buckets=_DECISION_BUCKETS,
             registry=r,
         )
-        self.listeners_online = Gauge(
-            "gateway_listeners_online", "Relay control channels currently connected", registry=r
-        )
-        self.reconnects = Counter(
-            "gateway_relay_reconnects",
-            "Relay control channel reconnects by reason",
-            ["reason"],
-            registry=r,
-        )
+        # gateway_listeners_online and the gateway_relay_* counters, read from the listener at
+        # scrape time (bind it with metrics.relay.bind(listener.metrics)).
+        self.relay = RelayCollector()
+        r.register(self.relay)
         self.reloads = Counter(
             "gateway_config_reloads", "Configuration reloads by result", ["result"], registry=r
         )

@@ -166,8 +166,9 @@ class RelayRefusal:
     ``kind`` is ``http`` or ``stream``; ``interaction_id`` the relay's id for it (when sound);
     ``status`` what the sender was answered, ``0`` when nothing could be answered (an address
     that failed the check, a refusal past its bound); ``reason`` a stable code
-    (``malformed_request``, ``bad_rendezvous_address``, ``overloaded``, ``draining``,
-    ``bad_target``, ``handler_timeout``, ``handler_error``, ``invalid_response``,
+    (``malformed_request``, ``bad_rendezvous_address``, ``gateway_busy``, ``draining``,
+    ``overloaded`` (a refusal past its bound), ``bad_target``, ``handler_timeout``,
+    ``handler_error``, ``invalid_response``,
     ``body_too_large``, ``malformed_command``); ``method`` the request's method when it was sound.
     """
 

@@ -96,7 +96,12 @@ from gateway.hybridconnection.messages import (
     ResponseCommand,
     encode_command,
 )
-from gateway.hybridconnection.refusals import ListenRefusal, RefusalKind, classify_listen_refusal
+from gateway.hybridconnection.refusals import (
+    ListenRefusal,
+    RefusalKind,
+    classify_listen_refusal,
+    clean_reason,
+)
 from gateway.outbound.proxy import (
     OutboundProxy,
     ProxyAuthError,
@@ -230,6 +235,8 @@ class _RelaySocket:
         self.ws = ws
         self.lock = asyncio.Lock()
         self._send_timeout = send_timeout
+        # The code of the close this side started, if it did (aiohttp reports none then).
+        self.sent_close_code: int | None = None
 
     async def send_frames(self, frames: list[Frame]) -> None:
         """Send complete messages (JSON then body) as one critical section."""
@@ -306,6 +313,8 @@ class _RelaySocket:
 
     async def close(self, code: int = 1000) -> None:
         """Close, bounded by the socket's close timeout; never raises."""
+        if self.sent_close_code is None and not self.ws.closed:
+            self.sent_close_code = code
         with contextlib.suppress(Exception):
             await self.ws.close(code=code)
 
@@ -432,6 +441,7 @@ class RelayListener:
         self._reasons = HandshakeReasons()
         self._session: aiohttp.ClientSession | None = None
         self._channels: set[asyncio.Task[None]] = set()
+        self._controls: set[_RelaySocket] = set()
         self._work: set[asyncio.Task[None]] = set()
         self._requests_in_flight = 0
         self._streams_in_flight = 0
@@ -506,6 +516,13 @@ class RelayListener:
         if self._work:
             await asyncio.wait(set(self._work), timeout=wait)
         self._stopping.set()
+        # Section 3.4: a clean shutdown is the listener's close with 1000. Closing the control
+        # channels first (bounded by the close timeout) lets their readers see the close and end;
+        # cancelling them mid-read would leave aiohttp to report an abnormal 1006.
+        await asyncio.gather(
+            *(control.close(WSCloseCode.OK) for control in list(self._controls)),
+            return_exceptions=True,
+        )
         pending = self._channels | self._work
         for task in pending:
             task.cancel()
@@ -523,7 +540,13 @@ class RelayListener:
                 return
             self.metrics.reconnects[kind.value] += 1
             delay = backoff.next_delay(kind)
-            log.info("relay_reconnect channel=%d reason=%s delay=%.2fs", index, kind.value, delay)
+            log.info(
+                "relay_reconnect channel=%d reason=%s delay=%.2fs",
+                index,
+                kind.value,
+                delay,
+                extra={"event": "relay_reconnect", "channel": index},
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stopping.wait()
@@ -537,7 +560,12 @@ class RelayListener:
             async with asyncio.timeout(settings.token_timeout):
                 token, expires_at = await self._tokens()
         except Exception as exc:
-            log.warning("token_provider_failed channel=%d error=%s", index, type(exc).__name__)
+            log.warning(
+                "token_provider_failed channel=%d error=%s",
+                index,
+                type(exc).__name__,
+                extra={"event": "token_provider_failed", "channel": index},
+            )
             return FailureKind.ERROR
         url = listen_url(self._endpoint, settings.hc_path, listener_id=str(uuid.uuid4()))
         try:
@@ -545,25 +573,58 @@ class RelayListener:
         except _HandshakeRefusedError as exc:
             return self._refused(index, exc.refusal)
         except ProxyAuthError as exc:
-            log.warning("proxy_auth_required channel=%d proxy=%s", index, exc.proxy)
+            log.warning(
+                "proxy_auth_required channel=%d proxy=%s",
+                index,
+                exc.proxy,
+                extra={"event": "proxy_auth_required", "channel": index},
+            )
             return FailureKind.PROXY_AUTH
         except ProxyError as exc:
-            log.warning("%s channel=%d proxy=%s", exc.code, index, exc.proxy)
+            log.warning(
+                "%s channel=%d proxy=%s",
+                exc.code,
+                index,
+                exc.proxy,
+                extra={"event": "relay_proxy_error", "channel": index},
+            )
             return FailureKind.ERROR
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("relay_connect_failed channel=%d error=%s", index, type(exc).__name__)
+            log.warning(
+                "relay_connect_failed channel=%d error=%s",
+                index,
+                type(exc).__name__,
+                extra={"event": "relay_connect_failed", "channel": index},
+            )
             return FailureKind.ERROR
         socket = _RelaySocket(ws, settings.send_timeout)
         connected_at = time.monotonic()
         self.metrics.listeners_online += 1
-        log.info("relay_online channel=%d", index)
+        self._controls.add(socket)
+        log.info(
+            "relay_online channel=%d", index, extra={"event": "relay_online", "channel": index}
+        )
         try:
             return await self._serve_control(index, socket, time.time(), expires_at)
         finally:
+            self._controls.discard(socket)
             self.metrics.listeners_online -= 1
             backoff.connected_for(time.monotonic() - connected_at)
             await socket.close()
-            log.info("relay_offline channel=%d close_code=%s", index, ws.close_code)
+            stopping = self._stopping.is_set()
+            close_code = ws.close_code if ws.close_code is not None else socket.sent_close_code
+            log.info(
+                "relay_offline channel=%d close_code=%s%s",
+                index,
+                close_code,
+                " (stopping)" if stopping else "",
+                extra={
+                    "event": "relay_offline",
+                    "channel": index,
+                    "close_code": close_code,
+                    "stopping": stopping,
+                },
+            )
 
     async def _dial_listen(self, url: str, token: str) -> aiohttp.ClientWebSocketResponse:
         assert self._session is not None
@@ -674,12 +735,32 @@ class RelayListener:
             elif msg.type is aiohttp.WSMsgType.ERROR:
                 code = "message_too_large" if ws.close_code == 1009 else "websocket_error"
                 self.metrics.protocol_errors[code] += 1
-                log.warning("relay_protocol_error channel=%d code=%s fatal=True", index, code)
+                log.warning(
+                    "relay_protocol_error channel=%d code=%s fatal=True",
+                    index,
+                    code,
+                    extra={"event": "relay_protocol_error", "channel": index},
+                )
                 return FailureKind.ERROR
             else:
+                if socket.sent_close_code is not None:
+                    return FailureKind.CLOSED  # our own close (stop): no news from the relay
                 # Sections 3.4: 1001 (entity gone/disabled), 1008 (token), 1011 (service, daily
-                # recycle) and any other close all lead to a reconnect.
-                log.info("relay_closed channel=%d code=%s", index, ws.close_code)
+                # recycle) and any other close all lead to a reconnect. The reason carries the
+                # relay's tracking id, which Microsoft support asks for.
+                reason = clean_reason(msg.extra) if msg.type is aiohttp.WSMsgType.CLOSE else ""
+                log.info(
+                    "relay_closed channel=%d code=%s %s",
+                    index,
+                    ws.close_code,
+                    reason,
+                    extra={
+                        "event": "relay_closed",
+                        "channel": index,
+                        "close_code": ws.close_code,
+                        "relay_reason": reason,
+                    },
+                )
                 if ws.close_code == 1008:
                     return FailureKind.TOKEN_EXPIRED
                 return FailureKind.CLOSED
@@ -746,7 +827,13 @@ class RelayListener:
         if self._on_refusal is None:
             return
         first, code = answer
-        status = first if isinstance(first, int) else first.status
+        if isinstance(first, int):
+            status = first
+        else:
+            status = first.status
+            # The decision log names the reason the sender was told, where there is one.
+            told = dict(first.headers).get("x-gateway-reason")
+            code = told or code
         try:
             self._on_refusal(RelayRefusal(kind, interaction_id, status, code, method))
         except Exception:
@@ -764,7 +851,10 @@ class RelayListener:
         except Exception as exc:
             self.metrics.requests["send_failed"] += 1
             log.warning(
-                "response_send_failed request_id=%s error=%s", request_id, type(exc).__name__
+                "response_send_failed request_id=%s error=%s",
+                request_id,
+                type(exc).__name__,
+                extra={"event": "response_send_failed", "request_id": request_id},
             )
 
     def _violation(self, index: int, event: ProtocolViolation) -> None:
@@ -774,7 +864,12 @@ class RelayListener:
             # An accept or rendezvous-only request that cannot be answered: still a decision.
             self._refused_here("http", None, (0, code))
         if code == "bad_rendezvous_address":
-            log.warning("bad_rendezvous_address channel=%d: %s (not dialled)", index, event.error)
+            log.warning(
+                "bad_rendezvous_address channel=%d: %s (not dialled)",
+                index,
+                event.error,
+                extra={"event": "bad_rendezvous_address", "channel": index},
+            )
         else:
             log.warning(
                 "relay_protocol_error channel=%d code=%s fatal=%s: %s",
@@ -782,6 +877,7 @@ class RelayListener:
                 code,
                 event.fatal,
                 event.error,
+                extra={"event": "relay_protocol_error", "channel": index},
             )
 
     async def _ping(self, socket: _RelaySocket, pong: asyncio.Event) -> FailureKind:
@@ -794,7 +890,11 @@ class RelayListener:
                 async with asyncio.timeout(settings.ping_timeout):
                     await pong.wait()
             except TimeoutError:
-                log.warning("relay_ping_timeout after %.1fs", settings.ping_timeout)
+                log.warning(
+                    "relay_ping_timeout after %.1fs",
+                    settings.ping_timeout,
+                    extra={"event": "relay_ping_timeout"},
+                )
                 return FailureKind.PING_TIMEOUT
 
     async def _renew(
@@ -811,7 +911,10 @@ class RelayListener:
                     break
                 except Exception as exc:
                     log.warning(
-                        "token_renewal_failed channel=%d error=%s", index, type(exc).__name__
+                        "token_renewal_failed channel=%d error=%s",
+                        index,
+                        type(exc).__name__,
+                        extra={"event": "token_renewal_failed", "channel": index},
                     )
                     # Retry well before expiry; past it the relay closes with 1008 (section 3.4)
                     # and the reconnect mints a fresh token anyway.
@@ -819,7 +922,11 @@ class RelayListener:
             text = encode_command(RenewTokenCommand(token=token))
             await socket.send_frames([Frame(Opcode.TEXT, text.encode())])
             self.metrics.token_renewals += 1
-            log.info("relay_token_renewed channel=%d", index)
+            log.info(
+                "relay_token_renewed channel=%d",
+                index,
+                extra={"event": "relay_token_renewed", "channel": index},
+            )
             issued_at, expires_at = time.time(), new_expiry
 
     # -- work dispatch --------------------------------------------------------------------
@@ -1005,7 +1112,10 @@ class RelayListener:
         except Exception as exc:
             self.metrics.requests["send_failed"] += 1
             log.warning(
-                "response_send_failed request_id=%s error=%s", command.id, type(exc).__name__
+                "response_send_failed request_id=%s error=%s",
+                command.id,
+                type(exc).__name__,
+                extra={"event": "response_send_failed", "request_id": command.id},
             )
         finally:
             if isinstance(body, AsyncIterator) and hasattr(body, "aclose"):
@@ -1037,7 +1147,11 @@ class RelayListener:
             command = self._command_for(request_id, response, has_body)
         except ValueError:
             outcome = "invalid_response"
-            log.error("request_handler_invalid_headers request_id=%s", request_id)
+            log.error(
+                "request_handler_invalid_headers request_id=%s",
+                request_id,
+                extra={"event": "request_handler_invalid_headers", "request_id": request_id},
+            )
             body = b""
             command = self._command_for(request_id, RelayedResponse(500), False)
         if isinstance(body, bytes):
@@ -1069,7 +1183,11 @@ class RelayListener:
                 socket = await self._dial_rendezvous(address)
             except Exception as exc:
                 self.metrics.requests["send_failed"] += 1
-                log.warning("rendezvous_connect_failed error=%s", type(exc).__name__)
+                log.warning(
+                    "rendezvous_connect_failed error=%s",
+                    type(exc).__name__,
+                    extra={"event": "rendezvous_connect_failed"},
+                )
                 return
             try:
                 await self._rendezvous_requests(socket, overflow=overflow)
@@ -1134,12 +1252,18 @@ class RelayListener:
         code = event.error.code
         self.metrics.protocol_errors[code] += 1
         if event.request_id is None or code != "message_too_large":
-            log.warning("rendezvous_protocol_error code=%s fatal=%s", code, event.fatal)
+            log.warning(
+                "rendezvous_protocol_error code=%s fatal=%s",
+                code,
+                event.fatal,
+                extra={"event": "rendezvous_protocol_error"},
+            )
             return False
         log.warning(
             "request_body_too_large request_id=%s limit=%d",
             event.request_id,
             self.settings.max_request_body,
+            extra={"event": "request_body_too_large", "request_id": event.request_id},
         )
         limit = self.settings.max_request_body
         detail = f"body exceeds {limit} bytes"
@@ -1151,7 +1275,10 @@ class RelayListener:
         except Exception as exc:
             self.metrics.requests["send_failed"] += 1
             log.warning(
-                "response_send_failed request_id=%s error=%s", event.request_id, type(exc).__name__
+                "response_send_failed request_id=%s error=%s",
+                event.request_id,
+                type(exc).__name__,
+                extra={"event": "response_send_failed", "request_id": event.request_id},
             )
             return False
         return True
@@ -1188,11 +1315,19 @@ class RelayListener:
                 decision = await self._streams.decide(info)
         except TimeoutError:
             self.metrics.streams["decide_error"] += 1
-            log.warning("stream_decision_timeout stream_id=%s", info.stream_id)
+            log.warning(
+                "stream_decision_timeout stream_id=%s",
+                info.stream_id,
+                extra={"event": "stream_decision_timeout", "stream_id": info.stream_id},
+            )
             return RejectStream(503, "Gateway timeout deciding on the stream")
         except Exception:
             self.metrics.streams["decide_error"] += 1
-            log.exception("stream_decision_failed stream_id=%s", info.stream_id)
+            log.exception(
+                "stream_decision_failed stream_id=%s",
+                info.stream_id,
+                extra={"event": "stream_decision_failed", "stream_id": info.stream_id},
+            )
             return RejectStream(500, "Gateway error")
         if not isinstance(decision, (AcceptStream, RejectStream)):
             self.metrics.streams["decide_error"] += 1
@@ -1229,7 +1364,10 @@ class RelayListener:
             # Only the type: aiohttp's messages carry the URL, and the address is a credential.
             self.metrics.streams["failed"] += 1
             log.warning(
-                "stream_connect_failed stream_id=%s error=%s", info.stream_id, type(exc).__name__
+                "stream_connect_failed stream_id=%s error=%s",
+                info.stream_id,
+                type(exc).__name__,
+                extra={"event": "stream_connect_failed", "stream_id": info.stream_id},
             )
             return
         self.metrics.streams["accepted"] += 1
@@ -1237,7 +1375,11 @@ class RelayListener:
             await self._streams.serve(info, _StreamSocket(ws))
         except Exception:
             self.metrics.streams["failed"] += 1
-            log.exception("stream_handler_failed stream_id=%s", info.stream_id)
+            log.exception(
+                "stream_handler_failed stream_id=%s",
+                info.stream_id,
+                extra={"event": "stream_handler_failed", "stream_id": info.stream_id},
+            )
         finally:
             with contextlib.suppress(Exception):
                 await ws.close()
@@ -1261,13 +1403,25 @@ class RelayListener:
             if exc.status == 410:
                 self.metrics.streams[outcome] += 1
                 return
-            log.warning("stream_reject_failed stream_id=%s status=%d", command.id, exc.status)
+            log.warning(
+                "stream_reject_failed stream_id=%s status=%d",
+                command.id,
+                exc.status,
+                extra={"event": "stream_reject_failed", "stream_id": command.id},
+            )
         except Exception as exc:
             log.warning(
-                "stream_reject_failed stream_id=%s error=%s", command.id, type(exc).__name__
+                "stream_reject_failed stream_id=%s error=%s",
+                command.id,
+                type(exc).__name__,
+                extra={"event": "stream_reject_failed", "stream_id": command.id},
             )
         else:
             # The relay should never upgrade a reject; do not leave the socket open if it did.
             await ws.close()
-            log.warning("stream_reject_upgraded stream_id=%s", command.id)
+            log.warning(
+                "stream_reject_upgraded stream_id=%s",
+                command.id,
+                extra={"event": "stream_reject_upgraded", "stream_id": command.id},
+            )
         self.metrics.streams["failed"] += 1

@@ -213,14 +213,12 @@ async def test_readyz_reports_the_clock_skew_as_json_numbers(running: Running) -
     assert skew["systematic"] is False
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on branch relay")
 async def test_listeners_online_is_current_without_polling_readyz(running: Running) -> None:
     # Only /metrics is read: the gauge must follow the listeners by itself.
     metrics = await running.metrics()
     assert metrics[("gateway_listeners_online", ())] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on branch relay")
 async def test_relay_reconnects_are_counted(running: Running) -> None:
     # Section 3.4 of the protocol notes: 1011 is the relay's daily recycle of every listener.
     dropped = await running.stack.relay.close_listeners(1011, "recycle", running.stack.hc)

@@ -155,15 +155,15 @@ async def test_every_refusal_of_the_listener_reaches_the_refusal_sink(
         hanging = asyncio.ensure_future(send_http(http, relay, "/hang"))
         await wait_until(lambda: listener.requests_in_flight == 1)
         status, _, headers, body = await send_http(http, relay, "/beside")
-        assert (status, headers["x-gateway-reason"]) == (503, "overloaded")
-        assert json.loads(body)["error"] == "overloaded"
+        assert (status, headers["x-gateway-reason"]) == (503, "gateway_busy")
+        assert json.loads(body)["error"] == "gateway_busy"
         status, _, headers, _ = await hanging
         assert (status, headers["x-gateway-reason"]) == (504, "handler_timeout")
         release.set()
     assert [(r.status, r.reason) for r in refusals] == [
         (400, "malformed_request"),
         (400, "bad_target"),
-        (503, "overloaded"),
+        (503, "gateway_busy"),
         (504, "handler_timeout"),
     ]
     assert [r.method for r in refusals] == [None, "GET", "GET", "GET"]
