@@ -45,7 +45,6 @@ _HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?")
 
 def describe(name: str, credential: Credential) -> str:
     """One line naming a credential by its references only (for explain, check and logs)."""
-    header = credential.header_name
     if credential.header is not None:
         refs = credential.header.value.describe()
     elif credential.bearer is not None:
@@ -60,7 +59,7 @@ def describe(name: str, credential: Credential) -> str:
         )
     else:
         refs = "nothing"
-    return f"{name} ({credential.kind}: {header} <- {refs})"
+    return f"{name} ({credential.kind}: {refs})"
 
 
 class Injector:
