@@ -491,6 +491,12 @@ def _check_target_credentials(
             problems.extend(found)
         if credential is None:
             continue
+        for problem in _check_token_time(
+            op_path, operation.credential, credential, target, config, doc
+        ):
+            # A target's credential is shared by its operations: report it once.
+            if all(p.path != problem.path for p in problems):
+                problems.append(problem)
         refused = CREDENTIAL_HEADERS | {credential.header_name}
         for header_index, header in enumerate(operation.headers):
             if header.lower() in refused:
@@ -504,6 +510,36 @@ def _check_target_credentials(
                     )
                 )
     yield from problems
+
+
+# The relay gives up on a request after 60 s; limits.request_timeout_seconds stays under it (55).
+MAX_REQUEST_SECONDS = 55.0
+
+
+def _check_token_time(
+    op_path: JsonPath,
+    own: str | None,
+    credential: Credential,
+    target: Target,
+    config: GatewayConfig,
+    doc: Located,
+) -> Iterator[Problem]:
+    """A token fetched for a request is waited for before the request is sent: both together must
+    fit in the time the relay waits for an answer."""
+    oauth = credential.oauth2_client_credentials
+    if oauth is None:
+        return
+    total = target.limits.request_timeout_seconds or config.limits.request_timeout_seconds
+    if oauth.timeout_seconds + total > MAX_REQUEST_SECONDS:
+        path = (*op_path, "credential") if own is not None else (*op_path[:2], "credential")
+        yield doc.problem(
+            path,
+            f"the token request ({oauth.timeout_seconds:g} s) and the request itself "
+            f"({total:g} s) could take longer than the {MAX_REQUEST_SECONDS:g} s a relayed "
+            "request may take",
+            code="conflicting_settings",
+            hint="lower timeout_seconds of the credential or the target's request timeout",
+        )
 
 
 def _credential(

@@ -161,8 +161,9 @@ class TokenSource:
 
     async def _shared_fetch(self, now: float) -> Token:
         if self._fetch is None:
-            if now < self._held_until and self._last_error is not None:
-                raise self._last_error
+            last = self._last_error
+            if now < self._held_until and last is not None:
+                raise CredentialError(last.code, str(last), last.status)
             self._fetch = asyncio.ensure_future(self._fetch_once())
             self._fetch.add_done_callback(self._settle)
         # Shielded: one caller giving up (its request was cancelled) must not cancel the fetch

@@ -162,3 +162,20 @@ def problems_with_host(path: Path) -> list[Problem]:
     with pytest.raises(ConfigError) as caught:
         load(path, env={})
     return caught.value.problems
+
+
+def test_token_request_and_request_must_fit_the_relay_deadline(write_config: WriteConfig) -> None:
+    slow = with_credentials(
+        OAUTH.replace("      scopes:", "      timeout_seconds: 10\n      scopes:")
+    )
+    # Two operations share the target's credential: one problem, at the target.
+    slow = slow.replace(
+        "        paths: [/api/*]\n",
+        "        paths: [/api/*]\n      - name: other\n        methods: [GET]\n"
+        "        paths: [/other]\n",
+    )
+    [problem] = problems(write_config(slow))
+    assert (problem.code, problem.path) == ("conflicting_settings", "targets.erp.credential")
+    assert "55 s" in problem.message
+    fits = slow.replace("policy:\n", "limits:\n  request_timeout_seconds: 45\npolicy:\n")
+    load(write_config(fits), env={}, check_host=False)
