@@ -16,9 +16,11 @@ The rules, with their reason codes, are tabulated in ``docs/request-canonicalisa
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import unicodedata
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -44,12 +46,37 @@ _SEGMENT_CHARS = frozenset(
 )
 _BAD_PATH_CHAR = re.compile("[^" + re.escape("".join(sorted(_SEGMENT_CHARS | {"/", "%"}))) + "]")
 _HEX = frozenset("0123456789abcdefABCDEF")
-# "%25" followed by two hex digits decodes to another percent-encoding: a second decoding pass
-# upstream (a proxy, a framework, a file system API) would see a different path than we judged.
-_DOUBLE_ENCODED = re.compile(r"%25[0-9A-Fa-f]{2}")
 # Characters with a structural meaning in a path; a non-ASCII character that some servers fold
-# to one of them (Unicode compatibility mapping, NFKC, as IIS "best fit" does) is refused.
+# to one of them is refused (see _folds_to_structure).
 _STRUCTURAL = frozenset("/\\.%;?#")
+# Words in the Unicode names of the characters that Windows "best fit" code-page conversion and
+# similar ASCII folding map onto a structural character without any Unicode decomposition saying
+# so (NFKC leaves them alone): U+2215 DIVISION SLASH and U+2044 FRACTION SLASH become '/', U+2216
+# SET MINUS and U+29F5 REVERSE SOLIDUS OPERATOR become '\\', and likewise for full stops, percent,
+# semicolon, question mark and number sign look-alikes. Matched on the name so that the whole
+# family is covered, not a list that misses its next member.
+_STRUCTURAL_NAMES = (
+    "SOLIDUS",
+    "SLASH",
+    "SET MINUS",
+    "FULL STOP",
+    "DOT LEADER",
+    "PERCENT",
+    "SEMICOLON",
+    "QUESTION MARK",
+    "NUMBER SIGN",
+)
+# Code pages 932 (Japanese) and 949 (Korean) put the yen and won signs at byte 0x5C, the
+# backslash, so converting either to those code pages turns it into a path separator.
+_BACKSLASH_CURRENCIES = frozenset("\u00a5\u20a9\uffe5\uffe6")
+# Encoded octets that some servers or frameworks treat as a delimiter once decoded: ';' starts
+# path parameters (Tomcat, Jetty, Spring strip them), '?' and '#' end the path. A target that
+# decodes before splitting would serve a shorter path than the one judged (RFC 3986 section 3.3).
+_ENCODED_DELIMITERS = {
+    0x3B: (R.MATRIX_PARAMETER, "an encoded ';' (%3B) is read as a path parameter by some servers"),
+    0x3F: (R.ENCODED_DELIMITER, "an encoded '?' (%3F) ends the path for some servers"),
+    0x23: (R.ENCODED_DELIMITER, "an encoded '#' (%23) ends the path for some servers"),
+}
 # Unicode categories that are invisible or control text: C0/C1 controls, format characters
 # (bidirectional overrides, zero-width joiners), line and paragraph separators.
 _INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
@@ -299,6 +326,7 @@ def _canonical_segment(raw: str) -> str:
     if raw in (".", ".."):
         raise RequestRejected(R.DOT_SEGMENT, "the path has a '.' or '..' segment")
     if "%" not in raw:
+        _check_dots_only(raw)
         return raw
     out: list[str] = []
     encoded_dot = False
@@ -314,6 +342,12 @@ def _canonical_segment(raw: str) -> str:
             index = _utf8_run(raw, index, out)
             continue
         index += 3
+        if octet == 0x25:
+            # One rule for '%': it is never relayed encoded. After one decoding it is a '%' that,
+            # with whatever follows it (here, in the next segment or in the query), a second
+            # decoding pass (a proxy, a framework, a file API) reads as a new escape: '%252e' is
+            # '.', '%25' then '2F' is '/'. No reading of it is the same for every server.
+            raise RequestRejected(R.DOUBLE_ENCODING, "an encoded '%' (%25) is never relayed")
         if octet == 0x2E:
             # Any '%2E' is refused (documented choice): decoding it is what turns '%2e%2e' into
             # '..' after the dot-segment check ran (catalogue B 27, 29).
@@ -329,9 +363,24 @@ def _canonical_segment(raw: str) -> str:
         if segment in (".", ".."):
             raise RequestRejected(R.ENCODED_DOT_SEGMENT, "the path has an encoded dot segment")
         raise RequestRejected(R.ENCODED_DOT, "'.' is written as itself, never as '%2E'")
-    if _DOUBLE_ENCODED.search(segment):
-        raise RequestRejected(R.DOUBLE_ENCODING, "the path is percent-encoded twice ('%25XX')")
+    _check_dots_only(urllib.parse.unquote(segment, errors="strict"))
     return segment
+
+
+def _check_dots_only(decoded: str) -> None:
+    # A segment of dots and white space only ('..%20', '.%C2%A0', '%20..', '...') is a dot
+    # segment, and one of white space only ('%20') an empty one, to any server that trims
+    # trailing spaces and dots from names, as Windows does (catalogue B; issue 16 section 3).
+    if all(char == "." or _is_space(char) for char in decoded):
+        if "." not in decoded:
+            raise RequestRejected(R.EMPTY_SEGMENT, "the path has a segment of white space only")
+        raise RequestRejected(
+            R.PADDED_DOT_SEGMENT, "the path has a segment of only dots and white space"
+        )
+
+
+def _is_space(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char) == "Zs"
 
 
 def _octet(raw: str, index: int) -> int:
@@ -351,6 +400,9 @@ def _check_encoded_ascii(octet: int) -> None:
         raise RequestRejected(R.ENCODED_SLASH, "the path contains an encoded '/' (%2F)")
     if octet == 0x5C:
         raise RequestRejected(R.BACKSLASH, "the path contains an encoded backslash (%5C)")
+    delimiter = _ENCODED_DELIMITERS.get(octet)
+    if delimiter is not None:
+        raise RequestRejected(*delimiter)
 
 
 def _utf8_run(raw: str, index: int, out: list[str]) -> int:
@@ -374,10 +426,22 @@ def _utf8_run(raw: str, index: int, out: list[str]) -> int:
             raise RequestRejected(
                 R.CONTROL_CHARACTER, "the path contains an encoded control or format character"
             )
-        if not _STRUCTURAL.isdisjoint(unicodedata.normalize("NFKC", char)):
+        if _folds_to_structure(char):
             raise RequestRejected(
                 R.UNICODE_CONFUSABLE,
                 "the path contains a character that folds to '/', '\\', '.' or another delimiter",
             )
     out.append("".join(f"%{octet:02X}" for octet in octets))
     return index
+
+
+@functools.lru_cache(maxsize=4096)
+def _folds_to_structure(char: str) -> bool:
+    """Whether some server could read non-ASCII ``char`` as ``/ \\ . % ; ? #``: by Unicode
+    compatibility folding (NFKC, which frameworks apply) or by Windows "best fit" conversion
+    (IIS and Win32 file APIs), which maps characters by appearance."""
+    folded = unicodedata.normalize("NFKC", char)
+    if not _STRUCTURAL.isdisjoint(folded) or not _BACKSLASH_CURRENCIES.isdisjoint(folded + char):
+        return True
+    name = unicodedata.name(char, "")
+    return any(word in name for word in _STRUCTURAL_NAMES)

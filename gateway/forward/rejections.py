@@ -52,6 +52,8 @@ class RejectReason(StrEnum):
     ENCODED_DOT = "encoded_dot"
     ENCODED_SLASH = "encoded_slash"
     DOUBLE_ENCODING = "double_encoding"
+    ENCODED_DELIMITER = "encoded_delimiter"
+    PADDED_DOT_SEGMENT = "padded_dot_segment"
     INVALID_PERCENT_ENCODING = "invalid_percent_encoding"
     INVALID_UTF8 = "invalid_utf8"
     UNICODE_CONFUSABLE = "unicode_confusable"

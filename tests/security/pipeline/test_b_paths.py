@@ -48,6 +48,20 @@ REFUSALS = [
     pytest.param("/api/%0a", 400, "control_character", id="B44-lf"),
     pytest.param("/api/%0d", 400, "control_character", id="B44-cr"),
     pytest.param("/api/" + "a" * 5000, 414, "uri_too_long", id="B45"),
+    # Read differently by some target (docs/request-canonicalisation.md; issue 11 section 2,
+    # issue 16 section 3): each of these matched /api/* and was forwarded before.
+    pytest.param("/api/100%25", 400, "double_encoding", id="pct25-trailing"),
+    pytest.param("/api/%25zz", 400, "double_encoding", id="pct25-text"),
+    pytest.param("/api/admin%3Bx", 400, "matrix_parameter", id="enc-semicolon"),
+    pytest.param("/api/admin%3Fx", 400, "encoded_delimiter", id="enc-question"),
+    pytest.param("/api/admin%23x", 400, "encoded_delimiter", id="enc-hash"),
+    pytest.param("/api/..%20", 400, "padded_dot_segment", id="dotdot-space"),
+    pytest.param("/api/.%C2%A0", 400, "padded_dot_segment", id="dot-nbsp"),
+    pytest.param("/api/...", 400, "padded_dot_segment", id="three-dots"),
+    pytest.param("/api/%E2%88%95admin", 400, "unicode_confusable", id="U+2215"),
+    pytest.param("/api/%E2%88%96admin", 400, "unicode_confusable", id="U+2216"),
+    pytest.param("/api/%E2%A7%B5admin", 400, "unicode_confusable", id="U+29F5"),
+    pytest.param("/api/%C2%A5admin", 400, "unicode_confusable", id="U+00A5"),
 ]
 
 

@@ -186,13 +186,11 @@ ACCEPTED = [
     ("/api/%7e%2D%5f", "/api/~-_"),
     ("/api/a%3ab", "/api/a%3Ab"),
     ("/api/a%20b", "/api/a%20b"),
+    ("/api/a.%20b", "/api/a.%20b"),
+    ("/api/%2C%3D%26", "/api/%2C%3D%26"),
     ("/api/%c3%a9t%C3%A9", "/api/%C3%A9t%C3%A9"),
     ("/api/%f0%9f%98%80", "/api/%F0%9F%98%80"),
-    ("/api/%3b%3f%23", "/api/%3B%3F%23"),
-    ("/api/100%25", "/api/100%25"),
-    ("/api/%25zz", "/api/%25zz"),
     ("/api/a:b@c!$&'()*+,=", "/api/a:b@c!$&'()*+,="),
-    ("/api/...", "/api/..."),
     ("/api/.well-known", "/api/.well-known"),
     ("/api/a..b", "/api/a..b"),
     ("/api/*", "/api/*"),
@@ -256,6 +254,37 @@ REJECTED = [
     ("/api/%252e%252e/admin", "double_encoding"),
     ("/api/%252F", "double_encoding"),
     ("/api/%25%32%65", "double_encoding"),
+    # One rule for '%25': never relayed, whatever follows (docs/request-canonicalisation.md).
+    ("/api/100%25", "double_encoding"),
+    ("/api/%25zz", "double_encoding"),
+    ("/api/%25/2F", "double_encoding"),
+    ("/api/a%25", "double_encoding"),
+    # Encoded delimiters servers act on once decoded.
+    ("/api/admin%3bx", "matrix_parameter"),
+    ("/api/admin%3B.json", "matrix_parameter"),
+    ("/api/admin%3fx", "encoded_delimiter"),
+    ("/api/admin%23x", "encoded_delimiter"),
+    # Dot segments padded with white space, or longer runs of dots (Windows trims them).
+    ("/api/..%20/admin", "padded_dot_segment"),
+    ("/api/.%20", "padded_dot_segment"),
+    ("/api/%20..", "padded_dot_segment"),
+    ("/api/..%20%20", "padded_dot_segment"),
+    ("/api/..%C2%A0", "padded_dot_segment"),
+    ("/api/..%E3%80%80", "padded_dot_segment"),
+    ("/api/...", "padded_dot_segment"),
+    ("/api/....", "padded_dot_segment"),
+    ("/api/%20/x", "empty_segment"),
+    ("/api/%C2%A0%20", "empty_segment"),
+    # Windows "best fit" and look-alikes NFKC leaves alone.
+    ("/api/%E2%88%95admin", "unicode_confusable"),  # U+2215 division slash
+    ("/api/%E2%88%96admin", "unicode_confusable"),  # U+2216 set minus
+    ("/api/%E2%A7%B5admin", "unicode_confusable"),  # U+29F5 reverse solidus operator
+    ("/api/%E2%81%84admin", "unicode_confusable"),  # U+2044 fraction slash
+    ("/api/%E2%A7%B8admin", "unicode_confusable"),  # U+29F8 big solidus
+    ("/api/%C2%A5admin", "unicode_confusable"),  # U+00A5 yen sign: 0x5C in code page 932
+    ("/api/%E2%82%A9admin", "unicode_confusable"),  # U+20A9 won sign: 0x5C in code page 949
+    ("/api/%E3%80%82%E3%80%82", "unicode_confusable"),  # U+3002 ideographic full stop
+    ("/api/%D9%AA", "unicode_confusable"),  # U+066A Arabic percent sign
     ("/api/%2", "invalid_percent_encoding"),
     ("/api/%zz", "invalid_percent_encoding"),
     ("/api/%", "invalid_percent_encoding"),

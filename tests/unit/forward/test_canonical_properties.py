@@ -4,10 +4,15 @@
 the string forwarded (``request_target``), and is exactly the segments the policy matches.
 50: no spelling of ``/admin`` (mixed-case hex, double encoding, overlong UTF-8, backslashes, dot
 segments, look-alike characters, ...) behind ``/api/`` is both accepted and matched by ``/api/*``.
-Arbitrary text in any argument raises nothing but ``RequestRejected``.
+Arbitrary text in any argument raises nothing but ``RequestRejected``. One reading: however a
+target decodes (once, twice) or folds (NFKC, Windows "best fit") an accepted path, it finds the
+segments the policy judged and no new delimiter.
 """
 
 from __future__ import annotations
+
+import unicodedata
+import urllib.parse
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -228,3 +233,82 @@ def test_arbitrary_input_raises_only_request_rejected(
     )
     if request is not None:
         assert attempt(request.path, target=request.target) is not None
+
+
+# --- one reading: what a target decodes is what was judged (issue 11 section 2) --------------
+
+# Pieces chosen to be read differently by different servers: '%' in every depth of encoding,
+# encoded delimiters, white space next to dots, and characters that Windows "best fit"
+# conversion or NFKC folding turn into structure.
+ADVERSARIAL = st.sampled_from(
+    [
+        "a",
+        "admin",
+        ".",
+        "..",
+        "...",
+        ";",
+        "%25",
+        "%2525",
+        "%252e",
+        "%252F",
+        "%25%32%65",
+        "%3b",
+        "%3B",
+        "%3f",
+        "%23",
+        "%20",
+        "%09",
+        "%C2%A0",
+        "%E3%80%80",
+        "%2e",
+        "%41",
+        "%E2%88%95",
+        "%E2%88%96",
+        "%E2%A7%B5",
+        "%E2%81%84",
+        "%C2%A5",
+        "%E2%82%A9",
+        "%EF%BC%8F",
+        "%EF%BC%BC",
+        "%E2%80%A4",
+        "%C3%A9",
+    ]
+)
+ADVERSARIAL_PATHS = st.lists(
+    st.lists(ADVERSARIAL, min_size=1, max_size=4).map("".join), min_size=1, max_size=4
+).map(lambda segments: "/" + "/".join(segments))
+# What Windows "best fit" conversion (code pages 1252, 932, 949) makes of characters NFKC leaves
+# alone, written from the published mapping tables: the test's own model of a folding server.
+BEST_FIT = str.maketrans(
+    {"\u2215": "/", "\u2044": "/", "\u2216": "\\", "\u29f5": "\\", "\u00a5": "\\", "\u20a9": "\\"}
+)
+WHITE_SPACE = " \t\u00a0\u3000"
+
+
+def _readings(path: str) -> list[str]:
+    """How servers that decode once, twice, or decode and then fold, read ``path``."""
+    once = urllib.parse.unquote(path, errors="strict")
+    twice = urllib.parse.unquote(once, errors="replace")
+    return [once, twice, unicodedata.normalize("NFKC", once), once.translate(BEST_FIT)]
+
+
+@settings(max_examples=600)
+@given(ADVERSARIAL_PATHS)
+@example("/api/100%25")
+@example("/api/%252e%252e/admin")
+@example("/api/admin%3Bjsessionid")
+@example("/api/..%20/admin")
+@example("/api/%E2%88%95admin")
+def test_every_reading_of_an_accepted_path_has_the_judged_structure(raw: str) -> None:
+    request = attempt(raw)
+    if request is None:
+        return
+    for reading in _readings(request.path):
+        segments = reading[1:].split("/")
+        # Same segments, no delimiter or escape created by the decoding or folding.
+        assert len(segments) == len(request.segments), reading
+        assert not set("\\;?#%") & set(reading), reading
+        for segment in segments:
+            # No dot segment, even after trimming white space and trailing dots as Windows does.
+            assert segment.strip(WHITE_SPACE).rstrip(".") not in ("", "."), reading
