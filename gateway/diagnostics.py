@@ -75,14 +75,14 @@ from gateway.identity.tls import registration_context
 from gateway.outbound.proxy import (
     OutboundProxy,
     ProxyAuthError,
-    ProxyConfigError,
     ProxyError,
     open_websocket,
     translate_proxy_error,
 )
 from gateway.outbound.sessions import client_session
+from gateway.policy.loader import verify_policy
 from gateway.relay.handshake import HandshakeReasons
-from gateway.service import proxy_settings
+from gateway.service import proxy_settings, startup_problems
 
 __all__ = [
     "CHECK_NAMES",
@@ -251,6 +251,10 @@ async def _check_config(ctx: _Context) -> str:
     path = ctx.options.config_path
     try:
         loaded = load(path, env=ctx.options.env)
+        # What `gateway run` refuses before it starts, checked by the same code: a policy that
+        # cannot decide, unprotected files, unusable proxy settings.
+        policies = verify_policy(loaded)
+        startup_problems(loaded)
     except ConfigError as exc:
         count = len(exc.problems)
         first = exc.problems[0].render() if exc.problems else "invalid configuration"
@@ -258,14 +262,12 @@ async def _check_config(ctx: _Context) -> str:
             f"{count} problem{'s' if count != 1 else ''}; first: {first}",
             f"`gateway validate -c {path}` lists every problem with its location",
         ) from None
-    try:
-        ctx.proxy = OutboundProxy(proxy_settings(loaded))
-    except ProxyConfigError as exc:
-        raise _CheckError(
-            f"the proxy settings cannot be used: {exc}", "fix the proxy section"
-        ) from None
+    ctx.proxy = OutboundProxy(proxy_settings(loaded))  # usable: startup_problems said so
     ctx.loaded = loaded
-    return f"{loaded.file} is valid ({len(loaded.config.targets)} targets, {loaded.revision})"
+    return (
+        f"{loaded.file} is valid ({len(loaded.config.targets)} targets, {loaded.revision}; "
+        f"policy {policies.revision.rpartition('/')[2]} decides)"
+    )
 
 
 async def _check_credentials(ctx: _Context) -> str:

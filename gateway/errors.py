@@ -7,9 +7,51 @@ fit to show an operator. Messages never contain secrets.
 
 from __future__ import annotations
 
+import re
+
+MASK = "***"
+
+_SECRET_PATTERNS = (
+    re.compile(r"(SharedAccessSignature\s+)\S+", re.IGNORECASE),
+    re.compile(
+        r"((?:sig|signature|password|passwd|token|sb-hc-token|secret)=)[^&\s\"']+", re.IGNORECASE
+    ),
+    re.compile(
+        r"((?:authorization|proxy-authorization|cookie)[\"']?\s*[:=]\s*[\"']?)[^\"'\n]+",
+        re.IGNORECASE,
+    ),
+    re.compile(r"(-----BEGIN [A-Z ]*PRIVATE KEY-----)[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----)"),
+    # RFC 3986 section 3.2.1: user information in a URL ("http://user:password@host") is
+    # deprecated precisely because it carries credentials; a URL may be cut short in a message,
+    # so anything from the scheme to an '@' without a '/' in between is masked.
+    re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']*@"),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with anything that looks like a credential replaced by ``***``: SAS tokens,
+    ``sig=``/``password=``-style parameters, ``Authorization``/``Cookie`` values, PEM private
+    keys and the user information of URLs. The last line of defence behind code that simply does
+    not print or log secrets; used by the log filter and by every :class:`Problem`."""
+    for pattern in _SECRET_PATTERNS:
+        if pattern.groups == 2:
+            text = pattern.sub(lambda m: f"{m.group(1)}{MASK}{m.group(2)}", text)
+        elif pattern.pattern.endswith("@"):
+            text = pattern.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+        else:
+            text = pattern.sub(lambda m: f"{m.group(1)}{MASK}", text)
+    return text
+
 
 class GatewayError(Exception):
-    """Base class of every error the gateway raises on purpose."""
+    """Base class of every error the gateway raises on purpose.
+
+    Its text is masked (:func:`redact`): commands print these messages, and a message built from
+    a lower layer's (a URL, a server's answer) could otherwise carry a credential to the screen.
+    """
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
 
 class ConfigError(GatewayError):
@@ -20,6 +62,15 @@ class ConfigError(GatewayError):
         first = problems[0].render() if problems else "invalid configuration"
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(first + more)
+
+
+class PolicyError(ConfigError):
+    """The policy cannot be used: its modules do not load, compile, or decide.
+
+    A configuration error of its own kind because ``gateway run`` reports it differently (exit
+    code 5, "could not start", docs/operations.md); everything that catches ConfigError still
+    catches it.
+    """
 
 
 class Problem:
@@ -42,13 +93,15 @@ class Problem:
         column: int = 0,
         hint: str = "",
     ) -> None:
-        self.message = message
+        # Messages quote the offending value; one that holds a credential (a proxy URL with its
+        # password) must not be printed by validate, diff, check or the log.
+        self.message = redact(message)
         self.code = code
         self.path = path
         self.file = file
         self.line = line
         self.column = column
-        self.hint = hint
+        self.hint = redact(hint)
 
     def location(self) -> str:
         """``FILE:LINE:COL`` (or as much of it as is known)."""

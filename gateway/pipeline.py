@@ -122,6 +122,11 @@ class Decider(Protocol):
         """The configuration and policy revision every decision carries (heartbeats report it)."""
         ...
 
+    @property
+    def ready(self) -> bool:
+        """Whether the engine can decide now (``/readyz``); its decisions are 503s until then."""
+        ...
+
     async def decide(self, input: Mapping[str, Any]) -> Decision:
         """Decide one canonical request; fail closed (deny with a reason) on any fault."""
         ...

@@ -13,7 +13,7 @@ Exit codes of ``gateway run`` (also in docs/operations.md):
 * 0 - stopped cleanly (SIGTERM/SIGINT)
 * 1 - the configuration is invalid, or a start-up self-check failed (see :func:`self_check`)
 * 4 - the identity is missing or unusable (not registered, expired, unsafe files)
-* 5 - could not start (relay info, policy compilation, health port)
+* 5 - could not start (relay info, a policy that does not load, compile or decide, health port)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from gateway.auth import KeySet, ReplayCache, SignatureVerifier, VerifierSetting
 from gateway.auth.errors import SignatureError
 from gateway.auth.keys import KeySetError
 from gateway.config import LoadedConfig, load
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, GatewayError, PolicyError, Problem
 from gateway.forward.dial import Guard, Redirect, Resolver, system_resolver
 from gateway.gitops.signing import verify_signed_config
 from gateway.identity import (
@@ -191,6 +191,28 @@ def self_check() -> list[str]:
     """The start-up checks of the runtime itself (catalogue C 67): aiohttp version and parser."""
     found = [aiohttp_version_problem(aiohttp.__version__), http_parser_problem()]
     return [problem for problem in found if problem is not None]
+
+
+def startup_problems(loaded: LoadedConfig, *, files: bool = True) -> None:
+    """Raise ConfigError for what :meth:`Agent.start` refuses about a loaded configuration
+    beyond the configuration and policy themselves: files others could change (``files``), and
+    proxy settings that cannot be used. ``gateway validate`` calls this too, so it cannot call
+    valid what ``run`` refuses."""
+    problems: list[Problem] = []
+    if files:
+        config_file = Path(loaded.file)
+        for finding in permission_problems([config_file]):
+            problems.append(Problem(finding, code="unprotected_file", file=str(config_file)))
+        for finding in permission_problems(policy_files(loaded)):
+            problems.append(Problem(finding, code="unprotected_file", path="policy.directories"))
+    try:
+        OutboundProxy(proxy_settings(loaded))
+    except ProxyConfigError as exc:
+        problems.append(
+            Problem(f"the proxy settings cannot be used: {exc}", code="invalid_proxy", path="proxy")
+        )
+    if problems:
+        raise ConfigError(problems)
 
 
 class StartError(GatewayError):
@@ -364,9 +386,10 @@ class Agent:
             for problem in exc.problems:
                 log.error("%s", problem.render(), extra={"event": "config_invalid"})
             raise StartError("the configuration is invalid", EXIT_CONFIG) from None
-        self._refuse_if(
-            permission_problems(policy_files(loaded)), "the policy files are not protected"
-        )
+        try:
+            startup_problems(loaded)
+        except ConfigError as exc:
+            self._refuse_if([p.message for p in exc.problems], "the gateway cannot start")
         config = loaded.config
         for override in loaded.overrides:
             log.info(
@@ -382,11 +405,8 @@ class Agent:
             )
         state_dir = self._state_dir(loaded)
         passphrase = self._passphrase(loaded)
-        try:
-            self._proxy_settings = proxy_settings(loaded)
-            self._proxy = OutboundProxy(self._proxy_settings)
-        except ProxyConfigError as exc:
-            raise StartError(f"proxy settings are not usable: {exc}", EXIT_CONFIG) from None
+        self._proxy_settings = proxy_settings(loaded)
+        self._proxy = OutboundProxy(self._proxy_settings)  # usable: startup_problems said so
         try:
             identity = load_identity(state_dir, passphrase=passphrase)
             keys = signing_keyset(identity.signing_keys)
@@ -396,6 +416,11 @@ class Agent:
         self.metrics.cert_expiry.set(identity.certificate.not_valid_after_utc.timestamp())
         try:
             self._runtime = await self._build_runtime(loaded)
+        except PolicyError as exc:
+            # The policy does not load, compile or decide: serving would refuse every request.
+            for problem in exc.problems:
+                log.error("%s", problem.render(), extra={"event": "policy_invalid"})
+            raise StartError(f"the policy cannot be used: {exc}", EXIT_START) from None
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("%s", problem.render(), extra={"event": "config_invalid"})
@@ -593,11 +618,16 @@ class Agent:
             reasons.append("no relay listener online")
         if self._runtime is None:
             reasons.append("no valid configuration and policy loaded")
+        elif not self._runtime.engine.ready:
+            # Every decision would be a 503 (an OPA engine that is unreachable or lost this
+            # revision): not ready, so a load balancer sends requests to a gateway that decides.
+            reasons.append("the policy engine cannot decide")
         details: dict[str, Any] = {"listeners_online": online}
         if self._runtime is not None:
             details["revision"] = self._runtime.revision
             details["policy_revision"] = self._runtime.engine.revision
             details["mode"] = self._runtime.loaded.config.policy.mode
+            details["policy_engine_ready"] = self._runtime.engine.ready
         degraded: list[str] = []
         if self._state.last_heartbeat is not None:
             details["last_heartbeat"] = _iso(self._state.last_heartbeat)
@@ -745,11 +775,7 @@ class Agent:
                 return self._reload_failed("the configuration file is not protected")
             try:
                 loaded = self._load()
-                unsafe = permission_problems(policy_files(loaded))
-                if unsafe:
-                    for finding in unsafe:
-                        log.error("%s", finding, extra={"event": "reload_rejected"})
-                    return self._reload_failed("the policy files are not protected")
+                startup_problems(loaded)  # what a restart would refuse, refused now
                 runtime = await self._build_runtime(loaded)
             except ConfigError as exc:
                 for problem in exc.problems:

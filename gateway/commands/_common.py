@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import config as gwconfig
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, redact
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -64,5 +64,21 @@ def passphrase(loaded: gwconfig.LoadedConfig) -> bytes | None:
 
 
 def print_json(value: Any) -> None:
-    """Indented JSON on stdout (non-JSON values as strings)."""
-    print(json.dumps(value, indent=2, default=str))
+    """Indented JSON on stdout (non-JSON values as strings), credentials masked."""
+    print(json.dumps(redacted(value), indent=2, default=str))
+
+
+def redacted(value: Any) -> Any:
+    """``value`` with every string masked by :func:`gateway.errors.redact`.
+
+    Reports built from other components' answers (a live ``/readyz``, an exception's text, an
+    identity check) are printed through this, so a credential one of them carries never reaches
+    the terminal or a CI log.
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted(item) for item in value]
+    return value

@@ -19,6 +19,7 @@ from gateway.commands._common import (
     print_json,
 )
 from gateway.diagnostics import DiagnosticsOptions, all_passed, render_text, run_checks
+from gateway.errors import redact
 
 
 def _positive(text: str) -> float:
@@ -53,5 +54,5 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print_json({"ok": passed, "checks": [result.as_dict() for result in results]})
     else:
-        print(render_text(results), end="")
+        print(redact(render_text(results)), end="")
     return 0 if passed else 1

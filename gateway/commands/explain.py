@@ -27,6 +27,7 @@ from gateway.commands._common import add_config_argument
 from gateway.errors import ConfigError
 from gateway.forward.credentials import describe as describe_credential
 from gateway.pipeline import Chain, RequestFacts, Verdict
+from gateway.policy.decision_log import mask_query
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.loader import PolicySet, build_engine, load_policies
 
@@ -94,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
     for raw in args.header:
         name, sep, value = raw.partition(":")
         if not sep:
-            print(f"-H expects 'Name: value', got {raw!r}", file=sys.stderr)
+            # Not echoed: the argument may be a credential written without its colon.
+            print(
+                f"-H expects 'Name: value'; header {len(headers) + 1} has no ':'", file=sys.stderr
+            )
             return 2
         headers.append((name.strip(), value.strip()))
     path = args.config or gwconfig.default_config_path()
@@ -155,7 +159,11 @@ def _report(
     revision: str,
     config: gwconfig.GatewayConfig,
 ) -> None:
-    input, decision, refusal = verdict.input, verdict.decision, verdict.refusal
+    decision, refusal = verdict.decision, verdict.refusal
+    input = verdict.input
+    if input is not None and input["query"] is not None:
+        # Values of credential-like parameters are masked, as in the decision log.
+        input = {**input, "query": mask_query(input["query"])}
     # A refusal before the policy was asked (canonical form, limits) never reaches the engine.
     rejected = None
     if refusal is not None and decision is None:
@@ -184,7 +192,7 @@ def _report(
                     "request": {
                         "method": facts.method,
                         "target": facts.selector,
-                        "path": facts.request_target,
+                        "path": _masked(facts.request_target),
                         "websocket": facts.websocket,
                     },
                     "rejected": rejected,
@@ -209,7 +217,7 @@ def _report(
             )
         )
         return
-    line = f"{facts.method} {facts.selector} {facts.request_target}"
+    line = f"{facts.method} {facts.selector} {_masked(facts.request_target)}"
     print(f"request:   {line}{' (websocket)' if facts.websocket else ''}")
     if rejected is not None:
         where = "rejected before policy"
@@ -247,6 +255,11 @@ def _report(
         print(f"injects:   {injected['header']} from credential {injected['references']}")
     print(f"revision:  {decision.revision}")
     print(f"engine:    {config.policy.engine}, {decision.latency * 1e6:.0f} us")
+
+
+def _masked(request_target: str) -> str:
+    path, sep, query = request_target.partition("?")
+    return f"{path}{sep}{mask_query(query)}" if sep else path
 
 
 def _yes(flag: bool) -> str:

@@ -3,8 +3,10 @@
 The built-in policy's own tests run against the built-in modules alone (they describe the
 decision policy, not an organisation's extensions, which may rightly veto what they expect to
 pass); the tests in ``policy.directories`` run with every module loaded. Exit 0 when every
-test passes, 1 when one fails, none is found, or the configuration or a policy is invalid.
-Each failure is printed with its name and location, so CI logs point at the test.
+test passes, 1 when one fails, none is found, or the configuration or a policy is invalid
+(including a policy ``gateway run`` would refuse because it cannot decide). Each failure is
+printed with its name and location, so CI logs point at the test, and with the engine's own
+error message when an evaluation failed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from gateway import config as gwconfig
 from gateway.commands._common import add_config_argument, add_format_argument
 from gateway.errors import ConfigError
 from gateway.packaged import POLICY_ROOT
-from gateway.policy.loader import PolicySet, load_policies, rego_files
+from gateway.policy.loader import PolicySet, rego_files, verify_policy
 from gateway.policy.testing import PolicyTestResult, run_policy_tests
 
 
@@ -56,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Secrets are not needed to test a policy, so CI can run this without them.
         loaded = gwconfig.load(path, check_host=False)
-        policies = load_policies(loaded)
+        # The policy is proven to decide exactly as `gateway run` proves it: a policy that run
+        # would refuse fails here with the same located problem, before any test runs.
+        policies = verify_policy(loaded)
         results = _run_all(policies)
     except ConfigError as exc:
         for problem in exc.problems:

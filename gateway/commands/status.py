@@ -26,6 +26,7 @@ from gateway.commands._common import (
     load_or_report,
     passphrase,
     print_json,
+    redacted,
     state_dir,
 )
 from gateway.config import yamlsafe
@@ -138,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         "identity": identity.status(state_dir(loaded), passphrase=passphrase(loaded)),
         "agent": _live(config.observability.listen) if config.observability.enabled else {},
     }
+    report = redacted(report)
     healthy = bool(report["identity"].get("ready")) and report["agent"].get("ready", True)
     if args.format == "json":
         print_json(report)

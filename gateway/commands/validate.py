@@ -1,5 +1,13 @@
 """``gateway validate``: check gateway.yaml and report every problem with its location.
 
+"Valid" means ``gateway run`` would accept the same files: the checks are the ones ``run`` makes
+before it starts, called rather than copied. The configuration is loaded and checked; the policy
+is loaded, compiled and proven to decide (:func:`gateway.policy.loader.verify_policy`: no call to
+an undefined function, a decision document for one request per operation); and, unless
+``--skip-host-checks``, the files are protected as ``run`` requires and the proxy settings are
+usable. Problems name their ``FILE:LINE`` where one is known (Rego errors included) and never
+print a secret.
+
 Exit 0 when valid, 1 when not (or unreadable), 2 on usage errors. ``--format json`` prints a list
 of problems for CI bots; the text form is ``FILE:LINE:COL: json.path: message (hint: ...)``.
 """
@@ -13,6 +21,8 @@ import sys
 from gateway import config as gwconfig
 from gateway.commands._common import add_config_argument, add_format_argument
 from gateway.errors import ConfigError
+from gateway.policy.loader import verify_policy
+from gateway.service import startup_problems
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     path = args.config or gwconfig.default_config_path()
     try:
         loaded = gwconfig.load(path, check_host=not args.skip_host_checks)
+        policies = verify_policy(loaded)
+        startup_problems(loaded, files=not args.skip_host_checks)
     except ConfigError as exc:
         if args.format == "json":
             print(
@@ -56,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
                 {
                     "valid": True,
                     "revision": loaded.revision,
+                    "policy_revision": policies.revision,
+                    "policy_modules": len(policies.modules),
                     "targets": len(config.targets),
                     "operations": operations,
                     "overrides": [
@@ -74,6 +88,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {warning.render()}", file=sys.stderr)
         print(
             f"{path}: valid ({len(config.targets)} targets, {operations} operations, "
-            f"revision {loaded.revision})"
+            f"{len(policies.modules)} policy modules, revision {loaded.revision})"
         )
     return 0

@@ -17,7 +17,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from gateway.config.model import METHODS, PATH_PATTERN_FORMAT, json_schema
 from gateway.config.patterns import PathPattern, PatternError
 from gateway.config.yamlsafe import JsonPath, Located
-from gateway.errors import Problem
+from gateway.errors import Problem, redact
 
 _TYPE_NAMES = {
     "string": "a string",
@@ -79,6 +79,8 @@ def _describe(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
+        # Masked before it is shortened: a cut could separate a URL's password from its '@'.
+        value = redact(value)
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"the string {shown!r}"
     return f"{type(value).__name__} {value!r}"

@@ -9,38 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from typing import Any, TextIO
 
+from gateway.errors import MASK, redact
+
 # Attributes every LogRecord has; anything else was passed with `extra=` and is a structured field.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
-_SECRET_PATTERNS = (
-    re.compile(r"(SharedAccessSignature\s+)\S+", re.IGNORECASE),
-    re.compile(
-        r"((?:sig|signature|password|passwd|token|sb-hc-token|secret)=)[^&\s\"']+", re.IGNORECASE
-    ),
-    re.compile(
-        re.compile(
-            r"((?:authorization|proxy-authorization|cookie)[\"']?\s*[:=]\s*[\"']?)[^\"'\n]+",
-            re.IGNORECASE,
-        ),
-    ),
-    re.compile(r"(-----BEGIN [A-Z ]*PRIVATE KEY-----)[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----)"),
-)
-MASK = "***"
-
-
-def redact(text: str) -> str:
-    """``text`` with anything that looks like a credential replaced by ``***``."""
-    for pattern in _SECRET_PATTERNS:
-        if pattern.groups == 2:
-            text = pattern.sub(lambda m: f"{m.group(1)}{MASK}{m.group(2)}", text)
-        else:
-            text = pattern.sub(lambda m: f"{m.group(1)}{MASK}", text)
-    return text
+# One implementation for logs, printed problems and command output (gateway.errors.redact).
+__all__ = ["MASK", "ConsoleFormatter", "JsonFormatter", "RedactingFilter", "configure", "redact"]
 
 
 class RedactingFilter(logging.Filter):

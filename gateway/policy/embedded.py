@@ -47,13 +47,20 @@ import orjson
 import regopy
 from regopy import rego_shared
 
-from gateway.errors import ConfigError, Problem
+from gateway.errors import PolicyError, Problem
 from gateway.policy.cache import DecisionCache, project
+from gateway.policy.check import read_plan
 from gateway.policy.engine import POLICY_UNAVAILABLE, UNDEFINED, EngineError, Mode, PolicyEngine
 from gateway.policy.loader import PolicyModule, PolicySet
 from gateway.policy.native import load_order_problem
 
-__all__ = ["DECISION_ENTRYPOINT", "EmbeddedEngine", "compile_error", "new_interpreter"]
+__all__ = [
+    "DECISION_ENTRYPOINT",
+    "EmbeddedEngine",
+    "compile_error",
+    "evaluation_error",
+    "new_interpreter",
+]
 
 DECISION_ENTRYPOINT = "gateway/authz/decision"
 """The one rule the bundle is planned for (``data.gateway.authz.decision``)."""
@@ -83,7 +90,7 @@ class EmbeddedEngine(PolicyEngine):
         except regopy.RegoError as exc:
             raise compile_error(exc, policies.modules) from None
         if not bundle.ok():
-            raise ConfigError([Problem("the policy does not compile", code="policy_compile_error")])
+            raise PolicyError([Problem("the policy does not compile", code="policy_compile_error")])
         self._bundle = bundle
         problem = load_order_problem()
         if problem is not None:
@@ -96,6 +103,15 @@ class EmbeddedEngine(PolicyEngine):
 
     async def _evaluate(self, input: Mapping[str, Any]) -> Any:
         return self.evaluate(input)
+
+    def plan(self) -> dict[str, Any] | None:
+        """The compiled plan of this engine's bundle (what :mod:`gateway.policy.check` reads), or
+        None in a process that loaded the C++ runtime before rego-cpp: saving a bundle there
+        frees memory with the wrong allocator and aborts the process (measured with regopy
+        1.5.2; see :mod:`gateway.policy.native`)."""
+        if load_order_problem() is not None:
+            return None
+        return read_plan(lambda directory: self._rego.save_bundle(directory, self._bundle))
 
     def evaluate(self, input: Mapping[str, Any]) -> Any:
         """Run the compiled query for ``input`` synchronously; the raw decision or UNDEFINED."""
@@ -179,12 +195,27 @@ def _decision(text: bytes) -> Any:
     try:
         rendered = orjson.loads(text)
     except orjson.JSONDecodeError:
-        raise EngineError(POLICY_UNAVAILABLE, "evaluation failed (unreadable output)") from None
+        raise EngineError(POLICY_UNAVAILABLE, evaluation_error(text)) from None
     # An entrypoint's value comes back as {"expressions": [value]}; anything else is not ours.
     expressions = rendered.get("expressions") if isinstance(rendered, dict) else None
     if not isinstance(expressions, list) or len(expressions) != 1:
         raise EngineError(POLICY_UNAVAILABLE, "evaluation failed (unexpected output)")
     return expressions[0]
+
+
+def evaluation_error(text: bytes | str) -> str:
+    """What went wrong, from an output rego-cpp rendered as an error instead of a value.
+
+    An evaluation that fails part-way (an undefined function, most often) is still "ok" to
+    rego-cpp, and renders as ``(error (errormsg N:message) ...)``; the message is the engine's
+    own words, which is what an operator needs, not "unreadable output".
+    """
+    raw = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+    match = _ERRORMSG.search(raw)
+    if match is None:
+        return "evaluation failed (unreadable output)"
+    message = " ".join(_prefixed(raw, match)[0].split())
+    return f"evaluation failed: {message[:200]}"
 
 
 def new_interpreter(modules: Iterable[PolicyModule], data: Mapping[str, Any]) -> regopy.Interpreter:
@@ -202,7 +233,7 @@ def new_interpreter(modules: Iterable[PolicyModule], data: Mapping[str, Any]) ->
     return rego
 
 
-def compile_error(exc: Exception, modules: Iterable[PolicyModule]) -> ConfigError:
+def compile_error(exc: Exception, modules: Iterable[PolicyModule]) -> PolicyError:
     """A located ConfigError from a rego-cpp error (``FILE:LINE:COL: message``)."""
     text = str(exc)
     sources = {str(m.path): m.source for m in modules}
@@ -222,7 +253,7 @@ def compile_error(exc: Exception, modules: Iterable[PolicyModule]) -> ConfigErro
             break
     if not problems:
         problems.append(Problem(_first_line(exc), code="policy_compile_error"))
-    return ConfigError(problems)
+    return PolicyError(problems)
 
 
 def _prefixed(text: str, match: re.Match[str]) -> tuple[str, str]:

@@ -30,6 +30,7 @@ __all__ = [
     "POLICY_UNDEFINED",
     "Decision",
     "PolicyEngine",
+    "document_problem",
 ]
 
 log = logging.getLogger("gateway.policy")
@@ -184,7 +185,7 @@ class PolicyEngine(abc.ABC):
         """Check the decision document strictly; anything unexpected is a deny."""
         if document is UNDEFINED:
             return self._fault(POLICY_UNDEFINED, input, started)
-        if not _well_formed(document):
+        if document_problem(document, None) is not None:
             log.warning(
                 "policy returned something that is not a decision document",
                 extra={"event": "policy_invalid_result", "engine": self.name},
@@ -223,8 +224,9 @@ class PolicyEngine(abc.ABC):
         )
 
 
-def _well_formed(document: Any) -> bool:
-    """Whether ``document`` is exactly a decision document (schemas/policy-decision.schema.json)."""
+def document_problem(document: Any, revision: str | None) -> str | None:
+    """Why ``document`` is not exactly a decision document (schemas/policy-decision.schema.json)
+    of ``revision`` (any revision when None), or None when it is one."""
     if not isinstance(document, dict) or set(document) != {
         "allow",
         "target",
@@ -232,19 +234,22 @@ def _well_formed(document: Any) -> bool:
         "reasons",
         "revision",
     }:
-        return False
+        return "not an object with exactly allow, target, operation, reasons and revision"
     allow = document["allow"]
     reasons = document["reasons"]
     if allow is not True and allow is not False:
-        return False
+        return "allow is not a boolean"
     if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
-        return False
+        return "reasons is not a list of strings"
     if allow and reasons:
-        return False  # an allow with reasons is contradictory: treat it as no decision
+        return "an allow with reasons"  # contradictory: treat it as no decision
     if not allow and not reasons:
-        return False  # every deny says why; a silent deny means the policy is broken
-    return (
-        isinstance(document["revision"], str)
-        and (document["target"] is None or isinstance(document["target"], str))
-        and (document["operation"] is None or isinstance(document["operation"], str))
-    )
+        return "a deny without a reason"  # every deny says why; a silent one means a bug
+    if not isinstance(document["revision"], str):
+        return "revision is not a string"
+    if revision is not None and document["revision"] != revision:
+        return f"revision {document['revision'][:80]!r} is not this revision"
+    for key in ("target", "operation"):
+        if document[key] is not None and not isinstance(document[key], str):
+            return f"{key} is neither null nor a string"
+    return None

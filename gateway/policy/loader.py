@@ -25,14 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import ConfigError, Problem
+from gateway.errors import ConfigError, PolicyError, Problem
 from gateway.packaged import POLICY_ROOT
 from gateway.policy.cache import CachePlan, DecisionCache, plan_cache, strip_comments
 from gateway.policy.data import policy_data
 
 if TYPE_CHECKING:
     from gateway.config.loader import LoadedConfig
-    from gateway.policy.engine import PolicyEngine
+    from gateway.policy.embedded import EmbeddedEngine
+    from gateway.policy.engine import Mode, PolicyEngine
 
 __all__ = [
     "DECISION_PACKAGE",
@@ -40,8 +41,10 @@ __all__ = [
     "PolicyModule",
     "PolicySet",
     "build_engine",
+    "checked_engine",
     "load_policies",
     "rego_files",
+    "verify_policy",
 ]
 
 log = logging.getLogger("gateway.policy")
@@ -55,6 +58,8 @@ SKIPPED_DIRECTORIES = frozenset({"examples"})
 # Built-ins the embedded engine (rego-cpp 1.5.2) crashes the process on inside a compiled
 # bundle; refusing the module at load beats losing the gateway at the first request.
 _CRASHING_BUILTINS = re.compile(r"\b(time\.weekday)\s*\(")
+_EVERY = re.compile(r"\bevery\b")
+_NOT = re.compile(r"\bnot\b")
 _PACKAGE = re.compile(
     r"^[ \t]*package[ \t]+([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)", re.MULTILINE
 )
@@ -158,7 +163,7 @@ def load_policies(loaded: LoadedConfig) -> PolicySet:
     tests = tuple(m for m in found if m.is_test)
     problems.extend(_check_packages(modules, loaded))
     if problems:
-        raise ConfigError(problems)
+        raise PolicyError(problems)
     revision = f"{loaded.revision}/{policy_revision(modules)}"
     return PolicySet(
         modules=modules,
@@ -180,11 +185,36 @@ def policy_revision(modules: tuple[PolicyModule, ...]) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
+def checked_engine(
+    loaded: LoadedConfig, policies: PolicySet, *, mode: Mode, cache: DecisionCache | None
+) -> EmbeddedEngine:
+    """An embedded engine for ``policies`` that is proven to decide (gateway.policy.check).
+
+    Raises ConfigError, located where possible, for a policy that does not compile, calls a
+    function nobody defines, or fails or answers no decision for the smoke requests.
+    """
+    from gateway.policy.check import check_policy
+    from gateway.policy.embedded import EmbeddedEngine
+
+    engine = EmbeddedEngine(policies, mode=mode, cache=cache)
+    check_policy(engine, policies, loaded.config)
+    return engine
+
+
+def verify_policy(loaded: LoadedConfig) -> PolicySet:
+    """Load the policy of ``loaded`` and prove it decides, exactly as :func:`build_engine` does
+    before any engine is used (what ``validate``, ``policy-test`` and ``check`` call)."""
+    policies = load_policies(loaded)
+    checked_engine(loaded, policies, mode="enforce", cache=None)
+    return policies
+
+
 def build_engine(loaded: LoadedConfig, policies: PolicySet | None = None) -> PolicyEngine:
     """The engine ``policy.engine`` selects, for ``policies`` (loaded from ``loaded`` if None).
 
-    The embedded engine compiles here, so a policy that does not compile raises ConfigError
-    now, at load or reload, rather than at the first request.
+    The policy is compiled and proven to decide here (:func:`checked_engine`, for the OPA engine
+    too, with the embedded evaluator), so a policy that cannot decide raises ConfigError now, at
+    start or reload, rather than refusing every request later.
     """
     if policies is None:
         policies = load_policies(loaded)
@@ -200,6 +230,7 @@ def build_engine(loaded: LoadedConfig, policies: PolicySet | None = None) -> Pol
     if settings.engine == "opa":
         from gateway.policy.opa import OpaEngine
 
+        checked_engine(loaded, policies, mode="enforce", cache=None)
         if settings.opa_url is None:  # the configuration semantics check makes this unreachable
             raise ConfigError(
                 [Problem("engine opa needs opa_url", code="missing_opa_url", path="policy")]
@@ -211,9 +242,7 @@ def build_engine(loaded: LoadedConfig, policies: PolicySet | None = None) -> Pol
             mode=settings.mode,
             cache=cache,
         )
-    from gateway.policy.embedded import EmbeddedEngine
-
-    return EmbeddedEngine(policies, mode=settings.mode, cache=cache)
+    return checked_engine(loaded, policies, mode=settings.mode, cache=cache)
 
 
 def _read_module(
@@ -250,6 +279,22 @@ def _read_module(
             )
         )
         return None
+    negated = _not_inside_every(code)
+    if negated is not None:
+        line = code.count("\n", 0, negated) + 1
+        problems.append(
+            Problem(
+                "'not' inside an 'every' body: the embedded Rego engine evaluates it as true "
+                "whatever its operand, so the 'every' would hold when it should not",
+                code="unsupported_construct",
+                file=str(path),
+                line=line,
+                column=negated - (code.rfind("\n", 0, negated) + 1) + 1,
+                hint="move the negation into a helper: every x in xs { allowed(x) } with "
+                "allowed(x) if not ..., or write 'not any_bad' with a rule any_bad",
+            )
+        )
+        return None
     first = _PACKAGE.search(code)
     if first is None:
         problems.append(
@@ -259,6 +304,56 @@ def _read_module(
     return PolicyModule(
         id=module_id, path=path, source=source, package=first.group(1), builtin=builtin
     )
+
+
+def _not_inside_every(code: str) -> int | None:
+    """Offset of the first ``every`` whose body uses ``not`` (comments already stripped).
+
+    rego-cpp 1.5.2 evaluates ``every x in [1, 2] { not x == 2 }`` as true: a ``not`` directly in
+    an ``every`` body is always satisfied (a ``not`` inside a function the body calls is not
+    affected). Such a module could allow, veto or pass a policy test wrongly, so it is refused.
+    """
+    plain = _blank_strings(code)
+    for match in _EVERY.finditer(plain):
+        start = plain.find("{", match.end())
+        if start < 0:
+            return None
+        depth, end = 0, len(plain)
+        for index in range(start, len(plain)):
+            if plain[index] == "{":
+                depth += 1
+            elif plain[index] == "}":
+                depth -= 1
+                if depth == 0:
+                    end = index
+                    break
+        if _NOT.search(plain, start, end):
+            return match.start()
+    return None
+
+
+def _blank_strings(code: str) -> str:
+    """``code`` with the contents of string literals replaced by spaces (offsets unchanged)."""
+    chars = list(code)
+    index = 0
+    while index < len(chars):
+        quote = chars[index]
+        if quote not in '"`':
+            index += 1
+            continue
+        index += 1
+        while index < len(chars) and chars[index] != quote and chars[index] != "\n":
+            if quote == '"' and chars[index] == "\\":
+                chars[index] = " "
+                index += 1
+                if index < len(chars) and chars[index] != "\n":
+                    chars[index] = " "
+                index += 1
+                continue
+            chars[index] = " "
+            index += 1
+        index += 1
+    return "".join(chars)
 
 
 def _check_packages(modules: tuple[PolicyModule, ...], loaded: LoadedConfig) -> list[Problem]:

@@ -45,10 +45,10 @@ import regopy
 from pydantic import ValidationError
 
 from gateway.config.model import GatewayConfig
-from gateway.errors import ConfigError, Problem
+from gateway.errors import ConfigError, PolicyError, Problem
 from gateway.policy.cache import strip_comments
 from gateway.policy.data import policy_data
-from gateway.policy.embedded import EmbeddedEngine, new_interpreter
+from gateway.policy.embedded import EmbeddedEngine, evaluation_error, new_interpreter
 from gateway.policy.engine import UNDEFINED, EngineError
 from gateway.policy.loader import PolicyModule, PolicySet
 
@@ -109,9 +109,13 @@ def run_policy_tests(policies: PolicySet) -> list[PolicyTestResult]:
             try:
                 output = rego.query(f"result := data.{name}")
             except regopy.RegoError as exc:
-                raise ConfigError(
+                raise PolicyError(
                     [Problem(f"{name}: {str(exc).splitlines()[0]}", code="policy_compile_error")]
                 ) from None
+            except ValueError as exc:
+                # regopy could not parse the output: rego-cpp rendered an evaluation error.
+                results.append(PolicyTestResult(name, module.path, line, False, _failure(exc)))
+                continue
             passed, detail = _judge(output, runner)
             results.append(PolicyTestResult(name, module.path, line, passed, detail))
     return results
@@ -214,9 +218,17 @@ def _query_test(rego: regopy.Interpreter, name: str, runner: _CaseRunner) -> tup
         output = rego.query(f"result := data.{name}")
     except regopy.RegoError as exc:
         return False, f"does not compile: {_first_line(exc)}"
-    except ValueError:
-        return False, "error during evaluation (the result is not a value)"
+    except ValueError as exc:
+        return False, _failure(exc)
     return _judge(output, runner)
+
+
+def _failure(exc: ValueError) -> str:
+    """The engine's own words for an evaluation that failed (kept by json's error as ``doc``)."""
+    document = getattr(exc, "doc", None)
+    if isinstance(document, str) and document.startswith("(error"):
+        return evaluation_error(document)
+    return "error during evaluation (the result is not a value)"
 
 
 def _rewrite(code: str) -> _Rewrite:

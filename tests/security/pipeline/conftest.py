@@ -154,6 +154,11 @@ class RecordingEngine:
         """The real engine's revision."""
         return self._inner.revision
 
+    @property
+    def ready(self) -> bool:
+        """Whether the real engine can decide."""
+        return self._inner.ready
+
     async def decide(self, input: Mapping[str, Any]) -> Decision:
         """Record ``input`` and let the real engine decide."""
         self._inputs.append(dict(input))

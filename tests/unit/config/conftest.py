@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+SHIPPED_POLICIES = Path(__file__).parents[3] / "policies"
 
 BASE = """\
 version: 1
@@ -34,8 +37,9 @@ WriteConfig = Callable[[str], Path]
 
 @pytest.fixture
 def write_config(tmp_path: Path) -> WriteConfig:
-    """Write a config text (dedented) next to an existing policies/ directory; return its path."""
-    (tmp_path / "policies").mkdir()
+    """Write a config text (dedented) next to a policies/ directory holding the shipped policy
+    (``validate`` proves the policy decides, as ``run`` does); return its path."""
+    shutil.copytree(SHIPPED_POLICIES / "gateway", tmp_path / "policies" / "gateway")
 
     def write(text: str) -> Path:
         path = tmp_path / "gateway.yaml"

@@ -11,11 +11,12 @@ import jsonschema
 import pytest
 from referencing import Registry, Resource
 
-from gateway.config import load
+from gateway.config import LoadedConfig, load
 from gateway.errors import ConfigError
 from gateway.forward.canonical import canonicalise
 from gateway.policy.data import bucket, policy_data
 from gateway.policy.decision_log import mask_query
+from gateway.policy.embedded import EmbeddedEngine
 from gateway.policy.engine import POLICY_UNAVAILABLE, POLICY_UNDEFINED
 from gateway.policy.input import build_input
 from gateway.policy.loader import build_engine, load_policies
@@ -28,6 +29,12 @@ from tests.unit.policy.conftest import (
 )
 
 SCHEMAS = ROOT / "schemas"
+
+
+def unchecked_engine(loaded: LoadedConfig) -> EmbeddedEngine:
+    """An engine built without the proof that its policy decides (gateway.policy.check), which
+    every engine the gateway uses gets: how a decision fails closed when it cannot be made."""
+    return EmbeddedEngine(load_policies(loaded), mode="enforce", cache=None)
 
 
 def _schema(name: str) -> dict[str, object]:
@@ -176,8 +183,10 @@ async def test_malformed_decision_documents_deny(
         "gateway/authz.rego",
         f"package gateway.authz\n\nr := data.gateway.revision\n\ndecision := {document}\n",
     )
-    engine = build_engine(make_config(extra_dirs=(custom,), shipped=False))
-    decision = await engine.decide(request_input())
+    loaded = make_config(extra_dirs=(custom,), shipped=False)
+    with pytest.raises(ConfigError):
+        build_engine(loaded)  # refused at load; unchecked, every decision is a deny
+    decision = await unchecked_engine(loaded).decide(request_input())
     assert not decision.allow
     expected = POLICY_UNDEFINED if reason == 1 else POLICY_UNAVAILABLE
     assert decision.reasons == (expected,)
@@ -187,9 +196,10 @@ async def test_malformed_decision_documents_deny(
 async def test_undefined_decision_denies(make_config: MakeConfig, tmp_path: Path) -> None:
     custom = tmp_path / "custom"
     _write(custom, "gateway/authz.rego", "package gateway.authz\n\nrenamed := true\n")
-    decision = await build_engine(make_config(extra_dirs=(custom,), shipped=False)).decide(
-        request_input()
-    )
+    loaded = make_config(extra_dirs=(custom,), shipped=False)
+    with pytest.raises(ConfigError, match=r"data\.gateway\.authz\.decision is undefined"):
+        build_engine(loaded)
+    decision = await unchecked_engine(loaded).decide(request_input())
     assert decision.reasons == (POLICY_UNDEFINED,)
 
 
@@ -202,9 +212,10 @@ async def test_rule_conflict_at_evaluation_denies_503(
         "gateway/authz.rego",
         "package gateway.authz\n\ndecision := 1 if input.method\n\ndecision := 2 if input.target\n",
     )
-    decision = await build_engine(make_config(extra_dirs=(custom,), shipped=False)).decide(
-        request_input()
-    )
+    loaded = make_config(extra_dirs=(custom,), shipped=False)
+    with pytest.raises(ConfigError, match="the policy cannot decide"):
+        build_engine(loaded)
+    decision = await unchecked_engine(loaded).decide(request_input())
     assert decision.reasons == (POLICY_UNAVAILABLE,)
     assert decision.status == 503
 
@@ -245,7 +256,7 @@ async def test_numbers_in_the_input_reach_the_policy(
         '"revision": data.gateway.revision} if {\n'
         "\tinput.n == 7\n\tinput.f == 2.5\n\tinput.z == null\n\tinput.t == [1, 2]\n}\n",
     )
-    engine = build_engine(make_config(extra_dirs=(custom,), shipped=False))
+    engine = unchecked_engine(make_config(extra_dirs=(custom,), shipped=False))
     good = {"n": 7, "f": 2.5, "z": None, "t": (1, 2)}
     assert (await engine.decide(good)).allow
     assert not (await engine.decide(good | {"n": 8})).allow
