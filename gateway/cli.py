@@ -44,6 +44,7 @@ COMMANDS: tuple[str, ...] = (
     "explain",
     "policy_test",
     "diff",
+    "replay",
     "sign",
     "verify_config",
     "audit",

@@ -32,7 +32,6 @@ import datetime as dt
 import errno
 import logging
 import os
-import re
 import stat
 import sys
 import time
@@ -48,6 +47,7 @@ from gateway.identity.keys import PrivateKey
 from gateway.observability.auditchain import (
     CHECKPOINT_KINDS,
     GENESIS,
+    ROTATED_SUFFIX,
     HeadSigner,
     HmacSigner,
     KeySigner,
@@ -62,7 +62,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["AuditLog", "Rotation", "decision_log", "rotated_files"]
 
-_ROTATED = re.compile(r"\.\d{8}T\d{6}Z-\d{12}$")
 # Records hold bounded fields (paths, reasons), so a line is small; this bounds the read of a
 # damaged tail at start-up, not the records.
 _TAIL_WINDOW = 1 << 20
@@ -84,7 +83,7 @@ def rotated_files(path: Path) -> list[Path]:
         names = [p for p in path.parent.iterdir() if p.name.startswith(path.name + ".")]
     except OSError:
         return []
-    return sorted(p for p in names if _ROTATED.search(p.name[len(path.name) :]))
+    return sorted(p for p in names if ROTATED_SUFFIX.search(p.name[len(path.name) :]))
 
 
 def _first_time(path: Path) -> float:

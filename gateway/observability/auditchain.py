@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,6 +288,9 @@ class _Stop(Exception):  # noqa: N818 - carries the first problem out of the sca
         self.problem = problem
 
 
+_LAST = 1 << 62
+
+
 def _first_seq(path: Path) -> int:
     """The seq of a file's first record, for ordering; files without one sort last."""
     try:
@@ -294,16 +298,31 @@ def _first_seq(path: Path) -> int:
             first = handle.readline(MAX_LINE_BYTES)
         seq = json.loads(first).get("seq")
     except (OSError, ValueError, AttributeError):
-        return 1 << 62
-    return seq if isinstance(seq, int) else 1 << 62
+        return _LAST
+    return seq if isinstance(seq, int) else _LAST
+
+
+# The suffix of a rotated file (gateway.observability.audit names them).
+ROTATED_SUFFIX = re.compile(r"\.\d{8}T\d{6}Z-\d{12}$")
 
 
 def order_files(paths: Iterable[Path]) -> list[Path]:
-    """Files and directories (every regular file in them) in chain order: by first seq."""
+    """Files, and the decision logs in directories, in chain order (by first seq).
+
+    In a directory, a file is a decision log if it has a rotated file's name or its first line
+    is a chained record; other files (the configuration next to the log) are left out. Name
+    files to have each of them checked whatever it holds.
+    """
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.is_file()))
+            files.extend(
+                sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.is_file() and (ROTATED_SUFFIX.search(p.name) or _first_seq(p) < _LAST)
+                )
+            )
         else:
             files.append(path)
     unique = list(dict.fromkeys(files))

@@ -7,7 +7,9 @@ request headers in the order received with the length of each value, whether it 
 the body length and the verified signing key. ``gateway replay`` feeds that back through the same
 steps under another configuration; nothing else is needed, and nothing secret is kept:
 
-* header values are never recorded, only their lengths (the header limits count bytes);
+* header values are never recorded, only their lengths (the header limits count bytes), except
+  ``Content-Length`` and ``Sec-WebSocket-Protocol``, which steps read and which never hold a
+  credential;
 * bodies are never recorded, only their length (the body limit);
 * the values of query parameters whose names suggest a credential (``token``, ``sig``,
   ``password``, ...) are replaced by ``***`` (names compared after percent-decoding); parameter
@@ -46,6 +48,9 @@ _SECRET_NAME = re.compile(
 # Placeholder octet for a header value replayed from its length: a digit is valid in every
 # header the canonicaliser checks the syntax of (Content-Length must be digits).
 _FILLER = "0"
+# Header values a step reads and that are never credentials: kept verbatim (framing, RFC 9112
+# section 6.3; offered subprotocols, RFC 6455 section 11.3.4).
+KEPT_VALUES = frozenset({"content-length", "sec-websocket-protocol"})
 
 
 def mask_query(query: str) -> str:
@@ -76,11 +81,15 @@ def recorded_input(
     return {
         "method": method,
         "target": mask_target(relayed),
-        "headers": [[name.lower(), len(value)] for name, value in headers],
+        "headers": [_header(name.lower(), value) for name, value in headers],
         "websocket": websocket,
         "body_bytes": body_bytes,
         "keyid": keyid,
     }
+
+
+def _header(name: str, value: str) -> list[str | int]:
+    return [name, len(value), value] if name in KEPT_VALUES else [name, len(value)]
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,7 @@ class RecordedInput:
     method: str
     target: str
     """The request target as relayed, ``/{selector}/{path}?{query}``."""
-    headers: tuple[tuple[str, int], ...]
+    headers: tuple[tuple[str, int, str | None], ...]
     websocket: bool
     body_bytes: int
     keyid: str | None
@@ -104,13 +113,14 @@ class RecordedInput:
         headers = document.get("headers")
         if not isinstance(headers, list) or not all(
             isinstance(h, list)
-            and len(h) == 2
+            and len(h) in (2, 3)
             and isinstance(h[0], str)
             and isinstance(h[1], int)
             and 0 <= h[1] <= 1 << 20
+            and (len(h) == 2 or (isinstance(h[2], str) and h[0] in KEPT_VALUES))
             for h in headers
         ):
-            raise ValueError("input.headers must be [name, length] pairs")
+            raise ValueError("input.headers must be [name, length] or [name, length, value]")
         body = document.get("body_bytes")
         websocket = document.get("websocket")
         keyid = document.get("keyid")
@@ -121,12 +131,16 @@ class RecordedInput:
         return cls(
             method=method,
             target=target,
-            headers=tuple((name, length) for name, length in headers),
+            headers=tuple((h[0], h[1], h[2] if len(h) == 3 else None) for h in headers),
             websocket=websocket,
             body_bytes=body,
             keyid=keyid,
         )
 
     def header_pairs(self) -> list[tuple[str, str]]:
-        """Headers to replay: the recorded names with values of the recorded lengths."""
-        return [(name, _FILLER * length) for name, length in self.headers]
+        """Headers to replay: the recorded names, with the kept values or placeholders of the
+        recorded lengths."""
+        return [
+            (name, _FILLER * length if value is None else value)
+            for name, length, value in self.headers
+        ]

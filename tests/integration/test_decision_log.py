@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+import aiohttp
 import pytest
 
 from gateway.cli import main
@@ -21,16 +24,27 @@ from tests.integration.relay.listener_support import wait_until
 
 pytestmark = pytest.mark.asyncio
 
-# (method, selector, path, query): allowed, denied by policy, and refused before the policy.
+
+class Sent(NamedTuple):
+    """One request the SaaS sends."""
+
+    method: str
+    selector: str
+    path: str
+    query: str = ""
+    body: bytes = b""
+
+
+# Allowed, denied by policy, and refused before the policy.
 TRAFFIC = [
-    ("GET", "erp", "/api/accounts/17", "expand=groups&access_token=s3cret"),
-    ("GET", "erp", "/api/accounts", ""),
-    ("POST", "erp", "/api/accounts/17", ""),
-    ("GET", "erp", "/api/blob", ""),
-    ("DELETE", "erp", "/api/accounts/9", ""),
-    ("GET", "erp", "/apiadmin", ""),
-    ("GET", "erp", "/api/%2e%2e/admin", ""),
-    ("GET", "payroll", "/api/accounts", ""),
+    Sent("GET", "erp", "/api/accounts/17", "expand=groups&access_token=s3cret"),
+    Sent("GET", "erp", "/api/accounts", body=b"x" * 100),
+    Sent("POST", "erp", "/api/accounts/17", body=b"{}"),
+    Sent("GET", "erp", "/api/blob"),
+    Sent("DELETE", "erp", "/api/accounts/9"),
+    Sent("GET", "erp", "/apiadmin"),
+    Sent("GET", "erp", "/api/%2e%2e/admin"),
+    Sent("GET", "payroll", "/api/accounts"),
 ]
 
 
@@ -46,11 +60,13 @@ class Recorded:
 
 async def record_run(
     directory: Path,
-    traffic: list[tuple[str, str, str, str]],
+    traffic: Sequence[Sent],
     *,
     logging: dict[str, object] | None = None,
+    streams: Sequence[tuple[str, str]] = (),
 ) -> Recorded:
-    """Run the agent, send ``traffic`` through the relay, stop, and return what was recorded.
+    """Run the agent, send ``traffic`` and open ``streams`` (selector, path) through the relay,
+    stop, and return what was recorded.
 
     ``logging`` is added to the ``logging`` section of the demo configuration."""
     async with DevStack() as stack:
@@ -67,13 +83,25 @@ async def record_run(
             async with asyncio.timeout(10):
                 await stack.relay.wait_for_listeners(stack.hc, 2)
             async with stack.saas() as saas:
-                for method, selector, path, query in traffic:
-                    response, _ = await saas.request(method, selector, path, query=query)
+                for sent in traffic:
+                    response, _ = await saas.request(
+                        sent.method, sent.selector, sent.path, query=sent.query, body=sent.body
+                    )
                     statuses.append(response.status)
+                for selector, path in streams:
+                    try:
+                        socket = await saas.stream(selector, path)
+                    except aiohttp.WSServerHandshakeError as refused:
+                        statuses.append(refused.status)
+                        continue
+                    await socket.send_bytes(b"ping")
+                    await socket.receive()
+                    await socket.close()
+                    statuses.append(101)
             # A heartbeat after the traffic carries a signed head covering it.
             await wait_until(
                 lambda: any(
-                    (h.body.get("audit_head") or {}).get("seq", 0) > len(traffic)
+                    (h.body.get("audit_head") or {}).get("seq", 0) > len(statuses)
                     for h in stack.controlplane.heartbeats
                 ),
                 within=30,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -121,8 +122,10 @@ async def soak(
     sample_every: float = 2.0,
     stream_every: float = 1.0,
     warmup: float = 3.0,
+    keep: Path | None = None,
 ) -> SoakResult:
-    """Run the soak and return what it measured."""
+    """Run the soak and return what it measured; with ``keep``, the gateway's directory (its
+    configuration, policies and decision log) is copied there once the gateway has stopped."""
     result = SoakResult(seconds, rate)
     with tempfile.TemporaryDirectory(prefix="gateway-soak-") as work:
         directory = Path(work) / "gw"
@@ -166,6 +169,8 @@ async def soak(
                     process.kill()
                     await process.wait()
                 log.close()
+            if keep is not None:
+                shutil.copytree(directory, keep, ignore=shutil.ignore_patterns("state"))
     return result
 
 

@@ -11,15 +11,20 @@ The long form (``python benchmarks/soak.py --minutes 30``) runs past those windo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from gateway.cli import main
+from gateway.commands.replay import candidate, replay_files
 from tests.soak.harness import soak, summary
 
 pytestmark = pytest.mark.asyncio
 
 
-async def test_fixed_rate_load_keeps_rss_descriptors_and_tasks_flat() -> None:
-    result = await soak(20, rate=100, sample_every=2, stream_every=1, warmup=4)
+async def test_fixed_rate_load_keeps_rss_descriptors_and_tasks_flat(tmp_path: Path) -> None:
+    kept = tmp_path / "gw"
+    result = await soak(20, rate=100, sample_every=2, stream_every=1, warmup=4, keep=kept)
     print(summary(result))
     assert result.errors == 0
     assert set(result.statuses) <= {200, 403}
@@ -34,3 +39,12 @@ async def test_fixed_rate_load_keeps_rss_descriptors_and_tasks_flat() -> None:
     assert growth["fds"] <= 4, growth
     assert growth["tasks"] <= 4, growth
     assert growth["rss_kib"] <= 24 * 1024, growth
+    # The soak's decision log is complete, and replaying it under the configuration that
+    # recorded it gives every request the decision the running gateway gave.
+    log = kept / "decisions.jsonl"
+    assert main(["audit", "verify", str(log), "--from-start"]) == 0
+    report = await replay_files(candidate(str(kept / "gateway.yaml"), None), [log])
+    answered = sum(result.statuses.values()) + result.streams_ok + result.streams_failed
+    assert report.records >= answered
+    assert report.replayed == report.records
+    assert (report.unchanged, report.reason_changed, report.exit_code) == (report.replayed, 0, 0)

@@ -344,7 +344,7 @@ def test_decision_records_match_the_schema_and_hold_no_secret(tmp_path: Path) ->
     assert written["input"] == {
         "method": "POST",
         "target": "/erp/api/orders?access_token=***&sig=***&page=2",
-        "headers": [["authorization", 14], ["content-length", 2]],
+        "headers": [["authorization", 14], ["content-length", 2, "11"]],
         "websocket": False,
         "body_bytes": 11,
         "keyid": "empowerid-2026",
