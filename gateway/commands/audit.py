@@ -97,9 +97,11 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print(f"no such file: {', '.join(missing)}", file=sys.stderr)
         return EXIT_PROBLEM
-    report = verify_files(
-        order_files(paths), keys=keys, expect_head=head, from_genesis=args.from_start
-    )
+    files = order_files(paths)
+    if not files:
+        print("no decision log in the files given", file=sys.stderr)
+        return EXIT_PROBLEM
+    report = verify_files(files, keys=keys, expect_head=head, from_genesis=args.from_start)
     if args.format == "json":
         print(json.dumps(report.as_dict(), indent=2))
     elif report.problem is not None:

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from gateway.identity.keys import PrivateKey
+from gateway.policy.decision_log import RECORD_VERSION
 
 __all__ = [
     "CHECKPOINT_KINDS",
@@ -467,9 +468,19 @@ class _Scan:
     def _checkpoint(self, name: str, number: int, seq: int, record: Mapping[str, Any]) -> None:
         kind = record.get("kind")
         if kind not in CHECKPOINT_KINDS:
+            if "signature" in record:
+                # A checkpoint whose kind was changed would otherwise pass as a plain record and
+                # escape its signature check.
+                raise _Stop(Problem("broken", name, number, seq, "a checkpoint of unknown kind"))
             return
-        if set(record) != _CHECKPOINT_FIELDS or not all(
-            isinstance(record[k], str) for k in ("kind", "time", "gateway", "alg", "key_id")
+        if (
+            set(record) != _CHECKPOINT_FIELDS
+            # The version is not signed: any other value is refused rather than ignored.
+            or record["v"] != RECORD_VERSION
+            or isinstance(record["v"], bool)
+            or not all(
+                isinstance(record[k], str) for k in ("kind", "time", "gateway", "alg", "key_id")
+            )
         ):
             raise _Stop(Problem("broken", name, number, seq, "a malformed checkpoint"))
         self.report.checkpoints += 1
@@ -478,9 +489,11 @@ class _Scan:
         try:
             signature = base64.b64decode(record["signature"], validate=True)
         except (binascii.Error, TypeError):
-            raise _Stop(
-                Problem("signature", name, number, seq, "the signature is not base64")
-            ) from None
+            signature = b""
+        # Only the canonical encoding: unused trailing bits of base64 (RFC 4648 section 3.5)
+        # could otherwise be edited without changing the signature.
+        if not signature or base64.b64encode(signature).decode() != record["signature"]:
+            raise _Stop(Problem("signature", name, number, seq, "the signature is not base64"))
         message = signed_message(
             gateway=record["gateway"], kind=kind, seq=seq, prev=record["prev"], time=record["time"]
         )

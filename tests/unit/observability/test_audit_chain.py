@@ -168,6 +168,39 @@ def test_records_cut_after_the_reported_head_are_reported_as_truncated(tmp_path:
     assert _verify(tmp_path / "decisions.jsonl", expect=(3, "0" * 64)).problem is not None
 
 
+def test_a_checkpoint_turned_into_a_plain_record_is_broken(tmp_path: Path) -> None:
+    # Found by the single-byte search below: "kind":"checkpoint" edited to another word made
+    # the last line a plain record, and its signature was never checked.
+    path = tmp_path / "decisions.jsonl"
+    _write_log(path)
+    lines = _lines(path)
+    lines[-1] = lines[-1].replace(b'"kind":"checkpoint"', b'"kind":"checkpoinT"')
+    path.write_bytes(b"".join(lines))
+    problem = _verify(path).problem
+    assert problem is not None
+    assert (problem.kind, problem.line) == ("broken", len(lines))
+
+
+def test_a_signature_in_another_base64_spelling_is_refused(tmp_path: Path) -> None:
+    # Found by trying every byte at every position: the last character of a base64 HMAC
+    # carries two unused bits, so three other characters decoded to the same signature.
+    path = tmp_path / "decisions.jsonl"
+    _write_log(path)
+    lines = _lines(path)
+    record = json.loads(lines[-1])
+    encoded = record["signature"]
+    assert encoded.endswith("=")
+    last = encoded[-2]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    twin = alphabet[alphabet.index(last) ^ 1]  # differs only in an unused bit
+    record["signature"] = encoded[:-2] + twin + "="
+    lines[-1] = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+    path.write_bytes(b"".join(lines))
+    problem = _verify(path).problem
+    assert problem is not None
+    assert problem.kind == "signature"
+
+
 def test_a_rewritten_chain_fails_the_checkpoint_signature(tmp_path: Path) -> None:
     # Someone who edits a record and recomputes every later hash still cannot sign.
     path = tmp_path / "decisions.jsonl"
