@@ -7,10 +7,12 @@ package index, commenting, uploading) are left out.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,9 @@ import yaml
 from gateway.cli import main
 from gateway.config import load
 from gateway.gitops.signing import generate_key, verify_signed_config
+from gateway.observability.audit import AuditLog
+from gateway.pipeline import AuditRecord, Chain, RequestFacts, new_decision_id
+from gateway.policy.loader import build_engine
 from tests.unit.gitops.conftest import BASE
 
 ROOT = Path(__file__).parents[3]
@@ -44,7 +49,7 @@ def run_step(
     full = {
         **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        "CONFIG": "gateway.yaml",
+        **yaml.safe_load(WORKFLOW.read_text())["env"],  # the workflow's own settings
         **env,
     }
     return subprocess.run(
@@ -76,6 +81,7 @@ def repo(tmp_path: Path) -> Path:
     root.mkdir()
     shutil.copytree(ROOT / "policies", root / "policies")
     (root / "gateway.yaml").write_text(SIGNED)
+    asyncio.run(record_sample(root / "gateway.yaml", root / "decisions" / "decisions.jsonl"))
     generate_key(tmp_path / "release.pem")
     shutil.copy(tmp_path / "release.pem.pub", root / "release.pem.pub")
     git(root, "init", "-q", "-b", "main")
@@ -88,16 +94,81 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
+# Requests EmpowerID sent under the base configuration: (method, relayed target).
+SAMPLE = [
+    ("GET", "/erp/api/accounts"),
+    ("GET", "/erp/api/accounts/7?expand=groups"),
+    ("PATCH", "/erp/api/accounts/7"),
+    ("DELETE", "/erp/api/accounts/7"),
+    ("DELETE", "/erp/api/accounts/8"),
+    ("POST", "/erp/api/accounts"),
+]
+
+
+async def record_sample(config: Path, log: Path) -> None:
+    """A decision log for ``SAMPLE`` as a gateway running ``config`` writes it: each request
+    decided by the chain of steps, recorded through the pipeline's audit record."""
+    loaded = load(config, env={}, check_host=False)
+    engine = build_engine(loaded)
+    chain = Chain(loaded.config, engine)
+    log.parent.mkdir()
+    audit = AuditLog(log)
+    await engine.start()
+    try:
+        for method, relayed in SAMPLE:
+            headers = [("accept", "application/json")]
+            facts = RequestFacts.relayed(method, relayed, headers, keyid="empowerid-1")
+            record = AuditRecord(
+                decision_id=new_decision_id(),
+                kind="http",
+                revision=loaded.revision,
+                started=time.time(),
+                method=method,
+                relayed=relayed,
+                headers=headers,
+                keyid="empowerid-1",
+            )
+            (await chain.decide(facts)).record(record)
+            audit.write(record.as_dict())
+    finally:
+        await engine.close()
+        audit.close()
+
+
 def test_merge_request_steps(repo: Path, tmp_path: Path) -> None:
     review = steps("review")
     summary, output = tmp_path / "summary.md", tmp_path / "output"
     env = {"BASE_REF": "main", "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_OUTPUT": str(output)}
-    for name in ("Validate", "Policy tests", "Permission diff"):
+    for name in (
+        "Validate",
+        "Policy tests",
+        "Permission diff",
+        "Replay recorded decisions",
+        "One comment with both reports",
+    ):
         done = run_step(review[name], repo, env)
         assert done.returncode == 0, (name, done.stdout, done.stderr)
     assert "widened=true" in output.read_text()
-    assert "now also allows `DELETE` on `/api/accounts/*`" in summary.read_text()
-    assert "if" in review["Widened permissions need a security reviewer's label"]
+    assert "newly_allowed=true" in output.read_text()
+    comment = (repo / "comment.md").read_text()
+    # One comment: the change on paper, then what it does to the recorded requests.
+    assert comment.index("### gateway diff") < comment.index("### gateway replay")
+    assert "now also allows `DELETE` on `/api/accounts/*`" in comment
+    assert "#### Newly allowed (2)" in comment
+    assert "| 2 | `erp/update-account` |" in comment
+    assert "`DELETE /erp/api/accounts/7`" in comment
+    assert "Newly denied" not in comment
+    assert summary.read_text().count("### gateway ") == 2
+    assert "replay" in review["Widened permissions need a security reviewer's label"]["if"]
+
+
+def test_an_edited_decision_sample_fails_the_merge_request(repo: Path, tmp_path: Path) -> None:
+    log = repo / "decisions" / "decisions.jsonl"
+    log.write_text(log.read_text().replace('"result":"denied"', '"result":"allowed"', 1))
+    env = {"GITHUB_STEP_SUMMARY": str(tmp_path / "s"), "GITHUB_OUTPUT": str(tmp_path / "o")}
+    done = run_step(steps("review")["Replay recorded decisions"], repo, env)
+    assert done.returncode == 1
+    assert "broken" in done.stdout
 
 
 def test_merge_request_with_an_invalid_file_fails(repo: Path, tmp_path: Path) -> None:
