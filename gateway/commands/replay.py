@@ -67,7 +67,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--policies", metavar="DIR", help="policy directory to use instead of the candidate's"
     )
-    parser.add_argument("--format", choices=tuple(_RENDERERS), default="text")
+    parser.add_argument(
+        "--format",
+        choices=tuple(_RENDERERS),
+        default="text",
+        help="text (default), json for scripts, markdown for a merge-request comment",
+    )
     parser.add_argument(
         "--examples", type=int, default=10, metavar="N", help="examples per kind of change"
     )
