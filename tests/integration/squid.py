@@ -54,7 +54,7 @@ class Squid:
         path = self.workdir / "access.log"
         return path.read_text() if path.exists() else ""
 
-    async def wait_for_log(self, needle: str, within: float = 5.0) -> str:
+    async def wait_for_log(self, needle: str, within: float = 30.0) -> str:
         """Wait until ``needle`` shows in the access log (squid logs a tunnel when it ends)."""
         deadline = time.monotonic() + within
         while True:

@@ -111,7 +111,7 @@ async def test_tcp_stream(running: Running) -> None:
         socket = await saas.stream("directory")
         try:
             await socket.send_bytes(b"bind cn=admin")
-            message = await asyncio.wait_for(socket.receive(), 5)
+            message = await asyncio.wait_for(socket.receive(), 60)
         finally:
             await socket.close()
     assert message.type == aiohttp.WSMsgType.BINARY
@@ -162,7 +162,7 @@ async def test_ready_while_listeners_are_online(running: Running) -> None:
 async def test_stop_drains_in_flight_requests_and_refuses_new_ones(running: Running) -> None:
     async with running.stack.saas() as saas:
         slow = asyncio.create_task(saas.request("GET", "erp", "/api/accounts", query="delay=1"))
-        await asyncio.wait_for(running.stack.targets.http_arrived.wait(), 5)
+        await asyncio.wait_for(running.stack.targets.http_arrived.wait(), 60)
         stopping = asyncio.create_task(running.agent.stop())
         # One turn of the loop: the stop marks the listener draining before it first waits.
         await asyncio.sleep(0)

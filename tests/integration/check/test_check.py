@@ -125,12 +125,12 @@ async def _intercepting_proxy(
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
             seen.append(head.split(b"\r\n", 1)[0])
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
-            await asyncio.wait_for(writer.start_tls(server_context), 5)
-            await asyncio.wait_for(reader.read(65536), 5)
+            await asyncio.wait_for(writer.start_tls(server_context), 60)
+            await asyncio.wait_for(reader.read(65536), 60)
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError):
             pass
         finally:

@@ -88,9 +88,9 @@ async def test_bytes_flow_both_ways_and_upstream_close_ends_the_stream(
     socket = QueueSocket()
     task = await run_splice(port, socket)
     await socket.incoming.put(b"search")
-    await asyncio.wait_for(socket.got_data.wait(), 5)
+    await asyncio.wait_for(socket.got_data.wait(), 60)
     await socket.incoming.put(b"quit")
-    result = await asyncio.wait_for(task, 5)
+    result = await asyncio.wait_for(task, 60)
     assert socket.sent == [b"SEARCH"]
     assert received[0] == b"search"
     assert result.reason == "upstream_closed"
@@ -112,7 +112,7 @@ async def test_relay_side_endings(
     socket = QueueSocket()
     task = await run_splice(port, socket)
     await socket.incoming.put(message)
-    result = await asyncio.wait_for(task, 5)
+    result = await asyncio.wait_for(task, 60)
     assert result.reason == reason
     assert socket.closed == (code, reason)
     assert received == []
@@ -122,7 +122,7 @@ async def test_idle_timeout(echo_server: tuple[int, list[bytes]]) -> None:
     port, _ = echo_server
     socket = QueueSocket()
     task = await run_splice(port, socket, idle=0.3)
-    result = await asyncio.wait_for(task, 5)
+    result = await asyncio.wait_for(task, 60)
     assert result.reason == "idle_timeout"
 
 

@@ -52,7 +52,7 @@ def config(read: float | None = READ, total: float = TOTAL) -> GatewayConfig:
 
 
 async def _read_head(reader: asyncio.StreamReader) -> None:
-    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
 
 
 async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

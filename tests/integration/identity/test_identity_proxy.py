@@ -67,7 +67,7 @@ def _closed_port() -> int:
     return port
 
 
-async def _log_with(squid: Squid, needle: str, count: int, within: float = 5.0) -> str:
+async def _log_with(squid: Squid, needle: str, count: int, within: float = 30.0) -> str:
     """The access log once ``needle`` shows ``count`` times (squid logs a tunnel when it ends)."""
     deadline = time.monotonic() + within
     while True:

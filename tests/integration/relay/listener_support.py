@@ -95,7 +95,7 @@ def listener_settings(endpoint: str, **overrides: object) -> ListenerSettings:
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
 
-async def wait_until(predicate: Callable[[], bool], within: float = 10.0) -> None:
+async def wait_until(predicate: Callable[[], bool], within: float = 60.0) -> None:
     """Poll ``predicate`` until true; fail the test after ``within`` seconds."""
     deadline = time.monotonic() + within
     while not predicate():
@@ -111,7 +111,7 @@ async def send_http(
     *,
     method: str = "GET",
     data: bytes | AsyncIterator[bytes] | None = None,
-    within: float = 15.0,
+    within: float = 60.0,
 ) -> tuple[int, str, dict[str, str], bytes]:
     """Send an HTTP request through the relay as the SaaS would; return status, reason,
     headers and body."""

@@ -94,12 +94,12 @@ class ScriptedRelay:
         """``ws://127.0.0.1:PORT``: the endpoint to configure on the listener."""
         return f"ws://127.0.0.1:{self.port}"
 
-    async def next_channel(self, within: float = 5.0) -> web.WebSocketResponse:
+    async def next_channel(self, within: float = 30.0) -> web.WebSocketResponse:
         """The next control channel a listener opened."""
         async with asyncio.timeout(within):
             return await self.channels.get()
 
-    async def next_message(self, within: float = 5.0) -> str | bytes:
+    async def next_message(self, within: float = 30.0) -> str | bytes:
         """The next data message any listener sent."""
         async with asyncio.timeout(within):
             return await self.received.get()

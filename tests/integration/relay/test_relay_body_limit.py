@@ -55,7 +55,7 @@ async def test_oversize_uploads_get_413_and_never_reach_the_handler(
     async with RelayListener(
         settings, token_provider=Tokens(relay), request_handler=upstream, stream_handler=Streams()
     ) as listener:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(60):
             await relay.wait_for_listeners(HC, 1)
         status, _, _, body = await send_http(
             http, relay, "/upload", method="POST", data=b"a" * LIMIT
@@ -140,7 +140,7 @@ async def fragmenting() -> AsyncIterator[FragmentingRelay]:
             opcode = 0x2 if index == 0 else 0x0
             request.transport.write(_server_frame(opcode, chunk, fin=False))
             relay.frames_sent += 1
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(60):
             answer = await ws.receive()
             await relay.answers.put(answer.data)
             if json.loads(answer.data)["response"]["body"]:
@@ -175,7 +175,7 @@ async def test_413_comes_as_soon_as_a_fragmented_body_crosses_the_limit(
     async with RelayListener(
         settings, token_provider=tokens, request_handler=upstream, stream_handler=Streams()
     ) as listener:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(60):
             answer = await fragmenting.answers.get()
             body = await fragmenting.answers.get()
             close_code = await fragmenting.close_codes.get()

@@ -57,7 +57,7 @@ async def test_token_is_renewed_before_it_expires(
     ) as listener:
         await relay.wait_for_listeners(HC, 1)
         # The emulator closes the channel with 1008 once the bound token's `se` passes.
-        await wait_until(lambda: listener.metrics.token_renewals >= 2, within=6)
+        await wait_until(lambda: listener.metrics.token_renewals >= 2)
         status, _, _, _ = await send_http(http, relay, "/still-here")
     assert status == 200
     assert sum(listener.metrics.reconnects.values()) == 0
@@ -96,7 +96,7 @@ async def test_blackholed_socket_is_detected_by_ping_timeout(
     async with start_listener(relay, backoff=SLOW, ping_interval=0.2, ping_timeout=0.3) as listener:
         await relay.wait_for_listeners(HC, 1)
         relay.set_blackhole(True)
-        await wait_until(lambda: listener.metrics.reconnects["ping_timeout"] >= 1, within=3)
+        await wait_until(lambda: listener.metrics.reconnects["ping_timeout"] >= 1)
         relay.set_blackhole(False)
         await wait_until(lambda: listener.metrics.listeners_online == 1)
         assert (await send_http(http, relay, "/back"))[0] == 200

@@ -82,7 +82,7 @@ async def test_malformed_request_gets_400_and_the_same_channel_keeps_serving(
         await relay.wait_for_listeners(HC, 1)
         # A request in flight on the channel when the bad one arrives ...
         in_flight = asyncio.create_task(send_http(http, relay, "/in-flight", within=10))
-        await wait_until(lambda: seen == ["/in-flight"], within=5)
+        await wait_until(lambda: seen == ["/in-flight"])
         async with asyncio.timeout(10):
             got = await relay.deliver_request(
                 HC, method=method, request_target=target, headers=headers, body=body
@@ -231,6 +231,6 @@ async def test_stop_while_a_channel_is_still_connecting_returns(
     await listener.start()
     for _ in range(yields):
         await asyncio.sleep(0)
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(60):
         await listener.stop(grace=0)
     assert listener.metrics.listeners_online == 0
