@@ -679,8 +679,11 @@ class Agent:
         try:
             runtime = self.runtime()
             online = self._listener.metrics.listeners_online if self._listener else 0
+            state = self.readiness()
+            # What /readyz says: not ready, or ready with conditions an operator must see.
+            healthy = state.ready and not state.details["degraded"]
             beat = Heartbeat(
-                status="online" if online else "degraded",
+                status="online" if healthy else "degraded",
                 version=__version__,
                 config_hash=runtime.revision,
                 policy_revision=runtime.engine.revision,

@@ -127,6 +127,10 @@ async def test_a_rejected_renewal_raises_an_alert_metric_and_readyz_detail(
     assert ready["certificate_renewal"]["code"] == code
     assert ready["certificate_renewal"]["failures"] == 1
     assert any("certificate renewal" in item for item in ready["degraded"])
+    # The control plane hears of it too.
+    heard = len(running.stack.controlplane.heartbeats)
+    await running.agent.heartbeat()
+    assert running.stack.controlplane.heartbeats[heard].body["status"] == "degraded"
 
     # The control plane is fixed: the next renewal succeeds and clears the condition.
     setattr(running.stack.controlplane.faults, fault, False)
@@ -166,6 +170,7 @@ async def test_heartbeat_carries_real_counters_and_revisions(running: Running) -
     assert {record["policy_revision"] for record in decisions} == {body["policy_revision"]}
     assert body["policy_revision"] != body["config_hash"]
     assert body["listeners_online"] == 2
+    assert body["status"] == "online"
     metrics = await running.metrics()
     # The one at start and this one.
     assert metrics[("gateway_heartbeats_total", (("result", "ok"),))] == 2
