@@ -97,7 +97,9 @@ async def test_full_audit_disk_does_not_stop_answers(tmp_path: Path) -> None:
     assert values["duplicates"] == 0
     assert values["unauthorised"] == 0
     assert values["ok"] == values["sent"] - values["refused"]
-    assert values["audit_write_failures"] == values["sent"]
+    # Every decision record failed; the chain's signed checkpoints (written when a heartbeat asks
+    # for the head, whenever that falls) fail beside them.
+    assert values["audit_write_failures"] >= values["sent"]
 
 
 async def test_clock_skew_is_refused_reported_and_recovers(tmp_path: Path) -> None:
