@@ -71,7 +71,7 @@ from gateway.hybridconnection.refusals import RefusalKind, classify_listen_refus
 from gateway.identity import ControlPlaneError, StoredIdentity, Timeouts, load_identity, mtls_client
 from gateway.identity.certs import certificate_health
 from gateway.identity.models import RelayInfo
-from gateway.identity.tls import registration_context
+from gateway.identity.tls import registration_context, system_context
 from gateway.outbound.proxy import (
     OutboundProxy,
     ProxyAuthError,
@@ -495,9 +495,8 @@ def _pinned_context(ctx: _Context) -> tuple[ssl.SSLContext, str]:
             raise _CheckError(
                 f"empowerid.ca_file {path} cannot be read as a PEM CA", "check the file"
             ) from None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context, "the system trust store (no CA pinned yet)"
+    # What `gateway register` trusts without empowerid.ca_file: the same context.
+    return system_context(), "the system trust store (no CA pinned yet)"
 
 
 def _tls_failure(exc: BaseException, host: str, trust: str) -> _CheckError:

@@ -2,8 +2,9 @@
 
 The password is read from a prompt (or ``GATEWAY_REGISTER_PASSWORD`` for automation), never from
 the command line where other users could see it in the process list; it is sent once over TLS
-pinned to the EmpowerID CA and never stored. Afterwards the gateway authenticates with its own key
-and certificate (mTLS). Exit 0 registered, 1 failed.
+pinned to ``empowerid.ca_file`` (or, when that optional setting is absent, verified by the system
+trust store) and never stored. Afterwards the gateway authenticates with its own key and
+certificate (mTLS), pinned to the CA registration returned. Exit 0 registered, 1 failed.
 """
 
 from __future__ import annotations
@@ -60,13 +61,6 @@ def run(args: argparse.Namespace) -> int:
     if loaded is None:
         return 1
     config = loaded.config
-    if config.empowerid.ca_file is None:
-        print(
-            "empowerid.ca_file is not set: registration pins the EmpowerID CA and needs its PEM "
-            "file",
-            file=sys.stderr,
-        )
-        return 1
     password = _password()
     if not password:
         return 1
@@ -74,7 +68,11 @@ def run(args: argparse.Namespace) -> int:
         base_url=config.empowerid.url,
         state_dir=state_dir(loaded),
         gateway_id=config.gateway.id,
-        ca_file=loaded.resolve_path(config.empowerid.ca_file),
+        # Optional (docs/register.md): without it the system trust store authenticates this one
+        # call, and the CA the control plane returns is pinned for every later one.
+        ca_file=(
+            loaded.resolve_path(config.empowerid.ca_file) if config.empowerid.ca_file else None
+        ),
         force=args.force,
         proxy=proxy_settings(loaded),
     )

@@ -81,7 +81,10 @@ class EmpowerIdSection(_Model):
     ca_file: str | None = Field(
         default=None,
         min_length=1,
-        description="PEM file of the CA to pin for EmpowerID; default is the system trust store.",
+        description=(
+            "PEM file of the EmpowerID CA to pin for registration. Without it the system trust "
+            "store verifies registration, and the CA EmpowerID returns is pinned afterwards."
+        ),
     )
 
 

@@ -2,13 +2,16 @@
 
 Flow (ARCHITECTURE.md section 2, "Registration"):
 
-1. read the operator-supplied CA file: the only trust anchor for this call (no system CAs);
+1. read the operator-supplied CA file, if any (``empowerid.ca_file``): then it is the only trust
+   anchor for this call (no system CAs); without one, the system trust store authenticates it;
 2. generate a fresh key pair on the host and a CSR naming the gateway;
-3. ``POST registrations`` over TLS pinned to that CA, with the Person's credentials (HTTP Basic).
-   A server certificate from another CA or for another host name fails the handshake, so neither
+3. ``POST registrations`` over that TLS, with the Person's credentials (HTTP Basic). A server
+   certificate from another CA or for another host name fails the handshake, so neither
    credentials nor CSR are ever sent to it;
-4. check the answer: the returned CA must be the pinned one, and the certificate must belong to
-   our key, name the gateway, allow clientAuth, be valid now and chain to the pinned CA;
+4. check the answer: the returned CA must be the operator's pinned one (when there is one), and
+   the certificate must belong to our key, name the gateway, allow clientAuth, be valid now and
+   chain to that CA, which is pinned from here on (the returned one when the system store
+   authenticated the call);
 5. write key, certificate, CA, signing keys and relay endpoint atomically, then commit.
 
 The password is used for that single request; it is never stored, logged or put in an error.
@@ -44,7 +47,7 @@ from gateway.identity.keys import (
 )
 from gateway.identity.models import RelayEndpoint
 from gateway.identity.store import IdentityRecord, IdentityStore
-from gateway.identity.tls import registration_context
+from gateway.identity.tls import registration_context, system_context
 from gateway.outbound.proxy import OutboundProxy, ProxySettings
 
 
@@ -59,7 +62,8 @@ class RegistrationSettings:
     base_url: str
     state_dir: Path
     gateway_id: str
-    ca_file: Path
+    ca_file: Path | None
+    """The operator's CA to pin; None trusts the system store for this call only."""
     version: str = __version__
     timeouts: Timeouts = field(default_factory=Timeouts)
     key_algorithm: KeyAlgorithm = DEFAULT_KEY_ALGORITHM
@@ -139,8 +143,7 @@ async def register(
     """
     gateway_id = validate_gateway_id(settings.gateway_id)
     _check_username(username)
-    ca_pem = read_ca_file(settings.ca_file)
-    ca = parse_ca_certificate(ca_pem, source=str(settings.ca_file))
+    pinned = read_ca_file(settings.ca_file) if settings.ca_file is not None else None
     proxy = OutboundProxy(settings.proxy)
     store = IdentityStore(settings.state_dir, passphrase=passphrase)
     store.create_directory()
@@ -154,7 +157,7 @@ async def register(
     csr_pem = build_csr(private_key, gateway_id)
     client = ControlPlaneClient(
         settings.base_url,
-        registration_context(ca_pem),
+        registration_context(pinned) if pinned is not None else system_context(),
         client_certificate=False,
         timeouts=settings.timeouts,
         proxy=proxy,
@@ -174,11 +177,15 @@ async def register(
     returned_ca = parse_ca_certificate(
         result.ca_certificate.encode("ascii"), source="the registration answer's CA"
     )
-    if returned_ca.public_bytes(Encoding.DER) != ca.public_bytes(Encoding.DER):
-        raise IdentityError(
-            "ca_mismatch",
-            f"the control plane returned a CA other than the one in {settings.ca_file}",
-        )
+    ca = returned_ca
+    if pinned is not None:
+        ca = parse_ca_certificate(pinned, source=str(settings.ca_file))
+        if returned_ca.public_bytes(Encoding.DER) != ca.public_bytes(Encoding.DER):
+            raise IdentityError(
+                "ca_mismatch",
+                f"the control plane returned a CA other than the one in {settings.ca_file}",
+            )
+    ca_pem = ca.public_bytes(Encoding.PEM)
     chain = parse_certificate_chain(
         result.certificate_chain.encode("ascii"), source="the registration answer's certificate"
     )

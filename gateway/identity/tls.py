@@ -1,9 +1,13 @@
 """TLS contexts for the control plane: trust pinned to the EmpowerID CA, no fallback.
 
-Both factories start from an empty trust store (the system CAs are never loaded, so a
+The pinned factories start from an empty trust store (the system CAs are never loaded, so a
 TLS-inspecting proxy's CA cannot be accepted), require TLS 1.2 or newer (RFC 8996 deprecates
 1.0/1.1), verify the server certificate and always check the host name. Nothing in the gateway
 turns these off: a failure is an error, never a retry with weaker settings.
+
+One call may use the system trust store instead (:func:`system_context`, same settings): a
+registration for which the operator pinned no CA (``empowerid.ca_file`` absent). It pins the CA
+the control plane returns over that verified connection, and every later connection is pinned.
 """
 
 from __future__ import annotations
@@ -18,6 +22,20 @@ _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 def _pinned_context(ca_pem: bytes) -> ssl.SSLContext:
+    context = _hardened()
+    context.load_verify_locations(cadata=ca_pem.decode("ascii"))
+    return context
+
+
+def system_context() -> ssl.SSLContext:
+    """Server-authenticated TLS trusting the system's CAs (OpenSSL's default locations, which
+    ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` override), with the pinned contexts' settings."""
+    context = _hardened()
+    context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    return context
+
+
+def _hardened() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = True
@@ -26,7 +44,6 @@ def _pinned_context(ca_pem: bytes) -> ssl.SSLContext:
     context.verify_flags |= ssl.VERIFY_X509_STRICT
     context.set_ciphers(_TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    context.load_verify_locations(cadata=ca_pem.decode("ascii"))
     return context
 
 
