@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import random
@@ -34,6 +33,7 @@ import ssl
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -72,6 +72,8 @@ SEND: Final = "Send"
 MAX_LISTENERS_PER_HC: Final = 25
 RESPONSE_TIMEOUT: Final = 60.0
 RENDEZVOUS_TTL: Final = 30.0
+# Section 7: connections without traffic are dropped after about 4 minutes.
+IDLE_TIMEOUT: Final = 240.0
 # Section 5.2: at most 32 KB of header metadata.
 MAX_HEADER_METADATA: Final = 32 * 1024
 DEFAULT_MAX_BODY: Final = 64 * 1024 * 1024
@@ -141,6 +143,8 @@ class _Listener:
     token_expiry: float
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: dict[str, _Pending] = field(default_factory=dict)
+    # Loop time of the last frame either way (section 7: idle connections are dropped).
+    last_activity: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +171,17 @@ class _Rendezvous:
     deliver: tuple[RequestCommand, bytes | None] | None = None
     # accept rendezvous: resolved when the listener accepts or rejects
     outcome: asyncio.Future[_Accepted | _Rejected] | None = None
+    # request rendezvous: the sender's connection, for routing its later requests (section 5.3)
+    sender: asyncio.BaseTransport | None = None
+
+
+@dataclass(eq=False)
+class _Reusable:
+    """An open request rendezvous socket that later requests of its sender's connection use."""
+
+    ws: web.WebSocketResponse
+    pending: dict[str, _Pending] = field(default_factory=dict)
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class RelayEmulator:
@@ -176,6 +191,14 @@ class RelayEmulator:
     policies valid for every HC. ``namespace`` is the host name tokens must name and ``Via``
     carries; without it the host the client connected to (its ``Host`` header) is used, which is
     what node's ``createRelayToken`` signs for a ``ws://127.0.0.1:PORT`` URI (section 10).
+
+    Like the service: ``rendezvous_host`` serves rendezvous addresses on another host (and port)
+    than the namespace, as Azure's shared service nodes do (section 1), and only there; a
+    control channel with no traffic either way for ``idle_timeout`` seconds is dropped without a
+    close frame (section 7, about 4 minutes); with ``rendezvous_reuse`` a sender's later requests
+    on the same connection go over its open request rendezvous socket (section 5.3); every
+    service error carries a tracking id in its reason (section 3.1). The fault knobs are also
+    reachable over HTTP on ``/$admin/...`` (see :meth:`_admin`) and from ``gateway dev relay``.
     """
 
     def __init__(
@@ -195,6 +218,9 @@ class RelayEmulator:
         no_listener_status: int = 502,
         clock: Callable[[], float] = time.time,
         seed: int | None = None,
+        rendezvous_host: str | None = None,
+        idle_timeout: float | None = IDLE_TIMEOUT,
+        rendezvous_reuse: bool = True,
     ) -> None:
         specs = [
             hc if isinstance(hc, HybridConnectionSpec) else HybridConnectionSpec(hc)
@@ -212,6 +238,15 @@ class RelayEmulator:
         self.response_timeout = response_timeout
         self.rendezvous_ttl = rendezvous_ttl
         self.max_listeners = max_listeners
+        self._rendezvous_host = rendezvous_host
+        self._rendezvous_port = 0
+        self.idle_timeout = idle_timeout
+        self.rendezvous_reuse = rendezvous_reuse
+        self._reuse: dict[asyncio.BaseTransport, _Reusable] = {}
+        # How requests reached listeners: inline, rendezvous (only form) or reused (section 5.3).
+        self.deliveries: Counter[str] = Counter()
+        # Control channels dropped for being idle (section 7).
+        self.idle_drops = 0
         self._inline_limit = inline_body_limit
         self._max_body = max_body_size
         self.no_listener_status = no_listener_status
@@ -247,6 +282,10 @@ class RelayEmulator:
         await site.start()
         self._runner = runner
         self._bound_port = int(runner.addresses[0][1])
+        if self._rendezvous_host is not None:
+            nodes = web.TCPSite(runner, self._rendezvous_host, 0, ssl_context=self._ssl)
+            await nodes.start()
+            self._rendezvous_port = int(runner.addresses[-1][1])
 
     async def stop(self) -> None:
         """Close every connection and stop serving."""
@@ -281,6 +320,16 @@ class RelayEmulator:
     def ws_base(self) -> str:
         """``ws://host:port`` (``wss`` with TLS): the relay endpoint listeners connect to."""
         return f"{'wss' if self._ssl else 'ws'}://{self._advertised_host()}:{self._bound_port}"
+
+    @property
+    def rendezvous_base(self) -> str:
+        """``ws://host:port`` of rendezvous addresses (the namespace's, unless
+        ``rendezvous_host`` moved them to a node of their own)."""
+        if self._rendezvous_host is None:
+            return self.ws_base
+        host = self._rendezvous_host
+        host = f"[{host}]" if ":" in host else host
+        return f"{'wss' if self._ssl else 'ws'}://{host}:{self._rendezvous_port}"
 
     @property
     def http_base(self) -> str:
@@ -346,8 +395,59 @@ class RelayEmulator:
         victims = self._select(path)
         for listener in victims:
             listener.token_expiry = 0.0
-            await listener.ws.close(code=code, message=reason.encode())
+            await listener.ws.close(code=code, message=_tracked(reason.encode()))
         return len(victims)
+
+    async def _admin(self, request: web.Request) -> web.Response:
+        """The fault knobs over HTTP, for an emulator in another process (``gateway dev relay``).
+
+        ``GET /$admin/state``; ``POST /$admin/close-listeners?code=1011&reason=...``,
+        ``/$admin/drop-listeners``, ``/$admin/expire-tokens`` (each with an optional ``hc``),
+        ``/$admin/refuse-listens?status=403&reason=...`` (``status=none`` restores service),
+        ``/$admin/no-listener-status?status=503``. Answers JSON; 400 for a bad parameter.
+        """
+        action = request.rel_url.raw_path[len("/$admin/") :]
+        query = request.rel_url.query
+        hc = query.get("hc")
+        if hc is not None and hc.strip("/").lower() not in self._hcs:
+            return web.json_response({"error": "unknown hybrid connection"}, status=400)
+        if action == "state" and request.method == "GET":
+            return web.json_response(self._state())
+        if request.method != "POST":
+            return web.json_response({"error": "use POST"}, status=405)
+        try:
+            if action == "close-listeners":
+                code = _int_param(query.get("code", "1011"), 1000, 4999)
+                reason = query.get("reason", "NameRenewalFailed")[:80]
+                return web.json_response({"closed": await self.close_listeners(code, reason, hc)})
+            if action == "drop-listeners":
+                return web.json_response({"dropped": await self.drop_listeners(hc)})
+            if action == "expire-tokens":
+                return web.json_response({"closed": await self.expire_tokens(hc)})
+            if action == "refuse-listens":
+                raw = query.get("status", "")
+                status = None if raw == "none" else _int_param(raw, 400, 599)
+                self.refuse_listens(status, query.get("reason"))
+                return web.json_response(self._state())
+            if action == "no-listener-status":
+                self.no_listener_status = _int_param(query.get("status", ""), 400, 599)
+                return web.json_response(self._state())
+        except ValueError as error:
+            return web.json_response({"error": str(error)}, status=400)
+        return web.json_response({"error": "unknown admin action"}, status=404)
+
+    def _state(self) -> dict[str, object]:
+        return {
+            "listeners": {name: len(group) for name, group in self._listeners.items()},
+            "no_listener_status": self.no_listener_status,
+            "refuse_listens": self._listen_refusal,
+            "idle_timeout": self.idle_timeout,
+            "rendezvous_reuse": self.rendezvous_reuse,
+            "rendezvous_base": self.rendezvous_base,
+            "deliveries": dict(self.deliveries),
+            "idle_drops": self.idle_drops,
+            "listener_close_codes": list(self.listener_close_codes),
+        }
 
     def _select(self, path: str | None) -> list[_Listener]:
         if path is not None:
@@ -365,6 +465,9 @@ class RelayEmulator:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path
+        on_node = self._on_rendezvous_node(request)
+        if raw_path.startswith("/$admin/") and not on_node:
+            return await self._admin(request)
         is_ws_path = raw_path.startswith("/$hc/")
         rest = raw_path[len("/$hc/") :] if is_ws_path else raw_path[1:]
         match = self._match_hc(rest)
@@ -373,10 +476,15 @@ class RelayEmulator:
         hc, suffix = match
         service, _ = _split_query(request.rel_url.raw_query_string)
         if not is_ws_path:
+            if on_node:
+                return _error(404, "Endpoint does not exist.")
             return await self._http_sender(request, hc)
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return _error(400, "This endpoint is only for web-socket requests")
         action = service.get("sb-hc-action", "connect")
+        if self._rendezvous_host is not None and on_node != (action in ("accept", "request")):
+            # Rendezvous addresses live on their own node; nothing else does (section 1).
+            return _error(404, "Endpoint does not exist.")
         if action == "listen":
             return await self._control_channel(request, hc, service)
         if action == "connect":
@@ -384,6 +492,12 @@ class RelayEmulator:
         if action in ("accept", "request"):
             return await self._rendezvous_socket(request, hc, action, service)
         return _error(400, "Unknown sb-hc-action")
+
+    def _on_rendezvous_node(self, request: web.Request) -> bool:
+        if self._rendezvous_host is None or request.transport is None:
+            return False
+        local = request.transport.get_extra_info("sockname")
+        return isinstance(local, tuple) and int(local[1]) == self._rendezvous_port
 
     def _match_hc(self, raw_rest: str) -> tuple[str, str] | None:
         raw_segments = raw_rest.split("/")
@@ -477,16 +591,32 @@ class RelayEmulator:
     async def _read_control(self, request: web.Request, listener: _Listener) -> None:
         ws = listener.ws
         channel = RelayChannel(SocketKind.CONTROL)
+        loop = asyncio.get_running_loop()
+        listener.last_activity = loop.time()
         while not ws.closed:
             remaining = listener.token_expiry - self._clock()
             if remaining <= 0:
                 # Section 3.4: the token expired without a valid renewal.
-                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"token expired")
+                await ws.close(
+                    code=WSCloseCode.POLICY_VIOLATION, message=_tracked(b"token expired")
+                )
                 return
+            idle = self.idle_timeout
+            wait = remaining
+            if idle is not None:
+                quiet = loop.time() - listener.last_activity
+                if quiet >= idle:
+                    # Section 7: the service's load balancer drops an idle connection silently.
+                    self.idle_drops += 1
+                    if listener.transport is not None:
+                        listener.transport.abort()
+                    return
+                wait = min(wait, idle - quiet)
             try:
-                message = await ws.receive(timeout=remaining)
+                message = await ws.receive(timeout=wait)
             except TimeoutError:
                 continue
+            listener.last_activity = loop.time()
             if message.type is WSMsgType.PING:
                 if not self._blackhole:
                     await ws.pong(message.data)
@@ -539,6 +669,7 @@ class RelayEmulator:
             return
         # Section 5.4: nothing may come between a command and its body.
         async with listener.send_lock:
+            listener.last_activity = asyncio.get_running_loop().time()
             await listener.ws.send_str(text)
             if body is not None:
                 await listener.ws.send_bytes(body)
@@ -589,12 +720,21 @@ class RelayEmulator:
             body=bool(body),
             remote_endpoint=_remote(request),
         )
-        # Section 5.3: small, fully known bodies go inline; large or chunked ones by rendezvous.
+        # Section 5.3: small, fully known requests go inline; over 64 KB of headers plus body,
+        # or chunked, by rendezvous.
         inline = not body or (
-            request.content_length is not None and len(body) <= self._inline_limit
+            request.content_length is not None
+            and _metadata_size(headers) + len(body) <= self._inline_limit
         )
+        sender = request.transport
+        reusable = self._reuse.get(sender) if sender is not None else None
         try:
-            response = await self._exchange(listener, command, body, inline=inline)
+            if reusable is not None and not reusable.ws.closed and self.rendezvous_reuse:
+                response = await self._exchange_reused(reusable, command, body)
+            else:
+                response = await self._exchange(
+                    listener, command, body, inline=inline, sender=sender
+                )
         except _RendezvousTableFullError:
             return _error(503, "Too many pending rendezvous")
         except TimeoutError:
@@ -603,8 +743,31 @@ class RelayEmulator:
             return _error(502, "The listener connection was lost.")
         return await self._reply(request, response)
 
+    async def _exchange_reused(
+        self, reusable: _Reusable, command: RequestCommand, body: bytes
+    ) -> ResponseReceived:
+        """Send a request over its sender's open rendezvous socket and wait (section 5.3)."""
+        self.deliveries["reused"] += 1
+        pending = _Pending(command.id, command.method, asyncio.get_running_loop().create_future())
+        reusable.pending[command.id] = pending
+        try:
+            async with reusable.send_lock:
+                await reusable.ws.send_str(encode_command(command))
+                if body:
+                    await reusable.ws.send_bytes(body)
+            async with asyncio.timeout(self.response_timeout):
+                return await pending.future
+        finally:
+            reusable.pending.pop(command.id, None)
+
     async def _exchange(
-        self, listener: _Listener, command: RequestCommand, body: bytes, *, inline: bool
+        self,
+        listener: _Listener,
+        command: RequestCommand,
+        body: bytes,
+        *,
+        inline: bool,
+        sender: asyncio.BaseTransport | None = None,
     ) -> ResponseReceived:
         """Hand ``command`` (and ``body``) to ``listener`` and wait for its response.
 
@@ -620,10 +783,12 @@ class RelayEmulator:
             expires=loop.time() + self.rendezvous_ttl,
             pending=pending,
             deliver=None if inline else (command, payload),
+            sender=sender,
         )
         secret = self._new_rendezvous(rendezvous)
         address = self._rendezvous_address(listener.hc, "", "", "request", command.id, secret)
         listener.pending[command.id] = pending
+        self.deliveries["inline" if inline else "rendezvous"] += 1
         try:
             if inline:
                 text = encode_command(dataclasses.replace(command, address=address))
@@ -668,10 +833,9 @@ class RelayEmulator:
             request_headers=dict(headers),
             body=bool(body),
         )
+        inline = _metadata_size(command.request_headers) + len(body) <= self._inline_limit
         try:
-            return await self._exchange(
-                listener, command, body, inline=len(body) <= self._inline_limit
-            )
+            return await self._exchange(listener, command, body, inline=inline)
         except _RendezvousTableFullError:
             raise LookupError("too many pending rendezvous") from None
 
@@ -776,7 +940,7 @@ class RelayEmulator:
             self._rendezvous.pop(secret, None)
             outcome.cancel()
         if isinstance(result, _Rejected):
-            return _error(result.status, result.description)
+            return _error(result.status, result.description, tracked=False)
         try:
             sender = web.WebSocketResponse(
                 protocols=(result.protocol,) if result.protocol else (),
@@ -801,7 +965,7 @@ class RelayEmulator:
         # before showing the URL to applications.
         query = f"{app_query}&" if app_query else ""
         query += f"sb-hc-action={action}&sb-hc-id={quote(rid, safe='')}&sb-hc-rdv={secret}"
-        return f"{self.ws_base}/$hc/{quote(hc, safe='/')}{suffix}?{query}"
+        return f"{self.rendezvous_base}/$hc/{quote(hc, safe='/')}{suffix}?{query}"
 
     async def _rendezvous_socket(
         self, request: web.Request, hc: str, action: str, service: Mapping[str, str]
@@ -839,7 +1003,7 @@ class RelayEmulator:
                 return _error(400, "sb-hc-statusCode must be a 4xx or 5xx code")
             outcome.set_result(_Rejected(int(raw_status), description))
             # Section 4 step 6: the listener's reject handshake deliberately fails with 410.
-            return _error(410, "Gone")
+            return _error(410, "Gone", tracked=False)
         offered = request.headers.get("Sec-WebSocket-Protocol", "")
         protocol = offered.split(",")[0].strip() or None
         ws = web.WebSocketResponse(
@@ -871,35 +1035,69 @@ class RelayEmulator:
             SocketKind.RENDEZVOUS, rendezvous_body_limit=self._max_body
         )
         channel = RelayChannel(SocketKind.RENDEZVOUS, limits=limits)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.response_timeout):
-                async for message in ws:
-                    if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                        break
-                    events = channel.receive_message(message.data)
-                    if await self._on_rendezvous_events(ws, pending, events):
-                        break
-        if not pending.future.done():
-            # The listener closed the socket (or the deadline passed) before a complete response:
-            # the service cannot answer with half a body, so the sender gets 502 now instead of
-            # waiting out the response deadline (the real service aborts the sender's stream).
-            pending.future.set_exception(ConnectionError("rendezvous closed mid-response"))
-        # Choice (section 8.8): one request per rendezvous socket, as .NET does; the emulator
-        # closes it once the response is in.
-        await ws.close()
+        reusable = _Reusable(ws, {pending.id: pending})
+        # Choice (section 8.8): only sockets that delivered their request are reused. A socket a
+        # listener opened just to send a large response is not read by hyco-https afterwards
+        # (section 5.3), and Microsoft's own listener works against Azure.
+        sender = rendezvous.sender if rendezvous.deliver is not None else None
+        try:
+            await self._serve_request_rendezvous(reusable, channel, sender)
+        finally:
+            if sender is not None and self._reuse.get(sender) is reusable:
+                del self._reuse[sender]
+            for waiting in reusable.pending.values():
+                if not waiting.future.done():
+                    # The listener closed the socket (or went quiet) before a complete response:
+                    # the service cannot answer with half a body, so the sender gets 502 now
+                    # (the real service aborts the sender's stream).
+                    waiting.future.set_exception(ConnectionError("rendezvous closed mid-response"))
+            await ws.close()
         return ws
+
+    async def _serve_request_rendezvous(
+        self, reusable: _Reusable, channel: RelayChannel, sender: asyncio.BaseTransport | None
+    ) -> None:
+        """Read responses from a request rendezvous socket until it is done.
+
+        Section 5.3: the service keeps the socket for as long as the sender's connection lives
+        and routes that connection's later requests over it; so, with ``rendezvous_reuse``,
+        after the first response the socket is registered for its sender and read on until the
+        listener closes it, the sender's connection ends, or nothing is pending for a response
+        deadline. Without reuse (as .NET listeners expect) it is closed after one response.
+        """
+        ws = reusable.ws
+        while True:
+            try:
+                message = await ws.receive(timeout=self.response_timeout)
+            except TimeoutError:
+                if reusable.pending:
+                    return  # the listener went quiet with a request outstanding
+                if sender is None or sender.is_closing():
+                    return
+                continue
+            if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                return
+            events = channel.receive_message(message.data)
+            if await self._on_rendezvous_events(ws, reusable.pending, events):
+                return
+            if not reusable.pending:
+                if not self.rendezvous_reuse or sender is None or sender.is_closing():
+                    return
+                self._reuse[sender] = reusable
 
     async def _on_rendezvous_events(
         self,
         ws: web.WebSocketResponse,
-        pending: _Pending,
+        pending: dict[str, _Pending],
         events: list[Event],
     ) -> bool:
+        """Resolve answered requests; ``True`` when the socket must be given up."""
         for event in events:
-            if isinstance(event, ResponseReceived) and event.command.request_id == pending.id:
-                if not pending.future.done():
-                    pending.future.set_result(event)
-                return True
+            if isinstance(event, ResponseReceived):
+                waiting = pending.pop(event.command.request_id, None)
+                if waiting is not None and not waiting.future.done():
+                    waiting.future.set_result(event)
+                continue
             if isinstance(event, ProtocolViolation) and event.fatal:
                 _log.info("rendezvous protocol violation: %s", event.error.code)
                 await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"protocol")
@@ -914,8 +1112,27 @@ class _RendezvousTableFullError(Exception):
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _error(status: int, text: str) -> web.Response:
-    # Service errors put their text in the reason phrase (section 3.1) and carry no Via.
+def _int_param(raw: str, low: int, high: int) -> int:
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValueError(f"expected a number from {low} to {high}")
+    return int(raw)
+
+
+def _tracking_id() -> str:
+    return f"{uuid.uuid4()}_G{secrets.randbelow(30)}"
+
+
+def _tracked(reason: bytes) -> bytes:
+    """A close reason with a tracking id, within the 123 bytes a close frame allows."""
+    return (reason + f" TrackingId:{_tracking_id()}".encode())[:123]
+
+
+def _error(status: int, text: str, *, tracked: bool = True) -> web.Response:
+    # Service errors put their text, with a tracking id for support, in the reason phrase
+    # (section 3.1) and carry no Via. A listener's own rejection text is passed on unchanged.
+    if tracked:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        text = f"{text} TrackingId:{_tracking_id()}, Timestamp:{stamp}"
     return web.Response(status=status, reason=text, text=text)
 
 
@@ -1072,6 +1289,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help=f"how long a sender waits for the listener's answer (default {RESPONSE_TIMEOUT:g})",
     )
+    parser.add_argument(
+        "--rendezvous-host",
+        metavar="HOST",
+        help="serve rendezvous addresses on this host (own port), as Azure's service nodes do",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"drop control channels idle this long (default {IDLE_TIMEOUT:g}; 0: never)",
+    )
+    parser.add_argument(
+        "--no-rendezvous-reuse",
+        action="store_true",
+        help="one request per rendezvous socket (.NET listeners) instead of Azure's reuse",
+    )
+    parser.add_argument(
+        "--no-listener-status",
+        type=int,
+        default=502,
+        choices=(404, 502, 503),
+        help="status for an HTTP request while no listener is connected (default 502)",
+    )
+    parser.add_argument(
+        "--refuse-listens", type=int, metavar="STATUS", help="refuse every listener with STATUS"
+    )
+    parser.add_argument(
+        "--max-listeners",
+        type=int,
+        default=MAX_LISTENERS_PER_HC,
+        metavar="N",
+        help=f"listeners per Hybrid Connection before 403 QuotaExceeded "
+        f"(default {MAX_LISTENERS_PER_HC})",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -1104,7 +1356,14 @@ def run(args: argparse.Namespace) -> int:
         ssl_context=context,
         namespace=args.namespace,
         response_timeout=args.response_timeout,
+        rendezvous_host=args.rendezvous_host,
+        idle_timeout=args.idle_timeout or None,
+        rendezvous_reuse=not args.no_rendezvous_reuse,
+        no_listener_status=args.no_listener_status,
+        max_listeners=args.max_listeners,
     )
+    if args.refuse_listens is not None:
+        emulator.refuse_listens(args.refuse_listens)
     try:
         asyncio.run(_serve(emulator))
     except OSError as error:
@@ -1120,5 +1379,7 @@ async def _serve(emulator: RelayEmulator) -> None:
         loop.add_signal_handler(signum, stop.set)
     async with emulator:
         print(f"relay listening: {emulator.ws_base} (HTTP senders: {emulator.http_base})")
+        print(f"rendezvous: {emulator.rendezvous_base}")
+        print(f"admin: {emulator.http_base}/$admin/state")
         print("listen URL: " + emulator.ws_base + "/$hc/{NAME}?sb-hc-action=listen", flush=True)
         await stop.wait()

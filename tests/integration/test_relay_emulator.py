@@ -302,16 +302,22 @@ async def test_service_bus_authorization_header_is_accepted_and_stripped(
     assert command.request_headers["Authorization"] == "Bearer app-level"
 
 
-async def test_exactly_64k_goes_inline_both_ways(
+async def test_inline_choice_counts_headers_plus_body(
     relay: RelayEmulator, session: aiohttp.ClientSession
 ) -> None:
-    payload = os.urandom(CONTROL_CHANNEL_BODY_LIMIT)
+    # Section 5.3: over 64 KB of headers plus body goes by rendezvous. A body of exactly 64 KiB
+    # plus its headers is over; one that leaves room for them is inline.
+    fits = os.urandom(CONTROL_CHANNEL_BODY_LIMIT - 4096)
+    over = os.urandom(CONTROL_CHANNEL_BODY_LIMIT)
     async with listening(relay, session) as [listener]:
         url = f"{relay.http_base}/{HC}/upload"
-        async with session.put(url, data=payload, headers=sender_headers(relay)) as response:
-            assert response.status == 200
-            assert await response.read() == payload
-    assert [route for route, _, _ in listener.requests] == ["control"]
+        for payload in (fits, over):
+            async with session.put(url, data=payload, headers=sender_headers(relay)) as response:
+                assert response.status == 200
+                assert await response.read() == payload
+    assert [route for route, _, _ in listener.requests] == ["control", "rendezvous"]
+    assert relay.deliveries["inline"] == 1
+    assert relay.deliveries["rendezvous"] == 1
 
 
 async def test_larger_than_64k_goes_over_rendezvous_both_ways(
@@ -482,7 +488,11 @@ async def test_missing_response_becomes_504_after_the_deadline(
         session.get(f"{relay.http_base}/{HC}", headers=sender_headers(relay)) as r,
     ):
         assert r.status == 504
-        assert await r.text() == TIMEOUT_TEXT
+        text = await r.text()
+        assert text.startswith(TIMEOUT_TEXT)
+        # Section 3.1: service errors carry a tracking id for support.
+        assert " TrackingId:" in text
+        assert " TrackingId:" in (r.reason or "")
 
 
 async def test_rendezvous_address_is_single_use_and_expires(

@@ -1,0 +1,218 @@
+"""The listener against the emulator's Azure behaviours: rendezvous addresses on another host
+than the namespace, rendezvous reuse for keep-alive senders, idle connections dropped, and the
+fault knobs reached over HTTP and from ``gateway dev relay`` (protocol notes sections 1, 5.3, 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from gateway.devkit.relay_emulator import QUOTA_TEXT, RelayEmulator, SasRule
+from gateway.relay.backoff import BackoffPolicy
+from gateway.relay.handlers import RelayedRequest, RelayedResponse
+
+from .listener_support import (
+    HC,
+    KEY,
+    echo_handler,
+    send_http,
+    start_listener,
+    wait_until,
+)
+
+SLOW = BackoffPolicy(base=0.05, cap=0.2, auth_retry_delay=5.0)
+BIG = bytes(range(256)) * 400  # 100 KiB: rendezvous both ways
+
+
+@pytest.fixture
+async def noded() -> AsyncIterator[RelayEmulator]:
+    """An emulator whose rendezvous addresses live on 127.0.0.2, not on its namespace host."""
+    async with RelayEmulator(
+        [HC], [SasRule("gateway", KEY)], seed=7, rendezvous_host="127.0.0.2"
+    ) as emulator:
+        yield emulator
+
+
+async def test_rendezvous_on_another_host_works_when_trusted(
+    noded: RelayEmulator, http: aiohttp.ClientSession
+) -> None:
+    assert noded.rendezvous_base.startswith("ws://127.0.0.2:")
+    async with start_listener(
+        noded, echo_handler, rendezvous_endpoint=noded.rendezvous_base
+    ) as listener:
+        await noded.wait_for_listeners(HC, 1)
+        status, _, _, body = await send_http(http, noded, "/big", method="POST", data=BIG)
+        assert (status, body) == (200, BIG)
+        url = f"{noded.ws_base}/$hc/{HC}/chat?sb-hc-action=connect"
+        headers = {"ServiceBusAuthorization": noded.token(HC)}
+        async with http.ws_connect(url, headers=headers) as ws:
+            await ws.send_str("hi")
+            assert (await ws.receive(timeout=10)).data == "HI"
+    assert listener.metrics.requests["ok"] == 1
+    assert listener.metrics.streams["accepted"] == 1
+    assert listener.metrics.protocol_errors["bad_rendezvous_address"] == 0
+
+
+async def test_rendezvous_on_another_host_is_refused_unless_trusted(
+    noded: RelayEmulator, http: aiohttp.ClientSession
+) -> None:
+    async with start_listener(noded, echo_handler) as listener:
+        await noded.wait_for_listeners(HC, 1)
+        # A request that arrived whole is answered at once, with why, and nothing is dialled.
+        status, _, headers, _ = await send_http(http, noded, "/small", method="POST", data=b"x")
+    assert (status, headers["x-gateway-reason"]) == (502, "bad_rendezvous_address")
+    assert listener.metrics.protocol_errors["bad_rendezvous_address"] == 1
+
+
+async def test_the_namespace_host_serves_no_rendezvous(
+    noded: RelayEmulator, http: aiohttp.ClientSession
+) -> None:
+    # A listener that rebuilt the address on the namespace host (instead of using it verbatim,
+    # section 1) would fail, as it would against Azure.
+    url = f"{noded.ws_base}/$hc/{HC}?sb-hc-action=request&sb-hc-id=x&sb-hc-rdv=y"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await http.ws_connect(url)
+    assert caught.value.status == 404
+    listen = f"{noded.rendezvous_base}/$hc/{HC}?sb-hc-action=listen"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await http.ws_connect(listen, headers={"ServiceBusAuthorization": noded.token(HC)})
+    assert caught.value.status == 404
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+async def test_keep_alive_senders_reuse_their_rendezvous_socket(
+    relay: RelayEmulator, reuse: bool
+) -> None:
+    relay.rendezvous_reuse = reuse
+    seen: list[str] = []
+
+    async def record(request: RelayedRequest) -> RelayedResponse:
+        seen.append(request.target)
+        return RelayedResponse(200, "OK", (), b"n=" + str(len(request.body)).encode())
+
+    # One connection for the sender, so its later requests can follow the first one.
+    connector = aiohttp.TCPConnector(limit=1)
+    async with (
+        aiohttp.ClientSession(connector=connector) as sender,
+        start_listener(relay, record) as listener,
+    ):
+        await relay.wait_for_listeners(HC, 1)
+        first = await send_http(sender, relay, "/upload", method="PUT", data=BIG)
+        second = await send_http(sender, relay, "/after", method="POST", data=b"tiny")
+        third = await send_http(sender, relay, "/again")
+    assert [first[3], second[3], third[3]] == [b"n=102400", b"n=4", b"n=0"]
+    assert seen == ["/upload", "/after", "/again"]
+    assert relay.deliveries["rendezvous"] == 1
+    assert relay.deliveries["reused"] == (2 if reuse else 0)
+    assert listener.metrics.requests["ok"] == 3
+
+
+async def test_an_idle_control_channel_is_dropped_and_rejoined(relay: RelayEmulator) -> None:
+    # Pings every 30 s against a relay that drops after 0.5 s of silence (Azure: ~4 min).
+    relay.idle_timeout = 0.5
+    async with start_listener(relay, ping_interval=30.0, backoff=SLOW) as listener:
+        await wait_until(lambda: relay.idle_drops >= 1)
+        await wait_until(lambda: sum(listener.metrics.reconnects.values()) >= 1)
+        relay.idle_timeout = None
+        await relay.wait_for_listeners(HC, 1)
+
+
+async def test_fault_knobs_over_the_admin_endpoint(
+    relay: RelayEmulator, http: aiohttp.ClientSession
+) -> None:
+    admin = f"{relay.http_base}/$admin"
+    async with start_listener(relay, backoff=SLOW) as listener:
+        await relay.wait_for_listeners(HC, 1)
+        async with http.post(f"{admin}/close-listeners?code=1011&reason=NameRenewalFailed") as r:
+            assert (r.status, await r.json()) == (200, {"closed": 1})
+        await wait_until(lambda: listener.metrics.reconnects["closed"] == 1)
+        await relay.wait_for_listeners(HC, 1)
+        await wait_until(lambda: listener.metrics.listeners_online == 1)
+        async with http.post(f"{admin}/expire-tokens?hc={HC}") as r:
+            assert (await r.json()) == {"closed": 1}
+        await wait_until(lambda: listener.metrics.reconnects["token_expired"] == 1)
+        await relay.wait_for_listeners(HC, 1)
+        await wait_until(lambda: listener.metrics.listeners_online == 1)
+        async with http.post(
+            f"{admin}/refuse-listens", params={"status": "403", "reason": QUOTA_TEXT}
+        ):
+            pass
+        async with http.post(f"{admin}/drop-listeners") as r:
+            assert (await r.json()) == {"dropped": 1}
+        await wait_until(lambda: listener.metrics.listen_refusals["quota"] >= 1)
+        async with http.post(f"{admin}/no-listener-status?status=503") as r:
+            assert (await r.json())["no_listener_status"] == 503
+        status, reason, _, _ = await send_http(http, relay, "/nobody")
+        assert status == 503
+        assert "TrackingId:" in reason
+        async with http.post(f"{admin}/refuse-listens?status=none") as r:
+            assert (await r.json())["refuse_listens"] is None
+        await relay.wait_for_listeners(HC, 1)
+        async with http.get(f"{admin}/state") as r:
+            state = await r.json()
+    assert state["listeners"] == {HC: 1}
+    async with http.post(f"{admin}/close-listeners?code=99") as r:
+        assert r.status == 400
+    async with http.post(f"{admin}/drop-listeners?hc=unknown") as r:
+        assert r.status == 400
+    async with http.get(f"{admin}/drop-listeners") as r:
+        assert r.status == 405
+
+
+async def test_gateway_dev_relay_serves_the_knobs_from_the_command_line(
+    http: aiohttp.ClientSession,
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "dev",
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--hc",
+        HC,
+        "--key-name",
+        "gateway",
+        "--key",
+        KEY,
+        "--rendezvous-host",
+        "127.0.0.2",
+        "--no-listener-status",
+        "503",
+        "--refuse-listens",
+        "403",
+        "--idle-timeout",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        lines: list[str] = []
+        async with asyncio.timeout(30):
+            while not any(line.startswith("listen URL") for line in lines):
+                lines.append((await process.stdout.readline()).decode())
+        text = "".join(lines)
+        base = re.search(r"HTTP senders: (http://127\.0\.0\.1:\d+)", text)
+        assert base is not None, text
+        assert re.search(r"rendezvous: ws://127\.0\.0\.2:\d+", text), text
+        async with http.get(f"{base.group(1)}/$admin/state") as r:
+            state = await r.json()
+        assert state["no_listener_status"] == 503
+        assert state["refuse_listens"] == 403
+        assert state["idle_timeout"] is None
+        assert state["rendezvous_base"].startswith("ws://127.0.0.2:")
+        async with http.post(f"{base.group(1)}/$admin/refuse-listens?status=none") as r:
+            assert (await r.json())["refuse_listens"] is None
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+    assert process.returncode == 0
