@@ -29,7 +29,7 @@ from gateway.gitops.signing import (
     sign_config,
     signature_path,
 )
-from gateway.policy.loader import load_policies
+from gateway.policy.loader import verify_policy
 
 
 def _epoch(text: str) -> int:
@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         path = args.config or gwconfig.default_config_path()
         # The file is signed as written: environment overrides play no part.
         loaded = gwconfig.load(path, env={}, check_host=False)
-        load_policies(loaded)  # the same modules the gateway will load, checked the same way
+        # The same modules the gateway will load, proven to decide as `gateway run` proves it.
+        verify_policy(loaded)
         key = load_private_key(Path(args.key), passphrase)
         kid = key_id(key.public_key())
         trusted = {

@@ -2,9 +2,9 @@
 
 The defect this guards against: an extension module calling a function nobody defined compiled,
 so ``validate`` said valid, ``run`` started and ``/readyz`` said ready, and then every request was
-a 503. Now ``validate``, ``policy-test``, ``explain`` and ``check`` refuse it with the module's
-``FILE:LINE:COL``, ``run`` refuses to start with exit code 5, a reload to it keeps the last good
-revision, and ``/readyz`` is not ready while the engine cannot decide.
+a 503. Now ``validate``, ``policy-test``, ``explain``, ``sign`` and ``check`` refuse it with the
+module's ``FILE:LINE:COL``, ``run`` refuses to start with exit code 5, a reload to it keeps the
+last good revision, and ``/readyz`` is not ready while the engine cannot decide.
 """
 
 from __future__ import annotations
@@ -62,8 +62,12 @@ async def test_every_command_refuses_a_policy_that_cannot_decide(
 ) -> None:
     bad = add_bad_extension(registered.parent)
     config = str(registered)
+    key = registered.parent / "release.key"
+    assert await cli("sign", "--generate-key", str(key)) == 0
+    capfd.readouterr()
     commands = {
         "validate": ("validate", "-c", config),
+        "sign": ("sign", "-c", config, "--key", str(key), "--epoch", "1"),
         "policy-test": ("policy-test", "-c", config),
         "explain": ("explain", "-c", config, "GET", "erp", "/api/accounts"),
     }
