@@ -66,7 +66,7 @@ from gateway.config import LoadedConfig, load
 from gateway.errors import ConfigError, GatewayError
 from gateway.forward.credentials import CredentialError, CredentialSet
 from gateway.forward.dial import Resolver, system_resolver
-from gateway.hybridconnection.addresses import RelayEndpoint, listen_url
+from gateway.hybridconnection.addresses import RelayEndpoint, listen_url, relay_domain_for
 from gateway.hybridconnection.refusals import RefusalKind, classify_listen_refusal
 from gateway.identity import ControlPlaneError, StoredIdentity, Timeouts, load_identity, mtls_client
 from gateway.identity.certs import certificate_health
@@ -647,9 +647,12 @@ async def _check_relay(ctx: _Context) -> str:
         except ProxyError as exc:
             raise _proxy_failed(exc) from None
         except (aiohttp.ClientError, OSError) as exc:
+            # The relay's hosts are in the namespace's own cloud (sovereign clouds included).
+            domain = relay_domain_for(endpoint.host)
+            hosts = f"*{domain}" if domain else endpoint.host
             raise _CheckError(
                 f"cannot open a WebSocket to {endpoint.base}: {_clean(exc)}",
-                "check outbound port 443 to the relay namespace (*.servicebus.windows.net)",
+                f"check outbound port {endpoint.port} to the relay namespace ({hosts})",
             ) from None
         await ws.close()
     return f"listener control channel on {endpoint.base}/$hc/{hc} opened and closed"
