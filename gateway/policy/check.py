@@ -64,10 +64,6 @@ class Evaluator(Protocol):
         """The raw decision document for ``input``, or UNDEFINED; raises EngineError."""
         ...
 
-    def plan(self) -> dict[str, Any] | None:
-        """The compiled plan, or None when it cannot be read in this process."""
-        ...
-
 
 def check_policy(engine: Evaluator, policies: PolicySet, config: GatewayConfig) -> None:
     """Raise ConfigError unless ``engine`` (an EmbeddedEngine for ``policies``) can decide.
@@ -75,7 +71,9 @@ def check_policy(engine: Evaluator, policies: PolicySet, config: GatewayConfig) 
     ``config`` supplies the requests of the smoke evaluation: the same configuration whose
     allow-list is ``data.gateway``.
     """
-    plan = engine.plan()
+    from gateway.policy.embedded import compiled_plan  # the embedded module imports this one
+
+    plan = compiled_plan(policies.modules)
     if plan is None:
         log.error(
             "the policy's function calls were not checked: this process loaded the C++ runtime "
