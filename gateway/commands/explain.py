@@ -1,5 +1,10 @@
 """``gateway explain METHOD TARGET PATH``: would this request pass, and why?
 
+``gateway explain --stream TARGET [PATH]`` asks the same of a stream: a WebSocket at PATH on an
+http(s) target (RFC 6455 section 4.1: the opening handshake is a GET), or a raw stream to a tcp
+target, which has no method and no path. Every dropped request header is named with the reason
+it is dropped, in particular when the matching operation does not list it in ``headers``.
+
 The answer comes from the code that enforces: the request goes through the chain of steps a
 running gateway uses (:class:`gateway.pipeline.Chain`: canonicalise, limits, decide, select
 headers) with the engine ``gateway.yaml`` selects. Printed: the canonical request, the decision,
@@ -24,8 +29,10 @@ import sys
 
 from gateway import config as gwconfig
 from gateway.commands._common import add_config_argument
+from gateway.config.semantics import NEVER_FORWARDED, NEVER_FORWARDED_PREFIXES
 from gateway.errors import ConfigError
 from gateway.forward.credentials import describe as describe_credential
+from gateway.forward.headers import DEFAULT_FORWARDED, HANDSHAKE_ONLY
 from gateway.pipeline import Chain, RequestFacts, Verdict
 from gateway.policy.decision_log import mask_query
 from gateway.policy.engine import PolicyEngine
@@ -58,12 +65,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "explain",
         help="show whether a request would be allowed, and why",
+        usage="gateway explain [options] METHOD TARGET PATH\n"
+        "       gateway explain [options] --stream TARGET [PATH]",
         description="Exit 0 if allowed, 3 if denied, 1 on a configuration or policy error.",
     )
     add_config_argument(parser)
-    parser.add_argument("method", metavar="METHOD", help="HTTP method, for example GET")
-    parser.add_argument("target", metavar="TARGET", help="target name or declared host:port")
-    parser.add_argument("path", metavar="PATH", help="request target: /path?query as relayed")
+    parser.add_argument(
+        "words",
+        nargs="+",
+        metavar="METHOD TARGET PATH",
+        help="the request: method, target (name or declared host:port) and /path?query as "
+        "relayed; with --stream: TARGET, and PATH unless the target is tcp",
+    )
     parser.add_argument(
         "-H",
         "--header",
@@ -72,7 +85,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="'Name: value'",
         help="request header (repeatable)",
     )
-    parser.add_argument("--websocket", action="store_true", help="a stream (relay accept)")
+    parser.add_argument(
+        "--stream",
+        "--websocket",
+        action="store_true",
+        dest="stream",
+        help="a stream (relay accept): a WebSocket at PATH, or a raw stream to a tcp target",
+    )
     parser.add_argument(
         "--unsigned", action="store_true", help="as if the signature did not verify"
     )
@@ -110,12 +129,16 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem.render(), file=sys.stderr)
         return EXIT_CONFIG
+    request = _request(args, loaded.config)
+    if request is None:
+        return 2
+    method, selector, request_target = request
     facts = RequestFacts(
-        method=args.method,
-        selector=args.target,
-        request_target=args.path,
+        method=method,
+        selector=selector,
+        request_target=request_target,
         headers=tuple(headers),
-        websocket=args.websocket,
+        websocket=args.stream,
         body_size=args.body_size,
         signed=not args.unsigned,
         keyid=args.keyid,
@@ -123,6 +146,64 @@ def run(args: argparse.Namespace) -> int:
     verdict = asyncio.run(_decide(Chain(loaded.config, engine), engine, facts))
     _report(args.format, facts, verdict, policies.revision, loaded.config)
     return EXIT_ALLOWED if verdict.allowed else EXIT_DENIED
+
+
+def _request(
+    args: argparse.Namespace, config: gwconfig.GatewayConfig
+) -> tuple[str, str, str] | None:
+    """``(method, selector, request target)`` from the words; None after a usage error."""
+    words = list(args.words)
+    if not args.stream:
+        if len(words) != 3:
+            print(
+                "gateway explain: expected METHOD TARGET PATH (for a stream: --stream TARGET "
+                "[PATH])",
+                file=sys.stderr,
+            )
+            return None
+        return words[0], words[1], words[2]
+    if len(words) == 3:  # METHOD TARGET PATH --websocket, as written before --stream existed
+        return words[0], words[1], words[2]
+    if len(words) not in (1, 2):
+        print("gateway explain: expected --stream TARGET [PATH]", file=sys.stderr)
+        return None
+    # A relay accept is a WebSocket opening handshake, a GET (RFC 6455 section 4.1); a tcp
+    # target's stream has no path, and the relay addresses it as the target itself ("/").
+    target = config.targets.get(words[0])
+    if len(words) == 1 and (target is None or target.scheme != "tcp"):
+        print("gateway explain: a stream to an http(s) target needs its PATH", file=sys.stderr)
+        return None
+    return "GET", words[0], words[1] if len(words) == 2 else "/"
+
+
+def _drop_reasons(verdict: Verdict, facts: RequestFacts, tcp: bool) -> dict[str, str]:
+    """Why each dropped request header stays behind (forward/headers.py decides; this says it)."""
+    operation = verdict.operation
+    allowed = DEFAULT_FORWARDED | {h.lower() for h in (operation.headers if operation else ())}
+    connection = {
+        token.strip().lower()
+        for name, value in facts.headers
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    reasons: dict[str, str] = {}
+    for name in verdict.dropped:
+        if tcp:
+            reasons[name] = "a raw stream carries no HTTP headers"
+        elif name in NEVER_FORWARDED or name.startswith(NEVER_FORWARDED_PREFIXES):
+            reasons[name] = "never forwarded (hop-by-hop, framing or routing header)"
+        elif name in HANDSHAKE_ONLY:
+            reasons[name] = "belongs to the relay's WebSocket handshake only"
+        elif name in connection:
+            reasons[name] = "named in Connection: for the next hop only"
+        elif name not in allowed and operation is not None and operation.name != "no-operation":
+            reasons[name] = (
+                f"operation {operation.name!r} does not list it in headers (add it there to "
+                "forward it)"
+            )
+        else:
+            reasons[name] = "not a forwarded header"
+    return reasons
 
 
 def _engine(loaded: gwconfig.LoadedConfig, policies: PolicySet) -> PolicyEngine:
@@ -185,15 +266,21 @@ def _report(
             "header": credential.header_name,
             "references": describe_credential(verdict.credential, credential),
         }
+    name = verdict.canonical.target if verdict.canonical else facts.selector
+    target = config.targets.get(name)
+    tcp = facts.websocket and target is not None and target.scheme == "tcp"
+    drop_reasons = _drop_reasons(verdict, facts, tcp)
     if fmt == "json":
         print(
             json.dumps(
                 {
                     "request": {
-                        "method": facts.method,
+                        # A raw stream has neither: nothing is made up for it.
+                        "method": None if tcp else facts.method,
                         "target": facts.selector,
-                        "path": _masked(facts.request_target),
-                        "websocket": facts.websocket,
+                        "path": None if tcp else _masked(facts.request_target),
+                        "websocket": facts.websocket and not tcp,
+                        "stream": facts.websocket,
                     },
                     "rejected": rejected,
                     "canonical": input,
@@ -207,7 +294,11 @@ def _report(
                         "stage": verdict.stage,
                         "forwarded": verdict.forwarded,
                     },
-                    "headers": {"forwarded": forwarded, "dropped": list(verdict.dropped)},
+                    "headers": {
+                        "forwarded": forwarded,
+                        "dropped": list(verdict.dropped),
+                        "dropped_because": drop_reasons,
+                    },
                     "credential": injected,
                     "revision": revision,
                     "engine": config.policy.engine,
@@ -217,27 +308,40 @@ def _report(
             )
         )
         return
-    line = f"{facts.method} {facts.selector} {_masked(facts.request_target)}"
-    print(f"request:   {line}{' (websocket)' if facts.websocket else ''}")
+    if tcp:
+        print(f"request:   raw stream to {facts.selector} (tcp target: no method, no path)")
+    elif facts.websocket:
+        print(f"request:   WebSocket stream to {facts.selector} {_masked(facts.request_target)}")
+    else:
+        print(f"request:   {facts.method} {facts.selector} {_masked(facts.request_target)}")
     if rejected is not None:
         where = "rejected before policy"
         print(f"canonical: {where}: {rejected['code']} - {rejected['message']}")
+        if rejected["code"] == "stream_only_target":
+            print(f"           a stream to it: gateway explain --stream {facts.selector}")
         print(f"decision:  DENY (HTTP {rejected['status']}, never reaches the policy)")
         print(f"revision:  {revision}")
         return
     if input is None or decision is None:
         return
-    query = f"?{input['query']}" if input["query"] is not None else ""
-    segments = json.dumps(input["path_segments"])
-    print(f"canonical: {input['method']} {input['path']}{query} -> target {input['target']}")
-    print(
-        f"           segments {segments}, trailing slash {_yes(input['trailing_slash'])}, "
-        f"signed {_yes(input['signature']['verified'])}, "
-        f"headers {', '.join(input['header_names']) or '(none)'}"
-    )
+    if tcp:
+        print(f"canonical: raw stream -> target {input['target']}")
+        print(f"           signed {_yes(input['signature']['verified'])}")
+    else:
+        query = f"?{input['query']}" if input["query"] is not None else ""
+        segments = json.dumps(input["path_segments"])
+        print(f"canonical: {input['method']} {input['path']}{query} -> target {input['target']}")
+        print(
+            f"           segments {segments}, trailing slash {_yes(input['trailing_slash'])}, "
+            f"signed {_yes(input['signature']['verified'])}, "
+            f"headers {', '.join(input['header_names']) or '(none)'}"
+        )
     if verdict.allowed:
-        granted = f"operation {decision.operation!r}" if decision.operation else "stream target"
-        print(f"decision:  ALLOW by {granted} of target {decision.target!r}")
+        if decision.operation:
+            granted = f"operation {decision.operation!r} of target {decision.target!r}"
+            print(f"decision:  ALLOW by {granted}")
+        else:
+            print(f"decision:  ALLOW: tcp target {decision.target!r} allows streams as a whole")
     else:
         status = refusal.status if refusal else decision.status
         forwarded_anyway = " (monitor mode: logged as would-deny, forwarded anyway)"
@@ -247,10 +351,10 @@ def _report(
         for reason in verdict.reasons:
             text = REASON_TEXT.get(reason, "denied by an extension module")
             print(f"reason:    {reason} - {text}")
-    if (verdict.forwarded and not facts.websocket) or verdict.headers:
+    if not tcp and ((verdict.forwarded and not facts.websocket) or verdict.headers):
         print(f"forwards:  {', '.join(forwarded) or '(none)'}")
-    if verdict.dropped:
-        print(f"drops:     {', '.join(verdict.dropped)}")
+    for dropped in verdict.dropped:
+        print(f"drops:     {dropped} - {drop_reasons[dropped]}")
     if injected is not None:
         print(f"injects:   {injected['header']} from credential {injected['references']}")
     print(f"revision:  {decision.revision}")
