@@ -8,15 +8,21 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-loaded lint typecheck unit venv clean fuzz faults soak data
 
+# The first run takes a minute or two: say so, and let pip name each package as it comes.
 $(STAMP): pyproject.toml
+	@echo "==> creating the virtual environment $(VENV) (first run only, a minute or two)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "==> upgrading pip"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "==> installing the gateway and its development tools into $(VENV)"
+	$(BIN)/python -m pip install --progress-bar off -e '.[dev]'
 	touch $(STAMP)
+	@echo "==> ready: the gateway command is $(abspath $(BIN))/gateway"
 
 venv: $(STAMP)
 
 demo: $(STAMP)
+	@echo "==> running $(abspath $(BIN))/gateway demo (the command stays there afterwards)"
 	$(BIN)/gateway demo
 
 lint: $(STAMP)

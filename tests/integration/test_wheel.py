@@ -49,12 +49,16 @@ def _clean_env() -> dict[str, str]:
 
 
 def _run(
-    argv: list[str], *, cwd: Path, timeout: float = COMMAND_TIMEOUT
+    argv: list[str],
+    *,
+    cwd: Path,
+    timeout: float = COMMAND_TIMEOUT,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv,
         cwd=cwd,
-        env=_clean_env(),
+        env={**_clean_env(), **(extra_env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -140,7 +144,18 @@ def test_first_hour_from_the_wheel(installed: Installed) -> None:
     assert (work / "gateway.schema.json").read_text(encoding="utf-8") == (
         ROOT / "schemas" / "gateway.schema.json"
     ).read_text(encoding="utf-8")
-    assert "valid (2 targets" in _check(installed.run("validate"))
+    assert "valid (2 targets" in _check(installed.run("validate", "--skip-host-checks"))
+    # With the starter's secret reference resolved, as systemd's LoadCredential= provides it.
+    credentials = work / "credentials"
+    credentials.mkdir(mode=0o700)
+    (credentials / "erp-client-secret").write_text("sample-secret\n", encoding="utf-8")
+    (credentials / "erp-client-secret").chmod(0o400)
+    result = _run(
+        [str(installed.bin / "gateway"), "validate"],
+        cwd=work,
+        extra_env={"CREDENTIALS_DIRECTORY": str(credentials)},
+    )
+    assert "valid (2 targets" in _check(result)
     allowed = installed.run("explain", "GET", "erp", "/api/accounts")
     assert (allowed.returncode, "ALLOW" in allowed.stdout) == (0, True), allowed.stdout
     denied = installed.run("explain", "DELETE", "erp", "/api/accounts/7")

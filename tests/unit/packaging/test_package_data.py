@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
@@ -71,3 +72,20 @@ def test_schema_has_a_stable_id_and_the_modeline_names_the_written_file() -> Non
 def test_schema_text_refuses_paths() -> None:
     with pytest.raises(ValueError, match="not a schema file name"):
         packaged.schema_text("../gateway.yaml.example")
+
+
+def test_make_demo_says_what_it_does_and_where_the_command_is(tmp_path: Path) -> None:
+    """A first `make demo` creates the virtual environment: it says so, lets pip show progress,
+    and names the installed command (make -n prints the recipe without running it)."""
+    venv = tmp_path / "venv"
+    result = subprocess.run(
+        ["make", "-n", "-B", "demo", f"VENV={venv}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "creating the virtual environment" in result.stdout
+    assert "pip install --quiet -e" not in result.stdout
+    assert f"the gateway command is {venv}/bin/gateway" in result.stdout
