@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway import cli, service
-from gateway.commands import audit, explain, sign
+from gateway.commands import audit, explain, replay, sign
 from gateway.gitops import diff
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +108,7 @@ def _constants(*modules: object) -> set[int]:
 
 def test_readme_exit_codes_are_exactly_the_codes_the_commands_return() -> None:
     documented = _table_codes(ROOT / "README.md", "## Exit codes")
-    assert documented == _constants(cli, service, diff, explain, audit)
+    assert documented == _constants(cli, service, diff, explain, audit, replay)
 
 
 def test_run_exit_codes_match_the_service() -> None:
