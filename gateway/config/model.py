@@ -315,7 +315,7 @@ class OAuth2ClientCredentials(_Model):
     ``allowed_cidrs``."""
 
     token_url: str = Field(
-        pattern=r"^https?://(?:[a-z0-9.-]+|\[[0-9a-f:]+\])(?::[0-9]{1,5})?/[^?#@\s]*$",
+        pattern=rf"^https?://(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:]+\])(?::[0-9]{{1,5}})?/[^?#@\s]*$",
         max_length=2048,
         description="Token endpoint URL (lower-case host, no query, fragment or credentials). "
         "http:// only for a loopback host.",
@@ -355,8 +355,13 @@ class OAuth2ClientCredentials(_Model):
 
     def endpoint(self) -> Target:
         """The token endpoint as a target, so it is dialled through the same checked step
-        (allowed_cidrs, special ranges, pinned addresses, TLS settings) as every target."""
+        (allowed_cidrs, special ranges, pinned addresses, TLS settings) as every target.
+
+        Raises ValueError for a URL whose host or port no target could have (the semantic
+        checks report it)."""
         parts = urlsplit(self.token_url)
+        if parts.port == 0:
+            raise ValueError("port 0")
         return Target.model_validate(
             {
                 "scheme": parts.scheme,

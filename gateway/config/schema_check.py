@@ -108,7 +108,7 @@ def _pattern_message(key: str | int, value: str, schema: dict[str, Any]) -> tupl
     """(code, message, hint) for a string that does not match its pattern."""
     if key in ("host", "server_name"):
         return "invalid_host", f"{value!r} is not a valid host", _host_hint(value)
-    if key == "url" or key in ("endpoint", "opa_url"):
+    if key == "url" or key in ("endpoint", "opa_url", "token_url"):
         return "invalid_url", f"{value!r} is not an accepted URL", schema.get("description", "")
     if isinstance(key, int) or key == "allowed_cidrs":
         return "invalid_value", f"{value!r} is not valid here", schema.get("description", "")

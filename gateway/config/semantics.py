@@ -441,7 +441,16 @@ def _check_credentials(config: GatewayConfig, doc: Located) -> Iterator[Problem]
         if oauth is None:
             continue
         oauth_base = (*base, "oauth2_client_credentials")
-        endpoint = oauth.endpoint()
+        try:
+            endpoint = oauth.endpoint()
+        except ValueError:
+            yield doc.problem(
+                (*oauth_base, "token_url"),
+                f"{oauth.token_url!r} does not name a usable host and port",
+                code="invalid_url",
+                hint="https://HOST[:PORT]/PATH with a port from 1 to 65535",
+            )
+            continue
         if endpoint.scheme == "http" and not _is_loopback(endpoint.host):
             yield doc.problem(
                 (*oauth_base, "token_url"),

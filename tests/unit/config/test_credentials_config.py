@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.config import load
+from gateway.config.model import OAuth2ClientCredentials
 from gateway.errors import ConfigError, Problem
 from tests.unit.config.conftest import BASE, WriteConfig
 
@@ -179,3 +182,51 @@ def test_token_request_and_request_must_fit_the_relay_deadline(write_config: Wri
     assert "55 s" in problem.message
     fits = slow.replace("policy:\n", "limits:\n  request_timeout_seconds: 45\npolicy:\n")
     load(write_config(fits), env={}, check_host=False)
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("https://idp.corp.local:99999/oauth2/token", "invalid_url"),
+        ("https://idp.corp.local:0/oauth2/token", "invalid_url"),
+        ("https://idp..corp.local/oauth2/token", "invalid_url"),
+        ("https://IDP.corp.local/oauth2/token", "invalid_url"),
+        ("https://idp.corp.local/oauth2/token?x=1", "invalid_url"),
+        ("https://user@idp.corp.local/oauth2/token", "invalid_url"),
+        ("https://[::zz]/oauth2/token", "invalid_url"),
+    ],
+)
+def test_unusable_token_urls_are_reported_not_raised(
+    write_config: WriteConfig, url: str, code: str
+) -> None:
+    text = with_credentials(OAUTH.replace("https://idp.corp.local/oauth2/token", url))
+    [problem] = problems(write_config(text))
+    assert (problem.code, problem.path) == (
+        code,
+        "credentials.erp-oauth.oauth2_client_credentials.token_url",
+    )
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    url=st.from_regex(
+        OAuth2ClientCredentials.model_json_schema()["properties"]["token_url"]["pattern"],
+        fullmatch=True,
+    ),
+    cidr=st.sampled_from(["10.1.5.0/24", "127.0.0.0/8", "::1/128", "0.0.0.0/0"]),
+)
+def test_any_schema_valid_token_endpoint_loads_or_is_a_located_problem(
+    write_config: WriteConfig, url: str, cidr: str
+) -> None:
+    text = with_credentials(
+        OAUTH.replace("https://idp.corp.local/oauth2/token", url).replace("10.1.5.0/24", cidr)
+    )
+    path = write_config(text)
+    found: list[Problem] = []
+    try:
+        load(path, env={}, check_host=False)
+    except ConfigError as exc:
+        found = exc.problems
+    assert all(p.line > 0 and p.code for p in found)
