@@ -82,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
     keys = HeadVerifier()
     try:
         for name in args.hmac_key:
-            key = Path(name).read_bytes().strip()
+            key = Path(name).read_bytes()
+            # One trailing line end is not part of the key (as for the gateway's secret files).
+            if key.endswith(b"\n"):
+                key = key[:-2] if key.endswith(b"\r\n") else key[:-1]
             if len(key) < MIN_HMAC_KEY_BYTES:
                 print(f"{name}: an HMAC key needs at least 32 bytes", file=sys.stderr)
                 return EXIT_PROBLEM

@@ -324,6 +324,7 @@ def _host_checks(
     references: list[tuple[JsonPath, SecretRef | None]] = [
         (("proxy", "password"), config.proxy.password if config.proxy else None),
         (("gateway", "key_passphrase"), config.gateway.key_passphrase),
+        (("logging", "decision_log", "hmac_key"), config.logging.decision_log.hmac_key),
         *credential_references(config),
     ]
     for path, ref in references:
@@ -338,6 +339,10 @@ def _host_checks(
         (("empowerid", "ca_file"), config.empowerid.ca_file),
         (("proxy", "ca_file"), config.proxy.ca_file if config.proxy else None),
     ]
+    syslog = config.logging.export.syslog
+    if syslog is not None:
+        for key in ("ca_file", "client_certificate_file", "client_key_file"):
+            files.append((("logging", "export", "syslog", key), getattr(syslog, key)))
     for name, target in config.targets.items():
         if target.tls is not None:
             files.append((("targets", name, "tls", "ca_file"), target.tls.ca_file))

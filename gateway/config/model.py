@@ -462,12 +462,11 @@ class DecisionLogSection(_Model):
         le=86400,
         description="Sign the chain head at most this often while records arrive.",
     )
-    hmac_key_file: str | None = Field(
+    hmac_key: SecretRef | None = Field(
         default=None,
-        min_length=1,
         description=(
-            "Sign checkpoints with HMAC-SHA256 and the key in this file (at least 32 bytes) "
-            "instead of the gateway's identity key."
+            "Sign checkpoints with HMAC-SHA256 and this key (at least 32 bytes; a secret "
+            "reference) instead of the gateway's identity key."
         ),
     )
 

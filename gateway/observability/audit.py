@@ -374,14 +374,17 @@ def decision_log(
     observers: Sequence[Callable[[bytes], None]] = (),
     on_failure: Callable[[], None] | None = None,
 ) -> AuditLog:
-    """The decision log ``loaded`` configures, its checkpoints signed with the HMAC key file
-    it names or else with ``identity_key``. Raises ``OSError``/``ValueError`` for a key file
-    that cannot be read or is too short."""
+    """The decision log ``loaded`` configures, its checkpoints signed with the HMAC key it
+    names or else with ``identity_key``. Raises ``ValueError`` for a key that is too short."""
     config = loaded.config
     settings = config.logging.decision_log
     signer: HeadSigner
-    if settings.hmac_key_file is not None:
-        signer = HmacSigner(loaded.resolve_path(settings.hmac_key_file).read_bytes().strip())
+    if settings.hmac_key is not None:
+        # Resolved (with the secret-file checks) when the configuration was loaded.
+        key = loaded.secrets.get("logging.decision_log.hmac_key")
+        if key is None:
+            raise ValueError("logging.decision_log.hmac_key was not resolved")
+        signer = HmacSigner(key.get_secret_value().encode())
     else:
         signer = KeySigner(identity_key)
     audit_file = config.logging.audit_file

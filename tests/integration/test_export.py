@@ -16,6 +16,7 @@ import pytest
 import trustme
 
 from gateway import config as gwconfig
+from gateway.errors import ConfigError
 from gateway.observability.audit import AuditLog
 from gateway.observability.auditchain import HmacSigner
 from gateway.observability.export import (
@@ -166,7 +167,7 @@ def test_configured_exports_are_built_from_gateway_yaml(
 """,
         encoding="utf-8",
     )
-    loaded = gwconfig.load(config, check_host=False)
+    loaded = gwconfig.load(config)  # with the host checks: the TLS files are all there
     exporters = build_exporters(loaded)
     assert [e.sink.name for e in exporters] == ["stdout", "syslog"]
     syslog = exporters[1]
@@ -180,6 +181,12 @@ def test_configured_exports_are_built_from_gateway_yaml(
     config.write_text(config.read_text().replace("  audit_file: decisions.jsonl\n", ""))
     names = [e.sink.name for e in build_exporters(gwconfig.load(config, check_host=False))]
     assert names == ["syslog"]
+    # A missing TLS file is a configuration problem at load time, not a failure at first send.
+    (tmp_path / "client.key").unlink()
+    with pytest.raises(ConfigError) as caught:
+        gwconfig.load(config)
+    [problem] = caught.value.problems
+    assert problem.path == "logging.export.syslog.client_key_file"
 
 
 def test_a_running_gateway_exports_its_decision_log_to_rsyslog(

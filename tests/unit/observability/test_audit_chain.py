@@ -13,8 +13,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway import config as gwconfig
 from gateway.cli import main
-from gateway.observability.audit import AuditLog, Rotation, rotated_files
+from gateway.errors import ConfigError
+from gateway.observability.audit import AuditLog, Rotation, decision_log, rotated_files
 from gateway.observability.auditchain import (
     GENESIS,
     HeadVerifier,
@@ -26,6 +28,7 @@ from gateway.observability.auditchain import (
     verify_files,
 )
 from gateway.pipeline import AuditRecord
+from tests.unit.config.conftest import BASE
 
 KEY = b"k" * 32
 # Each example writes a small log to its own directory; no example may depend on timing.
@@ -467,3 +470,32 @@ def test_unwritable_directory_does_not_break_the_chain(tmp_path: Path) -> None:
     records = [json.loads(x) for x in (directory / "decisions.jsonl").read_bytes().splitlines()]
     assert records[0]["seq"] == 0
     assert records[0]["prev"] == GENESIS
+
+
+def test_the_configured_hmac_key_is_a_checked_secret_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "policies").mkdir()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        BASE
+        + "logging:\n  audit_file: decisions.jsonl\n"
+        + "  decision_log:\n    hmac_key: {file: audit.key}\n"
+    )
+    key = tmp_path / "audit.key"
+    key.write_text("k" * 32 + "\n")
+    key.chmod(0o644)  # readable by others: refused like every secret file
+    with pytest.raises(ConfigError) as refused:
+        gwconfig.load(config)
+    assert refused.value.problems[0].code == "unsafe_secret_file"
+    key.chmod(0o600)
+    loaded = gwconfig.load(config)
+    audit = decision_log(loaded, ec.generate_private_key(ec.SECP256R1()))
+    audit.write({"decision_id": "a"})
+    audit.close()
+    assert json.loads(_lines(tmp_path / "decisions.jsonl")[-1])["alg"] == "hmac-sha256"
+    assert main(["audit", "verify", str(tmp_path), "--hmac-key", str(key)]) == 0
+    # A key too short to sign with refuses to start rather than sign weakly.
+    key.write_text("short\n")
+    with pytest.raises(ValueError, match="32 bytes"):
+        decision_log(gwconfig.load(config), ec.generate_private_key(ec.SECP256R1()))
