@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +169,68 @@ def test_readme_sign_usage_is_the_real_one() -> None:
 
 def _words(usage: str) -> list[str]:
     return usage.replace("[", " ").replace("]", " ").split()
+
+
+# --- example output ----------------------------------------------------------------------------
+
+_OUTPUT = re.compile(r"<!-- test: output (\w[\w-]*) -->\n```\w*\n(.*?)```", re.DOTALL)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _output_blocks() -> list[tuple[str, str, str]]:
+    found: list[tuple[str, str, str]] = []
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for match in _OUTPUT.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            found.append((f"{path.relative_to(ROOT)}:{line}", match.group(1), match.group(2)))
+    return found
+
+
+OUTPUTS = _output_blocks()
+
+
+def _matches(shown: str, printed: str) -> bool:
+    """Whether a documented line is a printed one; ``...`` in the docs stands for any text."""
+    pattern = ".*?".join(re.escape(part) for part in shown.split("..."))
+    return re.fullmatch(pattern, printed) is not None
+
+
+def test_the_example_outputs_are_marked() -> None:
+    assert {where.split(":")[0] for where, _, _ in OUTPUTS} >= {"README.md", "docs/policy.md"}
+
+
+@pytest.mark.parametrize(("where", "fixture", "block"), OUTPUTS, ids=[w for w, _, _ in OUTPUTS])
+def test_example_output_is_what_the_command_prints(
+    where: str, fixture: str, block: str, tmp_path: Path
+) -> None:
+    """Each ``$ command`` of the block is run in a copy of tests/docs/fixtures/FIXTURE; the lines
+    shown after it must be lines it prints, in order (the docs may leave lines out)."""
+    work = tmp_path / "work"
+    shutil.copytree(FIXTURES / fixture, work)
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        elif line.strip() and steps:
+            steps[-1][1].append(line)
+    assert steps, f"{where}: no $ command in the block"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "100"}
+    for command, shown in steps:
+        argv = shlex.split(command)
+        assert argv[0] == "gateway", f"{where}: only gateway commands are run: {command}"
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", *argv[1:]],
+            cwd=work,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        printed = iter(result.stdout.splitlines())
+        for line in shown:
+            assert any(_matches(line, out) for out in printed), (
+                f"{where}: `{command}` did not print (in this order): {line!r}\n{result.stdout}"
+            )
