@@ -370,7 +370,7 @@ def _canonical_segment(raw: str) -> str:
 def _check_dots_only(decoded: str) -> None:
     # A segment of dots and white space only ('..%20', '.%C2%A0', '%20..', '...') is a dot
     # segment, and one of white space only ('%20') an empty one, to any server that trims
-    # trailing spaces and dots from names, as Windows does (catalogue B; issue 16 section 3).
+    # trailing spaces and dots from names, as Windows does (catalogue B).
     if all(char == "." or _is_space(char) for char in decoded):
         if "." not in decoded:
             raise RequestRejected(R.EMPTY_SEGMENT, "the path has a segment of white space only")

@@ -1,4 +1,4 @@
-"""Every outbound connection goes through the one dial step (catalogue A; issue "dial guard").
+"""Every outbound connection goes through the one dial step (catalogue A).
 
 The HTTP client connects to an IP literal without asking any resolver, so a target declared by
 address used to skip the dial step: no address check, no test seam, a real connection to the

@@ -48,8 +48,8 @@ REFUSALS = [
     pytest.param("/api/%0a", 400, "control_character", id="B44-lf"),
     pytest.param("/api/%0d", 400, "control_character", id="B44-cr"),
     pytest.param("/api/" + "a" * 5000, 414, "uri_too_long", id="B45"),
-    # Read differently by some target (docs/request-canonicalisation.md; issue 11 section 2,
-    # issue 16 section 3): each of these matched /api/* and was forwarded before.
+    # Read differently by some target (docs/request-canonicalisation.md):
+    # each of these matched /api/* and was forwarded before.
     pytest.param("/api/100%25", 400, "double_encoding", id="pct25-trailing"),
     pytest.param("/api/%25zz", 400, "double_encoding", id="pct25-text"),
     pytest.param("/api/admin%3Bx", 400, "matrix_parameter", id="enc-semicolon"),

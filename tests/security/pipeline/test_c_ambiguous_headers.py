@@ -1,5 +1,5 @@
-"""Header sets a target could read differently from the gateway (issue 11 section 2, issue 16
-section 3), through the full pipeline as relay JSON.
+"""Header sets a target could read differently from the gateway, through the full pipeline as
+relay JSON.
 
 The relay's JSON holds one value per header name; keys that differ only in case are two field
 lines by the time they reach a target. A covered field on two lines is signed joined (RFC 9421

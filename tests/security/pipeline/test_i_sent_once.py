@@ -1,4 +1,4 @@
-"""No request reaches a target twice (issue 11 section 2), through the full pipeline.
+"""No request reaches a target twice, through the full pipeline.
 
 The target keeps connections alive, as most servers do, and closes one the moment a request for
 ``/api/drop`` arrives on it: what the gateway sees when the target's idle timeout fires just as a

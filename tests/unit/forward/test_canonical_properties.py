@@ -235,7 +235,7 @@ def test_arbitrary_input_raises_only_request_rejected(
         assert attempt(request.path, target=request.target) is not None
 
 
-# --- one reading: what a target decodes is what was judged (issue 11 section 2) --------------
+# --- one reading: what a target decodes is what was judged --------------
 
 # Pieces chosen to be read differently by different servers: '%' in every depth of encoding,
 # encoded delimiters, white space next to dots, and characters that Windows "best fit"

@@ -164,7 +164,7 @@ def test_content_length_with_transfer_encoding_is_400(te: str) -> None:
     assert rejection(headers) == ("content_length_with_transfer_encoding", 400)
 
 
-# RFC 9112 section 6.1: exactly one 'chunked' or nothing (issue 11 section 2).
+# RFC 9112 section 6.1: exactly one 'chunked' or nothing.
 AMBIGUOUS_CODINGS = [
     "gzip, chunked",
     "chunked, identity",
