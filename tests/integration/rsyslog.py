@@ -28,7 +28,7 @@ import trustme
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 # The OpenSSL stream driver, under the multiarch library directory.
 DRIVERS = sorted(Path("/usr/lib").glob("*/rsyslog/lmnsd_ossl.so"))
-START_TIMEOUT = 15.0
+START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 FIELDS = ("pri", "version", "timestamp", "hostname", "app", "procid", "msgid", "msg")
 

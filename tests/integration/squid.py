@@ -32,7 +32,7 @@ NCSA_HELPER = Path("/usr/lib/squid/basic_ncsa_auth")
 USERNAME = "gw-agent"
 PASSWORD = "s3cret-proxy-pass"
 REFUSED_NETWORK = "127.0.0.2/32"
-START_TIMEOUT = 15.0
+START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 
 

@@ -24,7 +24,7 @@ NODE_DIR = Path(__file__).parent / "node"
 HTTP_HC = "hyco"
 WS_HC = "hycows"
 RULE, KEY = "RootManageSharedAccessKey", "interop-key-0123456789"
-STEP = 10.0  # bound for a single wait; Node start-up is the slowest step
+STEP = 60.0  # bound for a single wait; Node start-up is the slowest step
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 

@@ -90,7 +90,10 @@ def gateway_main() -> int:
             loop = super().new_event_loop()
 
             def sample() -> None:
-                Path(tasks_file).write_text(str(len(asyncio.all_tasks(loop))), encoding="ascii")
+                # Written aside and renamed: a reader never sees the file empty mid-write.
+                partial = Path(tasks_file + ".partial")
+                partial.write_text(str(len(asyncio.all_tasks(loop))), encoding="ascii")
+                partial.replace(tasks_file)
                 loop.call_later(1.0, sample)
 
             loop.call_soon(sample)
@@ -123,9 +126,15 @@ async def soak(
     stream_every: float = 1.0,
     warmup: float = 3.0,
     keep: Path | None = None,
+    max_in_flight: int | None = None,
 ) -> SoakResult:
     """Run the soak and return what it measured; with ``keep``, the gateway's directory (its
-    configuration, policies and decision log) is copied there once the gateway has stopped."""
+    configuration, policies and decision log) is copied there once the gateway has stopped.
+
+    ``max_in_flight`` caps the requests outstanding at once: past it the sender waits for an
+    answer instead of keeping to the rate. On a machine too busy for the rate, an open loop
+    piles up requests, and with them connections and tasks the gateway legitimately holds;
+    with the cap, what the samples measure is the same on any machine."""
     result = SoakResult(seconds, rate)
     with tempfile.TemporaryDirectory(prefix="gateway-soak-") as work:
         directory = Path(work) / "gw"
@@ -158,7 +167,14 @@ async def soak(
                 async with asyncio.timeout(30):
                     await stack.relay.wait_for_listeners(stack.hc, 2)
                 await _drive(
-                    stack, process.pid, tasks_file, result, sample_every, stream_every, warmup
+                    stack,
+                    process.pid,
+                    tasks_file,
+                    result,
+                    sample_every,
+                    stream_every,
+                    warmup,
+                    max_in_flight,
                 )
             finally:
                 if process.returncode is None:
@@ -182,6 +198,7 @@ async def _drive(
     sample_every: float,
     stream_every: float,
     warmup: float,
+    max_in_flight: int | None,
 ) -> None:
     counter = itertools.count()
     pending: set[asyncio.Task[None]] = set()
@@ -227,6 +244,8 @@ async def _drive(
                     result.samples.append(observe(pid, tasks_file))
                     next_sample += sample_every
                 await asyncio.sleep(max(0.0, due - now))
+                if max_in_flight is not None and len(pending) >= max_in_flight:
+                    await asyncio.wait(set(pending), return_when=asyncio.FIRST_COMPLETED)
                 task = asyncio.create_task(one(saas))
                 pending.add(task)
                 task.add_done_callback(pending.discard)

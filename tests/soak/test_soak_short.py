@@ -24,7 +24,11 @@ pytestmark = pytest.mark.asyncio
 
 async def test_fixed_rate_load_keeps_rss_descriptors_and_tasks_flat(tmp_path: Path) -> None:
     kept = tmp_path / "gw"
-    result = await soak(20, rate=100, sample_every=2, stream_every=1, warmup=4, keep=kept)
+    # At most 8 requests outstanding: on a machine too busy for 100 per second the rate drops
+    # rather than the backlog (and the connections and tasks it legitimately holds) growing.
+    result = await soak(
+        20, rate=100, sample_every=2, stream_every=1, warmup=4, keep=kept, max_in_flight=8
+    )
     print(summary(result))
     assert result.errors == 0
     assert set(result.statuses) <= {200, 403}

@@ -25,7 +25,7 @@ import yaml
 from gateway.devkit.stack import DevStack
 from gateway.service import Agent, AgentOptions
 
-WAIT = 5.0
+WAIT = 60.0  # bound for a single wait; each ends as soon as its event comes
 LIVE_EVENTS = {"name": "live-events", "methods": ["GET"], "paths": ["/ws/*"], "websocket": True}
 
 

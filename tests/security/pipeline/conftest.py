@@ -53,7 +53,7 @@ LDAP_HOST = "dc1.corp.local"
 LDAP_NETWORK = ipaddress.ip_network("10.1.4.0/24")
 API_NETWORK = ipaddress.ip_network("10.1.3.0/24")
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
-START_TIMEOUT = 15.0
+START_TIMEOUT = 60.0
 # Control channels per agent: enough that a test which makes the listener drop one (and wait out
 # its reconnect backoff) leaves others serving the next test.
 LISTENERS = 4
