@@ -20,7 +20,8 @@ servers) except under ``**``. Literals are case-sensitive and compared byte for 
 request path has been canonicalised (percent-encoding of unreserved characters decoded, hex digits
 upper-cased; RFC 3986 section 6.2.2). A pattern is written in that canonical form, so a literal may
 contain ``%XX`` only for characters that must stay encoded, and never for ``/``, ``\\``, ``.``,
-NUL or control characters.
+``%``, ``;``, ``?``, ``#``, NUL or control characters (requests holding those are refused before
+any pattern is tried).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ _FORBIDDEN_ENCODED = {0x2F: "/", 0x5C: "\\", 0x2E: "."} | {
     b: "a control character" for b in range(0x20)
 }
 _FORBIDDEN_ENCODED[0x7F] = "a control character"
+# Encodings the canonicaliser refuses in every request (docs/request-canonicalisation.md), so a
+# literal holding one could never match: '%', and the delimiters servers act on once decoded.
+_FORBIDDEN_ENCODED |= {0x25: "'%'", 0x3B: "';'", 0x3F: "'?'", 0x23: "'#'"}
 
 
 class PatternError(ValueError):

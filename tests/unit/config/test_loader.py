@@ -201,6 +201,10 @@ def test_bad_methods(write_config: WriteConfig, methods: str, code: str, fragmen
         ("/api/x;jsessionid=1", "matrix_parameter"),
         ("/api/%41", "non_canonical_encoding"),
         ("/api/%00", "forbidden_encoding"),
+        ("/api/100%25", "forbidden_encoding"),
+        ("/api/a%3Bb", "forbidden_encoding"),
+        ("/api/a%3Fb", "forbidden_encoding"),
+        ("/api/a%23b", "forbidden_encoding"),
     ],
 )
 def test_bad_path_patterns(write_config: WriteConfig, path: str, code: str) -> None:
