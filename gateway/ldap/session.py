@@ -1,0 +1,163 @@
+"""Sans-IO state of one LDAP connection: framing both directions and the outstanding operations.
+
+No sockets, no asyncio: bytes in, decoded PDUs out (the h11 pattern). The proxy feeds what it
+reads from the SaaS side to ``receive_from_client`` and what it reads from the directory to
+``receive_from_server``, decides each request, and tells the session which ones it forwarded.
+
+What the session enforces (RFC 4511 section 4.1.1.1 and the gateway's bounds):
+
+* every PDU is framed and size-bounded before its content is read;
+* a request's message id is 1..2^31-1 and not the id of an operation still outstanding;
+* at most ``Limits.max_outstanding`` operations are outstanding at the directory at once;
+* the directory answers only outstanding operations (or sends an unsolicited notification with
+  message id 0), and an operation ends with its final response; abandon ends one without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.ldap.codec import (
+    DEFAULT_LIMITS,
+    Limits,
+    Operation,
+    Request,
+    Response,
+    decode_request,
+    decode_response,
+    pdu_length,
+)
+from gateway.ldap.errors import LdapProtocolError, LdapRefusedError
+
+
+@dataclass(frozen=True)
+class ClientPdu:
+    """One PDU from the client: a ``request`` to decide, or a ``refused`` one to answer."""
+
+    raw: bytes
+    request: Request | None = None
+    refused: LdapRefusedError | None = None
+
+
+@dataclass(frozen=True)
+class ServerPdu:
+    """One PDU from the directory with its decoded ``response``."""
+
+    raw: bytes
+    response: Response
+
+
+def _frames(buffer: bytearray, max_bytes: int) -> list[bytes]:
+    pdus: list[bytes] = []
+    while True:
+        length = pdu_length(buffer, max_bytes)
+        if length is None or len(buffer) < length:
+            return pdus
+        pdus.append(bytes(buffer[:length]))
+        del buffer[:length]
+
+
+class LdapSession:
+    """Framing and operation bookkeeping for one relayed LDAP connection."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or DEFAULT_LIMITS
+        self._from_client = bytearray()
+        self._from_server = bytearray()
+        self._outstanding: dict[int, Operation] = {}
+        # Abandoned ids whose late responses are dropped (section 4.11: the directory may still
+        # send some); bounded like the outstanding set, oldest forgotten first.
+        self._abandoned: dict[int, None] = {}
+        self.unbound = False
+
+    @property
+    def outstanding(self) -> int:
+        """How many forwarded operations the directory has not finished yet."""
+        return len(self._outstanding)
+
+    def receive_from_client(self, data: bytes) -> list[ClientPdu]:
+        """Frame and decode client bytes; raises ``LdapProtocolError`` (then close the stream)."""
+        if self.unbound:
+            # Section 4.3: after an UnbindRequest the client sends nothing more.
+            raise LdapProtocolError("ldap-after-unbind", "data after an UnbindRequest")
+        self._from_client += data
+        pdus: list[ClientPdu] = []
+        for raw in _frames(self._from_client, self.limits.max_request_bytes):
+            if self.unbound:
+                raise LdapProtocolError("ldap-after-unbind", "data after an UnbindRequest")
+            try:
+                request = decode_request(raw, self.limits)
+            except LdapRefusedError as refused:
+                pdus.append(ClientPdu(raw, refused=refused))
+                continue
+            if request.message_id in self._outstanding:
+                raise LdapProtocolError(
+                    "ldap-bad-message-id",
+                    f"message id {request.message_id} is still outstanding (section 4.1.1.1)",
+                )
+            if request.operation is Operation.UNBIND:
+                self.unbound = True
+            # A new request may reuse the id of an abandoned one; late answers to the old one
+            # are then indistinguishable, as they are for the directory itself.
+            self._abandoned.pop(request.message_id, None)
+            pdus.append(ClientPdu(raw, request=request))
+        if self.unbound and self._from_client:
+            raise LdapProtocolError("ldap-after-unbind", "data after an UnbindRequest")
+        return pdus
+
+    def forwarding(self, request: Request) -> None:
+        """Record that ``request`` goes to the directory.
+
+        Raises ``LdapRefusedError`` when too many are already outstanding (the request is then
+        answered, not forwarded).
+        """
+        if request.operation is Operation.ABANDON:
+            # Section 4.11: the abandoned operation may never be answered.
+            if self._outstanding.pop(request.abandon_id, None) is not None:
+                self._abandoned[request.abandon_id] = None
+                while len(self._abandoned) > self.limits.max_outstanding:
+                    del self._abandoned[next(iter(self._abandoned))]
+            return
+        if not request.expects_response:
+            return
+        if len(self._outstanding) >= self.limits.max_outstanding:
+            refused = LdapRefusedError(
+                "ldap-too-many-outstanding",
+                f"{len(self._outstanding)} operations are already outstanding",
+                message_id=request.message_id,
+            )
+            refused.operation = request.operation
+            raise refused
+        self._outstanding[request.message_id] = request.operation
+
+    def operation_of(self, message_id: int) -> Operation | None:
+        """The operation an outstanding message id belongs to."""
+        return self._outstanding.get(message_id)
+
+    def receive_from_server(self, data: bytes) -> list[ServerPdu]:
+        """Frame and decode directory bytes; raises ``LdapProtocolError`` for a response that
+        answers nothing outstanding (a confused or hostile directory: close both ends).
+
+        Responses to abandoned operations are dropped here: the client asked not to see them.
+        """
+        self._from_server += data
+        pdus: list[ServerPdu] = []
+        for raw in _frames(self._from_server, self.limits.max_response_bytes):
+            response = decode_response(raw, self.limits)
+            if response.message_id == 0:
+                # Section 4.4: unsolicited notifications use message id 0.
+                pdus.append(ServerPdu(raw, response))
+                continue
+            if response.message_id in self._abandoned:
+                if response.final:
+                    del self._abandoned[response.message_id]
+                continue
+            if response.message_id not in self._outstanding:
+                raise LdapProtocolError(
+                    "ldap-unexpected-response",
+                    f"a {response.kind} for message id {response.message_id}, not outstanding",
+                )
+            if response.final:
+                del self._outstanding[response.message_id]
+            pdus.append(ServerPdu(raw, response))
+        return pdus
