@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ldap3 import SIMPLE
+from ldap3 import ANONYMOUS, SIMPLE
 from ldap3.operation.abandon import abandon_operation
 from ldap3.operation.add import add_operation
 from ldap3.operation.bind import bind_operation
@@ -67,6 +67,10 @@ def search(
 
 def simple_bind(message_id: int, name: str, password: str) -> bytes:
     return message(message_id, "bindRequest", bind_operation(3, SIMPLE, name, password))
+
+
+def anonymous_bind(message_id: int) -> bytes:
+    return message(message_id, "bindRequest", bind_operation(3, ANONYMOUS, "", None))
 
 
 def sasl_bind(message_id: int, mechanism: str, credentials: bytes | None = None) -> bytes:

@@ -1,0 +1,159 @@
+"""The ``ldap`` part of the policy input document: one LDAP request, in the form Rego compares.
+
+Rego cannot prepare strings the way RFC 4518 does, so every comparison that depends on it is
+settled here, once, by the same code that reads the PDU:
+
+* a DN becomes ``dn_path``: its RDNs from the root down, each RDN the canonical string of its
+  sorted (type, prepared value) pairs. A rule's subtree goes through ``subtree_path`` the same way,
+  so "entry within subtree" is "the subtree's path is a prefix of the entry's path" (RDN sequence,
+  never string suffix). An allowed AD ``<GUID=...>`` form has no path (``null``): it is within no
+  subtree a rule can name but the root;
+* attribute descriptions become their types (``member;range=0-1499`` is ``member``, ``2.5.4.3``
+  is ``cn``), lower-cased, because rules name types;
+* the search selectors ``*``, ``+`` and ``1.1`` (RFC 4511 4.5.1.8, RFC 3673) become flags, and
+  an empty selection means all user attributes;
+* a modify DN's destination is worked out (new superior, or the old parent, plus the new RDN).
+
+Nothing secret enters the document: no bind password, no compare value, no filter value (a filter
+on a secret attribute is an oracle for it, so the policy sees which attributes a filter tests, not
+what it tests them against).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from gateway.ldap.codec import Operation, Request
+from gateway.ldap.dn import Dn, MatchingRules, escape_value, normalise_attribute
+from gateway.ldap.errors import DnError, LdapRefusedError
+
+
+def _rdn_text(rdn: tuple[tuple[str, str], ...]) -> str:
+    return "+".join(f"{attribute}={escape_value(value)}" for attribute, value in rdn)
+
+
+def dn_path(dn: Dn) -> list[str] | None:
+    """Root-first canonical RDN strings, or None for an AD extended form (no place)."""
+    if dn.extended:
+        return None
+    return [_rdn_text(rdn) for rdn in reversed(dn.rdns)]
+
+
+def subtree_path(text: str, rules: MatchingRules) -> list[str]:
+    """The path of a subtree a rule names (raises ``DnError``; extended forms are refused)."""
+    parsed = Dn.parse(text, MatchingRules(case_insensitive=rules.case_insensitive))
+    path = dn_path(parsed)
+    if path is None:  # unreachable: allow_extended is off above
+        raise DnError("ldap-dn-extended-refused", "a rule cannot name an extended DN")
+    return path
+
+
+def _attribute_set(descriptions: tuple[str, ...]) -> list[str]:
+    return sorted({normalise_attribute(description) for description in descriptions})
+
+
+def _selection(selectors: tuple[str, ...]) -> dict[str, Any]:
+    names = [item for item in selectors if item not in ("*", "+", "1.1")]
+    return {
+        # RFC 4511 4.5.1.8: an empty list, or "*", asks for all user attributes.
+        "all_user": not selectors or "*" in selectors,
+        # RFC 3673: "+" asks for all operational attributes.
+        "all_operational": "+" in selectors,
+        "attributes": _attribute_set(tuple(names)),
+    }
+
+
+def ldap_input(request: Request, rules: MatchingRules) -> dict[str, Any]:
+    """The ``input.ldap`` document for ``request``.
+
+    Raises ``LdapRefusedError`` (with the message id and operation, so it is answered with
+    resultCode 50) for a DN the gateway cannot compare the way the directory does.
+    """
+    try:
+        return _document(request, rules)
+    except DnError as exc:
+        refused = LdapRefusedError(exc.reason, exc.detail, message_id=request.message_id)
+        refused.operation = request.operation
+        raise refused from None
+
+
+def _parsed(text: str, rules: MatchingRules) -> tuple[Dn, list[str] | None]:
+    dn = Dn.parse(text, rules)
+    return dn, dn_path(dn)
+
+
+def _document(request: Request, rules: MatchingRules) -> dict[str, Any]:
+    operation = request.operation
+    document: dict[str, Any] = {
+        "operation": str(operation),
+        "message_id": request.message_id,
+        "controls": [
+            {"oid": control.oid, "critical": control.critical} for control in request.controls
+        ],
+    }
+    if operation in (Operation.UNBIND, Operation.ABANDON):
+        return document
+    if operation is Operation.EXTENDED:
+        document["extended_oid"] = request.request_name
+        return document
+    if operation is Operation.BIND:
+        anonymous = request.auth_method == "simple" and not request.dn and not request.credentials
+        bind: dict[str, Any] = {
+            "method": request.auth_method,
+            "mechanism": request.sasl_mechanism.upper(),
+            "anonymous": anonymous,
+            "version": request.version,
+            "name": request.dn.strip().casefold(),
+            "dn_path": None,
+        }
+        # A UPN (user@corp.example) or DOMAIN\\user is no DN: Active Directory accepts both as
+        # bind names; they are matched by name, not by place.
+        with contextlib.suppress(DnError):
+            bind["dn_path"] = dn_path(Dn.parse(request.dn, rules))
+        document["bind"] = bind
+        return document
+    dn, path = _parsed(request.dn, rules)
+    document["dn"] = str(dn)
+    document["dn_path"] = path
+    if operation is Operation.SEARCH:
+        document["scope"] = request.scope
+        document["size_limit"] = request.size_limit
+        document["time_limit"] = request.time_limit
+        document["types_only"] = request.types_only
+        document["selection"] = _selection(request.attributes)
+        node = request.filter
+        document["filter"] = {
+            "attributes": _attribute_set(tuple(node.attributes())) if node else [],
+            "terms": sum(1 for _ in node.walk()) if node else 0,
+            "depth": node.depth() if node else 0,
+            "extensible_rules": sorted(
+                {item.rule for item in node.walk() if item.rule} if node else set()
+            ),
+        }
+    elif operation is Operation.COMPARE or operation is Operation.ADD:
+        document["attributes"] = _attribute_set(request.attributes)
+    elif operation is Operation.MODIFY:
+        document["changes"] = sorted(
+            (
+                {"type": change.operation, "attribute": normalise_attribute(change.attribute)}
+                for change in request.changes
+            ),
+            key=lambda change: (change["attribute"], change["type"]),
+        )
+        document["attributes"] = sorted({change["attribute"] for change in document["changes"]})
+    elif operation is Operation.MODIFY_DN:
+        new_rdn = Dn.parse(request.new_rdn, rules)
+        if request.new_superior is not None:
+            superior, superior_path = _parsed(request.new_superior, rules)
+        elif path is not None:
+            superior, superior_path = dn.parent(), dn_path(dn.parent())
+        else:
+            superior, superior_path = dn, None  # an extended DN's parent is unknown
+        document["new_superior_path"] = superior_path
+        # Section 4.9: the entry ends up as the new RDN under the new (or old) superior.
+        document["new_dn_path"] = (
+            dn_path(superior.child(new_rdn)) if superior_path is not None else None
+        )
+        document["delete_old_rdn"] = request.delete_old_rdn
+    return document
