@@ -462,3 +462,48 @@ async def test_https_target_is_verified_with_sni_of_the_configured_name(tmp_path
         await runner.cleanup()
     assert sni_seen[0] == "erp.corp.local"
     assert (caught.value.code, caught.value.status) == ("upstream_tls", 502)
+
+
+async def test_https_target_declared_by_address_is_verified_against_that_address() -> None:
+    # The client URL names the dial step's host, so TLS must be told the configured one: for an
+    # address that means no SNI (RFC 6066 section 3 allows names only) and a certificate that
+    # names the address; one for another address is refused.
+    ca = trustme.CA()
+    runners: list[web.AppRunner] = []
+    ports: dict[str, int] = {}
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text="by address")
+
+    sni_seen: list[str | None] = []
+    for named in ("10.1.2.3", "10.1.2.4"):
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(named).configure_cert(server_context)
+        server_context.sni_callback = lambda sock, name, ctx: sni_seen.append(name)
+        app = web.Application()
+        app.router.add_get("/api/x", handler)
+        runner, ports[named] = await start_app(app, server_context)
+        runners.append(runner)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    config = make_config("https", host="10.1.2.3", allowed_cidrs=[])
+    right = Upstream(
+        config, redirect=Dialled(ports["10.1.2.3"]), tls_contexts={"erp": client_context}
+    )
+    wrong = Upstream(
+        config, redirect=Dialled(ports["10.1.2.4"]), tls_contexts={"erp": client_context}
+    )
+    try:
+        response = await right.send(
+            "erp", method="GET", path="/api/x", query=None, headers=[], body=b""
+        )
+        assert await drain(response) == b"by address"
+        with pytest.raises(UpstreamError) as caught:
+            await wrong.send("erp", method="GET", path="/api/x", query=None, headers=[], body=b"")
+    finally:
+        await right.close()
+        await wrong.close()
+        for runner in runners:
+            await runner.cleanup()
+    assert sni_seen[0] is None
+    assert (caught.value.code, caught.value.status) == ("upstream_tls", 502)
