@@ -36,7 +36,7 @@ from gateway.forward.headers import DEFAULT_FORWARDED, HANDSHAKE_ONLY
 from gateway.pipeline import Chain, RequestFacts, Verdict
 from gateway.policy.decision_log import mask_query
 from gateway.policy.engine import PolicyEngine
-from gateway.policy.loader import PolicySet, build_engine, load_policies
+from gateway.policy.loader import PolicySet, build_engine, checked_engine, load_policies
 
 EXIT_ALLOWED = 0
 EXIT_CONFIG = 1
@@ -211,6 +211,8 @@ def _engine(loaded: gwconfig.LoadedConfig, policies: PolicySet) -> PolicyEngine:
         return build_engine(loaded, policies)
     from gateway.policy.opa import OpaEngine
 
+    # The proof build_engine gives every engine: a policy run would refuse is refused here too.
+    checked_engine(loaded, policies, mode="enforce", cache=None)
     settings = loaded.config.policy
     assert settings.opa_url is not None  # the configuration semantics require it
     return OpaEngine(

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli import main
 from gateway.errors import ConfigError, PolicyError
 from gateway.policy.check import MAX_SMOKE_INPUTS, smoke_inputs
 from gateway.policy.embedded import EmbeddedEngine
 from gateway.policy.engine import POLICY_UNAVAILABLE
 from gateway.policy.loader import build_engine, load_policies, verify_policy
 from gateway.policy.testing import run_policy_tests
-from tests.unit.policy.conftest import MakeConfig, request_input
+from tests.unit.policy.conftest import SHIPPED_POLICIES, MakeConfig, config_text, request_input
 
 
 def _module(directory: Path, name: str, text: str) -> Path:
@@ -158,3 +159,23 @@ def test_the_smoke_requests_cover_every_operation_and_stay_bounded(
 def test_the_shipped_policy_builds_and_decides(make_config: MakeConfig) -> None:
     engine = build_engine(make_config())
     assert asyncio.run(engine.decide(request_input())).allow
+
+
+@pytest.mark.parametrize("verb", ["validate", "explain"])
+def test_an_opa_configuration_gets_the_same_proof(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], verb: str
+) -> None:
+    bad = _module(
+        tmp_path / "extra",
+        "bad.rego",
+        'package gateway_extensions.bad\n\ndeny contains "nope" if not_a_function(input.method)\n',
+    )
+    config = tmp_path / "gateway.yaml"
+    # Nothing listens on the OPA URL: the policy is refused before any engine would be asked.
+    opa = "  engine: opa\n  opa_url: http://127.0.0.1:9\n"
+    config.write_text(
+        config_text([SHIPPED_POLICIES, tmp_path / "extra"], extra=opa), encoding="utf-8"
+    )
+    args = [verb, "-c", str(config)] + (["GET", "erp", "/api/x"] if verb == "explain" else [])
+    assert main(args) == 1
+    assert f"{bad}:3:25:" in capsys.readouterr().err
