@@ -37,16 +37,23 @@ SAS tokens (``sas``)
 
 Addresses (``addresses``)
     ``RelayEndpoint.parse("wss://ns.servicebus.windows.net")``, ``listen_url``, ``connect_url``,
-    ``http_url``, ``reject_url(address, status_code, description)``, and
+    ``http_url``, ``reject_url(address, status_code, description)``,
+    ``relay_domain_for(namespace_host)`` (``.servicebus.<cloud>`` or ``None``), and
     ``RendezvousPolicy(domain_suffix=".servicebus.windows.net", dev_endpoint=None,
-    entity_path=None).check(address)`` raising ``BadRendezvousAddressError``
-    (code ``bad_rendezvous_address``). Pass ``policy.check`` as ``ListenerChannel``'s
-    ``check_address``.
+    entity_path=None, extra_endpoints=()).check(address, command_id=None)`` raising
+    ``BadRendezvousAddressError`` (code ``bad_rendezvous_address``). Pass ``policy.check`` as
+    ``ListenerChannel``'s ``check_address``.
+
+Listen refusals (``refusals``)
+    ``classify_listen_refusal(status, reason) -> ListenRefusal(status, kind, reason,
+    tracking_id)`` with ``kind`` a ``RefusalKind`` (``quota``, ``unauthorized``, ``not_found``,
+    ``other``); ``clean_reason(text)`` makes relay text safe for a log line.
 
 Errors (``errors``)
     ``HybridConnectionError`` (``.code``) > ``ProtocolError`` (``MessageTooLargeError``,
     ``MalformedMessageError``, ``UnknownCommandError``, ``MissingFieldError``,
-    ``InvalidFieldError``, ``MalformedRequestError``, ``TooManyViolationsError``,
+    ``InvalidFieldError``, ``MalformedRequestError``, ``MalformedCommandError``,
+    ``TooManyViolationsError``,
     ``UnexpectedFrameError``, ``UnexpectedCommandError``, ``BadRendezvousAddressError``) and
     ``TokenError`` (``MalformedTokenError``, ``UnknownKeyNameError``, ``BadSignatureError``,
     ``TokenExpiredError``, ``WrongResourceError``). Messages never contain tokens, keys or

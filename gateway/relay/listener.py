@@ -44,7 +44,17 @@ and hands the socket to the handler.
 
 Rendezvous addresses are dialled only after the core's address check
 (:class:`gateway.hybridconnection.addresses.RendezvousPolicy`) has passed; a failing address is
-logged as ``bad_rendezvous_address``, counted, and never dialled.
+logged as ``bad_rendezvous_address``, counted, and never dialled. A request that arrived whole
+on the control channel with such an address is answered ``502 bad_rendezvous_address`` there.
+
+A response due on a control channel that is gone by then (the relay recycles every listener
+connection daily, section 3.4) goes over the request's rendezvous address instead, which stays
+valid after the channel (section 5.3): the target has acted, so its answer must not be lost.
+
+Every request or stream the listener refuses or answers itself, without the handler, is passed
+to the ``on_refusal`` sink (:class:`gateway.relay.handlers.RelayRefusal`) so it reaches the
+decision log. ``stop()`` closes the control channels with 1000 (section 3.4) before it cancels
+what is left.
 """
 
 from __future__ import annotations
