@@ -1,8 +1,9 @@
 """``gateway diff OLD NEW``: what a change to gateway.yaml grants or takes away.
 
 ``OLD`` and ``NEW`` are files or ``REV:PATH`` Git revisions (``origin/main:gateway.yaml``). Both
-sides are validated like ``gateway validate --skip-host-checks``; invalid sides are reported with
-their located problems.
+files are checked by the configuration rules of ``gateway validate --skip-host-checks``; invalid
+sides are reported with their located problems. Their policies are not compiled (a revision's
+Rego files are not at hand): ``gateway validate`` proves the new side's policy decides.
 
 Exit codes (for CI gates):
 
