@@ -20,7 +20,15 @@ from ldap3.operation.modifyDn import modify_dn_operation
 from ldap3.operation.search import search_operation
 from ldap3.operation.unbind import unbind_operation
 from ldap3.protocol.convert import build_controls_list
-from ldap3.protocol.rfc4511 import LDAPMessage, MessageID, ProtocolOp
+from ldap3.protocol.rfc4511 import (
+    LDAPMessage,
+    MessageID,
+    PartialAttribute,
+    PartialAttributeList,
+    ProtocolOp,
+    SearchResultEntry,
+    Vals,
+)
 from pyasn1.codec.ber import encoder
 
 SCOPES = {"base": 0, "one": 1, "sub": 2}
@@ -109,3 +117,20 @@ def abandon(message_id: int, target: int) -> bytes:
 
 def unbind(message_id: int) -> bytes:
     return message(message_id, "unbindRequest", unbind_operation())
+
+
+def search_entry(message_id: int, dn: str, attributes: dict[str, list[bytes]]) -> bytes:
+    """A SearchResultEntry as a directory would send it (built with ldap3's ASN.1 types)."""
+    entry = SearchResultEntry()
+    entry["object"] = dn
+    attribute_list = PartialAttributeList()
+    for index, (name, values) in enumerate(attributes.items()):
+        attribute = PartialAttribute()
+        attribute["type"] = name
+        vals = Vals()
+        for position, value in enumerate(values):
+            vals.setComponentByPosition(position, value)
+        attribute["vals"] = vals
+        attribute_list.setComponentByPosition(index, attribute)
+    entry["attributes"] = attribute_list
+    return message(message_id, "searchResEntry", entry)

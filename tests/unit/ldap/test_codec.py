@@ -151,37 +151,8 @@ def test_gateway_bind_is_a_real_bind_request() -> None:
     assert bytes(bind["authentication"].getComponent()) == b"stored"
 
 
-def _entry(message_id: int, dn: str, attributes: dict[str, list[bytes]]) -> bytes:
-    from ldap3.protocol.rfc4511 import (
-        PartialAttribute,
-        PartialAttributeList,
-        ProtocolOp,
-        SearchResultEntry,
-        Vals,
-    )
-
-    entry = SearchResultEntry()
-    entry["object"] = dn
-    attribute_list = PartialAttributeList()
-    for index, (name, values) in enumerate(attributes.items()):
-        attribute = PartialAttribute()
-        attribute["type"] = name
-        vals = Vals()
-        for position, value in enumerate(values):
-            vals.setComponentByPosition(position, value)
-        attribute["vals"] = vals
-        attribute_list.setComponentByPosition(index, attribute)
-    entry["attributes"] = attribute_list
-    message = LDAPMessage()
-    message["messageID"] = message_id
-    protocol_op = ProtocolOp()
-    protocol_op.setComponentByName("searchResEntry", entry)
-    message["protocolOp"] = protocol_op
-    return bytes(encoder.encode(message))
-
-
 def test_strip_entry_attributes() -> None:
-    pdu = _entry(
+    pdu = pdus.search_entry(
         3,
         "CN=PC1,OU=Computers",
         {"cn": [b"PC1"], "ms-Mcs-AdmPwd": [b"hunter2"], "description": [b"d"]},
