@@ -20,6 +20,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from pyasn1.codec.ber import encoder  # noqa: E402
+
 from gateway.hybridconnection.messages import (  # noqa: E402 - after the path set-up above
     AcceptCommand,
     Command,
@@ -27,8 +29,28 @@ from gateway.hybridconnection.messages import (  # noqa: E402 - after the path s
     ResponseCommand,
     encode_command,
 )
+from gateway.ldap.asn1 import LDAP_MESSAGE  # noqa: E402
+from gateway.ldap.codec import encode_simple_bind  # noqa: E402
 
-TARGETS = ("control", "canonical")
+TARGETS = ("control", "canonical", "ldap")
+
+
+def _search_request(message_id: int, base: str) -> bytes:
+    """A SearchRequest seed with a nested filter, built from the RFC 4511 specification."""
+    message = LDAP_MESSAGE.clone()
+    message["messageID"] = message_id
+    search = message["protocolOp"]["searchRequest"]
+    search["baseObject"] = base.encode()
+    search["scope"] = 2
+    search["derefAliases"] = 0
+    search["sizeLimit"] = 10
+    search["timeLimit"] = 0
+    search["typesOnly"] = False
+    search["filter"]["and"][0]["present"] = b"objectClass"
+    search["filter"]["and"][1]["not"]["equalityMatch"]["attributeDesc"] = b"cn"
+    search["filter"]["and"][1]["not"]["equalityMatch"]["assertionValue"] = b"x"
+    search["attributes"][0] = b"cn"
+    return bytes(encoder.encode(message))
 
 
 def seeds(target: str) -> list[bytes]:
@@ -48,6 +70,12 @@ def seeds(target: str) -> list[bytes]:
             ResponseCommand(request_id="3", status_code=200, body=True),
         ]
         return [encode_command(command).encode() for command in commands]
+    if target == "ldap":
+        return [
+            encode_simple_bind(1, "CN=svc,OU=Service,DC=corp,DC=example", b"pw")
+            + _search_request(2, "OU=Staff,DC=corp,DC=example"),
+            _search_request(3, "CN=a\\2C+SN=b,OU=\\ Tier0 ,DC=corp"),
+        ]
     return [
         b"\x00\x00\x00\x00/api/orders",
         b"\x01\x02\x01\x00/api/%2e%2e/admin?x=1",

@@ -1,7 +1,7 @@
 """Coverage-guided fuzz targets (atheris + libFuzzer) for the two parsers that see attacker bytes
-first: the relay control-message parser and the request canonicaliser.
+first: the relay control-message parser, the request canonicaliser and the LDAP PDU reader.
 
-Run through ``fuzz/run.py``; directly: ``python fuzz/targets.py control|canonical [libFuzzer
+Run through ``fuzz/run.py``; directly: ``python fuzz/targets.py control|canonical|ldap [libFuzzer
 flags] [corpus dirs]``. A target fails (libFuzzer writes a ``crash-*`` file and exits non-zero)
 when its invariant breaks:
 
@@ -15,6 +15,11 @@ when its invariant breaks:
     segment, encoded slash, backslash or NUL, and ``/api/*`` matches it only if its first segment is
     exactly ``api``,
     it has exactly two segments and no trailing slash.
+
+``ldap``
+    :class:`gateway.ldap.session.LdapSession` fed the bytes whole and in two pieces raises only
+    ``LdapError``; the policy input of every decoded request raises only ``LdapRefusedError``;
+    a DN that parses is a fixed point of parsing its string form.
 
 Hangs and memory blow-ups are caught by libFuzzer's ``-timeout`` and ``-rss_limit_mb``.
 """
@@ -41,6 +46,10 @@ with atheris.instrument_imports(include=["gateway"]):
         SocketKind,
     )
     from gateway.hybridconnection.messages import parse_command
+    from gateway.ldap.dn import Dn, MatchingRules
+    from gateway.ldap.errors import DnError, LdapError, LdapRefusedError
+    from gateway.ldap.policy_input import ldap_input
+    from gateway.ldap.session import LdapSession
 
 _WIRE_UNSAFE = re.compile(r"[\x00\r\n]")
 _POLICY = RendezvousPolicy(entity_path="hc-1")
@@ -142,7 +151,36 @@ def canonical(data: bytes) -> None:
         raise AssertionError(f"/api/* disagrees with the segments of {request.path!r}")
 
 
-TARGETS: dict[str, Callable[[bytes], None]] = {"control": control, "canonical": canonical}
+_LDAP_RULES = (MatchingRules(), MatchingRules(case_insensitive=False, allow_extended=True))
+
+
+def ldap(data: bytes) -> None:
+    """Invariant check for bytes a SaaS-side LDAP client sends, whole and in two pieces."""
+    for pieces in ((data,), (data[: len(data) // 2], data[len(data) // 2 :])):
+        session = LdapSession()
+        try:
+            decoded = [pdu for piece in pieces for pdu in session.receive_from_client(piece)]
+        except LdapError:
+            continue
+        for pdu in decoded:
+            if pdu.request is None:
+                continue
+            for rules in _LDAP_RULES:
+                with contextlib.suppress(LdapRefusedError):
+                    ldap_input(pdu.request, rules)
+            try:
+                dn = Dn.parse(pdu.request.dn)
+            except DnError:
+                continue
+            if Dn.parse(str(dn)) != dn:
+                raise AssertionError(f"a DN is not a fixed point: {pdu.request.dn!r}")
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "control": control,
+    "canonical": canonical,
+    "ldap": ldap,
+}
 
 
 def main(argv: list[str]) -> None:
