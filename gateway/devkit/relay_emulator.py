@@ -283,7 +283,10 @@ class RelayEmulator:
         self._runner = runner
         self._bound_port = int(runner.addresses[0][1])
         if self._rendezvous_host is not None:
-            nodes = web.TCPSite(runner, self._rendezvous_host, 0, ssl_context=self._ssl)
+            # A restart keeps the port, as the service's node names outlive a restart.
+            nodes = web.TCPSite(
+                runner, self._rendezvous_host, self._rendezvous_port, ssl_context=self._ssl
+            )
             await nodes.start()
             self._rendezvous_port = int(runner.addresses[-1][1])
 

@@ -178,7 +178,11 @@ def demo_config(
         "version": 1,
         "gateway": {"id": stack.gateway_id, "state_dir": "state"},
         "empowerid": {"url": stack.controlplane.base_url, "ca_file": "empowerid-ca.pem"},
-        "relay": {"connections": 2, "endpoint": stack.relay.ws_base},
+        "relay": {
+            "connections": 2,
+            "endpoint": stack.relay.ws_base,
+            "rendezvous_endpoint": stack.relay.rendezvous_base,
+        },
         "policy": {"directories": [str(policies)]},
         "limits": {"request_timeout_seconds": 10},
         "logging": {"level": "info", "format": "console", "audit_file": "decisions.jsonl"},
@@ -221,6 +225,10 @@ class DevStack:
                 SasRule("SendRule", send_key, frozenset({SEND})),
             ],
             namespace=NAMESPACE,
+            # As in Azure, rendezvous addresses are not on the namespace's host and port (here:
+            # the same loopback host, a port of their own), so a listener that rebuilt them from
+            # its endpoint would fail here too.
+            rendezvous_host="127.0.0.1",
         )
         self.controlplane = ControlPlaneSimulator(
             relay_namespace=NAMESPACE,
