@@ -11,10 +11,15 @@ Each component runs in its own process on 127.0.0.1:
   as :class:`gateway.devkit.saas.SaaSClient` does.
 
 Scenarios, interleaved per repetition, at 1 and 32 requests in flight: ``direct`` (the load
-generator calls the sample HTTP target itself) and ``gateway`` (``GET /{hc}/erp/api/accounts``
+generator calls the sample HTTP target itself), ``gateway`` (``GET /{hc}/erp/api/accounts``
 through the relay emulator, the gateway's signature check, canonicalisation, policy decision with
-a warm decision cache, and the forward). Requests are signed just before each timed run, so the
-load generator's signing cost stays out of the measured window. The gateway's CPU time comes from
+a warm decision cache, and the forward), and, on the same emulator and target, two bare listeners
+that forward every relayed request to the same target URL without any check: ``listener`` (our
+:class:`gateway.relay.listener.RelayListener` alone, as in ``bench_relay.py``) and ``hyco``
+(Microsoft's hyco-https 1.4.5 on Node, skipped when Node or its packages are missing). The
+report's ratio line compares the gateway's CPU per request with hyco-https's, run by run.
+Requests are signed just before each timed run, so the load generator's signing cost stays out of
+the measured window. The gateway's CPU time comes from
 ``/proc/PID/stat`` (user + system, all threads) and its memory from ``VmRSS`` in
 ``/proc/PID/status``: idle after start, the peak while under load, and with 1,000 relayed TCP
 streams open at once to the ``directory`` target (each checked with one echoed message).
@@ -47,6 +52,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from bench_relay import HC_HYCO, HC_OURS, prepare_node, run_listener, start_hyco
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from harness import (
@@ -71,6 +77,8 @@ PERSON, PERSON_PASSWORD = "operator", "bench-operator-password"
 TARGET_PATH = "/api/accounts"
 STEP = 30.0  # bound for one start-up wait (registration and policy compilation included)
 SAS_HEADER = "ServiceBusAuthorization"
+BARE_HCS = (HC_OURS, HC_HYCO)
+PATHS = ("direct", "gateway", "listener", "hyco")
 # `gateway ...` on uvloop's event loop, for measuring what uvloop would change (--uvloop).
 UVLOOP_LAUNCHER = (
     "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
@@ -83,13 +91,21 @@ UVLOOP_LAUNCHER = (
 
 async def run_relay() -> None:
     """The relay emulator; the SAS keys come from the environment."""
-    from gateway.devkit.relay_emulator import LISTEN, SEND, RelayEmulator, SasRule
+    from gateway.devkit.relay_emulator import (
+        LISTEN,
+        SEND,
+        HybridConnectionSpec,
+        RelayEmulator,
+        SasRule,
+    )
 
     rules = [
         SasRule("ListenRule", os.environ["BENCH_LISTEN_KEY"], frozenset({LISTEN})),
         SasRule("SendRule", os.environ["BENCH_SEND_KEY"], frozenset({SEND})),
     ]
-    async with RelayEmulator([HC], rules, namespace=NAMESPACE) as relay:
+    # The bare listeners' connections take anonymous senders, as in bench_relay.py.
+    bare = [HybridConnectionSpec(hc, requires_client_authorization=False) for hc in BARE_HCS]
+    async with RelayEmulator([HC, *bare], rules, namespace=NAMESPACE) as relay:
         print(f"ready {relay.port}", flush=True)
         await until_terminated()
 
@@ -190,6 +206,56 @@ async def wait_ready(health_port: int, process: asyncio.subprocess.Process) -> N
             await asyncio.sleep(0.1)
 
 
+async def start_bare_listeners(
+    relay_port: int, target_url: str, env: dict[str, str], errors: Path, results: Results
+) -> dict[str, asyncio.subprocess.Process]:
+    """Start our listener alone and hyco-https (when Node can run it) on the bench emulator,
+    both forwarding to ``target_url``; returns their processes by path name."""
+    started: dict[str, asyncio.subprocess.Process] = {}
+    listener = await start_child(
+        "listener",
+        [sys.executable, str(SCRIPT), "--role", "listener", "--relay-port", str(relay_port),
+         "--target", target_url],
+        step=STEP,
+        env=env,
+        errors=errors,
+    )  # fmt: skip
+    started["listener"] = listener.process
+    node_version, why_not = prepare_node()
+    if node_version is None:
+        results.facts["hyco skipped"] = why_not
+        return started
+    try:
+        hyco = await start_hyco(
+            relay_port,
+            target_url,
+            rule="ListenRule",
+            key=env["BENCH_LISTEN_KEY"],
+            step=STEP,
+            namespace=NAMESPACE,
+            errors=errors,
+        )
+    except BaseException:
+        await stop_processes(list(started.values()), 5.0)
+        raise
+    started["hyco"] = hyco.process
+    results.facts["node"] = node_version
+    return started
+
+
+async def wait_serving(session: aiohttp.ClientSession, url: URL) -> None:
+    """Retry until a plain GET through ``url`` is answered 200 (bounded): a bare listener
+    counts as attached once the relay forwards to it."""
+    async with asyncio.timeout(STEP):
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(url) as response:
+                    await response.read()
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+
+
 # --- load --------------------------------------------------------------------------------
 
 
@@ -199,9 +265,16 @@ class Load:
     def __init__(
         self, relay_port: int, http_port: int, signer: Any, send_token: str, gateway_pid: int
     ) -> None:
-        self.relay_url = URL(f"http://127.0.0.1:{relay_port}/{HC}/erp{TARGET_PATH}", encoded=True)
         self.relay_path = f"/{HC}/erp{TARGET_PATH}"
-        self.direct_url = URL(f"http://127.0.0.1:{http_port}{TARGET_PATH}", encoded=True)
+        relay = f"http://127.0.0.1:{relay_port}"
+        self.urls = {
+            "direct": URL(f"http://127.0.0.1:{http_port}{TARGET_PATH}", encoded=True),
+            "gateway": URL(f"{relay}/{HC}/erp{TARGET_PATH}", encoded=True),
+            "listener": URL(f"{relay}/{HC_OURS}{TARGET_PATH}", encoded=True),
+            "hyco": URL(f"{relay}/{HC_HYCO}{TARGET_PATH}", encoded=True),
+        }
+        # The process whose CPU each path measures (the bare listeners are added once started).
+        self.pids: dict[str, int] = {"gateway": gateway_pid}
         self.ws_base = f"ws://127.0.0.1:{relay_port}"
         self.signer = signer
         self.send_token = send_token
@@ -226,7 +299,8 @@ class Load:
         assert self.session is not None
         session = self.session
         signed = self.sign(budget) if path == "gateway" else []
-        url = self.relay_url if path == "gateway" else self.direct_url
+        url = self.urls[path]
+        measured = self.pids.get(path)
         latencies: list[float] = []
         errors = 0
         last_body = b""
@@ -256,7 +330,7 @@ class Load:
                 self.peak_rss = max(self.peak_rss, rss_mb(self.pid))
                 await asyncio.sleep(0.2)
 
-        cpu_before = cpu_seconds(self.pid)
+        cpu_before = cpu_seconds(measured) if measured is not None else 0.0
         watcher = asyncio.create_task(watch_memory())
         began = time.perf_counter()
         try:
@@ -266,7 +340,7 @@ class Load:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         elapsed = time.perf_counter() - began
-        cpu = cpu_seconds(self.pid) - cpu_before if path == "gateway" else None
+        cpu = cpu_seconds(measured) - cpu_before if measured is not None else None
         return Sample(len(latencies), errors, elapsed, latencies, cpu), last_body
 
     async def open_streams(self, count: int, parallel: int) -> tuple[float, float, int]:
@@ -344,13 +418,13 @@ class Results:
                 values.append(run.cpu_per_request)
         return statistics.median(values) if values else None
 
-    def paired(self, in_flight: int, what: str) -> float | None:
-        """Median over repetitions of gateway minus direct (``p50``/``p99`` ms, run by run) or
-        gateway/direct (``rate``)."""
+    def paired(self, in_flight: int, what: str, path: str = "gateway") -> float | None:
+        """Median over repetitions of ``path`` minus direct (``p50``/``p99`` ms, run by run) or
+        ``path``/direct (``rate``)."""
         values: list[float] = []
         pairs = zip(
             self.samples.get(("direct", in_flight), []),
-            self.samples.get(("gateway", in_flight), []),
+            self.samples.get((path, in_flight), []),
             strict=False,
         )
         for direct, relayed in pairs:
@@ -363,6 +437,25 @@ class Results:
                 gap = relayed.percentile(fraction) - direct.percentile(fraction)
                 values.append(gap * 1e3)
         return statistics.median(values) if values else None
+
+    def cpu_ratio(self, in_flight: int, path: str, baseline: str = "hyco") -> float | None:
+        """Median over repetitions of ``path``'s CPU per request over ``baseline``'s, each ratio
+        from runs made in the same repetition (seconds apart, so the machine's load is alike)."""
+        ratios: list[float] = []
+        pairs = zip(
+            self.samples.get((path, in_flight), []),
+            self.samples.get((baseline, in_flight), []),
+            strict=False,
+        )
+        for mine, theirs in pairs:
+            if mine.cpu_per_request and theirs.cpu_per_request:
+                ratios.append(mine.cpu_per_request / theirs.cpu_per_request)
+        return statistics.median(ratios) if ratios else None
+
+    def ratio_line(self) -> str:
+        """The one-line verdict: gateway CPU per request over hyco-https's at 1 and 32."""
+        at1, at32 = (_fmt(self.cpu_ratio(n, "gateway"), 2) for n in (1, 32))
+        return f"ratio gateway/hyco-https cpu: {at1} at 1, {at32} at 32"
 
     def errors(self) -> int:
         """Failed requests over all runs."""
@@ -461,16 +554,23 @@ async def benchmark(
             signer = RequestSigner(key, keyid=keyid, gateway_id=GATEWAY_ID)
             send_token = create_token(resource_uri(NAMESPACE, HC), "SendRule", send_key)
             load = Load(relay_port, http_port, signer, send_token, gateway.pid)
+            target_url = f"http://127.0.0.1:{http_port}{TARGET_PATH}"
+            bare = await start_bare_listeners(relay_port, target_url, env, errors, results)
+            processes.extend(process for process in bare.values())
+            load.pids.update({path: process.pid for path, process in bare.items()})
+            paths = [path for path in PATHS if path in ("direct", "gateway") or path in bare]
             connector = aiohttp.TCPConnector(limit=64)
             timeout = aiohttp.ClientTimeout(total=10)
             async with aiohttp.ClientSession(
                 connector=connector, timeout=timeout, trust_env=False
             ) as session:
                 load.session = session
+                for path in bare:
+                    await wait_serving(session, load.urls[path])
                 # Warm-up: connections, the decision cache, and a first rate for the budget.
                 rates: dict[tuple[str, int], float] = {}
                 for in_flight in (1, 32):
-                    for path in ("direct", "gateway"):
+                    for path in paths:
                         sample, _ = await load.run(path, in_flight, min(seconds, 1.0), 4000)
                         rates[(path, in_flight)] = sample.rate
                         if sample.errors:
@@ -478,13 +578,13 @@ async def benchmark(
                 for _ in range(repetitions):
                     for in_flight in (1, 32):
                         bodies = []
-                        for path in ("direct", "gateway"):
+                        for path in paths:
                             budget = int(rates[(path, in_flight)] * seconds * 1.6) + 50
                             sample, body = await load.run(path, in_flight, seconds, budget)
                             results.add(path, in_flight, sample)
                             bodies.append(body)
                         # The sample target echoes the path it saw: both ways must look alike.
-                        results.body_matches &= bodies[0] == bodies[1]
+                        results.body_matches &= all(body == bodies[0] for body in bodies)
                 results.rss["load"] = load.peak_rss
                 if profile_to is not None:
                     await profile(load, profile_to, 15.0)
@@ -521,22 +621,27 @@ def render(results: Results, command: str) -> str:
     """The Markdown report: figures, side-by-side gaps, memory, targets, method."""
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     streams = results.facts["streams_count"]
+    paths = [path for path in PATHS if (path, 1) in results.samples]
+    node = f", Node {results.facts['node']}" if "node" in results.facts else ""
     lines = [
         "# Pipeline benchmark: signed requests through the relay to `gateway run`",
         "",
         f"Command: `{command}`  ",
         f"Measured: {when}  ",
         f"Machine: {os.cpu_count()} CPUs, {platform.platform()}, "
-        f"Python {platform.python_version()}; gateway event loop: {results.facts['loop']}",
+        f"Python {platform.python_version()}{node}; gateway event loop: {results.facts['loop']}",
         "",
         f"Medians over {results.facts['repetitions']} per path and concurrency; runs interleaved "
-        "(direct, then gateway).",
+        f"({', '.join(paths)}), all on the same relay emulator and target."
+        + (f" hyco-https skipped: {results.facts['hyco skipped']}." if "hyco" not in paths else ""),
         "",
-        "| path | in flight | req/s | p50 ms | p99 ms | gateway CPU us/req |",
+        results.ratio_line(),
+        "",
+        "| path | in flight | req/s | p50 ms | p99 ms | CPU us/req of the process under test |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for in_flight in (1, 32):
-        for path in ("direct", "gateway"):
+        for path in paths:
             cpu = "-" if path == "direct" else _fmt(results.median(path, in_flight, "cpu"), 0)
             lines.append(
                 f"| {path} | {in_flight} | {_fmt(results.median(path, in_flight, 'rate'), 0)} | "
@@ -545,18 +650,21 @@ def render(results: Results, command: str) -> str:
             )
     lines += [
         "",
-        "Side by side (median over repetitions of each gateway run against the direct run made "
-        "just before it):",
+        "Side by side (median over repetitions of each relayed run against the direct run of "
+        "the same repetition; CPU ratios against the hyco-https run of the same repetition):",
         "",
-        "| in flight | added p50 ms | added p99 ms | req/s gateway / direct |",
-        "| ---: | ---: | ---: | ---: |",
+        "| path | in flight | added p50 ms | added p99 ms | req/s path / direct | "
+        "CPU / hyco-https |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for in_flight in (1, 32):
-        lines.append(
-            f"| {in_flight} | {_fmt(results.paired(in_flight, 'p50'))} | "
-            f"{_fmt(results.paired(in_flight, 'p99'))} | "
-            f"{_fmt(results.paired(in_flight, 'rate'))} |"
-        )
+        for path in paths[1:]:
+            lines.append(
+                f"| {path} | {in_flight} | {_fmt(results.paired(in_flight, 'p50', path))} | "
+                f"{_fmt(results.paired(in_flight, 'p99', path))} | "
+                f"{_fmt(results.paired(in_flight, 'rate', path))} | "
+                f"{_fmt(results.cpu_ratio(in_flight, path))} |"
+            )
     lines += ["", "Gateway memory (VmRSS):", "", "| state | MiB |", "| --- | ---: |"]
     for state, value in results.rss.items():
         lines.append(f"| {state} | {value:.1f} |")
@@ -572,12 +680,26 @@ def render(results: Results, command: str) -> str:
             f"at 32, i.e. {1e6 / best:,.0f} req/s per core of gateway CPU; reached "
             f"{_fmt(rate32, 0)} req/s at 32 in flight on this machine)."
         )
+    ratio32 = results.cpu_ratio(32, "gateway")
+    if ratio32 is not None:
+        lines.append(
+            f"- Full pipeline CPU per request <= 2.0 x hyco-https's at 32 in flight: "
+            f"{_verdict(ratio32 <= 2.0)} ({ratio32:.2f}; at 1 in flight "
+            f"{_fmt(results.cpu_ratio(1, 'gateway'))})."
+        )
     added50, added99 = results.paired(1, "p50"), results.paired(1, "p99")
     if added50 is not None and added99 is not None:
         lines.append(
             f"- Added latency at 1 in flight, p50 <= 1 ms: {_verdict(added50 <= 1.0)} "
             f"({added50:.2f} ms); p99 <= 5 ms: {_verdict(added99 <= 5.0)} ({added99:.2f} ms). "
             "Both include the relay emulator's own hop."
+        )
+    hyco50 = results.paired(1, "p50", "hyco")
+    if added50 is not None and hyco50 is not None:
+        lines.append(
+            f"- Added p50 at 1 in flight <= hyco-https's added p50 + 1 ms: "
+            f"{_verdict(added50 <= hyco50 + 1.0)} (gateway {added50:.2f} ms, hyco-https "
+            f"{hyco50:.2f} ms over a direct call)."
         )
     idle, held = results.rss.get("idle"), results.rss.get(f"{streams} streams")
     if idle is not None and held is not None:
@@ -600,6 +722,11 @@ def render(results: Results, command: str) -> str:
         "latencies include scheduling, and the relayed path pays the emulator's own hop (HTTP",
         "in, WebSocket to the gateway and back) besides the gateway's work; `direct` at 32 in",
         "flight is bounded by the Python load generator. MB = 10^6 bytes, MiB = 2^20 bytes.",
+        "`listener` (our `RelayListener` alone) and `hyco` (hyco-https) forward each relayed",
+        "request to the same target URL over keep-alive HTTP/1.1 with no check at all; their",
+        "CPU is read the same way from their own processes. This machine's speed varies by more",
+        "than 2x from hour to hour and other work shares its two cores, so absolute figures are",
+        "noisy: only the ratios, each taken between runs of the same repetition, compare.",
         f"Failed requests over all runs: {results.errors()}; relayed and direct bodies "
         f"{'identical' if results.body_matches else 'DIFFER'}.",
         "",
@@ -628,9 +755,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--uvloop", action="store_true", help="run the gateway on uvloop's event loop"
     )
-    parser.add_argument("--role", choices=("relay", "services"), help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=("relay", "services", "listener"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--relay-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--target", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.role == "listener":
+        asyncio.run(
+            run_listener(
+                args.relay_port,
+                args.target,
+                namespace=NAMESPACE,
+                hc_path=HC_OURS,
+                rule="ListenRule",
+                key=os.environ["BENCH_LISTEN_KEY"],
+            )
+        )
+        return 0
     if args.role == "relay":
         asyncio.run(run_relay())
         return 0

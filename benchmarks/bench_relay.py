@@ -64,10 +64,12 @@ NODE_LISTENER = r"""
 const https = require('hyco-https');
 const http = require('http');
 const uri = process.env.RELAY_LISTEN_URI;
+// The token names the namespace (TOKEN_URI) when the emulator checks it against one.
+const tokenUri = process.env.TOKEN_URI;
 const target = new URL(process.env.TARGET_URL);
 const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
 const server = https.createRelayedServer(
-  { server: uri, token: () => https.createRelayToken(uri, process.env.SAS_KEY_NAME,
+  { server: uri, token: () => https.createRelayToken(tokenUri, process.env.SAS_KEY_NAME,
                                                      process.env.SAS_KEY) },
   (req, res) => {
     req.resume();
@@ -124,8 +126,16 @@ async def run_emulator() -> None:
         await until_terminated()
 
 
-async def run_listener(relay_port: int, target_url: str) -> None:
-    """Our listener, forwarding every relayed request to the target."""
+async def run_listener(
+    relay_port: int,
+    target_url: str,
+    *,
+    namespace: str = "127.0.0.1",
+    hc_path: str = HC_OURS,
+    rule: str = RULE,
+    key: str = KEY,
+) -> None:
+    """Our listener, forwarding every relayed request to the target (tokens for ``namespace``)."""
     from gateway.hybridconnection.sas import create_token, parse_token, resource_uri
     from gateway.relay.handlers import (
         AcceptInfo,
@@ -146,7 +156,7 @@ async def run_listener(relay_port: int, target_url: str) -> None:
             await socket.close()
 
     async def tokens() -> tuple[str, float]:
-        token = create_token(resource_uri("127.0.0.1", HC_OURS), RULE, KEY)
+        token = create_token(resource_uri(namespace, hc_path), rule, key)
         return token, float(parse_token(token).expiry)
 
     connector = aiohttp.TCPConnector(limit=64)
@@ -162,7 +172,7 @@ async def run_listener(relay_port: int, target_url: str) -> None:
 
         settings = ListenerSettings(
             endpoint=f"ws://127.0.0.1:{relay_port}",
-            hc_path=HC_OURS,
+            hc_path=hc_path,
             connections=1,
             allow_insecure_dev_endpoint=True,
         )
@@ -176,6 +186,36 @@ async def run_listener(relay_port: int, target_url: str) -> None:
 
 
 # --- orchestration -----------------------------------------------------------------------
+
+
+async def start_hyco(
+    relay_port: int,
+    target_url: str,
+    *,
+    rule: str,
+    key: str,
+    step: float,
+    namespace: str | None = None,
+    errors: Path | None = None,
+) -> Child:
+    """hyco-https forwarding to ``target_url`` from ``HC_HYCO`` on the emulator at
+    ``relay_port``; its tokens name ``namespace`` when given (the emulator checks them)."""
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("node is not installed")
+    listen_uri = f"ws://127.0.0.1:{relay_port}/$hc/{HC_HYCO}?sb-hc-action=listen"
+    env = {
+        **os.environ,
+        "RELAY_LISTEN_URI": listen_uri,
+        "TOKEN_URI": f"http://{namespace}/{HC_HYCO}" if namespace else listen_uri,
+        "SAS_KEY_NAME": rule,
+        "SAS_KEY": key,
+        "TARGET_URL": target_url,
+    }
+    return await start_child(
+        "hyco-https", [node, "-e", NODE_LISTENER], step=step, cwd=str(NODE_DIR), env=env,
+        errors=errors,
+    )  # fmt: skip
 
 
 def prepare_node() -> tuple[str | None, str]:
@@ -335,22 +375,7 @@ async def benchmark(
         }
         pids: dict[str, int | None] = {"direct": None, "ours": ours.process.pid}
         if node_version is not None:
-            node_env = {
-                **os.environ,
-                "RELAY_LISTEN_URI": f"ws://127.0.0.1:{relay.values[0]}/$hc/{HC_HYCO}?sb-hc-action=listen",
-                "SAS_KEY_NAME": RULE,
-                "SAS_KEY": KEY,
-                "TARGET_URL": target_url,
-            }
-            node = shutil.which("node")
-            assert node is not None
-            hyco = await start_child(
-                "hyco-https",
-                [node, "-e", NODE_LISTENER],
-                step=STEP,
-                cwd=str(NODE_DIR),
-                env=node_env,
-            )
+            hyco = await start_hyco(int(relay.values[0]), target_url, rule=RULE, key=KEY, step=STEP)
             children.append(hyco)
             pids["hyco"] = hyco.process.pid
             facts["node"] = node_version
