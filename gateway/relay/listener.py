@@ -517,7 +517,8 @@ class RelayListener:
 
         New requests get 503 and new streams a 503 rejection while draining. The control channels
         stay open until then, because small responses travel on them (section 5.3); after the
-        grace period what is left is cancelled and every socket closed.
+        grace period what is left is cancelled - a request still in its handler is answered 503
+        ``draining`` on its channel rather than left to the relay's 504 - and every socket closed.
         """
         if self._session is None:
             return
@@ -526,6 +527,10 @@ class RelayListener:
         if self._work:
             await asyncio.wait(set(self._work), timeout=wait)
         self._stopping.set()
+        work = set(self._work)
+        for task in work:
+            task.cancel()
+        await asyncio.gather(*work, return_exceptions=True)
         # Section 3.4: a clean shutdown is the listener's close with 1000. Closing the control
         # channels first (bounded by the close timeout) lets their readers see the close and end;
         # cancelling them mid-read would leave aiohttp to report an abnormal 1006.
@@ -1037,6 +1042,20 @@ class RelayListener:
         try:
             async with asyncio.timeout(self.settings.request_timeout):
                 response = await self._handler(request)
+        except asyncio.CancelledError:
+            if not self._stopping.is_set():
+                raise
+            # stop() ended the grace period: the control channels are still open, so the
+            # request is answered now instead of being left to the relay's 504 (section 5.1).
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            log.warning(
+                "request_cut_at_stop request_id=%s: the shutdown grace period ended",
+                rid,
+                extra={"event": "request_cut_at_stop", **fields},
+            )
+            return _busy(rid, draining=True)
         except TimeoutError:
             log.warning(
                 "request_handler_timeout request_id=%s",

@@ -72,3 +72,21 @@ async def test_answer_goes_on_the_control_channel_while_it_is_up(
         status, _, _, body = await send_http(http, relay, "/orders", method="POST", data=b"y")
     assert (status, body) == (200, b"done:y")
     assert listener.metrics.late_answers == 0
+
+
+async def test_a_request_cut_off_by_stop_is_answered_not_left_to_the_relay(
+    relay: RelayEmulator, http: aiohttp.ClientSession
+) -> None:
+    # Bounds the failing (old) run: the relay's own 504 would come after this deadline.
+    relay.response_timeout = 10.0
+    gate = Gate()  # never released: the handler outlives the shutdown grace period
+    listener = start_listener(relay, gate)
+    await listener.start()
+    await relay.wait_for_listeners(HC, 1)
+    sent = asyncio.ensure_future(send_http(http, relay, "/slow", method="POST", data=b"x"))
+    await asyncio.wait_for(gate.arrived.wait(), 10)
+    await listener.stop(grace=0.1)
+    status, _, headers, _ = await sent
+    assert (status, headers["x-gateway-reason"]) == (503, "draining")
+    assert relay.listener_close_codes == [1000]
+    assert listener.metrics.requests["draining"] == 1
