@@ -39,8 +39,14 @@ skipped rather than run against a state it cannot judge:
     the ``Date`` header (RFC 9110 section 6.6.1) of EmpowerID's answer against the local clock;
     a difference beyond ``signatures.clock_skew_seconds`` makes signed requests fail as
     ``clock_skew`` (RFC 9421 ``created``/``expires``), so it fails here first.
+``replay_store``
+    the store of accepted nonces (``signatures.replay_store``) admits a one-second probe nonce
+    once and refuses it the second time; per-process memory is only named. A missing SQLite file
+    is a warning, not created here.
 
-Nothing here changes state: no registration, no renewal, no file written.
+Nothing here changes state: no registration, no renewal, no file written (the replay store's probe
+nonce expires after one second; a shared store found empty gets its start barrier, as the first
+gateway start would give it).
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ from typing import Any, Literal
 import aiohttp
 from yarl import URL
 
+from gateway.auth.replay import Admission
+from gateway.auth.replaystores import SQLITE_FILE, open_replay_store
 from gateway.config import LoadedConfig, load
 from gateway.errors import ConfigError, GatewayError
 from gateway.forward.credentials import CredentialError, CredentialSet
@@ -107,6 +115,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "relay_info",
     "relay",
     "clock",
+    "replay_store",
 )
 
 # OpenSSL verify results for a name mismatch (X509_V_ERR_HOSTNAME_MISMATCH, ..._IP_ADDRESS_...).
@@ -675,6 +684,57 @@ async def _check_clock(ctx: _Context) -> str:
     return detail
 
 
+async def _check_replay_store(ctx: _Context) -> str:
+    assert ctx.loaded is not None
+    config = ctx.loaded.config
+    settings = config.signatures.replay_store
+    if settings.kind == "memory":
+        return (
+            "memory (this gateway process only; weaker with several gateways, see docs/security.md)"
+        )
+    state_dir = ctx.loaded.resolve_path(config.gateway.state_dir)
+    if settings.kind == "sqlite":
+        path = (
+            ctx.loaded.resolve_path(settings.sqlite_path)
+            if settings.sqlite_path is not None
+            else state_dir / SQLITE_FILE
+        )
+        if not path.exists():
+            raise _CheckError(
+                f"sqlite {path} does not exist yet",
+                "the first start creates it; until clock_skew_seconds have passed it refuses "
+                "signatures created before it existed (docs/high-availability.md)",
+                status="warn",
+            )
+    hc = ctx.relay_info.relay.hybrid_connection if ctx.relay_info else config.gateway.id
+    try:
+        store = open_replay_store(ctx.loaded, state_dir, hc, env=ctx.options.env)
+    except GatewayError as exc:
+        raise _CheckError(f"cannot open the replay store: {_clean(exc)}") from None
+    try:
+        # A random probe nonce that lives one second: admitted once, then refused.
+        now = ctx.options.clock()
+        nonce = f"probe-{uuid.uuid4().hex}"
+        first = await store.admit("gateway-check", nonce, created=now, expires=now + 1)
+        second = await store.admit("gateway-check", nonce, created=now, expires=now + 1)
+    finally:
+        await store.close()
+    if first is Admission.BEFORE_START:
+        raise _CheckError(
+            f"{store.description} answers, but is new or lost its memory",
+            "it refuses signatures created before clock_skew_seconds after that moment "
+            "(docs/high-availability.md, 'Replay store')",
+            status="warn",
+        )
+    if first is not Admission.ACCEPTED or second is not Admission.REPLAY:
+        raise _CheckError(
+            f"{store.description}: probe answered {first.value}, then {second.value}",
+            "the gateway answers signed requests with 503 replay_store_unavailable until the "
+            "store works; its log names the error",
+        )
+    return f"{store.description} admits a nonce once"
+
+
 _Check = Callable[[_Context], Awaitable[str]]
 
 # name, function, checks that must have passed first.
@@ -689,6 +749,7 @@ _PLAN: tuple[tuple[str, _Check, tuple[str, ...]], ...] = (
     ("relay_info", _check_relay_info, ("identity", "tls")),
     ("relay", _check_relay, ("relay_info",)),
     ("clock", _check_clock, ("tls",)),
+    ("replay_store", _check_replay_store, ("config", "state_dir")),
 )
 
 

@@ -706,7 +706,7 @@ class Pipeline:
         facts = RequestFacts.relayed(
             request.method, request.target, request.headers, body_size=len(request.body)
         )
-        keyid = self._authenticate(
+        keyid = await self._authenticate(
             request.method, request.raw_target, request.headers, request.body
         )
         record.keyid = keyid
@@ -740,7 +740,7 @@ class Pipeline:
         if verdict.refusal is not None:
             raise verdict.refusal
 
-    def _authenticate(
+    async def _authenticate(
         self, method: str, raw_target: str, headers: Sequence[tuple[str, str]], body: bytes | None
     ) -> str | None:
         limiter = self._limiter
@@ -751,7 +751,7 @@ class Pipeline:
             raise _too_many(wait, "missing_signature")
         path, _, query = raw_target.partition("?")
         try:
-            verified = self._verifier.verify(
+            verified = await self._verifier.verify_async(
                 method=method,
                 authority=self._authority,
                 path=path,
@@ -829,7 +829,7 @@ class Pipeline:
         try:
             facts = RequestFacts.relayed("GET", info.target, info.connect_headers, websocket=True)
             hc_target = self._verifier_target(info.target)
-            keyid = self._authenticate("GET", hc_target, info.connect_headers, None)
+            keyid = await self._authenticate("GET", hc_target, info.connect_headers, None)
             record.keyid = keyid
             verdict = await runtime.chain.decide(replace(facts, keyid=keyid))
             self._decided(verdict, record)

@@ -35,9 +35,11 @@ import aiohttp
 from aiohttp import client_proto, http_parser, web_protocol
 
 from gateway import __version__
-from gateway.auth import KeySet, ReplayCache, SignatureVerifier, VerifierSettings
+from gateway.auth import KeySet, SignatureVerifier, VerifierSettings
 from gateway.auth.errors import SignatureError
 from gateway.auth.keys import KeySetError
+from gateway.auth.replay import ReplayStore
+from gateway.auth.replaystores import open_replay_store
 from gateway.config import LoadedConfig, load
 from gateway.errors import ConfigError, GatewayError, PolicyError, Problem
 from gateway.forward.dial import Guard, Redirect, Resolver, system_resolver
@@ -316,7 +318,7 @@ class Agent:
         self._state = _State()
         self._listener: RelayListener | None = None
         self._verifier: SignatureVerifier | None = None
-        self._replay: ReplayCache | None = None
+        self._replay: ReplayStore | None = None
         self._audit: AuditLog | None = None
         self._exporters: list[Exporter] = []
         self._health: HealthServer | None = None
@@ -433,12 +435,16 @@ class Agent:
                 info = await client.relay_info()
         except GatewayError as exc:
             raise StartError(f"cannot fetch relay connection info: {exc}", EXIT_START) from None
-        self._replay = ReplayCache.open(
-            state_dir,
-            max_entries=config.signatures.replay_cache_entries,
-            max_skew=config.signatures.clock_skew_seconds,
-        )
         hc = info.relay.hybrid_connection
+        try:
+            self._replay = open_replay_store(loaded, state_dir, hc, env=self.options.env)
+        except GatewayError as exc:
+            raise StartError(f"replay store unusable: {exc}", EXIT_START) from None
+        log.info(
+            "replay store: %s",
+            self._replay.description,
+            extra={"event": "replay_store", "kind": config.signatures.replay_store.kind},
+        )
         self._verifier = SignatureVerifier(
             keys,
             self._replay,
@@ -550,7 +556,7 @@ class Agent:
         if self._health is not None:
             await self._health.stop()
         if self._replay is not None:
-            self._replay.close()
+            await self._replay.close()
         if self._audit is not None:
             self._audit.close()
         loop = asyncio.get_running_loop()

@@ -5,8 +5,8 @@ metrics, audit records and operators can tell a missing signature from a replay 
 Each code maps to the HTTP status the gateway answers with: 401 for anything that is not an
 authentic, fresh, first-seen request; 431 when the headers or the signature fields exceed their
 size limits (they are refused before being parsed); 503 when the replay cache is full or already
-closed for shutdown (the request may be genuine, the gateway just cannot prove it is not a replay
-right now).
+closed for shutdown, or the shared replay store cannot be reached (the request may be genuine, the
+gateway just cannot prove it is not a replay right now).
 
 Messages are fixed phrases plus numbers the gateway computed itself: never signature bytes, nonces,
 key material or other attacker-supplied text.
@@ -40,13 +40,18 @@ class Reason(StrEnum):
     REPLAY = "replay"
     REPLAY_CACHE_FULL = "replay_cache_full"
     REPLAY_CACHE_CLOSED = "replay_cache_closed"
+    REPLAY_STORE_UNAVAILABLE = "replay_store_unavailable"
 
     @property
     def status(self) -> int:
         """The HTTP status the gateway answers with for this reason."""
         if self is Reason.HEADERS_TOO_LARGE:
             return 431
-        if self is Reason.REPLAY_CACHE_FULL or self is Reason.REPLAY_CACHE_CLOSED:
+        if self in (
+            Reason.REPLAY_CACHE_FULL,
+            Reason.REPLAY_CACHE_CLOSED,
+            Reason.REPLAY_STORE_UNAVAILABLE,
+        ):
             return 503
         return 401
 

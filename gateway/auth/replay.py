@@ -23,6 +23,13 @@ The state directory holds one file, ``replay-cache.json``, with a ``clean`` flag
   a brand-new gateway has provably accepted nothing yet.
 
 One process per state directory. The cache is thread-safe (one lock around the in-memory state).
+
+The seam. The verifier records nonces through a :class:`ReplayStore`. :class:`MemoryReplayStore`
+puts this cache behind it: the memory of one gateway process, complete only while that process is
+the single listener of its Hybrid Connection. Several processes or gateways on one Hybrid
+Connection need one memory for all of them, or a request captured once can be served once by each:
+:mod:`gateway.auth.replaystores` has the shared stores (SQLite for the processes of one host,
+Redis for every gateway), and ``open_replay_store`` there picks one from gateway.yaml.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import time
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from gateway.errors import GatewayError
 from gateway.statefile import replace_atomically
@@ -59,6 +66,7 @@ class Admission(Enum):
     BEFORE_START = "before_start"
     FULL = "full"
     CLOSED = "closed"
+    UNAVAILABLE = "unavailable"
 
 
 class ReplayCache:
@@ -228,3 +236,45 @@ def _write_state(state_dir: Path, document: dict[str, object]) -> None:
         raise ReplayStateError(
             f"cannot write replay-cache state in {state_dir}: {exc.strerror or type(exc).__name__}"
         ) from exc
+
+
+class ReplayStore(Protocol):
+    """A replay memory: where the verifier records the nonce of each authentic request."""
+
+    @property
+    def description(self) -> str:
+        """What and where the store is, for logs and ``gateway check`` (never a secret)."""
+        ...
+
+    async def admit(self, keyid: str, nonce: str, *, created: float, expires: float) -> Admission:
+        """Record ``(keyid, nonce)`` until ``expires`` if no one recorded it before.
+
+        Atomic: of any number of concurrent calls with the same pair, on any process sharing the
+        store, exactly one is ``ACCEPTED``. ``UNAVAILABLE`` when the store cannot answer in time:
+        the caller refuses the request (fail closed).
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release the store's resources; no admission is made after this."""
+        ...
+
+
+class MemoryReplayStore:
+    """The per-process :class:`ReplayCache` behind the :class:`ReplayStore` seam."""
+
+    def __init__(self, cache: ReplayCache) -> None:
+        self.cache = cache
+
+    @property
+    def description(self) -> str:
+        """Per-process memory (the weaker mode with more than one listener process)."""
+        return "memory (this gateway process only)"
+
+    async def admit(self, keyid: str, nonce: str, *, created: float, expires: float) -> Admission:
+        """See :meth:`ReplayCache.admit`."""
+        return self.cache.admit(keyid, nonce, created=created, expires=expires)
+
+    async def close(self) -> None:
+        """Persist the cache as clean state (see the module doc)."""
+        self.cache.close()

@@ -56,7 +56,7 @@ from http_sf.compat import Item
 
 from gateway.auth.errors import Reason, SignatureError
 from gateway.auth.keys import KEYID_PATTERN, Algorithm, KeySet, PinnedKey
-from gateway.auth.replay import Admission, ReplayCache
+from gateway.auth.replay import Admission, ReplayCache, ReplayStore
 from gateway.auth.skew import ClockSkewEstimate, SkewEstimator
 
 GATEWAY_ID_HEADER: Final = "x-gateway-id"
@@ -161,6 +161,15 @@ class _Message:
         self.headers = headers
 
 
+@dataclass(frozen=True, slots=True)
+class _Authentic:
+    """A request whose signature verified, before its nonce met the replay memory."""
+
+    verified: VerifiedRequest
+    window_end: float
+    safe_keyid: str | None
+
+
 class SignatureVerifier:
     """Verifies relayed requests for one gateway (``gateway_id``) listening on ``hc_path``.
 
@@ -173,7 +182,7 @@ class SignatureVerifier:
     def __init__(
         self,
         keys: KeySet,
-        replay_cache: ReplayCache,
+        replay_cache: ReplayCache | ReplayStore,
         *,
         gateway_id: str,
         hc_path: str,
@@ -220,7 +229,54 @@ class SignatureVerifier:
         configuration, not from the request); ``path`` and ``query`` come from the relayed
         request target (``query`` without the ``?``, empty when there is none); ``headers`` are
         the relayed headers as name/value pairs; ``body`` is ``None`` when the request has none.
+
+        Only for a verifier built on a :class:`ReplayCache`; a shared store answers
+        asynchronously, through :meth:`verify_async`.
         """
+        replay = self._replay
+        if not isinstance(replay, ReplayCache):
+            raise TypeError("a verifier on a shared replay store verifies with verify_async")
+        authentic = self._authentic(method, authority, path, query, headers, body)
+        found = authentic.verified
+        admission = replay.admit(
+            found.keyid, found.nonce, created=found.created, expires=authentic.window_end
+        )
+        return self._admitted(authentic, admission)
+
+    async def verify_async(
+        self,
+        *,
+        method: str,
+        authority: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None = None,
+    ) -> VerifiedRequest:
+        """:meth:`verify`, with the nonce recorded in whichever replay memory the verifier has."""
+        authentic = self._authentic(method, authority, path, query, headers, body)
+        found = authentic.verified
+        replay = self._replay
+        if isinstance(replay, ReplayCache):
+            admission = replay.admit(
+                found.keyid, found.nonce, created=found.created, expires=authentic.window_end
+            )
+        else:
+            admission = await replay.admit(
+                found.keyid, found.nonce, created=found.created, expires=authentic.window_end
+            )
+        return self._admitted(authentic, admission)
+
+    def _authentic(
+        self,
+        method: str,
+        authority: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+    ) -> _Authentic:
+        """Every check but the replay memory; raises ``SignatureError``."""
         settings = self._settings
         self._check_header_sizes(headers)
         sig_input_value = self._combined_field(headers, "signature-input")
@@ -282,9 +338,22 @@ class SignatureVerifier:
                 ) from exc
 
         window_end = min(created + settings.max_age, math.inf if expires is None else expires)
-        admission = self._replay.admit(
-            key.keyid, params["nonce"], created=created, expires=window_end + settings.max_skew
+        verified = VerifiedRequest(
+            keyid=key.keyid,
+            alg=key.alg,
+            label=candidate.label,
+            created=created,
+            expires=expires,
+            nonce=params["nonce"],
+            covered=tuple(covered),
+            body_verified=digest is not None,
         )
+        return _Authentic(verified, window_end + settings.max_skew, safe_keyid)
+
+    @staticmethod
+    def _admitted(authentic: _Authentic, admission: Admission) -> VerifiedRequest:
+        """The verified request if the replay memory admitted its nonce; else the refusal."""
+        safe_keyid = authentic.safe_keyid
         if admission is Admission.REPLAY:
             raise SignatureError(Reason.REPLAY, "nonce already used", keyid=safe_keyid)
         if admission is Admission.BEFORE_START:
@@ -299,16 +368,13 @@ class SignatureVerifier:
             )
         if admission is Admission.FULL:
             raise SignatureError(Reason.REPLAY_CACHE_FULL, "replay cache is full", keyid=safe_keyid)
-        return VerifiedRequest(
-            keyid=key.keyid,
-            alg=key.alg,
-            label=candidate.label,
-            created=created,
-            expires=expires,
-            nonce=params["nonce"],
-            covered=tuple(covered),
-            body_verified=digest is not None,
-        )
+        if admission is Admission.UNAVAILABLE:
+            # Fail closed: without the shared memory nobody can tell whether another gateway
+            # already served this nonce (RFC 9421 section 7.2.2).
+            raise SignatureError(
+                Reason.REPLAY_STORE_UNAVAILABLE, "replay store unavailable", keyid=safe_keyid
+            )
+        return authentic.verified
 
     # -- structural checks (no cryptography) --------------------------------------------------
 

@@ -406,12 +406,49 @@ class Credential(_Model):
 CREDENTIAL_KINDS = ("header", "bearer", "basic", "oauth2_client_credentials")
 
 
+class RedisReplayStore(_Model):
+    """A Redis (or Valkey) server holding the nonces of every gateway of a Hybrid Connection."""
+
+    host: str = Field(pattern=HOST_PATTERN, max_length=253)
+    port: int = Field(default=6379, ge=1, le=65535)
+    database: int = Field(default=0, ge=0, le=15)
+    tls: bool = Field(default=True, description="TLS to the server (Redis 'tls-port').")
+    ca_file: str | None = Field(
+        default=None, description="CA bundle the server's certificate must chain to."
+    )
+    username: str | None = Field(default=None, min_length=1, max_length=128)
+    password: SecretRef = Field(description="The server's password (AUTH), by reference.")
+    key_prefix: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9:._{}-]{1,128}$",
+        description="Prefix of every key. Default: 'gateway:replay:{<hybrid connection>}:'.",
+    )
+    timeout_seconds: Annotated[float, Field(gt=0, le=10)] = Field(
+        default=1.0, description="Longest wait for the server; past it the request is a 503."
+    )
+
+
+class ReplayStoreSection(_Model):
+    """Where accepted nonces are remembered: see docs/high-availability.md."""
+
+    kind: Literal["memory", "sqlite", "redis"] = Field(
+        default="memory",
+        description="memory: this gateway process only (weaker with several gateways); sqlite: "
+        "every process of this host; redis: every gateway of the Hybrid Connection.",
+    )
+    sqlite_path: str | None = Field(
+        default=None, description="SQLite file. Default: 'replay.sqlite3' in gateway.state_dir."
+    )
+    redis: RedisReplayStore | None = None
+
+
 class SignatureSection(_Model):
     """RFC 9421 request signatures from EmpowerID (verification cannot be switched off)."""
 
     max_age_seconds: Annotated[float, Field(gt=0, le=600)] = 60
     clock_skew_seconds: Annotated[float, Field(ge=0, le=300)] = 30
     replay_cache_entries: int = Field(default=100_000, ge=1_000, le=10_000_000)
+    replay_store: ReplayStoreSection = Field(default_factory=ReplayStoreSection)
 
 
 class Limits(_Model):

@@ -131,6 +131,7 @@ def _check_sections(config: GatewayConfig, doc: Located) -> Iterator[Problem]:
             code="conflicting_settings",
             hint="set relay.endpoint to the local relay, or remove rendezvous_endpoint",
         )
+    yield from _check_replay_store(config, doc)
     policy = config.policy
     if policy.engine == "opa" and policy.opa_url is None:
         yield doc.problem(
@@ -162,6 +163,39 @@ def _check_sections(config: GatewayConfig, doc: Located) -> Iterator[Problem]:
                     f"{entry!r} is not a host, a domain suffix ('.corp.local') or a CIDR",
                     code="invalid_value",
                 )
+
+
+def _check_replay_store(config: GatewayConfig, doc: Located) -> Iterator[Problem]:
+    store = config.signatures.replay_store
+    at = ("signatures", "replay_store")
+    if store.kind == "redis" and store.redis is None:
+        yield doc.problem(
+            at,
+            "kind 'redis' needs a 'redis' section",
+            code="missing_key",
+            hint="for example redis: {host: redis.corp.local, password: {env: REDIS_PASSWORD}}",
+        )
+    if store.kind != "redis" and store.redis is not None:
+        yield doc.problem(
+            (*at, "redis"),
+            f"a 'redis' section is set but kind is {store.kind!r}, so it would be ignored",
+            code="unused_setting",
+        )
+    if store.kind != "sqlite" and store.sqlite_path is not None:
+        yield doc.problem(
+            (*at, "sqlite_path"),
+            f"'sqlite_path' is set but kind is {store.kind!r}, so it would be ignored",
+            code="unused_setting",
+        )
+    redis = store.redis
+    if redis is not None and not redis.tls and not _is_loopback(redis.host):
+        # The password and every nonce would cross the network in clear text.
+        yield doc.problem(
+            (*at, "redis", "tls"),
+            "an unencrypted Redis connection is accepted only on loopback",
+            code="insecure_endpoint",
+            hint="enable TLS on the server (tls-port) and set tls: true",
+        )
 
 
 def _valid_no_proxy(entry: str) -> bool:

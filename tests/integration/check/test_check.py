@@ -24,7 +24,9 @@ from pathlib import Path
 import pytest
 import trustme
 
+from gateway.auth.replaystores import SqliteReplayStore
 from gateway.devkit.relay_emulator import QUOTA_TEXT
+from gateway.devkit.stack import demo_config
 from gateway.diagnostics import (
     CHECK_NAMES,
     CheckResult,
@@ -35,6 +37,8 @@ from gateway.diagnostics import (
 )
 from gateway.forward.dial import IPAddress
 
+from ...redisserver import PASSWORD as REDIS_PASSWORD
+from ...redisserver import RedisServer
 from ..squid import PASSWORD as PROXY_PASSWORD
 from ..squid import USERNAME as PROXY_USERNAME
 from ..squid import Squid
@@ -89,6 +93,7 @@ async def test_every_check_passes_against_a_healthy_devkit(registered: Registere
         "relay_info": "ok",
         "relay": "ok",
         "clock": "ok",
+        "replay_store": "ok",
     }, render_text(list(results.values()))
     assert all_passed(list(results.values()))
     assert "the CA pinned at registration" in results["tls"].detail
@@ -383,4 +388,51 @@ async def test_cli_json_and_text_output_and_exit_codes(registered: Registered) -
     assert lines[0].startswith("ok    config")
     failed = [line for line in lines if line.startswith("FAIL")]
     assert failed == [line for line in lines if line.startswith("FAIL  relay ")]
-    assert lines[-1] == "10 checks: 1 failed, 0 warnings"
+    assert lines[-1] == "11 checks: 1 failed, 0 warnings"
+
+
+async def test_replay_store_check_probes_a_real_redis(
+    registered: Registered, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "redis-data")
+    server.directory.mkdir()
+    server.start()
+    try:
+        document = demo_config(registered.stack)
+        store = {
+            "kind": "redis",
+            "redis": {
+                "host": "127.0.0.1",
+                "port": server.port,
+                "tls": False,
+                "password": {"env": "REDIS_PASSWORD"},
+            },
+        }
+        signatures = {**document.get("signatures", {}), "replay_store": store}
+        registered.rewrite(signatures=signatures)
+        results = await _check(registered.config, env={"REDIS_PASSWORD": REDIS_PASSWORD})
+        # A store never used before answers with its start barrier: a warning that says so.
+        assert results["replay_store"].status == "warn", results["replay_store"]
+        assert "new or lost its memory" in results["replay_store"].detail
+        results = await _check(registered.config, env={"REDIS_PASSWORD": REDIS_PASSWORD})
+        assert results["replay_store"].status == "warn"
+        wrong = await _check(registered.config, env={"REDIS_PASSWORD": "wrong"})
+        assert wrong["replay_store"].status == "fail"
+        assert "probe answered unavailable" in wrong["replay_store"].detail
+        server.stop()
+        down = await _check(registered.config, env={"REDIS_PASSWORD": REDIS_PASSWORD})
+        assert down["replay_store"].status == "fail"
+    finally:
+        server.stop()
+
+
+async def test_replay_store_check_probes_sqlite(registered: Registered) -> None:
+    signatures = {"replay_store": {"kind": "sqlite", "sqlite_path": "nonces.sqlite3"}}
+    registered.rewrite(signatures=signatures)
+    results = await _check(registered.config)
+    assert results["replay_store"].status == "warn"
+    assert "does not exist yet" in results["replay_store"].detail
+    SqliteReplayStore.initialise(registered.directory / "nonces.sqlite3")
+    results = await _check(registered.config)
+    assert results["replay_store"].status == "ok", results["replay_store"]
+    assert "admits a nonce once" in results["replay_store"].detail

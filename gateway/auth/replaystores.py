@@ -1,0 +1,364 @@
+"""Replay memories shared between processes and gateways (the :class:`ReplayStore` seam).
+
+RFC 9421 section 7.2.2 leaves replay protection to the verifier. Azure Relay spreads the requests
+of one Hybrid Connection over all its listeners (protocol notes section 2.3), so when several
+processes or gateways listen on one Hybrid Connection, "each signed request is served at most once"
+holds only if they all record nonces in one memory. Two stores provide it:
+
+:class:`SqliteReplayStore`
+    a SQLite file in WAL mode, for every process of one host: no network service. Each admission is
+    one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired`` statement in its own transaction,
+    so SQLite's write lock makes it atomic across processes; ``synchronous=FULL`` makes an accepted
+    nonce survive a power loss, not only a crash.
+:class:`RedisReplayStore`
+    a Redis (or Valkey) server for every gateway of the Hybrid Connection: ``SET key 1 NX PX ms``
+    (atomic set-if-absent with expiry) under a key prefix per Hybrid Connection.
+
+A store can lose its memory (a Redis restarted without persistence, a deleted SQLite file). Then
+nonces accepted before may be unknown, exactly the case of :class:`ReplayCache`'s unclean start,
+and the answer is the same start barrier: each store keeps a ``barrier`` timestamp next to the
+nonces, written once when the store is found empty (``now + max_skew``, the reasoning is in
+:mod:`gateway.auth.replay`), and refuses every signature ``created`` at or before it. Because the
+barrier lives inside the store, a store that lost its nonces has lost its barrier too, and the
+first gateway to notice writes a new one; nothing outside the store needs to be trusted.
+
+Failure is fail closed: a store that cannot answer within its timeout gives
+``Admission.UNAVAILABLE`` (503 ``replay_store_unavailable``). Nothing falls back to per-process
+memory by itself; that is a choice the operator makes in gateway.yaml (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final
+
+import redis.asyncio as redis_asyncio
+from redis.credentials import CredentialProvider
+from redis.exceptions import RedisError
+
+from gateway.auth.replay import Admission, MemoryReplayStore, ReplayCache, ReplayStore
+from gateway.config.loader import LoadedConfig
+from gateway.config.model import RedisReplayStore as RedisSettings
+from gateway.config.secrets import SecretSource
+from gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+SQLITE_FILE: Final = "replay.sqlite3"
+# Purge expired rows (and recount the live ones) at least this often, in admissions.
+_PURGE_EVERY: Final = 512
+
+# KEYS[1] barrier, KEYS[2] nonce; ARGV[1] created, ARGV[2] time to live in ms.
+# Returns -1 when the store has no barrier (empty, or it lost its memory), 2 when the signature
+# predates the barrier, 1 when the nonce was recorded, 0 when it was already there. One script so
+# that the barrier check and the SET NX happen atomically (Redis runs a script without
+# interleaving other commands).
+_ADMIT_SCRIPT: Final = """
+local barrier = redis.call('GET', KEYS[1])
+if not barrier then return -1 end
+if tonumber(ARGV[1]) <= tonumber(barrier) then return 2 end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+
+
+class ReplayStoreError(GatewayError):
+    """The configured replay store cannot be opened; the gateway must not start."""
+
+
+def _nonce_key(keyid: str, nonce: str) -> str:
+    # Length-prefixed so that no (keyid, nonce) pair can collide with another one.
+    return f"{len(keyid)}:{keyid}:{nonce}"
+
+
+class SqliteReplayStore:
+    """Nonces in a SQLite database in WAL mode, shared by every process that opens the file."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_entries: int,
+        max_skew: float,
+        timeout: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Open (or create, mode 0600) the database at ``path``; raises ``ReplayStoreError``."""
+        self._path = path
+        self._max_entries = max_entries
+        self._timeout = timeout
+        self._clock = clock
+        # sqlite3 connections belong to one thread: every statement runs on this one, off the
+        # event loop (a busy database may make a statement wait up to the busy timeout).
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-sqlite")
+        self._since_purge = _PURGE_EVERY
+        self._live = 0
+        self._closed = False
+        try:
+            self._db = self._thread.submit(self._connect, max_skew).result()
+        except (sqlite3.Error, OSError) as exc:
+            self._thread.shutdown()
+            raise ReplayStoreError(f"cannot open the replay store {path}: {exc}") from None
+
+    @property
+    def description(self) -> str:
+        """The file, for logs and ``gateway check``."""
+        return f"sqlite {self._path}"
+
+    def _connect(self, max_skew: float) -> sqlite3.Connection:
+        # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the mode of
+        # the database file, so no copy of a nonce is readable by others.
+        os.close(os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        db = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS nonce (k TEXT PRIMARY KEY, expires REAL NOT NULL) "
+                "WITHOUT ROWID"
+            )
+            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value REAL)")
+            # Only the first process to find no barrier writes one (INSERT OR IGNORE).
+            db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('barrier', ?)", (self._clock() + max_skew,)
+            )
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def initialise(path: Path) -> None:
+        """Create an empty store with no start barrier, for a Hybrid Connection that has never
+        accepted a request (registration, demos)."""
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value REAL)")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('barrier', ?)", (-1e300,))
+        finally:
+            db.close()
+
+    def _admit(self, key: str, created: float, expires: float) -> Admission:
+        db = self._db
+        now = self._clock()
+        (barrier,) = db.execute("SELECT value FROM meta WHERE name = 'barrier'").fetchone()
+        if created <= barrier:
+            return Admission.BEFORE_START
+        self._since_purge += 1
+        if self._since_purge >= _PURGE_EVERY or self._live >= self._max_entries:
+            db.execute("DELETE FROM nonce WHERE expires <= ?", (now,))
+            (self._live,) = db.execute("SELECT count(*) FROM nonce").fetchone()
+            self._since_purge = 0
+        if expires <= now:
+            return Admission.ACCEPTED  # its window has ended: nothing left to remember
+        # An expired row of the same key is replaced; a live one is left alone (rowcount 0).
+        cursor = db.execute(
+            "INSERT INTO nonce (k, expires) VALUES (?, ?) "
+            "ON CONFLICT (k) DO UPDATE SET expires = excluded.expires WHERE nonce.expires <= ?",
+            (key, expires, now),
+        )
+        if cursor.rowcount != 1:
+            return Admission.REPLAY
+        if self._live >= self._max_entries:
+            # Bounded: the row just written is taken back rather than evicting a live one.
+            db.execute("DELETE FROM nonce WHERE k = ?", (key,))
+            return Admission.FULL
+        self._live += 1
+        return Admission.ACCEPTED
+
+    async def admit(self, keyid: str, nonce: str, *, created: float, expires: float) -> Admission:
+        """See :meth:`ReplayStore.admit`."""
+        if self._closed:
+            return Admission.CLOSED
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                return await loop.run_in_executor(
+                    self._thread, self._admit, _nonce_key(keyid, nonce), created, expires
+                )
+        except (sqlite3.Error, OSError, TimeoutError) as exc:
+            log.error(
+                "replay store %s did not answer: %s",
+                self._path,
+                type(exc).__name__,
+                extra={"event": "replay_store_unavailable"},
+            )
+            return Admission.UNAVAILABLE
+
+    async def close(self) -> None:
+        """Close the database (after any statement still running)."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._db.close)
+        self._thread.shutdown()
+
+
+class _SecretCredentials(CredentialProvider):
+    """Reads the password from its reference at each new connection (a rotated secret is used
+    from the next connection on)."""
+
+    def __init__(self, username: str | None, password: SecretSource) -> None:
+        self._username = username
+        self._password = password
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        secret = self._password.get().get_secret_value()
+        return (secret,) if self._username is None else (self._username, secret)
+
+
+class RedisReplayStore:
+    """Nonces in Redis (or Valkey), shared by every gateway of a Hybrid Connection."""
+
+    def __init__(
+        self,
+        settings: RedisSettings,
+        *,
+        password: SecretSource,
+        prefix: str,
+        max_skew: float,
+        ca_file: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Prepare the client; no connection is made before the first :meth:`admit`."""
+        self._settings = settings
+        self._prefix = prefix
+        self._max_skew = max_skew
+        self._clock = clock
+        self._closed = False
+        self._unavailable = False
+        self._client = redis_asyncio.Redis(
+            host=settings.host,
+            port=settings.port,
+            db=settings.database,
+            credential_provider=_SecretCredentials(settings.username, password),
+            ssl=settings.tls,
+            ssl_ca_certs=str(ca_file) if ca_file is not None else None,
+            ssl_cert_reqs="required",
+            socket_timeout=settings.timeout_seconds,
+            socket_connect_timeout=settings.timeout_seconds,
+            max_connections=64,
+        )
+        self._script = self._client.register_script(_ADMIT_SCRIPT)
+
+    @property
+    def description(self) -> str:
+        """Server and key prefix, for logs and ``gateway check``."""
+        scheme = "rediss" if self._settings.tls else "redis"
+        return f"{scheme}://{self._settings.host}:{self._settings.port} prefix {self._prefix}"
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix of this Hybrid Connection."""
+        return self._prefix
+
+    async def _run(self, key: str, created: float, ttl_ms: int) -> int:
+        keys = [self._prefix + "barrier", self._prefix + "n:" + key]
+        answer = await self._script(keys=keys, args=[repr(float(created)), ttl_ms])
+        if answer == -1:
+            # The store is empty or lost its memory: the first gateway to see it sets the
+            # barrier (NX, so a concurrent one cannot move it), then the script runs again.
+            barrier = self._clock() + self._max_skew
+            await self._client.set(keys[0], repr(barrier), nx=True)
+            answer = await self._script(keys=keys, args=[repr(float(created)), ttl_ms])
+        return int(answer)
+
+    async def admit(self, keyid: str, nonce: str, *, created: float, expires: float) -> Admission:
+        """See :meth:`ReplayStore.admit`."""
+        if self._closed:
+            return Admission.CLOSED
+        # At least 1 ms: PX 0 is an error, and a window that already ended still meets the
+        # barrier check.
+        ttl_ms = max(1, math.ceil((expires - self._clock()) * 1000))
+        try:
+            async with asyncio.timeout(self._settings.timeout_seconds):
+                answer = await self._run(_nonce_key(keyid, nonce), created, ttl_ms)
+        except (RedisError, OSError, TimeoutError) as exc:
+            if not self._unavailable:
+                log.error(
+                    "replay store %s unavailable (%s): refusing signed requests until it answers",
+                    self.description,
+                    type(exc).__name__,
+                    extra={"event": "replay_store_unavailable"},
+                )
+            self._unavailable = True
+            return Admission.UNAVAILABLE
+        if self._unavailable:
+            self._unavailable = False
+            log.warning(
+                "replay store %s answers again",
+                self.description,
+                extra={"event": "replay_store_recovered"},
+            )
+        return {1: Admission.ACCEPTED, 0: Admission.REPLAY, 2: Admission.BEFORE_START}.get(
+            answer, Admission.UNAVAILABLE
+        )
+
+    async def initialise(self) -> None:
+        """Write an empty barrier for a Hybrid Connection that has never accepted a request."""
+        async with asyncio.timeout(self._settings.timeout_seconds):
+            await self._client.set(self._prefix + "barrier", repr(-1e300), nx=True)
+
+    async def close(self) -> None:
+        """Close the connections."""
+        self._closed = True
+        await self._client.aclose()
+
+
+def default_prefix(hybrid_connection: str) -> str:
+    """The key prefix of a Hybrid Connection; the braces are a Redis Cluster hash tag, so a
+    nonce and its barrier always live on the same node."""
+    return f"gateway:replay:{{{hybrid_connection}}}:"
+
+
+def open_replay_store(
+    loaded: LoadedConfig,
+    state_dir: Path,
+    hybrid_connection: str,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> ReplayStore:
+    """The replay store gateway.yaml asks for; raises ``ReplayStoreError`` (and ``SecretError``,
+    ``ReplayStateError``) when it cannot be opened."""
+    signatures = loaded.config.signatures
+    settings = signatures.replay_store
+    if settings.kind == "sqlite":
+        path = (
+            loaded.resolve_path(settings.sqlite_path)
+            if settings.sqlite_path is not None
+            else state_dir / SQLITE_FILE
+        )
+        return SqliteReplayStore(
+            Path(path),
+            max_entries=signatures.replay_cache_entries,
+            max_skew=signatures.clock_skew_seconds,
+        )
+    if settings.kind == "redis":
+        redis = settings.redis
+        if redis is None:  # validate reports it; here only as a guard
+            raise ReplayStoreError("signatures.replay_store.redis is missing")
+        return RedisReplayStore(
+            redis,
+            password=SecretSource(redis.password, base_dir=loaded.file.parent, env=env),
+            prefix=redis.key_prefix or default_prefix(hybrid_connection),
+            max_skew=signatures.clock_skew_seconds,
+            ca_file=Path(loaded.resolve_path(redis.ca_file)) if redis.ca_file else None,
+        )
+    return MemoryReplayStore(
+        ReplayCache.open(
+            state_dir,
+            max_entries=signatures.replay_cache_entries,
+            max_skew=signatures.clock_skew_seconds,
+        )
+    )

@@ -1,0 +1,82 @@
+"""A real ``redis-server`` (Debian package) for tests: loopback, a free port, a temp directory.
+
+The server requires a password (``AUTH``), keeps its data in an append-only file fsynced at
+every write (so a restart keeps every nonce, as a production server with persistence would) unless
+``persistent=False``, and can be stopped and started again on the same port to show what the
+gateway does while its replay store is down.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+PASSWORD = "replay-test-secret"
+_START_TIMEOUT = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One ``redis-server`` process under the test's control."""
+
+    def __init__(self, directory: Path, *, persistent: bool = True) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (.ci/run installs it)")
+        self.binary = binary
+        self.directory = directory
+        self.persistent = persistent
+        self.port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server and wait until it answers ``PING``."""
+        args = [
+            self.binary,
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.directory),
+            "--requirepass", PASSWORD,
+            "--save", "",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "always",
+            "--maxmemory-policy", "noeviction",
+            "--daemonize", "no",
+            "--logfile", str(self.directory / "redis.log"),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"redis-server exited: {(self.directory / 'redis.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    conn.sendall(f"AUTH {PASSWORD}\r\nPING\r\n".encode())
+                    if b"PONG" in conn.recv(100):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        pytest.fail("redis-server did not start")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM; it flushes its append-only file first)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=_START_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
