@@ -294,7 +294,7 @@ def decode(raw: bytes, file: str) -> tuple[str | None, list[Problem]]:
                 file=file,
                 line=1,
                 column=1,
-                hint="start from gateway.yaml.example",
+                hint="run `gateway init` for a commented starter file",
             )
         ]
     return text, []
@@ -372,7 +372,7 @@ def parse(text: str, file: str) -> tuple[Located | None, list[Problem]]:
                 file=file,
                 line=root.start_mark.line + 1,
                 column=root.start_mark.column + 1,
-                hint="start from gateway.yaml.example",
+                hint="run `gateway init` for a commented starter file",
             )
         ]
     return Located(data=data, file=file, marks=builder.marks, key_marks=builder.key_marks), []

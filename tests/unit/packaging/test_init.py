@@ -70,3 +70,15 @@ def test_init_reports_what_it_cannot_write(
     err = capsys.readouterr().err
     assert f"cannot write {blocker / 'gateway.yaml'}" in err
     assert blocker.read_text(encoding="utf-8") == "not a directory\n"
+
+
+@pytest.mark.parametrize("text", ["", "- a list\n"])
+def test_an_empty_or_shapeless_file_points_at_init(
+    tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installed gateway has no gateway.yaml.example on disk: the hint names the command that
+    writes the starter file."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(text, encoding="utf-8")
+    assert main(["validate", "-c", str(config)]) == 1
+    assert "(hint: run `gateway init` for a commented starter file)" in capsys.readouterr().err
