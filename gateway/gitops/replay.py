@@ -9,8 +9,8 @@ target (allowed, or forwarded as a monitor-mode would-deny) or was refused.
 Not re-decided, and counted as such: records refused by the signature check (that step needs the
 live signature and nonce, and does not depend on gateway.yaml), records of an internal error,
 version 1 records (no input), and records of a kind no replayer knows. Record kinds are
-dispatched through :data:`REPLAYERS`; a new kind of target (LDAP operations) adds its builder of
-facts there, and everything else (comparison, reports, exit codes) applies unchanged.
+dispatched through :data:`REPLAYERS`; a new kind of target (LDAP operations) adds its replayer
+there, and everything else (comparison, reports, exit codes) applies unchanged.
 
 Steps after the chain (stream counts, the connection to the target) are live conditions, not
 configuration: a stream refused as ``target_busy`` or a request whose target failed was allowed
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.gitops.diff import EXIT_NARROWED, EXIT_UNCHANGED, EXIT_WIDENED, _md_code, _md_text
 from gateway.observability.auditchain import MAX_LINE_BYTES, order_files
@@ -122,21 +122,44 @@ def verdict_outcome(verdict: Verdict) -> Outcome:
     return Outcome(verdict.forwarded, verdict.result, reasons[0] if reasons else "", operation)
 
 
-def _http_facts(recorded: RecordedInput) -> RequestFacts:
-    return RequestFacts.relayed(
-        recorded.method,
-        recorded.target,
-        recorded.header_pairs(),
-        websocket=recorded.websocket,
-        body_size=recorded.body_bytes,
-        keyid=recorded.keyid,
-    )
+@dataclass(frozen=True)
+class Replayed:
+    """What a replayer gives back: the outcome now, and the request as a reviewer reads it."""
+
+    outcome: Outcome
+    request: str
 
 
-# How each record kind becomes the facts the chain decides.
-REPLAYERS: dict[str, Callable[[RecordedInput], RequestFacts]] = {
-    "http": _http_facts,
-    "stream": _http_facts,
+class Replayer(Protocol):
+    """Decides one kind of recorded input again; raises ``ValueError`` for a malformed input."""
+
+    async def __call__(self, input: Mapping[str, Any], chain: Chain) -> Replayed: ...
+
+
+async def _replay_http(input: Mapping[str, Any], chain: Chain) -> Replayed:
+    """An HTTP request or a stream handshake, through the chain ``gateway run`` uses."""
+    recorded = RecordedInput.parse(input)
+    request = f"{recorded.method} {recorded.target}"
+    try:
+        facts = RequestFacts.relayed(
+            recorded.method,
+            recorded.target,
+            recorded.header_pairs(),
+            websocket=recorded.websocket,
+            body_size=recorded.body_bytes,
+            keyid=recorded.keyid,
+        )
+    except Refusal as refusal:  # the relayed target has no selector: no configuration helps
+        return Replayed(Outcome(False, "rejected", refusal.code, None), request)
+    return Replayed(verdict_outcome(await chain.decide(facts)), request)
+
+
+# The replayer of each record kind. Another kind of target (LDAP operations) records its own
+# input under its own kind and adds its replayer here, deciding through its own steps; the
+# comparison, reports and exit codes are the same for every kind.
+REPLAYERS: dict[str, Replayer] = {
+    "http": _replay_http,
+    "stream": _replay_http,
 }
 
 
@@ -180,22 +203,17 @@ async def _replay_one(
     """Replay one record into ``report``; returns why it was skipped, or ""."""
     if record.get("v") != RECORD_VERSION or not isinstance(record.get("input"), dict):
         return "version 1 record (no input)"
-    builder = REPLAYERS.get(str(record.get("kind")))
-    if builder is None:
+    replayer = REPLAYERS.get(str(record.get("kind")))
+    if replayer is None:
         return f"record kind {record.get('kind')!r} has no replayer"
     before = recorded_outcome(record)
     if before is None:
         return "refused by the signature check or an internal error"
     try:
-        recorded = RecordedInput.parse(record["input"])
+        replayed = await replayer(record["input"], chain)
     except ValueError:
         return "malformed input"
-    try:
-        facts = builder(recorded)
-    except Refusal as refusal:  # the relayed target has no selector: no configuration helps
-        after = Outcome(False, "rejected", refusal.code, None)
-    else:
-        after = verdict_outcome(await chain.decide(facts))
+    after = replayed.outcome
     report.replayed += 1
     if before.forwarded == after.forwarded:
         report.unchanged += 1
@@ -205,7 +223,7 @@ async def _replay_one(
     change = Change(
         decision_id=str(record.get("decision_id", "")),
         time=str(record.get("time", "")),
-        request=f"{recorded.method} {recorded.target}",
+        request=replayed.request,
         target=record.get("target") if isinstance(record.get("target"), str) else None,
         before=before,
         after=after,
