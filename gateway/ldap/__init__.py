@@ -2,6 +2,8 @@
 
 Modules
     ``asn1``     the RFC 4511 ASN.1 module as pyasn1 types (why pyasn1: see its docstring).
+    ``ber``      pyasn1's BER decoder held to RFC 4511 section 5.1 (definite lengths, primitive
+                 OCTET STRINGs).
     ``codec``    ``pdu_length`` (framing with a size bound), ``decode_request`` ->
                  ``Request``, ``decode_response`` -> ``Response``, ``strip_entry_attributes``,
                  ``encode_result`` (the response matching a request), Notice of Disconnection,

@@ -1,6 +1,7 @@
 """LDAP PDU framing, decoding into typed requests and responses, and encoding of answers.
 
-Every byte is read by pyasn1's BER codec against the RFC 4511 module in ``gateway.ldap.asn1``;
+Every byte is read by pyasn1's BER codec (held to RFC 4511 section 5.1 by ``gateway.ldap.ber``)
+against the RFC 4511 module in ``gateway.ldap.asn1``;
 this module only turns pyasn1 values into small frozen dataclasses and enforces the gateway's
 bounds. Framing, too, is pyasn1's: ``pdu_length`` asks the decoder for the outer header only
 (``substrateFun`` stops it before the content), so a size bound applies before any content is
@@ -15,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyasn1 import error as asn1_error
-from pyasn1.codec.ber import decoder, encoder
+from pyasn1.codec.ber import encoder
 from pyasn1.type import univ
 
+from gateway.ldap import ber
 from gateway.ldap.asn1 import LDAP_MESSAGE, MAX_INT
 from gateway.ldap.errors import LdapProtocolError, LdapRefusedError
 
@@ -239,7 +241,7 @@ def pdu_length(buffer: bytes | bytearray, max_bytes: int) -> int | None:
         yield asn1_object
 
     try:
-        decoder.decode(bytes(buffer[:16]), asn1Spec=univ.Sequence(), substrateFun=header_only)
+        ber.decode(bytes(buffer[:16]), asn1Spec=univ.Sequence(), substrateFun=header_only)
     except asn1_error.SubstrateUnderrunError:
         if len(buffer) >= 16:
             raise LdapProtocolError("ldap-malformed-pdu", "unreadable length") from None
@@ -258,7 +260,7 @@ def pdu_length(buffer: bytes | bytearray, max_bytes: int) -> int | None:
 
 def _decode_message(pdu: bytes) -> Any:
     try:
-        message, rest = decoder.decode(pdu, asn1Spec=LDAP_MESSAGE)
+        message, rest = ber.decode(pdu, asn1Spec=LDAP_MESSAGE)
     except (asn1_error.PyAsn1Error, RecursionError, ValueError, TypeError) as exc:
         # pyasn1 reports grammar, constraint and nesting violations as PyAsn1Error; the others
         # are belt and braces so that no decoder failure escapes as an unexpected crash.

@@ -30,9 +30,9 @@ import unicodedata
 from dataclasses import dataclass
 
 from pyasn1 import error as asn1_error
-from pyasn1.codec.ber import decoder
 from pyasn1.type import char, univ
 
+from gateway.ldap import ber
 from gateway.ldap.errors import DnError
 
 MAX_DN_LENGTH = 8192
@@ -165,7 +165,7 @@ def _ber_value(hexdigits: str) -> str:
     if not hexdigits or len(hexdigits) % 2 or not set(hexdigits) <= _HEX:
         raise DnError("ldap-dn-syntax", "a '#' value must be an even number of hex digits")
     try:
-        value, rest = decoder.decode(bytes.fromhex(hexdigits))
+        value, rest = ber.decode(bytes.fromhex(hexdigits))
     except (asn1_error.PyAsn1Error, ValueError) as exc:
         raise DnError("ldap-dn-syntax", f"a '#' value is not BER: {exc}") from None
     if rest or not isinstance(value, univ.OctetString | char.AbstractCharacterString):

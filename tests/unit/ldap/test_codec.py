@@ -180,7 +180,7 @@ def test_pdu_length_frames_and_bounds() -> None:
     # The bound applies to the declared length, before any content has arrived.
     with pytest.raises(LdapProtocolError, match="ldap-pdu-too-large"):
         codec.pdu_length(b"\x30\x84\x00\x20\x00\x00", 1 << 20)
-    with pytest.raises(LdapProtocolError, match="indefinite"):
+    with pytest.raises(LdapProtocolError, match=r"(?i)indefinite"):
         codec.pdu_length(b"\x30\x80\x02\x01\x01", 1000)
     with pytest.raises(LdapProtocolError, match="SEQUENCE"):
         codec.pdu_length(b"\x04\x01a", 1000)
@@ -291,3 +291,43 @@ def test_the_unrolled_filter_has_a_short_repr() -> None:
     from gateway.ldap import asn1
 
     assert len(repr(asn1._filter(FILTER_DEPTH))) < 100
+
+
+# RFC 4511 section 5.1 restricts BER; the gateway must refuse what the directory would refuse
+# rather than read it its own way. DelRequest for "cn=x", message id 5:
+_DELETE = bytes.fromhex("30090201054a04") + b"cn=x"
+
+
+def test_the_reference_delete_decodes() -> None:
+    assert codec.decode_request(_DELETE).dn == "cn=x"
+
+
+def test_long_form_lengths_are_accepted() -> None:
+    # OpenLDAP's liblber writes 0x84 and four length octets; LDAP allows any definite length.
+    long_form = bytes.fromhex("30840000000d") + bytes.fromhex("02840000000105") + _DELETE[5:]
+    assert codec.pdu_length(long_form, 1000) == len(long_form)
+    assert codec.decode_request(long_form).dn == "cn=x"
+
+
+@pytest.mark.parametrize(
+    ("name", "pdu"),
+    [
+        # rule 1: an indefinite length inside the PDU (the outer one is refused by pdu_length)
+        ("indefinite inner length", bytes.fromhex("300f0201056a80") + b"\x04\x04cn=x\x00\x00"),
+        # rule 2: OCTET STRING in the constructed form (the DN in two chunks)
+        ("constructed octet string", bytes.fromhex("300d0201056a08") + b"\x04\x02cn\x04\x02=x"),
+    ],
+)
+def test_rfc4511_encoding_rules_are_enforced(name: str, pdu: bytes) -> None:
+    with pytest.raises(LdapProtocolError, match="ldap-malformed-pdu"):
+        codec.decode_request(pdu)
+
+
+def test_any_non_zero_boolean_is_true() -> None:
+    # Rule 3 binds senders only: ldap3 itself sends TRUE as 0x01, and every reader takes any
+    # non-zero octet as TRUE.
+    search = pdus.search(1, "dc=x", "(cn=a)")
+    false_at = search.index(bytes.fromhex("010100"))
+    for octet in (b"\x01", b"\xff"):
+        flipped = search[:false_at] + b"\x01\x01" + octet + search[false_at + 3 :]
+        assert codec.decode_request(flipped).types_only is True
