@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(
 
 PAGED_RESULTS = "1.2.840.113556.1.4.319"
 PEOPLE = f"ou=People,{SUFFIX}"
-IO_TIMEOUT = 30  # an int: ldap3 packs receive_timeout into SO_RCVTIMEO
+IO_TIMEOUT = 60  # an int: ldap3 packs receive_timeout into SO_RCVTIMEO
 
 
 @dataclass
