@@ -73,6 +73,22 @@ async def test_sqlite_admits_a_nonce_once_across_connections(sqlite_path: Path) 
     assert mode & 0o077 == 0
 
 
+async def test_sqlite_batches_concurrent_admissions_and_admits_each_nonce_once(
+    sqlite_path: Path,
+) -> None:
+    clock = Clock()
+    store = SqliteReplayStore(sqlite_path, max_entries=1000, max_skew=SKEW, clock=clock)
+    try:
+        # Concurrent admissions share transactions (group commit), same nonce included.
+        results = await asyncio.gather(
+            *(store.admit("k", f"n{i % 5}", **window(clock)) for i in range(50))
+        )
+        assert results.count(Admission.ACCEPTED) == 5
+        assert results.count(Admission.REPLAY) == 45
+    finally:
+        await store.close()
+
+
 async def test_sqlite_forgets_a_nonce_when_its_window_ends(sqlite_path: Path) -> None:
     clock = Clock()
     store = SqliteReplayStore(sqlite_path, max_entries=1000, max_skew=SKEW, clock=clock)
