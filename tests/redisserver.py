@@ -3,18 +3,21 @@
 The server requires a password (``AUTH``), keeps its data in an append-only file fsynced at
 every write (so a restart keeps every nonce, as a production server with persistence would) unless
 ``persistent=False``, and can be stopped and started again on the same port to show what the
-gateway does while its replay store is down.
+gateway does while its replay store is down. With ``tls=True`` it serves TLS only (``tls-port``),
+with a trustme certificate for ``127.0.0.1`` whose CA is written to ``ca_file``.
 """
 
 from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import trustme
 
 PASSWORD = "replay-test-secret"
 _START_TIMEOUT = 30.0
@@ -30,7 +33,7 @@ def _free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process under the test's control."""
 
-    def __init__(self, directory: Path, *, persistent: bool = True) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = True, tls: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed (.ci/run installs it)")
@@ -39,13 +42,30 @@ class RedisServer:
         self.persistent = persistent
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.tls = tls
+        self.ca_file = directory / "redis-ca.pem"
+        self._client_context: ssl.SSLContext | None = None
+        if tls:
+            ca = trustme.CA()
+            cert = ca.issue_cert("127.0.0.1")
+            ca.cert_pem.write_to_path(str(self.ca_file))
+            cert.private_key_pem.write_to_path(str(directory / "redis-key.pem"))
+            cert.cert_chain_pems[0].write_to_path(str(directory / "redis-cert.pem"))
+            self._client_context = ssl.create_default_context(cafile=str(self.ca_file))
 
     def start(self) -> None:
         """Start the server and wait until it answers ``PING``."""
         args = [
             self.binary,
             "--bind", "127.0.0.1",
-            "--port", str(self.port),
+            *(
+                ("--port", "0", "--tls-port", str(self.port),
+                 "--tls-cert-file", str(self.directory / "redis-cert.pem"),
+                 "--tls-key-file", str(self.directory / "redis-key.pem"),
+                 "--tls-ca-cert-file", str(self.ca_file), "--tls-auth-clients", "no")
+                if self.tls
+                else ("--port", str(self.port))
+            ),
             "--dir", str(self.directory),
             "--requirepass", PASSWORD,
             "--save", "",
@@ -61,7 +81,12 @@ class RedisServer:
             if self.process.poll() is not None:
                 pytest.fail(f"redis-server exited: {(self.directory / 'redis.log').read_text()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw:
+                    conn = (
+                        self._client_context.wrap_socket(raw, server_hostname="127.0.0.1")
+                        if self._client_context is not None
+                        else raw
+                    )
                     conn.sendall(f"AUTH {PASSWORD}\r\nPING\r\n".encode())
                     if b"PONG" in conn.recv(100):
                         return

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from pydantic import SecretStr
 
 from gateway.auth.replay import Admission
@@ -188,7 +189,12 @@ def settings(server: RedisServer, **changes: object) -> RedisSettings:
 
 
 def make_store(
-    server: RedisServer, clock: Clock, *, prefix: str = "t:", password: str = PASSWORD
+    server: RedisServer,
+    clock: Clock,
+    *,
+    prefix: str = "t:",
+    password: str = PASSWORD,
+    ca_file: Path | None = None,
 ) -> RedisReplayStore:
     source = SecretSource(
         SecretRef(env="REDIS_PASSWORD"),
@@ -197,7 +203,12 @@ def make_store(
         initial=SecretStr(password),
     )
     return RedisReplayStore(
-        settings(server), password=source, prefix=prefix, max_skew=SKEW, clock=clock
+        settings(server, tls=server.tls),
+        password=source,
+        prefix=prefix,
+        max_skew=SKEW,
+        clock=clock,
+        ca_file=ca_file,
     )
 
 
@@ -298,3 +309,23 @@ async def test_redis_unreachable_fails_closed() -> None:
         assert await store.admit("k", "n", **window(clock)) is Admission.UNAVAILABLE
     finally:
         await store.close()
+
+
+async def test_redis_over_tls_verifies_the_server(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, tls=True)
+    server.start()
+    clock = Clock()
+    trusted = make_store(server, clock, ca_file=server.ca_file)
+    # The same server, but its CA is not the one configured: the store must not talk to it.
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    untrusted = make_store(server, clock, ca_file=other_ca)
+    try:
+        await trusted.initialise()
+        assert await trusted.admit("k", "n", **window(clock)) is Admission.ACCEPTED
+        assert await trusted.admit("k", "n", **window(clock)) is Admission.REPLAY
+        assert await untrusted.admit("k", "n2", **window(clock)) is Admission.UNAVAILABLE
+    finally:
+        await trusted.close()
+        await untrusted.close()
+        server.stop()
