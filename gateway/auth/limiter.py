@@ -38,9 +38,17 @@ DEFAULT_COOLDOWN: Final = 30.0
 DEFAULT_MAX_KEYS: Final = 64
 
 # Failures that do not count: a signer whose clock is off (its requests are authentic, and the
-# operator needs to see expired/clock_skew, not 429) and the gateway's own replay-cache state.
+# operator needs to see expired/clock_skew, not 429) and the state of the gateway's own replay
+# memory (a full cache, shutdown, a shared store that is down: the signer did nothing wrong, and
+# counting them would keep refusing its authentic requests with 429 after the store recovers).
 _NOT_COUNTED: Final = frozenset(
-    {Reason.EXPIRED, Reason.CLOCK_SKEW, Reason.REPLAY_CACHE_FULL, Reason.REPLAY_CACHE_CLOSED}
+    {
+        Reason.EXPIRED,
+        Reason.CLOCK_SKEW,
+        Reason.REPLAY_CACHE_FULL,
+        Reason.REPLAY_CACHE_CLOSED,
+        Reason.REPLAY_STORE_UNAVAILABLE,
+    }
 )
 
 

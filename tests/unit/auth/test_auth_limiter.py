@@ -80,6 +80,7 @@ def test_clock_problems_and_the_replay_cache_state_do_not_count() -> None:
         Reason.CLOCK_SKEW,
         Reason.REPLAY_CACHE_FULL,
         Reason.REPLAY_CACHE_CLOSED,
+        Reason.REPLAY_STORE_UNAVAILABLE,
     }
 
 
