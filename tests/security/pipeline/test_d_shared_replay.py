@@ -91,6 +91,16 @@ def second_gateway(env: PipelineEnv, directory: Path, *, store: dict[str, Any] |
     )
 
 
+def handled_requests(agent: Agent) -> float:
+    """Requests this gateway answered (any result)."""
+    return sum(
+        sample.value
+        for metric in agent.metrics.requests.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+
+
 async def hand_over(env: PipelineEnv, successor: Agent) -> None:
     """Start ``successor`` beside the current gateway, then stop the current one."""
     await successor.start()
@@ -137,3 +147,28 @@ async def test_replay_store_down_is_503_and_recovers(
     finally:
         redis_server.start()
     assert (await send(env, sign(env)))[0] == 200
+
+
+async def test_same_request_to_three_live_gateways_at_once_is_served_once(
+    env: PipelineEnv, tmp_path: Path
+) -> None:
+    # Three gateways listening together on the HC (the relay picks one per request); copies of
+    # one signed request sent concurrently race for the same nonce in the shared store.
+    await hand_over(env, second_gateway(env, tmp_path / "e", store=None))
+    others = [second_gateway(env, tmp_path / name, store=None) for name in ("f", "g")]
+    try:
+        for other in others:
+            await other.start()
+        async with asyncio.timeout(START_TIMEOUT):
+            await env.stack.relay.wait_for_listeners(env.stack.hc, 3 * LISTENERS)
+        headers = sign(env)
+        answers = await asyncio.gather(*(send(env, headers) for _ in range(12)))
+        assert sorted(answers).count((401, "replay")) == 11, answers
+        assert [status for status, _ in answers].count(200) == 1
+        env.forwarded_once()
+        # The race really was between gateways: more than one of them was handed a copy.
+        handled = [handled_requests(agent) for agent in (env.agent, *others)]
+        assert sum(1 for count in handled if count) >= 2, handled
+    finally:
+        for other in others:
+            await other.stop()
