@@ -567,3 +567,28 @@ def test_misspelt_nested_override_is_an_error_with_suggestion(write_config: Writ
     problem = only_problem(write_config(BASE), env={"GATEWAY_RELAY__CONECTIONS": "3"})
     assert (problem.code, problem.file) == ("unknown_key", "environment GATEWAY_RELAY__CONECTIONS")
     assert problem.hint == "did you mean 'connections'?"
+
+
+def test_replay_store_settings(write_config: WriteConfig) -> None:
+    redis = (
+        "signatures:\n  replay_store:\n    kind: redis\n    redis:\n      host: 127.0.0.1\n"
+        "      tls: false\n      password: {env: REDIS_PASSWORD}\npolicy:\n"
+    )
+    loaded = load(write_config(BASE.replace("policy:\n", redis)), env={"REDIS_PASSWORD": "x"})
+    assert loaded.config.signatures.replay_store.kind == "redis"
+    # The password and every nonce would cross the network in clear text.
+    remote = redis.replace("127.0.0.1", "redis.corp.local")
+    problem = only_problem(write_config(BASE.replace("policy:\n", remote)), {"REDIS_PASSWORD": "x"})
+    assert (problem.code, problem.path) == (
+        "insecure_endpoint",
+        "signatures.replay_store.redis.tls",
+    )
+    bare = "signatures:\n  replay_store:\n    kind: redis\npolicy:\n"
+    problem = only_problem(write_config(BASE.replace("policy:\n", bare)))
+    assert (problem.code, problem.path) == ("missing_key", "signatures.replay_store")
+    unused = "signatures:\n  replay_store:\n    kind: memory\n    sqlite_path: r.db\npolicy:\n"
+    problem = only_problem(write_config(BASE.replace("policy:\n", unused)))
+    assert problem.code == "unused_setting"
+    # A password is never written inline.
+    inline = redis.replace("{env: REDIS_PASSWORD}", "hunter2")
+    assert problems_of(write_config(BASE.replace("policy:\n", inline)))
