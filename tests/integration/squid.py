@@ -54,12 +54,14 @@ class Squid:
         path = self.workdir / "access.log"
         return path.read_text() if path.exists() else ""
 
-    async def wait_for_log(self, needle: str, within: float = 30.0) -> str:
-        """Wait until ``needle`` shows in the access log (squid logs a tunnel when it ends)."""
+    async def wait_for_log(self, needle: str, within: float = 30.0, *, count: int = 1) -> str:
+        """The access log once ``needle`` shows ``count`` times in it (or ``within`` seconds
+        passed). Squid logs a tunnel when it ends, so each line may come some time after the
+        request it records."""
         deadline = time.monotonic() + within
         while True:
             log = self.access_log()
-            if needle in log or time.monotonic() > deadline:
+            if log.count(needle) >= count or time.monotonic() > deadline:
                 return log
             await asyncio.sleep(0.02)
 

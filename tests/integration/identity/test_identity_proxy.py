@@ -7,10 +7,8 @@ The control-plane client routes through the same :class:`OutboundProxy` as relay
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,16 +65,6 @@ def _closed_port() -> int:
     return port
 
 
-async def _log_with(squid: Squid, needle: str, count: int, within: float = 30.0) -> str:
-    """The access log once ``needle`` shows ``count`` times (squid logs a tunnel when it ends)."""
-    deadline = time.monotonic() + within
-    while True:
-        log = squid.access_log()
-        if log.count(needle) >= count or time.monotonic() > deadline:
-            return log
-        await asyncio.sleep(0.02)
-
-
 async def _register_error(settings: RegistrationSettings) -> ControlPlaneError:
     with pytest.raises(ControlPlaneError) as info:
         await register(settings, username="alice", password=PASSWORD)
@@ -94,7 +82,7 @@ async def test_registration_and_relay_info_tunnel_through_squid_with_basic_auth(
     settings = make_settings(proxy=proxy_settings)
     outcome = await register(settings, username="alice", password=PASSWORD)
     tunnel = f"CONNECT {_authority(simulator)} {PROXY_USERNAME} "
-    log = await _log_with(squid_auth_proxy, tunnel, 1)
+    log = await squid_auth_proxy.wait_for_log(tunnel, count=1)
     assert log.count(tunnel) == 1
 
     identity = load_identity(settings.state_dir)
@@ -103,7 +91,7 @@ async def test_registration_and_relay_info_tunnel_through_squid_with_basic_auth(
         info = await client.relay_info()
     assert info.gateway_id == "gw-1"
     assert info.relay == outcome.relay
-    log = await _log_with(squid_auth_proxy, tunnel, 2)
+    log = await squid_auth_proxy.wait_for_log(tunnel, count=2)
     tunnels = [line for line in log.splitlines() if tunnel in line]
     assert len(tunnels) == 2
     assert all("TCP_TUNNEL/200" in line for line in tunnels)
@@ -138,7 +126,7 @@ async def test_registration_with_bad_proxy_credentials_is_proxy_auth_required(
     # Neither the Person's credentials nor the CSR went anywhere, and nothing was committed.
     assert simulator.requests == []
     assert not (settings.state_dir / IDENTITY_FILE).exists()
-    log = await _log_with(squid_auth_proxy, f"CONNECT {_authority(simulator)} ", 1)
+    log = await squid_auth_proxy.wait_for_log(f"CONNECT {_authority(simulator)} ")
     assert "TCP_DENIED/407" in log
 
 

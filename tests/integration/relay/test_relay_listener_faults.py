@@ -287,6 +287,6 @@ async def test_relay_traffic_goes_through_squid(
                 assert (await send_http(sender, relay, "/small"))[3] == b"small"
                 assert (await send_http(sender, relay, "/big"))[3] == payload
         assert listener.metrics.requests["ok"] == 2
-    log = await squid_proxy.wait_for_log(f"CONNECT 127.0.0.1:{relay.port}")
+    log = await squid_proxy.wait_for_log(f"CONNECT 127.0.0.1:{relay.port}", count=2)
     # The control channel and the large response's rendezvous socket each made a tunnel.
     assert log.count(f"CONNECT 127.0.0.1:{relay.port}") >= 2
