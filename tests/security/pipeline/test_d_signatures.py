@@ -10,6 +10,7 @@ and replay cache in tests/security/test_signatures.py; docs/security-results.md 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 
@@ -86,9 +87,15 @@ async def test_D71_signature_omitting_a_required_component_is_401(
 
 
 async def test_D71_D72_body_without_covered_content_digest_is_401(env: PipelineEnv) -> None:
-    headers = sign(env)  # signed as a bodiless request: no content-digest covered
-    status, _ = await send(env, headers, body=b'{"order": 1}')
-    assert status == 401
+    # A POST signed as bodiless (valid signature, no content-digest covered), with a body added
+    # afterwards. Signed as POST on purpose: a GET signature sent as POST fails on "@method"
+    # first, and the test would then pass even if the digest requirement were gone.
+    headers = signer(env).sign(
+        method="POST", authority=env.stack.saas().namespace, path=relay_path(env), body=None
+    )
+    assert not any(name.lower() == "content-digest" for name, _ in headers)
+    assert await send(env, headers, body=b'{"order": 1}') == (401, "missing_component")
+    assert env.erp.arrivals == []
     env.assert_never_forwarded()
 
 
@@ -186,9 +193,36 @@ async def test_D83_malformed_signature_input_is_401(env: PipelineEnv, mangle: ob
         (name, mangle(value) if name.lower() == "signature-input" else value)  # type: ignore[operator]
         for name, value in sign(env)
     ]
-    status, _ = await send(env, headers)
+    records = _Records()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(records)
+    root.setLevel(logging.DEBUG)  # the refusal line is INFO; a trace could come at any level
+    try:
+        status, _ = await send(env, headers)
+    finally:
+        root.setLevel(level)
+        root.removeHandler(records)
     assert status == 401
+    # Refused as garbage, not as a crash: nothing logged carries an exception or its trace.
+    for record in records.records:
+        assert record.exc_info is None, record.getMessage()
+        assert record.exc_text is None, record.getMessage()
+        assert record.stack_info is None
+        assert "Traceback" not in records.format(record)
     env.assert_never_forwarded()
+
+
+class _Records(logging.Handler):
+    """Every log record of every logger, formatted as a file handler would write it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 async def test_D83_huge_signature_header_is_refused(env: PipelineEnv) -> None:
@@ -221,3 +255,62 @@ async def test_D88_unsigned_stream_is_rejected_before_any_upstream(env: Pipeline
             await saas.stream("ldap")
     assert caught.value.status == 401
     env.assert_never_forwarded()
+
+
+def stream_headers(
+    env: PipelineEnv, forger: RequestSigner | None = None, **kwargs: object
+) -> list[tuple[str, str]]:
+    """Signature headers for a stream to the ``ldap`` target, as the SaaS would send them."""
+    return (forger or signer(env)).sign(
+        method="GET",
+        authority=env.stack.saas().namespace,
+        path=f"/{env.stack.hc}/ldap",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def open_stream(env: PipelineEnv, headers: list[tuple[str, str]]) -> int:
+    """Open a stream with exactly ``headers`` as its signature; the handshake's refusal status."""
+    async with env.saas(signed=False) as saas:  # unsigned client: ``headers`` go out as given
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await saas.stream("ldap", headers=headers)
+    return caught.value.status
+
+
+@pytest.mark.parametrize(
+    "variant", ["wrong-key", "known-keyid-other-key", "expired", "expires-in-the-past"]
+)
+async def test_D88_badly_signed_stream_is_rejected_before_any_upstream(
+    env: PipelineEnv, variant: str
+) -> None:
+    keyid = env.stack.controlplane.signing_key.keyid
+    now = int(time.time())
+    if variant == "wrong-key":
+        headers = stream_headers(
+            env, RequestSigner(generate_key(), keyid="other-tenant-key", gateway_id="agent-1")
+        )
+    elif variant == "known-keyid-other-key":
+        headers = stream_headers(
+            env, RequestSigner(generate_key(), keyid=keyid, gateway_id="agent-1")
+        )
+    elif variant == "expired":
+        headers = stream_headers(env, created=now - 600)
+    else:
+        headers = stream_headers(env, created=now - 50, expires=now - 45)
+    assert await open_stream(env, headers) == 401
+    env.assert_never_forwarded()
+
+
+async def test_D88_replayed_stream_signature_opens_one_stream(env: PipelineEnv) -> None:
+    headers = stream_headers(env)
+    async with env.saas(signed=False) as saas:
+        ws = await saas.stream("ldap", headers=headers)
+        await ws.send_bytes(b"first")
+        echoed = await ws.receive(timeout=30)
+        await ws.close()
+    assert echoed.data == b"echo:first"
+    dialled = list(env.dialler.dialled)
+    assert len(dialled) == 1
+    assert await open_stream(env, headers) == 401
+    assert env.dialler.dialled == dialled
+    assert env.stack.targets.tcp_bytes == [b"first"]
