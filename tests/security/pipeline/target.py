@@ -150,10 +150,27 @@ class KeepAliveTarget(RecordingTarget):
     connection the moment a request for ``/api/drop...`` arrives on it, without answering: what a
     client sees when the server's idle timeout fires just as its request goes out on a pooled
     connection. Every request is recorded as it arrives, so a second copy shows in ``arrivals``.
+
+    A request whose target is a key of ``scripted`` is answered with those bytes instead, and the
+    connection stays open: whatever follows the bad response on the wire would be read as the
+    next response by a client that pooled the connection again (catalogue C 63-65).
     """
+
+    scripted: dict[str, bytes] = field(default_factory=dict)
+    connection_of: dict[str, int] = field(default_factory=dict)
+    """For each request target, the connection it last arrived on (numbered from 1, for ever)."""
+    _opened: int = 0
+
+    def reset(self) -> None:
+        """Forget what arrived and every scripted answer."""
+        super().reset()
+        self.scripted.clear()
+        self.connection_of.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._opened += 1
+        number = self._opened
         self._writers.add(writer)
         try:
             while True:
@@ -162,9 +179,11 @@ class KeepAliveTarget(RecordingTarget):
                 if arrival is None:
                     return
                 self.arrivals.append(arrival)
+                self.connection_of[arrival.target] = number
                 if arrival.target.startswith("/api/drop"):
                     return
-                writer.write(response_bytes(200, b"kept", [("Content-Length", "4")], framing=False))
+                kept = response_bytes(200, b"kept", [("Content-Length", "4")], framing=False)
+                writer.write(self.scripted.get(arrival.target, kept))
                 await writer.drain()
         except (ConnectionError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError):
             pass

@@ -80,7 +80,9 @@ async def test_A_selector_refusals_never_resolve_or_dial(
 
 
 async def test_A12_only_permitted_addresses_are_dialled(env: PipelineEnv) -> None:
-    env.dns.answers["erp.corp.local"] = [ERP_ADDRESS, "169.254.169.254"]
+    # Forbidden answers first: a dial step that tried the resolver's answers in order without
+    # filtering them would dial these before the permitted one (and the test would see it).
+    env.dns.answers["erp.corp.local"] = ["169.254.169.254", "127.0.0.1", "10.1.4.5", ERP_ADDRESS]
     response = await env.send("GET", "erp", "/api/orders")
     assert response.status == 200, response.body
     env.forwarded_once()

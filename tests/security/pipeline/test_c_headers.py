@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+import pytest_asyncio
 
-from tests.security.pipeline.conftest import PipelineEnv
-from tests.security.pipeline.target import fixed, response_bytes
+from gateway.devkit.saas import SaaSResponse
+from tests.security.pipeline.conftest import ERP_HOST, ERP_NETWORK, PipelineEnv
+from tests.security.pipeline.target import KeepAliveTarget, response_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -138,16 +143,17 @@ async def test_C61_expect_100_continue_completes_and_the_body_arrives_once(
     assert all("expect" not in arrival.names for arrival in env.erp.arrivals)
 
 
+# Bad responses without "Connection: close": the keep-alive target leaves the connection open
+# after each, with whatever the client did not consume still on it.
 BAD_RESPONSES = [
     pytest.param(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
-        b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
         "upstream_protocol_error",
         id="C63-cl-and-te",
     ),
     pytest.param(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-        b"zz\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
         "upstream_protocol_error",
         id="C63-bad-chunk",
     ),
@@ -157,39 +163,105 @@ BAD_RESPONSES = [
         id="C63-bare-cr",
     ),
     pytest.param(
-        response_bytes(200, b"x", [(f"X-H{i}", "v") for i in range(200)]),
+        response_bytes(200, b"x", [(f"X-H{i}", "v") for i in range(200)], framing=False),
         "upstream_headers_too_large",
         id="C64-count",
     ),
     pytest.param(
-        response_bytes(200, b"x", [("X-Long", "v" * 9000)]),
+        response_bytes(200, b"x", [("X-Long", "v" * 9000)], framing=False),
         "upstream_headers_too_large",
         id="C64-line",
     ),
 ]
 
 
+@pytest.fixture(scope="module")
+def extra_targets() -> dict[str, Any]:
+    """``pool``: the erp host on another port, served by the keep-alive stand-in."""
+    return {
+        "pool": {
+            "scheme": "https",
+            "host": ERP_HOST,
+            "port": 9443,
+            "allowed_cidrs": [str(ERP_NETWORK)],
+            "tls": {"ca_file": "target-ca.pem"},
+            "operations": [{"name": "read", "methods": ["GET"], "paths": ["/api/*"]}],
+        }
+    }
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def keep_alive(env: PipelineEnv) -> AsyncIterator[KeepAliveTarget]:
+    """A TLS stand-in for ``pool`` that keeps every connection open after answering."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    env.ca.issue_cert(ERP_HOST).configure_cert(context)
+    server = KeepAliveTarget(context)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def bad_then_good(
+    env: PipelineEnv, keep_alive: KeepAliveTarget, raw: bytes
+) -> tuple[SaaSResponse, SaaSResponse]:
+    """A good request (pools a connection), the scripted bad one, then a good one again."""
+    env.dialler.erp_override = ("127.0.0.1", keep_alive.port)
+    keep_alive.reset()
+    keep_alive.scripted["/api/bad"] = raw
+    warm = await env.send("GET", "pool", "/api/warm")
+    assert (warm.status, warm.body) == (200, b"kept")
+    bad = await env.send("GET", "pool", "/api/bad")
+    # Pooled: the bad response came on the connection the good one left open.
+    assert keep_alive.connection_of["/api/bad"] == keep_alive.connection_of["/api/warm"]
+    after = await env.send("GET", "pool", "/api/after")
+    return bad, after
+
+
 @pytest.mark.parametrize(("raw", "reason"), BAD_RESPONSES)
 async def test_C63_C64_malformed_upstream_responses_are_502(
-    env: PipelineEnv, raw: bytes, reason: str
+    env: PipelineEnv, keep_alive: KeepAliveTarget, raw: bytes, reason: str
 ) -> None:
-    env.erp.responder = fixed(raw)
-    response = await env.send("GET", "erp", "/api/orders")
-    assert (response.status, response.reason_code) == (502, reason), response
-    assert "x-injected" not in response.headers
-    # One request reached the target, on one connection, and it was not retried.
-    assert (len(env.erp.arrivals), env.erp.connections) == (1, 1)
+    bad, after = await bad_then_good(env, keep_alive, raw)
+    assert (bad.status, bad.reason_code) == (502, reason), bad
+    assert "x-injected" not in bad.headers
+    # The bad request reached the target once and was not retried; the connection that carried
+    # the bad response was never used again: the next request got its own answer on a new one
+    # (a reused connection would hand it the rest of the bad response).
+    assert [a.target for a in keep_alive.arrivals] == ["/api/warm", "/api/bad", "/api/after"]
+    assert (after.status, after.body) == (200, b"kept")
+    assert "x-injected" not in after.headers
+    assert keep_alive.connection_of["/api/after"] != keep_alive.connection_of["/api/bad"]
 
 
-async def test_C65_reason_phrase_with_cr_never_splits_the_response(env: PipelineEnv) -> None:
-    env.erp.responder = fixed(
-        b"HTTP/1.1 200 OK\rX-Injected: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+async def test_C65_reason_phrase_with_cr_never_splits_the_response(
+    env: PipelineEnv, keep_alive: KeepAliveTarget
+) -> None:
+    raw = b"HTTP/1.1 200 OK\rX-Injected: 1\r\nContent-Length: 2\r\n\r\nok"
+    bad, after = await bad_then_good(env, keep_alive, raw)
+    assert "x-injected" not in bad.headers
+    assert bad.status in (200, 502)
+    if bad.status == 502:
+        assert bad.reason_code == "upstream_protocol_error"
+        assert keep_alive.connection_of["/api/after"] != keep_alive.connection_of["/api/bad"]
+    assert (after.status, after.body) == (200, b"kept")
+    # The phrase the relay hands the SaaS (the response command's statusDescription) carries
+    # no CR, LF or injected field, whichever way the response was judged.
+    phrase = await relayed_phrase(env, "/api/bad")
+    assert "\r" not in phrase
+    assert "\n" not in phrase
+    assert "X-Injected" not in phrase
+    assert phrase in ("OK", "Bad Gateway")
+
+
+async def relayed_phrase(env: PipelineEnv, path: str) -> str:
+    """The status description the listener answers a signed ``pool`` request with."""
+    target = f"/{env.stack.hc}/pool{path}"
+    async with env.saas() as saas:
+        headers = saas.signed_headers("GET", target)
+    got = await env.stack.relay.deliver_request(
+        env.stack.hc, method="GET", request_target=target, headers=dict(headers), body=b""
     )
-    response = await env.send("GET", "erp", "/api/orders")
-    assert response.status in (200, 502)
-    assert "x-injected" not in response.headers
-    if response.status == 502:
-        assert response.reason_code == "upstream_protocol_error"
+    return got.command.status_description or ""
 
 
 @pytest.mark.parametrize(
