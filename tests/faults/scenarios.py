@@ -6,6 +6,9 @@ OPA stand-in) + fixed-rate signed traffic from the SaaS side + one fault. The fi
 an operator asks about:
 
 * ``lost``: requests the relay accepted that never got an HTTP answer (must be 0);
+* ``cut_by_relay``: requests in flight inside the relay at the instant the relay itself stopped
+  (only the relay-restart scenario): the relay closed the sender's connection, as Azure does when
+  a relay node dies, so no listener could answer them; counted apart from ``lost``;
 * ``duplicates``: requests the target received more than once (counted by a unique ``rid`` query
   parameter, must be 0);
 * ``unauthorised``: refused requests (``/api/admin`` is never granted) that reached the target
@@ -66,6 +69,9 @@ class Outcomes:
     not_accepted: int = 0
     lost: int = 0
     truncated: int = 0
+    # (sent, failed) monotonic instants of each lost request, to tell a request the relay cut
+    # while stopping from one a live relay never answered.
+    lost_spans: list[tuple[float, float]] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     denied_rids: set[str] = field(default_factory=set)
 
@@ -241,6 +247,7 @@ async def one_request(
     """Send one signed GET with a unique ``rid``; classify the answer; return the status."""
     rid = f"r{next(_ids)}"
     outcomes.sent += 1
+    sent_at = time.monotonic()
     if path.startswith("/api/admin"):
         outcomes.denied_rids.add(rid)
     query = f"rid={rid}" if expect_size is None else f"size={expect_size}&rid={rid}"
@@ -251,6 +258,7 @@ async def one_request(
         return None
     except (aiohttp.ClientError, TimeoutError):
         outcomes.lost += 1
+        outcomes.lost_spans.append((sent_at, time.monotonic()))
         return None
     outcomes.statuses[response.status] += 1
     if response.status == 200:
@@ -424,7 +432,13 @@ async def relay_restart(directory: Path, *, downtime: float, rate: float) -> Fig
         await bed.wait_online(60)
         back = time.monotonic() - stopped
         await load
+        # A request still inside the relay when it stopped was cut by the relay, not lost by the
+        # gateway: sent before the stop began and failed after it (the stop closes the sender's
+        # socket). Anything else that failed counts as lost.
+        cut = sum(1 for sent, failed in outcomes.lost_spans if sent <= stopped <= failed)
+        outcomes.lost -= cut
         figures = integrity(bed, outcomes)
+        figures["cut_by_relay"] = cut
         figures.update(
             downtime=downtime,
             online_again_after=round(back, 3),
