@@ -27,6 +27,7 @@ import aiohttp
 
 from gateway.devkit.saas import SaaSResponse
 from gateway.devkit.stack import PERSON, PERSON_PASSWORD, DevStack
+from gateway.observability.auditchain import verify_files
 from gateway.outbound.sessions import client_session
 
 READY_TIMEOUT = 20.0
@@ -148,6 +149,22 @@ async def _session(stack: DevStack, config: Path, health_port: int) -> list[Row]
     return rows
 
 
+def _decision_log_row(path: Path) -> Row:
+    """The decision log as an auditor first sees it, as a demo step: the hash chain checked by
+    the same code as ``gateway audit verify`` (a broken chain fails the demo), and one refused
+    request with its reason."""
+    report = verify_files([path], from_genesis=True)
+    got = "intact" if report.problem is None else "broken"
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    refused = next((r for r in records if r.get("kind") == "http" and r.get("reasons")), None)
+    detail = f"{report.records} records"
+    if report.problem is not None:
+        detail = report.problem.render()
+    elif refused is not None:
+        detail += f", e.g. {refused['method']} {refused['path']}: {', '.join(refused['reasons'])}"
+    return Row("decision log hash chain (audit verify)", "intact", got, detail)
+
+
 def _print_table(rows: list[Row]) -> None:
     width = max(len(r.step) for r in rows)
     print(f"\n{'request'.ljust(width)}  expected  got      reason")
@@ -221,8 +238,9 @@ async def run_demo(keep: bool = False) -> int:
             code = await asyncio.wait_for(process.wait(), 30)
             rows.append(Row("SIGTERM: drain and exit", "0", str(code), "clean stop"))
             process = None
-        audit = (workdir / "decisions.jsonl").read_text(encoding="utf-8").splitlines()
-        print(f"\ndecision log: {len(audit)} records, e.g. {json.loads(audit[2])['reasons']}")
+        row = _decision_log_row(workdir / "decisions.jsonl")
+        rows.append(row)
+        print(f"\ndecision log: {row.got}, {row.reason}")
         failed = [row for row in rows if not row.ok]
         elapsed = time.monotonic() - started
         if failed:
