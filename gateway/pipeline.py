@@ -660,7 +660,8 @@ class Pipeline:
         """``accept_window``: seconds a decided stream waits to be served before it is released;
         ``limiter``: the bad-signature limiter (default: one with the documented defaults)."""
         self._runtime = runtime
-        self._limiter = limiter or BadSignatureLimiter()
+        # Not `limiter or ...`: a limiter defines __len__, so an empty one is falsy.
+        self._limiter = limiter if limiter is not None else BadSignatureLimiter()
         self._hc_path = hc_path.strip("/")
         self._verifier = verifier
         self._authority = authority

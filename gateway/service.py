@@ -35,7 +35,7 @@ import aiohttp
 from aiohttp import client_proto, http_parser, web_protocol
 
 from gateway import __version__
-from gateway.auth import KeySet, SignatureVerifier, VerifierSettings
+from gateway.auth import BadSignatureLimiter, KeySet, SignatureVerifier, VerifierSettings
 from gateway.auth.errors import SignatureError
 from gateway.auth.keys import KeySetError
 from gateway.auth.replay import ReplayStore
@@ -227,7 +227,9 @@ class StartError(GatewayError):
 
 @dataclass
 class AgentOptions:
-    """How to build the agent. The dial seams (resolver, redirect, guard) are for tests and demo."""
+    """How to build the agent. The dial seams (resolver, redirect, guard) are for tests and demo;
+    ``limiter_clock`` (monotonic seconds) drives the bad-signature limiter's windows, so a test can
+    step through them without waiting."""
 
     config_path: str
     env: Mapping[str, str] | None = None
@@ -239,6 +241,7 @@ class AgentOptions:
     reload_poll_interval: float = 2.0
     shutdown_grace: float = 30.0
     engine_factory: EngineFactory | None = None
+    limiter_clock: Callable[[], float] = time.monotonic
 
 
 def proxy_settings(loaded: LoadedConfig) -> ProxySettings:
@@ -474,6 +477,7 @@ class Agent:
             hc_path=hc,
             metrics=self.metrics,
             audit=self._write_audit,
+            limiter=BadSignatureLimiter(clock=self.options.limiter_clock),
         )
         first_token = [
             (info.listener_token.token.get_secret_value(), info.listener_token.expires_at)

@@ -153,11 +153,12 @@ async def test_the_default_read_timeout_is_capped_at_a_shorter_request_timeout(
     serve: Callable[[Behaviour], Awaitable[int]],
 ) -> None:
     port = await serve(silent)
-    started = time.monotonic()
     with pytest.raises(UpstreamError) as caught:
         await _fetch(_upstream(config(read=None, total=0.5), port))
-    assert caught.value.code == "upstream_timeout"
-    assert time.monotonic() - started < 2
+    # The silent target hangs up after 10 s, before the 15 s default read timeout: a timeout
+    # (rather than the hang-up) shows that a bound no longer than the request's ended the wait,
+    # however slow the machine is.
+    assert (caught.value.code, caught.value.status) == ("upstream_timeout", 504)
 
 
 def _problems(tmp_path: Path, text: str) -> list[tuple[str, str]]:

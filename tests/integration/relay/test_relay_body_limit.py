@@ -10,7 +10,6 @@ import asyncio
 import json
 import socket
 import struct
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -69,12 +68,10 @@ async def test_oversize_uploads_get_413_and_never_reach_the_handler(
 
         # 32x the limit: the relay is still writing when the listener has answered; the
         # listener keeps reading (and discarding) so the 413 is not lost to a reset.
-        started = time.monotonic()
         status, _, _, _ = await send_http(
             http, relay, "/upload", method="PUT", data=b"c" * (32 * LIMIT)
         )
         assert status == 413
-        assert time.monotonic() - started < 2.0
 
         # The listener stays online and keeps serving.
         status, _, _, _ = await send_http(http, relay, "/after")

@@ -37,6 +37,7 @@ import pytest
 import pytest_asyncio
 import trustme
 
+from gateway.auth.limiter import DEFAULT_COOLDOWN, DEFAULT_WINDOW
 from gateway.config import LoadedConfig
 from gateway.devkit.saas import SaaSClient, SaaSResponse
 from gateway.devkit.stack import DevStack
@@ -171,6 +172,26 @@ class RecordingEngine:
             await closer()
 
 
+class ManualClock:
+    """Monotonic seconds that move only when a test says so (the bad-signature limiter's clock).
+
+    The limiter counts failures within a window of seconds; on the wall clock, whether a test's
+    failures land in one window would depend on how fast the machine sends them. Here time stands
+    still while a test sends, and a test steps over a window or a cool-down with :meth:`advance`.
+    """
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        """The current reading."""
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``."""
+        self.now += seconds
+
+
 @dataclass
 class PipelineEnv:
     """Everything one module's tests drive and observe."""
@@ -184,6 +205,7 @@ class PipelineEnv:
     erp: RecordingTarget
     ca: trustme.CA
     policy_inputs: list[dict[str, Any]]
+    limiter_clock: ManualClock
 
     def reset(self) -> None:
         """Clear every recorder and scripted behaviour (run before each test)."""
@@ -195,6 +217,8 @@ class PipelineEnv:
         self.stack.targets.http_requests.clear()
         self.stack.targets.ws_streams.clear()
         self.policy_inputs.clear()
+        # Past every window and cool-down: no test inherits the bad-signature counts of another.
+        self.limiter_clock.advance(DEFAULT_WINDOW + DEFAULT_COOLDOWN + 1)
 
     def saas(self, *, signed: bool = True) -> SaaSClient:
         """A SaaS client sending through the relay emulator, signing as EmpowerID does."""
@@ -308,6 +332,7 @@ async def env(
             dialler = Dialler(erp.port, stack.targets.tcp_port, stack.targets.http_port)
             guard = LoopbackGuard()
             inputs: list[dict[str, Any]] = []
+            clock = ManualClock()
 
             async def engine(loaded: LoadedConfig) -> Decider:
                 return RecordingEngine(await default_engine(loaded), inputs)
@@ -321,13 +346,14 @@ async def env(
                     shutdown_grace=1,
                     reload_poll_interval=600,
                     engine_factory=engine,
+                    limiter_clock=clock,
                 )
             )
             await agent.start()
             try:
                 async with asyncio.timeout(START_TIMEOUT):
                     await stack.relay.wait_for_listeners(stack.hc, LISTENERS)
-                env = PipelineEnv(stack, agent, config, dns, dialler, guard, erp, ca, inputs)
+                env = PipelineEnv(stack, agent, config, dns, dialler, guard, erp, ca, inputs, clock)
                 yield env
             finally:
                 # A test may have restarted the agent (catalogue D 78): stop the current one.
