@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-loaded lint typecheck unit venv clean fuzz faults soak data
+.PHONY: demo test test-loaded lint typecheck unit venv clean fuzz faults soak data mutation
 
 # The first run takes a minute or two: say so, and let pip name each package as it comes.
 $(STAMP): pyproject.toml
@@ -51,6 +51,13 @@ faults: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --minutes 30
+
+# Mutation testing of the security core (benchmarks/mutation-report.md): far too slow for CI on
+# two cores, so only by hand. The modules and the fast tests are listed under [tool.mutmut] in
+# pyproject.toml; mutants/ is mutmut's scratch copy of the package.
+mutation: $(STAMP)
+	$(BIN)/mutmut run
+	$(BIN)/mutmut results
 
 # The packaged copies of the human-facing policies/, schemas/ and gateway.yaml.example (what the
 # installed gateway reads; tests/unit/packaging/test_package_data.py keeps them equal).

@@ -157,3 +157,27 @@ def test_memory_only_cache() -> None:
     assert cache.admit("k", "n", created=1, expires=2) is Admission.CLOSED
     with pytest.raises(ValueError, match="max_entries"):
         ReplayCache(max_entries=0)
+
+
+def test_a_signature_created_at_the_start_barrier_is_refused() -> None:
+    # The barrier is the latest creation time a lost state could have admitted: equal is refused.
+    clock = Clock()
+    cache = ReplayCache(max_entries=10, not_before=clock.now, clock=clock)
+    assert cache.admit("k", "n1", created=clock.now, expires=clock.now + 90) is (
+        Admission.BEFORE_START
+    )
+    assert cache.admit("k", "n2", created=clock.now + 1, expires=clock.now + 90) is (
+        Admission.ACCEPTED
+    )
+
+
+def test_a_full_cache_restores_cleanly_at_exactly_its_capacity(tmp_path: Path) -> None:
+    clock = Clock()
+    ReplayCache.initialise(tmp_path)
+    cache = open_cache(tmp_path, clock, max_entries=2)
+    assert admit(cache, "n1", clock) is Admission.ACCEPTED
+    assert admit(cache, "n2", clock) is Admission.ACCEPTED
+    cache.close()
+    again = open_cache(tmp_path, clock, max_entries=2)
+    assert again.restored_cleanly
+    assert admit(again, "n1", clock) is Admission.REPLAY
