@@ -38,10 +38,26 @@ cost more than the cryptography itself on every relayed request. The base is bui
 rules as the package's (one line per covered component, no CR/LF in values, printable field values,
 trimmed printable derived values, ASCII only, then the ``@signature-params`` line serialised from
 the parsed member per RFC 8941), so what verifies here is exactly what the package would verify.
+
+Two fast paths remove the rest of the overhead around the cryptographic check, each for the exact
+shape the SaaS sends and each falling back to the package for anything else, so they never decide
+on their own what is valid: (1) a ``Signature-Input`` or ``Signature`` value of one member in
+canonical RFC 8941 form (no optional whitespace, String and Integer parameters, no escapes, padded
+Base64) is split by anchored patterns instead of the general parser; (2) when every covered
+component is a parameterless ``@method``, ``@authority``, ``@path``, ``@query`` or header field,
+the request target is already in the RFC 3986 grammar the package's resolver demands, and no
+covered line holds an obsolete fold, the component values are read directly instead of through a
+resolver that normalises every header of the request. ``tests/unit/auth/test_auth_fast_path.py``
+checks, for fuzzed inputs, that both fast paths give what the package gives and that a verifier
+using them accepts and refuses exactly what one using only the package does
+(``SignatureVerifier(..., reference=True)``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import math
 import re
 import time
@@ -89,6 +105,26 @@ _SIGNATURE_PARAMS: Final = frozenset({"alg", "created", "expires", "keyid", "non
 # RFC 9110 section 5.1 field names (tchar), already lower-cased.
 _FIELD_NAME: Final = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 _MAX_SIGNATURE_BYTES: Final = 256
+
+# Fast path (1): one Dictionary member in the canonical form RFC 8941 section 4.1 serialises, made
+# only of Keys (section 3.1.2), Strings without escapes (3.3.3: printable ASCII but '"' and '\'),
+# Integers (3.3.1) and padded Base64 Byte Sequences (3.3.5). Component ids are restricted further
+# to what _check_component admits (tchar field names and "@" derived names).
+_SF_KEY: Final = r"[a-z*][a-z0-9_.*-]*"
+_SF_PARAM: Final = rf';({_SF_KEY})=(?:(-?[0-9]{{1,15}})|"([\x20\x21\x23-\x5b\x5d-\x7e]*)")'
+_SF_COMPONENT: Final = '"' + r"[a-z0-9@!#$%&'*+.^_`|~-]+" + '"'
+_FAST_INPUT: Final = re.compile(
+    rf"({_SF_KEY})=\(((?:{_SF_COMPONENT}(?: {_SF_COMPONENT})*)?)\)((?:{_SF_PARAM})*)"
+)
+_FAST_PARAM: Final = re.compile(_SF_PARAM)
+_FAST_SIGNATURE: Final = re.compile(rf"({_SF_KEY})=:([A-Za-z0-9+/]*={{0,2}}):")
+# Fast path (2): derived components read directly, and the RFC 3986 section 3 grammar (pchar,
+# query) the package's resolver requires of the request URL; anything else goes through it.
+_FAST_DERIVED: Final = frozenset({"@method", "@authority", "@path", "@query"})
+_URL_CHARS: Final = r"A-Za-z0-9._~!$&'()*+,;=\-"
+_FAST_AUTHORITY: Final = re.compile(rf"((?:[{_URL_CHARS}]|%[0-9A-Fa-f]{{2}})+)(?::([0-9]*))?")
+_FAST_PATH: Final = re.compile(rf"/(?:[{_URL_CHARS}:@/]|%[0-9A-Fa-f]{{2}})*")
+_FAST_QUERY: Final = re.compile(rf"(?:[{_URL_CHARS}:@/?]|%[0-9A-Fa-f]{{2}})*")
 _MAX_TIMESTAMP: Final = 2**40
 
 
@@ -188,8 +224,13 @@ class SignatureVerifier:
         hc_path: str,
         settings: VerifierSettings | None = None,
         clock: Callable[[], float] = time.time,
+        reference: bool = False,
     ) -> None:
-        """``clock`` returns Unix seconds; it is the gateway's notion of now for every check."""
+        """``clock`` returns Unix seconds; it is the gateway's notion of now for every check.
+
+        ``reference`` turns both fast paths off: every field is parsed and every component
+        resolved by the package (the semantics the fast paths are tested against).
+        """
         if not gateway_id or not hc_path or hc_path.startswith("/") or hc_path.endswith("/"):
             raise ValueError("gateway_id and hc_path (without surrounding '/') are required")
         self._keys = keys
@@ -199,6 +240,7 @@ class SignatureVerifier:
         self._settings = settings or VerifierSettings()
         self._clock = clock
         self._skew = SkewEstimator(threshold=self._settings.max_skew)
+        self._fast = not reference
 
     @property
     def keys(self) -> KeySet:
@@ -303,7 +345,7 @@ class SignatureVerifier:
         # The key is looked up once and used below, so a concurrent key-set swap between the
         # lookup and the verification cannot change which key is used.
         key = self._lookup_key(keyid, params.get("alg"), safe_keyid)
-        resolver = self._resolver(method, authority, path, query, headers, candidate, safe_keyid)
+        resolve = self._resolver(method, authority, path, query, headers, candidate, safe_keyid)
 
         now = self._clock()
         created: int = params["created"]
@@ -313,7 +355,7 @@ class SignatureVerifier:
         time_failure = self._time_failure(created, expires, now)
 
         try:
-            base, covered = _signature_base(resolver, candidate)
+            base, covered = _signature_base(resolve, candidate)
             algorithm = _ALGORITHM_CLASSES[key.alg](public_key=key.public_key)
             algorithm.verify(signature=candidate.signature, message=base)
         except Exception as exc:  # any failure at this point means "not authentic"
@@ -399,8 +441,12 @@ class SignatureVerifier:
 
     def _select(self, sig_input_value: str, signature_value: str) -> _Candidate:
         settings = self._settings
-        inputs = _parse_dictionary(sig_input_value, "Signature-Input")
-        signatures = _parse_dictionary(signature_value, "Signature")
+        inputs = (self._fast and fast_signature_input(sig_input_value)) or _parse_dictionary(
+            sig_input_value, "Signature-Input"
+        )
+        signatures = (self._fast and fast_signature(signature_value)) or _parse_dictionary(
+            signature_value, "Signature"
+        )
         if len(inputs) > settings.max_signatures or len(signatures) > settings.max_signatures:
             raise SignatureError(Reason.MALFORMED_SIGNATURE, "too many signatures")
         if inputs.keys() != signatures.keys():
@@ -478,21 +524,32 @@ class SignatureVerifier:
         headers: Sequence[tuple[str, str]],
         candidate: _Candidate,
         safe_keyid: str | None,
-    ) -> HTTPSignatureComponentResolver:
-        """The component resolver for the request, once its target and headers are acceptable."""
+    ) -> Callable[[str, dict[str, Any]], object]:
+        """What gives each covered component's value, once the target and headers are
+        acceptable: the fast path's values, or the package's resolver."""
         if not any(path == prefix or path.startswith(prefix + "/") for prefix in self._prefixes):
             raise SignatureError(
                 Reason.WRONG_GATEWAY, "path is outside this Hybrid Connection", keyid=safe_keyid
             )
-        url = f"https://{authority}{path}" + (f"?{query}" if query else "")
-        message = _Message(method, url, _Fields(headers))
-        try:
-            # Validates method and URL syntax exactly as the signature base will need them.
-            resolver = HTTPSignatureComponentResolver(message)  # type: ignore[no-untyped-call]
-        except Exception as exc:
-            raise SignatureError(
-                Reason.MALFORMED_REQUEST, "request target cannot be signed", keyid=safe_keyid
-            ) from exc
+        fast = (
+            fast_components(method, authority, path, query, headers, candidate.components)
+            if self._fast
+            else None
+        )
+        resolve: Callable[[str, dict[str, Any]], object]
+        if fast is not None:
+            resolve = lambda name, params: fast[name]  # noqa: E731
+        else:
+            url = f"https://{authority}{path}" + (f"?{query}" if query else "")
+            message = _Message(method, url, _Fields(headers))
+            try:
+                # Validates method and URL syntax exactly as the signature base will need them.
+                resolver = HTTPSignatureComponentResolver(message)  # type: ignore[no-untyped-call]
+            except Exception as exc:
+                raise SignatureError(
+                    Reason.MALFORMED_REQUEST, "request target cannot be signed", keyid=safe_keyid
+                ) from exc
+            resolve = functools.partial(_resolve_with, resolver)
         lines_of = Counter(name.lower() for name, _ in headers)
         for name, _ in candidate.components:
             if name.startswith("@"):
@@ -515,7 +572,7 @@ class SignatureVerifier:
             raise SignatureError(
                 Reason.WRONG_GATEWAY, "request is addressed to another gateway", keyid=safe_keyid
             )
-        return resolver
+        return resolve
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -583,23 +640,108 @@ def _check_component(name: object, params: dict[str, Any]) -> None:
         raise SignatureError(Reason.MALFORMED_SIGNATURE, "component parameter not allowed")
 
 
+def _resolve_with(
+    resolver: HTTPSignatureComponentResolver, name: str, params: dict[str, Any]
+) -> object:
+    """One component's value from the package's resolver."""
+    node = Item(name)
+    node.params.update(params)
+    return resolver.resolve(node)
+
+
+def fast_signature_input(value: str) -> dict[str, Any] | None:
+    """``Signature-Input`` parsed as http_sf would, when it is one canonical member (see the
+    module notes); ``None`` when the general parser must decide."""
+    match = _FAST_INPUT.fullmatch(value)
+    if match is None:
+        return None
+    label, inner, param_text = match[1], match[2], match[3]
+    params: dict[str, Any] = {}
+    for param in _FAST_PARAM.finditer(param_text):
+        key, integer, string = param.groups()
+        if key in params:
+            return None  # a repeated parameter: the general parser refuses it
+        params[key] = int(integer) if integer is not None else string
+    items: list[tuple[str, dict[str, Any]]] = (
+        [(name[1:-1], {}) for name in inner.split(" ")] if inner else []
+    )
+    return {label: (items, params)}
+
+
+def fast_signature(value: str) -> dict[str, Any] | None:
+    """``Signature`` parsed as http_sf would, when it is one canonical member (see the module
+    notes); ``None`` when the general parser must decide."""
+    match = _FAST_SIGNATURE.fullmatch(value)
+    if match is None or len(match[2]) % 4:
+        return None
+    try:
+        raw = base64.b64decode(match[2], validate=True)
+    except binascii.Error:
+        return None
+    return {match[1]: (raw, {})}
+
+
+def fast_components(
+    method: str,
+    authority: str,
+    path: str,
+    query: str,
+    headers: Sequence[tuple[str, str]],
+    components: Iterable[tuple[str, dict[str, Any]]],
+) -> dict[str, str] | None:
+    """Each covered component's value as the package's resolver gives it for the request
+    ``https://{authority}{path}?{query}``, when the request and components take the fast path
+    (see the module notes); ``None`` when the resolver must decide.
+
+    Header values are taken from the request's only field line of that name (the caller refuses
+    covered fields on several lines), trimmed of SP and HTAB as RFC 9421 section 2.1 says.
+    """
+    if method != method.upper():
+        return None
+    target = _FAST_AUTHORITY.fullmatch(authority)
+    if target is None or not _FAST_PATH.fullmatch(path) or not _FAST_QUERY.fullmatch(query):
+        return None
+    host, port = target.groups()
+    # RFC 9421 section 2.2.3: lower-cased host, default port (https, 443) omitted.
+    default_port = not port or port.lstrip("0") == "443"
+    host_value = host.lower() if default_port else f"{host.lower()}:{port}"
+    derived = {"@method": method, "@authority": host_value, "@path": path, "@query": "?" + query}
+    values: dict[str, str] = {}
+    fields: dict[str, str] | None = None
+    for name, params in components:
+        if params:
+            return None
+        if name.startswith("@"):
+            if name not in _FAST_DERIVED:
+                return None
+            values[name] = derived[name]
+            continue
+        if fields is None:
+            fields = {}
+            for field, line in headers:
+                fields.setdefault(field.lower(), line)
+        found = fields.get(name)
+        if found is None or "\r\n" in found:
+            return None  # absent (refused later) or an obsolete fold: the resolver decides
+        values[name] = found.strip(" \t")
+    return values
+
+
 def _signature_base(
-    resolver: HTTPSignatureComponentResolver, candidate: _Candidate
+    resolve: Callable[[str, dict[str, Any]], object], candidate: _Candidate
 ) -> tuple[bytes, dict[str, str]]:
     """The signature base of RFC 9421 section 2.5 and the covered values by serialised id.
 
-    Raises (any exception; the caller answers ``bad_signature``) for a component the resolver
-    cannot produce or whose value may not appear in a base.
+    Raises (any exception; the caller answers ``bad_signature``) for a component that cannot be
+    resolved or whose value may not appear in a base.
     """
     covered: dict[str, str] = {}
     lines: list[str] = []
     for name, params in candidate.components:
-        node = Item(name)
-        node.params.update(params)
         # A parameterless id serialises as a bare String; _check_component admitted only derived
         # names and tchar field names, neither of which holds a character String escapes.
         key = f'"{name}"' if not params else http_sf.ser((name, params))
-        value = resolver.resolve(node)
+        value = resolve(name, params)
         if not isinstance(value, str) or "\r" in value or "\n" in value:
             raise ValueError("a component value cannot be part of a signature base")
         if name.startswith("@"):

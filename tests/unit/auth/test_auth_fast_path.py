@@ -1,0 +1,304 @@
+"""The verifier's fast paths agree with http-message-signatures, the reference semantics.
+
+Three differential properties over fuzzed input: the canonical-form ``Signature-Input`` and
+``Signature`` readers give exactly what the general RFC 8941 parser (http_sf) gives whenever they
+answer at all; the directly read component values are the package resolver's for the same
+request; and a verifier using the fast paths accepts and refuses (with the same reason) exactly
+what a verifier using only the package does, with the same signature base.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import http_sf
+import pytest
+from http_message_signatures import HTTPSignatureComponentResolver
+from http_sf.compat import Item
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from gateway.auth import ReplayCache, SignatureError, SignatureVerifier, VerifiedRequest
+from gateway.auth.verifier import fast_components, fast_signature, fast_signature_input
+from tests.unit.auth.harness import AUTHORITY, GATEWAY_ID, HC_PATH, PATH, Harness
+
+# Characters that matter to RFC 8941 and RFC 3986 grammars, plus a few that never may appear.
+SPECIAL = [*" ()\";=:,\\?#%/@*-._~+&!$'\t\r\n\x00\x7fé", "%2", "%zz", "%41", "=="]
+VALID_KEYS = st.sampled_from(["eid", "sig", "a*b", "x-1", "*", "e_i.d", "created", "nonce"])
+KEYS = st.one_of(VALID_KEYS, st.sampled_from(["Eid", "1x", ""]))
+VALID_COMPONENTS = st.sampled_from(
+    ["@method", "@authority", "@path", "@query", "x-gateway-id", "content-digest"]
+)
+COMPONENTS = st.one_of(
+    VALID_COMPONENTS,
+    st.sampled_from(["@query-param", "@status", "Content-Type", "x y", 'a"b', "a\\b", ""]),
+)
+SF_STRING_TEXT = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'),
+    max_size=12,
+)
+VALID_PARAM_VALUES = st.one_of(
+    st.integers(min_value=-(10**15) + 1, max_value=10**15 - 1), SF_STRING_TEXT
+)
+PARAM_VALUES = st.one_of(
+    st.integers(min_value=-(10**16), max_value=10**16),
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12),
+    st.sampled_from(["?1", "1.5", "tok", ":AAAA:"]),
+)
+
+
+def _raise_on_duplicate(key: str, context: str) -> None:
+    raise ValueError("duplicate key")
+
+
+def _reference_parse(value: str) -> Any:
+    """http_sf's Dictionary, or ``None`` where it (or our duplicate refusal) refuses."""
+    try:
+        return http_sf.parse(
+            value.encode("ascii"), tltype="dictionary", on_duplicate_key=_raise_on_duplicate
+        )
+    except Exception:
+        return None
+
+
+@st.composite
+def mutated(draw: st.DrawFn, base: str) -> str:
+    """``base`` with up to three characters inserted, deleted or replaced."""
+    text = base
+    # Half the inputs stay as built, so canonical (fast-path) shapes are common.
+    edits = draw(st.integers(min_value=0, max_value=3)) if draw(st.booleans()) else 0
+    for _ in range(edits):
+        position = draw(st.integers(min_value=0, max_value=len(text)))
+        action = draw(st.sampled_from(["insert", "delete", "replace"]))
+        piece = draw(st.sampled_from(SPECIAL) | st.characters(max_codepoint=0x7E))
+        if action == "insert":
+            text = text[:position] + piece + text[position:]
+        elif action == "delete":
+            text = text[:position] + text[position + 1 :]
+        else:
+            text = text[:position] + piece + text[position + 1 :]
+    return text
+
+
+@st.composite
+def signature_inputs(draw: st.DrawFn) -> str:
+    """Signature-Input values: half built in the canonical shape, then maybe edited."""
+    valid = draw(st.booleans())
+    names = draw(st.lists(VALID_COMPONENTS if valid else COMPONENTS, max_size=6))
+    params = draw(
+        st.lists(
+            st.tuples(VALID_KEYS if valid else KEYS, VALID_PARAM_VALUES if valid else PARAM_VALUES),
+            max_size=6,
+        )
+    )
+    rendered = "".join(
+        f";{key}={value}" if isinstance(value, int) or value in ("?1", "1.5", "tok", ":AAAA:")
+        else ";{}={}".format(key, '"' + value + '"')
+        for key, value in params
+    )  # fmt: skip
+    separator = " " if valid else draw(st.sampled_from([" ", "  "]))
+    member = f"{draw(VALID_KEYS)}=(" + separator.join(f'"{name}"' for name in names) + ")"
+    member += rendered
+    if not valid and draw(st.booleans()):
+        member += ", " + f"{draw(KEYS)}=(" + '"@method"' + ");created=1"
+    return draw(mutated(member))
+
+
+@st.composite
+def signatures(draw: st.DrawFn) -> str:
+    raw = draw(st.binary(max_size=80))
+    encoded = __import__("base64").b64encode(raw).decode()
+    return draw(mutated(f"{draw(KEYS)}=:{encoded}:"))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(value=signature_inputs())
+def test_signature_input_fast_reader_agrees_with_http_sf(value: str) -> None:
+    fast = fast_signature_input(value)
+    if fast is not None:
+        assert fast == _reference_parse(value)
+
+
+@settings(max_examples=800, deadline=None)
+@given(value=signatures())
+def test_signature_fast_reader_agrees_with_http_sf(value: str) -> None:
+    fast = fast_signature(value)
+    if fast is not None:
+        assert fast == _reference_parse(value)
+
+
+def test_the_fast_readers_take_the_signers_shape(harness: Harness) -> None:
+    headers = dict(harness.sign(body=b"{}"))
+    inputs = fast_signature_input(headers["Signature-Input"])
+    assert inputs is not None
+    assert inputs == _reference_parse(headers["Signature-Input"])
+    signature = fast_signature(headers["Signature"])
+    assert signature is not None
+    assert signature == _reference_parse(headers["Signature"])
+
+
+class _Fields:
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    def items(self) -> list[tuple[str, str]]:
+        return self.pairs
+
+
+class _Message:
+    def __init__(self, method: str, url: str, headers: list[tuple[str, str]]) -> None:
+        self.method = method
+        self.url = url
+        self.headers = _Fields(headers)
+
+
+def _resolved(
+    method: str, authority: str, path: str, query: str, headers: list[tuple[str, str]],
+    names: list[str],
+) -> dict[str, str] | None:  # fmt: skip
+    """The package resolver's values, or ``None`` where it refuses the request or a component."""
+    url = f"https://{authority}{path}" + (f"?{query}" if query else "")
+    try:
+        resolver = HTTPSignatureComponentResolver(_Message(method, url, headers))  # type: ignore[no-untyped-call]
+        return {name: resolver.resolve(Item(name)) for name in names}
+    except Exception:
+        return None
+
+
+URL_TEXT = st.lists(
+    st.sampled_from([*"aZ09-._~!$&'()*+,;=:@/?%#[] ", "%41", "%e9", "é", "\x00"]), max_size=16
+).map("".join)
+HEADER_NAMES = st.sampled_from(["x-gateway-id", "Content-Type", "x-trace", "X-Trace"])
+HEADER_VALUES = st.lists(
+    st.sampled_from([*'ab ;,\t"', "\r\n ", "\r\n", "\n", "é", "\x01"]), max_size=10
+).map("".join)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "POST", "get", "Get", "PATCH", "G T"]),
+    authority=st.sampled_from(
+        [AUTHORITY, "Contoso.Example:443", "h:0443", "h:8443", "h:", "[::1]", "a b", "h:x", "é"]
+    ),
+    path=URL_TEXT.map(lambda tail: f"/{HC_PATH}{tail}"),
+    query=URL_TEXT,
+    headers=st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=4),
+    names=st.lists(
+        st.sampled_from(
+            [
+                "@method",
+                "@authority",
+                "@path",
+                "@query",
+                "@scheme",
+                "x-gateway-id",
+                "content-type",
+                "x-trace",
+            ]
+        ),
+        unique=True,
+        max_size=6,
+    ),
+)
+def test_direct_component_values_are_the_resolvers(
+    method: str,
+    authority: str,
+    path: str,
+    query: str,
+    headers: list[tuple[str, str]],
+    names: list[str],
+) -> None:
+    # The verifier refuses covered fields on several lines before it needs their values.
+    lines = [name.lower() for name, _ in headers]
+    assume(all(lines.count(name) <= 1 for name in names))
+    fast = fast_components(method, authority, path, query, headers, [(n, {}) for n in names])
+    if fast is not None:
+        assert fast == _resolved(method, authority, path, query, headers, names)
+
+
+MUTATION_TARGETS = ["Signature-Input", "Signature", "path", "query", "method", "x-gateway-id"]
+
+
+def _reference_verifier(harness: Harness, state_dir: Path) -> SignatureVerifier:
+    ReplayCache.initialise(state_dir)
+    cache = ReplayCache.open(state_dir, max_entries=1000, max_skew=30, clock=harness.gateway_clock)
+    return SignatureVerifier(
+        harness.keys,
+        cache,
+        gateway_id=GATEWAY_ID,
+        hc_path=HC_PATH,
+        settings=harness.settings,
+        clock=harness.gateway_clock,
+        reference=True,
+    )
+
+
+def _outcome(harness: Harness, verifier: SignatureVerifier, request: dict[str, Any]) -> object:
+    try:
+        return harness.verify(verifier=verifier, **request)
+    except SignatureError as error:
+        return error.reason
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    which=st.sampled_from(["ed", "ec"]),
+    body=st.sampled_from([None, b"{}"]),
+    target=st.sampled_from(MUTATION_TARGETS),
+    extra=st.sampled_from([[], ['"@query-param";name="expand"'], ["content-type"]]),
+)
+def test_fast_and_reference_verifiers_accept_and_refuse_alike(
+    data: st.DataObject, which: str, body: bytes | None, target: str, extra: list[str]
+) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        harness = Harness(Path(scratch) / "fast")
+        reference = _reference_verifier(harness, Path(scratch) / "reference")
+        signer = harness.ed if which == "ed" else harness.ec
+        components = ("@method", "@authority", "@path", "@query", "x-gateway-id", *extra)
+        headers = signer.sign(
+            method="POST" if body is not None else "GET",
+            authority=AUTHORITY,
+            path=PATH,
+            query="expand=1",
+            headers=[("Content-Type", "application/json")],
+            body=body,
+            components=components,
+        )
+        request: dict[str, Any] = {"headers": headers, "body": body}
+        if data.draw(st.booleans(), label="mutate"):
+            if target in ("path", "query"):
+                request[target] = data.draw(mutated(PATH if target == "path" else "expand=1"))
+            elif target == "method":
+                request["method"] = data.draw(st.sampled_from(["get", "PUT", "GET ", "POST"]))
+            else:
+                request["headers"] = [
+                    (name, data.draw(mutated(value)) if name.lower() == target.lower() else value)
+                    for name, value in headers
+                ]
+        fast = _outcome(harness, harness.verifier, request)
+        slow = _outcome(harness, reference, request)
+        assert fast == slow
+        if isinstance(fast, VerifiedRequest):
+            # Same covered components in the same order: the bases agreed line by line.
+            assert isinstance(slow, VerifiedRequest)
+            assert fast.covered == slow.covered
+
+
+@pytest.mark.parametrize("extra", [(), ('"@query-param";name="expand"',)])
+def test_the_signers_request_takes_the_fast_path_only_when_it_can(
+    harness: Harness, extra: tuple[str, ...]
+) -> None:
+    headers = harness.sign()
+    components: list[tuple[str, dict[str, Any]]] = [
+        ("@method", {}),
+        ("@authority", {}),
+        ("@path", {}),
+        ("@query", {}),
+    ]
+    if extra:
+        components.append(("@query-param", {"name": "expand"}))
+    fast = fast_components("GET", AUTHORITY, PATH, "expand=1", headers, components)
+    assert (fast is None) == bool(extra)
