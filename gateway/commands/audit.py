@@ -21,7 +21,7 @@ from pathlib import Path
 from gateway.observability.auditchain import (
     MIN_HMAC_KEY_BYTES,
     HeadVerifier,
-    order_files,
+    files_given,
     verify_files,
 )
 
@@ -95,14 +95,10 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"cannot read a key: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
-    paths = [Path(name) for name in args.files]
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        print(f"no such file: {', '.join(missing)}", file=sys.stderr)
-        return EXIT_PROBLEM
-    files = order_files(paths)
-    if not files:
-        print("no decision log in the files given", file=sys.stderr)
+    try:
+        files = files_given(args.files)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return EXIT_PROBLEM
     report = verify_files(files, keys=keys, expect_head=head, from_genesis=args.from_start)
     if args.format == "json":

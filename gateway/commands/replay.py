@@ -36,7 +36,7 @@ from gateway.gitops.replay import (
     render_text,
     replay,
 )
-from gateway.observability.auditchain import order_files
+from gateway.observability.auditchain import files_given
 from gateway.pipeline import Chain
 from gateway.policy.loader import build_engine
 
@@ -107,14 +107,10 @@ def run(args: argparse.Namespace) -> int:
     if args.examples < 0:
         print("--examples must not be negative", file=sys.stderr)
         return 2
-    given = [Path(name) for name in args.decisions]
-    missing = [str(p) for p in given if not p.exists()]
-    if missing:
-        print(f"no such decision log: {', '.join(missing)}", file=sys.stderr)
-        return EXIT_INVALID
-    files = order_files(given)
-    if not files:
-        print("no decision log in the files given", file=sys.stderr)
+    try:
+        files = files_given(args.decisions)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return EXIT_INVALID
     try:
         loaded = candidate(args.config, args.policies)

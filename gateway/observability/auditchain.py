@@ -330,6 +330,22 @@ def order_files(paths: Iterable[Path]) -> list[Path]:
     return sorted(unique, key=lambda p: (_first_seq(p), p.name))
 
 
+def files_given(names: Iterable[str]) -> list[Path]:
+    """The decision logs named on a command line (files or directories), in chain order.
+
+    Raises ``ValueError`` with a message for people when a name does not exist or nothing named
+    holds a decision log: ``audit verify`` and ``replay`` answer the same question the same way.
+    """
+    paths = [Path(name) for name in names]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ValueError(f"no such decision log: {', '.join(missing)}")
+    files = order_files(paths)
+    if not files:
+        raise ValueError("no decision log in the files given")
+    return files
+
+
 def verify_files(
     paths: Sequence[Path],
     *,

@@ -499,3 +499,17 @@ def test_the_configured_hmac_key_is_a_checked_secret_reference(
     key.write_text("short\n")
     with pytest.raises(ValueError, match="32 bytes"):
         decision_log(gwconfig.load(config), ec.generate_private_key(ec.SECP256R1()))
+
+
+@pytest.mark.parametrize(
+    "verb", [["audit", "verify"], ["replay", "-c", "gateway.yaml", "--decisions"]]
+)
+def test_audit_verify_and_replay_refuse_missing_or_empty_inputs_alike(
+    tmp_path: Path, verb: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*verb, str(tmp_path / "absent.jsonl")]) != 0
+    assert "no such decision log" in capsys.readouterr().err
+    assert main([*verb, str(empty)]) != 0
+    assert "no decision log in the files given" in capsys.readouterr().err
