@@ -11,7 +11,7 @@ holds only if they all record nonces in one memory. Two stores provide it:
     transaction, so SQLite's write lock makes it atomic across processes; ``synchronous=FULL``
     makes an accepted nonce survive a power loss, not only a crash. Admissions that arrive while a
     transaction is being written share the next one (group commit: one fsync for the batch).
-:class:`RedisReplayStore`
+:class:`gateway.auth.redisstore.RedisReplayStore`
     a Redis (or Valkey) server for every gateway of the Hybrid Connection: ``SET key 1 NX PX ms``
     (atomic set-if-absent with expiry) under a key prefix per Hybrid Connection.
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import sqlite3
 import time
@@ -42,13 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import redis.asyncio as redis_asyncio
-from redis.credentials import CredentialProvider
-from redis.exceptions import RedisError
-
 from gateway.auth.replay import Admission, MemoryReplayStore, ReplayCache, ReplayStore
 from gateway.config.loader import LoadedConfig
-from gateway.config.model import RedisReplayStore as RedisSettings
 from gateway.config.secrets import SecretSource
 from gateway.errors import GatewayError
 
@@ -58,25 +52,12 @@ SQLITE_FILE: Final = "replay.sqlite3"
 # Purge expired rows (and recount the live ones) at least this often, in admissions.
 _PURGE_EVERY: Final = 512
 
-# KEYS[1] barrier, KEYS[2] nonce; ARGV[1] created, ARGV[2] time to live in ms.
-# Returns -1 when the store has no barrier (empty, or it lost its memory), 2 when the signature
-# predates the barrier, 1 when the nonce was recorded, 0 when it was already there. One script so
-# that the barrier check and the SET NX happen atomically (Redis runs a script without
-# interleaving other commands).
-_ADMIT_SCRIPT: Final = """
-local barrier = redis.call('GET', KEYS[1])
-if not barrier then return -1 end
-if tonumber(ARGV[1]) <= tonumber(barrier) then return 2 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
-"""
-
 
 class ReplayStoreError(GatewayError):
     """The configured replay store cannot be opened; the gateway must not start."""
 
 
-def _nonce_key(keyid: str, nonce: str) -> str:
+def nonce_key(keyid: str, nonce: str) -> str:
     # Length-prefixed so that no (keyid, nonce) pair can collide with another one.
     return f"{len(keyid)}:{keyid}:{nonce}"
 
@@ -235,7 +216,7 @@ class SqliteReplayStore:
         if self._closed:
             return Admission.CLOSED
         future: asyncio.Future[Admission] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(_nonce_key(keyid, nonce), created, expires, future))
+        self._pending.append(_Pending(nonce_key(keyid, nonce), created, expires, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         try:
@@ -261,121 +242,6 @@ class SqliteReplayStore:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._db.close)
         self._thread.shutdown()
-
-
-class _SecretCredentials(CredentialProvider):
-    """Reads the password from its reference at each new connection (a rotated secret is used
-    from the next connection on)."""
-
-    def __init__(self, username: str | None, password: SecretSource) -> None:
-        self._username = username
-        self._password = password
-
-    def get_credentials(self) -> tuple[str] | tuple[str, str]:
-        secret = self._password.get().get_secret_value()
-        return (secret,) if self._username is None else (self._username, secret)
-
-    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
-        # A file reference costs one stat when unchanged: cheap enough for the event loop.
-        return self.get_credentials()
-
-
-class RedisReplayStore:
-    """Nonces in Redis (or Valkey), shared by every gateway of a Hybrid Connection."""
-
-    def __init__(
-        self,
-        settings: RedisSettings,
-        *,
-        password: SecretSource,
-        prefix: str,
-        max_skew: float,
-        ca_file: Path | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        """Prepare the client; no connection is made before the first :meth:`admit`."""
-        self._settings = settings
-        self._prefix = prefix
-        self._max_skew = max_skew
-        self._clock = clock
-        self._closed = False
-        self._unavailable = False
-        self._client = redis_asyncio.Redis(
-            host=settings.host,
-            port=settings.port,
-            db=settings.database,
-            credential_provider=_SecretCredentials(settings.username, password),
-            ssl=settings.tls,
-            ssl_ca_certs=str(ca_file) if ca_file is not None else None,
-            ssl_cert_reqs="required",
-            socket_timeout=settings.timeout_seconds,
-            socket_connect_timeout=settings.timeout_seconds,
-            max_connections=64,
-        )
-        self._script = self._client.register_script(_ADMIT_SCRIPT)
-
-    @property
-    def description(self) -> str:
-        """Server and key prefix, for logs and ``gateway check``."""
-        scheme = "rediss" if self._settings.tls else "redis"
-        return f"{scheme}://{self._settings.host}:{self._settings.port} prefix {self._prefix}"
-
-    @property
-    def prefix(self) -> str:
-        """The key prefix of this Hybrid Connection."""
-        return self._prefix
-
-    async def _run(self, key: str, created: float, ttl_ms: int) -> int:
-        keys = [self._prefix + "barrier", self._prefix + "n:" + key]
-        answer = await self._script(keys=keys, args=[repr(float(created)), ttl_ms])
-        if answer == -1:
-            # The store is empty or lost its memory: the first gateway to see it sets the
-            # barrier (NX, so a concurrent one cannot move it), then the script runs again.
-            barrier = self._clock() + self._max_skew
-            await self._client.set(keys[0], repr(barrier), nx=True)
-            answer = await self._script(keys=keys, args=[repr(float(created)), ttl_ms])
-        return int(answer)
-
-    async def admit(self, keyid: str, nonce: str, *, created: float, expires: float) -> Admission:
-        """See :meth:`ReplayStore.admit`."""
-        if self._closed:
-            return Admission.CLOSED
-        # At least 1 ms: PX 0 is an error, and a window that already ended still meets the
-        # barrier check.
-        ttl_ms = max(1, math.ceil((expires - self._clock()) * 1000))
-        try:
-            async with asyncio.timeout(self._settings.timeout_seconds):
-                answer = await self._run(_nonce_key(keyid, nonce), created, ttl_ms)
-        except (RedisError, OSError, TimeoutError) as exc:
-            if not self._unavailable:
-                log.error(
-                    "replay store %s unavailable (%s): refusing signed requests until it answers",
-                    self.description,
-                    type(exc).__name__,
-                    extra={"event": "replay_store_unavailable"},
-                )
-            self._unavailable = True
-            return Admission.UNAVAILABLE
-        if self._unavailable:
-            self._unavailable = False
-            log.warning(
-                "replay store %s answers again",
-                self.description,
-                extra={"event": "replay_store_recovered"},
-            )
-        return {1: Admission.ACCEPTED, 0: Admission.REPLAY, 2: Admission.BEFORE_START}.get(
-            answer, Admission.UNAVAILABLE
-        )
-
-    async def initialise(self) -> None:
-        """Write an empty barrier for a Hybrid Connection that has never accepted a request."""
-        async with asyncio.timeout(self._settings.timeout_seconds):
-            await self._client.set(self._prefix + "barrier", repr(-1e300), nx=True)
-
-    async def close(self) -> None:
-        """Close the connections."""
-        self._closed = True
-        await self._client.aclose()
 
 
 def default_prefix(hybrid_connection: str) -> str:
@@ -410,6 +276,10 @@ def open_replay_store(
         redis = settings.redis
         if redis is None:  # validate reports it; here only as a guard
             raise ReplayStoreError("signatures.replay_store.redis is missing")
+        # Imported only when configured: redis-py adds about 7 MiB and 40 ms to every start,
+        # and the default store (per-process memory) never needs it.
+        from gateway.auth.redisstore import RedisReplayStore
+
         return RedisReplayStore(
             redis,
             password=SecretSource(redis.password, base_dir=loaded.file.parent, env=env),

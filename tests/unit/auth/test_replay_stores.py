@@ -11,6 +11,8 @@ import asyncio
 import multiprocessing
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,12 +21,9 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
+from gateway.auth.redisstore import RedisReplayStore
 from gateway.auth.replay import Admission
-from gateway.auth.replaystores import (
-    RedisReplayStore,
-    SqliteReplayStore,
-    default_prefix,
-)
+from gateway.auth.replaystores import SqliteReplayStore, default_prefix
 from gateway.config.model import RedisReplayStore as RedisSettings
 from gateway.config.secrets import SecretRef, SecretSource
 from tests.redisserver import PASSWORD, RedisServer
@@ -329,3 +328,12 @@ async def test_redis_over_tls_verifies_the_server(tmp_path: Path) -> None:
         await trusted.close()
         await untrusted.close()
         server.stop()
+
+
+def test_the_default_store_never_imports_redis() -> None:
+    """redis-py is loaded only by gateways configured for it (idle memory and start time)."""
+    code = "import sys, gateway.service, gateway.diagnostics; print('redis' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "False"

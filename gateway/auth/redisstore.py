@@ -1,0 +1,156 @@
+"""The Redis (or Valkey) replay store, shared by every gateway of a Hybrid Connection.
+
+``SET key 1 NX PX ms`` (atomic set-if-absent with expiry) under a key prefix per Hybrid
+Connection, behind a start barrier kept in the store itself; the design and the failure rules are
+in :mod:`gateway.auth.replaystores`. A module of its own so that redis-py is imported only by
+gateways configured to use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import redis.asyncio as redis_asyncio
+from redis.credentials import CredentialProvider
+from redis.exceptions import RedisError
+
+from gateway.auth.replay import Admission
+from gateway.auth.replaystores import nonce_key
+from gateway.config.model import RedisReplayStore as RedisSettings
+from gateway.config.secrets import SecretSource
+
+log = logging.getLogger(__name__)
+
+# KEYS[1] barrier, KEYS[2] nonce; ARGV[1] created, ARGV[2] time to live in ms.
+# Returns -1 when the store has no barrier (empty, or it lost its memory), 2 when the signature
+# predates the barrier, 1 when the nonce was recorded, 0 when it was already there. One script so
+# that the barrier check and the SET NX happen atomically (Redis runs a script without
+# interleaving other commands).
+_ADMIT_SCRIPT: Final = """
+local barrier = redis.call('GET', KEYS[1])
+if not barrier then return -1 end
+if tonumber(ARGV[1]) <= tonumber(barrier) then return 2 end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+
+
+class _SecretCredentials(CredentialProvider):
+    """Reads the password from its reference at each new connection (a rotated secret is used
+    from the next connection on)."""
+
+    def __init__(self, username: str | None, password: SecretSource) -> None:
+        self._username = username
+        self._password = password
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        secret = self._password.get().get_secret_value()
+        return (secret,) if self._username is None else (self._username, secret)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        # A file reference costs one stat when unchanged: cheap enough for the event loop.
+        return self.get_credentials()
+
+
+class RedisReplayStore:
+    """Nonces in Redis (or Valkey), shared by every gateway of a Hybrid Connection."""
+
+    def __init__(
+        self,
+        settings: RedisSettings,
+        *,
+        password: SecretSource,
+        prefix: str,
+        max_skew: float,
+        ca_file: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Prepare the client; no connection is made before the first :meth:`admit`."""
+        self._settings = settings
+        self._prefix = prefix
+        self._max_skew = max_skew
+        self._clock = clock
+        self._closed = False
+        self._unavailable = False
+        self._client = redis_asyncio.Redis(
+            host=settings.host,
+            port=settings.port,
+            db=settings.database,
+            credential_provider=_SecretCredentials(settings.username, password),
+            ssl=settings.tls,
+            ssl_ca_certs=str(ca_file) if ca_file is not None else None,
+            ssl_cert_reqs="required",
+            socket_timeout=settings.timeout_seconds,
+            socket_connect_timeout=settings.timeout_seconds,
+            max_connections=64,
+        )
+        self._script = self._client.register_script(_ADMIT_SCRIPT)
+
+    @property
+    def description(self) -> str:
+        """Server and key prefix, for logs and ``gateway check``."""
+        scheme = "rediss" if self._settings.tls else "redis"
+        return f"{scheme}://{self._settings.host}:{self._settings.port} prefix {self._prefix}"
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix of this Hybrid Connection."""
+        return self._prefix
+
+    async def _run(self, key: str, created: float, ttl_ms: int) -> int:
+        keys = [self._prefix + "barrier", self._prefix + "n:" + key]
+        answer = await self._script(keys=keys, args=[repr(float(created)), ttl_ms])
+        if answer == -1:
+            # The store is empty or lost its memory: the first gateway to see it sets the
+            # barrier (NX, so a concurrent one cannot move it), then the script runs again.
+            barrier = self._clock() + self._max_skew
+            await self._client.set(keys[0], repr(barrier), nx=True)
+            answer = await self._script(keys=keys, args=[repr(float(created)), ttl_ms])
+        return int(answer)
+
+    async def admit(self, keyid: str, nonce: str, *, created: float, expires: float) -> Admission:
+        """See :meth:`ReplayStore.admit`."""
+        if self._closed:
+            return Admission.CLOSED
+        # At least 1 ms: PX 0 is an error, and a window that already ended still meets the
+        # barrier check.
+        ttl_ms = max(1, math.ceil((expires - self._clock()) * 1000))
+        try:
+            async with asyncio.timeout(self._settings.timeout_seconds):
+                answer = await self._run(nonce_key(keyid, nonce), created, ttl_ms)
+        except (RedisError, OSError, TimeoutError) as exc:
+            if not self._unavailable:
+                log.error(
+                    "replay store %s unavailable (%s): refusing signed requests until it answers",
+                    self.description,
+                    type(exc).__name__,
+                    extra={"event": "replay_store_unavailable"},
+                )
+            self._unavailable = True
+            return Admission.UNAVAILABLE
+        if self._unavailable:
+            self._unavailable = False
+            log.warning(
+                "replay store %s answers again",
+                self.description,
+                extra={"event": "replay_store_recovered"},
+            )
+        return {1: Admission.ACCEPTED, 0: Admission.REPLAY, 2: Admission.BEFORE_START}.get(
+            answer, Admission.UNAVAILABLE
+        )
+
+    async def initialise(self) -> None:
+        """Write an empty barrier for a Hybrid Connection that has never accepted a request."""
+        async with asyncio.timeout(self._settings.timeout_seconds):
+            await self._client.set(self._prefix + "barrier", repr(-1e300), nx=True)
+
+    async def close(self) -> None:
+        """Close the connections."""
+        self._closed = True
+        await self._client.aclose()
