@@ -26,6 +26,7 @@ tests. Addresses in 10.1.3.0/24 are routed to the devkit's sample HTTP and WebSo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -44,7 +45,7 @@ from gateway.devkit.stack import DevStack
 from gateway.forward.dial import IPAddress
 from gateway.pipeline import Decider, Decision
 from gateway.service import Agent, AgentOptions, default_engine
-from tests.security.pipeline.target import RecordingTarget
+from tests.security.pipeline.target import KeepAliveTarget, RecordingTarget
 
 GATEWAY_ID = "agent-1"
 ERP_HOST = "erp.corp.local"
@@ -293,6 +294,38 @@ def baseline_targets(ca_file: str) -> dict[str, Any]:
             "allowed_cidrs": [str(LDAP_NETWORK)],
         },
     }
+
+
+# The port of ``pool``, a second erp target served by a keep-alive stand-in (connection reuse).
+POOL_PORT = 9443
+
+
+def pool_target(operation: dict[str, Any]) -> dict[str, Any]:
+    """``pool``: the erp host on :data:`POOL_PORT` with one operation, for ``extra_targets``."""
+    return {
+        "pool": {
+            "scheme": "https",
+            "host": ERP_HOST,
+            "port": POOL_PORT,
+            "allowed_cidrs": [str(ERP_NETWORK)],
+            "tls": {"ca_file": "target-ca.pem"},
+            "operations": [operation],
+        }
+    }
+
+
+@contextlib.asynccontextmanager
+async def keep_alive_pool(env: PipelineEnv) -> AsyncIterator[KeepAliveTarget]:
+    """A TLS stand-in for ``pool`` (the erp certificate and CA) that keeps every connection
+    open after answering."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    env.ca.issue_cert(ERP_HOST).configure_cert(context)
+    server = KeepAliveTarget(context)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 @pytest.fixture(scope="module")

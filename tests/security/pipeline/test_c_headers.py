@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.devkit.saas import SaaSResponse
-from tests.security.pipeline.conftest import ERP_HOST, ERP_NETWORK, PipelineEnv
+from tests.security.pipeline.conftest import PipelineEnv, keep_alive_pool, pool_target
 from tests.security.pipeline.target import KeepAliveTarget, response_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -178,27 +177,14 @@ BAD_RESPONSES = [
 @pytest.fixture(scope="module")
 def extra_targets() -> dict[str, Any]:
     """``pool``: the erp host on another port, served by the keep-alive stand-in."""
-    return {
-        "pool": {
-            "scheme": "https",
-            "host": ERP_HOST,
-            "port": 9443,
-            "allowed_cidrs": [str(ERP_NETWORK)],
-            "tls": {"ca_file": "target-ca.pem"},
-            "operations": [{"name": "read", "methods": ["GET"], "paths": ["/api/*"]}],
-        }
-    }
+    return pool_target({"name": "read", "methods": ["GET"], "paths": ["/api/*"]})
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def keep_alive(env: PipelineEnv) -> AsyncIterator[KeepAliveTarget]:
-    """A TLS stand-in for ``pool`` that keeps every connection open after answering."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    env.ca.issue_cert(ERP_HOST).configure_cert(context)
-    server = KeepAliveTarget(context)
-    await server.start()
-    yield server
-    await server.stop()
+    """The keep-alive stand-in serving ``pool``."""
+    async with keep_alive_pool(env) as server:
+        yield server
 
 
 async def bad_then_good(

@@ -9,7 +9,6 @@ the target must have seen the request exactly once, for every method.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.config.model import METHODS
-from tests.security.pipeline.conftest import ERP_HOST, ERP_NETWORK, PipelineEnv
+from tests.security.pipeline.conftest import PipelineEnv, keep_alive_pool, pool_target
 from tests.security.pipeline.target import KeepAliveTarget
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -26,27 +25,14 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 @pytest.fixture(scope="module")
 def extra_targets() -> dict[str, Any]:
     """``pool``: the erp host on another port, every method granted on ``/api/*``."""
-    return {
-        "pool": {
-            "scheme": "https",
-            "host": ERP_HOST,
-            "port": 9443,
-            "allowed_cidrs": [str(ERP_NETWORK)],
-            "tls": {"ca_file": "target-ca.pem"},
-            "operations": [{"name": "all", "methods": sorted(METHODS), "paths": ["/api/*"]}],
-        }
-    }
+    return pool_target({"name": "all", "methods": sorted(METHODS), "paths": ["/api/*"]})
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def keep_alive(env: PipelineEnv) -> AsyncIterator[KeepAliveTarget]:
-    """A TLS keep-alive stand-in for ``pool`` (same certificate and CA as ``erp``)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    env.ca.issue_cert(ERP_HOST).configure_cert(context)
-    server = KeepAliveTarget(context)
-    await server.start()
-    yield server
-    await server.stop()
+    """The keep-alive stand-in serving ``pool``."""
+    async with keep_alive_pool(env) as server:
+        yield server
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
