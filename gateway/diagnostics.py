@@ -71,6 +71,7 @@ from yarl import URL
 from gateway.auth.replay import Admission
 from gateway.auth.replaystores import SQLITE_FILE, open_replay_store
 from gateway.config import LoadedConfig, load
+from gateway.config.capacity import HC_LISTENER_LIMIT, listeners_on_hc, worker_count
 from gateway.errors import ConfigError, GatewayError
 from gateway.forward.credentials import CredentialError, CredentialSet
 from gateway.forward.dial import Resolver, system_resolver
@@ -608,8 +609,9 @@ def _relay_refusal(status: int, hc: str, reason: str = "") -> _CheckError:
     if refusal.kind is RefusalKind.QUOTA:
         return _CheckError(
             f"the relay refused the listener: listener quota reached (HTTP 403 {refusal.reason})",
-            "the Hybrid Connection already has its 25 listeners; lower relay.connections on "
-            "the gateways sharing it (docs/high-availability.md)",
+            "the Hybrid Connection already has its 25 listeners; lower workers or "
+            "relay.connections on the gateways sharing it, and set relay.gateways to their "
+            "number so validate counts them (docs/high-availability.md)",
         )
     if status in (401, 403):
         return _CheckError(
@@ -664,7 +666,16 @@ async def _check_relay(ctx: _Context) -> str:
                 f"check outbound port {endpoint.port} to the relay namespace ({hosts})",
             ) from None
         await ws.close()
-    return f"listener control channel on {endpoint.base}/$hc/{hc} opened and closed"
+    config = ctx.loaded.config if ctx.loaded is not None else None
+    budget = ""
+    if config is not None:
+        # What every gateway on the HC holds when each runs like this one (config.capacity).
+        budget = (
+            f"; listeners: {config.relay.gateways} gateway(s) x {worker_count(config)} "
+            f"worker(s) x {config.relay.connections} = {listeners_on_hc(config)} of "
+            f"{HC_LISTENER_LIMIT}"
+        )
+    return f"listener control channel on {endpoint.base}/$hc/{hc} opened and closed{budget}"
 
 
 async def _check_clock(ctx: _Context) -> str:

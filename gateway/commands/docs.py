@@ -59,6 +59,12 @@ def _type(schema: Mapping[str, Any], node: Mapping[str, Any]) -> str:
         if node["$ref"].endswith("/SecretRef"):
             return "secret reference: `{env: NAME}` or `{file: PATH}`"
         return f"section ({target.get('title', 'object')})"
+    if "anyOf" in node:
+        # A choice of shapes (workers: "auto" or a number): each in its own words.
+        return " or ".join(
+            _code(member["const"]) if "const" in member else _type(schema, member)
+            for member in node["anyOf"]
+        )
     if "const" in node:
         return f"{node.get('type', 'value')}, always {_code(node['const'])}"
     if "enum" in node:
@@ -76,6 +82,8 @@ def _type(schema: Mapping[str, Any], node: Mapping[str, Any]) -> str:
 
 def _bounds(node: Mapping[str, Any]) -> list[str]:
     found: list[str] = []
+    for member in node.get("anyOf", ()):
+        found.extend(_bounds(member))
     low = node.get("minimum")
     low_open = node.get("exclusiveMinimum")
     high = node.get("maximum")

@@ -42,6 +42,8 @@ LISTEN_PATTERN = r"^(?:[a-z0-9.-]+|\[[0-9a-f:]+\]):[0-9]{1,5}$"
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 _UNIQUE: dict[str, Any] = {"uniqueItems": True}
+# Worker processes per gateway: far more than the relay's listener limit allows anyway.
+MAX_WORKERS = 24
 # A JSON Schema "format" the gateway's validator checks with gateway.config.patterns, so pattern
 # mistakes are reported together with every other schema problem (editors ignore unknown formats).
 PATH_PATTERN_FORMAT = "gateway-path-pattern"
@@ -95,7 +97,20 @@ class RelaySection(_Model):
         default=2,
         ge=1,
         le=25,
-        description="Listener control channels this gateway keeps open (Azure allows 25 per HC).",
+        description=(
+            "Listener control channels each worker process keeps open (Azure allows 25 per HC, "
+            "shared by every gateway and worker on it)."
+        ),
+    )
+    gateways: int = Field(
+        default=1,
+        ge=1,
+        le=25,
+        description=(
+            "How many gateways (hosts) listen on this Hybrid Connection, this one included; "
+            "validate and check hold gateways x workers x connections within the relay's "
+            "listener limit."
+        ),
     )
     endpoint: str | None = Field(
         default=None,
@@ -612,6 +627,14 @@ class GatewayConfig(_Model):
     version: Literal[1] = Field(description="Configuration format version.")
     gateway: GatewaySection
     empowerid: EmpowerIdSection
+    workers: Literal["auto"] | Annotated[int, Field(ge=1, le=MAX_WORKERS)] = Field(
+        default=1,
+        description=(
+            "Worker processes `gateway run` starts, each with its own relay listeners; 'auto': "
+            "one per CPU the process may use, within the listener limit. More than one needs a "
+            "shared replay store (signatures.replay_store.kind sqlite or redis)."
+        ),
+    )
     relay: RelaySection = Field(default_factory=RelaySection)
     proxy: ProxySection | None = None
     policy: PolicySection = Field(default_factory=PolicySection)

@@ -13,6 +13,7 @@ import difflib
 import ipaddress
 from collections.abc import Iterator
 
+from gateway.config import capacity
 from gateway.config.model import CREDENTIAL_KINDS, Credential, GatewayConfig, Target
 from gateway.config.patterns import PathPattern, PatternError
 from gateway.config.yamlsafe import JsonPath, Located
@@ -132,6 +133,7 @@ def _check_sections(config: GatewayConfig, doc: Located) -> Iterator[Problem]:
             hint="set relay.endpoint to the local relay, or remove rendezvous_endpoint",
         )
     yield from _check_replay_store(config, doc)
+    yield from capacity.check(config, doc)
     policy = config.policy
     if policy.engine == "opa" and policy.opa_url is None:
         yield doc.problem(

@@ -98,6 +98,8 @@ async def test_every_check_passes_against_a_healthy_devkit(registered: Registere
     assert all_passed(list(results.values()))
     assert "the CA pinned at registration" in results["tls"].detail
     assert registered.stack.hc in results["relay"].detail
+    # The budget every gateway on the HC shares (one gateway, one worker, 2 connections).
+    assert "listeners: 1 gateway(s) x 1 worker(s) x 2 = 2 of 25" in results["relay"].detail
     # The check's listener is gone again: it must not hold one of the 25 listener slots.
     assert registered.stack.relay.listener_count(registered.stack.hc) == 0
     # relay-info went over mTLS with the registered certificate.
@@ -262,6 +264,7 @@ async def test_listener_quota_has_its_own_hint(registered: Registered) -> None:
     assert results["relay"].status == "fail"
     assert "listener quota reached" in results["relay"].detail
     assert "relay.connections" in results["relay"].hint
+    assert "workers" in results["relay"].hint
 
 
 async def test_deleted_hybrid_connection_is_named(registered: Registered) -> None:
