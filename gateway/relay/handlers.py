@@ -8,15 +8,24 @@ tested without relay sockets.
 * :class:`RequestHandler`: one relayed HTTP request in, one response out.
 * :class:`StreamHandler`: decides on a relayed WebSocket (``accept``) and then serves it.
 * :class:`TokenProvider`: mints the listener's SAS token.
+* :class:`RelayedRequest`, :class:`RelayedResponse`, :class:`AcceptInfo`: the plain data the
+  protocol core (:mod:`gateway.hybridconnection.connection`) projects requests and streams to;
+  re-exported here because they are this seam's vocabulary.
 * :class:`RefusalSink`: told of every request or stream the listener refused or answered itself,
   so it reaches the decision log like the handler's own decisions.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from gateway.hybridconnection.connection import (
+    AcceptInfo,
+    RelayedRequest,
+    RelayedResponse,
+)
 
 __all__ = [
     "AcceptInfo",
@@ -33,48 +42,6 @@ __all__ = [
     "TokenProvider",
 ]
 
-Headers = tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class RelayedRequest:
-    """An HTTP request the SaaS sent through the relay (protocol notes section 3.2).
-
-    ``target`` is the request target with the Hybrid Connection's ``/{path}`` prefix removed
-    (``/orders/17?expand=true``); ``raw_target`` is what the relay sent. ``headers`` keeps the
-    relay's order; the relay has already joined repeated headers with ``", "`` and removed the
-    connection-level ones. ``body`` is complete (the listener enforces the configured maximum
-    before calling the handler) and empty when the request had none. ``remote`` is the sender's
-    address as the relay saw it, when it said.
-    """
-
-    request_id: str
-    method: str
-    target: str
-    raw_target: str
-    headers: Headers
-    body: bytes = b""
-    remote: tuple[str, int] | None = None
-
-
-@dataclass(frozen=True)
-class RelayedResponse:
-    """The answer to a :class:`RelayedRequest`.
-
-    ``body`` is either the whole body as ``bytes`` or an async iterator of chunks for large or
-    streamed bodies (always sent over a rendezvous socket, section 5.3). Bytes bodies up to 64 KiB
-    go back on the control channel. Connection-level headers (``Connection``, ``Keep-Alive``,
-    ``Transfer-Encoding``, ``TE``, ``Trailer``, ``Upgrade``, ``Content-Length``) are dropped on the
-    way out; repeated names are joined with ``", "``, except ``Set-Cookie``, of which only the
-    first is sent: the relay's header object has one value per name and joining cookies corrupts
-    them (protocol notes section 3.2; a known protocol limitation).
-    """
-
-    status: int
-    reason: str = ""
-    headers: Headers = ()
-    body: bytes | AsyncIterator[bytes] = b""
-
 
 class RequestHandler(Protocol):
     """Turns a relayed request into a response. May raise; the listener then answers 500."""
@@ -82,22 +49,6 @@ class RequestHandler(Protocol):
     def __call__(self, request: RelayedRequest, /) -> Awaitable[RelayedResponse]:
         """Handle ``request``; must finish within the listener's request deadline."""
         ...
-
-
-@dataclass(frozen=True)
-class AcceptInfo:
-    """A WebSocket sender waiting for this gateway (``accept``, protocol notes section 4).
-
-    ``target`` is the path suffix after the Hybrid Connection path plus the sender's own query
-    parameters (every ``sb-hc-*`` parameter removed), e.g. ``/ldap?x=1``; ``/`` when there is
-    none. ``connect_headers`` are the sender's handshake headers. The rendezvous address itself is
-    never exposed: it is a single-use bearer credential.
-    """
-
-    stream_id: str
-    target: str
-    connect_headers: Headers
-    remote: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)

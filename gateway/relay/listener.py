@@ -63,28 +63,32 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import struct
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from random import Random
 from typing import Any, Final
-from urllib.parse import unquote_plus, urlsplit
 
 import aiohttp
 import orjson
 from aiohttp import WSCloseCode
 
 from gateway.hybridconnection.addresses import hc_path, listen_url, reject_url
+from gateway.hybridconnection.connection import (
+    PreparedResponse,
+    TargetOutsideError,
+    prepare_response,
+    project_accept,
+    project_request,
+    renew_token_frames,
+)
 from gateway.hybridconnection.errors import BadRendezvousAddressError
 from gateway.hybridconnection.framing import (
     CONTROL_CHANNEL_BODY_LIMIT,
     AcceptReceived,
-    BodyFramer,
     Event,
     Frame,
     ListenerChannel,
@@ -95,16 +99,11 @@ from gateway.hybridconnection.framing import (
     RequestReceived,
     ResponseRoute,
     SocketKind,
-    choose_response_route,
-    response_frames,
 )
 from gateway.hybridconnection.messages import (
     MAX_CONTROL_MESSAGE_SIZE,
     AcceptCommand,
-    RenewTokenCommand,
     RequestCommand,
-    ResponseCommand,
-    encode_command,
 )
 from gateway.hybridconnection.refusals import (
     ListenRefusal,
@@ -125,7 +124,6 @@ from gateway.relay.handlers import (
     AcceptStream,
     RefusalSink,
     RejectStream,
-    RelayedRequest,
     RelayedResponse,
     RelayRefusal,
     RequestHandler,
@@ -143,21 +141,13 @@ log = logging.getLogger("gateway.relay")
 AlertCallback = Callable[[str, str], None]
 """Called as ``on_alert(code, message)`` for conditions an operator must act on."""
 
-# Section 9 / RFC 9110 section 7.6.1: connection-level headers never cross the relay.
-_HOP_BY_HOP: Final = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
-)
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CTL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Room for the JSON of a request next to a 64 KiB body on the control channel (section 5.3).
 _CONTROL_MAX_MESSAGE: Final = max(MAX_CONTROL_MESSAGE_SIZE, CONTROL_CHANNEL_BODY_LIMIT) + 1
 # Chunks of a streamed body are written once the transport has drained below this.
 _WRITE_HIGH_WATER: Final = 1024 * 1024
-_STREAM_CHUNK_LIMIT: Final = 1024 * 1024
 # Up to this many payload bytes, a response's frames are masked here and written at once;
 # beyond it aiohttp's faster masking outweighs the saved system call.
 _COALESCE_LIMIT: Final = 8 * 1024
-_MAX_REASON: Final = 120
 
 
 @dataclass
@@ -268,7 +258,7 @@ class _RelaySocket:
                     await self.ws.send_bytes(frame.payload)
 
     async def send_streamed(
-        self, response: ResponseCommand, chunks: AsyncIterator[bytes], idle_timeout: float
+        self, prepared: PreparedResponse, chunks: AsyncIterator[bytes], idle_timeout: float
     ) -> None:
         """Send the JSON, then the body as one fragmented binary message (section 5.3).
 
@@ -276,22 +266,22 @@ class _RelaySocket:
         connection's transport under the socket lock. ``idle_timeout`` bounds the wait for each
         chunk: the relay aborts a body that stalls for 60 s (section 7).
         """
-        framer = BodyFramer()
+        stream = prepared.body_stream()
         transport = self.ws._writer.transport
         async with self.lock:
             async with asyncio.timeout(self._send_timeout):
-                await self.ws.send_str(encode_command(response))
+                (head,) = prepared.head()
+                await self.ws.send_str(head.payload.decode())
             while True:
                 async with asyncio.timeout(idle_timeout):
                     chunk = await anext(chunks, None)
                 if chunk is None:
                     break
-                for start in range(0, max(len(chunk), 1), _STREAM_CHUNK_LIMIT):
-                    piece = bytes(chunk[start : start + _STREAM_CHUNK_LIMIT])
-                    if piece:
-                        transport.write(_client_frame(framer.chunk(piece)))
+                for frame in stream.chunk(chunk):
+                    transport.write(_client_frame(frame))
                 await self._drain(transport)
-            transport.write(_client_frame(framer.end()))
+            for frame in stream.end():
+                transport.write(_client_frame(frame))
             await self._drain(transport)
 
     async def _drain(self, transport: asyncio.WriteTransport) -> None:
@@ -359,10 +349,6 @@ class _StreamSocket:
         await self._ws.close(code=code, message=reason.encode()[:120])
 
 
-def _clean_text(text: str, limit: int) -> str:
-    return _CTL.sub("", text)[:limit]
-
-
 def _busy(request_id: str, *, draining: bool) -> tuple[RelayedResponse, str]:
     """The 503 for a request the gateway will not start: it is stopping, or at its limit."""
     if draining:
@@ -395,25 +381,6 @@ def _refusal(
     body = orjson.dumps({"error": code, "detail": detail, "request_id": request_id})
     headers = (("content-type", "application/json"), ("x-gateway-reason", code))
     return RelayedResponse(status, reason, headers, body)
-
-
-def _response_headers(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    """One value per name for the relay's JSON object (section 3.2); see RelayedResponse."""
-    result: dict[str, str] = {}
-    lowered: dict[str, str] = {}
-    for name, value in headers:
-        if not _TOKEN.fullmatch(name) or _CTL.search(value):
-            raise ValueError("response header is not valid HTTP")
-        key = name.lower()
-        if key in _HOP_BY_HOP:
-            continue
-        if key in lowered:
-            if key != "set-cookie":
-                result[lowered[key]] += ", " + value
-            continue
-        lowered[key] = name
-        result[name] = value
-    return result
 
 
 class RelayListener:
@@ -934,8 +901,7 @@ class RelayListener:
                     # Retry well before expiry; past it the relay closes with 1008 (section 3.4)
                     # and the reconnect mints a fresh token anyway.
                     await asyncio.sleep(min(max((expires_at - time.time()) / 4, 1.0), 30.0))
-            text = encode_command(RenewTokenCommand(token=token))
-            await socket.send_frames([Frame(Opcode.TEXT, text.encode())])
+            await socket.send_frames(renew_token_frames(token))
             self.metrics.token_renewals += 1
             log.info(
                 "relay_token_renewed channel=%d",
@@ -998,28 +964,6 @@ class RelayListener:
 
     # -- HTTP requests --------------------------------------------------------------------
 
-    def _relayed_request(self, command: RequestCommand, body: bytes | None) -> RelayedRequest:
-        raw = command.request_target
-        path, sep, query = raw.partition("?")
-        prefix = self._path_prefix
-        lowered = path.lower()
-        if lowered == prefix:
-            rest = "/"
-        elif lowered.startswith(prefix + "/"):
-            rest = path[len(prefix) :]
-        else:
-            raise ValueError("request target is outside this hybrid connection")
-        remote = command.remote_endpoint
-        return RelayedRequest(
-            request_id=command.id,
-            method=command.method,
-            target=rest + sep + query,
-            raw_target=raw,
-            headers=tuple(command.request_headers.items()),
-            body=body or b"",
-            remote=None if remote is None else (remote.address, remote.port),
-        )
-
     async def _run_handler(
         self, command: RequestCommand, body: bytes | None
     ) -> tuple[RelayedResponse, str]:
@@ -1035,8 +979,8 @@ class RelayListener:
         rid = command.id
         fields = {"request_id": rid}
         try:
-            request = self._relayed_request(command, body)
-        except ValueError:
+            request = project_request(command, body, self.settings.hc_path)
+        except TargetOutsideError:
             detail = "the request target is outside this hybrid connection"
             return _refusal(400, "bad_target", detail, rid), "bad_target"
         try:
@@ -1089,21 +1033,6 @@ class RelayListener:
         finally:
             self._requests_in_flight -= 1
 
-    def _command_for(
-        self, request_id: str, response: RelayedResponse, has_body: bool
-    ) -> ResponseCommand:
-        reason = _clean_text(response.reason, _MAX_REASON)
-        if not reason:
-            with contextlib.suppress(ValueError):
-                reason = HTTPStatus(response.status).phrase
-        return ResponseCommand(
-            request_id=request_id,
-            status_code=response.status,
-            body=has_body,
-            status_description=reason or None,
-            response_headers=_response_headers(response.headers),
-        )
-
     async def _send_response(
         self,
         command: RequestCommand,
@@ -1113,8 +1042,7 @@ class RelayListener:
     ) -> None:
         """Answer on the control channel when small, else over the request's rendezvous."""
         body = response.body
-        length = len(body) if isinstance(body, bytes) else None
-        route = choose_response_route(length, arrived_on=SocketKind.CONTROL)
+        route = prepare_response(command.id, response).route
         try:
             if route is ResponseRoute.CONTROL:
                 if await self._try_control(control, command.id, response, outcome):
@@ -1170,24 +1098,19 @@ class RelayListener:
     async def _write_response(
         self, socket: _RelaySocket, request_id: str, response: RelayedResponse, outcome: str
     ) -> None:
-        body = response.body
-        try:
-            has_body = not isinstance(body, bytes) or bool(body)
-            command = self._command_for(request_id, response, has_body)
-        except ValueError:
+        prepared = prepare_response(request_id, response)
+        if not prepared.valid:
             outcome = "invalid_response"
             log.error(
                 "request_handler_invalid_headers request_id=%s",
                 request_id,
                 extra={"event": "request_handler_invalid_headers", "request_id": request_id},
             )
-            body = b""
-            command = self._command_for(request_id, RelayedResponse(500), False)
-        if isinstance(body, bytes):
-            await socket.send_frames(response_frames(command, body or None))
+        body = response.body
+        if prepared.streamed and isinstance(body, AsyncIterator):
+            await socket.send_streamed(prepared, body, self.settings.request_timeout)
         else:
-            idle = self.settings.request_timeout
-            await socket.send_streamed(command, body, idle)
+            await socket.send_frames(prepared.frames())
         self.metrics.requests[outcome] += 1
 
     async def _dial_rendezvous(self, address: str) -> _RelaySocket:
@@ -1314,30 +1237,6 @@ class RelayListener:
 
     # -- WebSocket streams ----------------------------------------------------------------
 
-    def _accept_info(self, command: AcceptCommand) -> AcceptInfo:
-        parts = urlsplit(command.address)
-        prefix = "/$hc" + self._path_prefix
-        path = parts.path
-        suffix = path[len(prefix) :] if path.lower().startswith(prefix) else ""
-        # Section 5.2: the relay's own parameters are the `sb-hc-*` keys with an `=`; the rest is
-        # the sender's and passes byte for byte.
-        kept = [
-            piece
-            for piece in parts.query.split("&")
-            if piece
-            and not (
-                "=" in piece and unquote_plus(piece.partition("=")[0]).lower().startswith("sb-hc-")
-            )
-        ]
-        target = (suffix or "/") + ("?" + "&".join(kept) if kept else "")
-        remote = command.remote_endpoint
-        return AcceptInfo(
-            stream_id=command.id,
-            target=target,
-            connect_headers=tuple(command.connect_headers.items()),
-            remote=None if remote is None else (remote.address, remote.port),
-        )
-
     async def _decide(self, info: AcceptInfo) -> StreamDecision:
         try:
             async with asyncio.timeout(self.settings.stream_decision_timeout):
@@ -1365,7 +1264,7 @@ class RelayListener:
 
     async def _accept(self, command: AcceptCommand) -> None:
         try:
-            info = self._accept_info(command)
+            info = project_accept(command, self.settings.hc_path)
             decision = await self._decide(info)
             if isinstance(decision, RejectStream):
                 await self._reject(command, decision)
