@@ -53,6 +53,9 @@ MAX_REQUEST_BYTES = 64 * 1024
 HEARTBEAT_INTERVAL_SECONDS = 60
 # Certificates are back-dated a little so a gateway whose clock is slightly behind accepts them.
 BACKDATE = dt.timedelta(minutes=1)
+# A gateway identity certificate authenticates the gateway to the control plane (clientAuth) and
+# serves the inner TLS of LDAP streams to the SaaS (serverAuth), see docs/relay-contract.md.
+IDENTITY_USAGE = (ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH)
 
 _CLIENT_CERT_REQUIRED = web.AppKey("client_cert_required", frozenset[str])
 
@@ -97,7 +100,7 @@ class DevCA:
         subject: x509.Name,
         public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
         san: Sequence[x509.GeneralName],
-        usage: x509.ObjectIdentifier,
+        usage: Sequence[x509.ObjectIdentifier],
         not_before: dt.datetime,
         not_after: dt.datetime,
     ) -> x509.Certificate:
@@ -111,7 +114,7 @@ class DevCA:
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(cert_sign=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(list(usage)), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
@@ -142,7 +145,7 @@ class DevCA:
             subject,
             key.public_key(),
             san,
-            ExtendedKeyUsageOID.SERVER_AUTH,
+            (ExtendedKeyUsageOID.SERVER_AUTH,),
             now - BACKDATE,
             now + lifetime,
         )
@@ -161,13 +164,17 @@ class DevCA:
         not_after: dt.datetime,
         substitute_key: bool = False,
         substitute_subject: str | None = None,
-        usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
+        usage: Sequence[x509.ObjectIdentifier] = IDENTITY_USAGE,
     ) -> x509.Certificate:
-        """A clientAuth certificate for the CSR's subject and SAN URIs.
+        """A gateway identity certificate for the CSR's subject and SAN URIs.
+
+        Its extended key usages are clientAuth (mutual TLS to the control plane) and serverAuth
+        (the inner TLS the SaaS opens inside an LDAP stream, docs/relay-contract.md): RFC 5280
+        section 4.2.1.12 limits a certificate with this extension to the purposes it lists.
 
         The faults a gateway must detect before it stores anything: ``substitute_key`` certifies
         a freshly generated key instead of the CSR's; ``substitute_subject`` names another gateway
-        id (CN and SAN URI) than the CSR; ``usage`` sets another extended key usage.
+        id (CN and SAN URI) than the CSR; ``usage`` sets other extended key usages.
         """
         public_key = csr.public_key()
         if substitute_key:
@@ -218,6 +225,8 @@ class Faults:
     issue_wrong_key: bool = False
     issue_wrong_subject: bool = False
     issue_server_usage: bool = False
+    issue_client_usage_only: bool = False
+    """Issue clientAuth-only certificates, as control planes did before the inner TLS."""
     issue_expired: bool = False
 
 
@@ -470,9 +479,11 @@ class ControlPlaneSimulator:
             substitute_key=self.faults.issue_wrong_key,
             substitute_subject="another-gateway" if self.faults.issue_wrong_subject else None,
             usage=(
-                ExtendedKeyUsageOID.SERVER_AUTH
+                (ExtendedKeyUsageOID.SERVER_AUTH,)
                 if self.faults.issue_server_usage
-                else ExtendedKeyUsageOID.CLIENT_AUTH
+                else (ExtendedKeyUsageOID.CLIENT_AUTH,)
+                if self.faults.issue_client_usage_only
+                else IDENTITY_USAGE
             ),
         )
 

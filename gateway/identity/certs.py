@@ -91,6 +91,15 @@ def common_name(cert: x509.Certificate) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def san_uris(cert: x509.Certificate) -> list[str]:
+    """The certificate's SAN URIs (none without the extension)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
 def validate_client_certificate(
     chain: list[x509.Certificate],
     *,
@@ -111,12 +120,7 @@ def validate_client_certificate(
         raise IdentityError(
             "certificate_invalid", "the certificate subject CN is not the gateway id"
         )
-    try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        uris = []
-    if gateway_uri(gateway_id) not in uris:
+    if gateway_uri(gateway_id) not in san_uris(leaf):
         raise IdentityError(
             "certificate_invalid", "the certificate has no SAN URI naming the gateway"
         )

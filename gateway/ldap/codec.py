@@ -624,3 +624,13 @@ def encode_simple_bind(
                 item.setComponentByName("controlValue", control.value)
             encoded.setComponentByPosition(index, item)
     return bytes(encoder.encode(message))
+
+
+def encode_extended_request(message_id: int, name: str, value: bytes | None = None) -> bytes:
+    """An ExtendedRequest (section 4.12), used when the gateway starts TLS to the directory."""
+    spec = LDAP_MESSAGE.getComponentByName("protocolOp").componentType["extendedReq"].asn1Object
+    request = spec.clone()
+    request.setComponentByName("requestName", name.encode("ascii"))
+    if value is not None:
+        request.setComponentByName("requestValue", value)
+    return _message(message_id, "extendedReq", request)

@@ -1,0 +1,251 @@
+"""A real OpenLDAP ``slapd`` for the demo, the LDAP tests and the benchmark, when it is installed.
+
+Each instance gets a temporary directory with a generated ``slapd.conf`` (core, cosine and
+inetOrgPerson schemas plus the legacy LAPS attribute ``ms-Mcs-AdmPwd`` with Microsoft's OID, so
+stripping can be shown on a real entry), one ``mdb`` database for ``dc=example,dc=com`` loaded
+offline with ``slapadd``, an ``ldapi://`` socket and, when asked, TLS listeners on loopback:
+``ldap://`` (StartTLS) and ``ldaps://`` with a server certificate from a throw-away CA. The TCP
+ports are chosen by the kernel (port 0) and read back from ``/proc`` once slapd listens, so no
+port is guessed free. slapd runs in the foreground as a child process with the ``stats`` log
+level: every connection and operation it receives is a line of :attr:`Slapd.log_path`, which
+the tests read to show that what the gateway refused never reached the directory.
+
+Debian: ``apt-get install slapd ldap-utils`` (``.ci/run`` installs them). Nothing else here is
+needed: the demo says the LDAP steps were skipped, and why, when :func:`unavailable_reason` is
+not None.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SLAPD = shutil.which("slapd") or "/usr/sbin/slapd"
+SLAPADD = shutil.which("slapadd") or "/usr/sbin/slapadd"
+SCHEMA_DIR = Path("/etc/ldap/schema")
+MODULE_DIR = Path("/usr/lib/ldap")
+SUFFIX = "dc=example,dc=com"
+ROOT_DN = f"cn=admin,{SUFFIX}"
+ROOT_PASSWORD = "slapd-test-secret"  # noqa: S105 - a throwaway test directory's root password
+# The directory account EmpowerID works as: may write everywhere, as a service account would.
+SERVICE_DN = f"cn=empowerid,ou=Service,{SUFFIX}"
+SERVICE_PASSWORD = "directory-service-password"  # noqa: S105 - throwaway test account
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+# slapd's "stats" log level (slapd.conf(5), loglevel 256): connections and operations.
+STATS_LOG_LEVEL = "256"
+# Microsoft's OID for the legacy LAPS password attribute (ms-Mcs-AdmPwd).
+LAPS_OID = "1.2.840.113556.1.8000.2554.50051.45980.28112.18903.35903.6685103.1224907.2.1"
+
+_LAPS_SCHEMA = f"""attributetype ( {LAPS_OID} NAME 'ms-Mcs-AdmPwd'
+  EQUALITY caseIgnoreMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 )
+objectclass ( {LAPS_OID}.100 NAME 'lapsComputer' AUXILIARY MAY ( ms-Mcs-AdmPwd ) )
+"""
+
+
+@dataclass(frozen=True)
+class SlapdTls:
+    """TLS material for slapd's loopback listeners (PEM files) and the CA that issued them."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
+@dataclass(frozen=True)
+class Slapd:
+    """A running slapd: its Unix socket, TLS ports (0 without TLS) and stats log."""
+
+    socket_path: Path
+    workdir: Path
+    ldap_port: int = 0
+    ldaps_port: int = 0
+
+    @property
+    def log_path(self) -> Path:
+        """slapd's log: one ``conn=N op=M VERB ...`` line per operation it received."""
+        return self.workdir / "slapd.log"
+
+    def operations(self) -> list[str]:
+        """The operation lines of the log so far (``conn=1001 op=2 MOD dn="..."`` and so on)."""
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return [line for line in text.splitlines() if _OPERATION.search(line)]
+
+
+_OPERATION = re.compile(r"conn=\d+ op=\d+ (BIND|SRCH|MOD|ADD|DEL|MODRDN|CMP|EXT|ABANDON|UNBIND)")
+
+
+def unavailable_reason() -> str | None:
+    """Why slapd cannot run here, or ``None`` when it can."""
+    for tool in (SLAPD, SLAPADD):
+        if not Path(tool).exists():
+            return (
+                f"{Path(tool).name} is not installed (Debian: `apt-get install slapd ldap-utils`)"
+            )
+    if not (MODULE_DIR / "back_mdb.la").exists() and not list(MODULE_DIR.glob("back_mdb*.so*")):
+        return f"the mdb backend is missing from {MODULE_DIR}"
+    return None
+
+
+def _config(workdir: Path, tls: SlapdTls | None) -> str:
+    schemas = "\n".join(
+        f"include {SCHEMA_DIR / name}.schema" for name in ("core", "cosine", "inetorgperson")
+    )
+    tls_lines = ""
+    if tls is not None:
+        tls_lines = (
+            f"TLSCertificateFile {tls.cert_file}\n"
+            f"TLSCertificateKeyFile {tls.key_file}\n"
+            f"TLSCACertificateFile {tls.ca_file}\n"
+        )
+    return f"""{schemas}
+{_LAPS_SCHEMA}
+pidfile {workdir / "slapd.pid"}
+modulepath {MODULE_DIR}
+moduleload back_mdb
+sizelimit unlimited
+{tls_lines}
+database mdb
+maxsize 104857600
+suffix "{SUFFIX}"
+rootdn "{ROOT_DN}"
+rootpw {ROOT_PASSWORD}
+directory {workdir / "db"}
+index objectClass eq
+access to attrs=userPassword by anonymous auth by * none
+access to * by dn.exact="{SERVICE_DN}" write by * read
+"""
+
+
+def _ready(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _listening_ports(pid: int) -> list[int]:
+    """The loopback TCP ports process ``pid`` listens on, in socket (file descriptor) order."""
+    inodes: list[str] = []
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in sorted(fd_dir.iterdir(), key=lambda p: int(p.name)):
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                inodes.append(link[8:-1])
+    listening: dict[str, int] = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A":  # TCP_LISTEN
+            listening[fields[9]] = int(fields[1].rsplit(":", 1)[1], 16)
+    return [listening[inode] for inode in inodes if inode in listening]
+
+
+def _load(workdir: Path, ldif: str) -> None:
+    (workdir / "data.ldif").write_text(ldif, encoding="utf-8")
+    subprocess.run(  # noqa: S603 - fixed tool, arguments built here
+        [SLAPADD, "-q", "-f", str(workdir / "slapd.conf"), "-l", str(workdir / "data.ldif")],
+        check=True,
+        capture_output=True,
+        timeout=START_TIMEOUT,
+    )
+
+
+@contextlib.contextmanager
+def running_slapd(*, tls: SlapdTls | None = None, ldif: str | None = None) -> Iterator[Slapd]:
+    """Start slapd in a fresh temporary directory; stop it and remove everything afterwards.
+
+    ``tls``: also listen on loopback with ldap:// (StartTLS) and ldaps://. ``ldif``: entries to
+    load before it starts (the suffix entry must be among them).
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="slapd-"))
+    try:
+        (workdir / "db").mkdir()
+        (workdir / "slapd.conf").write_text(_config(workdir, tls))
+        if ldif is not None:
+            _load(workdir, ldif)
+        socket_path = workdir / "ldapi"
+        urls = ["ldapi://" + urllib.parse.quote(str(socket_path), safe="")]
+        if tls is not None:
+            urls += ["ldap://127.0.0.1:0/", "ldaps://127.0.0.1:0/"]
+        log = (workdir / "slapd.log").open("wb")
+        process = subprocess.Popen(  # noqa: S603 - fixed tool, arguments built here
+            [SLAPD, "-f", str(workdir / "slapd.conf"), "-h", " ".join(urls), "-d", STATS_LOG_LEVEL],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            ports: list[int] = []
+            while not _ready(socket_path) or len(ports) < (2 if tls else 0):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    raise RuntimeError(
+                        "slapd did not start: " + (workdir / "slapd.log").read_text()[-2000:]
+                    )
+                time.sleep(0.05)
+                if tls is not None:
+                    ports = _listening_ports(process.pid)
+            # slapd opens its listeners in the order of -h: ldap://, then ldaps://.
+            yield Slapd(
+                socket_path=socket_path,
+                workdir=workdir,
+                ldap_port=ports[0] if ports else 0,
+                ldaps_port=ports[1] if ports else 0,
+            )
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=STOP_TIMEOUT)
+            log.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def sample_ldif(*, people: int = 3, extra: Sequence[str] = ()) -> str:
+    """A small directory: people, groups (one of them protected) and a computer with LAPS."""
+    entries = [
+        f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example",
+        f"dn: ou=People,{SUFFIX}\nobjectClass: organizationalUnit\nou: People",
+        f"dn: ou=Groups,{SUFFIX}\nobjectClass: organizationalUnit\nou: Groups",
+        f"dn: ou=Managed Groups,ou=Groups,{SUFFIX}\nobjectClass: organizationalUnit\n"
+        "ou: Managed Groups",
+        f"dn: ou=Computers,{SUFFIX}\nobjectClass: organizationalUnit\nou: Computers",
+        f"dn: ou=Service,{SUFFIX}\nobjectClass: organizationalUnit\nou: Service",
+        f"dn: {SERVICE_DN}\nobjectClass: inetOrgPerson\ncn: empowerid\n"
+        f"sn: Service\nuserPassword: {SERVICE_PASSWORD}",
+    ]
+    for index in range(people):
+        entries.append(
+            f"dn: uid=user{index},ou=People,{SUFFIX}\nobjectClass: inetOrgPerson\n"
+            f"uid: user{index}\ncn: User {index}\nsn: Number{index}\n"
+            f"mail: user{index}@example.com"
+        )
+    entries += [
+        f"dn: cn=Domain Admins,ou=Groups,{SUFFIX}\nobjectClass: groupOfNames\n"
+        f"cn: Domain Admins\nmember: uid=user0,ou=People,{SUFFIX}",
+        f"dn: cn=Helpdesk,ou=Managed Groups,ou=Groups,{SUFFIX}\nobjectClass: groupOfNames\n"
+        f"cn: Helpdesk\nmember: uid=user0,ou=People,{SUFFIX}",
+        f"dn: cn=ws01,ou=Computers,{SUFFIX}\nobjectClass: device\nobjectClass: lapsComputer\n"
+        "cn: ws01\nms-Mcs-AdmPwd: laps-secret-ws01",
+    ]
+    entries += list(extra)
+    return "\n\n".join(entries) + "\n"
