@@ -1,18 +1,22 @@
 """The HTTP forwarder: sends one allowed, canonical request to its on-prem target.
 
-Hardening (catalogue sections A and C): the URL is built from the target's configured scheme,
-host and port plus the canonical path exactly as the policy judged it (yarl's ``encoded=True``, so
-nothing is re-encoded on the way); headers arrive already built from the allow-list and aiohttp
-adds none of its own; redirects are never followed; bodies are not decompressed; the response is
-streamed under a size cap; the address comes from the dial step (:mod:`gateway.forward.dial`);
-environment proxy variables are ignored (``trust_env=False``); every phase has a timeout below the
-relay's 60 s deadline; each target has a concurrency cap answered with 503 rather than a queue.
+Hardening (catalogue sections A and C): the request target is the canonical path and query exactly
+as the policy judged them (never re-encoded); headers arrive already built from the allow-list,
+with exactly one ``Host`` (the target's configured one) and nothing added but the framing
+``Content-Length``; redirects are never followed; bodies are not decompressed; the response is
+streamed under a size cap; every socket comes from the dial step (:mod:`gateway.forward.dial`);
+no proxy setting is read from the environment; every phase has a timeout below the relay's 60 s
+deadline; each target has a concurrency cap answered with 503 rather than a queue; a request is
+never sent twice. The exchange itself is :mod:`gateway.forward.http1`.
 
 Timeouts: ``connect_timeout_seconds`` for DNS, TCP and TLS; ``read_timeout_seconds`` for every wait
-on the target's answer, reset by each byte received (aiohttp's ``sock_read``), so a target that
-accepts and then says nothing, or sends its headers and stalls, is a 504 after the read timeout
-(catalogue I 138); ``request_timeout_seconds`` for the whole exchange, which still ends a target
-that drips its answer a byte at a time (I 139). The read timeout is capped at the request timeout.
+on the target's answer, reset by each byte received, so a target that accepts and then says
+nothing, or sends its headers and stalls, is a 504 after the read timeout (catalogue I 138);
+``request_timeout_seconds`` for the whole exchange, which still ends a target that drips its
+answer a byte at a time (I 139). The read timeout is capped at the request timeout.
+
+:class:`TargetPool` (the dial step, TLS settings and one hardened aiohttp session of a revision)
+also serves the WebSocket upstream (:mod:`gateway.forward.websocket`) and the OAuth token client.
 """
 
 from __future__ import annotations
@@ -25,12 +29,22 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp.http import RawResponseMessage
+from aiohttp.streams import StreamReader
 from yarl import URL
 
 from gateway.config.model import GatewayConfig, Target
 from gateway.forward.dial import DialError, DialStep, Guard, Redirect, Resolver, system_resolver
 from gateway.forward.headers import host_header
-from gateway.outbound.sessions import ConnectionLostError, client_session
+from gateway.forward.http1 import (
+    MAX_HEADERS,
+    MAX_LINE,
+    Exchange,
+    ExchangeError,
+    Http1Pool,
+    request_head,
+)
+from gateway.outbound.sessions import client_session
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +62,9 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-# aiohttp's defaults are 8190-byte lines; the header count matches catalogue C 64.
-MAX_RESPONSE_HEADERS = 128
-MAX_RESPONSE_LINE = 8190
+# The same response limits for the forward and for every session of the pool (catalogue C 64).
+MAX_RESPONSE_HEADERS = MAX_HEADERS
+MAX_RESPONSE_LINE = MAX_LINE
 CHUNK = 64 * 1024
 
 
@@ -74,13 +88,13 @@ class UpstreamResponse:
     body: AsyncIterator[bytes]
     first_chunk: bytes = b""
     complete: bool = False
-    _response: aiohttp.ClientResponse | None = field(default=None, repr=False)
+    _release: Callable[[], None] | None = field(default=None, repr=False)
 
     async def release(self) -> None:
         """Return or close the upstream connection; safe to call more than once."""
-        if self._response is not None:
-            self._response.release()
-            self._response = None
+        if self._release is not None:
+            self._release()
+            self._release = None
 
 
 def tls_context(
@@ -150,6 +164,11 @@ class TargetPool:
         self._session_options = dict(session_options or {})
         self._session: aiohttp.ClientSession | None = None
 
+    @property
+    def dial(self) -> DialStep:
+        """The dial step every socket of this pool comes from."""
+        return self._dial
+
     def tls(self, name: str) -> ssl.SSLContext | bool:
         """The TLS setting for target ``name`` (aiohttp's default verification if none built)."""
         return self._tls.get(name, True)
@@ -207,7 +226,13 @@ class TargetPool:
 
 
 class Upstream:
-    """HTTP forwarding for all targets of one revision, pinned to checked addresses."""
+    """HTTP forwarding for all targets of one revision, pinned to checked addresses.
+
+    The exchange itself is :mod:`gateway.forward.http1` (a request head written from the
+    canonical pieces, aiohttp's response parser, a keep-alive pool whose every socket comes from
+    the dial step of a :class:`TargetPool`); this class adds the per-target caps, the timeouts
+    and body cap of each target, and the response's header filtering.
+    """
 
     def __init__(
         self,
@@ -230,8 +255,8 @@ class Upstream:
             guard=guard,
             tls_contexts=tls_contexts,
             resolve_path=resolve_path,
-            session_options={"auto_decompress": False},
         )
+        self._http = Http1Pool(self._pool.dial, limit=config.limits.max_concurrent_requests)
         for name, target in self._targets.items():
             if target.tls is not None and target.tls.insecure_skip_verify:
                 log.warning(
@@ -240,9 +265,30 @@ class Upstream:
                     extra={"event": "insecure_target", "target": name},
                 )
         self._in_flight: dict[str, int] = dict.fromkeys(self._targets, 0)
+        # Per revision, not per request: each target's timeouts, body cap and TLS settings.
+        self._plans = {name: self._plan(name, target) for name, target in self._targets.items()}
+
+    def _plan(self, name: str, target: Target) -> _Plan:
+        limits = self._config.limits
+        total = target.limits.request_timeout_seconds or limits.request_timeout_seconds
+        max_body = target.limits.max_response_body_bytes
+        tls = self._pool.tls(name) if target.scheme == "https" else None
+        if tls is True:
+            tls = ssl.create_default_context()
+        return _Plan(
+            cap=target.limits.max_concurrent_requests or limits.max_concurrent_requests,
+            total=total,
+            connect=target.limits.connect_timeout_seconds or limits.connect_timeout_seconds,
+            read=min(target.limits.read_timeout_seconds or limits.read_timeout_seconds, total),
+            max_body=limits.max_response_body_bytes if max_body is None else max_body,
+            tls=tls or None,
+            server_name=self._pool.server_name(name),
+            host=host_header(target),
+        )
 
     async def close(self) -> None:
         """Close every pooled connection."""
+        await self._http.close()
         await self._pool.close()
 
     async def send(
@@ -256,153 +302,133 @@ class Upstream:
         body: bytes,
     ) -> UpstreamResponse:
         """Forward one request; raises :class:`UpstreamError` with the answer to give."""
-        target = self._targets[target_name]
-        limits = self._config.limits
-        cap = target.limits.max_concurrent_requests or limits.max_concurrent_requests
-        if self._in_flight[target_name] >= cap:
-            raise UpstreamError("target_busy", f"{target_name} has {cap} requests in flight", 503)
+        plan = self._plans[target_name]
+        if self._in_flight[target_name] >= plan.cap:
+            raise UpstreamError(
+                "target_busy", f"{target_name} has {plan.cap} requests in flight", 503
+            )
         self._in_flight[target_name] += 1
         try:
-            return await self._send(target_name, target, method, path, query, headers, body)
+            return await self._send(target_name, plan, method, path, query, headers, body)
         finally:
             self._in_flight[target_name] -= 1
 
     async def _send(
         self,
         name: str,
-        target: Target,
+        plan: _Plan,
         method: str,
         path: str,
         query: str | None,
         headers: list[tuple[str, str]],
         body: bytes,
     ) -> UpstreamResponse:
-        limits = self._config.limits
-        total = target.limits.request_timeout_seconds or limits.request_timeout_seconds
-        connect = target.limits.connect_timeout_seconds or limits.connect_timeout_seconds
-        read = min(target.limits.read_timeout_seconds or limits.read_timeout_seconds, total)
-        max_body = target.limits.max_response_body_bytes
-        max_body = limits.max_response_body_bytes if max_body is None else max_body
-        url = self._pool.url(name, target.scheme, path, query)
-        ssl_setting = self._pool.tls(name)
-        server_name = self._pool.server_name(name)
-        session = self._pool.session()
+        # Exactly one Host, the target's configured one, first (RFC 9110 section 7.2); the path
+        # and query exactly as the policy judged them, never re-encoded.
+        sent = [("host", plan.host), *((k, v) for k, v in headers if k.lower() != "host")]
+        head = request_head(method, f"{path}?{query}" if query else path, sent, body)
+        if head is None:
+            raise UpstreamError(
+                "upstream_protocol_error", "a header would break the request framing"
+            )
         try:
-            response = await session.request(
-                method,
-                url,
-                headers=self._pool.headers(name, headers),
-                data=body if body or method in ("POST", "PUT", "PATCH") else None,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read),
-                ssl=ssl_setting if target.scheme == "https" else True,
-                server_hostname=server_name,
+            exchange = await self._http.exchange(
+                name,
+                head,
+                body,
+                method=method,
+                tls=plan.tls,
+                server_name=plan.server_name,
+                connect=plan.connect,
+                read=plan.read,
+                total=plan.total,
             )
         except DialError as refused:
             raise UpstreamError(refused.code, str(refused), refused.status) from None
-        except aiohttp.SocketTimeoutError:
-            raise UpstreamError(
-                "upstream_timeout", f"no data from the target for {read}s", 504
-            ) from None
-        except TimeoutError:
-            raise UpstreamError("upstream_timeout", f"no answer within {total}s", 504) from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise UpstreamError(
-                "upstream_tls", f"certificate rejected: {exc.certificate_error}"
-            ) from None
-        except aiohttp.ClientSSLError as exc:
-            raise UpstreamError("upstream_tls", f"TLS failed: {exc}") from None
-        except ConnectionLostError:
-            # The request may have reached the target: it is never sent a second time
-            # (gateway.outbound.sessions), and the SaaS gets a 502 instead of a guess.
-            raise UpstreamError(
-                "upstream_connection_lost", "the connection closed before the answer"
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            cause = exc.os_error
-            if isinstance(cause, DialError):
-                raise UpstreamError(cause.code, str(cause), cause.status) from None
-            raise UpstreamError("upstream_unreachable", f"cannot connect: {exc.os_error}") from None
-        except aiohttp.ClientResponseError as exc:
-            raise UpstreamError(_response_error_code(exc), f"bad response: {exc.message}") from None
-        except (aiohttp.ClientError, ValueError) as exc:
-            raise UpstreamError("upstream_protocol_error", f"bad response: {exc}") from None
-        return await self._wrap(response, max_body, total)
+        except ExchangeError as failed:
+            raise UpstreamError(failed.code, str(failed), failed.status) from None
+        return await _wrap(exchange, plan.max_body)
 
-    async def _wrap(
-        self, response: aiohttp.ClientResponse, max_body: int, total: float
-    ) -> UpstreamResponse:
-        headers = _response_headers(response)
-        reason = (response.reason or "").replace("\r", " ").replace("\n", " ")
-        declared = response.content_length
-        if declared is not None and declared > max_body:
-            response.close()
-            raise UpstreamError(
-                "upstream_body_too_large", f"response of {declared} bytes exceeds {max_body}"
-            )
-        # Read the first chunk now: small bodies (the common case) are then complete, and the
-        # caller can answer inline on the relay's control channel without streaming.
-        try:
-            first = await _read_capped(response, max_body, 0)
-        except BaseException:
-            response.close()
-            raise
-        complete = response.content.at_eof()
-        result = UpstreamResponse(
-            status=response.status,
-            reason=reason,
-            headers=headers,
-            body=_stream(response, max_body, len(first)),
-            first_chunk=first,
-            complete=complete,
-            _response=response,
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What forwarding to one target needs, derived once per revision."""
+
+    cap: int
+    total: float
+    connect: float
+    read: float
+    max_body: int
+    tls: ssl.SSLContext | None
+    server_name: str | None
+    host: str
+
+
+async def _wrap(exchange: Exchange, max_body: int) -> UpstreamResponse:
+    message = exchange.message
+    declared = _declared_length(message)
+    if declared is not None and declared > max_body:
+        exchange.release()
+        raise UpstreamError(
+            "upstream_body_too_large", f"response of {declared} bytes exceeds {max_body}"
         )
-        return result
-
-
-async def _read_capped(response: aiohttp.ClientResponse, max_body: int, seen: int) -> bytes:
+    # Read the first chunk now: small bodies (the common case) are then complete, and the caller
+    # can answer inline on the relay's control channel without streaming.
     try:
-        chunk = await response.content.read(CHUNK)
-    except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
-        raise UpstreamError("upstream_protocol_error", f"bad response body: {exc}") from None
-    except TimeoutError:
-        # The read timeout (no byte for read_timeout_seconds) or the request's total timeout.
-        raise UpstreamError("upstream_timeout", "response body stalled", 504) from None
+        first = await _read_capped(exchange.payload, max_body, 0)
+    except BaseException:
+        exchange.release()
+        raise
+    complete = exchange.payload.at_eof()
+    return UpstreamResponse(
+        status=message.code,
+        reason=(message.reason or "").replace("\r", " ").replace("\n", " "),
+        headers=_response_headers(message),
+        body=_stream(exchange, max_body, len(first)),
+        first_chunk=first,
+        complete=complete,
+        _release=exchange.release,
+    )
+
+
+def _declared_length(message: RawResponseMessage) -> int | None:
+    value = message.headers.get("Content-Length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+async def _read_capped(payload: StreamReader, max_body: int, seen: int) -> bytes:
+    try:
+        chunk = await payload.read(CHUNK)
+    except ExchangeError as exc:
+        # A framing error in the body, the connection lost mid-body, or a read or total timeout.
+        code = "upstream_protocol_error" if exc.status == 502 else exc.code
+        raise UpstreamError(code, f"bad response body: {exc}", exc.status) from None
     if seen + len(chunk) > max_body:
         raise UpstreamError("upstream_body_too_large", f"response body exceeds {max_body} bytes")
     return chunk
 
 
-async def _stream(
-    response: aiohttp.ClientResponse, max_body: int, seen: int
-) -> AsyncIterator[bytes]:
+async def _stream(exchange: Exchange, max_body: int, seen: int) -> AsyncIterator[bytes]:
+    payload = exchange.payload
     try:
-        while not response.content.at_eof():
-            chunk = await _read_capped(response, max_body, seen)
+        while not payload.at_eof():
+            chunk = await _read_capped(payload, max_body, seen)
             if not chunk:
                 break
             seen += len(chunk)
             yield chunk
     finally:
-        response.release()
+        exchange.release()
 
 
-def _response_error_code(exc: aiohttp.ClientResponseError) -> str:
-    # aiohttp reports oversize header blocks as "Got more than N bytes" / "Too many headers".
-    text = str(exc.message).lower()
-    if "got more than" in text or "too many headers" in text or "too large" in text:
-        return "upstream_headers_too_large"
-    return "upstream_protocol_error"
-
-
-def _response_headers(response: aiohttp.ClientResponse) -> list[tuple[str, str]]:
+def _response_headers(message: RawResponseMessage) -> list[tuple[str, str]]:
     named_by_connection = {
         token.strip().lower()
-        for value in response.headers.getall("Connection", [])
+        for value in message.headers.getall("Connection", [])
         for token in value.split(",")
     }
     kept: list[tuple[str, str]] = []
-    for name, value in response.raw_headers:
+    for name, value in message.raw_headers:
         text = name.decode("latin-1")
         lowered = text.lower()
         if lowered in _HOP_BY_HOP or lowered in named_by_connection:

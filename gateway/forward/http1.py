@@ -1,0 +1,440 @@
+"""A small HTTP/1.1 client for the forward: one canonical request per pooled, pinned connection.
+
+Why not aiohttp's ``ClientSession`` here: for the gateway's typical exchange (a small request, a
+small answer, keep-alive) the session's request and response objects, cookie and redirect
+machinery, middleware chain and per-request timers cost about three times the CPU of the exchange
+itself (``benchmarks/bench_forward.py``: 126 against 33 us per request at 32 in flight on the
+build machine). The forward needs none of that: it sends one request whose every part was already
+checked and built (canonical path and query, allow-listed headers, the body the relay delivered),
+and reads one answer under caps. So this module writes the request head itself and reads the
+answer with aiohttp's own HTTP/1.1 response parser (``aiohttp.http.HttpResponseParser``, the
+llhttp-based C parser the session uses), keeping every hardening property of the forward:
+
+* sockets only from the dial step (:class:`gateway.forward.dial.DialStep`: checked addresses,
+  its socket factory, its guard), TLS with the target's context and configured server name;
+* never sent twice: a connection that fails after the request was written is an error
+  (``upstream_connection_lost``), never a retry; an idle connection the target closed is dropped
+  before anything is written on it;
+* timeouts: connect (TCP and TLS), read (no byte for ``read`` seconds, reset by every byte, like
+  aiohttp's ``sock_read``) and total (the whole exchange, body included);
+* caps: at most ``limit`` connections in use at once (later requests wait, as with aiohttp's
+  connector limit), response lines and header counts (aiohttp's 8190 bytes, 128 headers), the body
+  cap enforced by the caller (:mod:`gateway.forward.upstream`);
+* no decompression (``auto_decompress=False``), no redirects, no cookies, no environment proxies,
+  no header of its own besides the framing one (``Content-Length``, RFC 9112 section 6.2);
+* strict response framing (llhttp: ``Content-Length`` with ``Transfer-Encoding`` refused, bad
+  chunk sizes, bare CR): a connection whose answer was not read completely and cleanly, or that
+  says ``Connection: close``, is closed and never pooled, so stray bytes cannot become the next
+  request's answer (catalogue C 63-65).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http import HttpProcessingError, HttpResponseParser, RawResponseMessage
+from aiohttp.streams import StreamReader
+
+from gateway.forward.dial import DialStep
+
+__all__ = ["Exchange", "ExchangeError", "Http1Pool", "request_head"]
+
+# aiohttp's own defaults (8190-byte lines); the header count matches catalogue C 64.
+MAX_LINE = 8190
+MAX_HEADERS = 128
+# The response payload's buffer: reading from the target pauses above twice this many bytes.
+READ_LIMIT = 2**16
+# Idle keep-alive connections older than this are closed rather than reused (aiohttp's default);
+# servers commonly close theirs after 5 to 60 seconds.
+KEEPALIVE_SECONDS = 15.0
+# Methods whose request carries a body, so an empty one is still framed (Content-Length: 0), as
+# aiohttp does; other methods get a Content-Length only when they have a body.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class ExchangeError(Exception):
+    """The exchange failed; ``code`` and ``status`` are what the SaaS is told (see upstream)."""
+
+    def __init__(self, code: str, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+def _parse_error(exc: HttpProcessingError) -> ExchangeError:
+    # llhttp reports oversize header blocks as "Got more than N bytes" / "Too many headers".
+    text = str(exc).lower()
+    if "got more than" in text or "too many headers" in text or "too large" in text:
+        return ExchangeError("upstream_headers_too_large", "bad response: header block too large")
+    first = text.strip().splitlines()[:2]
+    return ExchangeError("upstream_protocol_error", f"bad response: {' '.join(first)[:120]}")
+
+
+class _Connection(BaseProtocol):
+    """One connection to a target: the transport, the parser of the answer in progress, and the
+    read and total deadlines of that exchange."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.parser: HttpResponseParser | None = None
+        self.messages: list[tuple[RawResponseMessage, StreamReader]] = []
+        self.payload: StreamReader | None = None
+        self.failure: ExchangeError | None = None
+        self.closed = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.idle_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._read = 0.0
+        self._deadline = 0.0
+        self._last_data = 0.0
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport (small requests go out at once: TCP_NODELAY, like aiohttp)."""
+        assert isinstance(transport, asyncio.Transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the answer to the parser; bytes outside an exchange end the connection."""
+        parser = self.parser
+        if parser is None:
+            # Nothing was asked: a target sending unsolicited bytes is not reused (C 63-65).
+            self._fail(ExchangeError("upstream_protocol_error", "unsolicited bytes from target"))
+            return
+        self._last_data = self._loop.time()
+        try:
+            messages, upgraded, _ = parser.feed_data(data)
+        except HttpProcessingError as exc:
+            self._fail(_parse_error(exc))
+            return
+        if messages:
+            self.messages.extend(messages)
+            self.payload = messages[-1][1]
+        if upgraded:
+            # A 101 to a request that asked for no upgrade (catalogue I 147): the bytes that
+            # follow are another protocol; the exchange fails where the caller sees the 101.
+            self.parser = None
+        self._wake()
+
+    def eof_received(self) -> bool:
+        """The target finished sending: an answer framed by the close ends here."""
+        self._end_of_input()
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The connection is gone: an unfinished answer is an error, never a short success."""
+        super().connection_lost(exc)
+        self.closed = True
+        self._end_of_input()
+        self._cancel_timer()
+
+    # -- flow control from the payload buffer (aiohttp.streams.StreamReader) -------------------
+
+    def pause_reading(self) -> None:
+        """The caller has not read the buffered body yet: stop reading from the target."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        """The buffer drained: read from the target again."""
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # -- the exchange ----------------------------------------------------------------------------
+
+    def begin(self, method: str, read: float, total: float) -> None:
+        """Arm a fresh parser and the read and total deadlines for one exchange."""
+        self.parser = HttpResponseParser(
+            self,
+            self._loop,
+            READ_LIMIT,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_LINE,
+            max_headers=MAX_HEADERS,
+            # RFC 9110 section 9.3.2: an answer to HEAD has no content, whatever it declares.
+            response_with_body=method != "HEAD",
+            # RFC 9112 section 6.3 (rule 8): without Content-Length or chunked framing, the body
+            # runs until the target closes the connection.
+            read_until_eof=True,
+            auto_decompress=False,
+        )
+        self.messages.clear()
+        self.payload = None
+        now = self._loop.time()
+        self._read, self._deadline, self._last_data = read, now + total, now
+        self._timer = self._loop.call_at(min(now + read, self._deadline), self._check_deadlines)
+
+    async def head(self) -> tuple[RawResponseMessage, StreamReader]:
+        """The final answer's head and its payload; informational (1xx) answers are skipped."""
+        while True:
+            while not self.messages:
+                if self.failure is not None:
+                    raise self.failure
+                if self.closed:
+                    raise ExchangeError(
+                        "upstream_connection_lost", "the connection closed before the answer"
+                    )
+                self.waiter = self._loop.create_future()
+                try:
+                    await self.waiter
+                finally:
+                    self.waiter = None
+            message, payload = self.messages.pop(0)
+            if message.code == 101 or message.upgrade:
+                raise ExchangeError(
+                    "upstream_protocol_error", "the target switched protocols unasked"
+                )
+            if message.code >= 200:
+                return message, payload
+            # RFC 9110 section 15.2: 1xx answers are interim; the final one follows.
+
+    def finish(self, reusable: bool) -> bool:
+        """End the exchange; returns whether the connection may serve another one."""
+        self._cancel_timer()
+        self.parser = None
+        self.payload = None
+        if reusable and self.failure is None and not self.closed and not self.messages:
+            self.idle_since = self._loop.time()
+            return True
+        self.close()
+        return False
+
+    def close(self) -> None:
+        """Close the connection (safe to call more than once)."""
+        self._cancel_timer()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def fresh(self, now: float) -> bool:
+        """Whether an idle connection can be used: open, quiet and not past the keep-alive."""
+        return (
+            not self.closed
+            and self.failure is None
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and now - self.idle_since < KEEPALIVE_SECONDS
+        )
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _end_of_input(self) -> None:
+        parser = self.parser
+        if parser is not None:
+            self.parser = None  # nothing can follow the end of the input
+            try:
+                parser.feed_eof()
+            except HttpProcessingError as exc:
+                self._fail(_parse_error(exc), close=False)
+        payload = self.payload
+        if payload is not None and not payload.is_eof() and payload.exception() is None:
+            payload.set_exception(
+                ExchangeError("upstream_protocol_error", "the body ended before its declared end")
+            )
+        self.closed = True
+        self._wake()
+
+    def _fail(self, failure: ExchangeError, *, close: bool = True) -> None:
+        if self.failure is None:
+            self.failure = failure
+        payload = self.payload
+        if payload is not None and not payload.is_eof() and payload.exception() is None:
+            payload.set_exception(failure)
+        if close:
+            self.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _check_deadlines(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        if now >= self._deadline:
+            self._fail(ExchangeError("upstream_timeout", "no complete answer in time", 504))
+        elif now - self._last_data >= self._read:
+            self._fail(ExchangeError("upstream_timeout", f"no data for {self._read}s", 504))
+        else:
+            # Bytes arrived since the timer was set: the read timeout counts from the last one.
+            when = min(self._last_data + self._read, self._deadline)
+            self._timer = self._loop.call_at(when, self._check_deadlines)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One answer being read: its head, payload and the release of its connection."""
+
+    message: RawResponseMessage
+    payload: StreamReader
+    release: Callable[[], None]
+
+
+class Http1Pool:
+    """Keep-alive connections per target, every one made by ``dial``; at most ``limit`` in use."""
+
+    def __init__(self, dial: DialStep, *, limit: int) -> None:
+        self._dial = dial
+        self._idle: dict[str, list[_Connection]] = {}
+        self._slots = asyncio.Semaphore(limit) if limit > 0 else None
+        self._limit = limit
+
+    async def exchange(
+        self,
+        name: str,
+        head: bytes,
+        body: bytes,
+        *,
+        method: str,
+        tls: ssl.SSLContext | None,
+        server_name: str | None,
+        connect: float,
+        read: float,
+        total: float,
+    ) -> Exchange:
+        """Send ``head`` and ``body`` once on a connection to target ``name``; the answer's head.
+
+        Raises :class:`ExchangeError`, or :class:`gateway.forward.dial.DialError` from the dial
+        step.
+        """
+        slots = self._slots
+        if slots is not None:
+            await slots.acquire()
+        try:
+            connection = self._pooled(name)
+            if connection is None:
+                connection = await self._connect(name, tls, server_name, connect)
+            transport = connection.transport
+            assert transport is not None
+            connection.begin(method, read, total)
+            # One write for a small request (coalesced head and body); the body already sits in
+            # memory whole (the relay delivered it), so a large one is handed over as it is.
+            if body and len(body) > READ_LIMIT:
+                transport.write(head)
+                transport.write(body)
+            else:
+                transport.write(head + body if body else head)
+            try:
+                message, payload = await connection.head()
+            except BaseException:
+                connection.finish(reusable=False)
+                raise
+        except BaseException:
+            if slots is not None:
+                slots.release()
+            raise
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            clean = payload.is_eof() and payload.exception() is None and not message.should_close
+            if connection.finish(reusable=clean):
+                self._idle.setdefault(name, []).append(connection)
+            if slots is not None:
+                slots.release()
+
+        return Exchange(message, payload, release)
+
+    def _pooled(self, name: str) -> _Connection | None:
+        idle = self._idle.get(name)
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle:
+            connection = idle.pop()
+            if connection.fresh(now):
+                return connection
+            connection.close()
+        return None
+
+    async def _connect(
+        self, name: str, tls: ssl.SSLContext | None, server_name: str | None, connect: float
+    ) -> _Connection:
+        loop = asyncio.get_running_loop()
+        last = "no address"
+        timed_out = False
+        for host, port in await self._dial.endpoints(name):
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            # The dial step's socket factory: only an endpoint it issued, after its guard.
+            sock = self._dial.socket(
+                (family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))
+            )
+            try:
+                sock.setblocking(False)
+                async with asyncio.timeout(connect):
+                    await loop.sock_connect(sock, (host, port))
+                    _, connection = await loop.create_connection(
+                        lambda: _Connection(loop),
+                        sock=sock,
+                        ssl=tls,
+                        server_hostname=server_name if tls is not None else None,
+                        ssl_handshake_timeout=connect if tls is not None else None,
+                    )
+            except ssl.SSLCertVerificationError as exc:
+                sock.close()
+                raise ExchangeError(
+                    "upstream_tls", f"certificate rejected: {exc.verify_message or exc}"
+                ) from None
+            except ssl.SSLError as exc:
+                sock.close()
+                raise ExchangeError("upstream_tls", f"TLS failed: {exc.reason or exc}") from None
+            except TimeoutError:
+                sock.close()
+                timed_out, last = True, f"connect to {host} timed out"
+                continue
+            except OSError as exc:
+                sock.close()
+                timed_out, last = False, f"connect to {host} failed: {exc.strerror or exc}"
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return connection
+        if timed_out:
+            raise ExchangeError("upstream_timeout", f"cannot connect: {last}", 504)
+        raise ExchangeError("upstream_unreachable", f"cannot connect: {last}")
+
+    async def close(self) -> None:
+        """Close every idle connection (connections in use close when released)."""
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+
+
+def request_head(
+    method: str, target: str, headers: list[tuple[str, str]], body: bytes
+) -> bytes | None:
+    """The request line and header block (RFC 9112 sections 3 and 5), or None when a name or
+    value would break the framing (CR, LF or NUL: header injection, catalogue C 56-58).
+
+    ``headers`` are the ones to send, ``host`` first; the only header added is
+    ``Content-Length`` (section 6.2) for a body, or an empty body of POST, PUT or PATCH.
+    """
+    lines = [f"{method} {target} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if body or method in _BODY_METHODS:
+        lines.append(f"content-length: {len(body)}")
+    text = "\r\n".join(lines)
+    breaks = len(lines) - 1
+    if text.count("\n") != breaks or text.count("\r") != breaks or "\0" in text:
+        return None
+    return (text + "\r\n\r\n").encode("utf-8")
