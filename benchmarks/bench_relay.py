@@ -32,6 +32,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "interop" / "node"
 SCRIPT = Path(__file__).resolve()
 REPORT = SCRIPT.parent / "relay-report.md"
-HC_OURS, HC_HYCO = "bench-ours", "bench-hyco"
+HC_OURS, HC_HYCO, HC_BASE = "bench-ours", "bench-hyco", "bench-base"
 RULE, KEY = "bench", "bench-key-0123456789abcdefghijklmnopqrstu"
 BODY = b'{"id":17,"name":"order","status":"shipped","lines":3,"pad":"' + b"x" * 34 + b'"}\n'
 STEP = 20.0  # bound for one start-up wait (Node is the slowest)
@@ -119,7 +120,8 @@ async def run_emulator() -> None:
     from gateway.devkit.relay_emulator import HybridConnectionSpec, RelayEmulator, SasRule
 
     specs = [
-        HybridConnectionSpec(hc, requires_client_authorization=False) for hc in (HC_OURS, HC_HYCO)
+        HybridConnectionSpec(hc, requires_client_authorization=False)
+        for hc in (HC_OURS, HC_HYCO, HC_BASE)
     ]
     async with RelayEmulator(specs, [SasRule(RULE, KEY)]) as relay:
         print(f"ready {relay.port}", flush=True)
@@ -315,10 +317,12 @@ class Results:
                 values.append(run.cpu_per_request)
         return statistics.median(values) if values else None
 
-    def paired_ratio(self, in_flight: int, what: str) -> float | None:
-        """Median over repetitions of ours/hyco, each ratio from runs made back to back."""
-        ours = self.samples.get(("ours", in_flight), [])
-        hyco = self.samples.get(("hyco", in_flight), [])
+    def paired_ratio(
+        self, in_flight: int, what: str, other: str = "hyco", path: str = "ours"
+    ) -> float | None:
+        """Median over repetitions of path/other, each ratio from runs made back to back."""
+        ours = self.samples.get((path, in_flight), [])
+        hyco = self.samples.get((other, in_flight), [])
         ratios = []
         for mine, theirs in zip(ours, hyco, strict=False):
             if what == "cpu" and mine.cpu_per_request and theirs.cpu_per_request:
@@ -332,8 +336,22 @@ class Results:
         return sum(run.errors for runs in self.samples.values() for run in runs)
 
 
+def extract_baseline(ref: str, into: Path) -> str:
+    """Write the ``gateway`` package as of git ``ref`` under ``into``; return the commit."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", ref],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.strip()  # fmt: skip
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit, "gateway"],
+        cwd=ROOT, capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True, timeout=60)
+    return commit
+
+
 async def benchmark(
-    quick: bool, node_version: str | None, why_not: str
+    quick: bool, node_version: str | None, why_not: str, baseline: Path | None = None
 ) -> tuple[Results, dict[str, str]]:
     """Start everything, run the interleaved scenarios, stop everything."""
     repetitions, seconds = (2, 0.8) if quick else (5, 2.5)
@@ -374,6 +392,18 @@ async def benchmark(
             "hyco": f"http://127.0.0.1:{relay.values[0]}/{HC_HYCO}/item",
         }
         pids: dict[str, int | None] = {"direct": None, "ours": ours.process.pid}
+        if baseline is not None:
+            # The same listener role, importing the gateway package of the baseline commit.
+            base = await start_child(
+                "baseline listener",
+                [python, script, "--role", "listener", "--relay-port", relay.values[0],
+                 "--target", target_url, "--hc", HC_BASE],
+                step=STEP,
+                env={**os.environ, "PYTHONPATH": f"{baseline}{os.pathsep}{ROOT / 'benchmarks'}"},
+            )  # fmt: skip
+            children.append(base)
+            urls["base"] = f"http://127.0.0.1:{relay.values[0]}/{HC_BASE}/item"
+            pids["base"] = base.process.pid
         if node_version is not None:
             hyco = await start_hyco(int(relay.values[0]), target_url, rule=RULE, key=KEY, step=STEP)
             children.append(hyco)
@@ -419,13 +449,15 @@ def render(results: Results, facts: dict[str, str], command: str) -> str:
         f"Machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}"
         + (f", Node {facts['node']}" if "node" in facts else ""),
         "",
-        f"Medians over {facts['repetitions']}; runs interleaved (direct, ours, hyco).",
+        f"Medians over {facts['repetitions']}; runs interleaved (direct, ours, "
+        + ("base, " if "baseline" in facts else "")
+        + "hyco).",
         "",
         "| path | in flight | req/s | p50 ms | p99 ms | p50 added vs direct, ms | "
         "listener CPU us/req |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    paths = [path for path in ("direct", "ours", "hyco") if (path, 1) in results.samples]
+    paths = [path for path in ("direct", "ours", "base", "hyco") if (path, 1) in results.samples]
     for in_flight in (1, 32):
         direct_p50 = results.median("direct", in_flight, "p50")
         for path in paths:
@@ -446,6 +478,21 @@ def render(results: Results, facts: dict[str, str], command: str) -> str:
             f"| {in_flight} | {_fmt(results.paired_ratio(in_flight, 'cpu'))} | "
             f"{_fmt(results.paired_ratio(in_flight, 'rate'))} |"
         )
+    if "baseline" in facts:
+        lines += [
+            "",
+            f"Before and after in the same run (ours / base = this tree / {facts['baseline']}):",
+            "",
+            "| in flight | ours/base CPU per request | ours/base req/s "
+            "| base/hyco CPU per request |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
+        for in_flight in (1, 32):
+            lines.append(
+                f"| {in_flight} | {_fmt(results.paired_ratio(in_flight, 'cpu', 'base'))} | "
+                f"{_fmt(results.paired_ratio(in_flight, 'rate', 'base'))} | "
+                f"{_fmt(results.paired_ratio(in_flight, 'cpu', 'hyco', 'base'))} |"
+            )
     lines += ["", "Targets:", ""]
     cpu_ratios = [results.paired_ratio(n, "cpu") for n in (1, 32)]
     if all(ratio is not None for ratio in cpu_ratios):
@@ -496,6 +543,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--relay-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
+    parser.add_argument("--hc", default=HC_OURS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="also run the listener of this commit beside ours, in the same run (before/after)",
+    )
     args = parser.parse_args(argv)
     if args.role == "target":
         asyncio.run(run_target())
@@ -504,12 +557,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(run_emulator())
         return 0
     if args.role == "listener":
-        asyncio.run(run_listener(args.relay_port, args.target))
+        asyncio.run(run_listener(args.relay_port, args.target, hc_path=args.hc))
         return 0
     command = ".venv/bin/python benchmarks/bench_relay.py" + (" --quick" if args.quick else "")
+    if args.baseline:
+        command += f" --baseline {args.baseline}"
     started = time.monotonic()
     node_version, why_not = prepare_node()
-    results, facts = asyncio.run(benchmark(args.quick, node_version, why_not))
+    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as scratch:
+        baseline = None
+        commit = ""
+        if args.baseline:
+            commit = extract_baseline(args.baseline, Path(scratch))
+            baseline = Path(scratch)
+        results, facts = asyncio.run(benchmark(args.quick, node_version, why_not, baseline))
+        if commit:
+            facts["baseline"] = commit
     report = render(results, facts, command)
     print(report)
     if args.quick:

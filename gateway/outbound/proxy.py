@@ -76,6 +76,7 @@ __all__ = [
     "SecretText",
     "client_ssl_context",
     "new_client_session",
+    "open_stream",
     "open_websocket",
     "translate_proxy_error",
 ]
@@ -465,3 +466,89 @@ async def open_websocket(
         if translated is None:
             raise
         raise translated from None
+
+
+# Bound on the proxy's answer to CONNECT (status line and headers); squid's is a few hundred bytes.
+_MAX_CONNECT_ANSWER = 16 * 1024
+
+
+async def open_stream(
+    proxy: OutboundProxy, url: str | URL, *, connect_timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a byte stream to ``url``'s host and port, through the proxy decision for it.
+
+    For a library that speaks its protocol on a socket it does not own (the relay listener's
+    sans-IO WebSocket). ``wss``/``https`` get TLS with :attr:`OutboundProxy.ssl_context`, end to
+    end with the destination, hostname checked. Through a proxy the stream is always an HTTP
+    ``CONNECT`` tunnel (RFC 9110 section 9.3.6), also for plain ``ws``/``http``: proxies do not
+    pass a WebSocket upgrade on in absolute form. Credentials ride on the ``CONNECT`` request
+    only. Raises :class:`ProxyAuthError`, :class:`ProxyConnectRefusedError` or
+    :class:`ProxyUnreachableError` for the proxy's failures, ``OSError``/``ssl.SSLError`` for the
+    destination's, ``TimeoutError`` when ``connect_timeout`` passes first.
+    """
+    target = URL(url) if isinstance(url, str) else url
+    host = target.host
+    if not host:
+        raise ValueError("URL has no host")
+    port = target.port or (443 if target.scheme in ("https", "wss") else 80)
+    secure = target.scheme in ("https", "wss")
+    context = proxy.ssl_context if secure else None
+    route = proxy.route_for(target)
+    async with asyncio.timeout(connect_timeout):
+        if route.proxy is None:
+            return await asyncio.open_connection(
+                host, port, ssl=context, server_hostname=host if secure else None
+            )
+        reader, writer = await _tunnel(route, host, port)
+        try:
+            if context is not None:
+                await writer.start_tls(context, server_hostname=host)
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
+
+
+async def _tunnel(
+    route: ProxyRoute, host: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    assert route.proxy is not None
+    assert route.proxy.host is not None
+    label = f"{route.proxy.host}:{route.proxy.port}"
+    try:
+        reader, writer = await asyncio.open_connection(route.proxy.host, route.proxy.port)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ProxyUnreachableError(
+            f"cannot connect to proxy {label}: {why}", proxy=label
+        ) from None
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+    lines += [f"{name}: {value}" for name, value in route.proxy_headers.items()]
+    try:
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        answer = await reader.readuntil(b"\r\n\r\n")
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        writer.close()
+        raise ProxyConnectRefusedError(
+            f"proxy {label} closed the tunnel request", proxy=label
+        ) from None
+    if len(answer) > _MAX_CONNECT_ANSWER:
+        writer.close()
+        raise ProxyConnectRefusedError(f"proxy {label} sent an oversize answer", proxy=label)
+    status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
+    reason = _clean_reason(parts[2] if len(parts) == 3 else "")
+    if 200 <= status < 300:
+        return reader, writer
+    writer.close()
+    if status == 407:
+        raise ProxyAuthError(
+            f"proxy {label} requires authentication or rejected the credentials (407 {reason})",
+            proxy=label,
+            status=status,
+        )
+    raise ProxyConnectRefusedError(
+        f"proxy {label} refused the tunnel ({status} {reason})", proxy=label, status=status
+    )

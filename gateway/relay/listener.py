@@ -62,8 +62,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import struct
 import time
 import uuid
 from collections import Counter
@@ -72,12 +70,11 @@ from dataclasses import dataclass, field
 from random import Random
 from typing import Any, Final
 
-import aiohttp
 import orjson
-from aiohttp import WSCloseCode
 
 from gateway.hybridconnection.addresses import hc_path, listen_url, reject_url
 from gateway.hybridconnection.connection import (
+    ListenerConnection,
     PreparedResponse,
     TargetOutsideError,
     prepare_response,
@@ -91,7 +88,6 @@ from gateway.hybridconnection.framing import (
     AcceptReceived,
     Event,
     Frame,
-    ListenerChannel,
     MalformedRequestReceived,
     Opcode,
     ProtocolViolation,
@@ -111,13 +107,7 @@ from gateway.hybridconnection.refusals import (
     classify_listen_refusal,
     clean_reason,
 )
-from gateway.outbound.proxy import (
-    OutboundProxy,
-    ProxyAuthError,
-    ProxyError,
-    open_websocket,
-)
-from gateway.outbound.sessions import client_session
+from gateway.outbound.proxy import OutboundProxy, ProxyAuthError, ProxyError
 from gateway.relay.backoff import Backoff, FailureKind
 from gateway.relay.handlers import (
     AcceptInfo,
@@ -131,8 +121,14 @@ from gateway.relay.handlers import (
     StreamHandler,
     TokenProvider,
 )
-from gateway.relay.handshake import HandshakeReasons
 from gateway.relay.settings import ListenerSettings
+from gateway.relay.websocket import (
+    HandshakeRefusedError,
+    RelaySocketError,
+    RelayWebSocket,
+    TooLarge,
+    open_relay_socket,
+)
 
 __all__ = ["AlertCallback", "ListenerMetrics", "RelayListener"]
 
@@ -143,11 +139,6 @@ AlertCallback = Callable[[str, str], None]
 
 # Room for the JSON of a request next to a 64 KiB body on the control channel (section 5.3).
 _CONTROL_MAX_MESSAGE: Final = max(MAX_CONTROL_MESSAGE_SIZE, CONTROL_CHANNEL_BODY_LIMIT) + 1
-# Chunks of a streamed body are written once the transport has drained below this.
-_WRITE_HIGH_WATER: Final = 1024 * 1024
-# Up to this many payload bytes, a response's frames are masked here and written at once;
-# beyond it aiohttp's faster masking outweighs the saved system call.
-_COALESCE_LIMIT: Final = 8 * 1024
 
 
 @dataclass
@@ -189,164 +180,78 @@ class _HandshakeRefusedError(Exception):
         self.refusal = refusal
 
 
-def _client_frame(frame: Frame) -> bytes:
-    """Encode a masked client frame (RFC 6455 section 5.2) with an explicit FIN bit."""
-    payload = frame.payload
-    first = (0x80 if frame.fin else 0x00) | int(frame.opcode)
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", first, 0x80 | length)
-    elif length < 65536:
-        header = struct.pack("!BBH", first, 0x80 | 126, length)
-    else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, length)
-    mask = os.urandom(4)
-    if not length:
-        return header + mask
-    # XOR the whole payload with the repeated 4-byte key in one big-integer operation.
-    key = (mask * (length // 4 + 1))[:length]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(length, "big")
-    return header + mask + masked
-
-
-class _RelayWebSocket(aiohttp.ClientWebSocketResponse):
-    """aiohttp's client WebSocket, with a last word before it closes on an oversize message.
-
-    aiohttp enforces ``max_msg_size`` from the frame header, before it buffers any payload byte,
-    and then closes with 1009 (RFC 6455 section 7.4.1) from inside ``receive()``. When
-    ``before_too_large_close`` is set it runs first, while the socket can still send, so the
-    listener can answer the request whose body was refused (catalogue item 150).
-    """
-
-    before_too_large_close: Callable[[], Coroutine[Any, Any, None]] | None = None
-
-    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"") -> bool:
-        """Close the socket; first run ``before_too_large_close`` when closing with 1009."""
-        hook, self.before_too_large_close = self.before_too_large_close, None
-        if hook is not None and code == WSCloseCode.MESSAGE_TOO_BIG and not self.closed:
-            await hook()
-        return await super().close(code=code, message=message)
-
-
 class _RelaySocket:
     """One relay WebSocket with the per-socket write lock of section 5.4."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, send_timeout: float) -> None:
+    def __init__(self, ws: RelayWebSocket, send_timeout: float) -> None:
         self.ws = ws
         self.lock = asyncio.Lock()
         self._send_timeout = send_timeout
-        # The code of the close this side started, if it did (aiohttp reports none then).
+        # The code of the close this side started, if it did.
         self.sent_close_code: int | None = None
 
     async def send_frames(self, frames: list[Frame]) -> None:
-        """Send complete messages (JSON then body) as one critical section."""
+        """Send complete messages (JSON then body) as one critical section and one write."""
         async with asyncio.timeout(self._send_timeout), self.lock:
-            if sum(len(frame.payload) for frame in frames) <= _COALESCE_LIMIT:
-                # The common small response: one transport write, hence one send() system
-                # call, for the JSON and its body together instead of one per frame.
-                transport = self.ws._writer.transport
-                if self.ws.closed or transport.is_closing():
-                    raise ConnectionResetError("relay socket is closed")
-                transport.write(b"".join(_client_frame(frame) for frame in frames))
-                if transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
-                    await self._drain(transport)
-                return
-            for frame in frames:
-                if frame.opcode is Opcode.TEXT:
-                    await self.ws.send_str(frame.payload.decode())
-                else:
-                    await self.ws.send_bytes(frame.payload)
+            self.ws.send(frames)
+            await self.ws.drain()
 
     async def send_streamed(
         self, prepared: PreparedResponse, chunks: AsyncIterator[bytes], idle_timeout: float
     ) -> None:
         """Send the JSON, then the body as one fragmented binary message (section 5.3).
 
-        aiohttp only writes whole messages, so the fragments are encoded here and written to the
-        connection's transport under the socket lock. ``idle_timeout`` bounds the wait for each
-        chunk: the relay aborts a body that stalls for 60 s (section 7).
+        ``idle_timeout`` bounds the wait for each chunk: the relay aborts a body that stalls for
+        60 s (section 7); each write waits for the transport to drain (``send_timeout``).
         """
         stream = prepared.body_stream()
-        transport = self.ws._writer.transport
         async with self.lock:
             async with asyncio.timeout(self._send_timeout):
-                (head,) = prepared.head()
-                await self.ws.send_str(head.payload.decode())
+                self.ws.send(prepared.head())
+                await self.ws.drain()
             while True:
                 async with asyncio.timeout(idle_timeout):
                     chunk = await anext(chunks, None)
                 if chunk is None:
                     break
-                for frame in stream.chunk(chunk):
-                    transport.write(_client_frame(frame))
-                await self._drain(transport)
-            for frame in stream.end():
-                transport.write(_client_frame(frame))
-            await self._drain(transport)
-
-    async def _drain(self, transport: asyncio.WriteTransport) -> None:
-        async with asyncio.timeout(self._send_timeout):
-            while transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
-                if transport.is_closing():
-                    raise ConnectionResetError("rendezvous socket closed while sending")
-                await asyncio.sleep(0.005)
-
-    async def close_lingering(self, code: int, linger: float) -> None:
-        """Send a close frame, then let input drain until the relay hangs up or ``linger`` passes.
-
-        For a socket whose reader aiohttp has stopped after refusing a message: aiohttp then
-        discards whatever arrives. Closing at once would answer the relay's remaining body bytes
-        with a TCP reset, which can destroy the response it has not read yet; reading on and
-        discarding until the peer closes is the lingering close of RFC 9112 section 9.6.
-        """
-        transport = self.ws._writer.transport
-        connection = self.ws._response.connection
-        protocol = None if connection is None else connection.protocol
-        closed = None if protocol is None else protocol.closed
-        async with self.lock:
-            transport.write(_client_frame(Frame(Opcode.CLOSE, code.to_bytes(2, "big"))))
-        if closed is not None:
-            await asyncio.wait({closed}, timeout=linger)
-            if closed.done() and not closed.cancelled():
-                closed.exception()  # a reset ends the linger as well as a clean close
-        transport.abort()
+                async with asyncio.timeout(self._send_timeout):
+                    self.ws.send(stream.chunk(chunk))
+                    await self.ws.drain()
+            async with asyncio.timeout(self._send_timeout):
+                self.ws.send(stream.end())
+                await self.ws.drain()
 
     async def close(self, code: int = 1000) -> None:
         """Close, bounded by the socket's close timeout; never raises."""
-        if self.sent_close_code is None and not self.ws.closed:
+        if self.sent_close_code is None and self.ws.open:
             self.sent_close_code = code
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=code)
+        await self.ws.close(code)
 
 
 class _StreamSocket:
     """The :class:`gateway.relay.handlers.StreamSocket` view of an accepted rendezvous socket."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: RelayWebSocket) -> None:
         self._ws = ws
+        self._lock = asyncio.Lock()
 
     async def receive(self) -> str | bytes | None:
         """Next data message, ``None`` once the socket is closed or failed."""
-        while True:
-            msg = await self._ws.receive()
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                return str(msg.data)
-            if msg.type is aiohttp.WSMsgType.BINARY:
-                return bytes(msg.data)
-            if msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG):
-                continue
-            return None
+        return await self._ws.receive_message()
 
     async def send(self, data: str | bytes) -> None:
         """Send one text or binary message."""
         if isinstance(data, str):
-            await self._ws.send_str(data)
+            frame = Frame(Opcode.TEXT, data.encode("utf-8"))
         else:
-            await self._ws.send_bytes(data)
+            frame = Frame(Opcode.BINARY, bytes(data))
+        async with self._lock:
+            self._ws.send([frame])
+            await self._ws.drain()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the socket (idempotent)."""
-        await self._ws.close(code=code, message=reason.encode()[:120])
+        await self._ws.close(code, reason)
 
 
 def _busy(request_id: str, *, draining: bool) -> tuple[RelayedResponse, str]:
@@ -415,8 +320,7 @@ class RelayListener:
         self._policy = settings.rendezvous_policy()
         self._path_prefix = "/" + hc_path(settings.hc_path).lower()
         self._proxy = OutboundProxy(settings.proxy)
-        self._reasons = HandshakeReasons()
-        self._session: aiohttp.ClientSession | None = None
+        self._started = False
         self._channels: set[asyncio.Task[None]] = set()
         self._controls: set[_RelaySocket] = set()
         self._work: set[asyncio.Task[None]] = set()
@@ -447,33 +351,9 @@ class RelayListener:
 
     async def start(self) -> None:
         """Open the configured number of control channels (each reconnects on its own)."""
-        if self._session is not None:
+        if self._started:
             raise RuntimeError("listener already started")
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=self.settings.handshake_timeout,
-            sock_connect=self.settings.handshake_timeout,
-        )
-        # Built like gateway.outbound.proxy.new_client_session (TLS context from the proxy
-        # settings; trust_env=False, so proxy environment variables are never read), plus the
-        # WebSocket class that can answer 413 before a 1009 close. Every open WebSocket holds one
-        # of the connector's slots, so the pool is sized for the most sockets the listener's own
-        # bounds allow at once: the control channels, one rendezvous per request in flight, as
-        # many for refusals (bounded like requests, see _spawn_overflow) and one per stream. A
-        # smaller pool would make sockets past it wait out the handshake timeout.
-        settings = self.settings
-        sockets = (
-            settings.connections
-            + 2 * settings.max_concurrent_requests
-            + settings.max_concurrent_streams
-        )
-        connector = aiohttp.TCPConnector(ssl=self._proxy.ssl_context, limit=sockets)
-        self._session = client_session(
-            connector=connector,
-            timeout=timeout,
-            ws_response_class=_RelayWebSocket,
-            trace_configs=[self._reasons.trace_config],
-        )
+        self._started = True
         for index in range(self.settings.connections):
             task = asyncio.create_task(self._channel_loop(index), name=f"relay-control-{index}")
             self._channels.add(task)
@@ -487,7 +367,7 @@ class RelayListener:
         grace period what is left is cancelled - a request still in its handler is answered 503
         ``draining`` on its channel rather than left to the relay's 504 - and every socket closed.
         """
-        if self._session is None:
+        if not self._started:
             return
         self._draining = True
         wait = self.settings.shutdown_grace if grace is None else grace
@@ -500,17 +380,16 @@ class RelayListener:
         await asyncio.gather(*work, return_exceptions=True)
         # Section 3.4: a clean shutdown is the listener's close with 1000. Closing the control
         # channels first (bounded by the close timeout) lets their readers see the close and end;
-        # cancelling them mid-read would leave aiohttp to report an abnormal 1006.
+        # cancelling them mid-read would end them with an abnormal 1006.
         await asyncio.gather(
-            *(control.close(WSCloseCode.OK) for control in list(self._controls)),
+            *(control.close(1000) for control in list(self._controls)),
             return_exceptions=True,
         )
         pending = self._channels | self._work
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        session, self._session = self._session, None
-        await session.close()
+        self._started = False
 
     # -- control channels -----------------------------------------------------------------
 
@@ -571,7 +450,7 @@ class RelayListener:
                 extra={"event": "relay_proxy_error", "channel": index},
             )
             return FailureKind.ERROR
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (RelaySocketError, OSError, TimeoutError) as exc:
             log.warning(
                 "relay_connect_failed channel=%d error=%s",
                 index,
@@ -608,22 +487,18 @@ class RelayListener:
                 },
             )
 
-    async def _dial_listen(self, url: str, token: str) -> aiohttp.ClientWebSocketResponse:
-        assert self._session is not None
+    async def _dial_listen(self, url: str, token: str) -> RelayWebSocket:
         try:
-            return await open_websocket(
-                self._session,
-                self._proxy,
+            return await open_relay_socket(
                 url,
+                self._proxy,
                 handshake_timeout=self.settings.handshake_timeout,
-                max_msg_size=_CONTROL_MAX_MESSAGE,
-                headers={"ServiceBusAuthorization": token},
-                autoping=False,
+                max_size=_CONTROL_MAX_MESSAGE,
                 close_timeout=self.settings.ping_timeout,
+                headers={"ServiceBusAuthorization": token},
             )
-        except aiohttp.WSServerHandshakeError as exc:
-            reason = self._reasons.take(url)
-            raise _HandshakeRefusedError(classify_listen_refusal(exc.status, reason)) from None
+        except HandshakeRefusedError as exc:
+            raise _HandshakeRefusedError(classify_listen_refusal(exc.status, exc.reason)) from None
 
     def _refused(self, index: int, refusal: ListenRefusal) -> FailureKind:
         """Log, count and classify a refused listen handshake (section 3.1)."""
@@ -698,71 +573,79 @@ class RelayListener:
     async def _read_control(
         self, index: int, socket: _RelaySocket, pong: asyncio.Event
     ) -> FailureKind:
-        channel = ListenerChannel(
-            SocketKind.CONTROL,
-            check_address=self._policy.check,
-            limits=self.settings.channel_limits(SocketKind.CONTROL),
-        )
+        connection = self._connection(SocketKind.CONTROL)
         ws = socket.ws
         while True:
-            msg = await ws.receive()
-            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                events = channel.receive_message(msg.data)
-            elif msg.type is aiohttp.WSMsgType.PING:
-                await ws.pong(msg.data)
-                continue
-            elif msg.type is aiohttp.WSMsgType.PONG:
-                pong.set()
-                continue
-            elif msg.type is aiohttp.WSMsgType.ERROR:
-                code = "message_too_large" if ws.close_code == 1009 else "websocket_error"
-                self.metrics.protocol_errors[code] += 1
-                log.warning(
-                    "relay_protocol_error channel=%d code=%s fatal=True",
-                    index,
-                    code,
-                    extra={"event": "relay_protocol_error", "channel": index},
-                )
-                return FailureKind.ERROR
-            else:
-                if socket.sent_close_code is not None:
-                    return FailureKind.CLOSED  # our own close (stop): no news from the relay
-                # Sections 3.4: 1001 (entity gone/disabled), 1008 (token), 1011 (service, daily
-                # recycle) and any other close all lead to a reconnect. The reason carries the
-                # relay's tracking id, which Microsoft support asks for.
-                reason = clean_reason(msg.extra) if msg.type is aiohttp.WSMsgType.CLOSE else ""
-                log.info(
-                    "relay_closed channel=%d code=%s %s",
-                    index,
-                    ws.close_code,
-                    reason,
-                    extra={
-                        "event": "relay_closed",
-                        "channel": index,
-                        "close_code": ws.close_code,
-                        "relay_reason": reason,
-                    },
-                )
-                if ws.close_code == 1008:
-                    return FailureKind.TOKEN_EXPIRED
-                return FailureKind.CLOSED
-            for event in events:
-                if isinstance(event, ProtocolViolation):
-                    self._violation(index, event)
-                    if event.fatal:
-                        return FailureKind.ERROR
-                elif isinstance(event, MalformedRequestReceived):
-                    # Small, and nothing to wait for: answered right here (sections 3.2, 5.3).
-                    self._count_malformed(event)
-                    await self._answer_inline(socket, event.request_id, *_malformed(event))
-                elif isinstance(event, RequestReceived) and self._overloaded():
-                    # Catalogue item 149: a quick 503 for every request past the cap, written by
-                    # the reader itself; no task, so a burst of any size is bounded work.
-                    busy = _busy(event.command.id, draining=self._draining)
-                    self._refused_here("http", event.command.id, busy, event.command.method)
-                    await self._answer_inline(socket, event.command.id, *busy)
-                else:
-                    self._dispatch(event, socket)
+            received = await ws.receive()
+            if not received:
+                return self._control_closed(index, socket)
+            for frame in received:
+                if isinstance(frame, TooLarge):
+                    self.metrics.protocol_errors["message_too_large"] += 1
+                    log.warning(
+                        "relay_protocol_error channel=%d code=message_too_large fatal=True",
+                        index,
+                        extra={"event": "relay_protocol_error", "channel": index},
+                    )
+                    return FailureKind.ERROR
+                opcode = Opcode(frame.opcode)
+                if opcode is Opcode.PONG:
+                    pong.set()
+                    continue
+                if opcode is Opcode.PING:
+                    continue  # the WebSocket protocol has answered it
+                if opcode is Opcode.CLOSE:
+                    return self._control_closed(index, socket)
+                events = connection.receive_frame(opcode, bytes(frame.data), fin=frame.fin)
+                for event in events:
+                    if isinstance(event, ProtocolViolation):
+                        self._violation(index, event)
+                        if event.fatal:
+                            return FailureKind.ERROR
+                    elif isinstance(event, MalformedRequestReceived):
+                        # Small, and nothing to wait for: answered right here (sections 3.2, 5.3).
+                        self._count_malformed(event)
+                        await self._answer_inline(socket, event.request_id, *_malformed(event))
+                    elif isinstance(event, RequestReceived) and self._overloaded():
+                        # Catalogue item 149: a quick 503 for every request past the cap, written
+                        # by the reader itself; no task, so a burst of any size is bounded work.
+                        busy = _busy(event.command.id, draining=self._draining)
+                        self._refused_here("http", event.command.id, busy, event.command.method)
+                        await self._answer_inline(socket, event.command.id, *busy)
+                    else:
+                        self._dispatch(event, socket)
+
+    def _control_closed(self, index: int, socket: _RelaySocket) -> FailureKind:
+        if socket.sent_close_code is not None:
+            return FailureKind.CLOSED  # our own close (stop): no news from the relay
+        ws = socket.ws
+        # Sections 3.4: 1001 (entity gone/disabled), 1008 (token), 1011 (service, daily
+        # recycle) and any other close all lead to a reconnect. The reason carries the
+        # relay's tracking id, which Microsoft support asks for.
+        reason = clean_reason(ws.close_reason)
+        log.info(
+            "relay_closed channel=%d code=%s %s",
+            index,
+            ws.close_code,
+            reason,
+            extra={
+                "event": "relay_closed",
+                "channel": index,
+                "close_code": ws.close_code,
+                "relay_reason": reason,
+            },
+        )
+        if ws.close_code == 1008:
+            return FailureKind.TOKEN_EXPIRED
+        return FailureKind.CLOSED
+
+    def _connection(self, kind: SocketKind) -> ListenerConnection:
+        return ListenerConnection(
+            kind,
+            self.settings.hc_path,
+            self._policy.check,
+            limits=self.settings.channel_limits(kind),
+        )
 
     def _count_malformed(self, event: MalformedRequestReceived) -> None:
         self._refused_here("http", event.request_id, _malformed(event))
@@ -867,7 +750,7 @@ class RelayListener:
         while True:
             await asyncio.sleep(settings.ping_interval)
             pong.clear()
-            await socket.ws.ping(b"gw")
+            socket.ws.ping(b"gw")
             try:
                 async with asyncio.timeout(settings.ping_timeout):
                     await pong.wait()
@@ -1087,11 +970,11 @@ class RelayListener:
         A write that fails or stalls on a channel the relay dropped is not retried there: the
         caller falls back to the rendezvous address (a new control channel is no route for it).
         """
-        if control.ws.closed:
+        if not control.ws.open:
             return False
         try:
             await self._write_response(control, request_id, response, outcome)
-        except (ConnectionError, aiohttp.ClientError, TimeoutError):
+        except (ConnectionError, RelaySocketError, TimeoutError):
             return False
         return True
 
@@ -1114,16 +997,14 @@ class RelayListener:
         self.metrics.requests[outcome] += 1
 
     async def _dial_rendezvous(self, address: str) -> _RelaySocket:
-        assert self._session is not None
         settings = self.settings
-        ws = await open_websocket(
-            self._session,
-            self._proxy,
+        ws = await open_relay_socket(
             address,
+            self._proxy,
             handshake_timeout=settings.handshake_timeout,
-            # aiohttp refuses a message of max_msg_size bytes or more from its frame header, so
-            # no more than the configured limit is ever buffered (catalogue item 150).
-            max_msg_size=max(settings.max_request_body, MAX_CONTROL_MESSAGE_SIZE) + 1,
+            # The protocol refuses a message over max_size from its frame header, so no more
+            # than the configured limit is ever buffered (catalogue item 150).
+            max_size=max(settings.max_request_body, MAX_CONTROL_MESSAGE_SIZE) + 1,
             close_timeout=settings.ping_timeout,
         )
         return _RelaySocket(ws, settings.send_timeout)
@@ -1150,56 +1031,58 @@ class RelayListener:
                 self._requests_in_flight -= 1
 
     async def _rendezvous_requests(self, socket: _RelaySocket, *, overflow: bool) -> None:
-        channel = ListenerChannel(
-            SocketKind.RENDEZVOUS,
-            check_address=self._policy.check,
-            limits=self.settings.channel_limits(SocketKind.RENDEZVOUS),
-        )
+        connection = self._connection(SocketKind.RENDEZVOUS)
         ws = socket.ws
-
-        async def refuse_too_large() -> None:
-            # aiohttp refused the next message from its header; the core knows whose body it was.
-            for event in channel.receive_too_large():
-                if isinstance(event, ProtocolViolation) and await self._rendezvous_violation(
-                    socket, event
-                ):
-                    await socket.close_lingering(
-                        WSCloseCode.MESSAGE_TOO_BIG, self.settings.ping_timeout
-                    )
-
         while True:
-            if isinstance(ws, _RelayWebSocket):
-                ws.before_too_large_close = refuse_too_large
             # The relay keeps the socket for the sender's connection; an idle one is given back.
-            msg = await ws.receive(timeout=self.settings.request_timeout)
-            if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            try:
+                async with asyncio.timeout(self.settings.request_timeout):
+                    received = await ws.receive()
+            except TimeoutError:
                 return
-            for event in channel.receive_message(msg.data):
-                if isinstance(event, ProtocolViolation):
-                    if await self._rendezvous_violation(socket, event):
-                        # aiohttp's own close reads on until the relay's close frame arrives.
-                        await socket.close(WSCloseCode.MESSAGE_TOO_BIG)
-                    if event.fatal:
-                        return
-                elif isinstance(event, MalformedRequestReceived):
-                    # Section 3.2: a request delivered here is answered here.
-                    self._count_malformed(event)
-                    await self._write_response(socket, event.request_id, *_malformed(event))
-                elif isinstance(event, RequestReceived):
-                    if overflow or self._draining:
-                        busy = _busy(event.command.id, draining=self._draining)
-                        self._refused_here("http", event.command.id, busy, event.command.method)
-                        response, outcome = busy
-                    else:
-                        response, outcome = await self._run_handler(event.command, event.body)
-                    await self._write_response(socket, event.command.id, response, outcome)
+            if not received:
+                return
+            for frame in received:
+                if isinstance(frame, TooLarge):
+                    # The WebSocket protocol refused the next message from its frame header and
+                    # queued its 1009 close; the core knows whose body it was.
+                    for event in connection.receive_too_large():
+                        if isinstance(event, ProtocolViolation):
+                            await self._rendezvous_violation(socket, event, refused=True)
+                    return
+                opcode = Opcode(frame.opcode)
+                if opcode is Opcode.CLOSE:
+                    return
+                if opcode in (Opcode.PING, Opcode.PONG):
+                    continue
+                for event in connection.receive_frame(opcode, bytes(frame.data), fin=frame.fin):
+                    if isinstance(event, ProtocolViolation):
+                        await self._rendezvous_violation(socket, event, refused=False)
+                        if event.fatal:
+                            return
+                    elif isinstance(event, MalformedRequestReceived):
+                        # Section 3.2: a request delivered here is answered here.
+                        self._count_malformed(event)
+                        await self._write_response(socket, event.request_id, *_malformed(event))
+                    elif isinstance(event, RequestReceived):
+                        if overflow or self._draining:
+                            busy = _busy(event.command.id, draining=self._draining)
+                            self._refused_here("http", event.command.id, busy, event.command.method)
+                            response, outcome = busy
+                        else:
+                            response, outcome = await self._run_handler(event.command, event.body)
+                        await self._write_response(socket, event.command.id, response, outcome)
 
-    async def _rendezvous_violation(self, socket: _RelaySocket, event: ProtocolViolation) -> bool:
-        """Count and log; answer an oversize request body with 413; return whether it did.
+    async def _rendezvous_violation(
+        self, socket: _RelaySocket, event: ProtocolViolation, *, refused: bool
+    ) -> None:
+        """Count and log; answer an oversize request body with 413, then close with 1009.
 
         Section 5.3: a request delivered on a rendezvous socket is answered on that socket, and
         the response may go out before the request body has been read to its end (RFC 9110
         section 15.5.14 lets a server refuse content it will not take and close the connection).
+        ``refused``: the WebSocket protocol (not the core) refused the message and has queued its
+        close; the answer is put before that close (:meth:`RelayWebSocket.send_last`).
         """
         code = event.error.code
         self.metrics.protocol_errors[code] += 1
@@ -1210,7 +1093,7 @@ class RelayListener:
                 event.fatal,
                 extra={"event": "rendezvous_protocol_error"},
             )
-            return False
+            return
         log.warning(
             "request_body_too_large request_id=%s limit=%d",
             event.request_id,
@@ -1222,18 +1105,21 @@ class RelayListener:
         # RFC 9110 section 15.5.14 renamed the phrase; http.HTTPStatus still has the old one.
         response = _refusal(413, "body_too_large", detail, event.request_id, "Content Too Large")
         self._refused_here("http", event.request_id, (response, "body_too_large"))
-        try:
-            await self._write_response(socket, event.request_id, response, "body_too_large")
-        except Exception as exc:
+        prepared = prepare_response(event.request_id, response, arrived_on=SocketKind.RENDEZVOUS)
+        async with socket.lock:
+            sent = socket.ws.send_last(prepared.frames())
+        if sent:
+            self.metrics.requests["body_too_large"] += 1
+            # The relay is likely still sending the body: read on until it hangs up (RFC 9112
+            # section 9.6) so the 413 is not lost to a reset.
+            await socket.ws.linger(self.settings.ping_timeout)
+        else:
             self.metrics.requests["send_failed"] += 1
             log.warning(
-                "response_send_failed request_id=%s error=%s",
+                "response_send_failed request_id=%s",
                 event.request_id,
-                type(exc).__name__,
                 extra={"event": "response_send_failed", "request_id": event.request_id},
             )
-            return False
-        return True
 
     # -- WebSocket streams ----------------------------------------------------------------
 
@@ -1276,20 +1162,18 @@ class RelayListener:
     async def _serve_stream(
         self, command: AcceptCommand, info: AcceptInfo, decision: AcceptStream
     ) -> None:
-        assert self._session is not None
         settings = self.settings
         try:
-            ws = await open_websocket(
-                self._session,
-                self._proxy,
+            ws = await open_relay_socket(
                 command.address,
+                self._proxy,
                 handshake_timeout=settings.handshake_timeout,
-                max_msg_size=settings.max_request_body,
-                protocols=() if decision.subprotocol is None else (decision.subprotocol,),
+                max_size=settings.max_request_body,
+                subprotocols=() if decision.subprotocol is None else (decision.subprotocol,),
                 close_timeout=settings.ping_timeout,
             )
         except Exception as exc:
-            # Only the type: aiohttp's messages carry the URL, and the address is a credential.
+            # Only the type: error messages may carry the URL, and the address is a credential.
             self.metrics.streams["failed"] += 1
             log.warning(
                 "stream_connect_failed stream_id=%s error=%s",
@@ -1309,25 +1193,22 @@ class RelayListener:
                 extra={"event": "stream_handler_failed", "stream_id": info.stream_id},
             )
         finally:
-            with contextlib.suppress(Exception):
-                await ws.close()
+            await ws.close()
 
     async def _reject(
         self, command: AcceptCommand, decision: RejectStream, *, outcome: str = "rejected"
     ) -> None:
         """Open the address with the reject parameters; the relay's 410 means done (section 4)."""
-        assert self._session is not None
         url = reject_url(command.address, decision.status, decision.description)
         try:
-            ws = await open_websocket(
-                self._session,
-                self._proxy,
+            ws = await open_relay_socket(
                 url,
+                self._proxy,
                 handshake_timeout=self.settings.handshake_timeout,
-                max_msg_size=1024,
+                max_size=1024,
                 close_timeout=self.settings.ping_timeout,
             )
-        except aiohttp.WSServerHandshakeError as exc:
+        except HandshakeRefusedError as exc:
             if exc.status == 410:
                 self.metrics.streams[outcome] += 1
                 return
