@@ -397,18 +397,21 @@ def translate_proxy_error(exc: BaseException, route: ProxyRoute) -> ProxyError |
     if isinstance(exc, aiohttp.ClientHttpProxyError) or (
         isinstance(exc, aiohttp.ClientResponseError) and exc.status == 407
     ):
-        status = exc.status
-        reason = _clean_reason(exc.message)
-        if status == 407:
-            return ProxyAuthError(
-                f"proxy {label} requires authentication or rejected the credentials (407 {reason})",
-                proxy=label,
-                status=status,
-            )
-        return ProxyConnectRefusedError(
-            f"proxy {label} refused the tunnel ({status} {reason})", proxy=label, status=status
-        )
+        return _refused(label, exc.status, _clean_reason(exc.message))
     return None
+
+
+def _refused(label: str, status: int, reason: str) -> ProxyError:
+    """The error for a proxy that answered ``status`` (407: credentials; else refused)."""
+    if status == 407:
+        return ProxyAuthError(
+            f"proxy {label} requires authentication or rejected the credentials (407 {reason})",
+            proxy=label,
+            status=status,
+        )
+    return ProxyConnectRefusedError(
+        f"proxy {label} refused the tunnel ({status} {reason})", proxy=label, status=status
+    )
 
 
 def new_client_session(
@@ -543,12 +546,4 @@ async def _tunnel(
     if 200 <= status < 300:
         return reader, writer
     writer.close()
-    if status == 407:
-        raise ProxyAuthError(
-            f"proxy {label} requires authentication or rejected the credentials (407 {reason})",
-            proxy=label,
-            status=status,
-        )
-    raise ProxyConnectRefusedError(
-        f"proxy {label} refused the tunnel ({status} {reason})", proxy=label, status=status
-    )
+    raise _refused(label, status, reason)
