@@ -77,12 +77,21 @@ class Slapd:
         return self.workdir / "slapd.log"
 
     def operations(self) -> list[str]:
-        """The operation lines of the log so far (``conn=1001 op=2 MOD dn="..."`` and so on)."""
+        """One line per operation received so far, e.g. ``MOD dn="cn=x,dc=example,dc=com"``
+        (slapd logs an operation over several lines: the first one, which names it, is kept)."""
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return [line for line in text.splitlines() if _OPERATION.search(line)]
+        seen: dict[tuple[str, str], str] = {}
+        for line in text.splitlines():
+            found = _OPERATION.search(line)
+            if found is not None:
+                seen.setdefault((found["conn"], found["op"]), line[found.start("verb") :])
+        return list(seen.values())
 
 
-_OPERATION = re.compile(r"conn=\d+ op=\d+ (BIND|SRCH|MOD|ADD|DEL|MODRDN|CMP|EXT|ABANDON|UNBIND)")
+_OPERATION = re.compile(
+    r"conn=(?P<conn>\d+) op=(?P<op>\d+) "
+    r"(?P<verb>BIND|SRCH|MOD|ADD|DEL|MODRDN|CMP|EXT|ABANDON|UNBIND)\b"
+)
 
 
 def unavailable_reason() -> str | None:
