@@ -38,21 +38,30 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final
-from urllib.parse import quote, unquote, unquote_plus
+from urllib.parse import quote, unquote
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.hybridconnection.connection import (
+    CONNECTION_HEADERS,
+    connection_tokens,
+    fold_headers,
+    split_query,
+)
 from gateway.hybridconnection.errors import TokenError, WrongResourceError
 from gateway.hybridconnection.framing import (
     CONTROL_CHANNEL_BODY_LIMIT,
     ChannelLimits,
     Event,
+    Frame,
+    Opcode,
     ProtocolViolation,
     RelayChannel,
     ResponseReceived,
     SocketKind,
     TokenRenewalReceived,
+    request_frames,
 )
 from gateway.hybridconnection.messages import (
     MAX_HEADERS,
@@ -86,21 +95,6 @@ TIMEOUT_TEXT: Final = (
     "The request was routed to the listener but the listener did not respond in the required time."
 )
 
-# Section 3.2 / 5.2: RFC 7230 connection-level headers the service never forwards.
-_HOP_BY_HOP: Final = frozenset(
-    {
-        "connection",
-        "content-length",
-        "host",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "close",
-        "keep-alive",
-        "proxy-connection",
-    }
-)
 _TARGETING: Final = frozenset(
     {"microsoft-relay-allowedlisteners", "microsoft-relay-disallowedlisteners"}
 )
@@ -665,7 +659,7 @@ class RelayEmulator:
         # Section 6: random spread over the connected listeners.
         return self._random.choice(candidates) if candidates else None
 
-    async def _send_to_listener(self, listener: _Listener, text: str, body: bytes | None) -> None:
+    async def _send_to_listener(self, listener: _Listener, frames: list[Frame]) -> None:
         if self._delay:
             await asyncio.sleep(self._delay)
         if self._blackhole:
@@ -673,9 +667,7 @@ class RelayEmulator:
         # Section 5.4: nothing may come between a command and its body.
         async with listener.send_lock:
             listener.last_activity = asyncio.get_running_loop().time()
-            await listener.ws.send_str(text)
-            if body is not None:
-                await listener.ws.send_bytes(body)
+            await _send_frames(listener.ws, frames)
 
     def _new_rendezvous(self, rendezvous: _Rendezvous) -> str:
         now = asyncio.get_running_loop().time()
@@ -755,9 +747,7 @@ class RelayEmulator:
         reusable.pending[command.id] = pending
         try:
             async with reusable.send_lock:
-                await reusable.ws.send_str(encode_command(command))
-                if body:
-                    await reusable.ws.send_bytes(body)
+                await _send_frames(reusable.ws, request_frames(command, body or None))
             async with asyncio.timeout(self.response_timeout):
                 return await pending.future
         finally:
@@ -794,11 +784,11 @@ class RelayEmulator:
         self.deliveries["inline" if inline else "rendezvous"] += 1
         try:
             if inline:
-                text = encode_command(dataclasses.replace(command, address=address))
-                await self._send_to_listener(listener, text, payload)
+                full = dataclasses.replace(command, address=address)
+                await self._send_to_listener(listener, request_frames(full, payload))
             else:
-                text = encode_command(RendezvousRequestCommand(address=address, id=command.id))
-                await self._send_to_listener(listener, text, None)
+                only = RendezvousRequestCommand(address=address, id=command.id)
+                await self._send_to_listener(listener, _command_frames(only))
             async with asyncio.timeout(self.response_timeout):
                 return await pending.future
         finally:
@@ -850,7 +840,7 @@ class RelayEmulator:
             return _error(502, "The listener sent an interim status code.")
         reply = web.StreamResponse(status=status, reason=command.status_description or None)
         for name, value in command.response_headers.items():
-            if name.lower() not in _HOP_BY_HOP:
+            if name.lower() not in CONNECTION_HEADERS:
                 reply.headers[name] = value
         # Section 5.2: the service adds (or appends to) Via on relayed responses.
         reply.headers["Via"] = _via(reply.headers.get("Via"), self._namespace_for(request))
@@ -876,7 +866,9 @@ class RelayEmulator:
         listener = self._pick_listener(hc.strip("/").lower(), {})
         if listener is None:
             raise LookupError(f"no listener is connected to {hc!r}")
-        await self._send_to_listener(listener, text, None)
+        await self._send_to_listener(
+            listener, [Frame(Opcode.TEXT, text.encode("utf-8", "surrogatepass"))]
+        )
 
     async def deliver_command(
         self, hc: str, command: AcceptCommand | RendezvousRequestCommand
@@ -891,7 +883,7 @@ class RelayEmulator:
         listener = self._pick_listener(hc.strip("/").lower(), {})
         if listener is None:
             raise LookupError(f"no listener is connected to {hc!r}")
-        await self._send_to_listener(listener, encode_command(command), None)
+        await self._send_to_listener(listener, _command_frames(command))
 
     # -- WebSocket senders (section 4) -----------------------------------------------------
 
@@ -918,11 +910,7 @@ class RelayEmulator:
             return _error(503, "Too many pending rendezvous")
         _, app_query = _split_query(request.rel_url.raw_query_string)
         address = self._rendezvous_address(hc, suffix, app_query, "accept", sender_id, secret)
-        connect_headers = {
-            name: value
-            for name, value in _joined(request.headers).items()
-            if name.lower() != _SB_AUTH.lower() and name.lower() not in _TARGETING
-        }
+        connect_headers = _joined(request.headers, _TARGETING | {_SB_AUTH.lower()})
         command = AcceptCommand(
             address=address,
             id=sender_id,
@@ -930,7 +918,7 @@ class RelayEmulator:
             remote_endpoint=_remote(request),
         )
         try:
-            await self._send_to_listener(listener, encode_command(command), None)
+            await self._send_to_listener(listener, _command_frames(command))
             # Choice (section 12.6): a listener that never answers the accept costs the sender
             # a 504 once the rendezvous address expires.
             async with asyncio.timeout(self.rendezvous_ttl):
@@ -1031,9 +1019,7 @@ class RelayEmulator:
         await ws.prepare(request)
         if rendezvous.deliver is not None:
             command, body = rendezvous.deliver
-            await ws.send_str(encode_command(command))
-            if body is not None:
-                await ws.send_bytes(body)
+            await _send_frames(ws, request_frames(command, body))
         limits = ChannelLimits.for_socket(
             SocketKind.RENDEZVOUS, rendezvous_body_limit=self._max_body
         )
@@ -1115,6 +1101,20 @@ class _RendezvousTableFullError(Exception):
 # --- helpers -------------------------------------------------------------------------------
 
 
+def _command_frames(command: AcceptCommand | RendezvousRequestCommand) -> list[Frame]:
+    """A command no body follows (section 3.2), as the core frames it."""
+    return [Frame(Opcode.TEXT, encode_command(command).encode())]
+
+
+async def _send_frames(ws: web.WebSocketResponse, frames: list[Frame]) -> None:
+    # aiohttp sends whole messages; the core's frames here are always complete (fin) ones.
+    for frame in frames:
+        if frame.opcode is Opcode.TEXT:
+            await ws.send_str(frame.payload.decode("utf-8", "surrogatepass"))
+        else:
+            await ws.send_bytes(frame.payload)
+
+
 def _int_param(raw: str, low: int, high: int) -> int:
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise ValueError(f"expected a number from {low} to {high}")
@@ -1140,30 +1140,9 @@ def _error(status: int, text: str, *, tracked: bool = True) -> web.Response:
 
 
 def _split_query(raw_query: str) -> tuple[dict[str, str], str]:
-    """Split a raw query into service parameters and the application query, byte for byte.
-
-    Section 5.2: every parameter whose key starts with ``sb-hc-`` and has an ``=`` is the
-    service's and is removed; everything else (including ``?&&&`` and a bare ``sb-hc-x``)
-    passes unchanged.
-    """
-    service: dict[str, str] = {}
-    kept: list[str] = []
-    removed = False
-    for piece in raw_query.split("&") if raw_query else []:
-        key, eq, value = piece.partition("=")
-        decoded_key = unquote_plus(key)
-        if eq and decoded_key.lower().startswith("sb-hc-"):
-            service.setdefault(decoded_key, unquote_plus(value))
-            removed = True
-        elif eq and decoded_key in ("statusCode", "statusDescription"):
-            service.setdefault(decoded_key, unquote_plus(value))
-            kept.append(piece)
-        else:
-            kept.append(piece)
-    app_query = "&".join(kept)
-    if removed and not app_query.strip("&"):
-        app_query = ""
-    return service, app_query
+    """Section 5.2's split (the protocol core's), also reading the unprefixed ``statusCode`` /
+    ``statusDescription`` that hyco-ws' and hyco-https' reject path sends (section 8.2)."""
+    return split_query(raw_query, also_read=("statusCode", "statusDescription"))
 
 
 def _raw_target(raw_path: str, app_query: str) -> str:
@@ -1171,35 +1150,21 @@ def _raw_target(raw_path: str, app_query: str) -> str:
     return f"{raw_path}?{app_query}" if app_query else raw_path
 
 
-def _joined(headers: CIMultiDictProxy[str]) -> dict[str, str]:
-    # Section 3.2: repeated headers are comma-joined into one JSON string value.
-    joined: dict[str, str] = {}
-    canonical: dict[str, str] = {}
-    for name, value in headers.items():
-        key = name.lower()
-        if key in canonical:
-            joined[canonical[key]] += ", " + value
-        else:
-            canonical[key] = name
-            joined[name] = value
-    return joined
+def _joined(headers: CIMultiDictProxy[str], drop: frozenset[str] = frozenset()) -> dict[str, str]:
+    # Section 3.2: repeated headers are comma-joined into one JSON string value (every name,
+    # Set-Cookie included: the service has one value per name).
+    return fold_headers(headers.items(), drop=drop, first_only=frozenset(), validate=False)
 
 
 def _forward_headers(
     headers: CIMultiDictProxy[str], *, drop_authorization: bool
 ) -> CIMultiDict[str]:
     """Section 5.2: what the service strips from a relayed HTTP request."""
-    listed = {
-        token.strip().lower() for token in headers.get("Connection", "").split(",") if token.strip()
-    }
-    drop = _HOP_BY_HOP | listed | _TARGETING | {_SB_AUTH.lower(), "expect"}
+    listed = connection_tokens(headers.get("Connection"))
+    drop = CONNECTION_HEADERS | listed | _TARGETING | {_SB_AUTH.lower(), "expect"}
     if drop_authorization:
         drop = drop | {"authorization"}
-    result: CIMultiDict[str] = CIMultiDict()
-    for name, value in _joined(headers).items():
-        if name.lower() not in drop:
-            result[name] = value
-    return result
+    return CIMultiDict(_joined(headers, drop))
 
 
 def _via(existing: str | None, namespace: str) -> str:
