@@ -126,8 +126,8 @@ def row(name: str, p50: float, p99: float, cpu: float, rate: float) -> str:
 def breakdown(engine: EmbeddedEngine, inputs: list[dict[str, Any]]) -> list[str]:
     """p50 of the parts of one cold decision: building the input, rego-cpp, all of evaluate."""
     lib = embedded_module._LIB
-    rego = engine._rego._impl
-    bundle = engine._bundle._impl
+    rego = engine._native.interpreter
+    bundle = engine._native.bundle
     fields = engine._fields
     parts: dict[str, list[float]] = {
         "project the input and set it (ctypes calls)": [],

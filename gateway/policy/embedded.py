@@ -38,6 +38,7 @@ built in a process where something else came first logs an error saying so.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -83,16 +84,13 @@ class EmbeddedEngine(PolicyEngine):
     def __init__(self, policies: PolicySet, *, mode: Mode, cache: DecisionCache | None) -> None:
         super().__init__(revision=policies.revision, mode=mode, cache=cache)
         self._fields = policies.cache_plan.fields
-        self._rego = new_interpreter(
-            policies.modules, {**policies.extra_data, "gateway": policies.data}
-        )
+        listed = list(policies.modules)
         try:
-            bundle = self._rego.build(None, [DECISION_ENTRYPOINT])
+            self._native = _NativePolicy(listed, {**policies.extra_data, "gateway": policies.data})
         except regopy.RegoError as exc:
-            raise compile_error(exc, policies.modules) from None
-        if not bundle.ok():
+            raise compile_error(exc, listed) from None
+        if not rego_shared.rego_bundle_ok(self._native.bundle):
             raise PolicyError([Problem("the policy does not compile", code="policy_compile_error")])
-        self._bundle = bundle
         problem = load_order_problem()
         if problem is not None:
             # Decisions stay correct, but memory grows with every cache miss until a restart.
@@ -108,7 +106,7 @@ class EmbeddedEngine(PolicyEngine):
     def evaluate(self, input: Mapping[str, Any]) -> Any:
         """Run the compiled query for ``input`` synchronously; the raw decision or UNDEFINED."""
         document = input if self._fields is None else project(input, self._fields)
-        rego = self._rego._impl
+        rego = self._native.interpreter
         node = _LIB.regoNewInput()
         try:
             _input_node(node, document, _MAX_INPUT_DEPTH)
@@ -120,7 +118,7 @@ class EmbeddedEngine(PolicyEngine):
             raise EngineError(POLICY_UNAVAILABLE, f"evaluation failed: {exc}") from None
         finally:
             _LIB.regoFreeInput(node)
-        output = _LIB.regoBundleQueryEntrypoint(rego, self._bundle._impl, _ENTRYPOINT)
+        output = _LIB.regoBundleQueryEntrypoint(rego, self._native.bundle, _ENTRYPOINT)
         if not output:
             raise EngineError(POLICY_UNAVAILABLE, "evaluation failed (no output)")
         try:
@@ -228,6 +226,37 @@ def evaluation_error(text: bytes | str) -> str:
         return "evaluation failed (unreadable output)"
     message = " ".join(_prefixed(raw, match)[0].split())
     return f"evaluation failed: {message[:200]}"
+
+
+class _NativePolicy:
+    """An interpreter holding the modules and data, and the bundle planned for the decision rule,
+    as rego-cpp handles.
+
+    Each decision calls rego-cpp's C API with both handles (see the module docstring), and
+    regopy's ``Interpreter`` and ``Bundle`` keep theirs private; so they are made and freed here
+    through ``regopy.rego_shared``, the public functions regopy's classes are built on. Raises
+    ``regopy.RegoError`` when a module or the data is refused or the build fails.
+    """
+
+    def __init__(self, modules: list[PolicyModule], data: Mapping[str, Any]) -> None:
+        # Set before anything can fail, so __del__ frees exactly what was made.
+        self.bundle: int = 0
+        self.interpreter: int = rego_shared.rego_new()
+        # The library prints errors to standard output at its default level; we report them.
+        rego_shared.rego_set_log_level(self.interpreter, regopy.LogLevel.NONE)
+        for module in modules:
+            rego_shared.rego_add_module(self.interpreter, str(module.path), module.source)
+        rego_shared.rego_add_data_json(self.interpreter, json.dumps(dict(data)))
+        rego_shared.rego_add_entrypoint(self.interpreter, DECISION_ENTRYPOINT)
+        self.bundle = rego_shared.rego_build(self.interpreter)
+
+    def __del__(self) -> None:
+        if self.bundle:
+            rego_shared.rego_free_bundle(self.bundle)
+            self.bundle = 0
+        if self.interpreter:
+            rego_shared.rego_free(self.interpreter)
+            self.interpreter = 0
 
 
 def new_interpreter(modules: Iterable[PolicyModule], data: Mapping[str, Any]) -> regopy.Interpreter:

@@ -39,13 +39,7 @@ ROOT = Path(__file__).resolve().parents[2] / "gateway"
 _DOCUMENTED = frozenset({"_exit", "_replace", "_asdict", "_fields", "_make", "_field_defaults"})
 
 # module path (relative to gateway/) -> {(source of the access, reason)}
-_KNOWN: dict[str, set[str]] = {
-    # The embedded Rego engine calls rego-cpp's C API directly for each decision (per-decision
-    # cost and a leak in the Python wrapper, see gateway/policy/native.py); regopy exposes the
-    # interpreter and bundle handles only as `_impl`. To go: create both handles through the C
-    # API as well.
-    "policy/embedded.py": {"self._rego._impl", "self._bundle._impl"},
-}
+_KNOWN: dict[str, set[str]] = {}
 
 
 def _private(name: str) -> bool:
