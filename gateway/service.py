@@ -24,6 +24,7 @@ import datetime as dt
 import logging
 import os
 import re
+import signal
 import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -217,12 +218,54 @@ def startup_problems(loaded: LoadedConfig, *, files: bool = True) -> None:
         raise ConfigError(problems)
 
 
+def stop_on_signals(stop: asyncio.Event, *, at_once: Callable[[], None] | None = None) -> None:
+    """SIGTERM and SIGINT on the running loop: the first sets ``stop`` (drain), a second one exits
+    at once, after calling ``at_once`` (a supervisor passes the signal on to its workers)."""
+    loop = asyncio.get_running_loop()
+    received = 0
+
+    def on_stop() -> None:
+        nonlocal received
+        received += 1
+        if received > 1:
+            log.warning("second stop signal: exiting now", extra={"event": "forced_exit"})
+            if at_once is not None:
+                at_once()
+            os._exit(EXIT_OK)
+        log.info("stop requested: draining", extra={"event": "draining"})
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_stop)
+
+
 class StartError(GatewayError):
     """The agent cannot start; ``exit_code`` says which kind of problem."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """This agent is worker ``index`` (from 1) of ``count`` under ``gateway run``'s supervisor
+    (:mod:`gateway.supervisor`).
+
+    A worker serves like a whole gateway, except for what must happen once per host: it writes
+    its own decision log file (``NAME.wN``), answers ``/readyz`` and ``/metrics`` on a loopback
+    port of its own for the supervisor to aggregate, leaves watching gateway.yaml and reloading
+    to the supervisor (which moves all workers to one revision together), and only worker 1
+    renews the client certificate; the others read the renewed identity from the state directory.
+    """
+
+    index: int
+    count: int
+
+    @property
+    def renews(self) -> bool:
+        """Whether this worker runs the certificate renewal (one renewer per host)."""
+        return self.index == 1
 
 
 @dataclass
@@ -242,6 +285,8 @@ class AgentOptions:
     shutdown_grace: float = 30.0
     engine_factory: EngineFactory | None = None
     limiter_clock: Callable[[], float] = time.monotonic
+    worker: WorkerRole | None = None
+    identity_poll_interval: float = 60.0
 
 
 def proxy_settings(loaded: LoadedConfig) -> ProxySettings:
@@ -465,6 +510,7 @@ class Agent:
                 identity.private_key,
                 observers=[e.offer for e in self._exporters],
                 on_failure=self.metrics.audit_write_failures.inc,
+                worker=self.options.worker.index if self.options.worker else None,
             )
         except (OSError, ValueError) as exc:
             raise StartError(f"decision log or export not usable: {exc}", EXIT_CONFIG) from None
@@ -519,21 +565,28 @@ class Agent:
         )
         self.metrics.relay.bind(self._listener.metrics)
         if config.observability.enabled:
-            host, _, port = config.observability.listen.rpartition(":")
+            # A worker answers its supervisor on a loopback port of its own; the supervisor
+            # serves the configured address for the whole gateway.
+            listen = "127.0.0.1:0" if self.options.worker else config.observability.listen
+            host, _, port = listen.rpartition(":")
             self._health = HealthServer(self.metrics, self.readiness)
             try:
                 await self._health.start(host.strip("[]"), int(port))
             except OSError as exc:
-                raise StartError(
-                    f"cannot listen on {config.observability.listen}: {exc.strerror}", EXIT_START
-                ) from None
+                raise StartError(f"cannot listen on {listen}: {exc.strerror}", EXIT_START) from None
         self._renewer = self._certificate_renewer(identity, state_dir, passphrase)
         # The keys were pinned at registration or refreshed since; next refresh one interval on.
         self._state.next_key_refresh = time.monotonic() + self.options.key_refresh_interval
         await self._listener.start()
         self._spawn(self._heartbeats(), "heartbeats")
-        self._spawn(self._watch_config(), "config-watch")
-        self._spawn(self._renewals(self._renewer), "renewal")
+        worker = self.options.worker
+        if worker is None:
+            self._spawn(self._watch_config(), "config-watch")
+        if worker is None or worker.renews:
+            self._spawn(self._renewals(self._renewer), "renewal")
+        else:
+            # Two renewers would each replace the key pair the other just proved.
+            self._spawn(self._follow_identity(state_dir, passphrase), "identity-follow")
         with contextlib.suppress(OSError):
             self._state.config_mtime = os.stat(self.options.config_path).st_mtime
         log.info(
@@ -770,6 +823,29 @@ class Agent:
         self.metrics.certificate_renewals.labels(result="ok", reason="renewed").inc()
         self.metrics.cert_expiry.set(identity.certificate.not_valid_after_utc.timestamp())
 
+    async def _follow_identity(self, state_dir: Path, passphrase: bytes | None) -> None:
+        """Pick up the certificate another worker renewed (control-plane calls already load the
+        identity afresh each time; this keeps the expiry metric and the renewal state true)."""
+        while True:
+            await asyncio.sleep(self.options.identity_poll_interval)
+            try:
+                identity = await asyncio.to_thread(load_identity, state_dir, passphrase=passphrase)
+            except GatewayError as exc:
+                # Read between the renewer's writes, or damaged: the renewer reports it.
+                log.warning(
+                    "cannot read the identity: %s", exc, extra={"event": "identity_unreadable"}
+                )
+                continue
+            current = self._state.identity
+            serial = identity.certificate.serial_number
+            if current is None or current.certificate.serial_number != serial:
+                self._state.identity = identity
+                self.metrics.cert_expiry.set(identity.certificate.not_valid_after_utc.timestamp())
+                log.info(
+                    "identity reloaded: certificate renewed by worker 1",
+                    extra={"event": "identity_reloaded"},
+                )
+
     async def _renewals(self, renewer: CertificateRenewer) -> None:
         try:
             await renewer.run()
@@ -781,42 +857,71 @@ class Agent:
     async def reload(self) -> bool:
         """Validate and compile the file again and swap it in; keep the old one on any failure."""
         async with self._reload_lock:
-            unsafe = permission_problems([Path(self.options.config_path)])
-            if unsafe:
-                for finding in unsafe:
-                    log.error("%s", finding, extra={"event": "reload_rejected"})
-                return self._reload_failed("the configuration file is not protected")
-            try:
-                loaded = self._load()
-                startup_problems(loaded)  # what a restart would refuse, refused now
-                runtime = await self._build_runtime(loaded)
-            except ConfigError as exc:
-                for problem in exc.problems:
-                    log.error("%s", problem.render(), extra={"event": "reload_rejected"})
-                first = exc.problems[0].render() if exc.problems else ""
-                count = len(exc.problems)
-                more = f" (and {count - 1} more)" if count > 1 else ""
-                return self._reload_failed(f"the new configuration is invalid: {first}{more}")
-            except GatewayError as exc:
-                return self._reload_failed(f"the new policy could not be built: {exc}")
-            old = self._runtime
-            if old is not None and old.loaded.config.relay != loaded.config.relay:
-                log.warning(
-                    "relay settings changed; they take effect at the next restart",
-                    extra={"event": "restart_needed"},
-                )
-            self._runtime = runtime
-            self._state.reload_error = None
-            self._record_info()
-            self.metrics.reloads.labels(result="ok").inc()
-            log.info(
-                "configuration reloaded: revision %s", loaded.revision, extra={"event": "reloaded"}
-            )
-            if old is not None:
-                self._spawn(self._retire(old), "retire-runtime")
+            runtime = await self.prepare_reload()
+            if runtime is None:
+                return False
+            self.commit_reload(runtime)
             return True
 
-    def _reload_failed(self, why: str) -> bool:
+    async def prepare_reload(self, revision: str | None = None) -> Runtime | None:
+        """Build the revision on disk completely, without serving it yet; ``None`` (recorded as a
+        failed reload) if it is invalid or, with ``revision``, not that revision.
+
+        A worker's supervisor calls this on every worker, then :meth:`commit_reload` on all of
+        them only if all prepared the same revision, else :meth:`discard` (all move or none).
+        """
+        unsafe = permission_problems([Path(self.options.config_path)])
+        if unsafe:
+            for finding in unsafe:
+                log.error("%s", finding, extra={"event": "reload_rejected"})
+            self._reload_failed("the configuration file is not protected")
+            return None
+        try:
+            loaded = self._load()
+            startup_problems(loaded)  # what a restart would refuse, refused now
+            if revision is not None and loaded.revision != revision:
+                # The file changed again since the supervisor checked it.
+                self._reload_failed(
+                    f"the file is revision {loaded.revision}, not {revision} as checked"
+                )
+                return None
+            return await self._build_runtime(loaded)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("%s", problem.render(), extra={"event": "reload_rejected"})
+            first = exc.problems[0].render() if exc.problems else ""
+            count = len(exc.problems)
+            more = f" (and {count - 1} more)" if count > 1 else ""
+            self._reload_failed(f"the new configuration is invalid: {first}{more}")
+        except GatewayError as exc:
+            self._reload_failed(f"the new policy could not be built: {exc}")
+        return None
+
+    def commit_reload(self, runtime: Runtime) -> None:
+        """Serve ``runtime`` (from :meth:`prepare_reload`) from the next request on."""
+        old = self._runtime
+        if old is not None and old.loaded.config.relay != runtime.loaded.config.relay:
+            log.warning(
+                "relay settings changed; they take effect at the next restart",
+                extra={"event": "restart_needed"},
+            )
+        self._runtime = runtime
+        self._state.reload_error = None
+        self._record_info()
+        self.metrics.reloads.labels(result="ok").inc()
+        log.info(
+            "configuration reloaded: revision %s", runtime.revision, extra={"event": "reloaded"}
+        )
+        if old is not None:
+            self._spawn(self._retire(old), "retire-runtime")
+
+    async def discard(self, runtime: Runtime, why: str) -> None:
+        """Drop a prepared ``runtime`` that will not be served (another worker could not
+        prepare the same revision); counted as a failed reload."""
+        await runtime.close()
+        self._reload_failed(why)
+
+    def _reload_failed(self, why: str) -> None:
         self._state.reloads_failed += 1
         self._state.reload_error = {"error": why, "at": _iso(time.time())}
         self.metrics.reloads.labels(result="failed").inc()
@@ -826,7 +931,6 @@ class Agent:
             why,
             extra={"event": "reload_failed"},
         )
-        return False
 
     async def _retire(self, old: Runtime) -> None:
         # Requests still running under the old revision finish with its pool; then close it

@@ -1,11 +1,13 @@
 """``gateway audit verify FILE...``: is a decision log complete and unaltered?
 
 FILE may be a log file or a directory of rotated logs; the files are checked in chain order
-(by their first sequence number). The first broken, missing, reordered or truncated record is
-reported with its file and line. Checkpoint signatures are checked with the keys given
-(``--hmac-key`` and/or ``--certificate``, the gateway's certificate or public key); without a key
-only the hash chain is checked. ``--expect-head SEQ:HASH`` is the signed head EmpowerID received in
-a heartbeat: a log cut back to before it is reported as truncated.
+(by their first sequence number). Files of different names are different chains (a gateway with
+several workers writes ``NAME.w1``, ``NAME.w2``, ... each with its rotations), checked each on
+its own; the verdict is intact only if every chain is. The first broken, missing, reordered or
+truncated record is reported with its file and line. Checkpoint signatures are checked with the
+keys given (``--hmac-key`` and/or ``--certificate``, the gateway's certificate or public key);
+without a key only the hash chain is checked. ``--expect-head SEQ:HASH`` is the signed head
+EmpowerID received in a heartbeat: a log cut back to before it is reported as truncated.
 
 Exit codes: 0 intact; 1 a problem was found, or a file or key could not be read; 2 usage error.
 """
@@ -21,7 +23,10 @@ from pathlib import Path
 from gateway.observability.auditchain import (
     MIN_HMAC_KEY_BYTES,
     HeadVerifier,
+    VerifyReport,
+    chain_name,
     files_given,
+    split_chains,
     verify_files,
 )
 
@@ -100,29 +105,56 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return EXIT_PROBLEM
-    report = verify_files(files, keys=keys, expect_head=head, from_genesis=args.from_start)
+    chains = split_chains(files)
+    if head is not None and len(chains) > 1:
+        # A head belongs to one chain (one worker's heartbeat); which one is for the operator
+        # to say, not for us to guess.
+        print(
+            "--expect-head checks one chain; these files hold "
+            f"{len(chains)} ({', '.join(Path(chain_name(c[0])).name for c in chains)}): "
+            "name the files of one worker",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    reports = [
+        verify_files(chain, keys=keys, expect_head=head, from_genesis=args.from_start)
+        for chain in chains
+    ]
     if args.format == "json":
-        print(json.dumps(report.as_dict(), indent=2))
-    elif report.problem is not None:
+        if len(reports) == 1:
+            print(json.dumps(reports[0].as_dict(), indent=2))
+        else:
+            intact = all(report.problem is None for report in reports)
+            document = {"intact": intact, "chains": [report.as_dict() for report in reports]}
+            print(json.dumps(document, indent=2))
+    else:
+        for chain, report in zip(chains, reports, strict=True):
+            if len(chains) > 1:
+                print(f"chain {chain_name(chain[0])}:")
+            _print_report(report, bool(keys))
+    return EXIT_INTACT if all(report.problem is None for report in reports) else EXIT_PROBLEM
+
+
+def _print_report(report: VerifyReport, keyed: bool) -> None:
+    if report.problem is not None:
         print(f"TAMPERED or damaged: {report.problem.render()}")
         print(f"checked {report.records} records before it")
-    else:
-        start = "genesis" if report.anchored else f"record {report.first_seq}"
+        return
+    start = "genesis" if report.anchored else f"record {report.first_seq}"
+    print(
+        f"intact: {report.records} records in {len(report.files)} files, from {start} "
+        f"to record {report.head_seq}"
+    )
+    signed = (
+        f"{report.signatures_checked} of {report.checkpoints} checkpoint signatures verified"
+        if keyed
+        else f"{report.checkpoints} checkpoints (signatures not checked: no key given)"
+    )
+    print(signed)
+    if report.unsigned_tail:
         print(
-            f"intact: {report.records} records in {len(report.files)} files, from {start} "
-            f"to record {report.head_seq}"
+            f"{report.unsigned_tail} records after the last checkpoint are covered by the "
+            "chain only (compare with the head in the latest heartbeat: --expect-head)"
         )
-        signed = (
-            f"{report.signatures_checked} of {report.checkpoints} checkpoint signatures verified"
-            if keys
-            else f"{report.checkpoints} checkpoints (signatures not checked: no key given)"
-        )
-        print(signed)
-        if report.unsigned_tail:
-            print(
-                f"{report.unsigned_tail} records after the last checkpoint are covered by the "
-                "chain only (compare with the head in the latest heartbeat: --expect-head)"
-            )
-        # The form heartbeats carry and --expect-head takes: this record's seq and prev.
-        print(f"head: {report.head_seq}:{report.head_prev}")
-    return EXIT_INTACT if report.problem is None else EXIT_PROBLEM
+    # The form heartbeats carry and --expect-head takes: this record's seq and prev.
+    print(f"head: {report.head_seq}:{report.head_prev}")

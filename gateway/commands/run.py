@@ -2,6 +2,8 @@
 
 SIGHUP reloads the configuration (so does saving the file). The first SIGTERM/SIGINT stops taking
 new work and drains in-flight requests within the grace period; a second one stops at once.
+With ``workers`` above 1 this process supervises that many worker processes
+(:mod:`gateway.supervisor`): the signals then apply to all of them together.
 Exit codes: 0 stopped cleanly, 1 invalid configuration, 4 identity missing or unusable,
 5 could not start. The agent refuses to run as root unless ``--allow-root`` is given: it needs no
 privileges, and a compromised process should hold none.
@@ -14,12 +16,23 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 
 from gateway import config as gwconfig
 from gateway.commands._common import add_config_argument, config_path
+from gateway.config.capacity import worker_count
 from gateway.errors import ConfigError
 from gateway.observability import logs
-from gateway.service import EXIT_CONFIG, EXIT_OK, Agent, AgentOptions, StartError
+from gateway.service import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    Agent,
+    AgentOptions,
+    StartError,
+    WorkerRole,
+    stop_on_signals,
+)
+from gateway.supervisor import Supervisor, SupervisorOptions, serve_worker
 
 log = logging.getLogger("gateway")
 
@@ -38,40 +51,105 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="how long in-flight requests may take to finish on SIGTERM (default 30)",
     )
+    # How the supervisor of several workers starts each of them (gateway.supervisor); shown
+    # so that a process list explains itself, not for operators to type.
+    parser.add_argument(
+        "--worker",
+        type=_worker_role,
+        metavar="INDEX/COUNT",
+        help="set by the supervisor: run as worker INDEX of COUNT (workers > 1)",
+    )
+    parser.add_argument(
+        "--worker-control",
+        type=int,
+        metavar="FD",
+        help="set by the supervisor: the worker's control channel to it",
+    )
     parser.set_defaults(handler=run)
+
+
+def _worker_role(text: str) -> WorkerRole:
+    index, _, count = text.partition("/")
+    try:
+        role = WorkerRole(int(index), int(count))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected INDEX/COUNT") from None
+    if not 1 <= role.index <= role.count:
+        raise argparse.ArgumentTypeError("expected 1 <= INDEX <= COUNT")
+    return role
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the logging settings, then hand over to the event loop."""
     path = config_path(args)
+    role: WorkerRole | None = args.worker
+    fields = {"worker": role.index} if role is not None else None
+    workers = 1
     try:
-        level = gwconfig.load(path, check_host=False).config.logging
-        logs.configure(level.level, level.format)
+        config = gwconfig.load(path, check_host=False).config
+        logs.configure(config.logging.level, config.logging.format, fields=fields)
+        workers = worker_count(config)
     except ConfigError:
-        logs.configure("info", "json")
+        logs.configure("info", "json", fields=fields)
     if hasattr(os, "geteuid") and os.geteuid() == 0 and not args.allow_root:
         log.error(
             "refusing to run as root; run as the gateway's service user (or pass --allow-root)",
             extra={"event": "refused_root"},
         )
         return EXIT_CONFIG
+    if (role is None) != (args.worker_control is None):
+        log.error(
+            "--worker and --worker-control are set together, by the supervisor only",
+            extra={"event": "start_failed"},
+        )
+        return EXIT_CONFIG
+    if role is not None and args.worker_control is not None:
+        control = socket.socket(fileno=args.worker_control)
+        options = AgentOptions(config_path=path, shutdown_grace=args.shutdown_grace, worker=role)
+        return asyncio.run(serve_worker(options, control))
+    if workers > 1:
+        return asyncio.run(
+            _supervise(
+                SupervisorOptions(
+                    config_path=path,
+                    count=workers,
+                    shutdown_grace=args.shutdown_grace,
+                    allow_root=args.allow_root,
+                )
+            )
+        )
     return asyncio.run(_serve(AgentOptions(config_path=path, shutdown_grace=args.shutdown_grace)))
+
+
+async def _supervise(options: SupervisorOptions) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    supervisor = Supervisor(options)
+    stop_on_signals(stop, at_once=supervisor.force)
+
+    def on_reload() -> None:
+        task = loop.create_task(supervisor.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    reloads: set[asyncio.Task[bool]] = set()
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
+    try:
+        await supervisor.start()
+    except StartError as exc:
+        log.error("cannot start: %s", exc, extra={"event": "start_failed"})
+        await supervisor.stop()
+        return exc.exit_code
+    await stop.wait()
+    await supervisor.stop()
+    return EXIT_OK
 
 
 async def _serve(options: AgentOptions) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     agent = Agent(options)
-    signals = 0
-
-    def on_stop() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            log.warning("second stop signal: exiting now", extra={"event": "forced_exit"})
-            os._exit(EXIT_OK)
-        log.info("stop requested: draining", extra={"event": "draining"})
-        stop.set()
+    stop_on_signals(stop)
 
     def on_reload() -> None:
         task = loop.create_task(agent.reload())
@@ -79,8 +157,6 @@ async def _serve(options: AgentOptions) -> int:
         task.add_done_callback(reloads.discard)
 
     reloads: set[asyncio.Task[bool]] = set()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop)
     if hasattr(signal, "SIGHUP"):
         loop.add_signal_handler(signal.SIGHUP, on_reload)
     try:

@@ -60,7 +60,7 @@ from gateway.policy.decision_log import RECORD_VERSION
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AuditLog", "Rotation", "decision_log", "rotated_files"]
+__all__ = ["AuditLog", "Rotation", "decision_log", "rotated_files", "worker_file"]
 
 # Records hold bounded fields (paths, reasons), so a line is small; this bounds the read of a
 # damaged tail at start-up, not the records.
@@ -78,12 +78,24 @@ class Rotation:
 
 
 def rotated_files(path: Path) -> list[Path]:
-    """The rotated files of ``path``, oldest first."""
+    """The rotated files of ``path``, oldest first.
+
+    Exactly ``NAME.YYYYMMDDTHHMMSSZ-SEQ``: the files of another chain whose name starts with
+    ``NAME.`` (a worker's ``NAME.w2`` and its rotations) are not this file's, and retention must
+    never delete them.
+    """
     try:
         names = [p for p in path.parent.iterdir() if p.name.startswith(path.name + ".")]
     except OSError:
         return []
-    return sorted(p for p in names if ROTATED_SUFFIX.search(p.name[len(path.name) :]))
+    return sorted(p for p in names if ROTATED_SUFFIX.fullmatch(p.name[len(path.name) :]))
+
+
+def worker_file(path: Path, worker: int | None) -> Path:
+    """The decision log file of worker ``worker`` (``NAME.wN``), or ``path`` itself for a gateway
+    that runs one process. Each worker keeps its own hash chain in its own file: one chain written
+    by several processes would need a lock around every record to stay a chain."""
+    return path if worker is None else path.with_name(f"{path.name}.w{worker}")
 
 
 def _first_time(path: Path) -> float:
@@ -373,9 +385,11 @@ def decision_log(
     *,
     observers: Sequence[Callable[[bytes], None]] = (),
     on_failure: Callable[[], None] | None = None,
+    worker: int | None = None,
 ) -> AuditLog:
     """The decision log ``loaded`` configures, its checkpoints signed with the HMAC key it
-    names or else with ``identity_key``. Raises ``ValueError`` for a key that is too short."""
+    names or else with ``identity_key``; ``worker``: the file of that worker process
+    (:func:`worker_file`). Raises ``ValueError`` for a key that is too short."""
     config = loaded.config
     settings = config.logging.decision_log
     signer: HeadSigner
@@ -389,7 +403,7 @@ def decision_log(
         signer = KeySigner(identity_key)
     audit_file = config.logging.audit_file
     return AuditLog(
-        loaded.resolve_path(audit_file) if audit_file else None,
+        worker_file(loaded.resolve_path(audit_file), worker) if audit_file else None,
         rotation=Rotation(
             max_bytes=settings.rotate_bytes,
             max_seconds=settings.rotate_seconds,

@@ -346,6 +346,23 @@ def files_given(names: Iterable[str]) -> list[Path]:
     return files
 
 
+def chain_name(path: Path) -> str:
+    """The live file name a decision log file belongs to: its own name, or a rotated file's name
+    without the rotation suffix. Files of one name form one chain; a gateway with several
+    workers writes one chain per worker (``NAME.w1``, ``NAME.w2``, see
+    :func:`gateway.observability.audit.worker_file`)."""
+    return str(path.parent / ROTATED_SUFFIX.sub("", path.name))
+
+
+def split_chains(files: Sequence[Path]) -> list[list[Path]]:
+    """``files`` (in chain order, :func:`order_files`) grouped into their chains, each still in
+    chain order, the chains in name order."""
+    chains: dict[str, list[Path]] = {}
+    for path in files:
+        chains.setdefault(chain_name(path), []).append(path)
+    return [chains[name] for name in sorted(chains)]
+
+
 def verify_files(
     paths: Sequence[Path],
     *,

@@ -7,8 +7,9 @@ loaded; otherwise 503 with the reasons, so a load balancer or an operator sees w
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +27,19 @@ class Readiness:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class HealthServer:
-    """Serves the three endpoints on ``host:port`` (normally 127.0.0.1)."""
+# The supervisor of several workers answers by asking each of them (gateway.supervisor).
+MetricsPage = Callable[[], Awaitable[bytes]]
+ReadinessProbe = Callable[[], Readiness] | Callable[[], Awaitable[Readiness]]
 
-    def __init__(self, metrics: Metrics, readiness: Callable[[], Readiness]) -> None:
+
+class HealthServer:
+    """Serves the three endpoints on ``host:port`` (normally 127.0.0.1).
+
+    ``metrics`` is the agent's registry, or a coroutine function that renders the page;
+    ``readiness`` returns the state, or a coroutine that does.
+    """
+
+    def __init__(self, metrics: Metrics | MetricsPage, readiness: ReadinessProbe) -> None:
         self._metrics = metrics
         self._readiness = readiness
         self._runner: web.AppRunner | None = None
@@ -57,7 +67,8 @@ class HealthServer:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        state = self._readiness()
+        answer = self._readiness()
+        state = await answer if inspect.isawaitable(answer) else answer
         body = {"ready": state.ready, "reasons": state.reasons, **state.details}
         return web.Response(
             text=json.dumps(body, default=str),
@@ -66,6 +77,6 @@ class HealthServer:
         )
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self._metrics.render(), headers={"Content-Type": Metrics.content_type}
-        )
+        metrics = self._metrics
+        body = metrics.render() if isinstance(metrics, Metrics) else await metrics()
+        return web.Response(body=body, headers={"Content-Type": Metrics.content_type})

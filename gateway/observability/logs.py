@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from gateway.errors import MASK, redact
@@ -74,10 +75,34 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
-    """Install the gateway's handler on the root logger (replacing earlier ones)."""
+class FieldsFilter(logging.Filter):
+    """Adds the same structured fields to every record (a worker's number, for example)."""
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        super().__init__()
+        self._fields = dict(fields)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Set the fields a record does not carry already; never drops it."""
+        for key, value in self._fields.items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def configure(
+    level: str = "info",
+    fmt: str = "json",
+    stream: TextIO | None = None,
+    *,
+    fields: Mapping[str, Any] | None = None,
+) -> None:
+    """Install the gateway's handler on the root logger (replacing earlier ones); ``fields`` are
+    added to every line (a worker process adds its number)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    if fields:
+        handler.addFilter(FieldsFilter(fields))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -121,6 +121,25 @@ class Metrics:
             registry=r,
         )
 
+        # Kept by the supervisor of several workers (gateway.supervisor); zero in a worker.
+        self.workers_running = Gauge(
+            "gateway_workers_running",
+            "Worker processes running and started (gateway run with workers > 1)",
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "gateway_worker_restarts",
+            "Worker processes restarted after they exited, by worker number",
+            ["worker"],
+            registry=r,
+        )
+        self.worker_reloads = Counter(
+            "gateway_worker_reloads",
+            "Reloads of all workers together by result (ok: every worker moved; failed: none)",
+            ["result"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)

@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 from gateway import config as gwconfig
 from gateway.cli import main
 from gateway.errors import ConfigError
-from gateway.observability.audit import AuditLog, Rotation, decision_log, rotated_files
+from gateway.observability.audit import (
+    AuditLog,
+    Rotation,
+    decision_log,
+    rotated_files,
+    worker_file,
+)
 from gateway.observability.auditchain import (
     GENESIS,
     HeadVerifier,
@@ -513,3 +519,41 @@ def test_audit_verify_and_replay_refuse_missing_or_empty_inputs_alike(
     assert "no such decision log" in capsys.readouterr().err
     assert main([*verb, str(empty)]) != 0
     assert "no decision log in the files given" in capsys.readouterr().err
+
+
+def test_each_worker_file_is_its_own_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A gateway with workers writes NAME.w1, NAME.w2 (worker_file), each chained on its own and
+    # rotated on its own; one directory holds them all.
+    base = tmp_path / "decisions.log"
+    for worker, count in ((1, 4), (2, 7)):
+        path = worker_file(base, worker)
+        audit = _write_log(path, count)
+        audit.rotate()
+        _write_log(path, 2)
+    assert worker_file(base, None) == base
+    # The rotated files of one chain are never another chain's (retention deletes them).
+    assert rotated_files(base) == []
+    assert all(
+        p.name.startswith("decisions.log.w1.")
+        for p in rotated_files(base.parent / "decisions.log.w1")
+    )
+    key = tmp_path / "hmac.key"
+    key.write_bytes(KEY)
+    assert main(["audit", "verify", str(tmp_path), "--hmac-key", str(key)]) == 0
+    out = capsys.readouterr().out
+    assert f"chain {tmp_path / 'decisions.log.w1'}:" in out
+    assert f"chain {tmp_path / 'decisions.log.w2'}:" in out
+    # One record edited in worker 2's live file: that chain is reported, the verdict is 1.
+    live = worker_file(base, 2)
+    lines = _lines(live)
+    lines[1] = lines[1].replace(b'"allowed"', b'"denied"')
+    live.write_bytes(b"".join(lines))
+    assert main(["audit", "verify", str(tmp_path), "--hmac-key", str(key)]) == 1
+    out = capsys.readouterr().out
+    assert out.count("intact:") == 1
+    assert "TAMPERED" in out
+    # A heartbeat's head belongs to one chain: naming several is a usage error.
+    head = "3:" + "0" * 64
+    assert main(["audit", "verify", str(tmp_path), "--expect-head", head]) == 2

@@ -1,0 +1,171 @@
+"""``gateway run`` with two workers: one real process tree on the relay emulator.
+
+The supervisor starts both workers, each with its own listeners; the relay spreads requests over
+all four listeners; ``/readyz`` and ``/metrics`` answer for both on one port; each worker keeps
+its own decision log chain; SIGHUP moves both workers to a valid file together and keeps both on
+the last good revision when the file is bad; a killed worker is restarted; SIGTERM drains both.
+The replay store is SQLite (one host, no network service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from gateway.cli import main
+from tests.integration.workers.harness import START_TIMEOUT, Fleet, Gateway
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def fleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
+    async with Fleet(tmp_path_factory.mktemp("workers"), workers=2, store="sqlite") as fleet:
+        yield fleet
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def gateway(fleet: Fleet) -> AsyncIterator[Gateway]:
+    gateway = await fleet.add(1)
+    await gateway.start()
+    await gateway.wait_ready(2)
+    yield gateway
+    await gateway.stop()
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    """``worker`` label -> summed value of the samples of ``name``."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(rf"{name}(?:\{{(.*)\}})? (\S+)$", line)
+        if match is None:
+            continue
+        worker = re.search(r'worker="(\d+)"', match[1] or "")
+        key = worker[1] if worker else ""
+        found[key] = found.get(key, 0.0) + float(match[2])
+    return found
+
+
+async def test_two_workers_serve_and_answer_as_one_gateway(fleet: Fleet, gateway: Gateway) -> None:
+    async with asyncio.timeout(START_TIMEOUT):
+        await fleet.stack.relay.wait_for_listeners(fleet.stack.hc, 4)
+    async with fleet.saas() as saas:
+        outcome = await fleet.load(saas, 40)
+    assert outcome.count() == {200: 40}
+    state = await gateway.readyz()
+    assert state["ready"] is True
+    assert state["workers_configured"] == 2
+    assert state["listeners_online"] == 4
+    assert {w["revision"] for w in state["workers"]} == {state["revision"]}
+    assert len({w["pid"] for w in state["workers"]}) == 2
+    status, text = await gateway.get("metrics")
+    assert status == 200
+    served = _samples(text, "gateway_requests_total")
+    # Each worker's counters under its own label; together, every request once.
+    assert set(served) == {"1", "2"}, served
+    assert sum(served.values()) == 40
+    assert all(value > 0 for value in served.values()), served  # the relay used both
+    assert _samples(text, "gateway_workers_running") == {"": 2.0}
+
+
+async def test_a_bad_file_keeps_every_worker_on_the_last_good_revision(
+    fleet: Fleet, gateway: Gateway
+) -> None:
+    before = await gateway.readyz()
+    original = gateway.config.read_text()
+    # A timeout above the relay's deadline: the supervisor's check refuses the file.
+    fleet.rewrite(gateway, {"workers": 2, "limits": {"request_timeout_seconds": 99}})
+    gateway.signal(signal.SIGHUP)
+    state = await gateway.wait_state(lambda s: "reload_error" in s)
+    assert state["revision"] == before["revision"]
+    assert {w["revision"] for w in state["workers"]} == {before["revision"]}
+    assert "request_timeout_seconds" in state["reload_error"]["error"]
+    assert any("reload was rejected" in item for item in state["degraded"])
+    async with fleet.saas() as saas:
+        assert (await fleet.load(saas, 6)).count() == {200: 6}
+    gateway.config.write_text(original)
+
+
+async def test_a_good_file_moves_every_worker_together(fleet: Fleet, gateway: Gateway) -> None:
+    before = await gateway.readyz()
+    document = fleet.document(1)
+    document["observability"] = {"listen": f"127.0.0.1:{gateway.health_port}"}
+    document["limits"] = {"request_timeout_seconds": 15}
+    fleet.stack.write_gateway_dir(gateway.directory, document=document)
+    gateway.signal(signal.SIGHUP)
+    state = await gateway.wait_state(lambda s: s.get("revision") != before["revision"])
+    assert "reload_error" not in state
+    assert {w["revision"] for w in state["workers"]} == {state["revision"]}
+    events = [e for e in gateway.log_events() if e.get("event") == "reloaded"]
+    # Each worker logged its own swap (with its number) and the supervisor the whole reload.
+    assert {e.get("worker") for e in events} >= {1, 2, None}
+
+
+async def test_a_killed_worker_is_restarted_and_the_others_serve(
+    fleet: Fleet, gateway: Gateway
+) -> None:
+    pids = await gateway.worker_pids()
+    revision = (await gateway.readyz())["revision"]
+    os.kill(pids[2], signal.SIGKILL)
+    async with fleet.saas() as saas:
+        # Worker 1 keeps serving while worker 2 is down (the relay drops its listeners).
+        async with asyncio.timeout(START_TIMEOUT):
+            await fleet.stack.relay.wait_for_listeners(fleet.stack.hc, 2)
+        assert (await fleet.load(saas, 6)).count() == {200: 6}
+        state = await gateway.wait_ready(2)
+    worker = next(w for w in state["workers"] if w["worker"] == 2)
+    assert worker["pid"] != pids[2]
+    assert worker["restarts"] == 1
+    assert worker["last_exit"] == -signal.SIGKILL
+    assert worker["revision"] == revision
+    exited = [e for e in gateway.log_events() if e.get("event") == "worker_exited"]
+    assert [e["worker"] for e in exited] == [2]
+    _, text = await gateway.get("metrics")
+    assert _samples(text, "gateway_worker_restarts_total") == {"2": 1.0}
+
+
+async def test_sigterm_drains_every_worker(fleet: Fleet, gateway: Gateway) -> None:
+    pids = await gateway.worker_pids()
+    async with fleet.saas() as saas:
+        # Requests the target holds for 2 s are in flight on both workers when SIGTERM comes.
+        fleet.stack.targets.http_arrived.clear()
+        batch = asyncio.ensure_future(fleet.load(saas, 8, in_flight=8, query="delay=2"))
+        async with asyncio.timeout(START_TIMEOUT):
+            await fleet.stack.targets.http_arrived.wait()
+        gateway.signal(signal.SIGTERM)
+        outcome = await batch
+    assert await gateway.wait() == 0
+    # Every request that reached a worker before the stop was answered; later ones were
+    # refused while draining (503) - none was lost.
+    assert set(outcome.count()) <= {200, 503}, outcome
+    assert outcome.count()[200] >= 1
+    for pid in pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_each_worker_kept_its_own_verifiable_chain(gateway: Gateway) -> None:
+    assert gateway.process is not None
+    assert gateway.process.returncode is not None  # stopped by the test before
+    logs = sorted(p.name for p in gateway.directory.glob("decisions.log*"))
+    assert logs == ["decisions.log.w1", "decisions.log.w2"]
+    assert main(["audit", "verify", str(gateway.directory)]) == 0
+
+
+async def test_a_worker_that_cannot_start_sets_the_exit_code(fleet: Fleet, tmp_path: Path) -> None:
+    # Never registered: every worker finds no identity (exit 4), and so does the gateway.
+    document = fleet.document(1)
+    document["observability"] = {"listen": "127.0.0.1:0"}
+    config = fleet.stack.write_gateway_dir(tmp_path / "unregistered", document=document)
+    gateway = Gateway("unregistered", config.parent, config, 0)
+    await gateway.start()
+    assert await gateway.wait() == 4
+    events = {e.get("event") for e in gateway.log_events()}
+    assert "start_failed" in events
