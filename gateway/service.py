@@ -38,7 +38,7 @@ from aiohttp import client_proto, http_parser, web_protocol
 from gateway import __version__
 from gateway.auth import BadSignatureLimiter, KeySet, SignatureVerifier, VerifierSettings
 from gateway.auth.errors import SignatureError
-from gateway.auth.keys import KeySetError
+from gateway.auth.keys import KeySetError, PinnedKey, shared_key
 from gateway.auth.replay import ReplayStore
 from gateway.auth.replaystores import open_replay_store
 from gateway.config import LoadedConfig, load
@@ -55,7 +55,7 @@ from gateway.identity import (
 )
 from gateway.identity.certs import CertificateHealth
 from gateway.identity.errors import IdentityError
-from gateway.identity.models import AuditHead, Heartbeat, SigningKey
+from gateway.identity.models import AuditHead, Heartbeat, RequestSecret, SigningKey
 from gateway.observability.audit import AuditLog, decision_log
 from gateway.observability.export import Exporter, build_exporters
 from gateway.observability.health import HealthServer, Readiness
@@ -308,6 +308,26 @@ def signing_keyset(keys: tuple[SigningKey, ...] | list[SigningKey]) -> KeySet:
     return KeySet.from_document({"keys": [key.model_dump(mode="json") for key in keys]})
 
 
+def request_keys(secrets: list[RequestSecret]) -> list[PinnedKey]:
+    """The verifier's hmac-sha256 keys from this gateway's request secrets (control plane)."""
+    keys: list[PinnedKey] = []
+    for secret in secrets:
+        try:
+            raw = secret.key_bytes()
+        except ValueError:
+            # The message names the key id only, never the value.
+            raise KeySetError(f"{secret.keyid}: secret is not Base64 of 32 to 64 bytes") from None
+        keys.append(
+            shared_key(
+                secret.keyid,
+                raw,
+                not_before=secret.not_before.timestamp(),
+                not_after=secret.not_after.timestamp(),
+            )
+        )
+    return keys
+
+
 async def default_engine(loaded: LoadedConfig) -> Decider:
     """The policy engine for this revision: signature checked (when the configuration requires
     one), policies loaded once, compiled and started.
@@ -481,6 +501,9 @@ class Agent:
         try:
             async with mtls_client(identity, passphrase=passphrase, proxy=self._proxy) as client:
                 info = await client.relay_info()
+                keys = keys.with_keys(await self._request_keys(client, loaded))
+        except KeySetError as exc:
+            raise StartError(f"request-signing keys not usable: {exc}", EXIT_IDENTITY) from None
         except GatewayError as exc:
             raise StartError(f"cannot fetch relay connection info: {exc}", EXIT_START) from None
         hc = info.relay.hybrid_connection
@@ -758,12 +781,7 @@ class Agent:
                 ack = await client.heartbeat(beat)
                 interval = float(ack.interval_seconds)
                 if time.monotonic() >= self._state.next_key_refresh:
-                    keys = await client.signing_keys()
-                    if self._verifier is not None:
-                        self._verifier.replace_keys(signing_keyset(keys))
-                    self._state.next_key_refresh = (
-                        time.monotonic() + self.options.key_refresh_interval
-                    )
+                    await self._refresh_keys(client)
             self._state.last_heartbeat = time.time()
             self._state.heartbeat_error = None
             self.metrics.heartbeats.labels(result="ok").inc()
@@ -772,6 +790,79 @@ class Agent:
             self.metrics.heartbeats.labels(result="failed").inc()
             log.warning("heartbeat failed: %s", exc, extra={"event": "heartbeat_failed"})
         return interval
+
+    async def _refresh_keys(self, client: ControlPlaneClient) -> None:
+        """Re-pin the request-signing keys (and this gateway's hmac-sha256 keys when the running
+        configuration accepts them) as one set; the next refresh is one interval on."""
+        keys = signing_keyset(await client.signing_keys())
+        keys = keys.with_keys(await self._request_keys(client, self.runtime().loaded))
+        if self._verifier is not None:
+            self._verifier.replace_keys(keys)
+        self._state.next_key_refresh = time.monotonic() + self.options.key_refresh_interval
+
+    async def _request_keys(
+        self, client: ControlPlaneClient, loaded: LoadedConfig
+    ) -> list[PinnedKey]:
+        """This gateway's hmac-sha256 keys when ``signatures.hmac_sha256`` is on: fetched over
+        mTLS and stored 0600 in the state directory, or the stored ones when the control plane
+        cannot hand them out now (their own ``not_after`` still bounds them). When the option
+        is off there are none, and a stored set is deleted: a secret nobody verifies with has
+        no business on the disk."""
+        store = IdentityStore(self._state_dir(loaded), passphrase=self._passphrase(loaded))
+        if not loaded.config.signatures.hmac_sha256:
+            if store.remove_request_secrets():
+                log.info(
+                    "hmac-sha256 request keys deleted: signatures.hmac_sha256 is off",
+                    extra={"event": "request_secrets_removed"},
+                )
+            return []
+        try:
+            secrets = await client.request_secrets()
+        except GatewayError as exc:
+            secrets = store.read_request_secrets()
+            log.warning(
+                "hmac-sha256 request keys not refreshed (%s); %d stored key(s) stay in use",
+                exc,
+                len(secrets),
+                extra={"event": "request_secrets_stale"},
+            )
+            return request_keys(secrets)
+        keys = request_keys(secrets)  # refused before anything is written
+        store.write_request_secrets(secrets)
+        log.info(
+            "hmac-sha256 request keys pinned: %s",
+            ", ".join(secret.keyid for secret in secrets),
+            extra={"event": "request_secrets_pinned"},
+        )
+        return keys
+
+    async def _hmac_changed(self, accepted: bool) -> None:
+        """``signatures.hmac_sha256`` changed with a reload: off takes effect at once (the keys
+        leave the verifier and the disk); on fetches the keys now rather than at the next
+        refresh."""
+        verifier = self._verifier
+        if not accepted:
+            if verifier is not None:
+                kept = [key for key in verifier.keys.values() if key.alg != "hmac-sha256"]
+                verifier.replace_keys(KeySet(kept))
+            loaded = self.runtime().loaded
+            store = IdentityStore(self._state_dir(loaded), passphrase=self._passphrase(loaded))
+            with contextlib.suppress(GatewayError):
+                store.remove_request_secrets()
+        try:
+            await self.refresh_keys()
+        except (GatewayError, KeySetError) as exc:
+            log.warning(
+                "request-signing keys not refreshed after the reload: %s",
+                exc,
+                extra={"event": "key_refresh_failed"},
+            )
+
+    async def refresh_keys(self) -> None:
+        """Fetch and pin the request-signing keys now (over mTLS), instead of at the next
+        scheduled refresh. Raises the control plane's error; the pinned keys stay as they were."""
+        async with self._control_plane() as client:
+            await self._refresh_keys(client)
 
     async def _heartbeats(self) -> None:
         while True:
@@ -908,6 +999,9 @@ class Agent:
         self._runtime = runtime
         self._state.reload_error = None
         self._record_info()
+        accepted = runtime.loaded.config.signatures.hmac_sha256
+        if old is not None and old.loaded.config.signatures.hmac_sha256 != accepted:
+            self._spawn(self._hmac_changed(accepted), "hmac-keys")
         self.metrics.reloads.labels(result="ok").inc()
         log.info(
             "configuration reloaded: revision %s", runtime.revision, extra={"event": "reloaded"}

@@ -15,8 +15,13 @@ listing the outgoing key until its ``not_after`` while it adds the new one; a ke
 newest document is revoked and stops verifying the moment the new set is installed. A ``KeySet``
 is immutable, so replacing the verifier's reference swaps the whole set atomically.
 
-Only Ed25519 (RFC 9421 section 3.3.6) and ECDSA P-256 with SHA-256 (section 3.3.4) are accepted:
-asymmetric, small, fast to verify, and no shared secret to leak from the on-premises host.
+The public key document carries only Ed25519 (RFC 9421 section 3.3.6) and ECDSA P-256 with
+SHA-256 (section 3.3.4): asymmetric, small, and no shared secret to leak from the on-premises
+host. HMAC-SHA256 (section 3.3.3) is an option beside them (``signatures.hmac_sha256``): a
+per-gateway symmetric key EmpowerID hands out over the mTLS control plane
+(``GET request-secrets``), never through this document. :func:`shared_key` pins one; its secret
+is held in a :class:`SharedSecret`, which never shows it in a ``repr`` or a log line. What the
+option changes in the threat model is in docs/security.md.
 """
 
 from __future__ import annotations
@@ -36,11 +41,17 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.errors import GatewayError
 
-Algorithm = Literal["ed25519", "ecdsa-p256-sha256"]
+Algorithm = Literal["ed25519", "ecdsa-p256-sha256", "hmac-sha256"]
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 
-ALGORITHMS: Final[tuple[Algorithm, ...]] = ("ed25519", "ecdsa-p256-sha256")
-_ALGORITHM_BY_NAME: Final[dict[str, Algorithm]] = {name: name for name in ALGORITHMS}
+ALGORITHMS: Final[tuple[Algorithm, ...]] = ("ed25519", "ecdsa-p256-sha256", "hmac-sha256")
+# What a public key-set document may name: never the shared-secret algorithm.
+PUBLIC_ALGORITHMS: Final[tuple[Algorithm, ...]] = ("ed25519", "ecdsa-p256-sha256")
+_ALGORITHM_BY_NAME: Final[dict[str, Algorithm]] = {name: name for name in PUBLIC_ALGORITHMS}
+# RFC 2104 section 3: a key shorter than the hash output (32 bytes for SHA-256) weakens HMAC;
+# longer than the block size (64 bytes) it is hashed first and gains nothing.
+MIN_SECRET_BYTES: Final = 32
+MAX_SECRET_BYTES: Final = 64
 MAX_KEYS: Final = 32
 MAX_DOCUMENT_BYTES: Final = 256 * 1024
 # Key ids travel as Structured Field Strings (RFC 8941 section 3.3.3) inside Signature-Input; a
@@ -62,13 +73,41 @@ class KeySetError(GatewayError):
     """A signing-key document or key cannot be used; the message names the offending field."""
 
 
+class SharedSecret:
+    """The symmetric key of an ``hmac-sha256`` signature (RFC 9421 section 3.3.3).
+
+    Only :meth:`reveal` gives the bytes (to the HMAC computation and to the identity store's
+    0600 file); ``repr`` and ``str`` never do, so a key set in a log line or a traceback shows
+    no secret.
+    """
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes) -> None:
+        if not MIN_SECRET_BYTES <= len(secret) <= MAX_SECRET_BYTES:
+            raise KeySetError(
+                f"an hmac-sha256 key must be {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes"
+            )
+        self._secret = bytes(secret)
+
+    def reveal(self) -> bytes:
+        """The key bytes."""
+        return self._secret
+
+    def __repr__(self) -> str:
+        return "SharedSecret(<redacted>)"
+
+    __str__ = __repr__
+
+
 @dataclass(frozen=True, slots=True)
 class PinnedKey:
     """One public key of the SaaS: its id, algorithm and validity window (Unix seconds)."""
 
     keyid: str
     alg: Algorithm
-    public_key: PublicKey
+    public_key: PublicKey | SharedSecret
+    """The verification key: a public key, or the shared secret of an ``hmac-sha256`` key."""
     not_before: float
     not_after: float
 
@@ -113,6 +152,10 @@ class KeySet(Mapping[str, PinnedKey]):
     def __repr__(self) -> str:
         return f"KeySet({sorted(self._keys)!r})"
 
+    def with_keys(self, keys: Iterable[PinnedKey]) -> KeySet:
+        """This set plus ``keys`` (a key id may appear once in all)."""
+        return KeySet([*self._keys.values(), *keys])
+
     @classmethod
     def from_json(cls, document: bytes | str) -> KeySet:
         """Parse and validate a key-set document (see the module docstring for the format)."""
@@ -150,7 +193,7 @@ def _parse_entry(entry: object, where: str) -> PinnedKey:
     alg = _string(entry, "alg", where)
     algorithm = _ALGORITHM_BY_NAME.get(alg)
     if algorithm is None:
-        raise KeySetError(f"{where}.alg: must be one of {', '.join(ALGORITHMS)}")
+        raise KeySetError(f"{where}.alg: must be one of {', '.join(PUBLIC_ALGORITHMS)}")
     has_pem, has_jwk = "public_key_pem" in entry, "jwk" in entry
     if has_pem == has_jwk:
         raise KeySetError(f"{where}: exactly one of public_key_pem and jwk is required")
@@ -233,8 +276,15 @@ def _b64url(value: object, length: int, where: str) -> bytes:
     return raw
 
 
+def shared_key(keyid: str, secret: bytes, *, not_before: float, not_after: float) -> PinnedKey:
+    """A pinned ``hmac-sha256`` key: this gateway's own secret from the control plane."""
+    return PinnedKey(keyid, "hmac-sha256", SharedSecret(secret), not_before, not_after)
+
+
 def _check_key_type(alg: Algorithm, key: object, where: str) -> None:
-    if alg == "ed25519":
+    if alg == "hmac-sha256":
+        ok = isinstance(key, SharedSecret)
+    elif alg == "ed25519":
         ok = isinstance(key, ed25519.Ed25519PublicKey)
     else:
         ok = isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)

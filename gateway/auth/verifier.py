@@ -71,7 +71,7 @@ from http_message_signatures import ContentDigest, HTTPSignatureComponentResolve
 from http_sf.compat import Item
 
 from gateway.auth.errors import Reason, SignatureError
-from gateway.auth.keys import KEYID_PATTERN, Algorithm, KeySet, PinnedKey
+from gateway.auth.keys import KEYID_PATTERN, Algorithm, KeySet, PinnedKey, SharedSecret
 from gateway.auth.replay import Admission, ReplayCache, ReplayStore
 from gateway.auth.skew import ClockSkewEstimate, SkewEstimator
 
@@ -87,6 +87,11 @@ DIGEST_COMPONENT: Final = "content-digest"
 _ALGORITHM_CLASSES: Final[dict[str, type[algorithms.HTTPSignatureAlgorithm]]] = {
     "ed25519": algorithms.ED25519,
     "ecdsa-p256-sha256": algorithms.ECDSA_P256_SHA256,
+    # RFC 9421 section 3.3.3; verified by cryptography's constant-time HMAC check. Only a key
+    # pinned as hmac-sha256 (a SharedSecret from the control plane) is ever used this way: the
+    # algorithm comes from the pinned key, never from the request, so a public key cannot be
+    # turned into an HMAC secret (the classic algorithm confusion).
+    "hmac-sha256": algorithms.HMAC_SHA256,
 }
 # Derived components a request signature may cover (RFC 9421 section 2.2) and the parameters each
 # may carry. "@status" belongs to responses; "req" and "tr" parameters are not meaningful here.
@@ -356,7 +361,9 @@ class SignatureVerifier:
 
         try:
             base, covered = _signature_base(resolve, candidate)
-            algorithm = _ALGORITHM_CLASSES[key.alg](public_key=key.public_key)
+            pinned = key.public_key
+            material = pinned.reveal() if isinstance(pinned, SharedSecret) else pinned
+            algorithm = _ALGORITHM_CLASSES[key.alg](public_key=material)
             algorithm.verify(signature=candidate.signature, message=base)
         except Exception as exc:  # any failure at this point means "not authentic"
             raise SignatureError(

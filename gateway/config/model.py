@@ -464,6 +464,13 @@ class SignatureSection(_Model):
     clock_skew_seconds: Annotated[float, Field(ge=0, le=300)] = 30
     replay_cache_entries: int = Field(default=100_000, ge=1_000, le=10_000_000)
     replay_store: ReplayStoreSection = Field(default_factory=ReplayStoreSection)
+    hmac_sha256: bool = Field(
+        default=False,
+        description="Also accept RFC 9421 hmac-sha256 signatures made with this gateway's own "
+        "symmetric key, which EmpowerID hands out and rotates over the mTLS control plane and "
+        "the gateway keeps 0600 in gateway.state_dir. Cheaper to verify than Ed25519 or "
+        "P-256, but a secret at rest on this host: see docs/security.md before turning it on.",
+    )
 
 
 class Limits(_Model):

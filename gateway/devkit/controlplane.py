@@ -273,6 +273,36 @@ class SigningKeyPair:
         }
 
 
+@dataclass(frozen=True)
+class RequestSecretKey:
+    """One gateway's hmac-sha256 request-signing key (RFC 9421 section 3.3.3)."""
+
+    keyid: str
+    secret: bytes = field(repr=False)
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+    def document(self) -> dict[str, str]:
+        """The key as the ``request-secrets`` answer carries it."""
+        return {
+            "keyid": self.keyid,
+            "alg": "hmac-sha256",
+            "secret": base64.b64encode(self.secret).decode("ascii"),
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+        }
+
+
+def _new_request_secret(gateway_id: str, lifetime: dt.timedelta) -> RequestSecretKey:
+    now = _utcnow()
+    return RequestSecretKey(
+        keyid=f"hmac-{gateway_id}-{secrets.token_hex(4)}",
+        secret=secrets.token_bytes(32),
+        not_before=now - BACKDATE,
+        not_after=now + lifetime,
+    )
+
+
 def _new_signing_key() -> SigningKeyPair:
     key = ed25519.Ed25519PrivateKey.generate()
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -340,6 +370,8 @@ class ControlPlaneSimulator:
         self.ca = ca or DevCA()
         self.faults = Faults()
         self.signing_key = _new_signing_key()
+        self.request_secret_lifetime = dt.timedelta(days=30)
+        self._request_secrets: dict[str, list[RequestSecretKey]] = {}
         self.persons: dict[str, Person] = {}
         self.registered: dict[str, str] = {}
         self.requests: list[RecordedRequest] = []
@@ -385,6 +417,33 @@ class ControlPlaneSimulator:
         )
         return token, expires
 
+    def request_secret(self, gateway_id: str) -> RequestSecretKey:
+        """The current hmac-sha256 key of ``gateway_id`` (made on first use): what EmpowerID
+        signs that gateway's requests with when it is configured for ``hmac-sha256``."""
+        keys = self._request_secrets.setdefault(gateway_id, [])
+        if not keys:
+            keys.append(_new_request_secret(gateway_id, self.request_secret_lifetime))
+        return keys[-1]
+
+    def rotate_request_secret(self, gateway_id: str, *, overlap: dt.timedelta) -> RequestSecretKey:
+        """Issue a new key for ``gateway_id``; the outgoing one stays listed (and valid) for
+        ``overlap`` more, so requests signed with it just before the rotation still verify."""
+        outgoing = self.request_secret(gateway_id)
+        keys = self._request_secrets[gateway_id]
+        end = min(outgoing.not_after, _utcnow() + overlap)
+        keys[-1] = RequestSecretKey(outgoing.keyid, outgoing.secret, outgoing.not_before, end)
+        keys.append(_new_request_secret(gateway_id, self.request_secret_lifetime))
+        return keys[-1]
+
+    def request_secrets(self, gateway_id: str) -> list[RequestSecretKey]:
+        """The keys of ``gateway_id`` still inside their validity (oldest first)."""
+        now = _utcnow()
+        kept = self._request_secrets.get(gateway_id, [])
+        live = [key for key in kept if now < key.not_after]
+        self._request_secrets[gateway_id] = live
+        self.request_secret(gateway_id)  # a gateway always has a current key
+        return list(self._request_secrets[gateway_id])
+
     async def start(self) -> None:
         """Bind and serve."""
         self._tempdir = tempfile.TemporaryDirectory(prefix="controlplane-sim-")
@@ -405,6 +464,7 @@ class ControlPlaneSimulator:
         app.router.add_post(f"{API}/heartbeats", self._heartbeats)
         app.router.add_post(f"{API}/certificates", self._certificates)
         app.router.add_get(f"{API}/signing-keys", self._signing_keys)
+        app.router.add_get(f"{API}/request-secrets", self._request_secrets_answer)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=context)
@@ -601,6 +661,14 @@ class ControlPlaneSimulator:
         if isinstance(gateway_id, web.Response):
             return gateway_id
         return web.json_response({"keys": [self.signing_key.public_document()]})
+
+    async def _request_secrets_answer(self, request: web.Request) -> web.Response:
+        # Only over mTLS and only the caller's own keys: the certificate names the gateway.
+        gateway_id = self._mtls_gateway(request)
+        if isinstance(gateway_id, web.Response):
+            return gateway_id
+        keys = self.request_secrets(gateway_id)
+        return web.json_response({"keys": [key.document() for key in keys]})
 
 
 # -- `gateway dev controlplane` ----------------------------------------------------------------

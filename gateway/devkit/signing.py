@@ -5,7 +5,9 @@
 signature labelled ``eid`` with the application tag, ``created``, ``expires``, a random ``nonce``,
 ``keyid`` and ``alg``, covering ``@method @authority @path @query x-gateway-id`` (plus
 ``content-digest``). ``key_entry`` and ``keyset_document`` produce the key-set document the control
-plane delivers (``schemas/signing-keys.schema.json``).
+plane delivers (``schemas/signing-keys.schema.json``). Given the bytes of a gateway's shared
+secret instead of a private key, it signs with ``hmac-sha256`` (RFC 9421 section 3.3.3), as
+EmpowerID does for a gateway configured with ``signatures.hmac_sha256``.
 
 Never imported by production code.
 """
@@ -27,11 +29,14 @@ from gateway.auth.keys import Algorithm
 from gateway.auth.verifier import DEFAULT_TAG, GATEWAY_ID_HEADER, REQUIRED_COMPONENTS
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+SigningMaterial = PrivateKey | bytes
+"""A private key, or the bytes of a gateway's hmac-sha256 shared secret."""
 SIGNATURE_LABEL = "eid"
 
 _ALGORITHM_CLASSES: dict[str, type[algorithms.HTTPSignatureAlgorithm]] = {
     "ed25519": algorithms.ED25519,
     "ecdsa-p256-sha256": algorithms.ECDSA_P256_SHA256,
+    "hmac-sha256": algorithms.HMAC_SHA256,
 }
 
 
@@ -42,8 +47,10 @@ def generate_key(alg: Algorithm = "ed25519") -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def algorithm_of(key: PrivateKey) -> Algorithm:
+def algorithm_of(key: SigningMaterial) -> Algorithm:
     """The RFC 9421 algorithm name for ``key``."""
+    if isinstance(key, bytes):
+        return "hmac-sha256"
     return "ed25519" if isinstance(key, ed25519.Ed25519PrivateKey) else "ecdsa-p256-sha256"
 
 
@@ -57,11 +64,11 @@ class _Request:
 
 
 class RequestSigner:
-    """Signs requests for one gateway with one private key."""
+    """Signs requests for one gateway with one private key (or its hmac-sha256 secret)."""
 
     def __init__(
         self,
-        private_key: PrivateKey,
+        private_key: SigningMaterial,
         *,
         keyid: str,
         gateway_id: str,

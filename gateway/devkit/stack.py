@@ -320,14 +320,17 @@ class DevStack:
         document.update(sections)
         return document
 
-    def saas(self, *, signed: bool = True) -> SaaSClient:
-        """A SaaS client signing with the control plane's request-signing key (or unsigned)."""
-        key = self.controlplane.signing_key
-        signer = (
-            RequestSigner(key.private_key, keyid=key.keyid, gateway_id=self.gateway_id)
-            if signed
-            else None
-        )
+    def saas(self, *, signed: bool = True, hmac: bool = False) -> SaaSClient:
+        """A SaaS client signing with the control plane's request-signing key (or unsigned);
+        ``hmac``: with this gateway's current hmac-sha256 key instead (RFC 9421 section 3.3.3),
+        as EmpowerID does for a gateway with ``signatures.hmac_sha256``."""
+        signer: RequestSigner | None = None
+        if signed and hmac:
+            secret = self.controlplane.request_secret(self.gateway_id)
+            signer = RequestSigner(secret.secret, keyid=secret.keyid, gateway_id=self.gateway_id)
+        elif signed:
+            key = self.controlplane.signing_key
+            signer = RequestSigner(key.private_key, keyid=key.keyid, gateway_id=self.gateway_id)
         return SaaSClient(
             http_base=self.relay.http_base,
             ws_base=self.relay.ws_base,

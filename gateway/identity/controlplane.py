@@ -50,6 +50,8 @@ from gateway.identity.models import (
     HeartbeatAck,
     RegistrationResult,
     RelayInfo,
+    RequestSecret,
+    RequestSecretSet,
     SigningKey,
     SigningKeySet,
 )
@@ -250,6 +252,11 @@ class ControlPlaneClient:
         """``GET signing-keys`` over mTLS: the current request-signing keys."""
         key_set = await self._call("GET", "signing-keys", SigningKeySet)
         return list(key_set.keys)
+
+    async def request_secrets(self) -> list[RequestSecret]:
+        """``GET request-secrets`` over mTLS: this gateway's hmac-sha256 keys (never logged)."""
+        secret_set = await self._call("GET", "request-secrets", RequestSecretSet)
+        return list(secret_set.keys)
 
     # -- transport -----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ members are errors. Every string has a length bound so a hostile answer cannot i
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from typing import Annotated, Literal
 
@@ -40,6 +41,38 @@ class SigningKey(_Wire):
     def active_at(self, now: dt.datetime) -> bool:
         """True if the key may verify a signature made at ``now``."""
         return self.not_before <= now < self.not_after
+
+
+class RequestSecret(_Wire):
+    """This gateway's own symmetric request-signing key (RFC 9421 ``hmac-sha256``).
+
+    Handed out only over mTLS, only to the gateway it belongs to. ``secret`` is the key in
+    Base64 (RFC 4648 section 4), 32 to 64 bytes; a ``SecretStr`` so that no ``repr``, log line or
+    model dump shows it (:meth:`key_bytes` is the one way to the bytes).
+    """
+
+    keyid: KeyId
+    alg: Literal["hmac-sha256"]
+    secret: SecretStr = Field(min_length=44, max_length=88)
+    not_before: AwareDatetime
+    not_after: AwareDatetime
+
+    def key_bytes(self) -> bytes:
+        """The key (raises ``ValueError`` when ``secret`` is not Base64 of 32 to 64 bytes)."""
+        raw = base64.b64decode(self.secret.get_secret_value(), validate=True)
+        if not 32 <= len(raw) <= 64:
+            raise ValueError("an hmac-sha256 key must be 32 to 64 bytes")
+        return raw
+
+    def stored(self) -> dict[str, str]:
+        """The form written to the identity store's 0600 file (the secret in clear)."""
+        return {
+            "keyid": self.keyid,
+            "alg": self.alg,
+            "secret": self.secret.get_secret_value(),
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+        }
 
 
 class RelayEndpoint(_Wire):
@@ -84,6 +117,13 @@ class SigningKeySet(_Wire):
     """``GET /signing-keys`` answer: the current request-signing keys."""
 
     keys: list[SigningKey] = Field(min_length=1, max_length=16)
+
+
+class RequestSecretSet(_Wire):
+    """``GET /request-secrets`` answer: this gateway's current hmac-sha256 keys (during a
+    rotation the outgoing key stays listed, until its ``not_after``, beside the new one)."""
+
+    keys: list[RequestSecret] = Field(min_length=1, max_length=4)
 
 
 class AuditHead(_Wire):

@@ -7,6 +7,8 @@ Layout (every file written 0600 in a 0700 directory)::
     client-N.crt         client certificate chain of generation N (PEM, leaf first)
     ca.pem               the pinned control-plane CA
     signing-keys.json    the pinned request-signing public keys
+    request-secrets.json this gateway's hmac-sha256 request-signing keys (only with
+                         signatures.hmac_sha256; read as a secret, like the private key)
     relay.json           relay namespace and hybrid connection path (no token: tokens are fetched)
 
 Crash safety: each file is written to a temporary name in the same directory, fsynced, renamed
@@ -54,11 +56,12 @@ from gateway.identity.keys import (
     serialize_private_key,
     validate_gateway_id,
 )
-from gateway.identity.models import RelayEndpoint, SigningKey
+from gateway.identity.models import RelayEndpoint, RequestSecret, SigningKey
 
 IDENTITY_FILE = "identity.json"
 CA_FILE = "ca.pem"
 SIGNING_KEYS_FILE = "signing-keys.json"
+REQUEST_SECRETS_FILE = "request-secrets.json"
 RELAY_FILE = "relay.json"
 
 MAX_FILE_BYTES = 64 * 1024
@@ -68,6 +71,7 @@ STORE_FORMAT = 1
 _TEMP_MARKER = ".tmp-"
 _GENERATION_FILE = re.compile(r"client-([0-9]{1,9})\.(key|crt)")
 _SIGNING_KEYS = TypeAdapter(list[SigningKey])
+_REQUEST_SECRETS = TypeAdapter(list[RequestSecret])
 _T = TypeVar("_T")
 
 
@@ -469,6 +473,45 @@ class IdentityStore:
         """Replace the pinned signing keys (after a refresh over mTLS)."""
         with self._open_dir() as dfd:
             self._write(dfd, SIGNING_KEYS_FILE, _SIGNING_KEYS.dump_json(signing_keys, indent=2))
+
+    def write_request_secrets(self, secrets: list[RequestSecret]) -> None:
+        """Replace this gateway's hmac-sha256 keys (0600, written like the private key)."""
+        document = json.dumps([secret.stored() for secret in secrets], indent=2).encode()
+        with self._open_dir() as dfd:
+            self._write(dfd, REQUEST_SECRETS_FILE, document)
+
+    def read_request_secrets(self) -> list[RequestSecret]:
+        """The stored hmac-sha256 keys; empty when none are stored. The file is held to the
+        private key's rules (mode, owner, no symlink)."""
+        with self._open_dir() as dfd:
+            try:
+                os.stat(REQUEST_SECRETS_FILE, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return []
+            try:
+                return _REQUEST_SECRETS.validate_json(
+                    self._read(dfd, REQUEST_SECRETS_FILE, secret=True)
+                )
+            except ValidationError:
+                # The message names the file only: pydantic's would quote the secret.
+                raise IdentityError(
+                    "corrupt_file", f"{self._dir / REQUEST_SECRETS_FILE} is damaged"
+                ) from None
+
+    def remove_request_secrets(self) -> bool:
+        """Delete the stored hmac-sha256 keys (the option was turned off); whether one existed."""
+        with self._open_dir() as dfd:
+            try:
+                os.unlink(REQUEST_SECRETS_FILE, dir_fd=dfd)
+                os.fsync(dfd)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise IdentityError(
+                    "unwritable",
+                    f"cannot delete {self._dir / REQUEST_SECRETS_FILE}: {exc.strerror}",
+                ) from None
+            return True
 
     def commit(self, record: IdentityRecord) -> None:
         """Make ``record.generation`` current, then delete other generations and stale temps."""

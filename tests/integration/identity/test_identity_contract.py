@@ -48,6 +48,7 @@ def test_every_component_schema_is_valid_json_schema() -> None:
         ("/api/gateway/v1/heartbeats", "post"),
         ("/api/gateway/v1/certificates", "post"),
         ("/api/gateway/v1/signing-keys", "get"),
+        ("/api/gateway/v1/request-secrets", "get"),
     }
 
 
@@ -139,6 +140,7 @@ async def test_client_requests_and_simulator_answers_follow_the_contract(
         ),
         ("RelayInfo", 200, await _raw(simulator, mutual, "GET", "relay-info")),
         ("SigningKeySet", 200, await _raw(simulator, mutual, "GET", "signing-keys")),
+        ("RequestSecretSet", 200, await _raw(simulator, mutual, "GET", "request-secrets")),
         (
             "HeartbeatAck",
             200,
@@ -163,6 +165,7 @@ async def test_client_requests_and_simulator_answers_follow_the_contract(
         ),
         ("Problem", 401, await _raw(simulator, plain, "POST", "registrations", json=body)),
         ("Problem", 401, await _raw(simulator, plain, "GET", "relay-info")),
+        ("Problem", 401, await _raw(simulator, plain, "GET", "request-secrets")),
     ]
     for schema, expected_status, (status, content_type, document) in answers:
         assert status == expected_status, (schema, document)
