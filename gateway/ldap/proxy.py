@@ -462,7 +462,7 @@ class LdapProxy:
                         if outcome is not None:
                             outcome.hidden += 1
                         continue
-                    raw = self._stripped(verdict, raw, outcome)
+                    raw = self._stripped(verdict, raw, response.attributes, outcome)
                     if outcome is not None:
                         outcome.entries += 1
                 await self._send_client(raw)
@@ -476,7 +476,11 @@ class LdapProxy:
                         self._finish(outcome)
 
     def _stripped(
-        self, verdict: Verdict | None, raw: bytes, outcome: OperationOutcome | None
+        self,
+        verdict: Verdict | None,
+        raw: bytes,
+        attributes: tuple[str, ...],
+        outcome: OperationOutcome | None,
     ) -> bytes:
         if verdict is None or not verdict.strip_attributes:
             return raw
@@ -488,6 +492,10 @@ class LdapProxy:
             # gateway cannot map to a name could be a stripped type under another spelling.
             return _NUMERIC_OID.fullmatch(normalise_attribute(description)) is not None
 
+        # The session decoded the entry already: only an entry that carries something to strip
+        # is decoded again and re-encoded without it (the common entry passes as it came).
+        if not any(stripped(description) for description in attributes):
+            return raw
         kept, removed = strip_entry_attributes(raw, stripped)
         if removed and outcome is not None:
             outcome.stripped.update(normalise_attribute(item) for item in removed)
