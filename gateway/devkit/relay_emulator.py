@@ -253,6 +253,9 @@ class RelayEmulator:
         self._listen_refusal: int | None = None
         # Close codes listeners sent when they closed their control channels, in order.
         self.listener_close_codes: list[int] = []
+        # Sees every data message of every stream (what the relay could read); tests use it to
+        # show that LDAP crosses the relay only inside the inner TLS.
+        self.stream_tap: Callable[[bytes], None] | None = None
         self._listen_refusal_reason = ""
         self._delay = 0.0
         self._blackhole = False
@@ -939,7 +942,7 @@ class RelayEmulator:
                 max_msg_size=self._max_body + 1,
             )
             await sender.prepare(request)
-            await _splice(sender, result.ws)
+            await _splice(sender, result.ws, self.stream_tap)
         finally:
             # Also reached when aiohttp cancels this handler because the sender hung up: the
             # listener's leg then learns "sender closed" (1001, section 4) from its own handler.
@@ -1187,18 +1190,27 @@ def _remote(request: web.Request) -> RemoteEndpoint | None:
     return None
 
 
-async def _splice(sender: web.WebSocketResponse, listener: web.WebSocketResponse) -> None:
+async def _splice(
+    sender: web.WebSocketResponse,
+    listener: web.WebSocketResponse,
+    tap: Callable[[bytes], None] | None = None,
+) -> None:
     """Relay data messages both ways until one side closes (section 8.3).
 
     Text stays text, binary stays binary; pings are answered per leg by aiohttp. When the
     listener closes, the sender sees 1000; when the sender closes, the listener sees 1001.
+    ``tap`` sees every data message's bytes, as a relay operator could (both directions).
     """
 
     async def pump(source: web.WebSocketResponse, sink: web.WebSocketResponse) -> None:
         async for message in source:
             if message.type is WSMsgType.TEXT:
+                if tap is not None:
+                    tap(message.data.encode())
                 await sink.send_str(message.data)
             elif message.type is WSMsgType.BINARY:
+                if tap is not None:
+                    tap(message.data)
                 await sink.send_bytes(message.data)
             else:
                 return

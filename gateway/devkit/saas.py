@@ -4,11 +4,20 @@ WebSocket streams) through the relay emulator to whichever gateway listens.
 Addressing follows the relay contract (docs/relay-contract.md): ``/{hc}/{selector}{path}?{query}``,
 ``selector`` being a target name or ``host:port``. The signature covers the path as sent to the
 relay, so the gateway can check it was meant for this Hybrid Connection.
+
+LDAP targets: :meth:`SaaSClient.ldap_endpoint` is a loopback LDAP port for any LDAP client
+(ldap3 in the tests, the demo and the benchmark). Each connection to it becomes a signed stream
+to the target with the inner TLS of the relay contract: the SaaS side trusts only the EmpowerID
+CA and pins the gateway's identity (its SAN URI) before one byte of LDAP is sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -16,7 +25,17 @@ from yarl import URL
 
 from gateway.devkit.relay_emulator import RelayEmulator
 from gateway.devkit.signing import RequestSigner
+from gateway.ldap.innertls import (
+    InnerTlsError,
+    TlsOverMessages,
+    check_gateway_certificate,
+    client_context,
+)
 from gateway.outbound.sessions import client_session
+
+log = logging.getLogger(__name__)
+# Inner TLS messages: at most one 64 KiB plaintext chunk of records each (gateway.ldap.innertls).
+MAX_INNER_MESSAGE = 1 << 20
 
 SAS_HEADER = "ServiceBusAuthorization"
 
@@ -49,9 +68,15 @@ class SaaSClient:
         signer: RequestSigner | None,
         timeout: float = 30.0,
         relay: RelayEmulator | None = None,
+        gateway_id: str | None = None,
+        ca_pem: bytes | None = None,
     ) -> None:
-        """``relay``: the in-process emulator, needed only for :meth:`relay_json`."""
+        """``relay``: the in-process emulator, needed only for :meth:`relay_json`;
+        ``gateway_id`` and ``ca_pem`` (the EmpowerID CA): the inner TLS pins, for
+        :meth:`ldap_endpoint`."""
         self.relay = relay
+        self.gateway_id = gateway_id
+        self.ca_pem = ca_pem
         self.http_base = http_base.rstrip("/")
         self.ws_base = ws_base.rstrip("/")
         self.namespace = namespace
@@ -181,3 +206,99 @@ class SaaSClient:
             protocols=tuple(protocols),
             autoping=True,
         )
+
+    @contextlib.asynccontextmanager
+    async def ldap_endpoint(self, selector: str) -> AsyncIterator[int]:
+        """A loopback port (127.0.0.1, kernel-chosen) that speaks plain LDAP to a local client
+        and carries each connection as a stream to LDAP target ``selector``, inside the inner
+        TLS pinned to this client's ``gateway_id`` and ``ca_pem``."""
+        if self.gateway_id is None or self.ca_pem is None:
+            raise RuntimeError("ldap_endpoint needs the gateway id and the EmpowerID CA")
+        context = client_context(self.ca_pem)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            try:
+                await self._carry(reader, writer, selector, context)
+            except (InnerTlsError, aiohttp.ClientError, OSError) as exc:
+                log.info("LDAP stream to %s ended: %s", selector, exc)
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        try:
+            yield server.sockets[0].getsockname()[1]
+        finally:
+            server.close()
+            for task in list(tasks):
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await server.wait_closed()
+
+    async def _carry(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        selector: str,
+        context: ssl.SSLContext,
+    ) -> None:
+        assert self.gateway_id is not None
+        socket = await self.stream(selector)
+        try:
+            tls = TlsOverMessages(
+                _ClientSocket(socket), context, server_side=False, max_message=MAX_INNER_MESSAGE
+            )
+            await tls.handshake()
+            # Pin the gateway before any LDAP byte leaves (docs/relay-contract.md, Inner TLS).
+            check_gateway_certificate(tls.peer_certificate, self.gateway_id)
+
+            async def up() -> None:
+                while data := await reader.read(65536):
+                    await tls.send(data)
+                await tls.close()
+
+            async def down() -> None:
+                while (data := await tls.receive()) is not None:
+                    writer.write(data)
+                    await writer.drain()
+
+            tasks = [asyncio.create_task(up()), asyncio.create_task(down())]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+                if tasks[0] in done:
+                    # The local client finished: let the gateway's last answers arrive.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(tasks[1], self._timeout.total)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await socket.close()
+
+
+class _ClientSocket:
+    """The SaaS's WebSocket as a message channel for :class:`TlsOverMessages`."""
+
+    def __init__(self, socket: aiohttp.ClientWebSocketResponse) -> None:
+        self._socket = socket
+
+    async def receive(self) -> str | bytes | None:
+        message = await self._socket.receive()
+        if message.type is aiohttp.WSMsgType.BINARY:
+            return bytes(message.data)
+        if message.type is aiohttp.WSMsgType.TEXT:
+            return str(message.data)
+        return None
+
+    async def send(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            await self._socket.send_str(data)
+        else:
+            await self._socket.send_bytes(data)

@@ -258,3 +258,70 @@ def sample_ldif(*, people: int = 3, extra: Sequence[str] = ()) -> str:
     ]
     entries += list(extra)
     return "\n\n".join(entries) + "\n"
+
+
+@contextlib.contextmanager
+def sample_directory(workdir: Path, *, people: int = 3) -> Iterator[Slapd]:
+    """slapd with the :func:`sample_ldif` directory and TLS listeners whose certificate (for
+    ``localhost`` and 127.0.0.1) comes from a throw-away CA written to ``workdir/ca.pem``."""
+    # Imported here: the control-plane simulator's CA is the devkit's only certificate factory.
+    from gateway.devkit.controlplane import DevCA
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca = DevCA("Directory Devkit CA")
+    chain, key = ca.issue_server(["localhost", "127.0.0.1"])
+    (workdir / "cert.pem").write_bytes(chain)
+    (workdir / "key.pem").write_bytes(key)
+    (workdir / "key.pem").chmod(0o600)
+    (workdir / "ca.pem").write_bytes(ca.pem)
+    tls = SlapdTls(workdir / "cert.pem", workdir / "key.pem", workdir / "ca.pem")
+    with running_slapd(tls=tls, ldif=sample_ldif(people=people)) as slapd:
+        yield slapd
+
+
+PROTECTED_GROUP = f"cn=Domain Admins,ou=Groups,{SUFFIX}"
+MANAGED_GROUPS = f"ou=Managed Groups,ou=Groups,{SUFFIX}"
+MANAGED_GROUP = f"cn=Helpdesk,{MANAGED_GROUPS}"
+LAPS_COMPUTER = f"cn=ws01,ou=Computers,{SUFFIX}"
+BIND_IDENTITY = "inventory"
+
+
+def directory_target(
+    slapd: Slapd, *, ca_file: str, password_file: str, scheme: str = "ldaps"
+) -> dict[str, object]:
+    """A gateway.yaml LDAP target for the sample directory, least privilege for the demo's
+    work: bind only as the ``inventory`` identity (credential injection), search the whole
+    directory, change ``member`` and ``description`` of groups under ``ou=Managed Groups``,
+    never touch ``cn=Domain Admins``; LAPS and password attributes are never returned (the
+    default ``never_returned``)."""
+    return {
+        "description": "the sample OpenLDAP directory",
+        "scheme": scheme,
+        "host": "127.0.0.1",
+        "port": slapd.ldaps_port if scheme == "ldaps" else slapd.ldap_port,
+        "allow_special_addresses": True,
+        "tls": {"ca_file": ca_file, "server_name": "localhost"},
+        "ldap": {
+            "bind_identities": {
+                BIND_IDENTITY: {"dn": SERVICE_DN, "password": {"file": password_file}}
+            },
+            "never_reachable": [PROTECTED_GROUP],
+            "operations": [
+                {"name": "bind-inventory", "kinds": ["bind"], "bind_as": [BIND_IDENTITY]},
+                {
+                    "name": "inventory-search",
+                    "kinds": ["search"],
+                    "subtrees": [SUFFIX],
+                    "attributes": ["*"],
+                    "bind_as": [BIND_IDENTITY],
+                },
+                {
+                    "name": "manage-groups",
+                    "kinds": ["modify"],
+                    "subtrees": [MANAGED_GROUPS],
+                    "attributes": ["member", "description"],
+                    "bind_as": [BIND_IDENTITY],
+                },
+            ],
+        },
+    }

@@ -339,4 +339,6 @@ class DevStack:
             send_token=self.relay.token(self.hc, "SendRule"),
             signer=signer,
             relay=self.relay,
+            gateway_id=self.gateway_id,
+            ca_pem=self.controlplane.ca.pem,
         )
