@@ -24,10 +24,10 @@ from gateway.ldap.codec import (
     Request,
     Response,
     decode_request,
-    decode_response,
     pdu_length,
 )
 from gateway.ldap.errors import LdapProtocolError, LdapRefusedError
+from gateway.ldap.fastread import read_response
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,9 @@ class LdapSession:
         self._from_server += data
         pdus: list[ServerPdu] = []
         for raw in _frames(self._from_server, self.limits.max_response_bytes):
-            response = decode_response(raw, self.limits)
+            # The directory's answers go through the lazy reader (gateway.ldap.fastread says why
+            # that is safe): an entry's values are never parsed, only what the gateway decides on.
+            response = read_response(raw, self.limits)
             if response.message_id == 0:
                 # Section 4.4: unsolicited notifications use message id 0.
                 pdus.append(ServerPdu(raw, response))
