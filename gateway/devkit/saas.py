@@ -208,13 +208,19 @@ class SaaSClient:
         )
 
     @contextlib.asynccontextmanager
-    async def ldap_endpoint(self, selector: str) -> AsyncIterator[int]:
+    async def ldap_endpoint(self, selector: str, *, inner_tls: bool = True) -> AsyncIterator[int]:
         """A loopback port (127.0.0.1, kernel-chosen) that speaks plain LDAP to a local client
         and carries each connection as a stream to LDAP target ``selector``, inside the inner
-        TLS pinned to this client's ``gateway_id`` and ``ca_pem``."""
-        if self.gateway_id is None or self.ca_pem is None:
-            raise RuntimeError("ldap_endpoint needs the gateway id and the EmpowerID CA")
-        context = client_context(self.ca_pem)
+        TLS pinned to this client's ``gateway_id`` and ``ca_pem``.
+
+        ``inner_tls=False`` carries the bytes as they are, for a ``tcp`` target (the benchmark
+        compares the two; the local client then brings its own TLS to the directory).
+        """
+        context = None
+        if inner_tls:
+            if self.gateway_id is None or self.ca_pem is None:
+                raise RuntimeError("ldap_endpoint needs the gateway id and the EmpowerID CA")
+            context = client_context(self.ca_pem)
         tasks: set[asyncio.Task[None]] = set()
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -226,6 +232,9 @@ class SaaSClient:
                 await self._carry(reader, writer, selector, context)
             except (InnerTlsError, aiohttp.ClientError, OSError) as exc:
                 log.info("LDAP stream to %s ended: %s", selector, exc)
+            except asyncio.CancelledError:
+                # The endpoint is closing; asyncio's server would log a cancelled handler.
+                return
             finally:
                 writer.close()
 
@@ -244,17 +253,21 @@ class SaaSClient:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         selector: str,
-        context: ssl.SSLContext,
+        context: ssl.SSLContext | None,
     ) -> None:
-        assert self.gateway_id is not None
         socket = await self.stream(selector)
         try:
-            tls = TlsOverMessages(
-                _ClientSocket(socket), context, server_side=False, max_message=MAX_INNER_MESSAGE
-            )
-            await tls.handshake()
-            # Pin the gateway before any LDAP byte leaves (docs/relay-contract.md, Inner TLS).
-            check_gateway_certificate(tls.peer_certificate, self.gateway_id)
+            tls: TlsOverMessages | _Plain
+            if context is None:
+                tls = _Plain(socket)
+            else:
+                assert self.gateway_id is not None
+                tls = TlsOverMessages(
+                    _ClientSocket(socket), context, server_side=False, max_message=MAX_INNER_MESSAGE
+                )
+                await tls.handshake()
+                # Pin the gateway before any LDAP byte leaves (docs/relay-contract.md).
+                check_gateway_certificate(tls.peer_certificate, self.gateway_id)
 
             async def up() -> None:
                 while data := await reader.read(65536):
@@ -302,3 +315,14 @@ class _ClientSocket:
             await self._socket.send_str(data)
         else:
             await self._socket.send_bytes(data)
+
+
+class _Plain(_ClientSocket):
+    """A stream's bytes as they are (a ``tcp`` target), with the TLS object's interface."""
+
+    async def receive(self) -> bytes | None:
+        message = await super().receive()
+        return message.encode() if isinstance(message, str) else message
+
+    async def close(self) -> None:
+        """Nothing to end above the stream itself."""

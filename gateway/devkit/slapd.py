@@ -5,10 +5,11 @@ inetOrgPerson schemas plus the legacy LAPS attribute ``ms-Mcs-AdmPwd`` with Micr
 stripping can be shown on a real entry), one ``mdb`` database for ``dc=example,dc=com`` loaded
 offline with ``slapadd``, an ``ldapi://`` socket and, when asked, TLS listeners on loopback:
 ``ldap://`` (StartTLS) and ``ldaps://`` with a server certificate from a throw-away CA. The TCP
-ports are chosen by the kernel (port 0) and read back from ``/proc`` once slapd listens, so no
-port is guessed free. slapd runs in the foreground as a child process with the ``stats`` log
-level: every connection and operation it receives is a line of :attr:`Slapd.log_path`, which
-the tests read to show that what the gateway refused never reached the directory.
+ports are ones the kernel handed out for port 0 (slapd itself reads port 0 as "the default"),
+with a new start on other ports if one was taken meanwhile. slapd runs in the foreground as a
+child process with the ``stats`` log level: every connection and operation it receives is a line
+of :attr:`Slapd.log_path`, which the tests read to show that what the gateway refused never
+reached the directory.
 
 Debian: ``apt-get install slapd ldap-utils`` (``.ci/run`` installs them). Nothing else here is
 needed: the demo says the LDAP steps were skipped, and why, when :func:`unavailable_reason` is
@@ -18,7 +19,6 @@ not None.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import socket
@@ -42,6 +42,7 @@ SERVICE_DN = f"cn=empowerid,ou=Service,{SUFFIX}"
 SERVICE_PASSWORD = "directory-service-password"  # noqa: S105 - throwaway test account
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+START_ATTEMPTS = 5
 # slapd's "stats" log level (slapd.conf(5), loglevel 256): connections and operations.
 STATS_LOG_LEVEL = "256"
 # Microsoft's OID for the legacy LAPS password attribute (ms-Mcs-AdmPwd).
@@ -148,21 +149,17 @@ def _ready(path: Path) -> bool:
     return True
 
 
-def _listening_ports(pid: int) -> list[int]:
-    """The loopback TCP ports process ``pid`` listens on, in socket (file descriptor) order."""
-    inodes: list[str] = []
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in sorted(fd_dir.iterdir(), key=lambda p: int(p.name)):
-        with contextlib.suppress(OSError):
-            link = os.readlink(fd)
-            if link.startswith("socket:["):
-                inodes.append(link[8:-1])
-    listening: dict[str, int] = {}
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "0A":  # TCP_LISTEN
-            listening[fields[9]] = int(fields[1].rsplit(":", 1)[1], 16)
-    return [listening[inode] for inode in inodes if inode in listening]
+def _ephemeral_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports the kernel has just handed out (bound to port 0, then
+    released for slapd, which reads ``:0`` in a URL as the scheme's default port)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def _load(workdir: Path, ldif: str) -> None:
@@ -173,6 +170,38 @@ def _load(workdir: Path, ldif: str) -> None:
         capture_output=True,
         timeout=START_TIMEOUT,
     )
+
+
+@contextlib.contextmanager
+def _slapd(workdir: Path, urls: list[str], *, last: bool) -> Iterator[bool]:
+    """Run slapd on ``urls`` until the block ends; yields False if it exited while starting
+    (and ``last`` is False: the caller tries again), raises if it did not start otherwise."""
+    with (workdir / "slapd.log").open("ab") as log:
+        process = subprocess.Popen(  # noqa: S603 - fixed tool, arguments built here
+            [SLAPD, "-f", str(workdir / "slapd.conf"), "-h", " ".join(urls), "-d", STATS_LOG_LEVEL],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _ready(workdir / "ldapi"):
+            exited = process.poll() is not None
+            if (exited and last) or time.monotonic() > deadline:
+                raise RuntimeError(
+                    "slapd did not start: " + (workdir / "slapd.log").read_text()[-2000:]
+                )
+            if exited:
+                yield False
+                return
+            time.sleep(0.05)
+        yield True
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT)
 
 
 @contextlib.contextmanager
@@ -189,42 +218,18 @@ def running_slapd(*, tls: SlapdTls | None = None, ldif: str | None = None) -> It
         if ldif is not None:
             _load(workdir, ldif)
         socket_path = workdir / "ldapi"
-        urls = ["ldapi://" + urllib.parse.quote(str(socket_path), safe="")]
-        if tls is not None:
-            urls += ["ldap://127.0.0.1:0/", "ldaps://127.0.0.1:0/"]
-        log = (workdir / "slapd.log").open("wb")
-        process = subprocess.Popen(  # noqa: S603 - fixed tool, arguments built here
-            [SLAPD, "-f", str(workdir / "slapd.conf"), "-h", " ".join(urls), "-d", STATS_LOG_LEVEL],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + START_TIMEOUT
-            ports: list[int] = []
-            while not _ready(socket_path) or len(ports) < (2 if tls else 0):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    raise RuntimeError(
-                        "slapd did not start: " + (workdir / "slapd.log").read_text()[-2000:]
-                    )
-                time.sleep(0.05)
-                if tls is not None:
-                    ports = _listening_ports(process.pid)
-            # slapd opens its listeners in the order of -h: ldap://, then ldaps://.
-            yield Slapd(
-                socket_path=socket_path,
-                workdir=workdir,
-                ldap_port=ports[0] if ports else 0,
-                ldaps_port=ports[1] if ports else 0,
-            )
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=STOP_TIMEOUT)
-            log.close()
+        # Another process may take a released port before slapd binds it: try again with new
+        # ones (slapd exits when a listener cannot bind).
+        for attempt in range(START_ATTEMPTS):
+            ports = _ephemeral_ports(2) if tls is not None else [0, 0]
+            urls = ["ldapi://" + urllib.parse.quote(str(socket_path), safe="")]
+            if tls is not None:
+                urls += [f"ldap://127.0.0.1:{ports[0]}/", f"ldaps://127.0.0.1:{ports[1]}/"]
+            with _slapd(workdir, urls, last=attempt == START_ATTEMPTS - 1) as started:
+                if not started:
+                    continue
+                yield Slapd(socket_path, workdir, ldap_port=ports[0], ldaps_port=ports[1])
+                return
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -284,16 +289,17 @@ MANAGED_GROUPS = f"ou=Managed Groups,ou=Groups,{SUFFIX}"
 MANAGED_GROUP = f"cn=Helpdesk,{MANAGED_GROUPS}"
 LAPS_COMPUTER = f"cn=ws01,ou=Computers,{SUFFIX}"
 BIND_IDENTITY = "inventory"
+WHO_AM_I = "1.3.6.1.4.1.4203.1.11.3"
 
 
 def directory_target(
     slapd: Slapd, *, ca_file: str, password_file: str, scheme: str = "ldaps"
 ) -> dict[str, object]:
     """A gateway.yaml LDAP target for the sample directory, least privilege for the demo's
-    work: bind only as the ``inventory`` identity (credential injection), search the whole
-    directory, change ``member`` and ``description`` of groups under ``ou=Managed Groups``,
-    never touch ``cn=Domain Admins``; LAPS and password attributes are never returned (the
-    default ``never_returned``)."""
+    work: bind only as the ``inventory`` identity (credential injection), ask who it is (RFC
+    4532), search the whole directory, change ``member`` and ``description`` of groups under
+    ``ou=Managed Groups``, never touch ``cn=Domain Admins``; LAPS and password attributes are
+    never returned (the default ``never_returned``)."""
     return {
         "description": "the sample OpenLDAP directory",
         "scheme": scheme,
@@ -306,7 +312,14 @@ def directory_target(
                 BIND_IDENTITY: {"dn": SERVICE_DN, "password": {"file": password_file}}
             },
             "never_reachable": [PROTECTED_GROUP],
+            # Who am I (RFC 4532): lets the SaaS see which account it works as.
+            "extended_operations": [WHO_AM_I],
             "operations": [
+                {
+                    "name": "who-am-i",
+                    "kinds": ["extended"],
+                    "bind_as": [BIND_IDENTITY],
+                },
                 {"name": "bind-inventory", "kinds": ["bind"], "bind_as": [BIND_IDENTITY]},
                 {
                     "name": "inventory-search",

@@ -161,8 +161,9 @@ def demo_config(
     *,
     extra_operations: Sequence[Mapping[str, object]] = (),
     policy_dir: Path | None = None,
+    extra_targets: Mapping[str, Mapping[str, object]] | None = None,
 ) -> dict[str, Any]:
-    """The gateway.yaml document for a gateway wired to ``stack``."""
+    """The gateway.yaml document for a gateway wired to ``stack`` (plus ``extra_targets``)."""
     # Relative to the gateway directory, where write_gateway_dir makes an extensions directory.
     policies = policy_dir or Path("policies")
     operations: list[Mapping[str, object]] = [
@@ -203,6 +204,7 @@ def demo_config(
                 "port": stack.targets.tcp_port,
                 "allow_special_addresses": True,
             },
+            **(extra_targets or {}),
         },
     }
 
@@ -270,11 +272,13 @@ class DevStack:
         *,
         extra_operations: Sequence[Mapping[str, object]] = (),
         document: Mapping[str, Any] | None = None,
+        extra_targets: Mapping[str, Mapping[str, object]] | None = None,
     ) -> Path:
         """Write gateway.yaml and the pinned EmpowerID CA into ``directory``; returns the config.
 
-        The file is :func:`demo_config` (plus ``extra_operations``) unless ``document`` gives the
-        whole gateway.yaml document to write instead (see :meth:`gateway_document`).
+        The file is :func:`demo_config` (plus ``extra_operations`` and ``extra_targets``) unless
+        ``document`` gives the whole gateway.yaml document to write instead (see
+        :meth:`gateway_document`).
         """
         directory.mkdir(parents=True, exist_ok=True)
         self.controlplane.write_ca(directory / "empowerid-ca.pem").chmod(0o644)
@@ -284,7 +288,9 @@ class DevStack:
         (directory / "policies").chmod(0o755)
         path = directory / "gateway.yaml"
         if document is None:
-            document = demo_config(self, extra_operations=extra_operations)
+            document = demo_config(
+                self, extra_operations=extra_operations, extra_targets=extra_targets
+            )
         # Written to a temporary name and renamed, so a watching gateway never reads half a file.
         partial = path.with_suffix(".yaml.tmp")
         partial.write_text(yaml.safe_dump(dict(document), sort_keys=False), encoding="utf-8")
