@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.devkit.controlplane import DevCA
+from gateway.devkit.slapd import sample_directory
 
-from ..slapd import Slapd, SlapdTls, running_slapd, sample_ldif, slapd_unavailable_reason
+from ..slapd import Slapd, slapd_unavailable_reason
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,5 @@ def tls_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsDirec
     if reason is not None:
         pytest.skip(reason)
     directory = tmp_path_factory.mktemp("directory-tls")
-    ca = DevCA("Directory Test CA")
-    chain, key = ca.issue_server(["localhost", "127.0.0.1"])
-    (directory / "cert.pem").write_bytes(chain)
-    (directory / "key.pem").write_bytes(key)
-    (directory / "key.pem").chmod(0o600)
-    (directory / "ca.pem").write_bytes(ca.pem)
-    tls = SlapdTls(directory / "cert.pem", directory / "key.pem", directory / "ca.pem")
-    with running_slapd(tls=tls, ldif=sample_ldif()) as slapd:
-        yield TlsDirectory(slapd, directory / "ca.pem", ca.pem)
+    with sample_directory(directory) as slapd:
+        yield TlsDirectory(slapd, directory / "ca.pem", (directory / "ca.pem").read_bytes())
