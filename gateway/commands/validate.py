@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
     config = loaded.config
-    operations = sum(len(t.operations) for t in config.targets.values())
+    operations = sum(
+        len(t.operations) + (len(t.ldap.operations) if t.ldap else 0)
+        for t in config.targets.values()
+    )
     if args.format == "json":
         print(
             json.dumps(

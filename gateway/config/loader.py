@@ -326,6 +326,7 @@ def _host_checks(
         (("gateway", "key_passphrase"), config.gateway.key_passphrase),
         (("logging", "decision_log", "hmac_key"), config.logging.decision_log.hmac_key),
         *credential_references(config),
+        *ldap_identity_references(config),
     ]
     for path, ref in references:
         if ref is None:
@@ -384,6 +385,18 @@ def credential_references(config: GatewayConfig) -> list[tuple[JsonPath, SecretR
                 ((*base, "oauth2_client_credentials", "client_secret"), oauth.client_secret)
             )
     return found
+
+
+def ldap_identity_references(config: GatewayConfig) -> list[tuple[JsonPath, SecretRef]]:
+    """The password reference of every LDAP bind identity, with its JSON path: the password of
+    identity ``svc`` of target ``dc`` is ``LoadedConfig.secrets["targets.dc.ldap.bind_identities
+    .svc.password"]``."""
+    return [
+        (("targets", name, "ldap", "bind_identities", identity, "password"), entry.password)
+        for name, target in config.targets.items()
+        if target.ldap is not None
+        for identity, entry in target.ldap.bind_identities.items()
+    ]
 
 
 def _resolve_secret(

@@ -196,7 +196,8 @@ class PolicySection(_Model):
 
 
 class TargetTls(_Model):
-    """TLS towards an https target."""
+    """TLS the gateway originates: to an https target, or to a directory (ldaps, and ldap after
+    StartTLS)."""
 
     ca_file: str | None = Field(
         default=None, min_length=1, description="CA bundle to verify the target with."
@@ -253,14 +254,240 @@ class Operation(_Model):
     )
 
 
+# LDAP targets (docs/ldap.md). A dotted-decimal OID (RFC 4512 section 1.4, numericoid).
+OID_PATTERN = r"^(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+$"
+# An attribute type as rules name it: a descriptor or an OID (RFC 4512 section 1.4), without
+# options; "*" stands for any attribute where a list allows it.
+LDAP_ATTRIBUTE_PATTERN = (
+    r"^(?:[A-Za-z][A-Za-z0-9-]{0,127}|(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+)$"
+)
+LDAP_ATTRIBUTE_OR_ANY_PATTERN = (
+    r"^(?:\*|\+|[A-Za-z][A-Za-z0-9-]{0,127}|(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+)$"
+)
+# A DN as written in gateway.yaml (RFC 4514); parsed and checked by the semantic checks. The
+# empty string is the root: the whole directory.
+LdapDn = Annotated[str, Field(max_length=8192)]
+LdapKind = Literal["bind", "search", "compare", "add", "delete", "modify", "modify_dn", "extended"]
+LDAP_KINDS: tuple[str, ...] = (
+    "bind",
+    "search",
+    "compare",
+    "add",
+    "delete",
+    "modify",
+    "modify_dn",
+    "extended",
+)
+LdapScope = Literal["base", "one", "sub"]
+LdapChangeType = Literal["add", "delete", "replace", "increment"]
+
+# RFC 2696 Simple Paged Results: allowed on every LDAP target without being listed.
+PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
+# RFC 4511 section 4.14: the gateway owns TLS; the SaaS may never start it inside the stream.
+STARTTLS_OID = "1.3.6.1.4.1.1466.20037"
+# SASL mechanisms that never negotiate a security layer (RFC 4422 section 3.7), so the stream
+# stays readable after the bind: EXTERNAL (RFC 4422 appendix A), PLAIN (RFC 4616) and
+# ANONYMOUS (RFC 4505). GSSAPI, DIGEST-MD5, GSS-SPNEGO and the like may wrap the stream.
+SASL_WITHOUT_LAYER: tuple[str, ...] = ("EXTERNAL", "PLAIN", "ANONYMOUS")
+# Secrets and password material a directory may hold (ldap-notes: Active Directory and LAPS,
+# RFC 4519 userPassword). Lower-case, as the policy compares attribute types.
+DEFAULT_NEVER_RETURNED: tuple[str, ...] = (
+    "ms-mcs-admpwd",
+    "mslaps-password",
+    "mslaps-encryptedpassword",
+    "mslaps-encryptedpasswordhistory",
+    "mslaps-encrypteddsrmpassword",
+    "mslaps-encrypteddsrmpasswordhistory",
+    "unicodepwd",
+    "userpassword",
+    "supplementalcredentials",
+    "dbcspwd",
+    "lmpwdhistory",
+    "ntpwdhistory",
+)
+
+
+class LdapBindIdentity(_Model):
+    """A directory account the gateway binds with for the SaaS (credential injection)."""
+
+    dn: LdapDn = Field(
+        min_length=1, description="The account's DN (or UPN for Active Directory) at the directory."
+    )
+    password: SecretRef = Field(
+        description="Its password, by reference: {env: NAME}, {file: PATH} or {credential: NAME}."
+    )
+
+
+class LdapOperation(_Model):
+    """One grant on an LDAP target: operation kinds on DN subtrees, with their attributes.
+
+    Deny by default: an LDAP request is allowed only when a rule lists its kind, its entry lies
+    in one of the rule's subtrees, and every attribute, change, scope, limit and identity it
+    involves is within the rule.
+    """
+
+    name: str = Field(pattern=NAME_PATTERN, description="Name shown in decisions and audit logs.")
+    description: str | None = Field(default=None, max_length=1000)
+    kinds: list[LdapKind] = Field(
+        min_length=1,
+        max_length=8,
+        json_schema_extra=_UNIQUE,
+        description="LDAP operations this rule grants: bind, search, compare, add, delete, "
+        "modify, modify_dn, extended.",
+    )
+    subtrees: list[LdapDn] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra=_UNIQUE,
+        description="DNs of the subtrees the entry must lie in (the DN itself or below it, by "
+        "RDN sequence). '' is the whole directory. Required for every kind but bind and "
+        "extended.",
+    )
+    scopes: list[LdapScope] = Field(
+        default_factory=lambda: list[LdapScope](("base", "one", "sub")),
+        min_length=1,
+        max_length=3,
+        json_schema_extra=_UNIQUE,
+        description="Search scopes allowed (RFC 4511 section 4.5.1.2). Default: all three.",
+    )
+    attributes: list[Annotated[str, Field(pattern=LDAP_ATTRIBUTE_OR_ANY_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=256,
+        json_schema_extra=_UNIQUE,
+        description="Attribute types the request may name: requested by a search, compared, "
+        "set by an add, or changed by a modify. '*' allows any attribute (for a search: also "
+        "the '*' selector and an empty list); '+' allows the '+' selector (all operational "
+        "attributes). Required for search, compare, add and modify.",
+    )
+    filter_attributes: list[Annotated[str, Field(pattern=LDAP_ATTRIBUTE_PATTERN)]] | None = Field(
+        default=None,
+        max_length=256,
+        json_schema_extra=_UNIQUE,
+        description="If set, a search filter may test only these attribute types. Filters on "
+        "never_returned attributes are refused whatever this says.",
+    )
+    change_types: list[LdapChangeType] = Field(
+        default_factory=lambda: list[LdapChangeType](("add", "delete", "replace")),
+        min_length=1,
+        max_length=4,
+        json_schema_extra=_UNIQUE,
+        description="Modify change types allowed (RFC 4511 section 4.6, RFC 4525 increment). "
+        "Default: add, delete, replace.",
+    )
+    new_superiors: list[LdapDn] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra=_UNIQUE,
+        description="For modify_dn: subtrees the entry may be moved or renamed into. Default: "
+        "the rule's own subtrees.",
+    )
+    bind_as: list[Annotated[str, Field(min_length=1, max_length=8192)]] = Field(
+        default_factory=list,
+        max_length=256,
+        json_schema_extra=_UNIQUE,
+        description="For bind: the bind identities (names from ldap.bind_identities), DNs or "
+        "user principal names that may bind. For other kinds: the rule applies only to a "
+        "connection bound as one of them; empty means any bound identity.",
+    )
+    max_size_limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="A search must ask for at most this many entries (its sizeLimit; 0, no "
+        "limit, is over any cap).",
+    )
+    max_time_limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=3600,
+        description="A search must ask for at most this many seconds (its timeLimit; 0, no "
+        "limit, is over any cap).",
+    )
+
+
+class LdapTarget(_Model):
+    """How the gateway speaks LDAP to a directory, and what the SaaS may do there."""
+
+    cleartext: bool = Field(
+        default=False,
+        description="scheme ldap only: talk to the directory without StartTLS. Directory "
+        "passwords and data then cross the network in clear; logged loudly.",
+    )
+    case_insensitive_values: bool = Field(
+        default=True,
+        description="Compare DN values case-insensitively (Active Directory, and the naming "
+        "attributes of most directories).",
+    )
+    allow_extended_dn: bool = Field(
+        default=False,
+        description="Accept Active Directory's <GUID=...>/<SID=...> DN forms. They name no "
+        "place, so only a rule on the whole directory ('') can allow them, and never while "
+        "never_reachable lists a subtree.",
+    )
+    bind_identities: dict[Annotated[str, Field(pattern=NAME_PATTERN)], LdapBindIdentity] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Directory accounts by name: a simple bind by the SaaS with such a name is "
+        "made by the gateway with the stored credential, which never leaves this network.",
+    )
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Allow anonymous binds and requests on a connection that has not bound.",
+    )
+    sasl_mechanisms: list[Annotated[str, Field(pattern=r"^[A-Z0-9_-]{1,20}$")]] = Field(
+        default_factory=list,
+        max_length=8,
+        json_schema_extra=_UNIQUE,
+        description="SASL mechanisms the SaaS may bind with; only mechanisms without a security "
+        "layer (EXTERNAL, PLAIN, ANONYMOUS), which would hide the stream from inspection.",
+    )
+    controls: list[Annotated[str, Field(pattern=OID_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra=_UNIQUE,
+        description="Request control OIDs allowed besides paged results "
+        "(1.2.840.113556.1.4.319, always allowed). Any other control is refused.",
+    )
+    extended_operations: list[Annotated[str, Field(pattern=OID_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra=_UNIQUE,
+        description="Extended operation OIDs a rule of kind extended may allow. StartTLS can "
+        "never be listed: the gateway owns TLS.",
+    )
+    never_reachable: list[LdapDn] = Field(
+        default_factory=list,
+        max_length=256,
+        json_schema_extra=_UNIQUE,
+        description="Subtrees no operation may touch, whatever a rule allows (deny wins); "
+        "search results never include their entries.",
+    )
+    never_returned: list[Annotated[str, Field(pattern=LDAP_ATTRIBUTE_PATTERN)]] = Field(
+        default_factory=lambda: list(DEFAULT_NEVER_RETURNED),
+        max_length=256,
+        json_schema_extra=_UNIQUE,
+        description="Attribute types removed from every search result entry; searches that "
+        "request or filter on them and compares of them are refused. Default: LAPS, "
+        "unicodePwd, userPassword and other password material. Listing replaces the default.",
+    )
+    operations: list[LdapOperation] = Field(
+        default_factory=list,
+        max_length=256,
+        description="The rules; an LDAP request no rule allows is refused.",
+    )
+
+
 class Target(_Model):
     """An on-prem system the SaaS may reach, and exactly what it may do there."""
 
     description: str | None = Field(default=None, max_length=1000)
-    scheme: Literal["https", "http", "tcp"]
+    scheme: Literal["https", "http", "tcp", "ldaps", "ldap"]
     host: str = Field(pattern=HOST_PATTERN, max_length=253)
     port: int | None = Field(
-        default=None, ge=1, le=65535, description="Default 443 (https) or 80 (http); tcp needs one."
+        default=None,
+        ge=1,
+        le=65535,
+        description="Default 443 (https), 80 (http), 636 (ldaps) or 389 (ldap); tcp needs one.",
     )
     allowed_cidrs: list[Annotated[str, Field(pattern=CIDR_PATTERN)]] = Field(
         default_factory=list,
@@ -274,6 +501,9 @@ class Target(_Model):
     )
     tls: TargetTls | None = None
     limits: TargetLimits = Field(default_factory=TargetLimits)
+    ldap: LdapTarget | None = Field(
+        default=None, description="Required for ldap and ldaps targets: the LDAP rules."
+    )
     credential: str | None = Field(
         default=None,
         pattern=NAME_PATTERN,
@@ -285,11 +515,22 @@ class Target(_Model):
     )
 
     @property
+    def stream_only(self) -> bool:
+        """Whether the target carries streams rather than HTTP requests: raw tcp, and LDAP
+        (whose operations inside the stream are decided one by one)."""
+        return self.scheme in STREAM_SCHEMES
+
+    @property
     def effective_port(self) -> int:
         """The port to dial: explicit, or the scheme's default."""
         if self.port is not None:
             return self.port
-        return 443 if self.scheme == "https" else 80
+        return _DEFAULT_PORTS[self.scheme]
+
+
+LDAP_SCHEMES = frozenset({"ldap", "ldaps"})
+STREAM_SCHEMES = frozenset({"tcp", *LDAP_SCHEMES})
+_DEFAULT_PORTS = {"https": 443, "http": 80, "ldaps": 636, "ldap": 389, "tcp": 80}
 
 
 class HeaderCredential(_Model):

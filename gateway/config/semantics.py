@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Iterator
 
 from gateway.config import capacity
+from gateway.config.ldap_semantics import LDAP_SCHEMES, check_ldap_target
 from gateway.config.model import CREDENTIAL_KINDS, Credential, GatewayConfig, Target
 from gateway.config.patterns import PathPattern, PatternError
 from gateway.config.yamlsafe import JsonPath, Located
@@ -220,6 +221,12 @@ def _check_target(
     name: str, target: Target, config: GatewayConfig, doc: Located
 ) -> Iterator[Problem]:
     base = ("targets", name)
+    yield from check_ldap_target(base, target, doc)
+    if target.scheme in LDAP_SCHEMES:
+        yield from _check_addresses(base, target, doc)
+        yield from _check_limits(base, target, config, doc)
+        yield from _check_tls(base, target, doc)
+        return
     if target.scheme == "tcp":
         if target.port is None:
             yield doc.problem(base, "a tcp target needs a 'port'", code="missing_key")
@@ -237,23 +244,30 @@ def _check_target(
             code="missing_key",
             hint="add operations: [{name: ..., methods: [GET], paths: [/...]}]",
         )
-    if target.tls is not None:
-        if target.scheme != "https":
-            yield doc.problem(
-                (*base, "tls"), "'tls' applies to https targets only", code="unused_setting"
-            )
-        elif target.tls.insecure_skip_verify and target.tls.ca_file is not None:
-            yield doc.problem(
-                (*base, "tls"),
-                "'insecure_skip_verify' and 'ca_file' contradict each other",
-                code="conflicting_settings",
-                hint="keep ca_file and drop insecure_skip_verify",
-            )
+    yield from _check_tls(base, target, doc)
     yield from _check_addresses(base, target, doc)
     yield from _check_target_credentials(base, target, config, doc)
     yield from _check_limits(base, target, config, doc)
     yield from _check_read_timeout(base, target, config, doc)
     yield from _check_operations(base, target, doc)
+
+
+def _check_tls(base: JsonPath, target: Target, doc: Located) -> Iterator[Problem]:
+    if target.tls is None:
+        return
+    if target.scheme not in ("https", *LDAP_SCHEMES):
+        yield doc.problem(
+            (*base, "tls"),
+            "'tls' applies to https, ldaps and ldap targets only",
+            code="unused_setting",
+        )
+    elif target.tls.insecure_skip_verify and target.tls.ca_file is not None:
+        yield doc.problem(
+            (*base, "tls"),
+            "'insecure_skip_verify' and 'ca_file' contradict each other",
+            code="conflicting_settings",
+            hint="keep ca_file and drop insecure_skip_verify",
+        )
 
 
 def _check_addresses(base: JsonPath, target: Target, doc: Located) -> Iterator[Problem]:
