@@ -51,6 +51,7 @@ from gateway.forward.rejections import RequestRejected
 from gateway.forward.streams import TcpEnd, UpstreamEnd, open_tcp, relay
 from gateway.forward.upstream import Upstream, UpstreamError, UpstreamResponse
 from gateway.forward.websocket import WebSocketUpstream
+from gateway.ldap.decide import LdapChain
 from gateway.observability.metrics import Metrics
 from gateway.policy.decision_log import RECORD_VERSION, recorded_input
 from gateway.policy.input import build_input
@@ -109,6 +110,16 @@ class Decision(Protocol):
         """Seconds the engine took."""
         ...
 
+    @property
+    def strip_attributes(self) -> Sequence[str]:
+        """LDAP search: attribute types removed from every result entry."""
+        ...
+
+    @property
+    def hidden_subtrees(self) -> Sequence[Sequence[str]]:
+        """LDAP search: root-first RDN paths whose entries are never returned."""
+        ...
+
     def as_dict(self) -> dict[str, Any]:
         """The decision as JSON-ready data (schemas/policy-decision.schema.json plus timing)."""
         ...
@@ -147,10 +158,13 @@ class Runtime:
     """The credentials this revision injects (:mod:`gateway.forward.credentials`)."""
     chain: Chain = field(init=False, repr=False, compare=False)
     """The steps that decide every request of this revision (:class:`Chain`)."""
+    ldap_chain: LdapChain = field(init=False, repr=False, compare=False)
+    """The decision on every LDAP operation of this revision (:mod:`gateway.ldap.decide`)."""
 
     def __post_init__(self) -> None:
-        # Frozen: the chain is derived once from the configuration and engine of this revision.
+        # Frozen: the chains are derived once from the configuration and engine of this revision.
         object.__setattr__(self, "chain", Chain(self.loaded.config, self.engine))
+        object.__setattr__(self, "ldap_chain", LdapChain(self.loaded.config, self.engine))
 
     @property
     def revision(self) -> str:
@@ -422,7 +436,7 @@ class Chain:
         target = self.config.targets[canonical.target]
         operation = next((o for o in target.operations if o.name == decision.operation), None)
         monitor = False
-        if decision.allow and operation is None and target.scheme == "tcp":
+        if decision.allow and operation is None and target.stream_only:
             operation = _NO_OPERATION
         elif not decision.allow or operation is None:
             if not decision.monitor:
@@ -445,7 +459,7 @@ class Chain:
             except RequestRejected as exc:
                 refused = Refusal(exc.status, str(exc.code), str(exc), "headers")
                 return Verdict(refused, "headers", canonical, document, decision, elapsed)
-        if target.scheme != "tcp":
+        if not target.stream_only:
             headers = tuple(outbound_headers(target, operation, canonical.headers))
         kept = {name for name, _ in headers}
         dropped = tuple(dict.fromkeys(n for n, _ in canonical.headers if n not in kept))
@@ -482,9 +496,14 @@ class Chain:
         config = self.config
         target = config.targets[canonical.target]
         if facts.websocket:
-            if target.scheme == "tcp" and canonical.path != "/":
+            if target.stream_only and canonical.path != "/":
                 # Not granted by the allow-list, like any other path no operation names (403).
-                raise Refusal(403, "path_not_allowed", "a tcp target has no paths", "canonicalise")
+                raise Refusal(
+                    403,
+                    "path_not_allowed",
+                    f"a {target.scheme} target has no paths",
+                    "canonicalise",
+                )
             return offered_protocols(canonical.headers)
         limit = target.limits.max_request_body_bytes
         limit = config.limits.max_request_body_bytes if limit is None else limit

@@ -143,7 +143,7 @@ def canonicalise(
     """
     _check_method(method, websocket=websocket)
     name, selected = select_target(config, target)
-    if selected.scheme == "tcp" and not websocket:
+    if selected.stream_only and not websocket:
         raise RequestRejected(
             R.STREAM_ONLY_TARGET, "the target carries raw streams, not HTTP requests"
         )

@@ -247,7 +247,7 @@ def outbound_headers(
 def credential_name(target: Target, operation: Operation | None) -> str | None:
     """The credential injected for ``operation`` on ``target``: the operation's own, else the
     target's; None for a tcp target or when neither names one."""
-    if target.scheme == "tcp":
+    if target.stream_only:
         return None
     if operation is not None and operation.credential is not None:
         return operation.credential

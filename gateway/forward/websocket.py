@@ -121,7 +121,7 @@ class WebSocketUpstream:
         resolve_path: Callable[[str], Path] | None = None,
     ) -> None:
         self._config = config
-        self._targets = {n: t for n, t in config.targets.items() if t.scheme != "tcp"}
+        self._targets = {n: t for n, t in config.targets.items() if not t.stream_only}
         # A pool of its own: a stream holds its connection for its whole life (see module doc).
         self._pool = TargetPool(
             config,

@@ -14,8 +14,11 @@ engine the gateway builds (``gateway run`` at start and reload, ``validate``, ``
 2. **smoke evaluation**: the decision is evaluated for one request per declared operation (its
    first method on its first path, a stream where it allows them), one method it does not allow,
    one unsigned request, and one stream per tcp target, each built by the canonicaliser and the
-   input builder that live requests go through; each must produce a well-formed decision document
-   of this revision. An evaluation error or a missing document refuses the policy.
+   input builder that live requests go through; and for every LDAP target, one operation per rule
+   (each of its kinds, inside its first subtree), an anonymous search and a search with a
+   refused control, built by :class:`gateway.ldap.decide.LdapChain` as live operations are. Each
+   must produce a well-formed decision document of this revision (for LDAP, one with the
+   ``ldap`` part). An evaluation error or a missing document refuses the policy.
 
 The smoke evaluation cannot reach every branch a request could take, which is why the call check
 exists; together they turn the failures this module was written for into configuration errors
@@ -35,6 +38,7 @@ from gateway.config.model import GatewayConfig, Target
 from gateway.errors import PolicyError, Problem
 from gateway.forward.canonical import canonicalise
 from gateway.forward.rejections import RequestRejected
+from gateway.ldap.errors import LdapRefusedError
 from gateway.policy.engine import UNDEFINED, EngineError, document_problem
 from gateway.policy.input import build_input
 from gateway.policy.loader import PolicyModule, PolicySet
@@ -85,6 +89,10 @@ def check_policy(engine: Evaluator, policies: PolicySet, config: GatewayConfig) 
         if problems:
             raise PolicyError(problems)
     for document in smoke_inputs(config):
+        problem = _evaluation_problem(engine, document, policies)
+        if problem is not None:
+            raise PolicyError([problem])
+    for document in ldap_smoke_inputs(config):
         problem = _evaluation_problem(engine, document, policies)
         if problem is not None:
             raise PolicyError([problem])
@@ -173,14 +181,37 @@ def _example_path(pattern: str) -> str:
     return "/".join(segments) or "/"
 
 
-def _evaluation_problem(
-    engine: Any, document: dict[str, Any], policies: PolicySet
-) -> Problem | None:
-    request = (
+def ldap_smoke_inputs(config: GatewayConfig) -> Iterator[dict[str, Any]]:
+    """Policy input documents for the smoke evaluation of LDAP targets, built like a live
+    operation's (:func:`gateway.ldap.decide.policy_document`)."""
+    from gateway.ldap.decide import policy_document, smoke_facts
+
+    count = 0
+    for facts in smoke_facts(config):
+        try:
+            yield policy_document(config, facts)
+        except LdapRefusedError:
+            continue  # refused before the policy: nothing for the engine to decide
+        count += 1
+        if count >= MAX_SMOKE_INPUTS:
+            return
+
+
+def _describe(document: Mapping[str, Any]) -> str:
+    ldap = document.get("ldap")
+    if isinstance(ldap, Mapping):
+        return f"LDAP {ldap.get('operation')} on {document['target']} {ldap.get('dn', '')!r}"
+    return (
         f"{document['method']} {document['target']} {document['path']}"
         f"{' (stream)' if document['websocket'] else ''}"
         f"{'' if document['signature']['verified'] else ' (unsigned)'}"
     )
+
+
+def _evaluation_problem(
+    engine: Any, document: dict[str, Any], policies: PolicySet
+) -> Problem | None:
+    request = _describe(document)
     try:
         result = engine.evaluate(document)
     except EngineError as exc:
@@ -197,6 +228,8 @@ def _evaluation_problem(
         if result is UNDEFINED
         else document_problem(result, policies.revision)
     )
+    if why is None and "ldap" in document and "ldap" not in result:
+        why = "an LDAP operation was answered without the ldap part (strip_attributes, ...)"
     if why is None:
         return None
     return Problem(

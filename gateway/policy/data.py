@@ -22,8 +22,18 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.config.model import GatewayConfig, Operation, Target
+from gateway.config.model import (
+    LDAP_SCHEMES,
+    PAGED_RESULTS_OID,
+    GatewayConfig,
+    LdapOperation,
+    LdapTarget,
+    Operation,
+    Target,
+)
 from gateway.config.patterns import MANY, ONE, PathPattern
+from gateway.ldap.dn import MatchingRules, normalise_attribute
+from gateway.ldap.policy_input import subtree_path
 
 __all__ = ["bucket", "policy_data"]
 
@@ -36,6 +46,11 @@ def policy_data(config: GatewayConfig, revision: str) -> dict[str, Any]:
     return {
         "targets": {name: _target(target) for name, target in config.targets.items()},
         "index": index,
+        "ldap": {
+            name: ldap_data(target.ldap)
+            for name, target in config.targets.items()
+            if target.ldap is not None and target.scheme in LDAP_SCHEMES
+        },
         "revision": revision,
     }
 
@@ -46,12 +61,16 @@ def bucket(name: str) -> str:
 
 
 def _target(target: Target) -> dict[str, Any]:
-    return {
+    written: dict[str, Any] = {
         "scheme": target.scheme,
         "host": target.host,
         "port": target.effective_port,
         "operations": [_operation(op) for op in target.operations],
     }
+    if target.ldap is not None:
+        written["ldap"] = target.ldap.model_dump(mode="json", exclude={"bind_identities"})
+        written["ldap"]["bind_identities"] = sorted(target.ldap.bind_identities)
+    return written
 
 
 def _operation(op: Operation) -> dict[str, Any]:
@@ -107,4 +126,64 @@ def _route(op: Operation, pattern: PathPattern) -> dict[str, Any]:
         # Literal segments with their position; "*" matches any one segment, so it is left out.
         "literals": [[i, s] for i, s in enumerate(segments) if s != ONE],
         "trailing_slash": pattern.trailing_slash,
+    }
+
+
+def ldap_data(ldap: LdapTarget) -> dict[str, Any]:
+    """``data.gateway.ldap[name]``: one LDAP target's rules in the form ``gateway.authz`` compares.
+
+    Every DN becomes its root-first path of canonical RDNs (:func:`subtree_path`, the same
+    preparation the request's DNs go through), so "within a subtree" is a prefix test in Rego;
+    every attribute type is normalised as requests' are (lower case, OIDs named where known).
+    """
+    rules = MatchingRules(case_insensitive=ldap.case_insensitive_values)
+    return {
+        "allow_anonymous": ldap.allow_anonymous,
+        "allow_extended_dn": ldap.allow_extended_dn,
+        "sasl_mechanisms": sorted(ldap.sasl_mechanisms),
+        "controls": sorted({PAGED_RESULTS_OID, *ldap.controls}),
+        "extended_operations": sorted(ldap.extended_operations),
+        "identities": sorted(ldap.bind_identities),
+        "never_reachable": [subtree_path(text, rules) for text in ldap.never_reachable],
+        "never_returned": _attributes(ldap.never_returned),
+        "rules": [_ldap_rule(rule, ldap, rules) for rule in ldap.operations],
+    }
+
+
+def _attributes(names: Iterable[str]) -> list[str]:
+    # "*" and "+" are kept as they are: they are not attribute types but what a rule allows.
+    return sorted({name if name in ("*", "+") else normalise_attribute(name) for name in names})
+
+
+def _ldap_rule(rule: LdapOperation, ldap: LdapTarget, rules: MatchingRules) -> dict[str, Any]:
+    subtrees = [subtree_path(text, rules) for text in rule.subtrees]
+    identities = [entry for entry in rule.bind_as if entry in ldap.bind_identities]
+    dns = [entry for entry in rule.bind_as if entry not in identities and "=" in entry]
+    names = [entry for entry in rule.bind_as if entry not in identities and "=" not in entry]
+    return {
+        "name": rule.name,
+        "kinds": sorted(rule.kinds),
+        "subtrees": subtrees,
+        "scopes": sorted(rule.scopes),
+        "attributes": _attributes(rule.attributes),
+        "filter_attributes": (
+            None if rule.filter_attributes is None else _attributes(rule.filter_attributes)
+        ),
+        "change_types": sorted(rule.change_types),
+        # The destination of a modify DN: the rule's own subtrees unless it names others.
+        "new_superiors": (
+            [subtree_path(text, rules) for text in rule.new_superiors]
+            if rule.new_superiors
+            else subtrees
+        ),
+        "bind_as": {
+            "any": not rule.bind_as,
+            "identities": sorted(identities),
+            "dn_paths": [subtree_path(text, rules) for text in dns],
+            # User principal names and DOMAIN\user names compare as Active Directory does,
+            # case-insensitively.
+            "names": sorted({entry.strip().casefold() for entry in names}),
+        },
+        "max_size_limit": rule.max_size_limit,
+        "max_time_limit": rule.max_time_limit,
     }

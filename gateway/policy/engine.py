@@ -20,7 +20,7 @@ import abc
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from gateway.policy.cache import DecisionCache
@@ -60,6 +60,10 @@ class Decision:
     cached: bool = False
     monitor: bool = False
     """Monitor mode and the policy denied: log "would deny" and forward anyway."""
+    strip_attributes: tuple[str, ...] = ()
+    """LDAP search: attribute types removed from every result entry (lower case)."""
+    hidden_subtrees: tuple[tuple[str, ...], ...] = ()
+    """LDAP search: root-first RDN paths of subtrees whose entries are never returned."""
 
     @property
     def forward(self) -> bool:
@@ -150,16 +154,7 @@ class PolicyEngine(abc.ABC):
             key = cache.key(input)
             hit = cache.get(key)
             if hit is not None:
-                return Decision(
-                    hit.allow,
-                    hit.target,
-                    hit.operation,
-                    hit.reasons,
-                    hit.revision,
-                    time.perf_counter() - started,
-                    True,
-                    hit.monitor,
-                )
+                return replace(hit, latency=time.perf_counter() - started, cached=True)
         try:
             document = await self._evaluate(input)
         except EngineError as fault:
@@ -202,6 +197,7 @@ class PolicyEngine(abc.ABC):
             )
             return self._fault(POLICY_UNAVAILABLE, input, started)
         allow = document["allow"]
+        ldap = document.get("ldap") or {}
         return Decision(
             allow=allow,
             target=document["target"],
@@ -210,6 +206,8 @@ class PolicyEngine(abc.ABC):
             revision=self._revision,
             latency=time.perf_counter() - started,
             monitor=self._mode == "monitor" and not allow,
+            strip_attributes=tuple(ldap.get("strip_attributes", ())),
+            hidden_subtrees=tuple(tuple(path) for path in ldap.get("hidden_subtrees", ())),
         )
 
     def _fault(self, reason: str, input: Mapping[str, Any], started: float) -> Decision:
@@ -226,15 +224,14 @@ class PolicyEngine(abc.ABC):
 
 def document_problem(document: Any, revision: str | None) -> str | None:
     """Why ``document`` is not exactly a decision document (schemas/policy-decision.schema.json)
-    of ``revision`` (any revision when None), or None when it is one."""
-    if not isinstance(document, dict) or set(document) != {
-        "allow",
-        "target",
-        "operation",
-        "reasons",
-        "revision",
-    }:
+    of ``revision`` (any revision when None), or None when it is one.
+
+    The decision on an LDAP operation has one more key, ``ldap``: what the answer must not
+    carry (``strip_attributes``: attribute types; ``hidden_subtrees``: RDN paths)."""
+    if not isinstance(document, dict) or set(document) - {"ldap"} != _DECISION_KEYS:
         return "not an object with exactly allow, target, operation, reasons and revision"
+    if "ldap" in document and _ldap_problem(document["ldap"]) is not None:
+        return _ldap_problem(document["ldap"])
     allow = document["allow"]
     reasons = document["reasons"]
     if allow is not True and allow is not False:
@@ -252,4 +249,24 @@ def document_problem(document: Any, revision: str | None) -> str | None:
     for key in ("target", "operation"):
         if document[key] is not None and not isinstance(document[key], str):
             return f"{key} is neither null nor a string"
+    return None
+
+
+_DECISION_KEYS = frozenset({"allow", "target", "operation", "reasons", "revision"})
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _ldap_problem(ldap: Any) -> str | None:
+    """Why the ``ldap`` part of a decision is malformed (a deny: the proxy could not know what to
+    hide), or None."""
+    if not isinstance(ldap, dict) or set(ldap) != {"strip_attributes", "hidden_subtrees"}:
+        return "ldap is not an object with exactly strip_attributes and hidden_subtrees"
+    if not _strings(ldap["strip_attributes"]):
+        return "ldap.strip_attributes is not a list of strings"
+    hidden = ldap["hidden_subtrees"]
+    if not isinstance(hidden, list) or not all(_strings(path) for path in hidden):
+        return "ldap.hidden_subtrees is not a list of RDN paths"
     return None

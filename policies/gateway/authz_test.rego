@@ -167,3 +167,189 @@ test_two_granting_operations_are_ambiguous := {
 	"input": get(["api", "orders"]),
 	"expect": {"allow": false, "operation": null, "reasons": ["ambiguous_operation"]},
 }
+
+# --- LDAP operations -------------------------------------------------------------------------
+# An LDAP target and operations on it, as gateway/ldap/decide.py builds the input: DNs are
+# root-first paths of canonical RDNs (attribute types as OIDs where known, values prepared and
+# lower-cased), attribute types lower-case.
+
+ldap_targets := {"directory": {
+	"scheme": "ldaps",
+	"host": "dc.corp.local",
+	"ldap": {
+		"bind_identities": {"svc": {"dn": "CN=svc,DC=corp,DC=local", "password": {"env": "PW"}}},
+		"never_reachable": ["OU=Tier0,DC=corp,DC=local"],
+		"operations": [
+			{
+				"name": "inventory",
+				"kinds": ["search"],
+				"subtrees": ["DC=corp,DC=local"],
+				"attributes": ["cn", "member"],
+			},
+			{
+				"name": "groups",
+				"kinds": ["modify"],
+				"subtrees": ["OU=Groups,DC=corp,DC=local"],
+				"attributes": ["member"],
+				"change_types": ["add", "delete"],
+				"bind_as": ["svc"],
+			},
+		],
+	},
+}}
+
+corp_local := ["0.9.2342.19200300.100.1.25=local", "0.9.2342.19200300.100.1.25=corp"]
+
+tier0 := array.concat(corp_local, ["2.5.4.11=tier0"])
+
+groups := array.concat(corp_local, ["2.5.4.11=groups"])
+
+ldap_operation(ldap) := {
+	"target": "directory",
+	"ldap": object.union({"controls": []}, ldap),
+	"connection": {
+		"bound": true,
+		"injected": true,
+		"identity": "svc",
+		"dn_path": null,
+		"name": "",
+		"inner_tls": true,
+	},
+	"signature": {"verified": true, "keyid": "k1"},
+}
+
+ldap_search(path, attributes, filter_attributes) := ldap_search_controls(
+	path,
+	attributes,
+	filter_attributes,
+	[],
+)
+
+ldap_search_controls(path, attributes, filter_attributes, controls) := ldap_operation({
+	"operation": "search",
+	"controls": controls,
+	"dn_path": path,
+	"scope": "sub",
+	"size_limit": 0,
+	"time_limit": 0,
+	"types_only": false,
+	"selection": {"all_user": false, "all_operational": false, "attributes": attributes},
+	"filter": {"attributes": filter_attributes, "terms": 1, "depth": 1, "extensible_rules": []},
+})
+
+ldap_modify(path, changes) := ldap_operation({
+	"operation": "modify",
+	"dn_path": path,
+	"changes": changes,
+	"attributes": [change.attribute | some change in changes],
+})
+
+ldap_case(input_doc, expect) := {"targets": ldap_targets, "input": input_doc, "expect": expect}
+
+test_ldap_search_in_subtree_allowed := ldap_case(
+	ldap_search(corp_local, ["cn"], ["objectclass"]),
+	{"allow": true, "operation": "inventory", "reasons": []},
+)
+
+test_ldap_search_strips_never_returned_and_hides_tier0 := ldap_case(
+	ldap_search(corp_local, ["cn"], ["objectclass"]),
+	{"ldap": {"strip_attributes": ldap_default_strip, "hidden_subtrees": [tier0]}},
+)
+
+test_ldap_search_in_never_reachable_denied := ldap_case(
+	ldap_search(array.concat(tier0, ["2.5.4.3=dc1"]), ["cn"], ["objectclass"]),
+	{"allow": false, "operation": null, "reasons": ["ldap_never_reachable"]},
+)
+
+# An RDN whose value merely starts like the protected one is not inside it.
+test_ldap_search_beside_never_reachable_allowed := ldap_case(
+	ldap_search(array.concat(corp_local, ["2.5.4.11=tier0-lab"]), ["cn"], ["objectclass"]),
+	{"allow": true, "ldap": {"strip_attributes": ldap_default_strip, "hidden_subtrees": []}},
+)
+
+ldap_default_strip := [
+	"dbcspwd", "lmpwdhistory", "ms-mcs-admpwd", "mslaps-encrypteddsrmpassword",
+	"mslaps-encrypteddsrmpasswordhistory", "mslaps-encryptedpassword",
+	"mslaps-encryptedpasswordhistory", "mslaps-password", "ntpwdhistory",
+	"supplementalcredentials", "unicodepwd", "userpassword",
+]
+
+test_ldap_requesting_a_never_returned_attribute_denied := ldap_case(
+	ldap_search(corp_local, ["cn", "ms-mcs-admpwd"], ["objectclass"]),
+	{"allow": false, "reasons": ["ldap_attribute_never_returned"]},
+)
+
+test_ldap_filter_on_a_never_returned_attribute_denied := ldap_case(
+	ldap_search(corp_local, ["cn"], ["ms-mcs-admpwd", "objectclass"]),
+	{"allow": false, "reasons": ["ldap_filter_never_returned"]},
+)
+
+test_ldap_attribute_outside_the_rule_denied := ldap_case(
+	ldap_search(corp_local, ["cn", "description"], ["objectclass"]),
+	{"allow": false, "reasons": ["ldap_attribute_not_granted"]},
+)
+
+test_ldap_unnamed_oid_attribute_needs_listing := ldap_case(
+	ldap_search(corp_local, ["1.2.840.113556.1.4.7000"], ["objectclass"]),
+	{"allow": false, "reasons": ["ldap_attribute_not_granted"]},
+)
+
+test_ldap_search_outside_subtree_denied := ldap_case(
+	ldap_search(["0.9.2342.19200300.100.1.25=other"], ["cn"], []),
+	{"allow": false, "reasons": ["ldap_subtree_not_granted"]},
+)
+
+test_ldap_control_not_listed_denied := ldap_case(
+	ldap_search_controls(corp_local, ["cn"], [], [{"oid": "1.2.840.113556.1.4.417", "critical": true}]),
+	{"allow": false, "reasons": ["ldap_control_refused"]},
+)
+
+test_ldap_paged_results_allowed_by_default := ldap_case(
+	ldap_search_controls(corp_local, ["cn"], [], [{"oid": "1.2.840.113556.1.4.319", "critical": false}]),
+	{"allow": true},
+)
+
+test_ldap_unbound_search_denied := ldap_case(
+	object.union(ldap_search(corp_local, ["cn"], []), {"connection": {
+		"bound": false,
+		"injected": false,
+		"identity": null,
+		"dn_path": null,
+		"name": "",
+		"inner_tls": true,
+	}}),
+	{"allow": false, "reasons": ["ldap_anonymous_refused"]},
+)
+
+test_ldap_group_member_add_allowed := ldap_case(
+	ldap_modify(array.concat(groups, ["2.5.4.3=sales"]), [{"type": "add", "attribute": "member"}]),
+	{"allow": true, "operation": "groups"},
+)
+
+test_ldap_group_member_replace_denied := ldap_case(
+	ldap_modify(array.concat(groups, ["2.5.4.3=sales"]), [{"type": "replace", "attribute": "member"}]),
+	{"allow": false, "reasons": ["ldap_change_not_granted"]},
+)
+
+test_ldap_operation_no_rule_grants_denied := ldap_case(
+	ldap_operation({"operation": "delete", "dn_path": groups}),
+	{"allow": false, "operation": null, "reasons": ["ldap_not_granted"]},
+)
+
+test_ldap_starttls_from_the_saas_denied := ldap_case(
+	ldap_operation({"operation": "extended", "extended_oid": "1.3.6.1.4.1.1466.20037"}),
+	{"allow": false, "reasons": ["ldap_extended_refused", "ldap_starttls_refused"]},
+)
+
+# The stream that carries the operations is granted by the target, like a tcp stream.
+test_ldap_stream_to_an_ldap_target_allowed := {
+	"targets": ldap_targets,
+	"input": object.union(request("directory", "GET", [], false), {"websocket": true}),
+	"expect": {"allow": true, "operation": null},
+}
+
+test_ldap_http_request_to_an_ldap_target_denied := {
+	"targets": ldap_targets,
+	"input": request("directory", "GET", ["x"], false),
+	"expect": {"allow": false, "reasons": ["stream_only_target"]},
+}

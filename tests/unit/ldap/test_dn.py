@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.ldap.dn import KNOWN_TYPES, Dn, MatchingRules, escape_value, normalise_attribute
+from gateway.ldap.dn import Dn, MatchingRules, normalise_attribute
 from gateway.ldap.errors import DnError
+from tests.unit.ldap.dn_strategies import dns, render
 
 TIER0 = Dn.parse("OU=Tier0,DC=corp,DC=example")
 
@@ -139,30 +140,6 @@ def test_normalise_attribute(description: str, expected: str) -> None:
 
 # --- properties -----------------------------------------------------------------------------
 
-_TYPE_NAMES = sorted(KNOWN_TYPES)
-_value_chars = st.characters(
-    codec="utf-8", categories=("L", "N", "P", "S", "Zs"), exclude_characters="\x00"
-)
-_values = st.text(_value_chars, min_size=1, max_size=12).filter(lambda v: v.strip() != "")
-_rdn = st.lists(st.tuples(st.sampled_from(_TYPE_NAMES), _values), min_size=1, max_size=3).filter(
-    lambda avas: len({KNOWN_TYPES[t] for t, _ in avas}) == len(avas)
-)
-_dns = st.lists(_rdn, min_size=1, max_size=6)
-
-
-def _render(rdns: list[list[tuple[str, str]]], spaced: bool, upper: bool, hexed: bool) -> str:
-    def value(text: str) -> str:
-        if hexed:
-            return "".join(f"\\{byte:02x}" for byte in text.encode("utf-8"))
-        return escape_value(text)
-
-    sep = " , " if spaced else ","
-    plus = " + " if spaced else "+"
-    return sep.join(
-        plus.join(f"{name.upper() if upper else name}={value(text)}" for name, text in rdn)
-        for rdn in rdns
-    )
-
 
 def _parse_or_none(text: str) -> Dn | None:
     try:
@@ -172,37 +149,37 @@ def _parse_or_none(text: str) -> Dn | None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(_dns, st.booleans(), st.booleans(), st.booleans())
+@given(dns, st.booleans(), st.booleans(), st.booleans())
 def test_every_spelling_parses_to_the_same_dn(
     rdns: list[list[tuple[str, str]]], spaced: bool, upper: bool, hexed: bool
 ) -> None:
-    plain = _parse_or_none(_render(rdns, False, False, False))
+    plain = _parse_or_none(render(rdns, False, False, False))
     if plain is None:  # a value with a prohibited character: every spelling is refused
-        assert _parse_or_none(_render(rdns, spaced, upper, hexed)) is None
+        assert _parse_or_none(render(rdns, spaced, upper, hexed)) is None
         return
-    assert Dn.parse(_render(rdns, spaced, upper, hexed)) == plain
+    assert Dn.parse(render(rdns, spaced, upper, hexed)) == plain
     # Its string form parses back to the same DN.
     assert Dn.parse(str(plain)) == plain
     # Every suffix is an ancestor, and the DN is within each of them.
     for cut in range(len(rdns) + 1):
-        ancestor = Dn.parse(_render(rdns[cut:], False, False, False))
+        ancestor = Dn.parse(render(rdns[cut:], False, False, False))
         assert plain.within(ancestor)
         if cut:
             assert not ancestor.within(plain)
 
 
 @settings(max_examples=300, deadline=None)
-@given(_dns, _dns)
+@given(dns, dns)
 def test_within_agrees_with_rdn_suffixes(
     left: list[list[tuple[str, str]]], right: list[list[tuple[str, str]]]
 ) -> None:
-    a = _parse_or_none(_render(left, False, False, False))
-    b = _parse_or_none(_render(right, False, False, False))
+    a = _parse_or_none(render(left, False, False, False))
+    b = _parse_or_none(render(right, False, False, False))
     if a is None or b is None:
         return
     expected = len(a.rdns) >= len(b.rdns) and a.rdns[len(a.rdns) - len(b.rdns) :] == b.rdns
     assert a.within(b) is expected
-    joined = Dn.parse(_render(left + right, False, False, False))
+    joined = Dn.parse(render(left + right, False, False, False))
     assert joined.within(b)
 
 

@@ -127,6 +127,9 @@ async def test_cache_keys_on_exactly_the_fields_the_policy_reads(make_config: Ma
     policies = load_policies(make_config())
     assert policies.cache_plan.cacheable
     assert policies.cache_plan.fields == (
+        # An LDAP operation and its connection, each as a whole (gateway/ldap/decide.py).
+        ("connection",),
+        ("ldap",),
         ("method",),
         ("path_segments",),
         ("signature", "verified"),

@@ -1,0 +1,279 @@
+"""The decision on one LDAP operation: the same Rego policy and engine as every HTTP request.
+
+``LdapChain.decide(LdapFacts)`` builds the policy input from a decoded request
+(:func:`gateway.ldap.policy_input.ldap_input`: DNs as root-first RDN paths prepared the way the
+directory compares them, attribute types normalised, no secret) plus what the connection is bound
+as, asks the engine for ``data.gateway.authz.decision`` (``policies/gateway/authz.rego``, LDAP
+section; the rules are ``data.gateway.ldap`` from :mod:`gateway.policy.data`), and returns an
+:class:`LdapVerdict`. The proxy, ``gateway explain --ldap``, ``policy-test`` and decision replay
+all call it, so none of them can answer differently from a running gateway.
+
+It never raises for a refused operation: a DN the gateway cannot compare (the core refuses it) and
+an engine that cannot decide are denies too, with ``ldap_dn_*`` and ``policy_unavailable`` /
+``policy_undefined`` as ``reasons[0]``. Monitor mode does not apply: LDAP operations are always
+enforced (a "would deny" of an LDAP write cannot be undone, and stripping a secret in a trial
+costs nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from gateway.config.model import LDAP_SCHEMES, GatewayConfig, LdapOperation, Target
+from gateway.ldap.codec import Change, Control, FilterNode, Operation, Request
+from gateway.ldap.dn import DEFAULT_RULES, Dn, MatchingRules, normalise_attribute
+from gateway.ldap.errors import DnError, LdapRefusedError
+from gateway.ldap.policy_input import dn_path, ldap_input
+from gateway.policy.engine import POLICY_UNAVAILABLE, POLICY_UNDEFINED
+
+if TYPE_CHECKING:
+    from gateway.pipeline import Decider
+
+__all__ = [
+    "LdapChain",
+    "LdapFacts",
+    "LdapVerdict",
+    "matching_rules",
+    "policy_document",
+    "smoke_facts",
+]
+
+_ENGINE_FAULTS = frozenset({POLICY_UNAVAILABLE, POLICY_UNDEFINED})
+
+
+@dataclass(frozen=True)
+class LdapFacts:
+    """One LDAP operation on a stream, as the policy decides it.
+
+    ``bound_as`` is the bind identity's name when the gateway bound with a stored credential
+    (``injected``), the DN or user principal name the stream bound with otherwise, and None while
+    it is anonymous or unbound. ``inner_tls`` says the SaaS reached the gateway over the TLS
+    inside the relayed stream (simple binds are refused without it).
+    """
+
+    target: str
+    request: Request
+    bound_as: str | None
+    injected: bool
+    keyid: str | None
+    inner_tls: bool
+
+
+@dataclass(frozen=True)
+class LdapVerdict:
+    """What the policy decided for one LDAP operation.
+
+    ``reasons[0]`` is a stable reason code for a deny (``ldap_not_granted``,
+    ``ldap_never_reachable``, ``ldap_control_refused``, ...); the proxy puts it in the diagnostic
+    message. For an allowed search, ``strip_attributes`` (lower-case types) must be removed from
+    every result entry and entries within ``hidden_subtrees`` (root-first RDN paths of never
+    reachable subtrees the scope reaches) must not be returned: :meth:`strips`, :meth:`hides`.
+    """
+
+    allowed: bool
+    reasons: tuple[str, ...]
+    operation: str | None
+    strip_attributes: frozenset[str]
+    revision: str
+    document: Mapping[str, Any]
+    hidden_subtrees: tuple[tuple[str, ...], ...] = ()
+    matching: MatchingRules = field(default=DEFAULT_RULES, repr=False)
+    latency: float = 0.0
+    """Seconds the engine took (for the decision-latency metric)."""
+
+    @property
+    def unavailable(self) -> bool:
+        """The engine could not decide (answer busy/other, not insufficientAccessRights)."""
+        return not self.allowed and bool(self.reasons) and self.reasons[0] in _ENGINE_FAULTS
+
+    def strips(self, description: str) -> bool:
+        """Whether an attribute of a result entry, by its description, must be removed."""
+        return normalise_attribute(description) in self.strip_attributes
+
+    def hides(self, entry_dn: str) -> bool:
+        """Whether a search result entry with this DN must not be returned.
+
+        An entry whose DN cannot be compared is hidden when any subtree is: fail closed.
+        """
+        if not self.hidden_subtrees:
+            return False
+        try:
+            path = dn_path(Dn.parse(entry_dn, self.matching))
+        except DnError:
+            return True
+        if path is None:
+            return True
+        return any(tuple(path[: len(hidden)]) == hidden for hidden in self.hidden_subtrees)
+
+
+def matching_rules(target: Target | None) -> MatchingRules:
+    """How the target's directory compares DNs (``ldap.case_insensitive_values`` and
+    ``ldap.allow_extended_dn``); the default rules for anything else."""
+    if target is None or target.ldap is None:
+        return DEFAULT_RULES
+    return MatchingRules(
+        case_insensitive=target.ldap.case_insensitive_values,
+        allow_extended=target.ldap.allow_extended_dn,
+    )
+
+
+class LdapChain:
+    """Decides LDAP operations under one revision (``Runtime.ldap_chain``)."""
+
+    __slots__ = ("config", "engine")
+
+    def __init__(self, config: GatewayConfig, engine: Decider) -> None:
+        self.config = config
+        self.engine = engine
+
+    def matching(self, target: str) -> MatchingRules:
+        """The DN matching rules of LDAP target ``target``."""
+        return matching_rules(self.config.targets.get(target))
+
+    def document(self, facts: LdapFacts) -> dict[str, Any]:
+        """The policy input for ``facts`` (:func:`policy_document`)."""
+        return policy_document(self.config, facts)
+
+    async def decide(self, facts: LdapFacts) -> LdapVerdict:
+        """The verdict on ``facts``; never raises for a refusal or an engine fault."""
+        rules = self.matching(facts.target)
+        try:
+            document = self.document(facts)
+        except LdapRefusedError as refused:
+            return LdapVerdict(
+                allowed=False,
+                reasons=(refused.reason.replace("-", "_"),),
+                operation=None,
+                strip_attributes=frozenset(),
+                revision=self.engine.revision,
+                document={"target": facts.target, "ldap": {"operation": facts.request.operation}},
+                matching=rules,
+            )
+        started = time.perf_counter()
+        decision = await self.engine.decide(document)
+        elapsed = time.perf_counter() - started
+        allowed = decision.allow
+        return LdapVerdict(
+            allowed=allowed,
+            reasons=tuple(decision.reasons) if not allowed else (),
+            operation=decision.operation if allowed else None,
+            strip_attributes=frozenset(decision.strip_attributes) if allowed else frozenset(),
+            revision=decision.revision,
+            document=document,
+            hidden_subtrees=tuple(tuple(path) for path in decision.hidden_subtrees)
+            if allowed
+            else (),
+            matching=rules,
+            latency=elapsed,
+        )
+
+
+def policy_document(config: GatewayConfig, facts: LdapFacts) -> dict[str, Any]:
+    """The policy input for ``facts``; raises ``LdapRefusedError`` for a DN the gateway cannot
+    compare the way the target's directory does."""
+    rules = matching_rules(config.targets.get(facts.target))
+    request = facts.request
+    ldap = ldap_input(request, rules)
+    # The message id is not the policy's business, and keeping it out lets equal operations
+    # share a cache entry.
+    ldap.pop("message_id", None)
+    if request.operation is Operation.BIND:
+        # RFC 4513 5.1.2: a name with an empty password is an unauthenticated bind. Only
+        # whether it is empty enters the input, never the password.
+        ldap["bind"]["empty_credentials"] = not request.credentials
+    return {
+        "target": facts.target,
+        "ldap": ldap,
+        "connection": _connection(facts, rules),
+        # The stream's connect was verified before any operation on it is decided.
+        "signature": {"verified": True, "keyid": facts.keyid},
+    }
+
+
+def smoke_facts(config: GatewayConfig) -> Iterator[LdapFacts]:
+    """Operations that exercise every LDAP rule (for the policy check): each kind of each rule
+    inside its first subtree, bound as its first identity, plus an unbound search and a search
+    with a control no target allows."""
+    for name in sorted(config.targets):
+        target = config.targets[name]
+        if target.ldap is None or target.scheme not in LDAP_SCHEMES:
+            continue
+        for rule in target.ldap.operations:
+            bound = rule.bind_as[0] if rule.bind_as else None
+            injected = bound is not None and bound in target.ldap.bind_identities
+            base = rule.subtrees[0] if rule.subtrees else ""
+            for kind in rule.kinds:
+                request = _smoke_request(kind, base, rule, target)
+                yield LdapFacts(
+                    name, request, bound if kind != "bind" else None, injected, None, True
+                )
+        probe = Request(1, Operation.SEARCH, dn="", scope="base", attributes=("1.1",))
+        yield LdapFacts(name, probe, None, False, None, True)
+        refused = replace(probe, controls=(Control(_SMOKE_CONTROL, True),))
+        yield LdapFacts(name, refused, "policy-check", False, None, True)
+
+
+# The documentation arc for private enterprise numbers (RFC 5612): no directory implements it.
+_SMOKE_CONTROL = "1.3.6.1.4.1.32473.1"
+
+
+def _smoke_request(kind: str, base: str, rule: LdapOperation, target: Target) -> Request:
+    named = [a for a in rule.attributes if a not in ("*", "+")] or ["cn"]
+    entry = f"cn=policy-check,{base}" if base else "cn=policy-check"
+    if kind == "bind":
+        name = rule.bind_as[0] if rule.bind_as else ""
+        identity = target.ldap is not None and name in target.ldap.bind_identities
+        password = b"" if identity else b"policy-check"
+        return Request(
+            1, Operation.BIND, dn=name, version=3, auth_method="simple", credentials=password
+        )
+    if kind == "search":
+        return Request(
+            1,
+            Operation.SEARCH,
+            dn=base,
+            scope=rule.scopes[0],
+            size_limit=rule.max_size_limit or 0,
+            time_limit=rule.max_time_limit or 0,
+            filter=FilterNode("present", attribute="objectClass"),
+            attributes=tuple(named[:4]),
+        )
+    if kind == "compare":
+        return Request(1, Operation.COMPARE, dn=entry, attributes=(named[0],))
+    if kind == "add":
+        return Request(1, Operation.ADD, dn=entry, attributes=tuple(named[:4]))
+    if kind == "delete":
+        return Request(1, Operation.DELETE, dn=entry)
+    if kind == "modify":
+        change = Change(rule.change_types[0], named[0], 1)
+        return Request(1, Operation.MODIFY, dn=entry, changes=(change,))
+    if kind == "modify_dn":
+        return Request(1, Operation.MODIFY_DN, dn=entry, new_rdn="cn=policy-check-2")
+    oid = (
+        target.ldap.extended_operations[0]
+        if target.ldap and target.ldap.extended_operations
+        else ""
+    )
+    return Request(1, Operation.EXTENDED, request_name=oid)
+
+
+def _connection(facts: LdapFacts, rules: MatchingRules) -> dict[str, Any]:
+    """``input.connection``: what the stream is bound as, in the forms bind rules compare."""
+    bound = facts.bound_as
+    path: list[str] | None = None
+    if bound is not None and not facts.injected:
+        with contextlib.suppress(DnError):
+            path = dn_path(Dn.parse(bound, rules))
+    return {
+        "bound": bound is not None,
+        "injected": bool(facts.injected and bound is not None),
+        "identity": bound if facts.injected else None,
+        "dn_path": path,
+        # A user principal name or DOMAIN\user compares case-insensitively, as in AD.
+        "name": "" if bound is None or facts.injected else bound.strip().casefold(),
+        "inner_tls": facts.inner_tls,
+    }
