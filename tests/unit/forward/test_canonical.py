@@ -94,6 +94,14 @@ TARGET_CASES = [
     ("intranet.corp.local:443", ("target_not_allowed", 403)),
     ("10.1.2.3:8443", ("target_not_allowed", 403)),
     ("[fd00::6]:9443", ("target_not_allowed", 403)),
+    # An IPv6 literal on a port where only a target named by a host name listens: an address
+    # is never taken to be that name.
+    ("[fd00::6]:8443", ("target_not_allowed", 403)),
+    ("[fd00::5]", ("missing_port", 400)),
+    ("erp.corp.local:65535", ("target_not_allowed", 403)),
+    # RFC 1035 section 2.3.4: a name of up to 253 characters is a host name; longer is not.
+    (".".join(["a" * 63] * 4)[:253] + ":8443", ("target_not_allowed", 403)),
+    (".".join(["a" * 63] * 4)[:252] + "aa:8443", ("invalid_host", 400)),
     ("erp.corp.local.:8443", ("non_canonical_host", 400)),
     ("erp.corp.local", ("missing_port", 400)),
     ("erp.corp.local:", ("invalid_port", 400)),
@@ -117,6 +125,8 @@ TARGET_CASES = [
     ("érp.corp.local:8443", ("invalid_target", 400)),
     ("erp.corp.local:8443\n", ("invalid_target", 400)),
     ("a" * 300 + ":8443", ("invalid_target", 400)),
+    # Up to 262 characters the target is read as host:port, and a host that long is no name.
+    ("a" * 257 + ":8443", ("invalid_host", 400)),
     ("dc1.corp.local:636", ("stream_only_target", 403)),
     ("ldap", ("stream_only_target", 403)),
 ]
@@ -129,6 +139,13 @@ def test_target_selection(spelled: str, expected: str | tuple[str, int]) -> None
         assert canon(path, target=spelled).target == expected
     else:
         assert rejection(path, target=spelled) == expected
+
+
+def test_a_request_is_http_unless_the_caller_says_stream() -> None:
+    request = canonicalise(
+        CONFIG, method="POST", target="erp", request_target="/api/orders", headers=[]
+    )
+    assert (request.method, request.websocket) == ("POST", False)
 
 
 def test_a_tcp_target_is_selected_for_a_stream() -> None:
@@ -169,7 +186,8 @@ def test_uri_length_limit_counts_path_and_query() -> None:
         )
 
     assert run(exact).path == exact
-    for too_long in (exact + "b", "/api/x?" + "q" * 60):
+    # The bound is in bytes: 33 two-byte characters are 66 bytes, though only 34 characters.
+    for too_long in (exact + "b", "/api/x?" + "q" * 60, "/" + "\u00e9" * 33):
         with pytest.raises(RequestRejected) as caught:
             run(too_long)
         assert (caught.value.code, caught.value.status) == ("uri_too_long", 414)
@@ -225,6 +243,7 @@ REJECTED = [
     ("/api/%C0%AE%C0%AE/admin", "invalid_utf8"),
     ("/api/%C0%AFadmin", "invalid_utf8"),
     ("/api/%FF", "invalid_utf8"),
+    ("/api/%80", "invalid_utf8"),  # the lowest non-ASCII octet alone is no UTF-8
     ("/api/%ED%A0%80", "invalid_utf8"),
     ("/api/%F4%90%80%80", "invalid_utf8"),
     ("/api/%C3", "invalid_utf8"),

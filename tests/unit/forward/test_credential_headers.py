@@ -36,6 +36,11 @@ def test_operation_credential_overrides_the_target_and_tcp_has_none() -> None:
     assert credential_name(_target(), plain) is None
     tcp = Target.model_validate({"scheme": "tcp", "host": "10.1.2.3", "port": 636})
     assert credential_name(tcp, None) is None
+    # The loader refuses a credential on a tcp target; the header step does not rely on that.
+    named = Target.model_validate(
+        {"scheme": "tcp", "host": "10.1.2.3", "port": 636, "credential": "erp"}
+    )
+    assert credential_name(named, None) is None
 
 
 @pytest.mark.parametrize(

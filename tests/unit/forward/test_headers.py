@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load
-from gateway.config.model import Operation
+from gateway.config.model import Operation, Target
 from gateway.config.semantics import NEVER_FORWARDED
 from gateway.forward.headers import (
     DEFAULT_FORWARDED,
@@ -94,6 +94,13 @@ def test_an_endless_header_iterator_is_not_drained() -> None:
     assert rejection(endless) == ("too_many_headers", 431)
 
 
+def test_the_header_iterator_is_read_one_past_the_limit_and_no_further() -> None:
+    counter = itertools.count()
+    endless = ((f"x-h{i}", "v") for i in counter)
+    assert rejection(endless, max_header_count=8) == ("too_many_headers", 431)
+    assert next(counter) == 9  # 0-8 were read: the limit of 8, and one to know it was passed
+
+
 def test_header_bytes_limit_is_431_and_exact_limit_passes() -> None:
     # Each header counts as 'name: value\r\n'.
     value = "v" * (1024 - len("x-big") - 4)
@@ -102,11 +109,21 @@ def test_header_bytes_limit_is_431_and_exact_limit_passes() -> None:
     assert rejection([("x-big", value + "v")], max_header_bytes=1024) == ("headers_too_large", 431)
 
 
+def test_header_bytes_limit_counts_every_header() -> None:
+    # Eight headers of 130 bytes each: none is large, together they are over 1024.
+    headers = [(f"x-h{i}", "v" * 123) for i in range(8)]
+    assert rejection(headers, max_header_bytes=1024) == ("headers_too_large", 431)
+
+
 @pytest.mark.parametrize(
     "name", ["X A", "X:A", "", "Ä-Header", "x\r\ny", "x\x00", "(x)", "x" * 10_000, "x" * 257]
 )
 def test_names_must_be_http_tokens(name: str) -> None:
     assert rejection([(name, "1")]) == ("invalid_header_name", 400)
+
+
+def test_a_name_of_the_longest_length_passes() -> None:
+    assert validate_request_headers(CONFIG, [("x" * 256, "1")]) == (("x" * 256, "1"),)
 
 
 @pytest.mark.parametrize(
@@ -219,6 +236,14 @@ def test_two_host_headers_are_400() -> None:
     assert rejection([("Host", "a"), ("host", "b")]) == ("duplicate_host", 400)
 
 
+def test_one_host_header_passes_validation() -> None:
+    # It is never forwarded (the target's own Host is sent), but one is what every request has.
+    assert validate_request_headers(CONFIG, [("Host", "erp"), ("Accept", "*/*")]) == (
+        ("host", "erp"),
+        ("accept", "*/*"),
+    )
+
+
 # --- outbound allow-list ------------------------------------------------------------------------
 
 
@@ -233,6 +258,24 @@ def test_host_is_the_configured_host_with_a_non_default_port(name: str, expected
         ("host", expected),
         ("accept", "*/*"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("scheme", "port", "expected"),
+    [
+        ("https", 443, "api.corp.local"),
+        ("https", 80, "api.corp.local:80"),
+        ("http", 80, "api.corp.local"),
+        ("http", 443, "api.corp.local:443"),
+    ],
+)
+def test_the_default_port_of_the_scheme_is_left_out_of_host(
+    scheme: str, port: int, expected: str
+) -> None:
+    declared = Target.model_validate(
+        {"scheme": scheme, "host": "api.corp.local", "port": port, "allowed_cidrs": ["10.0.0.0/8"]}
+    )
+    assert host_header(declared) == expected
 
 
 def test_default_set_passes_in_order_and_everything_else_is_dropped() -> None:
@@ -310,8 +353,9 @@ def test_routing_hop_by_hop_and_handshake_headers_are_dropped_even_when_listed()
     assert outbound_headers(target("erp"), listed, relayed) == [("host", "erp.corp.local:8443")]
 
 
-def test_headers_named_by_connection_are_dropped() -> None:
-    relayed = [("connection", "close, X-Tenant"), ("x-tenant", "acme"), ("cookie", "s=1")]
+@pytest.mark.parametrize("listed", ["close, X-Tenant", "X-Tenant,close", "close,\tx-tenant "])
+def test_headers_named_by_connection_are_dropped(listed: str) -> None:
+    relayed = [("connection", listed), ("x-tenant", "acme"), ("cookie", "s=1")]
     assert outbound_headers(target("intranet"), operation("intranet"), relayed) == [
         ("host", "intranet.corp.local"),
         ("cookie", "s=1"),
