@@ -58,7 +58,7 @@ async def system_resolver(host: str, port: int) -> list[IPAddress]:
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     found: list[IPAddress] = []
     for _family, _type, _proto, _name, sockaddr in infos:
-        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        address = ipaddress.ip_address(_unscoped(str(sockaddr[0])))
         if address not in found:
             found.append(address)
     return found
@@ -159,10 +159,20 @@ class ConnectRefusedError(DialError, OSError):
     refused it). An OSError too, so connection libraries report it as a failed connect."""
 
 
+def _unscoped(host: str) -> str:
+    """``host`` without an IPv6 zone ('fe80::1%eth0' is 'fe80::1', RFC 4007 section 11): the
+    address is what the checks judge and what the dial step issues."""
+    return host.split("%", 1)[0]
+
+
+def _family(host: str) -> socket.AddressFamily:
+    """The socket family for an address written as text (IPv6 literals hold ':')."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _endpoint(host: str, port: int) -> tuple[IPAddress, int]:
-    # IPv6 socket addresses may carry a zone ('%eth0'); the address itself is what was issued.
     try:
-        return ipaddress.ip_address(host.split("%", 1)[0]), int(port)
+        return ipaddress.ip_address(_unscoped(host)), int(port)
     except ValueError:
         raise ConnectRefusedError("connect_not_dialled", "the endpoint is not an address") from None
 
@@ -252,8 +262,9 @@ class DialStep:
         loop = asyncio.get_running_loop()
         last_error = "no address"
         for host, port in await self.endpoints(name):
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = self.socket((family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port)))
+            sock = self.socket(
+                (_family(host), socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))
+            )
             try:
                 sock.setblocking(False)
                 async with asyncio.timeout(connect_timeout):
@@ -307,7 +318,7 @@ class _DialResolver(AbstractResolver):
                 hostname=host,
                 host=address,
                 port=connect_port,
-                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                family=_family(address),
                 proto=0,
                 flags=socket.AI_NUMERICHOST,
             )
