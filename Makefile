@@ -55,8 +55,11 @@ soak: $(STAMP)
 # Mutation testing of the security core (benchmarks/mutation-report.md): far too slow for CI on
 # two cores, so only by hand. The modules and the fast tests are listed under [tool.mutmut] in
 # pyproject.toml; mutants/ is mutmut's scratch copy of the package.
+# Polite on a shared 2-core machine: lowered priority, two workers. One module at a time with
+# e.g. `make mutation MUTANTS='gateway.forward.dial*'` (benchmarks/mutation-report.md).
+MUTANTS ?=
 mutation: $(STAMP)
-	$(BIN)/mutmut run
+	set -f; nice -n 10 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
 	$(BIN)/mutmut results
 
 # The packaged copies of the human-facing policies/, schemas/ and gateway.yaml.example (what the

@@ -7,13 +7,16 @@ carries a reason, and the module is at or above the 90% goal.
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 REPORT = ROOT / "benchmarks" / "mutation-report.md"
 ROW = re.compile(
-    r"^\| (gateway/\S+\.py) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| ([\d.]+) \| yes \|$"
+    r"^\| (gateway/\S+\.py) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| ([\d.]+) \| yes "
+    r"\| `make mutation MUTANTS='(\S+)'` \|$"
 )
 SURVIVOR = re.compile(r"^\| (gateway\.[\w.]+?)\.(x\S+?)__mutmut_\d+ \| (.*) \|$")
 
@@ -22,9 +25,31 @@ def reviewed() -> dict[str, tuple[int, int, int]]:
     rows = {}
     for line in REPORT.read_text(encoding="utf-8").splitlines():
         if match := ROW.match(line):
-            path, mutants, killed, survived = match.group(1, 2, 3, 4)
+            path, mutants, killed, survived, no_test, percent, pattern = match.groups()
             rows[path] = (int(mutants), int(killed), int(survived))
+            # The row is self-consistent, and its command re-runs exactly this module.
+            assert int(killed) + int(survived) + int(no_test) <= int(mutants), path
+            assert f"{100 * int(killed) / int(mutants):.1f}" == percent, path
+            module = path.removesuffix(".py").replace("/", ".")
+            assert fnmatch.fnmatchcase(f"{module}.x_f__mutmut_1", pattern), path
+            assert not any(
+                fnmatch.fnmatchcase(f"{other}.x_f__mutmut_1", pattern)
+                for other in _modules()
+                if other != module
+            ), (path, pattern)
     return rows
+
+
+def _modules() -> list[str]:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    paths = pyproject["tool"]["mutmut"]["only_mutate"]
+    return [path.removesuffix(".py").replace("/", ".") for path in paths]
+
+
+def test_every_mutated_module_has_a_row() -> None:
+    text = REPORT.read_text(encoding="utf-8")
+    for module in _modules():
+        assert f"| {module.replace('.', '/')}.py |" in text, module
 
 
 def survivors() -> list[tuple[str, str, str]]:
