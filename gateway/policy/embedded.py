@@ -205,12 +205,23 @@ def compiled_plan(modules: Iterable[PolicyModule]) -> dict[str, Any] | None:
     if load_order_problem() is not None:
         return None
     listed = list(modules)
-    rego = new_interpreter(listed, {})
+    # Saving a bundle writes every module below the directory under the name it was added with;
+    # under its own absolute path that rewrites the policy file in place (truncated first), so a
+    # process reading it meanwhile - another worker starting - found it empty. Names of our own
+    # keep every write inside the private directory; the plan gets the real paths back.
+    names = {f"module{index}-{module.path.name}": module for index, module in enumerate(listed)}
+    rego = new_interpreter(listed, {}, names=names)
     try:
         bundle = rego.build(None, [DECISION_ENTRYPOINT])
     except regopy.RegoError as exc:
-        raise compile_error(exc, listed) from None
-    return read_plan(lambda directory: rego.save_bundle(directory, bundle))
+        raise compile_error(exc, listed, names) from None
+    plan = read_plan(lambda directory: rego.save_bundle(directory, bundle))
+    static = plan.get("static")
+    for entry in (static.get("files") or ()) if isinstance(static, dict) else ():
+        module = names.get(str(entry.get("value"))) if isinstance(entry, dict) else None
+        if module is not None:
+            entry["value"] = str(module.path)
+    return plan
 
 
 def evaluation_error(text: bytes | str) -> str:
@@ -259,25 +270,39 @@ class _NativePolicy:
             self.interpreter = 0
 
 
-def new_interpreter(modules: Iterable[PolicyModule], data: Mapping[str, Any]) -> regopy.Interpreter:
-    """A quiet interpreter holding ``modules`` and ``data``; ConfigError if a module is invalid."""
+def new_interpreter(
+    modules: Iterable[PolicyModule],
+    data: Mapping[str, Any],
+    *,
+    names: Mapping[str, PolicyModule] | None = None,
+) -> regopy.Interpreter:
+    """A quiet interpreter holding ``modules`` and ``data``; ConfigError if a module is invalid.
+
+    Each module is added under its path, or under its key in ``names`` when given."""
     rego = regopy.Interpreter()
     # The library prints errors to standard output at its default level; we report them ourselves.
     rego.log_level = regopy.LogLevel.NONE
     listed = list(modules)
-    for module in listed:
+    named = names if names is not None else {str(module.path): module for module in listed}
+    for name, module in named.items():
         try:
-            rego.add_module(str(module.path), module.source)
+            rego.add_module(name, module.source)
         except regopy.RegoError as exc:
-            raise compile_error(exc, listed) from None
+            raise compile_error(exc, listed, names) from None
     rego.add_data(dict(data))
     return rego
 
 
-def compile_error(exc: Exception, modules: Iterable[PolicyModule]) -> PolicyError:
-    """A located ConfigError from a rego-cpp error (``FILE:LINE:COL: message``)."""
+def compile_error(
+    exc: Exception,
+    modules: Iterable[PolicyModule],
+    names: Mapping[str, PolicyModule] | None = None,
+) -> PolicyError:
+    """A located ConfigError from a rego-cpp error (``FILE:LINE:COL: message``); ``names``: the
+    names modules were added under when not their paths (reported by path all the same)."""
     text = str(exc)
-    sources = {str(m.path): m.source for m in modules}
+    by_name = {str(m.path): m for m in modules} | dict(names or {})
+    sources = {name: m.source for name, m in by_name.items()}
     problems: list[Problem] = []
     for match in _ERROR.finditer(text):
         file, rest = _prefixed(text, match)
@@ -287,8 +312,9 @@ def compile_error(exc: Exception, modules: Iterable[PolicyModule]) -> PolicyErro
         line = column = 0
         if location and file in sources:
             line, column = _position(sources[file], int(location.group(1)))
+        shown = str(by_name[file].path) if file in by_name else file
         problems.append(
-            Problem(message, code="policy_compile_error", file=file, line=line, column=column)
+            Problem(message, code="policy_compile_error", file=shown, line=line, column=column)
         )
         if len(problems) >= 20:
             break

@@ -8,6 +8,7 @@ its location where the engine records one; a policy that decides must still buil
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,19 @@ def test_an_opa_configuration_gets_the_same_proof(
     args = [verb, "-c", str(config)] + (["GET", "erp", "/api/x"] if verb == "explain" else [])
     assert main(args) == 1
     assert f"{bad}:3:25:" in capsys.readouterr().err
+
+
+def test_proving_a_policy_never_writes_its_files(make_config: MakeConfig, tmp_path: Path) -> None:
+    # The plan is read from a bundle saved to a private directory; saving it under the modules'
+    # own paths rewrote every policy file in place, and several workers starting together then
+    # read an empty file ("no package declaration found").
+    extension = _module(
+        tmp_path / "extra",
+        "ok.rego",
+        'package gateway_extensions.ok\n\ndeny contains "no" if input.method == "TRACE"\n',
+    )
+    loaded = make_config(extra_dirs=(tmp_path / "extra",))
+    before = extension.stat().st_mtime_ns - 10_000_000_000
+    os.utime(extension, ns=(before, before))
+    verify_policy(loaded)
+    assert extension.stat().st_mtime_ns == before
