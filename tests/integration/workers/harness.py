@@ -183,6 +183,7 @@ class Fleet:
         self.stack = DevStack("fleet-gateway")
         self.redis: RedisServer | None = None
         self.gateways: list[Gateway] = []
+        self.failures: dict[str, str] = {}
         self._exit = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Fleet:
@@ -278,7 +279,8 @@ class Fleet:
                 "GET", "erp", f"/api/accounts/{request_id}", query=query,
                 signed_headers=signed_headers,
             )  # fmt: skip
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.failures[request_id] = f"{type(exc).__name__}: {exc}"
             return request_id, None, signed_headers or []
         return request_id, response, sent
 
@@ -294,7 +296,7 @@ class Fleet:
                 request_id, response, _ = await self.send(saas, query=query)
             if response is None:
                 outcome.statuses[request_id] = 0
-                outcome.errors[request_id] = "no answer"
+                outcome.errors[request_id] = self.failures.get(request_id, "no answer")
             else:
                 outcome.statuses[request_id] = response.status
                 outcome.reasons[request_id] = response.headers.get("x-gateway-reason", "")
