@@ -7,22 +7,23 @@ Each component runs in its own process on 127.0.0.1:
   and the sample on-prem targets (an HTTP API and a TCP echo service);
 * ``gateway``: ``gateway register`` once, then ``gateway run`` with the demo's configuration shape
   (embedded Rego policy, decision log to a file, JSON logs, health endpoint);
-* the load generator in this process: EmpowerID's side, signing every request (RFC 9421, Ed25519)
-  as :class:`gateway.devkit.saas.SaaSClient` does.
+* the load generator in this process: EmpowerID's side, signing every request (RFC 9421, Ed25519,
+  or hmac-sha256 with the gateway's own key) as :class:`gateway.devkit.saas.SaaSClient` does.
 
 Scenarios, interleaved per repetition, at 1 and 32 requests in flight: ``direct`` (the load
-generator calls the sample HTTP target itself), ``gateway`` (``GET /{hc}/erp/api/accounts``
-through the relay emulator, the gateway's signature check, canonicalisation, policy decision with
-a warm decision cache, and the forward), and, on the same emulator and target, two bare listeners
-that forward every relayed request to the same target URL without any check: ``listener`` (our
-:class:`gateway.relay.listener.RelayListener` alone, as in ``bench_relay.py``) and ``hyco``
-(Microsoft's hyco-https 1.4.5 on Node, skipped when Node or its packages are missing). The
-report's ratio line compares the gateway's CPU per request with hyco-https's, run by run.
-Requests are signed just before each timed run, so the load generator's signing cost stays out of
-the measured window. The gateway's CPU time comes from
-``/proc/PID/stat`` (user + system, all threads) and its memory from ``VmRSS`` in
-``/proc/PID/status``: idle after start, the peak while under load, and with 1,000 relayed TCP
-streams open at once to the ``directory`` target (each checked with one echoed message).
+generator calls the sample HTTP target itself), ``gateway`` (``GET /{hc}/erp/api/accounts`` through
+the relay emulator, the gateway's signature check, canonicalisation, policy decision with a warm
+decision cache, and the forward), ``gateway-hmac`` (the same, signed with the gateway's own
+hmac-sha256 key: ``signatures.hmac_sha256`` is on), and, on the same emulator and target, two bare
+listeners that forward every relayed request to the same target URL without any check: ``listener``
+(our :class:`gateway.relay.listener.RelayListener` alone, as in ``bench_relay.py``) and ``hyco``
+(Microsoft's hyco-https 1.4.5 on Node, skipped when Node or its packages are missing). The report's
+ratio lines compare the gateway's CPU per request (Ed25519, then hmac-sha256) with hyco-https's,
+run by run. Requests are signed just before each timed run, so the load generator's signing cost
+stays out of the measured window. The gateway's CPU time comes from ``/proc/PID/stat`` (user +
+system, all threads) and its memory from ``VmRSS`` in ``/proc/PID/status``: idle after start, the
+peak while under load, and with 1,000 relayed TCP streams open at once to the ``directory`` target
+(each checked with one echoed message).
 
 Run: ``.venv/bin/python benchmarks/bench_pipeline.py [--quick]`` (loopback only; the full run
 takes about 2 minutes, ``--quick`` under 30 seconds). The full run writes the printed report to
@@ -78,7 +79,9 @@ TARGET_PATH = "/api/accounts"
 STEP = 30.0  # bound for one start-up wait (registration and policy compilation included)
 SAS_HEADER = "ServiceBusAuthorization"
 BARE_HCS = (HC_OURS, HC_HYCO)
-PATHS = ("direct", "gateway", "listener", "hyco")
+PATHS = ("direct", "gateway", "gateway-hmac", "listener", "hyco")
+# The two signed paths: Ed25519 with the control plane's key, hmac-sha256 with the gateway's own.
+SIGNED = ("gateway", "gateway-hmac")
 # `gateway ...` on uvloop's event loop, for measuring what uvloop would change (--uvloop).
 UVLOOP_LAUNCHER = (
     "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
@@ -135,6 +138,11 @@ async def run_services(workdir: Path) -> None:
                 serialization.NoEncryption(),
             )
             (workdir / "signing-key.pem").write_bytes(pem)
+            # The gateway's own hmac-sha256 key (signatures.hmac_sha256), as EmpowerID holds it.
+            shared = simulator.request_secret(GATEWAY_ID)
+            (workdir / "hmac-key").write_text(
+                f"{shared.keyid} {base64.b64encode(shared.secret).decode()}", encoding="utf-8"
+            )
             port = simulator.base_url.rstrip("/").rsplit(":", 1)[1]
             print(f"ready {port} {targets.http_port} {targets.tcp_port} {key.keyid}", flush=True)
             await until_terminated()
@@ -162,6 +170,7 @@ def gateway_config(
         "empowerid": {"url": f"https://127.0.0.1:{cp_port}/", "ca_file": "empowerid-ca.pem"},
         "relay": {"connections": 2, "endpoint": f"ws://127.0.0.1:{relay_port}"},
         "policy": {"directories": [str(ROOT / "policies")]},
+        "signatures": {"hmac_sha256": True},
         "limits": {"request_timeout_seconds": 10},
         "logging": {"level": "info", "format": "json", "audit_file": "decisions.jsonl"},
         "observability": {"listen": f"127.0.0.1:{health_port}"},
@@ -263,30 +272,39 @@ class Load:
     """EmpowerID's side: signed requests through the relay, or plain ones straight to the target."""
 
     def __init__(
-        self, relay_port: int, http_port: int, signer: Any, send_token: str, gateway_pid: int
+        self,
+        relay_port: int,
+        http_port: int,
+        signers: dict[str, Any],
+        send_token: str,
+        gateway_pid: int,
     ) -> None:
         self.relay_path = f"/{HC}/erp{TARGET_PATH}"
         relay = f"http://127.0.0.1:{relay_port}"
         self.urls = {
             "direct": URL(f"http://127.0.0.1:{http_port}{TARGET_PATH}", encoded=True),
             "gateway": URL(f"{relay}/{HC}/erp{TARGET_PATH}", encoded=True),
+            "gateway-hmac": URL(f"{relay}/{HC}/erp{TARGET_PATH}", encoded=True),
             "listener": URL(f"{relay}/{HC_OURS}{TARGET_PATH}", encoded=True),
             "hyco": URL(f"{relay}/{HC_HYCO}{TARGET_PATH}", encoded=True),
         }
         # The process whose CPU each path measures (the bare listeners are added once started).
-        self.pids: dict[str, int] = {"gateway": gateway_pid}
+        self.pids: dict[str, int] = {"gateway": gateway_pid, "gateway-hmac": gateway_pid}
         self.ws_base = f"ws://127.0.0.1:{relay_port}"
-        self.signer = signer
+        self.signers = signers
+        self.signer = signers["gateway"]
         self.send_token = send_token
         self.pid = gateway_pid
         self.peak_rss = 0.0
         self.session: aiohttp.ClientSession | None = None
 
-    def sign(self, count: int) -> list[list[tuple[str, str]]]:
-        """``count`` header lists, each with a fresh signature (nonce) for the relayed GET."""
+    def sign(self, count: int, path: str = "gateway") -> list[list[tuple[str, str]]]:
+        """``count`` header lists, each with a fresh signature (nonce) for the relayed GET,
+        made with the key of ``path``."""
+        signer = self.signers[path]
         return [
             [
-                *self.signer.sign(method="GET", authority=NAMESPACE, path=self.relay_path),
+                *signer.sign(method="GET", authority=NAMESPACE, path=self.relay_path),
                 (SAS_HEADER, self.send_token),
             ]
             for _ in range(count)
@@ -298,7 +316,7 @@ class Load:
         """Keep ``in_flight`` requests outstanding for ``seconds`` (or ``budget`` requests)."""
         assert self.session is not None
         session = self.session
-        signed = self.sign(budget) if path == "gateway" else []
+        signed = self.sign(budget, path) if path in SIGNED else []
         url = self.urls[path]
         measured = self.pids.get(path)
         latencies: list[float] = []
@@ -452,10 +470,10 @@ class Results:
                 ratios.append(mine.cpu_per_request / theirs.cpu_per_request)
         return statistics.median(ratios) if ratios else None
 
-    def ratio_line(self) -> str:
-        """The one-line verdict: gateway CPU per request over hyco-https's at 1 and 32."""
-        at1, at32 = (_fmt(self.cpu_ratio(n, "gateway"), 2) for n in (1, 32))
-        return f"ratio gateway/hyco-https cpu: {at1} at 1, {at32} at 32"
+    def ratio_line(self, path: str = "gateway") -> str:
+        """The one-line verdict: ``path``'s CPU per request over hyco-https's at 1 and 32."""
+        at1, at32 = (_fmt(self.cpu_ratio(n, path), 2) for n in (1, 32))
+        return f"ratio {path}/hyco-https cpu: {at1} at 1, {at32} at 32"
 
     def errors(self) -> int:
         """Failed requests over all runs."""
@@ -552,13 +570,18 @@ async def benchmark(
             )
             assert isinstance(key, ed25519.Ed25519PrivateKey)
             signer = RequestSigner(key, keyid=keyid, gateway_id=GATEWAY_ID)
+            hmac_keyid, hmac_secret = (workdir / "hmac-key").read_text(encoding="utf-8").split()
+            hmac_signer = RequestSigner(
+                base64.b64decode(hmac_secret), keyid=hmac_keyid, gateway_id=GATEWAY_ID
+            )
             send_token = create_token(resource_uri(NAMESPACE, HC), "SendRule", send_key)
-            load = Load(relay_port, http_port, signer, send_token, gateway.pid)
+            signers = {"gateway": signer, "gateway-hmac": hmac_signer}
+            load = Load(relay_port, http_port, signers, send_token, gateway.pid)
             target_url = f"http://127.0.0.1:{http_port}{TARGET_PATH}"
             bare = await start_bare_listeners(relay_port, target_url, env, errors, results)
             processes.extend(process for process in bare.values())
             load.pids.update({path: process.pid for path, process in bare.items()})
-            paths = [path for path in PATHS if path in ("direct", "gateway") or path in bare]
+            paths = [path for path in PATHS if path in ("direct", *SIGNED) or path in bare]
             connector = aiohttp.TCPConnector(limit=64)
             timeout = aiohttp.ClientTimeout(total=10)
             async with aiohttp.ClientSession(
@@ -636,6 +659,8 @@ def render(results: Results, command: str) -> str:
         + (f" hyco-https skipped: {results.facts['hyco skipped']}." if "hyco" not in paths else ""),
         "",
         results.ratio_line(),
+        "",
+        results.ratio_line("gateway-hmac"),
         "",
         "| path | in flight | req/s | p50 ms | p99 ms | CPU us/req of the process under test |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -715,7 +740,10 @@ def render(results: Results, command: str) -> str:
         "with `gateway register` and started with `gateway run` as `gateway demo` does (two",
         "control channels, embedded Rego policy with its decision cache, decision log to a",
         "file, JSON logs at info). Every relayed request carries a fresh RFC 9421 signature",
-        "(Ed25519, nonce, created/expires), made before the timed run. Gateway CPU = user +",
+        "(nonce, created/expires) made before the timed run: Ed25519 with the control plane's",
+        "key on `gateway`, hmac-sha256 with the gateway's own key (`signatures.hmac_sha256`,",
+        "fetched by the gateway over mTLS) on `gateway-hmac`; the same gateway process serves",
+        "both, so the two differ only in the signature check. Gateway CPU = user +",
         "system time of the `gateway run` process from `/proc/PID/stat` across a run divided",
         f"by the requests completed (clock tick {1000 / CLOCK_TICKS:.0f} ms). On a 2-CPU machine",
         "the relay emulator, target, load generator and gateway compete for the same cores, so",

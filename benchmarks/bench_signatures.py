@@ -1,10 +1,11 @@
 """Cost of verifying one relayed request's RFC 9421 signature (p50/p99, microseconds).
 
-Cases: Ed25519 and ECDSA P-256, without a body and with a 1 KiB and a 64 KiB body (Content-Digest
-over the body included), each against a warm replay cache already holding ``--prefill`` live
-nonces. Two rejection cases show what a flood costs: malformed ``Signature-Input`` (refused before
-any cryptography) and a well-formed signature by an unknown party under a pinned keyid (one failed
-verification). Requests are signed beforehand; only ``SignatureVerifier.verify`` is timed.
+Cases: Ed25519, ECDSA P-256 and hmac-sha256 (the gateway's own key, ``signatures.hmac_sha256``),
+without a body and with a 1 KiB and a 64 KiB body (Content-Digest over the body included), each
+against a warm replay cache already holding ``--prefill`` live nonces. Two rejection cases show
+what a flood costs: malformed ``Signature-Input`` (refused before any cryptography) and a
+well-formed signature by an unknown party under a pinned keyid (one failed verification). Requests
+are signed beforehand; only ``SignatureVerifier.verify`` is timed.
 
 Each case runs twice, back to back: with the verifier's fast paths (what the gateway runs) and
 with ``reference=True`` (every field parsed and every component resolved by http-message-signatures
@@ -19,6 +20,7 @@ import argparse
 import gc
 import json
 import platform
+import secrets
 import statistics
 import tempfile
 import time
@@ -32,6 +34,7 @@ from gateway.auth import (
     SignatureVerifier,
     VerifierSettings,
 )
+from gateway.auth.keys import shared_key
 from gateway.devkit.signing import (
     PrivateKey,
     RequestSigner,
@@ -53,6 +56,9 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+HMAC_SECRET = secrets.token_bytes(32)
+
+
 def build_verifier(
     keys: dict[str, PrivateKey], state_dir: Path, prefill: int, reference: bool = False
 ) -> SignatureVerifier:
@@ -68,8 +74,10 @@ def build_verifier(
     cache = ReplayCache.open(state_dir, max_entries=prefill + 1_000_000, max_skew=30)
     for index in range(prefill):
         cache.admit("prefill", f"nonce-{index}", created=now, expires=now + 3600)
+    # The gateway's own hmac-sha256 key (signatures.hmac_sha256), pinned beside the public ones.
+    shared = shared_key("hmac", HMAC_SECRET, not_before=now - 60, not_after=now + 3600)
     return SignatureVerifier(
-        KeySet.from_json(json.dumps(document)),
+        KeySet.from_json(json.dumps(document)).with_keys([shared]),
         cache,
         gateway_id=GATEWAY_ID,
         hc_path=HC_PATH,
@@ -122,6 +130,9 @@ def main() -> None:
         keyid: RequestSigner(key, keyid=keyid, gateway_id=GATEWAY_ID, expires_in=3600)
         for keyid, key in keys.items()
     }
+    signers["hmac"] = RequestSigner(
+        HMAC_SECRET, keyid="hmac", gateway_id=GATEWAY_ID, expires_in=3600
+    )
     impostor = RequestSigner(generate_key("ed25519"), keyid="ed", gateway_id=GATEWAY_ID)
     bodies: dict[str, bytes | None] = {
         "none": None,
@@ -150,6 +161,7 @@ def main() -> None:
     for label, body in bodies.items():
         cases.append(("ed25519", label, signed(signers["ed"], body), body, False))
         cases.append(("ecdsa-p256-sha256", label, signed(signers["ec"], body), body, False))
+        cases.append(("hmac-sha256", label, signed(signers["hmac"], body), body, False))
     cases.append(("reject: malformed", "none", malformed, None, True))
     cases.append(("reject: bad signature", "none", signed(impostor, None), None, True))
 

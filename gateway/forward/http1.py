@@ -35,6 +35,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http import HttpProcessingError, HttpResponseParser, RawResponseMessage
@@ -97,11 +98,13 @@ class _Connection(BaseProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport (small requests go out at once: TCP_NODELAY, like aiohttp)."""
-        assert isinstance(transport, asyncio.Transport)
-        sock = transport.get_extra_info("socket")
+        # A stream transport, though not necessarily an asyncio.Transport subclass: uvloop's
+        # implement the same interface without deriving from it.
+        stream = cast(asyncio.Transport, transport)
+        sock = stream.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.transport = transport
+        self.transport = stream
 
     def data_received(self, data: bytes) -> None:
         """Feed the answer to the parser; bytes outside an exchange end the connection."""

@@ -241,3 +241,18 @@ def test_request_head_refuses_every_line_break_or_nul(
     assert request_head("GET", "/x", [("host", "h"), (name, value)], b"") is not None
     assert request_head("GET", "/x", [("host", "h"), (name, broken)], b"") is None
     assert request_head("GET", "/x", [("host", "h"), (name + breaker, value)], b"") is None
+
+
+def test_the_exchange_runs_on_uvloops_transports() -> None:
+    # uvloop's transports implement asyncio's interface without subclassing asyncio.Transport;
+    # the exchange must not depend on the class (it refused every connection once).
+    uvloop = pytest.importorskip("uvloop")
+
+    async def exchange() -> list[bytes]:
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        scripted = Scripted(always(OK))
+        async with scripted as upstream:
+            return [await get(upstream) for _ in range(2)]
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(exchange()) == [b"ok", b"ok"]
