@@ -53,7 +53,15 @@ from typing import Any
 
 import aiohttp
 import yaml
-from bench_relay import HC_HYCO, HC_OURS, prepare_node, run_listener, start_hyco
+from bench_relay import (
+    HC_BASE,
+    HC_HYCO,
+    HC_OURS,
+    extract_baseline,
+    prepare_node,
+    run_listener,
+    start_hyco,
+)
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from harness import (
@@ -78,8 +86,8 @@ PERSON, PERSON_PASSWORD = "operator", "bench-operator-password"
 TARGET_PATH = "/api/accounts"
 STEP = 30.0  # bound for one start-up wait (registration and policy compilation included)
 SAS_HEADER = "ServiceBusAuthorization"
-BARE_HCS = (HC_OURS, HC_HYCO)
-PATHS = ("direct", "gateway", "gateway-hmac", "listener", "hyco")
+BARE_HCS = (HC_OURS, HC_HYCO, HC_BASE)
+PATHS = ("direct", "gateway", "gateway-hmac", "listener", "listener-base", "hyco")
 # The two signed paths: Ed25519 with the control plane's key, hmac-sha256 with the gateway's own.
 SIGNED = ("gateway", "gateway-hmac")
 # `gateway ...` on uvloop's event loop, for measuring what uvloop would change (--uvloop).
@@ -216,10 +224,16 @@ async def wait_ready(health_port: int, process: asyncio.subprocess.Process) -> N
 
 
 async def start_bare_listeners(
-    relay_port: int, target_url: str, env: dict[str, str], errors: Path, results: Results
+    relay_port: int,
+    target_url: str,
+    env: dict[str, str],
+    errors: Path,
+    results: Results,
+    baseline: Path | None = None,
 ) -> dict[str, asyncio.subprocess.Process]:
     """Start our listener alone and hyco-https (when Node can run it) on the bench emulator,
-    both forwarding to ``target_url``; returns their processes by path name."""
+    both forwarding to ``target_url``, and with ``baseline`` (a ``gateway`` package of another
+    commit) that commit's listener too; returns their processes by path name."""
     started: dict[str, asyncio.subprocess.Process] = {}
     listener = await start_child(
         "listener",
@@ -230,6 +244,16 @@ async def start_bare_listeners(
         errors=errors,
     )  # fmt: skip
     started["listener"] = listener.process
+    if baseline is not None:
+        base = await start_child(
+            "baseline listener",
+            [sys.executable, str(SCRIPT), "--role", "listener", "--relay-port", str(relay_port),
+             "--target", target_url, "--hc", HC_BASE],
+            step=STEP,
+            env={**env, "PYTHONPATH": f"{baseline}{os.pathsep}{SCRIPT.parent}"},
+            errors=errors,
+        )  # fmt: skip
+        started["listener-base"] = base.process
     node_version, why_not = prepare_node()
     if node_version is None:
         results.facts["hyco skipped"] = why_not
@@ -286,6 +310,7 @@ class Load:
             "gateway": URL(f"{relay}/{HC}/erp{TARGET_PATH}", encoded=True),
             "gateway-hmac": URL(f"{relay}/{HC}/erp{TARGET_PATH}", encoded=True),
             "listener": URL(f"{relay}/{HC_OURS}{TARGET_PATH}", encoded=True),
+            "listener-base": URL(f"{relay}/{HC_BASE}{TARGET_PATH}", encoded=True),
             "hyco": URL(f"{relay}/{HC_HYCO}{TARGET_PATH}", encoded=True),
         }
         # The process whose CPU each path measures (the bare listeners are added once started).
@@ -499,6 +524,7 @@ async def benchmark(
     keep: bool,
     profile_to: Path | None = None,
     uvloop: bool = False,
+    baseline: Path | None = None,
 ) -> Results:
     """Start everything, register and run the gateway, measure, stop everything."""
     from gateway.devkit.signing import RequestSigner
@@ -578,7 +604,9 @@ async def benchmark(
             signers = {"gateway": signer, "gateway-hmac": hmac_signer}
             load = Load(relay_port, http_port, signers, send_token, gateway.pid)
             target_url = f"http://127.0.0.1:{http_port}{TARGET_PATH}"
-            bare = await start_bare_listeners(relay_port, target_url, env, errors, results)
+            bare = await start_bare_listeners(
+                relay_port, target_url, env, errors, results, baseline
+            )
             processes.extend(process for process in bare.values())
             load.pids.update({path: process.pid for path, process in bare.items()})
             paths = [path for path in PATHS if path in ("direct", *SIGNED) or path in bare]
@@ -690,6 +718,17 @@ def render(results: Results, command: str) -> str:
                 f"{_fmt(results.paired(in_flight, 'rate', path))} | "
                 f"{_fmt(results.cpu_ratio(in_flight, path))} |"
             )
+    if "baseline" in results.facts:
+        lines += [
+            "",
+            f"Before and after in the same run: `listener` is this tree's `RelayListener`, "
+            f"`listener-base` that of {results.facts['baseline']} (CPU per request, "
+            "listener / listener-base, median of the repetitions' ratios): "
+            + ", ".join(
+                f"{_fmt(results.cpu_ratio(n, 'listener', 'listener-base'))} at {n}" for n in (1, 32)
+            )
+            + ".",
+        ]
     lines += ["", "Gateway memory (VmRSS):", "", "| state | MiB |", "| --- | ---: |"]
     for state, value in results.rss.items():
         lines.append(f"| {state} | {value:.1f} |")
@@ -783,7 +822,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--uvloop", action="store_true", help="run the gateway on uvloop's event loop"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="also run the bare listener of this commit (path listener-base), in the same run",
+    )
     parser.add_argument("--role", choices=("relay", "services", "listener"), help=argparse.SUPPRESS)
+    parser.add_argument("--hc", default=HC_OURS, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--relay-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
@@ -794,7 +839,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.relay_port,
                 args.target,
                 namespace=NAMESPACE,
-                hc_path=HC_OURS,
+                hc_path=args.hc,
                 rule="ListenRule",
                 key=os.environ["BENCH_LISTEN_KEY"],
             )
@@ -811,8 +856,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     streams = args.streams or (300 if args.quick else 1000)
     if args.streams is not None:
         command += f" --streams {args.streams}"
+    if args.baseline:
+        command += f" --baseline {args.baseline}"
     started = time.monotonic()
-    results = asyncio.run(benchmark(args.quick, streams, args.keep, args.profile, args.uvloop))
+    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as scratch:
+        baseline = None
+        if args.baseline:
+            results_commit = extract_baseline(args.baseline, Path(scratch))
+            baseline = Path(scratch)
+        results = asyncio.run(
+            benchmark(args.quick, streams, args.keep, args.profile, args.uvloop, baseline)
+        )
+        if baseline is not None:
+            results.facts["baseline"] = results_commit
     report = render(results, command)
     print(report)
     if args.quick:

@@ -925,10 +925,10 @@ class RelayListener:
     ) -> None:
         """Answer on the control channel when small, else over the request's rendezvous."""
         body = response.body
-        route = prepare_response(command.id, response).route
+        prepared = prepare_response(command.id, response)
         try:
-            if route is ResponseRoute.CONTROL:
-                if await self._try_control(control, command.id, response, outcome):
+            if prepared.route is ResponseRoute.CONTROL:
+                if await self._try_control(control, command.id, response, outcome, prepared):
                     return
                 # Section 5.3: a response to a request that arrived on the control channel may
                 # also go over that request's rendezvous address, which stays valid (about 30 s,
@@ -946,7 +946,7 @@ class RelayListener:
             assert command.address is not None
             rendezvous = await self._dial_rendezvous(command.address)
             try:
-                await self._write_response(rendezvous, command.id, response, outcome)
+                await self._write_response(rendezvous, command.id, response, outcome, prepared)
             finally:
                 await rendezvous.close()
         except Exception as exc:
@@ -963,7 +963,12 @@ class RelayListener:
                     await body.aclose()
 
     async def _try_control(
-        self, control: _RelaySocket, request_id: str, response: RelayedResponse, outcome: str
+        self,
+        control: _RelaySocket,
+        request_id: str,
+        response: RelayedResponse,
+        outcome: str,
+        prepared: PreparedResponse,
     ) -> bool:
         """Answer on the control channel the request came on; ``False`` if it is gone.
 
@@ -973,15 +978,21 @@ class RelayListener:
         if not control.ws.open:
             return False
         try:
-            await self._write_response(control, request_id, response, outcome)
+            await self._write_response(control, request_id, response, outcome, prepared)
         except (ConnectionError, RelaySocketError, TimeoutError):
             return False
         return True
 
     async def _write_response(
-        self, socket: _RelaySocket, request_id: str, response: RelayedResponse, outcome: str
+        self,
+        socket: _RelaySocket,
+        request_id: str,
+        response: RelayedResponse,
+        outcome: str,
+        prepared: PreparedResponse | None = None,
     ) -> None:
-        prepared = prepare_response(request_id, response)
+        if prepared is None:
+            prepared = prepare_response(request_id, response)
         if not prepared.valid:
             outcome = "invalid_response"
             log.error(
