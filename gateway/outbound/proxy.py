@@ -76,7 +76,7 @@ __all__ = [
     "SecretText",
     "client_ssl_context",
     "new_client_session",
-    "open_stream",
+    "open_transport",
     "open_websocket",
     "translate_proxy_error",
 ]
@@ -475,17 +475,23 @@ async def open_websocket(
 _MAX_CONNECT_ANSWER = 16 * 1024
 
 
-async def open_stream(
-    proxy: OutboundProxy, url: str | URL, *, connect_timeout: float
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Open a byte stream to ``url``'s host and port, through the proxy decision for it.
+async def open_transport(
+    proxy: OutboundProxy,
+    url: str | URL,
+    protocol: asyncio.Protocol,
+    *,
+    connect_timeout: float,
+) -> asyncio.Transport:
+    """Connect ``protocol`` to ``url``'s host and port, through the proxy decision for it.
 
-    For a library that speaks its protocol on a socket it does not own (the relay listener's
-    sans-IO WebSocket). ``wss``/``https`` get TLS with :attr:`OutboundProxy.ssl_context`, end to
-    end with the destination, hostname checked. Through a proxy the stream is always an HTTP
-    ``CONNECT`` tunnel (RFC 9110 section 9.3.6), also for plain ``ws``/``http``: proxies do not
-    pass a WebSocket upgrade on in absolute form. Credentials ride on the ``CONNECT`` request
-    only. Raises :class:`ProxyAuthError`, :class:`ProxyConnectRefusedError` or
+    For a library that speaks its protocol on a connection it does not own (the relay
+    listener's sans-IO WebSocket). ``wss``/``https`` get TLS with
+    :attr:`OutboundProxy.ssl_context`, end to end with the destination, hostname checked.
+    Through a proxy the connection is always an HTTP ``CONNECT`` tunnel (RFC 9110 section
+    9.3.6), also for plain ``ws``/``http``: proxies do not pass a WebSocket upgrade on in
+    absolute form. Credentials ride on the ``CONNECT`` request only; once the proxy has said
+    2xx, the tunnel is handed to ``protocol`` (the destination sends nothing before we do, so
+    nothing is left unread). Raises :class:`ProxyAuthError`, :class:`ProxyConnectRefusedError` or
     :class:`ProxyUnreachableError` for the proxy's failures, ``OSError``/``ssl.SSLError`` for the
     destination's, ``TimeoutError`` when ``connect_timeout`` passes first.
     """
@@ -497,53 +503,85 @@ async def open_stream(
     secure = target.scheme in ("https", "wss")
     context = proxy.ssl_context if secure else None
     route = proxy.route_for(target)
+    loop = asyncio.get_running_loop()
     async with asyncio.timeout(connect_timeout):
         if route.proxy is None:
-            return await asyncio.open_connection(
-                host, port, ssl=context, server_hostname=host if secure else None
+            transport, _ = await loop.create_connection(
+                lambda: protocol, host, port, ssl=context, server_hostname=host if secure else None
             )
-        reader, writer = await _tunnel(route, host, port)
+            return transport
+        tunnel = await _tunnel(route, host, port)
         try:
-            if context is not None:
-                await writer.start_tls(context, server_hostname=host)
+            tunnel.set_protocol(protocol)
+            if context is None:
+                protocol.connection_made(tunnel)
+                return tunnel
+            secured = await loop.start_tls(tunnel, protocol, context, server_hostname=host)
         except BaseException:
-            writer.close()
+            tunnel.abort()
             raise
-        return reader, writer
+        if secured is None:
+            tunnel.abort()
+            raise ConnectionResetError("the tunnel closed during the TLS handshake")
+        protocol.connection_made(secured)
+        return secured
 
 
-async def _tunnel(
-    route: ProxyRoute, host: str, port: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+class _ProxyAnswer(asyncio.Protocol):
+    """Reads the proxy's answer to ``CONNECT`` (status line and headers, bounded)."""
+
+    def __init__(self) -> None:
+        self.head: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        if self.head.done():
+            return
+        self._buffer += data
+        end = self._buffer.find(b"\r\n\r\n")
+        if end >= 0:
+            self.head.set_result(bytes(self._buffer[: end + 4]))
+        elif len(self._buffer) > _MAX_CONNECT_ANSWER:
+            self.head.set_exception(ValueError("oversize answer"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.head.done():
+            self.head.set_exception(ConnectionResetError("proxy closed the connection"))
+
+
+async def _tunnel(route: ProxyRoute, host: str, port: int) -> asyncio.Transport:
     assert route.proxy is not None
     assert route.proxy.host is not None
+    assert route.proxy.port is not None  # _validate_proxy_url requires an explicit port
     label = f"{route.proxy.host}:{route.proxy.port}"
+    loop = asyncio.get_running_loop()
     try:
-        reader, writer = await asyncio.open_connection(route.proxy.host, route.proxy.port)
+        transport, reply = await loop.create_connection(
+            _ProxyAnswer, route.proxy.host, route.proxy.port
+        )
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
-        raise ProxyUnreachableError(
-            f"cannot connect to proxy {label}: {why}", proxy=label
-        ) from None
+        message = f"cannot connect to proxy {label}: {why}"
+        raise ProxyUnreachableError(message, proxy=label) from None
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
     lines += [f"{name}: {value}" for name, value in route.proxy_headers.items()]
     try:
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        answer = await reader.readuntil(b"\r\n\r\n")
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-        writer.close()
+        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        answer = await reply.head
+    except (OSError, ValueError):
+        transport.abort()
         raise ProxyConnectRefusedError(
-            f"proxy {label} closed the tunnel request", proxy=label
+            f"proxy {label} closed the tunnel request or sent an oversize answer", proxy=label
         ) from None
-    if len(answer) > _MAX_CONNECT_ANSWER:
-        writer.close()
-        raise ProxyConnectRefusedError(f"proxy {label} sent an oversize answer", proxy=label)
+    except BaseException:
+        transport.abort()
+        raise
     status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
     parts = status_line.split(" ", 2)
     status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
     reason = _clean_reason(parts[2] if len(parts) == 3 else "")
     if 200 <= status < 300:
-        return reader, writer
-    writer.close()
+        return transport
+    transport.abort()
     raise _refused(label, status, reason)

@@ -1,4 +1,4 @@
-"""One relay WebSocket: websockets' sans-IO client protocol on a stream this module owns.
+"""One relay WebSocket: websockets' sans-IO client protocol on a connection this module owns.
 
 The listener needs three things from a WebSocket client that aiohttp's public API does not give:
 a response's JSON and body frames in one write, a streamed body as one fragmented binary message
@@ -6,13 +6,16 @@ a response's JSON and body frames in one write, a streamed body as one fragmente
 a socket whose message it refused for its size (catalogue item 150). The ``websockets``
 library's sans-IO protocol (``websockets.client.ClientProtocol``) gives all three through its
 public methods: it turns frames to send into bytes and bytes received into frames, and this
-module moves the bytes. The stream comes from :func:`gateway.outbound.proxy.open_stream`, so a
-relay socket reaches the internet exactly as before: direct, or through the configured proxy's
-``CONNECT`` tunnel, with TLS end to end.
+module moves the bytes. The connection comes from :func:`gateway.outbound.proxy.open_transport`,
+so a relay socket reaches the internet exactly as before: direct, or through the configured
+proxy's ``CONNECT`` tunnel, with TLS end to end.
 
-Frames received are handed out as they arrive (``receive``), not reassembled: the protocol core
-(:class:`gateway.hybridconnection.connection.ListenerConnection`) reads frames. Pings are
-answered by the protocol; everything the protocol queues is written before ``receive`` returns.
+The bytes are moved by an ``asyncio.Protocol`` (:class:`_Wire`): what arrives is fed to the
+WebSocket protocol in ``data_received`` itself, and what the protocol queues in answer (pongs,
+the close reply) is written there and then, without a task switch or a copy through a stream
+buffer. Frames received are handed out as they arrive (``receive``), not reassembled: the
+protocol core (:class:`gateway.hybridconnection.connection.ListenerConnection`) reads frames.
+Reading pauses while more than :data:`_HIGH_WATER` bytes of frames wait for the application.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus, InvalidURI, PayloadTooBig
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode as WsOpcode
+from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from gateway.hybridconnection.framing import Frame, Opcode
-from gateway.outbound.proxy import OutboundProxy, open_stream
+from gateway.outbound.proxy import OutboundProxy, open_transport
 
 __all__ = [
     "TOO_LARGE",
@@ -60,9 +64,8 @@ class _NoWireLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 _PROTOCOL_LOG: Final = _NoWireLog(log, {})
 
-# One read from the stream; large bodies arrive in several.
-_READ_SIZE: Final = 256 * 1024
-# Writes wait for the transport's buffer to drain below asyncio's high-water mark (64 KiB).
+# Reading pauses while this many payload bytes of received frames wait for the application.
+_HIGH_WATER: Final = 1024 * 1024
 _MAX_CLOSE_REASON: Final = 120
 
 
@@ -123,15 +126,147 @@ async def open_relay_socket(
     protocol = ClientProtocol(
         uri, subprotocols=offered or None, max_size=max_size, logger=_PROTOCOL_LOG
     )
+    wire = _Wire(protocol)
     async with asyncio.timeout(handshake_timeout):
-        reader, writer = await open_stream(proxy, url, connect_timeout=handshake_timeout)
-        socket = RelayWebSocket(protocol, reader, writer, close_timeout=close_timeout)
+        await open_transport(proxy, url, wire, connect_timeout=handshake_timeout)
+        socket = RelayWebSocket(wire, close_timeout=close_timeout)
         try:
             await socket.handshake(headers or {})
         except BaseException:
             socket.abort()
             raise
     return socket
+
+
+class _Wire(asyncio.Protocol):
+    """Moves bytes between an asyncio transport and the sans-IO WebSocket protocol."""
+
+    def __init__(self, protocol: ClientProtocol) -> None:
+        self.protocol = protocol
+        self.transport: asyncio.Transport | None = None
+        self.frames: collections.deque[WsFrame | TooLarge] = collections.deque()
+        self.buffered = 0
+        self.response: Response | None = None
+        self.held: list[bytes] = []
+        self.too_large = False
+        self.ended = False
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused_reading = False
+        self._paused_writing = False
+        self._drainers: list[asyncio.Future[None]] = []
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        self._collect()
+
+    def eof_received(self) -> bool:
+        self.protocol.receive_eof()
+        self._collect()
+        self._end()
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._end()
+        if not self.lost.done():
+            self.lost.set_result(None)
+        for drainer in self._drainers:
+            if not drainer.done():
+                drainer.set_exception(ConnectionResetError("relay socket closed"))
+        self._drainers.clear()
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        for drainer in self._drainers:
+            if not drainer.done():
+                drainer.set_result(None)
+        self._drainers.clear()
+
+    # -- moving events and bytes -----------------------------------------------------------
+
+    def _collect(self) -> None:
+        protocol = self.protocol
+        for event in protocol.events_received():
+            if isinstance(event, WsFrame):
+                self.frames.append(event)
+                self.buffered += len(event.data)
+            elif isinstance(event, Response):
+                self.response = event
+        if isinstance(protocol.parser_exc, PayloadTooBig) and not self.too_large:
+            # The protocol refused a message from its frame header and queued its 1009 close;
+            # hold that close so send_last() can put the answer to the refused request first.
+            self.too_large = True
+            self.held = protocol.data_to_send()
+            self.frames.append(TOO_LARGE)
+        else:
+            self.flush()
+        if self.buffered > _HIGH_WATER and not self._paused_reading and self.transport:
+            self._paused_reading = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def flush(self) -> None:
+        """Write what the protocol queued (one write for all of it)."""
+        chunks = self.protocol.data_to_send()
+        transport = self.transport
+        if not chunks or transport is None or transport.is_closing():
+            return
+        payload = b"".join(chunks)
+        if payload:
+            transport.write(payload)
+        if chunks[-1] == b"" and transport.can_write_eof():
+            # websockets' SEND_EOF: half-close after the closing handshake (RFC 6455 7.1.1).
+            with contextlib.suppress(OSError, RuntimeError):
+                transport.write_eof()
+
+    def take(self) -> list[WsFrame | TooLarge]:
+        """Every frame received so far (reading resumes once they are taken)."""
+        frames = list(self.frames)
+        self.frames.clear()
+        self.buffered = 0
+        if self._paused_reading and self.transport is not None:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        return frames
+
+    async def wait(self) -> None:
+        """Until a frame arrives or the connection ends."""
+        if self.frames or self.ended:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    async def drain(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("relay socket is closed")
+        if not self._paused_writing:
+            return
+        drainer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._drainers.append(drainer)
+        await drainer
+
+    def _end(self) -> None:
+        self.ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class RelayWebSocket:
@@ -142,70 +277,34 @@ class RelayWebSocket:
     messages (section 5.4) with its own lock and waits with :meth:`drain`.
     """
 
-    def __init__(
-        self,
-        protocol: ClientProtocol,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        close_timeout: float,
-    ) -> None:
-        self._protocol = protocol
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, wire: _Wire, *, close_timeout: float) -> None:
+        self._wire = wire
+        self._protocol = wire.protocol
         self._close_timeout = close_timeout
-        self._backlog: list[WsFrame | TooLarge] = []
-        self._eof = asyncio.Event()
-        self._reading = False
-        self._held: list[bytes] = []
-        self._too_large = False
         self._messages: collections.deque[WsFrame | TooLarge] = collections.deque()
 
     # -- opening -------------------------------------------------------------------------
 
     async def handshake(self, headers: Mapping[str, str]) -> None:
-        """Send the upgrade request with ``headers`` added and read the answer."""
-        protocol = self._protocol
+        """Send the upgrade request with ``headers`` added and wait for the answer."""
+        protocol, wire = self._protocol, self._wire
         request = protocol.connect()
         for name, value in headers.items():
             request.headers[name] = value
         protocol.send_request(request)
-        self._flush()
+        wire.flush()
         while True:
-            data = await self._reader.read(_READ_SIZE)
-            if data:
-                protocol.receive_data(data)
-            else:
-                protocol.receive_eof()
-            upgraded = False
-            for event in protocol.events_received():
-                if isinstance(event, WsFrame):
-                    self._backlog.append(event)
-                else:
-                    upgraded = protocol.handshake_exc is None
             failure = protocol.handshake_exc
             if isinstance(failure, InvalidStatus):
                 response = failure.response
                 raise HandshakeRefusedError(response.status_code, response.reason_phrase)
             if failure is not None:
                 raise RelaySocketError(f"WebSocket handshake failed: {type(failure).__name__}")
-            # Frames that came with the answer are read already; they are handed out first.
-            self._check_too_large(self._backlog)
-            if upgraded:
+            if wire.response is not None and protocol.state is not State.CONNECTING:
                 return
-            if not data:
+            if wire.ended:
                 raise RelaySocketError("connection closed during the WebSocket handshake")
-
-    def _check_too_large(self, received: list[WsFrame | TooLarge]) -> bool:
-        """Flush what the protocol queued, unless it refused a message for its size just now:
-        then hold its 1009 close (for :meth:`close_after`) and mark ``received``."""
-        if isinstance(self._protocol.parser_exc, PayloadTooBig) and not self._too_large:
-            self._too_large = True
-            self._held = self._protocol.data_to_send()
-            received.append(TOO_LARGE)
-            return True
-        self._flush()
-        return False
+            await wire.wait()
 
     # -- state ---------------------------------------------------------------------------
 
@@ -217,7 +316,12 @@ class RelayWebSocket:
     @property
     def open(self) -> bool:
         """Whether data can still be sent."""
-        return self._protocol.state is State.OPEN and not self._writer.is_closing()
+        transport = self._wire.transport
+        return (
+            self._protocol.state is State.OPEN
+            and transport is not None
+            and not transport.is_closing()
+        )
 
     @property
     def close_code(self) -> int | None:
@@ -235,30 +339,12 @@ class RelayWebSocket:
 
     async def receive(self) -> list[WsFrame | TooLarge]:
         """The next frames (data and control), or ``[]`` once the connection has ended."""
-        if self._backlog:
-            events, self._backlog = self._backlog, []
-            return events
-        protocol = self._protocol
-        self._reading = True
-        try:
-            while not self._eof.is_set():
-                try:
-                    data = await self._reader.read(_READ_SIZE)
-                except OSError:
-                    data = b""
-                if data:
-                    protocol.receive_data(data)
-                else:
-                    protocol.receive_eof()
-                    self._eof.set()
-                received: list[WsFrame | TooLarge] = [
-                    event for event in protocol.events_received() if isinstance(event, WsFrame)
-                ]
-                if self._check_too_large(received) or received:
-                    return received
-            return []
-        finally:
-            self._reading = False
+        wire = self._wire
+        if not wire.frames:
+            if wire.ended:
+                return []
+            await wire.wait()
+        return wire.take()
 
     async def receive_message(self) -> str | bytes | None:
         """The next whole data message (``str`` text, ``bytes`` binary); ``None`` once closed.
@@ -312,35 +398,18 @@ class RelayWebSocket:
                 protocol.send_continuation(frame.payload, fin=frame.fin)
             else:
                 raise ValueError("only data frames are sent with send()")
-        self._flush()
+        self._wire.flush()
 
     def ping(self, data: bytes) -> None:
         """Send a ping (section 3.3)."""
         if not self.open:
             raise ConnectionResetError("relay socket is closed")
         self._protocol.send_ping(data)
-        self._flush()
+        self._wire.flush()
 
     async def drain(self) -> None:
         """Wait until the transport's buffer is below its high-water mark."""
-        if self._writer.is_closing():
-            raise ConnectionResetError("relay socket is closed")
-        await self._writer.drain()
-
-    def _flush(self) -> None:
-        chunks = self._protocol.data_to_send()
-        if not chunks:
-            return
-        writer = self._writer
-        if writer.is_closing():
-            return
-        payload = b"".join(chunks)
-        if payload:
-            writer.write(payload)
-        if chunks[-1] == b"" and writer.can_write_eof():
-            # websockets' SEND_EOF: half-close after the closing handshake (RFC 6455 7.1.1).
-            with contextlib.suppress(OSError):
-                writer.write_eof()
+        await self._wire.drain()
 
     # -- closing -------------------------------------------------------------------------
 
@@ -348,14 +417,17 @@ class RelayWebSocket:
         """Close with ``code``; wait up to the close timeout for the peer to end the TCP
         connection (RFC 6455 section 7.1.1: the server closes first), then drop it. Never raises.
         """
-        held, self._held = self._held, []
+        wire = self._wire
+        held, wire.held = wire.held, []
         with contextlib.suppress(Exception):
-            if self._protocol.state is State.OPEN and not self._writer.is_closing():
-                self._protocol.send_close(code, reason[:_MAX_CLOSE_REASON])
-                self._flush()
-            elif held and not self._writer.is_closing():
-                self._writer.write(b"".join(held))
-        await self._linger(self._close_timeout)
+            transport = wire.transport
+            if transport is not None and not transport.is_closing():
+                if self._protocol.state is State.OPEN:
+                    self._protocol.send_close(code, reason[:_MAX_CLOSE_REASON])
+                    wire.flush()
+                elif held:
+                    transport.write(b"".join(held))
+        await self.linger(self._close_timeout)
 
     def send_last(self, frames: Iterable[Frame]) -> bool:
         """Write ``frames``, then a close with 1009; follow with :meth:`linger`.
@@ -365,50 +437,45 @@ class RelayWebSocket:
         (:data:`TOO_LARGE`) and has already queued its close. Returns whether ``frames`` were
         written; never raises.
         """
-        held, self._held = self._held, []
-        written = False
+        wire = self._wire
+        held, wire.held = wire.held, []
+        transport = wire.transport
         try:
-            if not self._writer.is_closing():
-                if self._protocol.state is State.OPEN:
-                    self.send(frames)
-                    self._protocol.send_close(1009)
-                    self._flush()
-                else:
-                    # The protocol has closed its side already; websockets' public frame
-                    # serialiser encodes the answer (client frames are masked, RFC 6455 5.3).
-                    encoded = [
-                        WsFrame(_OUT_OPCODES[frame.opcode], frame.payload, fin=frame.fin).serialize(
-                            mask=True
-                        )
-                        for frame in frames
-                    ]
-                    self._writer.write(b"".join(encoded) + b"".join(held))
-                written = True
+            if transport is None or transport.is_closing():
+                return False
+            if self._protocol.state is State.OPEN:
+                self.send(frames)
+                self._protocol.send_close(1009)
+                wire.flush()
+            else:
+                # The protocol has closed its side already; websockets' public frame
+                # serialiser encodes the answer (client frames are masked, RFC 6455 5.3).
+                encoded = [
+                    WsFrame(_OUT_OPCODES[frame.opcode], frame.payload, fin=frame.fin).serialize(
+                        mask=True
+                    )
+                    for frame in frames
+                ]
+                transport.write(b"".join(encoded) + b"".join(held))
         except Exception:
-            written = False
-        return written
+            return False
+        return True
 
     async def linger(self, seconds: float) -> None:
-        """Read on and discard until the peer hangs up or ``seconds`` pass, then drop the
-        connection. Closing at once would answer the peer's remaining bytes with a TCP reset,
-        which can destroy the answer it has not read yet: the lingering close of RFC 9112
+        """Wait until the peer hangs up or ``seconds`` pass, then drop the connection.
+
+        Meanwhile whatever arrives is read and discarded by the protocol (it stops parsing once
+        it has closed). Closing at once would answer the peer's remaining bytes with a TCP
+        reset, which can destroy the answer it has not read yet: the lingering close of RFC 9112
         section 9.6. Never raises.
         """
-        await self._linger(seconds)
-
-    async def _linger(self, wait: float) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(wait):
-                if self._reading:
-                    await self._eof.wait()
-                else:
-                    while not self._eof.is_set():
-                        self._backlog.clear()
-                        await self.receive()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(self._wire.lost)
         self.abort()
 
     def abort(self) -> None:
         """Drop the connection now."""
-        self._eof.set()
-        transport = self._writer.transport
-        transport.abort()
+        transport = self._wire.transport
+        if transport is not None:
+            transport.abort()
