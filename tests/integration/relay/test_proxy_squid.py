@@ -1,10 +1,15 @@
-"""The outbound proxy connector against a real squid and a real TLS WebSocket server."""
+"""The outbound proxy against a real squid and a real TLS WebSocket server.
+
+Every test runs twice: through aiohttp's WebSocket client (``open_websocket``, the control-plane
+and ``gateway check`` path) and through the relay listener's own sockets (``open_relay_socket``
+on ``open_transport``).
+"""
 
 from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -12,6 +17,7 @@ import pytest
 import trustme
 from pydantic import SecretStr
 
+from gateway.hybridconnection.framing import Frame, Opcode
 from gateway.outbound.proxy import (
     OutboundProxy,
     ProxyAuthError,
@@ -21,47 +27,57 @@ from gateway.outbound.proxy import (
     new_client_session,
     open_websocket,
 )
+from gateway.relay.websocket import open_relay_socket
 
 from ..squid import PASSWORD, USERNAME, Squid
 from .relay_servers import ConnectionRecorder, WsServer, start_ws_server
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
+HELLO = "hello through the tunnel"
+
+Echo = Callable[[ProxySettings, str], Awaitable[str]]
 
 
-@pytest.fixture
-async def make_session() -> AsyncIterator[list[aiohttp.ClientSession]]:
-    """Collects sessions made by a test and closes them afterwards."""
+@pytest.fixture(params=["aiohttp", "relay-socket"])
+async def echo(request: pytest.FixtureRequest) -> AsyncIterator[Echo]:
+    """Sends one text message to a WebSocket echo server and returns the answer."""
     sessions: list[aiohttp.ClientSession] = []
-    yield sessions
+
+    async def through_aiohttp(settings: ProxySettings, url: str) -> str:
+        proxy = OutboundProxy(settings)
+        session = new_client_session(proxy, timeout=TIMEOUT)
+        sessions.append(session)
+        ws = await open_websocket(session, proxy, url, handshake_timeout=10, max_msg_size=1 << 16)
+        try:
+            await ws.send_str(HELLO)
+            msg = await ws.receive(timeout=5)
+            return str(msg.data)
+        finally:
+            await ws.close()
+
+    async def through_relay_socket(settings: ProxySettings, url: str) -> str:
+        ws = await open_relay_socket(
+            url, OutboundProxy(settings), handshake_timeout=10, max_size=1 << 16, close_timeout=2
+        )
+        try:
+            ws.send([Frame(Opcode.TEXT, HELLO.encode())])
+            return str(await ws.receive_message())
+        finally:
+            await ws.close()
+
+    yield through_aiohttp if request.param == "aiohttp" else through_relay_socket
     for session in sessions:
         await session.close()
-
-
-async def _echo_via(
-    sessions: list[aiohttp.ClientSession], settings: ProxySettings, url: str
-) -> str:
-    proxy = OutboundProxy(settings)
-    session = new_client_session(proxy, timeout=TIMEOUT)
-    sessions.append(session)
-    ws = await open_websocket(session, proxy, url, handshake_timeout=10, max_msg_size=1 << 16)
-    try:
-        await ws.send_str("hello through the tunnel")
-        msg = await ws.receive(timeout=5)
-        return str(msg.data)
-    finally:
-        await ws.close()
 
 
 async def test_connect_tunnel_through_squid_reaches_tls_websocket(
     squid_proxy: Squid,
     tls_ws_server: WsServer,
     ca_file: Path,
-    make_session: list[aiohttp.ClientSession],
+    echo: Echo,
 ) -> None:
     settings = ProxySettings(url=squid_proxy.url, extra_ca_file=ca_file)
-    assert await _echo_via(make_session, settings, tls_ws_server.url()) == (
-        "hello through the tunnel"
-    )
+    assert await echo(settings, tls_ws_server.url()) == (HELLO)
     needle = f"CONNECT 127.0.0.1:{tls_ws_server.port}"
     assert needle in await squid_proxy.wait_for_log(needle)
 
@@ -70,7 +86,7 @@ async def test_basic_auth_accepted_and_not_forwarded_to_destination(
     squid_auth_proxy: Squid,
     tls_ws_server: WsServer,
     ca_file: Path,
-    make_session: list[aiohttp.ClientSession],
+    echo: Echo,
 ) -> None:
     settings = ProxySettings(
         url=squid_auth_proxy.url,
@@ -78,9 +94,7 @@ async def test_basic_auth_accepted_and_not_forwarded_to_destination(
         password=SecretStr(PASSWORD),
         extra_ca_file=ca_file,
     )
-    assert await _echo_via(make_session, settings, tls_ws_server.url()) == (
-        "hello through the tunnel"
-    )
+    assert await echo(settings, tls_ws_server.url()) == (HELLO)
     needle = f"CONNECT 127.0.0.1:{tls_ws_server.port}"
     log = await squid_auth_proxy.wait_for_log(needle)
     assert needle in log
@@ -95,7 +109,7 @@ async def test_wrong_or_missing_credentials_raise_proxy_auth_error(
     squid_auth_proxy: Squid,
     tls_ws_server: WsServer,
     ca_file: Path,
-    make_session: list[aiohttp.ClientSession],
+    echo: Echo,
     password: str | None,
 ) -> None:
     settings = ProxySettings(
@@ -105,11 +119,12 @@ async def test_wrong_or_missing_credentials_raise_proxy_auth_error(
         extra_ca_file=ca_file,
     )
     with pytest.raises(ProxyAuthError) as caught:
-        await _echo_via(make_session, settings, tls_ws_server.url())
+        await echo(settings, tls_ws_server.url())
     assert caught.value.code == "proxy_auth_required"
     assert caught.value.status == 407
+    # Nothing chained: aiohttp's request information holds the Proxy-Authorization header.
     assert caught.value.__cause__ is None
-    assert caught.value.__suppress_context__
+    assert caught.value.__suppress_context__ or caught.value.__context__ is None
     text = f"{caught.value!s} {caught.value!r}"
     assert "wrong-password" not in text
     assert PASSWORD not in text
@@ -120,12 +135,12 @@ async def test_refused_connect_raises_connect_refused(
     squid_proxy: Squid,
     tls_ws_server: WsServer,
     ca_file: Path,
-    make_session: list[aiohttp.ClientSession],
+    echo: Echo,
 ) -> None:
     settings = ProxySettings(url=squid_proxy.url, extra_ca_file=ca_file)
     # The fixture's squid denies tunnels to 127.0.0.2.
     with pytest.raises(ProxyConnectRefusedError) as caught:
-        await _echo_via(make_session, settings, tls_ws_server.url(host="127.0.0.2"))
+        await echo(settings, tls_ws_server.url(host="127.0.0.2"))
     assert caught.value.code == "proxy_connect_refused"
     assert caught.value.status == 403
 
@@ -134,14 +149,14 @@ async def test_no_proxy_host_goes_direct(
     connection_recorder: ConnectionRecorder,
     tls_ws_server: WsServer,
     ca_file: Path,
-    make_session: list[aiohttp.ClientSession],
+    echo: Echo,
 ) -> None:
     # The "proxy" only records connections: anything routed through it would fail and show up.
     settings = ProxySettings(
         url=connection_recorder.url, no_proxy=("localhost", "10.0.0.0/8"), extra_ca_file=ca_file
     )
     url = tls_ws_server.url(host="localhost")
-    assert await _echo_via(make_session, settings, url) == "hello through the tunnel"
+    assert await echo(settings, url) == HELLO
     assert connection_recorder.connections == []
     assert len(tls_ws_server.seen_headers) == 1
 
@@ -150,26 +165,26 @@ async def test_host_outside_no_proxy_uses_the_proxy(
     connection_recorder: ConnectionRecorder,
     tls_ws_server: WsServer,
     ca_file: Path,
-    make_session: list[aiohttp.ClientSession],
+    echo: Echo,
 ) -> None:
     settings = ProxySettings(
         url=connection_recorder.url, no_proxy=("localhost",), extra_ca_file=ca_file
     )
     with pytest.raises((aiohttp.ClientError, ProxyConnectRefusedError)):
-        await _echo_via(make_session, settings, tls_ws_server.url(host="127.0.0.1"))
+        await echo(settings, tls_ws_server.url(host="127.0.0.1"))
     assert connection_recorder.connections
     assert not tls_ws_server.seen_headers
 
 
 async def test_unreachable_proxy_raises_proxy_unreachable(
-    tls_ws_server: WsServer, ca_file: Path, make_session: list[aiohttp.ClientSession]
+    tls_ws_server: WsServer, ca_file: Path, echo: Echo
 ) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
     settings = ProxySettings(url=f"http://127.0.0.1:{closed_port}", extra_ca_file=ca_file)
     with pytest.raises(ProxyUnreachableError) as caught:
-        await _echo_via(make_session, settings, tls_ws_server.url())
+        await echo(settings, tls_ws_server.url())
     assert caught.value.code == "proxy_unreachable"
     assert not tls_ws_server.seen_headers
 
@@ -179,35 +194,49 @@ async def test_environment_proxy_variables_are_ignored(
     connection_recorder: ConnectionRecorder,
     tls_ws_server: WsServer,
     ca_file: Path,
-    make_session: list[aiohttp.ClientSession],
+    echo: Echo,
 ) -> None:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "WS_PROXY", "WSS_PROXY"):
         monkeypatch.setenv(name, connection_recorder.url)
         monkeypatch.setenv(name.lower(), connection_recorder.url)
     settings = ProxySettings(extra_ca_file=ca_file)
-    assert await _echo_via(make_session, settings, tls_ws_server.url()) == (
-        "hello through the tunnel"
-    )
+    assert await echo(settings, tls_ws_server.url()) == (HELLO)
     assert connection_recorder.connections == []
 
 
 async def test_tls_verification_needs_the_configured_ca(
-    tls_ws_server: WsServer, make_session: list[aiohttp.ClientSession]
+    tls_ws_server: WsServer, echo: Echo
 ) -> None:
-    with pytest.raises(aiohttp.ClientConnectorCertificateError):
-        await _echo_via(make_session, ProxySettings(), tls_ws_server.url())
+    # aiohttp's ClientConnectorCertificateError is an ssl.SSLCertVerificationError too.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await echo(ProxySettings(), tls_ws_server.url())
 
 
 async def test_tls_hostname_is_checked_even_with_the_ca(
-    test_ca: trustme.CA, ca_file: Path, make_session: list[aiohttp.ClientSession]
+    test_ca: trustme.CA, ca_file: Path, echo: Echo
 ) -> None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     test_ca.issue_cert("elsewhere.test").configure_cert(context)
     runner, server = await start_ws_server(context)
     try:
-        with pytest.raises(aiohttp.ClientConnectorCertificateError) as caught:
-            await _echo_via(make_session, ProxySettings(extra_ca_file=ca_file), server.url())
+        with pytest.raises(ssl.SSLCertVerificationError) as caught:
+            await echo(ProxySettings(extra_ca_file=ca_file), server.url())
         assert "hostname" in str(caught.value).lower() or "IP address" in str(caught.value)
+    finally:
+        await runner.cleanup()
+    assert not server.seen_headers
+
+
+async def test_tls_hostname_is_checked_through_the_tunnel(
+    squid_proxy: Squid, test_ca: trustme.CA, ca_file: Path, echo: Echo
+) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    test_ca.issue_cert("elsewhere.test").configure_cert(context)
+    runner, server = await start_ws_server(context)
+    try:
+        settings = ProxySettings(url=squid_proxy.url, extra_ca_file=ca_file)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await echo(settings, server.url())
     finally:
         await runner.cleanup()
     assert not server.seen_headers
