@@ -25,7 +25,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Final, cast
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus, InvalidURI, PayloadTooBig
@@ -159,8 +159,9 @@ class _Wire(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, though not necessarily an asyncio.Transport subclass (uvloop's
+        # implement the interface without deriving from it).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.protocol.receive_data(data)
