@@ -23,12 +23,14 @@ splices the two until either ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
 import math
 import re
 import secrets
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -37,7 +39,7 @@ from typing import Any, Protocol
 
 from gateway.auth import BadSignatureLimiter, SignatureError, SignatureVerifier
 from gateway.config import LoadedConfig
-from gateway.config.model import GatewayConfig, Operation
+from gateway.config.model import LDAP_SCHEMES, GatewayConfig, Operation
 from gateway.forward.canonical import CanonicalRequest, canonicalise
 from gateway.forward.credentials import CredentialError, CredentialSet, Injector
 from gateway.forward.dial import DialError, Guard, Redirect, Resolver, system_resolver
@@ -51,7 +53,11 @@ from gateway.forward.rejections import RequestRejected
 from gateway.forward.streams import TcpEnd, UpstreamEnd, open_tcp, relay
 from gateway.forward.upstream import Upstream, UpstreamError, UpstreamResponse
 from gateway.forward.websocket import WebSocketUpstream
+from gateway.ldap import stream as ldap_stream
 from gateway.ldap.decide import LdapChain
+from gateway.ldap.directory import DirectoryError
+from gateway.ldap.innertls import InnerTlsError
+from gateway.ldap.proxy import OperationOutcome
 from gateway.observability.metrics import Metrics
 from gateway.policy.decision_log import RECORD_VERSION, recorded_input
 from gateway.policy.input import build_input
@@ -574,6 +580,52 @@ class AuditRecord:
         }
 
 
+@dataclass
+class LdapRecord(AuditRecord):
+    """One LDAP operation on an LDAP target's stream (``kind: ldap``).
+
+    ``input`` holds what was decided, read from the PDU (never a password, a compare value or a
+    filter's values: only the attributes a filter tests); ``ldap`` what came of it: the
+    directory's resultCode as the SaaS got it, the attributes stripped from entries, the entries
+    hidden, the stream it belongs to.
+    """
+
+    outcome: OperationOutcome | None = None
+    stream_id: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON-ready record (schemas/decision-log.schema.json, kind ``ldap``)."""
+        record = super().as_dict()
+        outcome = self.outcome
+        assert outcome is not None
+        request = outcome.request
+        record["input"] = {
+            "operation": str(request.operation),
+            "message_id": request.message_id,
+            "dn": request.dn if request.operation.value != "bind" else None,
+            "bind_name": request.dn if request.operation.value == "bind" else None,
+            "scope": request.scope or None,
+            "attributes": list(request.attributes),
+            "changes": [[change.operation, change.attribute] for change in request.changes],
+            "filter_attributes": sorted(request.filter.attributes()) if request.filter else [],
+            "new_rdn": request.new_rdn or None,
+            "new_superior": request.new_superior,
+            "extended_oid": request.request_name or None,
+            "controls": [control.oid for control in request.controls],
+            "bound_as": outcome.bound_as,
+            "injected": outcome.injected,
+            "keyid": self.keyid,
+        }
+        record["ldap"] = {
+            "stream": self.stream_id,
+            "result_code": outcome.result_code,
+            "stripped": sorted(outcome.stripped),
+            "entries": outcome.entries,
+            "hidden_entries": outcome.hidden,
+        }
+        return record
+
+
 AuditSink = Callable[[AuditRecord], None]
 
 
@@ -623,7 +675,7 @@ class _PendingStream:
 
     runtime: Runtime
     record: AuditRecord
-    upstream: UpstreamEnd
+    upstream: UpstreamEnd | ldap_stream.LdapConnection
     release: Callable[[], None]
     expiry: asyncio.TimerHandle
     max_message: int
@@ -675,9 +727,14 @@ class Pipeline:
         audit: AuditSink,
         accept_window: float = ACCEPT_WINDOW,
         limiter: BadSignatureLimiter | None = None,
+        inner_tls: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         """``accept_window``: seconds a decided stream waits to be served before it is released;
-        ``limiter``: the bad-signature limiter (default: one with the documented defaults)."""
+        ``limiter``: the bad-signature limiter (default: one with the documented defaults);
+        ``inner_tls``: the TLS server context of LDAP streams' inner TLS (the gateway's current
+        identity certificate, :func:`gateway.ldap.innertls.identity_context`); without it LDAP
+        streams are refused."""
+        self._inner_tls = inner_tls
         self._runtime = runtime
         # Not `limiter or ...`: a limiter defines __len__, so an empty one is falsy.
         self._limiter = limiter if limiter is not None else BadSignatureLimiter()
@@ -891,7 +948,7 @@ class Pipeline:
 
     async def _open(
         self, runtime: Runtime, verdict: Verdict, max_message: int
-    ) -> tuple[UpstreamEnd, str | None]:
+    ) -> tuple[UpstreamEnd | ldap_stream.LdapConnection, str | None]:
         """Open the upstream end of an allowed stream; a failure is a refusal (502/504)."""
         canonical = verdict.granted()
         config = runtime.loaded.config
@@ -899,6 +956,8 @@ class Pipeline:
         connect = target.limits.connect_timeout_seconds or config.limits.connect_timeout_seconds
         # The whole opening must fit in the listener's window for deciding on an accept.
         deadline = min(connect, STREAM_OPEN_TIMEOUT)
+        if target.scheme in LDAP_SCHEMES:
+            return await self._open_ldap(runtime, canonical.target, deadline), None
         if target.scheme == "tcp":
             try:
                 async with asyncio.timeout(deadline):
@@ -929,6 +988,36 @@ class Pipeline:
             raise Refusal(exc.status, exc.code, str(exc), "forward") from None
         return socket, socket.protocol
 
+    async def _open_ldap(
+        self, runtime: Runtime, name: str, deadline: float
+    ) -> ldap_stream.LdapConnection:
+        """The inner TLS context and the directory connection of an allowed LDAP stream."""
+        if self._inner_tls is None:
+            raise Refusal(503, "inner_tls_unavailable", "no identity to serve TLS", "forward")
+        try:
+            # First: a gateway that cannot serve the inner TLS opens nothing to the directory.
+            context = self._inner_tls()
+        except InnerTlsError as exc:
+            log.warning("%s", exc, extra={"event": "inner_tls_unavailable"})
+            raise Refusal(503, exc.code, str(exc), "forward") from None
+        try:
+            directory = await ldap_stream.open_directory(
+                runtime.loaded,
+                name,
+                resolver=runtime.resolver,
+                redirect=runtime.redirect,
+                guard=runtime.guard,
+                within=deadline,
+            )
+        except DialError as exc:
+            raise Refusal(exc.status, exc.code, str(exc), "forward") from None
+        except DirectoryError as exc:
+            log.warning("directory %s: %s", name, exc, extra={"event": "directory_unreachable"})
+            raise Refusal(502, exc.code, str(exc), "forward") from None
+        except TimeoutError:
+            raise Refusal(504, "upstream_timeout", "no connection in time", "forward") from None
+        return ldap_stream.LdapConnection(name, directory, context)
+
     def _verifier_target(self, accept_target: str) -> str:
         # The SaaS signs the stream's path as it addressed it: /{hc path}{target}.
         return f"/{self._hc_path}{accept_target}"
@@ -958,18 +1047,73 @@ class Pipeline:
         record = pending.record
         self._metrics.streams_active.inc()
         try:
-            result = await relay(
-                socket,
-                pending.upstream,
-                idle_timeout=config.limits.stream_idle_timeout_seconds,
-                max_message=pending.max_message,
-            )
+            if isinstance(pending.upstream, ldap_stream.LdapConnection):
+                reason = await self._serve_ldap(info, socket, pending)
+            else:
+                result = await relay(
+                    socket,
+                    pending.upstream,
+                    idle_timeout=config.limits.stream_idle_timeout_seconds,
+                    max_message=pending.max_message,
+                )
+                reason = result.reason
             record.status = 101
-            record.reasons = [*record.reasons, result.reason]
+            record.reasons = [*record.reasons, reason]
         finally:
             pending.release()
             self._metrics.streams_active.dec()
             self._finish_stream(record)
+
+    async def _serve_ldap(
+        self, info: AcceptInfo, socket: StreamSocket, pending: _PendingStream
+    ) -> str:
+        """Serve an LDAP target's stream operation by operation (:mod:`gateway.ldap.stream`)."""
+        connection = pending.upstream
+        assert isinstance(connection, ldap_stream.LdapConnection)
+        runtime, stream_record = pending.runtime, pending.record
+
+        def record(outcome: OperationOutcome) -> None:
+            self._finish_ldap(runtime, stream_record, outcome)
+
+        try:
+            return await ldap_stream.serve(
+                socket,
+                connection,
+                loaded=runtime.loaded,
+                chain=runtime.ldap_chain,
+                keyid=stream_record.keyid,
+                record=record,
+                idle_timeout=runtime.loaded.config.limits.stream_idle_timeout_seconds,
+                max_message=pending.max_message,
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await socket.close(1000, "")
+
+    def _finish_ldap(
+        self, runtime: Runtime, stream: AuditRecord, outcome: OperationOutcome
+    ) -> None:
+        """Write the decision record and metrics of one LDAP operation."""
+        record = LdapRecord(
+            decision_id=new_decision_id(),
+            kind="ldap",
+            revision=runtime.revision,
+            started=outcome.started,
+            result=outcome.result,
+            reasons=list(outcome.reasons),
+            stage="decide",
+            target=stream.target,
+            operation=outcome.rule,
+            keyid=stream.keyid,
+            policy_revision=outcome.policy_revision,
+            latency_ms=outcome.decide_ms,
+            outcome=outcome,
+            stream_id=stream.decision_id,
+        )
+        operation = str(outcome.request.operation)
+        self._metrics.ldap_operations.labels(operation=operation, result=outcome.result).inc()
+        self._metrics.decision_seconds.observe(outcome.decide_ms / 1000)
+        self._record(record)
 
     async def close(self) -> None:
         """Release every decided stream not yet served (at shutdown, after the listener)."""

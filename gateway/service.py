@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -56,6 +57,7 @@ from gateway.identity import (
 from gateway.identity.certs import CertificateHealth
 from gateway.identity.errors import IdentityError
 from gateway.identity.models import AuditHead, Heartbeat, RequestSecret, SigningKey
+from gateway.ldap.innertls import InnerTlsError, identity_context
 from gateway.observability.audit import AuditLog, decision_log
 from gateway.observability.export import Exporter, build_exporters
 from gateway.observability.health import HealthServer, Readiness
@@ -393,6 +395,7 @@ class Agent:
         self._pipeline: Pipeline | None = None
         self._renewer: CertificateRenewer | None = None
         self._reload_lock = asyncio.Lock()
+        self._inner_tls_context: tuple[Path, ssl.SSLContext] | None = None
         self._proxy_settings = ProxySettings()
         self._proxy = OutboundProxy(self._proxy_settings)
 
@@ -547,6 +550,7 @@ class Agent:
             metrics=self.metrics,
             audit=self._write_audit,
             limiter=BadSignatureLimiter(clock=self.options.limiter_clock),
+            inner_tls=self._inner_tls,
         )
         first_token = [
             (info.listener_token.token.get_secret_value(), info.listener_token.expires_at)
@@ -668,6 +672,19 @@ class Agent:
             f"client certificate is {health.state.replace('_', ' ')}; it expires "
             f"{health.not_after.isoformat()} ({int(health.seconds_left)} s left)",
         )
+
+    def _inner_tls(self) -> ssl.SSLContext:
+        """The inner TLS server context of LDAP streams: the current identity certificate
+        (a renewal changes the file, and the next stream uses the new one)."""
+        identity = self._state.identity
+        if identity is None:
+            raise InnerTlsError("inner_tls_unavailable", "the gateway has no identity loaded")
+        cached = self._inner_tls_context
+        if cached is not None and cached[0] == identity.cert_path:
+            return cached[1]
+        context = identity_context(identity, self._passphrase(self.runtime().loaded))
+        self._inner_tls_context = (identity.cert_path, context)
+        return context
 
     def _write_audit(self, record: AuditRecord) -> None:
         if self._audit is not None:

@@ -80,6 +80,14 @@ class Metrics:
         self.streams = Counter(
             "gateway_streams", "Relayed streams by outcome", ["result", "reason"], registry=r
         )
+        # One per LDAP operation on an LDAP target's stream (gateway.ldap.proxy): operation is
+        # the RFC 4511 operation (bind, search, ...), result the decision-log result.
+        self.ldap_operations = Counter(
+            "gateway_ldap_operations",
+            "LDAP operations by type and outcome",
+            ["operation", "result"],
+            registry=r,
+        )
         self.cert_expiry = Gauge(
             "gateway_certificate_expiry_timestamp_seconds",
             "Expiry of the gateway's client certificate (Unix time)",

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -30,16 +28,16 @@ from gateway.devkit.saas import SaaSResponse
 from gateway.devkit.stack import DevStack
 from gateway.devkit.token_server import ProtectedApi, TokenServer
 
+from ..gatewayrun import child_environment, gateway_run
+
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-ROOT = Path(__file__).parents[3]
 API_KEY = "key-4f1d9a7c-from-a-file"
 ROTATED_KEY = "key-rotated-8e2b6c1d"
 BASIC_PASSWORD = "basic-pw-2c7e5a90-systemd"
 BEARER = "static-bearer-91d3f0b7-env"
 CLIENT_SECRET = "client-secret-6a8b4e21"
 SECRETS = (API_KEY, ROTATED_KEY, BASIC_PASSWORD, BEARER, CLIENT_SECRET)
-START_TIMEOUT = 40.0
 # The token lifetime the endpoint grants, and how early the gateway refreshes: the margin is
 # capped at half the lifetime, so tokens are refreshed 3 s after issue and expire after 6 s.
 LIFETIME = 6.0
@@ -183,40 +181,12 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
         document["logging"]["level"] = "debug"
         config = stack.write_gateway_dir(directory, document=document)
         await stack.register_gateway(directory)
-        child_env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
-            "CRED_TEST_BEARER": BEARER,
-            "CREDENTIALS_DIRECTORY": str(systemd_dir),
-        }
+        child_env = child_environment(
+            {"CRED_TEST_BEARER": BEARER, "CREDENTIALS_DIRECTORY": str(systemd_dir)}
+        )
         log = directory / "gateway.log"
-        with log.open("wb") as sink:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gateway",
-                "run",
-                "-c",
-                str(config),
-                "--allow-root",
-                "--shutdown-grace",
-                "1",
-                cwd=ROOT,
-                env=child_env,
-                stdout=sink,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        try:
-            async with asyncio.timeout(START_TIMEOUT):
-                await stack.relay.wait_for_listeners(stack.hc, 2)
+        async with gateway_run(stack, config, log=log, env=child_env) as process:
             yield Env(stack, directory, config, idp, spare_idp, apis, process, log, child_env)
-        finally:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 20)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
 
 
 @pytest.mark.parametrize("target", ["key-api", "basic-api", "bearer-api", "oauth-api"])

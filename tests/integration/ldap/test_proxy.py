@@ -33,7 +33,6 @@ from gateway.ldap.codec import (
     Request,
     Response,
     decode_response,
-    encode_extended_request,
     encode_simple_bind,
     pdu_length,
 )
@@ -42,6 +41,7 @@ from gateway.ldap.dn import normalise_attribute
 from gateway.ldap.proxy import BindIdentity, LdapProxy, OperationOutcome
 
 from ..slapd import SERVICE_DN, SERVICE_PASSWORD, SUFFIX
+from . import wire
 from .conftest import TlsDirectory
 
 IO_TIMEOUT = 30  # an int: ldap3 packs receive_timeout into SO_RCVTIMEO
@@ -338,17 +338,6 @@ async def test_entries_in_hidden_subtrees_are_not_returned(tls_directory: TlsDir
     assert search.hidden == 4  # ou=Groups, ou=Managed Groups, and their two groups
 
 
-async def _raw(port: int, data: bytes) -> list[bytes]:
-    """Send ``data`` and read PDUs until the proxy closes; returns them."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await _read_all(reader)
-    finally:
-        writer.close()
-
-
 def _search_pdu(message_id: int) -> bytes:
     """A search request built by ldap3's own encoder, as a client would send it."""
     request = search_operation(
@@ -389,7 +378,7 @@ async def test_malformed_pdus_disconnect_and_nothing_reaches_the_directory(
 ) -> None:
     before = len(tls_directory.slapd.operations())
     async with serving(tls_directory, Policy()) as proxy:
-        pdus = await _raw(proxy.port, data)
+        pdus = await wire.exchange(proxy.port, data)
     assert _notice(pdus) == (2, reason)
     assert proxy.endings == ["ldap_protocol_error"]
     assert len(tls_directory.slapd.operations()) == before
@@ -404,7 +393,7 @@ async def test_a_malformed_pdu_after_a_good_one(tls_directory: TlsDirectory) -> 
             answers = await _read_until(reader, "searchResDone")
             writer.write(b"\x04\x00")
             await writer.drain()
-            pdus = await _read_all(reader)
+            pdus = await wire.read_all(reader)
         finally:
             writer.close()
     assert answers[-1].result_code == 0
@@ -431,39 +420,10 @@ async def _read_until(reader: asyncio.StreamReader, kind: str) -> list[Response]
     return responses
 
 
-async def _read_all(reader: asyncio.StreamReader) -> list[bytes]:
-    """PDUs until the proxy closes."""
-    received = b""
-    async with asyncio.timeout(IO_TIMEOUT):
-        while chunk := await reader.read(65536):
-            received += chunk
-    return _split(received)
-
-
-def _split(received: bytes) -> list[bytes]:
-    pdus = []
-    while received:
-        length = pdu_length(received, 1 << 20)
-        assert length is not None
-        pdus.append(received[:length])
-        received = received[length:]
-    return pdus
-
-
 async def test_starttls_from_the_saas_is_refused(tls_directory: TlsDirectory) -> None:
     before = len(_operations(tls_directory, "EXT"))
     async with serving(tls_directory, Policy()) as proxy:
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        try:
-            writer.write(encode_extended_request(1, "1.3.6.1.4.1.1466.20037"))
-            await writer.drain()
-            data = b""
-            async with asyncio.timeout(IO_TIMEOUT):
-                while (length := pdu_length(data, 1 << 20)) is None or len(data) < length:
-                    data += await reader.read(65536)
-        finally:
-            writer.close()
-    answer = decode_response(data)
+        answer = await wire.start_tls(proxy.port)
     assert (answer.kind, answer.result_code, answer.diagnostic) == (
         "extendedResp",
         50,
@@ -474,7 +434,7 @@ async def test_starttls_from_the_saas_is_refused(tls_directory: TlsDirectory) ->
 
 async def test_a_pdu_during_a_bind_is_a_protocol_error(tls_directory: TlsDirectory) -> None:
     async with serving(tls_directory, Policy()) as proxy:
-        pdus = await _raw(
+        pdus = await wire.exchange(
             proxy.port,
             encode_simple_bind(1, SERVICE_DN, SERVICE_PASSWORD.encode()) + _search_pdu(2),
         )

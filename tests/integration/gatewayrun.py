@@ -1,0 +1,52 @@
+"""A real ``gateway run`` process for the agent-level suites, ready once its listeners are up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+from gateway.devkit.stack import DevStack
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 60
+STOP_TIMEOUT = 20
+
+
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without ``GATEWAY_*`` overrides, plus ``extra``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    return {**base, **(extra or {})}
+
+
+@contextlib.asynccontextmanager
+async def gateway_run(
+    stack: DevStack, config: Path, *, log: Path, env: Mapping[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run ``gateway run -c config`` (output to ``log``) until the block ends; yields once the
+    relay emulator sees the gateway's two listeners. Stopped with SIGTERM, then killed."""
+    with log.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "gateway", "run", "-c", str(config), "--allow-root", "--shutdown-grace", "1"),
+            cwd=ROOT,
+            env=dict(env) if env is not None else child_environment(),
+            stdout=sink,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            await stack.relay.wait_for_listeners(stack.hc, 2)
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
