@@ -5,12 +5,18 @@ loopback; registers a gateway with ``gateway register`` and runs it with ``gatew
 subprocesses, real mTLS, real Rego); plays a scripted session as EmpowerID would; hot-reloads a
 configuration change; prints what happened; stops the gateway with SIGTERM and cleans up. Exit 0
 only if every step got the expected answer.
+
+When OpenLDAP's ``slapd`` and the ``ldap3`` client are installed, a sample directory joins as an
+LDAP target and the session adds LDAP steps over the inner TLS: an allowed paged search, a denied
+modify of a protected group, and a search whose LAPS password attribute is stripped. Without
+them the demo says the LDAP steps were skipped and why; everything else runs on Python alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import shutil
@@ -25,12 +31,15 @@ from pathlib import Path
 
 import aiohttp
 
+from gateway.devkit import slapd as devkit_slapd
 from gateway.devkit.saas import SaaSResponse
 from gateway.devkit.stack import PERSON, PERSON_PASSWORD, DevStack
 from gateway.observability.auditchain import verify_files
 from gateway.outbound.sessions import client_session
 
 READY_TIMEOUT = 20.0
+LDAP_TARGET = "corp-directory"
+LDAP_TIMEOUT = 20  # an int: ldap3 packs its receive timeout into SO_RCVTIMEO
 
 
 @dataclass
@@ -90,7 +99,87 @@ def _row(step: str, expected: str, response: SaaSResponse) -> Row:
     return Row(step, expected, got, response.reason_code or "forwarded")
 
 
-async def _session(stack: DevStack, config: Path, health_port: int) -> list[Row]:
+def _ldap_unavailable() -> str | None:
+    """Why the LDAP steps cannot run here, or None."""
+    reason = devkit_slapd.unavailable_reason()
+    if reason is not None:
+        return reason
+    try:
+        importlib.import_module("ldap3")
+    except ImportError:
+        return "the ldap3 client is not installed (pip install ldap3)"
+    return None
+
+
+def _ldap_steps(port: int) -> list[Row]:
+    """The LDAP part of the session, as EmpowerID's directory connector would do it (ldap3,
+    blocking: run in a thread)."""
+    ldap3 = importlib.import_module("ldap3")
+    server = ldap3.Server("127.0.0.1", port=port, get_info=ldap3.NONE)
+    # The SaaS binds with the name of a bind identity; the gateway binds with the stored
+    # password, which never leaves this machine (ldap3 insists on sending some password).
+    connection = ldap3.Connection(
+        server,
+        user=devkit_slapd.BIND_IDENTITY,
+        password="not-the-password",  # noqa: S106 - a placeholder the gateway discards
+        receive_timeout=LDAP_TIMEOUT,
+        raise_exceptions=False,
+    )
+    rows: list[Row] = []
+    try:
+        connection.open()
+        connection.bind()
+        entries = connection.extend.standard.paged_search(
+            f"ou=People,{devkit_slapd.SUFFIX}",
+            "(objectClass=inetOrgPerson)",
+            attributes=["uid", "mail"],
+            paged_size=2,
+            generator=False,
+        )
+        result = connection.result
+        rows.append(
+            Row(
+                "LDAP paged search ou=People (2 per page)",
+                "0",
+                str(result["result"]),
+                f"{len(entries)} entries",
+            )
+        )
+        change = {"member": [(ldap3.MODIFY_ADD, [f"uid=user1,ou=People,{devkit_slapd.SUFFIX}"])]}
+        connection.modify(devkit_slapd.PROTECTED_GROUP, change)
+        result = connection.result
+        rows.append(
+            Row(
+                "LDAP modify cn=Domain Admins member (protected)",
+                "50",
+                str(result["result"]),
+                str(result["message"]),
+            )
+        )
+        connection.modify(devkit_slapd.MANAGED_GROUP, change)
+        result = connection.result
+        rows.append(
+            Row(
+                "LDAP modify cn=Helpdesk member (same connection)",
+                "0",
+                str(result["result"]),
+                "forwarded",
+            )
+        )
+        connection.search(devkit_slapd.LAPS_COMPUTER, "(objectClass=*)", attributes=["*"])
+        returned = {name.lower() for entry in connection.response for name in entry["attributes"]}
+        got = "returned" if "ms-mcs-admpwd" in returned else "stripped"
+        rows.append(
+            Row("LDAP search cn=ws01: ms-Mcs-AdmPwd (LAPS)", "stripped", got, "never_returned")
+        )
+    finally:
+        connection.unbind()
+    return rows
+
+
+async def _session(
+    stack: DevStack, config: Path, health_port: int, ldap: dict[str, object] | None = None
+) -> list[Row]:
     rows: list[Row] = []
     async with stack.saas() as saas, stack.saas(signed=False) as unsigned:
         response, _ = await saas.request("GET", "erp", "/api/accounts")
@@ -130,6 +219,9 @@ async def _session(stack: DevStack, config: Path, health_port: int) -> list[Row]
         rows.append(
             Row("TCP stream to directory", "echo", "echo" if echoed else "no echo", "spliced")
         )
+        if ldap is not None:
+            async with saas.ldap_endpoint(LDAP_TARGET) as port:
+                rows += await asyncio.to_thread(_ldap_steps, port)
         before, _ = await saas.request("GET", "erp", "/api/groups")
         rows.append(_row("GET erp /api/groups (not yet granted)", "403", before))
         revision = (await _readyz(health_port)).get("revision")
@@ -138,6 +230,7 @@ async def _session(stack: DevStack, config: Path, health_port: int) -> list[Row]
             extra_operations=[
                 {"name": "read-groups", "methods": ["GET"], "paths": ["/api/groups"]}
             ],
+            extra_targets={LDAP_TARGET: ldap} if ldap is not None else None,
         )
 
         async def reloaded() -> bool:
@@ -183,24 +276,57 @@ async def _metrics(port: int) -> list[str]:
         "gateway_requests_total{",
         "gateway_listeners_online ",
         "gateway_config_reloads_total{",
+        "gateway_ldap_operations_total{",
     )
     return [line for line in text.splitlines() if line.startswith(wanted)]
 
 
 async def run_demo(keep: bool = False) -> int:
-    """Run the demo; returns the exit code."""
-    started = time.monotonic()
+    """Run the demo; returns the exit code (the working directory is kept when a step failed)."""
     workdir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
-    process: asyncio.subprocess.Process | None = None
+    code = 1
     try:
         health_port = _free_port()
+        unavailable = _ldap_unavailable()
+        with contextlib.ExitStack() as directories:
+            directory = None
+            if unavailable is None:
+                directory = directories.enter_context(
+                    devkit_slapd.sample_directory(workdir / "slapd")
+                )
+            code = await _run(workdir, health_port, directory, unavailable)
+            return code
+    finally:
+        if not keep and code == 0:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _run(
+    workdir: Path,
+    health_port: int,
+    directory: devkit_slapd.Slapd | None,
+    unavailable: str | None,
+) -> int:
+    started = time.monotonic()
+    process: asyncio.subprocess.Process | None = None
+    try:
         async with DevStack(health_port=health_port) as stack:
-            config = stack.write_gateway_dir(workdir)
+            ldap = _ldap_target(workdir, directory) if directory is not None else None
+            config = stack.write_gateway_dir(
+                workdir, extra_targets={LDAP_TARGET: ldap} if ldap is not None else None
+            )
             print(
                 f"demo: relay emulator {stack.relay.ws_base}, control plane "
                 f"{stack.controlplane.base_url}, targets 127.0.0.1:{stack.targets.http_port} "
                 f"(HTTP) and 127.0.0.1:{stack.targets.tcp_port} (TCP)"
             )
+            if directory is not None:
+                print(
+                    f"demo: OpenLDAP slapd on 127.0.0.1:{directory.ldaps_port} (ldaps) as LDAP "
+                    f"target {LDAP_TARGET}; the SaaS reaches it over the inner TLS"
+                )
+            else:
+                print(f"demo: LDAP steps SKIPPED: {unavailable}")
             env = {**os.environ, "GATEWAY_REGISTER_PASSWORD": PERSON_PASSWORD}
             env.pop("GATEWAY_CONFIG", None)
             print(f"demo: gateway register -c {config} --person {PERSON}")
@@ -224,7 +350,7 @@ async def run_demo(keep: bool = False) -> int:
                 )
             try:
                 await _wait_ready(health_port, process)
-                rows = await _session(stack, config, health_port)
+                rows = await _session(stack, config, health_port, ldap)
             except (RuntimeError, aiohttp.ClientError, TimeoutError) as exc:
                 print(f"\ndemo FAILED: {exc}; the gateway's log ends with:")
                 log_lines = (workdir / "gateway.log").read_text(errors="replace").splitlines()
@@ -248,13 +374,26 @@ async def run_demo(keep: bool = False) -> int:
                 f"\ndemo FAILED: {len(failed)} of {len(rows)} steps differ ({elapsed:.1f} s); "
                 f"gateway log: {workdir / 'gateway.log'}"
             )
-            keep = True
             return 1
         print(f"\ndemo passed: {len(rows)} of {len(rows)} steps as expected in {elapsed:.1f} s")
+        if unavailable is not None:
+            print(f"demo: the LDAP steps were skipped: {unavailable}")
         return 0
     finally:
         if process is not None and process.returncode is None:
             process.kill()
             await process.wait()
-        if not keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _ldap_target(workdir: Path, directory: devkit_slapd.Slapd) -> dict[str, object]:
+    """The sample directory as an LDAP target: its CA and the bind identity's password file
+    next to gateway.yaml (mode 0600, as the gateway requires of secret files)."""
+    (workdir / "directory-ca.pem").write_bytes((workdir / "slapd" / "ca.pem").read_bytes())
+    password = workdir / "directory-password"
+    password.write_text(devkit_slapd.SERVICE_PASSWORD + "\n", encoding="utf-8")
+    password.chmod(0o600)
+    return devkit_slapd.directory_target(
+        directory,
+        ca_file="directory-ca.pem",
+        password_file="directory-password",  # noqa: S106 - a file name, not a password
+    )

@@ -177,6 +177,8 @@ def test_demo_from_the_wheel_in_an_empty_directory(installed: Installed) -> None
     empty.mkdir()
     out = _check(installed.run("demo", cwd=empty))
     assert "demo passed" in out
+    # Without slapd or an LDAP client (the wheel has no ldap3) the demo says what it skipped.
+    assert "LDAP steps SKIPPED: " in out or "LDAP modify" in out
     assert list(empty.iterdir()) == []
 
 
