@@ -1,6 +1,6 @@
-"""LDAP streams the gateway refuses before accepting them: it cannot serve the inner TLS, or it
-cannot reach the directory securely. The SaaS gets a failed handshake with the reason, the stream's
-decision record says why, and nothing is left open.
+"""How the gateway opens an LDAP stream's directory side, and the streams it refuses before
+accepting them: it cannot serve the inner TLS, or it cannot reach the directory securely. The
+SaaS then gets a failed handshake with the reason and the stream's decision record says why.
 
 The whole agent runs in this process (as in test_end_to_end.py): registered with the control-plane
 simulator, real Rego, the relay emulator, and slapd with TLS.
@@ -18,9 +18,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from ldap3 import NONE, Connection, Server
 
 from gateway.devkit.controlplane import DevCA
-from gateway.devkit.slapd import SERVICE_PASSWORD, directory_target
+from gateway.devkit.slapd import BIND_IDENTITY, SERVICE_PASSWORD, SUFFIX, directory_target
 from gateway.devkit.stack import DevStack
 from gateway.service import Agent, AgentOptions
 
@@ -126,3 +127,31 @@ async def test_a_directory_that_fails_tls_refuses_the_stream(
         status, record = await _refused(running)
     assert status == 502
     assert (record["result"], record["reasons"]) == ("failed", [reason])
+
+
+async def test_scheme_ldap_starts_tls_to_the_directory(
+    start: Callable[[Prepare | None, dict[str, Any] | None], Any], tls_directory: TlsDirectory
+) -> None:
+    slapd = tls_directory.slapd
+    before = len(slapd.operations())
+    async with (
+        start(None, {"scheme": "ldap", "port": slapd.ldap_port}) as running,
+        running.stack.saas() as saas,
+        saas.ldap_endpoint("directory") as port,
+    ):
+
+        def work() -> list[str]:
+            server = Server("127.0.0.1", port=port, get_info=NONE)
+            connection = Connection(
+                server, BIND_IDENTITY, "placeholder", receive_timeout=30, auto_bind=True
+            )
+            connection.search(f"ou=People,{SUFFIX}", "(uid=user1)", attributes=["uid"])
+            uids = [str(entry["attributes"]["uid"][0]) for entry in connection.response]
+            connection.unbind()
+            return uids
+
+        assert await asyncio.to_thread(work) == ["user1"]
+    received = slapd.operations()[before:]
+    # The gateway's StartTLS came first on its connection, then the SaaS's operations.
+    assert received[0].startswith("EXT oid=1.3.6.1.4.1.1466.20037")
+    assert [line.split()[0] for line in received[1:3]] == ["BIND", "SRCH"]
