@@ -465,8 +465,9 @@ class LdapProxy:
                     raw = self._stripped(verdict, raw, response.attributes, outcome)
                     if outcome is not None:
                         outcome.entries += 1
-                await self._send_client(raw)
                 if response.final:
+                    # Settled before the answer leaves: once the SaaS has it, the binding and
+                    # the operation's record are already what it implies.
                     self._searches.pop(response.message_id, None)
                     if response.kind == "bindResponse":
                         self._bound(response.message_id, response.result_code)
@@ -474,6 +475,7 @@ class LdapProxy:
                         del self._pending[response.message_id]
                         outcome.result_code = response.result_code
                         self._finish(outcome)
+                await self._send_client(raw)
 
     def _stripped(
         self,

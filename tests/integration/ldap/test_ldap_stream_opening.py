@@ -34,6 +34,7 @@ Prepare = Callable[[DevStack, Path], None]
 class Running:
     stack: DevStack
     directory: Path
+    agent: Agent
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def start(
             try:
                 async with asyncio.timeout(30):
                     await stack.relay.wait_for_listeners(stack.hc, 2)
-                yield Running(stack, directory)
+                yield Running(stack, directory, agent)
             finally:
                 await agent.stop()
 
@@ -151,6 +152,14 @@ async def test_scheme_ldap_starts_tls_to_the_directory(
             return uids
 
         assert await asyncio.to_thread(work) == ["user1"]
+        counted = {
+            (sample.labels["operation"], sample.labels["result"]): sample.value
+            for metric in running.agent.metrics.ldap_operations.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        }
+    # Each operation is counted before its answer leaves (the unbind has none to wait for).
+    assert counted[("bind", "allowed")] == counted[("search", "allowed")] == 1
     received = slapd.operations()[before:]
     # The gateway's StartTLS came first on its connection, then the SaaS's operations.
     assert received[0].startswith("EXT oid=1.3.6.1.4.1.1466.20037")
