@@ -1,5 +1,9 @@
 """``gateway explain METHOD TARGET PATH``: would this request pass, and why?
 
+``gateway explain --ldap TARGET OPERATION DN [--attribute NAME]... [--scope base|one|sub]
+[--filter FILTER] [--bind-dn DN]`` asks it of one LDAP operation on an ldap/ldaps target
+(:mod:`gateway.commands.explain_ldap`).
+
 ``gateway explain --stream TARGET [PATH]`` asks the same of a stream: a WebSocket at PATH on an
 http(s) target (RFC 6455 section 4.1: the opening handshake is a GET), or a raw stream to a tcp
 target, which has no method and no path. Every dropped request header is named with the reason
@@ -29,6 +33,8 @@ import sys
 
 from gateway import config as gwconfig
 from gateway.commands._common import add_config_argument
+from gateway.commands.explain_ldap import add_arguments as add_ldap_arguments
+from gateway.commands.explain_ldap import explain_ldap
 from gateway.config.semantics import NEVER_FORWARDED, NEVER_FORWARDED_PREFIXES
 from gateway.errors import ConfigError
 from gateway.forward.credentials import describe as describe_credential
@@ -66,7 +72,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "explain",
         help="show whether a request would be allowed, and why",
         usage="gateway explain [options] METHOD TARGET PATH\n"
-        "       gateway explain [options] --stream TARGET [PATH]",
+        "       gateway explain [options] --stream TARGET [PATH]\n"
+        "       gateway explain [options] --ldap TARGET OPERATION DN [--attribute NAME]... "
+        "[--scope base|one|sub] [--filter FILTER] [--bind-dn DN]",
         description="Exit 0 if allowed, 3 if denied, 1 on a configuration or policy error.",
     )
     add_config_argument(parser)
@@ -75,7 +83,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         nargs="+",
         metavar="METHOD TARGET PATH",
         help="the request: method, target (name or declared host:port) and /path?query as "
-        "relayed; with --stream: TARGET, and PATH unless the target is tcp",
+        "relayed; with --stream: TARGET, and PATH unless the target is tcp; with --ldap: "
+        "TARGET OPERATION DN",
     )
     parser.add_argument(
         "-H",
@@ -105,6 +114,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="text",
         help="text for people (default) or json for scripts",
     )
+    add_ldap_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -129,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem.render(), file=sys.stderr)
         return EXIT_CONFIG
+    if args.ldap:
+        return explain_ldap(args, loaded, engine)
     request = _request(args, loaded.config)
     if request is None:
         return 2

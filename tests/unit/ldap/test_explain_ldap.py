@@ -1,0 +1,141 @@
+"""``gateway explain --ldap TARGET OPERATION DN ...``: the form scripts depend on (issue 17 item
+9), answered by LdapChain.decide with the real policy: exit 0 allowed, 3 denied, 2 usage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from tests.unit.ldap.directory_config import load_directory
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> str:
+    load_directory(tmp_path)  # writes gateway.yaml and proves it loads
+    return str(tmp_path / "gateway.yaml")
+
+
+def _explain(capsys: pytest.CaptureFixture[str], config: str, *args: str) -> tuple[int, str]:
+    code = main(["explain", "-c", config, "--ldap", *args])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_the_issue_example_is_denied_with_its_reason(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = _explain(
+        capsys,
+        config,
+        "directory",
+        "modify",
+        "CN=Domain Admins,CN=Users,DC=corp,DC=example",
+        "--attribute",
+        "member",
+    )
+    assert code == 3
+    assert "DENY (resultCode 50)" in out
+    assert "reason:    ldap_never_reachable" in out
+
+
+def test_an_allowed_change_names_its_rule(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _explain(
+        capsys,
+        config,
+        "directory",
+        "modify",
+        "CN=Sales,OU=Managed Groups,DC=corp,DC=example",
+        "--attribute",
+        "member",
+        "--change-type",
+        "add",
+    )
+    assert code == 0, out
+    assert "ALLOW by rule 'group-membership' of target 'directory'" in out
+    assert "bind identity 'empowerid'" in out
+
+
+def test_search_options_and_what_is_hidden(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _explain(
+        capsys,
+        config,
+        "directory",
+        "search",
+        "DC=corp,DC=example",
+        "--attribute",
+        "cn",
+        "--attribute",
+        "member",
+        "--scope",
+        "one",
+        "--filter",
+        "(&(objectClass=group)(cn=S*))",
+        "--size-limit",
+        "100",
+    )
+    assert code == 0, out
+    assert "hides:     entries under OU=Tier0,DC=corp,DC=example" in out
+    assert "ms-mcs-admpwd" in out
+    code, out = _explain(
+        capsys,
+        config,
+        "directory",
+        "search",
+        "DC=corp,DC=example",
+        "--filter",
+        "(ms-Mcs-AdmPwd=*)",
+        "--size-limit",
+        "1",
+    )
+    assert code == 3
+    assert "ldap_filter_never_returned" in out
+
+
+def test_bind_dn_selects_the_identity(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    employee = "CN=Ann Lee,OU=Employees,DC=corp,DC=example"
+    args = ("directory", "modify", employee, "--attribute", "unicodePwd")
+    code, out = _explain(capsys, config, *args)
+    assert code == 3
+    assert "ldap_identity_not_granted" in out
+    code, out = _explain(capsys, config, *args, "--bind-dn", "helpdesk")
+    assert code == 0, out
+    code, out = _explain(capsys, config, *args, "--bind-dn", "")
+    assert code == 3
+    assert "ldap_anonymous_refused" in out
+
+
+def test_json_for_scripts(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _explain(capsys, config, "directory", "bind", "empowerid", "--format", "json")
+    assert code == 0
+    document = json.loads(out)
+    assert document["allowed"] is True
+    assert document["rule"] == "bind-service"
+    assert document["result_code"] is None
+    assert document["input"]["ldap"]["bind"]["empty_credentials"] is True
+    code, out = _explain(
+        capsys, config, "directory", "bind", "empowerid", "--no-inner-tls", "--format", "json"
+    )
+    assert code == 3
+    assert json.loads(out)["reasons"] == ["ldap_bind_needs_tls"]
+    assert json.loads(out)["result_code"] == 50
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("directory", "search"),
+        ("directory", "frobnicate", "DC=corp,DC=example"),
+        ("directory", "search", "DC=corp,DC=example", "--filter", "(cn=a"),
+        ("directory", "compare", "DC=corp,DC=example"),
+        ("directory", "modify", "DC=corp,DC=example"),
+    ],
+)
+def test_usage_errors_exit_2(
+    config: str, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    code, out = _explain(capsys, config, *args)
+    assert code == 2
+    assert "gateway explain" in out
