@@ -18,6 +18,7 @@ import sys
 
 from gateway import config as gwconfig
 from gateway.commands._common import add_config_argument, add_format_argument
+from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.packaged import POLICY_ROOT
 from gateway.policy.loader import PolicySet, rego_files, verify_policy
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run)
 
 
-def _run_all(policies: PolicySet) -> list[PolicyTestResult]:
+def _run_all(policies: PolicySet, config: GatewayConfig) -> list[PolicyTestResult]:
     builtin_tests = tuple(t for t in policies.tests if t.builtin)
     own_tests = tuple(t for t in policies.tests if not t.builtin)
     results: list[PolicyTestResult] = []
@@ -45,10 +46,10 @@ def _run_all(policies: PolicySet) -> list[PolicyTestResult]:
         ids = {module_id for module_id, _ in rego_files(POLICY_ROOT)}
         builtin = tuple(m for m in policies.modules if m.id in ids)
         results += run_policy_tests(
-            dataclasses.replace(policies, modules=builtin, tests=builtin_tests)
+            dataclasses.replace(policies, modules=builtin, tests=builtin_tests), config
         )
     if own_tests:
-        results += run_policy_tests(dataclasses.replace(policies, tests=own_tests))
+        results += run_policy_tests(dataclasses.replace(policies, tests=own_tests), config)
     return results
 
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         # The policy is proven to decide exactly as `gateway run` proves it: a policy that run
         # would refuse fails here with the same located problem, before any test runs.
         policies = verify_policy(loaded)
-        results = _run_all(policies)
+        results = _run_all(policies, loaded.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem.render(), file=sys.stderr)

@@ -39,6 +39,7 @@ __all__ = [
     "LdapVerdict",
     "matching_rules",
     "policy_document",
+    "refusal_reason",
     "smoke_facts",
 ]
 
@@ -110,6 +111,12 @@ class LdapVerdict:
         return any(tuple(path[: len(hidden)]) == hidden for hidden in self.hidden_subtrees)
 
 
+def refusal_reason(refused: LdapRefusedError) -> str:
+    """The policy-style reason code of a refusal by the core (``ldap-dn-syntax`` is
+    ``ldap_dn_syntax``), so every deny of an operation reads alike."""
+    return refused.reason.replace("-", "_")
+
+
 def matching_rules(target: Target | None) -> MatchingRules:
     """How the target's directory compares DNs (``ldap.case_insensitive_values`` and
     ``ldap.allow_extended_dn``); the default rules for anything else."""
@@ -146,7 +153,7 @@ class LdapChain:
         except LdapRefusedError as refused:
             return LdapVerdict(
                 allowed=False,
-                reasons=(refused.reason.replace("-", "_"),),
+                reasons=(refusal_reason(refused),),
                 operation=None,
                 strip_attributes=frozenset(),
                 revision=self.engine.revision,

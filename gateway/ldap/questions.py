@@ -69,6 +69,12 @@ class LdapQuestion:
     bound_as: str | None = None
     inner_tls: bool = True
     keyid: str | None = None
+    empty_password: bool = False
+    """bind: the SaaS sent a name without a password (only whether it is empty is kept)."""
+    mechanism: str | None = None
+    """bind: a SASL bind with this mechanism instead of a simple bind."""
+    version: int = 3
+    """bind: the LDAP version the bind asks for."""
 
     def request(self, identities: Collection[str] = ()) -> Request:
         """The request a client would send; raises :class:`QuestionError`. A bind whose name is
@@ -81,15 +87,27 @@ class LdapQuestion:
         operation = Operation(self.operation)
         controls = tuple(Control(oid, True) for oid in self.controls)
         base: dict[str, Any] = {"controls": controls}
+        if operation is Operation.BIND and self.mechanism:
+            return Request(
+                _QUESTION_ID,
+                operation,
+                dn=self.dn,
+                version=self.version,
+                auth_method="sasl",
+                sasl_mechanism=self.mechanism,
+                **base,
+            )
         if operation is Operation.BIND:
             injected = self.dn.strip().casefold() in identities
             return Request(
                 _QUESTION_ID,
                 operation,
                 dn=self.dn,
-                version=3,
+                version=self.version,
                 auth_method="simple",
-                credentials=b"" if injected or not self.dn else _STAND_IN_PASSWORD,
+                credentials=(
+                    b"" if injected or not self.dn or self.empty_password else _STAND_IN_PASSWORD
+                ),
                 **base,
             )
         if operation is Operation.EXTENDED:
@@ -187,9 +205,9 @@ class LdapQuestion:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise QuestionError(f"{key!r} must be a non-negative integer")
                 values[key] = value
-            elif key == "inner_tls":
+            elif key in ("inner_tls", "empty_password"):
                 if not isinstance(value, bool):
-                    raise QuestionError("'inner_tls' must be true or false")
+                    raise QuestionError(f"{key!r} must be true or false")
                 values[key] = value
             elif key == "changes":
                 values[key] = _changes(value)
@@ -211,10 +229,14 @@ class LdapQuestion:
 
 
 _STRINGS = frozenset({"target", "operation", "dn", "scope", "change_type"})
-_OPTIONAL_STRINGS = frozenset({"filter", "new_rdn", "new_superior", "bound_as", "keyid"})
+_OPTIONAL_STRINGS = frozenset(
+    {"filter", "new_rdn", "new_superior", "bound_as", "keyid", "mechanism"}
+)
 _STRING_LISTS = frozenset({"attributes", "filter_attributes", "controls"})
-_INTEGERS = frozenset({"size_limit", "time_limit"})
-_FIELDS = _STRINGS | _OPTIONAL_STRINGS | _STRING_LISTS | _INTEGERS | {"inner_tls", "changes"}
+_INTEGERS = frozenset({"size_limit", "time_limit", "version"})
+_FIELDS = (
+    _STRINGS | _OPTIONAL_STRINGS | _STRING_LISTS | _INTEGERS | {"inner_tls", "empty_password"}
+) | {"changes"}
 
 
 def _first_rdn(dn: str) -> str:
@@ -283,4 +305,7 @@ def question_of(facts: LdapFacts) -> LdapQuestion:
         bound_as=facts.bound_as,
         inner_tls=facts.inner_tls,
         keyid=facts.keyid,
+        empty_password=request.operation is Operation.BIND and not request.credentials,
+        mechanism=request.sasl_mechanism or None,
+        version=request.version if request.operation is Operation.BIND else 3,
     )

@@ -46,6 +46,9 @@ from pydantic import ValidationError
 
 from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError, PolicyError, Problem
+from gateway.ldap.decide import policy_document, refusal_reason
+from gateway.ldap.errors import LdapRefusedError
+from gateway.ldap.questions import LdapQuestion, QuestionError
 from gateway.policy.cache import strip_comments
 from gateway.policy.data import policy_data
 from gateway.policy.embedded import EmbeddedEngine, evaluation_error, new_interpreter
@@ -69,7 +72,7 @@ _TEST_RULE = re.compile(r"^(test_[A-Za-z0-9_]*)\b", re.MULTILINE)
 _RULE_HEAD = re.compile(r"^(?!(?:package|import)\b)([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE)
 _WITH = re.compile(r"\bwith\b")
 _WITH_INPUT = re.compile(r"with\s+input\s+as\s+")
-_CASE_KEYS = frozenset({"input", "expect", "targets", "extensions"})
+_CASE_KEYS = frozenset({"input", "ldap", "expect", "targets", "extensions"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +97,16 @@ def discover_tests(module: PolicyModule) -> list[tuple[str, int]]:
     return list(found.items())
 
 
-def run_policy_tests(policies: PolicySet) -> list[PolicyTestResult]:
-    """Run every test of ``policies``; raises ConfigError if the modules do not compile."""
+def run_policy_tests(
+    policies: PolicySet, config: GatewayConfig | None = None
+) -> list[PolicyTestResult]:
+    """Run every test of ``policies``; raises ConfigError if the modules do not compile.
+
+    ``config`` is the configuration ``policies`` was built from: LDAP cases without their own
+    ``targets`` are asked of its LDAP targets."""
     plain = tuple(m for m in policies.tests if not _with_positions(strip_comments(m.source)))
     rego = new_interpreter(policies.modules + plain, {"gateway": policies.data})
-    runner = _CaseRunner(policies)
+    runner = _CaseRunner(policies, config)
     results: list[PolicyTestResult] = []
     for module in policies.tests:
         if module not in plain:
@@ -343,7 +351,7 @@ def _judge(output: regopy.Output, runner: _CaseRunner) -> tuple[bool, str]:
     value = bindings["result"]
     if value is True:
         return True, ""
-    if isinstance(value, dict) and "input" in value and "expect" in value:
+    if isinstance(value, dict) and ("input" in value or "ldap" in value) and "expect" in value:
         return runner.run(value)
     return False, f"evaluated to {_short(value)}, not true"
 
@@ -351,8 +359,9 @@ def _judge(output: regopy.Output, runner: _CaseRunner) -> tuple[bool, str]:
 class _CaseRunner:
     """Evaluates cases with one compiled engine per distinct allow-list."""
 
-    def __init__(self, policies: PolicySet) -> None:
+    def __init__(self, policies: PolicySet, config: GatewayConfig | None) -> None:
         self._policies = policies
+        self._config = config
         self._engines: dict[str, EmbeddedEngine] = {}
 
     def run(self, case: Mapping[str, Any]) -> tuple[bool, str]:
@@ -366,10 +375,14 @@ class _CaseRunner:
             engine = self._engine(case.get("targets"), case.get("extensions"))
         except ValueError as exc:
             return False, str(exc)
+        if ("input" in case) == ("ldap" in case):
+            return False, "a case has either 'input' or 'ldap' (an LDAP operation in words)"
         try:
-            decision = engine.evaluate(case["input"])
+            decision = engine.evaluate(case["input"]) if "input" in case else self._ldap(case)
         except EngineError as exc:
             return False, exc.detail
+        except ValueError as exc:
+            return False, str(exc)
         if decision is UNDEFINED or not isinstance(decision, dict):
             return False, "the policy returned no decision document"
         wrong = [
@@ -378,6 +391,25 @@ class _CaseRunner:
             if decision.get(key) != value
         ]
         return (False, "; ".join(wrong)) if wrong else (True, "")
+
+    def _ldap(self, case: Mapping[str, Any]) -> Any:
+        """The decision on a case's LDAP operation, with its input built as the proxy builds it
+        (:func:`gateway.ldap.decide.policy_document`); raises ValueError for a bad case."""
+        targets = case.get("targets")
+        config = _config(targets) if targets is not None else self._config
+        if config is None:
+            raise ValueError("an 'ldap' case needs 'targets' here")
+        engine = self._engine(targets, case.get("extensions"))
+        try:
+            document = policy_document(
+                config, LdapQuestion.from_mapping(case["ldap"]).facts(config)
+            )
+        except QuestionError as exc:
+            raise ValueError(f"ldap: {exc}") from None
+        except LdapRefusedError as refused:
+            # The core refuses it before the policy is asked, as a live gateway does.
+            return {"allow": False, "operation": None, "reasons": [refusal_reason(refused)]}
+        return engine.evaluate(document)
 
     def _engine(self, targets: Any, extensions: Any) -> EmbeddedEngine:
         key = json.dumps([targets, extensions], sort_keys=True)

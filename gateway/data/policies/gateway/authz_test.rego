@@ -353,3 +353,52 @@ test_ldap_http_request_to_an_ldap_target_denied := {
 	"input": request("directory", "GET", ["x"], false),
 	"expect": {"allow": false, "reasons": ["stream_only_target"]},
 }
+
+# The same kind of case written in words: "ldap" describes the operation (target, operation, dn,
+# attributes, scope, filter, changes, bound_as, ...) and the gateway builds the input exactly as
+# the LDAP proxy builds it for the same PDU, DN preparation included.
+ldap_words(question, expect) := {"targets": ldap_targets, "ldap": question, "expect": expect}
+
+test_ldap_in_words_search_allowed := ldap_words(
+	{
+		"target": "directory",
+		"operation": "search",
+		"dn": "dc=CORP, dc=Local",
+		"attributes": ["CN", "member;range=0-1499"],
+		"filter": "(&(objectClass=group)(cn=Sales*))",
+		"bound_as": "svc",
+	},
+	{"allow": true, "operation": "inventory"},
+)
+
+test_ldap_in_words_tier0_spelled_differently_denied := ldap_words(
+	{
+		"target": "directory",
+		"operation": "search",
+		"dn": "CN=dc1,ou = TIER\\30 ,DC=corp,DC=local",
+		"attributes": ["cn"],
+		"bound_as": "svc",
+	},
+	{"allow": false, "reasons": ["ldap_never_reachable"]},
+)
+
+test_ldap_in_words_modify_add_member_allowed := ldap_words(
+	{
+		"target": "directory",
+		"operation": "modify",
+		"dn": "CN=Sales,OU=Groups,DC=corp,DC=local",
+		"changes": [{"type": "add", "attribute": "member"}],
+		"bound_as": "svc",
+	},
+	{"allow": true, "operation": "groups"},
+)
+
+test_ldap_in_words_guid_dn_refused := ldap_words(
+	{
+		"target": "directory",
+		"operation": "search",
+		"dn": "<GUID=0123456789abcdef0123456789abcdef>",
+		"bound_as": "svc",
+	},
+	{"allow": false, "reasons": ["ldap_dn_extended_refused"]},
+)
