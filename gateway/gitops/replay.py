@@ -9,8 +9,10 @@ target (allowed, or forwarded as a monitor-mode would-deny) or was refused.
 Not re-decided, and counted as such: records refused by the signature check (that step needs the
 live signature and nonce, and does not depend on gateway.yaml), records of an internal error,
 version 1 records (no input), and records of a kind no replayer knows. Record kinds are
-dispatched through :data:`REPLAYERS`; a new kind of target (LDAP operations) adds its replayer
-there, and everything else (comparison, reports, exit codes) applies unchanged.
+dispatched through :data:`REPLAYERS`: ``http`` and ``stream`` records go through the chain,
+``ldap`` records (one per LDAP operation, their input a
+:class:`gateway.ldap.questions.LdapQuestion`) through :class:`gateway.ldap.decide.LdapChain`;
+comparison, reports and exit codes are the same for every kind.
 
 Steps after the chain (stream counts, the connection to the target) are live conditions, not
 configuration: a stream refused as ``target_busy`` or a request whose target failed was allowed
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.gitops.diff import EXIT_NARROWED, EXIT_UNCHANGED, EXIT_WIDENED, _md_code, _md_text
+from gateway.ldap.decide import LdapChain
+from gateway.ldap.questions import LdapQuestion
 from gateway.observability.auditchain import MAX_LINE_BYTES, order_files
 from gateway.pipeline import Chain, Refusal, RequestFacts, Verdict
 from gateway.policy.decision_log import RECORD_VERSION, RecordedInput
@@ -154,12 +158,23 @@ async def _replay_http(input: Mapping[str, Any], chain: Chain) -> Replayed:
     return Replayed(verdict_outcome(await chain.decide(facts)), request)
 
 
-# The replayer of each record kind. Another kind of target (LDAP operations) records its own
-# input under its own kind and adds its replayer here, deciding through its own steps; the
-# comparison, reports and exit codes are the same for every kind.
+async def _replay_ldap(input: Mapping[str, Any], chain: Chain) -> Replayed:
+    """An LDAP operation: its recorded question (gateway.ldap.questions, never a password or a
+    filter value) decided by LdapChain.decide under the candidate's configuration and engine."""
+    question = LdapQuestion.from_mapping(input)  # QuestionError is a ValueError: malformed
+    request = f"LDAP {question.operation} {question.target} {question.dn}"
+    verdict = await LdapChain(chain.config, chain.engine).decide(question.facts(chain.config))
+    reason = verdict.reasons[0] if verdict.reasons else ""
+    result = "allowed" if verdict.allowed else "denied"
+    return Replayed(Outcome(verdict.allowed, result, reason, verdict.operation), request)
+
+
+# The replayer of each record kind. Each kind records its own input and decides through its own
+# steps; the comparison, reports and exit codes are the same for every kind.
 REPLAYERS: dict[str, Replayer] = {
     "http": _replay_http,
     "stream": _replay_http,
+    "ldap": _replay_ldap,
 }
 
 
