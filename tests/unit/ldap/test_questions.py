@@ -7,6 +7,7 @@ The property that matters for replay: the question a decision record keeps for a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,7 +59,7 @@ async def test_round_trip_and_refusals() -> None:
         bound_as="svc",
     )
     assert LdapQuestion.from_mapping(question.as_dict()) == question
-    bad = [
+    bad: list[tuple[dict[str, Any], str]] = [
         ({"target": "d"}, "'operation' must be a string"),
         ({"target": "d", "operation": "search", "colour": 1}, "unknown keys: colour"),
         ({"target": "d", "operation": "search", "attributes": "cn"}, "list of strings"),
