@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from ldap3 import MODIFY_ADD, NONE, Connection, Server
 from ldap3.operation.search import search_operation
 from ldap3.protocol.rfc4511 import LDAPMessage, MessageID, ProtocolOp
@@ -33,6 +35,7 @@ from gateway.ldap.codec import (
     Request,
     Response,
     decode_response,
+    encode_extended_request,
     encode_simple_bind,
     pdu_length,
 )
@@ -439,3 +442,76 @@ async def test_a_pdu_during_a_bind_is_a_protocol_error(tls_directory: TlsDirecto
             encode_simple_bind(1, SERVICE_DN, SERVICE_PASSWORD.encode()) + _search_pdu(2),
         )
     assert _notice(pdus) == (2, "ldap-pdu-during-bind")
+
+
+@dataclass
+class DenyAll(Policy):
+    """Every request denied: then nothing at all may reach the directory."""
+
+    async def __call__(self, request: Request, bound_as: str | None, injected: bool) -> RuleVerdict:
+        self.calls.append((request, bound_as, injected))
+        return RuleVerdict(False, ("ldap_not_granted",))
+
+
+async def _send_and_close(port: int, data: bytes) -> None:
+    """Send ``data``, end the sending side, read what comes back until the proxy closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        writer.write_eof()
+        async with asyncio.timeout(IO_TIMEOUT):
+            while await reader.read(65536):
+                pass
+    finally:
+        writer.close()
+
+
+def _requests(directory: TlsDirectory) -> int:
+    """Operations slapd received that ask for something (unbind and abandon are passed on
+    undecided, by design)."""
+    return sum(
+        1 for line in directory.slapd.operations() if not line.startswith(("UNBIND", "ABANDON"))
+    )
+
+
+_VALID = [
+    _search_pdu(1),
+    encode_simple_bind(2, SERVICE_DN, SERVICE_PASSWORD.encode()),
+    encode_extended_request(3, "1.3.6.1.4.1.4203.1.11.3"),
+]
+
+
+def _mutated(pdu: bytes, flips: list[tuple[int, int]]) -> bytes:
+    changed = dict(flips)
+    return bytes(changed.get(index, octet) for index, octet in enumerate(pdu))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.builds(
+            _mutated,
+            st.sampled_from(_VALID),
+            st.lists(st.tuples(st.integers(0, 80), st.integers(0, 255)), max_size=4),
+        ),
+        st.lists(st.sampled_from(_VALID), min_size=1, max_size=4).map(b"".join),
+    )
+)
+def test_with_everything_denied_nothing_reaches_the_directory(
+    tls_directory: TlsDirectory, data: bytes
+) -> None:
+    before = _requests(tls_directory)
+
+    async def example() -> None:
+        async with serving(tls_directory, DenyAll()) as proxy:
+            await _send_and_close(proxy.port, data)
+        assert all(
+            outcome.result != "allowed"
+            or outcome.request.operation in (Operation.UNBIND, Operation.ABANDON)
+            for outcome in proxy.outcomes
+        )
+
+    asyncio.run(example())
+    assert _requests(tls_directory) == before
