@@ -72,13 +72,13 @@ from harness import (
     start_child,
     stop_processes,
     until_terminated,
+    write_report,
 )
 from yarl import URL
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
 REPORT = SCRIPT.parent / "pipeline-report.md"
-NOTES_HEADING = "## Notes"
 NAMESPACE = "relay.bench.invalid"
 GATEWAY_ID = "bench-gateway"
 HC = f"hc-{GATEWAY_ID}"
@@ -874,10 +874,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         print(f"(quick run, {time.monotonic() - started:.0f} s; the report file is left as it is)")
     else:
-        # Hand-written analysis below the figures (from "## Notes" on) survives a re-run.
-        previous = REPORT.read_text() if REPORT.exists() else ""
-        notes = previous.find("\n" + NOTES_HEADING)
-        REPORT.write_text(report + (previous[notes:] if notes >= 0 else ""))
+        write_report(REPORT, report)
         print(f"(wrote {REPORT.relative_to(ROOT)} in {time.monotonic() - started:.0f} s)")
     return 0
 

@@ -48,6 +48,7 @@ from harness import (
     start_child,
     stop_processes,
     until_terminated,
+    write_report,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -578,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         print(f"(quick run, {time.monotonic() - started:.0f} s; the report file is left as it is)")
     else:
-        REPORT.write_text(report)
+        write_report(REPORT, report)
         print(f"(wrote {REPORT.relative_to(ROOT)} in {time.monotonic() - started:.0f} s)")
     return 0
 

@@ -123,3 +123,14 @@ class Sample:
     def cpu_per_request(self) -> float | None:
         """CPU microseconds of the process under test per completed request."""
         return None if self.cpu is None or not self.requests else self.cpu / self.requests * 1e6
+
+
+NOTES_HEADING = "## Notes"
+
+
+def write_report(path: Path, report: str) -> None:
+    """Write ``report`` to ``path``; hand-written analysis below the figures (from
+    :data:`NOTES_HEADING` on) in the existing file survives a re-run."""
+    previous = path.read_text() if path.exists() else ""
+    notes = previous.find("\n" + NOTES_HEADING)
+    path.write_text(report + (previous[notes:] if notes >= 0 else ""))
