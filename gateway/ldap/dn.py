@@ -87,19 +87,16 @@ _EXTENDED_FORMS = ("<guid=", "<sid=", "<wkguid=")
 _SPECIAL = frozenset(',+"\\<>;=# ')
 _HEX = frozenset("0123456789abcdefABCDEF")
 
-# RFC 4518 section 2.2 mapping: to nothing, and to SPACE.
-_MAP_TO_NOTHING = frozenset(
-    [
-        *(0x00AD, 0x1806, 0x034F, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0xFFFC),
-        *range(0x180B, 0x180E),
-        *range(0xFE00, 0xFE10),
-        *range(0x0000, 0x0009),
-        *range(0x000E, 0x0020),
-        *range(0x007F, 0x0085),
-        *range(0x0086, 0x00A0),
-    ]
-)
+# RFC 4518 section 2.2 mapping. To SPACE: these white-space controls and every separator
+# character (categories Zs, Zl, Zp). To nothing: every other control (Cc) and format character
+# (Cf), and the few others the section names (soft hyphens, combining grapheme joiner, variation
+# selectors, object replacement character).
 _MAP_TO_SPACE = frozenset([0x0009, 0x000A, 0x000B, 0x000C, 0x000D, 0x0085])
+_SEPARATORS = frozenset({"Zs", "Zl", "Zp"})
+_CONTROLS = frozenset({"Cc", "Cf"})
+_MAP_TO_NOTHING = frozenset(
+    [0x00AD, 0x1806, 0x034F, 0xFFFC, *range(0x180B, 0x180E), *range(0xFE00, 0xFE10)]
+)
 
 
 @dataclass(frozen=True)
@@ -123,10 +120,15 @@ def _prepare(value: str, rules: MatchingRules) -> str:
     mapped = []
     for ch in value:
         point = ord(ch)
-        if point in _MAP_TO_NOTHING:
-            continue
-        if point in _MAP_TO_SPACE or unicodedata.category(ch) == "Zs":
+        category = unicodedata.category(ch)
+        # 2.2: the white-space controls and every separator (space, line or paragraph: Zs, Zl,
+        # Zp) become SPACE; every other control (Cc) or format character (Cf: bidirectional
+        # overrides, zero-width marks, tags) is mapped to nothing, as are the listed others. A
+        # directory that prepares 'Tier0<U+202E>' as 'Tier0' must not see another name here.
+        if point in _MAP_TO_SPACE or category in _SEPARATORS:
             mapped.append(" ")
+        elif point in _MAP_TO_NOTHING or category in _CONTROLS:
+            continue
         else:
             mapped.append(ch)
     text = unicodedata.normalize("NFKC", "".join(mapped))

@@ -6,11 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.ldap.dn import Dn, MatchingRules, normalise_attribute
+from gateway.ldap.dn import Dn, MatchingRules, escape_value, normalise_attribute
 from gateway.ldap.errors import DnError
 from tests.unit.ldap.dn_strategies import dns, render
 
 TIER0 = Dn.parse("OU=Tier0,DC=corp,DC=example")
+KNOWN_CN = "2.5.4.3"
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,14 @@ TIER0 = Dn.parse("OU=Tier0,DC=corp,DC=example")
         "OU=Tier\u00ad0,DC=corp,DC=example",  # soft hyphen maps to nothing (RFC 4518 2.2)
         "OU=Tier0\u200b,DC=corp,DC=example",  # zero width space maps to nothing
         "OU=\u00a0Tier0 ,DC=corp,DC=example",  # no-break space is insignificant at the edges
+        # RFC 4518 2.2: every format character (Cf) maps to nothing, not only the zero widths:
+        # bidirectional overrides, marks and isolates, tag characters, Arabic end of ayah.
+        "OU=Tier0\u202e,DC=corp,DC=example",
+        "OU=Tier\u200e0,DC=corp,DC=example",
+        "OU=\u2066Tier0\u2069,DC=corp,DC=example",
+        "OU=Tier0\U000e0041,DC=corp,DC=example",
+        "OU=\u06ddTier0,DC=corp,DC=example",
+        "OU=Tier0\\E2\\80\\AE,DC=corp,DC=example",  # the same override, hex-escaped
     ],
 )
 def test_spellings_of_the_same_entry_are_equal(spelling: str) -> None:
@@ -72,34 +81,79 @@ def test_spaces_compare_as_the_directory_compares_them() -> None:
     assert Dn.parse("cn=\\ a\\ ") == Dn.parse("cn=a")
     assert Dn.parse("cn=a\\ b") == Dn.parse("cn=a b") == Dn.parse("cn=a   b")
     assert Dn.parse("cn=a b") != Dn.parse("cn=ab")
+    # 2.2: white-space controls and every separator (space, line, paragraph) are SPACE.
+    for separator in ("\t", "\u1680", "\u3000", "\u2028", "\u2029"):
+        assert Dn.parse(f"cn=a{separator}b") == Dn.parse("cn=a b"), repr(separator)
 
 
-@pytest.mark.parametrize(
-    ("text", "reason"),
-    [
-        ("cn=a;dc=b", "ldap-dn-syntax"),
-        ("cn", "ldap-dn-syntax"),
-        ("cn=a\\", "ldap-dn-syntax"),
-        ("cn=a\\zz", "ldap-dn-syntax"),
-        ("cn=a,b", "ldap-dn-syntax"),
-        ("cn=a\\ff", "ldap-dn-syntax"),  # hex pair that is not UTF-8
-        ("cn=a<b", "ldap-dn-syntax"),
-        ("oid.2.5.4.3=a", "ldap-dn-syntax"),
-        ("1.2.3.4=a", "ldap-dn-unsupported"),  # an OID that might alias a protected type
-        ("cn=#0201ff", "ldap-dn-unsupported"),  # BER INTEGER, not a string
-        ("cn=#zz", "ldap-dn-syntax"),
-        ("cn=a\ue000", "ldap-dn-unsupported"),  # private use (RFC 4518 2.4)
-        ("<GUID=f0e1d2c3-0000-0000-0000-000000000000>", "ldap-dn-extended-refused"),
-        ("<SID=S-1-5-21-1-2-3-512>", "ldap-dn-extended-refused"),
-        (" <WKGUID=a9d1ca15768811d1aded00c04fd8d5cd,DC=corp>", "ldap-dn-extended-refused"),
-        ("cn=" + "a" * 9000, "ldap-dn-too-long"),
-        (",".join(["dc=a"] * 65), "ldap-dn-too-long"),
-    ],
-)
-def test_refused(text: str, reason: str) -> None:
+# (text, reason, detail): the reason is what an LDAP client is answered with (a refused request,
+# resultCode 50), the detail what `gateway validate` says of a DN written in gateway.yaml
+# (gateway/config/ldap_semantics.py: "... is not a DN the gateway can compare: <detail>").
+REFUSED = [
+    ("cn=a;dc=b", "ldap-dn-syntax", "an unescaped ';' in a DN value"),
+    ("cn", "ldap-dn-syntax", "'cn' has no '='"),
+    ("cn=a,b", "ldap-dn-syntax", "'b' has no '='"),
+    ("cn=a\\", "ldap-dn-syntax", "a backslash not followed by a special or hex pair"),
+    ("cn=a\\zz", "ldap-dn-syntax", "a backslash not followed by a special or hex pair"),
+    ("cn=a\\ff", "ldap-dn-syntax", "hex-escaped bytes that are not UTF-8"),
+    ("cn=a<b", "ldap-dn-syntax", "an unescaped '<' in a DN value"),
+    ("cn=a\x00", "ldap-dn-syntax", "an unescaped '\\x00' in a DN value"),
+    ("oid.2.5.4.3=a", "ldap-dn-syntax", "'oid.2.5.4.3' is not an attribute type"),
+    ("OID=a", "ldap-dn-syntax", "an attribute type named OID"),
+    # An OID that might alias a protected type.
+    (
+        "1.2.3.4=a",
+        "ldap-dn-unsupported",
+        "attribute type 1.2.3.4 is an OID the gateway cannot compare with a name",
+    ),
+    ("cn=#0201ff", "ldap-dn-unsupported", "a '#' value that is not a string"),  # BER INTEGER
+    ("cn=#zz", "ldap-dn-syntax", "a '#' value must be an even number of hex digits"),
+    ("cn=#", "ldap-dn-syntax", "a '#' value must be an even number of hex digits"),
+    ("cn=#abc", "ldap-dn-syntax", "a '#' value must be an even number of hex digits"),
+    ("cn=#0401ff", "ldap-dn-unsupported", "a '#' value that is not UTF-8"),
+    # Every hex digit in both cases is still hex (an OCTET STRING of 11 octets, not UTF-8).
+    ("cn=#040b0123456789abcdefABCDEF", "ldap-dn-unsupported", "a '#' value that is not UTF-8"),
+    ("cn=a\ue000", "ldap-dn-unsupported", "a DN value contains U+E000"),  # private use (2.4)
+    (
+        "<GUID=f0e1d2c3-0000-0000-0000-000000000000>",
+        "ldap-dn-extended-refused",
+        "an Active Directory <GUID=>/<SID=> DN names no place to check",
+    ),
+    (
+        "<SID=S-1-5-21-1-2-3-512>",
+        "ldap-dn-extended-refused",
+        "an Active Directory <GUID=>/<SID=> DN names no place to check",
+    ),
+    (
+        " <WKGUID=a9d1ca15768811d1aded00c04fd8d5cd,DC=corp>",
+        "ldap-dn-extended-refused",
+        "an Active Directory <GUID=>/<SID=> DN names no place to check",
+    ),
+    ("cn=" + "a" * 9000, "ldap-dn-too-long", "a DN of 9003 characters"),
+    (",".join(["dc=a"] * 65), "ldap-dn-too-long", "more than 64 RDNs"),
+    ("+".join(f"x{i}=a" for i in range(17)), "ldap-dn-too-long", "more than 16 values in an RDN"),
+    ("cn=a+cn=b", "ldap-dn-syntax", "an RDN names the same attribute twice"),
+]
+
+
+@pytest.mark.parametrize(("text", "reason", "detail"), REFUSED)
+def test_refused(text: str, reason: str, detail: str) -> None:
     with pytest.raises(DnError) as raised:
         Dn.parse(text)
-    assert raised.value.reason == reason
+    assert (raised.value.reason, raised.value.detail) == (reason, detail)
+
+
+def test_a_hash_value_that_is_not_ber_says_so() -> None:
+    with pytest.raises(DnError) as raised:
+        Dn.parse("cn=#04")  # an OCTET STRING header without its length
+    assert raised.value.reason == "ldap-dn-syntax"
+    assert raised.value.detail.startswith("a '#' value is not BER: ")
+
+
+def test_the_bounds_themselves_pass() -> None:
+    assert len(Dn.parse(",".join(["dc=a"] * 64)).rdns) == 64
+    assert len(Dn.parse("+".join(f"x{i}=a" for i in range(16))).rdns[0]) == 16
+    assert Dn.parse("cn=" + "a" * (8192 - 3)).rdns == (((KNOWN_CN, "a" * 8189),),)
 
 
 def test_allowed_extended_forms_are_only_under_the_root() -> None:
@@ -118,14 +172,19 @@ def test_root_parent_child() -> None:
     assert Dn.parse("cn=x,OU=Tier0,DC=corp,DC=example").parent() == TIER0
     moved = Dn.parse("OU=Staff,DC=corp,DC=example").child(Dn.parse("CN=New"))
     assert moved == Dn.parse("cn=new,ou=staff,dc=corp,dc=example")
-    with pytest.raises(DnError):
+    with pytest.raises(DnError) as raised:
         TIER0.child(Dn.parse("cn=a,cn=b"))
+    assert (raised.value.reason, raised.value.detail) == (
+        "ldap-dn-syntax",
+        "a new RDN must be exactly one RDN",
+    )
 
 
 @pytest.mark.parametrize(
     ("description", "expected"),
     [
         ("member;range=0-1499", "member"),
+        ("member;range=0-1499;binary", "member"),
         ("userCertificate;binary", "usercertificate"),
         ("CN", "cn"),
         ("commonName", "cn"),
@@ -136,6 +195,20 @@ def test_root_parent_child() -> None:
 )
 def test_normalise_attribute(description: str, expected: str) -> None:
     assert normalise_attribute(description) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "escaped"),
+    [
+        (" a b ", "\\ a b\\ "),  # RFC 4514 2.4: a space is escaped only first or last
+        ("a b", "a b"),
+        ("#a#", "\\#a#"),  # and '#' only first
+        ('a,b+c"d\\e<f>g;h=i', 'a\\,b\\+c\\"d\\\\e\\<f\\>g\\;h\\=i'),
+        ("a\x00b", "a\\00b"),
+    ],
+)
+def test_escape_value(value: str, escaped: str) -> None:
+    assert escape_value(value) == escaped
 
 
 # --- properties -----------------------------------------------------------------------------
