@@ -112,6 +112,19 @@ def _print_agent(agent: dict[str, Any], listen: str | None) -> None:
         for key in _LIVE_KEYS:
             if key in agent:
                 print(f"  {key:15} {agent[key]}")
+        workers = agent.get("workers")
+        if isinstance(workers, list):
+            # A supervisor's /readyz (workers > 1): one line per worker process.
+            ready = sum(1 for w in workers if isinstance(w, dict) and w.get("ready"))
+            print(f"  {'workers':15} {ready} of {len(workers)} ready")
+            for worker in workers:
+                if isinstance(worker, dict):
+                    print(
+                        f"    worker {worker.get('worker')}: pid {worker.get('pid')}, "
+                        f"{'ready' if worker.get('ready') else worker.get('state')}, "
+                        f"{worker.get('listeners_online')} listeners, "
+                        f"{worker.get('restarts')} restarts"
+                    )
         reload_error = agent.get("reload_error")
         if isinstance(reload_error, dict):
             print(

@@ -75,6 +75,17 @@ async def test_two_workers_serve_and_answer_as_one_gateway(fleet: Fleet, gateway
     assert _samples(text, "gateway_workers_running") == {"": 2.0}
 
 
+async def test_status_lists_every_worker(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pids = await gateway.worker_pids()
+    assert main(["status", "-c", str(gateway.config)]) == 0
+    out = capsys.readouterr().out
+    assert "workers         2 of 2 ready" in out
+    for index, pid in pids.items():
+        assert f"worker {index}: pid {pid}, ready, 2 listeners, 0 restarts" in out
+
+
 async def test_a_bad_file_keeps_every_worker_on_the_last_good_revision(
     fleet: Fleet, gateway: Gateway
 ) -> None:
