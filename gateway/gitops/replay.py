@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from gateway.gitops.diff import EXIT_NARROWED, EXIT_UNCHANGED, EXIT_WIDENED, _md_code, _md_text
 from gateway.ldap.decide import LdapChain
-from gateway.ldap.questions import LdapQuestion
+from gateway.ldap.questions import question_from_record
 from gateway.observability.auditchain import MAX_LINE_BYTES, order_files
 from gateway.pipeline import Chain, Refusal, RequestFacts, Verdict
 from gateway.policy.decision_log import RECORD_VERSION, RecordedInput
@@ -159,9 +159,10 @@ async def _replay_http(input: Mapping[str, Any], chain: Chain) -> Replayed:
 
 
 async def _replay_ldap(input: Mapping[str, Any], chain: Chain) -> Replayed:
-    """An LDAP operation: its recorded question (gateway.ldap.questions, never a password or a
-    filter value) decided by LdapChain.decide under the candidate's configuration and engine."""
-    question = LdapQuestion.from_mapping(input)  # QuestionError is a ValueError: malformed
+    """An LDAP operation: what the proxy recorded of it (never a password or a filter value)
+    as a question (gateway.ldap.questions), decided by LdapChain.decide under the candidate's
+    configuration and engine."""
+    question = question_from_record(input)  # QuestionError is a ValueError: malformed
     request = f"LDAP {question.operation} {question.target} {question.dn}"
     verdict = await LdapChain(chain.config, chain.engine).decide(question.facts(chain.config))
     reason = verdict.reasons[0] if verdict.reasons else ""
@@ -224,8 +225,13 @@ async def _replay_one(
     before = recorded_outcome(record)
     if before is None:
         return "refused by the signature check or an internal error"
+    input = record["input"]
+    if "target" not in input and isinstance(record.get("target"), str):
+        # An input that does not name its target (an LDAP operation's) is replayed against the
+        # target the record names.
+        input = {**input, "target": record["target"]}
     try:
-        replayed = await replayer(record["input"], chain)
+        replayed = await replayer(input, chain)
     except ValueError:
         return "malformed input"
     after = replayed.outcome

@@ -25,7 +25,13 @@ from gateway.ldap.dn import Dn
 from gateway.ldap.errors import DnError, LdapError
 from gateway.ldap.filters import parse_filter
 
-__all__ = ["QUESTION_OPERATIONS", "LdapQuestion", "QuestionError", "question_of"]
+__all__ = [
+    "QUESTION_OPERATIONS",
+    "LdapQuestion",
+    "QuestionError",
+    "question_from_record",
+    "question_of",
+]
 
 QUESTION_OPERATIONS: tuple[str, ...] = tuple(
     op.value for op in Operation if op not in (Operation.UNBIND, Operation.ABANDON)
@@ -271,6 +277,96 @@ def _changes(value: Any) -> tuple[tuple[str, str], ...]:
             raise QuestionError("'changes' must be a list of {type, attribute}")
         pairs.append((item["type"], item["attribute"]))
     return tuple(pairs)
+
+
+# The keys of an LDAP decision record's input (schemas/decision-log.schema.json, ldapInput): the
+# operation as the proxy read it from the PDU.
+_RECORD_KEYS = frozenset(
+    {
+        "operation",
+        "message_id",
+        "dn",
+        "bind_name",
+        "scope",
+        "attributes",
+        "changes",
+        "filter_attributes",
+        "new_rdn",
+        "new_superior",
+        "extended_oid",
+        "controls",
+        "bound_as",
+        "injected",
+        "keyid",
+        "target",
+        # Not in every record yet (LDAP contract amendments): read when present.
+        "size_limit",
+        "time_limit",
+        "mechanism",
+        "version",
+        "empty_password",
+        "inner_tls",
+    }
+)
+_OPTIONAL_RECORD_KEYS = ("mechanism", "version", "empty_password", "inner_tls")
+
+
+def question_from_record(input: Mapping[str, Any]) -> LdapQuestion:
+    """The question an LDAP decision record's ``input`` stands for (what ``gateway replay``
+    decides again); ``input`` must also name the record's ``target``. Raises
+    :class:`QuestionError` for an input that is not of that form.
+
+    The proxy's streams are always over the inner TLS (it refuses the stream otherwise), so a
+    recorded operation was unless the record says otherwise. A search whose record does not keep
+    its size and time limits cannot be decided faithfully and is refused. A bind is replayed as a
+    version 3 simple bind with a password unless the record says otherwise (``mechanism``,
+    ``version``, ``empty_password``).
+    """
+    if not isinstance(input, Mapping) or not set(input) <= _RECORD_KEYS:
+        raise QuestionError("not an LDAP decision record's input")
+    operation = input.get("operation")
+    if not isinstance(operation, str):
+        raise QuestionError("'operation' must be a string")
+    changes = input.get("changes") or []
+    if not isinstance(changes, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 for pair in changes
+    ):
+        raise QuestionError("'changes' must be a list of [type, attribute]")
+    attributes = tuple(_strings("attributes", input.get("attributes") or []))
+    if operation == Operation.SEARCH and not attributes:
+        attributes = ("*",)  # RFC 4511 4.5.1.8: an empty selection is all user attributes
+    if operation == Operation.BIND:
+        dn = input.get("bind_name")
+    elif operation == Operation.EXTENDED:
+        dn = input.get("extended_oid")
+    else:
+        dn = input.get("dn")
+    filter_attributes = tuple(_strings("filter_attributes", input.get("filter_attributes") or []))
+    limits: dict[str, Any] = {}
+    if operation == Operation.SEARCH:
+        if "size_limit" not in input or "time_limit" not in input:
+            # A rule may cap them; deciding without them could give either answer.
+            raise QuestionError("the record does not keep the search's size and time limits")
+        limits = {"size_limit": input["size_limit"], "time_limit": input["time_limit"]}
+    optional = {key: input[key] for key in _OPTIONAL_RECORD_KEYS if input.get(key) is not None}
+    question: dict[str, Any] = {
+        **limits,
+        **optional,
+        "target": input.get("target"),
+        "operation": operation,
+        "dn": dn or "",
+        "attributes": list(attributes),
+        "scope": input.get("scope") or "sub",
+        "changes": [{"type": kind, "attribute": name} for kind, name in changes],
+        "new_rdn": input.get("new_rdn"),
+        "new_superior": input.get("new_superior"),
+        "controls": list(input.get("controls") or []),
+        "bound_as": input.get("bound_as"),
+        "keyid": input.get("keyid"),
+    }
+    if filter_attributes:
+        question["filter_attributes"] = list(filter_attributes)
+    return LdapQuestion.from_mapping(question)
 
 
 def question_of(facts: LdapFacts) -> LdapQuestion:

@@ -3,6 +3,7 @@ LdapChain under a candidate configuration, with the real policy and engine."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,9 @@ import pytest
 
 from gateway.gitops.replay import replay
 from gateway.ldap.codec import Operation
-from gateway.ldap.questions import question_of
-from gateway.pipeline import Chain
-from gateway.policy.decision_log import RECORD_VERSION
+from gateway.ldap.decide import LdapFacts, LdapVerdict
+from gateway.ldap.proxy import OperationOutcome
+from gateway.pipeline import Chain, LdapRecord
 from gateway.policy.loader import build_engine
 from tests.unit.ldap.directory_config import CONFIG, embedded_chain, load_directory
 from tests.unit.ldap.test_decide import CASES
@@ -21,20 +22,44 @@ pytestmark = pytest.mark.asyncio
 
 
 def _record(
-    index: int, input: dict[str, Any], allowed: bool, reason: str, rule: str | None
+    index: int, facts: LdapFacts, verdict: LdapVerdict, *, amended: bool = True
 ) -> dict[str, Any]:
-    return {
-        "v": RECORD_VERSION,
-        "kind": "ldap",
-        "decision_id": f"ldap-{index}",
-        "time": "2026-12-07T09:00:00Z",
-        "result": "allowed" if allowed else "denied",
-        "reasons": [] if allowed else [reason],
-        "stage": "decide",
-        "target": "directory",
-        "operation": rule,
-        "input": input,
-    }
+    """The decision record a running gateway writes for the operation (pipeline.LdapRecord);
+    ``amended``: with the fields the LDAP contract's amendments ask the record to keep too."""
+    outcome = OperationOutcome(
+        request=facts.request,
+        started=0.0,
+        bound_as=facts.bound_as,
+        injected=facts.injected,
+        result="allowed" if verdict.allowed else "denied",
+        reasons=list(verdict.reasons),
+        rule=verdict.operation,
+    )
+    record = LdapRecord(
+        decision_id=f"ldap-{index}",
+        kind="ldap",
+        revision="r",
+        started=0.0,
+        result=outcome.result,
+        reasons=outcome.reasons,
+        stage="decide",
+        target=facts.target,
+        operation=verdict.operation,
+        keyid=facts.keyid,
+        outcome=outcome,
+    )
+    written: dict[str, Any] = json.loads(json.dumps(record.as_dict()))
+    if amended:
+        request = facts.request
+        written["input"].update(
+            size_limit=request.size_limit,
+            time_limit=request.time_limit,
+            version=request.version or 3,
+            mechanism=request.sasl_mechanism or None,
+            empty_password=not request.credentials,
+            inner_tls=facts.inner_tls,
+        )
+    return written
 
 
 async def test_records_replay_unchanged_and_a_narrowing_shows(tmp_path: Path) -> None:
@@ -45,11 +70,7 @@ async def test_records_replay_unchanged_and_a_narrowing_shows(tmp_path: Path) ->
     for index, (_, facts, _, _) in enumerate(CASES):
         if facts.request.operation in (Operation.UNBIND, Operation.ABANDON):
             continue
-        verdict = await chain.decide(facts)
-        reason = verdict.reasons[0] if verdict.reasons else ""
-        records.append(
-            _record(index, question_of(facts).as_dict(), verdict.allowed, reason, verdict.operation)
-        )
+        records.append(_record(index, facts, await chain.decide(facts)))
     same = await replay(records, Chain(chain.config, chain.engine))
     assert (same.replayed, same.unchanged, same.exit_code) == (len(records), len(records), 0)
     # The candidate drops group membership changes.
@@ -64,8 +85,29 @@ async def test_records_replay_unchanged_and_a_narrowing_shows(tmp_path: Path) ->
     assert dict(report.denied_by_operation) == {"directory/group-membership": 1}
 
 
+async def test_records_without_search_limits_skip_searches_only(tmp_path: Path) -> None:
+    chain = embedded_chain(load_directory(tmp_path))
+    records, searches = [], 0
+    for index, (case, facts, _, _) in enumerate(CASES):
+        operation = facts.request.operation
+        if operation in (Operation.UNBIND, Operation.ABANDON) or case in _BIND_DETAILS:
+            continue
+        searches += operation is Operation.SEARCH
+        records.append(_record(index, facts, await chain.decide(facts), amended=False))
+    report = await replay(records, Chain(chain.config, chain.engine))
+    assert dict(report.skipped) == {"malformed input": searches}
+    assert report.unchanged == report.replayed == len(records) - searches
+
+
+# Binds whose verdict depends on what the record shape of today does not keep (a live stream is
+# always over the inner TLS, so "bind-without-inner-tls" cannot be recorded either).
+_BIND_DETAILS = {"bind-v2", "unauthenticated-bind", "sasl-gssapi", "bind-without-inner-tls"}
+
+
 async def test_a_malformed_ldap_input_is_counted_not_fatal(tmp_path: Path) -> None:
     loaded = load_directory(tmp_path)
-    records = [_record(1, {"target": "directory", "operation": 7}, True, "", None)]
+    [record] = [_record(1, CASES[0][1], await embedded_chain(loaded).decide(CASES[0][1]))]
+    record["input"]["operation"] = 7
+    records = [record, {**record, "input": {**record["input"], "colour": "red"}}]
     report = await replay(records, Chain(loaded.config, build_engine(loaded)))
-    assert dict(report.skipped) == {"malformed input": 1}
+    assert dict(report.skipped) == {"malformed input": 2}
