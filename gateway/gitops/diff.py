@@ -30,8 +30,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from gateway.config.model import GatewayConfig, Operation, Target, TargetTls
+from gateway.config.ldap_semantics import parse_config_dn
+from gateway.config.model import (
+    GatewayConfig,
+    LdapOperation,
+    LdapTarget,
+    Operation,
+    Target,
+    TargetTls,
+)
 from gateway.config.patterns import PathPattern
+from gateway.ldap.dn import Dn, normalise_attribute
+from gateway.ldap.errors import DnError
 
 __all__ = [
     "EXIT_NARROWED",
@@ -199,6 +209,8 @@ def _target_added(name: str, target: Target) -> list[Change]:
                 new=True,
             )
         )
+    if target.ldap is not None:
+        changes.extend(_ldap_target_added(name, target.ldap))
     for op in target.operations:
         changes.append(
             Change(
@@ -266,6 +278,7 @@ class _TargetDiff:
         self._credential(
             f"targets.{self.name}.credential", (), self.old.credential, self.new.credential
         )
+        self.out.extend(_ldap_changes(self.name, self.old.ldap, self.new.ldap))
         return self.out
 
     def _credential(
@@ -601,6 +614,445 @@ def _covering_ops(op: Operation, others: Sequence[Operation]) -> list[str] | Non
             if cover not in names:
                 names.append(cover)
     return names
+
+
+# --- LDAP rules ----------------------------------------------------------------------------------
+# An LDAP target's grants are its rules (kinds on DN subtrees, with attributes, scopes, change
+# types, identities, caps) and its target-wide settings (vetoes, allow-lists, flags). Subtrees
+# are compared as DNs, by RDN sequence (a new subtree inside an old one widens nothing);
+# attribute types as the policy compares them (normalised; "*" covers every named one).
+
+
+def _ldap_rule_words(rule: LdapOperation) -> Words:
+    words: Words = (*_join(rule.kinds),)
+    if rule.subtrees:
+        words += (" on ", *_join(rule.subtrees))
+    if rule.attributes:
+        words += (" with attributes ", *_join(rule.attributes))
+    if rule.bind_as:
+        words += (" as ", *_join(rule.bind_as))
+    return words
+
+
+def _ldap_rule_path(target: str, rule: str) -> str:
+    return f"targets.{target}.ldap.operations[{rule}]"
+
+
+def _ldap_target_added(name: str, ldap: LdapTarget) -> list[Change]:
+    changes = [
+        Change(
+            Effect.WIDENED,
+            "ldap_rule_added",
+            _ldap_rule_path(name, rule.name),
+            (f"{name}: new LDAP rule ", Code(rule.name), " allows ", *_ldap_rule_words(rule)),
+            target=name,
+            operation=rule.name,
+            new=rule.model_dump(mode="json"),
+        )
+        for rule in ldap.operations
+    ]
+    changes.extend(_LdapDiff(name, LdapTarget(never_returned=[]), ldap).flags())
+    return changes
+
+
+def _ldap_changes(name: str, old: LdapTarget | None, new: LdapTarget | None) -> list[Change]:
+    """The changes of one target's LDAP section (a change of scheme to or from LDAP brings or
+    takes its rules as a whole)."""
+    if old is not None and new is not None:
+        return _LdapDiff(name, old, new).changes()
+    if new is not None:
+        return _ldap_target_added(name, new)
+    if old is None:
+        return []
+    return [
+        Change(
+            Effect.NARROWED,
+            "ldap_rule_removed",
+            _ldap_rule_path(name, rule.name),
+            (
+                f"{name}: LDAP rule ",
+                Code(rule.name),
+                " removed: no longer allows ",
+                *_ldap_rule_words(rule),
+            ),
+            target=name,
+            operation=rule.name,
+            old=rule.model_dump(mode="json"),
+        )
+        for rule in old.operations
+    ]
+
+
+def _dns(texts: Sequence[str], ldap: LdapTarget) -> list[tuple[str, Dn | None]]:
+    parsed: list[tuple[str, Dn | None]] = []
+    for text in texts:
+        try:
+            parsed.append((text, parse_config_dn(text, ldap)))
+        except DnError:
+            parsed.append((text, None))  # validate refuses it; compare it as text
+    return parsed
+
+
+def _outside(
+    texts: Sequence[str], ldap: LdapTarget, others: Sequence[str], other_ldap: LdapTarget
+) -> list[str]:
+    """The DNs of ``texts`` not within any DN of ``others`` (the whole subtree is covered)."""
+    covering = _dns(others, other_ldap)
+    out = []
+    for text, dn in _dns(texts, ldap):
+        inside = any(
+            (dn is not None and other is not None and dn.within(other)) or text == other_text
+            for other_text, other in covering
+        )
+        if not inside:
+            out.append(text)
+    return out
+
+
+def _types(names: Sequence[str]) -> dict[str, str]:
+    return {name if name in ("*", "+") else normalise_attribute(name): name for name in names}
+
+
+class _LdapDiff:
+    """Changes of the LDAP section of one target present on both sides."""
+
+    def __init__(self, name: str, old: LdapTarget, new: LdapTarget) -> None:
+        self.name = name
+        self.old, self.new = old, new
+        self.out: list[Change] = []
+
+    def add(self, effect: Effect, kind: str, path: str, words: Words, **kw: Any) -> None:
+        self.out.append(
+            Change(effect, kind, path, (f"{self.name}: ", *words), target=self.name, **kw)
+        )
+
+    def changes(self) -> list[Change]:
+        self.flags()
+        self._rules()
+        return self.out
+
+    def flags(self) -> list[Change]:
+        """Target-wide settings: switches, allow-lists, identities and vetoes."""
+        old, new = self.old, self.new
+        base = f"targets.{self.name}.ldap"
+        switches = (
+            ("cleartext", "talks to the directory without TLS", "uses TLS to the directory again"),
+            ("allow_anonymous", "allows anonymous binds and use", "no longer allows anonymous use"),
+            ("allow_extended_dn", "accepts <GUID=>/<SID=> DNs", "refuses <GUID=>/<SID=> DNs"),
+        )
+        for key, on, off in switches:
+            before, after = getattr(old, key), getattr(new, key)
+            if before != after:
+                self.add(
+                    Effect.WIDENED if after else Effect.NARROWED,
+                    f"ldap_{key}",
+                    f"{base}.{key}",
+                    ("LDAP target now " + (on if after else off),),
+                    old=before,
+                    new=after,
+                )
+        if old.case_insensitive_values != new.case_insensitive_values:
+            # Which entries a subtree names changes with it: review either way.
+            self.add(
+                Effect.WIDENED,
+                "ldap_matching",
+                f"{base}.case_insensitive_values",
+                (
+                    "DN values now compare case-",
+                    "in" if new.case_insensitive_values else "",
+                    "sensitively",
+                ),
+                old=old.case_insensitive_values,
+                new=new.case_insensitive_values,
+            )
+        for key, what in (
+            ("sasl_mechanisms", "SASL mechanisms"),
+            ("controls", "controls"),
+            ("extended_operations", "extended operations"),
+        ):
+            self._members(
+                f"{base}.{key}", what, getattr(old, key), getattr(new, key), widen_on_add=True
+            )
+        for identity in sorted(new.bind_identities.keys() - old.bind_identities.keys()):
+            self.add(
+                Effect.WIDENED,
+                "ldap_identity_added",
+                f"{base}.bind_identities.{identity}",
+                (
+                    "new bind identity ",
+                    Code(identity),
+                    " binds as ",
+                    Code(new.bind_identities[identity].dn),
+                ),
+                new=new.bind_identities[identity].dn,
+            )
+        for identity in sorted(old.bind_identities.keys() - new.bind_identities.keys()):
+            self.add(
+                Effect.NARROWED,
+                "ldap_identity_removed",
+                f"{base}.bind_identities.{identity}",
+                ("bind identity ", Code(identity), " removed"),
+                old=old.bind_identities[identity].dn,
+            )
+        for identity in sorted(old.bind_identities.keys() & new.bind_identities.keys()):
+            before, after = old.bind_identities[identity], new.bind_identities[identity]
+            if before.dn != after.dn:
+                self.add(
+                    Effect.WIDENED,
+                    "ldap_identity_changed",
+                    f"{base}.bind_identities.{identity}.dn",
+                    (
+                        "bind identity ",
+                        Code(identity),
+                        " now binds as ",
+                        Code(after.dn),
+                        " (was ",
+                        Code(before.dn),
+                        ")",
+                    ),
+                    old=before.dn,
+                    new=after.dn,
+                )
+        unprotected = _outside(old.never_reachable, old, new.never_reachable, new)
+        if unprotected:
+            self.add(
+                Effect.WIDENED,
+                "ldap_never_reachable_removed",
+                f"{base}.never_reachable",
+                ("subtrees no longer protected (never reachable): ", *_join(unprotected)),
+                old=list(old.never_reachable),
+                new=list(new.never_reachable),
+            )
+        protected = _outside(new.never_reachable, new, old.never_reachable, old)
+        if protected:
+            self.add(
+                Effect.NARROWED,
+                "ldap_never_reachable_added",
+                f"{base}.never_reachable",
+                ("subtrees now never reachable: ", *_join(protected)),
+                old=list(old.never_reachable),
+                new=list(new.never_reachable),
+            )
+        before, after = _types(old.never_returned), _types(new.never_returned)
+        returned = [before[k] for k in before if k not in after]
+        hidden = [after[k] for k in after if k not in before]
+        if returned:
+            self.add(
+                Effect.WIDENED,
+                "ldap_never_returned_removed",
+                f"{base}.never_returned",
+                ("attributes no longer withheld from searches: ", *_join(returned)),
+                old=list(old.never_returned),
+                new=list(new.never_returned),
+            )
+        if hidden:
+            self.add(
+                Effect.NARROWED,
+                "ldap_never_returned_added",
+                f"{base}.never_returned",
+                ("attributes now withheld from searches: ", *_join(hidden)),
+                old=list(old.never_returned),
+                new=list(new.never_returned),
+            )
+        return self.out
+
+    def _members(
+        self,
+        path: str,
+        what: str,
+        before: Sequence[str],
+        after: Sequence[str],
+        *,
+        widen_on_add: bool,
+        lead: Words = (),
+        **kw: Any,
+    ) -> None:
+        added = [item for item in after if item not in before]
+        removed = [item for item in before if item not in after]
+        key = path.rsplit(".", 1)[-1]
+        if added:
+            self.add(
+                Effect.WIDENED if widen_on_add else Effect.NARROWED,
+                f"ldap_{key}_added",
+                path,
+                (*lead, f"{what} now also allowed: ", *_join(added)),
+                old=list(before),
+                new=list(after),
+                **kw,
+            )
+        if removed:
+            self.add(
+                Effect.NARROWED if widen_on_add else Effect.WIDENED,
+                f"ldap_{key}_removed",
+                path,
+                (*lead, f"{what} no longer allowed: ", *_join(removed)),
+                old=list(before),
+                new=list(after),
+                **kw,
+            )
+
+    def _rules(self) -> None:
+        old, new = self.old, self.new
+        old_rules = {rule.name: rule for rule in old.operations}
+        new_rules = {rule.name: rule for rule in new.operations}
+        for name in sorted(old_rules.keys() - new_rules.keys()):
+            rule = old_rules[name]
+            self.add(
+                Effect.NARROWED,
+                "ldap_rule_removed",
+                _ldap_rule_path(self.name, name),
+                ("LDAP rule ", Code(name), " removed: no longer allows ", *_ldap_rule_words(rule)),
+                operation=name,
+                old=rule.model_dump(mode="json"),
+            )
+        for name in sorted(new_rules.keys() - old_rules.keys()):
+            rule = new_rules[name]
+            self.add(
+                Effect.WIDENED,
+                "ldap_rule_added",
+                _ldap_rule_path(self.name, name),
+                ("new LDAP rule ", Code(name), " allows ", *_ldap_rule_words(rule)),
+                operation=name,
+                new=rule.model_dump(mode="json"),
+            )
+        for name in sorted(old_rules.keys() & new_rules.keys()):
+            self._rule(old_rules[name], new_rules[name])
+
+    def _rule(self, old: LdapOperation, new: LdapOperation) -> None:
+        path = _ldap_rule_path(self.name, old.name)
+        lead: Words = ("LDAP rule ", Code(old.name), ": ")
+        kw: dict[str, Any] = {"operation": old.name, "lead": lead}
+        for key, what in (
+            ("kinds", "operations"),
+            ("scopes", "scopes"),
+            ("change_types", "change types"),
+        ):
+            self._members(
+                f"{path}.{key}", what, getattr(old, key), getattr(new, key), widen_on_add=True, **kw
+            )
+        places = [("subtrees", "subtrees")]
+        if "modify_dn" in old.kinds and "modify_dn" in new.kinds:
+            # Where a modify DN may move entries (default: the rule's subtrees).
+            places.append(("new_superiors", "destinations"))
+        for key, what in places:
+            before = getattr(old, key) or (old.subtrees if key == "new_superiors" else [])
+            after = getattr(new, key) or (new.subtrees if key == "new_superiors" else [])
+            wider = _outside(after, self.new, before, self.old)
+            narrower = _outside(before, self.old, after, self.new)
+            if wider:
+                self.add(
+                    Effect.WIDENED,
+                    f"ldap_{key}_widened",
+                    f"{path}.{key}",
+                    (*lead, f"{what} now also include ", *_join(wider)),
+                    operation=old.name,
+                    old=list(before),
+                    new=list(after),
+                )
+            if narrower:
+                self.add(
+                    Effect.NARROWED,
+                    f"ldap_{key}_narrowed",
+                    f"{path}.{key}",
+                    (*lead, f"{what} no longer include ", *_join(narrower)),
+                    operation=old.name,
+                    old=list(before),
+                    new=list(after),
+                )
+        self._attributes(path, lead, old, new)
+        if old.bind_as != new.bind_as:
+            if not new.bind_as or (old.bind_as and set(new.bind_as) > set(old.bind_as)):
+                effect = Effect.WIDENED
+            elif not old.bind_as or set(new.bind_as) < set(old.bind_as):
+                effect = Effect.NARROWED
+            else:
+                effect = Effect.WIDENED  # some identities in, some out: review
+            self.add(
+                effect,
+                "ldap_bind_as",
+                f"{path}.bind_as",
+                (
+                    *lead,
+                    "identities now ",
+                    *(_join(new.bind_as) or ("any bound identity",)),
+                    " (was ",
+                    *(_join(old.bind_as) or ("any bound identity",)),
+                    ")",
+                ),
+                operation=old.name,
+                old=list(old.bind_as),
+                new=list(new.bind_as),
+            )
+        for key, what in (
+            ("max_size_limit", "size limit cap"),
+            ("max_time_limit", "time limit cap"),
+        ):
+            cap_before, cap_after = getattr(old, key), getattr(new, key)
+            if cap_before == cap_after:
+                continue
+            raised = cap_after is None or (cap_before is not None and cap_after > cap_before)
+            self.add(
+                Effect.WIDENED if raised else Effect.NARROWED,
+                f"ldap_{key}",
+                f"{path}.{key}",
+                (
+                    *lead,
+                    f"{what} now ",
+                    Code(_show(cap_after)),
+                    " (was ",
+                    Code(_show(cap_before)),
+                    ")",
+                ),
+                operation=old.name,
+                old=cap_before,
+                new=cap_after,
+            )
+
+    def _attributes(self, path: str, lead: Words, old: LdapOperation, new: LdapOperation) -> None:
+        before, after = _types(old.attributes), _types(new.attributes)
+        # "*" covers every attribute the gateway can name; "+" the operational selector.
+        added = [after[k] for k in after if k not in before and (k in "*+" or "*" not in before)]
+        removed = [before[k] for k in before if k not in after and (k in "*+" or "*" not in after)]
+        if added:
+            self.add(
+                Effect.WIDENED,
+                "ldap_attributes_added",
+                f"{path}.attributes",
+                (*lead, "attributes now also allowed: ", *_join(added)),
+                operation=old.name,
+                old=list(old.attributes),
+                new=list(new.attributes),
+            )
+        if removed:
+            self.add(
+                Effect.NARROWED,
+                "ldap_attributes_removed",
+                f"{path}.attributes",
+                (*lead, "attributes no longer allowed: ", *_join(removed)),
+                operation=old.name,
+                old=list(old.attributes),
+                new=list(new.attributes),
+            )
+        if old.filter_attributes != new.filter_attributes:
+            words: Words
+            if new.filter_attributes is None:
+                effect, words = Effect.WIDENED, ("filters may now test any attribute",)
+            elif old.filter_attributes is None:
+                effect = Effect.NARROWED
+                words = ("filters now restricted to ", *_join(new.filter_attributes))
+            else:
+                grown = set(_types(new.filter_attributes)) - set(_types(old.filter_attributes))
+                effect = Effect.WIDENED if grown else Effect.NARROWED
+                words = ("filters may now test ", *_join(new.filter_attributes))
+            self.add(
+                effect,
+                "ldap_filter_attributes",
+                f"{path}.filter_attributes",
+                (*lead, *words),
+                operation=old.name,
+                old=old.filter_attributes,
+                new=new.filter_attributes,
+            )
 
 
 # --- settings outside the targets ----------------------------------------------------------------
