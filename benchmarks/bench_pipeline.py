@@ -25,9 +25,13 @@ system, all threads) and its memory from ``VmRSS`` in ``/proc/PID/status``: idle
 peak while under load, and with 1,000 relayed TCP streams open at once to the ``directory`` target
 (each checked with one echoed message).
 
-Run: ``.venv/bin/python benchmarks/bench_pipeline.py [--quick]`` (loopback only; the full run
-takes about 2 minutes, ``--quick`` under 30 seconds). The full run writes the printed report to
-``benchmarks/pipeline-report.md``; ``--quick`` only prints.
+With ``--uvloop`` a second gateway (``bench-gateway-uv`` on its own Hybrid Connection, the same
+configuration) runs on uvloop's event loop beside the first, and ``gateway-uvloop`` (Ed25519)
+is measured in the same interleaved runs: what uvloop changes, side by side.
+
+Run: ``.venv/bin/python benchmarks/bench_pipeline.py [--quick] [--uvloop]`` (loopback only; the
+full run takes about 3 minutes, ``--quick`` about one). The full run writes the printed report
+to ``benchmarks/pipeline-report.md``; ``--quick`` only prints.
 """
 
 from __future__ import annotations
@@ -82,15 +86,19 @@ REPORT = SCRIPT.parent / "pipeline-report.md"
 NAMESPACE = "relay.bench.invalid"
 GATEWAY_ID = "bench-gateway"
 HC = f"hc-{GATEWAY_ID}"
+# The second gateway of --uvloop: the same configuration on uvloop's event loop, side by side.
+GATEWAY_UV = "bench-gateway-uv"
+HC_UV = f"hc-{GATEWAY_UV}"
 PERSON, PERSON_PASSWORD = "operator", "bench-operator-password"
 TARGET_PATH = "/api/accounts"
 STEP = 30.0  # bound for one start-up wait (registration and policy compilation included)
 SAS_HEADER = "ServiceBusAuthorization"
 BARE_HCS = (HC_OURS, HC_HYCO, HC_BASE)
-PATHS = ("direct", "gateway", "gateway-hmac", "listener", "listener-base", "hyco")
-# The two signed paths: Ed25519 with the control plane's key, hmac-sha256 with the gateway's own.
-SIGNED = ("gateway", "gateway-hmac")
-# `gateway ...` on uvloop's event loop, for measuring what uvloop would change (--uvloop).
+PATHS = ("direct", "gateway", "gateway-hmac", "gateway-uvloop", "listener", "listener-base", "hyco")
+# The signed paths: Ed25519 with the control plane's key, hmac-sha256 with the gateway's own, and
+# (with --uvloop) Ed25519 to the second gateway, which runs on uvloop.
+SIGNED = ("gateway", "gateway-hmac", "gateway-uvloop")
+# `gateway ...` on uvloop's event loop, for the second gateway of --uvloop.
 UVLOOP_LAUNCHER = (
     "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
     "from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -116,7 +124,7 @@ async def run_relay() -> None:
     ]
     # The bare listeners' connections take anonymous senders, as in bench_relay.py.
     bare = [HybridConnectionSpec(hc, requires_client_authorization=False) for hc in BARE_HCS]
-    async with RelayEmulator([HC, *bare], rules, namespace=NAMESPACE) as relay:
+    async with RelayEmulator([HC, HC_UV, *bare], rules, namespace=NAMESPACE) as relay:
         print(f"ready {relay.port}", flush=True)
         await until_terminated()
 
@@ -130,7 +138,7 @@ async def run_services(workdir: Path) -> None:
         relay_namespace=NAMESPACE,
         relay_key_name="ListenRule",
         relay_key=os.environ["BENCH_LISTEN_KEY"],
-        hybrid_connection=HC,
+        # Each gateway its own Hybrid Connection, hc-{gateway id} (HC and HC_UV).
         cert_lifetime=datetime.timedelta(days=1),
     )
     simulator.add_person(PERSON, PERSON_PASSWORD)
@@ -169,12 +177,17 @@ def free_port() -> int:
 
 
 def gateway_config(
-    relay_port: int, cp_port: int, http_port: int, tcp_port: int, health_port: int
+    relay_port: int,
+    cp_port: int,
+    http_port: int,
+    tcp_port: int,
+    health_port: int,
+    gateway_id: str = GATEWAY_ID,
 ) -> dict[str, Any]:
     """gateway.yaml for the benchmark: the demo's shape (see gateway.devkit.stack.demo_config)."""
     return {
         "version": 1,
-        "gateway": {"id": GATEWAY_ID, "state_dir": "state"},
+        "gateway": {"id": gateway_id, "state_dir": "state"},
         "empowerid": {"url": f"https://127.0.0.1:{cp_port}/", "ca_file": "empowerid-ca.pem"},
         "relay": {"connections": 2, "endpoint": f"ws://127.0.0.1:{relay_port}"},
         "policy": {"directories": [str(ROOT / "policies")]},
@@ -206,6 +219,46 @@ def gateway_config(
             },
         },
     }
+
+
+async def start_gateway(
+    workdir: Path,
+    ports: tuple[int, int, int, int],
+    gateway_id: str,
+    env: dict[str, str],
+    *,
+    uvloop: bool,
+) -> asyncio.subprocess.Process:
+    """Write gateway.yaml in ``workdir``, register ``gateway_id`` and start ``gateway run`` (on
+    uvloop's event loop with ``uvloop``); returns it once ``/readyz`` says ready."""
+    python = sys.executable
+    health_port = free_port()
+    config = workdir / "gateway.yaml"
+    document = gateway_config(*ports, health_port, gateway_id)
+    config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    registration = await asyncio.create_subprocess_exec(
+        python, "-m", "gateway", "register", "-c", str(config), "--person", PERSON,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(registration.communicate(), 60)
+    if registration.returncode != 0:
+        raise RuntimeError("gateway register failed: " + output.decode(errors="replace"))
+    run_args = ["run", "-c", str(config), "--shutdown-grace", "2"]
+    if os.geteuid() == 0:
+        run_args.append("--allow-root")
+    launcher = ["-c", UVLOOP_LAUNCHER] if uvloop else ["-m", "gateway"]
+    with (workdir / "gateway.log").open("wb") as log_file:
+        gateway = await asyncio.create_subprocess_exec(
+            python, *launcher, *run_args, env=env, stdout=log_file, stderr=log_file
+        )
+    try:
+        await wait_ready(health_port, gateway)
+    except BaseException:
+        await stop_processes([gateway], 5.0)
+        raise
+    return gateway
 
 
 async def wait_ready(health_port: int, process: asyncio.subprocess.Process) -> None:
@@ -300,25 +353,33 @@ class Load:
         relay_port: int,
         http_port: int,
         signers: dict[str, Any],
-        send_token: str,
+        send_key: str,
         gateway_pid: int,
     ) -> None:
-        self.relay_path = f"/{HC}/erp{TARGET_PATH}"
+        from gateway.hybridconnection.sas import create_token, resource_uri
+
         relay = f"http://127.0.0.1:{relay_port}"
         self.urls = {
             "direct": URL(f"http://127.0.0.1:{http_port}{TARGET_PATH}", encoded=True),
             "gateway": URL(f"{relay}/{HC}/erp{TARGET_PATH}", encoded=True),
             "gateway-hmac": URL(f"{relay}/{HC}/erp{TARGET_PATH}", encoded=True),
+            "gateway-uvloop": URL(f"{relay}/{HC_UV}/erp{TARGET_PATH}", encoded=True),
             "listener": URL(f"{relay}/{HC_OURS}{TARGET_PATH}", encoded=True),
             "listener-base": URL(f"{relay}/{HC_BASE}{TARGET_PATH}", encoded=True),
             "hyco": URL(f"{relay}/{HC_HYCO}{TARGET_PATH}", encoded=True),
         }
-        # The process whose CPU each path measures (the bare listeners are added once started).
+        # Each signed path's Hybrid Connection, for the signed path and the Send token.
+        self.hcs = {"gateway": HC, "gateway-hmac": HC, "gateway-uvloop": HC_UV}
+        self.tokens = {
+            hc: create_token(resource_uri(NAMESPACE, hc), "SendRule", send_key)
+            for hc in (HC, HC_UV)
+        }
+        # The process whose CPU each path measures (the others are added once started).
         self.pids: dict[str, int] = {"gateway": gateway_pid, "gateway-hmac": gateway_pid}
         self.ws_base = f"ws://127.0.0.1:{relay_port}"
         self.signers = signers
         self.signer = signers["gateway"]
-        self.send_token = send_token
+        self.send_token = self.tokens[HC]
         self.pid = gateway_pid
         self.peak_rss = 0.0
         self.session: aiohttp.ClientSession | None = None
@@ -326,11 +387,12 @@ class Load:
     def sign(self, count: int, path: str = "gateway") -> list[list[tuple[str, str]]]:
         """``count`` header lists, each with a fresh signature (nonce) for the relayed GET,
         made with the key of ``path``."""
-        signer = self.signers[path]
+        signer, hc = self.signers[path], self.hcs[path]
+        relay_path = f"/{hc}/erp{TARGET_PATH}"
         return [
             [
-                *signer.sign(method="GET", authority=NAMESPACE, path=self.relay_path),
-                (SAS_HEADER, self.send_token),
+                *signer.sign(method="GET", authority=NAMESPACE, path=relay_path),
+                (SAS_HEADER, self.tokens[hc]),
             ]
             for _ in range(count)
         ]
@@ -528,7 +590,6 @@ async def benchmark(
 ) -> Results:
     """Start everything, register and run the gateway, measure, stop everything."""
     from gateway.devkit.signing import RequestSigner
-    from gateway.hybridconnection.sas import create_token, resource_uri
 
     repetitions, seconds = (2, 1.0) if quick else (5, 3.0)
     python = sys.executable
@@ -562,32 +623,10 @@ async def benchmark(
             relay_port = int(relay.values[0])
             cp_port, http_port, tcp_port = (int(v) for v in services.values[:3])
             keyid = services.values[3]
-            health_port = free_port()
-            config = workdir / "gateway.yaml"
-            document = gateway_config(relay_port, cp_port, http_port, tcp_port, health_port)
-            config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
-
             gateway_env = {**env, "GATEWAY_REGISTER_PASSWORD": PERSON_PASSWORD}
-            registration = await asyncio.create_subprocess_exec(
-                python, "-m", "gateway", "register", "-c", str(config), "--person", PERSON,
-                env=gateway_env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )  # fmt: skip
-            output, _ = await asyncio.wait_for(registration.communicate(), 60)
-            if registration.returncode != 0:
-                raise RuntimeError("gateway register failed: " + output.decode(errors="replace"))
-            run_args = ["run", "-c", str(config), "--shutdown-grace", "2"]
-            if os.geteuid() == 0:
-                run_args.append("--allow-root")
-            launcher = ["-c", UVLOOP_LAUNCHER] if uvloop else ["-m", "gateway"]
-            with (workdir / "gateway.log").open("wb") as log_file:
-                gateway = await asyncio.create_subprocess_exec(
-                    python, *launcher, *run_args,
-                    env=gateway_env, stdout=log_file, stderr=log_file,
-                )  # fmt: skip
+            ports = (relay_port, cp_port, http_port, tcp_port)
+            gateway = await start_gateway(workdir, ports, GATEWAY_ID, gateway_env, uvloop=False)
             processes.append(gateway)
-            await wait_ready(health_port, gateway)
             await asyncio.sleep(1.0)
             results.rss["idle"] = rss_mb(gateway.pid)
 
@@ -595,14 +634,24 @@ async def benchmark(
                 (workdir / "signing-key.pem").read_bytes(), None
             )
             assert isinstance(key, ed25519.Ed25519PrivateKey)
-            signer = RequestSigner(key, keyid=keyid, gateway_id=GATEWAY_ID)
             hmac_keyid, hmac_secret = (workdir / "hmac-key").read_text(encoding="utf-8").split()
-            hmac_signer = RequestSigner(
-                base64.b64decode(hmac_secret), keyid=hmac_keyid, gateway_id=GATEWAY_ID
-            )
-            send_token = create_token(resource_uri(NAMESPACE, HC), "SendRule", send_key)
-            signers = {"gateway": signer, "gateway-hmac": hmac_signer}
-            load = Load(relay_port, http_port, signers, send_token, gateway.pid)
+            signers = {
+                "gateway": RequestSigner(key, keyid=keyid, gateway_id=GATEWAY_ID),
+                "gateway-hmac": RequestSigner(
+                    base64.b64decode(hmac_secret), keyid=hmac_keyid, gateway_id=GATEWAY_ID
+                ),
+                "gateway-uvloop": RequestSigner(key, keyid=keyid, gateway_id=GATEWAY_UV),
+            }
+            load = Load(relay_port, http_port, signers, send_key, gateway.pid)
+            if uvloop:
+                second = workdir / "uvloop"
+                second.mkdir()
+                shutil.copy(workdir / "empowerid-ca.pem", second / "empowerid-ca.pem")
+                uv_gateway = await start_gateway(
+                    second, ports, GATEWAY_UV, gateway_env, uvloop=True
+                )
+                processes.append(uv_gateway)
+                load.pids["gateway-uvloop"] = uv_gateway.pid
             target_url = f"http://127.0.0.1:{http_port}{TARGET_PATH}"
             bare = await start_bare_listeners(
                 relay_port, target_url, env, errors, results, baseline
@@ -610,6 +659,8 @@ async def benchmark(
             processes.extend(process for process in bare.values())
             load.pids.update({path: process.pid for path, process in bare.items()})
             paths = [path for path in PATHS if path in ("direct", *SIGNED) or path in bare]
+            if not uvloop:
+                paths.remove("gateway-uvloop")
             connector = aiohttp.TCPConnector(limit=64)
             timeout = aiohttp.ClientTimeout(total=10)
             async with aiohttp.ClientSession(
@@ -645,7 +696,11 @@ async def benchmark(
                 results.rss[f"{streams} streams"] = held
                 results.facts["streams"] = f"{echoed} of {streams} echoed; opened in {opened:.1f} s"
             results.facts["repetitions"] = f"{repetitions} x {seconds:g} s"
-            results.facts["loop"] = "uvloop" if uvloop else "asyncio's default"
+            results.facts["loop"] = (
+                "asyncio's default (gateway-uvloop: a second gateway on uvloop)"
+                if uvloop
+                else "asyncio's default"
+            )
             results.facts["streams_count"] = str(streams)
             return results
         finally:
@@ -690,6 +745,11 @@ def render(results: Results, command: str) -> str:
         "",
         results.ratio_line("gateway-hmac"),
         "",
+        *(
+            [results.ratio_line("gateway-uvloop"), ""]
+            if ("gateway-uvloop", 1) in results.samples
+            else []
+        ),
         "| path | in flight | req/s | p50 ms | p99 ms | CPU us/req of the process under test |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -820,7 +880,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also sample the gateway with py-spy under load; collapsed stacks to FILE",
     )
     parser.add_argument(
-        "--uvloop", action="store_true", help="run the gateway on uvloop's event loop"
+        "--uvloop",
+        action="store_true",
+        help="also run a second gateway on uvloop's event loop (path gateway-uvloop)",
     )
     parser.add_argument(
         "--baseline",
