@@ -872,9 +872,10 @@ class Pipeline:
 
     def _finish(self, record: AuditRecord) -> None:
         reason = record.reasons[0] if record.reasons else ""
-        self._metrics.requests.labels(result=record.result, reason=reason).inc()
-        self._metrics.decisions.labels(result=record.result, reason=reason).inc()
-        self._metrics.request_seconds.labels(result=record.result).observe(record.latency_ms / 1000)
+        outcome = self._metrics.outcome(record.result, reason)
+        outcome.requests.inc()
+        outcome.decisions.inc()
+        outcome.seconds.observe(record.latency_ms / 1000)
         self._record(record)
 
     def _record(self, record: AuditRecord) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.observability import logs
 from gateway.observability.health import HealthServer, Readiness
-from gateway.observability.metrics import Metrics
+from gateway.observability.metrics import MAX_CACHED_OUTCOMES, Metrics
 
 
 @pytest.mark.parametrize(
@@ -83,3 +83,22 @@ async def test_health_endpoints() -> None:
     finally:
         await server.stop()
     assert 'gateway_requests_total{reason="path_not_allowed",result="denied"} 1.0' in text
+
+
+def test_request_outcomes_count_into_the_labelled_series_and_stay_bounded() -> None:
+    metrics = Metrics()
+    for index in range(MAX_CACHED_OUTCOMES + 50):
+        for _ in range(2):
+            outcome = metrics.outcome("denied", f"reason_{index}")
+            outcome.requests.inc()
+            outcome.decisions.inc()
+            outcome.seconds.observe(0.002)
+    assert metrics.outcome("denied", "reason_0") is metrics.outcome("denied", "reason_0")
+    registry = metrics.registry
+    for index in (0, MAX_CACHED_OUTCOMES + 49):  # one cached, one past the cache's bound
+        labels = {"result": "denied", "reason": f"reason_{index}"}
+        assert registry.get_sample_value("gateway_requests_total", labels) == 2
+        assert registry.get_sample_value("gateway_decisions_total", labels) == 2
+    observed = {"result": "denied"}
+    count = registry.get_sample_value("gateway_request_duration_seconds_count", observed)
+    assert count == 2 * (MAX_CACHED_OUTCOMES + 50)
