@@ -365,6 +365,9 @@ class Supervisor:
             )
             for task in list(worker.tasks):
                 task.cancel()
+            if worker.writer is not None:
+                worker.writer.close()  # the dead worker's end of the control channel
+                worker.writer = None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stopping.wait()

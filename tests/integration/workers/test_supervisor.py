@@ -10,6 +10,7 @@ The replay store is SQLite (one host, no network service).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -51,6 +52,20 @@ def _samples(text: str, name: str) -> dict[str, float]:
         key = worker[1] if worker else ""
         found[key] = found.get(key, 0.0) + float(match[2])
     return found
+
+
+def _unix_sockets(gateway: Gateway) -> int:
+    """How many Unix-domain sockets the supervisor holds (the workers' control channels and the
+    event loop's own wake-up pair)."""
+    assert gateway.process is not None
+    unix = {line.split()[6] for line in Path("/proc/net/unix").read_text().splitlines()[1:]}
+    held = 0
+    for fd in Path(f"/proc/{gateway.process.pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[8:-1] in unix:
+                held += 1
+    return held
 
 
 async def test_two_workers_serve_and_answer_as_one_gateway(fleet: Fleet, gateway: Gateway) -> None:
@@ -124,6 +139,7 @@ async def test_a_killed_worker_is_restarted_and_the_others_serve(
 ) -> None:
     pids = await gateway.worker_pids()
     revision = (await gateway.readyz())["revision"]
+    channels = _unix_sockets(gateway)
     os.kill(pids[2], signal.SIGKILL)
     async with fleet.saas() as saas:
         # Worker 1 keeps serving while worker 2 is down (the relay drops its listeners).
@@ -136,6 +152,8 @@ async def test_a_killed_worker_is_restarted_and_the_others_serve(
     assert worker["restarts"] == 1
     assert worker["last_exit"] == -signal.SIGKILL
     assert worker["revision"] == revision
+    # The dead worker's control channel was closed, not kept beside the new one.
+    assert _unix_sockets(gateway) == channels
     exited = [e for e in gateway.log_events() if e.get("event") == "worker_exited"]
     assert [e["worker"] for e in exited] == [2]
     _, text = await gateway.get("metrics")
