@@ -119,6 +119,28 @@ async def test_a_bad_file_keeps_every_worker_on_the_last_good_revision(
     gateway.config.write_text(original)
 
 
+async def test_a_file_the_workers_refuse_moves_none_of_them(fleet: Fleet, gateway: Gateway) -> None:
+    # The supervisor's check passes (configuration, files, policy), but each worker verifies the
+    # release signature the file now requires and finds none: every prepared revision is
+    # aborted and both workers keep serving the running one.
+    before = await gateway.readyz()
+    original = gateway.config.read_text()
+    document = fleet.document(1)
+    document["observability"] = {"listen": f"127.0.0.1:{gateway.health_port}"}
+    document["config_signature"] = {"required": True}
+    fleet.stack.write_gateway_dir(gateway.directory, document=document)
+    gateway.signal(signal.SIGHUP)
+    state = await gateway.wait_state(
+        lambda s: "refused it" in (s.get("reload_error") or {}).get("error", "")
+    )
+    assert state["revision"] == before["revision"]
+    assert {w["revision"] for w in state["workers"]} == {before["revision"]}
+    assert "signature" in state["reload_error"]["error"]
+    async with fleet.saas() as saas:
+        assert (await fleet.load(saas, 6)).count() == {200: 6}
+    gateway.config.write_text(original)
+
+
 async def test_a_good_file_moves_every_worker_together(fleet: Fleet, gateway: Gateway) -> None:
     before = await gateway.readyz()
     document = fleet.document(1)
