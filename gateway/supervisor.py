@@ -19,7 +19,8 @@ revision) and the answers below. Supervisor to worker: ``prepare`` (build the re
 which must be the one the supervisor checked, without serving it), then ``commit`` to every
 worker only if all of them prepared the same revision, otherwise ``abort`` to those that did: all
 workers move or none does, and a bad file keeps the last good revision everywhere. When the
-supervisor goes away (even killed), its end of the pair closes and each worker drains and exits.
+supervisor goes away (even killed), its end of the pair closes and each worker drains and exits;
+``stop`` asks a worker to drain (a second SIGTERM to the supervisor kills the workers).
 
 A worker that exits is logged and started again after a back-off (1 s doubling to 30 s; back to
 1 s once a worker ran a minute). SIGTERM drains every worker within the grace period.
@@ -200,7 +201,11 @@ class Supervisor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for worker in self._workers:
             worker.state = "stopped"
-            self._signal(worker, signal.SIGTERM)
+            # Asked over the control channel rather than with SIGTERM: a service manager that
+            # signals every process of the service (systemd's KillMode=control-group) already
+            # sent each worker its SIGTERM, and a second one means "exit at once".
+            if not self._tell(worker, {"type": "stop"}):
+                self._signal(worker, signal.SIGTERM)
         deadline = self.options.shutdown_grace + 15.0
         await asyncio.gather(*(self._reap(w, deadline) for w in self._workers))
         if self._health is not None:
@@ -211,9 +216,20 @@ class Supervisor:
         log.info("gateway stopped", extra={"event": "stopped"})
 
     def force(self) -> None:
-        """A second stop signal: tell every worker to exit at once too."""
+        """A second stop signal: every worker exits at once too."""
         for worker in self._workers:
-            self._signal(worker, signal.SIGTERM)
+            self._signal(worker, signal.SIGKILL)
+
+    @staticmethod
+    def _tell(worker: _Worker, message: dict[str, Any]) -> bool:
+        """Send ``message`` without waiting for an answer; False if the channel is gone."""
+        if worker.writer is None or worker.writer.is_closing():
+            return False
+        try:
+            worker.writer.write(json.dumps(message).encode() + b"\n")
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
 
     async def _reap(self, worker: _Worker, deadline: float) -> None:
         process = worker.process
@@ -398,12 +414,7 @@ class Supervisor:
     ) -> dict[str, Any] | None:
         """Send ``message`` and wait for the answer of type ``expect``; None if the worker died,
         answered something else or took longer than ``command_timeout``."""
-        if worker.writer is None or worker.process is None:
-            return None
-        try:
-            worker.writer.write(json.dumps(message).encode() + b"\n")
-            await worker.writer.drain()
-        except (ConnectionError, RuntimeError):
+        if worker.process is None or not self._tell(worker, message):
             return None
         reply = await _before_exit(
             worker.process, worker.replies.get(), self.options.command_timeout
@@ -740,6 +751,10 @@ async def _follow(
                     "policy_revision": runtime.engine.revision,
                 },
             )
+        elif kind == "stop":
+            if not stop.is_set():
+                log.info("stop requested by the supervisor: draining", extra={"event": "draining"})
+                stop.set()
         elif kind == "abort":
             if prepared is not None:
                 why = command.get("why")

@@ -54,6 +54,13 @@ def _samples(text: str, name: str) -> dict[str, float]:
     return found
 
 
+def _draining(gateway: Gateway) -> set[int]:
+    """The workers that logged the start of their drain."""
+    return {
+        e["worker"] for e in gateway.log_events() if e.get("event") == "draining" and "worker" in e
+    }
+
+
 def _unix_sockets(gateway: Gateway) -> int:
     """How many Unix-domain sockets the supervisor holds (the workers' control channels and the
     event loop's own wake-up pair)."""
@@ -182,14 +189,22 @@ async def test_a_killed_worker_is_restarted_and_the_others_serve(
     assert _samples(text, "gateway_worker_restarts_total") == {"2": 1.0}
 
 
-async def test_sigterm_drains_every_worker(fleet: Fleet, gateway: Gateway) -> None:
+async def test_sigterm_to_every_process_drains_every_worker(fleet: Fleet, gateway: Gateway) -> None:
     pids = await gateway.worker_pids()
     async with fleet.saas() as saas:
-        # Requests the target holds for 2 s are in flight on both workers when SIGTERM comes.
+        # Requests the target holds for 2 s are in flight on both workers when SIGTERM comes to
+        # each worker and to the supervisor, as from a service manager that signals the whole
+        # service: each worker must take it as one stop, not as a second ("exit at once").
         fleet.stack.targets.http_arrived.clear()
         batch = asyncio.ensure_future(fleet.load(saas, 8, in_flight=8, query="delay=2"))
         async with asyncio.timeout(START_TIMEOUT):
             await fleet.stack.targets.http_arrived.wait()
+        for pid in pids.values():
+            os.kill(pid, signal.SIGTERM)
+        # Each worker has taken its own SIGTERM (the kernel would merge two sent together).
+        async with asyncio.timeout(START_TIMEOUT):
+            while len(_draining(gateway)) < len(pids):  # noqa: ASYNC110 - another process's log
+                await asyncio.sleep(0.05)
         gateway.signal(signal.SIGTERM)
         outcome = await batch
     assert await gateway.wait() == 0
@@ -197,6 +212,7 @@ async def test_sigterm_drains_every_worker(fleet: Fleet, gateway: Gateway) -> No
     # refused while draining (503) - none was lost.
     assert set(outcome.count()) <= {200, 503}, outcome
     assert outcome.count()[200] >= 1
+    assert not [e for e in gateway.log_events() if e.get("event") == "forced_exit"]
     for pid in pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
