@@ -37,6 +37,8 @@ from gateway.identity.store import StoredIdentity
 
 READ_CHUNK = 64 * 1024
 HANDSHAKE_TIMEOUT = 10.0
+# Seconds a close_notify may take to leave before the stream is closed without it.
+CLOSE_TIMEOUT = 2.0
 # TLS 1.2 suites: forward-secret AEAD only (RFC 7525 section 4.2); TLS 1.3 suites are all AEAD.
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
@@ -239,12 +241,15 @@ class TlsOverMessages:
             self.bytes_out += written
             await self._flush()
 
-    async def close(self) -> None:
-        """Send a TLS close_notify (RFC 8446 section 6.1); never raises."""
+    async def close(self, within: float = CLOSE_TIMEOUT) -> None:
+        """Send a TLS close_notify (RFC 8446 section 6.1); never raises, and gives up after
+        ``within`` seconds (a peer that stopped reading would otherwise hold the stream)."""
         # SSLWantReadError: the peer's close_notify is not awaited (allowed by section 6.1).
         with contextlib.suppress(ssl.SSLError):
             self._tls.unwrap()
-        await self._flush_quietly()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._flush_quietly()
 
     async def _fill(self) -> bool:
         """Feed the next message to the engine; False once the stream has ended."""

@@ -62,6 +62,8 @@ from gateway.ldap.session import LdapSession
 log = logging.getLogger(__name__)
 
 _NUMERIC_OID = re.compile(r"[0-9]+(\.[0-9]+)+")
+# Seconds a Notice of Disconnection may take to leave before the stream closes without it.
+NOTICE_TIMEOUT = 2.0
 
 
 class ClientChannel(Protocol):
@@ -248,9 +250,11 @@ class LdapProxy:
             await self._client.send(data)
 
     async def _disconnect(self, result_code: int, reason: str) -> None:
-        """Section 4.4.1: tell the SaaS why before the stream closes (best effort)."""
+        """Section 4.4.1: tell the SaaS why before the stream closes (best effort, bounded: a
+        SaaS that stopped reading does not hold the stream open)."""
         with contextlib.suppress(Exception):
-            await self._send_client(encode_notice_of_disconnection(result_code, reason))
+            async with asyncio.timeout(NOTICE_TIMEOUT):
+                await self._send_client(encode_notice_of_disconnection(result_code, reason))
 
     # --- SaaS to directory ----------------------------------------------------------------------
 

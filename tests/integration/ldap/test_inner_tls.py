@@ -201,3 +201,34 @@ async def test_a_stream_cut_without_close_notify_is_an_error(
     await saas_end.drop()  # the relay drops the stream
     with pytest.raises(InnerTlsError):
         await gateway.receive()
+
+
+class Stalling(End):
+    """An end whose peer stops reading once ``stalled`` is set: sending then never completes."""
+
+    stalled = False
+
+    async def send(self, data: str | bytes) -> None:
+        if self.stalled:
+            await asyncio.Event().wait()
+        await super().send(data)
+
+
+async def test_closing_towards_a_peer_that_stopped_reading_gives_up(
+    tmp_path: Path, simulator: ControlPlaneSimulator
+) -> None:
+    identity = await _identity(tmp_path, simulator)
+    seen: list[bytes] = []
+    up, down = Pipe(seen), Pipe(seen)
+    gateway_end = Stalling(up, down)
+    gateway = TlsOverMessages(
+        gateway_end, identity_context(identity, None), server_side=True, max_message=MAX_MESSAGE
+    )
+    saas = TlsOverMessages(
+        End(down, up), client_context(simulator.ca.pem), server_side=False, max_message=MAX_MESSAGE
+    )
+    await asyncio.gather(gateway.handshake(), saas.handshake())
+    gateway_end.stalled = True
+    # The close_notify cannot leave; close gives up instead of holding the stream.
+    async with asyncio.timeout(30):  # guards against a hang; no duration is asserted
+        await gateway.close(within=0.05)

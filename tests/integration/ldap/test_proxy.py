@@ -515,3 +515,48 @@ def test_with_everything_denied_nothing_reaches_the_directory(
 
     asyncio.run(example())
     assert _requests(tls_directory) == before
+
+
+class StalledClient:
+    """A SaaS that sends one malformed PDU and then stops reading."""
+
+    def __init__(self) -> None:
+        self._sent = False
+
+    async def receive(self) -> bytes | None:
+        if not self._sent:
+            self._sent = True
+            return b"\x04\x00"
+        await asyncio.Event().wait()
+        return None
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_saas_that_stopped_reading_does_not_hold_the_stream(
+    tls_directory: TlsDirectory,
+) -> None:
+    context = ssl.create_default_context(cadata=tls_directory.ca_pem.decode("ascii"))
+    target = Target.model_validate(
+        {
+            "scheme": "tcp",
+            "host": "127.0.0.1",
+            "port": tls_directory.slapd.ldaps_port,
+            "allow_special_addresses": True,
+        }
+    )
+    reader, writer = await open_tcp(target, resolver=system_resolver, connect_timeout=IO_TIMEOUT)
+    connection = await secure(
+        reader, writer, DirectoryTls(context, "localhost", False), within=IO_TIMEOUT
+    )
+    proxy = LdapProxy(
+        StalledClient(), connection, decide=Policy(), record=lambda _: None, idle_timeout=3600
+    )
+    try:
+        # The Notice of Disconnection cannot leave; the stream still ends (no duration asserted,
+        # the outer bound only turns a hang into a failure).
+        async with asyncio.timeout(60):
+            assert await proxy.run() == "ldap_protocol_error"
+    finally:
+        await connection.close()
