@@ -150,6 +150,8 @@ def test_first_hour_from_the_wheel(installed: Installed) -> None:
     credentials.mkdir(mode=0o700)
     (credentials / "erp-client-secret").write_text("sample-secret\n", encoding="utf-8")
     (credentials / "erp-client-secret").chmod(0o400)
+    (credentials / "empowerid-ldap").write_text("sample-password\n", encoding="utf-8")
+    (credentials / "empowerid-ldap").chmod(0o400)
     result = _run(
         [str(installed.bin / "gateway"), "validate"],
         cwd=work,

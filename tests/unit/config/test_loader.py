@@ -55,9 +55,22 @@ def test_base_config_loads(write_config: WriteConfig) -> None:
 EXAMPLE = Path(__file__).parents[3] / "gateway.yaml.example"
 
 
-def test_example_file_is_valid() -> None:
-    loaded = load(EXAMPLE, env={})
+def test_example_file_is_valid(tmp_path: Path) -> None:
+    # With its one secret reference resolved, as systemd's LoadCredential= provides it: the
+    # directory's bind identity password.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    (credentials / "empowerid-ldap").write_text("sample-password\n", encoding="utf-8")
+    (credentials / "empowerid-ldap").chmod(0o400)
+    loaded = load(EXAMPLE, env={"CREDENTIALS_DIRECTORY": str(credentials)})
     assert set(loaded.config.targets) == {"erp", "directory"}
+    secret = loaded.secrets["targets.directory.ldap.bind_identities.empowerid.password"]
+    assert secret.get_secret_value() == "sample-password"
+    with pytest.raises(ConfigError) as caught:
+        load(EXAMPLE, env={})
+    assert [p.path for p in caught.value.problems] == [
+        "targets.directory.ldap.bind_identities.empowerid.password"
+    ]
 
 
 def test_commented_credentials_of_the_example_are_valid(tmp_path: Path) -> None:
@@ -75,7 +88,11 @@ def test_commented_credentials_of_the_example_are_valid(tmp_path: Path) -> None:
     systemd = tmp_path / "credentials"
     systemd.mkdir()
     (tmp_path / "secrets").mkdir()
-    for secret in (systemd / "erp-client-secret", systemd / "hr-password"):
+    for secret in (
+        systemd / "erp-client-secret",
+        systemd / "hr-password",
+        systemd / "empowerid-ldap",
+    ):
         secret.write_text("sample\n")
         secret.chmod(0o400)
     (tmp_path / "secrets" / "legacy-api-key").write_text("sample-key\n")
@@ -90,7 +107,7 @@ def test_commented_credentials_of_the_example_are_valid(tmp_path: Path) -> None:
         "hr-service": "basic",
     }
     assert loaded.config.targets["erp"].credential == "erp-api"
-    assert len(loaded.secrets) == 4
+    assert len(loaded.secrets) == 5  # and the directory's bind identity
 
 
 def test_commented_proxy_section_of_the_example_is_valid(tmp_path: Path) -> None:
