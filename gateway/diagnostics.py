@@ -85,12 +85,11 @@ from gateway.outbound.proxy import (
     OutboundProxy,
     ProxyAuthError,
     ProxyError,
-    open_websocket,
     translate_proxy_error,
 )
 from gateway.outbound.sessions import client_session
 from gateway.policy.loader import verify_policy
-from gateway.relay.handshake import HandshakeReasons
+from gateway.relay.websocket import HandshakeRefusedError, RelaySocketError, open_relay_socket
 from gateway.service import proxy_settings, startup_problems
 
 __all__ = [
@@ -637,35 +636,30 @@ async def _check_relay(ctx: _Context) -> str:
     endpoint = RelayEndpoint.parse(relay)
     url = listen_url(endpoint, hc, listener_id=f"gateway-check-{uuid.uuid4()}")
     token = ctx.relay_info.listener_token.token.get_secret_value()
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=ctx.options.timeout)
-    connector = aiohttp.TCPConnector(ssl=ctx.proxy.ssl_context, limit=1)
-    reasons = HandshakeReasons()
-    async with client_session(
-        connector=connector, timeout=timeout, trace_configs=[reasons.trace_config]
-    ) as session:
-        try:
-            ws = await open_websocket(
-                session,
-                ctx.proxy,
-                url,
-                handshake_timeout=ctx.options.timeout,
-                max_msg_size=64 * 1024,
-                headers={"ServiceBusAuthorization": token},
-                close_timeout=min(ctx.options.timeout, 2.0),
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            raise _relay_refusal(exc.status, hc, reasons.take(url)) from None
-        except ProxyError as exc:
-            raise _proxy_failed(exc) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            # The relay's hosts are in the namespace's own cloud (sovereign clouds included).
-            domain = relay_domain_for(endpoint.host)
-            hosts = f"*{domain}" if domain else endpoint.host
-            raise _CheckError(
-                f"cannot open a WebSocket to {endpoint.base}: {_clean(exc)}",
-                f"check outbound port {endpoint.port} to the relay namespace ({hosts})",
-            ) from None
-        await ws.close()
+    # The listener's own client (gateway.relay.websocket), so the check opens the control
+    # channel exactly as `gateway run` will: same proxy tunnel, same TLS, same handshake.
+    try:
+        ws = await open_relay_socket(
+            url,
+            ctx.proxy,
+            handshake_timeout=ctx.options.timeout,
+            max_size=64 * 1024,
+            close_timeout=min(ctx.options.timeout, 2.0),
+            headers={"ServiceBusAuthorization": token},
+        )
+    except HandshakeRefusedError as exc:
+        raise _relay_refusal(exc.status, hc, exc.reason) from None
+    except ProxyError as exc:
+        raise _proxy_failed(exc) from None
+    except (RelaySocketError, OSError, TimeoutError) as exc:
+        # The relay's hosts are in the namespace's own cloud (sovereign clouds included).
+        domain = relay_domain_for(endpoint.host)
+        hosts = f"*{domain}" if domain else endpoint.host
+        raise _CheckError(
+            f"cannot open a WebSocket to {endpoint.base}: {_clean(exc) or type(exc).__name__}",
+            f"check outbound port {endpoint.port} to the relay namespace ({hosts})",
+        ) from None
+    await ws.close()
     config = ctx.loaded.config if ctx.loaded is not None else None
     budget = ""
     if config is not None:
