@@ -81,6 +81,7 @@ def test_spaces_compare_as_the_directory_compares_them() -> None:
     assert Dn.parse("cn=\\ a\\ ") == Dn.parse("cn=a")
     assert Dn.parse("cn=a\\ b") == Dn.parse("cn=a b") == Dn.parse("cn=a   b")
     assert Dn.parse("cn=a b") != Dn.parse("cn=ab")
+    assert Dn.parse("cn=   a") == Dn.parse("cn=a") == Dn.parse("cn=\\   a")
     # 2.2: white-space controls and every separator (space, line, paragraph) are SPACE.
     for separator in ("\t", "\u1680", "\u3000", "\u2028", "\u2029"):
         assert Dn.parse(f"cn=a{separator}b") == Dn.parse("cn=a b"), repr(separator)
@@ -92,6 +93,14 @@ def test_spaces_compare_as_the_directory_compares_them() -> None:
 REFUSED = [
     ("cn=a;dc=b", "ldap-dn-syntax", "an unescaped ';' in a DN value"),
     ("cn", "ldap-dn-syntax", "'cn' has no '='"),
+    ("X", "ldap-dn-syntax", "'X' has no '='"),
+    # Only spaces make the root DN; any other white space is not nothing.
+    ("\t", "ldap-dn-syntax", "'' has no '='"),
+    # Only leading spaces may come before an Active Directory extended form.
+    ("\t<GUID=x>", "ldap-dn-syntax", "'\\t<GUID' is not an attribute type"),
+    ("X<GUID=x>", "ldap-dn-syntax", "'X<GUID' is not an attribute type"),
+    (",cn=a", "ldap-dn-syntax", "'' has no '='"),
+    ("+cn=a", "ldap-dn-syntax", "'' has no '='"),
     ("cn=a,b", "ldap-dn-syntax", "'b' has no '='"),
     ("cn=a\\", "ldap-dn-syntax", "a backslash not followed by a special or hex pair"),
     ("cn=a\\zz", "ldap-dn-syntax", "a backslash not followed by a special or hex pair"),
@@ -110,10 +119,13 @@ REFUSED = [
     ("cn=#zz", "ldap-dn-syntax", "a '#' value must be an even number of hex digits"),
     ("cn=#", "ldap-dn-syntax", "a '#' value must be an even number of hex digits"),
     ("cn=#abc", "ldap-dn-syntax", "a '#' value must be an even number of hex digits"),
+    ("cn=#04016e\t", "ldap-dn-syntax", "a '#' value must be an even number of hex digits"),
     ("cn=#0401ff", "ldap-dn-unsupported", "a '#' value that is not UTF-8"),
     # Every hex digit in both cases is still hex (an OCTET STRING of 11 octets, not UTF-8).
     ("cn=#040b0123456789abcdefABCDEF", "ldap-dn-unsupported", "a '#' value that is not UTF-8"),
     ("cn=a\ue000", "ldap-dn-unsupported", "a DN value contains U+E000"),  # private use (2.4)
+    ("cn=a\u0378", "ldap-dn-unsupported", "a DN value contains U+0378"),  # unassigned (2.4)
+    ("cn=a\ufffd", "ldap-dn-unsupported", "a DN value contains U+FFFD"),  # replacement (2.4)
     (
         "<GUID=f0e1d2c3-0000-0000-0000-000000000000>",
         "ldap-dn-extended-refused",
@@ -159,9 +171,21 @@ def test_the_bounds_themselves_pass() -> None:
 def test_allowed_extended_forms_are_only_under_the_root() -> None:
     rules = MatchingRules(allow_extended=True)
     guid = Dn.parse("<GUID=f0e1d2c3-0000-0000-0000-000000000000>", rules)
+    assert guid == Dn((), extended="<GUID=f0e1d2c3-0000-0000-0000-000000000000>")
+    assert Dn.parse("  ", rules) == Dn(())
     assert guid.within(Dn.parse(""))
     assert not guid.within(TIER0)
     assert not TIER0.within(guid)
+
+
+def test_a_value_is_ber_only_when_it_starts_with_a_hash() -> None:
+    assert str(Dn.parse("cn=X#41")) == "cn=x#41"
+    assert str(Dn.parse("cn= #0402c3a9")) == "cn=\u00e9"  # OCTET STRING 'é', after a space
+
+
+def test_a_dn_is_shown_with_short_type_names_and_escapes() -> None:
+    shown = str(Dn.parse("2.5.4.3=A\\2C B+sn=x,OU=Tier0,0.9.2342.19200300.100.1.25=corp,x-a=1"))
+    assert shown == "cn=a\\, b+sn=x,ou=tier0,dc=corp,x-a=1"
 
 
 def test_root_parent_child() -> None:
