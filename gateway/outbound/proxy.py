@@ -16,8 +16,8 @@ Rules it enforces:
 
 * Only the proxy given in :class:`ProxySettings` is used. ``HTTP_PROXY``/``HTTPS_PROXY``/
   ``NO_PROXY`` and friends in the process environment are never read: sessions are created with
-  ``trust_env=False`` (see :func:`new_client_session`), so a stray variable cannot silently
-  re-route relay traffic.
+  ``trust_env=False`` (:func:`gateway.outbound.sessions.client_session`) and relay sockets are
+  opened by :func:`open_transport`, so a stray variable cannot silently re-route relay traffic.
 * ``wss://`` and ``https://`` destinations go through the proxy with an HTTP ``CONNECT`` tunnel
   (RFC 9110 section 9.3.6); TLS is then negotiated end to end with the destination, so hostname
   verification still applies to the real destination name.
@@ -61,7 +61,6 @@ import aiohttp
 from yarl import URL
 
 from gateway.errors import GatewayError
-from gateway.outbound.sessions import client_session
 
 __all__ = [
     "NoProxyList",
@@ -75,9 +74,7 @@ __all__ = [
     "ProxyUnreachableError",
     "SecretText",
     "client_ssl_context",
-    "new_client_session",
     "open_transport",
-    "open_websocket",
     "translate_proxy_error",
 ]
 
@@ -412,63 +409,6 @@ def _refused(label: str, status: int, reason: str) -> ProxyError:
     return ProxyConnectRefusedError(
         f"proxy {label} refused the tunnel ({status} {reason})", proxy=label, status=status
     )
-
-
-def new_client_session(
-    proxy: OutboundProxy, *, timeout: aiohttp.ClientTimeout, limit: int = 100
-) -> aiohttp.ClientSession:
-    """Create an aiohttp session for outbound traffic that ignores proxy environment variables.
-
-    ``trust_env=False`` keeps ``HTTP(S)_PROXY``/``NO_PROXY`` and ``~/.netrc`` out of the decision;
-    per request the caller takes ``route = proxy.route_for(url)`` and passes ``proxy=route.proxy``,
-    ``proxy_headers=route.proxy_headers`` (tunnelled) and ``headers=route.request_headers(...)``.
-    The connector uses :func:`client_ssl_context` and caps concurrent connections at ``limit``.
-    Must be called inside a running event loop.
-    """
-    connector = aiohttp.TCPConnector(ssl=proxy.ssl_context, limit=limit)
-    return client_session(connector=connector, timeout=timeout)
-
-
-async def open_websocket(
-    session: aiohttp.ClientSession,
-    proxy: OutboundProxy,
-    url: str | URL,
-    *,
-    handshake_timeout: float,
-    max_msg_size: int,
-    headers: Mapping[str, str] | None = None,
-    protocols: Iterable[str] = (),
-    autoping: bool = True,
-    close_timeout: float = 10.0,
-) -> aiohttp.ClientWebSocketResponse:
-    """Open a WebSocket to ``url`` through the proxy decision for it, within ``handshake_timeout``.
-
-    Compression is never offered (protocol notes section 9: relay sockets run uncompressed).
-    ``autoping=False`` hands ping/pong frames to the caller (for its own half-open detection);
-    ``close_timeout`` bounds the closing handshake, after which the connection is dropped.
-    Proxy failures surface as :class:`ProxyError` subclasses; everything else (handshake status,
-    TLS, DNS, timeouts) propagates as aiohttp/asyncio raised it.
-    """
-    route = proxy.route_for(url)
-    try:
-        async with asyncio.timeout(handshake_timeout):
-            return await session.ws_connect(
-                url,
-                headers=route.request_headers(headers),
-                protocols=tuple(protocols),
-                proxy=route.proxy,
-                proxy_headers=route.tunnel_headers,
-                ssl=proxy.ssl_context,
-                compress=0,
-                autoping=autoping,
-                timeout=aiohttp.ClientWSTimeout(ws_close=close_timeout),
-                max_msg_size=max_msg_size,
-            )
-    except aiohttp.ClientError as exc:
-        translated = translate_proxy_error(exc, route)
-        if translated is None:
-            raise
-        raise translated from None
 
 
 # Bound on the proxy's answer to CONNECT (status line and headers); squid's is a few hundred bytes.

@@ -1,18 +1,15 @@
-"""The outbound proxy against a real squid and a real TLS WebSocket server.
-
-Every test runs twice: through aiohttp's WebSocket client (``open_websocket``, the control-plane
-and ``gateway check`` path) and through the relay listener's own sockets (``open_relay_socket``
-on ``open_transport``).
+"""The relay's sockets (``open_relay_socket`` on ``open_transport``) through a real squid, to a real
+TLS WebSocket server. The control plane's HTTPS through squid is tested in
+``tests/integration/identity/test_identity_proxy.py``.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
 import pytest
 import trustme
 from pydantic import SecretStr
@@ -24,36 +21,20 @@ from gateway.outbound.proxy import (
     ProxyConnectRefusedError,
     ProxySettings,
     ProxyUnreachableError,
-    new_client_session,
-    open_websocket,
 )
 from gateway.relay.websocket import open_relay_socket
 
 from ..squid import PASSWORD, USERNAME, Squid
 from .relay_servers import ConnectionRecorder, WsServer, start_ws_server
 
-TIMEOUT = aiohttp.ClientTimeout(total=10)
 HELLO = "hello through the tunnel"
 
 Echo = Callable[[ProxySettings, str], Awaitable[str]]
 
 
-@pytest.fixture(params=["aiohttp", "relay-socket"])
-async def echo(request: pytest.FixtureRequest) -> AsyncIterator[Echo]:
+@pytest.fixture
+def echo() -> Echo:
     """Sends one text message to a WebSocket echo server and returns the answer."""
-    sessions: list[aiohttp.ClientSession] = []
-
-    async def through_aiohttp(settings: ProxySettings, url: str) -> str:
-        proxy = OutboundProxy(settings)
-        session = new_client_session(proxy, timeout=TIMEOUT)
-        sessions.append(session)
-        ws = await open_websocket(session, proxy, url, handshake_timeout=10, max_msg_size=1 << 16)
-        try:
-            await ws.send_str(HELLO)
-            msg = await ws.receive(timeout=5)
-            return str(msg.data)
-        finally:
-            await ws.close()
 
     async def through_relay_socket(settings: ProxySettings, url: str) -> str:
         ws = await open_relay_socket(
@@ -65,9 +46,7 @@ async def echo(request: pytest.FixtureRequest) -> AsyncIterator[Echo]:
         finally:
             await ws.close()
 
-    yield through_aiohttp if request.param == "aiohttp" else through_relay_socket
-    for session in sessions:
-        await session.close()
+    return through_relay_socket
 
 
 async def test_connect_tunnel_through_squid_reaches_tls_websocket(
@@ -122,7 +101,7 @@ async def test_wrong_or_missing_credentials_raise_proxy_auth_error(
         await echo(settings, tls_ws_server.url())
     assert caught.value.code == "proxy_auth_required"
     assert caught.value.status == 407
-    # Nothing chained: aiohttp's request information holds the Proxy-Authorization header.
+    # Nothing chained that could carry the Proxy-Authorization header into a traceback.
     assert caught.value.__cause__ is None
     assert caught.value.__suppress_context__ or caught.value.__context__ is None
     text = f"{caught.value!s} {caught.value!r}"
@@ -170,7 +149,7 @@ async def test_host_outside_no_proxy_uses_the_proxy(
     settings = ProxySettings(
         url=connection_recorder.url, no_proxy=("localhost",), extra_ca_file=ca_file
     )
-    with pytest.raises((aiohttp.ClientError, ProxyConnectRefusedError)):
+    with pytest.raises(ProxyConnectRefusedError):
         await echo(settings, tls_ws_server.url(host="127.0.0.1"))
     assert connection_recorder.connections
     assert not tls_ws_server.seen_headers
@@ -207,7 +186,6 @@ async def test_environment_proxy_variables_are_ignored(
 async def test_tls_verification_needs_the_configured_ca(
     tls_ws_server: WsServer, echo: Echo
 ) -> None:
-    # aiohttp's ClientConnectorCertificateError is an ssl.SSLCertVerificationError too.
     with pytest.raises(ssl.SSLCertVerificationError):
         await echo(ProxySettings(), tls_ws_server.url())
 
