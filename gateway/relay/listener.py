@@ -564,7 +564,20 @@ class RelayListener:
         }
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            return next(iter(done)).result()
+            # Tasks that end in the same moment: the reader's verdict (a close code, a protocol
+            # error) wins over a write that failed because the socket was already gone. A
+            # failure that escaped here would end this channel's reconnect loop for good.
+            for task in done:
+                if task.exception() is None:
+                    return task.result()
+            error = next(iter(done)).exception()
+            log.warning(
+                "relay_channel_failed channel=%d error=%s",
+                index,
+                type(error).__name__,
+                extra={"event": "relay_channel_failed", "channel": index},
+            )
+            return FailureKind.ERROR
         finally:
             for task in tasks:
                 task.cancel()

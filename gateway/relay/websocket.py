@@ -402,11 +402,15 @@ class RelayWebSocket:
         self._wire.flush()
 
     def ping(self, data: bytes) -> None:
-        """Send a ping (section 3.3)."""
-        if not self.open:
-            raise ConnectionResetError("relay socket is closed")
-        self._protocol.send_ping(data)
-        self._wire.flush()
+        """Send a ping (section 3.3); nothing on a socket that is closing or closed.
+
+        Never raises: a closed socket is the reader's news (it sees the close or the end of
+        the connection), and a ping timer that fires in the same moment must not turn it into
+        an error of its own.
+        """
+        if self.open:
+            self._protocol.send_ping(data)
+            self._wire.flush()
 
     async def drain(self) -> None:
         """Wait until the transport's buffer is below its high-water mark."""

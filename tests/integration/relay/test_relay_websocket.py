@@ -51,3 +51,24 @@ async def test_a_url_that_is_not_a_websocket_url_is_refused() -> None:
             max_size=1024,
             close_timeout=1,
         )
+
+
+async def test_ping_on_a_closed_socket_is_not_an_error(relay: RelayEmulator) -> None:
+    # The listener's ping timer may fire in the same moment the relay's close arrives; the
+    # reader reports the close, the ping must not raise an error of its own.
+    ws = await open_relay_socket(
+        f"{relay.ws_base}/$hc/{HC}?sb-hc-action=listen",
+        OutboundProxy(ProxySettings()),
+        handshake_timeout=5,
+        max_size=1024,
+        close_timeout=2,
+        headers={"ServiceBusAuthorization": relay.token(HC)},
+    )
+    assert ws.open
+    await relay.close_listeners(1011, "recycle")
+    assert await ws.receive_message() is None
+    assert ws.close_code == 1011
+    assert not ws.open
+    ws.ping(b"gw")
+    await ws.close()
+    ws.ping(b"gw")
