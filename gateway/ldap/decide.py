@@ -192,6 +192,10 @@ def policy_document(config: GatewayConfig, facts: LdapFacts) -> dict[str, Any]:
         # RFC 4513 5.1.2: a name with an empty password is an unauthenticated bind. Only
         # whether it is empty enters the input, never the password.
         ldap["bind"]["empty_credentials"] = not request.credentials
+    elif request.operation is Operation.SEARCH:
+        # RFC 4511 4.5.1.3: with dereferencing on, the directory may return entries found
+        # through an alias, from anywhere, whatever the base and scope say.
+        ldap["deref_aliases"] = request.deref_aliases
     return {
         "target": facts.target,
         "ldap": ldap,

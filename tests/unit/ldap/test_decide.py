@@ -486,3 +486,20 @@ async def test_every_case_input_and_decision_matches_the_schemas(chain: LdapChai
         document = chain.document(case_facts)
         inputs.validate(document)
         decisions.validate(engine.evaluate(document))
+
+
+async def test_a_search_that_dereferences_aliases_hides_every_protected_subtree(
+    chain: LdapChain,
+) -> None:
+    # RFC 4511 4.5.1.3: an alias under OU=Employees may lead into OU=Tier0; the entries it leads
+    # to come back under their own DNs.
+    employees = "OU=Employees," + BASE
+    plain = await chain.decide(facts(search(employees)))
+    assert plain.hidden_subtrees == ()
+    for deref in (1, 2, 3):
+        verdict = await chain.decide(facts(replace(search(employees), deref_aliases=deref)))
+        assert verdict.allowed
+        assert len(verdict.hidden_subtrees) == 2
+        assert verdict.hides("CN=dc1,OU=Servers,OU=Tier0,DC=corp,DC=example")
+        assert verdict.hides("CN=Domain Admins,CN=Users,DC=corp,DC=example")
+        assert not verdict.hides(EMPLOYEE)

@@ -615,6 +615,15 @@ ldap_hidden contains protected if {
 	ldap_above(ldap_request.dn_path, protected)
 }
 
+# A search that dereferences aliases (RFC 4511 4.5.1.3: derefInSearching, derefFindingBaseObj,
+# derefAlways) can reach an entry through an alias wherever it lives: every protected subtree is
+# hidden from it, not only the ones below its base.
+ldap_hidden contains protected if {
+	ldap_kind == "search"
+	ldap_request.deref_aliases != 0
+	some protected in ldap_target.never_reachable
+}
+
 default ldap_strip := []
 
 ldap_strip := ldap_target.never_returned if ldap_kind == "search"
