@@ -40,6 +40,12 @@ _FIELD_KINDS: dict[str, frozenset[str]] = {
     "change_types": frozenset({"modify"}),
     "new_superiors": frozenset({"modify_dn"}),
 }
+# Controls that change whose authority an operation runs under: RFC 4370 proxied authorization
+# (and its draft predecessor, still implemented by some directories).
+IDENTITY_CONTROLS: dict[str, str] = {
+    "2.16.840.1.113730.3.4.18": "proxied authorization, RFC 4370",
+    "2.16.840.1.113730.3.4.12": "proxied authorization v1",
+}
 _NEEDS_SUBTREES = frozenset({"search", "compare", "add", "delete", "modify", "modify_dn"})
 _NEEDS_ATTRIBUTES = frozenset({"search", "compare", "add", "modify"})
 
@@ -115,6 +121,15 @@ def check_ldap_target(base: JsonPath, target: Target, doc: Located) -> Iterator[
                 "could no longer read (and decide) the stream",
                 code="insecure_setting",
                 hint="allow only " + ", ".join(SASL_WITHOUT_LAYER) + ", or use simple binds",
+            )
+    for index, oid in enumerate(ldap.controls):
+        if oid in IDENTITY_CONTROLS:
+            yield doc.problem(
+                (*at, "controls", index),
+                f"control {oid} ({IDENTITY_CONTROLS[oid]}) makes the directory act as another "
+                "identity than the one bound, which every rule's bind_as is checked against",
+                code="forbidden_setting",
+                hint="remove it; bind as the identity instead (ldap.bind_identities)",
             )
     for index, oid in enumerate(ldap.extended_operations):
         if oid == STARTTLS_OID:
