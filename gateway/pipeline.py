@@ -34,7 +34,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.auth import BadSignatureLimiter, SignatureError, SignatureVerifier
@@ -299,6 +299,21 @@ class RequestFacts:
     body_size: int = 0
     signed: bool = True
     keyid: str | None = None
+
+    def signed_by(self, keyid: str | None) -> RequestFacts:
+        """These facts once the signature by ``keyid`` verified. Built directly, like
+        :meth:`gateway.policy.engine.Decision.from_cache`: ``dataclasses.replace`` cost 8 us of
+        every relayed request (a test checks every field is carried over)."""
+        return RequestFacts(
+            self.method,
+            self.selector,
+            self.request_target,
+            self.headers,
+            self.websocket,
+            self.body_size,
+            self.signed,
+            keyid,
+        )
 
     @classmethod
     def relayed(
@@ -787,7 +802,7 @@ class Pipeline:
             request.method, request.raw_target, request.headers, request.body
         )
         record.keyid = keyid
-        verdict = await runtime.chain.decide(replace(facts, keyid=keyid))
+        verdict = await runtime.chain.decide(facts.signed_by(keyid))
         self._decided(verdict, record)
         canonical = verdict.granted()
         injector, injected = await _inject(runtime, verdict)
@@ -909,7 +924,7 @@ class Pipeline:
             hc_target = self._verifier_target(info.target)
             keyid = await self._authenticate("GET", hc_target, info.connect_headers, None)
             record.keyid = keyid
-            verdict = await runtime.chain.decide(replace(facts, keyid=keyid))
+            verdict = await runtime.chain.decide(facts.signed_by(keyid))
             self._decided(verdict, record)
             canonical = verdict.granted()
             target = config.targets[canonical.target]

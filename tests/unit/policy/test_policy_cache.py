@@ -114,3 +114,37 @@ async def test_an_input_the_cache_cannot_key_is_decided_without_it(
     # The same request as JSON is decided and cached as before.
     assert (await engine.decide(request_input())).allow
     assert len(engine.cache) == 1
+
+
+def test_a_decision_served_from_the_cache_keeps_every_field() -> None:
+    import dataclasses
+
+    from gateway.policy.engine import Decision
+
+    decision = Decision(
+        allow=False,
+        target="erp",
+        operation="read",
+        reasons=("r1", "r2"),
+        revision="rev",
+        latency=0.25,
+        cached=False,
+        monitor=True,
+        strip_attributes=("userpassword",),
+        hidden_subtrees=(("dc=example", "ou=secret"),),
+    )
+    # Every field is set above; a field added to Decision must be carried by from_cache too.
+    assert {f.name for f in dataclasses.fields(Decision)} == {
+        "allow",
+        "target",
+        "operation",
+        "reasons",
+        "revision",
+        "latency",
+        "cached",
+        "monitor",
+        "strip_attributes",
+        "hidden_subtrees",
+    }
+    served = decision.from_cache(0.5)
+    assert served == dataclasses.replace(decision, latency=0.5, cached=True)
