@@ -110,9 +110,9 @@ def check_ldap_target(base: JsonPath, target: Target, doc: Located) -> Iterator[
         return
     at = (*base, "ldap")
     yield from _check_transport(at, target, ldap, doc)
-    yield from _check_identities(at, ldap, doc)
     never, problems = _never_reachable(at, ldap, doc)
     yield from problems
+    yield from _check_identities(at, ldap, never, doc)
     for index, mechanism in enumerate(ldap.sasl_mechanisms):
         if mechanism not in SASL_WITHOUT_LAYER:
             yield doc.problem(
@@ -187,13 +187,28 @@ def _check_transport(
         )
 
 
-def _check_identities(at: JsonPath, ldap: LdapTarget, doc: Located) -> Iterator[Problem]:
+def _check_identities(
+    at: JsonPath, ldap: LdapTarget, never: list[tuple[str, Dn]], doc: Located
+) -> Iterator[Problem]:
     for name, identity in ldap.bind_identities.items():
         if "=" not in identity.dn:
             continue  # a user principal name (user@corp.example) or DOMAIN\user
-        _, problem = _parsed((*at, "bind_identities", name, "dn"), identity.dn, ldap, doc)
+        path = (*at, "bind_identities", name, "dn")
+        dn, problem = _parsed(path, identity.dn, ldap, doc)
         if problem is not None:
             yield problem
+            continue
+        inside = next((raw for raw, protected in never if dn and dn.within(protected)), None)
+        if inside is not None:
+            # The policy sees the identity's name, not its DN: a bind as it would act inside
+            # the protected subtree whatever the rules say.
+            yield doc.problem(
+                path,
+                f"the account lies inside never_reachable {inside!r}: binding as it would act "
+                "with that subtree's rights",
+                code="unreachable_identity",
+                hint="use an account outside the protected subtrees",
+            )
 
 
 def _parsed(

@@ -105,6 +105,7 @@ def test_rule_problems_say_what_to_fix(write_config: WriteConfig) -> None:
               ldap:
                 bind_identities:
                   empowerid: {dn: "CN=svc,DC=corp,DC=example", password: {env: PW}}
+                  tier0: {dn: "CN=admin,OU=Tier0,DC=corp,DC=example", password: {env: PW}}
                 sasl_mechanisms: [EXTERNAL, GSSAPI]
                 controls: ["1.2.840.113556.1.4.319", "2.16.840.1.113730.3.4.18"]
                 extended_operations: ["1.3.6.1.4.1.1466.20037"]
@@ -123,6 +124,8 @@ def test_rule_problems_say_what_to_fix(write_config: WriteConfig) -> None:
     assert by_path[f"{at}.sasl_mechanisms[1]"].code == "insecure_setting"
     assert by_path[f"{at}.extended_operations[0]"].code == "forbidden_setting"
     assert by_path[f"{at}.controls[1]"].code == "forbidden_setting"
+    assert by_path[f"{at}.bind_identities.tier0.dn"].code == "unreachable_identity"
+    assert f"{at}.bind_identities.empowerid.dn" not in by_path
     assert f"{at}.controls[0]" not in by_path
     assert by_path[f"{at}.never_reachable[1]"].code == "conflicting_settings"
     unknown = by_path[f"{at}.operations[0].bind_as[0]"]
