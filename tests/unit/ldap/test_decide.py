@@ -428,6 +428,9 @@ async def test_unknown_target_is_denied(chain: LdapChain) -> None:
 async def test_equal_operations_share_a_cache_entry(chain: LdapChain) -> None:
     first = await chain.decide(facts(replace(search(), message_id=10)))
     second = await chain.decide(facts(replace(search(), message_id=11)))
+    # A cache hit carries what the answer must not contain, like the first decision.
+    assert second.strip_attributes == first.strip_attributes != frozenset()
+    assert second.hidden_subtrees == first.hidden_subtrees != ()
     assert first.allowed
     assert second.allowed
     cache = getattr(chain.engine, "cache", None)
