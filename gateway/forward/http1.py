@@ -156,6 +156,7 @@ class _Connection(BaseProtocol):
 
     def begin(self, method: str, read: float, total: float) -> None:
         """Arm a fresh parser and the read and total deadlines for one exchange."""
+        self._cancel_timer()  # the idle expiry armed by ``idle``
         self.parser = HttpResponseParser(
             self,
             self._loop,
@@ -210,6 +211,17 @@ class _Connection(BaseProtocol):
             return True
         self.close()
         return False
+
+    def idle(self, expire: Callable[[], None]) -> None:
+        """Call ``expire`` once the connection has sat idle for the keep-alive period.
+
+        Without it an idle connection would be closed only when a later request found it stale:
+        after a burst, the connections below the top of the pool's stack would hold their
+        descriptors for as long as traffic kept reusing the top one, and for ever after traffic
+        stopped (a connection the target half-closed included).
+        """
+        self._cancel_timer()
+        self._timer = self._loop.call_later(KEEPALIVE_SECONDS, expire)
 
     def close(self) -> None:
         """Close the connection (safe to call more than once)."""
@@ -351,6 +363,7 @@ class Http1Pool:
             clean = payload.is_eof() and payload.exception() is None and not message.should_close
             if connection.finish(reusable=clean):
                 self._idle.setdefault(name, []).append(connection)
+                connection.idle(lambda: self._expire(name, connection))
             if slots is not None:
                 slots.release()
 
@@ -367,6 +380,14 @@ class Http1Pool:
                 return connection
             connection.close()
         return None
+
+    def _expire(self, name: str, connection: _Connection) -> None:
+        idle = self._idle.get(name)
+        if idle is not None and connection in idle:
+            idle.remove(connection)
+            if not idle:
+                del self._idle[name]
+        connection.close()
 
     async def _connect(
         self, name: str, tls: ssl.SSLContext | None, server_name: str | None, connect: float

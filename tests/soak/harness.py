@@ -59,6 +59,10 @@ class SoakResult:
     streams_ok: int = 0
     streams_failed: int = 0
     latencies: list[float] = field(default_factory=list)
+    idle_before: Sample | None = None
+    """The gateway before any load: its control channels up, nothing in flight."""
+    idle_after: Sample | None = None
+    """The gateway once the load ended and its descriptors settled (see ``settle``)."""
 
     def growth(self) -> dict[str, float]:
         """Mean of the last third minus mean of the first third, per measure."""
@@ -127,6 +131,7 @@ async def soak(
     warmup: float = 3.0,
     keep: Path | None = None,
     max_in_flight: int | None = None,
+    settle: float = 0.0,
 ) -> SoakResult:
     """Run the soak and return what it measured; with ``keep``, the gateway's directory (its
     configuration, policies and decision log) is copied there once the gateway has stopped.
@@ -134,7 +139,13 @@ async def soak(
     ``max_in_flight`` caps the requests outstanding at once: past it the sender waits for an
     answer instead of keeping to the rate. On a machine too busy for the rate, an open loop
     piles up requests, and with them connections and tasks the gateway legitimately holds;
-    with the cap, what the samples measure is the same on any machine."""
+    with the cap, what the samples measure is the same on any machine.
+
+    With ``settle`` above 0, after the load the gateway's descriptors are watched for up to
+    ``settle`` seconds until they are back at their count before the load (``idle_after``):
+    every descriptor a request or stream opened must close once it ends and the forward's
+    keep-alive connections expire. Counts sampled during the load depend on what is in flight at
+    that instant, which on a busy machine is more; this one does not."""
     result = SoakResult(seconds, rate)
     with tempfile.TemporaryDirectory(prefix="gateway-soak-") as work:
         directory = Path(work) / "gw"
@@ -175,6 +186,7 @@ async def soak(
                     stream_every,
                     warmup,
                     max_in_flight,
+                    settle,
                 )
             finally:
                 if process.returncode is None:
@@ -199,7 +211,9 @@ async def _drive(
     stream_every: float,
     warmup: float,
     max_in_flight: int | None,
+    settle: float,
 ) -> None:
+    before = result.idle_before = observe(pid, tasks_file)
     counter = itertools.count()
     pending: set[asyncio.Task[None]] = set()
 
@@ -254,6 +268,14 @@ async def _drive(
         finally:
             stream_task.cancel()
             await asyncio.gather(stream_task, return_exceptions=True)
+    if settle > 0:
+        baseline = before.fds
+        deadline = time.monotonic() + settle
+        while True:
+            result.idle_after = observe(pid, tasks_file)
+            if result.idle_after.fds <= baseline or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.5)
 
 
 def summary(result: SoakResult) -> dict[str, object]:
@@ -273,6 +295,12 @@ def summary(result: SoakResult) -> dict[str, object]:
         "rss_mib_first_last": f"{first.rss_kib / 1024:.1f} -> {last.rss_kib / 1024:.1f}",
         "fds_first_last": f"{first.fds} -> {last.fds}",
         "tasks_first_last": f"{first.tasks} -> {last.tasks}",
+        "fds_max_under_load": max(sample.fds for sample in result.samples),
+        "fds_idle_before_after": (
+            f"{result.idle_before.fds} -> {result.idle_after.fds}"
+            if result.idle_before is not None and result.idle_after is not None
+            else None
+        ),
         "growth_last_third_vs_first": result.growth(),
         "samples": len(result.samples),
     }
