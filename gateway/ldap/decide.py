@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from gateway.ldap.codec import Change, Control, FilterNode, Operation, Request
 from gateway.ldap.dn import DEFAULT_RULES, Dn, MatchingRules, normalise_attribute
 from gateway.ldap.errors import DnError, LdapRefusedError
 from gateway.ldap.policy_input import dn_path, ldap_input
+from gateway.policy.cache import BoundedLru
 from gateway.policy.engine import POLICY_UNAVAILABLE, POLICY_UNDEFINED
 
 if TYPE_CHECKING:
@@ -41,9 +42,11 @@ __all__ = [
     "policy_document",
     "refusal_reason",
     "smoke_facts",
+    "verdict_key",
 ]
 
 _ENGINE_FAULTS = frozenset({POLICY_UNAVAILABLE, POLICY_UNDEFINED})
+VERDICT_CACHE_ENTRIES = 4096
 
 
 @dataclass(frozen=True)
@@ -129,13 +132,28 @@ def matching_rules(target: Target | None) -> MatchingRules:
 
 
 class LdapChain:
-    """Decides LDAP operations under one revision (``Runtime.ldap_chain``)."""
+    """Decides LDAP operations under one revision (``Runtime.ldap_chain``).
 
-    __slots__ = ("config", "engine")
+    Verdicts are cached (:func:`verdict_key`): a search that a sync job repeats on every page or
+    every run costs a dictionary look-up instead of DN preparation and a Rego evaluation. The
+    cache belongs to the chain and the chain to one revision (a reload builds a new ``Runtime``
+    and with it a new chain); it is also cleared if the engine ever reports another revision, so
+    no verdict of an old allow-list is served. An engine fault is never cached.
+    """
 
-    def __init__(self, config: GatewayConfig, engine: Decider) -> None:
+    __slots__ = ("_revision", "cache", "config", "engine")
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        engine: Decider,
+        *,
+        cache_entries: int = VERDICT_CACHE_ENTRIES,
+    ) -> None:
         self.config = config
         self.engine = engine
+        self.cache: BoundedLru[LdapVerdict] = BoundedLru(max_entries=cache_entries)
+        self._revision: str | None = None  # the revision the cached verdicts were made under
 
     def matching(self, target: str) -> MatchingRules:
         """The DN matching rules of LDAP target ``target``."""
@@ -147,6 +165,21 @@ class LdapChain:
 
     async def decide(self, facts: LdapFacts) -> LdapVerdict:
         """The verdict on ``facts``; never raises for a refusal or an engine fault."""
+        started = time.perf_counter()
+        revision = self.engine.revision
+        if revision != self._revision:
+            self.cache.clear()
+            self._revision = revision
+        key = verdict_key(facts)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return replace(cached, latency=time.perf_counter() - started)
+        verdict = await self._decide(facts)
+        if not verdict.unavailable and verdict.revision == revision:
+            self.cache.put(key, verdict)
+        return verdict
+
+    async def _decide(self, facts: LdapFacts) -> LdapVerdict:
         rules = self.matching(facts.target)
         try:
             document = self.document(facts)
@@ -177,6 +210,76 @@ class LdapChain:
             matching=rules,
             latency=elapsed,
         )
+
+
+# A request whose key would hold more characters than this is decided without the cache, so the
+# cache holds at most about VERDICT_CACHE_ENTRIES * _MAX_KEY_CHARS characters of keys (16 Mi).
+_MAX_KEY_CHARS = 4096
+
+
+def verdict_key(facts: LdapFacts) -> Hashable | None:
+    """The verdict cache key of ``facts``: everything the verdict can depend on, nothing else.
+
+    The verdict is a function of the chain's configuration and policy (fixed for one revision)
+    and of the policy document, which :func:`policy_document` builds from ``facts``. So the key is
+    ``facts`` itself with the fields the document never reads taken out: the message id (new on
+    every PDU), and the values the document leaves out on purpose because they are secret or
+    per-page noise: the bind password (only whether it is empty counts, RFC 4513 5.1.2), the
+    compare assertion, filter values (only the filter's shape counts) and control values (a
+    paged-results cookie changes on every page; only OID and criticality count). Anything else,
+    including fields added later, stays in the key: the key may only err towards being larger,
+    which costs hits, never correctness. None (not cached) for a request above the size bound.
+    """
+    request = facts.request
+    noise: dict[str, Any] = {"message_id": 0}
+    if request.credentials:
+        noise["credentials"] = b"\x00"  # "not empty", never the password itself
+    if request.assertion:
+        noise["assertion"] = b""
+    if any(control.value is not None for control in request.controls):
+        noise["controls"] = tuple(Control(c.oid, c.critical) for c in request.controls)
+    weight = (
+        len(request.dn)
+        + len(request.new_rdn)
+        + len(request.new_superior or "")
+        + sum(len(item) for item in request.attributes)
+        + sum(len(change.attribute) + 8 for change in request.changes)
+        + len(request.request_value or b"")
+        + len(facts.bound_as or "")
+        + len(facts.keyid or "")
+    )
+    shape: Hashable = None
+    if request.filter is not None:
+        noise["filter"] = None
+        shape, size = _filter_shape(request.filter)
+        weight += size
+    if weight > _MAX_KEY_CHARS:
+        return None
+    stripped = replace(request, **noise)
+    return (
+        facts.target,
+        facts.bound_as,
+        facts.injected,
+        facts.keyid,
+        facts.inner_tls,
+        stripped,
+        shape,
+    )
+
+
+def _filter_shape(node: FilterNode) -> tuple[Hashable, int]:
+    """A filter without its values (RFC 4511 4.5.1.7: what is tested, not against what), and
+    roughly how many characters that shape holds."""
+    children = [_filter_shape(child) for child in node.children]
+    shape = (
+        node.kind,
+        node.attribute,
+        node.rule,
+        node.dn_attributes,
+        tuple(kind for kind, _ in node.substrings),
+        tuple(child for child, _ in children),
+    )
+    return shape, 8 + len(node.attribute) + len(node.rule) + sum(size for _, size in children)
 
 
 def policy_document(config: GatewayConfig, facts: LdapFacts) -> dict[str, Any]:

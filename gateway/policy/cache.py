@@ -21,13 +21,15 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from gateway.policy.engine import Decision
+    # Named as a string in DecisionCache's base (the engine module imports this one).
+    from gateway.policy.engine import Decision  # noqa: F401
 
 __all__ = [
     "DEFAULT_MAX_ENTRIES",
+    "BoundedLru",
     "CachePlan",
     "DecisionCache",
     "FieldPath",
@@ -39,6 +41,7 @@ __all__ = [
 DEFAULT_MAX_ENTRIES = 4096
 
 FieldPath = tuple[str, ...]
+V = TypeVar("V")
 
 _INPUT_REF = re.compile(r"\binput\b((?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*)")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -126,28 +129,61 @@ def _minimal(paths: set[FieldPath]) -> tuple[FieldPath, ...]:
     return tuple(sorted(kept))
 
 
-class DecisionCache:
+class BoundedLru(Generic[V]):
+    """A bounded least-recently-used map with hit and miss counts (the decision caches' store).
+
+    A key of None is never stored and never found, so a caller can say "not cacheable" with it.
+    """
+
+    def __init__(self, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._max = max_entries
+        self._entries: OrderedDict[Any, V] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Any) -> V | None:
+        """The cached value for ``key``, refreshed as most recently used, or None."""
+        value = self._entries.get(key) if key is not None else None
+        if value is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return value
+
+    def put(self, key: Any, value: V) -> None:
+        """Remember ``value``, evicting the least recently used entry when full."""
+        if key is None:
+            return
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        if len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
+
+
+class DecisionCache(BoundedLru["Decision"]):
     """A bounded LRU of decisions keyed on the input fields the policy reads."""
 
     def __init__(
         self, fields: tuple[FieldPath, ...] | None, *, max_entries: int = DEFAULT_MAX_ENTRIES
     ) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
+        super().__init__(max_entries=max_entries)
         self._fields = fields
         self._key = _key_function(fields)
-        self._max = max_entries
-        self._entries: OrderedDict[Any, Decision] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     @property
     def fields(self) -> tuple[FieldPath, ...] | None:
         """The input paths the key is made of (None: the whole input)."""
         return self._fields
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def key(self, input: Mapping[str, Any]) -> Any:
         """The cache key of ``input``: the frozen values of the fields the policy reads.
@@ -160,29 +196,6 @@ class DecisionCache:
             return self._key(input)
         except _Uncacheable:
             return None
-
-    def get(self, key: Any) -> Decision | None:
-        """The cached decision for ``key``, refreshed as most recently used, or None."""
-        decision = self._entries.get(key)
-        if decision is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.hits += 1
-        return decision
-
-    def put(self, key: Any, decision: Decision) -> None:
-        """Remember ``decision``, evicting the least recently used entry when full."""
-        if key is None:
-            return
-        self._entries[key] = decision
-        self._entries.move_to_end(key)
-        if len(self._entries) > self._max:
-            self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        """Forget every decision."""
-        self._entries.clear()
 
 
 def project(input: Mapping[str, Any], fields: tuple[FieldPath, ...]) -> dict[str, Any]:

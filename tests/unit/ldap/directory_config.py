@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from gateway.config import LoadedConfig, load
 from gateway.ldap.codec import Change, Control, Operation, Request
 from gateway.ldap.decide import LdapChain, LdapFacts
 from gateway.ldap.filters import parse_filter
-from gateway.policy.loader import build_engine
+from gateway.policy.loader import build_engine, load_policies
+from gateway.policy.opa import OpaEngine
 
 ROOT = Path(__file__).parents[3]
 
@@ -105,6 +107,23 @@ def load_directory(tmp_path: Path, text: str = CONFIG) -> LoadedConfig:
 def embedded_chain(loaded: LoadedConfig) -> LdapChain:
     """An ``LdapChain`` over the embedded engine, as ``gateway run`` builds it."""
     return LdapChain(loaded.config, build_engine(loaded))
+
+
+def unreachable_opa(loaded: LoadedConfig) -> OpaEngine:
+    """A real OPA engine whose server is not there: it cannot decide (close it after use)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return OpaEngine(
+        load_policies(loaded),
+        url=f"http://127.0.0.1:{port}",
+        timeout=0.25,
+        mode="enforce",
+        cache=None,
+        sync_timeout=0.25,
+        retry_base=0.01,
+        retry_cap=0.02,
+    )
 
 
 def facts(
