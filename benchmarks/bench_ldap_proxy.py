@@ -6,6 +6,9 @@ entries under ``ou=People``, TLS on loopback):
 * ``ldap-proxy``: ldap3 -> the devkit SaaS's loopback port -> inner TLS -> relay emulator ->
   ``gateway run`` (LDAP target: every PDU decoded and decided, entries checked for stripping,
   the gateway's own TLS to slapd);
+* ``ldap-proxy-new``: the same, but every search of the run is of a person no earlier search
+  named, so no verdict comes from the cache (``ldap-proxy`` repeats the same people in every
+  sample, as a sync job does, so from its second sample on its verdicts are cached);
 * ``tcp-stream``: the same relay path to a ``tcp`` target on slapd's ldaps port: the gateway
   splices bytes it cannot read, ldap3 does TLS with slapd end to end;
 * ``direct``: ldap3 to slapd's ldaps port, no gateway.
@@ -19,6 +22,8 @@ figure is the median of ``--rounds`` samples. Then one search returns every entr
 memory stays bounded if the peak stays near the idle figure, whatever the number of entries.
 
     .venv/bin/python benchmarks/bench_ldap_proxy.py --people 10000 --rounds 5 --searches 300
+
+``--profile FILE`` runs the gateway under cProfile and leaves its statistics in FILE.
 
 Needs slapd (Debian ``slapd``) and ldap3; writes a Markdown report to stdout.
 """
@@ -55,7 +60,10 @@ from gateway.devkit.stack import DevStack
 
 ROOT = Path(__file__).resolve().parents[1]
 IO_TIMEOUT = 120  # an int: ldap3 packs receive_timeout into SO_RCVTIMEO
-PATHS = ("ldap-proxy", "tcp-stream", "direct")
+PATHS = ("ldap-proxy", "ldap-proxy-new", "tcp-stream", "direct")
+# ldap-proxy-new searches people from here on, a new one for every search of the run, so that
+# none of its decisions can come from the verdict cache.
+NEW_DNS_FROM = 5000
 
 
 @dataclass
@@ -101,8 +109,8 @@ def _connection(port: int, *, ca_file: Path | None, proxy: bool) -> Connection:
     return connection
 
 
-def _searches(connection: Connection, count: int, people: int) -> None:
-    for index in range(count):
+def _searches(connection: Connection, count: int, people: int, offset: int) -> None:
+    for index in range(offset, offset + count):
         base = f"uid=user{index % people},ou=People,{SUFFIX}"
         if not connection.search(base, "(objectClass=*)", BASE, attributes=["cn", "mail"]):
             raise RuntimeError(f"search failed: {connection.result}")
@@ -111,13 +119,20 @@ def _searches(connection: Connection, count: int, people: int) -> None:
 
 
 async def _sample(
-    path: str, port: int, *, ca_file: Path | None, pid: int, searches: int, people: int
+    path: str,
+    port: int,
+    *,
+    ca_file: Path | None,
+    pid: int,
+    searches: int,
+    people: int,
+    offset: int = 0,
 ) -> Sample:
     def work() -> float:
-        connection = _connection(port, ca_file=ca_file, proxy=path == "ldap-proxy")
+        connection = _connection(port, ca_file=ca_file, proxy=path.startswith("ldap-proxy"))
         try:
             started = time.perf_counter()
-            _searches(connection, searches, people)
+            _searches(connection, searches, people, offset)
             return time.perf_counter() - started
         finally:
             connection.unbind()
@@ -170,17 +185,25 @@ async def _big_search(port: int, pid: int, results: Results) -> None:
     results.rss_peak = max(peaks, default=results.rss_idle)
 
 
-async def benchmark(people: int, rounds: int, searches: int) -> Results:
+async def benchmark(
+    people: int, rounds: int, searches: int, profile: Path | None = None
+) -> Results:
     results = Results()
     with tempfile.TemporaryDirectory(prefix="bench-ldap-") as temp:
         workdir = Path(temp)
         with sample_directory(workdir / "slapd", people=people) as slapd:
-            await _with_gateway(workdir, slapd, results, rounds, searches, people)
+            await _with_gateway(workdir, slapd, results, rounds, searches, people, profile)
     return results
 
 
 async def _with_gateway(
-    workdir: Path, slapd: Slapd, results: Results, rounds: int, searches: int, people: int
+    workdir: Path,
+    slapd: Slapd,
+    results: Results,
+    rounds: int,
+    searches: int,
+    people: int,
+    profile: Path | None,
 ) -> None:
     ca_file = workdir / "slapd" / "ca.pem"
     gateway_dir = workdir / "gateway"
@@ -210,8 +233,11 @@ async def _with_gateway(
         await stack.register_gateway(gateway_dir)
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         with (gateway_dir / "gateway.log").open("wb") as log:
+            # --profile: the gateway under cProfile (written when it stops on SIGTERM).
+            profiler = ("-m", "cProfile", "-o", str(profile)) if profile else ()
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
+                *profiler,
                 *("-m", "gateway", "run", "-c", str(config), "--allow-root"),
                 cwd=ROOT,
                 env=env,
@@ -230,8 +256,18 @@ async def _with_gateway(
                 saas.ldap_endpoint("corp-directory") as proxy_port,
                 saas.ldap_endpoint("raw-directory", inner_tls=False) as raw_port,
             ):
-                ports = {"ldap-proxy": proxy_port, "tcp-stream": raw_port, "direct": 0}
-                cas = {"ldap-proxy": None, "tcp-stream": ca_file, "direct": ca_file}
+                ports = {
+                    "ldap-proxy": proxy_port,
+                    "ldap-proxy-new": proxy_port,
+                    "tcp-stream": raw_port,
+                    "direct": 0,
+                }
+                cas = {
+                    "ldap-proxy": None,
+                    "ldap-proxy-new": None,
+                    "tcp-stream": ca_file,
+                    "direct": ca_file,
+                }
                 ports["direct"] = slapd.ldaps_port
                 # One unmeasured sample per path: imports, caches, first handshakes.
                 for path in PATHS:
@@ -243,8 +279,12 @@ async def _with_gateway(
                         searches=20,
                         people=people,
                     )
+                fresh = NEW_DNS_FROM
                 for _ in range(rounds):
                     for path in PATHS:
+                        offset = 0
+                        if path == "ldap-proxy-new":
+                            offset, fresh = fresh, fresh + searches
                         results.samples[path].append(
                             await _sample(
                                 path,
@@ -253,6 +293,7 @@ async def _with_gateway(
                                 pid=process.pid,
                                 searches=searches,
                                 people=people,
+                                offset=offset,
                             )
                         )
                 await _big_search(proxy_port, process.pid, results)
@@ -273,14 +314,17 @@ def render(results: Results, command: str, people: int) -> str:
         rate = results.median(path, lambda s: s.rate)
         cpu = results.median(path, lambda s: s.cpu_us)
         lines.append(f"| {path} | {_fmt(rate)} | {_fmt(cpu)} us |")
-    proxy = results.median("ldap-proxy", lambda s: s.cpu_us)
     raw = results.median("tcp-stream", lambda s: s.cpu_us)
-    inspection = None if proxy is None or raw is None else proxy - raw
+    inspection = {}
+    for path in ("ldap-proxy", "ldap-proxy-new"):
+        proxy = results.median(path, lambda s: s.cpu_us)
+        inspection[path] = None if proxy is None or raw is None else proxy - raw
     per_entry = results.big_cpu / results.big_entries * 1e6 if results.big_entries else None
     lines += [
         "",
         f"Inspection cost (ldap-proxy minus tcp-stream, gateway CPU per search): "
-        f"{_fmt(inspection)} us.",
+        f"{_fmt(inspection['ldap-proxy'])} us with the DNs searched before (verdicts cached), "
+        f"{_fmt(inspection['ldap-proxy-new'])} us with DNs never searched before (ldap-proxy-new).",
         "",
         f"One search returning all {results.big_entries:,} entries of ou=People through the "
         f"proxy: {results.big_seconds:.1f} s, gateway CPU {results.big_cpu:.2f} s "
@@ -297,12 +341,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--people", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--searches", type=int, default=300)
+    parser.add_argument(
+        "--profile", type=Path, help="run the gateway under cProfile, writing stats to this file"
+    )
     args = parser.parse_args(argv)
+    if args.people < NEW_DNS_FROM + (args.rounds + 1) * args.searches:
+        print(f"--people must leave room for ldap-proxy-new above {NEW_DNS_FROM}", file=sys.stderr)
+        return 2
     reason = unavailable_reason()
     if reason is not None:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
-    results = asyncio.run(benchmark(args.people, args.rounds, args.searches))
+    profile = args.profile.resolve() if args.profile else None
+    results = asyncio.run(benchmark(args.people, args.rounds, args.searches, profile))
     command = "benchmarks/bench_ldap_proxy.py " + " ".join(sys.argv[1:])
     print(render(results, command.strip(), args.people))
     return 0
