@@ -88,9 +88,8 @@ from gateway.outbound.proxy import (
     translate_proxy_error,
 )
 from gateway.outbound.sessions import client_session
-from gateway.policy.loader import verify_policy
 from gateway.relay.websocket import HandshakeRefusedError, RelaySocketError, open_relay_socket
-from gateway.service import proxy_settings, startup_problems
+from gateway.service import check_release, proxy_settings
 
 __all__ = [
     "CHECK_NAMES",
@@ -261,9 +260,9 @@ async def _check_config(ctx: _Context) -> str:
     try:
         loaded = load(path, env=ctx.options.env)
         # What `gateway run` refuses before it starts, checked by the same code: a policy that
-        # cannot decide, unprotected files, unusable proxy settings.
-        policies = verify_policy(loaded)
-        startup_problems(loaded)
+        # cannot decide, unprotected files, unusable proxy settings, a missing or stale release
+        # signature.
+        policies = check_release(loaded)
     except ConfigError as exc:
         count = len(exc.problems)
         first = exc.problems[0].render() if exc.problems else "invalid configuration"
@@ -271,7 +270,7 @@ async def _check_config(ctx: _Context) -> str:
             f"{count} problem{'s' if count != 1 else ''}; first: {first}",
             f"`gateway validate -c {path}` lists every problem with its location",
         ) from None
-    ctx.proxy = OutboundProxy(proxy_settings(loaded))  # usable: startup_problems said so
+    ctx.proxy = OutboundProxy(proxy_settings(loaded))  # usable: check_release said so
     ctx.loaded = loaded
     return (
         f"{loaded.file} is valid ({len(loaded.config.targets)} targets, {loaded.revision}; "

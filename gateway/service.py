@@ -64,7 +64,7 @@ from gateway.observability.health import HealthServer, Readiness
 from gateway.observability.metrics import Metrics
 from gateway.outbound.proxy import OutboundProxy, ProxyConfigError, ProxySettings
 from gateway.pipeline import AuditRecord, Decider, Pipeline, Runtime
-from gateway.policy.loader import build_engine, load_policies
+from gateway.policy.loader import PolicySet, build_engine, load_policies, verify_policy
 from gateway.relay.listener import RelayListener
 from gateway.relay.settings import ListenerSettings
 
@@ -218,6 +218,30 @@ def startup_problems(loaded: LoadedConfig, *, files: bool = True) -> None:
         )
     if problems:
         raise ConfigError(problems)
+
+
+def check_release(loaded: LoadedConfig, *, files: bool = True) -> PolicySet:
+    """Raise ConfigError for anything that makes a gateway refuse ``loaded`` at start or reload:
+    :func:`startup_problems`, the release signature (with ``files``: it needs the host's
+    anti-rollback state, which is read, never written, here) and a policy that does not decide.
+
+    The one answer to "would ``run`` accept this revision?": ``gateway validate`` and ``check``,
+    the supervisor's reload check and each worker (through :func:`default_engine`, which records
+    the accepted epoch) ask it with the same code, so a refusal names its reason wherever it is
+    asked. Returns the verified policy set.
+    """
+    startup_problems(loaded, files=files)
+    verified = (
+        verify_signed_config(
+            loaded, loaded.resolve_path(loaded.config.gateway.state_dir), record=False
+        )
+        if files
+        else None
+    )
+    policies = verify_policy(loaded)
+    if verified is not None:
+        verified.check_policies(policies)
+    return policies
 
 
 def stop_on_signals(stop: asyncio.Event, *, at_once: Callable[[], None] | None = None) -> None:

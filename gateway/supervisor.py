@@ -52,7 +52,6 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.observability.health import HealthServer, Readiness
 from gateway.observability.metrics import Metrics
 from gateway.outbound.sessions import client_session
-from gateway.policy.loader import verify_policy
 from gateway.service import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -60,7 +59,7 @@ from gateway.service import (
     Agent,
     AgentOptions,
     StartError,
-    startup_problems,
+    check_release,
     stop_on_signals,
 )
 
@@ -464,11 +463,12 @@ class Supervisor:
             return True
 
     def _check(self) -> LoadedConfig:
-        # What a worker would refuse, refused once here: the configuration, the files and
-        # proxy settings a start refuses, and a policy that does not decide.
+        # What a worker would refuse, refused once here with the workers' own check
+        # (check_release): the configuration, the files and proxy settings, the release
+        # signature, and a policy that does not decide. The log then says why, not only that a
+        # worker refused.
         loaded = load(self.options.config_path, env=self.options.env)
-        startup_problems(loaded)
-        verify_policy(loaded)
+        check_release(loaded)
         return loaded
 
     def _reload_failed(self, why: str) -> bool:

@@ -4,9 +4,11 @@
 before it starts, called rather than copied. The configuration is loaded and checked; the policy
 is loaded, compiled and proven to decide (:func:`gateway.policy.loader.verify_policy`: no call to
 an undefined function, a decision document for one request per operation); and, unless
-``--skip-host-checks``, the files are protected as ``run`` requires and the proxy settings are
-usable. Problems name their ``FILE:LINE`` where one is known (Rego errors included) and never
-print a secret.
+``--skip-host-checks``, the files are protected as ``run`` requires, the proxy settings are
+usable and the release signature verifies against this host's anti-rollback state (all one
+function, :func:`gateway.service.check_release`, which the supervisor and each worker call too).
+Problems name their ``FILE:LINE`` where one is known (Rego errors included) and never print a
+secret.
 
 Exit 0 when valid, 1 when not (or unreadable), 2 on usage errors. ``--format json`` prints a list
 of problems for CI bots; the text form is ``FILE:LINE:COL: json.path: message (hint: ...)``.
@@ -21,8 +23,7 @@ import sys
 from gateway import config as gwconfig
 from gateway.commands._common import add_config_argument, add_format_argument
 from gateway.errors import ConfigError
-from gateway.policy.loader import verify_policy
-from gateway.service import startup_problems
+from gateway.service import check_release
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
     path = args.config or gwconfig.default_config_path()
     try:
         loaded = gwconfig.load(path, check_host=not args.skip_host_checks)
-        policies = verify_policy(loaded)
-        startup_problems(loaded, files=not args.skip_host_checks)
+        policies = check_release(loaded, files=not args.skip_host_checks)
     except ConfigError as exc:
         if args.format == "json":
             print(

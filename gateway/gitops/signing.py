@@ -616,12 +616,14 @@ def _without(config: GatewayConfig, loaded: LoadedConfig) -> dict[str, Any]:
     return data
 
 
-def verify_signed_config(loaded: LoadedConfig, state_dir: Path) -> Verified:
+def verify_signed_config(loaded: LoadedConfig, state_dir: Path, *, record: bool = True) -> Verified:
     """The agent's gate at start and on reload: accept ``loaded`` or raise ConfigSignatureError.
 
     A signature is required when ``config_signature.required`` is true, or when the state in
     ``state_dir`` records that the last accepted configuration required one. A verified epoch is
-    recorded (atomically) before returning, so a later start refuses anything older.
+    recorded (atomically) before returning, so a later start refuses anything older; with
+    ``record`` False nothing is written (a check before the gateway moves to ``loaded``: the
+    supervisor's reload check, ``gateway validate``).
     """
     settings = loaded.config.config_signature
     state = _read_state(state_dir)
@@ -658,6 +660,6 @@ def verify_signed_config(loaded: LoadedConfig, state_dir: Path) -> Verified:
             )
     trusted = tuple(sorted(_trusted_keys(loaded, ())))
     new_state = _State(info.epoch, info.digest, trusted, settings.required)
-    if new_state != state:
+    if record and new_state != state:
         _write_state(state_dir, new_state)
     return Verified(signed=True, base=loaded.file.parent, info=info)

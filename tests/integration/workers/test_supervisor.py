@@ -126,10 +126,12 @@ async def test_a_bad_file_keeps_every_worker_on_the_last_good_revision(
     gateway.config.write_text(original)
 
 
-async def test_a_file_the_workers_refuse_moves_none_of_them(fleet: Fleet, gateway: Gateway) -> None:
-    # The supervisor's check passes (configuration, files, policy), but each worker verifies the
-    # release signature the file now requires and finds none: every prepared revision is
-    # aborted and both workers keep serving the running one.
+async def test_an_unsigned_file_is_refused_by_the_supervisor_with_its_reason(
+    fleet: Fleet, gateway: Gateway
+) -> None:
+    # The file now requires a release signature and has none. The supervisor verifies it with
+    # the workers' own check (check_release), so it refuses the reload itself and says why;
+    # no worker is asked to prepare it, and both keep serving the running revision.
     before = await gateway.readyz()
     original = gateway.config.read_text()
     document = fleet.document(1)
@@ -138,11 +140,17 @@ async def test_a_file_the_workers_refuse_moves_none_of_them(fleet: Fleet, gatewa
     fleet.stack.write_gateway_dir(gateway.directory, document=document)
     gateway.signal(signal.SIGHUP)
     state = await gateway.wait_state(
-        lambda s: "refused it" in (s.get("reload_error") or {}).get("error", "")
+        lambda s: "signature" in (s.get("reload_error") or {}).get("error", "")
     )
     assert state["revision"] == before["revision"]
     assert {w["revision"] for w in state["workers"]} == {before["revision"]}
-    assert "signature" in state["reload_error"]["error"]
+    error = state["reload_error"]["error"]
+    assert error.startswith("the new configuration is invalid"), error
+    assert "refused it" not in error
+    events = gateway.log_events()
+    rejected = [e for e in events if e.get("event") == "reload_rejected" and "worker" not in e]
+    assert any("signature" in str(e.get("message")) for e in rejected), rejected
+    assert not [e for e in events if e.get("event") == "reload_failed" and "worker" in e]
     async with fleet.saas() as saas:
         assert (await fleet.load(saas, 6)).count() == {200: 6}
     gateway.config.write_text(original)

@@ -53,6 +53,18 @@ def test_validate_reports_file_line_column(
     assert lines[2] == f"{path}: 2 problems"
 
 
+def test_validate_refuses_what_run_refuses_for_its_signature(
+    write_config: WriteConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # run (and the supervisor's reload check) refuse an unsigned release when one is required;
+    # validate asks the same function, so it cannot call this file valid.
+    path = write_config(BASE + "config_signature:\n  required: true\n")
+    assert main(["validate", "-c", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "signed configuration is required" in err
+    assert not (path.parent / "state").exists() or not any((path.parent / "state").iterdir())
+
+
 def test_validate_json_for_ci_bots(
     write_config: WriteConfig, capsys: pytest.CaptureFixture[str]
 ) -> None:
