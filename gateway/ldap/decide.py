@@ -105,8 +105,11 @@ class LdapVerdict:
         """
         if not self.hidden_subtrees:
             return False
+        # Called for every entry a search returns: only the RDNs the prefix test looks at are
+        # written out (the whole DN is still parsed, so one that cannot be is hidden).
+        depth = max(len(hidden) for hidden in self.hidden_subtrees)
         try:
-            path = dn_path(Dn.parse(entry_dn, self.matching))
+            path = dn_path(Dn.parse(entry_dn, self.matching), depth)
         except DnError:
             return True
         if path is None:

@@ -33,11 +33,16 @@ def _rdn_text(rdn: tuple[tuple[str, str], ...]) -> str:
     return "+".join(f"{attribute}={escape_value(value)}" for attribute, value in rdn)
 
 
-def dn_path(dn: Dn) -> list[str] | None:
-    """Root-first canonical RDN strings, or None for an AD extended form (no place)."""
+def dn_path(dn: Dn, limit: int | None = None) -> list[str] | None:
+    """Root-first canonical RDN strings, or None for an AD extended form (no place).
+
+    ``limit``: only the first (root-most) ``limit`` of them, all a prefix test against paths
+    of at most that length needs.
+    """
     if dn.extended:
         return None
-    return [_rdn_text(rdn) for rdn in reversed(dn.rdns)]
+    rdns = dn.rdns if limit is None else dn.rdns[max(len(dn.rdns) - limit, 0) :]
+    return [_rdn_text(rdn) for rdn in reversed(rdns)]
 
 
 def subtree_path(text: str, rules: MatchingRules) -> list[str]:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.ldap import codec
-from gateway.ldap.dn import MatchingRules
-from gateway.ldap.errors import LdapRefusedError
-from gateway.ldap.policy_input import ldap_input, subtree_path
+from gateway.ldap.dn import Dn, MatchingRules
+from gateway.ldap.errors import DnError, LdapRefusedError
+from gateway.ldap.policy_input import dn_path, ldap_input, subtree_path
 from tests.unit.ldap import pdus
+from tests.unit.ldap.dn_strategies import dns, render
 
 RULES = MatchingRules()
 
@@ -148,3 +151,21 @@ def test_an_allowed_extended_dn_has_no_place() -> None:
 def test_extended_operation_document() -> None:
     document = _input(pdus.extended(1, "1.3.6.1.4.1.1466.20037"))
     assert document["extended_oid"] == "1.3.6.1.4.1.1466.20037"
+
+
+@settings(max_examples=200, deadline=None)
+@given(dns, st.booleans(), st.booleans(), st.booleans(), st.integers(0, 8))
+def test_a_limited_path_is_the_root_most_part_of_the_whole_path(
+    rdns: list[list[tuple[str, str]]], spaced: bool, upper: bool, hexed: bool, limit: int
+) -> None:
+    text = render(rdns, spaced, upper, hexed)
+    # Twice: the second parse is answered from the AVA memo and must be the same.
+    for _ in range(2):
+        try:
+            parsed = Dn.parse(text)
+        except DnError:
+            return
+        whole = dn_path(parsed)
+        assert whole is not None
+        assert dn_path(parsed, limit) == whole[:limit]
+        assert parsed == Dn.parse(text, MatchingRules(case_insensitive=True))
