@@ -16,6 +16,13 @@ the close reply) is written there and then, without a task switch or a copy thro
 buffer. Frames received are handed out as they arrive (``receive``), not reassembled: the
 protocol core (:class:`gateway.hybridconnection.connection.ListenerConnection`) reads frames.
 Reading pauses while more than :data:`_HIGH_WATER` bytes of frames wait for the application.
+
+Outgoing bytes are coalesced per event-loop iteration: :meth:`RelayWebSocket.send` and
+:meth:`RelayWebSocket.ping` only queue, and one ``call_soon`` flush writes everything queued in
+that iteration with one ``write`` (one ``send()``), so the answers that many tasks finish in the
+same iteration share a system call. Every byte still leaves in the order the protocol produced
+it; a close, an end of the connection or more than :data:`_COALESCE_LIMIT` queued bytes write at
+once, so backpressure (``drain``) never lags by more than that many bytes.
 """
 
 from __future__ import annotations
@@ -67,6 +74,9 @@ _PROTOCOL_LOG: Final = _NoWireLog(log, {})
 # Reading pauses while this many payload bytes of received frames wait for the application.
 _HIGH_WATER: Final = 1024 * 1024
 _MAX_CLOSE_REASON: Final = 120
+# Queued outgoing bytes past which a send writes at once instead of waiting for the flush: keeps
+# what drain() cannot see bounded, and large bodies streaming as before.
+_COALESCE_LIMIT: Final = 64 * 1024
 
 
 class RelaySocketError(Exception):
@@ -155,6 +165,10 @@ class _Wire(asyncio.Protocol):
         self._paused_reading = False
         self._paused_writing = False
         self._drainers: list[asyncio.Future[None]] = []
+        # Bytes taken from the protocol but not yet written, and the flush that will write them.
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._flush_handle: asyncio.Handle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -175,6 +189,7 @@ class _Wire(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._drop_pending()
         self._end()
         if not self.lost.done():
             self.lost.set_result(None)
@@ -210,25 +225,59 @@ class _Wire(asyncio.Protocol):
             self.held = protocol.data_to_send()
             self.frames.append(TOO_LARGE)
         else:
-            self.flush()
+            # Pongs and the close reply join this iteration's writes (RFC 6455 5.5.3 asks for
+            # a pong "as soon as is practical").
+            self.queue()
         if self.buffered > _HIGH_WATER and not self._paused_reading and self.transport:
             self._paused_reading = True
             self.transport.pause_reading()
         self._wake()
 
-    def flush(self) -> None:
-        """Write what the protocol queued (one write for all of it)."""
+    def queue(self) -> None:
+        """Take what the protocol queued; write it with the others of this loop iteration."""
         chunks = self.protocol.data_to_send()
-        transport = self.transport
-        if not chunks or transport is None or transport.is_closing():
+        if not chunks:
             return
+        self._pending.extend(chunks)
+        self._pending_size += sum(len(chunk) for chunk in chunks)
+        if chunks[-1] == b"" or self._pending_size >= _COALESCE_LIMIT:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        self.flush()
+
+    def flush(self, after: bytes = b"") -> None:
+        """Write what is queued, what the protocol queued since, then ``after``: one write."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        chunks = self._pending
+        chunks.extend(self.protocol.data_to_send())
+        self._pending = []
+        self._pending_size = 0
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if after:
+            chunks.append(after)
         payload = b"".join(chunks)
         if payload:
             transport.write(payload)
-        if chunks[-1] == b"" and transport.can_write_eof():
-            # websockets' SEND_EOF: half-close after the closing handshake (RFC 6455 7.1.1).
+        if b"" in chunks and transport.can_write_eof():
+            # websockets' SEND_EOF: half-close after the closing handshake (RFC 6455 7.1.1);
+            # it is the protocol's last output, so nothing queued follows it.
             with contextlib.suppress(OSError, RuntimeError):
                 transport.write_eof()
+
+    def _drop_pending(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._pending = []
+        self._pending_size = 0
 
     def take(self) -> list[WsFrame | TooLarge]:
         """Every frame received so far (reading resumes once they are taken)."""
@@ -385,7 +434,8 @@ class RelayWebSocket:
     # -- writing -------------------------------------------------------------------------
 
     def send(self, frames: Iterable[Frame]) -> None:
-        """Write data frames (masked by the protocol, RFC 6455 section 5.3) in one write."""
+        """Queue data frames (masked by the protocol, RFC 6455 section 5.3) for this loop
+        iteration's write; frames sent with no ``await`` between stay together and in order."""
         if not self.open:
             raise ConnectionResetError("relay socket is closed")
         protocol = self._protocol
@@ -399,7 +449,7 @@ class RelayWebSocket:
                 protocol.send_continuation(frame.payload, fin=frame.fin)
             else:
                 raise ValueError("only data frames are sent with send()")
-        self._wire.flush()
+        self._wire.queue()
 
     def ping(self, data: bytes) -> None:
         """Send a ping (section 3.3); nothing on a socket that is closing or closed.
@@ -410,7 +460,7 @@ class RelayWebSocket:
         """
         if self.open:
             self._protocol.send_ping(data)
-            self._wire.flush()
+            self._wire.queue()
 
     async def drain(self) -> None:
         """Wait until the transport's buffer is below its high-water mark."""
@@ -431,7 +481,7 @@ class RelayWebSocket:
                     self._protocol.send_close(code, reason[:_MAX_CLOSE_REASON])
                     wire.flush()
                 elif held:
-                    transport.write(b"".join(held))
+                    wire.flush(b"".join(held))
         await self.linger(self._close_timeout)
 
     def send_last(self, frames: Iterable[Frame]) -> bool:
@@ -461,7 +511,7 @@ class RelayWebSocket:
                     )
                     for frame in frames
                 ]
-                transport.write(b"".join(encoded) + b"".join(held))
+                wire.flush(b"".join(encoded) + b"".join(held))
         except Exception:
             return False
         return True
