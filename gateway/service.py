@@ -43,6 +43,7 @@ from gateway.auth.keys import KeySetError, PinnedKey, shared_key
 from gateway.auth.replay import ReplayStore
 from gateway.auth.replaystores import open_replay_store
 from gateway.config import LoadedConfig, load
+from gateway.config.yamlsafe import MAX_FILE_BYTES
 from gateway.errors import ConfigError, GatewayError, PolicyError, Problem
 from gateway.forward.dial import Guard, Redirect, Resolver, system_resolver
 from gateway.gitops.signing import verify_signed_config
@@ -244,6 +245,21 @@ def check_release(loaded: LoadedConfig, *, files: bool = True) -> PolicySet:
     return policies
 
 
+def read_snapshot(path: Path) -> bytes:
+    """The configuration bytes a supervisor handed its workers (bounded like gateway.yaml);
+    raises ConfigError when they cannot be read."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(
+            [Problem(f"cannot read: {exc.strerror}", code="unreadable", file=str(path))]
+        ) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError([Problem("too large", code="too_large", file=str(path))])
+    return data
+
+
 def stop_on_signals(stop: asyncio.Event, *, at_once: Callable[[], None] | None = None) -> None:
     """SIGTERM and SIGINT on the running loop: the first sets ``stop`` (drain), a second one exits
     at once, after calling ``at_once`` (a supervisor passes the signal on to its workers)."""
@@ -287,6 +303,11 @@ class WorkerRole:
 
     index: int
     count: int
+    # The configuration the supervisor runs: the exact bytes it checked and committed (a 0600
+    # file in the state directory) and their revision. A worker starts from them, not from
+    # gateway.yaml as it is now, which may have been saved since without a reload.
+    snapshot: Path | None = None
+    revision: str | None = None
 
     @property
     def renews(self) -> bool:
@@ -436,8 +457,27 @@ class Agent:
         """The port the health endpoint is bound to (useful with port 0), or None if off."""
         return self._health.port if self._health is not None else None
 
-    def _load(self) -> LoadedConfig:
-        return load(self.options.config_path, env=self.options.env)
+    def _load(self, *, pinned: bool = False) -> LoadedConfig:
+        """gateway.yaml as it is now, or (``pinned``, a worker starting) the revision its
+        supervisor runs: a worker restarted after the file was saved, but before a reload,
+        comes back on the revision the other workers serve, or refuses to start."""
+        role = self.options.worker
+        if not pinned or role is None or role.snapshot is None:
+            return load(self.options.config_path, env=self.options.env)
+        source = read_snapshot(role.snapshot)
+        loaded = load(self.options.config_path, env=self.options.env, source=source)
+        if loaded.revision != role.revision:
+            raise ConfigError(
+                [
+                    Problem(
+                        f"the supervisor's snapshot is revision {loaded.revision}, "
+                        f"not {role.revision}",
+                        code="snapshot_mismatch",
+                        file=str(role.snapshot),
+                    )
+                ]
+            )
+        return loaded
 
     async def _build_runtime(self, loaded: LoadedConfig) -> Runtime:
         factory = self.options.engine_factory or default_engine
@@ -478,7 +518,7 @@ class Agent:
             "the configuration file is not protected",
         )
         try:
-            loaded = self._load()
+            loaded = self._load(pinned=True)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("%s", problem.render(), extra={"event": "config_invalid"})

@@ -24,6 +24,16 @@ supervisor goes away (even killed), its end of the pair closes and each worker d
 
 A worker that exits is logged and started again after a back-off (1 s doubling to 30 s; back to
 1 s once a worker ran a minute). SIGTERM drains every worker within the grace period.
+
+Every worker starts from the revision the supervisor runs, not from gateway.yaml as it is now:
+the supervisor writes the exact configuration bytes it loaded at start, and again those it
+checked before each commit, to ``supervisor-config.yaml`` (0600) in the state directory, and
+starts each worker with that file and its revision (``--worker-snapshot``, ``--worker-revision``);
+the worker refuses to start when they differ. A file saved since, invalid or unsigned, waits for
+the next reload instead of keeping a crashed worker down. A restart waits for a running reload
+(and a reload for a starting worker), so no worker starts between the prepare and the commit.
+Policy files are read from disk as they are: a policy changed without a reload gives a restarted
+worker another policy revision, which the supervisor then reloads for every worker or stops.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import sys
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -62,12 +73,15 @@ from gateway.service import (
     check_release,
     stop_on_signals,
 )
+from gateway.statefile import replace_atomically
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # A control message is a few hundred bytes; anything longer is not from our peer.
 MAX_MESSAGE_BYTES = 64 * 1024
+# The running revision's configuration, in the state directory, for workers (re)started.
+SNAPSHOT_FILE = "supervisor-config.yaml"
 # The families the supervisor itself keeps (gateway.observability.metrics); workers have them at 0.
 SUPERVISOR_FAMILIES = frozenset(
     {"gateway_workers_running", "gateway_worker_restarts", "gateway_worker_reloads"}
@@ -127,6 +141,10 @@ class Supervisor:
         self._health: HealthServer | None = None
         self._session: aiohttp.ClientSession | None = None
         self._config_mtime = 0.0
+        # The running revision's exact configuration bytes, written 0600 to the state directory
+        # for every worker started (gateway.service.WorkerRole.snapshot).
+        self._snapshot: Path | None = None
+        self._snapshot_revision: str | None = None
 
     @property
     def health_port(self) -> int | None:
@@ -154,6 +172,10 @@ class Supervisor:
             raise StartError("the configuration is invalid", EXIT_CONFIG) from None
         with contextlib.suppress(OSError):
             self._config_mtime = os.stat(self.options.config_path).st_mtime
+        try:
+            self._keep(loaded)
+        except OSError as exc:
+            raise StartError(f"cannot write {SNAPSHOT_FILE}: {exc.strerror}", EXIT_START) from None
         self._session = client_session(
             timeout=aiohttp.ClientTimeout(total=self.options.probe_timeout)
         )
@@ -218,6 +240,13 @@ class Supervisor:
         """A second stop signal: every worker exits at once too."""
         for worker in self._workers:
             self._signal(worker, signal.SIGKILL)
+
+    def _keep(self, loaded: LoadedConfig) -> None:
+        """Make ``loaded`` the revision every worker started from now on runs; raises OSError."""
+        state_dir = loaded.resolve_path(loaded.config.gateway.state_dir)
+        replace_atomically(state_dir, SNAPSHOT_FILE, loaded.source)
+        self._snapshot = state_dir / SNAPSHOT_FILE
+        self._snapshot_revision = loaded.revision
 
     @staticmethod
     def _tell(worker: _Worker, message: dict[str, Any]) -> bool:
@@ -284,6 +313,13 @@ class Supervisor:
             "--worker-control",
             str(theirs.fileno()),
         ]
+        if self._snapshot is not None and self._snapshot_revision is not None:
+            argv += [
+                "--worker-snapshot",
+                str(self._snapshot),
+                "--worker-revision",
+                self._snapshot_revision,
+            ]
         if self.options.allow_root:
             argv.append("--allow-root")
         try:
@@ -389,8 +425,13 @@ class Supervisor:
             if self._stopping.is_set():
                 return
             delay = min(delay * 2, self.options.backoff_cap)
-            await self._launch(worker)
-            if await self._first_start(worker) is None and worker.revision != self.revision:
+            # Not while a reload runs: a worker started from the old snapshot while the others
+            # move would miss the move (it was not running when they prepared). Waiting for the
+            # reload to finish starts it from the new revision's snapshot.
+            async with self._lock:
+                await self._launch(worker)
+                started = await self._first_start(worker) is None
+            if started and worker.revision != self.revision:
                 # Started from a file that changed since the running revision: move every worker
                 # to it together, or stop this one until they can (the back-off applies).
                 log.warning(
@@ -443,6 +484,13 @@ class Supervisor:
             revisions = {(a.get("revision"), a.get("policy_revision")) for _, a in prepared}
             if not live or len(prepared) < len(live) or len(revisions) != 1:
                 why = _why_not(live, answers, revisions)
+                abort = {"type": "abort", "why": why}
+                await asyncio.gather(*(self._request(w, abort, "aborted") for w, _ in prepared))
+                return self._reload_failed(why)
+            try:
+                self._keep(loaded)
+            except OSError as exc:
+                why = f"cannot write {SNAPSHOT_FILE}: {exc.strerror}"
                 abort = {"type": "abort", "why": why}
                 await asyncio.gather(*(self._request(w, abort, "aborted") for w, _ in prepared))
                 return self._reload_failed(why)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import socket
+from pathlib import Path
 
 from gateway import config as gwconfig
 from gateway.commands._common import add_config_argument, config_path
@@ -30,6 +32,7 @@ from gateway.service import (
     AgentOptions,
     StartError,
     WorkerRole,
+    read_snapshot,
     stop_on_signals,
 )
 from gateway.supervisor import Supervisor, SupervisorOptions, serve_worker
@@ -65,6 +68,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="FD",
         help="set by the supervisor: the worker's control channel to it",
     )
+    parser.add_argument(
+        "--worker-snapshot",
+        type=Path,
+        metavar="FILE",
+        help="set by the supervisor: the configuration bytes the other workers run",
+    )
+    parser.add_argument(
+        "--worker-revision",
+        metavar="REVISION",
+        help="set by the supervisor: the revision --worker-snapshot must be",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -86,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
     fields = {"worker": role.index} if role is not None else None
     workers = 1
     try:
-        config = gwconfig.load(path, check_host=False).config
+        # A worker logs as the revision it will run (its supervisor's snapshot), not as the
+        # file on disk, which may have been saved since.
+        source = read_snapshot(args.worker_snapshot) if args.worker_snapshot else None
+        config = gwconfig.load(path, check_host=False, source=source).config
         logs.configure(config.logging.level, config.logging.format, fields=fields)
         workers = worker_count(config)
     except ConfigError:
@@ -103,7 +120,18 @@ def run(args: argparse.Namespace) -> int:
             extra={"event": "start_failed"},
         )
         return EXIT_CONFIG
+    if (args.worker_snapshot is None) != (args.worker_revision is None) or (
+        role is None and args.worker_snapshot is not None
+    ):
+        log.error(
+            "--worker-snapshot and --worker-revision are set together, by the supervisor only",
+            extra={"event": "start_failed"},
+        )
+        return EXIT_CONFIG
     if role is not None and args.worker_control is not None:
+        role = dataclasses.replace(
+            role, snapshot=args.worker_snapshot, revision=args.worker_revision
+        )
         control = socket.socket(fileno=args.worker_control)
         options = AgentOptions(config_path=path, shutdown_grace=args.shutdown_grace, worker=role)
         return asyncio.run(serve_worker(options, control))

@@ -79,6 +79,10 @@ class LoadedConfig:
     overrides: tuple[Override, ...] = ()
     warnings: tuple[Problem, ...] = ()
     secrets: Mapping[str, SecretStr] = field(default_factory=dict)
+    # The exact bytes the configuration was parsed from: a release signature is checked against
+    # them (not a second read of the file, which may have changed), and a supervisor hands them
+    # to a worker it restarts (gateway.supervisor).
+    source: bytes = field(default=b"", repr=False, compare=False)
 
     def resolve_path(self, value: str) -> Path:
         """A path from the file, relative to the file's directory unless absolute."""
@@ -97,16 +101,21 @@ def load(
     *,
     env: Mapping[str, str] | None = None,
     check_host: bool = True,
+    source: bytes | None = None,
 ) -> LoadedConfig:
     """Load and check a configuration file, raising :class:`ConfigError` with every problem.
 
     ``check_host`` also resolves secret references and checks that referenced files exist; turn it
-    off to validate a file away from the machine that will run it (for example in CI).
+    off to validate a file away from the machine that will run it (for example in CI). With
+    ``source``, those bytes are parsed as the file at ``path`` (relative paths in them resolve
+    from its directory) instead of what the file holds now.
     """
     env = os.environ if env is None else env
     file = Path(path)
     name = str(path)
-    raw = _read(file, name)
+    if source is not None and len(source) > yamlsafe.MAX_FILE_BYTES:
+        raise ConfigError([yamlsafe.too_large(len(source), name)])
+    raw = _read(file, name) if source is None else source
     text, problems = yamlsafe.decode(raw, name)
     if text is None:
         raise ConfigError(problems)
@@ -135,6 +144,7 @@ def load(
         revision=revision_of(config),
         overrides=tuple(overrides),
         warnings=tuple(warnings),
+        source=raw,
     )
     if check_host:
         secrets, problems = _host_checks(loaded, doc, env)

@@ -292,6 +292,10 @@ def _bundle_paths(loaded: LoadedConfig) -> list[Path]:
 
 
 def _file_bytes(loaded: LoadedConfig, path: Path) -> bytes:
+    if path == loaded.file and loaded.source:
+        # The bytes the configuration was built from: what runs is what is verified, even if
+        # the file has been rewritten since it was read.
+        return loaded.source
     limit = yamlsafe.MAX_FILE_BYTES if path == loaded.file else MAX_MODULE_BYTES
     return _read_small(path, limit, "file")
 

@@ -14,8 +14,12 @@ import contextlib
 import os
 import re
 import signal
+import socket
+import stat
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -195,6 +199,75 @@ async def test_a_killed_worker_is_restarted_and_the_others_serve(
     assert [e["worker"] for e in exited] == [2]
     _, text = await gateway.get("metrics")
     assert _samples(text, "gateway_worker_restarts_total") == {"2": 1.0}
+
+
+async def test_a_worker_restarted_after_a_bad_save_comes_back_on_the_running_revision(
+    fleet: Fleet, gateway: Gateway
+) -> None:
+    # The operator saved an invalid gateway.yaml and sent no SIGHUP (the file watch's reload is
+    # refused). A worker that dies now is started from the supervisor's snapshot of the running
+    # revision, not from the file: it serves again instead of failing until the file is fixed.
+    before = await gateway.readyz()
+    restarts = next(w["restarts"] for w in before["workers"] if w["worker"] == 2)
+    original = gateway.config.read_text()
+    gateway.config.write_text(original + "limits: {request_timeout_seconds: 99}\n")
+    pids = await gateway.worker_pids()
+    os.kill(pids[2], signal.SIGKILL)
+
+    def settled(state: dict[str, Any]) -> bool:
+        worker = next(w for w in state["workers"] if w["worker"] == 2)
+        # Back, or failed to start again (the next restart would be another attempt).
+        return bool(
+            worker["restarts"] > restarts + 1
+            or (worker["restarts"] == restarts + 1 and worker["ready"] and worker["pid"] != pids[2])
+        )
+
+    state = await gateway.wait_state(settled)
+    worker = next(w for w in state["workers"] if w["worker"] == 2)
+    assert worker["restarts"] == restarts + 1, worker
+    assert worker["ready"] is True
+    assert worker["revision"] == before["revision"]
+    assert state["revision"] == before["revision"]
+    snapshot = gateway.directory / "state" / "supervisor-config.yaml"
+    assert stat.S_IMODE(snapshot.stat().st_mode) == 0o600
+    async with fleet.saas() as saas:
+        async with asyncio.timeout(START_TIMEOUT):
+            await fleet.stack.relay.wait_for_listeners(fleet.stack.hc, 4)
+        assert (await fleet.load(saas, 6)).count() == {200: 6}
+    gateway.config.write_text(original)
+
+
+async def test_a_worker_refuses_a_snapshot_of_another_revision(gateway: Gateway) -> None:
+    # What the supervisor hands over must be the revision it names, or the worker does not
+    # start (exit 1) rather than serve a revision the others do not.
+    snapshot = gateway.directory / "state" / "supervisor-config.yaml"
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "run",
+            "-c",
+            str(gateway.config),
+            "--allow-root",
+            "--worker",
+            "1/2",
+            "--worker-control",
+            str(theirs.fileno()),
+            "--worker-snapshot",
+            str(snapshot),
+            "--worker-revision",
+            "sha256:" + "0" * 64,
+            pass_fds=(theirs.fileno(),),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        async with asyncio.timeout(START_TIMEOUT):
+            output, _ = await process.communicate()
+    assert process.returncode == 1, output
+    assert b"the supervisor's snapshot is revision" in output
 
 
 async def test_sigterm_to_every_process_drains_every_worker(fleet: Fleet, gateway: Gateway) -> None:

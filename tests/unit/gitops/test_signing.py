@@ -290,7 +290,23 @@ def test_file_swapped_between_load_and_verify_is_refused(
     sign(path, keys["release"], 5)
     with pytest.raises(ConfigSignatureError) as info:
         verify_signed_config(wider, tmp_path / "s")
-    assert "changed while it was being verified" in str(info.value)
+    # The bytes checked are the ones the configuration was built from, not the file now.
+    assert info.value.code == "file_changed"
+    assert "changed since it was signed" in str(info.value)
+
+
+def test_the_loaded_bytes_are_verified_not_the_file_rewritten_since(
+    signed: Path, tmp_path: Path
+) -> None:
+    # A supervisor hands a restarted worker the signed bytes it runs; an unsigned file saved
+    # since (without a reload) does not make them unverifiable, and is not what is verified.
+    loaded = cfg(signed)
+    signed.write_text(signed.read_text().replace("[GET, HEAD]", "[GET, HEAD, DELETE]"))
+    assert verify_signed_config(loaded, tmp_path / "s").epoch == 5
+    again = load(signed, env={}, check_host=False, source=loaded.source)
+    assert again.revision == loaded.revision
+    assert verify_signed_config(again, tmp_path / "s").epoch == 5
+    assert refused(signed, tmp_path / "s") == "file_changed"
 
 
 def test_environment_overrides_do_not_break_verification(signed: Path, tmp_path: Path) -> None:
