@@ -99,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--websocket",
         action="store_true",
         dest="stream",
-        help="a stream (relay accept): a WebSocket at PATH, or a raw stream to a tcp target",
+        help="a stream (relay accept): a WebSocket at PATH, or the stream to a tcp or LDAP target",
     )
     parser.add_argument(
         "--unsigned", action="store_true", help="as if the signature did not verify"
@@ -182,7 +182,7 @@ def _request(
     # A relay accept is a WebSocket opening handshake, a GET (RFC 6455 section 4.1); a tcp
     # target's stream has no path, and the relay addresses it as the target itself ("/").
     target = config.targets.get(words[0])
-    if len(words) == 1 and (target is None or target.scheme != "tcp"):
+    if len(words) == 1 and (target is None or not target.stream_only):
         print("gateway explain: a stream to an http(s) target needs its PATH", file=sys.stderr)
         return None
     return "GET", words[0], words[1] if len(words) == 2 else "/"
@@ -282,7 +282,7 @@ def _report(
         }
     name = verdict.canonical.target if verdict.canonical else facts.selector
     target = config.targets.get(name)
-    tcp = facts.websocket and target is not None and target.scheme == "tcp"
+    tcp = facts.websocket and target is not None and target.stream_only
     drop_reasons = _drop_reasons(verdict, facts, tcp)
     if fmt == "json":
         print(
@@ -323,7 +323,9 @@ def _report(
         )
         return
     if tcp:
-        print(f"request:   raw stream to {facts.selector} (tcp target: no method, no path)")
+        kind = target.scheme if target is not None else "tcp"
+        raw = "raw " if kind == "tcp" else ""
+        print(f"request:   {raw}stream to {facts.selector} ({kind} target: no method, no path)")
     elif facts.websocket:
         print(f"request:   WebSocket stream to {facts.selector} {_masked(facts.request_target)}")
     else:
@@ -355,7 +357,12 @@ def _report(
             granted = f"operation {decision.operation!r} of target {decision.target!r}"
             print(f"decision:  ALLOW by {granted}")
         else:
-            print(f"decision:  ALLOW: tcp target {decision.target!r} allows streams as a whole")
+            kind = target.scheme if target is not None else "tcp"
+            print(f"decision:  ALLOW: {kind} target {decision.target!r} allows streams as a whole")
+            if target is not None and target.ldap is not None:
+                print(
+                    f"           each LDAP operation: gateway explain --ldap {decision.target} ..."
+                )
     else:
         status = refusal.status if refusal else decision.status
         forwarded_anyway = " (monitor mode: logged as would-deny, forwarded anyway)"

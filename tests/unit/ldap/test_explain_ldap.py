@@ -139,3 +139,13 @@ def test_usage_errors_exit_2(
     code, out = _explain(capsys, config, *args)
     assert code == 2
     assert "gateway explain" in out
+
+
+def test_the_stream_to_an_ldap_target_is_explained_like_a_tcp_stream(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["explain", "-c", config, "--stream", "directory"]) == 0
+    out = capsys.readouterr().out
+    assert "request:   stream to directory (ldaps target: no method, no path)" in out
+    assert "ALLOW: ldaps target 'directory' allows streams as a whole" in out
+    assert "gateway explain --ldap directory" in out
