@@ -197,6 +197,15 @@ def _split(text: str, separators: str) -> list[tuple[str, int]]:
     return pieces
 
 
+def is_utf8_text(text: str) -> bool:
+    """Whether ``text`` has a UTF-8 encoding (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _unescape(raw: str) -> str:
     """The value of an RFC 4514 ``string`` (section 3), unescaped; raises on a bad escape.
 
@@ -278,6 +287,10 @@ class Dn:
         """Parse an RFC 4514 string; raises ``DnError`` (syntax, or cannot compare) otherwise."""
         if len(text) > MAX_DN_LENGTH:
             raise DnError("ldap-dn-too-long", f"a DN of {len(text)} characters")
+        if not is_utf8_text(text):
+            # A lone surrogate (a command-line argument that was not UTF-8, decoded with
+            # surrogateescape) is no character of any DN (RFC 4514 section 3: UTF-8 strings).
+            raise DnError("ldap-dn-syntax", "a DN that is not valid UTF-8 text")
         if text.lstrip(" ").lower().startswith(_EXTENDED_FORMS):
             if not rules.allow_extended:
                 raise DnError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from gateway.ldap.asn1 import FILTER_DEPTH
 from gateway.ldap.codec import DEFAULT_LIMITS, FilterNode
+from gateway.ldap.dn import is_utf8_text
 from gateway.ldap.errors import LdapError
 
 MAX_FILTER_TEXT = 16384
@@ -155,6 +156,10 @@ def parse_filter(text: str, max_terms: int = DEFAULT_LIMITS.max_filter_nodes) ->
     """Parse an RFC 4515 filter string; raises ``FilterSyntaxError``."""
     if len(text) > MAX_FILTER_TEXT:
         raise FilterSyntaxError(f"a filter of {len(text)} characters")
+    if not is_utf8_text(text):
+        # RFC 4515 section 3: a filter string is UTF-8; a lone surrogate (an argument that was
+        # not UTF-8, decoded with surrogateescape) cannot be encoded into the filter's values.
+        raise FilterSyntaxError("a filter that is not valid UTF-8 text")
     stripped = text.strip()
     if not stripped.startswith("("):
         stripped = f"({stripped})"  # RFC 4515 requires the parentheses; tools often omit them

@@ -21,7 +21,7 @@ from typing import Any
 from gateway.config.model import GatewayConfig
 from gateway.ldap.codec import CHANGE_TYPES, SCOPES, Change, Control, FilterNode, Operation, Request
 from gateway.ldap.decide import LdapFacts
-from gateway.ldap.dn import Dn
+from gateway.ldap.dn import Dn, is_utf8_text
 from gateway.ldap.errors import DnError, LdapError
 from gateway.ldap.filters import parse_filter
 
@@ -160,8 +160,32 @@ class LdapQuestion:
         # add and delete
         return Request(_QUESTION_ID, operation, dn=self.dn, attributes=self.attributes, **base)
 
+    def _require_text(self) -> None:
+        """Refuse words that are not UTF-8 text: the proxy only ever sees UTF-8 LDAPStrings
+        (RFC 4511 section 4.1.2, the codec refuses the rest), so a command-line argument that
+        was not UTF-8 (decoded with surrogateescape) describes no operation it could decide."""
+        words: list[tuple[str, str | None]] = [
+            ("target", self.target),
+            ("operation", self.operation),
+            ("DN", self.dn),
+            ("filter", self.filter),
+            ("new RDN", self.new_rdn),
+            ("new superior", self.new_superior),
+            ("bind name", self.bound_as),
+            ("keyid", self.keyid),
+            ("mechanism", self.mechanism),
+        ]
+        words += [("attribute", name) for name in self.attributes]
+        words += [("attribute", name) for name in self.filter_attributes or ()]
+        words += [("attribute", name) for _, name in self.changes]
+        words += [("control", oid) for oid in self.controls]
+        for what, word in words:
+            if word is not None and not is_utf8_text(word):
+                raise QuestionError(f"the {what} {word!r} is not valid UTF-8 text")
+
     def facts(self, config: GatewayConfig) -> LdapFacts:
         """The facts the proxy would have decided; raises :class:`QuestionError`."""
+        self._require_text()
         target = config.targets.get(self.target)
         identities = target.ldap.bind_identities if target and target.ldap else {}
         injected = self.bound_as is not None and self.bound_as in identities

@@ -298,3 +298,10 @@ def test_arbitrary_text_parses_or_raises_dn_error(text: str) -> None:
 @given(st.text(alphabet=',+=\\#"<>; abcAB0123', max_size=60))
 def test_separator_soup_parses_or_raises_dn_error(text: str) -> None:
     _round_trips_or_refuses(text)
+
+
+def test_a_dn_with_a_lone_surrogate_is_a_syntax_error_not_a_crash() -> None:
+    # RFC 4514 section 3: a DN string is UTF-8; a lone surrogate has no UTF-8 form.
+    with pytest.raises(DnError) as caught:
+        Dn.parse("CN=\udcff,DC=corp,DC=example")
+    assert caught.value.reason == "ldap-dn-syntax"

@@ -149,3 +149,30 @@ def test_the_stream_to_an_ldap_target_is_explained_like_a_tcp_stream(
     assert "request:   stream to directory (ldaps target: no method, no path)" in out
     assert "ALLOW: ldaps target 'directory' allows streams as a whole" in out
     assert "gateway explain --ldap directory" in out
+
+
+# A shell hands Python an argument that is not UTF-8 as lone surrogates (PEP 383); every word of
+# an LDAP question is a UTF-8 LDAPString on the wire, so such a word is a usage error, never a
+# traceback or a "policy unavailable" answer from an engine that cannot encode it.
+NOT_UTF8 = b"\xff".decode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize(
+    ("args", "word"),
+    [
+        (("directory", "search", f"CN={NOT_UTF8},DC=corp,DC=example"), "DN"),
+        (("directory", "bind", f"CN=a{NOT_UTF8}"), "DN"),
+        (("directory", "search", "DC=corp,DC=example", "--filter", f"(cn={NOT_UTF8})"), "filter"),
+        (("directory", "search", "DC=corp,DC=example", "--attribute", f"a{NOT_UTF8}"), "attribute"),
+        (("directory", "search", "DC=corp,DC=example", "--bind-dn", f"CN={NOT_UTF8}"), "bind name"),
+        ((f"directory{NOT_UTF8}", "search", "DC=corp,DC=example"), "target"),
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_a_usage_error(
+    config: str, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], word: str
+) -> None:
+    code, out = _explain(capsys, config, *args)
+    assert code == 2, out
+    assert f"the {word} " in out
+    assert "is not valid UTF-8 text" in out
+    assert "Traceback" not in out

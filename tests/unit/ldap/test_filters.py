@@ -116,3 +116,9 @@ def test_generated_filters_match_the_wire(text: str) -> None:
 def test_arbitrary_text_parses_or_raises_filter_syntax_error(text: str) -> None:
     with contextlib.suppress(FilterSyntaxError):
         parse_filter(text)
+
+
+def test_a_filter_with_a_lone_surrogate_is_a_syntax_error_not_a_crash() -> None:
+    # RFC 4515 section 3: the filter string is UTF-8; a lone surrogate has no UTF-8 form.
+    with pytest.raises(FilterSyntaxError, match="not valid UTF-8"):
+        parse_filter("(cn=\udcff)")
