@@ -63,8 +63,8 @@ COMMANDS: tuple[str, ...] = (
 Choices = dict[str, argparse.ArgumentParser]
 
 
-def _build(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Choices, Choices]:
-    """The parser, its verbs and (when ``argv`` starts with ``dev``) the dev tools."""
+def _root() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
+    """The top-level parser and its (still empty) set of verbs."""
     parser = argparse.ArgumentParser(
         prog="gateway",
         description=(
@@ -79,7 +79,28 @@ def _build(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Choices, Choic
         version=f"gateway {__version__}",
         help="print the version and exit",
     )
-    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", title="verbs")
+    return parser, parser.add_subparsers(dest="verb", metavar="VERB", title="verbs")
+
+
+def _build(
+    argv: Sequence[str], *, named_only: bool = False
+) -> tuple[argparse.ArgumentParser, Choices, Choices]:
+    """The parser, its verbs and (when ``argv`` starts with ``dev``) the dev tools; with
+    ``named_only``, when ``argv`` names a verb, that verb alone."""
+    # A command line that names a verb needs that verb's parser only. Importing every verb
+    # module would load what the others work with (policy testing, GitOps diff and replay, the
+    # LDAP explainer, diagnostics) into a process that never uses it: for `gateway run`, a
+    # long-running agent, that is memory held for its whole life (issue 13: idle RSS).
+    verb = argv[0] if argv and not argv[0].startswith("-") else ""
+    module_name = verb.replace("-", "_")
+    # (Not while completing: the word may be a verb being typed, and others may share its start.)
+    if named_only and module_name in COMMANDS and module_name != "dev":
+        parser, subparsers = _root()
+        importlib.import_module(f"gateway.commands.{module_name}").register(subparsers)
+        if verb in subparsers.choices:
+            return parser, dict(subparsers.choices), {}
+        # The module registers its verb under another name: build the whole parser instead.
+    parser, subparsers = _root()
     tools: Choices = {}
     for name in COMMANDS:
         module = importlib.import_module(f"gateway.commands.{name}")
@@ -130,7 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen verb; returns the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     completing = argv is None and "_ARGCOMPLETE" in os.environ
-    parser, verbs, tools = _build(_completion_words() if completing else arguments)
+    if completing:
+        parser, verbs, tools = _build(_completion_words())
+    else:
+        parser, verbs, tools = _build(arguments, named_only=True)
     if completing:
         argcomplete.autocomplete(parser)  # prints the candidates and exits the process
     misspelt = _misspelt(arguments, verbs, tools)

@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from gateway.auth import BadSignatureLimiter, SignatureError, SignatureVerifier
 from gateway.config import LoadedConfig
@@ -53,11 +53,7 @@ from gateway.forward.rejections import RequestRejected
 from gateway.forward.streams import TcpEnd, UpstreamEnd, open_tcp, relay
 from gateway.forward.upstream import Upstream, UpstreamError, UpstreamResponse
 from gateway.forward.websocket import WebSocketUpstream
-from gateway.ldap import stream as ldap_stream
-from gateway.ldap.decide import LdapChain
-from gateway.ldap.directory import DirectoryError
 from gateway.ldap.innertls import InnerTlsError
-from gateway.ldap.proxy import OperationOutcome
 from gateway.observability.metrics import Metrics
 from gateway.policy.decision_log import RECORD_VERSION, recorded_input
 from gateway.policy.input import build_input
@@ -71,6 +67,13 @@ from gateway.relay.handlers import (
     StreamDecision,
     StreamSocket,
 )
+
+if TYPE_CHECKING:
+    # The LDAP proxy (its BER codec, DN parser and their ASN.1 libraries) is imported only by
+    # a revision with an LDAP target: a gateway without one never loads it (issue 13, memory).
+    from gateway.ldap import stream as ldap_stream
+    from gateway.ldap.decide import LdapChain
+    from gateway.ldap.proxy import OperationOutcome
 
 log = logging.getLogger(__name__)
 
@@ -164,13 +167,19 @@ class Runtime:
     """The credentials this revision injects (:mod:`gateway.forward.credentials`)."""
     chain: Chain = field(init=False, repr=False, compare=False)
     """The steps that decide every request of this revision (:class:`Chain`)."""
-    ldap_chain: LdapChain = field(init=False, repr=False, compare=False)
-    """The decision on every LDAP operation of this revision (:mod:`gateway.ldap.decide`)."""
+    ldap_chain: LdapChain | None = field(init=False, repr=False, compare=False)
+    """The decision on every LDAP operation of this revision (:mod:`gateway.ldap.decide`);
+    None when the revision has no LDAP target."""
 
     def __post_init__(self) -> None:
         # Frozen: the chains are derived once from the configuration and engine of this revision.
         object.__setattr__(self, "chain", Chain(self.loaded.config, self.engine))
-        object.__setattr__(self, "ldap_chain", LdapChain(self.loaded.config, self.engine))
+        ldap_chain = None
+        if any(t.scheme in LDAP_SCHEMES for t in self.loaded.config.targets.values()):
+            from gateway.ldap.decide import LdapChain
+
+            ldap_chain = LdapChain(self.loaded.config, self.engine)
+        object.__setattr__(self, "ldap_chain", ldap_chain)
 
     @property
     def revision(self) -> str:
@@ -694,6 +703,8 @@ class _PendingStream:
     release: Callable[[], None]
     expiry: asyncio.TimerHandle
     max_message: int
+    ldap: bool = False
+    """Whether ``upstream`` is an LDAP target's directory connection."""
 
 
 class _StreamCounts:
@@ -958,7 +969,7 @@ class Pipeline:
             self._accept_window, self._expire, info.stream_id
         )
         self._streams[info.stream_id] = _PendingStream(
-            runtime, record, upstream, release, expiry, max_message
+            runtime, record, upstream, release, expiry, max_message, target.scheme in LDAP_SCHEMES
         )
         return AcceptStream(subprotocol=protocol)
 
@@ -1008,6 +1019,9 @@ class Pipeline:
         self, runtime: Runtime, name: str, deadline: float
     ) -> ldap_stream.LdapConnection:
         """The inner TLS context and the directory connection of an allowed LDAP stream."""
+        from gateway.ldap import stream as ldap_stream
+        from gateway.ldap.directory import DirectoryError
+
         if self._inner_tls is None:
             raise Refusal(503, "inner_tls_unavailable", "no identity to serve TLS", "forward")
         try:
@@ -1063,12 +1077,13 @@ class Pipeline:
         record = pending.record
         self._metrics.streams_active.inc()
         try:
-            if isinstance(pending.upstream, ldap_stream.LdapConnection):
+            if pending.ldap:
                 reason = await self._serve_ldap(info, socket, pending)
             else:
                 result = await relay(
                     socket,
-                    pending.upstream,
+                    # Not an LDAP connection (``pending.ldap``): a TCP or WebSocket end.
+                    cast("UpstreamEnd", pending.upstream),
                     idle_timeout=config.limits.stream_idle_timeout_seconds,
                     max_message=pending.max_message,
                 )
@@ -1084,9 +1099,12 @@ class Pipeline:
         self, info: AcceptInfo, socket: StreamSocket, pending: _PendingStream
     ) -> str:
         """Serve an LDAP target's stream operation by operation (:mod:`gateway.ldap.stream`)."""
+        from gateway.ldap import stream as ldap_stream
+
         connection = pending.upstream
         assert isinstance(connection, ldap_stream.LdapConnection)
         runtime, stream_record = pending.runtime, pending.record
+        assert runtime.ldap_chain is not None  # an LDAP target's revision has its chain
 
         def record(outcome: OperationOutcome) -> None:
             self._finish_ldap(runtime, stream_record, outcome)

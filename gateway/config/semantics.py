@@ -14,8 +14,13 @@ import ipaddress
 from collections.abc import Iterator
 
 from gateway.config import capacity
-from gateway.config.ldap_semantics import LDAP_SCHEMES, check_ldap_target
-from gateway.config.model import CREDENTIAL_KINDS, Credential, GatewayConfig, Target
+from gateway.config.model import (
+    CREDENTIAL_KINDS,
+    LDAP_SCHEMES,
+    Credential,
+    GatewayConfig,
+    Target,
+)
 from gateway.config.patterns import PathPattern, PatternError
 from gateway.config.yamlsafe import JsonPath, Located
 from gateway.errors import Problem
@@ -221,7 +226,12 @@ def _check_target(
     name: str, target: Target, config: GatewayConfig, doc: Located
 ) -> Iterator[Problem]:
     base = ("targets", name)
-    yield from check_ldap_target(base, target, doc)
+    if target.scheme in LDAP_SCHEMES or target.ldap is not None:
+        # Imported here: its DN parser (and pyasn1) is needed only for LDAP settings, and a
+        # running gateway without any should not hold it (issue 13, memory).
+        from gateway.config.ldap_semantics import check_ldap_target
+
+        yield from check_ldap_target(base, target, doc)
     if target.scheme in LDAP_SCHEMES:
         yield from _check_addresses(base, target, doc)
         yield from _check_limits(base, target, config, doc)

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.config.model import GatewayConfig, Target
+from gateway.config.model import LDAP_SCHEMES, GatewayConfig, Target
 from gateway.errors import PolicyError, Problem
 from gateway.forward.canonical import canonicalise
 from gateway.forward.rejections import RequestRejected
@@ -184,6 +184,10 @@ def _example_path(pattern: str) -> str:
 def ldap_smoke_inputs(config: GatewayConfig) -> Iterator[dict[str, Any]]:
     """Policy input documents for the smoke evaluation of LDAP targets, built like a live
     operation's (:func:`gateway.ldap.decide.policy_document`)."""
+    if not any(target.scheme in LDAP_SCHEMES for target in config.targets.values()):
+        # Nothing to build, and nothing to import: the LDAP decision and its DN parser stay out
+        # of a gateway without LDAP targets (issue 13, memory).
+        return
     from gateway.ldap.decide import policy_document, smoke_facts
 
     count = 0

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config.model import (
     LDAP_SCHEMES,
@@ -32,8 +32,9 @@ from gateway.config.model import (
     Target,
 )
 from gateway.config.patterns import MANY, ONE, PathPattern
-from gateway.ldap.dn import MatchingRules, normalise_attribute
-from gateway.ldap.policy_input import subtree_path
+
+if TYPE_CHECKING:
+    from gateway.ldap.dn import MatchingRules
 
 __all__ = ["bucket", "policy_data"]
 
@@ -136,6 +137,10 @@ def ldap_data(ldap: LdapTarget) -> dict[str, Any]:
     preparation the request's DNs go through), so "within a subtree" is a prefix test in Rego;
     every attribute type is normalised as requests' are (lower case, OIDs named where known).
     """
+    # Imported here: the DN parser (and pyasn1) only for a configuration with an LDAP target.
+    from gateway.ldap.dn import MatchingRules
+    from gateway.ldap.policy_input import subtree_path
+
     rules = MatchingRules(case_insensitive=ldap.case_insensitive_values)
     return {
         "allow_anonymous": ldap.allow_anonymous,
@@ -151,11 +156,15 @@ def ldap_data(ldap: LdapTarget) -> dict[str, Any]:
 
 
 def _attributes(names: Iterable[str]) -> list[str]:
+    from gateway.ldap.dn import normalise_attribute
+
     # "*" and "+" are kept as they are: they are not attribute types but what a rule allows.
     return sorted({name if name in ("*", "+") else normalise_attribute(name) for name in names})
 
 
 def _ldap_rule(rule: LdapOperation, ldap: LdapTarget, rules: MatchingRules) -> dict[str, Any]:
+    from gateway.ldap.policy_input import subtree_path
+
     subtrees = [subtree_path(text, rules) for text in rule.subtrees]
     identities = [entry for entry in rule.bind_as if entry in ldap.bind_identities]
     dns = [entry for entry in rule.bind_as if entry not in identities and "=" in entry]

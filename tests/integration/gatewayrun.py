@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 from gateway.devkit.stack import DevStack
@@ -25,14 +25,21 @@ def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def gateway_run(
-    stack: DevStack, config: Path, *, log: Path, env: Mapping[str, str] | None = None
+    stack: DevStack,
+    config: Path,
+    *,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    program: Sequence[str] = ("-m", "gateway"),
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """Run ``gateway run -c config`` (output to ``log``) until the block ends; yields once the
-    relay emulator sees the gateway's two listeners. Stopped with SIGTERM, then killed."""
+    relay emulator sees the gateway's two listeners. Stopped with SIGTERM, then killed.
+    ``program``: the interpreter's arguments that start the command line."""
     with log.open("wb") as sink:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
-            *("-m", "gateway", "run", "-c", str(config), "--allow-root", "--shutdown-grace", "1"),
+            *program,
+            *("run", "-c", str(config), "--allow-root", "--shutdown-grace", "1"),
             cwd=ROOT,
             env=dict(env) if env is not None else child_environment(),
             stdout=sink,

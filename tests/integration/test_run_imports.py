@@ -1,0 +1,85 @@
+"""What a running ``gateway run`` without LDAP targets keeps out of its memory (issue 13).
+
+The LDAP proxy (its BER codec, DN parser, session and the ASN.1 libraries they use, pyasn1 and
+asn1crypto) and the other verbs' work (policy testing, GitOps diff and replay) cost megabytes of
+resident memory for the life of the process. A gateway whose configuration has no LDAP target
+must not import them: this runs the real agent, serves a request and a stream through it, and
+reads the modules it holds when it stops.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.devkit.stack import DevStack
+
+from .gatewayrun import child_environment, gateway_run
+
+pytestmark = pytest.mark.asyncio
+
+# ``gateway run`` as the command line starts it, writing the names of its modules at exit.
+LAUNCHER = (
+    "import atexit, os, sys\n"
+    "def report():\n"
+    "    with open(os.environ['MODULES_FILE'], 'w', encoding='utf-8') as out:\n"
+    "        out.write('\\n'.join(sorted(sys.modules)))\n"
+    "atexit.register(report)\n"
+    "from gateway.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+# Modules a gateway without LDAP targets has no use for (prefixes).
+NOT_NEEDED = (
+    "pyasn1",
+    "asn1crypto",
+    "gateway.ldap.codec",
+    "gateway.ldap.dn",
+    "gateway.ldap.decide",
+    "gateway.ldap.proxy",
+    "gateway.ldap.session",
+    "gateway.ldap.stream",
+    "gateway.config.ldap_semantics",
+    "gateway.policy.testing",
+    "gateway.gitops.diff",
+    "gateway.gitops.replay",
+    "gateway.commands.explain",
+    "gateway.commands.policy_test",
+)
+
+
+async def test_a_gateway_without_ldap_targets_never_imports_the_ldap_proxy(
+    tmp_path: Path,
+) -> None:
+    modules_file = tmp_path / "modules.txt"
+    async with DevStack("imports-gateway") as stack:
+        directory = tmp_path / "gw"
+        config = stack.write_gateway_dir(directory)
+        await stack.register_gateway(directory)
+        # A request and a stream: what serving them imports counts too.
+        async with (
+            gateway_run(
+                stack,
+                config,
+                log=tmp_path / "gateway.log",
+                env=child_environment({"MODULES_FILE": str(modules_file)}),
+                program=("-c", LAUNCHER),
+            ) as process,
+            stack.saas() as saas,
+        ):
+            response, _ = await saas.request("GET", "erp", "/api/accounts/1")
+            assert response.status == 200
+            socket = await saas.stream("directory")
+            try:
+                await socket.send_bytes(b"ping")
+                await socket.receive()
+            finally:
+                await socket.close()
+    assert process.returncode == 0, (tmp_path / "gateway.log").read_text(errors="replace")
+    modules = modules_file.read_text(encoding="utf-8").split()
+    # The report is real: the agent's own modules are in it.
+    assert "gateway.pipeline" in modules
+    assert "gateway.relay.listener" in modules
+    loaded = [m for m in modules if m.startswith(NOT_NEEDED)]
+    assert loaded == [], loaded
