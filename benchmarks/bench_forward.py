@@ -8,8 +8,8 @@ process, over the same pinned, pooled loopback connections:
   :class:`gateway.forward.upstream.TargetPool` (the dial step's connector, the never-resend
   middleware, timeouts);
 * ``upstream``: the gateway's :class:`gateway.forward.upstream.Upstream` today
-  (:mod:`gateway.forward.http1`: the request head written from the canonical pieces, aiohttp's
-  response parser, a pool of dial-step sockets);
+  (:mod:`gateway.forward.http1`: the request head written from the canonical pieces, httptools'
+  (llhttp) response parser, a pool of dial-step sockets);
 * ``h11``: a prototype written here only for the measurement, when ``h11`` is installed:
   sockets from the same :class:`gateway.forward.dial.DialStep`, a small idle pool, h11
   (python-hyper's sans-I/O HTTP/1.1) serialising the request and parsing the answer.

@@ -7,8 +7,8 @@ itself (``benchmarks/bench_forward.py``: 126 against 33 us per request at 32 in 
 build machine). The forward needs none of that: it sends one request whose every part was already
 checked and built (canonical path and query, allow-listed headers, the body the relay delivered),
 and reads one answer under caps. So this module writes the request head itself and reads the
-answer with aiohttp's own HTTP/1.1 response parser (``aiohttp.http.HttpResponseParser``, the
-llhttp-based C parser the session uses), keeping every hardening property of the forward:
+answer with ``httptools`` (the llhttp C parser, through its documented ``HttpResponseParser``
+callbacks) on a plain :class:`asyncio.Protocol`, keeping every hardening property of the forward:
 
 * sockets only from the dial step (:class:`gateway.forward.dial.DialStep`: checked addresses,
   its socket factory, its guard), TLS with the target's context and configured server name;
@@ -18,12 +18,14 @@ llhttp-based C parser the session uses), keeping every hardening property of the
 * timeouts: connect (TCP and TLS), read (no byte for ``read`` seconds, reset by every byte, like
   aiohttp's ``sock_read``) and total (the whole exchange, body included);
 * caps: at most ``limit`` connections in use at once (later requests wait, as with aiohttp's
-  connector limit), response lines and header counts (aiohttp's 8190 bytes, 128 headers), the body
-  cap enforced by the caller (:mod:`gateway.forward.upstream`);
-* no decompression (``auto_decompress=False``), no redirects, no cookies, no environment proxies,
-  no header of its own besides the framing one (``Content-Length``, RFC 9112 section 6.2);
-* strict response framing (llhttp: ``Content-Length`` with ``Transfer-Encoding`` refused, bad
-  chunk sizes, bare CR): a connection whose answer was not read completely and cleanly, or that
+  connector limit), response lines and header counts (8190 bytes, 128 headers, enforced here:
+  llhttp itself has no such limits), the body cap enforced by the caller
+  (:mod:`gateway.forward.upstream`); reading pauses while the body buffer is full;
+* no decompression, no redirects, no cookies, no environment proxies, no header of its own
+  besides the framing one (``Content-Length``, RFC 9112 section 6.2);
+* strict response framing (llhttp, strict mode: ``Content-Length`` with ``Transfer-Encoding``
+  refused, bad chunk sizes, bare CR; here: a repeated ``Content-Length``, a ``Transfer-Encoding``
+  other than ``chunked``): a connection whose answer was not read completely and cleanly, or that
   says ``Connection: close``, is closed and never pooled, so stray bytes cannot become the next
   request's answer (catalogue C 63-65).
 """
@@ -33,21 +35,24 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http import HttpProcessingError, HttpResponseParser, RawResponseMessage
-from aiohttp.streams import StreamReader
+import httptools
+from multidict import CIMultiDict
 
 from gateway.forward.dial import DialStep
 
-__all__ = ["Exchange", "ExchangeError", "Http1Pool", "request_head"]
+__all__ = ["Body", "Exchange", "ExchangeError", "Http1Pool", "Response", "request_head"]
 
-# aiohttp's own defaults (8190-byte lines); the header count matches catalogue C 64.
+# aiohttp's defaults (8190-byte lines), kept; the header count matches catalogue C 64.
 MAX_LINE = 8190
 MAX_HEADERS = 128
+# Bytes of one response head (or of a chunked body's trailer section) the parser may be fed
+# before it completes: bounds what llhttp buffers for a field that never ends.
+_MAX_HEAD = (MAX_HEADERS + 1) * (2 * MAX_LINE + 4)
 # The response payload's buffer: reading from the target pauses above twice this many bytes.
 READ_LIMIT = 2**16
 # Idle keep-alive connections older than this are closed rather than reused (aiohttp's default);
@@ -56,6 +61,7 @@ KEEPALIVE_SECONDS = 15.0
 # Methods whose request carries a body, so an empty one is still framed (Content-Length: 0), as
 # aiohttp does; other methods get a Content-Length only when they have a body.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_HEAD_END = b"\r\n\r\n"
 
 
 class ExchangeError(Exception):
@@ -67,32 +73,131 @@ class ExchangeError(Exception):
         self.status = status
 
 
-def _parse_error(exc: HttpProcessingError) -> ExchangeError:
-    # llhttp reports oversize header blocks as "Got more than N bytes" / "Too many headers".
-    text = str(exc).lower()
-    if "got more than" in text or "too many headers" in text or "too large" in text:
-        return ExchangeError("upstream_headers_too_large", "bad response: header block too large")
-    first = text.strip().splitlines()[:2]
-    return ExchangeError("upstream_protocol_error", f"bad response: {' '.join(first)[:120]}")
+def _too_large(what: str) -> ExchangeError:
+    return ExchangeError("upstream_headers_too_large", f"bad response: {what} too large")
 
 
-class _Connection(BaseProtocol):
-    """One connection to a target: the transport, the parser of the answer in progress, and the
-    read and total deadlines of that exchange."""
+def _protocol(what: str) -> ExchangeError:
+    return ExchangeError("upstream_protocol_error", f"bad response: {what}"[:160])
+
+
+@dataclass(slots=True)
+class Response:
+    """The head of the final answer: status, reason, headers as received, and whether the
+    connection must close after it (``Connection: close``, HTTP/1.0, a body framed by the
+    close)."""
+
+    code: int
+    reason: str
+    headers: CIMultiDict[str]
+    raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    should_close: bool = False
+
+
+class Body:
+    """The answer's body as it arrives: bounded buffer, end marker, and the error that ended it.
+
+    Above ``2 * READ_LIMIT`` buffered bytes the connection stops reading from the target; it
+    reads again once the caller has taken the buffer down to ``READ_LIMIT``.
+    """
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._eof = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def is_eof(self) -> bool:
+        """Whether the whole body arrived (the parser saw its end)."""
+        return self._eof
+
+    def at_eof(self) -> bool:
+        """Whether the whole body arrived and was read."""
+        return self._eof and not self._chunks
+
+    def exception(self) -> BaseException | None:
+        """The error that ended the body, if one did."""
+        return self._error
+
+    def set_exception(self, error: BaseException) -> None:
+        """End the body with ``error``: the next read raises it."""
+        self._error = error
+        self._wake()
+
+    async def read(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes; ``b""`` at the end; the body's error if it ended with one."""
+        while not self._chunks and not self._eof and self._error is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._error is not None:
+            raise self._error
+        if not self._chunks:
+            return b""
+        chunk = self._chunks.popleft()
+        if len(chunk) > limit:
+            chunk, rest = chunk[:limit], chunk[limit:]
+            self._chunks.appendleft(rest)
+        self._size -= len(chunk)
+        if self._size <= READ_LIMIT:
+            self._connection.resume_reading()
+        return chunk
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes of the body (parser callback)."""
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > 2 * READ_LIMIT:
+            self._connection.pause_reading()
+        self._wake()
+
+    def end(self) -> None:
+        """The body is complete (parser callback)."""
+        self._eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to a target: the transport, the parser of the answer in progress (its
+    callbacks are this object's ``on_*`` methods), and the read and total deadlines of that
+    exchange."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
-        self.parser: HttpResponseParser | None = None
-        self.messages: list[tuple[RawResponseMessage, StreamReader]] = []
-        self.payload: StreamReader | None = None
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser: httptools.HttpResponseParser | None = None
+        self.response: Response | None = None
+        self.body: Body | None = None
         self.failure: ExchangeError | None = None
         self.closed = False
+        self.stray = False
         self.waiter: asyncio.Future[None] | None = None
         self.idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._read = 0.0
         self._deadline = 0.0
         self._last_data = 0.0
+        self._paused = False
+        # The message being parsed.
+        self._head_only = False
+        self._tail = b""
+        self._in_head = False
+        self._head_bytes = 0
+        self._reason = bytearray()
+        self._raw: list[tuple[bytes, bytes]] = []
+        self._fields = 0
+        self._framing: set[bytes] = set()
+        self._until_close = False
+        self._complete = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -115,17 +220,28 @@ class _Connection(BaseProtocol):
             return
         self._last_data = self._loop.time()
         try:
-            messages, upgraded, _ = parser.feed_data(data)
-        except HttpProcessingError as exc:
-            self._fail(_parse_error(exc))
-            return
-        if messages:
-            self.messages.extend(messages)
-            self.payload = messages[-1][1]
-        if upgraded:
+            if self._head_only:
+                self._feed_heads(parser, data)
+            else:
+                parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
             # A 101 to a request that asked for no upgrade (catalogue I 147): the bytes that
-            # follow are another protocol; the exchange fails where the caller sees the 101.
-            self.parser = None
+            # follow are another protocol.
+            self._fail(_protocol("the target switched protocols unasked"))
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, ExchangeError) else _protocol(str(exc)))
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(_protocol(str(exc)))
+            return
+        if self._in_head:
+            # llhttp buffers a field until it ends: bound what one head may make it hold.
+            self._head_bytes += len(data)
+            if self._head_bytes > _MAX_HEAD:
+                self._fail(_too_large("header block"))
+                return
         self._wake()
 
     def eof_received(self) -> bool:
@@ -135,78 +251,146 @@ class _Connection(BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """The connection is gone: an unfinished answer is an error, never a short success."""
-        super().connection_lost(exc)
         self.closed = True
         self._end_of_input()
         self._cancel_timer()
 
-    # -- flow control from the payload buffer (aiohttp.streams.StreamReader) -------------------
+    # -- flow control from the body buffer -------------------------------------------------------
 
     def pause_reading(self) -> None:
         """The caller has not read the buffered body yet: stop reading from the target."""
-        if self.transport is not None:
+        if self.transport is not None and not self._paused and not self.closed:
+            self._paused = True
             self.transport.pause_reading()
 
-    def resume_reading(self, resume_parser: bool = True) -> None:
+    def resume_reading(self) -> None:
         """The buffer drained: read from the target again."""
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and self._paused and not self.closed:
+            self._paused = False
             self.transport.resume_reading()
+
+    # -- parser callbacks (httptools.HttpResponseParser) -----------------------------------------
+
+    def on_message_begin(self) -> None:
+        """A message starts: after the final answer, that is a stray one (C 65)."""
+        if self.response is not None:
+            self.stray = True
+            raise _protocol("bytes after the answer")
+        self._in_head, self._head_bytes = True, 0
+        self._reason.clear()
+        self._raw = []
+        self._fields = 0
+        self._framing.clear()
+
+    def on_status(self, reason: bytes) -> None:
+        """A piece of the reason phrase (llhttp may deliver it in parts)."""
+        self._reason += reason
+        if len(self._reason) > MAX_LINE:
+            raise _too_large("status line")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """One header field (or trailer field, which is counted and dropped)."""
+        self._fields += 1
+        if self._fields > MAX_HEADERS:
+            raise _too_large("header count")
+        if len(name) > MAX_LINE or len(value) > MAX_LINE:
+            raise _too_large("header line")
+        if not self._in_head:
+            return
+        lowered = name.lower()
+        if lowered in (b"content-length", b"transfer-encoding"):
+            # RFC 9112 section 6.3: one framing header, once; a repeated or combined one is a
+            # smuggling attempt (llhttp refuses the combination, this the repetition).
+            if lowered in self._framing:
+                raise _protocol(f"repeated {name.decode('latin-1')}")
+            self._framing.add(lowered)
+            if lowered == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                # Only chunked framing is read; another coding (gzip) would need decoding.
+                raise _protocol("a transfer coding other than chunked")
+        self._raw.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        """The head is complete: a final answer becomes the response; 1xx ones are skipped."""
+        parser = self.parser
+        assert parser is not None
+        self._in_head = False
+        code = parser.get_status_code()
+        if code == 101:
+            raise _protocol("the target switched protocols unasked")
+        if code < 200:
+            # RFC 9110 section 15.2: 1xx answers are interim; the final one follows.
+            return
+        headers: CIMultiDict[str] = CIMultiDict(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in self._raw
+        )
+        self.response = Response(
+            code,
+            self._reason.decode("latin-1"),
+            headers,
+            self._raw,
+            should_close=not parser.should_keep_alive(),
+        )
+        self.body = Body(self)
+        # RFC 9112 section 6.3 (rule 8): without Content-Length or chunked framing, the body runs
+        # until the target closes the connection (llhttp reads it so).
+        self._until_close = not self._framing and code not in (204, 304)
+        if self._head_only:
+            # RFC 9110 section 9.3.2: an answer to HEAD has no content, whatever it declares.
+            self._complete = True
+            self.body.end()
+        self._wake()
+
+    def on_body(self, data: bytes) -> None:
+        """A piece of the final answer's body."""
+        if self.body is not None and not self._complete:
+            self.body.feed(data)
+
+    def on_message_complete(self) -> None:
+        """A message ended: when it is the final answer, its body is complete."""
+        if self.response is not None and self.body is not None and not self._complete:
+            self._complete = True
+            self.body.end()
 
     # -- the exchange ----------------------------------------------------------------------------
 
     def begin(self, method: str, read: float, total: float) -> None:
         """Arm a fresh parser and the read and total deadlines for one exchange."""
         self._cancel_timer()  # the idle expiry armed by ``idle``
-        self.parser = HttpResponseParser(
-            self,
-            self._loop,
-            READ_LIMIT,
-            max_line_size=MAX_LINE,
-            max_field_size=MAX_LINE,
-            max_headers=MAX_HEADERS,
-            # RFC 9110 section 9.3.2: an answer to HEAD has no content, whatever it declares.
-            response_with_body=method != "HEAD",
-            # RFC 9112 section 6.3 (rule 8): without Content-Length or chunked framing, the body
-            # runs until the target closes the connection.
-            read_until_eof=True,
-            auto_decompress=False,
-        )
-        self.messages.clear()
-        self.payload = None
+        self.parser = httptools.HttpResponseParser(self)
+        self._head_only = method == "HEAD"
+        self._tail = b""
+        self._in_head = False
+        self.response = None
+        self.body = None
+        self._complete = False
+        self._until_close = False
         now = self._loop.time()
         self._read, self._deadline, self._last_data = read, now + total, now
         self._timer = self._loop.call_at(min(now + read, self._deadline), self._check_deadlines)
 
-    async def head(self) -> tuple[RawResponseMessage, StreamReader]:
-        """The final answer's head and its payload; informational (1xx) answers are skipped."""
-        while True:
-            while not self.messages:
-                if self.failure is not None:
-                    raise self.failure
-                if self.closed:
-                    raise ExchangeError(
-                        "upstream_connection_lost", "the connection closed before the answer"
-                    )
-                self.waiter = self._loop.create_future()
-                try:
-                    await self.waiter
-                finally:
-                    self.waiter = None
-            message, payload = self.messages.pop(0)
-            if message.code == 101 or message.upgrade:
+    async def head(self) -> tuple[Response, Body]:
+        """The final answer's head and its body."""
+        while self.response is None or self.body is None:
+            if self.failure is not None:
+                raise self.failure
+            if self.closed:
                 raise ExchangeError(
-                    "upstream_protocol_error", "the target switched protocols unasked"
+                    "upstream_connection_lost", "the connection closed before the answer"
                 )
-            if message.code >= 200:
-                return message, payload
-            # RFC 9110 section 15.2: 1xx answers are interim; the final one follows.
+            self.waiter = self._loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.response, self.body
 
     def finish(self, reusable: bool) -> bool:
         """End the exchange; returns whether the connection may serve another one."""
         self._cancel_timer()
         self.parser = None
-        self.payload = None
-        if reusable and self.failure is None and not self.closed and not self.messages:
+        self.body = None
+        clean = reusable and self._complete and not self.stray and not self._paused
+        if clean and self.failure is None and not self.closed:
             self.idle_since = self._loop.time()
             return True
         self.close()
@@ -242,30 +426,54 @@ class _Connection(BaseProtocol):
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _feed_heads(self, parser: httptools.HttpResponseParser, data: bytes) -> None:
+        """Feed the answer to HEAD one head at a time, and nothing after the final head.
+
+        llhttp cannot be told the request was HEAD (httptools ignores the callback's "skip the
+        body" answer), so it would read a declared body; the heads are cut here instead, at
+        their CRLF CRLF (strict llhttp accepts no other line end, and a field holds no CR).
+        """
+        view = data
+        while view:
+            joined = self._tail + view
+            end = joined.find(_HEAD_END)
+            if end < 0:
+                parser.feed_data(view)
+                self._tail = joined[-3:]
+                return
+            cut = end + len(_HEAD_END) - len(self._tail)
+            self._tail = b""
+            parser.feed_data(view[:cut])
+            view = view[cut:]
+            if self._complete:
+                # Whatever follows the final head belongs to no answer: the connection retires.
+                self.stray = self.stray or bool(view)
+                self.parser = None
+                return
+
     def _end_of_input(self) -> None:
-        parser = self.parser
-        if parser is not None:
+        if self.parser is not None:
             self.parser = None  # nothing can follow the end of the input
-            try:
-                parser.feed_eof()
-            except HttpProcessingError as exc:
-                self._fail(_parse_error(exc), close=False)
-        payload = self.payload
-        if payload is not None and not payload.is_eof() and payload.exception() is None:
-            payload.set_exception(
+            body = self.body
+            # RFC 9112 section 6.3 (rule 8): the close is the end of a body framed by it.
+            if body is not None and self._until_close and not (self._complete or self.failure):
+                self._complete = True
+                body.end()
+        body = self.body
+        if body is not None and not body.is_eof() and body.exception() is None:
+            body.set_exception(
                 ExchangeError("upstream_protocol_error", "the body ended before its declared end")
             )
         self.closed = True
         self._wake()
 
-    def _fail(self, failure: ExchangeError, *, close: bool = True) -> None:
+    def _fail(self, failure: ExchangeError) -> None:
         if self.failure is None:
             self.failure = failure
-        payload = self.payload
-        if payload is not None and not payload.is_eof() and payload.exception() is None:
-            payload.set_exception(failure)
-        if close:
-            self.close()
+        body = self.body
+        if body is not None and not body.is_eof() and body.exception() is None:
+            body.set_exception(failure)
+        self.close()
         self._wake()
 
     def _wake(self) -> None:
@@ -293,10 +501,10 @@ class _Connection(BaseProtocol):
 
 @dataclass(slots=True)
 class Exchange:
-    """One answer being read: its head, payload and the release of its connection."""
+    """One answer being read: its head, body and the release of its connection."""
 
-    message: RawResponseMessage
-    payload: StreamReader
+    message: Response
+    payload: Body
     release: Callable[[], None]
 
 

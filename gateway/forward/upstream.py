@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp.http import RawResponseMessage
-from aiohttp.streams import StreamReader
 from yarl import URL
 
 from gateway.config.model import GatewayConfig, Target
@@ -39,9 +37,11 @@ from gateway.forward.headers import host_header
 from gateway.forward.http1 import (
     MAX_HEADERS,
     MAX_LINE,
+    Body,
     Exchange,
     ExchangeError,
     Http1Pool,
+    Response,
     request_head,
 )
 from gateway.outbound.sessions import client_session
@@ -229,9 +229,9 @@ class Upstream:
     """HTTP forwarding for all targets of one revision, pinned to checked addresses.
 
     The exchange itself is :mod:`gateway.forward.http1` (a request head written from the
-    canonical pieces, aiohttp's response parser, a keep-alive pool whose every socket comes from
-    the dial step of a :class:`TargetPool`); this class adds the per-target caps, the timeouts
-    and body cap of each target, and the response's header filtering.
+    canonical pieces, httptools' (llhttp) response parser, a keep-alive pool whose every socket
+    comes from the dial step of a :class:`TargetPool`); this class adds the per-target caps, the
+    timeouts and body cap of each target, and the response's header filtering.
     """
 
     def __init__(
@@ -391,12 +391,12 @@ async def _wrap(exchange: Exchange, max_body: int) -> UpstreamResponse:
     )
 
 
-def _declared_length(message: RawResponseMessage) -> int | None:
+def _declared_length(message: Response) -> int | None:
     value = message.headers.get("Content-Length")
     return int(value) if value is not None and value.isdigit() else None
 
 
-async def _read_capped(payload: StreamReader, max_body: int, seen: int) -> bytes:
+async def _read_capped(payload: Body, max_body: int, seen: int) -> bytes:
     try:
         chunk = await payload.read(CHUNK)
     except ExchangeError as exc:
@@ -421,7 +421,7 @@ async def _stream(exchange: Exchange, max_body: int, seen: int) -> AsyncIterator
         exchange.release()
 
 
-def _response_headers(message: RawResponseMessage) -> list[tuple[str, str]]:
+def _response_headers(message: Response) -> list[tuple[str, str]]:
     named_by_connection = {
         token.strip().lower()
         for value in message.headers.getall("Connection", [])
