@@ -324,6 +324,8 @@ class RelayListener:
         self._channels: set[asyncio.Task[None]] = set()
         self._controls: set[_RelaySocket] = set()
         self._work: set[asyncio.Task[None]] = set()
+        # Answers to requests read after this side sent its close (see _answer_after_close).
+        self._after_close: set[asyncio.Task[None]] = set()
         self._requests_in_flight = 0
         self._streams_in_flight = 0
         self._overflow_in_flight = 0
@@ -385,7 +387,12 @@ class RelayListener:
             *(control.close(1000) for control in list(self._controls)),
             return_exceptions=True,
         )
-        pending = self._channels | self._work
+        if self._after_close:
+            # Requests the relay routed here before it read the close: each answer is one
+            # rendezvous dial and one write, bounded by the handshake and send timeouts.
+            bound = self.settings.handshake_timeout + self.settings.send_timeout
+            await asyncio.wait(set(self._after_close), timeout=bound)
+        pending = self._channels | self._work | self._after_close
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -624,7 +631,14 @@ class RelayListener:
                         # by the reader itself; no task, so a burst of any size is bounded work.
                         busy = _busy(event.command.id, draining=self._draining)
                         self._refused_here("http", event.command.id, busy, event.command.method)
-                        await self._answer_inline(socket, event.command.id, *busy)
+                        if socket.sent_close_code is None:
+                            await self._answer_inline(socket, event.command.id, *busy)
+                        else:
+                            # Our close is on its way (stop): the relay routed this request
+                            # before it read that close, and the channel can carry no more data
+                            # (RFC 6455 section 5.5.1). The request's rendezvous address still can
+                            # (section 5.3), so its sender gets 503 draining, not the relay's 504.
+                            self._answer_after_close(event.command, busy, socket)
                     else:
                         self._dispatch(event, socket)
 
@@ -812,6 +826,29 @@ class RelayListener:
         task = asyncio.create_task(coro)
         self._work.add(task)
         task.add_done_callback(self._work.discard)
+
+    def _answer_after_close(
+        self,
+        command: RequestCommand,
+        answer: tuple[RelayedResponse, str],
+        control: _RelaySocket,
+    ) -> None:
+        """Answer a request read after this side closed its channel, over its rendezvous
+        address (bounded like every overflow refusal; stop() waits for these answers)."""
+        if self._overflow_in_flight >= self.settings.max_concurrent_requests:
+            self.metrics.requests["dropped"] += 1
+            return
+        self._overflow_in_flight += 1
+
+        async def run() -> None:
+            try:
+                await self._send_response(command, answer[0], control, answer[1])
+            finally:
+                self._overflow_in_flight -= 1
+
+        task = asyncio.create_task(run())
+        self._after_close.add(task)
+        task.add_done_callback(self._after_close.discard)
 
     def _overloaded(self) -> bool:
         return self._draining or self._requests_in_flight >= self.settings.max_concurrent_requests
