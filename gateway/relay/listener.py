@@ -638,7 +638,9 @@ class RelayListener:
                             # before it read that close, and the channel can carry no more data
                             # (RFC 6455 section 5.5.1). The request's rendezvous address still can
                             # (section 5.3), so its sender gets 503 draining, not the relay's 504.
-                            self._answer_after_close(event.command, busy, socket)
+                            response, outcome = busy
+                            answer = self._send_response(event.command, response, socket, outcome)
+                            self._bounded(answer, self._after_close)
                     else:
                         self._dispatch(event, socket)
 
@@ -822,33 +824,13 @@ class RelayListener:
 
     # -- work dispatch --------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._work.add(task)
-        task.add_done_callback(self._work.discard)
-
-    def _answer_after_close(
-        self,
-        command: RequestCommand,
-        answer: tuple[RelayedResponse, str],
-        control: _RelaySocket,
+    def _spawn(
+        self, coro: Coroutine[Any, Any, None], into: set[asyncio.Task[None]] | None = None
     ) -> None:
-        """Answer a request read after this side closed its channel, over its rendezvous
-        address (bounded like every overflow refusal; stop() waits for these answers)."""
-        if self._overflow_in_flight >= self.settings.max_concurrent_requests:
-            self.metrics.requests["dropped"] += 1
-            return
-        self._overflow_in_flight += 1
-
-        async def run() -> None:
-            try:
-                await self._send_response(command, answer[0], control, answer[1])
-            finally:
-                self._overflow_in_flight -= 1
-
-        task = asyncio.create_task(run())
-        self._after_close.add(task)
-        task.add_done_callback(self._after_close.discard)
+        tasks = self._work if into is None else into
+        task = asyncio.create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def _overloaded(self) -> bool:
         return self._draining or self._requests_in_flight >= self.settings.max_concurrent_requests
@@ -880,11 +862,16 @@ class RelayListener:
         # request's 503: sections 4 and 5.3) cost a dial each, so they are bounded too; past this
         # many, the relay's own timeout answers. Requests on the control channel never come here:
         # their 503 is one frame written by the reader.
+        if not self._bounded(coro, self._work):
+            self._refused_here("http", None, (0, "overloaded"))
+
+    def _bounded(self, coro: Coroutine[Any, Any, None], into: set[asyncio.Task[None]]) -> bool:
+        """Run ``coro`` in a task of ``into`` unless the overflow bound is reached (then it is
+        closed, counted as dropped, and ``False`` returned)."""
         if self._overflow_in_flight >= self.settings.max_concurrent_requests:
             self.metrics.requests["dropped"] += 1
-            self._refused_here("http", None, (0, "overloaded"))
             coro.close()
-            return
+            return False
         self._overflow_in_flight += 1
 
         async def run() -> None:
@@ -893,7 +880,8 @@ class RelayListener:
             finally:
                 self._overflow_in_flight -= 1
 
-        self._spawn(run())
+        self._spawn(run(), into)
+        return True
 
     # -- HTTP requests --------------------------------------------------------------------
 
