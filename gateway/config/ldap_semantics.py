@@ -187,6 +187,11 @@ def _check_transport(
         )
 
 
+def _protecting(dn: Dn | None, never: list[tuple[str, Dn]]) -> str | None:
+    """The never_reachable subtree (as written) that holds ``dn``, if any."""
+    return next((raw for raw, protected in never if dn and dn.within(protected)), None)
+
+
 def _check_identities(
     at: JsonPath, ldap: LdapTarget, never: list[tuple[str, Dn]], doc: Located
 ) -> Iterator[Problem]:
@@ -198,7 +203,7 @@ def _check_identities(
         if problem is not None:
             yield problem
             continue
-        inside = next((raw for raw, protected in never if dn and dn.within(protected)), None)
+        inside = _protecting(dn, never)
         if inside is not None:
             # The policy sees the identity's name, not its DN: a bind as it would act inside
             # the protected subtree whatever the rules say.
@@ -331,7 +336,7 @@ def _check_rule(
             if problem is not None:
                 yield problem
                 continue
-            inside = next((raw for raw, protected in never if dn and dn.within(protected)), None)
+            inside = _protecting(dn, never)
             if inside is not None:
                 yield doc.problem(
                     (*at, key, index),
