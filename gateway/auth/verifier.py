@@ -587,9 +587,12 @@ class SignatureVerifier:
         settings = self._settings
         if created > now + settings.max_skew:
             return Reason.CLOCK_SKEW
-        if created + settings.max_age < now - settings.max_skew:
+        # The window ends at (not after) min(created + max_age, expires) + max_skew, the instant
+        # the replay memory is told to forget the nonce (every store drops an entry once its
+        # end <= now); accepting at that instant would serve a replay (RFC 9421 section 7.2.2).
+        if created + settings.max_age <= now - settings.max_skew:
             return Reason.EXPIRED
-        if expires is not None and expires < now - settings.max_skew:
+        if expires is not None and expires <= now - settings.max_skew:
             return Reason.EXPIRED
         return None
 

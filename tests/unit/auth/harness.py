@@ -14,6 +14,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from http_message_signatures import HTTPSignatureComponentResolver
+from http_sf.compat import Item
 
 from gateway.auth import KeySet, ReplayCache, SignatureVerifier, VerifierSettings
 from gateway.devkit.signing import (
@@ -145,3 +147,33 @@ def handmade_signature(
         ("Signature-Input", f"{label}={signature_params}"),
         ("Signature", f"{label}=:{base64.b64encode(raw).decode()}:"),
     ]
+
+
+class _Fields:
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    def items(self) -> list[tuple[str, str]]:
+        return self.pairs
+
+
+class _Message:
+    def __init__(self, method: str, url: str, headers: list[tuple[str, str]]) -> None:
+        self.method = method
+        self.url = url
+        self.headers = _Fields(headers)
+
+
+def package_components(
+    method: str, authority: str, path: str, query: str, headers: list[tuple[str, str]],
+    names: list[str],
+) -> dict[str, str] | None:  # fmt: skip
+    """The signing package's resolver values for ``https://{authority}{path}?{query}`` (the
+    reference the verifier's fast path is held to), or ``None`` where it refuses the request or
+    a component."""
+    url = f"https://{authority}{path}" + (f"?{query}" if query else "")
+    try:
+        resolver = HTTPSignatureComponentResolver(_Message(method, url, headers))  # type: ignore[no-untyped-call]
+        return {name: resolver.resolve(Item(name)) for name in names}
+    except Exception:
+        return None

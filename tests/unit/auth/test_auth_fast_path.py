@@ -15,14 +15,19 @@ from typing import Any
 
 import http_sf
 import pytest
-from http_message_signatures import HTTPSignatureComponentResolver
-from http_sf.compat import Item
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gateway.auth import ReplayCache, SignatureError, SignatureVerifier, VerifiedRequest
 from gateway.auth.verifier import fast_components, fast_signature, fast_signature_input
-from tests.unit.auth.harness import AUTHORITY, GATEWAY_ID, HC_PATH, PATH, Harness
+from tests.unit.auth.harness import (
+    AUTHORITY,
+    GATEWAY_ID,
+    HC_PATH,
+    PATH,
+    Harness,
+    package_components,
+)
 
 # Characters that matter to RFC 8941 and RFC 3986 grammars, plus a few that never may appear.
 SPECIAL = [*" ()\";=:,\\?#%/@*-._~+&!$'\t\r\n\x00\x7fé", "%2", "%zz", "%41", "=="]
@@ -139,34 +144,6 @@ def test_the_fast_readers_take_the_signers_shape(harness: Harness) -> None:
     assert signature == _reference_parse(headers["Signature"])
 
 
-class _Fields:
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        self.pairs = pairs
-
-    def items(self) -> list[tuple[str, str]]:
-        return self.pairs
-
-
-class _Message:
-    def __init__(self, method: str, url: str, headers: list[tuple[str, str]]) -> None:
-        self.method = method
-        self.url = url
-        self.headers = _Fields(headers)
-
-
-def _resolved(
-    method: str, authority: str, path: str, query: str, headers: list[tuple[str, str]],
-    names: list[str],
-) -> dict[str, str] | None:  # fmt: skip
-    """The package resolver's values, or ``None`` where it refuses the request or a component."""
-    url = f"https://{authority}{path}" + (f"?{query}" if query else "")
-    try:
-        resolver = HTTPSignatureComponentResolver(_Message(method, url, headers))  # type: ignore[no-untyped-call]
-        return {name: resolver.resolve(Item(name)) for name in names}
-    except Exception:
-        return None
-
-
 URL_TEXT = st.lists(
     st.sampled_from([*"aZ09-._~!$&'()*+,;=:@/?%#[] ", "%41", "%e9", "é", "\x00"]), max_size=16
 ).map("".join)
@@ -215,7 +192,7 @@ def test_direct_component_values_are_the_resolvers(
     assume(all(lines.count(name) <= 1 for name in names))
     fast = fast_components(method, authority, path, query, headers, [(n, {}) for n in names])
     if fast is not None:
-        assert fast == _resolved(method, authority, path, query, headers, names)
+        assert fast == package_components(method, authority, path, query, headers, names)
 
 
 MUTATION_TARGETS = ["Signature-Input", "Signature", "path", "query", "method", "x-gateway-id"]
