@@ -56,8 +56,14 @@ from gateway.identity import (
     mtls_client,
 )
 from gateway.identity.certs import CertificateHealth
-from gateway.identity.errors import IdentityError
-from gateway.identity.models import AuditHead, Heartbeat, RequestSecret, SigningKey
+from gateway.identity.errors import ControlPlaneError, IdentityError
+from gateway.identity.models import (
+    AuditHead,
+    Heartbeat,
+    RequestSecret,
+    SigningKey,
+    WorkerInstance,
+)
 from gateway.ldap.innertls import InnerTlsError, identity_context
 from gateway.observability.audit import AuditLog, decision_log
 from gateway.observability.export import Exporter, build_exporters
@@ -415,6 +421,9 @@ class _State:
     identity: StoredIdentity | None = None
     last_heartbeat: float | None = None
     heartbeat_error: str | None = None
+    # The decision-log head the last accepted heartbeat carried: what EmpowerID holds for this
+    # process's chain, so an operator can run `gateway audit verify --expect-head` against it.
+    reported_head: AuditHead | None = None
     renewal_failure: _RenewalFailure | None = None
     reloads_failed: int = 0
     reload_error: dict[str, str] | None = None
@@ -801,6 +810,14 @@ class Agent:
         if self._state.heartbeat_error:
             details["heartbeat_error"] = self._state.heartbeat_error
             degraded.append("heartbeats to EmpowerID are failing")
+        head = self._state.reported_head
+        if head is not None:
+            audit_path = self._audit.path if self._audit is not None else None
+            details["audit_head"] = {
+                "seq": head.seq,
+                "hash": head.hash,
+                "log": str(audit_path) if audit_path is not None else None,
+            }
         skew = self._verifier.clock_skew() if self._verifier else None
         if skew is not None:
             details["clock_skew"] = {
@@ -841,8 +858,15 @@ class Agent:
         configuration, as in ``/readyz`` and the decision log) as ``config_hash``, so the control
         plane can see drift between high-availability peers; the policy revision every decision
         carries; and the totals of the gateway's counters (see :meth:`Metrics.counters`).
+
+        A worker's heartbeat names the worker (contract 1.1.0): its counters, listeners and
+        decision-log head are that process's own. A heartbeat the control plane refuses as
+        invalid (400: one validating against contract 1.0.0 refuses the ``worker`` member)
+        fails like any other, and the signing keys are still refreshed when due, so a key
+        rotation reaches a gateway whose heartbeats are refused.
         """
         interval = self.options.heartbeat_interval
+        role = self.options.worker
         try:
             runtime = self.runtime()
             online = self._listener.metrics.listeners_online if self._listener else 0
@@ -857,19 +881,36 @@ class Agent:
                 listeners_online=online,
                 counters=self.metrics.counters(),
                 audit_head=self._audit_head(),
+                worker=WorkerInstance(index=role.index, count=role.count) if role else None,
             )
+            refused: ControlPlaneError | None = None
             async with self._control_plane() as client:
-                ack = await client.heartbeat(beat)
-                interval = float(ack.interval_seconds)
+                try:
+                    ack = await client.heartbeat(beat)
+                    interval = float(ack.interval_seconds)
+                except ControlPlaneError as exc:
+                    if exc.status != 400:
+                        raise
+                    refused = exc
                 if time.monotonic() >= self._state.next_key_refresh:
                     await self._refresh_keys(client)
+            if refused is not None:
+                raise refused
             self._state.last_heartbeat = time.time()
             self._state.heartbeat_error = None
+            self._state.reported_head = beat.audit_head or self._state.reported_head
             self.metrics.heartbeats.labels(result="ok").inc()
         except (GatewayError, KeySetError, SignatureError) as exc:
-            self._state.heartbeat_error = str(exc)
+            reason = str(exc)
+            if role is not None and isinstance(exc, ControlPlaneError) and exc.status == 400:
+                reason += (
+                    f" (worker {role.index} of {role.count} sends the `worker` member of "
+                    "control-plane contract 1.1.0; a control plane on 1.0.0 refuses it. The "
+                    "gateway serves on.)"
+                )
+            self._state.heartbeat_error = reason
             self.metrics.heartbeats.labels(result="failed").inc()
-            log.warning("heartbeat failed: %s", exc, extra={"event": "heartbeat_failed"})
+            log.warning("heartbeat failed: %s", reason, extra={"event": "heartbeat_failed"})
         return interval
 
     async def _refresh_keys(self, client: ControlPlaneClient) -> None:

@@ -579,6 +579,11 @@ class Supervisor:
             }
             if worker.last_exit is not None:
                 entry["last_exit"] = worker.last_exit
+            # Each worker heartbeats on its own (its own counters and decision-log chain), so
+            # `gateway status` shows each one's last heartbeat and the head EmpowerID holds.
+            for key in ("last_heartbeat", "heartbeat_error", "audit_head"):
+                if key in state:
+                    entry[key] = state[key]
             workers.append(entry)
             if ready:
                 states.append(state)

@@ -3,7 +3,10 @@
 Reports the registered identity (from the state directory, offline), the revision of the file on
 disk, and - when the agent is running - its live state from the local ``/readyz`` endpoint: the
 revision it runs (which differs from the file's until a reload), listeners online, last
-heartbeat, policy revision, mode and, after a rejected reload, the reload error. When the file on
+heartbeat (and why heartbeats fail, while they do), the decision-log head EmpowerID last accepted
+(the ``--expect-head`` of ``gateway audit verify``), policy revision, mode and, after a rejected
+reload, the reload error. With several workers each has its own heartbeat and decision-log chain,
+so these are shown per worker. When the file on
 disk is invalid (a rejected reload) the live state is still shown, from the ``observability``
 section as far as it can be read, so an operator sees what runs and why the change did not take.
 Exit 0 when the file is valid, the gateway registered and (if running) ready; 1 otherwise.
@@ -40,6 +43,7 @@ _LIVE_KEYS = (
     "mode",
     "listeners_online",
     "last_heartbeat",
+    "heartbeat_error",
     "reload_failures",
 )
 
@@ -112,6 +116,9 @@ def _print_agent(agent: dict[str, Any], listen: str | None) -> None:
         for key in _LIVE_KEYS:
             if key in agent:
                 print(f"  {key:15} {agent[key]}")
+        head = _head(agent.get("audit_head"))
+        if head:
+            print(f"  {'audit_head':15} {head}")
         workers = agent.get("workers")
         if isinstance(workers, list):
             # A supervisor's /readyz (workers > 1): one line per worker process.
@@ -125,6 +132,14 @@ def _print_agent(agent: dict[str, Any], listen: str | None) -> None:
                         f"{worker.get('listeners_online')} listeners, "
                         f"{worker.get('restarts')} restarts"
                     )
+                    # Each worker reports to EmpowerID on its own, with its own chain's head.
+                    if "last_heartbeat" in worker:
+                        print(f"      last heartbeat {worker['last_heartbeat']}")
+                    if "heartbeat_error" in worker:
+                        print(f"      heartbeat error {worker['heartbeat_error']}")
+                    head = _head(worker.get("audit_head"))
+                    if head:
+                        print(f"      audit head {head}")
         reload_error = agent.get("reload_error")
         if isinstance(reload_error, dict):
             print(
@@ -137,6 +152,15 @@ def _print_agent(agent: dict[str, Any], listen: str | None) -> None:
             print(f"  degraded: {condition}")
     elif listen:
         print(f"agent       not running (nothing answers on {listen})")
+
+
+def _head(head: object) -> str | None:
+    """``SEQ:HASH (LOG)``: the head EmpowerID holds, as ``gateway audit verify --expect-head``
+    takes it, and the chain it is the head of."""
+    if not isinstance(head, dict) or "seq" not in head or "hash" not in head:
+        return None
+    text = f"{head['seq']}:{head['hash']}"
+    return f"{text} ({head['log']})" if head.get("log") else text
 
 
 def run(args: argparse.Namespace) -> int:

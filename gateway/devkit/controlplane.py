@@ -5,7 +5,17 @@ EmpowerID Persons with or without the "Register Server" and "Update Heart Beat" 
 client certificates from CSRs, requires mTLS on the mTLS endpoints, hands out relay connection
 info with a SAS listener token, records every request and heartbeat, and has fault knobs
 (renewal endpoint down; a certificate for the wrong key, the wrong subject or without clientAuth;
-an already-expired certificate).
+an already-expired certificate; heartbeats judged by contract 1.0.0, which knows no ``worker``).
+
+Heartbeats are kept per :class:`Instance`: gateway id, installation and worker index. Several
+hosts share one gateway id (docs/high-availability.md), each registered on its own; the
+installation is that registration, known from the client certificate (a renewed certificate
+continues the installation it was renewed by). A gateway with several worker processes sends one
+heartbeat per worker, each with its own counters and the head of its own decision-log hash chain.
+The simulator checks what EmpowerID must check of those heads: within one instance a head only
+moves forward (a head behind the newest one seen, or another hash at the same position, means
+that chain was cut or rewritten); heads of different instances are never compared. Each
+violation is kept in :attr:`ControlPlaneSimulator.audit_alarms`.
 
 It is deliberately written against the OpenAPI document, not against the gateway's client models,
 so the contract tests catch a drift on either side. Never used by production code.
@@ -32,7 +42,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from cryptography import x509
@@ -51,6 +61,21 @@ PROBLEM_TYPE_PREFIX = "urn:empowerid:gateway:problem:"
 API = "/api/gateway/v1"
 MAX_REQUEST_BYTES = 64 * 1024
 HEARTBEAT_INTERVAL_SECONDS = 60
+# The members of a heartbeat under contract 1.0.0 (schemas/controlplane.openapi.yaml, Changes),
+# for the fault that plays a control plane validating against it (additionalProperties: false).
+HEARTBEAT_MEMBERS_1_0 = frozenset(
+    {
+        "status",
+        "version",
+        "config_hash",
+        "policy_revision",
+        "listeners_online",
+        "counters",
+        "audit_head",
+    }
+)
+MAX_WORKERS = 64
+_HASH_HEX = frozenset("0123456789abcdef")
 # Certificates are back-dated a little so a gateway whose clock is slightly behind accepts them.
 BACKDATE = dt.timedelta(minutes=1)
 # A gateway identity certificate authenticates the gateway to the control plane (clientAuth) and
@@ -228,6 +253,9 @@ class Faults:
     issue_client_usage_only: bool = False
     """Issue clientAuth-only certificates, as control planes did before the inner TLS."""
     issue_expired: bool = False
+    heartbeat_contract_1_0: bool = False
+    """Judge heartbeats by contract 1.0.0: a member it does not describe (``worker``) makes the
+    heartbeat a 400 ``invalid_request``, as a control plane validating against 1.0.0 answers."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +269,17 @@ class RecordedRequest:
     body: bytes = field(repr=False)
 
 
+class Instance(NamedTuple):
+    """What EmpowerID keeps one state and one audit head for: one process of one installation.
+
+    ``installation`` numbers the registrations the simulator made (1, 2, ...; a renewal keeps
+    the number); ``worker`` is the worker index, None for a gateway running one process."""
+
+    gateway_id: str
+    installation: int | None
+    worker: int | None
+
+
 @dataclass(frozen=True)
 class RecordedHeartbeat:
     """A heartbeat accepted from a gateway."""
@@ -248,6 +287,41 @@ class RecordedHeartbeat:
     gateway_id: str
     received_at: dt.datetime
     body: dict[str, Any]
+    installation: int | None = None
+
+    @property
+    def worker(self) -> int | None:
+        """The index of the worker that sent it; None for a gateway running one process."""
+        worker = self.body.get("worker")
+        return worker["index"] if isinstance(worker, dict) else None
+
+    @property
+    def instance(self) -> Instance:
+        """The process this heartbeat speaks for."""
+        return Instance(self.gateway_id, self.installation, self.worker)
+
+
+@dataclass(frozen=True)
+class AuditAlarm:
+    """An audit head that did not move forward within its own chain (one worker's decision log).
+
+    ``kind`` is ``behind`` (the head is before the newest one this instance reported: the log was
+    cut back or started over) or ``forked`` (another hash at the same position: rewritten)."""
+
+    instance: Instance
+    kind: str
+    newest: tuple[int, str]
+    reported: tuple[int, str]
+
+    def __str__(self) -> str:
+        gateway_id, installation, worker = self.instance
+        who = f"{gateway_id} installation {installation}"
+        if worker is not None:
+            who += f" worker {worker}"
+        return (
+            f"{who}: audit head {self.reported[0]}:{self.reported[1][:12]} is {self.kind} "
+            f"(newest seen {self.newest[0]}:{self.newest[1][:12]})"
+        )
 
 
 @dataclass(frozen=True)
@@ -328,6 +402,28 @@ def _basic_credentials(header: str) -> tuple[str, str]:
     return (login, password) if sep else ("", "")
 
 
+def _worker_index(worker: object) -> int | None:
+    """The index of a heartbeat's ``worker`` member, or None when it breaks the contract."""
+    if not isinstance(worker, dict) or set(worker) != {"index", "count"}:
+        return None
+    index, count = worker["index"], worker["count"]
+    if not all(type(value) is int for value in (index, count)):
+        return None
+    return index if 1 <= index <= count and 2 <= count <= MAX_WORKERS else None
+
+
+def _head_position(head: object) -> tuple[int, str] | None:
+    """(seq, hash) of a heartbeat's ``audit_head``, or None when those are malformed."""
+    if not isinstance(head, dict):
+        return None
+    seq, digest = head.get("seq"), head.get("hash")
+    if type(seq) is not int or seq < 0 or not isinstance(digest, str):
+        return None
+    if len(digest) != 64 or not set(digest) <= _HASH_HEX:
+        return None
+    return seq, digest
+
+
 def problem(status: int, code: str, title: str, **extra: Any) -> web.Response:
     """An RFC 9457 problem+json response whose ``type`` ends in the stable ``code``."""
     document = {"type": PROBLEM_TYPE_PREFIX + code, "title": title, "status": status, **extra}
@@ -376,6 +472,15 @@ class ControlPlaneSimulator:
         self.registered: dict[str, str] = {}
         self.requests: list[RecordedRequest] = []
         self.heartbeats: list[RecordedHeartbeat] = []
+        self.heartbeat_interval = HEARTBEAT_INTERVAL_SECONDS
+        # Registrations made, and the installation (registration number) of each certificate
+        # serial issued, by registration or renewal.
+        self.registrations = 0
+        self.installations: dict[int, int] = {}
+        # The newest heartbeat and the newest audit head (seq, hash) of each instance.
+        self.instances: dict[Instance, RecordedHeartbeat] = {}
+        self.audit_heads: dict[Instance, tuple[int, str]] = {}
+        self.audit_alarms: list[AuditAlarm] = []
         self._runner: web.AppRunner | None = None
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -416,6 +521,12 @@ class ControlPlaneSimulator:
             resource, self.relay_key_name, self.relay_key, expiry=int(expires.timestamp())
         )
         return token, expires
+
+    def rotate_signing_key(self) -> SigningKeyPair:
+        """Sign with a new request-signing key from now on; the published set holds only the
+        new one, so a gateway that refreshes its keys revokes the old one."""
+        self.signing_key = _new_signing_key()
+        return self.signing_key
 
     def request_secret(self, gateway_id: str) -> RequestSecretKey:
         """The current hmac-sha256 key of ``gateway_id`` (made on first use): what EmpowerID
@@ -599,6 +710,8 @@ class ControlPlaneSimulator:
             return problem(400, "invalid_csr", "The CSR is invalid or does not name the gateway")
         cert = self._issue(csr)
         self.registered[gateway_id] = person.username
+        self.registrations += 1
+        self.installations[cert.serial_number] = self.registrations
         hybrid_connection = self.relay_hybrid_connection(gateway_id)
         document = {
             "gateway_id": gateway_id,
@@ -641,8 +754,47 @@ class ControlPlaneSimulator:
         body = await self._json_body(request)
         if body is None or not isinstance(body.get("status"), str):
             return problem(400, "invalid_request", "A heartbeat needs at least a status")
-        self.heartbeats.append(RecordedHeartbeat(gateway_id, _utcnow(), body))
-        return web.json_response({"interval_seconds": HEARTBEAT_INTERVAL_SECONDS})
+        if self.faults.heartbeat_contract_1_0:
+            unknown = sorted(set(body) - HEARTBEAT_MEMBERS_1_0)
+            if unknown:
+                return problem(
+                    400,
+                    "invalid_request",
+                    "The heartbeat has members this API does not know",
+                    detail="unknown: " + ", ".join(unknown)[:200],
+                )
+        if "worker" in body and _worker_index(body["worker"]) is None:
+            return problem(
+                400, "invalid_request", "worker must be {index, count} with 1 <= index <= count"
+            )
+        head = _head_position(body["audit_head"]) if "audit_head" in body else None
+        if "audit_head" in body and head is None:
+            return problem(400, "invalid_request", "audit_head needs seq and a SHA-256 hash")
+        beat = RecordedHeartbeat(gateway_id, _utcnow(), body, self._installation(request))
+        self.heartbeats.append(beat)
+        self.instances[beat.instance] = beat
+        if head is not None:
+            self._advance_head(beat.instance, head)
+        return web.json_response({"interval_seconds": self.heartbeat_interval})
+
+    def _installation(self, request: web.Request) -> int | None:
+        cert = self.peer_certificate(request)
+        return self.installations.get(cert.serial_number) if cert is not None else None
+
+    def _advance_head(self, instance: Instance, reported: tuple[int, str]) -> None:
+        """Keep the newest head of ``instance``; a head that does not move forward is an alarm.
+
+        Only heads of one instance are compared: each worker writes its own chain (``NAME.wN``),
+        so worker 2 at seq 40 says nothing about worker 1 at seq 90, nor another host's worker 1
+        about this one's. The newest head stays the
+        reference after an alarm, so a cut log cannot make itself look whole again."""
+        newest = self.audit_heads.get(instance)
+        if newest is None or reported[0] > newest[0]:
+            self.audit_heads[instance] = reported
+            return
+        kind = "behind" if reported[0] < newest[0] else "forked" if reported != newest else None
+        if kind is not None:
+            self.audit_alarms.append(AuditAlarm(instance, kind, newest, reported))
 
     async def _certificates(self, request: web.Request) -> web.Response:
         gateway_id = self._mtls_gateway(request)
@@ -654,7 +806,12 @@ class ControlPlaneSimulator:
         csr = self._parse_csr(body.get("csr") if body else None, gateway_id)
         if csr is None:
             return problem(400, "invalid_csr", "The CSR is invalid or names another gateway")
-        return web.json_response({"certificate_chain": _pem(self._issue(csr))}, status=201)
+        cert = self._issue(csr)
+        # The renewed certificate continues the installation of the one that asked for it.
+        installation = self._installation(request)
+        if installation is not None:
+            self.installations[cert.serial_number] = installation
+        return web.json_response({"certificate_chain": _pem(cert)}, status=201)
 
     async def _signing_keys(self, request: web.Request) -> web.Response:
         gateway_id = self._mtls_gateway(request)

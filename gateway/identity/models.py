@@ -11,7 +11,7 @@ import base64
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 KeyId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 Pem = Annotated[str, Field(min_length=1, max_length=65536)]
@@ -23,6 +23,9 @@ HybridConnectionPath = Annotated[
     str, Field(min_length=1, max_length=260, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 ]
 GatewayStatus = Literal["starting", "online", "degraded", "draining", "offline"]
+# The most worker processes one gateway runs (gateway.config.model.MAX_WORKERS is lower): the
+# contract leaves room to raise the configuration's limit without a new contract version.
+MAX_WORKERS = 64
 
 
 class _Wire(BaseModel):
@@ -139,8 +142,26 @@ class AuditHead(_Wire):
     signature: str = Field(max_length=1024)
 
 
+class WorkerInstance(_Wire):
+    """Which worker process of a gateway sends a heartbeat (contract 1.1.0): worker ``index``
+    (from 1) of ``count``. Each worker has its own counters, listeners and decision-log hash
+    chain (``NAME.wINDEX``), so EmpowerID keeps one state and one audit head per index."""
+
+    index: int = Field(ge=1, le=MAX_WORKERS)
+    count: int = Field(ge=2, le=MAX_WORKERS)
+
+    @model_validator(mode="after")
+    def _index_within_count(self) -> WorkerInstance:
+        if self.index > self.count:
+            raise ValueError("a worker index cannot exceed the worker count")
+        return self
+
+
 class Heartbeat(_Wire):
-    """``POST /heartbeats`` body: what the gateway reports about itself."""
+    """``POST /heartbeats`` body: what the gateway (or one of its workers) reports about itself.
+
+    ``worker`` is absent for a gateway that runs one process, so such a heartbeat is exactly what
+    a control plane built on contract 1.0.0 accepts."""
 
     status: GatewayStatus
     version: str = Field(max_length=64)
@@ -151,6 +172,7 @@ class Heartbeat(_Wire):
         default_factory=dict, max_length=64
     )
     audit_head: AuditHead | None = None
+    worker: WorkerInstance | None = None
 
 
 class HeartbeatAck(_Wire):

@@ -109,6 +109,8 @@ async def record_run(
         finally:
             await agent.stop()
         heads = [h.body["audit_head"] for h in stack.controlplane.heartbeats]
+        # One process: no `worker` member, so a control plane on contract 1.0.0 accepts it.
+        assert all("worker" not in h.body for h in stack.controlplane.heartbeats)
     return Recorded(directory, directory / "decisions.jsonl", heads, statuses)
 
 

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
+from pydantic import ValidationError
 
 from gateway.devkit.controlplane import ControlPlaneSimulator
 from gateway.identity import (
@@ -22,7 +23,7 @@ from gateway.identity import (
     register,
 )
 from gateway.identity.keys import build_csr, generate_private_key
-from gateway.identity.models import AuditHead, Heartbeat
+from gateway.identity.models import AuditHead, Heartbeat, WorkerInstance
 from gateway.identity.tls import mtls_context, registration_context
 
 from .identity_support import PASSWORD, TEST_TIMEOUTS
@@ -113,10 +114,26 @@ async def test_client_requests_and_simulator_answers_follow_the_contract(
             )
         )
         await client.renew_certificate(build_csr(generate_private_key(), "gw-1"))
+        # A worker's heartbeat (contract 1.1.0) names its worker.
+        await client.heartbeat(
+            Heartbeat(
+                status="online",
+                version="1",
+                config_hash="sha256:" + "2" * 64,
+                policy_revision="r1",
+                listeners_online=2,
+                worker=WorkerInstance(index=2, count=3),
+            )
+        )
     sent = {r.path.rsplit("/", 1)[-1]: json.loads(r.body) for r in simulator.requests}
     _validate("RegistrationRequest", sent["registrations"])
-    _validate("Heartbeat", sent["heartbeats"])
     _validate("CertificateRequest", sent["certificates"])
+    beats = [json.loads(r.body) for r in simulator.requests if r.path.endswith("/heartbeats")]
+    for beat in beats:
+        _validate("Heartbeat", beat)
+    # A one-process gateway sends what contract 1.0.0 describes; a worker says which it is.
+    assert "worker" not in beats[0]
+    assert beats[1]["worker"] == {"index": 2, "count": 3}
 
     plain = registration_context(simulator.ca.pem)
     mutual = mtls_context(identity.ca_pem, identity.cert_path, identity.key_path, None)
@@ -147,6 +164,11 @@ async def test_client_requests_and_simulator_answers_follow_the_contract(
             await _raw(simulator, mutual, "POST", "heartbeats", json=sent["heartbeats"]),
         ),
         (
+            "HeartbeatAck",
+            200,
+            await _raw(simulator, mutual, "POST", "heartbeats", json=beats[1]),
+        ),
+        (
             "CertificateResponse",
             201,
             await _raw(simulator, mutual, "POST", "certificates", json=sent["certificates"]),
@@ -175,3 +197,91 @@ async def test_client_requests_and_simulator_answers_follow_the_contract(
         else:
             assert content_type == "application/json"
         _validate(schema, document)
+
+
+# ``worker`` of a heartbeat, and whether the contract allows it. Index above count is the one rule
+# JSON Schema cannot state (the schema says it in words); the model and the simulator enforce it.
+WORKERS = [
+    ({"index": 1, "count": 2}, True),
+    ({"index": 2, "count": 2}, True),
+    ({"index": 64, "count": 64}, True),
+    ({"index": 0, "count": 2}, False),
+    ({"index": 1, "count": 1}, False),
+    ({"index": 65, "count": 65}, False),
+    ({"index": 1}, False),
+    ({"index": 1, "count": 2, "pid": 4242}, False),
+]
+HEARTBEAT = {
+    "status": "online",
+    "version": "1",
+    "config_hash": "sha256:" + "3" * 64,
+    "policy_revision": "r1",
+    "listeners_online": 1,
+}
+
+
+@pytest.mark.parametrize(("worker", "allowed"), WORKERS)
+async def test_worker_member_is_judged_alike_by_schema_client_and_simulator(
+    simulator: ControlPlaneSimulator,
+    make_settings: Callable[..., RegistrationSettings],
+    worker: dict[str, int],
+    allowed: bool,
+) -> None:
+    document = {**HEARTBEAT, "worker": worker}
+    validator = Draft202012Validator(
+        {"$ref": "#/components/schemas/Heartbeat", "components": SPEC["components"]}
+    )
+    assert validator.is_valid(document) is allowed
+    # The client sends nothing the schema forbids: it refuses such a worker, or (a member the
+    # contract does not have) leaves it out of what it sends.
+    try:
+        built: dict[str, int] | None = WorkerInstance(**worker).model_dump()
+    except ValidationError:
+        built = None
+    if allowed:
+        assert built == worker
+    else:
+        assert built is None or (
+            built != worker and validator.is_valid({**document, "worker": built})
+        )
+    settings = make_settings()
+    await register(settings, username="alice", password=PASSWORD)
+    identity = load_identity(settings.state_dir)
+    mutual = mtls_context(identity.ca_pem, identity.cert_path, identity.key_path, None)
+    status, _, answer = await _raw(simulator, mutual, "POST", "heartbeats", json=document)
+    assert status == (200 if allowed else 400), answer
+    _validate("HeartbeatAck" if allowed else "Problem", answer)
+    assert [beat.worker for beat in simulator.heartbeats] == ([worker["index"]] if allowed else [])
+
+
+@pytest.mark.parametrize(
+    "worker", [{"index": 3, "count": 2}, {"index": True, "count": 2}, {"index": "1", "count": 2}]
+)
+async def test_worker_member_rules_beyond_types_are_enforced_by_client_and_simulator(
+    simulator: ControlPlaneSimulator,
+    make_settings: Callable[..., RegistrationSettings],
+    worker: dict[str, object],
+) -> None:
+    if worker == {"index": 3, "count": 2}:
+        with pytest.raises(ValidationError, match="cannot exceed"):
+            WorkerInstance(index=3, count=2)
+    else:
+        with pytest.raises(Exception, match="is not of type 'integer'"):
+            _validate("Heartbeat", {**HEARTBEAT, "worker": worker})
+    settings = make_settings()
+    await register(settings, username="alice", password=PASSWORD)
+    identity = load_identity(settings.state_dir)
+    mutual = mtls_context(identity.ca_pem, identity.cert_path, identity.key_path, None)
+    status, _, answer = await _raw(
+        simulator, mutual, "POST", "heartbeats", json={**HEARTBEAT, "worker": worker}
+    )
+    assert status == 400
+    _validate("Problem", answer)
+    assert simulator.heartbeats == []
+
+
+def test_the_contract_version_notes_the_worker_member() -> None:
+    # An additive change to a request: the minor version moves and the change is written down.
+    assert SPEC["info"]["version"] == "1.1.0"
+    assert "1.1.0: `Heartbeat.worker` (optional)" in SPEC["info"]["description"]
+    assert "worker" not in SPEC["components"]["schemas"]["Heartbeat"]["required"]
