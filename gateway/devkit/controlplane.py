@@ -15,7 +15,8 @@ heartbeat per worker, each with its own counters and the head of its own decisio
 The simulator checks what EmpowerID must check of those heads: within one instance a head only
 moves forward (a head behind the newest one seen, or another hash at the same position, means
 that chain was cut or rewritten); heads of different instances are never compared. Each
-violation is kept in :attr:`ControlPlaneSimulator.audit_alarms`.
+violation is kept in :attr:`ControlPlaneSimulator.audit_alarms` and logged as a warning (on
+standard error under ``gateway dev controlplane``).
 
 It is deliberately written against the OpenAPI document, not against the gateway's client models,
 so the contract tests catch a drift on either side. Never used by production code.
@@ -32,6 +33,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import secrets
 import signal
@@ -82,6 +84,7 @@ BACKDATE = dt.timedelta(minutes=1)
 # serves the inner TLS of LDAP streams to the SaaS (serverAuth), see docs/relay-contract.md.
 IDENTITY_USAGE = (ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH)
 
+_log = logging.getLogger(__name__)
 _CLIENT_CERT_REQUIRED = web.AppKey("client_cert_required", frozenset[str])
 
 
@@ -794,7 +797,9 @@ class ControlPlaneSimulator:
             return
         kind = "behind" if reported[0] < newest[0] else "forked" if reported != newest else None
         if kind is not None:
-            self.audit_alarms.append(AuditAlarm(instance, kind, newest, reported))
+            alarm = AuditAlarm(instance, kind, newest, reported)
+            self.audit_alarms.append(alarm)
+            _log.warning("audit head alarm: %s", alarm)
 
     async def _certificates(self, request: web.Request) -> web.Response:
         gateway_id = self._mtls_gateway(request)

@@ -106,6 +106,14 @@ async def record_run(
                 ),
                 within=30,
             )
+            # /readyz (and `gateway status`) show the head EmpowerID accepted last, and its file.
+            reported = agent.readiness().details["audit_head"]
+            sent = {
+                (h.body["audit_head"]["seq"], h.body["audit_head"]["hash"])
+                for h in stack.controlplane.heartbeats
+            }
+            assert (reported["seq"], reported["hash"]) in sent
+            assert reported["log"] == str(directory / "decisions.jsonl")
         finally:
             await agent.stop()
         heads = [h.body["audit_head"] for h in stack.controlplane.heartbeats]

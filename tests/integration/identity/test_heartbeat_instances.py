@@ -87,7 +87,7 @@ async def test_workers_are_kept_apart_and_their_heads_are_not_compared(
 
 
 async def test_a_head_that_does_not_move_forward_in_its_own_chain_is_an_alarm(
-    simulator: ControlPlaneSimulator, client: ControlPlaneClient
+    simulator: ControlPlaneSimulator, client: ControlPlaneClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     await client.heartbeat(beat(1, 90, "a"))
     await client.heartbeat(beat(2, 40, "a"))
@@ -101,6 +101,8 @@ async def test_a_head_that_does_not_move_forward_in_its_own_chain_is_an_alarm(
     ]
     assert alarms == [(1, "behind", 90, 80), (2, "forked", 40, 40), (1, "behind", 90, 85)]
     assert "gw-1 installation 1 worker 1: audit head 80:" in str(simulator.audit_alarms[0])
+    logged = [r.getMessage() for r in caplog.records if "audit head alarm" in r.getMessage()]
+    assert logged == [f"audit head alarm: {alarm}" for alarm in simulator.audit_alarms]
     # The newest head stays the reference: a cut log cannot make itself look whole again.
     assert simulator.audit_heads[Instance("gw-1", 1, 1)] == (90, "a" * 64)
 
