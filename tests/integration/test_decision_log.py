@@ -108,11 +108,11 @@ async def record_run(
             )
             # /readyz (and `gateway status`) show the head EmpowerID accepted last, and its file.
             reported = agent.readiness().details["audit_head"]
-            sent = {
+            accepted = {
                 (h.body["audit_head"]["seq"], h.body["audit_head"]["hash"])
                 for h in stack.controlplane.heartbeats
             }
-            assert (reported["seq"], reported["hash"]) in sent
+            assert (reported["seq"], reported["hash"]) in accepted
             assert reported["log"] == str(directory / "decisions.jsonl")
         finally:
             await agent.stop()
