@@ -4,7 +4,9 @@ The server requires a password (``AUTH``), keeps its data in an append-only file
 every write (so a restart keeps every nonce, as a production server with persistence would) unless
 ``persistent=False``, and can be stopped and started again on the same port to show what the
 gateway does while its replay store is down. With ``tls=True`` it serves TLS only (``tls-port``),
-with a trustme certificate for ``127.0.0.1`` whose CA is written to ``ca_file``.
+with a trustme certificate for ``127.0.0.1`` whose CA is written to ``ca_file``; with
+``also_tls=True`` it serves plain ``port`` and TLS ``tls_port`` side by side, so one server can
+answer a whole test module.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ def _free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process under the test's control."""
 
-    def __init__(self, directory: Path, *, persistent: bool = True, tls: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        persistent: bool = True,
+        tls: bool = False,
+        also_tls: bool = False,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed (.ci/run installs it)")
@@ -43,29 +52,36 @@ class RedisServer:
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.tls = tls
+        self.also_tls = also_tls
+        self.tls_port = _free_port() if also_tls else None
         self.ca_file = directory / "redis-ca.pem"
         self._client_context: ssl.SSLContext | None = None
-        if tls:
+        if tls or also_tls:
             ca = trustme.CA()
             cert = ca.issue_cert("127.0.0.1")
             ca.cert_pem.write_to_path(str(self.ca_file))
             cert.private_key_pem.write_to_path(str(directory / "redis-key.pem"))
             cert.cert_chain_pems[0].write_to_path(str(directory / "redis-cert.pem"))
-            self._client_context = ssl.create_default_context(cafile=str(self.ca_file))
+            if tls:
+                self._client_context = ssl.create_default_context(cafile=str(self.ca_file))
 
     def start(self) -> None:
         """Start the server and wait until it answers ``PING``."""
+        certificate = (
+            "--tls-cert-file", str(self.directory / "redis-cert.pem"),
+            "--tls-key-file", str(self.directory / "redis-key.pem"),
+            "--tls-ca-cert-file", str(self.ca_file), "--tls-auth-clients", "no",
+        )  # fmt: skip
+        if self.tls:
+            ports: tuple[str, ...] = ("--port", "0", "--tls-port", str(self.port), *certificate)
+        elif self.tls_port is not None:
+            ports = ("--port", str(self.port), "--tls-port", str(self.tls_port), *certificate)
+        else:
+            ports = ("--port", str(self.port))
         args = [
             self.binary,
             "--bind", "127.0.0.1",
-            *(
-                ("--port", "0", "--tls-port", str(self.port),
-                 "--tls-cert-file", str(self.directory / "redis-cert.pem"),
-                 "--tls-key-file", str(self.directory / "redis-key.pem"),
-                 "--tls-ca-cert-file", str(self.ca_file), "--tls-auth-clients", "no")
-                if self.tls
-                else ("--port", str(self.port))
-            ),
+            *ports,
             "--dir", str(self.directory),
             "--requirepass", PASSWORD,
             "--save", "",

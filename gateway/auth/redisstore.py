@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from gateway.auth.replay import Admission
 from gateway.auth.replaystores import nonce_key
 from gateway.config.model import RedisReplayStore as RedisSettings
-from gateway.config.secrets import SecretSource
+from gateway.config.secrets import SecretError, SecretSource
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,10 @@ class RedisReplayStore:
         try:
             async with asyncio.timeout(self._settings.timeout_seconds):
                 answer = await self._run(nonce_key(keyid, nonce), created, ttl_ms)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, OSError, TimeoutError, SecretError) as exc:
+            # SecretError: redis-py reads the password (the credential provider) on every new
+            # connection and passes its error through; a secret file a rotation left unreadable
+            # or unsafe makes the store as unavailable as a server refusing the password.
             if not self._unavailable:
                 log.error(
                     "replay store %s unavailable (%s): refusing signed requests until it answers",

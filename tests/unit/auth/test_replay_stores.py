@@ -8,25 +8,39 @@ connections, several processes), keep the start barrier when it lost its memory,
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import multiprocessing
 import os
+import re
+import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import trustme
 from pydantic import SecretStr
 
 from gateway.auth.redisstore import RedisReplayStore
-from gateway.auth.replay import Admission
-from gateway.auth.replaystores import SqliteReplayStore, default_prefix
+from gateway.auth.replay import Admission, ReplayCache, ReplayStore
+from gateway.auth.replaystores import (
+    ReplayStoreError,
+    SqliteReplayStore,
+    default_prefix,
+    open_replay_store,
+)
+from gateway.config.loader import LoadedConfig, load
 from gateway.config.model import RedisReplayStore as RedisSettings
 from gateway.config.secrets import SecretRef, SecretSource
 from tests.redisserver import PASSWORD, RedisServer
+from tests.unit.config.conftest import BASE
 
 SKEW = 30.0
 
@@ -130,6 +144,124 @@ async def test_a_new_sqlite_store_refuses_signatures_from_before_it(tmp_path: Pa
         await store.close()
 
 
+async def test_a_new_sqlite_store_refuses_up_to_its_barrier_exactly(tmp_path: Path) -> None:
+    clock = Clock()
+    store = SqliteReplayStore(tmp_path / "r.sqlite3", max_entries=100, max_skew=SKEW, clock=clock)
+    barrier = clock.now + SKEW
+    try:
+        at = {"created": barrier, "expires": barrier + 60}
+        assert await store.admit("k", "n", **at) is Admission.BEFORE_START
+        after = {"created": barrier + 0.001, "expires": barrier + 60}
+        assert await store.admit("k", "n", **after) is Admission.ACCEPTED
+    finally:
+        await store.close()
+
+
+def rows(path: Path) -> int:
+    """Nonce rows in the file, as any SQLite client sees them."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (count,) = db.execute("SELECT count(*) FROM nonce").fetchone()
+    return int(count)
+
+
+async def test_sqlite_deletes_ended_windows_as_it_goes(sqlite_path: Path) -> None:
+    # Disk is bounded by the live nonces, not by every nonce ever seen: rows whose window ended
+    # are deleted at least every 512 admissions, full or not.
+    clock = Clock()
+    store = SqliteReplayStore(sqlite_path, max_entries=100_000, max_skew=SKEW, clock=clock)
+    try:
+        for batch in range(3):
+            results = await asyncio.gather(
+                *(store.admit("k", f"{batch}-{i}", **window(clock, 1)) for i in range(600))
+            )
+            assert set(results) == {Admission.ACCEPTED}
+            clock.now += 2
+    finally:
+        await store.close()
+    assert rows(sqlite_path) <= 1200
+
+
+async def test_sqlite_store_file_is_in_wal_mode(sqlite_path: Path, tmp_path: Path) -> None:
+    # WAL lets every process of the host read while one writes (the file keeps the mode).
+    fresh = tmp_path / "fresh.sqlite3"
+    store = SqliteReplayStore(fresh, max_entries=10, max_skew=SKEW)
+    await store.close()
+    for path in (sqlite_path, fresh):
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_sqlite_store_never_follows_a_symbolic_link(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere.sqlite3"
+    link = tmp_path / "replay.sqlite3"
+    link.symlink_to(elsewhere)
+    with pytest.raises(ReplayStoreError, match="cannot open the replay store"):
+        SqliteReplayStore(link, max_entries=10, max_skew=SKEW)
+    with pytest.raises(OSError, match="link"):
+        SqliteReplayStore.initialise(link)
+    assert not elsewhere.exists()
+
+
+async def test_a_damaged_sqlite_store_fails_closed(
+    sqlite_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    store = SqliteReplayStore(sqlite_path, max_entries=100, max_skew=SKEW, clock=clock)
+    try:
+        assert await store.admit("k", "n1", **window(clock)) is Admission.ACCEPTED
+        with contextlib.closing(sqlite3.connect(sqlite_path, isolation_level=None)) as db:
+            db.execute("DROP TABLE nonce")
+        results = await asyncio.gather(
+            store.admit("k", "n2", **window(clock)), store.admit("k", "n3", **window(clock))
+        )
+        assert list(results) == [Admission.UNAVAILABLE] * 2
+    finally:
+        await store.close()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        f"replay store {sqlite_path} did not answer: OperationalError"
+    ]
+    assert [getattr(r, "event", None) for r in errors] == ["replay_store_unavailable"]
+
+
+async def test_a_locked_sqlite_store_fails_closed_and_recovers(
+    sqlite_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    store = SqliteReplayStore(sqlite_path, max_entries=100, max_skew=SKEW, clock=clock)
+    try:
+        with contextlib.closing(sqlite3.connect(sqlite_path, isolation_level=None)) as db:
+            db.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+            assert await store.admit("k", "n", **window(clock)) is Admission.UNAVAILABLE
+            db.execute("ROLLBACK")
+        assert await store.admit("k", "n", **window(clock)) is Admission.ACCEPTED
+        assert await store.admit("k", "n", **window(clock)) is Admission.REPLAY
+    finally:
+        await store.close()
+    # Whether the lock's busy timeout or the wait for it ends first, the operator is told.
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors
+    assert all(str(sqlite_path) in r.getMessage() for r in errors)
+    assert all(getattr(r, "event", None) == "replay_store_unavailable" for r in errors)
+
+
+async def test_a_closed_sqlite_store_admits_nothing(sqlite_path: Path) -> None:
+    clock = Clock()
+    store = SqliteReplayStore(sqlite_path, max_entries=100, max_skew=SKEW, clock=clock)
+    assert store.description == f"sqlite {sqlite_path}"
+    pending = asyncio.ensure_future(store.admit("k", "n", **window(clock)))
+    await asyncio.sleep(0)
+    await store.close()  # after the admission already under way
+    assert await pending is Admission.ACCEPTED
+    assert await store.admit("k", "n2", **window(clock)) is Admission.CLOSED
+    await store.close()  # twice is harmless
+    again = SqliteReplayStore(sqlite_path, max_entries=100, max_skew=SKEW, clock=clock)
+    try:
+        assert await again.admit("k", "n", **window(clock)) is Admission.REPLAY
+    finally:
+        await again.close()
+
+
 def _admit_in_process(path: str, nonces: list[str], results: multiprocessing.Queue[str]) -> None:
     async def run() -> None:
         store = SqliteReplayStore(Path(path), max_entries=100_000, max_skew=SKEW)
@@ -164,22 +296,52 @@ def test_sqlite_admits_each_nonce_once_across_processes(sqlite_path: Path) -> No
     assert sorted(accepted) == sorted(nonces)
 
 
-# --- Redis -------------------------------------------------------------------------------------
+# --- Redis ------------------------------------------------------------------------------------
+#
+# One real redis-server serves every Redis test of this module (plain port and TLS port side by
+# side); each test gets it back running, empty and with the default password, so a test costs
+# what its admissions cost and not a server start. The mutation run relies on that.
+
+# A store whose answer is expected to be "unavailable" waits at most this long (redis-py retries
+# a refused connection until the store's timeout ends it); a store expected to answer keeps the
+# generous default, so that a busy machine cannot turn an answer into a timeout.
+FAILING_TIMEOUT = 0.5
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
+@pytest.fixture(scope="module")
+def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), also_tls=True)
     server.start()
     yield server
     server.stop()
+
+
+def admin(server: RedisServer, *, db: int = 0) -> redis.Redis:
+    """A plain redis-py client of the test's own, to look at what the store wrote."""
+    return redis.Redis(
+        host="127.0.0.1", port=server.port, password=PASSWORD, db=db, socket_timeout=30
+    )
+
+
+@pytest.fixture
+def redis_server(redis_process: RedisServer) -> RedisServer:
+    if redis_process.process is None:  # a test stopped it and failed before starting it again
+        redis_process.start()
+    with admin(redis_process) as raw:
+        raw.flushall()
+        raw.script_flush()
+        raw.config_resetstat()
+        for user in raw.acl_users():
+            if user != "default":
+                raw.acl_deluser(user)
+    return redis_process
 
 
 def settings(server: RedisServer, **changes: object) -> RedisSettings:
     values: dict[str, object] = {
         "host": "127.0.0.1",
         "port": server.port,
-        "tls": False,
+        "tls": server.tls,
         "password": SecretRef(env="REDIS_PASSWORD"),
         "timeout_seconds": 2.0,
     }
@@ -194,6 +356,7 @@ def make_store(
     prefix: str = "t:",
     password: str = PASSWORD,
     ca_file: Path | None = None,
+    **changes: object,
 ) -> RedisReplayStore:
     source = SecretSource(
         SecretRef(env="REDIS_PASSWORD"),
@@ -202,7 +365,7 @@ def make_store(
         initial=SecretStr(password),
     )
     return RedisReplayStore(
-        settings(server, tls=server.tls),
+        settings(server, **changes),
         password=source,
         prefix=prefix,
         max_skew=SKEW,
@@ -220,6 +383,12 @@ async def stores(redis_server: RedisServer) -> AsyncIterator[tuple[Clock, RedisR
     await store.close()
 
 
+def barrier(server: RedisServer, prefix: str = "t:") -> float | None:
+    with admin(server) as raw:
+        value = raw.get(prefix + "barrier")
+    return None if value is None else float(value)
+
+
 async def test_redis_admits_a_nonce_once_across_clients(
     redis_server: RedisServer, stores: tuple[Clock, RedisReplayStore]
 ) -> None:
@@ -232,15 +401,22 @@ async def test_redis_admits_a_nonce_once_across_clients(
         assert results.count(Admission.ACCEPTED) == 1
         assert results.count(Admission.REPLAY) == 19
         assert await second.admit("k2", "n1", **window(clock)) is Admission.ACCEPTED
+        # The pair's parts cannot be shifted into another pair's key.
+        assert await second.admit("k:n", "1", **window(clock)) is Admission.ACCEPTED
+        assert await second.admit("k", ":n1", **window(clock)) is Admission.ACCEPTED
     finally:
         await second.close()
 
 
-async def test_redis_keys_expire_with_the_window_and_carry_the_prefix(
+async def test_redis_keeps_a_nonce_under_the_prefix_for_its_window(
     redis_server: RedisServer, stores: tuple[Clock, RedisReplayStore]
 ) -> None:
     clock, store = stores
-    assert await store.admit("k", "n", **window(clock, 0.3)) is Admission.ACCEPTED
+    assert await store.admit("k", "n", **window(clock, 60)) is Admission.ACCEPTED
+    with admin(redis_server) as raw:
+        assert sorted(raw.keys("*")) == [b"t:barrier", b"t:n:1:k:n"]
+        # Remembered for the rest of the signature's window (PX in milliseconds), no longer.
+        assert 30_000 < raw.pttl("t:n:1:k:n") <= 60_000
     other_hc = make_store(redis_server, clock, prefix=default_prefix("hc-agent-2"))
     try:
         await other_hc.initialise()
@@ -248,6 +424,15 @@ async def test_redis_keys_expire_with_the_window_and_carry_the_prefix(
         assert await other_hc.admit("k", "n", **window(clock)) is Admission.ACCEPTED
     finally:
         await other_hc.close()
+    with admin(redis_server) as raw:
+        assert raw.exists("gateway:replay:{hc-agent-2}:n:1:k:n") == 1
+
+
+async def test_redis_forgets_a_nonce_when_its_window_ends(
+    stores: tuple[Clock, RedisReplayStore],
+) -> None:
+    clock, store = stores
+    assert await store.admit("k", "n", **window(clock, 0.3)) is Admission.ACCEPTED
     # Redis expires the key itself (PX); poll rather than assume a duration.
     for _ in range(200):
         if await store.admit("k", "n", **window(clock)) is Admission.ACCEPTED:
@@ -257,77 +442,397 @@ async def test_redis_keys_expire_with_the_window_and_carry_the_prefix(
         pytest.fail("the nonce never expired")
 
 
-async def test_redis_wrong_password_fails_closed(redis_server: RedisServer) -> None:
+async def test_redis_admits_a_signature_whose_window_has_already_ended(
+    redis_server: RedisServer, stores: tuple[Clock, RedisReplayStore]
+) -> None:
+    # Nothing is left to remember (the freshness check refuses it anyway), but the store answers
+    # rather than failing on a time to live of zero.
+    clock, store = stores
+    ended = {"created": clock.now - 10, "expires": clock.now - 1}
+    assert await store.admit("k", "old", **ended) is Admission.ACCEPTED
+    with admin(redis_server) as raw:
+        raw.set("t:barrier", repr(clock.now))
+    assert await store.admit("k", "older", **ended) is Admission.BEFORE_START
+
+
+async def test_redis_wrong_password_fails_closed(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = Clock()
-    store = make_store(redis_server, clock, password="not-the-password")
+    store = make_store(
+        redis_server, clock, password="not-the-password", timeout_seconds=FAILING_TIMEOUT
+    )
     try:
         assert await store.admit("k", "n", **window(clock)) is Admission.UNAVAILABLE
+        assert await store.admit("k", "n2", **window(clock)) is Admission.UNAVAILABLE
     finally:
         await store.close()
+    # Said once, naming the server and the prefix (and the error's type), never the password.
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert re.fullmatch(
+        rf"replay store redis://127\.0\.0\.1:{redis_server.port} prefix t: unavailable "
+        r"\(\w+\): refusing signed requests until it answers",
+        errors[0],
+    )
+
+
+async def test_redis_user_and_password_both_count(redis_server: RedisServer) -> None:
+    with admin(redis_server) as raw:
+        raw.acl_setuser(
+            "gateway", enabled=True, passwords=["+gateway-secret"], keys=["t:*"], commands=["+@all"]
+        )
+    clock = Clock()
+    user = make_store(redis_server, clock, password="gateway-secret", username="gateway")
+    wrong = make_store(redis_server, clock, username="gateway", timeout_seconds=FAILING_TIMEOUT)
+    try:
+        await user.initialise()
+        assert await user.admit("k", "n", **window(clock)) is Admission.ACCEPTED
+        assert await user.admit("k", "n", **window(clock)) is Admission.REPLAY
+        # The default user's password does not open the named user.
+        assert await wrong.admit("k", "n2", **window(clock)) is Admission.UNAVAILABLE
+    finally:
+        await user.close()
+        await wrong.close()
+
+
+def file_password_store(
+    server: RedisServer, directory: Path, clock: Clock
+) -> tuple[Path, RedisReplayStore]:
+    """A store whose password is a file reference (as a rotated secret would be)."""
+    secret = directory / "redis-password"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    ref = SecretRef(file=str(secret))
+    store = RedisReplayStore(
+        settings(server, password=ref),
+        password=SecretSource(ref, base_dir=directory),
+        prefix="t:",
+        max_skew=SKEW,
+        clock=clock,
+    )
+    return secret, store
+
+
+async def test_redis_uses_a_rotated_password_from_the_next_connection(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    clock = Clock()
+    secret, store = file_password_store(redis_server, tmp_path, clock)
+    try:
+        await store.initialise()
+        assert await store.admit("k", "n1", **window(clock)) is Admission.ACCEPTED
+        with admin(redis_server) as raw:
+            raw.config_set("requirepass", "rotated-secret")
+            secret.write_text("rotated-secret\n")
+            # Existing connections stay authenticated; the next ones must use the new secret.
+            raw.client_kill_filter(_type="normal", skipme=True)
+        assert await store.admit("k", "n2", **window(clock)) is Admission.ACCEPTED
+        assert await store.admit("k", "n1", **window(clock)) is Admission.REPLAY
+    finally:
+        await store.close()
+        with redis.Redis(
+            host="127.0.0.1", port=redis_server.port, password="rotated-secret"
+        ) as raw:
+            raw.config_set("requirepass", PASSWORD)
+
+
+async def test_redis_fails_closed_when_its_password_can_no_longer_be_read(
+    redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rotation that leaves the secret file unsafe must cost answers (503), not raise through
+    # the request: the store is as unavailable as a server that refuses the password.
+    clock = Clock()
+    secret, store = file_password_store(redis_server, tmp_path, clock)
+    try:
+        await store.initialise()
+        assert await store.admit("k", "n1", **window(clock)) is Admission.ACCEPTED
+        secret.chmod(0o644)
+        with admin(redis_server) as raw:
+            raw.client_kill_filter(_type="normal", skipme=True)
+        assert await store.admit("k", "n2", **window(clock)) is Admission.UNAVAILABLE
+        secret.chmod(0o600)
+        assert await store.admit("k", "n2", **window(clock)) is Admission.ACCEPTED
+    finally:
+        await store.close()
+    assert [r.levelname for r in caplog.records if r.name.startswith("gateway")] == [
+        "ERROR",
+        "WARNING",
+    ]
+    assert PASSWORD not in caplog.text
+
+
+async def test_redis_keeps_its_nonces_in_the_configured_database(
+    redis_server: RedisServer,
+) -> None:
+    clock = Clock()
+    store = make_store(redis_server, clock, database=5)
+    try:
+        await store.initialise()
+        assert await store.admit("k", "n", **window(clock)) is Admission.ACCEPTED
+    finally:
+        await store.close()
+    with admin(redis_server, db=5) as raw:
+        assert raw.exists("t:n:1:k:n") == 1
+    with admin(redis_server) as raw:
+        assert raw.keys("*") == []
 
 
 async def test_redis_restart_fails_closed_then_recovers_by_itself(
-    redis_server: RedisServer, stores: tuple[Clock, RedisReplayStore]
+    redis_server: RedisServer,
+    stores: tuple[Clock, RedisReplayStore],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock, store = stores
     assert await store.admit("k", "before", **window(clock)) is Admission.ACCEPTED
     redis_server.stop()
-    assert await store.admit("k", "during", **window(clock)) is Admission.UNAVAILABLE
-    redis_server.start()
+    try:
+        assert await store.admit("k", "during", **window(clock)) is Admission.UNAVAILABLE
+    finally:
+        redis_server.start()
     # The same client, no intervention: it reconnects on its own.
     assert await store.admit("k", "after", **window(clock)) is Admission.ACCEPTED
     # The append-only file kept the nonce accepted before the restart.
     assert await store.admit("k", "before", **window(clock)) is Admission.REPLAY
+    # The operator reads one line when it goes and one when it comes back.
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("gateway")]
+    where = f"redis://127.0.0.1:{redis_server.port} prefix t:"
+    assert [level for level, _ in lines] == ["ERROR", "WARNING"]
+    assert lines[0][1].startswith(f"replay store {where} unavailable (")
+    assert lines[1][1] == f"replay store {where} answers again"
 
 
-async def test_redis_that_lost_its_memory_sets_a_start_barrier(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path, persistent=False)
-    server.start()
-    clock = Clock()
-    store = make_store(server, clock)
+async def test_redis_that_lost_its_memory_sets_a_start_barrier(
+    redis_server: RedisServer, stores: tuple[Clock, RedisReplayStore]
+) -> None:
+    clock, store = stores
+    assert await store.admit("k", "n", **window(clock)) is Admission.ACCEPTED
+    with admin(redis_server) as raw:
+        raw.flushall()  # what a restart without persistence leaves
+    # The nonce is gone with the server's memory; the barrier refuses its replay.
+    assert await store.admit("k", "n", **window(clock)) is Admission.BEFORE_START
+    assert barrier(redis_server) == clock.now + SKEW
+    assert await store.admit("k", "fresh", **window(clock)) is Admission.BEFORE_START
+    clock.now += SKEW
+    assert await store.admit("k", "fresh", **window(clock)) is Admission.BEFORE_START
+    clock.now += 0.001
+    assert await store.admit("k", "fresh", **window(clock)) is Admission.ACCEPTED
+    # Writing the initial barrier again (a repeated registration) does not lower it.
+    await store.initialise()
+    assert barrier(redis_server) == clock.now - 0.001
+    assert await store.admit("k", "old", created=clock.now - 1, expires=clock.now + 60) is (
+        Admission.BEFORE_START
+    )
+
+
+class OtherGatewayFirst:
+    """A clock for a store that finds no barrier, by which time another gateway has set one.
+
+    Once the server has run the admission script (so the store has seen "no barrier") the next
+    reading of the clock first writes the other gateway's barrier, as a gateway racing this one
+    would between the script and this store's own write.
+    """
+
+    def __init__(self, server: RedisServer, other: float) -> None:
+        self.now = time.time()
+        self.server = server
+        self.other = other
+
+    def __call__(self) -> float:
+        with admin(self.server) as raw:
+            stats = raw.info("commandstats")
+            ran = any(name in stats for name in ("cmdstat_evalsha", "cmdstat_eval"))
+            if ran and raw.get("t:barrier") is None:
+                raw.set("t:barrier", repr(self.other))
+        return self.now
+
+
+async def test_a_barrier_set_by_another_gateway_is_never_moved(redis_server: RedisServer) -> None:
+    clock = OtherGatewayFirst(redis_server, other=time.time() - 1000)
+    store = make_store(redis_server, clock)  # type: ignore[arg-type]
     try:
-        await store.initialise()
-        assert await store.admit("k", "n", **window(clock)) is Admission.ACCEPTED
-        server.stop()
-        server.start()
-        # The nonce is gone with the server's memory; the barrier refuses its replay.
-        assert await store.admit("k", "n", **window(clock)) is Admission.BEFORE_START
-        assert await store.admit("k", "fresh", **window(clock)) is Admission.BEFORE_START
-        clock.now += SKEW + 1
-        assert await store.admit("k", "fresh", **window(clock)) is Admission.ACCEPTED
+        assert await store.admit("k", "n", created=clock.now, expires=clock.now + 60) is (
+            Admission.ACCEPTED
+        )
     finally:
         await store.close()
-        server.stop()
+    assert barrier(redis_server) == clock.other
 
 
 async def test_redis_unreachable_fails_closed() -> None:
     server = RedisServer(Path("/nonexistent"))  # never started: nothing listens on its port
     clock = Clock()
-    store = make_store(server, clock)
+    store = make_store(server, clock, timeout_seconds=FAILING_TIMEOUT)
     try:
         assert await store.admit("k", "n", **window(clock)) is Admission.UNAVAILABLE
     finally:
         await store.close()
 
 
-async def test_redis_over_tls_verifies_the_server(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path, tls=True)
-    server.start()
+async def test_redis_over_tls_verifies_the_server(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     clock = Clock()
-    trusted = make_store(server, clock, ca_file=server.ca_file)
+    port = redis_server.tls_port
+    trusted = make_store(redis_server, clock, ca_file=redis_server.ca_file, port=port, tls=True)
     # The same server, but its CA is not the one configured: the store must not talk to it.
     other_ca = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other_ca))
-    untrusted = make_store(server, clock, ca_file=other_ca)
+    untrusted = make_store(
+        redis_server, clock, ca_file=other_ca, port=port, tls=True, timeout_seconds=FAILING_TIMEOUT
+    )
+    # Plain text to the TLS port is no way round it either.
+    plain = make_store(redis_server, clock, port=port, timeout_seconds=FAILING_TIMEOUT)
     try:
+        assert trusted.description == f"rediss://127.0.0.1:{port} prefix t:"
         await trusted.initialise()
         assert await trusted.admit("k", "n", **window(clock)) is Admission.ACCEPTED
         assert await trusted.admit("k", "n", **window(clock)) is Admission.REPLAY
         assert await untrusted.admit("k", "n2", **window(clock)) is Admission.UNAVAILABLE
+        assert await plain.admit("k", "n3", **window(clock)) is Admission.UNAVAILABLE
     finally:
         await trusted.close()
         await untrusted.close()
-        server.stop()
+        await plain.close()
+
+
+async def test_a_closed_redis_store_admits_nothing(stores: tuple[Clock, RedisReplayStore]) -> None:
+    clock, store = stores
+    assert store.description.startswith("redis://127.0.0.1:")
+    await store.close()
+    assert await store.admit("k", "n", **window(clock)) is Admission.CLOSED
+
+
+# --- The store gateway.yaml asks for ----------------------------------------------------------
+
+
+def configured(tmp_path: Path, replay_store: str = "", *, skew: float = SKEW) -> LoadedConfig:
+    """A minimal gateway.yaml in ``tmp_path/etc`` with this ``signatures.replay_store``."""
+    etc = tmp_path / "etc"
+    etc.mkdir(exist_ok=True)
+    path = etc / "gateway.yaml"
+    signatures = f"signatures:\n  clock_skew_seconds: {skew}\n  replay_cache_entries: 1000\n"
+    if replay_store:
+        signatures += "  replay_store:\n" + textwrap.indent(replay_store, "    ")
+    path.write_text(BASE + signatures)
+    return load(path, check_host=False, env={})
+
+
+async def fill(store: ReplayStore, count: int) -> list[Admission]:
+    now = time.time()
+    return list(
+        await asyncio.gather(
+            *(store.admit("k", f"n{i}", created=now, expires=now + 60) for i in range(count))
+        )
+    )
+
+
+async def test_the_default_store_is_this_process_memory(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    ReplayCache.initialise(state)
+    store = open_replay_store(configured(tmp_path), state, "hc")
+    now = time.time()
+    try:
+        assert store.description == "memory (this gateway process only)"
+        assert await store.admit("k", "n", created=now, expires=now + 60) is Admission.ACCEPTED
+        assert await store.admit("k", "n", created=now, expires=now + 60) is Admission.REPLAY
+        # replay_cache_entries bounds it.
+        results = await fill(store, 1000)
+        assert results.count(Admission.ACCEPTED) == 999
+        assert results[-1] is Admission.FULL
+    finally:
+        await store.close()
+    # Closed cleanly, its nonces survive into the next process's memory.
+    again = open_replay_store(configured(tmp_path), state, "hc")
+    try:
+        assert await again.admit("k", "n", created=now, expires=now + 60) is Admission.REPLAY
+    finally:
+        await again.close()
+
+
+async def test_a_memory_store_without_clean_state_keeps_the_start_barrier(
+    tmp_path: Path,
+) -> None:
+    # After a crash (no clean state), clock_skew_seconds decide how long it refuses signatures:
+    # one made five seconds from now is refused with a 30 s skew, admitted with none.
+    for skew, verdict in ((SKEW, Admission.BEFORE_START), (0, Admission.ACCEPTED)):
+        state = tmp_path / f"state-{skew}"
+        state.mkdir()
+        store = open_replay_store(configured(tmp_path, skew=skew), state, "hc")
+        created = time.time() + 5
+        try:
+            assert await store.admit("k", "n", created=created, expires=created + 60) is verdict
+        finally:
+            await store.close()
+
+
+async def test_sqlite_store_in_the_state_directory_by_default(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    store = open_replay_store(configured(tmp_path, "kind: sqlite"), state, "hc")
+    try:
+        assert store.description == f"sqlite {state / 'replay.sqlite3'}"
+        now = time.time()
+        # A new file starts with the barrier clock_skew_seconds ahead.
+        assert await store.admit("k", "n", created=now, expires=now + 60) is (
+            Admission.BEFORE_START
+        )
+    finally:
+        await store.close()
+    assert (state / "replay.sqlite3").is_file()
+
+
+async def test_sqlite_store_at_a_path_relative_to_the_configuration(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (tmp_path / "etc").mkdir()
+    SqliteReplayStore.initialise(tmp_path / "etc" / "nonces.db")
+    loaded = configured(tmp_path, "kind: sqlite\nsqlite_path: nonces.db", skew=0)
+    store = open_replay_store(loaded, state, "hc")
+    try:
+        assert store.description == f"sqlite {tmp_path / 'etc' / 'nonces.db'}"
+        results = await fill(store, 1001)
+        assert results.count(Admission.ACCEPTED) == 1000
+        assert results[-1] is Admission.FULL
+    finally:
+        await store.close()
+
+
+async def test_redis_store_as_configured(redis_server: RedisServer, tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    shutil.copy(redis_server.ca_file, etc / "redis-ca.pem")
+    section = (
+        "kind: redis\n"
+        "redis:\n"
+        "  host: 127.0.0.1\n"
+        f"  port: {redis_server.tls_port}\n"
+        "  ca_file: redis-ca.pem\n"
+        "  password: {env: REDIS_PASSWORD}\n"
+    )
+    env = {"REDIS_PASSWORD": PASSWORD}
+    default = open_replay_store(configured(tmp_path, section), tmp_path, "hc-1", env=env)
+    prefixed = configured(tmp_path, section + "  key_prefix: 'custom:'\n", skew=0)
+    named = open_replay_store(prefixed, tmp_path, "hc-1", env=env)
+    try:
+        where = f"rediss://127.0.0.1:{redis_server.tls_port} prefix"
+        assert default.description == f"{where} gateway:replay:{{hc-1}}:"
+        assert named.description == f"{where} custom:"
+        # An empty store: each prefix gets its barrier, clock_skew_seconds ahead (30 s, none).
+        created = time.time() + 5
+        assert await default.admit("k", "n", created=created, expires=created + 60) is (
+            Admission.BEFORE_START
+        )
+        assert await named.admit("k", "n", created=created, expires=created + 60) is (
+            Admission.ACCEPTED
+        )
+        assert await named.admit("k", "n", created=created, expires=created + 60) is (
+            Admission.REPLAY
+        )
+    finally:
+        await default.close()
+        await named.close()
+    assert barrier(redis_server, "gateway:replay:{hc-1}:") == pytest.approx(created + SKEW, abs=10)
 
 
 def test_the_default_store_never_imports_redis() -> None:
