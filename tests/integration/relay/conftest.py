@@ -16,8 +16,10 @@ from ..squid import Squid, squid_for_fixture
 from .listener_support import HC, KEY
 from .relay_servers import (
     ConnectionRecorder,
+    ScriptedRelay,
     WsServer,
     start_connection_recorder,
+    start_scripted_relay,
     start_ws_server,
 )
 
@@ -90,3 +92,13 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """An HTTP client playing the SaaS sender."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[ScriptedRelay]:
+    """A relay whose control messages the test writes by hand."""
+    runner, relay = await start_scripted_relay()
+    try:
+        yield relay
+    finally:
+        await runner.cleanup()

@@ -45,6 +45,11 @@ class Tokens:
         return token, float(parse_token(token).expiry)
 
 
+async def static_token() -> tuple[str, float]:
+    """A token provider for relays that do not check tokens (the scripted relay)."""
+    return "SharedAccessSignature sr=x&sig=y&se=4102444800&skn=z", 4102444800.0
+
+
 async def echo_handler(request: RelayedRequest) -> RelayedResponse:
     """Answers with what it got, so tests can see the request as the handler saw it."""
     headers = (

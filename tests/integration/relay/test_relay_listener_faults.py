@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -30,21 +29,12 @@ from .listener_support import (
     listener_settings,
     send_http,
     start_listener,
+    static_token,
     wait_until,
 )
-from .relay_servers import ConnectionRecorder, ScriptedRelay, start_scripted_relay
+from .relay_servers import ConnectionRecorder, ScriptedRelay
 
 SLOW = BackoffPolicy(base=0.05, cap=0.2, auth_retry_delay=5.0, not_found_retry_delay=5.0)
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedRelay]:
-    """A relay whose control messages the test writes by hand."""
-    runner, relay = await start_scripted_relay()
-    try:
-        yield relay
-    finally:
-        await runner.cleanup()
 
 
 async def test_token_is_renewed_before_it_expires(
@@ -196,7 +186,7 @@ async def test_malformed_relay_messages_are_counted_and_survived(
 ) -> None:
     listener = RelayListener(
         listener_settings(scripted.base, backoff=SLOW),
-        token_provider=_static_token,
+        token_provider=static_token,
         request_handler=echo_handler,
         stream_handler=Streams(),
     )
@@ -230,7 +220,7 @@ async def test_bad_rendezvous_address_is_never_dialled(
 
     listener = RelayListener(
         listener_settings(scripted.base),
-        token_provider=_static_token,
+        token_provider=static_token,
         request_handler=big,
         stream_handler=Streams(),
     )
@@ -254,10 +244,6 @@ async def test_bad_rendezvous_address_is_never_dialled(
     assert listener.metrics.requests == {"bad_rendezvous_address": 1}
     assert "bad_rendezvous_address" in caplog.text
     assert str(connection_recorder.port) not in caplog.text
-
-
-async def _static_token() -> tuple[str, float]:
-    return "SharedAccessSignature sr=x&sig=y&se=4102444800&skn=z", 4102444800.0
 
 
 async def test_relay_traffic_goes_through_squid(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -30,9 +29,10 @@ from .listener_support import (
     listener_settings,
     send_http,
     start_listener,
+    static_token,
     wait_until,
 )
-from .relay_servers import ScriptedRelay, start_scripted_relay
+from .relay_servers import ScriptedRelay
 
 SLOW = BackoffPolicy(base=0.05, cap=0.2, auth_retry_delay=5.0, not_found_retry_delay=5.0)
 
@@ -44,20 +44,6 @@ MALFORMED = [
     pytest.param("GET", f"/{HC}/x", {"X A": "1"}, b"", id="header-name-not-a-token"),
     pytest.param("PUT", f"/{HC}/x", {"X-Big": "v" * 17_000}, b"z" * 100, id="field-over-16k"),
 ]
-
-
-async def _static_token() -> tuple[str, float]:
-    return "SharedAccessSignature sr=x&sig=y&se=4102444800&skn=z", 4102444800.0
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedRelay]:
-    """A relay whose control messages the test writes by hand."""
-    runner, relay = await start_scripted_relay()
-    try:
-        yield relay
-    finally:
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize(("method", "target", "headers", "body"), MALFORMED)
@@ -138,7 +124,7 @@ async def test_a_relay_sending_only_malformed_requests_loses_the_channel(
     settings = listener_settings(scripted.base, backoff=SLOW, max_protocol_violations=budget)
     listener = RelayListener(
         settings,
-        token_provider=_static_token,
+        token_provider=static_token,
         request_handler=echo_handler,
         stream_handler=Streams(),
     )

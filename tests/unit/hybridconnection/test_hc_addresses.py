@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -29,11 +30,29 @@ def test_endpoint_parsing_and_default_port() -> None:
     assert RelayEndpoint.parse("ws://[::1]:9000").base == "ws://[::1]:9000"
 
 
+def test_endpoint_may_end_with_a_slash() -> None:
+    assert RelayEndpoint.parse("wss://contoso.servicebus.windows.net/") == AZURE
+
+
+# The operator reads these when gateway.yaml's relay endpoint is wrong.
+ONLY = "relay endpoint must be scheme://host[:port] only"
+
+
 @pytest.mark.parametrize(
-    "url", ["https://x", "wss://", "wss://u@x", "wss://x/path", "wss://x?q=1", "wss://x:99999"]
+    ("url", "message"),
+    [
+        ("https://x", "relay endpoint must use ws:// or wss://"),
+        ("wss://", "relay endpoint has no host"),
+        ("wss://u@x", ONLY),
+        ("wss://x/path", ONLY),
+        ("wss://x//", ONLY),
+        ("wss://x?q=1", ONLY),
+        ("wss://x#f", ONLY),
+        ("wss://x:99999", "Port out of range 0-65535"),
+    ],
 )
-def test_endpoint_rejects_anything_but_scheme_host_port(url: str) -> None:
-    with pytest.raises(ValueError, match=r"relay endpoint|[Pp]ort"):
+def test_endpoint_rejects_anything_but_scheme_host_port(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         RelayEndpoint.parse(url)
 
 
@@ -46,6 +65,24 @@ def test_listen_url_shape() -> None:
         ("sb-hc-id", "L1"),
         ("sb-hc-token", "SharedAccessSignature sr=x&y=1"),
     ]
+
+
+def test_hc_names_keep_every_character_but_the_surrounding_slashes() -> None:
+    url = listen_url(AZURE, "//Xray/sub X//")
+    assert urlsplit(url).path == "/$hc/Xray/sub%20X"
+    with pytest.raises(ValueError, match=r"^hybrid connection path must not be empty$"):
+        listen_url(AZURE, "//")
+
+
+def test_connect_url_without_suffix_and_with_a_token() -> None:
+    url = connect_url(DEV, "hyco", token="SharedAccessSignature sr=a&sig=b")
+    assert url == (
+        "ws://127.0.0.1:9000/$hc/hyco?sb-hc-action=connect"
+        "&sb-hc-token=SharedAccessSignature%20sr%3Da%26sig%3Db"
+    )
+    assert connect_url(DEV, "hyco", suffix="Xy/z") == (
+        "ws://127.0.0.1:9000/$hc/hyco/Xy/z?sb-hc-action=connect"
+    )
 
 
 def test_connect_and_http_urls() -> None:
@@ -62,6 +99,15 @@ def test_reject_url_appends_status() -> None:
     assert reject_url(address, 403, "not allowed") == (
         address + "&sb-hc-statusCode=403&sb-hc-statusDescription=not%20allowed"
     )
+    bare = "wss://g.servicebus.windows.net/$hc/hyco"
+    assert reject_url(bare, 100, "") == bare + "?sb-hc-statusCode=100&sb-hc-statusDescription="
+    assert reject_url(bare, 999, "x").startswith(bare + "?sb-hc-statusCode=999&")
+
+
+@pytest.mark.parametrize("status", [99, 1000, -403])
+def test_reject_url_needs_a_three_digit_status(status: int) -> None:
+    with pytest.raises(ValueError, match=r"^status code must be 100-999$"):
+        reject_url("wss://g.servicebus.windows.net/$hc/hyco", status, "x")
 
 
 GOOD = [
@@ -122,9 +168,59 @@ def test_dev_endpoint_must_match_exactly() -> None:
             policy.check(address)
 
 
-def test_domain_suffix_must_start_with_a_dot() -> None:
-    with pytest.raises(ValueError, match="must start with"):
-        RendezvousPolicy(domain_suffix="servicebus.windows.net")
+@pytest.mark.parametrize(
+    "suffix", ["servicebus.windows.net", ".net", ".-bad.example", ".bad-.example", ".a..example"]
+)
+def test_domain_suffix_must_be_a_dotted_domain_of_two_labels(suffix: str) -> None:
+    message = (
+        "domain_suffix must start with '.' and name a domain of at least two labels, "
+        "e.g. '.servicebus.windows.net'"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        RendezvousPolicy(domain_suffix=suffix)
+
+
+def test_a_two_label_domain_suffix_is_enough() -> None:
+    policy = RendezvousPolicy(domain_suffix=".corp.example", entity_path="hyco")
+    address = "wss://n1.corp.example/$hc/hyco?sb-hc-action=accept&sb-hc-id=1"
+    assert policy.check(address) == address
+
+
+def test_address_length_bound_is_inclusive() -> None:
+    base = "wss://g.servicebus.windows.net/$hc/hyco?sb-hc-action=accept&sb-hc-id=1&p="
+    longest = base + "a" * (4096 - len(base))
+    policy = RendezvousPolicy(entity_path="hyco")
+    assert policy.check(longest) == longest
+    with pytest.raises(BadRendezvousAddressError):
+        policy.check(longest + "a")
+
+
+def test_a_question_mark_inside_the_query_belongs_to_the_query() -> None:
+    # RFC 3986 section 3.4: '?' may appear in a query; only the first one starts it.
+    address = "wss://g.servicebus.windows.net/$hc/hyco?sb-hc-action=accept&sb-hc-id=1&next=a?b"
+    assert RendezvousPolicy(entity_path="hyco").check(address, "1") == address
+
+
+def test_without_an_entity_path_any_hybrid_connection_path_is_allowed() -> None:
+    policy = RendezvousPolicy()
+    for path in ("hyco", "Other/sub"):
+        address = f"wss://g.servicebus.windows.net/$hc/{path}?sb-hc-action=request&sb-hc-id=1"
+        assert policy.check(address, "1") == address
+    with pytest.raises(BadRendezvousAddressError):
+        policy.check("wss://g.servicebus.windows.net/hyco?sb-hc-action=request&sb-hc-id=1")
+
+
+def test_a_local_relay_named_by_host_name_is_trusted_whatever_its_case() -> None:
+    policy = RendezvousPolicy(
+        domain_suffix=None,
+        entity_path="hyco",
+        dev_endpoint=RelayEndpoint.parse("ws://Relay.Local:9000"),
+    )
+    for host in ("relay.local", "RELAY.local"):
+        address = f"ws://{host}:9000/$hc/hyco?sb-hc-action=accept&sb-hc-id=1"
+        assert policy.check(address, "1") == address
+    with pytest.raises(BadRendezvousAddressError):
+        policy.check("wss://g.servicebus.windows.net/$hc/hyco?sb-hc-action=accept&sb-hc-id=1")
 
 
 @given(st.text(max_size=120))
