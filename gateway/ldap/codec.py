@@ -292,6 +292,15 @@ def _text(value: Any) -> str:
         raise LdapProtocolError("ldap-malformed-pdu", "an LDAPString is not UTF-8") from None
 
 
+def _ranged(value: Any, low: int, high: int, what: str) -> int:
+    # RFC 4511 appendix B bounds each INTEGER and closed ENUMERATED; a value outside the range is
+    # not an LDAP PDU, and a directory may read it otherwise (a negative sizeLimit as unsigned).
+    number = int(value)
+    if not low <= number <= high:
+        raise LdapProtocolError("ldap-malformed-pdu", f"{what} {number} is outside {low}..{high}")
+    return number
+
+
 def _optional_bytes(value: Any) -> bytes | None:
     return bytes(value) if value.isValue else None
 
@@ -347,6 +356,15 @@ def _filter(node: Any, budget: list[int], message_id: int) -> FilterNode:
         attribute = _text(inner["type"]) if inner["type"].isValue else ""
         if not rule and not attribute:  # 4.5.1.7.7: one of them must be present
             raise LdapProtocolError("ldap-malformed-pdu", "an extensible match without rule/type")
+        if not attribute:
+            # 4.5.1.7.7: without a type the directory compares matchValue against every attribute
+            # of the entry that supports the rule, never-returned ones included, while the filter
+            # names no attribute for a policy to judge: an oracle for any value. Refused.
+            raise LdapRefusedError(
+                "ldap-filter-without-type",
+                "an extensible match without an attribute type tests every attribute",
+                message_id=message_id,
+            )
         return FilterNode(
             kind,
             attribute=attribute,
@@ -411,7 +429,7 @@ def _request(message: Any, message_id: int, operation: Operation, limits: Limits
             return Request(
                 **base,
                 dn=_text(op["name"]),
-                version=int(op["version"]),
+                version=_ranged(op["version"], 1, 127, "version"),
                 auth_method="simple",
                 credentials=bytes(auth.getComponent()),
             )
@@ -419,7 +437,7 @@ def _request(message: Any, message_id: int, operation: Operation, limits: Limits
         return Request(
             **base,
             dn=_text(op["name"]),
-            version=int(op["version"]),
+            version=_ranged(op["version"], 1, 127, "version"),
             auth_method="sasl",
             sasl_mechanism=_text(sasl["mechanism"]),
             credentials=_optional_bytes(sasl["credentials"]) or b"",
@@ -436,9 +454,9 @@ def _request(message: Any, message_id: int, operation: Operation, limits: Limits
             **base,
             dn=_text(op["baseObject"]),
             scope=SCOPES[scope],
-            deref_aliases=int(op["derefAliases"]),
-            size_limit=int(op["sizeLimit"]),
-            time_limit=int(op["timeLimit"]),
+            deref_aliases=_ranged(op["derefAliases"], 0, 3, "derefAliases"),
+            size_limit=_ranged(op["sizeLimit"], 0, MAX_INT, "sizeLimit"),
+            time_limit=_ranged(op["timeLimit"], 0, MAX_INT, "timeLimit"),
             types_only=bool(op["typesOnly"]),
             filter=_filter(op["filter"], [limits.max_filter_nodes], message_id),
             attributes=tuple(_text(item) for item in attributes),
@@ -492,7 +510,7 @@ def _request(message: Any, message_id: int, operation: Operation, limits: Limits
             assertion=bytes(ava["assertionValue"]),
         )
     if operation is Operation.ABANDON:
-        return Request(**base, abandon_id=int(op))
+        return Request(**base, abandon_id=_ranged(op, 0, MAX_INT, "abandon message id"))
     if operation is Operation.EXTENDED:
         return Request(
             **base,

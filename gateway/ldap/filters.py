@@ -143,6 +143,10 @@ class _Parser:
                 raise FilterSyntaxError(f"bad extensible match {left!r}")
         if not attribute and not rule:
             raise FilterSyntaxError("an extensible match needs an attribute or a rule")
+        if not attribute:
+            # The decoder refuses it on the wire (gateway.ldap.codec, RFC 4511 4.5.1.7.7: it
+            # tests every attribute of the entry), so a question about it is refused too.
+            raise FilterSyntaxError("an extensible match without an attribute type is refused")
         return FilterNode(
             "extensibleMatch",
             attribute=attribute,

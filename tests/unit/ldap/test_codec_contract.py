@@ -814,3 +814,87 @@ def test_stripping_refuses_what_it_cannot_read() -> None:
     assert (kind, reason) == (LdapProtocolError, "ldap-malformed-pdu")
     assert detail.startswith("not an RFC 4511 LDAPMessage: ")
 
+
+# --- defects the mutation run led to -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(:2.5.13.5:=hunter2)",  # caseExactMatch against every attribute of the entry
+        "(:dn:2.5.13.2:=x)",
+        "(&(objectClass=computer)(!(:caseIgnoreMatch:=hunter2)))",
+    ],
+)
+def test_an_extensible_match_without_a_type_is_refused(text: str) -> None:
+    # RFC 4511 4.5.1.7.7: without a type the directory compares matchValue against every attribute
+    # of the entry that supports the rule (ms-Mcs-AdmPwd too), while the filter names no attribute
+    # for the policy's never_returned veto or filter_attributes to catch: an oracle for any value.
+    assert _refusal(codec.decode_request, pdus.search(12, search_filter=text)) == (
+        LdapRefusedError,
+        "ldap-filter-without-type",
+        "an extensible match without an attribute type tests every attribute",
+        12,
+        Operation.SEARCH,
+    )
+
+
+def test_an_extensible_match_with_a_type_and_no_rule_is_read() -> None:
+    node = codec.decode_request(_search(tlv(0xA9, octets("cn", 0x82) + octets("a", 0x83)))).filter
+    assert node == FilterNode("extensibleMatch", attribute="cn", value=b"a")
+
+
+def _bind(version: int) -> bytes:
+    return message(2, tlv(0x60, integer(version) + octets("") + octets("", 0x80)))
+
+
+@pytest.mark.parametrize(
+    ("pdu", "detail"),
+    [
+        (_search(EQ_CN, size=-1), f"sizeLimit -1 is outside 0..{MAX_INT}"),
+        (_search(EQ_CN, size=MAX_INT + 1), f"sizeLimit {MAX_INT + 1} is outside 0..{MAX_INT}"),
+        (_search(EQ_CN, time=-1), f"timeLimit -1 is outside 0..{MAX_INT}"),
+        (_search(EQ_CN, time=MAX_INT + 1), f"timeLimit {MAX_INT + 1} is outside 0..{MAX_INT}"),
+        (_search(EQ_CN, deref=4), "derefAliases 4 is outside 0..3"),
+        (_search(EQ_CN, deref=-1), "derefAliases -1 is outside 0..3"),
+        (message(3, integer(-1, 0x50)), f"abandon message id -1 is outside 0..{MAX_INT}"),
+        (
+            message(3, integer(MAX_INT + 1, 0x50)),
+            f"abandon message id {MAX_INT + 1} is outside 0..{MAX_INT}",
+        ),
+        (_bind(0), "version 0 is outside 1..127"),
+        (_bind(128), "version 128 is outside 1..127"),
+    ],
+    ids=[
+        "size-negative",
+        "size-over",
+        "time-negative",
+        "time-over",
+        "deref-4",
+        "deref-negative",
+        "abandon-negative",
+        "abandon-over",
+        "version-0",
+        "version-128",
+    ],
+)
+def test_integers_outside_their_rfc_4511_range_are_malformed(pdu: bytes, detail: str) -> None:
+    # RFC 4511 appendix B bounds each INTEGER: a search with sizeLimit -1 passed a rule's
+    # max_size_limit (it is neither 0 nor over the cap) while a directory reading the octets as
+    # unsigned would return everything. What the grammar excludes is not an LDAP PDU.
+    assert _refusal(codec.decode_request, pdu) == (
+        LdapProtocolError,
+        "ldap-malformed-pdu",
+        detail,
+        None,
+        None,
+    )
+
+
+def test_integers_at_the_ends_of_their_range_are_read() -> None:
+    widest = codec.decode_request(_search(EQ_CN, size=MAX_INT, time=MAX_INT, deref=3))
+    assert (widest.size_limit, widest.time_limit, widest.deref_aliases) == (MAX_INT, MAX_INT, 3)
+    assert codec.decode_request(message(3, integer(MAX_INT, 0x50))).abandon_id == MAX_INT
+    assert codec.decode_request(message(3, integer(0, 0x50))).abandon_id == 0
+    assert codec.decode_request(_bind(1)).version == 1
+    assert codec.decode_request(_bind(127)).version == 127

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.ldap import codec
 from gateway.ldap.asn1 import FILTER_DEPTH
+from gateway.ldap.errors import LdapRefusedError
 from gateway.ldap.filters import FilterSyntaxError, parse_filter
 from tests.unit.ldap import pdus
 
@@ -33,8 +34,6 @@ def _from_the_wire(text: str) -> codec.FilterNode:
         "(cn:=Betty Rubble)",
         "(sn:dn:2.4.6.8.10:=Barney Rubble)",
         "(o:dn:=Ace Industry)",
-        "(:1.2.3:=Wilma Flintstone)",
-        "(:DN:2.4.6.8.10:=Dino)",
         "(o=Parens R Us \\28for all your parenthetical needs\\29)",
         "(cn=*\\2A*)",
         "(filename=C:\\5cMyFile)",
@@ -50,6 +49,18 @@ def _from_the_wire(text: str) -> codec.FilterNode:
 )
 def test_rfc4515_examples_match_the_wire(text: str) -> None:
     assert parse_filter(text) == _from_the_wire(text)
+
+
+@pytest.mark.parametrize("text", ["(:1.2.3:=Wilma Flintstone)", "(:DN:2.4.6.8.10:=Dino)"])
+def test_rfc4515_untyped_extensible_matches_are_refused_on_the_wire_and_in_questions(
+    text: str,
+) -> None:
+    # RFC 4511 4.5.1.7.7: without a type the match tests every attribute of the entry, so the
+    # decoder refuses the PDU; a question about the same filter must not be answered otherwise.
+    with pytest.raises(LdapRefusedError, match="ldap-filter-without-type"):
+        _from_the_wire(text)
+    with pytest.raises(FilterSyntaxError, match="without an attribute type"):
+        parse_filter(text)
 
 
 @pytest.mark.parametrize(
