@@ -898,3 +898,18 @@ def test_integers_at_the_ends_of_their_range_are_read() -> None:
     assert codec.decode_request(message(3, integer(0, 0x50))).abandon_id == 0
     assert codec.decode_request(_bind(1)).version == 1
     assert codec.decode_request(_bind(127)).version == 127
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 8), st.integers(1, MAX_INT), st.text(max_size=40), st.binary(max_size=3))
+def test_every_definite_length_form_frames_and_reads_the_same(
+    octet_count: int, message_id: int, dn: str, tail: bytes
+) -> None:
+    # X.690 8.1.3.5: the long form may use more length octets than needed (OpenLDAP writes four);
+    # LDAP allows any definite form (section 5.1). Framing and decoding must agree on each.
+    body = integer(message_id) + octets(dn, 0x4A)
+    long_form = bytes([0x30, 0x80 | octet_count]) + len(body).to_bytes(octet_count, "big") + body
+    assert codec.pdu_length(long_form + tail, len(long_form)) == len(long_form)
+    assert codec.pdu_length(long_form[: 2 + octet_count - 1], 1 << 20) is None
+    assert codec.decode_request(long_form) == codec.decode_request(tlv(0x30, body))
+    assert codec.decode_request(long_form) == Request(message_id, Operation.DELETE, dn=dn)
