@@ -108,8 +108,9 @@ UVLOOP_LAUNCHER = (
 # --- child processes ---------------------------------------------------------------------
 
 
-async def run_relay() -> None:
-    """The relay emulator; the SAS keys come from the environment."""
+async def run_relay(signed: Sequence[str] = (HC, HC_UV), bare: Sequence[str] = BARE_HCS) -> None:
+    """The relay emulator with the ``signed`` Hybrid Connections (senders need a Send token) and
+    the ``bare`` ones; the SAS keys come from the environment."""
     from gateway.devkit.relay_emulator import (
         LISTEN,
         SEND,
@@ -123,8 +124,8 @@ async def run_relay() -> None:
         SasRule("SendRule", os.environ["BENCH_SEND_KEY"], frozenset({SEND})),
     ]
     # The bare listeners' connections take anonymous senders, as in bench_relay.py.
-    bare = [HybridConnectionSpec(hc, requires_client_authorization=False) for hc in BARE_HCS]
-    async with RelayEmulator([HC, HC_UV, *bare], rules, namespace=NAMESPACE) as relay:
+    anonymous = [HybridConnectionSpec(hc, requires_client_authorization=False) for hc in bare]
+    async with RelayEmulator([*signed, *anonymous], rules, namespace=NAMESPACE) as relay:
         print(f"ready {relay.port}", flush=True)
         await until_terminated()
 
@@ -221,6 +222,34 @@ def gateway_config(
     }
 
 
+async def start_stack(
+    relay_script: Path,
+    workdir: Path,
+    env: dict[str, str],
+    processes: list[asyncio.subprocess.Process],
+) -> tuple[tuple[int, int, int, int], str]:
+    """Start the relay emulator (``relay_script --role relay``) and the control-plane simulator
+    with the sample targets, appending both to ``processes``; returns the ports (relay, control
+    plane, HTTP target, TCP target) and the control plane's signing key id. Their stderr goes to
+    ``workdir/children.log``."""
+    python = sys.executable
+    errors = workdir / "children.log"
+    relay = await start_child(
+        "relay", [python, str(relay_script), "--role", "relay"], step=STEP, env=env, errors=errors
+    )
+    processes.append(relay.process)
+    services = await start_child(
+        "services",
+        [python, str(SCRIPT), "--role", "services", "--workdir", str(workdir)],
+        step=STEP,
+        env=env,
+        errors=errors,
+    )
+    processes.append(services.process)
+    cp_port, http_port, tcp_port = (int(v) for v in services.values[:3])
+    return (int(relay.values[0]), cp_port, http_port, tcp_port), services.values[3]
+
+
 async def start_gateway(
     workdir: Path,
     ports: tuple[int, int, int, int],
@@ -228,9 +257,13 @@ async def start_gateway(
     env: dict[str, str],
     *,
     uvloop: bool,
+    cwd: Path | None = None,
 ) -> asyncio.subprocess.Process:
     """Write gateway.yaml in ``workdir``, register ``gateway_id`` and start ``gateway run`` (on
-    uvloop's event loop with ``uvloop``); returns it once ``/readyz`` says ready."""
+    uvloop's event loop with ``uvloop``) in ``cwd``; returns it once ``/readyz`` says ready.
+
+    ``python -m gateway`` imports the package from its working directory first: a ``cwd``
+    outside the repository lets ``PYTHONPATH`` choose another tree's package."""
     python = sys.executable
     health_port = free_port()
     config = workdir / "gateway.yaml"
@@ -239,6 +272,7 @@ async def start_gateway(
     registration = await asyncio.create_subprocess_exec(
         python, "-m", "gateway", "register", "-c", str(config), "--person", PERSON,
         env=env,
+        cwd=cwd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
@@ -251,7 +285,7 @@ async def start_gateway(
     launcher = ["-c", UVLOOP_LAUNCHER] if uvloop else ["-m", "gateway"]
     with (workdir / "gateway.log").open("wb") as log_file:
         gateway = await asyncio.create_subprocess_exec(
-            python, *launcher, *run_args, env=env, stdout=log_file, stderr=log_file
+            python, *launcher, *run_args, env=env, cwd=cwd, stdout=log_file, stderr=log_file
         )
     try:
         await wait_ready(health_port, gateway)
@@ -592,7 +626,6 @@ async def benchmark(
     from gateway.devkit.signing import RequestSigner
 
     repetitions, seconds = (2, 1.0) if quick else (5, 3.0)
-    python = sys.executable
     results = Results()
     processes: list[asyncio.subprocess.Process] = []
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
@@ -608,23 +641,9 @@ async def benchmark(
         env.pop("GATEWAY_CONFIG", None)
         try:
             errors = workdir / "children.log"
-            relay = await start_child(
-                "relay", [python, str(SCRIPT), "--role", "relay"], step=STEP, env=env, errors=errors
-            )
-            processes.append(relay.process)
-            services = await start_child(
-                "services",
-                [python, str(SCRIPT), "--role", "services", "--workdir", str(workdir)],
-                step=STEP,
-                env=env,
-                errors=errors,
-            )
-            processes.append(services.process)
-            relay_port = int(relay.values[0])
-            cp_port, http_port, tcp_port = (int(v) for v in services.values[:3])
-            keyid = services.values[3]
+            ports, keyid = await start_stack(SCRIPT, workdir, env, processes)
+            relay_port, _, http_port, _ = ports
             gateway_env = {**env, "GATEWAY_REGISTER_PASSWORD": PERSON_PASSWORD}
-            ports = (relay_port, cp_port, http_port, tcp_port)
             gateway = await start_gateway(workdir, ports, GATEWAY_ID, gateway_env, uvloop=False)
             processes.append(gateway)
             await asyncio.sleep(1.0)
