@@ -27,9 +27,7 @@ at load and reload, where the last good revision stays in place.
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,12 +40,12 @@ from gateway.ldap.errors import LdapRefusedError
 from gateway.policy.engine import UNDEFINED, EngineError, document_problem
 from gateway.policy.input import build_input
 from gateway.policy.loader import PolicyModule, PolicySet
+from gateway.policy.planner import plan_calls
 
 __all__ = [
     "MAX_SMOKE_INPUTS",
     "Evaluator",
     "check_policy",
-    "read_plan",
     "smoke_inputs",
     "undefined_calls",
 ]
@@ -56,7 +54,6 @@ log = logging.getLogger("gateway.policy")
 
 MAX_SMOKE_INPUTS = 512
 """At most this many evaluations per check (about 0.15 s at 1,000 targets on the build machine)."""
-_MAX_PLAN_BYTES = 64 << 20
 _MAX_PROBLEMS = 20
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
@@ -77,17 +74,9 @@ def check_policy(engine: Evaluator, policies: PolicySet, config: GatewayConfig) 
     """
     from gateway.policy.embedded import compiled_plan  # the embedded module imports this one
 
-    plan = compiled_plan(policies.modules)
-    if plan is None:
-        log.error(
-            "the policy's function calls were not checked: this process loaded the C++ runtime "
-            "before the policy engine (see the policy_engine_leaks error)",
-            extra={"event": "policy_check_skipped"},
-        )
-    else:
-        problems = undefined_calls(plan, policies.modules)
-        if problems:
-            raise PolicyError(problems)
+    problems = undefined_calls(compiled_plan(policies.modules), policies.modules)
+    if problems:
+        raise PolicyError(problems)
     for document in smoke_inputs(config):
         problem = _evaluation_problem(engine, document, policies)
         if problem is not None:
@@ -106,7 +95,7 @@ def undefined_calls(plan: Mapping[str, Any], modules: tuple[PolicyModule, ...]) 
     files = [entry.get("value", "") for entry in static.get("files") or ()]
     problems: list[Problem] = []
     seen: set[tuple[str, int, int]] = set()
-    for call in _calls(plan):
+    for call in plan_calls(plan):
         name = call.get("func")
         if not isinstance(name, str) or name in builtins or name in functions:
             continue
@@ -249,19 +238,6 @@ def _decision_file(policies: PolicySet) -> str:
     return str(deciders[0].path) if deciders else ""
 
 
-def _calls(node: Any) -> Iterator[dict[str, Any]]:
-    """Every ``CallStmt`` of a plan (an iterative walk: plans nest blocks deeply)."""
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if item.get("type") == "CallStmt" and isinstance(item.get("stmt"), dict):
-                yield item["stmt"]
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-
-
 def _module_for(
     files: list[str], index: Any, name: str, row: Any, modules: tuple[PolicyModule, ...]
 ) -> str:
@@ -280,18 +256,3 @@ def _module_for(
         if isinstance(row, int) and 0 <= row < len(lines) and short in lines[row]:
             return str(module.path)
     return str(candidates[0].path) if candidates else planned
-
-
-def read_plan(save: Any) -> dict[str, Any]:
-    """The ``plan.json`` of a bundle, written by ``save(directory)`` to a private directory."""
-    with tempfile.TemporaryDirectory(prefix="gateway-plan-") as directory:
-        save(directory)
-        path = Path(directory) / "plan.json"
-        with path.open("rb") as handle:
-            raw = handle.read(_MAX_PLAN_BYTES + 1)
-    if len(raw) > _MAX_PLAN_BYTES:
-        raise PolicyError(
-            [Problem("the compiled policy plan is larger than 64 MiB", code="policy_too_large")]
-        )
-    plan = json.loads(raw)
-    return plan if isinstance(plan, dict) else {}

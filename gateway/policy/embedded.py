@@ -50,10 +50,10 @@ from regopy import rego_shared
 
 from gateway.errors import PolicyError, Problem
 from gateway.policy.cache import DecisionCache, project
-from gateway.policy.check import read_plan
 from gateway.policy.engine import POLICY_UNAVAILABLE, UNDEFINED, EngineError, Mode, PolicyEngine
 from gateway.policy.loader import PolicyModule, PolicySet
 from gateway.policy.native import load_order_problem
+from gateway.policy.planner import DECISION_ENTRYPOINT, PlanCompileError, reduced_plan
 
 __all__ = [
     "DECISION_ENTRYPOINT",
@@ -64,8 +64,6 @@ __all__ = [
     "new_interpreter",
 ]
 
-DECISION_ENTRYPOINT = "gateway/authz/decision"
-"""The one rule the bundle is planned for (``data.gateway.authz.decision``)."""
 _ENTRYPOINT = DECISION_ENTRYPOINT.encode("ascii")
 
 log = logging.getLogger("gateway.policy")
@@ -193,35 +191,31 @@ def _decision(text: bytes) -> Any:
     return expressions[0]
 
 
-def compiled_plan(modules: Iterable[PolicyModule]) -> dict[str, Any] | None:
-    """The plan rego-cpp compiles ``modules`` into for the decision rule (what
-    :mod:`gateway.policy.check` reads), or None in a process that loaded the C++ runtime before
-    rego-cpp: saving a bundle there frees memory with the wrong allocator and aborts the process
-    (measured with regopy 1.5.2; see :mod:`gateway.policy.native`).
+def compiled_plan(modules: Iterable[PolicyModule]) -> dict[str, Any]:
+    """What :mod:`gateway.policy.check` reads of the plan rego-cpp compiles ``modules`` into for
+    the decision rule, compiled in a child process (:mod:`gateway.policy.planner`: saving a
+    bundle, the only way rego-cpp gives its plan, takes tens of MiB its allocator never returns).
 
     Compiled without the allow-list data: which functions the rules call does not depend on it,
     and writing the data out with the plan cost 1.5 s at 1,000 targets.
     """
-    if load_order_problem() is not None:
-        return None
     listed = list(modules)
     # Saving a bundle writes every module below the directory under the name it was added with;
     # under its own absolute path that rewrites the policy file in place (truncated first), so a
     # process reading it meanwhile - another worker starting - found it empty. Names of our own
     # keep every write inside the private directory; the plan gets the real paths back.
     names = {f"module{index}-{module.path.name}": module for index, module in enumerate(listed)}
-    rego = new_interpreter(listed, {}, names=names)
     try:
-        bundle = rego.build(None, [DECISION_ENTRYPOINT])
-    except regopy.RegoError as exc:
-        raise compile_error(exc, listed, names) from None
-    plan = read_plan(lambda directory: rego.save_bundle(directory, bundle))
-    static = plan.get("static")
-    for entry in (static.get("files") or ()) if isinstance(static, dict) else ():
+        plan = reduced_plan({name: module.source for name, module in names.items()})
+    except PlanCompileError as exc:
+        raise compile_error(regopy.RegoError(str(exc)), listed, names) from None
+    # A copy with the real paths: the planner keeps its answer for the next identical modules.
+    static = plan["static"]
+    files = []
+    for entry in static.get("files") or ():
         module = names.get(str(entry.get("value"))) if isinstance(entry, dict) else None
-        if module is not None:
-            entry["value"] = str(module.path)
-    return plan
+        files.append({"value": str(module.path)} if module is not None else entry)
+    return {**plan, "static": {**static, "files": files}}
 
 
 def evaluation_error(text: bytes | str) -> str:

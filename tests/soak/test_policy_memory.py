@@ -14,12 +14,7 @@ module, as ``gateway run`` imports them) and then decides 8,000 cache misses.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit.policy.conftest import ROOT, fresh_process_report
 
 # The leak is ~52 MiB over these 8,000 decisions; a flat engine moves by well under 1 MiB.
 DECISIONS = 8000
@@ -90,16 +85,7 @@ print(json.dumps({"growth_mib": rss_mib() - before, "results": sorted(results)})
 
 def decide_in_fresh_process(first: str) -> float:
     """RSS growth (MiB) of a fresh gateway process over DECISIONS embedded decisions."""
-    completed = subprocess.run(
-        [sys.executable, "-c", _CHILD, first, str(ROOT / "policies"), str(DECISIONS)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    report = fresh_process_report(_CHILD, first, str(ROOT / "policies"), str(DECISIONS))
     # Both allowed and denied decisions were made, so both paths of the policy were exercised.
     assert report["results"] == [False, True]
     return float(report["growth_mib"])

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +40,22 @@ targets:
 """
 
 MakeConfig = Callable[..., LoadedConfig]
+
+
+def fresh_process_report(code: str, *args: str) -> Any:
+    """Run ``code`` with ``args`` in a fresh interpreter started in the repository; the JSON
+    value of the last line it prints. Native load order and allocator state are per process,
+    so tests about them need one of their own."""
+    completed = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def config_text(directories: list[Path], *, mode: str = "enforce", extra: str = "") -> str:

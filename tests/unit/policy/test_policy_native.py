@@ -7,13 +7,10 @@ imports things in the order under test. What the order does to memory is measure
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from typing import TypedDict
 
 from gateway.policy.native import loaded_objects
-from tests.unit.policy.conftest import ROOT, SHIPPED_POLICIES
+from tests.unit.policy.conftest import SHIPPED_POLICIES, fresh_process_report
 
 _CHILD = """
 import io, json, logging, sys, tempfile
@@ -62,16 +59,7 @@ class _Report(TypedDict):
 
 
 def _fresh_process(first: str) -> _Report:
-    completed = subprocess.run(
-        [sys.executable, "-c", _CHILD, first, str(SHIPPED_POLICIES)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    report: _Report = json.loads(completed.stdout.strip().splitlines()[-1])
+    report: _Report = fresh_process_report(_CHILD, first, str(SHIPPED_POLICIES))
     return report
 
 
