@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -33,7 +34,7 @@ import ssl
 import sys
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -88,6 +89,10 @@ MAX_HEADER_METADATA: Final = 32 * 1024
 DEFAULT_MAX_BODY: Final = 64 * 1024 * 1024
 # Bound on outstanding rendezvous addresses, so a flood of senders cannot grow memory forever.
 MAX_PENDING_RENDEZVOUS: Final = 10_000
+# Bound on the journal of HTTP exchanges (RelayEmulator.exchanges): the oldest are forgotten.
+MAX_JOURNAL: Final = 100_000
+# hold_closes knob: a held close is answered after this long even if fewer commands came.
+MAX_CLOSE_HOLD: Final = 60.0
 # Choice (section 12.5): the status of a 26th listener is undocumented; .NET maps the service's
 # answer to QuotaExceededException "MaximumListenersPerEndpoint".
 QUOTA_TEXT: Final = "QuotaExceeded: MaximumListenersPerEndpoint"
@@ -118,6 +123,30 @@ class HybridConnectionSpec:
     requires_client_authorization: bool = True
 
 
+@dataclass(eq=False, slots=True)
+class RelayedExchange:
+    """What became of one HTTP sender's request inside the relay (:attr:`RelayEmulator.exchanges`).
+
+    ``target`` is the request target the relay relays (path and application query, no
+    ``sb-hc-*`` parameter); ``request_id`` the id of its ``request`` command (the one listeners
+    log), once it was routed. ``listener`` is the id of the listener it was routed to, and
+    ``delivered`` says whether the request (or its rendezvous-only form) was handed to that
+    listener. ``outcome``: ``pending`` while the relay holds it; then ``answered`` (the listener's
+    response went to the sender), ``refused`` (the relay's own 4xx or 503 before routing),
+    ``no_listener``, ``timeout`` (routed, no response before the deadline: the 504 of section
+    5.1), ``listener_lost`` (its socket went before a complete response: 502), ``cut`` (the relay
+    stopped while it held the request, so the sender's connection was closed without an answer)
+    or ``sender_gone``. ``status`` is what the relay answered the sender with, if anything.
+    """
+
+    target: str
+    request_id: str | None = None
+    listener: str | None = None
+    delivered: bool = False
+    outcome: str = "pending"
+    status: int | None = None
+
+
 # --- internal state ------------------------------------------------------------------------
 
 
@@ -139,6 +168,10 @@ class _Listener:
     pending: dict[str, _Pending] = field(default_factory=dict)
     # Loop time of the last frame either way (section 7: idle connections are dropped).
     last_activity: float = 0.0
+    # hold_closes knob: how many more commands go to this listener although its close frame has
+    # been read (0: its close is not held), and the event that ends the hold.
+    held_for: int = 0
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +272,13 @@ class RelayEmulator:
         self._reuse: dict[asyncio.BaseTransport, _Reusable] = {}
         # How requests reached listeners: inline, rendezvous (only form) or reused (section 5.3).
         self.deliveries: Counter[str] = Counter()
+        # Every HTTP sender's request and what became of it, oldest first (bounded), so a test
+        # can tell a request the relay itself dropped from one a listener never answered.
+        self.exchanges: deque[RelayedExchange] = deque(maxlen=MAX_JOURNAL)
+        # time.monotonic() at the start of each stop(): a sender's connection the relay closed
+        # without reading its request can only have been closed after one of these.
+        self.stop_instants: deque[float] = deque(maxlen=1000)
+        self._stopping = False
         # Control channels dropped for being idle (section 7).
         self.idle_drops = 0
         self._inline_limit = inline_body_limit
@@ -259,12 +299,14 @@ class RelayEmulator:
         self._listen_refusal_reason = ""
         self._delay = 0.0
         self._blackhole = False
+        self._hold_closes = 0
         self._changed = asyncio.Condition()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Bind and start serving; afterwards :attr:`port` is the real port."""
+        self._stopping = False
         app = web.Application(client_max_size=self._max_body)
         # '[\s\S]' rather than '.': a path with an encoded line break (%0A) decodes to one, and
         # must reach the listener (which refuses it) rather than end in the router's 404.
@@ -288,9 +330,17 @@ class RelayEmulator:
             self._rendezvous_port = int(runner.addresses[-1][1])
 
     async def stop(self) -> None:
-        """Close every connection and stop serving."""
+        """Close every connection and stop serving.
+
+        Like a relay node that goes down, this answers nothing it still holds: each request in the
+        relay is ``cut`` in :attr:`exchanges` and its sender's connection closed, and a request
+        still unread on a sender's connection is dropped with that connection (it never gets an
+        entry).
+        """
         if self._runner is None:
             return
+        self._stopping = True
+        self.stop_instants.append(time.monotonic())
         for listeners in self._listeners.values():
             for listener in list(listeners):
                 await listener.ws.close(code=WSCloseCode.GOING_AWAY, message=b"relay stopping")
@@ -378,6 +428,38 @@ class RelayEmulator:
         """Blackhole control channels: send nothing, ignore everything, answer no pings."""
         self._blackhole = enabled
 
+    def hold_closes(self, commands: int) -> None:
+        """Keep routing to a listener after its close frame has arrived (0 turns it off).
+
+        The service picks listeners for senders independently of reading their control channels,
+        so a ``request`` or ``accept`` can be sent to a listener after that listener sent its
+        close frame and before the service has read it; the listener receives it after its own
+        close, when the control channel can carry nothing back (RFC 6455 section 5.5.1), and only
+        the command's rendezvous address can still answer (sections 4 and 5.3). On loopback that
+        window is a few microseconds; with this knob it is certain: when a listener's close frame
+        is read, the listener stays routable and its close unanswered until ``commands`` more
+        commands have been sent to it (or :data:`MAX_CLOSE_HOLD` seconds have passed, or its
+        connection has gone), and only then is the close answered and the listener dropped.
+        Nothing the listener sends after its close is read, as on the service; requests routed to
+        it stay pending until their response deadline (a 504 unless answered over a rendezvous
+        address). :meth:`wait_for_held_close` waits for such a hold to begin.
+        """
+        if commands < 0:
+            raise ValueError("commands must not be negative")
+        self._hold_closes = commands
+
+    def held_closes(self, path: str) -> int:
+        """How many listeners of HC ``path`` have a close held right now (:meth:`hold_closes`)."""
+        return sum(1 for item in self._listeners[path.strip("/").lower()] if item.held_for > 0)
+
+    async def wait_for_held_close(self, path: str, count: int = 1) -> None:
+        """Wait until at least ``count`` listeners of ``path`` have their close held.
+
+        Unbounded by itself: wrap it in ``asyncio.timeout``.
+        """
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.held_closes(path) >= count)
+
     async def drop_listeners(self, path: str | None = None) -> int:
         """Abort listener TCP connections without a close frame; returns how many."""
         victims = self._select(path)
@@ -404,7 +486,8 @@ class RelayEmulator:
         ``GET /$admin/state``; ``POST /$admin/close-listeners?code=1011&reason=...``,
         ``/$admin/drop-listeners``, ``/$admin/expire-tokens`` (each with an optional ``hc``),
         ``/$admin/refuse-listens?status=403&reason=...`` (``status=none`` restores service),
-        ``/$admin/no-listener-status?status=503``. Answers JSON; 400 for a bad parameter.
+        ``/$admin/no-listener-status?status=503``, ``/$admin/hold-closes?commands=2``. Answers
+        JSON; 400 for a bad parameter.
         """
         action = request.rel_url.raw_path[len("/$admin/") :]
         query = request.rel_url.query
@@ -432,6 +515,9 @@ class RelayEmulator:
             if action == "no-listener-status":
                 self.no_listener_status = _int_param(query.get("status", ""), 400, 599)
                 return web.json_response(self._state())
+            if action == "hold-closes":
+                self.hold_closes(_int_param(query.get("commands", ""), 0, 1000))
+                return web.json_response(self._state())
         except ValueError as error:
             return web.json_response({"error": str(error)}, status=400)
         return web.json_response({"error": "unknown admin action"}, status=404)
@@ -447,6 +533,7 @@ class RelayEmulator:
             "deliveries": dict(self.deliveries),
             "idle_drops": self.idle_drops,
             "listener_close_codes": list(self.listener_close_codes),
+            "hold_closes": self._hold_closes,
         }
 
     def _select(self, path: str | None) -> list[_Listener]:
@@ -555,8 +642,12 @@ class RelayEmulator:
         # Section 3.1: decline permessage-deflate; pings are answered by hand (blackhole knob).
         # aiohttp refuses messages of max_msg_size bytes and more; RelayChannel enforces the
         # exact 64 KiB limit itself.
+        # autoclose off: the listener's close is answered by _read_control (hold_closes knob).
         ws = web.WebSocketResponse(
-            compress=False, autoping=False, max_msg_size=CONTROL_CHANNEL_BODY_LIMIT + 1
+            compress=False,
+            autoping=False,
+            autoclose=False,
+            max_msg_size=CONTROL_CHANNEL_BODY_LIMIT + 1,
         )
         transport = request.transport
         await ws.prepare(request)
@@ -616,6 +707,7 @@ class RelayEmulator:
                 message = await ws.receive(timeout=wait)
             except TimeoutError:
                 continue
+
             listener.last_activity = loop.time()
             if message.type is WSMsgType.PING:
                 if not self._blackhole:
@@ -624,6 +716,8 @@ class RelayEmulator:
             if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 if message.type is WSMsgType.CLOSE:
                     self.listener_close_codes.append(int(message.data))
+                    await self._hold_close(listener)
+                    await ws.close()
                 if message.type is not WSMsgType.PONG:
                     return  # close, error or closed
                 continue
@@ -644,6 +738,29 @@ class RelayEmulator:
                         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"protocol")
                         return
 
+    async def _hold_close(self, listener: _Listener) -> None:
+        """The hold_closes knob: stay routable until enough commands were sent after the close."""
+        if self._hold_closes <= 0:
+            return
+        async with self._changed:
+            listener.held_for = self._hold_closes
+            self._changed.notify_all()
+        deadline = asyncio.get_running_loop().time() + MAX_CLOSE_HOLD
+        transport = listener.transport
+        try:
+            while not listener.released.is_set():
+                if transport is None or transport.is_closing():
+                    return  # the listener gave up waiting for the close answer
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    return
+                # The transport offers no event for its end: look again every 50 ms.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, 0.05)):
+                        await listener.released.wait()
+        finally:
+            listener.held_for = 0
+
     def _renew(self, request: web.Request, listener: _Listener, token: str) -> bool:
         # Section 3.2: a valid token replaces the old one; an invalid one ends the channel.
         if self._authorize(request, listener.hc, token, LISTEN) is not None:
@@ -662,15 +779,25 @@ class RelayEmulator:
         # Section 6: random spread over the connected listeners.
         return self._random.choice(candidates) if candidates else None
 
-    async def _send_to_listener(self, listener: _Listener, frames: list[Frame]) -> None:
+    async def _send_to_listener(self, listener: _Listener, frames: list[Frame]) -> bool:
+        """Write ``frames`` to the listener's control channel; ``False`` if the blackhole knob
+        swallowed them."""
         if self._delay:
             await asyncio.sleep(self._delay)
         if self._blackhole:
-            return
+            return False
         # Section 5.4: nothing may come between a command and its body.
-        async with listener.send_lock:
-            listener.last_activity = asyncio.get_running_loop().time()
-            await _send_frames(listener.ws, frames)
+        try:
+            async with listener.send_lock:
+                listener.last_activity = asyncio.get_running_loop().time()
+                await _send_frames(listener.ws, frames)
+        finally:
+            if listener.held_for > 0:
+                # A command sent after the listener's close (hold_closes knob), or lost trying.
+                listener.held_for -= 1
+                if listener.held_for == 0:
+                    listener.released.set()
+        return True
 
     def _new_rendezvous(self, rendezvous: _Rendezvous) -> str:
         now = asyncio.get_running_loop().time()
@@ -685,6 +812,24 @@ class RelayEmulator:
     # -- HTTP senders (section 5) ----------------------------------------------------------
 
     async def _http_sender(self, request: web.Request, hc: str) -> web.StreamResponse:
+        _, app_query = _split_query(request.rel_url.raw_query_string)
+        exchange = RelayedExchange(_raw_target(request.rel_url.raw_path, app_query))
+        self.exchanges.append(exchange)
+        try:
+            response = await self._relay_http(request, hc, exchange)
+        except BaseException:
+            # Cancelled (aiohttp ends the handler when its sender hangs up, and stop() ends every
+            # handler) or the answer could not be written: the sender got no answer from here.
+            exchange.outcome = "cut" if self._stopping else "sender_gone"
+            raise
+        exchange.status = response.status
+        if exchange.outcome == "pending":
+            exchange.outcome = "refused"
+        return response
+
+    async def _relay_http(
+        self, request: web.Request, hc: str, exchange: RelayedExchange
+    ) -> web.StreamResponse:
         if request.method == "CONNECT" or "Upgrade" in request.headers:
             # Section 3.2: CONNECT and protocol upgrades are never relayed over HTTP.
             return _error(400, "CONNECT and protocol upgrades are not relayed")
@@ -709,6 +854,7 @@ class RelayEmulator:
         listener = self._pick_listener(hc, request.headers)
         if listener is None:
             # Choice (section 12.1): 502 by default, configurable.
+            exchange.outcome = "no_listener"
             return _error(self.no_listener_status, "There are no listeners connected.")
         command = RequestCommand(
             id=f"{uuid.uuid4()}_G1",
@@ -724,25 +870,35 @@ class RelayEmulator:
             request.content_length is not None
             and _metadata_size(headers) + len(body) <= self._inline_limit
         )
+        exchange.request_id = command.id
         sender = request.transport
         reusable = self._reuse.get(sender) if sender is not None else None
         try:
             if reusable is not None and not reusable.ws.closed and self.rendezvous_reuse:
-                response = await self._exchange_reused(reusable, command, body)
+                response = await self._exchange_reused(reusable, command, body, exchange)
             else:
+                exchange.listener = listener.id
                 response = await self._exchange(
-                    listener, command, body, inline=inline, sender=sender
+                    listener, command, body, inline=inline, sender=sender, exchange=exchange
                 )
         except _RendezvousTableFullError:
+            exchange.outcome = "refused"
             return _error(503, "Too many pending rendezvous")
         except TimeoutError:
+            exchange.outcome = "timeout"
             return _error(504, TIMEOUT_TEXT)
         except ConnectionError:
+            exchange.outcome = "listener_lost"
             return _error(502, "The listener connection was lost.")
+        exchange.outcome = "answered"
         return await self._reply(request, response)
 
     async def _exchange_reused(
-        self, reusable: _Reusable, command: RequestCommand, body: bytes
+        self,
+        reusable: _Reusable,
+        command: RequestCommand,
+        body: bytes,
+        exchange: RelayedExchange,
     ) -> ResponseReceived:
         """Send a request over its sender's open rendezvous socket and wait (section 5.3)."""
         self.deliveries["reused"] += 1
@@ -751,6 +907,7 @@ class RelayEmulator:
         try:
             async with reusable.send_lock:
                 await _send_frames(reusable.ws, request_frames(command, body or None))
+            exchange.delivered = True
             async with asyncio.timeout(self.response_timeout):
                 return await pending.future
         finally:
@@ -764,6 +921,7 @@ class RelayEmulator:
         *,
         inline: bool,
         sender: asyncio.BaseTransport | None = None,
+        exchange: RelayedExchange | None = None,
     ) -> ResponseReceived:
         """Hand ``command`` (and ``body``) to ``listener`` and wait for its response.
 
@@ -788,10 +946,12 @@ class RelayEmulator:
         try:
             if inline:
                 full = dataclasses.replace(command, address=address)
-                await self._send_to_listener(listener, request_frames(full, payload))
+                sent = await self._send_to_listener(listener, request_frames(full, payload))
             else:
                 only = RendezvousRequestCommand(address=address, id=command.id)
-                await self._send_to_listener(listener, _command_frames(only))
+                sent = await self._send_to_listener(listener, _command_frames(only))
+            if exchange is not None:
+                exchange.delivered = sent
             async with asyncio.timeout(self.response_timeout):
                 return await pending.future
         finally:

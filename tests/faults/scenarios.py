@@ -5,10 +5,21 @@ targets, an in-process :class:`gateway.service.Agent`, optional fault proxies an
 OPA stand-in) + fixed-rate signed traffic from the SaaS side + one fault. The figures are the ones
 an operator asks about:
 
-* ``lost``: requests the relay accepted that never got an HTTP answer (must be 0);
-* ``cut_by_relay``: requests in flight inside the relay at the instant the relay itself stopped
-  (only the relay-restart scenario): the relay closed the sender's connection, as Azure does when
-  a relay node dies, so no listener could answer them; counted apart from ``lost``;
+* ``lost``: requests that never got an HTTP answer although the relay did not drop them itself
+  (must be 0);
+* ``cut_by_relay``: requests the relay itself dropped while it stopped (only the relay-restart
+  scenario), as Azure does when a relay node dies, according to the relay's own journal
+  (:attr:`gateway.devkit.relay_emulator.RelayEmulator.exchanges`): the request was inside the
+  relay when the stop began (its entry says ``cut``), or the stopping relay closed the sender's
+  connection before reading the request at all (no entry, and the sender's connection failed
+  after the stop began). Counted apart from ``lost``; which ones the gateway had received is
+  checked by ``unaccounted``;
+* ``relay_timeouts``: requests the relay routed to a listener that sent no response before the
+  relay's deadline (its 504);
+* ``unaccounted``: requests the relay handed to the gateway for which the gateway neither wrote an
+  answer nor recorded that it could not (its listener counts every request it read by outcome,
+  ``send_failed`` included): a request the gateway lost, even one whose sender the relay cut
+  (reported where the relay's sockets are closed cleanly, so everything it sent was received);
 * ``duplicates``: requests the target received more than once (counted by a unique ``rid`` query
   parameter, must be 0);
 * ``unauthorised``: refused requests (``/api/admin`` is never granted) that reached the target
@@ -69,9 +80,9 @@ class Outcomes:
     not_accepted: int = 0
     lost: int = 0
     truncated: int = 0
-    # (sent, failed) monotonic instants of each lost request, to tell a request the relay cut
-    # while stopping from one a live relay never answered.
-    lost_spans: list[tuple[float, float]] = field(default_factory=list)
+    # rid -> monotonic instant its sender's connection failed without an answer, to look it up
+    # in the relay's journal (see integrity()).
+    unanswered: dict[str, float] = field(default_factory=dict)
     statuses: Counter[int] = field(default_factory=Counter)
     denied_rids: set[str] = field(default_factory=set)
 
@@ -247,7 +258,6 @@ async def one_request(
     """Send one signed GET with a unique ``rid``; classify the answer; return the status."""
     rid = f"r{next(_ids)}"
     outcomes.sent += 1
-    sent_at = time.monotonic()
     if path.startswith("/api/admin"):
         outcomes.denied_rids.add(rid)
     query = f"rid={rid}" if expect_size is None else f"size={expect_size}&rid={rid}"
@@ -258,7 +268,7 @@ async def one_request(
         return None
     except (aiohttp.ClientError, TimeoutError):
         outcomes.lost += 1
-        outcomes.lost_spans.append((sent_at, time.monotonic()))
+        outcomes.unanswered[rid] = time.monotonic()
         return None
     outcomes.statuses[response.status] += 1
     if response.status == 200:
@@ -301,17 +311,73 @@ async def steady_load(
 def integrity(bed: FaultBed, outcomes: Outcomes) -> dict[str, Any]:
     """The figures every scenario reports: sent, answered, lost, duplicated, unauthorised."""
     received = bed.received()
+    cut = cut_by_relay(bed, outcomes)
     return {
         "sent": outcomes.sent,
         "ok": outcomes.ok,
         "refused": outcomes.refused,
         "gateway_5xx": outcomes.gateway_error,
         "relay_5xx": outcomes.relay_error,
+        "relay_timeouts": sum(1 for e in bed.stack.relay.exchanges if e.outcome == "timeout"),
         "not_accepted": outcomes.not_accepted,
-        "lost": outcomes.lost,
+        "lost": outcomes.lost - len(cut),
+        "cut_by_relay": len(cut),
         "duplicates": sum(1 for count in received.values() if count > 1),
         "unauthorised": sum(1 for rid in outcomes.denied_rids if rid in received),
         "truncated_200": outcomes.truncated,
+    }
+
+
+def _rid(target: str) -> str | None:
+    _, _, query = target.partition("?")
+    for pair in query.split("&"):
+        if pair.startswith("rid="):
+            return pair[4:]
+    return None
+
+
+def cut_by_relay(bed: FaultBed, outcomes: Outcomes) -> set[str]:
+    """The unanswered requests the relay itself dropped while it stopped (module docstring).
+
+    Decided from what the relay recorded, not from when things happened to run: a request the
+    relay held when it stopped is ``cut`` in its journal; a request it never read has no entry,
+    and only a stopping relay closes a sender's connection without reading its request, so that
+    connection failed after a stop began. Any other unanswered request is lost.
+    """
+    relay = bed.stack.relay
+    journal = {_rid(exchange.target): exchange for exchange in relay.exchanges}
+    cut: set[str] = set()
+    for rid, failed_at in outcomes.unanswered.items():
+        exchange = journal.get(rid)
+        if exchange is not None:
+            if exchange.outcome == "cut":
+                cut.add(rid)
+        elif any(stopped <= failed_at for stopped in relay.stop_instants):
+            cut.add(rid)
+    return cut
+
+
+async def unaccounted(bed: FaultBed, within: float = 60.0) -> dict[str, int]:
+    """Requests the relay handed to the gateway against those the gateway accounted for.
+
+    The gateway's listener counts each request it read once, by outcome, when it has written the
+    answer or failed to (``send_failed``, ``dropped``); a request it lost is in no count. Answers
+    may still be on their way (a late answer dials a rendezvous address), so this waits up to
+    ``within`` s for the counts to meet; it returns as soon as they do.
+    """
+    delivered = sum(1 for exchange in bed.stack.relay.exchanges if exchange.delivered)
+    listener = getattr(bed.agent, "_listener", None)
+    metrics = getattr(listener, "metrics", None)
+    assert metrics is not None, "the agent has no relay listener"
+    deadline = time.monotonic() + within
+    # The listener's counters have no event to wait on: poll.
+    while sum(metrics.requests.values()) < delivered and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    accounted = sum(metrics.requests.values())
+    return {
+        "delivered_to_gateway": delivered,
+        "gateway_accounted": accounted,
+        "unaccounted": max(0, delivered - accounted),
     }
 
 
@@ -418,6 +484,8 @@ async def token_expiry(directory: Path, *, rate: float, rounds: int) -> Figures:
             reconnect_p99=percentile(reconnects, 0.99),
             recovered_after=await probe(bed, PROBE_WITHIN),
         )
+        # The relay closed each channel with a close frame (1008): everything it sent was read.
+        figures.update(await unaccounted(bed))
         return Figures("listener token expiry", figures)
 
 
@@ -432,18 +500,14 @@ async def relay_restart(directory: Path, *, downtime: float, rate: float) -> Fig
         await bed.wait_online(60)
         back = time.monotonic() - stopped
         await load
-        # A request still inside the relay when it stopped was cut by the relay, not lost by the
-        # gateway: sent before the stop began and failed after it (the stop closes the sender's
-        # socket). Anything else that failed counts as lost.
-        cut = sum(1 for sent, failed in outcomes.lost_spans if sent <= stopped <= failed)
-        outcomes.lost -= cut
         figures = integrity(bed, outcomes)
-        figures["cut_by_relay"] = cut
         figures.update(
             downtime=downtime,
             online_again_after=round(back, 3),
             recovered_after=await probe(bed, PROBE_WITHIN),
         )
+        # The relay closed its control channels cleanly (1001): everything it sent was read.
+        figures.update(await unaccounted(bed))
         return Figures("relay restart", figures)
 
 
