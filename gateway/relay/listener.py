@@ -324,7 +324,8 @@ class RelayListener:
         self._channels: set[asyncio.Task[None]] = set()
         self._controls: set[_RelaySocket] = set()
         self._work: set[asyncio.Task[None]] = set()
-        # Answers to requests read after this side sent its close (see _answer_after_close).
+        # Refusals of work read once stop() has begun closing (see _spawn_overflow and the
+        # reader): stop() waits for these, not for _work, which it has already cancelled.
         self._after_close: set[asyncio.Task[None]] = set()
         self._requests_in_flight = 0
         self._streams_in_flight = 0
@@ -861,8 +862,11 @@ class RelayListener:
         # Refusals that must open a rendezvous socket (a stream's reject, a rendezvous-only
         # request's 503: sections 4 and 5.3) cost a dial each, so they are bounded too; past this
         # many, the relay's own timeout answers. Requests on the control channel never come here:
-        # their 503 is one frame written by the reader.
-        if not self._bounded(coro, self._work):
+        # their 503 is one frame written by the reader. Once stop() is closing the channels, the
+        # relay may still route work here until it reads our close (sections 3.4, 5.3): those
+        # refusals join the after-close answers that stop() waits for.
+        into = self._after_close if self._stopping.is_set() else self._work
+        if not self._bounded(coro, into):
             self._refused_here("http", None, (0, "overloaded"))
 
     def _bounded(self, coro: Coroutine[Any, Any, None], into: set[asyncio.Task[None]]) -> bool:
@@ -1121,6 +1125,8 @@ class RelayListener:
                         else:
                             response, outcome = await self._run_handler(event.command, event.body)
                         await self._write_response(socket, event.command.id, response, outcome)
+                        if self._stopping.is_set():
+                            return  # stop() waits for this answer, not for a next request
 
     async def _rendezvous_violation(
         self, socket: _RelaySocket, event: ProtocolViolation, *, refused: bool
