@@ -34,9 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -137,14 +139,13 @@ async def run_listener(
     hc_path: str = HC_OURS,
     rule: str = RULE,
     key: str = KEY,
+    forward_with: str = "gateway",
 ) -> None:
     """Our listener, forwarding every relayed request to the target (tokens for ``namespace``)."""
     from gateway.hybridconnection.sas import create_token, parse_token, resource_uri
     from gateway.relay.handlers import (
         AcceptInfo,
         RejectStream,
-        RelayedRequest,
-        RelayedResponse,
         StreamDecision,
         StreamSocket,
     )
@@ -162,17 +163,8 @@ async def run_listener(
         token = create_token(resource_uri(namespace, hc_path), rule, key)
         return token, float(parse_token(token).expiry)
 
-    connector = aiohttp.TCPConnector(limit=64)
-    async with aiohttp.ClientSession(connector=connector) as upstream:
-
-        async def forward(request: RelayedRequest) -> RelayedResponse:
-            async with upstream.get(target_url) as answer:
-                body = await answer.read()
-                kind = answer.headers.get("Content-Type", "application/octet-stream")
-                return RelayedResponse(
-                    answer.status, answer.reason or "", (("Content-Type", kind),), body
-                )
-
+    forward, close = _forwarder(target_url, forward_with)
+    try:
         settings = ListenerSettings(
             endpoint=f"ws://127.0.0.1:{relay_port}",
             hc_path=hc_path,
@@ -186,6 +178,52 @@ async def run_listener(
             # The parent retries a request until one succeeds, so "ready" means "started".
             print("ready", flush=True)
             await until_terminated()
+    finally:
+        await close()
+
+
+def _forwarder(
+    target_url: str, forward_with: str
+) -> tuple[Callable[[Any], Awaitable[Any]], Callable[[], Awaitable[None]]]:
+    """The listener's handler: forward to the target with the gateway's own forward
+    (``gateway``: :class:`gateway.forward.upstream.Upstream`, as ``gateway run`` does) or with
+    aiohttp's ``ClientSession`` (``session``: what this benchmark used before)."""
+    from gateway.relay.handlers import RelayedRequest, RelayedResponse
+
+    if forward_with == "session":
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+
+        async def via_session(request: RelayedRequest) -> RelayedResponse:
+            async with session.get(target_url) as answer:
+                body = await answer.read()
+                kind = answer.headers.get("Content-Type", "application/octet-stream")
+                return RelayedResponse(
+                    answer.status, answer.reason or "", (("Content-Type", kind),), body
+                )
+
+        return via_session, session.close
+
+    from bench_pipeline import gateway_config
+
+    from gateway.config.model import GatewayConfig
+    from gateway.forward.upstream import Upstream, drain
+
+    url = urlsplit(target_url)
+    document = gateway_config(1, 2, url.port or 80, 4, 5)
+    upstream = Upstream(GatewayConfig.model_validate(document))
+
+    async def via_upstream(request: RelayedRequest) -> RelayedResponse:
+        answer = await upstream.send(
+            "erp", method="GET", path=url.path, query=None, headers=[], body=b""
+        )
+        body = await drain(answer)
+        kind = next(
+            (value for name, value in answer.headers if name.lower() == "content-type"),
+            "application/octet-stream",
+        )
+        return RelayedResponse(answer.status, answer.reason, (("Content-Type", kind),), body)
+
+    return via_upstream, upstream.close
 
 
 # --- orchestration -----------------------------------------------------------------------
@@ -351,8 +389,29 @@ def extract_baseline(ref: str, into: Path) -> str:
     return commit
 
 
+async def profile(
+    session: aiohttp.ClientSession, url: str, pid: int, output: Path, in_flight: int
+) -> None:
+    """Sample our listener with py-spy (collapsed stacks, native frames) under load."""
+    seconds = 15
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    sampler = await asyncio.create_subprocess_exec(
+        spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "500",
+        "--native", "--format", "raw", "--output", str(output),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    await load(session, url, in_flight, seconds + 1.0, None)
+    await asyncio.wait_for(sampler.wait(), seconds + 30)
+
+
 async def benchmark(
-    quick: bool, node_version: str | None, why_not: str, baseline: Path | None = None
+    quick: bool,
+    node_version: str | None,
+    why_not: str,
+    baseline: Path | None = None,
+    profile_to: Path | None = None,
+    profile_in_flight: int = 32,
+    base_forward: str = "gateway",
 ) -> tuple[Results, dict[str, str]]:
     """Start everything, run the interleaved scenarios, stop everything."""
     repetitions, seconds = (2, 0.8) if quick else (5, 2.5)
@@ -398,7 +457,7 @@ async def benchmark(
             base = await start_child(
                 "baseline listener",
                 [python, script, "--role", "listener", "--relay-port", relay.values[0],
-                 "--target", target_url, "--hc", HC_BASE],
+                 "--target", target_url, "--hc", HC_BASE, "--forward", base_forward],
                 step=STEP,
                 env={**os.environ, "PYTHONPATH": f"{baseline}{os.pathsep}{ROOT / 'benchmarks'}"},
             )  # fmt: skip
@@ -421,6 +480,11 @@ async def benchmark(
                 await wait_serving(session, url)
             for url in urls.values():  # warm-up: connections, caches, JIT
                 await load(session, url, 32, min(seconds, 1.0), None)
+            if profile_to is not None:
+                await profile(
+                    session, urls["ours"], ours.process.pid, profile_to, profile_in_flight
+                )
+                return Results(), facts
             for _ in range(repetitions):
                 for in_flight in (1, 32):
                     for path, url in urls.items():
@@ -522,6 +586,8 @@ def render(results: Results, facts: dict[str, str], command: str) -> str:
         "Method: every component runs in its own process on 127.0.0.1 (target: aiohttp; relay:",
         "the devkit emulator; listeners: `RelayListener` and hyco-https 1.4.5, both proxying each",
         "request to the target over keep-alive HTTP/1.1 and answering on the control channel;",
+        "`RelayListener` forwards with the gateway's own forward (`gateway.forward.upstream`),",
+        "hyco-https with Node's `http` agent;",
         "load: an aiohttp client in the parent process). Listener CPU = user + system time of the",
         "listener process from `/proc/PID/stat` across a run, divided by the requests it",
         f"completed (clock tick {1000 / CLOCK_TICKS:.0f} ms). On a 2-CPU machine the emulator,",
@@ -546,9 +612,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--hc", default=HC_OURS, help=argparse.SUPPRESS)
     parser.add_argument(
+        "--forward", choices=("gateway", "session"), default="gateway", help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--base-forward",
+        choices=("gateway", "session"),
+        default="gateway",
+        help="how the --baseline listener forwards: the gateway's own forward (default) or "
+        "aiohttp's ClientSession (to measure the forward itself, e.g. with --baseline HEAD)",
+    )
+    parser.add_argument(
         "--baseline",
         metavar="GIT_REF",
         help="also run the listener of this commit beside ours, in the same run (before/after)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        type=Path,
+        help="only sample our listener with py-spy for 15 s (collapsed stacks to FILE)",
+    )
+    parser.add_argument(
+        "--profile-in-flight", type=int, default=32, help="requests in flight while profiling"
     )
     args = parser.parse_args(argv)
     if args.role == "target":
@@ -558,11 +643,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(run_emulator())
         return 0
     if args.role == "listener":
-        asyncio.run(run_listener(args.relay_port, args.target, hc_path=args.hc))
+        asyncio.run(
+            run_listener(args.relay_port, args.target, hc_path=args.hc, forward_with=args.forward)
+        )
         return 0
     command = ".venv/bin/python benchmarks/bench_relay.py" + (" --quick" if args.quick else "")
     if args.baseline:
         command += f" --baseline {args.baseline}"
+        if args.base_forward != "gateway":
+            command += f" --base-forward {args.base_forward}"
     started = time.monotonic()
     node_version, why_not = prepare_node()
     with tempfile.TemporaryDirectory(prefix="bench-baseline-") as scratch:
@@ -571,9 +660,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.baseline:
             commit = extract_baseline(args.baseline, Path(scratch))
             baseline = Path(scratch)
-        results, facts = asyncio.run(benchmark(args.quick, node_version, why_not, baseline))
+        results, facts = asyncio.run(
+            benchmark(
+                args.quick,
+                node_version,
+                why_not,
+                baseline,
+                args.profile,
+                args.profile_in_flight,
+                args.base_forward,
+            )
+        )
+        if args.profile is not None:
+            print(f"(profile of our listener written to {args.profile})")
+            return 0
         if commit:
-            facts["baseline"] = commit
+            facts["baseline"] = commit + (
+                "" if args.base_forward == "gateway" else f", forwarding with {args.base_forward}"
+            )
     report = render(results, facts, command)
     print(report)
     if args.quick:
