@@ -609,7 +609,7 @@ class RelayListener:
                         extra={"event": "relay_protocol_error", "channel": index},
                     )
                     return FailureKind.ERROR
-                opcode = Opcode(frame.opcode)
+                opcode = frame.opcode
                 if opcode is Opcode.PONG:
                     pong.set()
                     continue
@@ -617,7 +617,7 @@ class RelayListener:
                     continue  # the WebSocket protocol has answered it
                 if opcode is Opcode.CLOSE:
                     return self._control_closed(index, socket)
-                events = connection.receive_frame(opcode, bytes(frame.data), fin=frame.fin)
+                events = connection.receive_frame(opcode, frame.data, fin=frame.fin)
                 for event in events:
                     if isinstance(event, ProtocolViolation):
                         self._violation(index, event)
@@ -1103,12 +1103,12 @@ class RelayListener:
                         if isinstance(event, ProtocolViolation):
                             await self._rendezvous_violation(socket, event, refused=True)
                     return
-                opcode = Opcode(frame.opcode)
+                opcode = frame.opcode
                 if opcode is Opcode.CLOSE:
                     return
-                if opcode in (Opcode.PING, Opcode.PONG):
+                if opcode is Opcode.PING or opcode is Opcode.PONG:
                     continue
-                for event in connection.receive_frame(opcode, bytes(frame.data), fin=frame.fin):
+                for event in connection.receive_frame(opcode, frame.data, fin=frame.fin):
                     if isinstance(event, ProtocolViolation):
                         await self._rendezvous_violation(socket, event, refused=False)
                         if event.fatal:

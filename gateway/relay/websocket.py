@@ -3,19 +3,25 @@
 The listener needs three things from a WebSocket client that aiohttp's public API does not give:
 a response's JSON and body frames in one write, a streamed body as one fragmented binary message
 (protocol notes section 5.3; RFC 6455 section 5.4), and a last response (413) before it closes
-a socket whose message it refused for its size (catalogue item 150). The ``websockets``
-library's sans-IO protocol (``websockets.client.ClientProtocol``) gives all three through its
-public methods: it turns frames to send into bytes and bytes received into frames, and this
-module moves the bytes. The connection comes from :func:`gateway.outbound.proxy.open_transport`,
-so a relay socket reaches the internet exactly as before: direct, or through the configured
-proxy's ``CONNECT`` tunnel, with TLS end to end.
+a socket whose message it refused for its size (catalogue item 150). Two sans-IO pieces give
+them: the opening handshake is ``websockets``' (``websockets.client.ClientProtocol``: the
+request, and the checks of the answer, ``Sec-WebSocket-Accept`` included, RFC 6455 section 4.1),
+and every frame after it is read and written by the core's
+:class:`gateway.hybridconnection.wsframes.ClientFrames`, which parses all complete frames of a
+chunk in one loop (``websockets``' generator-based parser cost several microseconds a frame on
+the listener's hot path). This module moves the bytes. The connection comes from
+:func:`gateway.outbound.proxy.open_transport`, so a relay socket reaches the internet exactly as
+before: direct, or through the configured proxy's ``CONNECT`` tunnel, with TLS end to end.
 
-The bytes are moved by an ``asyncio.Protocol`` (:class:`_Wire`): what arrives is fed to the
-WebSocket protocol in ``data_received`` itself, and what the protocol queues in answer (pongs,
-the close reply) is written there and then, without a task switch or a copy through a stream
-buffer. Frames received are handed out as they arrive (``receive``), not reassembled: the
-protocol core (:class:`gateway.hybridconnection.connection.ListenerConnection`) reads frames.
-Reading pauses while more than :data:`_HIGH_WATER` bytes of frames wait for the application.
+The bytes are moved by an ``asyncio.Protocol`` (:class:`_Wire`). Until the handshake is done,
+what arrives goes to ``websockets``, cut at the end of the response head (``CRLF CRLF``) so that
+frames the relay sends right behind a ``101`` (a rendezvous socket's request) reach the frame
+reader and not ``websockets``' buffer. After it, what arrives is parsed in ``data_received``
+itself, and what the frame reader queues in answer (pongs, the close reply) is written in the
+same loop iteration, without a task switch or a copy through a stream buffer. Frames received
+are handed out as they arrive (``receive``), not reassembled: the protocol core
+(:class:`gateway.hybridconnection.connection.ListenerConnection`) reads frames. Reading pauses
+while more than :data:`_HIGH_WATER` bytes of frames wait for the application.
 
 Outgoing bytes are coalesced per event-loop iteration: :meth:`RelayWebSocket.send` and
 :meth:`RelayWebSocket.ping` only queue, and one ``call_soon`` flush writes everything queued in
@@ -35,20 +41,27 @@ from collections.abc import Iterable, Mapping
 from typing import Final, cast
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidStatus, InvalidURI, PayloadTooBig
-from websockets.frames import Frame as WsFrame
-from websockets.frames import Opcode as WsOpcode
+from websockets.exceptions import InvalidStatus, InvalidURI
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from gateway.hybridconnection.framing import Frame, Opcode
+from gateway.hybridconnection.wsframes import (
+    CLOSE_MESSAGE_TOO_BIG,
+    SEND_EOF,
+    ClientFrames,
+    FramesState,
+    ReceivedFrame,
+    encode_frame,
+)
 from gateway.outbound.proxy import OutboundProxy, open_transport
 
 __all__ = [
     "TOO_LARGE",
     "HandshakeRefusedError",
+    "ReceivedFrame",
     "RelaySocketError",
     "RelayWebSocket",
     "TooLarge",
@@ -104,11 +117,7 @@ class TooLarge:
 TOO_LARGE: Final = TooLarge()
 
 
-_OUT_OPCODES: Final = {
-    Opcode.TEXT: WsOpcode.TEXT,
-    Opcode.BINARY: WsOpcode.BINARY,
-    Opcode.CONTINUATION: WsOpcode.CONT,
-}
+_HEAD_END: Final = b"\r\n\r\n"
 
 
 async def open_relay_socket(
@@ -136,7 +145,7 @@ async def open_relay_socket(
     protocol = ClientProtocol(
         uri, subprotocols=offered or None, max_size=max_size, logger=_PROTOCOL_LOG
     )
-    wire = _Wire(protocol)
+    wire = _Wire(protocol, ClientFrames(max_size))
     async with asyncio.timeout(handshake_timeout):
         await open_transport(proxy, url, wire, connect_timeout=handshake_timeout)
         socket = RelayWebSocket(wire, close_timeout=close_timeout)
@@ -149,14 +158,21 @@ async def open_relay_socket(
 
 
 class _Wire(asyncio.Protocol):
-    """Moves bytes between an asyncio transport and the sans-IO WebSocket protocol."""
+    """Moves bytes between an asyncio transport, the handshake and the frame reader."""
 
-    def __init__(self, protocol: ClientProtocol) -> None:
+    def __init__(self, protocol: ClientProtocol, frames: ClientFrames) -> None:
         self.protocol = protocol
+        self.codec = frames
         self.transport: asyncio.Transport | None = None
-        self.frames: collections.deque[WsFrame | TooLarge] = collections.deque()
+        self.frames: collections.deque[ReceivedFrame | TooLarge] = collections.deque()
         self.buffered = 0
         self.response: Response | None = None
+        # True until websockets has accepted the handshake's answer; the last bytes fed to it,
+        # to find a head end split across two reads; whether the head has ended (then every
+        # byte until the handshake's outcome is websockets': a refusal's body).
+        self.handshaking = True
+        self._tail = b""
+        self._head_done = False
         self.held: list[bytes] = []
         self.too_large = False
         self.ended = False
@@ -178,12 +194,46 @@ class _Wire(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self.protocol.receive_data(data)
+        if self.handshaking:
+            self._handshake_data(data)
+            return
+        self.codec.receive_data(data)
         self._collect()
 
+    def _handshake_data(self, data: bytes) -> None:
+        protocol = self.protocol
+        rest = b""
+        if not self._head_done:
+            seen = self._tail + data
+            end = seen.find(_HEAD_END)
+            if end < 0:
+                self._tail = seen[-3:]
+            else:
+                # The head ends inside this chunk (the tail itself holds no head end).
+                cut = end + len(_HEAD_END) - len(self._tail)
+                data, rest = data[:cut], data[cut:]
+                self._head_done = True
+        protocol.receive_data(data)
+        for event in protocol.events_received():
+            if isinstance(event, Response):
+                self.response = event
+        if protocol.state is State.OPEN:
+            self.handshaking = False
+            if rest:
+                self.codec.receive_data(rest)
+                self._collect()
+                return
+        elif rest:
+            protocol.receive_data(rest)  # a refusal's body, or bytes it discards
+        self.queue()
+        self._wake()
+
     def eof_received(self) -> bool:
-        self.protocol.receive_eof()
-        self._collect()
+        if self.handshaking:
+            self.protocol.receive_eof()
+        else:
+            self.codec.receive_eof()
+            self._collect()
         self._end()
         return False  # let the transport close itself
 
@@ -211,18 +261,17 @@ class _Wire(asyncio.Protocol):
     # -- moving events and bytes -----------------------------------------------------------
 
     def _collect(self) -> None:
-        protocol = self.protocol
-        for event in protocol.events_received():
-            if isinstance(event, WsFrame):
-                self.frames.append(event)
+        codec = self.codec
+        events = codec.events_received()
+        if events:
+            self.frames.extend(events)
+            for event in events:
                 self.buffered += len(event.data)
-            elif isinstance(event, Response):
-                self.response = event
-        if isinstance(protocol.parser_exc, PayloadTooBig) and not self.too_large:
-            # The protocol refused a message from its frame header and queued its 1009 close;
+        if codec.failure == CLOSE_MESSAGE_TOO_BIG and not self.too_large:
+            # The reader refused a message from its frame header and queued its 1009 close;
             # hold that close so send_last() can put the answer to the refused request first.
             self.too_large = True
-            self.held = protocol.data_to_send()
+            self.held = codec.data_to_send()
             self.frames.append(TOO_LARGE)
         else:
             # Pongs and the close reply join this iteration's writes (RFC 6455 5.5.3 asks for
@@ -233,14 +282,27 @@ class _Wire(asyncio.Protocol):
             self.transport.pause_reading()
         self._wake()
 
-    def queue(self) -> None:
-        """Take what the protocol queued; write it with the others of this loop iteration."""
-        chunks = self.protocol.data_to_send()
-        if not chunks:
-            return
-        self._pending.extend(chunks)
-        self._pending_size += sum(len(chunk) for chunk in chunks)
-        if chunks[-1] == b"" or self._pending_size >= _COALESCE_LIMIT:
+    def _output(self) -> list[bytes]:
+        chunks = self.codec.data_to_send()
+        if self.handshaking:
+            chunks = self.protocol.data_to_send() + chunks
+        return chunks
+
+    def queue(self, chunk: bytes | None = None) -> None:
+        """Take ``chunk`` and what the protocol queued; write them with the others of this loop
+        iteration."""
+        if chunk is None:
+            chunks = self._output()
+            if not chunks:
+                return
+            self._pending.extend(chunks)
+            self._pending_size += sum(len(chunk) for chunk in chunks)
+            last = chunks[-1]
+        else:
+            self._pending.append(chunk)
+            self._pending_size += len(chunk)
+            last = chunk
+        if last == SEND_EOF or self._pending_size >= _COALESCE_LIMIT:
             self.flush()
         elif self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
@@ -255,7 +317,7 @@ class _Wire(asyncio.Protocol):
             self._flush_handle.cancel()
             self._flush_handle = None
         chunks = self._pending
-        chunks.extend(self.protocol.data_to_send())
+        chunks.extend(self._output())
         self._pending = []
         self._pending_size = 0
         transport = self.transport
@@ -266,9 +328,9 @@ class _Wire(asyncio.Protocol):
         payload = b"".join(chunks)
         if payload:
             transport.write(payload)
-        if b"" in chunks and transport.can_write_eof():
-            # websockets' SEND_EOF: half-close after the closing handshake (RFC 6455 7.1.1);
-            # it is the protocol's last output, so nothing queued follows it.
+        if SEND_EOF in chunks and transport.can_write_eof():
+            # Half-close after the closing handshake (RFC 6455 7.1.1), or after a refused
+            # handshake; it is the last output, so nothing queued follows it.
             with contextlib.suppress(OSError, RuntimeError):
                 transport.write_eof()
 
@@ -279,7 +341,7 @@ class _Wire(asyncio.Protocol):
         self._pending = []
         self._pending_size = 0
 
-    def take(self) -> list[WsFrame | TooLarge]:
+    def take(self) -> list[ReceivedFrame | TooLarge]:
         """Every frame received so far (reading resumes once they are taken)."""
         frames = list(self.frames)
         self.frames.clear()
@@ -330,8 +392,9 @@ class RelayWebSocket:
     def __init__(self, wire: _Wire, *, close_timeout: float) -> None:
         self._wire = wire
         self._protocol = wire.protocol
+        self._codec = wire.codec
         self._close_timeout = close_timeout
-        self._messages: collections.deque[WsFrame | TooLarge] = collections.deque()
+        self._messages: collections.deque[ReceivedFrame | TooLarge] = collections.deque()
 
     # -- opening -------------------------------------------------------------------------
 
@@ -350,7 +413,7 @@ class RelayWebSocket:
                 raise HandshakeRefusedError(response.status_code, response.reason_phrase)
             if failure is not None:
                 raise RelaySocketError(f"WebSocket handshake failed: {type(failure).__name__}")
-            if wire.response is not None and protocol.state is not State.CONNECTING:
+            if not wire.handshaking:
                 return
             if wire.ended:
                 raise RelaySocketError("connection closed during the WebSocket handshake")
@@ -368,7 +431,8 @@ class RelayWebSocket:
         """Whether data can still be sent."""
         transport = self._wire.transport
         return (
-            self._protocol.state is State.OPEN
+            self._codec.state is FramesState.OPEN
+            and not self._wire.handshaking
             and transport is not None
             and not transport.is_closing()
         )
@@ -376,21 +440,23 @@ class RelayWebSocket:
     @property
     def close_code(self) -> int | None:
         """The code of the peer's close frame, once one arrived."""
-        received = self._protocol.close_rcvd
-        return None if received is None else int(received.code)
+        received = self._codec.close_received
+        return None if received is None else received[0]
 
     @property
     def close_reason(self) -> str:
         """The reason text of the peer's close frame (empty if none)."""
-        received = self._protocol.close_rcvd
-        return "" if received is None else received.reason
+        received = self._codec.close_received
+        return "" if received is None else received[1]
 
     # -- reading -------------------------------------------------------------------------
 
-    async def receive(self) -> list[WsFrame | TooLarge]:
+    async def receive(self) -> list[ReceivedFrame | TooLarge]:
         """The next frames (data and control), or ``[]`` once the connection has ended."""
         wire = self._wire
-        if not wire.frames:
+        # A wake-up need not bring a frame: a read may end inside one (a large body over TLS
+        # arrives in records of at most 16 KiB). Only the end of the connection returns [].
+        while not wire.frames:
             if wire.ended:
                 return []
             await wire.wait()
@@ -399,8 +465,8 @@ class RelayWebSocket:
     async def receive_message(self) -> str | bytes | None:
         """The next whole data message (``str`` text, ``bytes`` binary); ``None`` once closed.
 
-        Fragments are joined (bounded by ``max_size``, which the protocol enforces); a text
-        message that is not UTF-8 closes the socket with 1007 (RFC 6455 section 8.1).
+        Fragments are joined (bounded by ``max_size``, which the frame reader enforces, as it
+        checks that text is UTF-8: RFC 6455 section 8.1).
         """
         parts: list[bytes] = []
         text = False
@@ -411,45 +477,35 @@ class RelayWebSocket:
                     return None
                 self._messages.extend(events)
             event = self._messages.popleft()
-            if isinstance(event, TooLarge) or event.opcode is WsOpcode.CLOSE:
+            if isinstance(event, TooLarge):
                 return None
-            if event.opcode in (WsOpcode.TEXT, WsOpcode.BINARY):
-                text = event.opcode is WsOpcode.TEXT
-                parts = [bytes(event.data)]
-            elif event.opcode is WsOpcode.CONT:
-                parts.append(bytes(event.data))
+            opcode = event.opcode
+            if opcode is Opcode.CLOSE:
+                return None
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                text = opcode is Opcode.TEXT
+                parts = [event.data]
+            elif opcode is Opcode.CONTINUATION:
+                parts.append(event.data)
             else:
-                continue  # ping (answered by the protocol) or pong
+                continue  # ping (answered by the frame reader) or pong
             if not event.fin:
                 continue
             data = b"".join(parts)
-            if not text:
-                return data
-            try:
-                return data.decode("utf-8")
-            except UnicodeDecodeError:
-                await self.close(1007)
-                return None
+            # The reader has failed the connection (1007) for a text message that is not UTF-8.
+            return data.decode("utf-8") if text else data
 
     # -- writing -------------------------------------------------------------------------
 
     def send(self, frames: Iterable[Frame]) -> None:
-        """Queue data frames (masked by the protocol, RFC 6455 section 5.3) for this loop
-        iteration's write; frames sent with no ``await`` between stay together and in order."""
+        """Queue data frames (masked, RFC 6455 section 5.3) for this loop iteration's write;
+        frames sent with no ``await`` between stay together and in order."""
         if not self.open:
             raise ConnectionResetError("relay socket is closed")
-        protocol = self._protocol
+        encode = self._codec.encode_data
+        wire = self._wire
         for frame in frames:
-            opcode = frame.opcode
-            if opcode is Opcode.TEXT:
-                protocol.send_text(frame.payload, fin=frame.fin)
-            elif opcode is Opcode.BINARY:
-                protocol.send_binary(frame.payload, fin=frame.fin)
-            elif opcode is Opcode.CONTINUATION:
-                protocol.send_continuation(frame.payload, fin=frame.fin)
-            else:
-                raise ValueError("only data frames are sent with send()")
-        self._wire.queue()
+            wire.queue(encode(frame.opcode, frame.payload, frame.fin))
 
     def ping(self, data: bytes) -> None:
         """Send a ping (section 3.3); nothing on a socket that is closing or closed.
@@ -459,7 +515,7 @@ class RelayWebSocket:
         an error of its own.
         """
         if self.open:
-            self._protocol.send_ping(data)
+            self._codec.send_ping(data)
             self._wire.queue()
 
     async def drain(self) -> None:
@@ -477,8 +533,8 @@ class RelayWebSocket:
         with contextlib.suppress(Exception):
             transport = wire.transport
             if transport is not None and not transport.is_closing():
-                if self._protocol.state is State.OPEN:
-                    self._protocol.send_close(code, reason[:_MAX_CLOSE_REASON])
+                if self._codec.state is FramesState.OPEN and not wire.handshaking:
+                    self._codec.send_close(code, reason[:_MAX_CLOSE_REASON])
                     wire.flush()
                 elif held:
                     wire.flush(b"".join(held))
@@ -488,7 +544,7 @@ class RelayWebSocket:
         """Write ``frames``, then a close with 1009; follow with :meth:`linger`.
 
         For a socket that must refuse an oversize message: ``frames`` (the answer to the refused
-        request) go before the close, also when the protocol itself refused the message
+        request) go before the close, also when the frame reader itself refused the message
         (:data:`TOO_LARGE`) and has already queued its close. Returns whether ``frames`` were
         written; never raises.
         """
@@ -498,19 +554,14 @@ class RelayWebSocket:
         try:
             if transport is None or transport.is_closing():
                 return False
-            if self._protocol.state is State.OPEN:
+            if self._codec.state is FramesState.OPEN:
                 self.send(frames)
-                self._protocol.send_close(1009)
+                self._codec.send_close(1009)
                 wire.flush()
             else:
-                # The protocol has closed its side already; websockets' public frame
-                # serialiser encodes the answer (client frames are masked, RFC 6455 5.3).
-                encoded = [
-                    WsFrame(_OUT_OPCODES[frame.opcode], frame.payload, fin=frame.fin).serialize(
-                        mask=True
-                    )
-                    for frame in frames
-                ]
+                # The reader has closed its side already; the answer is still framed (and
+                # masked, RFC 6455 5.3) as a client's, and goes before the held close.
+                encoded = [encode_frame(frame.opcode, frame.payload, frame.fin) for frame in frames]
                 wire.flush(b"".join(encoded) + b"".join(held))
         except Exception:
             return False

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
 import logging
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -15,6 +19,7 @@ from gateway.hybridconnection.framing import Frame, Opcode
 from gateway.outbound.proxy import OutboundProxy, ProxySettings
 from gateway.relay.websocket import (
     HandshakeRefusedError,
+    ReceivedFrame,
     RelaySocketError,
     RelayWebSocket,
     open_relay_socket,
@@ -158,3 +163,134 @@ async def test_a_large_send_is_written_at_once_and_drains() -> None:
             await recorder.done.wait()
     assert recorder.messages == [body] * 8
     assert recorder.close_code == 1000
+
+
+# --- the opening handshake on a raw server: what reaches websockets, what the frame reader -----
+
+_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+
+
+def _accept(key: str) -> str:
+    return base64.b64encode(hashlib.sha1((key + _GUID).encode()).digest()).decode()
+
+
+def _text_frame(payload: bytes) -> bytes:
+    return bytes((0x81, len(payload))) + payload  # unmasked: a server's frame (section 5.1)
+
+
+async def _raw_server(answer: Callable[[str], list[bytes]]) -> asyncio.Server:
+    """Reads the upgrade request, then writes ``answer(key)`` piece by piece, then lingers."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        for piece in answer(key):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0)
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the client goes
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def _open_raw(server: asyncio.Server) -> RelayWebSocket:
+    host, port = server.sockets[0].getsockname()[:2]
+    return await open_relay_socket(
+        f"ws://{host}:{port}/$hc/x?sb-hc-action=accept",
+        OutboundProxy(ProxySettings()),
+        handshake_timeout=5,
+        max_size=1024,
+        close_timeout=1,
+    )
+
+
+def _upgrade(key: str, *extra: str) -> bytes:
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Accept: {_accept(key)}",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("split", ["one write", "head end split", "byte by byte"])
+async def test_frames_right_behind_the_101_reach_the_frame_reader(split: str) -> None:
+    # A rendezvous socket's request follows the 101 at once, often in the same TCP segment; the
+    # head goes to websockets' handshake check, the frame to the frame reader, wherever the
+    # reads happen to cut. Byte by byte, the frame arrives in many reads: a read that ends
+    # inside a frame is not the end of the connection (receive() once returned [] for it, and
+    # the listener took a control channel for closed when a large body arrived over TLS).
+    def answer(key: str) -> list[bytes]:
+        wire = _upgrade(key) + _text_frame(b'{"request":{}}')
+        if split == "one write":
+            return [wire]
+        if split == "head end split":
+            cut = wire.index(b"\r\n\r\n") + 2
+            return [wire[:cut], wire[cut:]]
+        return [wire[index : index + 1] for index in range(len(wire))]
+
+    server = await _raw_server(answer)
+    async with server:
+        ws = await _open_raw(server)
+        try:
+            async with asyncio.timeout(10):  # a bound for the failure only
+                received = await ws.receive()
+            assert [
+                (frame.opcode, frame.data) for frame in received if isinstance(frame, ReceivedFrame)
+            ] == [(Opcode.TEXT, b'{"request":{}}')]
+        finally:
+            ws.abort()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # RFC 6455 section 4.1: the accept value must be the key's digest...
+        lambda key: [_upgrade(key).replace(_accept(key).encode(), _accept(key + "x").encode())],
+        # ...and present once
+        lambda key: [_upgrade(key).replace(b"Sec-WebSocket-Accept", b"X-Accept")],
+        # ...no extension the client did not offer (so no reserved bit has a meaning)
+        lambda key: [_upgrade(key, "Sec-WebSocket-Extensions: permessage-deflate")],
+        # ...and an upgrade to WebSocket
+        lambda key: [_upgrade(key).replace(b"Upgrade: websocket", b"Upgrade: h2c")],
+    ],
+    ids=["wrong accept", "no accept", "unoffered extension", "not websocket"],
+)
+async def test_a_handshake_answer_that_fails_the_checks_is_refused(
+    answer: Callable[[str], list[bytes]],
+) -> None:
+    server = await _raw_server(answer)
+    async with server:
+        with pytest.raises(RelaySocketError) as failed:
+            await _open_raw(server)
+    assert not isinstance(failed.value, HandshakeRefusedError)
+
+
+async def test_a_refusal_with_a_body_split_across_reads_reports_status_and_reason() -> None:
+    def answer(key: str) -> list[bytes]:
+        body = b"Endpoint does not exist. TrackingId:1234"
+        head = (
+            "HTTP/1.1 404 Endpoint does not exist\r\n"
+            f"Content-Length: {len(body)}\r\nContent-Type: text/plain\r\n\r\n"
+        ).encode()
+        wire = head + body
+        return [
+            wire[:20],
+            wire[20 : len(head) - 1],
+            wire[len(head) - 1 : len(head) + 5],
+            wire[len(head) + 5 :],
+        ]
+
+    server = await _raw_server(answer)
+    async with server:
+        with pytest.raises(HandshakeRefusedError) as refused:
+            await _open_raw(server)
+    assert (refused.value.status, refused.value.reason) == (404, "Endpoint does not exist")
