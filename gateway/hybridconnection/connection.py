@@ -30,7 +30,7 @@ Decisions made here (protocol notes ``hybrid-connections-protocol.md``, "section
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -57,7 +57,7 @@ from gateway.hybridconnection.messages import (
     RenewTokenCommand,
     RequestCommand,
     ResponseCommand,
-    encode_command,
+    command_bytes,
 )
 
 __all__ = [
@@ -241,7 +241,9 @@ def connection_tokens(value: str | None) -> frozenset[str]:
 # --- projections -----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
 def _prefix(path: str) -> str:
+    # One listener serves one path: checked and lowered once, not per request.
     return "/" + hc_path(path).lower()
 
 
@@ -342,19 +344,22 @@ class PreparedResponse:
 
     def head(self) -> list[Frame]:
         """The JSON message of a streamed response; the body follows from :meth:`body_stream`."""
-        return [Frame(Opcode.TEXT, encode_command(self.command).encode())]
+        return [Frame(Opcode.TEXT, command_bytes(self.command))]
 
     def body_stream(self) -> StreamedBody:
         """A framer for the streamed body that follows :meth:`head`."""
         return StreamedBody()
 
 
+# The standard reason phrase of every status that has one (RFC 9110 section 15).
+_PHRASES: Final = {int(status): status.phrase for status in HTTPStatus}
+
+
 def _reason(response: RelayedResponse) -> str | None:
-    reason = _CTL.sub("", response.reason)[:MAX_REASON]
-    if not reason:
-        with contextlib.suppress(ValueError):
-            reason = HTTPStatus(response.status).phrase
-    return reason or None
+    reason = response.reason
+    if reason:
+        reason = _CTL.sub("", reason)[:MAX_REASON]
+    return reason or _PHRASES.get(response.status)
 
 
 def prepare_response(
@@ -402,7 +407,7 @@ def prepare_response(
 
 def renew_token_frames(token: str) -> list[Frame]:
     """The ``renewToken`` message (section 3.2)."""
-    return [Frame(Opcode.TEXT, encode_command(RenewTokenCommand(token=token)).encode())]
+    return [Frame(Opcode.TEXT, command_bytes(RenewTokenCommand(token=token)))]
 
 
 # --- the connection object -------------------------------------------------------------------

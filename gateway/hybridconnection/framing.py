@@ -65,7 +65,7 @@ from gateway.hybridconnection.messages import (
     RenewTokenCommand,
     RequestCommand,
     ResponseCommand,
-    encode_command,
+    command_bytes,
     parse_command,
 )
 
@@ -387,12 +387,15 @@ class _Channel(abc.ABC):
             if state is _State.BODY:
                 return self._body_too_large()
             return self._fatal(MessageTooLargeError(f"control message larger than {limit} bytes"))
-        self._buffer += payload
-        if not fin:
-            self._state = state
-            return []
-        data = bytes(self._buffer)
-        self._buffer.clear()
+        if fin and not self._buffer:
+            data = bytes(payload)  # a message in one frame: no copy through the buffer
+        else:
+            self._buffer += payload
+            if not fin:
+                self._state = state
+                return []
+            data = bytes(self._buffer)
+            self._buffer.clear()
         self._state = _State.IDLE
         if state is _State.TEXT:
             return self._text_message(data)
@@ -617,7 +620,7 @@ def response_frames(response: ResponseCommand, body: bytes | None) -> list[Frame
     """
     if response.body != (body is not None):
         raise ValueError("response.body must be true exactly when a body is given")
-    frames = [Frame(Opcode.TEXT, encode_command(response).encode())]
+    frames = [Frame(Opcode.TEXT, command_bytes(response))]
     if body is not None:
         frames.append(Frame(Opcode.BINARY, body))
     return frames
@@ -627,7 +630,7 @@ def request_frames(request: RequestCommand, body: bytes | None) -> list[Frame]:
     """The frames of a complete request (relay side), same pairing rule as responses."""
     if request.body != (body is not None):
         raise ValueError("request.body must be true exactly when a body is given")
-    frames = [Frame(Opcode.TEXT, encode_command(request).encode())]
+    frames = [Frame(Opcode.TEXT, command_bytes(request))]
     if body is not None:
         frames.append(Frame(Opcode.BINARY, body))
     return frames

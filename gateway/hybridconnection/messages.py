@@ -168,6 +168,11 @@ def parse_command(data: str | bytes, *, max_size: int = MAX_CONTROL_MESSAGE_SIZE
 
 def encode_command(command: Command) -> str:
     """Serialise a command to the JSON text of one control-message frame (inverse of parse)."""
+    return command_bytes(command).decode()
+
+
+def command_bytes(command: Command) -> bytes:
+    """:func:`encode_command` as the UTF-8 payload of the text frame itself."""
     payload: dict[str, Any]
     if isinstance(command, AcceptCommand):
         payload = {
@@ -206,7 +211,7 @@ def encode_command(command: Command) -> str:
         document = {"response": payload}
     else:
         document = {"renewToken": {"token": command.token}}
-    return orjson.dumps(document).decode()
+    return orjson.dumps(document)
 
 
 def _plain(headers: Mapping[str, str]) -> dict[str, str]:
@@ -267,7 +272,14 @@ def _headers(value: object, where: str) -> Mapping[str, str]:
     for name, item in value.items():
         if not _TOKEN.fullmatch(name):
             raise InvalidFieldError(f"{where}: header name {_excerpt(name)} is not an HTTP token")
-        result[name] = _text(item, f"{where}[{name}]", allow_empty=True)
+        if (
+            isinstance(item, str)
+            and len(item) <= MAX_FIELD_LENGTH
+            and not _CONTROL_CHARS.search(item)
+        ):
+            result[name] = item  # the checks of _text, without naming the field unless it fails
+        else:
+            result[name] = _text(item, f"{where}[{name}]", allow_empty=True)
     return MappingProxyType(result)
 
 

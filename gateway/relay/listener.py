@@ -192,9 +192,24 @@ class _RelaySocket:
 
     async def send_frames(self, frames: list[Frame]) -> None:
         """Send complete messages (JSON then body) as one critical section and one write."""
+        if self.send_now(frames):
+            return
         async with asyncio.timeout(self._send_timeout), self.lock:
             self.ws.send(frames)
             await self.ws.drain()
+
+    def send_now(self, frames: list[Frame]) -> bool:
+        """Send complete messages at once if nothing needs waiting for; ``False`` if it does.
+
+        With the lock free (no streamed body between its frames) and the transport taking
+        writes, a synchronous send is already one critical section (section 5.4): no other task
+        runs before it returns, so the lock, its timeout and a drain that would not wait are
+        skipped. Raises like :meth:`RelayWebSocket.send` on a closed socket.
+        """
+        if self.lock.locked() or not self.ws.writable:
+            return False
+        self.ws.send(frames)
+        return True
 
     async def send_streamed(
         self, prepared: PreparedResponse, chunks: AsyncIterator[bytes], idle_timeout: float
@@ -1046,7 +1061,9 @@ class RelayListener:
         if prepared.streamed and isinstance(body, AsyncIterator):
             await socket.send_streamed(prepared, body, self.settings.request_timeout)
         else:
-            await socket.send_frames(prepared.frames())
+            frames = prepared.frames()
+            if not socket.send_now(frames):
+                await socket.send_frames(frames)
         self.metrics.requests[outcome] += 1
 
     async def _dial_rendezvous(self, address: str) -> _RelaySocket:

@@ -179,7 +179,7 @@ class _Wire(asyncio.Protocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiter: asyncio.Future[None] | None = None
         self._paused_reading = False
-        self._paused_writing = False
+        self.paused_writing = False
         self._drainers: list[asyncio.Future[None]] = []
         # Bytes taken from the protocol but not yet written, and the flush that will write them.
         self._pending: list[bytes] = []
@@ -249,10 +249,10 @@ class _Wire(asyncio.Protocol):
         self._drainers.clear()
 
     def pause_writing(self) -> None:
-        self._paused_writing = True
+        self.paused_writing = True
 
     def resume_writing(self) -> None:
-        self._paused_writing = False
+        self.paused_writing = False
         for drainer in self._drainers:
             if not drainer.done():
                 drainer.set_result(None)
@@ -365,7 +365,7 @@ class _Wire(asyncio.Protocol):
     async def drain(self) -> None:
         if self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("relay socket is closed")
-        if not self._paused_writing:
+        if not self.paused_writing:
             return
         drainer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._drainers.append(drainer)
@@ -436,6 +436,11 @@ class RelayWebSocket:
             and transport is not None
             and not transport.is_closing()
         )
+
+    @property
+    def writable(self) -> bool:
+        """Whether the transport takes writes now: :meth:`drain` would not wait."""
+        return not self._wire.paused_writing
 
     @property
     def close_code(self) -> int | None:
