@@ -27,8 +27,6 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-import argcomplete
-
 from gateway import __version__
 
 EXIT_OK = 0
@@ -156,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         parser, verbs, tools = _build(arguments, named_only=True)
     if completing:
+        import argcomplete  # only a shell asking for completions needs it
+
         argcomplete.autocomplete(parser)  # prints the candidates and exits the process
     misspelt = _misspelt(arguments, verbs, tools)
     if misspelt is not None:

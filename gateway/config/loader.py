@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr, ValidationError
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from gateway.config import schema_check, semantics, yamlsafe
 from gateway.config.model import GatewayConfig
@@ -47,18 +47,31 @@ OVERRIDABLE: tuple[JsonPath, ...] = (
 )
 
 
-class _EnvView(BaseSettings, GatewayConfig):
-    """Only used to let pydantic-settings map ``GATEWAY_A__B`` variables onto the model's shape."""
+@functools.cache
+def _env_source() -> type[Any]:
+    """The settings class pydantic-settings maps ``GATEWAY_A__B`` variables onto, made on first use.
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        case_sensitive=False,
-        extra="forbid",
-        # Keep values as text: pydantic-settings would turn "0443" into 443 for a strict model.
-        # They are typed by the same YAML rules as the file, then checked by the schema.
-        strict=False,
-    )
+    Only a host that sets overrides needs it: importing pydantic-settings and building a second
+    model of the whole configuration costs about 5 MiB that a running gateway would otherwise
+    carry for its life (issue 13).
+    """
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    class _EnvView(BaseSettings, GatewayConfig):
+        """Only used to let pydantic-settings map ``GATEWAY_A__B`` variables onto the model's
+        shape."""
+
+        model_config = SettingsConfigDict(
+            env_prefix=ENV_PREFIX,
+            env_nested_delimiter="__",
+            case_sensitive=False,
+            extra="forbid",
+            # Keep values as text: pydantic-settings would turn "0443" into 443 for a strict
+            # model. They are typed by the same YAML rules as the file, then checked by the schema.
+            strict=False,
+        )
+
+    return _EnvView
 
 
 @dataclass(frozen=True)
@@ -197,8 +210,10 @@ def _apply_env(
     ours = {k: v for k, v in ours.items() if k.upper() not in RESERVED_ENV | referenced}
     if not ours:
         return [], [], []
+    from pydantic_settings import EnvSettingsSource
+
     source = EnvSettingsSource(
-        _EnvView, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
+        _env_source(), env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False
     )
     source.env_vars = {k.lower(): v for k, v in ours.items()}
     exploded: dict[str, Any] = source()

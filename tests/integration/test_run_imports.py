@@ -1,8 +1,9 @@
 """What a running ``gateway run`` without LDAP targets keeps out of its memory (issue 13).
 
 The LDAP proxy (its BER codec, DN parser, session and the ASN.1 libraries they use, pyasn1 and
-asn1crypto) and the other verbs' work (policy testing, GitOps diff and replay) cost megabytes of
-resident memory for the life of the process. A gateway whose configuration has no LDAP target
+asn1crypto), the other verbs' work (policy testing, GitOps diff and replay), pydantic-settings
+(only for ``GATEWAY_*`` overrides) and argcomplete (only while a shell completes) cost megabytes
+of resident memory for the life of the process. A gateway whose configuration has no LDAP target
 must not import them: this runs the real agent, serves a request and a stream through it, and
 reads the modules it holds when it stops.
 """
@@ -46,6 +47,10 @@ NOT_NEEDED = (
     "gateway.gitops.replay",
     "gateway.commands.explain",
     "gateway.commands.policy_test",
+    # Environment overrides (none here) and shell completion: each only when used.
+    "pydantic_settings",
+    "dotenv",
+    "argcomplete",
 )
 
 
