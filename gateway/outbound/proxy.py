@@ -49,9 +49,12 @@ No-proxy list semantics (:class:`NoProxyList`), modelled on the common ``NO_PROX
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
+import os
 import re
 import ssl
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,24 +274,70 @@ class ProxySettings:
 
 
 def client_ssl_context(extra_ca_file: Path | None = None) -> ssl.SSLContext:
-    """Build the TLS client context for relay connections (:attr:`OutboundProxy.ssl_context`).
+    """The TLS client context for relay connections (:attr:`OutboundProxy.ssl_context`).
 
     System trust store plus, optionally, ``extra_ca_file`` (PEM). TLS 1.2 is the minimum, the
     peer certificate is always verified and the host name always checked (RFC 6125); no setting
     can turn those off.
+
+    One context per trust configuration: loading the system store costs about 0.8 MiB per
+    context, and the agent builds an :class:`OutboundProxy` per revision and per check (issue 13).
+    Contexts are shared while the system store's files and the extra bundle's bytes are unchanged
+    (a changed file gives a new context at the next revision); nothing changes a context after it
+    is built.
     """
+    extra: bytes | None = None
+    if extra_ca_file is not None:
+        try:
+            with extra_ca_file.open("rb") as handle:
+                extra = handle.read(_MAX_CA_BUNDLE_BYTES + 1)
+        except OSError as exc:
+            raise ProxyConfigError(
+                f"cannot load CA bundle {extra_ca_file}: {type(exc).__name__}"
+            ) from None
+        if len(extra) > _MAX_CA_BUNDLE_BYTES:
+            raise ProxyConfigError(f"cannot load CA bundle {extra_ca_file}: larger than 16 MiB")
+    key = (_system_store(), hashlib.sha256(extra).digest() if extra is not None else None)
+    context = _CONTEXTS.get(key)
+    if context is not None:
+        _CONTEXTS.move_to_end(key)
+        return context
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
     context.check_hostname = True
-    if extra_ca_file is not None:
+    if extra is not None:
         try:
-            context.load_verify_locations(cafile=str(extra_ca_file))
-        except (OSError, ssl.SSLError) as exc:
+            # PEM text, as a cafile would be read; the bytes are the ones the key was made of.
+            context.load_verify_locations(cadata=extra.decode("ascii"))
+        except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
             raise ProxyConfigError(
                 f"cannot load CA bundle {extra_ca_file}: {type(exc).__name__}"
             ) from None
+    _CONTEXTS[key] = context
+    while len(_CONTEXTS) > _MAX_CONTEXTS:
+        _CONTEXTS.popitem(last=False)
     return context
+
+
+_MAX_CA_BUNDLE_BYTES = 16 << 20
+_MAX_CONTEXTS = 4
+_CONTEXTS: OrderedDict[tuple[object, bytes | None], ssl.SSLContext] = OrderedDict()
+
+
+def _system_store() -> tuple[object, ...]:
+    """What identifies the system trust store's current contents: OpenSSL's default file and
+    directory (``SSL_CERT_FILE``/``SSL_CERT_DIR`` included) and their inode, size and mtime."""
+    paths = ssl.get_default_verify_paths()
+    identity: list[object] = []
+    for path in (paths.cafile, paths.capath):
+        try:
+            status = os.stat(path) if path else None
+        except OSError:
+            status = None
+        facts = None if status is None else (status.st_ino, status.st_size, status.st_mtime_ns)
+        identity.append((path, facts))
+    return tuple(identity)
 
 
 class ProxyRoute:

@@ -7,6 +7,7 @@ import ssl
 from pathlib import Path
 
 import pytest
+import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
@@ -168,3 +169,30 @@ def test_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
         client_ssl_context(bogus)
     with pytest.raises(ProxyConfigError):
         client_ssl_context(tmp_path / "missing.pem")
+
+
+def _subjects(context: ssl.SSLContext) -> list[object]:
+    return [cert["subject"] for cert in context.get_ca_certs()]
+
+
+def test_one_tls_context_per_trust_configuration(tmp_path: Path) -> None:
+    # Each context loads the system store (about 0.8 MiB); the agent builds an OutboundProxy per
+    # revision and per check, so equal trust must mean one shared context (issue 13).
+    first = trustme.CA()
+    bundle = tmp_path / "proxy-ca.pem"
+    first.cert_pem.write_to_path(str(bundle))
+    settings = ProxySettings(url="http://proxy.corp:3128", extra_ca_file=bundle)
+    one, two = OutboundProxy(settings), OutboundProxy(settings)
+    assert one.ssl_context is two.ssl_context
+    assert OutboundProxy(ProxySettings()).ssl_context is client_ssl_context()
+    assert OutboundProxy(ProxySettings()).ssl_context is not one.ssl_context
+    trusted = _subjects(one.ssl_context)
+    # A new bundle in the same file is a new trust configuration, and is the one trusted.
+    second = trustme.CA()
+    second.cert_pem.write_to_path(str(bundle))
+    renewed = OutboundProxy(settings).ssl_context
+    assert renewed is not one.ssl_context
+    assert len(_subjects(renewed)) == len(trusted)
+    assert _subjects(renewed) != trusted
+    assert renewed.verify_mode is ssl.CERT_REQUIRED
+    assert renewed.check_hostname
