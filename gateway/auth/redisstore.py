@@ -27,6 +27,9 @@ from gateway.config.secrets import SecretError, SecretSource
 
 log = logging.getLogger(__name__)
 
+# Connections to the server per store (per gateway process).
+_MAX_CONNECTIONS: Final = 64
+
 # KEYS[1] barrier, KEYS[2] nonce; ARGV[1] created, ARGV[2] time to live in ms.
 # Returns -1 when the store has no barrier (empty, or it lost its memory), 2 when the signature
 # predates the barrier, 1 when the nonce was recorded, 0 when it was already there. One script so
@@ -88,8 +91,13 @@ class RedisReplayStore:
             ssl_cert_reqs="required",
             socket_timeout=settings.timeout_seconds,
             socket_connect_timeout=settings.timeout_seconds,
-            max_connections=64,
+            max_connections=_MAX_CONNECTIONS,
         )
+        # redis-py's pool raises MaxConnectionsError for a command beyond max_connections rather
+        # than waiting for a connection to come free: admissions queue here for one of them,
+        # inside the same timeout, so a burst of signed requests waits its turn instead of being
+        # answered 503 while the server is healthy.
+        self._slots = asyncio.Semaphore(_MAX_CONNECTIONS)
         self._script = self._client.register_script(_ADMIT_SCRIPT)
 
     @property
@@ -122,7 +130,7 @@ class RedisReplayStore:
         # barrier check.
         ttl_ms = max(1, math.ceil((expires - self._clock()) * 1000))
         try:
-            async with asyncio.timeout(self._settings.timeout_seconds):
+            async with asyncio.timeout(self._settings.timeout_seconds), self._slots:
                 answer = await self._run(nonce_key(keyid, nonce), created, ttl_ms)
         except (RedisError, OSError, TimeoutError, SecretError) as exc:
             # SecretError: redis-py reads the password (the credential provider) on every new
@@ -150,7 +158,7 @@ class RedisReplayStore:
 
     async def initialise(self) -> None:
         """Write an empty barrier for a Hybrid Connection that has never accepted a request."""
-        async with asyncio.timeout(self._settings.timeout_seconds):
+        async with asyncio.timeout(self._settings.timeout_seconds), self._slots:
             await self._client.set(self._prefix + "barrier", repr(-1e300), nx=True)
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -186,9 +187,14 @@ async def test_sqlite_store_file_is_in_wal_mode(sqlite_path: Path, tmp_path: Pat
     fresh = tmp_path / "fresh.sqlite3"
     store = SqliteReplayStore(fresh, max_entries=10, max_skew=SKEW)
     await store.close()
+    assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o600
     for path in (sqlite_path, fresh):
         with contextlib.closing(sqlite3.connect(path)) as db:
             assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    # Created readable by the gateway's user only, like its -wal and -shm files after it.
+    for name in ("fresh.sqlite3", "fresh.sqlite3-wal", "fresh.sqlite3-shm"):
+        if (tmp_path / name).exists():
+            assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) & 0o077 == 0, name
 
 
 async def test_sqlite_store_never_follows_a_symbolic_link(tmp_path: Path) -> None:
@@ -215,6 +221,12 @@ async def test_a_damaged_sqlite_store_fails_closed(
             store.admit("k", "n2", **window(clock)), store.admit("k", "n3", **window(clock))
         )
         assert list(results) == [Admission.UNAVAILABLE] * 2
+        # The failed batch was rolled back and left the file unlocked: once repaired, it works.
+        with contextlib.closing(
+            sqlite3.connect(sqlite_path, timeout=10, isolation_level=None)
+        ) as db:
+            db.execute("CREATE TABLE nonce (k TEXT PRIMARY KEY, expires REAL NOT NULL)")
+        assert await store.admit("k", "n2", **window(clock)) is Admission.ACCEPTED
     finally:
         await store.close()
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -234,8 +246,8 @@ async def test_a_locked_sqlite_store_fails_closed_and_recovers(
             db.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
             assert await store.admit("k", "n", **window(clock)) is Admission.UNAVAILABLE
             db.execute("ROLLBACK")
-        assert await store.admit("k", "n", **window(clock)) is Admission.ACCEPTED
-        assert await store.admit("k", "n", **window(clock)) is Admission.REPLAY
+        assert await store.admit("k", "n2", **window(clock)) is Admission.ACCEPTED
+        assert await store.admit("k", "n2", **window(clock)) is Admission.REPLAY
     finally:
         await store.close()
     # Whether the lock's busy timeout or the wait for it ends first, the operator is told.
@@ -243,6 +255,40 @@ async def test_a_locked_sqlite_store_fails_closed_and_recovers(
     assert errors
     assert all(str(sqlite_path) in r.getMessage() for r in errors)
     assert all(getattr(r, "event", None) == "replay_store_unavailable" for r in errors)
+
+
+class StuckClock(Clock):
+    """A clock that, once armed, holds the store's SQLite thread until released: the store is
+    stuck as on a disk that stopped answering."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.release = threading.Event()
+
+    def __call__(self) -> float:
+        if self.armed and threading.current_thread() is not threading.main_thread():
+            self.release.wait(60)
+        return self.now
+
+
+async def test_a_stuck_sqlite_store_is_unavailable_within_twice_its_timeout(
+    sqlite_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = StuckClock()
+    store = SqliteReplayStore(sqlite_path, max_entries=100, max_skew=SKEW, timeout=0.1, clock=clock)
+    try:
+        clock.armed = True
+        async with asyncio.timeout(60):
+            assert await store.admit("k", "n", **window(clock)) is Admission.UNAVAILABLE
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert [r.getMessage() for r in errors] == [
+            f"replay store {sqlite_path} did not answer within 0.2 s"
+        ]
+        assert [getattr(r, "event", None) for r in errors] == ["replay_store_unavailable"]
+    finally:
+        clock.release.set()
+        await store.close()
 
 
 async def test_a_closed_sqlite_store_admits_nothing(sqlite_path: Path) -> None:
@@ -408,6 +454,25 @@ async def test_redis_admits_a_nonce_once_across_clients(
         await second.close()
 
 
+async def test_a_burst_of_admissions_waits_for_the_stores_connections(
+    redis_server: RedisServer,
+) -> None:
+    # More signed requests at once than the store keeps connections (64): each waits its turn,
+    # within the timeout, instead of being answered 503 while Redis is healthy.
+    clock = Clock()
+    store = make_store(redis_server, clock, timeout_seconds=10.0)
+    try:
+        await store.initialise()
+        results = await asyncio.gather(
+            *(store.admit("k", f"n{i}", **window(clock)) for i in range(150))
+        )
+        assert set(results) == {Admission.ACCEPTED}
+        with admin(redis_server) as raw:
+            assert len(raw.client_list()) <= 64 + 1  # the store's, and this one
+    finally:
+        await store.close()
+
+
 async def test_redis_keeps_a_nonce_under_the_prefix_for_its_window(
     redis_server: RedisServer, stores: tuple[Clock, RedisReplayStore]
 ) -> None:
@@ -472,7 +537,7 @@ async def test_redis_wrong_password_fails_closed(
     assert len(errors) == 1
     assert re.fullmatch(
         rf"replay store redis://127\.0\.0\.1:{redis_server.port} prefix t: unavailable "
-        r"\(\w+\): refusing signed requests until it answers",
+        r"\((?:AuthenticationError|TimeoutError)\): refusing signed requests until it answers",
         errors[0],
     )
 
@@ -595,11 +660,18 @@ async def test_redis_restart_fails_closed_then_recovers_by_itself(
     # The append-only file kept the nonce accepted before the restart.
     assert await store.admit("k", "before", **window(clock)) is Admission.REPLAY
     # The operator reads one line when it goes and one when it comes back.
-    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("gateway")]
+    records = [r for r in caplog.records if r.name.startswith("gateway")]
     where = f"redis://127.0.0.1:{redis_server.port} prefix t:"
-    assert [level for level, _ in lines] == ["ERROR", "WARNING"]
-    assert lines[0][1].startswith(f"replay store {where} unavailable (")
-    assert lines[1][1] == f"replay store {where} answers again"
+    assert [(r.levelname, getattr(r, "event", None)) for r in records] == [
+        ("ERROR", "replay_store_unavailable"),
+        ("WARNING", "replay_store_recovered"),
+    ]
+    assert re.fullmatch(
+        rf"replay store {re.escape(where)} unavailable \((?:ConnectionError|TimeoutError)\): "
+        "refusing signed requests until it answers",
+        records[0].getMessage(),
+    )
+    assert records[1].getMessage() == f"replay store {where} answers again"
 
 
 async def test_redis_that_lost_its_memory_sets_a_start_barrier(
@@ -665,6 +737,9 @@ async def test_redis_unreachable_fails_closed() -> None:
     store = make_store(server, clock, timeout_seconds=FAILING_TIMEOUT)
     try:
         assert await store.admit("k", "n", **window(clock)) is Admission.UNAVAILABLE
+        # Writing the initial barrier gives up within the timeout too.
+        with pytest.raises(TimeoutError):
+            await store.initialise()
     finally:
         await store.close()
 
@@ -802,7 +877,10 @@ async def test_redis_store_as_configured(redis_server: RedisServer, tmp_path: Pa
     etc = tmp_path / "etc"
     etc.mkdir()
     shutil.copy(redis_server.ca_file, etc / "redis-ca.pem")
-    section = (
+    (etc / "redis-password").write_text(PASSWORD + "\n")
+    (etc / "redis-password").chmod(0o600)
+    # TLS with a CA file and the password from the environment, the default key prefix ...
+    over_tls = (
         "kind: redis\n"
         "redis:\n"
         "  host: 127.0.0.1\n"
@@ -810,14 +888,24 @@ async def test_redis_store_as_configured(redis_server: RedisServer, tmp_path: Pa
         "  ca_file: redis-ca.pem\n"
         "  password: {env: REDIS_PASSWORD}\n"
     )
-    env = {"REDIS_PASSWORD": PASSWORD}
-    default = open_replay_store(configured(tmp_path, section), tmp_path, "hc-1", env=env)
-    prefixed = configured(tmp_path, section + "  key_prefix: 'custom:'\n", skew=0)
-    named = open_replay_store(prefixed, tmp_path, "hc-1", env=env)
+    default = open_replay_store(
+        configured(tmp_path, over_tls), tmp_path, "hc-1", env={"REDIS_PASSWORD": PASSWORD}
+    )
+    # ... and plain text, a password file next to gateway.yaml, a key prefix of its own.
+    plain = (
+        "kind: redis\n"
+        "redis:\n"
+        "  host: 127.0.0.1\n"
+        f"  port: {redis_server.port}\n"
+        "  tls: false\n"
+        "  password: {file: redis-password}\n"
+        "  key_prefix: 'custom:'\n"
+    )
+    named = open_replay_store(configured(tmp_path, plain, skew=0), tmp_path, "hc-1", env={})
     try:
         where = f"rediss://127.0.0.1:{redis_server.tls_port} prefix"
         assert default.description == f"{where} gateway:replay:{{hc-1}}:"
-        assert named.description == f"{where} custom:"
+        assert named.description == f"redis://127.0.0.1:{redis_server.port} prefix custom:"
         # An empty store: each prefix gets its barrier, clock_skew_seconds ahead (30 s, none).
         created = time.time() + 5
         assert await default.admit("k", "n", created=created, expires=created + 60) is (
