@@ -214,6 +214,15 @@ def test_addresses_arriving_on_a_rendezvous_socket_are_never_used() -> None:
     assert isinstance(violation, ProtocolViolation)
 
 
+def test_the_control_channel_that_hands_out_addresses_is_tls() -> None:
+    # A bare namespace means wss://; plain ws:// only for a local relay the operator declared.
+    for endpoint in ("contoso.servicebus.windows.net", "wss://contoso.servicebus.windows.net"):
+        settings = ListenerSettings(endpoint=endpoint, hc_path="hyco")
+        assert settings.relay_endpoint.base == "wss://contoso.servicebus.windows.net"
+    with pytest.raises(ValueError, match=r"^a ws:// relay endpoint needs allow_insecure"):
+        ListenerSettings(endpoint="ws://contoso.servicebus.windows.net", hc_path="hyco")
+
+
 def test_a_rendezvous_endpoint_for_a_local_relay_is_trusted_exactly() -> None:
     settings = ListenerSettings(
         endpoint="ws://127.0.0.1:9000",
