@@ -43,7 +43,6 @@ from gateway.auth.keys import KeySetError, PinnedKey, shared_key
 from gateway.auth.replay import ReplayStore
 from gateway.auth.replaystores import open_replay_store
 from gateway.config import LoadedConfig, load
-from gateway.config.yamlsafe import MAX_FILE_BYTES
 from gateway.errors import ConfigError, GatewayError, PolicyError, Problem
 from gateway.forward.dial import Guard, Redirect, Resolver, system_resolver
 from gateway.gitops.signing import verify_signed_config
@@ -74,6 +73,7 @@ from gateway.pipeline import AuditRecord, Decider, Pipeline, Runtime
 from gateway.policy.loader import PolicySet, build_engine, load_policies, verify_policy
 from gateway.relay.listener import RelayListener
 from gateway.relay.settings import ListenerSettings
+from gateway.release import read_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -249,21 +249,6 @@ def check_release(loaded: LoadedConfig, *, files: bool = True) -> PolicySet:
     if verified is not None:
         verified.check_policies(policies)
     return policies
-
-
-def read_snapshot(path: Path) -> bytes:
-    """The configuration bytes a supervisor handed its workers (bounded like gateway.yaml);
-    raises ConfigError when they cannot be read."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(
-            [Problem(f"cannot read: {exc.strerror}", code="unreadable", file=str(path))]
-        ) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ConfigError([Problem("too large", code="too_large", file=str(path))])
-    return data
 
 
 def stop_on_signals(stop: asyncio.Event, *, at_once: Callable[[], None] | None = None) -> None:
@@ -473,8 +458,11 @@ class Agent:
         role = self.options.worker
         if not pinned or role is None or role.snapshot is None:
             return load(self.options.config_path, env=self.options.env)
-        source = read_snapshot(role.snapshot)
-        loaded = load(self.options.config_path, env=self.options.env, source=source)
+        release = read_snapshot(role.snapshot)
+        loaded = load(self.options.config_path, env=self.options.env, source=release.source)
+        # Policies, signature and trusted keys as the supervisor captured them, not as they are
+        # on disk now (gateway.release).
+        loaded = release.apply(loaded)
         if loaded.revision != role.revision:
             raise ConfigError(
                 [

@@ -25,15 +25,18 @@ supervisor goes away (even killed), its end of the pair closes and each worker d
 A worker that exits is logged and started again after a back-off (1 s doubling to 30 s; back to
 1 s once a worker ran a minute). SIGTERM drains every worker within the grace period.
 
-Every worker starts from the revision the supervisor runs, not from gateway.yaml as it is now:
-the supervisor writes the exact configuration bytes it loaded at start, and again those it
-checked before each commit, to ``supervisor-config.yaml`` (0600) in the state directory, and
-starts each worker with that file and its revision (``--worker-snapshot``, ``--worker-revision``);
-the worker refuses to start when they differ. A file saved since, invalid or unsigned, waits for
-the next reload instead of keeping a crashed worker down. A restart waits for a running reload
-(and a reload for a starting worker), so no worker starts between the prepare and the commit.
-Policy files are read from disk as they are: a policy changed without a reload gives a restarted
-worker another policy revision, which the supervisor then reloads for every worker or stops.
+Every worker starts from the release the supervisor runs, not from the files as they are now:
+the supervisor captures the whole release (:mod:`gateway.release`: gateway.yaml's exact bytes,
+the policy modules, the release signature and the trusted keys) when it starts, and again the one
+it checked before each commit, writes it to ``supervisor-release.json`` (0600) in the state
+directory, and starts each worker with that file and its revision (``--worker-snapshot``,
+``--worker-revision``); the worker refuses to start when they differ, and reads its policies and
+signature from the snapshot, never from the disk. A gateway.yaml, a policy or a signature saved
+since, invalid, unsigned or just different, waits for the next reload instead of keeping a crashed
+worker down or giving it another policy. A commit needs every worker to have prepared the policy
+revision the supervisor captured and checked, so the snapshot is what they serve. A restart waits
+for a running reload (and a reload for a starting worker), so no worker starts between the
+prepare and the commit.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.observability.health import HealthServer, Readiness
 from gateway.observability.metrics import Metrics
 from gateway.outbound.sessions import client_session
+from gateway.release import capture, write_snapshot
 from gateway.service import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -73,7 +77,6 @@ from gateway.service import (
     check_release,
     stop_on_signals,
 )
-from gateway.statefile import replace_atomically
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,7 +84,7 @@ T = TypeVar("T")
 # A control message is a few hundred bytes; anything longer is not from our peer.
 MAX_MESSAGE_BYTES = 64 * 1024
 # The running revision's configuration, in the state directory, for workers (re)started.
-SNAPSHOT_FILE = "supervisor-config.yaml"
+SNAPSHOT_FILE = "supervisor-release.json"
 # The families the supervisor itself keeps (gateway.observability.metrics); workers have them at 0.
 SUPERVISOR_FAMILIES = frozenset(
     {"gateway_workers_running", "gateway_worker_restarts", "gateway_worker_reloads"}
@@ -165,7 +168,7 @@ class Supervisor:
         """Start every worker and wait until all are serving; raises :class:`StartError` with the
         first failing worker's exit code (the codes of a one-process ``gateway run``)."""
         try:
-            loaded = load(self.options.config_path, env=self.options.env)
+            loaded = capture(load(self.options.config_path, env=self.options.env))
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("%s", problem.render(), extra={"event": "config_invalid"})
@@ -242,10 +245,10 @@ class Supervisor:
             self._signal(worker, signal.SIGKILL)
 
     def _keep(self, loaded: LoadedConfig) -> None:
-        """Make ``loaded`` the revision every worker started from now on runs; raises OSError."""
+        """Make ``loaded`` (a captured release) the one every worker started from now on runs;
+        raises OSError."""
         state_dir = loaded.resolve_path(loaded.config.gateway.state_dir)
-        replace_atomically(state_dir, SNAPSHOT_FILE, loaded.source)
-        self._snapshot = state_dir / SNAPSHOT_FILE
+        self._snapshot = write_snapshot(state_dir, SNAPSHOT_FILE, loaded)
         self._snapshot_revision = loaded.revision
 
     @staticmethod
@@ -467,7 +470,7 @@ class Supervisor:
         """Check the file once, then move every running worker to it together (or none)."""
         async with self._lock:
             try:
-                loaded = await asyncio.to_thread(self._check)
+                loaded, checked = await asyncio.to_thread(self._check)
             except ConfigError as exc:
                 for problem in exc.problems:
                     log.error("%s", problem.render(), extra={"event": "reload_rejected"})
@@ -484,6 +487,13 @@ class Supervisor:
             revisions = {(a.get("revision"), a.get("policy_revision")) for _, a in prepared}
             if not live or len(prepared) < len(live) or len(revisions) != 1:
                 why = _why_not(live, answers, revisions)
+            elif revisions != {(loaded.revision, checked)}:
+                # A file changed between the check and the workers' prepare: what they would
+                # serve is not the release checked (and kept for workers started later).
+                why = "the release changed on disk while it was being checked"
+            else:
+                why = None
+            if why is not None:
                 abort = {"type": "abort", "why": why}
                 await asyncio.gather(*(self._request(w, abort, "aborted") for w, _ in prepared))
                 return self._reload_failed(why)
@@ -510,14 +520,13 @@ class Supervisor:
             )
             return True
 
-    def _check(self) -> LoadedConfig:
+    def _check(self) -> tuple[LoadedConfig, str]:
         # What a worker would refuse, refused once here with the workers' own check
         # (check_release): the configuration, the files and proxy settings, the release
         # signature, and a policy that does not decide. The log then says why, not only that a
-        # worker refused.
-        loaded = load(self.options.config_path, env=self.options.env)
-        check_release(loaded)
-        return loaded
+        # worker refused. The release is captured first, so what is checked is what is kept.
+        loaded = capture(load(self.options.config_path, env=self.options.env))
+        return loaded, check_release(loaded).revision
 
     def _reload_failed(self, why: str) -> bool:
         self.reload_failures += 1
@@ -574,6 +583,7 @@ class Supervisor:
                 "state": worker.state,
                 "ready": ready,
                 "revision": worker.revision,
+                "policy_revision": worker.policy_revision,
                 "listeners_online": _int(state.get("listeners_online")) or 0,
                 "restarts": worker.restarts,
             }

@@ -25,6 +25,7 @@ from gateway.commands._common import add_config_argument, config_path
 from gateway.config.capacity import worker_count
 from gateway.errors import ConfigError
 from gateway.observability import logs
+from gateway.release import read_snapshot
 from gateway.service import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -32,7 +33,6 @@ from gateway.service import (
     AgentOptions,
     StartError,
     WorkerRole,
-    read_snapshot,
     stop_on_signals,
 )
 from gateway.supervisor import Supervisor, SupervisorOptions, serve_worker
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # A worker logs as the revision it will run (its supervisor's snapshot), not as the
         # file on disk, which may have been saved since.
-        source = read_snapshot(args.worker_snapshot) if args.worker_snapshot else None
+        source = read_snapshot(args.worker_snapshot).source if args.worker_snapshot else None
         config = gwconfig.load(path, check_host=False, source=source).config
         logs.configure(config.logging.level, config.logging.format, fields=fields)
         workers = worker_count(config)

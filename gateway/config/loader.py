@@ -96,6 +96,10 @@ class LoadedConfig:
     # them (not a second read of the file, which may have changed), and a supervisor hands them
     # to a worker it restarts (gateway.supervisor).
     source: bytes = field(default=b"", repr=False, compare=False)
+    # The release's other files (policy modules, signature, trusted keys) by path, read instead
+    # of the disk when set: the release a supervisor captured and hands every worker it starts
+    # (gateway.release). None: read the disk.
+    files: Mapping[str, bytes] | None = field(default=None, repr=False, compare=False)
 
     def resolve_path(self, value: str) -> Path:
         """A path from the file, relative to the file's directory unless absolute."""

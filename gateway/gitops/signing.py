@@ -188,10 +188,19 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
 
 
-def _read_small(path: Path, limit: int, what: str) -> bytes:
+def _read_small(
+    path: Path, limit: int, what: str, files: Mapping[str, bytes] | None = None
+) -> bytes:
+    """At most ``limit`` bytes of ``path``: from ``files`` (a captured release,
+    :attr:`gateway.config.LoadedConfig.files`) when given, else from the disk."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
+        if files is not None:
+            data = files.get(str(path))
+            if data is None:
+                raise FileNotFoundError(2, "not in the release", str(path))
+        else:
+            with path.open("rb") as handle:
+                data = handle.read(limit + 1)
     except OSError as exc:
         raise ConfigSignatureError(
             f"cannot read {what}: {exc.strerror or type(exc).__name__}",
@@ -205,9 +214,9 @@ def _read_small(path: Path, limit: int, what: str) -> bytes:
     return data
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """An Ed25519 public key from a PEM (SubjectPublicKeyInfo) file."""
-    data = _read_small(path, MAX_KEY_BYTES, "public key")
+def load_public_key(path: Path, files: Mapping[str, bytes] | None = None) -> Ed25519PublicKey:
+    """An Ed25519 public key from a PEM (SubjectPublicKeyInfo) file (in ``files``, if given)."""
+    data = _read_small(path, MAX_KEY_BYTES, "public key", files)
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:
@@ -277,7 +286,7 @@ def _bundle_paths(loaded: LoadedConfig) -> list[Path]:
     paths = [loaded.file]
     seen = {loaded.file}
     for directory in loaded.config.policy.directories:
-        for _, path in rego_files(loaded.resolve_path(directory)):
+        for _, path in rego_files(loaded.resolve_path(directory), loaded.files):
             resolved = path.resolve()
             if resolved not in seen:
                 seen.add(resolved)
@@ -297,7 +306,7 @@ def _file_bytes(loaded: LoadedConfig, path: Path) -> bytes:
         # the file has been rewritten since it was read.
         return loaded.source
     limit = yamlsafe.MAX_FILE_BYTES if path == loaded.file else MAX_MODULE_BYTES
-    return _read_small(path, limit, "file")
+    return _read_small(path, limit, "file", loaded.files)
 
 
 def manifest(loaded: LoadedConfig) -> tuple[SignedFile, ...]:
@@ -384,15 +393,17 @@ def _json_object(data: bytes, what: str, file: str) -> dict[str, Any]:
     return value
 
 
-def _read_token(path: Path) -> str:
-    if not path.exists():
+def _read_token(path: Path, files: Mapping[str, bytes] | None = None) -> str:
+    if (str(path) not in files) if files is not None else not path.exists():
         raise ConfigSignatureError(
             "no signature file",
             code="signature_missing",
             file=str(path),
             hint="sign the release with `gateway sign -c FILE --key KEY --epoch N`",
         )
-    document = _json_object(_read_small(path, MAX_SIGNATURE_BYTES, "signature"), "file", str(path))
+    document = _json_object(
+        _read_small(path, MAX_SIGNATURE_BYTES, "signature", files), "file", str(path)
+    )
     signatures = document.get("signatures")
     if set(document) != {"signatures"} or not isinstance(signatures, list):
         raise ConfigSignatureError(
@@ -408,7 +419,10 @@ def _read_token(path: Path) -> str:
 def _trusted_keys(loaded: LoadedConfig, extra: Sequence[Path]) -> dict[str, Ed25519PublicKey]:
     keys: dict[str, Ed25519PublicKey] = {}
     paths = [loaded.resolve_path(p) for p in loaded.config.config_signature.public_keys]
-    for path in (*paths, *extra):
+    for path in paths:
+        key = load_public_key(path, loaded.files)
+        keys[key_id(key)] = key
+    for path in extra:
         key = load_public_key(path)
         keys[key_id(key)] = key
     return keys
@@ -512,7 +526,7 @@ def verify_signature(
     if allowed is not None:
         pinned = set(allowed)
         keys = {kid: key for kid, key in keys.items() if kid in pinned}
-    token = _read_token(path)
+    token = _read_token(path, loaded.files)
     kid, claims = _check_token(token, keys, str(path))
     epoch = claims.get("epoch")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= MAX_EPOCH:

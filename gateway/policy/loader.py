@@ -31,6 +31,8 @@ from gateway.policy.cache import CachePlan, DecisionCache, plan_cache, strip_com
 from gateway.policy.data import policy_data
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from gateway.config.loader import LoadedConfig
     from gateway.policy.embedded import EmbeddedEngine
     from gateway.policy.engine import Mode, PolicyEngine
@@ -97,15 +99,25 @@ class PolicySet:
     """Base documents beside ``data.gateway`` (stand-ins that policy-test cases bring)."""
 
 
-def rego_files(root: Path) -> list[tuple[str, Path]]:
+def rego_files(root: Path, files: Mapping[str, bytes] | None = None) -> list[tuple[str, Path]]:
     """``(module id, path)`` of every Rego file under ``root`` the loader reads, sorted.
 
-    Skips directories named ``examples`` or starting with ``.``; a missing root has none.
+    Skips directories named ``examples`` or starting with ``.``; a missing root has none. With
+    ``files`` (a captured release, :attr:`gateway.config.LoadedConfig.files`), the files are
+    those of the release, not of the disk.
     """
-    if not root.is_dir():
+    if files is not None:
+        candidates = sorted(
+            path
+            for path in map(Path, files)
+            if path.suffix == ".rego" and path.is_relative_to(root) and path != root
+        )
+    elif root.is_dir():
+        candidates = sorted(root.rglob("*.rego"))
+    else:
         return []
     found: list[tuple[str, Path]] = []
-    for path in sorted(root.rglob("*.rego")):
+    for path in candidates:
         relative = path.relative_to(root)
         if any(p in SKIPPED_DIRECTORIES or p.startswith(".") for p in relative.parts[:-1]):
             continue
@@ -125,7 +137,7 @@ def load_policies(loaded: LoadedConfig) -> PolicySet:
     for index, directory in enumerate(loaded.config.policy.directories):
         root = loaded.resolve_path(directory)
         where = f"policy.directories[{index}]"
-        for module_id, path in rego_files(root):
+        for module_id, path in rego_files(root, loaded.files):
             if module_id in seen:
                 problems.append(
                     Problem(
@@ -137,7 +149,7 @@ def load_policies(loaded: LoadedConfig) -> PolicySet:
                 )
                 continue
             seen[module_id] = path
-            module = _read_module(module_id, path, problems)
+            module = _read_module(module_id, path, problems, files=loaded.files)
             if module is None:
                 continue
             replaced = by_id.get(module_id)
@@ -246,11 +258,19 @@ def build_engine(loaded: LoadedConfig, policies: PolicySet | None = None) -> Pol
 
 
 def _read_module(
-    module_id: str, path: Path, problems: list[Problem], *, builtin: bool = False
+    module_id: str,
+    path: Path,
+    problems: list[Problem],
+    *,
+    builtin: bool = False,
+    files: Mapping[str, bytes] | None = None,
 ) -> PolicyModule | None:
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_MODULE_BYTES + 1)
+        if files is not None:
+            raw = files[str(path)]
+        else:
+            with path.open("rb") as handle:
+                raw = handle.read(MAX_MODULE_BYTES + 1)
     except OSError as exc:
         problems.append(Problem(f"cannot read: {exc.strerror}", code="unreadable", file=str(path)))
         return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -25,6 +26,8 @@ import pytest
 import pytest_asyncio
 
 from gateway.cli import main
+from gateway.config import load
+from gateway.gitops.signing import SIGNATURE_SUFFIX, generate_key, load_private_key, sign_config
 from tests.integration.workers.harness import START_TIMEOUT, Fleet, Gateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -228,7 +231,7 @@ async def test_a_worker_restarted_after_a_bad_save_comes_back_on_the_running_rev
     assert worker["ready"] is True
     assert worker["revision"] == before["revision"]
     assert state["revision"] == before["revision"]
-    snapshot = gateway.directory / "state" / "supervisor-config.yaml"
+    snapshot = gateway.directory / "state" / "supervisor-release.json"
     assert stat.S_IMODE(snapshot.stat().st_mode) == 0o600
     async with fleet.saas() as saas:
         async with asyncio.timeout(START_TIMEOUT):
@@ -237,10 +240,68 @@ async def test_a_worker_restarted_after_a_bad_save_comes_back_on_the_running_rev
     gateway.config.write_text(original)
 
 
+async def test_a_restarted_worker_serves_the_release_it_was_started_on(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    # A signed release with a policy module of the operator's own, on a gateway of its own (its
+    # anti-rollback state must not outlive the test). Then, on disk and without a reload, the
+    # module changes and the signature file goes away. A worker that dies now comes back on the
+    # release the other worker serves - configuration, policy and signature as the supervisor
+    # captured them - not on the files as they are now (which would give it another policy, or
+    # no signature at all).
+    gateway = await fleet.add(1)
+    module = gateway.directory / "policies" / "house.rego"
+    module.write_text('package house\n\nlabel := "first"\n')
+    module.chmod(0o644)
+    public, _ = generate_key(tmp_path / "release.pem")
+    fleet.rewrite(gateway, {"config_signature": {"required": True, "public_keys": [str(public)]}})
+    signature = gateway.config.with_name(gateway.config.name + SIGNATURE_SUFFIX)
+    loaded = load(gateway.config, check_host=False)
+    signature.write_bytes(sign_config(loaded, load_private_key(tmp_path / "release.pem"), 1))
+    await gateway.start()
+    try:
+        before = await gateway.wait_ready(2)
+        assert {w["policy_revision"] for w in before["workers"]} == {before["policy_revision"]}
+        module.write_text('package house\n\nlabel := "second"\n')
+        signature.unlink()
+        pids = await gateway.worker_pids()
+        log = gateway.directory / "decisions.log.w2"
+        seen = len(log.read_text().splitlines()) if log.exists() else 0
+        os.kill(pids[2], signal.SIGKILL)
+
+        def back(state: dict[str, Any]) -> bool:
+            worker = next(w for w in state["workers"] if w["worker"] == 2)
+            # Back, or failed (a worker that cannot start is restarted again and again).
+            return bool(worker["restarts"] > 1 or (worker["ready"] and worker["pid"] != pids[2]))
+
+        state = await gateway.wait_state(back)
+        worker = next(w for w in state["workers"] if w["worker"] == 2)
+        assert (worker["restarts"], worker["ready"]) == (1, True), worker
+        assert worker["revision"] == before["revision"]
+        assert worker["policy_revision"] == before["policy_revision"]
+        assert (state["revision"], state["policy_revision"]) == (
+            before["revision"],
+            before["policy_revision"],
+        )
+        # What it decides, it decides under the captured policy: its records say so.
+        records: list[dict[str, Any]] = []
+        async with fleet.saas() as saas, asyncio.timeout(START_TIMEOUT):
+            while not records:
+                assert (await fleet.load(saas, 8)).count() == {200: 8}
+                lines = log.read_text().splitlines()[seen:] if log.exists() else []
+                records = [json.loads(line) for line in lines]
+                records = [r for r in records if r.get("policy_revision")]
+        assert {r["policy_revision"] for r in records} == {before["policy_revision"]}
+        assert not [e for e in gateway.log_events() if e.get("event") == "reloaded"]
+    finally:
+        await gateway.stop()
+        fleet.gateways.remove(gateway)
+
+
 async def test_a_worker_refuses_a_snapshot_of_another_revision(gateway: Gateway) -> None:
     # What the supervisor hands over must be the revision it names, or the worker does not
     # start (exit 1) rather than serve a revision the others do not.
-    snapshot = gateway.directory / "state" / "supervisor-config.yaml"
+    snapshot = gateway.directory / "state" / "supervisor-release.json"
     ours, theirs = socket.socketpair()
     with ours, theirs:
         process = await asyncio.create_subprocess_exec(
