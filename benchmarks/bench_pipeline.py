@@ -27,7 +27,11 @@ peak while under load, and with 1,000 relayed TCP streams open at once to the ``
 
 With ``--uvloop`` a second gateway (``bench-gateway-uv`` on its own Hybrid Connection, the same
 configuration) runs on uvloop's event loop beside the first, and ``gateway-uvloop`` (Ed25519)
-is measured in the same interleaved runs: what uvloop changes, side by side.
+is measured in the same interleaved runs: what uvloop changes, side by side. With ``--baseline
+REF`` the bare listener of commit ``REF`` runs beside ours (``listener-base``), and so does a
+whole gateway of that commit (``bench-gateway-base``, the same configuration on its own Hybrid
+Connection): ``gateway-base``, signed with Ed25519 like ``gateway``, and the report's
+``gateway/gateway-base`` ratio is a change's effect on the full pipeline, measured side by side.
 
 Run: ``.venv/bin/python benchmarks/bench_pipeline.py [--quick] [--uvloop]`` (loopback only; the
 full run takes about 3 minutes, ``--quick`` about one). The full run writes the printed report
@@ -89,15 +93,28 @@ HC = f"hc-{GATEWAY_ID}"
 # The second gateway of --uvloop: the same configuration on uvloop's event loop, side by side.
 GATEWAY_UV = "bench-gateway-uv"
 HC_UV = f"hc-{GATEWAY_UV}"
+# The second gateway of --baseline: the same configuration, the gateway package of another commit.
+GATEWAY_BASE = "bench-gateway-base"
+HC_GATEWAY_BASE = f"hc-{GATEWAY_BASE}"
 PERSON, PERSON_PASSWORD = "operator", "bench-operator-password"
 TARGET_PATH = "/api/accounts"
 STEP = 30.0  # bound for one start-up wait (registration and policy compilation included)
 SAS_HEADER = "ServiceBusAuthorization"
 BARE_HCS = (HC_OURS, HC_HYCO, HC_BASE)
-PATHS = ("direct", "gateway", "gateway-hmac", "gateway-uvloop", "listener", "listener-base", "hyco")
+PATHS = (
+    "direct",
+    "gateway",
+    "gateway-base",
+    "gateway-hmac",
+    "gateway-uvloop",
+    "listener",
+    "listener-base",
+    "hyco",
+)
 # The signed paths: Ed25519 with the control plane's key, hmac-sha256 with the gateway's own, and
-# (with --uvloop) Ed25519 to the second gateway, which runs on uvloop.
-SIGNED = ("gateway", "gateway-hmac", "gateway-uvloop")
+# Ed25519 to the second gateway, which runs on uvloop (--uvloop) or is another commit's
+# (--baseline).
+SIGNED = ("gateway", "gateway-base", "gateway-hmac", "gateway-uvloop")
 # `gateway ...` on uvloop's event loop, for the second gateway of --uvloop.
 UVLOOP_LAUNCHER = (
     "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
@@ -108,7 +125,9 @@ UVLOOP_LAUNCHER = (
 # --- child processes ---------------------------------------------------------------------
 
 
-async def run_relay(signed: Sequence[str] = (HC, HC_UV), bare: Sequence[str] = BARE_HCS) -> None:
+async def run_relay(
+    signed: Sequence[str] = (HC, HC_UV, HC_GATEWAY_BASE), bare: Sequence[str] = BARE_HCS
+) -> None:
     """The relay emulator with the ``signed`` Hybrid Connections (senders need a Send token) and
     the ``bare`` ones; the SAS keys come from the environment."""
     from gateway.devkit.relay_emulator import (
@@ -139,7 +158,7 @@ async def run_services(workdir: Path) -> None:
         relay_namespace=NAMESPACE,
         relay_key_name="ListenRule",
         relay_key=os.environ["BENCH_LISTEN_KEY"],
-        # Each gateway its own Hybrid Connection, hc-{gateway id} (HC and HC_UV).
+        # Each gateway its own Hybrid Connection, hc-{gateway id} (HC, HC_UV, HC_GATEWAY_BASE).
         cert_lifetime=datetime.timedelta(days=1),
     )
     simulator.add_person(PERSON, PERSON_PASSWORD)
@@ -398,15 +417,21 @@ class Load:
             "gateway": URL(f"{relay}/{HC}/erp{TARGET_PATH}", encoded=True),
             "gateway-hmac": URL(f"{relay}/{HC}/erp{TARGET_PATH}", encoded=True),
             "gateway-uvloop": URL(f"{relay}/{HC_UV}/erp{TARGET_PATH}", encoded=True),
+            "gateway-base": URL(f"{relay}/{HC_GATEWAY_BASE}/erp{TARGET_PATH}", encoded=True),
             "listener": URL(f"{relay}/{HC_OURS}{TARGET_PATH}", encoded=True),
             "listener-base": URL(f"{relay}/{HC_BASE}{TARGET_PATH}", encoded=True),
             "hyco": URL(f"{relay}/{HC_HYCO}{TARGET_PATH}", encoded=True),
         }
         # Each signed path's Hybrid Connection, for the signed path and the Send token.
-        self.hcs = {"gateway": HC, "gateway-hmac": HC, "gateway-uvloop": HC_UV}
+        self.hcs = {
+            "gateway": HC,
+            "gateway-hmac": HC,
+            "gateway-uvloop": HC_UV,
+            "gateway-base": HC_GATEWAY_BASE,
+        }
         self.tokens = {
             hc: create_token(resource_uri(NAMESPACE, hc), "SendRule", send_key)
-            for hc in (HC, HC_UV)
+            for hc in (HC, HC_UV, HC_GATEWAY_BASE)
         }
         # The process whose CPU each path measures (the others are added once started).
         self.pids: dict[str, int] = {"gateway": gateway_pid, "gateway-hmac": gateway_pid}
@@ -660,6 +685,7 @@ async def benchmark(
                     base64.b64decode(hmac_secret), keyid=hmac_keyid, gateway_id=GATEWAY_ID
                 ),
                 "gateway-uvloop": RequestSigner(key, keyid=keyid, gateway_id=GATEWAY_UV),
+                "gateway-base": RequestSigner(key, keyid=keyid, gateway_id=GATEWAY_BASE),
             }
             load = Load(relay_port, http_port, signers, send_key, gateway.pid)
             if uvloop:
@@ -671,6 +697,18 @@ async def benchmark(
                 )
                 processes.append(uv_gateway)
                 load.pids["gateway-uvloop"] = uv_gateway.pid
+            if baseline is not None:
+                # Started in its own directory, so that PYTHONPATH, not the working directory,
+                # decides which tree's package `python -m gateway` imports.
+                third = workdir / "baseline"
+                third.mkdir()
+                shutil.copy(workdir / "empowerid-ca.pem", third / "empowerid-ca.pem")
+                base_env = {**gateway_env, "PYTHONPATH": str(baseline)}
+                base_gateway = await start_gateway(
+                    third, ports, GATEWAY_BASE, base_env, uvloop=False, cwd=third
+                )
+                processes.append(base_gateway)
+                load.pids["gateway-base"] = base_gateway.pid
             target_url = f"http://127.0.0.1:{http_port}{TARGET_PATH}"
             bare = await start_bare_listeners(
                 relay_port, target_url, env, errors, results, baseline
@@ -680,6 +718,8 @@ async def benchmark(
             paths = [path for path in PATHS if path in ("direct", *SIGNED) or path in bare]
             if not uvloop:
                 paths.remove("gateway-uvloop")
+            if baseline is None:
+                paths.remove("gateway-base")
             connector = aiohttp.TCPConnector(limit=64)
             timeout = aiohttp.ClientTimeout(total=10)
             async with aiohttp.ClientSession(
@@ -765,9 +805,10 @@ def render(results: Results, command: str) -> str:
         results.ratio_line("gateway-hmac"),
         "",
         *(
-            [results.ratio_line("gateway-uvloop"), ""]
-            if ("gateway-uvloop", 1) in results.samples
-            else []
+            line
+            for path in ("gateway-uvloop", "gateway-base")
+            if (path, 1) in results.samples
+            for line in (results.ratio_line(path), "")
         ),
         "| path | in flight | req/s | p50 ms | p99 ms | CPU us/req of the process under test |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -805,6 +846,11 @@ def render(results: Results, command: str) -> str:
             "listener / listener-base, median of the repetitions' ratios): "
             + ", ".join(
                 f"{_fmt(results.cpu_ratio(n, 'listener', 'listener-base'))} at {n}" for n in (1, 32)
+            )
+            + f"; `gateway` is this tree's whole gateway, `gateway-base` that of "
+            f"{results.facts['baseline']} with the same configuration (gateway / gateway-base): "
+            + ", ".join(
+                f"{_fmt(results.cpu_ratio(n, 'gateway', 'gateway-base'))} at {n}" for n in (1, 32)
             )
             + ".",
         ]
@@ -906,7 +952,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--baseline",
         metavar="GIT_REF",
-        help="also run the bare listener of this commit (path listener-base), in the same run",
+        help="also run the bare listener and a whole gateway of this commit (paths listener-base "
+        "and gateway-base), in the same run",
     )
     parser.add_argument("--role", choices=("relay", "services", "listener"), help=argparse.SUPPRESS)
     parser.add_argument("--hc", default=HC_OURS, help=argparse.SUPPRESS)
