@@ -42,6 +42,7 @@ __all__ = [
     "HANDSHAKE_ONLY",
     "check_declared_length",
     "credential_name",
+    "forwardable_names",
     "host_header",
     "outbound_headers",
     "refuse_saas_credentials",
@@ -96,6 +97,13 @@ _BAD_VALUE = re.compile(r"[^\t\x20-\x7e]")
 # are refused (catalogue C 54). Eighteen digits keep the number far from any integer limit.
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 _OWS = " \t"
+# The same two character sets as bytes, for checking every name (or every value) of a request in
+# one call (``bytes.translate`` deleting the allowed ones leaves the refused ones).
+_TOKEN_BYTES = bytes(c for c in range(128) if _TOKEN.fullmatch(chr(c)))
+_VALUE_BYTES = bytes(c for c in range(128) if not _BAD_VALUE.search(chr(c)))
+# The names whose repetition or combination :func:`_check_framing` refuses: a list without any
+# (nearly every request) needs none of its passes.
+_FRAMING_NAMES = frozenset({"content-length", "transfer-encoding", "host"})
 
 HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]]
 
@@ -118,30 +126,56 @@ def validate_request_headers(
         raise RequestRejected(
             R.TOO_MANY_HEADERS, f"more than {limits.max_header_count} request headers"
         )
-    size = 0
-    for name, value in items:
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise RequestRejected(R.INVALID_HEADER_VALUE, "header names and values must be text")
-        # Counted as a request header block would be: "name: value" plus CRLF.
-        size += len(name) + len(value) + 4
-    if size > limits.max_header_bytes:
+    names = [name for name, _ in items]
+    values = [value for _, value in items]
+    try:
+        all_names, all_values = "".join(names), "".join(values)
+    except TypeError:
+        raise RequestRejected(
+            R.INVALID_HEADER_VALUE, "header names and values must be text"
+        ) from None
+    # Counted as a request header block would be: "name: value" plus CRLF per field line.
+    if len(all_names) + len(all_values) + 4 * len(items) > limits.max_header_bytes:
         raise RequestRejected(
             R.HEADERS_TOO_LARGE, f"request headers exceed {limits.max_header_bytes} bytes"
         )
-    validated: list[tuple[str, str]] = []
-    for name, value in items:
-        if len(name) > MAX_NAME_LENGTH or not _TOKEN.fullmatch(name):
-            raise RequestRejected(R.INVALID_HEADER_NAME, "a header name is not an HTTP token")
-        if name.lower() == "transfer-encoding":
-            _check_transfer_encoding(value)
-        trimmed = value.strip(_OWS)
-        if _BAD_VALUE.search(trimmed):
-            raise RequestRejected(
-                R.INVALID_HEADER_VALUE,
-                f"header {name.lower()!r} has a control or non-ASCII character in its value",
-            )
-        validated.append((name.lower(), trimmed))
-    _check_framing(validated)
+    if not items:
+        return ()
+    # The common case, every name a token and every value clean, is checked on all names and all
+    # values at once: each name non-empty and at most MAX_NAME_LENGTH long, and no character
+    # outside the token set (names) or the field-value set (values) anywhere. Anything else is
+    # checked header by header, so the refusal is the one the first bad header earns.
+    clean = (
+        min(map(len, names)) > 0
+        and max(map(len, names)) <= MAX_NAME_LENGTH
+        and all_names.isascii()
+        and not all_names.encode("ascii").translate(None, _TOKEN_BYTES)
+        and all_values.isascii()
+        and not all_values.encode("ascii").translate(None, _VALUE_BYTES)
+    )
+    if clean:
+        validated = [(name.lower(), value.strip(_OWS)) for name, value in items]
+        if not _FRAMING_NAMES.isdisjoint([name for name, _ in validated]):
+            for (lowered, _), (_, value) in zip(validated, items, strict=True):
+                if lowered == "transfer-encoding":
+                    _check_transfer_encoding(value)
+            _check_framing(validated)
+    else:
+        validated = []
+        for name, value in items:
+            if len(name) > MAX_NAME_LENGTH or not _TOKEN.fullmatch(name):
+                raise RequestRejected(R.INVALID_HEADER_NAME, "a header name is not an HTTP token")
+            lowered = name.lower()
+            if lowered == "transfer-encoding":
+                _check_transfer_encoding(value)
+            trimmed = value.strip(_OWS)
+            if _BAD_VALUE.search(trimmed):
+                raise RequestRejected(
+                    R.INVALID_HEADER_VALUE,
+                    f"header {lowered!r} has a control or non-ASCII character in its value",
+                )
+            validated.append((lowered, trimmed))
+        _check_framing(validated)
     # The relay delivers headers as a JSON object, one value per name (it joins repeated fields,
     # RFC 9110 section 5.3). Two keys that differ only in case are not something it sends; they
     # would reach the target as two field lines where every check here saw each one apart, and a
@@ -211,36 +245,51 @@ def host_header(target: Target) -> str:
     return host if port == default else f"{host}:{port}"
 
 
+def forwardable_names(operation: Operation) -> frozenset[str]:
+    """The lower-case header names a request granted by ``operation`` may carry upstream: the
+    defaults and the operation's own names, less those never forwarded (hop-by-hop, framing,
+    forwarding and handshake headers). A revision derives it once per operation; only the names
+    a request's ``Connection`` header lists are then left to remove per request."""
+    allowed = DEFAULT_FORWARDED | {name.lower() for name in operation.headers}
+    return frozenset(
+        name
+        for name in allowed
+        if name not in NEVER_FORWARDED
+        and not name.startswith(NEVER_FORWARDED_PREFIXES)
+        and name not in HANDSHAKE_ONLY
+    )
+
+
 def outbound_headers(
-    target: Target, operation: Operation, headers: Iterable[tuple[str, str]]
+    target: Target,
+    operation: Operation,
+    headers: Iterable[tuple[str, str]],
+    *,
+    forwardable: frozenset[str] | None = None,
+    host: str | None = None,
 ) -> list[tuple[str, str]]:
     """The headers to send upstream for a request ``operation`` allowed on ``target``.
 
     ``headers`` are the validated request headers (:func:`validate_request_headers`, or
     ``CanonicalRequest.headers``). The result starts with ``host`` and keeps the relayed order
-    of every header that passes the allow-list; names stay lower-case.
+    of every header that passes the allow-list; names stay lower-case. ``forwardable`` and
+    ``host`` are :func:`forwardable_names` of ``operation`` and :func:`host_header` of
+    ``target`` when the caller derived them already (once per revision).
     """
     pairs = list(headers)
-    allowed = DEFAULT_FORWARDED | {name.lower() for name in operation.headers}
+    allowed = forwardable_names(operation) if forwardable is None else forwardable
+    result = [("host", host_header(target) if host is None else host)]
     # RFC 9110 section 7.6.1: headers named in Connection are meant for the next hop only.
     connection_named = {
         token.strip(_OWS).lower()
         for name, value in pairs
-        if name == "connection"
+        if name.lower() == "connection"
         for token in value.split(",")
     }
-    result = [("host", host_header(target))]
     for name, value in pairs:
         lowered = name.lower()
-        if (
-            lowered not in allowed
-            or lowered in NEVER_FORWARDED
-            or lowered.startswith(NEVER_FORWARDED_PREFIXES)
-            or lowered in HANDSHAKE_ONLY
-            or lowered in connection_named
-        ):
-            continue
-        result.append((lowered, value))
+        if lowered in allowed and lowered not in connection_named:
+            result.append((lowered, value))
     return result
 
 
