@@ -46,6 +46,8 @@ from gateway.forward.dial import DialError, Guard, Redirect, Resolver, system_re
 from gateway.forward.headers import (
     check_declared_length,
     credential_name,
+    forwardable_names,
+    host_header,
     outbound_headers,
     refuse_saas_credentials,
 )
@@ -265,7 +267,11 @@ def split_selector(relayed_target: str) -> tuple[str, str]:
     if not relayed_target.startswith("/"):
         raise Refusal(400, "invalid_request_target", "the request target must start with '/'")
     rest = relayed_target[1:]
-    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    slash, question = rest.find("/"), rest.find("?")
+    if slash < 0:
+        cut = len(rest) if question < 0 else question
+    else:
+        cut = slash if question < 0 or slash < question else question
     selector, remainder = rest[:cut], rest[cut:]
     if not selector:
         raise Refusal(400, "missing_target", "the first path segment must name a target")
@@ -371,8 +377,6 @@ class Verdict:
     """The operation whose headers are forwarded (a stand-in for tcp streams and monitor mode)."""
     headers: tuple[tuple[str, str], ...] = ()
     """The headers sent upstream (``host`` first), for a request that goes on."""
-    dropped: tuple[str, ...] = ()
-    """Names of relayed headers the allow-list keeps from the target, in first-seen order."""
     protocols: tuple[str, ...] = ()
     """The subprotocols a stream's sender offered."""
     monitor: bool = False
@@ -384,6 +388,16 @@ class Verdict:
     def forwarded(self) -> bool:
         """Whether the request goes on to its target."""
         return self.refusal is None
+
+    @property
+    def dropped(self) -> tuple[str, ...]:
+        """Names of relayed headers the allow-list keeps from the target, in first-seen order
+        (none for a request that does not go on). Derived when asked (``gateway explain``), not
+        for every relayed request."""
+        if self.refusal is not None or self.canonical is None:
+            return ()
+        kept = {name for name, _ in self.headers}
+        return tuple(dict.fromkeys(n for n, _ in self.canonical.headers if n not in kept))
 
     @property
     def allowed(self) -> bool:
@@ -443,11 +457,27 @@ class Chain:
     limits and the connection to the target after) are not part of it.
     """
 
-    __slots__ = ("config", "engine")
+    __slots__ = ("_forwardable", "_hosts", "_operations", "config", "engine")
 
     def __init__(self, config: GatewayConfig, engine: Decider) -> None:
         self.config = config
         self.engine = engine
+        # Derived once per revision rather than for every request: each target's operations by
+        # name (the first of a name, as a scan would find it), the header names each operation
+        # forwards, and each HTTP target's Host value.
+        self._operations: dict[str, dict[str, Operation]] = {}
+        self._forwardable: dict[int, frozenset[str]] = {
+            id(_NO_OPERATION): forwardable_names(_NO_OPERATION)
+        }
+        self._hosts: dict[str, str] = {}
+        for name, target in config.targets.items():
+            by_name: dict[str, Operation] = {}
+            for operation in target.operations:
+                by_name.setdefault(operation.name, operation)
+                self._forwardable[id(operation)] = forwardable_names(operation)
+            self._operations[name] = by_name
+            if not target.stream_only:
+                self._hosts[name] = host_header(target)
 
     async def decide(self, facts: RequestFacts) -> Verdict:
         """Run every step for ``facts``; never raises for a refusal (it is in the verdict)."""
@@ -464,7 +494,8 @@ class Chain:
         decision = await self.engine.decide(document)
         elapsed = time.perf_counter() - started
         target = self.config.targets[canonical.target]
-        operation = next((o for o in target.operations if o.name == decision.operation), None)
+        granted = decision.operation
+        operation = self._operations[canonical.target].get(granted) if granted is not None else None
         monitor = False
         if decision.allow and operation is None and target.stream_only:
             operation = _NO_OPERATION
@@ -490,9 +521,16 @@ class Chain:
                 refused = Refusal(exc.status, str(exc.code), str(exc), "headers")
                 return Verdict(refused, "headers", canonical, document, decision, elapsed)
         if not target.stream_only:
-            headers = tuple(outbound_headers(target, operation, canonical.headers))
-        kept = {name for name, _ in headers}
-        dropped = tuple(dict.fromkeys(n for n, _ in canonical.headers if n not in kept))
+            forwardable = self._forwardable.get(id(operation))
+            headers = tuple(
+                outbound_headers(
+                    target,
+                    operation,
+                    canonical.headers,
+                    forwardable=forwardable,
+                    host=self._hosts[canonical.target],
+                )
+            )
         return Verdict(
             None,
             "decide",
@@ -502,7 +540,6 @@ class Chain:
             elapsed,
             operation,
             headers,
-            dropped,
             protocols,
             monitor,
             credential,
