@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import config as gwconfig
 from gateway.commands._common import add_config_argument, config_path
@@ -35,7 +36,9 @@ from gateway.service import (
     WorkerRole,
     stop_on_signals,
 )
-from gateway.supervisor import Supervisor, SupervisorOptions, serve_worker
+
+if TYPE_CHECKING:
+    from gateway.supervisor import SupervisorOptions
 
 log = logging.getLogger("gateway")
 
@@ -132,10 +135,15 @@ def run(args: argparse.Namespace) -> int:
         role = dataclasses.replace(
             role, snapshot=args.worker_snapshot, revision=args.worker_revision
         )
+        # The supervisor and the worker's side of it only where workers run (issue 13, memory).
+        from gateway.supervisor import serve_worker
+
         control = socket.socket(fileno=args.worker_control)
         options = AgentOptions(config_path=path, shutdown_grace=args.shutdown_grace, worker=role)
         return asyncio.run(serve_worker(options, control))
     if workers > 1:
+        from gateway.supervisor import SupervisorOptions
+
         return asyncio.run(
             _supervise(
                 SupervisorOptions(
@@ -150,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _supervise(options: SupervisorOptions) -> int:
+    from gateway.supervisor import Supervisor
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     supervisor = Supervisor(options)

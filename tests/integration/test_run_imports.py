@@ -51,6 +51,8 @@ NOT_NEEDED = (
     "pydantic_settings",
     "dotenv",
     "argcomplete",
+    # One process serving alone (workers: 1) supervises nothing.
+    "gateway.supervisor",
 )
 
 
