@@ -496,6 +496,80 @@ async def benchmark(
         await stop_processes([child.process for child in children], 5.0)
 
 
+# --- the frame layer alone, in this process ------------------------------------------------
+
+
+def frames_benchmark(rounds: int = 20_000, repetitions: int = 7) -> str:
+    """CPU per relayed request of the WebSocket frame layer alone: reading the request's text
+    frame and writing the response's two frames, with the core's codec and with ``websockets``'
+    sans-IO protocol (what the listener used before), best of ``repetitions`` x ``rounds``."""
+    from websockets.client import ClientProtocol
+    from websockets.protocol import State
+    from websockets.uri import parse_uri
+
+    from gateway.hybridconnection.connection import RelayedResponse, prepare_response
+    from gateway.hybridconnection.messages import RemoteEndpoint, RequestCommand, command_bytes
+    from gateway.hybridconnection.wsframes import ClientFrames
+
+    address = "wss://ns.servicebus.windows.net/$hc/bench-ours?sb-hc-action=request&sb-hc-id=r-1"
+    request = command_bytes(
+        RequestCommand(
+            id="r-1",
+            request_target=f"/{HC_OURS}/item",
+            method="GET",
+            request_headers={"Accept": "*/*", "User-Agent": "Python/3.11 aiohttp/3.14"},
+            body=False,
+            address=address,
+            remote_endpoint=RemoteEndpoint("10.0.0.7", 50123),
+        )
+    )
+    assert 126 <= len(request) < 65536
+    wire = bytes((0x81, 126)) + len(request).to_bytes(2, "big") + request
+    answer = RelayedResponse(200, "OK", (("Content-Type", "application/json"),), BODY)
+    out = prepare_response("r-1", answer).frames()
+    codec = ClientFrames(1 << 20)
+    protocol = ClientProtocol(parse_uri("wss://ns/"), state=State.OPEN, max_size=1 << 20)
+
+    def ours_read() -> None:
+        codec.receive_data(wire)
+        codec.events_received()
+
+    def ours_write() -> None:
+        for frame in out:
+            codec.encode_data(frame.opcode, frame.payload, frame.fin)
+
+    def theirs_read() -> None:
+        protocol.receive_data(wire)
+        protocol.events_received()
+
+    def theirs_write() -> None:
+        protocol.send_text(out[0].payload)
+        protocol.send_binary(out[1].payload)
+        protocol.data_to_send()
+
+    def best(step: Callable[[], None]) -> float:
+        times = []
+        for _ in range(repetitions):
+            began = time.process_time()
+            for _ in range(rounds):
+                step()
+            times.append((time.process_time() - began) / rounds * 1e6)
+        return min(times)
+
+    rows = [
+        ("read the request's text frame", best(ours_read), best(theirs_read)),
+        ("write the response (text + binary frame)", best(ours_write), best(theirs_write)),
+    ]
+    lines = [
+        f"Frame layer alone, one process, best of {repetitions} x {rounds:,} (us per request):",
+        "",
+        "| step | core codec | websockets | ratio |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    lines += [f"| {name} | {mine:.2f} | {ref:.2f} | {mine / ref:.2f} |" for name, mine, ref in rows]
+    return "\n".join(lines)
+
+
 # --- report ------------------------------------------------------------------------------
 
 
@@ -633,6 +707,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only sample our listener with py-spy for 15 s (collapsed stacks to FILE)",
     )
     parser.add_argument(
+        "--frames",
+        action="store_true",
+        help="only measure the frame layer alone in this process (core codec vs websockets)",
+    )
+    parser.add_argument(
         "--profile-in-flight", type=int, default=32, help="requests in flight while profiling"
     )
     args = parser.parse_args(argv)
@@ -646,6 +725,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(
             run_listener(args.relay_port, args.target, hc_path=args.hc, forward_with=args.forward)
         )
+        return 0
+    if args.frames:
+        print(frames_benchmark())
         return 0
     command = ".venv/bin/python benchmarks/bench_relay.py" + (" --quick" if args.quick else "")
     if args.baseline:
