@@ -138,6 +138,35 @@ async def test_slow_handler_is_answered_504_before_the_relay_deadline(
     assert listener.metrics.requests["handler_timeout"] == 1
 
 
+async def test_each_request_gets_its_own_deadline(
+    relay: RelayEmulator, http: aiohttp.ClientSession
+) -> None:
+    # One timer serves every handler's deadline (_Deadlines): a handler that overruns is
+    # answered 504 and its task cancelled, the ones that start after it and finish in time are
+    # answered by their handler, and the cancelled task's later awaits are not cancelled again.
+    async def handler(request: RelayedRequest) -> RelayedResponse:
+        if request.target.startswith("/slow"):
+            try:
+                await asyncio.sleep(30)
+            finally:
+                await asyncio.sleep(0)  # an await after the deadline's cancellation
+        return RelayedResponse(200, body=b"fast")
+
+    async with start_listener(relay, handler, request_timeout=0.5) as listener:
+        await relay.wait_for_listeners(HC, 1)
+        slow = asyncio.create_task(send_http(http, relay, "/slow", within=120))
+        for _ in range(5):
+            status, _, _, body = await send_http(http, relay, "/fast", within=120)
+            assert (status, body) == (200, b"fast")
+        status, reason, headers, _ = await slow
+        assert (status, reason) == (504, "Gateway Timeout")
+        assert "Via" in headers
+        status, _, _, body = await send_http(http, relay, "/fast", within=120)
+        assert (status, body) == (200, b"fast")
+    assert listener.metrics.requests["handler_timeout"] == 1
+    assert listener.metrics.requests["ok"] == 6
+
+
 async def test_slow_handler_does_not_block_other_requests(
     relay: RelayEmulator, http: aiohttp.ClientSession
 ) -> None:
