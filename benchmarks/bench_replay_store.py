@@ -32,7 +32,7 @@ from pydantic import SecretStr
 
 from gateway.auth.redisstore import RedisReplayStore
 from gateway.auth.replay import Admission, MemoryReplayStore, ReplayCache, ReplayStore
-from gateway.auth.replaystores import SqliteReplayStore
+from gateway.auth.sqlitestore import SqliteReplayStore
 from gateway.config.model import RedisReplayStore as RedisSettings
 from gateway.config.secrets import SecretRef, SecretSource
 

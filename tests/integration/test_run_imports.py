@@ -53,6 +53,9 @@ NOT_NEEDED = (
     "argcomplete",
     # One process serving alone (workers: 1) supervises nothing.
     "gateway.supervisor",
+    # The default replay store is this process's memory: no SQLite.
+    "sqlite3",
+    "gateway.auth.sqlitestore",
 )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from gateway.auth.replaystores import SqliteReplayStore
+from gateway.auth.sqlitestore import SqliteReplayStore
 from gateway.devkit.relay_emulator import QUOTA_TEXT
 from gateway.devkit.stack import demo_config
 from gateway.diagnostics import (

@@ -28,7 +28,8 @@ import aiohttp
 import redis
 import yaml
 
-from gateway.auth.replaystores import SQLITE_FILE, SqliteReplayStore, default_prefix
+from gateway.auth.replaystores import SQLITE_FILE, default_prefix
+from gateway.auth.sqlitestore import SqliteReplayStore
 from gateway.devkit.saas import SaaSClient, SaaSResponse
 from gateway.devkit.stack import DevStack, demo_config
 from gateway.outbound.sessions import client_session

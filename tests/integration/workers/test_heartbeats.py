@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from gateway.auth.replaystores import SQLITE_FILE, SqliteReplayStore
+from gateway.auth.replaystores import SQLITE_FILE
+from gateway.auth.sqlitestore import SqliteReplayStore
 from gateway.cli import main
 from gateway.devkit.controlplane import Instance
 from gateway.devkit.stack import DevStack, demo_config

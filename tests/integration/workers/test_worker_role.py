@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth.replaystores import SQLITE_FILE, SqliteReplayStore
+from gateway.auth.replaystores import SQLITE_FILE
+from gateway.auth.sqlitestore import SqliteReplayStore
 from gateway.config import load
 from gateway.devkit.stack import DevStack, demo_config
 from gateway.identity import load_identity

@@ -25,7 +25,7 @@ from gateway.auth import (
     VerifierSettings,
 )
 from gateway.auth.redisstore import RedisReplayStore
-from gateway.auth.replaystores import SqliteReplayStore
+from gateway.auth.sqlitestore import SqliteReplayStore
 from gateway.auth.verifier import (
     fast_components,
     fast_signature,

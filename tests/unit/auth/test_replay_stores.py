@@ -33,10 +33,10 @@ from gateway.auth.redisstore import RedisReplayStore
 from gateway.auth.replay import Admission, ReplayCache, ReplayStore
 from gateway.auth.replaystores import (
     ReplayStoreError,
-    SqliteReplayStore,
     default_prefix,
     open_replay_store,
 )
+from gateway.auth.sqlitestore import SqliteReplayStore
 from gateway.config.loader import LoadedConfig, load
 from gateway.config.model import RedisReplayStore as RedisSettings
 from gateway.config.secrets import SecretRef, SecretSource
