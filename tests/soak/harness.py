@@ -141,11 +141,11 @@ async def soak(
     piles up requests, and with them connections and tasks the gateway legitimately holds;
     with the cap, what the samples measure is the same on any machine.
 
-    With ``settle`` above 0, after the load the gateway's descriptors are watched for up to
-    ``settle`` seconds until they are back at their count before the load (``idle_after``):
-    every descriptor a request or stream opened must close once it ends and the forward's
-    keep-alive connections expire. Counts sampled during the load depend on what is in flight at
-    that instant, which on a busy machine is more; this one does not."""
+    With ``settle`` above 0, after the load the gateway's descriptors and asyncio tasks are
+    watched for up to ``settle`` seconds until both are back at their counts before the load
+    (``idle_after``): every descriptor and task a request or stream started must end once it
+    ends and the forward's keep-alive connections expire. Counts sampled during the load depend
+    on what is in flight at that instant, which on a busy machine is more; these do not."""
     result = SoakResult(seconds, rate)
     with tempfile.TemporaryDirectory(prefix="gateway-soak-") as work:
         directory = Path(work) / "gw"
@@ -175,7 +175,8 @@ async def soak(
                 stderr=asyncio.subprocess.STDOUT,
             )
             try:
-                async with asyncio.timeout(30):
+                # A bound for a busy machine, not a measure: it returns once both are up.
+                async with asyncio.timeout(120):
                     await stack.relay.wait_for_listeners(stack.hc, 2)
                 await _drive(
                     stack,
@@ -213,6 +214,10 @@ async def _drive(
     max_in_flight: int | None,
     settle: float,
 ) -> None:
+    # The task count is written once a second: read it only once it was written twice since the
+    # listeners came up, so it counts the idle gateway's tasks, not those of its start.
+    for _ in range(2):
+        await _next_sample(tasks_file)
     before = result.idle_before = observe(pid, tasks_file)
     counter = itertools.count()
     pending: set[asyncio.Task[None]] = set()
@@ -269,13 +274,29 @@ async def _drive(
             stream_task.cancel()
             await asyncio.gather(stream_task, return_exceptions=True)
     if settle > 0:
-        baseline = before.fds
         deadline = time.monotonic() + settle
         while True:
-            result.idle_after = observe(pid, tasks_file)
-            if result.idle_after.fds <= baseline or time.monotonic() >= deadline:
+            result.idle_after = after = observe(pid, tasks_file)
+            settled = after.fds <= before.fds and after.tasks <= before.tasks
+            if settled or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.5)
+
+
+async def _next_sample(tasks_file: Path, within: float = 60.0) -> None:
+    """Wait until the gateway has written its task count again (bounded; polled, since another
+    process writes it)."""
+
+    def written() -> int:
+        try:
+            return tasks_file.stat().st_mtime_ns
+        except OSError:
+            return 0
+
+    first = written()
+    deadline = time.monotonic() + within
+    while written() == first and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
 
 
 def summary(result: SoakResult) -> dict[str, object]:
@@ -298,6 +319,11 @@ def summary(result: SoakResult) -> dict[str, object]:
         "fds_max_under_load": max(sample.fds for sample in result.samples),
         "fds_idle_before_after": (
             f"{result.idle_before.fds} -> {result.idle_after.fds}"
+            if result.idle_before is not None and result.idle_after is not None
+            else None
+        ),
+        "tasks_idle_before_after": (
+            f"{result.idle_before.tasks} -> {result.idle_after.tasks}"
             if result.idle_before is not None and result.idle_after is not None
             else None
         ),

@@ -9,10 +9,12 @@ on the machine: once the load has ended and the forward's keep-alive connections
 the gateway holds exactly the descriptors it held before the load, none more (a descriptor that
 outlives its request or stream is a leak).
 
-Tolerances: tasks may move by a few (a stream in flight at the moment of sampling); RSS may grow
-by up to 24 MiB, because within 20 s the replay cache is still filling (it keeps every nonce for
-the signature window, ``max_age`` + skew = 90 s by default, and is bounded by
-``replay_cache_entries``) and the decision cache fills to its bound.
+Tasks are held to the same rule as descriptors: bounded under load, and back at the idle
+gateway's count once the load has ended (the mean over the last third of the samples against the
+first third, which this test used to compare, moves with how many requests a slower stretch of
+the run happens to hold). RSS may grow by up to 24 MiB, because within 20 s the replay cache is
+still filling (it keeps every nonce for the signature window, ``max_age`` + skew = 90 s by
+default, and is bounded by ``replay_cache_entries``) and the decision cache fills to its bound.
 The long form (``python benchmarks/soak.py --minutes 30``) runs past those windows.
 """
 
@@ -64,7 +66,10 @@ async def test_fixed_rate_load_keeps_rss_descriptors_and_tasks_flat(tmp_path: Pa
     # socket, per stream a rendezvous socket and its target's; bounded, whatever the speed.
     bound = result.idle_before.fds + 2 * 8 + 4
     assert max(sample.fds for sample in result.samples) <= bound, summary(result)
-    assert growth["tasks"] <= 4, growth
+    # Tasks as descriptors: what is in flight at a sample depends on the machine's speed, so
+    # under load only a bound; once idle again, exactly the tasks the idle gateway had before.
+    assert result.idle_after.tasks <= result.idle_before.tasks, summary(result)
+    assert max(sample.tasks for sample in result.samples) <= result.idle_before.tasks + 2 * 8 + 4
     assert growth["rss_kib"] <= 24 * 1024, growth
     # The soak's decision log is complete, and replaying it under the configuration that
     # recorded it gives every request the decision the running gateway gave.
