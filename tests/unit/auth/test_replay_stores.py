@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -259,35 +260,85 @@ async def test_a_locked_sqlite_store_fails_closed_and_recovers(
 
 class StuckClock(Clock):
     """A clock that, once armed, holds the store's SQLite thread until released: the store is
-    stuck as on a disk that stopped answering."""
+    stuck as on a disk that stopped answering. It notes the name of the thread it held."""
 
     def __init__(self) -> None:
         super().__init__()
         self.armed = False
         self.release = threading.Event()
+        self.held: list[str] = []
 
     def __call__(self) -> float:
         if self.armed and threading.current_thread() is not threading.main_thread():
+            self.held.append(threading.current_thread().name)
             self.release.wait(60)
         return self.now
 
 
+@pytest.mark.parametrize(("wait", "said"), [(0.1, "0.2"), (None, "2")])
 async def test_a_stuck_sqlite_store_is_unavailable_within_twice_its_timeout(
-    sqlite_path: Path, caplog: pytest.LogCaptureFixture
+    sqlite_path: Path, caplog: pytest.LogCaptureFixture, wait: float | None, said: str
 ) -> None:
     clock = StuckClock()
-    store = SqliteReplayStore(sqlite_path, max_entries=100, max_skew=SKEW, timeout=0.1, clock=clock)
+    chosen = {} if wait is None else {"timeout": wait}  # None: the default, 1 s
+    store = SqliteReplayStore(sqlite_path, max_entries=100, max_skew=SKEW, clock=clock, **chosen)
     try:
         clock.armed = True
         async with asyncio.timeout(60):
             assert await store.admit("k", "n", **window(clock)) is Admission.UNAVAILABLE
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert [r.getMessage() for r in errors] == [
-            f"replay store {sqlite_path} did not answer within 0.2 s"
+            f"replay store {sqlite_path} did not answer within {said} s"
         ]
         assert [getattr(r, "event", None) for r in errors] == ["replay_store_unavailable"]
+        # The thread it hung in is named for what it does (thread dumps, py-spy).
+        assert clock.held == ["replay-sqlite_0"]
     finally:
         clock.release.set()
+        await store.close()
+
+
+class Ticking(Clock):
+    """A clock one second later at every reading: each nonce's window has ended by the next."""
+
+    def __call__(self) -> float:
+        self.now += 1
+        return self.now
+
+
+async def admit_one_second(store: SqliteReplayStore, clock: Ticking, count: int) -> None:
+    for i in range(count):
+        # The store reads the clock once per admission, so it sees now + 1 < expires < now + 2.
+        expires = clock.now + 1.5
+        verdict = await store.admit("k", f"{clock.now}-{i}", created=clock.now, expires=expires)
+        assert verdict is Admission.ACCEPTED
+
+
+async def test_sqlite_purges_ended_windows_every_512_admissions(sqlite_path: Path) -> None:
+    clock = Ticking()
+    store = SqliteReplayStore(sqlite_path, max_entries=100_000, max_skew=SKEW, clock=clock)
+    try:
+        await admit_one_second(store, clock, 512)
+        assert rows(sqlite_path) == 512  # purged before the first, not since
+        await admit_one_second(store, clock, 1)
+        assert rows(sqlite_path) == 1
+        # A window that ends the moment it is admitted leaves nothing behind.
+        verdict = await store.admit("k", "now", created=clock.now, expires=clock.now + 1)
+        assert verdict is Admission.ACCEPTED
+        assert rows(sqlite_path) == 1
+    finally:
+        await store.close()
+
+
+async def test_sqlite_purges_early_only_when_it_is_full(sqlite_path: Path) -> None:
+    clock = Ticking()
+    store = SqliteReplayStore(sqlite_path, max_entries=100, max_skew=SKEW, clock=clock)
+    try:
+        await admit_one_second(store, clock, 99)
+        assert rows(sqlite_path) == 99
+        await admit_one_second(store, clock, 2)  # the 100th fills it: the 101st purges first
+        assert rows(sqlite_path) == 1
+    finally:
         await store.close()
 
 
@@ -771,6 +822,20 @@ async def test_redis_over_tls_verifies_the_server(
         await plain.close()
 
 
+async def test_redis_over_tls_without_a_ca_file_uses_the_system_trust_store(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OpenSSL's default verify paths honour SSL_CERT_FILE: here the system store is the test CA.
+    monkeypatch.setenv("SSL_CERT_FILE", str(redis_server.ca_file))
+    clock = Clock()
+    store = make_store(redis_server, clock, port=redis_server.tls_port, tls=True)
+    try:
+        await store.initialise()
+        assert await store.admit("k", "n", **window(clock)) is Admission.ACCEPTED
+    finally:
+        await store.close()
+
+
 async def test_a_closed_redis_store_admits_nothing(stores: tuple[Clock, RedisReplayStore]) -> None:
     clock, store = stores
     assert store.description.startswith("redis://127.0.0.1:")
@@ -921,6 +986,20 @@ async def test_redis_store_as_configured(redis_server: RedisServer, tmp_path: Pa
         await default.close()
         await named.close()
     assert barrier(redis_server, "gateway:replay:{hc-1}:") == pytest.approx(created + SKEW, abs=10)
+
+
+def test_a_redis_store_without_its_settings_refuses_to_open(tmp_path: Path) -> None:
+    # validate refuses such a file first; this guard keeps a gateway from starting without
+    # a replay memory if a configuration ever got past it.
+    loaded = configured(tmp_path)
+    signatures = loaded.config.signatures
+    store = signatures.replay_store.model_copy(update={"kind": "redis", "redis": None})
+    config = loaded.config.model_copy(
+        update={"signatures": signatures.model_copy(update={"replay_store": store})}
+    )
+    broken = dataclasses.replace(loaded, config=config)
+    with pytest.raises(ReplayStoreError, match=r"^signatures\.replay_store\.redis is missing$"):
+        open_replay_store(broken, tmp_path, "hc")
 
 
 def test_the_default_store_never_imports_redis() -> None:
