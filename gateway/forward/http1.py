@@ -182,7 +182,13 @@ class _Connection(asyncio.Protocol):
         self.stray = False
         self.waiter: asyncio.Future[None] | None = None
         self.idle_since = 0.0
+        # One timer per connection, for whichever limit comes next: the exchange's read and total
+        # deadlines, or the idle expiry. It is moved only to an earlier time; one that fires
+        # before its limit looks again and re-arms for what is left (see ``_on_timer``), so a
+        # request does not create and cancel timers of its own.
         self._timer: asyncio.TimerHandle | None = None
+        self._exchanging = False
+        self._expire: Callable[[], None] | None = None
         self._read = 0.0
         self._deadline = 0.0
         self._last_data = 0.0
@@ -355,7 +361,7 @@ class _Connection(asyncio.Protocol):
 
     def begin(self, method: str, read: float, total: float) -> None:
         """Arm a fresh parser and the read and total deadlines for one exchange."""
-        self._cancel_timer()  # the idle expiry armed by ``idle``
+        self._expire = None  # no longer idle
         self.parser = httptools.HttpResponseParser(self)
         self._head_only = method == "HEAD"
         self._tail = b""
@@ -366,7 +372,8 @@ class _Connection(asyncio.Protocol):
         self._until_close = False
         now = self._loop.time()
         self._read, self._deadline, self._last_data = read, now + total, now
-        self._timer = self._loop.call_at(min(now + read, self._deadline), self._check_deadlines)
+        self._exchanging = True
+        self._arm(min(now + read, self._deadline))
 
     async def head(self) -> tuple[Response, Body]:
         """The final answer's head and its body."""
@@ -386,7 +393,7 @@ class _Connection(asyncio.Protocol):
 
     def finish(self, reusable: bool) -> bool:
         """End the exchange; returns whether the connection may serve another one."""
-        self._cancel_timer()
+        self._exchanging = False
         self.parser = None
         self.body = None
         clean = reusable and self._complete and not self.stray and not self._paused
@@ -404,12 +411,13 @@ class _Connection(asyncio.Protocol):
         descriptors for as long as traffic kept reusing the top one, and for ever after traffic
         stopped (a connection the target half-closed included).
         """
-        self._cancel_timer()
-        self._timer = self._loop.call_later(KEEPALIVE_SECONDS, expire)
+        self._expire = expire
+        self._arm(self.idle_since + KEEPALIVE_SECONDS)
 
     def close(self) -> None:
         """Close the connection (safe to call more than once)."""
         self._cancel_timer()
+        self._exchanging, self._expire = False, None
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -481,17 +489,35 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _check_deadlines(self) -> None:
+    def _arm(self, when: float) -> None:
+        """Have the timer fire at ``when`` at the latest (an earlier one is kept)."""
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
         self._timer = None
         now = self._loop.time()
-        if now >= self._deadline:
-            self._fail(ExchangeError("upstream_timeout", "no complete answer in time", 504))
-        elif now - self._last_data >= self._read:
-            self._fail(ExchangeError("upstream_timeout", f"no data for {self._read}s", 504))
-        else:
-            # Bytes arrived since the timer was set: the read timeout counts from the last one.
-            when = min(self._last_data + self._read, self._deadline)
-            self._timer = self._loop.call_at(when, self._check_deadlines)
+        if self._exchanging:
+            if now >= self._deadline:
+                self._fail(ExchangeError("upstream_timeout", "no complete answer in time", 504))
+            elif now - self._last_data >= self._read:
+                self._fail(ExchangeError("upstream_timeout", f"no data for {self._read}s", 504))
+            else:
+                # Bytes arrived since the timer was set (or it was set for an earlier limit): the
+                # read timeout counts from the last byte.
+                self._arm(min(self._last_data + self._read, self._deadline))
+        elif self._expire is not None:
+            expiry = self.idle_since + KEEPALIVE_SECONDS
+            if now >= expiry:
+                expire, self._expire = self._expire, None
+                expire()
+            else:
+                # Set for an earlier exchange's deadline: the idle period ends later.
+                self._arm(expiry)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

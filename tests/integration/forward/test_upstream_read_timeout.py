@@ -19,6 +19,7 @@ import pytest
 from gateway.config import load
 from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError
+from gateway.forward import http1
 from gateway.forward.upstream import Upstream, UpstreamError, drain
 from tests.integration.forward.test_upstream import Dialled, table
 from tests.unit.config.conftest import BASE
@@ -26,6 +27,9 @@ from tests.unit.config.conftest import BASE
 Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 READ = 0.4
 TOTAL = 1.5
+# How long a test waits for what the read timeout must bring: far beyond it, so a busy machine
+# cannot fail the test, and far below a timer left for anything later.
+PATIENCE = 30.0
 
 
 def config(read: float | None = READ, total: float = TOTAL) -> GatewayConfig:
@@ -191,3 +195,43 @@ def test_an_explicit_read_timeout_longer_than_the_request_timeout_is_refused(
     ]
     within = target.replace("read_timeout_seconds: 8", "read_timeout_seconds: 4")
     assert _problems(tmp_path, within) == []
+
+
+async def test_a_reused_connection_times_out_its_next_exchange_on_the_read_timeout(
+    serve: Callable[[Behaviour], Awaitable[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A connection's one timer is moved only to an earlier time: idle, it waits for the end of
+    # the keep-alive; the next exchange on it must bring it forward to that exchange's read
+    # deadline. With the keep-alive far beyond the test's patience, a timer left at the idle
+    # expiry would never end the stalled exchange in time.
+    monkeypatch.setattr(http1, "KEEPALIVE_SECONDS", 1000.0)
+    connections = 0
+
+    async def answer_once_then_stall(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        nonlocal connections
+        connections += 1
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await _read_head(reader)
+        await asyncio.sleep(60)
+
+    upstream = _upstream(config(total=55), await serve(answer_once_then_stall))
+    try:
+        first = await upstream.send(
+            "erp", method="GET", path="/api/x", query=None, headers=[], body=b""
+        )
+        assert await drain(first) == b"ok"
+        # Past the first exchange's read deadline, with the connection idle in the pool.
+        await asyncio.sleep(READ * 2)
+        with pytest.raises(UpstreamError) as caught:
+            async with asyncio.timeout(PATIENCE):
+                await upstream.send(
+                    "erp", method="GET", path="/api/x", query=None, headers=[], body=b""
+                )
+        assert (caught.value.code, caught.value.status) == ("upstream_timeout", 504)
+        assert connections == 1  # the second exchange ran on the pooled connection
+    finally:
+        await upstream.close()
