@@ -843,14 +843,22 @@ class Pipeline:
     async def _handle(
         self, request: RelayedRequest, runtime: Runtime, record: AuditRecord
     ) -> RelayedResponse:
-        facts = RequestFacts.relayed(
-            request.method, request.target, request.headers, body_size=len(request.body)
-        )
+        # The target's form is checked (400) before the signature; the facts are built once the
+        # key that verified it is known, in one step (it is done for every request).
+        selector, request_target = split_selector(request.target)
         keyid = await self._authenticate(
             request.method, request.raw_target, request.headers, request.body
         )
         record.keyid = keyid
-        verdict = await runtime.chain.decide(facts.signed_by(keyid))
+        facts = RequestFacts(
+            request.method,
+            selector,
+            request_target,
+            tuple(request.headers),
+            body_size=len(request.body),
+            keyid=keyid,
+        )
+        verdict = await runtime.chain.decide(facts)
         self._decided(verdict, record)
         canonical = verdict.granted()
         injector, injected = await _inject(runtime, verdict)
