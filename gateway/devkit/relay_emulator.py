@@ -279,6 +279,8 @@ class RelayEmulator:
         # without reading its request can only have been closed after one of these.
         self.stop_instants: deque[float] = deque(maxlen=1000)
         self._stopping = False
+        # Listeners whose control channel has gone, newest last (bounded), for expire_orphans().
+        self._gone: deque[_Listener] = deque(maxlen=1000)
         # Control channels dropped for being idle (section 7).
         self.idle_drops = 0
         self._inline_limit = inline_body_limit
@@ -447,6 +449,23 @@ class RelayEmulator:
         if commands < 0:
             raise ValueError("commands must not be negative")
         self._hold_closes = commands
+
+    def expire_orphans(self) -> int:
+        """Answer now, with the 504 of the response deadline (section 5.1), every request still
+        waiting for a listener whose control channel has gone; returns how many.
+
+        Such a request can still be answered over its rendezvous address until the deadline
+        (section 5.3), so the relay waits for it; when a test knows its listener is dead (a
+        killed process), this is that deadline brought forward, instead of the test waiting it
+        out. Requests on connected listeners are not touched.
+        """
+        expired = 0
+        for listener in self._gone:
+            for pending in listener.pending.values():
+                if not pending.future.done():
+                    pending.future.set_exception(TimeoutError())
+                    expired += 1
+        return expired
 
     def held_closes(self, path: str) -> int:
         """How many listeners of HC ``path`` have a close held right now (:meth:`hold_closes`)."""
@@ -677,6 +696,7 @@ class RelayEmulator:
     async def _unregister(self, listener: _Listener) -> None:
         async with self._changed:
             self._listeners[listener.hc].remove(listener)
+            self._gone.append(listener)
             self._changed.notify_all()
 
     async def _read_control(self, request: web.Request, listener: _Listener) -> None:
