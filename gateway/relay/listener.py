@@ -1324,17 +1324,19 @@ class RelayListener:
             if isinstance(decision, RejectStream):
                 await self._reject(command, decision)
                 return
-            await self._serve_stream(command, info, decision)
+            address = command.address
+            # This frame lives as long as the stream: drop the parsed command (its connect
+            # headers are in ``info`` already) rather than hold it for hours per stream.
+            del command
+            await self._serve_stream(address, info, decision)
         finally:
             self._streams_in_flight -= 1
 
-    async def _serve_stream(
-        self, command: AcceptCommand, info: AcceptInfo, decision: AcceptStream
-    ) -> None:
+    async def _serve_stream(self, address: str, info: AcceptInfo, decision: AcceptStream) -> None:
         settings = self.settings
         try:
             ws = await open_relay_socket(
-                command.address,
+                address,
                 self._proxy,
                 handshake_timeout=settings.handshake_timeout,
                 max_size=settings.max_request_body,

@@ -34,7 +34,6 @@ once, so backpressure (``drain``) never lags by more than that many bytes.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from collections.abc import Iterable, Mapping
@@ -42,7 +41,6 @@ from typing import Final, cast
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus, InvalidURI
-from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
@@ -161,12 +159,16 @@ class _Wire(asyncio.Protocol):
     """Moves bytes between an asyncio transport, the handshake and the frame reader."""
 
     def __init__(self, protocol: ClientProtocol, frames: ClientFrames) -> None:
-        self.protocol = protocol
+        # websockets' protocol is needed for the handshake only: once it has accepted the answer
+        # it is dropped, with the request and response it holds (about 2 KiB a socket, and a
+        # gateway holds one socket per open stream); only the chosen subprotocol is kept.
+        self.protocol: ClientProtocol | None = protocol
+        self.subprotocol: str | None = None
         self.codec = frames
         self.transport: asyncio.Transport | None = None
-        self.frames: collections.deque[ReceivedFrame | TooLarge] = collections.deque()
+        # A list, swapped out whole by take(): an empty deque costs about 600 bytes a socket.
+        self.frames: list[ReceivedFrame | TooLarge] = []
         self.buffered = 0
-        self.response: Response | None = None
         # True until websockets has accepted the handshake's answer; the last bytes fed to it,
         # to find a head end split across two reads; whether the head has ended (then every
         # byte until the handshake's outcome is websockets': a refusal's body).
@@ -202,6 +204,8 @@ class _Wire(asyncio.Protocol):
 
     def _handshake_data(self, data: bytes) -> None:
         protocol = self.protocol
+        if protocol is None:  # the handshake has failed already: nothing more to read
+            return
         rest = b""
         if not self._head_done:
             seen = self._tail + data
@@ -214,10 +218,14 @@ class _Wire(asyncio.Protocol):
                 data, rest = data[:cut], data[cut:]
                 self._head_done = True
         protocol.receive_data(data)
-        for event in protocol.events_received():
-            if isinstance(event, Response):
-                self.response = event
+        # The Response event is not needed: websockets has checked it (RFC 6455 4.1) and keeps
+        # what the socket needs (the subprotocol); taking the events lets it go.
+        protocol.events_received()
         if protocol.state is State.OPEN:
+            self.subprotocol = protocol.subprotocol
+            # Nothing queued by the protocol is lost: it has no output after the request.
+            self.queue()
+            self.protocol = None
             self.handshaking = False
             if rest:
                 self.codec.receive_data(rest)
@@ -230,7 +238,8 @@ class _Wire(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self.handshaking:
-            self.protocol.receive_eof()
+            if self.protocol is not None:
+                self.protocol.receive_eof()
         else:
             self.codec.receive_eof()
             self._collect()
@@ -284,7 +293,7 @@ class _Wire(asyncio.Protocol):
 
     def _output(self) -> list[bytes]:
         chunks = self.codec.data_to_send()
-        if self.handshaking:
+        if self.handshaking and self.protocol is not None:
             chunks = self.protocol.data_to_send() + chunks
         return chunks
 
@@ -343,8 +352,7 @@ class _Wire(asyncio.Protocol):
 
     def take(self) -> list[ReceivedFrame | TooLarge]:
         """Every frame received so far (reading resumes once they are taken)."""
-        frames = list(self.frames)
-        self.frames.clear()
+        frames, self.frames = self.frames, []
         self.buffered = 0
         if self._paused_reading and self.transport is not None:
             self._paused_reading = False
@@ -391,16 +399,21 @@ class RelayWebSocket:
 
     def __init__(self, wire: _Wire, *, close_timeout: float) -> None:
         self._wire = wire
-        self._protocol = wire.protocol
         self._codec = wire.codec
         self._close_timeout = close_timeout
-        self._messages: collections.deque[ReceivedFrame | TooLarge] = collections.deque()
+        # Frames received but not yet consumed by receive_message(), and the next one's index:
+        # a list and an index rather than a deque (about 600 bytes a socket while empty).
+        self._messages: list[ReceivedFrame | TooLarge] = []
+        self._next = 0
 
     # -- opening -------------------------------------------------------------------------
 
     async def handshake(self, headers: Mapping[str, str]) -> None:
         """Send the upgrade request with ``headers`` added and wait for the answer."""
-        protocol, wire = self._protocol, self._wire
+        wire = self._wire
+        protocol = wire.protocol
+        if protocol is None:
+            raise RelaySocketError("the WebSocket handshake has already run")
         request = protocol.connect()
         for name, value in headers.items():
             request.headers[name] = value
@@ -424,7 +437,7 @@ class RelayWebSocket:
     @property
     def subprotocol(self) -> str | None:
         """The subprotocol the server chose, if any."""
-        return self._protocol.subprotocol
+        return self._wire.subprotocol
 
     @property
     def open(self) -> bool:
@@ -476,12 +489,15 @@ class RelayWebSocket:
         parts: list[bytes] = []
         text = False
         while True:
-            while not self._messages:
+            if self._next == len(self._messages):
+                # Let the consumed frames (and their payloads) go while waiting for more.
+                self._messages, self._next = [], 0
                 events = await self.receive()
                 if not events:
                     return None
-                self._messages.extend(events)
-            event = self._messages.popleft()
+                self._messages, self._next = events, 0
+            event = self._messages[self._next]
+            self._next += 1
             if isinstance(event, TooLarge):
                 return None
             opcode = event.opcode

@@ -5,17 +5,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
 import logging
+import types
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from gateway.devkit.relay_emulator import RelayEmulator
 from gateway.hybridconnection.framing import Frame, Opcode
+from gateway.hybridconnection.messages import AcceptCommand
 from gateway.outbound.proxy import OutboundProxy, ProxySettings
 from gateway.relay.websocket import (
     HandshakeRefusedError,
@@ -25,7 +33,7 @@ from gateway.relay.websocket import (
     open_relay_socket,
 )
 
-from .listener_support import HC, send_http, start_listener
+from .listener_support import HC, Streams, send_http, start_listener
 
 
 async def test_no_token_reaches_the_log_even_at_debug(
@@ -294,3 +302,81 @@ async def test_a_refusal_with_a_body_split_across_reads_reports_status_and_reaso
         with pytest.raises(HandshakeRefusedError) as refused:
             await _open_raw(server)
     assert (refused.value.status, refused.value.reason) == (404, "Endpoint does not exist")
+
+
+# --- what an open socket keeps (memory per stream: a gateway holds one socket per stream) ------
+
+
+def _reachable_instances(root: object, kinds: tuple[type, ...]) -> list[object]:
+    """Instances of ``kinds`` reachable from ``root``, not following the event loop, modules,
+    classes or functions (shared by every socket, and the way to everything else)."""
+    stop = (asyncio.AbstractEventLoop, type, types.ModuleType, types.FunctionType)
+    seen = {id(root)}
+    todo = [root]
+    found = []
+    while todo:
+        item = todo.pop()
+        if isinstance(item, kinds):
+            found.append(item)
+        for referent in gc.get_referents(item):
+            if id(referent) not in seen and not isinstance(referent, stop):
+                seen.add(id(referent))
+                todo.append(referent)
+    return found
+
+
+async def test_an_open_socket_keeps_neither_the_handshake_nor_empty_queues() -> None:
+    # websockets' protocol, its Request/Response and Headers serve the handshake only, and an
+    # empty deque costs about 600 bytes: none of them may stay with an open socket.
+    recorder = _Recorder()
+    async with serve(recorder.handle, "127.0.0.1", 0) as server:
+        ws = await _open_to(server)
+        ws.send([Frame(Opcode.TEXT, b"one")])
+        kept = _reachable_instances(ws, (ClientProtocol, Request, Response, Headers, deque))
+        await ws.close(1000)
+        async with asyncio.timeout(5):
+            await recorder.done.wait()
+    assert kept == []
+    assert recorder.messages == ["one"]
+
+
+async def test_an_accepted_stream_does_not_hold_the_parsed_accept_command(
+    relay: RelayEmulator,
+) -> None:
+    # The listener's task for a stream lives as long as the stream; the parsed accept (its
+    # connect headers and the rendezvous address) is needed only until the socket is open.
+    async with start_listener(relay, streams=Streams()) as listener:
+        await relay.wait_for_listeners(HC, 1)
+        url = f"{relay.ws_base}/$hc/{HC}/ldap?sb-hc-action=connect"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(
+                url,
+                headers={"ServiceBusAuthorization": relay.token(HC), "X-Big": "x" * 512},
+                timeout=aiohttp.ClientWSTimeout(ws_close=5),
+            ) as ws,
+        ):
+            await ws.send_str("hello")
+            assert (await ws.receive(timeout=5)).data == "HELLO"
+            held = [
+                value
+                for frame in _stream_frames()
+                for value in frame.f_locals.values()
+                if isinstance(value, AcceptCommand)
+            ]
+        assert held == []
+    assert listener.metrics.streams["accepted"] == 1
+
+
+def _stream_frames() -> list[types.FrameType]:
+    """The frames of the listener's running stream task, outermost first."""
+    frames = []
+    for task in asyncio.all_tasks():
+        coro: Any = task.get_coro()
+        if getattr(coro, "__qualname__", "") != "RelayListener._accept":
+            continue
+        while coro is not None and getattr(coro, "cr_frame", None) is not None:
+            frames.append(coro.cr_frame)
+            coro = coro.cr_await
+    assert frames, "no running stream task found"
+    return frames
