@@ -844,8 +844,9 @@ def test_an_extensible_match_with_a_type_and_no_rule_is_read() -> None:
     assert node == FilterNode("extensibleMatch", attribute="cn", value=b"a")
 
 
-def _bind(version: int) -> bytes:
-    return message(2, tlv(0x60, integer(version) + octets("") + octets("", 0x80)))
+def _bind(version: int, sasl: bool = False) -> bytes:
+    authentication = tlv(0xA3, octets("EXTERNAL")) if sasl else octets("", 0x80)
+    return message(2, tlv(0x60, integer(version) + octets("") + authentication))
 
 
 @pytest.mark.parametrize(
@@ -864,6 +865,8 @@ def _bind(version: int) -> bytes:
         ),
         (_bind(0), "version 0 is outside 1..127"),
         (_bind(128), "version 128 is outside 1..127"),
+        (_bind(0, sasl=True), "version 0 is outside 1..127"),
+        (_bind(128, sasl=True), "version 128 is outside 1..127"),
     ],
     ids=[
         "size-negative",
@@ -876,6 +879,8 @@ def _bind(version: int) -> bytes:
         "abandon-over",
         "version-0",
         "version-128",
+        "sasl-version-0",
+        "sasl-version-128",
     ],
 )
 def test_integers_outside_their_rfc_4511_range_are_malformed(pdu: bytes, detail: str) -> None:
@@ -898,6 +903,8 @@ def test_integers_at_the_ends_of_their_range_are_read() -> None:
     assert codec.decode_request(message(3, integer(0, 0x50))).abandon_id == 0
     assert codec.decode_request(_bind(1)).version == 1
     assert codec.decode_request(_bind(127)).version == 127
+    assert codec.decode_request(_bind(1, sasl=True)).version == 1
+    assert codec.decode_request(_bind(127, sasl=True)).version == 127
 
 
 @settings(max_examples=50, deadline=None)
