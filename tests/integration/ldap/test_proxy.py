@@ -369,6 +369,14 @@ def _notice(pdus: list[bytes]) -> tuple[int | None, str]:
         ),
         pytest.param(b"\x30\x84\x7f\xff\xff\xff", "ldap-pdu-too-large", id="oversized"),
         pytest.param(b"\x30\x05\x02\x01\x00\x42\x00", "ldap-bad-message-id", id="message-id-0"),
+        # RFC 4511 4.5.1: sizeLimit INTEGER (0 .. maxInt); -1 would pass a max_size_limit cap.
+        pytest.param(
+            _search_pdu(1).replace(
+                b"\x0a\x01\x02\x0a\x01\x00\x02\x01\x00", b"\x0a\x01\x02\x0a\x01\x00\x02\x01\xff"
+            ),
+            "ldap-malformed-pdu",
+            id="size-limit-negative",
+        ),
         pytest.param(
             b"\x30\x0c\x02\x01\x01\x61\x07\x0a\x01\x00\x04\x00\x04\x00",
             "ldap-malformed-pdu",
@@ -385,6 +393,32 @@ async def test_malformed_pdus_disconnect_and_nothing_reaches_the_directory(
     assert _notice(pdus) == (2, reason)
     assert proxy.endings == ["ldap_protocol_error"]
     assert len(tls_directory.slapd.operations()) == before
+
+
+async def test_an_untyped_extensible_match_is_answered_and_never_searched(
+    tls_directory: TlsDirectory,
+) -> None:
+    # RFC 4511 4.5.1.7.7: without a type the match tests every attribute of each entry (the LAPS
+    # password too), and it names none for the policy: refused, and the connection goes on.
+    before = len(_operations(tls_directory, "SRCH"))
+    async with serving(tls_directory, Policy()) as proxy:
+
+        def work() -> tuple[dict[str, object], bool]:
+            connection = _connect(proxy.port)
+            connection.search(COMPUTER, "(:2.5.13.5:=hunter2)", attributes=["cn"])
+            refused = dict(connection.result)
+            typed = connection.search(COMPUTER, "(cn:2.5.13.2:=WS01)", attributes=["cn"])
+            connection.unbind()
+            return refused, typed
+
+        refused, typed = await asyncio.to_thread(work)
+    assert (refused["result"], refused["message"]) == (50, "ldap-filter-without-type")
+    assert typed
+    searches = _operations(tls_directory, "SRCH")[before:]
+    assert len(searches) == 1
+    assert "(cn:2.5.13.2:=ws01)" in searches[0].lower()
+    records = [o for o in proxy.outcomes if o.request.operation is Operation.SEARCH]
+    assert (records[0].result, records[0].reasons) == ("rejected", ["ldap-filter-without-type"])
 
 
 async def test_a_malformed_pdu_after_a_good_one(tls_directory: TlsDirectory) -> None:
