@@ -1264,3 +1264,76 @@ def test_the_key_set_in_use_is_the_one_installed(harness: Harness) -> None:
     harness.verifier.replace_keys(replacement)
     assert harness.verifier.keys is replacement
     assert reason_of(harness, harness.sign()) is Reason.UNKNOWN_KEY
+
+
+async def test_the_shared_store_keys_a_nonce_by_key_and_nonce(
+    harness: Harness, tmp_path: Path
+) -> None:
+    SqliteReplayStore.initialise(tmp_path / "replay.sqlite3")
+    store = SqliteReplayStore(
+        tmp_path / "replay.sqlite3", max_entries=10, max_skew=30, clock=harness.gateway_clock
+    )
+    verifier = _on_store(harness, store)
+    try:
+        await _accepted(verifier, harness.sign(nonce="n-1"))
+        await _accepted(verifier, harness.sign(nonce="n-2"))
+        found = await verifier.verify_async(
+            method="GET",
+            authority=AUTHORITY,
+            path=PATH,
+            query="expand=1",
+            headers=harness.sign(harness.ec, nonce="n-1"),
+        )
+        assert found.keyid == "ec-1"
+    finally:
+        await store.close()
+
+
+async def test_the_async_path_checks_the_body(harness: Harness, tmp_path: Path) -> None:
+    SqliteReplayStore.initialise(tmp_path / "replay.sqlite3")
+    store = SqliteReplayStore(
+        tmp_path / "replay.sqlite3", max_entries=10, max_skew=30, clock=harness.gateway_clock
+    )
+    verifier = _on_store(harness, store)
+    try:
+        for signed in (None, b"{}"):
+            with pytest.raises(SignatureError) as caught:
+                await verifier.verify_async(
+                    method="POST",
+                    authority=AUTHORITY,
+                    path=PATH,
+                    query="expand=1",
+                    headers=harness.sign(body=signed),
+                    body=b"{ }",
+                )
+            expected = Reason.MISSING_COMPONENT if signed is None else Reason.DIGEST_MISMATCH
+            assert caught.value.reason is expected
+    finally:
+        await store.close()
+
+
+def test_the_direction_of_a_sub_second_systematic_skew(harness: Harness) -> None:
+    # With no tolerance at all, half a second is already systematic: the report says which way.
+    settings = VerifierSettings(max_age=0.25, max_skew=0)
+    verifier = SignatureVerifier(
+        harness.keys,
+        harness.cache,
+        gateway_id=GATEWAY_ID,
+        hc_path=HC_PATH,
+        settings=settings,
+        clock=harness.gateway_clock,
+    )
+    harness.gateway_offset = 0.5
+    for _ in range(3):
+        with pytest.raises(SignatureError) as caught:
+            harness.verify(harness.sign(), verifier=verifier)
+    assert caught.value.detail == "local clock appears 0 s ahead of the signer's"
+    assert caught.value.clock_offset == 0.5
+
+
+@pytest.mark.parametrize("nonce", ['say "hi"', "back\\slash", '\\"', '"', "plain"])
+def test_string_parameters_are_escaped_in_the_signature_base(harness: Harness, nonce: str) -> None:
+    # RFC 8941 section 4.1.6: '"' and '\' are escaped when @signature-params is serialised.
+    result = harness.verify(harness.sign(nonce=nonce))
+    assert isinstance(result, VerifiedRequest)
+    assert result.nonce == nonce
