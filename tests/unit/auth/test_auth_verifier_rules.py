@@ -27,6 +27,7 @@ from gateway.auth import (
 from gateway.auth.redisstore import RedisReplayStore
 from gateway.auth.sqlitestore import SqliteReplayStore
 from gateway.auth.verifier import (
+    REQUIRED_COMPONENTS,
     fast_components,
     fast_signature,
     fast_signature_input,
@@ -325,8 +326,19 @@ def test_paths_beside_the_hybrid_connection_are_outside_it(harness: Harness, pat
 def test_the_gateway_id_line_is_compared_without_surrounding_blanks(harness: Harness) -> None:
     headers = replace_header(harness.sign(), "x-gateway-id", f" \t{GATEWAY_ID}\t ")
     assert isinstance(harness.verify(headers), VerifiedRequest)
-    prefixed = replace_header(harness.sign(), "x-gateway-id", f"x{GATEWAY_ID}")
-    assert reason_of(harness, prefixed) is Reason.WRONG_GATEWAY
+    for other in (f"x{GATEWAY_ID}", f"X{GATEWAY_ID}X", f"{GATEWAY_ID}\x0b", f"{GATEWAY_ID}\u00a0"):
+        changed = replace_header(harness.sign(), "x-gateway-id", other)
+        assert reason_of(harness, changed) is Reason.WRONG_GATEWAY, other
+
+
+@pytest.mark.parametrize("query", ["", "a=1"])
+def test_the_target_uri_has_a_question_mark_only_with_a_query(harness: Harness, query: str) -> None:
+    # @target-uri is resolved by the package (no fast path): the URL it is given must be the
+    # request's own, "?" only when a query is present (RFC 9421 section 2.2.2).
+    components = [*REQUIRED_COMPONENTS, "@target-uri"]
+    result = harness.verify(harness.sign(components=components, query=query), query=query)
+    assert isinstance(result, VerifiedRequest)
+    assert '"@target-uri"' in result.covered
 
 
 def test_the_signature_fields_may_carry_surrounding_blanks(harness: Harness) -> None:
@@ -600,6 +612,20 @@ REFUSALS: list[tuple[str, Any, tuple[str, int], str, str | None]] = [
         None,
     ),
     (
+        "vertical tab at the end",
+        _input_edit(lambda s: s + "\x0b"),
+        MALFORMED,
+        "signature-input has invalid characters",
+        None,
+    ),
+    (
+        "second line not a Dictionary",
+        _headers(lambda h: [*h, ("Signature-Input", "Xb=()")]),
+        MALFORMED,
+        "Signature-Input is not a valid Dictionary",
+        None,
+    ),
+    (
         "input not a Dictionary",
         _input_edit(lambda s: s + ",,"),
         MALFORMED,
@@ -676,6 +702,13 @@ REFUSALS: list[tuple[str, Any, tuple[str, int], str, str | None]] = [
         MALFORMED,
         "signature value has a bad size",
         None,
+    ),
+    (
+        "one-byte signature",
+        _signature_edit("eid=:AA==:"),
+        ("bad_signature", 401),
+        "signature does not verify",
+        "ed-1",
     ),
     (
         "257-byte signature",
@@ -1113,7 +1146,9 @@ async def test_only_the_async_path_serves_a_shared_store(harness: Harness, tmp_p
     SqliteReplayStore.initialise(tmp_path / "replay.sqlite3")
     store = SqliteReplayStore(tmp_path / "replay.sqlite3", max_entries=10, max_skew=30)
     try:
-        with pytest.raises(TypeError, match="verify_async"):
+        with pytest.raises(
+            TypeError, match=r"^a verifier on a shared replay store verifies with verify_async$"
+        ):
             harness.verify(harness.sign(), verifier=_on_store(harness, store))
     finally:
         await store.close()
@@ -1156,9 +1191,18 @@ def test_a_covered_field_with_a_line_break_or_control_character_is_refused(
     assert reason_of(harness, _signed_over(harness, field=value)) is Reason.BAD_SIGNATURE
 
 
-@pytest.mark.parametrize("value", ["a\tb", "a b", "", "\t", " \ta\t "])
+@pytest.mark.parametrize("value", ["a\tb", "a b", "", "\t", " \ta\t ", "XaX"])
 def test_a_covered_field_may_hold_tabs_and_spaces(harness: Harness, value: str) -> None:
     assert isinstance(harness.verify(_signed_over(harness, field=value)), VerifiedRequest)
+
+
+@pytest.mark.parametrize("edge", ["\x0b", "\x0c", "\x1f", "\x85", "\u00a0"])
+def test_only_sp_and_htab_are_trimmed_from_a_covered_field(harness: Harness, edge: str) -> None:
+    # Signed over the value a verifier trimming every kind of white space would see: the line
+    # really ends in a control or non-ASCII character, which no signature base may hold.
+    headers = _signed_over(harness, field="a")
+    headers = replace_header(headers, "x-a", f"a{edge}")
+    assert reason_of(harness, headers) is Reason.BAD_SIGNATURE
 
 
 @pytest.mark.parametrize("method", [" GET", "GET ", "G\x01T", "G\u00c9T"])
@@ -1205,13 +1249,15 @@ def test_a_non_ascii_field_value_is_refused(harness: Harness) -> None:
 def test_a_verifier_needs_a_gateway_id_and_a_bare_hc_path(
     harness: Harness, gateway_id: str, hc_path: str
 ) -> None:
-    with pytest.raises(ValueError, match="gateway_id and hc_path"):
+    with pytest.raises(
+        ValueError, match=r"^gateway_id and hc_path \(without surrounding '/'\) are required$"
+    ):
         SignatureVerifier(harness.keys, harness.cache, gateway_id=gateway_id, hc_path=hc_path)
 
 
 @pytest.mark.parametrize(("max_age", "max_skew"), [(0, 30), (-1, 30), (60, -0.5)])
 def test_windows_must_be_positive(max_age: float, max_skew: float) -> None:
-    with pytest.raises(ValueError, match="max_age must be positive"):
+    with pytest.raises(ValueError, match=r"^max_age must be positive and max_skew non-negative$"):
         VerifierSettings(max_age=max_age, max_skew=max_skew)
 
 
@@ -1266,14 +1312,18 @@ def test_the_key_set_in_use_is_the_one_installed(harness: Harness) -> None:
     assert reason_of(harness, harness.sign()) is Reason.UNKNOWN_KEY
 
 
-async def test_the_shared_store_keys_a_nonce_by_key_and_nonce(
-    harness: Harness, tmp_path: Path
+@pytest.mark.parametrize("memory", ["cache", "sqlite"])
+async def test_the_replay_memory_keys_a_nonce_by_key_and_nonce(
+    harness: Harness, tmp_path: Path, memory: str
 ) -> None:
-    SqliteReplayStore.initialise(tmp_path / "replay.sqlite3")
-    store = SqliteReplayStore(
-        tmp_path / "replay.sqlite3", max_entries=10, max_skew=30, clock=harness.gateway_clock
-    )
-    verifier = _on_store(harness, store)
+    if memory == "cache":
+        verifier, store = harness.verifier, None
+    else:
+        SqliteReplayStore.initialise(tmp_path / "replay.sqlite3")
+        store = SqliteReplayStore(
+            tmp_path / "replay.sqlite3", max_entries=10, max_skew=30, clock=harness.gateway_clock
+        )
+        verifier = _on_store(harness, store)
     try:
         await _accepted(verifier, harness.sign(nonce="n-1"))
         await _accepted(verifier, harness.sign(nonce="n-2"))
@@ -1286,7 +1336,8 @@ async def test_the_shared_store_keys_a_nonce_by_key_and_nonce(
         )
         assert found.keyid == "ec-1"
     finally:
-        await store.close()
+        if store is not None:
+            await store.close()
 
 
 async def test_the_async_path_checks_the_body(harness: Harness, tmp_path: Path) -> None:
@@ -1337,3 +1388,16 @@ def test_string_parameters_are_escaped_in_the_signature_base(harness: Harness, n
     result = harness.verify(harness.sign(nonce=nonce))
     assert isinstance(result, VerifiedRequest)
     assert result.nonce == nonce
+
+
+def test_a_nonce_is_kept_only_until_its_own_window_ends(make_harness: Any) -> None:
+    # expires (10 s) ends the window before created + max_age (60 s): the nonce makes room for
+    # others at expires + max_skew, not later (a full replay memory answers 503).
+    harness = make_harness(max_entries=1)
+    created = int(harness.saas_clock.now)
+    signer = harness.signer(harness.ed_key, "ed-1", expires_in=10)
+    assert isinstance(harness.verify(harness.sign(signer)), VerifiedRequest)
+    harness.saas_clock.now = created + 10 + 30 - 1
+    assert reason_of(harness, harness.sign(signer)) is Reason.REPLAY_CACHE_FULL
+    harness.saas_clock.now = created + 10 + 30
+    assert isinstance(harness.verify(harness.sign(signer)), VerifiedRequest)
