@@ -42,7 +42,7 @@ def _policy_test(tmp_path: Path, policies: Path) -> subprocess.CompletedProcess[
         [sys.executable, "-m", "gateway", "policy-test", "-c", str(config)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
         check=False,
     )
 

@@ -58,7 +58,9 @@ def run_step(
         env=full,
         capture_output=True,
         text=True,
-        timeout=60,
+        # A hang guard, not a speed check: a step runs several gateway commands, each proving
+        # its policy in a child process, and CI's loaded run shares the CPU with a hog.
+        timeout=300,
         check=False,
     )
 

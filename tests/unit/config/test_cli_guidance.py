@@ -127,7 +127,7 @@ def _bash_complete(line: str, tmp_path: Path) -> list[str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
         check=True,
     )
     return [word.strip() for word in result.stdout.splitlines() if word.strip()]

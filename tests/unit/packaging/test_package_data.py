@@ -83,7 +83,7 @@ def test_make_demo_says_what_it_does_and_where_the_command_is(tmp_path: Path) ->
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
         check=True,
     )
     assert "creating the virtual environment" in result.stdout

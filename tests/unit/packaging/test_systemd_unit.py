@@ -104,7 +104,7 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
         [tool, "verify", "--man=no", str(unit)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
         check=False,
     )
     # verify exits 0 even for unknown keys and only warns; any output at all is a finding.
@@ -126,7 +126,7 @@ def test_systemd_analyze_reports_a_broken_unit(tmp_path: Path) -> None:
         [tool, "verify", "--man=no", str(unit)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
         check=False,
     )
     assert "ProtectSistem" in result.stderr

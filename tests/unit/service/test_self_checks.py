@@ -97,7 +97,7 @@ def test_pure_python_parser_refuses_to_start(tmp_path: Path) -> None:
         env=environment,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
         check=False,
     )
     assert done.returncode == EXIT_CONFIG, done.stderr
