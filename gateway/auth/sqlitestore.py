@@ -30,6 +30,27 @@ log = logging.getLogger("gateway.auth.replaystores")
 # Purge expired rows (and recount the live ones) at least this often, in admissions.
 _PURGE_EVERY: Final = 512
 
+# The statements, each written once: opening a store and initialising a new one share the
+# journal mode and the barrier table. WAL lets readers of other processes go on while one writes.
+_WAL: Final = "PRAGMA journal_mode=WAL"
+_DURABLE: Final = "PRAGMA synchronous=FULL"
+_CREATE_NONCES: Final = (
+    "CREATE TABLE IF NOT EXISTS nonce (k TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID"
+)
+_CREATE_META: Final = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value REAL)"
+# Only the first process to find no barrier writes one.
+_FIRST_BARRIER: Final = "INSERT OR IGNORE INTO meta VALUES ('barrier', ?)"
+_NO_BARRIER: Final = "INSERT OR REPLACE INTO meta VALUES ('barrier', ?)"
+_READ_BARRIER: Final = "SELECT value FROM meta WHERE name = 'barrier'"
+_PURGE: Final = "DELETE FROM nonce WHERE expires <= ?"
+_COUNT: Final = "SELECT count(*) FROM nonce"
+# An expired row of the same key is replaced; a live one is left alone (rowcount 0).
+_REMEMBER: Final = (
+    "INSERT INTO nonce (k, expires) VALUES (?, ?) "
+    "ON CONFLICT (k) DO UPDATE SET expires = excluded.expires WHERE nonce.expires <= ?"
+)
+_FORGET: Final = "DELETE FROM nonce WHERE k = ?"
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -83,17 +104,11 @@ class SqliteReplayStore:
         os.close(os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
         db = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS nonce (k TEXT PRIMARY KEY, expires REAL NOT NULL) "
-                "WITHOUT ROWID"
-            )
-            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value REAL)")
-            # Only the first process to find no barrier writes one (INSERT OR IGNORE).
-            db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('barrier', ?)", (self._clock() + max_skew,)
-            )
+            db.execute(_WAL)
+            db.execute(_DURABLE)
+            db.execute(_CREATE_NONCES)
+            db.execute(_CREATE_META)
+            db.execute(_FIRST_BARRIER, (self._clock() + max_skew,))
         except sqlite3.Error:
             db.close()
             raise
@@ -106,36 +121,31 @@ class SqliteReplayStore:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
         db = sqlite3.connect(path, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value REAL)")
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('barrier', ?)", (-1e300,))
+            db.execute(_WAL)
+            db.execute(_CREATE_META)
+            db.execute(_NO_BARRIER, (-1e300,))
         finally:
             db.close()
 
     def _admit(self, key: str, created: float, expires: float) -> Admission:
         db = self._db
         now = self._clock()
-        (barrier,) = db.execute("SELECT value FROM meta WHERE name = 'barrier'").fetchone()
+        (barrier,) = db.execute(_READ_BARRIER).fetchone()
         if created <= barrier:
             return Admission.BEFORE_START
         self._since_purge += 1
         if self._since_purge >= _PURGE_EVERY or self._live >= self._max_entries:
-            db.execute("DELETE FROM nonce WHERE expires <= ?", (now,))
-            (self._live,) = db.execute("SELECT count(*) FROM nonce").fetchone()
+            db.execute(_PURGE, (now,))
+            (self._live,) = db.execute(_COUNT).fetchone()
             self._since_purge = 0
         if expires <= now:
             return Admission.ACCEPTED  # its window has ended: nothing left to remember
-        # An expired row of the same key is replaced; a live one is left alone (rowcount 0).
-        cursor = db.execute(
-            "INSERT INTO nonce (k, expires) VALUES (?, ?) "
-            "ON CONFLICT (k) DO UPDATE SET expires = excluded.expires WHERE nonce.expires <= ?",
-            (key, expires, now),
-        )
+        cursor = db.execute(_REMEMBER, (key, expires, now))
         if cursor.rowcount != 1:
             return Admission.REPLAY
         if self._live >= self._max_entries:
             # Bounded: the row just written is taken back rather than evicting a live one.
-            db.execute("DELETE FROM nonce WHERE k = ?", (key,))
+            db.execute(_FORGET, (key,))
             return Admission.FULL
         self._live += 1
         return Admission.ACCEPTED
