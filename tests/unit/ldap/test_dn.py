@@ -304,4 +304,8 @@ def test_a_dn_with_a_lone_surrogate_is_a_syntax_error_not_a_crash() -> None:
     # RFC 4514 section 3: a DN string is UTF-8; a lone surrogate has no UTF-8 form.
     with pytest.raises(DnError) as caught:
         Dn.parse("CN=\udcff,DC=corp,DC=example")
-    assert caught.value.reason == "ldap-dn-syntax"
+    # The detail is what `gateway explain --ldap` prints for such an argument.
+    assert (caught.value.reason, caught.value.detail) == (
+        "ldap-dn-syntax",
+        "a DN that is not valid UTF-8 text",
+    )
