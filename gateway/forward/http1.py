@@ -45,7 +45,15 @@ from multidict import CIMultiDict
 
 from gateway.forward.dial import DialStep
 
-__all__ = ["Body", "Exchange", "ExchangeError", "Http1Pool", "Response", "request_head"]
+__all__ = [
+    "Body",
+    "Connection",
+    "Exchange",
+    "ExchangeError",
+    "Http1Pool",
+    "Response",
+    "request_head",
+]
 
 # aiohttp's defaults (8190-byte lines), kept; the header count matches catalogue C 64.
 MAX_LINE = 8190
@@ -101,7 +109,7 @@ class Body:
     reads again once the caller has taken the buffer down to ``READ_LIMIT``.
     """
 
-    def __init__(self, connection: _Connection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._chunks: deque[bytes] = deque()
         self._size = 0
@@ -166,10 +174,16 @@ class Body:
             waiter.set_result(None)
 
 
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One connection to a target: the transport, the parser of the answer in progress (its
     callbacks are this object's ``on_*`` methods), and the read and total deadlines of that
-    exchange."""
+    exchange.
+
+    :class:`Http1Pool` makes these for the forward; the control-plane client uses one per call
+    on a connection it opened itself (through the outbound proxy, with its pinned TLS context).
+    ``lost`` is the error the connection ended with, if any (an ``ssl.SSLError`` carrying the
+    peer's alert, for one), for callers that classify it.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -179,6 +193,7 @@ class _Connection(asyncio.Protocol):
         self.body: Body | None = None
         self.failure: ExchangeError | None = None
         self.closed = False
+        self.lost: BaseException | None = None
         self.stray = False
         self.waiter: asyncio.Future[None] | None = None
         self.idle_since = 0.0
@@ -258,6 +273,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         """The connection is gone: an unfinished answer is an error, never a short success."""
         self.closed = True
+        self.lost = exc
         self._end_of_input()
         self._cancel_timer()
 
@@ -539,7 +555,7 @@ class Http1Pool:
 
     def __init__(self, dial: DialStep, *, limit: int) -> None:
         self._dial = dial
-        self._idle: dict[str, list[_Connection]] = {}
+        self._idle: dict[str, list[Connection]] = {}
         self._slots = asyncio.Semaphore(limit) if limit > 0 else None
         self._limit = limit
 
@@ -603,7 +619,7 @@ class Http1Pool:
 
         return Exchange(message, payload, release)
 
-    def _pooled(self, name: str) -> _Connection | None:
+    def _pooled(self, name: str) -> Connection | None:
         idle = self._idle.get(name)
         if not idle:
             return None
@@ -615,7 +631,7 @@ class Http1Pool:
             connection.close()
         return None
 
-    def _expire(self, name: str, connection: _Connection) -> None:
+    def _expire(self, name: str, connection: Connection) -> None:
         idle = self._idle.get(name)
         if idle is not None and connection in idle:
             idle.remove(connection)
@@ -625,7 +641,7 @@ class Http1Pool:
 
     async def _connect(
         self, name: str, tls: ssl.SSLContext | None, server_name: str | None, connect: float
-    ) -> _Connection:
+    ) -> Connection:
         loop = asyncio.get_running_loop()
         last = "no address"
         timed_out = False
@@ -640,7 +656,7 @@ class Http1Pool:
                 async with asyncio.timeout(connect):
                     await loop.sock_connect(sock, (host, port))
                     _, connection = await loop.create_connection(
-                        lambda: _Connection(loop),
+                        lambda: Connection(loop),
                         sock=sock,
                         ssl=tls,
                         server_hostname=server_name if tls is not None else None,
