@@ -108,6 +108,10 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
+# A directory's answer carries a handful of controls (a paging cookie, a sort result); its PDU cap
+# alone would let one answer hold hundreds of thousands, each an object the reader builds.
+MAX_RESPONSE_CONTROLS = 1 << 16
+
 
 @dataclass(frozen=True)
 class Control:
@@ -305,6 +309,19 @@ def _optional_bytes(value: Any) -> bytes | None:
     return bytes(value) if value.isValue else None
 
 
+def check_response_controls(count: int) -> None:
+    """Raise ``LdapProtocolError`` when a directory answer carries more than
+    :data:`MAX_RESPONSE_CONTROLS` controls (shared with :mod:`gateway.ldap.fastread`)."""
+    # Not a refusal to answer (that is for the SaaS's requests): a directory that sends this many
+    # controls on one answer is confused or hostile, and the connection ends, whichever reader
+    # read the answer.
+    if count > MAX_RESPONSE_CONTROLS:
+        raise LdapProtocolError(
+            "ldap-too-many-controls",
+            f"a directory answer with {count} controls, more than {MAX_RESPONSE_CONTROLS}",
+        )
+
+
 def _controls(message: Any, limits: Limits, message_id: int) -> tuple[Control, ...]:
     controls = message["controls"]
     if not controls.isValue:
@@ -315,6 +332,10 @@ def _controls(message: Any, limits: Limits, message_id: int) -> tuple[Control, .
             f"{len(controls)} controls, more than {limits.max_controls}",
             message_id=message_id,
         )
+    return _control_list(controls)
+
+
+def _control_list(controls: Any) -> tuple[Control, ...]:
     return tuple(
         Control(
             oid=_text(item["controlType"]),
@@ -527,7 +548,10 @@ def decode_response(pdu: bytes, limits: Limits | None = None) -> Response:
     if kind not in _RESPONSE_CHOICES:
         raise LdapProtocolError("ldap-malformed-pdu", f"a directory sent a {kind}")
     op = message["protocolOp"].getComponent()
-    controls = _controls(message, Limits(max_controls=1 << 16), message_id)
+    controls: tuple[Control, ...] = ()
+    if message["controls"].isValue:
+        check_response_controls(len(message["controls"]))
+        controls = _control_list(message["controls"])
     if kind == "searchResEntry":
         return Response(
             message_id,

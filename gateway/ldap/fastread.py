@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from asn1crypto import core
 
 from gateway.ldap.asn1 import MAX_INT
-from gateway.ldap.codec import DEFAULT_LIMITS, Control, Limits, Response
+from gateway.ldap.codec import DEFAULT_LIMITS, Control, Limits, Response, check_response_controls
 from gateway.ldap.errors import LdapProtocolError
 
 
@@ -207,6 +207,7 @@ def _read(pdu: bytes) -> Response:
 def _controls(controls: Any) -> tuple[Control, ...]:
     if controls.native is None:
         return ()
+    check_response_controls(len(controls))
     return tuple(
         Control(
             oid=_text(item["controlType"]),

@@ -119,3 +119,36 @@ def test_what_the_fast_reader_does_not_judge() -> None:
         raise AssertionError("pyasn1 accepted an INTEGER attribute value")
     response = read_response(bad)
     assert (response.dn, response.attributes) == ("cn=a", ("cn",))
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    # Definite BER length (X.690 section 8.1.3), long form when needed.
+    size = len(content)
+    if size < 0x80:
+        return bytes([tag, size]) + content
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(octets)]) + octets + content
+
+
+def _done_with_controls(count: int) -> bytes:
+    # searchResDone (success) followed by ``count`` minimal controls (RFC 4511 section 4.1.11).
+    done = _tlv(0x65, b"\x0a\x01\x00\x04\x00\x04\x00")
+    controls = _tlv(0xA0, _tlv(0x30, b"\x04\x011") * count)
+    return _tlv(0x30, b"\x02\x01\x05" + done + controls)
+
+
+def test_both_readers_end_at_the_same_control_count() -> None:
+    # The PDU cap alone would let one answer carry hundreds of thousands of controls, each an
+    # object the reader builds: both readers stop at the same count, as a protocol error (the
+    # directory is confused or hostile), never as a refusal of the SaaS's request.
+    at_cap = _done_with_controls(codec.MAX_RESPONSE_CONTROLS)
+    _same(at_cap)
+    assert len(read_response(at_cap).controls) == codec.MAX_RESPONSE_CONTROLS
+    over = _done_with_controls(codec.MAX_RESPONSE_CONTROLS + 1)
+    for reader in (codec.decode_response, read_response):
+        try:
+            reader(over)
+        except LdapProtocolError as error:
+            assert error.reason == "ldap-too-many-controls"
+        else:
+            raise AssertionError(f"{reader.__name__} read an answer over the control cap")
