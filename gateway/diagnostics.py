@@ -81,13 +81,8 @@ from gateway.identity import ControlPlaneError, StoredIdentity, Timeouts, load_i
 from gateway.identity.certs import certificate_health
 from gateway.identity.models import RelayInfo
 from gateway.identity.tls import registration_context, system_context
-from gateway.outbound.proxy import (
-    OutboundProxy,
-    ProxyAuthError,
-    ProxyError,
-    translate_proxy_error,
-)
-from gateway.outbound.sessions import client_session
+from gateway.outbound.proxy import OutboundProxy, ProxyAuthError, ProxyError
+from gateway.outbound.sessions import client_session, translate_proxy_error
 from gateway.relay.websocket import HandshakeRefusedError, RelaySocketError, open_relay_socket
 from gateway.service import check_release, proxy_settings
 

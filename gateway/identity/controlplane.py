@@ -4,12 +4,19 @@ Mapping the gateway onto EmpowerID's real endpoints later touches this module al
 
 * goes over HTTPS with the caller's :class:`ssl.SSLContext` (pinned CA, optionally mTLS);
 * reaches the control plane through the shared :class:`~gateway.outbound.proxy.OutboundProxy`
-  when one is given: the same ``CONNECT`` tunnel, Basic credentials and no-proxy list as relay
-  traffic. Its extra CA bundle is *not* added to the pinned trust (security catalogue item 92);
-* ignores proxy environment variables (``trust_env=False``);
+  when one is given (:func:`~gateway.outbound.proxy.open_transport`, as relay sockets do): the
+  same ``CONNECT`` tunnel, Basic credentials and no-proxy list as relay traffic. Its extra CA
+  bundle is *not* added to the pinned trust (security catalogue item 92);
+* ignores proxy environment variables (nothing here reads them);
+* is one HTTP/1.1 exchange on a connection of its own (``Connection: close``), written and read
+  by the forward's client (:class:`gateway.forward.http1.Connection`: httptools' strict llhttp
+  parser, bounded lines and headers): nothing is pooled, so no request can go out on a
+  connection the server already closed, and none is ever sent twice (RFC 9112 section 9.3.1);
 * has connect, read and total timeouts, never follows redirects and asks for no compression;
 * reads at most ``max_response_bytes`` of the body;
 * turns every failure into :class:`ControlPlaneError` with a stable ``code``.
+
+No aiohttp: a gateway that needs none of aiohttp's features does not load it (issue 13).
 
 Error codes raised here (problem ``type`` codes from the server pass through unchanged, e.g.
 ``bad_credentials``, ``missing_operation``, ``invalid_csr``, ``not_registered``):
@@ -39,10 +46,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
-import aiohttp
 from pydantic import BaseModel, ValidationError
 from yarl import URL
 
+from gateway import __version__
+from gateway.forward.http1 import Body, Connection, ExchangeError, Response, request_head
 from gateway.identity.errors import ControlPlaneError
 from gateway.identity.models import (
     CertificateResult,
@@ -59,10 +67,9 @@ from gateway.outbound.proxy import (
     OutboundProxy,
     ProxyAuthError,
     ProxyError,
-    ProxyRoute,
-    translate_proxy_error,
+    basic_credentials,
+    open_transport,
 )
-from gateway.outbound.sessions import ConnectionLostError, client_session
 
 API_ROOT = "api/gateway/v1/"
 PROBLEM_TYPE_PREFIX = "urn:empowerid:gateway:problem:"
@@ -86,8 +93,9 @@ _CLIENT_CERT_ALERTS = (
 )
 
 _M = TypeVar("_M", bound=BaseModel)
-# The route of every call when no proxy is configured.
-_DIRECT = ProxyRoute(None, {}, tunnelled=False)
+# Calls in flight at once (each on its own connection).
+_MAX_CONNECTIONS = 4
+_READ_SIZE = 65536
 
 
 @dataclass(frozen=True)
@@ -175,7 +183,9 @@ class ControlPlaneClient:
         self._timeouts = timeouts or Timeouts()
         self._proxy = proxy
         self._max_bytes = max_response_bytes
-        self._session: aiohttp.ClientSession | None = None
+        self._open = False
+        self._slots = asyncio.Semaphore(_MAX_CONNECTIONS)
+        self._connections: set[Connection] = set()
 
     @property
     def base_url(self) -> str:
@@ -183,18 +193,7 @@ class ControlPlaneClient:
         return str(self._base)
 
     async def __aenter__(self) -> ControlPlaneClient:
-        timeout = aiohttp.ClientTimeout(
-            total=self._timeouts.total,
-            sock_connect=self._timeouts.connect,
-            sock_read=self._timeouts.read,
-        )
-        connector = aiohttp.TCPConnector(ssl=self._ssl, limit=4)
-        self._session = client_session(
-            connector=connector,
-            timeout=timeout,
-            auto_decompress=False,
-            raise_for_status=False,
-        )
+        self._open = True
         return self
 
     async def __aexit__(
@@ -203,9 +202,9 @@ class ControlPlaneClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._open = False
+        for connection in list(self._connections):
+            connection.close()
 
     # -- API calls -----------------------------------------------------------------------------
 
@@ -215,7 +214,7 @@ class ControlPlaneClient:
         """``POST registrations`` with the Person's credentials (HTTP Basic, RFC 7617)."""
         body = {"gateway_id": gateway_id, "csr": csr_pem.decode("ascii"), "version": version}
         try:
-            authorization = aiohttp.encode_basic_auth(username, password, encoding="utf-8")
+            authorization = basic_credentials(username, password)
         except ValueError:
             # RFC 7617 section 2: a user-id cannot contain ':'. The text names no credential.
             raise ControlPlaneError("invalid_username", "the user name contains ':'") from None
@@ -270,44 +269,37 @@ class ControlPlaneClient:
         authorization: str | None = None,
         expect: int = 200,
     ) -> _M:
-        if self._session is None:
+        if not self._open:
             raise RuntimeError("ControlPlaneClient must be used as an async context manager")
         url = self._base.join(URL(API_ROOT + path))
-        headers = {
-            "Accept": "application/json, application/problem+json",
-            "Accept-Encoding": "identity",
-        }
+        body = b"" if json_body is None else json.dumps(json_body).encode("utf-8")
+        headers = [
+            ("Host", url.raw_authority),
+            ("User-Agent", f"gateway/{__version__}"),
+            ("Accept", "application/json, application/problem+json"),
+            ("Accept-Encoding", "identity"),
+            ("Connection", "close"),
+        ]
+        if json_body is not None:
+            headers.append(("Content-Type", "application/json"))
         if authorization is not None:
-            headers["Authorization"] = authorization
-        route = self._proxy.route_for(url) if self._proxy is not None else _DIRECT
-        try:
-            async with self._session.request(
-                method,
-                url,
-                json=json_body,
-                headers=route.request_headers(headers),
-                allow_redirects=False,
-                proxy=route.proxy,
-                proxy_headers=route.tunnel_headers,
-            ) as response:
-                body = await self._read_body(response)
-                status = response.status
-                content_type = response.content_type
-        except ControlPlaneError:
-            raise
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            proxy_error = translate_proxy_error(exc, route)
-            if proxy_error is not None:
-                raise _proxy_failure(proxy_error) from proxy_error
-            raise self._transport_error(exc) from None
+            headers.append(("Authorization", authorization))
+        head = request_head(method, url.raw_path_qs, headers, body)
+        if head is None:
+            # Every part is the client's own or checked above; a break means a bad base URL.
+            raise ControlPlaneError("invalid_url", "the control-plane URL cannot be sent")
+        async with self._slots:
+            response, answer = await self._exchange(method, url, head + body)
+        status = response.code
+        content_type = _media_type(response)
         if status != expect:
-            raise problem_error(status, content_type, body)
+            raise problem_error(status, content_type, answer)
         if content_type != "application/json":
             raise ControlPlaneError(
                 "unexpected_response", f"the control plane answered with {content_type!r}"
             )
         try:
-            return model.model_validate_json(body)
+            return model.model_validate_json(answer)
         except ValidationError as exc:
             fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors()[:5])
             raise ControlPlaneError(
@@ -315,63 +307,79 @@ class ControlPlaneClient:
                 f"the control plane's {path} answer is not valid (fields: {fields or 'document'})",
             ) from None
 
-    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _exchange(self, method: str, url: URL, request: bytes) -> tuple[Response, bytes]:
+        """Send ``request`` once on a new connection to ``url``; the answer's head and body."""
+        timeouts = self._timeouts
+        connection = Connection(asyncio.get_running_loop())
+        self._connections.add(connection)
+        try:
+            async with asyncio.timeout(timeouts.total):
+                try:
+                    transport = await open_transport(
+                        self._proxy,
+                        url,
+                        connection,
+                        connect_timeout=timeouts.connect,
+                        ssl_context=self._ssl,
+                    )
+                except ProxyError as exc:
+                    raise _proxy_failure(exc) from exc
+                except (OSError, TimeoutError) as exc:
+                    raise self._connect_error(exc) from None
+                connection.begin(method, timeouts.read, timeouts.total)
+                transport.write(request)
+                try:
+                    response, payload = await connection.head()
+                    return response, await self._read_body(response, payload)
+                except ExchangeError as exc:
+                    raise self._exchange_error(exc, connection.lost) from None
+        except TimeoutError:
+            raise _timeout(self._base.host) from None
+        finally:
+            connection.close()
+            self._connections.discard(connection)
+
+    async def _read_body(self, response: Response, payload: Body) -> bytes:
         if response.headers.get("Content-Encoding", "identity").lower() != "identity":
             raise ControlPlaneError(
                 "unexpected_response", "the control plane sent a compressed answer"
             )
-        declared = response.content_length
-        if declared is not None and declared > self._max_bytes:
-            raise ControlPlaneError(
-                "response_too_large", f"the answer is larger than {self._max_bytes} bytes"
-            )
+        declared = response.headers.get("Content-Length", "")
+        too_large = ControlPlaneError(
+            "response_too_large", f"the answer is larger than {self._max_bytes} bytes"
+        )
+        # llhttp accepted the framing, so a Content-Length here is digits only.
+        if declared.isdigit() and int(declared) > self._max_bytes:
+            raise too_large
         chunks: list[bytes] = []
         total = 0
         while True:
-            chunk = await response.content.read(65536)
+            chunk = await payload.read(_READ_SIZE)
             if not chunk:
                 return b"".join(chunks)
             total += len(chunk)
             if total > self._max_bytes:
-                raise ControlPlaneError(
-                    "response_too_large", f"the answer is larger than {self._max_bytes} bytes"
-                )
+                raise too_large
             chunks.append(chunk)
 
-    def _transport_error(self, exc: BaseException) -> ControlPlaneError:
+    def _connect_error(self, exc: BaseException) -> ControlPlaneError:
+        """A failure to connect, tunnel or finish the TLS handshake (nothing was sent)."""
         host = self._base.host
-        if isinstance(exc, ConnectionLostError):
-            exc = exc.lost  # never re-sent (gateway.outbound.sessions); classified as it was
-        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-            cert_error = exc.certificate_error
-            verify_code = getattr(cert_error, "verify_code", None)
-            if verify_code in _NAME_MISMATCH_CODES:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            if exc.verify_code in _NAME_MISMATCH_CODES:
                 return ControlPlaneError(
                     "hostname_mismatch",
                     f"the certificate of {host} does not name that host; refusing to connect",
                 )
-            reason = sanitize_server_text(getattr(cert_error, "verify_message", ""))
+            reason = sanitize_server_text(exc.verify_message or "")
             return ControlPlaneError(
                 "tls_interception_or_untrusted_ca",
                 f"the certificate of {host} is not issued by the pinned EmpowerID CA ({reason}); "
                 "a TLS-inspecting proxy or a wrong server is in the path",
             )
-        ssl_reason = _ssl_reason(exc)
-        if ssl_reason and self._mtls and any(a in ssl_reason for a in _CLIENT_CERT_ALERTS):
-            return _client_certificate_rejected(host)
-        if isinstance(exc, aiohttp.ClientConnectorSSLError) or ssl_reason:
-            return ControlPlaneError(
-                "tls_handshake_failed",
-                f"no TLS 1.2+ session could be set up with {host} "
-                f"({sanitize_server_text(ssl_reason or 'handshake failed')})",
-            )
-        if isinstance(exc, aiohttp.ServerDisconnectedError) and self._mtls:
-            # Under TLS 1.3 the client finishes its handshake before the server checks the
-            # client certificate, so a refusal shows up as a dropped connection.
-            return _client_certificate_rejected(host)
-        if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
-            exc.os_error, ConnectionResetError | ConnectionAbortedError
-        ):
+        if isinstance(exc, ssl.SSLError):
+            return self._tls_refusal(exc)
+        if isinstance(exc, ConnectionResetError | ConnectionAbortedError):
             # TCP was up, so the reset came during the TLS handshake: typically a server that
             # speaks only TLS 1.0/1.1 aborting on our TLS 1.2+ ClientHello.
             return ControlPlaneError(
@@ -379,17 +387,53 @@ class ControlPlaneClient:
                 f"{host} closed the connection during the TLS handshake "
                 "(it may not support TLS 1.2 or newer)",
             )
-        if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        if isinstance(exc, TimeoutError):
+            return _timeout(host)
+        return ControlPlaneError("unreachable", f"cannot connect to the control plane at {host}")
+
+    def _exchange_error(self, exc: ExchangeError, lost: BaseException | None) -> ControlPlaneError:
+        """A failure after the request was written; it is never sent again."""
+        host = self._base.host
+        if exc.code == "upstream_timeout":
+            return _timeout(host)
+        if isinstance(lost, ssl.SSLError):
+            # A TLS alert after the handshake: under TLS 1.3 the server checks the client's
+            # certificate only after the client finished its side (RFC 8446 section 4.4.2).
+            return self._tls_refusal(lost)
+        if exc.code == "upstream_connection_lost":
+            if self._mtls:
+                # The same refusal, when the server just closes instead of sending an alert.
+                return _client_certificate_rejected(host)
             return ControlPlaneError(
-                "timeout", f"the control plane at {host} did not answer in time"
-            )
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return ControlPlaneError(
-                "unreachable", f"cannot connect to the control plane at {host}"
+                "unreachable", f"the connection to {host} closed before the answer"
             )
         return ControlPlaneError(
-            "unreachable", f"the connection to {host} failed ({type(exc).__name__})"
+            "unexpected_response",
+            f"the control plane's answer is not valid HTTP/1.1 ({sanitize_server_text(str(exc))})",
         )
+
+    def _tls_refusal(self, exc: ssl.SSLError) -> ControlPlaneError:
+        host = self._base.host
+        reason = str(exc.reason or exc.strerror or "")
+        if self._mtls and any(alert in reason for alert in _CLIENT_CERT_ALERTS):
+            return _client_certificate_rejected(host)
+        return ControlPlaneError(
+            "tls_handshake_failed",
+            f"no TLS 1.2+ session could be set up with {host} "
+            f"({sanitize_server_text(reason or 'handshake failed')})",
+        )
+
+
+def _media_type(response: Response) -> str:
+    """The answer's media type without parameters, lower-case (RFC 9110 section 8.3.1); an
+    answer without one is ``application/octet-stream`` (section 8.3)."""
+    value = response.headers.get("Content-Type", "")
+    media = value.split(";", 1)[0].strip().lower()
+    return media or "application/octet-stream"
+
+
+def _timeout(host: str | None) -> ControlPlaneError:
+    return ControlPlaneError("timeout", f"the control plane at {host} did not answer in time")
 
 
 def _proxy_failure(error: ProxyError) -> ControlPlaneError:
@@ -408,16 +452,3 @@ def _client_certificate_rejected(host: str | None) -> ControlPlaneError:
         f"{host} refused the gateway's client certificate; re-register the gateway if it was "
         "revoked",
     )
-
-
-def _ssl_reason(exc: BaseException) -> str:
-    """The OpenSSL reason of an SSL error anywhere in the exception's cause chain."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return ""
-        if isinstance(seen, ssl.SSLError):
-            return str(seen.reason or seen.strerror or "")
-        os_error = getattr(seen, "os_error", None)
-        seen = os_error if isinstance(os_error, BaseException) else seen.__cause__
-    return ""

@@ -49,6 +49,7 @@ No-proxy list semantics (:class:`NoProxyList`), modelled on the common ``NO_PROX
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import ipaddress
 import os
@@ -60,7 +61,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import aiohttp
 from yarl import URL
 
 from gateway.errors import GatewayError
@@ -76,9 +76,10 @@ __all__ = [
     "ProxySettings",
     "ProxyUnreachableError",
     "SecretText",
+    "basic_credentials",
     "client_ssl_context",
     "open_transport",
-    "translate_proxy_error",
+    "proxy_refusal",
 ]
 
 # A DNS label per RFC 1123 (letters, digits, hyphen; underscore tolerated because internal
@@ -94,6 +95,18 @@ class SecretText(Protocol):
     def get_secret_value(self) -> str:
         """Return the secret in clear text (for immediate use, never for display)."""
         ...
+
+
+def basic_credentials(username: str, password: str) -> str:
+    """The ``Basic`` credentials (RFC 7617) of ``username`` and ``password``, as a header value.
+
+    UTF-8 encoded (section 2.1, ``charset="UTF-8"``). A user-id cannot contain a colon (section
+    2): :class:`ValueError`, whose text names neither value.
+    """
+    if ":" in username:
+        raise ValueError("a user-id cannot contain ':' (RFC 7617 section 2)")
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
 
 
 class ProxyConfigError(GatewayError, ValueError):
@@ -227,7 +240,8 @@ def _validate_proxy_url(raw: str) -> URL:
     except (ValueError, TypeError):
         raise ProxyConfigError("proxy URL is not a valid URL") from None
     if url.scheme != "http":
-        # aiohttp tunnels through plain-HTTP proxies; TLS to the proxy itself is not supported.
+        # Tunnels are asked for over plain HTTP to the proxy; TLS to the proxy itself is not
+        # supported.
         raise ProxyConfigError("proxy URL must use the http:// scheme")
     if url.user is not None or url.password is not None:
         # Credentials in the URL end up in logs and error messages; they have their own fields.
@@ -389,7 +403,7 @@ class OutboundProxy:
         self._headers: dict[str, str] = {}
         if settings.username is not None and settings.password is not None:
             # RFC 7617 Basic credentials, UTF-8 encoded (section 2.1 charset="UTF-8").
-            self._headers["Proxy-Authorization"] = aiohttp.encode_basic_auth(
+            self._headers["Proxy-Authorization"] = basic_credentials(
                 settings.username, settings.password.get_secret_value()
             )
         self.ssl_context = client_ssl_context(settings.extra_ca_file)
@@ -418,37 +432,11 @@ def _clean_reason(reason: str | None) -> str:
     return text[:_MAX_REASON]
 
 
-def translate_proxy_error(exc: BaseException, route: ProxyRoute) -> ProxyError | None:
-    """Map an aiohttp failure on a proxied connection to a :class:`ProxyError`, else ``None``.
-
-    The result never carries the original exception: aiohttp's request information holds the
-    ``Proxy-Authorization`` header, which must not reach a traceback in the logs.
-    """
-    if route.proxy is None:
-        return None
-    label = f"{route.proxy.host}:{route.proxy.port}"
-    if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        return ProxyUnreachableError(f"cannot connect to proxy {label}", proxy=label)
-    # aiohttp resolves the proxy's name before it connects, and reports a failed lookup as a
-    # plain ClientConnectorDNSError keyed by the proxy's host: still the proxy's fault, not the
-    # destination's (which only the proxy resolves, RFC 9110 section 9.3.6).
-    if isinstance(exc, aiohttp.ClientConnectorError) and (exc.host, exc.port) == (
-        route.proxy.host,
-        route.proxy.port,
-    ):
-        why = exc.os_error.strerror or str(exc.os_error)
-        return ProxyUnreachableError(f"cannot connect to proxy {label}: {why}", proxy=label)
-    # ClientHttpProxyError: the answer to CONNECT. WSServerHandshakeError/ClientResponseError with
-    # 407: a forward-proxied plain-HTTP request the proxy would not pass on.
-    if isinstance(exc, aiohttp.ClientHttpProxyError) or (
-        isinstance(exc, aiohttp.ClientResponseError) and exc.status == 407
-    ):
-        return _refused(label, exc.status, _clean_reason(exc.message))
-    return None
-
-
-def _refused(label: str, status: int, reason: str) -> ProxyError:
-    """The error for a proxy that answered ``status`` (407: credentials; else refused)."""
+def proxy_refusal(label: str, status: int, reason: str | None) -> ProxyError:
+    """The error for the proxy ``label`` that answered ``status`` with the phrase ``reason``
+    (407: credentials; else refused). The phrase is untrusted text: a short printable prefix is
+    kept."""
+    reason = _clean_reason(reason)
     if status == 407:
         return ProxyAuthError(
             f"proxy {label} requires authentication or rejected the credentials (407 {reason})",
@@ -460,22 +448,27 @@ def _refused(label: str, status: int, reason: str) -> ProxyError:
     )
 
 
+# The route of a connection made without a proxy decision.
+_DIRECT = ProxyRoute(None, {}, tunnelled=False)
 # Bound on the proxy's answer to CONNECT (status line and headers); squid's is a few hundred bytes.
 _MAX_CONNECT_ANSWER = 16 * 1024
 
 
 async def open_transport(
-    proxy: OutboundProxy,
+    proxy: OutboundProxy | None,
     url: str | URL,
     protocol: asyncio.Protocol,
     *,
     connect_timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> asyncio.Transport:
     """Connect ``protocol`` to ``url``'s host and port, through the proxy decision for it.
 
     For a library that speaks its protocol on a connection it does not own (the relay
-    listener's sans-IO WebSocket). ``wss``/``https`` get TLS with
+    listener's sans-IO WebSocket, the control-plane client's HTTP/1.1 exchange). ``wss``/
+    ``https`` get TLS with ``ssl_context`` (the control plane's pinned one), by default
     :attr:`OutboundProxy.ssl_context`, end to end with the destination, hostname checked.
+    ``proxy`` ``None`` connects directly (then a secure URL needs ``ssl_context``).
     Through a proxy the connection is always an HTTP ``CONNECT`` tunnel (RFC 9110 section
     9.3.6), also for plain ``ws``/``http``: proxies do not pass a WebSocket upgrade on in
     absolute form. Credentials ride on the ``CONNECT`` request only; once the proxy has said
@@ -490,8 +483,15 @@ async def open_transport(
         raise ValueError("URL has no host")
     port = target.port or (443 if target.scheme in ("https", "wss") else 80)
     secure = target.scheme in ("https", "wss")
-    context = proxy.ssl_context if secure else None
-    route = proxy.route_for(target)
+    context = ssl_context
+    if secure and context is None:
+        if proxy is None:
+            raise ValueError("a secure URL needs a TLS context")
+        context = proxy.ssl_context
+    elif not secure:
+        context = None
+    route = proxy.route_for(target) if proxy is not None else _DIRECT
+
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(connect_timeout):
         if route.proxy is None:
@@ -569,8 +569,7 @@ async def _tunnel(route: ProxyRoute, host: str, port: int) -> asyncio.Transport:
     status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
     parts = status_line.split(" ", 2)
     status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
-    reason = _clean_reason(parts[2] if len(parts) == 3 else "")
     if 200 <= status < 300:
         return transport
     transport.abort()
-    raise _refused(label, status, reason)
+    raise proxy_refusal(label, status, parts[2] if len(parts) == 3 else "")

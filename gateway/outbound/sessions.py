@@ -11,7 +11,12 @@ a failure to connect at all (nothing was sent) is left as it is.
 
 :func:`client_session` is the only constructor of ``aiohttp.ClientSession`` in the gateway (a test
 keeps it so): every session gets :func:`never_resend`, and never reads proxy settings from the
-environment (``trust_env=False``).
+environment (``trust_env=False``). :func:`translate_proxy_error` reads aiohttp's errors on a
+proxied connection as the proxy's own (:mod:`gateway.outbound.proxy`).
+
+Only the features that still speak through aiohttp import this module (the upstream WebSocket,
+OAuth token requests, the OPA server engine, ``gateway check``, the supervisor's probes); a
+gateway that uses none of them never loads aiohttp (issue 13: about 9 MiB resident).
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["ConnectionLostError", "client_session", "never_resend"]
+from gateway.outbound.proxy import (
+    ProxyError,
+    ProxyRoute,
+    ProxyUnreachableError,
+    proxy_refusal,
+)
+
+__all__ = ["ConnectionLostError", "client_session", "never_resend", "translate_proxy_error"]
 
 
 class ConnectionLostError(aiohttp.ClientConnectionError):
@@ -53,3 +65,32 @@ def client_session(**options: Any) -> aiohttp.ClientSession:
     """An ``aiohttp.ClientSession`` with ``options`` that never re-sends a request and ignores
     proxy environment variables (``trust_env`` is always False)."""
     return aiohttp.ClientSession(middlewares=(never_resend,), trust_env=False, **options)
+
+
+def translate_proxy_error(exc: BaseException, route: ProxyRoute) -> ProxyError | None:
+    """Map an aiohttp failure on a proxied connection to a :class:`ProxyError`, else ``None``.
+
+    The result never carries the original exception: aiohttp's request information holds the
+    ``Proxy-Authorization`` header, which must not reach a traceback in the logs.
+    """
+    if route.proxy is None:
+        return None
+    label = f"{route.proxy.host}:{route.proxy.port}"
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return ProxyUnreachableError(f"cannot connect to proxy {label}", proxy=label)
+    # aiohttp resolves the proxy's name before it connects, and reports a failed lookup as a
+    # plain ClientConnectorDNSError keyed by the proxy's host: still the proxy's fault, not the
+    # destination's (which only the proxy resolves, RFC 9110 section 9.3.6).
+    if isinstance(exc, aiohttp.ClientConnectorError) and (exc.host, exc.port) == (
+        route.proxy.host,
+        route.proxy.port,
+    ):
+        why = exc.os_error.strerror or str(exc.os_error)
+        return ProxyUnreachableError(f"cannot connect to proxy {label}: {why}", proxy=label)
+    # ClientHttpProxyError: the answer to CONNECT. WSServerHandshakeError/ClientResponseError with
+    # 407: a forward-proxied plain-HTTP request the proxy would not pass on.
+    if isinstance(exc, aiohttp.ClientHttpProxyError) or (
+        isinstance(exc, aiohttp.ClientResponseError) and exc.status == 407
+    ):
+        return proxy_refusal(label, exc.status, exc.message)
+    return None

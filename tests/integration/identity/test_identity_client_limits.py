@@ -17,15 +17,21 @@ from gateway.identity.tls import registration_context
 from .identity_support import TEST_TIMEOUTS
 
 
+def server_tls(directory: Path) -> tuple[DevCA, ssl.SSLContext]:
+    """A CA of its own and a server context with its certificate for 127.0.0.1."""
+    ca = DevCA("Hostile CA")
+    chain, key = ca.issue_server(["127.0.0.1"])
+    (directory / "s.crt").write_bytes(chain)
+    (directory / "s.key").write_bytes(key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "s.crt", directory / "s.key")
+    return ca, context
+
+
 @pytest.fixture
 async def hostile(tmp_path: Path) -> AsyncIterator[tuple[str, DevCA, list[str]]]:
     """An HTTPS server on 127.0.0.1 whose relay-info answer is chosen by the test via a path."""
-    ca = DevCA("Hostile CA")
-    chain, key = ca.issue_server(["127.0.0.1"])
-    (tmp_path / "s.crt").write_bytes(chain)
-    (tmp_path / "s.key").write_bytes(key)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "s.crt", tmp_path / "s.key")
+    ca, context = server_tls(tmp_path)
     behaviour: list[str] = ["big"]
     hits: list[str] = []
 
@@ -105,3 +111,60 @@ async def test_a_silent_server_times_out(hostile: tuple[str, DevCA, list[str]]) 
         with pytest.raises(ControlPlaneError) as info:
             await client.relay_info()
     assert info.value.code == "timeout"
+
+
+# Answers a raw server sends, bytes as written, and the error each must become.
+RAW_ANSWERS = {
+    "repeated-length": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        "unexpected_response",
+    ),
+    "not-http": (b"SSH-2.0-OpenSSH_9.6\r\n", "unexpected_response"),
+    "short-body": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{",
+        "unexpected_response",
+    ),
+    "closed-before-answer": (b"", "unreachable"),
+    "header-flood": (
+        b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 200 + b"Content-Length: 2\r\n\r\n{}",
+        "unexpected_response",
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(RAW_ANSWERS))
+async def test_broken_http_answers_are_errors_and_the_request_goes_out_once(
+    tmp_path: Path, mode: str
+) -> None:
+    answer, code = RAW_ANSWERS[mode]
+    ca, context = server_tls(tmp_path)
+    requests: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            requests.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(answer)
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = ControlPlaneClient(
+            f"https://127.0.0.1:{port}/",
+            registration_context(ca.pem),
+            client_certificate=False,
+            timeouts=TEST_TIMEOUTS,
+        )
+        async with client:
+            with pytest.raises(ControlPlaneError) as info:
+                await client.relay_info()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert info.value.code == code, info.value
+    assert len(requests) == 1
+    assert requests[0].startswith(b"GET /api/gateway/v1/relay-info HTTP/1.1\r\n")
+    assert b"\r\nConnection: close\r\n" in requests[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import ssl
 from pathlib import Path
@@ -17,6 +18,7 @@ from gateway.outbound.proxy import (
     OutboundProxy,
     ProxyConfigError,
     ProxySettings,
+    basic_credentials,
     client_ssl_context,
 )
 
@@ -196,3 +198,20 @@ def test_one_tls_context_per_trust_configuration(tmp_path: Path) -> None:
     assert _subjects(renewed) != trusted
     assert renewed.verify_mode is ssl.CERT_REQUIRED
     assert renewed.check_hostname
+
+
+@given(st.text().filter(lambda t: ":" not in t), st.text())
+def test_basic_credentials_carry_the_user_and_password_as_utf8(user: str, password: str) -> None:
+    # RFC 7617 section 2: "Basic" then base64 of user-id ":" password, UTF-8 (section 2.1).
+    scheme, _, token = basic_credentials(user, password).partition(" ")
+    assert scheme == "Basic"
+    decoded = base64.b64decode(token, validate=True).decode("utf-8")
+    assert decoded == f"{user}:{password}"
+
+
+def test_basic_credentials_refuse_a_colon_in_the_user_id_without_naming_either() -> None:
+    with pytest.raises(ValueError, match="cannot contain") as info:
+        basic_credentials("al:ice", "s3cret-phrase")
+    assert "al:ice" not in str(info.value)
+    assert "s3cret" not in str(info.value)
+    assert basic_credentials("Aladdin", "open sesame") == "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
