@@ -22,35 +22,44 @@ verification, then the digest over the body, then the replay cache. Garbage is r
 cryptography runs, and only authentic signatures can add nonces to the replay cache or samples to
 the clock-skew estimate.
 
-The ``http-message-signatures`` package does the RFC 9421 work through its public building
-blocks: the component resolver (derived components and header fields, with its URL and method
-validation), the algorithm classes and the Content-Digest check. Four pieces are ours, each because
-the package cannot do the job: (1) the structural pre-checks, because the package parses and
-resolves while it verifies and reports every problem as the same exception with a free-text
-message, whereas the gateway needs a stable reason code per failure and needs the checks done
-before cryptography; (2) the time checks, because the package reads the wall clock itself (no clock
-can be injected) and cannot tell "expired" from "clock skew"; (3) selecting the algorithm per key,
-because a package verifier is bound to one algorithm while the pinned set mixes Ed25519 and P-256;
-(4) assembling the signature base (RFC 9421 section 2.5) from the components the resolver returns,
-because the package's ``verify()`` parses both signature fields, builds a resolver and re-serialises
-every component identifier a second time after our checks have already done so: that repeated work
-cost more than the cryptography itself on every relayed request. The base is built with the same
-rules as the package's (one line per covered component, no CR/LF in values, printable field values,
-trimmed printable derived values, ASCII only, then the ``@signature-params`` line serialised from
-the parsed member per RFC 8941), so what verifies here is exactly what the package would verify.
+The ``http-message-signatures`` package is the reference for the RFC 9421 semantics: its
+component resolver (derived components and header fields, with its URL and method validation), its
+algorithm classes and its Content-Digest check decide every request the fast paths below step
+aside for. Four pieces are ours, each because the package cannot do the job: (1) the structural
+pre-checks, because the package parses and resolves while it verifies and reports every problem as
+the same exception with a free-text message, whereas the gateway needs a stable reason code per
+failure and needs the checks done before cryptography; (2) the time checks, because the package
+reads the wall clock itself (no clock can be injected) and cannot tell "expired" from "clock skew";
+(3) selecting the algorithm per key, because a package verifier is bound to one algorithm while
+the pinned set mixes Ed25519, P-256 and HMAC; (4) assembling the signature base (RFC 9421 section
+2.5) from the component values, because the package's ``verify()`` parses both signature fields,
+builds a resolver and re-serialises every component identifier a second time after our checks
+have already done so: that repeated work cost more than the cryptography itself on every relayed
+request. The base is built with the same rules as the package's (one line per covered component,
+no CR/LF in values, printable field values, trimmed printable derived values, ASCII only, then the
+``@signature-params`` line serialised from the parsed member per RFC 8941), so what verifies here
+is exactly what the package would verify.
 
-Two fast paths remove the rest of the overhead around the cryptographic check, each for the exact
-shape the SaaS sends and each falling back to the package for anything else, so they never decide
-on their own what is valid: (1) a ``Signature-Input`` or ``Signature`` value of one member in
-canonical RFC 8941 form (no optional whitespace, String and Integer parameters, no escapes, padded
-Base64) is split by anchored patterns instead of the general parser; (2) when every covered
-component is a parameterless ``@method``, ``@authority``, ``@path``, ``@query`` or header field,
-the request target is already in the RFC 3986 grammar the package's resolver demands, and no
-covered line holds an obsolete fold, the component values are read directly instead of through a
-resolver that normalises every header of the request. ``tests/unit/auth/test_auth_fast_path.py``
-checks, for fuzzed inputs, that both fast paths give what the package gives and that a verifier
-using them accepts and refuses exactly what one using only the package does
-(``SignatureVerifier(..., reference=True)``).
+The headers are read in one pass (sizes, and each field's lines by lower-cased name, from which
+the signature fields, the covered fields' line counts and their values are taken), and each pinned
+key's verification is prepared once per key set. Fast paths remove the rest of the overhead
+around the cryptographic check, each for the exact shape the SaaS sends and each falling back to
+the package for anything else, so they never decide on their own what is valid: (1) a
+``Signature-Input`` or ``Signature`` value of one member in canonical RFC 8941 form (no optional
+whitespace, String and Integer parameters, no escapes, padded Base64) is split by anchored
+patterns instead of the general parser, and such a ``Signature-Input`` member is already the
+``@signature-params`` value; (2) when every covered component is a parameterless ``@method``,
+``@authority``, ``@path``, ``@query`` or header field, the request target is already in the
+RFC 3986 grammar the package's resolver demands, and no covered line holds an obsolete fold, the
+component values are read directly instead of through a resolver that normalises every header of
+the request; (3) the signature is checked with ``cryptography`` and the standard library directly
+(Ed25519, section 3.3.6; ECDSA P-256 with the ``r || s`` signature of section 3.3.4; HMAC-SHA256,
+section 3.3.3, compared in constant time); (4) a Content-Digest of one canonical SHA-256 or SHA-512
+member (RFC 9530) is compared with ``hashlib``'s digest of the body. A gateway serving the SaaS's
+requests therefore never imports the package (its memory is kept for the general path).
+``tests/unit/auth/test_auth_fast_path.py`` checks, for fuzzed inputs, that the fast paths give
+what the package gives and that a verifier using them accepts and refuses exactly what one using
+only the package does (``SignatureVerifier(..., reference=True)``).
 """
 
 from __future__ import annotations
@@ -58,22 +67,27 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
+import hmac
 import math
 import re
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import http_sf
-from http_message_signatures import ContentDigest, HTTPSignatureComponentResolver, algorithms
-from http_sf.compat import Item
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from gateway.auth.errors import Reason, SignatureError
 from gateway.auth.keys import KEYID_PATTERN, Algorithm, KeySet, PinnedKey, SharedSecret
 from gateway.auth.replay import Admission, ReplayCache, ReplayStore
 from gateway.auth.skew import ClockSkewEstimate, SkewEstimator
+
+if TYPE_CHECKING:
+    from http_message_signatures import HTTPSignatureComponentResolver
 
 GATEWAY_ID_HEADER: Final = "x-gateway-id"
 """The request header naming the gateway a request is meant for (covered by the signature)."""
@@ -84,15 +98,6 @@ DEFAULT_TAG: Final = "gateway-request"
 REQUIRED_COMPONENTS: Final = ("@method", "@authority", "@path", "@query", GATEWAY_ID_HEADER)
 DIGEST_COMPONENT: Final = "content-digest"
 
-_ALGORITHM_CLASSES: Final[dict[str, type[algorithms.HTTPSignatureAlgorithm]]] = {
-    "ed25519": algorithms.ED25519,
-    "ecdsa-p256-sha256": algorithms.ECDSA_P256_SHA256,
-    # RFC 9421 section 3.3.3; verified by cryptography's constant-time HMAC check. Only a key
-    # pinned as hmac-sha256 (a SharedSecret from the control plane) is ever used this way: the
-    # algorithm comes from the pinned key, never from the request, so a public key cannot be
-    # turned into an HMAC secret (the classic algorithm confusion).
-    "hmac-sha256": algorithms.HMAC_SHA256,
-}
 # Derived components a request signature may cover (RFC 9421 section 2.2) and the parameters each
 # may carry. "@status" belongs to responses; "req" and "tr" parameters are not meaningful here.
 _DERIVED_PARAMS: Final[dict[str, frozenset[str]]] = {
@@ -116,7 +121,7 @@ _MAX_SIGNATURE_BYTES: Final = 256
 # Integers (3.3.1) and padded Base64 Byte Sequences (3.3.5). Component ids are restricted further
 # to what _check_component admits (tchar field names and "@" derived names).
 _SF_KEY: Final = r"[a-z*][a-z0-9_.*-]*"
-_SF_PARAM: Final = rf';({_SF_KEY})=(?:(-?[0-9]{{1,15}})|"([\x20\x21\x23-\x5b\x5d-\x7e]*)")'
+_SF_PARAM: Final = rf';({_SF_KEY})=(?:(0|-?[1-9][0-9]{{0,14}})|"([\x20\x21\x23-\x5b\x5d-\x7e]*)")'
 _SF_COMPONENT: Final = '"' + r"[a-z0-9@!#$%&'*+.^_`|~-]+" + '"'
 _FAST_INPUT: Final = re.compile(
     rf"({_SF_KEY})=\(((?:{_SF_COMPONENT}(?: {_SF_COMPONENT})*)?)\)((?:{_SF_PARAM})*)"
@@ -131,6 +136,15 @@ _FAST_AUTHORITY: Final = re.compile(rf"((?:[{_URL_CHARS}]|%[0-9A-Fa-f]{{2}})+)(?
 _FAST_PATH: Final = re.compile(rf"/(?:[{_URL_CHARS}:@/]|%[0-9A-Fa-f]{{2}})*")
 _FAST_QUERY: Final = re.compile(rf"(?:[{_URL_CHARS}:@/?]|%[0-9A-Fa-f]{{2}})*")
 _MAX_TIMESTAMP: Final = 2**40
+# Content-Digest (RFC 9530 section 2) of one canonical member: a supported algorithm's padded
+# Base64 Byte Sequence, as the SaaS sends it; anything else goes to the package.
+_FAST_DIGEST: Final = re.compile(r"(sha-256|sha-512)=:([A-Za-z0-9+/]*={0,2}):")
+_DIGESTS: Final = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
+# RFC 9421 section 3.3.4: an ECDSA P-256 signature is r and s, each 32 bytes, big-endian.
+_P256_HALF: Final = 32
+
+_Check = Callable[[bytes, bytes], object]
+"""Verifies ``(signature, signature base)`` for one pinned key; raises when it does not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +191,9 @@ class _Candidate:
     params: dict[str, Any]
     member: Any  # the parsed Signature-Input member, serialised again for @signature-params
     signature: bytes
+    # The member as RFC 8941 serialises it (after "label="), when the fast reader found the field
+    # already in that form: @signature-params is then this text as it arrived.
+    text: str | None = None
 
 
 class _Fields:
@@ -238,14 +255,15 @@ class SignatureVerifier:
         """
         if not gateway_id or not hc_path or hc_path.startswith("/") or hc_path.endswith("/"):
             raise ValueError("gateway_id and hc_path (without surrounding '/') are required")
+        self._fast = not reference
         self._keys = keys
+        self._checks = self._key_checks(keys)
         self._replay = replay_cache
         self._gateway_id = gateway_id
         self._prefixes = (f"/{hc_path}", f"/$hc/{hc_path}")
         self._settings = settings or VerifierSettings()
         self._clock = clock
         self._skew = SkewEstimator(threshold=self._settings.max_skew)
-        self._fast = not reference
 
     @property
     def keys(self) -> KeySet:
@@ -254,7 +272,14 @@ class SignatureVerifier:
 
     def replace_keys(self, keys: KeySet) -> None:
         """Install a new key set; keys absent from it stop verifying at once (revocation)."""
+        # One assignment installs both the set and its checks (see _lookup_key).
+        self._checks = self._key_checks(keys)
         self._keys = keys
+
+    def _key_checks(self, keys: KeySet) -> dict[str, tuple[PinnedKey, _Check]]:
+        """Each pinned key with its verification, prepared once per key set, not per request."""
+        build = _direct_check if self._fast else _package_check
+        return {keyid: (key, build(key)) for keyid, key in keys.items()}
 
     def clock_skew(self) -> ClockSkewEstimate | None:
         """The current estimate of the local clock's offset from the signer's (for health)."""
@@ -325,9 +350,9 @@ class SignatureVerifier:
     ) -> _Authentic:
         """Every check but the replay memory; raises ``SignatureError``."""
         settings = self._settings
-        self._check_header_sizes(headers)
-        sig_input_value = self._combined_field(headers, "signature-input")
-        signature_value = self._combined_field(headers, "signature")
+        fields = self._field_lines(headers)
+        sig_input_value = self._combined_field(fields, "signature-input")
+        signature_value = self._combined_field(fields, "signature")
         if sig_input_value is None or signature_value is None:
             raise SignatureError(Reason.MISSING_SIGNATURE, "Signature or Signature-Input is absent")
         candidate = self._select(sig_input_value, signature_value)
@@ -349,8 +374,10 @@ class SignatureVerifier:
 
         # The key is looked up once and used below, so a concurrent key-set swap between the
         # lookup and the verification cannot change which key is used.
-        key = self._lookup_key(keyid, params.get("alg"), safe_keyid)
-        resolve = self._resolver(method, authority, path, query, headers, candidate, safe_keyid)
+        key, check = self._lookup_key(keyid, params.get("alg"), safe_keyid)
+        resolve = self._resolver(
+            method, authority, path, query, headers, fields, candidate, safe_keyid
+        )
 
         now = self._clock()
         created: int = params["created"]
@@ -361,10 +388,7 @@ class SignatureVerifier:
 
         try:
             base, covered = _signature_base(resolve, candidate)
-            pinned = key.public_key
-            material = pinned.reveal() if isinstance(pinned, SharedSecret) else pinned
-            algorithm = _ALGORITHM_CLASSES[key.alg](public_key=material)
-            algorithm.verify(signature=candidate.signature, message=base)
+            check(candidate.signature, base)
         except Exception as exc:  # any failure at this point means "not authentic"
             raise SignatureError(
                 Reason.BAD_SIGNATURE, "signature does not verify", keyid=safe_keyid
@@ -376,15 +400,14 @@ class SignatureVerifier:
             raise self._time_error(time_failure, now, safe_keyid)
 
         digest = covered.get(f'"{DIGEST_COMPONENT}"')
-        if digest is not None:
-            try:
-                ContentDigest.verify(digest, body if body is not None else b"")
-            except Exception as exc:  # malformed, unsupported algorithm or mismatch
-                raise SignatureError(
-                    Reason.DIGEST_MISMATCH,
-                    "Content-Digest does not authenticate the body",
-                    keyid=safe_keyid,
-                ) from exc
+        if digest is not None and not self._digest_matches(
+            digest, body if body is not None else b""
+        ):
+            raise SignatureError(
+                Reason.DIGEST_MISMATCH,
+                "Content-Digest does not authenticate the body",
+                keyid=safe_keyid,
+            )
 
         window_end = min(created + settings.max_age, math.inf if expires is None else expires)
         verified = VerifiedRequest(
@@ -425,18 +448,34 @@ class SignatureVerifier:
             )
         return authentic.verified
 
+    def _digest_matches(self, value: str, body: bytes) -> bool:
+        """Whether the covered Content-Digest ``value`` authenticates ``body`` (RFC 9530)."""
+        matches = fast_content_digest(value, body) if self._fast else None
+        if matches is not None:
+            return matches
+        from http_message_signatures import ContentDigest
+
+        try:
+            ContentDigest.verify(value, body)
+        except Exception:  # malformed, unsupported algorithm or mismatch
+            return False
+        return True
+
     # -- structural checks (no cryptography) --------------------------------------------------
 
-    def _check_header_sizes(self, headers: Sequence[tuple[str, str]]) -> None:
+    def _field_lines(self, headers: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+        """The header sizes checked, and every field's lines by lower-cased name (one pass)."""
         settings = self._settings
         if len(headers) > settings.max_header_count:
             raise SignatureError(Reason.HEADERS_TOO_LARGE, "too many header fields")
-        if sum(len(name) + len(value) for name, value in headers) > settings.max_header_bytes:
+        fields, size = field_lines(headers)
+        if size > settings.max_header_bytes:
             raise SignatureError(Reason.HEADERS_TOO_LARGE, "header fields too large")
+        return fields
 
-    def _combined_field(self, headers: Sequence[tuple[str, str]], name: str) -> str | None:
+    def _combined_field(self, fields: Mapping[str, list[str]], name: str) -> str | None:
         """All field lines of ``name`` joined as RFC 9110 section 5.3 (and the package) do."""
-        lines = [value for field, value in headers if field.lower() == name]
+        lines = fields.get(name)
         if not lines:
             return None
         combined = ", ".join(value.strip(" \t") for value in lines)
@@ -448,9 +487,8 @@ class SignatureVerifier:
 
     def _select(self, sig_input_value: str, signature_value: str) -> _Candidate:
         settings = self._settings
-        inputs = (self._fast and fast_signature_input(sig_input_value)) or _parse_dictionary(
-            sig_input_value, "Signature-Input"
-        )
+        fast_inputs = fast_signature_input(sig_input_value) if self._fast else None
+        inputs = fast_inputs or _parse_dictionary(sig_input_value, "Signature-Input")
         signatures = (self._fast and fast_signature(signature_value)) or _parse_dictionary(
             signature_value, "Signature"
         )
@@ -462,7 +500,9 @@ class SignatureVerifier:
             )
         selected: list[_Candidate] = []
         for label, member in inputs.items():
-            candidate = self._candidate(label, member, signatures[label])
+            # A member the fast reader took is the whole field, already in serialised form.
+            text = sig_input_value[len(label) + 1 :] if fast_inputs is not None else None
+            candidate = self._candidate(label, member, signatures[label], text)
             if candidate.params.get("tag") == settings.tag:
                 selected.append(candidate)
         if not selected:
@@ -471,7 +511,7 @@ class SignatureVerifier:
             raise SignatureError(Reason.MALFORMED_SIGNATURE, "several signatures with the tag")
         return selected[0]
 
-    def _candidate(self, label: str, member: Any, signature: Any) -> _Candidate:
+    def _candidate(self, label: str, member: Any, signature: Any, text: str | None) -> _Candidate:
         settings = self._settings
         if not (isinstance(member, tuple) and isinstance(member[0], list)):
             raise SignatureError(Reason.MALFORMED_SIGNATURE, "Signature-Input member not a list")
@@ -487,13 +527,17 @@ class SignatureVerifier:
         for item in items:
             name, component_params = item
             _check_component(name, component_params)
-            identity = (name, tuple(sorted((k, repr(v)) for k, v in component_params.items())))
+            identity = (
+                (name, tuple(sorted((k, repr(v)) for k, v in component_params.items())))
+                if component_params
+                else (name, ())
+            )
             if identity in seen:
                 raise SignatureError(Reason.MALFORMED_SIGNATURE, "component covered twice")
             seen.add(identity)
             components.append((name, component_params))
         self._check_params(params)
-        return _Candidate(label, tuple(components), params, member, signature[0])
+        return _Candidate(label, tuple(components), params, member, signature[0], text)
 
     def _check_params(self, params: dict[str, Any]) -> None:
         # RFC 9421 section 2.3 parameters; anything else is refused as the package would.
@@ -508,10 +552,15 @@ class SignatureVerifier:
         if len(params.get("nonce", "")) > self._settings.max_nonce_length:
             raise SignatureError(Reason.MALFORMED_SIGNATURE, "nonce too long")
 
-    def _lookup_key(self, keyid: str, alg: str | None, safe_keyid: str | None) -> PinnedKey:
-        key = self._keys.get(keyid)
-        if key is None:
+    def _lookup_key(
+        self, keyid: str, alg: str | None, safe_keyid: str | None
+    ) -> tuple[PinnedKey, _Check]:
+        # The key and its check come from one entry of one set, so a concurrent key-set swap
+        # cannot pair a key with another key's check.
+        pinned = self._checks.get(keyid)
+        if pinned is None:
             raise SignatureError(Reason.UNKNOWN_KEY, "keyid not in the pinned key set")
+        key = pinned[0]
         if not key.active_at(self._clock()):
             raise SignatureError(
                 Reason.KEY_NOT_ACTIVE, "key outside its validity window", keyid=safe_keyid
@@ -520,7 +569,7 @@ class SignatureVerifier:
             raise SignatureError(
                 Reason.ALG_MISMATCH, "alg does not match the key", keyid=safe_keyid
             )
-        return key
+        return pinned
 
     def _resolver(
         self,
@@ -529,6 +578,7 @@ class SignatureVerifier:
         path: str,
         query: str,
         headers: Sequence[tuple[str, str]],
+        fields: Mapping[str, list[str]],
         candidate: _Candidate,
         safe_keyid: str | None,
     ) -> Callable[[str, dict[str, Any]], object]:
@@ -539,7 +589,7 @@ class SignatureVerifier:
                 Reason.WRONG_GATEWAY, "path is outside this Hybrid Connection", keyid=safe_keyid
             )
         fast = (
-            fast_components(method, authority, path, query, headers, candidate.components)
+            fast_components(method, authority, path, query, fields, candidate.components)
             if self._fast
             else None
         )
@@ -547,6 +597,8 @@ class SignatureVerifier:
         if fast is not None:
             resolve = lambda name, params: fast[name]  # noqa: E731
         else:
+            from http_message_signatures import HTTPSignatureComponentResolver
+
             url = f"https://{authority}{path}" + (f"?{query}" if query else "")
             message = _Message(method, url, _Fields(headers))
             try:
@@ -557,24 +609,24 @@ class SignatureVerifier:
                     Reason.MALFORMED_REQUEST, "request target cannot be signed", keyid=safe_keyid
                 ) from exc
             resolve = functools.partial(_resolve_with, resolver)
-        lines_of = Counter(name.lower() for name, _ in headers)
         for name, _ in candidate.components:
             if name.startswith("@"):
                 continue
-            if not lines_of[name]:
+            lines_of = fields.get(name)
+            if lines_of is None:
                 raise SignatureError(
                     Reason.MISSING_COMPONENT, "a covered header is absent", keyid=safe_keyid
                 )
             # RFC 9421 section 2.1 signs the field lines joined with ", ", but a server may read
             # only the first or the last line: the value it acts on would not be the one signed.
             # Every covered field must therefore arrive on exactly one line.
-            if lines_of[name] > 1:
+            if len(lines_of) > 1:
                 raise SignatureError(
                     Reason.DUPLICATE_FIELD,
                     "a covered header appears on more than one field line",
                     keyid=safe_keyid,
                 )
-        lines = [value.strip(" \t") for name, value in headers if name.lower() == GATEWAY_ID_HEADER]
+        lines = [value.strip(" \t") for value in fields.get(GATEWAY_ID_HEADER, ())]
         if lines != [self._gateway_id]:
             raise SignatureError(
                 Reason.WRONG_GATEWAY, "request is addressed to another gateway", keyid=safe_keyid
@@ -616,6 +668,8 @@ class SignatureVerifier:
 def _parse_dictionary(value: str, name: str) -> dict[str, Any]:
     """RFC 8941 Dictionary; duplicate keys (members or parameters) are refused as ambiguous."""
 
+    import http_sf
+
     def reject_duplicate(key: str, context: str) -> None:
         raise ValueError("duplicate key")
 
@@ -654,6 +708,8 @@ def _resolve_with(
     resolver: HTTPSignatureComponentResolver, name: str, params: dict[str, Any]
 ) -> object:
     """One component's value from the package's resolver."""
+    from http_sf.compat import Item
+
     node = Item(name)
     node.params.update(params)
     return resolver.resolve(node)
@@ -667,11 +723,11 @@ def fast_signature_input(value: str) -> dict[str, Any] | None:
         return None
     label, inner, param_text = match[1], match[2], match[3]
     params: dict[str, Any] = {}
-    for param in _FAST_PARAM.finditer(param_text):
-        key, integer, string = param.groups()
+    # findall gives "" for the alternative that did not match; an Integer is never empty.
+    for key, integer, string in _FAST_PARAM.findall(param_text):
         if key in params:
             return None  # a repeated parameter: the general parser refuses it
-        params[key] = int(integer) if integer is not None else string
+        params[key] = int(integer) if integer else string
     items: list[tuple[str, dict[str, Any]]] = (
         [(name[1:-1], {}) for name in inner.split(" ")] if inner else []
     )
@@ -681,14 +737,20 @@ def fast_signature_input(value: str) -> dict[str, Any] | None:
 def fast_signature(value: str) -> dict[str, Any] | None:
     """``Signature`` parsed as http_sf would, when it is one canonical member (see the module
     notes); ``None`` when the general parser must decide."""
-    match = _FAST_SIGNATURE.fullmatch(value)
+    member = _byte_sequence_member(_FAST_SIGNATURE, value)
+    return None if member is None else {member[0]: (member[1], {})}
+
+
+def _byte_sequence_member(pattern: re.Pattern[str], value: str) -> tuple[str, bytes] | None:
+    """The key and bytes of a Dictionary of one parameterless Byte Sequence member (RFC 8941
+    section 3.3.5) that ``pattern`` matches whole, in padded Base64; ``None`` otherwise."""
+    match = pattern.fullmatch(value)
     if match is None or len(match[2]) % 4:
         return None
     try:
-        raw = base64.b64decode(match[2], validate=True)
+        return match[1], base64.b64decode(match[2], validate=True)
     except binascii.Error:
         return None
-    return {match[1]: (raw, {})}
 
 
 def fast_components(
@@ -696,15 +758,16 @@ def fast_components(
     authority: str,
     path: str,
     query: str,
-    headers: Sequence[tuple[str, str]],
+    fields: Mapping[str, list[str]],
     components: Iterable[tuple[str, dict[str, Any]]],
 ) -> dict[str, str] | None:
     """Each covered component's value as the package's resolver gives it for the request
     ``https://{authority}{path}?{query}``, when the request and components take the fast path
     (see the module notes); ``None`` when the resolver must decide.
 
-    Header values are taken from the request's only field line of that name (the caller refuses
-    covered fields on several lines), trimmed of SP and HTAB as RFC 9421 section 2.1 says.
+    ``fields`` are the request's field lines by lower-cased name (:func:`field_lines`). Header
+    values are taken from the first field line of that name (the caller refuses covered fields
+    on several lines), trimmed of SP and HTAB as RFC 9421 section 2.1 says.
     """
     if method != method.upper():
         return None
@@ -717,7 +780,6 @@ def fast_components(
     host_value = host.lower() if default_port else f"{host.lower()}:{port}"
     derived = {"@method": method, "@authority": host_value, "@path": path, "@query": "?" + query}
     values: dict[str, str] = {}
-    fields: dict[str, str] | None = None
     for name, params in components:
         if params:
             return None
@@ -726,14 +788,10 @@ def fast_components(
                 return None
             values[name] = derived[name]
             continue
-        if fields is None:
-            fields = {}
-            for field, line in headers:
-                fields.setdefault(field.lower(), line)
-        found = fields.get(name)
-        if found is None or "\r\n" in found:
+        lines = fields.get(name)
+        if lines is None or "\r\n" in lines[0]:
             return None  # absent (refused later) or an obsolete fold: the resolver decides
-        values[name] = found.strip(" \t")
+        values[name] = lines[0].strip(" \t")
     return values
 
 
@@ -750,7 +808,7 @@ def _signature_base(
     for name, params in candidate.components:
         # A parameterless id serialises as a bare String; _check_component admitted only derived
         # names and tchar field names, neither of which holds a character String escapes.
-        key = f'"{name}"' if not params else http_sf.ser((name, params))
+        key = f'"{name}"' if not params else _serialise((name, params))
         value = resolve(name, params)
         if not isinstance(value, str) or "\r" in value or "\n" in value:
             raise ValueError("a component value cannot be part of a signature base")
@@ -776,11 +834,14 @@ def _signature_params(candidate: _Candidate) -> str:
     The common shape (parameterless component ids, and the parameters ``_check_params`` admits:
     Integers and Strings) is written directly, following RFC 8941 sections 4.1.1.1 (Inner List),
     4.1.1.2 (Parameters), 4.1.4 (Integer) and 4.1.6 (String: ``\\`` and ``"`` escaped; the parser
-    admitted nothing else that needs it). Anything else goes through the library's serialiser.
+    admitted nothing else that needs it). Anything else goes through the library's serialiser. A
+    member the fast reader matched is already in that form and is used as it arrived.
     """
+    if candidate.text is not None:
+        return candidate.text
     if any(params for _, params in candidate.components):
         label = candidate.label
-        return http_sf.ser({label: candidate.member})[len(label) + 1 :]
+        return _serialise({label: candidate.member})[len(label) + 1 :]
     names = " ".join(f'"{name}"' for name, _ in candidate.components)
     parts = [f"({names})"]
     for key, value in candidate.params.items():
@@ -790,3 +851,85 @@ def _signature_params(candidate: _Candidate) -> str:
             escaped = value.replace("\\", "\\\\").replace('"', '\\"')
             parts.append(f';{key}="{escaped}"')
     return "".join(parts)
+
+
+def _serialise(value: Any) -> str:
+    """RFC 8941 serialisation by http_sf, for shapes the direct writers above do not take."""
+    import http_sf
+
+    return str(http_sf.ser(value))
+
+
+def field_lines(headers: Iterable[tuple[str, str]]) -> tuple[dict[str, list[str]], int]:
+    """Each field's line values by lower-cased name, in arrival order, and the bytes of all
+    names and values (what the size limit counts), in one pass over the header list."""
+    fields: dict[str, list[str]] = {}
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value)
+        lowered = name.lower()
+        lines = fields.get(lowered)
+        if lines is None:
+            fields[lowered] = [value]
+        else:
+            lines.append(value)
+    return fields, size
+
+
+def fast_content_digest(value: str, body: bytes) -> bool | None:
+    """Whether a Content-Digest of one canonical member (a padded Base64 SHA-256 or SHA-512
+    digest, RFC 9530 section 2) matches ``body``, as the package's check would say; ``None``
+    when the package must decide."""
+    member = _byte_sequence_member(_FAST_DIGEST, value)
+    if member is None:
+        return None
+    algorithm, digest = member
+    # A digest of the wrong length cannot match; compare_digest takes the same time regardless.
+    return hmac.compare_digest(digest, _DIGESTS[algorithm](body).digest())
+
+
+def _direct_check(key: PinnedKey) -> _Check:
+    """The verification of RFC 9421 section 3.3 for ``key``, by cryptography and the standard
+    library directly. The algorithm follows from the pinned key's type (``PinnedKey`` holds
+    the type to its ``alg``), never from the request, so a public key cannot be turned into
+    an HMAC secret (the classic algorithm confusion)."""
+    material = key.public_key
+    if isinstance(material, SharedSecret):
+
+        def check_hmac(signature: bytes, base: bytes) -> None:
+            # Section 3.3.3: HMAC-SHA256 over the base, compared in constant time.
+            expected = hmac.digest(material.reveal(), base, "sha256")
+            if not hmac.compare_digest(expected, signature):
+                raise InvalidSignature
+
+        return check_hmac
+    if isinstance(material, ec.EllipticCurvePublicKey):
+        ecdsa = ec.ECDSA(hashes.SHA256())
+
+        def check_ecdsa(signature: bytes, base: bytes) -> None:
+            # Section 3.3.4: the signature is r || s, each an unsigned 32-byte big-endian
+            # integer; cryptography verifies the DER (RFC 3279) encoding of the pair.
+            if len(signature) != 2 * _P256_HALF:
+                raise InvalidSignature
+            r = int.from_bytes(signature[:_P256_HALF], "big")
+            s = int.from_bytes(signature[_P256_HALF:], "big")
+            material.verify(encode_dss_signature(r, s), base, ecdsa)
+
+        return check_ecdsa
+    # Section 3.3.6: Ed25519 over the base as it is.
+    return material.verify
+
+
+def _package_check(key: PinnedKey) -> _Check:
+    """The same verification by the package's algorithm classes (the reference semantics)."""
+    from http_message_signatures import algorithms
+
+    classes: dict[str, type[algorithms.HTTPSignatureAlgorithm]] = {
+        "ed25519": algorithms.ED25519,
+        "ecdsa-p256-sha256": algorithms.ECDSA_P256_SHA256,
+        "hmac-sha256": algorithms.HMAC_SHA256,
+    }
+    pinned = key.public_key
+    material = pinned.reveal() if isinstance(pinned, SharedSecret) else pinned
+    verify: _Check = classes[key.alg](public_key=material).verify
+    return verify

@@ -21,6 +21,7 @@ from gateway.auth import KeySet, ReplayCache, SignatureVerifier, VerifierSetting
 from gateway.devkit.signing import (
     PrivateKey,
     RequestSigner,
+    SigningMaterial,
     generate_key,
     key_entry,
     keyset_document,
@@ -79,7 +80,7 @@ class Harness:
         ]
         return KeySet.from_json(json.dumps(keyset_document(entries)))
 
-    def signer(self, key: PrivateKey, keyid: str, **options: object) -> RequestSigner:
+    def signer(self, key: SigningMaterial, keyid: str, **options: object) -> RequestSigner:
         return RequestSigner(
             key,
             keyid=keyid,

@@ -78,7 +78,7 @@ def test_an_algorithm_is_bound_to_its_kind_of_key(tmp_path: Path) -> None:
 
 def test_a_request_signed_with_the_shared_secret_verifies(tmp_path: Path) -> None:
     harness = hmac_harness(tmp_path)
-    signer = harness.signer(SECRET, "hmac-1")  # type: ignore[arg-type]
+    signer = harness.signer(SECRET, "hmac-1")
     verified: Any = harness.verify(harness.sign(signer, body=b'{"a":1}'), body=b'{"a":1}')
     assert (verified.keyid, verified.alg, verified.body_verified) == ("hmac-1", "hmac-sha256", True)
 
@@ -95,7 +95,7 @@ def test_a_request_signed_with_the_shared_secret_verifies(tmp_path: Path) -> Non
 def test_what_an_hmac_key_refuses(tmp_path: Path, case: str, reason: str) -> None:
     harness = hmac_harness(tmp_path)
     if case == "wrong-secret":
-        signer = harness.signer(secrets.token_bytes(32), "hmac-1")  # type: ignore[arg-type]
+        signer = harness.signer(secrets.token_bytes(32), "hmac-1")
         headers = harness.sign(signer)
     elif case == "claims-ed25519":
         # The package writes alg from its own algorithm class: sign with Ed25519 under the
@@ -104,10 +104,10 @@ def test_what_an_hmac_key_refuses(tmp_path: Path, case: str, reason: str) -> Non
     elif case == "ed-keyid-with-hmac":
         public_pem = key_entry("ed-1", harness.ed_key, not_before=0, not_after=1)
         confused = str(public_pem["public_key_pem"]).encode()[:64]
-        headers = harness.sign(harness.signer(confused, "ed-1"))  # type: ignore[arg-type]
+        headers = harness.sign(harness.signer(confused, "ed-1"))
     else:
         harness.saas_clock.now = T0 + 7200
-        headers = harness.sign(harness.signer(SECRET, "hmac-1"))  # type: ignore[arg-type]
+        headers = harness.sign(harness.signer(SECRET, "hmac-1"))
     with pytest.raises(SignatureError) as caught:
         harness.verify(headers)
     assert str(caught.value.reason) == reason

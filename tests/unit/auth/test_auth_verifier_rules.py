@@ -31,6 +31,7 @@ from gateway.auth.verifier import (
     fast_components,
     fast_signature,
     fast_signature_input,
+    field_lines,
 )
 from gateway.config.secrets import SecretRef, SecretSource
 from gateway.devkit.signing import generate_key
@@ -124,7 +125,9 @@ HEADERS = [("X-Gateway-Id", f" \t{GATEWAY_ID}\t "), ("Content-Type", "a/b")]
 def test_component_values_read_directly_are_the_resolvers(
     authority: str, path: str, query: str
 ) -> None:
-    fast = fast_components("POST", authority, path, query, HEADERS, [(n, {}) for n in NAMES])
+    fast = fast_components(
+        "POST", authority, path, query, field_lines(HEADERS)[0], [(n, {}) for n in NAMES]
+    )
     assert fast is not None
     assert fast == package_components("POST", authority, path, query, HEADERS, NAMES)
 
@@ -149,14 +152,16 @@ def test_component_values_go_to_the_resolver_for_any_other_shape(
     method: str, authority: str, path: str, query: str, components: list[tuple[str, Any]]
 ) -> None:
     headers = [("X-Folded", "a\r\n b")]
-    assert fast_components(method, authority, path, query, headers, components) is None
+    assert (
+        fast_components(method, authority, path, query, field_lines(headers)[0], components) is None
+    )
 
 
 def test_the_first_field_line_is_read() -> None:
     # The verifier refuses covered fields on several lines before reading; the reader takes the
     # first line of a name whatever its case, as the resolver's joined value starts with it.
     headers = [("X-Trace", "one"), ("x-trace", "two")]
-    fast = fast_components("GET", AUTHORITY, PATH, "", headers, [("x-trace", {})])
+    fast = fast_components("GET", AUTHORITY, PATH, "", field_lines(headers)[0], [("x-trace", {})])
     assert fast == {"x-trace": "one"}
 
 
