@@ -19,11 +19,13 @@ from pydantic import SecretStr
 
 from gateway.auth import (
     Reason,
+    ReplayCache,
     SignatureError,
     SignatureVerifier,
     VerifiedRequest,
     VerifierSettings,
 )
+from gateway.auth.keys import shared_key
 from gateway.auth.redisstore import RedisReplayStore
 from gateway.auth.sqlitestore import SqliteReplayStore
 from gateway.auth.verifier import (
@@ -41,6 +43,7 @@ from tests.unit.auth.harness import (
     GATEWAY_ID,
     HC_PATH,
     PATH,
+    T0,
     Harness,
     handmade_signature,
     package_components,
@@ -1406,3 +1409,119 @@ def test_a_nonce_is_kept_only_until_its_own_window_ends(make_harness: Any) -> No
     assert reason_of(harness, harness.sign(signer)) is Reason.REPLAY_CACHE_FULL
     harness.saas_clock.now = created + 10 + 30
     assert isinstance(harness.verify(harness.sign(signer)), VerifiedRequest)
+
+
+# -- the direct checks and the package's, on fixed inputs -----------------------------------------
+# A gateway checks signatures and digests with cryptography and hashlib directly; a reference
+# verifier uses the package's classes. Both must take a good one and refuse anything else (the
+# fuzzed agreement is in test_auth_fast_path.py; these pin it on inputs the mutants meet).
+
+HMAC_SECRET = bytes(range(64, 96))
+
+
+def _fast_and_reference(harness: Harness, tmp_path: Path) -> list[SignatureVerifier]:
+    """The harness's verifier and a reference one, both pinning ed-1, ec-1 and hmac-1."""
+    shared = shared_key("hmac-1", HMAC_SECRET, not_before=T0 - 60, not_after=T0 + 3600)
+    keys = harness.keys.with_keys([shared])
+    harness.verifier.replace_keys(keys)
+    ReplayCache.initialise(tmp_path / "reference")
+    cache = ReplayCache.open(
+        tmp_path / "reference", max_entries=100, max_skew=30, clock=harness.gateway_clock
+    )
+    reference = SignatureVerifier(
+        keys,
+        cache,
+        gateway_id=GATEWAY_ID,
+        hc_path=HC_PATH,
+        settings=harness.settings,
+        clock=harness.gateway_clock,
+        reference=True,
+    )
+    return [harness.verifier, reference]
+
+
+def _with_raw_signature(headers: list[tuple[str, str]], raw: bytes) -> list[tuple[str, str]]:
+    encoded = base64.b64encode(raw).decode()
+    return replace_header(headers, "signature", f"eid=:{encoded}:")
+
+
+@pytest.mark.parametrize(
+    ("which", "alg"), [("ed", "ed25519"), ("ec", "ecdsa-p256-sha256"), ("hmac", "hmac-sha256")]
+)
+def test_each_algorithm_takes_its_signature_and_nothing_else(
+    harness: Harness, tmp_path: Path, which: str, alg: str
+) -> None:
+    verifiers = _fast_and_reference(harness, tmp_path)
+    signer = {"ed": harness.ed, "ec": harness.ec}.get(which) or harness.signer(
+        HMAC_SECRET, "hmac-1"
+    )
+    for verifier in verifiers:
+        headers = harness.sign(signer, body=b"{}")
+        raw = base64.b64decode(dict(headers)["Signature"].split(":")[1])
+        half = len(raw) // 2
+        others = [
+            bytes([raw[0] ^ 1]) + raw[1:],  # one bit changed
+            raw[:-1],  # a byte short
+            raw + b"\x00",  # a byte long
+            raw[half:] + raw[:half],  # the halves (for P-256: r and s) swapped
+            bytes(len(raw)),
+        ]
+        for other in others:
+            tampered = _with_raw_signature(headers, other)
+            assert reason_of(harness, tampered, body=b"{}", verifier=verifier) is (
+                Reason.BAD_SIGNATURE
+            )
+        result = harness.verify(headers, body=b"{}", verifier=verifier)
+        assert isinstance(result, VerifiedRequest)
+        assert (result.alg, result.body_verified) == (alg, True)
+
+
+def _digest(algorithm: str, body: bytes, size: int | None = None) -> str:
+    digest = hashlib.new(algorithm.replace("-", ""), body).digest()[:size]
+    return f"{algorithm}=:{base64.b64encode(digest).decode()}:"
+
+
+BODY = b'{"order": 17}'
+
+
+@pytest.mark.parametrize(
+    ("digest", "accepted"),
+    [
+        (_digest("sha-256", BODY), True),
+        (_digest("sha-512", BODY), True),
+        (_digest("sha-512", b"other"), False),
+        (_digest("sha-256", BODY, 16), False),  # a digest cut short
+        (_digest("sha-256", BODY) + ", " + _digest("sha-512", BODY), True),  # the package decides
+        (_digest("sha-256", BODY) + ", " + _digest("sha-512", b"other"), False),
+        (_digest("sha-384", BODY), False),  # not an algorithm the gateway takes
+    ],
+)
+def test_a_content_digest_is_checked_alike_on_both_paths(
+    harness: Harness, tmp_path: Path, digest: str, accepted: bool
+) -> None:
+    now = int(harness.saas_clock.now)
+    nonce = hashlib.sha256(digest.encode()).hexdigest()[:16]
+    headers = _handmade(
+        harness,
+        PARAMS.format(now=now, nonce=nonce),
+        extra=[("content-digest", digest)],
+        headers=[("Content-Digest", digest)],
+    )
+    for verifier in _fast_and_reference(harness, tmp_path):
+        if accepted:
+            result = harness.verify(headers, body=BODY, method="GET", verifier=verifier)
+            assert isinstance(result, VerifiedRequest)
+            assert result.body_verified
+        else:
+            reason = reason_of(harness, headers, body=BODY, method="GET", verifier=verifier)
+            assert reason is Reason.DIGEST_MISMATCH
+
+
+def test_a_key_replaced_under_its_keyid_verifies_with_the_new_material(harness: Harness) -> None:
+    # Each key's check is prepared with the key set: a new set must bring its own checks.
+    old = harness.sign()
+    replacement = generate_key("ed25519")
+    harness.verifier.replace_keys(harness.keyset(("ed-1", replacement), ("ec-1", harness.ec_key)))
+    assert reason_of(harness, old) is Reason.BAD_SIGNATURE
+    result = harness.verify(harness.sign(harness.signer(replacement, "ed-1")))
+    assert isinstance(result, VerifiedRequest)
