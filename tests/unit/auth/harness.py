@@ -73,6 +73,21 @@ class Harness:
     def gateway_clock(self) -> float:
         return self.saas_clock.now + self.gateway_offset
 
+    def reference_verifier(self, state_dir: Path) -> SignatureVerifier:
+        """A verifier of the same keys and settings that uses only the package (no fast path),
+        with a replay cache of its own in ``state_dir``."""
+        ReplayCache.initialise(state_dir)
+        cache = ReplayCache.open(state_dir, max_entries=1000, max_skew=30, clock=self.gateway_clock)
+        return SignatureVerifier(
+            self.verifier.keys,
+            cache,
+            gateway_id=GATEWAY_ID,
+            hc_path=HC_PATH,
+            settings=self.settings,
+            clock=self.gateway_clock,
+            reference=True,
+        )
+
     def keyset(self, *pairs: tuple[str, PrivateKey], lifetime: float = 86400.0) -> KeySet:
         entries = [
             key_entry(keyid, key, not_before=T0 - 3600, not_after=T0 + lifetime)

@@ -21,7 +21,7 @@ from http_message_signatures import ContentDigest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.auth import ReplayCache, SignatureError, SignatureVerifier, VerifiedRequest
+from gateway.auth import SignatureError, SignatureVerifier, VerifiedRequest
 from gateway.auth.keys import shared_key
 from gateway.auth.verifier import (
     fast_components,
@@ -32,7 +32,6 @@ from gateway.auth.verifier import (
 )
 from tests.unit.auth.harness import (
     AUTHORITY,
-    GATEWAY_ID,
     HC_PATH,
     PATH,
     T0,
@@ -270,20 +269,6 @@ MUTATION_TARGETS = [
 SECRET = bytes(range(32, 64))
 
 
-def _reference_verifier(harness: Harness, state_dir: Path) -> SignatureVerifier:
-    ReplayCache.initialise(state_dir)
-    cache = ReplayCache.open(state_dir, max_entries=1000, max_skew=30, clock=harness.gateway_clock)
-    return SignatureVerifier(
-        harness.verifier.keys,
-        cache,
-        gateway_id=GATEWAY_ID,
-        hc_path=HC_PATH,
-        settings=harness.settings,
-        clock=harness.gateway_clock,
-        reference=True,
-    )
-
-
 def _outcome(harness: Harness, verifier: SignatureVerifier, request: dict[str, Any]) -> object:
     try:
         return harness.verify(verifier=verifier, **request)
@@ -306,7 +291,7 @@ def test_fast_and_reference_verifiers_accept_and_refuse_alike(
         harness = Harness(Path(scratch) / "fast")
         shared = shared_key("hmac-1", SECRET, not_before=T0 - 60, not_after=T0 + 3600)
         harness.verifier.replace_keys(harness.keys.with_keys([shared]))
-        reference = _reference_verifier(harness, Path(scratch) / "reference")
+        reference = harness.reference_verifier(Path(scratch) / "reference")
         signer = {"ed": harness.ed, "ec": harness.ec}.get(which) or harness.signer(SECRET, "hmac-1")
         components = ("@method", "@authority", "@path", "@query", "x-gateway-id", *extra)
         headers = signer.sign(

@@ -19,7 +19,6 @@ from pydantic import SecretStr
 
 from gateway.auth import (
     Reason,
-    ReplayCache,
     SignatureError,
     SignatureVerifier,
     VerifiedRequest,
@@ -1422,22 +1421,8 @@ HMAC_SECRET = bytes(range(64, 96))
 def _fast_and_reference(harness: Harness, tmp_path: Path) -> list[SignatureVerifier]:
     """The harness's verifier and a reference one, both pinning ed-1, ec-1 and hmac-1."""
     shared = shared_key("hmac-1", HMAC_SECRET, not_before=T0 - 60, not_after=T0 + 3600)
-    keys = harness.keys.with_keys([shared])
-    harness.verifier.replace_keys(keys)
-    ReplayCache.initialise(tmp_path / "reference")
-    cache = ReplayCache.open(
-        tmp_path / "reference", max_entries=100, max_skew=30, clock=harness.gateway_clock
-    )
-    reference = SignatureVerifier(
-        keys,
-        cache,
-        gateway_id=GATEWAY_ID,
-        hc_path=HC_PATH,
-        settings=harness.settings,
-        clock=harness.gateway_clock,
-        reference=True,
-    )
-    return [harness.verifier, reference]
+    harness.verifier.replace_keys(harness.keys.with_keys([shared]))
+    return [harness.verifier, harness.reference_verifier(tmp_path / "reference")]
 
 
 def _with_raw_signature(headers: list[tuple[str, str]], raw: bytes) -> list[tuple[str, str]]:
