@@ -179,7 +179,7 @@ async def benchmark(quick: bool) -> None:
             config,
             config.targets,
             limit=config.limits.max_concurrent_requests,
-            session_options={"auto_decompress": False},
+            session_options=lambda: {"auto_decompress": False},
         )
         lean = LeanClient(config, "erp") if HAVE_H11 else None
 

@@ -82,7 +82,7 @@ from gateway.identity.certs import certificate_health
 from gateway.identity.models import RelayInfo
 from gateway.identity.tls import registration_context, system_context
 from gateway.outbound.proxy import OutboundProxy, ProxyAuthError, ProxyError
-from gateway.outbound.sessions import client_session, translate_proxy_error
+from gateway.outbound.sessions import client_session, runtime_problems, translate_proxy_error
 from gateway.relay.websocket import HandshakeRefusedError, RelaySocketError, open_relay_socket
 from gateway.service import check_release, proxy_settings
 
@@ -535,6 +535,12 @@ async def _check_tls(ctx: _Context) -> str:
     host = URL(url).host or ""
     context, trust = _pinned_context(ctx)
     route = ctx.proxy.route_for(url)
+    problems = runtime_problems()
+    if problems:
+        # The probe speaks through aiohttp, which failed its self-check (catalogue C 67).
+        raise _CheckError(
+            problems[0], "install the aiohttp wheel for this platform, or upgrade aiohttp"
+        )
     connector = aiohttp.TCPConnector(ssl=context, limit=1, force_close=True)
     timeout = aiohttp.ClientTimeout(total=ctx.options.timeout)
     async with client_session(

@@ -23,7 +23,6 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import re
 import signal
 import ssl
 import stat
@@ -33,9 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from aiohttp import client_proto, http_parser, web_protocol
-
 from gateway import __version__
 from gateway.auth import BadSignatureLimiter, KeySet, SignatureVerifier, VerifierSettings
 from gateway.auth.errors import SignatureError
@@ -43,6 +39,7 @@ from gateway.auth.keys import KeySetError, PinnedKey, shared_key
 from gateway.auth.replay import ReplayStore
 from gateway.auth.replaystores import open_replay_store
 from gateway.config import LoadedConfig, load
+from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError, GatewayError, PolicyError, Problem
 from gateway.forward.dial import Guard, Redirect, Resolver, system_resolver
 from gateway.gitops.signing import verify_signed_config
@@ -83,64 +80,6 @@ EXIT_IDENTITY = 4
 EXIT_START = 5
 
 EngineFactory = Callable[[LoadedConfig], Awaitable[Decider]]
-
-# Catalogue C 67: aiohttp releases before 3.13.4 have a C HTTP parser that accepts NUL and control
-# characters in response header values (CVE-2026-34520); a target could smuggle a header past the
-# gateway's response checks.
-MIN_AIOHTTP = (3, 13, 4)
-_VERSION = re.compile(r"([0-9]+)\.([0-9]+)(?:\.([0-9]+))?(.*)")
-# PEP 440: a pre-release or development release comes before the release it leads to.
-_PRE_RELEASE = re.compile(r"[.-]?(?:a|b|c|rc|alpha|beta|pre|preview|dev)[0-9]*", re.IGNORECASE)
-
-
-def aiohttp_version_problem(version: str) -> str | None:
-    """Why aiohttp ``version`` must not be used, or ``None`` when it is 3.13.4 or later.
-
-    A version that cannot be read is refused (fail closed).
-    """
-    wanted = ".".join(map(str, MIN_AIOHTTP))
-    match = _VERSION.fullmatch(version.strip())
-    if match is None:
-        return f"cannot read the aiohttp version {version[:40]!r}; {wanted} or later is required"
-    release = (int(match[1]), int(match[2]), int(match[3] or 0))
-    early = release == MIN_AIOHTTP and _PRE_RELEASE.match(match[4]) is not None
-    if release < MIN_AIOHTTP or early:
-        return f"aiohttp {version} is older than {wanted}; upgrade it (catalogue C 67)"
-    return None
-
-
-_PY_RESPONSE = http_parser.HttpResponseParserPy
-_PY_REQUEST = http_parser.HttpRequestParserPy
-
-
-def http_parser_problem() -> str | None:
-    """Why aiohttp's HTTP parsing must not be trusted, or ``None`` when its C parser is in use.
-
-    The pure-Python parser has had request-smuggling flaws the C one did not (GHSA-9548-qrrj-x5pj)
-    and is what ``AIOHTTP_NO_EXTENSIONS=1`` or a missing or broken compiled extension leaves. The
-    check looks at the parser classes the client (responses from targets and the control plane)
-    and the server (health endpoint) really bound at import time, whatever the reason for them.
-    """
-    pure = [
-        role
-        for role, bound, fallback in (
-            # Looked up by name: the modules bind these at import time without re-exporting them.
-            ("responses", getattr(client_proto, "HttpResponseParser", None), _PY_RESPONSE),
-            ("requests", getattr(web_protocol, "HttpRequestParser", None), _PY_REQUEST),
-        )
-        if bound is None or bound is fallback
-    ]
-    if not pure:
-        return None
-    why = (
-        "AIOHTTP_NO_EXTENSIONS is set"
-        if os.environ.get("AIOHTTP_NO_EXTENSIONS")
-        else "its compiled extension is missing"
-    )
-    return (
-        f"aiohttp parses HTTP {' and '.join(pure)} with its pure-Python parser ({why}); "
-        "install the aiohttp wheel for this platform and unset AIOHTTP_NO_EXTENSIONS"
-    )
 
 
 def permission_problems(files: Iterable[Path]) -> list[str]:
@@ -199,10 +138,41 @@ def policy_files(loaded: LoadedConfig) -> list[Path]:
     return found
 
 
-def self_check() -> list[str]:
-    """The start-up checks of the runtime itself (catalogue C 67): aiohttp version and parser."""
-    found = [aiohttp_version_problem(aiohttp.__version__), http_parser_problem()]
-    return [problem for problem in found if problem is not None]
+def aiohttp_features(config: GatewayConfig) -> list[tuple[str, str]]:
+    """The configured features that speak HTTP through aiohttp, as (configuration path, what).
+
+    Everything else (the relay edge, the forward, the control-plane client, the health endpoint)
+    has its own HTTP/1.1 code, so a gateway without these features never imports aiohttp.
+    """
+    found: list[tuple[str, str]] = []
+    if config.policy.engine == "opa":
+        found.append(("policy.engine", "the OPA server engine"))
+    for name, credential in config.credentials.items():
+        if credential.oauth2_client_credentials is not None:
+            found.append((f"credentials.{name}", "OAuth 2.0 token requests"))
+    for name, target in config.targets.items():
+        if any(operation.websocket for operation in target.operations):
+            found.append((f"targets.{name}", "WebSocket streams to the target"))
+    if config.workers != 1:
+        found.append(("workers", "the supervisor of several workers"))
+    return found
+
+
+def self_check(config: GatewayConfig) -> list[Problem]:
+    """The start-up checks of the runtime itself (catalogue C 67): aiohttp's version and HTTP
+    parser, when ``config`` uses a feature that speaks through aiohttp (:func:`aiohttp_features`;
+    only then is aiohttp imported, and refused if it cannot be trusted)."""
+    features = aiohttp_features(config)
+    if not features:
+        return []
+    # Imported here: it imports aiohttp, which a gateway without these features does without.
+    from gateway.outbound.sessions import runtime_problems
+
+    path, what = features[0]
+    return [
+        Problem(f"{problem} (aiohttp serves {what})", code="runtime_self_check", path=path)
+        for problem in runtime_problems()
+    ]
 
 
 def startup_problems(loaded: LoadedConfig, *, files: bool = True) -> None:
@@ -210,7 +180,7 @@ def startup_problems(loaded: LoadedConfig, *, files: bool = True) -> None:
     beyond the configuration and policy themselves: files others could change (``files``), and
     proxy settings that cannot be used. ``gateway validate`` calls this too, so it cannot call
     valid what ``run`` refuses."""
-    problems: list[Problem] = []
+    problems = self_check(loaded.config)
     if files:
         config_file = Path(loaded.file)
         for finding in permission_problems([config_file]):
@@ -505,11 +475,11 @@ class Agent:
     async def start(self) -> None:
         """Everything up to 'ready'; raises :class:`StartError` with the exit code on failure.
 
-        Before anything is read: the runtime self-checks (:func:`self_check`), then the
-        permissions of gateway.yaml and, once it is loaded, of the policy files
-        (:func:`permission_problems`). Any failure refuses to start with exit code 1.
+        Before anything is read: the permissions of gateway.yaml; once it is loaded, those of the
+        policy files (:func:`permission_problems`) and, for a configuration with a feature that
+        speaks through aiohttp, the runtime self-checks (:func:`self_check`). Any failure
+        refuses to start with exit code 1.
         """
-        self._refuse_if(self_check(), "the runtime failed its self-check")
         self._refuse_if(
             permission_problems([Path(self.options.config_path)]),
             "the configuration file is not protected",

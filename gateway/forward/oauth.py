@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote_plus, urlencode
 
-import aiohttp
 from pydantic import SecretStr
 
 from gateway.config.model import GatewayConfig, OAuth2ClientCredentials
@@ -125,7 +124,7 @@ class TokenSource:
             redirect=redirect,
             guard=guard,
             resolve_path=resolve_path,
-            session_options={"auto_decompress": False},
+            session_options=lambda: {"auto_decompress": False},
         )
         self._clock = clock
         self._token: Token | None = None
@@ -247,6 +246,9 @@ class TokenSource:
         # turn it into an address; Host and TLS keep the configured name.
         url = pool.url(self.name, endpoint.scheme, settings.path, None)
         timeout = settings.timeout_seconds
+        # Imported with the first token request: only gateways with OAuth credentials need it.
+        import aiohttp
+
         try:
             async with asyncio.timeout(timeout):
                 response = await pool.session().post(

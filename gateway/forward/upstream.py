@@ -26,9 +26,8 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from yarl import URL
 
 from gateway.config.model import GatewayConfig, Target
@@ -44,7 +43,9 @@ from gateway.forward.http1 import (
     Response,
     request_head,
 )
-from gateway.outbound.sessions import client_session
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class TargetPool:
         tls_contexts: Mapping[str, ssl.SSLContext] | None = None,
         resolve_path: Callable[[str], Path] | None = None,
         force_close: bool = False,
-        session_options: Mapping[str, Any] | None = None,
+        session_options: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.targets = dict(targets)
         self._dial = DialStep(
@@ -161,7 +162,9 @@ class TargetPool:
         )
         self._limit = limit
         self._force_close = force_close
-        self._session_options = dict(session_options or {})
+        # Called when the session is made: the options may hold aiohttp's objects, and aiohttp
+        # is imported only then.
+        self._session_options = session_options
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -203,8 +206,16 @@ class TargetPool:
         return target.host
 
     def session(self) -> aiohttp.ClientSession:
-        """The pool's session, created on first use (inside the running loop)."""
+        """The pool's session, created on first use (inside the running loop).
+
+        Only the WebSocket upstream and the OAuth token client use one; aiohttp is imported
+        here, with the first of them, so a gateway without those features never loads it.
+        """
         if self._session is None:
+            import aiohttp
+
+            from gateway.outbound.sessions import client_session
+
             connector = self._dial.connector(limit=self._limit, force_close=self._force_close)
             self._session = client_session(
                 connector=connector,
@@ -214,7 +225,7 @@ class TargetPool:
                 max_field_size=MAX_RESPONSE_LINE,
                 max_headers=MAX_RESPONSE_HEADERS,
                 cookie_jar=aiohttp.DummyCookieJar(),
-                **self._session_options,
+                **(self._session_options() if self._session_options is not None else {}),
             )
         return self._session
 

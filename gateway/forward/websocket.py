@@ -28,14 +28,15 @@ import contextlib
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from gateway.config.model import GatewayConfig
 from gateway.forward.dial import DialError, Guard, Redirect, Resolver, system_resolver
 from gateway.forward.streams import CLOSE_ERROR, CLOSE_NORMAL, CLOSE_TOO_BIG, relay_close_code
 from gateway.forward.upstream import TargetPool, UpstreamError
-from gateway.outbound.sessions import ConnectionLostError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["UpstreamSocket", "WebSocketUpstream"]
 
@@ -56,13 +57,25 @@ _CLIENT_WRITES = frozenset(
 )
 
 
+def _stream_session() -> dict[str, Any]:
+    """The stream pool's session options: no total timeout (a stream lives as long as it is
+    used; its idle limit is the splice's). aiohttp is imported here, with the first stream, so a
+    gateway without WebSocket operations never loads it."""
+    import aiohttp
+
+    return {"timeout": aiohttp.ClientTimeout(total=None)}
+
+
 class UpstreamSocket:
     """An open upstream WebSocket as a :class:`gateway.forward.streams.UpstreamEnd`."""
 
     carries_text = True
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        import aiohttp  # already loaded: ``ws`` is aiohttp's
+
         self._ws = ws
+        self._kinds = aiohttp.WSMsgType
         self._ending = ("upstream_error", CLOSE_ERROR)
 
     @property
@@ -74,17 +87,17 @@ class UpstreamSocket:
         """The next data message; ``None`` once the target closed, failed or went away."""
         while True:
             message = await self._ws.receive()
-            kind = message.type
-            if kind is aiohttp.WSMsgType.TEXT:
+            kind, kinds = message.type, self._kinds
+            if kind is kinds.TEXT:
                 return str(message.data)
-            if kind is aiohttp.WSMsgType.BINARY:
+            if kind is kinds.BINARY:
                 return bytes(message.data)
-            if kind in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG):
+            if kind in (kinds.PING, kinds.PONG):
                 continue
-            if kind is aiohttp.WSMsgType.CLOSE:
+            if kind is kinds.CLOSE:
                 # A close frame: the target ended the stream on purpose, with this code.
                 self._ending = ("upstream_closed", relay_close_code(int(message.data or 0)))
-            elif kind is aiohttp.WSMsgType.ERROR and self._ws.close_code == CLOSE_TOO_BIG:
+            elif kind is kinds.ERROR and self._ws.close_code == CLOSE_TOO_BIG:
                 self._ending = ("message_too_large", CLOSE_TOO_BIG)
             # Anything else (the connection dropped without a close frame, which aiohttp reports
             # as CLOSED, or a protocol error) is abnormal: RFC 6455 section 7.1.5, code 1006.
@@ -133,7 +146,7 @@ class WebSocketUpstream:
             tls_contexts=tls_contexts,
             resolve_path=resolve_path,
             force_close=True,
-            session_options={"timeout": aiohttp.ClientTimeout(total=None)},
+            session_options=_stream_session,
         )
 
     async def close(self) -> None:
@@ -168,6 +181,10 @@ class WebSocketUpstream:
             target_name, ((k, v) for k, v in headers if k.lower() not in _CLIENT_WRITES)
         )
         session = self._pool.session()
+        import aiohttp  # the session above imported it: only gateways with WebSocket streams
+
+        from gateway.outbound.sessions import ConnectionLostError
+
         try:
             async with asyncio.timeout(handshake_timeout):
                 ws = await session.ws_connect(

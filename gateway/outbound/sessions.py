@@ -21,10 +21,15 @@ gateway that uses none of them never loads aiohttp (issue 13: about 9 MiB reside
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 from typing import Any
 
 import aiohttp
+from aiohttp import client_proto, http_parser, web_protocol
 
+from gateway.errors import GatewayError
 from gateway.outbound.proxy import (
     ProxyError,
     ProxyRoute,
@@ -32,7 +37,89 @@ from gateway.outbound.proxy import (
     proxy_refusal,
 )
 
-__all__ = ["ConnectionLostError", "client_session", "never_resend", "translate_proxy_error"]
+__all__ = [
+    "MIN_AIOHTTP",
+    "ConnectionLostError",
+    "UntrustedRuntimeError",
+    "aiohttp_version_problem",
+    "client_session",
+    "http_parser_problem",
+    "never_resend",
+    "runtime_problems",
+    "translate_proxy_error",
+]
+
+# Catalogue C 67: aiohttp releases before 3.13.4 have a C HTTP parser that accepts NUL and control
+# characters in response header values (CVE-2026-34520); a target could smuggle a header past the
+# gateway's response checks.
+MIN_AIOHTTP = (3, 13, 4)
+_VERSION = re.compile(r"([0-9]+)\.([0-9]+)(?:\.([0-9]+))?(.*)")
+# PEP 440: a pre-release or development release comes before the release it leads to.
+_PRE_RELEASE = re.compile(r"[.-]?(?:a|b|c|rc|alpha|beta|pre|preview|dev)[0-9]*", re.IGNORECASE)
+
+
+def aiohttp_version_problem(version: str) -> str | None:
+    """Why aiohttp ``version`` must not be used, or ``None`` when it is 3.13.4 or later.
+
+    A version that cannot be read is refused (fail closed).
+    """
+    wanted = ".".join(map(str, MIN_AIOHTTP))
+    match = _VERSION.fullmatch(version.strip())
+    if match is None:
+        return f"cannot read the aiohttp version {version[:40]!r}; {wanted} or later is required"
+    release = (int(match[1]), int(match[2]), int(match[3] or 0))
+    early = release == MIN_AIOHTTP and _PRE_RELEASE.match(match[4]) is not None
+    if release < MIN_AIOHTTP or early:
+        return f"aiohttp {version} is older than {wanted}; upgrade it (catalogue C 67)"
+    return None
+
+
+_PY_RESPONSE = http_parser.HttpResponseParserPy
+_PY_REQUEST = http_parser.HttpRequestParserPy
+
+
+def http_parser_problem() -> str | None:
+    """Why aiohttp's HTTP parsing must not be trusted, or ``None`` when its C parser is in use.
+
+    The pure-Python parser has had request-smuggling flaws the C one did not (GHSA-9548-qrrj-x5pj)
+    and is what ``AIOHTTP_NO_EXTENSIONS=1`` or a missing or broken compiled extension leaves. The
+    check looks at the parser classes the client (responses from targets and the control plane)
+    and the server really bound at import time, whatever the reason for them.
+    """
+    pure = [
+        role
+        for role, bound, fallback in (
+            # Looked up by name: the modules bind these at import time without re-exporting them.
+            ("responses", getattr(client_proto, "HttpResponseParser", None), _PY_RESPONSE),
+            ("requests", getattr(web_protocol, "HttpRequestParser", None), _PY_REQUEST),
+        )
+        if bound is None or bound is fallback
+    ]
+    if not pure:
+        return None
+    why = (
+        "AIOHTTP_NO_EXTENSIONS is set"
+        if os.environ.get("AIOHTTP_NO_EXTENSIONS")
+        else "its compiled extension is missing"
+    )
+    return (
+        f"aiohttp parses HTTP {' and '.join(pure)} with its pure-Python parser ({why}); "
+        "install the aiohttp wheel for this platform and unset AIOHTTP_NO_EXTENSIONS"
+    )
+
+
+@functools.cache
+def runtime_problems() -> tuple[str, ...]:
+    """Why this process's aiohttp must not be used (catalogue C 67), empty when it may be.
+
+    Computed once: the version and the parser classes are fixed when aiohttp is imported.
+    """
+    found = (aiohttp_version_problem(aiohttp.__version__), http_parser_problem())
+    return tuple(problem for problem in found if problem is not None)
+
+
+class UntrustedRuntimeError(GatewayError):
+    """aiohttp failed its self-check (:func:`runtime_problems`): no session is made with it."""
 
 
 class ConnectionLostError(aiohttp.ClientConnectionError):
@@ -63,7 +150,15 @@ async def never_resend(
 
 def client_session(**options: Any) -> aiohttp.ClientSession:
     """An ``aiohttp.ClientSession`` with ``options`` that never re-sends a request and ignores
-    proxy environment variables (``trust_env`` is always False)."""
+    proxy environment variables (``trust_env`` is always False).
+
+    Raises :class:`UntrustedRuntimeError` when aiohttp failed its self-check: the start-up check
+    refuses a configuration that would need it (``gateway.service.self_check``); this refuses
+    every other way of reaching it (fail closed).
+    """
+    problems = runtime_problems()
+    if problems:
+        raise UntrustedRuntimeError(problems[0])
     return aiohttp.ClientSession(middlewares=(never_resend,), trust_env=False, **options)
 
 

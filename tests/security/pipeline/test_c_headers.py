@@ -272,7 +272,7 @@ async def test_C66_credentials_pass_only_where_the_operation_names_them(
 async def test_C67_pure_python_parser_and_old_aiohttp_are_refused() -> None:
     # A fresh interpreter: aiohttp picks its parser when it is imported.
     probe = (
-        "from gateway.service import aiohttp_version_problem, http_parser_problem;"
+        "from gateway.outbound.sessions import aiohttp_version_problem, http_parser_problem;"
         "print(bool(http_parser_problem()), bool(aiohttp_version_problem('3.13.3')),"
         " aiohttp_version_problem('3.13.4') is None)"
     )

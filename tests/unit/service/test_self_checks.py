@@ -13,16 +13,20 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.config import load
 from gateway.devkit.stack import DevStack
+from gateway.outbound.sessions import (
+    MIN_AIOHTTP,
+    aiohttp_version_problem,
+    http_parser_problem,
+)
 from gateway.service import (
     EXIT_CONFIG,
     EXIT_IDENTITY,
-    MIN_AIOHTTP,
     Agent,
     AgentOptions,
     StartError,
-    aiohttp_version_problem,
-    http_parser_problem,
+    aiohttp_features,
     permission_problems,
     self_check,
 )
@@ -59,13 +63,16 @@ def test_any_release_is_refused_exactly_when_older_than_the_minimum(
     assert (aiohttp_version_problem(version) is not None) is (release < MIN_AIOHTTP)
 
 
-def test_this_environment_passes() -> None:
+def test_this_environment_passes(tmp_path: Path) -> None:
     assert http_parser_problem() is None
-    assert self_check() == []
+    loaded = load(minimal_config(tmp_path / "gw", aiohttp_feature=True))
+    assert aiohttp_features(loaded.config) != []
+    assert self_check(loaded.config) == []
 
 
-def minimal_config(directory: Path) -> Path:
-    """A valid gateway.yaml with its own copy of the policies and no identity yet."""
+def minimal_config(directory: Path, *, aiohttp_feature: bool = False) -> Path:
+    """A valid gateway.yaml with its own copy of the policies and no identity yet; with
+    ``aiohttp_feature``, decided by an OPA server (which the gateway reaches through aiohttp)."""
     directory.mkdir(mode=0o755, exist_ok=True)
     shutil.copytree(POLICIES, directory / "policies")
     path = directory / "gateway.yaml"
@@ -84,25 +91,112 @@ def minimal_config(directory: Path) -> Path:
             }
         },
     }
+    if aiohttp_feature:
+        document["policy"] = {
+            "directories": ["policies"],
+            "engine": "opa",
+            "opa_url": "http://127.0.0.1:8181",
+        }
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     path.chmod(0o600)
     return path
 
 
-def test_pure_python_parser_refuses_to_start(tmp_path: Path) -> None:
-    config = minimal_config(tmp_path / "gw")
-    environment = {**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"}
-    done = subprocess.run(
+def run_without_aiohttp_extensions(config: Path) -> subprocess.CompletedProcess[str]:
+    """``gateway run`` in a fresh interpreter whose aiohttp would use its pure-Python parser."""
+    return subprocess.run(
         [sys.executable, "-m", "gateway", "run", "--allow-root", "-c", str(config)],
-        env=environment,
+        env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"},
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
+
+
+def test_pure_python_parser_refuses_to_start(tmp_path: Path) -> None:
+    done = run_without_aiohttp_extensions(minimal_config(tmp_path / "gw", aiohttp_feature=True))
     assert done.returncode == EXIT_CONFIG, done.stderr
     assert "pure-Python parser" in done.stderr
     assert "AIOHTTP_NO_EXTENSIONS" in done.stderr
+
+
+def test_a_gateway_that_does_not_use_aiohttp_is_not_refused_for_its_parser(
+    tmp_path: Path,
+) -> None:
+    # Nothing configured speaks through aiohttp, so it is never imported: start-up goes on to the
+    # identity (none registered here).
+    done = run_without_aiohttp_extensions(minimal_config(tmp_path / "gw"))
+    assert done.returncode == EXIT_IDENTITY, done.stderr
+    assert "pure-Python parser" not in done.stderr
+
+
+def test_no_aiohttp_session_is_made_when_aiohttp_fails_its_check() -> None:
+    # A fresh interpreter: aiohttp picks its parser when it is imported.
+    probe = (
+        "from gateway.outbound.sessions import client_session, UntrustedRuntimeError\n"
+        "try:\n    client_session()\nexcept UntrustedRuntimeError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "pure-Python parser" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        (
+            {"policy": {"directories": ["policies"], "engine": "opa", "opa_url": "http://o:1"}},
+            "policy.engine",
+        ),
+        (
+            {
+                "credentials": {
+                    "tok": {
+                        "oauth2_client_credentials": {
+                            "token_url": "https://127.0.0.1/token",
+                            "client_id": "c",
+                            "client_secret": {"env": "X_SECRET"},
+                            "allow_special_addresses": True,
+                        }
+                    }
+                }
+            },
+            "credentials.tok",
+        ),
+        (
+            {
+                "targets": {
+                    "app": {
+                        "scheme": "http",
+                        "host": "127.0.0.1",
+                        "allow_special_addresses": True,
+                        "operations": [
+                            {"name": "ws", "methods": ["GET"], "paths": ["/ws"], "websocket": True}
+                        ],
+                    }
+                }
+            },
+            "targets.app",
+        ),
+    ],
+    ids=["opa", "oauth", "websocket"],
+)
+def test_each_feature_that_speaks_through_aiohttp_is_named(
+    tmp_path: Path, change: dict[str, object], path: str
+) -> None:
+    config = minimal_config(tmp_path / "gw")
+    document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    document.update(change)
+    config.write_text(yaml.safe_dump(document), encoding="utf-8")
+    assert [found for found, _ in aiohttp_features(load(config, check_host=False).config)] == [path]
+    assert aiohttp_features(load(minimal_config(tmp_path / "plain")).config) == []
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o644, 0o400])
@@ -211,3 +305,14 @@ async def test_reload_keeps_the_running_revision_when_the_file_became_writable(
     assert refused is False
     assert accepted is True
     assert agent.runtime().revision != good
+
+
+def test_several_workers_speak_through_aiohttp(tmp_path: Path) -> None:
+    # The supervisor asks its workers over HTTP with an aiohttp session.
+    config = load(minimal_config(tmp_path / "gw")).config
+    assert [path for path, _ in aiohttp_features(config.model_copy(update={"workers": 2}))] == [
+        "workers"
+    ]
+    assert [
+        path for path, _ in aiohttp_features(config.model_copy(update={"workers": "auto"}))
+    ] == ["workers"]
