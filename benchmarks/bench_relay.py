@@ -412,6 +412,7 @@ async def benchmark(
     profile_to: Path | None = None,
     profile_in_flight: int = 32,
     base_forward: str = "gateway",
+    base_loop: str = "asyncio",
 ) -> tuple[Results, dict[str, str]]:
     """Start everything, run the interleaved scenarios, stop everything."""
     repetitions, seconds = (2, 0.8) if quick else (5, 2.5)
@@ -457,7 +458,8 @@ async def benchmark(
             base = await start_child(
                 "baseline listener",
                 [python, script, "--role", "listener", "--relay-port", relay.values[0],
-                 "--target", target_url, "--hc", HC_BASE, "--forward", base_forward],
+                 "--target", target_url, "--hc", HC_BASE, "--forward", base_forward,
+                 "--loop", base_loop],
                 step=STEP,
                 env={**os.environ, "PYTHONPATH": f"{baseline}{os.pathsep}{ROOT / 'benchmarks'}"},
             )  # fmt: skip
@@ -696,6 +698,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "aiohttp's ClientSession (to measure the forward itself, e.g. with --baseline HEAD)",
     )
     parser.add_argument(
+        "--base-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the --baseline listener's event loop (uvloop: what uvloop changes, side by side, "
+        "e.g. with --baseline HEAD)",
+    )
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), help=argparse.SUPPRESS)
+    parser.add_argument(
         "--baseline",
         metavar="GIT_REF",
         help="also run the listener of this commit beside ours, in the same run (before/after)",
@@ -722,9 +732,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(run_emulator())
         return 0
     if args.role == "listener":
-        asyncio.run(
-            run_listener(args.relay_port, args.target, hc_path=args.hc, forward_with=args.forward)
+        listener = run_listener(
+            args.relay_port, args.target, hc_path=args.hc, forward_with=args.forward
         )
+        if args.loop == "uvloop":
+            import uvloop  # an optional extra: only this role needs it
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(listener)
+        else:
+            asyncio.run(listener)
         return 0
     if args.frames:
         print(frames_benchmark())
@@ -734,6 +751,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command += f" --baseline {args.baseline}"
         if args.base_forward != "gateway":
             command += f" --base-forward {args.base_forward}"
+        if args.base_loop != "asyncio":
+            command += f" --base-loop {args.base_loop}"
     started = time.monotonic()
     node_version, why_not = prepare_node()
     with tempfile.TemporaryDirectory(prefix="bench-baseline-") as scratch:
@@ -751,14 +770,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.profile,
                 args.profile_in_flight,
                 args.base_forward,
+                args.base_loop,
             )
         )
         if args.profile is not None:
             print(f"(profile of our listener written to {args.profile})")
             return 0
         if commit:
-            facts["baseline"] = commit + (
-                "" if args.base_forward == "gateway" else f", forwarding with {args.base_forward}"
+            facts["baseline"] = (
+                commit
+                + (
+                    ""
+                    if args.base_forward == "gateway"
+                    else f", forwarding with {args.base_forward}"
+                )
+                + ("" if args.base_loop == "asyncio" else f", on {args.base_loop}'s event loop")
             )
     report = render(results, facts, command)
     print(report)

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import httptools
-from multidict import CIMultiDict
 
 from gateway.forward.dial import DialStep
 
@@ -70,6 +69,8 @@ KEEPALIVE_SECONDS = 15.0
 # aiohttp does; other methods get a Content-Length only when they have a body.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _HEAD_END = b"\r\n\r\n"
+# Response fields read while the head is parsed (lowercase): the framing pair and Connection.
+_PICKED = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
 class ExchangeError(Exception):
@@ -93,13 +94,20 @@ def _protocol(what: str) -> ExchangeError:
 class Response:
     """The head of the final answer: status, reason, headers as received, and whether the
     connection must close after it (``Connection: close``, HTTP/1.0, a body framed by the
-    close)."""
+    close).
+
+    The two fields the forward decides on are picked out while the head is parsed:
+    ``content_length`` (the one ``Content-Length`` value, if any: a repeated one is refused) and
+    ``connection`` (the values of every ``Connection`` field, RFC 9110 section 7.6.1). No
+    case-insensitive mapping of every header is built per answer.
+    """
 
     code: int
     reason: str
-    headers: CIMultiDict[str]
     raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     should_close: bool = False
+    content_length: bytes | None = None
+    connection: list[bytes] = field(default_factory=list)
 
 
 class Body:
@@ -111,6 +119,7 @@ class Body:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
+        self._loop = connection.loop
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self._eof = False
@@ -137,7 +146,7 @@ class Body:
     async def read(self, limit: int) -> bytes:
         """Up to ``limit`` bytes; ``b""`` at the end; the body's error if it ended with one."""
         while not self._chunks and not self._eof and self._error is None:
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -186,7 +195,9 @@ class Connection(asyncio.Protocol):
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # The connection's loop, kept: asyncio.get_running_loop() costs a getpid() system call
+        # per call on Python 3.11, and the exchange would otherwise look it up several times.
+        self.loop = self._loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpResponseParser | None = None
         self.response: Response | None = None
@@ -217,6 +228,8 @@ class Connection(asyncio.Protocol):
         self._raw: list[tuple[bytes, bytes]] = []
         self._fields = 0
         self._framing: set[bytes] = set()
+        self._length: bytes | None = None
+        self._connection: list[bytes] = []
         self._until_close = False
         self._complete = False
 
@@ -303,6 +316,8 @@ class Connection(asyncio.Protocol):
         self._raw = []
         self._fields = 0
         self._framing.clear()
+        self._length = None
+        self._connection = []
 
     def on_status(self, reason: bytes) -> None:
         """A piece of the reason phrase (llhttp may deliver it in parts)."""
@@ -320,15 +335,20 @@ class Connection(asyncio.Protocol):
         if not self._in_head:
             return
         lowered = name.lower()
-        if lowered in (b"content-length", b"transfer-encoding"):
-            # RFC 9112 section 6.3: one framing header, once; a repeated or combined one is a
-            # smuggling attempt (llhttp refuses the combination, this the repetition).
-            if lowered in self._framing:
-                raise _protocol(f"repeated {name.decode('latin-1')}")
-            self._framing.add(lowered)
-            if lowered == b"transfer-encoding" and value.strip().lower() != b"chunked":
-                # Only chunked framing is read; another coding (gzip) would need decoding.
-                raise _protocol("a transfer coding other than chunked")
+        if lowered in _PICKED:
+            if lowered == b"connection":
+                self._connection.append(value)
+            else:
+                # RFC 9112 section 6.3: one framing header, once; a repeated or combined one is
+                # a smuggling attempt (llhttp refuses the combination, this the repetition).
+                if lowered in self._framing:
+                    raise _protocol(f"repeated {name.decode('latin-1')}")
+                self._framing.add(lowered)
+                if lowered == b"content-length":
+                    self._length = value
+                elif value.strip().lower() != b"chunked":
+                    # Only chunked framing is read; another coding (gzip) would need decoding.
+                    raise _protocol("a transfer coding other than chunked")
         self._raw.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -342,15 +362,13 @@ class Connection(asyncio.Protocol):
         if code < 200:
             # RFC 9110 section 15.2: 1xx answers are interim; the final one follows.
             return
-        headers: CIMultiDict[str] = CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in self._raw
-        )
         self.response = Response(
             code,
             self._reason.decode("latin-1"),
-            headers,
             self._raw,
-            should_close=not parser.should_keep_alive(),
+            not parser.should_keep_alive(),
+            self._length,
+            self._connection,
         )
         self.body = Body(self)
         # RFC 9112 section 6.3 (rule 8): without Content-Length or chunked framing, the body runs
@@ -623,10 +641,9 @@ class Http1Pool:
         idle = self._idle.get(name)
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
         while idle:
             connection = idle.pop()
-            if connection.fresh(now):
+            if connection.fresh(connection.loop.time()):
                 return connection
             connection.close()
         return None

@@ -49,18 +49,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Response headers that describe one hop, not the resource (RFC 9110 section 7.6.1).
+# Response headers that describe one hop, not the resource (RFC 9110 section 7.6.1); bytes,
+# as the parser delivers names.
 _HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
     }
 )
 # The same response limits for the forward and for every session of the pool (catalogue C 64).
@@ -318,22 +319,6 @@ class Upstream:
             raise UpstreamError(
                 "target_busy", f"{target_name} has {plan.cap} requests in flight", 503
             )
-        self._in_flight[target_name] += 1
-        try:
-            return await self._send(target_name, plan, method, path, query, headers, body)
-        finally:
-            self._in_flight[target_name] -= 1
-
-    async def _send(
-        self,
-        name: str,
-        plan: _Plan,
-        method: str,
-        path: str,
-        query: str | None,
-        headers: list[tuple[str, str]],
-        body: bytes,
-    ) -> UpstreamResponse:
         # Exactly one Host, the target's configured one, first (RFC 9110 section 7.2); the path
         # and query exactly as the policy judged them, never re-encoded.
         sent = [("host", plan.host), *((k, v) for k, v in headers if k.lower() != "host")]
@@ -342,9 +327,10 @@ class Upstream:
             raise UpstreamError(
                 "upstream_protocol_error", "a header would break the request framing"
             )
+        self._in_flight[target_name] += 1
         try:
             exchange = await self._http.exchange(
-                name,
+                target_name,
                 head,
                 body,
                 method=method,
@@ -354,11 +340,13 @@ class Upstream:
                 read=plan.read,
                 total=plan.total,
             )
+            return await _wrap(exchange, plan.max_body)
         except DialError as refused:
             raise UpstreamError(refused.code, str(refused), refused.status) from None
         except ExchangeError as failed:
             raise UpstreamError(failed.code, str(failed), failed.status) from None
-        return await _wrap(exchange, plan.max_body)
+        finally:
+            self._in_flight[target_name] -= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,7 +383,8 @@ async def _wrap(exchange: Exchange, max_body: int) -> UpstreamResponse:
         status=message.code,
         reason=(message.reason or "").replace("\r", " ").replace("\n", " "),
         headers=_response_headers(message),
-        body=_stream(exchange, max_body, len(first)),
+        # A complete body (the common case) has nothing more to stream: no generator for it.
+        body=_EXHAUSTED if complete else _stream(exchange, max_body, len(first)),
         first_chunk=first,
         complete=complete,
         _release=exchange.release,
@@ -403,7 +392,7 @@ async def _wrap(exchange: Exchange, max_body: int) -> UpstreamResponse:
 
 
 def _declared_length(message: Response) -> int | None:
-    value = message.headers.get("Content-Length")
+    value = message.content_length
     return int(value) if value is not None and value.isdigit() else None
 
 
@@ -417,6 +406,19 @@ async def _read_capped(payload: Body, max_body: int, seen: int) -> bytes:
     if seen + len(chunk) > max_body:
         raise UpstreamError("upstream_body_too_large", f"response body exceeds {max_body} bytes")
     return chunk
+
+
+class _Exhausted:
+    """The rest of a body that arrived whole with its first read: nothing."""
+
+    def __aiter__(self) -> _Exhausted:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
+
+
+_EXHAUSTED: AsyncIterator[bytes] = _Exhausted()
 
 
 async def _stream(exchange: Exchange, max_body: int, seen: int) -> AsyncIterator[bytes]:
@@ -433,19 +435,17 @@ async def _stream(exchange: Exchange, max_body: int, seen: int) -> AsyncIterator
 
 
 def _response_headers(message: Response) -> list[tuple[str, str]]:
-    named_by_connection = {
-        token.strip().lower()
-        for value in message.headers.getall("Connection", [])
-        for token in value.split(",")
-    }
-    kept: list[tuple[str, str]] = []
-    for name, value in message.raw_headers:
-        text = name.decode("latin-1")
-        lowered = text.lower()
-        if lowered in _HOP_BY_HOP or lowered in named_by_connection:
-            continue
-        kept.append((text, value.decode("latin-1")))
-    return kept
+    dropped = _HOP_BY_HOP
+    if message.connection:
+        # RFC 9110 section 7.6.1: the names a Connection field lists describe this hop too.
+        dropped = dropped | {
+            token.strip().lower() for value in message.connection for token in value.split(b",")
+        }
+    return [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in message.raw_headers
+        if name.lower() not in dropped
+    ]
 
 
 async def drain(response: UpstreamResponse) -> bytes:

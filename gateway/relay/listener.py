@@ -300,7 +300,9 @@ class _Deadlines:
 
     def start(self, task: asyncio.Task[Any]) -> _Deadline:
         """The deadline of ``task``'s handler, which starts now."""
-        loop = asyncio.get_running_loop()
+        # The task's own loop: asyncio.get_running_loop() makes a getpid() system call on every
+        # call (Python 3.11 checks for a fork), and this runs once per request.
+        loop = task.get_loop()
         deadline = _Deadline(loop.time() + self._seconds, task)
         self._queue.append(deadline)
         self._running += 1
@@ -424,6 +426,9 @@ class RelayListener:
         self._draining = False
         self._stopping = asyncio.Event()
         self._deadlines = _Deadlines(settings.request_timeout)
+        # The loop the listener runs on, kept by start(): looking it up per request costs a
+        # getpid() system call each time (see _Deadlines.start).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def requests_in_flight(self) -> int:
@@ -449,6 +454,7 @@ class RelayListener:
         if self._started:
             raise RuntimeError("listener already started")
         self._started = True
+        self._loop = asyncio.get_running_loop()
         for index in range(self.settings.connections):
             task = asyncio.create_task(self._channel_loop(index), name=f"relay-control-{index}")
             self._channels.add(task)
@@ -922,7 +928,7 @@ class RelayListener:
         self, coro: Coroutine[Any, Any, None], into: set[asyncio.Task[None]] | None = None
     ) -> None:
         tasks = self._work if into is None else into
-        task = asyncio.create_task(coro)
+        task = (self._loop or asyncio.get_running_loop()).create_task(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
@@ -1000,7 +1006,7 @@ class RelayListener:
         except TargetOutsideError:
             detail = "the request target is outside this hybrid connection"
             return _refusal(400, "bad_target", detail, rid), "bad_target"
-        current = asyncio.current_task()
+        current = asyncio.current_task(self._loop)
         assert current is not None  # always run in the request's own task
         deadline = self._deadlines.start(current)
         try:

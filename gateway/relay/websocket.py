@@ -178,7 +178,10 @@ class _Wire(asyncio.Protocol):
         self.held: list[bytes] = []
         self.too_large = False
         self.ended = False
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Kept: asyncio.get_running_loop() costs a getpid() system call per call on Python
+        # 3.11, and queue() runs for every answer.
+        self._loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = self._loop.create_future()
         self._waiter: asyncio.Future[None] | None = None
         self._paused_reading = False
         self.paused_writing = False
@@ -314,7 +317,7 @@ class _Wire(asyncio.Protocol):
         if last == SEND_EOF or self._pending_size >= _COALESCE_LIMIT:
             self.flush()
         elif self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
+            self._flush_handle = self._loop.call_soon(self._flush_soon)
 
     def _flush_soon(self) -> None:
         self._flush_handle = None
@@ -363,7 +366,7 @@ class _Wire(asyncio.Protocol):
         """Until a frame arrives or the connection ends."""
         if self.frames or self.ended:
             return
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self._loop.create_future()
         self._waiter = waiter
         try:
             await waiter
@@ -375,7 +378,7 @@ class _Wire(asyncio.Protocol):
             raise ConnectionResetError("relay socket is closed")
         if not self.paused_writing:
             return
-        drainer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        drainer: asyncio.Future[None] = self._loop.create_future()
         self._drainers.append(drainer)
         await drainer
 

@@ -86,3 +86,20 @@ async def head_twice(upstream: Upstream) -> None:
             "erp", method="HEAD", path="/api/x", query=None, headers=[], body=b""
         )
         assert (response.status, await drain(response)) == (200, b"")
+
+
+async def test_every_connection_field_of_the_final_answer_names_hop_headers() -> None:
+    # RFC 9110 section 7.6.1: each Connection field lists names that describe this hop; two such
+    # fields, any case and spacing, drop all they name. An interim 103's Connection field belongs
+    # to that message only: it removes nothing from the final answer.
+    reply = (
+        b"HTTP/1.1 103 Early Hints\r\nConnection: X-Keep\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop-A\r\nX-Hop-A: 1\r\n"
+        b"connection:  x-hop-b \r\nX-HOP-B: 2\r\nX-Keep: 3\r\nContent-Length: 2\r\n\r\nok"
+    )
+    async with Scripted(always(reply)) as upstream:
+        response = await upstream.send(
+            "erp", method="GET", path="/api/x", query=None, headers=[], body=b""
+        )
+        assert await drain(response) == b"ok"
+    assert response.headers == [("X-Keep", "3")]
