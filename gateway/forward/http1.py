@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import httptools
+from multidict import CIMultiDict
 
 from gateway.forward.dial import DialStep
 
@@ -98,8 +99,9 @@ class Response:
 
     The two fields the forward decides on are picked out while the head is parsed:
     ``content_length`` (the one ``Content-Length`` value, if any: a repeated one is refused) and
-    ``connection`` (the values of every ``Connection`` field, RFC 9110 section 7.6.1). No
-    case-insensitive mapping of every header is built per answer.
+    ``connection`` (the values of every ``Connection`` field, RFC 9110 section 7.6.1). The
+    case-insensitive mapping of every header (:attr:`headers`) is built on first use only: the
+    forward never needs it.
     """
 
     code: int
@@ -108,6 +110,17 @@ class Response:
     should_close: bool = False
     content_length: bytes | None = None
     connection: list[bytes] = field(default_factory=list)
+    _headers: CIMultiDict[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        """Every header as received (latin-1 text), names case-insensitive, repeats kept."""
+        if self._headers is None:
+            self._headers = CIMultiDict(
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in self.raw_headers
+            )
+        return self._headers
 
 
 class Body:
