@@ -16,6 +16,10 @@ rounds alternate between the two (``ours``, ``base``), so both see the same mach
 ratio ours / base is taken round by round and its median printed. ``--steps`` also prints where
 this tree's pipeline spends a request: each step timed on its own, one request at a time.
 
+Each worker settles its memory after warming up as ``gateway run`` does once ready
+(:mod:`gateway.settle`, when its tree has it) and reports the time its rounds spent in the
+garbage collector, per generation.
+
 The target is bench_relay.py's aiohttp server in a child process (a ~100-byte JSON answer).
 
 Run: ``.venv/bin/python benchmarks/bench_chain.py [--quick] [--baseline REF] [--steps]``
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -186,6 +191,22 @@ class Worker:
             raise RuntimeError(f"{failures} of {count} requests failed")
         return spent / count * 1e6
 
+    def collections(self) -> Callable[[str, dict[str, int]], None]:
+        """A ``gc.callbacks`` entry adding each collection's time to ``self.collected``
+        (seconds and count per generation)."""
+        self.collected: dict[int, list[float]] = {0: [0.0, 0], 1: [0.0, 0], 2: [0.0, 0]}
+        started = [0.0]
+
+        def callback(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                entry = self.collected[info["generation"]]
+                entry[0] += time.perf_counter() - started[0]
+                entry[1] += 1
+
+        return callback
+
     async def steps(self, count: int, repetitions: int = 3) -> dict[str, float]:
         """CPU microseconds per request of each step on its own, one request at a time (median
         of ``repetitions``)."""
@@ -265,6 +286,13 @@ async def serve_worker(target_port: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-chain-") as scratch:
         worker = Worker(target_port, Path(scratch))
         await worker.round(200, 8)  # warm: connections, verdict cache, code paths
+        try:
+            from gateway.settle import settle
+        except ImportError:  # a baseline from before gateway run froze its start-up objects
+            pass
+        else:
+            settle()  # as gateway run does once it is ready
+        gc.callbacks.append(worker.collections())
         print("ready", flush=True)
         loop = asyncio.get_running_loop()
         while True:
@@ -277,6 +305,8 @@ async def serve_worker(target_port: int) -> None:
                 print(json.dumps({"cpu": value}), flush=True)
             elif words[0] == "STEPS":
                 print(json.dumps(await worker.steps(int(words[1]))), flush=True)
+            elif words[0] == "GC":
+                print(json.dumps(worker.collected), flush=True)
 
 
 async def ask(child: Any, line: str) -> Any:
@@ -335,6 +365,17 @@ async def benchmark(
                 for name in order:
                     answer = await ask(workers[name], f"ROUND {count} {in_flight}")
                     samples[name][in_flight].append(answer["cpu"])
+        for name in workers:
+            # Time in the collector over every round (the steps below are not counted).
+            collected = await ask(workers[name], "GC")
+            requests = rounds * 2 * count
+            print(
+                f"  {name}: collections over {requests} requests: "
+                + ", ".join(
+                    f"generation {gen} {int(n)} taking {seconds * 1000:.1f} ms"
+                    for gen, (seconds, n) in sorted(collected.items())
+                )
+            )
         breakdown = await ask(workers["ours"], f"STEPS {count}") if steps else {}
         return samples, breakdown
     finally:

@@ -71,6 +71,7 @@ from gateway.policy.loader import PolicySet, build_engine, load_policies, verify
 from gateway.relay.listener import RelayListener
 from gateway.relay.settings import ListenerSettings
 from gateway.release import read_snapshot
+from gateway.settle import resettle, settle
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +296,9 @@ class AgentOptions:
     limiter_clock: Callable[[], float] = time.monotonic
     worker: WorkerRole | None = None
     identity_poll_interval: float = 60.0
+    settle_memory: bool = False
+    """Freeze start-up's objects once ready (:mod:`gateway.settle`): set by ``gateway run``,
+    whose process serves this one agent; not by a process that runs agents among other work."""
 
 
 def proxy_settings(loaded: LoadedConfig) -> ProxySettings:
@@ -647,6 +651,8 @@ class Agent:
             self._spawn(self._follow_identity(state_dir, passphrase), "identity-follow")
         with contextlib.suppress(OSError):
             self._state.config_mtime = os.stat(self.options.config_path).st_mtime
+        if self.options.settle_memory:
+            settle()
         log.info(
             "gateway %s started: %d targets, revision %s, relay %s/%s",
             config.gateway.id,
@@ -1113,6 +1119,10 @@ class Agent:
             await asyncio.sleep(old.loaded.config.limits.request_timeout_seconds + 1)
         finally:
             await old.close()
+            if self.options.settle_memory:
+                # A reference cycle through the old revision would stay frozen for good.
+                del old
+                resettle()
 
     async def _watch_config(self) -> None:
         while True:

@@ -139,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
         from gateway.supervisor import serve_worker
 
         control = socket.socket(fileno=args.worker_control)
-        options = AgentOptions(config_path=path, shutdown_grace=args.shutdown_grace, worker=role)
+        options = AgentOptions(
+            config_path=path, shutdown_grace=args.shutdown_grace, worker=role, settle_memory=True
+        )
         return asyncio.run(serve_worker(options, control))
     if workers > 1:
         from gateway.supervisor import SupervisorOptions
@@ -154,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
                 )
             )
         )
-    return asyncio.run(_serve(AgentOptions(config_path=path, shutdown_grace=args.shutdown_grace)))
+    options = AgentOptions(config_path=path, shutdown_grace=args.shutdown_grace, settle_memory=True)
+    return asyncio.run(_serve(options))
 
 
 async def _supervise(options: SupervisorOptions) -> int:
