@@ -97,6 +97,9 @@ class Worker:
     def __init__(self, target_port: int, workdir: Path) -> None:
         import yaml
 
+        # Everything `gateway run` imports, so that the worker's heap (what the collector walks,
+        # what the caches hold) is the agent's, not only the pipeline's.
+        import gateway.service  # noqa: F401
         from gateway.auth import KeySet, ReplayCache, SignatureVerifier, VerifierSettings
         from gateway.config import load
         from gateway.devkit.signing import (
