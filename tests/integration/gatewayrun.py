@@ -57,3 +57,27 @@ async def gateway_run(
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def registered_run(
+    tmp_path: Path,
+    stack_name: str,
+    *,
+    env: Mapping[str, str],
+    program: Sequence[str],
+) -> AsyncIterator[tuple[DevStack, asyncio.subprocess.Process]]:
+    """A fresh dev stack, a gateway registered with it (``tmp_path/gw``) and its ``gateway
+    run`` started by ``program`` with ``env`` added (log: ``tmp_path/gateway.log``)."""
+    async with DevStack(stack_name) as stack:
+        directory = tmp_path / "gw"
+        config = stack.write_gateway_dir(directory)
+        await stack.register_gateway(directory)
+        async with gateway_run(
+            stack,
+            config,
+            log=tmp_path / "gateway.log",
+            env=child_environment(env),
+            program=program,
+        ) as process:
+            yield stack, process

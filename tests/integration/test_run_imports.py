@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.devkit.stack import DevStack
-
-from .gatewayrun import child_environment, gateway_run
+from .gatewayrun import registered_run
 
 pytestmark = pytest.mark.asyncio
 
@@ -68,32 +66,27 @@ async def test_a_gateway_without_ldap_targets_never_imports_the_ldap_proxy(
     tmp_path: Path,
 ) -> None:
     modules_file = tmp_path / "modules.txt"
-    async with DevStack("imports-gateway") as stack:
-        directory = tmp_path / "gw"
-        config = stack.write_gateway_dir(directory)
-        await stack.register_gateway(directory)
-        # A request and a stream: what serving them imports counts too.
-        async with (
-            gateway_run(
-                stack,
-                config,
-                log=tmp_path / "gateway.log",
-                env=child_environment({"MODULES_FILE": str(modules_file)}),
-                program=("-c", LAUNCHER),
-            ) as process,
-            stack.saas() as saas,
-        ):
-            response, _ = await saas.request("GET", "erp", "/api/accounts/1")
-            assert response.status == 200
-            # A signed body (its Content-Digest verified), refused afterwards by the policy.
-            denied, _ = await saas.request("POST", "erp", "/api/accounts/1", body=b'{"a": 1}')
-            assert denied.status == 403
-            socket = await saas.stream("directory")
-            try:
-                await socket.send_bytes(b"ping")
-                await socket.receive()
-            finally:
-                await socket.close()
+    # A request and a stream: what serving them imports counts too.
+    async with (
+        registered_run(
+            tmp_path,
+            "imports-gateway",
+            env={"MODULES_FILE": str(modules_file)},
+            program=("-c", LAUNCHER),
+        ) as (stack, process),
+        stack.saas() as saas,
+    ):
+        response, _ = await saas.request("GET", "erp", "/api/accounts/1")
+        assert response.status == 200
+        # A signed body (its Content-Digest verified), refused afterwards by the policy.
+        denied, _ = await saas.request("POST", "erp", "/api/accounts/1", body=b'{"a": 1}')
+        assert denied.status == 403
+        socket = await saas.stream("directory")
+        try:
+            await socket.send_bytes(b"ping")
+            await socket.receive()
+        finally:
+            await socket.close()
     assert process.returncode == 0, (tmp_path / "gateway.log").read_text(errors="replace")
     modules = modules_file.read_text(encoding="utf-8").split()
     # The report is real: the agent's own modules are in it.

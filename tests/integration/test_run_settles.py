@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.devkit.stack import DevStack
-
-from .gatewayrun import child_environment, gateway_run
+from .gatewayrun import registered_run
 
 pytestmark = pytest.mark.asyncio
 
@@ -35,21 +33,16 @@ MANY = 10_000
 
 async def test_gateway_run_freezes_its_start_up_objects(tmp_path: Path) -> None:
     frozen_file = tmp_path / "frozen.txt"
-    async with DevStack("settle-gateway") as stack:
-        directory = tmp_path / "gw"
-        config = stack.write_gateway_dir(directory)
-        await stack.register_gateway(directory)
-        async with (
-            gateway_run(
-                stack,
-                config,
-                log=tmp_path / "gateway.log",
-                env=child_environment({"FROZEN_FILE": str(frozen_file)}),
-                program=("-c", LAUNCHER),
-            ) as process,
-            stack.saas() as saas,
-        ):
-            response, _ = await saas.request("GET", "erp", "/api/accounts/1")
-            assert response.status == 200
+    async with (
+        registered_run(
+            tmp_path,
+            "settle-gateway",
+            env={"FROZEN_FILE": str(frozen_file)},
+            program=("-c", LAUNCHER),
+        ) as (stack, process),
+        stack.saas() as saas,
+    ):
+        response, _ = await saas.request("GET", "erp", "/api/accounts/1")
+        assert response.status == 200
     assert process.returncode == 0, (tmp_path / "gateway.log").read_text(errors="replace")
     assert int(frozen_file.read_text(encoding="utf-8")) >= MANY
