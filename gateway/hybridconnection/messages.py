@@ -55,6 +55,10 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 _EMPTY_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
+# The ASCII characters of the two sets above (a token's, a field value's), as bytes for
+# ``bytes.translate``.
+_TOKEN_BYTES: Final = bytes(c for c in range(128) if _TOKEN.fullmatch(chr(c)))
+_FIELD_BYTES: Final = bytes(c for c in range(128) if not _CONTROL_CHARS.search(chr(c)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +272,10 @@ def _headers(value: object, where: str) -> Mapping[str, str]:
         raise InvalidFieldError(f"{where}: expected an object of string values")
     if len(value) > MAX_HEADERS:
         raise InvalidFieldError(f"{where}: more than {MAX_HEADERS} headers")
+    if _ascii_fields_fit(value):
+        # The parsed document's own dict: nothing else refers to it.
+        return MappingProxyType(value)
+    # Header by header: non-ASCII values, and the refusal that names the first bad header.
     result: dict[str, str] = {}
     for name, item in value.items():
         if not _TOKEN.fullmatch(name):
@@ -281,6 +289,31 @@ def _headers(value: object, where: str) -> Mapping[str, str]:
         else:
             result[name] = _text(item, f"{where}[{name}]", allow_empty=True)
     return MappingProxyType(result)
+
+
+def _ascii_fields_fit(headers: dict[str, Any]) -> bool:
+    """Whether every name is a token and every value an ASCII string that may stand on a field
+    line (at most :data:`MAX_FIELD_LENGTH` characters, no control character): the common case,
+    checked with one ``bytes.translate`` over all names and one over all values (deleting the
+    allowed characters leaves the refused ones) instead of two regular expressions per header.
+    ``False`` sends the caller to the header-by-header checks, which also accept non-ASCII
+    values.
+    """
+    if not headers:
+        return True
+    try:
+        values = "".join(headers.values())
+    except TypeError:  # a value that is not a string
+        return False
+    names = "".join(headers)
+    return (
+        names.isascii()
+        and values.isascii()
+        and not names.encode("ascii").translate(None, _TOKEN_BYTES)
+        and not values.encode("ascii").translate(None, _FIELD_BYTES)
+        and min(map(len, headers)) > 0
+        and max(map(len, headers.values())) <= MAX_FIELD_LENGTH
+    )
 
 
 def _endpoint(value: object, where: str) -> RemoteEndpoint:

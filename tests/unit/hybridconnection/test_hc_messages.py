@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.hybridconnection.errors import (
@@ -356,3 +356,78 @@ def test_parser_never_raises_anything_but_protocol_error(data: str | bytes) -> N
         return
     # Whatever parsed must serialise back to the same command.
     assert parse_command(encode_command(command)) == command
+
+
+# --- request headers: the one-pass check against a header-by-header reference ---------------
+
+_REFERENCE_TOKEN = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def _reference_accepts(headers: dict[str, Any]) -> bool:
+    """RFC 9110 read header by header: a name is 1*tchar; a value a string of at most 16 KiB
+    without a control character other than HTAB (obs-text and any other character allowed)."""
+    for name, value in headers.items():
+        if not name or not set(name) <= _REFERENCE_TOKEN:
+            return False
+        if not isinstance(value, str) or len(value) > 16 * 1024:
+            return False
+        if any((ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F for ch in value):
+            return False
+    return True
+
+
+_header_text = st.text(
+    alphabet=st.one_of(
+        st.sampled_from('Aa-_~!:; \t\r\n\x00\x7f\x1f"é€'),
+        st.characters(min_codepoint=0, max_codepoint=0x7F),
+        # Lone surrogates are not JSON text (the parser refuses them as a whole message).
+        st.characters(exclude_categories=["Cs"]),
+    ),
+    max_size=12,
+)
+_header_values = st.one_of(
+    _header_text,
+    st.sampled_from(["ok", "x" * (16 * 1024), "x" * (16 * 1024 + 1), "a\tb"]),
+    st.integers(),
+    st.none(),
+    st.lists(st.text(max_size=3), max_size=2),
+)
+
+
+_header_names = st.one_of(
+    st.from_regex(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,12}", fullmatch=True), _header_text
+)
+
+
+@settings(max_examples=400, deadline=None)
+# At most three headers: three values of 16 KiB still fit one 64 KiB control message.
+@given(st.dictionaries(_header_names, _header_values, max_size=3))
+@example({"X-Ok": "v", "X-Cr": "a\rb"})
+@example({"X-Ok": "v", "X-Long": "x" * (16 * 1024 + 1)})
+@example({"X-Ok": "v", "": "v"})
+@example({"X-Ok": "v", "X Sp": "v"})
+@example({"X-Ok": "v", "X-Int": 5})
+@example({"X-Ok": "v", "X-Obs": "caf\u00e9\t1"})
+def test_request_headers_are_held_to_the_header_by_header_rules(headers: dict[str, Any]) -> None:
+    # The parser checks all names and all values of the common (ASCII) case in one pass; what it
+    # accepts and refuses must be exactly what the rules give header by header, and an accepted
+    # request keeps every header as sent, in order.
+    document = {
+        "request": {
+            "address": ADDRESS,
+            "id": "42_G10",
+            "requestTarget": "/hyco/x",
+            "method": "GET",
+            "requestHeaders": headers,
+            "body": False,
+        }
+    }
+    if _reference_accepts(headers):
+        command = parse_command(json.dumps(document))
+        assert isinstance(command, RequestCommand)
+        assert list(command.request_headers.items()) == list(headers.items())
+    else:
+        with pytest.raises(MalformedRequestError):
+            parse_command(json.dumps(document))
