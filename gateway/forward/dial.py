@@ -23,13 +23,15 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+from typing import TYPE_CHECKING, cast
 
 from gateway.config.model import Target
 from gateway.config.semantics import special_range
 from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    import aiohttp
+    from aiohttp.abc import ResolveResult
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -284,9 +286,19 @@ class DialStep:
         raise DialError("upstream_unreachable", last_error)
 
     def connector(self, *, limit: int, force_close: bool) -> aiohttp.TCPConnector:
-        """An aiohttp connector whose only way to a socket is this dial step."""
+        """An aiohttp connector whose only way to a socket is this dial step.
+
+        aiohttp is imported here: only the features that still speak through it (the upstream
+        WebSocket, OAuth token requests) make a connector, and a gateway without them never
+        loads aiohttp (issue 13).
+        """
+        import aiohttp
+        from aiohttp.abc import AbstractResolver
+
         return aiohttp.TCPConnector(
-            resolver=_DialResolver(self),
+            # _DialResolver implements AbstractResolver's two methods; it cannot derive from it
+            # without importing aiohttp with this module.
+            resolver=cast(AbstractResolver, _DialResolver(self)),
             use_dns_cache=False,
             socket_factory=self.socket,
             limit=limit,
@@ -302,8 +314,9 @@ class DialStep:
         return name
 
 
-class _DialResolver(AbstractResolver):
-    """aiohttp's resolver interface onto :meth:`DialStep.endpoints` (dial-host names only)."""
+class _DialResolver:
+    """aiohttp's resolver interface (``aiohttp.abc.AbstractResolver``: ``resolve`` and
+    ``close``) onto :meth:`DialStep.endpoints` (dial-host names only)."""
 
     def __init__(self, dial: DialStep) -> None:
         self._dial = dial
@@ -312,6 +325,8 @@ class _DialResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         """Checked endpoints for a dial-host name, in the order to try them."""
+        from aiohttp.abc import ResolveResult  # loaded: only aiohttp's connector calls this
+
         endpoints = await self._dial.endpoints(self._dial.target_at(host, port))
         return [
             ResolveResult(

@@ -2,10 +2,11 @@
 
 The LDAP proxy (its BER codec, DN parser, session and the ASN.1 libraries they use, pyasn1 and
 asn1crypto), the other verbs' work (policy testing, GitOps diff and replay), pydantic-settings
-(only for ``GATEWAY_*`` overrides) and argcomplete (only while a shell completes) cost megabytes
-of resident memory for the life of the process. A gateway whose configuration has no LDAP target
-must not import them: this runs the real agent, serves a request and a stream through it, and
-reads the modules it holds when it stops.
+(only for ``GATEWAY_*`` overrides), argcomplete (only while a shell completes) and aiohttp (only
+for the features that still speak through it) cost megabytes of resident memory for the life of
+the process. A gateway whose configuration has no LDAP target (nor any of those features) must
+not import them: this runs the real agent, serves a request and a stream through it, and reads
+the modules it holds when it stops.
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ NOT_NEEDED = (
     # serve only shapes the fast path steps aside for.
     "http_message_signatures",
     "http_sf",
+    # aiohttp (with the libraries only it uses) serves only features this gateway does not
+    # configure: the OPA server engine, OAuth credentials, WebSocket operations, several workers
+    # and ``gateway check``. The control-plane client and the health endpoint speak HTTP/1.1
+    # themselves.
+    "aiohttp",
+    "aiosignal",
+    "frozenlist",
+    "gateway.outbound.sessions",
+    "gateway.policy.opa",
 )
 
 
