@@ -383,6 +383,19 @@ def test_limits_are_inclusive(harness: Harness) -> None:
     assert isinstance(harness.verify(headers), VerifiedRequest)
 
 
+def test_the_size_limit_counts_every_field_line(harness: Harness) -> None:
+    # The big line first and the signature's small ones last: the limit is on all lines
+    # together, whichever of them comes last.
+    for extra, accepted in ((0, True), (1, False)):
+        headers = harness.sign()
+        size = sum(len(n) + len(v) for n, v in headers)
+        filled = [("x-big", "v" * (65536 - size - len("x-big") + extra)), *headers]
+        if accepted:
+            assert isinstance(harness.verify(filled), VerifiedRequest)
+        else:
+            assert reason_of(harness, filled) is Reason.HEADERS_TOO_LARGE
+
+
 def test_sixteen_components_and_a_256_byte_signature_pass_the_size_checks(harness: Harness) -> None:
     headers = harness.sign()
     extra = " ".join(f'"x-f{i}"' for i in range(11))
