@@ -195,17 +195,18 @@ class Worker:
         return spent / count * 1e6
 
     def collections(self) -> Callable[[str, dict[str, int]], None]:
-        """A ``gc.callbacks`` entry adding each collection's time to ``self.collected``
-        (seconds and count per generation)."""
+        """A ``gc.callbacks`` entry adding each collection's CPU time (this thread's, so that
+        the machine's other work does not count) to ``self.collected`` (seconds and count per
+        generation)."""
         self.collected: dict[int, list[float]] = {0: [0.0, 0], 1: [0.0, 0], 2: [0.0, 0]}
         started = [0.0]
 
         def callback(phase: str, info: dict[str, int]) -> None:
             if phase == "start":
-                started[0] = time.perf_counter()
+                started[0] = time.thread_time()
             else:
                 entry = self.collected[info["generation"]]
-                entry[0] += time.perf_counter() - started[0]
+                entry[0] += time.thread_time() - started[0]
                 entry[1] += 1
 
         return callback

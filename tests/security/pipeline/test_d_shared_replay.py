@@ -95,9 +95,9 @@ def handled_requests(agent: Agent) -> float:
     """Requests this gateway answered (any result)."""
     return sum(
         sample.value
-        for metric in agent.metrics.requests.collect()
+        for metric in agent.metrics.registry.collect()
         for sample in metric.samples
-        if sample.name.endswith("_total")
+        if sample.name == "gateway_requests_total"
     )
 
 

@@ -49,10 +49,10 @@ def sign(env: PipelineEnv, *, body: bytes | None = None, **kwargs: object) -> li
 
 
 def refused_count(env: PipelineEnv, reason: str) -> float:
-    for metric in env.agent.metrics.requests.collect():
+    for metric in env.agent.metrics.registry.collect():
         for sample in metric.samples:
-            if sample.name.endswith("_total") and sample.labels.get("reason") == reason:
-                return sample.value
+            if sample.name == "gateway_requests_total" and sample.labels.get("reason") == reason:
+                return float(sample.value)
     return 0.0
 
 

@@ -77,7 +77,7 @@ async def test_health_endpoints() -> None:
             state.ready, state.reasons = True, []
             async with session.get(f"{base}/readyz") as response:
                 assert response.status == 200
-            metrics.requests.labels(result="denied", reason="path_not_allowed").inc()
+            metrics.outcome("denied", "path_not_allowed").requests.inc()
             async with session.get(f"{base}/metrics") as response:
                 text = await response.text()
     finally:
