@@ -2,12 +2,12 @@
 
 A running agent holds some 70,000 objects from start-up for the life of the process: imported
 modules, the configuration models, the compiled revision. CPython's full (oldest-generation)
-collection walks every one of them each time it runs, which under load is about once every
-18,000 requests and took 20-140 ms in the benchmarks on this project's build machine, all of it
-a pause of the event loop (benchmarks/pipeline-report.md). :func:`settle`, called once the
-agent is ready, collects the start-up garbage (parsed documents, validator state) and moves every
-survivor into the permanent generation (``gc.freeze``): full collections then walk only what was
-created since, and cost a few milliseconds.
+collection walks every one of them each time it runs: in one benchmark process that was once
+in 18,000 requests, 40 ms of CPU, all of it a pause of the event loop
+(benchmarks/pipeline-report.md). :func:`settle`, called once the agent is ready, collects the
+start-up garbage (parsed documents, validator state) and moves every survivor into the permanent
+generation (``gc.freeze``): full collections then walk only what was created since (3.5 ms in
+the same process).
 
 Frozen objects are never examined by the collector again: one that later ends up in a reference
 cycle is not freed. Objects freed by reference counting (most of a retired revision) are not
