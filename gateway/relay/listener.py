@@ -725,14 +725,14 @@ class RelayListener:
                     elif isinstance(event, MalformedRequestReceived):
                         # Small, and nothing to wait for: answered right here (sections 3.2, 5.3).
                         self._count_malformed(event)
-                        await self._answer_inline(socket, event.request_id, *_malformed(event))
+                        await self._answer_here(socket, event.request_id, *_malformed(event))
                     elif isinstance(event, RequestReceived) and self._overloaded():
                         # Catalogue item 149: a quick 503 for every request past the cap, written
                         # by the reader itself; no task, so a burst of any size is bounded work.
                         busy = _busy(event.command.id, draining=self._draining)
                         self._refused_here("http", event.command.id, busy, event.command.method)
                         if socket.sent_close_code is None:
-                            await self._answer_inline(socket, event.command.id, *busy)
+                            await self._answer_here(socket, event.command.id, *busy)
                         else:
                             # Our close is on its way (stop): the relay routed this request
                             # before it read that close, and the channel can carry no more data
@@ -833,12 +833,14 @@ class RelayListener:
         except Exception:
             log.exception("refusal record failed", extra={"event": "refusal_record_failed"})
 
-    async def _answer_inline(
+    async def _answer_here(
         self, socket: _RelaySocket, request_id: str, response: RelayedResponse, outcome: str
-    ) -> None:
-        """Write a small refusal from the reader; a failed write is counted, never raised.
+    ) -> bool:
+        """Write an answer on the socket its request came on; a failed write is counted and
+        logged, never raised (``False``).
 
-        A socket that cannot take the write is lost anyway; the reader sees that next.
+        A socket that cannot take the write is lost anyway: the control channel's reader sees
+        that next, and a rendezvous socket's loop stops reading it.
         """
         try:
             await self._write_response(socket, request_id, response, outcome)
@@ -850,6 +852,8 @@ class RelayListener:
                 type(exc).__name__,
                 extra={"event": "response_send_failed", "request_id": request_id},
             )
+            return False
+        return True
 
     def _violation(self, index: int, event: ProtocolViolation) -> None:
         code = event.error.code
@@ -1236,7 +1240,10 @@ class RelayListener:
                     elif isinstance(event, MalformedRequestReceived):
                         # Section 3.2: a request delivered here is answered here.
                         self._count_malformed(event)
-                        await self._write_response(socket, event.request_id, *_malformed(event))
+                        if not await self._answer_here(
+                            socket, event.request_id, *_malformed(event)
+                        ):
+                            return
                     elif isinstance(event, RequestReceived):
                         if overflow or self._draining:
                             busy = _busy(event.command.id, draining=self._draining)
@@ -1244,7 +1251,10 @@ class RelayListener:
                             response, outcome = busy
                         else:
                             response, outcome = await self._run_handler(event.command, event.body)
-                        await self._write_response(socket, event.command.id, response, outcome)
+                        # The relay may have given up on this socket meanwhile (its response
+                        # deadline): the answer is then counted as send_failed, not lost.
+                        if not await self._answer_here(socket, event.command.id, response, outcome):
+                            return
                         if self._stopping.is_set():
                             return  # stop() waits for this answer, not for a next request
 

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from gateway.devkit.relay_emulator import RelayEmulator
+from gateway.hybridconnection.framing import CONTROL_CHANNEL_BODY_LIMIT
 from gateway.relay.backoff import BackoffPolicy
 from gateway.relay.handlers import RelayedRequest, RelayedResponse
 
@@ -90,3 +91,24 @@ async def test_a_request_cut_off_by_stop_is_answered_not_left_to_the_relay(
     assert (status, headers["x-gateway-reason"]) == (503, "draining")
     assert relay.listener_close_codes == [1000]
     assert listener.metrics.requests["draining"] == 1
+
+
+async def test_an_answer_the_rendezvous_socket_can_no_longer_take_is_counted(
+    relay: RelayEmulator, http: aiohttp.ClientSession
+) -> None:
+    # A body over the inline limit comes on a rendezvous socket (section 5.3) and is answered
+    # there. The relay gives up on the listener first (its response deadline) and closes that
+    # socket; the late answer cannot be written, and the request is still accounted for once,
+    # as send_failed, like every other answer that could not be written.
+    relay.response_timeout = 0.5
+    gate = Gate()
+    async with start_listener(relay, gate) as listener:
+        await relay.wait_for_listeners(HC, 1)
+        body = b"b" * (CONTROL_CHANNEL_BODY_LIMIT + 1)
+        status, _, _, _ = await send_http(http, relay, "/big", method="POST", data=body)
+        assert status >= 500  # the relay's own answer to the sender
+        await asyncio.wait_for(gate.arrived.wait(), 10)
+        gate.release.set()
+        await wait_until(lambda: sum(listener.metrics.requests.values()) >= 1)
+        assert dict(listener.metrics.requests) == {"send_failed": 1}
+        assert gate.calls == 1
