@@ -283,6 +283,8 @@ class RelayEmulator:
         self._gone: deque[_Listener] = deque(maxlen=1000)
         # Control channels dropped for being idle (section 7).
         self.idle_drops = 0
+        # Request rendezvous sockets this relay has closed (close handshake done or timed out).
+        self.rendezvous_closed = 0
         self._inline_limit = inline_body_limit
         self._max_body = max_body_size
         self.no_listener_status = no_listener_status
@@ -551,6 +553,7 @@ class RelayEmulator:
             "rendezvous_base": self.rendezvous_base,
             "deliveries": dict(self.deliveries),
             "idle_drops": self.idle_drops,
+            "rendezvous_closed": self.rendezvous_closed,
             "listener_close_codes": list(self.listener_close_codes),
             "hold_closes": self._hold_closes,
         }
@@ -1224,6 +1227,7 @@ class RelayEmulator:
                     # (the real service aborts the sender's stream).
                     waiting.future.set_exception(ConnectionError("rendezvous closed mid-response"))
             await ws.close()
+            self.rendezvous_closed += 1
         return ws
 
     async def _serve_request_rendezvous(

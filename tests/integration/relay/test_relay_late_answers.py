@@ -108,6 +108,8 @@ async def test_an_answer_the_rendezvous_socket_can_no_longer_take_is_counted(
         status, _, _, _ = await send_http(http, relay, "/big", method="POST", data=body)
         assert status >= 500  # the relay's own answer to the sender
         await asyncio.wait_for(gate.arrived.wait(), 10)
+        # The relay's close reached the listener (its close reply ended the handshake).
+        await wait_until(lambda: relay.rendezvous_closed == 1)
         gate.release.set()
         await wait_until(lambda: sum(listener.metrics.requests.values()) >= 1)
         assert dict(listener.metrics.requests) == {"send_failed": 1}
