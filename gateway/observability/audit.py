@@ -120,7 +120,9 @@ class AuditLog:
     (the exporters, :mod:`gateway.observability.export`), and must not block. ``on_failure`` is
     called once per line that could not be written (the agent counts them in
     ``gateway_audit_write_failures_total``); ``failures`` holds the same count, and ``failing``
-    says whether the latest line was lost.
+    says whether the latest line was lost. ``worker``: the index of the worker process whose
+    chain this is (its checkpoints name and sign it, see
+    :func:`gateway.observability.auditchain.signed_message`), ``None`` for one process.
     """
 
     def __init__(
@@ -133,8 +135,10 @@ class AuditLog:
         clock: Callable[[], float] = time.time,
         observers: Sequence[Callable[[bytes], None]] = (),
         on_failure: Callable[[], None] | None = None,
+        worker: int | None = None,
     ) -> None:
         self.path = path
+        self.worker = worker
         self.failures = 0
         self.failing = False
         self._on_failure = on_failure
@@ -189,7 +193,9 @@ class AuditLog:
         assert self._signer is not None
         seq, prev, now = self._seq, self._prev, _utc(self._clock())
         signature = self._signer.sign(
-            signed_message(gateway=self._gateway, kind=kind, seq=seq, prev=prev, time=now)
+            signed_message(
+                gateway=self._gateway, kind=kind, seq=seq, prev=prev, time=now, worker=self.worker
+            )
         )
         encoded = base64.b64encode(signature).decode()
         record = {
@@ -203,6 +209,8 @@ class AuditLog:
             "key_id": self._signer.key_id,
             "signature": encoded,
         }
+        if self.worker is not None:
+            record["worker"] = self.worker
         if not self._append(record):
             return False
         self._since_checkpoint = 0
@@ -414,4 +422,5 @@ def decision_log(
         gateway_id=config.gateway.id,
         observers=observers,
         on_failure=on_failure,
+        worker=worker,
     )

@@ -15,7 +15,10 @@ heartbeat, so a log cut back to before it can be shown to be incomplete
 
 The signed message is ``gateway-audit-head/2`` followed by the gateway id, kind, seq, prev and
 time, each on its own line (UTF-8), so a signature cannot be moved to another gateway, position
-or time.
+or time. A worker of a gateway that runs several (each writes its own chain, ``NAME.wN``) signs
+``gateway-audit-head/3`` with its index on a last line and records it as ``worker``, so one
+worker's file cannot be passed off as another's: the other domain keeps a checkpoint from
+losing or gaining its worker without breaking its signature.
 """
 
 from __future__ import annotations
@@ -59,12 +62,16 @@ __all__ = [
 GENESIS = "0" * 64
 CHECKPOINT_KINDS = frozenset({"checkpoint", "seal"})
 MIN_HMAC_KEY_BYTES = 32
-_DOMAIN = b"gateway-audit-head/2"
+_DOMAIN = "gateway-audit-head/2"
+_WORKER_DOMAIN = "gateway-audit-head/3"
 # Fields of a checkpoint, exactly: any other field could be edited without touching the
 # signature, so verification refuses a checkpoint that carries more or fewer.
 _CHECKPOINT_FIELDS = frozenset(
     {"seq", "prev", "v", "kind", "time", "gateway", "alg", "key_id", "signature"}
 )
+_WORKER_CHECKPOINT_FIELDS = _CHECKPOINT_FIELDS | {"worker"}
+# The live name of a worker's chain (gateway.observability.audit.worker_file).
+_WORKER_NAME = re.compile(r"\.w([1-9][0-9]*)\Z")
 # Bounds for reading a log that may have been tampered with: a line longer than any record the
 # gateway writes is damage, not something to hold in memory.
 MAX_LINE_BYTES = 1 << 20
@@ -75,11 +82,16 @@ def line_hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
 
-def signed_message(*, gateway: str, kind: str, seq: int, prev: str, time: str) -> bytes:
-    """The bytes a checkpoint's signature covers."""
-    return b"\n".join(
-        part.encode() for part in (_DOMAIN.decode(), gateway, kind, str(seq), prev, time)
-    )
+def signed_message(
+    *, gateway: str, kind: str, seq: int, prev: str, time: str, worker: int | None = None
+) -> bytes:
+    """The bytes a checkpoint's signature covers (``worker``: the index of the worker process
+    whose chain it is, ``None`` for a gateway that runs one process)."""
+    parts = [_DOMAIN, gateway, kind, str(seq), prev, time]
+    if worker is not None:
+        parts[0] = _WORKER_DOMAIN
+        parts.append(str(worker))
+    return "\n".join(parts).encode()
 
 
 class HeadSigner(Protocol):
@@ -257,6 +269,7 @@ class VerifyReport:
     checkpoints: int = 0
     signatures_checked: int = 0
     unsigned_tail: int = 0
+    worker: int | None = None
     problem: Problem | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -271,6 +284,7 @@ class VerifyReport:
             "checkpoints": self.checkpoints,
             "signatures_checked": self.signatures_checked,
             "records_after_last_checkpoint": self.unsigned_tail,
+            "worker": self.worker,
             "problem": None
             if self.problem is None
             else {
@@ -281,6 +295,14 @@ class VerifyReport:
                 "message": self.problem.message,
             },
         }
+
+
+def _is_index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _whose(worker: int | None) -> str:
+    return "a one-process gateway" if worker is None else f"worker {worker}"
 
 
 class _Stop(Exception):  # noqa: N818 - carries the first problem out of the scan
@@ -404,6 +426,8 @@ class _Scan:
         self.expected_seq: int | None = None
         self.expected_prev = GENESIS
         self.seen: dict[int, str] = {}  # seq -> prev, for --expect-head
+        # The worker the chain's checkpoints name (None: one process); False before the first.
+        self.checkpoint_worker: int | Literal[False] | None = False
 
     def file(self, path: Path, *, last: bool) -> None:
         name = str(path)
@@ -506,8 +530,10 @@ class _Scan:
                 # escape its signature check.
                 raise _Stop(Problem("broken", name, number, seq, "a checkpoint of unknown kind"))
             return
+        worker = record.get("worker")
         if (
-            set(record) != _CHECKPOINT_FIELDS
+            set(record) != (_CHECKPOINT_FIELDS if worker is None else _WORKER_CHECKPOINT_FIELDS)
+            or not (worker is None or _is_index(worker))
             # The version is not signed: any other value is refused rather than ignored.
             or record["v"] != RECORD_VERSION
             or isinstance(record["v"], bool)
@@ -516,6 +542,7 @@ class _Scan:
             )
         ):
             raise _Stop(Problem("broken", name, number, seq, "a malformed checkpoint"))
+        self._same_worker(name, number, seq, worker)
         self.report.checkpoints += 1
         if not self.keys:
             return
@@ -528,12 +555,46 @@ class _Scan:
         if not signature or base64.b64encode(signature).decode() != record["signature"]:
             raise _Stop(Problem("signature", name, number, seq, "the signature is not base64"))
         message = signed_message(
-            gateway=record["gateway"], kind=kind, seq=seq, prev=record["prev"], time=record["time"]
+            gateway=record["gateway"],
+            kind=kind,
+            seq=seq,
+            prev=record["prev"],
+            time=record["time"],
+            worker=worker,
         )
         wrong = self.keys.verify(record["alg"], record["key_id"], signature, message)
         if wrong:
             raise _Stop(Problem("signature", name, number, seq, f"checkpoint {wrong}"))
         self.report.signatures_checked += 1
+
+    def _same_worker(self, name: str, number: int, seq: int, worker: int | None) -> None:
+        """One chain is one process's: its checkpoints name one worker (or none), and a file
+        named as worker N's chain (``NAME.wN``, rotated or not) holds worker N's checkpoints."""
+        if self.checkpoint_worker is False:
+            self.checkpoint_worker = worker
+            self.report.worker = worker
+        elif worker != self.checkpoint_worker:
+            chain = _whose(self.checkpoint_worker)
+            raise _Stop(
+                Problem(
+                    "broken",
+                    name,
+                    number,
+                    seq,
+                    f"a checkpoint of {_whose(worker)} in a chain of {chain}",
+                )
+            )
+        named = _WORKER_NAME.search(chain_name(Path(name)))
+        if named is not None and worker != int(named.group(1)):
+            raise _Stop(
+                Problem(
+                    "broken",
+                    name,
+                    number,
+                    seq,
+                    f"a checkpoint of {_whose(worker)} in the file of worker {named.group(1)}",
+                )
+            )
 
     def expect(self, head: tuple[int, str], name: str) -> None:
         seq, prev = head

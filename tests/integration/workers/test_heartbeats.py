@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -122,6 +123,10 @@ async def test_each_worker_reports_itself_and_the_head_of_its_own_chain(
     assert verify(chains[1], certificates, heads[2]) == 1
     assert verify(chains[2], certificates, heads[1]) == 1
     capsys.readouterr()
+    # Each worker's checkpoints name (and sign) it, so its files cannot pass as the other's.
+    for i, chain in chains.items():
+        checkpoints = [json.loads(line) for line in chain.read_bytes().splitlines()]
+        assert {r["worker"] for r in checkpoints if r.get("kind") == "checkpoint"} == {i}
     # `gateway status` (and /readyz) show each worker's last heartbeat and the head EmpowerID
     # holds for it, in the form --expect-head takes.
     reported = {i: {(b.body["audit_head"]["seq"], b.body["audit_head"]["hash"])

@@ -529,9 +529,9 @@ def test_each_worker_file_is_its_own_chain(
     base = tmp_path / "decisions.log"
     for worker, count in ((1, 4), (2, 7)):
         path = worker_file(base, worker)
-        audit = _write_log(path, count)
+        audit = _write_log(path, count, worker=worker)
         audit.rotate()
-        _write_log(path, 2)
+        _write_log(path, 2, worker=worker)
     assert worker_file(base, None) == base
     # The rotated files of one chain are never another chain's (retention deletes them).
     assert rotated_files(base) == []
@@ -557,3 +557,80 @@ def test_each_worker_file_is_its_own_chain(
     # A heartbeat's head belongs to one chain: naming several is a usage error.
     head = "3:" + "0" * 64
     assert main(["audit", "verify", str(tmp_path), "--expect-head", head]) == 2
+
+
+def test_a_workers_checkpoints_name_it_and_its_files_cannot_pass_as_anothers(
+    tmp_path: Path,
+) -> None:
+    # Each worker signs its index with its checkpoints, so a file of worker 2's chain renamed
+    # as worker 1's (NAME.w1) no longer verifies, though every link and signature is intact.
+    base = tmp_path / "decisions.log"
+    second = worker_file(base, 2)
+    _write_log(second, 3, worker=2)
+    checkpoint = json.loads(_lines(second)[-1])
+    assert (checkpoint["kind"], checkpoint["worker"]) == ("checkpoint", 2)
+    jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).validate(checkpoint)
+    report = _verify(second)
+    assert (report.problem, report.worker, report.signatures_checked) == (None, 2, 1)
+    assert report.as_dict()["worker"] == 2
+    passed_off = worker_file(base, 1)
+    second.rename(passed_off)
+    problem = _verify(passed_off).problem
+    assert problem is not None
+    assert (problem.kind, problem.message) == (
+        "broken",
+        "a checkpoint of worker 2 in the file of worker 1",
+    )
+    # Under a name that is no worker's (a copy for analysis) the chain verifies as worker 2's.
+    copy = tmp_path / "analysis.jsonl"
+    copy.write_bytes(passed_off.read_bytes())
+    assert _verify(copy).worker == 2
+
+
+def test_a_checkpoint_cannot_lose_or_gain_its_worker(tmp_path: Path) -> None:
+    # The worker is signed: removing it (to pass a worker's chain off as a one-process
+    # gateway's) or adding one breaks the signature, as the two forms sign different domains.
+    for worker, edit in ((3, "drop"), (None, "add")):
+        path = tmp_path / f"{edit}.jsonl"
+        _write_log(path, 2, worker=worker)
+        lines = _lines(path)
+        record = json.loads(lines[-1])
+        if edit == "drop":
+            del record["worker"]
+        else:
+            record["worker"] = 3
+        lines[-1] = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        path.write_bytes(b"".join(lines))
+        problem = _verify(path).problem
+        assert problem is not None
+        assert problem.kind == "signature", (edit, problem)
+
+
+def test_one_chain_holds_one_workers_checkpoints(tmp_path: Path) -> None:
+    # A worker's chain that goes on with another worker's (or a one-process gateway's)
+    # checkpoints is two processes' records spliced together.
+    path = tmp_path / "decisions.jsonl"
+    _write_log(path, 2, worker=1)
+    _write_log(path, 2)
+    problem = _verify(path).problem
+    assert problem is not None
+    assert (problem.kind, problem.message) == (
+        "broken",
+        "a checkpoint of a one-process gateway in a chain of worker 1",
+    )
+
+
+@pytest.mark.parametrize("worker", [0, -1, True, "1", 1.0])
+def test_a_checkpoint_with_a_worker_that_is_no_index_is_malformed(
+    tmp_path: Path, worker: object
+) -> None:
+    path = tmp_path / "decisions.jsonl"
+    _write_log(path, 1, worker=1)
+    lines = _lines(path)
+    record = json.loads(lines[-1])
+    record["worker"] = worker
+    lines[-1] = json.dumps(record).encode() + b"\n"
+    path.write_bytes(b"".join(lines))
+    problem = _verify(path).problem
+    assert problem is not None
+    assert (problem.kind, problem.message) == ("broken", "a malformed checkpoint")
