@@ -573,28 +573,15 @@ class _Scan:
         if self.checkpoint_worker is False:
             self.checkpoint_worker = worker
             self.report.worker = worker
-        elif worker != self.checkpoint_worker:
-            chain = _whose(self.checkpoint_worker)
-            raise _Stop(
-                Problem(
-                    "broken",
-                    name,
-                    number,
-                    seq,
-                    f"a checkpoint of {_whose(worker)} in a chain of {chain}",
-                )
-            )
         named = _WORKER_NAME.search(chain_name(Path(name)))
-        if named is not None and worker != int(named.group(1)):
-            raise _Stop(
-                Problem(
-                    "broken",
-                    name,
-                    number,
-                    seq,
-                    f"a checkpoint of {_whose(worker)} in the file of worker {named.group(1)}",
-                )
-            )
+        wrong = ""
+        if worker != self.checkpoint_worker:
+            wrong = f"a chain of {_whose(self.checkpoint_worker)}"
+        elif named is not None and worker != int(named.group(1)):
+            wrong = f"the file of worker {named.group(1)}"
+        if wrong:
+            message = f"a checkpoint of {_whose(worker)} in {wrong}"
+            raise _Stop(Problem("broken", name, number, seq, message))
 
     def expect(self, head: tuple[int, str], name: str) -> None:
         seq, prev = head
