@@ -3,21 +3,27 @@
 jsonschema's own messages describe the schema ("'x' does not match '^[a-z0-9]...$'"); operators
 need to hear about their file. Each validator keyword gets a message written for people, located at
 the offending key, with a did-you-mean hint for misspelt keys.
+
+jsonschema is imported only to explain a document that :mod:`gateway.config.schema_predicate` finds
+invalid: a configuration that loads never needs it, and a running gateway would otherwise carry
+its 2.8 MiB (with referencing, rpds and attrs) for its life (issue 13). ``validate``, ``check``
+and ``run`` all take this same path.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator, FormatChecker, validators
-from jsonschema.exceptions import ValidationError, best_match
-
+from gateway.config import schema_predicate
 from gateway.config.model import METHODS, PATH_PATTERN_FORMAT, json_schema
 from gateway.config.patterns import PathPattern, PatternError
 from gateway.config.yamlsafe import JsonPath, Located
 from gateway.errors import Problem, redact
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
 _TYPE_NAMES = {
     "string": "a string",
@@ -43,30 +49,59 @@ def _is_strict_integer(checker: Any, instance: Any) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
-# JSON Schema counts 8443.0 as an integer (Draft 2020-12 section 6.1.1 of the validation spec);
-# the typed model does not, and a port written as a float is a typo worth reporting here.
-_StrictValidator = validators.extend(  # type: ignore[no-untyped-call]
-    Draft202012Validator,
-    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_strict_integer),
-)
-
-
-_FORMATS = FormatChecker(formats=())
-
-
-@_FORMATS.checks(PATH_PATTERN_FORMAT, raises=PatternError)
 def _is_path_pattern(instance: object) -> bool:
     if isinstance(instance, str):
         PathPattern.parse(instance)
     return True
 
 
+def _path_pattern_holds(instance: object) -> bool:
+    try:
+        return _is_path_pattern(instance)
+    except PatternError:
+        return False
+
+
+def reference_validator(schema: dict[str, Any]) -> Any:
+    """jsonschema's Draft 2020-12 validator for ``schema``, as the check runs it: integers are
+    never floats, and path patterns are a checked format."""
+    from jsonschema import Draft202012Validator, FormatChecker, validators
+
+    # JSON Schema counts 8443.0 as an integer (Draft 2020-12 section 6.1.1 of the validation
+    # spec); the typed model does not, and a port written as a float is a typo worth reporting.
+    strict = validators.extend(  # type: ignore[no-untyped-call]
+        Draft202012Validator,
+        type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_strict_integer),
+    )
+    formats = FormatChecker(formats=())
+    formats.checks(PATH_PATTERN_FORMAT, raises=PatternError)(_is_path_pattern)
+    return strict(schema, format_checker=formats)
+
+
 @functools.cache
 def validator() -> Any:
-    """The compiled validator for the generated schema (built once per process)."""
+    """The compiled jsonschema validator for the generated schema (built once per process)."""
+    from jsonschema import Draft202012Validator
+
     schema = json_schema()
     Draft202012Validator.check_schema(schema)
-    return _StrictValidator(schema, format_checker=_FORMATS)
+    return reference_validator(schema)
+
+
+def compile_predicate(schema: dict[str, Any]) -> schema_predicate.Predicate:
+    """:func:`reference_validator`'s answer to "is it valid?" without jsonschema, or
+    UnsupportedSchemaError."""
+    return schema_predicate.compile_schema(schema, {PATH_PATTERN_FORMAT: _path_pattern_holds})
+
+
+@functools.cache
+def predicate() -> schema_predicate.Predicate | None:
+    """Whether a document is valid, without jsonschema; None when the schema uses a keyword
+    :mod:`gateway.config.schema_predicate` does not decide (then jsonschema decides every time)."""
+    try:
+        return compile_predicate(json_schema())
+    except schema_predicate.UnsupportedSchemaError:
+        return None
 
 
 def _describe(value: Any) -> str:
@@ -125,6 +160,8 @@ def _problem(error: ValidationError, doc: Located) -> Problem:
     expected: Any = error.validator_value
 
     if kind in ("anyOf", "oneOf") and error.context:
+        from jsonschema.exceptions import best_match
+
         return _problem(best_match(error.context), doc)
     if kind == "additionalProperties" and isinstance(value, dict):
         allowed = sorted(schema.get("properties", {}))
@@ -221,6 +258,9 @@ def _is_secret_ref(error: ValidationError) -> bool:
 
 def check(doc: Located) -> list[Problem]:
     """Every schema violation in ``doc``, in file order."""
+    valid = predicate()
+    if valid is not None and valid(doc.data):
+        return []
     problems: list[Problem] = []
     for error in validator().iter_errors(doc.data):
         path: JsonPath = tuple(error.absolute_path)

@@ -2,8 +2,9 @@
 
 The LDAP proxy (its BER codec, DN parser, session and the ASN.1 libraries they use, pyasn1 and
 asn1crypto), the other verbs' work (policy testing, GitOps diff and replay), pydantic-settings
-(only for ``GATEWAY_*`` overrides), argcomplete (only while a shell completes) and aiohttp (only
-for the features that still speak through it) cost megabytes of resident memory for the life of
+(only for ``GATEWAY_*`` overrides), argcomplete (only while a shell completes), aiohttp (only
+for the features that still speak through it) and jsonschema (only to explain a refused
+configuration) cost megabytes of resident memory for the life of
 the process. A gateway whose configuration has no LDAP target (nor any of those features) must
 not import them: this runs the real agent, serves a request and a stream through it, and reads
 the modules it holds when it stops.
@@ -69,6 +70,14 @@ NOT_NEEDED = (
     "frozenlist",
     "gateway.outbound.sessions",
     "gateway.policy.opa",
+    # A configuration that loads is decided by gateway.config.schema_predicate; jsonschema (with
+    # the libraries only it uses) explains refusals.
+    "jsonschema",
+    "jsonschema_specifications",
+    "referencing",
+    "rpds",
+    "attr",
+    "attrs",
 )
 
 
