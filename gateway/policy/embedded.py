@@ -7,7 +7,10 @@ compiled once into a bundle with a plan for our one rule, and each decision only
 and runs that plan (about ten times cheaper than evaluating from source, architecture section 6).
 
 A bundle is compiled once per revision, in the constructor, so compile errors surface at load or
-reload as :class:`gateway.errors.ConfigError`. Decisions run inline on the event loop: one costs
+reload as :class:`gateway.errors.ConfigError`. It is compiled by the planner's child process and
+loaded here from rego-cpp's binary bundle format (:func:`gateway.policy.planner.compiled_bundle`):
+compiling in this process kept 6.5 MiB in rego-cpp's allocator for its life, loading keeps about
+0.5 MiB (issue 13). Decisions run inline on the event loop: one costs
 a few hundred microseconds, less than handing it to a thread and back (measured in
 ``benchmarks/policy-report.md``), and the interpreter is not safe to share between threads.
 
@@ -40,7 +43,9 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import os
 import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -53,7 +58,12 @@ from gateway.policy.cache import DecisionCache, project
 from gateway.policy.engine import POLICY_UNAVAILABLE, UNDEFINED, EngineError, Mode, PolicyEngine
 from gateway.policy.loader import PolicyModule, PolicySet
 from gateway.policy.native import load_order_problem
-from gateway.policy.planner import DECISION_ENTRYPOINT, PlanCompileError, reduced_plan
+from gateway.policy.planner import (
+    DECISION_ENTRYPOINT,
+    PlanCompileError,
+    compiled_bundle,
+    reduced_plan,
+)
 
 __all__ = [
     "DECISION_ENTRYPOINT",
@@ -200,11 +210,7 @@ def compiled_plan(modules: Iterable[PolicyModule]) -> dict[str, Any]:
     and writing the data out with the plan cost 1.5 s at 1,000 targets.
     """
     listed = list(modules)
-    # Saving a bundle writes every module below the directory under the name it was added with;
-    # under its own absolute path that rewrites the policy file in place (truncated first), so a
-    # process reading it meanwhile - another worker starting - found it empty. Names of our own
-    # keep every write inside the private directory; the plan gets the real paths back.
-    names = {f"module{index}-{module.path.name}": module for index, module in enumerate(listed)}
+    names = _plan_names(listed)
     try:
         plan = reduced_plan({name: module.source for name, module in names.items()})
     except PlanCompileError as exc:
@@ -216,6 +222,17 @@ def compiled_plan(modules: Iterable[PolicyModule]) -> dict[str, Any]:
         module = names.get(str(entry.get("value"))) if isinstance(entry, dict) else None
         files.append({"value": str(module.path)} if module is not None else entry)
     return {**plan, "static": {**static, "files": files}}
+
+
+def _plan_names(modules: list[PolicyModule]) -> dict[str, PolicyModule]:
+    """The names modules are planned under.
+
+    Saving a bundle writes every module below the directory under the name it was added with;
+    under its own absolute path that rewrites the policy file in place (truncated first), so a
+    process reading it meanwhile - another worker starting - found it empty. Names of our own
+    keep every write inside the private directory; the plan gets the real paths back.
+    """
+    return {f"module{index}-{module.path.name}": module for index, module in enumerate(modules)}
 
 
 def evaluation_error(text: bytes | str) -> str:
@@ -234,13 +251,14 @@ def evaluation_error(text: bytes | str) -> str:
 
 
 class _NativePolicy:
-    """An interpreter holding the modules and data, and the bundle planned for the decision rule,
-    as rego-cpp handles.
+    """An interpreter and the bundle planned for the decision rule, as rego-cpp handles.
 
     Each decision calls rego-cpp's C API with both handles (see the module docstring), and
     regopy's ``Interpreter`` and ``Bundle`` keep theirs private; so they are made and freed here
-    through ``regopy.rego_shared``, the public functions regopy's classes are built on. Raises
-    ``regopy.RegoError`` when a module or the data is refused or the build fails.
+    through ``regopy.rego_shared``, the public functions regopy's classes are built on. The
+    bundle is compiled by the planner's child from the modules (under their paths, so runtime
+    errors name them) and the data, and loaded here. Raises ``regopy.RegoError`` when a module
+    or the data is refused, the build fails or the bundle does not load.
     """
 
     def __init__(self, modules: list[PolicyModule], data: Mapping[str, Any]) -> None:
@@ -249,11 +267,22 @@ class _NativePolicy:
         self.interpreter: int = rego_shared.rego_new()
         # The library prints errors to standard output at its default level; we report them.
         rego_shared.rego_set_log_level(self.interpreter, regopy.LogLevel.NONE)
-        for module in modules:
-            rego_shared.rego_add_module(self.interpreter, str(module.path), module.source)
-        rego_shared.rego_add_data_json(self.interpreter, json.dumps(dict(data)))
-        rego_shared.rego_add_entrypoint(self.interpreter, DECISION_ENTRYPOINT)
-        self.bundle = rego_shared.rego_build(self.interpreter)
+        try:
+            raw = compiled_bundle(
+                {str(module.path): module.source for module in modules},
+                json.dumps(dict(data)),
+                plan_modules={name: m.source for name, m in _plan_names(modules).items()},
+            )
+        except PlanCompileError as exc:
+            raise regopy.RegoError(str(exc)) from None
+        # rego-cpp loads a binary bundle only from a file: a private one, gone once loaded.
+        handle, path = tempfile.mkstemp(prefix="gateway-bundle-", suffix=".rbb")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(raw)
+            self.bundle = rego_shared.rego_bundle_load_binary(self.interpreter, path)
+        finally:
+            os.unlink(path)
 
     def __del__(self) -> None:
         if self.bundle:

@@ -15,11 +15,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import regopy
+from regopy import rego_shared
 
 from gateway.errors import PolicyError
-from gateway.policy import planner
-from gateway.policy.loader import build_engine
-from tests.unit.policy.conftest import ROOT, MakeConfig, config_text, fresh_process_report
+from gateway.policy import embedded, planner
+from gateway.policy.cache import project
+from gateway.policy.embedded import EmbeddedEngine
+from gateway.policy.loader import PolicySet, build_engine, load_policies
+from tests.unit.policy.conftest import (
+    ROOT,
+    MakeConfig,
+    config_text,
+    fresh_process_report,
+    request_input,
+)
 
 BAD = (
     "package gateway_extensions.bad\n\n"
@@ -79,22 +89,28 @@ def test_identical_modules_in_two_directories_are_each_reported_at_their_own_pat
         )
 
 
-def test_a_plan_the_child_cannot_deliver_refuses_the_revision(
-    make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A module set the planner has not seen (its source names this test's directory), and no
-    # time at all for the child: the revision must be refused, not accepted unchecked.
+def _unseen_module(tmp_path: Path) -> None:
+    """A module no earlier compile saw: its source names this test's directory."""
     (tmp_path / "extra").mkdir()
     (tmp_path / "extra" / "fine.rego").write_text(
         f'# {tmp_path}\npackage gateway_extensions.fine\n\ndeny contains "x" if false\n',
         encoding="utf-8",
     )
+
+
+def test_a_plan_and_bundle_the_child_cannot_deliver_refuse_the_revision(
+    make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A module set the planner has not seen (its source names this test's directory), and no
+    # time at all for the child: the revision must be refused, not accepted unchecked.
+    _unseen_module(tmp_path)
     monkeypatch.setattr(planner, "PLAN_TIMEOUT", 0.0)
     with pytest.raises(PolicyError) as caught:
         build_engine(make_config(extra_dirs=(tmp_path / "extra",)))
     [problem] = caught.value.problems
     assert problem.code == "policy_check_failed"
-    assert "could not be checked" in problem.message
+    # The one child asked compiles the engine's bundle and the check's plan.
+    assert "could not be compiled: the planner took longer than 0 s" in problem.message
 
 
 @pytest.mark.parametrize(
@@ -135,3 +151,78 @@ def test_the_planner_answers_only_what_the_call_check_reads() -> None:
     assert all(set(call) == {"func", "file", "row", "col"} for call in calls)
     # Each distinct call once: the full plan repeats them per block.
     assert len({tuple(call.values()) for call in calls}) == len(calls)
+
+
+def _decisions_compiled_here(policies: PolicySet, inputs: list[dict[str, object]]) -> list[object]:
+    """What a bundle compiled in this process decides for ``inputs`` (the engine's way before
+    the planner's child compiled it): each output as rego-cpp renders it, parsed."""
+    rego = regopy.Interpreter()
+    rego.log_level = regopy.LogLevel.NONE
+    for module in policies.modules:
+        rego.add_module(str(module.path), module.source)
+    rego.add_data({**policies.extra_data, "gateway": policies.data})
+    bundle = rego.build(None, [planner.DECISION_ENTRYPOINT])
+    found: list[object] = []
+    for document in inputs:
+        rego.set_input(regopy.Input(document))
+        output = rego.query_bundle_entrypoint(bundle, planner.DECISION_ENTRYPOINT)
+        # Read as the engine reads its outputs.
+        found.append(embedded._decision(str(output).encode()) if output.ok() else "error")
+    return found
+
+
+def test_the_engine_decides_with_the_childs_bundle_as_with_one_compiled_here(
+    make_config: MakeConfig,
+) -> None:
+    policies = load_policies(make_config())
+    engine = EmbeddedEngine(policies, mode="enforce", cache=None)
+    inputs = [
+        request_input(),
+        request_input("DELETE"),
+        request_input("GET", ("apiadmin",)),
+        request_input("GET", ("api",), trailing_slash=True),
+        request_input(websocket=True),
+        request_input(verified=False),
+        request_input(target="nowhere"),
+        request_input(query="a=1&b=2"),
+    ]
+    fields = policies.cache_plan.fields
+    projected = [doc if fields is None else project(doc, fields) for doc in inputs]
+    here = _decisions_compiled_here(policies, projected)
+    assert [engine.evaluate(doc) for doc in inputs] == here
+    assert any(isinstance(d, dict) and d.get("allow") for d in here)
+    assert any(isinstance(d, dict) and not d.get("allow") for d in here)
+
+
+def test_one_child_compiles_a_revisions_bundle_and_its_plan(
+    make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A module set no earlier test compiled: the engine's bundle and the call check's plan come
+    # from one child, and the process itself builds nothing.
+    _unseen_module(tmp_path)
+    requests: list[dict[str, object]] = []
+    ask = planner._ask_child
+
+    def counted(request: bytes, *args: str) -> dict[str, object]:
+        requests.append(json.loads(request))
+        return ask(request, *args)
+
+    def refused(*args: object) -> None:
+        raise AssertionError("a bundle was built in the gateway's own process")
+
+    monkeypatch.setattr(planner, "_ask_child", counted)
+    monkeypatch.setattr(rego_shared, "rego_build", refused)
+    build_engine(make_config(extra_dirs=(tmp_path / "extra",)))
+    assert [sorted(request) for request in requests] == [["bundle", "modules"]]
+
+
+def test_a_bundle_the_child_cannot_compile_is_located_as_before(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    (tmp_path / "extra").mkdir()
+    broken = tmp_path / "extra" / "broken.rego"
+    broken.write_text("package gateway_extensions.broken\n\ndeny contains if {\n", encoding="utf-8")
+    with pytest.raises(PolicyError) as caught:
+        build_engine(make_config(extra_dirs=(tmp_path / "extra",)))
+    assert {problem.file for problem in caught.value.problems} == {str(broken)}
+    assert all(problem.line for problem in caught.value.problems)
