@@ -22,6 +22,13 @@ per-gateway symmetric key EmpowerID hands out over the mTLS control plane
 (``GET request-secrets``), never through this document. :func:`shared_key` pins one; its secret
 is held in a :class:`SharedSecret`, which never shows it in a ``repr`` or a log line. What the
 option changes in the threat model is in docs/security.md.
+
+An Ed25519 public key must be the canonical encoding of a point of the prime-order subgroup
+(RFC 8032 section 5.1.3 decoding, and not one of the small-order points): the verifier checks
+Ed25519 with libsodium, which refuses every signature under a small-order or non-canonical key,
+so such a key is refused here, when the set is loaded, with a message that names it, rather than
+installed to fail every request it signs. A key made as RFC 8032 section 5.1.5 says (the secret
+scalar times the base point) always passes.
 """
 
 from __future__ import annotations
@@ -286,7 +293,21 @@ def _check_key_type(alg: Algorithm, key: object, where: str) -> None:
         ok = isinstance(key, SharedSecret)
     elif alg == "ed25519":
         ok = isinstance(key, ed25519.Ed25519PublicKey)
+        if isinstance(key, ed25519.Ed25519PublicKey) and not _ed25519_point_ok(key):
+            raise KeySetError(
+                f"{where}: ed25519 public key is not a canonical point of the prime-order "
+                "subgroup (small-order or non-canonical); libsodium would refuse every signature"
+            )
     else:
         ok = isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
     if not ok:
         raise KeySetError(f"{where}: key type does not match alg {alg}")
+
+
+def _ed25519_point_ok(key: ed25519.Ed25519PublicKey) -> bool:
+    """Whether libsodium takes ``key``: a canonical encoding of a point on the curve, in the
+    prime-order subgroup and not of small order (``crypto_core_ed25519_is_valid_point``)."""
+    # Imported here: only a gateway that pins an Ed25519 key pays for loading libsodium.
+    from nacl.bindings import crypto_core_ed25519_is_valid_point
+
+    return bool(crypto_core_ed25519_is_valid_point(key.public_bytes_raw()))

@@ -52,14 +52,18 @@ patterns instead of the general parser, and such a ``Signature-Input`` member is
 ``@authority``, ``@path``, ``@query`` or header field, the request target is already in the
 RFC 3986 grammar the package's resolver demands, and no covered line holds an obsolete fold, the
 component values are read directly instead of through a resolver that normalises every header of
-the request; (3) the signature is checked with ``cryptography`` and the standard library directly
-(Ed25519, section 3.3.6; ECDSA P-256 with the ``r || s`` signature of section 3.3.4; HMAC-SHA256,
-section 3.3.3, compared in constant time); (4) a Content-Digest of one canonical SHA-256 or SHA-512
-member (RFC 9530) is compared with ``hashlib``'s digest of the body. A gateway serving the SaaS's
-requests therefore never imports the package (its memory is kept for the general path).
-``tests/unit/auth/test_auth_fast_path.py`` checks, for fuzzed inputs, that the fast paths give
-what the package gives and that a verifier using them accepts and refuses exactly what one using
-only the package does (``SignatureVerifier(..., reference=True)``).
+the request; (3) the signature is checked directly: Ed25519 (section 3.3.6) by libsodium through
+PyNaCl, which refuses everything OpenSSL refuses and also small-order and non-canonical points
+(``tests/unit/auth/test_auth_ed25519.py`` lists each case), at about half OpenSSL's CPU; ECDSA
+P-256 by ``cryptography`` with the ``r || s`` signature of section 3.3.4; HMAC-SHA256 (section
+3.3.3) by the standard library, compared in constant time; (4) a Content-Digest of one
+canonical SHA-256 or SHA-512 member (RFC 9530) is compared with ``hashlib``'s digest of the
+body. A gateway serving the SaaS's requests therefore never imports the package (its memory is
+kept for the general path). ``tests/unit/auth/test_auth_fast_path.py`` checks, for fuzzed inputs,
+that the fast paths give what the package gives and that a verifier using them accepts and
+refuses exactly what one using only the package does (``SignatureVerifier(..., reference=True)``),
+with one deliberate exception: an Ed25519 signature whose R is a small-order point, which no
+honest signer makes, is refused here and accepted by the package's OpenSSL check.
 """
 
 from __future__ import annotations
@@ -916,8 +920,21 @@ def _direct_check(key: PinnedKey) -> _Check:
             material.verify(encode_dss_signature(r, s), base, ecdsa)
 
         return check_ecdsa
-    # Section 3.3.6: Ed25519 over the base as it is.
-    return material.verify
+    # Section 3.3.6: Ed25519 over the base as it is, by libsodium (about half the CPU of
+    # cryptography's OpenSSL backend, benchmarks/signatures-report.md). libsodium is stricter
+    # than OpenSSL: it also refuses a small-order R and a non-canonical R or key, which an honest
+    # RFC 8032 signer never produces (tests/unit/auth/test_auth_ed25519.py lists each case).
+    # The key set has already refused a key libsodium would not take (gateway/auth/keys.py).
+    # Imported here: only a gateway that pins an Ed25519 key pays for loading libsodium.
+    from nacl.signing import VerifyKey
+
+    verify_key = VerifyKey(material.public_bytes_raw())
+
+    def check_ed25519(signature: bytes, base: bytes) -> None:
+        # VerifyKey refuses a signature that is not exactly 64 bytes before libsodium runs.
+        verify_key.verify(base, signature)
+
+    return check_ed25519
 
 
 def _package_check(key: PinnedKey) -> _Check:
