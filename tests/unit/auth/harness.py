@@ -138,6 +138,18 @@ class Harness:
         )
 
 
+def request_components(path: str = PATH, query: str = "?expand=1") -> list[tuple[str, str]]:
+    """The components a signature of ``GET path?query`` covers, with their values, in the
+    order the SaaS signs them (the verifier's required set, RFC 9421 section 2.2)."""
+    return [
+        ("@method", "GET"),
+        ("@authority", AUTHORITY),
+        ("@path", path),
+        ("@query", query),
+        ("x-gateway-id", GATEWAY_ID),
+    ]
+
+
 def handmade_signature(
     key: PrivateKey,
     components: list[tuple[str, str]],

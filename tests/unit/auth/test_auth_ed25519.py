@@ -40,7 +40,12 @@ from gateway.auth import KeySet, KeySetError, PinnedKey, SignatureError
 from gateway.auth.errors import Reason
 from gateway.auth.verifier import _direct_check
 from gateway.devkit.signing import keyset_document
-from tests.unit.auth.harness import AUTHORITY, GATEWAY_ID, PATH, Harness, handmade_signature
+from tests.unit.auth.harness import (
+    GATEWAY_ID,
+    Harness,
+    handmade_signature,
+    request_components,
+)
 
 # RFC 8032 section 5.1: the field, the curve constant d, the group order L.
 P = 2**255 - 19
@@ -447,13 +452,7 @@ def test_the_verifier_refuses_a_request_signed_with_a_small_order_r(
     assert isinstance(harness.ed_key, Ed25519PrivateKey)
     seed = harness.ed_key.private_bytes_raw()
     now = int(harness.saas_clock.now)
-    covered = [
-        ("@method", "GET"),
-        ("@authority", AUTHORITY),
-        ("@path", PATH),
-        ("@query", "?expand=1"),
-        ("x-gateway-id", GATEWAY_ID),
-    ]
+    covered = request_components()
     params = f';created={now};keyid="ed-1";nonce="n-1";tag="gateway-request"'
     headers = [
         ("x-gateway-id", GATEWAY_ID),

@@ -25,16 +25,11 @@ from tests.unit.auth.harness import (
     PATH,
     Harness,
     handmade_signature,
+    request_components,
 )
 
 BODY = b'{"order": 17}'
-COVERED = [
-    ("@method", "GET"),
-    ("@authority", AUTHORITY),
-    ("@path", PATH),
-    ("@query", "?expand=1"),
-    ("x-gateway-id", GATEWAY_ID),
-]
+COVERED = request_components()
 
 
 def reason_of(harness: Harness, headers: list[tuple[str, str]], **kwargs: object) -> Reason:

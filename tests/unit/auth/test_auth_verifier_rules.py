@@ -46,6 +46,7 @@ from tests.unit.auth.harness import (
     Harness,
     handmade_signature,
     package_components,
+    request_components,
 )
 from tests.unit.auth.test_auth_verifier import replace_header, without
 from tests.unit.auth.test_replay_stores import settings
@@ -240,14 +241,7 @@ def _handmade(
     query: str = "?expand=1",
     path: str = PATH,
 ) -> list[tuple[str, str]]:
-    covered = [
-        ("@method", "GET"),
-        ("@authority", AUTHORITY),
-        ("@path", path),
-        ("@query", query),
-        ("x-gateway-id", GATEWAY_ID),
-        *extra,
-    ]
+    covered = [*request_components(path, query), *extra]
     signed = handmade_signature(harness.ed_key, covered, params)
     return [("x-gateway-id", GATEWAY_ID), *headers, *signed]
 
@@ -455,13 +449,7 @@ def _params(params: str, *, components: str = "", key: str = "ed") -> Any:
 
     def build(harness: Harness) -> Built:
         now = int(harness.saas_clock.now)
-        covered = [
-            ("@method", "GET"),
-            ("@authority", AUTHORITY),
-            ("@path", PATH),
-            ("@query", "?expand=1"),
-            ("x-gateway-id", GATEWAY_ID),
-        ]
+        covered = request_components()
         text = params.format(now=now, tag='tag="gateway-request"')
         pinned = harness.ed_key if key == "ed" else harness.ec_key
         headers = [("x-gateway-id", GATEWAY_ID), *handmade_signature(pinned, covered, text)]
