@@ -276,13 +276,26 @@ class _NativePolicy:
         except PlanCompileError as exc:
             raise regopy.RegoError(str(exc)) from None
         # rego-cpp loads a binary bundle only from a file: a private one, gone once loaded.
-        handle, path = tempfile.mkstemp(prefix="gateway-bundle-", suffix=".rbb")
         try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(raw)
-            self.bundle = rego_shared.rego_bundle_load_binary(self.interpreter, path)
-        finally:
-            os.unlink(path)
+            handle, path = tempfile.mkstemp(prefix="gateway-bundle-", suffix=".rbb")
+            try:
+                with os.fdopen(handle, "wb") as out:
+                    out.write(raw)
+                self.bundle = rego_shared.rego_bundle_load_binary(self.interpreter, path)
+            finally:
+                os.unlink(path)
+        except OSError as exc:
+            # Fail closed, as for a planner that cannot run: the revision is refused.
+            raise PolicyError(
+                [
+                    Problem(
+                        f"the policy could not be compiled: the bundle could not be handed "
+                        f"over: {exc.strerror or exc}",
+                        code="policy_check_failed",
+                        hint="the revision is refused until it can; see the gateway's log",
+                    )
+                ]
+            ) from None
 
     def __del__(self) -> None:
         if self.bundle:

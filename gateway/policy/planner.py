@@ -205,6 +205,24 @@ def _unavailable(why: str, failed: str = _CHECK) -> PolicyError:
 def _ask_child(request: bytes, failed: str = _CHECK) -> dict[str, Any]:
     """Run the planner child on ``request``; its JSON answer (bounded) or PolicyError saying
     what ``failed``."""
+    try:
+        raw = _run_child(request, failed)
+    except OSError as exc:
+        # The files that take the child's output cannot be made (or read): fail closed.
+        raise _unavailable(f"the planner's output cannot be kept: {exc.strerror}", failed) from None
+    if len(raw) > _MAX_ANSWER_BYTES:
+        raise _unavailable("the planner's answer is too large", failed)
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        raise _unavailable("the planner's answer is not JSON", failed) from None
+    if not isinstance(answer, dict):
+        raise _unavailable("the planner's answer is not an object", failed)
+    return answer
+
+
+def _run_child(request: bytes, failed: str) -> bytes:
+    """The child's standard output for ``request`` (at most one byte over the bound)."""
     argv = [sys.executable, "-m", "gateway.policy.planner"]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
@@ -230,15 +248,7 @@ def _ask_child(request: bytes, failed: str = _CHECK) -> dict[str, Any]:
             raise _unavailable(
                 f"the planner exited with {completed.returncode}: {last[:200]}", failed
             )
-    if len(raw) > _MAX_ANSWER_BYTES:
-        raise _unavailable("the planner's answer is too large", failed)
-    try:
-        answer = json.loads(raw)
-    except ValueError:
-        raise _unavailable("the planner's answer is not JSON", failed) from None
-    if not isinstance(answer, dict):
-        raise _unavailable("the planner's answer is not an object", failed)
-    return answer
+    return raw
 
 
 def _reduce(plan: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,25 @@ def test_a_bundle_the_child_cannot_compile_is_located_as_before(
         build_engine(make_config(extra_dirs=(tmp_path / "extra",)))
     assert {problem.file for problem in caught.value.problems} == {str(broken)}
     assert all(problem.line for problem in caught.value.problems)
+
+
+@pytest.mark.parametrize("compiled_before", [True, False], ids=["bundle-kept", "child-needed"])
+def test_no_place_for_temporary_files_refuses_the_revision(
+    make_config: MakeConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    compiled_before: bool,
+) -> None:
+    # The bundle is handed to rego-cpp through a private file, and the child's answer through
+    # two: without a place for them the revision is refused like any planner failure, not
+    # left to an OSError.
+    _unseen_module(tmp_path)
+    loaded = make_config(extra_dirs=(tmp_path / "extra",))
+    if compiled_before:
+        build_engine(loaded)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    with pytest.raises(PolicyError) as caught:
+        build_engine(loaded)
+    [problem] = caught.value.problems
+    assert problem.code == "policy_check_failed"
+    assert problem.message.startswith("the policy could not be compiled: ")
