@@ -77,8 +77,10 @@ class Env:
         return sum(1 for line in self.slapd.operations() if not line.startswith("UNBIND"))
 
     def records(self) -> list[dict[str, Any]]:
-        lines = (self.directory / "decisions.jsonl").read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines]
+        # The gateway appends each record with one write(), but a read may land while that
+        # write is still copying: a last line without its newline is not a record yet.
+        text = (self.directory / "decisions.jsonl").read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.split("\n")[:-1]]
 
     def ldap_records(self) -> list[dict[str, Any]]:
         return [r for r in self.records() if r.get("kind") == "ldap"]
