@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -1034,6 +1035,27 @@ def _on_store(harness: Harness, store: Any) -> SignatureVerifier:
     )
 
 
+def _sqlite_store(harness: Harness, path: Path) -> SqliteReplayStore:
+    """A fresh (initialised) SQLite replay store on the gateway's clock."""
+    SqliteReplayStore.initialise(path)
+    return SqliteReplayStore(path, max_entries=10, max_skew=30, clock=harness.gateway_clock)
+
+
+@pytest.fixture(params=["cache", "sqlite"])
+async def memory_verifier(
+    request: pytest.FixtureRequest, harness: Harness, tmp_path: Path
+) -> AsyncIterator[SignatureVerifier]:
+    """The harness's verifier on each replay memory: its own cache, or a SQLite store."""
+    if request.param == "cache":
+        yield harness.verifier
+        return
+    store = _sqlite_store(harness, tmp_path / "replay.sqlite3")
+    try:
+        yield _on_store(harness, store)
+    finally:
+        await store.close()
+
+
 async def _refusal(verifier: SignatureVerifier, headers: list[tuple[str, str]]) -> SignatureError:
     with pytest.raises(SignatureError) as caught:
         await verifier.verify_async(
@@ -1054,37 +1076,25 @@ async def _accepted(verifier: SignatureVerifier, headers: list[tuple[str, str]])
     assert found.keyid == "ed-1"
 
 
-@pytest.mark.parametrize("memory", ["cache", "sqlite"])
 async def test_the_replay_memory_keeps_a_nonce_until_the_window_ends(
-    harness: Harness, tmp_path: Path, memory: str
+    harness: Harness, memory_verifier: SignatureVerifier
 ) -> None:
-    if memory == "cache":
-        verifier, store = harness.verifier, None
-    else:
-        SqliteReplayStore.initialise(tmp_path / "replay.sqlite3")
-        store = SqliteReplayStore(
-            tmp_path / "replay.sqlite3", max_entries=10, max_skew=30, clock=harness.gateway_clock
-        )
-        verifier = _on_store(harness, store)
-    try:
-        created = int(harness.saas_clock.now)
-        headers = harness.sign(created=created)  # expires = created + 60
-        await _accepted(verifier, headers)
-        assert _facts(await _refusal(verifier, headers)) == (
-            "replay",
-            401,
-            "nonce already used",
-            "ed-1",
-        )
-        harness.saas_clock.now = created + 60 + 30 - 0.001
-        assert (await _refusal(verifier, headers)).reason is Reason.REPLAY
-        harness.saas_clock.now = created + 60 + 30
-        # Refused as late (or, after the late replays above, as a skewed clock): never served.
-        refusal = await _refusal(verifier, headers)
-        assert refusal.reason in (Reason.EXPIRED, Reason.CLOCK_SKEW)
-    finally:
-        if store is not None:
-            await store.close()
+    verifier = memory_verifier
+    created = int(harness.saas_clock.now)
+    headers = harness.sign(created=created)  # expires = created + 60
+    await _accepted(verifier, headers)
+    assert _facts(await _refusal(verifier, headers)) == (
+        "replay",
+        401,
+        "nonce already used",
+        "ed-1",
+    )
+    harness.saas_clock.now = created + 60 + 30 - 0.001
+    assert (await _refusal(verifier, headers)).reason is Reason.REPLAY
+    harness.saas_clock.now = created + 60 + 30
+    # Refused as late (or, after the late replays above, as a skewed clock): never served.
+    refusal = await _refusal(verifier, headers)
+    assert refusal.reason in (Reason.EXPIRED, Reason.CLOCK_SKEW)
 
 
 async def test_a_new_shared_store_refuses_what_was_signed_before_it(
@@ -1320,39 +1330,24 @@ def test_the_key_set_in_use_is_the_one_installed(harness: Harness) -> None:
     assert reason_of(harness, harness.sign()) is Reason.UNKNOWN_KEY
 
 
-@pytest.mark.parametrize("memory", ["cache", "sqlite"])
 async def test_the_replay_memory_keys_a_nonce_by_key_and_nonce(
-    harness: Harness, tmp_path: Path, memory: str
+    harness: Harness, memory_verifier: SignatureVerifier
 ) -> None:
-    if memory == "cache":
-        verifier, store = harness.verifier, None
-    else:
-        SqliteReplayStore.initialise(tmp_path / "replay.sqlite3")
-        store = SqliteReplayStore(
-            tmp_path / "replay.sqlite3", max_entries=10, max_skew=30, clock=harness.gateway_clock
-        )
-        verifier = _on_store(harness, store)
-    try:
-        await _accepted(verifier, harness.sign(nonce="n-1"))
-        await _accepted(verifier, harness.sign(nonce="n-2"))
-        found = await verifier.verify_async(
-            method="GET",
-            authority=AUTHORITY,
-            path=PATH,
-            query="expand=1",
-            headers=harness.sign(harness.ec, nonce="n-1"),
-        )
-        assert found.keyid == "ec-1"
-    finally:
-        if store is not None:
-            await store.close()
+    verifier = memory_verifier
+    await _accepted(verifier, harness.sign(nonce="n-1"))
+    await _accepted(verifier, harness.sign(nonce="n-2"))
+    found = await verifier.verify_async(
+        method="GET",
+        authority=AUTHORITY,
+        path=PATH,
+        query="expand=1",
+        headers=harness.sign(harness.ec, nonce="n-1"),
+    )
+    assert found.keyid == "ec-1"
 
 
 async def test_the_async_path_checks_the_body(harness: Harness, tmp_path: Path) -> None:
-    SqliteReplayStore.initialise(tmp_path / "replay.sqlite3")
-    store = SqliteReplayStore(
-        tmp_path / "replay.sqlite3", max_entries=10, max_skew=30, clock=harness.gateway_clock
-    )
+    store = _sqlite_store(harness, tmp_path / "replay.sqlite3")
     verifier = _on_store(harness, store)
     try:
         for signed in (None, b"{}"):
