@@ -156,6 +156,11 @@ class Body:
         self._error = error
         self._wake()
 
+    def ready(self) -> bool:
+        """Whether :meth:`read` would answer at once (bytes buffered, the end, or an error);
+        :meth:`read_ready` then gives what it would."""
+        return bool(self._chunks) or self._eof or self._error is not None
+
     async def read(self, limit: int) -> bytes:
         """Up to ``limit`` bytes; ``b""`` at the end; the body's error if it ended with one."""
         while not self._chunks and not self._eof and self._error is None:
@@ -164,9 +169,16 @@ class Body:
                 await self._waiter
             finally:
                 self._waiter = None
+        return self.read_ready(limit)
+
+    def read_ready(self, limit: int) -> bytes:
+        """:meth:`read` when :meth:`ready`, without a wait: a small answer's whole body has
+        usually arrived with its head, and the caller then needs no coroutine to take it."""
         if self._error is not None:
             raise self._error
         if not self._chunks:
+            if not self._eof:
+                raise RuntimeError("no body bytes to read yet: await read() instead")
             return b""
         chunk = self._chunks.popleft()
         if len(chunk) > limit:
@@ -213,6 +225,10 @@ class Connection(asyncio.Protocol):
         self.loop = self._loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpResponseParser | None = None
+        # The parser of the last exchange, when it ended cleanly between two messages: llhttp
+        # reads a keep-alive connection's answers one after another (RFC 9112 section 9.3), so
+        # the next exchange continues with it rather than building and wiring up a new one.
+        self._next_parser: httptools.HttpResponseParser | None = None
         self.response: Response | None = None
         self.body: Body | None = None
         self.failure: ExchangeError | None = None
@@ -226,8 +242,9 @@ class Connection(asyncio.Protocol):
         # before its limit looks again and re-arms for what is left (see ``_on_timer``), so a
         # request does not create and cancel timers of its own.
         self._timer: asyncio.TimerHandle | None = None
+        self._parser: httptools.HttpResponseParser | None = None
         self._exchanging = False
-        self._expire: Callable[[], None] | None = None
+        self._expire: Callable[[Connection], None] | None = None
         self._read = 0.0
         self._deadline = 0.0
         self._last_data = 0.0
@@ -409,7 +426,12 @@ class Connection(asyncio.Protocol):
     def begin(self, method: str, read: float, total: float) -> None:
         """Arm a fresh parser and the read and total deadlines for one exchange."""
         self._expire = None  # no longer idle
-        self.parser = httptools.HttpResponseParser(self)
+        parser = self._next_parser
+        if parser is None:
+            parser = httptools.HttpResponseParser(self)
+        else:
+            self._next_parser = None
+        self.parser = self._parser = parser
         self._head_only = method == "HEAD"
         self._tail = b""
         self._in_head = False
@@ -443,15 +465,22 @@ class Connection(asyncio.Protocol):
         self._exchanging = False
         self.parser = None
         self.body = None
+        parser, self._parser = self._parser, None
         clean = reusable and self._complete and not self.stray and not self._paused
         if clean and self.failure is None and not self.closed:
             self.idle_since = self._loop.time()
+            # The parser stopped exactly at the end of the final answer (any byte after it
+            # retires the connection as stray, above), so it waits for the next status line.
+            # Not after HEAD: llhttp expects the body the head declared, which never comes.
+            if not self._head_only:
+                self._next_parser = parser
             return True
         self.close()
         return False
 
-    def idle(self, expire: Callable[[], None]) -> None:
-        """Call ``expire`` once the connection has sat idle for the keep-alive period.
+    def idle(self, expire: Callable[[Connection], None]) -> None:
+        """Call ``expire`` (with this connection) once the connection has sat idle for the
+        keep-alive period.
 
         Without it an idle connection would be closed only when a later request found it stale:
         after a burst, the connections below the top of the pool's stack would hold their
@@ -465,6 +494,7 @@ class Connection(asyncio.Protocol):
         """Close the connection (safe to call more than once)."""
         self._cancel_timer()
         self._exchanging, self._expire = False, None
+        self._next_parser = self._parser = None
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -561,7 +591,7 @@ class Connection(asyncio.Protocol):
             expiry = self.idle_since + KEEPALIVE_SECONDS
             if now >= expiry:
                 expire, self._expire = self._expire, None
-                expire()
+                expire(self)
             else:
                 # Set for an earlier exchange's deadline: the idle period ends later.
                 self._arm(expiry)
@@ -572,13 +602,77 @@ class Connection(asyncio.Protocol):
             self._timer = None
 
 
-@dataclass(slots=True)
+class _Slots:
+    """At most ``limit`` exchanges at once; later ones wait, first come first served.
+
+    ``asyncio.Semaphore`` without its per-call cost: taking a free slot (nearly every request)
+    is a plain call here, not a coroutine that also scans the waiters.
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def take(self) -> bool:
+        """Take a free slot if one is free and nobody waits for one."""
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for a slot to be handed over (after :meth:`take` failed)."""
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.cancelled():
+                # Never handed one: leave the queue (release skips it if it got there first).
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            elif waiter.done():
+                # Handed a slot, but cancelled before taking it: pass it on.
+                self.release()
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the longest waiter, or to the free ones."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
 class Exchange:
     """One answer being read: its head, body and the release of its connection."""
 
-    message: Response
-    payload: Body
-    release: Callable[[], None]
+    __slots__ = ("_connection", "_name", "_pool", "message", "payload")
+
+    def __init__(
+        self, message: Response, payload: Body, pool: Http1Pool, name: str, connection: Connection
+    ) -> None:
+        self.message = message
+        self.payload = payload
+        self._pool: Http1Pool | None = pool
+        self._name = name
+        self._connection = connection
+
+    def release(self) -> None:
+        """Pool the connection if its answer was read cleanly, else close it; free its slot.
+        Safe to call more than once."""
+        pool = self._pool
+        if pool is None:
+            return
+        self._pool = None
+        payload = self.payload
+        clean = payload.is_eof() and payload.exception() is None and not self.message.should_close
+        pool.put(self._name, self._connection, clean)
 
 
 class Http1Pool:
@@ -587,7 +681,7 @@ class Http1Pool:
     def __init__(self, dial: DialStep, *, limit: int) -> None:
         self._dial = dial
         self._idle: dict[str, list[Connection]] = {}
-        self._slots = asyncio.Semaphore(limit) if limit > 0 else None
+        self._slots = _Slots(limit) if limit > 0 else None
         self._limit = limit
 
     async def exchange(
@@ -609,8 +703,8 @@ class Http1Pool:
         step.
         """
         slots = self._slots
-        if slots is not None:
-            await slots.acquire()
+        if slots is not None and not slots.take():
+            await slots.wait(asyncio.get_running_loop())
         try:
             connection = self._pooled(name)
             if connection is None:
@@ -634,21 +728,19 @@ class Http1Pool:
             if slots is not None:
                 slots.release()
             raise
-        released = False
+        return Exchange(message, payload, self, name, connection)
 
-        def release() -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
-            clean = payload.is_eof() and payload.exception() is None and not message.should_close
-            if connection.finish(reusable=clean):
-                self._idle.setdefault(name, []).append(connection)
-                connection.idle(lambda: self._expire(name, connection))
-            if slots is not None:
-                slots.release()
-
-        return Exchange(message, payload, release)
+    def put(self, name: str, connection: Connection, clean: bool) -> None:
+        """End ``connection``'s exchange (see :meth:`Exchange.release`): keep it idle for the
+        next request to ``name`` when ``clean`` and it can serve one, else close it."""
+        if connection.finish(reusable=clean):
+            idle = self._idle.get(name)
+            if idle is None:
+                idle = self._idle[name] = []
+            idle.append(connection)
+            connection.idle(self._expire)
+        if self._slots is not None:
+            self._slots.release()
 
     def _pooled(self, name: str) -> Connection | None:
         idle = self._idle.get(name)
@@ -661,12 +753,13 @@ class Http1Pool:
             connection.close()
         return None
 
-    def _expire(self, name: str, connection: Connection) -> None:
-        idle = self._idle.get(name)
-        if idle is not None and connection in idle:
-            idle.remove(connection)
-            if not idle:
-                del self._idle[name]
+    def _expire(self, connection: Connection) -> None:
+        for name, idle in self._idle.items():
+            if connection in idle:
+                idle.remove(connection)
+                if not idle:
+                    del self._idle[name]
+                break
         connection.close()
 
     async def _connect(
@@ -725,20 +818,31 @@ class Http1Pool:
 
 
 def request_head(
-    method: str, target: str, headers: list[tuple[str, str]], body: bytes
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    *,
+    host: str | None = None,
 ) -> bytes | None:
     """The request line and header block (RFC 9112 sections 3 and 5), or None when a name or
     value would break the framing (CR, LF or NUL: header injection, catalogue C 56-58).
 
-    ``headers`` are the ones to send, ``host`` first; the only header added is
-    ``Content-Length`` (section 6.2) for a body, or an empty body of POST, PUT or PATCH.
+    ``headers`` are the ones to send, in order. With ``host``, that ``Host`` goes first and any
+    ``Host`` among ``headers`` (in any case) is left out: exactly one, RFC 9110 section 7.2.
+    The only header added is ``Content-Length`` (section 6.2) for a body, or an empty body of
+    POST, PUT or PATCH.
     """
-    lines = [f"{method} {target} HTTP/1.1"]
-    lines += [f"{name}: {value}" for name, value in headers]
+    if host is None:
+        fields = [f"{name}: {value}\r\n" for name, value in headers]
+    else:
+        fields = [f"{name}: {value}\r\n" for name, value in headers if name.lower() != "host"]
+        fields.insert(0, f"host: {host}\r\n")
     if body or method in _BODY_METHODS:
-        lines.append(f"content-length: {len(body)}")
-    text = "\r\n".join(lines)
-    breaks = len(lines) - 1
+        fields.append(f"content-length: {len(body)}\r\n")
+    text = f"{method} {target} HTTP/1.1\r\n{''.join(fields)}\r\n"
+    # Every line break is one this function wrote: one CRLF per line, one more at the end.
+    breaks = len(fields) + 2
     if text.count("\n") != breaks or text.count("\r") != breaks or "\0" in text:
         return None
-    return (text + "\r\n\r\n").encode("utf-8")
+    return text.encode("utf-8")

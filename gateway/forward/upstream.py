@@ -321,8 +321,9 @@ class Upstream:
             )
         # Exactly one Host, the target's configured one, first (RFC 9110 section 7.2); the path
         # and query exactly as the policy judged them, never re-encoded.
-        sent = [("host", plan.host), *((k, v) for k, v in headers if k.lower() != "host")]
-        head = request_head(method, f"{path}?{query}" if query else path, sent, body)
+        head = request_head(
+            method, f"{path}?{query}" if query else path, headers, body, host=plan.host
+        )
         if head is None:
             raise UpstreamError(
                 "upstream_protocol_error", "a header would break the request framing"
@@ -365,6 +366,7 @@ class _Plan:
 
 async def _wrap(exchange: Exchange, max_body: int) -> UpstreamResponse:
     message = exchange.message
+    payload = exchange.payload
     declared = _declared_length(message)
     if declared is not None and declared > max_body:
         exchange.release()
@@ -372,13 +374,20 @@ async def _wrap(exchange: Exchange, max_body: int) -> UpstreamResponse:
             "upstream_body_too_large", f"response of {declared} bytes exceeds {max_body}"
         )
     # Read the first chunk now: small bodies (the common case) are then complete, and the caller
-    # can answer inline on the relay's control channel without streaming.
+    # can answer inline on the relay's control channel without streaming. Such a body has
+    # usually arrived with the head: taken then without a wait.
     try:
-        first = await _read_capped(exchange.payload, max_body, 0)
+        if payload.ready():
+            first = _capped(payload.read_ready(CHUNK), max_body, 0)
+        else:
+            first = await _read_capped(payload, max_body, 0)
+    except ExchangeError as exc:
+        exchange.release()
+        raise _body_error(exc) from None
     except BaseException:
         exchange.release()
         raise
-    complete = exchange.payload.at_eof()
+    complete = payload.at_eof()
     return UpstreamResponse(
         status=message.code,
         reason=(message.reason or "").replace("\r", " ").replace("\n", " "),
@@ -400,9 +409,17 @@ async def _read_capped(payload: Body, max_body: int, seen: int) -> bytes:
     try:
         chunk = await payload.read(CHUNK)
     except ExchangeError as exc:
-        # A framing error in the body, the connection lost mid-body, or a read or total timeout.
-        code = "upstream_protocol_error" if exc.status == 502 else exc.code
-        raise UpstreamError(code, f"bad response body: {exc}", exc.status) from None
+        raise _body_error(exc) from None
+    return _capped(chunk, max_body, seen)
+
+
+def _body_error(exc: ExchangeError) -> UpstreamError:
+    # A framing error in the body, the connection lost mid-body, or a read or total timeout.
+    code = "upstream_protocol_error" if exc.status == 502 else exc.code
+    return UpstreamError(code, f"bad response body: {exc}", exc.status)
+
+
+def _capped(chunk: bytes, max_body: int, seen: int) -> bytes:
     if seen + len(chunk) > max_body:
         raise UpstreamError("upstream_body_too_large", f"response body exceeds {max_body} bytes")
     return chunk
