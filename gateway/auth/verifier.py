@@ -58,17 +58,25 @@ PyNaCl, which refuses everything OpenSSL refuses and also small-order and non-ca
 P-256 by ``cryptography`` with the ``r || s`` signature of section 3.3.4; HMAC-SHA256 (section
 3.3.3) by the standard library, compared in constant time; (4) a Content-Digest of one
 canonical SHA-256 or SHA-512 member (RFC 9530) is compared with ``hashlib``'s digest of the
-body. A gateway serving the SaaS's requests therefore never imports the package (its memory is
-kept for the general path). ``tests/unit/auth/test_auth_fast_path.py`` checks, for fuzzed inputs,
+body; (5) once a request has verified, the shape of its ``Signature-Input`` (label, covered
+components, parameter names in order: everything but the values) is kept, at most eight shapes,
+and the next request of that shape is read by one pattern over the field, its covered fields
+picked out in the one pass over the headers and its base filled into a template, because
+parsing, checking and serialising the same shape again cost as much as the rest of the
+verification. A shape is learnt only from an authentic request, so a sender without a pinned key
+cannot fill or flush them; and it only ever answers for a request that passes every check the
+general reading applies, stepping aside (to that reading) before any cryptography otherwise. A
+gateway serving the SaaS's requests therefore never imports the package (its memory is kept for
+the general path). ``tests/unit/auth/test_auth_fast_path.py`` checks, for fuzzed inputs,
 that the fast paths give what the package gives and that a verifier using them accepts and
 refuses exactly what one using only the package does (``SignatureVerifier(..., reference=True)``),
-with one deliberate exception: an Ed25519 signature whose R is a small-order point, which no
-honest signer makes, is refused here and accepted by the package's OpenSSL check.
+on a verifier that has or has not learnt the request's shape, with one deliberate exception: an
+Ed25519 signature whose R is a small-order point, which no honest signer makes, is refused here
+and accepted by the package's OpenSSL check.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import hashlib
@@ -147,8 +155,47 @@ _DIGESTS: Final = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
 # RFC 9421 section 3.3.4: an ECDSA P-256 signature is r and s, each 32 bytes, big-endian.
 _P256_HALF: Final = 32
 
+# Fast path (5): the shapes of the Signature-Input fields of authentic requests (at most
+# _MAX_SHAPES, the oldest forgotten first). A parameter value of a shape is an Integer without a
+# sign (RFC 8941 section 3.3.1; a negative timestamp is refused) or a non-empty String without
+# escapes (3.3.3), as fast path (1) reads them; the tag is the one the verifier selects.
+_MAX_SHAPES: Final = 8
+_SHAPE_INTEGER: Final = "(0|[1-9][0-9]{0,14})"
+_SHAPE_STRING: Final = r'"([\x20\x21\x23-\x5b\x5d-\x7e]+)"'
+_SHAPE_SIGNATURE: Final = "=:([A-Za-z0-9+/]*={0,2}):"
+# Methods (RFC 9110 section 9.3) whose text every check of a derived value passes as it is.
+_PLAIN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+_SIGNATURE_FIELDS: Final = ("signature-input", "signature")
+
 _Check = Callable[[bytes, bytes], object]
 """Verifies ``(signature, signature base)`` for one pinned key; raises when it does not."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The ``Signature-Input`` of an authentic request with the values left out: its label, its
+    covered components (parameterless, read directly) and its parameter names in order.
+
+    ``params`` matches the field after the Inner List, one group per parameter value but the
+    tag (written out); ``keyid`` to ``alg`` are those groups' indexes. ``fields`` are the covered
+    header fields and ``sources`` picks each component's value, in covered order, from
+    ``(method, authority, path, query, *fields)``; ``template`` is the signature base with a
+    ``{}`` for each value and for ``@signature-params``.
+    """
+
+    label: str
+    params: re.Pattern[str]
+    signature: re.Pattern[str]
+    keyid: int
+    created: int
+    expires: int | None
+    nonce: int
+    alg: int | None
+    fields: tuple[str, ...]
+    sources: tuple[int, ...]
+    template: str
+    covered: tuple[str, ...]
+    digest: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,9 +312,17 @@ class SignatureVerifier:
         self._replay = replay_cache
         self._gateway_id = gateway_id
         self._prefixes = (f"/{hc_path}", f"/$hc/{hc_path}")
+        self._below = tuple(prefix + "/" for prefix in self._prefixes)
         self._settings = settings or VerifierSettings()
         self._clock = clock
         self._skew = SkewEstimator(threshold=self._settings.max_skew)
+        # Fast path (5): the shapes learnt, by their text up to the end of the Inner List, and
+        # the header fields they read (the signature fields and every covered field).
+        self._shapes: dict[str, _Shape] = {}
+        self._wanted: frozenset[str] = frozenset(_SIGNATURE_FIELDS)
+        # The last authority and its @authority value (the gateway's own configuration, so the
+        # same on every request).
+        self._authority: tuple[str, str | None] = ("", None)
 
     @property
     def keys(self) -> KeySet:
@@ -353,7 +408,22 @@ class SignatureVerifier:
         body: bytes | None,
     ) -> _Authentic:
         """Every check but the replay memory; raises ``SignatureError``."""
-        settings = self._settings
+        if self._shapes:
+            authentic = self._shaped(method, authority, path, query, headers, body)
+            if authentic is not None:
+                return authentic
+        return self._general(method, authority, path, query, headers, body)
+
+    def _general(
+        self,
+        method: str,
+        authority: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+    ) -> _Authentic:
+        """Every check but the replay memory, on any request; raises ``SignatureError``."""
         fields = self._field_lines(headers)
         sig_input_value = self._combined_field(fields, "signature-input")
         signature_value = self._combined_field(fields, "signature")
@@ -383,16 +453,55 @@ class SignatureVerifier:
             method, authority, path, query, headers, fields, candidate, safe_keyid
         )
 
-        now = self._clock()
         created: int = params["created"]
         expires: int | None = params.get("expires")
         if expires is not None and expires <= created:
             raise SignatureError(Reason.MALFORMED_SIGNATURE, "'expires' is not after 'created'")
-        time_failure = self._time_failure(created, expires, now)
-
         try:
             base, covered = _signature_base(resolve, candidate)
-            check(candidate.signature, base)
+        except Exception as exc:  # a value that cannot be signed: "not authentic"
+            raise SignatureError(
+                Reason.BAD_SIGNATURE, "signature does not verify", keyid=safe_keyid
+            ) from exc
+        authentic = self._conclude(
+            key,
+            check,
+            candidate.label,
+            created,
+            expires,
+            params["nonce"],
+            candidate.signature,
+            base,
+            tuple(covered),
+            covered.get(f'"{DIGEST_COMPONENT}"'),
+            safe_keyid,
+            body,
+        )
+        if candidate.text is not None:
+            self._learn(candidate)
+        return authentic
+
+    def _conclude(
+        self,
+        key: PinnedKey,
+        check: _Check,
+        label: str,
+        created: int,
+        expires: int | None,
+        nonce: str,
+        signature: bytes,
+        base: bytes,
+        covered: tuple[str, ...],
+        digest: str | None,
+        safe_keyid: str | None,
+        body: bytes | None,
+    ) -> _Authentic:
+        """The signature, time and digest checks of a request that passed every other one."""
+        settings = self._settings
+        now = self._clock()
+        time_failure = self._time_failure(created, expires, now)
+        try:
+            check(signature, base)
         except Exception as exc:  # any failure at this point means "not authentic"
             raise SignatureError(
                 Reason.BAD_SIGNATURE, "signature does not verify", keyid=safe_keyid
@@ -403,7 +512,6 @@ class SignatureVerifier:
         if time_failure is not None:
             raise self._time_error(time_failure, now, safe_keyid)
 
-        digest = covered.get(f'"{DIGEST_COMPONENT}"')
         if digest is not None and not self._digest_matches(
             digest, body if body is not None else b""
         ):
@@ -417,14 +525,180 @@ class SignatureVerifier:
         verified = VerifiedRequest(
             keyid=key.keyid,
             alg=key.alg,
-            label=candidate.label,
+            label=label,
             created=created,
             expires=expires,
-            nonce=params["nonce"],
-            covered=tuple(covered),
+            nonce=nonce,
+            covered=covered,
             body_verified=digest is not None,
         )
         return _Authentic(verified, window_end + settings.max_skew, safe_keyid)
+
+    # -- fast path (5): the shapes of authentic requests ---------------------------------------
+
+    def _learn(self, candidate: _Candidate) -> None:
+        """Keep the shape of an authentic request's ``Signature-Input``, when the fast readers
+        took it and its components are all read directly (see :class:`_Shape`)."""
+        names = tuple(name for name, _ in candidate.components)
+        if any(params for _, params in candidate.components) or any(
+            name.startswith("@") and name not in _FAST_DERIVED for name in names
+        ):
+            return
+        head = f"{candidate.label}=(" + " ".join(f'"{name}"' for name in names) + ")"
+        if head in self._shapes:
+            return
+        # One group per value, in the order they arrived; the authentic request passed
+        # _check_params, so its timestamps were Integers and every other value a String.
+        pattern: list[str] = []
+        groups: dict[str, int] = {}
+        for name, value in candidate.params.items():
+            if name == "tag":
+                pattern.append(re.escape(f';tag="{value}"'))
+                continue
+            groups[name] = len(groups)
+            kind = _SHAPE_INTEGER if type(value) is int else _SHAPE_STRING
+            pattern.append(f";{re.escape(name)}={kind}")
+        fields = tuple(name for name in names if not name.startswith("@"))
+        derived = ("@method", "@authority", "@path", "@query")
+        sources = tuple(
+            derived.index(name) if name in derived else len(derived) + fields.index(name)
+            for name in names
+        )
+        lines = [f'"{name}": {{}}' for name in names]  # no component id holds a brace
+        lines.append('"@signature-params": {}')
+        shape = _Shape(
+            label=candidate.label,
+            params=re.compile("".join(pattern)),
+            signature=re.compile(re.escape(candidate.label) + _SHAPE_SIGNATURE),
+            keyid=groups["keyid"],
+            created=groups["created"],
+            expires=groups.get("expires"),
+            nonce=groups["nonce"],
+            alg=groups.get("alg"),
+            fields=fields,
+            sources=sources,
+            template="\n".join(lines),
+            covered=tuple(f'"{name}"' for name in names),
+            digest=fields.index(DIGEST_COMPONENT) if DIGEST_COMPONENT in fields else None,
+        )
+        shapes = dict(self._shapes)
+        if len(shapes) >= _MAX_SHAPES:
+            del shapes[next(iter(shapes))]
+        shapes[head] = shape
+        # The fields first: a request read meanwhile finds every field its shape needs.
+        self._wanted = frozenset(
+            (*_SIGNATURE_FIELDS, *(field for known in shapes.values() for field in known.fields))
+        )
+        self._shapes = shapes
+
+    def _shaped(
+        self,
+        method: str,
+        authority: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+    ) -> _Authentic | None:
+        """Every check but the replay memory, for a request of a shape already seen authentic;
+        ``None`` (before any cryptography) when the general reading must decide."""
+        settings = self._settings
+        if len(headers) > settings.max_header_count:
+            return None
+        # One pass: the sizes, and the lines of the fields some shape reads.
+        wanted = self._wanted
+        found: dict[str, str] = {}
+        size = 0
+        for name, value in headers:
+            size += len(name) + len(value)
+            lowered = name.lower()
+            if lowered in wanted:
+                if lowered in found:
+                    return None  # a field on several lines: joined or refused, as the case may be
+                found[lowered] = value
+        if size > settings.max_header_bytes:
+            return None
+        sig_input = found.get("signature-input")
+        signature_value = found.get("signature")
+        if sig_input is None or signature_value is None:
+            return None
+        limit = settings.max_signature_field_bytes
+        if len(sig_input) > limit or len(signature_value) > limit:
+            return None
+        end = sig_input.find(")") + 1  # a canonical Inner List ends at its first ")"
+        shape = self._shapes.get(sig_input[:end])
+        if shape is None:
+            return None
+        match = shape.params.fullmatch(sig_input, end)
+        encoded = shape.signature.fullmatch(signature_value)
+        if match is None or encoded is None or len(encoded[1]) % 4:
+            return None
+        # Letters of the alphabet, then at most two "=" filling a multiple of four: padded Base64
+        # (RFC 4648 section 4) that the strict decoder cannot refuse.
+        signature = binascii.a2b_base64(encoded[1], strict_mode=True)
+        if not 0 < len(signature) <= _MAX_SIGNATURE_BYTES:
+            return None
+        if body is not None and shape.digest is None:
+            return None
+        values = match.groups()
+        created = int(values[shape.created])
+        expires = None if shape.expires is None else int(values[shape.expires])
+        nonce = values[shape.nonce]
+        if created >= _MAX_TIMESTAMP or len(nonce) > settings.max_nonce_length:
+            return None
+        if expires is not None and not created < expires < _MAX_TIMESTAMP:
+            return None
+        keyid = values[shape.keyid]
+        pinned = self._checks.get(keyid)
+        if pinned is None:
+            return None
+        key, check = pinned
+        if not key.active_at(self._clock()):
+            return None
+        if shape.alg is not None and values[shape.alg] != key.alg:
+            return None
+        if not (path in self._prefixes or path.startswith(self._below)):
+            return None
+        if method not in _PLAIN_METHODS or not _FAST_PATH.fullmatch(path):
+            return None
+        if query and not _FAST_QUERY.fullmatch(query):
+            return None
+        last, host = self._authority
+        if last != authority:
+            host = _fast_host(authority)
+            self._authority = (authority, host)
+        if host is None:
+            return None
+        known = [method, host, path, "?" + query]
+        for name in shape.fields:
+            line = found.get(name)
+            if line is None:
+                return None
+            # RFC 9421 section 2.1 trims SP and HTAB; a value with any other control character
+            # (or an obsolete line fold) is for the general reading to refuse.
+            value = line.strip(" \t")
+            if not (value.isascii() and value.isprintable()):
+                return None
+            known.append(value)
+        if found.get(GATEWAY_ID_HEADER, "").strip(" \t") != self._gateway_id:
+            return None
+        text = shape.template.format(
+            *[known[source] for source in shape.sources], sig_input[len(shape.label) + 1 :]
+        )
+        return self._conclude(
+            key,
+            check,
+            shape.label,
+            created,
+            expires,
+            nonce,
+            signature,
+            text.encode("ascii"),
+            shape.covered,
+            None if shape.digest is None else known[4 + shape.digest],
+            keyid,
+            body,
+        )
 
     @staticmethod
     def _admitted(authentic: _Authentic, admission: Admission) -> VerifiedRequest:
@@ -752,7 +1026,7 @@ def _byte_sequence_member(pattern: re.Pattern[str], value: str) -> tuple[str, by
     if match is None or len(match[2]) % 4:
         return None
     try:
-        return match[1], base64.b64decode(match[2], validate=True)
+        return match[1], binascii.a2b_base64(match[2], strict_mode=True)
     except binascii.Error:
         return None
 
@@ -775,13 +1049,9 @@ def fast_components(
     """
     if method != method.upper():
         return None
-    target = _FAST_AUTHORITY.fullmatch(authority)
-    if target is None or not _FAST_PATH.fullmatch(path) or not _FAST_QUERY.fullmatch(query):
+    host_value = _fast_host(authority)
+    if host_value is None or not _FAST_PATH.fullmatch(path) or not _FAST_QUERY.fullmatch(query):
         return None
-    host, port = target.groups()
-    # RFC 9421 section 2.2.3: lower-cased host, default port (https, 443) omitted.
-    default_port = not port or port.lstrip("0") == "443"
-    host_value = host.lower() if default_port else f"{host.lower()}:{port}"
     derived = {"@method": method, "@authority": host_value, "@path": path, "@query": "?" + query}
     values: dict[str, str] = {}
     for name, params in components:
@@ -797,6 +1067,18 @@ def fast_components(
             return None  # absent (refused later) or an obsolete fold: the resolver decides
         values[name] = lines[0].strip(" \t")
     return values
+
+
+def _fast_host(authority: str) -> str | None:
+    """The ``@authority`` value of ``https://{authority}`` as the package's resolver gives it,
+    when ``authority`` is in the RFC 3986 grammar it demands; ``None`` when it must decide."""
+    target = _FAST_AUTHORITY.fullmatch(authority)
+    if target is None:
+        return None
+    host, port = target.groups()
+    # RFC 9421 section 2.2.3: lower-cased host, default port (https, 443) omitted.
+    default_port = not port or port.lstrip("0") == "443"
+    return host.lower() if default_port else f"{host.lower()}:{port}"
 
 
 def _signature_base(

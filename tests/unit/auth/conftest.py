@@ -10,14 +10,22 @@ import pytest
 from tests.unit.auth.harness import Harness
 
 
-@pytest.fixture
-def harness(tmp_path: Path) -> Harness:
-    return Harness(tmp_path / "state")
+# Each test runs twice: on a fresh verifier (every request read in general), and on one that has
+# already learnt the signer's shapes (its requests read as shapes, everything else in general).
+@pytest.fixture(params=["fresh", "primed"])
+def harness(tmp_path: Path, request: pytest.FixtureRequest) -> Harness:
+    made = Harness(tmp_path / "state")
+    if request.param == "primed":
+        made.prime()
+    return made
 
 
-@pytest.fixture
-def make_harness(tmp_path: Path) -> Callable[..., Harness]:
+@pytest.fixture(params=["fresh", "primed"])
+def make_harness(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., Harness]:
     def make(**options: int) -> Harness:
-        return Harness(tmp_path / "state", **options)
+        made = Harness(tmp_path / "state", **options)
+        if request.param == "primed":
+            made.prime()
+        return made
 
     return make

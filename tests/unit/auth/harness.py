@@ -17,7 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from http_message_signatures import HTTPSignatureComponentResolver
 from http_sf.compat import Item
 
-from gateway.auth import KeySet, ReplayCache, SignatureVerifier, VerifierSettings
+from gateway.auth import (
+    KeySet,
+    ReplayCache,
+    SignatureVerifier,
+    VerifiedRequest,
+    VerifierSettings,
+)
 from gateway.devkit.signing import (
     PrivateKey,
     RequestSigner,
@@ -69,6 +75,22 @@ class Harness:
         )
         self.ed = self.signer(self.ed_key, "ed-1")
         self.ec = self.signer(self.ec_key, "ec-1")
+
+    def prime(self) -> None:
+        """Let the verifier learn the signer's shapes (a GET, and a POST with a body) from
+        authentic requests, as the gateway does from the SaaS's first requests.
+
+        They are verified long before ``T0``: by then their nonces have left the replay memory
+        and their clock offsets the skew estimate, so the test starts from the state it expects
+        except for the shapes learnt.
+        """
+        now = self.saas_clock.now
+        try:
+            for moment, body in ((T0 - 2000, None), (T0 - 1000, b"{}")):
+                self.saas_clock.now = moment
+                assert isinstance(self.verify(self.sign(body=body), body=body), VerifiedRequest)
+        finally:
+            self.saas_clock.now = now
 
     def gateway_clock(self) -> float:
         return self.saas_clock.now + self.gateway_offset

@@ -1,0 +1,264 @@
+"""The verifier reads requests of a shape it has seen authentic without the general reading.
+
+The shaped reading (fast path 5 of gateway/auth/verifier.py) never refuses on its own: for
+anything it cannot vouch for it steps aside (``None``) before any cryptography, and the general
+reading decides. What is pinned here: which requests teach a shape (authentic ones only, and only
+shapes whose components are read directly), how many shapes are kept, that the shaped reading
+answers for the signer's requests up to every limit, and that what it answers is what the general
+reading answers. Every refusal is checked on a verifier that knows the signer's shapes by the
+``primed`` runs of the other tests in this directory (tests/unit/auth/conftest.py), and fuzzed
+against the package in test_auth_fast_path.py.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.auth import (
+    ReplayCache,
+    SignatureError,
+    SignatureVerifier,
+    VerifiedRequest,
+    VerifierSettings,
+)
+from gateway.auth.keys import shared_key
+from gateway.auth.verifier import REQUIRED_COMPONENTS
+from tests.unit.auth.harness import (
+    AUTHORITY,
+    GATEWAY_ID,
+    HC_PATH,
+    PATH,
+    T0,
+    Harness,
+    handmade_signature,
+    request_components,
+)
+from tests.unit.auth.test_auth_verifier import replace_header
+
+SECRET = bytes(range(64, 96))
+BODY = b'{"order": 17}'
+COVERED = request_components()
+
+
+def shaped(
+    harness: Harness,
+    headers: list[tuple[str, str]],
+    *,
+    verifier: SignatureVerifier | None = None,
+    body: bytes | None = None,
+    method: str | None = None,
+    path: str = PATH,
+    query: str = "expand=1",
+    authority: str = AUTHORITY,
+) -> object:
+    """What the shaped reading alone makes of a request: the verified request, the refusal it
+    raised after its own checks (time, signature, digest), or ``None`` where it steps aside."""
+    try:
+        authentic = (verifier or harness.verifier)._shaped(
+            method or ("POST" if body is not None else "GET"),
+            authority,
+            path,
+            query,
+            headers,
+            body,
+        )
+    except SignatureError as refusal:
+        return refusal.reason
+    return None if authentic is None else authentic.verified
+
+
+def learn(harness: Harness, headers: list[tuple[str, str]], **options: Any) -> None:
+    """Verify one authentic request on the harness's verifier (which may learn its shape)."""
+    assert isinstance(harness.verify(headers, **options), VerifiedRequest)
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Harness:
+    return Harness(tmp_path / "state")
+
+
+def test_a_shape_is_learnt_from_an_authentic_request_only(fresh: Harness) -> None:
+    headers = fresh.sign()
+    forged = replace_header(
+        headers, "signature", "eid=:" + base64.b64encode(bytes(64)).decode() + ":"
+    )
+    with pytest.raises(SignatureError):
+        fresh.verify(forged)
+    assert shaped(fresh, fresh.sign()) is None
+    learn(fresh, headers)
+    assert isinstance(shaped(fresh, fresh.sign()), VerifiedRequest)
+    # A request of another shape (with a body: Content-Digest covered) is still read in general.
+    assert shaped(fresh, fresh.sign(body=BODY), body=BODY) is None
+
+
+@pytest.mark.parametrize("which", ["ed", "ec", "hmac"])
+@pytest.mark.parametrize("body", [None, b"", BODY])
+def test_the_shaped_reading_answers_what_the_general_one_does(
+    fresh: Harness, tmp_path: Path, which: str, body: bytes | None
+) -> None:
+    shared = shared_key("hmac-1", SECRET, not_before=T0 - 60, not_after=T0 + 3600)
+    fresh.verifier.replace_keys(fresh.keys.with_keys([shared]))
+    signer = {"ed": fresh.ed, "ec": fresh.ec}.get(which) or fresh.signer(SECRET, "hmac-1")
+    learn(fresh, fresh.sign(signer, body=body), body=body)
+    headers = fresh.sign(signer, body=body)
+    found = shaped(fresh, headers, body=body)
+    assert isinstance(found, VerifiedRequest)
+    general = fresh.verify(headers, body=body, verifier=fresh.reference_verifier(tmp_path / "r"))
+    assert found == general
+    assert found.body_verified is (body is not None)
+
+
+def test_the_shaped_reading_checks_the_digest_and_the_signature(fresh: Harness) -> None:
+    learn(fresh, fresh.sign(body=BODY), body=BODY)
+    assert shaped(fresh, fresh.sign(body=BODY), body=BODY + b" ") == "digest_mismatch"
+    headers = fresh.sign(body=BODY)
+    signature = dict(headers)["Signature"]
+    flipped = signature[:10] + ("A" if signature[10] != "A" else "B") + signature[11:]
+    assert shaped(fresh, replace_header(headers, "signature", flipped), body=BODY) == (
+        "bad_signature"
+    )
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
+def test_each_plain_method_is_read_as_a_shape(fresh: Harness, method: str) -> None:
+    def sign() -> list[tuple[str, str]]:
+        return fresh.ed.sign(method=method, authority=AUTHORITY, path=PATH, query="expand=1")
+
+    learn(fresh, sign(), method=method)
+    assert isinstance(shaped(fresh, sign(), method=method), VerifiedRequest)
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "authority"),
+    [
+        (f"/{HC_PATH}", "", AUTHORITY),
+        (f"/$hc/{HC_PATH}", "a=1", AUTHORITY),
+        (f"/$hc/{HC_PATH}/x/y", "", f"{AUTHORITY}:443"),
+        (PATH + "/a%2Fb:@", "q=%41&r=/?", "Contoso.Example:8443"),
+    ],
+)
+def test_targets_in_the_uri_grammar_are_read_as_a_shape(
+    fresh: Harness, path: str, query: str, authority: str
+) -> None:
+    learn(fresh, fresh.sign())
+
+    def sign() -> list[tuple[str, str]]:
+        return fresh.ed.sign(method="GET", authority=authority, path=path, query=query)
+
+    found = shaped(fresh, sign(), path=path, query=query, authority=authority)
+    assert isinstance(found, VerifiedRequest)
+    # The same verifier, asked for another authority afterwards, reads that one.
+    again = shaped(fresh, fresh.sign(), path=PATH, query="expand=1")
+    assert isinstance(again, VerifiedRequest)
+
+
+def test_the_shaped_reading_answers_up_to_every_limit(fresh: Harness) -> None:
+    learn(fresh, fresh.sign())
+    headers = fresh.sign()
+    filled = [*headers, *((f"x-f{i}", "v") for i in range(256 - len(headers)))]
+    assert isinstance(shaped(fresh, filled), VerifiedRequest)
+    headers = fresh.sign()
+    size = sum(len(n) + len(v) for n, v in headers)
+    filled = [("x-big", "v" * (65536 - size - len("x-big"))), *headers]
+    assert isinstance(shaped(fresh, filled), VerifiedRequest)
+    assert isinstance(shaped(fresh, fresh.sign(nonce="n" * 128)), VerifiedRequest)
+    # Blanks around the gateway id and a covered field's name in capitals.
+    headers = [
+        (name.upper(), f" \t{value} " if name.lower() == "x-gateway-id" else value)
+        for name, value in fresh.sign()
+    ]
+    assert isinstance(shaped(fresh, headers), VerifiedRequest)
+
+
+@pytest.mark.parametrize(("created", "expires"), [(2**40 - 2, 2**40 - 1), (0, 1)])
+def test_timestamps_at_the_edges_of_the_range_are_judged_by_time(
+    fresh: Harness, created: int, expires: int
+) -> None:
+    learn(fresh, fresh.sign())
+    # The signer's shape (its parameters in its order), signed by hand at the edges.
+    params = (
+        f';created={created};keyid="ed-1";alg="ed25519";expires={expires};nonce="n"'
+        ';tag="gateway-request"'
+    )
+    headers = [("x-gateway-id", GATEWAY_ID), *handmade_signature(fresh.ed_key, COVERED, params)]
+    assert shaped(fresh, headers) == ("expired" if created == 0 else "clock_skew")
+
+
+def test_the_signature_field_limit_is_inclusive(fresh: Harness) -> None:
+    nonce = "n" * 22
+    length = len(dict(fresh.sign(nonce=nonce))["Signature-Input"])
+    cache = ReplayCache(max_entries=10, clock=fresh.gateway_clock)
+    verifier = SignatureVerifier(
+        fresh.keys,
+        cache,
+        gateway_id=GATEWAY_ID,
+        hc_path=HC_PATH,
+        settings=VerifierSettings(max_age=60, max_skew=30, max_signature_field_bytes=length),
+        clock=fresh.gateway_clock,
+    )
+    learn(fresh, fresh.sign(nonce=nonce), verifier=verifier)
+    found = shaped(fresh, fresh.sign(nonce=nonce), verifier=verifier)
+    assert isinstance(found, VerifiedRequest)
+
+
+@pytest.mark.parametrize(
+    "components",
+    [
+        (*REQUIRED_COMPONENTS, '"@query-param";name="expand"'),
+        (*REQUIRED_COMPONENTS, "@target-uri"),
+    ],
+)
+def test_no_shape_is_learnt_where_a_component_needs_the_resolver(
+    fresh: Harness, components: tuple[str, ...]
+) -> None:
+    learn(fresh, fresh.sign(components=components))
+    assert shaped(fresh, fresh.sign(components=components)) is None
+    assert not fresh.verifier._shapes
+
+
+def test_a_shape_may_cover_other_header_fields(fresh: Harness) -> None:
+    components = (*REQUIRED_COMPONENTS, "x-trace")
+    extra = [("X-Trace", "t-1")]
+    learn(fresh, fresh.ed.sign(method="GET", authority=AUTHORITY, path=PATH, query="expand=1",
+                               headers=extra, components=components))  # fmt: skip
+    headers = fresh.ed.sign(
+        method="GET", authority=AUTHORITY, path=PATH, query="expand=1", headers=extra,
+        components=components,
+    )  # fmt: skip
+    found = shaped(fresh, headers)
+    assert isinstance(found, VerifiedRequest)
+    assert found.covered[-1] == '"x-trace"'
+    # Without its covered field, on two lines, or with a control character: read in general.
+    assert shaped(fresh, [h for h in headers if h[0] != "X-Trace"]) is None
+    assert shaped(fresh, [*headers, ("x-trace", "t-1")]) is None
+    assert shaped(fresh, replace_header(headers, "x-trace", "t\x01")) is None
+
+
+def _sign_covering(harness: Harness, field: str) -> list[tuple[str, str]]:
+    return harness.ed.sign(
+        method="GET",
+        authority=AUTHORITY,
+        path=PATH,
+        query="expand=1",
+        headers=[(field, "v")],
+        components=(*REQUIRED_COMPONENTS, field),
+    )
+
+
+def test_at_most_eight_shapes_are_kept_the_oldest_forgotten_first(fresh: Harness) -> None:
+    for index in range(8):
+        learn(fresh, _sign_covering(fresh, f"x-s{index}"))
+    # Learning a shape already known forgets nothing.
+    learn(fresh, _sign_covering(fresh, "x-s7"))
+    assert all(
+        isinstance(shaped(fresh, _sign_covering(fresh, f"x-s{index}")), VerifiedRequest)
+        for index in range(8)
+    )
+    learn(fresh, _sign_covering(fresh, "x-s8"))
+    assert shaped(fresh, _sign_covering(fresh, "x-s0")) is None
+    for index in range(1, 9):
+        assert isinstance(shaped(fresh, _sign_covering(fresh, f"x-s{index}")), VerifiedRequest)
