@@ -255,9 +255,9 @@ def _canonical_target(
 ) -> tuple[str, tuple[str, ...], bool, str | None]:
     # The bound covers path and query together: it is the whole URI the upstream must take
     # (RFC 9110 section 15.5.15, catalogue B 45). Counted before any other work.
-    if (
-        len(request_target) > max_bytes
-        or len(request_target.encode("utf-8", "replace")) > max_bytes
+    # An ASCII string has as many UTF-8 bytes as characters: only other text is encoded.
+    if len(request_target) > max_bytes or (
+        not request_target.isascii() and len(request_target.encode("utf-8", "replace")) > max_bytes
     ):
         raise RequestRejected(R.URI_TOO_LONG, f"the request target exceeds {max_bytes} bytes")
     if not request_target.startswith("/"):
@@ -297,6 +297,11 @@ def _canonical_path(raw: str) -> tuple[str, tuple[str, ...], bool]:
     trailing = body.endswith("/")
     if trailing:
         body = body[:-1]
+    if "%" not in raw and "//" not in raw and "/." not in raw:
+        # No escape, no empty segment, no segment starting with a dot: every rule of
+        # _canonical_segment is about one of those, so each segment is canonical as it is and
+        # the path is its own canonical form (most requests: no per-segment work).
+        return raw, tuple(body.split("/")), trailing
     # One split, one pass: the segments the policy matches are the ones joined for upstream.
     segments = tuple(_canonical_segment(part) for part in body.split("/"))
     return "/" + "/".join(segments) + ("/" if trailing else ""), segments, trailing

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
-from gateway.config.model import Credential, GatewayConfig, Operation, Target
+from gateway.config.model import Credential, GatewayConfig, Limits, Operation, Target
 from gateway.config.semantics import (
     CREDENTIAL_HEADERS,
     NEVER_FORWARDED,
@@ -106,6 +106,16 @@ _VALUE_BYTES = bytes(c for c in range(128) if not _BAD_VALUE.search(chr(c)))
 _FRAMING_NAMES = frozenset({"content-length", "transfer-encoding", "host"})
 
 HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]]
+# Header lists taken as they are (anything else is read into a list first, at most once).
+_SEQUENCES = (tuple, list)
+
+# Name lists that passed every name check before (each name a token of at most MAX_NAME_LENGTH,
+# no name twice in any case), in the order received: their lower-cased names, whether one of them
+# is a framing name, and their total length. A gateway's requests come from one SaaS and carry
+# the same names request after request, so only their values are left to check. Bounded: emptied
+# when full, so names an attacker varies cost it speed, never memory.
+_KNOWN_NAMES: dict[tuple[str, ...], tuple[tuple[str, ...], bool, int]] = {}
+_KNOWN_NAMES_LIMIT = 256
 
 
 def validate_request_headers(
@@ -119,15 +129,51 @@ def validate_request_headers(
     name or value or ambiguous framing.
     """
     limits = config.limits
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    # Bounded read: a caller's iterator is never drained past the limit.
-    items = list(itertools.islice(pairs, limits.max_header_count + 1))
+    items: Sequence[tuple[str, str]]
+    if isinstance(headers, _SEQUENCES):
+        items = headers
+    else:
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        # Bounded read: a caller's iterator is never drained past the limit.
+        items = list(itertools.islice(pairs, limits.max_header_count + 1))
     if len(items) > limits.max_header_count:
         raise RequestRejected(
             R.TOO_MANY_HEADERS, f"more than {limits.max_header_count} request headers"
         )
-    names = [name for name, _ in items]
+    names = tuple([name for name, _ in items])
     values = [value for _, value in items]
+    try:
+        known = _KNOWN_NAMES.get(names)
+    except TypeError:  # a name that is not text: refused below
+        known = None
+    if known is not None:
+        # The names passed before: the checks below, less those on the names themselves.
+        lowered, framing, names_length = known
+        try:
+            all_values = "".join(values)
+        except TypeError:
+            raise RequestRejected(
+                R.INVALID_HEADER_VALUE, "header names and values must be text"
+            ) from None
+        if names_length + len(all_values) + 4 * len(items) > limits.max_header_bytes:
+            raise RequestRejected(
+                R.HEADERS_TOO_LARGE, f"request headers exceed {limits.max_header_bytes} bytes"
+            )
+        if all_values.isascii() and not all_values.encode("ascii").translate(None, _VALUE_BYTES):
+            trimmed = [value.strip(_OWS) for value in values]
+            if framing:
+                _check_clean_framing(list(zip(lowered, trimmed, strict=True)), items)
+            return tuple(zip(lowered, trimmed, strict=True))
+        # A value to refuse: the full checks below find it and give their reason.
+    return _validate(limits, items, names, values)
+
+
+def _validate(
+    limits: Limits,
+    items: Sequence[tuple[str, str]],
+    names: tuple[str, ...],
+    values: list[str],
+) -> tuple[tuple[str, str], ...]:
     try:
         all_names, all_values = "".join(names), "".join(values)
     except TypeError:
@@ -156,10 +202,7 @@ def validate_request_headers(
     if clean:
         validated = [(name.lower(), value.strip(_OWS)) for name, value in items]
         if not _FRAMING_NAMES.isdisjoint([name for name, _ in validated]):
-            for (lowered, _), (_, value) in zip(validated, items, strict=True):
-                if lowered == "transfer-encoding":
-                    _check_transfer_encoding(value)
-            _check_framing(validated)
+            _check_clean_framing(validated, items)
     else:
         validated = []
         for name, value in items:
@@ -180,9 +223,25 @@ def validate_request_headers(
     # RFC 9110 section 5.3). Two keys that differ only in case are not something it sends; they
     # would reach the target as two field lines where every check here saw each one apart, and a
     # server may act on either. Refused rather than joined.
-    if len({name for name, _ in validated}) != len(validated):
+    names_lowered = tuple([name for name, _ in validated])
+    if len(set(names_lowered)) != len(names_lowered):
         raise RequestRejected(R.DUPLICATE_HEADER, "a header name appears more than once")
+    if len(_KNOWN_NAMES) >= _KNOWN_NAMES_LIMIT:
+        _KNOWN_NAMES.clear()
+    framing = not _FRAMING_NAMES.isdisjoint(names_lowered)
+    _KNOWN_NAMES[names] = (names_lowered, framing, len(all_names))
     return tuple(validated)
+
+
+def _check_clean_framing(
+    validated: list[tuple[str, str]], items: Sequence[tuple[str, str]]
+) -> None:
+    """The framing checks of a list whose every name and value is clean (the value of
+    ``Transfer-Encoding`` as received, before trimming)."""
+    for (lowered, _), (_, value) in zip(validated, items, strict=True):
+        if lowered == "transfer-encoding":
+            _check_transfer_encoding(value)
+    _check_framing(validated)
 
 
 def check_declared_length(headers: Iterable[tuple[str, str]], body_size: int) -> None:
@@ -276,20 +335,26 @@ def outbound_headers(
     ``host`` are :func:`forwardable_names` of ``operation`` and :func:`host_header` of
     ``target`` when the caller derived them already (once per revision).
     """
-    pairs = list(headers)
+    pairs = headers if isinstance(headers, _SEQUENCES) else list(headers)
     allowed = forwardable_names(operation) if forwardable is None else forwardable
     result = [("host", host_header(target) if host is None else host)]
-    # RFC 9110 section 7.6.1: headers named in Connection are meant for the next hop only.
-    connection_named = {
-        token.strip(_OWS).lower()
-        for name, value in pairs
-        if name.lower() == "connection"
-        for token in value.split(",")
-    }
+    connection = False
     for name, value in pairs:
         lowered = name.lower()
-        if lowered in allowed and lowered not in connection_named:
+        if lowered in allowed:
             result.append((lowered, value))
+            connection = connection or lowered == "connection"
+        elif lowered == "connection":
+            connection = True
+    if connection:
+        # RFC 9110 section 7.6.1: headers named in Connection are meant for the next hop only.
+        named = {
+            token.strip(_OWS).lower()
+            for name, value in pairs
+            if name.lower() == "connection"
+            for token in value.split(",")
+        }
+        result = [result[0], *(pair for pair in result[1:] if pair[0] not in named)]
     return result
 
 

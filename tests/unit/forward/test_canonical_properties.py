@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import unicodedata
 import urllib.parse
+from collections.abc import Callable
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.config.patterns import PathPattern
+from gateway.forward import canonical
 from gateway.forward.canonical import CanonicalRequest, RequestRejected, canonicalise
 from gateway.policy.input import build_input
 from tests.unit.forward.configs import make_config
@@ -109,6 +111,44 @@ def test_49_accepted_paths_are_fixed_points_and_what_is_forwarded(raw: str) -> N
     document = build_input(request, signed=True, keyid="k")
     assert document["path"] == request.path
     assert document["path_segments"] == list(request.segments)
+
+
+def segment_by_segment(raw: str) -> tuple[str, tuple[str, ...], bool]:
+    """The path rules applied to every segment in turn, without the canonicaliser's shortcut
+    for paths that need no per-segment work."""
+    bad = canonical._BAD_PATH_CHAR.search(raw)
+    if bad is not None:
+        raise RequestRejected(*canonical._raw_character(bad.group()))
+    if raw == "/":
+        return raw, (), False
+    body = raw[1:]
+    trailing = body.endswith("/")
+    body = body[:-1] if trailing else body
+    segments = tuple(canonical._canonical_segment(part) for part in body.split("/"))
+    return "/" + "/".join(segments) + ("/" if trailing else ""), segments, trailing
+
+
+def outcome(rules: Callable[[str], tuple[str, tuple[str, ...], bool]], raw: str) -> object:
+    try:
+        return rules(raw)
+    except RequestRejected as rejected:
+        return str(rejected.code)
+
+
+DOTS_AND_SLASHES = st.lists(
+    st.sampled_from(["a", "b.c", ".", "..", "...", ".x", "x.", "/", "//", "%2e", "%41"]),
+    max_size=8,
+).map(lambda pieces: "/" + "".join(pieces))
+
+
+@settings(max_examples=500)
+@given(st.one_of(PATHS, DOTS_AND_SLASHES))
+@example("/a/.b")
+@example("/a/b/")
+@example("/a//")
+@example("/.")
+def test_the_path_shortcut_agrees_with_the_rules_segment_by_segment(raw: str) -> None:
+    assert outcome(canonical._canonical_path, raw) == outcome(segment_by_segment, raw)
 
 
 # --- 50: equivalent spellings of /admin ------------------------------------------------------

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.config.model import Operation
 from gateway.config.semantics import NEVER_FORWARDED, NEVER_FORWARDED_PREFIXES
+from gateway.forward import headers as headers_module
 from gateway.forward.headers import (
     DEFAULT_FORWARDED,
     HANDSHAKE_ONLY,
@@ -111,6 +113,56 @@ HEADER_LISTS = st.lists(st.tuples(NAMES, VALUES), max_size=12)
 @example([("Transfer-Encoding", "chunked"), ("transfer-encoding", "chunked")])
 def test_validation_agrees_with_the_line_by_line_rules(headers: Headers) -> None:
     assert checked(headers) == reference(headers)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(NAMES, max_size=12), st.lists(st.lists(VALUES, min_size=12, max_size=12), max_size=4)
+)
+def test_a_name_list_seen_before_is_checked_as_it_was_the_first_time(
+    names: list[str], value_lists: list[list[str]]
+) -> None:
+    # A list of names that passed once is remembered; later requests with the same names (and
+    # any values) must get exactly the answer the line-by-line rules give, refusals included.
+    lists = [list(zip(names, values[: len(names)], strict=True)) for values in value_lists]
+    for headers in [*lists, *lists]:
+        assert checked(headers) == reference(headers)
+        assert checked(tuple(headers)) == reference(headers)  # type: ignore[arg-type]
+
+
+LONG_NAMES = [f"x-{index:03d}-" + "n" * 190 for index in range(100)]
+
+
+@pytest.mark.parametrize(
+    "requests",
+    [
+        [
+            [("Transfer-Encoding", "chunked"), ("accept", "a")],
+            [("Transfer-Encoding", "gzip"), ("accept", "a")],
+        ],
+        [[("Transfer-Encoding", "chunked")], [("Transfer-Encoding", " chunked")]],
+        [[("content-length", "5")], [("content-length", "5x")], [("content-length", "5, 5")]],
+        [[("host", "a")], [("host", "a\x00")]],
+        [[("accept", "a"), ("x-y", "b")], [("accept", "a"), ("x-y", "b\r\nX-Injected: 1")]],
+        [[("accept", "a"), ("x-y", "b")], [("accept", "a"), ("x-y", "\u00e9")]],
+        [[("a", "1"), ("A", "2")], [("a", "1"), ("A", "2")]],
+        [[(name, "") for name in LONG_NAMES], [(name, "v" * 130) for name in LONG_NAMES]],
+    ],
+    ids=["te-coding", "te-padded", "content-length", "nul", "crlf", "non-ascii", "twice", "size"],
+)
+def test_remembered_names_leave_every_value_check_in_place(requests: list[Headers]) -> None:
+    answers = [checked(headers) for headers in requests]
+    assert answers == [reference(headers) for headers in requests]
+    assert isinstance(answers[0], tuple) or answers[0] == "duplicate_header"
+    assert all(isinstance(answer, str) for answer in answers[1:])
+
+
+def test_remembered_name_lists_are_bounded() -> None:
+    for index in range(3 * headers_module._KNOWN_NAMES_LIMIT):
+        headers = [(f"x-{index}", "1"), ("accept", "a")]
+        assert checked(headers) == reference(headers)
+        assert len(headers_module._KNOWN_NAMES) <= headers_module._KNOWN_NAMES_LIMIT
+    assert checked([("accept", "a"), ("x-1", " 2 ")]) == (("accept", "a"), ("x-1", "2"))
 
 
 def reference_outbound(headers: Headers, extra: list[str]) -> list[tuple[str, str]]:
