@@ -16,10 +16,9 @@ section 1), so the domain is the namespace's parent, ``servicebus.`` plus the cl
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
@@ -32,10 +31,15 @@ _DEFAULT_PORTS: Final = {"ws": 80, "wss": 443, "http": 80, "https": 443}
 _HOSTNAME = re.compile(
     r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
 )
-_FORBIDDEN: Final = re.compile(r"[ \\@#]")
+# What a rendezvous address may hold: printable ASCII but for space, backslash, '@' and '#'
+# (deleting these with bytes.translate leaves exactly the refused characters).
+_ADDRESS_BYTES: Final = bytes(c for c in range(0x20, 0x7F) if chr(c) not in " \\@#")
 # host[:port] with a canonical port: no empty port, no leading zero (parsers disagree on both).
 _NETLOC: Final = re.compile(r"(?:\[[0-9a-fA-F:.]+\]|[^:\[\]]+)(?::[1-9][0-9]{0,4})?")
-_RENDEZVOUS_ACTIONS: Final = frozenset({"sb-hc-action=accept", "sb-hc-action=request"})
+# The piece of a rendezvous address's query that names its interaction (section 1).
+_ID_PIECE: Final = "&sb-hc-id="
+# Distinct address heads (up to the '?') whose verdict a policy keeps.
+_MAX_VERDICTS: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +192,10 @@ class RendezvousPolicy:
     dev_endpoint: RelayEndpoint | None = None
     entity_path: str | None = None
     extra_endpoints: tuple[RelayEndpoint, ...] = ()
+    # The verdict of judge_head per address head seen (see check); not part of the policy's value.
+    _verdicts: dict[str, str | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         # Without the leading dot "evilservicebus.windows.net" would match; a single-label
@@ -213,25 +221,36 @@ class RendezvousPolicy:
             raise BadRendezvousAddressError("rendezvous address missing or too long")
         # urlsplit silently drops tabs and newlines and treats '\' inconsistently across parsers;
         # refuse anything a strict parser and a lax one could read differently.
-        if not address.isascii() or not address.isprintable() or _FORBIDDEN.search(address):
+        if not address.isascii() or address.encode("ascii").translate(None, _ADDRESS_BYTES):
             raise BadRendezvousAddressError("rendezvous address contains forbidden characters")
         # With '#' refused, urlsplit's query is exactly what follows the first '?', and the scheme,
         # host, port and path depend only on what precedes it. That part is the same for every
         # request of a relay connection (the per-request id is in the query), so its verdict is
-        # cached; the query is checked on every call.
+        # kept per policy; the query is checked on every call.
         head, _, query = address.partition("?")
-        problem = _judge_head(self, head)
+        verdicts = self._verdicts
+        try:
+            problem = verdicts[head]
+        except KeyError:
+            if len(verdicts) >= _MAX_VERDICTS:
+                # A hostile relay sending ever new heads holds at most this many x 4 KiB here.
+                verdicts.clear()
+            problem = verdicts[head] = self.judge_head(head)
         if problem is not None:
             raise BadRendezvousAddressError(problem)
-        pieces = query.split("&")
-        if not _RENDEZVOUS_ACTIONS.intersection(pieces):
+        # The query's '&'-separated pieces, read as substrings of "&{query}&": a piece equal to
+        # P is an occurrence of "&P&", a piece starting with P one of "&P" (P holds no '&', so
+        # two occurrences never overlap). One scan each instead of a list of pieces per request.
+        pieces = f"&{query}&"
+        if "&sb-hc-action=accept&" not in pieces and "&sb-hc-action=request&" not in pieces:
             raise BadRendezvousAddressError("rendezvous address lacks an accept/request action")
-        ids = [
-            unquote(piece[len("sb-hc-id=") :]) for piece in pieces if piece.startswith("sb-hc-id=")
-        ]
-        if len(ids) != 1 or not ids[0]:
+        if pieces.count(_ID_PIECE) != 1:
             raise BadRendezvousAddressError("rendezvous address lacks exactly one sb-hc-id")
-        if command_id is not None and ids[0] != command_id:
+        start = pieces.index(_ID_PIECE) + len(_ID_PIECE)
+        found = unquote(pieces[start : pieces.index("&", start)])
+        if not found:
+            raise BadRendezvousAddressError("rendezvous address lacks exactly one sb-hc-id")
+        if command_id is not None and found != command_id:
             raise BadRendezvousAddressError("rendezvous address is for another interaction")
         return address
 
@@ -280,9 +299,3 @@ class RendezvousPolicy:
         wanted = hc_path(self.entity_path).lower()
         rest = path[len("/$hc/") :].lower()
         return rest == wanted or rest.startswith(wanted + "/")
-
-
-@functools.lru_cache(maxsize=256)
-def _judge_head(policy: RendezvousPolicy, head: str) -> str | None:
-    # Bounded: a hostile relay sending ever new heads can hold at most 256 x 4 KiB here.
-    return policy.judge_head(head)

@@ -50,7 +50,6 @@ from gateway.hybridconnection.framing import (
     ResponseRoute,
     SocketKind,
     choose_response_route,
-    response_frames,
 )
 from gateway.hybridconnection.messages import (
     AcceptCommand,
@@ -58,6 +57,7 @@ from gateway.hybridconnection.messages import (
     RequestCommand,
     ResponseCommand,
     command_bytes,
+    response_bytes,
 )
 
 __all__ = [
@@ -226,6 +226,8 @@ def fold_headers(
             if key not in first_only:
                 result[first] += ", " + value
             continue
+        # An exact str: orjson refuses a subclass (multidict's istr) as a key.
+        name = name if type(name) is str else str(name)
         spelled[key] = name
         result[name] = value
     return result
@@ -320,31 +322,78 @@ class StreamedBody:
         return [self._framer.end()]
 
 
-@dataclass(frozen=True, slots=True)
 class PreparedResponse:
-    """A response ready for the wire.
+    """A response ready for the wire (made by :func:`prepare_response`; read, never change it).
 
-    ``command`` is the ``response`` message; ``body`` the complete body (``None`` when there is
-    none or when it is ``streamed`` from the application's iterator). ``valid`` is false when the
-    application's response could not be sent as it was (bad header) and a bodiless 500 replaced
-    it. ``route`` is where it must travel, for a request that arrived on ``arrived_on``.
+    ``payload`` is the ``response`` message's JSON text, ``command`` the same message as a
+    :class:`ResponseCommand`; ``body`` the complete body (``None`` when there is none or when it
+    is ``streamed`` from the application's iterator). ``valid`` is false when the application's
+    response could not be sent as it was (bad header) and a bodiless 500 replaced it. ``route``
+    is where it must travel, for a request that arrived on ``arrived_on``.
+
+    A plain class, not a dataclass: one is made per relayed request, and the message's parts are
+    kept as they are (the JSON is serialised once, the command only built when asked for).
     """
 
-    command: ResponseCommand
-    body: bytes | None
-    streamed: bool
-    valid: bool
-    route: ResponseRoute
+    __slots__ = (
+        "_description",
+        "_headers",
+        "_request_id",
+        "_status",
+        "body",
+        "payload",
+        "route",
+        "streamed",
+        "valid",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        status_code: int,
+        status_description: str | None,
+        response_headers: dict[str, str],
+        body: bytes | None,
+        *,
+        streamed: bool,
+        valid: bool,
+        route: ResponseRoute,
+    ) -> None:
+        self._request_id = request_id
+        self._status = status_code
+        self._description = status_description
+        self._headers = response_headers
+        self.body = body
+        self.streamed = streamed
+        self.valid = valid
+        self.route = route
+        self.payload = response_bytes(
+            request_id, status_code, status_description, response_headers, streamed or bool(body)
+        )
+
+    @property
+    def command(self) -> ResponseCommand:
+        """The ``response`` message (section 3.2) whose text is :attr:`payload`."""
+        return ResponseCommand(
+            request_id=self._request_id,
+            status_code=self._status,
+            body=self.streamed or bool(self.body),
+            status_description=self._description,
+            response_headers=self._headers,
+        )
 
     def frames(self) -> list[Frame]:
         """All frames of a complete response (JSON, then the body): send as one unit."""
         if self.streamed:
             raise ValueError("a streamed response has no complete frame list; use head()")
-        return response_frames(self.command, self.body)
+        text = Frame(Opcode.TEXT, self.payload)
+        body = self.body
+        # Section 5.4: a body message follows exactly when the JSON says "body": true.
+        return [text] if not body else [text, Frame(Opcode.BINARY, body)]
 
     def head(self) -> list[Frame]:
         """The JSON message of a streamed response; the body follows from :meth:`body_stream`."""
-        return [Frame(Opcode.TEXT, command_bytes(self.command))]
+        return [Frame(Opcode.TEXT, self.payload)]
 
     def body_stream(self) -> StreamedBody:
         """A framer for the streamed body that follows :meth:`head`."""
@@ -358,7 +407,8 @@ _PHRASES: Final = {int(status): status.phrase for status in HTTPStatus}
 def _reason(response: RelayedResponse) -> str | None:
     reason = response.reason
     if reason:
-        reason = _CTL.sub("", reason)[:MAX_REASON]
+        # A printable phrase has no control character to remove (the common case).
+        reason = (reason if reason.isprintable() else _CTL.sub("", reason))[:MAX_REASON]
     return reason or _PHRASES.get(response.status)
 
 
@@ -378,30 +428,32 @@ def prepare_response(
         if not 100 <= status <= 999:
             raise ValueError("status outside 100-999")
     except ValueError:
-        command = ResponseCommand(
-            request_id=request_id,
-            status_code=500,
-            body=False,
-            status_description=HTTPStatus(500).phrase,
+        return PreparedResponse(
+            request_id,
+            500,
+            _PHRASES[500],
+            {},
+            None,
+            streamed=False,
+            valid=False,
+            route=choose_response_route(0, arrived_on=arrived_on),
         )
-        route = choose_response_route(0, arrived_on=arrived_on)
-        return PreparedResponse(command, None, streamed=False, valid=False, route=route)
-    complete = body if isinstance(body, bytes) else None
-    has_body = streamed or bool(complete)
-    command = ResponseCommand(
-        request_id=request_id,
-        status_code=status,
-        body=has_body,
-        status_description=_reason(response),
-        response_headers=headers,
-    )
-    length = None if complete is None else len(complete)
+    if streamed:
+        complete = None
+        route = choose_response_route(None, arrived_on=arrived_on)
+    else:
+        assert isinstance(body, bytes)
+        complete = body or None
+        route = choose_response_route(len(body), arrived_on=arrived_on)
     return PreparedResponse(
-        command,
-        complete or None,
+        request_id,
+        status,
+        _reason(response),
+        headers,
+        complete,
         streamed=streamed,
         valid=True,
-        route=choose_response_route(length, arrived_on=arrived_on),
+        route=route,
     )
 
 

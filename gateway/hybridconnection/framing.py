@@ -284,7 +284,17 @@ class _Channel(abc.ABC):
 
     def receive_frame(self, opcode: Opcode, payload: bytes, *, fin: bool = True) -> list[Event]:
         """Feed one WebSocket frame as it came off the wire (payload already unmasked)."""
-        if self._state is _State.CLOSED:
+        state = self._state
+        if (
+            opcode is Opcode.TEXT
+            and fin
+            and state is _State.IDLE
+            and len(payload) <= self._limits.max_message_size
+        ):
+            # The common case, one whole control message in one frame: what _data_frame and
+            # _append do for it, without their steps (the buffer is empty between messages).
+            return self._tally(self._text_message(bytes(payload)))
+        if state is _State.CLOSED:
             return []
         if opcode in (Opcode.PING, Opcode.PONG):
             return []  # keepalive is the WebSocket layer's business (section 3.3)
@@ -496,6 +506,8 @@ class ListenerChannel(_Channel):
                 # Section 3.2: on a rendezvous socket the response goes back on that socket;
                 # never expose an address the service did not need to send.
                 command = dataclasses.replace(command, address=None)
+            if not command.body:
+                return self._complete(command, None)
             return self._await_body(command)
         if isinstance(command, AcceptCommand) and on_control:
             return self._checked(command.address, command.id, [AcceptReceived(command)])

@@ -54,6 +54,9 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9110 field-value / reason-phrase: HTAB, SP, VCHAR, obs-text. No CR, LF, NUL or other CTLs.
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
+# Methods known to be tokens, so the common ones skip the regular expression (RFC 9110 section 9).
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"})
+
 _EMPTY_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 # The ASCII characters of the two sets above (a token's, a field value's), as bytes for
 # ``bytes.translate``.
@@ -207,15 +210,36 @@ def command_bytes(command: Command) -> bytes:
             payload["id"] = command.id
         document = {"request": payload}
     elif isinstance(command, ResponseCommand):
-        payload = {"requestId": command.request_id, "statusCode": command.status_code}
-        if command.status_description is not None:
-            payload["statusDescription"] = command.status_description
-        payload["responseHeaders"] = _plain(command.response_headers)
-        payload["body"] = command.body
-        document = {"response": payload}
+        return response_bytes(
+            command.request_id,
+            command.status_code,
+            command.status_description,
+            _plain(command.response_headers),
+            command.body,
+        )
     else:
         document = {"renewToken": {"token": command.token}}
     return orjson.dumps(document)
+
+
+def response_bytes(
+    request_id: str,
+    status_code: int,
+    status_description: str | None,
+    response_headers: dict[str, str],
+    body: bool,
+) -> bytes:
+    """The text frame of a ``response`` message (:func:`command_bytes` of a
+    :class:`ResponseCommand`) from its parts, without building the command: the listener
+    writes one per relayed request. ``response_headers`` must have ``str`` keys (not a
+    subclass: orjson refuses those) and is serialised as it is.
+    """
+    payload: dict[str, Any] = {"requestId": request_id, "statusCode": status_code}
+    if status_description is not None:
+        payload["statusDescription"] = status_description
+    payload["responseHeaders"] = response_headers
+    payload["body"] = body
+    return orjson.dumps({"response": payload})
 
 
 def _plain(headers: Mapping[str, str]) -> dict[str, str]:
@@ -256,7 +280,9 @@ def _text(value: object, where: str, *, allow_empty: bool = False) -> str:
         raise InvalidFieldError(f"{where}: must not be empty")
     if len(value) > MAX_FIELD_LENGTH:
         raise InvalidFieldError(f"{where}: longer than {MAX_FIELD_LENGTH} characters")
-    if _CONTROL_CHARS.search(value):
+    # A printable string has no control character; only one that is not (a TAB, a non-ASCII
+    # character that is not printable) needs the exact test.
+    if not value.isprintable() and _CONTROL_CHARS.search(value):
         raise InvalidFieldError(f"{where}: contains control characters")
     return value
 
@@ -311,8 +337,9 @@ def _ascii_fields_fit(headers: dict[str, Any]) -> bool:
         and values.isascii()
         and not names.encode("ascii").translate(None, _TOKEN_BYTES)
         and not values.encode("ascii").translate(None, _FIELD_BYTES)
-        and min(map(len, headers)) > 0
-        and max(map(len, headers.values())) <= MAX_FIELD_LENGTH
+        and "" not in headers
+        # No single value is longer than all of them together.
+        and (len(values) <= MAX_FIELD_LENGTH or max(map(len, headers.values())) <= MAX_FIELD_LENGTH)
     )
 
 
@@ -388,7 +415,7 @@ def _parse_request(payload: dict[str, Any]) -> RequestCommand | RendezvousReques
 
 def _full_request(payload: dict[str, Any], request_id: str, body: bool) -> RequestCommand:
     method = payload["method"]
-    if not isinstance(method, str) or not _TOKEN.fullmatch(method):
+    if not isinstance(method, str) or (method not in _METHODS and not _TOKEN.fullmatch(method)):
         raise InvalidFieldError("request.method: expected an HTTP method token")
     target = _text(_require(payload, "request", "requestTarget"), "request.requestTarget")
     if not target.startswith("/") or " " in target:

@@ -140,21 +140,19 @@ def mask_payload(key: bytes, payload: bytes) -> bytes:
     return (int.from_bytes(payload, "little") ^ repeated).to_bytes(size, "little")
 
 
-def _header(first: int, size: int) -> bytes:
-    # Client frames always set the MASK bit (section 5.2); the length in its shortest form.
-    if size < 126:
-        return bytes((first, 0x80 | size))
-    if size < 65536:
-        return bytes((first, 0xFE)) + size.to_bytes(2, "big")
-    return bytes((first, 0xFF)) + size.to_bytes(8, "big")
-
-
 def encode_frame(opcode: Opcode, payload: bytes, fin: bool = True) -> bytes:
     """One masked client frame (RFC 6455 sections 5.2 and 5.3)."""
     key = _MASKS.next()
-    return b"".join(
-        (_header((0x80 if fin else 0) | opcode, len(payload)), key, mask_payload(key, payload))
-    )
+    first = (0x80 if fin else 0) | opcode
+    size = len(payload)
+    # Client frames always set the MASK bit (section 5.2); the length in its shortest form.
+    if size < 126:
+        head = bytes((first, 0x80 | size))
+    elif size < 65536:
+        head = bytes((first, 0xFE)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((first, 0xFF)) + size.to_bytes(8, "big")
+    return b"".join((head, key, mask_payload(key, payload)))
 
 
 class ClientFrames:

@@ -495,6 +495,9 @@ class RelayListener:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        # A request task cancelled before its first step never ran the code that takes it out
+        # of _work (see _handle_request); a restarted listener must not find it there.
+        self._work.difference_update([task for task in self._work if task.done()])
         self._deadlines.cancel()
         self._started = False
 
@@ -953,7 +956,12 @@ class RelayListener:
             self._spawn(self._accept(event.command))
         elif isinstance(event, RequestReceived):
             self._requests_in_flight += 1
-            self._spawn(self._handle_request(event.command, event.body, control))
+            # No done callback (a scheduled call of its own per request): the task leaves
+            # _work itself when its coroutine ends (see _handle_request).
+            loop = self._loop or asyncio.get_running_loop()
+            self._work.add(
+                loop.create_task(self._handle_request(event.command, event.body, control))
+            )
         elif isinstance(event, RendezvousRequested):
             if self._overloaded():
                 self._spawn_overflow(self._serve_rendezvous(event.command.address, overflow=True))
@@ -996,22 +1004,24 @@ class RelayListener:
         self, command: RequestCommand, body: bytes | None
     ) -> tuple[RelayedResponse, str]:
         """Call the handler; never raises, always returns something to answer with."""
-        answer = await self._handler_answer(command, body)
+        current = asyncio.current_task(self._loop)
+        assert current is not None  # always run in a task of the listener
+        answer = await self._handler_answer(command, body, current)
         if answer[1] != "ok":
             self._refused_here("http", command.id, answer, command.method)
         return answer
 
     async def _handler_answer(
-        self, command: RequestCommand, body: bytes | None
+        self, command: RequestCommand, body: bytes | None, current: asyncio.Task[Any]
     ) -> tuple[RelayedResponse, str]:
+        """The handler's answer and its outcome; ``current`` is the task this runs in (the
+        deadline cancels it). Refusals are not recorded here (see :meth:`_run_handler`)."""
         rid = command.id
         try:
             request = project_request(command, body, self.settings.hc_path)
         except TargetOutsideError:
             detail = "the request target is outside this hybrid connection"
             return _refusal(400, "bad_target", detail, rid), "bad_target"
-        current = asyncio.current_task(self._loop)
-        assert current is not None  # always run in the request's own task
         deadline = self._deadlines.start(current)
         try:
             response = await self._handler(request)
@@ -1065,11 +1075,35 @@ class RelayListener:
     async def _handle_request(
         self, command: RequestCommand, body: bytes | None, control: _RelaySocket
     ) -> None:
+        # One coroutine for the common path: the handler's answer, then a write that needs no
+        # waiting; each further await of a coroutine would cost a frame and a call per request.
+        task = asyncio.current_task(self._loop)
+        assert task is not None  # always run in the request's own task (see _dispatch)
         try:
-            response, outcome = await self._run_handler(command, body)
-            await self._send_response(command, response, control, outcome)
+            response, outcome = await self._handler_answer(command, body, task)
+            if outcome != "ok":
+                self._refused_here("http", command.id, (response, outcome), command.method)
+            prepared = prepare_response(command.id, response)
+            if not self._sent_at_once(control, prepared, outcome):
+                await self._send_response(command, response, control, outcome, prepared)
         finally:
             self._requests_in_flight -= 1
+            self._work.discard(task)
+
+    def _sent_at_once(
+        self, control: _RelaySocket, prepared: PreparedResponse, outcome: str
+    ) -> bool:
+        """Write a small answer on its control channel now if nothing needs waiting for (see
+        :meth:`_RelaySocket.send_now`); ``False`` leaves it to :meth:`_send_response`."""
+        if (
+            prepared.route is ResponseRoute.CONTROL
+            and prepared.valid
+            and control.ws.open
+            and control.send_now(prepared.frames())
+        ):
+            self.metrics.requests[outcome] += 1
+            return True
+        return False
 
     async def _send_response(
         self,
@@ -1077,19 +1111,14 @@ class RelayListener:
         response: RelayedResponse,
         control: _RelaySocket,
         outcome: str,
+        prepared: PreparedResponse | None = None,
     ) -> None:
         """Answer on the control channel when small, else over the request's rendezvous."""
         body = response.body
-        prepared = prepare_response(command.id, response)
-        if (
-            prepared.route is ResponseRoute.CONTROL
-            and prepared.valid
-            and control.ws.open
-            and control.send_now(prepared.frames())
-        ):
-            # The common case, written at once (see _RelaySocket.send_now).
-            self.metrics.requests[outcome] += 1
-            return
+        if prepared is None:
+            prepared = prepare_response(command.id, response)
+            if self._sent_at_once(control, prepared, outcome):
+                return
         try:
             if prepared.route is ResponseRoute.CONTROL:
                 if await self._try_control(control, command.id, response, outcome, prepared):

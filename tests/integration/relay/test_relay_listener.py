@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from multidict import istr
 
 from gateway.devkit.relay_emulator import RelayEmulator
 from gateway.relay.handlers import RelayedRequest, RelayedResponse
@@ -105,6 +106,36 @@ async def test_response_headers_are_cleaned_for_the_relay(
     assert got["X-Multi"] == "a, b"
     assert got["Set-Cookie"] == "one=1"
     assert "Keep-Alive" not in got
+
+
+async def test_header_names_of_a_str_subclass_reach_the_sender(
+    relay: RelayEmulator, http: aiohttp.ClientSession
+) -> None:
+    # Handlers copy headers from aiohttp and multidict, whose names are istr (a str subclass).
+    async def headers(request: RelayedRequest) -> RelayedResponse:
+        return RelayedResponse(
+            200, "OK", ((istr("X-Kind"), "a"), (istr("x-kind"), "b"), ("X-Plain", "c")), b"k"
+        )
+
+    async with start_listener(relay, headers) as listener:
+        await relay.wait_for_listeners(HC, 1)
+        status, _, got, body = await send_http(http, relay, "/h")
+    assert (status, body) == (200, b"k")
+    assert (got["X-Kind"], got["X-Plain"]) == ("a, b", "c")
+    assert listener.metrics.requests["ok"] == 1
+
+
+async def test_a_finished_request_leaves_no_task_behind(
+    relay: RelayEmulator, http: aiohttp.ClientSession
+) -> None:
+    async with start_listener(relay) as listener:
+        await relay.wait_for_listeners(HC, 1)
+        for _ in range(3):
+            status, *_ = await send_http(http, relay, "/x")
+            assert status == 200
+        # The request tasks take themselves out of the listener's work when they end.
+        await wait_until(lambda: not listener._work)
+        assert listener.requests_in_flight == 0
 
 
 async def test_handler_exception_is_answered_500(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.hybridconnection.addresses import (
@@ -232,3 +232,95 @@ def test_check_only_raises_bad_rendezvous_address(address: str) -> None:
         return
     host = urlsplit(address).hostname or ""
     assert host.endswith(".servicebus.windows.net") or host == "127.0.0.1"
+
+
+def _reference_verdict(policy: RendezvousPolicy, address: str, command_id: str | None) -> str:
+    """The address check written the plain way: the query split into its pieces, the head
+    judged on every call. ``check`` must agree with it on every input, message for message."""
+    if len(address) > 4096:
+        return "rendezvous address missing or too long"
+    if not address.isascii() or not address.isprintable() or re.search(r"[ \\@#]", address):
+        return "rendezvous address contains forbidden characters"
+    head, _, query = address.partition("?")
+    problem = policy.judge_head(head)
+    if problem is not None:
+        return problem
+    pieces = query.split("&")
+    if "sb-hc-action=accept" not in pieces and "sb-hc-action=request" not in pieces:
+        return "rendezvous address lacks an accept/request action"
+    ids = [unquote(piece[len("sb-hc-id=") :]) for piece in pieces if piece.startswith("sb-hc-id=")]
+    if len(ids) != 1 or not ids[0]:
+        return "rendezvous address lacks exactly one sb-hc-id"
+    if command_id is not None and ids[0] != command_id:
+        return "rendezvous address is for another interaction"
+    return "ok"
+
+
+# Query pieces that sit on the check's boundaries: the action and id keys whole, cut, repeated,
+# percent-encoded, empty, behind another key's '='; separators doubled; characters it refuses.
+_QUERY_PARTS = st.sampled_from(
+    [
+        "sb-hc-action=accept",
+        "sb-hc-action=request",
+        "sb-hc-action=listen",
+        "sb-hc-action=accepted",
+        "xsb-hc-action=accept",
+        "sb-hc-id=",
+        "sb-hc-id=1",
+        "sb-hc-id=%31",
+        "sb-hc-id=2",
+        "sb-hc-id",
+        "x=sb-hc-id=1",
+        "sb-hc-id==1",
+        "%",
+        "&",
+        "&&",
+        "=",
+        "?",
+        "1",
+        " ",
+        "#",
+        "\t",
+        "é",
+    ]
+)
+
+
+@settings(max_examples=400)
+@example(
+    "sb-hc-action=accept&x=sb-hc-id=2&sb-hc-id=1", "wss://g.servicebus.windows.net/$hc/hyco", "1"
+)
+@example("xsb-hc-action=accept&sb-hc-id=1", "wss://g.servicebus.windows.net/$hc/hyco", "1")
+@example("sb-hc-action=accepted&sb-hc-id=1", "wss://g.servicebus.windows.net/$hc/hyco", "1")
+@example("sb-hc-action=request&sb-hc-id=%31", "ws://127.0.0.1:9000/$hc/hyco", "1")
+@example("sb-hc-id=1&sb-hc-action=request&sb-hc-id", "ws://127.0.0.1:9000/$hc/hyco", None)
+@given(
+    st.lists(_QUERY_PARTS, max_size=8).map("".join),
+    st.sampled_from(["wss://g.servicebus.windows.net/$hc/hyco", "ws://127.0.0.1:9000/$hc/hyco"]),
+    st.sampled_from([None, "1", "2", "", "=1"]),
+)
+def test_check_decides_exactly_as_the_plain_reading_of_the_query(
+    query: str, head: str, command_id: str | None
+) -> None:
+    policy = RendezvousPolicy(entity_path="hyco", dev_endpoint=DEV)
+    address = f"{head}?{query}"
+    try:
+        policy.check(address, command_id)
+    except BadRendezvousAddressError as refused:
+        verdict = str(refused)
+    else:
+        verdict = "ok"
+    assert verdict == _reference_verdict(policy, address, command_id)
+
+
+def test_a_policy_keeps_a_bounded_number_of_head_verdicts() -> None:
+    policy = RendezvousPolicy(entity_path="hyco")
+    for number in range(1000):
+        head = f"wss://n{number}.servicebus.windows.net/$hc/hyco"
+        assert policy.check(f"{head}?sb-hc-action=accept&sb-hc-id=1", "1")
+        with pytest.raises(BadRendezvousAddressError, match="outside the relay service"):
+            policy.check(f"wss://n{number}.evil.example/$hc/hyco?sb-hc-action=accept&sb-hc-id=1")
+    assert len(policy._verdicts) <= 256
+    # The kept verdicts do not make equal policies differ.
+    assert policy == RendezvousPolicy(entity_path="hyco")
+    assert hash(policy) == hash(RendezvousPolicy(entity_path="hyco"))
