@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -223,6 +224,12 @@ class Connection(asyncio.Protocol):
         # The connection's loop, kept: asyncio.get_running_loop() costs a getpid() system call
         # per call on Python 3.11, and the exchange would otherwise look it up several times.
         self.loop = self._loop = loop
+        # The loop's clock, read three or four times per exchange: asyncio's own loops read
+        # time.monotonic() through a Python method (BaseEventLoop.time), so theirs is called
+        # directly; any other loop (uvloop) is asked as usual.
+        self.clock: Callable[[], float] = (
+            time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        )
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpResponseParser | None = None
         # The parser of the last exchange, when it ended cleanly between two messages: llhttp
@@ -282,7 +289,7 @@ class Connection(asyncio.Protocol):
             # Nothing was asked: a target sending unsolicited bytes is not reused (C 63-65).
             self._fail(ExchangeError("upstream_protocol_error", "unsolicited bytes from target"))
             return
-        self._last_data = self._loop.time()
+        self._last_data = self.clock()
         try:
             if self._head_only:
                 self._feed_heads(parser, data)
@@ -408,7 +415,7 @@ class Connection(asyncio.Protocol):
             # RFC 9110 section 9.3.2: an answer to HEAD has no content, whatever it declares.
             self._complete = True
             self.body.end()
-        self._wake()
+        # The exchange's waiter is woken once the data fed so far is parsed (data_received).
 
     def on_body(self, data: bytes) -> None:
         """A piece of the final answer's body."""
@@ -439,7 +446,7 @@ class Connection(asyncio.Protocol):
         self.body = None
         self._complete = False
         self._until_close = False
-        now = self._loop.time()
+        now = self.clock()
         self._read, self._deadline, self._last_data = read, now + total, now
         self._exchanging = True
         self._arm(min(now + read, self._deadline))
@@ -468,7 +475,7 @@ class Connection(asyncio.Protocol):
         parser, self._parser = self._parser, None
         clean = reusable and self._complete and not self.stray and not self._paused
         if clean and self.failure is None and not self.closed:
-            self.idle_since = self._loop.time()
+            self.idle_since = self.clock()
             # The parser stopped exactly at the end of the final answer (any byte after it
             # retires the connection as stray, above), so it waits for the next status line.
             # Not after HEAD: llhttp expects the body the head declared, which never comes.
@@ -577,7 +584,7 @@ class Connection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        now = self._loop.time()
+        now = self.clock()
         if self._exchanging:
             if now >= self._deadline:
                 self._fail(ExchangeError("upstream_timeout", "no complete answer in time", 504))
@@ -748,7 +755,7 @@ class Http1Pool:
             return None
         while idle:
             connection = idle.pop()
-            if connection.fresh(connection.loop.time()):
+            if connection.fresh(connection.clock()):
                 return connection
             connection.close()
         return None

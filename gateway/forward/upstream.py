@@ -341,7 +341,23 @@ class Upstream:
                 read=plan.read,
                 total=plan.total,
             )
-            return await _wrap(exchange, plan.max_body)
+            payload = exchange.payload
+            try:
+                _check_declared_length(exchange.message, plan.max_body)
+                # Read the first chunk now: small bodies (the common case) are then complete, and
+                # the caller can answer inline on the relay's control channel without streaming.
+                # Such a body has usually arrived with the head: taken then without a wait.
+                if payload.ready():
+                    first = _capped(payload.read_ready(CHUNK), plan.max_body, 0)
+                else:
+                    first = await _read_capped(payload, plan.max_body, 0)
+            except ExchangeError as exc:
+                exchange.release()
+                raise _body_error(exc) from None
+            except BaseException:
+                exchange.release()
+                raise
+            return _response(exchange, first, plan.max_body)
         except DialError as refused:
             raise UpstreamError(refused.code, str(refused), refused.status) from None
         except ExchangeError as failed:
@@ -364,33 +380,20 @@ class _Plan:
     host: str
 
 
-async def _wrap(exchange: Exchange, max_body: int) -> UpstreamResponse:
-    message = exchange.message
-    payload = exchange.payload
-    declared = _declared_length(message)
-    if declared is not None and declared > max_body:
-        exchange.release()
+def _check_declared_length(message: Response, max_body: int) -> None:
+    value = message.content_length
+    if value is not None and value.isdigit() and int(value) > max_body:
         raise UpstreamError(
-            "upstream_body_too_large", f"response of {declared} bytes exceeds {max_body}"
+            "upstream_body_too_large", f"response of {int(value)} bytes exceeds {max_body}"
         )
-    # Read the first chunk now: small bodies (the common case) are then complete, and the caller
-    # can answer inline on the relay's control channel without streaming. Such a body has
-    # usually arrived with the head: taken then without a wait.
-    try:
-        if payload.ready():
-            first = _capped(payload.read_ready(CHUNK), max_body, 0)
-        else:
-            first = await _read_capped(payload, max_body, 0)
-    except ExchangeError as exc:
-        exchange.release()
-        raise _body_error(exc) from None
-    except BaseException:
-        exchange.release()
-        raise
-    complete = payload.at_eof()
+
+
+def _response(exchange: Exchange, first: bytes, max_body: int) -> UpstreamResponse:
+    message = exchange.message
+    complete = exchange.payload.at_eof()
     return UpstreamResponse(
         status=message.code,
-        reason=(message.reason or "").replace("\r", " ").replace("\n", " "),
+        reason=message.reason.replace("\r", " ").replace("\n", " "),
         headers=_response_headers(message),
         # A complete body (the common case) has nothing more to stream: no generator for it.
         body=_EXHAUSTED if complete else _stream(exchange, max_body, len(first)),
@@ -398,11 +401,6 @@ async def _wrap(exchange: Exchange, max_body: int) -> UpstreamResponse:
         complete=complete,
         _release=exchange.release,
     )
-
-
-def _declared_length(message: Response) -> int | None:
-    value = message.content_length
-    return int(value) if value is not None and value.isdigit() else None
 
 
 async def _read_capped(payload: Body, max_body: int, seen: int) -> bytes:
