@@ -59,6 +59,7 @@ from gateway.hybridconnection.messages import (
     command_bytes,
     response_bytes,
 )
+from gateway.hybridconnection.records import slot_setters
 
 __all__ = [
     "CONNECTION_HEADERS",
@@ -107,7 +108,7 @@ _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CTL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RelayedRequest:
     """An HTTP request the SaaS sent through the relay (section 3.2).
 
@@ -127,8 +128,33 @@ class RelayedRequest:
     body: bytes = b""
     remote: tuple[str, int] | None = None
 
+    def __init__(
+        self,
+        request_id: str,
+        method: str,
+        target: str,
+        raw_target: str,
+        headers: Headers,
+        body: bytes = b"",
+        remote: tuple[str, int] | None = None,
+    ) -> None:
+        # Made per relayed request: each slot set by its own setter (see records.py).
+        s_id, s_method, s_target, s_raw, s_headers, s_body, s_remote = _REQUEST_SLOTS
+        s_id(self, request_id)
+        s_method(self, method)
+        s_target(self, target)
+        s_raw(self, raw_target)
+        s_headers(self, headers)
+        s_body(self, body)
+        s_remote(self, remote)
 
-@dataclass(frozen=True)
+
+_REQUEST_SLOTS: Final = slot_setters(
+    RelayedRequest, "request_id", "method", "target", "raw_target", "headers", "body", "remote"
+)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class RelayedResponse:
     """The answer to a :class:`RelayedRequest`.
 
@@ -144,6 +170,23 @@ class RelayedResponse:
     reason: str = ""
     headers: Headers = ()
     body: bytes | AsyncIterator[bytes] = b""
+
+    def __init__(
+        self,
+        status: int,
+        reason: str = "",
+        headers: Headers = (),
+        body: bytes | AsyncIterator[bytes] = b"",
+    ) -> None:
+        # Made per relayed request: each slot set by its own setter (see records.py).
+        set_status, set_reason, set_headers, set_body = _RESPONSE_SLOTS
+        set_status(self, status)
+        set_reason(self, reason)
+        set_headers(self, headers)
+        set_body(self, body)
+
+
+_RESPONSE_SLOTS: Final = slot_setters(RelayedResponse, "status", "reason", "headers", "body")
 
 
 @dataclass(frozen=True)

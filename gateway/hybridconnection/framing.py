@@ -68,6 +68,7 @@ from gateway.hybridconnection.messages import (
     command_bytes,
     parse_command,
 )
+from gateway.hybridconnection.records import slot_setters
 
 # Section 5.3: request and response bodies on the control channel are each at most 64 KB.
 CONTROL_CHANNEL_BODY_LIMIT: Final = 64 * 1024
@@ -97,13 +98,22 @@ class SocketKind(enum.Enum):
     RENDEZVOUS = "rendezvous"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Frame:
     """One outgoing WebSocket data frame."""
 
     opcode: Opcode
     payload: bytes
     fin: bool = True
+
+    def __init__(self, opcode: Opcode, payload: bytes, fin: bool = True) -> None:
+        set_opcode, set_payload, set_fin = _FRAME_SLOTS  # two per response (see records.py)
+        set_opcode(self, opcode)
+        set_payload(self, payload)
+        set_fin(self, fin)
+
+
+_FRAME_SLOTS: Final = slot_setters(Frame, "opcode", "payload", "fin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +165,7 @@ class AcceptReceived:
     command: AcceptCommand
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RequestReceived:
     """A complete HTTP request; ``body`` is ``None`` when the request said ``"body": false``.
 
@@ -165,6 +175,14 @@ class RequestReceived:
 
     command: RequestCommand
     body: bytes | None
+
+    def __init__(self, command: RequestCommand, body: bytes | None) -> None:
+        set_command, set_body = _RECEIVED_SLOTS  # one per request (see records.py)
+        set_command(self, command)
+        set_body(self, body)
+
+
+_RECEIVED_SLOTS: Final = slot_setters(RequestReceived, "command", "body")
 
 
 @dataclass(frozen=True, slots=True)

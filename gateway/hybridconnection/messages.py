@@ -42,6 +42,7 @@ from gateway.hybridconnection.errors import (
     ProtocolError,
     UnknownCommandError,
 )
+from gateway.hybridconnection.records import slot_setters
 
 # Section 5.4: .NET reads control messages into a 64 KiB buffer; nothing legitimate is larger.
 MAX_CONTROL_MESSAGE_SIZE: Final = 64 * 1024
@@ -64,12 +65,20 @@ _TOKEN_BYTES: Final = bytes(c for c in range(128) if _TOKEN.fullmatch(chr(c)))
 _FIELD_BYTES: Final = bytes(c for c in range(128) if not _CONTROL_CHARS.search(chr(c)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RemoteEndpoint:
     """The sender's network address as the service saw it (section 3.2, optional field)."""
 
     address: str
     port: int
+
+    def __init__(self, address: str, port: int) -> None:
+        set_address, set_port = _ENDPOINT_SLOTS  # made per request (see records.py)
+        set_address(self, address)
+        set_port(self, port)
+
+
+_ENDPOINT_SLOTS: Final = slot_setters(RemoteEndpoint, "address", "port")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +91,7 @@ class AcceptCommand:
     remote_endpoint: RemoteEndpoint | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RequestCommand:
     """``request``, full form: one HTTP request; a binary body message follows iff ``body``.
 
@@ -97,6 +106,38 @@ class RequestCommand:
     body: bool
     address: str | None = None
     remote_endpoint: RemoteEndpoint | None = None
+
+    def __init__(
+        self,
+        id: str,
+        request_target: str,
+        method: str,
+        request_headers: Mapping[str, str],
+        body: bool,
+        address: str | None = None,
+        remote_endpoint: RemoteEndpoint | None = None,
+    ) -> None:
+        # Made per relayed request: each slot set by its own setter (see records.py).
+        s_id, s_target, s_method, s_headers, s_body, s_address, s_endpoint = _REQUEST_SLOTS
+        s_id(self, id)
+        s_target(self, request_target)
+        s_method(self, method)
+        s_headers(self, request_headers)
+        s_body(self, body)
+        s_address(self, address)
+        s_endpoint(self, remote_endpoint)
+
+
+_REQUEST_SLOTS: Final = slot_setters(
+    RequestCommand,
+    "id",
+    "request_target",
+    "method",
+    "request_headers",
+    "body",
+    "address",
+    "remote_endpoint",
+)
 
 
 @dataclass(frozen=True, slots=True)

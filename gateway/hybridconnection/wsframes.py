@@ -43,9 +43,10 @@ from __future__ import annotations
 import codecs
 import enum
 import os
+from collections.abc import Sequence
 from typing import Final, NamedTuple
 
-from gateway.hybridconnection.framing import Opcode
+from gateway.hybridconnection.framing import Frame, Opcode
 
 __all__ = [
     "CLOSE_ABNORMAL",
@@ -379,6 +380,22 @@ class ClientFrames:
             raise ValueError("data frames out of order (RFC 6455 section 5.4)")
         self._sending_fragments = not fin
         return encode_frame(opcode, payload, fin)
+
+    def encode_frames(self, frames: Sequence[Frame]) -> bytes:
+        """The bytes of several data frames in order (:meth:`encode_data` of each, joined).
+
+        All or nothing: a frame out of order raises before anything is taken, so a message is
+        never half encoded (a response's JSON without its body, section 5.4).
+        """
+        if self.state is not FramesState.OPEN:
+            raise ValueError(f"cannot send data on a {self.state.value} connection")
+        fragments = self._sending_fragments
+        for frame in frames:
+            if (frame.opcode is _CONTINUATION) != fragments or frame.opcode >= _CLOSE:
+                raise ValueError("data frames out of order (RFC 6455 section 5.4)")
+            fragments = not frame.fin
+        self._sending_fragments = fragments
+        return b"".join([encode_frame(frame.opcode, frame.payload, frame.fin) for frame in frames])
 
     def send_ping(self, payload: bytes) -> None:
         """Queue a ping (section 5.5.2); allowed until the server ends the connection."""

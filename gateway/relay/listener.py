@@ -199,17 +199,15 @@ class _RelaySocket:
             await self.ws.drain()
 
     def send_now(self, frames: list[Frame]) -> bool:
-        """Send complete messages at once if nothing needs waiting for; ``False`` if it does.
+        """Send complete messages at once if nothing needs waiting for; ``False`` if it does or
+        the socket is closed (then :meth:`send_frames` raises).
 
         With the lock free (no streamed body between its frames) and the transport taking
         writes, a synchronous send is already one critical section (section 5.4): no other task
         runs before it returns, so the lock, its timeout and a drain that would not wait are
-        skipped. Raises like :meth:`RelayWebSocket.send` on a closed socket.
+        skipped.
         """
-        if self.lock.locked() or not self.ws.writable:
-            return False
-        self.ws.send(frames)
-        return True
+        return not self.lock.locked() and self.ws.try_send(frames)
 
     async def send_streamed(
         self, prepared: PreparedResponse, chunks: AsyncIterator[bytes], idle_timeout: float
@@ -1098,7 +1096,6 @@ class RelayListener:
         if (
             prepared.route is ResponseRoute.CONTROL
             and prepared.valid
-            and control.ws.open
             and control.send_now(prepared.frames())
         ):
             self.metrics.requests[outcome] += 1

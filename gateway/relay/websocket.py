@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, cast
 
 from websockets.client import ClientProtocol
@@ -521,17 +521,22 @@ class RelayWebSocket:
 
     # -- writing -------------------------------------------------------------------------
 
-    def send(self, frames: Iterable[Frame]) -> None:
+    def send(self, frames: Sequence[Frame]) -> None:
         """Queue data frames (masked, RFC 6455 section 5.3) for this loop iteration's write;
         frames sent with no ``await`` between stay together and in order."""
         if not self.open:
             raise ConnectionResetError("relay socket is closed")
-        encode = self._codec.encode_data
         # One chunk for the whole message sequence (a response's JSON and body): they leave in
         # this order either way, and the write queue takes one piece instead of several.
-        self._wire.queue(
-            b"".join([encode(frame.opcode, frame.payload, frame.fin) for frame in frames])
-        )
+        self._wire.queue(self._codec.encode_frames(frames))
+
+    def try_send(self, frames: Sequence[Frame]) -> bool:
+        """:meth:`send` if the socket is open and the transport takes writes now (:meth:`drain`
+        would not wait); ``False``, with nothing queued, otherwise."""
+        if self._wire.paused_writing or not self.open:
+            return False
+        self._wire.queue(self._codec.encode_frames(frames))
+        return True
 
     def ping(self, data: bytes) -> None:
         """Send a ping (section 3.3); nothing on a socket that is closing or closed.
@@ -566,7 +571,7 @@ class RelayWebSocket:
                     wire.flush(b"".join(held))
         await self.linger(self._close_timeout)
 
-    def send_last(self, frames: Iterable[Frame]) -> bool:
+    def send_last(self, frames: Sequence[Frame]) -> bool:
         """Write ``frames``, then a close with 1009; follow with :meth:`linger`.
 
         For a socket that must refuse an oversize message: ``frames`` (the answer to the refused

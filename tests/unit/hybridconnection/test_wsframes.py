@@ -27,7 +27,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from gateway.hybridconnection.framing import Opcode
+from gateway.hybridconnection.framing import Frame, Opcode
 from gateway.hybridconnection.wsframes import (
     SEND_EOF,
     ClientFrames,
@@ -425,6 +425,41 @@ def test_sending_rules() -> None:
     assert reader.state is FramesState.CLOSING
     with pytest.raises(ValueError, match="closing"):
         reader.send_data(Opcode.TEXT, b"after the close")
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0, 1, 2]), st.binary(max_size=200), st.booleans()),
+        max_size=5,
+    )
+)
+def test_frames_encoded_together_are_read_as_if_sent_one_by_one(
+    frames: list[tuple[int, bytes, bool]],
+) -> None:
+    together, alone = ClientFrames(1000), ClientFrames(1000)
+    batch = [Frame(Opcode(opcode), payload, fin) for opcode, payload, fin in frames]
+    expected: list[tuple[int, bytes, bool]] = []
+    refused = None
+    for frame in batch:
+        try:
+            alone.encode_data(frame.opcode, frame.payload, frame.fin)
+        except ValueError as error:
+            refused = str(error)
+            break
+        expected.append((int(frame.opcode), frame.payload, frame.fin))
+    if refused is not None:
+        # All or nothing: no frame of a batch out of order (section 5.4) is encoded.
+        with pytest.raises(ValueError, match="out of order"):
+            together.encode_frames(batch)
+        together.encode_data(Opcode.TEXT, b"still in step")  # the refused batch left no trace
+        return
+    server = ServerProtocol(state=State.OPEN, max_size=None)
+    server.receive_data(together.encode_frames(batch))
+    assert server.parser_exc is None
+    events = server.events_received()
+    assert all(isinstance(event, WsFrame) for event in events)
+    got = [(int(f.opcode), bytes(f.data), f.fin) for f in events if isinstance(f, WsFrame)]
+    assert got == expected
 
 
 def test_masks_are_fresh_and_masking_is_its_own_inverse() -> None:
