@@ -247,7 +247,9 @@ class RendezvousPolicy:
         if pieces.count(_ID_PIECE) != 1:
             raise BadRendezvousAddressError("rendezvous address lacks exactly one sb-hc-id")
         start = pieces.index(_ID_PIECE) + len(_ID_PIECE)
-        found = unquote(pieces[start : pieces.index("&", start)])
+        found = pieces[start : pieces.index("&", start)]
+        if "%" in found:
+            found = unquote(found)
         if not found:
             raise BadRendezvousAddressError("rendezvous address lacks exactly one sb-hc-id")
         if command_id is not None and found != command_id:

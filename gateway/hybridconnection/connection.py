@@ -310,13 +310,13 @@ def project_request(command: RequestCommand, body: bytes | None, path: str) -> R
         raise TargetOutsideError("request target is outside this hybrid connection")
     remote = command.remote_endpoint
     return RelayedRequest(
-        request_id=command.id,
-        method=command.method,
-        target=rest + sep + query,
-        raw_target=raw,
-        headers=tuple(command.request_headers.items()),
-        body=body or b"",
-        remote=None if remote is None else (remote.address, remote.port),
+        command.id,
+        command.method,
+        rest + sep + query,
+        raw,
+        tuple(command.request_headers.items()),
+        body or b"",
+        None if remote is None else (remote.address, remote.port),
     )
 
 
@@ -397,7 +397,6 @@ class PreparedResponse:
         status_description: str | None,
         response_headers: dict[str, str],
         body: bytes | None,
-        *,
         streamed: bool,
         valid: bool,
         route: ResponseRoute,
@@ -489,14 +488,7 @@ def prepare_response(
         complete = body or None
         route = choose_response_route(len(body), arrived_on=arrived_on)
     return PreparedResponse(
-        request_id,
-        status,
-        _reason(response),
-        headers,
-        complete,
-        streamed=streamed,
-        valid=True,
-        route=route,
+        request_id, status, _reason(response), headers, complete, streamed, True, route
     )
 
 

@@ -719,7 +719,10 @@ class RelayListener:
                     return self._control_closed(index, socket)
                 events = connection.receive_frame(opcode, frame.data, fin=frame.fin)
                 for event in events:
-                    if isinstance(event, ProtocolViolation):
+                    if isinstance(event, RequestReceived) and not self._overloaded():
+                        # The common event first: a request within the bound, started now.
+                        self._start_request(event, socket)
+                    elif isinstance(event, ProtocolViolation):
                         self._violation(index, event)
                         if event.fatal:
                             return FailureKind.ERROR
@@ -727,7 +730,7 @@ class RelayListener:
                         # Small, and nothing to wait for: answered right here (sections 3.2, 5.3).
                         self._count_malformed(event)
                         await self._answer_here(socket, event.request_id, *_malformed(event))
-                    elif isinstance(event, RequestReceived) and self._overloaded():
+                    elif isinstance(event, RequestReceived):  # past the bound, or draining
                         # Catalogue item 149: a quick 503 for every request past the cap, written
                         # by the reader itself; no task, so a burst of any size is bounded work.
                         busy = _busy(event.command.id, draining=self._draining)
@@ -743,7 +746,7 @@ class RelayListener:
                             answer = self._send_response(event.command, response, socket, outcome)
                             self._bounded(answer, self._after_close)
                     else:
-                        self._dispatch(event, socket)
+                        self._dispatch(event)
 
     def _control_closed(self, index: int, socket: _RelaySocket) -> FailureKind:
         if socket.sent_close_code is not None:
@@ -940,8 +943,9 @@ class RelayListener:
     def _overloaded(self) -> bool:
         return self._draining or self._requests_in_flight >= self.settings.max_concurrent_requests
 
-    def _dispatch(self, event: Event, control: _RelaySocket) -> None:
-        """Start the work for an accept or request; overloaded requests never get here."""
+    def _dispatch(self, event: Event) -> None:
+        """Start the work for an accept or a rendezvous-only request (requests that arrived
+        whole are started by the reader itself: :meth:`_start_request`)."""
         settings = self.settings
         if isinstance(event, AcceptReceived):
             if self._draining or self._streams_in_flight >= settings.max_concurrent_streams:
@@ -952,20 +956,20 @@ class RelayListener:
                 return
             self._streams_in_flight += 1
             self._spawn(self._accept(event.command))
-        elif isinstance(event, RequestReceived):
-            self._requests_in_flight += 1
-            # No done callback (a scheduled call of its own per request): the task leaves
-            # _work itself when its coroutine ends (see _handle_request).
-            loop = self._loop or asyncio.get_running_loop()
-            self._work.add(
-                loop.create_task(self._handle_request(event.command, event.body, control))
-            )
         elif isinstance(event, RendezvousRequested):
             if self._overloaded():
                 self._spawn_overflow(self._serve_rendezvous(event.command.address, overflow=True))
                 return
             self._requests_in_flight += 1
             self._spawn(self._serve_rendezvous(event.command.address, overflow=False))
+
+    def _start_request(self, event: RequestReceived, control: _RelaySocket) -> None:
+        """Run a relayed request in its own task (callers have checked the bound)."""
+        self._requests_in_flight += 1
+        # No done callback (a scheduled call of its own per request): the task leaves _work
+        # itself when its coroutine ends (see _handle_request).
+        loop = self._loop or asyncio.get_running_loop()
+        self._work.add(loop.create_task(self._handle_request(event.command, event.body, control)))
 
     def _spawn_overflow(self, coro: Coroutine[Any, Any, None]) -> None:
         # Refusals that must open a rendezvous socket (a stream's reject, a rendezvous-only
