@@ -1,7 +1,8 @@
 """Prometheus metrics for the gateway, in a registry of their own (one per agent instance).
 
 Label values are always from small fixed sets (result, reason codes, target names from the
-validated config), so cardinality stays bounded whatever the SaaS sends.
+validated config), so cardinality stays bounded whatever the SaaS sends; the per-request series
+are capped besides (:data:`MAX_OUTCOME_SERIES`), as a policy names its own deny reasons.
 """
 
 from __future__ import annotations
@@ -52,9 +53,13 @@ _KEY_CHARS = re.compile(r"[^a-z0-9_]")
 _DECISION_BUCKETS = (0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25, 1)
 
 
-# Distinct (result, reason) pairs whose labelled children are kept; reasons come from a fixed set
-# of codes plus the policy's own reasons, so this bounds the cache, not the metric.
-MAX_CACHED_OUTCOMES = 256
+# Distinct (result, reason) series of the per-request metrics. Results and reason codes come from
+# fixed sets, but a policy names its own deny reasons: a policy (or a fault) that made a new reason
+# per request would otherwise grow the series, and the scrape, without bound. A pair first seen
+# once this many exist is counted under reason OVERFLOW_REASON (and result OVERFLOW_REASON when
+# its result is new too), so every request is still counted and totals stay exact.
+MAX_OUTCOME_SERIES = 256
+OVERFLOW_REASON = "other"
 
 
 class Count:
@@ -106,31 +111,54 @@ class Outcome:
     decisions: Count
     seconds: Latencies
 
+    def finished(self, seconds: float) -> None:
+        """Count one request answered after ``seconds`` (and its decision)."""
+        self.requests.value += 1
+        self.decisions.value += 1
+        self.seconds.observe(seconds)
+
 
 class _RequestMetrics(Collector):
     """``gateway_requests``, ``gateway_decisions``, ``gateway_request_duration_seconds`` and
     ``gateway_decision_duration_seconds``: the series every request updates, exposed with the
-    same names, labels and samples (``_created`` included) as prometheus_client's own."""
+    same names, labels and samples (``_created`` included) as prometheus_client's own.
+
+    ``outcomes`` holds each ``(result, reason)`` pair's series, made when the pair is first seen
+    and then found with one dictionary look-up per request (labelling each request anew cost
+    about 12 us, benchmarks/pipeline-report.md); ``latencies`` the duration histogram of each
+    result, which the pairs of that result share. Both are bounded by
+    :data:`MAX_OUTCOME_SERIES`."""
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str], tuple[Count, Count]] = {}
+        self.outcomes: dict[tuple[str, str], Outcome] = {}
         self.latencies: dict[str, Latencies] = {}
         self.decision_seconds = Latencies(_bounds(_DECISION_BUCKETS))
 
     def series(self, result: str, reason: str) -> Outcome:
-        counts = self.counts.get((result, reason))
-        if counts is None:
-            counts = self.counts[(result, reason)] = (Count(), Count())
+        """The series of ``(result, reason)``, made on first use (see :data:`OVERFLOW_REASON`)."""
+        found = self.outcomes.get((result, reason))
+        if found is not None:
+            return found
+        if len(self.outcomes) >= MAX_OUTCOME_SERIES:
+            # At most one overflow pair per result already seen, plus one for new results.
+            if result not in self.latencies:
+                result = OVERFLOW_REASON
+            reason = OVERFLOW_REASON
+            found = self.outcomes.get((result, reason))
+            if found is not None:
+                return found
         seconds = self.latencies.get(result)
         if seconds is None:
             seconds = self.latencies[result] = Latencies(_bounds(_LATENCY_BUCKETS))
-        return Outcome(counts[0], counts[1], seconds)
+        found = self.outcomes[(result, reason)] = Outcome(Count(), Count(), seconds)
+        return found
 
     def collect(self) -> Iterator[Metric]:
         labels = ["result", "reason"]
         requests = CounterMetricFamily("gateway_requests", _REQUESTS_HELP, labels=labels)
         decisions = CounterMetricFamily("gateway_decisions", _DECISIONS_HELP, labels=labels)
-        for key, (requested, decided) in list(self.counts.items()):
+        for key, outcome in list(self.outcomes.items()):
+            requested, decided = outcome.requests, outcome.decisions
             requests.add_metric(list(key), requested.value, created=requested.created)
             decisions.add_metric(list(key), decided.value, created=decided.created)
         yield requests
@@ -170,7 +198,7 @@ class Metrics:
         # The per-request series (gateway_requests, gateway_decisions and both durations).
         self._per_request = _RequestMetrics()
         r.register(self._per_request)
-        self._outcomes: dict[tuple[str, str], Outcome] = {}
+        self._outcomes = self._per_request.outcomes  # the collector's own series, not a copy
         self.decision_seconds = self._per_request.decision_seconds
         # gateway_listeners_online and the gateway_relay_* counters, read from the listener at
         # scrape time (bind it with metrics.relay.bind(listener.metrics)).
@@ -256,18 +284,10 @@ class Metrics:
         return generate_latest(self.registry)
 
     def outcome(self, result: str, reason: str) -> Outcome:
-        """The request and decision counters and the latency histogram of ``(result, reason)``.
-
-        Looked up once per pair and kept (benchmarks/pipeline-report.md: labelling each request
-        anew cost about 12 us).
-        """
-        key = (result, reason)
-        found = self._outcomes.get(key)
-        if found is None:
-            found = self._per_request.series(result, reason)
-            if len(self._outcomes) < MAX_CACHED_OUTCOMES:
-                self._outcomes[key] = found
-        return found
+        """The request and decision counters and the latency histogram of ``(result, reason)``
+        (bounded: see :data:`MAX_OUTCOME_SERIES`)."""
+        found = self._outcomes.get((result, reason))
+        return found if found is not None else self._per_request.series(result, reason)
 
     def counters(self) -> dict[str, int]:
         """Every counter's total since start, summed per ``result`` (or ``code``) label value.

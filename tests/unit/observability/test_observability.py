@@ -11,7 +11,7 @@ import pytest
 
 from gateway.observability import logs
 from gateway.observability.health import HealthServer, Readiness
-from gateway.observability.metrics import MAX_CACHED_OUTCOMES, Metrics
+from gateway.observability.metrics import MAX_OUTCOME_SERIES, OVERFLOW_REASON, Metrics
 
 
 @pytest.mark.parametrize(
@@ -85,20 +85,49 @@ async def test_health_endpoints() -> None:
     assert 'gateway_requests_total{reason="path_not_allowed",result="denied"} 1.0' in text
 
 
+def _samples(metrics: Metrics, name: str) -> dict[tuple[str, ...], float]:
+    """The samples called ``name`` as a scrape shows them: label values -> value."""
+    return {
+        tuple(sample.labels.values()): sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
 def test_request_outcomes_count_into_the_labelled_series_and_stay_bounded() -> None:
+    # A policy may name any deny reason, and a faulty one a new reason per request: the scrape
+    # must stay bounded while still counting every request.
     metrics = Metrics()
-    for index in range(MAX_CACHED_OUTCOMES + 50):
-        for _ in range(2):
-            outcome = metrics.outcome("denied", f"reason_{index}")
-            outcome.requests.inc()
-            outcome.decisions.inc()
-            outcome.seconds.observe(0.002)
-    assert metrics.outcome("denied", "reason_0") is metrics.outcome("denied", "reason_0")
-    registry = metrics.registry
-    for index in (0, MAX_CACHED_OUTCOMES + 49):  # one cached, one past the cache's bound
-        labels = {"result": "denied", "reason": f"reason_{index}"}
-        assert registry.get_sample_value("gateway_requests_total", labels) == 2
-        assert registry.get_sample_value("gateway_decisions_total", labels) == 2
-    observed = {"result": "denied"}
-    count = registry.get_sample_value("gateway_request_duration_seconds_count", observed)
-    assert count == 2 * (MAX_CACHED_OUTCOMES + 50)
+    requests = 0
+    for index in range(10 * MAX_OUTCOME_SERIES):
+        for result in ("denied", f"result_{index}"):
+            for _ in range(2):
+                metrics.outcome(result, f'reason {index} "quoted"\n').finished(0.002)
+                requests += 1
+    metrics.outcome("denied", 'reason 0 "quoted"\n').finished(0.002)
+    requests += 1
+    series = {
+        (sample.labels["result"], sample.labels["reason"]): sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "gateway_requests_total"
+    }
+    # Bounded: the first pairs keep their series, later ones share an overflow series per result.
+    assert MAX_OUTCOME_SERIES <= len(series) <= MAX_OUTCOME_SERIES + 2
+    assert series[("denied", 'reason 0 "quoted"\n')] == 3  # an early pair keeps counting
+    # A known result keeps its name past the bound; an unknown one is counted as the overflow.
+    denied = sum(count for (result, _), count in series.items() if result == "denied")
+    assert denied == 2 * 10 * MAX_OUTCOME_SERIES + 1
+    assert series[("denied", OVERFLOW_REASON)] > 0
+    assert series[(OVERFLOW_REASON, OVERFLOW_REASON)] > 0
+    # Exact: nothing is lost to the bound, in the counters or in the durations.
+    assert sum(series.values()) == requests
+    assert sum(_samples(metrics, "gateway_decisions_total").values()) == requests
+    durations = _samples(metrics, "gateway_request_duration_seconds_count")
+    assert sum(durations.values()) == requests
+    # Past the bound, new labels no longer add a line to the scrape.
+    lines = len(metrics.render().splitlines())
+    for index in range(10 * MAX_OUTCOME_SERIES):
+        metrics.outcome(f"later_{index}", f"later_{index}").finished(0.002)
+    assert len(metrics.render().splitlines()) == lines
