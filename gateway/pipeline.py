@@ -630,15 +630,19 @@ class AuditRecord:
             "keyid": self.keyid,
             "monitor": self.monitor,
             "latency_ms": round(self.latency_ms, 3),
-            "input": recorded_input(
-                method=self.method or "",
-                relayed=self.relayed,
-                headers=self.headers,
-                websocket=self.kind == "stream",
-                body_bytes=self.body_bytes,
-                keyid=self.keyid,
-            ),
+            "input": self._input(),
         }
+
+    def _input(self) -> dict[str, Any]:
+        """The record's ``input``: what replay needs (:mod:`gateway.policy.decision_log`)."""
+        return recorded_input(
+            method=self.method or "",
+            relayed=self.relayed,
+            headers=self.headers,
+            websocket=self.kind == "stream",
+            body_bytes=self.body_bytes,
+            keyid=self.keyid,
+        )
 
 
 @dataclass
@@ -659,8 +663,21 @@ class LdapRecord(AuditRecord):
         record = super().as_dict()
         outcome = self.outcome
         assert outcome is not None
+        record["ldap"] = {
+            "stream": self.stream_id,
+            "result_code": outcome.result_code,
+            "stripped": sorted(outcome.stripped),
+            "entries": outcome.entries,
+            "hidden_entries": outcome.hidden,
+        }
+        return record
+
+    def _input(self) -> dict[str, Any]:
+        """What was decided, read from the PDU (no password, compare value or filter value)."""
+        outcome = self.outcome
+        assert outcome is not None
         request = outcome.request
-        record["input"] = {
+        return {
             "operation": str(request.operation),
             "message_id": request.message_id,
             "dn": request.dn if request.operation.value != "bind" else None,
@@ -677,14 +694,6 @@ class LdapRecord(AuditRecord):
             "injected": outcome.injected,
             "keyid": self.keyid,
         }
-        record["ldap"] = {
-            "stream": self.stream_id,
-            "result_code": outcome.result_code,
-            "stripped": sorted(outcome.stripped),
-            "entries": outcome.entries,
-            "hidden_entries": outcome.hidden,
-        }
-        return record
 
 
 AuditSink = Callable[[AuditRecord], None]
@@ -943,10 +952,7 @@ class Pipeline:
 
     def _finish(self, record: AuditRecord) -> None:
         reason = record.reasons[0] if record.reasons else ""
-        outcome = self._metrics.outcome(record.result, reason)
-        outcome.requests.inc()
-        outcome.decisions.inc()
-        outcome.seconds.observe(record.latency_ms / 1000)
+        self._metrics.outcome(record.result, reason).finished(record.latency_ms / 1000)
         self._record(record)
 
     def _record(self, record: AuditRecord) -> None:

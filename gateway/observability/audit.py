@@ -143,6 +143,10 @@ class AuditLog:
         self.failing = False
         self._on_failure = on_failure
         self.rotation = rotation or Rotation()
+        # Whether a record can make the file due for rotation (checked after every record).
+        self._rotates = path is not None and bool(
+            self.rotation.max_bytes or self.rotation.max_seconds
+        )
         self._signer = signer
         self._gateway = gateway_id
         self._clock = clock
@@ -168,16 +172,31 @@ class AuditLog:
         return self._seq, self._prev
 
     def write(self, record: dict[str, Any]) -> None:
-        """Write one record as a line; never raises for I/O problems."""
+        """Write one record as a line; never raises for I/O problems.
+
+        Raises ``ValueError`` for a record that names its own ``seq`` or ``prev``: its place in
+        the chain is the log's to give."""
+        if "seq" in record or "prev" in record:
+            raise ValueError("a decision record cannot name its own place in the chain")
         self._restore()
-        if self._append({"seq": self._seq, "prev": self._prev, **record}):
+        # The chain's fields are written in front of the record's own serialisation instead of
+        # being merged into a copy of the record: the same bytes, one dictionary fewer per record.
+        body = orjson.dumps(record, default=str)
+        line = b'{"seq":%d,"prev":"%b"%b%b' % (
+            self._seq,
+            self._prev.encode(),
+            b"," if len(body) > 2 else b"",
+            body[1:],
+        )
+        if self._append_line(line):
             self._since_checkpoint += 1
             if (
                 self._signer is not None
                 and self._clock() - self._last_checkpoint >= self.rotation.checkpoint_seconds
             ):
                 self.checkpoint()
-            self._maybe_rotate()
+            if self._rotates:
+                self._maybe_rotate()
 
     def checkpoint(self) -> SignedHead | None:
         """Sign the head (writing a checkpoint if records came since the last); None unsigned."""
@@ -218,7 +237,9 @@ class AuditLog:
         return True
 
     def _append(self, record: dict[str, Any]) -> bool:
-        line = orjson.dumps(record, default=str)
+        return self._append_line(orjson.dumps(record, default=str))
+
+    def _append_line(self, line: bytes) -> bool:
         if self._write_line(line + b"\n"):
             self._seq += 1
             self._prev = line_hash(line)

@@ -77,19 +77,22 @@ def recorded_input(
     body_bytes: int,
     keyid: str | None,
 ) -> dict[str, Any]:
-    """The ``input`` member of a record: what replay needs, without a secret."""
+    """The ``input`` member of a record: what replay needs, without a secret.
+
+    Each header is ``(name, length)``, or ``(name, length, value)`` for :data:`KEPT_VALUES`
+    (JSON arrays once written; tuples because they are built for every record)."""
+    kept = KEPT_VALUES
     return {
         "method": method,
         "target": mask_target(relayed),
-        "headers": [_header(name.lower(), value) for name, value in headers],
+        "headers": [
+            (lower, len(value), value) if (lower := name.lower()) in kept else (lower, len(value))
+            for name, value in headers
+        ],
         "websocket": websocket,
         "body_bytes": body_bytes,
         "keyid": keyid,
     }
-
-
-def _header(name: str, value: str) -> list[str | int]:
-    return [name, len(value), value] if name in KEPT_VALUES else [name, len(value)]
 
 
 @dataclass(frozen=True)

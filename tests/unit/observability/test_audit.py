@@ -10,9 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.observability.audit import AuditLog
+from gateway.observability.auditchain import GENESIS, line_hash
 from gateway.pipeline import AuditRecord, _DecisionIds
 
 
@@ -73,6 +77,41 @@ def test_standard_output_when_no_file(capsys: pytest.CaptureFixture[str]) -> Non
         "decision_id": "z",
         "ok": True,
     }
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=8,
+)
+
+
+@given(st.lists(st.dictionaries(st.text(max_size=6), _json, max_size=5), max_size=4))
+def test_each_line_is_the_record_behind_its_place_in_the_chain(
+    records: list[dict[str, object]],
+) -> None:
+    # Byte for byte what serialising {"seq", "prev", **record} gives (verification re-hashes
+    # these bytes), for any record, the empty one included.
+    lines: list[bytes] = []
+    audit = AuditLog(None, observers=[lines.append])
+    records = [r for r in records if "seq" not in r and "prev" not in r]
+    for record in records:
+        audit.write(record)
+    prev = GENESIS
+    for seq, (record, line) in enumerate(zip(records, lines, strict=True)):
+        assert line == orjson.dumps({"seq": seq, "prev": prev, **record})
+        prev = line_hash(line)
+    assert audit.head == (len(records), prev)
+
+
+@pytest.mark.parametrize("field", ["seq", "prev"])
+def test_a_record_cannot_name_its_own_place_in_the_chain(tmp_path: Path, field: str) -> None:
+    audit = AuditLog(tmp_path / "decisions.log")
+    with pytest.raises(ValueError, match="place in the chain"):
+        audit.write({"decision_id": "x", field: 7})
+    audit.write({"decision_id": "y"})
+    [line] = (tmp_path / "decisions.log").read_bytes().splitlines()
+    assert json.loads(line)["seq"] == 0
 
 
 def test_decision_ids_are_unique_and_differ_between_processes() -> None:
