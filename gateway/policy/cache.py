@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import orjson
+
 if TYPE_CHECKING:
     # Named as a string in DecisionCache's base (the engine module imports this one).
     from gateway.policy.engine import Decision  # noqa: F401
@@ -220,23 +222,61 @@ class _Uncacheable(Exception):  # noqa: N818 - an outcome of freezing, not a fau
 
 
 def _key_function(fields: tuple[FieldPath, ...] | None) -> Callable[[Mapping[str, Any]], Any]:
-    """The key function for one cache plan, prepared once: a reader per field, so that making a
-    key is one comprehension over plain callables (the cache is consulted on every request)."""
+    """The key function for one cache plan, prepared once (the cache is consulted on every
+    request): the values of the fields read, top-level names first, made into a key by
+    :func:`_json_key`, or by :func:`_freeze` when that cannot be exact."""
     if fields is None:
-        return _freeze
-    readers = tuple(_reader(path) for path in fields)
 
-    def key(input: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple([_freeze(read(input)) for read in readers])
+        def whole(input: Mapping[str, Any]) -> Any:
+            return _json_key(input) or _freeze(input)
+
+        return whole
+    names = tuple(path[0] for path in fields if len(path) == 1)
+    paths = tuple(path for path in fields if len(path) > 1)
+
+    def key(input: Mapping[str, Any]) -> Any:
+        get = input.get
+        values = [get(name, _MISSING) for name in names]
+        for path in paths:
+            values.append(_lookup(input, path))
+        return _json_key(values) or tuple([_freeze(value) for value in values])
 
     return key
 
 
-def _reader(path: FieldPath) -> Callable[[Mapping[str, Any]], Any]:
-    if len(path) == 1:
-        name = path[0]
-        return lambda input: input.get(name, _MISSING)
-    return lambda input: _lookup(input, path)
+# What the JSON key holds for a field the input does not have: a NUL octet, which no JSON text
+# holds outside a string (orjson escapes it inside one), so it differs from every JSON value.
+_ABSENT = orjson.Fragment(b"\x00")
+# Sorted object keys (equal objects, equal text). A subclass of str, int, dict or list, a
+# dataclass or a datetime is not turned into JSON (it goes to _absent, which refuses it): the
+# exact key below decides about those, as it did before.
+_JSON_OPTIONS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+)
+
+
+def _absent(value: Any) -> Any:
+    if value is _MISSING:
+        return _ABSENT
+    raise TypeError
+
+
+def _json_key(value: Any) -> bytes | None:
+    """``value`` as compact JSON with sorted keys, in one call into orjson: a few times cheaper
+    than :func:`_freeze` and as exact, since two JSON values are equal exactly when their texts
+    are (``true`` is not ``1``, ``1`` is not ``1.0``). None when the text could not tell values
+    apart or orjson refuses the value: orjson writes NaN and infinities as ``null``, so a text
+    holding ``null`` anywhere is not used; nor are integers beyond 64 bits, nesting deeper than
+    orjson's limit, strings that are not Unicode text, and anything that is not JSON. The caller
+    then falls back to :func:`_freeze`, whose keys (tuples) never equal these (bytes)."""
+    try:
+        text = orjson.dumps(value, default=_absent, option=_JSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return None
+    return None if b"null" in text else text
 
 
 def _lookup(input: Mapping[str, Any], path: FieldPath) -> Any:

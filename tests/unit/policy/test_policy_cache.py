@@ -101,6 +101,63 @@ def test_keys_are_equal_exactly_when_the_json_documents_are(a: object, b: object
     hash(cache.key({"v": a}))
 
 
+any_numbers = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(2**63 - 2, 2**64 + 2)
+    | st.floats()
+    | st.sampled_from([0.0, -0.0, 1.0, float("inf"), float("-inf"), float("nan")])
+    | st.text(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+documents = st.dictionaries(st.sampled_from(["a", "b", "s"]), any_numbers, max_size=3)
+
+
+def _same(a: object, b: object) -> bool:
+    """Whether two documents are the same JSON value, telling types apart (true is not 1, 1 is
+    not 1.0) and NaN, the infinities and -0.0 apart from anything else."""
+    return json.dumps(_tagged(a), sort_keys=True) == json.dumps(_tagged(b), sort_keys=True)
+
+
+def _tagged(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _tagged(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tagged(v) for v in value]
+    if isinstance(value, float):
+        return ["float", repr(value)]
+    return [type(value).__name__, value]
+
+
+@given(a=documents, b=documents)
+def test_equal_keys_mean_equal_read_fields_whatever_the_numbers(
+    a: dict[str, object], b: dict[str, object]
+) -> None:
+    # NaN, infinities (which JSON texts write as null), integers beyond 64 bits and -0.0 never
+    # make two different documents share a key; a missing field is not a null one.
+    for fields in ((("a",), ("b",)), (("a",), ("s", "x")), None):
+        cache = DecisionCache(fields)
+        key_a, key_b = cache.key(a), cache.key(b)
+        assert key_a is not None
+        hash(key_a)
+        if key_a == key_b:
+            read_a = a if fields is None else project(a, fields)
+            read_b = b if fields is None else project(b, fields)
+            assert _same(read_a, read_b)
+
+
+def test_nan_and_infinities_are_not_null() -> None:
+    cache = DecisionCache((("a",),))
+    keys = [cache.key({"a": v}) for v in (None, float("inf"), float("-inf"), [None], [1e999])]
+    assert len(set(keys)) == 5
+    assert cache.key({"a": 2**64}) != cache.key({"a": 2**64 + 1})
+    assert cache.key({"a": 2**64}) == cache.key({"a": 2**64})
+
+
 async def test_an_input_the_cache_cannot_key_is_decided_without_it(
     make_config: MakeConfig,
 ) -> None:
