@@ -264,20 +264,20 @@ _NO_OPERATION = Operation.model_validate(
 
 def split_selector(relayed_target: str) -> tuple[str, str]:
     """``/erp/api/x?q`` -> (``erp``, ``/api/x?q``); a bare ``/erp`` or ``/erp?q`` gives ``/``."""
-    if not relayed_target.startswith("/"):
+    match = _SELECTOR.match(relayed_target)
+    if match is None:
         raise Refusal(400, "invalid_request_target", "the request target must start with '/'")
-    rest = relayed_target[1:]
-    slash, question = rest.find("/"), rest.find("?")
-    if slash < 0:
-        cut = len(rest) if question < 0 else question
-    else:
-        cut = slash if question < 0 or slash < question else question
-    selector, remainder = rest[:cut], rest[cut:]
+    selector, remainder = match.groups()
     if not selector:
         raise Refusal(400, "missing_target", "the first path segment must name a target")
     if not remainder.startswith("/"):
         remainder = "/" + remainder
     return selector, remainder
+
+
+# The first segment of a relayed target, up to the first '/' or '?', and the rest: matches every
+# string that starts with '/' (newlines included) and no other.
+_SELECTOR = re.compile(r"/([^/?]*)(.*)", re.DOTALL)
 
 
 def error_response(refusal: Refusal, request_id: str) -> RelayedResponse:
@@ -823,21 +823,61 @@ class Pipeline:
     # --- HTTP requests ---------------------------------------------------------------------------
 
     async def __call__(self, request: RelayedRequest) -> RelayedResponse:
-        """Handle one relayed HTTP request (the listener's RequestHandler)."""
+        """Handle one relayed HTTP request (the listener's RequestHandler).
+
+        One coroutine from receipt to answer: a step that cannot suspend is a plain call, and
+        the credential step is awaited only for a target that injects one."""
         runtime = self._runtime()
+        method, body = request.method, request.body
         record = AuditRecord(
-            decision_id=new_decision_id(),
-            kind="http",
-            revision=runtime.revision,
-            started=time.time(),
-            method=request.method,
+            new_decision_id(),
+            "http",
+            runtime.revision,
+            time.time(),
+            method=method,
             relayed=request.target,
             headers=request.headers,
-            body_bytes=len(request.body),
+            body_bytes=len(body),
         )
         clock = time.perf_counter()
         try:
-            response = await self._handle(request, runtime, record)
+            # The target's form is checked (400) before the signature; the facts are built once
+            # the key that verified it is known, in one step (it is done for every request).
+            selector, request_target = split_selector(request.target)
+            keyid = await self._authenticate(method, request.raw_target, request.headers, body)
+            record.keyid = keyid
+            facts = RequestFacts(
+                method,
+                selector,
+                request_target,
+                tuple(request.headers),
+                body_size=len(body),
+                keyid=keyid,
+            )
+            verdict = await runtime.chain.decide(facts)
+            self._decided(verdict, record)
+            canonical = verdict.granted()
+            injector: Injector | None = None
+            injected: tuple[tuple[str, str], ...] = ()
+            if verdict.credential is not None:
+                injector, injected = await _inject(runtime, verdict)
+            try:
+                upstream = await runtime.upstream.send(
+                    canonical.target,
+                    method=canonical.method,
+                    path=canonical.path,
+                    query=canonical.query,
+                    headers=[*verdict.headers, *injected],
+                    body=body,
+                )
+            except UpstreamError as exc:
+                raise Refusal(exc.status, exc.code, str(exc), "forward") from None
+            record.status = upstream.status
+            if injector is not None and upstream.status == 401:
+                # RFC 6750 section 3.1: the token may have been revoked; the next request gets a
+                # new one rather than the same refusal until the cached token expires.
+                injector.rejected(injected[0][1])
+            response = await _relayed(upstream)
         except Refusal as refusal:
             _refused(record, refusal)
             response = error_response(refusal, record.decision_id)
@@ -848,46 +888,6 @@ class Pipeline:
         record.latency_ms = (time.perf_counter() - clock) * 1000
         self._finish(record)
         return response
-
-    async def _handle(
-        self, request: RelayedRequest, runtime: Runtime, record: AuditRecord
-    ) -> RelayedResponse:
-        # The target's form is checked (400) before the signature; the facts are built once the
-        # key that verified it is known, in one step (it is done for every request).
-        selector, request_target = split_selector(request.target)
-        keyid = await self._authenticate(
-            request.method, request.raw_target, request.headers, request.body
-        )
-        record.keyid = keyid
-        facts = RequestFacts(
-            request.method,
-            selector,
-            request_target,
-            tuple(request.headers),
-            body_size=len(request.body),
-            keyid=keyid,
-        )
-        verdict = await runtime.chain.decide(facts)
-        self._decided(verdict, record)
-        canonical = verdict.granted()
-        injector, injected = await _inject(runtime, verdict)
-        try:
-            upstream = await runtime.upstream.send(
-                canonical.target,
-                method=canonical.method,
-                path=canonical.path,
-                query=canonical.query,
-                headers=[*verdict.headers, *injected],
-                body=request.body,
-            )
-        except UpstreamError as exc:
-            raise Refusal(exc.status, exc.code, str(exc), "forward") from None
-        record.status = upstream.status
-        if injector is not None and upstream.status == 401:
-            # RFC 6750 section 3.1: the token may have been revoked; the next request gets a new
-            # one rather than the same refusal until the cached token expires.
-            injector.rejected(injected[0][1])
-        return await _relayed(upstream)
 
     def _decided(self, verdict: Verdict, record: AuditRecord) -> None:
         """Record the chain's verdict; raise its refusal, if any."""

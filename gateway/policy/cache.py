@@ -233,10 +233,10 @@ def _key_function(fields: tuple[FieldPath, ...] | None) -> Callable[[Mapping[str
         return whole
     names = tuple(path[0] for path in fields if len(path) == 1)
     paths = tuple(path for path in fields if len(path) > 1)
+    missing = (_MISSING,) * len(names)
 
     def key(input: Mapping[str, Any]) -> Any:
-        get = input.get
-        values = [get(name, _MISSING) for name in names]
+        values = list(map(input.get, names, missing))
         for path in paths:
             values.append(_lookup(input, path))
         return _json_key(values) or tuple([_freeze(value) for value in values])
@@ -282,11 +282,10 @@ def _json_key(value: Any) -> bytes | None:
 def _lookup(input: Mapping[str, Any], path: FieldPath) -> Any:
     value: Any = input
     for name in path:
-        if not isinstance(value, Mapping):
+        # A missing name gives _MISSING, which is no Mapping: the next name gives it again.
+        if type(value) is not dict and not isinstance(value, Mapping):
             return _MISSING
         value = value.get(name, _MISSING)
-        if value is _MISSING:
-            return _MISSING
     return value
 
 

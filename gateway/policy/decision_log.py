@@ -22,8 +22,9 @@ Version 1 records (before ``v`` existed) hold no ``input`` and cannot be replaye
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -72,7 +73,7 @@ def recorded_input(
     *,
     method: str,
     relayed: str,
-    headers: Iterable[tuple[str, str]],
+    headers: Sequence[tuple[str, str]],
     websocket: bool,
     body_bytes: int,
     keyid: str | None,
@@ -80,19 +81,29 @@ def recorded_input(
     """The ``input`` member of a record: what replay needs, without a secret.
 
     Each header is ``(name, length)``, or ``(name, length, value)`` for :data:`KEPT_VALUES`
-    (JSON arrays once written; tuples because they are built for every record)."""
-    kept = KEPT_VALUES
+    (JSON arrays once written). Built by mapping over the headers rather than looping over them
+    in Python: it is done for every record."""
+    names = list(map(str.lower, map(_NAME, headers)))
+    sizes = map(len, map(_VALUE, headers))
+    recorded: list[tuple[str, int] | tuple[str, int, str]]
+    if KEPT_VALUES.isdisjoint(names):
+        recorded = list(zip(names, sizes, strict=True))
+    else:
+        recorded = [
+            (name, size, value) if name in KEPT_VALUES else (name, size)
+            for name, size, (_, value) in zip(names, sizes, headers, strict=True)
+        ]
     return {
         "method": method,
         "target": mask_target(relayed),
-        "headers": [
-            (lower, len(value), value) if (lower := name.lower()) in kept else (lower, len(value))
-            for name, value in headers
-        ],
+        "headers": recorded,
         "websocket": websocket,
         "body_bytes": body_bytes,
         "keyid": keyid,
     }
+
+
+_NAME, _VALUE = itemgetter(0), itemgetter(1)
 
 
 @dataclass(frozen=True)

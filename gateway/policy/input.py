@@ -8,11 +8,14 @@ that depended on them could not be cached on the fields it reads.
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 
 from gateway.forward.canonical import CanonicalRequest
 
 __all__ = ["build_input"]
+
+_NAME = itemgetter(0)
 
 
 def build_input(request: CanonicalRequest, *, signed: bool, keyid: str | None) -> dict[str, Any]:
@@ -29,7 +32,7 @@ def build_input(request: CanonicalRequest, *, signed: bool, keyid: str | None) -
         "path_segments": list(request.segments),
         "trailing_slash": request.trailing_slash,
         "query": request.query,
-        "header_names": sorted({name for name, _ in request.headers}),
+        "header_names": sorted(set(map(_NAME, request.headers))),
         "websocket": request.websocket,
         "signature": {"verified": signed, "keyid": keyid},
     }
