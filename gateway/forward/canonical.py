@@ -38,6 +38,11 @@ _METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
 # RFC 9110 sections 9.3.6 and 9.3.8: tunnels and request reflection are never relayed.
 _NEVER_METHODS = frozenset({"CONNECT", "TRACE"})
 _ALLOWED_METHODS = frozenset(METHODS)
+_GRANTABLE_METHODS = frozenset(
+    method
+    for method in _ALLOWED_METHODS - _NEVER_METHODS
+    if _METHOD.fullmatch(method) and method == method.upper()
+)
 
 # Characters a canonical segment may hold raw: exactly the single characters a pattern literal
 # accepts (RFC 3986 pchar without ';'), derived from the pattern grammar so the two cannot drift.
@@ -164,6 +169,12 @@ def canonicalise(
 
 
 def _check_method(method: str, *, websocket: bool) -> None:
+    if method in _GRANTABLE_METHODS:
+        # Nearly every request: a method some operation can grant is a token, upper-case and
+        # neither CONNECT nor TRACE, so of the checks below only the WebSocket one is left.
+        if websocket and method != "GET":
+            raise RequestRejected(R.INVALID_METHOD, "a WebSocket stream opens with GET")
+        return
     if not _METHOD.fullmatch(method):
         raise RequestRejected(R.INVALID_METHOD, "the method is not an HTTP token")
     # RFC 9110 section 9.1: methods are case-sensitive; 'get' is not GET, and a server that

@@ -264,7 +264,7 @@ class Connection(asyncio.Protocol):
         self._reason = bytearray()
         self._raw: list[tuple[bytes, bytes]] = []
         self._fields = 0
-        self._framing: set[bytes] = set()
+        self._chunked = False
         self._length: bytes | None = None
         self._connection: list[bytes] = []
         self._until_close = False
@@ -352,7 +352,7 @@ class Connection(asyncio.Protocol):
         self._reason.clear()
         self._raw = []
         self._fields = 0
-        self._framing.clear()
+        self._chunked = False
         self._length = None
         self._connection = []
 
@@ -375,15 +375,17 @@ class Connection(asyncio.Protocol):
         if lowered in _PICKED:
             if lowered == b"connection":
                 self._connection.append(value)
-            else:
+            elif lowered == b"content-length":
                 # RFC 9112 section 6.3: one framing header, once; a repeated or combined one is
                 # a smuggling attempt (llhttp refuses the combination, this the repetition).
-                if lowered in self._framing:
+                if self._length is not None:
                     raise _protocol(f"repeated {name.decode('latin-1')}")
-                self._framing.add(lowered)
-                if lowered == b"content-length":
-                    self._length = value
-                elif value.strip().lower() != b"chunked":
+                self._length = value
+            else:
+                if self._chunked:
+                    raise _protocol(f"repeated {name.decode('latin-1')}")
+                self._chunked = True
+                if value.strip().lower() != b"chunked":
                     # Only chunked framing is read; another coding (gzip) would need decoding.
                     raise _protocol("a transfer coding other than chunked")
         self._raw.append((name, value))
@@ -410,7 +412,8 @@ class Connection(asyncio.Protocol):
         self.body = Body(self)
         # RFC 9112 section 6.3 (rule 8): without Content-Length or chunked framing, the body runs
         # until the target closes the connection (llhttp reads it so).
-        self._until_close = not self._framing and code not in (204, 304)
+        framed = self._length is not None or self._chunked
+        self._until_close = not framed and code not in (204, 304)
         if self._head_only:
             # RFC 9110 section 9.3.2: an answer to HEAD has no content, whatever it declares.
             self._complete = True

@@ -11,6 +11,7 @@ segments the policy judged and no new delimiter.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 import urllib.parse
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from gateway.config.model import METHODS
 from gateway.config.patterns import PathPattern
 from gateway.forward import canonical
 from gateway.forward.canonical import CanonicalRequest, RequestRejected, canonicalise
@@ -149,6 +151,37 @@ DOTS_AND_SLASHES = st.lists(
 @example("/.")
 def test_the_path_shortcut_agrees_with_the_rules_segment_by_segment(raw: str) -> None:
     assert outcome(canonical._canonical_path, raw) == outcome(segment_by_segment, raw)
+
+
+def method_rules(method: str, websocket: bool) -> str:
+    """The method checks in order, as RFC 9110 section 9.1 and RFC 6455 section 4.1 put them."""
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}", method):
+        return "invalid_method"
+    if method != method.upper():
+        return "invalid_method"
+    if method in ("CONNECT", "TRACE") or method not in METHODS:
+        return "method_not_allowed"
+    if websocket and method != "GET":
+        return "invalid_method"
+    return "ok"
+
+
+@settings(max_examples=400)
+@given(
+    st.one_of(
+        st.sampled_from([*METHODS, "CONNECT", "TRACE", "get", "Get", "PROPFIND", "", "G ET"]),
+        st.text(max_size=40),
+    ),
+    st.booleans(),
+)
+def test_the_method_checks_answer_as_the_rules_in_order(method: str, websocket: bool) -> None:
+    try:
+        canonical._check_method(method, websocket=websocket)
+    except RequestRejected as rejected:
+        answer = str(rejected.code)
+    else:
+        answer = "ok"
+    assert answer == method_rules(method, websocket)
 
 
 # --- 50: equivalent spellings of /admin ------------------------------------------------------
