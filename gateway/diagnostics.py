@@ -6,6 +6,9 @@ skipped rather than run against a state it cannot judge:
 
 ``config``
     gateway.yaml loads and passes every check ``gateway validate`` makes (secrets resolved).
+``event_loop``
+    the event loop ``gateway run`` will serve on here (``event_loop``: uvloop where it can be
+    imported, else asyncio's; :mod:`gateway.eventloop`), and why ``auto`` fell back, if it did.
 ``credentials``
     every credential the gateway injects can be had now: each secret reference resolves (files
     with safe owner and mode) and each OAuth 2.0 token endpoint issues a token, dialled through
@@ -68,6 +71,7 @@ from typing import Any, Literal
 import aiohttp
 from yarl import URL
 
+from gateway import eventloop
 from gateway.auth.replay import Admission
 from gateway.auth.replaystores import SQLITE_FILE, open_replay_store
 from gateway.config import LoadedConfig, load
@@ -100,6 +104,7 @@ Status = Literal["ok", "warn", "fail", "skip"]
 
 CHECK_NAMES: tuple[str, ...] = (
     "config",
+    "event_loop",
     "credentials",
     "state_dir",
     "identity",
@@ -271,6 +276,17 @@ async def _check_config(ctx: _Context) -> str:
         f"{loaded.file} is valid ({len(loaded.config.targets)} targets, {loaded.revision}; "
         f"policy {policies.revision.rpartition('/')[2]} decides)"
     )
+
+
+async def _check_event_loop(ctx: _Context) -> str:
+    assert ctx.loaded is not None
+    choice = ctx.loaded.config.event_loop
+    try:
+        loop = eventloop.pick(choice)
+    except eventloop.EventLoopUnavailableError as exc:  # refused by the config check already
+        raise _CheckError(str(exc), "see docs/operations.md, 'The event loop'") from None
+    why = f"; {loop.why}" if loop.why else ""
+    return f"gateway run serves on {loop.describe()} (event_loop: {choice}{why})"
 
 
 async def _check_credentials(ctx: _Context) -> str:
@@ -745,6 +761,7 @@ _Check = Callable[[_Context], Awaitable[str]]
 # name, function, checks that must have passed first.
 _PLAN: tuple[tuple[str, _Check, tuple[str, ...]], ...] = (
     ("config", _check_config, ()),
+    ("event_loop", _check_event_loop, ("config",)),
     ("credentials", _check_credentials, ("config",)),
     ("state_dir", _check_state_dir, ("config",)),
     ("identity", _check_identity, ("config", "state_dir")),

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway import __version__
+from gateway import __version__, eventloop
 from gateway.auth import BadSignatureLimiter, KeySet, SignatureVerifier, VerifierSettings
 from gateway.auth.errors import SignatureError
 from gateway.auth.keys import KeySetError, PinnedKey, shared_key
@@ -160,17 +160,22 @@ def aiohttp_features(config: GatewayConfig) -> list[tuple[str, str]]:
 
 
 def self_check(config: GatewayConfig) -> list[Problem]:
-    """The start-up checks of the runtime itself (catalogue C 67): aiohttp's version and HTTP
+    """The start-up checks of the runtime itself (catalogue C 67): the event loop ``config``
+    demands can be had (:func:`gateway.eventloop.problem`), and aiohttp's version and HTTP
     parser, when ``config`` uses a feature that speaks through aiohttp (:func:`aiohttp_features`;
     only then is aiohttp imported, and refused if it cannot be trusted)."""
+    problems: list[Problem] = []
+    missing = eventloop.problem(config.event_loop)
+    if missing is not None:
+        problems.append(Problem(missing, code="event_loop_unavailable", path="event_loop"))
     features = aiohttp_features(config)
     if not features:
-        return []
+        return problems
     # Imported here: it imports aiohttp, which a gateway without these features does without.
     from gateway.outbound.sessions import runtime_problems
 
     path, what = features[0]
-    return [
+    return problems + [
         Problem(f"{problem} (aiohttp serves {what})", code="runtime_self_check", path=path)
         for problem in runtime_problems()
     ]
@@ -388,6 +393,8 @@ class _State:
     reload_error: dict[str, str] | None = None
     next_key_refresh: float = 0.0
     config_mtime: float = 0.0
+    # The loop this agent runs on, read from the loop itself at start (gateway.eventloop).
+    event_loop: str = ""
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
@@ -488,6 +495,7 @@ class Agent:
             permission_problems([Path(self.options.config_path)]),
             "the configuration file is not protected",
         )
+        self._state.event_loop = eventloop.in_use()
         try:
             loaded = self._load(pinned=True)
         except ConfigError as exc:
@@ -741,6 +749,7 @@ class Agent:
             version=__version__,
             revision=runtime.revision,
             mode=runtime.loaded.config.policy.mode,
+            event_loop=self._state.event_loop,
         ).set(1)
 
     # --- readiness, heartbeats, renewals -----------------------------------------------------
@@ -762,7 +771,7 @@ class Agent:
             # Every decision would be a 503 (an OPA engine that is unreachable or lost this
             # revision): not ready, so a load balancer sends requests to a gateway that decides.
             reasons.append("the policy engine cannot decide")
-        details: dict[str, Any] = {"listeners_online": online}
+        details: dict[str, Any] = {"listeners_online": online, "event_loop": self._state.event_loop}
         if self._runtime is not None:
             details["revision"] = self._runtime.revision
             details["policy_revision"] = self._runtime.engine.revision
@@ -1080,6 +1089,16 @@ class Agent:
         if old is not None and old.loaded.config.relay != runtime.loaded.config.relay:
             log.warning(
                 "relay settings changed; they take effect at the next restart",
+                extra={"event": "restart_needed"},
+            )
+        if old is not None and old.loaded.config.event_loop != runtime.loaded.config.event_loop:
+            # The loop is chosen before it starts (gateway.eventloop); this one keeps running.
+            log.warning(
+                "event_loop changed from %s to %s; it takes effect at the next restart "
+                "(this process runs on %s)",
+                old.loaded.config.event_loop,
+                runtime.loaded.config.event_loop,
+                self._state.event_loop,
                 extra={"event": "restart_needed"},
             )
         self._runtime = runtime

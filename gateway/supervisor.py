@@ -61,6 +61,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from gateway import eventloop
 from gateway.config import LoadedConfig, load
 from gateway.errors import ConfigError, GatewayError
 from gateway.observability.health import HealthServer, Readiness
@@ -100,6 +101,9 @@ class SupervisorOptions:
     count: int
     shutdown_grace: float = 30.0
     allow_root: bool = False
+    event_loop: eventloop.Choice | None = None
+    """Passed to each worker as ``--event-loop`` (the loop the supervisor itself picked, so all
+    processes run one kind, whatever a reload has since written to ``event_loop``)."""
     env: Mapping[str, str] | None = None
     start_timeout: float = 300.0
     command_timeout: float = 120.0
@@ -325,6 +329,8 @@ class Supervisor:
             ]
         if self.options.allow_root:
             argv.append("--allow-root")
+        if self.options.event_loop is not None:
+            argv += ["--event-loop", self.options.event_loop]
         try:
             # Its own session: a terminal's Ctrl-C reaches the supervisor only, which then stops
             # the workers once (a worker seeing both would take the second as "exit at once").
@@ -591,7 +597,7 @@ class Supervisor:
                 entry["last_exit"] = worker.last_exit
             # Each worker heartbeats on its own (its own counters and decision-log chain), so
             # `gateway status` shows each one's last heartbeat and the head EmpowerID holds.
-            for key in ("last_heartbeat", "heartbeat_error", "audit_head"):
+            for key in ("event_loop", "last_heartbeat", "heartbeat_error", "audit_head"):
                 if key in state:
                     entry[key] = state[key]
             workers.append(entry)
@@ -607,6 +613,9 @@ class Supervisor:
         if self.reload_error is not None:
             degraded.append("the last reload was rejected; the previous revision still serves")
         details: dict[str, Any] = {
+            # The supervisor's own loop; each worker's is in its entry (they are started with
+            # the same --event-loop, see _launch).
+            "event_loop": eventloop.in_use(),
             "workers_configured": len(self._workers),
             "workers_ready": ready_count,
             "listeners_online": sum(entry["listeners_online"] for entry in workers),

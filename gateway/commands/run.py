@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import config as gwconfig
+from gateway import eventloop
 from gateway.commands._common import add_config_argument, config_path
 from gateway.config.capacity import worker_count
 from gateway.errors import ConfigError
+from gateway.eventloop import EventLoop, EventLoopUnavailableError
 from gateway.observability import logs
 from gateway.release import read_snapshot
 from gateway.service import (
@@ -49,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_config_argument(parser)
     parser.add_argument(
         "--allow-root", action="store_true", help="run even as root (not recommended)"
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=eventloop.CHOICES,
+        help="the event loop to serve on, for this run instead of event_loop in gateway.yaml "
+        "(auto: uvloop where it is installed, else asyncio's)",
     )
     parser.add_argument(
         "--shutdown-grace",
@@ -102,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     role: WorkerRole | None = args.worker
     fields = {"worker": role.index} if role is not None else None
     workers = 1
+    configured: eventloop.Choice = "auto"
     try:
         # A worker logs as the revision it will run (its supervisor's snapshot), not as the
         # file on disk, which may have been saved since.
@@ -109,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         config = gwconfig.load(path, check_host=False, source=source).config
         logs.configure(config.logging.level, config.logging.format, fields=fields)
         workers = worker_count(config)
+        configured = config.event_loop
     except ConfigError:
         logs.configure("info", "json", fields=fields)
     if hasattr(os, "geteuid") and os.geteuid() == 0 and not args.allow_root:
@@ -131,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
             extra={"event": "start_failed"},
         )
         return EXIT_CONFIG
+    loop = _event_loop(args.event_loop, configured)
+    if loop is None:
+        return EXIT_CONFIG
     if role is not None and args.worker_control is not None:
         role = dataclasses.replace(
             role, snapshot=args.worker_snapshot, revision=args.worker_revision
@@ -142,22 +155,46 @@ def run(args: argparse.Namespace) -> int:
         options = AgentOptions(
             config_path=path, shutdown_grace=args.shutdown_grace, worker=role, settle_memory=True
         )
-        return asyncio.run(serve_worker(options, control))
+        return eventloop.run(serve_worker(options, control), loop)
     if workers > 1:
         from gateway.supervisor import SupervisorOptions
 
-        return asyncio.run(
+        return eventloop.run(
             _supervise(
                 SupervisorOptions(
                     config_path=path,
                     count=workers,
                     shutdown_grace=args.shutdown_grace,
                     allow_root=args.allow_root,
+                    event_loop=loop.name,
                 )
-            )
+            ),
+            loop,
         )
     options = AgentOptions(config_path=path, shutdown_grace=args.shutdown_grace, settle_memory=True)
-    return asyncio.run(_serve(options))
+    return eventloop.run(_serve(options), loop)
+
+
+def _event_loop(flag: eventloop.Choice | None, configured: eventloop.Choice) -> EventLoop | None:
+    """The loop this process serves on (``--event-loop``, else ``event_loop``), logged; None
+    (logged as the reason not to start) when it demands uvloop and uvloop cannot be imported."""
+    choice = flag or configured
+    source = "--event-loop" if flag else "event_loop"
+    try:
+        loop = eventloop.pick(choice)
+    except EventLoopUnavailableError as exc:
+        log.error("cannot start: %s %s: %s", source, choice, exc, extra={"event": "start_failed"})
+        return None
+    fallback = f"; {loop.why}" if loop.why else ""
+    log.info(
+        "event loop: %s (%s %s%s)",
+        loop.describe(),
+        source,
+        choice,
+        fallback,
+        extra={"event": "event_loop", "event_loop": loop.name, "choice": choice},
+    )
+    return loop
 
 
 async def _supervise(options: SupervisorOptions) -> int:

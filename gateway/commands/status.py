@@ -41,6 +41,7 @@ _LIVE_KEYS = (
     "revision",
     "policy_revision",
     "mode",
+    "event_loop",
     "listeners_online",
     "last_heartbeat",
     "heartbeat_error",

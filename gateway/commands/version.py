@@ -10,8 +10,9 @@ from importlib.metadata import PackageNotFoundError, version
 from gateway import __version__
 from gateway.commands._common import add_format_argument
 
-# Libraries whose version matters to a security reviewer (parsers, TLS, policy engine).
-_COMPONENTS = ("aiohttp", "cryptography", "pydantic", "jsonschema", "pyyaml", "regopy")
+# Libraries whose version matters to a security reviewer (parsers, TLS, policy engine, and the
+# event loop, whose own transports carry every socket and TLS session on uvloop).
+_COMPONENTS = ("aiohttp", "cryptography", "pydantic", "jsonschema", "pyyaml", "regopy", "uvloop")
 
 
 def _component_versions() -> dict[str, str]:

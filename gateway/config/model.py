@@ -19,6 +19,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from gateway.config.secrets import SecretRef
+from gateway.eventloop import Choice as EventLoopChoice
 
 SCHEMA_ID = "https://gateway.example/schemas/gateway.schema.json"
 
@@ -881,6 +882,15 @@ class GatewayConfig(_Model):
             "Worker processes `gateway run` starts, each with its own relay listeners; 'auto': "
             "one per CPU the process may use, within the listener limit. More than one needs a "
             "shared replay store (signatures.replay_store.kind sqlite or redis)."
+        ),
+    )
+    event_loop: EventLoopChoice = Field(
+        default="auto",
+        description=(
+            "The event loop `gateway run` serves on: 'auto' uvloop where it can be imported "
+            "(CPython on Linux and macOS), else asyncio's own; 'uvloop' refuses to start "
+            "without it; 'asyncio' the standard library's loop. Read at start: a change takes "
+            "effect at the next restart. `gateway run --event-loop` overrides it for one run."
         ),
     )
     relay: RelaySection = Field(default_factory=RelaySection)

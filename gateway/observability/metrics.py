@@ -256,7 +256,7 @@ class Metrics:
         self.info = Gauge(
             "gateway_info",
             "Build and configuration identity",
-            ["version", "revision", "mode"],
+            ["version", "revision", "mode", "event_loop"],
             registry=r,
         )
 

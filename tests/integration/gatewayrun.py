@@ -31,15 +31,17 @@ async def gateway_run(
     log: Path,
     env: Mapping[str, str] | None = None,
     program: Sequence[str] = ("-m", "gateway"),
+    args: Sequence[str] = (),
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """Run ``gateway run -c config`` (output to ``log``) until the block ends; yields once the
     relay emulator sees the gateway's two listeners. Stopped with SIGTERM, then killed.
-    ``program``: the interpreter's arguments that start the command line."""
+    ``program``: the interpreter's arguments that start the command line; ``args``: more
+    arguments of ``gateway run``."""
     with log.open("wb") as sink:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             *program,
-            *("run", "-c", str(config), "--allow-root", "--shutdown-grace", "1"),
+            *("run", "-c", str(config), "--allow-root", "--shutdown-grace", "1", *args),
             cwd=ROOT,
             env=dict(env) if env is not None else child_environment(),
             stdout=sink,
@@ -66,10 +68,13 @@ async def registered_run(
     *,
     env: Mapping[str, str],
     program: Sequence[str],
+    args: Sequence[str] = (),
+    health_port: int = 0,
 ) -> AsyncIterator[tuple[DevStack, asyncio.subprocess.Process]]:
     """A fresh dev stack, a gateway registered with it (``tmp_path/gw``) and its ``gateway
-    run`` started by ``program`` with ``env`` added (log: ``tmp_path/gateway.log``)."""
-    async with DevStack(stack_name) as stack:
+    run`` started by ``program`` with ``env`` added and ``args`` (log: ``tmp_path/gateway.log``);
+    its health endpoint on ``health_port`` (0: any)."""
+    async with DevStack(stack_name, health_port=health_port) as stack:
         directory = tmp_path / "gw"
         config = stack.write_gateway_dir(directory)
         await stack.register_gateway(directory)
@@ -79,5 +84,6 @@ async def registered_run(
             log=tmp_path / "gateway.log",
             env=child_environment(env),
             program=program,
+            args=args,
         ) as process:
             yield stack, process

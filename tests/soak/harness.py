@@ -5,10 +5,11 @@ Load: ``rate`` signed requests per second (four in five allowed, one in five den
 plus a TCP stream opened, used and closed every ``stream_every`` seconds. Samples every
 ``sample_every`` seconds: RSS from ``/proc/PID/status``, descriptors from ``/proc/PID/fd``, and the
 number of asyncio tasks of the gateway's event loop. The gateway exposes no task count itself, so
-the gateway process is started through :func:`gateway_main`: it installs an event-loop policy
-whose loops write ``len(asyncio.all_tasks())`` to a file once a second, then runs the unchanged
-``gateway run`` command. "Flat" = the mean of the last third of the samples is within a tolerance
-of the mean of the first third (after a warm-up).
+the gateway process is started through :func:`gateway_main`: it wraps the event-loop factories
+so that the loop ``gateway run`` makes (uvloop's or asyncio's) writes ``len(asyncio.all_tasks())``
+to a file once a second, then runs the unchanged ``gateway run`` command. "Flat" = the mean of
+the last third of the samples is within a tolerance of the mean of the first third (after a
+warm-up).
 
 Used by tests/soak (short form) and benchmarks/soak.py (long form and report).
 """
@@ -16,6 +17,7 @@ Used by tests/soak (short form) and benchmarks/soak.py (long form and report).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import shutil
@@ -25,8 +27,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.auth import ReplayCache
 from gateway.devkit.saas import SaaSClient
@@ -89,9 +93,9 @@ def gateway_main() -> int:
 
     config, tasks_file = sys.argv[1], os.environ[TASKS_FILE_VARIABLE]
 
-    class SamplingPolicy(asyncio.DefaultEventLoopPolicy):
-        def new_event_loop(self) -> asyncio.AbstractEventLoop:
-            loop = super().new_event_loop()
+    def sampling(factory: Callable[[], asyncio.AbstractEventLoop]) -> Callable[[], Any]:
+        def new_event_loop() -> asyncio.AbstractEventLoop:
+            loop = factory()
 
             def sample() -> None:
                 # Written aside and renamed: a reader never sees the file empty mid-write.
@@ -103,7 +107,16 @@ def gateway_main() -> int:
             loop.call_soon(sample)
             return loop
 
-    asyncio.set_event_loop_policy(SamplingPolicy())
+        return new_event_loop
+
+    # `gateway run` makes its loop with the public factory of the loop it picks
+    # (gateway.eventloop: uvloop's where installed, else asyncio's), looked up when it picks:
+    # each is wrapped in this process so that whichever runs carries the sampler.
+    asyncio.new_event_loop = sampling(asyncio.new_event_loop)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.new_event_loop = sampling(uvloop.new_event_loop)
     return gateway.cli.main(["run", "--config", config, "--allow-root", "--shutdown-grace", "2"])
 
 

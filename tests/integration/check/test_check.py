@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from gateway import eventloop
 from gateway.auth.sqlitestore import SqliteReplayStore
 from gateway.devkit.relay_emulator import QUOTA_TEXT
 from gateway.devkit.stack import demo_config
@@ -84,6 +85,7 @@ async def test_every_check_passes_against_a_healthy_devkit(registered: Registere
     results = await _check(registered.config)
     assert _statuses(results) == {
         "config": "ok",
+        "event_loop": "ok",
         "credentials": "ok",
         "state_dir": "ok",
         "identity": "ok",
@@ -97,6 +99,9 @@ async def test_every_check_passes_against_a_healthy_devkit(registered: Registere
     }, render_text(list(results.values()))
     assert all_passed(list(results.values()))
     assert "the CA pinned at registration" in results["tls"].detail
+    # The loop `gateway run` would pick here: uvloop wherever it is installed (a dependency).
+    expected = eventloop.pick("auto").describe()
+    assert results["event_loop"].detail.startswith(f"gateway run serves on {expected} "), results
     assert registered.stack.hc in results["relay"].detail
     # The budget every gateway on the HC shares (one gateway, one worker, 2 connections).
     assert "listeners: 1 gateway(s) x 1 worker(s) x 2 = 2 of 25" in results["relay"].detail
@@ -391,7 +396,7 @@ async def test_cli_json_and_text_output_and_exit_codes(registered: Registered) -
     assert lines[0].startswith("ok    config")
     failed = [line for line in lines if line.startswith("FAIL")]
     assert failed == [line for line in lines if line.startswith("FAIL  relay ")]
-    assert lines[-1] == "11 checks: 1 failed, 0 warnings"
+    assert lines[-1] == f"{len(CHECK_NAMES)} checks: 1 failed, 0 warnings"
 
 
 async def test_replay_store_check_probes_a_real_redis(

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
+from gateway import eventloop
 from gateway.devkit.stack import DevStack
 from gateway.service import Agent, AgentOptions
 
@@ -76,6 +78,11 @@ async def test_status_shows_the_running_revision(running: tuple[Agent, Path]) ->
     revision = agent.runtime().revision
     assert f"revision        {revision}" in result.stdout, result.stdout
     assert "another revision" not in result.stdout
+    # The loop the agent serves on, read from the loop itself (the tests' own loop here).
+    running_loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+    assert f"event_loop      {running_loop}" in result.stdout, result.stdout
+    page = generate_latest(agent.metrics.registry).decode()
+    assert f'event_loop="{eventloop.in_use()}"' in page, page
 
 
 async def test_status_after_a_rejected_reload(running: tuple[Agent, Path]) -> None:

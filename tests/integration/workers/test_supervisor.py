@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from gateway import eventloop
 from gateway.cli import main
 from gateway.config import load
 from gateway.gitops.signing import SIGNATURE_SUFFIX, generate_key, load_private_key, sign_config
@@ -94,6 +95,9 @@ async def test_two_workers_serve_and_answer_as_one_gateway(fleet: Fleet, gateway
     assert state["listeners_online"] == 4
     assert {w["revision"] for w in state["workers"]} == {state["revision"]}
     assert len({w["pid"] for w in state["workers"]}) == 2
+    # The supervisor picked the loop (event_loop: auto) and started every worker on it.
+    assert state["event_loop"] == eventloop.pick("auto").describe()
+    assert {w["event_loop"] for w in state["workers"]} == {state["event_loop"]}
     status, text = await gateway.get("metrics")
     assert status == 200
     served = _samples(text, "gateway_requests_total")
@@ -111,6 +115,7 @@ async def test_status_lists_every_worker(
     assert main(["status", "-c", str(gateway.config)]) == 0
     out = capsys.readouterr().out
     assert "workers         2 of 2 ready" in out
+    assert f"event_loop      {eventloop.pick('auto').describe()}" in out
     for index, pid in pids.items():
         assert f"worker {index}: pid {pid}, ready, 2 listeners, 0 restarts" in out
 

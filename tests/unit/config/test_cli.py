@@ -115,6 +115,8 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     report = json.loads(capsys.readouterr().out)
     assert report["gateway"]
     assert "aiohttp" in report["components"]
+    # The event loop's transports carry every socket on uvloop: its version is reported too.
+    assert "uvloop" in report["components"]
 
 
 def test_python_dash_m_runs_the_same_cli() -> None:
