@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-loaded lint typecheck unit venv clean fuzz faults soak data mutation
+.PHONY: demo test test-loaded test-uvloop lint typecheck unit venv clean fuzz faults soak data mutation
 
 # The first run takes a minute or two: say so, and let pip name each package as it comes.
 $(STAMP): pyproject.toml
@@ -41,6 +41,18 @@ test: lint typecheck unit
 # depends on the machine's speed fails here (CI runs it after `make test`).
 test-loaded: $(STAMP)
 	$(BIN)/python tests/run_loaded.py
+
+# The suites that exercise the event loop's own work (sockets, TLS, the relay listener and its
+# WebSockets, the proxy tunnel through squid, the forward, the LDAP proxy with slapd, mTLS to the
+# control plane, the whole agent in-process) again on uvloop's loop (tests/conftest.py): the
+# loop `gateway run` serves on by default. The tests that start `gateway run` itself (workers,
+# signals, reloads, the policy planner's child) already run on it in `make test`.
+UVLOOP_SUITES = tests/integration/relay tests/integration/forward tests/integration/ldap \
+	tests/integration/identity/test_identity_mtls.py \
+	tests/integration/identity/test_identity_proxy.py \
+	tests/integration/streams/test_pipeline_streams.py tests/integration/test_end_to_end.py
+test-uvloop: $(STAMP)
+	TEST_EVENT_LOOP=uvloop $(BIN)/python -m pytest -q -p no:cacheprovider $(UVLOOP_SUITES)
 
 # Long forms of the proof suites (the short forms run in `make test`).
 fuzz: $(STAMP)

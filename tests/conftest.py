@@ -6,6 +6,15 @@ Hypothesis therefore never fails an example for taking long (``deadline=None``) 
 refuses to run because data generation was slow (``HealthCheck.too_slow``); a test that hangs is
 still stopped by pytest-timeout. Timings belong in benchmarks/.
 
+``TEST_EVENT_LOOP=uvloop`` (not a ``GATEWAY_*`` name: the configuration loader would report it as
+an unknown override) runs every asynchronous test, and so every agent, relay listener,
+forward and server the tests start in their own process, on uvloop's event loop instead of
+asyncio's: the loop ``gateway run`` serves on by default wherever uvloop is installed
+(:mod:`gateway.eventloop`). CI runs the suites that exercise the loop's own work (sockets, TLS,
+timers) once more so (``make test-uvloop``). The ``gateway run`` processes the tests start pick
+their loop themselves (``event_loop: auto``: uvloop where it is installed), signals, workers and
+the policy planner's child process included.
+
 Under the mutation tool (``make mutation``, which sets ``MUTANT_UNDER_TEST`` before any test
 module is imported) Hypothesis draws the same examples on every run, so that a mutant is killed or
 survives the same way each time and the committed report can be reproduced.
@@ -14,8 +23,26 @@ survives the same way each time and the committed report can be reproduced.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+TEST_LOOP = os.environ.get("TEST_EVENT_LOOP", "asyncio")
+if TEST_LOOP not in ("asyncio", "uvloop"):
+    raise pytest.UsageError(f"TEST_EVENT_LOOP must be asyncio or uvloop, not {TEST_LOOP!r}")
+if TEST_LOOP == "uvloop":
+    import asyncio
+
+    import uvloop
+
+    # pytest-asyncio's hook for the loops a test runs on: one factory, so nothing is doubled.
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+        """Every asynchronous test on uvloop's loop (``TEST_EVENT_LOOP=uvloop``)."""
+        return {"uvloop": uvloop.new_event_loop}
+
 
 settings.register_profile(
     "gateway",
