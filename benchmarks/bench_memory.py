@@ -160,8 +160,8 @@ async def start_pair(
             directory.mkdir()
             shutil.copy(workdir / "empowerid-ca.pem", directory / "empowerid-ca.pem")
             facts[tree] = await package_of(envs[tree], directory)
-            started[tree] = await start_gateway(
-                directory, ports, GATEWAYS[tree], envs[tree], uvloop=False, cwd=directory
+            started[tree], facts[f"{tree} event loop"] = await start_gateway(
+                directory, ports, GATEWAYS[tree], envs[tree], cwd=directory
             )
     except BaseException:
         await stop_processes(list(started.values()), 5.0)
@@ -245,8 +245,9 @@ def render(
     lines = [
         f"Command: `{command}`",
         f"Measured: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; base = {base_commit} "
-        f"(package {facts.get('base', '?')}), tree = this working tree (package "
-        f"{facts.get('tree', '?')}); medians of {repeat} repetition(s), MiB",
+        f"(package {facts.get('base', '?')}, event loop {facts.get('base event loop', '?')}), "
+        f"tree = this working tree (package {facts.get('tree', '?')}, event loop "
+        f"{facts.get('tree event loop', '?')}); medians of {repeat} repetition(s), MiB",
         "",
         "| state | tree | VmRSS | RssAnon | RssFile | threads |",
         "| --- | --- | ---: | ---: | ---: | ---: |",

@@ -25,15 +25,18 @@ system, all threads) and its memory from ``VmRSS`` in ``/proc/PID/status``: idle
 peak while under load, and with 1,000 relayed TCP streams open at once to the ``directory`` target
 (each checked with one echoed message).
 
-With ``--uvloop`` a second gateway (``bench-gateway-uv`` on its own Hybrid Connection, the same
-configuration) runs on uvloop's event loop beside the first, and ``gateway-uvloop`` (Ed25519)
-is measured in the same interleaved runs: what uvloop changes, side by side. With ``--baseline
+The gateway runs as an operator starts it, ``gateway run`` with ``event_loop: auto``: on uvloop's
+event loop wherever uvloop is installed (the report names the loop its ``/readyz`` reports). With
+``--asyncio`` a second gateway (``bench-gateway-asyncio`` on its own Hybrid Connection, the same
+configuration) runs ``gateway run --event-loop asyncio`` beside the first, and
+``gateway-asyncio`` (Ed25519) is measured in the same interleaved runs: what the event loop
+changes, side by side (the report's ``gateway/gateway-asyncio`` ratio). With ``--baseline
 REF`` the bare listener of commit ``REF`` runs beside ours (``listener-base``), and so does a
 whole gateway of that commit (``bench-gateway-base``, the same configuration on its own Hybrid
 Connection): ``gateway-base``, signed with Ed25519 like ``gateway``, and the report's
 ``gateway/gateway-base`` ratio is a change's effect on the full pipeline, measured side by side.
 
-Run: ``.venv/bin/python benchmarks/bench_pipeline.py [--quick] [--uvloop]`` (loopback only; the
+Run: ``.venv/bin/python benchmarks/bench_pipeline.py [--quick] [--asyncio]`` (loopback only; the
 full run takes about 3 minutes, ``--quick`` about one). The full run writes the printed report
 to ``benchmarks/pipeline-report.md``; ``--quick`` only prints.
 """
@@ -90,9 +93,9 @@ REPORT = SCRIPT.parent / "pipeline-report.md"
 NAMESPACE = "relay.bench.invalid"
 GATEWAY_ID = "bench-gateway"
 HC = f"hc-{GATEWAY_ID}"
-# The second gateway of --uvloop: the same configuration on uvloop's event loop, side by side.
-GATEWAY_UV = "bench-gateway-uv"
-HC_UV = f"hc-{GATEWAY_UV}"
+# The second gateway of --asyncio: the same configuration on asyncio's own loop, side by side.
+GATEWAY_ASYNCIO = "bench-gateway-asyncio"
+HC_ASYNCIO = f"hc-{GATEWAY_ASYNCIO}"
 # The second gateway of --baseline: the same configuration, the gateway package of another commit.
 GATEWAY_BASE = "bench-gateway-base"
 HC_GATEWAY_BASE = f"hc-{GATEWAY_BASE}"
@@ -106,27 +109,22 @@ PATHS = (
     "gateway",
     "gateway-base",
     "gateway-hmac",
-    "gateway-uvloop",
+    "gateway-asyncio",
     "listener",
     "listener-base",
     "hyco",
 )
 # The signed paths: Ed25519 with the control plane's key, hmac-sha256 with the gateway's own, and
-# Ed25519 to the second gateway, which runs on uvloop (--uvloop) or is another commit's
-# (--baseline).
-SIGNED = ("gateway", "gateway-base", "gateway-hmac", "gateway-uvloop")
-# `gateway ...` on uvloop's event loop, for the second gateway of --uvloop.
-UVLOOP_LAUNCHER = (
-    "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
-    "from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
-)
+# Ed25519 to the second gateway, which runs on asyncio's loop (--asyncio) or is another
+# commit's (--baseline).
+SIGNED = ("gateway", "gateway-base", "gateway-hmac", "gateway-asyncio")
 
 
 # --- child processes ---------------------------------------------------------------------
 
 
 async def run_relay(
-    signed: Sequence[str] = (HC, HC_UV, HC_GATEWAY_BASE), bare: Sequence[str] = BARE_HCS
+    signed: Sequence[str] = (HC, HC_ASYNCIO, HC_GATEWAY_BASE), bare: Sequence[str] = BARE_HCS
 ) -> None:
     """The relay emulator with the ``signed`` Hybrid Connections (senders need a Send token) and
     the ``bare`` ones; the SAS keys come from the environment."""
@@ -158,7 +156,7 @@ async def run_services(workdir: Path) -> None:
         relay_namespace=NAMESPACE,
         relay_key_name="ListenRule",
         relay_key=os.environ["BENCH_LISTEN_KEY"],
-        # Each gateway its own Hybrid Connection, hc-{gateway id} (HC, HC_UV, HC_GATEWAY_BASE).
+        # Each gateway its own Hybrid Connection, hc-{gateway id} (HC, HC_ASYNCIO, HC_GATEWAY_BASE).
         cert_lifetime=datetime.timedelta(days=1),
     )
     simulator.add_person(PERSON, PERSON_PASSWORD)
@@ -275,11 +273,13 @@ async def start_gateway(
     gateway_id: str,
     env: dict[str, str],
     *,
-    uvloop: bool,
+    event_loop: str | None = None,
     cwd: Path | None = None,
-) -> asyncio.subprocess.Process:
-    """Write gateway.yaml in ``workdir``, register ``gateway_id`` and start ``gateway run`` (on
-    uvloop's event loop with ``uvloop``) in ``cwd``; returns it once ``/readyz`` says ready.
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Write gateway.yaml in ``workdir``, register ``gateway_id`` and start ``gateway run`` (with
+    ``--event-loop event_loop`` when given; else as configured, ``auto``) in ``cwd``; returns it
+    once ``/readyz`` says ready, with the event loop ``/readyz`` names (``asyncio's default``
+    for a commit that predates the setting).
 
     ``python -m gateway`` imports the package from its working directory first: a ``cwd``
     outside the repository lets ``PYTHONPATH`` choose another tree's package."""
@@ -301,21 +301,22 @@ async def start_gateway(
     run_args = ["run", "-c", str(config), "--shutdown-grace", "2"]
     if os.geteuid() == 0:
         run_args.append("--allow-root")
-    launcher = ["-c", UVLOOP_LAUNCHER] if uvloop else ["-m", "gateway"]
+    if event_loop is not None:
+        run_args += ["--event-loop", event_loop]
     with (workdir / "gateway.log").open("wb") as log_file:
         gateway = await asyncio.create_subprocess_exec(
-            python, *launcher, *run_args, env=env, cwd=cwd, stdout=log_file, stderr=log_file
+            python, "-m", "gateway", *run_args, env=env, cwd=cwd, stdout=log_file, stderr=log_file
         )
     try:
-        await wait_ready(health_port, gateway)
+        ready = await wait_ready(health_port, gateway)
     except BaseException:
         await stop_processes([gateway], 5.0)
         raise
-    return gateway
+    return gateway, str(ready.get("event_loop") or "asyncio's default")
 
 
-async def wait_ready(health_port: int, process: asyncio.subprocess.Process) -> None:
-    """Poll ``/readyz`` until the gateway says it is ready (bounded)."""
+async def wait_ready(health_port: int, process: asyncio.subprocess.Process) -> dict[str, Any]:
+    """Poll ``/readyz`` until the gateway says it is ready (bounded); its answer."""
     url = f"http://127.0.0.1:{health_port}/readyz"
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session, asyncio.timeout(STEP):
@@ -324,8 +325,9 @@ async def wait_ready(health_port: int, process: asyncio.subprocess.Process) -> N
                 raise RuntimeError(f"gateway exited with {process.returncode}")
             with contextlib.suppress(aiohttp.ClientError, OSError, ValueError):
                 async with session.get(url) as response:
-                    if (await response.json()).get("ready"):
-                        return
+                    body = await response.json()
+                    if body.get("ready"):
+                        return dict(body)
             await asyncio.sleep(0.1)
 
 
@@ -416,7 +418,7 @@ class Load:
             "direct": URL(f"http://127.0.0.1:{http_port}{TARGET_PATH}", encoded=True),
             "gateway": URL(f"{relay}/{HC}/erp{TARGET_PATH}", encoded=True),
             "gateway-hmac": URL(f"{relay}/{HC}/erp{TARGET_PATH}", encoded=True),
-            "gateway-uvloop": URL(f"{relay}/{HC_UV}/erp{TARGET_PATH}", encoded=True),
+            "gateway-asyncio": URL(f"{relay}/{HC_ASYNCIO}/erp{TARGET_PATH}", encoded=True),
             "gateway-base": URL(f"{relay}/{HC_GATEWAY_BASE}/erp{TARGET_PATH}", encoded=True),
             "listener": URL(f"{relay}/{HC_OURS}{TARGET_PATH}", encoded=True),
             "listener-base": URL(f"{relay}/{HC_BASE}{TARGET_PATH}", encoded=True),
@@ -426,12 +428,12 @@ class Load:
         self.hcs = {
             "gateway": HC,
             "gateway-hmac": HC,
-            "gateway-uvloop": HC_UV,
+            "gateway-asyncio": HC_ASYNCIO,
             "gateway-base": HC_GATEWAY_BASE,
         }
         self.tokens = {
             hc: create_token(resource_uri(NAMESPACE, hc), "SendRule", send_key)
-            for hc in (HC, HC_UV, HC_GATEWAY_BASE)
+            for hc in (HC, HC_ASYNCIO, HC_GATEWAY_BASE)
         }
         # The process whose CPU each path measures (the others are added once started).
         self.pids: dict[str, int] = {"gateway": gateway_pid, "gateway-hmac": gateway_pid}
@@ -644,7 +646,7 @@ async def benchmark(
     streams: int,
     keep: bool,
     profile_to: Path | None = None,
-    uvloop: bool = False,
+    on_asyncio: bool = False,
     baseline: Path | None = None,
 ) -> Results:
     """Start everything, register and run the gateway, measure, stop everything."""
@@ -669,7 +671,7 @@ async def benchmark(
             ports, keyid = await start_stack(SCRIPT, workdir, env, processes)
             relay_port, _, http_port, _ = ports
             gateway_env = {**env, "GATEWAY_REGISTER_PASSWORD": PERSON_PASSWORD}
-            gateway = await start_gateway(workdir, ports, GATEWAY_ID, gateway_env, uvloop=False)
+            gateway, loop = await start_gateway(workdir, ports, GATEWAY_ID, gateway_env)
             processes.append(gateway)
             await asyncio.sleep(1.0)
             results.rss["idle"] = rss_mb(gateway.pid)
@@ -684,19 +686,21 @@ async def benchmark(
                 "gateway-hmac": RequestSigner(
                     base64.b64decode(hmac_secret), keyid=hmac_keyid, gateway_id=GATEWAY_ID
                 ),
-                "gateway-uvloop": RequestSigner(key, keyid=keyid, gateway_id=GATEWAY_UV),
+                "gateway-asyncio": RequestSigner(key, keyid=keyid, gateway_id=GATEWAY_ASYNCIO),
                 "gateway-base": RequestSigner(key, keyid=keyid, gateway_id=GATEWAY_BASE),
             }
             load = Load(relay_port, http_port, signers, send_key, gateway.pid)
-            if uvloop:
-                second = workdir / "uvloop"
+            results.facts["loop"] = results.facts["gateway loop"] = loop
+            if on_asyncio:
+                second = workdir / "asyncio"
                 second.mkdir()
                 shutil.copy(workdir / "empowerid-ca.pem", second / "empowerid-ca.pem")
-                uv_gateway = await start_gateway(
-                    second, ports, GATEWAY_UV, gateway_env, uvloop=True
+                asyncio_gateway, second_loop = await start_gateway(
+                    second, ports, GATEWAY_ASYNCIO, gateway_env, event_loop="asyncio"
                 )
-                processes.append(uv_gateway)
-                load.pids["gateway-uvloop"] = uv_gateway.pid
+                processes.append(asyncio_gateway)
+                load.pids["gateway-asyncio"] = asyncio_gateway.pid
+                results.facts["loop"] += f" (gateway-asyncio: {second_loop})"
             if baseline is not None:
                 # Started in its own directory, so that PYTHONPATH, not the working directory,
                 # decides which tree's package `python -m gateway` imports.
@@ -704,9 +708,10 @@ async def benchmark(
                 third.mkdir()
                 shutil.copy(workdir / "empowerid-ca.pem", third / "empowerid-ca.pem")
                 base_env = {**gateway_env, "PYTHONPATH": str(baseline)}
-                base_gateway = await start_gateway(
-                    third, ports, GATEWAY_BASE, base_env, uvloop=False, cwd=third
+                base_gateway, base_loop = await start_gateway(
+                    third, ports, GATEWAY_BASE, base_env, cwd=third
                 )
+                results.facts["loop"] += f" (gateway-base: {base_loop})"
                 processes.append(base_gateway)
                 load.pids["gateway-base"] = base_gateway.pid
             target_url = f"http://127.0.0.1:{http_port}{TARGET_PATH}"
@@ -716,8 +721,8 @@ async def benchmark(
             processes.extend(process for process in bare.values())
             load.pids.update({path: process.pid for path, process in bare.items()})
             paths = [path for path in PATHS if path in ("direct", *SIGNED) or path in bare]
-            if not uvloop:
-                paths.remove("gateway-uvloop")
+            if not on_asyncio:
+                paths.remove("gateway-asyncio")
             if baseline is None:
                 paths.remove("gateway-base")
             connector = aiohttp.TCPConnector(limit=64)
@@ -755,11 +760,6 @@ async def benchmark(
                 results.rss[f"{streams} streams"] = held
                 results.facts["streams"] = f"{echoed} of {streams} echoed; opened in {opened:.1f} s"
             results.facts["repetitions"] = f"{repetitions} x {seconds:g} s"
-            results.facts["loop"] = (
-                "asyncio's default (gateway-uvloop: a second gateway on uvloop)"
-                if uvloop
-                else "asyncio's default"
-            )
             results.facts["streams_count"] = str(streams)
             return results
         finally:
@@ -806,7 +806,7 @@ def render(results: Results, command: str) -> str:
         "",
         *(
             line
-            for path in ("gateway-uvloop", "gateway-base")
+            for path in ("gateway-asyncio", "gateway-base")
             if (path, 1) in results.samples
             for line in (results.ratio_line(path), "")
         ),
@@ -838,6 +838,18 @@ def render(results: Results, command: str) -> str:
                 f"{_fmt(results.paired(in_flight, 'rate', path))} | "
                 f"{_fmt(results.cpu_ratio(in_flight, path))} |"
             )
+    if ("gateway-asyncio", 1) in results.samples:
+        lines += [
+            "",
+            f"The event loop in the same run: `gateway` on {results.facts['gateway loop']}, "
+            "against `gateway-asyncio`, the same configuration on asyncio's own loop (`gateway run "
+            "--event-loop asyncio`); CPU per request, gateway / gateway-asyncio: "
+            + ", ".join(
+                f"{_fmt(results.cpu_ratio(n, 'gateway', 'gateway-asyncio'))} at {n}"
+                for n in (1, 32)
+            )
+            + ".",
+        ]
     if "baseline" in results.facts:
         lines += [
             "",
@@ -945,9 +957,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also sample the gateway with py-spy under load; collapsed stacks to FILE",
     )
     parser.add_argument(
-        "--uvloop",
+        "--asyncio",
         action="store_true",
-        help="also run a second gateway on uvloop's event loop (path gateway-uvloop)",
+        help="also run a second gateway on asyncio's own event loop (path gateway-asyncio), "
+        "beside the first on the loop `gateway run` picks (uvloop where installed)",
     )
     parser.add_argument(
         "--baseline",
@@ -980,7 +993,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(run_services(args.workdir))
         return 0
     command = ".venv/bin/python benchmarks/bench_pipeline.py" + (" --quick" if args.quick else "")
-    command += " --uvloop" if args.uvloop else ""
+    command += " --asyncio" if args.asyncio else ""
     streams = args.streams or (300 if args.quick else 1000)
     if args.streams is not None:
         command += f" --streams {args.streams}"
@@ -993,7 +1006,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results_commit = extract_baseline(args.baseline, Path(scratch))
             baseline = Path(scratch)
         results = asyncio.run(
-            benchmark(args.quick, streams, args.keep, args.profile, args.uvloop, baseline)
+            benchmark(args.quick, streams, args.keep, args.profile, args.asyncio, baseline)
         )
         if baseline is not None:
             results.facts["baseline"] = results_commit
