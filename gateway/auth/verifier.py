@@ -180,7 +180,8 @@ class _Shape:
     tag (written out); ``keyid`` to ``alg`` are those groups' indexes. ``fields`` are the covered
     header fields and ``sources`` picks each component's value, in covered order, from
     ``(method, authority, path, query, *fields)``; ``template`` is the signature base with a
-    ``{}`` for each value and for ``@signature-params``.
+    ``{}`` for each value and for ``@signature-params``. ``gateway`` and ``digest`` are the
+    indexes of ``x-gateway-id`` (always covered) and ``content-digest`` in ``fields``.
     """
 
     label: str
@@ -195,6 +196,7 @@ class _Shape:
     sources: tuple[int, ...]
     template: str
     covered: tuple[str, ...]
+    gateway: int
     digest: int | None
 
 
@@ -557,7 +559,7 @@ class SignatureVerifier:
                 continue
             groups[name] = len(groups)
             kind = _SHAPE_INTEGER if type(value) is int else _SHAPE_STRING
-            pattern.append(f";{re.escape(name)}={kind}")
+            pattern.append(f";{name}={kind}")  # a name of _SIGNATURE_PARAMS: letters only
         fields = tuple(name for name in names if not name.startswith("@"))
         derived = ("@method", "@authority", "@path", "@query")
         sources = tuple(
@@ -579,6 +581,7 @@ class SignatureVerifier:
             sources=sources,
             template="\n".join(lines),
             covered=tuple(f'"{name}"' for name in names),
+            gateway=fields.index(GATEWAY_ID_HEADER),
             digest=fields.index(DIGEST_COMPONENT) if DIGEST_COMPONENT in fields else None,
         )
         shapes = dict(self._shapes)
@@ -669,6 +672,9 @@ class SignatureVerifier:
             self._authority = (authority, host)
         if host is None:
             return None
+        # A plain method, a target in the URI grammar and parameters the shape's pattern took are
+        # printable ASCII without surrounding blanks, as a base's derived values must be (RFC 9421
+        # section 2.2); the field values are checked below.
         known = [method, host, path, "?" + query]
         for name in shape.fields:
             line = found.get(name)
@@ -680,7 +686,7 @@ class SignatureVerifier:
             if not (value.isascii() and value.isprintable()):
                 return None
             known.append(value)
-        if found.get(GATEWAY_ID_HEADER, "").strip(" \t") != self._gateway_id:
+        if known[4 + shape.gateway] != self._gateway_id:
             return None
         text = shape.template.format(
             *[known[source] for source in shape.sources], sig_input[len(shape.label) + 1 :]
@@ -693,7 +699,7 @@ class SignatureVerifier:
             expires,
             nonce,
             signature,
-            text.encode("ascii"),
+            text.encode(),  # all ASCII (see above): its UTF-8 bytes are its ASCII bytes
             shape.covered,
             None if shape.digest is None else known[4 + shape.digest],
             keyid,

@@ -262,3 +262,270 @@ def test_at_most_eight_shapes_are_kept_the_oldest_forgotten_first(fresh: Harness
     assert shaped(fresh, _sign_covering(fresh, "x-s0")) is None
     for index in range(1, 9):
         assert isinstance(shaped(fresh, _sign_covering(fresh, f"x-s{index}")), VerifiedRequest)
+
+
+# -- on the edges, the shaped verifier answers what the package alone does ----------------------
+
+SIGNER_PARAMS = ';created={created};keyid="ed-1";alg="ed25519";expires={expires};nonce="{nonce}"'
+
+
+def _handmade(
+    harness: Harness,
+    *,
+    created: int = int(T0),
+    expires: int | str = int(T0) + 60,
+    nonce: str = "n1",
+    field: str | None = None,
+    tag: str = "gateway-request",
+    params: str | None = None,
+    label: str = "eid",
+) -> list[tuple[str, str]]:
+    """A request signed by hand in the signer's shape (its parameters in its order), covering
+    ``x-a`` as well when ``field`` is given (the line as sent; the base holds it trimmed);
+    ``params`` replaces the parameters altogether."""
+    if params is None:
+        params = SIGNER_PARAMS.format(created=created, expires=expires, nonce=nonce)
+        params += f';tag="{tag}"'
+    covered = list(COVERED)
+    lines = [("x-gateway-id", GATEWAY_ID)]
+    if field is not None:
+        # A base is ASCII: a non-ASCII line is signed as "a" (either way it never verifies).
+        trimmed = field.strip(" \t")
+        covered.append(("x-a", trimmed if trimmed.isascii() else "a"))
+        lines.append(("X-A", field))
+    return [*lines, *handmade_signature(harness.ed_key, covered, params, label)]
+
+
+def _outcome(verifier: SignatureVerifier, headers: list[tuple[str, str]], **request: Any) -> Any:
+    target = {"method": "GET", "authority": AUTHORITY, "path": PATH, "query": "expand=1"}
+    try:
+        found = verifier.verify(headers=headers, **(target | request))
+    except SignatureError as refusal:
+        return refusal.reason, refusal.detail, refusal.keyid
+    assert isinstance(found, VerifiedRequest)
+    return found.covered, found.created, found.expires, found.nonce
+
+
+def _alike(
+    fresh: Harness,
+    tmp_path: Path,
+    headers: list[tuple[str, str]],
+    *,
+    settings: VerifierSettings | None = None,
+    **request: Any,
+) -> Any:
+    """The harness verifier's outcome, after checking it is a package-only verifier's."""
+    ReplayCache.initialise(tmp_path)
+    reference = SignatureVerifier(
+        fresh.verifier.keys,
+        ReplayCache.open(tmp_path, max_entries=10, max_skew=30, clock=fresh.gateway_clock),
+        gateway_id=GATEWAY_ID,
+        hc_path=HC_PATH,
+        settings=settings or fresh.settings,
+        clock=fresh.gateway_clock,
+        reference=True,
+    )
+    outcome = _outcome(fresh.verifier, headers, **request)
+    assert outcome == _outcome(reference, headers, **request)
+    return outcome
+
+
+@pytest.mark.parametrize(
+    ("created", "expires", "answered"),
+    [
+        (int(T0), int(T0) + 1, True),
+        (int(T0), int(T0), False),  # expires not after created
+        (int(T0), int(T0) - 1, False),
+        (2**40 - 1, 2**40, False),  # beyond the timestamp range
+        (2**40, 2**40 + 1, False),
+        (int(T0), "-5", False),
+        (int(T0), "01", False),  # not a canonical Integer
+    ],
+)
+def test_timestamps_of_a_known_shape_are_judged_as_in_general(
+    fresh: Harness, tmp_path: Path, created: int, expires: int | str, answered: bool
+) -> None:
+    learn(fresh, _handmade(fresh, nonce="n0"))
+    headers = _handmade(fresh, created=created, expires=expires)
+    assert (shaped(fresh, headers) is not None) is answered
+    _alike(fresh, tmp_path, headers)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "a",
+        " \ta\t ",
+        "XaX",
+        "a b",
+        "",
+        "a\tb",  # read in general
+        "a\x01b",
+        "a\x7f",
+        "a\x0b",
+        "a\u00a0",
+        "a\r\n b",
+        "é",
+    ],
+)
+def test_covered_field_values_of_a_known_shape_are_judged_as_in_general(
+    fresh: Harness, tmp_path: Path, field: str
+) -> None:
+    learn(fresh, _handmade(fresh, nonce="n0", field="v"))
+    headers = _handmade(fresh, field=field)
+    answered = field.strip(" \t").isascii() and field.strip(" \t").isprintable()
+    assert (shaped(fresh, headers) is not None) is answered
+    _alike(fresh, tmp_path, headers)
+
+
+@pytest.mark.parametrize(
+    "gateway_id",
+    [GATEWAY_ID, f" {GATEWAY_ID}\t", f"X{GATEWAY_ID}X", "agent-2", f"{GATEWAY_ID}\x0b"],
+)
+def test_the_gateway_id_of_a_known_shape_is_judged_as_in_general(
+    fresh: Harness, tmp_path: Path, gateway_id: str
+) -> None:
+    learn(fresh, _handmade(fresh, nonce="n0"))
+    headers = replace_header(_handmade(fresh), "x-gateway-id", gateway_id)
+    assert (shaped(fresh, headers) is not None) is (gateway_id.strip(" \t") == GATEWAY_ID)
+    _alike(fresh, tmp_path, headers)
+
+
+@pytest.mark.parametrize(
+    ("nonce", "tag", "answered"),
+    [
+        ("n" * 128, "gateway-request", True),
+        ("n)1", "gateway-request", True),
+        ("n" * 129, "gateway-request", False),
+        ("", "gateway-request", False),
+        ("n1", "other", False),
+        ("n1", "gateway-request2", False),
+    ],
+)
+def test_nonce_and_tag_of_a_known_shape_are_judged_as_in_general(
+    fresh: Harness, tmp_path: Path, nonce: str, tag: str, answered: bool
+) -> None:
+    learn(fresh, _handmade(fresh, nonce="n0"))
+    headers = _handmade(fresh, nonce=nonce, tag=tag)
+    assert (shaped(fresh, headers) is not None) is answered
+    _alike(fresh, tmp_path, headers)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("signature", "eid=::"),
+        ("signature", "eid=:AAA:"),
+        ("signature", "sig=:AAAA:"),
+        ("signature", " eid=:AAAA:"),
+        ("signature-input", "eid=()"),
+        ("signature-input", ""),
+    ],
+)
+def test_signature_fields_of_a_known_shape_are_judged_as_in_general(
+    fresh: Harness, tmp_path: Path, name: str, value: str
+) -> None:
+    learn(fresh, _handmade(fresh, nonce="n0"))
+    headers = replace_header(_handmade(fresh), name, value)
+    assert shaped(fresh, headers) is None
+    _alike(fresh, tmp_path, headers)
+
+
+@pytest.mark.parametrize("size", [1, 63, 65, 256])
+def test_a_signature_of_any_admitted_size_is_checked_in_the_shaped_reading(
+    fresh: Harness, tmp_path: Path, size: int
+) -> None:
+    learn(fresh, _handmade(fresh, nonce="n0"))
+    value = "eid=:" + base64.b64encode(bytes(size)).decode() + ":"
+    headers = replace_header(_handmade(fresh), "signature", value)
+    assert shaped(fresh, headers) == "bad_signature"
+    _alike(fresh, tmp_path, headers)
+
+
+def test_a_signature_input_over_its_limit_is_refused_as_in_general(
+    fresh: Harness, tmp_path: Path
+) -> None:
+    short = _handmade(fresh, nonce="n0")
+    headers = _handmade(fresh, nonce="n" * 20)
+    length = len(dict(headers)["Signature-Input"])
+    settings = VerifierSettings(max_age=60, max_skew=30, max_signature_field_bytes=length - 1)
+    fresh.verifier = SignatureVerifier(
+        fresh.keys,
+        ReplayCache(max_entries=10, clock=fresh.gateway_clock),
+        gateway_id=GATEWAY_ID,
+        hc_path=HC_PATH,
+        settings=settings,
+        clock=fresh.gateway_clock,
+    )
+    learn(fresh, short)
+    assert shaped(fresh, headers) is None
+    assert _alike(fresh, tmp_path, headers, settings=settings)[0] == "headers_too_large"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        ';tag="gateway-request";created={now};keyid="ed-1";nonce="{nonce}"',
+        ';created={now};keyid="ed-1";nonce="{nonce}";tag="gateway-request"',
+        ';nonce="{nonce}";keyid="ed-1";expires={later};tag="gateway-request";created={now}',
+    ],
+)
+def test_shapes_with_other_parameters_in_other_orders_are_learnt(
+    fresh: Harness, tmp_path: Path, params: str
+) -> None:
+    def sign(nonce: str) -> list[tuple[str, str]]:
+        text = params.format(now=int(T0), later=int(T0) + 30, nonce=nonce)
+        return _handmade(fresh, params=text)
+
+    learn(fresh, sign("n0"))
+    assert isinstance(shaped(fresh, sign("n1")), VerifiedRequest)
+    _alike(fresh, tmp_path, sign("n2"))
+
+
+@pytest.mark.parametrize("authority", ["a b", "[::1]", "h:x", "é", "Contoso.Example:0443"])
+def test_an_authority_outside_the_uri_grammar_is_judged_as_in_general(
+    fresh: Harness, tmp_path: Path, authority: str
+) -> None:
+    learn(fresh, _handmade(fresh, nonce="n0"))
+    headers = _handmade(fresh)
+    assert (shaped(fresh, headers, authority=authority) is None) is (":0443" not in authority)
+    _alike(fresh, tmp_path, headers, authority=authority)
+
+
+def test_a_label_and_a_tag_are_matched_as_they_are_written(fresh: Harness, tmp_path: Path) -> None:
+    # Characters a pattern would read as operators: the shape must take them literally.
+    settings = VerifierSettings(max_age=60, max_skew=30, tag="a.b+c")
+    fresh.verifier = SignatureVerifier(
+        fresh.keys,
+        ReplayCache(max_entries=10, clock=fresh.gateway_clock),
+        gateway_id=GATEWAY_ID,
+        hc_path=HC_PATH,
+        settings=settings,
+        clock=fresh.gateway_clock,
+    )
+    learn(fresh, _handmade(fresh, nonce="n0", tag="a.b+c", label="s*.1"))
+    assert isinstance(shaped(fresh, _handmade(fresh, tag="a.b+c", label="s*.1")), VerifiedRequest)
+    for tag in ("aXbc", "a.bbc"):
+        headers = _handmade(fresh, tag=tag, label="s*.1")
+        assert shaped(fresh, headers) is None
+        _alike(fresh, tmp_path / tag, headers, settings=settings)
+    headers = _handmade(fresh, tag="a.b+c", label="s*.1")
+    relabelled = [
+        (name, "ss1" + value[4:] if name == "Signature" else value) for name, value in headers
+    ]
+    assert shaped(fresh, relabelled) is None
+    _alike(fresh, tmp_path / "label", relabelled, settings=settings)
+
+
+def test_a_key_of_a_known_shape_is_looked_up_as_in_general(fresh: Harness, tmp_path: Path) -> None:
+    learn(fresh, _handmade(fresh, nonce="n0"))
+    # Another algorithm named, a key id not pinned, a key no longer valid: read in general.
+    for old, new in ((';alg="ed25519"', ';alg="ecdsa-p256-sha256"'), ('"ed-1"', '"ed-9"')):
+        headers = [
+            (name, value.replace(old, new) if name == "Signature-Input" else value)
+            for name, value in _handmade(fresh)
+        ]
+        assert shaped(fresh, headers) is None
+        _alike(fresh, tmp_path, headers)
+    fresh.verifier.replace_keys(fresh.keyset(("ed-1", fresh.ed_key), lifetime=-1800.0))
+    assert shaped(fresh, _handmade(fresh)) is None
