@@ -9,6 +9,7 @@ come from the package index pip is configured with (its cache makes a second run
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -133,6 +134,11 @@ def test_the_installed_package_is_the_one_running(installed: Installed) -> None:
     )
     assert Path(out.strip()).is_relative_to(installed.bin.parent)
     assert _check(installed.run("--version")).strip() == f"gateway {__version__}"
+    # The event loop gateway run serves on comes with the wheel where uvloop ships wheels (its
+    # marker: CPython on Linux and macOS), as on this machine.
+    if sys.implementation.name == "cpython" and sys.platform in ("linux", "darwin"):
+        report = json.loads(_check(installed.run("version", "--format", "json")))
+        assert report["components"]["uvloop"] != "not installed", report
 
 
 def test_first_hour_from_the_wheel(installed: Installed) -> None:
