@@ -35,11 +35,11 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, cast
 
 from gateway.auth import BadSignatureLimiter, SignatureError, SignatureVerifier
 from gateway.config import LoadedConfig
-from gateway.config.model import LDAP_SCHEMES, GatewayConfig, Operation
+from gateway.config.model import LDAP_SCHEMES, GatewayConfig, Operation, Target
 from gateway.forward.canonical import CanonicalRequest, canonicalise
 from gateway.forward.credentials import CredentialError, CredentialSet, Injector
 from gateway.forward.dial import DialError, Guard, Redirect, Resolver, system_resolver
@@ -55,6 +55,7 @@ from gateway.forward.rejections import RequestRejected
 from gateway.forward.streams import TcpEnd, UpstreamEnd, open_tcp, relay
 from gateway.forward.upstream import Upstream, UpstreamError, UpstreamResponse
 from gateway.forward.websocket import WebSocketUpstream
+from gateway.hybridconnection.records import slot_setters
 from gateway.ldap.innertls import InnerTlsError
 from gateway.observability.metrics import Metrics
 from gateway.policy.decision_log import RECORD_VERSION, recorded_input
@@ -295,7 +296,7 @@ def error_response(refusal: Refusal, request_id: str) -> RelayedResponse:
     return RelayedResponse(status=refusal.status, reason="", headers=headers, body=body)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RequestFacts:
     """A request as the chain of steps decides it: the one description live and offline share.
 
@@ -314,6 +315,29 @@ class RequestFacts:
     body_size: int = 0
     signed: bool = True
     keyid: str | None = None
+
+    def __init__(
+        self,
+        method: str,
+        selector: str,
+        request_target: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        websocket: bool = False,
+        body_size: int = 0,
+        signed: bool = True,
+        keyid: str | None = None,
+    ) -> None:
+        # Made per relayed request: each slot set by its own setter, about half the cost of the
+        # frozen dataclass's own __init__ (gateway.hybridconnection.records).
+        s_method, s_selector, s_target, s_headers, s_ws, s_size, s_signed, s_keyid = _FACTS_SLOTS
+        s_method(self, method)
+        s_selector(self, selector)
+        s_target(self, request_target)
+        s_headers(self, headers)
+        s_ws(self, websocket)
+        s_size(self, body_size)
+        s_signed(self, signed)
+        s_keyid(self, keyid)
 
     def signed_by(self, keyid: str | None) -> RequestFacts:
         """These facts once the signature by ``keyid`` verified. Built directly, like
@@ -355,7 +379,20 @@ class RequestFacts:
         )
 
 
-@dataclass(frozen=True, slots=True)
+_FACTS_SLOTS: Final = slot_setters(
+    RequestFacts,
+    "method",
+    "selector",
+    "request_target",
+    "headers",
+    "websocket",
+    "body_size",
+    "signed",
+    "keyid",
+)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Verdict:
     """What the chain decided for one request, and every step's contribution to it.
 
@@ -383,6 +420,46 @@ class Verdict:
     credential: str | None = None
     """The name of the credential the gateway adds before forwarding (its value is fetched only
     then, by :class:`gateway.forward.credentials.CredentialSet`)."""
+
+    def __init__(
+        self,
+        refusal: Refusal | None,
+        stage: str,
+        canonical: CanonicalRequest | None = None,
+        input: dict[str, Any] | None = None,
+        decision: Decision | None = None,
+        decide_seconds: float = 0.0,
+        operation: Operation | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+        protocols: tuple[str, ...] = (),
+        monitor: bool = False,
+        credential: str | None = None,
+    ) -> None:
+        # Made per relayed request: each slot set by its own setter (see RequestFacts).
+        (
+            s_refusal,
+            s_stage,
+            s_canonical,
+            s_input,
+            s_decision,
+            s_seconds,
+            s_operation,
+            s_headers,
+            s_protocols,
+            s_monitor,
+            s_credential,
+        ) = _VERDICT_SLOTS
+        s_refusal(self, refusal)
+        s_stage(self, stage)
+        s_canonical(self, canonical)
+        s_input(self, input)
+        s_decision(self, decision)
+        s_seconds(self, decide_seconds)
+        s_operation(self, operation)
+        s_headers(self, headers)
+        s_protocols(self, protocols)
+        s_monitor(self, monitor)
+        s_credential(self, credential)
 
     @property
     def forwarded(self) -> bool:
@@ -445,6 +522,22 @@ class Verdict:
             record.status = self.refusal.status
 
 
+_VERDICT_SLOTS: Final = slot_setters(
+    Verdict,
+    "refusal",
+    "stage",
+    "canonical",
+    "input",
+    "decision",
+    "decide_seconds",
+    "operation",
+    "headers",
+    "protocols",
+    "monitor",
+    "credential",
+)
+
+
 class Chain:
     """The steps every request and stream is decided by, under one revision.
 
@@ -457,49 +550,45 @@ class Chain:
     limits and the connection to the target after) are not part of it.
     """
 
-    __slots__ = ("_forwardable", "_hosts", "_operations", "config", "engine")
+    __slots__ = ("_plans", "config", "engine")
 
     def __init__(self, config: GatewayConfig, engine: Decider) -> None:
         self.config = config
         self.engine = engine
-        # Derived once per revision rather than for every request: each target's operations by
-        # name (the first of a name, as a scan would find it), the header names each operation
-        # forwards, and each HTTP target's Host value.
-        self._operations: dict[str, dict[str, Operation]] = {}
-        self._forwardable: dict[int, frozenset[str]] = {
-            id(_NO_OPERATION): forwardable_names(_NO_OPERATION)
+        # Derived once per revision rather than for every request (:class:`_TargetPlan`).
+        self._plans = {
+            name: _TargetPlan.of(config, target) for name, target in config.targets.items()
         }
-        self._hosts: dict[str, str] = {}
-        for name, target in config.targets.items():
-            by_name: dict[str, Operation] = {}
-            for operation in target.operations:
-                by_name.setdefault(operation.name, operation)
-                self._forwardable[id(operation)] = forwardable_names(operation)
-            self._operations[name] = by_name
-            if not target.stream_only:
-                self._hosts[name] = host_header(target)
 
     async def decide(self, facts: RequestFacts) -> Verdict:
         """Run every step for ``facts``; never raises for a refusal (it is in the verdict)."""
         try:
-            canonical = self._canonicalise(facts)
-        except Refusal as rejected:
+            canonical = canonicalise(
+                self.config,
+                method=facts.method,
+                target=facts.selector,
+                request_target=facts.request_target,
+                headers=facts.headers,
+                websocket=facts.websocket,
+            )
+        except RequestRejected as exc:
+            rejected = Refusal(exc.status, str(exc.code), str(exc), "canonicalise")
             return Verdict(rejected, rejected.stage)
+        plan = self._plans[canonical.target]
         try:
-            protocols = self._limits(facts, canonical)
+            protocols = _limits(plan, facts, canonical)
         except Refusal as limited:
             return Verdict(limited, limited.stage, canonical)
         document = build_input(canonical, signed=facts.signed, keyid=facts.keyid)
         started = time.perf_counter()
         decision = await self.engine.decide(document)
         elapsed = time.perf_counter() - started
-        target = self.config.targets[canonical.target]
-        granted = decision.operation
-        operation = self._operations[canonical.target].get(granted) if granted is not None else None
+        # The first operation of the granted name, as a scan would find it (None: no grant).
+        grant = plan.grants.get(decision.operation)
         monitor = False
-        if decision.allow and operation is None and target.stream_only:
-            operation = _NO_OPERATION
-        elif not decision.allow or operation is None:
+        if decision.allow and grant is None and plan.stream_only:
+            grant = plan.ungranted
+        elif not decision.allow or grant is None:
             if not decision.monitor:
                 reasons = list(decision.reasons) or ["policy_denied"]
                 unavailable = decision.status == 503
@@ -509,26 +598,25 @@ class Chain:
             # Monitor mode (a trial setting, never the default): record "would deny" and forward
             # with the default header allow-list only, as no operation granted more.
             monitor = True
-            operation = operation or _NO_OPERATION
+            grant = grant or plan.ungranted
         headers: tuple[tuple[str, str], ...] = ()
         # The header step: the operation's allow-list, and the credential the gateway injects
         # (which the SaaS may then not bring itself: refused, never silently replaced).
-        credential = credential_name(target, operation)
+        credential = grant.credential
         if credential is not None:
             try:
                 refuse_saas_credentials(self.config.credentials[credential], canonical.headers)
             except RequestRejected as exc:
                 refused = Refusal(exc.status, str(exc.code), str(exc), "headers")
                 return Verdict(refused, "headers", canonical, document, decision, elapsed)
-        if not target.stream_only:
-            forwardable = self._forwardable.get(id(operation))
+        if not plan.stream_only:
             headers = tuple(
                 outbound_headers(
-                    target,
-                    operation,
+                    plan.target,
+                    grant.operation,
                     canonical.headers,
-                    forwardable=forwardable,
-                    host=self._hosts[canonical.target],
+                    forwardable=grant.forwardable,
+                    host=plan.host,
                 )
             )
         return Verdict(
@@ -538,54 +626,87 @@ class Chain:
             document,
             decision,
             elapsed,
-            operation,
+            grant.operation,
             headers,
             protocols,
             monitor,
             credential,
         )
 
-    def _canonicalise(self, facts: RequestFacts) -> CanonicalRequest:
-        try:
-            return canonicalise(
-                self.config,
-                method=facts.method,
-                target=facts.selector,
-                request_target=facts.request_target,
-                headers=facts.headers,
-                websocket=facts.websocket,
-            )
-        except RequestRejected as exc:
-            raise Refusal(exc.status, str(exc.code), str(exc), "canonicalise") from None
 
-    def _limits(self, facts: RequestFacts, canonical: CanonicalRequest) -> tuple[str, ...]:
-        """The checks between canonical form and policy; a stream's offered subprotocols."""
-        config = self.config
-        target = config.targets[canonical.target]
-        if facts.websocket:
-            if target.stream_only and canonical.path != "/":
-                # Not granted by the allow-list, like any other path no operation names (403).
-                raise Refusal(
-                    403,
-                    "path_not_allowed",
-                    f"a {target.scheme} target has no paths",
-                    "canonicalise",
-                )
-            return offered_protocols(canonical.headers)
+class _Grant(NamedTuple):
+    """What an operation allows on one target, derived once per revision."""
+
+    operation: Operation
+    credential: str | None
+    """The credential injected (:func:`gateway.forward.headers.credential_name`)."""
+    forwardable: frozenset[str]
+    """The header names forwarded (:func:`gateway.forward.headers.forwardable_names`)."""
+
+    @classmethod
+    def of(cls, target: Target, operation: Operation) -> _Grant:
+        return cls(operation, credential_name(target, operation), forwardable_names(operation))
+
+
+class _TargetPlan(NamedTuple):
+    """One target as every request to it is decided: read once per revision, not per request."""
+
+    target: Target
+    stream_only: bool
+    host: str
+    """The ``Host`` value sent upstream (HTTP targets; empty for a stream-only one)."""
+    max_body: int
+    """The request body limit: the target's own, else the gateway's."""
+    grants: dict[str | None, _Grant]
+    """Each operation by name (the first of a name, as a scan would find it)."""
+    ungranted: _Grant
+    """The stand-in where no operation applies (a tcp stream; monitor mode)."""
+
+    @classmethod
+    def of(cls, config: GatewayConfig, target: Target) -> _TargetPlan:
+        grants: dict[str | None, _Grant] = {}
+        for operation in target.operations:
+            if operation.name not in grants:
+                grants[operation.name] = _Grant.of(target, operation)
         limit = target.limits.max_request_body_bytes
-        limit = config.limits.max_request_body_bytes if limit is None else limit
-        if facts.body_size > limit:
-            raise Refusal(413, "request_body_too_large", f"body exceeds {limit} bytes", "limits")
-        try:
-            check_declared_length(canonical.headers, facts.body_size)
-        except RequestRejected as exc:
-            raise Refusal(exc.status, str(exc.code), str(exc), "limits") from None
-        return ()
+        return cls(
+            target,
+            target.stream_only,
+            "" if target.stream_only else host_header(target),
+            config.limits.max_request_body_bytes if limit is None else limit,
+            grants,
+            _Grant.of(target, _NO_OPERATION),
+        )
 
 
-@dataclass
+def _limits(plan: _TargetPlan, facts: RequestFacts, canonical: CanonicalRequest) -> tuple[str, ...]:
+    """The checks between canonical form and policy; a stream's offered subprotocols."""
+    if facts.websocket:
+        if plan.stream_only and canonical.path != "/":
+            # Not granted by the allow-list, like any other path no operation names (403).
+            raise Refusal(
+                403,
+                "path_not_allowed",
+                f"a {plan.target.scheme} target has no paths",
+                "canonicalise",
+            )
+        return offered_protocols(canonical.headers)
+    limit = plan.max_body
+    if facts.body_size > limit:
+        raise Refusal(413, "request_body_too_large", f"body exceeds {limit} bytes", "limits")
+    try:
+        check_declared_length(canonical.headers, facts.body_size)
+    except RequestRejected as exc:
+        raise Refusal(exc.status, str(exc.code), str(exc), "limits") from None
+    return ()
+
+
+@dataclass(slots=True)
 class AuditRecord:
-    """One decision, as written to the decision log (schemas/decision-log.schema.json)."""
+    """One decision, as written to the decision log (schemas/decision-log.schema.json).
+
+    Slotted: one is made per request, and without slots each would carry a dictionary of its
+    twenty fields."""
 
     decision_id: str
     kind: str
@@ -645,7 +766,7 @@ class AuditRecord:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class LdapRecord(AuditRecord):
     """One LDAP operation on an LDAP target's stream (``kind: ldap``).
 
@@ -660,7 +781,8 @@ class LdapRecord(AuditRecord):
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-ready record (schemas/decision-log.schema.json, kind ``ldap``)."""
-        record = super().as_dict()
+        # Named, not super(): a slotted dataclass is a new class, which super()'s cell misses.
+        record = AuditRecord.as_dict(self)
         outcome = self.outcome
         assert outcome is not None
         record["ldap"] = {

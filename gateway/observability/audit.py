@@ -178,7 +178,8 @@ class AuditLog:
         the chain is the log's to give."""
         if "seq" in record or "prev" in record:
             raise ValueError("a decision record cannot name its own place in the chain")
-        self._restore()
+        if not self._restored:
+            self._restore()
         # The chain's fields are written in front of the record's own serialisation instead of
         # being merged into a copy of the record: the same bytes, one dictionary fewer per record.
         body = orjson.dumps(record, default=str)
@@ -254,19 +255,17 @@ class AuditLog:
                 sys.stdout.write(data.decode())
                 sys.stdout.flush()
                 return True
-            fd = self._descriptor(self.path)
-            if self._partial:
+            fd = self._fd if self._fd is not None else self._descriptor(self.path)
+            partial = self._partial
+            if partial:
                 # A failed write left part of a line: end it so the damage stays one line
                 # (verification reports it) and this record starts a line of its own.
                 data = b"\n" + data
-            view = memoryview(data)
-            while view:  # a short write (a nearly full disk) continues where it stopped
-                written = os.write(fd, view)
-                if written <= 0:
-                    raise OSError(errno.ENOSPC, "no space left for the decision log")
-                self._partial = True
-                view = view[written:]
-            self._partial = False
+            written = os.write(fd, data)
+            if written != len(data):
+                self._write_rest(fd, data, written)
+            elif partial:
+                self._partial = False
             self._size += len(data)
             self.failing = False
             return True
@@ -284,6 +283,21 @@ class AuditLog:
                     extra={"event": "audit_write_failed"},
                 )
             return False
+
+    def _write_rest(self, fd: int, data: bytes, written: int) -> None:
+        """Continue a short write (a nearly full disk, a file size limit) where it stopped;
+        raises OSError when no more can be written, leaving ``_partial`` set once part of the
+        line is in the file."""
+        view = memoryview(data)
+        while True:
+            if written <= 0:
+                raise OSError(errno.ENOSPC, "no space left for the decision log")
+            self._partial = True
+            view = view[written:]
+            if not view:
+                break
+            written = os.write(fd, view)
+        self._partial = False
 
     # --- files -----------------------------------------------------------------------------------
 

@@ -35,22 +35,52 @@ def test_records_are_json_lines_in_a_private_file(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) & 0o027 == 0
 
 
+def _in_a_process(lines: str, path: Path) -> int:
+    """Run ``lines`` in a new Python process with ``audit``, an AuditLog on ``path``, made;
+    its exit status."""
+    script = (
+        "import os, resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from gateway.observability.audit import AuditLog\n"
+        "path = Path(sys.argv[1])\n"
+        "audit = AuditLog(path)\n"
+    ) + lines
+    done = subprocess.run([sys.executable, "-c", script, str(path)], timeout=30, check=False)
+    return done.returncode
+
+
 def test_a_record_is_on_disk_when_the_process_dies_right_after(tmp_path: Path) -> None:
     # The answer to the SaaS goes out after the record is written: a killed process must not
     # take records with it (no user-space buffering).
     path = tmp_path / "decisions.log"
-    script = (
-        "import os, sys\n"
-        "from pathlib import Path\n"
-        "from gateway.observability.audit import AuditLog\n"
-        "audit = AuditLog(Path(sys.argv[1]))\n"
-        "for n in range(3):\n"
-        "    audit.write({'n': n})\n"
-        "os._exit(9)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script, str(path)], timeout=30, check=False)
-    assert done.returncode == 9
+    lines = "for n in range(3):\n    audit.write({'n': n})\nos._exit(9)\n"
+    assert _in_a_process(lines, path) == 9
     assert [json.loads(line)["n"] for line in path.read_text().splitlines()] == [0, 1, 2]
+
+
+def test_a_record_cut_short_stays_one_damaged_line_and_the_chain_goes_on(tmp_path: Path) -> None:
+    # A file size limit (RLIMIT_FSIZE) makes the kernel take part of a record and refuse the
+    # rest, as a nearly full disk does: the part stays one damaged line, the next record starts
+    # a line of its own and continues the chain from the last whole record.
+    path = tmp_path / "decisions.log"
+    lines = (
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "audit.write({'n': 0})\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 10, hard))\n"
+        "audit.write({'n': 1, 'pad': 'x' * 50})\n"
+        "assert audit.failures == 1 and audit.failing\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))\n"
+        "audit.write({'n': 2})\n"
+        "assert audit.failures == 1 and not audit.failing\n"
+    )
+    assert _in_a_process(lines, path) == 0
+    first, damaged, last, end = path.read_bytes().split(b"\n")
+    assert (json.loads(first)["n"], json.loads(last)["n"], end) == (0, 2, b"")
+    assert len(damaged) == 10
+    assert orjson.dumps({"seq": 1, "prev": line_hash(first), "n": 1}).startswith(damaged)
+    assert json.loads(last)["seq"] == 1
+    assert json.loads(last)["prev"] == line_hash(first)
 
 
 def test_write_failures_are_counted_logged_once_and_never_raised(

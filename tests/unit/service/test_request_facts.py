@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.pipeline import Refusal, RequestFacts, split_selector
+from gateway.pipeline import Refusal, RequestFacts, Verdict, split_selector
 
 
 def test_signed_by_carries_every_field_and_sets_the_key() -> None:
@@ -35,6 +36,40 @@ def test_signed_by_carries_every_field_and_sets_the_key() -> None:
     }
     assert facts.signed_by("eid-1") == dataclasses.replace(facts, keyid="eid-1")
     assert facts.signed_by(None) == facts
+
+
+@pytest.mark.parametrize(
+    ("cls", "values"),
+    [
+        (RequestFacts, ("GET", "erp", "/a", (("accept", "*/*"),), True, 3, False, "k")),
+        (
+            Verdict,
+            (
+                *(Refusal(403, "x"), "decide", None, {"a": 1}, None, 0.5),
+                *(None, (("h", "v"),), ("p",), True, "cred"),
+            ),
+        ),
+    ],
+)
+def test_records_made_per_request_set_every_field_and_stay_frozen(
+    cls: type, values: tuple[object, ...]
+) -> None:
+    # Their __init__ is written out (each slot set by its own setter): it must set every field,
+    # in order, by position or by name, and leave the record frozen like the dataclass's own.
+    names = [field.name for field in dataclasses.fields(cls)]
+    positional = cls(*values)
+    by_name = cls(**dict(zip(names, values, strict=True)))
+    assert [getattr(positional, name) for name in names] == list(values)
+    assert [getattr(by_name, name) for name in names] == list(values)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(positional, names[0], values[0])
+    changed = dataclasses.replace(positional, **{names[-1]: None})
+    assert getattr(changed, names[-1]) is None
+    assert getattr(changed, names[0]) is values[0]
+    defaults = cls(*values[:3])
+    assert [getattr(defaults, f.name) for f in dataclasses.fields(cls)][3:] == [
+        f.default for f in dataclasses.fields(cls)[3:]
+    ]
 
 
 def _split_reference(relayed: str) -> tuple[str, str] | None:
