@@ -20,14 +20,13 @@ narrowed or neutral) and ``run`` (4 identity, 5 could not start).
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 
 from gateway import __version__
+from gateway.suggest import closest
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -116,9 +115,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 def _unknown(kind: str, word: str, known: Sequence[str], usage: str) -> int:
     print(f"gateway: unknown {kind} {word!r}", file=sys.stderr)
-    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
-    if close:
-        print(f"did you mean {close[0]!r}?", file=sys.stderr)
+    close = closest(word, known)
+    if close is not None:
+        print(f"did you mean {close!r}?", file=sys.stderr)
     print(f"run `{usage}` for the list", file=sys.stderr)
     return EXIT_USAGE
 
@@ -139,6 +138,8 @@ def _misspelt(arguments: list[str], verbs: Choices, tools: Choices) -> int | Non
 
 def _completion_words() -> list[str]:
     """The words being completed (argcomplete runs the program with them in ``COMP_LINE``)."""
+    import shlex  # only while a shell completes (as argcomplete itself): not in a running gateway
+
     try:
         return shlex.split(os.environ.get("COMP_LINE", ""))[1:]
     except ValueError:  # an unfinished quote while typing

@@ -9,7 +9,6 @@ subtree swallows it. Messages say what to change.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from gateway.config.yamlsafe import JsonPath, Located
 from gateway.errors import Problem
 from gateway.ldap.dn import Dn, MatchingRules
 from gateway.ldap.errors import DnError
+from gateway.suggest import closest
 
 __all__ = ["LDAP_SCHEMES", "check_ldap_target", "is_identity_name", "parse_config_dn"]
 
@@ -317,13 +317,13 @@ def _check_rule(
     for index, entry in enumerate(rule.bind_as):
         if is_identity_name(entry):
             if entry not in ldap.bind_identities:
-                close = difflib.get_close_matches(entry, list(ldap.bind_identities), n=1)
+                close = closest(entry, ldap.bind_identities)
                 yield doc.problem(
                     (*at, "bind_as", index),
                     f"no bind identity named {entry!r}",
                     code="unknown_bind_identity",
-                    hint=f"did you mean {close[0]!r}?"
-                    if close
+                    hint=f"did you mean {close!r}?"
+                    if close is not None
                     else "declare it under ldap.bind_identities, or write a DN or user@domain",
                 )
         elif "=" in entry:

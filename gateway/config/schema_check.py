@@ -12,7 +12,6 @@ and ``run`` all take this same path.
 
 from __future__ import annotations
 
-import difflib
 import functools
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from gateway.config.model import METHODS, PATH_PATTERN_FORMAT, json_schema
 from gateway.config.patterns import PathPattern, PatternError
 from gateway.config.yamlsafe import JsonPath, Located
 from gateway.errors import Problem, redact
+from gateway.suggest import closest
 
 if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
@@ -167,8 +167,9 @@ def _problem(error: ValidationError, doc: Located) -> Problem:
         allowed = sorted(schema.get("properties", {}))
         extra = [k for k in value if k not in allowed]
         unknown = extra[0] if extra else "?"
-        close = difflib.get_close_matches(unknown, allowed, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}"
+        close = closest(unknown, allowed)
+        listed = f"allowed keys: {', '.join(allowed)}"
+        hint = f"did you mean {close!r}?" if close is not None else listed
         return doc.problem(
             (*path, unknown), f"unknown key {unknown!r}", code="unknown_key", hint=hint, key=True
         )
@@ -208,8 +209,8 @@ def _problem(error: ValidationError, doc: Located) -> Problem:
         if isinstance(value, str) and value.upper() in options and value.upper() != value:
             hint = f"methods are case-sensitive (RFC 9110 section 9.1): write {value.upper()!r}"
         elif isinstance(value, str):
-            close = difflib.get_close_matches(value, [str(o) for o in options], n=1)
-            hint = f"did you mean {close[0]!r}?" if close else ""
+            close = closest(value, [str(o) for o in options])
+            hint = f"did you mean {close!r}?" if close is not None else ""
         listed = ", ".join(repr(o) for o in options)
         if set(options) == set(METHODS):
             listed = ", ".join(METHODS)

@@ -9,7 +9,6 @@ the request after the policy judged it.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import ipaddress
 from collections.abc import Iterator
 
@@ -25,6 +24,7 @@ from gateway.config.patterns import PathPattern, PatternError
 from gateway.config.yamlsafe import JsonPath, Located
 from gateway.errors import Problem
 from gateway.outbound.proxy import NoProxyList, ProxyConfigError
+from gateway.suggest import closest
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -619,8 +619,8 @@ def _credential(
     found = config.credentials.get(name)
     if found is not None:
         return found, []
-    close = difflib.get_close_matches(name, list(config.credentials), n=1)
-    hint = f"did you mean {close[0]!r}?" if close else "declare it under 'credentials'"
+    close = closest(name, config.credentials)
+    hint = f"did you mean {close!r}?" if close is not None else "declare it under 'credentials'"
     return None, [
         doc.problem(path, f"no credential named {name!r}", code="unknown_credential", hint=hint)
     ]

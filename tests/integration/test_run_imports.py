@@ -78,6 +78,11 @@ NOT_NEEDED = (
     "rpds",
     "attr",
     "attrs",
+    # A misspelt verb's suggestion (difflib), shell completion (shlex) and one median of at
+    # most nine clock offsets (statistics) are not worth a module each for the process's life.
+    "difflib",
+    "shlex",
+    "statistics",
 )
 
 

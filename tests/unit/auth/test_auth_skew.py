@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import statistics
 
-from gateway.auth.skew import SkewEstimator
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.auth.skew import SkewEstimator, median
 
 
 def test_no_samples_no_estimate() -> None:
@@ -50,3 +54,27 @@ def test_behind_is_negative_and_old_samples_expire() -> None:
 def test_rejects_inconsistent_settings() -> None:
     with pytest.raises(ValueError, match="min_samples"):
         SkewEstimator(threshold=1, min_samples=5, max_samples=3)
+
+
+# Offsets as the verifier records them: finite seconds, any sign, up to the estimator's 9 samples.
+OFFSETS = st.lists(
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-1e9, max_value=1e9),
+    min_size=1,
+    max_size=9,
+)
+
+
+@given(OFFSETS)
+def test_the_median_is_the_standard_librarys_to_the_bit(values: list[float]) -> None:
+    # The estimator no longer imports statistics (idle memory); its answer must not move.
+    assert median(values).hex() == float(statistics.median(values)).hex()
+
+
+@given(OFFSETS)
+def test_the_estimate_is_the_median_of_the_recent_samples(values: list[float]) -> None:
+    estimator = SkewEstimator(threshold=30, max_samples=9)
+    for now, offset in enumerate(values):
+        estimator.record(offset, float(now))
+    estimate = estimator.estimate(float(len(values)))
+    assert estimate is not None
+    assert estimate.offset == statistics.median(values)
