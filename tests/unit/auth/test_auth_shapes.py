@@ -529,3 +529,61 @@ def test_a_key_of_a_known_shape_is_looked_up_as_in_general(fresh: Harness, tmp_p
         _alike(fresh, tmp_path, headers)
     fresh.verifier.replace_keys(fresh.keyset(("ed-1", fresh.ed_key), lifetime=-1800.0))
     assert shaped(fresh, _handmade(fresh)) is None
+
+
+def test_a_value_no_base_may_hold_is_refused_with_the_fixed_detail(fresh: Harness) -> None:
+    # Read in general (a control character) whether or not the shape is known: the refusal is
+    # bad_signature with its fixed detail and the key id, never the value.
+    for _ in range(2):
+        learn(fresh, _handmade(fresh, nonce=f"n{_}", field="v"))
+        with pytest.raises(SignatureError) as caught:
+            fresh.verify(_handmade(fresh, nonce="bad", field="a\x01b"))
+        refusal = caught.value
+        assert (refusal.reason, refusal.detail, refusal.keyid) == (
+            "bad_signature",
+            "signature does not verify",
+            "ed-1",
+        )
+
+
+def test_a_signature_at_the_field_limit_is_checked_in_the_shaped_reading(fresh: Harness) -> None:
+    value = "eid=:" + base64.b64encode(bytes(256)).decode() + ":"
+    settings = VerifierSettings(max_age=60, max_skew=30, max_signature_field_bytes=len(value))
+    fresh.verifier = SignatureVerifier(
+        fresh.keys,
+        ReplayCache(max_entries=10, clock=fresh.gateway_clock),
+        gateway_id=GATEWAY_ID,
+        hc_path=HC_PATH,
+        settings=settings,
+        clock=fresh.gateway_clock,
+    )
+    learn(fresh, _handmade(fresh, nonce="n0"))
+    assert shaped(fresh, replace_header(_handmade(fresh), "signature", value)) == "bad_signature"
+
+
+@pytest.mark.parametrize(("created", "answered"), [(2**40 - 1, True), (2**40, False)])
+def test_created_at_the_end_of_the_range_without_expires(
+    fresh: Harness, tmp_path: Path, created: int, answered: bool
+) -> None:
+    def sign(when: int, nonce: str) -> list[tuple[str, str]]:
+        text = f';created={when};keyid="ed-1";alg="ed25519";nonce="{nonce}";tag="gateway-request"'
+        return _handmade(fresh, params=text)
+
+    learn(fresh, sign(int(T0), "n0"))
+    headers = sign(created, "n1")
+    # First beside the package (a third far-off sample would make the skew look systematic).
+    _alike(fresh, tmp_path, headers)
+    assert (shaped(fresh, headers) is not None) is answered
+
+
+def test_the_gateway_id_may_come_after_another_covered_field(fresh: Harness) -> None:
+    def sign(nonce: str) -> list[tuple[str, str]]:
+        covered = [*COVERED[:4], ("x-a", "v"), COVERED[4]]
+        params = SIGNER_PARAMS.format(created=int(T0), expires=int(T0) + 60, nonce=nonce)
+        signed = handmade_signature(fresh.ed_key, covered, params + ';tag="gateway-request"')
+        return [("X-A", "v"), ("x-gateway-id", GATEWAY_ID), *signed]
+
+    learn(fresh, sign("n0"))
+    found = shaped(fresh, sign("n1"))
+    assert isinstance(found, VerifiedRequest)
+    assert found.covered[-2:] == ('"x-a"', '"x-gateway-id"')
