@@ -137,6 +137,15 @@ class Worker:
         def write(record: Any) -> None:
             self.audit.write(record.as_dict())
 
+        # As `gateway run` wires it: relayed requests' records submitted, where the tree can
+        # (a baseline from before AuditLog.submit writes each alone).
+        submitting: dict[str, Any] = {}
+        if hasattr(self.audit, "submit"):
+
+            def submit(record: Any) -> Any:
+                return self.audit.submit(record.as_dict())
+
+            submitting["audit_submit"] = submit
         self.pipeline = Pipeline(
             lambda: self.runtime,
             self.verifier,
@@ -144,6 +153,7 @@ class Worker:
             hc_path=HC,
             metrics=self.metrics,
             audit=write,
+            **submitting,
         )
         self.counter = 0
 

@@ -33,7 +33,7 @@ import secrets
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, cast
 
@@ -819,6 +819,11 @@ class LdapRecord(AuditRecord):
 
 
 AuditSink = Callable[[AuditRecord], None]
+"""Writes a decision record before its answer is sent (returns once it is written)."""
+AuditSubmit = Callable[[AuditRecord], Awaitable[None] | None]
+"""Gives a decision record its place in the log and returns what to await before the answer is
+sent (None: nothing): the records of requests answered in the same event-loop turn share one write
+(:meth:`gateway.observability.audit.AuditLog.submit`)."""
 
 
 class _DecisionIds:
@@ -919,6 +924,7 @@ class Pipeline:
         hc_path: str,
         metrics: Metrics,
         audit: AuditSink,
+        audit_submit: AuditSubmit | None = None,
         accept_window: float = ACCEPT_WINDOW,
         limiter: BadSignatureLimiter | None = None,
         inner_tls: Callable[[], ssl.SSLContext] | None = None,
@@ -927,7 +933,8 @@ class Pipeline:
         ``limiter``: the bad-signature limiter (default: one with the documented defaults);
         ``inner_tls``: the TLS server context of LDAP streams' inner TLS (the gateway's current
         identity certificate, :func:`gateway.ldap.innertls.identity_context`); without it LDAP
-        streams are refused."""
+        streams are refused. ``audit_submit``: how relayed HTTP requests' records are written
+        (:data:`AuditSubmit`; without it each is written alone by ``audit``)."""
         self._inner_tls = inner_tls
         self._runtime = runtime
         # Not `limiter or ...`: a limiter defines __len__, so an empty one is falsy.
@@ -937,6 +944,9 @@ class Pipeline:
         self._authority = authority
         self._metrics = metrics
         self._audit = audit
+        self._audit_submit = audit_submit
+        # Relayed HTTP requests between receipt and their record (see __call__).
+        self._active = 0
         self._streams: dict[str, _PendingStream] = {}
         self._counts = _StreamCounts()
         self._accept_window = accept_window
@@ -962,6 +972,7 @@ class Pipeline:
             body_bytes=len(body),
         )
         clock = time.perf_counter()
+        self._active += 1
         try:
             # The target's form is checked (400) before the signature; the facts are built once
             # the key that verified it is known, in one step (it is done for every request).
@@ -1007,8 +1018,19 @@ class Pipeline:
             log.exception("request pipeline failed", extra={"event": "pipeline_error"})
             record.result, record.reasons, record.status = "error", ["internal_error"], 500
             response = error_response(Refusal(500, "internal_error"), record.decision_id)
+        finally:
+            self._active -= 1
         record.latency_ms = (time.perf_counter() - clock) * 1000
-        self._finish(record)
+        submit = self._audit_submit
+        if submit is None or not self._active:
+            # No other request is under way to share a write with: written now (with any
+            # records submitted before it), without a turn of the event loop.
+            self._finish(record)
+        else:
+            written = self._finish_soon(record, submit)
+            if written is not None:
+                # The answer leaves only once its record is written (or counted as lost).
+                await written
         return response
 
     def _decided(self, verdict: Verdict, record: AuditRecord) -> None:
@@ -1076,6 +1098,17 @@ class Pipeline:
         reason = record.reasons[0] if record.reasons else ""
         self._metrics.outcome(record.result, reason).finished(record.latency_ms / 1000)
         self._record(record)
+
+    def _finish_soon(self, record: AuditRecord, submit: AuditSubmit) -> Awaitable[None] | None:
+        """:meth:`_finish` with the record submitted (:data:`AuditSubmit`); what to await."""
+        reason = record.reasons[0] if record.reasons else ""
+        self._metrics.outcome(record.result, reason).finished(record.latency_ms / 1000)
+        try:
+            return submit(record)
+        except Exception:  # the audit log must never take a request down with it
+            self._metrics.audit_write_failures.inc()
+            log.exception("audit record could not be written", extra={"event": "audit_error"})
+            return None
 
     def _record(self, record: AuditRecord) -> None:
         try:

@@ -592,6 +592,7 @@ class Agent:
             hc_path=hc,
             metrics=self.metrics,
             audit=self._write_audit,
+            audit_submit=self._submit_audit,
             limiter=BadSignatureLimiter(clock=self.options.limiter_clock),
             inner_tls=self._inner_tls,
         )
@@ -734,6 +735,9 @@ class Agent:
     def _write_audit(self, record: AuditRecord) -> None:
         if self._audit is not None:
             self._audit.write(record.as_dict())
+
+    def _submit_audit(self, record: AuditRecord) -> Awaitable[None] | None:
+        return None if self._audit is None else self._audit.submit(record.as_dict())
 
     def _export_dropped(self, sink: str) -> None:
         self.metrics.export_dropped.labels(sink=sink).inc()

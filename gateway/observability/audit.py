@@ -4,13 +4,14 @@ A full disk or a removed file must not stop the gateway from answering (the answ
 already decided), so write failures are counted and logged, never raised; the first record after
 a failure reopens the file (log rotation by rename is handled the same way).
 
-Durability: each record is serialised with orjson and handed to the operating system with one
+Durability: each record is serialised with orjson and handed to the operating system with a
 ``write()`` on an ``O_APPEND`` descriptor before the answer to the SaaS is sent. Nothing is held
-in a user-space buffer, so a crash or kill of the gateway process loses no record it has already
-answered for; only what the kernel had not yet written back when the machine itself fails (power
-loss, kernel crash) can be lost, as there is no ``fsync`` per record. Batching records behind a
-timer would save about a microsecond per decision and could lose a whole batch on a process
-crash, which is not a trade a decision trail should make.
+in a user-space buffer past that answer, so a crash or kill of the gateway process loses no record
+it has already answered for; only what the kernel had not yet written back when the machine itself
+fails (power loss, kernel crash) can be lost, as there is no ``fsync`` per record. Records of
+requests answered in the same turn of the event loop share one ``write()``
+(:meth:`AuditLog.submit`): their answers wait for it, so this holds for each of them. No record
+waits behind a timer: a process that dies with records not yet written has not answered for any.
 
 Tamper evidence (:mod:`gateway.observability.auditchain`): every line carries ``seq`` and
 ``prev``, the SHA-256 of the line before it, continued across restarts (the tail of the file, or
@@ -26,6 +27,7 @@ path), and the chain continues in the new file.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime as dt
@@ -65,6 +67,11 @@ __all__ = ["AuditLog", "Rotation", "decision_log", "rotated_files", "worker_file
 # Records hold bounded fields (paths, reasons), so a line is small; this bounds the read of a
 # damaged tail at start-up, not the records.
 _TAIL_WINDOW = 1 << 20
+# Records submitted in one turn of the event loop that wait to be written together, at most
+# (:meth:`AuditLog.submit`): bounds the memory they hold and how far past ``rotate_bytes`` one
+# write can take a file.
+MAX_BATCH = 256
+_NEWLINE = ord("\n")
 
 
 @dataclass(frozen=True)
@@ -162,47 +169,112 @@ class AuditLog:
         self._head: SignedHead | None = None
         self._last_checkpoint = clock()
         self._since_checkpoint = 0
+        # Chained and not yet written (:meth:`submit`): the lines, their hashes, and the futures
+        # of the requests whose answers wait for them.
+        self._pending: list[bytes] = []
+        self._hashes: list[str] = []
+        self._waiters: list[asyncio.Future[None]] = []
 
     # --- the chain -------------------------------------------------------------------------------
 
     @property
     def head(self) -> tuple[int, str]:
-        """The seq the next record gets and the hash it will carry as ``prev``."""
+        """The seq the next record gets and the hash it will carry as ``prev`` (records submitted
+        and not yet written are written first)."""
+        self._flush()
         self._restore()
         return self._seq, self._prev
 
     def write(self, record: dict[str, Any]) -> None:
-        """Write one record as a line; never raises for I/O problems.
+        """Write one record as a line now (after any submitted before it); never raises for I/O
+        problems.
 
         Raises ``ValueError`` for a record that names its own ``seq`` or ``prev``: its place in
         the chain is the log's to give."""
+        self._chain(record)
+        self._flush()
+
+    def submit(self, record: dict[str, Any]) -> asyncio.Future[None]:
+        """Give ``record`` its place in the chain now and write it with the other records
+        submitted in the same turn of the event loop: one ``write()`` for all of them, at the
+        start of the next turn. The returned future is done once the record was written (or
+        could not be: a failure is counted and logged as for :meth:`write`); a request's answer
+        waits for it, so the answer never leaves before its record. Raises ``ValueError`` as
+        :meth:`write` does. Call it on the event loop's thread only.
+
+        At most :data:`MAX_BATCH` records wait: the one that reaches it writes them all at once.
+        A :meth:`write`, :meth:`checkpoint`, :meth:`rotate` or :meth:`close` writes the waiting
+        records first, so lines are in the file in the order of their ``seq``."""
+        self._chain(record)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        waiters = self._waiters
+        if not waiters:
+            loop.call_soon(self._flush_soon)
+        waiters.append(waiter)
+        if len(self._pending) >= MAX_BATCH:
+            self._flush()
+        return waiter
+
+    def _chain(self, record: dict[str, Any]) -> None:
+        """Serialise ``record`` at the next place in the chain, to be written by :meth:`_flush`."""
         if "seq" in record or "prev" in record:
             raise ValueError("a decision record cannot name its own place in the chain")
         if not self._restored:
             self._restore()
+        pending, hashes = self._pending, self._hashes
+        if pending:
+            seq, prev = self._seq + len(pending), hashes[-1]
+        else:
+            seq, prev = self._seq, self._prev
         # The chain's fields are written in front of the record's own serialisation instead of
         # being merged into a copy of the record: the same bytes, one dictionary fewer per record.
         body = orjson.dumps(record, default=str)
         line = b'{"seq":%d,"prev":"%b"%b%b' % (
-            self._seq,
-            self._prev.encode(),
+            seq,
+            prev.encode(),
             b"," if len(body) > 2 else b"",
             body[1:],
         )
-        if self._append_line(line):
-            self._since_checkpoint += 1
-            if (
-                self._signer is not None
-                and self._clock() - self._last_checkpoint >= self.rotation.checkpoint_seconds
-            ):
-                self.checkpoint()
-            if self._rotates:
-                self._maybe_rotate()
+        pending.append(line)
+        hashes.append(line_hash(line))
+
+    def _flush_soon(self) -> None:
+        """The event loop's turn for the submitted records (:meth:`submit`)."""
+        try:
+            self._flush()
+        except Exception:  # an observer or a checkpoint failed: never the loop's problem
+            log.exception("decision log flush failed", extra={"event": "audit_error"})
+
+    def _flush(self) -> None:
+        """Write every record chained and not yet written, with one ``write()``; then release
+        whoever waits for them, whatever came of it."""
+        lines = self._pending
+        if not lines:
+            return
+        hashes, waiters = self._hashes, self._waiters
+        self._pending, self._hashes, self._waiters = [], [], []
+        try:
+            written = self._append_lines(lines, hashes)
+            if written:
+                self._since_checkpoint += written
+                if (
+                    self._signer is not None
+                    and self._clock() - self._last_checkpoint >= self.rotation.checkpoint_seconds
+                ):
+                    self.checkpoint()
+                if self._rotates:
+                    self._maybe_rotate()
+        finally:
+            for waiter in waiters:
+                if not waiter.done():  # its request may have been cancelled meanwhile
+                    waiter.set_result(None)
 
     def checkpoint(self) -> SignedHead | None:
         """Sign the head (writing a checkpoint if records came since the last); None unsigned."""
         if self._signer is None:
             return None
+        self._flush()
         self._restore()
         self._last_checkpoint = self._clock()
         if self._since_checkpoint or self._head is None:
@@ -238,66 +310,92 @@ class AuditLog:
         return True
 
     def _append(self, record: dict[str, Any]) -> bool:
-        return self._append_line(orjson.dumps(record, default=str))
+        """Write a record that carries its own ``seq`` and ``prev`` (a checkpoint, a seal) at
+        the head of the chain; nothing is waiting to be written when it is called."""
+        line = orjson.dumps(record, default=str)
+        return self._append_lines([line], [line_hash(line)]) == 1
 
-    def _append_line(self, line: bytes) -> bool:
-        if self._write_line(line + b"\n"):
-            self._seq += 1
-            self._prev = line_hash(line)
-            for observer in self._observers:
-                observer(line)
-            return True
-        return False
+    def _append_lines(self, lines: list[bytes], hashes: list[str]) -> int:
+        """Write ``lines`` (chained in this order, ``hashes`` theirs) and move the head past
+        those written whole; the number of them."""
+        written = self._write_lines(lines)
+        if written:
+            self._seq += written
+            self._prev = hashes[written - 1]
+            observers = self._observers
+            if observers:
+                for line in lines[:written]:
+                    for observer in observers:
+                        observer(line)
+        return written
 
-    def _write_line(self, data: bytes) -> bool:
-        try:
-            if self.path is None:
+    def _write_lines(self, lines: list[bytes]) -> int:
+        """Write ``lines``, each ended by a newline, with one ``write()`` (continued if short);
+        the number written whole. Never raises for I/O problems: each line lost is a failure.
+
+        A short write ends in the middle of a line when the disk fills or a file size limit is
+        reached: the lines before it are in the file, that one is damaged (ended by the next
+        write's newline, so the damage stays one line) and the rest are lost. The chain goes on
+        from the last line written whole."""
+        lines.append(b"")  # the newline after the last line, in the same copy
+        data = b"\n".join(lines)
+        del lines[-1]
+        if self.path is None:
+            try:
                 sys.stdout.write(data.decode())
                 sys.stdout.flush()
-                return True
-            fd = self._fd if self._fd is not None else self._descriptor(self.path)
-            partial = self._partial
-            if partial:
-                # A failed write left part of a line: end it so the damage stays one line
-                # (verification reports it) and this record starts a line of its own.
-                data = b"\n" + data
-            written = os.write(fd, data)
-            if written != len(data):
-                self._write_rest(fd, data, written)
-            elif partial:
-                self._partial = False
-            self._size += len(data)
+            except OSError as exc:
+                self._lost(len(lines), exc)
+                return 0
             self.failing = False
-            return True
+            return len(lines)
+        lead = done = 0
+        error: OSError | None = None
+        try:
+            fd = self._fd if self._fd is not None else self._descriptor(self.path)
+            if self._partial:
+                # A failed write left part of a line: end it so the damage stays one line
+                # (verification reports it) and these records start lines of their own.
+                data = b"\n" + data
+                lead = 1
+            done = os.write(fd, data)
+            if done != len(data):
+                view = memoryview(data)
+                while 0 < done < len(data):
+                    more = os.write(fd, view[done:])
+                    if more <= 0:
+                        break
+                    done += more
+                if done != len(data):
+                    raise OSError(errno.ENOSPC, "no space left for the decision log")
         except OSError as exc:
-            self.failures += 1
-            self.failing = True
-            if self._on_failure is not None:
-                self._on_failure()
-            self._drop()
-            if self.failures == 1 or self.failures % 1000 == 0:
-                log.error(
-                    "decision log write failed (%d so far): %s",
-                    self.failures,
-                    exc.strerror or exc,
-                    extra={"event": "audit_write_failed"},
-                )
-            return False
+            error = exc
+        if done:
+            self._size += done
+            self._partial = data[done - 1] != _NEWLINE
+        whole = data.count(b"\n", lead, done)
+        if error is not None:
+            self._lost(len(lines) - whole, error)
+        else:
+            self.failing = False
+        return whole
 
-    def _write_rest(self, fd: int, data: bytes, written: int) -> None:
-        """Continue a short write (a nearly full disk, a file size limit) where it stopped;
-        raises OSError when no more can be written, leaving ``_partial`` set once part of the
-        line is in the file."""
-        view = memoryview(data)
-        while True:
-            if written <= 0:
-                raise OSError(errno.ENOSPC, "no space left for the decision log")
-            self._partial = True
-            view = view[written:]
-            if not view:
-                break
-            written = os.write(fd, view)
-        self._partial = False
+    def _lost(self, count: int, exc: OSError) -> None:
+        """Count and log ``count`` lines that could not be written; reopen the file next time."""
+        before = self.failures
+        self.failures += count
+        self.failing = True
+        if self._on_failure is not None:
+            for _ in range(count):
+                self._on_failure()
+        self._drop()
+        if before == 0 or before // 1000 != self.failures // 1000:
+            log.error(
+                "decision log write failed (%d so far): %s",
+                self.failures,
+                exc.strerror or exc,
+                extra={"event": "audit_write_failed"},
+            )
 
     # --- files -----------------------------------------------------------------------------------
 
@@ -370,6 +468,7 @@ class AuditLog:
         path = self.path
         if path is None:
             return
+        self._flush()
         self._restore()
         if self._signer is not None:
             if not self._write_checkpoint("seal"):
@@ -417,6 +516,7 @@ class AuditLog:
     def close(self) -> None:
         """Write a final signed checkpoint (if records came since the last) and close the file;
         a later write reopens it and continues the chain."""
+        self._flush()
         if self._signer is not None and self._since_checkpoint:
             self._write_checkpoint("checkpoint")
         self._drop()

@@ -4,25 +4,18 @@ upstream opened for them is closed, their slot freed and their decision logged."
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from gateway.auth import KeySet, ReplayCache, SignatureVerifier, VerifierSettings
-from gateway.config import load
-from gateway.devkit.signing import RequestSigner, generate_key, key_entry, keyset_document
+from gateway.devkit.signing import RequestSigner
 from gateway.devkit.stack import SampleTargets
 from gateway.observability.metrics import Metrics
-from gateway.pipeline import AuditRecord, Pipeline, Runtime
-from gateway.policy.loader import build_engine
+from gateway.pipeline import AuditRecord, Pipeline
 from gateway.relay.handlers import AcceptInfo, AcceptStream
+from tests.integration.pipeline_parts import HC, NAMESPACE, pipeline_parts
 
-HC = "hc-agent-1"
-NAMESPACE = "relay.test.invalid"
-POLICIES = Path(__file__).resolve().parents[3] / "policies"
 WAIT = 60.0  # bound for a single wait; each ends as soon as its event comes
 
 
@@ -38,42 +31,13 @@ async def targets() -> AsyncIterator[SampleTargets]:
 async def pipeline(
     request: pytest.FixtureRequest, tmp_path: Path, targets: SampleTargets
 ) -> AsyncIterator[tuple[Pipeline, list[AuditRecord], RequestSigner]]:
-    path = tmp_path / "gateway.yaml"
-    document = {
-        "version": 1,
-        "gateway": {"id": "agent-1"},
-        "empowerid": {"url": "https://tenant.example"},
-        "policy": {"directories": [str(POLICIES)]},
-        "limits": {"max_concurrent_streams": 1},
-        "targets": {
-            "erp": {
-                "scheme": "http",
-                "host": "127.0.0.1",
-                "port": targets.http_port,
-                "allow_special_addresses": True,
-                "operations": [
-                    {"name": "events", "methods": ["GET"], "paths": ["/ws/*"], "websocket": True}
-                ],
-            }
-        },
-    }
-    path.write_text(yaml.safe_dump(document), encoding="utf-8")
-    loaded = load(str(path))
-    engine = build_engine(loaded)
-    await engine.start()
-    key = generate_key()
-    now = time.time()
-    keys = KeySet.from_document(
-        keyset_document([key_entry("k1", key, not_before=now - 60, not_after=now + 3600)])
+    parts = await pipeline_parts(
+        tmp_path,
+        targets.http_port,
+        [{"name": "events", "methods": ["GET"], "paths": ["/ws/*"], "websocket": True}],
+        limits={"max_concurrent_streams": 1},
     )
-    runtime = Runtime.build(loaded, engine)
-    verifier = SignatureVerifier(
-        keys,
-        ReplayCache(max_entries=1000),
-        gateway_id="agent-1",
-        hc_path=HC,
-        settings=VerifierSettings(max_age=60, max_skew=30),
-    )
+    runtime, verifier = parts.runtime, parts.verifier
     audit: list[AuditRecord] = []
     under_test = Pipeline(
         lambda: runtime,
@@ -85,7 +49,7 @@ async def pipeline(
         accept_window=getattr(request, "param", 0.2),
     )
     try:
-        yield under_test, audit, RequestSigner(key, keyid="k1", gateway_id="agent-1")
+        yield under_test, audit, parts.signer
     finally:
         await under_test.close()
         await runtime.close()
