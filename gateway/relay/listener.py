@@ -209,6 +209,15 @@ class _RelaySocket:
         """
         return not self.lock.locked() and self.ws.try_send(frames)
 
+    def send_answer_now(self, prepared: PreparedResponse) -> bool:
+        """:meth:`send_now` of a complete response's frames (its JSON, then its body if any);
+        ``False`` for a streamed one (see :meth:`send_streamed`)."""
+        return (
+            not prepared.streamed
+            and not self.lock.locked()
+            and self.ws.try_send_text_and_binary(prepared.payload, prepared.body)
+        )
+
     async def send_streamed(
         self, prepared: PreparedResponse, chunks: AsyncIterator[bytes], idle_timeout: float
     ) -> None:
@@ -1100,7 +1109,7 @@ class RelayListener:
         if (
             prepared.route is ResponseRoute.CONTROL
             and prepared.valid
-            and control.send_now(prepared.frames())
+            and control.send_answer_now(prepared)
         ):
             self.metrics.requests[outcome] += 1
             return True

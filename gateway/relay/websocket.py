@@ -538,6 +538,16 @@ class RelayWebSocket:
         self._wire.queue(self._codec.encode_frames(frames))
         return True
 
+    def try_send_text_and_binary(self, text: bytes, binary: bytes | None) -> bool:
+        """:meth:`try_send` of a text frame carrying ``text`` and, unless ``binary`` is
+        ``None``, a binary frame carrying ``binary`` (a relayed answer, protocol notes section
+        5.4), encoded without a :class:`Frame` per message."""
+        wire = self._wire
+        if wire.paused_writing or not self.open:
+            return False
+        wire.queue(self._codec.encode_text_and_binary(text, binary))
+        return True
+
     def ping(self, data: bytes) -> None:
         """Send a ping (section 3.3); nothing on a socket that is closing or closed.
 

@@ -34,6 +34,7 @@ from gateway.hybridconnection.wsframes import (
     FramesState,
     encode_frame,
     mask_payload,
+    mask_with_integers,
     valid_close_code,
 )
 
@@ -460,6 +461,89 @@ def test_frames_encoded_together_are_read_as_if_sent_one_by_one(
     assert all(isinstance(event, WsFrame) for event in events)
     got = [(int(f.opcode), bytes(f.data), f.fin) for f in events if isinstance(f, WsFrame)]
     assert got == expected
+
+
+def _xor_by_byte(key: bytes, payload: bytes) -> bytes:
+    """RFC 6455 section 5.3 as written: octet i XOR octet i MOD 4 of the key."""
+    return bytes(octet ^ key[index % 4] for index, octet in enumerate(payload))
+
+
+@settings(max_examples=300)
+@given(
+    key=st.binary(min_size=4, max_size=4),
+    payload=st.one_of(
+        st.binary(max_size=600),
+        # several machine words and an odd tail, past the 16-bit length form
+        st.integers(65530, 65600).map(lambda n: (bytes(range(7, 256)) * 300)[:n]),
+    ),
+)
+def test_masking_is_the_byte_by_byte_xor_of_the_rfc(key: bytes, payload: bytes) -> None:
+    # The C routine in use and the integer fallback, each against the rule read literally.
+    expected = _xor_by_byte(key, payload)
+    assert mask_payload(key, payload) == expected
+    assert mask_with_integers(payload, key) == expected
+    assert mask_with_integers(memoryview(payload), bytearray(key)) == expected
+
+
+def _read_client_frames(wire: bytes) -> list[tuple[int, bool, bytes, bytes]]:
+    """(opcode, fin, key, unmasked payload) of each frame, unmasked byte by byte (section 5.3)."""
+    frames = []
+    at = 0
+    while at < len(wire):
+        first, second = wire[at], wire[at + 1]
+        assert second & 0x80  # a client masks every frame (section 5.2)
+        size, at = second & 0x7F, at + 2
+        if size == 126:
+            size, at = int.from_bytes(wire[at : at + 2], "big"), at + 2
+        elif size == 127:
+            size, at = int.from_bytes(wire[at : at + 8], "big"), at + 8
+        key, at = wire[at : at + 4], at + 4
+        frames.append((first & 0x0F, first >= 0x80, key, _xor_by_byte(key, wire[at : at + size])))
+        at += size
+    return frames
+
+
+@settings(max_examples=200)
+@given(
+    text=st.binary(max_size=300),
+    binary=st.one_of(
+        st.none(),
+        st.binary(min_size=1, max_size=300),
+        st.integers(65530, 65600).map(lambda n: b"b" * n),
+    ),
+)
+def test_a_text_and_binary_pair_is_the_frames_encoded_one_by_one(
+    text: bytes, binary: bytes | None
+) -> None:
+    frames = [Frame(Opcode.TEXT, text)] + ([] if binary is None else [Frame(Opcode.BINARY, binary)])
+    expected = [(int(frame.opcode), True, frame.payload) for frame in frames]
+    wire = ClientFrames(1000).encode_text_and_binary(text, binary)
+    read = _read_client_frames(wire)
+    assert [(opcode, fin, payload) for opcode, fin, _, payload in read] == expected
+    if len(read) == 2:
+        assert read[0][2] != read[1][2]  # a key per frame (section 5.3)
+    # websockets' server reads the same (it unmasks with its own routine).
+    server = ServerProtocol(state=State.OPEN, max_size=None)
+    server.receive_data(wire)
+    assert server.parser_exc is None
+    events = server.events_received()
+    assert all(isinstance(event, WsFrame) for event in events)
+    got = [(int(f.opcode), f.fin, bytes(f.data)) for f in events if isinstance(f, WsFrame)]
+    assert got == expected
+    assert len(wire) == len(ClientFrames(1000).encode_frames(frames))
+
+
+def test_a_pair_is_refused_where_frames_would_be() -> None:
+    inside = ClientFrames(1000)
+    inside.send_data(Opcode.BINARY, b"a", fin=False)
+    with pytest.raises(ValueError, match="out of order"):
+        inside.encode_text_and_binary(b"{}", b"body")  # a new message inside one (5.4)
+    inside.send_data(Opcode.CONTINUATION, b"b")
+    inside.encode_text_and_binary(b"{}", None)  # in step again
+    closing = ClientFrames(1000)
+    closing.send_close(1000)
+    with pytest.raises(ValueError, match="closing"):
+        closing.encode_text_and_binary(b"{}", b"body")
 
 
 def test_masks_are_fresh_and_masking_is_its_own_inverse() -> None:
