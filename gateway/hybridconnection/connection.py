@@ -52,6 +52,8 @@ from gateway.hybridconnection.framing import (
     choose_response_route,
 )
 from gateway.hybridconnection.messages import (
+    FIELD_BYTES,
+    TOKEN_BYTES,
     AcceptCommand,
     RenewTokenCommand,
     RequestCommand,
@@ -256,6 +258,8 @@ def fold_headers(
     kept. With ``validate``, a name that is not an RFC 9110 token or a value with a control
     character raises ``ValueError``: these strings end up on an HTTP/1.1 wire line.
     """
+    if validate and type(headers) is tuple and _pairs_fit(headers):
+        validate = False  # every pair passes the test below
     result: dict[str, str] = {}
     spelled: dict[str, str] = {}
     for name, value in headers:
@@ -274,6 +278,28 @@ def fold_headers(
         spelled[key] = name
         result[name] = value
     return result
+
+
+def _pairs_fit(headers: tuple[tuple[str, str], ...]) -> bool:
+    """Whether every name is a token and every value free of control characters, for the
+    common all-ASCII headers: one ``bytes.translate`` over all names and one over all values
+    (deleting the allowed characters leaves the refused ones) instead of two regular
+    expressions per header. ``False`` sends :func:`fold_headers` to its header-by-header test,
+    which also accepts non-ASCII (obs-text) values and refuses in the order of the headers.
+    """
+    try:
+        names = [name for name, _ in headers]
+        joined = "".join(names)
+        values = "".join([value for _, value in headers])
+    except (TypeError, ValueError):  # not pairs of strings: the header-by-header test says
+        return False
+    return (
+        joined.isascii()
+        and values.isascii()
+        and "" not in names
+        and not joined.encode("ascii").translate(None, TOKEN_BYTES)
+        and not values.encode("ascii").translate(None, FIELD_BYTES)
+    )
 
 
 def connection_tokens(value: str | None) -> frozenset[str]:

@@ -61,8 +61,8 @@ _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", 
 _EMPTY_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 # The ASCII characters of the two sets above (a token's, a field value's), as bytes for
 # ``bytes.translate``.
-_TOKEN_BYTES: Final = bytes(c for c in range(128) if _TOKEN.fullmatch(chr(c)))
-_FIELD_BYTES: Final = bytes(c for c in range(128) if not _CONTROL_CHARS.search(chr(c)))
+TOKEN_BYTES: Final = bytes(c for c in range(128) if _TOKEN.fullmatch(chr(c)))
+FIELD_BYTES: Final = bytes(c for c in range(128) if not _CONTROL_CHARS.search(chr(c)))
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -376,8 +376,8 @@ def _ascii_fields_fit(headers: dict[str, Any]) -> bool:
     return (
         names.isascii()
         and values.isascii()
-        and not names.encode("ascii").translate(None, _TOKEN_BYTES)
-        and not values.encode("ascii").translate(None, _FIELD_BYTES)
+        and not names.encode("ascii").translate(None, TOKEN_BYTES)
+        and not values.encode("ascii").translate(None, FIELD_BYTES)
         and "" not in headers
         # No single value is longer than all of them together.
         and (len(values) <= MAX_FIELD_LENGTH or max(map(len, headers.values())) <= MAX_FIELD_LENGTH)
@@ -434,6 +434,74 @@ def _parse_accept(payload: dict[str, Any]) -> AcceptCommand:
 
 
 def _parse_request(payload: dict[str, Any]) -> RequestCommand | RendezvousRequestCommand:
+    command = _common_request(payload)
+    if command is not None:
+        return command
+    return _checked_request(payload)
+
+
+def _common_request(payload: dict[str, Any]) -> RequestCommand | None:
+    """The full-form request every relayed call is, checked with a few tests over all its
+    fields together; ``None`` for anything else, which :func:`_checked_request` then reads
+    field by field (and names the defect, if there is one).
+
+    Accepts only what :func:`_checked_request` accepts, and returns what it would: a common
+    method, printable string fields (one ``isprintable`` over them all: a printable string has
+    no control character), headers that pass :func:`_ascii_fields_fit`, an endpoint with a
+    string address and a port in range.
+    """
+    request_id = payload.get("id")
+    target = payload.get("requestTarget")
+    method = payload.get("method")
+    body = payload.get("body")
+    address = payload.get("address")
+    if (
+        type(request_id) is not str
+        or type(target) is not str
+        or type(method) is not str
+        or (body is not True and body is not False)
+        or method not in _METHODS
+        or not request_id
+        or not target.startswith("/")
+        or " " in target
+        or len(request_id) > MAX_FIELD_LENGTH
+        or len(target) > MAX_FIELD_LENGTH
+    ):
+        return None
+    printable = request_id + target
+    if address is not None:
+        if type(address) is not str or not address or len(address) > MAX_FIELD_LENGTH:
+            return None
+        printable += address
+    endpoint = payload.get("remoteEndpoint")
+    remote = None
+    if endpoint is not None:
+        if type(endpoint) is not dict:
+            return None
+        remote_address = endpoint.get("address")
+        port = endpoint.get("port")
+        if (
+            type(remote_address) is not str
+            or type(port) is not int
+            or not 0 <= port <= 65535
+            or len(remote_address) > MAX_FIELD_LENGTH
+        ):
+            return None
+        printable += remote_address
+        remote = RemoteEndpoint(remote_address, port)
+    if not printable.isprintable():
+        return None
+    headers = payload.get("requestHeaders")
+    if headers is None:
+        checked: Mapping[str, str] = _EMPTY_HEADERS
+    elif type(headers) is dict and len(headers) <= MAX_HEADERS and _ascii_fields_fit(headers):
+        checked = MappingProxyType(headers)  # the parsed document's own dict, as _headers does
+    else:
+        return None
+    return RequestCommand(request_id, target, method, checked, body, address, remote)
+
+
+def _checked_request(payload: dict[str, Any]) -> RequestCommand | RendezvousRequestCommand:
     # Section 3.2: .NET/Java decide on `body`, hyco-https on `method`; a message missing either is
     # the rendezvous-only form.
     if "method" not in payload or "body" not in payload:

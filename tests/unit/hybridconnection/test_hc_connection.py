@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.hybridconnection.addresses import RendezvousPolicy
@@ -181,6 +181,44 @@ def test_fold_joins_repeats_and_keeps_the_first_cookie() -> None:
 def test_fold_refuses_what_is_not_http(pair: tuple[str, str]) -> None:
     with pytest.raises(ValueError, match="not valid HTTP"):
         fold_headers([pair])
+
+
+@pytest.mark.parametrize(
+    "pair", [("Bad Name", "v"), ("X", "a\r\nInjected: 1"), ("X", "nul\x00"), ("", "v")]
+)
+def test_fold_refuses_what_is_not_http_in_a_tuple_too(pair: tuple[str, str]) -> None:
+    # A tuple of pairs (what RelayedResponse holds) is checked in one pass over all of them.
+    with pytest.raises(ValueError, match="not valid HTTP"):
+        fold_headers((("X-Ok", "v"), pair, ("Y", "w")))
+
+
+def _folding(headers: Any) -> object:
+    try:
+        return fold_headers(headers)
+    except (ValueError, TypeError) as error:
+        return type(error), str(error) if isinstance(error, ValueError) else ""
+
+
+_fold_names = st.one_of(
+    st.sampled_from(["Content-Type", "set-cookie", "Set-Cookie", "X-A", "x-a", "Connection", ""]),
+    st.text(alphabet=st.sampled_from("Aa-_~!: \t\r\n\x00\x7f\u00e9"), max_size=6),
+)
+_fold_values = st.one_of(
+    st.text(alphabet=st.sampled_from("ab ,;=\t\r\n\x00\x1f\x7f\u00e9\u20ac"), max_size=8),
+    st.integers(),
+    st.none(),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(_fold_names, _fold_values), max_size=6))
+@example([("Content-Type", "a"), ("caf\u00e9", "b")])
+@example([("Content-Type", "caf\u00e9 \t1"), ("X", "b")])
+@example([("Content-Type", "a"), ("X", 5)])
+def test_fold_of_a_tuple_is_the_header_by_header_fold(pairs: list[tuple[Any, Any]]) -> None:
+    # A list is checked header by header (the rule as written); a tuple first in one pass, which
+    # must accept, refuse and fold exactly alike.
+    assert _folding(tuple(pairs)) == _folding(pairs)
 
 
 def test_connection_headers_cover_rfc_9110_and_the_relay_list() -> None:

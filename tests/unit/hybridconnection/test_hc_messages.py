@@ -431,3 +431,126 @@ def test_request_headers_are_held_to_the_header_by_header_rules(headers: dict[st
     else:
         with pytest.raises(MalformedRequestError):
             parse_command(json.dumps(document))
+
+
+# --- the common request's one-pass checks against the field-by-field reading -------------------
+
+_ABSENT = object()
+_odd_text = st.one_of(
+    st.sampled_from(
+        ["", " ", "a b", "x\ty", "a\rb", "\x00", "\x7f", "caf\u00e9", "\u2028", "\u00a0"]
+    ),
+    st.text(max_size=8),
+    st.sampled_from(["y" * (16 * 1024), "y" * (16 * 1024 + 1)]),
+)
+_odd_value = st.one_of(
+    st.none(), st.booleans(), st.integers(-2, 70000), st.lists(st.none(), max_size=1)
+)
+
+
+_COMMON_REQUEST: dict[str, Any] = {
+    "id": "42_G10",
+    "requestTarget": "/hyco/x?a=1&b=%20",
+    "method": "GET",
+    "body": False,
+    "address": ADDRESS,
+    "remoteEndpoint": {"address": "10.1.2.3", "port": 443},
+    "requestHeaders": {"Accept": "*/*", "User-Agent": "x/1"},
+}
+
+
+def _or_odd(*common: Any) -> st.SearchStrategy[Any]:
+    """Another common value, an odd string, another type, or no field at all."""
+    return st.one_of(st.sampled_from(common), _odd_text, _odd_value, st.just(_ABSENT))
+
+
+_ODD_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "id": _or_odd("0f3e-77_G2"),
+    "requestTarget": _or_odd("/hyco", "/", "/x y", "hyco", "/\u00e9", "/" + "t" * 16 * 1024),
+    "method": _or_odd("POST", "DELETE", "get", "M-SEARCH", "G T"),
+    "body": _or_odd(True),
+    "address": _or_odd(ADDRESS + "&x=\u00e9", ADDRESS + "\t"),
+    "remoteEndpoint": st.one_of(
+        st.fixed_dictionaries(
+            {
+                "address": _or_odd("", "::1", "10.0.0.1\x00"),
+                "port": _or_odd(0, 65535, 65536, -1, 8.5),
+            }
+        ),
+        _or_odd([]),
+    ),
+    "requestHeaders": st.one_of(
+        st.dictionaries(_header_names, _header_values, max_size=3),
+        _or_odd({f"h{n}": "v" for n in range(257)}, {f"h{n}": "v" for n in range(256)}),
+    ),
+}
+
+
+@st.composite
+def _request_payloads(draw: st.DrawFn) -> dict[str, Any]:
+    """The common request with up to three of its fields made odd or left out."""
+    payload = dict(_COMMON_REQUEST)
+    for key in draw(st.lists(st.sampled_from(sorted(_ODD_FIELDS)), max_size=3, unique=True)):
+        value = draw(_ODD_FIELDS[key])
+        if isinstance(value, dict) and key == "remoteEndpoint":
+            value = {k: v for k, v in value.items() if v is not _ABSENT}
+        if value is _ABSENT:
+            del payload[key]
+        else:
+            payload[key] = value
+    return payload
+
+
+def _reading(parse: Any, payload: dict[str, Any]) -> tuple[Any, ...]:
+    try:
+        command = parse(payload)
+    except ProtocolError as error:
+        return ("refused", type(error), str(error), getattr(error, "request_id", None))
+    headers = getattr(command, "request_headers", None)
+    order = None if headers is None else (type(headers), list(headers.items()))
+    return ("read", command, order)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_request_payloads())
+def test_a_request_reads_the_same_through_the_one_pass_checks(payload: dict[str, Any]) -> None:
+    from gateway.hybridconnection import messages
+
+    # What parse_command uses, and the field-by-field reading it falls back to.
+    assert _reading(messages._parse_request, payload) == _reading(
+        messages._checked_request, payload
+    )
+
+
+_ONE_ODD_FIELD: list[tuple[str, list[Any]]] = [
+    ("id", ["", "a\rb", "y" * (16 * 1024 + 1), 7, None]),
+    ("requestTarget", ["", "hyco", "/x y", "/a\x00", "/" + "t" * 16 * 1024, 5]),
+    ("method", ["get", "M-SEARCH", "G T", "", 1]),
+    ("body", [0, 1, None, "true"]),
+    ("address", [None, "", ADDRESS + "\t", ADDRESS + "\x7f", "y" * (16 * 1024 + 1), 3]),
+    ("remoteEndpoint", [None, [], {"port": 1}, {"address": "a"}]),
+    ("remoteEndpoint", [{"address": "a", "port": port} for port in (0, 65535, 65536, -1, True)]),
+    ("remoteEndpoint", [{"address": a, "port": 1} for a in ("", "a\x00", "y" * (16 * 1024 + 1))]),
+    ("requestHeaders", [None, [], {}, {"A B": "v"}, {"A": "v\r"}, {"A": 1}, {"A": "caf\u00e9"}]),
+    ("requestHeaders", [{f"h{n}": "v" for n in range(count)} for count in (256, 257)]),
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [(key, value) for key, values in _ONE_ODD_FIELD for value in values]
+    + [(key, _ABSENT) for key in _COMMON_REQUEST],
+)
+def test_each_field_of_a_request_reads_the_same_through_the_one_pass_checks(
+    key: str, value: Any
+) -> None:
+    from gateway.hybridconnection import messages
+
+    payload = dict(_COMMON_REQUEST)
+    if value is _ABSENT:
+        del payload[key]
+    else:
+        payload[key] = value
+    assert _reading(messages._parse_request, payload) == _reading(
+        messages._checked_request, payload
+    )
