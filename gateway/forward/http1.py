@@ -73,6 +73,8 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _HEAD_END = b"\r\n\r\n"
 # Response fields read while the head is parsed (lowercase): the framing pair and Connection.
 _PICKED = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+# Their lengths: a name of another length is none of them, and is not lower-cased to find out.
+_PICKED_LENGTHS = frozenset(len(name) for name in _PICKED)
 
 
 class ExchangeError(Exception):
@@ -86,6 +88,10 @@ class ExchangeError(Exception):
 
 def _too_large(what: str) -> ExchangeError:
     return ExchangeError("upstream_headers_too_large", f"bad response: {what} too large")
+
+
+def _lost_before_answer() -> ExchangeError:
+    return ExchangeError("upstream_connection_lost", "the connection closed before the answer")
 
 
 def _protocol(what: str) -> ExchangeError:
@@ -130,6 +136,8 @@ class Body:
     Above ``2 * READ_LIMIT`` buffered bytes the connection stops reading from the target; it
     reads again once the caller has taken the buffer down to ``READ_LIMIT``.
     """
+
+    __slots__ = ("_chunks", "_connection", "_eof", "_error", "_loop", "_size", "_waiter")
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
@@ -186,9 +194,15 @@ class Body:
             chunk, rest = chunk[:limit], chunk[limit:]
             self._chunks.appendleft(rest)
         self._size -= len(chunk)
-        if self._size <= READ_LIMIT:
+        if self._size <= READ_LIMIT and self._connection.paused:
             self._connection.resume_reading()
         return chunk
+
+    def read_now(self, limit: int) -> bytes | None:
+        """:meth:`read_ready` when :meth:`ready`, else None (one call for both)."""
+        if self._chunks or self._eof or self._error is not None:
+            return self.read_ready(limit)
+        return None
 
     def feed(self, data: bytes) -> None:
         """Add bytes of the body (parser callback)."""
@@ -196,12 +210,14 @@ class Body:
         self._size += len(data)
         if self._size > 2 * READ_LIMIT:
             self._connection.pause_reading()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def end(self) -> None:
         """The body is complete (parser callback)."""
         self._eof = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -255,7 +271,8 @@ class Connection(asyncio.Protocol):
         self._read = 0.0
         self._deadline = 0.0
         self._last_data = 0.0
-        self._paused = False
+        # Whether reading is paused because the body buffer is full (see Body).
+        self.paused = False
         # The message being parsed.
         self._head_only = False
         self._tail = b""
@@ -313,7 +330,9 @@ class Connection(asyncio.Protocol):
             if self._head_bytes > _MAX_HEAD:
                 self._fail(_too_large("header block"))
                 return
-        self._wake()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def eof_received(self) -> bool:
         """The target finished sending: an answer framed by the close ends here."""
@@ -331,14 +350,14 @@ class Connection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         """The caller has not read the buffered body yet: stop reading from the target."""
-        if self.transport is not None and not self._paused and not self.closed:
-            self._paused = True
+        if self.transport is not None and not self.paused and not self.closed:
+            self.paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         """The buffer drained: read from the target again."""
-        if self.transport is not None and self._paused and not self.closed:
-            self._paused = False
+        if self.transport is not None and self.paused and not self.closed:
+            self.paused = False
             self.transport.resume_reading()
 
     # -- parser callbacks (httptools.HttpResponseParser) -----------------------------------------
@@ -364,12 +383,18 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """One header field (or trailer field, which is counted and dropped)."""
-        self._fields += 1
-        if self._fields > MAX_HEADERS:
-            raise _too_large("header count")
-        if len(name) > MAX_LINE or len(value) > MAX_LINE:
-            raise _too_large("header line")
         if not self._in_head:
+            self._on_trailer(name, value)
+            return
+        raw = self._raw
+        # Every field of the head so far is in ``raw``: this is field len(raw) + 1.
+        if len(raw) >= MAX_HEADERS:
+            raise _too_large("header count")
+        size = len(name)
+        if size > MAX_LINE or len(value) > MAX_LINE:
+            raise _too_large("header line")
+        if size not in _PICKED_LENGTHS:
+            raw.append((name, value))
             return
         lowered = name.lower()
         if lowered in _PICKED:
@@ -388,13 +413,23 @@ class Connection(asyncio.Protocol):
                 if value.strip().lower() != b"chunked":
                     # Only chunked framing is read; another coding (gzip) would need decoding.
                     raise _protocol("a transfer coding other than chunked")
-        self._raw.append((name, value))
+        raw.append((name, value))
+
+    def _on_trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field of a chunked body: counted with the head's fields, checked, dropped."""
+        self._fields += 1
+        if self._fields > MAX_HEADERS:
+            raise _too_large("header count")
+        if len(name) > MAX_LINE or len(value) > MAX_LINE:
+            raise _too_large("header line")
 
     def on_headers_complete(self) -> None:
         """The head is complete: a final answer becomes the response; 1xx ones are skipped."""
         parser = self.parser
         assert parser is not None
         self._in_head = False
+        # Trailer fields (on_header after this) count on from the head's.
+        self._fields = len(self._raw)
         code = parser.get_status_code()
         if code == 101:
             raise _protocol("the target switched protocols unasked")
@@ -460,9 +495,7 @@ class Connection(asyncio.Protocol):
             if self.failure is not None:
                 raise self.failure
             if self.closed:
-                raise ExchangeError(
-                    "upstream_connection_lost", "the connection closed before the answer"
-                )
+                raise _lost_before_answer()
             self.waiter = self._loop.create_future()
             try:
                 await self.waiter
@@ -476,7 +509,7 @@ class Connection(asyncio.Protocol):
         self.parser = None
         self.body = None
         parser, self._parser = self._parser, None
-        clean = reusable and self._complete and not self.stray and not self._paused
+        clean = reusable and self._complete and not self.stray and not self.paused
         if clean and self.failure is None and not self.closed:
             self.idle_since = self.clock()
             # The parser stopped exactly at the end of the final answer (any byte after it
@@ -693,6 +726,8 @@ class Http1Pool:
         self._idle: dict[str, list[Connection]] = {}
         self._slots = _Slots(limit) if limit > 0 else None
         self._limit = limit
+        # Bound once: handed to every connection put back idle.
+        self._on_expiry: Callable[[Connection], None] = self._expire
 
     async def exchange(
         self,
@@ -730,7 +765,18 @@ class Http1Pool:
             else:
                 transport.write(head + body if body else head)
             try:
-                message, payload = await connection.head()
+                # Connection.head, without a coroutine of its own.
+                while connection.response is None or connection.body is None:
+                    if connection.failure is not None:
+                        raise connection.failure
+                    if connection.closed:
+                        raise _lost_before_answer()
+                    waiter = connection.waiter = connection.loop.create_future()
+                    try:
+                        await waiter
+                    finally:
+                        connection.waiter = None
+                message, payload = connection.response, connection.body
             except BaseException:
                 connection.finish(reusable=False)
                 raise
@@ -748,9 +794,10 @@ class Http1Pool:
             if idle is None:
                 idle = self._idle[name] = []
             idle.append(connection)
-            connection.idle(self._expire)
-        if self._slots is not None:
-            self._slots.release()
+            connection.idle(self._on_expiry)
+        slots = self._slots
+        if slots is not None:
+            slots.release()
 
     def _pooled(self, name: str) -> Connection | None:
         idle = self._idle.get(name)
@@ -846,8 +893,13 @@ def request_head(
     if host is None:
         fields = [f"{name}: {value}\r\n" for name, value in headers]
     else:
-        fields = [f"{name}: {value}\r\n" for name, value in headers if name.lower() != "host"]
-        fields.insert(0, f"host: {host}\r\n")
+        fields = [f"host: {host}\r\n"]
+        # Only a four-character name can be Host in some case: others are not lower-cased.
+        fields += [
+            f"{name}: {value}\r\n"
+            for name, value in headers
+            if len(name) != 4 or name.lower() != "host"
+        ]
     if body or method in _BODY_METHODS:
         fields.append(f"content-length: {len(body)}\r\n")
     text = f"{method} {target} HTTP/1.1\r\n{''.join(fields)}\r\n"

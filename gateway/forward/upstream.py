@@ -296,6 +296,7 @@ class Upstream:
             tls=tls or None,
             server_name=self._pool.server_name(name),
             host=host_header(target),
+            digits=len(str(limits.max_response_body_bytes if max_body is None else max_body)),
         )
 
     async def close(self) -> None:
@@ -343,14 +344,18 @@ class Upstream:
             )
             payload = exchange.payload
             try:
-                _check_declared_length(exchange.message, plan.max_body)
+                declared = exchange.message.content_length
+                # Fewer digits than the cap's is a smaller number: no conversion needed.
+                if declared is not None and len(declared) >= plan.digits:
+                    _check_declared_length(declared, plan.max_body)
                 # Read the first chunk now: small bodies (the common case) are then complete, and
                 # the caller can answer inline on the relay's control channel without streaming.
                 # Such a body has usually arrived with the head: taken then without a wait.
-                if payload.ready():
-                    first = _capped(payload.read_ready(CHUNK), plan.max_body, 0)
-                else:
+                first = payload.read_now(CHUNK)
+                if first is None:
                     first = await _read_capped(payload, plan.max_body, 0)
+                elif len(first) > plan.max_body:
+                    raise _too_large(plan.max_body)
             except ExchangeError as exc:
                 exchange.release()
                 raise _body_error(exc) from None
@@ -378,11 +383,12 @@ class _Plan:
     tls: ssl.SSLContext | None
     server_name: str | None
     host: str
+    digits: int
+    """The number of decimal digits of ``max_body``."""
 
 
-def _check_declared_length(message: Response, max_body: int) -> None:
-    value = message.content_length
-    if value is not None and value.isdigit() and int(value) > max_body:
+def _check_declared_length(value: bytes, max_body: int) -> None:
+    if value.isdigit() and int(value) > max_body:
         raise UpstreamError(
             "upstream_body_too_large", f"response of {int(value)} bytes exceeds {max_body}"
         )
@@ -391,15 +397,19 @@ def _check_declared_length(message: Response, max_body: int) -> None:
 def _response(exchange: Exchange, first: bytes, max_body: int) -> UpstreamResponse:
     message = exchange.message
     complete = exchange.payload.at_eof()
+    reason = message.reason
+    if not reason.isprintable():
+        # Only CR and LF matter here (llhttp refuses them in a status line): never relayed.
+        reason = reason.replace("\r", " ").replace("\n", " ")
     return UpstreamResponse(
-        status=message.code,
-        reason=message.reason.replace("\r", " ").replace("\n", " "),
-        headers=_response_headers(message),
+        message.code,
+        reason,
+        _response_headers(message),
         # A complete body (the common case) has nothing more to stream: no generator for it.
-        body=_EXHAUSTED if complete else _stream(exchange, max_body, len(first)),
-        first_chunk=first,
-        complete=complete,
-        _release=exchange.release,
+        _EXHAUSTED if complete else _stream(exchange, max_body, len(first)),
+        first,
+        complete,
+        exchange.release,
     )
 
 
@@ -419,8 +429,12 @@ def _body_error(exc: ExchangeError) -> UpstreamError:
 
 def _capped(chunk: bytes, max_body: int, seen: int) -> bytes:
     if seen + len(chunk) > max_body:
-        raise UpstreamError("upstream_body_too_large", f"response body exceeds {max_body} bytes")
+        raise _too_large(max_body)
     return chunk
+
+
+def _too_large(max_body: int) -> UpstreamError:
+    return UpstreamError("upstream_body_too_large", f"response body exceeds {max_body} bytes")
 
 
 class _Exhausted:
