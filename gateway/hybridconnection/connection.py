@@ -36,6 +36,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from operator import itemgetter
 from typing import Final
 from urllib.parse import unquote_plus, urlsplit
 
@@ -107,6 +108,7 @@ STREAM_FRAME_LIMIT: Final = 1024 * 1024
 MAX_REASON: Final = 120
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_NAME, _VALUE = itemgetter(0), itemgetter(1)
 _CTL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -258,7 +260,8 @@ def fold_headers(
     kept. With ``validate``, a name that is not an RFC 9110 token or a value with a control
     character raises ``ValueError``: these strings end up on an HTTP/1.1 wire line.
     """
-    if validate and type(headers) is tuple and _pairs_fit(headers):
+    # One or two headers are checked faster one by one.
+    if validate and type(headers) is tuple and len(headers) > 2 and _pairs_fit(headers):
         validate = False  # every pair passes the test below
     result: dict[str, str] = {}
     spelled: dict[str, str] = {}
@@ -288,10 +291,10 @@ def _pairs_fit(headers: tuple[tuple[str, str], ...]) -> bool:
     which also accepts non-ASCII (obs-text) values and refuses in the order of the headers.
     """
     try:
-        names = [name for name, _ in headers]
+        names = tuple(map(_NAME, headers))
         joined = "".join(names)
-        values = "".join([value for _, value in headers])
-    except (TypeError, ValueError):  # not pairs of strings: the header-by-header test says
+        values = "".join(map(_VALUE, headers))
+    except (TypeError, ValueError, IndexError):  # not pairs of strings: see the other test
         return False
     return (
         joined.isascii()

@@ -212,12 +212,14 @@ _fold_values = st.one_of(
 
 @settings(max_examples=300)
 @given(st.lists(st.tuples(_fold_names, _fold_values), max_size=6))
-@example([("Content-Type", "a"), ("caf\u00e9", "b")])
-@example([("Content-Type", "caf\u00e9 \t1"), ("X", "b")])
-@example([("Content-Type", "a"), ("X", 5)])
+@example([("Content-Type", "a"), ("Y", "b"), ("caf\u00e9", "b")])
+@example([("Content-Type", "caf\u00e9 \t1"), ("X", "b"), ("Y", "b")])
+@example([("Content-Type", "a"), ("Y", "b"), ("X", 5)])
+@example([("Content-Type", "a"), ("Y", "b"), ("X", "c", "d")])
+@example([("Content-Type", "a"), ("Y", "b"), ("X",)])
 def test_fold_of_a_tuple_is_the_header_by_header_fold(pairs: list[tuple[Any, Any]]) -> None:
-    # A list is checked header by header (the rule as written); a tuple first in one pass, which
-    # must accept, refuse and fold exactly alike.
+    # A list is checked header by header (the rule as written); a tuple of three or more first
+    # in one pass, which must accept, refuse and fold exactly alike.
     assert _folding(tuple(pairs)) == _folding(pairs)
 
 
