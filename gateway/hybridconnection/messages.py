@@ -358,26 +358,28 @@ def _headers(value: object, where: str) -> Mapping[str, str]:
     return MappingProxyType(result)
 
 
-def _ascii_fields_fit(headers: dict[str, Any]) -> bool:
+def _ascii_fields_fit(headers: dict[str, Any], fields: str = "") -> bool:
     """Whether every name is a token and every value an ASCII string that may stand on a field
     line (at most :data:`MAX_FIELD_LENGTH` characters, no control character): the common case,
     checked with one ``bytes.translate`` over all names and one over all values (deleting the
     allowed characters leaves the refused ones) instead of two regular expressions per header.
-    ``False`` sends the caller to the header-by-header checks, which also accept non-ASCII
-    values.
+    ``fields`` (other strings of the message, their lengths checked by the caller) is held to
+    the values' rule in the same pass. ``False`` sends the caller to the header-by-header
+    checks, which also accept non-ASCII values.
     """
-    if not headers:
+    if not headers and not fields:
         return True
     try:
         values = "".join(headers.values())
     except TypeError:  # a value that is not a string
         return False
     names = "".join(headers)
+    text = fields + values if fields else values
     return (
         names.isascii()
-        and values.isascii()
+        and text.isascii()
         and not names.encode("ascii").translate(None, TOKEN_BYTES)
-        and not values.encode("ascii").translate(None, FIELD_BYTES)
+        and not text.encode("ascii").translate(None, FIELD_BYTES)
         and "" not in headers
         # No single value is longer than all of them together.
         and (len(values) <= MAX_FIELD_LENGTH or max(map(len, headers.values())) <= MAX_FIELD_LENGTH)
@@ -446,8 +448,8 @@ def _common_request(payload: dict[str, Any]) -> RequestCommand | None:
     field by field (and names the defect, if there is one).
 
     Accepts only what :func:`_checked_request` accepts, and returns what it would: a common
-    method, printable string fields (one ``isprintable`` over them all: a printable string has
-    no control character), headers that pass :func:`_ascii_fields_fit`, an endpoint with a
+    method, ASCII string fields without a control character, headers that pass
+    :func:`_ascii_fields_fit` (which checks those fields in the same pass), an endpoint with a
     string address and a port in range.
     """
     request_id = payload.get("id")
@@ -468,11 +470,11 @@ def _common_request(payload: dict[str, Any]) -> RequestCommand | None:
         or len(target) > MAX_FIELD_LENGTH
     ):
         return None
-    printable = request_id + target
+    fields = request_id + target
     if address is not None:
         if type(address) is not str or not address or len(address) > MAX_FIELD_LENGTH:
             return None
-        printable += address
+        fields += address
     endpoint = payload.get("remoteEndpoint")
     remote = None
     if endpoint is not None:
@@ -487,17 +489,20 @@ def _common_request(payload: dict[str, Any]) -> RequestCommand | None:
             or len(remote_address) > MAX_FIELD_LENGTH
         ):
             return None
-        printable += remote_address
+        fields += remote_address
         remote = RemoteEndpoint(remote_address, port)
-    if not printable.isprintable():
-        return None
     headers = payload.get("requestHeaders")
-    if headers is None:
-        checked: Mapping[str, str] = _EMPTY_HEADERS
-    elif type(headers) is dict and len(headers) <= MAX_HEADERS and _ascii_fields_fit(headers):
-        checked = MappingProxyType(headers)  # the parsed document's own dict, as _headers does
-    else:
+    listed = {} if headers is None else headers
+    # The string fields are held to _text's rule in the headers' pass: ASCII, no control
+    # character (TAB is allowed, as there).
+    if (
+        type(listed) is not dict
+        or len(listed) > MAX_HEADERS
+        or not _ascii_fields_fit(listed, fields)
+    ):
         return None
+    # The parsed document's own dict, as _headers does.
+    checked = _EMPTY_HEADERS if headers is None else MappingProxyType(headers)
     return RequestCommand(request_id, target, method, checked, body, address, remote)
 
 
