@@ -337,9 +337,12 @@ class AuditLog:
         reached: the lines before it are in the file, that one is damaged (ended by the next
         write's newline, so the damage stays one line) and the rest are lost. The chain goes on
         from the last line written whole."""
-        lines.append(b"")  # the newline after the last line, in the same copy
-        data = b"\n".join(lines)
-        del lines[-1]
+        if len(lines) == 1:
+            data = lines[0] + b"\n"
+        else:
+            lines.append(b"")  # the newline after the last line, in the same copy
+            data = b"\n".join(lines)
+            del lines[-1]
         if self.path is None:
             try:
                 sys.stdout.write(data.decode())

@@ -53,8 +53,11 @@ _NON_DETERMINISTIC = re.compile(
     r"\b(time\.now_ns|http\.send|rand\.intn|uuid\.rfc4122|opa\.runtime|net\.lookup_ip_addr"
     r"|io\.jwt\.decode_verify)\s*\("
 )
-_MISSING = object()
 _OBJECT = object()  # marks a frozen JSON object; no JSON value can equal it
+# What a key holds for a field the input does not have. In the JSON key, a NUL octet, which no
+# JSON text holds outside a string (orjson escapes it inside one), so it differs from every JSON
+# value; in the exact key, this object itself, which no JSON value equals.
+_ABSENT = orjson.Fragment(b"\x00")
 # The frozen forms of true, false and null, made once.
 _TRUE, _FALSE, _NULL = ("bool", True), ("bool", False), ("NoneType", None)
 
@@ -233,7 +236,9 @@ def _key_function(fields: tuple[FieldPath, ...] | None) -> Callable[[Mapping[str
         return whole
     names = tuple(path[0] for path in fields if len(path) == 1)
     paths = tuple(path for path in fields if len(path) > 1)
-    missing = (_MISSING,) * len(names)
+    # A field the input does not have is _ABSENT, which orjson writes itself (no call back into
+    # Python for it, as a stand-in object would need).
+    missing = (_ABSENT,) * len(names)
 
     def key(input: Mapping[str, Any]) -> Any:
         values = list(map(input.get, names, missing))
@@ -244,11 +249,8 @@ def _key_function(fields: tuple[FieldPath, ...] | None) -> Callable[[Mapping[str
     return key
 
 
-# What the JSON key holds for a field the input does not have: a NUL octet, which no JSON text
-# holds outside a string (orjson escapes it inside one), so it differs from every JSON value.
-_ABSENT = orjson.Fragment(b"\x00")
 # Sorted object keys (equal objects, equal text). A subclass of str, int, dict or list, a
-# dataclass or a datetime is not turned into JSON (it goes to _absent, which refuses it): the
+# dataclass or a datetime is not turned into JSON (with no ``default``, orjson refuses it): the
 # exact key below decides about those, as it did before.
 _JSON_OPTIONS = (
     orjson.OPT_SORT_KEYS
@@ -256,12 +258,6 @@ _JSON_OPTIONS = (
     | orjson.OPT_PASSTHROUGH_DATACLASS
     | orjson.OPT_PASSTHROUGH_DATETIME
 )
-
-
-def _absent(value: Any) -> Any:
-    if value is _MISSING:
-        return _ABSENT
-    raise TypeError
 
 
 def _json_key(value: Any) -> bytes | None:
@@ -273,7 +269,7 @@ def _json_key(value: Any) -> bytes | None:
     orjson's limit, strings that are not Unicode text, and anything that is not JSON. The caller
     then falls back to :func:`_freeze`, whose keys (tuples) never equal these (bytes)."""
     try:
-        text = orjson.dumps(value, default=_absent, option=_JSON_OPTIONS)
+        text = orjson.dumps(value, option=_JSON_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return None
     return None if b"null" in text else text
@@ -282,10 +278,10 @@ def _json_key(value: Any) -> bytes | None:
 def _lookup(input: Mapping[str, Any], path: FieldPath) -> Any:
     value: Any = input
     for name in path:
-        # A missing name gives _MISSING, which is no Mapping: the next name gives it again.
+        # A missing name gives _ABSENT, which is no Mapping: the next name gives it again.
         if type(value) is not dict and not isinstance(value, Mapping):
-            return _MISSING
-        value = value.get(name, _MISSING)
+            return _ABSENT
+        value = value.get(name, _ABSENT)
     return value
 
 
@@ -296,7 +292,7 @@ def _freeze(value: Any) -> Any:
     built from plain values, and a subclass could compare or hash unlike its base.
     """
     kind = type(value)
-    if kind is str or value is _MISSING:
+    if kind is str or value is _ABSENT:
         return value
     if kind is bool:
         return _TRUE if value else _FALSE

@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -81,18 +80,13 @@ def recorded_input(
     """The ``input`` member of a record: what replay needs, without a secret.
 
     Each header is ``(name, length)``, or ``(name, length, value)`` for :data:`KEPT_VALUES`
-    (JSON arrays once written). Built by mapping over the headers rather than looping over them
-    in Python: it is done for every record."""
-    names = list(map(str.lower, map(_NAME, headers)))
-    sizes = map(len, map(_VALUE, headers))
-    recorded: list[tuple[str, int] | tuple[str, int, str]]
-    if KEPT_VALUES.isdisjoint(names):
-        recorded = list(zip(names, sizes, strict=True))
-    else:
-        recorded = [
-            (name, size, value) if name in KEPT_VALUES else (name, size)
-            for name, size, (_, value) in zip(names, sizes, headers, strict=True)
-        ]
+    (JSON arrays once written). Built in one comprehension: it is done for every record, and it
+    costs about half of mapping the names and lengths and zipping them."""
+    kept = KEPT_VALUES
+    recorded = [
+        (lower, len(value), value) if (lower := name.lower()) in kept else (lower, len(value))
+        for name, value in headers
+    ]
     return {
         "method": method,
         "target": mask_target(relayed),
@@ -101,9 +95,6 @@ def recorded_input(
         "body_bytes": body_bytes,
         "keyid": keyid,
     }
-
-
-_NAME, _VALUE = itemgetter(0), itemgetter(1)
 
 
 @dataclass(frozen=True)

@@ -205,3 +205,16 @@ def test_a_decision_served_from_the_cache_keeps_every_field() -> None:
     }
     served = decision.from_cache(0.5)
     assert served == dataclasses.replace(decision, latency=0.5, cached=True)
+
+
+@given(value=json_values)
+def test_a_missing_field_keys_unlike_any_value(value: object) -> None:
+    # The stand-in for a field the input does not have (top-level or nested) must differ from
+    # every JSON value, the falsy ones and the NUL character included.
+    cache = DecisionCache((("a",), ("s", "x")))
+    for present in ({"a": value}, {"s": {"x": value}}):
+        assert cache.key(present) != cache.key({})
+    falsy_values: list[object] = [None, False, 0, 0.0, "", "\x00", [], {}]
+    for falsy in falsy_values:
+        assert cache.key({"a": falsy}) != cache.key({})
+        assert cache.key({"s": {"x": falsy}}) != cache.key({"s": {}})
