@@ -288,6 +288,14 @@ class ClientFrames:
                     return
                 if opcode is _PING:
                     self._writes.append(encode_frame(_PONG, payload))
+            elif (
+                fin
+                and self._message_size is None
+                and (opcode is _BINARY or (opcode is _TEXT and payload.isascii()))
+            ):
+                # A whole message in one frame (every control message the relay sends): nothing
+                # to track for section 5.4, and ASCII is UTF-8 (section 8.1) without decoding it.
+                pass
             elif not self._data_frame(opcode, payload, fin):
                 return
             events.append(ReceivedFrame(opcode, payload, fin))
