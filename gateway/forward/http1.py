@@ -265,6 +265,7 @@ class Connection(asyncio.Protocol):
         # before its limit looks again and re-arms for what is left (see ``_on_timer``), so a
         # request does not create and cancel timers of its own.
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when it fires (its when(), without the call)
         self._parser: httptools.HttpResponseParser | None = None
         self._exchanging = False
         self._expire: Callable[[Connection], None] | None = None
@@ -613,10 +614,11 @@ class Connection(asyncio.Protocol):
         """Have the timer fire at ``when`` at the latest (an earlier one is kept)."""
         timer = self._timer
         if timer is not None:
-            if timer.when() <= when:
+            if self._timer_at <= when:
                 return
             timer.cancel()
         self._timer = self._loop.call_at(when, self._on_timer)
+        self._timer_at = when
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -64,6 +64,7 @@ _HOP_BY_HOP = frozenset(
         b"content-length",
     }
 )
+_HOP_BY_HOP_LENGTHS = frozenset(map(len, _HOP_BY_HOP))
 # The same response limits for the forward and for every session of the pool (catalogue C 64).
 MAX_RESPONSE_HEADERS = MAX_HEADERS
 MAX_RESPONSE_LINE = MAX_LINE
@@ -464,16 +465,19 @@ async def _stream(exchange: Exchange, max_body: int, seen: int) -> AsyncIterator
 
 
 def _response_headers(message: Response) -> list[tuple[str, str]]:
-    dropped = _HOP_BY_HOP
     if message.connection:
         # RFC 9110 section 7.6.1: the names a Connection field lists describe this hop too.
-        dropped = dropped | {
+        dropped = _HOP_BY_HOP | {
             token.strip().lower() for value in message.connection for token in value.split(b",")
         }
+        lengths = frozenset(map(len, dropped))
+    else:
+        dropped, lengths = _HOP_BY_HOP, _HOP_BY_HOP_LENGTHS
+    # A name of a length no dropped name has is kept without being lower-cased.
     return [
         (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in message.raw_headers
-        if name.lower() not in dropped
+        if len(name) not in lengths or name.lower() not in dropped
     ]
 
 

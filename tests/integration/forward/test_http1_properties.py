@@ -284,3 +284,66 @@ def test_the_request_head_carries_the_one_configured_host_and_every_other_header
     kept = [f"{name}: {value}" for name, value in headers if name.lower() != "host"]
     framing = [f"content-length: {len(body)}"]
     assert lines == ["POST /x HTTP/1.1", "host: erp.corp.local", *kept, *framing, "", ""]
+
+
+# RFC 9110 section 7.6.1: the hop-by-hop fields, spelt as a target might; framing fields apart.
+_HOP_NAMES = ["keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer"]
+# Names of the same lengths that describe the resource, and names a Connection field may list.
+_END_TO_END = ["keep-alivx", "tx", "trailex", "content-type", "etag", "x-hop", "X-Other"]
+_LISTABLE = ["x-hop", "X-Other", "etag", "tx", "te", "keep-alive", "date"]
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    fields=st.lists(
+        st.tuples(
+            st.sampled_from(_HOP_NAMES + _END_TO_END).flatmap(_any_case),
+            st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True),
+        ),
+        max_size=8,
+    ),
+    listed=st.lists(
+        st.tuples(
+            _any_case("connection"),
+            st.lists(st.sampled_from(_LISTABLE).flatmap(_any_case), max_size=3),
+        ),
+        max_size=2,
+    ),
+)
+async def test_the_answer_keeps_every_field_but_the_hop_by_hop_ones(
+    fields: list[tuple[str, str]], listed: list[tuple[str, list[str]]]
+) -> None:
+    # Each Connection field lists names (any case, spaces around commas) for this hop only.
+    fields = [(name, value) for name, value in fields if name.lower() != "connection"]
+    fields += [(spelt, " , ".join(names)) for spelt, names in listed]
+    reply = (
+        b"HTTP/1.1 200 OK\r\n"
+        + b"".join(f"{name}: {value}\r\n".encode() for name, value in fields)
+        + b"Content-Length: 2\r\n\r\nok"
+    )
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    upstream = Upstream(
+        make_config(), resolver=table({"erp.corp.local": ["10.1.2.3"]}), redirect=Dialled(port)
+    )
+    try:
+        response = await upstream.send(
+            "erp", method="GET", path="/api/x", query=None, headers=[], body=b""
+        )
+        assert await drain(response) == b"ok"
+    finally:
+        await upstream.close()
+        server.close()
+        await server.wait_closed()
+    dropped = {*_HOP_NAMES, "connection", "transfer-encoding", "upgrade", "content-length"}
+    dropped |= {name.lower() for _, names in listed for name in names}
+    assert response.headers == [
+        (name, value) for name, value in fields if name.lower() not in dropped
+    ]
