@@ -165,3 +165,15 @@ def test_record_time_is_rfc3339_utc_to_the_second() -> None:
     expected = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
     assert texts[0] == texts[1] == expected
     assert texts[2] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when + 1))
+
+
+@given(st.floats(min_value=0, max_value=1e9, allow_nan=False))
+def test_record_latency_is_kept_to_the_microsecond(latency: float) -> None:
+    record = AuditRecord(decision_id="d", kind="http", revision="r", started=0.0)
+    record.latency_ms = latency
+    written = orjson.loads(orjson.dumps(record.as_dict()))["latency_ms"]
+    # Within half a microsecond (and the float's own spacing) of the measured time, and
+    # written with at most three decimals, as rounding to three places writes it.
+    assert abs(written - latency) <= 0.0005 + 1e-9 * latency
+    assert written == round(written, 3)
+    assert len(repr(float(written)).partition(".")[2]) <= 3 or "e" in repr(float(written))
