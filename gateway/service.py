@@ -36,7 +36,7 @@ from gateway import __version__, eventloop
 from gateway.auth import BadSignatureLimiter, KeySet, SignatureVerifier, VerifierSettings
 from gateway.auth.errors import SignatureError
 from gateway.auth.keys import KeySetError, PinnedKey, shared_key
-from gateway.auth.replay import ReplayStore
+from gateway.auth.replay import MemoryReplayStore, ReplayStore
 from gateway.auth.replaystores import open_replay_store
 from gateway.config import LoadedConfig, load
 from gateway.config.model import GatewayConfig
@@ -562,9 +562,13 @@ class Agent:
             self._replay.description,
             extra={"event": "replay_store", "kind": config.signatures.replay_store.kind},
         )
+        replay = self._replay
         self._verifier = SignatureVerifier(
             keys,
-            self._replay,
+            # The per-process memory is given to the verifier itself: it then admits a nonce
+            # with a plain call, where the store would add a coroutine per request (its admit
+            # only calls the cache's). The store still closes it at shutdown.
+            replay.cache if isinstance(replay, MemoryReplayStore) else replay,
             gateway_id=config.gateway.id,
             hc_path=hc,
             settings=VerifierSettings(
