@@ -200,7 +200,8 @@ class AuditLog:
         start of the next turn. The returned future is done once the record was written (or
         could not be: a failure is counted and logged as for :meth:`write`); a request's answer
         waits for it, so the answer never leaves before its record. Raises ``ValueError`` as
-        :meth:`write` does. Call it on the event loop's thread only.
+        :meth:`write` does. Call it on one event loop's thread (the gateway's, for the life of
+        the log).
 
         At most :data:`MAX_BATCH` records wait: the one that reaches it writes them all at once.
         A :meth:`write`, :meth:`checkpoint`, :meth:`rotate` or :meth:`close` writes the waiting

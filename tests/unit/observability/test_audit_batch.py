@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -200,3 +201,14 @@ def test_any_mix_of_submits_writes_and_checkpoints_keeps_the_chain_in_order(
         assert json.loads(line)["seq"] == seq
         assert json.loads(line)["prev"] == prev
         prev = line_hash(line)
+
+
+async def test_records_submitted_to_standard_output_are_written_in_order(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    audit = AuditLog(None)
+    await asyncio.gather(*(audit.submit({"decision_id": f"d{n}"}) for n in range(3)))
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["decision_id"] for line in lines] == ["d0", "d1", "d2"]
+    assert [json.loads(line)["seq"] for line in lines] == [0, 1, 2]
+    assert json.loads(lines[1])["prev"] == line_hash(lines[0].encode())
