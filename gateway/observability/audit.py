@@ -191,8 +191,14 @@ class AuditLog:
 
         Raises ``ValueError`` for a record that names its own ``seq`` or ``prev``: its place in
         the chain is the log's to give."""
-        self._chain(record)
-        self._flush()
+        if self._pending:
+            self._chain(record)
+            self._flush()
+            return
+        # Nothing waits (always so without submit): the record alone, without the batch's lists.
+        line = self._line(record)
+        if self._append_lines([line], [line_hash(line)]):
+            self._wrote(1)
 
     def submit(self, record: dict[str, Any]) -> asyncio.Future[None]:
         """Give ``record`` its place in the chain now and write it with the other records
@@ -219,13 +225,19 @@ class AuditLog:
 
     def _chain(self, record: dict[str, Any]) -> None:
         """Serialise ``record`` at the next place in the chain, to be written by :meth:`_flush`."""
+        line = self._line(record)
+        self._pending.append(line)
+        self._hashes.append(line_hash(line))
+
+    def _line(self, record: dict[str, Any]) -> bytes:
+        """``record`` serialised at the next place in the chain, after the records waiting."""
         if "seq" in record or "prev" in record:
             raise ValueError("a decision record cannot name its own place in the chain")
         if not self._restored:
             self._restore()
-        pending, hashes = self._pending, self._hashes
+        pending = self._pending
         if pending:
-            seq, prev = self._seq + len(pending), hashes[-1]
+            seq, prev = self._seq + len(pending), self._hashes[-1]
         else:
             seq, prev = self._seq, self._prev
         # The chain's fields are written in front of the record's own serialisation instead of
@@ -237,8 +249,7 @@ class AuditLog:
             b"," if len(body) > 2 else b"",
             body[1:],
         )
-        pending.append(line)
-        hashes.append(line_hash(line))
+        return line
 
     def _flush_soon(self) -> None:
         """The event loop's turn for the submitted records (:meth:`submit`)."""
@@ -254,22 +265,28 @@ class AuditLog:
         if not lines:
             return
         hashes, waiters = self._hashes, self._waiters
-        self._pending, self._hashes, self._waiters = [], [], []
+        self._pending, self._hashes = [], []
+        if waiters:
+            self._waiters = []
         try:
             written = self._append_lines(lines, hashes)
             if written:
-                self._since_checkpoint += written
-                if (
-                    self._signer is not None
-                    and self._clock() - self._last_checkpoint >= self.rotation.checkpoint_seconds
-                ):
-                    self.checkpoint()
-                if self._rotates:
-                    self._maybe_rotate()
+                self._wrote(written)
         finally:
             for waiter in waiters:
                 if not waiter.done():  # its request may have been cancelled meanwhile
                     waiter.set_result(None)
+
+    def _wrote(self, count: int) -> None:
+        """After ``count`` records were written: a checkpoint or a rotation when one is due."""
+        self._since_checkpoint += count
+        if (
+            self._signer is not None
+            and self._clock() - self._last_checkpoint >= self.rotation.checkpoint_seconds
+        ):
+            self.checkpoint()
+        if self._rotates:
+            self._maybe_rotate()
 
     def checkpoint(self) -> SignedHead | None:
         """Sign the head (writing a checkpoint if records came since the last); None unsigned."""
@@ -354,7 +371,6 @@ class AuditLog:
             self.failing = False
             return len(lines)
         lead = done = 0
-        error: OSError | None = None
         try:
             fd = self._fd if self._fd is not None else self._descriptor(self.path)
             if self._partial:
@@ -373,16 +389,18 @@ class AuditLog:
                 if done != len(data):
                     raise OSError(errno.ENOSPC, "no space left for the decision log")
         except OSError as exc:
-            error = exc
-        if done:
-            self._size += done
-            self._partial = data[done - 1] != _NEWLINE
-        whole = data.count(b"\n", lead, done)
-        if error is not None:
-            self._lost(len(lines) - whole, error)
-        else:
-            self.failing = False
-        return whole
+            # What reached the file: the lines ended in it are whole, a line it stopped in is
+            # the damaged one (the next write ends it), the rest are lost.
+            if done:
+                self._size += done
+                self._partial = data[done - 1] != _NEWLINE
+            whole = data.count(b"\n", lead, done)
+            self._lost(len(lines) - whole, exc)
+            return whole
+        self._size += done
+        self._partial = False
+        self.failing = False
+        return len(lines)
 
     def _lost(self, count: int, exc: OSError) -> None:
         """Count and log ``count`` lines that could not be written; reopen the file next time."""
