@@ -176,10 +176,13 @@ DEFINITIONS: dict[str, Any] = SCHEMA["$defs"]
 PATH_PATTERNS = ("/api/*", "/a/**", "/", "/api/orders/", "/*")
 BAD_PATH_PATTERNS = ("/a//b", "/%2F", "api", "/a/**/b", "")
 # Values of the wrong kind, or at an edge, for any place in the document.
+# sampled_from hands out the very objects in its list: the containers among them are copied at
+# each draw, or an edit of one document would change the next draws (and once a container held
+# itself, walking the document never ended).
 ODD: st.SearchStrategy[Any] = st.one_of(
     st.sampled_from(
         [None, True, False, 0, -1, 1.0, 8443.0, 65536, 2**63, "", "x" * 300, [], {}, [1, 1]]
-    ),
+    ).map(copy.deepcopy),
     VALUES,
 )
 
