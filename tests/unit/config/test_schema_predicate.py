@@ -12,6 +12,7 @@ again.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from gateway.config.model import PATH_PATTERN_FORMAT, json_schema
 from gateway.config.schema_predicate import DIALECT, UnsupportedSchemaError, compile_schema
 from gateway.config.yamlsafe import parse
 from tests.unit.config.conftest import BASE
+
+# Tens of seconds: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[3]
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -57,6 +61,10 @@ COUNT = st.integers(0, 3)
 DEFS = ("D0", "D1", "D2")
 
 
+# The strategies below are built once and reused by every example: building and validating a
+# hypothesis strategy costs far more than drawing from it, and a fresh one per example made these
+# differentials the slowest tests of the suite without drawing anything different.
+@functools.cache
 def _leaf_keywords(*, refs: bool = True) -> st.SearchStrategy[dict[str, Any]]:
     # Definitions refer to nothing: a definition that refers to itself never ends, for both.
     reference = st.sampled_from([f"#/$defs/{name}" for name in DEFS])
@@ -95,6 +103,7 @@ def _leaf_keywords(*, refs: bool = True) -> st.SearchStrategy[dict[str, Any]]:
     return st.lists(keyword, max_size=4).map(dict)
 
 
+@functools.cache
 def _schemas() -> st.SearchStrategy[Any]:
     leaf = st.one_of(st.booleans(), _leaf_keywords())
 
@@ -214,10 +223,32 @@ def _string(draw: st.DrawFn, schema: dict[str, Any]) -> Any:
     if schema.get("format") == PATH_PATTERN_FORMAT:
         return draw(st.sampled_from(BAD_PATH_PATTERNS if _rarely(draw) else PATH_PATTERNS))
     if "pattern" in schema and not _rarely(draw):
-        return draw(st.from_regex(schema["pattern"], fullmatch=True).filter(lambda s: len(s) < 300))
-    return draw(
-        st.text(min_size=schema.get("minLength", 0), max_size=schema.get("maxLength", 20) + 1)
-    )
+        return draw(_matching(schema["pattern"], shorter_than=300))
+    return draw(_text(schema.get("minLength", 0), schema.get("maxLength", 20) + 1))
+
+
+@functools.cache
+def _matching(pattern: str, *, shorter_than: int | None = None) -> st.SearchStrategy[str]:
+    strings = st.from_regex(pattern, fullmatch=True)
+    return strings if shorter_than is None else strings.filter(lambda s: len(s) < shorter_than)
+
+
+@functools.cache
+def _text(least: int, most: int) -> st.SearchStrategy[str]:
+    return st.text(min_size=least, max_size=most)
+
+
+# A document strategy per place in the schema and depth, built once (see _leaf_keywords). Each
+# entry keeps its schema alive, so no other object can take over its id.
+_DOCUMENTS: dict[tuple[int, int], tuple[Any, st.SearchStrategy[Any]]] = {}
+_ANY_SCHEMA: dict[str, Any] = {}
+
+
+def _documents(schema: Any, depth: int) -> st.SearchStrategy[Any]:
+    key = (id(schema), depth)
+    if key not in _DOCUMENTS:
+        _DOCUMENTS[key] = (schema, documents(schema, depth))
+    return _DOCUMENTS[key][1]
 
 
 @st.composite
@@ -227,7 +258,7 @@ def documents(draw: st.DrawFn, schema: Any, depth: int = 0) -> Any:
     if not isinstance(schema, dict):
         return draw(VALUES)
     if "anyOf" in schema:
-        return draw(documents(draw(st.sampled_from(schema["anyOf"])), depth))
+        return draw(_documents(draw(st.sampled_from(schema["anyOf"])), depth))
     if "const" in schema:
         return schema["const"]
     kind = schema.get("type")
@@ -240,12 +271,12 @@ def documents(draw: st.DrawFn, schema: Any, depth: int = 0) -> Any:
             chosen = [draw(st.sampled_from(sorted(properties)))] if properties else []
         for name in chosen:
             if depth < 20:
-                result[name] = draw(documents(properties[name], depth + 1))
+                result[name] = draw(_documents(properties[name], depth + 1))
         for pattern, sub in schema.get("patternProperties", {}).items():
             for _ in range(draw(st.integers(0 if depth else 1, 2))):
                 bad = _rarely(draw)
-                key = "Bad Name" if bad else draw(st.from_regex(pattern, fullmatch=True))
-                result[key] = draw(documents(sub, depth + 1))
+                key = "Bad Name" if bad else draw(_matching(pattern))
+                result[key] = draw(_documents(sub, depth + 1))
         if _rarely(draw):
             result[draw(st.sampled_from(["unknown", "hosts", "Version"]))] = draw(VALUES)
         return result
@@ -254,7 +285,7 @@ def documents(draw: st.DrawFn, schema: Any, depth: int = 0) -> Any:
         unique = schema.get("uniqueItems", False) and not _rarely(draw)
         items = draw(
             st.lists(
-                documents(schema.get("items", {}), depth + 1),
+                _documents(schema.get("items", _ANY_SCHEMA), depth + 1),
                 min_size=least,
                 max_size=3,
                 unique_by=repr if unique else None,
