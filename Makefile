@@ -32,8 +32,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The suite runs on every core: pytest-xdist starts one worker process per core (-n auto) and
+# hands each a whole test file at a time (--dist loadfile), because a file's tests share
+# module-scoped servers and processes and some follow one gateway through its life in order.
+# Files go out in the order tests/conftest.py gives them, the long ones (marked slow) first
+# (--no-loadscope-reorder keeps that order), so none is left running alone at the end.
+# pytest-cov combines the workers' coverage. `-n 0` on the command line runs it in one process.
+PARALLEL = -n auto --dist loadfile --no-loadscope-reorder
+
 unit: $(STAMP)
-	$(BIN)/python -m pytest --cov --cov-report=term -q
+	$(BIN)/python -m pytest $(PARALLEL) --cov --cov-report=term -q
 
 test: lint typecheck unit
 
@@ -52,7 +60,7 @@ UVLOOP_SUITES = tests/integration/relay tests/integration/forward tests/integrat
 	tests/integration/identity/test_identity_proxy.py \
 	tests/integration/streams/test_pipeline_streams.py tests/integration/test_end_to_end.py
 test-uvloop: $(STAMP)
-	TEST_EVENT_LOOP=uvloop $(BIN)/python -m pytest -q -p no:cacheprovider $(UVLOOP_SUITES)
+	TEST_EVENT_LOOP=uvloop $(BIN)/python -m pytest $(PARALLEL) -q -p no:cacheprovider $(UVLOOP_SUITES)
 
 # Long forms of the proof suites (the short forms run in `make test`).
 fuzz: $(STAMP)

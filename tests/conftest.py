@@ -57,3 +57,16 @@ settings.register_profile(
     database=None,
 )
 settings.load_profile("mutation" if "MUTANT_UNDER_TEST" in os.environ else "gateway")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the files that hold a test marked ``slow`` first, every file's tests in their order.
+
+    ``make test`` spreads the suite over one pytest-xdist worker per core, a file at a time
+    (``--dist loadfile``: a file's tests share module-scoped servers and processes, and some
+    follow one process through its life in order). A long file handed out last would keep one
+    worker busy while the others have nothing left to do; handed out first, the short files
+    fill in beside it. The order is the same in every worker, as pytest-xdist requires.
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow)  # stable: the rest keeps its order

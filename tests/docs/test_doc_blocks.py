@@ -24,6 +24,9 @@ from gateway import cli, service
 from gateway.commands import audit, explain, replay, sign
 from gateway.gitops import diff
 
+# Tens of seconds: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [
     ROOT / "README.md",

@@ -17,7 +17,8 @@ import pytest
 from tests.faults import scenarios
 from tests.faults.scenarios import Figures
 
-pytestmark = pytest.mark.asyncio
+# Tens of seconds: started first in a parallel run (tests/conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
 
 def report(figures: Figures) -> dict[str, Any]:

@@ -15,10 +15,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("atheris") is None,
-    reason="atheris is not installed (pip install atheris; it is a dev extra)",
-)
+# Tens of seconds: started first in a parallel run (tests/conftest.py).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("atheris") is None,
+        reason="atheris is not installed (pip install atheris; it is a dev extra)",
+    ),
+]
 
 
 def test_fuzz_targets_hold_their_invariants_for_a_short_run(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
@@ -28,6 +29,9 @@ from gateway.forward.canonical import CanonicalRequest, RequestRejected, canonic
 from gateway.policy.input import build_input
 from gateway.policy.loader import build_engine
 from tests.fuzz.strategies import operation_sets, paths_near, request_methods, request_paths
+
+# Tens of seconds: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 

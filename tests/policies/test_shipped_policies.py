@@ -10,7 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gateway.policy.cache import strip_comments
+
+# Tens of seconds: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parents[2]
 POLICIES = ROOT / "policies"

@@ -29,7 +29,8 @@ from gateway.commands.replay import candidate, replay_files
 from gateway.forward.http1 import KEEPALIVE_SECONDS
 from tests.soak.harness import soak, summary
 
-pytestmark = pytest.mark.asyncio
+# Tens of seconds: started first in a parallel run (tests/conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
 
 async def test_fixed_rate_load_keeps_rss_descriptors_and_tasks_flat(tmp_path: Path) -> None:

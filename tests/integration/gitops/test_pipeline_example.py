@@ -31,7 +31,11 @@ ROOT = Path(__file__).parents[3]
 WORKFLOW = ROOT / "examples" / "gitops" / "github-actions.yml"
 BASH = shutil.which("bash")
 GIT = shutil.which("git")
-pytestmark = pytest.mark.skipif(BASH is None or GIT is None, reason="needs bash and git")
+# Tens of seconds: started first in a parallel run (tests/conftest.py).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(BASH is None or GIT is None, reason="needs bash and git"),
+]
 
 SIGNED = BASE + "config_signature:\n  required: true\n  public_keys: [release.pem.pub]\n"
 

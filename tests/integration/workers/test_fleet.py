@@ -33,7 +33,8 @@ import pytest_asyncio
 from gateway.cli import main
 from tests.integration.workers.harness import START_TIMEOUT, Fleet, Gateway, Outcome
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# Tens of seconds: started first in a parallel run (tests/conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 GATEWAYS = 3
 WORKERS = 2

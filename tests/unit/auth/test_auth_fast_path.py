@@ -39,6 +39,9 @@ from tests.unit.auth.harness import (
     package_components,
 )
 
+# Tens of seconds: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 # Characters that matter to RFC 8941 and RFC 3986 grammars, plus a few that never may appear.
 SPECIAL = [*" ()\";=:,\\?#%/@*-._~+&!$'\t\r\n\x00\x7fé", "%2", "%zz", "%41", "=="]
 VALID_KEYS = st.sampled_from(["eid", "sig", "a*b", "x-1", "*", "e_i.d", "created", "nonce"])

@@ -27,6 +27,9 @@ from gateway.policy.loader import load_policies
 from tests.unit.ldap.directory_config import embedded_chain, facts, load_directory, search
 from tests.unit.ldap.dn_strategies import dns, render
 
+# Tens of seconds: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 TIER0 = Dn.parse("OU=Tier0,DC=corp,DC=example")
 
 # Spellings of OU=Tier0 and of things that only look like it.

@@ -21,6 +21,9 @@ import pytest
 from gateway.cli import main
 from tests.unit.policy.conftest import ROOT, SHIPPED_POLICIES, TARGETS, config_text
 
+# Tens of seconds: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 DOC = ROOT / "docs" / "policy.md"
 _BLOCK = re.compile(r"^( *)```rego\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
 _TEST_RULE = re.compile(r"^(test_[A-Za-z0-9_]*)\b", re.MULTILINE)

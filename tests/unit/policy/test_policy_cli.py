@@ -11,6 +11,9 @@ import pytest
 from gateway.cli import main
 from tests.unit.policy.conftest import SHIPPED_POLICIES, config_text
 
+# Tens of seconds: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:

@@ -17,6 +17,9 @@ import pytest
 from gateway.cli import main
 from tests.unit.policy.conftest import SHIPPED_POLICIES, config_text
 
+# Tens of seconds: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 REQUEST = (
     'req := {"target": "erp", "method": "GET", "path_segments": ["api", "orders"],\n'
     '\t"trailing_slash": false, "websocket": false, "signature": {"verified": true}}\n'
