@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from pathlib import Path
-
-import pytest
 
 from gateway.devkit.stack import SampleTargets
 from gateway.observability.audit import AuditLog
@@ -25,14 +23,6 @@ from gateway.relay.handlers import RelayedRequest
 from tests.integration.pipeline_parts import HC, NAMESPACE, pipeline_parts
 
 IN_FLIGHT = 24
-
-
-@pytest.fixture
-async def targets() -> AsyncIterator[SampleTargets]:
-    sample = SampleTargets()
-    await sample.start()
-    yield sample
-    await sample.stop()
 
 
 async def test_each_answer_waits_for_its_record_and_the_log_is_one_chain(

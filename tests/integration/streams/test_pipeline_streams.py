@@ -20,14 +20,6 @@ WAIT = 60.0  # bound for a single wait; each ends as soon as its event comes
 
 
 @pytest.fixture
-async def targets() -> AsyncIterator[SampleTargets]:
-    sample = SampleTargets()
-    await sample.start()
-    yield sample
-    await sample.stop()
-
-
-@pytest.fixture
 async def pipeline(
     request: pytest.FixtureRequest, tmp_path: Path, targets: SampleTargets
 ) -> AsyncIterator[tuple[Pipeline, list[AuditRecord], RequestSigner]]:

@@ -109,14 +109,6 @@ async def relay_leg() -> AsyncIterator[tuple[RelayLeg, GatewaySide]]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def targets() -> AsyncIterator[SampleTargets]:
-    sample = SampleTargets()
-    await sample.start()
-    yield sample
-    await sample.stop()
-
-
 def config(scheme: str, port: int, tls: dict[str, Any] | None = None) -> GatewayConfig:
     target: dict[str, Any] = {
         "scheme": scheme,
