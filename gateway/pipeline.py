@@ -1029,7 +1029,7 @@ class Pipeline:
             # records submitted before it), without a turn of the event loop.
             self._finish(record)
         else:
-            written = self._finish_soon(record, submit)
+            written = self._finish(record, submit)
             if written is not None:
                 # The answer leaves only once its record is written (or counted as lost).
                 await written
@@ -1096,28 +1096,27 @@ class Pipeline:
         else:
             self._finish(record)
 
-    def _finish(self, record: AuditRecord) -> None:
+    def _finish(
+        self, record: AuditRecord, submit: AuditSubmit | None = None
+    ) -> Awaitable[None] | None:
         reason = record.reasons[0] if record.reasons else ""
         self._metrics.outcome(record.result, reason).finished(record.latency_ms / 1000)
-        self._record(record)
+        return self._record(record, submit)
 
-    def _finish_soon(self, record: AuditRecord, submit: AuditSubmit) -> Awaitable[None] | None:
-        """:meth:`_finish` with the record submitted (:data:`AuditSubmit`); what to await."""
-        reason = record.reasons[0] if record.reasons else ""
-        self._metrics.outcome(record.result, reason).finished(record.latency_ms / 1000)
+    def _record(
+        self, record: AuditRecord, submit: AuditSubmit | None = None
+    ) -> Awaitable[None] | None:
+        """Write ``record`` now, or hand it to ``submit`` (:data:`AuditSubmit`); what to await
+        before the answer is sent."""
         try:
+            if submit is None:
+                self._audit(record)
+                return None
             return submit(record)
         except Exception:  # the audit log must never take a request down with it
             self._metrics.audit_write_failures.inc()
             log.exception("audit record could not be written", extra={"event": "audit_error"})
             return None
-
-    def _record(self, record: AuditRecord) -> None:
-        try:
-            self._audit(record)
-        except Exception:  # the audit log must never take a request down with it
-            self._metrics.audit_write_failures.inc()
-            log.exception("audit record could not be written", extra={"event": "audit_error"})
 
     # --- streams ---------------------------------------------------------------------------------
 
