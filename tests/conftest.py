@@ -23,7 +23,8 @@ survives the same way each time and the committed report can be reproduced.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+import socket
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -70,3 +71,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
     items.sort(key=lambda item: item.path not in slow)  # stable: the rest keeps its order
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port the test listens on for as long as it runs: a server started on it must
+    find it taken (gateway.devkit.ports)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield int(holder.getsockname()[1])

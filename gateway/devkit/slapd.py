@@ -6,10 +6,10 @@ stripping can be shown on a real entry), one ``mdb`` database for ``dc=example,d
 offline with ``slapadd``, an ``ldapi://`` socket and, when asked, TLS listeners on loopback:
 ``ldap://`` (StartTLS) and ``ldaps://`` with a server certificate from a throw-away CA. The TCP
 ports are ones the kernel handed out for port 0 (slapd itself reads port 0 as "the default"),
-with a new start on other ports if one was taken meanwhile. slapd runs in the foreground as a
-child process with the ``stats`` log level: every connection and operation it receives is a line
-of :attr:`Slapd.log_path`, which the tests read to show that what the gateway refused never
-reached the directory.
+with a new start on other ports if one was taken meanwhile (:mod:`gateway.devkit.ports`). slapd
+runs in the foreground as a child process with the ``stats`` log level: every connection and
+operation it receives is a line of :attr:`Slapd.log_path`, which the tests read to show that
+what the gateway refused never reached the directory.
 
 Debian: ``apt-get install slapd ldap-utils`` (``.ci/run`` installs them). Nothing else here is
 needed: the demo says the LDAP steps were skipped, and why, when :func:`unavailable_reason` is
@@ -24,11 +24,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from gateway.devkit.ports import start_on_free_ports, stop_process, wait_started
 
 SLAPD = shutil.which("slapd") or "/usr/sbin/slapd"
 SLAPADD = shutil.which("slapadd") or "/usr/sbin/slapadd"
@@ -42,7 +43,6 @@ SERVICE_DN = f"cn=empowerid,ou=Service,{SUFFIX}"
 SERVICE_PASSWORD = "directory-service-password"  # noqa: S105 - throwaway test account
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-START_ATTEMPTS = 5
 # slapd's "stats" log level (slapd.conf(5), loglevel 256): connections and operations.
 STATS_LOG_LEVEL = "256"
 # Microsoft's OID for the legacy LAPS password attribute (ms-Mcs-AdmPwd).
@@ -149,19 +149,6 @@ def _ready(path: Path) -> bool:
     return True
 
 
-def _ephemeral_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports the kernel has just handed out (bound to port 0, then
-    released for slapd, which reads ``:0`` in a URL as the scheme's default port)."""
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
-
-
 def _load(workdir: Path, ldif: str) -> None:
     (workdir / "data.ldif").write_text(ldif, encoding="utf-8")
     subprocess.run(  # noqa: S603 - fixed tool, arguments built here
@@ -172,44 +159,43 @@ def _load(workdir: Path, ldif: str) -> None:
     )
 
 
-@contextlib.contextmanager
-def _slapd(workdir: Path, urls: list[str], *, last: bool) -> Iterator[bool]:
-    """Run slapd on ``urls`` until the block ends; yields False if it exited while starting
-    (and ``last`` is False: the caller tries again), raises if it did not start otherwise."""
-    with (workdir / "slapd.log").open("ab") as log:
+def _launch(workdir: Path, urls: list[str]) -> subprocess.Popen[bytes]:
+    """slapd on ``urls``, once its Unix socket answers (it binds every listener before it
+    listens on any: see :mod:`gateway.devkit.ports` for a TCP port another process took)."""
+    log_path = workdir / "slapd.log"
+    with log_path.open("wb") as log:  # an earlier attempt's log is not this one's
         process = subprocess.Popen(  # noqa: S603 - fixed tool, arguments built here
             [SLAPD, "-f", str(workdir / "slapd.conf"), "-h", " ".join(urls), "-d", STATS_LOG_LEVEL],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _ready(workdir / "ldapi"):
-            exited = process.poll() is not None
-            if (exited and last) or time.monotonic() > deadline:
-                raise RuntimeError(
-                    "slapd did not start: " + (workdir / "slapd.log").read_text()[-2000:]
-                )
-            if exited:
-                yield False
-                return
-            time.sleep(0.05)
-        yield True
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
+    wait_started(
+        process,
+        lambda: _ready(workdir / "ldapi"),
+        lambda: log_path.read_text(errors="replace"),
+        name="slapd",
+        timeout=START_TIMEOUT,
+        stop=lambda: _stop(process),
+    )
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    stop_process(process, STOP_TIMEOUT, graceful=True)
 
 
 @contextlib.contextmanager
-def running_slapd(*, tls: SlapdTls | None = None, ldif: str | None = None) -> Iterator[Slapd]:
+def running_slapd(
+    *,
+    tls: SlapdTls | None = None,
+    ldif: str | None = None,
+    first_ports: Sequence[int] | None = None,
+) -> Iterator[Slapd]:
     """Start slapd in a fresh temporary directory; stop it and remove everything afterwards.
 
-    ``tls``: also listen on loopback with ldap:// (StartTLS) and ldaps://. ``ldif``: entries to
-    load before it starts (the suffix entry must be among them).
+    ``tls``: also listen on loopback with ldap:// (StartTLS) and ldaps://, on two ports the
+    kernel just handed out (``first_ports`` first, when given; others while one is taken).
+    ``ldif``: entries to load before it starts (the suffix entry must be among them).
     """
     workdir = Path(tempfile.mkdtemp(prefix="slapd-"))
     try:
@@ -218,18 +204,21 @@ def running_slapd(*, tls: SlapdTls | None = None, ldif: str | None = None) -> It
         if ldif is not None:
             _load(workdir, ldif)
         socket_path = workdir / "ldapi"
-        # Another process may take a released port before slapd binds it: try again with new
-        # ones (slapd exits when a listener cannot bind).
-        for attempt in range(START_ATTEMPTS):
-            ports = _ephemeral_ports(2) if tls is not None else [0, 0]
+
+        def launch(ports: list[int]) -> tuple[subprocess.Popen[bytes], list[int]]:
             urls = ["ldapi://" + urllib.parse.quote(str(socket_path), safe="")]
             if tls is not None:
                 urls += [f"ldap://127.0.0.1:{ports[0]}/", f"ldaps://127.0.0.1:{ports[1]}/"]
-            with _slapd(workdir, urls, last=attempt == START_ATTEMPTS - 1) as started:
-                if not started:
-                    continue
-                yield Slapd(socket_path, workdir, ldap_port=ports[0], ldaps_port=ports[1])
-                return
+            return _launch(workdir, urls), ports
+
+        if tls is None:
+            process, ports = launch([0, 0])  # a Unix socket only: no port anyone could take
+        else:
+            process, ports = start_on_free_ports(launch, name="slapd", count=2, first=first_ports)
+        try:
+            yield Slapd(socket_path, workdir, ldap_port=ports[0], ldaps_port=ports[1])
+        finally:
+            _stop(process)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -266,9 +255,12 @@ def sample_ldif(*, people: int = 3, extra: Sequence[str] = ()) -> str:
 
 
 @contextlib.contextmanager
-def sample_directory(workdir: Path, *, people: int = 3) -> Iterator[Slapd]:
+def sample_directory(
+    workdir: Path, *, people: int = 3, first_ports: Sequence[int] | None = None
+) -> Iterator[Slapd]:
     """slapd with the :func:`sample_ldif` directory and TLS listeners whose certificate (for
-    ``localhost`` and 127.0.0.1) comes from a throw-away CA written to ``workdir/ca.pem``."""
+    ``localhost`` and 127.0.0.1) comes from a throw-away CA written to ``workdir/ca.pem``
+    (``first_ports``: as for :func:`running_slapd`)."""
     # Imported here: the control-plane simulator's CA is the devkit's only certificate factory.
     from gateway.devkit.controlplane import DevCA
 
@@ -280,7 +272,8 @@ def sample_directory(workdir: Path, *, people: int = 3) -> Iterator[Slapd]:
     (workdir / "key.pem").chmod(0o600)
     (workdir / "ca.pem").write_bytes(ca.pem)
     tls = SlapdTls(workdir / "cert.pem", workdir / "key.pem", workdir / "ca.pem")
-    with running_slapd(tls=tls, ldif=sample_ldif(people=people)) as slapd:
+    ldif = sample_ldif(people=people)
+    with running_slapd(tls=tls, ldif=ldif, first_ports=first_ports) as slapd:
         yield slapd
 
 

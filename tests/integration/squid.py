@@ -8,7 +8,9 @@ cache directories, PID file and logs inside the directory, DNS pointed at 127.0.
 leaves the host, client access from 127.0.0.1 only and tunnels to 127.0.0.0/8 only. Destinations in
 127.0.0.2/32 are refused on purpose (403) so tests can see a refused ``CONNECT``. With
 ``with_auth=True`` squid demands Basic credentials checked by ``basic_ncsa_auth`` against an
-htpasswd file made here with ``openssl passwd -apr1``.
+htpasswd file made here with ``openssl passwd -apr1``. squid cannot report a port it picked
+itself, so it is given one and started again on another when that one turns out taken
+(:mod:`gateway.devkit.ports`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from gateway.devkit.ports import start_on_free_ports, stop_process, wait_started
 
 SQUID = shutil.which("squid") or "/usr/sbin/squid"
 NCSA_HELPER = Path("/usr/lib/squid/basic_ncsa_auth")
@@ -77,13 +81,6 @@ def squid_unavailable_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _write_config(workdir: Path, port: int, with_auth: bool) -> Path:
     lines = [
         f"http_port 127.0.0.1:{port}",
@@ -133,44 +130,57 @@ def _write_config(workdir: Path, port: int, with_auth: bool) -> Path:
     return config
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, workdir: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log = (workdir / "cache.log").read_text() if (workdir / "cache.log").exists() else ""
-            raise RuntimeError(f"squid exited with {proc.returncode}:\n{log[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"squid did not listen on 127.0.0.1:{port} within {START_TIMEOUT} s")
+def _launch(workdir: Path, port: int, with_auth: bool) -> subprocess.Popen[bytes]:
+    """squid on ``port``, once it accepts connections there (PortTaken if another process holds
+    the port: squid then says so in cache.log and exits)."""
+    config = _write_config(workdir, port, with_auth)
+    log = workdir / "cache.log"
+    log.unlink(missing_ok=True)  # an earlier attempt's log is not this one's
+    proc = subprocess.Popen(
+        [SQUID, "-N", "-f", str(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def output() -> str:
+        return log.read_text(errors="replace") if log.exists() else ""
+
+    def ready() -> bool:
+        # squid logs this once its own socket listens; the connection shows it is reachable.
+        if "Accepting HTTP Socket connections at conn" not in output():
+            return False
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 5):
+            return True
+        return False
+
+    wait_started(proc, ready, output, name="squid", timeout=START_TIMEOUT, stop=lambda: _stop(proc))
+    return proc
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     # A graceful SIGTERM costs squid two seconds even with shutdown_lifetime 0; this instance keeps
     # no cache or state worth flushing, and its auth helpers exit on EOF when it dies.
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(STOP_TIMEOUT)
+    stop_process(proc, STOP_TIMEOUT, graceful=False)
 
 
 @contextlib.contextmanager
-def run_squid(*, with_auth: bool) -> Iterator[Squid]:
-    """Start squid in the foreground on a free loopback port, yield it, stop it."""
+def run_squid(*, with_auth: bool, first_port: int | None = None) -> Iterator[Squid]:
+    """Start squid in the foreground on a free loopback port (``first_port`` first, when given;
+    another if that one is taken), yield it, stop it."""
     workdir = Path(tempfile.mkdtemp(prefix="gw-squid-"))
     try:
         if os.geteuid() == 0:
             # Logs and the auth helper run as the unprivileged account.
             shutil.chown(workdir, user="proxy")
-        port = _free_port()
-        config = _write_config(workdir, port, with_auth)
-        proc = subprocess.Popen(
-            [SQUID, "-N", "-f", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+
+        def launch(ports: list[int]) -> tuple[subprocess.Popen[bytes], int]:
+            return _launch(workdir, ports[0], with_auth), ports[0]
+
+        proc, port = start_on_free_ports(
+            launch, name="squid", first=None if first_port is None else [first_port]
         )
         try:
-            _wait_ready(proc, port, workdir)
             yield Squid(port=port, workdir=workdir, with_auth=with_auth)
         finally:
             _stop(proc)

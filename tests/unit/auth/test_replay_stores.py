@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -783,7 +784,11 @@ async def test_a_barrier_set_by_another_gateway_is_never_moved(redis_server: Red
 
 
 async def test_redis_unreachable_fails_closed() -> None:
-    server = RedisServer(Path("/nonexistent"))  # never started: nothing listens on its port
+    # A port this test holds bound without listening: connections to it are refused, and no
+    # other process can start listening there meanwhile.
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    server = RedisServer(Path("/nonexistent"), ports=[held.getsockname()[1]])  # never started
     clock = Clock()
     store = make_store(server, clock, timeout_seconds=FAILING_TIMEOUT)
     try:
@@ -793,6 +798,7 @@ async def test_redis_unreachable_fails_closed() -> None:
             await store.initialise()
     finally:
         await store.close()
+        held.close()
 
 
 async def test_redis_over_tls_verifies_the_server(
