@@ -65,12 +65,14 @@ from gateway.hybridconnection.framing import (
     request_frames,
 )
 from gateway.hybridconnection.messages import (
+    MAX_HEADER_METADATA,
     MAX_HEADERS,
     AcceptCommand,
     RemoteEndpoint,
     RendezvousRequestCommand,
     RequestCommand,
     encode_command,
+    header_metadata_size,
 )
 from gateway.hybridconnection.sas import create_token, parse_token, resource_uri, validate_token
 
@@ -84,8 +86,6 @@ RESPONSE_TIMEOUT: Final = 60.0
 RENDEZVOUS_TTL: Final = 30.0
 # Section 7: connections without traffic are dropped after about 4 minutes.
 IDLE_TIMEOUT: Final = 240.0
-# Section 5.2: at most 32 KB of header metadata.
-MAX_HEADER_METADATA: Final = 32 * 1024
 DEFAULT_MAX_BODY: Final = 64 * 1024 * 1024
 # Bound on outstanding rendezvous addresses, so a flood of senders cannot grow memory forever.
 MAX_PENDING_RENDEZVOUS: Final = 10_000
@@ -868,7 +868,7 @@ class RelayEmulator:
                 return refusal
         headers = _forward_headers(request.headers, drop_authorization=used_authorization)
         headers["Via"] = _via(headers.get("Via"), self._namespace_for(request))
-        if len(headers) > MAX_HEADERS or _metadata_size(headers) > MAX_HEADER_METADATA:
+        if len(headers) > MAX_HEADERS or header_metadata_size(headers) > MAX_HEADER_METADATA:
             return _error(431, "Request header metadata exceeds 32 KB")
         try:
             body = await request.read()
@@ -891,7 +891,7 @@ class RelayEmulator:
         # or chunked, by rendezvous.
         inline = not body or (
             request.content_length is not None
-            and _metadata_size(headers) + len(body) <= self._inline_limit
+            and header_metadata_size(headers) + len(body) <= self._inline_limit
         )
         exchange.request_id = command.id
         sender = request.transport
@@ -1012,7 +1012,7 @@ class RelayEmulator:
             request_headers=dict(headers),
             body=bool(body),
         )
-        inline = _metadata_size(command.request_headers) + len(body) <= self._inline_limit
+        inline = header_metadata_size(command.request_headers) + len(body) <= self._inline_limit
         try:
             return await self._exchange(listener, command, body, inline=inline)
         except _RendezvousTableFullError:
@@ -1024,6 +1024,9 @@ class RelayEmulator:
         if status < 200:
             # Choice: an interim (1xx) status cannot be a final answer over HTTP/1.1.
             return _error(502, "The listener sent an interim status code.")
+        if header_metadata_size(command.response_headers) > MAX_HEADER_METADATA:
+            # Section 5.2: the service carries at most 32 KB of header metadata, answers too.
+            return _error(502, "The listener's response header metadata exceeds 32 KB.")
         reply = web.StreamResponse(status=status, reason=command.status_description or None)
         for name, value in command.response_headers.items():
             if name.lower() not in CONNECTION_HEADERS:
@@ -1357,10 +1360,6 @@ def _forward_headers(
 def _via(existing: str | None, namespace: str) -> str:
     entry = f"1.1 {namespace}"
     return f"{existing}, {entry}" if existing else entry
-
-
-def _metadata_size(headers: Mapping[str, str]) -> int:
-    return sum(len(name) + len(value) + 4 for name, value in headers.items())
 
 
 def _id_list(value: str | None) -> set[str]:

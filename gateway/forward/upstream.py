@@ -43,6 +43,7 @@ from gateway.forward.http1 import (
     Response,
     request_head,
 )
+from gateway.hybridconnection.messages import MAX_HEADER_METADATA
 
 if TYPE_CHECKING:
     import aiohttp
@@ -363,7 +364,11 @@ class Upstream:
             except BaseException:
                 exchange.release()
                 raise
-            return _response(exchange, first, plan.max_body)
+            try:
+                return _response(exchange, first, plan.max_body)
+            except UpstreamError:
+                exchange.release()
+                raise
         except DialError as refused:
             raise UpstreamError(refused.code, str(refused), refused.status) from None
         except ExchangeError as failed:
@@ -474,11 +479,20 @@ def _response_headers(message: Response) -> list[tuple[str, str]]:
     else:
         dropped, lengths = _HOP_BY_HOP, _HOP_BY_HOP_LENGTHS
     # A name of a length no dropped name has is kept without being lower-cased.
-    return [
+    kept = [
         (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in message.raw_headers
         if len(name) not in lengths or name.lower() not in dropped
     ]
+    # Protocol notes sections 5.2 and 7: the relay carries at most 32 KB of header metadata
+    # (name, value and four bytes each); a larger answer would cost the relay socket it travels
+    # on, so it is refused here with its own reason (catalogue C 64).
+    if len(kept) * 4 + sum(len(name) + len(value) for name, value in kept) > MAX_HEADER_METADATA:
+        raise UpstreamError(
+            "upstream_headers_too_large",
+            f"bad response: headers over the relay's {MAX_HEADER_METADATA} bytes",
+        )
+    return kept
 
 
 async def drain(response: UpstreamResponse) -> bytes:

@@ -54,12 +54,17 @@ from gateway.hybridconnection.framing import (
 )
 from gateway.hybridconnection.messages import (
     FIELD_BYTES,
+    MAX_CONTROL_MESSAGE_SIZE,
+    MAX_FIELD_LENGTH,
+    MAX_HEADER_METADATA,
+    MAX_HEADERS,
     TOKEN_BYTES,
     AcceptCommand,
     RenewTokenCommand,
     RequestCommand,
     ResponseCommand,
     command_bytes,
+    header_metadata_size,
     response_bytes,
 )
 from gateway.hybridconnection.records import slot_setters
@@ -488,8 +493,10 @@ def prepare_response(
 ) -> PreparedResponse:
     """Turn the application's answer into a ``response`` message and its route (section 5.3).
 
-    The status must be 100-999; a header that is not valid HTTP replaces the whole answer with a
-    bodiless ``500`` (``valid`` false) rather than sending half of it.
+    The status must be 100-999; a header that is not valid HTTP, or headers the relay would not
+    read (more than it carries, or a ``response`` message over its 64 KiB control-message
+    size), replace the whole answer with a bodiless ``500`` (``valid`` false) rather than
+    sending half of it or a message the relay refuses.
     """
     body = response.body
     streamed = not isinstance(body, bytes)
@@ -499,16 +506,7 @@ def prepare_response(
         if not 100 <= status <= 999:
             raise ValueError("status outside 100-999")
     except ValueError:
-        return PreparedResponse(
-            request_id,
-            500,
-            _PHRASES[500],
-            {},
-            None,
-            streamed=False,
-            valid=False,
-            route=choose_response_route(0, arrived_on=arrived_on),
-        )
+        return _invalid(request_id, arrived_on)
     if streamed:
         complete = None
         route = choose_response_route(None, arrived_on=arrived_on)
@@ -516,8 +514,43 @@ def prepare_response(
         assert isinstance(body, bytes)
         complete = body or None
         route = choose_response_route(len(body), arrived_on=arrived_on)
-    return PreparedResponse(
+    prepared = PreparedResponse(
         request_id, status, _reason(response), headers, complete, streamed, True, route
+    )
+    if len(headers) > MAX_HEADERS or (
+        # A value, or the metadata, takes at least as many bytes in the JSON text: a smaller
+        # message cannot be over either bound (the common case, no count needed).
+        len(prepared.payload) > MAX_FIELD_LENGTH and not _carried(prepared.payload, headers)
+    ):
+        # Sections 5.2, 5.4 and 7: the relay reads a control message of at most 64 KiB and
+        # carries at most 32 KB of header metadata, on either kind of socket. A message it
+        # cannot read is not refused for this request alone: the relay drops the socket it
+        # came on, with every answer still due on it.
+        return _invalid(request_id, arrived_on)
+    return prepared
+
+
+def _carried(payload: bytes, headers: dict[str, str]) -> bool:
+    """Whether the relay reads a ``response`` message of these headers (the bounds of
+    :func:`gateway.hybridconnection.messages.parse_command`)."""
+    return (
+        len(payload) <= MAX_CONTROL_MESSAGE_SIZE
+        and header_metadata_size(headers) <= MAX_HEADER_METADATA
+        and all(len(value) <= MAX_FIELD_LENGTH for value in headers.values())
+    )
+
+
+def _invalid(request_id: str, arrived_on: SocketKind) -> PreparedResponse:
+    """The bodiless ``500`` that replaces an answer that cannot be sent as it is."""
+    return PreparedResponse(
+        request_id,
+        500,
+        _PHRASES[500],
+        {},
+        None,
+        streamed=False,
+        valid=False,
+        route=choose_response_route(0, arrived_on=arrived_on),
     )
 
 

@@ -48,6 +48,9 @@ from gateway.hybridconnection.records import slot_setters
 MAX_CONTROL_MESSAGE_SIZE: Final = 64 * 1024
 # Section 5.2: the service carries at most 32 KB of header metadata; a few hundred headers at most.
 MAX_HEADERS: Final = 256
+# Section 5.2 and 7: the service carries at most 32 KB of HTTP header metadata per request or
+# response, counted as each header's name and value plus four bytes (": " and CRLF).
+MAX_HEADER_METADATA: Final = 32 * 1024
 # Bound for single string fields (ids, addresses, targets, tokens); generous but finite.
 MAX_FIELD_LENGTH: Final = 16 * 1024
 
@@ -281,6 +284,11 @@ def response_bytes(
     payload["responseHeaders"] = response_headers
     payload["body"] = body
     return orjson.dumps({"response": payload})
+
+
+def header_metadata_size(headers: Mapping[str, str]) -> int:
+    """The header metadata of ``headers`` (see :data:`MAX_HEADER_METADATA`)."""
+    return sum(len(name) + len(value) + 4 for name, value in headers.items())
 
 
 def _plain(headers: Mapping[str, str]) -> dict[str, str]:

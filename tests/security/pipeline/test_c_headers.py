@@ -171,6 +171,19 @@ BAD_RESPONSES = [
         "upstream_headers_too_large",
         id="C64-line",
     ),
+    # Within the line and count limits, but over the 32 KB of header metadata the relay carries
+    # (protocol notes section 5.2): relayed as it was, the response message would be over the
+    # relay's 64 KiB control-message size, and the relay would drop the control channel.
+    pytest.param(
+        response_bytes(200, b"x", [(f"X-H{i}", "v" * 7000) for i in range(12)], framing=False),
+        "upstream_headers_too_large",
+        id="C64-relay-metadata",
+    ),
+    pytest.param(
+        response_bytes(200, b"x", [(f"X-H{i}", "v" * 3000) for i in range(12)], framing=False),
+        "upstream_headers_too_large",
+        id="C64-relay-metadata-under-64k",
+    ),
 ]
 
 

@@ -285,6 +285,45 @@ def test_invalid_header_replaces_the_answer_with_a_bodiless_500() -> None:
     assert not prepared.command.body
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # Over the relay's 32 KB of header metadata (section 5.2), the message under 64 KiB.
+        tuple((f"X-{i}", "v" * 3000) for i in range(12)),
+        # Under 32 KB of metadata, but three UTF-8 bytes a character in the JSON text: over the
+        # 64 KiB the relay reads as one control message (section 5.4).
+        tuple((f"X-{i}", "\u20ac" * 10900) for i in range(3)),
+        # One value longer than the relay reads in a field.
+        (("X", "v" * 17000),),
+        # More headers than the relay reads.
+        tuple((f"X-{i}", "v") for i in range(257)),
+    ],
+    ids=["metadata", "json-size", "field", "count"],
+)
+@pytest.mark.parametrize("kind", list(SocketKind))
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_an_answer_the_relay_would_refuse_is_replaced_by_a_bodiless_500(
+    headers: tuple[tuple[str, str], ...], kind: SocketKind, streamed: bool
+) -> None:
+    body: bytes | AsyncIterator[bytes] = _chunks() if streamed else b"ok"
+    prepared = connection(kind).respond("r", RelayedResponse(200, "", headers, body))
+    assert not prepared.valid
+    assert prepared.command.status_code == 500
+    assert prepared.body is None
+    assert not prepared.streamed
+    assert len(prepared.payload) < 1024
+    # What the relay reads of it is one whole response, on either kind of socket.
+    (event,) = relay_read(prepared.frames())
+    assert isinstance(event, ResponseReceived)
+
+
+def test_an_answer_just_under_the_relay_limits_is_sent_as_it_is() -> None:
+    headers = tuple((f"X-{i}", "v" * 3000) for i in range(10))
+    prepared = prepare_response("r", RelayedResponse(200, "", headers, b"ok"))
+    assert prepared.valid
+    assert dict(prepared.command.response_headers) == dict(headers)
+
+
 async def _chunks() -> AsyncIterator[bytes]:
     yield b"a"
 
