@@ -89,6 +89,22 @@ _RESPONSE_FOR = {
 _FINAL_RESPONSES = frozenset(_RESPONSE_FOR.values())
 _RESPONSE_CHOICES = _FINAL_RESPONSES | {"searchResEntry", "searchResRef", "intermediateResponse"}
 
+
+def answers(operation: Operation, kind: str) -> bool:
+    """Whether a response of ``kind`` (a protocolOp alternative) may answer ``operation``.
+
+    Each request has its own final response (sections 4.2-4.12); entries and continuation
+    references answer only a search (4.5.2, 4.5.3); an IntermediateResponse may come for any
+    request that is answered (4.13).
+    """
+    final = _RESPONSE_FOR.get(operation)
+    if final is None:
+        return False
+    if kind in (final, "intermediateResponse"):
+        return True
+    return operation is Operation.SEARCH and kind in ("searchResEntry", "searchResRef")
+
+
 SCOPES = ("base", "one", "sub")  # section 4.5.1.2: baseObject(0), singleLevel(1), wholeSubtree(2)
 CHANGE_TYPES = ("add", "delete", "replace", "increment")  # 4.6, and RFC 4525 increment(3)
 

@@ -333,11 +333,12 @@ class LdapProxy:
         it can only stop something the policy already allowed."""
         outcome = self._outcome(request)
         outcome.reasons = ["ldap_abandon"]
-        forward = self._session.operation_of(request.abandon_id) is not None
-        self._session.forwarding(request)
+        forward = self._session.forwarding(request)
         self._finish(outcome)
-        self._abandon(request.abandon_id)
         if forward:
+            # Only now is the operation over for the gateway: one whose abandon is not passed
+            # on keeps its verdict, and its answers are still judged by it.
+            self._abandon(request.abandon_id)
             await self._directory.write(raw)
 
     async def _handle(self, request: Request, raw: bytes) -> None:
@@ -461,8 +462,10 @@ class LdapProxy:
                 outcome = self._pending.get(response.message_id)
                 if response.kind == "searchResEntry":
                     verdict = self._searches.get(response.message_id)
-                    if verdict is not None and verdict.hides(response.dn):
+                    if verdict is None or verdict.hides(response.dn):
                         # Within a never-reachable subtree: the SaaS does not learn it exists.
+                        # (An entry with no search verdict to judge it is dropped too; the
+                        # session lets entries answer only outstanding searches.)
                         if outcome is not None:
                             outcome.hidden += 1
                         continue

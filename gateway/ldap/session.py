@@ -7,10 +7,18 @@ reads from the SaaS side to ``receive_from_client`` and what it reads from the d
 What the session enforces (RFC 4511 section 4.1.1.1 and the gateway's bounds):
 
 * every PDU is framed and size-bounded before its content is read;
-* a request's message id is 1..2^31-1 and not the id of an operation still outstanding;
-* at most ``Limits.max_outstanding`` operations are outstanding at the directory at once;
-* the directory answers only outstanding operations (or sends an unsolicited notification with
-  message id 0), and an operation ends with its final response; abandon ends one without it.
+* a request's message id is 1..2^31-1 and neither the id of an operation still outstanding nor
+  that of an abandoned one the directory may still be answering (4.1.1.1: "unless it can be
+  determined that the server is no longer servicing the earlier request");
+* at most ``Limits.max_outstanding`` operations are outstanding at the directory at once, and
+  at most as many abandoned ones are remembered (an abandon beyond that is not passed on);
+* the directory answers only outstanding operations, each with the response types of its own
+  operation (or sends an unsolicited notification with message id 0), and an operation ends with
+  its final response; abandon ends one without it.
+
+Why the ids matter: the proxy applies a search's verdict (hidden subtrees, stripped attributes)
+to the answers by message id. An answer attributed to the wrong request would be judged by
+another request's verdict, or by none.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from gateway.ldap.codec import (
     Operation,
     Request,
     Response,
+    answers,
     decode_request,
     pdu_length,
 )
@@ -66,8 +75,10 @@ class LdapSession:
         self._from_server = bytearray()
         self._outstanding: dict[int, Operation] = {}
         # Abandoned ids whose late responses are dropped (section 4.11: the directory may still
-        # send some); bounded like the outstanding set, oldest forgotten first.
-        self._abandoned: dict[int, None] = {}
+        # send some). An id stays here, and cannot be reused, until the directory answers it
+        # after all or a bind completes (4.2.1: the directory finishes or abandons every
+        # operation before a bind). Bounded like the outstanding set: see ``forwarding``.
+        self._abandoned: set[int] = set()
         self.unbound = False
 
     @property
@@ -90,36 +101,54 @@ class LdapSession:
             except LdapRefusedError as refused:
                 pdus.append(ClientPdu(raw, refused=refused))
                 continue
-            if request.message_id in self._outstanding:
-                raise LdapProtocolError(
-                    "ldap-bad-message-id",
-                    f"message id {request.message_id} is still outstanding (section 4.1.1.1)",
-                )
+            self._check_id(request.message_id)
             if request.operation is Operation.UNBIND:
                 self.unbound = True
-            # A new request may reuse the id of an abandoned one; late answers to the old one
-            # are then indistinguishable, as they are for the directory itself.
-            self._abandoned.pop(request.message_id, None)
             pdus.append(ClientPdu(raw, request=request))
         if self.unbound and self._from_client:
             raise LdapProtocolError("ldap-after-unbind", "data after an UnbindRequest")
         return pdus
 
-    def forwarding(self, request: Request) -> None:
-        """Record that ``request`` goes to the directory.
+    def _check_id(self, message_id: int) -> None:
+        if message_id in self._outstanding:
+            raise LdapProtocolError(
+                "ldap-bad-message-id",
+                f"message id {message_id} is still outstanding (section 4.1.1.1)",
+            )
+        if message_id in self._abandoned:
+            # Late answers to the abandoned operation could not be told from answers to this
+            # one (section 4.1.1.1 leaves that undefined): the stream cannot go on.
+            raise LdapProtocolError(
+                "ldap-bad-message-id",
+                f"message id {message_id} belongs to an abandoned operation the directory may "
+                "still answer (section 4.1.1.1)",
+            )
+
+    def forwarding(self, request: Request) -> bool:
+        """Record that ``request`` goes to the directory; False for an abandon not to pass on.
+
+        An abandon is passed on only for an outstanding operation, and only while fewer than
+        ``Limits.max_outstanding`` abandoned ones are remembered: forgetting one would let its
+        id be reused while its late answers may still come. Not passing an abandon on is what a
+        directory may do anyway (section 4.11); the operation then runs to its end as usual.
 
         Raises ``LdapRefusedError`` when too many are already outstanding (the request is then
-        answered, not forwarded).
+        answered, not forwarded), and ``LdapProtocolError`` when its message id is in use: the
+        check at decoding cannot see the requests of the same read that went before it.
         """
         if request.operation is Operation.ABANDON:
             # Section 4.11: the abandoned operation may never be answered.
-            if self._outstanding.pop(request.abandon_id, None) is not None:
-                self._abandoned[request.abandon_id] = None
-                while len(self._abandoned) > self.limits.max_outstanding:
-                    del self._abandoned[next(iter(self._abandoned))]
-            return
+            if (
+                request.abandon_id not in self._outstanding
+                or len(self._abandoned) >= self.limits.max_outstanding
+            ):
+                return False
+            del self._outstanding[request.abandon_id]
+            self._abandoned.add(request.abandon_id)
+            return True
         if not request.expects_response:
-            return
+            return True
+        self._check_id(request.message_id)
         if len(self._outstanding) >= self.limits.max_outstanding:
             refused = LdapRefusedError(
                 "ldap-too-many-outstanding",
@@ -129,6 +158,7 @@ class LdapSession:
             refused.operation = request.operation
             raise refused
         self._outstanding[request.message_id] = request.operation
+        return True
 
     def operation_of(self, message_id: int) -> Operation | None:
         """The operation an outstanding message id belongs to."""
@@ -152,14 +182,26 @@ class LdapSession:
                 continue
             if response.message_id in self._abandoned:
                 if response.final:
-                    del self._abandoned[response.message_id]
+                    self._abandoned.discard(response.message_id)
                 continue
-            if response.message_id not in self._outstanding:
+            operation = self._outstanding.get(response.message_id)
+            if operation is None:
                 raise LdapProtocolError(
                     "ldap-unexpected-response",
                     f"a {response.kind} for message id {response.message_id}, not outstanding",
                 )
+            if not answers(operation, response.kind):
+                # An entry for a modify, a bind's answer to a search: judged by the wrong
+                # request's verdict (or none), it would pass unfiltered. Sections 4.2-4.13.
+                raise LdapProtocolError(
+                    "ldap-unexpected-response",
+                    f"a {response.kind} for message id {response.message_id}, a {operation}",
+                )
             if response.final:
                 del self._outstanding[response.message_id]
+                if operation is Operation.BIND:
+                    # Section 4.2.1: the directory finished or abandoned every earlier operation
+                    # before it processed the bind; their ids may be used again.
+                    self._abandoned.clear()
             pdus.append(ServerPdu(raw, response))
         return pdus

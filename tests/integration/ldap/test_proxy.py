@@ -341,6 +341,38 @@ async def test_entries_in_hidden_subtrees_are_not_returned(tls_directory: TlsDir
     assert search.hidden == 4  # ou=Groups, ou=Managed Groups, and their two groups
 
 
+@dataclass
+class SubtreeHiding(Policy):
+    """Hide the ``hidden`` subtrees only from subtree searches, as the real policy does."""
+
+    async def __call__(self, request: Request, bound_as: str | None, injected: bool) -> RuleVerdict:
+        verdict = await super().__call__(request, bound_as, injected)
+        if request.scope == "sub":
+            return verdict
+        return RuleVerdict(True, operation="test-rule", strip_attributes=verdict.strip_attributes)
+
+
+async def test_two_requests_with_one_id_in_one_read_end_the_stream(
+    tls_directory: TlsDirectory,
+) -> None:
+    # RFC 4511 4.1.1.1: ids are unique among outstanding requests. Sent together, the second
+    # request was decoded before the first was forwarded; had it gone to the directory, the
+    # subtree search's entries would have been judged by the base search's verdict (nothing
+    # hidden), and ou=Groups would have leaked.
+    policy = SubtreeHiding(hidden=(f"ou=groups,{SUFFIX}",))
+    base_search = search_operation(
+        SUFFIX, "(objectClass=*)", "BASE", "NEVER", ["cn"], 0, 0, False, True, True
+    )
+    message = LDAPMessage()
+    message["messageID"] = MessageID(2)
+    message["protocolOp"] = ProtocolOp().setComponentByName("searchRequest", base_search)
+    async with serving(tls_directory, policy) as proxy:
+        pdus = await wire.exchange(proxy.port, _search_pdu(2) + bytes(encoder.encode(message)))
+    entries = [r.dn for r in map(decode_response, pdus) if r.kind == "searchResEntry"]
+    assert not [dn for dn in entries if "ou=groups" in dn.lower()]
+    assert _notice(pdus) == (2, "ldap-bad-message-id")
+
+
 def _search_pdu(message_id: int) -> bytes:
     """A search request built by ldap3's own encoder, as a client would send it."""
     request = search_operation(

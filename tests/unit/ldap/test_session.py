@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ldap3.protocol.rfc4511 import IntermediateResponse
 
 from gateway.ldap import codec
 from gateway.ldap.errors import LdapProtocolError, LdapRefusedError
@@ -116,3 +117,118 @@ def test_an_oversized_pdu_is_refused_from_its_header() -> None:
     session = LdapSession(codec.Limits(max_request_bytes=64))
     with pytest.raises(LdapProtocolError, match="ldap-pdu-too-large"):
         session.receive_from_client(b"\x30\x82\x10\x00")
+
+
+def _requests(session: LdapSession, data: bytes) -> list[codec.Request]:
+    requests = [pdu.request for pdu in session.receive_from_client(data)]
+    assert None not in requests
+    return [request for request in requests if request is not None]
+
+
+def _forwarded(session: LdapSession, pdu: bytes) -> codec.Request:
+    (request,) = _requests(session, pdu)
+    session.forwarding(request)
+    return request
+
+
+def test_the_id_of_an_abandoned_operation_cannot_be_reused() -> None:
+    # RFC 4511 4.1.1.1: an id may be reused only once the directory no longer serves the earlier
+    # request, and an abandoned one is never answered. Late entries of the abandoned search would
+    # otherwise be read as answers to the new request, under its verdict (or none: a modify).
+    session = LdapSession()
+    _forwarded(session, pdus.search(4))
+    _forwarded(session, pdus.abandon(5, 4))
+    with pytest.raises(LdapProtocolError, match="abandoned"):
+        session.receive_from_client(
+            pdus.modify(4, "cn=g,dc=x", {"member": [("MODIFY_ADD", ["a"])]})
+        )
+
+
+def test_a_completed_bind_frees_the_ids_of_abandoned_operations() -> None:
+    # RFC 4511 4.2.1: the directory finishes or abandons every operation before a bind.
+    session = LdapSession()
+    _forwarded(session, pdus.search(4))
+    _forwarded(session, pdus.abandon(5, 4))
+    _forwarded(session, pdus.simple_bind(6, "cn=svc,dc=x", "pw"))
+    late = pdus.search_entry(4, "cn=late,dc=x", {"cn": [b"late"]})
+    assert session.receive_from_server(late) == []
+    session.receive_from_server(codec.encode_result(6, codec.Operation.BIND, 49, ""))
+    assert _forwarded(session, pdus.delete(4, "cn=x")).message_id == 4
+    # From now on a search entry for id 4 answers nothing the directory was asked.
+    with pytest.raises(LdapProtocolError):
+        session.receive_from_server(late)
+
+
+def test_abandons_beyond_the_bound_are_not_forwarded() -> None:
+    # The abandoned ids are remembered (bounded); once full, an abandon is not passed on, so the
+    # operation keeps its id and its answers stay attributed to it (section 4.11: a directory may
+    # ignore an abandon too).
+    session = LdapSession(codec.Limits(max_outstanding=2))
+    _forwarded(session, pdus.search(1))
+    _forwarded(session, pdus.search(2))
+    (first,) = _requests(session, pdus.abandon(3, 1))
+    assert session.forwarding(first)
+    (second,) = _requests(session, pdus.abandon(4, 2))
+    assert session.forwarding(second)
+    _forwarded(session, pdus.search(5))
+    (third,) = _requests(session, pdus.abandon(6, 5))
+    assert not session.forwarding(third)
+    assert session.operation_of(5) is codec.Operation.SEARCH
+    entry = pdus.search_entry(5, "cn=a,dc=x", {"cn": [b"a"]})
+    assert [pdu.response.kind for pdu in session.receive_from_server(entry)] == ["searchResEntry"]
+
+
+@pytest.mark.parametrize(
+    ("request_pdu", "answer"),
+    [
+        # Entries and references answer a search only (section 4.5.2).
+        (pdus.delete(7, "cn=x"), pdus.search_entry(7, "cn=secret,dc=x", {"cn": [b"x"]})),
+        (pdus.modify(7, "cn=x", {"cn": [("MODIFY_ADD", ["y"])]}), pdus.search_entry(7, "cn=y", {})),
+        # A final response of another operation's type (sections 4.2-4.12).
+        (pdus.delete(7, "cn=x"), codec.encode_result(7, codec.Operation.MODIFY, 0, "")),
+        (pdus.search(7), codec.encode_result(7, codec.Operation.BIND, 0, "")),
+        (pdus.simple_bind(7, "cn=a", "b"), codec.encode_result(7, codec.Operation.SEARCH, 0, "")),
+    ],
+    ids=[
+        "entry-for-delete",
+        "entry-for-modify",
+        "modify-for-delete",
+        "bind-for-search",
+        "done-for-bind",
+    ],
+)
+def test_the_directory_answers_an_operation_with_its_own_response_types(
+    request_pdu: bytes, answer: bytes
+) -> None:
+    session = LdapSession()
+    _forwarded(session, request_pdu)
+    with pytest.raises(LdapProtocolError, match="ldap-unexpected-response"):
+        session.receive_from_server(answer)
+
+
+def test_an_intermediate_response_may_answer_any_operation() -> None:
+    # RFC 4511 4.13: an IntermediateResponse may come for any request, before its final answer.
+    session = LdapSession()
+    _forwarded(session, pdus.delete(7, "cn=x"))
+    intermediate = pdus.message(7, "intermediateResponse", IntermediateResponse())
+    done = codec.encode_result(7, codec.Operation.DELETE, 0, "")
+    answers = session.receive_from_server(intermediate + done)
+    assert [pdu.response.kind for pdu in answers] == ["intermediateResponse", "delResponse"]
+
+
+def test_ids_are_checked_against_requests_of_the_same_read() -> None:
+    # Two requests with one id in one read: each was decoded before the first was forwarded,
+    # so the id is checked again when the second goes to the directory.
+    session = LdapSession()
+    first, second = _requests(session, pdus.search(2) + pdus.search(2, scope="base"))
+    session.forwarding(first)
+    with pytest.raises(LdapProtocolError, match="still outstanding"):
+        session.forwarding(second)
+    other = LdapSession()
+    search, abandon, delete = _requests(
+        other, pdus.search(2) + pdus.abandon(3, 2) + pdus.delete(2, "cn=x")
+    )
+    other.forwarding(search)
+    assert other.forwarding(abandon)
+    with pytest.raises(LdapProtocolError, match="abandoned"):
+        other.forwarding(delete)
