@@ -249,6 +249,8 @@ class TokenSource:
         # Imported with the first token request: only gateways with OAuth credentials need it.
         import aiohttp
 
+        from gateway.outbound.sessions import RedirectRefusedError
+
         try:
             async with asyncio.timeout(timeout):
                 response = await pool.session().post(
@@ -269,6 +271,10 @@ class TokenSource:
             ) from None
         except DialError as exc:
             raise _bad_answer(f"token endpoint {self.url}: {exc}") from None
+        except RedirectRefusedError as exc:
+            raise _bad_answer(
+                f"token endpoint {self.url} refused the request: {exc.status}"
+            ) from None
         except aiohttp.ClientSSLError:
             # Before ClientConnectorError, its base class: a certificate the configured CA does
             # not vouch for is a wrong endpoint, not a down one.

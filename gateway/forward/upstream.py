@@ -221,6 +221,8 @@ class TargetPool:
 
             connector = self._dial.connector(limit=self._limit, force_close=self._force_close)
             self._session = client_session(
+                # An on-prem request goes where the decision said, once: never to a Location.
+                follow_redirects=False,
                 connector=connector,
                 # aiohttp adds none of its own headers: what goes out is the allow-list's.
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),

@@ -183,7 +183,7 @@ class WebSocketUpstream:
         session = self._pool.session()
         import aiohttp  # the session above imported it: only gateways with WebSocket streams
 
-        from gateway.outbound.sessions import ConnectionLostError
+        from gateway.outbound.sessions import ConnectionLostError, RedirectRefusedError
 
         try:
             async with asyncio.timeout(handshake_timeout):
@@ -204,6 +204,12 @@ class WebSocketUpstream:
         except TimeoutError:
             raise UpstreamError(
                 "upstream_timeout", f"no WebSocket handshake within {handshake_timeout}s", 504
+            ) from None
+        except RedirectRefusedError as exc:
+            # The pool's session never follows a redirect (RFC 6455 section 4.1 allows a client
+            # to, but the decision judged this path, not the Location's).
+            raise UpstreamError(
+                "upstream_upgrade_refused", f"the target answered the upgrade with {exc.status}"
             ) from None
         except aiohttp.WSServerHandshakeError as exc:
             # A target that answers the upgrade with anything but 101 (RFC 6455 section 4.1)

@@ -40,11 +40,13 @@ from gateway.outbound.proxy import (
 __all__ = [
     "MIN_AIOHTTP",
     "ConnectionLostError",
+    "RedirectRefusedError",
     "UntrustedRuntimeError",
     "aiohttp_version_problem",
     "client_session",
     "http_parser_problem",
     "never_resend",
+    "refuse_redirects",
     "runtime_problems",
     "translate_proxy_error",
 ]
@@ -148,9 +150,41 @@ async def never_resend(
         raise ConnectionLostError(exc) from exc
 
 
-def client_session(**options: Any) -> aiohttp.ClientSession:
+# RFC 9110 section 15.4: the redirect statuses aiohttp follows by itself.
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class RedirectRefusedError(aiohttp.ClientError):
+    """The server answered with a redirect, and the session does not follow redirects."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the server answered {status} (a redirect, not followed)")
+        self.status = status
+
+
+async def refuse_redirects(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """Client middleware: a redirect ends the exchange with :class:`RedirectRefusedError`.
+
+    aiohttp follows redirects of every request that does not say ``allow_redirects=False``, and
+    ``ws_connect`` cannot say it: the opening handshake of a WebSocket (RFC 6455 section 4.1)
+    would follow a target's ``307 Location: /admin`` and open a stream on a path no decision
+    judged. The middleware runs for every request aiohttp sends, the redirected ones included,
+    so no second request can leave after a redirect, whatever the call said.
+    """
+    response = await handler(request)
+    if response.status in _REDIRECTS:
+        response.close()  # the connection is not reused: its answer was not read
+        raise RedirectRefusedError(response.status)
+    return response
+
+
+def client_session(*, follow_redirects: bool = True, **options: Any) -> aiohttp.ClientSession:
     """An ``aiohttp.ClientSession`` with ``options`` that never re-sends a request and ignores
-    proxy environment variables (``trust_env`` is always False).
+    proxy environment variables (``trust_env`` is always False). Without ``follow_redirects``
+    no request of the session is ever redirected (:func:`refuse_redirects`): the sessions that
+    reach on-prem systems are made so.
 
     Raises :class:`UntrustedRuntimeError` when aiohttp failed its self-check: the start-up check
     refuses a configuration that would need it (``gateway.service.self_check``); this refuses
@@ -159,7 +193,8 @@ def client_session(**options: Any) -> aiohttp.ClientSession:
     problems = runtime_problems()
     if problems:
         raise UntrustedRuntimeError(problems[0])
-    return aiohttp.ClientSession(middlewares=(never_resend,), trust_env=False, **options)
+    middlewares = (never_resend,) if follow_redirects else (never_resend, refuse_redirects)
+    return aiohttp.ClientSession(middlewares=middlewares, trust_env=False, **options)
 
 
 def translate_proxy_error(exc: BaseException, route: ProxyRoute) -> ProxyError | None:

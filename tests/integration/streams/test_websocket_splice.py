@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,3 +355,52 @@ async def test_an_untrusted_target_certificate_is_refused(tls_target: TlsTarget)
         await untrusted.close()
     assert caught.value.code == "upstream_tls"
     assert tls_target.seen == []
+
+
+@asynccontextmanager
+async def redirecting_target(status: int) -> AsyncIterator[tuple[int, list[str]]]:
+    """A WebSocket target whose ``/ws/echo`` answers ``status`` with a Location (its ``query``
+    ``to``, or ``/admin``), and whose ``/admin`` would accept the upgrade; yields its port and
+    the paths it was asked for."""
+    asked: list[str] = []
+
+    async def moved(request: web.Request) -> web.StreamResponse:
+        asked.append(request.path)
+        return web.Response(status=status, headers={"Location": "/admin"})
+
+    async def admin(request: web.Request) -> web.StreamResponse:
+        asked.append(request.path)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws/echo", moved)
+    app.router.add_get("/admin", admin)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1], asked
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_answering_the_upgrade_is_refused_and_never_followed(
+    status: int,
+) -> None:
+    # Catalogue A 15 for streams: the decision judged /ws/echo; aiohttp's ws_connect would
+    # follow the Location and open the stream on /admin, a path nothing decided.
+    async with redirecting_target(status) as (port, asked):
+        upstream = WebSocketUpstream(config("http", port), resolver=resolving_to("127.0.0.1"))
+        try:
+            with pytest.raises(UpstreamError) as caught:
+                await connect(upstream)
+        finally:
+            await upstream.close()
+    assert caught.value.code == "upstream_upgrade_refused"
+    assert str(status) in str(caught.value)
+    assert asked == ["/ws/echo"]
