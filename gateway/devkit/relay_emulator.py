@@ -155,6 +155,10 @@ class _Pending:
     id: str
     method: str
     future: asyncio.Future[ResponseReceived]
+    # Section 5.3: whether the control channel carried the request, so may carry its answer; a
+    # rendezvous-delivered request is answered on its rendezvous socket only (the service drops
+    # a response to it on the control channel: no sender gets it).
+    on_control: bool = True
 
 
 @dataclass(eq=False)
@@ -749,7 +753,7 @@ class RelayEmulator:
             for event in channel.receive_message(message.data):
                 if isinstance(event, ResponseReceived):
                     pending = listener.pending.get(event.command.request_id)
-                    if pending is not None and not pending.future.done():
+                    if pending is not None and pending.on_control and not pending.future.done():
                         pending.future.set_result(event)
                 elif isinstance(event, TokenRenewalReceived):
                     if not self._renew(request, listener, event.command.token):
@@ -952,7 +956,7 @@ class RelayEmulator:
         goes away and :class:`_RendezvousTableFullError` when no rendezvous address is free.
         """
         loop = asyncio.get_running_loop()
-        pending = _Pending(command.id, command.method, loop.create_future())
+        pending = _Pending(command.id, command.method, loop.create_future(), on_control=inline)
         payload = body if body else None
         rendezvous = _Rendezvous(
             hc=listener.hc,

@@ -216,3 +216,29 @@ async def test_gateway_dev_relay_serves_the_knobs_from_the_command_line(
         process.terminate()
         await asyncio.wait_for(process.wait(), 30)
     assert process.returncode == 0
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["control-delivered", "rendezvous-delivered"])
+async def test_only_a_request_the_control_channel_carried_is_answered_there(
+    http: aiohttp.ClientSession, inline: bool
+) -> None:
+    # Section 5.3: a rendezvous-delivered request must be answered on its rendezvous socket; a
+    # listener that answers it on the control channel answers no one (the relay's 504).
+    async with RelayEmulator(
+        [HC], [SasRule("gateway", KEY)], seed=7, response_timeout=2.0
+    ) as emulator:
+        url = f"{emulator.ws_base}/$hc/{HC}?sb-hc-action=listen"
+        headers = {"ServiceBusAuthorization": emulator.token(HC)}
+        async with http.ws_connect(url, headers=headers) as control:
+            await emulator.wait_for_listeners(HC, 1)
+            sent = asyncio.create_task(
+                send_http(http, emulator, "/x", method="POST", data=b"a" if inline else BIG)
+            )
+            command = (await control.receive_json(timeout=10))["request"]
+            if inline:
+                assert (await control.receive(timeout=10)).data == b"a"  # the body
+            assert ("method" in command) is inline
+            answer = {"requestId": command["id"], "statusCode": 200, "body": False}
+            await control.send_json({"response": answer})
+            status, _, _, _ = await asyncio.wait_for(sent, 30)
+    assert status == (200 if inline else 504)
