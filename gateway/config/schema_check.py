@@ -160,9 +160,7 @@ def _problem(error: ValidationError, doc: Located) -> Problem:
     expected: Any = error.validator_value
 
     if kind in ("anyOf", "oneOf") and error.context:
-        from jsonschema.exceptions import best_match
-
-        return _problem(best_match(error.context), doc)
+        return _alternatives(error, doc)
     if kind == "additionalProperties" and isinstance(value, dict):
         allowed = sorted(schema.get("properties", {}))
         extra = [k for k in value if k not in allowed]
@@ -174,10 +172,7 @@ def _problem(error: ValidationError, doc: Located) -> Problem:
             (*path, unknown), f"unknown key {unknown!r}", code="unknown_key", hint=hint, key=True
         )
     if kind == "required":
-        required = [str(name) for name in expected]
-        absent = [name for name in required if isinstance(value, dict) and name not in value]
-        missing = (absent or required or ["?"])[0]
-        return doc.problem(path, f"missing required key {missing!r}", code="missing_key")
+        return _missing_keys(error, doc)[0]
     if kind == "propertyNames":
         return doc.problem(
             (*path, str(value)),
@@ -251,6 +246,74 @@ def _problem(error: ValidationError, doc: Located) -> Problem:
     return doc.problem(path, error.message, code=f"schema_{kind}")
 
 
+def _missing_keys(error: ValidationError, doc: Located) -> list[Problem]:
+    """One problem per required key absent from the mapping of a ``required`` error.
+
+    jsonschema reports each absent key as an error of its own whose only trace of the key is its
+    message, so every key is named here from the mapping and the schema; :func:`check` takes the
+    first such error of a mapping and skips the others."""
+    path: JsonPath = tuple(error.absolute_path)
+    expected: Any = error.validator_value
+    required = [str(name) for name in expected]
+    value = error.instance
+    absent = [name for name in required if isinstance(value, dict) and name not in value]
+    return [
+        doc.problem(path, f"missing required key {name!r}", code="missing_key")
+        for name in absent or required[:1] or ["?"]
+    ]
+
+
+# Keywords that only say which kind of value a branch of anyOf/oneOf takes.
+_KIND_KEYWORDS = frozenset({"type", "const", "enum"})
+
+
+def _alternatives(error: ValidationError, doc: Located) -> Problem:
+    """The problem of a value that fits no branch of an ``anyOf``/``oneOf`` (such as
+    ``workers``: ``'auto'`` or an integer from 1 up).
+
+    A branch that takes this kind of value and still fails says the most (``workers: 0`` must
+    be at least 1); when every branch wants another kind of value, all the kinds are named
+    instead of one branch's (``expected 'auto' or an integer``)."""
+    from jsonschema.exceptions import best_match
+
+    context = list(error.context or ())
+    specific = [e for e in context if str(e.validator) not in _KIND_KEYWORDS]
+    if specific:
+        return _problem(best_match(specific), doc)
+    choices: list[str] = []
+    for branch in context:
+        kind = str(branch.validator)
+        options: Any = branch.validator_value
+        if kind == "const":
+            wanted = [repr(options)]
+        elif kind == "enum":
+            wanted = [repr(option) for option in options]
+        else:
+            continue
+        choices.extend(option for option in wanted if option not in choices)
+    kinds = {str(e.validator_value) for e in context if str(e.validator) == "type"}
+    if not choices:
+        return _problem(best_match(context), doc)
+    branches: Any = error.validator_value
+    for schema in branches if isinstance(branches, list) else ():
+        # The types of the branches that are not a fixed choice, in schema order.
+        if isinstance(schema, dict) and "const" not in schema and "enum" not in schema:
+            typed = schema.get("type")
+            if isinstance(typed, str) and typed in kinds and typed != "null":
+                choices.append(_TYPE_NAMES.get(typed, typed))
+    path: JsonPath = tuple(error.absolute_path)
+    return doc.problem(
+        path,
+        f"expected {' or '.join(choices)}, got {_describe(error.instance)}",
+        code="wrong_type",
+        hint="write a plain decimal number without quotes or leading zeros"
+        if isinstance(error.instance, str)
+        and "an integer" in choices
+        and any(c.isdigit() for c in error.instance)
+        else "",
+    )
+
+
 def _is_secret_ref(error: ValidationError) -> bool:
     """Whether the failing schema is the secret reference's (by its title, set by the model)."""
     schema = error.schema if isinstance(error.schema, dict) else {}
@@ -263,8 +326,23 @@ def check(doc: Located) -> list[Problem]:
     if valid is not None and valid(doc.data):
         return []
     problems: list[Problem] = []
-    for error in validator().iter_errors(doc.data):
+    errors = list(validator().iter_errors(doc.data))
+    # A value of the wrong type also fails its const/enum (``version: "1"``); the type says
+    # what to fix, once.
+    mistyped = {tuple(e.absolute_path) for e in errors if str(e.validator) == "type"}
+    missing_reported: set[JsonPath] = set()
+    for error in errors:
         path: JsonPath = tuple(error.absolute_path)
+        kind = str(error.validator)
+        if kind in ("const", "enum") and path in mistyped:
+            continue
+        if kind == "required":
+            # One error per absent key, all alike but for the message: every key of the
+            # mapping is named at its first error.
+            if path not in missing_reported:
+                missing_reported.add(path)
+                problems.extend(_missing_keys(error, doc))
+            continue
         secret_ref = _is_secret_ref(error)
         # Anything but a mapping where a secret reference belongs is the classic "password
         # written inline"; the value itself is never repeated in the message.

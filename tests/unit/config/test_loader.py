@@ -173,6 +173,40 @@ def test_missing_required_key(write_config: WriteConfig) -> None:
     assert "'id'" in problem.message
 
 
+def test_every_missing_key_is_named_once(write_config: WriteConfig) -> None:
+    # jsonschema reports each absent key as its own error; each must name its own key.
+    problems = problems_of(write_config("version: 1\n"))
+    assert [p.message for p in problems] == [
+        "missing required key 'gateway'",
+        "missing required key 'empowerid'",
+        "missing required key 'targets'",
+    ]
+
+
+def test_a_mistyped_constant_is_reported_once(write_config: WriteConfig) -> None:
+    problem = only_problem(write_config(BASE.replace("version: 1", 'version: "1"')))
+    assert (problem.code, problem.path) == ("wrong_type", "version")
+    assert "did you mean" not in problem.hint
+
+
+@pytest.mark.parametrize(
+    ("value", "code", "message"),
+    [
+        ("0", "out_of_range", "must be at least 1, got 0"),
+        ("99", "out_of_range", "must be at most 24, got 99"),
+        ("many", "wrong_type", "expected 'auto' or an integer, got the string 'many'"),
+        ("'4'", "wrong_type", "expected 'auto' or an integer, got the string '4'"),
+    ],
+)
+def test_a_value_fitting_no_alternative_says_what_fits(
+    write_config: WriteConfig, value: str, code: str, message: str
+) -> None:
+    # workers is 'auto' or an integer from 1: the message must speak of the alternative the
+    # value was meant for, not only of 'auto'.
+    problem = only_problem(write_config(BASE + f"workers: {value}\n"))
+    assert (problem.code, problem.path, problem.message) == (code, "workers", message)
+
+
 @pytest.mark.parametrize(
     ("port", "code"),
     [
