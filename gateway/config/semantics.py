@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import urllib.parse
 from collections.abc import Iterator
 
 from gateway.config import capacity
@@ -138,6 +139,7 @@ def _check_sections(config: GatewayConfig, doc: Located) -> Iterator[Problem]:
             code="conflicting_settings",
             hint="set relay.endpoint to the local relay, or remove rendezvous_endpoint",
         )
+    yield from _check_ports(config, doc)
     yield from _check_replay_store(config, doc)
     yield from capacity.check(config, doc)
     policy = config.policy
@@ -171,6 +173,61 @@ def _check_sections(config: GatewayConfig, doc: Located) -> Iterator[Problem]:
                     f"{entry!r} is not a host, a domain suffix ('.corp.local') or a CIDR",
                     code="invalid_value",
                 )
+
+
+def _addresses(config: GatewayConfig) -> Iterator[tuple[JsonPath, str]]:
+    """Every URL of the file but token endpoints (checked with their credential), with its
+    path."""
+    yield ("empowerid", "url"), config.empowerid.url
+    for key in ("endpoint", "rendezvous_endpoint"):
+        endpoint = getattr(config.relay, key)
+        if endpoint:
+            yield ("relay", key), endpoint
+    if config.proxy is not None:
+        yield ("proxy", "url"), config.proxy.url
+    if config.policy.opa_url is not None:
+        yield ("policy", "opa_url"), config.policy.opa_url
+
+
+def _check_ports(config: GatewayConfig, doc: Located) -> Iterator[Problem]:
+    """A port outside 1-65535 in a URL, or outside 0-65535 in ``observability.listen``.
+
+    The schema's patterns take any digits there; a URL's port out of range used to end
+    ``register`` and ``check`` in a traceback, and a health port of 99999 was bound as 34463
+    (the socket layer keeps 16 bits) while ``status`` looked at the written one."""
+    hint = "a TCP port is a number from 1 to 65535"
+    for path, url in _addresses(config):
+        try:
+            port = urllib.parse.urlsplit(url).port
+        except ValueError:
+            # The authority as the schema's patterns take it: up to the first '/' after '://'.
+            authority = url.partition("://")[2].partition("/")[0]
+            if authority.count("[") != authority.count("]"):
+                yield doc.problem(
+                    path,
+                    f"the brackets around the IPv6 address in {url!r} do not match",
+                    code="invalid_url",
+                    hint="write an IPv6 address as [2001:db8::1]",
+                )
+                continue
+            host_end = authority.rfind("]") + 1 if "[" in authority else 0
+            written = authority[host_end:].partition(":")[2]
+            what = f"port {written}" if written.isdigit() else repr(written)
+            why = "is out of range" if written.isdigit() else "is not a port"
+            yield doc.problem(path, f"{what} in {url!r} {why}", code="invalid_port", hint=hint)
+            continue
+        if port == 0:
+            yield doc.problem(path, f"port 0 in {url!r} cannot be dialled", code="invalid_port")
+    listen = config.observability.listen
+    written = listen.rpartition(":")[2]
+    # Port 0 is allowed here: the kernel picks a free port (tests read it from the agent).
+    if not 0 <= int(written) <= 65535:
+        yield doc.problem(
+            ("observability", "listen"),
+            f"port {written} in {listen!r} is out of range",
+            code="invalid_port",
+            hint="a TCP port is a number up to 65535",
+        )
 
 
 def _check_replay_store(config: GatewayConfig, doc: Located) -> Iterator[Problem]:

@@ -161,3 +161,14 @@ def test_production_verbs_never_import_the_devkit(argv: list[str]) -> None:
 def test_dev_tools_are_there_when_asked_for(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["dev", "--help"]) == 0
     assert "relay" in capsys.readouterr().out
+
+
+def test_check_names_a_port_out_of_range_instead_of_a_traceback(
+    write_config: WriteConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # check parsed empowerid.url itself before the configuration check had refused it.
+    path = write_config(BASE.replace("empowerid.example", "empowerid.example:99999"))
+    assert main(["check", "-c", str(path), "--timeout", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  config" in out
+    assert f"{path}:6:8: empowerid.url: port 99999" in out

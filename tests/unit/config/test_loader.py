@@ -658,3 +658,46 @@ def test_replay_store_settings(write_config: WriteConfig) -> None:
     # A password is never written inline.
     inline = redis.replace("{env: REDIS_PASSWORD}", "hunter2")
     assert problems_of(write_config(BASE.replace("policy:\n", inline)))
+
+
+@pytest.mark.parametrize(
+    ("section", "path", "message"),
+    [
+        (
+            "empowerid:\n  url: https://tenant.empowerid.example:99999\n",
+            "empowerid.url",
+            "port 99999 in 'https://tenant.empowerid.example:99999' is out of range",
+        ),
+        (
+            "relay:\n  endpoint: wss://relay.example:70000/\n",
+            "relay.endpoint",
+            "port 70000 in 'wss://relay.example:70000/' is out of range",
+        ),
+        (
+            "proxy:\n  url: http://proxy.corp.local:3128x\n",
+            "proxy.url",
+            "'3128x' in 'http://proxy.corp.local:3128x' is not a port",
+        ),
+        (
+            "observability:\n  listen: 127.0.0.1:99999\n",
+            "observability.listen",
+            "port 99999 in '127.0.0.1:99999' is out of range",
+        ),
+    ],
+)
+def test_a_port_out_of_range_is_refused_where_it_is_written(
+    write_config: WriteConfig, section: str, path: str, message: str
+) -> None:
+    # The patterns take any digits; register and check then died in a traceback, and a health
+    # port of 99999 was bound as 34463 while status looked at 99999.
+    text = BASE.replace("empowerid:\n  url: https://tenant.empowerid.example\n", "")
+    if not section.startswith("empowerid"):
+        text += "empowerid:\n  url: https://tenant.empowerid.example\n"
+    problem = only_problem(write_config(text + section))
+    assert (problem.code, problem.path, problem.message) == ("invalid_port", path, message)
+    assert problem.line == text.count("\n") + 2
+
+
+def test_the_health_endpoint_may_take_any_free_port(write_config: WriteConfig) -> None:
+    loaded = load(write_config(BASE + "observability:\n  listen: 127.0.0.1:0\n"), env=NO_ENV)
+    assert loaded.config.observability.listen == "127.0.0.1:0"
