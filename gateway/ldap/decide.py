@@ -27,7 +27,7 @@ from gateway.config.model import LDAP_SCHEMES, GatewayConfig, LdapOperation, Tar
 from gateway.ldap.codec import Change, Control, FilterNode, Operation, Request
 from gateway.ldap.dn import DEFAULT_RULES, Dn, MatchingRules, normalise_attribute
 from gateway.ldap.errors import DnError, LdapRefusedError
-from gateway.ldap.policy_input import dn_path, ldap_input
+from gateway.ldap.policy_input import bind_name, dn_path, ldap_input
 from gateway.policy.cache import BoundedLru
 from gateway.policy.engine import POLICY_UNAVAILABLE, POLICY_UNDEFINED
 
@@ -391,6 +391,6 @@ def _connection(facts: LdapFacts, rules: MatchingRules) -> dict[str, Any]:
         "identity": bound if facts.injected else None,
         "dn_path": path,
         # A user principal name or DOMAIN\user compares case-insensitively, as in AD.
-        "name": "" if bound is None or facts.injected else bound.strip().casefold(),
+        "name": "" if bound is None or facts.injected else bind_name(bound),
         "inner_tls": facts.inner_tls,
     }

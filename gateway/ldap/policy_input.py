@@ -54,6 +54,14 @@ def subtree_path(text: str, rules: MatchingRules) -> list[str]:
     return path
 
 
+def bind_name(name: str) -> str:
+    """A bind name as rules and bind identities compare it: without the spaces around it and
+    case-folded (identity names are lower case; Active Directory compares user principal names
+    and ``DOMAIN\\user`` case-insensitively). The proxy injects an identity's credential on this
+    reading, so the policy decides the bind the proxy makes."""
+    return name.strip().casefold()
+
+
 def _attribute_set(descriptions: tuple[str, ...]) -> list[str]:
     return sorted({normalise_attribute(description) for description in descriptions})
 
@@ -109,7 +117,7 @@ def _document(request: Request, rules: MatchingRules) -> dict[str, Any]:
             "mechanism": request.sasl_mechanism.upper(),
             "anonymous": anonymous,
             "version": request.version,
-            "name": request.dn.strip().casefold(),
+            "name": bind_name(request.dn),
             "dn_path": None,
         }
         # A UPN (user@corp.example) or DOMAIN\\user is no DN: Active Directory accepts both as

@@ -57,6 +57,7 @@ from gateway.ldap.codec import (
 from gateway.ldap.directory import START_TLS
 from gateway.ldap.dn import normalise_attribute
 from gateway.ldap.errors import LdapProtocolError, LdapRefusedError
+from gateway.ldap.policy_input import bind_name
 from gateway.ldap.session import LdapSession
 
 log = logging.getLogger(__name__)
@@ -415,10 +416,11 @@ class LdapProxy:
         await self._directory.write(raw)
 
     def _injection(self, request: Request) -> BindIdentity | None:
-        """The bind identity a simple bind names, if any (credential injection)."""
+        """The bind identity a simple bind names, if any (credential injection), read as the
+        policy reads it (:func:`gateway.ldap.policy_input.bind_name`)."""
         if request.operation is not Operation.BIND or request.auth_method != "simple":
             return None
-        return self._identities.get(request.dn)
+        return self._identities.get(bind_name(request.dn))
 
     def _abandon(self, message_id: int) -> None:
         """Section 4.11: the abandoned operation may never be answered; record it as such."""

@@ -24,6 +24,7 @@ from gateway.ldap.decide import LdapFacts
 from gateway.ldap.dn import Dn, is_utf8_text
 from gateway.ldap.errors import DnError, LdapError
 from gateway.ldap.filters import parse_filter
+from gateway.ldap.policy_input import bind_name
 
 __all__ = [
     "QUESTION_OPERATIONS",
@@ -104,7 +105,7 @@ class LdapQuestion:
                 **base,
             )
         if operation is Operation.BIND:
-            injected = self.dn.strip().casefold() in identities
+            injected = bind_name(self.dn) in identities
             return Request(
                 _QUESTION_ID,
                 operation,
@@ -188,9 +189,12 @@ class LdapQuestion:
         self._require_text()
         target = config.targets.get(self.target)
         identities = target.ldap.bind_identities if target and target.ldap else {}
-        injected = self.bound_as is not None and self.bound_as in identities
-        # A bind is decided before the connection is bound by it.
+        injected = self.bound_as is not None and bind_name(self.bound_as) in identities
+        # A bind is decided before the connection is bound by it; one bound as an identity is
+        # bound as its name (the proxy's reading, LdapProxy._injection).
         bound = None if self.operation == Operation.BIND else self.bound_as
+        if injected and bound is not None:
+            bound = bind_name(bound)
         return LdapFacts(
             target=self.target,
             request=self.request(identities),

@@ -282,6 +282,29 @@ async def test_credential_injection(tls_directory: TlsDirectory, tmp_path: Path)
     assert SERVICE_PASSWORD not in repr(proxy.outcomes) + repr(identity)
 
 
+@pytest.mark.parametrize("spelling", ["Inventory", " INVENTORY "])
+async def test_an_identity_is_injected_whatever_the_case_and_spaces(
+    tls_directory: TlsDirectory, spelling: str
+) -> None:
+    # The policy reads a bind name as a bind identity case-insensitively and without the spaces
+    # around it (policy_input: an identity bind needs no password). The proxy must inject on
+    # the same reading: otherwise a bind the policy allowed as the identity went to the
+    # directory as sent, with the SaaS's own password (or none: an unauthenticated bind).
+    identity = BindIdentity("inventory", SERVICE_DN, SERVICE_PASSWORD.encode)
+    async with serving(tls_directory, Policy(), {"inventory": identity}) as proxy:
+
+        def work() -> tuple[bool, str]:
+            connection = _connect(proxy.port, user=spelling, password="ignored-placeholder")
+            bound, whoami = connection.bound, str(connection.extend.standard.who_am_i())
+            connection.unbind()
+            return bound, whoami
+
+        bound, whoami = await asyncio.to_thread(work)
+    assert bound
+    assert whoami.lower() == f"dn:{SERVICE_DN}".lower()
+    assert proxy.policy.calls[0][1:] == ("inventory", True)
+
+
 async def test_a_bind_the_policy_refuses_never_reaches_the_directory(
     tls_directory: TlsDirectory,
 ) -> None:

@@ -16,7 +16,14 @@ from gateway.ldap.decide import LdapChain
 from gateway.ldap.questions import LdapQuestion, QuestionError, question_of
 from gateway.policy.loader import verify_policy
 from gateway.policy.testing import run_policy_tests
-from tests.unit.ldap.directory_config import CONFIG, embedded_chain, facts, load_directory, search
+from tests.unit.ldap.directory_config import (
+    CONFIG,
+    GROUP,
+    embedded_chain,
+    facts,
+    load_directory,
+    search,
+)
 from tests.unit.ldap.test_decide import CASES
 
 pytestmark = pytest.mark.asyncio
@@ -104,3 +111,21 @@ async def test_policy_test_cases_in_words(tmp_path: Path) -> None:
     assert results["test_wrong_expectation"].detail == "allow: expected true, got false"
     assert "either 'input' or 'ldap'" in results["test_both"].detail
     assert "'operation' must be a string" in results["test_bad_question"].detail
+
+
+async def test_an_identity_is_read_as_the_proxy_reads_it(chain: LdapChain) -> None:
+    # The proxy injects a bind identity whatever the case and the spaces around its name
+    # (LdapProxy._injection); a question must be bound, and decided, the same way.
+    for spelling in ("EmpowerID", " empowerid "):
+        question = LdapQuestion(
+            "directory",
+            "modify",
+            GROUP,
+            attributes=("member",),
+            change_type="add",
+            bound_as=spelling,
+        )
+        asked = question.facts(chain.config)
+        assert (asked.bound_as, asked.injected) == ("empowerid", True)
+        verdict = await chain.decide(asked)
+        assert verdict.allowed, verdict.reasons
