@@ -18,7 +18,7 @@ from typing import Final
 
 import redis.asyncio as redis_asyncio
 from redis.credentials import CredentialProvider
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from gateway.auth.replay import Admission
 from gateway.auth.replaystores import nonce_key
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # Connections to the server per store (per gateway process).
 _MAX_CONNECTIONS: Final = 64
+# How often the server's eviction settings are read again (``CONFIG SET`` can change them).
+_EVICTION_CHECK_SECONDS: Final = 60.0
 
 # KEYS[1] barrier, KEYS[2] nonce; ARGV[1] created, ARGV[2] time to live in ms.
 # Returns -1 when the store has no barrier (empty, or it lost its memory), 2 when the signature
@@ -99,6 +101,11 @@ class RedisReplayStore:
         # answered 503 while the server is healthy.
         self._slots = asyncio.Semaphore(_MAX_CONNECTIONS)
         self._script = self._client.register_script(_ADMIT_SCRIPT)
+        # Why the server may evict nonces (None: it cannot), and when to look again.
+        self._eviction: str | None = None
+        self._eviction_due = -math.inf
+        self._eviction_lock = asyncio.Lock()
+        self._eviction_logged = False
 
     @property
     def description(self) -> str:
@@ -131,6 +138,10 @@ class RedisReplayStore:
         ttl_ms = max(1, math.ceil((expires - self._clock()) * 1000))
         try:
             async with asyncio.timeout(self._settings.timeout_seconds), self._slots:
+                if time.monotonic() >= self._eviction_due:
+                    await self._check_eviction()
+                if self._eviction is not None:
+                    return self._evicting()
                 answer = await self._run(nonce_key(keyid, nonce), created, ttl_ms)
         except (RedisError, OSError, TimeoutError, SecretError) as exc:
             # SecretError: redis-py reads the password (the credential provider) on every new
@@ -155,6 +166,50 @@ class RedisReplayStore:
         return {1: Admission.ACCEPTED, 0: Admission.REPLAY, 2: Admission.BEFORE_START}.get(
             answer, Admission.UNAVAILABLE
         )
+
+    async def _check_eviction(self) -> None:
+        """Read whether the server may evict keys (``INFO memory``), once per period.
+
+        A nonce is a key with an expiry, which is exactly what ``volatile-*`` eviction policies
+        remove first (``volatile-lru`` is a common managed-service default): under memory
+        pressure the server would forget nonces silently, and a captured request would be
+        accepted again. Only a server that cannot evict (``maxmemory`` 0, or the policy
+        ``noeviction``) keeps every nonce for its window; any other, or one that will not say,
+        gets no admission (fail closed).
+        """
+        async with self._eviction_lock:
+            now = time.monotonic()
+            if now < self._eviction_due:
+                return  # another admission looked while this one waited
+            try:
+                memory = await self._client.info("memory")
+                limit = int(memory.get("maxmemory", 0))
+                policy = str(memory.get("maxmemory_policy", ""))
+            except ResponseError:
+                self._eviction = "it refuses INFO, so whether it evicts nonces is unknown"
+            except (TypeError, ValueError):
+                self._eviction = "its INFO answer does not say whether it evicts nonces"
+            else:
+                self._eviction = (
+                    None
+                    if limit == 0 or policy == "noeviction"
+                    else f"maxmemory {limit} with maxmemory-policy {policy} evicts nonces"
+                )
+            self._eviction_due = now + _EVICTION_CHECK_SECONDS
+            if self._eviction is None:
+                self._eviction_logged = False
+
+    def _evicting(self) -> Admission:
+        if not self._eviction_logged:
+            self._eviction_logged = True
+            log.error(
+                "replay store %s: %s; refusing signed requests until it is set to "
+                "maxmemory-policy noeviction (or maxmemory 0)",
+                self.description,
+                self._eviction,
+                extra={"event": "replay_store_evicts"},
+            )
+        return Admission.UNAVAILABLE
 
     async def initialise(self) -> None:
         """Write an empty barrier for a Hybrid Connection that has never accepted a request."""

@@ -594,6 +594,78 @@ async def test_redis_wrong_password_fails_closed(
     )
 
 
+@contextlib.contextmanager
+def eviction(server: RedisServer, maxmemory: str, policy: str) -> Iterator[None]:
+    """The server with these memory settings for the block, then back to the defaults."""
+    with admin(server) as raw:
+        raw.config_set("maxmemory", maxmemory)
+        raw.config_set("maxmemory-policy", policy)
+    try:
+        yield
+    finally:
+        with admin(server) as raw:
+            raw.config_set("maxmemory", "0")
+            raw.config_set("maxmemory-policy", "noeviction")
+
+
+@pytest.mark.parametrize(
+    "policy", ["volatile-lru", "allkeys-lru", "volatile-ttl", "allkeys-random"]
+)
+async def test_a_server_that_may_evict_nonces_admits_none(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture, policy: str
+) -> None:
+    # A nonce is a key with an expiry: under memory pressure such a server forgets it, and the
+    # captured request is accepted again (volatile-lru is a managed-service default).
+    clock = Clock()
+    with eviction(redis_server, "64mb", policy):
+        store = make_store(redis_server, clock)
+        try:
+            await store.initialise()
+            assert await store.admit("k", "n1", **window(clock)) is Admission.UNAVAILABLE
+            assert await store.admit("k", "n2", **window(clock)) is Admission.UNAVAILABLE
+        finally:
+            await store.close()
+    with admin(redis_server) as raw:
+        assert raw.keys("t:n:*") == []
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [getattr(r, "event", None) for r in errors] == ["replay_store_evicts"]
+    assert f"maxmemory-policy {policy} evicts nonces" in errors[0].getMessage()
+
+
+@pytest.mark.parametrize(("maxmemory", "policy"), [("0", "volatile-lru"), ("64mb", "noeviction")])
+async def test_a_server_that_cannot_evict_admits_as_usual(
+    redis_server: RedisServer, maxmemory: str, policy: str
+) -> None:
+    clock = Clock()
+    with eviction(redis_server, maxmemory, policy):
+        store = make_store(redis_server, clock)
+        try:
+            await store.initialise()
+            assert await store.admit("k", "n1", **window(clock)) is Admission.ACCEPTED
+            assert await store.admit("k", "n1", **window(clock)) is Admission.REPLAY
+        finally:
+            await store.close()
+
+
+async def test_a_server_that_will_not_tell_whether_it_evicts_admits_none(
+    redis_server: RedisServer,
+) -> None:
+    with admin(redis_server) as raw:
+        raw.acl_setuser(
+            "narrow",
+            enabled=True,
+            passwords=["+narrow-secret"],
+            keys=["t:*"],
+            commands=["+@all", "-info"],
+        )
+    clock = Clock()
+    store = make_store(redis_server, clock, password="narrow-secret", username="narrow")
+    try:
+        assert await store.admit("k", "n1", **window(clock)) is Admission.UNAVAILABLE
+    finally:
+        await store.close()
+
+
 async def test_redis_user_and_password_both_count(redis_server: RedisServer) -> None:
     with admin(redis_server) as raw:
         raw.acl_setuser(
