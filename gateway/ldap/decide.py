@@ -27,7 +27,7 @@ from gateway.config.model import LDAP_SCHEMES, GatewayConfig, LdapOperation, Tar
 from gateway.ldap.codec import Change, Control, FilterNode, Operation, Request
 from gateway.ldap.dn import DEFAULT_RULES, Dn, MatchingRules, normalise_attribute
 from gateway.ldap.errors import DnError, LdapRefusedError
-from gateway.ldap.policy_input import bind_name, dn_path, ldap_input
+from gateway.ldap.policy_input import bind_name, dn_path, ldap_input, subtree_path
 from gateway.policy.cache import BoundedLru
 from gateway.policy.engine import POLICY_UNAVAILABLE, POLICY_UNDEFINED
 
@@ -76,6 +76,9 @@ class LdapVerdict:
     message. For an allowed search, ``strip_attributes`` (lower-case types) must be removed from
     every result entry and entries within ``hidden_subtrees`` (root-first RDN paths of never
     reachable subtrees the scope reaches) must not be returned: :meth:`strips`, :meth:`hides`.
+    ``granted_subtrees``, when not None, are the subtrees of the rule that granted a search
+    which dereferences aliases: entries outside all of them are not returned either (an alias
+    leads anywhere, RFC 4511 4.5.1.3, and the policy judged the base, not where an alias leads).
     """
 
     allowed: bool
@@ -85,6 +88,7 @@ class LdapVerdict:
     revision: str
     document: Mapping[str, Any]
     hidden_subtrees: tuple[tuple[str, ...], ...] = ()
+    granted_subtrees: tuple[tuple[str, ...], ...] | None = None
     matching: MatchingRules = field(default=DEFAULT_RULES, repr=False)
     latency: float = 0.0
     """Seconds the engine took (for the decision-latency metric)."""
@@ -103,18 +107,27 @@ class LdapVerdict:
 
         An entry whose DN cannot be compared is hidden when any subtree is: fail closed.
         """
-        if not self.hidden_subtrees:
+        granted = self.granted_subtrees
+        if not self.hidden_subtrees and granted is None:
             return False
         # Called for every entry a search returns: only the RDNs the prefix test looks at are
         # written out (the whole DN is still parsed, so one that cannot be is hidden).
-        depth = max(len(hidden) for hidden in self.hidden_subtrees)
+        depth = max(len(subtree) for subtree in (*self.hidden_subtrees, *(granted or ())))
         try:
             path = dn_path(Dn.parse(entry_dn, self.matching), depth)
         except DnError:
             return True
         if path is None:
             return True
-        return any(tuple(path[: len(hidden)]) == hidden for hidden in self.hidden_subtrees)
+        if granted is not None and not any(_prefix(path, subtree) for subtree in granted):
+            return True
+        return any(_prefix(path, hidden) for hidden in self.hidden_subtrees)
+
+
+def _prefix(path: list[str], subtree: tuple[str, ...]) -> bool:
+    """Whether the entry at ``path`` (root-first, at least as deep as ``subtree`` when it is
+    within it) lies in ``subtree``."""
+    return tuple(path[: len(subtree)]) == subtree
 
 
 def refusal_reason(refused: LdapRefusedError) -> str:
@@ -200,6 +213,9 @@ class LdapChain:
         decision = await self.engine.decide(document)
         elapsed = time.perf_counter() - started
         allowed = decision.allow
+        granted: tuple[tuple[str, ...], ...] | None = None
+        if allowed and facts.request.operation is Operation.SEARCH and facts.request.deref_aliases:
+            granted = self._granted_subtrees(facts.target, decision.operation, document)
         return LdapVerdict(
             allowed=allowed,
             reasons=tuple(decision.reasons) if not allowed else (),
@@ -210,9 +226,26 @@ class LdapChain:
             hidden_subtrees=tuple(tuple(path) for path in decision.hidden_subtrees)
             if allowed
             else (),
+            granted_subtrees=granted,
             matching=rules,
             latency=elapsed,
         )
+
+    def _granted_subtrees(
+        self, target: str, rule_name: str | None, document: Mapping[str, Any]
+    ) -> tuple[tuple[str, ...], ...] | None:
+        """The subtrees of the rule that granted a search which dereferences aliases (None: the
+        whole directory). A grant by no rule of the target (an extension module's policy) keeps
+        the search to its base, and a base with no place (an AD ``<GUID=...>``) to nothing."""
+        config = self.config.targets.get(target)
+        rules = config.ldap.operations if config is not None and config.ldap is not None else []
+        rule = next((rule for rule in rules if rule.name == rule_name), None)
+        if rule is None:
+            base = document["ldap"].get("dn_path")
+            return (tuple(base),) if base is not None else ()
+        matching = self.matching(target)
+        paths = tuple(tuple(subtree_path(text, matching)) for text in rule.subtrees)
+        return None if () in paths else paths
 
 
 # A request whose key would hold more characters than this is decided without the cache, so the

@@ -492,3 +492,21 @@ async def test_a_search_that_dereferences_aliases_hides_every_protected_subtree(
         assert verdict.hides("CN=dc1,OU=Servers,OU=Tier0,DC=corp,DC=example")
         assert verdict.hides("CN=Domain Admins,CN=Users,DC=corp,DC=example")
         assert not verdict.hides(EMPLOYEE)
+
+
+async def test_a_dereferencing_search_is_kept_to_its_rules_subtrees(chain: LdapChain) -> None:
+    # RFC 4511 4.5.1.3: an alias can lead a search anywhere; the entries it leads to outside the
+    # granting rule's subtrees are hidden, the rule's own entries are not.
+    plain = await chain.decide(facts(search("OU=Managed Groups,DC=corp,DC=example")))
+    assert plain.granted_subtrees is None
+    assert not plain.hides("CN=x,DC=other,DC=example")
+    request = replace(search("OU=Managed Groups,DC=corp,DC=example"), deref_aliases=3)
+    verdict = await chain.decide(facts(request))
+    assert (verdict.allowed, verdict.operation) == (True, "inventory")
+    assert verdict.granted_subtrees is not None
+    assert len(verdict.granted_subtrees) == 1
+    assert verdict.hides("CN=x,DC=other,DC=example")
+    assert verdict.hides("DC=example")
+    assert not verdict.hides(GROUP)
+    assert not verdict.hides("dc = CORP, dc=example")
+    assert verdict.hides("OU=x,OU=Tier0,DC=corp,DC=example")  # never reachable, as before
