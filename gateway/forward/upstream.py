@@ -486,15 +486,36 @@ def _response_headers(message: Response) -> list[tuple[str, str]]:
         for name, value in message.raw_headers
         if len(name) not in lengths or name.lower() not in dropped
     ]
-    # Protocol notes sections 5.2 and 7: the relay carries at most 32 KB of header metadata
-    # (name, value and four bytes each); a larger answer would cost the relay socket it travels
-    # on, so it is refused here with its own reason (catalogue C 64).
-    if len(kept) * 4 + sum(len(name) + len(value) for name, value in kept) > MAX_HEADER_METADATA:
+    # The limits hold for the head the relay writes to the SaaS, not only for the target's: a
+    # byte of obs-text (0x80-0xFF, read as Latin-1) travels as two bytes of UTF-8 in the relay's
+    # JSON and on from there. A head of fewer characters than half a line cannot be over either.
+    if len(kept) * 4 + sum(len(name) + len(value) for name, value in kept) > MAX_LINE // 2:
+        _check_relayed_size(kept)
+    return kept
+
+
+def _check_relayed_size(headers: list[tuple[str, str]]) -> None:
+    """Refuse a head whose relayed form is over a line or the relay's metadata (catalogue C 64).
+
+    Protocol notes sections 5.2 and 7: the relay carries at most 32 KB of header metadata (name,
+    value and four bytes each, counted in UTF-8); a larger answer would cost the relay socket it
+    travels on. A relayed line over 8190 bytes is refused like a target's own (an HTTP client's
+    usual bound, aiohttp's included: the SaaS could not read the answer).
+    """
+    total = 0
+    for name, value in headers:
+        line = len(name) + 2 + (len(value) if value.isascii() else len(value.encode()))
+        if line > MAX_LINE:
+            raise UpstreamError(
+                "upstream_headers_too_large",
+                f"bad response: a relayed header line over {MAX_LINE} bytes",
+            )
+        total += line + 2
+    if total > MAX_HEADER_METADATA:
         raise UpstreamError(
             "upstream_headers_too_large",
             f"bad response: headers over the relay's {MAX_HEADER_METADATA} bytes",
         )
-    return kept
 
 
 async def drain(response: UpstreamResponse) -> bytes:

@@ -49,7 +49,7 @@ MAX_CONTROL_MESSAGE_SIZE: Final = 64 * 1024
 # Section 5.2: the service carries at most 32 KB of header metadata; a few hundred headers at most.
 MAX_HEADERS: Final = 256
 # Section 5.2 and 7: the service carries at most 32 KB of HTTP header metadata per request or
-# response, counted as each header's name and value plus four bytes (": " and CRLF).
+# response, counted as each header's name and value in UTF-8 plus four bytes (": " and CRLF).
 MAX_HEADER_METADATA: Final = 32 * 1024
 # Bound for single string fields (ids, addresses, targets, tokens); generous but finite.
 MAX_FIELD_LENGTH: Final = 16 * 1024
@@ -288,7 +288,10 @@ def response_bytes(
 
 def header_metadata_size(headers: Mapping[str, str]) -> int:
     """The header metadata of ``headers`` (see :data:`MAX_HEADER_METADATA`)."""
-    return sum(len(name) + len(value) + 4 for name, value in headers.items())
+    return sum(
+        len(name) + 4 + (len(value) if value.isascii() else len(value.encode("utf-8", "replace")))
+        for name, value in headers.items()
+    )
 
 
 def _plain(headers: Mapping[str, str]) -> dict[str, str]:

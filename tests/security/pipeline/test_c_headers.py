@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.devkit.saas import SaaSResponse
 from tests.security.pipeline.conftest import PipelineEnv, keep_alive_pool, pool_target
@@ -184,6 +186,13 @@ BAD_RESPONSES = [
         "upstream_headers_too_large",
         id="C64-relay-metadata-under-64k",
     ),
+    # 5000 bytes of obs-text: a line within the target's limit, but twice as long in the UTF-8
+    # the relay writes to the SaaS, whose client would refuse the whole answer.
+    pytest.param(
+        response_bytes(200, b"x", [("X-Latin", "\xe9" * 5000)], framing=False),
+        "upstream_headers_too_large",
+        id="C64-relayed-line",
+    ),
 ]
 
 
@@ -299,3 +308,72 @@ async def test_C67_pure_python_parser_and_old_aiohttp_are_refused() -> None:
     async with asyncio.timeout(60):
         out, _ = await process.communicate()
     assert out.decode().split() == ["True", "True", "True"]
+
+
+# Every byte a target may put in a reason phrase or field value that llhttp lets through: HTAB,
+# visible ASCII, obs-text; the reason phrase also takes the other control characters but CR/LF.
+_FIELD_CHARS = st.sampled_from(["\t", *map(chr, range(0x20, 0x7F)), *map(chr, range(0x80, 0x100))])
+_FIELD_TEXT = st.one_of(
+    st.text(_FIELD_CHARS, max_size=40),
+    # Long values, so that some heads are over the relay's 32 KB of metadata and some JSON
+    # texts over its 64 KiB (quotes and obs-text take two bytes there).
+    st.builds(
+        lambda text, times: (text * times)[:8000],
+        st.text(_FIELD_CHARS, min_size=1, max_size=8),
+        st.integers(500, 8000),
+    ),
+)
+_REASON = st.text(
+    st.sampled_from([c for c in map(chr, range(0x100)) if c not in "\r\n"]), max_size=200
+)
+_RESPONSES = st.tuples(
+    st.sampled_from([200, 201, 299, 404, 500, 599]),
+    _REASON,
+    st.lists(
+        st.tuples(st.from_regex(r"X-[A-Za-z0-9]{1,20}", fullmatch=True), _FIELD_TEXT),
+        max_size=24,
+        unique_by=lambda pair: pair[0].lower(),
+    ),
+)
+
+
+def _drawn(count: int) -> list[tuple[int, str, list[tuple[str, str]]]]:
+    # Drawn first, run afterwards on the module's event loop (a hypothesis body cannot await).
+    drawn: list[tuple[int, str, list[tuple[str, str]]]] = []
+
+    @settings(max_examples=count, database=None, derandomize=True, deadline=None)
+    @given(_RESPONSES)
+    def collect(value: tuple[int, str, list[tuple[str, str]]]) -> None:
+        drawn.append(value)
+
+    collect()
+    return drawn
+
+
+async def test_every_answer_a_target_can_give_reaches_the_saas_or_is_a_502_with_a_reason(
+    env: PipelineEnv, keep_alive: KeepAliveTarget
+) -> None:
+    # The class of C 63-65: whatever head a target sends within the parser's limits, the relay
+    # gets a response message it reads (the target's, or the gateway's 502 with its reason),
+    # and no control channel is lost over it (a message the relay cannot read costs the channel
+    # and every answer due on it).
+    env.dialler.erp_override = ("127.0.0.1", keep_alive.port)
+    listeners = env.stack.relay.listener_count(env.stack.hc)
+    for status, reason, headers in _drawn(40):
+        keep_alive.reset()
+        raw = f"HTTP/1.1 {status} ".encode() + reason.encode("latin-1") + b"\r\n"
+        raw += b"".join(f"{n}: {v}\r\n".encode("latin-1") for n, v in headers)
+        raw += b"Content-Length: 2\r\nConnection: close\r\n\r\nok"
+        keep_alive.scripted["/api/drawn"] = raw
+        got = await env.send("GET", "pool", "/api/drawn")
+        # What the relay writes to the SaaS: each value (without its padding) in UTF-8.
+        lines = [len(n) + 2 + len(v.strip(" \t").encode()) for n, v in headers]
+        if max(lines, default=0) > 8190 or sum(line + 2 for line in lines) > 32 * 1024:
+            assert (got.status, got.reason_code) == (502, "upstream_headers_too_large"), got
+        else:
+            assert (got.status, got.body) == (status, b"ok"), (got, reason, headers)
+            assert not got.reason_code
+            received = {name.lower(): value for name, value in got.headers.items()}
+            for name, value in headers:
+                assert received[name.lower()] == value.strip(" \t"), name
+        assert env.stack.relay.listener_count(env.stack.hc) == listeners
