@@ -63,7 +63,13 @@ from gateway.identity.models import (
 from gateway.ldap.innertls import InnerTlsError, identity_context
 from gateway.observability.audit import AuditLog, decision_log
 from gateway.observability.export import Exporter, build_exporters
-from gateway.observability.health import HealthServer, Readiness
+from gateway.observability.health import (
+    ENDPOINT_FILE,
+    HealthServer,
+    Readiness,
+    publish_endpoint,
+    withdraw_endpoint,
+)
 from gateway.observability.metrics import Metrics
 from gateway.outbound.proxy import OutboundProxy, ProxyConfigError, ProxySettings
 from gateway.pipeline import AuditRecord, Decider, Pipeline, Runtime
@@ -256,6 +262,42 @@ class StartError(GatewayError):
         self.exit_code = exit_code
 
 
+class OperatorEndpoint:
+    """The loopback operator endpoint on ``observability.listen``, its bound address published
+    in the state directory (:data:`gateway.observability.health.ENDPOINT_FILE`) while it serves:
+    with port 0 configured, that file is the only place that names the port."""
+
+    def __init__(self, server: HealthServer, state_dir: Path | None) -> None:
+        self.server = server
+        self._state_dir = state_dir
+        self._published: str | None = None
+
+    async def start(self, listen: str) -> None:
+        """Bind ``listen`` (``HOST:PORT``) and publish the address; raises StartError."""
+        host, _, port = listen.rpartition(":")
+        try:
+            await self.server.start(host.strip("[]"), int(port))
+        except OSError as exc:
+            raise StartError(f"cannot listen on {listen}: {exc.strerror}", EXIT_START) from None
+        if self._state_dir is None:
+            return
+        try:
+            self._published = publish_endpoint(self._state_dir, host, self.server.port)
+        except OSError as exc:
+            raise StartError(
+                f"cannot write {ENDPOINT_FILE} in the state directory: {exc.strerror}", EXIT_START
+            ) from None
+
+    async def stop(self) -> None:
+        """Withdraw the published address first (nothing answers there from now on), then stop
+        serving."""
+        if self._state_dir is not None and self._published is not None:
+            with contextlib.suppress(OSError):
+                withdraw_endpoint(self._state_dir, self._published)
+            self._published = None
+        await self.server.stop()
+
+
 @dataclass(frozen=True)
 class WorkerRole:
     """This agent is worker ``index`` (from 1) of ``count`` under ``gateway run``'s supervisor
@@ -411,7 +453,7 @@ class Agent:
         self._replay: ReplayStore | None = None
         self._audit: AuditLog | None = None
         self._exporters: list[Exporter] = []
-        self._health: HealthServer | None = None
+        self._health: OperatorEndpoint | None = None
         self._pipeline: Pipeline | None = None
         self._renewer: CertificateRenewer | None = None
         self._reload_lock = asyncio.Lock()
@@ -430,7 +472,7 @@ class Agent:
     @property
     def health_port(self) -> int | None:
         """The port the health endpoint is bound to (useful with port 0), or None if off."""
-        return self._health.port if self._health is not None else None
+        return self._health.server.port if self._health is not None else None
 
     def _load(self, *, pinned: bool = False) -> LoadedConfig:
         """gateway.yaml as it is now, or (``pinned``, a worker starting) the revision its
@@ -640,15 +682,15 @@ class Agent:
         )
         self.metrics.relay.bind(self._listener.metrics)
         if config.observability.enabled:
-            # A worker answers its supervisor on a loopback port of its own; the supervisor
-            # serves the configured address for the whole gateway.
-            listen = "127.0.0.1:0" if self.options.worker else config.observability.listen
-            host, _, port = listen.rpartition(":")
-            self._health = HealthServer(self.metrics, self.readiness)
-            try:
-                await self._health.start(host.strip("[]"), int(port))
-            except OSError as exc:
-                raise StartError(f"cannot listen on {listen}: {exc.strerror}", EXIT_START) from None
+            # A worker answers its supervisor on a loopback port of its own (reported over the
+            # control channel, not in the state directory); the supervisor serves the configured
+            # address for the whole gateway.
+            is_worker = self.options.worker is not None
+            listen = "127.0.0.1:0" if is_worker else config.observability.listen
+            self._health = OperatorEndpoint(
+                HealthServer(self.metrics, self.readiness), None if is_worker else state_dir
+            )
+            await self._health.start(listen)
         self._renewer = self._certificate_renewer(identity, state_dir, passphrase)
         # The keys were pinned at registration or refreshed since; next refresh one interval on.
         self._state.next_key_refresh = time.monotonic() + self.options.key_refresh_interval

@@ -74,6 +74,7 @@ from gateway.service import (
     EXIT_START,
     Agent,
     AgentOptions,
+    OperatorEndpoint,
     StartError,
     check_release,
     stop_on_signals,
@@ -145,7 +146,7 @@ class Supervisor:
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._health: HealthServer | None = None
+        self._health: OperatorEndpoint | None = None
         self._session: aiohttp.ClientSession | None = None
         self._config_mtime = 0.0
         # The running revision's exact configuration bytes, written 0600 to the state directory
@@ -156,7 +157,7 @@ class Supervisor:
     @property
     def health_port(self) -> int | None:
         """The operator endpoint's port (useful with port 0), or None if it is off."""
-        return self._health.port if self._health is not None else None
+        return self._health.server.port if self._health is not None else None
 
     def pids(self) -> dict[int, int]:
         """The process id of each running worker, by worker number."""
@@ -200,13 +201,11 @@ class Supervisor:
         )
         self._count_running()
         if loaded.config.observability.enabled:
-            listen = loaded.config.observability.listen
-            host, _, port = listen.rpartition(":")
-            self._health = HealthServer(self.metrics_page, self.readiness)
-            try:
-                await self._health.start(host.strip("[]"), int(port))
-            except OSError as exc:
-                raise StartError(f"cannot listen on {listen}: {exc.strerror}", EXIT_START) from None
+            self._health = OperatorEndpoint(
+                HealthServer(self.metrics_page, self.readiness),
+                loaded.resolve_path(loaded.config.gateway.state_dir),
+            )
+            await self._health.start(loaded.config.observability.listen)
         for worker in self._workers:
             self._spawn(self._supervise(worker), f"supervise-{worker.index}")
         self._spawn(self._watch_config(), "config-watch")

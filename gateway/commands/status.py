@@ -1,15 +1,16 @@
 """``gateway status``: what this gateway is and how it is doing, without changing anything.
 
 Reports the registered identity (from the state directory, offline), the revision of the file on
-disk, and - when the agent is running - its live state from the local ``/readyz`` endpoint: the
-revision it runs (which differs from the file's until a reload), listeners online, last
-heartbeat (and why heartbeats fail, while they do), the decision-log head EmpowerID last accepted
-(the ``--expect-head`` of ``gateway audit verify``), policy revision, mode and, after a rejected
-reload, the reload error. With several workers each has its own heartbeat and decision-log chain,
-so these are shown per worker. When the file on
-disk is invalid (a rejected reload) the live state is still shown, from the ``observability``
-section as far as it can be read, so an operator sees what runs and why the change did not take.
-Exit 0 when the file is valid, the gateway registered and (if running) ready; 1 otherwise.
+disk, and - when the agent is running - its live state from the local ``/readyz`` endpoint (with
+port 0 in ``observability.listen``, at the address the agent published in the state directory,
+``operator-endpoint``): the revision it runs (which differs from the file's until a reload),
+listeners online, last heartbeat (and why heartbeats fail, while they do), the decision-log head
+EmpowerID last accepted (the ``--expect-head`` of ``gateway audit verify``), policy revision,
+mode and, after a rejected reload, the reload error. With several workers each has its own
+heartbeat and decision-log chain, so these are shown per worker. When the file on disk is invalid
+(a rejected reload) the live state is still shown, from the ``observability`` section as far as
+it can be read, so an operator sees what runs and why the change did not take. Exit 0 when the
+file is valid, the gateway registered and (if running) ready; 1 otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from gateway import identity
@@ -33,7 +35,8 @@ from gateway.commands._common import (
     state_dir,
 )
 from gateway.config import yamlsafe
-from gateway.config.model import LISTEN_PATTERN, ObservabilitySection
+from gateway.config.model import LISTEN_PATTERN, GatewaySection, ObservabilitySection
+from gateway.observability.health import published_endpoint
 
 _PROBE_TIMEOUT = 2.0
 # The keys of the agent's /readyz answer worth a line of their own, in this order.
@@ -73,29 +76,45 @@ def _live(listen: str) -> dict[str, Any]:
         return {"running": True, "ready": False, "reasons": ["unreadable /readyz answer"]}
 
 
+def _published_if_port_0(listen: str, state: Path) -> str:
+    """``listen``, or with port 0 (the kernel picked one) the address the running agent
+    published in its state directory; without that file, ``listen`` itself, where nothing
+    answers."""
+    if listen.rpartition(":")[2] == "0":
+        return published_endpoint(state) or listen
+    return listen
+
+
 def _listen_of_invalid(path: str) -> str | None:
-    """``observability.listen`` read from a file that does not validate (None: disabled).
+    """``observability.listen`` read from a file that does not validate (None: disabled), or
+    with port 0 the address the agent published in ``gateway.state_dir`` as far as it can be
+    read.
 
     Read with the same strict YAML reader; anything unreadable falls back to the default, where
     an agent started from an earlier valid file most likely listens.
     """
-    default = ObservabilitySection()
+    default_listen = ObservabilitySection().listen
+    default_state = GatewaySection.model_fields["state_dir"].default
     try:
         with open(path, "rb") as handle:
             raw = handle.read(yamlsafe.MAX_FILE_BYTES + 1)
     except OSError:
-        return default.listen
+        return default_listen
     text, _ = yamlsafe.decode(raw, path)
     doc, _ = yamlsafe.parse(text, path) if text is not None else (None, [])
-    section = doc.data.get("observability") if doc and isinstance(doc.data, dict) else None
+    data = doc.data if doc and isinstance(doc.data, dict) else {}
+    section = data.get("observability")
     if not isinstance(section, dict):
-        return default.listen
+        return default_listen
     if section.get("enabled") is False:
         return None
     listen = section.get("listen")
-    if isinstance(listen, str) and re.fullmatch(LISTEN_PATTERN, listen):
-        return listen
-    return default.listen
+    if not isinstance(listen, str) or not re.fullmatch(LISTEN_PATTERN, listen):
+        return default_listen
+    gateway = data.get("gateway")
+    state = gateway.get("state_dir") if isinstance(gateway, dict) else None
+    state_path = Path(state if isinstance(state, str) and state else default_state).expanduser()
+    return _published_if_port_0(listen, Path(path).parent / state_path)
 
 
 def _invalid(args: argparse.Namespace) -> int:
@@ -170,12 +189,17 @@ def run(args: argparse.Namespace) -> int:
     if loaded is None:
         return _invalid(args)
     config = loaded.config
+    listen = (
+        _published_if_port_0(config.observability.listen, state_dir(loaded))
+        if config.observability.enabled
+        else None
+    )
     report: dict[str, Any] = {
         "gateway_id": config.gateway.id,
         "config": {"file": str(loaded.file), "revision": loaded.revision},
         "policy": {"engine": config.policy.engine, "mode": config.policy.mode},
         "identity": identity.status(state_dir(loaded), passphrase=passphrase(loaded)),
-        "agent": _live(config.observability.listen) if config.observability.enabled else {},
+        "agent": _live(listen) if listen else {},
     }
     report = redacted(report)
     healthy = bool(report["identity"].get("ready")) and report["agent"].get("ready", True)
@@ -203,5 +227,5 @@ def run(args: argparse.Namespace) -> int:
     # The agent's revision is "<configuration>/<policy>"; the file's is the configuration's.
     if isinstance(running, str) and running.split("/")[0] != loaded.revision:
         print("            (the running agent has another revision: reload to apply the file)")
-    _print_agent(agent, config.observability.listen if config.observability.enabled else None)
+    _print_agent(agent, listen)
     return 0 if healthy else 1

@@ -830,7 +830,15 @@ class ObservabilitySection(_Model):
     """Metrics (/metrics) and health (/healthz, /readyz) endpoint."""
 
     enabled: bool = True
-    listen: str = Field(default="127.0.0.1:9464", pattern=LISTEN_PATTERN)
+    listen: str = Field(
+        default="127.0.0.1:9464",
+        pattern=LISTEN_PATTERN,
+        description=(
+            "HOST:PORT of the endpoint (loopback unless it is meant to be reached). Port 0: any "
+            "free port; while it runs, the gateway writes the address it got to "
+            "'operator-endpoint' in gateway.state_dir, where gateway status finds it."
+        ),
+    )
 
 
 class ConfigSignatureSection(_Model):

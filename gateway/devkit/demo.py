@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ import aiohttp
 
 from gateway.devkit import slapd as devkit_slapd
 from gateway.devkit.saas import SaaSResponse
-from gateway.devkit.stack import PERSON, PERSON_PASSWORD, DevStack
+from gateway.devkit.stack import PERSON, PERSON_PASSWORD, DevStack, operator_port
 from gateway.observability.auditchain import verify_files
 from gateway.outbound.sessions import client_session
 
@@ -54,12 +53,6 @@ class Row:
     @property
     def ok(self) -> bool:
         return self.expected == self.got
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _gateway_command(*args: str) -> list[str]:
@@ -286,7 +279,6 @@ async def run_demo(keep: bool = False) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
     code = 1
     try:
-        health_port = _free_port()
         unavailable = _ldap_unavailable()
         with contextlib.ExitStack() as directories:
             directory = None
@@ -294,7 +286,7 @@ async def run_demo(keep: bool = False) -> int:
                 directory = directories.enter_context(
                     devkit_slapd.sample_directory(workdir / "slapd")
                 )
-            code = await _run(workdir, health_port, directory, unavailable)
+            code = await _run(workdir, directory, unavailable)
             return code
     finally:
         if not keep and code == 0:
@@ -303,14 +295,14 @@ async def run_demo(keep: bool = False) -> int:
 
 async def _run(
     workdir: Path,
-    health_port: int,
     directory: devkit_slapd.Slapd | None,
     unavailable: str | None,
 ) -> int:
     started = time.monotonic()
     process: asyncio.subprocess.Process | None = None
     try:
-        async with DevStack(health_port=health_port) as stack:
+        # The gateway's operator endpoint listens on port 0 and publishes the port it got.
+        async with DevStack() as stack:
             ldap = _ldap_target(workdir, directory) if directory is not None else None
             config = stack.write_gateway_dir(
                 workdir, extra_targets={LDAP_TARGET: ldap} if ldap is not None else None
@@ -349,6 +341,8 @@ async def _run(
                     *_gateway_command(*run_args), env=env, stdout=log_file, stderr=log_file
                 )
             try:
+                health_port = await operator_port(workdir, process, within=READY_TIMEOUT)
+                print(f"demo: operator endpoint http://127.0.0.1:{health_port}/readyz")
                 await _wait_ready(health_port, process)
                 rows = await _session(stack, config, health_port, ldap)
             except (RuntimeError, aiohttp.ClientError, TimeoutError) as exc:

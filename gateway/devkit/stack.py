@@ -17,6 +17,7 @@ import base64
 import contextlib
 import datetime as dt
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,13 @@ from gateway.devkit.relay_emulator import LISTEN, SEND, RelayEmulator, SasRule
 from gateway.devkit.saas import SaaSClient
 from gateway.devkit.signing import RequestSigner
 from gateway.identity import RegistrationSettings, register
+from gateway.observability.health import ENDPOINT_FILE, published_endpoint
 
 NAMESPACE = "relay.devkit.invalid"
+# gateway.state_dir of the gateway directories written here, relative to gateway.yaml.
+STATE_DIR = "state"
+# How often a waiting caller looks for the published operator endpoint.
+_PUBLISHED_POLL = 0.05
 PERSON = "operator"
 PERSON_PASSWORD = "devkit-operator-password"  # noqa: S105 - a throwaway local test account
 
@@ -177,7 +183,7 @@ def demo_config(
     ]
     return {
         "version": 1,
-        "gateway": {"id": stack.gateway_id, "state_dir": "state"},
+        "gateway": {"id": stack.gateway_id, "state_dir": STATE_DIR},
         "empowerid": {"url": stack.controlplane.base_url, "ca_file": "empowerid-ca.pem"},
         "relay": {
             "connections": 2,
@@ -305,14 +311,14 @@ class DevStack:
         await register(
             RegistrationSettings(
                 base_url=self.controlplane.base_url,
-                state_dir=directory / "state",
+                state_dir=directory / STATE_DIR,
                 gateway_id=self.gateway_id,
                 ca_file=directory / "empowerid-ca.pem",
             ),
             username=PERSON,
             password=PERSON_PASSWORD,
         )
-        ReplayCache.initialise(directory / "state")
+        ReplayCache.initialise(directory / STATE_DIR)
 
     def gateway_document(self, targets: Mapping[str, Any], **sections: Any) -> dict[str, Any]:
         """A gateway.yaml document wired to this stack with the given ``targets``.
@@ -348,3 +354,29 @@ class DevStack:
             gateway_id=self.gateway_id,
             ca_pem=self.controlplane.ca.pem,
         )
+
+
+async def operator_port(
+    directory: Path, process: asyncio.subprocess.Process, *, within: float
+) -> int:
+    """The port of the operator endpoint of ``gateway run`` (``process``) for the gateway
+    directory ``directory``, once the gateway has published it in its state directory (see
+    :data:`gateway.observability.health.ENDPOINT_FILE`): :func:`demo_config` has it listen on
+    port 0, so the port is the kernel's choice and no other process can take it first.
+
+    Raises RuntimeError when the process exits first or ``within`` seconds pass. A file left by
+    an earlier run that did not stop cleanly names a stale port: a caller that starts a gateway
+    again in the same directory removes it first.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        address = published_endpoint(directory / STATE_DIR)
+        if address is not None:
+            return int(address.rpartition(":")[2])
+        if process.returncode is not None:
+            raise RuntimeError(
+                f"gateway exited with {process.returncode} before it published {ENDPOINT_FILE}"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway did not publish {ENDPOINT_FILE} within {within} s")
+        await asyncio.sleep(_PUBLISHED_POLL)

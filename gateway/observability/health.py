@@ -20,6 +20,13 @@ routes and nothing else, with the limits of a small internal endpoint:
   of their answers, and reading pauses while the client does not read what it was sent;
 * a connection that brings no complete request for 15 s, or does not take its answers in that
   time, is closed; an answer that takes more than 30 s to build is a 503.
+
+The process serving ``observability.listen`` (``gateway run``'s supervisor, or the one process)
+writes the address it bound to ``operator-endpoint`` in the state directory, ``HOST:PORT`` and a
+newline, and removes it when it stops. With port 0 in ``observability.listen`` the kernel picks a
+free port and this file is the one place that names it: ``gateway status`` reads it, and so can
+anything else that starts the gateway (the demo does), with no port chosen beforehand that
+another process could take before the gateway binds it.
 """
 
 from __future__ import annotations
@@ -32,11 +39,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any, cast
 
 import httptools
 
 from gateway.observability.metrics import Metrics
+from gateway.statefile import replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,10 @@ class Readiness:
     reasons: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
+
+# In the state directory: the operator endpoint's bound address (see the module's docstring).
+ENDPOINT_FILE = "operator-endpoint"
+_ENDPOINT_MAX_BYTES = 300
 
 # The supervisor of several workers answers by asking each of them (gateway.supervisor).
 MetricsPage = Callable[[], Awaitable[bytes]]
@@ -421,3 +434,32 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def publish_endpoint(state_dir: Path, host: str, port: int) -> str:
+    """Write ``HOST:PORT`` (``host`` as in ``observability.listen``, IPv6 in brackets) to
+    :data:`ENDPOINT_FILE` in ``state_dir``, whole or not at all; returns it. Raises OSError."""
+    address = f"{host}:{port}"
+    replace_atomically(state_dir, ENDPOINT_FILE, f"{address}\n".encode())
+    return address
+
+
+def withdraw_endpoint(state_dir: Path, address: str) -> None:
+    """Remove :data:`ENDPOINT_FILE` if it still names ``address`` (a gateway started since on
+    the same state directory keeps its own)."""
+    if published_endpoint(state_dir) == address:
+        (state_dir / ENDPOINT_FILE).unlink(missing_ok=True)
+
+
+def published_endpoint(state_dir: Path) -> str | None:
+    """The address in :data:`ENDPOINT_FILE`, or None when there is none (the gateway is not
+    running, or it stopped) or it is not ``HOST:PORT``."""
+    try:
+        with (state_dir / ENDPOINT_FILE).open("rb") as handle:
+            raw = handle.read(_ENDPOINT_MAX_BYTES)
+    except OSError:
+        return None
+    host, _, port = raw.decode("ascii", errors="replace").strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return f"{host}:{port}"

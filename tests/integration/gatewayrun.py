@@ -69,12 +69,12 @@ async def registered_run(
     env: Mapping[str, str],
     program: Sequence[str],
     args: Sequence[str] = (),
-    health_port: int = 0,
 ) -> AsyncIterator[tuple[DevStack, asyncio.subprocess.Process]]:
     """A fresh dev stack, a gateway registered with it (``tmp_path/gw``) and its ``gateway
     run`` started by ``program`` with ``env`` added and ``args`` (log: ``tmp_path/gateway.log``);
-    its health endpoint on ``health_port`` (0: any)."""
-    async with DevStack(stack_name, health_port=health_port) as stack:
+    its health endpoint on a port the kernel picks (published in the state directory: see
+    :func:`gateway.devkit.stack.operator_port`)."""
+    async with DevStack(stack_name) as stack:
         directory = tmp_path / "gw"
         config = stack.write_gateway_dir(directory)
         await stack.register_gateway(directory)

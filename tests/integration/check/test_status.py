@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,18 +15,11 @@ import yaml
 from prometheus_client import generate_latest
 
 from gateway import eventloop
-from gateway.devkit.stack import DevStack
+from gateway.devkit.stack import STATE_DIR, DevStack
+from gateway.observability.health import ENDPOINT_FILE
 from gateway.service import Agent, AgentOptions
 
 pytestmark = pytest.mark.asyncio
-
-
-def _free_port() -> int:
-    # The agent's health endpoint must be at a port written in gateway.yaml, where `status`
-    # reads it; the kernel picks a free one and it is handed over at once.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -58,7 +50,9 @@ async def _status(config: Path, *extra: str) -> Result:
 
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[tuple[Agent, Path]]:
-    async with DevStack(health_port=_free_port()) as stack:
+    # The health endpoint listens on port 0 (DevStack's default): `status` finds the port the
+    # agent got in the state directory, where the agent published it.
+    async with DevStack() as stack:
         directory = tmp_path / "gw"
         config = stack.write_gateway_dir(directory)
         await stack.register_gateway(directory)
@@ -70,6 +64,21 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Agent, Path]]:
             yield agent, config
         finally:
             await agent.stop()
+
+
+async def test_the_agent_publishes_the_port_it_got_while_it_runs(
+    running: tuple[Agent, Path],
+) -> None:
+    agent, config = running
+    published = config.parent / STATE_DIR / ENDPOINT_FILE
+    assert published.read_text() == f"127.0.0.1:{agent.health_port}\n"
+    as_json = json.loads((await _status(config, "--format", "json")).stdout)
+    assert as_json["agent"]["running"] is True
+    await agent.stop()
+    assert not published.exists()
+    result = await _status(config)
+    assert result.returncode == 0
+    assert "agent       not running (nothing answers on 127.0.0.1:0)" in result.stdout
 
 
 async def test_status_shows_the_running_revision(running: tuple[Agent, Path]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,10 +24,10 @@ import pytest
 import pytest_asyncio
 
 from gateway.devkit.saas import SaaSResponse
-from gateway.devkit.stack import DevStack
+from gateway.devkit.stack import DevStack, operator_port
 from gateway.devkit.token_server import ProtectedApi, TokenServer
 
-from ..gatewayrun import child_environment, gateway_run
+from ..gatewayrun import START_TIMEOUT, child_environment, gateway_run
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -41,12 +40,6 @@ SECRETS = (API_KEY, ROTATED_KEY, BASIC_PASSWORD, BEARER, CLIENT_SECRET)
 # The token lifetime the endpoint grants, and how early the gateway refreshes: the margin is
 # capped at half the lifetime, so tokens are refreshed 3 s after issue and expire after 6 s.
 LIFETIME = 6.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _write_secret(path: Path, value: str, mode: int = 0o600) -> None:
@@ -95,6 +88,7 @@ class Env:
     process: asyncio.subprocess.Process
     log: Path
     child_env: dict[str, str]
+    health_port: int
 
     async def send(self, target: str, path: str = "/api/items", **kwargs: Any) -> SaaSResponse:
         async with self.stack.saas() as saas:
@@ -139,7 +133,7 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
         ProtectedApi(expect={"authorization": f"Basic {basic}"}) as basic_api,
         ProtectedApi(expect={"authorization": f"Bearer {BEARER}"}) as bearer_api,
         ProtectedApi() as open_api,
-        DevStack("cred-gateway", health_port=_free_port()) as stack,
+        DevStack("cred-gateway") as stack,
     ):
         apis = {
             "oauth-api": oauth_api,
@@ -186,7 +180,9 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
         )
         log = directory / "gateway.log"
         async with gateway_run(stack, config, log=log, env=child_env) as process:
-            yield Env(stack, directory, config, idp, spare_idp, apis, process, log, child_env)
+            # Its operator endpoint listens on port 0 and publishes the port it got.
+            port = await operator_port(directory, process, within=START_TIMEOUT)
+            yield Env(stack, directory, config, idp, spare_idp, apis, process, log, child_env, port)
 
 
 @pytest.mark.parametrize("target", ["key-api", "basic-api", "bearer-api", "oauth-api"])
@@ -333,7 +329,7 @@ async def test_no_secret_appears_in_any_output(env: Env) -> None:
     assert "injects:   authorization from credential idp" in explained, explained
     async with (
         aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{env.stack.health_port}/metrics") as page,
+        session.get(f"http://127.0.0.1:{env.health_port}/metrics") as page,
     ):
         outputs["metrics"] = await page.text()
     outputs["gateway log"] = env.log.read_text(encoding="utf-8", errors="replace")

@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -31,7 +30,8 @@ import yaml
 from gateway.auth.replaystores import SQLITE_FILE, default_prefix
 from gateway.auth.sqlitestore import SqliteReplayStore
 from gateway.devkit.saas import SaaSClient, SaaSResponse
-from gateway.devkit.stack import DevStack, demo_config
+from gateway.devkit.stack import STATE_DIR, DevStack, demo_config
+from gateway.observability.health import ENDPOINT_FILE, published_endpoint
 from gateway.outbound.sessions import client_session
 from tests.redisserver import PASSWORD, RedisServer
 
@@ -41,13 +41,6 @@ STOP_TIMEOUT = 60.0
 _ids = itertools.count(1)
 
 
-def free_port() -> int:
-    """A loopback port free now (the supervisor binds it for the operator endpoint)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass
 class Gateway:
     """One installation: its directory, configuration and ``gateway run`` process."""
@@ -55,17 +48,23 @@ class Gateway:
     name: str
     directory: Path
     config: Path
-    health_port: int
     process: asyncio.subprocess.Process | None = None
     log_file: Path | None = None
+    health_port: int | None = None
+    """The operator endpoint's port, once this run published it (it listens on port 0)."""
 
-    @property
-    def base(self) -> str:
-        """The operator endpoint."""
-        return f"http://127.0.0.1:{self.health_port}"
+    def published_port(self) -> int | None:
+        """The operator endpoint's port if the supervisor has published it by now."""
+        if self.health_port is None:
+            address = published_endpoint(self.directory / STATE_DIR)
+            self.health_port = None if address is None else int(address.rpartition(":")[2])
+        return self.health_port
 
     async def start(self) -> None:
         """Start ``gateway run`` (supervisor and workers) with its log in the directory."""
+        # A run that was killed leaves its address behind: this run publishes its own.
+        (self.directory / STATE_DIR / ENDPOINT_FILE).unlink(missing_ok=True)
+        self.health_port = None
         self.log_file = self.directory / "gateway.log"
         with self.log_file.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
@@ -110,10 +109,13 @@ class Gateway:
 
     async def get(self, page: str) -> tuple[int, str]:
         """GET an operator page: (status, body); (0, "") while nothing answers."""
+        port = self.published_port()
+        if port is None:
+            return 0, ""
         try:
             async with (
                 client_session(timeout=aiohttp.ClientTimeout(total=10)) as session,
-                session.get(f"{self.base}/{page}") as response,
+                session.get(f"http://127.0.0.1:{port}/{page}") as response,
             ):
                 return response.status, await response.text()
         except (aiohttp.ClientError, OSError, TimeoutError):
@@ -238,15 +240,14 @@ class Fleet:
         """Prepare and register one more installation (not started)."""
         name = f"gw{len(self.gateways) + 1}"
         directory = self.work / name
-        port = free_port()
+        # Its operator endpoint listens on port 0 (demo_config), and publishes the port it got.
         document = self.document(gateways, workers=workers)
-        document["observability"] = {"listen": f"127.0.0.1:{port}"}
         config = self.stack.write_gateway_dir(directory, document=document)
         await self.stack.register_gateway(directory)
         if self.store == "sqlite":
             # A store that never accepted a request: no start barrier (see replaystores).
             SqliteReplayStore.initialise(directory / "state" / SQLITE_FILE)
-        gateway = Gateway(name, directory, config, port)
+        gateway = Gateway(name, directory, config)
         self.gateways.append(gateway)
         return gateway
 

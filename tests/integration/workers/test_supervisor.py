@@ -28,7 +28,9 @@ import pytest_asyncio
 from gateway import eventloop
 from gateway.cli import main
 from gateway.config import load
+from gateway.devkit.stack import STATE_DIR
 from gateway.gitops.signing import SIGNATURE_SUFFIX, generate_key, load_private_key, sign_config
+from gateway.observability.health import ENDPOINT_FILE
 from tests.integration.workers.harness import START_TIMEOUT, Fleet, Gateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -147,7 +149,6 @@ async def test_an_unsigned_file_is_refused_by_the_supervisor_with_its_reason(
     before = await gateway.readyz()
     original = gateway.config.read_text()
     document = fleet.document(1)
-    document["observability"] = {"listen": f"127.0.0.1:{gateway.health_port}"}
     document["config_signature"] = {"required": True}
     fleet.stack.write_gateway_dir(gateway.directory, document=document)
     gateway.signal(signal.SIGHUP)
@@ -171,7 +172,6 @@ async def test_an_unsigned_file_is_refused_by_the_supervisor_with_its_reason(
 async def test_a_good_file_moves_every_worker_together(fleet: Fleet, gateway: Gateway) -> None:
     before = await gateway.readyz()
     document = fleet.document(1)
-    document["observability"] = {"listen": f"127.0.0.1:{gateway.health_port}"}
     document["limits"] = {"request_timeout_seconds": 15}
     fleet.stack.write_gateway_dir(gateway.directory, document=document)
     gateway.signal(signal.SIGHUP)
@@ -336,6 +336,16 @@ async def test_a_worker_refuses_a_snapshot_of_another_revision(gateway: Gateway)
     assert b"the supervisor's snapshot is revision" in output
 
 
+async def test_the_supervisor_publishes_the_port_it_got(gateway: Gateway) -> None:
+    # observability.listen is 127.0.0.1:0: the supervisor wrote the port its endpoint got (the
+    # workers' own endpoints are for the supervisor alone), and /readyz there is the whole
+    # gateway's.
+    published = gateway.directory / STATE_DIR / ENDPOINT_FILE
+    assert published.read_text() == f"127.0.0.1:{gateway.published_port()}\n"
+    state = await gateway.readyz()
+    assert [w["worker"] for w in state["workers"]] == [1, 2]
+
+
 async def test_sigterm_to_every_process_drains_every_worker(fleet: Fleet, gateway: Gateway) -> None:
     pids = await gateway.worker_pids()
     async with fleet.saas() as saas:
@@ -355,6 +365,8 @@ async def test_sigterm_to_every_process_drains_every_worker(fleet: Fleet, gatewa
         gateway.signal(signal.SIGTERM)
         outcome = await batch
     assert await gateway.wait() == 0
+    # Nothing answers at the published address any more, so it is withdrawn.
+    assert not (gateway.directory / STATE_DIR / ENDPOINT_FILE).exists()
     # Every request that reached a worker before the stop was answered; later ones were
     # refused while draining (503) - none was lost.
     assert set(outcome.count()) <= {200, 503}, outcome
@@ -376,9 +388,8 @@ async def test_each_worker_kept_its_own_verifiable_chain(gateway: Gateway) -> No
 async def test_a_worker_that_cannot_start_sets_the_exit_code(fleet: Fleet, tmp_path: Path) -> None:
     # Never registered: every worker finds no identity (exit 4), and so does the gateway.
     document = fleet.document(1)
-    document["observability"] = {"listen": "127.0.0.1:0"}
     config = fleet.stack.write_gateway_dir(tmp_path / "unregistered", document=document)
-    gateway = Gateway("unregistered", config.parent, config, 0)
+    gateway = Gateway("unregistered", config.parent, config)
     await gateway.start()
     assert await gateway.wait() == 4
     events = {e.get("event") for e in gateway.log_events()}
