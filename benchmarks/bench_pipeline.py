@@ -52,7 +52,6 @@ import os
 import platform
 import secrets
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -86,6 +85,8 @@ from harness import (
     write_report,
 )
 from yarl import URL
+
+from gateway.devkit.ports import ADDRESS_IN_USE, PortTaken, start_on_free_ports_async
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
@@ -187,13 +188,6 @@ async def run_services(workdir: Path) -> None:
 # --- orchestration helpers ---------------------------------------------------------------
 
 
-def free_port() -> int:
-    """An unused loopback TCP port (for the gateway's health endpoint)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def gateway_config(
     relay_port: int,
     cp_port: int,
@@ -284,9 +278,8 @@ async def start_gateway(
     ``python -m gateway`` imports the package from its working directory first: a ``cwd``
     outside the repository lets ``PYTHONPATH`` choose another tree's package."""
     python = sys.executable
-    health_port = free_port()
     config = workdir / "gateway.yaml"
-    document = gateway_config(*ports, health_port, gateway_id)
+    document = gateway_config(*ports, 0, gateway_id)
     config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     registration = await asyncio.create_subprocess_exec(
         python, "-m", "gateway", "register", "-c", str(config), "--person", PERSON,
@@ -303,15 +296,29 @@ async def start_gateway(
         run_args.append("--allow-root")
     if event_loop is not None:
         run_args += ["--event-loop", event_loop]
-    with (workdir / "gateway.log").open("wb") as log_file:
-        gateway = await asyncio.create_subprocess_exec(
-            python, "-m", "gateway", *run_args, env=env, cwd=cwd, stdout=log_file, stderr=log_file
-        )
-    try:
-        ready = await wait_ready(health_port, gateway)
-    except BaseException:
-        await stop_processes([gateway], 5.0)
-        raise
+
+    async def launch(health: list[int]) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+        # The health port is chosen here, not by the kernel at bind time: a gateway of another
+        # commit (--baseline) may predate publishing the port it got. One taken meanwhile makes
+        # the gateway exit saying so, and it starts again on another (gateway.devkit.ports).
+        document = gateway_config(*ports, health[0], gateway_id)
+        config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        log = workdir / "gateway.log"
+        with log.open("wb") as log_file:
+            gateway = await asyncio.create_subprocess_exec(
+                python, "-m", "gateway", *run_args,
+                env=env, cwd=cwd, stdout=log_file, stderr=log_file,
+            )  # fmt: skip
+        try:
+            return gateway, await wait_ready(health[0], gateway)
+        except BaseException:
+            await stop_processes([gateway], 5.0)
+            text = log.read_text(errors="replace")
+            if ADDRESS_IN_USE in text:
+                raise PortTaken("gateway run", text) from None
+            raise
+
+    gateway, ready = await start_on_free_ports_async(launch, name="gateway run")
     return gateway, str(ready.get("event_loop") or "asyncio's default")
 
 

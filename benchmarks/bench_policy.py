@@ -23,13 +23,14 @@ import ctypes
 import datetime
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from harness import start_child
 
 from gateway.config import LoadedConfig, load
 from gateway.policy import embedded as embedded_module
@@ -198,25 +199,21 @@ async def embedded(directory: Path, count: int, parts: list[str], memory: list[s
     return rows
 
 
-def free_port() -> int:
-    """A free loopback port for the OPA server process."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def opa(directory: Path, count: int) -> list[str]:
     """The OPA engine against the devkit server in its own process."""
-    port = free_port()
+    # The server binds port 0 and says which port it got (the harness's "ready" line): no port
+    # is chosen here that another process could take before the server binds it.
     script = (
         "import asyncio\nfrom gateway.devkit.opa_server import OpaServer\n"
         "async def main():\n"
-        f"    async with OpaServer(port={port}):\n"
+        "    async with OpaServer(port=0) as server:\n"
+        "        print('ready', server.port, flush=True)\n"
         "        await asyncio.Event().wait()\n"
         "asyncio.run(main())\n"
     )
-    server = await asyncio.create_subprocess_exec(sys.executable, "-c", script)
+    child = await start_child("opa server", [sys.executable, "-c", script], step=30)
+    server = child.process
+    port = int(child.values[0])
     try:
         loaded = write_config(directory, 100, opa_url=f"http://127.0.0.1:{port}")
         policies = load_policies(loaded)
@@ -225,7 +222,7 @@ async def opa(directory: Path, count: int) -> list[str]:
         )
         deadline = time.monotonic() + 10
         await engine.start()
-        # The server process needs a moment to listen; `ready` is a property, polled like /readyz.
+        # The engine is ready after its first answer; `ready` is a property, polled like /readyz.
         while not engine.ready and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         inputs = [make_input(i % 100, i) for i in range(count)]

@@ -19,9 +19,8 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -36,37 +35,23 @@ from gateway.auth.sqlitestore import SqliteReplayStore
 from gateway.config.model import RedisReplayStore as RedisSettings
 from gateway.config.secrets import SecretRef, SecretSource
 
-PASSWORD = "bench-secret"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.redisserver import PASSWORD, RedisServer
 
 
 @contextmanager
 def redis_server(directory: Path, fsync: str) -> Iterator[int]:
-    """A redis-server on a free loopback port, stopped on exit."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    binary = shutil.which("redis-server")
-    if binary is None:
+    """A redis-server on a free loopback port (the tests' own: started again on another port if
+    the one it was given is taken meanwhile), stopped on exit."""
+    if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    process = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
-         "--requirepass", PASSWORD, "--save", "", "--appendonly", "yes",
-         "--appendfsync", fsync, "--logfile", str(directory / "redis.log")],
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = RedisServer(directory, fsync=fsync)
+    server.start()
     try:
-        for _ in range(600):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
-                    conn.sendall(f"AUTH {PASSWORD}\r\nPING\r\n".encode())
-                    if b"PONG" in conn.recv(100):
-                        break
-            except OSError:
-                time.sleep(0.05)
-        yield port
+        yield server.port
     finally:
-        process.terminate()
-        process.wait(30)
+        server.stop()
 
 
 async def measure(

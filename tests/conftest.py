@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator, Mapping
 import pytest
 from hypothesis import HealthCheck, settings
 
+from gateway.devkit import ports
+
 TEST_LOOP = os.environ.get("TEST_EVENT_LOOP", "asyncio")
 if TEST_LOOP not in ("asyncio", "uvloop"):
     raise pytest.UsageError(f"TEST_EVENT_LOOP must be asyncio or uvloop, not {TEST_LOOP!r}")
@@ -71,6 +73,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
     items.sort(key=lambda item: item.path not in slow)  # stable: the rest keeps its order
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port where connections are refused for as long as the test runs
+    (gateway.devkit.ports.refused_port)."""
+    with ports.refused_port() as port:
+        yield port
 
 
 @pytest.fixture

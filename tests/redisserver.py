@@ -4,12 +4,12 @@ redis-server cannot report a port it picked itself, so it is given one and start
 another when that one turns out taken (:mod:`gateway.devkit.ports`).
 
 The server requires a password (``AUTH``), keeps its data in an append-only file fsynced at
-every write (so a restart keeps every nonce, as a production server with persistence would) unless
-``persistent=False``, and can be stopped and started again on the same port to show what the
-gateway does while its replay store is down. With ``tls=True`` it serves TLS only (``tls-port``),
-with a trustme certificate for ``127.0.0.1`` whose CA is written to ``ca_file``; with
-``also_tls=True`` it serves plain ``port`` and TLS ``tls_port`` side by side, so one server can
-answer a whole test module.
+every write (so a restart keeps every nonce, as a production server with persistence would;
+``fsync`` sets redis's ``appendfsync`` otherwise) unless ``persistent=False``, and can be
+stopped and started again on the same port to show what the gateway does while its replay store
+is down. With ``tls=True`` it serves TLS only (``tls-port``), with a trustme certificate for
+``127.0.0.1`` whose CA is written to ``ca_file``; with ``also_tls=True`` it serves plain
+``port`` and TLS ``tls_port`` side by side, so one server can answer a whole test module.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class RedisServer:
         tls: bool = False,
         also_tls: bool = False,
         ports: Sequence[int] | None = None,
+        fsync: str = "always",
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -56,6 +57,7 @@ class RedisServer:
         self.binary = binary
         self.directory = directory
         self.persistent = persistent
+        self.fsync = fsync
         self.process: subprocess.Popen[bytes] | None = None
         self.tls = tls
         self.also_tls = also_tls
@@ -119,7 +121,7 @@ class RedisServer:
             "--requirepass", PASSWORD,
             "--save", "",
             "--appendonly", "yes" if self.persistent else "no",
-            "--appendfsync", "always",
+            "--appendfsync", self.fsync,
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
             "--logfile", str(log),

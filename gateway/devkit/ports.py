@@ -16,12 +16,13 @@ wait, shared by every such server.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TypeVar
 
 # Enough that losing every race in a row is out of the question on any machine, few enough that
@@ -59,6 +60,17 @@ def loopback_ports(count: int) -> list[int]:
             probe.close()
 
 
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A 127.0.0.1 port where connections are refused while the block runs, for tests of what
+    happens when nothing listens. It stays bound by this process, without listening and without
+    ``SO_REUSEADDR`` (Linux lets a second socket bind a port only when both set it), so no other
+    process can start listening there meanwhile, as it could on a port bound and released."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield int(holder.getsockname()[1])
+
+
 def tail(output: str) -> str:
     """The end of a server's output, as error messages quote it."""
     return output[-OUTPUT_TAIL:]
@@ -78,12 +90,37 @@ def start_on_free_ports(
     of ``start`` propagates at once."""
     output = ""
     for attempt in range(attempts):
-        ports = list(first) if first is not None and attempt == 0 else loopback_ports(count)
         try:
-            return start(ports)
+            return start(_ports(attempt, count, first))
         except PortTaken as taken:
             output = taken.output
-    raise ServerStartError(
+    raise _exhausted(name, attempts, output)
+
+
+async def start_on_free_ports_async(
+    start: Callable[[list[int]], Awaitable[T]],
+    *,
+    name: str,
+    count: int = 1,
+    attempts: int = START_ATTEMPTS,
+    first: Sequence[int] | None = None,
+) -> T:
+    """:func:`start_on_free_ports` for a ``start`` that is a coroutine function."""
+    output = ""
+    for attempt in range(attempts):
+        try:
+            return await start(_ports(attempt, count, first))
+        except PortTaken as taken:
+            output = taken.output
+    raise _exhausted(name, attempts, output)
+
+
+def _ports(attempt: int, count: int, first: Sequence[int] | None) -> list[int]:
+    return list(first) if first is not None and attempt == 0 else loopback_ports(count)
+
+
+def _exhausted(name: str, attempts: int, output: str) -> ServerStartError:
+    return ServerStartError(
         f"{name} found its port taken on each of {attempts} attempts; its output the last "
         f"time:\n{tail(output)}"
     )

@@ -220,10 +220,8 @@ async def test_everything_passes_through_an_authenticating_squid(
     assert f"CONNECT 127.0.0.1:{cp_port}" in log
 
 
-async def test_unreachable_proxy(registered: Registered) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
+async def test_unreachable_proxy(registered: Registered, refused_port: int) -> None:
+    closed = refused_port
     registered.rewrite(proxy={"url": f"http://127.0.0.1:{closed}"})
     results = await _check(registered.config)
     assert results["proxy"].status == "fail"

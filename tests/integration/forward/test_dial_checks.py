@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from gateway.config.model import GatewayConfig, Target
+from gateway.devkit.ports import refused_port as refusing
 from gateway.forward.dial import (
     MAX_ADDRESSES,
     AddressPolicy,
@@ -272,13 +273,6 @@ def _unanswered_port() -> Iterator[int]:
                 filler.close()
 
 
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def _stream_through(first_port: int, second_port: int, connect_timeout: float) -> None:
     """Open a stream to a target with two checked addresses, sent to the two loopback ports,
     and check the connection made echoes what it is sent."""
@@ -296,8 +290,10 @@ async def _stream_through(first_port: int, second_port: int, connect_timeout: fl
         writer.close()
 
 
-async def test_a_stream_tries_the_next_endpoint_when_one_refuses(echo: Echo) -> None:
-    await _stream_through(_closed_port(), echo.port, connect_timeout=5)
+async def test_a_stream_tries_the_next_endpoint_when_one_refuses(
+    echo: Echo, refused_port: int
+) -> None:
+    await _stream_through(refused_port, echo.port, connect_timeout=5)
     assert echo.accepted == 1
 
 
@@ -377,14 +373,15 @@ async def test_a_stream_reader_keeps_the_line_limit(echo: Echo) -> None:
 
 
 async def test_no_endpoint_answering_is_502_naming_the_last_failure() -> None:
-    ports = {"10.1.2.3": _closed_port(), "10.1.2.4": _closed_port()}
-    dial = DialStep(
-        {"erp": _erp(["10.1.2.0/24"])},
-        resolver=_table("10.1.2.3", "10.1.2.4"),
-        redirect=lambda address, port: ("127.0.0.1", ports[str(address)]),
-    )
-    with pytest.raises(DialError) as caught:
-        await dial.open_stream("erp", connect_timeout=5, limit=1024)
+    with refusing() as first, refusing() as second:
+        ports = {"10.1.2.3": first, "10.1.2.4": second}
+        dial = DialStep(
+            {"erp": _erp(["10.1.2.0/24"])},
+            resolver=_table("10.1.2.3", "10.1.2.4"),
+            redirect=lambda address, port: ("127.0.0.1", ports[str(address)]),
+        )
+        with pytest.raises(DialError) as caught:
+            await dial.open_stream("erp", connect_timeout=5, limit=1024)
     assert (caught.value.code, caught.value.status, str(caught.value)) == (
         "upstream_unreachable",
         502,

@@ -8,7 +8,6 @@ The control-plane client routes through the same :class:`OutboundProxy` as relay
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,13 +55,6 @@ def _via(squid: Squid, password: str = PROXY_PASSWORD, **extra: object) -> Proxy
 def _authority(simulator: ControlPlaneSimulator) -> str:
     url = URL(simulator.base_url)
     return f"{url.host}:{url.port}"
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def _register_error(settings: RegistrationSettings) -> ControlPlaneError:
@@ -146,9 +138,9 @@ async def test_relay_info_with_a_wrong_proxy_password_is_proxy_auth_required(
 
 
 async def test_unreachable_proxy_is_proxy_failed_and_no_proxy_goes_direct(
-    simulator: ControlPlaneSimulator, make_settings: Settings
+    simulator: ControlPlaneSimulator, make_settings: Settings, refused_port: int
 ) -> None:
-    dead_proxy = f"http://127.0.0.1:{_closed_port()}"
+    dead_proxy = f"http://127.0.0.1:{refused_port}"
     error = await _register_error(make_settings(proxy=ProxySettings(url=dead_proxy)))
     assert error.code == "proxy_failed"
     assert isinstance(error.__cause__, ProxyUnreachableError)

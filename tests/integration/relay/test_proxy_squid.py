@@ -5,7 +5,6 @@ TLS WebSocket server. The control plane's HTTPS through squid is tested in
 
 from __future__ import annotations
 
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -156,12 +155,9 @@ async def test_host_outside_no_proxy_uses_the_proxy(
 
 
 async def test_unreachable_proxy_raises_proxy_unreachable(
-    tls_ws_server: WsServer, ca_file: Path, echo: Echo
+    tls_ws_server: WsServer, ca_file: Path, echo: Echo, refused_port: int
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
-    settings = ProxySettings(url=f"http://127.0.0.1:{closed_port}", extra_ca_file=ca_file)
+    settings = ProxySettings(url=f"http://127.0.0.1:{refused_port}", extra_ca_file=ca_file)
     with pytest.raises(ProxyUnreachableError) as caught:
         await echo(settings, tls_ws_server.url())
     assert caught.value.code == "proxy_unreachable"

@@ -40,12 +40,10 @@ def gateway_sections() -> dict[str, Any]:
     }
 
 
-async def test_I137_refused_connection_is_502_and_post_is_not_retried(env: PipelineEnv) -> None:
-    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    closed_port = probe.sockets[0].getsockname()[1]
-    probe.close()
-    await probe.wait_closed()
-    env.dialler.erp_override = ("127.0.0.1", closed_port)
+async def test_I137_refused_connection_is_502_and_post_is_not_retried(
+    env: PipelineEnv, refused_port: int
+) -> None:
+    env.dialler.erp_override = ("127.0.0.1", refused_port)
     response = await env.send("POST", "erp", "/api/orders", body=b"{}")
     assert (response.status, response.reason_code) == (502, "upstream_unreachable")
     assert env.dialler.dialled == [("10.1.2.3", 8443)]  # one address, one attempt

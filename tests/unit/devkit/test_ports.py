@@ -3,6 +3,7 @@ process that binds the port it is given (as redis-server, squid and slapd do).""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -13,7 +14,9 @@ import pytest
 from gateway.devkit.ports import (
     ADDRESS_IN_USE,
     ServerStartError,
+    refused_port,
     start_on_free_ports,
+    start_on_free_ports_async,
     stop_process,
     wait_started,
 )
@@ -100,6 +103,21 @@ def test_a_taken_port_is_replaced_by_another(tmp_path: Path, taken_port: int, sc
         toy.stop()
 
 
+def test_a_coroutine_start_is_retried_the_same_way(tmp_path: Path, taken_port: int) -> None:
+    toy = Toy(tmp_path, LISTENS)
+
+    async def launch(ports: list[int]) -> tuple[subprocess.Popen[bytes], int]:
+        return await asyncio.to_thread(toy.launch, ports)
+
+    try:
+        start = start_on_free_ports_async(launch, name="toy", first=[taken_port])
+        _, port = asyncio.run(start)
+        assert port != taken_port
+        assert [p.poll() is None for p in toy.processes] == [False, True]
+    finally:
+        toy.stop()
+
+
 def test_after_the_last_attempt_the_error_quotes_the_server(
     tmp_path: Path, taken_port: int
 ) -> None:
@@ -165,3 +183,13 @@ def test_an_answer_from_another_process_is_not_a_start(tmp_path: Path, taken_por
             start_on_free_ports(launch, name="toy", first=[taken_port])
     finally:
         toy.stop()
+
+
+def test_a_refused_port_refuses_and_no_other_socket_can_take_it() -> None:
+    with refused_port() as port:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=10).close()
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError, match=ADDRESS_IN_USE):
+                other.bind(("127.0.0.1", port))

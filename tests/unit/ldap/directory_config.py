@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from gateway.config import LoadedConfig, load
@@ -109,11 +108,9 @@ def embedded_chain(loaded: LoadedConfig) -> LdapChain:
     return LdapChain(loaded.config, build_engine(loaded))
 
 
-def unreachable_opa(loaded: LoadedConfig) -> OpaEngine:
-    """A real OPA engine whose server is not there: it cannot decide (close it after use)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def unreachable_opa(loaded: LoadedConfig, port: int) -> OpaEngine:
+    """A real OPA engine whose server is not there (``port`` refuses connections, e.g. the
+    ``refused_port`` fixture): it cannot decide (close it after use)."""
     return OpaEngine(
         load_policies(loaded),
         url=f"http://127.0.0.1:{port}",

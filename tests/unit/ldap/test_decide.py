@@ -436,10 +436,10 @@ async def test_equal_operations_share_a_cache_entry(chain: LdapChain) -> None:
     assert chain.cache.hits >= 1
 
 
-async def test_engine_fault_is_a_deny_saying_so(tmp_path: Path) -> None:
+async def test_engine_fault_is_a_deny_saying_so(tmp_path: Path, refused_port: int) -> None:
     # An OPA engine whose server is not there: a real engine that cannot decide.
     loaded = load_directory(tmp_path)
-    engine = unreachable_opa(loaded)
+    engine = unreachable_opa(loaded, refused_port)
     try:
         verdict = await LdapChain(loaded.config, engine).decide(facts(search()))
     finally:

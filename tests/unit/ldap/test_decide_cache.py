@@ -312,10 +312,10 @@ async def test_a_reload_is_never_answered_from_the_old_revision(tmp_path: Path) 
     assert verdict.revision == engine.revision
 
 
-async def test_an_engine_fault_is_never_cached(tmp_path: Path) -> None:
+async def test_an_engine_fault_is_never_cached(tmp_path: Path, refused_port: int) -> None:
     # An OPA engine whose server is not there: a real engine that cannot decide.
     loaded = load_directory(tmp_path)
-    engine = unreachable_opa(loaded)
+    engine = unreachable_opa(loaded, refused_port)
     chain = LdapChain(loaded.config, engine)
     try:
         for _ in range(2):
