@@ -88,7 +88,7 @@ from gateway.identity.tls import registration_context, system_context
 from gateway.outbound.proxy import OutboundProxy, ProxyAuthError, ProxyError
 from gateway.outbound.sessions import client_session, runtime_problems, translate_proxy_error
 from gateway.relay.websocket import HandshakeRefusedError, RelaySocketError, open_relay_socket
-from gateway.service import check_release, proxy_settings
+from gateway.service import check_release, identity_mismatch, proxy_settings
 
 __all__ = [
     "CHECK_NAMES",
@@ -362,11 +362,10 @@ async def _check_identity(ctx: _Context) -> str:
         }.get(code, "see docs/troubleshooting.md")
         raise _CheckError(f"{code}: {exc}", hint) from None
     ctx.identity = identity
-    if identity.gateway_id != ctx.loaded.config.gateway.id:
+    mismatch = identity_mismatch(identity, ctx.loaded.config)
+    if mismatch is not None:
         raise _CheckError(
-            f"the state directory holds gateway {identity.gateway_id!r}, the configuration "
-            f"names {ctx.loaded.config.gateway.id!r}",
-            "point gateway.state_dir at this gateway's directory, or re-register",
+            mismatch, "point gateway.state_dir at this gateway's directory, or re-register"
         )
     health = certificate_health(identity.certificate, now)
     detail = (

@@ -233,6 +233,20 @@ def check_release(loaded: LoadedConfig, *, files: bool = True) -> PolicySet:
     return policies
 
 
+def identity_mismatch(identity: StoredIdentity, config: GatewayConfig) -> str | None:
+    """Why ``identity`` cannot serve ``config``, or None: the state directory holds another
+    gateway than ``gateway.id`` names. EmpowerID signs each request for the gateway it
+    registered (the covered ``x-gateway-id``, docs/relay-contract.md "Signatures"), so a
+    gateway running under another id would refuse every real request. ``run`` refuses to start
+    and to reload such a file, and ``check`` fails its ``identity`` line, with this answer."""
+    if identity.gateway_id == config.gateway.id:
+        return None
+    return (
+        f"the state directory holds gateway {identity.gateway_id!r}, the configuration "
+        f"names {config.gateway.id!r}"
+    )
+
+
 def stop_on_signals(stop: asyncio.Event, *, at_once: Callable[[], None] | None = None) -> None:
     """SIGTERM and SIGINT on the running loop: the first sets ``stop`` (drain), a second one exits
     at once, after calling ``at_once`` (a supervisor passes the signal on to its workers)."""
@@ -570,6 +584,13 @@ class Agent:
             keys = signing_keyset(identity.signing_keys)
         except (GatewayError, KeySetError) as exc:
             raise StartError(f"identity not usable: {exc}", EXIT_IDENTITY) from None
+        mismatch = identity_mismatch(identity, config)
+        if mismatch is not None:
+            raise StartError(
+                f"identity not usable: {mismatch}; point gateway.state_dir at this gateway's "
+                "directory, or re-register",
+                EXIT_IDENTITY,
+            )
         self._state.identity = identity
         self.metrics.cert_expiry.set(identity.certificate.not_valid_after_utc.timestamp())
         try:
@@ -1115,6 +1136,12 @@ class Agent:
         try:
             loaded = self._load()
             startup_problems(loaded)  # what a restart would refuse, refused now
+            identity = self._state.identity
+            mismatch = identity_mismatch(identity, loaded.config) if identity else None
+            if mismatch is not None:
+                # The running listeners, signature checks and certificate are this identity's;
+                # a restart would refuse the file.
+                raise ConfigError([Problem(mismatch, code="identity_mismatch", path="gateway.id")])
             if revision is not None and loaded.revision != revision:
                 # The file changed again since the supervisor checked it.
                 self._reload_failed(

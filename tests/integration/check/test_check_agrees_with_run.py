@@ -1,0 +1,93 @@
+"""``gateway check`` and a real ``gateway run`` give the same answer for one mistake.
+
+Each case makes one mistake an operator makes with a registered gateway, asks ``gateway check``
+as a process, then starts ``gateway run`` as a process: a check that fails must be a run that
+refuses to start (with the exit code docs/operations.md gives it), and the reason must be the
+same words. A reload that brings the mistake into a running gateway is refused and keeps the
+running revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.devkit.stack import demo_config
+from gateway.service import EXIT_IDENTITY
+
+from ..gatewayrun import child_environment, gateway_run
+from .conftest import Registered
+
+pytestmark = pytest.mark.asyncio
+
+GATEWAY = [sys.executable, "-m", "gateway"]
+# Bounds a process that should have ended; reaching it fails the test, it is not a measure.
+PROCESS_DEADLINE = 90
+
+
+async def _cli(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        *GATEWAY,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**child_environment(), "PYTHONWARNINGS": "ignore"},
+    )
+    try:
+        stdout, _ = await asyncio.wait_for(process.communicate(), PROCESS_DEADLINE)
+    except TimeoutError:
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = await process.communicate()
+        pytest.fail(f"gateway {args[0]} did not end:\n{stdout.decode()}")
+    assert process.returncode is not None
+    return process.returncode, stdout.decode()
+
+
+async def _wait_for_line(log: Path, text: str) -> str:
+    """The first line of ``log`` holding ``text``, once the process has written it."""
+    async with asyncio.timeout(PROCESS_DEADLINE):
+        while True:
+            text_now = await asyncio.to_thread(log.read_text, encoding="utf-8", errors="replace")
+            lines = text_now.splitlines()
+            found = [line for line in lines if text in line]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.1)
+
+
+async def test_a_gateway_id_the_state_directory_does_not_hold(registered: Registered) -> None:
+    document = demo_config(registered.stack)
+    document["gateway"] = {**document["gateway"], "id": "another-gateway"}
+    registered.rewrite(gateway=document["gateway"])
+    expected = (
+        f"the state directory holds gateway {registered.stack.gateway_id!r}, "
+        "the configuration names 'another-gateway'"
+    )
+    code, out = await _cli("check", "-c", str(registered.config), "--timeout", "5")
+    assert code == 1
+    assert f"FAIL  identity    {expected}" in out, out
+    # run used to serve under the configured id, refusing every request EmpowerID signed for
+    # the registered one.
+    code, out = await _cli("run", "-c", str(registered.config), "--allow-root")
+    assert code == EXIT_IDENTITY, out
+    assert expected in out
+
+
+async def test_a_reload_to_another_gateway_id_is_refused(
+    registered: Registered, tmp_path: Path
+) -> None:
+    log = tmp_path / "run.log"
+    async with gateway_run(registered.stack, registered.config, log=log) as process:
+        document = demo_config(registered.stack)
+        registered.rewrite(gateway={**document["gateway"], "id": "another-gateway"})
+        os.kill(process.pid, signal.SIGHUP)
+        line = await _wait_for_line(log, "event=reload_failed")
+        assert "the configuration names 'another-gateway'" in line
+        assert "keeping revision" in line
+        assert process.returncode is None
+
