@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -393,7 +394,55 @@ def _host_checks(
                     code="missing_file",
                 )
             )
+    audit_file = config.logging.audit_file
+    if audit_file is not None:
+        unwritable = _unwritable_log(loaded.resolve_path(audit_file))
+        if unwritable is not None:
+            message, hint = unwritable
+            problems.append(
+                doc.problem(("logging", "audit_file"), message, code="unwritable_file", hint=hint)
+            )
     return secrets, problems
+
+
+def _unwritable_log(file: Path) -> tuple[str, str] | None:
+    """(message, hint) when the decision log ``file`` cannot be created, appended to and
+    rotated by this user, else None.
+
+    The agent writes no record it cannot append and carries on (docs/operations.md, "The
+    decision log"), so a log in a missing or closed directory would lose every decision from
+    the first one on while validate, check and the start said all was well. A device or pipe
+    (``/dev/stdout``) is only written; a regular file is also created and renamed on rotation,
+    which its directory must allow."""
+    hint = "run as the gateway's service user, or give that user the directory"
+    try:
+        info = os.stat(file)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        return f"{str(file)!r} cannot be examined: {exc.strerror}", hint
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        return f"{str(file)!r} is a directory", "name a file in it, such as decisions.jsonl"
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        if not os.access(file, os.W_OK):
+            return f"{str(file)!r} is not writable by this user", hint
+        return None
+    directory = file.parent
+    if not directory.is_dir():
+        return (
+            f"directory {str(directory)!r} of the decision log does not exist",
+            "create it, writable by the gateway's service user only; under systemd "
+            "LogsDirectory=gateway creates /var/log/gateway",
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return (
+            f"directory {str(directory)!r} is not writable by this user: the decision log "
+            "cannot be created or rotated there",
+            hint,
+        )
+    if info is not None and not os.access(file, os.W_OK):
+        return f"{str(file)!r} is not writable by this user", hint
+    return None
 
 
 def credential_references(config: GatewayConfig) -> list[tuple[JsonPath, SecretRef]]:

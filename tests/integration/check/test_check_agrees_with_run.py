@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway.devkit.stack import demo_config
-from gateway.service import EXIT_IDENTITY
+from gateway.service import EXIT_CONFIG, EXIT_IDENTITY
 
 from ..gatewayrun import child_environment, gateway_run
 from .conftest import Registered
@@ -91,3 +91,22 @@ async def test_a_reload_to_another_gateway_id_is_refused(
         assert "keeping revision" in line
         assert process.returncode is None
 
+
+async def test_a_decision_log_in_a_missing_directory(registered: Registered) -> None:
+    document = demo_config(registered.stack)
+    logging = {**document["logging"], "audit_file": "logs/decisions.jsonl"}
+    registered.rewrite(logging=logging)
+    missing = registered.directory / "logs"
+    expected = f"logging.audit_file: directory '{missing}' of the decision log does not exist"
+    code, out = await _cli("check", "-c", str(registered.config), "--timeout", "5")
+    assert code == 1
+    assert "FAIL  config" in out, out
+    assert expected in out
+    # run used to start and serve, losing every decision record (audit_write_failed).
+    code, out = await _cli("run", "-c", str(registered.config), "--allow-root")
+    assert code == EXIT_CONFIG, out
+    assert expected in out
+    code, out = await _cli("validate", "-c", str(registered.config))
+    assert code == 1
+    assert f"{registered.config}:" in out
+    assert expected in out

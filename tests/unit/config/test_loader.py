@@ -701,3 +701,21 @@ def test_a_port_out_of_range_is_refused_where_it_is_written(
 def test_the_health_endpoint_may_take_any_free_port(write_config: WriteConfig) -> None:
     loaded = load(write_config(BASE + "observability:\n  listen: 127.0.0.1:0\n"), env=NO_ENV)
     assert loaded.config.observability.listen == "127.0.0.1:0"
+
+
+def test_the_decision_log_must_be_writable_where_it_is_written(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    def audit(value: str) -> Path:
+        return write_config(BASE + f"logging:\n  audit_file: {value}\n")
+
+    load(audit("decisions.jsonl"), env=NO_ENV)
+    load(audit("/dev/stdout"), env=NO_ENV)  # a device is written, never created or rotated
+    missing = only_problem(audit("logs/decisions.jsonl"))
+    assert (missing.code, missing.path) == ("unwritable_file", "logging.audit_file")
+    assert f"directory '{tmp_path / 'logs'}' of the decision log does not exist" in missing.message
+    assert "LogsDirectory=" in missing.hint
+    folder = only_problem(audit(str(tmp_path)))
+    assert folder.message == f"'{tmp_path}' is a directory"
+    # Away from the host (CI), the directory is not looked at.
+    load(audit("logs/decisions.jsonl"), env=NO_ENV, check_host=False)
