@@ -62,12 +62,24 @@ def audit_file() -> str:
 
 
 @pytest.fixture
-async def running(tmp_path: Path, audit_file: str) -> AsyncIterator[Running]:
+def decision_log() -> dict[str, Any]:
+    """``logging.decision_log`` settings of the gateway (defaults: none)."""
+    return {}
+
+
+@pytest.fixture
+async def running(
+    tmp_path: Path, audit_file: str, decision_log: dict[str, Any]
+) -> AsyncIterator[Running]:
     async with DevStack() as stack:
         directory = tmp_path / "gw"
         document = demo_config(stack)
         document["logging"]["audit_file"] = audit_file
+        if decision_log:
+            document["logging"]["decision_log"] = decision_log
         config = stack.write_gateway_dir(directory, document=document)
+        # The log's directory exists at start (validate, check and run refuse it otherwise).
+        (directory / audit_file).parent.mkdir(parents=True, exist_ok=True)
         await stack.register_gateway(directory)
         # The loop's first heartbeat goes out at start; the next one would be an hour later, so
         # the tests send theirs with Agent.heartbeat() and know exactly which ones went out.
@@ -176,11 +188,16 @@ async def test_heartbeat_carries_real_counters_and_revisions(running: Running) -
     assert metrics[("gateway_heartbeats_total", (("result", "ok"),))] == 2
 
 
-@pytest.mark.parametrize("audit_file", ["missing/decisions.jsonl"])
+@pytest.mark.parametrize("audit_file", ["logs/decisions.jsonl"])
+@pytest.mark.parametrize("decision_log", [{"rotate_bytes": 1}])
 async def test_failed_decision_log_writes_are_counted_and_reported(running: Running) -> None:
-    # The decision log's directory does not exist: every write fails, even as root.
+    # The decision log's directory goes away under the running gateway. Every record rotates
+    # the file (rotate_bytes: 1), which closes it, so each write after the first opens the file
+    # anew, and fails, even as root (the first may still go to the file open before).
+    logs = running.directory / "logs"
+    logs.rename(running.directory / "logs.away")
     async with running.stack.saas() as saas:
-        for _ in range(3):
+        for _ in range(4):
             response, _ = await saas.request("GET", "erp", "/api/accounts/1")
             # The answer does not depend on the log: the decision was already made.
             assert response.status == 200
@@ -197,14 +214,20 @@ async def test_failed_decision_log_writes_are_counted_and_reported(running: Runn
     [beat] = running.stack.controlplane.heartbeats[heard:]
     assert beat.body["counters"]["audit_write_failures"] >= failures
     # Writable again: the next record gets through and the condition clears.
-    (running.directory / "missing").mkdir()
+    (running.directory / "logs.away").rename(logs)
     async with running.stack.saas() as saas:
         response, _ = await saas.request("GET", "erp", "/api/accounts/2")
     assert response.status == 200
     ready = await running.readyz()
     assert ready["degraded"] == []
-    lines = (running.directory / "missing" / "decisions.jsonl").read_text().splitlines()
-    assert [json.loads(line).get("path") for line in lines][-1] == "/api/accounts/2"
+    records = [
+        json.loads(line)
+        for file in sorted(logs.iterdir())
+        for line in file.read_text().splitlines()
+    ]
+    assert [r["path"] for r in sorted(records, key=lambda r: r["seq"]) if "path" in r][-1] == (
+        "/api/accounts/2"
+    )
 
 
 async def test_readyz_reports_the_clock_skew_as_json_numbers(running: Running) -> None:
