@@ -34,3 +34,52 @@ def replace_atomically(directory: Path, name: str, payload: bytes) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+RUN_LOCK_FILE = "gateway.lock"
+
+
+class StateDirInUseError(Exception):
+    """Another ``gateway run`` holds the state directory (``pid``: its process id, if known)."""
+
+    def __init__(self, directory: Path, pid: int | None) -> None:
+        who = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"another gateway ({who}) runs with state directory {directory}; one state "
+            "directory serves one gateway process at a time"
+        )
+        self.directory = directory
+        self.pid = pid
+
+
+def hold_run_lock(directory: Path) -> int | None:
+    """Take the state directory for this process: an exclusive ``flock`` on
+    ``directory/gateway.lock`` (mode 0600, holding this process's id), kept until the returned
+    descriptor is closed or the process ends, however it ends. Raises
+    :class:`StateDirInUseError` while another process holds it. None (nothing taken) where
+    there is no ``flock``, or no directory yet: the start refuses a directory without an
+    identity on its own.
+
+    Two gateways on one directory would each renew the certificate and replace the key pair
+    the other had just proved, and each keep its own replay memory of the same requests."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks to take
+        return None
+    path = directory / RUN_LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise StateDirInUseError(directory, int(holder) if holder.isdigit() else None) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

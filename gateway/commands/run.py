@@ -32,12 +32,14 @@ from gateway.release import read_snapshot
 from gateway.service import (
     EXIT_CONFIG,
     EXIT_OK,
+    EXIT_START,
     Agent,
     AgentOptions,
     StartError,
     WorkerRole,
     stop_on_signals,
 )
+from gateway.statefile import StateDirInUseError, hold_run_lock
 
 if TYPE_CHECKING:
     from gateway.supervisor import SupervisorOptions
@@ -111,14 +113,17 @@ def run(args: argparse.Namespace) -> int:
     fields = {"worker": role.index} if role is not None else None
     workers = 1
     configured: eventloop.Choice = "auto"
+    state_dir: Path | None = None
     try:
         # A worker logs as the revision it will run (its supervisor's snapshot), not as the
         # file on disk, which may have been saved since.
         source = read_snapshot(args.worker_snapshot).source if args.worker_snapshot else None
-        config = gwconfig.load(path, check_host=False, source=source).config
+        loaded = gwconfig.load(path, check_host=False, source=source)
+        config = loaded.config
         logs.configure(config.logging.level, config.logging.format, fields=fields)
         workers = worker_count(config)
         configured = config.event_loop
+        state_dir = loaded.resolve_path(config.gateway.state_dir)
     except ConfigError:
         logs.configure("info", "json", fields=fields)
     if hasattr(os, "geteuid") and os.geteuid() == 0 and not args.allow_root:
@@ -141,6 +146,14 @@ def run(args: argparse.Namespace) -> int:
             extra={"event": "start_failed"},
         )
         return EXIT_CONFIG
+    if role is None and state_dir is not None:
+        # The gateway process takes its state directory; its workers share it under it. The
+        # descriptor stays open, and the lock held, for the life of the process.
+        try:
+            hold_run_lock(state_dir)
+        except (StateDirInUseError, OSError) as exc:
+            log.error("cannot start: %s", exc, extra={"event": "start_failed"})
+            return EXIT_START
     loop = _event_loop(args.event_loop, configured)
     if loop is None:
         return EXIT_CONFIG

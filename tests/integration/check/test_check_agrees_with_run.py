@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway.devkit.stack import demo_config
-from gateway.service import EXIT_CONFIG, EXIT_IDENTITY
+from gateway.service import EXIT_CONFIG, EXIT_IDENTITY, EXIT_START
 
 from ..gatewayrun import child_environment, gateway_run
 from .conftest import Registered
@@ -110,3 +110,22 @@ async def test_a_decision_log_in_a_missing_directory(registered: Registered) -> 
     assert code == 1
     assert f"{registered.config}:" in out
     assert expected in out
+
+
+async def test_a_second_gateway_on_the_same_state_directory_refuses_to_start(
+    registered: Registered, tmp_path: Path
+) -> None:
+    # Both used to run: two renewers replacing each other's key pair, two replay memories for
+    # the same requests.
+    async with gateway_run(
+        registered.stack, registered.config, log=tmp_path / "first.log"
+    ) as first:
+        code, out = await _cli("run", "-c", str(registered.config), "--allow-root")
+        assert code == EXIT_START, out
+        state = registered.directory / "state"
+        assert f"another gateway (process {first.pid}) runs with state directory {state}" in out
+        assert first.returncode is None
+        assert registered.stack.relay.listener_count(registered.stack.hc) == 2
+    # Once the first has stopped, the directory is free again.
+    async with gateway_run(registered.stack, registered.config, log=tmp_path / "second.log"):
+        pass
