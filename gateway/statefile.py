@@ -57,8 +57,8 @@ def hold_run_lock(directory: Path) -> int | None:
     ``directory/gateway.lock`` (mode 0600, holding this process's id), kept until the returned
     descriptor is closed or the process ends, however it ends. Raises
     :class:`StateDirInUseError` while another process holds it. None (nothing taken) where
-    there is no ``flock``, or no directory yet: the start refuses a directory without an
-    identity on its own.
+    there is no ``flock``, or where the file cannot be opened (no directory yet, not this
+    user's, a symbolic link): what reads the directory next refuses it with the reason.
 
     Two gateways on one directory would each renew the certificate and replace the key pair
     the other had just proved, and each keep its own replay memory of the same requests."""
@@ -69,7 +69,7 @@ def hold_run_lock(directory: Path) -> int | None:
     path = directory / RUN_LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    except FileNotFoundError:
+    except OSError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

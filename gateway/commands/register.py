@@ -27,6 +27,7 @@ from gateway.commands._common import (
 )
 from gateway.errors import GatewayError
 from gateway.service import proxy_settings
+from gateway.statefile import StateDirInUseError, hold_run_lock
 
 PASSWORD_ENV = "GATEWAY_REGISTER_PASSWORD"  # noqa: S105 - the variable name, not a password
 
@@ -61,6 +62,13 @@ def run(args: argparse.Namespace) -> int:
     if loaded is None:
         return 1
     config = loaded.config
+    try:
+        # A running gateway holds its state directory; a registration, above all a forced
+        # one, would replace the key and certificate under it. Held until this process ends.
+        hold_run_lock(state_dir(loaded))
+    except StateDirInUseError as exc:
+        print(f"registration refused: {exc}; stop it first", file=sys.stderr)
+        return 1
     password = _password()
     if not password:
         return 1

@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         # descriptor stays open, and the lock held, for the life of the process.
         try:
             hold_run_lock(state_dir)
-        except (StateDirInUseError, OSError) as exc:
+        except StateDirInUseError as exc:
             log.error("cannot start: %s", exc, extra={"event": "start_failed"})
             return EXIT_START
     loop = _event_loop(args.event_loop, configured)

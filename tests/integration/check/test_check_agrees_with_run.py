@@ -129,3 +129,22 @@ async def test_a_second_gateway_on_the_same_state_directory_refuses_to_start(
     # Once the first has stopped, the directory is free again.
     async with gateway_run(registered.stack, registered.config, log=tmp_path / "second.log"):
         pass
+
+
+async def test_a_registration_beside_a_running_gateway_is_refused(
+    registered: Registered, tmp_path: Path
+) -> None:
+    # --force would have replaced the key and certificate under the running gateway.
+    key = (registered.directory / "state" / "client-1.key").read_bytes()
+    async with gateway_run(registered.stack, registered.config, log=tmp_path / "run.log") as first:
+        process = await asyncio.create_subprocess_exec(
+            *GATEWAY,
+            *("register", "-c", str(registered.config), "--person", "anyone", "--force"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=child_environment({"GATEWAY_REGISTER_PASSWORD": "unused"}),
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), PROCESS_DEADLINE)
+        assert process.returncode == 1, out
+        assert f"another gateway (process {first.pid}) runs" in out.decode()
+    assert (registered.directory / "state" / "client-1.key").read_bytes() == key
