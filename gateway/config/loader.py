@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import ssl
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -394,6 +395,18 @@ def _host_checks(
                     code="missing_file",
                 )
             )
+        elif path[-1] == "ca_file":
+            unusable = _unusable_ca_file(resolved)
+            if unusable is not None:
+                problems.append(
+                    doc.problem(
+                        path,
+                        unusable,
+                        code="invalid_ca_file",
+                        hint="a CA file holds one or more PEM certificates "
+                        "(-----BEGIN CERTIFICATE----- blocks)",
+                    )
+                )
     audit_file = config.logging.audit_file
     if audit_file is not None:
         unwritable = _unwritable_log(loaded.resolve_path(audit_file))
@@ -403,6 +416,22 @@ def _host_checks(
                 doc.problem(("logging", "audit_file"), message, code="unwritable_file", hint=hint)
             )
     return secrets, problems
+
+
+def _unusable_ca_file(file: Path) -> str | None:
+    """Why ``file`` cannot be a CA bundle, or None.
+
+    Loaded the way the gateway loads every CA file it verifies a server with (a target's,
+    its token endpoint's and the syslog collector's context: ``ssl.create_default_context``
+    with ``cafile``): a file that is not one used to pass every check and end ``gateway run``
+    in a traceback when it built the target's TLS settings."""
+    try:
+        ssl.create_default_context(cafile=str(file))
+    except ssl.SSLError as exc:
+        return f"file {str(file)!r} holds no usable CA certificate ({exc.reason or exc})"
+    except (OSError, ValueError) as exc:
+        return f"file {str(file)!r} cannot be loaded as CA certificates: {exc}"
+    return None
 
 
 def _unwritable_log(file: Path) -> tuple[str, str] | None:

@@ -148,3 +148,23 @@ async def test_a_registration_beside_a_running_gateway_is_refused(
         assert process.returncode == 1, out
         assert f"another gateway (process {first.pid}) runs" in out.decode()
     assert (registered.directory / "state" / "client-1.key").read_bytes() == key
+
+
+async def test_a_target_ca_file_that_holds_no_certificate(registered: Registered) -> None:
+    (registered.directory / "erp-ca.pem").write_text("not a certificate\n", encoding="utf-8")
+    document = demo_config(registered.stack)
+    targets = document["targets"]
+    targets["erp"] = {**targets["erp"], "scheme": "https", "tls": {"ca_file": "erp-ca.pem"}}
+    registered.rewrite(targets=targets)
+    expected = (
+        f"targets.erp.tls.ca_file: file '{registered.directory / 'erp-ca.pem'}' holds no usable "
+        "CA certificate"
+    )
+    code, out = await _cli("check", "-c", str(registered.config), "--timeout", "5")
+    assert code == 1
+    assert expected in out, out
+    # run used to pass every check and die in a traceback building the target's TLS settings.
+    code, out = await _cli("run", "-c", str(registered.config), "--allow-root")
+    assert code == EXIT_CONFIG, out
+    assert expected in out
+    assert "Traceback" not in out
