@@ -936,6 +936,15 @@ class _SchemaGenerator(GenerateJsonSchema):
             del result["default"]
         return result
 
+    def dict_schema(self, schema: core_schema.DictSchema) -> JsonSchemaValue:
+        # Pydantic writes a dict with a key pattern as patternProperties alone, which lets any
+        # other name through the schema (and editors) to be refused by the model later, in its
+        # own words. Names outside the pattern are refused by the schema itself now.
+        result = super().dict_schema(schema)
+        if "patternProperties" in result and "additionalProperties" not in result:
+            result["additionalProperties"] = False
+        return result
+
     def generate(self, schema: core_schema.CoreSchema, mode: Any = "validation") -> JsonSchemaValue:
         result = super().generate(schema, mode=mode)
         return {"$schema": self.schema_dialect, **result}

@@ -13,6 +13,7 @@ and ``run`` all take this same path.
 from __future__ import annotations
 
 import functools
+import re
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import schema_predicate
@@ -163,6 +164,22 @@ def _problem(error: ValidationError, doc: Located) -> Problem:
         return _alternatives(error, doc)
     if kind == "additionalProperties" and isinstance(value, dict):
         allowed = sorted(schema.get("properties", {}))
+        patterns = list(schema.get("patternProperties", {}))
+        if patterns and not allowed:
+            # A mapping of names (targets, credentials, bind identities): the name is wrong.
+            wrong = [k for k in value if not any(re.search(p, str(k)) for p in patterns)]
+            name = str(wrong[0]) if wrong else "?"
+            lowered = name.lower()
+            valid = any(re.search(p, lowered) for p in patterns)
+            return doc.problem(
+                (*path, name),
+                f"name {name!r} is not allowed",
+                code="invalid_name",
+                key=True,
+                hint=f"write it in lower case: {lowered!r}"
+                if valid and lowered != name
+                else "names use lower-case letters, digits, '-' and '_' (at most 64)",
+            )
         extra = [k for k in value if k not in allowed]
         unknown = extra[0] if extra else "?"
         close = closest(unknown, allowed)

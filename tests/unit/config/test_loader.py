@@ -719,3 +719,25 @@ def test_the_decision_log_must_be_writable_where_it_is_written(
     assert folder.message == f"'{tmp_path}' is a directory"
     # Away from the host (CI), the directory is not looked at.
     load(audit("logs/decisions.jsonl"), env=NO_ENV, check_host=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("ERP", "write it in lower case: 'erp'"),
+        ("'erp api'", "names use lower-case letters, digits, '-' and '_' (at most 64)"),
+    ],
+)
+def test_a_target_name_outside_the_pattern_is_named_with_what_to_write(
+    write_config: WriteConfig, name: str, hint: str
+) -> None:
+    # The schema let any name through; the model then refused it in its own words, at
+    # "targets.ERP['[key]']".
+    problem = only_problem(write_config(BASE.replace("\n  erp:\n", f"\n  {name}:\n")))
+    written = name.strip("'")
+    assert (problem.code, problem.message, problem.hint) == (
+        "invalid_name",
+        f"name {written!r} is not allowed",
+        hint,
+    )
+    assert (problem.line, problem.column) == (10, 3)
