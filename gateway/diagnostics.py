@@ -47,6 +47,13 @@ skipped rather than run against a state it cannot judge:
     once and refuses it the second time; per-process memory is only named. A missing SQLite file
     is a warning, not created here.
 
+``targets``
+    each target is dialled as ``gateway run`` dials it: its host resolved and kept inside its
+    ``allowed_cidrs`` by the same dial step, a TCP connection within its connect timeout, and
+    for https and ldaps a TLS handshake with its own TLS settings (CA file, server name). A
+    target that cannot be reached is a warning: the gateway starts and serves the others, and
+    requests to it fail with the reason shown here.
+
 Nothing here changes state: no registration, no renewal, no file written (the replay store's probe
 nonce expires after one second; a shared store found empty gets its start barrier, as the first
 gateway start would give it).
@@ -78,7 +85,8 @@ from gateway.config import LoadedConfig, load
 from gateway.config.capacity import HC_LISTENER_LIMIT, listeners_on_hc, worker_count
 from gateway.errors import ConfigError, GatewayError
 from gateway.forward.credentials import CredentialError, CredentialSet
-from gateway.forward.dial import Resolver, system_resolver
+from gateway.forward.dial import DialError, DialStep, Resolver, system_resolver
+from gateway.forward.upstream import tls_context
 from gateway.hybridconnection.addresses import RelayEndpoint, listen_url, relay_domain_for
 from gateway.hybridconnection.refusals import RefusalKind, classify_listen_refusal
 from gateway.identity import ControlPlaneError, StoredIdentity, Timeouts, load_identity, mtls_client
@@ -115,6 +123,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "relay",
     "clock",
     "replay_store",
+    "targets",
 )
 
 # OpenSSL verify results for a name mismatch (X509_V_ERR_HOSTNAME_MISMATCH, ..._IP_ADDRESS_...).
@@ -755,6 +764,79 @@ async def _check_replay_store(ctx: _Context) -> str:
     return f"{store.description} admits a nonce once"
 
 
+# Targets dialled at once by the targets check (a file may declare up to 1000).
+_TARGET_PROBES = 16
+_PROBE_READ_LIMIT = 64 * 1024
+
+
+async def _probe_target(ctx: _Context, dial: DialStep, name: str) -> str | None:
+    """None when target ``name`` is reachable as ``gateway run`` reaches it (its checked dial
+    step, then TLS for https and ldaps with the target's own TLS settings), else why not."""
+    assert ctx.loaded is not None
+    config = ctx.loaded.config
+    target = config.targets[name]
+    connect = target.limits.connect_timeout_seconds or config.limits.connect_timeout_seconds
+    try:
+        _reader, writer = await dial.open_stream(
+            name, connect_timeout=connect, limit=_PROBE_READ_LIMIT
+        )
+    except DialError as exc:
+        return f"{name}: {exc.code}: {_clean(exc)}"
+    try:
+        if target.scheme in ("https", "ldaps"):
+            tls = target.tls
+            server_name = tls.server_name if tls is not None and tls.server_name else target.host
+            try:
+                async with asyncio.timeout(connect):
+                    await writer.start_tls(
+                        tls_context(target, ctx.loaded.resolve_path),
+                        server_hostname=server_name,
+                    )
+            except TimeoutError:
+                return f"{name}: TLS handshake did not finish within {connect:g} s"
+            except ssl.SSLCertVerificationError as exc:
+                return f"{name}: upstream_tls: {_clean(exc.verify_message or exc)}"
+            except (ssl.SSLError, OSError) as exc:
+                return f"{name}: upstream_tls: {_clean(exc)}"
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+    return None
+
+
+async def _check_targets(ctx: _Context) -> str:
+    assert ctx.loaded is not None
+    targets = ctx.loaded.config.targets
+    if not targets:
+        return "none declared"
+    dial = DialStep(targets, resolver=ctx.options.resolver)
+    slots = asyncio.Semaphore(_TARGET_PROBES)
+
+    async def probe(name: str) -> str | None:
+        async with slots:
+            return await _probe_target(ctx, dial, name)
+
+    failures = [
+        failure
+        for failure in await asyncio.gather(*(probe(name) for name in targets))
+        if failure is not None
+    ]
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise _CheckError(
+            f"{failures[0]}{more}",
+            "the gateway starts and serves the other targets; requests to this one fail with "
+            "the same reason (docs/troubleshooting.md, 'Requests fail with 403, 502, 503, 504')",
+            status="warn",
+        )
+    return (
+        f"{len(targets)} reachable: "
+        + ", ".join(f"{name} ({targets[name].scheme})" for name in list(targets)[:8])
+        + (" ..." if len(targets) > 8 else "")
+    )
+
+
 _Check = Callable[[_Context], Awaitable[str]]
 
 # name, function, checks that must have passed first.
@@ -771,6 +853,7 @@ _PLAN: tuple[tuple[str, _Check, tuple[str, ...]], ...] = (
     ("relay", _check_relay, ("relay_info",)),
     ("clock", _check_clock, ("tls",)),
     ("replay_store", _check_replay_store, ("config", "state_dir")),
+    ("targets", _check_targets, ("config",)),
 )
 
 

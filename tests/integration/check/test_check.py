@@ -96,8 +96,10 @@ async def test_every_check_passes_against_a_healthy_devkit(registered: Registere
         "relay": "ok",
         "clock": "ok",
         "replay_store": "ok",
+        "targets": "ok",
     }, render_text(list(results.values()))
     assert all_passed(list(results.values()))
+    assert results["targets"].detail.startswith("2 reachable: erp (http), directory ")
     assert "the CA pinned at registration" in results["tls"].detail
     # The loop `gateway run` would pick here: uvloop wherever it is installed (a dependency).
     expected = eventloop.pick("auto").describe()
@@ -442,3 +444,33 @@ async def test_replay_store_check_probes_sqlite(registered: Registered) -> None:
     results = await _check(registered.config)
     assert results["replay_store"].status == "ok", results["replay_store"]
     assert "admits a nonce once" in results["replay_store"].detail
+
+
+async def test_a_target_outside_its_networks_or_without_tls_is_a_warning(
+    registered: Registered,
+) -> None:
+    # Dialled by the dial step gateway run uses: the name resolves (here by a table) to an
+    # address outside allowed_cidrs, which every request would be refused for.
+    document = demo_config(registered.stack)
+    targets = document["targets"]
+    erp = {**targets["erp"], "host": "erp.corp.test", "allowed_cidrs": ["10.1.2.0/24"]}
+    erp.pop("allow_special_addresses")
+    registered.rewrite(targets={**targets, "erp": erp})
+    table = {
+        "erp.corp.test": ["127.0.0.1"],
+        "127.0.0.1": ["127.0.0.1"],
+        # The control plane and relay of the devkit listen on loopback addresses.
+        "localhost": ["127.0.0.1"],
+    }
+    results = await _check(registered.config, resolver=table)
+    assert results["targets"].status == "warn", render_text(list(results.values()))
+    assert results["targets"].detail == (
+        "erp: resolved_address_not_allowed: erp.corp.test resolved to 127.0.0.1, none inside "
+        "allowed_cidrs"
+    )
+    assert all_passed(list(results.values()))
+    # An https target that answers in plain HTTP: the handshake the forward would make fails.
+    registered.rewrite(targets={**targets, "erp": {**targets["erp"], "scheme": "https"}})
+    results = await _check(registered.config)
+    assert results["targets"].status == "warn"
+    assert results["targets"].detail.startswith("erp: upstream_tls: ")
