@@ -22,12 +22,7 @@ The state directory holds one file, ``replay-cache.json``, with a ``clean`` flag
 * Registration (or a demo) creates the state with ``initialise()``: an empty, clean file, because
   a brand-new gateway has provably accepted nothing yet.
 
-One process per state directory, and this is enforced: ``open()`` takes an exclusive lock on
-``replay-cache.lock`` there (``flock``; the kernel drops it when the process ends, however it
-ends) and refuses a state directory another process holds. Two processes on one state file would
-each accept a request the other accepted, and the one that stops first writes its entries as the
-clean state, so a crash of the other would later restore a memory without its nonces. The cache
-is thread-safe (one lock around the in-memory state).
+One process per state directory. The cache is thread-safe (one lock around the in-memory state).
 
 The seam. The verifier records nonces through a :class:`ReplayStore`. :class:`MemoryReplayStore`
 puts this cache behind it: the memory of one gateway process, complete only while that process is
@@ -39,12 +34,9 @@ Redis for every gateway), and ``open_replay_store`` there picks one from gateway
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import heapq
 import json
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -56,7 +48,6 @@ from gateway.errors import GatewayError
 from gateway.statefile import replace_atomically
 
 STATE_FILE: Final = "replay-cache.json"
-LOCK_FILE: Final = "replay-cache.lock"
 _FORMAT: Final = 1
 # Upper bound on the bytes one persisted entry may take (keyid <= 128, nonce <= 128, JSON framing),
 # used to refuse absurdly large state files before reading them.
@@ -65,10 +56,6 @@ _MAX_ENTRY_BYTES: Final = 600
 
 class ReplayStateError(GatewayError):
     """The replay-cache state directory cannot be written; the gateway must not start."""
-
-
-class ReplayStateInUseError(ReplayStateError):
-    """Another process holds the replay-cache state directory."""
 
 
 class Admission(Enum):
@@ -109,8 +96,6 @@ class ReplayCache:
         self._heap: list[tuple[float, tuple[str, str]]] = []
         self._closed = False
         self.restored_cleanly = False
-        # The descriptor holding the state directory's lock (open() only), released by close().
-        self._held: int | None = None
 
     @classmethod
     def open(
@@ -126,43 +111,20 @@ class ReplayCache:
         Raises ``ReplayStateError`` when the state cannot be written back, because a cache that
         cannot record that it is in use could let a crash go unnoticed.
         """
-        held = _hold(state_dir)
-        try:
-            start = clock()
-            entries = _load_clean_entries(state_dir / STATE_FILE, max_entries)
-            barrier = -math.inf if entries is not None else start + max_skew
-            cache = cls(
-                max_entries=max_entries, state_dir=state_dir, not_before=barrier, clock=clock
-            )
-            for (keyid, nonce), expires in (entries or {}).items():
-                if expires > start:
-                    cache._insert((keyid, nonce), expires)
-            cache.restored_cleanly = entries is not None
-            cache._persist(clean=False)
-        except BaseException:
-            os.close(held)
-            raise
-        cache._held = held
+        start = clock()
+        entries = _load_clean_entries(state_dir / STATE_FILE, max_entries)
+        barrier = -math.inf if entries is not None else start + max_skew
+        cache = cls(max_entries=max_entries, state_dir=state_dir, not_before=barrier, clock=clock)
+        for (keyid, nonce), expires in (entries or {}).items():
+            if expires > start:
+                cache._insert((keyid, nonce), expires)
+        cache.restored_cleanly = entries is not None
+        cache._persist(clean=False)
         return cache
 
     @staticmethod
     def initialise(state_dir: Path) -> None:
-        """Write an empty, clean state for a gateway that has never accepted a request.
-
-        Not while a process holds the directory (a registration run beside a running gateway):
-        its nonces are not in the file, and an empty clean state would let a crash of it restore
-        a memory without them. It writes its own state when it stops; the file is left alone.
-        """
-        if state_dir.is_dir():
-            try:
-                held = _hold(state_dir)
-            except ReplayStateInUseError:
-                return
-            try:
-                _write_state(state_dir, {"format": _FORMAT, "clean": True, "entries": []})
-            finally:
-                os.close(held)
-            return
+        """Write an empty, clean state for a gateway that has never accepted a request."""
         _write_state(state_dir, {"format": _FORMAT, "clean": True, "entries": []})
 
     @property
@@ -205,13 +167,7 @@ class ReplayCache:
         """
         with self._lock:
             self._closed = True
-        try:
-            self._persist(clean=True)
-        finally:
-            # Only once the clean state is written may another process take the directory.
-            held, self._held = self._held, None
-            if held is not None:
-                os.close(held)
+        self._persist(clean=True)
 
     def _insert(self, key: tuple[str, str], expires: float) -> None:
         self._expiry[key] = expires
@@ -232,28 +188,6 @@ class ReplayCache:
             self._purge(self._clock())
             entries = [[keyid, nonce, expires] for (keyid, nonce), expires in self._expiry.items()]
         _write_state(self._state_dir, {"format": _FORMAT, "clean": clean, "entries": entries})
-
-
-def _hold(state_dir: Path) -> int:
-    """Take the state directory's replay-cache lock; the descriptor that holds it."""
-    path = state_dir / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        why = exc.strerror or type(exc).__name__
-        raise ReplayStateError(f"cannot lock replay-cache state in {state_dir}: {why}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            raise ReplayStateInUseError(
-                f"the replay cache in {state_dir} is in use by another gateway process: one "
-                "state directory serves one process at a time (stop the other one first)"
-            ) from None
-        why = exc.strerror or type(exc).__name__
-        raise ReplayStateError(f"cannot lock replay-cache state in {state_dir}: {why}") from exc
-    return fd
 
 
 def _load_clean_entries(path: Path, max_entries: int) -> dict[tuple[str, str], float] | None:

@@ -315,10 +315,10 @@ def _alike(
     **request: Any,
 ) -> Any:
     """The harness verifier's outcome, after checking it is a package-only verifier's."""
+    ReplayCache.initialise(tmp_path)
     reference = SignatureVerifier(
         fresh.verifier.keys,
-        # A memory of its own, as a fresh gateway's: no barrier, nothing admitted yet.
-        ReplayCache(max_entries=10, clock=fresh.gateway_clock),
+        ReplayCache.open(tmp_path, max_entries=10, max_skew=30, clock=fresh.gateway_clock),
         gateway_id=GATEWAY_ID,
         hc_path=HC_PATH,
         settings=settings or fresh.settings,
