@@ -798,6 +798,9 @@ class LdapRecord(AuditRecord):
 
     def _input(self) -> dict[str, Any]:
         """What was decided, read from the PDU (no password, compare value or filter value)."""
+        # Loaded with the LDAP proxy that made the outcome (see the TYPE_CHECKING imports).
+        from gateway.ldap.policy_input import bind_subject
+
         outcome = self.outcome
         assert outcome is not None
         request = outcome.request
@@ -805,7 +808,8 @@ class LdapRecord(AuditRecord):
             "operation": str(request.operation),
             "message_id": request.message_id,
             "dn": request.dn if request.operation.value != "bind" else None,
-            "bind_name": request.dn if request.operation.value == "bind" else None,
+            # A SASL bind is recorded by the identity its credentials carry, as it was decided.
+            "bind_name": bind_subject(request) if request.operation.value == "bind" else None,
             "scope": request.scope or None,
             "attributes": list(request.attributes),
             "changes": [[change.operation, change.attribute] for change in request.changes],

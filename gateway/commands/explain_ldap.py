@@ -61,6 +61,7 @@ LDAP_REASON_TEXT: dict[str, str] = {
     "ldap_dn_syntax": "the DN is not RFC 4514 syntax",
     "ldap_dn_unsupported": "the DN cannot be compared the way the directory would",
     "ldap_dn_too_long": "the DN is over the gateway's bounds",
+    "ldap_sasl_credentials": "the SASL credentials name no identity the gateway can read",
     "unknown_target": "no LDAP target of that name is declared",
     "policy_unavailable": "the policy engine could not decide (the SaaS gets resultCode 51)",
     "policy_undefined": "the policy returned no decision document",

@@ -27,7 +27,13 @@ from gateway.config.model import LDAP_SCHEMES, GatewayConfig, LdapOperation, Tar
 from gateway.ldap.codec import Change, Control, FilterNode, Operation, Request
 from gateway.ldap.dn import DEFAULT_RULES, Dn, MatchingRules, normalise_attribute
 from gateway.ldap.errors import DnError, LdapRefusedError
-from gateway.ldap.policy_input import bind_name, dn_path, ldap_input, subtree_path
+from gateway.ldap.policy_input import (
+    bind_name,
+    bind_subject,
+    dn_path,
+    ldap_input,
+    subtree_path,
+)
 from gateway.policy.cache import BoundedLru
 from gateway.policy.engine import POLICY_UNAVAILABLE, POLICY_UNDEFINED
 
@@ -268,7 +274,14 @@ def verdict_key(facts: LdapFacts) -> Hashable | None:
     """
     request = facts.request
     noise: dict[str, Any] = {"message_id": 0}
-    if request.credentials:
+    subject = ""
+    if request.credentials and request.auth_method == "sasl":
+        # A SASL bind is decided by the identity its credentials carry (bind_subject), never
+        # by their password: that identity (or that there is none to read) is the key.
+        read = bind_subject(request)
+        subject = "" if read is None else read
+        noise["credentials"] = b"\x01" if read is None else b"\x00" + subject.encode()
+    elif request.credentials:
         noise["credentials"] = b"\x00"  # "not empty", never the password itself
     if request.assertion:
         noise["assertion"] = b""
@@ -282,6 +295,7 @@ def verdict_key(facts: LdapFacts) -> Hashable | None:
         + sum(len(change.attribute) + 8 for change in request.changes)
         + len(request.request_value or b"")
         + len(facts.bound_as or "")
+        + len(subject)
         + len(facts.keyid or "")
     )
     shape: Hashable = None

@@ -35,12 +35,14 @@ class LdapProtocolError(LdapError):
 class LdapRefusedError(LdapError):
     """A well-formed request the gateway refuses before policy; answer it and carry on."""
 
-    def __init__(self, reason: str, detail: str, *, message_id: int = 0) -> None:
+    def __init__(
+        self, reason: str, detail: str, *, message_id: int = 0, operation: str = ""
+    ) -> None:
         super().__init__(reason, detail)
         self.message_id = message_id
         # The operation (a ``codec.Operation`` value) once known, so the refusal can be answered
         # with the matching response type.
-        self.operation = ""
+        self.operation = operation
 
 
 class DnError(LdapError):

@@ -62,6 +62,40 @@ def bind_name(name: str) -> str:
     return name.strip().casefold()
 
 
+def bind_subject(request: Request) -> str | None:
+    """Who a bind asks to be: the name of a simple bind; for a SASL bind the identity its
+    credentials carry, because that, not the BindRequest's name, is what the directory
+    authenticates and acts as (RFC 4513 5.2). None for SASL credentials that cannot be read.
+
+    PLAIN (RFC 4616 section 2: ``[authzid] NUL authcid NUL passwd``) acts as its authorization
+    identity, or as its authentication identity when that is empty; EXTERNAL (RFC 4422
+    appendix A) as the authorization identity it may carry (none: the identity of the gateway's
+    own TLS connection, which the gateway cannot name, so '' and the stream counts as unbound).
+    The ``dn:`` and ``u:`` forms of an authorization identity (RFC 4513 5.2.1.8) lose their
+    prefix, so a DN is compared as a DN. Other mechanisms carry no identity the gateway reads.
+    """
+    if request.auth_method != "sasl":
+        return request.dn
+    mechanism = request.sasl_mechanism.upper()
+    if mechanism not in ("PLAIN", "EXTERNAL"):
+        return ""
+    try:
+        text = request.credentials.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if mechanism == "PLAIN":
+        parts = text.split("\0")
+        if len(parts) != 3 or not parts[1]:
+            return None
+        identity = parts[0] or parts[1]
+    else:
+        identity = text
+    for prefix in ("dn:", "u:"):
+        if identity.startswith(prefix):
+            return identity[len(prefix) :]
+    return identity
+
+
 def _attribute_set(descriptions: tuple[str, ...]) -> list[str]:
     return sorted({normalise_attribute(description) for description in descriptions})
 
@@ -86,9 +120,9 @@ def ldap_input(request: Request, rules: MatchingRules) -> dict[str, Any]:
     try:
         return _document(request, rules)
     except DnError as exc:
-        refused = LdapRefusedError(exc.reason, exc.detail, message_id=request.message_id)
-        refused.operation = request.operation
-        raise refused from None
+        raise LdapRefusedError(
+            exc.reason, exc.detail, message_id=request.message_id, operation=request.operation
+        ) from None
 
 
 def _parsed(text: str, rules: MatchingRules) -> tuple[Dn, list[str] | None]:
@@ -112,18 +146,26 @@ def _document(request: Request, rules: MatchingRules) -> dict[str, Any]:
         return document
     if operation is Operation.BIND:
         anonymous = request.auth_method == "simple" and not request.dn and not request.credentials
+        subject = bind_subject(request)
+        if subject is None:
+            raise LdapRefusedError(
+                "ldap-sasl-credentials",
+                f"{request.sasl_mechanism} credentials that name no identity",
+                message_id=request.message_id,
+                operation=request.operation,
+            )
         bind: dict[str, Any] = {
             "method": request.auth_method,
             "mechanism": request.sasl_mechanism.upper(),
             "anonymous": anonymous,
             "version": request.version,
-            "name": bind_name(request.dn),
+            "name": bind_name(subject),
             "dn_path": None,
         }
         # A UPN (user@corp.example) or DOMAIN\\user is no DN: Active Directory accepts both as
         # bind names; they are matched by name, not by place.
         with contextlib.suppress(DnError):
-            bind["dn_path"] = dn_path(Dn.parse(request.dn, rules))
+            bind["dn_path"] = dn_path(Dn.parse(subject, rules))
         document["bind"] = bind
         return document
     dn, path = _parsed(request.dn, rules)

@@ -57,7 +57,7 @@ from gateway.ldap.codec import (
 from gateway.ldap.directory import START_TLS
 from gateway.ldap.dn import normalise_attribute
 from gateway.ldap.errors import LdapProtocolError, LdapRefusedError
-from gateway.ldap.policy_input import bind_name
+from gateway.ldap.policy_input import bind_name, bind_subject
 from gateway.ldap.session import LdapSession
 
 log = logging.getLogger(__name__)
@@ -403,8 +403,12 @@ class LdapProxy:
         if request.operation is Operation.BIND:
             # RFC 4513 section 5.1: from now on the connection is anonymous unless this succeeds.
             self._bind_in_progress = request.message_id
+            # A SASL bind binds as the identity in its credentials (RFC 4513 5.2), which is
+            # what the policy judged it by (bind_subject).
             self._pending_binding = (
-                (identity.name, True) if identity is not None else (request.dn or None, False)
+                (identity.name, True)
+                if identity is not None
+                else (bind_subject(request) or None, False)
             )
             self._bound_as, self._injected = None, False
         if request.operation is Operation.SEARCH:

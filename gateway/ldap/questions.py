@@ -24,7 +24,7 @@ from gateway.ldap.decide import LdapFacts
 from gateway.ldap.dn import Dn, is_utf8_text
 from gateway.ldap.errors import DnError, LdapError
 from gateway.ldap.filters import parse_filter
-from gateway.ldap.policy_input import bind_name
+from gateway.ldap.policy_input import bind_name, bind_subject
 
 __all__ = [
     "QUESTION_OPERATIONS",
@@ -95,13 +95,15 @@ class LdapQuestion:
         controls = tuple(Control(oid, True) for oid in self.controls)
         base: dict[str, Any] = {"controls": controls}
         if operation is Operation.BIND and self.mechanism:
+            # A SASL bind's identity is in its credentials (policy_input.bind_subject): the
+            # question's name goes there, as the client would put it.
             return Request(
                 _QUESTION_ID,
                 operation,
-                dn=self.dn,
                 version=self.version,
                 auth_method="sasl",
                 sasl_mechanism=self.mechanism,
+                credentials=_sasl_credentials(self.mechanism, self.dn),
                 **base,
             )
         if operation is Operation.BIND:
@@ -273,6 +275,16 @@ _FIELDS = (
 ) | {"changes"}
 
 
+def _sasl_credentials(mechanism: str, identity: str) -> bytes:
+    """SASL credentials that name ``identity`` (RFC 4616 PLAIN with a stand-in password; RFC 4422
+    EXTERNAL's authorization identity, a DN as ``dn:``); none for other mechanisms."""
+    if mechanism.upper() == "PLAIN":
+        return b"\0" + identity.encode("utf-8") + b"\0" + _STAND_IN_PASSWORD
+    if mechanism.upper() == "EXTERNAL" and identity:
+        return (f"dn:{identity}" if "=" in identity else f"u:{identity}").encode("utf-8")
+    return b""
+
+
 def _first_rdn(dn: str) -> str:
     """The leaf RDN of ``dn`` (a modify DN that only moves the entry keeps its RDN)."""
     try:
@@ -412,7 +424,12 @@ def question_of(facts: LdapFacts) -> LdapQuestion:
         # An empty selection asks for all user attributes (RFC 4511 4.5.1.8), as "*" does; a
         # question's empty selection means none ("1.1").
         attributes = request.attributes or ("*",)
-    dn = request.request_name if request.operation is Operation.EXTENDED else request.dn
+    if request.operation is Operation.EXTENDED:
+        dn = request.request_name
+    elif request.operation is Operation.BIND:
+        dn = bind_subject(request) or ""
+    else:
+        dn = request.dn
     return LdapQuestion(
         target=facts.target,
         operation=request.operation.value,

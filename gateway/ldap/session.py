@@ -150,13 +150,12 @@ class LdapSession:
             return True
         self._check_id(request.message_id)
         if len(self._outstanding) >= self.limits.max_outstanding:
-            refused = LdapRefusedError(
+            raise LdapRefusedError(
                 "ldap-too-many-outstanding",
                 f"{len(self._outstanding)} operations are already outstanding",
                 message_id=request.message_id,
+                operation=request.operation,
             )
-            refused.operation = request.operation
-            raise refused
         self._outstanding[request.message_id] = request.operation
         return True
 

@@ -217,3 +217,26 @@ async def test_an_abandoned_search_keeps_its_filter_while_the_id_stays_in_use() 
     assert SECRET not in client.received
     assert [(a.kind, a.message_id) for a in answers] == [("delResponse", 4)]
     assert state.endings == ["unbind"]
+
+
+async def test_a_sasl_bind_binds_the_stream_as_the_identity_in_its_credentials() -> None:
+    # RFC 4513 5.2: a SASL bind authenticates (and the directory then acts as) the identity in
+    # its credentials, not its BindRequest name; every later operation is decided as it.
+    def script(request: Request) -> list[bytes]:
+        if request.operation is Operation.BIND:
+            return [encode_result(request.message_id, Operation.BIND, 0, "")]
+        return [encode_result(request.message_id, Operation.DELETE, 0, "")]
+
+    policy = Policy()
+    async with scripted(script, policy) as state, saas(state.port) as client:
+        await client.send(pdus.sasl_bind(1, "PLAIN", b"\0reader@corp.example\0secret"))
+        await client.until("bindResponse")
+        await client.send(pdus.delete(2, f"cn=x,{SUFFIX}"))
+        await client.until("delResponse")
+        await client.send(pdus.unbind(3))
+        await client.until(None)
+    assert [(call[0].operation, call[1]) for call in policy.calls] == [
+        (Operation.BIND, None),
+        (Operation.DELETE, "reader@corp.example"),
+    ]
+    assert state.endings == ["unbind"]

@@ -22,6 +22,7 @@ from gateway.policy.embedded import EmbeddedEngine
 from gateway.policy.engine import POLICY_UNAVAILABLE
 from tests.unit.ldap.directory_config import (
     BASE,
+    CONFIG,
     EMPLOYEE,
     GROUP,
     PAGED,
@@ -510,3 +511,61 @@ async def test_a_dereferencing_search_is_kept_to_its_rules_subtrees(chain: LdapC
     assert not verdict.hides(GROUP)
     assert not verdict.hides("dc = CORP, dc=example")
     assert verdict.hides("OU=x,OU=Tier0,DC=corp,DC=example")  # never reachable, as before
+
+
+@pytest.fixture(scope="module")
+def plain_chain(tmp_path_factory: pytest.TempPathFactory) -> LdapChain:
+    """The directory with SASL PLAIN allowed."""
+    text = CONFIG.replace(
+        "      controls: [", "      sasl_mechanisms: [PLAIN, EXTERNAL]\n      controls: ["
+    )
+    assert text != CONFIG
+    return embedded_chain(load_directory(tmp_path_factory.mktemp("plain"), text))
+
+
+def _sasl(mechanism: str, credentials: bytes, name: str = "") -> Request:
+    return Request(
+        3,
+        Operation.BIND,
+        dn=name,
+        version=3,
+        auth_method="sasl",
+        sasl_mechanism=mechanism,
+        credentials=credentials,
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_", "allowed", "expected"),
+    [
+        # RFC 4616: [authzid] NUL authcid NUL passwd; the directory acts as the identity there.
+        (_sasl("PLAIN", b"\0CN=x,OU=Tier0,DC=corp,DC=example\0pw"), False, "ldap_never_reachable"),
+        (_sasl("PLAIN", b"\0someone\0pw", name="empowerid"), False, "ldap_identity_not_granted"),
+        (_sasl("PLAIN", b"\0empowerid\0pw"), False, "ldap_identity_not_granted"),
+        (_sasl("PLAIN", b"\0Reader@Corp.Example\0pw"), True, "bind-service"),
+        (
+            _sasl("PLAIN", b"dn:CN=reader,OU=Service Accounts,DC=corp,DC=example\0x\0pw"),
+            True,
+            "bind-service",
+        ),
+        (_sasl("PLAIN", b"no separators"), False, "ldap_sasl_credentials"),
+        (_sasl("EXTERNAL", b"dn:CN=a,OU=Tier0,DC=corp,DC=example"), False, "ldap_never_reachable"),
+        (_sasl("EXTERNAL", b""), True, None),  # the gateway's own certificate: granted by target
+    ],
+    ids=[
+        "plain-tier0",
+        "plain-named-identity",
+        "plain-identity-name",
+        "plain-upn",
+        "plain-authzid-dn",
+        "plain-unreadable",
+        "external-tier0",
+        "external-own",
+    ],
+)
+async def test_a_sasl_bind_is_decided_by_the_identity_in_its_credentials(
+    plain_chain: LdapChain, request_: Request, allowed: bool, expected: str | None
+) -> None:
+    verdict = await plain_chain.decide(facts(request_, bound=None))
+    assert verdict.allowed is allowed, verdict.reasons
+    assert (verdict.operation if allowed else verdict.reasons[0]) == expected

@@ -187,10 +187,17 @@ def _variant(request: Request, data: st.DataObject) -> Request:
     """The same operation, differing in what the policy never sees."""
     draw = data.draw
     other = draw(st.binary(min_size=1, max_size=8))
+    credentials = other if request.credentials else b""
+    if request.auth_method == "sasl" and request.sasl_mechanism.upper() in ("PLAIN", "EXTERNAL"):
+        # Their identity is seen (bind_subject); only PLAIN's password is not.
+        parts = request.credentials.split(b"\0")
+        credentials = request.credentials
+        if request.sasl_mechanism.upper() == "PLAIN" and len(parts) == 3:
+            credentials = parts[0] + b"\0" + parts[1] + b"\0" + other
     return replace(
         request,
         message_id=request.message_id + draw(st.integers(1, 1000)),
-        credentials=other if request.credentials else b"",
+        credentials=credentials,
         assertion=other if request.assertion else b"",
         controls=tuple(
             replace(control, value=draw(st.none() | st.binary(max_size=8)))
@@ -257,6 +264,23 @@ def _differs(request: Request) -> list[Request]:
         replace(request, filter=parse_filter("(ms-Mcs-AdmPwd=*)")),
         replace(request, size_limit=999_999),
     ]
+
+
+def test_the_identity_in_sasl_credentials_is_in_the_key() -> None:
+    # A SASL bind is decided by the identity its credentials carry, not by its password.
+    def plain(credentials: bytes) -> Request:
+        return Request(
+            1,
+            Operation.BIND,
+            version=3,
+            auth_method="sasl",
+            sasl_mechanism="PLAIN",
+            credentials=credentials,
+        )
+
+    first = verdict_key(facts(plain(b"\0reader@corp.example\0one"), bound=None))
+    assert first == verdict_key(facts(plain(b"\0reader@corp.example\0two"), bound=None))
+    assert first != verdict_key(facts(plain(b"\0admin@corp.example\0one"), bound=None))
 
 
 def test_what_the_policy_sees_is_in_the_key() -> None:

@@ -394,19 +394,26 @@ ldap_bind_granted_rules contains index if {
 	ldap_bind_matches(ldap_target.rules[index])
 }
 
-ldap_bind_matches(rule) if {
+# Only a simple bind is an injection: the gateway cannot put a stored password into SASL
+# credentials, and a SASL bind is named by the identity in its credentials (RFC 4513 5.2).
+ldap_identity_bind if {
+	ldap_request.bind.method == "simple"
 	ldap_request.bind.name in ldap_target.identities
+}
+
+ldap_bind_matches(rule) if {
+	ldap_identity_bind
 	ldap_request.bind.name in rule.bind_as.identities
 }
 
 ldap_bind_matches(rule) if {
-	not ldap_request.bind.name in ldap_target.identities
+	not ldap_identity_bind
 	some path in rule.bind_as.dn_paths
 	path == ldap_request.bind.dn_path
 }
 
 ldap_bind_matches(rule) if {
-	not ldap_request.bind.name in ldap_target.identities
+	not ldap_identity_bind
 	ldap_request.bind.name in rule.bind_as.names
 }
 
