@@ -92,11 +92,12 @@ from gateway.hybridconnection.refusals import RefusalKind, classify_listen_refus
 from gateway.identity import ControlPlaneError, StoredIdentity, Timeouts, load_identity, mtls_client
 from gateway.identity.certs import certificate_health
 from gateway.identity.models import RelayInfo
+from gateway.identity.session import identity_mismatch
 from gateway.identity.tls import registration_context, system_context
 from gateway.outbound.proxy import OutboundProxy, ProxyAuthError, ProxyError
 from gateway.outbound.sessions import client_session, runtime_problems, translate_proxy_error
 from gateway.relay.websocket import HandshakeRefusedError, RelaySocketError, open_relay_socket
-from gateway.service import check_release, identity_mismatch, proxy_settings
+from gateway.service import check_release, proxy_settings
 
 __all__ = [
     "CHECK_NAMES",
@@ -371,7 +372,7 @@ async def _check_identity(ctx: _Context) -> str:
         }.get(code, "see docs/troubleshooting.md")
         raise _CheckError(f"{code}: {exc}", hint) from None
     ctx.identity = identity
-    mismatch = identity_mismatch(identity, ctx.loaded.config)
+    mismatch = identity_mismatch(identity.gateway_id, ctx.loaded.config.gateway.id)
     if mismatch is not None:
         raise _CheckError(
             mismatch, "point gateway.state_dir at this gateway's directory, or re-register"

@@ -60,6 +60,7 @@ from gateway.identity.models import (
     SigningKey,
     WorkerInstance,
 )
+from gateway.identity.session import identity_mismatch
 from gateway.ldap.innertls import InnerTlsError, identity_context
 from gateway.observability.audit import AuditLog, decision_log
 from gateway.observability.export import Exporter, build_exporters
@@ -231,20 +232,6 @@ def check_release(loaded: LoadedConfig, *, files: bool = True) -> PolicySet:
     if verified is not None:
         verified.check_policies(policies)
     return policies
-
-
-def identity_mismatch(identity: StoredIdentity, config: GatewayConfig) -> str | None:
-    """Why ``identity`` cannot serve ``config``, or None: the state directory holds another
-    gateway than ``gateway.id`` names. EmpowerID signs each request for the gateway it
-    registered (the covered ``x-gateway-id``, docs/relay-contract.md "Signatures"), so a
-    gateway running under another id would refuse every real request. ``run`` refuses to start
-    and to reload such a file, and ``check`` fails its ``identity`` line, with this answer."""
-    if identity.gateway_id == config.gateway.id:
-        return None
-    return (
-        f"the state directory holds gateway {identity.gateway_id!r}, the configuration "
-        f"names {config.gateway.id!r}"
-    )
 
 
 def stop_on_signals(stop: asyncio.Event, *, at_once: Callable[[], None] | None = None) -> None:
@@ -584,7 +571,7 @@ class Agent:
             keys = signing_keyset(identity.signing_keys)
         except (GatewayError, KeySetError) as exc:
             raise StartError(f"identity not usable: {exc}", EXIT_IDENTITY) from None
-        mismatch = identity_mismatch(identity, config)
+        mismatch = identity_mismatch(identity.gateway_id, config.gateway.id)
         if mismatch is not None:
             raise StartError(
                 f"identity not usable: {mismatch}; point gateway.state_dir at this gateway's "
@@ -1137,7 +1124,11 @@ class Agent:
             loaded = self._load()
             startup_problems(loaded)  # what a restart would refuse, refused now
             identity = self._state.identity
-            mismatch = identity_mismatch(identity, loaded.config) if identity else None
+            mismatch = (
+                identity_mismatch(identity.gateway_id, loaded.config.gateway.id)
+                if identity
+                else None
+            )
             if mismatch is not None:
                 # The running listeners, signature checks and certificate are this identity's;
                 # a restart would refuse the file.

@@ -36,6 +36,7 @@ from gateway.commands._common import (
 )
 from gateway.config import yamlsafe
 from gateway.config.model import LISTEN_PATTERN, GatewaySection, ObservabilitySection
+from gateway.identity.session import identity_mismatch
 from gateway.observability.health import published_endpoint
 
 _PROBE_TIMEOUT = 2.0
@@ -201,6 +202,16 @@ def run(args: argparse.Namespace) -> int:
         "identity": identity.status(state_dir(loaded), passphrase=passphrase(loaded)),
         "agent": _live(listen) if listen else {},
     }
+    registered_id = report["identity"].get("gateway_id")
+    mismatch = (
+        identity_mismatch(registered_id, config.gateway.id)
+        if isinstance(registered_id, str)
+        else None
+    )
+    if mismatch is not None:
+        # What run refuses to start with (exit 4) and check fails its identity line for.
+        report["identity"]["problems"].append({"code": "identity_mismatch", "message": mismatch})
+        report["identity"]["ready"] = False
     report = redacted(report)
     healthy = bool(report["identity"].get("ready")) and report["agent"].get("ready", True)
     if args.format == "json":
@@ -211,7 +222,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"gateway     {config.gateway.id}")
     print(f"config      {loaded.file} (revision on disk {loaded.revision})")
     print(f"policy      {config.policy.engine}, {config.policy.mode}")
-    print(f"registered  {'yes' if ident.get('registered') else 'no'}")
+    unreadable = [p for p in ident.get("problems", []) if p.get("code") != "not_registered"]
+    if ident.get("registered"):
+        print("registered  yes")
+    elif unreadable:
+        # Unsafe permissions or a damaged file: the identity may well be there.
+        print("registered  unknown: the state directory cannot be used (problem below)")
+    else:
+        print("registered  no")
     if cert:
         print(
             f"certificate {cert.get('state')}, expires {cert.get('not_after')},",

@@ -89,6 +89,21 @@ async def refresh_signing_keys(
     return keys
 
 
+def identity_mismatch(registered: str, configured: str) -> str | None:
+    """Why the identity of gateway ``registered`` cannot serve a file whose ``gateway.id`` is
+    ``configured``, or None when they are the same gateway.
+
+    EmpowerID signs each request for the gateway it registered (the covered ``x-gateway-id``,
+    docs/relay-contract.md "Signatures"), so a gateway running under another id would refuse
+    every real request. ``run`` refuses to start and to reload such a file, ``check`` fails its
+    ``identity`` line and ``status`` lists it as a problem, all with this answer."""
+    if registered == configured:
+        return None
+    return (
+        f"the state directory holds gateway {registered!r}, the configuration names {configured!r}"
+    )
+
+
 def status(
     state_dir: Path,
     *,

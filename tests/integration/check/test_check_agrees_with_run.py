@@ -76,6 +76,21 @@ async def test_a_gateway_id_the_state_directory_does_not_hold(registered: Regist
     code, out = await _cli("run", "-c", str(registered.config), "--allow-root")
     assert code == EXIT_IDENTITY, out
     assert expected in out
+    # status said "registered yes" and nothing else.
+    code, out = await _cli("status", "-c", str(registered.config))
+    assert code == 1
+    assert f"problem     identity_mismatch: {expected}" in out, out
+
+
+async def test_status_does_not_call_an_unusable_identity_unregistered(
+    registered: Registered,
+) -> None:
+    key = registered.directory / "state" / "client-1.key"
+    key.chmod(0o644)
+    code, out = await _cli("status", "-c", str(registered.config))
+    assert code == 1
+    assert "registered  unknown: the state directory cannot be used (problem below)" in out, out
+    assert f"problem     unsafe_permissions: {key} has mode 0644" in out
 
 
 async def test_a_reload_to_another_gateway_id_is_refused(
