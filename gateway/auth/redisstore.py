@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,16 +33,21 @@ _MAX_CONNECTIONS: Final = 64
 # How often the server's eviction settings are read again (``CONFIG SET`` can change them).
 _EVICTION_CHECK_SECONDS: Final = 60.0
 
-# KEYS[1] barrier, KEYS[2] nonce; ARGV[1] created, ARGV[2] time to live in ms.
-# Returns -1 when the store has no barrier (empty, or it lost its memory), 2 when the signature
-# predates the barrier, 1 when the nonce was recorded, 0 when it was already there. One script so
-# that the barrier check and the SET NX happen atomically (Redis runs a script without
-# interleaving other commands).
+# KEYS[1] barrier, KEYS[2] nonce; ARGV[1] created, ARGV[2] time to live in ms, ARGV[3] this
+# admission's own token. Returns -1 when the store has no barrier (empty, or it lost its memory),
+# 2 when the signature predates the barrier, 1 when the nonce was recorded, 0 when it was already
+# there. One script so that the barrier check and the SET NX happen atomically (Redis runs a
+# script without interleaving other commands). The nonce's value is the admission's token, so the
+# script is idempotent: redis-py sends a command again when its connection is lost (ten times by
+# default, which is also what makes a stale pooled connection harmless), and the server may have
+# run it already; finding its own token, a re-sent admission is the same acceptance, not a replay
+# of it (which would refuse a request seen for the first time).
 _ADMIT_SCRIPT: Final = """
 local barrier = redis.call('GET', KEYS[1])
 if not barrier then return -1 end
 if tonumber(ARGV[1]) <= tonumber(barrier) then return 2 end
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
 return 0
 """
 
@@ -120,13 +126,14 @@ class RedisReplayStore:
 
     async def _run(self, key: str, created: float, ttl_ms: int) -> int:
         keys = [self._prefix + "barrier", self._prefix + "n:" + key]
-        answer = await self._script(keys=keys, args=[repr(float(created)), ttl_ms])
+        args: list[str | int] = [repr(float(created)), ttl_ms, os.urandom(12).hex()]
+        answer = await self._script(keys=keys, args=args)
         if answer == -1:
             # The store is empty or lost its memory: the first gateway to see it sets the
             # barrier (NX, so a concurrent one cannot move it), then the script runs again.
             barrier = self._clock() + self._max_skew
             await self._client.set(keys[0], repr(barrier), nx=True)
-            answer = await self._script(keys=keys, args=[repr(float(created)), ttl_ms])
+            answer = await self._script(keys=keys, args=args)
         return int(answer)
 
     async def admit(self, keyid: str, nonce: str, *, created: float, expires: float) -> Admission:

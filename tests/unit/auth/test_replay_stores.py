@@ -1094,3 +1094,73 @@ def test_the_default_store_never_imports_redis() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "False"
+
+
+class ReplyDropper:
+    """A loopback TCP proxy to the Redis server that cuts the first connection as the server's
+    first integer reply (an admission's answer) comes back, without passing that reply on: the
+    server recorded the nonce, the client never heard it did."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cut = 0
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, up: bool) -> None:
+            while chunk := await source.read(65536):
+                if not up and self.cut == 0 and chunk.startswith(b":"):
+                    self.cut += 1
+                    writer.transport.abort()
+                    up_writer.transport.abort()
+                    return
+                sink.write(chunk)
+                await sink.drain()
+
+        try:
+            await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.transport.abort()
+            up_writer.transport.abort()
+
+
+async def test_an_admission_whose_answer_was_lost_is_accepted_once_not_taken_for_a_replay(
+    redis_server: RedisServer,
+) -> None:
+    # redis-py sends a command again after a lost connection (ten times by default). The server
+    # had run the admission already: sent again, it found the nonce, and a request seen for the
+    # first time was refused as a replay (401). The re-sent admission is the same acceptance.
+    clock = Clock()
+    seeded = make_store(redis_server, clock)
+    await seeded.initialise()
+    await seeded.close()
+    proxy = ReplyDropper(redis_server.port)
+    async with proxy as port:
+        store = make_store(redis_server, clock, port=port, tls=False)
+        try:
+            first = await store.admit("k", "n1", **window(clock))
+        finally:
+            await store.close()
+    assert (proxy.cut, proxy.connections) == (1, 2)  # the answer was lost, the command re-sent
+    assert first is Admission.ACCEPTED
+    # The server recorded it once: the next admission is the replay it really is.
+    again = make_store(redis_server, clock)
+    try:
+        assert await again.admit("k", "n1", **window(clock)) is Admission.REPLAY
+    finally:
+        await again.close()
