@@ -47,6 +47,10 @@ skipped rather than run against a state it cannot judge:
     once and refuses it the second time; per-process memory is only named. A missing SQLite file
     is a warning, not created here.
 
+``policy_engine``
+    with ``policy.engine: opa``, the OPA server answers at ``policy.opa_url`` (asked by the
+    engine ``gateway run`` builds, told not to load anything): unreachable, ``run`` would
+    start not ready and refuse every request 503.
 ``targets``
     each target is dialled as ``gateway run`` dials it: its host resolved and kept inside its
     ``allowed_cidrs`` by the same dial step, a TCP connection within its connect timeout, and
@@ -96,6 +100,7 @@ from gateway.identity.session import identity_mismatch
 from gateway.identity.tls import registration_context, system_context
 from gateway.outbound.proxy import OutboundProxy, ProxyAuthError, ProxyError
 from gateway.outbound.sessions import client_session, runtime_problems, translate_proxy_error
+from gateway.policy.loader import PolicySet
 from gateway.relay.websocket import HandshakeRefusedError, RelaySocketError, open_relay_socket
 from gateway.service import check_release, proxy_settings
 
@@ -124,6 +129,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "relay",
     "clock",
     "replay_store",
+    "policy_engine",
     "targets",
 )
 
@@ -207,6 +213,7 @@ class _Context:
     proxy: OutboundProxy | None = None
     identity: StoredIdentity | None = None
     relay_info: RelayInfo | None = None
+    policies: PolicySet | None = None
     server_date: dt.datetime | None = None
     local_time_at_answer: float | None = None
     failed: set[str] = field(default_factory=set)
@@ -282,6 +289,7 @@ async def _check_config(ctx: _Context) -> str:
         ) from None
     ctx.proxy = OutboundProxy(proxy_settings(loaded))  # usable: check_release said so
     ctx.loaded = loaded
+    ctx.policies = policies
     return (
         f"{loaded.file} is valid ({len(loaded.config.targets)} targets, {loaded.revision}; "
         f"policy {policies.revision.rpartition('/')[2]} decides)"
@@ -765,6 +773,43 @@ async def _check_replay_store(ctx: _Context) -> str:
     return f"{store.description} admits a nonce once"
 
 
+async def _check_policy_engine(ctx: _Context) -> str:
+    assert ctx.loaded is not None
+    assert ctx.policies is not None
+    settings = ctx.loaded.config.policy
+    if settings.engine != "opa":
+        return "embedded: decides in the gateway process (proven by the config check)"
+    assert settings.opa_url is not None  # the configuration check requires it
+    from gateway.policy.opa import OpaEngine
+
+    # The engine gateway run builds, asked only whether OPA answers and holds this revision:
+    # without push it loads nothing into OPA (nothing here changes state).
+    engine = OpaEngine(
+        ctx.policies,
+        url=settings.opa_url,
+        timeout=settings.decision_timeout_seconds,
+        mode=settings.mode,
+        cache=None,
+        push=False,
+        sync_timeout=min(5.0, ctx.options.timeout),
+    )
+    try:
+        await engine.start()
+        holds, why = engine.ready, engine.status
+    finally:
+        await engine.close()
+    revision = ctx.policies.revision.rpartition("/")[2]
+    if holds:
+        return f"OPA at {settings.opa_url} holds policy {revision}"
+    if why.startswith("loading OPA failed"):
+        raise _CheckError(
+            f"OPA at {settings.opa_url}: {_clean(why)}",
+            "gateway run would start not ready ('the policy engine cannot decide') and answer "
+            "every request 503 until OPA answers; start OPA or fix policy.opa_url",
+        )
+    return f"OPA at {settings.opa_url} answers; gateway run loads policy {revision} into it"
+
+
 # Targets dialled at once by the targets check (a file may declare up to 1000).
 _TARGET_PROBES = 16
 _PROBE_READ_LIMIT = 64 * 1024
@@ -854,6 +899,7 @@ _PLAN: tuple[tuple[str, _Check, tuple[str, ...]], ...] = (
     ("relay", _check_relay, ("relay_info",)),
     ("clock", _check_clock, ("tls",)),
     ("replay_store", _check_replay_store, ("config", "state_dir")),
+    ("policy_engine", _check_policy_engine, ("config",)),
     ("targets", _check_targets, ("config",)),
 )
 

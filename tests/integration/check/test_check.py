@@ -26,6 +26,7 @@ import trustme
 
 from gateway import eventloop
 from gateway.auth.sqlitestore import SqliteReplayStore
+from gateway.devkit.opa_server import OpaServer
 from gateway.devkit.relay_emulator import QUOTA_TEXT
 from gateway.devkit.stack import demo_config
 from gateway.diagnostics import (
@@ -96,6 +97,7 @@ async def test_every_check_passes_against_a_healthy_devkit(registered: Registere
         "relay": "ok",
         "clock": "ok",
         "replay_store": "ok",
+        "policy_engine": "ok",
         "targets": "ok",
     }, render_text(list(results.values()))
     assert all_passed(list(results.values()))
@@ -474,3 +476,23 @@ async def test_a_target_outside_its_networks_or_without_tls_is_a_warning(
     results = await _check(registered.config)
     assert results["targets"].status == "warn"
     assert results["targets"].detail.startswith("erp: upstream_tls: ")
+
+
+async def test_an_opa_server_that_does_not_answer_fails_the_policy_engine_line(
+    registered: Registered,
+) -> None:
+    # gateway run starts with OPA down, but is not ready and answers every request 503: check
+    # said all was well.
+    async with OpaServer() as opa:
+        document = demo_config(registered.stack)
+        registered.rewrite(policy={**document["policy"], "engine": "opa", "opa_url": opa.url})
+        results = await _check(registered.config)
+        assert results["policy_engine"].status == "ok", results["policy_engine"]
+        assert results["policy_engine"].detail.startswith(f"OPA at {opa.url} answers; ")
+        # Asked, never loaded: the check changes nothing on the server.
+        assert opa.policies == {}
+        await opa.go_down()
+        results = await _check(registered.config)
+    assert results["policy_engine"].status == "fail"
+    assert results["policy_engine"].detail.startswith(f"OPA at {opa.url}: loading OPA failed")
+    assert "every request 503" in results["policy_engine"].hint
