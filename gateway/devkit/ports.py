@@ -1,6 +1,7 @@
 """Start a server that must be told its TCP port, on loopback, despite other processes.
 
-Servers written here bind port 0 and report the port the kernel gave them. Third-party servers
+The project's own servers bind port 0 and report the port the kernel gave them (``gateway run``
+publishes its operator endpoint in the state directory). Third-party servers
 (``slapd``, ``redis-server``, ``squid``) cannot: slapd reads ``:0`` as its scheme's default
 port, and the others have no way to say which port they took. They get a port the kernel has
 just handed out for port 0, released for them; between that release and their own ``bind(2)``
