@@ -23,7 +23,13 @@ from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from gateway.config.model import LDAP_SCHEMES, GatewayConfig, LdapOperation, Target
+from gateway.config.model import (
+    LDAP_SCHEMES,
+    PAGED_RESULTS_OID,
+    GatewayConfig,
+    LdapOperation,
+    Target,
+)
 from gateway.ldap.codec import Change, Control, FilterNode, Operation, Request
 from gateway.ldap.dn import DEFAULT_RULES, Dn, MatchingRules, normalise_attribute
 from gateway.ldap.errors import DnError, LdapRefusedError
@@ -83,8 +89,9 @@ class LdapVerdict:
     every result entry and entries within ``hidden_subtrees`` (root-first RDN paths of never
     reachable subtrees the scope reaches) must not be returned: :meth:`strips`, :meth:`hides`.
     ``granted_subtrees``, when not None, are the subtrees of the rule that granted a search
-    which dereferences aliases: entries outside all of them are not returned either (an alias
-    leads anywhere, RFC 4511 4.5.1.3, and the policy judged the base, not where an alias leads).
+    which dereferences aliases or carries a control other than paged results: entries outside
+    all of them are not returned either (an alias or a control can lead anywhere, RFC 4511
+    4.5.1.3, and the policy judged the base and scope, not where they lead).
     """
 
     allowed: bool
@@ -128,6 +135,17 @@ class LdapVerdict:
         if granted is not None and not any(_prefix(path, subtree) for subtree in granted):
             return True
         return any(_prefix(path, hidden) for hidden in self.hidden_subtrees)
+
+
+def _unscoped(request: Request) -> bool:
+    """Whether something besides a search's base and scope decides which entries it returns:
+    alias dereferencing (RFC 4511 4.5.1.3), or a control other than paged results (RFC 2696
+    only pages): AD's attribute scoped query returns the entries an attribute of the base names,
+    show deleted reaches deleted objects, and the gateway does not read control values. The
+    policy's ``ldap_unscoped`` says the same."""
+    return bool(request.deref_aliases) or any(
+        control.oid != PAGED_RESULTS_OID for control in request.controls
+    )
 
 
 def _prefix(path: list[str], subtree: tuple[str, ...]) -> bool:
@@ -220,7 +238,7 @@ class LdapChain:
         elapsed = time.perf_counter() - started
         allowed = decision.allow
         granted: tuple[tuple[str, ...], ...] | None = None
-        if allowed and facts.request.operation is Operation.SEARCH and facts.request.deref_aliases:
+        if allowed and facts.request.operation is Operation.SEARCH and _unscoped(facts.request):
             granted = self._granted_subtrees(facts.target, decision.operation, document)
         return LdapVerdict(
             allowed=allowed,

@@ -628,10 +628,22 @@ ldap_hidden contains protected if {
 
 # A search that dereferences aliases (RFC 4511 4.5.1.3: derefInSearching, derefFindingBaseObj,
 # derefAlways) can reach an entry through an alias wherever it lives: every protected subtree is
-# hidden from it, not only the ones below its base.
+# hidden from it, not only the ones below its base. So can a search with a control other than
+# paged results (RFC 2696 only pages what base and scope select): AD's attribute scoped query
+# returns the entries an attribute of the base names, show deleted reaches the deleted objects
+# container, and the gateway does not read control values.
+ldap_paged_results := "1.2.840.113556.1.4.319"
+
+ldap_unscoped if ldap_request.deref_aliases != 0
+
+ldap_unscoped if {
+	some control in ldap_request.controls
+	control.oid != ldap_paged_results
+}
+
 ldap_hidden contains protected if {
 	ldap_kind == "search"
-	ldap_request.deref_aliases != 0
+	ldap_unscoped
 	some protected in ldap_target.never_reachable
 }
 

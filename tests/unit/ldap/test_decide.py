@@ -569,3 +569,25 @@ async def test_a_sasl_bind_is_decided_by_the_identity_in_its_credentials(
     verdict = await plain_chain.decide(facts(request_, bound=None))
     assert verdict.allowed is allowed, verdict.reasons
     assert (verdict.operation if allowed else verdict.reasons[0]) == expected
+
+
+async def test_a_search_with_a_control_is_kept_to_its_rule_and_off_protected_subtrees(
+    chain: LdapChain,
+) -> None:
+    # A listed control can decide which entries come back regardless of base and scope (AD's
+    # attribute scoped query returns the entries a base object's attribute names, wherever they
+    # live; show deleted, VLV, ...). The gateway does not read control values, so a search that
+    # carries one is filtered as a dereferencing search is: all never-reachable subtrees hidden,
+    # entries outside the rule's subtrees hidden. Paged results (RFC 2696) pages the scoped
+    # results and changes nothing.
+    sd_flags = Control("1.2.840.113556.1.4.801", True)  # listed in the directory's controls
+    base = search(GROUP, scope="base")
+    plain = await chain.decide(facts(replace(base, controls=(Control(PAGED, False),))))
+    assert plain.allowed
+    assert (plain.hidden_subtrees, plain.granted_subtrees) == ((), None)
+    verdict = await chain.decide(facts(replace(base, controls=(sd_flags,))))
+    assert verdict.allowed, verdict.reasons
+    assert len(verdict.hidden_subtrees) == 2  # OU=Tier0 and CN=Domain Admins
+    assert verdict.hides("CN=a,OU=Tier0,DC=corp,DC=example")
+    assert verdict.hides("CN=x,DC=other,DC=example")
+    assert not verdict.hides(GROUP)
