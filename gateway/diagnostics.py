@@ -765,8 +765,10 @@ async def _check_replay_store(ctx: _Context) -> str:
             status="warn",
         )
     if first is not Admission.ACCEPTED or second is not Admission.REPLAY:
+        problem = store.problem
         raise _CheckError(
-            f"{store.description}: probe answered {first.value}, then {second.value}",
+            f"{store.description}: probe answered {first.value}, then {second.value}"
+            + (f" ({problem})" if problem else ""),
             "the gateway answers signed requests with 503 replay_store_unavailable until the "
             "store works; its log names the error",
         )

@@ -88,7 +88,8 @@ class RedisReplayStore:
         self._max_skew = max_skew
         self._clock = clock
         self._closed = False
-        self._unavailable = False
+        # Why the server last did not answer (None: it answered), for ``problem``.
+        self._outage: str | None = None
         self._client = redis_asyncio.Redis(
             host=settings.host,
             port=settings.port,
@@ -118,6 +119,16 @@ class RedisReplayStore:
         """Server and key prefix, for logs and ``gateway check``."""
         scheme = "rediss" if self._settings.tls else "redis"
         return f"{scheme}://{self._settings.host}:{self._settings.port} prefix {self._prefix}"
+
+    @property
+    def problem(self) -> str | None:
+        """See :attr:`ReplayStore.problem`."""
+        if self._eviction is not None:
+            return (
+                f"{self._eviction}; no nonce is admitted until the server cannot evict "
+                "(maxmemory-policy noeviction, or maxmemory 0) and this user may run INFO"
+            )
+        return self._outage
 
     @property
     def prefix(self) -> str:
@@ -154,17 +165,18 @@ class RedisReplayStore:
             # SecretError: redis-py reads the password (the credential provider) on every new
             # connection and passes its error through; a secret file a rotation left unreadable
             # or unsafe makes the store as unavailable as a server refusing the password.
-            if not self._unavailable:
+            if self._outage is None:
                 log.error(
                     "replay store %s unavailable (%s): refusing signed requests until it answers",
                     self.description,
                     type(exc).__name__,
                     extra={"event": "replay_store_unavailable"},
                 )
-            self._unavailable = True
+            # redis-py's messages name the server and what failed, never the password.
+            self._outage = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return Admission.UNAVAILABLE
-        if self._unavailable:
-            self._unavailable = False
+        if self._outage is not None:
+            self._outage = None
             log.warning(
                 "replay store %s answers again",
                 self.description,

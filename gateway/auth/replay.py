@@ -246,6 +246,12 @@ class ReplayStore(Protocol):
         """What and where the store is, for logs and ``gateway check`` (never a secret)."""
         ...
 
+    @property
+    def problem(self) -> str | None:
+        """Why the last admission was ``UNAVAILABLE``, in words an operator can act on (never a
+        secret); ``None`` once the store answers. ``gateway check`` shows it beside its probe."""
+        ...
+
     async def admit(self, keyid: str, nonce: str, *, created: float, expires: float) -> Admission:
         """Record ``(keyid, nonce)`` until ``expires`` if no one recorded it before.
 
@@ -270,6 +276,11 @@ class MemoryReplayStore:
     def description(self) -> str:
         """Per-process memory (the weaker mode with more than one listener process)."""
         return "memory (this gateway process only)"
+
+    @property
+    def problem(self) -> None:
+        """Never unavailable: the memory is in this process."""
+        return None
 
     async def admit(self, keyid: str, nonce: str, *, created: float, expires: float) -> Admission:
         """See :meth:`ReplayCache.admit`."""

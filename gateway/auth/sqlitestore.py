@@ -87,6 +87,7 @@ class SqliteReplayStore:
         self._closed = False
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._problem: str | None = None
         try:
             self._db = self._thread.submit(self._connect, max_skew).result()
         except (sqlite3.Error, OSError) as exc:
@@ -97,6 +98,11 @@ class SqliteReplayStore:
     def description(self) -> str:
         """The file, for logs and ``gateway check``."""
         return f"sqlite {self._path}"
+
+    @property
+    def problem(self) -> str | None:
+        """See :attr:`ReplayStore.problem`."""
+        return self._problem
 
     def _connect(self, max_skew: float) -> sqlite3.Connection:
         # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the mode of
@@ -177,6 +183,7 @@ class SqliteReplayStore:
                         [(item.key, item.created, item.expires) for item in batch],
                     )
                 except (sqlite3.Error, OSError) as exc:
+                    self._problem = f"the database did not answer: {type(exc).__name__}: {exc}"
                     log.error(
                         "replay store %s did not answer: %s",
                         self._path,
@@ -184,6 +191,8 @@ class SqliteReplayStore:
                         extra={"event": "replay_store_unavailable"},
                     )
                     results = [Admission.UNAVAILABLE] * len(batch)
+                else:
+                    self._problem = None
                 for item, result in zip(batch, results, strict=True):
                     if not item.future.done():
                         item.future.set_result(result)
@@ -203,6 +212,7 @@ class SqliteReplayStore:
             async with asyncio.timeout(self._timeout * 2):
                 return await asyncio.shield(future)
         except TimeoutError:
+            self._problem = f"the database did not answer within {self._timeout * 2:g} s"
             log.error(
                 "replay store %s did not answer within %g s",
                 self._path,

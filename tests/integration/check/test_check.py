@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
+import redis
 import trustme
 
 from gateway import eventloop
@@ -426,9 +427,23 @@ async def test_replay_store_check_probes_a_real_redis(
         assert "new or lost its memory" in results["replay_store"].detail
         results = await _check(registered.config, env={"REDIS_PASSWORD": REDIS_PASSWORD})
         assert results["replay_store"].status == "warn"
-        wrong = await _check(registered.config, env={"REDIS_PASSWORD": "wrong"})
+        wrong = await _check(registered.config, env={"REDIS_PASSWORD": "not-the-password-x9"})
         assert wrong["replay_store"].status == "fail"
         assert "probe answered unavailable" in wrong["replay_store"].detail
+        # The error, as the unit tests of the store see it (redis-py may still be retrying).
+        assert re.search(r"\((?:AuthenticationError: |TimeoutError)", wrong["replay_store"].detail)
+        assert "not-the-password-x9" not in wrong["replay_store"].detail
+        # A server that may evict nonces (a managed-service default) is named with its fix.
+        with redis.Redis(host="127.0.0.1", port=server.port, password=REDIS_PASSWORD) as raw:
+            raw.config_set("maxmemory", "64mb")
+            raw.config_set("maxmemory-policy", "volatile-lru")
+        evicting = await _check(registered.config, env={"REDIS_PASSWORD": REDIS_PASSWORD})
+        assert evicting["replay_store"].status == "fail"
+        assert (
+            "(maxmemory 67108864 with maxmemory-policy volatile-lru evicts nonces; "
+            in evicting["replay_store"].detail
+        )
+        assert "maxmemory-policy noeviction" in evicting["replay_store"].detail
         server.stop()
         down = await _check(registered.config, env={"REDIS_PASSWORD": REDIS_PASSWORD})
         assert down["replay_store"].status == "fail"

@@ -223,12 +223,16 @@ async def test_a_damaged_sqlite_store_fails_closed(
             store.admit("k", "n2", **window(clock)), store.admit("k", "n3", **window(clock))
         )
         assert list(results) == [Admission.UNAVAILABLE] * 2
+        assert store.problem == (
+            "the database did not answer: OperationalError: no such table: nonce"
+        )
         # The failed batch was rolled back and left the file unlocked: once repaired, it works.
         with contextlib.closing(
             sqlite3.connect(sqlite_path, timeout=10, isolation_level=None)
         ) as db:
             db.execute("CREATE TABLE nonce (k TEXT PRIMARY KEY, expires REAL NOT NULL)")
         assert await store.admit("k", "n2", **window(clock)) is Admission.ACCEPTED
+        assert store.problem is None
     finally:
         await store.close()
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -292,6 +296,7 @@ async def test_a_stuck_sqlite_store_is_unavailable_within_twice_its_timeout(
             f"replay store {sqlite_path} did not answer within {said} s"
         ]
         assert [getattr(r, "event", None) for r in errors] == ["replay_store_unavailable"]
+        assert store.problem == f"the database did not answer within {said} s"
         # The thread it hung in is named for what it does (thread dumps, py-spy).
         assert clock.held == ["replay-sqlite_0"]
     finally:
@@ -582,6 +587,10 @@ async def test_redis_wrong_password_fails_closed(
     try:
         assert await store.admit("k", "n", **window(clock)) is Admission.UNAVAILABLE
         assert await store.admit("k", "n2", **window(clock)) is Admission.UNAVAILABLE
+        # What gateway check shows: the error, never the password.
+        assert store.problem is not None
+        assert store.problem.startswith(("AuthenticationError", "TimeoutError"))
+        assert "not-the-password" not in store.problem
     finally:
         await store.close()
     # Said once, naming the server and the prefix (and the error's type), never the password.
@@ -623,6 +632,10 @@ async def test_a_server_that_may_evict_nonces_admits_none(
             await store.initialise()
             assert await store.admit("k", "n1", **window(clock)) is Admission.UNAVAILABLE
             assert await store.admit("k", "n2", **window(clock)) is Admission.UNAVAILABLE
+            # What gateway check shows: why, and what setting ends it.
+            assert store.problem is not None
+            assert f"maxmemory-policy {policy} evicts nonces" in store.problem
+            assert "maxmemory-policy noeviction" in store.problem
         finally:
             await store.close()
     with admin(redis_server) as raw:
@@ -643,6 +656,7 @@ async def test_a_server_that_cannot_evict_admits_as_usual(
             await store.initialise()
             assert await store.admit("k", "n1", **window(clock)) is Admission.ACCEPTED
             assert await store.admit("k", "n1", **window(clock)) is Admission.REPLAY
+            assert store.problem is None
         finally:
             await store.close()
 
@@ -662,6 +676,8 @@ async def test_a_server_that_will_not_tell_whether_it_evicts_admits_none(
     store = make_store(redis_server, clock, password="narrow-secret", username="narrow")
     try:
         assert await store.admit("k", "n1", **window(clock)) is Admission.UNAVAILABLE
+        assert store.problem is not None
+        assert store.problem.startswith("it refuses INFO")
     finally:
         await store.close()
 
