@@ -1118,7 +1118,9 @@ class Agent:
         if unsafe:
             for finding in unsafe:
                 log.error("%s", finding, extra={"event": "reload_rejected"})
-            self._reload_failed("the configuration file is not protected")
+            # The first finding names the file and the chmod that fixes it, for /readyz and
+            # `gateway status` too, not only for the log.
+            self._reload_failed(f"the configuration file is not protected: {unsafe[0]}")
             return None
         try:
             loaded = self._load()

@@ -183,3 +183,20 @@ async def test_a_target_ca_file_that_holds_no_certificate(registered: Registered
     assert code == EXIT_CONFIG, out
     assert expected in out
     assert "Traceback" not in out
+
+
+async def test_a_reload_of_a_file_others_can_write_says_which_and_how_to_fix_it(
+    registered: Registered, tmp_path: Path
+) -> None:
+    log = tmp_path / "run.log"
+    async with gateway_run(registered.stack, registered.config, log=log) as process:
+        registered.config.chmod(0o664)
+        os.kill(process.pid, signal.SIGHUP)
+        line = await _wait_for_line(log, "event=reload_failed")
+        # The reason /readyz and status show: it used to be "the configuration file is not
+        # protected" alone.
+        assert (
+            f"the configuration file is not protected: {registered.config} is writable by group"
+            in line
+        )
+        assert f"chmod go-w {registered.config}" in line
