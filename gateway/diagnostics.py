@@ -225,6 +225,12 @@ def _clean(text: object) -> str:
     return cleaned[:_MAX_TEXT]
 
 
+def _coded(exc: BaseException, code: str) -> str:
+    """``CODE: message`` for an error, once: identity errors already read that way."""
+    text = str(exc)
+    return text if text.startswith(f"{code}: ") else f"{code}: {text}"
+
+
 def _host_port(url: str) -> tuple[str, int]:
     parsed = URL(url)
     return parsed.host or "", parsed.port or _DEFAULT_PORTS.get(parsed.scheme, 443)
@@ -378,7 +384,7 @@ async def _check_identity(ctx: _Context) -> str:
             "client_certificate_expired": "re-register: `gateway register --force`",
             "unsafe_permissions": "chmod 700 the directory and 600 its files; run as their owner",
         }.get(code, "see docs/troubleshooting.md")
-        raise _CheckError(f"{code}: {exc}", hint) from None
+        raise _CheckError(_coded(exc, code), hint) from None
     ctx.identity = identity
     mismatch = identity_mismatch(identity.gateway_id, ctx.loaded.config.gateway.id)
     if mismatch is not None:
@@ -628,7 +634,7 @@ async def _check_relay_info(ctx: _Context) -> str:
             f"{exc.code}: {exc}", _CONTROL_PLANE_HINTS.get(exc.code, "see docs/troubleshooting.md")
         ) from None
     except GatewayError as exc:
-        raise _CheckError(f"{getattr(exc, 'code', 'identity_unusable')}: {exc}") from None
+        raise _CheckError(_coded(exc, getattr(exc, "code", "identity_unusable"))) from None
     ctx.relay_info = info
     return (
         f"namespace {info.relay.namespace}, hybrid connection {info.relay.hybrid_connection}, "

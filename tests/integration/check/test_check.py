@@ -315,7 +315,9 @@ async def test_unregistered_gateway(registered: Registered, tmp_path: Path) -> N
     (tmp_path / "fresh" / "state").mkdir(mode=0o700)
     results = await _check(fresh)
     assert results["identity"].status == "fail"
-    assert "not_registered" in results["identity"].detail
+    assert results["identity"].detail.startswith("not_registered: ")
+    # The code once: the error's own text already starts with it.
+    assert results["identity"].detail.count("not_registered") == 1
     assert "gateway register" in results["identity"].hint
     # Without an identity TLS is still checked, against empowerid.ca_file.
     assert results["tls"].status == "ok"
