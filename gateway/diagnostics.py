@@ -87,7 +87,7 @@ from gateway.auth.replay import Admission
 from gateway.auth.replaystores import SQLITE_FILE, open_replay_store
 from gateway.config import LoadedConfig, load
 from gateway.config.capacity import HC_LISTENER_LIMIT, listeners_on_hc, worker_count
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, GatewayError, one_line
 from gateway.forward.credentials import CredentialError, CredentialSet
 from gateway.forward.dial import DialError, DialStep, Resolver, system_resolver
 from gateway.forward.upstream import tls_context
@@ -956,9 +956,10 @@ def render_text(results: list[CheckResult]) -> str:
     """One line per check (``STATUS  name  detail``), a hint line under any that is not ok."""
     lines: list[str] = []
     for result in results:
-        lines.append(f"{_LABELS[result.status]:<5} {result.name:<11} {result.detail}")
+        # Details quote servers, relays and targets: one line each, whatever they answered.
+        lines.append(f"{_LABELS[result.status]:<5} {result.name:<11} {one_line(result.detail)}")
         if result.hint:
-            lines.append(f"{'':<17} hint: {result.hint}")
+            lines.append(f"{'':<17} hint: {one_line(result.hint)}")
     failed = sum(1 for r in results if r.status == "fail")
     warned = sum(1 for r in results if r.status == "warn")
     lines.append(

@@ -43,6 +43,28 @@ def redact(text: str) -> str:
     return text
 
 
+def one_line(text: str) -> str:
+    """``text`` as one line of printable text: every character ``str.isprintable`` refuses
+    written as a ``\\xNN``/``\\uNNNN``/``\\UNNNNNNNN`` escape, everything else as it was.
+
+    Values that came from outside (a relayed request's target or ids, a server's error) reach log
+    lines and reports. Raw, a line break (LF, CR, NEL, U+2028) would start what a reader, a log
+    viewer or a review comment takes for a new line (a forged entry), an ESC would drive the
+    terminal, and a bidirectional override (U+202E) would show the text in another order than it
+    has. ``isprintable`` refuses all of them (Unicode categories C* and Z* but the space).
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 class GatewayError(Exception):
     """Base class of every error the gateway raises on purpose.
 

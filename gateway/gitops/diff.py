@@ -40,6 +40,7 @@ from gateway.config.model import (
     TargetTls,
 )
 from gateway.config.patterns import PathPattern
+from gateway.errors import one_line
 from gateway.ldap.dn import Dn, normalise_attribute
 from gateway.ldap.errors import DnError
 
@@ -1316,7 +1317,7 @@ def render_json(diff: PermissionDiff, old_label: str, new_label: str) -> str:
 
 def _md_code(text: str) -> str:
     """A Markdown code span that no value can break out of (CommonMark section 6.1)."""
-    text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+    text = one_line(text)
     longest = run = 0
     for ch in text:
         run = run + 1 if ch == "`" else 0

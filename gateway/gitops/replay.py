@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.errors import one_line
 from gateway.gitops.diff import EXIT_NARROWED, EXIT_UNCHANGED, EXIT_WIDENED, _md_code, _md_text
 from gateway.ldap.decide import LdapChain
 from gateway.ldap.questions import question_from_record
@@ -298,9 +299,12 @@ def render_text(report: ReplayReport, label: str) -> str:
         for operation, n in by_operation.most_common():
             lines.append(f"  {n:>6}  {operation}")
         for change in changes:
+            # The request's words come from the decision log, so from the relay: one line each.
             lines.append(
-                f"  e.g. {change.request}  [{change.time} {change.decision_id}]: "
-                f"{_describe(change.before)} -> {_describe(change.after)}"
+                one_line(
+                    f"  e.g. {change.request}  [{change.time} {change.decision_id}]: "
+                    f"{_describe(change.before)} -> {_describe(change.after)}"
+                )
             )
     for why, n in sorted(report.skipped.items()):
         lines.append(f"not replayable: {n} ({why})")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from gateway.errors import MASK, redact
+from gateway.errors import MASK, one_line, redact
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is a structured field.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -70,6 +70,8 @@ class ConsoleFormatter(logging.Formatter):
         line = f"{clock} {record.levelname.lower():7} {record.name}: {record.getMessage()}"
         if fields:
             line += f"  {fields}"
+        # One line whatever the values held (JSON lines need nothing: json.dumps escapes).
+        line = one_line(line)
         if record.exc_info:
             line += "\n" + redact(self.formatException(record.exc_info))
         return line

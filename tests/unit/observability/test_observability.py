@@ -8,6 +8,8 @@ import logging
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.observability import logs
 from gateway.observability.health import HealthServer, Readiness
@@ -59,6 +61,40 @@ def test_console_format_is_one_readable_line() -> None:
     finally:
         logging.getLogger().handlers.clear()
     assert stream.getvalue().rstrip().endswith("gateway.test: listening  port=5")
+
+
+def _emit(fmt: str, message: str, value: str) -> str:
+    stream = io.StringIO()
+    logs.configure("debug", fmt, stream)
+    try:
+        logging.getLogger("gateway.test").warning("seen %s", message, extra={"target": value})
+    finally:
+        logging.getLogger().handlers.clear()
+    return stream.getvalue()
+
+
+def test_console_line_shows_a_forged_line_escaped() -> None:
+    # A relayed request's target with a line break and a terminal escape: one line, readable.
+    text = _emit("console", "GET /a\r\n12:00:00 info    gateway: allowed", "/x\x1b[2J\u2028y\u202e")
+    assert text.count("\n") == 1
+    assert "seen GET /a\\x0d\\x0a12:00:00 info    gateway: allowed" in text
+    assert text.rstrip("\n").endswith("target=/x\\x1b[2J\\u2028y\\u202e")
+
+
+@given(message=st.text(max_size=40), value=st.text(max_size=40))
+def test_every_log_line_is_one_line_whatever_the_values(message: str, value: str) -> None:
+    # Any line-breaking character (LF, CR, VT, FF, FS/GS/RS, NEL, U+2028/9) or control in the
+    # values must not start a second line in either format, nor reach a terminal raw.
+    for fmt in ("console", "json"):
+        text = _emit(fmt, message, value)
+        assert text.endswith("\n")
+        line = text[:-1]
+        assert line.splitlines() == [line], (fmt, line)
+        # No control, separator or format character (ESC, NEL, U+2028, U+202E...) raw.
+        assert line.isprintable(), (fmt, line)
+    # What was printable stays as it was (escapes are only for what would not show).
+    if message.isprintable():
+        assert f"seen {message}" in _emit("console", message, value)
 
 
 async def test_health_endpoints() -> None:
