@@ -12,6 +12,7 @@ import json
 import os
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -609,29 +610,57 @@ async def test_listen_with_wrong_sas_is_401_and_query_token_works(
             await relay.wait_for_listeners(HC, 1)
 
 
+class ManualClock:
+    """Wall-clock time that moves only when the test moves it: tokens expire on cue, however
+    long a busy machine takes to open a socket."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_expired_token_closes_the_control_channel_with_1008(
-    relay: RelayEmulator, session: aiohttp.ClientSession
+    session: aiohttp.ClientSession,
 ) -> None:
-    async with listening(relay, session, token=relay.token(HC, ttl=1)) as [listener]:
-        async with asyncio.timeout(STEP):
-            await listener.closed.wait()
-    assert listener.close_code == 1008
+    clock = ManualClock()
+    async with make_relay(response_timeout=STEP, clock=clock) as relay:
+        url = f"{relay.ws_base}/$hc/{HC}?sb-hc-action=listen"
+        token = {"ServiceBusAuthorization": relay.token(HC, ttl=60)}
+        async with session.ws_connect(url, headers=token, autoping=False) as ws:
+            await ws.ping()
+            assert (await ws.receive(timeout=STEP)).type is aiohttp.WSMsgType.PONG
+            clock.now += 61
+            # Any frame wakes the relay's read of the channel, which then finds the token expired.
+            await ws.ping()
+            message = await ws.receive(timeout=STEP)
+            if message.type is aiohttp.WSMsgType.PONG:
+                message = await ws.receive(timeout=STEP)
+            assert message.type is aiohttp.WSMsgType.CLOSE
+            assert message.data == 1008
 
 
 async def test_renew_token_extends_and_a_bad_renewal_closes(
-    relay: RelayEmulator, session: aiohttp.ClientSession
+    session: aiohttp.ClientSession,
 ) -> None:
-    url = f"{relay.ws_base}/$hc/{HC}?sb-hc-action=listen"
-    short = {"ServiceBusAuthorization": relay.token(HC, ttl=1)}
-    async with session.ws_connect(url, headers=short) as ws:
-        renewal = json.dumps({"renewToken": {"token": relay.token(HC, ttl=60)}})
-        await ws.send_str(renewal)
-        with pytest.raises(TimeoutError):
-            await ws.receive(timeout=1.5)  # past the first token's expiry: still open
-        await ws.send_str(json.dumps({"renewToken": {"token": "SharedAccessSignature sr=x"}}))
-        message = await ws.receive(timeout=STEP)
-        assert message.type is aiohttp.WSMsgType.CLOSE
-        assert message.data == 1008
+    clock = ManualClock()
+    async with make_relay(response_timeout=STEP, clock=clock) as relay:
+        url = f"{relay.ws_base}/$hc/{HC}?sb-hc-action=listen"
+        short = {"ServiceBusAuthorization": relay.token(HC, ttl=10)}
+        async with session.ws_connect(url, headers=short, autoping=False) as ws:
+            renewal = json.dumps({"renewToken": {"token": relay.token(HC, ttl=60)}})
+            await ws.send_str(renewal)
+            clock.now += 11  # past the first token's expiry, inside the renewed one's
+            # Two round trips: the relay looks at the token's expiry before reading the second
+            # ping, so its answer proves the renewed token kept the channel open.
+            for _ in range(2):
+                await ws.ping()
+                assert (await ws.receive(timeout=STEP)).type is aiohttp.WSMsgType.PONG
+            await ws.send_str(json.dumps({"renewToken": {"token": "SharedAccessSignature sr=x"}}))
+            message = await ws.receive(timeout=STEP)
+            assert message.type is aiohttp.WSMsgType.CLOSE
+            assert message.data == 1008
 
 
 async def test_fault_knobs(relay: RelayEmulator, session: aiohttp.ClientSession) -> None:
