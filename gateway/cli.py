@@ -33,6 +33,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_DENIED = 3
 EXIT_INTERRUPTED = 130
+# 128 + SIGPIPE: what a shell reports for a program whose reader went away (`... | head`).
+EXIT_BROKEN_PIPE = 141
 
 # Verb modules under gateway.commands, in the order `gateway --help` lists them.
 COMMANDS: tuple[str, ...] = (
@@ -170,7 +172,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         code: int = args.handler(args)
+        # What is still buffered goes now, where a reader that went away is handled below.
+        sys.stdout.flush()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Whoever read the output stopped reading (`gateway dev send ... | head`): stop as a shell
+        # tool does, without a traceback. Standard output now points at /dev/null, so the
+        # interpreter's last flush of what is still buffered cannot fail again on the way out
+        # (the Python documentation's note on SIGPIPE).
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+        return EXIT_BROKEN_PIPE
     return code
