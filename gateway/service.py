@@ -813,7 +813,8 @@ class Agent:
     # --- readiness, heartbeats, renewals -----------------------------------------------------
 
     def readiness(self) -> Readiness:
-        """Ready while at least one listener is online and a valid config and policy are loaded.
+        """Ready while at least one listener is online, a valid config and policy are loaded, and
+        the policy engine and the replay store answered their last question.
 
         Conditions that do not stop the gateway from serving but need an operator (a failing
         certificate renewal, lost decision-log records, failing heartbeats, a systematic clock
@@ -829,6 +830,12 @@ class Agent:
             # Every decision would be a 503 (an OPA engine that is unreachable or lost this
             # revision): not ready, so a load balancer sends requests to a gateway that decides.
             reasons.append("the policy engine cannot decide")
+        problem = self._replay.problem if self._replay is not None else None
+        if problem is not None:
+            # Every signed request is answered 503 replay_store_unavailable while the store
+            # cannot admit a nonce (down, refusing the password, or able to evict nonces): not
+            # ready, as for the policy engine. The next admission that succeeds clears it.
+            reasons.append(f"the replay store cannot admit nonces: {problem}")
         details: dict[str, Any] = {"listeners_online": online, "event_loop": self._state.event_loop}
         if self._runtime is not None:
             details["revision"] = self._runtime.revision
