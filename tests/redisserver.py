@@ -20,6 +20,7 @@ import ssl
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -161,6 +162,12 @@ class RedisServer:
                 return b"PONG" in conn.recv(100)
         except OSError:
             return False
+
+    def replay_store(self, password: dict[str, str], **options: Any) -> dict[str, Any]:
+        """The ``signatures.replay_store`` section of a gateway keeping its nonces here (plain
+        port); ``password`` is a secret reference, ``options`` more keys of the ``redis`` part."""
+        redis = {"host": "127.0.0.1", "port": self.port, "tls": False, "password": password}
+        return {"kind": "redis", "redis": {**redis, **options}}
 
     def stop(self) -> None:
         """Stop the server (SIGTERM; it flushes its append-only file first)."""

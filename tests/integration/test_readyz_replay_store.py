@@ -46,16 +46,7 @@ async def test_readyz_is_not_ready_while_the_replay_store_cannot_admit(
         client.set(default_prefix(stack.hc) + "barrier", repr(-1e300))
     monkeypatch.setenv("REDIS_PASSWORD", PASSWORD)
     document = demo_config(stack)
-    store = {
-        "kind": "redis",
-        "redis": {
-            "host": "127.0.0.1",
-            "port": server.port,
-            "tls": False,
-            "password": {"env": "REDIS_PASSWORD"},
-            "timeout_seconds": 1,
-        },
-    }
+    store = server.replay_store({"env": "REDIS_PASSWORD"}, timeout_seconds=1)
     document["signatures"] = {**document.get("signatures", {}), "replay_store": store}
     directory = tmp_path / "gw"
     config = stack.write_gateway_dir(directory, document=document)

@@ -412,15 +412,7 @@ async def test_replay_store_check_probes_a_real_redis(
     server.start()
     try:
         document = demo_config(registered.stack)
-        store = {
-            "kind": "redis",
-            "redis": {
-                "host": "127.0.0.1",
-                "port": server.port,
-                "tls": False,
-                "password": {"env": "REDIS_PASSWORD"},
-            },
-        }
+        store = server.replay_store({"env": "REDIS_PASSWORD"})
         signatures = {**document.get("signatures", {}), "replay_store": store}
         registered.rewrite(signatures=signatures)
         results = await _check(registered.config, env={"REDIS_PASSWORD": REDIS_PASSWORD})

@@ -221,16 +221,7 @@ class Fleet:
             secret = self.work / "redis-password"
             secret.write_text(PASSWORD + "\n")
             secret.chmod(0o600)
-            store: dict[str, Any] = {
-                "kind": "redis",
-                "redis": {
-                    "host": "127.0.0.1",
-                    "port": self.redis.port,
-                    "tls": False,
-                    "password": {"file": str(secret)},
-                    "timeout_seconds": 2,
-                },
-            }
+            store = self.redis.replay_store({"file": str(secret)}, timeout_seconds=2)
         else:
             store = {"kind": "sqlite"}
         document["signatures"] = {"replay_store": store}

@@ -53,17 +53,7 @@ def gateway_sections(redis_server: RedisServer) -> dict[str, Any]:
     secret.chmod(0o600)
     return {
         "limits": {"request_timeout_seconds": 3, "connect_timeout_seconds": 1},
-        "signatures": {
-            "replay_store": {
-                "kind": "redis",
-                "redis": {
-                    "host": "127.0.0.1",
-                    "port": redis_server.port,
-                    "tls": False,
-                    "password": {"file": str(secret)},
-                },
-            }
-        },
+        "signatures": {"replay_store": redis_server.replay_store({"file": str(secret)})},
     }
 
 
