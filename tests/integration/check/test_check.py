@@ -487,6 +487,52 @@ async def test_a_target_outside_its_networks_or_without_tls_is_a_warning(
     assert results["targets"].detail.startswith("erp: upstream_tls: ")
 
 
+async def test_many_targets_that_never_answer_are_each_named_not_a_failed_line(
+    registered: Registered,
+) -> None:
+    # 40 https targets whose server takes the connection and never answers the TLS handshake (a
+    # stalled middlebox): 16 probes at a time, each waiting its 30 s connect timeout, would take
+    # minutes; the line used to fail "did not finish". Each is now named, as a warning.
+    silent: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)
+
+    servers = [await asyncio.start_server(hold, "127.0.0.1", 0) for _ in range(40)]
+    try:
+        document = demo_config(registered.stack)
+        erp = document["targets"]["erp"]
+        stalled = {
+            f"stalled-{index:02d}": {
+                **erp,
+                "scheme": "https",
+                "port": server.sockets[0].getsockname()[1],
+            }
+            for index, server in enumerate(servers)
+        }
+        registered.rewrite(
+            targets={**document["targets"], **stalled},
+            limits={**document.get("limits", {}), "connect_timeout_seconds": 30},
+        )
+        results = await _check(registered.config, per_check=2.0)
+        assert results["config"].status == "ok", results["config"]
+    finally:
+        for server in servers:
+            server.close()
+        for writer in silent:
+            writer.close()
+        for server in servers:
+            await server.wait_closed()
+    result = results["targets"]
+    assert result.status == "warn", result
+    assert result.detail.startswith("stalled-00: "), result.detail
+    assert result.detail.endswith("(and 39 more)")
+    # Every probe the check's time stopped is named as not answering.
+    assert result.detail == (
+        "stalled-00: no answer within 2 s (gateway check --timeout) (and 39 more)"
+    )
+
+
 async def test_an_opa_server_that_does_not_answer_fails_the_policy_engine_line(
     registered: Registered,
 ) -> None:
