@@ -86,8 +86,6 @@ from harness import (
 )
 from yarl import URL
 
-from gateway.devkit.ports import ADDRESS_IN_USE, PortTaken, start_on_free_ports_async
-
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
 REPORT = SCRIPT.parent / "pipeline-report.md"
@@ -296,6 +294,10 @@ async def start_gateway(
         run_args.append("--allow-root")
     if event_loop is not None:
         run_args += ["--event-loop", event_loop]
+
+    # Imported here: this script's roles also run on a --baseline commit's package, which may
+    # predate gateway.devkit.ports (only this parent process starts gateways).
+    from gateway.devkit.ports import ADDRESS_IN_USE, PortTaken, start_on_free_ports_async
 
     async def launch(health: list[int]) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
         # The health port is chosen here, not by the kernel at bind time: a gateway of another
