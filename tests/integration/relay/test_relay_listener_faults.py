@@ -40,18 +40,22 @@ SLOW = BackoffPolicy(base=0.05, cap=0.2, auth_retry_delay=5.0, not_found_retry_d
 async def test_token_is_renewed_before_it_expires(
     relay: RelayEmulator, http: aiohttp.ClientSession
 ) -> None:
-    tokens = Tokens(relay, ttl=2)
-    settings = listener_settings(relay.ws_base)
+    # Tokens of 4 s renewed after a quarter of their life: each renewal has about 3 s to spare,
+    # so a busy machine's stall does not let one expire. A token lives 3 to 4 s (`se` is whole
+    # seconds), so renewals come 0.75 s apart or more, and six take the channel past the first
+    # token's expiry.
+    tokens = Tokens(relay, ttl=4)
+    settings = listener_settings(relay.ws_base, renew_at=0.25)
     async with RelayListener(
         settings, token_provider=tokens, request_handler=echo_handler, stream_handler=Streams()
     ) as listener:
         await relay.wait_for_listeners(HC, 1)
         # The emulator closes the channel with 1008 once the bound token's `se` passes.
-        await wait_until(lambda: listener.metrics.token_renewals >= 2)
+        await wait_until(lambda: listener.metrics.token_renewals >= 6)
         status, _, _, _ = await send_http(http, relay, "/still-here")
     assert status == 200
     assert sum(listener.metrics.reconnects.values()) == 0
-    assert tokens.calls >= 3
+    assert tokens.calls >= 7
 
 
 async def test_dropped_channel_reconnects(
