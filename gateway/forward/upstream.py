@@ -43,7 +43,7 @@ from gateway.forward.http1 import (
     Response,
     request_head,
 )
-from gateway.hybridconnection.messages import MAX_HEADER_METADATA
+from gateway.hybridconnection.messages import MAX_HEADER_METADATA, header_line_size
 
 if TYPE_CHECKING:
     import aiohttp
@@ -504,13 +504,13 @@ def _check_relayed_size(headers: list[tuple[str, str]]) -> None:
     """
     total = 0
     for name, value in headers:
-        line = len(name) + 2 + (len(value) if value.isascii() else len(value.encode()))
-        if line > MAX_LINE:
+        size = header_line_size(name, value)
+        if size - 2 > MAX_LINE:  # the line without its CRLF
             raise UpstreamError(
                 "upstream_headers_too_large",
                 f"bad response: a relayed header line over {MAX_LINE} bytes",
             )
-        total += line + 2
+        total += size
     if total > MAX_HEADER_METADATA:
         raise UpstreamError(
             "upstream_headers_too_large",

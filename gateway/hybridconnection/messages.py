@@ -288,10 +288,14 @@ def response_bytes(
 
 def header_metadata_size(headers: Mapping[str, str]) -> int:
     """The header metadata of ``headers`` (see :data:`MAX_HEADER_METADATA`)."""
-    return sum(
-        len(name) + 4 + (len(value) if value.isascii() else len(value.encode("utf-8", "replace")))
-        for name, value in headers.items()
-    )
+    return sum(header_line_size(name, value) for name, value in headers.items())
+
+
+def header_line_size(name: str, value: str) -> int:
+    """One header's share of :data:`MAX_HEADER_METADATA`: name and value in UTF-8, ``": "`` and
+    CRLF (the bytes of its line in the head the relay writes)."""
+    size = len(value) if value.isascii() else len(value.encode("utf-8", "replace"))
+    return len(name) + 4 + size
 
 
 def _plain(headers: Mapping[str, str]) -> dict[str, str]:
