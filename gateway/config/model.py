@@ -269,16 +269,6 @@ LDAP_ATTRIBUTE_OR_ANY_PATTERN = (
 # empty string is the root: the whole directory.
 LdapDn = Annotated[str, Field(max_length=8192)]
 LdapKind = Literal["bind", "search", "compare", "add", "delete", "modify", "modify_dn", "extended"]
-LDAP_KINDS: tuple[str, ...] = (
-    "bind",
-    "search",
-    "compare",
-    "add",
-    "delete",
-    "modify",
-    "modify_dn",
-    "extended",
-)
 LdapScope = Literal["base", "one", "sub"]
 LdapChangeType = Literal["add", "delete", "replace", "increment"]
 
