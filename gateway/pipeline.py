@@ -775,7 +775,7 @@ class LdapRecord(AuditRecord):
     ``input`` holds what was decided, read from the PDU (never a password, a compare value or a
     filter's values: only the attributes a filter tests); ``ldap`` what came of it: the
     directory's resultCode as the SaaS got it, the attributes stripped from entries, the entries
-    hidden, the stream it belongs to.
+    hidden, the referral URLs and matchedDN withheld, the stream it belongs to.
     """
 
     outcome: OperationOutcome | None = None
@@ -793,6 +793,8 @@ class LdapRecord(AuditRecord):
             "stripped": sorted(outcome.stripped),
             "entries": outcome.entries,
             "hidden_entries": outcome.hidden,
+            "referrals_withheld": outcome.referrals_withheld,
+            "matched_dn_withheld": outcome.matched_dn_withheld,
         }
         return record
 
@@ -1357,6 +1359,10 @@ class Pipeline:
         )
         operation = str(outcome.request.operation)
         self._metrics.ldap_operations.labels(operation=operation, result=outcome.result).inc()
+        if outcome.referrals_withheld:
+            self._metrics.ldap_withheld.labels(what="referral").inc(outcome.referrals_withheld)
+        if outcome.matched_dn_withheld:
+            self._metrics.ldap_withheld.labels(what="matched_dn").inc()
         self._metrics.decision_seconds.observe(outcome.decide_ms / 1000)
         self._record(record)
 

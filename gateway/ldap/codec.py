@@ -32,6 +32,7 @@ class ResultCode(enum.IntEnum):
 
     SUCCESS = 0
     PROTOCOL_ERROR = 2
+    REFERRAL = 10
     UNAVAILABLE_CRITICAL_EXTENSION = 12
     CONFIDENTIALITY_REQUIRED = 13
     INVALID_DN_SYNTAX = 34
@@ -237,6 +238,8 @@ class Response:
     attributes: tuple[str, ...] = ()  # attribute descriptions of an entry
     response_name: str = ""
     controls: tuple[Control, ...] = ()
+    referrals: tuple[str, ...] = ()
+    """The URLs of a continuation reference (section 4.5.3) or of a result's referral (4.1.10)."""
 
     @property
     def final(self) -> bool:
@@ -576,11 +579,16 @@ def decode_response(pdu: bytes, limits: Limits | None = None) -> Response:
             attributes=tuple(_text(item["type"]) for item in op["attributes"]),
             controls=controls,
         )
-    if kind in ("searchResRef", "intermediateResponse"):
+    if kind == "searchResRef":
+        return Response(
+            message_id, kind, controls=controls, referrals=tuple(_text(uri) for uri in op)
+        )
+    if kind == "intermediateResponse":
         return Response(message_id, kind, controls=controls)
     name = ""
     if kind == "extendedResp" and op["responseName"].isValue:
         name = _text(op["responseName"])
+    referral = op["referral"]
     return Response(
         message_id,
         kind,
@@ -589,6 +597,7 @@ def decode_response(pdu: bytes, limits: Limits | None = None) -> Response:
         dn=_text(op["matchedDN"]),
         response_name=name,
         controls=controls,
+        referrals=tuple(_text(uri) for uri in referral) if referral.isValue else (),
     )
 
 
@@ -618,6 +627,51 @@ def strip_entry_attributes(
         replacement.setComponentByPosition(index, item)
     entry.setComponentByName("attributes", replacement)
     return encoder.encode(message), tuple(description for description, _ in removed)
+
+
+def rewrite_reference(pdu: bytes, urls: tuple[str, ...]) -> bytes:
+    """A SearchResultReference PDU (section 4.5.3) carrying only ``urls`` (at least one: the
+    SEQUENCE is SIZE (1..MAX)); message id and controls as they came."""
+    if not urls:
+        raise ValueError("a continuation reference carries at least one URI (section 4.5.3)")
+    message = _decode_message(pdu)
+    if message["protocolOp"].getName() != "searchResRef":
+        raise ValueError("not a SearchResultReference")
+    references = message["protocolOp"].getComponent()
+    replacement = references.clone()
+    for index, url in enumerate(urls):
+        replacement.setComponentByPosition(index, url.encode("utf-8"))
+    message["protocolOp"].setComponentByName("searchResRef", replacement)
+    return bytes(encoder.encode(message))
+
+
+def rewrite_result(
+    pdu: bytes,
+    *,
+    result_code: int,
+    matched_dn: str,
+    diagnostic: str,
+    referrals: tuple[str, ...],
+) -> bytes:
+    """A response PDU carrying an LDAPResult (section 4.1.9) with these four fields replaced;
+    everything else (message id, the operation's own fields, controls) as it came. No
+    ``referrals`` removes the optional referral field (4.1.10: SIZE (1..MAX))."""
+    message = _decode_message(pdu)
+    choice = message["protocolOp"].getName()
+    if choice not in _FINAL_RESPONSES:
+        raise ValueError(f"a {choice} carries no LDAPResult")
+    result = message["protocolOp"].getComponent()
+    result["resultCode"] = result_code
+    result["matchedDN"] = matched_dn.encode("utf-8")
+    result["diagnosticMessage"] = diagnostic.encode("utf-8")
+    if referrals:
+        replacement = result["referral"].clone()
+        for index, url in enumerate(referrals):
+            replacement.setComponentByPosition(index, url.encode("utf-8"))
+        result["referral"] = replacement
+    else:
+        result["referral"] = univ.noValue
+    return bytes(encoder.encode(message))
 
 
 def _message(message_id: int, choice: str, component: Any) -> bytes:

@@ -31,6 +31,7 @@ from gateway.config.model import (
     Target,
 )
 from gateway.ldap.codec import Change, Control, FilterNode, Operation, Request
+from gateway.ldap.disclosure import Reach
 from gateway.ldap.dn import DEFAULT_RULES, Dn, MatchingRules, normalise_attribute
 from gateway.ldap.errors import DnError, LdapRefusedError
 from gateway.ldap.policy_input import (
@@ -105,6 +106,9 @@ class LdapVerdict:
     matching: MatchingRules = field(default=DEFAULT_RULES, repr=False)
     latency: float = 0.0
     """Seconds the engine took (for the decision-latency metric)."""
+    reach: Reach | None = field(default=None, repr=False)
+    """For an allowed operation: which referral URLs and matchedDNs of the directory's answers
+    may pass (:mod:`gateway.ldap.disclosure`); None passes none."""
 
     @property
     def unavailable(self) -> bool:
@@ -238,8 +242,12 @@ class LdapChain:
         elapsed = time.perf_counter() - started
         allowed = decision.allow
         granted: tuple[tuple[str, ...], ...] | None = None
-        if allowed and facts.request.operation is Operation.SEARCH and _unscoped(facts.request):
-            granted = self._granted_subtrees(facts.target, decision.operation, document)
+        reach: Reach | None = None
+        if allowed:
+            subtrees = self._granted_subtrees(facts.target, decision.operation, document)
+            reach = self._reach(facts.target, subtrees, document)
+            if facts.request.operation is Operation.SEARCH and _unscoped(facts.request):
+                granted = subtrees
         return LdapVerdict(
             allowed=allowed,
             reasons=tuple(decision.reasons) if not allowed else (),
@@ -253,14 +261,41 @@ class LdapChain:
             granted_subtrees=granted,
             matching=rules,
             latency=elapsed,
+            reach=reach,
+        )
+
+    def _reach(
+        self,
+        target: str,
+        granted: tuple[tuple[str, ...], ...] | None,
+        document: Mapping[str, Any],
+    ) -> Reach | None:
+        """What the answers to an allowed operation may name (:class:`Reach`)."""
+        config = self.config.targets.get(target)
+        if config is None or config.ldap is None:
+            return None
+        matching = self.matching(target)
+        ldap = document["ldap"]
+        named = [ldap.get(key) for key in ("dn_path", "new_superior_path", "new_dn_path")]
+        return Reach(
+            host=config.host.lower(),
+            port=config.effective_port,
+            granted=granted,
+            forbidden=tuple(
+                tuple(subtree_path(text, matching)) for text in config.ldap.never_reachable
+            ),
+            named=tuple(tuple(path) for path in named if path is not None),
+            matching=matching,
         )
 
     def _granted_subtrees(
         self, target: str, rule_name: str | None, document: Mapping[str, Any]
     ) -> tuple[tuple[str, ...], ...] | None:
-        """The subtrees of the rule that granted a search which dereferences aliases (None: the
-        whole directory). A grant by no rule of the target (an extension module's policy) keeps
-        the search to its base, and a base with no place (an AD ``<GUID=...>``) to nothing."""
+        """The subtrees of the rule that granted an operation (None: the whole directory): the
+        only entries a search which dereferences aliases may return, and the only places the
+        answers may name (:meth:`_reach`). A grant by no rule of the target (an extension
+        module's policy) keeps them to the request's DN, and a DN with no place (an AD
+        ``<GUID=...>``) to nothing."""
         config = self.config.targets.get(target)
         rules = config.ldap.operations if config is not None and config.ldap is not None else []
         rule = next((rule for rule in rules if rule.name == rule_name), None)

@@ -13,8 +13,9 @@ What it reads, it reads exactly as pyasn1 does (``tests/unit/ldap/test_fastread.
 differential property test against :func:`gateway.ldap.codec.decode_response`): definite and
 indefinite lengths alike are BER, and a client reads the same TLV boundaries, so the attribute
 types the gateway strips by are the ones the SaaS would see. What it does not read, it does not
-judge: the values inside an entry's attribute sets, and a response's referral URIs, pass as the
-directory encoded them (the gateway never interprets them). Requests from the SaaS, where a
+judge: the values inside an entry's attribute sets pass as the directory encoded them. The URIs of
+continuation references and referrals are read (the proxy passes only those that stay within
+the operation's grant, :mod:`gateway.ldap.disclosure`). Requests from the SaaS, where a
 reading that differs from the directory's would matter, are still decoded by pyasn1 in full.
 
 Only the directory's side uses this reader; anything it refuses is a protocol error, as with
@@ -188,11 +189,15 @@ def _read(pdu: bytes) -> Response:
             attributes=attributes,
             controls=controls,
         )
-    if kind in ("searchResRef", "intermediateResponse"):
+    if kind == "searchResRef":
+        referrals = tuple(_text(uri) for uri in chosen)
+        return Response(message_id, kind, controls=controls, referrals=referrals)
+    if kind == "intermediateResponse":
         return Response(message_id, kind, controls=controls)
     name = ""
     if kind == "extendedResp" and chosen["responseName"].native is not None:
         name = _text(chosen["responseName"])
+    referral = chosen["referral"]
     return Response(
         message_id,
         kind,
@@ -201,6 +206,7 @@ def _read(pdu: bytes) -> Response:
         dn=_text(chosen["matchedDN"]),
         response_name=name,
         controls=controls,
+        referrals=() if referral.native is None else tuple(_text(uri) for uri in referral),
     )
 
 

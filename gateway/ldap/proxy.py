@@ -17,8 +17,13 @@ and decodes every PDU, and each request is decided before a byte of it reaches t
 Search result entries lose the attributes the verdict strips (and any attribute named by a
 numeric OID the gateway cannot name, when something is to be stripped: the directory returns an
 attribute under the description the client asked for, so an OID would otherwise slip past a
-rule that names the type). StartTLS from the SaaS is refused: the stream is already encrypted
-and the gateway owns the TLS to the directory.
+rule that names the type). Continuation references, referrals and matchedDNs pass only as far
+as the operation's grant reaches (:mod:`gateway.ldap.disclosure`): a withheld URL is removed, a
+reference left with none is dropped, a referral result left with none becomes resultCode 50
+``ldap_referral_withheld``, a withheld matchedDN becomes empty, and the diagnostic message of a
+result that lost either is replaced by the reason code (Active Directory repeats the best match
+and the referral's servers there). StartTLS from the SaaS is refused: the stream is already
+encrypted and the gateway owns the TLS to the directory.
 
 RFC 4511 section 4.2.1: a client sends nothing while a bind is in progress; one that does is
 malformed. That is also what keeps decisions honest: every operation is decided under the
@@ -48,13 +53,17 @@ from gateway.errors import GatewayError
 from gateway.ldap.codec import (
     Operation,
     Request,
+    Response,
     ResultCode,
     encode_notice_of_disconnection,
     encode_result,
     encode_simple_bind,
+    rewrite_reference,
+    rewrite_result,
     strip_entry_attributes,
 )
 from gateway.ldap.directory import START_TLS
+from gateway.ldap.disclosure import Reach, screen
 from gateway.ldap.dn import normalise_attribute
 from gateway.ldap.errors import LdapProtocolError, LdapRefusedError
 from gateway.ldap.policy_input import bind_name, bind_subject
@@ -120,6 +129,11 @@ class Verdict(Protocol):
         """Whether a result entry with this DN must not be returned (never reachable)."""
         ...
 
+    @property
+    def reach(self) -> Reach | None:
+        """Which referral URLs and matchedDNs of the answers may pass (None: none)."""
+        ...
+
 
 class Decide(Protocol):
     """Decide one request under the connection's binding (``LdapChain.decide`` behind it)."""
@@ -165,6 +179,10 @@ class OperationOutcome:
     stripped: set[str] = field(default_factory=set)
     entries: int = 0
     hidden: int = 0
+    referrals_withheld: int = 0
+    """Referral and continuation reference URLs not passed on (outside the grant)."""
+    matched_dn_withheld: bool = False
+    """A result's matchedDN named a place outside the grant and was sent empty."""
 
 
 class LdapProxyError(GatewayError):
@@ -200,7 +218,9 @@ class LdapProxy:
         # PDUs to the SaaS come from both directions' tasks; one PDU is written whole.
         self._client_lock = asyncio.Lock()
         self._pending: dict[int, OperationOutcome] = {}
-        self._searches: dict[int, Verdict] = {}
+        # The verdict of every operation the directory is answering: its answers are judged by
+        # it (a search's entries, every answer's referrals and matchedDN).
+        self._verdicts: dict[int, Verdict] = {}
         self._bound_as: str | None = None
         self._injected = False
         self._bind_in_progress: int | None = None
@@ -411,9 +431,8 @@ class LdapProxy:
                 else (bind_subject(request) or None, False)
             )
             self._bound_as, self._injected = None, False
-        if request.operation is Operation.SEARCH:
-            self._searches[request.message_id] = verdict
         if request.expects_response:
+            self._verdicts[request.message_id] = verdict
             self._pending[request.message_id] = outcome
         else:
             self._finish(outcome)
@@ -428,7 +447,7 @@ class LdapProxy:
 
     def _abandon(self, message_id: int) -> None:
         """Section 4.11: the abandoned operation may never be answered; record it as such."""
-        self._searches.pop(message_id, None)
+        self._verdicts.pop(message_id, None)
         outcome = self._pending.pop(message_id, None)
         if outcome is not None:
             outcome.result = "failed"
@@ -462,12 +481,22 @@ class LdapProxy:
                 raw = pdu.raw
                 if response.message_id == 0:
                     # Section 4.4: an unsolicited notification (e.g. the directory's own notice
-                    # of disconnection) goes to the SaaS as it is.
-                    await self._send_client(raw)
+                    # of disconnection) goes to the SaaS, with no place named: no operation's
+                    # grant covers it.
+                    await self._send_client(self._screened(None, response, raw, None)[0])
                     continue
                 outcome = self._pending.get(response.message_id)
-                if response.kind == "searchResEntry":
-                    verdict = self._searches.get(response.message_id)
+                verdict = self._verdicts.get(response.message_id)
+                if response.kind == "searchResRef":
+                    reach = verdict.reach if verdict is not None else None
+                    kept, withheld = screen(reach, response.referrals)
+                    if outcome is not None:
+                        outcome.referrals_withheld += withheld
+                    if not kept:
+                        continue  # section 4.5.3: a reference carries at least one URI
+                    if withheld:
+                        raw = rewrite_reference(raw, kept)
+                elif response.kind == "searchResEntry":
                     if verdict is None or verdict.hides(response.dn):
                         # Within a never-reachable subtree: the SaaS does not learn it exists.
                         # (An entry with no search verdict to judge it is dropped too; the
@@ -481,14 +510,51 @@ class LdapProxy:
                 if response.final:
                     # Settled before the answer leaves: once the SaaS has it, the binding and
                     # the operation's record are already what it implies.
-                    self._searches.pop(response.message_id, None)
+                    self._verdicts.pop(response.message_id, None)
+                    raw, sent_code = self._screened(verdict, response, raw, outcome)
                     if response.kind == "bindResponse":
                         self._bound(response.message_id, response.result_code)
                     if outcome is not None:
                         del self._pending[response.message_id]
-                        outcome.result_code = response.result_code
+                        outcome.result_code = sent_code
                         self._finish(outcome)
                 await self._send_client(raw)
+
+    @staticmethod
+    def _screened(
+        verdict: Verdict | None,
+        response: Response,
+        raw: bytes,
+        outcome: OperationOutcome | None,
+    ) -> tuple[bytes, int | None]:
+        """A result (section 4.1.9) with the referral URLs (4.1.10) and the matchedDN its
+        operation's grant does not reach withheld (:mod:`gateway.ldap.disclosure`), and the
+        resultCode it now carries."""
+        if response.result_code is None or (not response.referrals and not response.dn):
+            return raw, response.result_code
+        reach = verdict.reach if verdict is not None else None
+        kept, withheld = screen(reach, response.referrals)
+        matched = response.dn
+        hide_matched = bool(matched) and (reach is None or not reach.shows_matched(matched))
+        if not withheld and not hide_matched:
+            return raw, response.result_code
+        code, diagnostic = response.result_code, response.diagnostic
+        if hide_matched:
+            matched, diagnostic = "", "ldap_matched_dn_withheld"
+        if withheld:
+            diagnostic = "ldap_referral_withheld"
+            if code == ResultCode.REFERRAL and not kept:
+                # A referral result must carry a URI (4.1.10); with none left the operation
+                # was not performed and the gateway will not say where it could be: refused.
+                code, matched = ResultCode.INSUFFICIENT_ACCESS_RIGHTS, ""
+        if outcome is not None:
+            outcome.referrals_withheld += withheld
+            outcome.matched_dn_withheld = outcome.matched_dn_withheld or hide_matched
+            if diagnostic not in outcome.reasons:
+                outcome.reasons.append(diagnostic)
+        return rewrite_result(
+            raw, result_code=code, matched_dn=matched, diagnostic=diagnostic, referrals=kept
+        ), code
 
     def _stripped(
         self,

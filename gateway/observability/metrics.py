@@ -219,6 +219,14 @@ class Metrics:
             ["operation", "result"],
             registry=r,
         )
+        # Places the directory's answers named outside the operation's grant, not passed on
+        # (gateway.ldap.disclosure): what is "referral" (URLs) or "matched_dn".
+        self.ldap_withheld = Counter(
+            "gateway_ldap_withheld",
+            "Referral URLs and matchedDNs of LDAP answers withheld from the SaaS",
+            ["what"],
+            registry=r,
+        )
         self.cert_expiry = Gauge(
             "gateway_certificate_expiry_timestamp_seconds",
             "Expiry of the gateway's client certificate (Unix time)",

@@ -40,6 +40,7 @@ from gateway.ldap.codec import (
     pdu_length,
 )
 from gateway.ldap.directory import DirectoryTls, secure
+from gateway.ldap.disclosure import Reach
 from gateway.ldap.dn import normalise_attribute
 from gateway.ldap.proxy import BindIdentity, LdapProxy, OperationOutcome
 
@@ -54,6 +55,9 @@ MANAGED = f"cn=Helpdesk,ou=Managed Groups,ou=Groups,{SUFFIX}"
 COMPUTER = f"cn=ws01,ou=Computers,{SUFFIX}"
 
 
+EVERY_PLACE = Reach(host="127.0.0.1", port=0, granted=None)
+
+
 @dataclass(frozen=True)
 class RuleVerdict:
     """The verdict shape of ``LdapChain.decide`` (``gateway.ldap.decide.LdapVerdict``)."""
@@ -65,6 +69,8 @@ class RuleVerdict:
     unavailable: bool = False
     strip_attributes: frozenset[str] = frozenset()
     hidden: tuple[str, ...] = ()
+    # Every place but no other server: matchedDNs pass, referral URLs do not (port 0).
+    reach: Reach | None = EVERY_PLACE
 
     def strips(self, description: str) -> bool:
         return normalise_attribute(description) in self.strip_attributes

@@ -596,7 +596,9 @@ def test_each_kind_of_answer_decodes_to_every_field() -> None:
         3, "searchResEntry", dn="cn=a,dc=x", attributes=("cn", "mail")
     )
     reference = message(3, tlv(0x73, octets("ldap://other/dc=x")))
-    assert codec.decode_response(reference) == Response(3, "searchResRef")
+    assert codec.decode_response(reference) == Response(
+        3, "searchResRef", referrals=("ldap://other/dc=x",)
+    )
     intermediate = message(3, tlv(0x79, octets("1.2.3", 0x80)))
     assert codec.decode_response(intermediate) == Response(3, "intermediateResponse")
     done = codec.encode_result(3, Operation.SEARCH, 32, "no such object", matched_dn="dc=x")

@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from gateway.ldap.codec import Control, Operation, Request
+from gateway.ldap.codec import Change, Control, Operation, Request
 from gateway.ldap.decide import LdapChain, LdapFacts
 from gateway.ldap.dn import MatchingRules
 from gateway.policy.embedded import EmbeddedEngine
@@ -511,6 +511,29 @@ async def test_a_dereferencing_search_is_kept_to_its_rules_subtrees(chain: LdapC
     assert not verdict.hides(GROUP)
     assert not verdict.hides("dc = CORP, dc=example")
     assert verdict.hides("OU=x,OU=Tier0,DC=corp,DC=example")  # never reachable, as before
+
+
+async def test_an_allowed_operation_knows_what_its_answers_may_name(chain: LdapChain) -> None:
+    # RFC 4511 4.1.10, 4.5.3: referrals and references name a server and a DN; only the target
+    # itself within the granting rule's subtrees, never a never-reachable one, may pass.
+    request = Request(1, Operation.MODIFY, dn=GROUP, changes=(Change("add", "member", 1),))
+    verdict = await chain.decide(facts(request))
+    assert (verdict.allowed, verdict.operation) == (True, "group-membership")
+    reach = verdict.reach
+    assert reach is not None
+    assert reach.passes("ldaps://DC01.corp.example/CN=Other,OU=Managed%20Groups,DC=corp,DC=example")
+    assert not reach.passes("ldaps://dc01.corp.example/OU=Employees,DC=corp,DC=example")
+    assert not reach.passes("ldaps://dc02.corp.example/OU=Managed%20Groups,DC=corp,DC=example")
+    assert reach.shows_matched("DC=corp,DC=example")  # a superior of the DN it named
+    # The inventory rule covers the whole domain, but not the never-reachable subtrees.
+    inventory = await chain.decide(facts(search(BASE)))
+    assert inventory.reach is not None
+    assert inventory.reach.passes("ldaps://dc01.corp.example/OU=Employees,DC=corp,DC=example")
+    assert not inventory.reach.passes("ldaps://dc01.corp.example/CN=a,OU=Tier0,DC=corp,DC=example")
+    assert not inventory.reach.shows_matched("OU=Tier0,DC=corp,DC=example")
+    denied = await chain.decide(facts(replace(request, dn="OU=Tier0,DC=corp,DC=example")))
+    assert not denied.allowed
+    assert denied.reach is None
 
 
 @pytest.fixture(scope="module")
