@@ -806,6 +806,7 @@ class LdapRecord(AuditRecord):
         outcome = self.outcome
         assert outcome is not None
         request = outcome.request
+        bind = request.operation.value == "bind"
         return {
             "operation": str(request.operation),
             "message_id": request.message_id,
@@ -823,6 +824,15 @@ class LdapRecord(AuditRecord):
             "bound_as": outcome.bound_as,
             "injected": outcome.injected,
             "keyid": self.keyid,
+            # What replay needs to decide the operation again as it was decided (a rule may cap
+            # the limits; dereferencing changes what a search may return; a bind's version,
+            # mechanism and whether its password was empty change its verdict), never a secret.
+            "size_limit": request.size_limit,
+            "time_limit": request.time_limit,
+            "deref_aliases": request.deref_aliases,
+            "version": request.version if bind else None,
+            "mechanism": request.sasl_mechanism or None,
+            "empty_password": not request.credentials if bind else None,
         }
 
 

@@ -5,8 +5,10 @@ The operation is described with options (``--attribute NAME`` repeatable, ``--sc
 (:class:`gateway.ldap.questions.LdapQuestion`) and decided by
 :meth:`gateway.ldap.decide.LdapChain.decide`, the call the LDAP proxy makes for every PDU, with
 the engine ``gateway.yaml`` selects. Printed: the operation, the decision, the rule that grants it
-or the reasons it is refused, and for an allowed search the attributes stripped from its results
-and the protected subtrees hidden from it.
+or the reasons it is refused, and for an allowed search the attributes stripped from its results,
+the protected subtrees hidden from it and, for one that dereferences aliases
+(``--deref-aliases``) or carries a control other than paged results, the subtrees its entries
+are kept to: all of it from the verdict the proxy acts on, never worked out here.
 
 Without ``--bind-dn`` the connection is taken as bound as the target's first bind identity (the
 usual case: EmpowerID binds with an injected credential), or unbound when it has none. Exit codes
@@ -22,7 +24,7 @@ import sys
 from typing import Any
 
 from gateway import config as gwconfig
-from gateway.ldap.codec import CHANGE_TYPES, SCOPES
+from gateway.ldap.codec import CHANGE_TYPES, DEREF_ALIASES, SCOPES
 from gateway.ldap.decide import LdapChain, LdapVerdict
 from gateway.ldap.policy_input import subtree_path
 from gateway.ldap.questions import QUESTION_OPERATIONS, LdapQuestion, QuestionError
@@ -86,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "repeatable. A search without one requests no attributes",
     )
     group.add_argument("--scope", choices=SCOPES, default="sub", help="search scope (sub)")
+    group.add_argument(
+        "--deref-aliases",
+        choices=DEREF_ALIASES,
+        default="never",
+        help="search derefAliases, RFC 4511 4.5.1.3 (never; ldap3 sends always by default)",
+    )
     group.add_argument("--filter", default=None, metavar="FILTER", help="RFC 4515 search filter")
     group.add_argument(
         "--bind-dn",
@@ -131,6 +139,7 @@ def question(args: argparse.Namespace, config: gwconfig.GatewayConfig) -> LdapQu
         dn=dn,
         attributes=tuple(args.attribute),
         scope=args.scope,
+        deref_aliases=args.deref_aliases,
         filter=args.filter,
         change_type=args.change_type,
         new_rdn=args.new_rdn,
@@ -199,6 +208,9 @@ def _report(
                     "reasons": list(verdict.reasons),
                     "strip_attributes": sorted(verdict.strip_attributes),
                     "hidden_subtrees": hidden,
+                    "granted_subtrees": None
+                    if verdict.granted_subtrees is None
+                    else [list(path) for path in verdict.granted_subtrees],
                     "result_code": None if verdict.allowed else (51 if verdict.unavailable else 50),
                     "revision": verdict.revision,
                     "engine": config.policy.engine,
@@ -221,6 +233,11 @@ def _report(
             print(f"strips:    {', '.join(sorted(verdict.strip_attributes))} from every entry")
         for name in _protected(asked, verdict, config):
             print(f"hides:     entries under {name} (never reachable)")
+        if verdict.granted_subtrees is not None:
+            # RFC 4511 4.5.1.3: an alias (or a listed control) can lead the search anywhere; the
+            # proxy returns only the entries within the granting rule's subtrees.
+            kept = _granted(asked, verdict, config)
+            print(f"returns:   only entries under {' or '.join(kept) if kept else '(nothing)'}")
     else:
         code = 51 if verdict.unavailable else 50
         print(f"decision:  DENY (resultCode {code})")
@@ -244,10 +261,27 @@ def _protected(
     return [named.get(path, ",".join(reversed(path))) for path in verdict.hidden_subtrees]
 
 
+def _granted(
+    asked: LdapQuestion, verdict: LdapVerdict, config: gwconfig.GatewayConfig
+) -> list[str]:
+    """The subtrees a search's entries are kept to, as the granting rule names them."""
+    target = config.targets.get(asked.target)
+    named: dict[tuple[str, ...], str] = {}
+    if target is not None and target.ldap is not None:
+        for rule in target.ldap.operations:
+            if rule.name == verdict.operation:
+                named = {tuple(subtree_path(t, verdict.matching)): t for t in rule.subtrees}
+    return [named.get(path, ",".join(reversed(path))) for path in verdict.granted_subtrees or ()]
+
+
 def _details(asked: LdapQuestion) -> str:
     parts: list[str] = []
     if asked.operation == "search":
         parts.append(f"scope {asked.scope}")
+        if asked.deref_aliases == "never":
+            parts.append("aliases not dereferenced")
+        else:
+            parts.append(f"aliases dereferenced ({asked.deref_aliases})")
         parts.append(f"attributes {', '.join(asked.attributes) or '(none: 1.1)'}")
         parts.append(f"filter {asked.filter or '(objectClass=*)'}")
     elif asked.operation == "modify":

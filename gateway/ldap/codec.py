@@ -107,6 +107,9 @@ def answers(operation: Operation, kind: str) -> bool:
 
 
 SCOPES = ("base", "one", "sub")  # section 4.5.1.2: baseObject(0), singleLevel(1), wholeSubtree(2)
+# Section 4.5.1.3, by value: neverDerefAliases(0), derefInSearching(1), derefFindingBaseObj(2),
+# derefAlways(3).
+DEREF_ALIASES = ("never", "searching", "finding", "always")
 CHANGE_TYPES = ("add", "delete", "replace", "increment")  # 4.6, and RFC 4525 increment(3)
 
 

@@ -19,7 +19,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config.model import GatewayConfig
-from gateway.ldap.codec import CHANGE_TYPES, SCOPES, Change, Control, FilterNode, Operation, Request
+from gateway.ldap.codec import (
+    CHANGE_TYPES,
+    DEREF_ALIASES,
+    SCOPES,
+    Change,
+    Control,
+    FilterNode,
+    Operation,
+    Request,
+)
 from gateway.ldap.decide import LdapFacts
 from gateway.ldap.dn import Dn, is_utf8_text
 from gateway.ldap.errors import DnError, LdapError
@@ -82,6 +91,10 @@ class LdapQuestion:
     """bind: a SASL bind with this mechanism instead of a simple bind."""
     version: int = 3
     """bind: the LDAP version the bind asks for."""
+    deref_aliases: str = "never"
+    """search: when the directory dereferences aliases (RFC 4511 4.5.1.3: never, searching,
+    finding, always). Anything but never lets the search reach entries outside its base and
+    scope, so the verdict then keeps it to the granting rule's subtrees."""
 
     def request(self, identities: Collection[str] = ()) -> Request:
         """The request a client would send; raises :class:`QuestionError`. A bind whose name is
@@ -124,11 +137,16 @@ class LdapQuestion:
         if operation is Operation.SEARCH:
             if self.scope not in SCOPES:
                 raise QuestionError(f"scope {self.scope!r} is not one of {', '.join(SCOPES)}")
+            if self.deref_aliases not in DEREF_ALIASES:
+                raise QuestionError(
+                    f"deref_aliases {self.deref_aliases!r} is not one of {', '.join(DEREF_ALIASES)}"
+                )
             return Request(
                 _QUESTION_ID,
                 operation,
                 dn=self.dn,
                 scope=self.scope,
+                deref_aliases=DEREF_ALIASES.index(self.deref_aliases),
                 size_limit=self.size_limit,
                 time_limit=self.time_limit,
                 filter=self._filter(),
@@ -264,7 +282,7 @@ class LdapQuestion:
         return out
 
 
-_STRINGS = frozenset({"target", "operation", "dn", "scope", "change_type"})
+_STRINGS = frozenset({"target", "operation", "dn", "scope", "change_type", "deref_aliases"})
 _OPTIONAL_STRINGS = frozenset(
     {"filter", "new_rdn", "new_superior", "bound_as", "keyid", "mechanism"}
 )
@@ -339,9 +357,10 @@ _RECORD_KEYS = frozenset(
         "injected",
         "keyid",
         "target",
-        # Not in every record yet (LDAP contract amendments): read when present.
+        # Not in older records (LDAP contract amendments): read when present.
         "size_limit",
         "time_limit",
+        "deref_aliases",
         "mechanism",
         "version",
         "empty_password",
@@ -388,6 +407,12 @@ def question_from_record(input: Mapping[str, Any]) -> LdapQuestion:
             # A rule may cap them; deciding without them could give either answer.
             raise QuestionError("the record does not keep the search's size and time limits")
         limits = {"size_limit": input["size_limit"], "time_limit": input["time_limit"]}
+        deref = input.get("deref_aliases")
+        if deref is not None:
+            # Recorded as the PDU's number (section 4.5.1.3); older records did not keep it.
+            if not isinstance(deref, int) or isinstance(deref, bool) or not 0 <= deref <= 3:
+                raise QuestionError("'deref_aliases' must be 0, 1, 2 or 3")
+            limits["deref_aliases"] = DEREF_ALIASES[deref]
     optional = {key: input[key] for key in _OPTIONAL_RECORD_KEYS if input.get(key) is not None}
     question: dict[str, Any] = {
         **limits,
@@ -449,4 +474,5 @@ def question_of(facts: LdapFacts) -> LdapQuestion:
         empty_password=request.operation is Operation.BIND and not request.credentials,
         mechanism=request.sasl_mechanism or None,
         version=request.version if request.operation is Operation.BIND else 3,
+        deref_aliases=DEREF_ALIASES[request.deref_aliases],
     )

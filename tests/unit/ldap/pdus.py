@@ -57,12 +57,14 @@ def search(
     size_limit: int = 0,
     time_limit: int = 0,
     controls: Any = None,
+    deref: str = "NEVER",
 ) -> bytes:
+    """A SearchRequest as ldap3 sends it (``deref``: an ldap3 DEREF_* constant)."""
     request = search_operation(
         base,
         search_filter,
         SCOPES[scope],
-        0,
+        deref,
         attributes or [],
         size_limit,
         time_limit,

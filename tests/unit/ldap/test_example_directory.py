@@ -118,15 +118,15 @@ async def test_inventory_hides_tier0_and_strips_laps(chain: LdapChain) -> None:
 
 def _documented() -> list[tuple[list[str], list[str]]]:
     """Each ``$ gateway explain`` of docs/ldap.md with the lines printed under it."""
-    block = re.search(r"```console\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
-    assert block is not None
+    text = DOC.read_text(encoding="utf-8")
     commands: list[tuple[list[str], list[str]]] = []
-    for line in block.group(1).splitlines():
-        line = line.strip()
-        if line.startswith("$ "):
-            commands.append((shlex.split(line[2:]), []))
-        elif line:
-            commands[-1][1].append(line)
+    for block in re.finditer(r"```console\n(.*?)```", text, re.DOTALL):
+        for line in block.group(1).splitlines():
+            line = line.strip()
+            if line.startswith("$ "):
+                commands.append((shlex.split(line[2:]), []))
+            elif line:
+                commands[-1][1].append(line)
     return commands
 
 

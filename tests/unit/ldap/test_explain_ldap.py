@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
 from gateway.cli import main
-from tests.unit.ldap.directory_config import load_directory
+from gateway.ldap.codec import decode_request
+from tests.unit.ldap import pdus
+from tests.unit.ldap.directory_config import embedded_chain, facts, load_directory
 
 
 @pytest.fixture
@@ -176,3 +179,71 @@ def test_an_argument_that_is_not_utf8_is_a_usage_error(
     assert f"the {word} " in out
     assert "is not valid UTF-8 text" in out
     assert "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    ("option", "ldap3_deref"),
+    [
+        ("never", "NEVER"),
+        ("searching", "SEARCH"),
+        ("finding", "FINDING_BASE"),
+        ("always", "ALWAYS"),
+    ],
+)
+def test_explain_keeps_a_dereferencing_search_where_the_proxy_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, ldap3_deref: str
+) -> None:
+    # RFC 4511 4.5.1.3: the proxy judges the entries of a search that dereferences aliases
+    # against the granting rule's subtrees and hides every protected one; explain must print
+    # the verdict the proxy acts on for the PDU a client sends with that derefAliases.
+    loaded = load_directory(tmp_path)
+    base = "OU=Managed Groups,DC=corp,DC=example"
+    pdu = pdus.search(1, base, "(cn=S*)", attributes=["cn"], size_limit=100, deref=ldap3_deref)
+    proxy = asyncio.run(embedded_chain(loaded).decide(facts(decode_request(pdu))))
+    assert proxy.allowed
+    code, out = _explain(
+        capsys,
+        str(tmp_path / "gateway.yaml"),
+        "directory",
+        "search",
+        base,
+        "--attribute",
+        "cn",
+        "--filter",
+        "(cn=S*)",
+        "--size-limit",
+        "100",
+        "--deref-aliases",
+        option,
+        "--keyid",
+        "key-1",
+        "--format",
+        "json",
+    )
+    assert code == 0, out
+    explained = json.loads(out)
+    assert explained["input"] == dict(proxy.document)
+    assert explained["hidden_subtrees"] == [list(path) for path in proxy.hidden_subtrees]
+    granted = proxy.granted_subtrees
+    assert explained["granted_subtrees"] == (
+        None if granted is None else [list(path) for path in granted]
+    )
+    assert (granted is None) is (option == "never")
+
+
+def test_explain_says_where_a_dereferencing_search_is_kept(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ("directory", "search", "OU=Managed Groups,DC=corp,DC=example", "--size-limit", "9")
+    code, out = _explain(capsys, config, *args)
+    assert code == 0, out
+    assert "aliases not dereferenced" in out
+    assert "returns:" not in out
+    assert "CN=Domain Admins,CN=Users" not in out  # not below the base: nothing to hide
+    code, out = _explain(capsys, config, *args, "--deref-aliases", "always")
+    assert code == 0, out
+    assert "aliases dereferenced (always)" in out
+    # An alias under the base can lead anywhere: every protected subtree is hidden, and the
+    # entries are kept to the inventory rule's subtree.
+    assert "hides:     entries under CN=Domain Admins,CN=Users,DC=corp,DC=example" in out
+    assert "returns:   only entries under DC=corp,DC=example" in out

@@ -4,6 +4,7 @@ LdapChain under a candidate configuration, with the real policy and engine."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from gateway.gitops.replay import replay
 from gateway.ldap.codec import Operation
 from gateway.ldap.decide import LdapFacts, LdapVerdict
 from gateway.ldap.proxy import OperationOutcome
+from gateway.ldap.questions import question_from_record
 from gateway.pipeline import Chain, LdapRecord
 from gateway.policy.loader import build_engine
 from tests.unit.ldap.directory_config import CONFIG, embedded_chain, load_directory
@@ -20,12 +22,23 @@ from tests.unit.ldap.test_decide import CASES
 
 pytestmark = pytest.mark.asyncio
 
+# What an LDAP record's input keeps since replay needed it (older records lack it).
+_KEPT_SINCE = (
+    "size_limit",
+    "time_limit",
+    "deref_aliases",
+    "version",
+    "mechanism",
+    "empty_password",
+)
+
 
 def _record(
     index: int, facts: LdapFacts, verdict: LdapVerdict, *, amended: bool = True
 ) -> dict[str, Any]:
     """The decision record a running gateway writes for the operation (pipeline.LdapRecord);
-    ``amended``: with the fields the LDAP contract's amendments ask the record to keep too."""
+    ``amended``: with whether the stream had the inner TLS (not recorded: it always has);
+    otherwise as written before the record kept limits, dereferencing and bind details."""
     outcome = OperationOutcome(
         request=facts.request,
         started=0.0,
@@ -50,15 +63,11 @@ def _record(
     )
     written: dict[str, Any] = json.loads(json.dumps(record.as_dict()))
     if amended:
-        request = facts.request
-        written["input"].update(
-            size_limit=request.size_limit,
-            time_limit=request.time_limit,
-            version=request.version or 3,
-            mechanism=request.sasl_mechanism or None,
-            empty_password=not request.credentials,
-            inner_tls=facts.inner_tls,
-        )
+        # The one fact a record does not keep: a served stream is always over the inner TLS.
+        written["input"]["inner_tls"] = facts.inner_tls
+    else:
+        for key in _KEPT_SINCE:
+            del written["input"][key]
     return written
 
 
@@ -111,3 +120,22 @@ async def test_a_malformed_ldap_input_is_counted_not_fatal(tmp_path: Path) -> No
     records = [record, {**record, "input": {**record["input"], "colour": "red"}}]
     report = await replay(records, Chain(loaded.config, build_engine(loaded)))
     assert dict(report.skipped) == {"malformed input": 2}
+
+
+async def test_a_record_keeps_what_a_search_and_a_bind_were_decided_on(tmp_path: Path) -> None:
+    chain = embedded_chain(load_directory(tmp_path))
+    for index, (case, facts, _, _) in enumerate(CASES):
+        request = facts.request
+        if request.operation not in (Operation.SEARCH, Operation.BIND):
+            continue
+        if request.operation is Operation.SEARCH:
+            # RFC 4511 4.5.1.3: dereferencing changes which entries the proxy lets through.
+            facts = replace(facts, request=replace(request, deref_aliases=3))
+        written = _record(index, facts, await chain.decide(facts))
+        question = question_from_record({**written["input"], "target": written["target"]})
+        again = question.facts(chain.config).request
+        assert again.deref_aliases == facts.request.deref_aliases, case
+        assert (again.size_limit, again.time_limit) == (request.size_limit, request.time_limit)
+        if request.operation is Operation.BIND:
+            assert again.version == request.version, case
+            assert (again.sasl_mechanism or None) == (request.sasl_mechanism or None), case
