@@ -22,21 +22,21 @@ verification, then the digest over the body, then the replay cache. Garbage is r
 cryptography runs, and only authentic signatures can add nonces to the replay cache or samples to
 the clock-skew estimate.
 
-The ``http-message-signatures`` package is the reference for the RFC 9421 semantics: its
-component resolver (derived components and header fields, with its URL and method validation), its
-algorithm classes and its Content-Digest check decide every request the fast paths below step
-aside for. Four pieces are ours, each because the package cannot do the job: (1) the structural
-pre-checks, because the package parses and resolves while it verifies and reports every problem as
-the same exception with a free-text message, whereas the gateway needs a stable reason code per
-failure and needs the checks done before cryptography; (2) the time checks, because the package
-reads the wall clock itself (no clock can be injected) and cannot tell "expired" from "clock skew";
-(3) selecting the algorithm per key, because a package verifier is bound to one algorithm while
-the pinned set mixes Ed25519, P-256 and HMAC; (4) assembling the signature base (RFC 9421 section
-2.5) from the component values, because the package's ``verify()`` parses both signature fields,
-builds a resolver and re-serialises every component identifier a second time after our checks
-have already done so: that repeated work cost more than the cryptography itself on every relayed
-request. The base is built with the same rules as the package's (one line per covered component,
-no CR/LF in values, printable field values, trimmed printable derived values, ASCII only, then the
+The ``http-message-signatures`` package is the reference for the RFC 9421 semantics: its component
+resolver (derived components and header fields, with its URL and method validation), its algorithm
+classes and its Content-Digest check decide every request the fast paths below step aside for. Four
+pieces are ours, each because the package cannot do the job: (1) the structural pre-checks, because
+the package parses and resolves while it verifies and reports every problem as the same exception
+with a free-text message, whereas the gateway needs a stable reason code per failure and needs the
+checks done before cryptography; (2) the time checks, because the package reads the wall clock
+itself (no clock can be injected) and cannot tell "expired" from "clock skew"; (3) selecting the
+algorithm per key, because a package verifier is bound to one algorithm while the pinned set mixes
+Ed25519, P-256, RSA-PSS and HMAC; (4) assembling the signature base (RFC 9421 section 2.5) from the
+component values, because the package's ``verify()`` parses both signature fields, builds a
+resolver and re-serialises every component identifier a second time after our checks have already
+done so: that repeated work cost more than the cryptography itself on every relayed request. The
+base is built with the same rules as the package's (one line per covered component, no CR/LF in
+values, printable field values, trimmed printable derived values, ASCII only, then the
 ``@signature-params`` line serialised from the parsed member per RFC 8941), so what verifies here
 is exactly what the package would verify.
 
@@ -55,8 +55,12 @@ component values are read directly instead of through a resolver that normalises
 the request; (3) the signature is checked directly: Ed25519 (section 3.3.6) by libsodium through
 PyNaCl, which refuses everything OpenSSL refuses and also small-order and non-canonical points
 (``tests/unit/auth/test_auth_ed25519.py`` lists each case), at about half OpenSSL's CPU; ECDSA
-P-256 by ``cryptography`` with the ``r || s`` signature of section 3.3.4; HMAC-SHA256 (section
-3.3.3) by the standard library, compared in constant time; (4) a Content-Digest of one
+P-256 by ``cryptography`` with the ``r || s`` signature of section 3.3.4; RSASSA-PSS with SHA-512
+(section 3.3.1) by ``cryptography`` with MGF1-SHA-512 and exactly a 64-byte salt, after checking
+that the signature is exactly as long as the modulus (RFC 8017 section 8.1.2 step 1: OpenSSL
+itself takes a signature whose leading zero octets were dropped, so this is the one RSA case the
+package accepts and the gateway refuses; no signer produces it); HMAC-SHA256 (section 3.3.3) by
+the standard library, compared in constant time; (4) a Content-Digest of one
 canonical SHA-256 or SHA-512 member (RFC 9530) is compared with ``hashlib``'s digest of the
 body; (5) once a request has verified, the shape of its ``Signature-Input`` (label, covered
 components, parameter names in order: everything but the values) is kept, at most eight shapes,
@@ -70,9 +74,10 @@ gateway serving the SaaS's requests therefore never imports the package (its mem
 the general path). ``tests/unit/auth/test_auth_fast_path.py`` checks, for fuzzed inputs,
 that the fast paths give what the package gives and that a verifier using them accepts and
 refuses exactly what one using only the package does (``SignatureVerifier(..., reference=True)``),
-on a verifier that has or has not learnt the request's shape, with one deliberate exception: an
-Ed25519 signature whose R is a small-order point, which no honest signer makes, is refused here
-and accepted by the package's OpenSSL check.
+on a verifier that has or has not learnt the request's shape, with two deliberate exceptions,
+both refused here and accepted by the package's OpenSSL check, and neither made by an honest
+signer: an Ed25519 signature whose R is a small-order point, and an RSA-PSS signature shorter
+than the modulus (``tests/unit/auth/test_auth_rsa.py``).
 """
 
 from __future__ import annotations
@@ -90,11 +95,18 @@ from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from gateway.auth.errors import Reason, SignatureError
-from gateway.auth.keys import KEYID_PATTERN, Algorithm, KeySet, PinnedKey, SharedSecret
+from gateway.auth.keys import (
+    KEYID_PATTERN,
+    MAX_RSA_BITS,
+    Algorithm,
+    KeySet,
+    PinnedKey,
+    SharedSecret,
+)
 from gateway.auth.replay import Admission, ReplayCache, ReplayStore
 from gateway.auth.skew import ClockSkewEstimate, SkewEstimator
 
@@ -126,7 +138,9 @@ _FIELD_PARAMS: Final = frozenset({"sf", "key", "bs"})
 _SIGNATURE_PARAMS: Final = frozenset({"alg", "created", "expires", "keyid", "nonce", "tag"})
 # RFC 9110 section 5.1 field names (tchar), already lower-cased.
 _FIELD_NAME: Final = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
-_MAX_SIGNATURE_BYTES: Final = 256
+# The largest signature of a pinned key: an RSA signature is as long as the modulus, and the key
+# set takes moduli of at most MAX_RSA_BITS (Ed25519 and P-256 signatures are 64 bytes).
+_MAX_SIGNATURE_BYTES: Final = MAX_RSA_BITS // 8
 
 # Fast path (1): one Dictionary member in the canonical form RFC 8941 section 4.1 serialises, made
 # only of Keys (section 3.1.2), Strings without escapes (3.3.3: printable ASCII but '"' and '\'),
@@ -154,6 +168,8 @@ _FAST_DIGEST: Final = re.compile(r"(sha-256|sha-512)=:([A-Za-z0-9+/]*={0,2}):")
 _DIGESTS: Final = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
 # RFC 9421 section 3.3.4: an ECDSA P-256 signature is r and s, each 32 bytes, big-endian.
 _P256_HALF: Final = 32
+# RFC 9421 section 3.3.1: RSASSA-PSS with SHA-512, MGF1 with SHA-512 and a 64-byte salt.
+_PSS_SALT_BYTES: Final = 64
 
 # Fast path (5): the shapes of the Signature-Input fields of authentic requests (at most
 # _MAX_SHAPES, the oldest forgotten first). A parameter value of a shape is an Integer without a
@@ -1208,6 +1224,22 @@ def _direct_check(key: PinnedKey) -> _Check:
             material.verify(encode_dss_signature(r, s), base, ecdsa)
 
         return check_ecdsa
+    if isinstance(material, rsa.RSAPublicKey):
+        # Section 3.3.1. The padding and hash objects are built once per key (per key set), not
+        # per request. The salt length is fixed at 64, not "auto": a signature with any other
+        # salt length is refused, as the section prescribes the parameters exactly.
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA512()), salt_length=_PSS_SALT_BYTES)
+        sha512 = hashes.SHA512()
+        modulus_bytes = (material.key_size + 7) // 8
+
+        def check_rsa_pss(signature: bytes, base: bytes) -> None:
+            # RFC 8017 section 8.1.2 step 1: a signature is exactly k octets (k the modulus
+            # length). Checked here because OpenSSL takes a shorter one as the same integer.
+            if len(signature) != modulus_bytes:
+                raise InvalidSignature
+            material.verify(signature, base, pss, sha512)
+
+        return check_rsa_pss
     # Section 3.3.6: Ed25519 over the base as it is, by libsodium (about half the CPU of
     # cryptography's OpenSSL backend, benchmarks/signatures-report.md). libsodium is stricter
     # than OpenSSL: it also refuses a small-order R and a non-canonical R or key, which an honest
@@ -1232,6 +1264,7 @@ def _package_check(key: PinnedKey) -> _Check:
     classes: dict[str, type[algorithms.HTTPSignatureAlgorithm]] = {
         "ed25519": algorithms.ED25519,
         "ecdsa-p256-sha256": algorithms.ECDSA_P256_SHA256,
+        "rsa-pss-sha512": algorithms.RSA_PSS_SHA512,
         "hmac-sha256": algorithms.HMAC_SHA256,
     }
     pinned = key.public_key

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import aiohttp
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from gateway.devkit.saas import SaaSClient, SaaSResponse
@@ -54,7 +54,8 @@ class SendRequest:
 
 
 def load_signing_key(path: Path) -> PrivateKey:
-    """An unencrypted PEM Ed25519 or ECDSA P-256 private key (what the gateway verifies)."""
+    """An unencrypted PEM Ed25519, ECDSA P-256 or RSA private key (what the gateway verifies;
+    an RSA key signs with rsa-pss-sha512)."""
     try:
         key = load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
@@ -63,7 +64,9 @@ def load_signing_key(path: Path) -> PrivateKey:
         return key
     if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
         return key
-    raise SendError(f"{path} is neither an Ed25519 nor an ECDSA P-256 private key")
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key
+    raise SendError(f"{path} is neither an Ed25519, an ECDSA P-256 nor an RSA private key")
 
 
 def parse_header(text: str) -> tuple[str, str]:

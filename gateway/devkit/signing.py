@@ -7,7 +7,9 @@ signature labelled ``eid`` with the application tag, ``created``, ``expires``, a
 ``content-digest``). ``key_entry`` and ``keyset_document`` produce the key-set document the control
 plane delivers (``schemas/signing-keys.schema.json``). Given the bytes of a gateway's shared
 secret instead of a private key, it signs with ``hmac-sha256`` (RFC 9421 section 3.3.3), as
-EmpowerID does for a gateway configured with ``signatures.hmac_sha256``.
+EmpowerID does for a gateway configured with ``signatures.hmac_sha256``; given an RSA private key,
+with ``rsa-pss-sha512`` (section 3.3.1), as a signer whose key is held in Azure Key Vault or
+Managed HSM does (Key Vault's ``PS512``).
 
 Never imported by production code.
 """
@@ -21,36 +23,46 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from http_message_signatures import HTTPMessageSigner, MappingKeyResolver, algorithms
 
 from gateway.auth.keys import Algorithm
 from gateway.auth.verifier import DEFAULT_TAG, GATEWAY_ID_HEADER, REQUIRED_COMPONENTS
 
-PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 SigningMaterial = PrivateKey | bytes
 """A private key, or the bytes of a gateway's hmac-sha256 shared secret."""
 SIGNATURE_LABEL = "eid"
+RSA_BITS = 2048
+"""The modulus of a generated RSA key: the smallest the gateway takes, and Key Vault's default."""
 
 _ALGORITHM_CLASSES: dict[str, type[algorithms.HTTPSignatureAlgorithm]] = {
     "ed25519": algorithms.ED25519,
     "ecdsa-p256-sha256": algorithms.ECDSA_P256_SHA256,
+    "rsa-pss-sha512": algorithms.RSA_PSS_SHA512,
     "hmac-sha256": algorithms.HMAC_SHA256,
 }
 
 
-def generate_key(alg: Algorithm = "ed25519") -> PrivateKey:
-    """A fresh private key for ``alg``."""
+def generate_key(alg: Algorithm = "ed25519", *, rsa_bits: int = RSA_BITS) -> PrivateKey:
+    """A fresh private key for ``alg`` (``rsa_bits``: the modulus of an RSA key)."""
     if alg == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
-    return ec.generate_private_key(ec.SECP256R1())
+    if alg == "rsa-pss-sha512":
+        # 65537: the only public exponent the gateway takes (gateway/auth/keys.py).
+        return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+    if alg == "ecdsa-p256-sha256":
+        return ec.generate_private_key(ec.SECP256R1())
+    raise ValueError(f"{alg} has no private key (an hmac-sha256 key is a shared secret)")
 
 
 def algorithm_of(key: SigningMaterial) -> Algorithm:
     """The RFC 9421 algorithm name for ``key``."""
     if isinstance(key, bytes):
         return "hmac-sha256"
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "rsa-pss-sha512"
     return "ed25519" if isinstance(key, ed25519.Ed25519PrivateKey) else "ecdsa-p256-sha256"
 
 
@@ -137,10 +149,14 @@ class RequestSigner:
 
 
 def public_jwk(key: PrivateKey) -> dict[str, str]:
-    """The public half of ``key`` as a JWK (RFC 8037 OKP or RFC 7518 EC)."""
+    """The public half of ``key`` as a JWK (RFC 8037 OKP, RFC 7518 EC or RSA)."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}
+    if isinstance(key, rsa.RSAPrivateKey):
+        public = key.public_key().public_numbers()
+        # RFC 7518 section 6.3.1: n and e as Base64urlUInt, big-endian in the fewest octets.
+        return {"kty": "RSA", "n": _b64url(_uint(public.n)), "e": _b64url(_uint(public.e))}
     numbers = key.public_key().public_numbers()
     return {
         "kty": "EC",
@@ -173,6 +189,10 @@ def key_entry(
 def keyset_document(entries: Iterable[dict[str, object]]) -> dict[str, object]:
     """A key-set document as the control plane delivers it."""
     return {"keys": list(entries)}
+
+
+def _uint(value: int) -> bytes:
+    return value.to_bytes((value.bit_length() + 7) // 8, "big")
 
 
 def _b64url(raw: bytes) -> str:

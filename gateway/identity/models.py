@@ -36,7 +36,7 @@ class SigningKey(_Wire):
     """A control-plane public key that signs relayed requests (RFC 9421 ``keyid``/``alg``)."""
 
     keyid: KeyId
-    alg: Literal["ed25519", "ecdsa-p256-sha256"]  # what gateway.auth can verify
+    alg: Literal["ed25519", "ecdsa-p256-sha256", "rsa-pss-sha512"]  # what gateway.auth verifies
     public_key_pem: Pem
     not_before: AwareDatetime
     not_after: AwareDatetime

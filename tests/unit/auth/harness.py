@@ -8,18 +8,28 @@ and by ``tests/security/test_signatures.py``.
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from http_message_signatures import HTTPSignatureComponentResolver
+from http_message_signatures import (
+    HTTPMessageVerifier,
+    HTTPSignatureComponentResolver,
+    MappingKeyResolver,
+    algorithms,
+)
 from http_sf.compat import Item
+from hypothesis import strategies as st
 
 from gateway.auth import (
     KeySet,
     ReplayCache,
+    SignatureError,
     SignatureVerifier,
     VerifiedRequest,
     VerifierSettings,
@@ -38,6 +48,14 @@ GATEWAY_ID = "agent-1"
 HC_PATH = "hc-agent-1"
 PATH = "/hc-agent-1/api/orders"
 T0 = 1_750_000_000.0
+
+
+@functools.cache
+def rsa_key() -> rsa.RSAPrivateKey:
+    """One RSA-PSS signing key (2048 bits) per test process: making one costs tens of ms."""
+    key = generate_key("rsa-pss-sha512")
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
 
 
 class Clock:
@@ -59,8 +77,11 @@ class Harness:
         self.state_dir = state_dir
         self.ed_key = generate_key("ed25519")
         self.ec_key = generate_key("ecdsa-p256-sha256")
+        self.rsa_key = rsa_key()
         self.settings = VerifierSettings(max_age=60, max_skew=30)
-        self.keys = self.keyset(("ed-1", self.ed_key), ("ec-1", self.ec_key))
+        self.keys = self.keyset(
+            ("ed-1", self.ed_key), ("ec-1", self.ec_key), ("rsa-1", self.rsa_key)
+        )
         ReplayCache.initialise(state_dir)
         self.cache = ReplayCache.open(
             state_dir, max_entries=max_entries, max_skew=30, clock=self.gateway_clock
@@ -75,6 +96,7 @@ class Harness:
         )
         self.ed = self.signer(self.ed_key, "ed-1")
         self.ec = self.signer(self.ec_key, "ec-1")
+        self.rsa = self.signer(self.rsa_key, "rsa-1")
 
     def prime(self) -> None:
         """Let the verifier learn the signer's shapes (a GET, and a POST with a body) from
@@ -191,6 +213,10 @@ def handmade_signature(
     if isinstance(key, ec.EllipticCurvePrivateKey):
         r, s = decode_dss_signature(key.sign(base, ec.ECDSA(hashes.SHA256())))
         raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    elif isinstance(key, rsa.RSAPrivateKey):
+        # RFC 9421 section 3.3.1: PSS, MGF1 with SHA-512, a 64-byte salt.
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA512()), salt_length=64)
+        raw = key.sign(base, pss, hashes.SHA512())
     else:
         raw = key.sign(base)
     return [
@@ -227,3 +253,80 @@ def package_components(
         return {name: resolver.resolve(Item(name)) for name in names}
     except Exception:
         return None
+
+
+# RFC 3986 pchar and query pieces (the signer signs only URLs in that grammar), for the
+# differential tests against the package's own verifier.
+_PIECES = ["a", "Z", "0", "-", ".", "_", "~", "%2F", "%41", "%20", "!", "$", "'", "*", ":", "@"]
+SEGMENT = st.lists(st.sampled_from(_PIECES), min_size=1, max_size=6).map("".join)
+QUERY = st.lists(st.sampled_from([*_PIECES, "=", "&", "+", "/", "?"]), max_size=8).map("".join)
+
+
+class PackageRequest:
+    """The message shape the signing package signs and verifies."""
+
+    def __init__(self, method: str, url: str, headers: dict[str, str]) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+
+
+def real_time_outcomes(
+    keys: KeySet,
+    package_algorithm: type[algorithms.HTTPSignatureAlgorithm],
+    package_key: Any,
+    now: float,
+    *,
+    path: str,
+    query: str,
+    headers: list[tuple[str, str]],
+    body: bytes | None,
+    **package_options: Any,
+) -> tuple[bool, bool, bool]:
+    """Whether a verifier of ``keys`` with its fast paths, one using only the package, and the
+    package's own ``HTTPMessageVerifier`` (``package_algorithm`` with ``package_key`` under the
+    first key id, checking the Content-Digest against ``body``) accept the request ``POST``
+    (with a body) or ``GET`` at ``now``.
+
+    The package checks created and expires against the wall clock (it takes no clock), so the
+    callers sign at the real time and pass it here.
+    """
+    method = "POST" if body is not None else "GET"
+    ours: dict[bool, bool] = {}
+    with tempfile.TemporaryDirectory() as state:
+        ReplayCache.initialise(Path(state))
+        cache = ReplayCache.open(Path(state), max_entries=100, max_skew=30, clock=lambda: now)
+        for reference in (False, True):
+            verifier = SignatureVerifier(
+                keys,
+                ReplayCache(max_entries=100) if reference else cache,
+                gateway_id=GATEWAY_ID,
+                hc_path=HC_PATH,
+                clock=lambda: now,
+                reference=reference,
+            )
+            try:
+                verifier.verify(
+                    method=method,
+                    authority=AUTHORITY,
+                    path=path,
+                    query=query,
+                    headers=headers,
+                    body=body,
+                )
+                ours[reference] = True
+            except SignatureError:
+                ours[reference] = False
+    url = f"https://{AUTHORITY}{path}" + (f"?{query}" if query else "")
+    package = HTTPMessageVerifier(
+        signature_algorithm=package_algorithm,
+        key_resolver=MappingKeyResolver(
+            public_keys={next(iter(keys)): package_key}, private_keys={}
+        ),
+    )
+    try:
+        package.verify(PackageRequest(method, url, dict(headers)), body=body, **package_options)
+        theirs = True
+    except Exception:
+        theirs = False
+    return ours[False], ours[True], theirs

@@ -283,7 +283,7 @@ def _outcome(harness: Harness, verifier: SignatureVerifier, request: dict[str, A
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=st.data(),
-    which=st.sampled_from(["ed", "ec", "hmac"]),
+    which=st.sampled_from(["ed", "ec", "rsa", "hmac"]),
     body=st.sampled_from([None, b"{}"]),
     target=st.sampled_from(MUTATION_TARGETS),
     extra=st.sampled_from([[], ['"@query-param";name="expand"'], ["content-type"]]),
@@ -302,7 +302,9 @@ def test_fast_and_reference_verifiers_accept_and_refuse_alike(
         shared = shared_key("hmac-1", SECRET, not_before=T0 - 3600, not_after=T0 + 3600)
         harness.verifier.replace_keys(harness.keys.with_keys([shared]))
         reference = harness.reference_verifier(Path(scratch) / "reference")
-        signer = {"ed": harness.ed, "ec": harness.ec}.get(which) or harness.signer(SECRET, "hmac-1")
+        signer = {"ed": harness.ed, "ec": harness.ec, "rsa": harness.rsa}.get(
+            which
+        ) or harness.signer(SECRET, "hmac-1")
         components = ("@method", "@authority", "@path", "@query", "x-gateway-id", *extra)
 
         def sign() -> list[tuple[str, str]]:

@@ -84,7 +84,7 @@ def _mutations() -> list[tuple[str, Any]]:
         ("bad keyid characters", set_in_key("keyid", 'k"1')),
         ("long keyid", set_in_key("keyid", "k" * 129)),
         ("unsupported alg", set_in_key("alg", "hmac-sha256")),
-        ("rsa alg", set_in_key("alg", "rsa-pss-sha512")),
+        ("rsa-v1_5-sha256 alg", set_in_key("alg", "rsa-v1_5-sha256")),
         ("missing key", delete_in_key("public_key_pem")),
         ("both pem and jwk", set_in_key("jwk", {"kty": "OKP", "crv": "Ed25519", "x": "A" * 43})),
         ("not a time", set_in_key("not_after", "tomorrow")),
@@ -100,7 +100,11 @@ def _mutations() -> list[tuple[str, Any]]:
 
 @pytest.mark.parametrize(("name", "mutate"), _mutations(), ids=[m[0] for m in _mutations()])
 def test_invalid_documents_are_refused_by_loader_and_schema(name: str, mutate: Any) -> None:
-    doc = document(entry())
+    refused_by_loader_and_schema(document(entry()), mutate, name)
+
+
+def refused_by_loader_and_schema(doc: dict[str, Any], mutate: Any, name: str) -> None:
+    """``doc`` is valid; ``mutate`` (on a copy) makes it one the loader and schema refuse."""
     VALIDATOR.validate(doc)
     broken = copy.deepcopy(doc)
     mutate(broken)
@@ -113,6 +117,7 @@ def test_invalid_documents_are_refused_by_loader_and_schema(name: str, mutate: A
     ("name", "mutate"),
     [
         ("alg does not match pem key", lambda d: d["keys"][0].update(alg="ecdsa-p256-sha256")),
+        ("rsa alg for an ed25519 pem key", lambda d: d["keys"][0].update(alg="rsa-pss-sha512")),
         ("impossible date", lambda d: d["keys"][0].update(not_before="2025-02-30T00:00:00Z")),
         ("window inverted", lambda d: d["keys"][0].update(not_before=d["keys"][0]["not_after"])),
         ("duplicate keyid", lambda d: d["keys"].append(dict(d["keys"][0]))),

@@ -720,8 +720,9 @@ REFUSALS: list[tuple[str, Any, tuple[str, int], str, str | None]] = [
         "ed-1",
     ),
     (
-        "257-byte signature",
-        _signature_edit("eid=:" + base64.b64encode(bytes(257)).decode() + ":"),
+        # The longest a pinned key's signature can be: an 8192-bit RSA modulus (1024 bytes).
+        "1025-byte signature",
+        _signature_edit("eid=:" + base64.b64encode(bytes(1025)).decode() + ":"),
         MALFORMED,
         "signature value has a bad size",
         None,
@@ -1427,13 +1428,19 @@ def _with_raw_signature(headers: list[tuple[str, str]], raw: bytes) -> list[tupl
 
 
 @pytest.mark.parametrize(
-    ("which", "alg"), [("ed", "ed25519"), ("ec", "ecdsa-p256-sha256"), ("hmac", "hmac-sha256")]
+    ("which", "alg"),
+    [
+        ("ed", "ed25519"),
+        ("ec", "ecdsa-p256-sha256"),
+        ("rsa", "rsa-pss-sha512"),
+        ("hmac", "hmac-sha256"),
+    ],
 )
 def test_each_algorithm_takes_its_signature_and_nothing_else(
     harness: Harness, tmp_path: Path, which: str, alg: str
 ) -> None:
     verifiers = _fast_and_reference(harness, tmp_path)
-    signer = {"ed": harness.ed, "ec": harness.ec}.get(which) or harness.signer(
+    signer = {"ed": harness.ed, "ec": harness.ec, "rsa": harness.rsa}.get(which) or harness.signer(
         HMAC_SECRET, "hmac-1"
     )
     for verifier in verifiers:
