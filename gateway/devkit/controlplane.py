@@ -44,20 +44,27 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.devkit.signing import PrivateKey, algorithm_of, generate_key
 from gateway.hybridconnection.sas import create_token, resource_uri
 from gateway.identity.keys import GATEWAY_URN_PREFIX
 
 REGISTER_SERVER = "Register Server"
 UPDATE_HEART_BEAT = "Update Heart Beat"
 REQUIRED_OPERATIONS = frozenset({REGISTER_SERVER, UPDATE_HEART_BEAT})
+SigningAlgorithm = Literal["ed25519", "ecdsa-p256-sha256", "rsa-pss-sha512"]
+SIGNING_ALGORITHMS: tuple[SigningAlgorithm, ...] = (
+    "ed25519",
+    "ecdsa-p256-sha256",
+    "rsa-pss-sha512",
+)
 
 PROBLEM_TYPE_PREFIX = "urn:empowerid:gateway:problem:"
 API = "/api/gateway/v1"
@@ -329,10 +336,11 @@ class AuditAlarm:
 
 @dataclass(frozen=True)
 class SigningKeyPair:
-    """The simulated control plane's request-signing key (RFC 9421, ``alg`` ed25519)."""
+    """The simulated control plane's request-signing key (RFC 9421: ``ed25519`` unless the
+    simulator was made with another ``signing_alg``)."""
 
     keyid: str
-    private_key: ed25519.Ed25519PrivateKey = field(repr=False)
+    private_key: PrivateKey = field(repr=False)
     not_before: dt.datetime
     not_after: dt.datetime
 
@@ -343,7 +351,7 @@ class SigningKeyPair:
         )
         return {
             "keyid": self.keyid,
-            "alg": "ed25519",
+            "alg": algorithm_of(self.private_key),
             "public_key_pem": public_pem.decode("ascii"),
             "not_before": self.not_before.isoformat(),
             "not_after": self.not_after.isoformat(),
@@ -380,12 +388,14 @@ def _new_request_secret(gateway_id: str, lifetime: dt.timedelta) -> RequestSecre
     )
 
 
-def _new_signing_key() -> SigningKeyPair:
-    key = ed25519.Ed25519PrivateKey.generate()
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def _new_signing_key(alg: SigningAlgorithm) -> SigningKeyPair:
+    key = generate_key(alg)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     now = _utcnow()
     return SigningKeyPair(
-        keyid="devkit-" + hashlib.sha256(raw).hexdigest()[:16],
+        keyid="devkit-" + hashlib.sha256(public).hexdigest()[:16],
         private_key=key,
         not_before=now - BACKDATE,
         not_after=now + dt.timedelta(days=90),
@@ -440,7 +450,10 @@ class ControlPlaneSimulator:
 
     ``server_names`` go into the server certificate (a name the client does not use simulates a
     host-name mismatch). ``relay_namespace`` / ``relay_key_name`` / ``relay_key`` describe the
-    relay the listener tokens are for (normally the devkit relay emulator).
+    relay the listener tokens are for (normally the devkit relay emulator). ``signing_alg`` is
+    the algorithm of the request-signing key it publishes: ``rsa-pss-sha512`` simulates an
+    EmpowerID whose key is held in Azure Key Vault or Managed HSM (``PS512``), which keep no
+    Ed25519 keys.
     """
 
     def __init__(
@@ -456,6 +469,7 @@ class ControlPlaneSimulator:
         token_ttl: dt.timedelta = dt.timedelta(hours=1),
         cert_lifetime: dt.timedelta = dt.timedelta(days=30),
         ca: DevCA | None = None,
+        signing_alg: SigningAlgorithm = "ed25519",
     ) -> None:
         self.host = host
         self.port = port
@@ -468,7 +482,8 @@ class ControlPlaneSimulator:
         self.cert_lifetime = cert_lifetime
         self.ca = ca or DevCA()
         self.faults = Faults()
-        self.signing_key = _new_signing_key()
+        self.signing_alg = signing_alg
+        self.signing_key = _new_signing_key(signing_alg)
         self.request_secret_lifetime = dt.timedelta(days=30)
         self._request_secrets: dict[str, list[RequestSecretKey]] = {}
         self.persons: dict[str, Person] = {}
@@ -528,7 +543,7 @@ class ControlPlaneSimulator:
     def rotate_signing_key(self) -> SigningKeyPair:
         """Sign with a new request-signing key from now on; the published set holds only the
         new one, so a gateway that refreshes its keys revokes the old one."""
-        self.signing_key = _new_signing_key()
+        self.signing_key = _new_signing_key(self.signing_alg)
         return self.signing_key
 
     def request_secret(self, gateway_id: str) -> RequestSecretKey:
@@ -859,6 +874,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="write the request-signing private key (PEM, mode 0600) for `gateway dev send`",
     )
     parser.add_argument(
+        "--signing-alg",
+        choices=SIGNING_ALGORITHMS,
+        default="ed25519",
+        help="algorithm of the request-signing key (RFC 9421; default ed25519; rsa-pss-sha512 "
+        "is what a key in Azure Key Vault or Managed HSM signs with)",
+    )
+    parser.add_argument(
         "--person",
         action="append",
         default=[],
@@ -942,6 +964,7 @@ def run(args: argparse.Namespace) -> int:
         hybrid_connection=args.hc,
         token_ttl=dt.timedelta(seconds=args.token_lifetime),
         cert_lifetime=dt.timedelta(hours=args.cert_lifetime_hours),
+        signing_alg=args.signing_alg,
     )
     for user, password in with_ops:
         simulator.add_person(user, password)
@@ -983,6 +1006,7 @@ async def _serve(
             write_signing_key(simulator, signing_key_out)
             print(f"request-signing key written to {signing_key_out}")
         print(f"signing keyid: {simulator.signing_key.keyid}")
+        print(f"signing alg: {simulator.signing_alg}")
         print(
             "persons: " + (", ".join(sorted(simulator.persons)) or "none (use --person)"),
             flush=True,

@@ -28,7 +28,7 @@ import yaml
 from aiohttp import WSMsgType, web
 
 from gateway.auth import ReplayCache
-from gateway.devkit.controlplane import ControlPlaneSimulator
+from gateway.devkit.controlplane import ControlPlaneSimulator, SigningAlgorithm
 from gateway.devkit.relay_emulator import LISTEN, SEND, RelayEmulator, SasRule
 from gateway.devkit.saas import SaaSClient
 from gateway.devkit.signing import RequestSigner
@@ -218,7 +218,15 @@ def demo_config(
 class DevStack:
     """Starts the relay emulator, control-plane simulator and sample targets together."""
 
-    def __init__(self, gateway_id: str = "demo-gateway", *, health_port: int = 0) -> None:
+    def __init__(
+        self,
+        gateway_id: str = "demo-gateway",
+        *,
+        health_port: int = 0,
+        signing_alg: SigningAlgorithm = "ed25519",
+    ) -> None:
+        """``signing_alg``: the algorithm of the control plane's request-signing key, which
+        :meth:`saas` signs with."""
         self.gateway_id = gateway_id
         self.hc = f"hc-{gateway_id}"
         listen_key = base64.b64encode(secrets.token_bytes(32)).decode()
@@ -244,6 +252,7 @@ class DevStack:
             relay_key=listen_key,
             hybrid_connection=self.hc,
             cert_lifetime=dt.timedelta(days=1),
+            signing_alg=signing_alg,
         )
         self.controlplane.add_person(PERSON, PERSON_PASSWORD)
         self.targets = SampleTargets()

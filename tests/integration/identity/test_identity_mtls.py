@@ -28,6 +28,7 @@ from gateway.identity import (
 from gateway.identity.keys import build_csr, generate_private_key, serialize_private_key
 from gateway.identity.models import Heartbeat
 from gateway.identity.tls import mtls_context, registration_context
+from gateway.service import signing_keyset
 
 from .identity_support import PASSWORD, TEST_TIMEOUTS
 
@@ -95,6 +96,23 @@ async def test_signing_keys_refresh_is_pinned(
         keys = await refresh_signing_keys(store, client)
     assert [key.keyid for key in keys] == [simulator.signing_key.keyid]
     assert load_identity(state_dir).signing_keys == tuple(keys)
+
+
+async def test_a_rotation_to_an_rsa_pss_key_is_pinned_as_rsa_pss(
+    simulator: ControlPlaneSimulator, identity: StoredIdentity, make_settings: Settings
+) -> None:
+    # EmpowerID moving its request-signing key into Azure Key Vault (RSA, PS512): the refreshed
+    # set holds the RSA key, and the verifier's key set takes it as rsa-pss-sha512.
+    old = simulator.signing_key.keyid
+    simulator.signing_alg = "rsa-pss-sha512"
+    new = simulator.rotate_signing_key()
+    store = IdentityStore(make_settings().state_dir)
+    async with mtls_client(identity, timeouts=TEST_TIMEOUTS) as client:
+        keys = await refresh_signing_keys(store, client)
+    assert [(key.keyid, key.alg) for key in keys] == [(new.keyid, "rsa-pss-sha512")]
+    pinned = signing_keyset(load_identity(store.state_dir).signing_keys)
+    assert list(pinned) == [new.keyid] != [old]
+    assert pinned[new.keyid].alg == "rsa-pss-sha512"
 
 
 async def test_expired_client_certificate_is_not_attempted(

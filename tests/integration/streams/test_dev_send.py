@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.auth import ReplayCache
 from gateway.devkit.controlplane import write_signing_key
@@ -29,8 +30,9 @@ class Running:
 
 
 @pytest.fixture
-async def running(tmp_path: Path) -> AsyncIterator[Running]:
-    async with DevStack() as stack:
+async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Running]:
+    # The control plane's signing algorithm: ed25519 unless a test asks for another.
+    async with DevStack(signing_alg=getattr(request, "param", "ed25519")) as stack:
         directory = tmp_path / "gw"
         config = stack.write_gateway_dir(directory, extra_operations=[POST_ACCOUNTS])
         await register(
@@ -100,6 +102,21 @@ async def test_signed_get_is_answered_by_the_target(running: Running) -> None:
     assert json.loads(body)["path"] == "/api/accounts/17?expand=groups"
     [received] = running.stack.targets.http_requests
     assert received.headers["Accept"] == "application/json"
+
+
+@pytest.mark.parametrize("running", ["rsa-pss-sha512"], indirect=True)
+async def test_an_rsa_pss_signed_request_crosses_the_relay_and_is_answered(
+    running: Running,
+) -> None:
+    # EmpowerID with its key in Azure Key Vault or Managed HSM signs with RSA-PSS (PS512): the
+    # gateway pinned the RSA public key at registration and verifies the request end to end.
+    assert isinstance(load_signing_key(running.key_file), rsa.RSAPrivateKey)
+    assert running.stack.controlplane.signing_key.public_document()["alg"] == "rsa-pss-sha512"
+    code, out, err = await dev_send(running, "GET", "erp", "/api/accounts/17?expand=groups")
+    assert code == 0, err
+    assert out.startswith(b"HTTP 200\r\n")
+    [received] = running.stack.targets.http_requests
+    assert received.path_qs == "/api/accounts/17?expand=groups"
 
 
 async def test_body_from_a_file_is_signed_and_forwarded(running: Running, tmp_path: Path) -> None:
