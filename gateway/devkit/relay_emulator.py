@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import random
 import secrets
@@ -211,6 +212,7 @@ class _Reusable:
     """An open request rendezvous socket that later requests of its sender's connection use."""
 
     ws: web.WebSocketResponse
+    transport: asyncio.BaseTransport | None
     pending: dict[str, _Pending] = field(default_factory=dict)
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -227,7 +229,9 @@ class RelayEmulator:
     than the namespace, as Azure's shared service nodes do (section 1), and only there; a
     control channel with no traffic either way for ``idle_timeout`` seconds is dropped without a
     close frame (section 7, about 4 minutes); with ``rendezvous_reuse`` a sender's later requests
-    on the same connection go over its open request rendezvous socket (section 5.3); every
+    on the same connection go over its open request rendezvous socket (section 5.3); with
+    ``fragment_bodies`` every request body goes out as one binary message cut into several
+    frames at random offsets (section 3.2 allows it, so a listener must reassemble); every
     service error carries a tracking id in its reason (section 3.1). The fault knobs are also
     reachable over HTTP on ``/$admin/...`` (see :meth:`_admin`) and from ``gateway dev relay``.
     """
@@ -252,6 +256,7 @@ class RelayEmulator:
         rendezvous_host: str | None = None,
         idle_timeout: float | None = IDLE_TIMEOUT,
         rendezvous_reuse: bool = True,
+        fragment_bodies: bool = True,
     ) -> None:
         specs = [
             hc if isinstance(hc, HybridConnectionSpec) else HybridConnectionSpec(hc)
@@ -273,6 +278,7 @@ class RelayEmulator:
         self._rendezvous_port = 0
         self.idle_timeout = idle_timeout
         self.rendezvous_reuse = rendezvous_reuse
+        self.fragment_bodies = fragment_bodies
         self._reuse: dict[asyncio.BaseTransport, _Reusable] = {}
         # How requests reached listeners: inline, rendezvous (only form) or reused (section 5.3).
         self.deliveries: Counter[str] = Counter()
@@ -817,7 +823,7 @@ class RelayEmulator:
         try:
             async with listener.send_lock:
                 listener.last_activity = asyncio.get_running_loop().time()
-                await _send_frames(listener.ws, frames)
+                await _send_frames(listener.ws, frames, listener.transport, self._cuts())
         finally:
             if listener.held_for > 0:
                 # A command sent after the listener's close (hold_closes knob), or lost trying.
@@ -825,6 +831,19 @@ class RelayEmulator:
                 if listener.held_for == 0:
                     listener.released.set()
         return True
+
+    def _cuts(self) -> Callable[[int], list[int]] | None:
+        """Where to split the next body message (``fragment_bodies``), or ``None``: whole."""
+        if not self.fragment_bodies:
+            return None
+
+        def cuts(size: int) -> list[int]:
+            # One to three cuts anywhere, ends included: empty first or last frames are legal
+            # (RFC 6455 section 5.4), and .NET ends its streamed bodies with an empty one.
+            count = self._random.randint(1, 3)
+            return sorted(self._random.randint(0, size) for _ in range(count))
+
+        return cuts
 
     def _new_rendezvous(self, rendezvous: _Rendezvous) -> str:
         now = asyncio.get_running_loop().time()
@@ -933,7 +952,8 @@ class RelayEmulator:
         reusable.pending[command.id] = pending
         try:
             async with reusable.send_lock:
-                await _send_frames(reusable.ws, request_frames(command, body or None))
+                frames = request_frames(command, body or None)
+                await _send_frames(reusable.ws, frames, reusable.transport, self._cuts())
             exchange.delivered = True
             async with asyncio.timeout(self.response_timeout):
                 return await pending.future
@@ -1212,12 +1232,13 @@ class RelayEmulator:
         await ws.prepare(request)
         if rendezvous.deliver is not None:
             command, body = rendezvous.deliver
-            await _send_frames(ws, request_frames(command, body))
+            frames = request_frames(command, body)
+            await _send_frames(ws, frames, request.transport, self._cuts())
         limits = ChannelLimits.for_socket(
             SocketKind.RENDEZVOUS, rendezvous_body_limit=self._max_body
         )
         channel = RelayChannel(SocketKind.RENDEZVOUS, limits=limits)
-        reusable = _Reusable(ws, {pending.id: pending})
+        reusable = _Reusable(ws, request.transport, {pending.id: pending})
         # Choice (section 8.8): only sockets that delivered their request are reused. A socket a
         # listener opened just to send a large response is not read by hyco-https afterwards
         # (section 5.3), and Microsoft's own listener works against Azure.
@@ -1300,13 +1321,50 @@ def _command_frames(command: AcceptCommand | RendezvousRequestCommand) -> list[F
     return [Frame(Opcode.TEXT, encode_command(command).encode())]
 
 
-async def _send_frames(ws: web.WebSocketResponse, frames: list[Frame]) -> None:
-    # aiohttp sends whole messages; the core's frames here are always complete (fin) ones.
+async def _send_frames(
+    ws: web.WebSocketResponse,
+    frames: list[Frame],
+    transport: asyncio.BaseTransport | None = None,
+    cuts: Callable[[int], list[int]] | None = None,
+) -> None:
+    """Send the core's (complete) frames; with ``transport`` and ``cuts``, each binary message
+    goes out split at the offsets ``cuts(len(payload))`` gives, as one fragmented message.
+
+    Section 3.2: the service's body message "may be split into several frames" (a binary frame,
+    continuation frames, the last with FIN); aiohttp sends only whole messages, so those frames
+    are written to the connection's transport directly. The caller holds the socket's send lock,
+    and aiohttp writes an uncompressed frame synchronously, so nothing can come between them but
+    control frames (a pong), which RFC 6455 section 5.4 allows inside a fragmented message.
+    """
     for frame in frames:
         if frame.opcode is Opcode.TEXT:
             await ws.send_str(frame.payload.decode("utf-8", "surrogatepass"))
+        elif isinstance(transport, asyncio.WriteTransport) and cuts is not None:
+            if transport.is_closing():
+                raise ConnectionResetError("the socket is closed")
+            transport.write(_fragments(frame.payload, cuts(len(frame.payload))))
         else:
             await ws.send_bytes(frame.payload)
+
+
+def _fragments(payload: bytes, cuts: list[int]) -> bytes:
+    """``payload`` as one binary message of unmasked server frames (RFC 6455 sections 5.2 and
+    5.4), cut at the ascending offsets ``cuts``: a binary frame, then continuation frames."""
+    bounds = [0, *cuts, len(payload)]
+    pieces = [payload[start:end] for start, end in itertools.pairwise(bounds)]
+    out = bytearray()
+    for index, piece in enumerate(pieces):
+        opcode = Opcode.BINARY if index == 0 else Opcode.CONTINUATION
+        fin = 0x80 if index == len(pieces) - 1 else 0
+        size = len(piece)
+        if size < 126:
+            out += bytes((fin | opcode, size))
+        elif size < 65536:
+            out += bytes((fin | opcode, 126)) + size.to_bytes(2, "big")
+        else:
+            out += bytes((fin | opcode, 127)) + size.to_bytes(8, "big")
+        out += piece
+    return bytes(out)
 
 
 def _int_param(raw: str, low: int, high: int) -> int:

@@ -5,6 +5,7 @@ fault knobs reached over HTTP and from ``gateway dev relay`` (protocol notes sec
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
@@ -14,8 +15,11 @@ import aiohttp
 import pytest
 
 from gateway.devkit.relay_emulator import QUOTA_TEXT, RelayEmulator, SasRule
+from gateway.hybridconnection.framing import Opcode
+from gateway.outbound.proxy import OutboundProxy, ProxySettings
 from gateway.relay.backoff import BackoffPolicy
 from gateway.relay.handlers import RelayedRequest, RelayedResponse
+from gateway.relay.websocket import ReceivedFrame, RelayWebSocket, open_relay_socket
 
 from .listener_support import (
     HC,
@@ -242,3 +246,66 @@ async def test_only_a_request_the_control_channel_carried_is_answered_there(
             await control.send_json({"response": answer})
             status, _, _, _ = await asyncio.wait_for(sent, 30)
     assert status == (200 if inline else 504)
+
+
+@pytest.mark.parametrize("size", [1, 5000, 100_000], ids=["tiny", "inline", "rendezvous"])
+async def test_request_bodies_arrive_in_several_frames(
+    http: aiohttp.ClientSession, size: int
+) -> None:
+    # Section 3.2: the body message "may be split into several frames" (binary, continuation,
+    # the last with FIN). The emulator always splits, so a listener that reads only whole
+    # frames fails here rather than against Azure; the production listener reassembles.
+    async with RelayEmulator([HC], [SasRule("gateway", KEY)], seed=3) as emulator:
+        url = f"{emulator.ws_base}/$hc/{HC}?sb-hc-action=listen"
+        control = await open_relay_socket(
+            url,
+            OutboundProxy(ProxySettings()),
+            handshake_timeout=30,
+            max_size=1 << 20,
+            close_timeout=1,
+            headers={"ServiceBusAuthorization": emulator.token(HC)},
+        )
+        try:
+            await emulator.wait_for_listeners(HC, 1)
+            body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+            sent = asyncio.create_task(send_http(http, emulator, "/f", method="POST", data=body))
+            try:
+                parts = await _body_frames(control)
+            finally:
+                sent.cancel()
+                await asyncio.gather(sent, return_exceptions=True)
+            assert [part.opcode for part in parts] == [Opcode.BINARY] + [Opcode.CONTINUATION] * (
+                len(parts) - 1
+            )
+            assert len(parts) >= 2
+            assert b"".join(part.data for part in parts) == body
+        finally:
+            await control.close()
+
+
+async def _body_frames(control: RelayWebSocket) -> list[ReceivedFrame]:
+    """The data frames of the next request body, fetched from a rendezvous if need be."""
+    socket = control
+    frames: list[ReceivedFrame] = []
+    try:
+        while not (frames and frames[-1].fin):
+            received = await asyncio.wait_for(socket.receive(), 30)
+            assert received, "the relay closed the socket"
+            for frame in received:
+                assert isinstance(frame, ReceivedFrame)
+                if frame.opcode is Opcode.TEXT:
+                    command = json.loads(frame.data)["request"]
+                    if "method" not in command:  # the rendezvous-only form: fetch it there
+                        socket = await open_relay_socket(
+                            command["address"],
+                            OutboundProxy(ProxySettings()),
+                            handshake_timeout=30,
+                            max_size=1 << 20,
+                            close_timeout=1,
+                        )
+                elif frame.opcode in (Opcode.BINARY, Opcode.CONTINUATION):
+                    frames.append(frame)
+        return frames
+    finally:
+        if socket is not control:
+            await socket.close()
