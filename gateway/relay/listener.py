@@ -156,7 +156,8 @@ class ListenerMetrics:
     ``decide_error``, ``failed``). ``token_renewals``:
     ``renewToken`` messages sent. ``alerts``: by alert code. ``late_answers``: responses sent
     over a request's rendezvous address because its control channel was gone.
-    ``listen_refusals``: refused listen handshakes by
+    ``early_rendezvous``: answers sent over a request's rendezvous socket opened while its handler
+    still ran (``early_rendezvous_after``). ``listen_refusals``: refused listen handshakes by
     :class:`gateway.hybridconnection.refusals.RefusalKind` value (``quota``, ``unauthorized``,
     ``not_found``, ``other``).
     """
@@ -169,7 +170,18 @@ class ListenerMetrics:
     token_renewals: int = 0
     alerts: Counter[str] = field(default_factory=Counter)
     late_answers: int = 0
+    early_rendezvous: int = 0
     listen_refusals: Counter[str] = field(default_factory=Counter)
+
+
+async def _discard_dial(dial: asyncio.Task[_RelaySocket]) -> None:
+    """Stop an early rendezvous dial that is no longer needed and close what it opened."""
+    dial.cancel()
+    try:
+        socket = await dial
+    except BaseException:  # cancelled or failed: nothing was opened
+        return
+    await socket.close()
 
 
 class _HandshakeRefusedError(Exception):
@@ -277,14 +289,20 @@ class _StreamSocket:
 
 
 class _Deadline:
-    """When one handler's time is up (see :class:`_Deadlines`)."""
+    """When one handler's time is up (see :class:`_Deadlines`).
 
-    __slots__ = ("at", "expired", "task")
+    For an early rendezvous (:meth:`RelayListener._dial_early`) ``address`` is the request's
+    rendezvous address and ``dial`` the task opening it, once it is due.
+    """
 
-    def __init__(self, at: float, task: asyncio.Task[Any]) -> None:
+    __slots__ = ("address", "at", "dial", "expired", "task")
+
+    def __init__(self, at: float, task: asyncio.Task[Any], address: str | None = None) -> None:
         self.at = at
         self.task: asyncio.Task[Any] | None = task  # None once the handler has returned
         self.expired = False
+        self.address = address
+        self.dial: asyncio.Task[_RelaySocket] | None = None
 
 
 class _Deadlines:
@@ -297,20 +315,24 @@ class _Deadlines:
     :attr:`_Deadline.expired` tells that cancellation from any other. Finished entries leave
     the queue from its head; a slow handler at the head would keep those behind it, so the
     queue is rebuilt past twice the running handlers (its memory stays bounded by them).
+
+    With ``on_due`` a due entry is handed to it instead of cancelling its handler (the early
+    rendezvous of :meth:`RelayListener._dial_early`).
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, on_due: Callable[[_Deadline], None] | None = None) -> None:
         self._seconds = seconds
+        self._on_due = on_due
         self._queue: deque[_Deadline] = deque()
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
 
-    def start(self, task: asyncio.Task[Any]) -> _Deadline:
+    def start(self, task: asyncio.Task[Any], address: str | None = None) -> _Deadline:
         """The deadline of ``task``'s handler, which starts now."""
         # The task's own loop: asyncio.get_running_loop() makes a getpid() system call on every
         # call (Python 3.11 checks for a fork), and this runs once per request.
         loop = task.get_loop()
-        deadline = _Deadline(loop.time() + self._seconds, task)
+        deadline = _Deadline(loop.time() + self._seconds, task, address)
         self._queue.append(deadline)
         self._running += 1
         if self._timer is None:
@@ -345,7 +367,10 @@ class _Deadlines:
                 return
             queue.popleft()
             head.expired = True
-            task.cancel()
+            if self._on_due is None:
+                task.cancel()
+            else:
+                self._on_due(head)
 
     def cancel(self) -> None:
         """Stop the timer (the listener is stopping)."""
@@ -433,6 +458,14 @@ class RelayListener:
         self._draining = False
         self._stopping = asyncio.Event()
         self._deadlines = _Deadlines(settings.request_timeout)
+        # Section 7: a request's rendezvous address is valid for about 30 s only, so an answer
+        # ready later cannot open it: a handler still running after early_rendezvous_after has
+        # the address opened then, and its answer goes there whatever its size (_dial_early).
+        self._early = (
+            _Deadlines(settings.early_rendezvous_after, on_due=self._dial_early)
+            if settings.early_rendezvous_after < settings.request_timeout
+            else None
+        )
         # The loop the listener runs on, kept by start(): looking it up per request costs a
         # getpid() system call each time (see _Deadlines.start).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -506,6 +539,8 @@ class RelayListener:
         # of _work (see _handle_request); a restarted listener must not find it there.
         self._work.difference_update([task for task in self._work if task.done()])
         self._deadlines.cancel()
+        if self._early is not None:
+            self._early.cancel()
         self._started = False
 
     # -- control channels -----------------------------------------------------------------
@@ -1090,16 +1125,67 @@ class RelayListener:
         # waiting; each further await of a coroutine would cost a frame and a call per request.
         task = asyncio.current_task(self._loop)
         assert task is not None  # always run in the request's own task (see _dispatch)
+        timers = self._early
+        early = None if timers is None else timers.start(task, command.address)
         try:
-            response, outcome = await self._handler_answer(command, body, task)
+            try:
+                response, outcome = await self._handler_answer(command, body, task)
+            finally:
+                if timers is not None and early is not None:
+                    timers.finish(early)
             if outcome != "ok":
                 self._refused_here("http", command.id, (response, outcome), command.method)
+            if early is not None and early.dial is not None:
+                dial, early.dial = early.dial, None
+                await self._answer_early(command, dial, response, control, outcome)
+                return
             prepared = prepare_response(command.id, response)
             if not self._sent_at_once(control, prepared, outcome):
                 await self._send_response(command, response, control, outcome, prepared)
         finally:
             self._requests_in_flight -= 1
             self._work.discard(task)
+            if early is not None and early.dial is not None:
+                await _discard_dial(early.dial)
+
+    def _dial_early(self, deadline: _Deadline) -> None:
+        """Open the rendezvous address of a request whose handler is still running.
+
+        Section 7: the address is valid for about 30 s; an answer that is ready after that and
+        needs the rendezvous (over 64 KiB, or streamed, section 5.3) could no longer open it,
+        and its sender would get the relay's 504. Once this socket is open the answer goes over
+        it whatever its size: a request rendezvous that is opened and closed without one costs
+        the sender its connection (section 5.3).
+        """
+        address = deadline.address
+        if address is None:
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        deadline.dial = loop.create_task(self._dial_rendezvous(address))
+
+    async def _answer_early(
+        self,
+        command: RequestCommand,
+        dial: asyncio.Task[_RelaySocket],
+        response: RelayedResponse,
+        control: _RelaySocket,
+        outcome: str,
+    ) -> None:
+        """Answer over the socket :meth:`_dial_early` opened; if it could not be opened, as if
+        it had never been tried (the control channel for a small answer)."""
+        try:
+            socket = await dial
+        except Exception as exc:
+            log.warning(
+                "early_rendezvous_failed request_id=%s error=%s",
+                command.id,
+                type(exc).__name__,
+                extra={"event": "early_rendezvous_failed", "request_id": command.id},
+            )
+            await self._send_response(command, response, control, outcome)
+            return
+        self.metrics.early_rendezvous += 1
+        await self._send_response(command, response, control, outcome, opened=socket)
 
     def _sent_at_once(
         self, control: _RelaySocket, prepared: PreparedResponse, outcome: str
@@ -1122,14 +1208,23 @@ class RelayListener:
         control: _RelaySocket,
         outcome: str,
         prepared: PreparedResponse | None = None,
+        *,
+        opened: _RelaySocket | None = None,
     ) -> None:
-        """Answer on the control channel when small, else over the request's rendezvous."""
+        """Answer on the control channel when small, else over the request's rendezvous;
+        over ``opened`` (the request's rendezvous, open already: :meth:`_dial_early`) always."""
         body = response.body
         if prepared is None:
             prepared = prepare_response(command.id, response)
-            if self._sent_at_once(control, prepared, outcome):
+            if opened is None and self._sent_at_once(control, prepared, outcome):
                 return
         try:
+            if opened is not None:
+                try:
+                    await self._write_response(opened, command.id, response, outcome, prepared)
+                finally:
+                    await opened.close()
+                return
             if prepared.route is ResponseRoute.CONTROL:
                 if await self._try_control(control, command.id, response, outcome, prepared):
                     return

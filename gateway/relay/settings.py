@@ -32,6 +32,9 @@ __all__ = ["MAX_LISTENERS_PER_HC", "RELAY_RESPONSE_DEADLINE", "ListenerSettings"
 MAX_LISTENERS_PER_HC: Final = 25
 # Section 5.1: the relay answers 504 if the `response` JSON has not arrived 60 s after the request.
 RELAY_RESPONSE_DEADLINE: Final = 60.0
+# Section 7: a rendezvous address is valid for a short time after it is handed out ("assume
+# 30 s at most").
+RENDEZVOUS_ADDRESS_VALIDITY: Final = 30.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,12 @@ class ListenerSettings:
     answered 503 at once. ``max_concurrent_streams``: accepted WebSockets at once; beyond it new
     ``accept`` messages are rejected with 503.
     ``request_timeout``: how long a handler may take before the listener answers 504 itself; must
-    leave room under the relay's 60 s deadline. ``stream_decision_timeout``: bound for
+    leave room under the relay's 60 s deadline. ``early_rendezvous_after``: a handler still
+    running this many seconds after its request arrived on the control channel has the request's
+    rendezvous address opened then, and its answer goes over that socket whatever its size: the
+    address is valid for about 30 s only (section 7), so an answer over 64 KiB (or streamed)
+    that is ready later could not reach the sender; must stay below 30 s, with room for the
+    handshake. ``stream_decision_timeout``: bound for
     ``StreamHandler.decide`` (rendezvous addresses expire after ~30 s, section 4).
     ``send_timeout``: bound for writing one response (JSON plus body) to a socket.
     ``shutdown_grace``: how long :meth:`RelayListener.stop` waits for in-flight work.
@@ -90,6 +98,7 @@ class ListenerSettings:
     max_concurrent_requests: int = 100
     max_concurrent_streams: int = 200
     request_timeout: float = 50.0
+    early_rendezvous_after: float = 15.0
     stream_decision_timeout: float = 10.0
     send_timeout: float = 30.0
     shutdown_grace: float = 30.0
@@ -119,6 +128,7 @@ class ListenerSettings:
             "handshake_timeout",
             "token_timeout",
             "request_timeout",
+            "early_rendezvous_after",
             "stream_decision_timeout",
             "send_timeout",
             "violation_window",
@@ -127,6 +137,8 @@ class ListenerSettings:
                 raise ValueError(f"{name} must be positive")
         if self.shutdown_grace < 0:
             raise ValueError("shutdown_grace must not be negative")
+        if self.early_rendezvous_after >= RENDEZVOUS_ADDRESS_VALIDITY:
+            raise ValueError("early_rendezvous_after must stay below the 30 s address validity")
         if self.request_timeout >= RELAY_RESPONSE_DEADLINE:
             raise ValueError("request_timeout must stay below the relay's 60 s deadline")
         if self.max_request_body < CONTROL_CHANNEL_BODY_LIMIT:

@@ -137,6 +137,8 @@ def test_settings_for_a_dev_endpoint_trust_exactly_that_endpoint() -> None:
         {"renew_at": 1.0},
         {"ping_timeout": 0.0},
         {"request_timeout": 60.0},
+        {"early_rendezvous_after": 30.0},
+        {"early_rendezvous_after": 0.0},
         {"max_request_body": 1024},
         {"max_concurrent_requests": 0},
         {"relay_domain": ".net"},
