@@ -101,6 +101,12 @@ TIMEOUT_TEXT: Final = (
     "The request was routed to the listener but the listener did not respond in the required time."
 )
 
+# Section 3.2: the service has added fields the protocol guide does not list (remoteEndpoint),
+# and listeners must ignore members they do not know (.NET and Java do); with unknown_fields
+# every accept and request carries this one, an object of mixed values, so a listener that
+# refuses (or chokes on) an unknown member fails here rather than on the service's next field.
+UNKNOWN_FIELD: Final = b'"emulatorUnknownField":{"list":[1,true,null,"x"],"nested":{"n":1.5}}'
+
 _TARGETING: Final = frozenset(
     {"microsoft-relay-allowedlisteners", "microsoft-relay-disallowedlisteners"}
 )
@@ -231,7 +237,9 @@ class RelayEmulator:
     close frame (section 7, about 4 minutes); with ``rendezvous_reuse`` a sender's later requests
     on the same connection go over its open request rendezvous socket (section 5.3); with
     ``fragment_bodies`` every request body goes out as one binary message cut into several
-    frames at random offsets (section 3.2 allows it, so a listener must reassemble); every
+    frames at random offsets (section 3.2 allows it, so a listener must reassemble); with
+    ``unknown_fields`` every ``accept`` and ``request`` carries a member no listener knows
+    (:data:`UNKNOWN_FIELD`: the service adds fields, section 3.2); every
     service error carries a tracking id in its reason (section 3.1). The fault knobs are also
     reachable over HTTP on ``/$admin/...`` (see :meth:`_admin`) and from ``gateway dev relay``.
     """
@@ -257,6 +265,7 @@ class RelayEmulator:
         idle_timeout: float | None = IDLE_TIMEOUT,
         rendezvous_reuse: bool = True,
         fragment_bodies: bool = True,
+        unknown_fields: bool = True,
     ) -> None:
         specs = [
             hc if isinstance(hc, HybridConnectionSpec) else HybridConnectionSpec(hc)
@@ -279,6 +288,7 @@ class RelayEmulator:
         self.idle_timeout = idle_timeout
         self.rendezvous_reuse = rendezvous_reuse
         self.fragment_bodies = fragment_bodies
+        self.unknown_fields = unknown_fields
         self._reuse: dict[asyncio.BaseTransport, _Reusable] = {}
         # How requests reached listeners: inline, rendezvous (only form) or reused (section 5.3).
         self.deliveries: Counter[str] = Counter()
@@ -832,6 +842,18 @@ class RelayEmulator:
                     listener.released.set()
         return True
 
+    def _extend(self, frames: list[Frame]) -> list[Frame]:
+        """With ``unknown_fields``, the command (the first frame) with :data:`UNKNOWN_FIELD`
+        added to its payload object, after its command name (``{"request":{`` ...)."""
+        if not self.unknown_fields:
+            return frames
+        command, *rest = frames
+        head, sep, tail = command.payload.partition(b":{")
+        if not sep or not tail.startswith(b'"'):
+            return frames  # an empty payload object: nothing to put a comma after
+        payload = head + sep + UNKNOWN_FIELD + b"," + tail
+        return [Frame(command.opcode, payload, command.fin), *rest]
+
     def _cuts(self) -> Callable[[int], list[int]] | None:
         """Where to split the next body message (``fragment_bodies``), or ``None``: whole."""
         if not self.fragment_bodies:
@@ -952,7 +974,7 @@ class RelayEmulator:
         reusable.pending[command.id] = pending
         try:
             async with reusable.send_lock:
-                frames = request_frames(command, body or None)
+                frames = self._extend(request_frames(command, body or None))
                 await _send_frames(reusable.ws, frames, reusable.transport, self._cuts())
             exchange.delivered = True
             async with asyncio.timeout(self.response_timeout):
@@ -993,10 +1015,11 @@ class RelayEmulator:
         try:
             if inline:
                 full = dataclasses.replace(command, address=address)
-                sent = await self._send_to_listener(listener, request_frames(full, payload))
+                frames = self._extend(request_frames(full, payload))
+                sent = await self._send_to_listener(listener, frames)
             else:
                 only = RendezvousRequestCommand(address=address, id=command.id)
-                sent = await self._send_to_listener(listener, _command_frames(only))
+                sent = await self._send_to_listener(listener, self._extend(_command_frames(only)))
             if exchange is not None:
                 exchange.delivered = sent
             async with asyncio.timeout(self.response_timeout):
@@ -1131,7 +1154,7 @@ class RelayEmulator:
             remote_endpoint=_remote(request),
         )
         try:
-            await self._send_to_listener(listener, _command_frames(command))
+            await self._send_to_listener(listener, self._extend(_command_frames(command)))
             # Choice (section 12.6): a listener that never answers the accept costs the sender
             # a 504 once the rendezvous address expires.
             async with asyncio.timeout(self.rendezvous_ttl):
@@ -1232,7 +1255,7 @@ class RelayEmulator:
         await ws.prepare(request)
         if rendezvous.deliver is not None:
             command, body = rendezvous.deliver
-            frames = request_frames(command, body)
+            frames = self._extend(request_frames(command, body))
             await _send_frames(ws, frames, request.transport, self._cuts())
         limits = ChannelLimits.for_socket(
             SocketKind.RENDEZVOUS, rendezvous_body_limit=self._max_body

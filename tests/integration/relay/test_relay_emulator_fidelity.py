@@ -309,3 +309,27 @@ async def _body_frames(control: RelayWebSocket) -> list[ReceivedFrame]:
     finally:
         if socket is not control:
             await socket.close()
+
+
+async def test_commands_carry_a_member_no_listener_knows(
+    relay: RelayEmulator, http: aiohttp.ClientSession
+) -> None:
+    # Section 3.2: the service has added fields the guide does not list (remoteEndpoint); a
+    # listener must ignore members it does not know. Every accept and request here has one.
+    url = f"{relay.ws_base}/$hc/{HC}?sb-hc-action=listen"
+    headers = {"ServiceBusAuthorization": relay.token(HC)}
+    async with http.ws_connect(url, headers=headers) as control:
+        await relay.wait_for_listeners(HC, 1)
+        sent = asyncio.create_task(send_http(http, relay, "/u"))
+        request = (await control.receive_json(timeout=30))["request"]
+        stream = asyncio.create_task(
+            http.ws_connect(f"{relay.ws_base}/$hc/{HC}?sb-hc-action=connect", headers=headers)
+        )
+        accept = (await control.receive_json(timeout=30))["accept"]
+        for task in (sent, stream):
+            task.cancel()
+        await asyncio.gather(sent, stream, return_exceptions=True)
+    for command in (request, accept):
+        assert command["emulatorUnknownField"]["list"] == [1, True, None, "x"]
+    assert request["method"] == "GET"
+    assert accept["id"]
