@@ -484,6 +484,9 @@ class ControlPlaneSimulator:
         self.faults = Faults()
         self.signing_alg = signing_alg
         self.signing_key = _new_signing_key(signing_alg)
+        # Further published keys (add_signing_key), each with the gateways it is published to
+        # (None: every gateway).
+        self._further_keys: list[tuple[SigningKeyPair, frozenset[str] | None]] = []
         self.request_secret_lifetime = dt.timedelta(days=30)
         self._request_secrets: dict[str, list[RequestSecretKey]] = {}
         self.persons: dict[str, Person] = {}
@@ -545,6 +548,25 @@ class ControlPlaneSimulator:
         new one, so a gateway that refreshes its keys revokes the old one."""
         self.signing_key = _new_signing_key(self.signing_alg)
         return self.signing_key
+
+    def add_signing_key(
+        self, alg: SigningAlgorithm, *, gateway_ids: Iterable[str] | None = None
+    ) -> SigningKeyPair:
+        """Publish a further request-signing key of ``alg`` beside the current one (EmpowerID
+        signing with two keys at once, as during a move of its key into an HSM), to the gateways
+        ``gateway_ids`` only when given. :meth:`rotate_signing_key` leaves it published."""
+        pair = _new_signing_key(alg)
+        scope = None if gateway_ids is None else frozenset(gateway_ids)
+        self._further_keys.append((pair, scope))
+        return pair
+
+    def published_keys(self, gateway_id: str) -> list[dict[str, str]]:
+        """The signing-key documents published to ``gateway_id``: the current key first."""
+        return [self.signing_key.public_document()] + [
+            pair.public_document()
+            for pair, scope in self._further_keys
+            if scope is None or gateway_id in scope
+        ]
 
     def request_secret(self, gateway_id: str) -> RequestSecretKey:
         """The current hmac-sha256 key of ``gateway_id`` (made on first use): what EmpowerID
@@ -735,7 +757,7 @@ class ControlPlaneSimulator:
             "gateway_id": gateway_id,
             "certificate_chain": _pem(cert),
             "ca_certificate": self.ca.pem.decode("ascii"),
-            "signing_keys": [self.signing_key.public_document()],
+            "signing_keys": self.published_keys(gateway_id),
             "relay": {"namespace": self.relay_namespace, "hybrid_connection": hybrid_connection},
         }
         return web.json_response(document, status=201)
@@ -837,7 +859,7 @@ class ControlPlaneSimulator:
         gateway_id = self._mtls_gateway(request)
         if isinstance(gateway_id, web.Response):
             return gateway_id
-        return web.json_response({"keys": [self.signing_key.public_document()]})
+        return web.json_response({"keys": self.published_keys(gateway_id)})
 
     async def _request_secrets_answer(self, request: web.Request) -> web.Response:
         # Only over mTLS and only the caller's own keys: the certificate names the gateway.

@@ -115,6 +115,27 @@ async def test_a_rotation_to_an_rsa_pss_key_is_pinned_as_rsa_pss(
     assert pinned[new.keyid].alg == "rsa-pss-sha512"
 
 
+async def test_a_further_rsa_pss_key_is_published_beside_the_current_one(
+    simulator: ControlPlaneSimulator, identity: StoredIdentity, make_settings: Settings
+) -> None:
+    # Two keys at once (the Ed25519 key and an HSM-held RSA key), a key scoped to another
+    # gateway left out: the gateway pins exactly what is published to it.
+    further = simulator.add_signing_key("rsa-pss-sha512", gateway_ids=["gw-1"])
+    simulator.add_signing_key("ecdsa-p256-sha256", gateway_ids=["gw-2"])
+    store = IdentityStore(make_settings().state_dir)
+    async with mtls_client(identity, timeouts=TEST_TIMEOUTS) as client:
+        keys = await refresh_signing_keys(store, client)
+    expected = [(simulator.signing_key.keyid, "ed25519"), (further.keyid, "rsa-pss-sha512")]
+    assert [(key.keyid, key.alg) for key in keys] == expected
+    pinned = signing_keyset(keys)
+    assert [(keyid, pinned[keyid].alg) for keyid in pinned] == expected
+    # A rotation replaces the current key and keeps the further one.
+    simulator.rotate_signing_key()
+    async with mtls_client(identity, timeouts=TEST_TIMEOUTS) as client:
+        keys = await refresh_signing_keys(store, client)
+    assert [key.keyid for key in keys] == [simulator.signing_key.keyid, further.keyid]
+
+
 async def test_expired_client_certificate_is_not_attempted(
     simulator: ControlPlaneSimulator, identity: StoredIdentity, make_settings: Settings
 ) -> None:
