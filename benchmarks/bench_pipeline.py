@@ -8,17 +8,22 @@ Each component runs in its own process on 127.0.0.1:
 * ``gateway``: ``gateway register`` once, then ``gateway run`` with the demo's configuration shape
   (embedded Rego policy, decision log to a file, JSON logs, health endpoint);
 * the load generator in this process: EmpowerID's side, signing every request (RFC 9421, Ed25519,
-  or hmac-sha256 with the gateway's own key) as :class:`gateway.devkit.saas.SaaSClient` does.
+  RSA-PSS, or hmac-sha256 with the gateway's own key) as :class:`gateway.devkit.saas.SaaSClient`
+  does.
 
 Scenarios, interleaved per repetition, at 1 and 32 requests in flight: ``direct`` (the load
 generator calls the sample HTTP target itself), ``gateway`` (``GET /{hc}/erp/api/accounts`` through
 the relay emulator, the gateway's signature check, canonicalisation, policy decision with a warm
 decision cache, and the forward), ``gateway-hmac`` (the same, signed with the gateway's own
-hmac-sha256 key: ``signatures.hmac_sha256`` is on), and, on the same emulator and target, two bare
+hmac-sha256 key: ``signatures.hmac_sha256`` is on), ``gateway-rsa`` (the same, signed with
+``rsa-pss-sha512`` by a 2048-bit RSA key the control plane publishes to this gateway beside its
+Ed25519 key, as an EmpowerID key held in Azure Key Vault signs), and, on the same emulator and
+target, two bare
 listeners that forward every relayed request to the same target URL without any check: ``listener``
 (our :class:`gateway.relay.listener.RelayListener` alone, as in ``bench_relay.py``) and ``hyco``
 (Microsoft's hyco-https 1.4.5 on Node, skipped when Node or its packages are missing). The report's
-ratio lines compare the gateway's CPU per request (Ed25519, then hmac-sha256) with hyco-https's,
+ratio lines compare the gateway's CPU per request (Ed25519, then hmac-sha256, then RSA-PSS) with
+hyco-https's,
 run by run. Requests are signed just before each timed run, so the load generator's signing cost
 stays out of the measured window. The gateway's CPU time comes from ``/proc/PID/stat`` (user +
 system, all threads) and its memory from ``VmRSS`` in ``/proc/PID/status``: idle after start, the
@@ -73,7 +78,7 @@ from bench_relay import (
     start_hyco,
 )
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from harness import (
     CLOCK_TICKS,
     Sample,
@@ -108,15 +113,16 @@ PATHS = (
     "gateway",
     "gateway-base",
     "gateway-hmac",
+    "gateway-rsa",
     "gateway-asyncio",
     "listener",
     "listener-base",
     "hyco",
 )
-# The signed paths: Ed25519 with the control plane's key, hmac-sha256 with the gateway's own, and
-# Ed25519 to the second gateway, which runs on asyncio's loop (--asyncio) or is another
-# commit's (--baseline).
-SIGNED = ("gateway", "gateway-base", "gateway-hmac", "gateway-asyncio")
+# The signed paths: Ed25519 with the control plane's key, hmac-sha256 with the gateway's own,
+# RSA-PSS with the control plane's second key, and Ed25519 to the second gateway, which runs on
+# asyncio's loop (--asyncio) or is another commit's (--baseline).
+SIGNED = ("gateway", "gateway-base", "gateway-hmac", "gateway-rsa", "gateway-asyncio")
 
 
 # --- child processes ---------------------------------------------------------------------
@@ -171,6 +177,17 @@ async def run_services(workdir: Path) -> None:
                 serialization.NoEncryption(),
             )
             (workdir / "signing-key.pem").write_bytes(pem)
+            # A second, RSA-PSS key (rsa-pss-sha512, as a key in Azure Key Vault signs: PS512),
+            # published to the first gateway only: a --baseline commit's gateway may not know
+            # the algorithm, and would refuse the whole key set.
+            second = simulator.add_signing_key("rsa-pss-sha512", gateway_ids=[GATEWAY_ID])
+            rsa_pem = second.private_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            (workdir / "rsa-signing-key.pem").write_bytes(rsa_pem)
+            (workdir / "rsa-keyid").write_text(second.keyid, encoding="utf-8")
             # The gateway's own hmac-sha256 key (signatures.hmac_sha256), as EmpowerID holds it.
             shared = simulator.request_secret(GATEWAY_ID)
             (workdir / "hmac-key").write_text(
@@ -427,6 +444,7 @@ class Load:
             "direct": URL(f"http://127.0.0.1:{http_port}{TARGET_PATH}", encoded=True),
             "gateway": URL(f"{relay}/{HC}/erp{TARGET_PATH}", encoded=True),
             "gateway-hmac": URL(f"{relay}/{HC}/erp{TARGET_PATH}", encoded=True),
+            "gateway-rsa": URL(f"{relay}/{HC}/erp{TARGET_PATH}", encoded=True),
             "gateway-asyncio": URL(f"{relay}/{HC_ASYNCIO}/erp{TARGET_PATH}", encoded=True),
             "gateway-base": URL(f"{relay}/{HC_GATEWAY_BASE}/erp{TARGET_PATH}", encoded=True),
             "listener": URL(f"{relay}/{HC_OURS}{TARGET_PATH}", encoded=True),
@@ -437,6 +455,7 @@ class Load:
         self.hcs = {
             "gateway": HC,
             "gateway-hmac": HC,
+            "gateway-rsa": HC,
             "gateway-asyncio": HC_ASYNCIO,
             "gateway-base": HC_GATEWAY_BASE,
         }
@@ -445,7 +464,11 @@ class Load:
             for hc in (HC, HC_ASYNCIO, HC_GATEWAY_BASE)
         }
         # The process whose CPU each path measures (the others are added once started).
-        self.pids: dict[str, int] = {"gateway": gateway_pid, "gateway-hmac": gateway_pid}
+        self.pids: dict[str, int] = {
+            "gateway": gateway_pid,
+            "gateway-hmac": gateway_pid,
+            "gateway-rsa": gateway_pid,
+        }
         self.ws_base = f"ws://127.0.0.1:{relay_port}"
         self.signers = signers
         self.signer = signers["gateway"]
@@ -690,11 +713,17 @@ async def benchmark(
             )
             assert isinstance(key, ed25519.Ed25519PrivateKey)
             hmac_keyid, hmac_secret = (workdir / "hmac-key").read_text(encoding="utf-8").split()
+            rsa_key = serialization.load_pem_private_key(
+                (workdir / "rsa-signing-key.pem").read_bytes(), None
+            )
+            assert isinstance(rsa_key, rsa.RSAPrivateKey)
+            rsa_keyid = (workdir / "rsa-keyid").read_text(encoding="utf-8")
             signers = {
                 "gateway": RequestSigner(key, keyid=keyid, gateway_id=GATEWAY_ID),
                 "gateway-hmac": RequestSigner(
                     base64.b64decode(hmac_secret), keyid=hmac_keyid, gateway_id=GATEWAY_ID
                 ),
+                "gateway-rsa": RequestSigner(rsa_key, keyid=rsa_keyid, gateway_id=GATEWAY_ID),
                 "gateway-asyncio": RequestSigner(key, keyid=keyid, gateway_id=GATEWAY_ASYNCIO),
                 "gateway-base": RequestSigner(key, keyid=keyid, gateway_id=GATEWAY_BASE),
             }
@@ -813,6 +842,8 @@ def render(results: Results, command: str) -> str:
         "",
         results.ratio_line("gateway-hmac"),
         "",
+        results.ratio_line("gateway-rsa"),
+        "",
         *(
             line
             for path in ("gateway-asyncio", "gateway-base")
@@ -927,8 +958,10 @@ def render(results: Results, command: str) -> str:
         "file, JSON logs at info). Every relayed request carries a fresh RFC 9421 signature",
         "(nonce, created/expires) made before the timed run: Ed25519 with the control plane's",
         "key on `gateway`, hmac-sha256 with the gateway's own key (`signatures.hmac_sha256`,",
-        "fetched by the gateway over mTLS) on `gateway-hmac`; the same gateway process serves",
-        "both, so the two differ only in the signature check. Gateway CPU = user +",
+        "fetched by the gateway over mTLS) on `gateway-hmac`, rsa-pss-sha512 with a 2048-bit",
+        "RSA key the control plane publishes beside its Ed25519 key on `gateway-rsa`; the same",
+        "gateway process serves all three, so they differ only in the signature check. Gateway",
+        "CPU = user +",
         "system time of the `gateway run` process from `/proc/PID/stat` across a run divided",
         f"by the requests completed (clock tick {1000 / CLOCK_TICKS:.0f} ms). On a 2-CPU machine",
         "the relay emulator, target, load generator and gateway compete for the same cores, so",
