@@ -816,7 +816,10 @@ class LdapRecord(AuditRecord):
             "scope": request.scope or None,
             "attributes": list(request.attributes),
             "changes": [[change.operation, change.attribute] for change in request.changes],
-            "filter_attributes": sorted(request.filter.attributes()) if request.filter else [],
+            # Sort keys are judged as filter attributes (policy_input), so replay reads them here.
+            "filter_attributes": sorted(
+                {*(request.filter.attributes() if request.filter else ()), *request.sort_keys}
+            ),
             "new_rdn": request.new_rdn or None,
             "new_superior": request.new_superior,
             "extended_oid": request.request_name or None,

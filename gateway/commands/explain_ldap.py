@@ -50,7 +50,7 @@ LDAP_REASON_TEXT: dict[str, str] = {
     "ldap_new_superior_not_granted": "the entry's new place is not in the rule's new_superiors",
     "ldap_never_reachable": "the entry is in (or above) a subtree that is never reachable",
     "ldap_attribute_never_returned": "a never-returned attribute is requested or compared",
-    "ldap_filter_never_returned": "the filter tests a never-returned attribute",
+    "ldap_filter_never_returned": "the filter tests (or a sort orders by) a never-returned type",
     "ldap_control_refused": "a control that is neither paged results nor listed in ldap.controls",
     "ldap_starttls_refused": "StartTLS from the SaaS: the gateway owns TLS",
     "ldap_extended_refused": "the extended operation is not listed in ldap.extended_operations",
@@ -113,6 +113,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--control", action="append", default=[], metavar="OID", help="a request control"
     )
+    group.add_argument(
+        "--sort-key",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="search: an attribute a server-side sort control (RFC 2891) orders by; repeatable",
+    )
     group.add_argument("--size-limit", type=int, default=0, metavar="N", help="search sizeLimit")
     group.add_argument("--time-limit", type=int, default=0, metavar="S", help="search timeLimit")
     group.add_argument(
@@ -145,6 +152,7 @@ def question(args: argparse.Namespace, config: gwconfig.GatewayConfig) -> LdapQu
         new_rdn=args.new_rdn,
         new_superior=args.new_superior,
         controls=tuple(args.control),
+        sort_keys=tuple(args.sort_key),
         size_limit=args.size_limit,
         time_limit=args.time_limit,
         bound_as=bound or None,
@@ -292,6 +300,8 @@ def _details(asked: LdapQuestion) -> str:
         parts.append(f"to {asked.new_rdn or '(same RDN)'} under {asked.new_superior or '(same)'}")
     if asked.controls:
         parts.append(f"controls {', '.join(asked.controls)}")
+    if asked.sort_keys:
+        parts.append(f"sorted by {', '.join(asked.sort_keys)}")
     if not asked.inner_tls:
         parts.append("without the inner TLS")
     return "; ".join(parts)

@@ -363,3 +363,23 @@ def _ldap_message() -> univ.Sequence:
 #: The specification every PDU is decoded against. pyasn1 specification objects are immutable
 #: templates, so one shared instance serves every connection.
 LDAP_MESSAGE = _ldap_message()
+
+
+def _sort_key_list() -> univ.SequenceOf:
+    # RFC 2891 section 1.1, the server-side sort request control's value:
+    # SortKeyList ::= SEQUENCE OF SEQUENCE { attributeType AttributeDescription,
+    #     orderingRule [0] MatchingRuleId OPTIONAL, reverseOrder [1] BOOLEAN DEFAULT FALSE }
+    return univ.SequenceOf(
+        componentType=univ.Sequence(
+            componentType=namedtype.NamedTypes(
+                namedtype.NamedType("attributeType", univ.OctetString()),
+                namedtype.OptionalNamedType("orderingRule", _octets(0)),
+                namedtype.DefaultedNamedType(
+                    "reverseOrder", univ.Boolean(False).subtype(implicitTag=_ctx(1))
+                ),
+            )
+        )
+    )
+
+
+SORT_KEY_LIST = _sort_key_list()

@@ -20,11 +20,14 @@ from pyasn1.codec.ber import encoder
 from pyasn1.type import univ
 
 from gateway.ldap import ber
-from gateway.ldap.asn1 import LDAP_MESSAGE, MAX_INT
+from gateway.ldap.asn1 import LDAP_MESSAGE, MAX_INT, SORT_KEY_LIST
 from gateway.ldap.errors import LdapProtocolError, LdapRefusedError
 
 # RFC 4511 section 4.4.1: the Notice of Disconnection's responseName.
 NOTICE_OF_DISCONNECTION = "1.3.6.1.4.1.1466.20036"
+# RFC 2891: the server-side sort request control (its value names the sort keys; VLV, which
+# needs it, seeks by the first of them).
+SORT_CONTROL = "1.2.840.113556.1.4.473"
 
 
 class ResultCode(enum.IntEnum):
@@ -208,6 +211,7 @@ class Request:
     time_limit: int = 0
     types_only: bool = False
     filter: FilterNode | None = None
+    sort_keys: tuple[str, ...] = ()  # search: the attribute types a sort control orders by
     attributes: tuple[str, ...] = ()  # search selectors, add's attribute types, compare's type
     # compare (4.10): the asserted value may be a guessed secret, so it is never shown
     assertion: bytes = field(default=b"", repr=False)
@@ -421,6 +425,39 @@ def _filter(node: Any, budget: list[int], message_id: int) -> FilterNode:
     )
 
 
+def _sort_keys(controls: tuple[Control, ...], limits: Limits, message_id: int) -> tuple[str, ...]:
+    """The attribute types the server-side sort controls of a search order by (RFC 2891 1.1).
+
+    Sorting by an attribute is an oracle for its values just as a filter on it is (the order of
+    the returned entries, and VLV's seek by value, follow the values), so the policy judges sort
+    keys with the attributes a filter tests. A sort control whose value cannot be read is
+    refused: the gateway would not know what the directory orders by.
+    """
+    keys: list[str] = []
+    for control in controls:
+        if control.oid != SORT_CONTROL:
+            continue
+        if control.value is None:
+            raise LdapRefusedError(
+                "ldap-sort-control-malformed",
+                "a sort control without a value",
+                message_id=message_id,
+            )
+        try:
+            decoded, rest = ber.decode(control.value, asn1Spec=SORT_KEY_LIST)
+        except (asn1_error.PyAsn1Error, RecursionError, ValueError, TypeError):
+            decoded, rest = None, b"?"
+        if decoded is None or rest:
+            raise LdapRefusedError(
+                "ldap-sort-control-malformed",
+                "a sort control value that is not a SortKeyList",
+                message_id=message_id,
+            )
+        _bounded(len(keys) + len(decoded), limits, "sort keys", message_id)
+        keys.extend(_text(item["attributeType"]) for item in decoded)
+    return tuple(keys)
+
+
 def _bounded(count: int, limits: Limits, what: str, message_id: int) -> None:
     if count > limits.max_attributes:
         raise LdapRefusedError(
@@ -502,6 +539,7 @@ def _request(message: Any, message_id: int, operation: Operation, limits: Limits
             time_limit=_ranged(op["timeLimit"], 0, MAX_INT, "timeLimit"),
             types_only=bool(op["typesOnly"]),
             filter=_filter(op["filter"], [limits.max_filter_nodes], message_id),
+            sort_keys=_sort_keys(controls, limits, message_id),
             attributes=tuple(_text(item) for item in attributes),
         )
     if operation is Operation.MODIFY:

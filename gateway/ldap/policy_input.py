@@ -178,8 +178,11 @@ def _document(request: Request, rules: MatchingRules) -> dict[str, Any]:
         document["types_only"] = request.types_only
         document["selection"] = _selection(request.attributes)
         node = request.filter
+        tested = tuple(node.attributes()) if node else ()
         document["filter"] = {
-            "attributes": _attribute_set(tuple(node.attributes())) if node else [],
+            # RFC 2891: a sort key orders the answer by its values, an oracle like a filter
+            # test, so it is judged as one (filter_attributes, never_returned).
+            "attributes": _attribute_set(tested + request.sort_keys),
             "terms": sum(1 for _ in node.walk()) if node else 0,
             "depth": node.depth() if node else 0,
             "extensible_rules": sorted(

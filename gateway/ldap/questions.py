@@ -23,6 +23,7 @@ from gateway.ldap.codec import (
     CHANGE_TYPES,
     DEREF_ALIASES,
     SCOPES,
+    SORT_CONTROL,
     Change,
     Control,
     FilterNode,
@@ -91,6 +92,9 @@ class LdapQuestion:
     """bind: a SASL bind with this mechanism instead of a simple bind."""
     version: int = 3
     """bind: the LDAP version the bind asks for."""
+    sort_keys: tuple[str, ...] = ()
+    """search: attribute types a server-side sort control (RFC 2891) orders by; the question
+    then carries that control (the policy judges the keys as attributes the filter tests)."""
     deref_aliases: str = "never"
     """search: when the directory dereferences aliases (RFC 4511 4.5.1.3: never, searching,
     finding, always). Anything but never lets the search reach entries outside its base and
@@ -150,8 +154,9 @@ class LdapQuestion:
                 size_limit=self.size_limit,
                 time_limit=self.time_limit,
                 filter=self._filter(),
+                sort_keys=self.sort_keys,
                 attributes=self.attributes or ("1.1",),
-                **base,
+                **self._sorted(base),
             )
         if operation is Operation.MODIFY:
             pairs = self.changes or tuple((self.change_type, a) for a in self.attributes)
@@ -200,6 +205,7 @@ class LdapQuestion:
         words += [("attribute", name) for name in self.filter_attributes or ()]
         words += [("attribute", name) for _, name in self.changes]
         words += [("control", oid) for oid in self.controls]
+        words += [("sort key", name) for name in self.sort_keys]
         for what, word in words:
             if word is not None and not is_utf8_text(word):
                 raise QuestionError(f"the {what} {word!r} is not valid UTF-8 text")
@@ -223,6 +229,13 @@ class LdapQuestion:
             keyid=self.keyid,
             inner_tls=self.inner_tls,
         )
+
+    def _sorted(self, base: dict[str, Any]) -> dict[str, Any]:
+        """``base`` with a sort control (RFC 2891) when the question has sort keys."""
+        controls: tuple[Control, ...] = base["controls"]
+        if self.sort_keys and all(control.oid != SORT_CONTROL for control in controls):
+            base = {**base, "controls": (*controls, Control(SORT_CONTROL, True))}
+        return base
 
     def _filter(self) -> FilterNode:
         if self.filter is not None:
@@ -286,7 +299,7 @@ _STRINGS = frozenset({"target", "operation", "dn", "scope", "change_type", "dere
 _OPTIONAL_STRINGS = frozenset(
     {"filter", "new_rdn", "new_superior", "bound_as", "keyid", "mechanism"}
 )
-_STRING_LISTS = frozenset({"attributes", "filter_attributes", "controls"})
+_STRING_LISTS = frozenset({"attributes", "filter_attributes", "controls", "sort_keys"})
 _INTEGERS = frozenset({"size_limit", "time_limit", "version"})
 _FIELDS = (
     _STRINGS | _OPTIONAL_STRINGS | _STRING_LISTS | _INTEGERS | {"inner_tls", "empty_password"}
@@ -440,8 +453,10 @@ def question_of(facts: LdapFacts) -> LdapQuestion:
     attribute types its filter tests (never the values), and the connection's identity."""
     request = facts.request
     filter_attributes = None
-    if request.filter is not None:
-        filter_attributes = tuple(sorted(request.filter.attributes())) or None
+    if request.filter is not None or request.sort_keys:
+        # Sort keys are judged as filter attributes (policy_input): the question keeps them so.
+        tested = request.filter.attributes() if request.filter is not None else ()
+        filter_attributes = tuple(sorted({*tested, *request.sort_keys})) or None
     attributes: tuple[str, ...] = ()
     if request.operation in (Operation.ADD, Operation.COMPARE):
         attributes = request.attributes

@@ -15,61 +15,23 @@ from pathlib import Path
 import pytest
 from ldap3 import DEREF_ALWAYS, DEREF_BASE, DEREF_NEVER, NONE, Connection, Server
 
-from gateway.ldap.codec import Request
-from gateway.ldap.decide import LdapChain, LdapFacts, LdapVerdict
-from gateway.ldap.proxy import BindIdentity
-from tests.unit.ldap.directory_config import embedded_chain, load_directory
-
 from ..slapd import SERVICE_DN, SERVICE_PASSWORD, SUFFIX
 from .conftest import TlsDirectory
-from .test_proxy import IO_TIMEOUT, Policy, serving
+from .real_policy import inventory, real_policy
+from .test_proxy import IO_TIMEOUT, serving
 
 MANAGED = f"ou=Managed Groups,ou=Groups,{SUFFIX}"
 ALIAS = f"cn=people,{MANAGED}"
 PEOPLE = f"ou=People,{SUFFIX}"
 
-CONFIG = """\
-version: 1
-gateway:
-  id: agent-1
-empowerid:
-  url: https://tenant.empowerid.example
-policy:
-  directories: ["{{policies}}"]
-targets:
-  directory:
-    scheme: ldaps
-    host: 127.0.0.1
-    port: {port}
-    allow_special_addresses: true
-    ldap:
-      bind_identities:
-        inventory:
-          dn: "{service}"
-          password: {{{{env: DIRECTORY_PASSWORD}}}}
-      operations:
-        - {{{{name: bind, kinds: [bind], bind_as: [inventory]}}}}
+RULES = f"""\
         - name: managed-groups
           kinds: [search]
-          subtrees: ["{managed}"]
+          subtrees: ["{MANAGED}"]
           scopes: [base, one, sub]
           attributes: ["*"]
           bind_as: [inventory]
 """
-
-
-class RealPolicy(Policy):
-    """The proxy's ``decide`` seam over a real ``LdapChain`` (embedded engine, shipped Rego)."""
-
-    chain: LdapChain
-
-    async def __call__(  # type: ignore[override]
-        self, request: Request, bound_as: str | None, injected: bool
-    ) -> LdapVerdict:
-        self.calls.append((request, bound_as, injected))
-        return await self.chain.decide(
-            LdapFacts("directory", request, bound_as, injected, None, True)
-        )
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +45,6 @@ def with_alias(tls_directory: TlsDirectory) -> TlsDirectory:
             {"cn": "people", "aliasedObjectName": PEOPLE},
         ), connection.result
     return tls_directory
-
-
-def _policy(directory: TlsDirectory, tmp_path: Path) -> RealPolicy:
-    text = CONFIG.format(port=directory.slapd.ldaps_port, service=SERVICE_DN, managed=MANAGED)
-    policy = RealPolicy()
-    policy.chain = embedded_chain(load_directory(tmp_path, text))
-    return policy
 
 
 @pytest.mark.parametrize(
@@ -106,9 +61,8 @@ async def test_an_alias_does_not_lead_a_search_out_of_its_rule(
     base: str,
     deref: str,
 ) -> None:
-    monkeypatch.setenv("DIRECTORY_PASSWORD", SERVICE_PASSWORD)
-    identity = BindIdentity("inventory", SERVICE_DN, SERVICE_PASSWORD.encode)
-    async with serving(with_alias, _policy(with_alias, tmp_path), {"inventory": identity}) as proxy:
+    policy = real_policy(with_alias, tmp_path, rules=RULES)
+    async with serving(with_alias, policy, inventory(monkeypatch)) as proxy:
 
         def work() -> tuple[list[str], list[str]]:
             server = Server("127.0.0.1", port=proxy.port, get_info=NONE)

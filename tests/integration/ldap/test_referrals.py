@@ -18,11 +18,10 @@ import pytest
 from ldap3 import BASE, DEREF_BASE, DEREF_NEVER, MODIFY_REPLACE, NONE, Connection, Server
 
 from gateway.ldap.proxy import BindIdentity
-from tests.unit.ldap.directory_config import embedded_chain, load_directory
 
 from ..slapd import SERVICE_DN, SERVICE_PASSWORD, SUFFIX
 from .conftest import TlsDirectory
-from .test_aliases import RealPolicy
+from .real_policy import RealPolicy, inventory, real_policy
 from .test_proxy import IO_TIMEOUT, serving
 
 MANAGED = f"ou=Managed Groups,ou=Groups,{SUFFIX}"
@@ -33,31 +32,11 @@ ELSEWHERE = f"ou=elsewhere,{MANAGED}"
 AWAY = f"ou=away,{MANAGED}"
 ALIAS = f"cn=ppl,{MANAGED}"
 
-CONFIG = """\
-version: 1
-gateway:
-  id: agent-1
-empowerid:
-  url: https://tenant.empowerid.example
-policy:
-  directories: ["{{policies}}"]
-targets:
-  directory:
-    scheme: ldaps
-    host: 127.0.0.1
-    port: {port}
-    allow_special_addresses: true
-    ldap:
-      bind_identities:
-        inventory:
-          dn: "{service}"
-          password: {{{{env: DIRECTORY_PASSWORD}}}}
-      never_reachable: ["{secret}"]
-      operations:
-        - {{{{name: bind, kinds: [bind], bind_as: [inventory]}}}}
+LDAP = f'      never_reachable: ["{SECRET}"]\n'
+RULES = f"""\
         - name: managed-groups
           kinds: [search, modify]
-          subtrees: ["{managed}"]
+          subtrees: ["{MANAGED}"]
           scopes: [base, one, sub]
           attributes: ["*", description]
           bind_as: [inventory]
@@ -103,12 +82,7 @@ def with_referrals(tls_directory: TlsDirectory) -> TlsDirectory:
 
 
 def _policy(directory: TlsDirectory, tmp_path: Path) -> RealPolicy:
-    text = CONFIG.format(
-        port=directory.slapd.ldaps_port, service=SERVICE_DN, managed=MANAGED, secret=SECRET
-    )
-    policy = RealPolicy()
-    policy.chain = embedded_chain(load_directory(tmp_path, text))
-    return policy
+    return real_policy(directory, tmp_path, rules=RULES, ldap=LDAP)
 
 
 def _client(port: int) -> Connection:
@@ -126,8 +100,7 @@ def _client(port: int) -> Connection:
 
 @pytest.fixture
 def identity(monkeypatch: pytest.MonkeyPatch) -> dict[str, BindIdentity]:
-    monkeypatch.setenv("DIRECTORY_PASSWORD", SERVICE_PASSWORD)
-    return {"inventory": BindIdentity("inventory", SERVICE_DN, SERVICE_PASSWORD.encode)}
+    return inventory(monkeypatch)
 
 
 async def test_only_references_within_the_grant_to_the_target_itself_pass(

@@ -922,3 +922,42 @@ def test_every_definite_length_form_frames_and_reads_the_same(
     assert codec.pdu_length(long_form[: 2 + octet_count - 1], 1 << 20) is None
     assert codec.decode_request(long_form) == codec.decode_request(tlv(0x30, body))
     assert codec.decode_request(long_form) == Request(message_id, Operation.DELETE, dn=dn)
+
+
+# --- server-side sort keys (RFC 2891) ------------------------------------------------------------
+
+SORT = "1.2.840.113556.1.4.473"
+
+
+def _sort_value(*keys: bytes) -> bytes:
+    return tlv(0x30, b"".join(tlv(0x30, key) for key in keys))
+
+
+def test_a_sort_controls_keys_are_read() -> None:
+    # SortKeyList: attributeType, orderingRule [0] OPTIONAL, reverseOrder [1] DEFAULT FALSE.
+    value = _sort_value(
+        octets("ms-Mcs-AdmPwd"), octets("cn") + octets("2.5.13.3", 0x80) + tlv(0x81, b"\xff")
+    )
+    pdu = message(9, search_op(EQ_CN), control(SORT, True, value))
+    request = codec.decode_request(pdu)
+    assert request.sort_keys == ("ms-Mcs-AdmPwd", "cn")
+    assert codec.decode_request(_search(EQ_CN)).sort_keys == ()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,  # RFC 2891 1.1: the value is required
+        b"",
+        b"\x04\x02cn",  # not a SEQUENCE OF
+        _sort_value(octets("cn")) + b"\x00",  # bytes after it
+        _sort_value(tlv(0x02, b"\x01")),  # attributeType is not an OCTET STRING
+        tlv(0x30, tlv(0x30, octets("cn"))[:-1]),  # truncated
+    ],
+)
+def test_a_sort_control_that_cannot_be_read_is_refused(value: bytes | None) -> None:
+    pdu = message(9, search_op(EQ_CN), control(SORT, False, value))
+    with pytest.raises(LdapRefusedError) as refused:
+        codec.decode_request(pdu)
+    assert refused.value.reason == "ldap-sort-control-malformed"
+    assert refused.value.operation == "search"

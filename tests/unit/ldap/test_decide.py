@@ -536,6 +536,22 @@ async def test_an_allowed_operation_knows_what_its_answers_may_name(chain: LdapC
     assert denied.reach is None
 
 
+async def test_a_sort_key_is_judged_as_a_filter_attribute(tmp_path: Path) -> None:
+    # RFC 2891: entries come back in the order of the sort key's values (and VLV seeks by
+    # them), an oracle for a never-returned attribute just like a filter on it.
+    text = CONFIG.replace(
+        'controls: ["1.2.840.113556.1.4.801"]', 'controls: ["1.2.840.113556.1.4.473"]'
+    )
+    sorting = embedded_chain(load_directory(tmp_path, text))
+    sort = (Control("1.2.840.113556.1.4.473", True),)
+    by_name = replace(search(BASE), controls=sort, sort_keys=("cn",))
+    assert (await sorting.decide(facts(by_name))).allowed
+    by_secret = replace(by_name, sort_keys=("ms-Mcs-AdmPwd;binary",))
+    verdict = await sorting.decide(facts(by_secret))
+    assert (verdict.allowed, verdict.reasons) == (False, ("ldap_filter_never_returned",))
+    assert verdict.document["ldap"]["filter"]["attributes"] == ["ms-mcs-admpwd", "objectclass"]
+
+
 @pytest.fixture(scope="module")
 def plain_chain(tmp_path_factory: pytest.TempPathFactory) -> LdapChain:
     """The directory with SASL PLAIN allowed."""

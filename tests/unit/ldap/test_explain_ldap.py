@@ -247,3 +247,17 @@ def test_explain_says_where_a_dereferencing_search_is_kept(
     # entries are kept to the inventory rule's subtree.
     assert "hides:     entries under CN=Domain Admins,CN=Users,DC=corp,DC=example" in out
     assert "returns:   only entries under DC=corp,DC=example" in out
+
+
+def test_a_sort_key_is_asked_and_judged_as_the_proxy_judges_it(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # RFC 2891: the question carries the sort control, and its keys are judged as attributes
+    # the filter tests (the example lists no sort control: that is refused too).
+    args = ("directory", "search", "DC=corp,DC=example", "--size-limit", "9", "--format", "json")
+    code, out = _explain(capsys, config, *args, "--sort-key", "ms-Mcs-AdmPwd")
+    assert code == 3
+    document = json.loads(out)
+    assert set(document["reasons"]) == {"ldap_filter_never_returned", "ldap_control_refused"}
+    assert "ms-mcs-admpwd" in document["input"]["ldap"]["filter"]["attributes"]
+    assert document["request"]["sort_keys"] == ["ms-Mcs-AdmPwd"]
