@@ -1434,9 +1434,14 @@ def _joined(headers: CIMultiDictProxy[str], drop: frozenset[str] = frozenset()) 
 def _forward_headers(
     headers: CIMultiDictProxy[str], *, drop_authorization: bool
 ) -> CIMultiDict[str]:
-    """Section 5.2: what the service strips from a relayed HTTP request."""
+    """Section 5.2: what the service strips from a relayed HTTP request.
+
+    Choice (sections 3.2 and 12.2): ``Host`` is kept. The guide lists it among the headers the
+    service removes, but its own example and the .NET SDK's doc comment show a ``Host`` entry,
+    and azbridge skips one defensively; a listener must cope with it (and never forward it).
+    """
     listed = connection_tokens(headers.get("Connection"))
-    drop = CONNECTION_HEADERS | listed | _TARGETING | {_SB_AUTH.lower(), "expect"}
+    drop = (CONNECTION_HEADERS - {"host"}) | listed | _TARGETING | {_SB_AUTH.lower(), "expect"}
     if drop_authorization:
         drop = drop | {"authorization"}
     return CIMultiDict(_joined(headers, drop))

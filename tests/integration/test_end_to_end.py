@@ -62,6 +62,10 @@ async def test_allowed_read_is_forwarded_once(running: Running) -> None:
     assert not {"signature", "signature-input", "x-gateway-id"} & {
         k.lower() for k in received.headers
     }
+    # The relay passes the sender's Host on (the emulator does, as Azure's examples show); the
+    # target sees its own host only.
+    hosts = [value for name, value in received.headers.items() if name.lower() == "host"]
+    assert hosts == [f"127.0.0.1:{running.stack.targets.http_port}"]
 
 
 @pytest.mark.parametrize(

@@ -262,7 +262,9 @@ async def test_small_request_travels_inline_and_is_echoed(
     assert command.body is True
     forwarded = {name.lower() for name in command.request_headers}
     assert "x-multi" in forwarded
-    assert forwarded.isdisjoint({"host", "content-length", "connection", "x-hop"})
+    assert forwarded.isdisjoint({"content-length", "connection", "x-hop"})
+    # Choice (section 12.2): Host is kept, as Azure's own examples show it.
+    assert command.request_headers["Host"] == f"127.0.0.1:{relay.port}"
     assert command.remote_endpoint is not None
     assert command.remote_endpoint.address == "127.0.0.1"
 
