@@ -107,6 +107,8 @@ TIMEOUT_TEXT: Final = (
 # refuses (or chokes on) an unknown member fails here rather than on the service's next field.
 UNKNOWN_FIELD: Final = b'"emulatorUnknownField":{"list":[1,true,null,"x"],"nested":{"n":1.5}}'
 
+_MID_MESSAGE_PING: Final = b"emulator"
+
 _TARGETING: Final = frozenset(
     {"microsoft-relay-allowedlisteners", "microsoft-relay-disallowedlisteners"}
 )
@@ -773,12 +775,14 @@ class RelayEmulator:
                         pending.future.set_result(event)
                 elif isinstance(event, TokenRenewalReceived):
                     if not self._renew(request, listener, event.command.token):
-                        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"bad token")
+                        reason = _tracked(b"bad token")
+                        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason)
                         return
                 elif isinstance(event, ProtocolViolation):
                     _log.info("listener protocol violation: %s", event.error.code)
                     if event.fatal:
-                        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"protocol")
+                        reason = _tracked(b"protocol")
+                        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason)
                         return
 
     async def _hold_close(self, listener: _Listener) -> None:
@@ -1327,7 +1331,7 @@ class RelayEmulator:
                 continue
             if isinstance(event, ProtocolViolation) and event.fatal:
                 _log.info("rendezvous protocol violation: %s", event.error.code)
-                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"protocol")
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=_tracked(b"protocol"))
                 return True
         return False
 
@@ -1372,11 +1376,15 @@ async def _send_frames(
 
 def _fragments(payload: bytes, cuts: list[int]) -> bytes:
     """``payload`` as one binary message of unmasked server frames (RFC 6455 sections 5.2 and
-    5.4), cut at the ascending offsets ``cuts``: a binary frame, then continuation frames."""
+    5.4), cut at the ascending offsets ``cuts``: a binary frame, then continuation frames, with
+    a ping after the first (section 5.4 lets control frames come between fragments; whether the
+    service pings listeners is not documented, a listener must answer one wherever it comes)."""
     bounds = [0, *cuts, len(payload)]
     pieces = [payload[start:end] for start, end in itertools.pairwise(bounds)]
     out = bytearray()
     for index, piece in enumerate(pieces):
+        if index == 1:
+            out += bytes((0x80 | Opcode.PING, len(_MID_MESSAGE_PING))) + _MID_MESSAGE_PING
         opcode = Opcode.BINARY if index == 0 else Opcode.CONTINUATION
         fin = 0x80 if index == len(pieces) - 1 else 0
         size = len(piece)
