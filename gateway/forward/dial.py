@@ -18,8 +18,10 @@ bypass a check that sits in the socket factory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
+import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -52,6 +54,46 @@ class DialError(GatewayError):
 # Name resolution seam: the system resolver in production, a table in tests. Returns every
 # address of the host; raises OSError when the name does not resolve.
 Resolver = Callable[[str, int], Awaitable[Sequence["IPAddress"]]]
+
+
+async def close_stream(writer: asyncio.StreamWriter, within: float) -> None:
+    """Close a connection opened by :meth:`DialStep.open_stream`, within ``within`` seconds.
+
+    A graceful close sends what the transport still buffers before the FIN, and asyncio waits for
+    that as long as it takes: a peer that stopped reading would keep the socket (and its buffered
+    bytes) for the life of the process. Past ``within`` the connection is reset instead
+    (:func:`reset`). Never
+    raises (but for the caller's own cancellation).
+    """
+    writer.close()
+    closed = False
+    try:
+        # A timeout, the peer's reset or a TLS error all leave the connection to reset below.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), within)
+            closed = True
+    finally:
+        # Also when the caller is cancelled while waiting: the socket must not outlive it.
+        if not closed:
+            reset(writer.transport)
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Abort ``transport`` with a TCP reset.
+
+    A plain abort frees the file descriptor, but the kernel would still try to deliver the unsent
+    bytes to a peer that does not read them, keeping the connection open on both hosts; a zero
+    linger time (SO_LINGER, POSIX ``close``) discards them and sends a reset (RFC 9293 section
+    3.6), so the peer learns at once that the connection ended.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+    else:
+        transport.close()
 
 
 async def system_resolver(host: str, port: int) -> list[IPAddress]:

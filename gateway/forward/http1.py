@@ -44,7 +44,7 @@ from typing import cast
 import httptools
 from multidict import CIMultiDict
 
-from gateway.forward.dial import DialStep
+from gateway.forward.dial import DialStep, reset
 
 __all__ = [
     "Body",
@@ -541,7 +541,12 @@ class Connection(asyncio.Protocol):
         self._next_parser = self._parser = None
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            # Bytes of a request body still buffered (the target answered early, or stopped
+            # reading): a graceful close would wait for the target to take them, for ever.
+            if self.transport.get_write_buffer_size():
+                reset(self.transport)
+            else:
+                self.transport.close()
 
     def fresh(self, now: float) -> bool:
         """Whether an idle connection can be used: open, quiet and not past the keep-alive."""

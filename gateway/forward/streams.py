@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.config.model import Target
-from gateway.forward.dial import DialStep, Guard, Redirect, Resolver
+from gateway.forward.dial import DialStep, Guard, Redirect, Resolver, close_stream
 from gateway.relay.handlers import StreamSocket
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ CLOSE_ABNORMAL = 1006
 CLOSE_TOO_BIG = 1009
 CLOSE_ERROR = 1011
 CLOSE_TLS = 1015
-# How long closing the upstream end may take before it is abandoned (the socket is still freed).
+# How long closing the upstream end may take before the connection is reset (a target that
+# stopped reading would never take the bytes still buffered for it).
 CLOSE_TIMEOUT = 2.0
 
 
@@ -122,9 +123,7 @@ class TcpEnd:
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Close the connection; TCP has no close code."""
-        self._writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.wait_closed(), CLOSE_TIMEOUT)
+        await close_stream(self._writer, CLOSE_TIMEOUT)
 
 
 async def open_tcp(

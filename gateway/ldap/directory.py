@@ -17,11 +17,11 @@ read and write has a deadline and reads are bounded (:data:`READ_CHUNK`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from dataclasses import dataclass
 
 from gateway.errors import GatewayError
+from gateway.forward.dial import close_stream
 from gateway.ldap.codec import (
     DEFAULT_LIMITS,
     ResultCode,
@@ -98,9 +98,7 @@ class DirectoryConnection:
         if self.closed:
             return
         self.closed = True
-        self._writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.wait_closed(), CLOSE_TIMEOUT)
+        await close_stream(self._writer, CLOSE_TIMEOUT)
 
 
 def tls_failure(exc: ssl.SSLError) -> str:

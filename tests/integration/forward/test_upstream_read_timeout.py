@@ -10,6 +10,7 @@ checked through the loader.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -235,3 +236,42 @@ async def test_a_reused_connection_times_out_its_next_exchange_on_the_read_timeo
         assert connections == 1  # the second exchange ran on the pooled connection
     finally:
         await upstream.close()
+
+
+async def test_a_target_that_answers_without_reading_the_body_is_not_kept_open(
+    serve: Callable[[Behaviour], Awaitable[int]],
+) -> None:
+    """A target that answers before taking the body (RFC 9110 section 15.5.14 allows a 413 at
+    any point) and then stops reading: the connection, which still holds body bytes the target
+    will never take, is reset rather than left waiting for it."""
+    held: list[socket.socket] = []
+    answered = asyncio.Event()
+
+    async def answer_early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        held.append(writer.get_extra_info("socket").dup())
+        writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        answered.set()
+        await asyncio.sleep(PATIENCE * 2)
+
+    port = await serve(answer_early)
+    upstream = _upstream(config(total=55), port)
+    body = b"x" * (32 * 1024 * 1024)  # far more than both kernels' buffers hold
+    try:
+        response = await upstream.send(
+            "erp", method="POST", path="/api/x", query=None, headers=[], body=body
+        )
+        await drain(response)
+    except UpstreamError:
+        pass  # the early answer may or may not be read before the write fails; either ends it
+    try:
+        await asyncio.wait_for(answered.wait(), PATIENCE)
+        async with asyncio.timeout(PATIENCE):
+            # The kernel announces no change of TCP state: it is looked at.
+            while held[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        await upstream.close()
+        for connection in held:
+            connection.close()

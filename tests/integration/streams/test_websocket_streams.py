@@ -11,7 +11,9 @@ close code the gateway sends on its rendezvous leg is asserted in test_websocket
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket as sockets
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -52,7 +54,9 @@ def start(tmp_path: Path) -> Start:
 
     @asynccontextmanager
     async def run(
-        limits: dict[str, Any] | None = None, erp_limits: dict[str, Any] | None = None
+        limits: dict[str, Any] | None = None,
+        erp_limits: dict[str, Any] | None = None,
+        directory_port: int | None = None,
     ) -> AsyncIterator[Running]:
         directory = tmp_path / "gw"
         async with DevStack() as stack:
@@ -60,6 +64,8 @@ def start(tmp_path: Path) -> Start:
             document = yaml.safe_load(config.read_text(encoding="utf-8"))
             document["limits"].update(limits or {})
             document["targets"]["erp"]["limits"] = erp_limits or {}
+            if directory_port is not None:
+                document["targets"]["directory"]["port"] = directory_port
             config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
             await stack.register_gateway(directory)
             agent = Agent(AgentOptions(config_path=str(config), shutdown_grace=2))
@@ -229,4 +235,66 @@ async def test_idle_stream_is_closed_on_both_sides(start: Start) -> None:
         [record] = running.streams()
     assert message.type is aiohttp.WSMsgType.CLOSE
     assert stream.close_code == 1000
+    assert record["reasons"] == ["idle_timeout"]
+
+
+def tcp_state(connection: sockets.socket) -> int:
+    """The kernel's TCP state of ``connection`` (``struct tcp_info``'s first byte, Linux)."""
+    state: int = connection.getsockopt(sockets.IPPROTO_TCP, sockets.TCP_INFO, 1)[0]
+    return state
+
+
+TCP_ESTABLISHED = 1
+
+
+async def test_a_target_that_never_reads_does_not_keep_the_connection(start: Start) -> None:
+    """A tcp target that takes no bytes: once the stream ends (idle), the gateway's connection
+    to it is released even though the bytes it still holds for the target can never be written
+    (closing gracefully would wait for them for ever)."""
+    accepted: list[sockets.socket] = []
+    got_one = asyncio.Event()
+
+    def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer.get_extra_info("socket").dup())
+        got_one.set()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0, limit=1024)
+    port = server.sockets[0].getsockname()[1]
+
+    async def flood(socket: aiohttp.ClientWebSocketResponse) -> None:
+        # Far more than the kernel buffers of both ends hold: the gateway is left with bytes
+        # it cannot write, and its idle timer runs only once nothing more gets through.
+        with contextlib.suppress(Exception):
+            for _ in range(512):
+                await socket.send_bytes(b"x" * 65536)
+
+    try:
+        async with (
+            start(limits={"stream_idle_timeout_seconds": 2}, directory_port=port) as running,
+            running.stack.saas() as saas,
+        ):
+            socket = await saas.stream("directory")
+            sender = asyncio.create_task(flood(socket))
+            try:
+                await asyncio.wait_for(got_one.wait(), WAIT)
+                # Paused reading on our side: the server's protocol never reads either.
+                message = await receive(socket)
+                async with asyncio.timeout(WAIT):
+                    # The kernel announces no change of TCP state: it is looked at.
+                    while tcp_state(accepted[0]) == TCP_ESTABLISHED:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+            finally:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+                await socket.close()
+            # Written once the relay side is closed too; a file announces nothing.
+            async with asyncio.timeout(WAIT):
+                while not [r for r in running.streams() if r["status"]]:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            [record] = running.streams()
+    finally:
+        for connection in accepted:
+            connection.close()
+        server.close()
+    assert message.type is aiohttp.WSMsgType.CLOSE
     assert record["reasons"] == ["idle_timeout"]
