@@ -213,6 +213,8 @@ class _Rendezvous:
     outcome: asyncio.Future[_Accepted | _Rejected] | None = None
     # request rendezvous: the sender's connection, for routing its later requests (section 5.3)
     sender: asyncio.BaseTransport | None = None
+    # request rendezvous: deliver the request's JSON without the unknown_fields member
+    as_given: bool = False
 
 
 @dataclass(eq=False)
@@ -995,8 +997,10 @@ class RelayEmulator:
         inline: bool,
         sender: asyncio.BaseTransport | None = None,
         exchange: RelayedExchange | None = None,
+        as_given: bool = False,
     ) -> ResponseReceived:
-        """Hand ``command`` (and ``body``) to ``listener`` and wait for its response.
+        """Hand ``command`` (and ``body``) to ``listener`` and wait for its response; with
+        ``as_given`` its JSON is sent without the ``unknown_fields`` member.
 
         Raises ``TimeoutError`` past the response deadline, ``ConnectionError`` when the listener
         goes away and :class:`_RendezvousTableFullError` when no rendezvous address is free.
@@ -1011,6 +1015,7 @@ class RelayEmulator:
             pending=pending,
             deliver=None if inline else (command, payload),
             sender=sender,
+            as_given=as_given,
         )
         secret = self._new_rendezvous(rendezvous)
         address = self._rendezvous_address(listener.hc, "", "", "request", command.id, secret)
@@ -1019,7 +1024,8 @@ class RelayEmulator:
         try:
             if inline:
                 full = dataclasses.replace(command, address=address)
-                frames = self._extend(request_frames(full, payload))
+                frames = request_frames(full, payload)
+                frames = frames if as_given else self._extend(frames)
                 sent = await self._send_to_listener(listener, frames)
             else:
                 only = RendezvousRequestCommand(address=address, id=command.id)
@@ -1065,7 +1071,7 @@ class RelayEmulator:
         )
         inline = header_metadata_size(command.request_headers) + len(body) <= self._inline_limit
         try:
-            return await self._exchange(listener, command, body, inline=inline)
+            return await self._exchange(listener, command, body, inline=inline, as_given=True)
         except _RendezvousTableFullError:
             raise LookupError("too many pending rendezvous") from None
 
@@ -1259,7 +1265,8 @@ class RelayEmulator:
         await ws.prepare(request)
         if rendezvous.deliver is not None:
             command, body = rendezvous.deliver
-            frames = self._extend(request_frames(command, body))
+            frames = request_frames(command, body)
+            frames = frames if rendezvous.as_given else self._extend(frames)
             await _send_frames(ws, frames, request.transport, self._cuts())
         limits = ChannelLimits.for_socket(
             SocketKind.RENDEZVOUS, rendezvous_body_limit=self._max_body

@@ -338,3 +338,20 @@ async def test_commands_carry_a_member_no_listener_knows(
         assert command["emulatorUnknownField"]["list"] == [1, True, None, "x"]
     assert request["method"] == "GET"
     assert accept["id"]
+
+
+async def test_a_hand_built_request_is_delivered_as_given(
+    relay: RelayEmulator, http: aiohttp.ClientSession
+) -> None:
+    url = f"{relay.ws_base}/$hc/{HC}?sb-hc-action=listen"
+    headers = {"ServiceBusAuthorization": relay.token(HC)}
+    async with http.ws_connect(url, headers=headers) as control:
+        await relay.wait_for_listeners(HC, 1)
+        delivered = asyncio.create_task(
+            relay.deliver_request(HC, method="GET", request_target=f"/{HC}/x", headers={})
+        )
+        request = (await control.receive_json(timeout=30))["request"]
+        delivered.cancel()
+        await asyncio.gather(delivered, return_exceptions=True)
+    assert "emulatorUnknownField" not in request
+    assert request["requestTarget"] == f"/{HC}/x"
