@@ -1178,6 +1178,14 @@ class RelayEmulator:
             outcome.cancel()
         if isinstance(result, _Rejected):
             return _error(result.status, result.description, tracked=False)
+        offered = request.headers.get("Sec-WebSocket-Protocol", "")
+        if result.protocol is not None and result.protocol not in _tokens(offered):
+            # Section 4 step 4: the service finishes the sender's handshake with the listener's
+            # choice, and a subprotocol the sender did not offer fails it there (RFC 6455
+            # section 4.1). aiohttp cannot send one it was not offered, so the sender is refused
+            # here and the listener's leg closed as a protocol error.
+            result.done.set_result(WSCloseCode.PROTOCOL_ERROR)
+            return _error(502, "The listener chose a subprotocol the sender did not offer.")
         try:
             sender = web.WebSocketResponse(
                 protocols=(result.protocol,) if result.protocol else (),
@@ -1467,8 +1475,13 @@ def _via(existing: str | None, namespace: str) -> str:
     return f"{existing}, {entry}" if existing else entry
 
 
+def _tokens(value: str) -> list[str]:
+    """The comma-separated tokens of a header value (``Sec-WebSocket-Protocol``)."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
 def _id_list(value: str | None) -> set[str]:
-    return {item.strip() for item in value.split(",") if item.strip()} if value else set()
+    return set(_tokens(value)) if value else set()
 
 
 def _remote(request: web.Request) -> RemoteEndpoint | None:

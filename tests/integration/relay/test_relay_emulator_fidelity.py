@@ -355,3 +355,29 @@ async def test_a_hand_built_request_is_delivered_as_given(
         await asyncio.gather(delivered, return_exceptions=True)
     assert "emulatorUnknownField" not in request
     assert request["requestTarget"] == f"/{HC}/x"
+
+
+async def test_a_subprotocol_the_sender_did_not_offer_fails_its_handshake(
+    relay: RelayEmulator, http: aiohttp.ClientSession
+) -> None:
+    # Section 4 step 4: the service finishes the sender's handshake with the listener's choice;
+    # one the sender did not offer fails there (RFC 6455 section 4.1), so the stream never opens.
+    url = f"{relay.ws_base}/$hc/{HC}?sb-hc-action=listen"
+    headers = {"ServiceBusAuthorization": relay.token(HC)}
+    async with http.ws_connect(url, headers=headers) as control:
+        await relay.wait_for_listeners(HC, 1)
+        sender = asyncio.create_task(
+            http.ws_connect(
+                f"{relay.ws_base}/$hc/{HC}?sb-hc-action=connect",
+                headers=headers,
+                protocols=("chat",),
+            )
+        )
+        accept = (await control.receive_json(timeout=30))["accept"]
+        async with http.ws_connect(accept["address"], protocols=("superchat",)) as leg:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await asyncio.wait_for(sender, 30)
+            closing = await leg.receive(timeout=30)
+    assert refused.value.status == 502
+    assert closing.type is aiohttp.WSMsgType.CLOSE
+    assert closing.data == 1002
