@@ -752,7 +752,11 @@ async def _check_replay_store(ctx: _Context) -> str:
             )
     hc = ctx.relay_info.relay.hybrid_connection if ctx.relay_info else config.gateway.id
     try:
-        store = open_replay_store(ctx.loaded, state_dir, hc, env=ctx.options.env)
+        # Reads the Redis prefix marker without claiming it: a check run with a mistaken
+        # key_prefix must not make the serving gateways refuse requests.
+        store = open_replay_store(
+            ctx.loaded, state_dir, hc, env=ctx.options.env, claim_marker=False
+        )
     except GatewayError as exc:
         raise _CheckError(f"cannot open the replay store: {_clean(exc)}") from None
     try:
@@ -777,6 +781,16 @@ async def _check_replay_store(ctx: _Context) -> str:
             + (f" ({problem})" if problem else ""),
             "the gateway answers signed requests with 503 replay_store_unavailable until the "
             "store works; its log names the error",
+        )
+    unchecked = getattr(store, "marker_unchecked", None)
+    if unchecked is not None:
+        raise _CheckError(
+            f"{store.description} admits a nonce once, but its user cannot read the prefix "
+            f"marker ({unchecked})",
+            "a gateway of this Hybrid Connection with another key_prefix would go unnoticed; "
+            "allow the user the key gateway:replay-prefix:{<hybrid connection>} "
+            "(docs/high-availability.md)",
+            status="warn",
         )
     return f"{store.description} admits a nonce once"
 

@@ -52,6 +52,32 @@ return 0
 """
 
 
+# KEYS[1] the Hybrid Connection's prefix marker; ARGV[1] this gateway's prefix, ARGV[2] its time to
+# live in ms, ARGV[3] 1 to claim the marker (a serving gateway), 0 only to read it (``gateway
+# check``). Returns the prefix the marker names after the call (this gateway's when it holds or
+# took the marker). One script, so that two gateways starting together cannot both claim it.
+_MARKER_SCRIPT: Final = """
+local held = redis.call('GET', KEYS[1])
+if ARGV[3] == '1' and (not held or held == ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+return held or ARGV[1]
+"""
+# How long a marker outlives the last gateway that renewed it (each renews it at every check of
+# the server, _EVICTION_CHECK_SECONDS): after that another prefix may be taken up.
+_MARKER_TTL_MS: Final = int(3 * _EVICTION_CHECK_SECONDS * 1000)
+
+
+def marker_key(hybrid_connection: str) -> str:
+    """The key naming the prefix the gateways of ``hybrid_connection`` keep their nonces under.
+
+    Outside every prefix, so that gateways configured with different ``key_prefix`` values read
+    the same key; the braces are the same Redis Cluster hash tag as the default prefix's.
+    """
+    return f"gateway:replay-prefix:{{{hybrid_connection}}}"
+
+
 class _SecretCredentials(CredentialProvider):
     """Reads the password from its reference at each new connection (a rotated secret is used
     from the next connection on)."""
@@ -81,10 +107,24 @@ class RedisReplayStore:
         max_skew: float,
         ca_file: Path | None = None,
         clock: Callable[[], float] = time.time,
+        marker: str | None = None,
+        claim_marker: bool = True,
     ) -> None:
-        """Prepare the client; no connection is made before the first :meth:`admit`."""
+        """Prepare the client; no connection is made before the first :meth:`admit`.
+
+        ``marker`` is the Hybrid Connection's prefix marker (:func:`marker_key`): the store
+        claims it (or, without ``claim_marker``, only reads it) at each check of the server and
+        admits nothing while it names another prefix.
+        """
         self._settings = settings
         self._prefix = prefix
+        self._marker = marker
+        self._claim_marker = claim_marker
+        # Why the marker could not be read (None: it was, or there is none), for ``gateway check``.
+        self.marker_unchecked: str | None = None
+        # The other prefix the marker names (None: none, or this store's own).
+        self._split: str | None = None
+        self._split_logged = False
         self._max_skew = max_skew
         self._clock = clock
         self._closed = False
@@ -108,6 +148,7 @@ class RedisReplayStore:
         # answered 503 while the server is healthy.
         self._slots = asyncio.Semaphore(_MAX_CONNECTIONS)
         self._script = self._client.register_script(_ADMIT_SCRIPT)
+        self._marker_script = self._client.register_script(_MARKER_SCRIPT)
         # Why the server may evict nonces (None: it cannot), and when to look again.
         self._eviction: str | None = None
         self._eviction_due = -math.inf
@@ -123,6 +164,13 @@ class RedisReplayStore:
     @property
     def problem(self) -> str | None:
         """See :attr:`ReplayStore.problem`."""
+        if self._split is not None:
+            return (
+                f"another gateway of this Hybrid Connection keeps its nonces under key prefix "
+                f"{self._split!r}, this one under {self._prefix!r}: each would accept a request "
+                "the other already served; give every gateway of the Hybrid Connection the same "
+                "signatures.replay_store.redis.key_prefix (or none)"
+            )
         if self._eviction is not None:
             return (
                 f"{self._eviction}; no nonce is admitted until the server cannot evict "
@@ -158,6 +206,8 @@ class RedisReplayStore:
             async with asyncio.timeout(self._settings.timeout_seconds), self._slots:
                 if time.monotonic() >= self._eviction_due:
                     await self._check_eviction()
+                if self._split is not None:
+                    return self._splitting()
                 if self._eviction is not None:
                     return self._evicting()
                 answer = await self._run(nonce_key(keyid, nonce), created, ttl_ms)
@@ -214,9 +264,55 @@ class RedisReplayStore:
                     if limit == 0 or policy == "noeviction"
                     else f"maxmemory {limit} with maxmemory-policy {policy} evicts nonces"
                 )
+            await self._check_marker()
             self._eviction_due = now + _EVICTION_CHECK_SECONDS
             if self._eviction is None:
                 self._eviction_logged = False
+            if self._split is None:
+                self._split_logged = False
+
+    async def _check_marker(self) -> None:
+        """Claim (or read) the Hybrid Connection's prefix marker.
+
+        Every gateway of a Hybrid Connection must record nonces under one prefix: with two
+        prefixes the nonce memory is split in two and a captured request is served once by each
+        side within its window (docs/high-availability.md). A gateway whose prefix differs from
+        the one the marker names admits nothing (fail closed) until the marker is its own. A
+        server user whose key patterns exclude the marker cannot be checked; that is reported,
+        not refused, since such a user cannot share a prefix by mistake with another one.
+        """
+        if self._marker is None:
+            return
+        args: list[str | int] = [self._prefix, _MARKER_TTL_MS, "1" if self._claim_marker else "0"]
+        try:
+            held = await self._marker_script(keys=[self._marker], args=args)
+        except ResponseError as exc:
+            if self.marker_unchecked is None:
+                log.warning(
+                    "replay store %s: cannot read the prefix marker %s (%s); gateways of this "
+                    "Hybrid Connection with another key_prefix would go unnoticed",
+                    self.description,
+                    self._marker,
+                    exc,
+                    extra={"event": "replay_store_prefix_unchecked"},
+                )
+            self.marker_unchecked = str(exc)
+            self._split = None
+            return
+        self.marker_unchecked = None
+        text = held.decode("utf-8", "replace") if isinstance(held, bytes) else str(held)
+        self._split = None if text == self._prefix else text
+
+    def _splitting(self) -> Admission:
+        if not self._split_logged:
+            self._split_logged = True
+            log.error(
+                "replay store %s: %s; refusing signed requests",
+                self.description,
+                self.problem,
+                extra={"event": "replay_store_prefix_conflict"},
+            )
+        return Admission.UNAVAILABLE
 
     def _evicting(self) -> Admission:
         if not self._eviction_logged:

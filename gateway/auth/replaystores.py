@@ -66,9 +66,15 @@ def open_replay_store(
     hybrid_connection: str,
     *,
     env: Mapping[str, str] | None = None,
+    claim_marker: bool = True,
 ) -> ReplayStore:
     """The replay store gateway.yaml asks for; raises ``ReplayStoreError`` (and ``SecretError``,
-    ``ReplayStateError``) when it cannot be opened."""
+    ``ReplayStateError``) when it cannot be opened.
+
+    ``claim_marker=False`` (``gateway check``) only reads the Redis prefix marker
+    (:func:`gateway.auth.redisstore.marker_key`): a check run with another prefix must not make
+    the serving gateways refuse requests.
+    """
     signatures = loaded.config.signatures
     settings = signatures.replay_store
     if settings.kind == "sqlite":
@@ -92,7 +98,7 @@ def open_replay_store(
             raise ReplayStoreError("signatures.replay_store.redis is missing")
         # Imported only when configured: redis-py adds about 7 MiB and 40 ms to every start,
         # and the default store (per-process memory) never needs it.
-        from gateway.auth.redisstore import RedisReplayStore
+        from gateway.auth.redisstore import RedisReplayStore, marker_key
 
         return RedisReplayStore(
             redis,
@@ -100,6 +106,8 @@ def open_replay_store(
             prefix=redis.key_prefix or default_prefix(hybrid_connection),
             max_skew=signatures.clock_skew_seconds,
             ca_file=Path(loaded.resolve_path(redis.ca_file)) if redis.ca_file else None,
+            marker=marker_key(hybrid_connection),
+            claim_marker=claim_marker,
         )
     return MemoryReplayStore(
         ReplayCache.open(

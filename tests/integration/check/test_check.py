@@ -26,6 +26,7 @@ import redis
 import trustme
 
 from gateway import eventloop
+from gateway.auth.redisstore import marker_key
 from gateway.auth.sqlitestore import SqliteReplayStore
 from gateway.devkit.opa_server import OpaServer
 from gateway.devkit.relay_emulator import QUOTA_TEXT
@@ -427,6 +428,19 @@ async def test_replay_store_check_probes_a_real_redis(
         # The error, as the unit tests of the store see it (redis-py may still be retrying).
         assert re.search(r"\((?:AuthenticationError: |TimeoutError)", wrong["replay_store"].detail)
         assert "not-the-password-x9" not in wrong["replay_store"].detail
+        # Another gateway of this Hybrid Connection keeps its nonces under another key_prefix:
+        # the nonce memory is split, which the check names; the check itself claims nothing.
+        marker = marker_key(registered.stack.hc)
+        with redis.Redis(host="127.0.0.1", port=server.port, password=REDIS_PASSWORD) as raw:
+            assert raw.get(marker) is None
+            raw.set(marker, "other:", px=60_000)
+        split = await _check(registered.config, env={"REDIS_PASSWORD": REDIS_PASSWORD})
+        assert split["replay_store"].status == "fail"
+        assert "under key prefix 'other:', this one under 'gateway:replay:{" in (
+            split["replay_store"].detail
+        )
+        with redis.Redis(host="127.0.0.1", port=server.port, password=REDIS_PASSWORD) as raw:
+            raw.delete(marker)
         # A server that may evict nonces (a managed-service default) is named with its fix.
         with redis.Redis(host="127.0.0.1", port=server.port, password=REDIS_PASSWORD) as raw:
             raw.config_set("maxmemory", "64mb")

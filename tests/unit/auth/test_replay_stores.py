@@ -31,7 +31,7 @@ import redis
 import trustme
 from pydantic import SecretStr
 
-from gateway.auth.redisstore import RedisReplayStore
+from gateway.auth.redisstore import RedisReplayStore, marker_key
 from gateway.auth.replay import Admission, ReplayCache, ReplayStore
 from gateway.auth.replaystores import (
     ReplayStoreError,
@@ -459,6 +459,8 @@ def make_store(
     prefix: str = "t:",
     password: str = PASSWORD,
     ca_file: Path | None = None,
+    marker: str | None = None,
+    claim_marker: bool = True,
     **changes: object,
 ) -> RedisReplayStore:
     source = SecretSource(
@@ -474,6 +476,8 @@ def make_store(
         max_skew=SKEW,
         clock=clock,
         ca_file=ca_file,
+        marker=marker,
+        claim_marker=claim_marker,
     )
 
 
@@ -1067,7 +1071,8 @@ async def test_redis_store_as_configured(redis_server: RedisServer, tmp_path: Pa
         "  password: {file: redis-password}\n"
         "  key_prefix: 'custom:'\n"
     )
-    named = open_replay_store(configured(tmp_path, plain, skew=0), tmp_path, "hc-1", env={})
+    # (Another Hybrid Connection: one of the same would be refused for its other prefix.)
+    named = open_replay_store(configured(tmp_path, plain, skew=0), tmp_path, "hc-2", env={})
     try:
         where = f"rediss://127.0.0.1:{redis_server.tls_port} prefix"
         assert default.description == f"{where} gateway:replay:{{hc-1}}:"
@@ -1087,6 +1092,9 @@ async def test_redis_store_as_configured(redis_server: RedisServer, tmp_path: Pa
         await default.close()
         await named.close()
     assert barrier(redis_server, "gateway:replay:{hc-1}:") == pytest.approx(created + SKEW, abs=10)
+    with admin(redis_server) as raw:
+        assert raw.get(marker_key("hc-1")) == b"gateway:replay:{hc-1}:"
+        assert raw.get(marker_key("hc-2")) == b"custom:"
 
 
 def test_a_redis_store_without_its_settings_refuses_to_open(tmp_path: Path) -> None:
@@ -1180,3 +1188,83 @@ async def test_an_admission_whose_answer_was_lost_is_accepted_once_not_taken_for
         assert await again.admit("k", "n1", **window(clock)) is Admission.REPLAY
     finally:
         await again.close()
+
+
+MARKER = marker_key("hc-agent-1")
+
+
+async def test_gateways_of_one_hc_with_another_key_prefix_are_refused(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two prefixes on one Hybrid Connection split the nonce memory: a request served by one side
+    # would be accepted again by the other within its window.
+    clock = Clock()
+    first = make_store(redis_server, clock, prefix="a:", marker=MARKER)
+    same = make_store(redis_server, clock, prefix="a:", marker=MARKER)
+    other = make_store(redis_server, clock, prefix="b:", marker=MARKER)
+    other_hc = make_store(redis_server, clock, prefix="c:", marker=marker_key("hc-agent-2"))
+    for store in (first, other, other_hc):
+        await store.initialise()
+    try:
+        assert await first.admit("k", "n1", **window(clock)) is Admission.ACCEPTED
+        assert await same.admit("k", "n2", **window(clock)) is Admission.ACCEPTED
+        assert await other.admit("k", "n1", **window(clock)) is Admission.UNAVAILABLE
+        assert await other.admit("k", "n3", **window(clock)) is Admission.UNAVAILABLE
+        assert await other_hc.admit("k", "n1", **window(clock)) is Admission.ACCEPTED
+        assert await first.admit("k", "n1", **window(clock)) is Admission.REPLAY
+        assert first.problem is None
+        assert other.problem is not None
+        assert "key prefix 'a:', this one under 'b:'" in other.problem
+    finally:
+        for store in (first, same, other, other_hc):
+            await store.close()
+    with admin(redis_server) as raw:
+        assert raw.get(MARKER) == b"a:"
+        assert 0 < raw.pttl(MARKER) <= 180_000
+        assert raw.keys("b:n:*") == []
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [getattr(r, "event", None) for r in errors] == ["replay_store_prefix_conflict"]
+
+
+async def test_a_check_reads_the_prefix_marker_without_claiming_it(
+    redis_server: RedisServer,
+) -> None:
+    # gateway check with a mistaken prefix must not make the serving gateways refuse requests.
+    clock = Clock()
+    check = make_store(redis_server, clock, prefix="b:", marker=MARKER, claim_marker=False)
+    serving = make_store(redis_server, clock, prefix="a:", marker=MARKER)
+    late_check = make_store(redis_server, clock, prefix="b:", marker=MARKER, claim_marker=False)
+    await check.initialise()
+    await serving.initialise()
+    try:
+        assert await check.admit("k", "n1", **window(clock)) is Admission.ACCEPTED
+        assert await serving.admit("k", "n1", **window(clock)) is Admission.ACCEPTED
+        assert await late_check.admit("k", "n2", **window(clock)) is Admission.UNAVAILABLE
+        assert late_check.problem is not None
+        assert "'a:'" in late_check.problem
+    finally:
+        for store in (check, serving, late_check):
+            await store.close()
+
+
+async def test_a_user_that_may_not_read_the_marker_is_served_and_reported(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with admin(redis_server) as raw:
+        raw.acl_setuser(
+            "narrow", enabled=True, passwords=["+narrow-secret"], keys=["t:*"], commands=["+@all"]
+        )
+    clock = Clock()
+    store = make_store(
+        redis_server, clock, password="narrow-secret", username="narrow", marker=MARKER
+    )
+    await store.initialise()
+    try:
+        assert await store.admit("k", "n1", **window(clock)) is Admission.ACCEPTED
+        assert store.problem is None
+        assert store.marker_unchecked is not None
+        assert "no permissions" in store.marker_unchecked
+    finally:
+        await store.close()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [getattr(r, "event", None) for r in warnings] == ["replay_store_prefix_unchecked"]
