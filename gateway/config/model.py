@@ -122,7 +122,11 @@ class RelaySection(_Model):
         ),
     )
     ping_interval_seconds: Seconds = Field(
-        default=30, description="WebSocket ping interval for half-open detection."
+        default=30,
+        description=(
+            "WebSocket ping interval for half-open detection; accepted streams are pinged as"
+            " often, so the relay never drops them as idle (it does after about 4 minutes)."
+        ),
     )
     rendezvous_domain: str | None = Field(
         default=None,

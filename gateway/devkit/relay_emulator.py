@@ -196,6 +196,7 @@ class _Rejected:
 @dataclass(frozen=True, slots=True)
 class _Accepted:
     ws: web.WebSocketResponse
+    transport: asyncio.Transport | None
     protocol: str | None
     # Resolved with the close code the listener's leg gets once the splice is over.
     done: asyncio.Future[int]
@@ -307,6 +308,8 @@ class RelayEmulator:
         self._gone: deque[_Listener] = deque(maxlen=1000)
         # Control channels dropped for being idle (section 7).
         self.idle_drops = 0
+        # Legs of accepted WebSocket streams dropped for being idle (section 7).
+        self.stream_idle_drops = 0
         # Request rendezvous sockets this relay has closed (close handshake done or timed out).
         self.rendezvous_closed = 0
         self._inline_limit = inline_body_limit
@@ -1190,10 +1193,18 @@ class RelayEmulator:
             sender = web.WebSocketResponse(
                 protocols=(result.protocol,) if result.protocol else (),
                 compress=False,
+                autoping=False,
                 max_msg_size=self._max_body + 1,
             )
             await sender.prepare(request)
-            await _splice(sender, result.ws, self.stream_tap)
+            now = asyncio.get_running_loop().time()
+            await _splice(
+                _Leg(sender, request.transport, now),
+                _Leg(result.ws, result.transport, now),
+                self.stream_tap,
+                idle_timeout=self.idle_timeout,
+                on_idle=self._stream_idle_drop,
+            )
         finally:
             # Also reached when aiohttp cancels this handler because the sender hung up: the
             # listener's leg then learns "sender closed" (1001, section 4) from its own handler.
@@ -1251,18 +1262,23 @@ class RelayEmulator:
             return _error(410, "Gone", tracked=False)
         offered = request.headers.get("Sec-WebSocket-Protocol", "")
         protocol = offered.split(",")[0].strip() or None
+        # autoping off: the splice answers pings itself, as traffic that keeps the leg alive.
         ws = web.WebSocketResponse(
             protocols=(protocol,) if protocol else (),
             compress=False,
+            autoping=False,
             max_msg_size=self._max_body + 1,
         )
         await ws.prepare(request)
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        outcome.set_result(_Accepted(ws, protocol, done))
+        outcome.set_result(_Accepted(ws, request.transport, protocol, done))
         code = await done  # the sender's handler splices and then releases this one
         if not ws.closed:
             await ws.close(code=code)
         return ws
+
+    def _stream_idle_drop(self) -> None:
+        self.stream_idle_drops += 1
 
     async def _request_rendezvous(
         self, request: web.Request, rendezvous: _Rendezvous
@@ -1491,28 +1507,66 @@ def _remote(request: web.Request) -> RemoteEndpoint | None:
     return None
 
 
+@dataclass(eq=False)
+class _Leg:
+    """One side of an accepted stream: its socket, its connection and the loop time of the
+    last frame either way on it."""
+
+    ws: web.WebSocketResponse
+    transport: asyncio.Transport | None
+    last: float
+
+
 async def _splice(
-    sender: web.WebSocketResponse,
-    listener: web.WebSocketResponse,
+    sender: _Leg,
+    listener: _Leg,
     tap: Callable[[bytes], None] | None = None,
+    *,
+    idle_timeout: float | None = None,
+    on_idle: Callable[[], None] | None = None,
 ) -> None:
     """Relay data messages both ways until one side closes (section 8.3).
 
-    Text stays text, binary stays binary; pings are answered per leg by aiohttp. When the
-    listener closes, the sender sees 1000; when the sender closes, the listener sees 1001.
-    ``tap`` sees every data message's bytes, as a relay operator could (both directions).
+    Text stays text, binary stays binary; pings are answered per leg, here, and not passed on
+    (section 4). When the listener closes, the sender sees 1000; when the sender closes, the
+    listener sees 1001. ``tap`` sees every data message's bytes, as a relay operator could
+    (both directions). A leg with no frame either way for ``idle_timeout`` seconds is dropped
+    without a close frame, as the service's load balancer drops any idle connection (section 7,
+    about 4 minutes), and the other leg is then closed as above; a leg that pings stays up.
     """
+    loop = asyncio.get_running_loop()
 
-    async def pump(source: web.WebSocketResponse, sink: web.WebSocketResponse) -> None:
-        async for message in source:
-            if message.type is WSMsgType.TEXT:
+    async def pump(source: _Leg, sink: _Leg) -> None:
+        while True:
+            wait = None
+            if idle_timeout is not None:
+                quiet = loop.time() - source.last
+                if quiet >= idle_timeout:
+                    if on_idle is not None:
+                        on_idle()
+                    if source.transport is not None:
+                        source.transport.abort()
+                    return
+                wait = idle_timeout - quiet
+            try:
+                message = await source.ws.receive(timeout=wait)
+            except TimeoutError:
+                continue
+            source.last = loop.time()
+            if message.type is WSMsgType.PING:
+                await source.ws.pong(message.data)
+            elif message.type is WSMsgType.PONG:
+                continue
+            elif message.type is WSMsgType.TEXT:
                 if tap is not None:
                     tap(message.data.encode())
-                await sink.send_str(message.data)
+                await sink.ws.send_str(message.data)
+                sink.last = loop.time()
             elif message.type is WSMsgType.BINARY:
                 if tap is not None:
                     tap(message.data)
-                await sink.send_bytes(message.data)
+                await sink.ws.send_bytes(message.data)
+                sink.last = loop.time()
             else:
                 return
 
@@ -1521,9 +1575,9 @@ async def _splice(
     try:
         done, _ = await asyncio.wait({to_sender, to_listener}, return_when=asyncio.FIRST_COMPLETED)
         if to_sender in done:
-            await sender.close(code=WSCloseCode.OK)
+            await sender.ws.close(code=WSCloseCode.OK)
         else:
-            await listener.close(code=WSCloseCode.GOING_AWAY)
+            await listener.ws.close(code=WSCloseCode.GOING_AWAY)
     finally:
         for task in (to_sender, to_listener):
             task.cancel()

@@ -448,6 +448,8 @@ class RelayListener:
         self._started = False
         self._channels: set[asyncio.Task[None]] = set()
         self._controls: set[_RelaySocket] = set()
+        # Accepted streams' sockets, pinged by _keep_streams_alive.
+        self._stream_sockets: set[RelayWebSocket] = set()
         self._work: set[asyncio.Task[None]] = set()
         # Refusals of work read once stop() has begun closing (see _spawn_overflow and the
         # reader): stop() waits for these, not for _work, which it has already cancelled.
@@ -499,6 +501,10 @@ class RelayListener:
             task = asyncio.create_task(self._channel_loop(index), name=f"relay-control-{index}")
             self._channels.add(task)
             task.add_done_callback(self._channels.discard)
+        # Cancelled by stop() with the control channels' tasks.
+        keepalive = asyncio.create_task(self._keep_streams_alive(), name="relay-stream-pings")
+        self._channels.add(keepalive)
+        keepalive.add_done_callback(self._channels.discard)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking new work, let in-flight work finish within ``grace``, then close.
@@ -1504,6 +1510,7 @@ class RelayListener:
             )
             return
         self.metrics.streams["accepted"] += 1
+        self._stream_sockets.add(ws)
         try:
             await self._streams.serve(info, _StreamSocket(ws))
         except Exception:
@@ -1514,7 +1521,22 @@ class RelayListener:
                 extra={"event": "stream_handler_failed", "stream_id": info.stream_id},
             )
         finally:
+            self._stream_sockets.discard(ws)
             await ws.close()
+
+    async def _keep_streams_alive(self) -> None:
+        """Ping every accepted stream's socket every ``ping_interval`` (section 7).
+
+        The service's load balancer drops a connection that carries nothing either way for about
+        4 minutes, rendezvous sockets included, without a close frame: an LDAP connection a
+        client keeps in its pool would be cut under it although both ends want it. The pings
+        keep this side's leg busy (the relay answers them itself, section 4); the sender keeps
+        its own. One task for all streams: a ping is one small queued write per socket.
+        """
+        while True:
+            await asyncio.sleep(self.settings.ping_interval)
+            for ws in list(self._stream_sockets):
+                ws.ping(b"gw")
 
     async def _reject(
         self, command: AcceptCommand, decision: RejectStream, *, outcome: str = "rejected"

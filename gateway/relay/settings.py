@@ -49,7 +49,9 @@ class ListenerSettings:
     spreads work across them, so one lost channel does not take the gateway offline.
     ``ping_interval`` / ``ping_timeout``: a WebSocket ping goes out every ``ping_interval`` s;
     no pong within ``ping_timeout`` s means the socket is half-open: drop it and reconnect
-    (section 3.3; catalogue item 123: detection within interval + timeout).
+    (section 3.3; catalogue item 123: detection within interval + timeout). Accepted streams'
+    sockets are pinged every ``ping_interval`` s too, so the relay's load balancer never drops
+    them as idle (section 7).
     ``handshake_timeout``: bound for every WebSocket opening handshake (control and rendezvous).
     ``token_timeout``: bound for one call of the token provider.
     ``renew_at``: fraction of a token's lifetime after which ``renewToken`` is sent (section 9).
