@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from gateway import __version__, eventloop
 from gateway.auth import BadSignatureLimiter, KeySet, SignatureVerifier, VerifierSettings
@@ -423,6 +423,36 @@ class _RenewalFailure:
     last: float
 
 
+# Settings read once, when the process starts: the relay listeners, the loop, the worker count,
+# the outbound proxy, logging and the decision log, the operator endpoint, the state directory,
+# and the signature verifier with its replay store. A reload serves a revision that changes them
+# without applying the change; :func:`restart_only_changes` names what waits for the restart.
+RESTART_ONLY: Final = (
+    "workers",
+    "event_loop",
+    "gateway.state_dir",
+    "relay",
+    "proxy",
+    "signatures.max_age_seconds",
+    "signatures.clock_skew_seconds",
+    "signatures.replay_store",
+    "logging",
+    "observability",
+)
+
+
+def restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """The settings of :data:`RESTART_ONLY` that differ between ``old`` and ``new``."""
+
+    def value(config: GatewayConfig, path: str) -> object:
+        found: object = config
+        for part in path.split("."):
+            found = getattr(found, part)
+        return found
+
+    return [path for path in RESTART_ONLY if value(old, path) != value(new, path)]
+
+
 @dataclass
 class _State:
     identity: StoredIdentity | None = None
@@ -438,6 +468,8 @@ class _State:
     config_mtime: float = 0.0
     # The loop this agent runs on, read from the loop itself at start (gateway.eventloop).
     event_loop: str = ""
+    # Settings the served revision changed since start that only a restart applies.
+    restart_needed: list[str] = field(default_factory=list)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
@@ -448,6 +480,8 @@ class Agent:
         self.options = options
         self.metrics = Metrics()
         self._runtime: Runtime | None = None
+        # The configuration the process started with: what start-only settings still are.
+        self._started: GatewayConfig | None = None
         self._state = _State()
         self._listener: RelayListener | None = None
         self._verifier: SignatureVerifier | None = None
@@ -550,6 +584,7 @@ class Agent:
         except ConfigError as exc:
             self._refuse_if([p.message for p in exc.problems], "the gateway cannot start")
         config = loaded.config
+        self._started = config
         for override in loaded.overrides:
             log.info(
                 "%s is set by %s",
@@ -881,6 +916,14 @@ class Agent:
             if self._audit.failing:
                 degraded.append("decision log records cannot be written")
         details["reload_failures"] = self._state.reloads_failed
+        if self._state.restart_needed:
+            # The revision serves, but these settings are still the ones the process started
+            # with: the revision alone would say the file is what runs.
+            details["restart_needed"] = list(self._state.restart_needed)
+            degraded.append(
+                "settings changed since start take effect at the next restart: "
+                + ", ".join(self._state.restart_needed)
+            )
         if self._state.reload_error is not None:
             # The file on disk is not what runs: `gateway status` shows both side by side.
             details["reload_error"] = self._state.reload_error
@@ -1163,21 +1206,18 @@ class Agent:
     def commit_reload(self, runtime: Runtime) -> None:
         """Serve ``runtime`` (from :meth:`prepare_reload`) from the next request on."""
         old = self._runtime
-        if old is not None and old.loaded.config.relay != runtime.loaded.config.relay:
-            log.warning(
-                "relay settings changed; they take effect at the next restart",
-                extra={"event": "restart_needed"},
-            )
-        if old is not None and old.loaded.config.event_loop != runtime.loaded.config.event_loop:
-            # The loop is chosen before it starts (gateway.eventloop); this one keeps running.
-            log.warning(
-                "event_loop changed from %s to %s; it takes effect at the next restart "
-                "(this process runs on %s)",
-                old.loaded.config.event_loop,
-                runtime.loaded.config.event_loop,
-                self._state.event_loop,
-                extra={"event": "restart_needed"},
-            )
+        if old is not None:
+            for path in restart_only_changes(old.loaded.config, runtime.loaded.config):
+                log.warning(
+                    "%s changed; it takes effect at the next restart (%s)",
+                    path,
+                    f"this process runs on {self._state.event_loop}"
+                    if path == "event_loop"
+                    else "this process keeps the value it started with",
+                    extra={"event": "restart_needed", "setting": path},
+                )
+        if self._started is not None:
+            self._state.restart_needed = restart_only_changes(self._started, runtime.loaded.config)
         self._runtime = runtime
         self._state.reload_error = None
         self._record_info()

@@ -124,3 +124,33 @@ async def test_status_says_when_the_file_differs_from_what_runs(
     assert "another revision: reload to apply the file" in result.stdout, result.stdout
     assert await agent.reload()
     assert "another revision" not in (await _status(config)).stdout
+
+
+async def test_status_names_changed_settings_that_wait_for_a_restart(
+    running: tuple[Agent, Path],
+) -> None:
+    # The verifier and its replay store are built at start: a reload serves the new revision
+    # with the old signature window and store. Without a word, `status` would show the new
+    # revision as if all of it ran (the operator who tightened max_age_seconds, or moved nonces
+    # to a shared store for a second gateway, would believe it done).
+    agent, config = running
+    original = config.read_text(encoding="utf-8")
+    document = yaml.safe_load(original)
+    document["signatures"] = {"max_age_seconds": 20, "replay_store": {"kind": "sqlite"}}
+    config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    assert await agent.reload()
+    result = await _status(config)
+    waiting = "signatures.max_age_seconds, signatures.replay_store"
+    assert (
+        f"degraded: settings changed since start take effect at the next restart: {waiting}"
+        in result.stdout
+    ), result.stdout
+    as_json = json.loads((await _status(config, "--format", "json")).stdout)
+    assert as_json["agent"]["restart_needed"] == [
+        "signatures.max_age_seconds",
+        "signatures.replay_store",
+    ]
+    # Back to what the process started with: nothing waits any more.
+    config.write_text(original, encoding="utf-8")
+    assert await agent.reload()
+    assert "restart" not in (await _status(config)).stdout
