@@ -9,8 +9,10 @@ EmpowerID last accepted (the ``--expect-head`` of ``gateway audit verify``), pol
 mode and, after a rejected reload, the reload error. With several workers each has its own
 heartbeat and decision-log chain, so these are shown per worker. When the file on disk is invalid
 (a rejected reload) the live state is still shown, from the ``observability`` section as far as
-it can be read, so an operator sees what runs and why the change did not take. Exit 0 when the
-file is valid, the gateway registered and (if running) ready; 1 otherwise.
+it can be read, so an operator sees what runs and why the change did not take. The policy files
+on disk are read too: their revision is compared with the one the agent runs (a rollout may
+change only them), and files that do not load are reported. Exit 0 when the file and its policy
+files are valid, the gateway registered and (if running) ready; 1 otherwise.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from gateway.commands._common import (
 )
 from gateway.config import yamlsafe
 from gateway.config.model import LISTEN_PATTERN, GatewaySection, ObservabilitySection
+from gateway.errors import ConfigError
 from gateway.identity.session import identity_mismatch
 from gateway.observability.health import published_endpoint
+from gateway.policy.loader import load_policies
 
 _PROBE_TIMEOUT = 2.0
 # The keys of the agent's /readyz answer worth a line of their own, in this order.
@@ -195,10 +199,17 @@ def run(args: argparse.Namespace) -> int:
         if config.observability.enabled
         else None
     )
+    # The Rego files on disk are part of what a reload would serve: a rollout that changed only
+    # them leaves the file's revision as it was, so they are compared on their own.
+    policy: dict[str, Any] = {"engine": config.policy.engine, "mode": config.policy.mode}
+    try:
+        policy["revision"] = load_policies(loaded).revision
+    except ConfigError as exc:
+        policy["problems"] = [problem.render() for problem in exc.problems]
     report: dict[str, Any] = {
         "gateway_id": config.gateway.id,
         "config": {"file": str(loaded.file), "revision": loaded.revision},
-        "policy": {"engine": config.policy.engine, "mode": config.policy.mode},
+        "policy": policy,
         "identity": identity.status(state_dir(loaded), passphrase=passphrase(loaded)),
         "agent": _live(listen) if listen else {},
     }
@@ -213,7 +224,11 @@ def run(args: argparse.Namespace) -> int:
         report["identity"]["problems"].append({"code": "identity_mismatch", "message": mismatch})
         report["identity"]["ready"] = False
     report = redacted(report)
-    healthy = bool(report["identity"].get("ready")) and report["agent"].get("ready", True)
+    healthy = (
+        bool(report["identity"].get("ready"))
+        and report["agent"].get("ready", True)
+        and "problems" not in report["policy"]
+    )
     if args.format == "json":
         print_json(report)
         return 0 if healthy else 1
@@ -222,6 +237,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"gateway     {config.gateway.id}")
     print(f"config      {loaded.file} (revision on disk {loaded.revision})")
     print(f"policy      {config.policy.engine}, {config.policy.mode}")
+    policy_problems = report["policy"].get("problems") or []
+    if policy_problems:
+        more = f" (and {len(policy_problems) - 1} more)" if len(policy_problems) > 1 else ""
+        print(
+            f"            policy files on disk NOT VALID: {policy_problems[0]}{more} "
+            "(run `gateway validate`; a reload would be rejected)"
+        )
     unreadable = [p for p in ident.get("problems", []) if p.get("code") != "not_registered"]
     if ident.get("registered"):
         print("registered  yes")
@@ -245,5 +267,14 @@ def run(args: argparse.Namespace) -> int:
     # The agent's revision is "<configuration>/<policy>"; the file's is the configuration's.
     if isinstance(running, str) and running.split("/")[0] != loaded.revision:
         print("            (the running agent has another revision: reload to apply the file)")
+    elif (
+        isinstance(agent.get("policy_revision"), str)
+        and "revision" in report["policy"]
+        and agent["policy_revision"] != report["policy"]["revision"]
+    ):
+        print(
+            "            (the running agent has another policy revision: reload to apply the "
+            "policy files)"
+        )
     _print_agent(agent, listen)
     return 0 if healthy else 1

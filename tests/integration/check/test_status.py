@@ -154,3 +154,31 @@ async def test_status_names_changed_settings_that_wait_for_a_restart(
     config.write_text(original, encoding="utf-8")
     assert await agent.reload()
     assert "restart" not in (await _status(config)).stdout
+
+
+async def test_status_compares_the_policy_files_with_what_runs(
+    running: tuple[Agent, Path],
+) -> None:
+    # A rollout that changes only Rego files leaves gateway.yaml's revision as it was: the
+    # files are compared on their own, and files that would not load are named.
+    agent, config = running
+    policies = config.parent / "policies"
+    extension = policies / "office_hours.rego"
+    extension.write_text(
+        'package gateway_extensions.office_hours\n\ndeny contains "closed" if { false }\n',
+        encoding="utf-8",
+    )
+    changed = await _status(config)
+    assert changed.returncode == 0, changed.stdout
+    assert "another policy revision: reload to apply the policy files" in changed.stdout
+    assert await agent.reload()
+    applied = await _status(config)
+    assert "another" not in applied.stdout, applied.stdout
+    as_json = json.loads((await _status(config, "--format", "json")).stdout)
+    assert as_json["policy"]["revision"] == as_json["agent"]["policy_revision"]
+    # A module in the package reserved for the allow-list: a reload would be rejected.
+    (policies / "mine.rego").write_text("package gateway.mine\n\nx := 1\n", encoding="utf-8")
+    broken = await _status(config)
+    assert broken.returncode == 1
+    assert "policy files on disk NOT VALID: " in broken.stdout, broken.stdout
+    assert "'package gateway.mine'" in broken.stdout
