@@ -121,7 +121,10 @@ class RelaySection(_Model):
             "loopback hosts only."
         ),
     )
-    ping_interval_seconds: Seconds = Field(
+    # Protocol notes section 7: Azure drops a connection that carries nothing for about 4
+    # minutes; the pings keep idle control channels and streams up, so at most the .NET SDK's
+    # own keepalive default (3.5 minutes).
+    ping_interval_seconds: Annotated[float, Field(gt=0, le=210)] = Field(
         default=30,
         description=(
             "WebSocket ping interval for half-open detection; accepted streams are pinged as"

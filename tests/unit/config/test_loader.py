@@ -538,6 +538,17 @@ def test_rendezvous_settings_of_the_relay(write_config: WriteConfig) -> None:
     assert loaded.config.relay.rendezvous_domain == "servicebus.usgovcloudapi.net"
 
 
+def test_relay_pings_must_come_before_azure_drops_an_idle_socket(
+    write_config: WriteConfig,
+) -> None:
+    # Protocol notes section 7: Azure drops a connection idle for about 4 minutes.
+    within = "relay:\n  ping_interval_seconds: 210\n"
+    load(write_config(BASE.replace("policy:\n", within + "policy:\n")), env=NO_ENV)
+    beyond = within.replace("210", "211")
+    problem = only_problem(write_config(BASE.replace("policy:\n", beyond + "policy:\n")))
+    assert problem.path == "relay.ping_interval_seconds"
+
+
 # --- secrets ------------------------------------------------------------------------------------
 
 PROXY = """\
