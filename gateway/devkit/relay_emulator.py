@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -108,6 +108,11 @@ TIMEOUT_TEXT: Final = (
 UNKNOWN_FIELD: Final = b'"emulatorUnknownField":{"list":[1,true,null,"x"],"nested":{"n":1.5}}'
 
 _MID_MESSAGE_PING: Final = b"emulator"
+# What a listener appends to an accept address to reject (section 4; the unprefixed pair is
+# what hyco-ws' and hyco-https' reject path sends, section 8.2).
+_REJECT_KEYS: Final = frozenset(
+    {"sb-hc-statusCode", "sb-hc-statusDescription", "statusCode", "statusDescription"}
+)
 
 _TARGETING: Final = frozenset(
     {"microsoft-relay-allowedlisteners", "microsoft-relay-disallowedlisteners"}
@@ -216,6 +221,8 @@ class _Rendezvous:
     sender: asyncio.BaseTransport | None = None
     # request rendezvous: deliver the request's JSON without the unknown_fields member
     as_given: bool = False
+    # The address as handed out (section 1: listeners use it verbatim).
+    address: str = ""
 
 
 @dataclass(eq=False)
@@ -1022,6 +1029,7 @@ class RelayEmulator:
         )
         secret = self._new_rendezvous(rendezvous)
         address = self._rendezvous_address(listener.hc, "", "", "request", command.id, secret)
+        rendezvous.address = address
         listener.pending[command.id] = pending
         self.deliveries["inline" if inline else "rendezvous"] += 1
         try:
@@ -1159,6 +1167,7 @@ class RelayEmulator:
             return _error(503, "Too many pending rendezvous")
         _, app_query = _split_query(request.rel_url.raw_query_string)
         address = self._rendezvous_address(hc, suffix, app_query, "accept", sender_id, secret)
+        rendezvous.address = address
         connect_headers = _joined(request.headers, _TARGETING | {_SB_AUTH.lower()})
         command = AcceptCommand(
             address=address,
@@ -1234,6 +1243,7 @@ class RelayEmulator:
             or rendezvous.kind != action
             or rendezvous.hc != hc
             or rendezvous.expires <= now
+            or not _as_issued(rendezvous.address, request)
         ):
             return _error(403, "The rendezvous address is not valid or has expired.")
         if rendezvous.outcome is not None:
@@ -1489,6 +1499,22 @@ def _forward_headers(
 def _via(existing: str | None, namespace: str) -> str:
     entry = f"1.1 {namespace}"
     return f"{existing}, {entry}" if existing else entry
+
+
+def _as_issued(address: str, request: web.Request) -> bool:
+    """Whether ``request`` opened ``address`` as it was handed out (section 1: "listeners must
+    never rebuild these addresses; use them exactly as received"): the same path and the same
+    query parameters in the same order, percent-encoding aside (a WebSocket library may
+    normalise it), plus nothing but a reject's status parameters at the end (section 4)."""
+    if not address:
+        return True  # not recorded (a table entry made elsewhere)
+    issued = urlsplit(address)
+    if unquote(request.rel_url.raw_path) != unquote(issued.path):
+        return False
+    expected = parse_qsl(issued.query, keep_blank_values=True)
+    received = parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True)
+    extra = received[len(expected) :]
+    return received[: len(expected)] == expected and all(key in _REJECT_KEYS for key, _ in extra)
 
 
 def _tokens(value: str) -> list[str]:

@@ -9,7 +9,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -381,3 +381,40 @@ async def test_a_subprotocol_the_sender_did_not_offer_fails_its_handshake(
     assert refused.value.status == 502
     assert closing.type is aiohttp.WSMsgType.CLOSE
     assert closing.data == 1002
+
+
+def _dropped_app_parameter(address: str) -> str:
+    return address.replace("x=1&", "")
+
+
+def _added_parameter(address: str) -> str:
+    return address + "&extra=1"
+
+
+def _reordered(address: str) -> str:
+    return address.replace("x=1&y=2", "y=2&x=1")
+
+
+@pytest.mark.parametrize("rebuild", [_dropped_app_parameter, _added_parameter, _reordered])
+async def test_a_rebuilt_rendezvous_address_is_refused(
+    relay: RelayEmulator,
+    http: aiohttp.ClientSession,
+    rebuild: Callable[[str], str],
+) -> None:
+    # Section 1: listeners must use rendezvous addresses exactly as received.
+    url = f"{relay.ws_base}/$hc/{HC}?sb-hc-action=listen"
+    headers = {"ServiceBusAuthorization": relay.token(HC)}
+    async with http.ws_connect(url, headers=headers) as control:
+        await relay.wait_for_listeners(HC, 1)
+        sender = asyncio.create_task(
+            http.ws_connect(
+                f"{relay.ws_base}/$hc/{HC}/app?x=1&y=2&sb-hc-action=connect", headers=headers
+            )
+        )
+        address = (await control.receive_json(timeout=30))["accept"]["address"]
+        assert "x=1&y=2&" in address
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(rebuild(address))
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+    assert refused.value.status == 403
