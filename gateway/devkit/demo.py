@@ -31,6 +31,7 @@ from pathlib import Path
 import aiohttp
 
 from gateway.devkit import slapd as devkit_slapd
+from gateway.devkit.controlplane import SigningAlgorithm
 from gateway.devkit.saas import SaaSResponse
 from gateway.devkit.stack import PERSON, PERSON_PASSWORD, DevStack, operator_port
 from gateway.observability.auditchain import verify_files
@@ -274,8 +275,9 @@ async def _metrics(port: int) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(wanted)]
 
 
-async def run_demo(keep: bool = False) -> int:
-    """Run the demo; returns the exit code (the working directory is kept when a step failed)."""
+async def run_demo(keep: bool = False, signing_alg: SigningAlgorithm = "ed25519") -> int:
+    """Run the demo, EmpowerID signing with a key of ``signing_alg``; returns the exit code (the
+    working directory is kept when a step failed)."""
     workdir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
     code = 1
     try:
@@ -286,7 +288,7 @@ async def run_demo(keep: bool = False) -> int:
                 directory = directories.enter_context(
                     devkit_slapd.sample_directory(workdir / "slapd")
                 )
-            code = await _run(workdir, directory, unavailable)
+            code = await _run(workdir, directory, unavailable, signing_alg)
             return code
     finally:
         if not keep and code == 0:
@@ -297,12 +299,13 @@ async def _run(
     workdir: Path,
     directory: devkit_slapd.Slapd | None,
     unavailable: str | None,
+    signing_alg: SigningAlgorithm,
 ) -> int:
     started = time.monotonic()
     process: asyncio.subprocess.Process | None = None
     try:
         # The gateway's operator endpoint listens on port 0 and publishes the port it got.
-        async with DevStack() as stack:
+        async with DevStack(signing_alg=signing_alg) as stack:
             ldap = _ldap_target(workdir, directory) if directory is not None else None
             config = stack.write_gateway_dir(
                 workdir, extra_targets={LDAP_TARGET: ldap} if ldap is not None else None
@@ -310,7 +313,8 @@ async def _run(
             print(
                 f"demo: relay emulator {stack.relay.ws_base}, control plane "
                 f"{stack.controlplane.base_url}, targets 127.0.0.1:{stack.targets.http_port} "
-                f"(HTTP) and 127.0.0.1:{stack.targets.tcp_port} (TCP)"
+                f"(HTTP) and 127.0.0.1:{stack.targets.tcp_port} (TCP); EmpowerID signs with "
+                f"{signing_alg} (key {stack.controlplane.signing_key.keyid})"
             )
             if directory is not None:
                 print(
