@@ -52,7 +52,7 @@ from gateway.forward.headers import (
     refuse_saas_credentials,
 )
 from gateway.forward.rejections import RequestRejected
-from gateway.forward.streams import TcpEnd, UpstreamEnd, open_tcp, relay
+from gateway.forward.streams import CLOSE_POLICY, TcpEnd, UpstreamEnd, open_tcp, relay
 from gateway.forward.upstream import Upstream, UpstreamError, UpstreamResponse
 from gateway.forward.websocket import WebSocketUpstream
 from gateway.hybridconnection.records import slot_setters
@@ -899,6 +899,19 @@ class _PendingStream:
     max_message: int
     ldap: bool = False
     """Whether ``upstream`` is an LDAP target's directory connection."""
+    facts: RequestFacts | None = None
+    """What the stream was decided on (signature verified), to decide again at a reload."""
+    target: str = ""
+
+
+@dataclass(eq=False)  # kept in a set, by identity
+class _OpenStream:
+    """A stream being served: what it was allowed under, and how to end it (:meth:`revise`)."""
+
+    runtime: Runtime
+    facts: RequestFacts
+    target: str
+    stop: asyncio.Future[tuple[str, int]]
 
 
 class _StreamCounts:
@@ -969,6 +982,8 @@ class Pipeline:
         # Relayed HTTP requests between receipt and their record (see __call__).
         self._active = 0
         self._streams: dict[str, _PendingStream] = {}
+        # Streams being served (TCP and WebSocket), for :meth:`revise`.
+        self._serving: set[_OpenStream] = set()
         self._counts = _StreamCounts()
         self._accept_window = accept_window
         self._closing: set[asyncio.Future[None]] = set()
@@ -1195,7 +1210,15 @@ class Pipeline:
             self._accept_window, self._expire, info.stream_id
         )
         self._streams[info.stream_id] = _PendingStream(
-            runtime, record, upstream, release, expiry, max_message, target.scheme in LDAP_SCHEMES
+            runtime,
+            record,
+            upstream,
+            release,
+            expiry,
+            max_message,
+            target.scheme in LDAP_SCHEMES,
+            facts.signed_by(keyid),
+            canonical.target,
         )
         return AcceptStream(subprotocol=protocol)
 
@@ -1306,13 +1329,21 @@ class Pipeline:
             if pending.ldap:
                 reason = await self._serve_ldap(info, socket, pending)
             else:
-                result = await relay(
-                    socket,
-                    # Not an LDAP connection (``pending.ldap``): a TCP or WebSocket end.
-                    cast("UpstreamEnd", pending.upstream),
-                    idle_timeout=config.limits.stream_idle_timeout_seconds,
-                    max_message=pending.max_message,
-                )
+                stop: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+                assert pending.facts is not None  # set for every decided stream
+                open_stream = _OpenStream(pending.runtime, pending.facts, pending.target, stop)
+                self._serving.add(open_stream)
+                try:
+                    result = await relay(
+                        socket,
+                        # Not an LDAP connection (``pending.ldap``): a TCP or WebSocket end.
+                        cast("UpstreamEnd", pending.upstream),
+                        idle_timeout=config.limits.stream_idle_timeout_seconds,
+                        max_message=pending.max_message,
+                        stop=stop,
+                    )
+                finally:
+                    self._serving.discard(open_stream)
                 reason = result.reason
             record.status = 101
             record.reasons = [*record.reasons, reason]
@@ -1378,6 +1409,57 @@ class Pipeline:
             self._metrics.ldap_withheld.labels(what="matched_dn").inc()
         self._metrics.decision_seconds.observe(outcome.decide_ms / 1000)
         self._record(record)
+
+    async def revise(self, runtime: Runtime) -> int:
+        """End the open TCP and WebSocket streams that ``runtime`` (a revision just committed)
+        no longer allows; returns how many.
+
+        A stream is decided once, when it opens; a database connection may then stay open for
+        days. Without this, a reviewed and reloaded revocation (a target removed, an operation
+        narrowed) would leave every stream it revokes running under the old revision. Each open
+        stream is decided again, on the facts it was allowed on, by the new revision's chain (the
+        signature is not checked again: it was, and its window has passed). A stream whose
+        target's connection settings changed ends too: it is connected where the old ones said.
+        The stream ends with 1008 (policy violation, RFC 6455 section 7.4.1) and reason
+        ``revoked``; the SaaS may open it again, and the new revision decides.
+        """
+        ended = 0
+        for stream in list(self._serving):
+            if stream.stop.done():
+                continue
+            why = await self._no_longer_allowed(stream, runtime)
+            if why is None or stream.stop.done():
+                continue
+            stream.stop.set_result(("revoked", CLOSE_POLICY))
+            ended += 1
+            log.info(
+                "stream to %s ended: revision %s %s",
+                stream.target,
+                runtime.revision,
+                why,
+                extra={"event": "stream_revoked", "target": stream.target},
+            )
+        return ended
+
+    async def _no_longer_allowed(self, stream: _OpenStream, runtime: Runtime) -> str | None:
+        """Why ``runtime`` would not allow ``stream`` as it runs (None: it would)."""
+        old = stream.runtime.loaded.config.targets.get(stream.target)
+        new = runtime.loaded.config.targets.get(stream.target)
+        if new is None or old is None:
+            return "removed the target"
+        # Limits apply to new streams, and what the operations allow is decided again below;
+        # the rest says where and how the stream is connected.
+        ignored = {"limits", "description", "operations"}
+        if old.model_dump(exclude=ignored) != new.model_dump(exclude=ignored):
+            return "changed the target"
+        verdict = await runtime.chain.decide(stream.facts)
+        try:
+            canonical = verdict.granted()
+        except Refusal as refusal:
+            return f"does not allow it ({refusal.code})"
+        if canonical.target != stream.target:
+            return f"sends it to {canonical.target}"
+        return None
 
     async def close(self) -> None:
         """Release every decided stream not yet served (at shutdown, after the listener)."""

@@ -790,7 +790,7 @@ class Agent:
         if problems:
             raise StartError(f"{summary}: {problems[0]}", EXIT_CONFIG)
 
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+    def _spawn(self, coro: Awaitable[object], name: str) -> None:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._state.tasks.add(task)
@@ -1228,6 +1228,9 @@ class Agent:
         log.info(
             "configuration reloaded: revision %s", runtime.revision, extra={"event": "reloaded"}
         )
+        if self._pipeline is not None:
+            # Streams were decided when they opened: the ones this revision revokes end now.
+            self._spawn(self._pipeline.revise(runtime), "revise-streams")
         if old is not None:
             self._spawn(self._retire(old), "retire-runtime")
 

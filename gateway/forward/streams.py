@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
 CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
 CLOSE_UNSUPPORTED = 1003
 CLOSE_NO_STATUS = 1005
 CLOSE_ABNORMAL = 1006
@@ -164,8 +165,11 @@ async def relay(
     *,
     idle_timeout: float,
     max_message: int,
+    stop: asyncio.Future[tuple[str, int]] | None = None,
 ) -> SpliceResult:
-    """Copy messages both ways until one side ends; closes both sides before returning."""
+    """Copy messages both ways until one side ends, or ``stop`` gives a reason and a close code
+    (the gateway ends the stream: :meth:`gateway.pipeline.Pipeline.revise`); closes both sides
+    before returning."""
     result = SpliceResult(reason="closed")
     activity = _Activity()
 
@@ -222,7 +226,10 @@ async def relay(
     check_idle()
     tasks = [asyncio.create_task(coro) for coro in (up(), down())]
     try:
-        done, _ = await asyncio.wait([*tasks, idle], return_when=asyncio.FIRST_COMPLETED)
+        waited: list[asyncio.Future[tuple[str, int]]] = [*tasks, idle]
+        if stop is not None:
+            waited.append(stop)
+        done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
         result.reason, result.close_code = done.pop().result()
     except Exception as exc:  # any other failure still closes both ends, abnormally
         result.reason, result.close_code = "internal_error", CLOSE_ERROR

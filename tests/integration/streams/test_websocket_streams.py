@@ -298,3 +298,64 @@ async def test_a_target_that_never_reads_does_not_keep_the_connection(start: Sta
         server.close()
     assert message.type is aiohttp.WSMsgType.CLOSE
     assert record["reasons"] == ["idle_timeout"]
+
+
+async def test_a_reload_that_revokes_a_target_ends_its_open_streams(start: Start) -> None:
+    """A stream is decided when it opens; a reviewed revocation must not leave it running under
+    the old revision. The streams the new revision still allows go on."""
+    async with start() as running, running.stack.saas() as saas:
+        revoked = await saas.stream("directory")
+        kept = await saas.stream("erp", "/ws/echo")
+        try:
+            await revoked.send_bytes(b"before")
+            before = await receive(revoked)
+            config = running.directory / "gateway.yaml"
+            document = yaml.safe_load(config.read_text(encoding="utf-8"))
+            del document["targets"]["directory"]
+            config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+            assert await running.agent.reload() is True
+            ended = await receive(revoked)
+            await kept.send_str("still here")
+            echoed = await receive(kept)
+        finally:
+            await revoked.close()
+            await kept.close()
+        async with asyncio.timeout(WAIT):
+            while not [r for r in running.streams() if r["target"] == "directory" and r["status"]]:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        [record] = [r for r in running.streams() if r["target"] == "directory"]
+    assert before.data == b"echo:before"
+    assert ended.type is aiohttp.WSMsgType.CLOSE
+    assert (echoed.type, echoed.data) == (aiohttp.WSMsgType.TEXT, "echo:still here")
+    assert record["reasons"] == ["revoked"]
+
+
+async def test_a_reload_that_narrows_an_operation_ends_the_streams_it_allowed(
+    start: Start,
+) -> None:
+    async with start() as running, running.stack.saas() as saas:
+        narrowed = await saas.stream("erp", "/ws/echo")
+        other = await saas.stream("directory")
+        try:
+            config = running.directory / "gateway.yaml"
+            document = yaml.safe_load(config.read_text(encoding="utf-8"))
+            # Another operation added, and live-events no longer covers /ws/echo.
+            operations = document["targets"]["erp"]["operations"]
+            [events] = [o for o in operations if o["name"] == LIVE_EVENTS["name"]]
+            events["paths"] = ["/ws/feed"]
+            operations.append({"name": "audit-read", "methods": ["GET"], "paths": ["/audit"]})
+            config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+            assert await running.agent.reload() is True
+            ended = await receive(narrowed)
+            await other.send_bytes(b"still here")
+            echoed = await receive(other)
+        finally:
+            await narrowed.close()
+            await other.close()
+        async with asyncio.timeout(WAIT):
+            while not [r for r in running.streams() if r["target"] == "erp" and r["status"]]:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        [record] = [r for r in running.streams() if r["target"] == "erp"]
+    assert ended.type is aiohttp.WSMsgType.CLOSE
+    assert echoed.data == b"echo:still here"
+    assert record["reasons"] == ["revoked"]
