@@ -185,7 +185,7 @@ class LdapChain:
     no verdict of an old allow-list is served. An engine fault is never cached.
     """
 
-    __slots__ = ("_revision", "cache", "config", "engine")
+    __slots__ = ("_forbidden", "_revision", "cache", "config", "engine")
 
     def __init__(
         self,
@@ -198,6 +198,8 @@ class LdapChain:
         self.engine = engine
         self.cache: BoundedLru[LdapVerdict] = BoundedLru(max_entries=cache_entries)
         self._revision: str | None = None  # the revision the cached verdicts were made under
+        # Each target's never-reachable paths, prepared once (the configuration is fixed).
+        self._forbidden: dict[str, tuple[tuple[str, ...], ...]] = {}
 
     def matching(self, target: str) -> MatchingRules:
         """The DN matching rules of LDAP target ``target``."""
@@ -275,15 +277,19 @@ class LdapChain:
         if config is None or config.ldap is None:
             return None
         matching = self.matching(target)
+        forbidden = self._forbidden.get(target)
+        if forbidden is None:
+            forbidden = tuple(
+                tuple(subtree_path(text, matching)) for text in config.ldap.never_reachable
+            )
+            self._forbidden[target] = forbidden
         ldap = document["ldap"]
         named = [ldap.get(key) for key in ("dn_path", "new_superior_path", "new_dn_path")]
         return Reach(
             host=config.host.lower(),
             port=config.effective_port,
             granted=granted,
-            forbidden=tuple(
-                tuple(subtree_path(text, matching)) for text in config.ldap.never_reachable
-            ),
+            forbidden=forbidden,
             named=tuple(tuple(path) for path in named if path is not None),
             matching=matching,
         )
