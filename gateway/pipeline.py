@@ -984,6 +984,10 @@ class Pipeline:
         self._streams: dict[str, _PendingStream] = {}
         # Streams being served (TCP and WebSocket), for :meth:`revise`.
         self._serving: set[_OpenStream] = set()
+        # Streams decided and not yet ended, per revision (by id: each is alive while counted),
+        # for :meth:`unused`; ``_freed`` is set whenever a revision's count drops to none.
+        self._uses: Counter[int] = Counter()
+        self._freed = asyncio.Event()
         self._counts = _StreamCounts()
         self._accept_window = accept_window
         self._closing: set[asyncio.Future[None]] = set()
@@ -1213,7 +1217,7 @@ class Pipeline:
             runtime,
             record,
             upstream,
-            release,
+            self._use(runtime, release),
             expiry,
             max_message,
             target.scheme in LDAP_SCHEMES,
@@ -1409,6 +1413,37 @@ class Pipeline:
             self._metrics.ldap_withheld.labels(what="matched_dn").inc()
         self._metrics.decision_seconds.observe(outcome.decide_ms / 1000)
         self._record(record)
+
+    def _use(self, runtime: Runtime, release: Callable[[], None]) -> Callable[[], None]:
+        """Count a stream on ``runtime`` until the returned (idempotent) release, which also
+        calls ``release``."""
+        key = id(runtime)
+        self._uses[key] += 1
+        released = False
+
+        def done() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            release()
+            self._uses[key] -= 1
+            if self._uses[key] <= 0:
+                del self._uses[key]
+                self._freed.set()
+
+        return done
+
+    async def unused(self, runtime: Runtime) -> None:
+        """Wait until no stream decided under ``runtime`` is open any more.
+
+        A stream keeps the revision it opened under (its WebSocket connection is in that
+        revision's pool, an LDAP stream decides with its engine), so a revision replaced by a
+        reload may be closed only after this: closing it sooner cut every open stream.
+        """
+        while self._uses.get(id(runtime), 0) > 0:
+            self._freed.clear()
+            await self._freed.wait()
 
     async def revise(self, runtime: Runtime) -> int:
         """End the open TCP and WebSocket streams that ``runtime`` (a revision just committed)

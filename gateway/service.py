@@ -1252,10 +1252,13 @@ class Agent:
         )
 
     async def _retire(self, old: Runtime) -> None:
-        # Requests still running under the old revision finish with its pool; then close it
-        # (or at stop, whichever comes first).
+        # Requests still running under the old revision finish with its pool, and streams
+        # opened under it keep it until they end; then close it (or at stop, whichever comes
+        # first).
         try:
             await asyncio.sleep(old.loaded.config.limits.request_timeout_seconds + 1)
+            if self._pipeline is not None:
+                await self._pipeline.unused(old)
         finally:
             await old.close()
             if self.options.settle_memory:

@@ -359,3 +359,32 @@ async def test_a_reload_that_narrows_an_operation_ends_the_streams_it_allowed(
     assert ended.type is aiohttp.WSMsgType.CLOSE
     assert echoed.data == b"echo:still here"
     assert record["reasons"] == ["revoked"]
+
+
+async def test_an_open_stream_outlives_the_revision_a_reload_replaced(start: Start) -> None:
+    """The revision a reload replaces is closed once its requests are done (request timeout +
+    1 s, here 2 s); its WebSocket connections are in its pool, so it must wait for the streams
+    opened under it too, or every reload cut every open WebSocket stream."""
+    async with (
+        start(limits={"request_timeout_seconds": 1}) as running,
+        running.stack.saas() as saas,
+    ):
+        kept = await saas.stream("erp", "/ws/echo")
+        try:
+            config = running.directory / "gateway.yaml"
+            document = yaml.safe_load(config.read_text(encoding="utf-8"))
+            document["limits"]["max_concurrent_requests"] = 77  # any change the stream allows
+            config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+            assert await running.agent.reload() is True
+            # Past the 2 s after which the replaced revision was closed. Nothing announces that
+            # it was not: a slow machine can only make this test pass without the fix, never
+            # fail with it.
+            await asyncio.sleep(5)
+            await kept.send_str("after the old revision's time")
+            echoed = await receive(kept)
+        finally:
+            await kept.close()
+    assert (echoed.type, echoed.data) == (
+        aiohttp.WSMsgType.TEXT,
+        "echo:after the old revision's time",
+    )
