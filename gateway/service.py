@@ -41,6 +41,7 @@ from gateway.auth.replaystores import open_replay_store
 from gateway.config import LoadedConfig, load
 from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError, GatewayError, PolicyError, Problem
+from gateway.filewatch import FileWatch
 from gateway.forward.dial import Guard, Redirect, Resolver, system_resolver
 from gateway.gitops.signing import verify_signed_config
 from gateway.identity import (
@@ -465,7 +466,6 @@ class _State:
     reloads_failed: int = 0
     reload_error: dict[str, str] | None = None
     next_key_refresh: float = 0.0
-    config_mtime: float = 0.0
     # The loop this agent runs on, read from the loop itself at start (gateway.eventloop).
     event_loop: str = ""
     # Settings the served revision changed since start that only a restart applies.
@@ -482,6 +482,8 @@ class Agent:
         self._runtime: Runtime | None = None
         # The configuration the process started with: what start-only settings still are.
         self._started: GatewayConfig | None = None
+        # What a reload reads, watched for changes (the file watch of a one-process gateway).
+        self._watch = FileWatch(options.config_path)
         self._state = _State()
         self._listener: RelayListener | None = None
         self._verifier: SignatureVerifier | None = None
@@ -573,12 +575,14 @@ class Agent:
             "the configuration file is not protected",
         )
         self._state.event_loop = eventloop.in_use()
+        seen = self._watch.state()
         try:
             loaded = self._load(pinned=True)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("%s", problem.render(), extra={"event": "config_invalid"})
             raise StartError("the configuration is invalid", EXIT_CONFIG) from None
+        self._watch.follow(loaded, seen)
         try:
             startup_problems(loaded)
         except ConfigError as exc:
@@ -747,8 +751,6 @@ class Agent:
         else:
             # Two renewers would each replace the key pair the other just proved.
             self._spawn(self._follow_identity(state_dir, passphrase), "identity-follow")
-        with contextlib.suppress(OSError):
-            self._state.config_mtime = os.stat(self.options.config_path).st_mtime
         if self.options.settle_memory:
             settle()
         log.info(
@@ -1151,10 +1153,15 @@ class Agent:
     async def reload(self) -> bool:
         """Validate and compile the file again and swap it in; keep the old one on any failure."""
         async with self._reload_lock:
+            # Taken before the files are read: a change made while this reload runs is still
+            # one for the watch.
+            seen = self._watch.state()
             runtime = await self.prepare_reload()
             if runtime is None:
+                self._watch.follow(None, seen)
                 return False
             self.commit_reload(runtime)
+            self._watch.follow(runtime.loaded, seen)
             return True
 
     async def prepare_reload(self, revision: str | None = None) -> Runtime | None:
@@ -1269,10 +1276,5 @@ class Agent:
     async def _watch_config(self) -> None:
         while True:
             await asyncio.sleep(self.options.reload_poll_interval)
-            try:
-                mtime = os.stat(self.options.config_path).st_mtime
-            except OSError:
-                continue
-            if mtime != self._state.config_mtime:
-                self._state.config_mtime = mtime
+            if self._watch.poll():
                 await self.reload()

@@ -64,6 +64,7 @@ from prometheus_client.registry import Collector
 from gateway import eventloop
 from gateway.config import LoadedConfig, load
 from gateway.errors import ConfigError, GatewayError
+from gateway.filewatch import FileWatch
 from gateway.observability.health import HealthServer, Readiness
 from gateway.observability.metrics import Metrics
 from gateway.outbound.sessions import client_session
@@ -148,7 +149,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._health: OperatorEndpoint | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._config_mtime = 0.0
+        self._watch = FileWatch(options.config_path)
         # The running revision's exact configuration bytes, written 0600 to the state directory
         # for every worker started (gateway.service.WorkerRole.snapshot).
         self._snapshot: Path | None = None
@@ -172,14 +173,14 @@ class Supervisor:
     async def start(self) -> None:
         """Start every worker and wait until all are serving; raises :class:`StartError` with the
         first failing worker's exit code (the codes of a one-process ``gateway run``)."""
+        seen = self._watch.state()
         try:
             loaded = capture(load(self.options.config_path, env=self.options.env))
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("%s", problem.render(), extra={"event": "config_invalid"})
             raise StartError("the configuration is invalid", EXIT_CONFIG) from None
-        with contextlib.suppress(OSError):
-            self._config_mtime = os.stat(self.options.config_path).st_mtime
+        self._watch.follow(loaded, seen)
         try:
             self._keep(loaded)
         except OSError as exc:
@@ -474,6 +475,9 @@ class Supervisor:
     async def reload(self) -> bool:
         """Check the file once, then move every running worker to it together (or none)."""
         async with self._lock:
+            # Taken before the files are read: a change made meanwhile is one for the watch.
+            seen = self._watch.state()
+            self._watch.follow(None, seen)
             try:
                 loaded, checked = await asyncio.to_thread(self._check)
             except ConfigError as exc:
@@ -515,6 +519,7 @@ class Supervisor:
                     worker.revision = _text(answer.get("revision"))
                     worker.policy_revision = _text(answer.get("policy_revision"))
             ((self.revision, self.policy_revision),) = revisions
+            self._watch.follow(loaded, seen)
             self.reload_error = None
             self.metrics.worker_reloads.labels(result="ok").inc()
             log.info(
@@ -549,14 +554,10 @@ class Supervisor:
         await self.reload()
 
     async def _watch_config(self) -> None:
+        # The watched files and why only settled changes are reloaded: gateway.filewatch.
         while True:
             await asyncio.sleep(self.options.reload_poll_interval)
-            try:
-                mtime = os.stat(self.options.config_path).st_mtime
-            except OSError:
-                continue
-            if mtime != self._config_mtime:
-                self._config_mtime = mtime
+            if self._watch.poll():
                 await self.reload()
 
     # --- the operator endpoint -------------------------------------------------------------------

@@ -180,3 +180,25 @@ async def test_stop_drains_in_flight_requests_and_refuses_new_ones(running: Runn
     assert (late.status, late.reason_code) == (503, "draining")
     assert json.loads(late.body)["error"] == "draining"
     assert [r.path_qs for r in running.stack.targets.http_requests] == ["/api/accounts?delay=1"]
+
+
+async def test_the_file_watch_applies_a_rollout_of_policy_files_only(running: Running) -> None:
+    """A GitOps rollout that changes only Rego files is applied by the file watch, as one of
+    gateway.yaml is: no SIGHUP needed."""
+    before = running.agent.runtime().engine.revision
+    extension = running.config.parent / "policies" / "freeze.rego"
+    extension.write_text(
+        "package gateway_extensions.freeze\n\n"
+        'deny contains "frozen" if input.path == "/api/accounts"\n',
+        encoding="utf-8",
+    )
+    # The watch polls every 0.2 s and reloads a change once it settled: wait for the revision,
+    # however long a busy machine takes.
+    async with asyncio.timeout(60):
+        while running.agent.runtime().engine.revision == before:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    async with running.stack.saas() as saas:
+        refused, _ = await saas.request("GET", "erp", "/api/accounts")
+        other, _ = await saas.request("GET", "erp", "/api/accounts/17")
+    assert refused.status == 403
+    assert other.status == 200
