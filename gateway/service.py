@@ -52,7 +52,7 @@ from gateway.identity import (
     load_identity,
     mtls_client,
 )
-from gateway.identity.certs import CertificateHealth
+from gateway.identity.certs import CertificateHealth, certificate_health
 from gateway.identity.errors import ControlPlaneError, IdentityError
 from gateway.identity.models import (
     AuditHead,
@@ -345,6 +345,9 @@ class AgentOptions:
     limiter_clock: Callable[[], float] = time.monotonic
     worker: WorkerRole | None = None
     identity_poll_interval: float = 60.0
+    wall_clock: Callable[[], float] = time.time
+    """Seconds since the epoch, against which ``/readyz`` judges the client certificate's
+    validity (a test steps it past the renewal, alert and expiry points without waiting)."""
     settle_memory: bool = False
     """Freeze start-up's objects once ready (:mod:`gateway.settle`): set by ``gateway run``,
     whose process serves this one agent; not by a process that runs agents among other work."""
@@ -851,11 +854,13 @@ class Agent:
 
     def readiness(self) -> Readiness:
         """Ready while at least one listener is online, a valid config and policy are loaded, and
-        the policy engine and the replay store answered their last question.
+        the policy engine and the replay store answered their last question, and the client
+        certificate is valid now.
 
         Conditions that do not stop the gateway from serving but need an operator (a failing
-        certificate renewal, lost decision-log records, failing heartbeats, a systematic clock
-        skew) are listed under ``degraded``; the gateway stays ready.
+        certificate renewal, a certificate past its alert point, lost decision-log records,
+        failing heartbeats, a systematic clock skew) are listed under ``degraded``; the gateway
+        stays ready.
         """
         reasons: list[str] = []
         online = self._listener.metrics.listeners_online if self._listener else 0
@@ -880,6 +885,7 @@ class Agent:
             details["mode"] = self._runtime.loaded.config.policy.mode
             details["policy_engine_ready"] = self._runtime.engine.ready
         degraded: list[str] = []
+        self._certificate_readiness(details, reasons, degraded)
         if self._state.last_heartbeat is not None:
             details["last_heartbeat"] = _iso(self._state.last_heartbeat)
         if self._state.heartbeat_error:
@@ -932,6 +938,41 @@ class Agent:
             degraded.append("the last reload was rejected; the previous revision still serves")
         details["degraded"] = degraded
         return Readiness(ready=not reasons, reasons=reasons, details=details)
+
+    def _certificate_readiness(
+        self, details: dict[str, Any], reasons: list[str], degraded: list[str]
+    ) -> None:
+        """The client certificate's place in its life, judged now rather than when the last
+        renewal attempt ran: an expired certificate cannot fetch a listener token, send a
+        heartbeat or renew, so the gateway stops serving when the current token runs out and
+        only a new registration brings it back; that is not ready. Past the alert point
+        without a renewal (the renewer failed, or on another worker) needs an operator."""
+        identity = self._state.identity
+        if identity is None:
+            return
+        now = dt.datetime.fromtimestamp(self.options.wall_clock(), dt.UTC)
+        health = certificate_health(identity.certificate, now)
+        details["certificate"] = {
+            "state": health.state,
+            "not_after": health.not_after.isoformat(),
+            "renew_at": health.renew_at.isoformat(),
+            "seconds_left": int(health.seconds_left),
+        }
+        if health.state == "expired":
+            reasons.append(
+                f"the client certificate expired at {health.not_after.isoformat()}; "
+                "re-register the gateway (gateway register --force)"
+            )
+        elif health.state == "not_yet_valid":
+            reasons.append(
+                f"the client certificate is valid only from {health.not_before.isoformat()}; "
+                "check the local clock"
+            )
+        elif health.state == "alert":
+            degraded.append(
+                f"the client certificate expires at {health.not_after.isoformat()} and has not "
+                "been renewed"
+            )
 
     async def heartbeat(self) -> float:
         """Send one heartbeat (and refresh the signing keys when due); returns the interval the

@@ -159,6 +159,34 @@ async def test_a_rejected_renewal_raises_an_alert_metric_and_readyz_detail(
     assert expiry == renewed.not_valid_after_utc.timestamp()
 
 
+async def test_readyz_judges_the_certificate_now_through_renewal_alert_and_expiry(
+    running: Running,
+) -> None:
+    cert = load_identity(running.directory / "state").certificate
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+
+    def at(fraction: float) -> float:
+        return (start + (end - start) * fraction).timestamp()
+
+    ready = await running.readyz()
+    assert ready["ready"] is True
+    assert ready["certificate"]["state"] == "valid"
+    assert ready["certificate"]["not_after"] == end.isoformat()
+    # No renewal attempt has failed (the renewer sleeps until two thirds), yet the certificate
+    # is past its alert point: /readyz must say so instead of reporting all is well.
+    running.agent.options.wall_clock = lambda: at(0.95)
+    ready = await running.readyz()
+    assert ready["ready"] is True
+    assert ready["certificate"]["state"] == "alert"
+    assert any("has not been renewed" in item for item in ready["degraded"])
+    # Expired: no token, heartbeat or renewal can succeed any more.
+    running.agent.options.wall_clock = lambda: end.timestamp() + 1
+    ready = await running.readyz()
+    assert ready["ready"] is False
+    assert ready["certificate"]["state"] == "expired"
+    assert any("client certificate expired" in reason for reason in ready["reasons"])
+
+
 async def test_heartbeat_carries_real_counters_and_revisions(running: Running) -> None:
     async with running.stack.saas() as saas:
         allowed, _ = await saas.request("GET", "erp", "/api/accounts/1")
