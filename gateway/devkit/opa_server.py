@@ -15,8 +15,11 @@ fault handling, not OPA's own evaluator:
 
 Fault knobs (catalogue G): :meth:`OpaServer.go_down` / :meth:`come_back` (the port stops and
 starts accepting connections; like a restarted OPA, it comes back empty unless told otherwise),
-``delay`` (seconds before every decision answer), ``undefined`` (decisions answer ``{}``) and
-``fail_status`` (decisions answer that HTTP status). Loopback only; never used by production code.
+``delay`` (seconds before every decision answer), ``undefined`` (decisions answer ``{}``),
+``fail_status`` (decisions answer that HTTP status), ``redirect_to`` (decisions answer 307 to that
+base URL, which a client following redirects would ask instead) and ``pad_bytes`` (decisions
+carry that much padding beside the result: an answer too large to hold). Loopback only; never
+used by production code.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class OpaServer:
     delay: float = 0.0
     undefined: bool = False
     fail_status: int | None = None
+    redirect_to: str | None = None
+    pad_bytes: int = 0
     policies: dict[str, str] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     decisions: int = 0
@@ -204,9 +209,15 @@ class OpaServer:
             return web.json_response(
                 {"code": "internal_error", "message": "injected fault"}, status=self.fail_status
             )
+        if self.redirect_to is not None:
+            # 307 keeps the method and the body (RFC 9110 section 15.4.8): the input goes on.
+            raise web.HTTPTemporaryRedirect(self.redirect_to + request.path)
         if self.undefined:
             return web.json_response({})
-        return web.json_response(self._evaluate(path, body.get("input")))
+        answer = self._evaluate(path, body.get("input"))
+        if self.pad_bytes:
+            answer["padding"] = "x" * self.pad_bytes
+        return web.json_response(answer)
 
     # Evaluation --------------------------------------------------------------------------------
 

@@ -24,6 +24,12 @@ Failure behaviour (catalogue G; every case is a deny, never an exception):
 
 The client is created with no retries of its own: a retry would multiply the decision time, and
 the timeout here is the whole budget.
+
+Decisions are asked for on a session of the engine's own rather than through the client
+library, whose requests follow redirects and read any answer whole: OPA's Data API answers a
+query itself, so a redirect (which would hand the request's input to another server and take
+that server's word for the decision) is a fault, never followed, and an answer larger than
+:data:`MAX_ANSWER_BYTES` is a fault before it is held in memory.
 """
 
 from __future__ import annotations
@@ -32,11 +38,13 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 from opa_client.opa_async import AsyncOpaClient
 
 from gateway.errors import ConfigError, Problem
@@ -44,7 +52,7 @@ from gateway.policy.cache import DecisionCache, project
 from gateway.policy.engine import POLICY_UNAVAILABLE, UNDEFINED, EngineError, Mode, PolicyEngine
 from gateway.policy.loader import PolicySet
 
-__all__ = ["POLICY_ID_PREFIX", "OpaEngine"]
+__all__ = ["MAX_ANSWER_BYTES", "POLICY_ID_PREFIX", "OpaEngine"]
 
 log = logging.getLogger("gateway.policy")
 
@@ -52,6 +60,9 @@ POLICY_ID_PREFIX = "gateway/"
 """OPA policy ids the gateway owns; others on the same server are left alone."""
 DECISION_PATH = "gateway/authz"
 DATA_PATH = "gateway"
+MAX_ANSWER_BYTES = 1 << 20
+"""The largest decision answer read: a decision document is a few hundred bytes, an LDAP one
+with long attribute lists a few KiB."""
 
 # Errors a request to OPA can end in: transport, HTTP status, body that is not JSON, and the
 # client library's own error types (which derive from Exception directly).
@@ -100,6 +111,8 @@ class OpaEngine(PolicyEngine):
         # In push mode the policy is known, so only the fields it reads are sent.
         self._fields = policies.cache_plan.fields if push else None
         self._client: AsyncOpaClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._decision_url = f"{self._root_url}/data/{DECISION_PATH}/decision"
         self._exit = contextlib.AsyncExitStack()
         self._synced = False
         self._wake = asyncio.Event()
@@ -126,6 +139,15 @@ class OpaEngine(PolicyEngine):
             timeout=self._sync_timeout,
         )
         self._client = await self._exit.enter_async_context(client)
+        # The same TLS settings as the client library's own session (the system's CAs).
+        self._session = await self._exit.enter_async_context(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    ssl=ssl.create_default_context() if self._tls else False
+                ),
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+            )
+        )
         # The library builds its base URL from host and port only; keep any path prefix of
         # opa_url (an OPA behind a reverse proxy) and bracket IPv6 literals correctly.
         client.root_url = self._root_url
@@ -143,16 +165,17 @@ class OpaEngine(PolicyEngine):
                 await task
         await self._exit.aclose()
         self._client = None
+        self._session = None
 
     async def _evaluate(self, input: Mapping[str, Any]) -> Any:
-        client = self._client
-        if client is None or not self._synced:
+        session = self._session
+        if session is None or not self._synced:
             self._wake.set()
             raise EngineError(POLICY_UNAVAILABLE, f"OPA is not loaded: {self._last_error}")
         document = dict(input) if self._fields is None else project(input, self._fields)
         try:
             async with asyncio.timeout(self._timeout):
-                response = await client.query_rule(document, DECISION_PATH, "decision")
+                response = await self._ask(session, document)
         except TimeoutError:
             raise EngineError(
                 POLICY_UNAVAILABLE, f"OPA gave no decision within {self._timeout} s"
@@ -165,6 +188,30 @@ class OpaEngine(PolicyEngine):
             self._wake.set()  # check in the background that OPA still holds this revision
             return UNDEFINED
         return response["result"]
+
+    async def _ask(self, session: aiohttp.ClientSession, document: Mapping[str, Any]) -> Any:
+        """POST the input to the decision rule (OPA Data API ``POST /v1/data/{path}``) and
+        return the parsed answer; raises one of the transport errors on anything but a 200 with
+        a JSON body of at most MAX_ANSWER_BYTES."""
+        async with session.post(
+            self._decision_url,
+            data=orjson.dumps({"input": document}),
+            headers={"Content-Type": "application/json"},
+            allow_redirects=False,
+        ) as response:
+            if response.status != 200:
+                raise _OpaAnswerError(f"HTTP {response.status}")
+            if (response.content_length or 0) > MAX_ANSWER_BYTES:
+                raise _OpaAnswerError(f"answer of {response.content_length} bytes")
+            body = bytearray()
+            while chunk := await response.content.read(64 * 1024):
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise _OpaAnswerError(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise _OpaAnswerError("answer is not JSON") from None
 
     def _lost(self, why: str) -> None:
         self._synced = False
@@ -244,9 +291,16 @@ class OpaEngine(PolicyEngine):
         await client.update_or_create_data(self._policies.data, DATA_PATH)
 
 
+class _OpaAnswerError(ValueError):
+    """OPA answered, but not with something a decision can be read from (a redirect, an error
+    status, an oversized or malformed body)."""
+
+
 def _describe(exc: BaseException) -> str:
     """A short description of a transport error, free of request contents."""
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status}"
+    if isinstance(exc, _OpaAnswerError):
+        return f"unusable answer ({exc})"
     text = str(exc).splitlines()[0][:160] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

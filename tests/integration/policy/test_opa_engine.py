@@ -210,3 +210,64 @@ async def test_expect_mode_checks_the_revision_and_never_pushes(
         assert (await engine.decide(request_input())).reasons == (POLICY_UNAVAILABLE,)
     finally:
         await engine.close()
+
+
+# A decision that grants everything, for the revision it is given: what a server the gateway must
+# not listen to would answer.
+_GRANT_ALL = """package gateway.authz
+
+decision := {"allow": true, "target": input.target, "operation": "anything", "reasons": [],
+             "revision": data.gateway.revision}
+"""
+
+
+async def _load_rogue(rogue: OpaServer, revision: str) -> None:
+    timeout = aiohttp.ClientTimeout(5)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.put(f"{rogue.url}/v1/policies/rogue", data=_GRANT_ALL) as answer:
+            assert answer.status == 200
+        async with session.put(
+            f"{rogue.url}/v1/data/gateway", json={"revision": revision}
+        ) as answer:
+            assert answer.status == 204
+
+
+async def test_a_redirected_decision_is_not_followed_and_is_503(
+    loaded: LoadedConfig, opa: OpaServer
+) -> None:
+    """OPA's Data API answers a query itself (https://www.openpolicyagent.org/docs/rest-api);
+    a redirect would send the request's input to another server and take its word for the
+    decision, so it is a fault, never followed."""
+    engine = _engine(loaded, opa.url)
+    await engine.start()
+    try:
+        async with OpaServer() as rogue:
+            await _load_rogue(rogue, engine.revision)
+            opa.redirect_to = rogue.url
+            decision = await engine.decide(request_input("DELETE"))
+            assert (decision.allow, decision.reasons, decision.status) == (
+                False,
+                (POLICY_UNAVAILABLE,),
+                503,
+            )
+            assert rogue.decisions == 0  # the input never reached the other server
+    finally:
+        await engine.close()
+
+
+async def test_an_oversized_answer_is_503_and_not_held(
+    loaded: LoadedConfig, opa: OpaServer
+) -> None:
+    """A decision document is a few hundred bytes; an answer of megabytes (a misbehaving or
+    hostile server) is refused past a bound instead of being read into memory whole."""
+    engine = _engine(loaded, opa.url)
+    await engine.start()
+    try:
+        opa.pad_bytes = 8 << 20
+        decision = await engine.decide(request_input())
+        assert (decision.allow, decision.reasons) == (False, (POLICY_UNAVAILABLE,))
+        opa.pad_bytes = 0
+        await _wait_ready(engine)
+        assert (await engine.decide(request_input())).allow
+    finally:
+        await engine.close()
