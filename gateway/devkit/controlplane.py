@@ -263,6 +263,9 @@ class Faults:
     issue_client_usage_only: bool = False
     """Issue clientAuth-only certificates, as control planes did before the inner TLS."""
     issue_expired: bool = False
+    garble_pem: bool = False
+    """Answer registrations and renewals with PEM that holds a character outside ASCII (JSON
+    allows it; PEM does not), as a broken or hostile control plane might."""
     heartbeat_contract_1_0: bool = False
     """Judge heartbeats by contract 1.0.0: a member it does not describe (``worker``) makes the
     heartbeat a 400 ``invalid_request``, as a control plane validating against 1.0.0 answers."""
@@ -677,6 +680,10 @@ class ControlPlaneSimulator:
         )
         return await handler(request)
 
+    def _answer_pem(self, cert: x509.Certificate) -> str:
+        pem = _pem(cert)
+        return pem.replace("MII", "MI\u00cf", 1) if self.faults.garble_pem else pem
+
     def _issue(self, csr: x509.CertificateSigningRequest) -> x509.Certificate:
         now = _utcnow()
         not_before = now - BACKDATE
@@ -755,7 +762,7 @@ class ControlPlaneSimulator:
         hybrid_connection = self.relay_hybrid_connection(gateway_id)
         document = {
             "gateway_id": gateway_id,
-            "certificate_chain": _pem(cert),
+            "certificate_chain": self._answer_pem(cert),
             "ca_certificate": self.ca.pem.decode("ascii"),
             "signing_keys": self.published_keys(gateway_id),
             "relay": {"namespace": self.relay_namespace, "hybrid_connection": hybrid_connection},
@@ -853,7 +860,7 @@ class ControlPlaneSimulator:
         installation = self._installation(request)
         if installation is not None:
             self.installations[cert.serial_number] = installation
-        return web.json_response({"certificate_chain": _pem(cert)}, status=201)
+        return web.json_response({"certificate_chain": self._answer_pem(cert)}, status=201)
 
     async def _signing_keys(self, request: web.Request) -> web.Response:
         gateway_id = self._mtls_gateway(request)

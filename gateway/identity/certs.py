@@ -46,6 +46,19 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def answer_pem(text: str, *, source: str) -> bytes:
+    """The bytes of a PEM document a control-plane answer carried as a JSON string.
+
+    PEM is ASCII (RFC 7468 section 2); JSON allows any character, so a broken or hostile
+    answer can hold others. They are ``corrupt_file`` like any other damage, never an exception
+    of another type that would end the renewal loop or registration without a report.
+    """
+    try:
+        return text.encode("ascii")
+    except UnicodeEncodeError:
+        raise IdentityError("corrupt_file", f"{source} is not ASCII PEM") from None
+
+
 def parse_certificate_chain(pem: bytes, *, source: str) -> list[x509.Certificate]:
     """Parse 1..8 PEM certificates (leaf first); anything else is ``corrupt_file``."""
     if len(pem) > MAX_PEM_BYTES:

@@ -30,6 +30,7 @@ from gateway import __version__
 from gateway.identity.certs import (
     MAX_PEM_BYTES,
     Clock,
+    answer_pem,
     parse_ca_certificate,
     parse_certificate_chain,
     renewal_time,
@@ -175,7 +176,8 @@ async def register(
             "certificate_invalid", "the control plane registered a different gateway id"
         )
     returned_ca = parse_ca_certificate(
-        result.ca_certificate.encode("ascii"), source="the registration answer's CA"
+        answer_pem(result.ca_certificate, source="the registration answer's CA"),
+        source="the registration answer's CA",
     )
     ca = returned_ca
     if pinned is not None:
@@ -187,7 +189,8 @@ async def register(
             )
     ca_pem = ca.public_bytes(Encoding.PEM)
     chain = parse_certificate_chain(
-        result.certificate_chain.encode("ascii"), source="the registration answer's certificate"
+        answer_pem(result.certificate_chain, source="the registration answer's certificate"),
+        source="the registration answer's certificate",
     )
     now = clock()
     validate_client_certificate(

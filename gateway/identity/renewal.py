@@ -36,6 +36,7 @@ from gateway.identity.certs import (
     DEFAULT_ALERT_FRACTION,
     CertificateHealth,
     Clock,
+    answer_pem,
     certificate_health,
     parse_certificate_chain,
     utcnow,
@@ -139,7 +140,8 @@ class CertificateRenewer:
             async with self._client_factory(old_context) as client:
                 answer = await client.renew_certificate(csr_pem)
             chain = parse_certificate_chain(
-                answer.certificate_chain.encode("ascii"), source="the renewal answer"
+                answer_pem(answer.certificate_chain, source="the renewal answer"),
+                source="the renewal answer",
             )
             try:
                 validate_client_certificate(

@@ -71,4 +71,10 @@ def mtls_context(
             f"{cert_path} and {key_path} cannot be loaded together for TLS "
             "(mismatched pair or wrong passphrase)",
         ) from None
+    except OSError as exc:
+        # Removed or made unreadable since the store checked them: an identity error like any
+        # other, so the renewal loop reports it and retries instead of ending on it.
+        raise IdentityError(
+            "unreadable", f"{cert_path} or {key_path} cannot be read for TLS: {exc.strerror}"
+        ) from None
     return context

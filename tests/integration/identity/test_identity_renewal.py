@@ -196,3 +196,51 @@ async def test_endpoint_recovers_and_the_loop_renews(
     assert len(posts) == 4
     assert len(time.sleeps) == 3
     assert load_identity(store.state_dir).record.generation == 2
+
+
+async def test_a_renewal_answer_that_is_not_ascii_pem_is_reported_not_raised(
+    simulator: ControlPlaneSimulator, make_settings: Settings
+) -> None:
+    store = await _registered_store(make_settings)
+    old = store.load().certificate
+    time = FakeTime(_at_fraction(old.not_valid_before_utc, old.not_valid_after_utc, 0.7))
+    failures: list[IdentityError] = []
+    renewer = _renewer(store, simulator, time, on_failure=failures.append)
+    simulator.faults.garble_pem = True
+    # JSON carries any character; a chain with one outside ASCII used to escape as
+    # UnicodeEncodeError and end the renewal loop without a report.
+    assert await renewer.attempt() is False
+    assert [f.code for f in failures] == ["corrupt_file"]
+    assert load_identity(store.state_dir).certificate.serial_number == old.serial_number
+    assert not (store.state_dir / key_file_name(2)).exists()
+
+
+async def test_registration_answer_that_is_not_ascii_pem_stores_nothing(
+    simulator: ControlPlaneSimulator, make_settings: Settings
+) -> None:
+    simulator.faults.garble_pem = True
+    settings = make_settings()
+    with pytest.raises(IdentityError) as info:
+        await register(settings, username="alice", password=PASSWORD)
+    assert info.value.code == "corrupt_file"
+    assert not IdentityStore(settings.state_dir).has_identity()
+
+
+async def test_a_certificate_file_gone_under_the_renewer_is_reported_and_retried(
+    simulator: ControlPlaneSimulator, make_settings: Settings
+) -> None:
+    store = await _registered_store(make_settings)
+    old = store.load().certificate
+    time = FakeTime(_at_fraction(old.not_valid_before_utc, old.not_valid_after_utc, 0.7))
+    failures: list[IdentityError] = []
+    renewer = _renewer(store, simulator, time, on_failure=failures.append)
+    cert_path = store.state_dir / cert_file_name(1)
+    saved = cert_path.read_bytes()
+    cert_path.unlink()
+    # OpenSSL's FileNotFoundError used to escape, ending the loop with no alert.
+    assert await renewer.attempt() is False
+    assert [f.code for f in failures] == ["unreadable"]
+    cert_path.write_bytes(saved)
+    os.chmod(cert_path, 0o600)
+    assert await renewer.attempt() is True
+    assert renewer.identity.record.generation == 2
