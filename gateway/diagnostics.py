@@ -382,6 +382,7 @@ async def _check_identity(ctx: _Context) -> str:
         hint = {
             "not_registered": "register this gateway: `gateway register`",
             "client_certificate_expired": "re-register: `gateway register --force`",
+            "certificate_not_yet_valid": "correct the local clock (NTP), then retry",
             "unsafe_permissions": "chmod 700 the directory and 600 its files; run as their owner",
         }.get(code, "see docs/troubleshooting.md")
         raise _CheckError(_coded(exc, code), hint) from None

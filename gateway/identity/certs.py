@@ -145,7 +145,9 @@ def validate_client_certificate(
         raise IdentityError(
             "certificate_invalid", "the certificate is not valid for TLS client authentication"
         )
-    if not leaf.not_valid_before_utc <= now < leaf.not_valid_after_utc:
+    if now < leaf.not_valid_before_utc:
+        raise not_yet_valid(leaf.not_valid_before_utc, now)
+    if not now < leaf.not_valid_after_utc:
         raise IdentityError(
             "client_certificate_expired",
             f"the certificate is valid from {leaf.not_valid_before_utc.isoformat()} "
@@ -164,6 +166,19 @@ def validate_client_certificate(
         raise IdentityError(
             "certificate_invalid", f"the certificate does not chain to the pinned CA ({exc})"
         ) from None
+
+
+def not_yet_valid(not_before: dt.datetime, now: dt.datetime) -> IdentityError:
+    """The error for a certificate whose validity starts after the local ``now``.
+
+    The control plane backdates what it issues, so this is nearly always a local clock that is
+    behind; calling it expired would send the operator to re-register, which cannot help.
+    """
+    return IdentityError(
+        "certificate_not_yet_valid",
+        f"the certificate is valid only from {not_before.isoformat()} but the local clock reads "
+        f"{now.isoformat()}; the clock is probably behind: correct it (NTP)",
+    )
 
 
 def renewal_time(cert: x509.Certificate) -> dt.datetime:

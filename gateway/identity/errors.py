@@ -18,6 +18,8 @@ Local codes:
 * ``certificate_invalid`` - subject, extended key usage, chain or validity is wrong.
 * ``client_certificate_expired`` - the client certificate is outside its validity period; no
   connection is attempted.
+* ``certificate_not_yet_valid`` - the certificate's validity starts after the local time: the
+  local clock is behind (the control plane backdates what it issues).
 * ``ca_mismatch`` - the control plane returned a CA other than the one pinned by the operator.
 * ``invalid_gateway_id`` - the gateway id does not match the documented pattern.
 * ``unsupported_platform`` - the state directory checks need POSIX ownership and modes.

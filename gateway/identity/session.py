@@ -14,6 +14,7 @@ from typing import Any
 from gateway.identity.certs import (
     DEFAULT_ALERT_FRACTION,
     certificate_health,
+    not_yet_valid,
     utcnow,
     validate_client_certificate,
 )
@@ -58,7 +59,10 @@ def mtls_client(
     too); ``None`` connects directly. Refuses (``client_certificate_expired``) if the
     certificate is not valid at ``now``.
     """
-    health = certificate_health(identity.certificate, now or utcnow())
+    moment = now or utcnow()
+    health = certificate_health(identity.certificate, moment)
+    if health.state == "not_yet_valid":
+        raise not_yet_valid(health.not_before, moment)
     if not health.usable:
         raise IdentityError(
             "client_certificate_expired",

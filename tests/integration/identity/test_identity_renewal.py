@@ -22,7 +22,7 @@ from gateway.identity import (
     load_identity,
     register,
 )
-from gateway.identity.certs import CertificateHealth
+from gateway.identity.certs import CertificateHealth, utcnow
 from gateway.identity.store import cert_file_name, key_file_name
 
 from .identity_support import PASSWORD, TEST_TIMEOUTS
@@ -244,3 +244,26 @@ async def test_a_certificate_file_gone_under_the_renewer_is_reported_and_retried
     os.chmod(cert_path, 0o600)
     assert await renewer.attempt() is True
     assert renewer.identity.record.generation == 2
+
+
+async def test_a_clock_behind_the_control_plane_is_named_not_called_expiry(
+    simulator: ControlPlaneSimulator, make_settings: Settings
+) -> None:
+    store = await _registered_store(make_settings)
+    old = store.load().certificate
+    # The local clock runs ten minutes behind EmpowerID's, which backdates by one minute only:
+    # every renewed certificate starts in the local future.
+    time = FakeTime(utcnow() - dt.timedelta(minutes=10))
+    failures: list[IdentityError] = []
+    renewer = _renewer(store, simulator, time, on_failure=failures.append)
+    assert await renewer.attempt() is False
+    [failure] = failures
+    assert failure.code == "certificate_not_yet_valid"
+    assert "clock" in str(failure)
+    assert load_identity(store.state_dir).certificate.serial_number == old.serial_number
+    # Registration says the same, and stores nothing.
+    settings = make_settings(state_dir=store.state_dir.parent / "other")
+    with pytest.raises(IdentityError) as info:
+        await register(settings, username="alice", password=PASSWORD, clock=time.clock)
+    assert info.value.code == "certificate_not_yet_valid"
+    assert not IdentityStore(settings.state_dir).has_identity()
