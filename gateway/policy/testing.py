@@ -9,8 +9,10 @@ A test rule is one of two kinds:
   with ``"targets"`` (an allow-list written exactly like ``targets`` in gateway.yaml, used instead
   of the configured one) and ``"extensions"`` (stand-in values for ``data.gateway_extensions``).
   The gateway evaluates ``data.gateway.authz.decision`` for that input with the embedded engine,
-  exactly as it does for a relayed request, and every key of ``expect`` must equal the
-  decision's value.
+  exactly as it does for a relayed request; the answer must be a decision document the gateway
+  acts on (:func:`gateway.policy.engine.document_problem`, of the revision in the data: anything
+  else a running gateway refuses as ``policy_undefined`` or ``policy_unavailable``), and every
+  key of ``expect`` must equal the decision's value as JSON values (``1`` is not ``true``).
 
 A fact may also be written the way OPA tests are, with ``with input as X``:
 ``test_x if { data.gateway.authz.decision.allow with input as {"target": "erp", ...} }``.
@@ -52,7 +54,7 @@ from gateway.ldap.questions import LdapQuestion, QuestionError
 from gateway.policy.cache import strip_comments
 from gateway.policy.data import policy_data
 from gateway.policy.embedded import EmbeddedEngine, evaluation_error, new_interpreter
-from gateway.policy.engine import UNDEFINED, EngineError
+from gateway.policy.engine import UNDEFINED, EngineError, document_problem
 from gateway.policy.loader import PolicyModule, PolicySet
 
 __all__ = [
@@ -363,6 +365,7 @@ class _CaseRunner:
         self._policies = policies
         self._config = config
         self._engines: dict[str, EmbeddedEngine] = {}
+        self._revision = str(policies.data.get("revision"))
 
     def run(self, case: Mapping[str, Any]) -> tuple[bool, str]:
         unknown = set(case) - _CASE_KEYS
@@ -378,23 +381,33 @@ class _CaseRunner:
         if ("input" in case) == ("ldap" in case):
             return False, "a case has either 'input' or 'ldap' (an LDAP operation in words)"
         try:
-            decision = engine.evaluate(case["input"]) if "input" in case else self._ldap(case)
+            if "input" in case:
+                decision, from_policy = engine.evaluate(case["input"]), True
+            else:
+                decision, from_policy = self._ldap(case)
         except EngineError as exc:
             return False, exc.detail
         except ValueError as exc:
             return False, str(exc)
         if decision is UNDEFINED or not isinstance(decision, dict):
             return False, "the policy returned no decision document"
+        # What the engine checks before acting on a decision (PolicyEngine._interpret): a case
+        # must not pass on a document every running gateway would refuse.
+        revision = CASE_REVISION if case.get("targets") is not None else self._revision
+        problem = document_problem(decision, revision) if from_policy else None
+        if problem is not None:
+            return False, f"a running gateway refuses this decision: {problem}"
         wrong = [
             f"{key}: expected {_short(value)}, got {_short(decision.get(key))}"
             for key, value in expect.items()
-            if decision.get(key) != value
+            if not _same(decision.get(key), value)
         ]
         return (False, "; ".join(wrong)) if wrong else (True, "")
 
-    def _ldap(self, case: Mapping[str, Any]) -> Any:
+    def _ldap(self, case: Mapping[str, Any]) -> tuple[Any, bool]:
         """The decision on a case's LDAP operation, with its input built as the proxy builds it
-        (:func:`gateway.ldap.decide.policy_document`); raises ValueError for a bad case."""
+        (:func:`gateway.ldap.decide.policy_document`), and whether the policy made it (the core
+        refuses some operations first); raises ValueError for a bad case."""
         targets = case.get("targets")
         config = _config(targets) if targets is not None else self._config
         if config is None:
@@ -408,8 +421,9 @@ class _CaseRunner:
             raise ValueError(f"ldap: {exc}") from None
         except LdapRefusedError as refused:
             # The core refuses it before the policy is asked, as a live gateway does.
-            return {"allow": False, "operation": None, "reasons": [refusal_reason(refused)]}
-        return engine.evaluate(document)
+            refusal = {"allow": False, "operation": None, "reasons": [refusal_reason(refused)]}
+            return refusal, False
+        return engine.evaluate(document), True
 
     def _engine(self, targets: Any, extensions: Any) -> EmbeddedEngine:
         key = json.dumps([targets, extensions], sort_keys=True)
@@ -449,6 +463,11 @@ def _config(targets: Any) -> GatewayConfig:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"invalid targets: {where}: {first['msg']}") from None
+
+
+def _same(got: Any, expected: Any) -> bool:
+    """Whether two JSON values are equal as JSON (Python's ``1 == True`` is not Rego's)."""
+    return json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)
 
 
 def _short(value: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -9,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from tests.unit.policy.conftest import SHIPPED_POLICIES, config_text
+from gateway.config import load
+from gateway.policy.engine import POLICY_UNDEFINED
+from gateway.policy.loader import build_engine
+from tests.unit.policy.conftest import SHIPPED_POLICIES, config_text, request_input
 
 # Tens of seconds: started first in a parallel run (tests/conftest.py).
 pytestmark = pytest.mark.slow
@@ -172,3 +176,58 @@ def test_policy_test_fact_rules_use_the_configured_data(
     assert "FAIL corp.erp_test.test_erp_is_plain_http" in out
     assert "erp_test.rego:10)" in out
     assert "test_erp_is_https" not in out
+
+
+# A first branch of the decision that only a TRACE request reaches (the load-time smoke
+# evaluation asks other methods): the document it answers is not one the gateway acts on.
+_TRACE_BRANCH = (
+    'decision := {{"allow": {allow}, "target": input.target, "operation": "trace",\n'
+    '\t"reasons": [], "revision": data.gateway.revision{extra}}} if {{\n'
+    '\tinput.method == "TRACE"\n'
+    "}} else := ldap_decision if {{"
+)
+_TRACE_CASE = """package corp.trace_test
+
+test_trace_allowed := {
+	"input": {"target": "erp", "method": "TRACE", "path_segments": ["api", "orders"],
+		"trailing_slash": false, "websocket": false, "signature": {"verified": true}},
+	"expect": {"allow": true, "operation": "trace", "reasons": []},
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("allow", "extra", "why"),
+    [
+        # Rego's 1 is not true, but Python's 1 == True: the case compared them as equal.
+        ("1", "", "allow is not a boolean"),
+        # A key the decision schema does not have, which `expect` never names.
+        ("true", ', "debug": true', "not an object with exactly"),
+    ],
+)
+def test_policy_test_cases_fail_on_a_decision_the_gateway_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], allow: str, extra: str, why: str
+) -> None:
+    """A case passes only when a running gateway would act on the decision as expected: a
+    document the engine refuses as ``policy_undefined`` fails it, whatever ``expect`` names."""
+    broken = tmp_path / "policies"
+    shutil.copytree(SHIPPED_POLICIES, broken)
+    authz = broken / "gateway" / "authz.rego"
+    source = authz.read_text(encoding="utf-8")
+    first = "decision := ldap_decision if {"
+    assert first in source
+    authz.write_text(
+        source.replace(first, _TRACE_BRANCH.format(allow=allow, extra=extra)), encoding="utf-8"
+    )
+    (broken / "trace_test.rego").write_text(_TRACE_CASE, encoding="utf-8")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_text([broken]), encoding="utf-8")
+    # What run does with a TRACE: refused, as no decision document.
+    engine = build_engine(load(config, check_host=False))
+    decision = asyncio.run(engine.decide(request_input("TRACE")))
+    assert (decision.allow, decision.reasons) == (False, (POLICY_UNDEFINED,))
+    assert main(["policy-test", "-c", str(config), "--format", "json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    failed = {t["name"]: t["detail"] for t in report["tests"] if not t["passed"]}
+    assert list(failed) == ["corp.trace_test.test_trace_allowed"]
+    assert why in failed["corp.trace_test.test_trace_allowed"]
