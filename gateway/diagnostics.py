@@ -145,6 +145,8 @@ _CONTROL_PLANE_HINTS = {
     "tls_interception_or_untrusted_ca": "exempt the EmpowerID host from TLS inspection on the "
     "proxy; the gateway trusts only the CA pinned at registration",
     "hostname_mismatch": "empowerid.url must name the host in EmpowerID's certificate",
+    "server_certificate_expired": "EmpowerID's server certificate is outside its validity at "
+    "the local time: check the local clock (NTP), else EmpowerID must renew it",
     "client_certificate_rejected": "the certificate was revoked or the gateway deleted in "
     "EmpowerID: re-register with `gateway register --force`",
     "not_registered": "EmpowerID does not know this gateway: re-register with "

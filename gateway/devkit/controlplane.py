@@ -452,11 +452,11 @@ class ControlPlaneSimulator:
     """The simulator; use ``async with ControlPlaneSimulator(...) as sim``.
 
     ``server_names`` go into the server certificate (a name the client does not use simulates a
-    host-name mismatch). ``relay_namespace`` / ``relay_key_name`` / ``relay_key`` describe the
-    relay the listener tokens are for (normally the devkit relay emulator). ``signing_alg`` is
-    the algorithm of the request-signing key it publishes: ``rsa-pss-sha512`` simulates an
-    EmpowerID whose key is held in Azure Key Vault or Managed HSM (``PS512``), which keep no
-    Ed25519 keys.
+    host-name mismatch); a negative ``server_cert_lifetime`` gives it an expired one.
+    ``relay_namespace`` / ``relay_key_name`` / ``relay_key`` describe the relay the listener
+    tokens are for (normally the devkit relay emulator). ``signing_alg`` is the algorithm of the
+    request-signing key it publishes: ``rsa-pss-sha512`` simulates an EmpowerID whose key is
+    held in Azure Key Vault or Managed HSM (``PS512``), which keep no Ed25519 keys.
     """
 
     def __init__(
@@ -471,6 +471,7 @@ class ControlPlaneSimulator:
         hybrid_connection: str | None = None,
         token_ttl: dt.timedelta = dt.timedelta(hours=1),
         cert_lifetime: dt.timedelta = dt.timedelta(days=30),
+        server_cert_lifetime: dt.timedelta = dt.timedelta(days=30),
         ca: DevCA | None = None,
         signing_alg: SigningAlgorithm = "ed25519",
     ) -> None:
@@ -483,6 +484,8 @@ class ControlPlaneSimulator:
         self.hybrid_connection = hybrid_connection
         self.token_ttl = token_ttl
         self.cert_lifetime = cert_lifetime
+        # Less than minus the one-minute backdating: a server certificate that has expired.
+        self.server_cert_lifetime = server_cert_lifetime
         self.ca = ca or DevCA()
         self.faults = Faults()
         self.signing_alg = signing_alg
@@ -602,7 +605,7 @@ class ControlPlaneSimulator:
         """Bind and serve."""
         self._tempdir = tempfile.TemporaryDirectory(prefix="controlplane-sim-")
         workdir = Path(self._tempdir.name)
-        chain_pem, key_pem = self.ca.issue_server(self.server_names)
+        chain_pem, key_pem = self.ca.issue_server(self.server_names, self.server_cert_lifetime)
         (workdir / "server.crt").write_bytes(chain_pem)
         (workdir / "server.key").write_bytes(key_pem)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -24,6 +24,8 @@ Error codes raised here (problem ``type`` codes from the server pass through unc
 * ``tls_interception_or_untrusted_ca`` - the server certificate does not chain to the pinned CA
   (a TLS-inspecting proxy, or the wrong server);
 * ``hostname_mismatch`` - the certificate does not name the host in the base URL;
+* ``server_certificate_expired`` - the server certificate is outside its validity period at
+  the local time (expired, or the local clock is wrong);
 * ``tls_handshake_failed`` - no common protocol version or cipher (e.g. a TLS 1.1-only server);
 * ``client_certificate_rejected`` - the server refused the gateway's client certificate;
 * ``proxy_auth_required`` - the proxy answered 407
@@ -80,6 +82,9 @@ _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _MAX_SERVER_TEXT = 300
 # OpenSSL verify results for a name mismatch (X509_V_ERR_HOSTNAME_MISMATCH, ..._IP_ADDRESS_...).
 _NAME_MISMATCH_CODES = frozenset({62, 64})
+# ... and for a certificate outside its validity period (X509_V_ERR_CERT_NOT_YET_VALID,
+# X509_V_ERR_CERT_HAS_EXPIRED).
+_VALIDITY_CODES = frozenset({9, 10})
 # TLS alerts a server sends when it refuses a client certificate (RFC 8446 section 6.2).
 _CLIENT_CERT_ALERTS = (
     "CERTIFICATE_REQUIRED",
@@ -372,6 +377,14 @@ class ControlPlaneClient:
                     f"the certificate of {host} does not name that host; refusing to connect",
                 )
             reason = sanitize_server_text(exc.verify_message or "")
+            if exc.verify_code in _VALIDITY_CODES:
+                # Issued by the pinned CA, but outside its validity at the local time: calling
+                # this interception would send the operator hunting for a proxy.
+                return ControlPlaneError(
+                    "server_certificate_expired",
+                    f"the certificate of {host} is not valid at the local time ({reason}); "
+                    "EmpowerID must renew it, or the local clock is wrong; refusing to connect",
+                )
             return ControlPlaneError(
                 "tls_interception_or_untrusted_ca",
                 f"the certificate of {host} is not issued by the pinned EmpowerID CA ({reason}); "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
@@ -108,6 +109,22 @@ async def test_hostname_mismatch_aborts(make_settings: Settings, tmp_path: Path)
         error = await _register_error(settings, username="alice", password=PASSWORD)
         assert error.code == "hostname_mismatch"
         assert wrong_name.requests == []
+
+
+async def test_an_expired_server_certificate_aborts_and_is_called_expired(
+    make_settings: Settings, tmp_path: Path
+) -> None:
+    async with ControlPlaneSimulator(server_cert_lifetime=-dt.timedelta(seconds=30)) as expired:
+        expired.add_person("alice", PASSWORD)
+        settings = make_settings(
+            base_url=expired.base_url, ca_file=expired.write_ca(tmp_path / "expired-ca.pem")
+        )
+        error = await _register_error(settings, username="alice", password=PASSWORD)
+        # Issued by the pinned CA: not interception, which would send the operator hunting
+        # for a proxy.
+        assert error.code == "server_certificate_expired"
+        assert "proxy" not in str(error)
+        assert expired.requests == []
 
 
 def _legacy_context(*, server: bool) -> ssl.SSLContext:
