@@ -12,7 +12,8 @@ Flow (ARCHITECTURE.md section 2, "Registration"):
    the certificate must belong to our key, name the gateway, allow clientAuth, be valid now and
    chain to that CA, which is pinned from here on (the returned one when the system store
    authenticated the call);
-5. write key, certificate, CA, signing keys and relay endpoint atomically, then commit.
+5. delete the hmac-sha256 request keys of a previous registration, write key, certificate,
+   CA, signing keys and relay endpoint atomically, then commit.
 
 The password is used for that single request; it is never stored, logged or put in an error.
 """
@@ -197,6 +198,10 @@ async def register(
         chain, private_key=private_key, ca=ca, gateway_id=gateway_id, now=now
     )
     generation = store.next_generation()
+    # A new registration starts over: the previous installation's hmac-sha256 keys (which the
+    # agent falls back to while EmpowerID cannot hand out fresh ones) must not outlive it, above
+    # all after a re-registration that follows a compromise.
+    store.remove_request_secrets()
     store.write_key_pair(generation, private_key, chain)
     store.write_pins(ca_pem=ca_pem, signing_keys=list(result.signing_keys), relay=result.relay)
     store.commit(IdentityRecord(gateway_id, client.base_url, generation, now))

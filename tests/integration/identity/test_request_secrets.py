@@ -113,3 +113,19 @@ async def test_a_damaged_file_is_refused_without_quoting_it(
     assert encoded not in str(caught.value)
     assert encoded not in repr(secret)
     assert base64.b64decode(encoded).hex() not in repr(secret)
+
+
+async def test_a_new_registration_drops_the_keys_of_the_previous_one(
+    simulator: ControlPlaneSimulator, make_settings: Callable[..., RegistrationSettings]
+) -> None:
+    settings = make_settings()
+    await register(settings, username="alice", password=PASSWORD)
+    store = IdentityStore(settings.state_dir)
+    store.write_request_secrets(await fetch(settings))
+    assert store.read_request_secrets()
+    # A forced re-registration (after a host compromise, say) starts over. The agent falls back
+    # to the stored keys whenever EmpowerID cannot hand out fresh ones, so keys of the previous
+    # installation left here would go on verifying requests for up to their not_after.
+    await register(make_settings(force=True), username="alice", password=PASSWORD)
+    assert store.read_request_secrets() == []
+    assert not (settings.state_dir / REQUEST_SECRETS_FILE).exists()
