@@ -69,6 +69,23 @@ def _gateway_invocations() -> list[tuple[str, list[str]]]:
 INVOCATIONS = _gateway_invocations()
 
 
+def test_no_operator_document_writes_the_password_on_a_command_line() -> None:
+    # A value after GATEWAY_REGISTER_PASSWORD= stays in the shell history, and as an argument
+    # of sudo every local user can read it in /proc/PID/cmdline. The development guide's
+    # value is the devkit's fixed, public one.
+    written = [
+        f"{path.name}: {line}"
+        for path in DOCS
+        if path.name != "development.md"
+        for _, block in re.findall(
+            r"(<!-- test: run -->\n)?```sh\n(.*?)```", path.read_text(), re.DOTALL
+        )
+        for line in block.splitlines()
+        if re.search(r"GATEWAY_REGISTER_PASSWORD=", line)
+    ]
+    assert written == []
+
+
 def test_the_docs_show_commands() -> None:
     verbs = {argv[0] for _, argv in INVOCATIONS}
     assert {"validate", "register", "check", "status", "diff", "policy-test", "explain"} <= verbs
