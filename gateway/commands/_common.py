@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -82,3 +83,20 @@ def redacted(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redacted(item) for item in value]
     return value
+
+
+def forbid_core_dumps() -> None:
+    """Set this process's core file size limit to 0 (children inherit it).
+
+    ``register`` holds the Person's password, ``run`` the decrypted private key, the hmac-sha256
+    keys and the other secrets of the configuration. A crash in a C extension would otherwise
+    write them to a core file, which a core pattern or systemd-coredump keeps on disk beyond
+    the process. Where there is no ``resource`` module (not POSIX) nothing is changed.
+    """
+    try:
+        import resource
+    except ImportError:
+        return
+    # Lowering a limit is always allowed; ValueError/OSError would mean an exotic platform.
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -20,6 +20,7 @@ from gateway.auth import ReplayCache
 from gateway.commands._common import (
     add_config_argument,
     add_format_argument,
+    forbid_core_dumps,
     load_or_report,
     passphrase,
     print_json,
@@ -58,6 +59,7 @@ def _password() -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Register and print what was stored."""
+    forbid_core_dumps()  # before the password exists in this process
     loaded = load_or_report(args)
     if loaded is None:
         return 1

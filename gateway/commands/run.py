@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from gateway import config as gwconfig
 from gateway import eventloop
-from gateway.commands._common import add_config_argument, config_path
+from gateway.commands._common import add_config_argument, config_path, forbid_core_dumps
 from gateway.config.capacity import worker_count
 from gateway.errors import ConfigError
 from gateway.eventloop import EventLoop, EventLoopUnavailableError
@@ -108,6 +108,7 @@ def _worker_role(text: str) -> WorkerRole:
 
 def run(args: argparse.Namespace) -> int:
     """Load the logging settings, then hand over to the event loop."""
+    forbid_core_dumps()  # before any secret is read
     path = config_path(args)
     role: WorkerRole | None = args.worker
     fields = {"worker": role.index} if role is not None else None
