@@ -263,6 +263,9 @@ class Faults:
     issue_client_usage_only: bool = False
     """Issue clientAuth-only certificates, as control planes did before the inner TLS."""
     issue_expired: bool = False
+    echo_credentials: bool = False
+    """Refuse registrations with a problem document that repeats the credentials it was sent
+    (the password, and the Authorization header), as a careless control plane might."""
     garble_pem: bool = False
     """Answer registrations and renewals with PEM that holds a character outside ASCII (JSON
     allows it; PEM does not), as a broken or hostile control plane might."""
@@ -730,7 +733,15 @@ class ControlPlaneSimulator:
         return csr
 
     def _authenticate(self, request: web.Request) -> Person | web.Response:
-        login, password = _basic_credentials(request.headers.get("Authorization", ""))
+        authorization = request.headers.get("Authorization", "")
+        login, password = _basic_credentials(authorization)
+        if self.faults.echo_credentials:
+            return problem(
+                401,
+                "bad_credentials",
+                f"Password {password!r} refused",
+                detail=f"header was {authorization}",
+            )
         person = self.persons.get(login)
         if person is None or not hmac.compare_digest(person.password.encode(), password.encode()):
             response = problem(401, "bad_credentials", "The Person's credentials are not valid")

@@ -223,14 +223,25 @@ class ControlPlaneClient:
         except ValueError:
             # RFC 7617 section 2: a user-id cannot contain ':'. The text names no credential.
             raise ControlPlaneError("invalid_username", "the user name contains ':'") from None
-        return await self._call(
-            "POST",
-            "registrations",
-            RegistrationResult,
-            json_body=body,
-            authorization=authorization,
-            expect=201,
-        )
+        try:
+            return await self._call(
+                "POST",
+                "registrations",
+                RegistrationResult,
+                json_body=body,
+                authorization=authorization,
+                expect=201,
+            )
+        except ControlPlaneError as exc:
+            # The message quotes the server's title and detail; a control plane that repeats
+            # what it was sent must not put the password on the operator's screen or in a log.
+            message = str(exc.args[0])
+            token = authorization.partition(" ")[2]
+            scrubbed = message.replace(password, "***") if password else message
+            scrubbed = scrubbed.replace(token, "***") if token else scrubbed
+            if scrubbed == message:
+                raise
+            raise ControlPlaneError(exc.code, scrubbed, status=exc.status) from None
 
     async def relay_info(self) -> RelayInfo:
         """``GET relay-info`` over mTLS: relay endpoint and a fresh listener token."""

@@ -24,6 +24,7 @@ from gateway.identity import (
     status,
 )
 from gateway.identity.store import IDENTITY_FILE
+from gateway.outbound.proxy import basic_credentials
 
 from .identity_support import PASSWORD, TEST_TIMEOUTS
 
@@ -83,6 +84,17 @@ async def test_wrong_credentials(make_settings: Settings, user: str, password: s
     error = await _register_error(make_settings(), username=user, password=password)
     assert error.code == "bad_credentials"
     assert password not in str(error)
+
+
+async def test_credentials_the_control_plane_echoes_are_not_in_the_error(
+    simulator: ControlPlaneSimulator, make_settings: Settings
+) -> None:
+    simulator.faults.echo_credentials = True
+    error = await _register_error(make_settings(), username="alice", password=PASSWORD)
+    assert error.code == "bad_credentials"
+    assert "***" in str(error)
+    assert PASSWORD not in str(error)
+    assert basic_credentials("alice", PASSWORD).split()[1] not in str(error)
 
 
 async def test_server_certificate_from_another_ca_aborts_before_the_csr_is_sent(
