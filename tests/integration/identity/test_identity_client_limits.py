@@ -59,6 +59,15 @@ async def hostile(tmp_path: Path) -> AsyncIterator[tuple[str, DevCA, list[str]]]
             )
         if mode == "slow":
             await asyncio.sleep(5)
+        if mode == "drip":
+            # Never silent for a read timeout, never done: only the total bound ends it.
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for _ in range(100):
+                await response.write(b" ")
+                await asyncio.sleep(0.1)
+            return response
         return web.json_response({"gateway_id": "gw-1", "relay": {"namespace": "bad host!"}})
 
     app = web.Application()
@@ -98,9 +107,12 @@ async def test_bad_answers_become_one_error_type(
     assert info.value.code == code
 
 
-async def test_a_silent_server_times_out(hostile: tuple[str, DevCA, list[str]]) -> None:
+@pytest.mark.parametrize("mode", ["slow", "drip"])
+async def test_a_silent_or_dripping_server_times_out(
+    hostile: tuple[str, DevCA, list[str]], mode: str
+) -> None:
     url, ca, behaviour = hostile
-    behaviour[0] = "slow"
+    behaviour[0] = mode
     client = ControlPlaneClient(
         url,
         registration_context(ca.pem),
