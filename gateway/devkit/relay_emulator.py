@@ -230,7 +230,8 @@ class _Reusable:
     """An open request rendezvous socket that later requests of its sender's connection use."""
 
     ws: web.WebSocketResponse
-    transport: asyncio.BaseTransport | None
+    # Not isinstance-checked anywhere: uvloop's transports do not derive from asyncio's.
+    transport: asyncio.Transport | None
     pending: dict[str, _Pending] = field(default_factory=dict)
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -1392,7 +1393,7 @@ def _command_frames(command: AcceptCommand | RendezvousRequestCommand) -> list[F
 async def _send_frames(
     ws: web.WebSocketResponse,
     frames: list[Frame],
-    transport: asyncio.BaseTransport | None = None,
+    transport: asyncio.Transport | None = None,
     cuts: Callable[[int], list[int]] | None = None,
 ) -> None:
     """Send the core's (complete) frames; with ``transport`` and ``cuts``, each binary message
@@ -1407,7 +1408,7 @@ async def _send_frames(
     for frame in frames:
         if frame.opcode is Opcode.TEXT:
             await ws.send_str(frame.payload.decode("utf-8", "surrogatepass"))
-        elif isinstance(transport, asyncio.WriteTransport) and cuts is not None:
+        elif transport is not None and cuts is not None:
             if transport.is_closing():
                 raise ConnectionResetError("the socket is closed")
             transport.write(_fragments(frame.payload, cuts(len(frame.payload))))
