@@ -40,7 +40,13 @@ reconnected.
 
 Per ``accept`` (section 4): the stream handler decides; a rejection opens the address with
 ``sb-hc-statusCode``/``sb-hc-statusDescription`` (the relay answers 410), an acceptance opens it
-and hands the socket to the handler.
+and hands the socket to the handler. Accepted streams' sockets are pinged every
+``ping_interval``: the relay's load balancer drops a connection idle for about 4 minutes
+(section 7).
+
+A handler still running ``early_rendezvous_after`` seconds after its request arrived on the
+control channel has the request's rendezvous address opened then, while it is valid (about
+30 s, section 7), and its answer goes over that socket whatever its size.
 
 Rendezvous addresses are dialled only after the core's address check
 (:class:`gateway.hybridconnection.addresses.RendezvousPolicy`) has passed; a failing address is
