@@ -60,6 +60,37 @@ SKIPPED_DIRECTORIES = frozenset({"examples"})
 # Built-ins the embedded engine (rego-cpp 1.5.2) crashes the process on inside a compiled
 # bundle; refusing the module at load beats losing the gateway at the first request.
 _CRASHING_BUILTINS = re.compile(r"\b(time\.weekday)\s*\(")
+# Built-ins rego-cpp 1.5.2 answers differently from OPA (its built-in reference) for some
+# arguments: a policy using one would decide otherwise under the OPA engine, and otherwise than
+# its author read it. Refused in policy modules; test modules only build inputs for policy-test,
+# which evaluates the decision for them as a relayed request is.
+_DIVERGENT_BUILTINS: dict[str, tuple[str, str]] = {
+    "object.union": (
+        "merges only the top level where OPA merges nested objects too",
+        "merge nested objects explicitly, key by key",
+    ),
+    "object.union_n": (
+        "merges only the top level where OPA merges nested objects too",
+        "merge nested objects explicitly, key by key",
+    ),
+    "semver.compare": (
+        "orders pre-releases otherwise than semantic versioning (1.0.0-rc1 after 1.0.0)",
+        "compare the version parts as numbers",
+    ),
+    "semver.is_valid": (
+        "accepts versions OPA refuses (leading zeros)",
+        "match the version with regex.match",
+    ),
+    "to_number": (
+        "reads a number from the start of any string ('1_000000' is 1) where OPA fails",
+        "check the string with regex.match before converting it",
+    ),
+}
+_DIVERGENT = re.compile(
+    r"(?<![A-Za-z0-9_.])("
+    + "|".join(re.escape(name) for name in sorted(_DIVERGENT_BUILTINS, key=len, reverse=True))
+    + r")\s*\("
+)
 _EVERY = re.compile(r"\bevery\b")
 _NOT = re.compile(r"\bnot\b")
 _PACKAGE = re.compile(
@@ -285,34 +316,13 @@ def _read_module(
         )
         return None
     code = strip_comments(source)
-    crashing = _CRASHING_BUILTINS.search(code)
-    if crashing:
-        line = code.count("\n", 0, crashing.start()) + 1
+    refusal = _unsupported(code, module_id)
+    if refusal is not None:
+        offset, message, problem_code, hint = refusal
+        line = code.count("\n", 0, offset) + 1
+        column = offset - (code.rfind("\n", 0, offset) + 1) + 1
         problems.append(
-            Problem(
-                f"{crashing.group(1)} is not supported by the embedded Rego engine",
-                code="unsupported_builtin",
-                file=str(path),
-                line=line,
-                column=1,
-                hint="compute the day from time.date or time.clock instead",
-            )
-        )
-        return None
-    negated = _not_inside_every(code)
-    if negated is not None:
-        line = code.count("\n", 0, negated) + 1
-        problems.append(
-            Problem(
-                "'not' inside an 'every' body: the embedded Rego engine evaluates it as true "
-                "whatever its operand, so the 'every' would hold when it should not",
-                code="unsupported_construct",
-                file=str(path),
-                line=line,
-                column=negated - (code.rfind("\n", 0, negated) + 1) + 1,
-                hint="move the negation into a helper: every x in xs { allowed(x) } with "
-                "allowed(x) if not ..., or write 'not any_bad' with a rule any_bad",
-            )
+            Problem(message, code=problem_code, file=str(path), line=line, column=column, hint=hint)
         )
         return None
     first = _PACKAGE.search(code)
@@ -324,6 +334,40 @@ def _read_module(
     return PolicyModule(
         id=module_id, path=path, source=source, package=first.group(1), builtin=builtin
     )
+
+
+def _unsupported(code: str, module_id: str) -> tuple[int, str, str, str] | None:
+    """Where ``code`` (comments stripped) uses Rego the embedded engine cannot evaluate as OPA
+    does, with the problem's message, code and hint; None when it does not."""
+    crashing = _CRASHING_BUILTINS.search(code)
+    if crashing:
+        return (
+            crashing.start(),
+            f"{crashing.group(1)} is not supported by the embedded Rego engine",
+            "unsupported_builtin",
+            "compute the day from time.date or time.clock instead",
+        )
+    divergent = None if module_id.endswith("_test.rego") else _DIVERGENT.search(code)
+    if divergent:
+        name = divergent.group(1)
+        what, hint = _DIVERGENT_BUILTINS[name]
+        return (
+            divergent.start(),
+            f"{name}: the embedded Rego engine {what}, so it would decide otherwise than OPA",
+            "unsupported_builtin",
+            hint,
+        )
+    negated = _not_inside_every(code)
+    if negated is not None:
+        return (
+            negated,
+            "'not' inside an 'every' body: the embedded Rego engine evaluates it as true "
+            "whatever its operand, so the 'every' would hold when it should not",
+            "unsupported_construct",
+            "move the negation into a helper: every x in xs { allowed(x) } with "
+            "allowed(x) if not ..., or write 'not any_bad' with a rule any_bad",
+        )
+    return None
 
 
 def _not_inside_every(code: str) -> int | None:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+import regopy
 
 from gateway.cli import main
 from gateway.errors import ConfigError, PolicyError
@@ -196,3 +197,55 @@ def test_proving_a_policy_never_writes_its_files(make_config: MakeConfig, tmp_pa
     os.utime(extension, ns=(before, before))
     verify_policy(loaded)
     assert extension.stat().st_mtime_ns == before
+
+
+# Each built-in with an argument for which rego-cpp (the embedded engine) answers otherwise than
+# OPA's built-in reference says; what OPA answers is in the comment.
+_DIVERGENT = [
+    # OPA merges nested objects: {"a": {"b": 1, "c": 2}}.
+    ('object.union({"a": {"b": 1}}, {"a": {"c": 2}})', {"a": {"c": 2}}),
+    ('object.union_n([{"a": {"b": 1}}, {"a": {"c": 2}}])', {"a": {"c": 2}}),
+    # OPA (semantic versioning 2.0.0, section 11): a release follows its pre-release, 1.
+    ('semver.compare("1.0.0", "1.0.0-rc1")', -1),
+    # OPA: leading zeros make a version invalid, false.
+    ('semver.is_valid("01.0.0")', True),
+    # OPA: not a number, an error; a veto reading a limit from the query would not fire.
+    ('to_number("1_000000")', 1),
+]
+
+
+@pytest.mark.parametrize(("call", "embedded"), _DIVERGENT)
+def test_builtins_the_engine_answers_unlike_opa_are_refused(
+    make_config: MakeConfig, tmp_path: Path, call: str, embedded: object
+) -> None:
+    # The divergence is real (should a later rego-cpp fix it, this says the refusal can go).
+    rego = regopy.Interpreter()
+    rego.log_level = regopy.LogLevel.NONE
+    output = rego.query(f"x := {call}")
+    assert output.ok()
+    assert output.results[0].bindings["x"] == embedded
+    module = _module(
+        tmp_path / "own",
+        "corp.rego",
+        f'package gateway_extensions.corp\n\ndeny contains "x" if {{\n\tv := {call}\n\tv\n}}\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_policies(make_config(extra_dirs=(tmp_path / "own",)))
+    [problem] = caught.value.problems
+    assert (problem.code, problem.file, problem.line) == ("unsupported_builtin", str(module), 4)
+    assert call.split("(")[0] in problem.message
+
+
+def test_divergent_builtins_are_accepted_in_policy_tests(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    # A test module builds inputs for policy-test, which run never evaluates: object.union
+    # there makes the same input for the test's decision as a relayed request would.
+    _module(
+        tmp_path / "own",
+        "x_test.rego",
+        "package corp.x_test\n\n"
+        'test_union if object.union({"a": 1}, {"b": 2}) == {"a": 1, "b": 2}\n',
+    )
+    results = run_policy_tests(verify_policy(make_config(extra_dirs=(tmp_path / "own",))))
+    assert all(r.passed for r in results if r.name == "corp.x_test.test_union")
