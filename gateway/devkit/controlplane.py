@@ -455,7 +455,8 @@ class ControlPlaneSimulator:
     """The simulator; use ``async with ControlPlaneSimulator(...) as sim``.
 
     ``server_names`` go into the server certificate (a name the client does not use simulates a
-    host-name mismatch); a negative ``server_cert_lifetime`` gives it an expired one.
+    host-name mismatch); a negative ``server_cert_lifetime`` gives it an expired one, and a
+    ``server_ca`` other than ``ca`` issues it from a CA other than the one gateways are pinned to.
     ``relay_namespace`` / ``relay_key_name`` / ``relay_key`` describe the relay the listener
     tokens are for (normally the devkit relay emulator). ``signing_alg`` is the algorithm of the
     request-signing key it publishes: ``rsa-pss-sha512`` simulates an EmpowerID whose key is
@@ -476,6 +477,7 @@ class ControlPlaneSimulator:
         cert_lifetime: dt.timedelta = dt.timedelta(days=30),
         server_cert_lifetime: dt.timedelta = dt.timedelta(days=30),
         ca: DevCA | None = None,
+        server_ca: DevCA | None = None,
         signing_alg: SigningAlgorithm = "ed25519",
     ) -> None:
         self.host = host
@@ -490,6 +492,9 @@ class ControlPlaneSimulator:
         # Less than minus the one-minute backdating: a server certificate that has expired.
         self.server_cert_lifetime = server_cert_lifetime
         self.ca = ca or DevCA()
+        # The CA of the server certificate; another than ``ca`` simulates an EmpowerID whose TLS
+        # certificate comes from a public CA while a private one issues gateway certificates.
+        self.server_ca = server_ca or self.ca
         self.faults = Faults()
         self.signing_alg = signing_alg
         self.signing_key = _new_signing_key(signing_alg)
@@ -608,7 +613,9 @@ class ControlPlaneSimulator:
         """Bind and serve."""
         self._tempdir = tempfile.TemporaryDirectory(prefix="controlplane-sim-")
         workdir = Path(self._tempdir.name)
-        chain_pem, key_pem = self.ca.issue_server(self.server_names, self.server_cert_lifetime)
+        chain_pem, key_pem = self.server_ca.issue_server(
+            self.server_names, self.server_cert_lifetime
+        )
         (workdir / "server.crt").write_bytes(chain_pem)
         (workdir / "server.key").write_bytes(key_pem)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -12,8 +12,10 @@ Flow (ARCHITECTURE.md section 2, "Registration"):
    the certificate must belong to our key, name the gateway, allow clientAuth, be valid now and
    chain to that CA, which is pinned from here on (the returned one when the system store
    authenticated the call);
-5. delete the hmac-sha256 request keys of a previous registration, write key, certificate,
-   CA, signing keys and relay endpoint atomically, then commit.
+5. write the key pair as an uncommitted generation and prove it: one mTLS call pinned to that
+   CA, as every later connection is made (the pair is discarded if it fails);
+6. delete the hmac-sha256 request keys of a previous registration, write CA, signing keys and
+   relay endpoint atomically, then commit.
 
 The password is used for that single request; it is never stored, logged or put in an error.
 """
@@ -49,7 +51,7 @@ from gateway.identity.keys import (
 )
 from gateway.identity.models import RelayEndpoint
 from gateway.identity.store import IdentityRecord, IdentityStore
-from gateway.identity.tls import registration_context, system_context
+from gateway.identity.tls import mtls_context, registration_context, system_context
 from gateway.outbound.proxy import OutboundProxy, ProxySettings
 
 
@@ -117,6 +119,43 @@ def read_ca_file(path: Path) -> bytes:
         ) from None
     ca = parse_ca_certificate(data, source=str(path))
     return ca.public_bytes(Encoding.PEM)
+
+
+async def _prove(
+    settings: RegistrationSettings,
+    proxy: OutboundProxy,
+    ca_pem: bytes,
+    key_path: Path,
+    cert_path: Path,
+    passphrase: bytes | None,
+    store: IdentityStore,
+    generation: int,
+) -> None:
+    """One mTLS call with the new, uncommitted pair, pinned to the CA about to be pinned; on
+    failure the pair is discarded and nothing is committed.
+
+    Every later connection is made exactly so. Without it a registration could report success
+    for an identity that can never connect: above all without ``empowerid.ca_file``, when the
+    system store accepted a server certificate from a CA other than the one EmpowerID returned.
+    """
+    try:
+        context = mtls_context(ca_pem, cert_path, key_path, passphrase)
+        client = ControlPlaneClient(
+            settings.base_url,
+            context,
+            client_certificate=True,
+            timeouts=settings.timeouts,
+            proxy=proxy,
+        )
+        async with client:
+            await client.signing_keys()
+    except IdentityError as exc:
+        store.discard_key_pair(generation)
+        raise IdentityError(
+            exc.code,
+            "the new identity could not be used, so nothing was stored: a connection with it, "
+            f"pinned to the CA EmpowerID returned, failed ({exc.args[0]})",
+        ) from None
 
 
 def _check_username(username: str) -> None:
@@ -198,11 +237,12 @@ async def register(
         chain, private_key=private_key, ca=ca, gateway_id=gateway_id, now=now
     )
     generation = store.next_generation()
+    key_path, cert_path = store.write_key_pair(generation, private_key, chain)
+    await _prove(settings, proxy, ca_pem, key_path, cert_path, passphrase, store, generation)
     # A new registration starts over: the previous installation's hmac-sha256 keys (which the
     # agent falls back to while EmpowerID cannot hand out fresh ones) must not outlive it, above
     # all after a re-registration that follows a compromise.
     store.remove_request_secrets()
-    store.write_key_pair(generation, private_key, chain)
     store.write_pins(ca_pem=ca_pem, signing_keys=list(result.signing_keys), relay=result.relay)
     store.commit(IdentityRecord(gateway_id, client.base_url, generation, now))
     return RegistrationOutcome(

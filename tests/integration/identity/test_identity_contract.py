@@ -125,7 +125,7 @@ async def test_client_requests_and_simulator_answers_follow_the_contract(
                 worker=WorkerInstance(index=2, count=3),
             )
         )
-    sent = {r.path.rsplit("/", 1)[-1]: json.loads(r.body) for r in simulator.requests}
+    sent = {r.path.rsplit("/", 1)[-1]: json.loads(r.body) for r in simulator.requests if r.body}
     _validate("RegistrationRequest", sent["registrations"])
     _validate("CertificateRequest", sent["certificates"])
     beats = [json.loads(r.body) for r in simulator.requests if r.path.endswith("/heartbeats")]

@@ -83,12 +83,17 @@ async def test_registration_and_relay_info_tunnel_through_squid_with_basic_auth(
         info = await client.relay_info()
     assert info.gateway_id == "gw-1"
     assert info.relay == outcome.relay
-    log = await squid_auth_proxy.wait_for_log(tunnel, count=2)
+    log = await squid_auth_proxy.wait_for_log(tunnel, count=3)
     tunnels = [line for line in log.splitlines() if tunnel in line]
-    assert len(tunnels) == 2
+    assert len(tunnels) == 3
     assert all("TCP_TUNNEL/200" in line for line in tunnels)
-    # Both calls reached the simulator, the second one over mTLS inside the tunnel.
-    assert [r.path for r in simulator.requests] == [API + "registrations", API + "relay-info"]
+    # Every call reached the simulator; registration's proof and relay-info over mTLS inside
+    # the tunnel.
+    assert [r.path for r in simulator.requests] == [
+        API + "registrations",
+        API + "signing-keys",
+        API + "relay-info",
+    ]
     assert PROXY_PASSWORD not in caplog.text
 
 
@@ -134,7 +139,7 @@ async def test_relay_info_with_a_wrong_proxy_password_is_proxy_auth_required(
             await client.relay_info()
     assert info.value.code == "proxy_auth_required"
     assert WRONG_PROXY_PASSWORD not in str(info.value)
-    assert [r.path for r in simulator.requests] == [API + "registrations"]
+    assert [r.path for r in simulator.requests] == [API + "registrations", API + "signing-keys"]
 
 
 async def test_unreachable_proxy_is_proxy_failed_and_no_proxy_goes_direct(

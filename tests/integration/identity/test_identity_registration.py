@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway.devkit.controlplane import ControlPlaneSimulator, DevCA
 from gateway.identity import (
     IdentityError,
+    IdentityStore,
     RegistrationSettings,
     load_identity,
     register,
@@ -56,8 +57,12 @@ async def test_register_with_a_person_holding_the_operations(
     assert report["ready"] is True
     assert report["certificate"]["state"] == "valid"
     assert report["problems"] == []
-    # The CSR was sent once; the password was used once and is stored and logged nowhere.
-    assert [r.path for r in simulator.requests] == ["/api/gateway/v1/registrations"]
+    # The CSR was sent once, then the new pair proved itself over mTLS before it was committed;
+    # the password was used once and is stored and logged nowhere.
+    assert [(r.path, r.client_serial) for r in simulator.requests] == [
+        ("/api/gateway/v1/registrations", None),
+        ("/api/gateway/v1/signing-keys", outcome.certificate_serial),
+    ]
     assert b"BEGIN CERTIFICATE REQUEST" in simulator.requests[0].body
     for name in os.listdir(settings.state_dir):
         assert PASSWORD.encode() not in (settings.state_dir / name).read_bytes()
@@ -86,6 +91,26 @@ async def test_wrong_credentials(make_settings: Settings, user: str, password: s
     assert password not in str(error)
 
 
+async def test_a_registration_whose_server_ca_is_not_the_returned_one_stores_nothing(
+    make_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # EmpowerID's TLS certificate from a public CA (here: the "system store"), gateway
+    # certificates from a private one, no empowerid.ca_file. Every later connection is pinned to
+    # the returned CA and would fail: registration must say so rather than report success.
+    public = DevCA("Public web CA")
+    async with ControlPlaneSimulator(server_ca=public) as split:
+        split.add_person("alice", PASSWORD)
+        system_store = tmp_path / "system-store.pem"
+        system_store.write_bytes(public.pem)
+        monkeypatch.setenv("SSL_CERT_FILE", str(system_store))
+        settings = make_settings(base_url=split.base_url, ca_file=None)
+        error = await _register_error(settings, username="alice", password=PASSWORD)
+        assert error.code == "tls_interception_or_untrusted_ca"
+        assert "nothing was stored" in str(error)
+        assert not IdentityStore(settings.state_dir).has_identity()
+        assert os.listdir(settings.state_dir) == []
+
+
 async def test_credentials_the_control_plane_echoes_are_not_in_the_error(
     simulator: ControlPlaneSimulator, make_settings: Settings
 ) -> None:
@@ -109,7 +134,7 @@ async def test_server_certificate_from_another_ca_aborts_before_the_csr_is_sent(
     assert simulator.requests == []
     # Control: the same simulator accepts the registration with the right pin.
     await register(make_settings(), username="alice", password=PASSWORD)
-    assert len(simulator.requests) == 1
+    assert simulator.requests[0].path == "/api/gateway/v1/registrations"
 
 
 async def test_hostname_mismatch_aborts(make_settings: Settings, tmp_path: Path) -> None:
@@ -228,7 +253,8 @@ async def test_existing_identity_needs_force(
     first = await register(make_settings(), username="alice", password=PASSWORD)
     error = await _register_error(make_settings(), username="alice", password=PASSWORD)
     assert error.code == "already_registered"
-    assert len(simulator.requests) == 1
+    # The refused second registration sent nothing (the first: its call and its proof).
+    assert len(simulator.requests) == 2
     second = await register(make_settings(force=True), username="alice", password=PASSWORD)
     assert second.certificate_serial != first.certificate_serial
     identity = load_identity(make_settings().state_dir)
