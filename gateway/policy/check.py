@@ -10,7 +10,10 @@ engine the gateway builds (``gateway run`` at start and reload, ``validate``, ``
 
 1. **calls**: every function the compiled plan calls must be a built-in the engine provides or a
    function some module defines; an undefined one is reported at the ``FILE:LINE:COL`` of the
-   call, read from the plan (rego-cpp records the position of every statement it planned);
+   call, read from the plan (rego-cpp records the position of every statement it planned). A
+   built-in rego-cpp knows by name but does not implement (``http.send``, ``net.cidr_contains``,
+   ...: it evaluates them as undefined, so a veto calling one never fires where OPA's would) is
+   reported the same way;
 2. **smoke evaluation**: the decision is evaluated for one request per declared operation (its
    first method on its first path, a stream where it allows them), one method it does not allow,
    one unsigned request, and one stream per tcp target, each built by the canonicaliser and the
@@ -27,10 +30,13 @@ at load and reload, where the last good revision stays in place.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+import regopy
 
 from gateway.config.model import LDAP_SCHEMES, GatewayConfig, Target
 from gateway.errors import PolicyError, Problem
@@ -97,7 +103,10 @@ def undefined_calls(plan: Mapping[str, Any], modules: tuple[PolicyModule, ...]) 
     seen: set[tuple[str, int, int]] = set()
     for call in plan_calls(plan):
         name = call.get("func")
-        if not isinstance(name, str) or name in builtins or name in functions:
+        if not isinstance(name, str) or name in functions:
+            continue
+        lacking = name in builtins and not _implemented(name)
+        if name in builtins and not lacking:
             continue
         file = _module_for(files, call.get("file"), name, call.get("row"), modules)
         line = call.get("row", -1) + 1 if isinstance(call.get("row"), int) else 0
@@ -105,21 +114,43 @@ def undefined_calls(plan: Mapping[str, Any], modules: tuple[PolicyModule, ...]) 
         if (file, line, column) in seen:
             continue
         seen.add((file, line, column))
+        message, code, hint = _UNAVAILABLE if lacking else _UNDEFINED
         problems.append(
             Problem(
-                f"call to {name!r}, which is neither a built-in of the embedded engine nor a "
-                "function of any policy module; every request reaching it would be refused "
-                "with 503",
-                code="policy_undefined_function",
+                message.format(name=repr(name)),
+                code=code,
                 file=file,
                 line=line,
                 column=column,
-                hint="define the function, fix its name, or add the module that defines it",
+                hint=hint,
             )
         )
         if len(problems) >= _MAX_PROBLEMS:
             break
     return problems
+
+
+_UNDEFINED = (
+    "call to {name}, which is neither a built-in of the embedded engine nor a function of any "
+    "policy module; every request reaching it would be refused with 503",
+    "policy_undefined_function",
+    "define the function, fix its name, or add the module that defines it",
+)
+_UNAVAILABLE = (
+    "call to the built-in {name}, which the embedded engine does not implement: it evaluates "
+    "the call as undefined, so the rule would not hold where OPA's does",
+    "policy_unavailable_builtin",
+    "decide without it (the allow-list data or another built-in)",
+)
+
+
+@functools.cache
+def _implemented(name: str) -> bool:
+    """Whether rego-cpp implements the built-in ``name`` (it also knows some by name only, as
+    placeholders that evaluate to undefined)."""
+    rego = regopy.Interpreter()
+    rego.log_level = regopy.LogLevel.NONE
+    return bool(rego.is_builtin(name))
 
 
 def smoke_inputs(config: GatewayConfig) -> Iterator[dict[str, Any]]:

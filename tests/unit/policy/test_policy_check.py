@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import pytest
 import regopy
 
 from gateway.cli import main
+from gateway.config import LoadedConfig
 from gateway.errors import ConfigError, PolicyError
 from gateway.policy.check import MAX_SMOKE_INPUTS, smoke_inputs
 from gateway.policy.embedded import EmbeddedEngine
@@ -56,6 +58,14 @@ UNDEFINED_CALLS = [
 ]
 
 
+def _refusal(loaded: LoadedConfig) -> tuple[str, str | None, int, int]:
+    """Where and why building the engine refuses the policy (it must have one problem)."""
+    with pytest.raises(PolicyError) as caught:
+        build_engine(loaded)
+    [problem] = caught.value.problems
+    return problem.code, problem.file, problem.line, problem.column
+
+
 @pytest.mark.parametrize(("text", "line", "column"), UNDEFINED_CALLS)
 def test_a_call_to_an_undefined_function_is_refused_at_its_location(
     make_config: MakeConfig, tmp_path: Path, text: str, line: int, column: int
@@ -66,15 +76,7 @@ def test_a_call_to_an_undefined_function_is_refused_at_its_location(
     unchecked = EmbeddedEngine(load_policies(loaded), mode="enforce", cache=None)
     fault = asyncio.run(unchecked.decide(request_input("DELETE")))
     assert fault.reasons == (POLICY_UNAVAILABLE,)
-    with pytest.raises(PolicyError) as caught:
-        build_engine(loaded)
-    [problem] = caught.value.problems
-    assert (problem.code, problem.file, problem.line, problem.column) == (
-        "policy_undefined_function",
-        str(bad),
-        line,
-        column,
-    )
+    assert _refusal(loaded) == ("policy_undefined_function", str(bad), line, column)
 
 
 def test_the_engines_own_words_replace_unreadable_output(
@@ -249,3 +251,29 @@ def test_divergent_builtins_are_accepted_in_policy_tests(
     )
     results = run_policy_tests(verify_policy(make_config(extra_dirs=(tmp_path / "own",))))
     assert all(r.passed for r in results if r.name == "corp.x_test.test_union")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        'net.cidr_contains("10.0.0.0/8", "10.1.2.3")',
+        'http.send({"method": "GET", "url": "http://127.0.0.1:9/"})',
+    ],
+)
+def test_a_builtin_the_engine_declares_but_lacks_is_refused_at_its_location(
+    make_config: MakeConfig, tmp_path: Path, call: str
+) -> None:
+    """rego-cpp knows these names but evaluates them as undefined, so the veto below never
+    fired (OPA: it fires, or the evaluation fails and the request is refused)."""
+    bad = _module(
+        tmp_path / "extra",
+        "bad.rego",
+        'package gateway_extensions.bad\n\ndeny contains "vetoed" if {\n'
+        f"\tr := {call}\n\tr != 1\n}}\n",
+    )
+    loaded = make_config(extra_dirs=(tmp_path / "extra",))
+    unchecked = EmbeddedEngine(load_policies(loaded), mode="enforce", cache=None)
+    assert asyncio.run(unchecked.decide(request_input())).allow  # the silent hole
+    assert _refusal(loaded) == ("policy_unavailable_builtin", str(bad), 4, 7)
+    with pytest.raises(PolicyError, match=re.escape(repr(call.split("(")[0]))):
+        build_engine(loaded)
