@@ -81,6 +81,14 @@ _DIVERGENT_BUILTINS: dict[str, tuple[str, str]] = {
         "accepts versions OPA refuses (leading zeros)",
         "match the version with regex.match",
     ),
+    "time.parse_rfc3339_ns": (
+        "finds no time in a timestamp ending in 'Z' (UTC), so a rule comparing with it never holds",
+        "write the time as nanoseconds, or compare time.date or time.clock of time.now_ns",
+    ),
+    "time.parse_ns": (
+        "finds no time in a timestamp ending in 'Z' (UTC), so a rule comparing with it never holds",
+        "write the time as nanoseconds, or compare time.date or time.clock of time.now_ns",
+    ),
     "to_number": (
         "reads a number from the start of any string ('1_000000' is 1) where OPA fails",
         "check the string with regex.match before converting it",

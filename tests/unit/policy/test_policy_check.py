@@ -212,7 +212,13 @@ _DIVERGENT = [
     # OPA: leading zeros make a version invalid, false.
     ('semver.is_valid("01.0.0")', True),
     # OPA: not a number, an error; a veto reading a limit from the query would not fire.
-    ('to_number("1_000000")', 1),
+    (
+        'to_number("1_000000")',
+        1,
+    ),  # OPA (RFC 3339 section 5.6, "Z" is UTC): 1704067200000000000; None is undefined here, so
+    # a change-freeze veto comparing the clock with it never fires.
+    ('time.parse_rfc3339_ns("2024-01-01T00:00:00Z")', None),
+    ('time.parse_ns("2006-01-02T15:04:05Z07:00", "2024-01-01T00:00:00Z")', None),
 ]
 
 
@@ -225,7 +231,7 @@ def test_builtins_the_engine_answers_unlike_opa_are_refused(
     rego.log_level = regopy.LogLevel.NONE
     output = rego.query(f"x := {call}")
     assert output.ok()
-    assert output.results[0].bindings["x"] == embedded
+    assert (output.results[0].bindings.get("x") if output.results else None) == embedded
     module = _module(
         tmp_path / "own",
         "corp.rego",
