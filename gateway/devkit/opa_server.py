@@ -16,8 +16,9 @@ fault handling, not OPA's own evaluator:
 Fault knobs (catalogue G): :meth:`OpaServer.go_down` / :meth:`come_back` (the port stops and
 starts accepting connections; like a restarted OPA, it comes back empty unless told otherwise),
 ``delay`` (seconds before every decision answer), ``undefined`` (decisions answer ``{}``),
-``fail_status`` (decisions answer that HTTP status), ``redirect_to`` (decisions answer 307 to that
-base URL, which a client following redirects would ask instead) and ``pad_bytes`` (decisions
+``fail_status`` (decisions answer that HTTP status), ``redirect_to`` (every API request is
+answered 307 to that base URL, which a client following redirects would ask instead, body and
+all) and ``pad_bytes`` (decisions
 carry that much padding beside the result: an answer too large to hold). Loopback only; never
 used by production code.
 """
@@ -35,6 +36,7 @@ from typing import Any
 
 import regopy
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 __all__ = ["OpaServer", "register"]
 
@@ -76,7 +78,7 @@ class OpaServer:
 
     async def start(self) -> None:
         """Start listening (on a free port if ``port`` is 0)."""
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._redirect])
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/policies", self._list_policies)
         app.router.add_get("/v1/policies/", self._list_policies)
@@ -106,6 +108,14 @@ class OpaServer:
             self.data.clear()
             self._recompile()
         await self.start()
+
+    @web.middleware
+    async def _redirect(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.redirect_to is not None and request.path.startswith("/v1/"):
+            # 307 keeps the method and the body (RFC 9110 section 15.4.8): a client that
+            # follows it sends the input, the policy or the data on to the other server.
+            raise web.HTTPTemporaryRedirect(self.redirect_to + request.path_qs)
+        return await handler(request)
 
     async def _listen(self) -> None:
         assert self._runner is not None
@@ -209,9 +219,6 @@ class OpaServer:
             return web.json_response(
                 {"code": "internal_error", "message": "injected fault"}, status=self.fail_status
             )
-        if self.redirect_to is not None:
-            # 307 keeps the method and the body (RFC 9110 section 15.4.8): the input goes on.
-            raise web.HTTPTemporaryRedirect(self.redirect_to + request.path)
         if self.undefined:
             return web.json_response({})
         answer = self._evaluate(path, body.get("input"))

@@ -1,4 +1,4 @@
-"""The OPA engine: decisions from an OPA server over its REST API, via ``opa-python-client``.
+"""The OPA engine: decisions from an OPA server over its REST API (aiohttp).
 
 The gateway pushes its policy modules (``PUT /v1/policies/gateway/<id>``) and the allow-list
 (``PUT /v1/data/gateway``) and asks ``POST /v1/data/gateway/authz/decision`` for each request.
@@ -22,14 +22,13 @@ Failure behaviour (catalogue G; every case is a deny, never an exception):
 * slow OPA (116): no answer within ``policy.decision_timeout_seconds`` is a 503; the request is
   cancelled, so a late answer is discarded, and the event loop never waits on it.
 
-The client is created with no retries of its own: a retry would multiply the decision time, and
-the timeout here is the whole budget.
-
-Decisions are asked for on a session of the engine's own rather than through the client
-library, whose requests follow redirects and read any answer whole: OPA's Data API answers a
-query itself, so a redirect (which would hand the request's input to another server and take
-that server's word for the decision) is a fault, never followed, and an answer larger than
-:data:`MAX_ANSWER_BYTES` is a fault before it is held in memory.
+No request is retried: a retry would multiply the decision time, and the timeout here is the
+whole budget. No redirect is followed: OPA's REST API answers every request itself, and a
+redirect would hand the request's input, the policy or the allow-list (hosts, ports, networks) to
+another server and take that server's word for a decision or for the revision it holds. An
+answer larger than :data:`MAX_ANSWER_BYTES` (a decision) or :data:`MAX_SYNC_ANSWER_BYTES` (the
+loading requests; OPA lists policies with their syntax trees) is a fault before it is held in
+memory. Earlier versions used ``opa-python-client``, whose requests do both.
 """
 
 from __future__ import annotations
@@ -45,14 +44,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from opa_client.opa_async import AsyncOpaClient
 
 from gateway.errors import ConfigError, Problem
 from gateway.policy.cache import DecisionCache, project
 from gateway.policy.engine import POLICY_UNAVAILABLE, UNDEFINED, EngineError, Mode, PolicyEngine
 from gateway.policy.loader import PolicySet
 
-__all__ = ["MAX_ANSWER_BYTES", "POLICY_ID_PREFIX", "OpaEngine"]
+__all__ = ["MAX_ANSWER_BYTES", "MAX_SYNC_ANSWER_BYTES", "POLICY_ID_PREFIX", "OpaEngine"]
 
 log = logging.getLogger("gateway.policy")
 
@@ -63,9 +61,11 @@ DATA_PATH = "gateway"
 MAX_ANSWER_BYTES = 1 << 20
 """The largest decision answer read: a decision document is a few hundred bytes, an LDAP one
 with long attribute lists a few KiB."""
+MAX_SYNC_ANSWER_BYTES = 64 << 20
+"""The largest answer to a loading request (the policy list carries every module's syntax tree)."""
 
-# Errors a request to OPA can end in: transport, HTTP status, body that is not JSON, and the
-# client library's own error types (which derive from Exception directly).
+# Errors a request to OPA can end in: transport, and an answer no decision can be read from
+# (_OpaAnswerError, a ValueError: redirect, HTTP status, size, not JSON).
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientError,
     OSError,
@@ -100,8 +100,6 @@ class OpaEngine(PolicyEngine):
             )
         self._policies = policies
         self._root_url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/v1"
-        self._host = parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._tls = parts.scheme == "https"
         self._timeout = timeout
         self._sync_timeout = max(sync_timeout, timeout)
@@ -110,9 +108,7 @@ class OpaEngine(PolicyEngine):
         self._retry_cap = retry_cap
         # In push mode the policy is known, so only the fields it reads are sent.
         self._fields = policies.cache_plan.fields if push else None
-        self._client: AsyncOpaClient | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._decision_url = f"{self._root_url}/data/{DECISION_PATH}/decision"
         self._exit = contextlib.AsyncExitStack()
         self._synced = False
         self._wake = asyncio.Event()
@@ -131,26 +127,16 @@ class OpaEngine(PolicyEngine):
 
     async def start(self) -> None:
         """Connect, load OPA once (without raising), and start the background loader."""
-        client = AsyncOpaClient(
-            host=self._host,
-            port=self._port,
-            ssl=self._tls,
-            retries=0,
-            timeout=self._sync_timeout,
-        )
-        self._client = await self._exit.enter_async_context(client)
-        # The same TLS settings as the client library's own session (the system's CAs).
+        # https: the system's CAs, hostname checked. Every request also runs under an
+        # asyncio.timeout of its own (decision or loading timeout); this one is the backstop.
         self._session = await self._exit.enter_async_context(
             aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
                     ssl=ssl.create_default_context() if self._tls else False
                 ),
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                timeout=aiohttp.ClientTimeout(total=self._sync_timeout),
             )
         )
-        # The library builds its base URL from host and port only; keep any path prefix of
-        # opa_url (an OPA behind a reverse proxy) and bracket IPv6 literals correctly.
-        client.root_url = self._root_url
         await self._sync_once()
         self._sync_task = asyncio.create_task(self._sync_loop(), name="opa-policy-sync")
         if not self._synced:
@@ -164,7 +150,6 @@ class OpaEngine(PolicyEngine):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._exit.aclose()
-        self._client = None
         self._session = None
 
     async def _evaluate(self, input: Mapping[str, Any]) -> Any:
@@ -175,7 +160,14 @@ class OpaEngine(PolicyEngine):
         document = dict(input) if self._fields is None else project(input, self._fields)
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self._ask(session, document)
+                response = await self._call(
+                    session,
+                    "POST",
+                    f"data/{DECISION_PATH}/decision",
+                    body=orjson.dumps({"input": document}),
+                    content_type="application/json",
+                    limit=MAX_ANSWER_BYTES,
+                )
         except TimeoutError:
             raise EngineError(
                 POLICY_UNAVAILABLE, f"OPA gave no decision within {self._timeout} s"
@@ -189,27 +181,40 @@ class OpaEngine(PolicyEngine):
             return UNDEFINED
         return response["result"]
 
-    async def _ask(self, session: aiohttp.ClientSession, document: Mapping[str, Any]) -> Any:
-        """POST the input to the decision rule (OPA Data API ``POST /v1/data/{path}``) and
-        return the parsed answer; raises one of the transport errors on anything but a 200 with
-        a JSON body of at most MAX_ANSWER_BYTES."""
-        async with session.post(
-            self._decision_url,
-            data=orjson.dumps({"input": document}),
-            headers={"Content-Type": "application/json"},
+    async def _call(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        limit: int = MAX_SYNC_ANSWER_BYTES,
+    ) -> Any:
+        """One request to OPA's REST API (``/v1/<path>``), the parsed JSON answer or None for an
+        empty one; raises one of the transport errors on a redirect or another status than 2xx,
+        or an answer over ``limit`` bytes or not JSON."""
+        headers = {"Content-Type": content_type} if body is not None else None
+        async with session.request(
+            method,
+            f"{self._root_url}/{path}",
+            data=body,
+            headers=headers,
             allow_redirects=False,
         ) as response:
-            if response.status != 200:
+            if not 200 <= response.status < 300:
                 raise _OpaAnswerError(f"HTTP {response.status}")
-            if (response.content_length or 0) > MAX_ANSWER_BYTES:
+            if (response.content_length or 0) > limit:
                 raise _OpaAnswerError(f"answer of {response.content_length} bytes")
-            body = bytearray()
+            raw = bytearray()
             while chunk := await response.content.read(64 * 1024):
-                body += chunk
-                if len(body) > MAX_ANSWER_BYTES:
-                    raise _OpaAnswerError(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+                raw += chunk
+                if len(raw) > limit:
+                    raise _OpaAnswerError(f"answer larger than {limit} bytes")
+        if not raw:
+            return None
         try:
-            return orjson.loads(body)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise _OpaAnswerError("answer is not JSON") from None
 
@@ -234,13 +239,13 @@ class OpaEngine(PolicyEngine):
             self._wake.set()
 
     async def _sync_once(self) -> None:
-        client = self._client
-        if client is None:
+        session = self._session
+        if session is None:
             return
         try:
             async with asyncio.timeout(self._sync_timeout):
                 if self._synced or not self._push:
-                    if await self._holds_revision(client):
+                    if await self._holds_revision(session):
                         self._mark_synced()
                         return
                     if not self._push:
@@ -248,7 +253,7 @@ class OpaEngine(PolicyEngine):
                         self._last_error = "OPA does not hold this revision's data"
                         return
                     self._synced = False
-                await self._load(client)
+                await self._load(session)
             self._mark_synced()
         except Exception as exc:  # the loader must survive anything OPA or the network does
             self._synced = False
@@ -269,26 +274,35 @@ class OpaEngine(PolicyEngine):
         self._synced = True
         self._last_error = ""
 
-    async def _holds_revision(self, client: AsyncOpaClient) -> bool:
-        try:
-            body = await client.get_data(f"{DATA_PATH}/revision")
-        except _TRANSPORT_ERRORS:
-            raise
-        except Exception:  # the library raises PolicyNotFoundError when the data is absent
-            return False
+    async def _holds_revision(self, session: aiohttp.ClientSession) -> bool:
+        # OPA answers {} for data that is not there (Data API, GET /v1/data/{path}).
+        body = await self._call(session, "GET", f"data/{DATA_PATH}/revision")
         return isinstance(body, dict) and body.get("result") == self.revision
 
-    async def _load(self, client: AsyncOpaClient) -> None:
+    async def _load(self, session: aiohttp.ClientSession) -> None:
         wanted = {POLICY_ID_PREFIX + m.id for m in self._policies.modules}
         for module in self._policies.modules:
-            await client.update_policy_from_string(
-                module.source, POLICY_ID_PREFIX + module.id, rego_compat=False
+            await self._call(
+                session,
+                "PUT",
+                f"policies/{POLICY_ID_PREFIX}{module.id}",
+                body=module.source.encode("utf-8"),
+                content_type="text/plain",
             )
         # Modules of an earlier revision that are gone now must not stay in the decision.
-        for policy_id in await client.get_policies_list():
-            if policy_id.startswith(POLICY_ID_PREFIX) and policy_id not in wanted:
-                await client.delete_policy(policy_id)
-        await client.update_or_create_data(self._policies.data, DATA_PATH)
+        listed = await self._call(session, "GET", "policies")
+        policies = listed.get("result") if isinstance(listed, dict) else None
+        for policy in policies if isinstance(policies, list) else ():
+            policy_id = policy.get("id") if isinstance(policy, dict) else None
+            if (
+                isinstance(policy_id, str)
+                and policy_id.startswith(POLICY_ID_PREFIX)
+                and policy_id not in wanted
+            ):
+                await self._call(session, "DELETE", f"policies/{policy_id}")
+        await self._call(
+            session, "PUT", f"data/{DATA_PATH}", body=orjson.dumps(self._policies.data)
+        )
 
 
 class _OpaAnswerError(ValueError):

@@ -271,3 +271,31 @@ async def test_an_oversized_answer_is_503_and_not_held(
         assert (await engine.decide(request_input())).allow
     finally:
         await engine.close()
+
+
+async def test_loading_opa_follows_no_redirect(loaded: LoadedConfig) -> None:
+    """Pushing the policy and the allow-list, and checking the revision OPA holds, stay with the
+    configured server: a redirect would hand the allow-list (hosts, ports, networks) to another
+    server and let that server's answer make the engine ready."""
+    async with OpaServer() as rogue, OpaServer() as opa:
+        opa.redirect_to = rogue.url
+        engine = _engine(loaded, opa.url)
+        await engine.start()
+        try:
+            assert not engine.ready
+            assert "HTTP 307" in engine.status
+            assert (rogue.policies, rogue.data) == ({}, {})
+            opa.redirect_to = None
+            await _wait_ready(engine)
+            assert (await engine.decide(request_input())).allow
+        finally:
+            await engine.close()
+        # Nor in expect mode, where the revision check alone makes the engine ready.
+        await _load_rogue(rogue, engine.revision)
+        opa.redirect_to = rogue.url
+        expecting = _engine(loaded, opa.url, push=False)
+        await expecting.start()
+        try:
+            assert not expecting.ready
+        finally:
+            await expecting.close()
