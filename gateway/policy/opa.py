@@ -46,6 +46,7 @@ import aiohttp
 import orjson
 
 from gateway.errors import ConfigError, Problem
+from gateway.outbound.sessions import RedirectRefusedError, client_session
 from gateway.policy.cache import DecisionCache, project
 from gateway.policy.engine import POLICY_UNAVAILABLE, UNDEFINED, EngineError, Mode, PolicyEngine
 from gateway.policy.loader import PolicySet
@@ -130,7 +131,8 @@ class OpaEngine(PolicyEngine):
         # https: the system's CAs, hostname checked. Every request also runs under an
         # asyncio.timeout of its own (decision or loading timeout); this one is the backstop.
         self._session = await self._exit.enter_async_context(
-            aiohttp.ClientSession(
+            client_session(
+                follow_redirects=False,
                 connector=aiohttp.TCPConnector(
                     ssl=ssl.create_default_context() if self._tls else False
                 ),
@@ -314,6 +316,8 @@ def _describe(exc: BaseException) -> str:
     """A short description of a transport error, free of request contents."""
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status}"
+    if isinstance(exc, RedirectRefusedError):
+        return f"HTTP {exc.status} (a redirect, not followed)"
     if isinstance(exc, _OpaAnswerError):
         return f"unusable answer ({exc})"
     text = str(exc).splitlines()[0][:160] if str(exc) else ""
