@@ -86,7 +86,7 @@ def redacted(value: Any) -> Any:
 
 
 def forbid_core_dumps() -> None:
-    """Set this process's core file size limit to 0 (children inherit it).
+    """Set this process's soft core file size limit to 0 (children inherit it).
 
     ``register`` holds the Person's password, ``run`` the decrypted private key, the hmac-sha256
     keys and the other secrets of the configuration. A crash in a C extension would otherwise
@@ -97,6 +97,9 @@ def forbid_core_dumps() -> None:
         import resource
     except ImportError:
         return
-    # Lowering a limit is always allowed; ValueError/OSError would mean an exotic platform.
+    # The kernel (and systemd-coredump, which reads it as %c) honours the soft limit. The hard
+    # one is left alone: only this process could raise the soft one again, and a process that
+    # embeds the CLI keeps the right to. ValueError/OSError would mean an exotic platform.
     with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))

@@ -18,7 +18,7 @@ resource.setrlimit(resource.RLIMIT_CORE, (1 << 20, resource.getrlimit(resource.R
 assert resource.getrlimit(resource.RLIMIT_CORE)[0] == 1 << 20
 from gateway import cli
 cli.main(sys.argv[1:])
-print("core-limit", *resource.getrlimit(resource.RLIMIT_CORE))
+print("core-limit", resource.getrlimit(resource.RLIMIT_CORE)[0])
 """
 
 
@@ -37,4 +37,4 @@ def test_the_secret_holding_verbs_leave_no_core_file(tmp_path: Path, verb: list[
         check=False,
     )
     [line] = [line for line in result.stdout.splitlines() if line.startswith("core-limit")]
-    assert line == "core-limit 0 0", result.stderr
+    assert line == "core-limit 0", result.stderr
