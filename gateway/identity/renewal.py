@@ -131,6 +131,11 @@ class CertificateRenewer:
     async def renew(self) -> StoredIdentity:
         """Renew now (steps 1-5 of the module docstring); returns the new identity."""
         async with self._lock:
+            if self._store.read_record().generation != self._identity.record.generation:
+                # Another writer committed since this identity was loaded: renew from what is
+                # on disk. Numbering the new pair after a stale generation would write it over
+                # the committed files.
+                self._identity = self._store.load()
             current = self._identity
             old_context = mtls_context(
                 current.ca_pem, current.cert_path, current.key_path, self._passphrase

@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Callable
 
 import pytest
+from cryptography import x509
 
 from gateway.devkit.controlplane import ControlPlaneSimulator
 from gateway.identity import (
@@ -56,6 +57,11 @@ class StopLoopError(Exception):
 
 def _at_fraction(start: dt.datetime, end: dt.datetime, fraction: float) -> dt.datetime:
     return start + (end - start) * fraction
+
+
+def _due(cert: x509.Certificate) -> FakeTime:
+    """A clock past two thirds of ``cert``'s lifetime: renewal is due."""
+    return FakeTime(_at_fraction(cert.not_valid_before_utc, cert.not_valid_after_utc, 0.7))
 
 
 async def _registered_store(make_settings: Settings) -> IdentityStore:
@@ -120,7 +126,7 @@ async def test_wrong_certificate_on_renewal_is_rejected(
 ) -> None:
     store = await _registered_store(make_settings)
     old = store.load().certificate
-    time = FakeTime(_at_fraction(old.not_valid_before_utc, old.not_valid_after_utc, 0.7))
+    time = _due(old)
     renewer = _renewer(store, simulator, time)
     simulator.faults.issue_wrong_key = True
     with pytest.raises(IdentityError) as info:
@@ -177,7 +183,7 @@ async def test_endpoint_recovers_and_the_loop_renews(
 ) -> None:
     store = await _registered_store(make_settings)
     old = store.load().certificate
-    time = FakeTime(_at_fraction(old.not_valid_before_utc, old.not_valid_after_utc, 0.7))
+    time = _due(old)
     renewer = _renewer(store, simulator, time)
     simulator.faults.renewal_unavailable = True
 
@@ -203,7 +209,7 @@ async def test_a_renewal_answer_that_is_not_ascii_pem_is_reported_not_raised(
 ) -> None:
     store = await _registered_store(make_settings)
     old = store.load().certificate
-    time = FakeTime(_at_fraction(old.not_valid_before_utc, old.not_valid_after_utc, 0.7))
+    time = _due(old)
     failures: list[IdentityError] = []
     renewer = _renewer(store, simulator, time, on_failure=failures.append)
     simulator.faults.garble_pem = True
@@ -231,7 +237,7 @@ async def test_a_certificate_file_gone_under_the_renewer_is_reported_and_retried
 ) -> None:
     store = await _registered_store(make_settings)
     old = store.load().certificate
-    time = FakeTime(_at_fraction(old.not_valid_before_utc, old.not_valid_after_utc, 0.7))
+    time = _due(old)
     failures: list[IdentityError] = []
     renewer = _renewer(store, simulator, time, on_failure=failures.append)
     cert_path = store.state_dir / cert_file_name(1)
@@ -267,3 +273,23 @@ async def test_a_clock_behind_the_control_plane_is_named_not_called_expiry(
         await register(settings, username="alice", password=PASSWORD, clock=time.clock)
     assert info.value.code == "certificate_not_yet_valid"
     assert not IdentityStore(settings.state_dir).has_identity()
+
+
+async def test_a_renewer_behind_the_committed_identity_renews_from_it(
+    simulator: ControlPlaneSimulator, make_settings: Settings
+) -> None:
+    store = await _registered_store(make_settings)
+    old = store.load().certificate
+    time = _due(old)
+    first = _renewer(store, simulator, time)
+    behind = _renewer(store, simulator, time)  # loaded at generation 1 as well
+    await first.renew()
+    committed = load_identity(store.state_dir)
+    await behind.renew()
+    # It renewed with the committed certificate, as generation 3. Before, it kept presenting the
+    # replaced pair, whose files the other commit had deleted, and failed every attempt until a
+    # restart (and would have numbered a new pair 2, over the committed files).
+    post = [r for r in simulator.requests if r.path.endswith("/certificates")][-1]
+    assert post.client_serial == committed.certificate.serial_number
+    assert behind.identity.record.generation == 3
+    assert load_identity(store.state_dir).record.generation == 3
