@@ -22,7 +22,9 @@ garbage collector, per generation.
 
 The target is bench_relay.py's aiohttp server in a child process (a ~100-byte JSON answer).
 
-Run: ``.venv/bin/python benchmarks/bench_chain.py [--quick] [--baseline REF] [--steps]``
+Run: ``.venv/bin/python benchmarks/bench_chain.py [--quick] [--baseline REF] [--steps] [--alg ALG]
+[--base-alg ALG]`` (``--base-alg`` without ``--baseline``: this tree against itself, the SaaS
+signing with another algorithm).
 (loopback only). Prints only.
 """
 
@@ -50,6 +52,8 @@ GATEWAY_ID = "bench-chain"
 HC = f"hc-{GATEWAY_ID}"
 TARGET_PATH = "/item"
 STEP = 120.0
+# The public-key algorithms a worker can sign with (gateway.devkit.signing.generate_key).
+ALGORITHMS = ("ed25519", "ecdsa-p256-sha256", "rsa-pss-sha512")
 # A SaaS request's usual extra headers, besides the signature fields (forwarded or dropped by
 # the operation's allow-list).
 EXTRA = [
@@ -94,7 +98,7 @@ class Worker:
     must be loaded before any other C++ extension (aiohttp's, which bench_relay.py imports).
     """
 
-    def __init__(self, target_port: int, workdir: Path) -> None:
+    def __init__(self, target_port: int, workdir: Path, alg: str = "ed25519") -> None:
         import yaml
 
         # Everything `gateway run` imports, so that the worker's heap (what the collector walks,
@@ -118,7 +122,9 @@ class Worker:
         self.loaded = load(path, check_host=False)
         self.engine = build_engine(self.loaded)
         self.runtime = Runtime.build(self.loaded, self.engine)
-        key = generate_key("ed25519")
+        from gateway.auth.keys import PUBLIC_ALGORITHMS
+
+        key = generate_key(next(known for known in PUBLIC_ALGORITHMS if known == alg))
         now = time.time()
         keys = KeySet.from_document(
             keyset_document([key_entry("saas-1", key, not_before=now - 3600, not_after=now + 1e5)])
@@ -295,10 +301,10 @@ class Worker:
         return results
 
 
-async def serve_worker(target_port: int) -> None:
+async def serve_worker(target_port: int, alg: str) -> None:
     """The worker role: build once, then run one round per ``ROUND count in_flight`` line."""
     with tempfile.TemporaryDirectory(prefix="bench-chain-") as scratch:
-        worker = Worker(target_port, Path(scratch))
+        worker = Worker(target_port, Path(scratch), alg)
         await worker.round(200, 8)  # warm: connections, verdict cache, code paths
         try:
             from gateway.settle import settle
@@ -337,7 +343,7 @@ async def ask(child: Any, line: str) -> Any:
 
 
 async def benchmark(
-    quick: bool, baseline: Path | None, steps: bool
+    quick: bool, baseline: Path | None, steps: bool, algs: tuple[str, str | None]
 ) -> tuple[dict[str, dict[int, list[float]]], dict[str, float]]:
     """Start the target and the workers, run the alternating rounds, stop everything."""
     rounds, count = (3, 600) if quick else (9, 2000)
@@ -350,11 +356,16 @@ async def benchmark(
         )
         processes.append(target.process)
         workers = {}
-        for name, package in (("ours", ROOT), ("base", baseline)):
+        alg, base_alg = algs
+        # The base worker: another commit's tree (--baseline), or this tree signing with another
+        # algorithm (--base-alg), so two algorithms are compared round by round as well.
+        base = baseline if baseline is not None else (ROOT if base_alg is not None else None)
+        for name, package, signing in (("ours", ROOT, alg), ("base", base, base_alg or alg)):
             if package is None:
                 continue
             child_env = {**env, "PYTHONPATH": f"{package}{os.pathsep}{SCRIPT.parent}"}
             argv = [python, str(SCRIPT), "--role", "worker", "--target-port", target.values[0]]
+            argv += ["--alg", signing]
             # Run outside the repository: a `python -m gateway...` child of the worker (the policy
             # check's planner) imports the package from its working directory first.
             process = await asyncio.create_subprocess_exec(
@@ -404,6 +415,17 @@ def main() -> int:
         "--baseline", metavar="GIT_REF", help="also run REF's pipeline, alternating"
     )
     parser.add_argument("--steps", action="store_true", help="also time each step on its own")
+    parser.add_argument(
+        "--alg",
+        choices=ALGORITHMS,
+        default="ed25519",
+        help="the algorithm the SaaS signs with (default ed25519)",
+    )
+    parser.add_argument(
+        "--base-alg",
+        choices=ALGORITHMS,
+        help="the base worker's algorithm; without --baseline, the base is this tree with it",
+    )
     parser.add_argument("--role", choices=("target", "worker"), help=argparse.SUPPRESS)
     parser.add_argument("--target-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -413,7 +435,7 @@ def main() -> int:
         asyncio.run(run_target())
         return 0
     if args.role == "worker":
-        asyncio.run(serve_worker(args.target_port))
+        asyncio.run(serve_worker(args.target_port, args.alg))
         return 0
     from bench_relay import extract_baseline  # imports aiohttp: never in a worker (see Worker)
 
@@ -422,7 +444,12 @@ def main() -> int:
         if args.baseline:
             commit = extract_baseline(args.baseline, Path(scratch))
         samples, breakdown = asyncio.run(
-            benchmark(args.quick, Path(scratch) if commit else None, args.steps)
+            benchmark(
+                args.quick,
+                Path(scratch) if commit else None,
+                args.steps,
+                (args.alg, args.base_alg),
+            )
         )
     print(
         f"CPU us per request of the pipeline process (median of {len(samples['ours'][1])} rounds)"
@@ -439,7 +466,10 @@ def main() -> int:
                     samples["ours"][in_flight], samples["base"][in_flight], strict=True
                 )
             ]
-            line += f"; ours/base {statistics.median(ratios):.3f} (base = {commit})"
+            base = commit if commit else "this tree"
+            if args.base_alg:
+                base += f", {args.base_alg}; ours {args.alg}"
+            line += f"; ours/base {statistics.median(ratios):.3f} (base = {base})"
         print(line)
     if breakdown:
         print("Steps, one request at a time, CPU us per request:")

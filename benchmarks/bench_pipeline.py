@@ -23,12 +23,13 @@ listeners that forward every relayed request to the same target URL without any 
 (our :class:`gateway.relay.listener.RelayListener` alone, as in ``bench_relay.py``) and ``hyco``
 (Microsoft's hyco-https 1.4.5 on Node, skipped when Node or its packages are missing). The report's
 ratio lines compare the gateway's CPU per request (Ed25519, then hmac-sha256, then RSA-PSS) with
-hyco-https's,
-run by run. Requests are signed just before each timed run, so the load generator's signing cost
-stays out of the measured window. The gateway's CPU time comes from ``/proc/PID/stat`` (user +
-system, all threads) and its memory from ``VmRSS`` in ``/proc/PID/status``: idle after start, the
-peak while under load, and with 1,000 relayed TCP streams open at once to the ``directory`` target
-(each checked with one echoed message).
+hyco-https's, run by run. Requests are signed just before each timed run, so the load generator's
+signing cost stays out of the measured window, and the run then waits as long as the signing took
+(at most 3 s), so the signing's after-effect on the machine stays out of it too. The gateway's
+CPU time comes from ``/proc/PID/stat`` (user + system, all threads) and its memory from
+``VmRSS`` in ``/proc/PID/status``: idle after start, the peak while under load, and with 1,000
+relayed TCP streams open at once to the ``directory`` target (each checked with one echoed
+message).
 
 The gateway runs as an operator starts it, ``gateway run`` with ``event_loop: auto``: on uvloop's
 event loop wherever uvloop is installed (the report names the loop its ``/readyz`` reports). With
@@ -119,6 +120,8 @@ PATHS = (
     "listener-base",
     "hyco",
 )
+# The longest pause between signing a run's requests and timing the run (see Load.run).
+SETTLE = 3.0
 # The signed paths: Ed25519 with the control plane's key, hmac-sha256 with the gateway's own,
 # RSA-PSS with the control plane's second key, and Ed25519 to the second gateway, which runs on
 # asyncio's loop (--asyncio) or is another commit's (--baseline).
@@ -496,7 +499,14 @@ class Load:
         """Keep ``in_flight`` requests outstanding for ``seconds`` (or ``budget`` requests)."""
         assert self.session is not None
         session = self.session
+        signing = time.perf_counter()
         signed = self.sign(budget, path) if path in SIGNED else []
+        # Let the machine settle after signing for as long as the signing took (at most
+        # SETTLE s): right after ~10 s of RSA signing in this process, the gateway measured
+        # ~10% more CPU per request than 3 s later (quick runs, 2026-12-08), which made the
+        # RSA-PSS path look no cheaper than Ed25519 although its pipeline is (bench_chain.py
+        # --alg rsa-pss-sha512 --base-alg ed25519: 0.85 at 32 in flight).
+        await asyncio.sleep(min(time.perf_counter() - signing, SETTLE))
         url = self.urls[path]
         measured = self.pids.get(path)
         latencies: list[float] = []
@@ -956,7 +966,8 @@ def render(results: Results, command: str) -> str:
         "with `gateway register` and started with `gateway run` as `gateway demo` does (two",
         "control channels, embedded Rego policy with its decision cache, decision log to a",
         "file, JSON logs at info). Every relayed request carries a fresh RFC 9421 signature",
-        "(nonce, created/expires) made before the timed run: Ed25519 with the control plane's",
+        "(nonce, created/expires) made before the timed run, which then waits as long as the",
+        "signing took (at most 3 s): Ed25519 with the control plane's",
         "key on `gateway`, hmac-sha256 with the gateway's own key (`signatures.hmac_sha256`,",
         "fetched by the gateway over mTLS) on `gateway-hmac`, rsa-pss-sha512 with a 2048-bit",
         "RSA key the control plane publishes beside its Ed25519 key on `gateway-rsa`; the same",
