@@ -78,7 +78,7 @@ async def close_stream(writer: asyncio.StreamWriter, within: float) -> None:
             reset(writer.transport)
 
 
-def reset(transport: asyncio.BaseTransport) -> None:
+def reset(transport: asyncio.WriteTransport) -> None:
     """Abort ``transport`` with a TCP reset.
 
     A plain abort frees the file descriptor, but the kernel would still try to deliver the unsent
@@ -90,10 +90,9 @@ def reset(transport: asyncio.BaseTransport) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    if isinstance(transport, asyncio.WriteTransport):
-        transport.abort()
-    else:
-        transport.close()
+    # Called, not looked for: uvloop's transports have abort() but are not registered as
+    # asyncio.WriteTransport, and an isinstance() test sent them to a graceful close instead.
+    transport.abort()
 
 
 async def system_resolver(host: str, port: int) -> list[IPAddress]:
