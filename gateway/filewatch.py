@@ -32,7 +32,7 @@ class FileWatch:
         self._config = Path(config_path)
         self._files: tuple[Path, ...] = ()
         self._roots: tuple[Path, ...] = ()
-        self._seen: State = self._state()
+        self._seen: State = self.state()
         self._pending: State | None = None
 
     def follow(self, loaded: LoadedConfig | None, seen: State) -> None:
@@ -47,14 +47,10 @@ class FileWatch:
             )
         self._seen, self._pending = seen, None
 
-    def state(self) -> State:
-        """The watched files as they are now."""
-        return self._state()
-
     def poll(self) -> bool:
         """Whether the watched files changed since the last reload and have not changed since
         the previous poll (then the change counts as seen, whether the reload takes it or not)."""
-        now = self._state()
+        now = self.state()
         if now == self._seen:
             self._pending = None
             return False
@@ -64,7 +60,8 @@ class FileWatch:
         self._seen, self._pending = now, None
         return True
 
-    def _state(self) -> State:
+    def state(self) -> State:
+        """The watched files as they are now."""
         paths = [self._config, *self._files]
         for root in self._roots:
             try:
